@@ -1,0 +1,164 @@
+//! Failure classes, found by walking an error's `source()` chain.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+use crate::error::{Error, ErrorKind};
+
+/// What a failure says about whether the request reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Never sent: connection refused, connect timeout, DNS, TLS handshake. Always safe to resend.
+    Connect,
+    /// Sent, then the connection was lost (reset, closed before the answer). Ambiguous.
+    Reset,
+    /// Sent, no answer in time. Ambiguous.
+    Timeout,
+    /// The server answered with this status.
+    Status(u16),
+    /// Will fail the same way again: a 4xx, a decode error, the function's own logic.
+    Permanent,
+    /// Refused by the caller's own protection (breaker, bulkhead, budget): never retried.
+    Rejected,
+}
+
+impl Class {
+    /// The request may have reached the server (resending is not safe without idempotency).
+    pub fn is_ambiguous(self) -> bool {
+        !matches!(self, Class::Connect | Class::Permanent | Class::Rejected)
+    }
+
+    /// A failure that says the downstream is unhealthy (counts against a circuit breaker).
+    pub fn is_transient(self) -> bool {
+        match self {
+            Class::Connect | Class::Reset | Class::Timeout => true,
+            Class::Status(s) => is_transient_status(s),
+            Class::Permanent | Class::Rejected => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Connect => "connect",
+            Class::Reset => "reset",
+            Class::Timeout => "timeout",
+            Class::Status(_) => "status",
+            Class::Permanent => "permanent",
+            Class::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Class::Status(s) => write!(f, "status {s}"),
+            c => f.write_str(c.as_str()),
+        }
+    }
+}
+
+/// 408, 429 and 5xx: the statuses that may be retried at all.
+pub const fn is_transient_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// Classifies an error by walking its `source()` chain. `None` when nothing in the chain says
+/// anything about the network (the caller then uses the recorded response, or `Permanent`).
+pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
+    let mut sent_unknown = false;
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            match ours.kind() {
+                ErrorKind::AttemptTimeout | ErrorKind::DeadlineExceeded => {
+                    return Some(Class::Timeout);
+                }
+                ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::BudgetExhausted => {
+                    return Some(Class::Rejected);
+                }
+                ErrorKind::Call => {
+                    if let Some(c) = ours.class() {
+                        return Some(c);
+                    }
+                }
+            }
+        } else if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+            if r.is_connect() {
+                return Some(Class::Connect);
+            }
+            if let Some(s) = r.status() {
+                return Some(Class::Status(s.as_u16()));
+            }
+            if r.is_builder() || r.is_redirect() {
+                return Some(Class::Permanent);
+            }
+            if r.is_timeout() {
+                return Some(Class::Timeout);
+            }
+            if r.is_request() || r.is_body() {
+                // Look further down for the io error; if none says more, it was sent.
+                sent_unknown = true;
+            } else if r.is_decode() {
+                // A decode error over a body that arrived whole is permanent; one caused by a
+                // lost connection shows as an io error further down.
+                sent_unknown = false;
+            }
+        } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return Some(Class::Reset);
+            }
+            if h.is_timeout() {
+                return Some(Class::Timeout);
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return Some(Class::Reset);
+            }
+        } else if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(c) = classify_io(io.kind()) {
+                return Some(c);
+            }
+        } else if e.is::<tokio::time::error::Elapsed>() {
+            return Some(Class::Timeout);
+        }
+        cur = e.source();
+    }
+    sent_unknown.then_some(Class::Reset)
+}
+
+fn classify_io(kind: io::ErrorKind) -> Option<Class> {
+    use io::ErrorKind as K;
+    match kind {
+        K::ConnectionRefused
+        | K::AddrNotAvailable
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::NotConnected => Some(Class::Connect),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            Some(Class::Reset)
+        }
+        K::TimedOut => Some(Class::Timeout),
+        _ => None,
+    }
+}
+
+/// Lets a user's error type say its class explicitly (takes precedence over the source chain).
+///
+/// ```
+/// use resilience_runtime::{Class, Classify};
+/// #[derive(Debug)]
+/// enum PaymentError { Declined, GatewayBusy }
+/// impl Classify for PaymentError {
+///     fn class(&self) -> Option<Class> {
+///         match self {
+///             PaymentError::Declined => Some(Class::Permanent),
+///             PaymentError::GatewayBusy => Some(Class::Status(503)),
+///         }
+///     }
+/// }
+/// ```
+pub trait Classify {
+    /// The class of this failure, or `None` to fall back to the source chain and the response.
+    fn class(&self) -> Option<Class>;
+}

@@ -1,0 +1,119 @@
+//! The retry decision: one pure function of what happened and what is left.
+
+use std::time::Duration;
+
+use crate::classify::Class;
+use crate::policy::{Method, RetryOn};
+
+/// Everything the decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The least safe method this attempt actually sent (or the policy's, if none was seen).
+    pub method: Method,
+    /// Whether this attempt's request carried an idempotency key.
+    pub keyed: bool,
+    /// The author declared the call idempotent (PUT/DELETE).
+    pub idempotent: bool,
+    pub class: Class,
+    /// The attempt that just failed, 1-based.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub retry_on: &'a RetryOn,
+    /// The backoff delay the schedule proposes.
+    pub backoff: Duration,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    pub max_retry_after: Duration,
+    /// Time left before the call's deadline.
+    pub time_left: Duration,
+}
+
+/// Why a failed call is not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GiveUp {
+    /// The failure will not go away by itself (a 4xx, a decode error, the function's own logic).
+    Permanent,
+    /// Refused by the breaker, bulkhead or budget.
+    Rejected,
+    /// The policy's `retry_on` does not list this failure.
+    NotInRetryOn,
+    /// The request may have reached the server and resending it is not safe.
+    UnsafeToResend,
+    /// `max_attempts` ran.
+    AttemptsExhausted,
+    /// The server asked to wait longer than `max_retry_after`.
+    RetryAfterTooLong,
+    /// The wait before the next attempt would reach the deadline.
+    DeadlineTooClose,
+    /// A retry was due but the retry budget was spent.
+    BudgetExhausted,
+}
+
+impl GiveUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::Permanent => "permanent failure",
+            GiveUp::Rejected => "rejected",
+            GiveUp::NotInRetryOn => "not in retry_on",
+            GiveUp::UnsafeToResend => "not idempotent: may have reached the server",
+            GiveUp::AttemptsExhausted => "max_attempts reached",
+            GiveUp::RetryAfterTooLong => "Retry-After above max_retry_after",
+            GiveUp::DeadlineTooClose => "no time left before the deadline",
+            GiveUp::BudgetExhausted => "retry budget exhausted",
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    RetryAfter(Duration),
+    GiveUp(GiveUp),
+}
+
+/// Whether a request may be sent again after it may have reached the server.
+pub fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
+    if method.is_safe() {
+        true
+    } else if method.needs_key() {
+        keyed
+    } else {
+        idempotent || keyed
+    }
+}
+
+/// The retry decision table of the design, as a function.
+pub fn decide(f: &Facts<'_>) -> Decision {
+    use Decision::GiveUp as G;
+    let listed = match f.class {
+        Class::Permanent => return G(GiveUp::Permanent),
+        Class::Rejected => return G(GiveUp::Rejected),
+        Class::Status(s) if !crate::classify::is_transient_status(s) => {
+            return G(GiveUp::Permanent);
+        }
+        Class::Connect => f.retry_on.connect,
+        Class::Reset => f.retry_on.reset,
+        Class::Timeout => f.retry_on.timeout,
+        Class::Status(s) => f.retry_on.allows_status(s),
+    };
+    if !listed {
+        return G(GiveUp::NotInRetryOn);
+    }
+    if f.class.is_ambiguous() && !may_resend(f.method, f.keyed, f.idempotent) {
+        return G(GiveUp::UnsafeToResend);
+    }
+    if f.attempt >= f.max_attempts {
+        return G(GiveUp::AttemptsExhausted);
+    }
+    let mut delay = f.backoff;
+    if let Some(ra) = f.retry_after {
+        if ra > f.max_retry_after {
+            return G(GiveUp::RetryAfterTooLong);
+        }
+        delay = delay.max(ra);
+    }
+    if delay >= f.time_left {
+        return G(GiveUp::DeadlineTooClose);
+    }
+    Decision::RetryAfter(delay)
+}

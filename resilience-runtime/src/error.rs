@@ -1,0 +1,217 @@
+//! The ready-made error type: works with `?` on reqwest calls and tells every failure apart by kind.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::classify::Class;
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong, without parsing strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The function's own failure (a transport error, an error status, a decode error, its own
+    /// logic), returned after the last attempt it was allowed.
+    Call,
+    /// The last attempt ran out of its per-attempt `timeout`.
+    AttemptTimeout,
+    /// The call's total `deadline` ran out during an attempt.
+    DeadlineExceeded,
+    /// The circuit breaker is open: the call failed fast without sending.
+    CircuitOpen,
+    /// A retry was due but the retry budget was exhausted.
+    BudgetExhausted,
+    /// The bulkhead had no free slot: the call failed fast without sending.
+    BulkheadFull,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Call => "call failed",
+            ErrorKind::AttemptTimeout => "attempt timed out",
+            ErrorKind::DeadlineExceeded => "deadline exceeded",
+            ErrorKind::CircuitOpen => "circuit breaker open",
+            ErrorKind::BudgetExhausted => "retry budget exhausted",
+            ErrorKind::BulkheadFull => "bulkhead full",
+        }
+    }
+}
+
+/// The error of a resilient call.
+///
+/// `?` converts `reqwest::Error` (and any `std::error::Error + Send + Sync`, through
+/// [`Error::call`]) into it. After the call, [`Error::kind`] says what happened and
+/// [`Error::attempts`] how many attempts ran.
+pub struct Error {
+    kind: ErrorKind,
+    attempts: u32,
+    class: Option<Class>,
+    status: Option<u16>,
+    elapsed: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error of the given kind, with no cause.
+    pub fn new(kind: ErrorKind) -> Error {
+        Error {
+            kind,
+            attempts: 0,
+            class: None,
+            status: None,
+            elapsed: None,
+            source: None,
+        }
+    }
+
+    /// The function's own failure, wrapping its cause.
+    pub fn call(source: impl Into<BoxError>) -> Error {
+        let source = source.into();
+        let status = source
+            .downcast_ref::<reqwest::Error>()
+            .and_then(|e| e.status())
+            .map(|s| s.as_u16());
+        Error {
+            status,
+            source: Some(source),
+            ..Error::new(ErrorKind::Call)
+        }
+    }
+
+    /// The function's own failure on an HTTP status (for a response the body chose not to accept).
+    pub fn status(status: reqwest::StatusCode) -> Error {
+        Error {
+            status: Some(status.as_u16()),
+            class: Some(Class::Status(status.as_u16())),
+            ..Error::new(ErrorKind::Call)
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// How many attempts ran before this error was returned (0: none was allowed to start).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The failure class of the last attempt, when one ran.
+    pub fn class(&self) -> Option<Class> {
+        self.class
+    }
+
+    /// The HTTP status of the last response, when there was one.
+    pub fn http_status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// Time from the start of the call to this error, when the runtime measured it.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.elapsed
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::AttemptTimeout | ErrorKind::DeadlineExceeded
+        )
+    }
+
+    /// True when the call was refused before anything was sent (breaker, bulkhead).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.kind, ErrorKind::CircuitOpen | ErrorKind::BulkheadFull)
+    }
+
+    /// The wrapped cause, as its concrete type.
+    pub fn downcast_ref<T: StdError + 'static>(&self) -> Option<&T> {
+        self.source.as_deref().and_then(|s| s.downcast_ref::<T>())
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
+        self.attempts = attempts;
+        self
+    }
+
+    pub(crate) fn with_class(mut self, class: Option<Class>, status: Option<u16>) -> Error {
+        self.class = class.or(self.class);
+        self.status = status.or(self.status);
+        self
+    }
+
+    pub(crate) fn with_elapsed(mut self, elapsed: Duration) -> Error {
+        self.elapsed = Some(elapsed);
+        self
+    }
+
+    pub(crate) fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts;
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind)
+            .field("attempts", &self.attempts);
+        if let Some(c) = self.class {
+            d.field("class", &c);
+        }
+        if let Some(s) = self.status {
+            d.field("status", &s);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.describe())?;
+        match self.attempts {
+            0 => {}
+            1 => f.write_str(" after 1 attempt")?,
+            n => write!(f, " after {n} attempts")?,
+        }
+        if let Some(s) = self.status {
+            write!(f, " (last status {s})")?;
+        } else if let Some(c) = self.class.filter(|_| self.kind != ErrorKind::Call) {
+            write!(f, " (last failure: {c})")?;
+        }
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Error {
+        Error::call(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::call(e)
+    }
+}
+
+impl From<reqwest::header::InvalidHeaderValue> for Error {
+    fn from(e: reqwest::header::InvalidHeaderValue) -> Error {
+        Error::call(e)
+    }
+}

@@ -1,0 +1,162 @@
+//! Compile-time dispatch on the function's error type (autoref specialization).
+//!
+//! The generated code calls `(&&&&&Probe::new(&mut err, n)).__resilience_class()`; method
+//! resolution picks the most specific impl that applies to the concrete error type:
+//! the runtime's own `Error`, then an explicit [`Classify`](crate::Classify), then any
+//! `std::error::Error`, then boxed and `anyhow` errors, then nothing (the recorded response
+//! decides). Each impl also writes the attempt count into the error when it can hold one.
+
+use std::cell::Cell;
+use std::error::Error as StdError;
+
+use crate::classify::{Class, Classify, classify_error};
+use crate::error::Error;
+
+pub struct Probe<'a, E>(Cell<Option<&'a mut E>>, u32);
+
+impl<E> std::fmt::Debug for Probe<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+impl<'a, E> Probe<'a, E> {
+    pub fn new(err: &'a mut E, attempts: u32) -> Self {
+        Probe(Cell::new(Some(err)), attempts)
+    }
+}
+
+pub trait ViaOwn {
+    fn __resilience_class(self) -> Option<Class>;
+}
+impl ViaOwn for &&&&&Probe<'_, Error> {
+    fn __resilience_class(self) -> Option<Class> {
+        let e = self.0.take()?;
+        e.set_attempts(self.1);
+        classify_error(e)
+    }
+}
+
+pub trait ViaClassify {
+    fn __resilience_class(self) -> Option<Class>;
+}
+impl<E: Classify> ViaClassify for &&&&Probe<'_, E> {
+    fn __resilience_class(self) -> Option<Class> {
+        self.0.take()?.class()
+    }
+}
+
+pub trait ViaStdError {
+    fn __resilience_class(self) -> Option<Class>;
+}
+impl<E: StdError + 'static> ViaStdError for &&&Probe<'_, E> {
+    fn __resilience_class(self) -> Option<Class> {
+        classify_error(self.0.take()?)
+    }
+}
+
+pub trait ViaBoxed {
+    fn __resilience_class(self) -> Option<Class>;
+}
+macro_rules! boxed {
+    ($($t:ty),*) => {$(
+        impl ViaBoxed for &&Probe<'_, $t> {
+            fn __resilience_class(self) -> Option<Class> {
+                let e = self.0.take()?;
+                if let Some(own) = e.downcast_mut::<Error>() {
+                    own.set_attempts(self.1);
+                }
+                classify_error(&**e)
+            }
+        }
+    )*};
+}
+boxed!(
+    Box<dyn StdError + Send + Sync>,
+    Box<dyn StdError + Send>,
+    Box<dyn StdError>
+);
+
+#[cfg(feature = "anyhow")]
+impl ViaBoxed for &&Probe<'_, anyhow::Error> {
+    fn __resilience_class(self) -> Option<Class> {
+        let e = self.0.take()?;
+        if let Some(own) = e.downcast_mut::<Error>() {
+            own.set_attempts(self.1);
+        }
+        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+        classify_error(dynerr)
+    }
+}
+
+pub trait ViaNothing {
+    fn __resilience_class(self) -> Option<Class>;
+}
+impl<E> ViaNothing for &Probe<'_, E> {
+    fn __resilience_class(self) -> Option<Class> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[derive(Debug)]
+    struct Mine;
+    impl Classify for Mine {
+        fn class(&self) -> Option<Class> {
+            Some(Class::Status(503))
+        }
+    }
+
+    #[derive(Debug)]
+    struct Opaque;
+
+    #[test]
+    fn picks_the_most_specific_impl() {
+        let mut own = Error::new(ErrorKind::AttemptTimeout);
+        assert_eq!(
+            (&&&&&Probe::new(&mut own, 3)).__resilience_class(),
+            Some(Class::Timeout)
+        );
+        assert_eq!(own.attempts(), 3);
+
+        let mut mine = Mine;
+        assert_eq!(
+            (&&&&&Probe::new(&mut mine, 1)).__resilience_class(),
+            Some(Class::Status(503))
+        );
+
+        let mut io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            (&&&&&Probe::new(&mut io, 1)).__resilience_class(),
+            Some(Class::Reset)
+        );
+
+        let mut boxed: Box<dyn StdError + Send + Sync> =
+            Box::new(Error::new(ErrorKind::DeadlineExceeded));
+        assert_eq!(
+            (&&&&&Probe::new(&mut boxed, 2)).__resilience_class(),
+            Some(Class::Timeout)
+        );
+        assert_eq!(boxed.downcast_ref::<Error>().unwrap().attempts(), 2);
+
+        let mut opaque = Opaque;
+        assert_eq!((&&&&&Probe::new(&mut opaque, 1)).__resilience_class(), None);
+    }
+
+    #[cfg(feature = "anyhow")]
+    #[test]
+    fn anyhow_errors_are_classified_and_stamped() {
+        let mut a = anyhow::Error::from(Error::new(ErrorKind::AttemptTimeout));
+        assert_eq!(
+            (&&&&&Probe::new(&mut a, 4)).__resilience_class(),
+            Some(Class::Timeout)
+        );
+        assert_eq!(a.downcast_ref::<Error>().unwrap().attempts(), 4);
+        let mut a = anyhow::anyhow!("refused").context("talking to the gateway");
+        assert_eq!((&&&&&Probe::new(&mut a, 1)).__resilience_class(), None);
+    }
+}

@@ -1,0 +1,398 @@
+//! One logical call: bulkhead → deadline → retry loop (with budget) → breaker → attempt timeout.
+//!
+//! The code `#[resilient]` generates drives a [`Session`]:
+//!
+//! ```ignore
+//! let mut session = Session::start(&POLICY, &STATE, key).await?;
+//! loop {
+//!     let mut r = session.attempt(async { /* the function's body */ }).await;
+//!     if let Err(e) = &mut r {
+//!         let class = probe(e, session.attempts());
+//!         match session.after_failure(class).await {
+//!             Next::Retry => continue,
+//!             Next::Return => {}
+//!             Next::Replace(err) => r = Err(From::from(err)),
+//!         }
+//!     }
+//!     break r;
+//! }
+//! ```
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::backoff::BackoffState;
+use crate::breaker::BreakerPermit;
+use crate::bulkhead::BulkheadPermit;
+use crate::classify::Class;
+use crate::context::{ATTEMPT, AttemptCtx, Key};
+use crate::decision::{Decision, Facts, GiveUp, decide};
+use crate::error::{Error, ErrorKind};
+use crate::metrics::PolicyMetrics;
+use crate::policy::{KeySource, Method, Policy};
+use crate::registry::{PolicyState, Resolved};
+
+/// The idempotency key the generated code hands to [`Session::start`].
+#[derive(Debug)]
+pub enum KeyArg {
+    None,
+    Auto,
+    Given(Result<reqwest::header::HeaderValue, Error>),
+}
+
+/// Builds a key from a parameter's value.
+pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
+    let s = value.to_string();
+    if s.is_empty() || s.len() > 255 {
+        return KeyArg::Given(Err(Error::call(InvalidKey(s.len()))));
+    }
+    KeyArg::Given(reqwest::header::HeaderValue::from_str(&s).map_err(Error::call))
+}
+
+/// An idempotency key that is empty, longer than 255 bytes, or not a valid header value.
+#[derive(Debug)]
+struct InvalidKey(usize);
+
+impl std::fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "idempotency key of {} bytes: it must be 1 to 255 bytes",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidKey {}
+
+/// What the generated loop does after a failed attempt.
+#[derive(Debug)]
+pub enum Next {
+    /// Run the body again (the backoff delay has already been slept).
+    Retry,
+    /// Return the failed attempt's own error.
+    Return,
+    /// Return this runtime error instead (converted with `From`).
+    Replace(Error),
+}
+
+/// What the last attempt left behind.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
+    runtime: Option<ErrorKind>,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    stamped: bool,
+    all_keyed: bool,
+    method: Option<Method>,
+}
+
+/// The state of one logical call.
+#[derive(Debug)]
+pub struct Session {
+    policy: &'static Policy,
+    shared: Resolved,
+    started: Instant,
+    deadline: Instant,
+    attempts: u32,
+    request_id: u128,
+    trace_id: u128,
+    key: Option<Key>,
+    backoff: Option<BackoffState>,
+    span: tracing::Span,
+    last: Last,
+    breaker_permit: Option<BreakerPermit>,
+    _bulkhead: Option<BulkheadPermit<'static>>,
+}
+
+impl Session {
+    /// Starts a call: takes a bulkhead slot, starts the deadline, fixes the call's identities.
+    pub async fn start(
+        policy: &'static Policy,
+        state: &'static PolicyState,
+        key: KeyArg,
+    ) -> Result<Session, Error> {
+        let shared = state.resolve(policy);
+        let key = match key {
+            KeyArg::None => None,
+            KeyArg::Auto => Some(Key::Auto(uuid::Uuid::new_v4())),
+            KeyArg::Given(Ok(h)) => Some(Key::Given(h)),
+            KeyArg::Given(Err(e)) => return Err(e),
+        };
+        debug_assert!(key.is_some() || policy.idempotency_key == KeySource::None);
+        let bulkhead = match shared.bulkhead {
+            Some(b) => match b.acquire().await {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+                    tracing::warn!(
+                        function = policy.function,
+                        policy = policy.name,
+                        "bulkhead full: call rejected"
+                    );
+                    return Err(
+                        Error::new(ErrorKind::BulkheadFull).with_class(Some(Class::Rejected), None)
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Some(b) = shared.budget {
+            b.deposit();
+        }
+        let request_id = fastrand::u128(1..);
+        let span = tracing::info_span!(
+            "resilient",
+            function = policy.function,
+            policy = policy.name,
+            method = policy.method.as_str(),
+            request_id = tracing::field::display(RequestId(request_id)),
+        );
+        let started = Instant::now();
+        Ok(Session {
+            policy,
+            shared,
+            started,
+            deadline: started + policy.deadline,
+            attempts: 0,
+            request_id,
+            trace_id: fastrand::u128(1..),
+            key,
+            backoff: None,
+            span,
+            last: Last {
+                runtime: None,
+                status: None,
+                retry_after: None,
+                stamped: false,
+                all_keyed: false,
+                method: None,
+            },
+            breaker_permit: None,
+            _bulkhead: bulkhead,
+        })
+    }
+
+    /// How many attempts have started.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Time since the call started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn runtime_error(&mut self, kind: ErrorKind, class: Class) -> Error {
+        self.last.runtime = Some(kind);
+        Error::new(kind)
+            .with_attempts(self.attempts)
+            .with_class(Some(class), self.last.status)
+            .with_elapsed(self.started.elapsed())
+    }
+
+    /// Runs one attempt of the body under the breaker and the attempt timeout.
+    pub async fn attempt<T, E, F>(&mut self, body: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        self.attempts += 1;
+        self.last = Last {
+            runtime: None,
+            status: None,
+            retry_after: None,
+            stamped: false,
+            all_keyed: false,
+            method: None,
+        };
+        if let Some(b) = self.shared.breaker {
+            match b.try_acquire() {
+                Ok(p) => self.breaker_permit = Some(p),
+                Err(_) => {
+                    PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
+                    self.span.in_scope(|| {
+                        tracing::warn!(
+                            attempt = self.attempts,
+                            breaker = b.name(),
+                            "circuit open: call rejected"
+                        )
+                    });
+                    return Err(E::from(
+                        self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected),
+                    ));
+                }
+            }
+        }
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(E::from(
+                self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout),
+            ));
+        }
+        let limit = self.policy.timeout.min(left);
+        let ctx = AttemptCtx::new(
+            self.attempts,
+            self.request_id,
+            self.trace_id,
+            self.key.clone(),
+        );
+        let mut scoped = pin!(ATTEMPT.scope(ctx, body));
+        let outcome = tokio::time::timeout(limit, scoped.as_mut())
+            .instrument(self.span.clone())
+            .await;
+        if let Some(ctx) = scoped.as_mut().take_value() {
+            self.last.status = ctx.status.get();
+            self.last.retry_after = ctx.retry_after.get();
+            self.last.stamped = ctx.stamped.get();
+            self.last.all_keyed = ctx.all_keyed.get();
+            self.last.method = ctx.sent_method.get();
+        }
+        match outcome {
+            Ok(Ok(v)) => {
+                if let Some(p) = self.breaker_permit.take() {
+                    if let Some(b) = self.shared.breaker {
+                        b.on_success(p);
+                    }
+                }
+                let m = self.shared.metrics;
+                PolicyMetrics::incr(if self.attempts == 1 {
+                    &m.successful_without_retry
+                } else {
+                    &m.successful_with_retry
+                });
+                let _e = self.span.enter();
+                tracing::debug!(
+                    attempt = self.attempts,
+                    status = self.last.status,
+                    "attempt succeeded"
+                );
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_elapsed) => {
+                let kind = if limit < self.policy.timeout {
+                    ErrorKind::DeadlineExceeded
+                } else {
+                    ErrorKind::AttemptTimeout
+                };
+                Err(E::from(self.runtime_error(kind, Class::Timeout)))
+            }
+        }
+    }
+
+    /// Decides what follows a failed attempt, given the class the error itself reported
+    /// (`None`: it said nothing; the recorded response then decides). Sleeps the backoff
+    /// before returning [`Next::Retry`].
+    pub async fn after_failure(&mut self, reported: Option<Class>) -> Next {
+        let class = match self.last.runtime {
+            Some(ErrorKind::CircuitOpen) => Class::Rejected,
+            Some(_) => Class::Timeout,
+            None => reported
+                .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
+                .unwrap_or(Class::Permanent),
+        };
+        if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
+            if class.is_transient() {
+                b.on_failure(p);
+            } else {
+                b.on_ignored(p);
+            }
+        }
+        // The deadline itself ran out: nothing more can be tried.
+        if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
+            return self.give_up(class, GiveUp::DeadlineTooClose);
+        }
+        let policy = self.policy;
+        let method = match self.last.method {
+            Some(m) if m.risk() > policy.method.risk() => m,
+            _ => policy.method,
+        };
+        // A keyed call whose attempt did not stamp its request went out without the key.
+        let keyed = self.key.is_some() && self.last.stamped && self.last.all_keyed;
+        let attempt = self.attempts;
+        let backoff = if attempt < policy.max_attempts {
+            self.backoff
+                .get_or_insert_with(|| BackoffState::new(policy.backoff))
+                .next_delay(attempt)
+        } else {
+            Duration::ZERO
+        };
+        let facts = Facts {
+            method,
+            keyed,
+            idempotent: policy.idempotent,
+            class,
+            attempt,
+            max_attempts: policy.max_attempts,
+            retry_on: &policy.retry_on,
+            backoff,
+            retry_after: self.last.retry_after,
+            max_retry_after: policy.max_retry_after,
+            time_left: self.deadline.saturating_duration_since(Instant::now()),
+        };
+        match decide(&facts) {
+            Decision::GiveUp(why) => self.give_up(class, why),
+            Decision::RetryAfter(delay) => {
+                if let Some(budget) = self.shared.budget {
+                    if !budget.withdraw() {
+                        PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
+                        self.give_up(class, GiveUp::BudgetExhausted);
+                        let err = Error::new(ErrorKind::BudgetExhausted)
+                            .with_attempts(attempt)
+                            .with_class(Some(class), self.last.status)
+                            .with_elapsed(self.started.elapsed());
+                        return Next::Replace(err);
+                    }
+                }
+                PolicyMetrics::incr(&self.shared.metrics.retries);
+                {
+                    let _e = self.span.enter();
+                    tracing::info!(
+                        attempt,
+                        class = class.as_str(),
+                        status = self.last.status,
+                        delay_ms = delay.as_millis() as u64,
+                        decision = "retry",
+                        "attempt failed; retrying"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                Next::Retry
+            }
+        }
+    }
+
+    fn give_up(&mut self, class: Class, why: GiveUp) -> Next {
+        let m = self.shared.metrics;
+        PolicyMetrics::incr(if self.attempts <= 1 {
+            &m.failed_without_retry
+        } else {
+            &m.failed_with_retry
+        });
+        let _e = self.span.enter();
+        tracing::warn!(
+            attempt = self.attempts,
+            class = class.as_str(),
+            status = self.last.status,
+            decision = "give up",
+            reason = why.as_str(),
+            "attempt failed; giving up"
+        );
+        Next::Return
+    }
+}
+
+struct RequestId(u128);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
