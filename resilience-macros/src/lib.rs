@@ -1,6 +1,23 @@
-//! placeholder
+//! The `#[resilient(...)]` attribute. Use it through `resilience_runtime`, which re-exports it
+//! and documents every key.
+//!
+//! Parse → model → validate → expand, each in its own module; this file only converts between
+//! `proc_macro` and `proc_macro2`.
+
+mod attr;
+mod config;
+mod diag;
+mod entry;
+mod expand;
+mod infer;
+mod model;
+mod validate;
+mod value;
+
 use proc_macro::TokenStream;
+
+/// See `resilience_runtime::resilient` for the documentation of every key.
 #[proc_macro_attribute]
-pub fn resilient(_a: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::resilient(args.into(), item.into()).into()
 }

@@ -99,6 +99,7 @@ impl<E> ViaNothing for &Probe<'_, E> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the extra borrows are the dispatch under test
 mod tests {
     use super::*;
     use crate::ErrorKind;

@@ -19,7 +19,7 @@ fn intern<T: Send + Sync + 'static>(
 ) -> &'static T {
     let map = map.get_or_init(Default::default);
     let mut g = map.lock().unwrap_or_else(|e| e.into_inner());
-    *g.entry(name).or_insert_with(|| Box::leak(Box::new(make())))
+    g.entry(name).or_insert_with(|| Box::leak(Box::new(make())))
 }
 
 static BUDGETS: OnceLock<Mutex<HashMap<&'static str, &'static Budget>>> = OnceLock::new();

@@ -256,10 +256,10 @@ impl Session {
         }
         match outcome {
             Ok(Ok(v)) => {
-                if let Some(p) = self.breaker_permit.take() {
-                    if let Some(b) = self.shared.breaker {
-                        b.on_success(p);
-                    }
+                if let Some(p) = self.breaker_permit.take()
+                    && let Some(b) = self.shared.breaker
+                {
+                    b.on_success(p);
                 }
                 let m = self.shared.metrics;
                 PolicyMetrics::incr(if self.attempts == 1 {
@@ -340,16 +340,16 @@ impl Session {
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),
             Decision::RetryAfter(delay) => {
-                if let Some(budget) = self.shared.budget {
-                    if !budget.withdraw() {
-                        PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
-                        self.give_up(class, GiveUp::BudgetExhausted);
-                        let err = Error::new(ErrorKind::BudgetExhausted)
-                            .with_attempts(attempt)
-                            .with_class(Some(class), self.last.status)
-                            .with_elapsed(self.started.elapsed());
-                        return Next::Replace(err);
-                    }
+                if let Some(budget) = self.shared.budget
+                    && !budget.withdraw()
+                {
+                    PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
+                    self.give_up(class, GiveUp::BudgetExhausted);
+                    let err = Error::new(ErrorKind::BudgetExhausted)
+                        .with_attempts(attempt)
+                        .with_class(Some(class), self.last.status)
+                        .with_elapsed(self.started.elapsed());
+                    return Next::Replace(err);
                 }
                 PolicyMetrics::incr(&self.shared.metrics.retries);
                 {

@@ -1,0 +1,219 @@
+//! Parses the attribute's arguments into located values. Generates nothing.
+//!
+//! Grammar: `key = value, flag, table(key = value, ...)`, where a value is a string, an integer
+//! (optionally with a unit suffix: `250ms`), a float, a bool, a word or path, a `[list]`, or a
+//! `{ key = value }` table.
+
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt as _;
+use syn::parse::{ParseStream, Parser as _};
+use syn::{Ident, Token, braced, bracketed, parenthesized};
+
+use crate::value::{Located, Origin, Value};
+
+/// One `key = value` of the attribute.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: Ident,
+    pub value: Located,
+    /// The whole `key = value`, to point at.
+    pub span: Span,
+}
+
+pub fn parse_args(tokens: TokenStream) -> syn::Result<Vec<Entry>> {
+    let parser = |input: ParseStream<'_>| {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            out.push(parse_entry(input)?);
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(out)
+    };
+    parser.parse2(tokens)
+}
+
+fn parse_entry(input: ParseStream<'_>) -> syn::Result<Entry> {
+    let key = Ident::parse_any(input)
+        .map_err(|e| syn::Error::new(e.span(), "expected a policy key, like `timeout = \"2s\"`"))?;
+    let start = key.span();
+    let value = if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        parse_value(input)?
+    } else if input.peek(syn::token::Paren) {
+        let content;
+        let paren = parenthesized!(content in input);
+        Located {
+            value: Value::Table(parse_table_body(&content)?),
+            origin: Origin::Inline(paren.span.join()),
+        }
+    } else {
+        // A bare flag: `idempotent`.
+        Located {
+            value: Value::Bool(true),
+            origin: Origin::Inline(key.span()),
+        }
+    };
+    let span = match &value.origin {
+        Origin::Inline(s) => start.join(*s).unwrap_or(start),
+        _ => start,
+    };
+    Ok(Entry { key, value, span })
+}
+
+fn parse_table_body(input: ParseStream<'_>) -> syn::Result<Vec<(String, Located)>> {
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let e = parse_entry(input)?;
+        out.push((
+            e.key.unraw().to_string(),
+            Located {
+                origin: Origin::Inline(e.span),
+                ..e.value
+            },
+        ));
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(out)
+}
+
+fn parse_value(input: ParseStream<'_>) -> syn::Result<Located> {
+    let located = |value, span| {
+        Ok(Located {
+            value,
+            origin: Origin::Inline(span),
+        })
+    };
+    if input.peek(syn::token::Bracket) {
+        let content;
+        let b = bracketed!(content in input);
+        let mut items = Vec::new();
+        while !content.is_empty() {
+            items.push(parse_value(&content)?);
+            if content.is_empty() {
+                break;
+            }
+            content.parse::<Token![,]>()?;
+        }
+        return located(Value::List(items), b.span.join());
+    }
+    if input.peek(syn::token::Brace) {
+        let content;
+        let b = braced!(content in input);
+        return located(Value::Table(parse_table_body(&content)?), b.span.join());
+    }
+    if input.peek(syn::Lit) {
+        let lit: syn::Lit = input.parse()?;
+        let span = lit.span();
+        return match lit {
+            syn::Lit::Str(s) => located(Value::Str(s.value()), span),
+            syn::Lit::Int(i) => {
+                let n: u64 = i.base10_parse()?;
+                if i.suffix().is_empty() {
+                    located(Value::Int(n), span)
+                } else {
+                    located(Value::IntSuffixed(n, i.suffix().to_owned()), span)
+                }
+            }
+            syn::Lit::Float(f) => located(Value::Float(f.base10_parse()?), span),
+            syn::Lit::Bool(b) => located(Value::Bool(b.value), span),
+            other => Err(syn::Error::new(
+                other.span(),
+                "expected a string, a number or a boolean",
+            )),
+        };
+    }
+    if input.peek(Token![-]) {
+        let minus: Token![-] = input.parse()?;
+        return Err(syn::Error::new(
+            minus.span,
+            "negative values are not allowed here",
+        ));
+    }
+    // A word, a path (`::a::b`) or a field path (`order.id`).
+    let mut text = String::new();
+    let first = input.span();
+    let mut last;
+    if input.peek(Token![::]) {
+        input.parse::<Token![::]>()?;
+        text.push_str("::");
+    }
+    loop {
+        let id = Ident::parse_any(input).map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected a value: a string, a number, a word, a [list] or a { table }",
+            )
+        })?;
+        last = id.span();
+        text.push_str(&id.unraw().to_string());
+        if input.peek(Token![::]) {
+            input.parse::<Token![::]>()?;
+            text.push_str("::");
+        } else if input.peek(Token![.]) && !input.peek(Token![..]) {
+            input.parse::<Token![.]>()?;
+            text.push('.');
+        } else {
+            break;
+        }
+    }
+    located(Value::Word(text), first.join(last).unwrap_or(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse(ts: TokenStream) -> Vec<(String, String)> {
+        parse_args(ts)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key.to_string(), e.value.render()))
+            .collect()
+    }
+
+    #[test]
+    fn every_value_shape() {
+        let got = parse(quote! {
+            timeout = "2s", deadline = 5s, max_attempts = 3, method = POST, idempotent,
+            retry_on = [connect, 503], backoff(kind = constant, initial = "10ms"),
+            budget = { ratio = 0.2 }, crate = ::my::reexport, idempotency_key = order.id
+        });
+        let want = [
+            ("timeout", "\"2s\""),
+            ("deadline", "5s"),
+            ("max_attempts", "3"),
+            ("method", "POST"),
+            ("idempotent", "true"),
+            ("retry_on", "[connect, 503]"),
+            ("backoff", "{ kind = constant, initial = \"10ms\" }"),
+            ("budget", "{ ratio = 0.2 }"),
+            ("crate", "::my::reexport"),
+            ("idempotency_key", "order.id"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn errors_do_not_panic() {
+        for ts in [
+            quote!(= 3),
+            quote!(timeout = ),
+            quote!(a = -1),
+            quote!(a = [1,, 2]),
+            quote!(a b),
+        ] {
+            assert!(parse_args(ts).is_err());
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! `resilience.toml`: found beside the crate's `Cargo.toml` (or where `config = "…"` or
+//! `[package.metadata.resilience] config = "…"` points), parsed once per compilation and kept
+//! with the line and column of every value.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use crate::value::{Located, Origin, Value, did_you_mean};
+
+pub const FILE_NAME: &str = "resilience.toml";
+pub const SECTIONS: &[&str] = &[
+    "defaults",
+    "policies",
+    "breakers",
+    "budgets",
+    "bulkheads",
+    "clients",
+];
+
+/// A `[section.NAME]` table, with where it starts.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub entries: Vec<(String, Located)>,
+    /// Where the table's header is.
+    #[allow(dead_code)]
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Absolute path, for `include_str!`.
+    pub path: PathBuf,
+    /// The path as written in messages.
+    pub display: String,
+    pub defaults: Option<Table>,
+    pub policies: BTreeMap<String, Table>,
+    pub breakers: BTreeMap<String, Table>,
+    pub budgets: BTreeMap<String, Table>,
+    pub bulkheads: BTreeMap<String, Table>,
+    pub clients: BTreeMap<String, Table>,
+    /// Problems with the file as a whole, each starting with `file:line:col:`.
+    pub errors: Vec<String>,
+}
+
+impl Config {
+    pub fn section(&self, kind: &str) -> &BTreeMap<String, Table> {
+        match kind {
+            "breaker" => &self.breakers,
+            "budget" => &self.budgets,
+            "bulkhead" => &self.bulkheads,
+            "client" => &self.clients,
+            _ => &self.policies,
+        }
+    }
+}
+
+type Cache = RefCell<HashMap<PathBuf, (Option<SystemTime>, Rc<Config>)>>;
+
+thread_local! {
+    /// Parsed files of this compilation, keyed by path; re-read when the file changes (an IDE
+    /// keeps the macro loaded across edits).
+    static CACHE: Cache = RefCell::new(HashMap::new());
+}
+
+/// Loads (or takes from this compilation's cache) the file at `path`.
+pub fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if let Some(c) = CACHE.with(|c| {
+        c.borrow()
+            .get(path)
+            .filter(|(t, _)| *t == mtime)
+            .map(|(_, c)| c.clone())
+    }) {
+        return Ok(c);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {display}: {e}"))?;
+    let config = Rc::new(parse(&text, path.to_path_buf(), display));
+    CACHE.with(|c| {
+        c.borrow_mut()
+            .insert(path.to_path_buf(), (mtime, config.clone()))
+    });
+    Ok(config)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |n| offset - n - 1) + 1;
+    (line, col)
+}
+
+/// Parses a policy file. Never fails: problems land in `errors`.
+pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
+    let mut cfg = Config {
+        path,
+        display: display.to_owned(),
+        ..Config::default()
+    };
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let msg = e.message().trim().to_owned();
+            cfg.errors
+                .push(format!("{display}:{line}:{col}: TOML syntax error: {msg}"));
+            return cfg;
+        }
+    };
+    let origin_at = |offset: usize, table: &str| {
+        let (line, col) = line_col(text, offset);
+        Origin::File {
+            file: display.to_owned(),
+            line,
+            col,
+            table: table.to_owned(),
+        }
+    };
+    let convert_err = |errors: &mut Vec<String>, offset: usize, msg: String| {
+        let (line, col) = line_col(text, offset);
+        errors.push(format!("{display}:{line}:{col}: {msg}"));
+    };
+    fn convert(
+        v: &toml::Spanned<toml::de::DeValue<'_>>,
+        table: &str,
+        origin_at: &dyn Fn(usize, &str) -> Origin,
+        errors: &mut Vec<String>,
+        err: &dyn Fn(&mut Vec<String>, usize, String),
+    ) -> Option<Located> {
+        use toml::de::DeValue as D;
+        let start = v.span().start;
+        let value = match v.get_ref() {
+            D::String(s) => Value::Str(s.to_string()),
+            D::Integer(i) => {
+                let digits = i.as_str().replace('_', "");
+                match u64::from_str_radix(digits.trim_start_matches('+'), i.radix()) {
+                    Ok(n) => Value::Int(n),
+                    Err(_) => {
+                        err(
+                            errors,
+                            start,
+                            format!("{} is not a non-negative whole number", i.as_str()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            D::Float(f) => match f.as_str().replace('_', "").parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Value::Float(x),
+                _ => {
+                    err(
+                        errors,
+                        start,
+                        format!("{} is not a non-negative number", f.as_str()),
+                    );
+                    return None;
+                }
+            },
+            D::Boolean(b) => Value::Bool(*b),
+            D::Datetime(_) => {
+                err(
+                    errors,
+                    start,
+                    "dates are not policy values; durations are strings like \"5s\"".into(),
+                );
+                return None;
+            }
+            D::Array(items) => Value::List(
+                items
+                    .iter()
+                    .filter_map(|it| convert(it, table, origin_at, errors, err))
+                    .collect(),
+            ),
+            D::Table(t) => Value::Table(
+                t.iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.get_ref().to_string(),
+                            convert(v, table, origin_at, errors, err)?,
+                        ))
+                    })
+                    .collect(),
+            ),
+        };
+        Some(Located {
+            value,
+            origin: origin_at(start, table),
+        })
+    }
+    for (key, value) in root.get_ref().iter() {
+        let name = key.get_ref().to_string();
+        let key_start = key.span().start;
+        if !SECTIONS.contains(&name.as_str()) {
+            let hint = did_you_mean(&name, SECTIONS)
+                .map(|s| format!("; did you mean [{s}]?"))
+                .unwrap_or_default();
+            convert_err(
+                &mut cfg.errors,
+                key_start,
+                format!(
+                    "unknown section [{name}]{hint} (known: {})",
+                    SECTIONS.join(", ")
+                ),
+            );
+            continue;
+        }
+        let Some(tbl) = value.get_ref().as_table() else {
+            convert_err(
+                &mut cfg.errors,
+                key_start,
+                format!("[{name}] must be a table"),
+            );
+            continue;
+        };
+        let entries_of = |t: &toml::de::DeTable<'_>,
+                          label: &str,
+                          errors: &mut Vec<String>|
+         -> Vec<(String, Located)> {
+            t.iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.get_ref().to_string(),
+                        convert(v, label, &origin_at, errors, &convert_err)?,
+                    ))
+                })
+                .collect()
+        };
+        if name == "defaults" {
+            let entries = entries_of(tbl, "defaults", &mut cfg.errors);
+            cfg.defaults = Some(Table {
+                entries,
+                origin: origin_at(key_start, "defaults"),
+            });
+            continue;
+        }
+        for (sub, subval) in tbl.iter() {
+            let sub_name = sub.get_ref().to_string();
+            let label = format!("{name}.{sub_name}");
+            let Some(t) = subval.get_ref().as_table() else {
+                convert_err(
+                    &mut cfg.errors,
+                    sub.span().start,
+                    format!(
+                        "[{name}] holds named tables: write [{name}.{sub_name}] and its keys below it"
+                    ),
+                );
+                continue;
+            };
+            let entries = entries_of(t, &label, &mut cfg.errors);
+            let table = Table {
+                entries,
+                origin: origin_at(sub.span().start, &label),
+            };
+            let map = match name.as_str() {
+                "policies" => &mut cfg.policies,
+                "breakers" => &mut cfg.breakers,
+                "budgets" => &mut cfg.budgets,
+                "bulkheads" => &mut cfg.bulkheads,
+                _ => &mut cfg.clients,
+            };
+            map.insert(sub_name, table);
+        }
+    }
+    cfg
+}
+
+/// Where the file is for the crate being compiled, if anywhere, and how to name it.
+pub fn locate(
+    explicit: Option<&str>,
+    source_dir: Option<&Path>,
+) -> Result<Option<(PathBuf, String)>, String> {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let from_metadata = manifest_dir.as_deref().and_then(metadata_config);
+    let wanted = explicit.map(str::to_owned).or(from_metadata);
+    match wanted {
+        Some(rel) => {
+            let mut tried = Vec::new();
+            for base in [manifest_dir.as_deref(), source_dir].into_iter().flatten() {
+                let p = base.join(&rel);
+                if p.is_file() {
+                    return Ok(Some((p, rel)));
+                }
+                tried.push(p.display().to_string());
+            }
+            if Path::new(&rel).is_absolute() && Path::new(&rel).is_file() {
+                return Ok(Some((PathBuf::from(&rel), rel)));
+            }
+            Err(format!(
+                "policy file `{rel}` not found (looked at {})",
+                tried.join(", ")
+            ))
+        }
+        None => {
+            let Some(dir) = manifest_dir else {
+                return Ok(None);
+            };
+            let p = dir.join(FILE_NAME);
+            Ok(p.is_file().then(|| (p, FILE_NAME.to_owned())))
+        }
+    }
+}
+
+/// `[package.metadata.resilience] config = "…"` in the crate's `Cargo.toml`.
+fn metadata_config(manifest_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(manifest_dir.join("Cargo.toml")).ok()?;
+    let root = toml::de::DeTable::parse(&text).ok()?;
+    let v = root
+        .get_ref()
+        .get("package")?
+        .get_ref()
+        .get("metadata")?
+        .get_ref()
+        .get("resilience")?;
+    v.get_ref()
+        .get("config")?
+        .get_ref()
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Config {
+        parse(text, PathBuf::from("/x/resilience.toml"), "resilience.toml")
+    }
+
+    #[test]
+    fn sections_and_positions() {
+        let c = p(
+            "[defaults]\ntimeout = \"2s\"\n\n[policies.payments]\nmax_attempts = 2\nretry_on = [\"connect\", 503]\n\n[breakers.pg]\nwindow = 20\n",
+        );
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        let d = c.defaults.unwrap();
+        assert_eq!(d.entries[0].0, "timeout");
+        assert!(matches!(
+            &d.entries[0].1.origin,
+            Origin::File {
+                line: 2,
+                col: 11,
+                ..
+            }
+        ));
+        let pay = &c.policies["payments"];
+        assert!(matches!(
+            &pay.entries[0].1.origin,
+            Origin::File { line: 5, .. }
+        ));
+        assert_eq!(pay.entries[1].1.render(), "[\"connect\", 503]");
+        assert!(c.breakers.contains_key("pg"));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let c = p("[defaults]\ntimeout = \n");
+        assert_eq!(c.errors.len(), 1);
+        assert!(
+            c.errors[0].starts_with("resilience.toml:2:"),
+            "{}",
+            c.errors[0]
+        );
+    }
+
+    #[test]
+    fn unknown_sections_suggest() {
+        let c = p("[polices.a]\nx = 1\n");
+        assert!(
+            c.errors[0].contains("did you mean [policies]"),
+            "{}",
+            c.errors[0]
+        );
+        assert!(
+            c.errors[0].starts_with("resilience.toml:1:2:"),
+            "{}",
+            c.errors[0]
+        );
+    }
+
+    #[test]
+    fn negative_numbers_and_dates_are_errors() {
+        let c = p("[defaults]\nmax_attempts = -1\nwhen = 1979-05-27\n");
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+    }
+}

@@ -1,0 +1,252 @@
+//! Generates the wrapper. Parses nothing: takes the validated model.
+//!
+//! The signature is kept as written; only the body is replaced by a loop that drives a runtime
+//! session, re-running the original body (with fresh clones of by-value arguments) per attempt.
+
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+
+use crate::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
+use crate::validate::Shared;
+
+pub struct Plan<'a> {
+    pub func: &'a syn::ItemFn,
+    pub settings: &'a Settings,
+    pub method: Option<Method>,
+    pub shared: &'a Shared,
+    pub krate: TokenStream,
+    pub policy_name: Option<String>,
+    pub config_path: Option<String>,
+}
+
+fn dur(d: Duration) -> TokenStream {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    quote!(::core::time::Duration::new(#secs, #nanos))
+}
+
+pub fn expand(plan: &Plan<'_>) -> TokenStream {
+    let f = plan.func;
+    let s = plan.settings;
+    let k = &plan.krate;
+    let p = quote!(#k::__private);
+    let attrs = &f.attrs;
+    let vis = &f.vis;
+    let sig = &f.sig;
+    let ident = &sig.ident;
+    let stmts = &f.block.stmts;
+
+    let method = match plan.method {
+        None => quote!(#p::Method::Other),
+        Some(m) => {
+            let v = format_ident!("{}", format!("{m:?}"));
+            quote!(#p::Method::#v)
+        }
+    };
+    let timeout = dur(s.timeout.value);
+    let deadline = dur(s.deadline.value);
+    let max_attempts = s.max_attempts.value;
+    let max_retry_after = dur(s.max_retry_after.value);
+    let b = &s.backoff;
+    let kind = match b.kind.value {
+        BackoffKind::Exponential => quote!(Exponential),
+        BackoffKind::Constant => quote!(Constant),
+    };
+    let jitter = match b.jitter.value {
+        Jitter::Full => quote!(Full),
+        Jitter::Equal => quote!(Equal),
+        Jitter::Decorrelated => quote!(Decorrelated),
+        Jitter::None => quote!(None),
+    };
+    let (initial, max, mult) = (
+        dur(b.initial.value),
+        dur(b.max.value),
+        b.multiplier_milli.value,
+    );
+    let has = |want: RetryItem| s.retry_on.value.iter().any(|i| i.value == want);
+    let (connect, reset, timeout_on) = (
+        has(RetryItem::Connect),
+        has(RetryItem::Reset),
+        has(RetryItem::Timeout),
+    );
+    let statuses: Vec<u16> = s
+        .retry_on
+        .value
+        .iter()
+        .filter_map(|i| match i.value {
+            RetryItem::Status(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let key_source = match &s.idempotency_key.value {
+        KeyModel::None => quote!(None),
+        KeyModel::Auto => quote!(Auto),
+        KeyModel::Param(_) => quote!(Param),
+    };
+    let idempotent = s.idempotent.value;
+
+    let function = quote!(::core::concat!(
+        ::core::module_path!(),
+        "::",
+        ::core::stringify!(#ident)
+    ));
+    let name = match &plan.policy_name {
+        Some(n) => quote!(#n),
+        None => function.clone(),
+    };
+    let budget = match &plan.shared.budget {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (ratio, floor) = (m.ratio, m.min_per_sec);
+            quote!(::core::option::Option::Some((#n, #p::BudgetSpec { ratio: #ratio, min_per_sec: #floor })))
+        }
+    };
+    let breaker = match &plan.shared.breaker {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (rate, min_calls, window, half) =
+                (m.failure_rate, m.min_calls, m.window, m.half_open_calls);
+            let open_for = dur(m.open_for);
+            quote!(::core::option::Option::Some((#n, #p::BreakerSpec {
+                failure_rate: #rate, min_calls: #min_calls, window: #window, open_for: #open_for, half_open_calls: #half,
+            })))
+        }
+    };
+    let bulkhead = match &plan.shared.bulkhead {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (max_c, wait) = (m.max_concurrent, dur(m.max_wait));
+            quote!(::core::option::Option::Some((#n, #p::BulkheadSpec { max_concurrent: #max_c, max_wait: #wait })))
+        }
+    };
+
+    let key_arg = match &s.idempotency_key.value {
+        KeyModel::None => quote!(#p::KeyArg::None),
+        KeyModel::Auto => quote!(#p::KeyArg::Auto),
+        KeyModel::Param(path) => {
+            let span = s.idempotency_key.origin.span_or(Span::call_site());
+            let expr: TokenStream = path.parse().unwrap_or_default();
+            let expr = respan(expr, span);
+            quote_spanned!(span=> #p::key_from(&#expr))
+        }
+    };
+
+    // Fresh clones of by-value arguments for each attempt (none when there is no retry).
+    let mut clones = Vec::new();
+    if max_attempts > 1 {
+        for input in &sig.inputs {
+            if let syn::FnArg::Typed(pt) = input {
+                if matches!(&*pt.ty, syn::Type::Reference(_)) {
+                    continue;
+                }
+                if let syn::Pat::Ident(pi) = &*pt.pat {
+                    if pi.by_ref.is_some() {
+                        continue;
+                    }
+                    let id = &pi.ident;
+                    let mutability = &pi.mutability;
+                    let span = pt.span();
+                    clones.push(quote_spanned! {span=>
+                        #[allow(clippy::redundant_clone)]
+                        let #mutability #id = ::core::clone::Clone::clone(&#id);
+                    });
+                }
+            }
+        }
+    }
+
+    // A return edge typed with the declared return type, so `?` and `return` in the body
+    // convert into it, and a type error points at the return type, not at the macro.
+    let fake_return = match &sig.output {
+        syn::ReturnType::Type(_, ty) => {
+            let span = ty.span();
+            quote_spanned! {span=>
+                #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return, clippy::let_unit_value, clippy::empty_loop)]
+                if false {
+                    let __resilience_fake_return: #ty = loop {};
+                    return __resilience_fake_return;
+                }
+            }
+        }
+        syn::ReturnType::Default => quote!(),
+    };
+
+    let track = plan.config_path.as_ref().map(|path| {
+        quote!(
+            const _: &str = ::core::include_str!(#path);
+        )
+    });
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #track
+            static __RESILIENCE_POLICY: #p::Policy = #p::Policy {
+                function: #function,
+                name: #name,
+                method: #method,
+                timeout: #timeout,
+                deadline: #deadline,
+                max_attempts: #max_attempts,
+                backoff: #p::Backoff {
+                    kind: #p::BackoffKind::#kind,
+                    initial: #initial,
+                    max: #max,
+                    multiplier_milli: #mult,
+                    jitter: #p::Jitter::#jitter,
+                },
+                retry_on: #p::RetryOn { connect: #connect, reset: #reset, timeout: #timeout_on, statuses: &[#(#statuses),*] },
+                idempotency_key: #p::KeySource::#key_source,
+                idempotent: #idempotent,
+                max_retry_after: #max_retry_after,
+                budget: #budget,
+                breaker: #breaker,
+                bulkhead: #bulkhead,
+            };
+            static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
+            let mut __resilience_session =
+                match #p::Session::start(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg).await {
+                    ::core::result::Result::Ok(session) => session,
+                    ::core::result::Result::Err(error) => {
+                        return ::core::result::Result::Err(::core::convert::From::from(error));
+                    }
+                };
+            loop {
+                #(#clones)*
+                let mut __resilience_result = __resilience_session
+                    .attempt(async {
+                        #fake_return
+                        #(#stmts)*
+                    })
+                    .await;
+                if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
+                    let __resilience_class = {
+                        #[allow(unused_imports)]
+                        use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
+                        (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
+                    };
+                    match __resilience_session.after_failure(__resilience_class).await {
+                        #p::Next::Retry => continue,
+                        #p::Next::Return => {}
+                        #p::Next::Replace(error) => {
+                            __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
+                        }
+                    }
+                }
+                break __resilience_result;
+            }
+        }
+    }
+}
+
+fn respan(ts: TokenStream, span: Span) -> TokenStream {
+    ts.into_iter()
+        .map(|mut tt| {
+            tt.set_span(span);
+            tt
+        })
+        .collect()
+}

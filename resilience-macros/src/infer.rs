@@ -1,0 +1,150 @@
+//! Infers the HTTP method from the function body's tokens: `.get(`, `.post(`, `Method::PUT`,
+//! `.request(Method::PATCH, …)`. Scans raw tokens, so calls inside macros count too. The least
+//! safe method found wins.
+
+use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
+
+use crate::model::Method;
+
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub method: Method,
+    pub from: String,
+    pub span: Span,
+}
+
+pub fn infer_method(body: TokenStream) -> Option<Inferred> {
+    let mut best: Option<Inferred> = None;
+    scan(body, &mut best);
+    best
+}
+
+fn consider(best: &mut Option<Inferred>, found: Inferred) {
+    if best
+        .as_ref()
+        .is_none_or(|b| found.method.risk() > b.method.risk())
+    {
+        *best = Some(found);
+    }
+}
+
+fn scan(ts: TokenStream, best: &mut Option<Inferred>) {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    for (i, tt) in tokens.iter().enumerate() {
+        match tt {
+            TokenTree::Group(g) => scan(g.stream(), best),
+            TokenTree::Ident(id) => {
+                let name = id.to_string();
+                // `.post(`
+                let after_dot =
+                    i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+                let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+                if after_dot && call {
+                    let m = match name.as_str() {
+                        "get" => Some(Method::Get),
+                        "head" => Some(Method::Head),
+                        "post" => Some(Method::Post),
+                        "put" => Some(Method::Put),
+                        "patch" => Some(Method::Patch),
+                        "delete" => Some(Method::Delete),
+                        _ => None,
+                    };
+                    if let Some(method) = m {
+                        consider(
+                            best,
+                            Inferred {
+                                method,
+                                from: format!(".{name}("),
+                                span: id.span(),
+                            },
+                        );
+                    }
+                }
+                // `Method::POST`
+                if name == "Method"
+                    && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+                    && matches!(tokens.get(i + 2), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+                    && let Some(TokenTree::Ident(m)) = tokens.get(i + 3)
+                    && let Some(method) = Method::parse(&m.to_string())
+                        .filter(|_| m.to_string().chars().all(|c| c.is_ascii_uppercase()))
+                {
+                    consider(
+                        best,
+                        Inferred {
+                            method,
+                            from: format!("Method::{m}"),
+                            span: m.span(),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn m(ts: TokenStream) -> Option<Method> {
+        infer_method(ts).map(|i| i.method)
+    }
+
+    #[test]
+    fn finds_builder_calls_and_constants() {
+        assert_eq!(m(quote!({ c.get(url).send().await })), Some(Method::Get));
+        assert_eq!(
+            m(quote!({ c.post(url).json(&x).send().await })),
+            Some(Method::Post)
+        );
+        assert_eq!(
+            m(quote!({ c.request(reqwest::Method::PATCH, url) })),
+            Some(Method::Patch)
+        );
+        assert_eq!(
+            m(quote!({
+                let m = Method::DELETE;
+            })),
+            Some(Method::Delete)
+        );
+        assert_eq!(
+            m(quote!({ format!("{}", c.put(u).send().await) })),
+            Some(Method::Put)
+        );
+        assert_eq!(m(quote!({ x + 1 })), None);
+    }
+
+    #[test]
+    fn least_safe_wins() {
+        assert_eq!(
+            m(quote!({
+                c.get(a);
+                c.post(b);
+                c.put(c)
+            })),
+            Some(Method::Post)
+        );
+        assert_eq!(
+            m(quote!({
+                map.get(&k);
+                c.delete(u)
+            })),
+            Some(Method::Delete)
+        );
+    }
+
+    #[test]
+    fn ignores_lookalikes() {
+        assert_eq!(
+            m(quote!({
+                let post = 1;
+                get(x);
+                self.post
+            })),
+            None
+        );
+        assert_eq!(m(quote!({ Method::from_bytes(b) })), None);
+    }
+}

@@ -1,0 +1,652 @@
+//! The effective policy of one function: every setting with the value it has and where it came
+//! from. Built layer by layer (built-in < `[defaults]` < `[policies.NAME]` < inline) through one
+//! setter per key, shared by the attribute and the file.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+
+use crate::diag::Diags;
+use crate::value::{Located, Origin, Value, did_you_mean, parse_duration};
+
+/// Keys a policy may set, in the file and inline.
+pub const POLICY_KEYS: &[&str] = &[
+    "method",
+    "timeout",
+    "deadline",
+    "max_attempts",
+    "backoff",
+    "retry_on",
+    "idempotency_key",
+    "idempotent",
+    "max_retry_after",
+    "budget",
+    "breaker",
+    "bulkhead",
+    "client",
+];
+
+/// Keys only the attribute takes.
+pub const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
+
+pub const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
+pub const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
+pub const BREAKER_KEYS: &[&str] = &[
+    "failure_rate",
+    "min_calls",
+    "window",
+    "open_for",
+    "half_open_calls",
+];
+pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const CLIENT_KEYS: &[&str] = &[
+    "connect_timeout",
+    "pool_idle_timeout",
+    "tcp_keepalive",
+    "pool_max_idle_per_host",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Method {
+    Get,
+    Head,
+    Options,
+    Trace,
+    Put,
+    Delete,
+    Post,
+    Patch,
+}
+
+impl Method {
+    pub const ALL: &[(&str, Method)] = &[
+        ("GET", Method::Get),
+        ("HEAD", Method::Head),
+        ("OPTIONS", Method::Options),
+        ("TRACE", Method::Trace),
+        ("PUT", Method::Put),
+        ("DELETE", Method::Delete),
+        ("POST", Method::Post),
+        ("PATCH", Method::Patch),
+    ];
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, m)| *m)
+    }
+
+    pub fn name(self) -> &'static str {
+        Method::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    pub fn is_safe(self) -> bool {
+        matches!(
+            self,
+            Method::Get | Method::Head | Method::Options | Method::Trace
+        )
+    }
+
+    pub fn needs_key(self) -> bool {
+        matches!(self, Method::Post | Method::Patch)
+    }
+
+    pub fn risk(self) -> u8 {
+        if self.is_safe() {
+            0
+        } else if self.needs_key() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// A value with its origin.
+#[derive(Debug, Clone)]
+pub struct Set<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Set<T> {
+    fn builtin(value: T) -> Set<T> {
+        Set {
+            value,
+            origin: Origin::Builtin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffKind {
+    Exponential,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    Full,
+    Equal,
+    Decorrelated,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackoffModel {
+    pub kind: Set<BackoffKind>,
+    pub initial: Set<Duration>,
+    pub max: Set<Duration>,
+    pub multiplier_milli: Set<u32>,
+    pub jitter: Set<Jitter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryItem {
+    Connect,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+impl RetryItem {
+    pub fn render(self) -> String {
+        match self {
+            RetryItem::Connect => "connect".into(),
+            RetryItem::Reset => "reset".into(),
+            RetryItem::Timeout => "timeout".into(),
+            RetryItem::Status(s) => s.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyModel {
+    None,
+    Auto,
+    /// A parameter, or a field path rooted at one (`order.id`).
+    Param(String),
+}
+
+/// A shared-state reference: off, the default, a named section, or an inline table.
+#[derive(Debug, Clone)]
+pub enum StateRef {
+    Off,
+    /// The per-policy default (budgets only).
+    Default,
+    Named(String),
+    Inline(Vec<(String, Located)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub method: Option<Set<Method>>,
+    pub timeout: Set<Duration>,
+    pub deadline: Set<Duration>,
+    pub max_attempts: Set<u32>,
+    pub backoff: BackoffModel,
+    pub retry_on: Set<Vec<Set<RetryItem>>>,
+    pub idempotency_key: Set<KeyModel>,
+    pub idempotent: Set<bool>,
+    pub max_retry_after: Set<Duration>,
+    pub budget: Set<StateRef>,
+    pub breaker: Set<StateRef>,
+    pub bulkhead: Set<StateRef>,
+    pub client: Option<Set<String>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            method: None,
+            timeout: Set::builtin(Duration::from_secs(10)),
+            deadline: Set::builtin(Duration::from_secs(30)),
+            max_attempts: Set::builtin(3),
+            backoff: BackoffModel {
+                kind: Set::builtin(BackoffKind::Exponential),
+                initial: Set::builtin(Duration::from_millis(100)),
+                max: Set::builtin(Duration::from_secs(2)),
+                multiplier_milli: Set::builtin(2000),
+                jitter: Set::builtin(Jitter::Full),
+            },
+            retry_on: Set::builtin(
+                [
+                    RetryItem::Connect,
+                    RetryItem::Reset,
+                    RetryItem::Timeout,
+                    RetryItem::Status(408),
+                    RetryItem::Status(429),
+                    RetryItem::Status(502),
+                    RetryItem::Status(503),
+                    RetryItem::Status(504),
+                ]
+                .into_iter()
+                .map(Set::builtin)
+                .collect(),
+            ),
+            idempotency_key: Set::builtin(KeyModel::None),
+            idempotent: Set::builtin(false),
+            max_retry_after: Set::builtin(Duration::from_secs(30)),
+            budget: Set::builtin(StateRef::Default),
+            breaker: Set::builtin(StateRef::Off),
+            bulkhead: Set::builtin(StateRef::Off),
+            client: None,
+        }
+    }
+}
+
+/// Where to point an error about a value: its inline tokens, or `fallback` with the file
+/// position written into the message.
+pub fn at(v: &Located, fallback: Span) -> Span {
+    v.origin.span_or(fallback)
+}
+
+/// The message prefix of a value that lives in a file.
+pub fn file_prefix(origin: &Origin) -> String {
+    match origin {
+        Origin::File {
+            file, line, col, ..
+        } => format!("{file}:{line}:{col}: "),
+        _ => String::new(),
+    }
+}
+
+pub fn err(diags: &mut Diags, v: &Located, fallback: Span, msg: impl std::fmt::Display) {
+    diags.push(at(v, fallback), format!("{}{msg}", file_prefix(&v.origin)));
+}
+
+pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<Duration> {
+    let parsed = match &v.value {
+        Value::Str(s) => parse_duration(s),
+        Value::IntSuffixed(n, unit) => parse_duration(&format!("{n}{unit}")),
+        Value::Int(n) => Err(format!(
+            "`{key} = {n}` has no unit: write \"{n}ms\" or \"{n}s\""
+        )),
+        _ => Err(format!(
+            "`{key}` takes a duration like \"250ms\", \"5s\" or \"1m\", not {}",
+            v.describe()
+        )),
+    };
+    parsed.map_err(|m| err(diags, v, fallback, m)).ok()
+}
+
+pub fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
+    match &v.value {
+        Value::Int(n) => Some(*n),
+        _ => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` takes a whole number, not {}", v.describe()),
+            );
+            None
+        }
+    }
+}
+
+pub fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<f64> {
+    match &v.value {
+        Value::Int(n) => Some(*n as f64),
+        Value::Float(x) if x.is_finite() => Some(*x),
+        _ => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` takes a number, not {}", v.describe()),
+            );
+            None
+        }
+    }
+}
+
+fn boolean(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<bool> {
+    match &v.value {
+        Value::Bool(b) => Some(*b),
+        _ => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` takes true or false, not {}", v.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// Checks the keys of a table against the known ones, with "did you mean".
+pub fn check_table_keys(
+    diags: &mut Diags,
+    table: &[(String, Located)],
+    known: &[&str],
+    what: &str,
+    fallback: Span,
+) {
+    for (k, v) in table {
+        if !known.contains(&k.as_str()) {
+            let hint = did_you_mean(k, known)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            err(
+                diags,
+                v,
+                fallback,
+                format!(
+                    "unknown {what} key `{k}`{hint} (known: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+impl Settings {
+    /// Applies one `key = value`. `fallback` is where errors about file values point.
+    pub fn apply(&mut self, diags: &mut Diags, key: &str, v: &Located, fallback: Span) {
+        let origin = v.origin.clone();
+        match key {
+            "method" => match v.as_text().and_then(Method::parse) {
+                Some(m) => self.method = Some(Set { value: m, origin }),
+                None => err(
+                    diags,
+                    v,
+                    fallback,
+                    format!(
+                        "unknown method {}: use GET, HEAD, OPTIONS, PUT, DELETE, POST or PATCH",
+                        v.render()
+                    ),
+                ),
+            },
+            "timeout" => {
+                if let Some(d) = duration(diags, v, fallback, key) {
+                    self.timeout = Set { value: d, origin };
+                }
+            }
+            "deadline" => {
+                if let Some(d) = duration(diags, v, fallback, key) {
+                    self.deadline = Set { value: d, origin };
+                }
+            }
+            "max_retry_after" => {
+                if let Some(d) = duration(diags, v, fallback, key) {
+                    self.max_retry_after = Set { value: d, origin };
+                }
+            }
+            "max_attempts" => {
+                if let Some(n) = integer(diags, v, fallback, key) {
+                    if (1..=10).contains(&n) {
+                        self.max_attempts = Set {
+                            value: n as u32,
+                            origin,
+                        };
+                    } else {
+                        err(
+                            diags,
+                            v,
+                            fallback,
+                            format!("max_attempts = {n} is outside 1..=10 (1 means no retry)"),
+                        );
+                    }
+                }
+            }
+            "idempotent" => {
+                if let Some(b) = boolean(diags, v, fallback, key) {
+                    self.idempotent = Set { value: b, origin };
+                }
+            }
+            "idempotency_key" => match &v.value {
+                Value::Str(s) | Value::Word(s) if s == "auto" => {
+                    self.idempotency_key = Set {
+                        value: KeyModel::Auto,
+                        origin,
+                    };
+                }
+                Value::Str(s) | Value::Word(s) if s == "none" => {
+                    self.idempotency_key = Set {
+                        value: KeyModel::None,
+                        origin,
+                    };
+                }
+                Value::Word(s) if !s.contains("::") => {
+                    self.idempotency_key = Set {
+                        value: KeyModel::Param(s.clone()),
+                        origin,
+                    };
+                }
+                Value::Str(s) if v.origin.is_inline() => err(
+                    diags,
+                    v,
+                    fallback,
+                    format!(
+                        "idempotency_key takes `auto` or a parameter name without quotes: `idempotency_key = {s}`"
+                    ),
+                ),
+                _ => err(
+                    diags,
+                    v,
+                    fallback,
+                    format!(
+                        "idempotency_key takes \"auto\" (or a parameter name, inline), not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            "retry_on" => {
+                let Value::List(items) = &v.value else {
+                    return err(
+                        diags,
+                        v,
+                        fallback,
+                        "retry_on takes a list, like [connect, reset, timeout, 503]",
+                    );
+                };
+                let mut out = Vec::new();
+                for it in items {
+                    let item = match &it.value {
+                        Value::Str(s) | Value::Word(s) => match s.as_str() {
+                            "connect" => Some(RetryItem::Connect),
+                            "reset" => Some(RetryItem::Reset),
+                            "timeout" => Some(RetryItem::Timeout),
+                            "5xx" => {
+                                err(
+                                    diags,
+                                    it,
+                                    fallback,
+                                    "list the 5xx statuses to retry one by one, like 502, 503, 504",
+                                );
+                                None
+                            }
+                            other => {
+                                let hint = did_you_mean(other, &["connect", "reset", "timeout"])
+                                    .map(|s| format!("; did you mean `{s}`?"))
+                                    .unwrap_or_default();
+                                err(
+                                    diags,
+                                    it,
+                                    fallback,
+                                    format!(
+                                        "unknown failure class `{other}`{hint} (use connect, reset, timeout, or a status like 503)"
+                                    ),
+                                );
+                                None
+                            }
+                        },
+                        Value::Int(n) if (100..=599).contains(n) => {
+                            Some(RetryItem::Status(*n as u16))
+                        }
+                        _ => {
+                            err(
+                                diags,
+                                it,
+                                fallback,
+                                format!(
+                                    "{} is neither a failure class nor an HTTP status",
+                                    it.render()
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    if let Some(item) = item {
+                        out.push(Set {
+                            value: item,
+                            origin: it.origin.clone(),
+                        });
+                    }
+                }
+                self.retry_on = Set { value: out, origin };
+            }
+            "backoff" => self.apply_backoff(diags, v, fallback),
+            "budget" | "breaker" | "bulkhead" => {
+                let r = match &v.value {
+                    Value::Bool(false) => Some(StateRef::Off),
+                    Value::Bool(true) if key == "budget" => Some(StateRef::Default),
+                    Value::Str(s) | Value::Word(s) if s == "off" || s == "none" => {
+                        Some(StateRef::Off)
+                    }
+                    Value::Str(s) | Value::Word(s) => Some(StateRef::Named(s.clone())),
+                    Value::Table(t) => Some(StateRef::Inline(t.clone())),
+                    _ => {
+                        err(
+                            diags,
+                            v,
+                            fallback,
+                            format!(
+                                "`{key}` takes the name of a [{key}s.NAME] section, a table, or false"
+                            ),
+                        );
+                        None
+                    }
+                };
+                if let Some(r) = r {
+                    let s = Set { value: r, origin };
+                    match key {
+                        "budget" => self.budget = s,
+                        "breaker" => self.breaker = s,
+                        _ => self.bulkhead = s,
+                    }
+                }
+            }
+            "client" => match v.as_text() {
+                Some(name) => {
+                    self.client = Some(Set {
+                        value: name.to_owned(),
+                        origin,
+                    })
+                }
+                None => err(
+                    diags,
+                    v,
+                    fallback,
+                    "`client` takes the name of a [clients.NAME] section",
+                ),
+            },
+            other => {
+                let mut known: Vec<&str> = POLICY_KEYS.to_vec();
+                if v.origin.is_inline() {
+                    known.extend_from_slice(INLINE_ONLY_KEYS);
+                }
+                let hint = did_you_mean(other, &known)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                err(diags, v, fallback, format!("unknown key `{other}`{hint}"));
+            }
+        }
+    }
+
+    fn apply_backoff(&mut self, diags: &mut Diags, v: &Located, fallback: Span) {
+        let table = match &v.value {
+            Value::Table(t) => t.clone(),
+            Value::Str(s) | Value::Word(s) if s == "exponential" || s == "constant" => {
+                vec![("kind".to_owned(), v.clone())]
+            }
+            _ => {
+                return err(
+                    diags,
+                    v,
+                    fallback,
+                    "backoff takes a table: { kind = \"exponential\", initial = \"100ms\", max = \"2s\", multiplier = 2, jitter = \"full\" }",
+                );
+            }
+        };
+        check_table_keys(diags, &table, BACKOFF_KEYS, "backoff", fallback);
+        for (k, item) in &table {
+            let origin = item.origin.clone();
+            match k.as_str() {
+                "kind" => match item.as_text() {
+                    Some("exponential") => {
+                        self.backoff.kind = Set {
+                            value: BackoffKind::Exponential,
+                            origin,
+                        }
+                    }
+                    Some("constant") => {
+                        self.backoff.kind = Set {
+                            value: BackoffKind::Constant,
+                            origin,
+                        }
+                    }
+                    _ => err(
+                        diags,
+                        item,
+                        fallback,
+                        "backoff kind is \"exponential\" or \"constant\"",
+                    ),
+                },
+                "jitter" => {
+                    let j = match item.as_text() {
+                        Some("full") => Some(Jitter::Full),
+                        Some("equal") => Some(Jitter::Equal),
+                        Some("decorrelated") => Some(Jitter::Decorrelated),
+                        Some("none") => Some(Jitter::None),
+                        _ => None,
+                    };
+                    match j {
+                        Some(j) => self.backoff.jitter = Set { value: j, origin },
+                        None => err(
+                            diags,
+                            item,
+                            fallback,
+                            "jitter is \"full\", \"equal\", \"decorrelated\" or \"none\"",
+                        ),
+                    }
+                }
+                "initial" => {
+                    if let Some(d) = duration(diags, item, fallback, "initial") {
+                        self.backoff.initial = Set { value: d, origin };
+                    }
+                }
+                "max" => {
+                    if let Some(d) = duration(diags, item, fallback, "max") {
+                        self.backoff.max = Set { value: d, origin };
+                    }
+                }
+                "multiplier" => {
+                    if let Some(x) = number(diags, item, fallback, "multiplier") {
+                        if (1.0..=100.0).contains(&x) {
+                            self.backoff.multiplier_milli = Set {
+                                value: (x * 1000.0).round() as u32,
+                                origin,
+                            };
+                        } else {
+                            err(
+                                diags,
+                                item,
+                                fallback,
+                                format!("backoff multiplier {x} is outside 1..=100"),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
