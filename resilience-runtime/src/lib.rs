@@ -46,6 +46,7 @@ pub use http::{
     observe,
 };
 pub use policy::{Backoff, BackoffKind, InvalidPolicy, Jitter, KeySource, Method, Policy, RetryOn};
+#[doc = include_str!("docs/resilient.md")]
 pub use resilience_macros::resilient;
 pub use retry_after::parse as parse_retry_after;
 

@@ -1,0 +1,226 @@
+//! The retry decision table of the design, cell by cell: every method column × every failure row,
+//! plus the limits (attempts, Retry-After cap, deadline, retry_on).
+
+use std::time::Duration;
+
+use resilience_runtime::decision::{Decision, Facts, GiveUp, decide};
+use resilience_runtime::{Class, Method, RetryOn};
+
+const ALL_TRANSIENT: RetryOn = RetryOn {
+    connect: true,
+    reset: true,
+    timeout: true,
+    statuses: &[408, 429, 500, 502, 503, 504],
+};
+const BACKOFF: Duration = Duration::from_millis(100);
+
+/// The columns: (label, methods, keyed, declared idempotent).
+fn columns() -> Vec<(&'static str, Vec<Method>, bool, bool)> {
+    vec![
+        (
+            "GET HEAD OPTIONS",
+            vec![Method::Get, Method::Head, Method::Options],
+            false,
+            false,
+        ),
+        (
+            "PUT DELETE, idempotent",
+            vec![Method::Put, Method::Delete],
+            false,
+            true,
+        ),
+        (
+            "PUT DELETE, not declared",
+            vec![Method::Put, Method::Delete],
+            false,
+            false,
+        ),
+        (
+            "POST PATCH with key",
+            vec![Method::Post, Method::Patch],
+            true,
+            false,
+        ),
+        (
+            "POST PATCH, no key",
+            vec![Method::Post, Method::Patch],
+            false,
+            false,
+        ),
+        // `idempotent` does not make a POST safe: only the key does.
+        (
+            "POST PATCH, idempotent but no key",
+            vec![Method::Post, Method::Patch],
+            false,
+            true,
+        ),
+    ]
+}
+
+fn facts(
+    method: Method,
+    keyed: bool,
+    idempotent: bool,
+    class: Class,
+    retry_after: Option<Duration>,
+) -> Facts<'static> {
+    Facts {
+        method,
+        keyed,
+        idempotent,
+        class,
+        attempt: 1,
+        max_attempts: 3,
+        retry_on: &ALL_TRANSIENT,
+        backoff: BACKOFF,
+        retry_after,
+        max_retry_after: Duration::from_secs(30),
+        time_left: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn every_cell_of_the_table() {
+    // (row label, class, Retry-After, expected per column: Some(delay) = retry after, None = give up)
+    let never_sent = Some(BACKOFF);
+    let ambiguous = |d: Duration| [Some(d), Some(d), None, Some(d), None, None];
+    let rows: Vec<(&str, Class, Option<Duration>, [Option<Duration>; 6])> = vec![
+        ("connect", Class::Connect, None, [never_sent; 6]),
+        ("reset", Class::Reset, None, ambiguous(BACKOFF)),
+        ("timeout", Class::Timeout, None, ambiguous(BACKOFF)),
+        ("408", Class::Status(408), None, ambiguous(BACKOFF)),
+        ("502", Class::Status(502), None, ambiguous(BACKOFF)),
+        ("503", Class::Status(503), None, ambiguous(BACKOFF)),
+        ("504", Class::Status(504), None, ambiguous(BACKOFF)),
+        (
+            "429 + Retry-After 2s",
+            Class::Status(429),
+            Some(Duration::from_secs(2)),
+            ambiguous(Duration::from_secs(2)),
+        ),
+        (
+            "503 + Retry-After 2s",
+            Class::Status(503),
+            Some(Duration::from_secs(2)),
+            ambiguous(Duration::from_secs(2)),
+        ),
+        // Retry-After shorter than the backoff: the backoff wins (max of the two).
+        (
+            "429 + Retry-After 0",
+            Class::Status(429),
+            Some(Duration::ZERO),
+            ambiguous(BACKOFF),
+        ),
+        ("400", Class::Status(400), None, [None; 6]),
+        ("401", Class::Status(401), None, [None; 6]),
+        ("403", Class::Status(403), None, [None; 6]),
+        ("404", Class::Status(404), None, [None; 6]),
+        ("409", Class::Status(409), None, [None; 6]),
+        ("422", Class::Status(422), None, [None; 6]),
+        ("decode / own logic", Class::Permanent, None, [None; 6]),
+        ("breaker/bulkhead/budget", Class::Rejected, None, [None; 6]),
+    ];
+    let mut cells = 0;
+    for (label, class, ra, expected) in &rows {
+        for ((col, methods, keyed, idem), want) in columns().iter().zip(expected) {
+            for m in methods {
+                let got = decide(&facts(*m, *keyed, *idem, *class, *ra));
+                match want {
+                    Some(d) => assert_eq!(got, Decision::RetryAfter(*d), "{label} × {col} ({m})"),
+                    None => assert!(
+                        matches!(got, Decision::GiveUp(_)),
+                        "{label} × {col} ({m}): {got:?}"
+                    ),
+                }
+                cells += 1;
+            }
+        }
+    }
+    assert_eq!(cells, rows.len() * 13);
+}
+
+#[test]
+fn give_up_reasons() {
+    let f = facts(Method::Post, false, false, Class::Reset, None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::UnsafeToResend));
+    let f = facts(Method::Get, false, false, Class::Status(404), None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
+    let f = facts(Method::Get, false, false, Class::Permanent, None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
+    let f = facts(Method::Get, false, false, Class::Rejected, None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Rejected));
+}
+
+#[test]
+fn limits() {
+    let base = facts(Method::Get, false, false, Class::Status(503), None);
+    // The last attempt ran.
+    assert_eq!(
+        decide(&Facts { attempt: 3, ..base }),
+        Decision::GiveUp(GiveUp::AttemptsExhausted)
+    );
+    assert_eq!(
+        decide(&Facts { attempt: 2, ..base }),
+        Decision::RetryAfter(BACKOFF)
+    );
+    // A server asking for more than max_retry_after ends the call at once.
+    let ra = Facts {
+        retry_after: Some(Duration::from_secs(31)),
+        ..base
+    };
+    assert_eq!(decide(&ra), Decision::GiveUp(GiveUp::RetryAfterTooLong));
+    let ra = Facts {
+        retry_after: Some(Duration::from_secs(30)),
+        time_left: Duration::from_secs(60),
+        ..base
+    };
+    assert_eq!(decide(&ra), Decision::RetryAfter(Duration::from_secs(30)));
+    // Retry-After beyond the deadline: no sleep in vain.
+    let ra = Facts {
+        retry_after: Some(Duration::from_secs(5)),
+        time_left: Duration::from_secs(4),
+        ..base
+    };
+    assert_eq!(decide(&ra), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    // Backoff reaching the deadline.
+    let late = Facts {
+        time_left: BACKOFF,
+        ..base
+    };
+    assert_eq!(decide(&late), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    // Not listed in retry_on.
+    let only_connect = RetryOn {
+        connect: true,
+        reset: false,
+        timeout: false,
+        statuses: &[],
+    };
+    let f = Facts {
+        retry_on: &only_connect,
+        ..base
+    };
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::NotInRetryOn));
+    let f = Facts {
+        retry_on: &only_connect,
+        class: Class::Connect,
+        ..base
+    };
+    assert_eq!(decide(&f), Decision::RetryAfter(BACKOFF));
+    // A 500 is retried only when listed.
+    let default_on = RetryOn::DEFAULT;
+    let f = Facts {
+        retry_on: &default_on,
+        class: Class::Status(500),
+        ..base
+    };
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::NotInRetryOn));
+}
+
+#[test]
+fn the_least_safe_method_decides() {
+    // Unknown methods are treated as POST.
+    let f = facts(Method::Other, false, true, Class::Timeout, None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::UnsafeToResend));
+    let f = facts(Method::Other, true, false, Class::Timeout, None);
+    assert_eq!(decide(&f), Decision::RetryAfter(BACKOFF));
+}
