@@ -164,7 +164,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
     Ok(expand(&plan))
 }
 
-fn proc_macro_source_dir() -> Option<std::path::PathBuf> {
+pub fn proc_macro_source_dir() -> Option<std::path::PathBuf> {
     // Only meaningful inside a real macro invocation; unit tests run outside one.
     if !proc_macro::is_available() {
         return None;

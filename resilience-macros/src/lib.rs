@@ -5,6 +5,7 @@
 //! `proc_macro` and `proc_macro2`.
 
 mod attr;
+mod client;
 mod config;
 mod diag;
 mod entry;
@@ -20,4 +21,10 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::resilient(args.into(), item.into()).into()
+}
+
+/// See `resilience_runtime::client!`.
+#[proc_macro]
+pub fn client(input: TokenStream) -> TokenStream {
+    client::client(input.into()).into()
 }

@@ -1,0 +1,142 @@
+//! `client!("NAME")`: the settings of `[clients.NAME]`, checked at compile time, as a value that
+//! builds a correctly configured `reqwest::Client` in one line.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::parse::Parser as _;
+
+use crate::config;
+use crate::diag::Diags;
+use crate::model::Settings;
+use crate::validate::read_client;
+use crate::value::did_you_mean;
+
+pub fn client(input: TokenStream) -> TokenStream {
+    match build(input) {
+        Ok(ts) => ts,
+        Err(e) => {
+            let e = e.into_compile_error();
+            // Fail soft: a value of the right type, so the rest of the crate type-checks.
+            quote!({ #e; ::resilience_runtime::ClientSettings::DEFAULT })
+        }
+    }
+}
+
+fn build(input: TokenStream) -> syn::Result<TokenStream> {
+    let parser = |s: syn::parse::ParseStream<'_>| {
+        let name: syn::LitStr = s.parse()?;
+        let mut config: Option<syn::LitStr> = None;
+        let mut krate: Option<syn::LitStr> = None;
+        while !s.is_empty() {
+            s.parse::<syn::Token![,]>()?;
+            if s.is_empty() {
+                break;
+            }
+            let key: syn::Ident = syn::ext::IdentExt::parse_any(s)?;
+            s.parse::<syn::Token![=]>()?;
+            let v: syn::LitStr = s.parse()?;
+            match key.to_string().as_str() {
+                "config" => config = Some(v),
+                "crate" => krate = Some(v),
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!(
+                            "unknown key `{other}`: client! takes a name, then optionally config = \"…\" or crate = \"…\""
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok((name, config, krate))
+    };
+    let (name, config_lit, krate) = parser.parse2(input)?;
+    let span = name.span();
+    let krate: TokenStream = match krate {
+        Some(k) => k
+            .value()
+            .parse()
+            .map_err(|_| syn::Error::new(k.span(), "`crate` takes a path"))?,
+        None => quote!(::resilience_runtime),
+    };
+    let source_dir = crate::entry::proc_macro_source_dir();
+    let located = config::locate(
+        config_lit.as_ref().map(|c| c.value()).as_deref(),
+        source_dir.as_deref(),
+    )
+    .map_err(|m| syn::Error::new(span, m))?;
+    let Some((path, display)) = located else {
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "client!(\"{}\") needs a resilience.toml beside Cargo.toml with [clients.{}]",
+                name.value(),
+                name.value()
+            ),
+        ));
+    };
+    let cfg = config::load(&path, &display).map_err(|m| syn::Error::new(span, m))?;
+    let mut diags = Diags::default();
+    for m in &cfg.errors {
+        diags.push(span, m);
+    }
+    let wanted = name.value();
+    let Some(table) = cfg.clients.get(&wanted) else {
+        let known: Vec<&str> = cfg.clients.keys().map(String::as_str).collect();
+        let hint = did_you_mean(&wanted, &known)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        return Err(syn::Error::new(
+            span,
+            format!("unknown client `{wanted}`: {display} has no [clients.{wanted}]{hint}"),
+        ));
+    };
+    let (m, _) = read_client(&mut diags, &table.entries, span);
+    // Every policy of the file that uses this client must give attempts more time than a connect.
+    for (pname, p) in &cfg.policies {
+        let mut s = Settings::default();
+        let mut scratch = Diags::default();
+        if let Some(d) = &cfg.defaults {
+            for (k, v) in &d.entries {
+                s.apply(&mut scratch, k, v, Span::call_site());
+            }
+        }
+        for (k, v) in &p.entries {
+            s.apply(&mut scratch, k, v, Span::call_site());
+        }
+        if s.client.as_ref().is_some_and(|c| c.value == wanted)
+            && m.connect_timeout >= s.timeout.value
+        {
+            diags.push(
+                span,
+                format!(
+                    "connect_timeout of [clients.{wanted}] ({:?}) is not shorter than the timeout of [policies.{pname}] ({:?}, {})",
+                    m.connect_timeout, s.timeout.value, s.timeout.origin
+                ),
+            );
+        }
+    }
+    if let Some(e) = diags.into_error() {
+        return Err(e);
+    }
+    let d = |d: std::time::Duration| {
+        let (s, n) = (d.as_secs(), d.subsec_nanos());
+        quote!(::core::time::Duration::new(#s, #n))
+    };
+    let (ct, pit, ka, idle) = (
+        d(m.connect_timeout),
+        d(m.pool_idle_timeout),
+        d(m.tcp_keepalive),
+        m.pool_max_idle_per_host,
+    );
+    let file = path.display().to_string();
+    Ok(quote!({
+        const _: &str = ::core::include_str!(#file);
+        #krate::ClientSettings {
+            connect_timeout: #ct,
+            pool_idle_timeout: #pit,
+            tcp_keepalive: #ka,
+            pool_max_idle_per_host: #idle as usize,
+        }
+    }))
+}
