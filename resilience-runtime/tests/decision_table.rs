@@ -84,7 +84,8 @@ fn every_cell_of_the_table() {
     // (row label, class, Retry-After, expected per column: Some(delay) = retry after, None = give up)
     let never_sent = Some(BACKOFF);
     let ambiguous = |d: Duration| [Some(d), Some(d), None, Some(d), None, None];
-    let rows: Vec<(&str, Class, Option<Duration>, [Option<Duration>; 6])> = vec![
+    type Row = (&'static str, Class, Option<Duration>, [Option<Duration>; 6]);
+    let rows: Vec<Row> = vec![
         ("connect", Class::Connect, None, [never_sent; 6]),
         ("reset", Class::Reset, None, ambiguous(BACKOFF)),
         ("timeout", Class::Timeout, None, ambiguous(BACKOFF)),
