@@ -150,6 +150,12 @@ impl Error {
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
         self.attempts = attempts;
     }
+
+    pub(crate) fn set_class(&mut self, class: Option<Class>) {
+        if class.is_some() {
+            self.class = class;
+        }
+    }
 }
 
 impl fmt::Debug for Error {

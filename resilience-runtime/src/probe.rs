@@ -33,7 +33,9 @@ impl ViaOwn for &&&&&Probe<'_, Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         e.set_attempts(self.1);
-        classify_error(e)
+        let class = classify_error(e);
+        e.set_class(class);
+        class
     }
 }
 
@@ -63,10 +65,12 @@ macro_rules! boxed {
         impl ViaBoxed for &&Probe<'_, $t> {
             fn __resilience_class(self) -> Option<Class> {
                 let e = self.0.take()?;
+                let class = classify_error(&**e);
                 if let Some(own) = e.downcast_mut::<Error>() {
                     own.set_attempts(self.1);
+                    own.set_class(class);
                 }
-                classify_error(&**e)
+                class
             }
         }
     )*};
@@ -81,11 +85,13 @@ boxed!(
 impl ViaBoxed for &&Probe<'_, anyhow::Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
+        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+        let class = classify_error(dynerr);
         if let Some(own) = e.downcast_mut::<Error>() {
             own.set_attempts(self.1);
+            own.set_class(class);
         }
-        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-        classify_error(dynerr)
+        class
     }
 }
 

@@ -1,0 +1,397 @@
+//! The fault matrix: every method/key column of the design's decision table against every
+//! fault the loopback server can produce, asserting what the server saw: how many requests,
+//! and the same `Idempotency-Key` (and `X-Request-Id`) on each.
+//!
+//! Every peer is a task on the test's current-thread runtime with a paused clock, so timeouts,
+//! backoff and `Retry-After` take no wall time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use resilience_fault_server::{Action, Blackhole, FaultServer, Seen, refused_addr};
+use resilience_runtime::{ClientSettings, Error, ErrorKind, RequestBuilderExt as _, resilient};
+
+type Call = for<'a> fn(
+    &'a reqwest::Client,
+    &'a str,
+) -> Pin<Box<dyn Future<Output = Result<u16, Error>> + 'a>>;
+
+const POLICY_NOTE: &str = "timeout 1s, deadline 20s, 3 attempts, backoff 10ms..50ms, no budget";
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false,
+    idempotent
+)]
+async fn put_idempotent(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.put(url)
+        .body("v=1")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, retry_on = [connect])]
+async fn put_undeclared(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.put(url)
+        .body("v=1")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+async fn post_keyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, retry_on = [connect])]
+async fn post_unkeyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The policy says keyed, but the body sends without `.resilient()`: the request goes out
+/// without the key, and the runtime must not resend it after it may have arrived.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+async fn post_keyed_but_unstamped(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c.post(url).body("amount=100").send().await?;
+    resilience_runtime::observe(&resp);
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+struct Column {
+    name: &'static str,
+    call: Call,
+    keyed: bool,
+    /// May this column resend after the request may have reached the server?
+    resends: bool,
+}
+
+fn columns() -> Vec<Column> {
+    vec![
+        Column {
+            name: "GET",
+            call: |c, u| Box::pin(get(c, u)),
+            keyed: false,
+            resends: true,
+        },
+        Column {
+            name: "PUT idempotent",
+            call: |c, u| Box::pin(put_idempotent(c, u)),
+            keyed: false,
+            resends: true,
+        },
+        Column {
+            name: "PUT undeclared",
+            call: |c, u| Box::pin(put_undeclared(c, u)),
+            keyed: false,
+            resends: false,
+        },
+        Column {
+            name: "POST keyed",
+            call: |c, u| Box::pin(post_keyed(c, u)),
+            keyed: true,
+            resends: true,
+        },
+        Column {
+            name: "POST unkeyed",
+            call: |c, u| Box::pin(post_unkeyed(c, u)),
+            keyed: false,
+            resends: false,
+        },
+        Column {
+            name: "POST keyed, unstamped",
+            call: |c, u| Box::pin(post_keyed_but_unstamped(c, u)),
+            keyed: false,
+            resends: false,
+        },
+    ]
+}
+
+fn client() -> reqwest::Client {
+    ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .unwrap()
+}
+
+/// What every request of one call must share, and what must differ.
+fn assert_one_call(col: &str, seen: &[Seen], keyed: bool) {
+    let ids: Vec<Option<&str>> = seen.iter().map(|s| s.header("x-request-id")).collect();
+    let keys: Vec<Option<&str>> = seen.iter().map(|s| s.idempotency_key()).collect();
+    let attempts: Vec<Option<&str>> = seen.iter().map(|s| s.header("x-attempt")).collect();
+    if let Some(first) = seen.first() {
+        if keyed {
+            let k = first
+                .idempotency_key()
+                .unwrap_or_else(|| panic!("{col}: no Idempotency-Key"));
+            assert_eq!(k.len(), 36, "{col}: key {k:?} is not a UUID");
+            assert!(
+                keys.iter().all(|x| *x == Some(k)),
+                "{col}: keys differ across attempts: {keys:?}"
+            );
+        } else {
+            assert!(
+                keys.iter().all(Option::is_none),
+                "{col}: unexpected Idempotency-Key: {keys:?}"
+            );
+        }
+        if first.header("x-request-id").is_some() {
+            assert!(
+                ids.iter().all(|x| *x == ids[0]),
+                "{col}: X-Request-Id differs: {ids:?}"
+            );
+            let want: Vec<String> = (1..=seen.len()).map(|n| n.to_string()).collect();
+            let got: Vec<&str> = attempts.iter().map(|a| a.unwrap_or("-")).collect();
+            assert_eq!(got, want, "{col}: attempt numbers");
+            let tp: Vec<&str> = seen
+                .iter()
+                .map(|s| s.header("traceparent").unwrap())
+                .collect();
+            assert!(
+                tp.iter().all(|t| t.len() == 55 && t[3..35] == tp[0][3..35]),
+                "{col}: trace ids differ: {tp:?}"
+            );
+            let parents: std::collections::HashSet<&str> = tp.iter().map(|t| &t[36..52]).collect();
+            assert_eq!(parents.len(), tp.len(), "{col}: parent ids repeat: {tp:?}");
+        }
+    }
+}
+
+/// Runs every column against a fresh server scripted with `action` for every request.
+async fn against_server(
+    action: fn() -> Action,
+    expect: impl Fn(&Column) -> (usize, Result<u16, ErrorKind>),
+) {
+    let c = client();
+    for col in columns() {
+        let server =
+            FaultServer::start(resilience_fault_server::Script::dynamic(move |_| action())).await;
+        let out = (col.call)(&c, &server.url("/op")).await;
+        let seen = server.requests();
+        let (want_seen, want_out) = expect(&col);
+        assert_eq!(
+            seen.len(),
+            want_seen,
+            "{}: requests seen ({POLICY_NOTE}); outcome {out:?}",
+            col.name
+        );
+        match (&out, want_out) {
+            (Ok(s), Ok(w)) => assert_eq!(*s, w, "{}", col.name),
+            (Err(e), Err(kind)) => {
+                assert_eq!(e.kind(), kind, "{}: {e}", col.name);
+                assert_eq!(
+                    e.attempts() as usize,
+                    want_seen.max(1),
+                    "{}: attempts in the error: {e}",
+                    col.name
+                );
+            }
+            _ => panic!("{}: got {out:?}, expected {want_out:?}", col.name),
+        }
+        assert_one_call(col.name, &seen, col.keyed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_is_retried_for_every_method() {
+    let c = client();
+    let url = format!("http://{}/op", refused_addr());
+    for col in columns() {
+        let e = (col.call)(&c, &url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Call, "{}: {e}", col.name);
+        assert_eq!(
+            e.class(),
+            Some(resilience_runtime::Class::Connect),
+            "{}: {e}",
+            col.name
+        );
+        assert_eq!(
+            e.attempts(),
+            3,
+            "{}: never sent, so safe to resend: {e}",
+            col.name
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_is_retried_for_every_method() {
+    let hole = Blackhole::new();
+    let c = client();
+    for col in columns() {
+        let e = (col.call)(&c, &hole.url("/op")).await.unwrap_err();
+        assert_eq!(
+            e.class(),
+            Some(resilience_runtime::Class::Connect),
+            "{}: {e}",
+            col.name
+        );
+        assert_eq!(e.attempts(), 3, "{}: {e}", col.name);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_after_the_request_was_read() {
+    against_server(Action::reset, |col| {
+        if col.resends {
+            (3, Err(ErrorKind::Call))
+        } else {
+            (1, Err(ErrorKind::Call))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_before_answering() {
+    against_server(Action::close, |col| {
+        if col.resends {
+            (3, Err(ErrorKind::Call))
+        } else {
+            (1, Err(ErrorKind::Call))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stall_ends_in_attempt_timeouts() {
+    against_server(Action::stall, |col| {
+        if col.resends {
+            (3, Err(ErrorKind::AttemptTimeout))
+        } else {
+            (1, Err(ErrorKind::AttemptTimeout))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_503() {
+    against_server(
+        || Action::status(503),
+        |col| {
+            if col.resends {
+                (3, Err(ErrorKind::Call))
+            } else {
+                (1, Err(ErrorKind::Call))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_429_with_retry_after_waits_at_least_that_long() {
+    let started = tokio::time::Instant::now();
+    against_server(
+        || Action::status(429).retry_after(2),
+        |col| {
+            if col.resends {
+                (3, Err(ErrorKind::Call))
+            } else {
+                (1, Err(ErrorKind::Call))
+            }
+        },
+    )
+    .await;
+    // Three resending columns, two waits of 2 s each.
+    assert!(
+        started.elapsed() >= Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_404_is_never_retried() {
+    against_server(|| Action::status(404), |_| (1, Err(ErrorKind::Call))).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_then_success() {
+    let c = client();
+    for col in columns().into_iter().filter(|c| c.resends) {
+        let server =
+            FaultServer::start(vec![Action::reset(), Action::status(503), Action::ok()]).await;
+        let out = (col.call)(&c, &server.url("/op")).await;
+        assert_eq!(out.unwrap(), 200, "{}", col.name);
+        assert_eq!(server.count(), 3, "{}", col.name);
+        assert_one_call(col.name, &server.requests(), col.keyed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_http_date() {
+    let c = client();
+    let at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let server =
+        FaultServer::start(vec![Action::status(503).retry_after_date(at), Action::ok()]).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&c, &server.url("/op")).await.unwrap(), 200);
+    // The date is in wall-clock seconds: at least 1 s remains after header rounding.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_cap_ends_the_call_at_once() {
+    let c = client();
+    let server = FaultServer::start(vec![Action::status(503).retry_after(120)]).await;
+    let started = tokio::time::Instant::now();
+    let e = get(&c, &server.url("/op")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Call);
+    assert_eq!(e.http_status(), Some(503));
+    assert_eq!(server.count(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "slept in vain: {:?}",
+        started.elapsed()
+    );
+}
