@@ -1,0 +1,316 @@
+//! Every function shape and error type the attribute supports, against the loopback fault
+//! server: methods on `&self` and `&mut self`, generic functions, by-value arguments cloned for
+//! each attempt, and `Error`, `Box<dyn Error>`, `anyhow::Error`, a user's own error type.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer};
+use resilience_runtime::{Class, Classify, Error, ErrorKind, RequestBuilderExt as _, resilient};
+
+fn client() -> reqwest::Client {
+    resilience_runtime::ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..Default::default()
+    }
+    .build()
+    .unwrap()
+}
+
+/// A flaky server: a reset, a 503, then 200 "ok".
+async fn flaky() -> FaultServer {
+    FaultServer::start(vec![Action::reset(), Action::status(503)]).await
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    calls: u32,
+}
+
+impl Api {
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn get_ref(&self, path: &str) -> Result<String, Error> {
+        let url = format!("{}{path}", self.base);
+        Ok(self
+            .http
+            .get(url)
+            .resilient()
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn get_mut(&mut self, path: &str) -> Result<String, Error> {
+        self.calls += 1;
+        let url = format!("{}{path}", self.base);
+        Ok(self
+            .http
+            .get(url)
+            .resilient()
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn generic<T: std::str::FromStr>(http: &reqwest::Client, url: &str) -> Result<T, Error>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text = http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.parse::<T>().map_err(Error::call)
+}
+
+/// `body` is moved into the request on every attempt: each attempt gets its own clone.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn by_value(http: &reqwest::Client, url: String, body: Vec<u8>) -> Result<u16, Error> {
+    Ok(http
+        .post(url)
+        .body(body)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn boxed(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn with_anyhow(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let resp = http.get(url).resilient().send().await.context("sending")?;
+    Ok(resp.error_for_status()?.text().await?)
+}
+
+/// A user's own error type: absorbs the runtime's failures through `From`, and classifies
+/// itself. It does not implement `std::error::Error` at all.
+#[derive(Debug)]
+enum GatewayError {
+    Busy(u16),
+    Declined,
+    Runtime(Error),
+}
+
+impl From<Error> for GatewayError {
+    fn from(e: Error) -> Self {
+        GatewayError::Runtime(e)
+    }
+}
+
+impl Classify for GatewayError {
+    fn class(&self) -> Option<Class> {
+        match self {
+            GatewayError::Busy(s) => Some(Class::Status(*s)),
+            GatewayError::Declined => Some(Class::Permanent),
+            GatewayError::Runtime(_) => None,
+        }
+    }
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn own_error(http: &reqwest::Client, url: &str) -> Result<String, GatewayError> {
+    let resp = http
+        .get(url)
+        .resilient()
+        .send()
+        .await
+        .map_err(|e| GatewayError::Runtime(e.into()))?;
+    match resp.status().as_u16() {
+        200 => Ok(resp
+            .text()
+            .await
+            .map_err(|e| GatewayError::Runtime(e.into()))?),
+        402 => Err(GatewayError::Declined),
+        s => Err(GatewayError::Busy(s)),
+    }
+}
+
+/// A user's error that says nothing about itself: the runtime falls back to the status that
+/// `.resilient()` recorded.
+#[derive(Debug)]
+struct Opaque;
+
+impl From<Error> for Opaque {
+    fn from(_: Error) -> Self {
+        Opaque
+    }
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn opaque_error(http: &reqwest::Client, url: &str) -> Result<(), Opaque> {
+    let resp = http.get(url).resilient().send().await.map_err(|_| Opaque)?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(Opaque)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn methods_on_self() {
+    let server = flaky().await;
+    let mut api = Api {
+        http: client(),
+        base: server.url(""),
+        calls: 0,
+    };
+    assert_eq!(api.get_ref("/a").await.unwrap(), "ok");
+    assert_eq!(server.count(), 3);
+    server.clear();
+    assert_eq!(api.get_mut("/b").await.unwrap(), "ok");
+    assert_eq!(api.calls, 3, "the body ran once per attempt");
+    assert_eq!(server.count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn generic_functions() {
+    let server = FaultServer::start(vec![Action::status(503), Action::ok().body("42")]).await;
+    let n: u32 = generic(&client(), &server.url("/n")).await.unwrap();
+    assert_eq!(n, 42);
+    assert_eq!(server.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_value_arguments_are_cloned_per_attempt() {
+    let server = flaky().await;
+    let status = by_value(&client(), server.url("/orders"), b"amount=5".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.body == b"amount=5"),
+        "every attempt sent the whole body"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn boxed_errors() {
+    let server = flaky().await;
+    assert_eq!(boxed(&client(), &server.url("/")).await.unwrap(), "ok");
+    assert_eq!(server.count(), 3);
+
+    let stalled =
+        FaultServer::start(resilience_fault_server::Script::always(Action::stall())).await;
+    let e = boxed(&client(), &stalled.url("/")).await.unwrap_err();
+    let own = e
+        .downcast_ref::<Error>()
+        .expect("the runtime's timeout, boxed");
+    assert_eq!(own.kind(), ErrorKind::AttemptTimeout);
+    assert_eq!(own.attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anyhow_errors() {
+    let server = flaky().await;
+    assert_eq!(
+        with_anyhow(&client(), &server.url("/")).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        server.count(),
+        3,
+        "a reset inside anyhow context is still a reset"
+    );
+
+    let down =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(404))).await;
+    let e = with_anyhow(&client(), &down.url("/")).await.unwrap_err();
+    assert_eq!(down.count(), 1, "404 is permanent");
+    assert_eq!(
+        e.downcast_ref::<reqwest::Error>()
+            .and_then(|r| r.status())
+            .map(|s| s.as_u16()),
+        Some(404)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_error_type_with_classify() {
+    let server = FaultServer::start(vec![Action::status(503), Action::status(503)]).await;
+    assert_eq!(own_error(&client(), &server.url("/")).await.unwrap(), "ok");
+    assert_eq!(server.count(), 3);
+
+    let declined =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(402))).await;
+    assert!(matches!(
+        own_error(&client(), &declined.url("/")).await,
+        Err(GatewayError::Declined)
+    ));
+    assert_eq!(
+        declined.count(),
+        1,
+        "classified permanent by the user: not retried"
+    );
+
+    let stalled =
+        FaultServer::start(resilience_fault_server::Script::always(Action::stall())).await;
+    match own_error(&client(), &stalled.url("/")).await {
+        Err(GatewayError::Runtime(e)) => {
+            assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+            assert_eq!(e.attempts(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn opaque_error_uses_the_recorded_status() {
+    let server = FaultServer::start(vec![Action::status(503), Action::status(502)]).await;
+    assert!(opaque_error(&client(), &server.url("/")).await.is_ok());
+    assert_eq!(server.count(), 3);
+    let gone =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(410))).await;
+    assert!(opaque_error(&client(), &gone.url("/")).await.is_err());
+    assert_eq!(gone.count(), 1);
+}
+
+/// The function's own (non-network) failure is permanent: one attempt, returned as is.
+#[resilient(timeout = "1s", budget = false, method = GET)]
+async fn logic_error(n: u32) -> Result<u32, Error> {
+    if n == 0 {
+        return Err(Error::call(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "zero",
+        )));
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn own_logic_errors_are_not_retried() {
+    assert_eq!(logic_error(3).await.unwrap(), 3);
+    let e = logic_error(0).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Call);
+    assert_eq!(e.attempts(), 1);
+    assert_eq!(e.class(), None);
+}
