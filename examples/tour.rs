@@ -1,0 +1,418 @@
+//! A tour of what `#[resilient]` does, scenario by scenario, against an embedded flaky server
+//! on 127.0.0.1. Run it with `cargo run --example tour`.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{ClientSettings, Error, ErrorKind, RequestBuilderExt as _, resilient};
+use tokio::time::Instant;
+
+mod table {
+    /// A plain-text table, sized to its contents.
+    pub struct Table {
+        head: Vec<String>,
+        rows: Vec<Vec<String>>,
+    }
+
+    impl Table {
+        pub fn new(head: &[&str]) -> Table {
+            Table {
+                head: head.iter().map(|s| s.to_string()).collect(),
+                rows: Vec::new(),
+            }
+        }
+
+        pub fn row(&mut self, cells: Vec<String>) {
+            self.rows.push(cells);
+        }
+
+        pub fn print(&self) {
+            let n = self.head.len();
+            let width: Vec<usize> = (0..n)
+                .map(|i| {
+                    self.rows
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([self.head[i].chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                let parts: Vec<String> = cells
+                    .iter()
+                    .zip(&width)
+                    .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+                    .collect();
+                println!("  | {} |", parts.join(" | "));
+            };
+            let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+            line(&self.head);
+            println!("  |-{}-|", rule.join("-|-"));
+            for r in &self.rows {
+                line(r);
+            }
+            println!();
+        }
+    }
+}
+
+use table::Table;
+
+fn ms(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.2} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn heading(n: u32, title: &str, story: &str) {
+    println!("{n}. {title}");
+    for line in story.lines() {
+        println!("   {}", line.trim());
+    }
+    println!();
+}
+
+/// What the server saw, in a few words: "3 requests: RST, 503, 200".
+fn saw(server: &FaultServer, labels: &[&str]) -> String {
+    let n = server.count();
+    let shown: Vec<&str> = labels.iter().take(n).copied().collect();
+    format!(
+        "{n} request{}: {}",
+        if n == 1 { "" } else { "s" },
+        shown.join(", ")
+    )
+}
+
+fn outcome<T: std::fmt::Display>(r: &Result<T, Error>) -> String {
+    match r {
+        Ok(v) => format!("ok: {v}"),
+        Err(e) => {
+            let what = match e.kind() {
+                ErrorKind::Call => match e.http_status() {
+                    Some(s) => format!("failed: status {s}"),
+                    None => format!(
+                        "failed: {}",
+                        e.class()
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "error".into())
+                    ),
+                },
+                ErrorKind::AttemptTimeout => "failed: attempt timeout".into(),
+                ErrorKind::DeadlineExceeded => "failed: deadline exceeded".into(),
+                k => format!("failed: {k:?}"),
+            };
+            format!(
+                "{what} after {} attempt{}",
+                e.attempts(),
+                if e.attempts() == 1 { "" } else { "s" }
+            )
+        }
+    }
+}
+
+fn plain_outcome<T: std::fmt::Display>(r: &Result<T, reqwest::Error>) -> String {
+    match r {
+        Ok(v) => format!("ok: {v}"),
+        Err(e) if e.is_timeout() => "failed: timed out".into(),
+        Err(e) => match resilience_runtime::classify_error(e) {
+            Some(c) => format!("failed: {c}"),
+            None => "failed".into(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A GET through a reset and a 503.
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    backoff(initial = "20ms", max = "200ms")
+)]
+async fn profile(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_get(http: &reqwest::Client) {
+    heading(
+        1,
+        "A GET that meets a reset connection and a 503",
+        "The server resets the first connection after reading the request (a pooled socket it had\n\
+         already dropped looks the same), answers the second with 503, the third with 200.",
+    );
+    let mut t = Table::new(&[
+        "client",
+        "attempts",
+        "what the server saw",
+        "outcome",
+        "time",
+    ]);
+    let script = || {
+        vec![
+            Action::reset(),
+            Action::status(503),
+            Action::ok().body("alice"),
+        ]
+    };
+    let labels = ["RST", "503", "200"];
+
+    let server = FaultServer::start(script()).await;
+    let start = Instant::now();
+    let r = async {
+        http.get(server.url("/users/7"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    }
+    .await;
+    t.row(vec![
+        "plain reqwest".into(),
+        "1".into(),
+        saw(&server, &labels),
+        plain_outcome(&r),
+        ms(start.elapsed()),
+    ]);
+
+    let server = FaultServer::start(script()).await;
+    let start = Instant::now();
+    let r = profile(http, &server.url("/users/7")).await;
+    let attempts = server.count().to_string();
+    t.row(vec![
+        "#[resilient] GET".into(),
+        attempts,
+        saw(&server, &labels),
+        outcome(&r),
+        ms(start.elapsed()),
+    ]);
+    t.print();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Retry-After.
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_retry_after = "5s",
+    backoff(initial = "20ms", max = "200ms")
+)]
+async fn search(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_retry_after(http: &reqwest::Client) {
+    heading(
+        2,
+        "A server that asks to wait: 429 with Retry-After",
+        "The wait is max(backoff, Retry-After). A Retry-After beyond max_retry_after (5 s here) or\n\
+         beyond the deadline ends the call at once instead of sleeping in vain.",
+    );
+    let mut t = Table::new(&[
+        "server answers",
+        "attempts",
+        "what the server saw",
+        "outcome",
+        "time",
+    ]);
+    for (label, first, tag) in [
+        (
+            "429, Retry-After: 1",
+            Action::status(429).retry_after(1),
+            "429 (wait 1 s)",
+        ),
+        (
+            "429, Retry-After: 120",
+            Action::status(429).retry_after(120),
+            "429 (wait 120 s)",
+        ),
+    ] {
+        let server = FaultServer::start(vec![first, Action::ok().body("results")]).await;
+        let start = Instant::now();
+        let r = search(http, &server.url("/search")).await;
+        t.row(vec![
+            label.into(),
+            server.count().to_string(),
+            saw(&server, &[tag, "200"]),
+            outcome(&r),
+            ms(start.elapsed()),
+        ]);
+    }
+    t.print();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A deadline against a stalled server.
+
+#[resilient(timeout = "300ms", deadline = "1s", backoff(initial = "50ms", max = "50ms", jitter = none))]
+async fn inventory(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_deadline(http: &reqwest::Client) {
+    heading(
+        3,
+        "A dependency that stops answering",
+        "The server reads each request and never answers. Without a timeout the caller waits as\n\
+         long as the server likes (a thread or task held all that time); with one, each attempt\n\
+         gets min(timeout, time left) and the call ends at its deadline, never later.",
+    );
+    let mut t = Table::new(&[
+        "client",
+        "attempts",
+        "what the server saw",
+        "outcome",
+        "time",
+    ]);
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let start = Instant::now();
+    let watch = Duration::from_secs(2);
+    let plain = tokio::time::timeout(watch, http.get(server.url("/stock")).send()).await;
+    let out = match plain {
+        Err(_) => format!("still waiting after {} (gave up watching)", ms(watch)),
+        Ok(r) => plain_outcome(&r.map(|r| r.status())),
+    };
+    t.row(vec![
+        "plain reqwest, no timeout".into(),
+        "1".into(),
+        saw(&server, &["no answer"]),
+        out,
+        ms(start.elapsed()),
+    ]);
+
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let start = Instant::now();
+    let r = inventory(http, &server.url("/stock")).await;
+    let labels = ["no answer", "no answer", "no answer", "no answer"];
+    t.row(vec![
+        "timeout 300ms, deadline 1s".into(),
+        server.count().to_string(),
+        saw(&server, &labels),
+        outcome(&r),
+        ms(start.elapsed()),
+    ]);
+    t.print();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The payment story.
+
+#[resilient(timeout = "50ms", max_attempts = 1)]
+async fn pay_hasty(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(pg
+        .post(url)
+        .body("order=1042&amount=39000")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "150ms", max_attempts = 1)]
+async fn pay_patient(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(pg
+        .post(url)
+        .body("order=1042&amount=39000")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_payment(http: &reqwest::Client) {
+    heading(
+        4,
+        "The payment that times out while the card is charged",
+        "A shop calls its payment gateway with a read timeout; the gateway needs the card\n\
+         network's approval, which arrives after 100 ms (10 s in the original story, scaled to\n\
+         milliseconds). With a 50 ms timeout the shop gives up first: it tells the customer the\n\
+         payment failed, while the card is charged anyway. A timeout above the gateway's slowest\n\
+         normal answer (150 ms) avoids it; sensitive calls deserve a longer read timeout.",
+    );
+    let mut t = Table::new(&[
+        "read timeout",
+        "shop's outcome",
+        "card charged",
+        "order placed",
+        "time",
+    ]);
+    for (label, patient) in [("50 ms", false), ("150 ms", true)] {
+        let gateway = FaultServer::start(Script::always(
+            Action::ok()
+                .body("approved")
+                .after(Duration::from_millis(100)),
+        ))
+        .await;
+        let start = Instant::now();
+        let r = if patient {
+            pay_patient(http, &gateway.url("/charges")).await
+        } else {
+            pay_hasty(http, &gateway.url("/charges")).await
+        };
+        let took = start.elapsed();
+        // The gateway finishes its work whether or not the shop still listens.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let charged = gateway.effects();
+        t.row(vec![
+            label.into(),
+            outcome(&r),
+            if charged > 0 {
+                format!("yes ({charged}x)")
+            } else {
+                "no".into()
+            },
+            if r.is_ok() { "yes".into() } else { "no".into() },
+            ms(took),
+        ]);
+    }
+    t.print();
+    println!("   The 50 ms row is the incident: money taken, no order. Retrying it would not help");
+    println!("   unless the gateway can tell the retry from a new payment: that is what");
+    println!("   `idempotency_key = auto` and the server half of the contract are for.\n");
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let started = std::time::Instant::now();
+    println!("resilience: a tour, against a misbehaving server on 127.0.0.1\n");
+    let http = ClientSettings {
+        connect_timeout: Duration::from_millis(200),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .expect("a reqwest client");
+    scenario_get(&http).await;
+    scenario_retry_after(&http).await;
+    scenario_deadline(&http).await;
+    scenario_payment(&http).await;
+    println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
+}
