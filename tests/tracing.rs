@@ -64,10 +64,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         .collect();
     assert_eq!(lines.len(), 3, "one event per attempt:\n{out}");
     for l in &lines {
-        assert!(
-            l.contains("function=\"tracing::traced\""),
-            "{l}"
-        );
+        assert!(l.contains("function=\"tracing::traced\""), "{l}");
         assert!(l.contains("method=\"GET\""), "{l}");
         assert!(l.contains(&format!("request_id={request_id}")), "{l}");
     }
