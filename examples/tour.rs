@@ -400,7 +400,76 @@ async fn scenario_payment(http: &reqwest::Client) {
     println!("   `idempotency_key = auto` and the server half of the contract are for.\n");
 }
 
-#[tokio::main(flavor = "current_thread")]
+// ---------------------------------------------------------------------------------------------
+// 5 and 6. The incidents: a slow dependency exhausting the thread pool; a retry storm.
+
+async fn scenario_thread_pool() {
+    use resilience::incidents::{Guard, UNIT, thread_pool};
+    heading(
+        5,
+        "A slow dependency takes the whole service down",
+        &format!(
+            "Service A has 200 request threads; its /checkout calls service B, which now answers in\n\
+             60 units (1 unit = {} ms here, 1 s in the source document). Users come in waves of 100\n\
+             every 10 units and give up after 30; from the third wave on, half of them only open\n\
+             /home, which never touches B. Without a policy every thread ends up waiting on B.",
+            UNIT.as_millis()
+        ),
+    );
+    let mut t = Table::new(&[
+        "A calls B with",
+        "/home answered",
+        "/checkout ok",
+        "/checkout failed fast",
+        "requests B got",
+    ]);
+    for (label, guard) in [
+        ("plain reqwest", Guard::None),
+        ("timeout 5u, breaker, bulkhead 50", Guard::Policy),
+    ] {
+        let r = thread_pool(guard, 8).await;
+        t.row(vec![
+            label.into(),
+            format!(
+                "{}/{} ({:.0}%)",
+                r.home_answered,
+                r.home_sent,
+                r.home_share() * 100.0
+            ),
+            format!("{}/{}", r.checkout_ok, r.checkout_sent),
+            r.checkout_failed_fast.to_string(),
+            r.b_requests.to_string(),
+        ]);
+    }
+    t.print();
+}
+
+async fn scenario_retry_storm() {
+    use resilience::incidents::retry_storm;
+    heading(
+        6,
+        "A retry storm against a dead dependency",
+        "Every answer is 503, under a steady 200 calls per second. Three naive attempts triple the\n\
+         load on a service that is already failing; the retry budget (retries may add 10% to first\n\
+         attempts, plus 10 per second) keeps it near its normal load.",
+    );
+    let mut t = Table::new(&["retries", "calls", "requests sent", "requests per call"]);
+    for (label, budget) in [
+        ("3 attempts, no budget", false),
+        ("3 attempts, retry budget", true),
+    ] {
+        let r = retry_storm(budget, 300, 200).await;
+        t.row(vec![
+            label.into(),
+            r.calls.to_string(),
+            r.requests.to_string(),
+            format!("{:.2}", r.amplification()),
+        ]);
+    }
+    t.print();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = std::time::Instant::now();
     println!("resilience: a tour, against a misbehaving server on 127.0.0.1\n");
@@ -414,5 +483,7 @@ async fn main() {
     scenario_retry_after(&http).await;
     scenario_deadline(&http).await;
     scenario_payment(&http).await;
+    scenario_thread_pool().await;
+    scenario_retry_storm().await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -1,0 +1,42 @@
+//! The source documents' two incidents, end to end on 127.0.0.1, with the figures the tour shows.
+
+use resilience::incidents::{Guard, retry_storm, thread_pool};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
+    let bare = thread_pool(Guard::None, 8).await;
+    assert_eq!(bare.home_sent, 300);
+    assert!(
+        bare.home_share() < 0.5,
+        "without a policy /home still answered {:.0}%: {bare:?}",
+        bare.home_share() * 100.0
+    );
+    let guarded = thread_pool(Guard::Policy, 8).await;
+    assert!(
+        guarded.home_share() >= 0.99,
+        "with the policy /home answered only {:.1}%: {guarded:?}",
+        guarded.home_share() * 100.0
+    );
+    // The breaker and bulkhead keep most checkouts from even reaching B.
+    assert!(
+        guarded.b_requests < bare.b_requests,
+        "{guarded:?} vs {bare:?}"
+    );
+    assert!(guarded.checkout_failed_fast > 0, "{guarded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_a_retry_storm() {
+    let naive = retry_storm(false, 300, 200).await;
+    assert!(naive.amplification() >= 2.9, "naive retries: {naive:?}");
+    let budgeted = retry_storm(true, 300, 200).await;
+    assert!(
+        budgeted.amplification() <= 1.2,
+        "with the budget: {:.2}x {budgeted:?}",
+        budgeted.amplification()
+    );
+    assert!(
+        budgeted.amplification() > 1.0,
+        "the budget still lets some retries through: {budgeted:?}"
+    );
+}
