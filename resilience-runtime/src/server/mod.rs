@@ -76,6 +76,8 @@ mod body;
 mod layer;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 pub use body::ResponseBody;
@@ -84,4 +86,6 @@ pub use layer::{
 };
 pub use memory::MemoryStore;
 pub use record::{DecodeError, Fingerprint, InFlight, Record, StoredResponse};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 pub use store::{BoxFuture, Claim, IdempotencyStore, StoreError};
