@@ -36,6 +36,8 @@ mod policy;
 mod probe;
 pub mod registry;
 mod retry_after;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 
 pub use backoff::{BackoffState, set_jitter_seed};

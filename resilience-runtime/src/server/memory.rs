@@ -1,0 +1,400 @@
+//! The embedded store: one process, bounded, expiring.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::record::{InFlight, Record, StoredResponse};
+use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
+
+/// An in-memory [`IdempotencyStore`] for a single instance of a service.
+///
+/// Bounded: when it holds `capacity` entries and a new key arrives, expired entries go first,
+/// then the oldest completed responses. Claims of running handlers are never evicted (that
+/// would let a duplicate run); if every entry is a live claim, the new claim fails and the
+/// layer answers 503.
+///
+/// Expiry follows the tokio clock, so a paused test clock drives it too. The lock is a plain
+/// mutex held only for map operations, never across an `.await`.
+///
+/// Several instances of one service need a shared store such as `RedisStore`: with this one,
+/// each instance would replay only what it ran itself.
+pub struct MemoryStore {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+struct Entry {
+    record: Record,
+    expires_at: Instant,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Arc<str>, Entry>,
+    /// Every entry, soonest expiry first.
+    by_expiry: BTreeMap<(Instant, u64), Arc<str>>,
+    /// Completed entries, oldest first: the eviction order once nothing has expired.
+    completed: BTreeMap<u64, Arc<str>>,
+    next_seq: u64,
+}
+
+impl MemoryStore {
+    /// The default capacity: 10 000 keys.
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
+    /// A store holding at most `capacity` keys (raised to 1 if 0).
+    pub fn new(capacity: usize) -> MemoryStore {
+        MemoryStore {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The number of live entries (claims and responses).
+    pub fn len(&self) -> usize {
+        let mut inner = self.lock();
+        inner.purge(Instant::now());
+        inner.entries.len()
+    }
+
+    /// Whether no live entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation keeps the maps consistent before it can panic, so poison is harmless.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn claim_now(&self, key: &str, claim: &InFlight, lease: Duration) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge(now);
+        if let Some(entry) = inner.entries.get(key) {
+            return Ok(Claim::Existing(entry.record.clone()));
+        }
+        inner.make_room(self.capacity)?;
+        inner.insert(key.into(), Record::InFlight(*claim), now + lease);
+        Ok(Claim::Acquired)
+    }
+
+    fn renew_now(&self, key: &str, claim: &InFlight, lease: Duration) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge(now);
+        if !inner.holds(key, claim) {
+            return false;
+        }
+        inner.remove(key);
+        inner.insert(key.into(), Record::InFlight(*claim), now + lease);
+        true
+    }
+
+    fn complete_now(
+        &self,
+        key: &str,
+        claim: &InFlight,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge(now);
+        if inner.holds(key, claim) {
+            inner.remove(key);
+        } else if inner.entries.contains_key(key) {
+            return Ok(false);
+        } else {
+            inner.make_room(self.capacity)?;
+        }
+        inner.insert(key.into(), Record::Completed(response.clone()), now + ttl);
+        Ok(true)
+    }
+
+    fn release_now(&self, key: &str, claim: &InFlight) -> bool {
+        let mut inner = self.lock();
+        inner.purge(Instant::now());
+        inner.holds(key, claim) && inner.remove(key).is_some()
+    }
+
+    fn get_now(&self, key: &str) -> Option<Record> {
+        let mut inner = self.lock();
+        inner.purge(Instant::now());
+        inner.entries.get(key).map(|e| e.record.clone())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore::new(MemoryStore::DEFAULT_CAPACITY)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.capacity)
+            .field("len", &self.lock().entries.len())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn holds(&self, key: &str, claim: &InFlight) -> bool {
+        matches!(self.entries.get(key), Some(Entry { record: Record::InFlight(c), .. }) if c == claim)
+    }
+
+    fn insert(&mut self, key: Arc<str>, record: Record, expires_at: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_expiry.insert((expires_at, seq), key.clone());
+        if matches!(record, Record::Completed(_)) {
+            self.completed.insert(seq, key.clone());
+        }
+        let entry = Entry {
+            record,
+            expires_at,
+            seq,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.by_expiry.remove(&(old.expires_at, old.seq));
+            self.completed.remove(&old.seq);
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.by_expiry.remove(&(entry.expires_at, entry.seq));
+        self.completed.remove(&entry.seq);
+        Some(entry)
+    }
+
+    /// Drops every entry whose time is up.
+    fn purge(&mut self, now: Instant) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            self.remove(&key);
+        }
+    }
+
+    /// Makes space for one more entry, evicting the oldest completed response if needed.
+    fn make_room(&mut self, capacity: usize) -> Result<(), StoreError> {
+        while self.entries.len() >= capacity {
+            let Some((_, key)) = self.completed.pop_first() else {
+                return Err(StoreError::new(format!(
+                    "memory store full: all {capacity} entries are claims of running requests"
+                )));
+            };
+            self.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(std::future::ready(self.claim_now(key, claim, lease)))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.renew_now(key, claim, lease))))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(
+            self.complete_now(key, claim, response, ttl),
+        ))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.release_now(key, claim))))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.get_now(key))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+    use crate::server::record::Fingerprint;
+
+    const LEASE: Duration = Duration::from_secs(10);
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn claim(token: u128) -> InFlight {
+        InFlight {
+            token,
+            fingerprint: Fingerprint::of(None, b"body"),
+        }
+    }
+
+    fn response(claim: &InFlight) -> StoredResponse {
+        StoredResponse {
+            fingerprint: claim.fingerprint,
+            status: StatusCode::CREATED,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"done"),
+        }
+    }
+
+    async fn acquire(store: &MemoryStore, key: &str, c: &InFlight) {
+        assert_eq!(store.claim(key, c, LEASE).await.unwrap(), Claim::Acquired);
+    }
+
+    async fn complete(store: &MemoryStore, key: &str, c: &InFlight) {
+        acquire(store, key, c).await;
+        assert!(store.complete(key, c, &response(c), TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_claim_blocks_other_claims_until_released() {
+        let store = MemoryStore::default();
+        let (a, b) = (claim(1), claim(2));
+        acquire(&store, "k", &a).await;
+        assert_eq!(
+            store.claim("k", &b, LEASE).await.unwrap(),
+            Claim::Existing(Record::InFlight(a))
+        );
+        assert!(
+            !store.release("k", &b).await.unwrap(),
+            "only the owner releases"
+        );
+        assert!(store.release("k", &a).await.unwrap());
+        acquire(&store, "k", &b).await;
+    }
+
+    #[tokio::test]
+    async fn completion_replaces_the_claim_and_only_the_owner_completes() {
+        let store = MemoryStore::default();
+        let (a, b) = (claim(1), claim(2));
+        acquire(&store, "k", &a).await;
+        assert!(!store.complete("k", &b, &response(&b), TTL).await.unwrap());
+        assert!(store.complete("k", &a, &response(&a), TTL).await.unwrap());
+        assert_eq!(
+            store.get("k").await.unwrap(),
+            Some(Record::Completed(response(&a)))
+        );
+        assert!(
+            !store.release("k", &a).await.unwrap(),
+            "a response is not a claim"
+        );
+        assert!(!store.complete("k", &a, &response(&a), TTL).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claims_expire_after_their_lease_unless_renewed() {
+        let store = MemoryStore::default();
+        let (a, b) = (claim(1), claim(2));
+        acquire(&store, "k", &a).await;
+        tokio::time::advance(LEASE - Duration::from_millis(1)).await;
+        assert!(store.renew("k", &a, LEASE).await.unwrap());
+        tokio::time::advance(LEASE - Duration::from_millis(1)).await;
+        assert!(store.get("k").await.unwrap().is_some(), "renewed");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.get("k").await.unwrap(), None);
+        assert!(!store.renew("k", &a, LEASE).await.unwrap());
+        acquire(&store, "k", &b).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_claim_may_still_complete_a_free_key() {
+        let store = MemoryStore::default();
+        let a = claim(1);
+        acquire(&store, "k", &a).await;
+        tokio::time::advance(LEASE).await;
+        assert!(store.complete("k", &a, &response(&a), TTL).await.unwrap());
+        assert!(matches!(
+            store.get("k").await.unwrap(),
+            Some(Record::Completed(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_expire_after_the_ttl() {
+        let store = MemoryStore::default();
+        complete(&store, "k", &claim(1)).await;
+        tokio::time::advance(TTL - Duration::from_millis(1)).await;
+        assert!(store.get("k").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.get("k").await.unwrap(), None);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_store_evicts_expired_entries_first() {
+        let store = MemoryStore::new(3);
+        acquire(&store, "old", &claim(1)).await; // a claim: expires after LEASE
+        complete(&store, "a", &claim(2)).await;
+        complete(&store, "b", &claim(3)).await;
+        tokio::time::advance(LEASE).await;
+        acquire(&store, "new", &claim(4)).await;
+        assert_eq!(store.get("old").await.unwrap(), None);
+        for key in ["a", "b", "new"] {
+            assert!(store.get(key).await.unwrap().is_some(), "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn full_store_evicts_the_oldest_response_then_refuses() {
+        let store = MemoryStore::new(3);
+        complete(&store, "a", &claim(1)).await;
+        complete(&store, "b", &claim(2)).await;
+        acquire(&store, "c", &claim(3)).await;
+        acquire(&store, "d", &claim(4)).await;
+        assert_eq!(
+            store.get("a").await.unwrap(),
+            None,
+            "oldest response evicted"
+        );
+        acquire(&store, "e", &claim(5)).await;
+        assert_eq!(store.get("b").await.unwrap(), None);
+        assert!(
+            store.claim("f", &claim(6), LEASE).await.is_err(),
+            "claims of running requests are never evicted"
+        );
+        assert_eq!(store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn completing_frees_no_room_and_needs_none() {
+        let store = MemoryStore::new(1);
+        let a = claim(1);
+        acquire(&store, "a", &a).await;
+        assert!(store.complete("a", &a, &response(&a), TTL).await.unwrap());
+        assert_eq!(store.len(), 1);
+    }
+}

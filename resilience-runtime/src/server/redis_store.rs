@@ -1,0 +1,209 @@
+//! The shared store: Redis, one string key per record, every change a single atomic script.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+
+use super::record::{InFlight, Record, StoredResponse};
+use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
+
+/// A Redis-backed [`IdempotencyStore`], shared by every instance of a service.
+///
+/// Each record is one Redis string holding [`Record::encode`] bytes, with a Redis expiry (the
+/// lease for a claim, the TTL for a response), so a restarted instance, or any other instance,
+/// replays what one of them stored. Every operation is one Lua script, atomic on the server:
+/// the claim is "GET, and SET with PX if absent"; completing, renewing and releasing first
+/// check that the key still holds the caller's claim, byte for byte.
+///
+/// The connection reconnects by itself after a failure; commands issued while Redis is down
+/// fail, and the layer answers those requests with 503.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+/// Returns the stored value if there is one; otherwise stores ARGV[1] with expiry ARGV[2] ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false",
+    )
+});
+
+/// If the key holds the claim ARGV[1], sets its expiry to ARGV[2] ms.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0",
+    )
+});
+
+/// If the key holds the claim ARGV[1] or nothing, stores ARGV[2] with expiry ARGV[3] ms.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0",
+    )
+});
+
+/// If the key holds the claim ARGV[1], deletes it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0",
+    )
+});
+
+impl RedisStore {
+    /// The default prefix of every Redis key the store writes.
+    pub const DEFAULT_PREFIX: &'static str = "idempotency:";
+
+    /// Connects to the Redis at `url` (`redis://host:port/db`).
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url).map_err(StoreError::new)?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(StoreError::new)?;
+        Ok(RedisStore::new(conn))
+    }
+
+    /// A store over an existing connection.
+    pub fn new(conn: ConnectionManager) -> RedisStore {
+        RedisStore {
+            conn,
+            prefix: RedisStore::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+
+    /// Prefixes every Redis key with `prefix` instead of `idempotency:`, e.g. to let several
+    /// services share one Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> RedisStore {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn redis_key(&self, key: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + key.len());
+        out.push_str(&self.prefix);
+        out.push_str(key);
+        out
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
+    Record::decode(bytes).map_err(StoreError::new)
+}
+
+impl IdempotencyStore for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let existing: Option<Vec<u8>> = CLAIM
+                .key(self.redis_key(key))
+                .arg(Record::InFlight(*claim).encode())
+                .arg(millis(lease))
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(StoreError::new)?;
+            match existing {
+                None => Ok(Claim::Acquired),
+                Some(bytes) => Ok(Claim::Existing(decode(&bytes)?)),
+            }
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            RENEW
+                .key(self.redis_key(key))
+                .arg(Record::InFlight(*claim).encode())
+                .arg(millis(lease))
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map(|n| n == 1)
+                .map_err(StoreError::new)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            COMPLETE
+                .key(self.redis_key(key))
+                .arg(Record::InFlight(*claim).encode())
+                .arg(Record::Completed(response.clone()).encode())
+                .arg(millis(ttl))
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map(|n| n == 1)
+                .map_err(StoreError::new)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            RELEASE
+                .key(self.redis_key(key))
+                .arg(Record::InFlight(*claim).encode())
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map(|n| n == 1)
+                .map_err(StoreError::new)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(self.redis_key(key))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(StoreError::new)?;
+            bytes.as_deref().map(decode).transpose()
+        })
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}

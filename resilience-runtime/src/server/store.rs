@@ -1,0 +1,143 @@
+//! The storage contract behind the layer.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::record::{InFlight, Record, StoredResponse};
+
+/// A boxed, `Send` future: what the store methods return, so that the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What [`IdempotencyStore::claim`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The key was free; it now holds the caller's claim.
+    Acquired,
+    /// The key already holds this; nothing was written.
+    Existing(Record),
+}
+
+/// Where the layer keeps claims and responses.
+///
+/// Keys are opaque strings built by [`record_key`](super::record_key). Every method must be
+/// atomic with respect to the others on the same key, across every instance sharing the store:
+/// that is what lets exactly one of several concurrent requests run the handler.
+///
+/// Expired entries must behave as absent. Implement it for a database by keeping the
+/// [`Record::encode`] bytes with an expiry time, and doing each method in one transaction.
+pub trait IdempotencyStore: Send + Sync {
+    /// If nothing live is stored under `key`, stores `Record::InFlight(claim)` for `lease` and
+    /// returns [`Claim::Acquired`]; otherwise returns what is stored and changes nothing.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// If `key` still holds `claim`, extends its lease to `lease` from now and returns `true`;
+    /// otherwise returns `false` and changes nothing.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// If `key` holds `claim`, or nothing (the lease ran out and nobody claimed the key since),
+    /// stores `Record::Completed(response)` for `ttl` and returns `true`; otherwise returns
+    /// `false` and changes nothing.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// If `key` holds `claim`, removes it, so that the next request with the key runs the
+    /// handler, and returns `true`; otherwise returns `false` and changes nothing.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// What is stored under `key`, if anything live.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+}
+
+impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        (**self).claim(key, claim, lease)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).renew(key, claim, lease)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).complete(key, claim, response, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).release(key, claim)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        (**self).get(key)
+    }
+}
+
+/// A store could not do what was asked (unreachable, full, corrupt data).
+///
+/// The layer answers 503 when a claim fails this way: it never runs the handler without a claim.
+#[derive(Debug)]
+pub struct StoreError {
+    source: Box<dyn StdError + Send + Sync>,
+}
+
+impl StoreError {
+    /// Wraps the underlying error.
+    pub fn new(source: impl Into<Box<dyn StdError + Send + Sync>>) -> StoreError {
+        StoreError {
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "idempotency store: {}", self.source)
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}

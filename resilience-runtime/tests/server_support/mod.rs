@@ -1,0 +1,694 @@
+//! The idempotency rules, written once and run against every store: a real axum server on
+//! 127.0.0.1, called with reqwest, with each handler counting its runs.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse};
+use axum::routing;
+use reqwest::header::HeaderValue;
+use resilience_runtime::server::{
+    Claim, Fingerprint, IDEMPOTENT_REPLAYED, IdempotencyLayer, IdempotencyStore, InFlight, Record,
+    record_key,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+pub type Store = Arc<dyn IdempotencyStore>;
+
+/// How many times each handler started.
+#[derive(Default)]
+pub struct Runs {
+    pub orders: AtomicUsize,
+    pub slow: AtomicUsize,
+    pub gated: AtomicUsize,
+    pub flaky: AtomicUsize,
+    pub reject: AtomicUsize,
+    pub busy: AtomicUsize,
+    pub list: AtomicUsize,
+    pub required: AtomicUsize,
+}
+
+fn bump(counter: &AtomicUsize) -> usize {
+    counter.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+pub fn count(counter: &AtomicUsize) -> usize {
+    counter.load(Ordering::SeqCst)
+}
+
+#[derive(Clone)]
+struct Shared {
+    runs: Arc<Runs>,
+    gate: Arc<Semaphore>,
+}
+
+async fn orders(State(s): State<Shared>, body: String) -> impl IntoResponse {
+    let n = bump(&s.runs.orders);
+    (
+        StatusCode::CREATED,
+        AppendHeaders([(SET_COOKIE, "a=1"), (SET_COOKIE, "b=2")]),
+        [("x-order", n.to_string())],
+        format!("order {n}: {body}"),
+    )
+}
+
+async fn list(State(s): State<Shared>) -> String {
+    format!("list {}", bump(&s.runs.list))
+}
+
+/// Sleeps for the `x-sleep-ms` request header (not part of the fingerprint).
+async fn slow(State(s): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
+    let n = bump(&s.runs.slow);
+    let ms = headers
+        .get("x-sleep-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    (StatusCode::CREATED, format!("slow {n}"))
+}
+
+/// Runs until the test adds a permit to the gate.
+async fn gated(State(s): State<Shared>) -> (StatusCode, String) {
+    let n = bump(&s.runs.gated);
+    s.gate.acquire().await.expect("gate open").forget();
+    (StatusCode::CREATED, format!("gated {n}"))
+}
+
+/// 500 on its first run, 201 after.
+async fn flaky(State(s): State<Shared>) -> (StatusCode, String) {
+    match bump(&s.runs.flaky) {
+        1 => (StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
+        n => (StatusCode::CREATED, format!("flaky {n}")),
+    }
+}
+
+async fn reject(State(s): State<Shared>) -> (StatusCode, String) {
+    let n = bump(&s.runs.reject);
+    (StatusCode::BAD_REQUEST, format!("rejected {n}"))
+}
+
+async fn busy(State(s): State<Shared>) -> (StatusCode, [(&'static str, &'static str); 1]) {
+    bump(&s.runs.busy);
+    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")])
+}
+
+async fn required(State(s): State<Shared>) -> (StatusCode, String) {
+    let n = bump(&s.runs.required);
+    (StatusCode::CREATED, format!("required {n}"))
+}
+
+/// A running test server.
+pub struct App {
+    pub base: String,
+    pub runs: Arc<Runs>,
+    pub gate: Arc<Semaphore>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl App {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// The default layer over `store`: key optional.
+pub fn layer(store: &Store) -> IdempotencyLayer {
+    IdempotencyLayer::new(store.clone())
+}
+
+/// Serves every test route behind `layer`, and `/required` behind the same store with the key
+/// required.
+pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
+    let shared = Shared {
+        runs: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let optional = Router::new()
+        .route("/orders", routing::post(orders).patch(orders).get(list))
+        .route("/other", routing::post(orders))
+        .route("/slow", routing::post(slow))
+        .route("/gated", routing::post(gated))
+        .route("/flaky", routing::post(flaky))
+        .route("/reject", routing::post(reject))
+        .route("/busy", routing::post(busy))
+        .layer(layer);
+    let strict = Router::new()
+        .route("/required", routing::post(required))
+        .route_layer(IdempotencyLayer::new(store.clone()).require_key(true));
+    let app = optional.merge(strict).with_state(shared.clone());
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("server runs");
+    });
+    App {
+        base: format!("http://{addr}"),
+        runs: shared.runs,
+        gate: shared.gate,
+        task,
+    }
+}
+
+/// What the client saw.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn replayed(&self) -> bool {
+        self.headers.get(IDEMPOTENT_REPLAYED).map(|v| v.as_bytes()) == Some(b"true")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    let res = req.send().await.expect("request answered");
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.expect("body read"),
+    }
+}
+
+/// POSTs `body` to `url` with `key`.
+pub async fn post(url: &str, key: Option<&str>, body: &str) -> Reply {
+    let mut req = client().post(url).body(body.to_owned());
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    send(req).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+pub fn fresh_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rules.
+
+pub async fn replays_the_stored_response_without_running_the_handler(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let first = post(&app.url("/orders"), Some(&key), "2 apples").await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.body, "order 1: 2 apples");
+    assert!(!first.replayed());
+    assert_eq!(count(&app.runs.orders), 1);
+
+    for _ in 0..3 {
+        let again = post(&app.url("/orders"), Some(&key), "2 apples").await;
+        assert_eq!(again.status, 201);
+        assert_eq!(again.body, "order 1: 2 apples");
+        assert_eq!(again.header("x-order"), Some("1"));
+        let cookies: Vec<_> = again.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(again.replayed(), "{again:?}");
+    }
+    assert_eq!(count(&app.runs.orders), 1, "the handler ran once");
+
+    // Another key is another operation.
+    let other = post(&app.url("/orders"), Some(&fresh_key()), "2 apples").await;
+    assert_eq!(other.body, "order 2: 2 apples");
+    assert!(!other.replayed());
+}
+
+pub async fn a_reused_key_with_another_body_is_422(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    assert_eq!(
+        post(&app.url("/orders"), Some(&key), "2 apples")
+            .await
+            .status,
+        201
+    );
+
+    let reused = post(&app.url("/orders"), Some(&key), "3 apples").await;
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert_eq!(
+        reused.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(reused.body.contains("different request"), "{}", reused.body);
+
+    let other_query = post(&app.url("/orders?coupon=1"), Some(&key), "2 apples").await;
+    assert_eq!(other_query.status, 422);
+    assert_eq!(count(&app.runs.orders), 1);
+}
+
+pub async fn a_key_belongs_to_one_method_and_path(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    assert_eq!(
+        post(&app.url("/orders"), Some(&key), "x").await.body,
+        "order 1: x"
+    );
+    assert_eq!(
+        post(&app.url("/other"), Some(&key), "x").await.body,
+        "order 2: x"
+    );
+    let patch = send(
+        client()
+            .patch(app.url("/orders"))
+            .header("idempotency-key", &key)
+            .body("x"),
+    )
+    .await;
+    assert_eq!(patch.body, "order 3: x");
+    assert!(!patch.replayed());
+    let patch_again = send(
+        client()
+            .patch(app.url("/orders"))
+            .header("idempotency-key", &key)
+            .body("x"),
+    )
+    .await;
+    assert!(patch_again.replayed());
+    assert_eq!(count(&app.runs.orders), 3);
+}
+
+pub async fn a_repeat_while_the_first_runs_is_409(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/gated");
+    let first = tokio::spawn({
+        let (url, key) = (url.clone(), key.clone());
+        async move { post(&url, Some(&key), "x").await }
+    });
+    wait_until(|| count(&app.runs.gated) == 1).await;
+
+    let busy = post(&url, Some(&key), "x").await;
+    assert_eq!(busy.status, 409, "{busy:?}");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(busy.body.contains("still being processed"), "{}", busy.body);
+    // A different body is a reused key even while the first runs.
+    assert_eq!(post(&url, Some(&key), "y").await.status, 422);
+
+    app.gate.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.replayed()), (201, false));
+    let replay = post(&url, Some(&key), "x").await;
+    assert_eq!((replay.status, replay.replayed()), (201, true));
+    assert_eq!(replay.body, "gated 1");
+    assert_eq!(count(&app.runs.gated), 1);
+}
+
+pub async fn a_route_requiring_a_key_refuses_requests_without_one(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let missing = post(&app.url("/required"), None, "x").await;
+    assert_eq!(missing.status, 400, "{missing:?}");
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(missing.body.contains("Idempotency-Key"), "{}", missing.body);
+    assert_eq!(count(&app.runs.required), 0);
+
+    let key = fresh_key();
+    assert_eq!(
+        post(&app.url("/required"), Some(&key), "x").await.status,
+        201
+    );
+    assert!(
+        post(&app.url("/required"), Some(&key), "x")
+            .await
+            .replayed()
+    );
+    assert_eq!(count(&app.runs.required), 1);
+
+    // Where the key is optional, a request without one runs every time, unprotected.
+    for n in 1..=2 {
+        let unkeyed = post(&app.url("/orders"), None, "x").await;
+        assert_eq!(unkeyed.body, format!("order {n}: x"));
+        assert!(!unkeyed.replayed());
+    }
+    // Methods the layer does not cover pass through, key or not.
+    for n in 1..=2 {
+        let get = send(
+            client()
+                .get(app.url("/orders"))
+                .header("idempotency-key", &key),
+        )
+        .await;
+        assert_eq!(get.body, format!("list {n}"));
+    }
+}
+
+pub async fn malformed_keys_are_400(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let url = app.url("/orders");
+    let bad: Vec<(&str, HeaderValue)> = vec![
+        ("empty", HeaderValue::from_static("")),
+        ("space", HeaderValue::from_static("a b")),
+        ("tab", HeaderValue::from_static("a\tb")),
+        (
+            "non-ASCII",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        ),
+        (
+            "256 bytes",
+            HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        ),
+    ];
+    for (what, value) in bad {
+        let reply = send(
+            client()
+                .post(&url)
+                .header("idempotency-key", value)
+                .body("x"),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{what}: {reply:?}");
+        assert!(
+            reply.body.contains("Idempotency-Key header"),
+            "{}",
+            reply.body
+        );
+    }
+    let twice = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", "a")
+            .header("idempotency-key", "b")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{twice:?}");
+    assert!(twice.body.contains("more than once"), "{}", twice.body);
+    assert_eq!(count(&app.runs.orders), 0);
+
+    let longest = format!("{}{}", fresh_key(), "k".repeat(255 - 36));
+    assert_eq!(post(&url, Some(&longest), "x").await.status, 201);
+    assert!(post(&url, Some(&longest), "x").await.replayed());
+}
+
+pub async fn server_errors_release_the_key(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/flaky");
+    let failed = post(&url, Some(&key), "x").await;
+    assert_eq!((failed.status, failed.replayed()), (500, false));
+    let retried = post(&url, Some(&key), "x").await;
+    assert_eq!((retried.status, retried.replayed()), (201, false));
+    assert_eq!(retried.body, "flaky 2");
+    let replay = post(&url, Some(&key), "x").await;
+    assert_eq!((replay.status, replay.replayed()), (201, true));
+    assert_eq!(replay.body, "flaky 2");
+    assert_eq!(count(&app.runs.flaky), 2);
+
+    // 429 says "not done, try again" too.
+    for _ in 0..2 {
+        let throttled = post(&app.url("/busy"), Some(&key), "x").await;
+        assert_eq!((throttled.status, throttled.replayed()), (429, false));
+    }
+    assert_eq!(count(&app.runs.busy), 2);
+}
+
+pub async fn client_errors_are_replayed(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let first = post(&app.url("/reject"), Some(&key), "x").await;
+    assert_eq!((first.status, first.replayed()), (400, false));
+    let again = post(&app.url("/reject"), Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (400, true));
+    assert_eq!(again.body, "rejected 1");
+    assert_eq!(count(&app.runs.reject), 1);
+}
+
+pub async fn concurrent_requests_run_the_handler_once(store: Store) {
+    const N: usize = 16;
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/slow");
+    let client = client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let req = client
+            .post(&url)
+            .header("idempotency-key", &key)
+            .header("x-sleep-ms", "300")
+            .body("x");
+        tasks.spawn(send(req));
+    }
+    let replies = tasks.join_all().await;
+    assert_eq!(count(&app.runs.slow), 1, "the handler ran once");
+    let ran: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == 201 && !r.replayed())
+        .collect();
+    assert_eq!(ran.len(), 1, "{replies:?}");
+    for r in &replies {
+        assert!(
+            r.status == 409 || (r.status == 201 && r.body == "slow 1"),
+            "{r:?}"
+        );
+    }
+}
+
+pub async fn responses_expire_after_the_ttl(store: Store) {
+    let app = serve(&store, layer(&store).ttl(Duration::from_millis(500))).await;
+    let key = fresh_key();
+    let url = app.url("/orders");
+    assert_eq!(post(&url, Some(&key), "x").await.body, "order 1: x");
+    assert!(post(&url, Some(&key), "x").await.replayed());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (later.body.as_str(), later.replayed()),
+        ("order 2: x", false)
+    );
+}
+
+pub async fn a_dropped_request_releases_its_claim(store: Store) {
+    // The lease (10 s by default) is far longer than this test: only the release on drop can
+    // free the key in time.
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/slow");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(&url)
+        .header("idempotency-key", &key)
+        .header("x-sleep-ms", "60000")
+        .body("x")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    assert_eq!(count(&app.runs.slow), 1);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let retried = loop {
+        let reply = send(
+            client()
+                .post(&url)
+                .header("idempotency-key", &key)
+                .header("x-sleep-ms", "0")
+                .body("x"),
+        )
+        .await;
+        if reply.status != 409 || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (retried.status, retried.replayed()),
+        (201, false),
+        "{retried:?}"
+    );
+    assert_eq!(retried.body, "slow 2");
+}
+
+pub async fn a_running_handler_keeps_its_claim_past_the_lease(store: Store) {
+    let app = serve(&store, layer(&store).lease(Duration::from_millis(500))).await;
+    let key = fresh_key();
+    let url = app.url("/slow");
+    let first = tokio::spawn({
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            send(
+                client()
+                    .post(&url)
+                    .header("idempotency-key", &key)
+                    .header("x-sleep-ms", "2000")
+                    .body("x"),
+            )
+            .await
+        }
+    });
+    wait_until(|| count(&app.runs.slow) == 1).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // more than two leases
+    let busy = post(&url, Some(&key), "x").await;
+    assert_eq!(busy.status, 409, "the claim was renewed: {busy:?}");
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (201, "slow 1"));
+    assert!(post(&url, Some(&key), "x").await.replayed());
+    assert_eq!(count(&app.runs.slow), 1);
+}
+
+pub async fn an_abandoned_claim_expires_with_its_lease(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    // An instance claimed the key and died: nobody renews or releases the claim.
+    let orphan = InFlight {
+        token: 7,
+        fingerprint: Fingerprint::of(None, b"x"),
+    };
+    let store_key = record_key(&reqwest::Method::POST, "/orders", &key, None);
+    let claimed = store
+        .claim(&store_key, &orphan, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(claimed, Claim::Acquired);
+
+    assert_eq!(post(&app.url("/orders"), Some(&key), "x").await.status, 409);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = post(&app.url("/orders"), Some(&key), "x").await;
+    assert_eq!((later.status, later.body.as_str()), (201, "order 1: x"));
+}
+
+pub async fn oversized_bodies_are_413(store: Store) {
+    let app = serve(&store, layer(&store).max_body(16)).await;
+    let url = app.url("/orders");
+    let big = post(&url, Some(&fresh_key()), &"x".repeat(17)).await;
+    assert_eq!(big.status, 413, "{big:?}");
+    assert!(big.body.contains("16 bytes"), "{}", big.body);
+    // Without a Content-Length: a chunked body is cut off at the limit all the same.
+    let head = raw_chunked(&app, &fresh_key(), &["x".repeat(10), "x".repeat(10)]).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(count(&app.runs.orders), 0);
+    assert_eq!(
+        post(&url, Some(&fresh_key()), &"x".repeat(16)).await.status,
+        201
+    );
+}
+
+pub async fn the_store_holds_the_response(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    post(&app.url("/orders"), Some(&key), "x").await;
+    let store_key = record_key(&reqwest::Method::POST, "/orders", &key, None);
+    let Some(Record::Completed(stored)) = store.get(&store_key).await.unwrap() else {
+        panic!("no completed record under {store_key}");
+    };
+    assert_eq!(stored.status, 201);
+    assert_eq!(&stored.body[..], b"order 1: x");
+    assert_eq!(stored.fingerprint, Fingerprint::of(None, b"x"));
+    assert_eq!(stored.headers["x-order"], "1");
+    assert!(stored.headers.get("content-length").is_none());
+}
+
+pub async fn scoped_keys_never_cross_scopes(store: Store) {
+    let tenant = |p: &axum::http::request::Parts| {
+        p.headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let app = serve(&store, layer(&store).scope(tenant)).await;
+    let key = fresh_key();
+    let as_tenant = |t: &'static str| {
+        client()
+            .post(app.url("/orders"))
+            .header("idempotency-key", &key)
+            .header("x-tenant", t)
+            .body("x")
+    };
+    assert_eq!(send(as_tenant("a")).await.body, "order 1: x");
+    let other = send(as_tenant("b")).await;
+    assert_eq!(
+        (other.body.as_str(), other.replayed()),
+        ("order 2: x", false)
+    );
+    let again = send(as_tenant("a")).await;
+    assert_eq!(
+        (again.body.as_str(), again.replayed()),
+        ("order 1: x", true)
+    );
+    assert_eq!(count(&app.runs.orders), 2);
+}
+
+pub async fn only_the_configured_methods_are_covered(store: Store) {
+    let app = serve(&store, layer(&store).methods([reqwest::Method::PATCH])).await;
+    let key = fresh_key();
+    for n in 1..=2 {
+        let unprotected = post(&app.url("/orders"), Some(&key), "x").await;
+        assert_eq!(
+            (unprotected.replayed(), unprotected.body),
+            (false, format!("order {n}: x"))
+        );
+    }
+    for _ in 0..2 {
+        let patch = send(
+            client()
+                .patch(app.url("/orders"))
+                .header("idempotency-key", &key)
+                .body("x"),
+        )
+        .await;
+        assert_eq!(patch.body, "order 3: x");
+    }
+    assert_eq!(count(&app.runs.orders), 3);
+}
+
+/// Polls `cond` every 5 ms for up to 5 s.
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not met within 5s");
+}
+
+/// POSTs `chunks` to `/orders` with chunked transfer encoding over a raw socket; returns the
+/// response head.
+async fn raw_chunked(app: &App, key: &str, chunks: &[String]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = app.base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST /orders HTTP/1.1\r\nhost: {addr}\r\nidempotency-key: {key}\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    for chunk in chunks {
+        req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    req.push_str("0\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    sock.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    reply.split("\r\n\r\n").next().unwrap().to_owned()
+}
