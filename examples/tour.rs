@@ -469,6 +469,110 @@ async fn scenario_retry_storm() {
     t.print();
 }
 
+// ---------------------------------------------------------------------------------------------
+// 7. Exactly-once orders: both halves of the idempotency contract.
+
+#[resilient(timeout = "200ms", max_attempts = 1)]
+async fn order_no_retry(http: &reqwest::Client, url: &str, item: String) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body(item)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "200ms", max_attempts = 4, backoff(initial = "5ms", max = "20ms"), budget = false, idempotency_key = auto)]
+async fn order_keyed(http: &reqwest::Client, url: &str, item: String) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body(item)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_orders(http: &reqwest::Client) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use resilience::orders::order_service;
+    use resilience_runtime::server::MemoryStore;
+    heading(
+        7,
+        "Orders that must be created exactly once",
+        "20 customers each place one order. Between shop and order service, every third request\n\
+         is carried out and then its answer is lost (the connection is reset): the order exists,\n\
+         the shop does not know. A customer told \"failed\" presses the button again.",
+    );
+    let mut t = Table::new(&[
+        "client and server",
+        "requests sent",
+        "errors shown",
+        "orders created",
+        "for 20 purchases",
+    ]);
+    for (label, keyed, layer) in [
+        ("no retry; no key", false, false),
+        ("key + retries; server ignores the key", true, false),
+        ("key + retries; server replays by key", true, true),
+    ] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let store: Option<Arc<dyn resilience_runtime::server::IdempotencyStore>> = if layer {
+            Some(Arc::new(MemoryStore::default()))
+        } else {
+            None
+        };
+        let up = order_service(store, runs.clone()).await;
+        let proxy = FaultServer::start(Script::dynamic(move |seen| {
+            if seen.index % 3 == 2 {
+                Action::forward_then(up, Action::reset())
+            } else {
+                Action::forward(up)
+            }
+        }))
+        .await;
+        let mut errors = 0;
+        for i in 0..20 {
+            let item = format!("item-{i}");
+            let url = proxy.url("/orders");
+            let r = if keyed {
+                order_keyed(http, &url, item.clone()).await
+            } else {
+                order_no_retry(http, &url, item.clone()).await
+            };
+            if r.is_err() {
+                errors += 1;
+                // The customer presses "buy" again: a new call, a new key.
+                let _ = if keyed {
+                    order_keyed(http, &url, item).await
+                } else {
+                    order_no_retry(http, &url, item).await
+                };
+            }
+        }
+        let orders = runs.load(Ordering::SeqCst);
+        t.row(vec![
+            label.into(),
+            proxy.count().to_string(),
+            errors.to_string(),
+            orders.to_string(),
+            if orders == 20 {
+                "exactly once".into()
+            } else {
+                format!("{} duplicates", orders - 20)
+            },
+        ]);
+    }
+    t.print();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = std::time::Instant::now();
@@ -485,5 +589,6 @@ async fn main() {
     scenario_payment(&http).await;
     scenario_thread_pool().await;
     scenario_retry_storm().await;
+    scenario_orders(&http).await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -4,3 +4,4 @@
 //! the experiments shared by `cargo run --example tour` and the tests.
 
 pub mod incidents;
+pub mod orders;

@@ -314,3 +314,23 @@ async fn own_logic_errors_are_not_retried() {
     assert_eq!(e.attempts(), 1);
     assert_eq!(e.class(), None);
 }
+
+/// Regression: with one attempt there is nothing to clone for, and a by-value argument that is
+/// neither `Clone` nor `Copy` moves into the body as written.
+struct Ticket(String);
+
+#[resilient(timeout = "1s", max_attempts = 1, method = POST)]
+async fn single_attempt_moves_its_argument(ticket: Ticket) -> Result<String, Error> {
+    let Ticket(id) = ticket;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn a_single_attempt_moves_non_clone_arguments() {
+    assert_eq!(
+        single_attempt_moves_its_argument(Ticket("t-1".into()))
+            .await
+            .unwrap(),
+        "t-1"
+    );
+}

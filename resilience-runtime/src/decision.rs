@@ -85,7 +85,11 @@ pub fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
 /// The retry decision table of the design, as a function.
 pub fn decide(f: &Facts<'_>) -> Decision {
     use Decision::GiveUp as G;
+    // A 409 with Retry-After on a keyed request is the server's "this key is still being
+    // processed": the replay will come once the first attempt finishes.
+    let in_progress = f.keyed && f.class == Class::Status(409) && f.retry_after.is_some();
     let listed = match f.class {
+        _ if in_progress => true,
         Class::Permanent => return G(GiveUp::Permanent),
         Class::Rejected => return G(GiveUp::Rejected),
         Class::Status(s) if !crate::classify::is_transient_status(s) => {

@@ -218,6 +218,24 @@ fn limits() {
 }
 
 #[test]
+fn a_keyed_request_whose_key_is_still_in_flight_waits_for_the_replay() {
+    let ra = Some(Duration::from_secs(1));
+    let f = facts(Method::Post, true, false, Class::Status(409), ra);
+    assert_eq!(decide(&f), Decision::RetryAfter(Duration::from_secs(1)));
+    // Without the key, or without Retry-After, a 409 is an ordinary conflict: permanent.
+    let f = facts(Method::Post, false, false, Class::Status(409), ra);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
+    let f = facts(Method::Post, true, false, Class::Status(409), None);
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
+    // Still bounded by attempts and the deadline.
+    let f = Facts {
+        attempt: 3,
+        ..facts(Method::Post, true, false, Class::Status(409), ra)
+    };
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::AttemptsExhausted));
+}
+
+#[test]
 fn the_least_safe_method_decides() {
     // Unknown methods are treated as POST.
     let f = facts(Method::Other, false, true, Class::Timeout, None);

@@ -49,6 +49,13 @@ pub enum Action {
     Delay(Duration, Box<Action>),
     /// Apply the request's effect, then carry out the inner action.
     Effect(Box<Action>),
+    /// Forward the request to a real server at this address (the handler runs there), read its
+    /// whole answer, then carry out the inner action: [`Action::Relay`] passes the answer on;
+    /// any other action replaces it (a reset, a close, a stall, a 503: the work was done, the
+    /// answer is lost).
+    Forward(std::net::SocketAddr, Box<Action>),
+    /// Pass on the answer of the preceding [`Action::Forward`] (a 502 if there was none).
+    Relay,
 }
 
 /// A complete HTTP/1.1 response, framed with `Content-Length`.
@@ -64,6 +71,16 @@ pub struct Reply {
 }
 
 impl Action {
+    /// Forward the request to `upstream` and relay its answer.
+    pub fn forward(upstream: std::net::SocketAddr) -> Action {
+        Action::Forward(upstream, Box::new(Action::Relay))
+    }
+
+    /// Forward the request to `upstream`, then do `instead` rather than relay the answer.
+    pub fn forward_then(upstream: std::net::SocketAddr, instead: Action) -> Action {
+        Action::Forward(upstream, Box::new(instead))
+    }
+
     /// `200 OK` with the body `ok`.
     pub fn ok() -> Action {
         Action::status(200).body("ok")

@@ -288,7 +288,7 @@ async fn serve(mut stream: TcpStream, connection: u64, shared: Arc<Shared>) {
             index: seen.index,
         };
         let action = shared.script.action_for(&seen);
-        if !perform(action, &mut stream, &shared, exchange).await {
+        if !perform(action, &mut stream, &shared, exchange, &seen).await {
             return;
         }
     }
@@ -363,9 +363,32 @@ async fn perform(
     stream: &mut TcpStream,
     shared: &Shared,
     exchange: Exchange,
+    seen: &Seen,
 ) -> bool {
+    let mut forwarded: Option<Vec<u8>> = None;
     loop {
         action = match action {
+            Action::Forward(upstream, inner) => {
+                forwarded = forward(upstream, seen).await;
+                *inner
+            }
+            Action::Relay => {
+                let bytes = match forwarded.take() {
+                    Some(b) => b,
+                    None => http::encode(
+                        &crate::Reply {
+                            status: 502,
+                            headers: Vec::new(),
+                            body: Vec::new(),
+                        },
+                        false,
+                        true,
+                    ),
+                };
+                // The upstream answer is framed for a closing connection: close after it.
+                let _ = stream.write_all(&bytes).await;
+                return false;
+            }
             Action::Delay(delay, inner) => {
                 tokio::time::sleep(delay).await;
                 *inner
@@ -398,4 +421,34 @@ async fn perform(
             Action::Close => return false,
         };
     }
+}
+
+/// Sends `seen` to `upstream` on a fresh connection (`Connection: close`) and reads the whole
+/// answer; `None` if the upstream could not be reached or answered nothing.
+async fn forward(upstream: SocketAddr, seen: &Seen) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(256 + seen.body.len());
+    let target = match &seen.query {
+        Some(q) => format!("{}?{q}", seen.path),
+        None => seen.path.clone(),
+    };
+    out.extend_from_slice(format!("{} {target} HTTP/1.1\r\n", seen.method).as_bytes());
+    for (k, v) in &seen.headers {
+        if k.eq_ignore_ascii_case("connection") || k.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            seen.body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&seen.body);
+    let mut up = TcpStream::connect(upstream).await.ok()?;
+    up.write_all(&out).await.ok()?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).await.ok()?;
+    (!answer.is_empty()).then_some(answer)
 }

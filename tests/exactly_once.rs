@@ -1,0 +1,244 @@
+//! Exactly-once POSTs under faults: `#[resilient(idempotency_key = auto)]` on the client, the
+//! idempotency layer on the server, and a fault proxy between them that breaks attempts before
+//! the handler runs and after it ran (reset, close, stall, 503). The handler's effects equal the
+//! number of calls, exactly, with one server or two sharing Redis. Without the key, the client
+//! refuses to resend and reports the failure instead of duplicating.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use resilience::orders::order_service;
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::server::{MemoryStore, RedisStore};
+use resilience_runtime::{Error, ErrorKind, RequestBuilderExt as _, resilient};
+
+#[resilient(
+    timeout = "150ms",
+    deadline = "10s",
+    max_attempts = 6,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn place_order(http: &reqwest::Client, url: &str, item: String) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body(item)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "150ms", max_attempts = 6, backoff(initial = "1ms", max = "5ms"), budget = false, retry_on = [connect])]
+async fn place_order_without_key(
+    http: &reqwest::Client,
+    url: &str,
+    item: String,
+) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body(item)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// One attempt's fate at the proxy.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Pass,
+    ResetBefore,
+    Unavailable,
+    ResetAfter,
+    CloseAfter,
+    StallAfter,
+    UnavailableAfter,
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        3 => Just(Fault::Pass),
+        1 => Just(Fault::ResetBefore),
+        1 => Just(Fault::Unavailable),
+        2 => Just(Fault::ResetAfter),
+        2 => Just(Fault::CloseAfter),
+        1 => Just(Fault::StallAfter),
+        2 => Just(Fault::UnavailableAfter),
+    ]
+}
+
+fn action(fault: Fault, upstream: SocketAddr) -> Action {
+    match fault {
+        Fault::Pass => Action::forward(upstream),
+        Fault::ResetBefore => Action::reset(),
+        Fault::Unavailable => Action::status(503),
+        Fault::ResetAfter => Action::forward_then(upstream, Action::reset()),
+        Fault::CloseAfter => Action::forward_then(upstream, Action::close()),
+        Fault::StallAfter => Action::forward_then(upstream, Action::stall()),
+        Fault::UnavailableAfter => Action::forward_then(upstream, Action::status(503)),
+    }
+}
+
+/// Runs `calls` orders one after another through a proxy that applies `plan` to the n-th
+/// request (alternating between the upstreams), then passes everything.
+async fn run(plan: Vec<Fault>, calls: usize, upstreams: Vec<SocketAddr>, runs: &AtomicUsize) {
+    let ups = upstreams.clone();
+    let proxy = FaultServer::start(Script::dynamic(move |seen| {
+        let up = ups[seen.index % ups.len()];
+        action(plan.get(seen.index).copied().unwrap_or(Fault::Pass), up)
+    }))
+    .await;
+    let http = reqwest::Client::builder()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let mut bodies = Vec::new();
+    for i in 0..calls {
+        let r = place_order(&http, &proxy.url("/orders"), format!("item-{i}")).await;
+        let body = r.unwrap_or_else(|e| {
+            panic!(
+                "call {i} failed: {e}; proxy saw {:?}",
+                proxy.requests().len()
+            )
+        });
+        bodies.push(body);
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        calls,
+        "handler runs; proxy saw {} requests",
+        proxy.count()
+    );
+    // Each call got the answer of its own, single run.
+    for (i, b) in bodies.iter().enumerate() {
+        assert!(b.ends_with(&format!("for item-{i}")), "call {i} got {b:?}");
+    }
+    let distinct: std::collections::HashSet<&String> = bodies.iter().collect();
+    assert_eq!(distinct.len(), calls);
+    // Every request of one call carried the same key.
+    let mut keys: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter_map(|s| s.idempotency_key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), proxy.count(), "every attempt was keyed");
+    keys.dedup();
+    assert_eq!(keys.len(), calls, "one key per call, reused by its retries");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const CALLS: usize = 8;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn exactly_once_with_the_memory_store(plan in proptest::collection::vec(fault(), 0..24)) {
+        // At most 3 faults in a row, so that every call succeeds within its 6 attempts.
+        prop_assume!(plan.windows(4).all(|w| w.iter().any(|f| matches!(f, Fault::Pass))));
+        runtime().block_on(async {
+            let runs = Arc::new(AtomicUsize::new(0));
+            let up = order_service(Some(Arc::new(MemoryStore::default())), runs.clone()).await;
+            run(plan, CALLS, vec![up], &runs).await;
+        });
+    }
+}
+
+async fn redis_url() -> Option<String> {
+    let url = std::env::var("RESILIENCE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6399/".to_owned());
+    let ping = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but Redis at {url} is unreachable")
+        }
+        _ => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: Redis at {url} is unreachable; start it with .ci/redis.sh"
+            );
+            None
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn exactly_once_with_two_instances_sharing_redis(plan in proptest::collection::vec(fault(), 0..24)) {
+        prop_assume!(plan.windows(4).all(|w| w.iter().any(|f| matches!(f, Fault::Pass))));
+        runtime().block_on(async {
+            let Some(url) = redis_url().await else { return };
+            let prefix = format!("exactly-once:{}:", uuid_like());
+            let runs = Arc::new(AtomicUsize::new(0));
+            let a = RedisStore::connect(&url).await.unwrap().prefix(prefix.clone());
+            let b = RedisStore::connect(&url).await.unwrap().prefix(prefix);
+            let up_a = order_service(Some(Arc::new(a)), runs.clone()).await;
+            let up_b = order_service(Some(Arc::new(b)), runs.clone()).await;
+            run(plan, CALLS, vec![up_a, up_b], &runs).await;
+        });
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:032x}",
+        (std::process::id() as u128) << 64
+            | std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+    )
+}
+
+#[test]
+fn without_the_key_the_client_reports_the_failure_instead_of_duplicating() {
+    runtime().block_on(async {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let up = order_service(Some(Arc::new(MemoryStore::default())), runs.clone()).await;
+        // The order is created, then the answer is lost.
+        let proxy = FaultServer::start(Script::dynamic(move |_| {
+            Action::forward_then(up, Action::reset())
+        }))
+        .await;
+        let http = reqwest::Client::new();
+        let e = place_order_without_key(&http, &proxy.url("/orders"), "item-0".into())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Call);
+        assert_eq!(
+            e.attempts(),
+            1,
+            "no resend after the request may have arrived: {e}"
+        );
+        assert_eq!(e.class(), Some(resilience_runtime::Class::Reset));
+        assert_eq!(proxy.count(), 1);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "done once, reported as failed: the caller must reconcile"
+        );
+    });
+}
