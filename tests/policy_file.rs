@@ -1,0 +1,151 @@
+//! `resilience.toml` layers at run time: built-in < [defaults] < [policies.NAME] < inline, shared
+//! state defined in the file, and `client!` building the file's client.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, Blackhole, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, RequestBuilderExt as _, client, resilient};
+
+/// Only [defaults]: 2 attempts.
+#[resilient(config = "tests/policies/precedence.toml")]
+async fn defaults_only(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// [policies.search] over [defaults]: 4 attempts.
+#[resilient(config = "tests/policies/precedence.toml", policy = "search")]
+async fn search(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Inline over the policy: 3 attempts.
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "search",
+    max_attempts = 3
+)]
+async fn search_inline(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A keyed POST policy with a breaker from the file.
+#[resilient(config = "tests/policies/precedence.toml", policy = "payments")]
+async fn pay(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+fn always_503() -> Script {
+    Script::always(Action::status(503))
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_layer_overrides_the_one_below() {
+    let c = reqwest::Client::new();
+    for (name, want, call) in [
+        ("[defaults]", 2, 0),
+        ("[policies.search]", 4, 1),
+        ("inline", 3, 2),
+    ] {
+        let server = FaultServer::start(always_503()).await;
+        let url = server.url("/");
+        let e = match call {
+            0 => defaults_only(&c, &url).await,
+            1 => search(&c, &url).await,
+            _ => search_inline(&c, &url).await,
+        }
+        .unwrap_err();
+        assert_eq!(e.attempts(), want, "{name}: {e}");
+        assert_eq!(server.count(), want as usize, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_from_the_file_keys_its_posts_and_shares_its_breaker() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(always_503()).await;
+    let e = pay(&c, &server.url("/charges")).await.unwrap_err();
+    assert_eq!(e.attempts(), 3);
+    let keys: Vec<Option<String>> = server
+        .requests()
+        .iter()
+        .map(|s| s.idempotency_key().map(str::to_owned))
+        .collect();
+    assert!(
+        keys[0].is_some() && keys.iter().all(|k| *k == keys[0]),
+        "{keys:?}"
+    );
+    // 3 failures seen; the 4th opens the breaker (min_calls 4, window 4, rate 0.5).
+    let _ = pay(&c, &server.url("/charges")).await.unwrap_err();
+    let before = server.count();
+    let e = pay(&c, &server.url("/charges")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(server.count(), before, "an open breaker sends nothing");
+}
+
+#[tokio::test]
+async fn client_from_the_file_times_out_connects_fast() {
+    let http = client!("fast", config = "tests/policies/precedence.toml")
+        .build()
+        .unwrap();
+    let hole = Blackhole::new();
+    let started = std::time::Instant::now();
+    let e = http.get(hole.url("/")).send().await.unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn client_pool_drops_idle_sockets_before_the_server_does() {
+    // The server closes keep-alive connections idle for 300 ms; the client's pool lets go of
+    // them after 150 ms, so it never writes into a socket the server already closed.
+    let settings = client!("fast", config = "tests/policies/precedence.toml");
+    assert_eq!(settings.pool_idle_timeout, Duration::from_millis(150));
+    let http = settings.build().unwrap();
+    let server =
+        FaultServer::start(Script::always(Action::ok()).idle_timeout(Duration::from_millis(300)))
+            .await;
+    for _ in 0..3 {
+        http.get(server.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert_eq!(server.count(), 3);
+    assert_eq!(
+        server.connections(),
+        3,
+        "a fresh connection after each idle period"
+    );
+}
