@@ -174,6 +174,14 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
         syn::ReturnType::Default => quote!(),
     };
 
+    // Without retries the loop never goes round again: no back edge, so the body may move its
+    // by-value arguments (which are then not cloned and need not be `Clone`).
+    let on_retry = if max_attempts > 1 {
+        quote!(continue)
+    } else {
+        quote!({})
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -229,7 +237,7 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                         (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
                     };
                     match __resilience_session.after_failure(__resilience_class).await {
-                        #p::Next::Retry => continue,
+                        #p::Next::Retry => #on_retry,
                         #p::Next::Return => {}
                         #p::Next::Replace(error) => {
                             __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
