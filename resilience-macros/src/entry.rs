@@ -117,6 +117,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
                     settings.apply(&mut diags, k, v, fallback);
                 }
             }
+            Some((c, None)) if c.unparsed => {}
             Some((c, None)) => {
                 let known: Vec<&str> = c.policies.keys().map(String::as_str).collect();
                 let hint = crate::value::did_you_mean(name, &known)

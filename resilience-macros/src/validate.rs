@@ -256,7 +256,7 @@ fn section_table<'c>(
     fb: Span,
 ) -> Option<&'c crate::config::Table> {
     let found = config.and_then(|c| c.section(kind).get(name));
-    if found.is_none() {
+    if found.is_none() && !config.is_some_and(|c| c.unparsed) {
         let at = Located {
             value: crate::value::Value::Str(name.to_owned()),
             origin: origin.clone(),
