@@ -359,10 +359,11 @@ pub fn resolve_shared(
                 value: crate::value::Value::Bool(true),
                 origin: c.origin.clone(),
             });
+            // A file value has no tokens: point at the `client = "…"` that brings it in.
             err(
                 diags,
                 &at,
-                fb,
+                c.origin.span_or(fb),
                 format!(
                     "connect_timeout ({}) of client `{}` is not shorter than the attempt timeout ({}, {}): a connect \
                          timeout would then look like a read timeout, and a request that was never sent could not be retried safely",
