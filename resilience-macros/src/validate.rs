@@ -506,7 +506,7 @@ fn unsafe_retry(
     let classes: Vec<String> = ambiguous.iter().map(|i| i.value.render()).collect();
     let mut msg = format!(
         "this {name} could be retried after it may have reached the server, without an idempotency key: \
-         a retry could charge twice\n"
+         a retry could apply it twice\n"
     );
     msg.push_str(&format!("  - method = {name} ({})\n", m.origin));
     let retry_origin = ambiguous
