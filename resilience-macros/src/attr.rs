@@ -69,11 +69,18 @@ fn parse_entry(input: ParseStream<'_>) -> syn::Result<Entry> {
 }
 
 fn parse_table_body(input: ParseStream<'_>) -> syn::Result<Vec<(String, Located)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Located)> = Vec::new();
     while !input.is_empty() {
         let e = parse_entry(input)?;
+        let key = e.key.unraw().to_string();
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(syn::Error::new(
+                e.key.span(),
+                format!("`{key}` is given twice"),
+            ));
+        }
         out.push((
-            e.key.unraw().to_string(),
+            key,
             Located {
                 origin: Origin::Inline(e.span),
                 ..e.value
@@ -240,6 +247,8 @@ mod tests {
             quote!(a = [1,, 2]),
             quote!(a b),
             quote!(timeout "1s"),
+            quote!(backoff(initial = "1ms", initial = "2ms")),
+            quote!(budget = { ratio = 0.1, ratio = 0.2 }),
             quote!(max_attempts = 99999999999999999999999),
         ] {
             assert!(parse_args(ts).is_err());
