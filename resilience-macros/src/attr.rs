@@ -49,6 +49,11 @@ fn parse_entry(input: ParseStream<'_>) -> syn::Result<Entry> {
             value: Value::Table(parse_table_body(&content)?),
             origin: Origin::Inline(paren.span.join()),
         }
+    } else if !input.is_empty() && !input.peek(Token![,]) {
+        return Err(syn::Error::new(
+            input.span(),
+            format!("expected `=` after `{key}`, like `{key} = …`"),
+        ));
     } else {
         // A bare flag: `idempotent`.
         Located {
@@ -64,11 +69,18 @@ fn parse_entry(input: ParseStream<'_>) -> syn::Result<Entry> {
 }
 
 fn parse_table_body(input: ParseStream<'_>) -> syn::Result<Vec<(String, Located)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Located)> = Vec::new();
     while !input.is_empty() {
         let e = parse_entry(input)?;
+        let key = e.key.unraw().to_string();
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(syn::Error::new(
+                e.key.span(),
+                format!("`{key}` is given twice"),
+            ));
+        }
         out.push((
-            e.key.unraw().to_string(),
+            key,
             Located {
                 origin: Origin::Inline(e.span),
                 ..e.value
@@ -110,6 +122,18 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Located> {
     if input.peek(syn::Lit) {
         let lit: syn::Lit = input.parse()?;
         let span = lit.span();
+        // A negative number can arrive as one literal token.
+        let negative = match &lit {
+            syn::Lit::Int(i) => i.base10_digits().starts_with('-'),
+            syn::Lit::Float(f) => f.base10_digits().starts_with('-'),
+            _ => false,
+        };
+        if negative {
+            return Err(syn::Error::new(
+                span,
+                "negative values are not allowed here",
+            ));
+        }
         return match lit {
             syn::Lit::Str(s) => located(Value::Str(s.value()), span),
             syn::Lit::Int(i) => {
@@ -205,6 +229,16 @@ mod tests {
     }
 
     #[test]
+    fn negative_literal_tokens_are_refused_clearly() {
+        let int = proc_macro2::Literal::i64_unsuffixed(-1);
+        let float = proc_macro2::Literal::f64_unsuffixed(-0.5);
+        for ts in [quote!(max_attempts = #int), quote!(budget(ratio = #float))] {
+            let e = parse_args(ts).unwrap_err();
+            assert_eq!(e.to_string(), "negative values are not allowed here");
+        }
+    }
+
+    #[test]
     fn errors_do_not_panic() {
         for ts in [
             quote!(= 3),
@@ -212,6 +246,10 @@ mod tests {
             quote!(a = -1),
             quote!(a = [1,, 2]),
             quote!(a b),
+            quote!(timeout "1s"),
+            quote!(backoff(initial = "1ms", initial = "2ms")),
+            quote!(budget = { ratio = 0.1, ratio = 0.2 }),
+            quote!(max_attempts = 99999999999999999999999),
         ] {
             assert!(parse_args(ts).is_err());
         }

@@ -86,10 +86,15 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
         let hint = did_you_mean(&wanted, &known)
             .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
-        return Err(syn::Error::new(
-            span,
-            format!("unknown client `{wanted}`: {display} has no [clients.{wanted}]{hint}"),
-        ));
+        let unknown =
+            format!("unknown client `{wanted}`: {display} has no [clients.{wanted}]{hint}");
+        // Report the file's own errors too; after a syntax error, only those.
+        if !cfg.unparsed {
+            diags.push(span, &unknown);
+        }
+        return Err(diags
+            .into_error()
+            .unwrap_or_else(|| syn::Error::new(span, unknown)));
     };
     let (m, _) = read_client(&mut diags, &table.entries, span);
     // Every policy of the file that uses this client must give attempts more time than a connect.

@@ -43,6 +43,9 @@ pub struct Config {
     pub clients: BTreeMap<String, Table>,
     /// Problems with the file as a whole, each starting with `file:line:col:`.
     pub errors: Vec<String>,
+    /// The file is not valid TOML: its sections are unknown, so a name missing from them is not
+    /// reported again on top of the syntax error.
+    pub unparsed: bool,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
             let msg = e.message().trim().to_owned();
             cfg.errors
                 .push(format!("{display}:{line}:{col}: TOML syntax error: {msg}"));
+            cfg.unparsed = true;
             return cfg;
         }
     };

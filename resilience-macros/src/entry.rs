@@ -60,9 +60,9 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
                 Some(n) => policy = Some((n.to_owned(), e.span)),
                 None => diags.push(e.span, "`policy` takes the name of a [policies.NAME] section: policy = \"payments\""),
             },
-            "crate" => match e.value.as_text().map(|t| t.parse::<TokenStream>()) {
-                Some(Ok(ts)) if !e.value.as_text().unwrap_or_default().contains('.') => krate = Some(ts),
-                _ => diags.push(e.span, "`crate` takes a path: crate = \"::my_crate::resilience\""),
+            "crate" => match e.value.as_text().map(syn::parse_str::<syn::Path>) {
+                Some(Ok(path)) => krate = Some(path.into_token_stream()),
+                _ => diags.push(e.value.origin.span_or(e.span), "`crate` takes a path: crate = \"::my_crate::resilience\""),
             },
             "config" => match &e.value.value {
                 crate::value::Value::Str(s) => config_rel = Some((s.clone(), e.span)),
@@ -117,6 +117,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
                     settings.apply(&mut diags, k, v, fallback);
                 }
             }
+            Some((c, None)) if c.unparsed => {}
             Some((c, None)) => {
                 let known: Vec<&str> = c.policies.keys().map(String::as_str).collect();
                 let hint = crate::value::did_you_mean(name, &known)

@@ -174,47 +174,12 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
         syn::ReturnType::Default => quote!(),
     };
 
-    // One attempt of the body, classified and decided; `#on_retry` is what a retry does.
-    let attempt = |on_retry: TokenStream| {
-        quote! {
-            let mut __resilience_result = __resilience_session
-                .attempt(async {
-                    #fake_return
-                    #(#stmts)*
-                })
-                .await;
-            if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
-                let __resilience_class = {
-                    #[allow(unused_imports)]
-                    use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
-                    (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
-                };
-                match __resilience_session.after_failure(__resilience_class).await {
-                    #p::Next::Retry => #on_retry,
-                    #p::Next::Return => {}
-                    #p::Next::Replace(error) => {
-                        __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
-                    }
-                }
-            }
-        }
-    };
-    // With one attempt there is no loop, so by-value arguments move into the body as written.
-    let attempts = if max_attempts > 1 {
-        let one = attempt(quote!(continue));
-        quote! {
-            loop {
-                #(#clones)*
-                #one
-                break __resilience_result;
-            }
-        }
+    // Without retries the loop never goes round again: no back edge, so the body may move its
+    // by-value arguments (which are then not cloned and need not be `Clone`).
+    let on_retry = if max_attempts > 1 {
+        quote!(continue)
     } else {
-        let one = attempt(quote!({}));
-        quote! {
-            #one
-            __resilience_result
-        }
+        quote!({})
     };
 
     let track = plan.config_path.as_ref().map(|path| {
@@ -257,7 +222,30 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                         return ::core::result::Result::Err(::core::convert::From::from(error));
                     }
                 };
-            #attempts
+            loop {
+                #(#clones)*
+                let mut __resilience_result = __resilience_session
+                    .attempt(async {
+                        #fake_return
+                        #(#stmts)*
+                    })
+                    .await;
+                if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
+                    let __resilience_class = {
+                        #[allow(unused_imports)]
+                        use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
+                        (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
+                    };
+                    match __resilience_session.after_failure(__resilience_class).await {
+                        #p::Next::Retry => #on_retry,
+                        #p::Next::Return => {}
+                        #p::Next::Replace(error) => {
+                            __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
+                        }
+                    }
+                }
+                break __resilience_result;
+            }
         }
     }
 }

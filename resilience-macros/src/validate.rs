@@ -256,7 +256,7 @@ fn section_table<'c>(
     fb: Span,
 ) -> Option<&'c crate::config::Table> {
     let found = config.and_then(|c| c.section(kind).get(name));
-    if found.is_none() {
+    if found.is_none() && !config.is_some_and(|c| c.unparsed) {
         let at = Located {
             value: crate::value::Value::Str(name.to_owned()),
             origin: origin.clone(),
@@ -359,10 +359,11 @@ pub fn resolve_shared(
                 value: crate::value::Value::Bool(true),
                 origin: c.origin.clone(),
             });
+            // A file value has no tokens: point at the `client = "…"` that brings it in.
             err(
                 diags,
                 &at,
-                fb,
+                c.origin.span_or(fb),
                 format!(
                     "connect_timeout ({}) of client `{}` is not shorter than the attempt timeout ({}, {}): a connect \
                          timeout would then look like a read timeout, and a request that was never sent could not be retried safely",
@@ -505,7 +506,7 @@ fn unsafe_retry(
     let classes: Vec<String> = ambiguous.iter().map(|i| i.value.render()).collect();
     let mut msg = format!(
         "this {name} could be retried after it may have reached the server, without an idempotency key: \
-         a retry could charge twice\n"
+         a retry could apply it twice\n"
     );
     msg.push_str(&format!("  - method = {name} ({})\n", m.origin));
     let retry_origin = ambiguous

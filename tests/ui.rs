@@ -1,0 +1,10 @@
+//! Compile-time checks of `#[resilient]`: every rule has a failing case with a reviewed `.stderr`
+//! snapshot, and every safe alternative a passing one. Refresh snapshots with
+//! `TRYBUILD=overwrite cargo test --test ui` and read the diff.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass/*.rs");
+    t.compile_fail("tests/ui/fail/*.rs");
+}

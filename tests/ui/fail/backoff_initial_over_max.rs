@@ -1,0 +1,13 @@
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
+
+#[resilient(backoff(initial = "5s", max = "1s"))]
+async fn fetch(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/")
+        .resilient()
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+fn main() {}

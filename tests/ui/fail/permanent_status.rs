@@ -1,0 +1,14 @@
+// A permanent status in retry_on: the same request gets the same answer.
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
+
+#[resilient(retry_on = [connect, 503, 404])]
+async fn fetch(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/")
+        .resilient()
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+fn main() {}

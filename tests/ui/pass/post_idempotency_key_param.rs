@@ -1,0 +1,48 @@
+// The key comes from the caller: a parameter, or a field path rooted at one.
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
+
+#[resilient(idempotency_key = request_id)]
+async fn charge(c: &reqwest::Client, request_id: &str, amount: u64) -> Result<(), Error> {
+    c.post("http://127.0.0.1:1/charges")
+        .body(amount.to_string())
+        .resilient()
+        .send()
+        .await?;
+    Ok(())
+}
+
+struct Order {
+    id: String,
+    total: u64,
+}
+
+#[resilient(idempotency_key = order.id)]
+async fn place(c: &reqwest::Client, order: &Order) -> Result<(), Error> {
+    c.post("http://127.0.0.1:1/orders")
+        .body(order.total.to_string())
+        .resilient()
+        .send()
+        .await?;
+    Ok(())
+}
+
+// A by-value key parameter is cloned for each attempt like any other.
+#[resilient(idempotency_key = key)]
+async fn refund(c: &reqwest::Client, key: String) -> Result<(), Error> {
+    c.post("http://127.0.0.1:1/refunds")
+        .header("x-key", key)
+        .resilient()
+        .send()
+        .await?;
+    Ok(())
+}
+
+fn main() {
+    let _ = charge;
+    let _ = place;
+    let _ = refund;
+    let _ = Order {
+        id: String::new(),
+        total: 0,
+    };
+}
