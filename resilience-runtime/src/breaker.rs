@@ -1,15 +1,62 @@
-//! Circuit breaker: a count-based sliding window over the last calls (minimal version).
+//! Circuit breaker: a count-based sliding window over the last calls, lock-free.
+//!
+//! - **Closed**: calls go through; each reported outcome enters a window of the last `window`
+//!   outcomes. Once at least `min_calls` were seen and `failures / seen >= failure_rate`, the
+//!   breaker opens.
+//! - **Open**: calls fail fast with [`BreakerOpen`] for `open_for`. The first call after that
+//!   turns the breaker half-open and is its first probe.
+//! - **HalfOpen**: exactly `half_open_calls` probes go through; other calls are refused while
+//!   they are in flight. All probes succeed: closed, with an empty window. Any probe fails: open
+//!   again for `open_for`. A probe reported as ignored (or dropped unreported) frees its slot for
+//!   another probe.
+//!
+//! Only failures that say the downstream is unhealthy are reported as failures; the session
+//! reports permanent failures (a 404, a decode error) as ignored, which count as neither.
+//!
+//! # Representation
+//!
+//! The whole state is one `AtomicU64`, changed only by compare-and-swap, so taking a permit
+//! never locks:
+//!
+//! ```text
+//! 63..62 state | 61..54 generation | closed:    53..48 calls seen, 47..0 outcomes (1 = failure)
+//!                                  | open:      47..0 opened at (ms since the breaker was made)
+//!                                  | half-open: 31..16 probes succeeded, 15..0 probes admitted
+//! ```
+//!
+//! The generation changes on every transition; a permit carries the generation it was issued
+//! in, and a report from an earlier generation (a call that started before the breaker opened)
+//! changes nothing. (It wraps after 256 transitions: a permit would have to stay out across
+//! 128 open and half-open cycles to be taken for a current one.)
+//!
+//! A window of up to [`BreakerSpec::MAX_ATOMIC_WINDOW`] calls lives in the word itself as a
+//! shift register: the newest outcome enters at bit 0 and the oldest falls off at bit `window`,
+//! so the failures in the window are a popcount. A longer window keeps its outcomes in a ring
+//! behind a mutex, taken only to record an outcome (never across an await); the state still
+//! changes only by compare-and-swap on the word.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::policy::InvalidPolicy;
 
 /// Settings of a circuit breaker (`[breakers.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSpec {
+    /// Open when at least this share of the window failed, in `(0, 1]`.
     pub failure_rate: f64,
+    /// ... once at least this many calls were seen, `1..=window`.
     pub min_calls: u32,
+    /// How many of the last calls the window holds, `1..=`[`BreakerSpec::MAX_WINDOW`].
     pub window: u32,
+    /// How long an open breaker fails fast; more than zero, counted in whole milliseconds
+    /// (rounded up).
     pub open_for: Duration,
+    /// Probes a half-open breaker lets through, `1..=`[`BreakerSpec::MAX_HALF_OPEN_CALLS`].
     pub half_open_calls: u32,
 }
 
@@ -21,31 +68,260 @@ impl BreakerSpec {
         open_for: Duration::from_secs(30),
         half_open_calls: 3,
     };
+
+    /// The largest window.
+    pub const MAX_WINDOW: u32 = 1024;
+
+    /// The largest window kept in the breaker's atomic word (48 bits of it); a longer one takes
+    /// a short lock to record an outcome.
+    pub const MAX_ATOMIC_WINDOW: u32 = 48;
+
+    /// The largest number of half-open probes.
+    pub const MAX_HALF_OPEN_CALLS: u32 = 1024;
+
+    /// Checks the ranges documented on each field.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        let bad = |m: String| Err(InvalidPolicy(m));
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return bad(format!(
+                "breaker failure_rate = {} is outside (0, 1]",
+                self.failure_rate
+            ));
+        }
+        if !(1..=Self::MAX_WINDOW).contains(&self.window) {
+            return bad(format!(
+                "breaker window = {} is outside 1..={}",
+                self.window,
+                Self::MAX_WINDOW
+            ));
+        }
+        if !(1..=self.window).contains(&self.min_calls) {
+            return bad(format!(
+                "breaker min_calls = {} is outside 1..=window ({})",
+                self.min_calls, self.window
+            ));
+        }
+        if self.open_for.is_zero() {
+            return bad("breaker open_for must be longer than zero".into());
+        }
+        if !(1..=Self::MAX_HALF_OPEN_CALLS).contains(&self.half_open_calls) {
+            return bad(format!(
+                "breaker half_open_calls = {} is outside 1..={}",
+                self.half_open_calls,
+                Self::MAX_HALF_OPEN_CALLS
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec::DEFAULT
+    }
 }
 
 /// The state of a breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BreakerState {
     Closed,
     Open,
     HalfOpen,
 }
 
-/// Returned when the breaker refuses a call.
-#[derive(Debug, Clone, Copy)]
-pub struct BreakerOpen;
-
-/// Permission for one attempt; give it back with the outcome.
-#[derive(Debug)]
-pub struct BreakerPermit {
-    _probe: bool,
+impl BreakerState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
 }
 
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Returned when the breaker refuses a call: open, or half-open with every probe slot taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerOpen;
+
+impl fmt::Display for BreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit breaker open")
+    }
+}
+
+impl std::error::Error for BreakerOpen {}
+
+/// Permission for one attempt; give it back with the outcome ([`Breaker::on_success`],
+/// [`Breaker::on_failure`], [`Breaker::on_ignored`]). Dropped unreported, it counts as ignored.
 #[derive(Debug)]
-struct Inner {
-    state: BreakerState,
-    outcomes: Vec<bool>,
-    opened_at: Option<tokio::time::Instant>,
+#[must_use = "report the outcome, or the attempt counts as ignored"]
+pub struct BreakerPermit<'a> {
+    breaker: &'a Breaker,
+    generation: u64,
+    probe: bool,
+    reported: bool,
+}
+
+impl BreakerPermit<'_> {
+    /// Whether this attempt is one of the half-open probes.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    fn report(mut self, outcome: Outcome) {
+        self.reported = true;
+        self.breaker.report(self.generation, self.probe, outcome);
+    }
+}
+
+impl Drop for BreakerPermit<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker
+                .report(self.generation, self.probe, Outcome::Ignored);
+        }
+    }
+}
+
+/// A copy of a breaker's state and counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSnapshot {
+    pub state: BreakerState,
+    /// Transitions to open (from closed or half-open).
+    pub opened: u64,
+    /// Transitions from open to half-open.
+    pub half_opened: u64,
+    /// Transitions from half-open to closed.
+    pub closed: u64,
+    /// Calls refused because the breaker was open or its probe slots were taken.
+    pub rejected: u64,
+    /// Outcomes in the window (closed state only, else 0).
+    pub window_calls: u32,
+    /// Failures among them.
+    pub window_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    Ignored,
+}
+
+// The packed word.
+const STATE_SHIFT: u32 = 62;
+const GEN_SHIFT: u32 = 54;
+const GEN_MASK: u64 = 0xff;
+const SEEN_SHIFT: u32 = 48;
+const SEEN_MASK: u64 = 0x3f;
+const LOW48: u64 = (1 << 48) - 1;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+
+fn state_bits(w: u64) -> u64 {
+    w >> STATE_SHIFT
+}
+
+fn generation(w: u64) -> u64 {
+    (w >> GEN_SHIFT) & GEN_MASK
+}
+
+fn next_generation(w: u64) -> u64 {
+    (generation(w) + 1) & GEN_MASK
+}
+
+fn closed(generation: u64, seen: u64, ring: u64) -> u64 {
+    (CLOSED << STATE_SHIFT) | (generation << GEN_SHIFT) | (seen << SEEN_SHIFT) | ring
+}
+
+fn open(generation: u64, at_ms: u64) -> u64 {
+    (OPEN << STATE_SHIFT) | (generation << GEN_SHIFT) | at_ms.min(LOW48)
+}
+
+fn half_open(generation: u64, succeeded: u64, admitted: u64) -> u64 {
+    (HALF_OPEN << STATE_SHIFT) | (generation << GEN_SHIFT) | (succeeded << 16) | admitted
+}
+
+fn seen(w: u64) -> u64 {
+    (w >> SEEN_SHIFT) & SEEN_MASK
+}
+
+fn ring(w: u64) -> u64 {
+    w & LOW48
+}
+
+fn admitted(w: u64) -> u64 {
+    w & 0xffff
+}
+
+fn succeeded(w: u64) -> u64 {
+    (w >> 16) & 0xffff
+}
+
+fn decode(w: u64) -> BreakerState {
+    match state_bits(w) {
+        CLOSED => BreakerState::Closed,
+        OPEN => BreakerState::Open,
+        _ => BreakerState::HalfOpen,
+    }
+}
+
+/// The last `window` outcomes of a closed breaker whose window is too long for its word.
+#[derive(Debug)]
+struct LongWindow {
+    /// The closed generation these outcomes belong to; another one means start afresh.
+    generation: u64,
+    window: u32,
+    seen: u32,
+    failures: u32,
+    /// Where the next outcome goes.
+    head: u32,
+    /// One bit per call, 1 = failure.
+    bits: Box<[u64]>,
+}
+
+impl LongWindow {
+    fn new(window: u32) -> LongWindow {
+        LongWindow {
+            generation: 0,
+            window,
+            seen: 0,
+            failures: 0,
+            head: 0,
+            bits: vec![0; window.div_ceil(64) as usize].into_boxed_slice(),
+        }
+    }
+
+    fn reset(&mut self, generation: u64) {
+        self.generation = generation;
+        self.seen = 0;
+        self.failures = 0;
+        self.head = 0;
+        self.bits.fill(0);
+    }
+
+    fn push(&mut self, fail: bool) {
+        let (word, bit) = ((self.head / 64) as usize, self.head % 64);
+        // A slot not yet used holds 0, so the outgoing outcome is a success until the ring
+        // has gone round once.
+        let old = (self.bits[word] >> bit) & 1;
+        self.bits[word] = (self.bits[word] & !(1 << bit)) | (u64::from(fail) << bit);
+        self.failures = self.failures - old as u32 + u32::from(fail);
+        self.seen = (self.seen + 1).min(self.window);
+        self.head = (self.head + 1) % self.window;
+    }
+}
+
+fn lock(m: &Mutex<LongWindow>) -> MutexGuard<'_, LongWindow> {
+    // Every update leaves the window consistent, so a panic elsewhere cannot corrupt it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A circuit breaker shared by name.
@@ -53,78 +329,767 @@ struct Inner {
 pub struct Breaker {
     name: &'static str,
     spec: BreakerSpec,
-    inner: Mutex<Inner>,
+    origin: Instant,
+    /// `open_for` in whole milliseconds, rounded up.
+    open_ms: u64,
+    ring_mask: u64,
+    /// The window, when it is longer than the word can hold.
+    long: Option<Mutex<LongWindow>>,
+    word: AtomicU64,
+    opened: AtomicU64,
+    half_opened: AtomicU64,
+    closed: AtomicU64,
+    rejected: AtomicU64,
 }
 
 impl Breaker {
+    /// A closed breaker.
+    ///
+    /// # Panics
+    ///
+    /// If `spec` is invalid (see [`BreakerSpec::validate`]); [`Breaker::try_new`] returns the
+    /// error.
     pub fn new(name: &'static str, spec: BreakerSpec) -> Breaker {
-        Breaker {
+        match Breaker::try_new(name, spec) {
+            Ok(b) => b,
+            Err(e) => panic!("breaker {name:?}: {e}"),
+        }
+    }
+
+    /// A closed breaker, or why `spec` is invalid.
+    pub fn try_new(name: &'static str, spec: BreakerSpec) -> Result<Breaker, InvalidPolicy> {
+        spec.validate()?;
+        Ok(Breaker {
             name,
             spec,
-            inner: Mutex::new(Inner {
-                state: BreakerState::Closed,
-                outcomes: Vec::new(),
-                opened_at: None,
-            }),
-        }
+            origin: Instant::now(),
+            open_ms: u64::try_from(spec.open_for.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX),
+            ring_mask: (1u64 << spec.window.min(BreakerSpec::MAX_ATOMIC_WINDOW)) - 1,
+            long: (spec.window > BreakerSpec::MAX_ATOMIC_WINDOW)
+                .then(|| Mutex::new(LongWindow::new(spec.window))),
+            word: AtomicU64::new(closed(0, 0, 0)),
+            opened: AtomicU64::new(0),
+            half_opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
     }
 
     pub fn name(&self) -> &'static str {
         self.name
     }
 
-    pub fn state(&self) -> BreakerState {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).state
+    pub fn spec(&self) -> BreakerSpec {
+        self.spec
     }
 
-    pub fn try_acquire(&self) -> Result<BreakerPermit, BreakerOpen> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.state == BreakerState::Open {
-            match g.opened_at {
-                Some(t) if t.elapsed() >= self.spec.open_for => g.state = BreakerState::HalfOpen,
-                _ => return Err(BreakerOpen),
+    /// The current state. An open breaker whose `open_for` has passed still reads open until the
+    /// next call turns it half-open.
+    pub fn state(&self) -> BreakerState {
+        decode(self.word.load(Ordering::Acquire))
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        let w = self.word.load(Ordering::Acquire);
+        let (window_calls, window_failures) = match (state_bits(w), &self.long) {
+            (CLOSED, None) => (seen(w) as u32, ring(w).count_ones()),
+            (CLOSED, Some(long)) => {
+                let long = lock(long);
+                if long.generation == generation(w) {
+                    (long.seen, long.failures)
+                } else {
+                    (0, 0)
+                }
+            }
+            _ => (0, 0),
+        };
+        BreakerSnapshot {
+            state: decode(w),
+            opened: self.opened.load(Ordering::Relaxed),
+            half_opened: self.half_opened.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            window_calls,
+            window_failures,
+        }
+    }
+
+    /// Asks to make one attempt.
+    pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, BreakerOpen> {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let (next, probe) = match state_bits(w) {
+                CLOSED => return Ok(self.permit(generation(w), false)),
+                OPEN => {
+                    let opened_at = ring(w);
+                    if self.now_ms_floor().saturating_sub(opened_at) < self.open_ms {
+                        return self.reject();
+                    }
+                    (half_open(next_generation(w), 0, 1), true)
+                }
+                _ => {
+                    if admitted(w) >= u64::from(self.spec.half_open_calls) {
+                        return self.reject();
+                    }
+                    (w + 1, true)
+                }
+            };
+            match self
+                .word
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if state_bits(w) == OPEN {
+                        self.transitioned(BreakerState::Open, BreakerState::HalfOpen);
+                    }
+                    return Ok(self.permit(generation(next), probe));
+                }
+                Err(now) => w = now,
             }
         }
-        Ok(BreakerPermit {
-            _probe: g.state == BreakerState::HalfOpen,
-        })
     }
 
-    pub fn on_success(&self, _permit: BreakerPermit) {
-        self.record(true);
+    /// The attempt succeeded.
+    pub fn on_success(&self, permit: BreakerPermit<'_>) {
+        debug_assert!(
+            std::ptr::eq(self, permit.breaker),
+            "permit of another breaker"
+        );
+        permit.report(Outcome::Success);
     }
 
-    pub fn on_failure(&self, _permit: BreakerPermit) {
-        self.record(false);
+    /// The attempt failed in a way that says the downstream is unhealthy.
+    pub fn on_failure(&self, permit: BreakerPermit<'_>) {
+        debug_assert!(
+            std::ptr::eq(self, permit.breaker),
+            "permit of another breaker"
+        );
+        permit.report(Outcome::Failure);
     }
 
     /// A failure that says nothing about the downstream's health (a 404, a decode error).
-    pub fn on_ignored(&self, _permit: BreakerPermit) {}
+    pub fn on_ignored(&self, permit: BreakerPermit<'_>) {
+        debug_assert!(
+            std::ptr::eq(self, permit.breaker),
+            "permit of another breaker"
+        );
+        permit.report(Outcome::Ignored);
+    }
 
-    fn record(&self, ok: bool) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.state == BreakerState::HalfOpen {
-            if ok {
-                g.state = BreakerState::Closed;
-                g.outcomes.clear();
-            } else {
-                g.state = BreakerState::Open;
-                g.opened_at = Some(tokio::time::Instant::now());
+    fn permit(&self, generation: u64, probe: bool) -> BreakerPermit<'_> {
+        BreakerPermit {
+            breaker: self,
+            generation,
+            probe,
+            reported: false,
+        }
+    }
+
+    fn reject<T>(&self) -> Result<T, BreakerOpen> {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(BreakerOpen)
+    }
+
+    fn report(&self, permit_generation: u64, probe: bool, outcome: Outcome) {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            // A permit from before the last transition says nothing about the present.
+            if generation(w) != permit_generation {
+                return;
             }
+            let next = match (state_bits(w), probe, outcome) {
+                (CLOSED, false, Outcome::Success | Outcome::Failure) if self.long.is_some() => {
+                    return self.record_long(permit_generation, outcome == Outcome::Failure);
+                }
+                (CLOSED, false, Outcome::Success | Outcome::Failure) => {
+                    let fail = u64::from(outcome == Outcome::Failure);
+                    let ring = ((ring(w) << 1) | fail) & self.ring_mask;
+                    let seen = (seen(w) + 1).min(u64::from(self.spec.window));
+                    if self.trips(seen as u32, ring.count_ones()) {
+                        open(next_generation(w), self.now_ms_ceil())
+                    } else {
+                        closed(generation(w), seen, ring)
+                    }
+                }
+                (HALF_OPEN, true, Outcome::Success) => {
+                    let succeeded = succeeded(w) + 1;
+                    if succeeded >= u64::from(self.spec.half_open_calls) {
+                        closed(next_generation(w), 0, 0)
+                    } else {
+                        half_open(generation(w), succeeded, admitted(w))
+                    }
+                }
+                (HALF_OPEN, true, Outcome::Failure) => open(next_generation(w), self.now_ms_ceil()),
+                (HALF_OPEN, true, Outcome::Ignored) => {
+                    half_open(generation(w), succeeded(w), admitted(w).saturating_sub(1))
+                }
+                _ => return,
+            };
+            match self
+                .word
+                .compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let (from, to) = (decode(w), decode(next));
+                    if from != to {
+                        self.transitioned(from, to);
+                    }
+                    return;
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Records an outcome in a window too long for the word.
+    fn record_long(&self, permit_generation: u64, fail: bool) {
+        let Some(long) = &self.long else { return };
+        let mut long = lock(long);
+        // Under this lock the word cannot leave the closed state: only this function moves a
+        // closed breaker with a long window, and the other transitions start from open or
+        // half-open.
+        let w = self.word.load(Ordering::Acquire);
+        if state_bits(w) != CLOSED || generation(w) != permit_generation {
             return;
         }
-        g.outcomes.push(ok);
-        let w = self.spec.window as usize;
-        if g.outcomes.len() > w {
-            let n = g.outcomes.len() - w;
-            g.outcomes.drain(..n);
+        if long.generation != permit_generation {
+            long.reset(permit_generation);
         }
-        let failed = g.outcomes.iter().filter(|o| !**o).count();
-        if g.outcomes.len() >= self.spec.min_calls as usize
-            && failed as f64 >= self.spec.failure_rate * g.outcomes.len() as f64
-        {
-            g.state = BreakerState::Open;
-            g.opened_at = Some(tokio::time::Instant::now());
+        long.push(fail);
+        if self.trips(long.seen, long.failures) {
+            let next = open(next_generation(w), self.now_ms_ceil());
+            if self
+                .word
+                .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.transitioned(BreakerState::Closed, BreakerState::Open);
+            }
+        }
+    }
+
+    fn trips(&self, seen: u32, failures: u32) -> bool {
+        seen >= self.spec.min_calls
+            && f64::from(failures) / f64::from(seen) >= self.spec.failure_rate
+    }
+
+    fn transitioned(&self, from: BreakerState, to: BreakerState) {
+        let counter = match to {
+            BreakerState::Open => &self.opened,
+            BreakerState::HalfOpen => &self.half_opened,
+            BreakerState::Closed => &self.closed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (name, opened) = (self.name, to == BreakerState::Open);
+        let (from, to) = (from.as_str(), to.as_str());
+        if opened {
+            tracing::warn!(breaker = name, from, to, "circuit breaker state changed");
+        } else {
+            tracing::info!(breaker = name, from, to, "circuit breaker state changed");
+        }
+    }
+
+    fn since_origin(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+
+    fn now_ms_floor(&self) -> u64 {
+        self.since_origin().as_millis() as u64
+    }
+
+    /// Rounded up, so that an open breaker never reopens early by a fraction of a millisecond.
+    fn now_ms_ceil(&self) -> u64 {
+        self.since_origin().as_nanos().div_ceil(1_000_000) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const SPEC: BreakerSpec = BreakerSpec {
+        failure_rate: 0.5,
+        min_calls: 4,
+        window: 8,
+        open_for: Duration::from_secs(30),
+        half_open_calls: 2,
+    };
+
+    fn ok(b: &Breaker) {
+        let p = b.try_acquire().expect("closed");
+        b.on_success(p);
+    }
+
+    fn fail(b: &Breaker) {
+        let p = b.try_acquire().expect("closed");
+        b.on_failure(p);
+    }
+
+    fn window(b: &Breaker) -> (u32, u32) {
+        let s = b.snapshot();
+        (s.window_calls, s.window_failures)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stays_closed_below_min_calls() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "3 of min_calls 4");
+        assert_eq!(window(&b), (3, 3));
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_at_the_failure_rate_not_below() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..5 {
+            ok(&b);
+        }
+        for _ in 0..4 {
+            fail(&b);
+        }
+        // Window of 8: the oldest success fell off; 4 of 8 failed = 0.5.
+        assert_eq!(b.state(), BreakerState::Open);
+
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..5 {
+            ok(&b);
+        }
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (8, 3));
+        assert_eq!(b.state(), BreakerState::Closed, "3 of 8 < 0.5");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_compares_exactly() {
+        // 3 / 10 must meet 0.3 although 0.3 * 10 is 3.0000000000000004 in floating point.
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 0.3,
+                min_calls: 10,
+                window: 10,
+                ..SPEC
+            },
+        );
+        for _ in 0..7 {
+            ok(&b);
+        }
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_slide_out_of_the_window() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..5 {
+            ok(&b);
+        }
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (8, 3));
+        for _ in 0..8 {
+            ok(&b);
+        }
+        assert_eq!(window(&b), (8, 0));
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (8, 3));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ignored_outcomes_count_as_neither() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..10 {
+            let p = b.try_acquire().unwrap();
+            b.on_ignored(p);
+            let _dropped = b.try_acquire().unwrap();
+        }
+        assert_eq!(window(&b), (0, 0));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fails_fast_for_open_for_then_half_opens() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..4 {
+            fail(&b);
+        }
+        assert!(b.try_acquire().is_err());
+        advance(SPEC.open_for - Duration::from_millis(1)).await;
+        assert!(b.try_acquire().is_err(), "1 ms early");
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(Duration::from_millis(1)).await;
+        let p = b.try_acquire().expect("first probe");
+        assert!(p.is_probe());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        drop(p);
+        assert_eq!(b.snapshot().rejected, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_half_open_calls() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..4 {
+            fail(&b);
+        }
+        advance(SPEC.open_for).await;
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err(), "both probe slots in flight");
+        b.on_success(p1);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(
+            b.try_acquire().is_err(),
+            "a finished probe does not free its slot"
+        );
+        b.on_success(p2);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(window(&b), (0, 0), "closing starts an empty window");
+        let s = b.snapshot();
+        assert_eq!((s.opened, s.half_opened, s.closed), (1, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_open_for() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..4 {
+            fail(&b);
+        }
+        advance(SPEC.open_for).await;
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        b.on_success(p1);
+        advance(Duration::from_secs(5)).await;
+        b.on_failure(p2);
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(SPEC.open_for - Duration::from_millis(1)).await;
+        assert!(
+            b.try_acquire().is_err(),
+            "open_for counts from the failed probe"
+        );
+        advance(Duration::from_millis(1)).await;
+        assert!(b.try_acquire().is_ok());
+        let s = b.snapshot();
+        assert_eq!((s.opened, s.half_opened, s.closed), (2, 2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreported_probe_frees_its_slot() {
+        let b = Breaker::new("t", SPEC);
+        for _ in 0..4 {
+            fail(&b);
+        }
+        advance(SPEC.open_for).await;
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        drop(p2);
+        let p3 = b.try_acquire().expect("the dropped probe's slot");
+        b.on_ignored(p3);
+        let p4 = b.try_acquire().expect("the ignored probe's slot");
+        assert!(b.try_acquire().is_err());
+        b.on_success(p1);
+        b.on_success(p4);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_from_before_a_transition_are_ignored() {
+        let b = Breaker::new("t", SPEC);
+        let stale: Vec<_> = (0..6).map(|_| b.try_acquire().unwrap()).collect();
+        for _ in 0..4 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(SPEC.open_for).await;
+        let p1 = b.try_acquire().unwrap();
+        // Calls that started while closed finish now: none of them is a probe.
+        for (i, p) in stale.into_iter().enumerate() {
+            if i % 2 == 0 {
+                b.on_success(p);
+            } else {
+                b.on_failure(p);
+            }
+        }
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let p2 = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err());
+        b.on_success(p1);
+        b.on_success(p2);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(window(&b), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_and_full_rate() {
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 1.0,
+                min_calls: 1,
+                window: 1,
+                open_for: Duration::from_millis(1),
+                half_open_calls: 1,
+            },
+        );
+        ok(&b);
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(Duration::from_millis(1)).await;
+        let p = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err());
+        b.on_success(p);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn largest_atomic_window() {
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 0.5,
+                min_calls: 48,
+                window: 48,
+                ..SPEC
+            },
+        );
+        for _ in 0..100 {
+            ok(&b);
+        }
+        for _ in 0..23 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (48, 23));
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn generation_wraps_without_harm() {
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 1.0,
+                min_calls: 1,
+                window: 1,
+                open_for: Duration::from_millis(1),
+                half_open_calls: 1,
+            },
+        );
+        // Each cycle is three transitions: 300 cycles wrap the 8-bit generation several times.
+        for _ in 0..300 {
+            fail(&b);
+            advance(Duration::from_millis(1)).await;
+            let p = b.try_acquire().unwrap();
+            b.on_success(p);
+        }
+        let s = b.snapshot();
+        assert_eq!(s.state, BreakerState::Closed);
+        assert_eq!((s.opened, s.half_opened, s.closed), (300, 300, 300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_window_takes_the_locked_path() {
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 0.5,
+                min_calls: 100,
+                window: 100,
+                ..SPEC
+            },
+        );
+        assert!(b.long.is_some());
+        for _ in 0..150 {
+            ok(&b);
+        }
+        for _ in 0..49 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (100, 49));
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(SPEC.open_for).await;
+        let (p1, p2) = (b.try_acquire().unwrap(), b.try_acquire().unwrap());
+        b.on_success(p1);
+        b.on_success(p2);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(window(&b), (0, 0), "a new window after closing");
+        fail(&b);
+        assert_eq!(window(&b), (1, 1));
+    }
+
+    /// What the breaker should do, written the obvious way, for one caller at a time.
+    struct Model {
+        spec: BreakerSpec,
+        outcomes: std::collections::VecDeque<bool>,
+        state: BreakerState,
+        opened_at: Instant,
+        succeeded: u32,
+    }
+
+    impl Model {
+        fn acquire(&mut self) -> bool {
+            match self.state {
+                BreakerState::Closed => true,
+                BreakerState::Open if self.opened_at.elapsed() >= self.spec.open_for => {
+                    self.state = BreakerState::HalfOpen;
+                    self.succeeded = 0;
+                    true
+                }
+                BreakerState::Open => false,
+                BreakerState::HalfOpen => true,
+            }
+        }
+
+        fn report(&mut self, outcome: Outcome) {
+            match (self.state, outcome) {
+                (_, Outcome::Ignored) => {}
+                (BreakerState::Closed, _) => {
+                    self.outcomes.push_back(outcome == Outcome::Failure);
+                    if self.outcomes.len() > self.spec.window as usize {
+                        self.outcomes.pop_front();
+                    }
+                    let (n, f) = self.window();
+                    if n >= self.spec.min_calls
+                        && f64::from(f) / f64::from(n) >= self.spec.failure_rate
+                    {
+                        self.open();
+                    }
+                }
+                (BreakerState::HalfOpen, Outcome::Success) => {
+                    self.succeeded += 1;
+                    if self.succeeded == self.spec.half_open_calls {
+                        self.state = BreakerState::Closed;
+                        self.outcomes.clear();
+                    }
+                }
+                (BreakerState::HalfOpen, Outcome::Failure) => self.open(),
+                (BreakerState::Open, _) => unreachable!("no permit while open"),
+            }
+        }
+
+        fn open(&mut self) {
+            self.state = BreakerState::Open;
+            self.opened_at = Instant::now();
+        }
+
+        fn window(&self) -> (u32, u32) {
+            if self.state != BreakerState::Closed {
+                return (0, 0);
+            }
+            let n = self.outcomes.len() as u32;
+            (n, self.outcomes.iter().filter(|f| **f).count() as u32)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn matches_the_model_for_every_window_length() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in [1, 2, 7, 20, 47, 48, 49, 64, 100, 1024] {
+            for failure_rate in [0.2, 0.5, 1.0] {
+                let spec = BreakerSpec {
+                    failure_rate,
+                    min_calls: rng.u32(1..=len),
+                    window: len,
+                    open_for: Duration::from_millis(rng.u64(1..50)),
+                    half_open_calls: rng.u32(1..4),
+                };
+                let b = Breaker::new("model", spec);
+                let mut m = Model {
+                    spec,
+                    outcomes: Default::default(),
+                    state: BreakerState::Closed,
+                    opened_at: Instant::now(),
+                    succeeded: 0,
+                };
+                for step in 0..4000 {
+                    // Phases of health and sickness.
+                    let fail_percent = if (step / 600) % 2 == 0 { 15 } else { 85 };
+                    if rng.u8(..10) == 0 {
+                        advance(Duration::from_millis(rng.u64(0..20))).await;
+                    }
+                    let permit = b.try_acquire();
+                    assert_eq!(permit.is_ok(), m.acquire(), "{spec:?} step {step}");
+                    if let Ok(p) = permit {
+                        let outcome = match rng.u8(..100) {
+                            x if x < 5 => Outcome::Ignored,
+                            x if x < fail_percent => Outcome::Failure,
+                            _ => Outcome::Success,
+                        };
+                        m.report(outcome);
+                        match outcome {
+                            Outcome::Success => b.on_success(p),
+                            Outcome::Failure => b.on_failure(p),
+                            Outcome::Ignored => b.on_ignored(p),
+                        }
+                    }
+                    assert_eq!(b.state(), m.state, "{spec:?} step {step}");
+                    assert_eq!(window(&b), m.window(), "{spec:?} step {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spec_ranges() {
+        assert!(BreakerSpec::DEFAULT.validate().is_ok());
+        let bad = [
+            BreakerSpec {
+                failure_rate: 0.0,
+                ..SPEC
+            },
+            BreakerSpec {
+                failure_rate: 1.5,
+                ..SPEC
+            },
+            BreakerSpec {
+                failure_rate: f64::NAN,
+                ..SPEC
+            },
+            BreakerSpec { window: 0, ..SPEC },
+            BreakerSpec {
+                window: 1025,
+                ..SPEC
+            },
+            BreakerSpec {
+                min_calls: 0,
+                ..SPEC
+            },
+            BreakerSpec {
+                min_calls: 9,
+                ..SPEC
+            },
+            BreakerSpec {
+                open_for: Duration::ZERO,
+                ..SPEC
+            },
+            BreakerSpec {
+                half_open_calls: 0,
+                ..SPEC
+            },
+            BreakerSpec {
+                half_open_calls: 1025,
+                ..SPEC
+            },
+        ];
+        for spec in bad {
+            assert!(spec.validate().is_err(), "{spec:?}");
+            assert!(Breaker::try_new("t", spec).is_err());
         }
     }
 }

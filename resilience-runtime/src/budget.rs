@@ -1,22 +1,80 @@
-//! Retry budget: retries may add at most `ratio` to first attempts, plus a floor per second.
+//! Retry budget: over a sliding window, retries may add at most `ratio` of first attempts, plus a
+//! floor per second so that a quiet client can still retry.
+//!
+//! Every first attempt deposits `ratio` of a retry; a retry is granted from the floor while the
+//! current second has some left (`min_per_sec`), else withdrawn from the deposits. Deposits and
+//! withdrawals expire after [`Budget::WINDOW`]. So over any window of `W` seconds,
+//!
+//! ```text
+//! retries ≤ ratio × first attempts + min_per_sec × W
+//! ```
+//!
+//! and a dead downstream under steady load sees about `1 + ratio` times its normal load (plus
+//! the floor), not `max_attempts` times. This is the accounting of tower's `TpsBudget`, except
+//! that the floor is granted per second rather than as one reserve for the whole window: a
+//! client that was idle cannot spend ten seconds' worth of floor in one burst on a downstream
+//! that just fell over.
+//!
+//! # How it stays exact without a lock
+//!
+//! The window is [`Budget::BUCKETS`] buckets of one second. `balance` holds what deposits can
+//! still pay for: the net of every live bucket. A withdrawal is a compare-and-swap on `balance`
+//! that never lets it go below zero, so no two callers can spend the same retry. Each bucket is
+//! one `AtomicU64` packing the epoch (second) it belongs to and its net; when the clock passes
+//! into a new second, whoever gets there first recycles the buckets that fell out of the window
+//! (a compare-and-swap on the bucket, so each one is recycled once) and takes their net back out
+//! of `balance`. The floor is one more `AtomicU64` packing a second and the retries granted in
+//! it. Every race left resolves on the safe side: a deposit may count a moment late, a
+//! withdrawal a moment long, never the other way round.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::policy::InvalidPolicy;
 
 /// Settings of a retry budget (`[budgets.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSpec {
-    /// Retries may add at most this share of first attempts (0.1 = 10%).
+    /// Retries may add at most this share of first attempts (0.1 = 10%), 0 to 10.
     pub ratio: f64,
-    /// Retries always allowed per second, so a quiet client can still retry.
+    /// Retries always allowed in each second, whatever the deposits, so a quiet client can
+    /// still retry. At most [`BudgetSpec::MAX_MIN_PER_SEC`].
     pub min_per_sec: u32,
 }
 
 impl BudgetSpec {
+    /// 10% of first attempts plus 10 retries per second.
     pub const DEFAULT: BudgetSpec = BudgetSpec {
         ratio: 0.1,
         min_per_sec: 10,
     };
+
+    /// The largest `ratio`: with at most 10 attempts, a call can never need more.
+    pub const MAX_RATIO: f64 = 10.0;
+
+    /// The largest `min_per_sec`.
+    pub const MAX_MIN_PER_SEC: u32 = 1_000_000;
+
+    /// Checks the ranges documented on each field.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        if !(0.0..=Self::MAX_RATIO).contains(&self.ratio) {
+            return Err(InvalidPolicy(format!(
+                "budget ratio = {} is outside 0..={}",
+                self.ratio,
+                Self::MAX_RATIO
+            )));
+        }
+        if self.min_per_sec > Self::MAX_MIN_PER_SEC {
+            return Err(InvalidPolicy(format!(
+                "budget min_per_sec = {} is above {}",
+                self.min_per_sec,
+                Self::MAX_MIN_PER_SEC
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BudgetSpec {
@@ -25,19 +83,90 @@ impl Default for BudgetSpec {
     }
 }
 
-/// A retry budget shared by name (minimal version: tokens, without decay).
+/// One retry, in the fixed-point units the budget counts in (a deposit of ratio 0.1 is 100).
+const UNIT: i64 = 1000;
+const BUCKETS: usize = 10;
+const BUCKET_SECS: u64 = 1;
+
+/// A bucket: the epoch it holds (high 32 bits) and its net in units (low 32 bits, signed).
+fn pack(epoch: u32, net: i32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(net as u32)
+}
+
+fn epoch_of(slot: u64) -> u32 {
+    (slot >> 32) as u32
+}
+
+fn net_of(slot: u64) -> i32 {
+    slot as u32 as i32
+}
+
+/// A copy of a budget's state at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    /// Whole retries that could be withdrawn now.
+    pub available: u64,
+    /// First attempts recorded since the start.
+    pub deposits: u64,
+    /// Retries granted since the start.
+    pub withdrawals: u64,
+    /// Retries refused since the start.
+    pub refused: u64,
+}
+
+/// A retry budget shared by name.
 #[derive(Debug)]
 pub struct Budget {
     spec: BudgetSpec,
-    milli_tokens: AtomicI64,
+    origin: Instant,
+    /// Units one first attempt deposits.
+    deposit: i32,
+    /// Units deposits can still pay for: the net of the live buckets.
+    balance: AtomicI64,
+    buckets: [AtomicU64; BUCKETS],
+    /// The floor: the epoch (high 32 bits) and the retries it granted in it (low 32 bits).
+    floor: AtomicU64,
+    /// Every bucket older than the window as of this epoch has been recycled.
+    swept: AtomicU64,
+    deposits: AtomicU64,
+    withdrawals: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Budget {
+    /// How long deposits and withdrawals count.
+    pub const WINDOW: Duration = Duration::from_secs(BUCKETS as u64 * BUCKET_SECS);
+
+    /// How many buckets the window slides by.
+    pub const BUCKETS: usize = BUCKETS;
+
+    /// An empty budget: only the floor can grant retries until first attempts come in.
+    ///
+    /// # Panics
+    ///
+    /// If `spec` is invalid (see [`BudgetSpec::validate`]); [`Budget::try_new`] returns the error.
     pub fn new(spec: BudgetSpec) -> Budget {
-        Budget {
-            spec,
-            milli_tokens: AtomicI64::new(i64::from(spec.min_per_sec) * 1000),
+        match Budget::try_new(spec) {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
         }
+    }
+
+    /// An empty budget, or why `spec` is invalid.
+    pub fn try_new(spec: BudgetSpec) -> Result<Budget, InvalidPolicy> {
+        spec.validate()?;
+        Ok(Budget {
+            spec,
+            origin: Instant::now(),
+            deposit: (spec.ratio * UNIT as f64).round() as i32,
+            balance: AtomicI64::new(0),
+            buckets: Default::default(),
+            floor: AtomicU64::new(pack(0, 0)),
+            swept: AtomicU64::new(0),
+            deposits: AtomicU64::new(0),
+            withdrawals: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
     }
 
     pub fn spec(&self) -> BudgetSpec {
@@ -46,19 +175,398 @@ impl Budget {
 
     /// Records one first attempt.
     pub fn deposit(&self) {
-        self.milli_tokens
-            .fetch_add((self.spec.ratio * 1000.0) as i64, Ordering::Relaxed);
+        let epoch = self.tick();
+        self.deposits.fetch_add(1, Ordering::Relaxed);
+        if self.deposit == 0 {
+            return;
+        }
+        // Bucket first, balance second: if the bucket expires in between, the balance is
+        // briefly low, never high. A full bucket (2 million retries' worth) drops the deposit.
+        if self.record(epoch, self.deposit) {
+            self.balance
+                .fetch_add(i64::from(self.deposit), Ordering::AcqRel);
+        }
     }
 
-    /// Takes one retry from the budget; false when it is exhausted.
+    /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
-        self.milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t >= 1000).then(|| t - 1000)
+        let epoch = self.tick();
+        if self.take_floor(epoch) {
+            self.withdrawals.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let taken = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= UNIT).then_some(b - UNIT)
             })
-            .is_ok()
+            .is_ok();
+        // Balance first, bucket second: if the clock moves on in between, the withdrawal is
+        // recorded in a later bucket and counts a little longer.
+        if taken && self.record(epoch, -(UNIT as i32)) {
+            self.withdrawals.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if taken {
+            self.balance.fetch_add(UNIT, Ordering::AcqRel);
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
-    #[allow(dead_code)]
-    const WINDOW: Duration = Duration::from_secs(10);
+    /// Whole retries that could be withdrawn now.
+    pub fn available(&self) -> u64 {
+        let epoch = self.tick();
+        let floor = self.floor.load(Ordering::Acquire);
+        let used = if u64::from(epoch_of(floor)) < epoch {
+            0
+        } else {
+            floor as u32
+        };
+        let floor_left = self.spec.min_per_sec.saturating_sub(used);
+        (self.balance.load(Ordering::Acquire) / UNIT).max(0) as u64 + u64::from(floor_left)
+    }
+
+    /// Grants one retry from this second's floor, if any is left.
+    fn take_floor(&self, epoch: u64) -> bool {
+        let min = self.spec.min_per_sec;
+        if min == 0 {
+            return false;
+        }
+        let mut cur = self.floor.load(Ordering::Acquire);
+        loop {
+            let held = u64::from(epoch_of(cur));
+            let used = cur as u32;
+            let next = if held < epoch {
+                pack(epoch as u32, 1)
+            } else if used < min {
+                // `held > epoch` only if another caller read the clock later: its second counts.
+                cur + 1
+            } else {
+                return false;
+            };
+            match self
+                .floor
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        BudgetSnapshot {
+            available: self.available(),
+            deposits: self.deposits.load(Ordering::Relaxed),
+            withdrawals: self.withdrawals.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn now_epoch(&self) -> u64 {
+        let secs = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_secs();
+        // Saturates after 136 years: everything then lands in one bucket, still bounded.
+        (secs / BUCKET_SECS).min(u64::from(u32::MAX))
+    }
+
+    /// The current epoch, after every bucket that fell out of the window has been recycled.
+    fn tick(&self) -> u64 {
+        let epoch = self.now_epoch();
+        self.sweep(epoch);
+        epoch
+    }
+
+    fn sweep(&self, epoch: u64) {
+        let swept = self.swept.load(Ordering::Acquire);
+        if swept >= epoch {
+            return;
+        }
+        let first = (swept + 1).max((epoch + 1).saturating_sub(BUCKETS as u64));
+        for e in first..=epoch {
+            self.recycle(e);
+        }
+        self.swept.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Makes the bucket of `epoch` hold `epoch`, taking its old net out of the balance (once).
+    fn recycle(&self, epoch: u64) {
+        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        let mut cur = bucket.load(Ordering::Acquire);
+        while u64::from(epoch_of(cur)) < epoch {
+            match bucket.compare_exchange_weak(
+                cur,
+                pack(epoch as u32, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.balance
+                        .fetch_sub(i64::from(net_of(cur)), Ordering::AcqRel);
+                    return;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Adds `units` to the bucket of `epoch` (or of a later epoch if the clock moved on);
+    /// false if the bucket would overflow.
+    fn record(&self, mut epoch: u64, units: i32) -> bool {
+        loop {
+            let bucket = &self.buckets[epoch as usize % BUCKETS];
+            let cur = bucket.load(Ordering::Acquire);
+            let held = u64::from(epoch_of(cur));
+            if held == epoch {
+                let Some(net) = net_of(cur).checked_add(units) else {
+                    return false;
+                };
+                if bucket
+                    .compare_exchange_weak(
+                        cur,
+                        pack(epoch as u32, net),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    return true;
+                }
+            } else if held > epoch {
+                // Another caller has seen a later second: record there.
+                epoch = self.now_epoch().max(held);
+                self.sweep(epoch);
+            } else {
+                self.recycle(epoch);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const NO_FLOOR: BudgetSpec = BudgetSpec {
+        ratio: 0.1,
+        min_per_sec: 0,
+    };
+
+    fn drain(b: &Budget) -> u32 {
+        let mut n = 0;
+        while b.withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_grants_min_per_sec_in_every_second() {
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.1,
+            min_per_sec: 3,
+        });
+        assert_eq!(b.available(), 3);
+        assert_eq!(drain(&b), 3);
+        assert_eq!(b.available(), 0);
+        advance(Duration::from_millis(999)).await;
+        assert!(!b.withdraw(), "still the same second");
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(b.available(), 3);
+        assert_eq!(drain(&b), 3);
+        // An idle second does not carry over.
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(drain(&b), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_is_spent_before_the_deposits() {
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.1,
+            min_per_sec: 2,
+        });
+        for _ in 0..30 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 5);
+        assert!(b.withdraw() && b.withdraw());
+        assert_eq!(b.available(), 3, "the floor went first");
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(drain(&b), 5, "3 deposited + 2 from the new second's floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_percent_of_first_attempts() {
+        let b = Budget::new(NO_FLOOR);
+        assert!(!b.withdraw());
+        for _ in 0..9 {
+            b.deposit();
+        }
+        assert!(!b.withdraw(), "9 deposits of 0.1 are not a whole retry");
+        b.deposit();
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratio_is_counted_in_thousandths() {
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.25,
+            min_per_sec: 0,
+        });
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 2);
+        b.deposit();
+        b.deposit();
+        assert_eq!(drain(&b), 1, "2.5 + 0.5 deposited, 2 spent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_ratio_and_zero_floor_never_retries() {
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.0,
+            min_per_sec: 0,
+        });
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert!(!b.withdraw());
+        assert_eq!(b.snapshot().refused, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_after_the_window() {
+        let b = Budget::new(NO_FLOOR);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 10);
+        advance(Budget::WINDOW - Duration::from_millis(1)).await;
+        assert_eq!(b.available(), 10, "still inside the window");
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(b.available(), 0, "the bucket of second 0 has expired");
+        assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_slides_one_bucket_at_a_time() {
+        let b = Budget::new(NO_FLOOR);
+        // 10 deposits (1 retry) in each of seconds 0..5.
+        for _ in 0..5 {
+            for _ in 0..10 {
+                b.deposit();
+            }
+            advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(b.available(), 5);
+        // At second 10, second 0 expires; at 14, all of them.
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 4);
+        advance(Duration::from_secs(3)).await;
+        assert_eq!(b.available(), 1);
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(b.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_counts_for_a_whole_window_like_the_deposit_it_spent() {
+        let b = Budget::new(NO_FLOOR);
+        for _ in 0..10 {
+            b.deposit();
+        }
+        advance(Duration::from_secs(5)).await;
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 2, "at second 5, both seconds' deposits");
+        // At second 10, second 0's deposit leaves the window, but the retry it paid for (in
+        // second 5) is still in it: seconds 1..=10 hold 20 first attempts and 2 retries.
+        advance(Duration::from_secs(5)).await;
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 0);
+        assert!(!b.withdraw());
+        // At second 15, the retries of second 5 leave too: second 10's deposit is free again.
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(drain(&b), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_idle_expires_every_bucket_once() {
+        let b = Budget::new(NO_FLOOR);
+        for s in 0..10 {
+            for _ in 0..10 * (s + 1) {
+                b.deposit();
+            }
+            advance(Duration::from_secs(1)).await;
+        }
+        // Now at second 10: second 0 (one retry) has left the window.
+        assert_eq!(b.available(), 54);
+        assert!(b.withdraw());
+        advance(Duration::from_secs(3600)).await;
+        assert_eq!(b.available(), 0);
+        // The budget keeps working after the gap.
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_counts_every_call() {
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.5,
+            min_per_sec: 0,
+        });
+        for _ in 0..4 {
+            b.deposit();
+        }
+        let granted = (0..5).filter(|_| b.withdraw()).count();
+        assert_eq!(granted, 2);
+        assert_eq!(
+            b.snapshot(),
+            BudgetSnapshot {
+                available: 0,
+                deposits: 4,
+                withdrawals: 2,
+                refused: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn spec_ranges() {
+        assert!(BudgetSpec::DEFAULT.validate().is_ok());
+        for ratio in [-0.1, 10.5, f64::NAN, f64::INFINITY] {
+            let spec = BudgetSpec {
+                ratio,
+                min_per_sec: 1,
+            };
+            assert!(spec.validate().is_err(), "{ratio}");
+            assert!(Budget::try_new(spec).is_err());
+        }
+        let spec = BudgetSpec {
+            ratio: 0.1,
+            min_per_sec: BudgetSpec::MAX_MIN_PER_SEC + 1,
+        };
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn bucket_packing_round_trips() {
+        for (e, n) in [(0, 0), (1, -1), (u32::MAX, i32::MIN), (7, i32::MAX)] {
+            let s = pack(e, n);
+            assert_eq!((epoch_of(s), net_of(s)), (e, n));
+        }
+    }
 }

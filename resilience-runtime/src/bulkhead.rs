@@ -1,51 +1,230 @@
-//! Bulkhead: at most N calls in flight per name, with an optional short wait.
+//! Bulkhead: at most N calls in flight per name, with an optional short wait for a slot.
+//!
+//! One slow downstream then holds at most N of the caller's tasks, connections and sockets,
+//! instead of all of them. Slots are taken in the order they were asked for; a call that finds
+//! no slot within `max_wait` fails fast with [`BulkheadFull`].
 
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::policy::InvalidPolicy;
+
 /// Settings of a bulkhead (`[bulkheads.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkheadSpec {
+    /// Calls in flight at once, at least 1.
     pub max_concurrent: u32,
+    /// How long a call waits for a slot before failing fast (zero: not at all).
     pub max_wait: Duration,
 }
 
+impl BulkheadSpec {
+    /// The largest `max_concurrent`.
+    pub const MAX_CONCURRENT: u32 = 1 << 20;
+
+    /// Checks the ranges documented on each field.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        if !(1..=Self::MAX_CONCURRENT).contains(&self.max_concurrent) {
+            return Err(InvalidPolicy(format!(
+                "bulkhead max_concurrent = {} is outside 1..={}",
+                self.max_concurrent,
+                Self::MAX_CONCURRENT
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Returned when no slot was free in time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkheadFull;
+
+impl fmt::Display for BulkheadFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bulkhead full")
+    }
+}
+
+impl std::error::Error for BulkheadFull {}
+
+/// A copy of a bulkhead's state at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkheadSnapshot {
+    pub max_concurrent: u32,
+    /// Calls holding a slot now.
+    pub in_flight: u32,
+    /// Slots granted since the start.
+    pub admitted: u64,
+    /// Calls refused since the start.
+    pub rejected: u64,
+}
 
 /// A bulkhead shared by name.
 #[derive(Debug)]
 pub struct Bulkhead {
     spec: BulkheadSpec,
     sem: Semaphore,
+    admitted: AtomicU64,
+    rejected: AtomicU64,
 }
 
-/// A slot, held for the whole call.
+/// A slot, held for the whole call and given back on drop.
 #[derive(Debug)]
 pub struct BulkheadPermit<'a> {
     _permit: SemaphorePermit<'a>,
 }
 
 impl Bulkhead {
+    /// An empty bulkhead.
+    ///
+    /// # Panics
+    ///
+    /// If `spec` is invalid (see [`BulkheadSpec::validate`]); [`Bulkhead::try_new`] returns
+    /// the error.
     pub fn new(spec: BulkheadSpec) -> Bulkhead {
-        Bulkhead {
-            spec,
-            sem: Semaphore::new(spec.max_concurrent as usize),
+        match Bulkhead::try_new(spec) {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
         }
     }
 
+    /// An empty bulkhead, or why `spec` is invalid.
+    pub fn try_new(spec: BulkheadSpec) -> Result<Bulkhead, InvalidPolicy> {
+        spec.validate()?;
+        Ok(Bulkhead {
+            spec,
+            sem: Semaphore::new(spec.max_concurrent as usize),
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    pub fn spec(&self) -> BulkheadSpec {
+        self.spec
+    }
+
+    /// Takes a slot: at once if one is free, else after waiting up to `max_wait` behind the
+    /// calls that asked first.
     pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
-        if let Ok(p) = self.sem.try_acquire() {
-            return Ok(BulkheadPermit { _permit: p });
+        let permit = match self.sem.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(_) if self.spec.max_wait.is_zero() => Err(BulkheadFull),
+            Err(_) => match tokio::time::timeout(self.spec.max_wait, self.sem.acquire()).await {
+                Ok(Ok(p)) => Ok(p),
+                // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
+                _ => Err(BulkheadFull),
+            },
+        };
+        match permit {
+            Ok(p) => {
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(BulkheadPermit { _permit: p })
+            }
+            Err(full) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(full)
+            }
         }
-        if self.spec.max_wait.is_zero() {
-            return Err(BulkheadFull);
+    }
+
+    /// Calls holding a slot now.
+    pub fn in_flight(&self) -> u32 {
+        self.spec.max_concurrent - self.sem.available_permits() as u32
+    }
+
+    pub fn snapshot(&self) -> BulkheadSnapshot {
+        BulkheadSnapshot {
+            max_concurrent: self.spec.max_concurrent,
+            in_flight: self.in_flight(),
+            admitted: self.admitted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
-        match tokio::time::timeout(self.spec.max_wait, self.sem.acquire()).await {
-            Ok(Ok(p)) => Ok(BulkheadPermit { _permit: p }),
-            _ => Err(BulkheadFull),
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Instant, advance};
+
+    fn bulkhead(max_concurrent: u32, max_wait_ms: u64) -> Bulkhead {
+        Bulkhead::new(BulkheadSpec {
+            max_concurrent,
+            max_wait: Duration::from_millis(max_wait_ms),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_n_then_fails_fast() {
+        let b = bulkhead(2, 0);
+        let p1 = b.acquire().await.unwrap();
+        let _p2 = b.acquire().await.unwrap();
+        assert_eq!(b.in_flight(), 2);
+        let t = Instant::now();
+        assert_eq!(b.acquire().await.unwrap_err(), BulkheadFull);
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        drop(p1);
+        assert_eq!(b.in_flight(), 1);
+        let _p3 = b.acquire().await.unwrap();
+        let s = b.snapshot();
+        assert_eq!((s.in_flight, s.admitted, s.rejected), (2, 3, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_up_to_max_wait_then_fails() {
+        let b = bulkhead(1, 100);
+        let _p = b.acquire().await.unwrap();
+        let t = Instant::now();
+        assert!(b.acquire().await.is_err());
+        assert_eq!(t.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_while_waiting_is_taken() {
+        let b = bulkhead(1, 100);
+        let p = b.acquire().await.unwrap();
+        let t = Instant::now();
+        let (got, ()) = tokio::join!(b.acquire(), async {
+            advance(Duration::from_millis(60)).await;
+            drop(p);
+        });
+        assert!(got.is_ok());
+        assert_eq!(t.elapsed(), Duration::from_millis(60));
+        assert_eq!(b.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_in_order() {
+        let b = bulkhead(1, 1000);
+        let p = b.acquire().await.unwrap();
+        let order = std::sync::Mutex::new(Vec::new());
+        let waiter = |i: u32| {
+            let (b, order) = (&b, &order);
+            async move {
+                let _slot = b.acquire().await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::join!(waiter(1), waiter(2), waiter(3), async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(p);
+        });
+        assert_eq!(*order.lock().unwrap(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn spec_ranges() {
+        let spec = |max_concurrent| BulkheadSpec {
+            max_concurrent,
+            max_wait: Duration::ZERO,
+        };
+        assert!(spec(1).validate().is_ok());
+        assert!(spec(0).validate().is_err());
+        assert!(Bulkhead::try_new(spec(0)).is_err());
+        assert!(spec(BulkheadSpec::MAX_CONCURRENT + 1).validate().is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! hot path then reads a `&'static` and never touches the registry's lock.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::breaker::{Breaker, BreakerSpec};
 use crate::budget::{Budget, BudgetSpec};
@@ -12,39 +12,127 @@ use crate::bulkhead::{Bulkhead, BulkheadSpec};
 use crate::metrics::PolicyMetrics;
 use crate::policy::Policy;
 
-fn intern<T: Send + Sync + 'static>(
-    map: &'static OnceLock<Mutex<HashMap<&'static str, &'static T>>>,
-    name: &'static str,
-    make: impl FnOnce() -> T,
-) -> &'static T {
-    let map = map.get_or_init(Default::default);
-    let mut g = map.lock().unwrap_or_else(|e| e.into_inner());
-    g.entry(name).or_insert_with(|| Box::leak(Box::new(make())))
+type Map<T> = OnceLock<Mutex<HashMap<&'static str, &'static T>>>;
+
+fn lock<T>(map: &'static Map<T>) -> MutexGuard<'static, HashMap<&'static str, &'static T>> {
+    // A panic while registering (an invalid spec) leaves the map itself consistent.
+    map.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
-static BUDGETS: OnceLock<Mutex<HashMap<&'static str, &'static Budget>>> = OnceLock::new();
-static BREAKERS: OnceLock<Mutex<HashMap<&'static str, &'static Breaker>>> = OnceLock::new();
-static BULKHEADS: OnceLock<Mutex<HashMap<&'static str, &'static Bulkhead>>> = OnceLock::new();
-static METRICS: OnceLock<Mutex<HashMap<&'static str, &'static PolicyMetrics>>> = OnceLock::new();
+/// The value under `name`, made (and leaked: it lives as long as the process) on first use.
+/// A later registration with other settings keeps the first ones, with a warning.
+fn intern<T: Send + Sync + 'static>(
+    map: &'static Map<T>,
+    kind: &'static str,
+    name: &'static str,
+    make: impl FnOnce() -> T,
+    same: impl FnOnce(&T) -> bool,
+) -> &'static T {
+    let mut g = lock(map);
+    if let Some(t) = g.get(name) {
+        if !same(t) {
+            tracing::warn!(
+                kind,
+                name,
+                "registered again with different settings: the first settings stay"
+            );
+        }
+        return t;
+    }
+    let t: &'static T = Box::leak(Box::new(make()));
+    g.insert(name, t);
+    t
+}
+
+fn find<T>(map: &'static Map<T>, name: &str) -> Option<&'static T> {
+    lock(map).get(name).copied()
+}
+
+fn all<T>(map: &'static Map<T>) -> Vec<(&'static str, &'static T)> {
+    let mut v: Vec<_> = lock(map).iter().map(|(n, t)| (*n, *t)).collect();
+    v.sort_unstable_by_key(|(n, _)| *n);
+    v
+}
+
+static BUDGETS: Map<Budget> = OnceLock::new();
+static BREAKERS: Map<Breaker> = OnceLock::new();
+static BULKHEADS: Map<Bulkhead> = OnceLock::new();
+static METRICS: Map<PolicyMetrics> = OnceLock::new();
 
 /// The budget registered under `name`, created from `spec` on first use.
+///
+/// # Panics
+///
+/// On first use, if `spec` is invalid ([`BudgetSpec::validate`]).
 pub fn budget(name: &'static str, spec: BudgetSpec) -> &'static Budget {
-    intern(&BUDGETS, name, || Budget::new(spec))
+    intern(
+        &BUDGETS,
+        "budget",
+        name,
+        || Budget::new(spec),
+        |b| b.spec() == spec,
+    )
 }
 
 /// The breaker registered under `name`, created from `spec` on first use.
+///
+/// # Panics
+///
+/// On first use, if `spec` is invalid ([`BreakerSpec::validate`]).
 pub fn breaker(name: &'static str, spec: BreakerSpec) -> &'static Breaker {
-    intern(&BREAKERS, name, || Breaker::new(name, spec))
+    intern(
+        &BREAKERS,
+        "breaker",
+        name,
+        || Breaker::new(name, spec),
+        |b| b.spec() == spec,
+    )
 }
 
 /// The bulkhead registered under `name`, created from `spec` on first use.
+///
+/// # Panics
+///
+/// On first use, if `spec` is invalid ([`BulkheadSpec::validate`]).
 pub fn bulkhead(name: &'static str, spec: BulkheadSpec) -> &'static Bulkhead {
-    intern(&BULKHEADS, name, || Bulkhead::new(spec))
+    intern(
+        &BULKHEADS,
+        "bulkhead",
+        name,
+        || Bulkhead::new(spec),
+        |b| b.spec() == spec,
+    )
 }
 
 /// The counters of the policy named `name`.
 pub fn metrics(name: &'static str) -> &'static PolicyMetrics {
-    intern(&METRICS, name, PolicyMetrics::default)
+    intern(&METRICS, "metrics", name, PolicyMetrics::default, |_| true)
+}
+
+pub(crate) fn find_budget(name: &str) -> Option<&'static Budget> {
+    find(&BUDGETS, name)
+}
+
+pub(crate) fn find_breaker(name: &str) -> Option<&'static Breaker> {
+    find(&BREAKERS, name)
+}
+
+pub(crate) fn find_bulkhead(name: &str) -> Option<&'static Bulkhead> {
+    find(&BULKHEADS, name)
+}
+
+pub(crate) fn find_metrics(name: &str) -> Option<&'static PolicyMetrics> {
+    find(&METRICS, name)
+}
+
+pub(crate) fn all_breakers() -> Vec<(&'static str, &'static Breaker)> {
+    all(&BREAKERS)
+}
+
+pub(crate) fn all_metrics() -> Vec<(&'static str, &'static PolicyMetrics)> {
+    all(&METRICS)
 }
 
 /// The shared state one annotated function uses, resolved on its first call.

@@ -106,7 +106,7 @@ pub struct Session {
     backoff: Option<BackoffState>,
     span: tracing::Span,
     last: Last,
-    breaker_permit: Option<BreakerPermit>,
+    breaker_permit: Option<BreakerPermit<'static>>,
     _bulkhead: Option<BulkheadPermit<'static>>,
 }
 
