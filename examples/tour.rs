@@ -442,6 +442,12 @@ async fn scenario_thread_pool() {
         ]);
     }
     t.print();
+    if let Some(b) = resilience_runtime::metrics::breaker("incident-b") {
+        println!(
+            "   The breaker in front of B opened {} time(s), let probes through {} time(s), and refused {}\n   calls without sending them; the bulkhead and the timeout stopped the rest.\n",
+            b.opened, b.half_opened, b.rejected
+        );
+    }
 }
 
 async fn scenario_retry_storm() {

@@ -285,6 +285,15 @@ impl Policy {
                 self.method
             ));
         }
+        if let Some((_, b)) = &self.budget {
+            b.validate()?;
+        }
+        if let Some((_, b)) = &self.breaker {
+            b.validate()?;
+        }
+        if let Some((_, b)) = &self.bulkhead {
+            b.validate()?;
+        }
         if self.idempotent && self.method.needs_key() {
             return bad(format!(
                 "`idempotent` does not make a {} safe to resend: give it an idempotency key",
@@ -315,5 +324,82 @@ impl Policy {
             // PUT, DELETE
             self.idempotent || keyed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Policy::DEFAULT.validate(), Ok(()));
+    }
+
+    #[test]
+    fn hand_built_policies_are_checked_like_the_macro_checks_them() {
+        let post = Policy {
+            method: Method::Post,
+            ..Policy::DEFAULT
+        };
+        assert!(
+            post.validate()
+                .unwrap_err()
+                .0
+                .contains("without an idempotency key")
+        );
+        let keyed = Policy {
+            idempotency_key: KeySource::Auto,
+            ..post
+        };
+        assert_eq!(keyed.validate(), Ok(()));
+        let connect_only = Policy {
+            retry_on: RetryOn {
+                connect: true,
+                ..RetryOn::NONE
+            },
+            ..post
+        };
+        assert_eq!(connect_only.validate(), Ok(()));
+        let late = Policy {
+            timeout: Duration::from_secs(60),
+            ..Policy::DEFAULT
+        };
+        assert!(late.validate().is_err());
+        let permanent = Policy {
+            retry_on: RetryOn {
+                statuses: &[404],
+                ..RetryOn::DEFAULT
+            },
+            ..Policy::DEFAULT
+        };
+        assert!(permanent.validate().unwrap_err().0.contains("404"));
+        let bad_breaker = Policy {
+            breaker: Some((
+                "b",
+                BreakerSpec {
+                    failure_rate: 2.0,
+                    ..BreakerSpec::DEFAULT
+                },
+            )),
+            ..Policy::DEFAULT
+        };
+        assert!(bad_breaker.validate().is_err());
+        let bad_bulkhead = Policy {
+            bulkhead: Some((
+                "b",
+                BulkheadSpec {
+                    max_concurrent: 0,
+                    max_wait: Duration::ZERO,
+                },
+            )),
+            ..Policy::DEFAULT
+        };
+        assert!(bad_bulkhead.validate().is_err());
+        let ten = Policy {
+            max_attempts: 11,
+            ..Policy::DEFAULT
+        };
+        assert!(ten.validate().is_err());
     }
 }
