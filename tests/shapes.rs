@@ -334,3 +334,49 @@ async fn a_single_attempt_moves_non_clone_arguments() {
         "t-1"
     );
 }
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn propagating(
+    http: &reqwest::Client,
+    url: &str,
+    incoming_id: &str,
+) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .header("x-request-id", incoming_id)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_propagated_request_id_and_trace_context_win() {
+    let server = flaky().await;
+    assert_eq!(
+        propagating(&client(), &server.url("/"), "req-42")
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        assert_eq!(s.header("x-request-id"), Some("req-42"));
+        assert_eq!(
+            s.header("traceparent"),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+    }
+    let attempts: Vec<&str> = seen
+        .iter()
+        .map(|s| s.header("x-attempt").unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+}
