@@ -70,15 +70,15 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     }
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
-    if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(&format_request_id(ctx.request_id)) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+    if !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&format_request_id(ctx.request_id))
+    {
+        headers.insert(X_REQUEST_ID, v);
     }
-    if !headers.contains_key(&TRACEPARENT) {
-        if let Ok(v) = HeaderValue::from_str(&format_traceparent(ctx.trace_id, ctx.span_id)) {
-            headers.insert(TRACEPARENT, v);
-        }
+    if !headers.contains_key(&TRACEPARENT)
+        && let Ok(v) = HeaderValue::from_str(&format_traceparent(ctx.trace_id, ctx.span_id))
+    {
+        headers.insert(TRACEPARENT, v);
     }
     headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
 }
