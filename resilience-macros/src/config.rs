@@ -25,7 +25,6 @@ pub const SECTIONS: &[&str] = &[
 pub struct Table {
     pub entries: Vec<(String, Located)>,
     /// Where the table's header is.
-    #[allow(dead_code)]
     pub origin: Origin,
 }
 

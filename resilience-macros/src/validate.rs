@@ -157,7 +157,13 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
     m
 }
 
-pub fn read_bulkhead(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BulkheadM {
+/// `at` is where the table is, for a missing `max_concurrent`.
+pub fn read_bulkhead(
+    diags: &mut Diags,
+    t: &[(String, Located)],
+    at: &Origin,
+    fb: Span,
+) -> BulkheadM {
     check_table_keys(diags, t, BULKHEAD_KEYS, "bulkhead", fb);
     let mut m = BulkheadM {
         max_concurrent: 0,
@@ -188,7 +194,13 @@ pub fn read_bulkhead(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bu
         }
     }
     if !seen_max {
-        diags.push(
+        let at = Located {
+            value: crate::value::Value::Bool(true),
+            origin: at.clone(),
+        };
+        err(
+            diags,
+            &at,
             fb,
             "a bulkhead needs `max_concurrent`: how many calls may be in flight at once",
         );
@@ -342,12 +354,13 @@ pub fn resolve_shared(
         StateRef::Off | StateRef::Default => {}
         StateRef::Named(n) => {
             if let Some(t) = section_table(diags, config, "bulkhead", n, &s.bulkhead.origin, fb) {
-                shared.bulkhead = Some((n.clone(), read_bulkhead(diags, &t.entries, fb)));
+                shared.bulkhead =
+                    Some((n.clone(), read_bulkhead(diags, &t.entries, &t.origin, fb)));
             }
         }
         StateRef::Inline(t) => {
             let (n, rest) = inline_name(t);
-            shared.bulkhead = Some((n, read_bulkhead(diags, &rest, fb)));
+            shared.bulkhead = Some((n, read_bulkhead(diags, &rest, &s.bulkhead.origin, fb)));
         }
     }
     if let Some(c) = &s.client
