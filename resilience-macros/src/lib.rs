@@ -12,6 +12,8 @@ mod entry;
 mod expand;
 mod infer;
 mod model;
+#[cfg(test)]
+mod proptests;
 mod validate;
 mod value;
 
