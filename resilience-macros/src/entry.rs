@@ -10,7 +10,9 @@ use crate::diag::Diags;
 use crate::expand::{Plan, expand};
 use crate::infer::infer_method;
 use crate::model::{INLINE_ONLY_KEYS, Settings};
-use crate::validate::{check_function, check_policy, effective_method, resolve_shared};
+use crate::validate::{
+    check_declared_method, check_function, check_policy, effective_method, resolve_shared,
+};
 
 pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
@@ -138,6 +140,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
 
     let inferred = infer_method(func.block.to_token_stream());
     let method = effective_method(&settings, inferred.as_ref());
+    check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
     check_function(&mut diags, func, &settings);
     check_policy(&mut diags, &settings, method.as_ref(), fallback);
     let function_name = func.sig.ident.to_string();

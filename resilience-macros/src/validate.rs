@@ -392,6 +392,33 @@ pub fn resolve_shared(
 }
 
 /// The method the policy is about, explicit or inferred.
+/// A declared method may not be safer than one the body visibly sends: `method = GET` on a body
+/// that calls `.post(` would switch the unsafe-retry rule off.
+pub fn check_declared_method(
+    diags: &mut Diags,
+    s: &Settings,
+    inferred: Option<&Inferred>,
+    fb: Span,
+) {
+    if let (Some(declared), Some(found)) = (&s.method, inferred)
+        && found.method.risk() > declared.value.risk()
+    {
+        diags.push(
+            declared.origin.span_or(fb),
+            format!(
+                "{}method = {} ({}), but the body sends a {} (`{}`): the policy would treat it as safer than it is\n\
+                 help: declare `method = {}`",
+                file_prefix(&declared.origin),
+                declared.value.name(),
+                declared.origin,
+                found.method.name(),
+                found.from,
+                found.method.name()
+            ),
+        );
+    }
+}
+
 pub fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set<Method>> {
     s.method.clone().or_else(|| {
         inferred.map(|i| Set {
