@@ -197,11 +197,35 @@ impl Session {
     }
 
     /// Runs one attempt of the body under the breaker and the attempt timeout.
+    ///
+    /// Only the polling is generic; everything before and after it lives in non-generic
+    /// methods, compiled once rather than once per annotated function.
     pub async fn attempt<T, E, F>(&mut self, body: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
+        let (limit, ctx) = match self.begin_attempt() {
+            Ok(ready) => ready,
+            Err(e) => return Err(E::from(e)),
+        };
+        let mut scoped = pin!(ATTEMPT.scope(ctx, body));
+        let outcome = tokio::time::timeout(limit, scoped.as_mut())
+            .instrument(self.span.clone())
+            .await;
+        self.record_attempt(scoped.as_mut().take_value());
+        match outcome {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_elapsed) => Err(E::from(self.timed_out(limit))),
+        }
+    }
+
+    /// Counts the attempt, asks the breaker, and computes the attempt's time limit.
+    fn begin_attempt(&mut self) -> Result<(Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last {
             runtime: None,
@@ -223,68 +247,62 @@ impl Session {
                             "circuit open: call rejected"
                         )
                     });
-                    return Err(E::from(
-                        self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected),
-                    ));
+                    return Err(self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected));
                 }
             }
         }
-        let now = Instant::now();
-        let left = self.deadline.saturating_duration_since(now);
+        let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(E::from(
-                self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout),
-            ));
+            return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
-        let limit = self.policy.timeout.min(left);
         let ctx = AttemptCtx::new(
             self.attempts,
             self.request_id,
             self.trace_id,
             self.key.clone(),
         );
-        let mut scoped = pin!(ATTEMPT.scope(ctx, body));
-        let outcome = tokio::time::timeout(limit, scoped.as_mut())
-            .instrument(self.span.clone())
-            .await;
-        if let Some(ctx) = scoped.as_mut().take_value() {
+        Ok((self.policy.timeout.min(left), ctx))
+    }
+
+    /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
+    fn record_attempt(&mut self, ctx: Option<AttemptCtx>) {
+        if let Some(ctx) = ctx {
             self.last.status = ctx.status.get();
             self.last.retry_after = ctx.retry_after.get();
             self.last.stamped = ctx.stamped.get();
             self.last.all_keyed = ctx.all_keyed.get();
             self.last.method = ctx.sent_method.get();
         }
-        match outcome {
-            Ok(Ok(v)) => {
-                if let Some(p) = self.breaker_permit.take()
-                    && let Some(b) = self.shared.breaker
-                {
-                    b.on_success(p);
-                }
-                let m = self.shared.metrics;
-                PolicyMetrics::incr(if self.attempts == 1 {
-                    &m.successful_without_retry
-                } else {
-                    &m.successful_with_retry
-                });
-                let _e = self.span.enter();
-                tracing::debug!(
-                    attempt = self.attempts,
-                    status = self.last.status,
-                    "attempt succeeded"
-                );
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_elapsed) => {
-                let kind = if limit < self.policy.timeout {
-                    ErrorKind::DeadlineExceeded
-                } else {
-                    ErrorKind::AttemptTimeout
-                };
-                Err(E::from(self.runtime_error(kind, Class::Timeout)))
-            }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(p) = self.breaker_permit.take()
+            && let Some(b) = self.shared.breaker
+        {
+            b.on_success(p);
         }
+        let m = self.shared.metrics;
+        PolicyMetrics::incr(if self.attempts == 1 {
+            &m.successful_without_retry
+        } else {
+            &m.successful_with_retry
+        });
+        let _e = self.span.enter();
+        tracing::debug!(
+            attempt = self.attempts,
+            status = self.last.status,
+            "attempt succeeded"
+        );
+    }
+
+    /// The attempt ran out of time: its own timeout, or the call's deadline.
+    fn timed_out(&mut self, limit: Duration) -> Error {
+        let kind = if limit < self.policy.timeout {
+            ErrorKind::DeadlineExceeded
+        } else {
+            ErrorKind::AttemptTimeout
+        };
+        self.runtime_error(kind, Class::Timeout)
     }
 
     /// Decides what follows a failed attempt, given the class the error itself reported
