@@ -71,7 +71,8 @@ pub enum Decision {
     GiveUp(GiveUp),
 }
 
-/// Whether a request may be sent again after it may have reached the server.
+/// Whether a request may be sent again after it may have reached the server: safe methods
+/// always, POST and PATCH only with a key, PUT and DELETE with a key or declared idempotent.
 pub fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
     if method.is_safe() {
         true

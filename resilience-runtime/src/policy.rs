@@ -304,26 +304,11 @@ impl Policy {
     }
 
     /// True when the policy would retry an ambiguous failure of a non-idempotent request.
-    pub const fn unsafe_retry(&self) -> bool {
+    pub fn unsafe_retry(&self) -> bool {
         let ambiguous =
             self.retry_on.reset || self.retry_on.timeout || !self.retry_on.statuses.is_empty();
-        ambiguous
-            && !self.method_may_resend(
-                self.method,
-                !matches!(self.idempotency_key, KeySource::None),
-            )
-    }
-
-    /// Whether a request of `method` may be sent again after it may have reached the server.
-    pub const fn method_may_resend(&self, method: Method, keyed: bool) -> bool {
-        if method.is_safe() {
-            true
-        } else if method.needs_key() {
-            keyed
-        } else {
-            // PUT, DELETE
-            self.idempotent || keyed
-        }
+        let keyed = !matches!(self.idempotency_key, KeySource::None);
+        ambiguous && !crate::decision::may_resend(self.method, keyed, self.idempotent)
     }
 }
 
