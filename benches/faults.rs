@@ -1,7 +1,7 @@
 //! Fault scenarios: what a total outage costs the downstream, and what a call costs while a
 //! breaker is open.
 //!
-//! `cargo bench --bench faults`.
+//! `taskset -c 1 cargo bench --bench faults` (one CPU for client and server: see BENCHMARKS.md).
 //! 1. Outage: the loopback server answers every request with `503` + `Retry-After: 0`;
 //!    `FAULT_CALLS` calls (default 1000) one after the other per contender, from a fresh
 //!    process (fresh budgets); prints the requests the server saw per call.

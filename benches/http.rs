@@ -1,9 +1,11 @@
 //! Real HTTP on loopback under a deterministic fault schedule: a hyper server on its own thread
-//! and runtime answers every 20th response with `503` + `Retry-After: 0`.
+//! and runtime answers every 20th response with `503` + `Retry-After: 0` (then, for reference,
+//! the same with no fault).
 //!
-//! `cargo bench --bench http`. `HTTP_REQUESTS` calls (default 20000) per contender, per
-//! concurrency (1 and 16), per round; `HTTP_ROUNDS` rounds (default 3), the contenders
-//! interleaved and their order rotated every round. The client is one current-thread runtime
+//! `taskset -c 1 cargo bench --bench http` (one CPU for client and server: see BENCHMARKS.md).
+//! `HTTP_REQUESTS` calls (default 20000) per contender, per schedule, per concurrency (1 and
+//! 16), per round; `HTTP_ROUNDS` rounds (default 3), the contenders interleaved and their order
+//! rotated every round. The client is one current-thread runtime
 //! on the main thread; concurrency 16 is 16 tasks taking calls from a shared counter. Prints,
 //! per concurrency, the median over the rounds of each figure and of its ratio to bare reqwest
 //! in the same round.
@@ -29,8 +31,8 @@ const CONTENDERS: [Contender; 6] = [
     Contender::Backon,
 ];
 
-/// The schedule: every 20th response is a 503.
-const FAIL_EVERY: u64 = 20;
+/// The schedules: every 20th response a 503; then, for reference, no fault at all.
+const SCHEDULES: [u64; 2] = [20, 0];
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -52,8 +54,9 @@ async fn run(
     which: Contender,
     calls: usize,
     concurrency: usize,
+    fail_every: u64,
 ) -> Run {
-    server.reset(FAIL_EVERY);
+    server.reset(fail_every);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -96,19 +99,22 @@ fn main() {
     let rt = common::runtime();
     let clients = Arc::new(Clients::new(server.url("/")));
 
-    let mut results: HashMap<(usize, usize), Vec<Run>> = HashMap::new();
+    let mut results: HashMap<(u64, usize, usize), Vec<Run>> = HashMap::new();
     rt.block_on(async {
         // Warm-up: 16 pooled connections and every code path, for every contender.
         for which in CONTENDERS {
-            run(&clients, &server, which, 2_000, 16).await;
+            run(&clients, &server, which, 2_000, 16, SCHEDULES[0]).await;
         }
         for round in 0..rounds {
-            for &conc in &concurrencies {
+            for (&every, &conc) in SCHEDULES
+                .iter()
+                .flat_map(|e| concurrencies.iter().map(move |c| (e, c)))
+            {
                 for k in 0..CONTENDERS.len() {
                     let i = (k + round) % CONTENDERS.len();
-                    let r = run(&clients, &server, CONTENDERS[i], calls, conc).await;
+                    let r = run(&clients, &server, CONTENDERS[i], calls, conc, every).await;
                     eprintln!(
-                        "round {round} c={conc} {:<45} {:>9.0}/s p50 {:>7.1}µs p99 {:>7.1}µs p99.9 {:>7.1}µs ok {:.4} req/call {:.4}",
+                        "round {round} 503 every {every} c={conc} {:<45} {:>9.0}/s p50 {:>7.1}µs p99 {:>7.1}µs p99.9 {:>7.1}µs ok {:.4} req/call {:.4}",
                         CONTENDERS[i].label(),
                         r.per_sec,
                         r.p50,
@@ -117,24 +123,31 @@ fn main() {
                         r.ok_share,
                         r.requests_per_call
                     );
-                    results.entry((conc, i)).or_default().push(r);
+                    results.entry((every, conc, i)).or_default().push(r);
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     });
 
-    for &conc in &concurrencies {
+    for (&every, &conc) in SCHEDULES
+        .iter()
+        .flat_map(|e| concurrencies.iter().map(move |c| (e, c)))
+    {
+        let schedule = match every {
+            0 => "no fault".to_owned(),
+            n => format!("every {n}th response a 503"),
+        };
         println!(
-            "\n### Concurrency {conc}: {calls} calls per contender per round, {rounds} rounds, every {FAIL_EVERY}th response a 503\n"
+            "\n### {schedule}, concurrency {conc}: {calls} calls per contender per round, {rounds} rounds\n"
         );
         println!(
             "| contender | calls/s | × bare | p50 µs | × bare | p99 µs | × bare | p99.9 µs | × bare | calls OK | requests/call |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        let base = &results[&(conc, 0)];
+        let base = &results[&(every, conc, 0)];
         for (i, which) in CONTENDERS.iter().enumerate() {
-            let runs = &results[&(conc, i)];
+            let runs = &results[&(every, conc, i)];
             let fig = |f: fn(&Run) -> f64| {
                 let mut v: Vec<f64> = runs.iter().map(f).collect();
                 let mut ratio: Vec<f64> = runs.iter().zip(base).map(|(r, b)| f(r) / f(b)).collect();

@@ -1,7 +1,7 @@
 //! Per-call overhead of a resilience policy around a body that does nothing, with criterion.
 //!
-//! `cargo bench --bench overhead` measures, on current-thread tokio runtimes with no tracing
-//! subscriber:
+//! `taskset -c 1 cargo bench --bench overhead` measures, on current-thread tokio runtimes with
+//! no tracing subscriber:
 //! - `no_fault`: every contender of `common/micro.rs` around a body that succeeds;
 //! - `fail_once`: the retrying contenders around a body whose first attempt fails; the retry
 //!   comes after a zero delay, slept on a paused clock (see [`paused_runtime`]);
@@ -44,8 +44,9 @@ struct Group<'a> {
 }
 
 /// The loopback GET contenders.
-const LOOPBACK: [(&str, Contender); 4] = [
+const LOOPBACK: [(&str, Contender); 5] = [
     ("bare_reqwest", Contender::Bare),
+    ("timeout_bare_reqwest", Contender::TimeoutBare),
     ("resilient", Contender::Resilient),
     ("resilient_unstamped", Contender::ResilientUnstamped),
     ("resilient_full", Contender::ResilientFull),
@@ -260,17 +261,23 @@ fn label(group: &str, name: &str) -> String {
 
 fn table(out: &Path, group: &Group<'_>, rounds: usize, since: SystemTime) {
     let names: Vec<&str> = group.cases.iter().map(|(n, _)| *n).collect();
+    let per_round = |name: &str| -> Vec<Option<f64>> {
+        (0..rounds)
+            .map(|r| estimate(out, &format!("{}_r{r}", group.name), name, since))
+            .collect()
+    };
+    if names
+        .iter()
+        .all(|n| per_round(n).iter().all(Option::is_none))
+    {
+        return; // not measured in this run (a filter)
+    }
     println!("#### {}\n", group.name);
     println!(
         "| contender | median ns/call [range] | × {} |",
         label(group.name, group.baseline)
     );
     println!("|---|---|---|");
-    let per_round = |name: &str| -> Vec<Option<f64>> {
-        (0..rounds)
-            .map(|r| estimate(out, &format!("{}_r{r}", group.name), name, since))
-            .collect()
-    };
     let base = per_round(group.baseline);
     for name in names {
         let ns = per_round(name);

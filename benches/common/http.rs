@@ -12,13 +12,15 @@ use bytes::Bytes;
 use resilience_runtime::{RequestBuilderExt as _, resilient};
 use tower::ServiceExt as _;
 
-use super::micro::{ATTEMPTS, BACKON};
+use super::micro::{ATTEMPTS, BACKON, TIMEOUT};
 
 /// The contenders of the HTTP benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contender {
     /// reqwest alone: no retry, a 503 is a failed call.
     Bare,
+    /// `tokio::time::timeout` around bare reqwest: the floor of any policy with a timeout.
+    TimeoutBare,
     /// `#[resilient]` with the documented `.resilient()` (stamps X-Request-Id, traceparent,
     /// X-Attempt; records status and Retry-After); default budget.
     Resilient,
@@ -42,6 +44,7 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::Bare => "bare reqwest (no retry)",
+            Contender::TimeoutBare => "`tokio::time::timeout(bare reqwest)`",
             Contender::Resilient => "`#[resilient]` (`.resilient()` stamping)",
             Contender::ResilientUnstamped => "`#[resilient]` without `.resilient()`",
             Contender::ResilientFull => "`#[resilient]` + breaker + bulkhead",
@@ -102,6 +105,9 @@ impl Clients {
         let (c, url) = (&self.plain, self.url.as_str());
         match which {
             Contender::Bare => bare(c, url).await.is_ok(),
+            Contender::TimeoutBare => {
+                matches!(tokio::time::timeout(TIMEOUT, bare(c, url)).await, Ok(Ok(_)))
+            }
             Contender::Resilient => resilient_get(c, url).await.is_ok(),
             Contender::ResilientUnstamped => resilient_unstamped(c, url).await.is_ok(),
             Contender::ResilientFull => resilient_full(c, url).await.is_ok(),
