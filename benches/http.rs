@@ -4,7 +4,7 @@
 //!
 //! `taskset -c 1 cargo bench --bench http` (one CPU for client and server: see BENCHMARKS.md).
 //! `HTTP_REQUESTS` calls (default 20000) per contender, per schedule, per concurrency (1 and
-//! 16), per round; `HTTP_ROUNDS` rounds (default 3), the contenders interleaved and their order
+//! 16), per round; `HTTP_ROUNDS` rounds (default 5), the contenders interleaved and their order
 //! rotated every round. The client is one current-thread runtime
 //! on the main thread; concurrency 16 is 16 tasks taking calls from a shared counter. Prints,
 //! per concurrency, the median over the rounds of each figure and of its ratio to bare reqwest
@@ -93,7 +93,7 @@ async fn run(
 
 fn main() {
     let calls = common::env_usize("HTTP_REQUESTS", 20_000);
-    let rounds = common::env_usize("HTTP_ROUNDS", 3);
+    let rounds = common::env_usize("HTTP_ROUNDS", 5);
     let concurrencies = [1usize, 16];
     let server = Server::start();
     let rt = common::runtime();
