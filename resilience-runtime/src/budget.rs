@@ -175,7 +175,12 @@ impl Budget {
 
     /// Records one first attempt.
     pub fn deposit(&self) {
-        let epoch = self.tick();
+        self.deposit_at(Instant::now());
+    }
+
+    /// Records one first attempt made at `now` (saves a clock read when the caller has one).
+    pub fn deposit_at(&self, now: Instant) {
+        let epoch = self.tick_at(now);
         self.deposits.fetch_add(1, Ordering::Relaxed);
         if self.deposit == 0 {
             return;
@@ -190,7 +195,12 @@ impl Budget {
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
-        let epoch = self.tick();
+        self.withdraw_at(Instant::now())
+    }
+
+    /// Takes one retry due at `now` from the budget; false when it is spent.
+    pub fn withdraw_at(&self, now: Instant) -> bool {
+        let epoch = self.tick_at(now);
         if self.take_floor(epoch) {
             self.withdrawals.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -216,7 +226,7 @@ impl Budget {
 
     /// Whole retries that could be withdrawn now.
     pub fn available(&self) -> u64 {
-        let epoch = self.tick();
+        let epoch = self.tick_at(Instant::now());
         let floor = self.floor.load(Ordering::Acquire);
         let used = if u64::from(epoch_of(floor)) < epoch {
             0
@@ -264,17 +274,15 @@ impl Budget {
         }
     }
 
-    fn now_epoch(&self) -> u64 {
-        let secs = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_secs();
+    fn epoch_at(&self, now: Instant) -> u64 {
+        let secs = now.saturating_duration_since(self.origin).as_secs();
         // Saturates after 136 years: everything then lands in one bucket, still bounded.
         (secs / BUCKET_SECS).min(u64::from(u32::MAX))
     }
 
     /// The current epoch, after every bucket that fell out of the window has been recycled.
-    fn tick(&self) -> u64 {
-        let epoch = self.now_epoch();
+    fn tick_at(&self, now: Instant) -> u64 {
+        let epoch = self.epoch_at(now);
         self.sweep(epoch);
         epoch
     }
@@ -336,7 +344,7 @@ impl Budget {
                 }
             } else if held > epoch {
                 // Another caller has seen a later second: record there.
-                epoch = self.now_epoch().max(held);
+                epoch = self.epoch_at(Instant::now()).max(held);
                 self.sweep(epoch);
             } else {
                 self.recycle(epoch);

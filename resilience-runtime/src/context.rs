@@ -60,7 +60,7 @@ impl AttemptCtx {
             attempt,
             request_id,
             trace_id,
-            span_id: fastrand::u64(1..),
+            span_id: fastrand::u64(..).max(1),
             key,
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),

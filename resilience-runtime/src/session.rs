@@ -142,10 +142,14 @@ impl Session {
             },
             None => None,
         };
+        // One clock read for the start, the deadline, the budget and the first attempt.
+        let started = Instant::now();
         if let Some(b) = shared.budget {
-            b.deposit();
+            b.deposit_at(started);
         }
-        let request_id = fastrand::u128(1..);
+        // Ids are never zero (W3C: an all-zero trace id is invalid); `.max(1)` avoids range
+        // sampling's division on the hot path.
+        let request_id = fastrand::u128(..).max(1);
         let span = tracing::info_span!(
             "resilient",
             function = policy.function,
@@ -153,7 +157,6 @@ impl Session {
             method = policy.method.as_str(),
             request_id = tracing::field::display(RequestId(request_id)),
         );
-        let started = Instant::now();
         Ok(Session {
             policy,
             shared,
@@ -161,7 +164,7 @@ impl Session {
             deadline: started + policy.deadline,
             attempts: 0,
             request_id,
-            trace_id: fastrand::u128(1..),
+            trace_id: fastrand::u128(..).max(1),
             key,
             backoff: None,
             span,
@@ -205,12 +208,12 @@ impl Session {
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        let (limit, ctx) = match self.begin_attempt() {
+        let (until, limit, ctx) = match self.begin_attempt() {
             Ok(ready) => ready,
             Err(e) => return Err(E::from(e)),
         };
         let mut scoped = pin!(ATTEMPT.scope(ctx, body));
-        let outcome = tokio::time::timeout(limit, scoped.as_mut())
+        let outcome = tokio::time::timeout_at(until, scoped.as_mut())
             .instrument(self.span.clone())
             .await;
         self.record_attempt(scoped.as_mut().take_value());
@@ -225,7 +228,7 @@ impl Session {
     }
 
     /// Counts the attempt, asks the breaker, and computes the attempt's time limit.
-    fn begin_attempt(&mut self) -> Result<(Duration, AttemptCtx), Error> {
+    fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last {
             runtime: None,
@@ -251,7 +254,13 @@ impl Session {
                 }
             }
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        // The first attempt starts when the call does: no second clock read.
+        let now = if self.attempts == 1 {
+            self.started
+        } else {
+            Instant::now()
+        };
+        let left = self.deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
@@ -261,7 +270,8 @@ impl Session {
             self.trace_id,
             self.key.clone(),
         );
-        Ok((self.policy.timeout.min(left), ctx))
+        let limit = self.policy.timeout.min(left);
+        Ok((now + limit, limit, ctx))
     }
 
     /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
@@ -342,6 +352,7 @@ impl Session {
         } else {
             Duration::ZERO
         };
+        let now = Instant::now();
         let facts = Facts {
             method,
             keyed,
@@ -353,13 +364,13 @@ impl Session {
             backoff,
             retry_after: self.last.retry_after,
             max_retry_after: policy.max_retry_after,
-            time_left: self.deadline.saturating_duration_since(Instant::now()),
+            time_left: self.deadline.saturating_duration_since(now),
         };
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),
             Decision::RetryAfter(delay) => {
                 if let Some(budget) = self.shared.budget
-                    && !budget.withdraw()
+                    && !budget.withdraw_at(now)
                 {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                     self.give_up(class, GiveUp::BudgetExhausted);
@@ -381,7 +392,7 @@ impl Session {
                         "attempt failed; retrying"
                     );
                 }
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep_until(now + delay).await;
                 Next::Retry
             }
         }
