@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::diag::Diags;
 use crate::expand::{Plan, expand};
 use crate::infer::infer_method;
-use crate::model::{INLINE_ONLY_KEYS, Settings};
+use crate::model::Settings;
 use crate::validate::{
     check_declared_method, check_function, check_policy, effective_method, resolve_shared,
 };
@@ -73,7 +73,6 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
             _ => inline.push(e),
         }
     }
-    debug_assert!(INLINE_ONLY_KEYS.len() == 3);
     let fallback = policy
         .as_ref()
         .map(|p| p.1)
