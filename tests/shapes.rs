@@ -380,3 +380,46 @@ async fn a_propagated_request_id_and_trace_context_win() {
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
 }
+
+/// A client behind a trait, as services abstract their dependencies for tests.
+trait Users {
+    fn name(&self, id: u32) -> impl std::future::Future<Output = Result<String, Error>> + Send;
+}
+
+struct HttpUsers {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Users for HttpUsers {
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn name(&self, id: u32) -> Result<String, Error> {
+        let url = format!("{}/{id}", self.base);
+        Ok(self
+            .http
+            .get(url)
+            .resilient()
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn trait_impl_methods_and_spawned_calls() {
+    let server = flaky().await;
+    let users = std::sync::Arc::new(HttpUsers {
+        http: client(),
+        base: server.url("/users"),
+    });
+    // The generated future is Send: it can be spawned.
+    let task = tokio::spawn({
+        let users = users.clone();
+        async move { users.name(7).await }
+    });
+    assert_eq!(task.await.unwrap().unwrap(), "ok");
+    assert_eq!(server.count(), 3);
+    assert!(server.requests().iter().all(|s| s.path == "/users/7"));
+}
