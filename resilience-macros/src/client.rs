@@ -124,10 +124,7 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
     if let Some(e) = diags.into_error() {
         return Err(e);
     }
-    let d = |d: std::time::Duration| {
-        let (s, n) = (d.as_secs(), d.subsec_nanos());
-        quote!(::core::time::Duration::new(#s, #n))
-    };
+    let d = crate::expand::dur;
     let (ct, pit, ka, idle) = (
         d(m.connect_timeout),
         d(m.pool_idle_timeout),

@@ -22,7 +22,8 @@ pub struct Plan<'a> {
     pub config_path: Option<String>,
 }
 
-fn dur(d: Duration) -> TokenStream {
+/// `d` as a `::core::time::Duration` constant expression.
+pub(crate) fn dur(d: Duration) -> TokenStream {
     let secs = d.as_secs();
     let nanos = d.subsec_nanos();
     quote!(::core::time::Duration::new(#secs, #nanos))

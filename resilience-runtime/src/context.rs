@@ -71,10 +71,7 @@ impl AttemptCtx {
     }
 
     pub(crate) fn note_method(&self, m: Method) {
-        let worst = match self.sent_method.get() {
-            Some(prev) if prev.risk() >= m.risk() => prev,
-            _ => m,
-        };
+        let worst = self.sent_method.get().map_or(m, |prev| prev.least_safe(m));
         self.sent_method.set(Some(worst));
     }
 }
@@ -97,7 +94,7 @@ pub fn current_attempt() -> Option<AttemptInfo> {
     ATTEMPT
         .try_with(|c| AttemptInfo {
             attempt: c.attempt,
-            request_id: format_request_id(c.request_id),
+            request_id: RequestId(c.request_id).to_string(),
             idempotency_key: c
                 .key
                 .as_ref()
@@ -107,8 +104,13 @@ pub fn current_attempt() -> Option<AttemptInfo> {
         .ok()
 }
 
-pub(crate) fn format_request_id(id: u128) -> String {
-    format!("{id:032x}")
+/// A call's request id as it appears in `X-Request-Id` and in the call's span: 32 hex digits.
+pub(crate) struct RequestId(pub u128);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
 pub(crate) fn format_traceparent(trace: u128, span: u64) -> String {

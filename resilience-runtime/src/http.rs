@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 
-use crate::context::{ATTEMPT, AttemptCtx, format_request_id, format_traceparent};
+use crate::context::{ATTEMPT, AttemptCtx, RequestId, format_traceparent};
 use crate::policy::Method;
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
@@ -71,7 +71,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
     if !headers.contains_key(&X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(&format_request_id(ctx.request_id))
+        && let Ok(v) = HeaderValue::from_str(&RequestId(ctx.request_id).to_string())
     {
         headers.insert(X_REQUEST_ID, v);
     }

@@ -50,6 +50,15 @@ impl Method {
         }
     }
 
+    /// The less safe of two methods (`self` on a tie).
+    pub const fn least_safe(self, other: Method) -> Method {
+        if other.risk() > self.risk() {
+            other
+        } else {
+            self
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",

@@ -29,7 +29,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{ATTEMPT, AttemptCtx, Key};
+use crate::context::{ATTEMPT, AttemptCtx, Key, RequestId};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -81,7 +81,7 @@ pub enum Next {
 }
 
 /// What the last attempt left behind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Last {
     /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
     runtime: Option<ErrorKind>,
@@ -168,14 +168,7 @@ impl Session {
             key,
             backoff: None,
             span,
-            last: Last {
-                runtime: None,
-                status: None,
-                retry_after: None,
-                stamped: false,
-                all_keyed: false,
-                method: None,
-            },
+            last: Last::default(),
             breaker_permit: None,
             _bulkhead: bulkhead,
         })
@@ -230,14 +223,7 @@ impl Session {
     /// Counts the attempt, asks the breaker, and computes the attempt's time limit.
     fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
-        self.last = Last {
-            runtime: None,
-            status: None,
-            retry_after: None,
-            stamped: false,
-            all_keyed: false,
-            method: None,
-        };
+        self.last = Last::default();
         if let Some(b) = self.shared.breaker {
             match b.try_acquire() {
                 Ok(p) => self.breaker_permit = Some(p),
@@ -338,10 +324,10 @@ impl Session {
             return self.give_up(class, GiveUp::DeadlineTooClose);
         }
         let policy = self.policy;
-        let method = match self.last.method {
-            Some(m) if m.risk() > policy.method.risk() => m,
-            _ => policy.method,
-        };
+        let method = self
+            .last
+            .method
+            .map_or(policy.method, |m| policy.method.least_safe(m));
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.key.is_some() && self.last.stamped && self.last.all_keyed;
         let attempt = self.attempts;
@@ -415,13 +401,5 @@ impl Session {
             "attempt failed; giving up"
         );
         Next::Return
-    }
-}
-
-struct RequestId(u128);
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
     }
 }
