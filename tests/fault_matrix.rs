@@ -19,6 +19,9 @@ type Call = for<'a> fn(
 
 const POLICY_NOTE: &str = "timeout 1s, deadline 20s, 3 attempts, backoff 10ms..50ms, no budget";
 
+// The bodies are written the way reqwest users write them, without `.resilient()`: every
+// `.send()` in an annotated body is stamped by type.
+
 #[resilient(
     timeout = "1s",
     deadline = "20s",
@@ -27,7 +30,6 @@ const POLICY_NOTE: &str = "timeout 1s, deadline 20s, 3 attempts, backoff 10ms..5
 )]
 async fn get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url)
-        .resilient()
         .send()
         .await?
         .error_for_status()?
@@ -43,30 +45,25 @@ async fn get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     idempotent
 )]
 async fn put_idempotent(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
-    Ok(c.put(url)
-        .body("v=1")
-        .resilient()
-        .send()
-        .await?
-        .error_for_status()?
-        .status()
-        .as_u16())
+    let resp = c.put(url).body("v=1").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
 }
 
 #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, retry_on = [connect])]
 async fn put_undeclared(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
-    Ok(c.put(url)
-        .body("v=1")
-        .resilient()
-        .send()
-        .await?
-        .error_for_status()?
-        .status()
-        .as_u16())
+    let resp = c.put(url).body("v=1").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
 }
 
 #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
 async fn post_keyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c.post(url).body("amount=100").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// The same with an explicit `.resilient()`, which stays valid.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+async fn post_keyed_explicit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.post(url)
         .body("amount=100")
         .resilient()
@@ -79,21 +76,74 @@ async fn post_keyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 
 #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, retry_on = [connect])]
 async fn post_unkeyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
-    Ok(c.post(url)
-        .body("amount=100")
-        .resilient()
-        .send()
-        .await?
-        .error_for_status()?
-        .status()
-        .as_u16())
+    let resp = c.post(url).body("amount=100").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
 }
 
-/// The policy says keyed, but the body sends without `.resilient()`: the request goes out
+/// A helper outside the annotated body, sending without `.resilient()`: the runtime never
+/// sees its request.
+async fn send_post_unstamped(c: &reqwest::Client, url: &str) -> Result<reqwest::Response, Error> {
+    Ok(c.post(url).body("amount=100").send().await?)
+}
+
+async fn send_get_unstamped(c: &reqwest::Client, url: &str) -> Result<reqwest::Response, Error> {
+    Ok(c.get(url).send().await?)
+}
+
+/// The policy says keyed, but a helper sends the request without `.resilient()`: it goes out
 /// without the key, and the runtime must not resend it after it may have arrived.
-#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto, method = POST)]
 async fn post_keyed_but_unstamped(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
-    let resp = c.post(url).body("amount=100").send().await?;
+    let resp = send_post_unstamped(c, url).await?;
+    resilience_runtime::observe(&resp);
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A method the macro cannot see: chosen at run time, here always POST.
+fn chosen_method(url: &str) -> reqwest::Method {
+    if url.is_empty() {
+        reqwest::Method::GET
+    } else {
+        reqwest::Method::POST
+    }
+}
+
+/// The method is chosen at run time and the policy declares GET: the POST that actually went
+/// out decides.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, method = GET)]
+async fn runtime_post_declared_get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c
+        .request(chosen_method(url), url)
+        .body("amount=100")
+        .send()
+        .await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// The same, with GET inferred from an unrelated `.get(` on a header map.
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn runtime_post_inferred_get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-op", reqwest::header::HeaderValue::from_static("charge"));
+    let _op = headers.get("x-op");
+    let resp = c
+        .request(chosen_method(url), url)
+        .headers(headers)
+        .send()
+        .await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A GET sent by a helper without `.resilient()`: the runtime cannot see what went out, so it
+/// treats it as the least safe method and resends it only when nothing was sent.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, method = GET)]
+async fn get_unseen(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = send_get_unstamped(c, url).await?;
     resilience_runtime::observe(&resp);
     Ok(resp.error_for_status()?.status().as_u16())
 }
@@ -133,14 +183,38 @@ fn columns() -> Vec<Column> {
             resends: true,
         },
         Column {
+            name: "POST keyed, .resilient()",
+            call: |c, u| Box::pin(post_keyed_explicit(c, u)),
+            keyed: true,
+            resends: true,
+        },
+        Column {
             name: "POST unkeyed",
             call: |c, u| Box::pin(post_unkeyed(c, u)),
             keyed: false,
             resends: false,
         },
         Column {
-            name: "POST keyed, unstamped",
+            name: "POST keyed, sent unstamped by a helper",
             call: |c, u| Box::pin(post_keyed_but_unstamped(c, u)),
+            keyed: false,
+            resends: false,
+        },
+        Column {
+            name: "POST chosen at run time, GET declared",
+            call: |c, u| Box::pin(runtime_post_declared_get(c, u)),
+            keyed: false,
+            resends: false,
+        },
+        Column {
+            name: "POST chosen at run time, GET inferred",
+            call: |c, u| Box::pin(runtime_post_inferred_get(c, u)),
+            keyed: false,
+            resends: false,
+        },
+        Column {
+            name: "GET sent unstamped by a helper",
+            call: |c, u| Box::pin(get_unseen(c, u)),
             keyed: false,
             resends: false,
         },

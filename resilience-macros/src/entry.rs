@@ -11,7 +11,8 @@ use crate::expand::{Plan, expand};
 use crate::infer::infer_method;
 use crate::model::Settings;
 use crate::validate::{
-    check_declared_method, check_function, check_policy, effective_method, resolve_shared,
+    check_declared_method, check_function, check_keyed_body_sends, check_policy, effective_method,
+    resolve_shared,
 };
 
 pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -142,14 +143,8 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
     check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
     check_function(&mut diags, func, &settings);
     check_policy(&mut diags, &settings, method.as_ref(), fallback);
-    let function_name = func.sig.ident.to_string();
-    let shared = resolve_shared(
-        &mut diags,
-        &settings,
-        config.as_deref(),
-        &function_name,
-        fallback,
-    );
+    check_keyed_body_sends(&mut diags, func, &settings);
+    let shared = resolve_shared(&mut diags, &settings, config.as_deref(), fallback);
 
     if let Some(e) = diags.into_error() {
         return Err(e);

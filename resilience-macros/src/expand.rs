@@ -38,7 +38,11 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
     let vis = &f.vis;
     let sig = &f.sig;
     let ident = &sig.ident;
-    let stmts = &f.block.stmts;
+    // Every request the body sends goes through the attempt's stamping, by type.
+    let mut block = (*f.block).clone();
+    crate::stamp::rewrite(&mut block, &p);
+    let stmts = &block.stmts;
+    let prelude = crate::stamp::prelude(&p);
 
     let method = match plan.method {
         None => quote!(#p::Method::Other),
@@ -94,9 +98,10 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
         "::",
         ::core::stringify!(#ident)
     ));
+    // Inline only: the runtime names the policy after the function's full path.
     let name = match &plan.policy_name {
         Some(n) => quote!(#n),
-        None => function.clone(),
+        None => quote!(""),
     };
     let budget = match &plan.shared.budget {
         None => quote!(::core::option::Option::None),
@@ -150,7 +155,14 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                     let id = &pi.ident;
                     let mutability = &pi.mutability;
                     let span = pt.span();
+                    // A parameter under `#[cfg(…)]` exists only where its cfg holds: so does
+                    // its clone.
+                    let cfgs = pt
+                        .attrs
+                        .iter()
+                        .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
                     clones.push(quote_spanned! {span=>
+                        #(#cfgs)*
                         #[allow(clippy::redundant_clone)]
                         let #mutability #id = ::core::clone::Clone::clone(&#id);
                     });
@@ -214,7 +226,12 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                 budget: #budget,
                 breaker: #breaker,
                 bulkhead: #bulkhead,
+                unseen: #p::Method::Other,
+                locate: ::core::option::Option::Some(__resilience_locate),
             };
+            fn __resilience_locate() -> &'static str {
+                #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
+            }
             static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
             let mut __resilience_session =
                 match #p::Session::start(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg).await {
@@ -227,6 +244,7 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                 #(#clones)*
                 let mut __resilience_result = __resilience_session
                     .attempt(async {
+                        #prelude
                         #fake_return
                         #(#stmts)*
                     })

@@ -14,6 +14,7 @@ mod infer;
 mod model;
 #[cfg(test)]
 mod proptests;
+mod stamp;
 mod validate;
 mod value;
 

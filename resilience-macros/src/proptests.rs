@@ -569,7 +569,7 @@ proptest! {
             all.push(s);
         }
         for s in &all {
-            resolve_shared(&mut diags, s, Some(&cfg), "call", fb);
+            resolve_shared(&mut diags, s, Some(&cfg), fb);
             // The cross-key rules mention origins in the text; they only must not panic.
             for method in [None, Some(Method::Post), Some(Method::Put), Some(Method::Get)] {
                 let method = method.map(|m| Set { value: m, origin: Origin::Builtin });

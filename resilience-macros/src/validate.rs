@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use proc_macro2::Span;
+use quote::ToTokens as _;
 use syn::spanned::Spanned as _;
 
 use crate::config::Config;
@@ -298,13 +299,13 @@ pub fn resolve_shared(
     diags: &mut Diags,
     s: &Settings,
     config: Option<&Config>,
-    function_name: &str,
     fb: Span,
 ) -> Shared {
     let mut shared = Shared::default();
-    // Inline tables define state private to the function unless they give `name`.
+    // Inline tables define state private to the function unless they give `name`: the empty
+    // name tells the runtime to keep it in the function's own static, shared with nobody.
     let inline_name = |t: &[(String, Located)]| -> (String, Vec<(String, Located)>) {
-        let mut name = function_name.to_owned();
+        let mut name = String::new();
         let mut rest = Vec::new();
         for (k, v) in t {
             if k == "name"
@@ -510,7 +511,9 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
             diags.push(
                 fb,
                 "cannot tell which HTTP method this function sends, so cannot tell whether retrying it is safe\n\
-                 help: add `method = GET` (or POST, PUT, …), or call `.get(`/`.post(`/… on the client in the body",
+                 help: declare the least safe method it may ever send: `method = POST` if it can be a POST \
+                 (then also `idempotency_key = auto`, or `retry_on = [connect]`), `method = GET` only if it never \
+                 sends anything but GET or HEAD; at run time the method actually sent decides, least safe first",
             );
         }
         None => {}
@@ -661,4 +664,35 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             );
         }
     }
+}
+
+/// A key is stamped on the requests the body sends: a keyed policy on a body that shows no
+/// request would send none of its requests with the key.
+pub fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+    if s.idempotency_key.value == KeyModel::None || s.method.is_some() {
+        return;
+    }
+    if crate::stamp::shows_a_request(f.block.to_token_stream()) {
+        return;
+    }
+    let span = f
+        .block
+        .stmts
+        .first()
+        .map(|st| st.span())
+        .unwrap_or_else(|| f.block.brace_token.span.join());
+    diags.push(
+        span,
+        format!(
+            "idempotency_key = {} ({}), but this body sends no request: the key goes on the requests sent here\n\
+             help: send the request in this body (`.send()` on a reqwest RequestBuilder is stamped), or have the \
+             helper return the RequestBuilder and call `.send()` here; if a helper must send it, call `.resilient()` \
+             on the builder in the helper and declare the method here (`method = POST`)",
+            match &s.idempotency_key.value {
+                KeyModel::Param(p) => p.as_str(),
+                _ => "auto",
+            },
+            s.idempotency_key.origin
+        ),
+    );
 }

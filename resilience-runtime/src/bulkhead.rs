@@ -50,6 +50,16 @@ impl fmt::Display for BulkheadFull {
 
 impl std::error::Error for BulkheadFull {}
 
+/// Why [`Bulkhead::acquire_by`] gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// No slot came free within `max_wait`.
+    Full,
+    /// The call's deadline came before a slot or the end of `max_wait`.
+    Deadline,
+}
+
 /// A copy of a bulkhead's state at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkheadSnapshot {
@@ -109,23 +119,42 @@ impl Bulkhead {
     /// Takes a slot: at once if one is free, else after waiting up to `max_wait` behind the
     /// calls that asked first.
     pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        let far = tokio::time::Instant::now() + self.spec.max_wait + Duration::from_secs(1);
+        self.acquire_by(far).await.map_err(|_| BulkheadFull)
+    }
+
+    /// Takes a slot like [`acquire`](Self::acquire), but waits no later than `deadline`: the
+    /// wait for a slot counts against the call's deadline.
+    pub async fn acquire_by(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<BulkheadPermit<'_>, Refused> {
         let permit = match self.sem.try_acquire() {
             Ok(p) => Ok(p),
-            Err(_) if self.spec.max_wait.is_zero() => Err(BulkheadFull),
-            Err(_) => match tokio::time::timeout(self.spec.max_wait, self.sem.acquire()).await {
-                Ok(Ok(p)) => Ok(p),
-                // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
-                _ => Err(BulkheadFull),
-            },
+            Err(_) if self.spec.max_wait.is_zero() => Err(Refused::Full),
+            Err(_) => {
+                let now = tokio::time::Instant::now();
+                let by_wait = now + self.spec.max_wait;
+                let (until, why) = if deadline < by_wait {
+                    (deadline, Refused::Deadline)
+                } else {
+                    (by_wait, Refused::Full)
+                };
+                match tokio::time::timeout_at(until, self.sem.acquire()).await {
+                    Ok(Ok(p)) => Ok(p),
+                    // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
+                    _ => Err(why),
+                }
+            }
         };
         match permit {
             Ok(p) => {
                 self.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(BulkheadPermit { _permit: p })
             }
-            Err(full) => {
+            Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(full)
+                Err(why)
             }
         }
     }

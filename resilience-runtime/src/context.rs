@@ -1,14 +1,22 @@
-//! What one attempt knows, reachable from the request builder through a task-local.
+//! The ambient context of a call: what one attempt knows (reachable from the request builder
+//! through a task-local), and what an inbound request or an enclosing call hands down to the
+//! calls made inside it.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use reqwest::header::HeaderValue;
+use tokio::time::Instant;
 
 use crate::policy::Method;
 
 tokio::task_local! {
     pub(crate) static ATTEMPT: AttemptCtx;
+    /// Set by the server-side [`ContextLayer`](crate::server::ContextLayer) (or
+    /// [`with_inbound`]) around the handling of one inbound request.
+    pub(crate) static INBOUND: Inbound;
+    /// Set by [`measure`](crate::measure): where the outermost call reports what it cost.
+    pub(crate) static REPORT: Cell<Option<crate::report::CallReport>>;
 }
 
 /// The idempotency key of one logical call.
@@ -31,6 +39,69 @@ impl Key {
     }
 }
 
+/// What an inbound request, or an enclosing call, hands down: the time left, and the trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inbound {
+    /// When the caller stops waiting.
+    pub(crate) deadline: Option<Instant>,
+    /// The caller's trace: (trace id, its span id, trace flags).
+    pub(crate) trace: Option<(u128, u64, u8)>,
+    /// The caller's request id, when it is one of ours (32 hex digits).
+    pub(crate) request_id: Option<u128>,
+}
+
+impl Inbound {
+    /// Nothing handed down.
+    pub const NONE: Inbound = Inbound {
+        deadline: None,
+        trace: None,
+        request_id: None,
+    };
+
+    /// The calls made under this context finish by `deadline`.
+    pub fn deadline(mut self, deadline: Instant) -> Inbound {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The calls made under this context finish within `left` from now.
+    pub fn time_left(self, left: Duration) -> Inbound {
+        self.deadline(Instant::now() + left)
+    }
+
+    /// The calls made under this context join the trace of this W3C `traceparent` (ignored
+    /// when it is not a valid version-00 value).
+    pub fn traceparent(mut self, value: &str) -> Inbound {
+        if let Some(t) = parse_traceparent(value) {
+            self.trace = Some(t);
+        }
+        self
+    }
+
+    /// The calls made under this context send this `X-Request-Id` (ignored unless it is 1 to 32
+    /// hex digits, the form the library sends).
+    pub fn request_id(mut self, value: &str) -> Inbound {
+        if !value.is_empty() && value.len() <= 32 {
+            self.request_id = u128::from_str_radix(value, 16).ok().filter(|v| *v != 0);
+        }
+        self
+    }
+
+    /// The deadline handed down, if any.
+    pub fn get_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+/// Runs `fut` with `inbound` as the context of every `#[resilient]` call made inside it: the
+/// calls plan within its deadline and join its trace. What [`ContextLayer`] does per request,
+/// for code that is not a tower service.
+///
+/// [`ContextLayer`]: crate::server::ContextLayer
+pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F::Output {
+    INBOUND.scope(inbound, fut).await
+}
+
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.
 #[derive(Debug)]
 pub(crate) struct AttemptCtx {
@@ -38,8 +109,13 @@ pub(crate) struct AttemptCtx {
     pub request_id: u128,
     pub trace_id: u128,
     pub span_id: u64,
+    pub trace_flags: u8,
     pub key: Option<Key>,
-    /// At least one request of this attempt was stamped through `.resilient()`.
+    /// When this attempt ends: its timeout or the call's deadline, whichever comes first.
+    pub until: Instant,
+    /// 0 for a call made outside any other; 1 for a call made inside an attempt of another, …
+    pub depth: u8,
+    /// At least one request of this attempt was stamped (or a nested call sent one).
     pub stamped: Cell<bool>,
     /// Every stamped request carried the key.
     pub all_keyed: Cell<bool>,
@@ -47,37 +123,40 @@ pub(crate) struct AttemptCtx {
     pub sent_method: Cell<Option<Method>>,
     pub status: Cell<Option<u16>>,
     pub retry_after: Cell<Option<Duration>>,
+    /// A nested `#[resilient]` call inside this attempt failed after it could retry itself.
+    pub nested_gave_up: Cell<bool>,
+}
+
+/// What a call takes from the attempt it runs inside.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outer {
+    pub until: Instant,
+    pub trace_id: u128,
+    pub trace_flags: u8,
+    pub request_id: u128,
+    pub depth: u8,
 }
 
 impl AttemptCtx {
-    pub(crate) fn new(
-        attempt: u32,
-        request_id: u128,
-        trace_id: u128,
-        key: Option<Key>,
-    ) -> AttemptCtx {
-        AttemptCtx {
-            attempt,
-            request_id,
-            trace_id,
-            span_id: fastrand::u64(..).max(1),
-            key,
-            stamped: Cell::new(false),
-            all_keyed: Cell::new(true),
-            sent_method: Cell::new(None),
-            status: Cell::new(None),
-            retry_after: Cell::new(None),
-        }
-    }
-
     pub(crate) fn note_method(&self, m: Method) {
         let worst = self.sent_method.get().map_or(m, |prev| prev.least_safe(m));
         self.sent_method.set(Some(worst));
+    }
+
+    pub(crate) fn outer(&self) -> Outer {
+        Outer {
+            until: self.until,
+            trace_id: self.trace_id,
+            trace_flags: self.trace_flags,
+            request_id: self.request_id,
+            depth: self.depth,
+        }
     }
 }
 
 /// What the current attempt looks like from inside a `#[resilient]` function.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptInfo {
     /// 1 for the first attempt.
     pub attempt: u32,
@@ -87,6 +166,10 @@ pub struct AttemptInfo {
     pub idempotency_key: Option<String>,
     /// The W3C `traceparent` this attempt sends.
     pub traceparent: String,
+    /// Time left before this attempt ends (its timeout or the call's deadline).
+    pub time_left: Duration,
+    /// 0 for a call made outside any other, 1 for a call nested in another's attempt, …
+    pub depth: u8,
 }
 
 /// The current attempt, when called from inside a `#[resilient]` function.
@@ -99,7 +182,11 @@ pub fn current_attempt() -> Option<AttemptInfo> {
                 .key
                 .as_ref()
                 .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
-            traceparent: format_traceparent(c.trace_id, c.span_id),
+            traceparent: Traceparent::new(c.trace_id, c.span_id, c.trace_flags)
+                .as_str()
+                .to_owned(),
+            time_left: c.until.saturating_duration_since(Instant::now()),
+            depth: c.depth,
         })
         .ok()
 }
@@ -109,10 +196,111 @@ pub(crate) struct RequestId(pub u128);
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(hex32(self.0).as_str())
     }
 }
 
-pub(crate) fn format_traceparent(trace: u128, span: u64) -> String {
-    format!("00-{trace:032x}-{span:016x}-01")
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// 32 lower-case hex digits, on the stack.
+pub(crate) struct Hex32([u8; 32]);
+
+impl Hex32 {
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+pub(crate) fn hex32(v: u128) -> Hex32 {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    Hex32(out)
+}
+
+/// A W3C `traceparent` value, formatted on the stack: `00-{trace}-{span}-{flags}`.
+pub(crate) struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    pub(crate) fn new(trace: u128, span: u64, flags: u8) -> Traceparent {
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        out[3..35].copy_from_slice(&hex32(trace).0);
+        for i in 0..16 {
+            out[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out[53] = HEX[(flags >> 4) as usize];
+        out[54] = HEX[(flags & 0xf) as usize];
+        Traceparent(out)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+/// Parses a version-00 W3C `traceparent`: (trace id, parent id, flags). `None` for anything
+/// else, including the all-zero ids the spec calls invalid.
+pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
+    let v = v.trim();
+    let b = v.as_bytes();
+    if b.len() < 55 || &b[..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    if b.len() > 55 && b[55] != b'-' {
+        return None;
+    }
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    };
+    let (t, s, f) = (&v[3..35], &v[36..52], &v[53..55]);
+    if !(hex(t) && hex(s) && hex(f)) {
+        return None;
+    }
+    let trace = u128::from_str_radix(t, 16).ok()?;
+    let span = u64::from_str_radix(s, 16).ok()?;
+    let flags = u8::from_str_radix(f, 16).ok()?;
+    (trace != 0 && span != 0).then_some((trace, span, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips() {
+        let tp = Traceparent::new(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1);
+        assert_eq!(
+            tp.as_str(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(
+            parse_traceparent(tp.as_str()),
+            Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1))
+        );
+        assert_eq!(RequestId(0xabc).to_string(), format!("{:032x}", 0xabc));
+    }
+
+    #[test]
+    fn bad_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+    }
 }

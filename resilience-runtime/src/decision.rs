@@ -47,6 +47,9 @@ pub enum GiveUp {
     DeadlineTooClose,
     /// A retry was due but the retry budget was spent.
     BudgetExhausted,
+    /// A nested `#[resilient]` call already retried this failure as far as its own policy
+    /// allowed: one layer retries, not every layer.
+    RetriedInside,
 }
 
 impl GiveUp {
@@ -60,6 +63,7 @@ impl GiveUp {
             GiveUp::RetryAfterTooLong => "Retry-After above max_retry_after",
             GiveUp::DeadlineTooClose => "no time left before the deadline",
             GiveUp::BudgetExhausted => "retry budget exhausted",
+            GiveUp::RetriedInside => "already retried by a nested #[resilient] call",
         }
     }
 }

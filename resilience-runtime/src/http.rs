@@ -1,10 +1,20 @@
-//! The request-builder extension: stamps every attempt and records what the server answered.
+//! Stamping and recording: every request an attempt sends carries the call's identities, and
+//! every response it gets is recorded for the retry decision.
+//!
+//! Inside a `#[resilient]` body the macro routes each `.send()` on a `reqwest::RequestBuilder`
+//! and each `client.execute(request)` through here by type ([`__private::Stampable`]); other
+//! `.send()`s are left as written. [`RequestBuilderExt::resilient`] does the same for a request
+//! sent by a helper function outside the body.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
 
-use crate::context::{ATTEMPT, AttemptCtx, RequestId, format_traceparent};
+use crate::context::{ATTEMPT, AttemptCtx, RequestId, Traceparent};
 use crate::policy::Method;
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
@@ -15,12 +25,20 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The attempt number, 1 for the first.
 pub const X_ATTEMPT: HeaderName = HeaderName::from_static("x-attempt");
+/// The time the caller still waits for this attempt, in whole milliseconds: the smaller of the
+/// attempt's timeout and the call's deadline, less what has passed. A server behind
+/// [`ContextLayer`](crate::server::ContextLayer) plans its own calls within it.
+pub const X_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-timeout-ms");
 
 /// Adds [`resilient`](RequestBuilderExt::resilient) to `reqwest::RequestBuilder`.
 pub trait RequestBuilderExt {
     /// Marks this request as an attempt of the enclosing `#[resilient]` call: `send()` then
-    /// stamps `Idempotency-Key`, `X-Request-Id`, `traceparent` and `X-Attempt`, and records the
-    /// response status and `Retry-After` for the retry decision.
+    /// stamps `Idempotency-Key`, `X-Request-Id`, `traceparent`, `X-Attempt` and
+    /// `X-Timeout-Ms`, and records the response status and `Retry-After` for the retry
+    /// decision.
+    ///
+    /// A `.send()` written in the annotated body is stamped without it; call it on a request
+    /// that a helper function sends.
     fn resilient(self) -> ResilientRequest;
 }
 
@@ -42,7 +60,7 @@ impl ResilientRequest {
     pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
         let (client, req) = self.inner.build_split();
         let mut req = req?;
-        let _ = ATTEMPT.try_with(|ctx| stamp(ctx, &mut req));
+        stamp_request(&mut req);
         let res = client.execute(req).await;
         if let Ok(resp) = &res {
             observe(resp);
@@ -54,6 +72,13 @@ impl ResilientRequest {
     pub fn into_inner(self) -> reqwest::RequestBuilder {
         self.inner
     }
+}
+
+/// Stamps a built request with the current attempt's identities (a no-op outside a
+/// `#[resilient]` function). For a request sent by hand with `Client::execute` outside the
+/// annotated body; inside it, `execute` is stamped for you.
+pub fn stamp_request(req: &mut reqwest::Request) {
+    let _ = ATTEMPT.try_with(|ctx| stamp(ctx, req));
 }
 
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
@@ -71,22 +96,27 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
     if !headers.contains_key(&X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(&RequestId(ctx.request_id).to_string())
+        && let Ok(v) = HeaderValue::from_str(RequestId(ctx.request_id).to_string().as_str())
     {
         headers.insert(X_REQUEST_ID, v);
     }
     if !headers.contains_key(&TRACEPARENT)
-        && let Ok(v) = HeaderValue::from_str(&format_traceparent(ctx.trace_id, ctx.span_id))
+        && let Ok(v) = HeaderValue::from_bytes(
+            Traceparent::new(ctx.trace_id, ctx.span_id, ctx.trace_flags).as_bytes(),
+        )
     {
         headers.insert(TRACEPARENT, v);
     }
     headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
+    let left = ctx.until.saturating_duration_since(Instant::now());
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+    headers.insert(X_TIMEOUT_MS, HeaderValue::from(ms));
 }
 
 /// Records a response's status and `Retry-After` for the retry decision of the current attempt.
 ///
-/// `.resilient().send()` does this itself; call it when a response reached you another way.
-/// A no-op outside a `#[resilient]` function.
+/// Requests sent in the annotated body, and through `.resilient()`, are recorded for you; call
+/// it when a response reached you another way. A no-op outside a `#[resilient]` function.
 pub fn observe(resp: &reqwest::Response) {
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -98,4 +128,111 @@ pub fn observe(resp: &reqwest::Response) {
         ctx.status.set(Some(status));
         ctx.retry_after.set(retry_after);
     });
+}
+
+pin_project_lite::pin_project! {
+    /// A `Client::execute` future whose response is recorded when it arrives.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for Observed<F>
+where
+    F: Future<Output = Result<reqwest::Response, reqwest::Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let out = self.project().inner.poll(cx);
+        if let Poll::Ready(Ok(resp)) = &out {
+            observe(resp);
+        }
+        out
+    }
+}
+
+/// Type dispatch for the code `#[resilient]` generates around `.send()` and `.execute(…)`
+/// (autoref specialization): a reqwest request is stamped and its response recorded; any
+/// other value passes through exactly as it was.
+#[doc(hidden)]
+pub mod dispatch {
+    use std::cell::Cell;
+
+    use super::{Observed, ResilientRequest};
+
+    /// Holds the receiver (or argument) while method resolution picks an impl.
+    pub struct Stampable<T>(Cell<Option<T>>);
+
+    impl<T> std::fmt::Debug for Stampable<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Stampable")
+        }
+    }
+
+    impl<T> Stampable<T> {
+        pub fn new(value: T) -> Stampable<T> {
+            Stampable(Cell::new(Some(value)))
+        }
+
+        fn take(&self) -> T {
+            self.0.take().expect("taken once")
+        }
+    }
+
+    /// `.send()` on a `reqwest::RequestBuilder`: send it stamped.
+    pub trait SendRequest {
+        fn __resilience_stamp(self) -> ResilientRequest;
+    }
+    impl SendRequest for &&Stampable<reqwest::RequestBuilder> {
+        fn __resilience_stamp(self) -> ResilientRequest {
+            ResilientRequest { inner: self.take() }
+        }
+    }
+
+    /// `.execute(request)`: stamp a `reqwest::Request` argument.
+    pub trait StampArg {
+        fn __resilience_stamp_arg(self) -> reqwest::Request;
+    }
+    impl StampArg for &&Stampable<reqwest::Request> {
+        fn __resilience_stamp_arg(self) -> reqwest::Request {
+            let mut req = self.take();
+            super::stamp_request(&mut req);
+            req
+        }
+    }
+
+    /// The future `execute` returned: record its response.
+    pub trait ObserveFuture<F> {
+        fn __resilience_observe(self) -> Observed<F>;
+    }
+    impl<F> ObserveFuture<F> for &&Stampable<F>
+    where
+        F: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+    {
+        fn __resilience_observe(self) -> Observed<F> {
+            Observed { inner: self.take() }
+        }
+    }
+
+    /// Anything else: as it was.
+    pub trait PassThrough<T> {
+        fn __resilience_stamp(self) -> T;
+        fn __resilience_stamp_arg(self) -> T;
+        fn __resilience_observe(self) -> T;
+    }
+    impl<T> PassThrough<T> for &Stampable<T> {
+        fn __resilience_stamp(self) -> T {
+            self.take()
+        }
+        fn __resilience_stamp_arg(self) -> T {
+            self.take()
+        }
+        fn __resilience_observe(self) -> T {
+            self.take()
+        }
+    }
 }

@@ -35,6 +35,7 @@ pub mod metrics;
 mod policy;
 mod probe;
 pub mod registry;
+mod report;
 mod retry_after;
 #[cfg(feature = "server")]
 pub mod server;
@@ -43,13 +44,14 @@ mod session;
 pub use backoff::{BackoffState, set_jitter_seed};
 pub use classify::{Class, Classify, classify_error, is_transient_status};
 pub use client::ClientSettings;
-pub use context::{AttemptInfo, current_attempt};
+pub use context::{AttemptInfo, Inbound, current_attempt, with_inbound};
 pub use error::{Error, ErrorKind};
 pub use http::{
-    IDEMPOTENCY_KEY, RequestBuilderExt, ResilientRequest, TRACEPARENT, X_ATTEMPT, X_REQUEST_ID,
-    observe,
+    IDEMPOTENCY_KEY, Observed, RequestBuilderExt, ResilientRequest, TRACEPARENT, X_ATTEMPT,
+    X_REQUEST_ID, X_TIMEOUT_MS, observe, stamp_request,
 };
 pub use policy::{Backoff, BackoffKind, InvalidPolicy, Jitter, KeySource, Method, Policy, RetryOn};
+pub use report::{CallReport, measure};
 #[doc = include_str!("docs/resilient.md")]
 pub use resilience_macros::resilient;
 
@@ -67,9 +69,10 @@ pub mod __private {
     pub use crate::breaker::BreakerSpec;
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
+    pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
-    pub use crate::registry::PolicyState;
+    pub use crate::registry::{PolicyState, function_path};
     pub use crate::session::{KeyArg, Next, Session, key_from};
     pub use ::core;
     pub use ::std::time::Duration;

@@ -21,9 +21,11 @@ pub use crate::budget::BudgetSnapshot;
 pub use crate::bulkhead::BulkheadSnapshot;
 use crate::registry;
 
-/// Live counters of one policy.
+/// Live counters of one annotated function.
 #[derive(Debug, Default)]
 pub struct PolicyMetrics {
+    /// The policy the function uses (its own path when inline only).
+    pub(crate) policy: &'static str,
     pub(crate) successful_without_retry: AtomicU64,
     pub(crate) successful_with_retry: AtomicU64,
     pub(crate) failed_without_retry: AtomicU64,
@@ -55,7 +57,36 @@ pub struct PolicySnapshot {
     pub rejected_bulkhead: u64,
 }
 
+impl std::ops::Add for PolicySnapshot {
+    type Output = PolicySnapshot;
+
+    fn add(self, o: PolicySnapshot) -> PolicySnapshot {
+        PolicySnapshot {
+            successful_without_retry: self.successful_without_retry + o.successful_without_retry,
+            successful_with_retry: self.successful_with_retry + o.successful_with_retry,
+            failed_without_retry: self.failed_without_retry + o.failed_without_retry,
+            failed_with_retry: self.failed_with_retry + o.failed_with_retry,
+            retries: self.retries + o.retries,
+            rejected_breaker: self.rejected_breaker + o.rejected_breaker,
+            rejected_budget: self.rejected_budget + o.rejected_budget,
+            rejected_bulkhead: self.rejected_bulkhead + o.rejected_bulkhead,
+        }
+    }
+}
+
 impl PolicyMetrics {
+    pub(crate) fn new(policy: &'static str) -> PolicyMetrics {
+        PolicyMetrics {
+            policy,
+            ..PolicyMetrics::default()
+        }
+    }
+
+    /// The policy these counters belong to.
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+
     pub fn snapshot(&self) -> PolicySnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PolicySnapshot {
@@ -75,12 +106,14 @@ impl PolicyMetrics {
     }
 }
 
-/// The counters of the policy named `name`, once one of its functions has been called.
+/// The counters of the function whose full path is `name` (`crate::users::Primary::lookup`),
+/// or else the sum over every function of the policy `name`, once one has been called.
 pub fn policy(name: &str) -> Option<PolicySnapshot> {
-    registry::find_metrics(name).map(PolicyMetrics::snapshot)
+    registry::find_metrics(name)
 }
 
-/// The counters of every policy that has been called, sorted by name.
+/// The counters of every annotated function that has been called, by full path (module, impl
+/// type and name), sorted.
 pub fn all() -> Vec<(&'static str, PolicySnapshot)> {
     registry::all_metrics()
         .into_iter()
@@ -101,7 +134,8 @@ pub fn breakers() -> Vec<(&'static str, BreakerSnapshot)> {
         .collect()
 }
 
-/// The state of the budget named `name` (a policy's own budget goes by the policy's name).
+/// The state of the budget named `name` (a budget the policy does not name is the function's
+/// own and is not listed here).
 pub fn budget(name: &str) -> Option<BudgetSnapshot> {
     registry::find_budget(name).map(|b| b.snapshot())
 }

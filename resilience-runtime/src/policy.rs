@@ -216,10 +216,20 @@ pub struct Policy {
     pub idempotent: bool,
     /// Cap on a server's `Retry-After`: longer asks end the call.
     pub max_retry_after: Duration,
-    /// The retry budget shared under this name (`None`: no budget).
+    /// The retry budget shared under this name (`None`: no budget; an empty name: a budget of
+    /// the function's own). Likewise an empty breaker or bulkhead name is private to the
+    /// function.
     pub budget: Option<(&'static str, BudgetSpec)>,
     pub breaker: Option<(&'static str, BreakerSpec)>,
     pub bulkhead: Option<(&'static str, BulkheadSpec)>,
+    /// The method an attempt is taken to have sent when the runtime saw none of its requests
+    /// (a helper sent it without `.resilient()`). Generated code says [`Method::Other`], the
+    /// least safe, so that such an attempt is resent only after a failure where nothing was
+    /// sent; a hand-built policy may say `method` again.
+    pub unseen: Method,
+    /// The annotated function's full path (impl type included), computed once on first use;
+    /// `None`: [`function`](Self::function) is used.
+    pub locate: Option<fn() -> &'static str>,
 }
 
 /// Why a hand-built policy is refused.
@@ -251,6 +261,8 @@ impl Policy {
         budget: Some(("", BudgetSpec::DEFAULT)),
         breaker: None,
         bulkhead: None,
+        unseen: Method::Get,
+        locate: None,
     };
 
     /// The same checks the macro makes at compile time, for policies built at run time.

@@ -46,6 +46,12 @@ fn intern<T: Send + Sync + 'static>(
     t
 }
 
+/// Lists state private to one function under that function's path, for reading only.
+fn list<T>(map: &'static Map<T>, name: &'static str, t: &'static T) -> &'static T {
+    lock(map).entry(name).or_insert(t);
+    t
+}
+
 fn find<T>(map: &'static Map<T>, name: &str) -> Option<&'static T> {
     lock(map).get(name).copied()
 }
@@ -106,9 +112,15 @@ pub fn bulkhead(name: &'static str, spec: BulkheadSpec) -> &'static Bulkhead {
     )
 }
 
-/// The counters of the policy named `name`.
-pub fn metrics(name: &'static str) -> &'static PolicyMetrics {
-    intern(&METRICS, "metrics", name, PolicyMetrics::default, |_| true)
+/// The counters of the function whose full path is `function`, under the policy `policy`.
+pub fn metrics(function: &'static str, policy: &'static str) -> &'static PolicyMetrics {
+    intern(
+        &METRICS,
+        "metrics",
+        function,
+        || PolicyMetrics::new(policy),
+        |_| true,
+    )
 }
 
 pub(crate) fn find_budget(name: &str) -> Option<&'static Budget> {
@@ -123,8 +135,17 @@ pub(crate) fn find_bulkhead(name: &str) -> Option<&'static Bulkhead> {
     find(&BULKHEADS, name)
 }
 
-pub(crate) fn find_metrics(name: &str) -> Option<&'static PolicyMetrics> {
-    find(&METRICS, name)
+/// The counters of the function `name`, or the sum over the functions of the policy `name`.
+pub(crate) fn find_metrics(name: &str) -> Option<crate::metrics::PolicySnapshot> {
+    let g = lock(&METRICS);
+    if let Some(m) = g.get(name) {
+        return Some(m.snapshot());
+    }
+    let mut found = None;
+    for m in g.values().filter(|m| m.policy == name) {
+        found = Some(found.unwrap_or_default() + m.snapshot());
+    }
+    found
 }
 
 pub(crate) fn all_breakers() -> Vec<(&'static str, &'static Breaker)> {
@@ -136,13 +157,24 @@ pub(crate) fn all_metrics() -> Vec<(&'static str, &'static PolicyMetrics)> {
 }
 
 /// The shared state one annotated function uses, resolved on its first call.
+///
+/// State the policy names (`breaker = "pg"`) is shared through the registry; state it does not
+/// name (an inline table without `name`, the default budget) is this function's own, held
+/// here, so two functions never share what their author did not share.
 #[derive(Debug)]
 pub struct PolicyState {
     resolved: OnceLock<Resolved>,
+    budget: OnceLock<Budget>,
+    breaker: OnceLock<Breaker>,
+    bulkhead: OnceLock<Bulkhead>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Resolved {
+    /// The function's full path: module, impl type and name.
+    pub function: &'static str,
+    /// The policy's name: `[policies.NAME]`, or the function's path when inline only.
+    pub policy: &'static str,
     pub budget: Option<&'static Budget>,
     pub breaker: Option<&'static Breaker>,
     pub bulkhead: Option<&'static Bulkhead>,
@@ -154,17 +186,90 @@ impl PolicyState {
     pub const fn new() -> PolicyState {
         PolicyState {
             resolved: OnceLock::new(),
+            budget: OnceLock::new(),
+            breaker: OnceLock::new(),
+            bulkhead: OnceLock::new(),
         }
     }
 
     pub(crate) fn resolve(&'static self, policy: &'static Policy) -> Resolved {
-        *self.resolved.get_or_init(|| Resolved {
-            budget: policy
-                .budget
-                .map(|(n, s)| budget(if n.is_empty() { policy.name } else { n }, s)),
-            breaker: policy.breaker.map(|(n, s)| breaker(n, s)),
-            bulkhead: policy.bulkhead.map(|(n, s)| bulkhead(n, s)),
-            metrics: metrics(policy.name),
+        *self.resolved.get_or_init(|| {
+            let function = policy.locate.map_or(policy.function, |f| f());
+            let policy_name = if policy.name.is_empty() {
+                function
+            } else {
+                policy.name
+            };
+            Resolved {
+                function,
+                policy: policy_name,
+                budget: policy.budget.map(|(n, s)| {
+                    if n.is_empty() {
+                        list(
+                            &BUDGETS,
+                            function,
+                            self.budget.get_or_init(|| Budget::new(s)),
+                        )
+                    } else {
+                        budget(n, s)
+                    }
+                }),
+                breaker: policy.breaker.map(|(n, s)| {
+                    if n.is_empty() {
+                        list(
+                            &BREAKERS,
+                            function,
+                            self.breaker.get_or_init(|| Breaker::new(function, s)),
+                        )
+                    } else {
+                        breaker(n, s)
+                    }
+                }),
+                bulkhead: policy.bulkhead.map(|(n, s)| {
+                    if n.is_empty() {
+                        list(
+                            &BULKHEADS,
+                            function,
+                            self.bulkhead.get_or_init(|| Bulkhead::new(s)),
+                        )
+                    } else {
+                        bulkhead(n, s)
+                    }
+                }),
+                metrics: metrics(function, policy_name),
+            }
         })
+    }
+}
+
+/// The full path of the function a `#[resilient]` expansion sits in, from the type name of an
+/// item nested in it: `crate::users::Primary::lookup`, `<crate::Svc as crate::Api>::get`.
+pub fn function_path(nested_item_type_name: &'static str) -> &'static str {
+    let mut s = nested_item_type_name;
+    // The marker item itself, then the async body's closure scopes.
+    if let Some(i) = s.rfind("::") {
+        s = &s[..i];
+    }
+    while let Some(rest) = s.strip_suffix("::{{closure}}") {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::function_path;
+
+    #[test]
+    fn function_paths_keep_the_impl_type() {
+        assert_eq!(
+            function_path("app::users::Primary::lookup::{{closure}}::__here"),
+            "app::users::Primary::lookup"
+        );
+        assert_eq!(
+            function_path("<app::Svc as app::Api>::get::{{closure}}::{{closure}}::__here"),
+            "<app::Svc as app::Api>::get"
+        );
+        assert_eq!(function_path("plain"), "plain");
     }
 }

@@ -18,6 +18,7 @@
 //! }
 //! ```
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
@@ -29,12 +30,13 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{ATTEMPT, AttemptCtx, Key, RequestId};
+use crate::context::{ATTEMPT, AttemptCtx, INBOUND, Key, Outer, RequestId};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
 use crate::policy::{KeySource, Method, Policy};
 use crate::registry::{PolicyState, Resolved};
+use crate::report::CallReport;
 
 /// The idempotency key the generated code hands to [`Session::start`].
 #[derive(Debug)]
@@ -90,6 +92,8 @@ struct Last {
     stamped: bool,
     all_keyed: bool,
     method: Option<Method>,
+    /// A nested call in this attempt failed after it could retry on its own.
+    nested_gave_up: bool,
 }
 
 /// The state of one logical call.
@@ -102,6 +106,15 @@ pub struct Session {
     attempts: u32,
     request_id: u128,
     trace_id: u128,
+    trace_flags: u8,
+    depth: u8,
+    /// Inside another call's attempt: what this call reports to it when it ends.
+    nested: bool,
+    /// Backoff, Retry-After and bulkhead waits.
+    waited: Duration,
+    /// The least safe method sent over all attempts, and whether every request carried the key.
+    sent: Option<Method>,
+    sent_unkeyed: bool,
     key: Option<Key>,
     backoff: Option<BackoffState>,
     span: tracing::Span,
@@ -111,7 +124,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a call: takes a bulkhead slot, starts the deadline, fixes the call's identities.
+    /// Starts a call: fixes its deadline and identities, then takes a bulkhead slot.
+    ///
+    /// Inside an attempt of another `#[resilient]` call, the call plans within that attempt's
+    /// time and joins its trace; inside a request handled under
+    /// [`ContextLayer`](crate::server::ContextLayer), within the caller's time and trace.
     pub async fn start(
         policy: &'static Policy,
         state: &'static PolicyState,
@@ -125,46 +142,97 @@ impl Session {
             KeyArg::Given(Err(e)) => return Err(e),
         };
         debug_assert!(key.is_some() || policy.idempotency_key == KeySource::None);
+        // One clock read for the start, the deadline, the budget and the first attempt. The
+        // deadline counts from here: the wait for a bulkhead slot is part of the call.
+        let started = Instant::now();
+        let mut deadline = started + policy.deadline;
+        let outer: Option<Outer> = ATTEMPT.try_with(AttemptCtx::outer).ok();
+        let (trace_id, trace_flags, request_id, depth) = match outer {
+            Some(o) => {
+                deadline = deadline.min(o.until);
+                (
+                    o.trace_id,
+                    o.trace_flags,
+                    o.request_id,
+                    o.depth.saturating_add(1),
+                )
+            }
+            None => {
+                let inbound = INBOUND.try_with(|i| *i).unwrap_or_default();
+                if let Some(d) = inbound.deadline {
+                    deadline = deadline.min(d);
+                }
+                // Ids are never zero (W3C: an all-zero trace id is invalid); `.max(1)` avoids
+                // range sampling's division on the hot path.
+                let (trace, flags) = match inbound.trace {
+                    Some((t, _, f)) => (t, f),
+                    None => (fastrand::u128(..).max(1), 1),
+                };
+                let rid = inbound
+                    .request_id
+                    .unwrap_or_else(|| fastrand::u128(..).max(1));
+                (trace, flags, rid, 0)
+            }
+        };
         let bulkhead = match shared.bulkhead {
-            Some(b) => match b.acquire().await {
+            Some(b) => match b.acquire_by(deadline).await {
                 Ok(p) => Some(p),
-                Err(_) => {
+                Err(why) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+                    let kind = match why {
+                        crate::bulkhead::Refused::Full => ErrorKind::BulkheadFull,
+                        crate::bulkhead::Refused::Deadline => ErrorKind::DeadlineExceeded,
+                    };
                     tracing::warn!(
-                        function = policy.function,
-                        policy = policy.name,
-                        "bulkhead full: call rejected"
+                        function = shared.function,
+                        policy = shared.policy,
+                        "{}: call rejected",
+                        match kind {
+                            ErrorKind::BulkheadFull => "bulkhead full",
+                            _ => "deadline reached waiting for a bulkhead slot",
+                        }
                     );
-                    return Err(
-                        Error::new(ErrorKind::BulkheadFull).with_class(Some(Class::Rejected), None)
-                    );
+                    return Err(Error::new(kind)
+                        .with_class(Some(Class::Rejected), None)
+                        .with_elapsed(started.elapsed()));
                 }
             },
             None => None,
         };
-        // One clock read for the start, the deadline, the budget and the first attempt.
-        let started = Instant::now();
         if let Some(b) = shared.budget {
             b.deposit_at(started);
         }
-        // Ids are never zero (W3C: an all-zero trace id is invalid); `.max(1)` avoids range
-        // sampling's division on the hot path.
-        let request_id = fastrand::u128(..).max(1);
         let span = tracing::info_span!(
             "resilient",
-            function = policy.function,
-            policy = policy.name,
+            function = shared.function,
+            policy = shared.policy,
             method = policy.method.as_str(),
             request_id = tracing::field::display(RequestId(request_id)),
+            depth,
         );
+        let waited = if bulkhead.is_some()
+            && shared
+                .bulkhead
+                .is_some_and(|b| !b.spec().max_wait.is_zero())
+        {
+            started.elapsed()
+        } else {
+            Duration::ZERO
+        };
         Ok(Session {
             policy,
             shared,
             started,
-            deadline: started + policy.deadline,
+            deadline,
             attempts: 0,
             request_id,
-            trace_id: fastrand::u128(..).max(1),
+            trace_id,
+            trace_flags,
+            depth,
+            nested: outer.is_some(),
+            waited,
+            sent: None,
+            sent_unkeyed: false,
             key,
             backoff: None,
             span,
@@ -241,7 +309,7 @@ impl Session {
             }
         }
         // The first attempt starts when the call does: no second clock read.
-        let now = if self.attempts == 1 {
+        let now = if self.attempts == 1 && self.waited.is_zero() {
             self.started
         } else {
             Instant::now()
@@ -250,13 +318,23 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
-        let ctx = AttemptCtx::new(
-            self.attempts,
-            self.request_id,
-            self.trace_id,
-            self.key.clone(),
-        );
         let limit = self.policy.timeout.min(left);
+        let ctx = AttemptCtx {
+            attempt: self.attempts,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+            span_id: fastrand::u64(..).max(1),
+            trace_flags: self.trace_flags,
+            key: self.key.clone(),
+            until: now + limit,
+            depth: self.depth,
+            stamped: Cell::new(false),
+            all_keyed: Cell::new(true),
+            sent_method: Cell::new(None),
+            status: Cell::new(None),
+            retry_after: Cell::new(None),
+            nested_gave_up: Cell::new(false),
+        };
         Ok((now + limit, limit, ctx))
     }
 
@@ -268,7 +346,44 @@ impl Session {
             self.last.stamped = ctx.stamped.get();
             self.last.all_keyed = ctx.all_keyed.get();
             self.last.method = ctx.sent_method.get();
+            self.last.nested_gave_up = ctx.nested_gave_up.get();
+            if let Some(m) = self.last.method {
+                self.sent = Some(self.sent.map_or(m, |s| s.least_safe(m)));
+                let keyed_same = matches!(self.key, Some(Key::Given(_))) && self.last.all_keyed;
+                if !m.is_safe() && !keyed_same {
+                    self.sent_unkeyed = true;
+                }
+            }
         }
+    }
+
+    /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
+    /// resend it unsafely by running its own body again, and reports what the call cost.
+    fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
+        if self.nested {
+            let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
+            let _ = ATTEMPT.try_with(|outer| {
+                if let Some(m) = sent {
+                    outer.note_method(m);
+                    outer.stamped.set(true);
+                    if unkeyed {
+                        // Running the outer body again starts this call afresh, with a new
+                        // automatic key: to the server that is a different request.
+                        outer.all_keyed.set(false);
+                    }
+                }
+                if gave_up_retryable {
+                    outer.nested_gave_up.set(true);
+                }
+            });
+        }
+        crate::report::record(CallReport {
+            function: self.shared.function,
+            attempts: self.attempts,
+            waited: self.waited,
+            elapsed: self.started.elapsed(),
+            succeeded,
+        });
     }
 
     fn succeeded(&mut self) {
@@ -283,12 +398,15 @@ impl Session {
         } else {
             &m.successful_with_retry
         });
-        let _e = self.span.enter();
-        tracing::debug!(
-            attempt = self.attempts,
-            status = self.last.status,
-            "attempt succeeded"
-        );
+        {
+            let _e = self.span.enter();
+            tracing::debug!(
+                attempt = self.attempts,
+                status = self.last.status,
+                "attempt succeeded"
+            );
+        }
+        self.finish(true, false);
     }
 
     /// The attempt ran out of time: its own timeout, or the call's deadline.
@@ -324,10 +442,19 @@ impl Session {
             return self.give_up(class, GiveUp::DeadlineTooClose);
         }
         let policy = self.policy;
-        let method = self
-            .last
-            .method
-            .map_or(policy.method, |m| policy.method.least_safe(m));
+        // What the attempt sent, as far as the runtime saw; an attempt whose requests it did
+        // not see at all counts as the policy's `unseen` method (generated code: the least
+        // safe), so a POST sent behind the runtime's back is never resent unkeyed.
+        let method = match self.last.method {
+            Some(m) => policy.method.least_safe(m),
+            None if !self.last.stamped => policy.method.least_safe(policy.unseen),
+            None => policy.method,
+        };
+        // One layer retries: a failure a nested call already retried as far as its own policy
+        // allowed is not retried again around it.
+        if self.last.nested_gave_up && class.is_transient() {
+            return self.give_up(class, GiveUp::RetriedInside);
+        }
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.key.is_some() && self.last.stamped && self.last.all_keyed;
         let attempt = self.attempts;
@@ -378,6 +505,7 @@ impl Session {
                         "attempt failed; retrying"
                     );
                 }
+                self.waited += delay;
                 tokio::time::sleep_until(now + delay).await;
                 Next::Retry
             }
@@ -391,15 +519,21 @@ impl Session {
         } else {
             &m.failed_with_retry
         });
-        let _e = self.span.enter();
-        tracing::warn!(
-            attempt = self.attempts,
-            class = class.as_str(),
-            status = self.last.status,
-            decision = "give up",
-            reason = why.as_str(),
-            "attempt failed; giving up"
-        );
+        {
+            let _e = self.span.enter();
+            tracing::warn!(
+                attempt = self.attempts,
+                class = class.as_str(),
+                status = self.last.status,
+                decision = "give up",
+                reason = why.as_str(),
+                "attempt failed; giving up"
+            );
+        }
+        // A transient failure this call could have retried under its own policy: the
+        // enclosing call must not retry it again.
+        let retryable = class.is_transient() && self.policy.max_attempts > 1;
+        self.finish(false, retryable);
         Next::Return
     }
 }

@@ -20,8 +20,15 @@ fn one_name_one_instance() {
     assert_eq!(c.spec(), spec);
     assert!(!std::ptr::eq(a, registry::breaker("metrics-other", spec)));
 
-    let m = registry::metrics("metrics-policy");
-    assert!(std::ptr::eq(m, registry::metrics("metrics-policy")));
+    let m = registry::metrics("metrics::f", "metrics-policy");
+    assert!(std::ptr::eq(
+        m,
+        registry::metrics("metrics::f", "metrics-policy")
+    ));
+    assert!(!std::ptr::eq(
+        m,
+        registry::metrics("metrics::g", "metrics-policy")
+    ));
 }
 
 #[test]
@@ -83,9 +90,9 @@ async fn budget_and_bulkhead_read_by_name() {
 }
 
 #[test]
-fn policies_are_listed_by_name() {
-    registry::metrics("metrics-b");
-    registry::metrics("metrics-a");
+fn functions_are_listed_by_path_and_summed_by_policy() {
+    registry::metrics("metrics-b", "metrics-policy-ab");
+    registry::metrics("metrics-a", "metrics-policy-ab");
     let all = metrics::all();
     let names: Vec<_> = all.iter().map(|(n, _)| *n).collect();
     let mut sorted = names.clone();
@@ -94,6 +101,10 @@ fn policies_are_listed_by_name() {
     assert!(names.contains(&"metrics-a") && names.contains(&"metrics-b"));
     assert_eq!(
         metrics::policy("metrics-a"),
+        Some(PolicySnapshot::default())
+    );
+    assert_eq!(
+        metrics::policy("metrics-policy-ab"),
         Some(PolicySnapshot::default())
     );
 }

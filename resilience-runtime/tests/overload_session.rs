@@ -199,7 +199,7 @@ async fn every_call_attempt_and_refusal_is_counted_once() {
     assert!(
         metrics::all()
             .iter()
-            .any(|(n, s)| *n == "overload-session" && *s == m)
+            .any(|(n, s)| *n == "overload_session::call" && *s == m)
     );
     assert!(
         metrics::breakers()

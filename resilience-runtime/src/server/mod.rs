@@ -73,6 +73,7 @@
 //! [`IdempotencyStore`], using [`Record::encode`] for a compact byte form.
 
 mod body;
+mod context_layer;
 mod layer;
 mod memory;
 mod record;
@@ -81,6 +82,7 @@ mod redis_store;
 mod store;
 
 pub use body::ResponseBody;
+pub use context_layer::{ContextLayer, ContextService};
 pub use layer::{
     IDEMPOTENT_REPLAYED, IdempotencyLayer, IdempotencyService, default_replayable, record_key,
 };

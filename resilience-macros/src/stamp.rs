@@ -1,0 +1,206 @@
+//! Routes the body's requests through the attempt's stamping, by type.
+//!
+//! Every zero-argument `.send()` and every one-argument `.execute(…)` in the body (closures and
+//! async blocks included, nested items not) is rewritten so that method resolution decides at
+//! compile time what it is: a `reqwest::RequestBuilder` is sent stamped (key, request id,
+//! trace, attempt, time left) and its response recorded; a `reqwest::Request` passed to
+//! `execute` is stamped and the response recorded; any other receiver or argument is handed
+//! on exactly as it was, so `.send()` on a channel or another client keeps its meaning.
+//! Macro calls whose tokens parse as expressions (`tokio::join!(…)`, `format!(…)`) are
+//! rewritten inside too.
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use quote::{ToTokens as _, quote, quote_spanned};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned as _;
+use syn::visit_mut::{self, VisitMut};
+
+/// What the rewrite found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// `.send()` and `.execute(…)` calls routed through the dispatch.
+    pub rewritten: usize,
+}
+
+pub fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
+    let mut v = Rewriter {
+        p: private,
+        found: Found::default(),
+    };
+    v.visit_block_mut(block);
+    v.found
+}
+
+/// Whether the body's tokens show any request being sent, macros included: `.send(`,
+/// `.execute(`, `.resilient(`.
+pub fn shows_a_request(ts: TokenStream) -> bool {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    tokens.iter().enumerate().any(|(i, tt)| match tt {
+        TokenTree::Group(g) => shows_a_request(g.stream()),
+        TokenTree::Ident(id) => {
+            let after_dot =
+                i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+            let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+            after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient")
+        }
+        _ => false,
+    })
+}
+
+struct Rewriter<'a> {
+    p: &'a TokenStream,
+    found: Found,
+}
+
+impl VisitMut for Rewriter<'_> {
+    fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
+        // Inner expressions first, so chains like `a.send().await` nest correctly.
+        visit_mut::visit_expr_mut(self, e);
+        let p = self.p;
+        if let syn::Expr::MethodCall(m) = e {
+            let name = m.method.to_string();
+            if m.turbofish.is_some() {
+                return;
+            }
+            if name == "send" && m.args.is_empty() {
+                let recv = &m.receiver;
+                let span = recv.span();
+                // A block, so that the holder is dropped before the `.await` that follows and
+                // the body's future stays `Send`.
+                let stamped = quote_spanned! {span=>
+                    {
+                        let __resilience_sent = #p::Stampable::new(#recv);
+                        (&&__resilience_sent).__resilience_stamp()
+                    }
+                };
+                if let Ok(new) = syn::parse2::<syn::Expr>(stamped) {
+                    *m.receiver = new;
+                    self.found.rewritten += 1;
+                }
+            } else if name == "execute" && m.args.len() == 1 {
+                let arg = &m.args[0];
+                let span = arg.span();
+                let stamped = quote_spanned! {span=>
+                    {
+                        let __resilience_sent = #p::Stampable::new(#arg);
+                        (&&__resilience_sent).__resilience_stamp_arg()
+                    }
+                };
+                let Ok(stamped) = syn::parse2::<syn::Expr>(stamped) else {
+                    return;
+                };
+                m.args[0] = stamped;
+                let call = m.to_token_stream();
+                let span = m.method.span();
+                let observed = quote_spanned! {span=>
+                    {
+                        let __resilience_sent = #p::Stampable::new(#call);
+                        (&&__resilience_sent).__resilience_observe()
+                    }
+                };
+                if let Ok(new) = syn::parse2::<syn::Expr>(observed) {
+                    *e = new;
+                    self.found.rewritten += 1;
+                }
+            }
+        }
+    }
+
+    fn visit_macro_mut(&mut self, mac: &mut syn::Macro) {
+        // Only macros whose input is a comma-separated list of expressions; others are left
+        // alone (their requests still count as unseen at run time, the safe side).
+        let parsed = syn::parse::Parser::parse2(
+            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            mac.tokens.clone(),
+        );
+        if let Ok(mut args) = parsed {
+            let before = self.found.rewritten;
+            for a in args.iter_mut() {
+                self.visit_expr_mut(a);
+            }
+            if self.found.rewritten > before {
+                mac.tokens = args.to_token_stream();
+            }
+        }
+    }
+
+    // Items nested in the body may run outside the attempt: leave them as written.
+    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// The `use` that brings the dispatch traits into the body's scope.
+pub fn prelude(p: &TokenStream) -> TokenStream {
+    quote! {
+        #[allow(unused_imports)]
+        use #p::{ObserveFuture as _, PassThrough as _, SendRequest as _, StampArg as _};
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(ts: TokenStream) -> (String, usize) {
+        let mut b: syn::Block = syn::parse2(ts).unwrap();
+        let f = rewrite(&mut b, &quote!(P));
+        (
+            b.to_token_stream().to_string().replace(' ', ""),
+            f.rewritten,
+        )
+    }
+
+    #[test]
+    fn sends_and_executes_are_routed() {
+        let (s, n) = rw(quote!({ c.get(u).send().await?.error_for_status()? }));
+        assert_eq!(n, 1);
+        assert!(
+            s.contains("{let__resilience_sent=P::Stampable::new(c.get(u));(&&__resilience_sent).__resilience_stamp()}.send().await"),
+            "{s}"
+        );
+        let (s, n) = rw(quote!({ c.execute(req).await }));
+        assert_eq!(n, 1);
+        assert!(s.contains("__resilience_stamp_arg()"), "{s}");
+        assert!(s.contains("__resilience_observe()"), "{s}");
+        let (_, n) = rw(quote!({ tokio::join!(a.send(), b.send()) }));
+        assert_eq!(n, 2);
+        let (_, n) = rw(quote!({
+            let f = |x| async move { x.send().await };
+        }));
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn other_shapes_are_left_alone() {
+        for ts in [
+            quote!({ tx.send(v).await }),
+            quote!({ s.send::<u8>() }),
+            quote!({
+                fn helper(b: B) {
+                    b.send();
+                }
+            }),
+            quote!({ x.execute(a, b) }),
+            quote!({
+                tokio::select! { _ = a.send() => {} }
+            }),
+        ] {
+            assert_eq!(rw(ts.clone()).1, 0, "{ts}");
+        }
+    }
+
+    #[test]
+    fn requests_are_seen_in_tokens() {
+        assert!(shows_a_request(quote!({ c.get(u).send().await })));
+        assert!(shows_a_request(quote!({
+            helper(c.get(u).resilient()).await
+        })));
+        assert!(shows_a_request(quote!({ m!(c.execute(r)) })));
+        assert!(!shows_a_request(quote!({
+            charge_via_helper(&c, order).await
+        })));
+        assert!(!shows_a_request(quote!({
+            let send = 1;
+            send
+        })));
+    }
+}

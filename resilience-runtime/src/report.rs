@@ -1,0 +1,57 @@
+//! What a call cost, for the caller: attempts, time waited, time taken.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::context::REPORT;
+
+/// What one `#[resilient]` call cost, read with [`measure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallReport {
+    /// The annotated function's full path.
+    pub function: &'static str,
+    /// Attempts that ran, 1 when the first one answered.
+    pub attempts: u32,
+    /// Time spent waiting rather than sending: backoff and `Retry-After` sleeps, and the wait
+    /// for a bulkhead slot.
+    pub waited: Duration,
+    /// Time from the call's start to its answer.
+    pub elapsed: Duration,
+    /// Whether the call succeeded.
+    pub succeeded: bool,
+}
+
+/// Runs `fut` and reports what the outermost `#[resilient]` call inside it cost: how many
+/// attempts it took and how long it waited, success or failure, without threading anything
+/// through the function's return type.
+///
+/// ```no_run
+/// # use resilience_runtime::{resilient, Error};
+/// # #[resilient(timeout = "1s")]
+/// # async fn profile(http: &reqwest::Client) -> Result<String, Error> {
+/// #     Ok(http.get("http://127.0.0.1:8080/me").send().await?.text().await?)
+/// # }
+/// # async fn run(http: reqwest::Client) {
+/// let (profile, report) = resilience_runtime::measure(profile(&http)).await;
+/// if let Some(r) = report {
+///     println!("{} attempts, {:?} waiting", r.attempts, r.waited);
+/// }
+/// # }
+/// ```
+///
+/// `None` when no annotated call finished inside `fut`. When it makes several in a row, the
+/// last one to finish is reported (a nested call finishes before the one it is nested in).
+pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
+    REPORT
+        .scope(Cell::new(None), async move {
+            let out = fut.await;
+            (out, REPORT.with(Cell::get))
+        })
+        .await
+}
+
+pub(crate) fn record(report: CallReport) {
+    let _ = REPORT.try_with(|r| r.set(Some(report)));
+}

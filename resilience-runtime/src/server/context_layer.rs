@@ -1,0 +1,263 @@
+//! The inbound half of deadline and trace propagation: a tower layer that turns the caller's
+//! `X-Timeout-Ms` (or `grpc-timeout`), `traceparent` and `X-Request-Id` into the ambient
+//! context of every `#[resilient]` call made while handling the request.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Request};
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::context::{INBOUND, Inbound};
+use crate::http::{TRACEPARENT, X_REQUEST_ID, X_TIMEOUT_MS};
+
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// Makes the `#[resilient]` calls a handler makes plan within the time its caller still waits,
+/// and join the caller's trace.
+///
+/// Reads, per request:
+/// - `X-Timeout-Ms: 1500` (what `#[resilient]` sends on every attempt: the attempt's time left,
+///   in whole milliseconds), else `grpc-timeout: 1500m` (gRPC's form: up to 8 digits and a unit,
+///   `H M S m u n`). The calls made while handling the request get a deadline no later than
+///   arrival + that time. A value over [`max`](ContextLayer::max) is clamped to it; a
+///   malformed or negative one is ignored. Both are logged at debug level, never an error to
+///   the client and never a panic.
+/// - `traceparent` (W3C, version 00): the calls join that trace and keep its sampled flag.
+/// - `X-Request-Id`, when it is 1 to 32 hex digits: the calls send it on.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use resilience_runtime::server::ContextLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "ok" }))
+///     .layer(ContextLayer::new().max(Duration::from_secs(60)));
+/// ```
+///
+/// The context is task-local: a handler that spawns a task hands it on with
+/// [`with_inbound`](crate::with_inbound).
+#[derive(Debug, Clone, Copy)]
+pub struct ContextLayer {
+    max: Duration,
+}
+
+impl ContextLayer {
+    /// The longest time accepted from a caller by default: 5 minutes.
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(300);
+
+    /// A layer with the default [`max`](Self::max).
+    pub fn new() -> ContextLayer {
+        ContextLayer {
+            max: Self::DEFAULT_MAX,
+        }
+    }
+
+    /// The longest time accepted from a caller; longer values are clamped to it.
+    pub fn max(mut self, max: Duration) -> ContextLayer {
+        self.max = max;
+        self
+    }
+}
+
+impl Default for ContextLayer {
+    fn default() -> Self {
+        ContextLayer::new()
+    }
+}
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = ContextService<S>;
+
+    fn layer(&self, inner: S) -> ContextService<S> {
+        ContextService {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// The service made by [`ContextLayer`].
+#[derive(Debug, Clone)]
+pub struct ContextService<S> {
+    inner: S,
+    max: Duration,
+}
+
+impl<S, B> Service<Request<B>> for ContextService<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TaskLocalFuture<Inbound, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inbound = inbound_of(req.headers(), self.max, Instant::now());
+        INBOUND.scope(inbound, self.inner.call(req))
+    }
+}
+
+/// The context a request's headers hand down, as of `now`.
+pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> Inbound {
+    let mut inbound = Inbound::NONE;
+    let left = match headers.get(&X_TIMEOUT_MS) {
+        Some(v) => parse_ms(v.as_bytes()).map_err(|why| ("x-timeout-ms", v, why)),
+        None => match headers.get(&GRPC_TIMEOUT) {
+            Some(v) => parse_grpc(v.as_bytes()).map_err(|why| ("grpc-timeout", v, why)),
+            None => Ok(None),
+        },
+    };
+    match left {
+        Ok(Some(d)) => {
+            let d = if d > max {
+                tracing::debug!(
+                    requested_ms = d.as_millis() as u64,
+                    max_ms = max.as_millis() as u64,
+                    "inbound timeout above the maximum: clamped"
+                );
+                max
+            } else {
+                d
+            };
+            inbound = inbound.deadline(now + d);
+        }
+        Ok(None) => {}
+        Err((name, value, why)) => {
+            tracing::debug!(header = name, value = ?value, why, "inbound timeout ignored");
+        }
+    }
+    if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
+        inbound = inbound.traceparent(tp);
+    }
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        inbound = inbound.request_id(id);
+    }
+    inbound
+}
+
+fn parse_ms(v: &[u8]) -> Result<Option<Duration>, &'static str> {
+    let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.starts_with('-') {
+        return Err("negative");
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a whole number of milliseconds");
+    }
+    // Digits only: an overflow is just a very large number, clamped by the caller.
+    Ok(Some(Duration::from_millis(
+        s.parse::<u64>().unwrap_or(u64::MAX),
+    )))
+}
+
+fn parse_grpc(v: &[u8]) -> Result<Option<Duration>, &'static str> {
+    let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
+    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not 1 to 8 digits and a unit");
+    }
+    let n: u64 = digits.parse().map_err(|_| "not a number")?;
+    Ok(Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err("unknown unit"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_clamps_and_ignores() {
+        let now = Instant::now();
+        let max = Duration::from_secs(60);
+        let at = |h: &[(&'static str, &'static [u8])]| inbound_of(&headers(h), max, now).deadline;
+        assert_eq!(
+            at(&[("x-timeout-ms", b"1500")]),
+            Some(now + Duration::from_millis(1500))
+        );
+        assert_eq!(at(&[("x-timeout-ms", b"0")]), Some(now));
+        assert_eq!(
+            at(&[("grpc-timeout", b"2S")]),
+            Some(now + Duration::from_secs(2))
+        );
+        assert_eq!(
+            at(&[("grpc-timeout", b"250m")]),
+            Some(now + Duration::from_millis(250))
+        );
+        // Absurd: clamped.
+        assert_eq!(
+            at(&[("x-timeout-ms", b"99999999999999999999999")]),
+            Some(now + max)
+        );
+        assert_eq!(at(&[("grpc-timeout", b"99999999H")]), Some(now + max));
+        // Malformed or negative: ignored.
+        for bad in [&b"-5"[..], b"", b"1.5", b"12ms", b"\xff", b"1 2"] {
+            let h = {
+                let mut h = HeaderMap::new();
+                h.insert("x-timeout-ms", HeaderValue::from_bytes(bad).unwrap());
+                h
+            };
+            assert_eq!(inbound_of(&h, max, now).deadline, None, "{bad:?}");
+        }
+        assert_eq!(at(&[("grpc-timeout", b"123456789m")]), None);
+        assert_eq!(at(&[("grpc-timeout", b"5x")]), None);
+        assert_eq!(at(&[]), None);
+        // The library's own header wins over gRPC's.
+        assert_eq!(
+            at(&[("x-timeout-ms", b"100"), ("grpc-timeout", b"5S")]),
+            Some(now + Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn trace_and_request_id() {
+        let i = inbound_of(
+            &headers(&[
+                (
+                    "traceparent",
+                    b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                ),
+                ("x-request-id", b"00000000000000000000000000000abc"),
+            ]),
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert_eq!(
+            i.trace,
+            Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 0))
+        );
+        assert_eq!(i.request_id, Some(0xabc));
+        let i = inbound_of(
+            &headers(&[("traceparent", b"garbage"), ("x-request-id", b"not-hex")]),
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert_eq!((i.trace, i.request_id), (None, None));
+    }
+}
