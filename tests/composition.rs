@@ -1,0 +1,366 @@
+//! The policy holds however the body is written: plain `.send()` without `.resilient()`,
+//! `execute`, requests inside `join!`, and annotated functions calling each other.
+//!
+//! Every peer is a task on the test's current-thread runtime with a paused clock.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script, Seen};
+use resilience_runtime::{ClientSettings, Error, ErrorKind, measure, resilient};
+use tokio::time::Instant;
+
+fn client() -> reqwest::Client {
+    ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .unwrap()
+}
+
+fn trace_id(s: &Seen) -> &str {
+    &s.header("traceparent").expect("traceparent")[3..35]
+}
+
+// --- Zero ceremony --------------------------------------------------------------------------
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn plain_get(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_without_resilient() {
+    let server = FaultServer::start(vec![Action::status(503).retry_after(1), Action::ok()]).await;
+    let started = Instant::now();
+    plain_get(&client(), &server.url("/")).await.unwrap();
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(seen[1].header("x-attempt"), Some("2"));
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        seen[1].header("x-request-id")
+    );
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn post_via_execute(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let req = c.post(url).body("amount=1").build()?;
+    let resp = c.execute(req).await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn execute_is_stamped_and_recorded() {
+    let server = FaultServer::start(vec![Action::status(503).retry_after(1), Action::ok()]).await;
+    assert_eq!(
+        post_via_execute(&client(), &server.url("/pay"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2, "keyed: resent after the 503");
+    let key = seen[0].idempotency_key().expect("key on attempt 1");
+    assert_eq!(seen[1].idempotency_key(), Some(key));
+    assert!(
+        seen[1].at - seen[0].at >= Duration::from_secs(1),
+        "Retry-After recorded"
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn two_at_once(c: &reqwest::Client, a: &str, b: &str) -> Result<(), Error> {
+    let (x, y) = tokio::join!(c.get(a).send(), c.get(b).send());
+    x?.error_for_status()?;
+    y?.error_for_status()?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_inside_join_are_stamped() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    two_at_once(&client(), &server.url("/a"), &server.url("/b"))
+        .await
+        .unwrap();
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.header("x-request-id").is_some()));
+    assert_eq!(trace_id(&seen[0]), trace_id(&seen[1]));
+}
+
+/// Something else with a `.send()` of no arguments, which must keep its own meaning.
+struct Envelope {
+    sent: &'static AtomicU32,
+}
+
+impl Envelope {
+    fn send(self) -> u32 {
+        self.sent.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+static ENVELOPES: AtomicU32 = AtomicU32::new(0);
+
+#[resilient(timeout = "1s", deadline = "10s", budget = false)]
+async fn sends_other_things(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
+    tx.send(7).await.map_err(Error::call)?;
+    let n = Envelope { sent: &ENVELOPES }.send();
+    let got = rx.recv().await.unwrap_or_default();
+    c.get(url).send().await?.error_for_status()?;
+    Ok(got + n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_sends_are_left_as_written() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        sends_other_things(&client(), &server.url("/"))
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(ENVELOPES.load(Ordering::SeqCst), 1);
+    assert!(server.requests()[0].header("x-request-id").is_some());
+}
+
+// --- Nested calls ---------------------------------------------------------------------------
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn inner(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_calls_retry_at_one_layer() {
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    let e = outer(&client(), &server.url("/dead")).await.unwrap_err();
+    assert_eq!(
+        server.count(),
+        3,
+        "3 attempts inside, none again around them: {e}"
+    );
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 1, budget = false)]
+async fn inner_once(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_retries(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_once(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_call_without_retries_leaves_them_to_the_outer_one() {
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    let e = outer_retries(&client(), &server.url("/dead"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3, "{e}");
+    assert_eq!(e.attempts(), 3);
+}
+
+#[resilient(
+    timeout = "10s",
+    deadline = "30s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn inner_patient(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    timeout = "500ms",
+    deadline = "500ms",
+    max_attempts = 1,
+    budget = false
+)]
+async fn outer_in_a_hurry(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_patient(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_call_plans_within_the_outer_deadline() {
+    // Stalled: the inner attempt gets the outer's 500 ms, not its own 10 s.
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let started = Instant::now();
+    let e = outer_in_a_hurry(&client(), &server.url("/slow"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.count(), 1);
+    let left: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left <= 500, "the inner request carried {left} ms");
+
+    // A Retry-After beyond the outer's time left ends the inner call at once.
+    let server = FaultServer::start(Script::always(Action::status(503).retry_after(2))).await;
+    let started = Instant::now();
+    let e = outer_in_a_hurry(&client(), &server.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "slept in vain: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.count(), 1);
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn inner_charge(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c
+        .post(format!("{url}/charge"))
+        .body("amount=1")
+        .send()
+        .await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn checkout(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    c.post(format!("{url}/order"))
+        .body("cart=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    inner_charge(c, url).await?;
+    let resp = c.get(format!("{url}/receipt")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_joins_the_trace_and_keeps_its_own_key() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    checkout(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap();
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    let (order, charge, receipt) = (&seen[0], &seen[1], &seen[2]);
+    assert_eq!(trace_id(order), trace_id(charge), "one trace");
+    assert_eq!(trace_id(order), trace_id(receipt));
+    assert_ne!(
+        order.header("traceparent"),
+        charge.header("traceparent"),
+        "its own span id"
+    );
+    assert_eq!(order.header("x-request-id"), charge.header("x-request-id"));
+    assert!(order.idempotency_key().is_some() && charge.idempotency_key().is_some());
+    assert_ne!(
+        order.idempotency_key(),
+        charge.idempotency_key(),
+        "a different POST, its own key"
+    );
+    assert_eq!(order.idempotency_key(), receipt.idempotency_key());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_outer_call_does_not_rerun_a_nested_post_under_a_new_key() {
+    // The charge succeeds, the receipt fails: running `checkout` again would charge again with
+    // a fresh automatic key, which the server cannot recognise as a repeat.
+    let server = FaultServer::start(Script::dynamic(|s| {
+        if s.path == "/receipt" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let e = checkout(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "charged once");
+    assert_eq!(server.count_path("/receipt"), 1);
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    budget = false,
+    max_attempts = 1,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 2,
+        window = 2,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn inner_guarded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_of_guarded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_guarded(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_obeys_its_own_breaker() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = outer_of_guarded(&client(), &server.url("/"))
+        .await
+        .unwrap_err();
+    // Two 503s open the inner breaker; the outer's third attempt is refused by it.
+    assert_eq!(server.count(), 2, "{e}");
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn measure_reports_attempts_and_waits() {
+    let server = FaultServer::start(vec![
+        Action::status(503).retry_after(1),
+        Action::reset(),
+        Action::ok(),
+    ])
+    .await;
+    let (out, report) = measure(plain_get(&client(), &server.url("/"))).await;
+    out.unwrap();
+    let r = report.expect("a report");
+    assert_eq!(r.attempts, 3);
+    assert!(r.succeeded);
+    assert!(r.waited >= Duration::from_secs(1), "{r:?}");
+    assert!(r.elapsed >= r.waited);
+    assert_eq!(r.function, "composition::plain_get");
+
+    // Nested: the outermost call is reported.
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let (_, report) = measure(outer(&client(), &server.url("/"))).await;
+    assert_eq!(report.unwrap().function, "composition::outer");
+    let (_, none) = measure(async { 1 }).await;
+    assert_eq!(none, None);
+}

@@ -1,0 +1,260 @@
+//! State the user did not name is private to its function: two modules with a function of
+//! the same name, two impls with a method of the same name. And the deadline counts every wait.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, metrics, resilient};
+use tokio::time::Instant;
+
+mod users {
+    use super::*;
+
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker(
+            failure_rate = 0.5,
+            min_calls = 2,
+            window = 2,
+            open_for = "1m",
+            half_open_calls = 1
+        )
+    )]
+    pub async fn get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        bulkhead(max_concurrent = 1)
+    )]
+    pub async fn fetch(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+mod orders {
+    use super::*;
+
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker(
+            failure_rate = 0.5,
+            min_calls = 2,
+            window = 2,
+            open_for = "1m",
+            half_open_calls = 1
+        )
+    )]
+    pub async fn get(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        bulkhead(max_concurrent = 1)
+    )]
+    pub async fn fetch(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_without_a_name_belongs_to_its_function() {
+    let c = reqwest::Client::new();
+    let sick = FaultServer::start(Script::always(Action::status(503))).await;
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    for _ in 0..2 {
+        users::get(&c, &sick.url("/")).await.unwrap_err();
+    }
+    let e = users::get(&c, &sick.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    for _ in 0..5 {
+        assert_eq!(orders::get(&c, &healthy.url("/")).await.unwrap(), 200);
+    }
+    // Both listed, each under its own path.
+    assert!(metrics::breaker("isolation::users::get").unwrap().opened >= 1);
+    assert_eq!(
+        metrics::breaker("isolation::orders::get").unwrap().opened,
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bulkhead_without_a_name_belongs_to_its_function() {
+    let c = reqwest::Client::new();
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    let holder = {
+        let (c, url) = (c.clone(), stalled.url("/"));
+        tokio::spawn(async move { users::fetch(&c, &url).await })
+    };
+    // Let the holder take its slot and send.
+    while stalled.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let e = users::fetch(&c, &healthy.url("/")).await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::BulkheadFull,
+        "users::fetch holds its one slot"
+    );
+    for _ in 0..5 {
+        assert_eq!(orders::fetch(&c, &healthy.url("/")).await.unwrap(), 200);
+    }
+    holder.await.unwrap().unwrap_err();
+}
+
+struct Primary;
+struct Fallback;
+
+impl Primary {
+    #[resilient(timeout = "1s", max_attempts = 1)]
+    async fn lookup(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+impl Fallback {
+    #[resilient(timeout = "1s", max_attempts = 1)]
+    async fn lookup(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn methods_of_the_same_name_keep_their_own_metrics() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    Primary.lookup(&c, &server.url("/")).await.unwrap();
+    Primary.lookup(&c, &server.url("/")).await.unwrap();
+    Fallback.lookup(&c, &server.url("/")).await.unwrap();
+    let p = metrics::policy("isolation::Primary::lookup").expect("Primary's own entry");
+    let f = metrics::policy("isolation::Fallback::lookup").expect("Fallback's own entry");
+    assert_eq!(p.successful_without_retry, 2);
+    assert_eq!(f.successful_without_retry, 1);
+    // Their default budgets are their own too: listed under each path.
+    assert!(metrics::budget("isolation::Primary::lookup").is_some());
+    assert!(metrics::budget("isolation::Fallback::lookup").is_some());
+}
+
+#[resilient(
+    timeout = "200ms",
+    deadline = "200ms",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(name = "isolation-narrow", max_concurrent = 1, max_wait = "1s")
+)]
+async fn narrow(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Holds the same named bulkhead's one slot for up to 5 s.
+#[resilient(
+    timeout = "5s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(name = "isolation-narrow", max_concurrent = 1, max_wait = "1s")
+)]
+async fn narrow_holder(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_bulkhead_slot_counts_against_the_deadline() {
+    let c = reqwest::Client::new();
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    let holder = {
+        let (c, url) = (c.clone(), stalled.url("/"));
+        tokio::spawn(async move { narrow_holder(&c, &url).await })
+    };
+    while stalled.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    let e = narrow(&c, &healthy.url("/")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    assert!(took <= Duration::from_millis(200), "overshot: {took:?}");
+    assert_eq!(e.attempts(), 0);
+    assert_eq!(healthy.count(), 0);
+    holder.await.unwrap().unwrap_err();
+}
+
+/// A parameter under `#[cfg]` is cloned per attempt only where it exists.
+#[resilient(timeout = "1s", budget = false)]
+async fn with_cfg_param(
+    c: &reqwest::Client,
+    url: String,
+    #[cfg(any())] trace_id: String,
+    #[cfg(all())] tag: String,
+) -> Result<u16, Error> {
+    Ok(c.get(format!("{url}?tag={tag}"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cfg_parameter_compiles_and_retries() {
+    let server = FaultServer::start(vec![Action::reset(), Action::ok()]).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        with_cfg_param(&c, server.url("/"), "t".into())
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+}

@@ -1,0 +1,153 @@
+//! The deadline travels: A → B → C on loopback, where B is an axum service behind
+//! `ContextLayer`. A deadline set at A binds the calls B makes to C; a malformed, negative or
+//! absurd header is ignored or clamped, never an error to the client.
+//!
+//! Every peer is a task on the test's current-thread runtime with a paused clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::server::ContextLayer;
+use resilience_runtime::{Error, ErrorKind, resilient};
+use tokio::time::Instant;
+
+/// What B saw of its own calls to C: the error kind (if any) and how long each took.
+type Calls = Arc<Mutex<Vec<(Option<ErrorKind>, Duration)>>>;
+
+#[resilient(
+    timeout = "10s",
+    deadline = "30s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn b_calls_c(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+async fn b_handler(
+    State((c, url, calls)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    let started = Instant::now();
+    let out = b_calls_c(&c, &url).await;
+    calls
+        .lock()
+        .unwrap()
+        .push((out.as_ref().err().map(Error::kind), started.elapsed()));
+    match out {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+/// Starts B, forwarding to `c_url`, and returns its URL and what its calls saw.
+async fn start_b(c_url: String) -> (String, Calls) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/b", get(b_handler))
+        .with_state((reqwest::Client::new(), c_url, calls.clone()))
+        .layer(ContextLayer::new().max(Duration::from_secs(60)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/b"), calls)
+}
+
+#[resilient(
+    timeout = "300ms",
+    deadline = "300ms",
+    max_attempts = 1,
+    budget = false
+)]
+async fn a_calls_b(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_set_at_a_binds_the_calls_of_c() {
+    let c_server = FaultServer::start(Script::always(Action::stall())).await;
+    let (b, b_calls) = start_b(c_server.url("/c")).await;
+    let started = Instant::now();
+    let e = a_calls_b(&reqwest::Client::new(), &b).await;
+    assert!(started.elapsed() <= Duration::from_millis(300));
+    // A gave up at its deadline (or got B's 504 at that instant).
+    if let Err(e) = &e {
+        assert!(e.is_timeout(), "{e}");
+    }
+    // Let B finish its own call.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 1, "B did not retry past A's deadline");
+    let left: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
+    assert!(left <= 300 && left > 0, "C was told {left} ms");
+    let calls = b_calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (kind, took) = calls[0];
+    assert_eq!(
+        kind,
+        Some(ErrorKind::DeadlineExceeded),
+        "B's call ends with A's deadline"
+    );
+    assert!(took <= Duration::from_millis(300), "B's call took {took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_headers_are_ignored_or_clamped() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let (b, b_calls) = start_b(c_server.url("/c")).await;
+    let http = reqwest::Client::new();
+    for bad in ["-5", "garbage", "1.5", "", "99999999999999999999999999"] {
+        let resp = http
+            .get(&b)
+            .header("x-timeout-ms", bad)
+            .header("traceparent", "not-a-traceparent")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "x-timeout-ms: {bad:?}");
+    }
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 5);
+    for (s, bad) in seen.iter().zip(["-5", "garbage", "1.5", "", "clamped"]) {
+        let left: u64 = s.header("x-timeout-ms").unwrap().parse().unwrap();
+        if bad == "clamped" {
+            // Clamped to the layer's 60 s, then bounded by B's own 10 s attempt timeout.
+            assert!(left <= 10_000, "{left}");
+        } else {
+            // Ignored: B's own 10 s attempt timeout.
+            assert!(left > 9_000 && left <= 10_000, "{bad:?}: {left}");
+        }
+        assert_eq!(s.header("traceparent").unwrap().len(), 55, "a fresh trace");
+    }
+    assert!(b_calls.lock().unwrap().iter().all(|(k, _)| k.is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_trace_travels_through_b() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let (b, _) = start_b(c_server.url("/c")).await;
+    let resp = reqwest::Client::new()
+        .get(&b)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tp = c_server.requests()[0]
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    assert_eq!(&tp[3..35], "0af7651916cd43dd8448eb211c80319c", "{tp}");
+    assert_ne!(&tp[36..52], "b7ad6b7169203331", "B's own span");
+    assert!(
+        tp.ends_with("-00"),
+        "the caller's sampling decision is kept: {tp}"
+    );
+}
