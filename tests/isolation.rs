@@ -237,7 +237,7 @@ async fn with_cfg_param(
     c: &reqwest::Client,
     url: String,
     #[cfg(any())] trace_id: String,
-    #[cfg(all())] tag: String,
+    #[cfg(test)] tag: String,
 ) -> Result<u16, Error> {
     Ok(c.get(format!("{url}?tag={tag}"))
         .send()
