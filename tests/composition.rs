@@ -364,3 +364,59 @@ async fn measure_reports_attempts_and_waits() {
     let (_, none) = measure(async { 1 }).await;
     assert_eq!(none, None);
 }
+
+// --- Return types -----------------------------------------------------------------------------
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn io_status(c: &reqwest::Client, url: &str) -> std::io::Result<u16> {
+    let resp = c.get(url).send().await.map_err(std::io::Error::other)?;
+    Ok(resp.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn io_result_functions_retry_and_report() {
+    let server = FaultServer::start(vec![Action::reset(), Action::ok()]).await;
+    assert_eq!(io_status(&client(), &server.url("/")).await.unwrap(), 200);
+    assert_eq!(
+        server.count(),
+        2,
+        "the reset inside the io::Error was classified"
+    );
+
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = io_status(&client(), &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<Error>()).unwrap();
+    assert_eq!(inner.kind(), ErrorKind::AttemptTimeout);
+    assert_eq!(inner.attempts(), 3);
+    assert_eq!(server.count(), 3);
+}
+
+type R<T> = Result<T, Error>;
+
+#[resilient(
+    timeout = "1.5s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn aliased(c: &reqwest::Client, url: &str) -> R<u16> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aliased_result_and_a_fractional_timeout() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let started = Instant::now();
+    let e = aliased(&client(), &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[1].at - seen[0].at >= Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_millis(4500));
+}

@@ -144,6 +144,10 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Located> {
                     located(Value::IntSuffixed(n, i.suffix().to_owned()), span)
                 }
             }
+            syn::Lit::Float(f) if !f.suffix().is_empty() => located(
+                Value::FloatSuffixed(format!("{}{}", f.base10_digits(), f.suffix())),
+                span,
+            ),
             syn::Lit::Float(f) => located(Value::Float(f.base10_parse()?), span),
             syn::Lit::Bool(b) => located(Value::Bool(b.value), span),
             other => Err(syn::Error::new(

@@ -19,10 +19,18 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(e) => {
-            let e = syn::Error::new(
-                e.span(),
-                "#[resilient] goes on an async fn returning a Result",
-            );
+            // A method declared in a trait, without a body.
+            let e = match syn::parse2::<syn::TraitItemFn>(item.clone()) {
+                Ok(t) if t.default.is_none() => syn::Error::new(
+                    t.sig.ident.span(),
+                    "#[resilient] needs the function's body, and a trait's declaration has none\n\
+                     help: put #[resilient] on the method in each `impl` block instead",
+                ),
+                _ => syn::Error::new(
+                    e.span(),
+                    "#[resilient] goes on an async fn returning a Result",
+                ),
+            };
             return fail_soft(item, e);
         }
     };

@@ -180,6 +180,7 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
                 #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return, clippy::let_unit_value, clippy::empty_loop)]
                 if false {
                     let __resilience_fake_return: #ty = loop {};
+                    #p::must_return_result(&__resilience_fake_return);
                     return __resilience_fake_return;
                 }
             }

@@ -264,6 +264,7 @@ pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Op
     let parsed = match &v.value {
         Value::Str(s) => parse_duration(s),
         Value::IntSuffixed(n, unit) => parse_duration(&format!("{n}{unit}")),
+        Value::FloatSuffixed(text) => parse_duration(text),
         Value::Int(n) => Err(format!(
             "`{key} = {n}` has no unit: write \"{n}ms\" or \"{n}s\""
         )),
@@ -278,6 +279,17 @@ pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Op
 pub fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
     match &v.value {
         Value::Int(n) => Some(*n),
+        Value::IntSuffixed(n, suffix) => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!(
+                    "`{key}` takes a plain whole number: write `{n}`, without the `{suffix}` suffix"
+                ),
+            );
+            None
+        }
         _ => {
             err(
                 diags,
@@ -294,6 +306,33 @@ pub fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Opti
     match &v.value {
         Value::Int(n) => Some(*n as f64),
         Value::Float(x) if x.is_finite() => Some(*x),
+        Value::Float(_) => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` is out of range: too large to be a number; write one such as 0.1"),
+            );
+            None
+        }
+        Value::IntSuffixed(n, suffix) => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` takes a plain number: write `{n}`, without the `{suffix}` suffix"),
+            );
+            None
+        }
+        Value::FloatSuffixed(text) => {
+            err(
+                diags,
+                v,
+                fallback,
+                format!("`{key}` takes a plain number: write `{text}` without its suffix"),
+            );
+            None
+        }
         _ => {
             err(
                 diags,

@@ -599,10 +599,19 @@ fn unsafe_retry(
 /// The function itself: async, returns a Result, parameters usable on a retry.
 pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if f.sig.asyncness.is_none() {
-        diags.push(
-            f.sig.fn_token.span,
-            "#[resilient] goes on an `async fn`: the attempts are awaited with timeouts",
-        );
+        if rewritten_by_async_trait(f) {
+            diags.push(
+                f.sig.fn_token.span,
+                "#[resilient] sees this method after #[async_trait] turned it into a plain fn returning a boxed future\n\
+                 help: drop #[async_trait] (traits take `async fn` natively since Rust 1.75), or put #[resilient] on an \
+                 inherent `async fn` and call it from the trait method",
+            );
+        } else {
+            diags.push(
+                f.sig.fn_token.span,
+                "#[resilient] goes on an `async fn`: the attempts are awaited with timeouts",
+            );
+        }
     }
     match &f.sig.output {
         syn::ReturnType::Default => diags.push(
@@ -610,9 +619,22 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             "#[resilient] needs a function returning `Result<T, E>`, so failures can be retried and reported",
         ),
         syn::ReturnType::Type(_, ty) => {
-            let ok = matches!(&**ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|seg| seg.ident.to_string().ends_with("Result")));
-            if !ok {
-                diags.push(ty.span(), "#[resilient] needs a function returning `Result<T, E>`");
+            // Any path may name a Result (`io::Result<T>`, `type R<T> = Result<T, Error>`): the
+            // expansion checks it with the compiler. Only what clearly is not one is refused.
+            let not_a_result = match &**ty {
+                syn::Type::Path(p) => p.qself.is_none()
+                    && p.path.segments.last().is_some_and(|seg| {
+                        matches!(
+                            seg.ident.to_string().as_str(),
+                            "bool" | "char" | "str" | "String" | "Option" | "Vec" | "Box" | "u8" | "u16"
+                                | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64"
+                                | "i128" | "isize" | "f32" | "f64"
+                        )
+                    }),
+                _ => true,
+            };
+            if not_a_result {
+                diags.push(ty.span(), "#[resilient] needs a function returning `Result<T, E>` (or an alias of one)");
             }
         }
     }
@@ -623,6 +645,22 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
                     r.self_token.span,
                     "a retried method cannot take `self` by value: each attempt needs it again\nhelp: take `&self`, or set max_attempts = 1",
                 ),
+                syn::FnArg::Receiver(r)
+                    if matches!(&r.kind, syn::ReceiverKind::Typed(_, ty) if !matches!(&**ty, syn::Type::Reference(_))) =>
+                {
+                    let ty = match &r.kind {
+                        syn::ReceiverKind::Typed(_, ty) => ty.to_token_stream().to_string().replace(' ', ""),
+                        _ => String::new(),
+                    };
+                    diags.push(
+                        r.self_token.span,
+                        format!(
+                            "a retried method cannot take `self: {ty}` by value: each attempt runs the body again and needs \
+                             `self` again, which the body may move\n\
+                             help: take `self: &{ty}` or `&self`, or set max_attempts = 1"
+                        ),
+                    )
+                }
                 syn::FnArg::Typed(pt)
                     if !matches!(&*pt.pat, syn::Pat::Ident(_) | syn::Pat::Wild(_))
                         && !matches!(&*pt.ty, syn::Type::Reference(_)) =>
@@ -695,4 +733,15 @@ pub fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) 
             s.idempotency_key.origin
         ),
     );
+}
+
+/// The shape `#[async_trait]` leaves: a plain fn returning `Pin<Box<dyn Future … + 'async_trait>>`.
+fn rewritten_by_async_trait(f: &syn::ItemFn) -> bool {
+    match &f.sig.output {
+        syn::ReturnType::Type(_, ty) => {
+            let t = ty.to_token_stream().to_string();
+            t.contains("Future") && t.contains("async_trait")
+        }
+        syn::ReturnType::Default => false,
+    }
 }

@@ -60,6 +60,8 @@ pub enum Value {
     /// An integer literal with a suffix, like `250ms` written inline.
     IntSuffixed(u64, String),
     Float(f64),
+    /// A decimal literal with a suffix, like `1.5s` written inline, as written.
+    FloatSuffixed(String),
     Bool(bool),
     /// A bare word or path (`POST`, `auto`, `connect`, `::my_crate::reexport`, `order.id`).
     Word(String),
@@ -79,7 +81,7 @@ impl Located {
         match &self.value {
             Value::Str(_) => "a string",
             Value::Int(_) | Value::IntSuffixed(..) => "an integer",
-            Value::Float(_) => "a number",
+            Value::Float(_) | Value::FloatSuffixed(_) => "a number",
             Value::Bool(_) => "a boolean",
             Value::Word(_) => "a word",
             Value::List(_) => "a list",
@@ -94,6 +96,7 @@ impl Located {
             Value::Int(i) => i.to_string(),
             Value::IntSuffixed(i, s) => format!("{i}{s}"),
             Value::Float(x) => x.to_string(),
+            Value::FloatSuffixed(t) => t.clone(),
             Value::Bool(b) => b.to_string(),
             Value::Word(w) => w.clone(),
             Value::List(items) => {
@@ -119,17 +122,36 @@ impl Located {
     }
 }
 
-/// Parses `"250ms"`, `"5s"`, `"1m"`, `"1h"`, `"1500us"`: an integer and a unit.
+/// Parses `"250ms"`, `"5s"`, `"1m"`, `"1h"`, `"1500us"`, `"1.5s"`: a number (decimals allowed)
+/// and a unit.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, rest) = t.split_at(split);
     if num.is_empty() {
         return Err(format!(
-            "`{text}` is not a duration: write a whole number and a unit, like \"250ms\", \"5s\" or \"1m\""
+            "`{text}` is not a duration: write a number and a unit, like \"250ms\", \"1.5s\" or \"1m\""
         ));
     }
     let n: u64 = num.parse().map_err(|_| format!("`{text}` is too large"))?;
+    // A decimal fraction: `1.5s`.
+    let (frac, unit) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            if end == 0 {
+                return Err(format!(
+                    "`{text}` has a `.` without digits after it: write \"{n}.5s\" or \"{n}s\""
+                ));
+            }
+            if end > 9 {
+                return Err(format!(
+                    "`{text}` has more decimals than a nanosecond holds"
+                ));
+            }
+            (&r[..end], &r[end..])
+        }
+        None => ("", rest),
+    };
     let nanos_per: u64 = match unit.trim() {
         "ns" => 1,
         "us" | "µs" => 1_000,
@@ -138,9 +160,24 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
         "" => return Err(format!("`{text}` has no unit: write \"{n}ms\" or \"{n}s\"")),
-        u => return Err(format!("`{u}` is not a duration unit: use ms, s, m or h")),
+        u => {
+            return Err(format!(
+                "`{u}` is not a duration unit: use ns, us, ms, s, m or h"
+            ));
+        }
     };
-    n.checked_mul(nanos_per)
+    let whole = n.checked_mul(nanos_per);
+    let part = if frac.is_empty() {
+        Some(0)
+    } else {
+        // frac has 1..=9 digits: frac / 10^len of a unit, in nanoseconds, rounded down.
+        let digits: u64 = frac.parse().unwrap_or(0);
+        let scale = 10u64.pow(frac.len() as u32);
+        Some((u128::from(digits) * u128::from(nanos_per) / u128::from(scale)) as u64)
+    };
+    whole
+        .zip(part)
+        .and_then(|(w, p)| w.checked_add(p))
         .map(std::time::Duration::from_nanos)
         .ok_or_else(|| format!("`{text}` is too large"))
 }
@@ -184,6 +221,17 @@ mod tests {
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25ms"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("2.000000001s"), Ok(Duration::new(2, 1)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(
+            parse_duration("1.s")
+                .unwrap_err()
+                .contains("without digits")
+        );
+        assert!(parse_duration("1.0000000001s").is_err());
+        assert!(parse_duration(".5s").is_err());
     }
 
     #[test]

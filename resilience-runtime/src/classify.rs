@@ -116,6 +116,13 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 return Some(Class::Reset);
             }
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
+            // `io::Error::source` skips the error it wraps: look at that one first.
+            if let Some(inner) = io.get_ref() {
+                let inner: &(dyn StdError + 'static) = inner;
+                if let Some(c) = classify_error(inner) {
+                    return Some(c);
+                }
+            }
             if let Some(c) = classify_io(io.kind()) {
                 return Some(c);
             }

@@ -221,3 +221,17 @@ impl From<reqwest::header::InvalidHeaderValue> for Error {
         Error::call(e)
     }
 }
+
+/// So that a function returning `std::io::Result<T>` can use `#[resilient]`: timeouts and the
+/// deadline become [`TimedOut`](std::io::ErrorKind::TimedOut), everything else
+/// [`Other`](std::io::ErrorKind::Other); the [`Error`] itself stays inside, reachable with
+/// `get_ref()` and `downcast`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> std::io::Error {
+        let kind = match e.kind {
+            ErrorKind::AttemptTimeout | ErrorKind::DeadlineExceeded => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

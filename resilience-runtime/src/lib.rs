@@ -74,6 +74,16 @@ pub mod __private {
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
     pub use crate::registry::{PolicyState, function_path};
     pub use crate::session::{KeyArg, Next, Session, key_from};
+
+    /// What the function returns: a `Result`, under whatever name.
+    #[diagnostic::on_unimplemented(
+        message = "#[resilient] needs a function returning `Result<T, E>`; `{Self}` is not a Result",
+        label = "not a `Result<T, E>`"
+    )]
+    pub trait IsResult {}
+    impl<T, E> IsResult for ::core::result::Result<T, E> {}
+
+    pub fn must_return_result<R: IsResult>(_: &R) {}
     pub use ::core;
     pub use ::std::time::Duration;
 }

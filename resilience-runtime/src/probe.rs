@@ -81,6 +81,19 @@ boxed!(
     Box<dyn StdError>
 );
 
+/// `io::Result<T>` functions: the runtime's own error travels inside the `io::Error`.
+impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
+    fn __resilience_class(self) -> Option<Class> {
+        let e = self.0.take()?;
+        let class = classify_error(&*e);
+        if let Some(own) = e.get_mut().and_then(|i| i.downcast_mut::<Error>()) {
+            own.set_attempts(self.1);
+            own.set_class(class);
+        }
+        class
+    }
+}
+
 #[cfg(feature = "anyhow")]
 impl ViaBoxed for &&Probe<'_, anyhow::Error> {
     fn __resilience_class(self) -> Option<Class> {
