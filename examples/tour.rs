@@ -579,6 +579,141 @@ async fn scenario_orders(http: &reqwest::Client) {
     t.print();
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. A service client whose methods call each other.
+
+struct Catalog {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Catalog {
+    /// The helper every method uses: retries on its own.
+    #[resilient(
+        timeout = "500ms",
+        deadline = "5s",
+        backoff(initial = "10ms", max = "20ms")
+    )]
+    async fn item(&self, id: u32) -> Result<String, Error> {
+        let url = format!("{}/items/{id}", self.base);
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    /// A method with a policy of its own, calling the helper.
+    #[resilient(timeout = "2s", deadline = "8s", backoff(initial = "10ms", max = "20ms"), method = GET)]
+    async fn bundle(&self, a: u32, b: u32) -> Result<String, Error> {
+        Ok(format!("{} + {}", self.item(a).await?, self.item(b).await?))
+    }
+
+    /// A caller in a hurry: 300 ms for everything.
+    #[resilient(timeout = "300ms", deadline = "300ms", max_attempts = 1, method = GET)]
+    async fn quick_bundle(&self, a: u32, b: u32) -> Result<String, Error> {
+        self.bundle(a, b).await
+    }
+}
+
+async fn scenario_nested(http: &reqwest::Client) {
+    heading(
+        8,
+        "A service client whose methods call each other",
+        "`bundle` and the `item` helper it calls both carry a policy. Nested, they share one deadline\n\
+         (the smaller), one trace, and one layer of retries: the innermost call that may retry does,\n\
+         the outer one does not retry what it already gave up on. A hand-written retry loop around\n\
+         an annotated call multiplies attempts instead.",
+    );
+    let mut t = Table::new(&["shape", "requests to a dead dependency", "outcome", "time"]);
+    // Before: a retry loop of the caller's own around the annotated helper.
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    let catalog = Catalog {
+        http: http.clone(),
+        base: server.url(""),
+    };
+    let start = Instant::now();
+    let mut last = Err(Error::new(ErrorKind::Call));
+    for _ in 0..3 {
+        last = catalog.item(1).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    t.row(vec![
+        "a hand-written 3x loop around item()".into(),
+        server.count().to_string(),
+        outcome(&last),
+        ms(start.elapsed()),
+    ]);
+    // After: nested annotated calls.
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    let catalog = Catalog {
+        http: http.clone(),
+        base: server.url(""),
+    };
+    let start = Instant::now();
+    let r = catalog.bundle(1, 2).await;
+    t.row(vec![
+        "bundle() calling item(), both #[resilient]".into(),
+        server.count().to_string(),
+        outcome(&r),
+        ms(start.elapsed()),
+    ]);
+    // The outer deadline binds the inner call.
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let catalog = Catalog {
+        http: http.clone(),
+        base: server.url(""),
+    };
+    let start = Instant::now();
+    let r = catalog.quick_bundle(1, 2).await;
+    t.row(vec![
+        "quick_bundle() (300 ms) over a stalled item()".into(),
+        server.count().to_string(),
+        outcome(&r),
+        ms(start.elapsed()),
+    ]);
+    t.print();
+    // What a successful call cost, without threading it through the return type.
+    let server = FaultServer::start(vec![
+        Action::status(503),
+        Action::ok().body("lamp"),
+        Action::ok().body("shade"),
+    ])
+    .await;
+    let catalog = Catalog {
+        http: http.clone(),
+        base: server.url(""),
+    };
+    let (r, report) = resilience_runtime::measure(catalog.bundle(1, 2)).await;
+    let seen = server.requests();
+    let one_trace = seen
+        .iter()
+        .filter_map(|s| s.header("traceparent").map(|t| t[3..35].to_owned()))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        == 1;
+    if let Some(rep) = report {
+        println!(
+            "   measure(bundle(1, 2)): {}; {} attempt(s) of bundle, {} waiting; {} requests, {}",
+            outcome(&r),
+            rep.attempts,
+            ms(rep.waited),
+            seen.len(),
+            if one_trace {
+                "all in one trace"
+            } else {
+                "in several traces"
+            }
+        );
+    }
+    println!();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = std::time::Instant::now();
@@ -596,5 +731,6 @@ async fn main() {
     scenario_thread_pool().await;
     scenario_retry_storm().await;
     scenario_orders(&http).await;
+    scenario_nested(&http).await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
 }

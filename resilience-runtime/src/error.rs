@@ -147,8 +147,10 @@ impl Error {
         self
     }
 
+    /// Records the attempts of the call this error leaves. An error that comes out of a nested
+    /// call keeps the larger count: its own attempts are the requests that ran.
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        self.attempts = attempts;
+        self.attempts = self.attempts.max(attempts);
     }
 
     pub(crate) fn set_class(&mut self, class: Option<Class>) {

@@ -1,4 +1,4 @@
-//! One logical call: bulkhead → deadline → retry loop (with budget) → breaker → attempt timeout.
+//! One logical call: deadline → bulkhead → retry loop (with budget) → breaker → attempt timeout.
 //!
 //! The code `#[resilient]` generates drives a [`Session`]:
 //!
