@@ -11,7 +11,7 @@ use crate::model::Settings;
 use crate::validate::read_client;
 use crate::value::did_you_mean;
 
-pub fn client(input: TokenStream) -> TokenStream {
+pub(crate) fn client(input: TokenStream) -> TokenStream {
     match build(input) {
         Ok(ts) => ts,
         Err(e) => {

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use crate::value::{Located, Origin, Value, did_you_mean};
 
-pub const FILE_NAME: &str = "resilience.toml";
-pub const SECTIONS: &[&str] = &[
+pub(crate) const FILE_NAME: &str = "resilience.toml";
+pub(crate) const SECTIONS: &[&str] = &[
     "defaults",
     "policies",
     "breakers",
@@ -22,14 +22,14 @@ pub const SECTIONS: &[&str] = &[
 
 /// A `[section.NAME]` table, with where it starts.
 #[derive(Debug, Clone)]
-pub struct Table {
+pub(crate) struct Table {
     pub entries: Vec<(String, Located)>,
     /// Where the table's header is.
     pub origin: Origin,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Config {
+pub(crate) struct Config {
     /// Absolute path, for `include_str!`.
     pub path: PathBuf,
     /// The path as written in messages.
@@ -48,7 +48,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn section(&self, kind: &str) -> &BTreeMap<String, Table> {
+    pub(crate) fn section(&self, kind: &str) -> &BTreeMap<String, Table> {
         match kind {
             "breaker" => &self.breakers,
             "budget" => &self.budgets,
@@ -68,7 +68,7 @@ thread_local! {
 }
 
 /// Loads (or takes from this compilation's cache) the file at `path`.
-pub fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
+pub(crate) fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if let Some(c) = CACHE.with(|c| {
         c.borrow()
@@ -96,7 +96,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Parses a policy file. Never fails: problems land in `errors`.
-pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
+pub(crate) fn parse(text: &str, path: PathBuf, display: &str) -> Config {
     let mut cfg = Config {
         path,
         display: display.to_owned(),
@@ -271,7 +271,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
 }
 
 /// Where the file is for the crate being compiled, if anywhere, and how to name it.
-pub fn locate(
+pub(crate) fn locate(
     explicit: Option<&str>,
     source_dir: Option<&Path>,
 ) -> Result<Option<(PathBuf, String)>, String> {

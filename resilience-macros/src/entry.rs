@@ -15,7 +15,7 @@ use crate::validate::{
     resolve_shared,
 };
 
-pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(e) => {
@@ -170,7 +170,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
     Ok(expand(&plan))
 }
 
-pub fn proc_macro_source_dir() -> Option<std::path::PathBuf> {
+pub(crate) fn proc_macro_source_dir() -> Option<std::path::PathBuf> {
     // Only meaningful inside a real macro invocation; unit tests run outside one.
     if !proc_macro::is_available() {
         return None;
@@ -178,4 +178,83 @@ pub fn proc_macro_source_dir() -> Option<std::path::PathBuf> {
     proc_macro::Span::call_site()
         .local_file()
         .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+}
+
+/// The rule book's boundary cases, through the whole macro: each value is accepted here exactly
+/// when the runtime accepts it (`resilience-runtime/tests/rule_book.rs` runs the same table).
+#[cfg(test)]
+mod boundaries {
+    use quote::quote;
+    use resilience_spec::cases;
+
+    fn accepted(args: proc_macro2::TokenStream) -> bool {
+        let item = quote! {
+            async fn f(c: &reqwest::Client) -> Result<u16, Error> {
+                Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+            }
+        };
+        !super::resilient(args, item)
+            .to_string()
+            .contains("compile_error")
+    }
+
+    fn lit_f(x: f64) -> proc_macro2::Literal {
+        proc_macro2::Literal::f64_unsuffixed(x)
+    }
+
+    #[test]
+    fn the_macro_agrees_with_the_rule_book() {
+        for (n, ok) in cases::MAX_ATTEMPTS {
+            let n = proc_macro2::Literal::u32_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(max_attempts = #n)),
+                *ok,
+                "max_attempts = {n}"
+            );
+        }
+        for (x, ok) in cases::BUDGET_RATIO {
+            let v = lit_f(*x);
+            assert_eq!(accepted(quote!(budget(ratio = #v))), *ok, "ratio = {x}");
+        }
+        for (n, ok) in cases::BUDGET_MIN_PER_SEC {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(budget(min_per_sec = #v))),
+                *ok,
+                "min_per_sec = {n}"
+            );
+        }
+        for (n, ok) in cases::BULKHEAD_MAX_CONCURRENT {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(bulkhead(max_concurrent = #v))),
+                *ok,
+                "max_concurrent = {n}"
+            );
+        }
+        for (n, ok) in cases::BREAKER_WINDOW {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(breaker(window = #v, min_calls = 1))),
+                *ok,
+                "window = {n}"
+            );
+        }
+        for (x, ok) in cases::BREAKER_FAILURE_RATE {
+            let v = lit_f(*x);
+            assert_eq!(
+                accepted(quote!(breaker(failure_rate = #v))),
+                *ok,
+                "failure_rate = {x}"
+            );
+        }
+        for (x, ok) in cases::BACKOFF_MULTIPLIER {
+            let v = lit_f(*x);
+            assert_eq!(
+                accepted(quote!(backoff(multiplier = #v))),
+                *ok,
+                "multiplier = {x}"
+            );
+        }
+    }
 }

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
 use crate::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
 use crate::validate::Shared;
 
-pub struct Plan<'a> {
+pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
     pub settings: &'a Settings,
     pub method: Option<Method>,
@@ -29,7 +29,7 @@ pub(crate) fn dur(d: Duration) -> TokenStream {
     quote!(::core::time::Duration::new(#secs, #nanos))
 }
 
-pub fn expand(plan: &Plan<'_>) -> TokenStream {
+pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let f = plan.func;
     let s = plan.settings;
     let k = &plan.krate;
@@ -47,7 +47,17 @@ pub fn expand(plan: &Plan<'_>) -> TokenStream {
     let method = match plan.method {
         None => quote!(#p::Method::Other),
         Some(m) => {
-            let v = format_ident!("{}", format!("{m:?}"));
+            let v = match m {
+                Method::Get => quote!(Get),
+                Method::Head => quote!(Head),
+                Method::Options => quote!(Options),
+                Method::Trace => quote!(Trace),
+                Method::Put => quote!(Put),
+                Method::Delete => quote!(Delete),
+                Method::Post => quote!(Post),
+                Method::Patch => quote!(Patch),
+                _ => quote!(Other),
+            };
             quote!(#p::Method::#v)
         }
     };

@@ -7,13 +7,13 @@ use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use crate::model::Method;
 
 #[derive(Debug, Clone)]
-pub struct Inferred {
+pub(crate) struct Inferred {
     pub method: Method,
     pub from: String,
     pub span: Span,
 }
 
-pub fn infer_method(body: TokenStream) -> Option<Inferred> {
+pub(crate) fn infer_method(body: TokenStream) -> Option<Inferred> {
     let mut best: Option<Inferred> = None;
     scan(body, &mut best);
     best

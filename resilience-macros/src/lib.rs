@@ -4,6 +4,9 @@
 //! Parse → model → validate → expand, each in its own module; this file only converts between
 //! `proc_macro` and `proc_macro2`.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
 mod attr;
 mod client;
 mod config;

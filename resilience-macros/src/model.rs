@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use proc_macro2::Span;
 
+use resilience_spec::{defaults, rules};
+
 use crate::diag::Diags;
 use crate::value::{Located, Origin, Value, did_you_mean, parse_duration};
 
 /// Keys a policy may set, in the file and inline.
-pub const POLICY_KEYS: &[&str] = &[
+pub(crate) const POLICY_KEYS: &[&str] = &[
     "method",
     "timeout",
     "deadline",
@@ -27,89 +29,31 @@ pub const POLICY_KEYS: &[&str] = &[
 ];
 
 /// Keys only the attribute takes.
-pub const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
+pub(crate) const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
 
-pub const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
-pub const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
-pub const BREAKER_KEYS: &[&str] = &[
+pub(crate) const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
+pub(crate) const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
+pub(crate) const BREAKER_KEYS: &[&str] = &[
     "failure_rate",
     "min_calls",
     "window",
     "open_for",
     "half_open_calls",
 ];
-pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
-pub const CLIENT_KEYS: &[&str] = &[
+pub(crate) const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub(crate) const CLIENT_KEYS: &[&str] = &[
     "connect_timeout",
     "pool_idle_timeout",
     "tcp_keepalive",
     "pool_max_idle_per_host",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Method {
-    Get,
-    Head,
-    Options,
-    Trace,
-    Put,
-    Delete,
-    Post,
-    Patch,
-}
-
-impl Method {
-    pub const ALL: &[(&str, Method)] = &[
-        ("GET", Method::Get),
-        ("HEAD", Method::Head),
-        ("OPTIONS", Method::Options),
-        ("TRACE", Method::Trace),
-        ("PUT", Method::Put),
-        ("DELETE", Method::Delete),
-        ("POST", Method::Post),
-        ("PATCH", Method::Patch),
-    ];
-
-    pub fn parse(s: &str) -> Option<Method> {
-        Method::ALL
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(s))
-            .map(|(_, m)| *m)
-    }
-
-    pub fn name(self) -> &'static str {
-        Method::ALL
-            .iter()
-            .find(|(_, m)| *m == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
-    }
-
-    pub fn is_safe(self) -> bool {
-        matches!(
-            self,
-            Method::Get | Method::Head | Method::Options | Method::Trace
-        )
-    }
-
-    pub fn needs_key(self) -> bool {
-        matches!(self, Method::Post | Method::Patch)
-    }
-
-    pub fn risk(self) -> u8 {
-        if self.is_safe() {
-            0
-        } else if self.needs_key() {
-            2
-        } else {
-            1
-        }
-    }
-}
+/// The method model is the rule book's.
+pub(crate) use resilience_spec::Method;
 
 /// A value with its origin.
 #[derive(Debug, Clone)]
-pub struct Set<T> {
+pub(crate) struct Set<T> {
     pub value: T,
     pub origin: Origin,
 }
@@ -124,13 +68,13 @@ impl<T> Set<T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoffKind {
+pub(crate) enum BackoffKind {
     Exponential,
     Constant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Jitter {
+pub(crate) enum Jitter {
     Full,
     Equal,
     Decorrelated,
@@ -138,7 +82,7 @@ pub enum Jitter {
 }
 
 #[derive(Debug, Clone)]
-pub struct BackoffModel {
+pub(crate) struct BackoffModel {
     pub kind: Set<BackoffKind>,
     pub initial: Set<Duration>,
     pub max: Set<Duration>,
@@ -147,7 +91,7 @@ pub struct BackoffModel {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryItem {
+pub(crate) enum RetryItem {
     Connect,
     Reset,
     Timeout,
@@ -155,7 +99,7 @@ pub enum RetryItem {
 }
 
 impl RetryItem {
-    pub fn render(self) -> String {
+    pub(crate) fn render(self) -> String {
         match self {
             RetryItem::Connect => "connect".into(),
             RetryItem::Reset => "reset".into(),
@@ -166,7 +110,7 @@ impl RetryItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyModel {
+pub(crate) enum KeyModel {
     None,
     Auto,
     /// A parameter, or a field path rooted at one (`order.id`).
@@ -175,7 +119,7 @@ pub enum KeyModel {
 
 /// A shared-state reference: off, the default, a named section, or an inline table.
 #[derive(Debug, Clone)]
-pub enum StateRef {
+pub(crate) enum StateRef {
     Off,
     /// The per-policy default (budgets only).
     Default,
@@ -184,7 +128,7 @@ pub enum StateRef {
 }
 
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub method: Option<Set<Method>>,
     pub timeout: Set<Duration>,
     pub deadline: Set<Duration>,
@@ -204,34 +148,30 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             method: None,
-            timeout: Set::builtin(Duration::from_secs(10)),
-            deadline: Set::builtin(Duration::from_secs(30)),
-            max_attempts: Set::builtin(3),
+            timeout: Set::builtin(defaults::TIMEOUT),
+            deadline: Set::builtin(defaults::DEADLINE),
+            max_attempts: Set::builtin(defaults::MAX_ATTEMPTS),
             backoff: BackoffModel {
                 kind: Set::builtin(BackoffKind::Exponential),
-                initial: Set::builtin(Duration::from_millis(100)),
-                max: Set::builtin(Duration::from_secs(2)),
-                multiplier_milli: Set::builtin(2000),
+                initial: Set::builtin(defaults::BACKOFF_INITIAL),
+                max: Set::builtin(defaults::BACKOFF_MAX),
+                multiplier_milli: Set::builtin(defaults::BACKOFF_MULTIPLIER_MILLI),
                 jitter: Set::builtin(Jitter::Full),
             },
             retry_on: Set::builtin(
-                [
-                    RetryItem::Connect,
-                    RetryItem::Reset,
-                    RetryItem::Timeout,
-                    RetryItem::Status(408),
-                    RetryItem::Status(429),
-                    RetryItem::Status(502),
-                    RetryItem::Status(503),
-                    RetryItem::Status(504),
-                ]
-                .into_iter()
-                .map(Set::builtin)
-                .collect(),
+                [RetryItem::Connect, RetryItem::Reset, RetryItem::Timeout]
+                    .into_iter()
+                    .chain(
+                        defaults::RETRY_STATUSES
+                            .iter()
+                            .map(|s| RetryItem::Status(*s)),
+                    )
+                    .map(Set::builtin)
+                    .collect(),
             ),
             idempotency_key: Set::builtin(KeyModel::None),
             idempotent: Set::builtin(false),
-            max_retry_after: Set::builtin(Duration::from_secs(30)),
+            max_retry_after: Set::builtin(defaults::MAX_RETRY_AFTER),
             budget: Set::builtin(StateRef::Default),
             breaker: Set::builtin(StateRef::Off),
             bulkhead: Set::builtin(StateRef::Off),
@@ -242,12 +182,12 @@ impl Default for Settings {
 
 /// Where to point an error about a value: its inline tokens, or `fallback` with the file
 /// position written into the message.
-pub fn at(v: &Located, fallback: Span) -> Span {
+pub(crate) fn at(v: &Located, fallback: Span) -> Span {
     v.origin.span_or(fallback)
 }
 
 /// The message prefix of a value that lives in a file.
-pub fn file_prefix(origin: &Origin) -> String {
+pub(crate) fn file_prefix(origin: &Origin) -> String {
     match origin {
         Origin::File {
             file, line, col, ..
@@ -256,11 +196,16 @@ pub fn file_prefix(origin: &Origin) -> String {
     }
 }
 
-pub fn err(diags: &mut Diags, v: &Located, fallback: Span, msg: impl std::fmt::Display) {
+pub(crate) fn err(diags: &mut Diags, v: &Located, fallback: Span, msg: impl std::fmt::Display) {
     diags.push(at(v, fallback), format!("{}{msg}", file_prefix(&v.origin)));
 }
 
-pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<Duration> {
+pub(crate) fn duration(
+    diags: &mut Diags,
+    v: &Located,
+    fallback: Span,
+    key: &str,
+) -> Option<Duration> {
     let parsed = match &v.value {
         Value::Str(s) => parse_duration(s),
         Value::IntSuffixed(n, unit) => parse_duration(&format!("{n}{unit}")),
@@ -276,7 +221,7 @@ pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Op
     parsed.map_err(|m| err(diags, v, fallback, m)).ok()
 }
 
-pub fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
+pub(crate) fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
     match &v.value {
         Value::Int(n) => Some(*n),
         Value::IntSuffixed(n, suffix) => {
@@ -302,7 +247,7 @@ pub fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Opt
     }
 }
 
-pub fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<f64> {
+pub(crate) fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<f64> {
     match &v.value {
         Value::Int(n) => Some(*n as f64),
         Value::Float(x) if x.is_finite() => Some(*x),
@@ -361,7 +306,7 @@ fn boolean(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<
 }
 
 /// Checks the keys of a table against the known ones, with "did you mean".
-pub fn check_table_keys(
+pub(crate) fn check_table_keys(
     diags: &mut Diags,
     table: &[(String, Located)],
     known: &[&str],
@@ -388,7 +333,7 @@ pub fn check_table_keys(
 
 impl Settings {
     /// Applies one `key = value`. `fallback` is where errors about file values point.
-    pub fn apply(&mut self, diags: &mut Diags, key: &str, v: &Located, fallback: Span) {
+    pub(crate) fn apply(&mut self, diags: &mut Diags, key: &str, v: &Located, fallback: Span) {
         let origin = v.origin.clone();
         match key {
             "method" => match v.as_text().and_then(Method::parse) {
@@ -420,18 +365,10 @@ impl Settings {
             }
             "max_attempts" => {
                 if let Some(n) = integer(diags, v, fallback, key) {
-                    if (1..=10).contains(&n) {
-                        self.max_attempts = Set {
-                            value: n as u32,
-                            origin,
-                        };
-                    } else {
-                        err(
-                            diags,
-                            v,
-                            fallback,
-                            format!("max_attempts = {n} is outside 1..=10 (1 means no retry)"),
-                        );
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    match rules::max_attempts(n) {
+                        Ok(()) => self.max_attempts = Set { value: n, origin },
+                        Err(b) => err(diags, v, fallback, b),
                     }
                 }
             }
@@ -669,18 +606,14 @@ impl Settings {
                 }
                 "multiplier" => {
                     if let Some(x) = number(diags, item, fallback, "multiplier") {
-                        if (1.0..=100.0).contains(&x) {
-                            self.backoff.multiplier_milli = Set {
-                                value: (x * 1000.0).round() as u32,
-                                origin,
-                            };
-                        } else {
-                            err(
-                                diags,
-                                item,
-                                fallback,
-                                format!("backoff multiplier {x} is outside 1..=100"),
-                            );
+                        match rules::backoff_multiplier(x) {
+                            Ok(()) => {
+                                self.backoff.multiplier_milli = Set {
+                                    value: (x * 1000.0).round() as u32,
+                                    origin,
+                                }
+                            }
+                            Err(b) => err(diags, item, fallback, b),
                         }
                     }
                 }

@@ -17,12 +17,12 @@ use syn::visit_mut::{self, VisitMut};
 
 /// What the rewrite found.
 #[derive(Debug, Default)]
-pub struct Found {
+pub(crate) struct Found {
     /// `.send()` and `.execute(…)` calls routed through the dispatch.
     pub rewritten: usize,
 }
 
-pub fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
+pub(crate) fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
     let mut v = Rewriter {
         p: private,
         found: Found::default(),
@@ -33,7 +33,7 @@ pub fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
 
 /// Whether the body's tokens show any request being sent, macros included: `.send(`,
 /// `.execute(`, `.resilient(`.
-pub fn shows_a_request(ts: TokenStream) -> bool {
+pub(crate) fn shows_a_request(ts: TokenStream) -> bool {
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     tokens.iter().enumerate().any(|(i, tt)| match tt {
         TokenTree::Group(g) => shows_a_request(g.stream()),
@@ -129,7 +129,7 @@ impl VisitMut for Rewriter<'_> {
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.
-pub fn prelude(p: &TokenStream) -> TokenStream {
+pub(crate) fn prelude(p: &TokenStream) -> TokenStream {
     quote! {
         #[allow(unused_imports)]
         use #p::{ObserveFuture as _, PassThrough as _, SendRequest as _, StampArg as _};

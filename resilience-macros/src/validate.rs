@@ -16,13 +16,13 @@ use crate::model::{
 use crate::value::{Located, Origin, did_you_mean};
 
 #[derive(Debug, Clone, Copy)]
-pub struct BudgetM {
+pub(crate) struct BudgetM {
     pub ratio: f64,
     pub min_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct BreakerM {
+pub(crate) struct BreakerM {
     pub failure_rate: f64,
     pub min_calls: u32,
     pub window: u32,
@@ -31,13 +31,13 @@ pub struct BreakerM {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct BulkheadM {
+pub(crate) struct BulkheadM {
     pub max_concurrent: u32,
     pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ClientM {
+pub(crate) struct ClientM {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub tcp_keepalive: Duration,
@@ -46,73 +46,62 @@ pub struct ClientM {
 
 /// Shared state, resolved to names and settings.
 #[derive(Debug, Clone, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub budget: Option<(String, BudgetM)>,
     pub breaker: Option<(String, BreakerM)>,
     pub bulkhead: Option<(String, BulkheadM)>,
 }
 
-/// Is this an HTTP status that may be retried at all?
-pub fn transient_status(s: u16) -> bool {
-    matches!(s, 408 | 429 | 500..=599)
-}
+use resilience_spec::{defaults, rules};
 
 /// Reads the settings of a budget/breaker/bulkhead/client table (defaults for missing keys).
-pub fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BudgetM {
+pub(crate) fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BudgetM {
     check_table_keys(diags, t, BUDGET_KEYS, "budget", fb);
     let mut m = BudgetM {
-        ratio: 0.1,
-        min_per_sec: 10,
+        ratio: defaults::BUDGET_RATIO,
+        min_per_sec: defaults::BUDGET_MIN_PER_SEC,
     };
     for (k, v) in t {
         match k.as_str() {
-            "ratio" => match number(diags, v, fb, k) {
-                Some(x) if (0.0..=1.0).contains(&x) => m.ratio = x,
-                Some(x) => err(
-                    diags,
-                    v,
-                    fb,
-                    format!("budget ratio {x} is outside 0..=1 (0.1 lets retries add 10%)"),
-                ),
+            "ratio" => match number(diags, v, fb, k).map(|x| (x, rules::budget_ratio(x))) {
+                Some((x, Ok(()))) => m.ratio = x,
+                Some((_, Err(b))) => err(diags, v, fb, b),
                 None => {}
             },
-            "min_per_sec" => match integer(diags, v, fb, k) {
-                Some(n) if n <= 1_000_000 => m.min_per_sec = n as u32,
-                Some(n) => err(diags, v, fb, format!("min_per_sec {n} is above 1000000")),
-                None => {}
-            },
+            "min_per_sec" => {
+                match integer(diags, v, fb, k).map(|n| (n, rules::budget_min_per_sec(n))) {
+                    Some((n, Ok(()))) => m.min_per_sec = n as u32,
+                    Some((_, Err(b))) => err(diags, v, fb, b),
+                    None => {}
+                }
+            }
             _ => {}
         }
     }
     m
 }
 
-pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BreakerM {
+pub(crate) fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BreakerM {
     check_table_keys(diags, t, BREAKER_KEYS, "breaker", fb);
     let mut m = BreakerM {
-        failure_rate: 0.5,
-        min_calls: 10,
-        window: 20,
-        open_for: Duration::from_secs(30),
-        half_open_calls: 3,
+        failure_rate: defaults::BREAKER_FAILURE_RATE,
+        min_calls: defaults::BREAKER_MIN_CALLS,
+        window: defaults::BREAKER_WINDOW,
+        open_for: defaults::BREAKER_OPEN_FOR,
+        half_open_calls: defaults::BREAKER_HALF_OPEN_CALLS,
     };
     let mut min_calls_at = None;
     for (k, v) in t {
         match k.as_str() {
-            "failure_rate" => match number(diags, v, fb, k) {
-                Some(x) if x > 0.0 && x <= 1.0 => m.failure_rate = x,
-                Some(x) => err(
-                    diags,
-                    v,
-                    fb,
-                    format!(
-                        "failure_rate {x} is outside (0, 1]: 0.5 opens at half the calls failing"
-                    ),
-                ),
-                None => {}
-            },
+            "failure_rate" => {
+                match number(diags, v, fb, k).map(|x| (x, rules::breaker_failure_rate(x))) {
+                    Some((x, Ok(()))) => m.failure_rate = x,
+                    Some((_, Err(b))) => err(diags, v, fb, b),
+                    None => {}
+                }
+            }
             "min_calls" | "window" | "half_open_calls" => match integer(diags, v, fb, k) {
-                Some(n) if (1..=1024).contains(&n) => {
+                Some(n) if rules::breaker_count(k, n).is_ok() => {
                     let n = n as u32;
                     match k.as_str() {
                         "min_calls" => {
@@ -123,7 +112,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                         _ => m.half_open_calls = n,
                     }
                 }
-                Some(n) => err(diags, v, fb, format!("{k} = {n} is outside 1..=1024")),
+                Some(n) => err(diags, v, fb, rules::breaker_count(k, n).unwrap_err()),
                 None => {}
             },
             "open_for" => {
@@ -138,28 +127,20 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             _ => {}
         }
     }
-    if m.min_calls > m.window {
+    if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
         let at = min_calls_at.unwrap_or_else(|| {
             t.first().map(|(_, v)| v.clone()).unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: Origin::Builtin,
             })
         });
-        err(
-            diags,
-            &at,
-            fb,
-            format!(
-                "min_calls ({}) is larger than the window ({}): the breaker could never open",
-                m.min_calls, m.window
-            ),
-        );
+        err(diags, &at, fb, broken);
     }
     m
 }
 
 /// `at` is where the table is, for a missing `max_concurrent`.
-pub fn read_bulkhead(
+pub(crate) fn read_bulkhead(
     diags: &mut Diags,
     t: &[(String, Located)],
     at: &Origin,
@@ -174,16 +155,11 @@ pub fn read_bulkhead(
     for (k, v) in t {
         match k.as_str() {
             "max_concurrent" => match integer(diags, v, fb, k) {
-                Some(n) if (1..=1_000_000).contains(&n) => {
+                Some(n) if rules::bulkhead_max_concurrent(n).is_ok() => {
                     m.max_concurrent = n as u32;
                     seen_max = true;
                 }
-                Some(n) => err(
-                    diags,
-                    v,
-                    fb,
-                    format!("max_concurrent = {n} is outside 1..=1000000"),
-                ),
+                Some(n) => err(diags, v, fb, rules::bulkhead_max_concurrent(n).unwrap_err()),
                 None => seen_max = true,
             },
             "max_wait" => {
@@ -209,14 +185,14 @@ pub fn read_bulkhead(
     m
 }
 
-pub fn read_client(
+pub(crate) fn read_client(
     diags: &mut Diags,
     t: &[(String, Located)],
     fb: Span,
 ) -> (ClientM, Option<Located>) {
     check_table_keys(diags, t, CLIENT_KEYS, "client", fb);
     let mut m = ClientM {
-        connect_timeout: Duration::from_secs(3),
+        connect_timeout: defaults::CONNECT_TIMEOUT,
         pool_idle_timeout: Duration::from_secs(4),
         tcp_keepalive: Duration::from_secs(30),
         pool_max_idle_per_host: 32,
@@ -295,7 +271,7 @@ fn section_table<'c>(
 }
 
 /// Resolves the budget/breaker/bulkhead/client references of the settings.
-pub fn resolve_shared(
+pub(crate) fn resolve_shared(
     diags: &mut Diags,
     s: &Settings,
     config: Option<&Config>,
@@ -395,7 +371,7 @@ pub fn resolve_shared(
 /// The method the policy is about, explicit or inferred.
 /// A declared method may not be safer than one the body visibly sends: `method = GET` on a body
 /// that calls `.post(` would switch the unsafe-retry rule off.
-pub fn check_declared_method(
+pub(crate) fn check_declared_method(
     diags: &mut Diags,
     s: &Settings,
     inferred: Option<&Inferred>,
@@ -410,17 +386,17 @@ pub fn check_declared_method(
                 "{}method = {} ({}), but the body sends a {} (`{}`): the policy would treat it as safer than it is\n\
                  help: declare `method = {}`",
                 file_prefix(&declared.origin),
-                declared.value.name(),
+                declared.value.as_str(),
                 declared.origin,
-                found.method.name(),
+                found.method.as_str(),
                 found.from,
-                found.method.name()
+                found.method.as_str()
             ),
         );
     }
 }
 
-pub fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set<Method>> {
+pub(crate) fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set<Method>> {
     s.method.clone().or_else(|| {
         inferred.map(|i| Set {
             value: i.method,
@@ -433,7 +409,12 @@ pub fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set
 }
 
 /// Checks the policy itself. `fb` is where errors about file values point.
-pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>, fb: Span) {
+pub(crate) fn check_policy(
+    diags: &mut Diags,
+    s: &Settings,
+    method: Option<&Set<Method>>,
+    fb: Span,
+) {
     let here = |o: &Origin| o.span_or(fb);
     if s.timeout.value.is_zero() {
         diags.push(
@@ -486,16 +467,12 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
     }
     for item in &s.retry_on.value {
         if let RetryItem::Status(code) = item.value
-            && !transient_status(code)
+            && let Err(broken) = rules::retryable_status(code)
         {
             diags.push(
-                    here(&item.origin),
-                    format!(
-                        "{}status {code} is permanent: sending the same request again gets the same answer\n\
-                         help: retry_on takes connect, reset, timeout, 408, 429 and 5xx statuses",
-                        file_prefix(&item.origin)
-                    ),
-                );
+                here(&item.origin),
+                format!("{}{broken}", file_prefix(&item.origin)),
+            );
         }
     }
     let retries = s.max_attempts.value > 1;
@@ -518,19 +495,13 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
         }
         None => {}
         Some(m) => {
-            if s.idempotent.value && m.value.needs_key() {
+            if let Err(broken) = rules::idempotent_method(m.value, s.idempotent.value) {
                 diags.push(
                     here(&s.idempotent.origin),
-                    format!(
-                        "{}`idempotent` does not make a {} safe to resend: a network failure cannot tell \"not received\" \
-                         from \"done, answer lost\"\nhelp: use `idempotency_key = auto` and have the server replay by key",
-                        file_prefix(&s.idempotent.origin),
-                        m.value.name()
-                    ),
+                    format!("{}{broken}", file_prefix(&s.idempotent.origin)),
                 );
             }
-            let may_resend =
-                m.value.is_safe() || keyed || (!m.value.needs_key() && s.idempotent.value);
+            let may_resend = resilience_spec::may_resend(m.value, keyed, s.idempotent.value);
             if retries && !ambiguous.is_empty() && !may_resend {
                 unsafe_retry(diags, s, m, &ambiguous, fb);
             }
@@ -545,7 +516,7 @@ fn unsafe_retry(
     ambiguous: &[&Set<RetryItem>],
     fb: Span,
 ) {
-    let name = m.value.name();
+    let name = m.value.as_str();
     let classes: Vec<String> = ambiguous.iter().map(|i| i.value.render()).collect();
     let mut msg = format!(
         "this {name} could be retried after it may have reached the server, without an idempotency key: \
@@ -597,7 +568,7 @@ fn unsafe_retry(
 }
 
 /// The function itself: async, returns a Result, parameters usable on a retry.
-pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+pub(crate) fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if f.sig.asyncness.is_none() {
         if rewritten_by_async_trait(f) {
             diags.push(
@@ -706,7 +677,7 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
 
 /// A key is stamped on the requests the body sends: a keyed policy on a body that shows no
 /// request would send none of its requests with the key.
-pub fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+pub(crate) fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if s.idempotency_key.value == KeyModel::None || s.method.is_some() {
         return;
     }

@@ -30,6 +30,7 @@ pub struct BackoffState {
 }
 
 impl BackoffState {
+    /// The schedule of one call, with the process's jitter source.
     pub fn new(backoff: Backoff) -> BackoffState {
         BackoffState {
             backoff,
@@ -38,6 +39,7 @@ impl BackoffState {
         }
     }
 
+    /// The schedule of one call, with jitter from `seed` (repeatable).
     pub fn with_seed(backoff: Backoff, seed: u64) -> BackoffState {
         BackoffState {
             backoff,

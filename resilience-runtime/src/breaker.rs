@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::policy::InvalidPolicy;
+use crate::invalid::InvalidPolicy;
 
 /// Settings of a circuit breaker (`[breakers.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,56 +61,35 @@ pub struct BreakerSpec {
 }
 
 impl BreakerSpec {
+    /// The built-in defaults: 50% of 20 calls, at least 10, open 30 s, 3 probes.
     pub const DEFAULT: BreakerSpec = BreakerSpec {
-        failure_rate: 0.5,
-        min_calls: 10,
-        window: 20,
-        open_for: Duration::from_secs(30),
-        half_open_calls: 3,
+        failure_rate: resilience_spec::defaults::BREAKER_FAILURE_RATE,
+        min_calls: resilience_spec::defaults::BREAKER_MIN_CALLS,
+        window: resilience_spec::defaults::BREAKER_WINDOW,
+        open_for: resilience_spec::defaults::BREAKER_OPEN_FOR,
+        half_open_calls: resilience_spec::defaults::BREAKER_HALF_OPEN_CALLS,
     };
 
     /// The largest window.
-    pub const MAX_WINDOW: u32 = 1024;
+    pub const MAX_WINDOW: u32 = *resilience_spec::bounds::BREAKER_COUNT.end();
 
     /// The largest window kept in the breaker's atomic word (48 bits of it); a longer one takes
     /// a short lock to record an outcome.
     pub const MAX_ATOMIC_WINDOW: u32 = 48;
 
     /// The largest number of half-open probes.
-    pub const MAX_HALF_OPEN_CALLS: u32 = 1024;
+    pub const MAX_HALF_OPEN_CALLS: u32 = *resilience_spec::bounds::BREAKER_COUNT.end();
 
     /// Checks the ranges documented on each field.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
-        let bad = |m: String| Err(InvalidPolicy(m));
-        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
-            return bad(format!(
-                "breaker failure_rate = {} is outside (0, 1]",
-                self.failure_rate
-            ));
-        }
-        if !(1..=Self::MAX_WINDOW).contains(&self.window) {
-            return bad(format!(
-                "breaker window = {} is outside 1..={}",
-                self.window,
-                Self::MAX_WINDOW
-            ));
-        }
-        if !(1..=self.window).contains(&self.min_calls) {
-            return bad(format!(
-                "breaker min_calls = {} is outside 1..=window ({})",
-                self.min_calls, self.window
-            ));
-        }
-        if self.open_for.is_zero() {
-            return bad("breaker open_for must be longer than zero".into());
-        }
-        if !(1..=Self::MAX_HALF_OPEN_CALLS).contains(&self.half_open_calls) {
-            return bad(format!(
-                "breaker half_open_calls = {} is outside 1..={}",
-                self.half_open_calls,
-                Self::MAX_HALF_OPEN_CALLS
-            ));
-        }
+        use resilience_spec::rules;
+        let bad = |b: resilience_spec::Broken| InvalidPolicy(b.to_string());
+        rules::breaker_failure_rate(self.failure_rate).map_err(bad)?;
+        rules::breaker_count("window", u64::from(self.window)).map_err(bad)?;
+        rules::breaker_count("min_calls", u64::from(self.min_calls)).map_err(bad)?;
+        rules::breaker_count("half_open_calls", u64::from(self.half_open_calls)).map_err(bad)?;
+        rules::breaker_min_calls(self.min_calls, self.window).map_err(bad)?;
+        rules::timeout_nonzero("open_for", self.open_for).map_err(bad)?;
         Ok(())
     }
 }
@@ -123,13 +102,18 @@ impl Default for BreakerSpec {
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BreakerState {
+    /// Calls go through and are counted.
     Closed,
+    /// Calls fail fast until `open_for` has passed.
     Open,
+    /// A few probe calls go through; their outcome closes or reopens it.
     HalfOpen,
 }
 
 impl BreakerState {
+    /// `closed`, `open` or `half-open`.
     pub const fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -191,7 +175,9 @@ impl Drop for BreakerPermit<'_> {
 
 /// A copy of a breaker's state and counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerSnapshot {
+    /// The state now.
     pub state: BreakerState,
     /// Transitions to open (from closed or half-open).
     pub opened: u64,
@@ -376,10 +362,12 @@ impl Breaker {
         })
     }
 
+    /// The name it is shared under.
     pub fn name(&self) -> &'static str {
         self.name
     }
 
+    /// Its settings.
     pub fn spec(&self) -> BreakerSpec {
         self.spec
     }
@@ -390,6 +378,7 @@ impl Breaker {
         decode(self.word.load(Ordering::Acquire))
     }
 
+    /// Its state and counters now.
     pub fn snapshot(&self) -> BreakerSnapshot {
         let w = self.word.load(Ordering::Acquire);
         let (window_calls, window_failures) = match (state_bits(w), &self.long) {

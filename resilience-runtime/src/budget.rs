@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::policy::InvalidPolicy;
+use crate::invalid::InvalidPolicy;
 
 /// Settings of a retry budget (`[budgets.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,33 +47,22 @@ pub struct BudgetSpec {
 impl BudgetSpec {
     /// 10% of first attempts plus 10 retries per second.
     pub const DEFAULT: BudgetSpec = BudgetSpec {
-        ratio: 0.1,
-        min_per_sec: 10,
+        ratio: resilience_spec::defaults::BUDGET_RATIO,
+        min_per_sec: resilience_spec::defaults::BUDGET_MIN_PER_SEC,
     };
 
-    /// The largest `ratio`: with at most 10 attempts, a call can never need more.
-    pub const MAX_RATIO: f64 = 10.0;
+    /// The largest `ratio`: retries may at most double the first attempts.
+    pub const MAX_RATIO: f64 = *resilience_spec::bounds::BUDGET_RATIO.end();
 
     /// The largest `min_per_sec`.
-    pub const MAX_MIN_PER_SEC: u32 = 1_000_000;
+    pub const MAX_MIN_PER_SEC: u32 = resilience_spec::bounds::BUDGET_MIN_PER_SEC_MAX;
 
     /// Checks the ranges documented on each field.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
-        if !(0.0..=Self::MAX_RATIO).contains(&self.ratio) {
-            return Err(InvalidPolicy(format!(
-                "budget ratio = {} is outside 0..={}",
-                self.ratio,
-                Self::MAX_RATIO
-            )));
-        }
-        if self.min_per_sec > Self::MAX_MIN_PER_SEC {
-            return Err(InvalidPolicy(format!(
-                "budget min_per_sec = {} is above {}",
-                self.min_per_sec,
-                Self::MAX_MIN_PER_SEC
-            )));
-        }
-        Ok(())
+        use resilience_spec::rules;
+        rules::budget_ratio(self.ratio).map_err(|b| InvalidPolicy(b.to_string()))?;
+        rules::budget_min_per_sec(u64::from(self.min_per_sec))
+            .map_err(|b| InvalidPolicy(b.to_string()))
     }
 }
 
@@ -103,6 +92,7 @@ fn net_of(slot: u64) -> i32 {
 
 /// A copy of a budget's state at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BudgetSnapshot {
     /// Whole retries that could be withdrawn now.
     pub available: u64,
@@ -169,6 +159,7 @@ impl Budget {
         })
     }
 
+    /// Its settings.
     pub fn spec(&self) -> BudgetSpec {
         self.spec
     }
@@ -265,6 +256,7 @@ impl Budget {
         }
     }
 
+    /// Its level and counters now.
     pub fn snapshot(&self) -> BudgetSnapshot {
         BudgetSnapshot {
             available: self.available(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::policy::InvalidPolicy;
+use crate::invalid::InvalidPolicy;
 
 /// Settings of a bulkhead (`[bulkheads.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,18 +23,12 @@ pub struct BulkheadSpec {
 
 impl BulkheadSpec {
     /// The largest `max_concurrent`.
-    pub const MAX_CONCURRENT: u32 = 1 << 20;
+    pub const MAX_CONCURRENT: u32 = *resilience_spec::bounds::BULKHEAD_MAX_CONCURRENT.end();
 
     /// Checks the ranges documented on each field.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
-        if !(1..=Self::MAX_CONCURRENT).contains(&self.max_concurrent) {
-            return Err(InvalidPolicy(format!(
-                "bulkhead max_concurrent = {} is outside 1..={}",
-                self.max_concurrent,
-                Self::MAX_CONCURRENT
-            )));
-        }
-        Ok(())
+        resilience_spec::rules::bulkhead_max_concurrent(u64::from(self.max_concurrent))
+            .map_err(|b| InvalidPolicy(b.to_string()))
     }
 }
 
@@ -62,7 +56,9 @@ pub enum Refused {
 
 /// A copy of a bulkhead's state at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BulkheadSnapshot {
+    /// Slots in all.
     pub max_concurrent: u32,
     /// Calls holding a slot now.
     pub in_flight: u32,
@@ -112,6 +108,7 @@ impl Bulkhead {
         })
     }
 
+    /// Its settings.
     pub fn spec(&self) -> BulkheadSpec {
         self.spec
     }
@@ -164,6 +161,7 @@ impl Bulkhead {
         self.spec.max_concurrent - self.sem.available_permits() as u32
     }
 
+    /// Its occupancy and counters now.
     pub fn snapshot(&self) -> BulkheadSnapshot {
         BulkheadSnapshot {
             max_concurrent: self.spec.max_concurrent,

@@ -1,68 +1,13 @@
 //! Failure classes, found by walking an error's `source()` chain.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::io;
 
 use crate::error::{Error, ErrorKind};
 
-/// What a failure says about whether the request reached the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Class {
-    /// Never sent: connection refused, connect timeout, DNS, TLS handshake. Always safe to resend.
-    Connect,
-    /// Sent, then the connection was lost (reset, closed before the answer). Ambiguous.
-    Reset,
-    /// Sent, no answer in time. Ambiguous.
-    Timeout,
-    /// The server answered with this status.
-    Status(u16),
-    /// Will fail the same way again: a 4xx, a decode error, the function's own logic.
-    Permanent,
-    /// Refused by the caller's own protection (breaker, bulkhead, budget): never retried.
-    Rejected,
-}
+pub use crate::class::Class;
 
-impl Class {
-    /// The request may have reached the server (resending is not safe without idempotency).
-    pub fn is_ambiguous(self) -> bool {
-        !matches!(self, Class::Connect | Class::Permanent | Class::Rejected)
-    }
-
-    /// A failure that says the downstream is unhealthy (counts against a circuit breaker).
-    pub fn is_transient(self) -> bool {
-        match self {
-            Class::Connect | Class::Reset | Class::Timeout => true,
-            Class::Status(s) => is_transient_status(s),
-            Class::Permanent | Class::Rejected => false,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Connect => "connect",
-            Class::Reset => "reset",
-            Class::Timeout => "timeout",
-            Class::Status(_) => "status",
-            Class::Permanent => "permanent",
-            Class::Rejected => "rejected",
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Class::Status(s) => write!(f, "status {s}"),
-            c => f.write_str(c.as_str()),
-        }
-    }
-}
-
-/// 408, 429 and 5xx: the statuses that may be retried at all.
-pub const fn is_transient_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
-}
+pub use resilience_spec::is_transient_status;
 
 /// Classifies an error by walking its `source()` chain. `None` when nothing in the chain says
 /// anything about the network (the caller then uses the recorded response, or `Permanent`).

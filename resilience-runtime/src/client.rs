@@ -25,6 +25,7 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// The defaults `client!` starts from.
     pub const DEFAULT: ClientSettings = ClientSettings {
         connect_timeout: Duration::from_secs(3),
         pool_idle_timeout: Duration::from_secs(4),

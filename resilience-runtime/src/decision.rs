@@ -1,4 +1,6 @@
 //! The retry decision: one pure function of what happened and what is left.
+//!
+//! Not public API (hidden): public for the exhaustive table test.
 
 use std::time::Duration;
 
@@ -14,15 +16,19 @@ pub struct Facts<'a> {
     pub keyed: bool,
     /// The author declared the call idempotent (PUT/DELETE).
     pub idempotent: bool,
+    /// How the attempt failed.
     pub class: Class,
     /// The attempt that just failed, 1-based.
     pub attempt: u32,
+    /// The policy's `max_attempts`.
     pub max_attempts: u32,
+    /// The policy's `retry_on`.
     pub retry_on: &'a RetryOn,
     /// The backoff delay the schedule proposes.
     pub backoff: Duration,
     /// The server's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// The policy's `max_retry_after`.
     pub max_retry_after: Duration,
     /// Time left before the call's deadline.
     pub time_left: Duration,
@@ -30,6 +36,7 @@ pub struct Facts<'a> {
 
 /// Why a failed call is not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum GiveUp {
     /// The failure will not go away by itself (a 4xx, a decode error, the function's own logic).
     Permanent,
@@ -53,6 +60,7 @@ pub enum GiveUp {
 }
 
 impl GiveUp {
+    /// A short reason, for logs.
     pub fn as_str(self) -> &'static str {
         match self {
             GiveUp::Permanent => "permanent failure",
@@ -71,21 +79,13 @@ impl GiveUp {
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
+    /// Retry after this delay.
     RetryAfter(Duration),
+    /// Return the last error.
     GiveUp(GiveUp),
 }
 
-/// Whether a request may be sent again after it may have reached the server: safe methods
-/// always, POST and PATCH only with a key, PUT and DELETE with a key or declared idempotent.
-pub fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
-    if method.is_safe() {
-        true
-    } else if method.needs_key() {
-        keyed
-    } else {
-        idempotent || keyed
-    }
-}
+pub use resilience_spec::may_resend;
 
 /// The retry decision table of the design, as a function.
 pub fn decide(f: &Facts<'_>) -> Decision {

@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
-use crate::classify::Class;
+use crate::class::Class;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -90,6 +90,7 @@ impl Error {
         }
     }
 
+    /// What happened.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -114,6 +115,7 @@ impl Error {
         self.elapsed
     }
 
+    /// An attempt timeout or the deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(
             self.kind,

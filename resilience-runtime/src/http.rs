@@ -15,7 +15,6 @@ use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
 use crate::context::{ATTEMPT, AttemptCtx, RequestId, Traceparent};
-use crate::policy::Method;
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -82,7 +81,7 @@ pub fn stamp_request(req: &mut reqwest::Request) {
 }
 
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
-    ctx.note_method(Method::from_http(req.method()));
+    ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
     let headers = req.headers_mut();
     match &ctx.key {
@@ -159,6 +158,7 @@ where
 /// (autoref specialization): a reqwest request is stamped and its response recorded; any
 /// other value passes through exactly as it was.
 #[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
 pub mod dispatch {
     use std::cell::Cell;
 

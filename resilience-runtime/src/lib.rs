@@ -19,21 +19,27 @@
 //! }
 //! ```
 
-#![warn(missing_debug_implementations)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, missing_docs, unreachable_pub)]
 
 mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+mod class;
 mod classify;
 mod client;
 mod context;
+mod counters;
+#[doc(hidden)]
 pub mod decision;
 mod error;
 mod http;
+mod invalid;
 pub mod metrics;
 mod policy;
 mod probe;
+#[doc(hidden)]
 pub mod registry;
 mod report;
 mod retry_after;

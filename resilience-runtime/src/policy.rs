@@ -2,101 +2,32 @@
 
 use std::time::Duration;
 
+use resilience_spec::defaults;
+
 use crate::breaker::BreakerSpec;
 use crate::budget::BudgetSpec;
 use crate::bulkhead::BulkheadSpec;
 
-/// The HTTP method of a call, as far as retry safety is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum Method {
-    Get,
-    Head,
-    Options,
-    Trace,
-    Put,
-    Delete,
-    Post,
-    Patch,
-    /// A method the runtime does not know: treated as the least safe.
-    Other,
-}
+pub use resilience_spec::Method;
 
-impl Method {
-    /// Safe methods have no effect on the server: retried on any transient failure.
-    pub const fn is_safe(self) -> bool {
-        matches!(
-            self,
-            Method::Get | Method::Head | Method::Options | Method::Trace
-        )
-    }
-
-    /// Methods HTTP defines as idempotent, which servers may or may not honour.
-    pub const fn is_idempotent_by_spec(self) -> bool {
-        self.is_safe() || matches!(self, Method::Put | Method::Delete)
-    }
-
-    /// Methods that may be retried after an ambiguous failure only with an `Idempotency-Key`.
-    pub const fn needs_key(self) -> bool {
-        matches!(self, Method::Post | Method::Patch | Method::Other)
-    }
-
-    /// How unsafe it is to resend: higher is less safe. Used to keep the least safe method seen.
-    pub const fn risk(self) -> u8 {
-        match self {
-            Method::Get | Method::Head | Method::Options | Method::Trace => 0,
-            Method::Put | Method::Delete => 1,
-            Method::Post | Method::Patch | Method::Other => 2,
-        }
-    }
-
-    /// The less safe of two methods (`self` on a tie).
-    pub const fn least_safe(self, other: Method) -> Method {
-        if other.risk() > self.risk() {
-            other
-        } else {
-            self
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Options => "OPTIONS",
-            Method::Trace => "TRACE",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
-            Method::Post => "POST",
-            Method::Patch => "PATCH",
-            Method::Other => "OTHER",
-        }
-    }
-
-    /// Maps an `http::Method`.
-    pub fn from_http(m: &http::Method) -> Method {
-        match *m {
-            http::Method::GET => Method::Get,
-            http::Method::HEAD => Method::Head,
-            http::Method::OPTIONS => Method::Options,
-            http::Method::TRACE => Method::Trace,
-            http::Method::PUT => Method::Put,
-            http::Method::DELETE => Method::Delete,
-            http::Method::POST => Method::Post,
-            http::Method::PATCH => Method::Patch,
-            _ => Method::Other,
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// Maps an `http::Method`: the ones the rules know by name, else [`Method::Other`].
+pub(crate) fn method_of(m: &http::Method) -> Method {
+    match *m {
+        http::Method::GET => Method::Get,
+        http::Method::HEAD => Method::Head,
+        http::Method::OPTIONS => Method::Options,
+        http::Method::TRACE => Method::Trace,
+        http::Method::PUT => Method::Put,
+        http::Method::DELETE => Method::Delete,
+        http::Method::POST => Method::Post,
+        http::Method::PATCH => Method::Patch,
+        _ => Method::Other,
     }
 }
 
 /// How the delay between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackoffKind {
     /// `initial * multiplier^(n-1)`, capped at `max`.
     Exponential,
@@ -106,6 +37,7 @@ pub enum BackoffKind {
 
 /// How randomness is mixed into the delay, so that many clients do not retry in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Jitter {
     /// A uniform delay in `[0, d]`.
     Full,
@@ -120,11 +52,15 @@ pub enum Jitter {
 /// The delay schedule between attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
+    /// Exponential or constant.
     pub kind: BackoffKind,
+    /// The first delay.
     pub initial: Duration,
+    /// The largest delay.
     pub max: Duration,
     /// Growth factor per attempt, in thousandths (2000 = ×2), so the policy stays `const`.
     pub multiplier_milli: u32,
+    /// How randomness is mixed in.
     pub jitter: Jitter,
 }
 
@@ -132,9 +68,9 @@ impl Backoff {
     /// Exponential 100 ms → 2 s, ×2, full jitter.
     pub const DEFAULT: Backoff = Backoff {
         kind: BackoffKind::Exponential,
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(2),
-        multiplier_milli: 2000,
+        initial: defaults::BACKOFF_INITIAL,
+        max: defaults::BACKOFF_MAX,
+        multiplier_milli: defaults::BACKOFF_MULTIPLIER_MILLI,
         jitter: Jitter::Full,
     };
 }
@@ -148,8 +84,11 @@ impl Default for Backoff {
 /// Which failures may be retried (subject to method safety).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryOn {
+    /// Failures where nothing was sent.
     pub connect: bool,
+    /// A connection lost after the request was sent.
     pub reset: bool,
+    /// No answer in time.
     pub timeout: bool,
     /// Transient statuses that may be retried (408, 429, 5xx).
     pub statuses: &'static [u16],
@@ -161,7 +100,7 @@ impl RetryOn {
         connect: true,
         reset: true,
         timeout: true,
-        statuses: &[408, 429, 502, 503, 504],
+        statuses: resilience_spec::defaults::RETRY_STATUSES,
     };
 
     /// Nothing: no retry at all.
@@ -172,8 +111,15 @@ impl RetryOn {
         statuses: &[],
     };
 
+    /// Whether this status is listed.
     pub fn allows_status(&self, status: u16) -> bool {
         self.statuses.contains(&status)
+    }
+
+    /// Whether it lists any failure after which the request may have arrived (anything but
+    /// `connect`).
+    pub fn ambiguous(&self) -> bool {
+        self.reset || self.timeout || !self.statuses.is_empty()
     }
 }
 
@@ -185,6 +131,7 @@ impl Default for RetryOn {
 
 /// Where the idempotency key of a call comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeySource {
     /// No key: POST and PATCH are not retried after they may have reached the server.
     None,
@@ -202,6 +149,7 @@ pub struct Policy {
     pub function: &'static str,
     /// The named policy it uses, or the function name when inline only.
     pub name: &'static str,
+    /// The method the function sends, declared or inferred.
     pub method: Method,
     /// Per-attempt timeout.
     pub timeout: Duration,
@@ -209,8 +157,11 @@ pub struct Policy {
     pub deadline: Duration,
     /// Attempts including the first, 1..=10.
     pub max_attempts: u32,
+    /// The delays between attempts.
     pub backoff: Backoff,
+    /// Which failures may be retried.
     pub retry_on: RetryOn,
+    /// Where the idempotency key comes from.
     pub idempotency_key: KeySource,
     /// The author asserts the server applies a PUT/DELETE at most once.
     pub idempotent: bool,
@@ -220,7 +171,9 @@ pub struct Policy {
     /// the function's own). Likewise an empty breaker or bulkhead name is private to the
     /// function.
     pub budget: Option<(&'static str, BudgetSpec)>,
+    /// The circuit breaker, by name (`None`: none).
     pub breaker: Option<(&'static str, BreakerSpec)>,
+    /// The bulkhead, by name (`None`: none).
     pub bulkhead: Option<(&'static str, BulkheadSpec)>,
     /// The method an attempt is taken to have sent when the runtime saw none of its requests
     /// (a helper sent it without `.resilient()`). Generated code says [`Method::Other`], the
@@ -232,17 +185,7 @@ pub struct Policy {
     pub locate: Option<fn() -> &'static str>,
 }
 
-/// Why a hand-built policy is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidPolicy(pub String);
-
-impl std::fmt::Display for InvalidPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid resilience policy: {}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidPolicy {}
+pub use crate::invalid::InvalidPolicy;
 
 impl Policy {
     /// The built-in defaults of every key.
@@ -250,14 +193,14 @@ impl Policy {
         function: "",
         name: "default",
         method: Method::Get,
-        timeout: Duration::from_secs(10),
-        deadline: Duration::from_secs(30),
-        max_attempts: 3,
+        timeout: defaults::TIMEOUT,
+        deadline: defaults::DEADLINE,
+        max_attempts: defaults::MAX_ATTEMPTS,
         backoff: Backoff::DEFAULT,
         retry_on: RetryOn::DEFAULT,
         idempotency_key: KeySource::None,
         idempotent: false,
-        max_retry_after: Duration::from_secs(30),
+        max_retry_after: defaults::MAX_RETRY_AFTER,
         budget: Some(("", BudgetSpec::DEFAULT)),
         breaker: None,
         bulkhead: None,
@@ -265,47 +208,32 @@ impl Policy {
         locate: None,
     };
 
-    /// The same checks the macro makes at compile time, for policies built at run time.
+    /// The checks the macro makes at compile time, from the same rule book
+    /// ([`resilience_spec::rules`]) and with the same messages, for policies built at run time.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
-        let bad = |m: String| Err(InvalidPolicy(m));
-        if !(1..=10).contains(&self.max_attempts) {
-            return bad(format!(
-                "max_attempts = {} is outside 1..=10",
-                self.max_attempts
-            ));
+        use resilience_spec::rules;
+        let bad = |b: resilience_spec::Broken| InvalidPolicy(b.to_string());
+        rules::max_attempts(self.max_attempts).map_err(bad)?;
+        rules::timeout_nonzero("timeout", self.timeout).map_err(bad)?;
+        rules::timeout_nonzero("deadline", self.deadline).map_err(bad)?;
+        rules::timeout_within_deadline(self.timeout, self.deadline, self.max_attempts)
+            .map_err(bad)?;
+        rules::backoff_order(self.backoff.initial, self.backoff.max).map_err(bad)?;
+        rules::backoff_multiplier(f64::from(self.backoff.multiplier_milli) / 1000.0)
+            .map_err(bad)?;
+        for s in self.retry_on.statuses {
+            rules::retryable_status(*s).map_err(bad)?;
         }
-        if self.timeout.is_zero() || self.deadline.is_zero() {
-            return bad("timeout and deadline must be greater than zero".into());
-        }
-        if self.timeout > self.deadline {
-            return bad(format!(
-                "timeout ({:?}) is longer than the deadline ({:?})",
-                self.timeout, self.deadline
-            ));
-        }
-        if self.backoff.initial > self.backoff.max {
-            return bad(format!(
-                "backoff initial ({:?}) is longer than its max ({:?})",
-                self.backoff.initial, self.backoff.max
-            ));
-        }
-        if self.backoff.multiplier_milli < 1000 {
-            return bad("backoff multiplier must be at least 1".into());
-        }
-        if let Some(s) = self
-            .retry_on
-            .statuses
-            .iter()
-            .find(|s| !crate::classify::is_transient_status(**s))
-        {
-            return bad(format!("status {s} is permanent and must not be retried"));
-        }
-        if self.max_attempts > 1 && self.unsafe_retry() {
-            return bad(format!(
-                "a {} without an idempotency key (and not declared idempotent) would be retried after it may have reached the server",
-                self.method
-            ));
-        }
+        rules::idempotent_method(self.method, self.idempotent).map_err(bad)?;
+        let keyed = !matches!(self.idempotency_key, KeySource::None);
+        rules::safe_retry(
+            self.method,
+            keyed,
+            self.idempotent,
+            self.max_attempts,
+            self.retry_on.ambiguous(),
+        )
+        .map_err(bad)?;
         if let Some((_, b)) = &self.budget {
             b.validate()?;
         }
@@ -315,21 +243,14 @@ impl Policy {
         if let Some((_, b)) = &self.bulkhead {
             b.validate()?;
         }
-        if self.idempotent && self.method.needs_key() {
-            return bad(format!(
-                "`idempotent` does not make a {} safe to resend: give it an idempotency key",
-                self.method
-            ));
-        }
         Ok(())
     }
 
     /// True when the policy would retry an ambiguous failure of a non-idempotent request.
     pub fn unsafe_retry(&self) -> bool {
-        let ambiguous =
-            self.retry_on.reset || self.retry_on.timeout || !self.retry_on.statuses.is_empty();
         let keyed = !matches!(self.idempotency_key, KeySource::None);
-        ambiguous && !crate::decision::may_resend(self.method, keyed, self.idempotent)
+        self.retry_on.ambiguous()
+            && !resilience_spec::may_resend(self.method, keyed, self.idempotent)
     }
 }
 

@@ -6,6 +6,8 @@
 //! `std::error::Error`, then boxed and `anyhow` errors, then nothing (the recorded response
 //! decides). Each impl also writes the attempt count into the error when it can hold one.
 
+#![allow(missing_docs)] // Not public API: what generated code names, hidden in `__private`.
+
 use std::cell::Cell;
 use std::error::Error as StdError;
 

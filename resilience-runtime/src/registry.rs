@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use crate::breaker::{Breaker, BreakerSpec};
 use crate::budget::{Budget, BudgetSpec};
 use crate::bulkhead::{Bulkhead, BulkheadSpec};
-use crate::metrics::PolicyMetrics;
+use crate::counters::PolicyMetrics;
 use crate::policy::Policy;
 
 type Map<T> = OnceLock<Mutex<HashMap<&'static str, &'static T>>>;
@@ -183,6 +183,7 @@ pub(crate) struct Resolved {
 
 impl PolicyState {
     #[allow(clippy::new_without_default)]
+    /// Nothing resolved yet.
     pub const fn new() -> PolicyState {
         PolicyState {
             resolved: OnceLock::new(),

@@ -18,6 +18,8 @@
 //! }
 //! ```
 
+#![allow(missing_docs)] // Not public API: what generated code names, hidden in `__private`.
+
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;

@@ -1,0 +1,60 @@
+//! How a failure is classified for the retry decision.
+
+use std::fmt;
+
+use resilience_spec::is_transient_status;
+
+/// What a failure says about whether the request reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Class {
+    /// Never sent: connection refused, connect timeout, DNS, TLS handshake. Always safe to resend.
+    Connect,
+    /// Sent, then the connection was lost (reset, closed before the answer). Ambiguous.
+    Reset,
+    /// Sent, no answer in time. Ambiguous.
+    Timeout,
+    /// The server answered with this status.
+    Status(u16),
+    /// Will fail the same way again: a 4xx, a decode error, the function's own logic.
+    Permanent,
+    /// Refused by the caller's own protection (breaker, bulkhead, budget): never retried.
+    Rejected,
+}
+
+impl Class {
+    /// The request may have reached the server (resending is not safe without idempotency).
+    pub fn is_ambiguous(self) -> bool {
+        !matches!(self, Class::Connect | Class::Permanent | Class::Rejected)
+    }
+
+    /// A failure that says the downstream is unhealthy (counts against a circuit breaker).
+    pub fn is_transient(self) -> bool {
+        match self {
+            Class::Connect | Class::Reset | Class::Timeout => true,
+            Class::Status(s) => is_transient_status(s),
+            Class::Permanent | Class::Rejected => false,
+        }
+    }
+
+    /// `connect`, `reset`, `timeout`, `status`, `permanent` or `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Connect => "connect",
+            Class::Reset => "reset",
+            Class::Timeout => "timeout",
+            Class::Status(_) => "status",
+            Class::Permanent => "permanent",
+            Class::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Class::Status(s) => write!(f, "status {s}"),
+            c => f.write_str(c.as_str()),
+        }
+    }
+}

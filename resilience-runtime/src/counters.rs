@@ -1,0 +1,90 @@
+//! The counters of one annotated function.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one annotated function.
+#[derive(Debug, Default)]
+pub struct PolicyMetrics {
+    /// The policy the function uses (its own path when inline only).
+    pub(crate) policy: &'static str,
+    pub(crate) successful_without_retry: AtomicU64,
+    pub(crate) successful_with_retry: AtomicU64,
+    pub(crate) failed_without_retry: AtomicU64,
+    pub(crate) failed_with_retry: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) rejected_breaker: AtomicU64,
+    pub(crate) rejected_budget: AtomicU64,
+    pub(crate) rejected_bulkhead: AtomicU64,
+}
+
+/// A copy of a policy's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicySnapshot {
+    /// Calls that succeeded on their first attempt.
+    pub successful_without_retry: u64,
+    /// Calls that succeeded after at least one retry.
+    pub successful_with_retry: u64,
+    /// Calls that failed after a single attempt.
+    pub failed_without_retry: u64,
+    /// Calls that failed after retrying.
+    pub failed_with_retry: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Attempts refused by an open circuit breaker.
+    pub rejected_breaker: u64,
+    /// Retries refused by the retry budget.
+    pub rejected_budget: u64,
+    /// Calls refused by a full bulkhead.
+    pub rejected_bulkhead: u64,
+}
+
+impl std::ops::Add for PolicySnapshot {
+    type Output = PolicySnapshot;
+
+    fn add(self, o: PolicySnapshot) -> PolicySnapshot {
+        PolicySnapshot {
+            successful_without_retry: self.successful_without_retry + o.successful_without_retry,
+            successful_with_retry: self.successful_with_retry + o.successful_with_retry,
+            failed_without_retry: self.failed_without_retry + o.failed_without_retry,
+            failed_with_retry: self.failed_with_retry + o.failed_with_retry,
+            retries: self.retries + o.retries,
+            rejected_breaker: self.rejected_breaker + o.rejected_breaker,
+            rejected_budget: self.rejected_budget + o.rejected_budget,
+            rejected_bulkhead: self.rejected_bulkhead + o.rejected_bulkhead,
+        }
+    }
+}
+
+impl PolicyMetrics {
+    pub(crate) fn new(policy: &'static str) -> PolicyMetrics {
+        PolicyMetrics {
+            policy,
+            ..PolicyMetrics::default()
+        }
+    }
+
+    /// The policy these counters belong to.
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> PolicySnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PolicySnapshot {
+            successful_without_retry: l(&self.successful_without_retry),
+            successful_with_retry: l(&self.successful_with_retry),
+            failed_without_retry: l(&self.failed_without_retry),
+            failed_with_retry: l(&self.failed_with_retry),
+            retries: l(&self.retries),
+            rejected_breaker: l(&self.rejected_breaker),
+            rejected_budget: l(&self.rejected_budget),
+            rejected_bulkhead: l(&self.rejected_bulkhead),
+        }
+    }
+
+    pub(crate) fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

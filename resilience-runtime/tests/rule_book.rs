@@ -1,0 +1,67 @@
+//! The rule book's boundary cases, through the runtime's own checks: each value is accepted
+//! here exactly when the macro accepts it (the macro's `boundaries` test runs the same table).
+
+use std::time::Duration;
+
+use resilience_runtime::breaker::BreakerSpec;
+use resilience_runtime::budget::BudgetSpec;
+use resilience_runtime::bulkhead::BulkheadSpec;
+use resilience_runtime::{Backoff, Policy};
+use resilience_spec::cases;
+
+#[test]
+fn the_runtime_agrees_with_the_rule_book() {
+    for (n, ok) in cases::MAX_ATTEMPTS {
+        let p = Policy {
+            max_attempts: *n,
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "max_attempts = {n}");
+    }
+    for (x, ok) in cases::BUDGET_RATIO {
+        let b = BudgetSpec {
+            ratio: *x,
+            ..BudgetSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "ratio = {x}");
+    }
+    for (n, ok) in cases::BUDGET_MIN_PER_SEC {
+        let b = BudgetSpec {
+            min_per_sec: u32::try_from(*n).unwrap(),
+            ..BudgetSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "min_per_sec = {n}");
+    }
+    for (n, ok) in cases::BULKHEAD_MAX_CONCURRENT {
+        let b = BulkheadSpec {
+            max_concurrent: u32::try_from(*n).unwrap(),
+            max_wait: Duration::ZERO,
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "max_concurrent = {n}");
+    }
+    for (n, ok) in cases::BREAKER_WINDOW {
+        let b = BreakerSpec {
+            window: u32::try_from(*n).unwrap(),
+            min_calls: 1,
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "window = {n}");
+    }
+    for (x, ok) in cases::BREAKER_FAILURE_RATE {
+        let b = BreakerSpec {
+            failure_rate: *x,
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "failure_rate = {x}");
+    }
+    for (x, ok) in cases::BACKOFF_MULTIPLIER {
+        let p = Policy {
+            backoff: Backoff {
+                multiplier_milli: (x * 1000.0).round() as u32,
+                ..Backoff::DEFAULT
+            },
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "multiplier = {x}");
+    }
+}

@@ -1,0 +1,538 @@
+//! The rule book of `#[resilient]` policies: one place for the HTTP method model, the built-in
+//! defaults, the bounds of every setting and every rule with its message.
+//!
+//! The macro checks a policy with these rules at compile time, pointing the message at the
+//! user's tokens; the runtime checks a hand-built policy and every run-time override with the
+//! same rules, so what the compiler refuses the runtime refuses with the same words. No
+//! proc-macro dependencies: a small, plain crate.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// The HTTP method of a call, as far as retry safety is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `OPTIONS`
+    Options,
+    /// `TRACE`
+    Trace,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+    /// `POST`
+    Post,
+    /// `PATCH`
+    Patch,
+    /// A method the rules do not know, or one the runtime could not see: the least safe.
+    Other,
+}
+
+impl Method {
+    /// The methods that can be written in a policy, by name.
+    pub const NAMED: &'static [Method] = &[
+        Method::Get,
+        Method::Head,
+        Method::Options,
+        Method::Trace,
+        Method::Put,
+        Method::Delete,
+        Method::Post,
+        Method::Patch,
+    ];
+
+    /// Safe methods have no effect on the server: retried on any transient failure.
+    pub const fn is_safe(self) -> bool {
+        matches!(
+            self,
+            Method::Get | Method::Head | Method::Options | Method::Trace
+        )
+    }
+
+    /// Methods HTTP defines as idempotent, which servers may or may not honour.
+    pub const fn is_idempotent_by_spec(self) -> bool {
+        self.is_safe() || matches!(self, Method::Put | Method::Delete)
+    }
+
+    /// Methods that may be retried after an ambiguous failure only with an `Idempotency-Key`.
+    pub const fn needs_key(self) -> bool {
+        matches!(self, Method::Post | Method::Patch | Method::Other)
+    }
+
+    /// How unsafe it is to resend: higher is less safe.
+    pub const fn risk(self) -> u8 {
+        if self.is_safe() {
+            0
+        } else if self.needs_key() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The less safe of two methods (`self` on a tie).
+    pub const fn least_safe(self, other: Method) -> Method {
+        if other.risk() > self.risk() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// The method's name, upper case (`OTHER` for [`Method::Other`]).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+            Method::Other => "OTHER",
+        }
+    }
+
+    /// A named method, case-insensitively; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::NAMED
+            .iter()
+            .copied()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a request may be sent again after it may have reached the server: safe methods
+/// always, POST and PATCH only with a key, PUT and DELETE with a key or declared idempotent.
+pub const fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
+    if method.is_safe() {
+        true
+    } else if method.needs_key() {
+        keyed
+    } else {
+        idempotent || keyed
+    }
+}
+
+/// Is this an HTTP status that may be retried at all (408, 429, 5xx)?
+pub const fn is_transient_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// The built-in defaults of every setting.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Per-attempt timeout.
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+    /// Total time for the call.
+    pub const DEADLINE: Duration = Duration::from_secs(30);
+    /// Attempts including the first.
+    pub const MAX_ATTEMPTS: u32 = 3;
+    /// First backoff delay.
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    /// Largest backoff delay.
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+    /// Backoff growth per attempt, in thousandths (2000 = ×2).
+    pub const BACKOFF_MULTIPLIER_MILLI: u32 = 2000;
+    /// Longest `Retry-After` honoured.
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+    /// Statuses retried by default, besides connect, reset and timeout failures.
+    pub const RETRY_STATUSES: &[u16] = &[408, 429, 502, 503, 504];
+    /// Retry budget: share of first attempts retries may add.
+    pub const BUDGET_RATIO: f64 = 0.1;
+    /// Retry budget: retries per second always allowed.
+    pub const BUDGET_MIN_PER_SEC: u32 = 10;
+    /// Breaker: failure share that opens it.
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    /// Breaker: calls seen before it may open.
+    pub const BREAKER_MIN_CALLS: u32 = 10;
+    /// Breaker: calls in its window.
+    pub const BREAKER_WINDOW: u32 = 20;
+    /// Breaker: how long it stays open.
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+    /// Breaker: probes let through when half open.
+    pub const BREAKER_HALF_OPEN_CALLS: u32 = 3;
+    /// Client: connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+}
+
+/// The bounds of every setting.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    /// `max_attempts`.
+    pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=10;
+    /// `budget.ratio`.
+    pub const BUDGET_RATIO: RangeInclusive<f64> = 0.0..=1.0;
+    /// `budget.min_per_sec`, largest.
+    pub const BUDGET_MIN_PER_SEC_MAX: u32 = 1_000_000;
+    /// `breaker.window`, `breaker.min_calls`, `breaker.half_open_calls`.
+    pub const BREAKER_COUNT: RangeInclusive<u32> = 1..=1024;
+    /// `bulkhead.max_concurrent`.
+    pub const BULKHEAD_MAX_CONCURRENT: RangeInclusive<u32> = 1..=1_000_000;
+    /// `backoff.multiplier`.
+    pub const BACKOFF_MULTIPLIER: RangeInclusive<f64> = 1.0..=100.0;
+}
+
+/// A broken rule: what is wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// What is wrong.
+    pub what: String,
+    /// How to fix it, when there is one obvious fix.
+    pub help: Option<String>,
+}
+
+impl Broken {
+    fn new(what: impl Into<String>) -> Broken {
+        Broken {
+            what: what.into(),
+            help: None,
+        }
+    }
+
+    fn help(mut self, help: impl Into<String>) -> Broken {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)?;
+        if let Some(h) = &self.help {
+            write!(f, "\nhelp: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Broken {}
+
+/// A duration as written in a policy: `250ms`, `1.5s`, `2m`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}us", d.as_micros())
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Every rule, each a function of the values it constrains.
+pub mod rules {
+    use super::*;
+
+    fn within<T: PartialOrd + fmt::Display>(
+        key: &str,
+        v: T,
+        range: &RangeInclusive<T>,
+        hint: &str,
+    ) -> Result<(), Broken> {
+        if range.contains(&v) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "{key} = {v} is outside {}..={}{hint}",
+                range.start(),
+                range.end()
+            )))
+        }
+    }
+
+    /// `max_attempts` in 1..=10.
+    pub fn max_attempts(n: u32) -> Result<(), Broken> {
+        within("max_attempts", n, &bounds::MAX_ATTEMPTS, " (1 means no retry)")
+    }
+
+    /// A timeout longer than zero.
+    pub fn timeout_nonzero(key: &str, d: Duration) -> Result<(), Broken> {
+        if d.is_zero() {
+            Err(Broken::new(format!("{key} must be longer than zero")))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The attempt timeout fits in the deadline.
+    pub fn timeout_within_deadline(
+        timeout: Duration,
+        deadline: Duration,
+        max_attempts: u32,
+    ) -> Result<(), Broken> {
+        if timeout <= deadline {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "timeout ({}) is longer than the deadline ({}): the first attempt could never use its full timeout",
+            fmt_duration(timeout),
+            fmt_duration(deadline)
+        ))
+        .help(format!(
+            "make the deadline at least the timeout, e.g. deadline = \"{}\"",
+            fmt_duration(timeout * max_attempts.max(1))
+        )))
+    }
+
+    /// Backoff `initial` not above `max`.
+    pub fn backoff_order(initial: Duration, max: Duration) -> Result<(), Broken> {
+        if initial <= max {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "backoff initial ({}) is longer than its max ({})",
+                fmt_duration(initial),
+                fmt_duration(max)
+            )))
+        }
+    }
+
+    /// Backoff multiplier in 1..=100.
+    pub fn backoff_multiplier(x: f64) -> Result<(), Broken> {
+        if bounds::BACKOFF_MULTIPLIER.contains(&x) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "backoff multiplier {x} is outside 1..=100"
+            )))
+        }
+    }
+
+    /// Only transient statuses may be retried.
+    pub fn retryable_status(code: u16) -> Result<(), Broken> {
+        if is_transient_status(code) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "status {code} is permanent: sending the same request again gets the same answer"
+            ))
+            .help("retry_on takes connect, reset, timeout, 408, 429 and 5xx statuses"))
+        }
+    }
+
+    /// `idempotent` cannot make a POST or PATCH safe.
+    pub fn idempotent_method(method: Method, idempotent: bool) -> Result<(), Broken> {
+        if idempotent && method.needs_key() {
+            Err(Broken::new(format!(
+                "`idempotent` does not make a {method} safe to resend: a network failure cannot tell \"not received\" from \"done, answer lost\""
+            ))
+            .help("use `idempotency_key = auto` and have the server replay by key"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The central rule: a request that is not safe to resend is not retried after a failure
+    /// where it may have reached the server. `ambiguous` is whether `retry_on` lists any
+    /// class but `connect`.
+    pub fn safe_retry(
+        method: Method,
+        keyed: bool,
+        idempotent: bool,
+        max_attempts: u32,
+        ambiguous: bool,
+    ) -> Result<(), Broken> {
+        if max_attempts <= 1 || !ambiguous || may_resend(method, keyed, idempotent) {
+            return Ok(());
+        }
+        let mut help = String::from(
+            "fix it with one of:\n  - `idempotency_key = auto` (and a server that replays by key)\n  - `retry_on = [connect]`: retry only failures where nothing was sent\n  - `max_attempts = 1`: no retry",
+        );
+        if !method.needs_key() {
+            help.push_str(&format!(
+                "\n  - `idempotent`: you assert the server applies this {method} at most once"
+            ));
+        }
+        Err(Broken::new(format!(
+            "this {method} could be retried after it may have reached the server, without an idempotency key: a retry could apply it twice"
+        ))
+        .help(help))
+    }
+
+    /// Budget ratio in 0..=1.
+    pub fn budget_ratio(x: f64) -> Result<(), Broken> {
+        within(
+            "budget ratio",
+            x,
+            &bounds::BUDGET_RATIO,
+            " (0.1 lets retries add 10%)",
+        )
+    }
+
+    /// Budget floor not above a million per second.
+    pub fn budget_min_per_sec(n: u64) -> Result<(), Broken> {
+        if n <= u64::from(bounds::BUDGET_MIN_PER_SEC_MAX) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "min_per_sec {n} is above {}",
+                bounds::BUDGET_MIN_PER_SEC_MAX
+            )))
+        }
+    }
+
+    /// Breaker failure rate in (0, 1].
+    pub fn breaker_failure_rate(x: f64) -> Result<(), Broken> {
+        if x > 0.0 && x <= 1.0 {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "failure_rate {x} is outside (0, 1]: 0.5 opens at half the calls failing"
+            )))
+        }
+    }
+
+    /// Breaker `window`, `min_calls`, `half_open_calls` in 1..=1024.
+    pub fn breaker_count(key: &str, n: u64) -> Result<(), Broken> {
+        let r = &bounds::BREAKER_COUNT;
+        if n >= u64::from(*r.start()) && n <= u64::from(*r.end()) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "{key} = {n} is outside {}..={}",
+                r.start(),
+                r.end()
+            )))
+        }
+    }
+
+    /// Breaker `min_calls` not above its window.
+    pub fn breaker_min_calls(min_calls: u32, window: u32) -> Result<(), Broken> {
+        if min_calls <= window {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "min_calls ({min_calls}) is larger than the window ({window}): the breaker could never open"
+            )))
+        }
+    }
+
+    /// Bulkhead `max_concurrent` in 1..=1000000.
+    pub fn bulkhead_max_concurrent(n: u64) -> Result<(), Broken> {
+        let r = &bounds::BULKHEAD_MAX_CONCURRENT;
+        if n >= u64::from(*r.start()) && n <= u64::from(*r.end()) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "max_concurrent = {n} is outside {}..={}",
+                r.start(),
+                r.end()
+            )))
+        }
+    }
+
+    /// A connect timeout shorter than the attempt timeout, so a connect failure is never
+    /// mistaken for a read timeout.
+    pub fn connect_within_timeout(connect: Duration, timeout: Duration) -> Result<(), Broken> {
+        if connect < timeout {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "connect_timeout ({}) is not shorter than the attempt timeout ({}): a connect timeout would then look like a read timeout, and a request that was never sent could not be retried safely",
+                fmt_duration(connect),
+                fmt_duration(timeout)
+            )))
+        }
+    }
+}
+
+/// Boundary cases every checker of the workspace must agree on: (setting, value, accepted).
+/// The macro's and the runtime's tests both run through this table.
+#[doc(hidden)]
+pub mod cases {
+    /// `(max_attempts, accepted)`.
+    pub const MAX_ATTEMPTS: &[(u32, bool)] = &[(0, false), (1, true), (10, true), (11, false)];
+    /// `(budget ratio, accepted)`.
+    pub const BUDGET_RATIO: &[(f64, bool)] = &[
+        (0.0, true),
+        (0.1, true),
+        (1.0, true),
+        (1.01, false),
+        (10.0, false),
+    ];
+    /// `(budget min_per_sec, accepted)`.
+    pub const BUDGET_MIN_PER_SEC: &[(u64, bool)] =
+        &[(0, true), (1_000_000, true), (1_000_001, false)];
+    /// `(bulkhead max_concurrent, accepted)`.
+    pub const BULKHEAD_MAX_CONCURRENT: &[(u64, bool)] = &[
+        (0, false),
+        (1, true),
+        (1_000_000, true),
+        (1_000_001, false),
+        (1 << 20, false),
+    ];
+    /// `(breaker window, accepted)`.
+    pub const BREAKER_WINDOW: &[(u64, bool)] =
+        &[(0, false), (1, true), (1024, true), (1025, false)];
+    /// `(breaker failure_rate, accepted)`.
+    pub const BREAKER_FAILURE_RATE: &[(f64, bool)] =
+        &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
+    /// `(backoff multiplier, accepted)`.
+    pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
+        &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rules_agree_with_their_cases() {
+        for (n, ok) in cases::MAX_ATTEMPTS {
+            assert_eq!(rules::max_attempts(*n).is_ok(), *ok, "{n}");
+        }
+        for (x, ok) in cases::BUDGET_RATIO {
+            assert_eq!(rules::budget_ratio(*x).is_ok(), *ok, "{x}");
+        }
+        for (n, ok) in cases::BUDGET_MIN_PER_SEC {
+            assert_eq!(rules::budget_min_per_sec(*n).is_ok(), *ok, "{n}");
+        }
+        for (n, ok) in cases::BULKHEAD_MAX_CONCURRENT {
+            assert_eq!(rules::bulkhead_max_concurrent(*n).is_ok(), *ok, "{n}");
+        }
+        for (n, ok) in cases::BREAKER_WINDOW {
+            assert_eq!(rules::breaker_count("window", *n).is_ok(), *ok, "{n}");
+        }
+        for (x, ok) in cases::BREAKER_FAILURE_RATE {
+            assert_eq!(rules::breaker_failure_rate(*x).is_ok(), *ok, "{x}");
+        }
+        for (x, ok) in cases::BACKOFF_MULTIPLIER {
+            assert_eq!(rules::backoff_multiplier(*x).is_ok(), *ok, "{x}");
+        }
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(Method::parse("post"), Some(Method::Post));
+        assert_eq!(Method::parse("OTHER"), None);
+        assert_eq!(Method::Get.least_safe(Method::Put), Method::Put);
+        assert!(!may_resend(Method::Post, false, true));
+        assert!(may_resend(Method::Put, false, true));
+        assert!(rules::safe_retry(Method::Post, false, false, 3, true).is_err());
+        assert!(rules::safe_retry(Method::Post, false, false, 3, false).is_ok());
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(fmt_duration(Duration::from_secs(120)), "2m");
+    }
+}
