@@ -36,7 +36,7 @@
 //! changes only by compare-and-swap on the word.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -191,6 +191,8 @@ pub struct BreakerSnapshot {
     pub window_calls: u32,
     /// Failures among them.
     pub window_failures: u32,
+    /// The state it is held in by hand ([`Breaker::force_open`], [`Breaker::force_closed`]).
+    pub forced: Option<BreakerState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +328,13 @@ pub struct Breaker {
     half_opened: AtomicU64,
     closed: AtomicU64,
     rejected: AtomicU64,
+    /// Held by hand: [`FORCE_NONE`], [`FORCE_OPEN`] or [`FORCE_CLOSED`].
+    force: AtomicU8,
 }
+
+const FORCE_NONE: u8 = 0;
+const FORCE_OPEN: u8 = 1;
+const FORCE_CLOSED: u8 = 2;
 
 impl Breaker {
     /// A closed breaker.
@@ -359,6 +367,7 @@ impl Breaker {
             half_opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            force: AtomicU8::new(FORCE_NONE),
         })
     }
 
@@ -401,11 +410,70 @@ impl Breaker {
             rejected: self.rejected.load(Ordering::Relaxed),
             window_calls,
             window_failures,
+            forced: self.forced(),
+        }
+    }
+
+    /// Holds the breaker open until [`reset`](Self::reset): every call fails fast, whatever
+    /// the window says. For runbooks: take a failing dependency out of the path by hand.
+    pub fn force_open(&self) {
+        self.force.store(FORCE_OPEN, Ordering::Release);
+        self.set_word(|w| open(next_generation(w), self.now_ms_ceil()));
+        tracing::warn!(breaker = self.name, "circuit breaker forced open by hand");
+    }
+
+    /// Holds the breaker closed until [`reset`](Self::reset): every call goes through and no
+    /// outcome opens it. For runbooks: a breaker that trips on a known, harmless failure.
+    pub fn force_closed(&self) {
+        self.force.store(FORCE_CLOSED, Ordering::Release);
+        self.set_word(|w| closed(next_generation(w), 0, 0));
+        tracing::warn!(breaker = self.name, "circuit breaker forced closed by hand");
+    }
+
+    /// Ends any forcing and starts afresh: closed, with an empty window.
+    pub fn reset(&self) {
+        self.force.store(FORCE_NONE, Ordering::Release);
+        self.set_word(|w| closed(next_generation(w), 0, 0));
+        tracing::warn!(breaker = self.name, "circuit breaker reset by hand");
+    }
+
+    /// The state it is held in by hand, if any.
+    pub fn forced(&self) -> Option<BreakerState> {
+        match self.force.load(Ordering::Acquire) {
+            FORCE_OPEN => Some(BreakerState::Open),
+            FORCE_CLOSED => Some(BreakerState::Closed),
+            _ => None,
+        }
+    }
+
+    fn set_word(&self, next: impl Fn(u64) -> u64) {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let n = next(w);
+            match self
+                .word
+                .compare_exchange_weak(w, n, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let (from, to) = (decode(w), decode(n));
+                    if from != to {
+                        self.transitioned(from, to);
+                    }
+                    return;
+                }
+                Err(now) => w = now,
+            }
         }
     }
 
     /// Asks to make one attempt.
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, BreakerOpen> {
+        match self.force.load(Ordering::Relaxed) {
+            FORCE_NONE => {}
+            FORCE_OPEN => return self.reject(),
+            // Held closed: a permit whose report changes nothing (see `report`).
+            _ => return Ok(self.permit(u64::MAX, false)),
+        }
         let mut w = self.word.load(Ordering::Acquire);
         loop {
             let (next, probe) = match state_bits(w) {

@@ -24,6 +24,7 @@
 
 mod backoff;
 pub mod breaker;
+pub mod breakers;
 pub mod budget;
 pub mod bulkhead;
 mod class;
@@ -37,6 +38,7 @@ mod error;
 mod http;
 mod invalid;
 pub mod metrics;
+pub mod overrides;
 mod policy;
 mod probe;
 #[doc(hidden)]

@@ -164,6 +164,8 @@ pub(crate) fn all_metrics() -> Vec<(&'static str, &'static PolicyMetrics)> {
 #[derive(Debug)]
 pub struct PolicyState {
     resolved: OnceLock<Resolved>,
+    /// The policy a run-time override put in place of the compiled one.
+    pub(crate) current: arc_swap::ArcSwapOption<&'static Policy>,
     budget: OnceLock<Budget>,
     breaker: OnceLock<Breaker>,
     bulkhead: OnceLock<Bulkhead>,
@@ -187,6 +189,7 @@ impl PolicyState {
     pub const fn new() -> PolicyState {
         PolicyState {
             resolved: OnceLock::new(),
+            current: arc_swap::ArcSwapOption::const_empty(),
             budget: OnceLock::new(),
             breaker: OnceLock::new(),
             bulkhead: OnceLock::new(),
@@ -201,6 +204,7 @@ impl PolicyState {
             } else {
                 policy.name
             };
+            crate::overrides::register(function, policy_name, policy, &self.current);
             Resolved {
                 function,
                 policy: policy_name,

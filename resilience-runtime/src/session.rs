@@ -137,6 +137,7 @@ impl Session {
         key: KeyArg,
     ) -> Result<Session, Error> {
         let shared = state.resolve(policy);
+        let policy = crate::overrides::current(policy, &state.current);
         let key = match key {
             KeyArg::None => None,
             KeyArg::Auto => Some(Key::Auto(uuid::Uuid::new_v4())),

@@ -240,6 +240,66 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// Parses `"250ms"`, `"5s"`, `"1m"`, `"1h"`, `"1500us"`, `"1.5s"`: a number (decimals allowed)
+/// and a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, rest) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "`{text}` is not a duration: write a number and a unit, like \"250ms\", \"1.5s\" or \"1m\""
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is too large"))?;
+    // A decimal fraction: `1.5s`.
+    let (frac, unit) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            if end == 0 {
+                return Err(format!(
+                    "`{text}` has a `.` without digits after it: write \"{n}.5s\" or \"{n}s\""
+                ));
+            }
+            if end > 9 {
+                return Err(format!(
+                    "`{text}` has more decimals than a nanosecond holds"
+                ));
+            }
+            (&r[..end], &r[end..])
+        }
+        None => ("", rest),
+    };
+    let nanos_per: u64 = match unit.trim() {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => return Err(format!("`{text}` has no unit: write \"{n}ms\" or \"{n}s\"")),
+        u => {
+            return Err(format!(
+                "`{u}` is not a duration unit: use ns, us, ms, s, m or h"
+            ));
+        }
+    };
+    let whole = n.checked_mul(nanos_per);
+    let part = if frac.is_empty() {
+        Some(0)
+    } else {
+        // frac has 1..=9 digits: frac / 10^len of a unit, in nanoseconds, rounded down.
+        let digits: u64 = frac.parse().unwrap_or(0);
+        let scale = 10u64.pow(frac.len() as u32);
+        Some((u128::from(digits) * u128::from(nanos_per) / u128::from(scale)) as u64)
+    };
+    whole
+        .zip(part)
+        .and_then(|(w, p)| w.checked_add(p))
+        .map(Duration::from_nanos)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// Every rule, each a function of the values it constrains.
 pub mod rules {
     use super::*;
@@ -263,7 +323,12 @@ pub mod rules {
 
     /// `max_attempts` in 1..=10.
     pub fn max_attempts(n: u32) -> Result<(), Broken> {
-        within("max_attempts", n, &bounds::MAX_ATTEMPTS, " (1 means no retry)")
+        within(
+            "max_attempts",
+            n,
+            &bounds::MAX_ATTEMPTS,
+            " (1 means no retry)",
+        )
     }
 
     /// A timeout longer than zero.

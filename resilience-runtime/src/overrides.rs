@@ -1,0 +1,686 @@
+//! Checked run-time overrides: an operator changes timeouts, deadlines, retries and backoff
+//! without a rebuild, and the compiled safety rules still hold.
+//!
+//! Point the environment variable [`ENV`] (`RESILIENCE_OVERRIDES`) at a TOML file with the
+//! schema of `resilience.toml`. It is read when the first `#[resilient]` function is first
+//! called, and again whenever the process calls [`reload`] (from an admin endpoint or a SIGHUP
+//! handler, say). [`apply_file`] and [`apply_str`] apply a file given by hand.
+//!
+//! ```toml
+//! [defaults]                       # every annotated function
+//! max_retry_after = "10s"
+//!
+//! [policies.payments]              # the functions of `policy = "payments"`
+//! timeout = "20s"
+//! deadline = "60s"
+//!
+//! [functions."shop::pg::Client::charge"]   # one function, by its full path
+//! max_attempts = 2
+//! ```
+//!
+//! The settings that can change at run time: `timeout`, `deadline`, `max_attempts`,
+//! `max_retry_after`, `retry_on` and `backoff` (`kind`, `initial`, `max`, `multiplier`,
+//! `jitter`). The more specific section wins: the compiled policy < `[defaults]` <
+//! `[policies.NAME]` < `[functions."PATH"]`. What a function sends (its method, its key) is a
+//! compiled fact an override cannot change.
+//!
+//! Every override is checked with the rules the macro applies at compile time
+//! ([`resilience_spec::rules`]), against each function's compiled facts: an override that would
+//! let a POST without a key be retried after it may have arrived, or give an attempt more time
+//! than the deadline, is refused, with `file:line:col` and the rule's own message, and nothing
+//! of that file is applied: every function keeps the policy it had. Each applied change is
+//! logged (function, setting, old → new) and returned as a [`Change`].
+//!
+//! A function first called after a file was applied gets the file's settings then, checked the
+//! same way; if they break a rule for it, it keeps its compiled policy and the refusal is logged.
+//!
+//! The hot path reads the current policy with one relaxed atomic load while no override is
+//! active, and a lock-free load of the function's current policy while one is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use resilience_spec::{Broken, rules};
+
+use crate::policy::{BackoffKind, Jitter, KeySource, Policy, RetryOn};
+
+/// The environment variable naming the override file.
+pub const ENV: &str = "RESILIENCE_OVERRIDES";
+
+/// An override file that was refused: nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideError {
+    /// Each problem, as `file:line:col: message`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for OverrideError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "run-time overrides refused, the policies stay as they were:\n{}",
+            self.problems.join("\n")
+        )
+    }
+}
+
+impl std::error::Error for OverrideError {}
+
+/// One setting of one function that an override changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Change {
+    /// The function's full path.
+    pub function: &'static str,
+    /// The setting, as written in the file (`timeout`, `backoff.initial`, …).
+    pub setting: &'static str,
+    /// Its value before.
+    pub old: String,
+    /// Its value now.
+    pub new: String,
+}
+
+/// A value with the place it was written.
+#[derive(Debug, Clone, Copy)]
+struct At<T> {
+    value: T,
+    line: usize,
+    col: usize,
+}
+
+/// The settings one section overrides.
+#[derive(Debug, Clone, Default)]
+struct Patch {
+    timeout: Option<At<Duration>>,
+    deadline: Option<At<Duration>>,
+    max_attempts: Option<At<u32>>,
+    max_retry_after: Option<At<Duration>>,
+    retry_on: Option<At<RetryOn>>,
+    kind: Option<At<BackoffKind>>,
+    initial: Option<At<Duration>>,
+    max: Option<At<Duration>>,
+    multiplier_milli: Option<At<u32>>,
+    jitter: Option<At<Jitter>>,
+}
+
+/// A parsed override file.
+#[derive(Debug, Default)]
+struct Doc {
+    name: String,
+    defaults: Patch,
+    policies: BTreeMap<String, Patch>,
+    functions: BTreeMap<String, Patch>,
+}
+
+/// One annotated function, as the overrides see it.
+struct Known {
+    function: &'static str,
+    policy: &'static str,
+    compiled: &'static Policy,
+    current: &'static ArcSwapOption<&'static Policy>,
+}
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
+static DOC: Mutex<Option<Arc<Doc>>> = Mutex::new(None);
+static FROM_ENV: std::sync::Once = std::sync::Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The policy a call of this function runs under now.
+#[inline]
+pub(crate) fn current(
+    compiled: &'static Policy,
+    slot: &'static ArcSwapOption<&'static Policy>,
+) -> &'static Policy {
+    if !ACTIVE.load(Ordering::Relaxed) {
+        return compiled;
+    }
+    match &*slot.load() {
+        Some(p) => p,
+        None => compiled,
+    }
+}
+
+/// Called once per function, on its first call: makes it known to later overrides, reads the
+/// environment's file if no function did yet, and applies the current file to it.
+pub(crate) fn register(
+    function: &'static str,
+    policy: &'static str,
+    compiled: &'static Policy,
+    current: &'static ArcSwapOption<&'static Policy>,
+) {
+    FROM_ENV.call_once(|| {
+        if std::env::var_os(ENV).is_some()
+            && let Err(e) = reload()
+        {
+            tracing::error!(error = %e, "{ENV}: overrides not applied");
+        }
+    });
+    let known = Known {
+        function,
+        policy,
+        compiled,
+        current,
+    };
+    let doc = lock(&DOC).clone();
+    if let Some(doc) = doc {
+        match plan(&doc, &known) {
+            Ok(Some((p, changes))) => {
+                known
+                    .current
+                    .store(Some(Arc::new(&*Box::leak(Box::new(p)))));
+                log(&changes);
+            }
+            Ok(None) => {}
+            Err(problems) => tracing::error!(
+                function,
+                problems = %problems.join("; "),
+                "run-time overrides refused for this function: it keeps its compiled policy"
+            ),
+        }
+    }
+    lock(&KNOWN).push(known);
+}
+
+/// Reads the file [`ENV`] names and applies it; with the variable unset, removes every
+/// override.
+pub fn reload() -> Result<Vec<Change>, OverrideError> {
+    match std::env::var_os(ENV) {
+        Some(path) => apply_file(path),
+        None => Ok(clear()),
+    }
+}
+
+/// Reads an override file and applies it, or refuses it whole.
+pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| OverrideError {
+        problems: vec![format!("{name}: cannot read: {e}")],
+    })?;
+    apply_str(&text, &name)
+}
+
+/// Applies overrides given as TOML text; `name` stands for the file in messages.
+pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
+    let doc = Arc::new(parse(text, name).map_err(|problems| OverrideError { problems })?);
+    let known = lock(&KNOWN);
+    let mut planned = Vec::new();
+    let mut problems = Vec::new();
+    for k in known.iter() {
+        match plan(&doc, k) {
+            Ok(p) => planned.push(p),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        problems.dedup();
+        return Err(OverrideError { problems });
+    }
+    let mut all = Vec::new();
+    for (k, p) in known.iter().zip(planned) {
+        match p {
+            Some((policy, mut changes)) => {
+                k.current
+                    .store(Some(Arc::new(&*Box::leak(Box::new(policy)))));
+                all.append(&mut changes);
+            }
+            None => {
+                let had = k.current.swap(None);
+                if let Some(had) = had {
+                    all.append(&mut diff(k.function, &had, k.compiled));
+                }
+            }
+        }
+    }
+    *lock(&DOC) = Some(doc);
+    ACTIVE.store(true, Ordering::Release);
+    log(&all);
+    Ok(all)
+}
+
+/// Removes every override: each function runs under its compiled policy again.
+pub fn clear() -> Vec<Change> {
+    let known = lock(&KNOWN);
+    let mut all = Vec::new();
+    for k in known.iter() {
+        if let Some(had) = k.current.swap(None) {
+            all.append(&mut diff(k.function, &had, k.compiled));
+        }
+    }
+    *lock(&DOC) = None;
+    log(&all);
+    all
+}
+
+fn log(changes: &[Change]) {
+    for c in changes {
+        tracing::warn!(
+            function = c.function,
+            setting = c.setting,
+            old = %c.old,
+            new = %c.new,
+            "run-time override applied"
+        );
+    }
+}
+
+/// The policy `k` would run under with `doc`, and what changes; `None`: no section applies.
+/// `Err`: the rules it would break, located in the file.
+#[allow(clippy::type_complexity)]
+fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<String>> {
+    let sections: Vec<&Patch> = [
+        Some(&doc.defaults),
+        doc.policies.get(k.policy),
+        doc.functions.get(k.function),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut p = *k.compiled;
+    // Where each setting came from, for the messages.
+    let mut at: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    macro_rules! take {
+        ($field:ident, $name:literal, $set:expr) => {
+            for s in &sections {
+                if let Some(v) = s.$field {
+                    #[allow(clippy::redundant_closure_call)]
+                    ($set)(&mut p, v.value);
+                    at.insert($name, (v.line, v.col));
+                }
+            }
+        };
+    }
+    take!(timeout, "timeout", |p: &mut Policy, v| p.timeout = v);
+    take!(deadline, "deadline", |p: &mut Policy, v| p.deadline = v);
+    take!(max_attempts, "max_attempts", |p: &mut Policy, v| p
+        .max_attempts =
+        v);
+    take!(max_retry_after, "max_retry_after", |p: &mut Policy, v| p
+        .max_retry_after =
+        v);
+    take!(retry_on, "retry_on", |p: &mut Policy, v| p.retry_on = v);
+    take!(kind, "backoff.kind", |p: &mut Policy, v| p.backoff.kind = v);
+    take!(initial, "backoff.initial", |p: &mut Policy, v| p
+        .backoff
+        .initial =
+        v);
+    take!(max, "backoff.max", |p: &mut Policy, v| p.backoff.max = v);
+    take!(
+        multiplier_milli,
+        "backoff.multiplier",
+        |p: &mut Policy, v| p.backoff.multiplier_milli = v
+    );
+    take!(jitter, "backoff.jitter", |p: &mut Policy, v| p
+        .backoff
+        .jitter =
+        v);
+    if at.is_empty() {
+        return Ok(None);
+    }
+    // The rules, against the compiled facts (method, key, idempotent).
+    let mut problems = Vec::new();
+    let mut check = |r: Result<(), Broken>, blame: &[&'static str]| {
+        if let Err(b) = r {
+            let (line, col) = blame
+                .iter()
+                .find_map(|s| at.get(s).copied())
+                .unwrap_or((1, 1));
+            problems.push(format!(
+                "{}:{line}:{col}: {} ({}): {}",
+                doc.name,
+                k.function,
+                k.compiled.method,
+                b.to_string().replace('\n', "\n    ")
+            ));
+        }
+    };
+    check(rules::max_attempts(p.max_attempts), &["max_attempts"]);
+    check(rules::timeout_nonzero("timeout", p.timeout), &["timeout"]);
+    check(
+        rules::timeout_nonzero("deadline", p.deadline),
+        &["deadline"],
+    );
+    check(
+        rules::timeout_within_deadline(p.timeout, p.deadline, p.max_attempts),
+        &["timeout", "deadline"],
+    );
+    check(
+        rules::backoff_order(p.backoff.initial, p.backoff.max),
+        &["backoff.initial", "backoff.max"],
+    );
+    check(
+        rules::backoff_multiplier(f64::from(p.backoff.multiplier_milli) / 1000.0),
+        &["backoff.multiplier"],
+    );
+    for s in p.retry_on.statuses {
+        check(rules::retryable_status(*s), &["retry_on"]);
+    }
+    check(
+        rules::safe_retry(
+            p.method,
+            !matches!(p.idempotency_key, KeySource::None),
+            p.idempotent,
+            p.max_attempts,
+            p.retry_on.ambiguous(),
+        ),
+        &["max_attempts", "retry_on"],
+    );
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let changes = diff(k.function, k.compiled, &p);
+    Ok(Some((p, changes)))
+}
+
+fn diff(function: &'static str, old: &Policy, new: &Policy) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut cmp = |setting: &'static str, a: String, b: String| {
+        if a != b {
+            out.push(Change {
+                function,
+                setting,
+                old: a,
+                new: b,
+            });
+        }
+    };
+    let d = |d: Duration| resilience_spec::fmt_duration(d);
+    cmp("timeout", d(old.timeout), d(new.timeout));
+    cmp("deadline", d(old.deadline), d(new.deadline));
+    cmp(
+        "max_attempts",
+        old.max_attempts.to_string(),
+        new.max_attempts.to_string(),
+    );
+    cmp(
+        "max_retry_after",
+        d(old.max_retry_after),
+        d(new.max_retry_after),
+    );
+    cmp(
+        "retry_on",
+        render_retry_on(&old.retry_on),
+        render_retry_on(&new.retry_on),
+    );
+    cmp(
+        "backoff.kind",
+        format!("{:?}", old.backoff.kind).to_lowercase(),
+        format!("{:?}", new.backoff.kind).to_lowercase(),
+    );
+    cmp(
+        "backoff.initial",
+        d(old.backoff.initial),
+        d(new.backoff.initial),
+    );
+    cmp("backoff.max", d(old.backoff.max), d(new.backoff.max));
+    cmp(
+        "backoff.multiplier",
+        (f64::from(old.backoff.multiplier_milli) / 1000.0).to_string(),
+        (f64::from(new.backoff.multiplier_milli) / 1000.0).to_string(),
+    );
+    cmp(
+        "backoff.jitter",
+        format!("{:?}", old.backoff.jitter).to_lowercase(),
+        format!("{:?}", new.backoff.jitter).to_lowercase(),
+    );
+    out
+}
+
+fn render_retry_on(r: &RetryOn) -> String {
+    let mut v: Vec<String> = Vec::new();
+    for (on, name) in [
+        (r.connect, "connect"),
+        (r.reset, "reset"),
+        (r.timeout, "timeout"),
+    ] {
+        if on {
+            v.push(name.into());
+        }
+    }
+    v.extend(r.statuses.iter().map(u16::to_string));
+    format!("[{}]", v.join(", "))
+}
+
+// --- Parsing ------------------------------------------------------------------------------------
+
+type DeValue<'a> = toml::Spanned<toml::de::DeValue<'a>>;
+
+struct Parser<'t> {
+    text: &'t str,
+    name: &'t str,
+    problems: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn pos(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, str::len) + 1;
+        (line, col)
+    }
+
+    fn problem(&mut self, offset: usize, msg: impl fmt::Display) {
+        let (line, col) = self.pos(offset);
+        self.problems
+            .push(format!("{}:{line}:{col}: {msg}", self.name));
+    }
+
+    fn at<T>(&self, v: &DeValue<'_>, value: T) -> At<T> {
+        let (line, col) = self.pos(v.span().start);
+        At { value, line, col }
+    }
+
+    fn duration(&mut self, key: &str, v: &DeValue<'_>) -> Option<At<Duration>> {
+        match v.get_ref() {
+            toml::de::DeValue::String(s) => match resilience_spec::parse_duration(s) {
+                Ok(d) => Some(self.at(v, d)),
+                Err(m) => {
+                    self.problem(v.span().start, m);
+                    None
+                }
+            },
+            _ => {
+                self.problem(
+                    v.span().start,
+                    format!("`{key}` takes a duration like \"250ms\", \"1.5s\" or \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn whole(&mut self, key: &str, v: &DeValue<'_>) -> Option<u64> {
+        match v.get_ref() {
+            toml::de::DeValue::Integer(i) => match i.as_str().replace('_', "").parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.problem(
+                        v.span().start,
+                        format!("`{key}` takes a non-negative whole number"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.problem(v.span().start, format!("`{key}` takes a whole number"));
+                None
+            }
+        }
+    }
+
+    fn patch(&mut self, t: &toml::de::DeTable<'_>, section: &str) -> Patch {
+        let mut p = Patch::default();
+        for (key, v) in t {
+            let k: &str = key.get_ref();
+            let start = key.span().start;
+            match k {
+                "timeout" => p.timeout = self.duration(k, v),
+                "deadline" => p.deadline = self.duration(k, v),
+                "max_retry_after" => p.max_retry_after = self.duration(k, v),
+                "max_attempts" => {
+                    p.max_attempts = self
+                        .whole(k, v)
+                        .map(|n| self.at(v, u32::try_from(n).unwrap_or(u32::MAX)));
+                }
+                "retry_on" => p.retry_on = self.retry_on(v),
+                "backoff" => match v.get_ref() {
+                    toml::de::DeValue::Table(b) => self.backoff(b, &mut p),
+                    _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }"),
+                },
+                "method" | "idempotency_key" | "idempotent" | "budget" | "breaker" | "bulkhead"
+                | "client" | "policy" => self.problem(
+                    start,
+                    format!("`{k}` cannot change at run time (in [{section}]): it is a compiled fact of the function; change it in the code or resilience.toml and rebuild"),
+                ),
+                other => self.problem(
+                    start,
+                    format!("unknown key `{other}` in [{section}]; run-time overrides take timeout, deadline, max_attempts, max_retry_after, retry_on and backoff"),
+                ),
+            }
+        }
+        p
+    }
+
+    fn backoff(&mut self, b: &toml::de::DeTable<'_>, p: &mut Patch) {
+        for (key, v) in b {
+            let k: &str = key.get_ref();
+            match k {
+                "initial" => p.initial = self.duration(k, v),
+                "max" => p.max = self.duration(k, v),
+                "multiplier" => {
+                    let x = match v.get_ref() {
+                        toml::de::DeValue::Integer(i) => i.as_str().parse::<f64>().ok(),
+                        toml::de::DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                        _ => None,
+                    };
+                    match x.filter(|x| x.is_finite()) {
+                        Some(x) => p.multiplier_milli = Some(self.at(v, (x * 1000.0).round() as u32)),
+                        None => self.problem(v.span().start, "`multiplier` takes a number, such as 2"),
+                    }
+                }
+                "kind" | "jitter" => {
+                    let text = match v.get_ref() {
+                        toml::de::DeValue::String(s) => s.to_string(),
+                        _ => String::new(),
+                    };
+                    match (k, text.as_str()) {
+                        ("kind", "exponential") => p.kind = Some(self.at(v, BackoffKind::Exponential)),
+                        ("kind", "constant") => p.kind = Some(self.at(v, BackoffKind::Constant)),
+                        ("jitter", "full") => p.jitter = Some(self.at(v, Jitter::Full)),
+                        ("jitter", "equal") => p.jitter = Some(self.at(v, Jitter::Equal)),
+                        ("jitter", "decorrelated") => p.jitter = Some(self.at(v, Jitter::Decorrelated)),
+                        ("jitter", "none") => p.jitter = Some(self.at(v, Jitter::None)),
+                        ("kind", _) => self.problem(v.span().start, "`kind` is \"exponential\" or \"constant\""),
+                        _ => self.problem(v.span().start, "`jitter` is \"full\", \"equal\", \"decorrelated\" or \"none\""),
+                    }
+                }
+                other => self.problem(key.span().start, format!("unknown backoff key `{other}`; it takes kind, initial, max, multiplier and jitter")),
+            }
+        }
+    }
+
+    fn retry_on(&mut self, v: &DeValue<'_>) -> Option<At<RetryOn>> {
+        let toml::de::DeValue::Array(items) = v.get_ref() else {
+            self.problem(
+                v.span().start,
+                "`retry_on` takes a list: [\"connect\", \"reset\", 503]",
+            );
+            return None;
+        };
+        let mut r = RetryOn::NONE;
+        let mut statuses = Vec::new();
+        for item in items {
+            match item.get_ref() {
+                toml::de::DeValue::String(s) => match &**s {
+                    "connect" => r.connect = true,
+                    "reset" => r.reset = true,
+                    "timeout" => r.timeout = true,
+                    other => self.problem(
+                        item.span().start,
+                        format!(
+                            "`{other}` is not a failure class: connect, reset, timeout, or a status"
+                        ),
+                    ),
+                },
+                toml::de::DeValue::Integer(i) => match i.as_str().parse::<u16>() {
+                    Ok(code) => statuses.push(code),
+                    Err(_) => self.problem(item.span().start, "not an HTTP status"),
+                },
+                _ => self.problem(item.span().start, "`retry_on` lists classes and statuses"),
+            }
+        }
+        // Kept for the life of the process, like the compiled lists (one per applied file).
+        r.statuses = Box::leak(statuses.into_boxed_slice());
+        Some(self.at(v, r))
+    }
+}
+
+fn parse(text: &str, name: &str) -> Result<Doc, Vec<String>> {
+    let mut ps = Parser {
+        text,
+        name,
+        problems: Vec::new(),
+    };
+    let root = match toml::de::DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            ps.problem(offset, e.message().trim());
+            return Err(ps.problems);
+        }
+    };
+    let mut doc = Doc {
+        name: name.to_owned(),
+        ..Doc::default()
+    };
+    for (key, v) in root.get_ref() {
+        let k: &str = key.get_ref();
+        let toml::de::DeValue::Table(t) = v.get_ref() else {
+            ps.problem(key.span().start, format!("`{k}` must be a section: [{k}]"));
+            continue;
+        };
+        match k {
+            "defaults" => doc.defaults = ps.patch(t, "defaults"),
+            "policies" | "functions" => {
+                for (sub, sv) in t {
+                    let label = format!("{k}.{}", sub.get_ref());
+                    match sv.get_ref() {
+                        toml::de::DeValue::Table(st) => {
+                            let p = ps.patch(st, &label);
+                            let map = if k == "policies" {
+                                &mut doc.policies
+                            } else {
+                                &mut doc.functions
+                            };
+                            map.insert(sub.get_ref().to_string(), p);
+                        }
+                        _ => ps.problem(sub.span().start, format!("[{label}] must be a table")),
+                    }
+                }
+            }
+            "breakers" | "budgets" | "bulkheads" | "clients" => ps.problem(
+                key.span().start,
+                format!("[{k}] cannot change at run time: their state is sized at start-up; use resilience_runtime::breakers to force a breaker open or closed"),
+            ),
+            other => ps.problem(
+                key.span().start,
+                format!("unknown section [{other}]; run-time overrides take [defaults], [policies.NAME] and [functions.\"PATH\"]"),
+            ),
+        }
+    }
+    if ps.problems.is_empty() {
+        Ok(doc)
+    } else {
+        Err(ps.problems)
+    }
+}

@@ -1,0 +1,235 @@
+//! What an operator does in an incident, without a rebuild: lengthen a timeout, open a breaker,
+//! undo both; and an override that would break a compiled rule is refused with its place in
+//! the file.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, breakers, overrides, resilient};
+use tokio::time::Instant;
+
+#[resilient(timeout = "1s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_lengthened_at_run_time_and_put_back() {
+    let c = reqwest::Client::new();
+    // The dependency answers after 2 s: the compiled 1 s timeout gives up.
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    let e = lookup(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+
+    let changes = overrides::apply_str(
+        "[functions.\"runbook::lookup\"]\ntimeout = \"3s\"\ndeadline = \"30s\"\n",
+        "incident.toml",
+    )
+    .unwrap();
+    let mine: Vec<_> = changes
+        .iter()
+        .filter(|c| c.function == "runbook::lookup")
+        .map(|c| (c.setting, c.old.as_str(), c.new.as_str()))
+        .collect();
+    assert_eq!(mine, [("timeout", "1s", "3s"), ("deadline", "20s", "30s")]);
+    let started = Instant::now();
+    assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // Undo: the compiled policy again.
+    let undone = overrides::apply_str("", "incident.toml").unwrap();
+    assert!(
+        undone
+            .iter()
+            .any(|c| c.function == "runbook::lookup" && c.new == "1s")
+    );
+    let e = lookup(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+}
+
+#[resilient(timeout = "1s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn charge_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_that_would_resend_an_unkeyed_post_is_refused() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    charge_once(&c, &server.url("/")).await.unwrap_err(); // known to the overrides now
+    let file = "# incident 42\n[functions.\"runbook::charge_once\"]\nmax_attempts = 3\n";
+    let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("incident.toml:3:16: runbook::charge_once (POST): this POST could be retried after it may have reached the server, without an idempotency key"),
+        "{msg}"
+    );
+    assert!(msg.contains("`idempotency_key = auto`"), "the fixes: {msg}");
+    // The compiled policy stays: one request, not three.
+    server.clear();
+    charge_once(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_files_are_refused_with_their_place() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    lookup(&c, &server.url("/")).await.unwrap();
+    let cases = [
+        (
+            "[functions.\"runbook::lookup\"]\ntimeout = \"30s\"\n",
+            "incident.toml:2:11: runbook::lookup (GET): timeout (30s) is longer than the deadline (20s)",
+        ),
+        (
+            "[functions.\"runbook::lookup\"]\nmethod = \"GET\"\n",
+            "incident.toml:2:1: `method` cannot change at run time",
+        ),
+        (
+            "[defaults]\ntimout = \"3s\"\n",
+            "incident.toml:2:1: unknown key `timout` in [defaults]",
+        ),
+        (
+            "[functions.\"runbook::lookup\"]\ntimeout = \"3 parsecs\"\n",
+            "incident.toml:2:11: `parsecs` is not a duration unit",
+        ),
+        ("[defaults\n", "incident.toml:1:"),
+        (
+            "[breakers.pg]\nwindow = 10\n",
+            "incident.toml:1:2: [breakers] cannot change at run time",
+        ),
+    ];
+    for (file, want) in cases {
+        let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+        assert!(e.to_string().contains(want), "{file:?}:\n{e}");
+    }
+    // Nothing of them applied.
+    let started = Instant::now();
+    lookup(&c, &server.url("/")).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "runbook-pg",
+        failure_rate = 0.5,
+        min_calls = 2,
+        window = 2,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn pay(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_opened_closed_and_reset_by_hand() {
+    let c = reqwest::Client::new();
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    assert!(
+        breakers::state("runbook-pg").is_err(),
+        "unknown before first use"
+    );
+    pay(&c, &healthy.url("/")).await.unwrap();
+
+    let s = breakers::force_open("runbook-pg").unwrap();
+    assert_eq!(s.state, breakers::BreakerState::Open);
+    assert_eq!(s.forced, Some(breakers::BreakerState::Open));
+    healthy.clear();
+    for _ in 0..3 {
+        let e = pay(&c, &healthy.url("/")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CircuitOpen);
+    }
+    // Held open past open_for too.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        pay(&c, &healthy.url("/")).await.unwrap_err().kind(),
+        ErrorKind::CircuitOpen
+    );
+    assert_eq!(healthy.count(), 0, "nothing sent while held open");
+
+    // Held closed: failures do not open it.
+    let sick = FaultServer::start(Script::always(Action::status(503))).await;
+    breakers::force_closed("runbook-pg").unwrap();
+    for _ in 0..5 {
+        let e = pay(&c, &sick.url("/")).await.unwrap_err();
+        assert_eq!(e.http_status(), Some(503));
+    }
+    assert_eq!(sick.count(), 5);
+
+    // Reset: the breaker works by itself again.
+    let s = breakers::reset("runbook-pg").unwrap();
+    assert_eq!((s.state, s.forced), (breakers::BreakerState::Closed, None));
+    for _ in 0..2 {
+        pay(&c, &sick.url("/")).await.unwrap_err();
+    }
+    assert_eq!(
+        pay(&c, &sick.url("/")).await.unwrap_err().kind(),
+        ErrorKind::CircuitOpen
+    );
+    let unknown = breakers::force_open("runbook-nope").unwrap_err();
+    assert!(unknown.to_string().contains("runbook-pg"), "{unknown}");
+}
+
+/// Run as a child process with `RESILIENCE_OVERRIDES` set: the file applies from the first call.
+#[tokio::test(start_paused = true)]
+#[ignore = "run by overrides_from_the_environment_apply_at_start_up in a child process"]
+async fn child_with_overrides_from_the_environment() {
+    let c = reqwest::Client::new();
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    // Compiled: 1 s. The file in the environment says 3 s.
+    assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
+}
+
+#[test]
+fn overrides_from_the_environment_apply_at_start_up() {
+    let dir = std::env::temp_dir().join(format!("resilience-runbook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("overrides.toml");
+    std::fs::write(
+        &file,
+        "[functions.\"runbook::lookup\"]\ntimeout = \"3s\"\ndeadline = \"30s\"\n",
+    )
+    .unwrap();
+    let run = |with_file: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--ignored",
+            "--exact",
+            "child_with_overrides_from_the_environment",
+        ]);
+        if with_file {
+            cmd.env(overrides::ENV, &file);
+        } else {
+            cmd.env_remove(overrides::ENV);
+        }
+        cmd.output().unwrap()
+    };
+    let with = run(true);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stdout)
+    );
+    let without = run(false);
+    assert!(!without.status.success(), "the control: 1 s is too short");
+    std::fs::remove_dir_all(&dir).ok();
+}
