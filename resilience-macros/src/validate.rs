@@ -216,7 +216,7 @@ pub fn read_client(
     check_table_keys(diags, t, CLIENT_KEYS, "client", fb);
     let mut m = ClientM {
         connect_timeout: Duration::from_secs(3),
-        pool_idle_timeout: Duration::from_secs(4),
+        pool_idle_timeout: Duration::from_secs(1), // ClientSettings::DEFAULT
         tcp_keepalive: Duration::from_secs(30),
         pool_max_idle_per_host: 32,
     };

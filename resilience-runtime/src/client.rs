@@ -14,9 +14,10 @@ pub struct ClientSettings {
     /// Time to establish a connection; shorter than any attempt timeout, so a connect failure is
     /// recognisable as "never sent" (and safe to retry for any method).
     pub connect_timeout: Duration,
-    /// Pooled connections idle longer than this are closed, before common servers' keep-alive
-    /// timeouts (5 s and up) close them under us: the `Connection reset by peer` of a stale
-    /// pooled socket.
+    /// Pooled connections idle longer than this are closed, before the server's keep-alive
+    /// timeout closes them under us: the `connection closed before message completed` (or
+    /// `Connection reset by peer`) of a stale pooled socket. Must stay below the lowest
+    /// keep-alive of the servers called; see [`ClientSettings::DEFAULT`] for common ones.
     pub pool_idle_timeout: Duration,
     /// TCP keep-alive probes on open connections.
     pub tcp_keepalive: Duration,
@@ -25,9 +26,28 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// Connect timeout 3 s, pool idle timeout 1 s, TCP keep-alive 30 s, 32 idle connections
+    /// per host.
+    ///
+    /// The pool idle timeout is half the lowest idle keep-alive among the servers people
+    /// commonly run, so that a pooled socket is dropped by the client before the server drops
+    /// it (the server's timer starts when it sent the answer, the client's a little later, when
+    /// the answer arrived):
+    ///
+    /// | server | idle keep-alive by default |
+    /// |---|---|
+    /// | gunicorn (`--keep-alive`) | 2 s |
+    /// | Node.js `http.Server` (`keepAliveTimeout`) | 5 s |
+    /// | uvicorn (`--timeout-keep-alive`) | 5 s |
+    /// | Apache httpd (`KeepAliveTimeout`) | 5 s |
+    /// | AWS Application Load Balancer (idle timeout) | 60 s |
+    /// | nginx (`keepalive_timeout`) | 75 s |
+    ///
+    /// Against a server known to keep connections longer, raise it in `[clients.NAME]`
+    /// (`pool_idle_timeout = "30s"` below nginx's 75 s) to reconnect less often.
     pub const DEFAULT: ClientSettings = ClientSettings {
         connect_timeout: Duration::from_secs(3),
-        pool_idle_timeout: Duration::from_secs(4),
+        pool_idle_timeout: Duration::from_secs(1),
         tcp_keepalive: Duration::from_secs(30),
         pool_max_idle_per_host: 32,
     };
