@@ -74,3 +74,50 @@ impl Default for ClientSettings {
         ClientSettings::DEFAULT
     }
 }
+
+/// How the client writes the `Idempotency-Key` it generates (`idempotency_key = auto`).
+///
+/// The IETF idempotency-key draft makes the header a Structured Field string, quoted:
+/// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`. Payment APIs (and most servers
+/// in use) expect the bare value, which is the default. This crate's own
+/// [`IdempotencyLayer`](crate::server) accepts both as the same key.
+///
+/// A key taken from a parameter (`idempotency_key = order_id`) is sent as the caller gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFormat {
+    /// `Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324` (the default).
+    #[default]
+    Bare,
+    /// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`, the draft's form.
+    Quoted,
+}
+
+static KEY_FORMAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl KeyFormat {
+    /// Sets the format of every generated key in this process, from the next attempt on.
+    pub fn set(self) {
+        KEY_FORMAT.store(
+            self == KeyFormat::Quoted,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The format in use.
+    pub fn current() -> KeyFormat {
+        if KEY_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
+            KeyFormat::Quoted
+        } else {
+            KeyFormat::Bare
+        }
+    }
+
+    /// `key` (visible ASCII without `"` or `\`, such as a UUID) in this format.
+    pub(crate) fn header(self, key: &str) -> http::HeaderValue {
+        let value = match self {
+            KeyFormat::Bare => http::HeaderValue::from_str(key),
+            KeyFormat::Quoted => http::HeaderValue::from_str(&format!("\"{key}\"")),
+        };
+        value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid-key"))
+    }
+}
