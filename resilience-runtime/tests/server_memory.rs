@@ -334,3 +334,69 @@ async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when
     );
     assert_eq!(count(&app.runs.gated), 1, "never run twice");
 }
+
+#[tokio::test]
+async fn stored_response_bytes_stay_under_the_memory_stores_bound() {
+    // Regression: 16 keyed responses of 16 MiB kept 310 MiB for the 24 h TTL. Scaled down:
+    // a 64 KiB store, responses of 20 KiB each.
+    let memory = Arc::new(MemoryStore::with_limits(100, 64 * 1024));
+    let store: Store = memory.clone();
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let body = "x".repeat(20 * 1024);
+    let keys: Vec<String> = (0..8).map(|_| fresh_key()).collect();
+    for key in &keys {
+        assert_eq!(
+            post(&app.url("/orders"), Some(key), &body).await.status,
+            201
+        );
+        assert!(memory.bytes() <= 64 * 1024, "{} bytes", memory.bytes());
+    }
+    assert!(
+        memory.bytes() > 40 * 1024,
+        "the newest are kept: {}",
+        memory.bytes()
+    );
+    // The newest response is replayed; the oldest went to make room.
+    assert!(
+        post(&app.url("/orders"), Some(&keys[7]), &body)
+            .await
+            .replayed()
+    );
+    let oldest = post(&app.url("/orders"), Some(&keys[0]), &body).await;
+    assert!(
+        !oldest.replayed(),
+        "evicted, so run again: {}",
+        oldest.status
+    );
+}
+
+#[tokio::test]
+async fn problem_docs_type_and_link_the_applications_page() {
+    let store = store();
+    let layer = IdempotencyLayer::new(store.clone())
+        .problem_docs("https://docs.example/idempotency")
+        .unwrap();
+    let app = serve(&store, layer).await;
+    let key = fresh_key();
+    assert_eq!(post(&app.url("/orders"), Some(&key), "a").await.status, 201);
+    let reused = post(&app.url("/orders"), Some(&key), "b").await;
+    assert_eq!(reused.status, 422);
+    assert_eq!(
+        reused.header("link"),
+        Some(r#"<https://docs.example/idempotency>; rel="describedby""#)
+    );
+    assert!(
+        reused
+            .body
+            .contains(r#""type":"https://docs.example/idempotency#key-reused""#),
+        "{}",
+        reused.body
+    );
+    let malformed = post(&app.url("/orders"), Some("\"unclosed"), "a").await;
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body.contains("#key-invalid"),
+        "{}",
+        malformed.body
+    );
+}

@@ -16,8 +16,10 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 /// when a new response would take the stored bytes (bodies and headers of completed
 /// responses) past `max_bytes`, expired entries go first, then the oldest completed responses.
 /// Claims of running handlers are never evicted (that would let a duplicate run); if every
-/// entry is a live claim, the new claim fails and the layer answers 503. A single response
-/// larger than `max_bytes` is refused with a [`StoreError`]; the layer's own
+/// entry is a live claim, the new claim fails and the layer answers 503. A repeat of an
+/// evicted response's key runs the handler again, as after its TTL: size the bounds for the
+/// retries you expect (minutes), not for the TTL. A single response larger than `max_bytes`
+/// is refused with a [`StoreError`]; the layer's own
 /// [`max_stored_body`](super::IdempotencyLayer::max_stored_body) (1 MiB by default, below the
 /// 64 MiB default here) keeps that from happening.
 ///

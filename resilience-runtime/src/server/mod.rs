@@ -94,7 +94,8 @@
 //!   [`max_stored_body`](IdempotencyLayer::max_stored_body) (1 MiB by default) reaches the
 //!   first caller in full, and a 500 `response-not-kept` problem is stored in its place: a
 //!   repeat learns that the operation ran once and is not run again. [`MemoryStore`] also
-//!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first.
+//!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first;
+//!   a repeat of an evicted key runs the handler again, as after the TTL.
 //!   Request bodies of covered requests are buffered (2 MiB limit by default) to be fingerprinted.
 //! - **Responses are kept for the TTL** (24 h by default): status, headers (minus connection
 //!   headers and `Content-Length`) and the whole body.
@@ -111,7 +112,9 @@
 //! - **A store lost while the handler runs never leads to a second run from this instance.**
 //!   If storing the response fails, the layer keeps the response and its claim, answers
 //!   repeats of that key from memory, and writes the response once the store answers again
-//!   (retrying with backoff up to 1 s, for up to the TTL).
+//!   (retrying with backoff up to 1 s, for up to the TTL). Those kept responses are not bounded
+//!   by [`MemoryStore`]'s limits: while the store stays down they accumulate, one per keyed
+//!   request whose handler was already running when it went (new keyed requests get 503).
 //!
 //! # Exactly once, and its at-least-once edges
 //!
