@@ -80,7 +80,7 @@ impl Default for ClientSettings {
 /// The IETF idempotency-key draft makes the header a Structured Field string, quoted:
 /// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`. Payment APIs (and most servers
 /// in use) expect the bare value, which is the default. This crate's own
-/// [`IdempotencyLayer`](crate::server) accepts both as the same key.
+/// `server::IdempotencyLayer` accepts both as the same key.
 ///
 /// A key taken from a parameter (`idempotency_key = order_id`) is sent as the caller gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -653,12 +653,14 @@ where
 
     let req = Request::from_parts(parts, ReqBody::from(body));
     let job = handle(config.clone(), inner, req, store_key, claim);
-    if !config.detached {
-        return job.await;
-    }
+    let rt = match tokio::runtime::Handle::try_current() {
+        Ok(rt) if config.detached => rt,
+        // Outside a tokio runtime there is nothing to detach onto: run it here.
+        _ => return job.await,
+    };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    match tokio::spawn(job).await {
+    match rt.spawn(job).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
         Err(e) => {
