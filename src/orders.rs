@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,8 +17,27 @@ pub async fn order_service(
     store: Option<Arc<dyn IdempotencyStore>>,
     runs: Arc<AtomicUsize>,
 ) -> SocketAddr {
-    async fn create(State(runs): State<Arc<AtomicUsize>>, body: String) -> (StatusCode, String) {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    order_service_with(store, runs, Arc::default()).await
+}
+
+/// [`order_service`] whose handler counts the order, then works for `work_ms` milliseconds (read
+/// when it starts) before answering: a slow payment gateway.
+pub async fn order_service_with(
+    store: Option<Arc<dyn IdempotencyStore>>,
+    runs: Arc<AtomicUsize>,
+    work_ms: Arc<AtomicU64>,
+) -> SocketAddr {
+    #[derive(Clone)]
+    struct Shared {
+        runs: Arc<AtomicUsize>,
+        work_ms: Arc<AtomicU64>,
+    }
+    async fn create(State(s): State<Shared>, body: String) -> (StatusCode, String) {
+        let n = s.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let work = s.work_ms.load(Ordering::SeqCst);
+        if work > 0 {
+            tokio::time::sleep(Duration::from_millis(work)).await;
+        }
         (StatusCode::CREATED, format!("order #{n} for {body}"))
     }
     let router = Router::new().route("/orders", axum::routing::post(create));
@@ -25,7 +45,7 @@ pub async fn order_service(
         Some(store) => router.layer(IdempotencyLayer::new(store)),
         None => router,
     };
-    let app = router.with_state(runs);
+    let app = router.with_state(Shared { runs, work_ms });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");

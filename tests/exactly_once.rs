@@ -1,22 +1,25 @@
 //! Exactly-once POSTs under faults: `#[resilient(idempotency_key = auto)]` on the client, the
 //! idempotency layer on the server, and a fault proxy between them that breaks attempts before
-//! the handler runs and after it ran (reset, close, stall, 503). The handler's effects equal the
-//! number of calls, exactly, with one server or two sharing Redis. Without the key, the client
-//! refuses to resend and reports the failure instead of duplicating.
+//! the handler runs and after it ran (reset, close, stall, 503), and makes the handler slower
+//! than the caller: slower than the attempt timeout (the client gives up and disconnects
+//! mid-request), and slower than the proxy's own read timeout (it answers 504 and closes the
+//! upstream connection while the handler runs). The handler's effects equal the number of
+//! calls, exactly, with one server or two sharing Redis. Without the key, the client refuses
+//! to resend and reports the failure instead of duplicating.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use resilience::orders::order_service;
+use resilience::orders::{order_service, order_service_with};
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::server::{MemoryStore, RedisStore};
 use resilience_runtime::{Error, ErrorKind, RequestBuilderExt as _, resilient};
 
 #[resilient(
-    timeout = "150ms",
+    timeout = "150ms", // ATTEMPT_MS
     deadline = "10s",
     max_attempts = 6,
     backoff(initial = "1ms", max = "5ms"),
@@ -62,6 +65,24 @@ enum Fault {
     CloseAfter,
     StallAfter,
     UnavailableAfter,
+    /// The handler outlives the attempt timeout: the client disconnects mid-request.
+    ClientGivesUp,
+    /// The handler outlives the proxy's read timeout: 504 while it runs.
+    ProxyTimesOut,
+}
+
+/// The attempt timeout of `place_order`.
+const ATTEMPT_MS: u64 = 150;
+
+impl Fault {
+    /// How long the handler works on the request this fault lets through.
+    fn work_ms(self) -> u64 {
+        match self {
+            Fault::ClientGivesUp => 2 * ATTEMPT_MS,
+            Fault::ProxyTimesOut => ATTEMPT_MS / 2,
+            _ => 0,
+        }
+    }
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -73,7 +94,30 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => Just(Fault::CloseAfter),
         1 => Just(Fault::StallAfter),
         2 => Just(Fault::UnavailableAfter),
+        1 => Just(Fault::ClientGivesUp),
+        1 => Just(Fault::ProxyTimesOut),
     ]
+}
+
+/// A plan of faults, one per request the proxy sees. After a slow-handler fault the next two
+/// requests pass: the first meets the still-running handler (409, `Retry-After: 1`), the
+/// second gets the replay; so together with at most 3 faults in a row (checked by each test),
+/// every call succeeds within its 6 attempts.
+fn plan() -> impl Strategy<Value = Vec<Fault>> {
+    proptest::collection::vec(fault(), 0..24).prop_map(|mut plan| {
+        let mut i = 0;
+        while i < plan.len() {
+            if plan[i].work_ms() > 0 {
+                for f in plan.iter_mut().skip(i + 1).take(2) {
+                    *f = Fault::Pass;
+                }
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+        plan
+    })
 }
 
 fn action(fault: Fault, upstream: SocketAddr) -> Action {
@@ -85,16 +129,29 @@ fn action(fault: Fault, upstream: SocketAddr) -> Action {
         Fault::CloseAfter => Action::forward_then(upstream, Action::close()),
         Fault::StallAfter => Action::forward_then(upstream, Action::stall()),
         Fault::UnavailableAfter => Action::forward_then(upstream, Action::status(503)),
+        Fault::ClientGivesUp => Action::forward(upstream),
+        Fault::ProxyTimesOut => {
+            Action::forward_within(upstream, Duration::from_millis(ATTEMPT_MS / 4))
+        }
     }
 }
 
 /// Runs `calls` orders one after another through a proxy that applies `plan` to the n-th
-/// request (alternating between the upstreams), then passes everything.
-async fn run(plan: Vec<Fault>, calls: usize, upstreams: Vec<SocketAddr>, runs: &AtomicUsize) {
+/// request (alternating between the upstreams), then passes everything. Before forwarding,
+/// the proxy sets `work_ms`, how long the handler the request reaches works.
+async fn run(
+    plan: Vec<Fault>,
+    calls: usize,
+    upstreams: Vec<SocketAddr>,
+    runs: &AtomicUsize,
+    work_ms: Arc<AtomicU64>,
+) {
     let ups = upstreams.clone();
     let proxy = FaultServer::start(Script::dynamic(move |seen| {
         let up = ups[seen.index % ups.len()];
-        action(plan.get(seen.index).copied().unwrap_or(Fault::Pass), up)
+        let fault = plan.get(seen.index).copied().unwrap_or(Fault::Pass);
+        work_ms.store(fault.work_ms(), Ordering::SeqCst);
+        action(fault, up)
     }))
     .await;
     let http = reqwest::Client::builder()
@@ -148,13 +205,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn exactly_once_with_the_memory_store(plan in proptest::collection::vec(fault(), 0..24)) {
+    fn exactly_once_with_the_memory_store(plan in plan()) {
         // At most 3 faults in a row, so that every call succeeds within its 6 attempts.
         prop_assume!(plan.windows(4).all(|w| w.iter().any(|f| matches!(f, Fault::Pass))));
         runtime().block_on(async {
             let runs = Arc::new(AtomicUsize::new(0));
-            let up = order_service(Some(Arc::new(MemoryStore::default())), runs.clone()).await;
-            run(plan, CALLS, vec![up], &runs).await;
+            let work = Arc::new(AtomicU64::new(0));
+            let up = order_service_with(Some(Arc::new(MemoryStore::default())), runs.clone(), work.clone()).await;
+            run(plan, CALLS, vec![up], &runs, work).await;
         });
     }
 }
@@ -187,7 +245,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn exactly_once_with_two_instances_sharing_redis(plan in proptest::collection::vec(fault(), 0..24)) {
+    fn exactly_once_with_two_instances_sharing_redis(plan in plan()) {
         prop_assume!(plan.windows(4).all(|w| w.iter().any(|f| matches!(f, Fault::Pass))));
         runtime().block_on(async {
             let Some(url) = redis_url().await else { return };
@@ -195,9 +253,10 @@ proptest! {
             let runs = Arc::new(AtomicUsize::new(0));
             let a = RedisStore::connect(&url).await.unwrap().prefix(prefix.clone());
             let b = RedisStore::connect(&url).await.unwrap().prefix(prefix);
-            let up_a = order_service(Some(Arc::new(a)), runs.clone()).await;
-            let up_b = order_service(Some(Arc::new(b)), runs.clone()).await;
-            run(plan, CALLS, vec![up_a, up_b], &runs).await;
+            let work = Arc::new(AtomicU64::new(0));
+            let up_a = order_service_with(Some(Arc::new(a)), runs.clone(), work.clone()).await;
+            let up_b = order_service_with(Some(Arc::new(b)), runs.clone(), work.clone()).await;
+            run(plan, CALLS, vec![up_a, up_b], &runs, work).await;
         });
     }
 }

@@ -193,7 +193,7 @@ pub(crate) fn read_client(
     check_table_keys(diags, t, CLIENT_KEYS, "client", fb);
     let mut m = ClientM {
         connect_timeout: defaults::CONNECT_TIMEOUT,
-        pool_idle_timeout: Duration::from_secs(4),
+        pool_idle_timeout: defaults::POOL_IDLE_TIMEOUT,
         tcp_keepalive: Duration::from_secs(30),
         pool_max_idle_per_host: 32,
     };

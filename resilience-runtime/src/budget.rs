@@ -15,6 +15,23 @@
 //! client that was idle cannot spend ten seconds' worth of floor in one burst on a downstream
 //! that just fell over.
 //!
+//! # Retries of requests that were never processed
+//!
+//! A connect failure (never sent), or a pooled connection found closed (the reset class: a
+//! burst of stale keep-alive sockets after an idle spell), costs the downstream nothing or
+//! next to nothing, and is the safest retry there is. Such a burst can be larger than the floor
+//! and the deposits allow: 24 stale sockets at once against a floor of 10 per second. So these
+//! retries, when the budget proper refuses them, draw on a separate allowance of
+//! [`Budget::UNPROCESSED_BURST`] per window ([`Budget::withdraw_retry_at`]). The storm stays
+//! bounded: over any window,
+//!
+//! ```text
+//! retries ≤ ratio × first attempts + min_per_sec × W + UNPROCESSED_BURST
+//! ```
+//!
+//! and a retry storm against a dead downstream that answers (503, timeouts) never touches the
+//! allowance at all.
+//!
 //! # How it stays exact without a lock
 //!
 //! The window is [`Budget::BUCKETS`] buckets of one second. `balance` holds what deposits can
@@ -118,6 +135,9 @@ pub struct Budget {
     floor: AtomicU64,
     /// Every bucket older than the window as of this epoch has been recycled.
     swept: AtomicU64,
+    /// The allowance for never-processed retries: the window (high 32 bits) and the retries it
+    /// granted in it (low 32 bits).
+    unprocessed: AtomicU64,
     deposits: AtomicU64,
     withdrawals: AtomicU64,
     refused: AtomicU64,
@@ -129,6 +149,12 @@ impl Budget {
 
     /// How many buckets the window slides by.
     pub const BUCKETS: usize = BUCKETS;
+
+    /// Retries of never-processed requests (connect failures, stale pooled connections)
+    /// granted per window beyond the budget proper: as many as the idle connections a default
+    /// client keeps per host ([`ClientSettings::DEFAULT`](crate::ClientSettings::DEFAULT)), so
+    /// that a whole pool going stale at once is retried.
+    pub const UNPROCESSED_BURST: u32 = 32;
 
     /// An empty budget: only the floor can grant retries until first attempts come in.
     ///
@@ -153,6 +179,7 @@ impl Budget {
             buckets: Default::default(),
             floor: AtomicU64::new(pack(0, 0)),
             swept: AtomicU64::new(0),
+            unprocessed: AtomicU64::new(pack(0, 0)),
             deposits: AtomicU64::new(0),
             withdrawals: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -213,6 +240,46 @@ impl Budget {
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
         false
+    }
+
+    /// Takes one retry of a failure of `class` due at `now`: from the budget proper, or, for a
+    /// request that was never processed ([`Class::Connect`](crate::Class::Connect), or a
+    /// connection lost before the answer, [`Class::Reset`](crate::Class::Reset)), from the
+    /// allowance of [`UNPROCESSED_BURST`](Self::UNPROCESSED_BURST) per window when the budget
+    /// proper is spent. False when neither has a retry left.
+    pub fn withdraw_retry_at(&self, class: crate::Class, now: Instant) -> bool {
+        if self.withdraw_at(now) {
+            return true;
+        }
+        if !matches!(class, crate::Class::Connect | crate::Class::Reset) {
+            return false;
+        }
+        let window = self.epoch_at(now) / BUCKETS as u64;
+        let mut cur = self.unprocessed.load(Ordering::Acquire);
+        loop {
+            let held = u64::from(epoch_of(cur));
+            let next = if held < window {
+                pack(window as u32, 1)
+            } else if (cur as u32) < Self::UNPROCESSED_BURST {
+                cur + 1
+            } else {
+                return false;
+            };
+            match self.unprocessed.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    // `withdraw_at` counted a refusal; it was granted after all.
+                    self.refused.fetch_sub(1, Ordering::Relaxed);
+                    self.withdrawals.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Whole retries that could be withdrawn now.
@@ -361,6 +428,40 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_processed_retries_have_their_own_allowance_per_window() {
+        use crate::Class;
+        let b = Budget::new(NO_FLOOR);
+        let now = Instant::now();
+        // Answered or ambiguous failures get nothing beyond the budget proper.
+        assert!(!b.withdraw_retry_at(Class::Status(503), now));
+        assert!(!b.withdraw_retry_at(Class::Timeout, now));
+        let granted = (0..100)
+            .filter(|i| {
+                let class = if i % 2 == 0 {
+                    Class::Connect
+                } else {
+                    Class::Reset
+                };
+                b.withdraw_retry_at(class, now)
+            })
+            .count();
+        assert_eq!(granted, Budget::UNPROCESSED_BURST as usize);
+        let s = b.snapshot();
+        assert_eq!((s.withdrawals, s.refused), (32, 2 + 68));
+        // The budget proper comes first: deposits pay before the allowance.
+        for _ in 0..10 {
+            b.deposit_at(now);
+        }
+        assert!(b.withdraw_retry_at(Class::Reset, now));
+        assert!(!b.withdraw_retry_at(Class::Reset, now));
+        advance(Budget::WINDOW).await;
+        assert!(
+            b.withdraw_retry_at(Class::Connect, Instant::now()),
+            "a new window"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,10 @@ pub struct ClientSettings {
     /// Time to establish a connection; shorter than any attempt timeout, so a connect failure is
     /// recognisable as "never sent" (and safe to retry for any method).
     pub connect_timeout: Duration,
-    /// Pooled connections idle longer than this are closed, before common servers' keep-alive
-    /// timeouts (5 s and up) close them under us: the `Connection reset by peer` of a stale
-    /// pooled socket.
+    /// Pooled connections idle longer than this are closed, before the server's keep-alive
+    /// timeout closes them under us: the `connection closed before message completed` (or
+    /// `Connection reset by peer`) of a stale pooled socket. Must stay below the lowest
+    /// keep-alive of the servers called; see [`ClientSettings::DEFAULT`] for common ones.
     pub pool_idle_timeout: Duration,
     /// TCP keep-alive probes on open connections.
     pub tcp_keepalive: Duration,
@@ -25,10 +26,28 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The defaults `client!` starts from.
+    /// Connect timeout 3 s, pool idle timeout 1 s, TCP keep-alive 30 s, 32 idle connections
+    /// per host.
+    ///
+    /// The pool idle timeout is half the lowest idle keep-alive among the servers people
+    /// commonly run, so that a pooled socket is dropped by the client before the server drops
+    /// it (the server's timer starts when it sent the answer, the client's a little later, when
+    /// the answer arrived):
+    ///
+    /// | server | idle keep-alive by default |
+    /// |---|---|
+    /// | gunicorn (`--keep-alive`) | 2 s |
+    /// | Node.js `http.Server` (`keepAliveTimeout`) | 5 s |
+    /// | uvicorn (`--timeout-keep-alive`) | 5 s |
+    /// | Apache httpd (`KeepAliveTimeout`) | 5 s |
+    /// | AWS Application Load Balancer (idle timeout) | 60 s |
+    /// | nginx (`keepalive_timeout`) | 75 s |
+    ///
+    /// Against a server known to keep connections longer, raise it in `[clients.NAME]`
+    /// (`pool_idle_timeout = "30s"` below nginx's 75 s) to reconnect less often.
     pub const DEFAULT: ClientSettings = ClientSettings {
-        connect_timeout: Duration::from_secs(3),
-        pool_idle_timeout: Duration::from_secs(4),
+        connect_timeout: resilience_spec::defaults::CONNECT_TIMEOUT,
+        pool_idle_timeout: resilience_spec::defaults::POOL_IDLE_TIMEOUT,
         tcp_keepalive: Duration::from_secs(30),
         pool_max_idle_per_host: 32,
     };
@@ -53,5 +72,52 @@ impl ClientSettings {
 impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings::DEFAULT
+    }
+}
+
+/// How the client writes the `Idempotency-Key` it generates (`idempotency_key = auto`).
+///
+/// The IETF idempotency-key draft makes the header a Structured Field string, quoted:
+/// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`. Payment APIs (and most servers
+/// in use) expect the bare value, which is the default. This crate's own
+/// `server::IdempotencyLayer` accepts both as the same key.
+///
+/// A key taken from a parameter (`idempotency_key = order_id`) is sent as the caller gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFormat {
+    /// `Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324` (the default).
+    #[default]
+    Bare,
+    /// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`, the draft's form.
+    Quoted,
+}
+
+static KEY_FORMAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl KeyFormat {
+    /// Sets the format of every generated key in this process, from the next attempt on.
+    pub fn set(self) {
+        KEY_FORMAT.store(
+            self == KeyFormat::Quoted,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The format in use.
+    pub fn current() -> KeyFormat {
+        if KEY_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
+            KeyFormat::Quoted
+        } else {
+            KeyFormat::Bare
+        }
+    }
+
+    /// `key` (visible ASCII without `"` or `\`, such as a UUID) in this format.
+    pub(crate) fn header(self, key: &str) -> http::HeaderValue {
+        let value = match self {
+            KeyFormat::Bare => http::HeaderValue::from_str(key),
+            KeyFormat::Quoted => http::HeaderValue::from_str(&format!("\"{key}\"")),
+        };
+        value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid-key"))
     }
 }

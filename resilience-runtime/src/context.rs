@@ -32,7 +32,7 @@ impl Key {
             Key::Auto(u) => {
                 let mut buf = uuid::Uuid::encode_buffer();
                 let s = u.hyphenated().encode_lower(&mut buf);
-                HeaderValue::from_str(s).expect("a UUID is a valid header value")
+                crate::client::KeyFormat::current().header(s)
             }
             Key::Given(h) => h.clone(),
         }

@@ -51,7 +51,7 @@ mod session;
 
 pub use backoff::{BackoffState, set_jitter_seed};
 pub use classify::{Class, Classify, classify_error, is_transient_status};
-pub use client::ClientSettings;
+pub use client::{ClientSettings, KeyFormat};
 pub use context::{AttemptInfo, Inbound, current_attempt, with_inbound};
 pub use error::{Error, ErrorKind};
 pub use http::{

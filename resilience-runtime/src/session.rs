@@ -486,7 +486,7 @@ impl Session {
             Decision::GiveUp(why) => self.give_up(class, why),
             Decision::RetryAfter(delay) => {
                 if let Some(budget) = self.shared.budget
-                    && !budget.withdraw_at(now)
+                    && !budget.withdraw_retry_at(class, now)
                 {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                     self.give_up(class, GiveUp::BudgetExhausted);

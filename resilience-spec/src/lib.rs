@@ -171,6 +171,9 @@ pub mod defaults {
     pub const BREAKER_HALF_OPEN_CALLS: u32 = 3;
     /// Client: connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Client: how long an idle pooled connection is kept: half of gunicorn's 2 s keep-alive,
+    /// the lowest among common servers.
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 /// The bounds of every setting.

@@ -1,23 +1,31 @@
-//! The tower layer: validate the key, claim it, run the handler once, store and replay.
+//! The tower layer: validate the key, claim it, run the handler once, detached from the
+//! connection, then store and replay.
 
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, request};
 use http_body::Body;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::record::{Fingerprint, InFlight, Record, StoredResponse};
-use super::store::{BoxFuture, Claim, IdempotencyStore};
+use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -28,8 +36,9 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 /// The store key of a request: `"{method} {path} {key}"`, then `" {scope}"` when the layer has
 /// a [scope](IdempotencyLayer::scope).
 ///
-/// Unambiguous: methods, paths and valid keys contain no space, so everything after the third
-/// space is the scope. Useful to inspect or purge an entry by hand.
+/// Unambiguous: methods and paths contain no space, and the key is written with `%` as `%25`
+/// and a space as `%20` (a quoted key may hold spaces), so everything after the third space is
+/// the scope. Useful to inspect or purge an entry by hand.
 pub fn record_key(method: &Method, path: &str, key: &str, scope: Option<&str>) -> String {
     let mut out = String::with_capacity(
         method.as_str().len() + path.len() + key.len() + scope.map_or(0, |s| s.len() + 1) + 2,
@@ -38,7 +47,13 @@ pub fn record_key(method: &Method, path: &str, key: &str, scope: Option<&str>) -
     out.push(' ');
     out.push_str(path);
     out.push(' ');
-    out.push_str(key);
+    for c in key.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
     if let Some(scope) = scope {
         out.push(' ');
         out.push_str(scope);
@@ -46,17 +61,29 @@ pub fn record_key(method: &Method, path: &str, key: &str, scope: Option<&str>) -
     out
 }
 
-/// Which handler answers are kept and replayed; the others release the key, so that a retry
-/// runs the handler again.
+/// Which handler answers are kept and replayed by default; the others release the key, so
+/// that a retry runs the handler again.
 ///
 /// Kept: everything but 5xx, 408 and 429. Those three say "not done, try again": a server
 /// failure whose effects a correct handler rolled back, a timeout, a throttle. Replaying them
 /// would turn a transient failure into a permanent one for that key. Everything else, 4xx
 /// included, is the answer to that request and is replayed as it was.
+///
+/// **The danger**: a handler that answers 5xx *after* its effect happened (the card was
+/// charged, then writing the receipt failed) breaks that assumption, and a retry with the same
+/// key runs the effect again. Either make such handlers roll back before answering 5xx, or keep
+/// every answer with [`replay_every_status`].
 pub fn default_replayable(status: StatusCode) -> bool {
     !(status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// Keeps and replays every answer, 5xx included: for handlers that may fail after their effect
+/// happened. A transient failure then stays the answer for that key until the TTL; the client
+/// needs a new key (a new operation) to try again.
+pub fn replay_every_status(_: StatusCode) -> bool {
+    true
 }
 
 #[derive(Clone)]
@@ -68,8 +95,15 @@ struct Config {
     require_key: bool,
     methods: Vec<Method>,
     max_body: usize,
+    max_stored_body: usize,
     replayable: fn(StatusCode) -> bool,
     scope: Option<ScopeFn>,
+    handler_limit: Duration,
+    store_timeout: Duration,
+    store_down_for: Duration,
+    problem_docs: Option<Arc<str>>,
+    detached: bool,
+    state: Arc<State>,
 }
 
 impl fmt::Debug for Config {
@@ -81,8 +115,40 @@ impl fmt::Debug for Config {
             .field("require_key", &self.require_key)
             .field("methods", &self.methods)
             .field("max_body", &self.max_body)
+            .field("max_stored_body", &self.max_stored_body)
+            .field("handler_limit", &self.handler_limit)
+            .field("store_timeout", &self.store_timeout)
+            .field("store_down_for", &self.store_down_for)
+            .field("problem_docs", &self.problem_docs)
             .field("scoped", &self.scope.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// What the layer knows beyond one request: whether the store is known to be down, and the
+/// responses it could not store yet.
+#[derive(Default)]
+struct State {
+    down_until: Mutex<Option<Instant>>,
+    pending: Mutex<HashMap<Arc<str>, StoredResponse>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is one map or option operation: poison is harmless.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn is_down(&self, now: Instant) -> bool {
+        lock(&self.down_until).is_some_and(|until| until > now)
+    }
+
+    fn mark_down(&self, for_: Duration) {
+        *lock(&self.down_until) = Some(Instant::now() + for_);
+    }
+
+    fn pending(&self, key: &str) -> Option<StoredResponse> {
+        lock(&self.pending).get(key).cloned()
     }
 }
 
@@ -98,6 +164,7 @@ impl fmt::Debug for Config {
 ///
 /// let layer = IdempotencyLayer::new(MemoryStore::default())
 ///     .ttl(Duration::from_secs(6 * 3600))
+///     .handler_limit(Duration::from_secs(30))
 ///     .require_key(true);
 /// // axum: Router::new().route("/charges", post(charge)).layer(layer)
 /// # let _ = layer;
@@ -114,11 +181,20 @@ impl IdempotencyLayer {
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
     /// The largest request body buffered for fingerprinting by default: 2 MiB.
     pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
-    /// The longest key accepted, in bytes.
+    /// The largest response body stored for replay by default: 1 MiB.
+    pub const DEFAULT_MAX_STORED_BODY: usize = 1024 * 1024;
+    /// How long a handler may run by default before the layer cancels it: 60 seconds.
+    pub const DEFAULT_HANDLER_LIMIT: Duration = Duration::from_secs(60);
+    /// How long one store call may take by default: 250 ms.
+    pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+    /// How long a failed store is taken as down by default (answered 503 without asking it): 1 s.
+    pub const DEFAULT_STORE_DOWN_FOR: Duration = Duration::from_secs(1);
+    /// The longest key accepted, in bytes (after decoding a quoted key).
     pub const MAX_KEY_LEN: usize = 255;
 
     /// A layer keeping claims and responses in `store`, with the defaults: 24 h TTL, 10 s lease,
-    /// key optional, POST and PATCH covered, `Idempotency-Key` header, 2 MiB body limit.
+    /// key optional, POST and PATCH covered, `Idempotency-Key` header, 2 MiB request body limit,
+    /// 1 MiB stored response limit, 60 s handler limit, 250 ms per store call.
     pub fn new(store: impl IdempotencyStore + 'static) -> IdempotencyLayer {
         IdempotencyLayer {
             config: Arc::new(Config {
@@ -129,8 +205,15 @@ impl IdempotencyLayer {
                 require_key: false,
                 methods: vec![Method::POST, Method::PATCH],
                 max_body: Self::DEFAULT_MAX_BODY,
+                max_stored_body: Self::DEFAULT_MAX_STORED_BODY,
                 replayable: default_replayable,
                 scope: None,
+                handler_limit: Self::DEFAULT_HANDLER_LIMIT,
+                store_timeout: Self::DEFAULT_STORE_TIMEOUT,
+                store_down_for: Self::DEFAULT_STORE_DOWN_FOR,
+                problem_docs: None,
+                detached: true,
+                state: Arc::default(),
             }),
         }
     }
@@ -147,7 +230,7 @@ impl IdempotencyLayer {
 
     /// How long a claim lasts without renewal. While the handler runs, the layer renews the claim
     /// every third of the lease; if the instance dies mid-handler, the key frees up at most this
-    /// long after. A request dropped mid-handler (client gone) releases its claim at once.
+    /// long after.
     ///
     /// # Panics
     /// If `lease` is under a millisecond.
@@ -157,6 +240,46 @@ impl IdempotencyLayer {
             "idempotency lease under 1ms"
         );
         self.config_mut().lease = lease;
+        self
+    }
+
+    /// The longest a claimed key's handler may run, reading of its response body included.
+    /// The handler runs detached from the connection, so the client going away does not stop
+    /// it; this limit does. At the limit the layer drops the handler's future (cancelling it at
+    /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored or not
+    /// according to [`replayable`](Self::replayable) like any 500: by default the key is
+    /// released and a retry runs the handler again. Default: 60 s.
+    ///
+    /// # Panics
+    /// If `limit` is under a millisecond.
+    pub fn handler_limit(mut self, limit: Duration) -> Self {
+        assert!(
+            limit >= Duration::from_millis(1),
+            "idempotency handler limit under 1ms"
+        );
+        self.config_mut().handler_limit = limit;
+        self
+    }
+
+    /// The longest one store call may take (claim, renew, complete, release). A call that takes
+    /// longer counts as a store failure. Default: 250 ms.
+    ///
+    /// # Panics
+    /// If `timeout` is under a millisecond.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "idempotency store timeout under 1ms"
+        );
+        self.config_mut().store_timeout = timeout;
+        self
+    }
+
+    /// After a claim that got no answer within the [store timeout](Self::store_timeout), how
+    /// long the store is taken as down: keyed requests get 503 at once, without a store call. Default: 1 s (the `Retry-After` of that 503). Zero asks the
+    /// store every time.
+    pub fn store_down_for(mut self, for_: Duration) -> Self {
+        self.config_mut().store_down_for = for_;
         self
     }
 
@@ -187,7 +310,18 @@ impl IdempotencyLayer {
         self
     }
 
-    /// Which statuses are stored and replayed. Default: [`default_replayable`].
+    /// The largest response body stored for replay. A larger response reaches the first caller
+    /// in full, and the layer stores in its place a 500 `response-not-kept` problem saying the
+    /// operation ran once and its response was not kept: a repeat never runs the handler again,
+    /// and learns to look the result up another way. Default: 1 MiB.
+    pub fn max_stored_body(mut self, bytes: usize) -> Self {
+        self.config_mut().max_stored_body = bytes;
+        self
+    }
+
+    /// Which statuses are stored and replayed. Default: [`default_replayable`] (all but 5xx,
+    /// 408, 429); [`replay_every_status`] keeps everything. Read the danger written on
+    /// [`default_replayable`] before choosing.
     pub fn replayable(mut self, keep: fn(StatusCode) -> bool) -> Self {
         self.config_mut().replayable = keep;
         self
@@ -201,6 +335,28 @@ impl IdempotencyLayer {
         scope: impl Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         self.config_mut().scope = Some(Arc::new(scope));
+        self
+    }
+
+    /// Where the application documents its idempotency errors. Without it, error answers are
+    /// RFC 9457 problems with `"type": "about:blank"` and the status phrase as `title`. With it,
+    /// the `type` is this URI plus a fragment naming the problem (`#key-missing`, `#key-invalid`,
+    /// `#key-reused`, `#in-progress`, `#store-unavailable`, …), the `title` says what went
+    /// wrong, and a `Link: <uri>; rel="describedby"` header points at the page, as the IETF
+    /// idempotency-key draft shows.
+    ///
+    /// Returns an error if `uri` cannot be sent in a `Link` header.
+    pub fn problem_docs(mut self, uri: &str) -> Result<Self, http::header::InvalidHeaderValue> {
+        HeaderValue::from_str(&format!("<{uri}>; rel=\"describedby\""))?;
+        self.config_mut().problem_docs = Some(uri.into());
+        Ok(self)
+    }
+
+    /// Runs the handler inside the request future instead of a task of its own, so that a
+    /// dropped connection cancels it. Only for measuring what detaching costs.
+    #[doc(hidden)]
+    pub fn __attached_for_benchmarks(mut self) -> Self {
+        self.config_mut().detached = false;
         self
     }
 
@@ -271,11 +427,11 @@ where
             return passthrough(inner.call(req));
         }
         let key = match key_of(req.headers(), &config.header) {
-            Ok(Some(key)) => key.to_owned(),
+            Ok(Some(key)) => key.into_owned(),
             Ok(None) if config.require_key => {
                 return answer(problem(
-                    StatusCode::BAD_REQUEST,
-                    "Idempotency key missing",
+                    &config,
+                    KEY_MISSING,
                     &format!(
                         "{} {} requires an {} header: a unique value per operation, the same on every retry of it.",
                         req.method(),
@@ -287,8 +443,8 @@ where
             Ok(None) => return passthrough(inner.call(req)),
             Err(why) => {
                 return answer(problem(
-                    StatusCode::BAD_REQUEST,
-                    "Idempotency key invalid",
+                    &config,
+                    KEY_INVALID,
                     &format!("The {} header {why}.", display(&config.header)),
                 ));
             }
@@ -311,7 +467,12 @@ fn answer<B: Send + 'static, E: Send + 'static>(
 }
 
 /// The key, if there is exactly one valid one; `Err` says what is wrong with it.
-fn key_of<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, String> {
+///
+/// The IETF draft makes the header a Structured Field string (`"abc"`); payment APIs send the
+/// bare value (`abc`). Both are the same key: a value that starts with `"` is parsed as an
+/// RFC 9651 item that must be a string (escapes decoded, parameters ignored); any other value
+/// is taken as it is, and must be visible ASCII.
+fn key_of<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<Cow<'h, str>>, String> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -323,17 +484,39 @@ fn key_of<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h st
     if bytes.is_empty() {
         return Err("is empty; send 1 to 255 visible ASCII characters, e.g. a UUID".into());
     }
-    if bytes.len() > IdempotencyLayer::MAX_KEY_LEN {
+    let key = if bytes[0] == b'"' {
+        let item = sfv::Parser::new(bytes).parse_item().map_err(|e| {
+            format!(
+                "is not a valid Structured Field string ({e}); send a quoted string such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\", or the bare value"
+            )
+        })?;
+        match item.bare_item.as_string() {
+            Some(s) => Cow::Owned(s.as_str().to_owned()),
+            None => {
+                return Err(
+                    "starts with a quote but is not a Structured Field string; close the quotes and end the value there".into(),
+                );
+            }
+        }
+    } else {
+        if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            return Err(
+                "may only hold visible ASCII characters (no spaces or control bytes) unless it is a quoted string".into(),
+            );
+        }
+        Cow::Borrowed(value.to_str().map_err(|_| "is not ASCII".to_owned())?)
+    };
+    if key.is_empty() {
+        return Err("is an empty string; send 1 to 255 characters, e.g. a UUID".into());
+    }
+    if key.len() > IdempotencyLayer::MAX_KEY_LEN {
         return Err(format!(
             "is {} bytes long; the limit is {}",
-            bytes.len(),
+            key.len(),
             IdempotencyLayer::MAX_KEY_LEN
         ));
     }
-    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err("may only hold visible ASCII characters (no spaces or control bytes)".into());
-    }
-    Ok(Some(value.to_str().expect("visible ASCII is valid UTF-8")))
+    Ok(Some(key))
 }
 
 fn display(header: &HeaderName) -> &str {
@@ -346,22 +529,24 @@ fn display(header: &HeaderName) -> &str {
 
 async fn run<S, ReqBody, ResBody>(
     config: Arc<Config>,
-    mut inner: S,
+    inner: S,
     req: Request<ReqBody>,
     key: String,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: Body + From<Bytes>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
     let too_large = || {
         problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
+            &config,
+            BODY_TOO_LARGE,
             &format!(
                 "Requests with an idempotency key are buffered to be fingerprinted; the limit is {} bytes.",
                 config.max_body
@@ -381,8 +566,8 @@ where
         Err(e) => {
             tracing::debug!(error = %e, "could not read a keyed request body");
             return Ok(problem(
-                StatusCode::BAD_REQUEST,
-                "Request body unreadable",
+                &config,
+                BODY_UNREADABLE,
                 "The request body could not be read to the end.",
             ));
         }
@@ -392,85 +577,230 @@ where
     let scope = config.scope.as_ref().and_then(|f| f(&parts));
     let store_key: Arc<str> =
         record_key(&parts.method, parts.uri.path(), &key, scope.as_deref()).into();
+    let reused = || {
+        problem(
+            &config,
+            KEY_REUSED,
+            &format!(
+                "This key was already used for a different request (body or query string) to {} {}; use a new key for a new operation.",
+                parts.method,
+                parts.uri.path()
+            ),
+        )
+    };
+
+    // A response this instance holds because the store could not take it yet.
+    if let Some(stored) = config.state.pending(&store_key) {
+        if stored.fingerprint != fingerprint {
+            return Ok(reused());
+        }
+        return Ok(replay(stored));
+    }
+    if config.state.is_down(Instant::now()) {
+        return Ok(unavailable(&config));
+    }
+
     let claim = InFlight {
         token: uuid::Uuid::new_v4().as_u128(),
         fingerprint,
     };
-
-    match config.store.claim(&store_key, &claim, config.lease).await {
-        Ok(Claim::Acquired) => {}
-        Ok(Claim::Existing(record)) if *record.fingerprint() != fingerprint => {
-            return Ok(problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Idempotency key reused",
-                &format!(
-                    "This key was already used for a different request (body or query string) to {} {}; use a new key for a new operation.",
-                    parts.method,
-                    parts.uri.path()
-                ),
-            ));
+    let claimed = tokio::time::timeout(
+        config.store_timeout,
+        config.store.claim(&store_key, &claim, config.lease),
+    )
+    .await;
+    match claimed {
+        Ok(Ok(Claim::Acquired)) => {}
+        Ok(Ok(Claim::Existing(record))) if *record.fingerprint() != fingerprint => {
+            return Ok(reused());
         }
-        Ok(Claim::Existing(Record::InFlight(_))) => {
+        Ok(Ok(Claim::Existing(Record::InFlight(_)))) => {
             let mut res = problem(
-                StatusCode::CONFLICT,
-                "Request in progress",
+                &config,
+                IN_PROGRESS,
                 "A request with this idempotency key is still being processed; retry later to receive its response.",
             );
             res.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return Ok(res);
         }
-        Ok(Claim::Existing(Record::Completed(stored))) => {
+        Ok(Ok(Claim::Existing(Record::Completed(stored)))) => {
             tracing::debug!(key = %store_key, status = %stored.status, "idempotent replay");
             return Ok(replay(stored));
         }
-        Err(e) => {
-            tracing::warn!(key = %store_key, error = %e, "idempotency claim failed; refusing the request");
-            let mut res = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Idempotency store unavailable",
-                "The request was not processed; retry later with the same key.",
-            );
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(res);
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e,
+                _ => {
+                    // A store that fails fast (full, refusing) is answered fast anyway; one
+                    // that does not answer in time is taken as down for a while.
+                    config.state.mark_down(config.store_down_for);
+                    StoreError::new(format!(
+                        "no answer within the store timeout of {:?}",
+                        config.store_timeout
+                    ))
+                }
+            };
+            tracing::warn!(key = %store_key, error = %error, "idempotency claim failed; refusing the request");
+            // The claim command may still run when the store wakes up: take it back, so that
+            // the retry this 503 invites is not met by a claim nobody holds.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(withdraw(config.clone(), store_key, claim));
+            }
+            return Ok(unavailable(&config));
         }
     }
 
-    let guard = ClaimGuard::new(config.store.clone(), store_key, claim, config.lease);
-    let res = match inner
-        .call(Request::from_parts(parts, ReqBody::from(body)))
-        .await
-    {
-        Ok(res) => res,
-        Err(e) => {
-            guard.release().await;
-            return Err(e);
-        }
+    let req = Request::from_parts(parts, ReqBody::from(body));
+    let job = handle(config.clone(), inner, req, store_key, claim);
+    let rt = match tokio::runtime::Handle::try_current() {
+        Ok(rt) if config.detached => rt,
+        // Outside a tokio runtime there is nothing to detach onto: run it here.
+        _ => return job.await,
     };
-    if !(config.replayable)(res.status()) {
-        guard.release().await;
-        return Ok(res.map(ResponseBody::inner));
-    }
-
-    let (parts, body) = res.into_parts();
-    // Converted at once: the body's own error type need not be `Send`.
-    let collected = body.collect().await.map_err(Into::<BoxError>::into);
-    let body = match collected {
-        Ok(collected) => collected.to_bytes(),
+    // Detached: dropping this future (the client went away, a proxy gave up) leaves the
+    // handler running to its end, and its response is stored for the retry.
+    match rt.spawn(job).await {
+        Ok(res) => res,
+        // Only when the runtime shuts down under it.
         Err(e) => {
+            tracing::warn!(error = %e, "idempotent handler task did not finish");
+            Ok(problem(
+                &config,
+                HANDLER_FAILED,
+                "The handler did not finish; retry later with the same key.",
+            ))
+        }
+    }
+}
+
+/// What the handler produced, read to the end where it is to be stored.
+enum Outcome<B> {
+    Pass(Response<B>),
+    Full(http::response::Parts, Bytes),
+    BodyFailed(http::response::Parts, BoxError),
+}
+
+/// Runs the claimed request's handler to its end (or to the hard limit), then stores or
+/// releases. Runs in a task of its own, so no connection can cancel it.
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqBody>,
+    key: Arc<str>,
+    claim: InFlight,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let guard = ClaimGuard::new(&config, key, claim);
+    let keep = config.replayable;
+    let work = async {
+        let res = inner.call(req).await?;
+        if !keep(res.status()) {
+            return Ok(Outcome::Pass(res));
+        }
+        let (parts, body) = res.into_parts();
+        // Converted at once: the body's own error type need not be `Send`.
+        let collected = body.collect().await.map_err(Into::<BoxError>::into);
+        Ok(match collected {
+            Ok(collected) => Outcome::Full(parts, collected.to_bytes()),
+            Err(e) => Outcome::BodyFailed(parts, e),
+        })
+    };
+    let outcome = tokio::time::timeout(config.handler_limit, CatchUnwind { inner: work }).await;
+    let (parts, body) = match outcome {
+        Ok(Ok(Ok(Outcome::Full(parts, body)))) => (parts, body),
+        Ok(Ok(Ok(Outcome::Pass(res)))) => {
+            guard.release().await;
+            return Ok(res.map(ResponseBody::inner));
+        }
+        Ok(Ok(Ok(Outcome::BodyFailed(parts, e)))) => {
             guard.release().await;
             return Ok(Response::from_parts(parts, ResponseBody::failed(e)));
         }
+        Ok(Ok(Err(e))) => {
+            guard.release().await;
+            return Err(e);
+        }
+        Ok(Err(panic)) => {
+            tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
+            let res = Stored::problem(
+                &config,
+                claim.fingerprint,
+                HANDLER_FAILED,
+                "The handler failed while processing this request.",
+            );
+            return Ok(guard.finish_with(&config, res).await);
+        }
+        Err(_) => {
+            tracing::error!(key = %guard.key, limit = ?config.handler_limit, "idempotent handler cancelled at the layer's limit");
+            let res = Stored::problem(
+                &config,
+                claim.fingerprint,
+                HANDLER_TIMED_OUT,
+                &format!(
+                    "The handler did not finish within the server's limit of {} ms and was cancelled.",
+                    config.handler_limit.as_millis()
+                ),
+            );
+            return Ok(guard.finish_with(&config, res).await);
+        }
     };
-    let stored = StoredResponse {
-        fingerprint,
-        status: parts.status,
-        headers: storable(&parts.headers),
-        body: body.clone(),
+
+    let stored = if body.len() > config.max_stored_body {
+        tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
+        Stored::problem(
+            &config,
+            claim.fingerprint,
+            RESPONSE_NOT_KEPT,
+            &format!(
+                "The request was processed once; its response ({} bytes) was larger than the {} bytes the server keeps for replay. Do not resend it: look the result up instead.",
+                body.len(),
+                config.max_stored_body
+            ),
+        )
+    } else {
+        StoredResponse {
+            fingerprint: claim.fingerprint,
+            status: parts.status,
+            headers: storable(&parts.headers),
+            body: body.clone(),
+        }
     };
-    guard.complete(&stored, config.ttl).await;
+    guard.complete(&config, stored).await;
     Ok(Response::from_parts(parts, ResponseBody::full(body)))
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+pin_project! {
+    /// Turns a panic while polling `inner` into `Err(payload)`.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
@@ -479,6 +809,17 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
     *res.headers_mut() = stored.headers;
     res.headers_mut()
         .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    res
+}
+
+fn unavailable<B>(config: &Config) -> Response<ResponseBody<B>> {
+    let mut res = problem(
+        config,
+        STORE_UNAVAILABLE,
+        "The request was not processed; retry later with the same key.",
+    );
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     res
 }
 
@@ -504,21 +845,120 @@ fn storable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// An RFC 9457 problem response.
-fn problem<B>(status: StatusCode, title: &str, detail: &str) -> Response<ResponseBody<B>> {
+/// One kind of error answer of the layer.
+#[derive(Clone, Copy)]
+struct Problem {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+}
+
+const KEY_MISSING: Problem = Problem {
+    status: StatusCode::BAD_REQUEST,
+    slug: "key-missing",
+    title: "Idempotency-Key is missing",
+};
+const KEY_INVALID: Problem = Problem {
+    status: StatusCode::BAD_REQUEST,
+    slug: "key-invalid",
+    title: "Idempotency-Key is malformed",
+};
+const BODY_TOO_LARGE: Problem = Problem {
+    status: StatusCode::PAYLOAD_TOO_LARGE,
+    slug: "body-too-large",
+    title: "Request body too large to fingerprint",
+};
+const BODY_UNREADABLE: Problem = Problem {
+    status: StatusCode::BAD_REQUEST,
+    slug: "body-unreadable",
+    title: "Request body unreadable",
+};
+const KEY_REUSED: Problem = Problem {
+    status: StatusCode::UNPROCESSABLE_ENTITY,
+    slug: "key-reused",
+    title: "Idempotency-Key is already used",
+};
+const IN_PROGRESS: Problem = Problem {
+    status: StatusCode::CONFLICT,
+    slug: "in-progress",
+    title: "A request with this Idempotency-Key is outstanding",
+};
+const STORE_UNAVAILABLE: Problem = Problem {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    slug: "store-unavailable",
+    title: "Idempotency store unavailable",
+};
+const HANDLER_FAILED: Problem = Problem {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "handler-failed",
+    title: "The handler failed",
+};
+const HANDLER_TIMED_OUT: Problem = Problem {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "handler-timed-out",
+    title: "The handler exceeded the server's time limit",
+};
+const RESPONSE_NOT_KEPT: Problem = Problem {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "response-not-kept",
+    title: "The response was too large to keep for replay",
+};
+
+/// An RFC 9457 problem: status, headers, JSON body.
+fn problem_parts(config: &Config, p: Problem, detail: &str) -> (HeaderMap, Bytes) {
+    let (ty, title): (Cow<str>, &str) = match &config.problem_docs {
+        Some(docs) => (format!("{docs}#{}", p.slug).into(), p.title),
+        None => (
+            "about:blank".into(),
+            p.status.canonical_reason().unwrap_or(p.title),
+        ),
+    };
     let body = format!(
-        r#"{{"type":"about:blank","title":"{}","status":{},"detail":"{}"}}"#,
+        r#"{{"type":"{}","title":"{}","status":{},"detail":"{}"}}"#,
+        json_escape(&ty),
         json_escape(title),
-        status.as_u16(),
+        p.status.as_u16(),
         json_escape(detail)
     );
-    let mut res = Response::new(ResponseBody::full(Bytes::from(body)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
+    let mut headers = HeaderMap::new();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if let Some(docs) = &config.problem_docs
+        && let Ok(link) = HeaderValue::from_str(&format!("<{docs}>; rel=\"describedby\""))
+    {
+        headers.insert(LINK, link);
+    }
+    (headers, Bytes::from(body))
+}
+
+fn problem<B>(config: &Config, p: Problem, detail: &str) -> Response<ResponseBody<B>> {
+    let (headers, body) = problem_parts(config, p, detail);
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = p.status;
+    *res.headers_mut() = headers;
     res
+}
+
+/// A problem the layer answers in the handler's place (panic, limit, response too large).
+struct Stored;
+
+impl Stored {
+    fn problem(
+        config: &Config,
+        fingerprint: Fingerprint,
+        p: Problem,
+        detail: &str,
+    ) -> StoredResponse {
+        let (headers, body) = problem_parts(config, p, detail);
+        StoredResponse {
+            fingerprint,
+            status: p.status,
+            headers,
+            body,
+        }
+    }
 }
 
 fn json_escape(s: &str) -> String {
@@ -535,77 +975,129 @@ fn json_escape(s: &str) -> String {
 }
 
 /// Owns a claim while the handler runs: renews its lease in the background, and releases it if
-/// the request ends without storing a response, including when the request future is dropped.
+/// the handler ends without a response to store (or the task is dropped with the runtime).
 struct ClaimGuard {
     store: Arc<dyn IdempotencyStore>,
     key: Arc<str>,
     claim: InFlight,
-    renewal: Option<(tokio::task::AbortHandle, Arc<AtomicBool>)>,
+    store_timeout: Duration,
+    renewal: Option<Renewal>,
     armed: bool,
 }
 
+struct Renewal {
+    task: tokio::task::AbortHandle,
+    done: Arc<AtomicBool>,
+}
+
+impl Renewal {
+    fn stop(self) {
+        self.done.store(true, Ordering::Relaxed);
+        self.task.abort();
+    }
+}
+
 impl ClaimGuard {
-    fn new(
-        store: Arc<dyn IdempotencyStore>,
-        key: Arc<str>,
-        claim: InFlight,
-        lease: Duration,
-    ) -> ClaimGuard {
+    fn new(config: &Config, key: Arc<str>, claim: InFlight) -> ClaimGuard {
         let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let done = Arc::new(AtomicBool::new(false));
             let task = rt.spawn(renew(
-                store.clone(),
+                config.store.clone(),
                 key.clone(),
                 claim,
-                lease,
+                config.lease,
+                config.store_timeout,
                 done.clone(),
             ));
-            (task.abort_handle(), done)
+            Renewal {
+                task: task.abort_handle(),
+                done,
+            }
         });
         ClaimGuard {
-            store,
+            store: config.store.clone(),
             key,
             claim,
+            store_timeout: config.store_timeout,
             renewal,
             armed: true,
         }
     }
 
     fn stop_renewal(&mut self) {
-        if let Some((task, done)) = self.renewal.take() {
-            done.store(true, Ordering::Relaxed);
-            task.abort();
+        if let Some(renewal) = self.renewal.take() {
+            renewal.stop();
         }
     }
 
-    /// Stores the response in place of the claim.
-    async fn complete(mut self, stored: &StoredResponse, ttl: Duration) {
-        self.stop_renewal();
-        match self
-            .store
-            .complete(&self.key, &self.claim, stored, ttl)
-            .await
-        {
-            Ok(true) => self.armed = false,
-            Ok(false) => {
-                self.armed = false;
+    /// Stores `res` if the layer keeps its status, else releases the key; answers `res`.
+    async fn finish_with<B>(
+        self,
+        config: &Arc<Config>,
+        res: StoredResponse,
+    ) -> Response<ResponseBody<B>> {
+        let answer = Response::new(ResponseBody::full(res.body.clone()));
+        let (mut parts, body) = answer.into_parts();
+        parts.status = res.status;
+        parts.headers = res.headers.clone();
+        if (config.replayable)(res.status) {
+            self.complete(config, res).await;
+        } else {
+            self.release().await;
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// Stores the response in place of the claim. If the store fails, keeps the response and
+    /// the claim, answers repeats from memory, and writes it when the store is back.
+    async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) {
+        let done = tokio::time::timeout(
+            self.store_timeout,
+            self.store
+                .complete(&self.key, &self.claim, &stored, config.ttl),
+        )
+        .await;
+        match done {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
                 tracing::warn!(
                     key = %self.key,
                     "idempotent response not stored: the claim expired and another request took the key (is the lease shorter than the handler?)"
                 );
             }
-            // Stays armed: dropping the guard releases the claim, so a retry can run.
-            Err(e) => {
-                tracing::warn!(key = %self.key, error = %e, "idempotent response not stored")
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", self.store_timeout),
+                };
+                tracing::warn!(key = %self.key, error = %error, "idempotent response not stored yet; keeping it and the claim until the store is back");
+                lock(&config.state.pending).insert(self.key.clone(), stored.clone());
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let renewal = self.renewal.take();
+                    rt.spawn(write_back(
+                        config.clone(),
+                        self.key.clone(),
+                        self.claim,
+                        stored,
+                        renewal,
+                    ));
+                }
             }
         }
+        self.stop_renewal();
+        self.armed = false;
     }
 
     /// Gives the key back, so that a repeat runs the handler again.
     async fn release(mut self) {
         self.stop_renewal();
-        if let Err(e) = self.store.release(&self.key, &self.claim).await {
-            tracing::warn!(key = %self.key, error = %e, "idempotency claim not released; it will expire with its lease");
+        let released = tokio::time::timeout(
+            self.store_timeout,
+            self.store.release(&self.key, &self.claim),
+        )
+        .await;
+        if !matches!(released, Ok(Ok(_))) {
+            tracing::warn!(key = %self.key, "idempotency claim not released; it will expire with its lease");
         }
         self.armed = false;
     }
@@ -617,7 +1109,7 @@ impl Drop for ClaimGuard {
         if !self.armed {
             return;
         }
-        // Dropped mid-handler (client gone, panic) or mid-release: release in the background.
+        // Dropped mid-handler: only when the runtime drops the handler's task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
             rt.spawn(async move {
@@ -629,27 +1121,93 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// Writes a response the store could not take, retrying with backoff until it does or the TTL
+/// has passed; the claim keeps being renewed meanwhile, and this instance answers repeats from
+/// memory.
+async fn write_back(
+    config: Arc<Config>,
+    key: Arc<str>,
+    claim: InFlight,
+    stored: StoredResponse,
+    renewal: Option<Renewal>,
+) {
+    let give_up = Instant::now() + config.ttl;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        let done = tokio::time::timeout(
+            config.store_timeout,
+            config.store.complete(&key, &claim, &stored, config.ttl),
+        )
+        .await;
+        match done {
+            Ok(Ok(true)) => {
+                tracing::info!(key = %key, "idempotent response stored after the store came back");
+                break;
+            }
+            Ok(Ok(false)) => {
+                // The claim is gone and the key taken: either by the completion this loop sent
+                // earlier (a command that timed out but ran), or by another request after the
+                // lease ran out.
+                tracing::debug!(key = %key, "idempotent write-back found the key taken");
+                break;
+            }
+            _ if Instant::now() >= give_up => {
+                tracing::warn!(key = %key, "idempotent response never stored: the store stayed down for the whole TTL");
+                break;
+            }
+            _ => {}
+        }
+    }
+    lock(&config.state.pending).remove(&key);
+    if let Some(renewal) = renewal {
+        renewal.stop();
+    }
+}
+
+/// Takes back a claim whose command failed or timed out: it may still run once the store
+/// answers again. Retries for a while, since the store may still be frozen.
+async fn withdraw(config: Arc<Config>, key: Arc<str>, claim: InFlight) {
+    let give_up = Instant::now() + config.lease.max(Duration::from_secs(30));
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let done = tokio::time::timeout(
+            config.lease.max(config.store_timeout),
+            config.store.release(&key, &claim),
+        )
+        .await;
+        if matches!(done, Ok(Ok(_))) || Instant::now() >= give_up {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
 async fn renew(
     store: Arc<dyn IdempotencyStore>,
     key: Arc<str>,
     claim: InFlight,
     lease: Duration,
+    store_timeout: Duration,
     done: Arc<AtomicBool>,
 ) {
     let every = (lease / 3).max(Duration::from_millis(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.renew(&key, &claim, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
+        match tokio::time::timeout(store_timeout, store.renew(&key, &claim, lease)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
                 if !done.load(Ordering::Relaxed) {
                     tracing::warn!(key = %key, "idempotency claim lost while the handler runs; a repeat may run it again");
                 }
                 return;
             }
-            Err(e) => tracing::warn!(key = %key, error = %e, "idempotency claim not renewed"),
+            Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "idempotency claim not renewed"),
+            Err(_) => tracing::warn!(key = %key, "idempotency claim not renewed: store timeout"),
         }
     }
 }
@@ -666,27 +1224,47 @@ mod tests {
         h
     }
 
+    fn key(values: &[&[u8]]) -> Result<Option<String>, String> {
+        key_of(&headers(values), &crate::http::IDEMPOTENCY_KEY).map(|k| k.map(Cow::into_owned))
+    }
+
     #[test]
     fn keys_are_one_to_255_visible_ascii_bytes() {
-        let name = crate::http::IDEMPOTENCY_KEY;
         let long = [b'k'; 255];
         let too_long = [b'k'; 256];
-        assert_eq!(key_of(&headers(&[]), &name), Ok(None));
-        assert_eq!(
-            key_of(&headers(&[b"a-b_c.9~!"]), &name),
-            Ok(Some("a-b_c.9~!"))
-        );
-        assert!(key_of(&headers(&[Box::leak(Box::new(long))]), &name).is_ok());
-        for bad in [
-            &b""[..],
-            b"a b",
-            b"a\tb",
-            b"caf\xc3\xa9",
-            Box::leak(Box::new(too_long)),
-        ] {
-            assert!(key_of(&headers(&[bad]), &name).is_err(), "{bad:?}");
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&[b"a-b_c.9~!"]), Ok(Some("a-b_c.9~!".into())));
+        assert!(key(&[&long]).is_ok());
+        for bad in [&b""[..], b"a b", b"a\tb", b"caf\xc3\xa9", &too_long] {
+            assert!(key(&[bad]).is_err(), "{bad:?}");
         }
-        assert!(key_of(&headers(&[b"a", b"b"]), &name).is_err());
+        assert!(key(&[b"a", b"b"]).is_err());
+    }
+
+    #[test]
+    fn a_quoted_key_is_a_structured_field_string_and_equals_the_bare_one() {
+        assert_eq!(key(&[b"\"abc\""]), key(&[b"abc"]));
+        assert_eq!(
+            key(&[b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\""]),
+            Ok(Some("8e03978e-40d5-43e8-bc93-6894a57f9324".into()))
+        );
+        // Escapes are decoded; spaces are allowed inside quotes.
+        assert_eq!(key(&[br#""a\"b\\c d""#]), Ok(Some(r#"a"b\c d"#.into())));
+        // Parameters are ignored.
+        assert_eq!(key(&[b"\"abc\";v=1"]), Ok(Some("abc".into())));
+        let mut long = vec![b'"'];
+        long.extend([b'k'; 256]);
+        long.push(b'"');
+        for bad in [
+            &b"\"abc"[..],
+            b"\"a\\x\"",
+            b"\"\"",
+            b"\"abc\" trailing",
+            b"\"a\tb\"",
+            &long,
+        ] {
+            assert!(key(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
@@ -705,6 +1283,15 @@ mod tests {
             k(&Method::POST, "/a", "k", Some("tenant 1")),
             "POST /a k tenant 1"
         );
+        // A quoted key with a space cannot pose as a scope.
+        assert_ne!(
+            k(&Method::POST, "/a", "k t", None),
+            k(&Method::POST, "/a", "k", Some("t"))
+        );
+        assert_ne!(
+            k(&Method::POST, "/a", "k%20t", None),
+            k(&Method::POST, "/a", "k t", None)
+        );
     }
 
     #[test]
@@ -714,6 +1301,7 @@ mod tests {
         }
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(!default_replayable(StatusCode::from_u16(s).unwrap()), "{s}");
+            assert!(replay_every_status(StatusCode::from_u16(s).unwrap()), "{s}");
         }
     }
 
@@ -729,11 +1317,40 @@ mod tests {
         assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
     }
 
+    fn config(layer: &IdempotencyLayer) -> &Config {
+        &layer.config
+    }
+
     #[test]
-    fn problems_are_json() {
-        let res = problem::<()>(StatusCode::CONFLICT, "t \"q\"", "d\\\n");
+    fn problems_are_rfc_9457_json() {
+        let plain = IdempotencyLayer::new(super::super::MemoryStore::default());
+        let res = problem::<()>(config(&plain), IN_PROGRESS, "d \"q\"\\\n");
         assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert!(res.headers().get(LINK).is_none());
+        let (_, body) = problem_parts(config(&plain), IN_PROGRESS, "d");
+        assert_eq!(
+            body,
+            r#"{"type":"about:blank","title":"Conflict","status":409,"detail":"d"}"#
+        );
         assert_eq!(json_escape("t \"q\" d\\\n"), r#"t \"q\" d\\\u000a"#);
+
+        let docs = plain
+            .problem_docs("https://docs.example/idempotency")
+            .unwrap();
+        let (headers, body) = problem_parts(config(&docs), KEY_REUSED, "d");
+        assert_eq!(
+            body,
+            r#"{"type":"https://docs.example/idempotency#key-reused","title":"Idempotency-Key is already used","status":422,"detail":"d"}"#
+        );
+        assert_eq!(
+            headers[LINK],
+            r#"<https://docs.example/idempotency>; rel="describedby""#
+        );
+        assert!(
+            IdempotencyLayer::new(super::super::MemoryStore::default())
+                .problem_docs("bad\nuri")
+                .is_err()
+        );
     }
 }

@@ -12,10 +12,16 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 
 /// An in-memory [`IdempotencyStore`] for a single instance of a service.
 ///
-/// Bounded: when it holds `capacity` entries and a new key arrives, expired entries go first,
-/// then the oldest completed responses. Claims of running handlers are never evicted (that
-/// would let a duplicate run); if every entry is a live claim, the new claim fails and the
-/// layer answers 503.
+/// Bounded in keys and in bytes: when it holds `capacity` entries and a new key arrives, or
+/// when a new response would take the stored bytes (bodies and headers of completed
+/// responses) past `max_bytes`, expired entries go first, then the oldest completed responses.
+/// Claims of running handlers are never evicted (that would let a duplicate run); if every
+/// entry is a live claim, the new claim fails and the layer answers 503. A repeat of an
+/// evicted response's key runs the handler again, as after its TTL: size the bounds for the
+/// retries you expect (minutes), not for the TTL. A single response larger than `max_bytes`
+/// is refused with a [`StoreError`]; the layer's own
+/// [`max_stored_body`](super::IdempotencyLayer::max_stored_body) (1 MiB by default, below the
+/// 64 MiB default here) keeps that from happening.
 ///
 /// Expiry follows the tokio clock, so a paused test clock drives it too. The lock is a plain
 /// mutex held only for map operations, never across an `.await`.
@@ -24,6 +30,7 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 /// each instance would replay only what it ran itself.
 pub struct MemoryStore {
     capacity: usize,
+    max_bytes: usize,
     inner: Mutex<Inner>,
 }
 
@@ -41,18 +48,51 @@ struct Inner {
     /// Completed entries, oldest first: the eviction order once nothing has expired.
     completed: BTreeMap<u64, Arc<str>>,
     next_seq: u64,
+    /// The bytes of every completed entry held.
+    bytes: usize,
+}
+
+/// What a record costs in [`MemoryStore::max_bytes`] terms.
+fn size(record: &Record) -> usize {
+    match record {
+        Record::InFlight(_) => 0,
+        Record::Completed(r) => {
+            r.body.len()
+                + r.headers
+                    .iter()
+                    .map(|(n, v)| n.as_str().len() + v.len())
+                    .sum::<usize>()
+        }
+    }
 }
 
 impl MemoryStore {
     /// The default capacity: 10 000 keys.
     pub const DEFAULT_CAPACITY: usize = 10_000;
+    /// The default bound on stored response bytes: 64 MiB.
+    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-    /// A store holding at most `capacity` keys (raised to 1 if 0).
+    /// A store holding at most `capacity` keys (raised to 1 if 0) and
+    /// [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES) of responses.
     pub fn new(capacity: usize) -> MemoryStore {
+        MemoryStore::with_limits(capacity, MemoryStore::DEFAULT_MAX_BYTES)
+    }
+
+    /// A store holding at most `capacity` keys (raised to 1 if 0) and `max_bytes` of response
+    /// bodies and headers.
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> MemoryStore {
         MemoryStore {
             capacity: capacity.max(1),
+            max_bytes,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// The bytes of response bodies and headers held now.
+    pub fn bytes(&self) -> usize {
+        let mut inner = self.lock();
+        inner.purge(Instant::now());
+        inner.bytes
     }
 
     /// The number of live entries (claims and responses).
@@ -79,7 +119,7 @@ impl MemoryStore {
         if let Some(entry) = inner.entries.get(key) {
             return Ok(Claim::Existing(entry.record.clone()));
         }
-        inner.make_room(self.capacity)?;
+        inner.make_room(self.capacity, self.max_bytes, 0)?;
         inner.insert(key.into(), Record::InFlight(*claim), now + lease);
         Ok(Claim::Acquired)
     }
@@ -104,16 +144,23 @@ impl MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
+        let record = Record::Completed(response.clone());
+        let bytes = size(&record);
+        if bytes > self.max_bytes {
+            return Err(StoreError::new(format!(
+                "response of {bytes} bytes is over the memory store's bound of {} bytes",
+                self.max_bytes
+            )));
+        }
         let mut inner = self.lock();
         inner.purge(now);
         if inner.holds(key, claim) {
             inner.remove(key);
         } else if inner.entries.contains_key(key) {
             return Ok(false);
-        } else {
-            inner.make_room(self.capacity)?;
         }
-        inner.insert(key.into(), Record::Completed(response.clone()), now + ttl);
+        inner.make_room(self.capacity, self.max_bytes, bytes)?;
+        inner.insert(key.into(), record, now + ttl);
         Ok(true)
     }
 
@@ -140,6 +187,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("capacity", &self.capacity)
+            .field("max_bytes", &self.max_bytes)
             .field("len", &self.lock().entries.len())
             .finish()
     }
@@ -154,6 +202,7 @@ impl Inner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_expiry.insert((expires_at, seq), key.clone());
+        self.bytes += size(&record);
         if matches!(record, Record::Completed(_)) {
             self.completed.insert(seq, key.clone());
         }
@@ -165,6 +214,7 @@ impl Inner {
         if let Some(old) = self.entries.insert(key, entry) {
             self.by_expiry.remove(&(old.expires_at, old.seq));
             self.completed.remove(&old.seq);
+            self.bytes -= size(&old.record);
         }
     }
 
@@ -172,6 +222,7 @@ impl Inner {
         let entry = self.entries.remove(key)?;
         self.by_expiry.remove(&(entry.expires_at, entry.seq));
         self.completed.remove(&entry.seq);
+        self.bytes -= size(&entry.record);
         Some(entry)
     }
 
@@ -186,9 +237,15 @@ impl Inner {
         }
     }
 
-    /// Makes space for one more entry, evicting the oldest completed response if needed.
-    fn make_room(&mut self, capacity: usize) -> Result<(), StoreError> {
-        while self.entries.len() >= capacity {
+    /// Makes space for one more entry of `bytes`, evicting the oldest completed responses if
+    /// needed.
+    fn make_room(
+        &mut self,
+        capacity: usize,
+        max_bytes: usize,
+        bytes: usize,
+    ) -> Result<(), StoreError> {
+        while self.entries.len() >= capacity || self.bytes + bytes > max_bytes {
             let Some((_, key)) = self.completed.pop_first() else {
                 return Err(StoreError::new(format!(
                     "memory store full: all {capacity} entries are claims of running requests"
@@ -313,6 +370,31 @@ mod tests {
             "a response is not a claim"
         );
         assert!(!store.complete("k", &a, &response(&a), TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stored_bytes_stay_under_the_bound_oldest_response_first() {
+        let store = MemoryStore::with_limits(100, 10);
+        let big = |c: &InFlight, n: usize| StoredResponse {
+            body: Bytes::from(vec![b'x'; n]),
+            ..response(c)
+        };
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            let c = claim(i as u128);
+            acquire(&store, key, &c).await;
+            assert!(store.complete(key, &c, &big(&c, 4), TTL).await.unwrap());
+            assert!(store.bytes() <= 10, "{} bytes", store.bytes());
+        }
+        assert_eq!(store.get("a").await.unwrap(), None, "the oldest went");
+        assert!(store.get("b").await.unwrap().is_some());
+        assert_eq!(store.bytes(), 8);
+        // One response over the whole bound is refused; the claim stays.
+        let c = claim(9);
+        acquire(&store, "d", &c).await;
+        assert!(store.complete("d", &c, &big(&c, 11), TTL).await.is_err());
+        assert_eq!(store.get("d").await.unwrap(), Some(Record::InFlight(c)));
+        assert!(store.release("d", &c).await.unwrap());
+        assert_eq!(store.bytes(), 8);
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,16 +28,34 @@
 //! | request | answer | handler runs |
 //! |---|---|---|
 //! | no key, key optional | the handler's | yes, unprotected |
-//! | no key, [`require_key(true)`](IdempotencyLayer::require_key) | 400 | no |
-//! | key empty, longer than 255 bytes, not visible ASCII, or sent twice | 400 | no |
+//! | no key, [`require_key(true)`](IdempotencyLayer::require_key) | 400 `key-missing` | no |
+//! | key empty, over 255 bytes, sent twice, malformed quoted string, or bare but not visible ASCII | 400 `key-invalid` | no |
 //! | body over [`max_body`](IdempotencyLayer::max_body) | 413 | no |
-//! | first with this key | the handler's; stored unless 5xx, 408 or 429 | yes |
+//! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429) | yes, to its end |
 //! | repeat, same fingerprint, first completed | stored status, headers and body, plus `Idempotent-Replayed: true` | no |
-//! | repeat, other fingerprint | 422 | no |
-//! | repeat, same fingerprint, first still running | 409 with `Retry-After: 1` | no |
-//! | the store fails | 503 with `Retry-After: 1` | no |
+//! | repeat, other fingerprint | 422 `key-reused` | no |
+//! | repeat, same fingerprint, first still running | 409 `in-progress` with `Retry-After: 1` | no |
+//! | the store fails or does not answer within [`store_timeout`](IdempotencyLayer::store_timeout) | 503 `store-unavailable` with `Retry-After: 1` | no |
+//! | the handler panics | 500 `handler-failed` | it did, once |
+//! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out` | cancelled at the limit |
 //!
-//! Error answers are short `application/problem+json` bodies (RFC 9457) saying what to fix.
+//! # The key: the IETF draft and payment APIs
+//!
+//! draft-ietf-httpapi-idempotency-key-header makes `Idempotency-Key` a Structured Field
+//! (RFC 9651) string: `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`. Payment
+//! APIs, and this crate's own client by default, send the bare value. The layer takes both as
+//! the same key: a value starting with `"` is parsed as an RFC 9651 item (with the `sfv`
+//! crate), must be a string, and its escapes (`\"`, `\\`) are decoded; parameters are ignored;
+//! a malformed one is 400. Any other value is the key as it is, 1 to 255 visible ASCII bytes.
+//!
+//! # Error answers
+//!
+//! Every error answer is an RFC 9457 `application/problem+json` body. By default its `type` is
+//! `about:blank` and its `title` the status phrase, with a `detail` saying what to fix. With
+//! [`problem_docs`](IdempotencyLayer::problem_docs) the `type` is the application's
+//! documentation URI plus a fragment naming the problem (the names in the table above), the
+//! `title` says what went wrong, and a `Link: <uri>; rel="describedby"` header points at the
+//! page, as in the draft's examples.
 //!
 //! # Decisions
 //!
@@ -45,26 +63,78 @@
 //!   any number of concurrent requests with one key, exactly one wins the claim and runs the
 //!   handler. The others get 409 at once rather than waiting: a client that retries on a timeout
 //!   learns the first attempt is still running, and its next retry (after `Retry-After`) gets
-//!   the replay.
+//!   the replay. A keyed `#[resilient]` client does exactly that.
+//! - **A claimed handler runs to its end.** The handler runs in a task of its own, detached
+//!   from the connection: the client timing out, a proxy answering 504 before it, hyper dropping
+//!   the response future, none of them stop it. Its response is stored and replayed to the
+//!   retry. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
+//! - **A hard limit per layer** ([`handler_limit`](IdempotencyLayer::handler_limit), 60 s by
+//!   default) bounds a handler that never ends: at the limit its future is dropped, which
+//!   cancels it at its current `.await`, and the layer answers 500 `handler-timed-out` in its
+//!   place.
+//! - **A panic is a 500.** A panicking handler is answered 500 `handler-failed`, and that 500
+//!   goes through the same rule as a 500 the handler returned: by default it is not stored, and
+//!   the key is released at once, so a retry runs the handler again (never a key stuck until
+//!   its lease runs out). Why released: the panic unwound the handler, dropping what it held (a
+//!   database transaction not committed rolls back), which is the contract of every 5xx here.
+//!   A handler with effects that survive a panic should keep every status with
+//!   [`replay_every_status`]: then the stored 500 is replayed and a new operation needs a new key.
+//!   The limit's 500 follows the same rule, for the same reason.
 //! - **A reused key is 422, even while the first request runs**: the body differs, so no
 //!   answer to the first request is an answer to this one.
-//! - **Transient answers are not stored.** On 5xx, 408 and 429 (see [`default_replayable`],
-//!   configurable with [`IdempotencyLayer::replayable`]), on a service error, and when the
-//!   handler's response body fails, the claim is released, so a retry with the same key runs
-//!   the handler again. This assumes the usual contract of such answers: a handler that fails
-//!   with 5xx left no effect behind (one transaction). Every other status, 4xx included, is
-//!   the answer to that request and is replayed.
-//! - **Claims cannot stay stuck.** A claim has a lease (10 s by default), renewed every third
-//!   of it while the handler runs. When the request future is dropped mid-handler (the client
-//!   went away, the handler panicked), the claim is released at once; if the whole instance
-//!   dies, the claim frees up when its lease runs out. A released or expired claim lets a
-//!   retry run the handler again, so a handler that may be cancelled half-way should make its
-//!   effects atomic.
+//! - **Which answers are stored is a choice** ([`IdempotencyLayer::replayable`]). The default,
+//!   [`default_replayable`], keeps everything but 5xx, 408 and 429: those release the claim,
+//!   so a retry with the same key runs the handler again. This assumes the usual contract of
+//!   such answers: a handler that fails with 5xx left no effect behind (one transaction).
+//!   **A 5xx raised after the effect** (the card charged, then saving the receipt failed)
+//!   breaks it: the retry charges again. Such a handler must roll back before answering 5xx,
+//!   or the layer must keep every answer ([`replay_every_status`]). A service error (the
+//!   tower `Err`) and a response body that fails also release the claim.
+//! - **Stored bytes are bounded.** A response body over
+//!   [`max_stored_body`](IdempotencyLayer::max_stored_body) (1 MiB by default) reaches the
+//!   first caller in full, and a 500 `response-not-kept` problem is stored in its place: a
+//!   repeat learns that the operation ran once and is not run again. [`MemoryStore`] also
+//!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first;
+//!   a repeat of an evicted key runs the handler again, as after the TTL.
+//!   Request bodies of covered requests are buffered (2 MiB limit by default) to be fingerprinted.
 //! - **Responses are kept for the TTL** (24 h by default): status, headers (minus connection
-//!   headers and `Content-Length`) and the whole body, which is buffered. Request bodies of
-//!   covered requests are buffered too (2 MiB limit by default) to be fingerprinted.
-//! - **Fail closed.** If the store cannot be reached, covered requests with a key get 503; the
-//!   handler never runs without a claim.
+//!   headers and `Content-Length`) and the whole body.
+//! - **Fail closed, and fast.** If the store cannot be reached, covered requests with a key get
+//!   503 and the handler never runs without a claim. Every store call is bounded by
+//!   [`store_timeout`](IdempotencyLayer::store_timeout) (250 ms by default); after a claim that
+//!   got no answer in time, the store is taken as down for
+//!   [`store_down_for`](IdempotencyLayer::store_down_for) (1 s) and keyed requests get their
+//!   503 at once.
+//! - **A refused request leaves no claim behind.** A claim command that timed out may still run
+//!   when the store wakes up (a frozen Redis runs what it had queued). The layer, having
+//!   answered "not processed, retry later", sends a release of that claim right behind it, so
+//!   the retry finds the key free instead of a 409 for the whole lease.
+//! - **A store lost while the handler runs never leads to a second run from this instance.**
+//!   If storing the response fails, the layer keeps the response and its claim, answers
+//!   repeats of that key from memory, and writes the response once the store answers again
+//!   (retrying with backoff up to 1 s, for up to the TTL). Those kept responses are not bounded
+//!   by [`MemoryStore`]'s limits: while the store stays down they accumulate, one per keyed
+//!   request whose handler was already running when it went (new keyed requests get 503).
+//!
+//! # Exactly once, and its at-least-once edges
+//!
+//! Within one instance, or several sharing a store that keeps its data, a keyed operation runs
+//! its handler exactly once however the connections carrying it fail. What remains, stated
+//! plainly:
+//!
+//! - **An instance killed mid-handler** (`kill -9`, OOM, power): nobody renews its claim, the
+//!   lease (10 s by default) expires, and a retry afterwards runs the handler again. The layer
+//!   cannot know how far the dead handler got; that retry is at-least-once. Make such effects
+//!   idempotent downstream (pass the key on to the payment gateway), or transactional.
+//! - **A store lost while a handler runs, with several instances**: the response waits in the
+//!   memory of the instance that ran it; until it is written, a repeat sent to another instance
+//!   gets 503 (store down) or, if the store came back *without its data* (a Redis restarted
+//!   without persistence) before the write-back, may claim the key and run again. The window is
+//!   the write-back's retry interval (at most 1 s). If the instance also dies in that time,
+//!   the response is lost and the lease rule above applies.
+//! - **A claim lost to time**: if the store is reachable but renewals fail for longer than the
+//!   lease, the claim expires under a running handler and a repeat may run it again (logged as
+//!   "claim lost while the handler runs"). Keep the lease well above the store's worst stall.
 //!
 //! # Stores
 //!
@@ -85,6 +155,7 @@ pub use body::ResponseBody;
 pub use context_layer::{ContextLayer, ContextService};
 pub use layer::{
     IDEMPOTENT_REPLAYED, IdempotencyLayer, IdempotencyService, default_replayable, record_key,
+    replay_every_status,
 };
 pub use memory::MemoryStore;
 pub use record::{DecodeError, Fingerprint, InFlight, Record, StoredResponse};

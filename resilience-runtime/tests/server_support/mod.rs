@@ -35,6 +35,7 @@ pub struct Runs {
     pub busy: AtomicUsize,
     pub list: AtomicUsize,
     pub required: AtomicUsize,
+    pub panicky: AtomicUsize,
 }
 
 fn bump(counter: &AtomicUsize) -> usize {
@@ -101,6 +102,15 @@ async fn busy(State(s): State<Shared>) -> (StatusCode, [(&'static str, &'static 
     (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")])
 }
 
+/// Panics on its first run, 201 after.
+async fn panicky(State(s): State<Shared>) -> (StatusCode, String) {
+    let n = bump(&s.runs.panicky);
+    if n == 1 {
+        panic!("the handler's bug");
+    }
+    (StatusCode::CREATED, format!("panicky {n}"))
+}
+
 async fn required(State(s): State<Shared>) -> (StatusCode, String) {
     let n = bump(&s.runs.required);
     (StatusCode::CREATED, format!("required {n}"))
@@ -146,6 +156,7 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         .route("/flaky", routing::post(flaky))
         .route("/reject", routing::post(reject))
         .route("/busy", routing::post(busy))
+        .route("/panicky", routing::post(panicky))
         .layer(layer);
     let strict = Router::new()
         .route("/required", routing::post(required))
@@ -376,6 +387,10 @@ pub async fn malformed_keys_are_400(store: Store) {
             "256 bytes",
             HeaderValue::from_str(&"k".repeat(256)).unwrap(),
         ),
+        ("unclosed quote", HeaderValue::from_static("\"abc")),
+        ("bad escape", HeaderValue::from_static("\"a\\x\"")),
+        ("empty string", HeaderValue::from_static("\"\"")),
+        ("not a string", HeaderValue::from_static("\"a\", \"b\"")),
     ];
     for (what, value) in bad {
         let reply = send(
@@ -386,6 +401,11 @@ pub async fn malformed_keys_are_400(store: Store) {
         )
         .await;
         assert_eq!(reply.status, 400, "{what}: {reply:?}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json"),
+            "{what}"
+        );
         assert!(
             reply.body.contains("Idempotency-Key header"),
             "{}",
@@ -486,47 +506,163 @@ pub async fn responses_expire_after_the_ttl(store: Store) {
     );
 }
 
-pub async fn a_dropped_request_releases_its_claim(store: Store) {
-    // The lease (10 s by default) is far longer than this test: only the release on drop can
-    // free the key in time.
+/// POSTs to `/slow` (sleeping `sleep_ms`) with `key` until the answer is not 409, for up to 5 s.
+pub async fn post_slow_until_done(url: &str, key: &str, sleep_ms: u64) -> Reply {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = send(
+            client()
+                .post(url)
+                .header("idempotency-key", key)
+                .header("x-sleep-ms", sleep_ms.to_string())
+                .body("x"),
+        )
+        .await;
+        if reply.status != 409 || tokio::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn a_handler_finishes_after_its_client_gave_up(store: Store) {
+    // Regression: the client's disconnect made hyper drop the request future, the layer
+    // released the claim, and the retry ran the handler a second time.
     let app = serve(&store, layer(&store)).await;
     let key = fresh_key();
     let url = app.url("/slow");
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_millis(100))
         .build()
         .unwrap();
     let gave_up = impatient
         .post(&url)
         .header("idempotency-key", &key)
-        .header("x-sleep-ms", "60000")
+        .header("x-sleep-ms", "400")
         .body("x")
         .send()
         .await;
     assert!(gave_up.is_err(), "the client timed out");
     assert_eq!(count(&app.runs.slow), 1);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    let retried = loop {
-        let reply = send(
-            client()
-                .post(&url)
-                .header("idempotency-key", &key)
-                .header("x-sleep-ms", "0")
-                .body("x"),
-        )
-        .await;
-        if reply.status != 409 || tokio::time::Instant::now() > deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // While the handler runs, a repeat is 409; after, it is the replay of that one run.
+    let busy = post(&url, Some(&key), "x").await;
+    assert_eq!(busy.status, 409, "{busy:?}");
+    let retried = post_slow_until_done(&url, &key, 0).await;
     assert_eq!(
-        (retried.status, retried.replayed()),
-        (201, false),
+        (retried.status, retried.replayed(), retried.body.as_str()),
+        (201, true, "slow 1"),
         "{retried:?}"
     );
-    assert_eq!(retried.body, "slow 2");
+    assert_eq!(count(&app.runs.slow), 1, "the handler ran once");
+}
+
+pub async fn a_handler_over_the_limit_is_cancelled_and_answered_500(store: Store) {
+    let app = serve(
+        &store,
+        layer(&store).handler_limit(Duration::from_millis(150)),
+    )
+    .await;
+    let key = fresh_key();
+    let url = app.url("/slow");
+    let started = tokio::time::Instant::now();
+    let cut = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", &key)
+            .header("x-sleep-ms", "60000")
+            .body("x"),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cut.status, 500, "{cut:?}");
+    assert_eq!(cut.header("content-type"), Some("application/problem+json"));
+    assert!(cut.body.contains("150 ms"), "{}", cut.body);
+    // A 500 is not stored by default: the key is free again, and a retry runs the handler.
+    let retried = post_slow_until_done(&url, &key, 0).await;
+    assert_eq!((retried.status, retried.body.as_str()), (201, "slow 2"));
+}
+
+pub async fn a_panicking_handler_answers_500_and_frees_its_key(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/panicky");
+    let failed = post(&url, Some(&key), "x").await;
+    assert_eq!(failed.status, 500, "{failed:?}");
+    assert_eq!(
+        failed.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(failed.body.contains("handler failed"), "{}", failed.body);
+    // Never stuck until the lease ends (10 s): the very next request runs the handler.
+    let retried = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (retried.status, retried.replayed(), retried.body.as_str()),
+        (201, false, "panicky 2")
+    );
+    assert!(post(&url, Some(&key), "x").await.replayed());
+    assert_eq!(count(&app.runs.panicky), 2);
+}
+
+pub async fn a_panic_is_stored_when_every_status_is(store: Store) {
+    let app = serve(
+        &store,
+        layer(&store).replayable(resilience_runtime::server::replay_every_status),
+    )
+    .await;
+    let key = fresh_key();
+    let url = app.url("/panicky");
+    assert_eq!(post(&url, Some(&key), "x").await.status, 500);
+    let again = post(&url, Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert_eq!(count(&app.runs.panicky), 1);
+}
+
+pub async fn a_response_over_the_stored_bound_is_not_kept_and_never_rerun(store: Store) {
+    let app = serve(&store, layer(&store).max_stored_body(16)).await;
+    let key = fresh_key();
+    let url = app.url("/orders");
+    let body = "a rather long order body";
+    let first = post(&url, Some(&key), body).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (201, "order 1: a rather long order body")
+    );
+    let again = post(&url, Some(&key), body).await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert!(again.body.contains("processed once"), "{}", again.body);
+    assert_eq!(count(&app.runs.orders), 1);
+    // Within the bound, the response itself is kept.
+    let small = fresh_key();
+    assert_eq!(post(&url, Some(&small), "x").await.status, 201);
+    assert_eq!(post(&url, Some(&small), "x").await.body, "order 2: x");
+}
+
+pub async fn quoted_and_bare_keys_are_one_key(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let url = app.url("/orders");
+    let quoted = format!("\"{key}\"");
+    let first = post(&url, Some(&quoted), "x").await;
+    assert_eq!((first.status, first.replayed()), (201, false));
+    let bare = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (bare.status, bare.replayed(), bare.body.as_str()),
+        (201, true, "order 1: x")
+    );
+    // Escapes are decoded: `"a\"b"` is the key `a"b`.
+    let escaped = post(&url, Some(r#""k\"q""#), "x").await;
+    assert_eq!(escaped.status, 201);
+    assert!(post(&url, Some(r#""k\"q""#), "x").await.replayed());
+    // A quoted key may hold a space.
+    let spaced = format!("\"{key} two\"");
+    assert!(!post(&url, Some(&spaced), "x").await.replayed());
+    assert!(post(&url, Some(&spaced), "x").await.replayed());
+    assert_eq!(count(&app.runs.orders), 3);
 }
 
 pub async fn a_running_handler_keeps_its_claim_past_the_lease(store: Store) {

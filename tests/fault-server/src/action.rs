@@ -54,6 +54,10 @@ pub enum Action {
     /// any other action replaces it (a reset, a close, a stall, a 503: the work was done, the
     /// answer is lost).
     Forward(std::net::SocketAddr, Box<Action>),
+    /// Forward the request like [`Action::Forward`] and relay the answer, unless it is not
+    /// complete within this time: then close the upstream connection and answer 504, as a
+    /// proxy's read timeout does (nginx `proxy_read_timeout`).
+    ForwardWithin(std::net::SocketAddr, Duration),
     /// Pass on the answer of the preceding [`Action::Forward`] (a 502 if there was none).
     Relay,
 }
@@ -71,6 +75,12 @@ pub struct Reply {
 }
 
 impl Action {
+    /// Forward the request to `upstream` and relay its answer, or answer 504 if it takes
+    /// longer than `limit` (see [`Action::ForwardWithin`]).
+    pub fn forward_within(upstream: std::net::SocketAddr, limit: Duration) -> Action {
+        Action::ForwardWithin(upstream, limit)
+    }
+
     /// Forward the request to `upstream` and relay its answer.
     pub fn forward(upstream: std::net::SocketAddr) -> Action {
         Action::Forward(upstream, Box::new(Action::Relay))

@@ -372,6 +372,16 @@ async fn perform(
                 forwarded = forward(upstream, seen).await;
                 *inner
             }
+            Action::ForwardWithin(upstream, limit) => {
+                match tokio::time::timeout(limit, forward(upstream, seen)).await {
+                    Ok(answer) => {
+                        forwarded = answer;
+                        Action::Relay
+                    }
+                    // Dropping the forward closes the upstream connection.
+                    Err(_) => Action::status(504).body("upstream timed out"),
+                }
+            }
             Action::Relay => {
                 let bytes = match forwarded.take() {
                     Some(b) => b,

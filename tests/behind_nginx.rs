@@ -1,0 +1,181 @@
+//! Exactly once behind a real nginx whose `proxy_read_timeout` is shorter than the handler:
+//! nginx answers 504 and closes the upstream connection while the handler runs, the keyed
+//! client retries, meets 409, waits, and gets the replay.
+//!
+//! Starts its own nginx (`master_process off`, its own config and temp directory, a free
+//! loopback port). Needs the `nginx` binary (`.ci/test` installs it); without it the test is
+//! skipped, unless `CI` is set: then it fails.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
+
+/// nginx's read timeout towards the service.
+const PROXY_READ_TIMEOUT_MS: u64 = 100;
+/// The handler's work: longer than nginx waits.
+const HANDLER_MS: u64 = 300;
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 4,
+    backoff(initial = "5ms", max = "20ms"),
+    idempotency_key = auto
+)]
+async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("order=1042&amount=39000")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nginx {
+    /// nginx on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
+    async fn start(upstream: SocketAddr) -> Option<Nginx> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().unwrap().port()
+        };
+        let dir =
+            std::env::temp_dir().join(format!("resilience-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                 proxy_pass http://{upstream};\n      proxy_read_timeout {PROXY_READ_TIMEOUT_MS}ms;\n\
+                 proxy_next_upstream off;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+        // Debian puts it in /usr/sbin, which a user's PATH may lack.
+        let bin = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                if std::env::var_os("CI").is_some() {
+                    panic!("CI is set but nginx could not be started ({e}); .ci/test installs it");
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping: nginx not found ({e}); .ci/test installs it"
+                );
+                return None;
+            }
+        };
+        let nginx = Nginx { child, dir, port };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(nginx);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+        panic!("nginx did not listen on 127.0.0.1:{port}: {log}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A slow charge behind the layer; returns its address and its run counter.
+async fn gateway(layer: IdempotencyLayer) -> (SocketAddr, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/charges",
+            axum::routing::post({
+                let runs = runs.clone();
+                move || async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(HANDLER_MS)).await;
+                    (StatusCode::CREATED, format!("charge #{n}"))
+                }
+            }),
+        )
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, runs)
+}
+
+#[tokio::test]
+async fn a_proxy_timing_out_before_the_handler_never_makes_it_run_twice() {
+    let (addr, runs) = gateway(IdempotencyLayer::new(MemoryStore::default())).await;
+    let Some(nginx) = Nginx::start(addr).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let receipt = charge(&http, &nginx.url("/charges")).await;
+    assert_eq!(receipt.unwrap(), "charge #1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+}
+
+#[tokio::test]
+async fn the_same_with_the_handler_inside_the_request_future_charges_again() {
+    // The regression, kept as the control: nginx's 504 closes the upstream connection, hyper
+    // drops the request future, and a handler that lives in it is cancelled and its claim
+    // released; the retry charges again.
+    let layer = IdempotencyLayer::new(MemoryStore::default()).__attached_for_benchmarks();
+    let (addr, runs) = gateway(layer).await;
+    let Some(nginx) = Nginx::start(addr).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let _ = charge(&http, &nginx.url("/charges")).await;
+    assert!(
+        runs.load(Ordering::SeqCst) >= 2,
+        "{} runs",
+        runs.load(Ordering::SeqCst)
+    );
+}

@@ -1,0 +1,68 @@
+//! The client's key format: bare by default, or the IETF draft's quoted Structured Field
+//! string; the idempotency layer takes both as one key.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use resilience::orders::order_service;
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::server::MemoryStore;
+use resilience_runtime::{Error, KeyFormat, RequestBuilderExt as _, resilient};
+
+#[resilient(timeout = "2s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn order(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("1 pear")
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+// One test: the format is process-wide.
+#[tokio::test]
+async fn keys_are_bare_by_default_and_quoted_when_set_and_the_layer_takes_both() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let up = order_service(Some(Arc::new(MemoryStore::default())), runs.clone()).await;
+    // The first attempt reaches the handler and its answer is lost; the retry gets the replay.
+    let proxy = FaultServer::start(Script::dynamic(move |seen| {
+        if seen.index % 2 == 0 {
+            Action::forward_then(up, Action::reset())
+        } else {
+            Action::forward(up)
+        }
+    }))
+    .await;
+    let http = reqwest::Client::new();
+
+    assert_eq!(KeyFormat::current(), KeyFormat::Bare);
+    let bare = order(&http, &proxy.url("/orders")).await.unwrap();
+    KeyFormat::Quoted.set();
+    let quoted = order(&http, &proxy.url("/orders")).await.unwrap();
+    KeyFormat::Bare.set();
+
+    let keys: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|s| s.idempotency_key().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 4);
+    assert_eq!(keys[0], keys[1]);
+    assert_eq!(keys[2], keys[3]);
+    assert_eq!(keys[0].len(), 36, "a bare UUID: {}", keys[0]);
+    assert!(
+        keys[2].len() == 38 && keys[2].starts_with('"') && keys[2].ends_with('"'),
+        "a quoted UUID: {}",
+        keys[2]
+    );
+    assert_eq!(bare, "order #1 for 1 pear");
+    assert_eq!(quoted, "order #2 for 1 pear");
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one run per call"
+    );
+}

@@ -1,0 +1,106 @@
+//! The retry budget against a burst of never-processed failures: a whole pool of keep-alive
+//! connections found closed at once is retried, while a retry storm against a dead downstream
+//! stays bounded. Both measured in one test file, against real sockets.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{ClientSettings, Error, RequestBuilderExt as _, resilient};
+
+/// The default budget (10% of first attempts + 10 per second), the default retry classes.
+#[resilient(
+    timeout = "2s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "5ms")
+)]
+async fn fetch(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+const POOL: usize = 24;
+
+#[tokio::test]
+async fn a_pool_of_stale_connections_is_retried_without_exhausting_the_budget() {
+    // Regression: 24 pooled connections going stale at once, default budget: a good part of
+    // the calls failed with BudgetExhausted, though none of the requests had been processed.
+    //
+    // The server answers the first request of each connection (slowly, so that the first
+    // round opens POOL connections), and closes the connection on any later request without
+    // answering: a keep-alive socket the server had already dropped.
+    let seen_connections: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let server = FaultServer::start(Script::dynamic({
+        let seen = seen_connections.clone();
+        move |s| {
+            if seen.lock().unwrap().insert(s.connection) {
+                Action::ok().after(Duration::from_millis(50))
+            } else {
+                Action::close()
+            }
+        }
+    }))
+    .await;
+    let http = ClientSettings::DEFAULT.build().unwrap();
+    let url = server.url("/");
+    let round = async || {
+        let calls: Vec<_> = (0..POOL)
+            .map(|_| {
+                let (http, url) = (http.clone(), url.clone());
+                tokio::spawn(async move { fetch(&http, &url).await })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for call in calls {
+            if let Err(e) = call.await.unwrap() {
+                failed.push(e.to_string());
+            }
+        }
+        failed
+    };
+    assert_eq!(round().await, Vec::<String>::new(), "first round");
+    assert_eq!(server.count(), POOL, "one connection per call");
+    // Every pooled connection is stale now.
+    let failed = round().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {POOL} failed: {failed:?}",
+        failed.len()
+    );
+    let requests_per_call = server.count() as f64 / (2 * POOL) as f64;
+    eprintln!(
+        "stale pool: {} requests for {} calls ({requests_per_call:.2} per call)",
+        server.count(),
+        2 * POOL
+    );
+    assert_eq!(
+        server.count(),
+        3 * POOL,
+        "one retry per stale socket, no more"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_storm_stays_bounded() {
+    // The tour's storm: every answer 503 under a steady 200 calls per second, 3 attempts,
+    // the default budget. A 503 is an answer, so the never-processed allowance is not drawn.
+    let r = resilience::incidents::retry_storm(true, 300, 200).await;
+    eprintln!(
+        "retry storm: {} requests for {} calls ({:.2} per call)",
+        r.requests,
+        r.calls,
+        r.amplification()
+    );
+    assert!(
+        r.amplification() <= 1.2,
+        "{:.2} requests per call",
+        r.amplification()
+    );
+}
