@@ -5,11 +5,11 @@ use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::parse::Parser as _;
 
-use crate::config;
-use crate::diag::Diags;
-use crate::model::Settings;
-use crate::validate::read_client;
-use crate::value::did_you_mean;
+use resilience_policy::config;
+use resilience_policy::diag::Diags;
+use resilience_policy::model::Settings;
+use resilience_policy::validate::read_client;
+use resilience_policy::value::did_you_mean;
 
 pub(crate) fn client(input: TokenStream) -> TokenStream {
     match build(input) {
@@ -60,8 +60,10 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
         None => quote!(::resilience_runtime),
     };
     let source_dir = crate::entry::proc_macro_source_dir();
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
     let located = config::locate(
         config_lit.as_ref().map(|c| c.value()).as_deref(),
+        manifest_dir.as_deref(),
         source_dir.as_deref(),
     )
     .map_err(|m| syn::Error::new(span, m))?;

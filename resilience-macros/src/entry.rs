@@ -1,19 +1,9 @@
 //! The pipeline of one expansion, failing soft: on any error the user's function is emitted
 //! unchanged, followed by every error found, so the rest of the crate and the IDE keep working.
 
-use proc_macro2::{Span, TokenStream};
-use quote::ToTokens as _;
+use proc_macro2::TokenStream;
 
-use crate::attr::{Entry, parse_args};
-use crate::config::{self, Config};
-use crate::diag::Diags;
 use crate::expand::{Plan, expand};
-use crate::infer::infer_method;
-use crate::model::Settings;
-use crate::validate::{
-    check_declared_method, check_function, check_keyed_body_sends, check_policy, effective_method,
-    resolve_shared,
-};
 
 pub(crate) fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: syn::ItemFn = match syn::parse2(item.clone()) {
@@ -46,126 +36,24 @@ fn fail_soft(item: TokenStream, e: syn::Error) -> TokenStream {
     out
 }
 
-/// Everything up to the generated code; every error is collected before giving up.
+/// Analysis (in `resilience-policy`), then the generated code.
 fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
-    let entries = parse_args(args)?;
-    let mut diags = Diags::default();
-    let fn_span = func.sig.ident.span();
-
-    // Inline-only keys, and duplicates.
-    let mut policy: Option<(String, Span)> = None;
-    let mut krate: Option<TokenStream> = None;
-    let mut config_rel: Option<(String, Span)> = None;
-    let mut inline: Vec<&Entry> = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
-    for e in &entries {
-        let key = e.key.to_string();
-        let key = key.trim_start_matches("r#").to_owned();
-        if seen.contains(&key) {
-            diags.push(e.key.span(), format!("`{key}` is given twice"));
-            continue;
-        }
-        seen.push(key.clone());
-        match key.as_str() {
-            "policy" => match e.value.as_text() {
-                Some(n) => policy = Some((n.to_owned(), e.span)),
-                None => diags.push(e.span, "`policy` takes the name of a [policies.NAME] section: policy = \"payments\""),
-            },
-            "crate" => match e.value.as_text().map(syn::parse_str::<syn::Path>) {
-                Some(Ok(path)) => krate = Some(path.into_token_stream()),
-                _ => diags.push(e.value.origin.span_or(e.span), "`crate` takes a path: crate = \"::my_crate::resilience\""),
-            },
-            "config" => match &e.value.value {
-                crate::value::Value::Str(s) => config_rel = Some((s.clone(), e.span)),
-                _ => diags.push(e.span, "`config` takes a path to a policy file, relative to Cargo.toml: config = \"../resilience.toml\""),
-            },
-            _ => inline.push(e),
-        }
-    }
-    let fallback = policy
-        .as_ref()
-        .map(|p| p.1)
-        .or(config_rel.as_ref().map(|c| c.1))
-        .unwrap_or(fn_span);
-
-    // The policy file.
     let source_dir = proc_macro_source_dir();
-    let config: Option<std::rc::Rc<Config>> = match config::locate(
-        config_rel.as_ref().map(|c| c.0.as_str()),
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let a = resilience_policy::analysis::analyze(
+        args,
+        func,
+        manifest_dir.as_deref(),
         source_dir.as_deref(),
-    ) {
-        Ok(Some((path, display))) => match config::load(&path, &display) {
-            Ok(c) => Some(c),
-            Err(m) => {
-                diags.push(fallback, m);
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(m) => {
-            diags.push(config_rel.as_ref().map_or(fallback, |c| c.1), m);
-            None
-        }
-    };
-    if let Some(c) = &config {
-        for m in &c.errors {
-            diags.push(fallback, m);
-        }
-    }
-
-    // Layers: built-in < [defaults] < [policies.NAME] < inline.
-    let mut settings = Settings::default();
-    if let Some(d) = config.as_ref().and_then(|c| c.defaults.as_ref()) {
-        for (k, v) in &d.entries {
-            settings.apply(&mut diags, k, v, fallback);
-        }
-    }
-    if let Some((name, span)) = &policy {
-        match config.as_ref().map(|c| (c, c.policies.get(name))) {
-            Some((_, Some(t))) => {
-                for (k, v) in &t.entries {
-                    settings.apply(&mut diags, k, v, fallback);
-                }
-            }
-            Some((c, None)) if c.unparsed => {}
-            Some((c, None)) => {
-                let known: Vec<&str> = c.policies.keys().map(String::as_str).collect();
-                let hint = crate::value::did_you_mean(name, &known)
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
-                diags.push(*span, format!("unknown policy `{name}`: {} has no [policies.{name}]{hint}", c.display));
-            }
-            None => diags.push(
-                *span,
-                format!("unknown policy `{name}`: no resilience.toml beside Cargo.toml defines [policies.{name}]"),
-            ),
-        }
-    }
-    for e in &inline {
-        let key = e.key.to_string();
-        settings.apply(&mut diags, key.trim_start_matches("r#"), &e.value, e.span);
-    }
-
-    let inferred = infer_method(func.block.to_token_stream());
-    let method = effective_method(&settings, inferred.as_ref());
-    check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
-    check_function(&mut diags, func, &settings);
-    check_policy(&mut diags, &settings, method.as_ref(), fallback);
-    check_keyed_body_sends(&mut diags, func, &settings);
-    let shared = resolve_shared(&mut diags, &settings, config.as_deref(), fallback);
-
-    if let Some(e) = diags.into_error() {
-        return Err(e);
-    }
-    let krate = krate.unwrap_or_else(|| quote::quote!(::resilience_runtime));
+    )?;
     let plan = Plan {
         func,
-        settings: &settings,
-        method: method.map(|m| m.value),
-        shared: &shared,
-        krate,
-        policy_name: policy.map(|p| p.0),
-        config_path: config.as_ref().map(|c| c.path.display().to_string()),
+        settings: &a.settings,
+        method: a.method.map(|m| m.value),
+        shared: &a.shared,
+        krate: a.krate,
+        policy_name: a.policy_name,
+        config_path: a.config_path,
     };
     Ok(expand(&plan))
 }

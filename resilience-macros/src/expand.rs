@@ -9,8 +9,8 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use crate::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
-use crate::validate::Shared;
+use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
+use resilience_policy::validate::Shared;
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,

@@ -7,19 +7,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-mod attr;
 mod client;
-mod config;
-mod diag;
 mod entry;
 mod expand;
-mod infer;
-mod model;
-#[cfg(test)]
-mod proptests;
 mod stamp;
-mod validate;
-mod value;
 
 use proc_macro::TokenStream;
 

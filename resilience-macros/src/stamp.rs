@@ -9,7 +9,7 @@
 //! Macro calls whose tokens parse as expressions (`tokio::join!(…)`, `format!(…)`) are
 //! rewritten inside too.
 
-use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use proc_macro2::TokenStream;
 use quote::{ToTokens as _, quote, quote_spanned};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
@@ -29,22 +29,6 @@ pub(crate) fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
     };
     v.visit_block_mut(block);
     v.found
-}
-
-/// Whether the body's tokens show any request being sent, macros included: `.send(`,
-/// `.execute(`, `.resilient(`.
-pub(crate) fn shows_a_request(ts: TokenStream) -> bool {
-    let tokens: Vec<TokenTree> = ts.into_iter().collect();
-    tokens.iter().enumerate().any(|(i, tt)| match tt {
-        TokenTree::Group(g) => shows_a_request(g.stream()),
-        TokenTree::Ident(id) => {
-            let after_dot =
-                i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
-            let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-            after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient")
-        }
-        _ => false,
-    })
 }
 
 struct Rewriter<'a> {
@@ -186,21 +170,5 @@ mod tests {
         ] {
             assert_eq!(rw(ts.clone()).1, 0, "{ts}");
         }
-    }
-
-    #[test]
-    fn requests_are_seen_in_tokens() {
-        assert!(shows_a_request(quote!({ c.get(u).send().await })));
-        assert!(shows_a_request(quote!({
-            helper(c.get(u).resilient()).await
-        })));
-        assert!(shows_a_request(quote!({ m!(c.execute(r)) })));
-        assert!(!shows_a_request(quote!({
-            charge_via_helper(&c, order).await
-        })));
-        assert!(!shows_a_request(quote!({
-            let send = 1;
-            send
-        })));
     }
 }

@@ -248,6 +248,40 @@ pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     Ok(all)
 }
 
+/// Checks overrides given as TOML text against functions described by hand (path, policy
+/// name, compiled policy) without applying anything: what `resilience check --overrides` runs.
+/// `Ok` holds the changes the file would make.
+pub fn check(
+    text: &str,
+    name: &str,
+    functions: &[(&'static str, &'static str, &'static Policy)],
+) -> Result<Vec<Change>, OverrideError> {
+    let doc = parse(text, name).map_err(|problems| OverrideError { problems })?;
+    static UNUSED: ArcSwapOption<&'static Policy> = ArcSwapOption::const_empty();
+    let mut changes = Vec::new();
+    let mut problems = Vec::new();
+    for (function, policy, compiled) in functions {
+        let k = Known {
+            function,
+            policy,
+            compiled,
+            current: &UNUSED,
+        };
+        match plan(&doc, &k) {
+            Ok(Some((_, mut c))) => changes.append(&mut c),
+            Ok(None) => {}
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(changes)
+    } else {
+        problems.sort();
+        problems.dedup();
+        Err(OverrideError { problems })
+    }
+}
+
 /// Removes every override: each function runs under its compiled policy again.
 pub fn clear() -> Vec<Change> {
     let known = lock(&KNOWN);

@@ -6,7 +6,7 @@ use proc_macro2::Span;
 
 /// Where a value came from, for error messages that say how to fix it.
 #[derive(Debug, Clone)]
-pub(crate) enum Origin {
+pub enum Origin {
     /// The built-in default.
     Builtin,
     /// A key in `resilience.toml`.
@@ -24,14 +24,14 @@ pub(crate) enum Origin {
 
 impl Origin {
     /// The span to point at: inline tokens, or `fallback` (the attribute or the function).
-    pub(crate) fn span_or(&self, fallback: Span) -> Span {
+    pub fn span_or(&self, fallback: Span) -> Span {
         match self {
             Origin::Inline(s) | Origin::Inferred { span: s, .. } => *s,
             _ => fallback,
         }
     }
 
-    pub(crate) fn is_inline(&self) -> bool {
+    pub fn is_inline(&self) -> bool {
         matches!(self, Origin::Inline(_))
     }
 }
@@ -54,7 +54,7 @@ impl fmt::Display for Origin {
 
 /// A policy value, in either syntax.
 #[derive(Debug, Clone)]
-pub(crate) enum Value {
+pub enum Value {
     Str(String),
     Int(u64),
     /// An integer literal with a suffix, like `250ms` written inline.
@@ -71,13 +71,13 @@ pub(crate) enum Value {
 
 /// A value and where it came from.
 #[derive(Debug, Clone)]
-pub(crate) struct Located {
+pub struct Located {
     pub value: Value,
     pub origin: Origin,
 }
 
 impl Located {
-    pub(crate) fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> &'static str {
         match &self.value {
             Value::Str(_) => "a string",
             Value::Int(_) | Value::IntSuffixed(..) => "an integer",
@@ -90,7 +90,7 @@ impl Located {
     }
 
     /// A short rendering for messages.
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         match &self.value {
             Value::Str(s) => format!("{s:?}"),
             Value::Int(i) => i.to_string(),
@@ -114,7 +114,7 @@ impl Located {
     }
 
     /// A string or a bare word.
-    pub(crate) fn as_text(&self) -> Option<&str> {
+    pub fn as_text(&self) -> Option<&str> {
         match &self.value {
             Value::Str(s) | Value::Word(s) => Some(s),
             _ => None,
@@ -122,10 +122,10 @@ impl Located {
     }
 }
 
-pub(crate) use resilience_spec::parse_duration;
+pub use resilience_spec::parse_duration;
 
 /// The closest known name, for "did you mean".
-pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (levenshtein(word, k), *k))

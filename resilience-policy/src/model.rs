@@ -12,7 +12,7 @@ use crate::diag::Diags;
 use crate::value::{Located, Origin, Value, did_you_mean, parse_duration};
 
 /// Keys a policy may set, in the file and inline.
-pub(crate) const POLICY_KEYS: &[&str] = &[
+pub const POLICY_KEYS: &[&str] = &[
     "method",
     "timeout",
     "deadline",
@@ -29,19 +29,19 @@ pub(crate) const POLICY_KEYS: &[&str] = &[
 ];
 
 /// Keys only the attribute takes.
-pub(crate) const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
+pub const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
 
-pub(crate) const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
-pub(crate) const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
-pub(crate) const BREAKER_KEYS: &[&str] = &[
+pub const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
+pub const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
+pub const BREAKER_KEYS: &[&str] = &[
     "failure_rate",
     "min_calls",
     "window",
     "open_for",
     "half_open_calls",
 ];
-pub(crate) const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
-pub(crate) const CLIENT_KEYS: &[&str] = &[
+pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const CLIENT_KEYS: &[&str] = &[
     "connect_timeout",
     "pool_idle_timeout",
     "tcp_keepalive",
@@ -49,11 +49,11 @@ pub(crate) const CLIENT_KEYS: &[&str] = &[
 ];
 
 /// The method model is the rule book's.
-pub(crate) use resilience_spec::Method;
+pub use resilience_spec::Method;
 
 /// A value with its origin.
 #[derive(Debug, Clone)]
-pub(crate) struct Set<T> {
+pub struct Set<T> {
     pub value: T,
     pub origin: Origin,
 }
@@ -68,13 +68,13 @@ impl<T> Set<T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BackoffKind {
+pub enum BackoffKind {
     Exponential,
     Constant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Jitter {
+pub enum Jitter {
     Full,
     Equal,
     Decorrelated,
@@ -82,7 +82,7 @@ pub(crate) enum Jitter {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct BackoffModel {
+pub struct BackoffModel {
     pub kind: Set<BackoffKind>,
     pub initial: Set<Duration>,
     pub max: Set<Duration>,
@@ -91,7 +91,7 @@ pub(crate) struct BackoffModel {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RetryItem {
+pub enum RetryItem {
     Connect,
     Reset,
     Timeout,
@@ -99,7 +99,7 @@ pub(crate) enum RetryItem {
 }
 
 impl RetryItem {
-    pub(crate) fn render(self) -> String {
+    pub fn render(self) -> String {
         match self {
             RetryItem::Connect => "connect".into(),
             RetryItem::Reset => "reset".into(),
@@ -110,7 +110,7 @@ impl RetryItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KeyModel {
+pub enum KeyModel {
     None,
     Auto,
     /// A parameter, or a field path rooted at one (`order.id`).
@@ -119,7 +119,7 @@ pub(crate) enum KeyModel {
 
 /// A shared-state reference: off, the default, a named section, or an inline table.
 #[derive(Debug, Clone)]
-pub(crate) enum StateRef {
+pub enum StateRef {
     Off,
     /// The per-policy default (budgets only).
     Default,
@@ -128,7 +128,7 @@ pub(crate) enum StateRef {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub struct Settings {
     pub method: Option<Set<Method>>,
     pub timeout: Set<Duration>,
     pub deadline: Set<Duration>,
@@ -182,12 +182,12 @@ impl Default for Settings {
 
 /// Where to point an error about a value: its inline tokens, or `fallback` with the file
 /// position written into the message.
-pub(crate) fn at(v: &Located, fallback: Span) -> Span {
+pub fn at(v: &Located, fallback: Span) -> Span {
     v.origin.span_or(fallback)
 }
 
 /// The message prefix of a value that lives in a file.
-pub(crate) fn file_prefix(origin: &Origin) -> String {
+pub fn file_prefix(origin: &Origin) -> String {
     match origin {
         Origin::File {
             file, line, col, ..
@@ -196,16 +196,11 @@ pub(crate) fn file_prefix(origin: &Origin) -> String {
     }
 }
 
-pub(crate) fn err(diags: &mut Diags, v: &Located, fallback: Span, msg: impl std::fmt::Display) {
+pub fn err(diags: &mut Diags, v: &Located, fallback: Span, msg: impl std::fmt::Display) {
     diags.push(at(v, fallback), format!("{}{msg}", file_prefix(&v.origin)));
 }
 
-pub(crate) fn duration(
-    diags: &mut Diags,
-    v: &Located,
-    fallback: Span,
-    key: &str,
-) -> Option<Duration> {
+pub fn duration(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<Duration> {
     let parsed = match &v.value {
         Value::Str(s) => parse_duration(s),
         Value::IntSuffixed(n, unit) => parse_duration(&format!("{n}{unit}")),
@@ -221,7 +216,7 @@ pub(crate) fn duration(
     parsed.map_err(|m| err(diags, v, fallback, m)).ok()
 }
 
-pub(crate) fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
+pub fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<u64> {
     match &v.value {
         Value::Int(n) => Some(*n),
         Value::IntSuffixed(n, suffix) => {
@@ -247,7 +242,7 @@ pub(crate) fn integer(diags: &mut Diags, v: &Located, fallback: Span, key: &str)
     }
 }
 
-pub(crate) fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<f64> {
+pub fn number(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<f64> {
     match &v.value {
         Value::Int(n) => Some(*n as f64),
         Value::Float(x) if x.is_finite() => Some(*x),
@@ -306,7 +301,7 @@ fn boolean(diags: &mut Diags, v: &Located, fallback: Span, key: &str) -> Option<
 }
 
 /// Checks the keys of a table against the known ones, with "did you mean".
-pub(crate) fn check_table_keys(
+pub fn check_table_keys(
     diags: &mut Diags,
     table: &[(String, Located)],
     known: &[&str],
@@ -333,7 +328,7 @@ pub(crate) fn check_table_keys(
 
 impl Settings {
     /// Applies one `key = value`. `fallback` is where errors about file values point.
-    pub(crate) fn apply(&mut self, diags: &mut Diags, key: &str, v: &Located, fallback: Span) {
+    pub fn apply(&mut self, diags: &mut Diags, key: &str, v: &Located, fallback: Span) {
         let origin = v.origin.clone();
         match key {
             "method" => match v.as_text().and_then(Method::parse) {

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use crate::value::{Located, Origin, Value, did_you_mean};
 
-pub(crate) const FILE_NAME: &str = "resilience.toml";
-pub(crate) const SECTIONS: &[&str] = &[
+pub const FILE_NAME: &str = "resilience.toml";
+pub const SECTIONS: &[&str] = &[
     "defaults",
     "policies",
     "breakers",
@@ -22,14 +22,14 @@ pub(crate) const SECTIONS: &[&str] = &[
 
 /// A `[section.NAME]` table, with where it starts.
 #[derive(Debug, Clone)]
-pub(crate) struct Table {
+pub struct Table {
     pub entries: Vec<(String, Located)>,
     /// Where the table's header is.
     pub origin: Origin,
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Config {
+pub struct Config {
     /// Absolute path, for `include_str!`.
     pub path: PathBuf,
     /// The path as written in messages.
@@ -48,7 +48,7 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub(crate) fn section(&self, kind: &str) -> &BTreeMap<String, Table> {
+    pub fn section(&self, kind: &str) -> &BTreeMap<String, Table> {
         match kind {
             "breaker" => &self.breakers,
             "budget" => &self.budgets,
@@ -68,7 +68,7 @@ thread_local! {
 }
 
 /// Loads (or takes from this compilation's cache) the file at `path`.
-pub(crate) fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
+pub fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if let Some(c) = CACHE.with(|c| {
         c.borrow()
@@ -96,7 +96,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Parses a policy file. Never fails: problems land in `errors`.
-pub(crate) fn parse(text: &str, path: PathBuf, display: &str) -> Config {
+pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
     let mut cfg = Config {
         path,
         display: display.to_owned(),
@@ -271,11 +271,14 @@ pub(crate) fn parse(text: &str, path: PathBuf, display: &str) -> Config {
 }
 
 /// Where the file is for the crate being compiled, if anywhere, and how to name it.
-pub(crate) fn locate(
+/// `manifest_dir` is the crate's (the macro's `CARGO_MANIFEST_DIR`); `source_dir` the
+/// directory of the source file.
+pub fn locate(
     explicit: Option<&str>,
+    manifest_dir: Option<&Path>,
     source_dir: Option<&Path>,
 ) -> Result<Option<(PathBuf, String)>, String> {
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest_dir = manifest_dir.map(Path::to_path_buf);
     let from_metadata = manifest_dir.as_deref().and_then(metadata_config);
     let wanted = explicit.map(str::to_owned).or(from_metadata);
     match wanted {

@@ -13,14 +13,14 @@ use crate::value::{Located, Origin, Value};
 
 /// One `key = value` of the attribute.
 #[derive(Debug, Clone)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub key: Ident,
     pub value: Located,
     /// The whole `key = value`, to point at.
     pub span: Span,
 }
 
-pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<Vec<Entry>> {
+pub fn parse_args(tokens: TokenStream) -> syn::Result<Vec<Entry>> {
     let parser = |input: ParseStream<'_>| {
         let mut out = Vec::new();
         while !input.is_empty() {

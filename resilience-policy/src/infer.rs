@@ -7,13 +7,13 @@ use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use crate::model::Method;
 
 #[derive(Debug, Clone)]
-pub(crate) struct Inferred {
+pub struct Inferred {
     pub method: Method,
     pub from: String,
     pub span: Span,
 }
 
-pub(crate) fn infer_method(body: TokenStream) -> Option<Inferred> {
+pub fn infer_method(body: TokenStream) -> Option<Inferred> {
     let mut best: Option<Inferred> = None;
     scan(body, &mut best);
     best
@@ -83,6 +83,22 @@ fn scan(ts: TokenStream, best: &mut Option<Inferred>) {
     }
 }
 
+/// Whether the body's tokens show any request being sent, macros included: `.send(`,
+/// `.execute(`, `.resilient(`.
+pub fn shows_a_request(ts: TokenStream) -> bool {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    tokens.iter().enumerate().any(|(i, tt)| match tt {
+        TokenTree::Group(g) => shows_a_request(g.stream()),
+        TokenTree::Ident(id) => {
+            let after_dot =
+                i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+            let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+            after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient")
+        }
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +149,22 @@ mod tests {
             })),
             Some(Method::Delete)
         );
+    }
+
+    #[test]
+    fn requests_are_seen_in_tokens() {
+        assert!(shows_a_request(quote!({ c.get(u).send().await })));
+        assert!(shows_a_request(quote!({
+            helper(c.get(u).resilient()).await
+        })));
+        assert!(shows_a_request(quote!({ m!(c.execute(r)) })));
+        assert!(!shows_a_request(quote!({
+            charge_via_helper(&c, order).await
+        })));
+        assert!(!shows_a_request(quote!({
+            let send = 1;
+            send
+        })));
     }
 
     #[test]

@@ -16,13 +16,13 @@ use crate::model::{
 use crate::value::{Located, Origin, did_you_mean};
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BudgetM {
+pub struct BudgetM {
     pub ratio: f64,
     pub min_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BreakerM {
+pub struct BreakerM {
     pub failure_rate: f64,
     pub min_calls: u32,
     pub window: u32,
@@ -31,13 +31,13 @@ pub(crate) struct BreakerM {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BulkheadM {
+pub struct BulkheadM {
     pub max_concurrent: u32,
     pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientM {
+pub struct ClientM {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub tcp_keepalive: Duration,
@@ -46,7 +46,7 @@ pub(crate) struct ClientM {
 
 /// Shared state, resolved to names and settings.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Shared {
+pub struct Shared {
     pub budget: Option<(String, BudgetM)>,
     pub breaker: Option<(String, BreakerM)>,
     pub bulkhead: Option<(String, BulkheadM)>,
@@ -55,7 +55,7 @@ pub(crate) struct Shared {
 use resilience_spec::{defaults, rules};
 
 /// Reads the settings of a budget/breaker/bulkhead/client table (defaults for missing keys).
-pub(crate) fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BudgetM {
+pub fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BudgetM {
     check_table_keys(diags, t, BUDGET_KEYS, "budget", fb);
     let mut m = BudgetM {
         ratio: defaults::BUDGET_RATIO,
@@ -81,7 +81,7 @@ pub(crate) fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) 
     m
 }
 
-pub(crate) fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BreakerM {
+pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BreakerM {
     check_table_keys(diags, t, BREAKER_KEYS, "breaker", fb);
     let mut m = BreakerM {
         failure_rate: defaults::BREAKER_FAILURE_RATE,
@@ -140,7 +140,7 @@ pub(crate) fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span)
 }
 
 /// `at` is where the table is, for a missing `max_concurrent`.
-pub(crate) fn read_bulkhead(
+pub fn read_bulkhead(
     diags: &mut Diags,
     t: &[(String, Located)],
     at: &Origin,
@@ -185,7 +185,7 @@ pub(crate) fn read_bulkhead(
     m
 }
 
-pub(crate) fn read_client(
+pub fn read_client(
     diags: &mut Diags,
     t: &[(String, Located)],
     fb: Span,
@@ -271,7 +271,7 @@ fn section_table<'c>(
 }
 
 /// Resolves the budget/breaker/bulkhead/client references of the settings.
-pub(crate) fn resolve_shared(
+pub fn resolve_shared(
     diags: &mut Diags,
     s: &Settings,
     config: Option<&Config>,
@@ -371,7 +371,7 @@ pub(crate) fn resolve_shared(
 /// The method the policy is about, explicit or inferred.
 /// A declared method may not be safer than one the body visibly sends: `method = GET` on a body
 /// that calls `.post(` would switch the unsafe-retry rule off.
-pub(crate) fn check_declared_method(
+pub fn check_declared_method(
     diags: &mut Diags,
     s: &Settings,
     inferred: Option<&Inferred>,
@@ -396,7 +396,7 @@ pub(crate) fn check_declared_method(
     }
 }
 
-pub(crate) fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set<Method>> {
+pub fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Option<Set<Method>> {
     s.method.clone().or_else(|| {
         inferred.map(|i| Set {
             value: i.method,
@@ -409,12 +409,7 @@ pub(crate) fn effective_method(s: &Settings, inferred: Option<&Inferred>) -> Opt
 }
 
 /// Checks the policy itself. `fb` is where errors about file values point.
-pub(crate) fn check_policy(
-    diags: &mut Diags,
-    s: &Settings,
-    method: Option<&Set<Method>>,
-    fb: Span,
-) {
+pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>, fb: Span) {
     let here = |o: &Origin| o.span_or(fb);
     if s.timeout.value.is_zero() {
         diags.push(
@@ -568,7 +563,7 @@ fn unsafe_retry(
 }
 
 /// The function itself: async, returns a Result, parameters usable on a retry.
-pub(crate) fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if f.sig.asyncness.is_none() {
         if rewritten_by_async_trait(f) {
             diags.push(
@@ -677,11 +672,11 @@ pub(crate) fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
 
 /// A key is stamped on the requests the body sends: a keyed policy on a body that shows no
 /// request would send none of its requests with the key.
-pub(crate) fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+pub fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if s.idempotency_key.value == KeyModel::None || s.method.is_some() {
         return;
     }
-    if crate::stamp::shows_a_request(f.block.to_token_stream()) {
+    if crate::infer::shows_a_request(f.block.to_token_stream()) {
         return;
     }
     let span = f

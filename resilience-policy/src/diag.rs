@@ -3,15 +3,15 @@
 use proc_macro2::Span;
 
 #[derive(Debug, Default)]
-pub(crate) struct Diags(Vec<syn::Error>);
+pub struct Diags(Vec<syn::Error>);
 
 impl Diags {
-    pub(crate) fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+    pub fn push(&mut self, span: Span, message: impl std::fmt::Display) {
         self.0.push(syn::Error::new(span, message));
     }
 
     /// All errors folded into one, or `None`.
-    pub(crate) fn into_error(self) -> Option<syn::Error> {
+    pub fn into_error(self) -> Option<syn::Error> {
         let mut it = self.0.into_iter();
         let mut first = it.next()?;
         for e in it {

@@ -1,0 +1,661 @@
+//! `resilience`: the policies of a crate, for CI and for people.
+//!
+//! ```text
+//! resilience check [DIR] [--overrides FILE]   check every #[resilient] function and the policy
+//!                                             file (and an override file) with the compiler's
+//!                                             rules and messages; exit 1 on any problem
+//! resilience list [DIR] [--json]              every #[resilient] function with its effective
+//!                                             policy, where each setting came from, its
+//!                                             worst-case time and request amplification
+//! ```
+//!
+//! `DIR` is the crate's directory (its `Cargo.toml`), `.` by default. Sources are read from
+//! `src/` and `examples/`; `--tests` adds `tests/`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use quote::ToTokens as _;
+use resilience_policy::analysis::{Analysis, analyze};
+use resilience_policy::model::{BackoffKind, Jitter, KeyModel, RetryItem, StateRef};
+use resilience_policy::value::Origin;
+use resilience_runtime::{Backoff, KeySource, Method, Policy, RetryOn};
+use resilience_spec::fmt_duration;
+use syn::visit::Visit;
+
+const USAGE: &str = "usage: resilience check [DIR] [--tests] [--overrides FILE]\n       resilience list [DIR] [--tests] [--json]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first().cloned() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut dir = PathBuf::from(".");
+    let (mut json, mut tests, mut overrides) = (false, false, None);
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--tests" => tests = true,
+            "--overrides" => match it.next() {
+                Some(f) => overrides = Some(PathBuf::from(f)),
+                None => {
+                    eprintln!("--overrides takes a file\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other if other.starts_with('-') => {
+                eprintln!("unknown option {other}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            other => dir = PathBuf::from(other),
+        }
+    }
+    let krate = match Crate::read(&dir, tests) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("resilience: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd.as_str() {
+        "check" => check(&krate, overrides.as_deref()),
+        "list" => {
+            list(&krate, json);
+            if krate.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                for p in &krate.problems {
+                    eprintln!("{p}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        _ => {
+            eprintln!("unknown command {cmd}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One annotated function, analysed as the macro analyses it.
+struct Function {
+    /// Full path, as the runtime names it: `crate::module::Type::name`.
+    path: String,
+    name: String,
+    file: String,
+    line: usize,
+    analysis: Analysis,
+    /// Names of functions its body calls (`name(` or `.name(`).
+    calls: Vec<String>,
+}
+
+struct Crate {
+    functions: Vec<Function>,
+    /// Every problem, as `file:line:col: message`.
+    problems: Vec<String>,
+}
+
+impl Crate {
+    fn read(dir: &Path, tests: bool) -> Result<Crate, String> {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| format!("{}: {e}", manifest.display()))?;
+        let name = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("package")?.get("name")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "crate".into())
+            .replace('-', "_");
+        let mut files = Vec::new();
+        collect(&dir.join("src"), &mut files);
+        let mut roots = vec![("src", name.clone())];
+        collect(&dir.join("examples"), &mut files);
+        roots.push(("examples", String::new()));
+        if tests {
+            collect(&dir.join("tests"), &mut files);
+            roots.push(("tests", String::new()));
+        }
+        files.sort();
+        let mut krate = Crate {
+            functions: Vec::new(),
+            problems: Vec::new(),
+        };
+        for file in files {
+            let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
+            let module = module_of(&rel, &name);
+            let display = rel.display().to_string();
+            let src = match std::fs::read_to_string(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    krate.problems.push(format!("{display}: {e}"));
+                    continue;
+                }
+            };
+            let ast = match syn::parse_file(&src) {
+                Ok(a) => a,
+                Err(e) => {
+                    let at = e.span().start();
+                    krate.problems.push(format!(
+                        "{display}:{}:{}: not Rust the command can read: {e}",
+                        at.line,
+                        at.column + 1
+                    ));
+                    continue;
+                }
+            };
+            let mut v = Finder {
+                module: vec![module],
+                self_ty: None,
+                found: Vec::new(),
+            };
+            v.visit_file(&ast);
+            for (path, func, args) in v.found {
+                let at = func.sig.ident.span().start();
+                match analyze(args, &func, Some(dir), file.parent()) {
+                    Ok(analysis) => krate.functions.push(Function {
+                        path,
+                        name: func.sig.ident.to_string(),
+                        file: display.clone(),
+                        line: at.line,
+                        analysis,
+                        calls: calls_in(func.block.to_token_stream()),
+                    }),
+                    Err(e) => {
+                        for e in e {
+                            let s = e.span().start();
+                            let msg = e.to_string().replace('\n', "\n    ");
+                            krate.problems.push(format!(
+                                "{display}:{}:{}: {path}: {msg}",
+                                s.line,
+                                s.column + 1
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let _ = roots;
+        Ok(krate)
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The module path of a source file: `src/lib.rs` is the crate, `src/a/b.rs` and
+/// `src/a/b/mod.rs` are `crate::a::b`, `examples/tour.rs` is the example `tour`.
+fn module_of(rel: &Path, krate: &str) -> String {
+    let parts: Vec<String> = rel
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match parts.first().map(String::as_str) {
+        Some("src") => {
+            let mut m = vec![krate.to_owned()];
+            for p in &parts[1..] {
+                if !matches!(p.as_str(), "lib" | "main" | "mod") {
+                    m.push(p.clone());
+                }
+            }
+            m.join("::")
+        }
+        _ => parts.get(1).cloned().unwrap_or_default(),
+    }
+}
+
+/// Finds every `#[resilient(…)]` function, with the path the runtime gives it.
+struct Finder {
+    module: Vec<String>,
+    self_ty: Option<String>,
+    found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
+}
+
+fn resilient_args(attrs: &[syn::Attribute]) -> Option<proc_macro2::TokenStream> {
+    attrs.iter().find_map(|a| {
+        let last = a.path().segments.last()?;
+        if last.ident != "resilient" {
+            return None;
+        }
+        Some(match &a.meta {
+            syn::Meta::List(l) => l.tokens.clone(),
+            _ => proc_macro2::TokenStream::new(),
+        })
+    })
+}
+
+impl Finder {
+    fn path_of(&self, name: &str) -> String {
+        let m = self.module.join("::");
+        match &self.self_ty {
+            Some(t) => format!("{t}::{name}"),
+            None if m.is_empty() => name.to_owned(),
+            None => format!("{m}::{name}"),
+        }
+    }
+}
+
+impl<'a> Visit<'a> for Finder {
+    fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+        self.module.push(m.ident.to_string());
+        syn::visit::visit_item_mod(self, m);
+        self.module.pop();
+    }
+
+    fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
+        let m = self.module.join("::");
+        let ty = i.self_ty.to_token_stream().to_string().replace(' ', "");
+        let ty = if m.is_empty() {
+            ty
+        } else {
+            format!("{m}::{ty}")
+        };
+        let saved = self.self_ty.take();
+        self.self_ty = Some(match &i.trait_ {
+            Some((t, _)) => format!(
+                "<{ty} as {}>",
+                t.to_token_stream().to_string().replace(' ', "")
+            ),
+            None => ty,
+        });
+        for item in &i.items {
+            if let syn::ImplItem::Fn(f) = item
+                && let Some(args) = resilient_args(&f.attrs)
+            {
+                let func = syn::ItemFn {
+                    attrs: Vec::new(),
+                    vis: f.vis.clone(),
+                    modifiers: f.modifiers.clone(),
+                    sig: f.sig.clone(),
+                    block: Box::new(f.block.clone()),
+                };
+                let path = self.path_of(&f.sig.ident.to_string());
+                self.found.push((path, func, args));
+            }
+        }
+        self.self_ty = saved;
+    }
+
+    fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
+        if let Some(args) = resilient_args(&f.attrs) {
+            let mut func = f.clone();
+            func.attrs.clear();
+            self.found
+                .push((self.path_of(&f.sig.ident.to_string()), func, args));
+        }
+    }
+}
+
+/// The names a body calls: `name(` and `.name(`.
+fn calls_in(ts: proc_macro2::TokenStream) -> Vec<String> {
+    use proc_macro2::{Delimiter, TokenTree};
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    let mut out = Vec::new();
+    for (i, tt) in tokens.iter().enumerate() {
+        match tt {
+            TokenTree::Group(g) => out.extend(calls_in(g.stream())),
+            TokenTree::Ident(id) => {
+                if matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                {
+                    out.push(id.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+// --- What the policy means ---------------------------------------------------------------------
+
+fn retries(f: &Function) -> bool {
+    f.analysis.settings.max_attempts.value > 1
+}
+
+/// Attempts × timeout plus every backoff at its largest, bounded by the deadline.
+fn worst_case(f: &Function) -> Duration {
+    let s = &f.analysis.settings;
+    let n = s.max_attempts.value;
+    let b = &s.backoff;
+    let mut total = s.timeout.value * n;
+    let mut delay = b.initial.value;
+    for _ in 1..n {
+        total += delay.min(b.max.value);
+        if b.kind.value == BackoffKind::Exponential {
+            delay = delay.mul_f64(f64::from(b.multiplier_milli.value) / 1000.0);
+        }
+    }
+    total.min(s.deadline.value)
+}
+
+/// Requests one call sends to a dependency that fails every time, through nested annotated
+/// calls: an inner call that retries is not retried around (one layer retries); an inner call
+/// without retries is retried by the outer one.
+fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
+    let own = f.analysis.settings.max_attempts.value;
+    let mut worst = own;
+    if depth > 16 {
+        return worst;
+    }
+    for callee in all
+        .iter()
+        .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
+    {
+        let inner = amplification(callee, all, depth + 1);
+        let through = if retries(callee) { inner } else { own * inner };
+        worst = worst.max(through);
+    }
+    worst
+}
+
+fn origin(o: &Origin) -> String {
+    o.to_string()
+}
+
+fn method(f: &Function) -> (String, String) {
+    match &f.analysis.method {
+        Some(m) => (m.value.as_str().to_owned(), origin(&m.origin)),
+        None => ("?".into(), "not declared, not inferred".into()),
+    }
+}
+
+fn retry_on(f: &Function) -> String {
+    let v: Vec<String> = f
+        .analysis
+        .settings
+        .retry_on
+        .value
+        .iter()
+        .map(|i| i.value.render())
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+fn key(f: &Function) -> String {
+    match &f.analysis.settings.idempotency_key.value {
+        KeyModel::None => "none".into(),
+        KeyModel::Auto => "auto".into(),
+        KeyModel::Param(p) => p.clone(),
+    }
+}
+
+fn state(r: &StateRef, shared: Option<&str>) -> String {
+    match (r, shared) {
+        (StateRef::Off, _) => "off".into(),
+        (StateRef::Default, _) => "own".into(),
+        (StateRef::Named(n), _) => n.clone(),
+        (StateRef::Inline(_), Some(n)) if !n.is_empty() => n.to_owned(),
+        (StateRef::Inline(_), _) => "own".into(),
+    }
+}
+
+fn list(krate: &Crate, json: bool) {
+    let all = &krate.functions;
+    if json {
+        let items: Vec<serde_json::Value> = all
+            .iter()
+            .map(|f| {
+                let s = &f.analysis.settings;
+                let (m, m_from) = method(f);
+                let set = |v: String, o: &Origin| serde_json::json!({ "value": v, "from": origin(o) });
+                serde_json::json!({
+                    "function": f.path,
+                    "file": f.file,
+                    "line": f.line,
+                    "policy": f.analysis.policy_name,
+                    "method": { "value": m, "from": m_from },
+                    "timeout": set(fmt_duration(s.timeout.value), &s.timeout.origin),
+                    "deadline": set(fmt_duration(s.deadline.value), &s.deadline.origin),
+                    "max_attempts": set(s.max_attempts.value.to_string(), &s.max_attempts.origin),
+                    "retry_on": set(retry_on(f), &s.retry_on.origin),
+                    "idempotency_key": set(key(f), &s.idempotency_key.origin),
+                    "backoff": {
+                        "initial": set(fmt_duration(s.backoff.initial.value), &s.backoff.initial.origin),
+                        "max": set(fmt_duration(s.backoff.max.value), &s.backoff.max.origin),
+                    },
+                    "budget": state(&s.budget.value, f.analysis.shared.budget.as_ref().map(|b| b.0.as_str())),
+                    "breaker": state(&s.breaker.value, f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str())),
+                    "bulkhead": state(&s.bulkhead.value, f.analysis.shared.bulkhead.as_ref().map(|b| b.0.as_str())),
+                    "worst_case_ms": worst_case(f).as_millis() as u64,
+                    "requests_per_call_worst_case": amplification(f, all, 0),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(items)).unwrap_or_default()
+        );
+        return;
+    }
+    let head = [
+        "function",
+        "method",
+        "timeout",
+        "deadline",
+        "attempts",
+        "retry_on",
+        "key",
+        "breaker",
+        "worst case",
+        "requests/call",
+    ];
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|f| {
+            let s = &f.analysis.settings;
+            vec![
+                f.path.clone(),
+                method(f).0,
+                fmt_duration(s.timeout.value),
+                fmt_duration(s.deadline.value),
+                s.max_attempts.value.to_string(),
+                retry_on(f),
+                key(f),
+                state(
+                    &s.breaker.value,
+                    f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str()),
+                ),
+                fmt_duration(worst_case(f)),
+                amplification(f, all, 0).to_string(),
+            ]
+        })
+        .collect();
+    let width: Vec<usize> = (0..head.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let c: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", c.join("  ").trim_end());
+    };
+    line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+    println!("\nwhere each setting came from (built-in defaults not shown):");
+    for f in all {
+        let s = &f.analysis.settings;
+        let mut from: Vec<String> = Vec::new();
+        let mut note = |k: &str, o: &Origin| {
+            if !matches!(o, Origin::Builtin) {
+                from.push(format!("{k}: {}", origin(o)));
+            }
+        };
+        if let Some(m) = &f.analysis.method {
+            note("method", &m.origin);
+        }
+        note("timeout", &s.timeout.origin);
+        note("deadline", &s.deadline.origin);
+        note("max_attempts", &s.max_attempts.origin);
+        note("retry_on", &s.retry_on.origin);
+        note("idempotency_key", &s.idempotency_key.origin);
+        note("breaker", &s.breaker.origin);
+        if !from.is_empty() {
+            println!("  {} ({}:{}): {}", f.path, f.file, f.line, from.join("; "));
+        }
+    }
+}
+
+// --- Check -------------------------------------------------------------------------------------
+
+/// The runtime's view of an analysed function, for checking an override file against it.
+fn compiled(f: &Function) -> &'static Policy {
+    let s = &f.analysis.settings;
+    let m = f
+        .analysis
+        .method
+        .as_ref()
+        .map_or(Method::Other, |m| m.value);
+    let has = |want: RetryItem| s.retry_on.value.iter().any(|i| i.value == want);
+    let statuses: Vec<u16> = s
+        .retry_on
+        .value
+        .iter()
+        .filter_map(|i| match i.value {
+            RetryItem::Status(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let policy = Policy {
+        function: Box::leak(f.path.clone().into_boxed_str()),
+        name: Box::leak(
+            f.analysis
+                .policy_name
+                .clone()
+                .unwrap_or_default()
+                .into_boxed_str(),
+        ),
+        method: m,
+        timeout: s.timeout.value,
+        deadline: s.deadline.value,
+        max_attempts: s.max_attempts.value,
+        backoff: Backoff {
+            kind: match s.backoff.kind.value {
+                BackoffKind::Exponential => resilience_runtime::BackoffKind::Exponential,
+                BackoffKind::Constant => resilience_runtime::BackoffKind::Constant,
+            },
+            initial: s.backoff.initial.value,
+            max: s.backoff.max.value,
+            multiplier_milli: s.backoff.multiplier_milli.value,
+            jitter: match s.backoff.jitter.value {
+                Jitter::Full => resilience_runtime::Jitter::Full,
+                Jitter::Equal => resilience_runtime::Jitter::Equal,
+                Jitter::Decorrelated => resilience_runtime::Jitter::Decorrelated,
+                Jitter::None => resilience_runtime::Jitter::None,
+            },
+        },
+        retry_on: RetryOn {
+            connect: has(RetryItem::Connect),
+            reset: has(RetryItem::Reset),
+            timeout: has(RetryItem::Timeout),
+            statuses: Box::leak(statuses.into_boxed_slice()),
+        },
+        idempotency_key: match s.idempotency_key.value {
+            KeyModel::None => KeySource::None,
+            KeyModel::Auto => KeySource::Auto,
+            KeyModel::Param(_) => KeySource::Param,
+        },
+        idempotent: s.idempotent.value,
+        max_retry_after: s.max_retry_after.value,
+        budget: None,
+        breaker: None,
+        bulkhead: None,
+        unseen: Method::Other,
+        locate: None,
+    };
+    Box::leak(Box::new(policy))
+}
+
+fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
+    let mut problems = krate.problems.clone();
+    if let Some(path) = overrides {
+        match std::fs::read_to_string(path) {
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+            Ok(text) => {
+                let functions: Vec<(&'static str, &'static str, &'static Policy)> = krate
+                    .functions
+                    .iter()
+                    .map(|f| {
+                        let p = compiled(f);
+                        let policy: &'static str = if p.name.is_empty() {
+                            p.function
+                        } else {
+                            p.name
+                        };
+                        (p.function, policy, p)
+                    })
+                    .collect();
+                match resilience_runtime::overrides::check(
+                    &text,
+                    &path.display().to_string(),
+                    &functions,
+                ) {
+                    Ok(changes) => {
+                        for c in changes {
+                            println!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
+                        }
+                    }
+                    Err(e) => problems.extend(e.problems),
+                }
+            }
+        }
+    }
+    let mut by_file: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &krate.functions {
+        *by_file.entry(f.file.as_str()).or_default() += 1;
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    println!(
+        "{} annotated function{} in {} file{}: {}",
+        krate.functions.len(),
+        if krate.functions.len() == 1 { "" } else { "s" },
+        by_file.len(),
+        if by_file.len() == 1 { "" } else { "s" },
+        if problems.is_empty() {
+            "every policy holds".to_owned()
+        } else {
+            format!(
+                "{} problem{}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            )
+        }
+    );
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,179 @@
+//! The `resilience` command, run as a user runs it: on the workspace's own examples, and on
+//! small crates written for the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resilience"))
+        .args(args)
+        .output()
+        .expect("the command runs")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A throwaway crate with these files.
+fn crate_with(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("resilience-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n"),
+    )
+    .unwrap();
+    for (path, body) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn list_shows_the_examples_effective_policies() {
+    let out = run(&["list", workspace().to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |f: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == f)
+            .unwrap_or_else(|| panic!("{f} listed"))
+            .clone()
+    };
+    let bundle = find("tour::Catalog::bundle");
+    assert_eq!(bundle["method"]["value"], "GET");
+    assert_eq!(bundle["method"]["from"], "inline in the attribute");
+    assert_eq!(bundle["timeout"]["value"], "2s");
+    // 3 × 2 s plus backoffs of at most 10 ms and 20 ms, under the 8 s deadline.
+    assert_eq!(bundle["worst_case_ms"], 6030);
+    // bundle calls item, which retries itself: one layer of retries, not 3 × 3.
+    assert_eq!(bundle["requests_per_call_worst_case"], 3);
+    let item = find("tour::Catalog::item");
+    assert_eq!(item["method"]["from"], "inferred from `.get(` in the body");
+    let keyed = find("tour::pay_keyed");
+    assert_eq!(keyed["idempotency_key"]["value"], "auto");
+    assert_eq!(keyed["max_attempts"]["value"], "4");
+    let inventory = find("tour::inventory");
+    assert_eq!(
+        inventory["worst_case_ms"], 1000,
+        "bounded by the 1 s deadline"
+    );
+
+    let table = run(&["list", workspace().to_str().unwrap()]);
+    assert!(table.status.success());
+    let t = text(&table);
+    assert!(t.contains("tour::Catalog::quick_bundle"), "{t}");
+    assert!(t.contains("where each setting came from"), "{t}");
+}
+
+#[test]
+fn check_passes_on_the_workspace_and_fails_on_an_unsafe_post() {
+    let out = run(&["check", workspace().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("every policy holds"));
+
+    let dir = crate_with(
+        "unsafe_post",
+        &[(
+            "src/lib.rs",
+            "use resilience_runtime::{resilient, Error};\n\n#[resilient(timeout = \"2s\")]\npub async fn charge(c: &reqwest::Client) -> Result<(), Error> {\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}\n",
+        )],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("src/lib.rs:5:7: unsafe_post::charge: this POST could be retried after it may have reached the server"),
+        "{t}"
+    );
+    assert!(t.contains("`idempotency_key = auto`"), "{t}");
+}
+
+#[test]
+fn check_reads_the_policy_file_and_points_into_it() {
+    let dir = crate_with(
+        "bad_file",
+        &[
+            (
+                "src/lib.rs",
+                "#[resilience_runtime::resilient(policy = \"reads\")]\npub async fn get(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.get(\"http://x/\").send().await?;\n    Ok(())\n}\n",
+            ),
+            (
+                "resilience.toml",
+                "[policies.reads]\ntimeout = \"5 parsecs\"\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("resilience.toml:2:11: `parsecs` is not a duration unit"),
+        "{t}"
+    );
+}
+
+#[test]
+fn check_an_override_file_against_the_crate() {
+    let ws = workspace();
+    let dir = std::env::temp_dir().join(format!("resilience-cli-ov-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[functions.\"tour::pay_hasty\"]\nmax_attempts = 3\n").unwrap();
+    let out = run(&[
+        "check",
+        ws.to_str().unwrap(),
+        "--overrides",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("bad.toml:2:16: tour::pay_hasty (POST): this POST could be retried"),
+        "{t}"
+    );
+
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[functions.\"tour::Catalog::item\"]\ntimeout = \"1s\"\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "check",
+        ws.to_str().unwrap(),
+        "--overrides",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("tour::Catalog::item: timeout 500ms -> 1s"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_usage_is_exit_code_2() {
+    assert_eq!(run(&[]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&["list", "/nonexistent-dir"]).status.code(), Some(2));
+}
