@@ -12,10 +12,10 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use common::alloc::{Counting, snapshot};
 use common::http::{Clients, Contender};
 use common::micro::{self, BenchError, flaky, ok};
 use common::server::Server;
+use resilience_fault_server::counting::{Counting, snapshot};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

@@ -15,9 +15,9 @@
 //! criterion's median, the range over the rounds, and the median over the rounds of its ratio
 //! to the baseline of the same round.
 //!
-//! Built with `RUSTFLAGS="--cfg resilience_prod_clock"`, tokio comes without `test-util` (see
-//! the root `Cargo.toml`): clock reads cost what they cost in production, and `fail_once`,
-//! which needs the paused clock, is left out.
+//! By default tokio comes without `test-util` (see `benches/Cargo.toml`): clock reads cost what
+//! they cost in production, and `fail_once`, which needs the paused clock, is left out; with
+//! `--features paused-clock` it is measured too.
 
 #[macro_use]
 mod common;
@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use common::http::{Clients, Contender};
 use common::median;
-#[cfg(not(resilience_prod_clock))]
+#[cfg(feature = "paused-clock")]
 use common::micro::flaky;
 use common::micro::{self, ok};
 use common::server::Server;
@@ -67,7 +67,7 @@ fn criterion_dir() -> PathBuf {
 
 /// A current-thread runtime whose clock is paused: a zero-delay `tokio::time::sleep`, which on
 /// a real clock waits for the timer's next 1 ms tick, ends as soon as nothing else can run.
-#[cfg(not(resilience_prod_clock))]
+#[cfg(feature = "paused-clock")]
 fn paused_runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +84,7 @@ fn check(rt: &Runtime) {
                 for _ in 0..3 {
                     assert!(ok::$f().await.is_ok(), "{}: no-fault call failed", $name);
                 }
-                #[cfg(not(resilience_prod_clock))]
+                #[cfg(feature = "paused-clock")]
                 check!(@flaky $name, $f, $cases);
             };
             (@flaky $name:literal, $f:ident, both) => {
@@ -116,7 +116,7 @@ fn no_fault(rt: &Runtime) -> Group<'_> {
     }
 }
 
-#[cfg(not(resilience_prod_clock))]
+#[cfg(feature = "paused-clock")]
 fn fail_once(paused: &Runtime) -> Group<'_> {
     let mut cases: Vec<Case<'_>> = Vec::new();
     macro_rules! case {
@@ -190,20 +190,20 @@ fn main() {
         .configure_from_args();
     let rt = common::runtime();
     check(&rt);
-    #[cfg(not(resilience_prod_clock))]
+    #[cfg(feature = "paused-clock")]
     let paused_rt = paused_runtime();
-    #[cfg(not(resilience_prod_clock))]
+    #[cfg(feature = "paused-clock")]
     check(&paused_rt);
-    #[cfg(not(resilience_prod_clock))]
+    #[cfg(feature = "paused-clock")]
     let paused = Some(&paused_rt);
-    #[cfg(resilience_prod_clock)]
+    #[cfg(not(feature = "paused-clock"))]
     let paused = None;
     let server = Server::start();
     let clients = Clients::new(server.url("/"));
     let started = SystemTime::now();
 
     let mut groups = vec![no_fault(&rt)];
-    #[cfg(not(resilience_prod_clock))]
+    #[cfg(feature = "paused-clock")]
     groups.push(fail_once(&paused_rt));
     groups.push(clock(&rt, paused));
     groups.push(loopback(&rt, &clients));
@@ -244,7 +244,7 @@ fn label(group: &str, name: &str) -> String {
     match group {
         "clock" => match name {
             "std_now" => "`std::time::Instant::now()`".to_owned(),
-            "tokio_now" if cfg!(resilience_prod_clock) => {
+            "tokio_now" if cfg!(not(feature = "paused-clock")) => {
                 "`tokio::time::Instant::now()` (tokio without `test-util`)".to_owned()
             }
             "tokio_now" => "`tokio::time::Instant::now()` (tokio with `test-util`)".to_owned(),

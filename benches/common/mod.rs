@@ -1,7 +1,6 @@
 //! Shared by the bench binaries; each uses a part of it.
 #![allow(dead_code, unused_macros)]
 
-pub mod alloc;
 pub mod http;
 #[macro_use]
 pub mod micro;

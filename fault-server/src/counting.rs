@@ -1,4 +1,5 @@
-//! A global allocator that counts, per thread, the allocations and bytes asked for.
+//! A global allocator that counts, per thread, the allocations and bytes asked for: the one
+//! the allocation test and the allocation benchmark both use.
 //!
 //! Per thread, so that a loopback server running on another thread is not counted: the
 //! contenders run on a current-thread runtime, so every allocation of theirs (and of reqwest's
@@ -7,7 +8,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-/// Install with `#[global_allocator] static A: Counting = Counting;`.
+/// Install with `#[global_allocator] static A: Counting = Counting;`, then read
+/// [`snapshot`] on the thread that runs the code under test.
 #[derive(Debug)]
 pub struct Counting;
 

@@ -40,6 +40,7 @@
 //! (connect times out).
 
 mod action;
+pub mod counting;
 mod http;
 mod net;
 mod server;
