@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use quote::ToTokens as _;
 use resilience_policy::analysis::{Analysis, analyze};
-use resilience_policy::model::{BackoffKind, Jitter, KeyModel, RetryItem, StateRef};
+use resilience_policy::model::{BackoffKind, Jitter, KeyModel, StateRef};
 use resilience_policy::value::Origin;
 use resilience_runtime::{Backoff, KeySource, Method, Policy, RetryOn};
 use resilience_spec::fmt_duration;
@@ -536,16 +536,7 @@ fn compiled(f: &Function) -> &'static Policy {
         .method
         .as_ref()
         .map_or(Method::Other, |m| m.value);
-    let has = |want: RetryItem| s.retry_on.value.iter().any(|i| i.value == want);
-    let statuses: Vec<u16> = s
-        .retry_on
-        .value
-        .iter()
-        .filter_map(|i| match i.value {
-            RetryItem::Status(c) => Some(c),
-            _ => None,
-        })
-        .collect();
+    let retry = s.retry_parts();
     let policy = Policy {
         function: Box::leak(f.path.clone().into_boxed_str()),
         name: Box::leak(
@@ -575,10 +566,10 @@ fn compiled(f: &Function) -> &'static Policy {
             },
         },
         retry_on: RetryOn {
-            connect: has(RetryItem::Connect),
-            reset: has(RetryItem::Reset),
-            timeout: has(RetryItem::Timeout),
-            statuses: Box::leak(statuses.into_boxed_slice()),
+            connect: retry.connect,
+            reset: retry.reset,
+            timeout: retry.timeout,
+            statuses: Box::leak(retry.statuses.into_boxed_slice()),
         },
         idempotency_key: match s.idempotency_key.value {
             KeyModel::None => KeySource::None,

@@ -9,7 +9,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
+use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, Settings};
 use resilience_policy::validate::Shared;
 
 pub(crate) struct Plan<'a> {
@@ -81,21 +81,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         dur(b.max.value),
         b.multiplier_milli.value,
     );
-    let has = |want: RetryItem| s.retry_on.value.iter().any(|i| i.value == want);
-    let (connect, reset, timeout_on) = (
-        has(RetryItem::Connect),
-        has(RetryItem::Reset),
-        has(RetryItem::Timeout),
-    );
-    let statuses: Vec<u16> = s
-        .retry_on
-        .value
-        .iter()
-        .filter_map(|i| match i.value {
-            RetryItem::Status(c) => Some(c),
-            _ => None,
-        })
-        .collect();
+    let retry = s.retry_parts();
+    let (connect, reset, timeout_on, statuses) =
+        (retry.connect, retry.reset, retry.timeout, retry.statuses);
     let key_source = match &s.idempotency_key.value {
         KeyModel::None => quote!(None),
         KeyModel::Auto => quote!(Auto),

@@ -144,6 +144,36 @@ pub struct Settings {
     pub client: Option<Set<String>>,
 }
 
+/// `retry_on` in the runtime's shape: (connect, reset, timeout, statuses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryParts {
+    pub connect: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Settings {
+    /// `retry_on` split the way the runtime's `RetryOn` holds it.
+    pub fn retry_parts(&self) -> RetryParts {
+        let has = |want: RetryItem| self.retry_on.value.iter().any(|i| i.value == want);
+        RetryParts {
+            connect: has(RetryItem::Connect),
+            reset: has(RetryItem::Reset),
+            timeout: has(RetryItem::Timeout),
+            statuses: self
+                .retry_on
+                .value
+                .iter()
+                .filter_map(|i| match i.value {
+                    RetryItem::Status(c) => Some(c),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
