@@ -420,3 +420,25 @@ async fn an_aliased_result_and_a_fractional_timeout() {
     assert!(seen[1].at - seen[0].at >= Duration::from_millis(1500));
     assert!(started.elapsed() >= Duration::from_millis(4500));
 }
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn checkout_impatient(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // The body gives up on the nested charge itself: it is dropped mid-request.
+    let _ = tokio::time::timeout(Duration::from_millis(100), inner_charge(c, url)).await;
+    let resp = c.get(format!("{url}/receipt")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_post_cancelled_mid_request_is_not_rerun_either() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/charge" => Action::stall(),
+        _ => Action::status(503),
+    }))
+    .await;
+    let e = checkout_impatient(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "the charge went out once");
+}

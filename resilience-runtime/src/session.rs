@@ -73,6 +73,17 @@ impl std::fmt::Display for InvalidKey {
 
 impl std::error::Error for InvalidKey {}
 
+/// Records in an enclosing attempt that a nested call sent (or may send) `method`. Running the
+/// outer body again starts the nested call afresh, with a new automatic key: to the server that
+/// is a different request, so a method that needs a key counts as unkeyed there.
+fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
+    outer.note_method(method);
+    outer.stamped.set(true);
+    if !method.is_safe() && fresh_key {
+        outer.all_keyed.set(false);
+    }
+}
+
 /// What the generated loop does after a failed attempt.
 #[derive(Debug)]
 pub enum Next {
@@ -149,7 +160,16 @@ impl Session {
         // deadline counts from here: the wait for a bulkhead slot is part of the call.
         let started = Instant::now();
         let mut deadline = started + policy.deadline;
-        let outer: Option<Outer> = ATTEMPT.try_with(AttemptCtx::outer).ok();
+        let outer: Option<Outer> = ATTEMPT
+            .try_with(|o| {
+                // Before this call sends anything, tell the enclosing attempt what it may send:
+                // if that attempt ends while this call is still running (its timeout cancels
+                // this call), it must not run its body again and resend this call's request
+                // under a new automatic key.
+                note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
+                o.outer()
+            })
+            .ok();
         let (trace_id, trace_flags, request_id, depth) = match outer {
             Some(o) => {
                 deadline = deadline.min(o.until);
@@ -367,13 +387,7 @@ impl Session {
             let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
             let _ = ATTEMPT.try_with(|outer| {
                 if let Some(m) = sent {
-                    outer.note_method(m);
-                    outer.stamped.set(true);
-                    if unkeyed {
-                        // Running the outer body again starts this call afresh, with a new
-                        // automatic key: to the server that is a different request.
-                        outer.all_keyed.set(false);
-                    }
+                    note_sent(outer, m, unkeyed);
                 }
                 if gave_up_retryable {
                     outer.nested_gave_up.set(true);
