@@ -39,6 +39,8 @@ pub(crate) struct AttemptCtx {
     pub trace_id: u128,
     pub span_id: u64,
     pub key: Option<Key>,
+    /// telemetry (issue 12): the attempt's span, where stamping records the request.
+    pub span: tracing::Span,
     /// At least one request of this attempt was stamped through `.resilient()`.
     pub stamped: Cell<bool>,
     /// Every stamped request carried the key.
@@ -55,6 +57,7 @@ impl AttemptCtx {
         request_id: u128,
         trace_id: u128,
         key: Option<Key>,
+        span: tracing::Span,
     ) -> AttemptCtx {
         AttemptCtx {
             attempt,
@@ -62,6 +65,7 @@ impl AttemptCtx {
             trace_id,
             span_id: fastrand::u64(..).max(1),
             key,
+            span,
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
@@ -99,7 +103,8 @@ pub fn current_attempt() -> Option<AttemptInfo> {
                 .key
                 .as_ref()
                 .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
-            traceparent: format_traceparent(c.trace_id, c.span_id),
+            // telemetry (issue 12): the OpenTelemetry trace context when there is one.
+            traceparent: crate::telemetry::traceparent(&c.span, c.trace_id, c.span_id),
         })
         .ok()
 }

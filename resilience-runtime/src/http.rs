@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 
-use crate::context::{ATTEMPT, AttemptCtx, RequestId, format_traceparent};
+use crate::context::{ATTEMPT, AttemptCtx, RequestId};
 use crate::policy::Method;
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
@@ -59,6 +59,8 @@ impl ResilientRequest {
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(Method::from_http(req.method()));
     ctx.stamped.set(true);
+    // telemetry (issue 12): method, server and URL on the attempt's span.
+    crate::telemetry::on_request(&ctx.span, req);
     let headers = req.headers_mut();
     match &ctx.key {
         Some(k) if !headers.contains_key(&IDEMPOTENCY_KEY) => {
@@ -75,11 +77,8 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     {
         headers.insert(X_REQUEST_ID, v);
     }
-    if !headers.contains_key(&TRACEPARENT)
-        && let Ok(v) = HeaderValue::from_str(&format_traceparent(ctx.trace_id, ctx.span_id))
-    {
-        headers.insert(TRACEPARENT, v);
-    }
+    // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
+    crate::telemetry::inject_trace_context(headers, &ctx.span, ctx.trace_id, ctx.span_id);
     headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
 }
 
@@ -96,6 +95,8 @@ pub fn observe(resp: &reqwest::Response) {
         .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
     let _ = ATTEMPT.try_with(|ctx| {
         ctx.status.set(Some(status));
+        // telemetry (issue 12)
+        crate::telemetry::on_response(&ctx.span, status);
         ctx.retry_after.set(retry_after);
     });
 }

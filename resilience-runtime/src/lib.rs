@@ -39,6 +39,7 @@ mod retry_after;
 #[cfg(feature = "server")]
 pub mod server;
 mod session;
+pub mod telemetry;
 
 pub use backoff::{BackoffState, set_jitter_seed};
 pub use classify::{Class, Classify, classify_error, is_transient_status};

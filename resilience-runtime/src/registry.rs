@@ -147,6 +147,9 @@ pub(crate) struct Resolved {
     pub breaker: Option<&'static Breaker>,
     pub bulkhead: Option<&'static Bulkhead>,
     pub metrics: &'static PolicyMetrics,
+    // telemetry (issue 12): the function's metric keys, built once.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub telemetry: &'static crate::telemetry::Instruments,
 }
 
 impl PolicyState {
@@ -165,6 +168,8 @@ impl PolicyState {
             breaker: policy.breaker.map(|(n, s)| breaker(n, s)),
             bulkhead: policy.bulkhead.map(|(n, s)| bulkhead(n, s)),
             metrics: metrics(policy.name),
+            // telemetry (issue 12)
+            telemetry: crate::telemetry::instruments(policy),
         })
     }
 }

@@ -35,6 +35,7 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
 use crate::policy::{KeySource, Method, Policy};
 use crate::registry::{PolicyState, Resolved};
+use crate::telemetry::{self, AttemptScope, Outcome};
 
 /// The idempotency key the generated code hands to [`Session::start`].
 #[derive(Debug)]
@@ -107,6 +108,8 @@ pub struct Session {
     span: tracing::Span,
     last: Last,
     breaker_permit: Option<BreakerPermit<'static>>,
+    /// telemetry (issue 12): the attempt in progress (its span, when it started).
+    attempt_scope: Option<AttemptScope>,
     _bulkhead: Option<BulkheadPermit<'static>>,
 }
 
@@ -130,6 +133,7 @@ impl Session {
                 Ok(p) => Some(p),
                 Err(_) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+                    telemetry::on_call_end(&shared, Outcome::RejectedBulkhead, None);
                     tracing::warn!(
                         function = policy.function,
                         policy = policy.name,
@@ -142,6 +146,7 @@ impl Session {
             },
             None => None,
         };
+        telemetry::on_call_start(&shared); // telemetry (issue 12)
         // One clock read for the start, the deadline, the budget and the first attempt.
         let started = Instant::now();
         if let Some(b) = shared.budget {
@@ -170,6 +175,7 @@ impl Session {
             span,
             last: Last::default(),
             breaker_permit: None,
+            attempt_scope: None,
             _bulkhead: bulkhead,
         })
     }
@@ -207,7 +213,11 @@ impl Session {
         };
         let mut scoped = pin!(ATTEMPT.scope(ctx, body));
         let outcome = tokio::time::timeout_at(until, scoped.as_mut())
-            .instrument(self.span.clone())
+            // telemetry (issue 12): the body runs in the attempt's span.
+            .instrument(telemetry::body_span(
+                self.attempt_scope.as_ref(),
+                &self.span,
+            ))
             .await;
         self.record_attempt(scoped.as_mut().take_value());
         match outcome {
@@ -224,6 +234,7 @@ impl Session {
     fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last::default();
+        self.attempt_scope = None;
         if let Some(b) = self.shared.breaker {
             match b.try_acquire() {
                 Ok(p) => self.breaker_permit = Some(p),
@@ -250,12 +261,16 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
+        // telemetry (issue 12): the attempt's span, a child of the call's.
+        let scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let ctx = AttemptCtx::new(
             self.attempts,
             self.request_id,
             self.trace_id,
             self.key.clone(),
+            scope.span().clone(),
         );
+        self.attempt_scope = Some(scope);
         let limit = self.policy.timeout.min(left);
         Ok((now + limit, limit, ctx))
     }
@@ -277,6 +292,13 @@ impl Session {
         {
             b.on_success(p);
         }
+        telemetry::call_succeeded(
+            self.attempt_scope.take(),
+            &self.shared,
+            self.attempts,
+            self.last.status,
+            self.started,
+        );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.attempts == 1 {
             &m.successful_without_retry
@@ -378,6 +400,13 @@ impl Session {
                         "attempt failed; retrying"
                     );
                 }
+                telemetry::attempt_retried(
+                    self.attempt_scope.take(),
+                    &self.shared,
+                    class,
+                    self.last.status,
+                    delay,
+                );
                 tokio::time::sleep_until(now + delay).await;
                 Next::Retry
             }
@@ -385,6 +414,16 @@ impl Session {
     }
 
     fn give_up(&mut self, class: Class, why: GiveUp) -> Next {
+        telemetry::call_gave_up(
+            self.attempt_scope.take(),
+            &self.shared,
+            self.attempts,
+            class,
+            self.last.status,
+            why,
+            self.last.runtime == Some(ErrorKind::CircuitOpen),
+            self.started,
+        );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.attempts <= 1 {
             &m.failed_without_retry
