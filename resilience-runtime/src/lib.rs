@@ -4,7 +4,9 @@
 //! checked at compile time and enforced at run time: per-attempt timeouts and a total deadline,
 //! retries only on transient failures and only when resending is safe, exponential backoff with
 //! jitter, `Retry-After`, retry budgets, circuit breakers, bulkheads, the idempotency key on
-//! every attempt, and a tracing span per call with an event per attempt.
+//! every attempt, and a tracing span per call with an event per attempt and an OpenTelemetry
+//! HTTP client span per attempt. Cargo features `opentelemetry` (trace context from the
+//! OpenTelemetry context) and `metrics` (the `metrics` facade): see [`telemetry`].
 //!
 //! ```no_run
 //! use resilience_runtime::{resilient, Error, RequestBuilderExt as _};

@@ -3,12 +3,28 @@
 //! The session, the request stamping and the breaker call the small functions below at a few
 //! points; what they do depends on the cargo features:
 //!
-//! - always: a span per attempt ([`span`]), a child of the call's span, with the
+//! - always: a span per attempt (`attempt`), a child of the call's span (`resilient`), with the
 //!   OpenTelemetry semantic conventions' HTTP client fields. Disabled, and free, when the
 //!   call's span is (no subscriber, or one that filters it out).
 //! - `opentelemetry`: `traceparent` and `tracestate` from the attempt span's OpenTelemetry
-//!   context (or the current one), through the global propagator ([`otel`]).
+//!   context (or the current one), through the global propagator (W3C Trace Context when
+//!   none is set). Without it, or outside any OpenTelemetry context: a W3C `traceparent` of
+//!   the call's own trace id, as before. A request that already carries one keeps it.
 //! - `metrics`: counters, histograms and gauges through the `metrics` facade ([`METRICS`]).
+//!
+//! # The attempt span
+//!
+//! | field | value |
+//! |---|---|
+//! | `otel.name`, `http.request.method` | the method (`GET`) |
+//! | `otel.kind` | `client` |
+//! | `server.address`, `server.port`, `url.full` | from the URL sent (credentials and signatures redacted) |
+//! | `http.response.status_code` | the status received |
+//! | `error.type` | the status code when 400 or more, else the failure class (`timeout`, `reset`, `connect`, …) |
+//! | `otel.status_code` | `error` when the attempt failed |
+//! | `http.request.resend_count` | from the second attempt on: the attempt number − 1 |
+//! | `resilience.attempt` | 1 for the first |
+//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `give up`, why it gave up, the delay before the retry |
 //!
 //! # Metrics
 //!
