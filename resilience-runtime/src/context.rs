@@ -39,8 +39,6 @@ pub(crate) struct AttemptCtx {
     pub trace_id: u128,
     pub span_id: u64,
     pub key: Option<Key>,
-    /// telemetry (issue 12): the attempt's span, where stamping records the request.
-    pub span: tracing::Span,
     /// At least one request of this attempt was stamped through `.resilient()`.
     pub stamped: Cell<bool>,
     /// Every stamped request carried the key.
@@ -57,7 +55,6 @@ impl AttemptCtx {
         request_id: u128,
         trace_id: u128,
         key: Option<Key>,
-        span: tracing::Span,
     ) -> AttemptCtx {
         AttemptCtx {
             attempt,
@@ -65,7 +62,6 @@ impl AttemptCtx {
             trace_id,
             span_id: fastrand::u64(..).max(1),
             key,
-            span,
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
@@ -104,7 +100,7 @@ pub fn current_attempt() -> Option<AttemptInfo> {
                 .as_ref()
                 .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
             // telemetry (issue 12): the OpenTelemetry trace context when there is one.
-            traceparent: crate::telemetry::traceparent(&c.span, c.trace_id, c.span_id),
+            traceparent: crate::telemetry::traceparent(c.trace_id, c.span_id),
         })
         .ok()
 }

@@ -60,7 +60,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(Method::from_http(req.method()));
     ctx.stamped.set(true);
     // telemetry (issue 12): method, server and URL on the attempt's span.
-    crate::telemetry::on_request(&ctx.span, req);
+    crate::telemetry::on_request(req);
     let headers = req.headers_mut();
     match &ctx.key {
         Some(k) if !headers.contains_key(&IDEMPOTENCY_KEY) => {
@@ -78,7 +78,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
         headers.insert(X_REQUEST_ID, v);
     }
     // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
-    crate::telemetry::inject_trace_context(headers, &ctx.span, ctx.trace_id, ctx.span_id);
+    crate::telemetry::inject_trace_context(headers, ctx.trace_id, ctx.span_id);
     headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
 }
 
@@ -96,7 +96,7 @@ pub fn observe(resp: &reqwest::Response) {
     let _ = ATTEMPT.try_with(|ctx| {
         ctx.status.set(Some(status));
         // telemetry (issue 12)
-        crate::telemetry::on_response(&ctx.span, status);
+        crate::telemetry::on_response(status);
         ctx.retry_after.set(retry_after);
     });
 }

@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
 use crate::policy::{KeySource, Method, Policy};
 use crate::registry::{PolicyState, Resolved};
-use crate::telemetry::{self, AttemptScope, Outcome};
+use crate::telemetry::{self, AttemptScope};
 
 /// The idempotency key the generated code hands to [`Session::start`].
 #[derive(Debug)]
@@ -133,7 +133,7 @@ impl Session {
                 Ok(p) => Some(p),
                 Err(_) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
-                    telemetry::on_call_end(&shared, Outcome::RejectedBulkhead, None);
+                    telemetry::call_rejected_by_bulkhead(&shared); // telemetry (issue 12)
                     tracing::warn!(
                         function = policy.function,
                         policy = policy.name,
@@ -212,13 +212,16 @@ impl Session {
             Err(e) => return Err(E::from(e)),
         };
         let mut scoped = pin!(ATTEMPT.scope(ctx, body));
-        let outcome = tokio::time::timeout_at(until, scoped.as_mut())
-            // telemetry (issue 12): the body runs in the attempt's span.
-            .instrument(telemetry::body_span(
-                self.attempt_scope.as_ref(),
-                &self.span,
-            ))
-            .await;
+        // telemetry (issue 12): the body runs in the attempt's span; with tracing off, no
+        // `Instrumented` wrapper to enter and leave on every poll.
+        let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
+        let outcome = if span.is_disabled() {
+            tokio::time::timeout_at(until, scoped.as_mut()).await
+        } else {
+            tokio::time::timeout_at(until, scoped.as_mut())
+                .instrument(span)
+                .await
+        };
         self.record_attempt(scoped.as_mut().take_value());
         match outcome {
             Ok(Ok(v)) => {
@@ -234,7 +237,6 @@ impl Session {
     fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last::default();
-        self.attempt_scope = None;
         if let Some(b) = self.shared.breaker {
             match b.try_acquire() {
                 Ok(p) => self.breaker_permit = Some(p),
@@ -268,9 +270,8 @@ impl Session {
             self.request_id,
             self.trace_id,
             self.key.clone(),
-            scope.span().clone(),
         );
-        self.attempt_scope = Some(scope);
+        self.attempt_scope = scope;
         let limit = self.policy.timeout.min(left);
         Ok((now + limit, limit, ctx))
     }

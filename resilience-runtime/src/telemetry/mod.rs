@@ -283,51 +283,84 @@ pub(crate) struct AttemptScope {
 }
 
 impl AttemptScope {
-    /// Attempt number `attempt` of the call whose span is `call`, starting at `started`.
-    pub(crate) fn start(call: &Span, policy: &Policy, attempt: u32, started: Instant) -> Self {
+    /// Attempt number `attempt` of the call whose span is `call`, starting at `started`;
+    /// `None` when there is nothing to record (no span, no metrics).
+    #[inline]
+    pub(crate) fn start(
+        call: &Span,
+        policy: &Policy,
+        attempt: u32,
+        started: Instant,
+    ) -> Option<Self> {
         #[cfg(not(feature = "metrics"))]
-        let _ = started;
-        AttemptScope {
+        {
+            let _ = started;
+            if call.is_disabled() {
+                return None;
+            }
+        }
+        Some(AttemptScope {
             span: attempt_span(call, policy, attempt),
             #[cfg(feature = "metrics")]
             started,
-        }
-    }
-
-    pub(crate) fn span(&self) -> &Span {
-        &self.span
+        })
     }
 }
 
 /// The attempt ended: records it on its span and in the metrics, then closes the span.
-pub(crate) fn on_attempt_end(scope: Option<AttemptScope>, shared: &Resolved, end: AttemptEnd) {
+///
+/// `now` is the end instant, when the caller has read the clock already.
+#[inline]
+pub(crate) fn on_attempt_end(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    end: AttemptEnd,
+    now: Option<Instant>,
+) {
     let Some(scope) = scope else {
         return;
     };
     span::on_end(&scope.span, &end);
     #[cfg(feature = "metrics")]
-    metrics::on_attempt_end(shared.telemetry, &end, scope.started.elapsed());
+    metrics::on_attempt_end(
+        shared.telemetry,
+        &end,
+        now.unwrap_or_else(Instant::now)
+            .saturating_duration_since(scope.started),
+    );
     #[cfg(not(feature = "metrics"))]
-    let _ = shared;
+    let _ = (shared, now);
 }
 
 /// The call ended with `outcome`; `started` is when (`None`: it never started, as when the
 /// bulkhead refused it).
-pub(crate) fn on_call_end(shared: &Resolved, outcome: Outcome, started: Option<Instant>) {
+///
+/// `now` as for [`on_attempt_end`].
+#[inline]
+pub(crate) fn on_call_end(
+    shared: &Resolved,
+    outcome: Outcome,
+    started: Option<Instant>,
+    now: Option<Instant>,
+) {
     #[cfg(feature = "metrics")]
     metrics::on_call_end(
         shared.telemetry,
         outcome,
-        started.map(|s| s.elapsed()),
+        started.map(|s| {
+            now.unwrap_or_else(Instant::now)
+                .saturating_duration_since(s)
+        }),
         shared.budget,
         shared.breaker,
         shared.bulkhead,
     );
     #[cfg(not(feature = "metrics"))]
-    let _ = (shared, outcome, started);
+    let _ = (shared, outcome, started, now);
 }
 
 /// The call took a bulkhead slot.
+#[inline]
 pub(crate) fn on_call_start(shared: &Resolved) {
     #[cfg(feature = "metrics")]
     if let Some(b) = shared.bulkhead {
@@ -339,12 +372,13 @@ pub(crate) fn on_call_start(shared: &Resolved) {
 
 /// Writes the attempt's trace context into `headers`, unless they already carry a
 /// `traceparent`: with the `opentelemetry` feature, from the OpenTelemetry context of the
-/// attempt's span (or the current one) through the global propagator; otherwise, or when there
+/// current span (the attempt's, or one the body entered inside it), else the current
+/// OpenTelemetry context, through the global propagator; otherwise, or when there
 /// is no OpenTelemetry context, a W3C `traceparent` of the call's trace id and the attempt's
 /// span id.
+#[inline]
 pub(crate) fn inject_trace_context(
     headers: &mut HeaderMap,
-    span: &Span,
     fallback_trace_id: u128,
     fallback_span_id: u64,
 ) {
@@ -352,11 +386,9 @@ pub(crate) fn inject_trace_context(
         return;
     }
     #[cfg(feature = "opentelemetry")]
-    if otel::inject(headers, span) {
+    if otel::inject(headers, &Span::current()) {
         return;
     }
-    #[cfg(not(feature = "opentelemetry"))]
-    let _ = span;
     if let Ok(v) = reqwest::header::HeaderValue::from_str(&crate::context::format_traceparent(
         fallback_trace_id,
         fallback_span_id,
@@ -366,17 +398,16 @@ pub(crate) fn inject_trace_context(
 }
 
 /// The `traceparent` [`inject_trace_context`] writes for an attempt.
-pub(crate) fn traceparent(span: &Span, fallback_trace_id: u128, fallback_span_id: u64) -> String {
+pub(crate) fn traceparent(fallback_trace_id: u128, fallback_span_id: u64) -> String {
     #[cfg(feature = "opentelemetry")]
-    if let Some(tp) = otel::traceparent(span) {
+    if let Some(tp) = otel::traceparent(&Span::current()) {
         return tp;
     }
-    #[cfg(not(feature = "opentelemetry"))]
-    let _ = span;
     crate::context::format_traceparent(fallback_trace_id, fallback_span_id)
 }
 
 /// The span an attempt's body runs in: its own, else (disabled by a filter) the call's.
+#[inline]
 pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Span {
     match scope {
         Some(s) if !s.span.is_disabled() => s.span.clone(),
@@ -385,6 +416,7 @@ pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Span {
 }
 
 /// The attempt succeeded, and with it the call.
+#[inline]
 pub(crate) fn call_succeeded(
     scope: Option<AttemptScope>,
     shared: &Resolved,
@@ -399,11 +431,14 @@ pub(crate) fn call_succeeded(
         reason: None,
         delay: None,
     };
-    on_attempt_end(scope, shared, end);
-    on_call_end(shared, Outcome::succeeded(attempts), Some(started));
+    // One clock read for the attempt's end and the call's (none without `metrics`).
+    let now = end_instant();
+    on_attempt_end(scope, shared, end, now);
+    on_call_end(shared, Outcome::succeeded(attempts), Some(started), now);
 }
 
 /// The attempt failed with `class`; the call retries after `delay`.
+#[inline]
 pub(crate) fn attempt_retried(
     scope: Option<AttemptScope>,
     shared: &Resolved,
@@ -418,12 +453,13 @@ pub(crate) fn attempt_retried(
         reason: None,
         delay: Some(delay),
     };
-    on_attempt_end(scope, shared, end);
+    on_attempt_end(scope, shared, end, None);
 }
 
 /// The attempt failed with `class` (or was refused by an open breaker: `circuit_open`), and
 /// the call gives up for the reason `why`.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(crate) fn call_gave_up(
     scope: Option<AttemptScope>,
     shared: &Resolved,
@@ -441,10 +477,27 @@ pub(crate) fn call_gave_up(
         reason: Some(why.as_str()),
         delay: None,
     };
-    on_attempt_end(scope, shared, end);
+    let now = end_instant();
+    on_attempt_end(scope, shared, end, now);
     on_call_end(
         shared,
         Outcome::gave_up(attempts, why, circuit_open),
         Some(started),
+        now,
     );
+}
+
+/// The clock, read once for an attempt's end and its call's, only when metrics need it.
+#[inline]
+fn end_instant() -> Option<Instant> {
+    #[cfg(feature = "metrics")]
+    return Some(Instant::now());
+    #[cfg(not(feature = "metrics"))]
+    None
+}
+
+/// The bulkhead refused the call: it never started.
+#[inline]
+pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
+    on_call_end(shared, Outcome::RejectedBulkhead, None, None);
 }

@@ -12,10 +12,18 @@ use crate::policy::Policy;
 /// A new span for attempt number `attempt` (1 for the first), a child of the call's span.
 ///
 /// Disabled (and free) when the call's span is: no subscriber, or one that filters it out.
+#[inline]
 pub(crate) fn attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
     if call.is_disabled() {
         return Span::none();
     }
+    enabled_attempt_span(call, policy, attempt)
+}
+
+/// Out of line: the span macro is a lot of code, and inlined it would keep the session's
+/// attempt bookkeeping from being inlined on the path where tracing is off.
+#[inline(never)]
+fn enabled_attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
     // Semantic conventions: `http.request.resend_count` only from the second attempt on.
     let resend_count = attempt.checked_sub(1).filter(|n| *n > 0).map(i64::from);
     tracing::info_span!(
@@ -39,12 +47,22 @@ pub(crate) fn attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
     )
 }
 
+/// The current span, when it is an attempt's: stamping runs inside the attempt's body, whose
+/// span is current unless the body entered one of its own (then the fields are not recorded;
+/// the trace context still comes from the current span, a descendant of the attempt's).
+fn current_attempt() -> Option<Span> {
+    let span = Span::current();
+    span.metadata()
+        .is_some_and(|m| m.name() == "attempt" && m.target() == module_path!())
+        .then_some(span)
+}
+
 /// Records what the attempt is about to send: method, server, URL (credentials and signed
 /// query parameters redacted).
-pub(crate) fn on_request(span: &Span, req: &reqwest::Request) {
-    if span.is_disabled() {
+pub(crate) fn on_request(req: &reqwest::Request) {
+    let Some(span) = current_attempt() else {
         return;
-    }
+    };
     let url = req.url();
     span.record("http.request.method", req.method().as_str());
     if let Some(host) = url.host_str() {
@@ -57,7 +75,10 @@ pub(crate) fn on_request(span: &Span, req: &reqwest::Request) {
 }
 
 /// Records the status of a response the attempt received.
-pub(crate) fn on_response(span: &Span, status: u16) {
+pub(crate) fn on_response(status: u16) {
+    let Some(span) = current_attempt() else {
+        return;
+    };
     span.record("http.response.status_code", i64::from(status));
 }
 
@@ -98,10 +119,15 @@ pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
 }
 
 /// Records how the attempt ended on its span.
+#[inline]
 pub(crate) fn on_end(span: &Span, end: &super::AttemptEnd) {
-    if span.is_disabled() {
-        return;
+    if !span.is_disabled() {
+        record_end(span, end);
     }
+}
+
+#[inline(never)]
+fn record_end(span: &Span, end: &super::AttemptEnd) {
     span.record("resilience.decision", end.decision);
     if let Some(reason) = end.reason {
         span.record("resilience.reason", reason);
