@@ -57,19 +57,22 @@ fn incoming(headers: &HeaderMap) -> Context {
 struct B {
     hits: Arc<AtomicU32>,
     traceparents: Arc<Mutex<Vec<String>>>,
+    tracestates: Arc<Mutex<Vec<String>>>,
 }
 
 async fn b_handler(State(b): State<B>, headers: HeaderMap) -> (StatusCode, &'static str) {
     let span = tracing::info_span!("b.handle", otel.kind = "server");
     let _ = span.set_parent(incoming(&headers));
     let _e = span.enter();
-    b.traceparents.lock().unwrap().push(
+    let header = |name: &str| {
         headers
-            .get("traceparent")
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_owned(),
-    );
+            .to_owned()
+    };
+    b.traceparents.lock().unwrap().push(header("traceparent"));
+    b.tracestates.lock().unwrap().push(header("tracestate"));
     if b.hits.fetch_add(1, Ordering::SeqCst) == 0 {
         (StatusCode::SERVICE_UNAVAILABLE, "busy")
     } else {
@@ -164,6 +167,7 @@ async fn the_callee_joins_the_callers_trace_with_a_client_span_per_attempt() {
     let body = reqwest::Client::new()
         .get(format!("http://{}/a", svc.a))
         .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
         .send()
         .await
         .unwrap()
@@ -200,6 +204,11 @@ async fn the_callee_joins_the_callers_trace_with_a_client_span_per_attempt() {
 
     let url = format!("http://{}/b", svc.b);
     let received = svc.b_state.traceparents.lock().unwrap().clone();
+    // The caller's tracestate travels on, through the global (W3C) propagator.
+    assert_eq!(
+        *svc.b_state.tracestates.lock().unwrap(),
+        vec!["congo=t61rcWkgMzE"; 2]
+    );
     for (i, at) in attempts.iter().enumerate() {
         assert_eq!(at.span_kind, SpanKind::Client, "attempt {}", i + 1);
         assert_eq!(at.parent_span_id, call.span_context.span_id());
