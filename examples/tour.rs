@@ -785,4 +785,10 @@ async fn main() {
     scenario_orders(&http).await;
     scenario_nested(&http).await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!("\nwhere to look next:");
+    println!("  metrics:  cargo run --example metrics_service --features metrics");
+    println!("            then curl http://127.0.0.1:PORT/metrics (the port it prints)");
+    println!("  traces:   a span per call, an HTTP client span per attempt; with the");
+    println!("            opentelemetry feature they join the caller's trace: README,");
+    println!("            Observability, and tests/otel.rs for a trace across two services");
 }

@@ -1,5 +1,8 @@
 //! The happy path allocates nothing per call: the policy is static data, shared state is
 //! resolved once per function, and a call that succeeds first time touches no heap.
+//!
+//! `.ci/test` runs it twice: with every feature on (`opentelemetry`, `metrics`) and nothing
+//! installed (no subscriber, no recorder), and with the features off.
 
 use resilience_fault_server::counting::{Counting, snapshot};
 use resilience_runtime::{Error, resilient};

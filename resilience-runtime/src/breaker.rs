@@ -638,6 +638,7 @@ impl Breaker {
             BreakerState::Closed => &self.closed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::breaker_transition(self.name, from, to);
         let (name, opened) = (self.name, to == BreakerState::Open);
         let (from, to) = (from.as_str(), to.as_str());
         if opened {

@@ -182,9 +182,8 @@ pub fn current_attempt() -> Option<AttemptInfo> {
                 .key
                 .as_ref()
                 .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
-            traceparent: Traceparent::new(c.trace_id, c.span_id, c.trace_flags)
-                .as_str()
-                .to_owned(),
+            // telemetry (issue 12): the OpenTelemetry trace context when there is one.
+            traceparent: crate::telemetry::traceparent(c.trace_id, c.span_id, c.trace_flags),
             time_left: c.until.saturating_duration_since(Instant::now()),
             depth: c.depth,
         })

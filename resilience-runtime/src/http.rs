@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use crate::context::{ATTEMPT, AttemptCtx, RequestId, Traceparent};
+use crate::context::{ATTEMPT, AttemptCtx, RequestId};
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -83,6 +83,8 @@ pub fn stamp_request(req: &mut reqwest::Request) {
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
+    // telemetry (issue 12): method, server and URL on the attempt's span.
+    crate::telemetry::on_request(req);
     let headers = req.headers_mut();
     match &ctx.key {
         Some(k) if !headers.contains_key(&IDEMPOTENCY_KEY) => {
@@ -99,13 +101,8 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     {
         headers.insert(X_REQUEST_ID, v);
     }
-    if !headers.contains_key(&TRACEPARENT)
-        && let Ok(v) = HeaderValue::from_bytes(
-            Traceparent::new(ctx.trace_id, ctx.span_id, ctx.trace_flags).as_bytes(),
-        )
-    {
-        headers.insert(TRACEPARENT, v);
-    }
+    // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
+    crate::telemetry::inject_trace_context(headers, ctx.trace_id, ctx.span_id, ctx.trace_flags);
     headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
     let left = ctx.until.saturating_duration_since(Instant::now());
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -125,6 +122,8 @@ pub fn observe(resp: &reqwest::Response) {
         .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
     let _ = ATTEMPT.try_with(|ctx| {
         ctx.status.set(Some(status));
+        // telemetry (issue 12)
+        crate::telemetry::on_response(status);
         ctx.retry_after.set(retry_after);
     });
 }

@@ -4,7 +4,9 @@
 //! checked at compile time and enforced at run time: per-attempt timeouts and a total deadline,
 //! retries only on transient failures and only when resending is safe, exponential backoff with
 //! jitter, `Retry-After`, retry budgets, circuit breakers, bulkheads, the idempotency key on
-//! every attempt, and a tracing span per call with an event per attempt.
+//! every attempt, and a tracing span per call with an event per attempt and an OpenTelemetry
+//! HTTP client span per attempt. Cargo features `opentelemetry` (trace context from the
+//! OpenTelemetry context) and `metrics` (the `metrics` facade): see [`telemetry`].
 //!
 //! ```no_run
 //! use resilience_runtime::{resilient, Error, RequestBuilderExt as _};
@@ -48,6 +50,7 @@ mod retry_after;
 #[cfg(feature = "server")]
 pub mod server;
 mod session;
+pub mod telemetry;
 
 pub use backoff::{BackoffState, set_jitter_seed};
 pub use classify::{Class, Classify, classify_error, is_transient_status};

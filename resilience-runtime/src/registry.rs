@@ -181,6 +181,9 @@ pub(crate) struct Resolved {
     pub breaker: Option<&'static Breaker>,
     pub bulkhead: Option<&'static Bulkhead>,
     pub metrics: &'static PolicyMetrics,
+    // telemetry (issue 12): the function's metric keys, built once.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub telemetry: &'static crate::telemetry::Instruments,
 }
 
 impl PolicyState {
@@ -242,6 +245,8 @@ impl PolicyState {
                     }
                 }),
                 metrics: metrics(function, policy_name),
+                // telemetry (issue 12)
+                telemetry: crate::telemetry::instruments(policy, function, policy_name),
             }
         })
     }

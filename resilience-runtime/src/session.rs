@@ -39,6 +39,7 @@ use crate::metrics::PolicyMetrics;
 use crate::policy::{KeySource, Method, Policy};
 use crate::registry::{PolicyState, Resolved};
 use crate::report::CallReport;
+use crate::telemetry::{self, AttemptScope};
 
 /// The idempotency key the generated code hands to [`Session::start`].
 #[derive(Debug)]
@@ -133,6 +134,8 @@ pub struct Session {
     span: tracing::Span,
     last: Last,
     breaker_permit: Option<BreakerPermit<'static>>,
+    /// telemetry (issue 12): the attempt in progress (its span, when it started).
+    attempt_scope: Option<AttemptScope>,
     _bulkhead: Option<BulkheadPermit<'static>>,
 }
 
@@ -202,6 +205,7 @@ impl Session {
                 Ok(p) => Some(p),
                 Err(why) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+                    telemetry::call_rejected_by_bulkhead(&shared); // telemetry (issue 12)
                     let kind = match why {
                         crate::bulkhead::Refused::Full => ErrorKind::BulkheadFull,
                         crate::bulkhead::Refused::Deadline => ErrorKind::DeadlineExceeded,
@@ -222,6 +226,7 @@ impl Session {
             },
             None => None,
         };
+        telemetry::on_call_start(&shared); // telemetry (issue 12)
         if let Some(b) = shared.budget {
             b.deposit_at(started);
         }
@@ -261,6 +266,7 @@ impl Session {
             span,
             last: Last::default(),
             breaker_permit: None,
+            attempt_scope: None,
             _bulkhead: bulkhead,
         })
     }
@@ -297,9 +303,16 @@ impl Session {
             Err(e) => return Err(E::from(e)),
         };
         let mut scoped = pin!(ATTEMPT.scope(ctx, body));
-        let outcome = tokio::time::timeout_at(until, scoped.as_mut())
-            .instrument(self.span.clone())
-            .await;
+        // telemetry (issue 12): the body runs in the attempt's span; with tracing off, no
+        // `Instrumented` wrapper to enter and leave on every poll.
+        let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
+        let outcome = if span.is_disabled() {
+            tokio::time::timeout_at(until, scoped.as_mut()).await
+        } else {
+            tokio::time::timeout_at(until, scoped.as_mut())
+                .instrument(span)
+                .await
+        };
         self.record_attempt(scoped.as_mut().take_value());
         match outcome {
             Ok(Ok(v)) => {
@@ -341,6 +354,8 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
+        // telemetry (issue 12): the attempt's span, a child of the call's.
+        self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let limit = self.policy.timeout.min(left);
         let ctx = AttemptCtx {
             attempt: self.attempts,
@@ -409,6 +424,13 @@ impl Session {
         {
             b.on_success(p);
         }
+        telemetry::call_succeeded(
+            self.attempt_scope.take(),
+            &self.shared,
+            self.attempts,
+            self.last.status,
+            self.started,
+        );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.attempts == 1 {
             &m.successful_without_retry
@@ -522,6 +544,13 @@ impl Session {
                         "attempt failed; retrying"
                     );
                 }
+                telemetry::attempt_retried(
+                    self.attempt_scope.take(),
+                    &self.shared,
+                    class,
+                    self.last.status,
+                    delay,
+                );
                 self.waited += delay;
                 tokio::time::sleep_until(now + delay).await;
                 Next::Retry
@@ -530,6 +559,16 @@ impl Session {
     }
 
     fn give_up(&mut self, class: Class, why: GiveUp) -> Next {
+        telemetry::call_gave_up(
+            self.attempt_scope.take(),
+            &self.shared,
+            self.attempts,
+            class,
+            self.last.status,
+            why,
+            self.last.runtime == Some(ErrorKind::CircuitOpen),
+            self.started,
+        );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.attempts <= 1 {
             &m.failed_without_retry

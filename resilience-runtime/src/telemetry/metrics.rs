@@ -1,0 +1,177 @@
+//! The `metrics` facade: keys built once per annotated function (their labels leaked, like the
+//! rest of the shared state), so that recording allocates nothing, with or without a recorder.
+
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder};
+
+use super::{AttemptEnd, CLASSES, Outcome, names};
+use crate::breaker::{Breaker, BreakerState};
+use crate::budget::Budget;
+use crate::bulkhead::Bulkhead;
+use crate::policy::Policy;
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The keys of one annotated function.
+#[derive(Debug)]
+pub(crate) struct Instruments {
+    calls: [Key; Outcome::ALL.len()],
+    call_duration: [Key; Outcome::ALL.len()],
+    attempts: [Key; CLASSES.len()],
+    attempt_duration: [Key; CLASSES.len()],
+    retries: [Key; CLASSES.len()],
+    budget: Option<Key>,
+    breaker: Option<Key>,
+    bulkhead: Option<Key>,
+}
+
+fn leak(labels: Vec<Label>) -> &'static [Label] {
+    Box::leak(labels.into_boxed_slice())
+}
+
+pub(crate) fn instruments(
+    policy: &'static Policy,
+    function: &'static str,
+    policy_name: &'static str,
+) -> &'static Instruments {
+    let base = || {
+        vec![
+            Label::new("policy", policy_name),
+            Label::new("function", function),
+        ]
+    };
+    let with = |name: &'static str, extra: Vec<Label>| {
+        let mut l = base();
+        l.extend(extra);
+        Key::from_static_labels(name, leak(l))
+    };
+    let by_outcome = |name: &'static str| {
+        Outcome::ALL.map(|o| with(name, vec![Label::new("outcome", o.as_str())]))
+    };
+    let by_class = |name: &'static str, method: bool| {
+        CLASSES.map(|c| {
+            let mut extra = vec![Label::new("class", c)];
+            if method {
+                extra.push(Label::new("http.request.method", policy.method.as_str()));
+            }
+            with(name, extra)
+        })
+    };
+    let named = |name: &'static str, label: &'static str, value: &'static str| {
+        Key::from_static_labels(name, leak(vec![Label::new(label, value)]))
+    };
+    let budget_name = policy
+        .budget
+        .map(|(n, _)| if n.is_empty() { function } else { n });
+    Box::leak(Box::new(Instruments {
+        calls: by_outcome(names::CALLS),
+        call_duration: by_outcome(names::CALL_DURATION),
+        attempts: by_class(names::ATTEMPTS, false),
+        attempt_duration: by_class(names::ATTEMPT_DURATION, true),
+        retries: by_class(names::RETRIES, false),
+        budget: budget_name.map(|n| named(names::BUDGET_AVAILABLE, "budget", n)),
+        breaker: policy
+            .breaker
+            .map(|(n, _)| named(names::BREAKER_STATE, "breaker", n)),
+        bulkhead: policy
+            .bulkhead
+            .map(|(n, _)| named(names::BULKHEAD_IN_FLIGHT, "bulkhead", n)),
+    }))
+}
+
+fn with<T>(f: impl FnOnce(&dyn Recorder) -> T) -> T {
+    metrics::with_recorder(f)
+}
+
+pub(crate) fn on_attempt_end(inst: &Instruments, end: &AttemptEnd, took: Duration) {
+    let class = super::class_index(end.class);
+    with(|r| {
+        r.register_counter(&inst.attempts[class], &METADATA)
+            .increment(1);
+        r.register_histogram(&inst.attempt_duration[class], &METADATA)
+            .record(took.as_secs_f64());
+        if end.delay.is_some() {
+            r.register_counter(&inst.retries[class], &METADATA)
+                .increment(1);
+        }
+    });
+}
+
+pub(crate) fn on_call_end(
+    inst: &Instruments,
+    outcome: Outcome,
+    took: Option<Duration>,
+    budget: Option<&Budget>,
+    breaker: Option<&Breaker>,
+    bulkhead: Option<&Bulkhead>,
+) {
+    let i = outcome as usize;
+    with(|r| {
+        r.register_counter(&inst.calls[i], &METADATA).increment(1);
+        if let Some(took) = took {
+            r.register_histogram(&inst.call_duration[i], &METADATA)
+                .record(took.as_secs_f64());
+        }
+        if let (Some(k), Some(b)) = (&inst.budget, budget) {
+            r.register_gauge(k, &METADATA).set(b.available() as f64);
+        }
+        if let (Some(k), Some(b)) = (&inst.breaker, breaker) {
+            r.register_gauge(k, &METADATA)
+                .set(breaker_state_value(b.state()));
+        }
+        if let (Some(k), Some(b)) = (&inst.bulkhead, bulkhead) {
+            // This call still holds its slot.
+            r.register_gauge(k, &METADATA)
+                .set(f64::from(b.in_flight().saturating_sub(1)));
+        }
+    });
+}
+
+pub(crate) fn on_call_start(inst: &Instruments, bulkhead: &Bulkhead) {
+    if let Some(k) = &inst.bulkhead {
+        with(|r| {
+            r.register_gauge(k, &METADATA)
+                .set(f64::from(bulkhead.in_flight()))
+        });
+    }
+}
+
+/// 0 closed, 1 half-open, 2 open: higher is worse.
+pub(crate) fn breaker_state_value(s: BreakerState) -> f64 {
+    match s {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    }
+}
+
+/// A breaker changed state (rare: these keys are built on the spot).
+pub(crate) fn breaker_transition(name: &'static str, from: BreakerState, to: BreakerState) {
+    metrics::counter!(names::BREAKER_TRANSITIONS, "breaker" => name, "from" => from.as_str(), "to" => to.as_str())
+        .increment(1);
+    metrics::gauge!(names::BREAKER_STATE, "breaker" => name).set(breaker_state_value(to));
+}
+
+/// Describes every metric (unit and help text) to the installed recorder.
+pub fn describe_metrics() {
+    use metrics::Unit;
+    for (name, kind, unit, help) in super::METRICS {
+        let unit = match unit {
+            "s" => Some(Unit::Seconds),
+            "{call}" | "{attempt}" | "{retry}" | "{transition}" | "{request}" => Some(Unit::Count),
+            _ => None,
+        };
+        match kind {
+            "counter" => metrics::describe_counter!(name, unit.unwrap_or(Unit::Count), help),
+            "histogram" => {
+                metrics::describe_histogram!(name, unit.unwrap_or(Unit::Seconds), help)
+            }
+            _ => match unit {
+                Some(u) => metrics::describe_gauge!(name, u, help),
+                None => metrics::describe_gauge!(name, help),
+            },
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Observability hooks: the attempt's client span, its trace context, and metrics.
+//!
+//! The session, the request stamping and the breaker call the small functions below at a few
+//! points; what they do depends on the cargo features:
+//!
+//! - always: a span per attempt (`attempt`), a child of the call's span (`resilient`), with the
+//!   OpenTelemetry semantic conventions' HTTP client fields. Disabled, and free, when the
+//!   call's span is (no subscriber, or one that filters it out).
+//! - `opentelemetry`: `traceparent` and `tracestate` from the attempt span's OpenTelemetry
+//!   context (or the current one), through the global propagator (W3C Trace Context when
+//!   none is set). Without it, or outside any OpenTelemetry context: a W3C `traceparent` of
+//!   the call's own trace id, as before. A request that already carries one keeps it.
+//! - `metrics`: counters, histograms and gauges through the `metrics` facade ([`METRICS`]).
+//!
+//! # The attempt span
+//!
+//! | field | value |
+//! |---|---|
+//! | `otel.name`, `http.request.method` | the method (`GET`) |
+//! | `otel.kind` | `client` |
+//! | `server.address`, `server.port`, `url.full` | from the URL sent (credentials and signatures redacted) |
+//! | `http.response.status_code` | the status received |
+//! | `error.type` | the status code when 400 or more, else the failure class (`timeout`, `reset`, `connect`, …) |
+//! | `otel.status_code` | `error` when the attempt failed |
+//! | `http.request.resend_count` | from the second attempt on: the attempt number − 1 |
+//! | `resilience.attempt` | 1 for the first |
+//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `give up`, why it gave up, the delay before the retry |
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, through whatever recorder the application installs (Prometheus,
+//! OpenTelemetry, StatsD, …). [`describe_metrics`] gives the recorder their units and help
+//! texts; [`HTTP_DURATION_BUCKETS`] are the bucket boundaries the semantic conventions advise
+//! for the durations. Labels are of low cardinality only: the policy, the function, and a
+//! fixed set of outcomes, classes and states.
+//!
+//! | name | kind | unit | labels | what |
+//! |---|---|---|---|---|
+//! | `resilience.client.calls` | counter | `{call}` | `policy`, `function`, `outcome` | calls ended, by outcome |
+//! | `resilience.client.call.duration` | histogram | `s` | `policy`, `function`, `outcome` | a call's duration, attempts and backoff included |
+//! | `resilience.client.attempts` | counter | `{attempt}` | `policy`, `function`, `class` | attempts made, by how they ended |
+//! | `http.client.request.duration` | histogram | `s` | `policy`, `function`, `class`, `http.request.method` | an attempt's duration |
+//! | `resilience.client.retries` | counter | `{retry}` | `policy`, `function`, `class` | retries made, by the class of the failure retried |
+//! | `resilience.breaker.state` | gauge | | `breaker` | 0 closed, 1 half-open, 2 open |
+//! | `resilience.breaker.transitions` | counter | `{transition}` | `breaker`, `from`, `to` | state changes |
+//! | `resilience.budget.available` | gauge | `{retry}` | `budget` | retries the budget would allow now |
+//! | `resilience.bulkhead.in_flight` | gauge | `{call}` | `bulkhead` | calls holding a slot |
+//!
+//! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
+//!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`.
+//! - `class`: `ok` (the attempt succeeded), or the failure class: `connect`, `reset`,
+//!   `timeout`, `status` (a status the policy may retry, or one the body turned into an
+//!   error), `permanent`.
+//! - `from`, `to`: `closed`, `open`, `half-open`.
+//!
+//! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
+//! also on each transition. A call dropped before it ends (cancelled) is not counted.
+//! The Prometheus exporter's recommended naming turns the dots into underscores and adds the
+//! unit and `_total`: `resilience_client_calls_total`, `http_client_request_duration_seconds`.
+
+mod span;
+
+#[cfg(feature = "metrics")]
+mod metrics;
+#[cfg(feature = "opentelemetry")]
+mod otel;
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+use tracing::Span;
+
+pub(crate) use span::{attempt_span, on_request, on_response};
+
+use crate::classify::Class;
+use crate::decision::GiveUp;
+use crate::policy::Policy;
+use crate::registry::Resolved;
+
+#[cfg(feature = "metrics")]
+pub use metrics::describe_metrics;
+#[cfg(feature = "metrics")]
+pub(crate) use metrics::{Instruments, breaker_transition, instruments};
+
+/// Without the `metrics` feature: nothing to keep.
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug)]
+pub(crate) struct Instruments;
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn instruments(
+    _: &'static Policy,
+    _: &'static str,
+    _: &'static str,
+) -> &'static Instruments {
+    &Instruments
+}
+
+#[cfg(not(feature = "metrics"))]
+#[inline(always)]
+pub(crate) fn breaker_transition(
+    _: &'static str,
+    _: crate::breaker::BreakerState,
+    _: crate::breaker::BreakerState,
+) {
+}
+
+/// The metric names, as recorded.
+pub mod names {
+    /// Calls that ended, by outcome (counter).
+    pub const CALLS: &str = "resilience.client.calls";
+    /// Time from a call's start to its answer (histogram, seconds).
+    pub const CALL_DURATION: &str = "resilience.client.call.duration";
+    /// Attempts by failure class (counter).
+    pub const ATTEMPTS: &str = "resilience.client.attempts";
+    /// One attempt, as the HTTP semantic conventions name it (histogram, seconds).
+    pub const ATTEMPT_DURATION: &str = "http.client.request.duration";
+    /// Retries by failure class (counter).
+    pub const RETRIES: &str = "resilience.client.retries";
+    /// A breaker's state: 0 closed, 1 half-open, 2 open (gauge).
+    pub const BREAKER_STATE: &str = "resilience.breaker.state";
+    /// A breaker's state changes (counter).
+    pub const BREAKER_TRANSITIONS: &str = "resilience.breaker.transitions";
+    /// Retries a budget would grant now (gauge).
+    pub const BUDGET_AVAILABLE: &str = "resilience.budget.available";
+    /// Calls holding a bulkhead slot (gauge).
+    pub const BULKHEAD_IN_FLIGHT: &str = "resilience.bulkhead.in_flight";
+}
+
+/// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
+pub const METRICS: [(&str, &str, &str, &str); 9] = [
+    (
+        names::CALLS,
+        "counter",
+        "{call}",
+        "Calls of #[resilient] functions that ended, by outcome",
+    ),
+    (
+        names::CALL_DURATION,
+        "histogram",
+        "s",
+        "Duration of #[resilient] calls, attempts and backoff included",
+    ),
+    (
+        names::ATTEMPTS,
+        "counter",
+        "{attempt}",
+        "Attempts made, by how they ended (ok or the failure class)",
+    ),
+    (
+        names::ATTEMPT_DURATION,
+        "histogram",
+        "s",
+        "Duration of one attempt (an HTTP client request)",
+    ),
+    (
+        names::RETRIES,
+        "counter",
+        "{retry}",
+        "Retries made, by the class of the failure retried",
+    ),
+    (
+        names::BREAKER_STATE,
+        "gauge",
+        "",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ),
+    (
+        names::BREAKER_TRANSITIONS,
+        "counter",
+        "{transition}",
+        "Circuit breaker state changes",
+    ),
+    (
+        names::BUDGET_AVAILABLE,
+        "gauge",
+        "{retry}",
+        "Retries the retry budget would allow now",
+    ),
+    (
+        names::BULKHEAD_IN_FLIGHT,
+        "gauge",
+        "{call}",
+        "Calls holding a bulkhead slot",
+    ),
+];
+
+/// Bucket boundaries for the duration histograms, in seconds: the semantic conventions' advice
+/// for `http.client.request.duration`.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The `class` label's values; index 0 is a successful attempt.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const CLASSES: [&str; 7] = [
+    "ok",
+    "connect",
+    "reset",
+    "timeout",
+    "status",
+    "permanent",
+    "rejected",
+];
+
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn class_index(class: Option<Class>) -> usize {
+    match class {
+        None => 0,
+        Some(Class::Connect) => 1,
+        Some(Class::Reset) => 2,
+        Some(Class::Timeout) => 3,
+        Some(Class::Status(_)) => 4,
+        Some(Class::Permanent) => 5,
+        Some(Class::Rejected) => 6,
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    SuccessfulWithoutRetry,
+    SuccessfulWithRetry,
+    FailedWithoutRetry,
+    FailedWithRetry,
+    RejectedBreaker,
+    RejectedBudget,
+    RejectedBulkhead,
+}
+
+impl Outcome {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [Outcome; 7] = [
+        Outcome::SuccessfulWithoutRetry,
+        Outcome::SuccessfulWithRetry,
+        Outcome::FailedWithoutRetry,
+        Outcome::FailedWithRetry,
+        Outcome::RejectedBreaker,
+        Outcome::RejectedBudget,
+        Outcome::RejectedBulkhead,
+    ];
+
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::SuccessfulWithoutRetry => "successful_without_retry",
+            Outcome::SuccessfulWithRetry => "successful_with_retry",
+            Outcome::FailedWithoutRetry => "failed_without_retry",
+            Outcome::FailedWithRetry => "failed_with_retry",
+            Outcome::RejectedBreaker => "rejected_breaker",
+            Outcome::RejectedBudget => "rejected_budget",
+            Outcome::RejectedBulkhead => "rejected_bulkhead",
+        }
+    }
+
+    pub(crate) fn succeeded(attempts: u32) -> Outcome {
+        if attempts <= 1 {
+            Outcome::SuccessfulWithoutRetry
+        } else {
+            Outcome::SuccessfulWithRetry
+        }
+    }
+
+    /// A call that gave up after `attempts` attempts (the last one perhaps refused by an open
+    /// breaker), for the reason `why`.
+    pub(crate) fn gave_up(attempts: u32, why: GiveUp, circuit_open: bool) -> Outcome {
+        match why {
+            GiveUp::BudgetExhausted => Outcome::RejectedBudget,
+            _ if circuit_open => Outcome::RejectedBreaker,
+            _ if attempts <= 1 => Outcome::FailedWithoutRetry,
+            _ => Outcome::FailedWithRetry,
+        }
+    }
+}
+
+/// How an attempt ended: its failure class (`None`: it succeeded), the status it received,
+/// and what the call does next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptEnd {
+    pub class: Option<Class>,
+    pub status: Option<u16>,
+    /// `"success"`, `"retry"` or `"give up"`.
+    pub decision: &'static str,
+    pub reason: Option<&'static str>,
+    /// The delay before the retry, when the decision is to retry.
+    pub delay: Option<Duration>,
+}
+
+/// An attempt in progress: its span, and (with `metrics`) when it started.
+#[derive(Debug)]
+pub(crate) struct AttemptScope {
+    span: Span,
+    #[cfg(feature = "metrics")]
+    started: Instant,
+}
+
+impl AttemptScope {
+    /// Attempt number `attempt` of the call whose span is `call`, starting at `started`;
+    /// `None` when there is nothing to record (no span, no metrics).
+    #[inline]
+    pub(crate) fn start(
+        call: &Span,
+        policy: &Policy,
+        attempt: u32,
+        started: Instant,
+    ) -> Option<Self> {
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = started;
+            if call.is_disabled() {
+                return None;
+            }
+        }
+        Some(AttemptScope {
+            span: attempt_span(call, policy, attempt),
+            #[cfg(feature = "metrics")]
+            started,
+        })
+    }
+}
+
+/// The attempt ended: records it on its span and in the metrics, then closes the span.
+///
+/// `now` is the end instant, when the caller has read the clock already.
+#[inline]
+pub(crate) fn on_attempt_end(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    end: AttemptEnd,
+    now: Option<Instant>,
+) {
+    let Some(scope) = scope else {
+        return;
+    };
+    span::on_end(&scope.span, &end);
+    #[cfg(feature = "metrics")]
+    metrics::on_attempt_end(
+        shared.telemetry,
+        &end,
+        now.unwrap_or_else(Instant::now)
+            .saturating_duration_since(scope.started),
+    );
+    #[cfg(not(feature = "metrics"))]
+    let _ = (shared, now);
+}
+
+/// The call ended with `outcome`; `started` is when (`None`: it never started, as when the
+/// bulkhead refused it).
+///
+/// `now` as for [`on_attempt_end`].
+#[inline]
+pub(crate) fn on_call_end(
+    shared: &Resolved,
+    outcome: Outcome,
+    started: Option<Instant>,
+    now: Option<Instant>,
+) {
+    #[cfg(feature = "metrics")]
+    metrics::on_call_end(
+        shared.telemetry,
+        outcome,
+        started.map(|s| {
+            now.unwrap_or_else(Instant::now)
+                .saturating_duration_since(s)
+        }),
+        shared.budget,
+        shared.breaker,
+        shared.bulkhead,
+    );
+    #[cfg(not(feature = "metrics"))]
+    let _ = (shared, outcome, started, now);
+}
+
+/// The call took a bulkhead slot.
+#[inline]
+pub(crate) fn on_call_start(shared: &Resolved) {
+    #[cfg(feature = "metrics")]
+    if let Some(b) = shared.bulkhead {
+        metrics::on_call_start(shared.telemetry, b);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = shared;
+}
+
+/// Writes the attempt's trace context into `headers`, unless they already carry a
+/// `traceparent`: with the `opentelemetry` feature, from the OpenTelemetry context of the
+/// current span (the attempt's, or one the body entered inside it), else the current
+/// OpenTelemetry context, through the global propagator; otherwise, or when there
+/// is no OpenTelemetry context, a W3C `traceparent` of the call's trace id and the attempt's
+/// span id.
+#[inline]
+pub(crate) fn inject_trace_context(
+    headers: &mut HeaderMap,
+    fallback_trace_id: u128,
+    fallback_span_id: u64,
+    fallback_flags: u8,
+) {
+    if headers.contains_key(&crate::http::TRACEPARENT) {
+        return;
+    }
+    #[cfg(feature = "opentelemetry")]
+    if otel::inject(headers, &Span::current()) {
+        return;
+    }
+    if let Ok(v) = reqwest::header::HeaderValue::from_bytes(
+        crate::context::Traceparent::new(fallback_trace_id, fallback_span_id, fallback_flags)
+            .as_bytes(),
+    ) {
+        headers.insert(crate::http::TRACEPARENT, v);
+    }
+}
+
+/// The `traceparent` [`inject_trace_context`] writes for an attempt.
+pub(crate) fn traceparent(
+    fallback_trace_id: u128,
+    fallback_span_id: u64,
+    fallback_flags: u8,
+) -> String {
+    #[cfg(feature = "opentelemetry")]
+    if let Some(tp) = otel::traceparent(&Span::current()) {
+        return tp;
+    }
+    crate::context::Traceparent::new(fallback_trace_id, fallback_span_id, fallback_flags)
+        .as_str()
+        .to_owned()
+}
+
+/// The span an attempt's body runs in: its own, else (disabled by a filter) the call's.
+#[inline]
+pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Span {
+    match scope {
+        Some(s) if !s.span.is_disabled() => s.span.clone(),
+        _ => call.clone(),
+    }
+}
+
+/// The attempt succeeded, and with it the call.
+#[inline]
+pub(crate) fn call_succeeded(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    attempts: u32,
+    status: Option<u16>,
+    started: Instant,
+) {
+    let end = AttemptEnd {
+        class: None,
+        status,
+        decision: "success",
+        reason: None,
+        delay: None,
+    };
+    // One clock read for the attempt's end and the call's (none without `metrics`).
+    let now = end_instant();
+    on_attempt_end(scope, shared, end, now);
+    on_call_end(shared, Outcome::succeeded(attempts), Some(started), now);
+}
+
+/// The attempt failed with `class`; the call retries after `delay`.
+#[inline]
+pub(crate) fn attempt_retried(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    class: Class,
+    status: Option<u16>,
+    delay: Duration,
+) {
+    let end = AttemptEnd {
+        class: Some(class),
+        status,
+        decision: "retry",
+        reason: None,
+        delay: Some(delay),
+    };
+    on_attempt_end(scope, shared, end, None);
+}
+
+/// The attempt failed with `class` (or was refused by an open breaker: `circuit_open`), and
+/// the call gives up for the reason `why`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn call_gave_up(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    attempts: u32,
+    class: Class,
+    status: Option<u16>,
+    why: GiveUp,
+    circuit_open: bool,
+    started: Instant,
+) {
+    let end = AttemptEnd {
+        class: Some(class),
+        status,
+        decision: "give up",
+        reason: Some(why.as_str()),
+        delay: None,
+    };
+    let now = end_instant();
+    on_attempt_end(scope, shared, end, now);
+    on_call_end(
+        shared,
+        Outcome::gave_up(attempts, why, circuit_open),
+        Some(started),
+        now,
+    );
+}
+
+/// The clock, read once for an attempt's end and its call's, only when metrics need it.
+#[inline]
+fn end_instant() -> Option<Instant> {
+    #[cfg(feature = "metrics")]
+    return Some(Instant::now());
+    #[cfg(not(feature = "metrics"))]
+    None
+}
+
+/// The bulkhead refused the call: it never started.
+#[inline]
+pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
+    on_call_end(shared, Outcome::RejectedBulkhead, None, None);
+}

@@ -1,0 +1,79 @@
+//! Trace context from OpenTelemetry: the attempt's `traceparent` and `tracestate` are those of
+//! its own span (or, when that span is not exported, of the current OpenTelemetry context),
+//! written by the globally configured propagator, W3C Trace Context when none is configured.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::Injector;
+use opentelemetry::trace::TraceContextExt as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The OpenTelemetry context this attempt propagates, if there is one with a valid span.
+fn context_of(span: &Span) -> Option<Context> {
+    if !span.is_disabled() {
+        let cx = span.context();
+        if cx.span().span_context().is_valid() {
+            return Some(cx);
+        }
+    }
+    Context::map_current(|cx| cx.span().span_context().is_valid().then(|| cx.clone()))
+}
+
+/// Writes the OpenTelemetry trace context into `headers`; `false` when there is none.
+pub(crate) fn inject(headers: &mut HeaderMap, span: &Span) -> bool {
+    let Some(cx) = context_of(span) else {
+        return false;
+    };
+    let mut injector = Headers(headers);
+    // The API's default global propagator is a no-op (it has no fields): W3C then.
+    let injected = opentelemetry::global::get_text_map_propagator(|p| {
+        if p.fields().next().is_none() {
+            return false;
+        }
+        p.inject_context(&cx, &mut injector);
+        true
+    });
+    if !injected {
+        w3c(&cx, &mut injector);
+    }
+    true
+}
+
+/// The `traceparent` [`inject`] would write (W3C format), if there is an OpenTelemetry context.
+pub(crate) fn traceparent(span: &Span) -> Option<String> {
+    context_of(span).map(|cx| traceparent_of(&cx))
+}
+
+fn traceparent_of(cx: &Context) -> String {
+    let span = cx.span();
+    let sc = span.span_context();
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
+}
+
+fn w3c(cx: &Context, injector: &mut Headers<'_>) {
+    injector.set("traceparent", traceparent_of(cx));
+    let span = cx.span();
+    let state = span.span_context().trace_state().header();
+    if !state.is_empty() {
+        injector.set("tracestate", state);
+    }
+}
+
+struct Headers<'a>(&'a mut HeaderMap);
+
+impl Injector for Headers<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

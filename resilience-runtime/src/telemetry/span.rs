@@ -1,0 +1,175 @@
+//! The client span of one attempt, per the OpenTelemetry semantic conventions for HTTP.
+
+use tracing::Span;
+use tracing::field::{Empty, display};
+
+use crate::classify::Class;
+use crate::policy::Policy;
+
+// Numbers are recorded as i64: OpenTelemetry has no unsigned attributes, and
+// tracing-opentelemetry turns a u64 into a string.
+
+/// A new span for attempt number `attempt` (1 for the first), a child of the call's span.
+///
+/// Disabled (and free) when the call's span is: no subscriber, or one that filters it out.
+#[inline]
+pub(crate) fn attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
+    if call.is_disabled() {
+        return Span::none();
+    }
+    enabled_attempt_span(call, policy, attempt)
+}
+
+/// Out of line: the span macro is a lot of code, and inlined it would keep the session's
+/// attempt bookkeeping from being inlined on the path where tracing is off.
+#[inline(never)]
+fn enabled_attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
+    // Semantic conventions: `http.request.resend_count` only from the second attempt on.
+    let resend_count = attempt.checked_sub(1).filter(|n| *n > 0).map(i64::from);
+    tracing::info_span!(
+        parent: call,
+        "attempt",
+        otel.name = policy.method.as_str(),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = policy.method.as_str(),
+        server.address = Empty,
+        server.port = Empty,
+        url.full = Empty,
+        http.response.status_code = Empty,
+        error.type = Empty,
+        http.request.resend_count = resend_count,
+        resilience.attempt = i64::from(attempt),
+        resilience.class = Empty,
+        resilience.decision = Empty,
+        resilience.reason = Empty,
+        resilience.delay_ms = Empty,
+    )
+}
+
+/// The current span, when it is an attempt's: stamping runs inside the attempt's body, whose
+/// span is current unless the body entered one of its own (then the fields are not recorded;
+/// the trace context still comes from the current span, a descendant of the attempt's).
+fn current_attempt() -> Option<Span> {
+    let span = Span::current();
+    span.metadata()
+        .is_some_and(|m| m.name() == "attempt" && m.target() == module_path!())
+        .then_some(span)
+}
+
+/// Records what the attempt is about to send: method, server, URL (credentials and signed
+/// query parameters redacted).
+pub(crate) fn on_request(req: &reqwest::Request) {
+    let Some(span) = current_attempt() else {
+        return;
+    };
+    let url = req.url();
+    span.record("http.request.method", req.method().as_str());
+    if let Some(host) = url.host_str() {
+        span.record("server.address", host);
+    }
+    if let Some(port) = url.port_or_known_default() {
+        span.record("server.port", i64::from(port));
+    }
+    span.record("url.full", display(redacted(url)));
+}
+
+/// Records the status of a response the attempt received.
+pub(crate) fn on_response(status: u16) {
+    let Some(span) = current_attempt() else {
+        return;
+    };
+    span.record("http.response.status_code", i64::from(status));
+}
+
+/// Query parameters whose values the conventions ask to redact.
+const SENSITIVE_QUERY: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// `url` as `url.full` may show it: no credentials, no signatures.
+pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
+    let has_credentials = !url.username().is_empty() || url.password().is_some();
+    let has_sensitive = url
+        .query_pairs()
+        .any(|(k, _)| SENSITIVE_QUERY.contains(&k.as_ref()));
+    if !has_credentials && !has_sensitive {
+        return url.as_str().into();
+    }
+    let mut u = url.clone();
+    if has_credentials {
+        let _ = u.set_username("REDACTED");
+        if url.password().is_some() {
+            let _ = u.set_password(Some("REDACTED"));
+        }
+    }
+    if has_sensitive {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SENSITIVE_QUERY.contains(&k.as_ref()) {
+                    "REDACTED".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    String::from(u).into()
+}
+
+/// Records how the attempt ended on its span.
+#[inline]
+pub(crate) fn on_end(span: &Span, end: &super::AttemptEnd) {
+    if !span.is_disabled() {
+        record_end(span, end);
+    }
+}
+
+#[inline(never)]
+fn record_end(span: &Span, end: &super::AttemptEnd) {
+    span.record("resilience.decision", end.decision);
+    if let Some(reason) = end.reason {
+        span.record("resilience.reason", reason);
+    }
+    if let Some(delay) = end.delay {
+        span.record(
+            "resilience.delay_ms",
+            i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+        );
+    }
+    if let Some(class) = end.class {
+        span.record("resilience.class", class.as_str());
+        span.record("otel.status_code", "error");
+        match (class, end.status) {
+            (Class::Status(s), _) => span.record("error.type", display(s)),
+            (_, Some(s)) if s >= 400 => span.record("error.type", display(s)),
+            (c, _) => span.record("error.type", c.as_str()),
+        };
+    } else if let Some(s) = end.status.filter(|s| *s >= 400) {
+        // A body that succeeded despite an error status: the conventions still call it one.
+        span.record("error.type", display(s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn url_full_hides_credentials_and_signatures() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert_eq!(
+            redacted(&u("http://127.0.0.1:8080/a?b=1")),
+            "http://127.0.0.1:8080/a?b=1"
+        );
+        assert_eq!(
+            redacted(&u("http://user:pw@127.0.0.1/a")),
+            "http://REDACTED:REDACTED@127.0.0.1/a"
+        );
+        assert_eq!(
+            redacted(&u("https://h/p?x=1&sig=secret&Signature=s2")),
+            "https://h/p?x=1&sig=REDACTED&Signature=REDACTED"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! With the `metrics` feature: what a Prometheus recorder installed in the service receives,
+//! read back from its text exposition. Calls against the loopback fault server, one per
+//! outcome; the pull API (`resilience_runtime::metrics`) counts the same calls.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient, telemetry};
+
+async fn get(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(method = GET, timeout = "2s", backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+async fn plain(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+#[resilient(
+    method = GET,
+    timeout = "2s",
+    max_attempts = 1,
+    breaker = { name = "m_breaker", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", half_open_calls = 1 },
+    budget = false,
+)]
+async fn broken(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+#[resilient(method = GET, timeout = "2s", backoff(initial = "1ms", max = "1ms", jitter = none), budget = { name = "m_budget", ratio = 0.0, min_per_sec = 0 })]
+async fn budgeted(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+#[resilient(method = GET, timeout = "2s", bulkhead = { name = "m_bulkhead", max_concurrent = 1 }, budget = false)]
+async fn bulkheaded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets(&telemetry::HTTP_DURATION_BUCKETS)
+        .unwrap()
+        .build_recorder()
+}
+
+/// The value of the sample whose line starts with `name{` and holds every label in `labels`.
+fn sample(handle: &PrometheusHandle, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = handle.render();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    let once = FaultServer::start(vec![Action::status(503)]).await;
+    let gone = FaultServer::start(Script::always(Action::status(404))).await;
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    plain(&c, &ok.url("/")).await.unwrap();
+    plain(&c, &once.url("/")).await.unwrap();
+    plain(&c, &gone.url("/")).await.unwrap_err();
+    plain(&c, &down.url("/")).await.unwrap_err(); // 3 attempts, all 503
+
+    // An inline policy goes by its function's path.
+    let p = r#"policy="metrics::plain""#;
+    let calls = |outcome: &str| {
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[p, &format!(r#"outcome="{outcome}""#)],
+        )
+    };
+    assert_eq!(calls("successful_without_retry"), Some(1.0));
+    assert_eq!(calls("successful_with_retry"), Some(1.0));
+    assert_eq!(calls("failed_without_retry"), Some(1.0));
+    assert_eq!(calls("failed_with_retry"), Some(1.0));
+    let attempts = |class: &str| {
+        sample(
+            &handle,
+            "resilience_client_attempts_total",
+            &[p, &format!(r#"class="{class}""#)],
+        )
+    };
+    // ok: the first call and the second's retry; status: 503 once, 404 once, 503 three times.
+    assert_eq!(attempts("ok"), Some(2.0));
+    assert_eq!(
+        attempts("status").unwrap_or(0.0) + attempts("permanent").unwrap_or(0.0),
+        5.0
+    );
+    let retries = sample(
+        &handle,
+        "resilience_client_retries_total",
+        &[p, r#"class="status""#],
+    );
+    assert_eq!(retries, Some(3.0), "503 once, then 503 twice");
+    let function = r#"function="metrics::plain""#;
+    let attempt_count = sample(
+        &handle,
+        "http_client_request_duration_seconds_count",
+        &[p, function, r#"class="ok""#, r#"http_request_method="GET""#],
+    );
+    assert_eq!(attempt_count, Some(2.0));
+    let call_count = sample(
+        &handle,
+        "resilience_client_call_duration_seconds_count",
+        &[p, r#"outcome="failed_with_retry""#],
+    );
+    assert_eq!(call_count, Some(1.0));
+
+    // The pull API counts the same calls.
+    let pulled = resilience_runtime::metrics::policy("metrics::plain").unwrap();
+    assert_eq!(
+        (
+            pulled.successful_without_retry,
+            pulled.successful_with_retry,
+            pulled.failed_without_retry,
+            pulled.failed_with_retry,
+            pulled.retries,
+        ),
+        (1, 1, 1, 1, 3)
+    );
+
+    // Breaker: two failures open it, the third call is refused.
+    for _ in 0..2 {
+        broken(&c, &down.url("/")).await.unwrap_err();
+    }
+    let refused = broken(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(refused.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+    let b = r#"breaker="m_breaker""#;
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("broken"), r#"outcome="rejected_breaker""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&handle, "resilience_breaker_state", &[b]),
+        Some(2.0),
+        "open"
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_breaker_transitions_total",
+            &[b, r#"from="closed""#, r#"to="open""#]
+        ),
+        Some(1.0)
+    );
+
+    // Budget: no retry allowed at all.
+    let e = budgeted(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::BudgetExhausted);
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("budgeted"), r#"outcome="rejected_budget""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_budget_available",
+            &[r#"budget="m_budget""#]
+        ),
+        Some(0.0)
+    );
+
+    // Bulkhead: one slot, held by a stalled call while a second one asks.
+    let stall = FaultServer::start(vec![Action::ok().after(Duration::from_millis(300))]).await;
+    let stall_url = stall.url("/");
+    let (first, second) = tokio::join!(bulkheaded(&c, &stall_url), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let in_flight = sample(
+            &handle,
+            "resilience_bulkhead_in_flight",
+            &[r#"bulkhead="m_bulkhead""#],
+        );
+        (bulkheaded(&c, &stall_url).await, in_flight)
+    });
+    first.unwrap();
+    assert_eq!(
+        second.0.unwrap_err().kind(),
+        resilience_runtime::ErrorKind::BulkheadFull
+    );
+    assert_eq!(second.1, Some(1.0), "in flight while the first call runs");
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("bulkheaded"), r#"outcome="rejected_bulkhead""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_bulkhead_in_flight",
+            &[r#"bulkhead="m_bulkhead""#],
+        ),
+        Some(0.0)
+    );
+
+    // Every metric of the table is there, with its help text.
+    let text = handle.render();
+    for name in [
+        "resilience_client_calls_total",
+        "resilience_client_call_duration_seconds",
+        "resilience_client_attempts_total",
+        "http_client_request_duration_seconds",
+        "resilience_client_retries_total",
+        "resilience_breaker_state",
+        "resilience_breaker_transitions_total",
+        "resilience_budget_available",
+        "resilience_bulkhead_in_flight",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+    }
+}
+
+fn function_of(f: &str) -> &'static str {
+    Box::leak(format!(r#"function="metrics::{f}""#).into_boxed_str())
+}

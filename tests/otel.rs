@@ -1,0 +1,319 @@
+//! With the `opentelemetry` feature: two services on loopback, each with a server span that
+//! joins the incoming trace; the first calls the second through `#[resilient]` (a 503, then a
+//! 200). One trace, a client span per attempt under the call's span, each attempt's
+//! `traceparent` naming its own span, and the sampled flag following the caller's sampler.
+//! The spans come from the OpenTelemetry SDK's in-memory exporter.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
+use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+#[resilient(
+    timeout = "2s",
+    backoff(initial = "1ms", max = "1ms", jitter = none),
+    budget = false,
+)]
+async fn call_b(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+fn incoming(headers: &HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
+}
+
+/// Service B: 503 on its first request, then 200; keeps every `traceparent` it received.
+#[derive(Clone, Default)]
+struct B {
+    hits: Arc<AtomicU32>,
+    traceparents: Arc<Mutex<Vec<String>>>,
+    tracestates: Arc<Mutex<Vec<String>>>,
+}
+
+async fn b_handler(State(b): State<B>, headers: HeaderMap) -> (StatusCode, &'static str) {
+    let span = tracing::info_span!("b.handle", otel.kind = "server");
+    let _ = span.set_parent(incoming(&headers));
+    let _e = span.enter();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    b.traceparents.lock().unwrap().push(header("traceparent"));
+    b.tracestates.lock().unwrap().push(header("tracestate"));
+    if b.hits.fetch_add(1, Ordering::SeqCst) == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}
+
+/// Service A: serves `/a` by calling B.
+async fn a_handler(State(b_url): State<String>, headers: HeaderMap) -> String {
+    let span = tracing::info_span!("a.handle", otel.kind = "server");
+    let _ = span.set_parent(incoming(&headers));
+    async {
+        call_b(&reqwest::Client::new(), &b_url)
+            .await
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+struct Services {
+    a: SocketAddr,
+    b: SocketAddr,
+    b_state: B,
+}
+
+async fn services() -> Services {
+    let b_state = B::default();
+    let b = serve(
+        axum::Router::new()
+            .route("/b", get(b_handler))
+            .with_state(b_state.clone()),
+    )
+    .await;
+    let a = serve(
+        axum::Router::new()
+            .route("/a", get(a_handler))
+            .with_state(format!("http://{b}/b")),
+    )
+    .await;
+    Services { a, b, b_state }
+}
+
+fn tracing_with(sampler: Sampler) -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("otel-test")));
+    (exporter, tracing::subscriber::set_default(subscriber))
+}
+
+fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv: &&KeyValue| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned().into())
+}
+
+/// Waits (bounded) until the exporter holds `n` spans.
+async fn finished(exporter: &InMemorySpanExporter, n: usize) -> Vec<SpanData> {
+    for _ in 0..200 {
+        let spans = exporter.get_finished_spans().unwrap();
+        if spans.len() >= n {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    exporter.get_finished_spans().unwrap()
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[tokio::test]
+async fn the_callee_joins_the_callers_trace_with_a_client_span_per_attempt() {
+    let (exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    let svc = services().await;
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/a", svc.a))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "ok");
+
+    // a.handle, the call, two attempts, two b.handle.
+    let spans = finished(&exporter, 6).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(spans.len(), 6, "{names:?}");
+    for sp in &spans {
+        assert_eq!(sp.span_context.trace_id().to_string(), TRACE, "{}", sp.name);
+    }
+    let by = |n: &str| {
+        spans
+            .iter()
+            .filter(move |s| s.name == n)
+            .collect::<Vec<_>>()
+    };
+    let a = by("a.handle")[0];
+    let call = by("resilient")[0];
+    let mut attempts = by("GET");
+    attempts.sort_by_key(|s| s.start_time);
+    let mut b = by("b.handle");
+    b.sort_by_key(|s| s.start_time);
+    assert_eq!((attempts.len(), b.len()), (2, 2), "{names:?}");
+
+    // The call span: a child of the span it was made in, with function and policy.
+    assert_eq!(call.parent_span_id, a.span_context.span_id());
+    assert_eq!(attr(call, "function"), Some(&s("otel::call_b")));
+    assert!(attr(call, "policy").is_some());
+
+    let url = format!("http://{}/b", svc.b);
+    let received = svc.b_state.traceparents.lock().unwrap().clone();
+    // The caller's tracestate travels on, through the global (W3C) propagator.
+    assert_eq!(
+        *svc.b_state.tracestates.lock().unwrap(),
+        vec!["congo=t61rcWkgMzE"; 2]
+    );
+    for (i, at) in attempts.iter().enumerate() {
+        assert_eq!(at.span_kind, SpanKind::Client, "attempt {}", i + 1);
+        assert_eq!(at.parent_span_id, call.span_context.span_id());
+        assert_eq!(attr(at, "http.request.method"), Some(&s("GET")));
+        assert_eq!(attr(at, "server.address"), Some(&s("127.0.0.1")));
+        assert_eq!(
+            attr(at, "server.port"),
+            Some(&Value::I64(i64::from(svc.b.port())))
+        );
+        assert_eq!(attr(at, "url.full"), Some(&s(&url)));
+        assert_eq!(
+            attr(at, "resilience.attempt"),
+            Some(&Value::I64(i as i64 + 1))
+        );
+        // The callee's server span is a child of this attempt's client span.
+        assert_eq!(b[i].parent_span_id, at.span_context.span_id());
+        assert!(b[i].parent_span_is_remote);
+        assert_eq!(
+            received[i],
+            format!("00-{TRACE}-{}-01", at.span_context.span_id())
+        );
+    }
+    let (first, second) = (attempts[0], attempts[1]);
+    assert_eq!(
+        attr(first, "http.response.status_code"),
+        Some(&Value::I64(503))
+    );
+    assert_eq!(attr(first, "error.type"), Some(&s("503")));
+    assert_eq!(attr(first, "resilience.class"), Some(&s("status")));
+    assert_eq!(attr(first, "resilience.decision"), Some(&s("retry")));
+    assert_eq!(attr(first, "resilience.delay_ms"), Some(&Value::I64(1)));
+    assert_eq!(attr(first, "http.request.resend_count"), None);
+    assert!(matches!(
+        first.status,
+        opentelemetry::trace::Status::Error { .. }
+    ));
+
+    assert_eq!(
+        attr(second, "http.response.status_code"),
+        Some(&Value::I64(200))
+    );
+    assert_eq!(attr(second, "error.type"), None);
+    assert_eq!(attr(second, "resilience.decision"), Some(&s("success")));
+    assert_eq!(
+        attr(second, "http.request.resend_count"),
+        Some(&Value::I64(1))
+    );
+}
+
+#[tokio::test]
+async fn the_sampled_flag_follows_the_callers_sampler() {
+    let (exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    let svc = services().await;
+    // The caller decided not to sample this trace.
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/a", svc.a))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-00"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "ok");
+    let received = svc.b_state.traceparents.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    for tp in &received {
+        assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
+        assert!(tp.ends_with("-00"), "not sampled: {tp}");
+    }
+    assert_ne!(received[0], received[1], "a new parent id per attempt");
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_that_carries_a_traceparent_keeps_it() {
+    let (_exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let b_state = B::default();
+    let b = serve(
+        axum::Router::new()
+            .route("/b", get(b_handler))
+            .with_state(b_state.clone()),
+    )
+    .await;
+    let own = format!("00-{TRACE}-1111111111111111-01");
+
+    #[resilient(timeout = "2s", backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+    async fn propagating(c: &reqwest::Client, url: &str, tp: &str) -> Result<String, Error> {
+        Ok(c.get(url)
+            .header("traceparent", tp)
+            .resilient()
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+    let span = tracing::info_span!("caller");
+    let r = propagating(&reqwest::Client::new(), &format!("http://{b}/b"), &own)
+        .instrument(span)
+        .await
+        .unwrap();
+    assert_eq!(r, "ok");
+    assert_eq!(
+        *b_state.traceparents.lock().unwrap(),
+        vec![own.clone(), own]
+    );
+}
