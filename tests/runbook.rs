@@ -233,3 +233,82 @@ fn overrides_from_the_environment_apply_at_start_up() {
     assert!(!without.status.success(), "the control: 1 s is too short");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Run as a child process: applies nothing until its parent rewrites the file and sends SIGHUP.
+#[tokio::test]
+#[ignore = "run by sighup_reloads_the_overrides in a child process"]
+async fn child_reloading_on_sighup() {
+    overrides::reload_on_sighup().unwrap();
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(1500)),
+    ))
+    .await;
+    // Registers the function and applies the file as it is now (nothing for it).
+    assert!(
+        lookup(&c, &server.url("/")).await.is_err(),
+        "1 s: too short"
+    );
+    println!("ready");
+    // The parent rewrites the file and sends SIGHUP; wait for the reload (bounded).
+    let ready = std::path::PathBuf::from(std::env::var("RUNBOOK_SIGNALLED").unwrap());
+    for _ in 0..200 {
+        if ready.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..100 {
+        if lookup(&c, &server.url("/")).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the SIGHUP reload never lengthened the timeout");
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_overrides() {
+    use std::io::BufRead as _;
+    let dir = std::env::temp_dir().join(format!("resilience-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("overrides.toml");
+    let signalled = dir.join("signalled");
+    std::fs::write(&file, "").unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_reloading_on_sighup",
+            "--nocapture",
+        ])
+        .env(overrides::ENV, &file)
+        .env("RUNBOOK_SIGNALLED", &signalled)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("ready")),
+        "the child did not get ready"
+    );
+    std::fs::write(
+        &file,
+        "[functions.\"runbook::lookup\"]\ntimeout = \"5s\"\ndeadline = \"30s\"\n",
+    )
+    .unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::fs::write(&signalled, "").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the child saw no reload");
+    std::fs::remove_dir_all(&dir).ok();
+}

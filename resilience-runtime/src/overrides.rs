@@ -3,8 +3,8 @@
 //!
 //! Point the environment variable [`ENV`] (`RESILIENCE_OVERRIDES`) at a TOML file with the
 //! schema of `resilience.toml`. It is read when the first `#[resilient]` function is first
-//! called, and again whenever the process calls [`reload`] (from an admin endpoint or a SIGHUP
-//! handler, say). [`apply_file`] and [`apply_str`] apply a file given by hand.
+//! called, and again whenever the process calls [`reload`] (from an admin endpoint, say) or,
+//! after [`reload_on_sighup`], receives SIGHUP. [`apply_file`] and [`apply_str`] apply a file given by hand.
 //!
 //! ```toml
 //! [defaults]                       # every annotated function
@@ -197,6 +197,28 @@ pub fn reload() -> Result<Vec<Change>, OverrideError> {
         Some(path) => apply_file(path),
         None => Ok(clear()),
     }
+}
+
+/// Reloads the overrides (as [`reload`] does) every time the process receives SIGHUP, from a
+/// task on the current tokio runtime; each outcome is logged. Call it once at start-up.
+///
+/// # Errors
+///
+/// When the signal handler cannot be installed.
+#[cfg(unix)]
+pub fn reload_on_sighup() -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reload() {
+                Ok(changes) => tracing::info!(
+                    changes = changes.len(),
+                    "SIGHUP: run-time overrides reloaded"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: run-time overrides refused"),
+            }
+        }
+    }))
 }
 
 /// Reads an override file and applies it, or refuses it whole.
