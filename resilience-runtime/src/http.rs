@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use crate::context::{ATTEMPT, AttemptCtx, RequestId};
+use crate::context::{ATTEMPT, AttemptCtx, Key, Traceparent, hex32};
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -86,27 +86,108 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // telemetry (issue 12): method, server and URL on the attempt's span.
     crate::telemetry::on_request(req);
     let headers = req.headers_mut();
-    match &ctx.key {
-        Some(k) if !headers.contains_key(&IDEMPOTENCY_KEY) => {
-            headers.insert(IDEMPOTENCY_KEY, k.header());
+    // Every generated value is written into one stack buffer, copied to the heap once, and
+    // each header value is a slice of that one allocation.
+    let mut buf = Stamp::default();
+    let key = match &ctx.key {
+        Some(_) if headers.contains_key(&IDEMPOTENCY_KEY) => None,
+        Some(Key::Auto(u)) => {
+            let mut b = uuid::Uuid::encode_buffer();
+            Some(Err(buf.push(u.hyphenated().encode_lower(&mut b).as_bytes())))
         }
-        Some(_) => {}
-        None if headers.contains_key(&IDEMPOTENCY_KEY) => {}
-        None => ctx.all_keyed.set(false),
-    }
+        Some(Key::Given(h)) => Some(Ok(h.clone())),
+        None => {
+            if !headers.contains_key(&IDEMPOTENCY_KEY) {
+                ctx.all_keyed.set(false);
+            }
+            None
+        }
+    };
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
-    if !headers.contains_key(&X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(RequestId(ctx.request_id).to_string().as_str())
-    {
+    let request_id = (!headers.contains_key(&X_REQUEST_ID))
+        .then(|| buf.push(hex32(ctx.request_id).as_str().as_bytes()));
+    let traceparent = (!headers.contains_key(&TRACEPARENT))
+        .then(|| buf.push(Traceparent::new(ctx.trace_id, ctx.span_id, ctx.trace_flags).as_bytes()));
+    let left = ctx.until.saturating_duration_since(Instant::now());
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+    let timeout = buf.push_u64(ms);
+    let shared = buf.freeze();
+    let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(shared.slice(r)).ok();
+    match key {
+        Some(Ok(h)) => {
+            headers.insert(IDEMPOTENCY_KEY, h);
+        }
+        Some(Err(r)) => {
+            if let Some(v) = value(r) {
+                headers.insert(IDEMPOTENCY_KEY, v);
+            }
+        }
+        None => {}
+    }
+    if let Some(v) = request_id.and_then(value) {
         headers.insert(X_REQUEST_ID, v);
     }
     // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
-    crate::telemetry::inject_trace_context(headers, ctx.trace_id, ctx.span_id, ctx.trace_flags);
-    headers.insert(X_ATTEMPT, HeaderValue::from(ctx.attempt));
-    let left = ctx.until.saturating_duration_since(Instant::now());
-    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-    headers.insert(X_TIMEOUT_MS, HeaderValue::from(ms));
+    crate::telemetry::inject_trace_context(headers, || traceparent.and_then(value));
+    headers.insert(X_ATTEMPT, attempt_value(ctx.attempt));
+    if let Some(v) = value(timeout) {
+        headers.insert(X_TIMEOUT_MS, v);
+    }
+}
+
+/// The generated header values of one request, on the stack until they are frozen into one
+/// shared allocation.
+struct Stamp {
+    bytes: [u8; 160],
+    len: usize,
+}
+
+impl Default for Stamp {
+    fn default() -> Stamp {
+        Stamp {
+            bytes: [0; 160],
+            len: 0,
+        }
+    }
+}
+
+impl Stamp {
+    /// Appends `s`; its range in the buffer.
+    fn push(&mut self, s: &[u8]) -> std::ops::Range<usize> {
+        let start = self.len;
+        let end = (start + s.len()).min(self.bytes.len());
+        self.bytes[start..end].copy_from_slice(&s[..end - start]);
+        self.len = end;
+        start..end
+    }
+
+    fn push_u64(&mut self, mut n: u64) -> std::ops::Range<usize> {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..])
+    }
+
+    fn freeze(&self) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(&self.bytes[..self.len])
+    }
+}
+
+/// `X-Attempt` without an allocation for the attempts a policy can have (1 to 10).
+fn attempt_value(n: u32) -> HeaderValue {
+    const STATIC: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    match n.checked_sub(1).and_then(|i| STATIC.get(i as usize)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
 }
 
 /// Records a response's status and `Retry-After` for the retry decision of the current attempt.

@@ -392,9 +392,7 @@ pub(crate) fn on_call_start(shared: &Resolved) {
 #[inline]
 pub(crate) fn inject_trace_context(
     headers: &mut HeaderMap,
-    fallback_trace_id: u128,
-    fallback_span_id: u64,
-    fallback_flags: u8,
+    fallback: impl FnOnce() -> Option<reqwest::header::HeaderValue>,
 ) {
     if headers.contains_key(&crate::http::TRACEPARENT) {
         return;
@@ -403,10 +401,7 @@ pub(crate) fn inject_trace_context(
     if otel::inject(headers, &Span::current()) {
         return;
     }
-    if let Ok(v) = reqwest::header::HeaderValue::from_bytes(
-        crate::context::Traceparent::new(fallback_trace_id, fallback_span_id, fallback_flags)
-            .as_bytes(),
-    ) {
+    if let Some(v) = fallback() {
         headers.insert(crate::http::TRACEPARENT, v);
     }
 }
