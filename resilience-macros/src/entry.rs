@@ -144,5 +144,22 @@ mod boundaries {
                 "multiplier = {x}"
             );
         }
+        for (n, ok) in cases::RATE_LIMIT_RATE {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(accepted(quote!(rate_limit(rate = #v))), *ok, "rate = {n}");
+            assert_eq!(
+                accepted(quote!(rate_limit(rate = 1, burst = #v))),
+                *ok,
+                "burst = {n}"
+            );
+        }
+        for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
+            let w = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(rate_limit(rate = 10, max_wait = #w))),
+                *ok,
+                "max_wait = {w}"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
 use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, RetryItem, Settings};
-use resilience_policy::validate::Shared;
+use resilience_policy::validate::{RateStoreM, Shared};
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
@@ -138,6 +138,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             quote!(::core::option::Option::Some((#n, #p::BulkheadSpec { max_concurrent: #max_c, max_wait: #wait })))
         }
     };
+    let rate_limit = match &plan.shared.rate_limit {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (rate, burst, per, wait) = (m.rate, m.burst, dur(m.per), dur(m.max_wait));
+            let store = match m.store {
+                RateStoreM::Local => quote!(Local),
+                RateStoreM::Redis => quote!(Redis),
+            };
+            quote!(::core::option::Option::Some((#n, #p::RateLimitSpec {
+                rate: #rate, per: #per, burst: #burst, max_wait: #wait, store: #p::RateLimitStore::#store,
+            })))
+        }
+    };
 
     let key_arg = match &s.idempotency_key.value {
         KeyModel::None => quote!(#p::KeyArg::None),
@@ -237,6 +250,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 budget: #budget,
                 breaker: #breaker,
                 bulkhead: #bulkhead,
+                rate_limit: #rate_limit,
                 unseen: #p::Method::Other,
                 locate: ::core::option::Option::Some(__resilience_locate),
             };

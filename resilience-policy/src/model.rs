@@ -25,6 +25,7 @@ pub const POLICY_KEYS: &[&str] = &[
     "budget",
     "breaker",
     "bulkhead",
+    "rate_limit",
     "client",
 ];
 
@@ -41,6 +42,7 @@ pub const BREAKER_KEYS: &[&str] = &[
     "half_open_calls",
 ];
 pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const RATE_LIMIT_KEYS: &[&str] = &["rate", "per", "burst", "max_wait", "store"];
 pub const CLIENT_KEYS: &[&str] = &[
     "connect_timeout",
     "pool_idle_timeout",
@@ -141,6 +143,7 @@ pub struct Settings {
     pub budget: Set<StateRef>,
     pub breaker: Set<StateRef>,
     pub bulkhead: Set<StateRef>,
+    pub rate_limit: Set<StateRef>,
     pub client: Option<Set<String>>,
 }
 
@@ -175,6 +178,7 @@ impl Default for Settings {
             budget: Set::builtin(StateRef::Default),
             breaker: Set::builtin(StateRef::Off),
             bulkhead: Set::builtin(StateRef::Off),
+            rate_limit: Set::builtin(StateRef::Off),
             client: None,
         }
     }
@@ -475,7 +479,7 @@ impl Settings {
                 self.retry_on = Set { value: out, origin };
             }
             "backoff" => self.apply_backoff(diags, v, fallback),
-            "budget" | "breaker" | "bulkhead" => {
+            "budget" | "breaker" | "bulkhead" | "rate_limit" => {
                 let r = match &v.value {
                     Value::Bool(false) => Some(StateRef::Off),
                     Value::Bool(true) if key == "budget" => Some(StateRef::Default),
@@ -501,6 +505,7 @@ impl Settings {
                     match key {
                         "budget" => self.budget = s,
                         "breaker" => self.breaker = s,
+                        "rate_limit" => self.rate_limit = s,
                         _ => self.bulkhead = s,
                     }
                 }

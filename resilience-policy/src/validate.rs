@@ -10,8 +10,9 @@ use crate::config::Config;
 use crate::diag::Diags;
 use crate::infer::Inferred;
 use crate::model::{
-    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, KeyModel, Method, RetryItem, Set,
-    Settings, StateRef, check_table_keys, duration, err, file_prefix, integer, number,
+    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, KeyModel, Method, RATE_LIMIT_KEYS,
+    RetryItem, Set, Settings, StateRef, check_table_keys, duration, err, file_prefix, integer,
+    number,
 };
 use crate::value::{Located, Origin, did_you_mean};
 
@@ -36,6 +37,21 @@ pub struct BulkheadM {
     pub max_wait: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateStoreM {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitM {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub max_wait: Duration,
+    pub store: RateStoreM,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ClientM {
     pub connect_timeout: Duration,
@@ -50,6 +66,7 @@ pub struct Shared {
     pub budget: Option<(String, BudgetM)>,
     pub breaker: Option<(String, BreakerM)>,
     pub bulkhead: Option<(String, BulkheadM)>,
+    pub rate_limit: Option<(String, RateLimitM)>,
 }
 
 use resilience_spec::{defaults, rules};
@@ -183,6 +200,86 @@ pub fn read_bulkhead(
         );
     }
     m
+}
+
+/// `at` is where the table is, for a missing `rate`. Also returns where `max_wait` was set.
+pub fn read_rate_limit(
+    diags: &mut Diags,
+    t: &[(String, Located)],
+    at: &Origin,
+    fb: Span,
+) -> (RateLimitM, Option<Located>) {
+    check_table_keys(diags, t, RATE_LIMIT_KEYS, "rate_limit", fb);
+    let mut m = RateLimitM {
+        rate: 0,
+        per: defaults::RATE_LIMIT_PER,
+        burst: 0,
+        max_wait: defaults::RATE_LIMIT_MAX_WAIT,
+        store: RateStoreM::Local,
+    };
+    let (mut seen_rate, mut wait_at) = (false, None);
+    for (k, v) in t {
+        match k.as_str() {
+            "rate" | "burst" => match integer(diags, v, fb, k) {
+                Some(n) => match rules::rate_limit_count(k, n) {
+                    Ok(()) if k == "rate" => {
+                        m.rate = n as u32;
+                        seen_rate = true;
+                    }
+                    Ok(()) => m.burst = n as u32,
+                    Err(b) => {
+                        seen_rate |= k == "rate";
+                        err(diags, v, fb, b)
+                    }
+                },
+                None => seen_rate |= k == "rate",
+            },
+            "per" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    match rules::rate_limit_per(d) {
+                        Ok(()) => m.per = d,
+                        Err(b) => err(diags, v, fb, b),
+                    }
+                }
+            }
+            "max_wait" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    m.max_wait = d;
+                    wait_at = Some(v.clone());
+                }
+            }
+            "store" => match v.as_text() {
+                Some("local") => m.store = RateStoreM::Local,
+                Some("redis") => m.store = RateStoreM::Redis,
+                _ => err(
+                    diags,
+                    v,
+                    fb,
+                    format!(
+                        "rate_limit store is \"local\" (each instance its own limit) or \"redis\" (one limit shared by every instance), not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            _ => {}
+        }
+    }
+    if !seen_rate {
+        let at = Located {
+            value: crate::value::Value::Bool(true),
+            origin: at.clone(),
+        };
+        err(
+            diags,
+            &at,
+            fb,
+            "a rate_limit needs `rate`: how many calls may start per `per` (default 1s)\nhelp: e.g. rate_limit(rate = 100, burst = 10)",
+        );
+    }
+    if m.burst == 0 {
+        m.burst = m.rate.max(1);
+    }
+    (m, wait_at)
 }
 
 pub fn read_client(
@@ -339,6 +436,34 @@ pub fn resolve_shared(
             let (n, rest) = inline_name(t);
             shared.bulkhead = Some((n, read_bulkhead(diags, &rest, &s.bulkhead.origin, fb)));
         }
+    }
+    let rate = match &s.rate_limit.value {
+        StateRef::Off | StateRef::Default => None,
+        StateRef::Named(n) => {
+            section_table(diags, config, "rate_limit", n, &s.rate_limit.origin, fb)
+                .map(|t| (n.clone(), read_rate_limit(diags, &t.entries, &t.origin, fb)))
+        }
+        StateRef::Inline(t) => {
+            let (n, rest) = inline_name(t);
+            Some((n, read_rate_limit(diags, &rest, &s.rate_limit.origin, fb)))
+        }
+    };
+    if let Some((n, (m, wait_at))) = rate {
+        let wait_origin = wait_at
+            .as_ref()
+            .map_or_else(|| "built-in default".to_owned(), |w| w.origin.to_string());
+        if let Err(broken) = rules::rate_limit_wait_within_deadline(
+            m.max_wait,
+            s.deadline.value,
+            Some((&wait_origin, &s.deadline.origin.to_string())),
+        ) {
+            let at = wait_at.unwrap_or(Located {
+                value: crate::value::Value::Bool(true),
+                origin: s.rate_limit.origin.clone(),
+            });
+            err(diags, &at, s.rate_limit.origin.span_or(fb), broken);
+        }
+        shared.rate_limit = Some((n, m));
     }
     if let Some(c) = &s.client
         && let Some(t) = section_table(diags, config, "client", &c.value, &c.origin, fb)

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod overrides;
 mod policy;
 mod probe;
+pub mod ratelimit;
 #[doc(hidden)]
 pub mod registry;
 mod report;
@@ -80,6 +81,7 @@ pub mod __private {
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
+    pub use crate::ratelimit::{RateLimitSpec, RateLimitStore};
     pub use crate::registry::{PolicyState, function_path};
     pub use crate::session::{KeyArg, Next, Session, key_from};
 

@@ -202,6 +202,11 @@ impl Session {
             },
             None => None,
         };
+        // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
+        // within the deadline.
+        if let Some(r) = shared.rate_limit {
+            crate::ratelimit::admit(r, &shared, deadline, started).await?;
+        }
         if let Some(b) = shared.budget {
             b.deposit_at(started);
         }
@@ -213,10 +218,13 @@ impl Session {
             request_id = tracing::field::display(RequestId(request_id)),
             depth,
         );
-        let waited = if bulkhead.is_some()
+        let waited = if (bulkhead.is_some()
             && shared
                 .bulkhead
-                .is_some_and(|b| !b.spec().max_wait.is_zero())
+                .is_some_and(|b| !b.spec().max_wait.is_zero()))
+            || shared
+                .rate_limit
+                .is_some_and(|r| !r.spec().max_wait.is_zero())
         {
             started.elapsed()
         } else {

@@ -169,6 +169,10 @@ pub mod defaults {
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
     /// Breaker: probes let through when half open.
     pub const BREAKER_HALF_OPEN_CALLS: u32 = 3;
+    /// Rate limit: the period `rate` is counted over.
+    pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
+    /// Rate limit: how long a call may wait for a permit (zero: refuse at once).
+    pub const RATE_LIMIT_MAX_WAIT: Duration = Duration::ZERO;
     /// Client: connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Client: how long an idle pooled connection is kept: half of gunicorn's 2 s keep-alive,
@@ -190,6 +194,11 @@ pub mod bounds {
     pub const BREAKER_COUNT: RangeInclusive<u32> = 1..=1024;
     /// `bulkhead.max_concurrent`.
     pub const BULKHEAD_MAX_CONCURRENT: RangeInclusive<u32> = 1..=1_000_000;
+    /// `rate_limit.rate` (permits per `per`) and `rate_limit.burst`.
+    pub const RATE_LIMIT_COUNT: RangeInclusive<u64> = 1..=1_000_000;
+    /// `rate_limit.per`.
+    pub const RATE_LIMIT_PER: RangeInclusive<std::time::Duration> =
+        std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600);
     /// `backoff.multiplier`.
     pub const BACKOFF_MULTIPLIER: RangeInclusive<f64> = 1.0..=100.0;
 }
@@ -510,6 +519,66 @@ pub mod rules {
         }
     }
 
+    /// Rate limit `rate` and `burst` in 1..=1000000.
+    pub fn rate_limit_count(key: &str, n: u64) -> Result<(), Broken> {
+        let r = &bounds::RATE_LIMIT_COUNT;
+        if r.contains(&n) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "rate_limit {key} = {n} is outside {}..={}",
+                r.start(),
+                r.end()
+            ))
+            .help(if key == "burst" {
+                "burst is how many calls may go at once after a quiet spell: 1 spaces every call evenly"
+            } else {
+                "rate is how many calls may start per `per` (default 1s), e.g. rate = 100"
+            }))
+        }
+    }
+
+    /// Rate limit `per` in 1ms..=24h.
+    pub fn rate_limit_per(per: Duration) -> Result<(), Broken> {
+        let r = &bounds::RATE_LIMIT_PER;
+        if r.contains(&per) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "rate_limit per = {} is outside {}..={}",
+                fmt_duration(per),
+                fmt_duration(*r.start()),
+                fmt_duration(*r.end())
+            )))
+        }
+    }
+
+    /// A rate-limit wait shorter than the deadline, which it counts against: a call that may
+    /// wait the whole deadline for a permit could be left no time to send. `origins` says
+    /// where each value came from, for the message.
+    pub fn rate_limit_wait_within_deadline(
+        max_wait: Duration,
+        deadline: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
+        if max_wait < deadline {
+            return Ok(());
+        }
+        let (w, d) = match origins {
+            Some((w, d)) => (format!(", {w}"), format!(", {d}")),
+            None => (String::new(), String::new()),
+        };
+        Err(Broken::new(format!(
+            "rate_limit max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for a permit counts against the deadline, so a call could wait it all and never be sent",
+            fmt_duration(max_wait),
+            fmt_duration(deadline)
+        ))
+        .help(format!(
+            "wait at most part of the deadline, e.g. max_wait = \"{}\", or max_wait = \"0ms\" to refuse at once",
+            fmt_duration(Duration::from_millis((deadline.as_millis() / 4) as u64))
+        )))
+    }
+
     /// A connect timeout shorter than the attempt timeout, so a connect failure is never
     /// mistaken for a read timeout.
     pub fn connect_within_timeout(connect: Duration, timeout: Duration) -> Result<(), Broken> {
@@ -556,6 +625,12 @@ pub mod cases {
     /// `(breaker failure_rate, accepted)`.
     pub const BREAKER_FAILURE_RATE: &[(f64, bool)] =
         &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
+    /// `(rate_limit rate, accepted)`; `burst` has the same bounds.
+    pub const RATE_LIMIT_RATE: &[(u64, bool)] =
+        &[(0, false), (1, true), (1_000_000, true), (1_000_001, false)];
+    /// `(rate_limit max_wait in ms, accepted)` under the default 30 s deadline.
+    pub const RATE_LIMIT_MAX_WAIT_MS: &[(u64, bool)] =
+        &[(0, true), (29_999, true), (30_000, false), (60_000, false)];
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -587,6 +662,18 @@ mod tests {
         }
         for (x, ok) in cases::BACKOFF_MULTIPLIER {
             assert_eq!(rules::backoff_multiplier(*x).is_ok(), *ok, "{x}");
+        }
+        for (n, ok) in cases::RATE_LIMIT_RATE {
+            assert_eq!(rules::rate_limit_count("rate", *n).is_ok(), *ok, "{n}");
+            assert_eq!(rules::rate_limit_count("burst", *n).is_ok(), *ok, "{n}");
+        }
+        for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
+            let w = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::rate_limit_wait_within_deadline(w, defaults::DEADLINE, None).is_ok(),
+                *ok,
+                "{ms}"
+            );
         }
     }
 
