@@ -47,6 +47,11 @@ async fn everything(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
+#[resilient(method = GET, timeout = "1s", hedge(delay = "50ms"))]
+async fn hedged(n: u64) -> Result<u64, Error> {
+    Ok(n + 1)
+}
+
 #[test]
 fn no_allocation_per_call_on_the_happy_path() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -65,10 +70,10 @@ fn no_allocation_per_call_on_the_happy_path() {
         ] {
             let before = ALLOCATIONS.load(Ordering::Relaxed);
             for i in 0..1000u64 {
-                let r = if f == 0 {
-                    defaults(i).await
-                } else {
-                    everything(i).await
+                let r = match f {
+                    0 => defaults(i).await,
+                    1 => everything(i).await,
+                    _ => hedged(i).await,
                 };
                 assert_eq!(r.unwrap(), i + 1);
             }

@@ -591,6 +591,14 @@ fn compiled(f: &Function) -> &'static Policy {
         budget: None,
         breaker: None,
         bulkhead: None,
+        hedge: s
+            .hedge
+            .value
+            .as_ref()
+            .map(|h| resilience_runtime::hedge::Hedge {
+                delay: h.delay.value,
+                max: h.max.value,
+            }),
         // The wait for a permit is checked against an overridden deadline.
         rate_limit: f.analysis.shared.rate_limit.as_ref().map(|(_, r)| {
             (

@@ -153,6 +153,22 @@ mod boundaries {
                 "burst = {n}"
             );
         }
+        for (n, ok) in cases::HEDGE_MAX {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(hedge(delay = "10ms", max = #v))),
+                *ok,
+                "hedge max = {n}"
+            );
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(hedge(delay = #d, max = 2))),
+                *ok,
+                "hedge delay = {d}"
+            );
+        }
         for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
             let w = format!("{ms}ms");
             assert_eq!(

@@ -163,9 +163,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     };
 
-    // Fresh clones of by-value arguments for each attempt (none when there is no retry).
+    let hedged = s.hedge.value.is_some();
+    let hedge = match &s.hedge.value {
+        None => quote!(::core::option::Option::None),
+        Some(h) => {
+            let (delay, max_h) = (dur(h.delay.value), h.max.value);
+            quote!(::core::option::Option::Some(#p::Hedge { delay: #delay, max: #max_h }))
+        }
+    };
+
+    // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
+    // for each hedge.
     let mut clones = Vec::new();
-    if max_attempts > 1 {
+    if max_attempts > 1 || hedged {
         for input in &sig.inputs {
             if let syn::FnArg::Typed(pt) = input {
                 if matches!(&*pt.ty, syn::Type::Reference(_)) {
@@ -219,6 +229,32 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!({})
     };
 
+    // A hedged policy runs the body more than once at a time: a fresh future (with its own
+    // clones) for each attempt and hedge.
+    let attempt = if hedged {
+        quote! {
+            let mut __resilience_result = __resilience_session
+                .attempt_hedged(|| {
+                    #(#clones)*
+                    async move {
+                        #prelude
+                        #fake_return
+                        #(#stmts)*
+                    }
+                })
+        }
+    } else {
+        quote! {
+            #(#clones)*
+            let mut __resilience_result = __resilience_session
+                .attempt(async {
+                    #prelude
+                    #fake_return
+                    #(#stmts)*
+                })
+        }
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -251,6 +287,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 breaker: #breaker,
                 bulkhead: #bulkhead,
                 rate_limit: #rate_limit,
+                hedge: #hedge,
                 unseen: #p::Method::Other,
                 locate: ::core::option::Option::Some(__resilience_locate),
             };
@@ -266,14 +303,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     }
                 };
             loop {
-                #(#clones)*
-                let mut __resilience_result = __resilience_session
-                    .attempt(async {
-                        #prelude
-                        #fake_return
-                        #(#stmts)*
-                    })
-                    .await;
+                #attempt
+                .await;
                 if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
                     let __resilience_class = {
                         #[allow(unused_imports)]

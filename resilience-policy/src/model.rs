@@ -26,6 +26,7 @@ pub const POLICY_KEYS: &[&str] = &[
     "breaker",
     "bulkhead",
     "rate_limit",
+    "hedge",
     "client",
 ];
 
@@ -42,6 +43,7 @@ pub const BREAKER_KEYS: &[&str] = &[
     "half_open_calls",
 ];
 pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const HEDGE_KEYS: &[&str] = &["delay", "max"];
 pub const RATE_LIMIT_KEYS: &[&str] = &["rate", "per", "burst", "max_wait", "store"];
 pub const CLIENT_KEYS: &[&str] = &[
     "connect_timeout",
@@ -119,6 +121,13 @@ pub enum KeyModel {
     Param(String),
 }
 
+/// Hedging: another attempt after `delay` without an answer, at most `max` of them.
+#[derive(Debug, Clone)]
+pub struct HedgeModel {
+    pub delay: Set<Duration>,
+    pub max: Set<u32>,
+}
+
 /// A shared-state reference: off, the default, a named section, or an inline table.
 #[derive(Debug, Clone)]
 pub enum StateRef {
@@ -144,6 +153,7 @@ pub struct Settings {
     pub breaker: Set<StateRef>,
     pub bulkhead: Set<StateRef>,
     pub rate_limit: Set<StateRef>,
+    pub hedge: Set<Option<HedgeModel>>,
     pub client: Option<Set<String>>,
 }
 
@@ -179,6 +189,7 @@ impl Default for Settings {
             breaker: Set::builtin(StateRef::Off),
             bulkhead: Set::builtin(StateRef::Off),
             rate_limit: Set::builtin(StateRef::Off),
+            hedge: Set::builtin(None),
             client: None,
         }
     }
@@ -479,6 +490,7 @@ impl Settings {
                 self.retry_on = Set { value: out, origin };
             }
             "backoff" => self.apply_backoff(diags, v, fallback),
+            "hedge" => self.apply_hedge(diags, v, fallback),
             "budget" | "breaker" | "bulkhead" | "rate_limit" => {
                 let r = match &v.value {
                     Value::Bool(false) => Some(StateRef::Off),
@@ -534,6 +546,71 @@ impl Settings {
                     .unwrap_or_default();
                 err(diags, v, fallback, format!("unknown key `{other}`{hint}"));
             }
+        }
+    }
+
+    fn apply_hedge(&mut self, diags: &mut Diags, v: &Located, fallback: Span) {
+        let table = match &v.value {
+            Value::Bool(false) => {
+                self.hedge = Set {
+                    value: None,
+                    origin: v.origin.clone(),
+                };
+                return;
+            }
+            Value::Table(t) => t,
+            _ => {
+                return err(
+                    diags,
+                    v,
+                    fallback,
+                    "hedge takes a table: { delay = \"50ms\", max = 1 }, or false",
+                );
+            }
+        };
+        check_table_keys(diags, table, HEDGE_KEYS, "hedge", fallback);
+        let mut delay = None;
+        let mut max = Set::builtin(defaults::HEDGE_MAX);
+        for (k, item) in table {
+            match k.as_str() {
+                "delay" => {
+                    if let Some(d) = duration(diags, item, fallback, "delay") {
+                        delay = Some(Set {
+                            value: d,
+                            origin: item.origin.clone(),
+                        });
+                    }
+                }
+                "max" => {
+                    if let Some(n) = integer(diags, item, fallback, "max") {
+                        match rules::hedge_max(n) {
+                            Ok(()) => {
+                                max = Set {
+                                    value: n as u32,
+                                    origin: item.origin.clone(),
+                                }
+                            }
+                            Err(b) => err(diags, item, fallback, b),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match delay {
+            Some(delay) => {
+                self.hedge = Set {
+                    value: Some(HedgeModel { delay, max }),
+                    origin: v.origin.clone(),
+                }
+            }
+            None if table.iter().any(|(k, _)| k == "delay") => {}
+            None => err(
+                diags,
+                v,
+                fallback,
+                "a hedge needs `delay`: how long an attempt runs without an answer before another starts\nhelp: e.g. hedge(delay = \"50ms\"), about the latency most calls stay under",
+            ),
         }
     }
 

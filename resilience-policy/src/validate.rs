@@ -629,6 +629,65 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
     }
 }
 
+/// Hedging: only where a duplicate is harmless, and every hedge within the deadline.
+pub fn check_hedge(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>, fb: Span) {
+    let Some(h) = &s.hedge.value else {
+        return;
+    };
+    let at = s.hedge.origin.span_or(fb);
+    let prefix = file_prefix(&s.hedge.origin);
+    let keyed = s.idempotency_key.value != KeyModel::None;
+    match method {
+        None => diags.push(
+            at,
+            format!(
+                "{prefix}cannot tell which HTTP method this function sends, so cannot tell whether hedging it is safe\n\
+                 help: declare the least safe method it may send, e.g. `method = GET`"
+            ),
+        ),
+        Some(m) => {
+            if let Err(broken) = rules::hedge_safe(m.value, keyed, s.idempotent.value) {
+                let mut what = format!(
+                    "{prefix}{}\n  - hedge ({})\n  - method = {} ({})\n  - idempotency_key: none ({})",
+                    broken.what,
+                    s.hedge.origin,
+                    m.value.as_str(),
+                    m.origin,
+                    s.idempotency_key.origin
+                );
+                if !m.value.needs_key() {
+                    what.push_str(&format!(
+                        "\n  - idempotent = false ({})",
+                        s.idempotent.origin
+                    ));
+                }
+                if let Some(help) = broken.help {
+                    what.push_str(&format!("\nhelp: {help}"));
+                }
+                diags.push(at, what);
+            }
+        }
+    }
+    if let Err(broken) = rules::hedge_within_deadline(h.delay.value, h.max.value, s.deadline.value)
+    {
+        let mut what = format!(
+            "{}{}\n  - delay = {} ({})\n  - max = {} ({})\n  - deadline = {} ({})",
+            file_prefix(&h.delay.origin),
+            broken.what,
+            fmt_d(h.delay.value),
+            h.delay.origin,
+            h.max.value,
+            h.max.origin,
+            fmt_d(s.deadline.value),
+            s.deadline.origin
+        );
+        if let Some(help) = broken.help {
+            what.push_str(&format!("\nhelp: {help}"));
+        }
+        diags.push(h.delay.origin.span_or(at), what);
+    }
+}
+
 fn unsafe_retry(
     diags: &mut Diags,
     s: &Settings,
@@ -763,6 +822,33 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
                     );
                 }
                 _ => {}
+            }
+        }
+    }
+    if s.hedge.value.is_some() {
+        for input in &f.sig.inputs {
+            let span = match input {
+                syn::FnArg::Receiver(r)
+                    if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) =>
+                {
+                    Some((r.self_token.span, "`self`".to_owned()))
+                }
+                syn::FnArg::Typed(pt) => match &*pt.ty {
+                    syn::Type::Reference(r) if r.mutability.is_some() => {
+                        Some((pt.pat.span(), format!("`{}`", pt.pat.to_token_stream())))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((span, what)) = span {
+                diags.push(
+                    span,
+                    format!(
+                        "a hedged function runs its body twice at once, so it cannot take {what} by `&mut` or by value: two attempts would need it at the same time\n\
+                         help: take `&self` (or a shared reference) and keep mutable state behind a lock, or drop `hedge`"
+                    ),
+                );
             }
         }
     }

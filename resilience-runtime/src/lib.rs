@@ -35,6 +35,7 @@ mod counters;
 #[doc(hidden)]
 pub mod decision;
 mod error;
+pub mod hedge;
 mod http;
 mod invalid;
 pub mod metrics;
@@ -78,6 +79,7 @@ pub mod __private {
     pub use crate::breaker::BreakerSpec;
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
+    pub use crate::hedge::Hedge;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};

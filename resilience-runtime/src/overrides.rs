@@ -409,6 +409,12 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
         ),
         &["max_attempts", "retry_on"],
     );
+    if let Some(h) = &p.hedge {
+        check(
+            rules::hedge_within_deadline(h.delay, h.max, p.deadline),
+            &["deadline"],
+        );
+    }
     if let Some((_, r)) = &p.rate_limit {
         check(
             rules::rate_limit_wait_within_deadline(r.max_wait, p.deadline, None),

@@ -176,6 +176,8 @@ pub struct Policy {
     pub breaker: Option<(&'static str, BreakerSpec)>,
     /// The bulkhead, by name (`None`: none).
     pub bulkhead: Option<(&'static str, BulkheadSpec)>,
+    /// Hedging: another attempt alongside one that has not answered after a delay.
+    pub hedge: Option<crate::hedge::Hedge>,
     /// The client-side rate limit, by name (`None`: none).
     pub rate_limit: Option<(&'static str, RateLimitSpec)>,
     /// The method an attempt is taken to have sent when the runtime saw none of its requests
@@ -208,6 +210,7 @@ impl Policy {
         breaker: None,
         bulkhead: None,
         rate_limit: None,
+        hedge: None,
         unseen: Method::Get,
         locate: None,
     };
@@ -246,6 +249,11 @@ impl Policy {
         }
         if let Some((_, b)) = &self.bulkhead {
             b.validate()?;
+        }
+        if let Some(h) = &self.hedge {
+            rules::hedge_max(u64::from(h.max)).map_err(bad)?;
+            rules::hedge_safe(self.method, keyed, self.idempotent).map_err(bad)?;
+            rules::hedge_within_deadline(h.delay, h.max, self.deadline).map_err(bad)?;
         }
         if let Some((_, r)) = &self.rate_limit {
             r.validate()?;

@@ -79,6 +79,26 @@ fn the_runtime_agrees_with_the_rule_book() {
         let r = RateLimitSpec { burst: n32, ..rate };
         assert_eq!(r.validate().is_ok(), *ok, "burst = {n}");
     }
+    for (n, ok) in cases::HEDGE_MAX {
+        let p = Policy {
+            hedge: Some(resilience_runtime::hedge::Hedge {
+                delay: Duration::from_millis(10),
+                max: u32::try_from(*n).unwrap(),
+            }),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "hedge max = {n}");
+    }
+    for (ms, ok) in cases::HEDGE_DELAY_MS {
+        let p = Policy {
+            hedge: Some(resilience_runtime::hedge::Hedge {
+                delay: Duration::from_millis(*ms),
+                max: 2,
+            }),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "hedge delay = {ms}ms");
+    }
     for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
         let p = Policy {
             rate_limit: Some((

@@ -173,6 +173,8 @@ pub mod defaults {
     pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
     /// Rate limit: how long a call may wait for a permit (zero: refuse at once).
     pub const RATE_LIMIT_MAX_WAIT: Duration = Duration::ZERO;
+    /// Hedging: hedges at most, besides the first attempt.
+    pub const HEDGE_MAX: u32 = 1;
     /// Client: connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Client: how long an idle pooled connection is kept: half of gunicorn's 2 s keep-alive,
@@ -199,6 +201,8 @@ pub mod bounds {
     /// `rate_limit.per`.
     pub const RATE_LIMIT_PER: RangeInclusive<std::time::Duration> =
         std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600);
+    /// `hedge.max`: hedges besides the first attempt.
+    pub const HEDGE_MAX: RangeInclusive<u32> = 1..=3;
     /// `backoff.multiplier`.
     pub const BACKOFF_MULTIPLIER: RangeInclusive<f64> = 1.0..=100.0;
 }
@@ -579,6 +583,63 @@ pub mod rules {
         )))
     }
 
+    /// `hedge.max` in 1..=3.
+    pub fn hedge_max(n: u64) -> Result<(), Broken> {
+        let r = &bounds::HEDGE_MAX;
+        if n >= u64::from(*r.start()) && n <= u64::from(*r.end()) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "hedge max = {n} is outside {}..={}: each hedge is one more request in flight at once",
+                r.start(),
+                r.end()
+            )))
+        }
+    }
+
+    /// A hedge sends the request again while the first may still be running: only where a
+    /// duplicate is harmless (safe methods, PUT/DELETE declared `idempotent`, keyed requests).
+    pub fn hedge_safe(method: Method, keyed: bool, idempotent: bool) -> Result<(), Broken> {
+        if may_resend(method, keyed, idempotent) {
+            return Ok(());
+        }
+        let mut help = String::from(
+            "fix it with one of:\n  - `idempotency_key = auto` (the server half answers a concurrent duplicate with 409)\n  - `hedge = false`: no hedging",
+        );
+        if !method.needs_key() {
+            help.push_str(&format!(
+                "\n  - `idempotent`: you assert the server applies this {method} at most once"
+            ));
+        }
+        Err(Broken::new(format!(
+            "this {method} would be hedged without an idempotency key: a hedge sends it again while the first may still be applying it, so it could be applied twice"
+        ))
+        .help(help))
+    }
+
+    /// All hedges start before the deadline: `delay × max` shorter than it.
+    pub fn hedge_within_deadline(
+        delay: Duration,
+        max: u32,
+        deadline: Duration,
+    ) -> Result<(), Broken> {
+        if delay.is_zero() {
+            return Err(Broken::new(
+                "hedge delay must be longer than zero: a hedge sent at once doubles every request",
+            )
+            .help("hedge after the latency most calls stay under, e.g. its 95th percentile"));
+        }
+        if delay.saturating_mul(max) < deadline {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "hedge delay ({}) × max ({max}) is not shorter than the deadline ({}): the last hedge could never start",
+            fmt_duration(delay),
+            fmt_duration(deadline)
+        ))
+        .help("shorten the delay, hedge fewer times, or lengthen the deadline"))
+    }
+
     /// A connect timeout shorter than the attempt timeout, so a connect failure is never
     /// mistaken for a read timeout.
     pub fn connect_within_timeout(connect: Duration, timeout: Duration) -> Result<(), Broken> {
@@ -631,6 +692,11 @@ pub mod cases {
     /// `(rate_limit max_wait in ms, accepted)` under the default 30 s deadline.
     pub const RATE_LIMIT_MAX_WAIT_MS: &[(u64, bool)] =
         &[(0, true), (29_999, true), (30_000, false), (60_000, false)];
+    /// `(hedge max, accepted)`.
+    pub const HEDGE_MAX: &[(u64, bool)] = &[(0, false), (1, true), (3, true), (4, false)];
+    /// `(hedge delay in ms with max = 2, accepted)` under the default 30 s deadline.
+    pub const HEDGE_DELAY_MS: &[(u64, bool)] =
+        &[(0, false), (1, true), (14_999, true), (15_000, false)];
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -667,6 +733,19 @@ mod tests {
             assert_eq!(rules::rate_limit_count("rate", *n).is_ok(), *ok, "{n}");
             assert_eq!(rules::rate_limit_count("burst", *n).is_ok(), *ok, "{n}");
         }
+        for (n, ok) in cases::HEDGE_MAX {
+            assert_eq!(rules::hedge_max(*n).is_ok(), *ok, "{n}");
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::hedge_within_deadline(d, 2, defaults::DEADLINE).is_ok(),
+                *ok,
+                "{ms}"
+            );
+        }
+        assert!(rules::hedge_safe(Method::Post, false, false).is_err());
+        assert!(rules::hedge_safe(Method::Put, false, true).is_ok());
         for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
             let w = Duration::from_millis(*ms);
             assert_eq!(
