@@ -175,7 +175,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
     let mut clones = Vec::new();
-    if max_attempts > 1 || hedged {
+    if max_attempts > 1 || hedged || s.fallback.is_some() {
         for input in &sig.inputs {
             if let syn::FnArg::Typed(pt) = input {
                 if matches!(&*pt.ty, syn::Type::Reference(_)) {
@@ -255,6 +255,68 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     };
 
+    // The fallback: the same arguments, typed with the function's own return type, so the
+    // compiler checks the signature and points at `fallback = …`.
+    let fallback_call = s.fallback.as_ref().map(|name| {
+        let span = name.origin.span_or(Span::call_site());
+        let path: TokenStream = respan(name.value.parse().unwrap_or_default(), span);
+        let args = sig.inputs.iter().map(|input| match input {
+            syn::FnArg::Receiver(r) => {
+                let t = &r.self_token;
+                quote!(#t)
+            }
+            syn::FnArg::Typed(pt) => match &*pt.pat {
+                syn::Pat::Ident(pi) => {
+                    let id = &pi.ident;
+                    quote!(#id)
+                }
+                other => quote!(#other),
+            },
+        });
+        let ret = match &sig.output {
+            syn::ReturnType::Type(_, ty) => quote!(#ty),
+            syn::ReturnType::Default => quote!(()),
+        };
+        quote_spanned! {span=>
+            {
+                let __resilience_fallback: #ret = #path(#(#args),*).await;
+                __resilience_fallback
+            }
+        }
+    });
+    let mask = s.fallback_on.value.0;
+    let on_start_error = match &fallback_call {
+        Some(call) => quote! {
+            if #p::fallback_applies(#mask, error.kind()) {
+                return #call;
+            }
+        },
+        None => quote!(),
+    };
+    let (note_replaced, finish) = match &fallback_call {
+        Some(call) => (
+            quote!(__resilience_replaced = ::core::option::Option::Some(error.kind());),
+            quote! {
+                if __resilience_result.is_err() {
+                    let __resilience_kind = match __resilience_replaced {
+                        ::core::option::Option::Some(kind) => kind,
+                        ::core::option::Option::None => __resilience_session.final_kind(),
+                    };
+                    if #p::fallback_applies(#mask, __resilience_kind) {
+                        ::core::mem::drop(__resilience_result);
+                        return #call;
+                    }
+                }
+            },
+        ),
+        None => (quote!(), quote!()),
+    };
+    let replaced_decl = if fallback_call.is_some() {
+        quote!(let mut __resilience_replaced: ::core::option::Option<#p::ErrorKind> = ::core::option::Option::None;)
+    } else {
+        quote!()
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -299,10 +361,13 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 match #p::Session::start(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg).await {
                     ::core::result::Result::Ok(session) => session,
                     ::core::result::Result::Err(error) => {
+                        #on_start_error
                         return ::core::result::Result::Err(::core::convert::From::from(error));
                     }
                 };
-            loop {
+            #replaced_decl
+            #[allow(clippy::let_and_return)]
+            let __resilience_result = loop {
                 #attempt
                 .await;
                 if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
@@ -315,12 +380,15 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         #p::Next::Retry => #on_retry,
                         #p::Next::Return => {}
                         #p::Next::Replace(error) => {
+                            #note_replaced
                             __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
                         }
                     }
                 }
                 break __resilience_result;
-            }
+            };
+            #finish
+            __resilience_result
         }
     }
 }

@@ -27,6 +27,8 @@ pub const POLICY_KEYS: &[&str] = &[
     "bulkhead",
     "rate_limit",
     "hedge",
+    "fallback",
+    "fallback_on",
     "client",
 ];
 
@@ -154,6 +156,10 @@ pub struct Settings {
     pub bulkhead: Set<StateRef>,
     pub rate_limit: Set<StateRef>,
     pub hedge: Set<Option<HedgeModel>>,
+    /// The fallback function's path, as written.
+    pub fallback: Option<Set<String>>,
+    /// The `fallback_on` mask, with the names as written.
+    pub fallback_on: Set<(u16, Vec<String>)>,
     pub client: Option<Set<String>>,
 }
 
@@ -190,6 +196,8 @@ impl Default for Settings {
             bulkhead: Set::builtin(StateRef::Off),
             rate_limit: Set::builtin(StateRef::Off),
             hedge: Set::builtin(None),
+            fallback: None,
+            fallback_on: Set::builtin((resilience_spec::fallback_on::ANY, vec!["any".to_owned()])),
             client: None,
         }
     }
@@ -491,6 +499,58 @@ impl Settings {
             }
             "backoff" => self.apply_backoff(diags, v, fallback),
             "hedge" => self.apply_hedge(diags, v, fallback),
+            "fallback" => match &v.value {
+                Value::Word(s) | Value::Str(s) if syn::parse_str::<syn::Path>(s).is_ok() => {
+                    self.fallback = Some(Set {
+                        value: s.clone(),
+                        origin,
+                    })
+                }
+                Value::Bool(false) => self.fallback = None,
+                _ => err(
+                    diags,
+                    v,
+                    fallback,
+                    format!(
+                        "fallback takes the name (or path) of an async fn with the same parameters and return type, not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            "fallback_on" => {
+                let items: Vec<Located> = match &v.value {
+                    Value::List(items) => items.clone(),
+                    Value::Word(_) | Value::Str(_) => vec![v.clone()],
+                    _ => {
+                        return err(
+                            diags,
+                            v,
+                            fallback,
+                            "fallback_on takes a list, like [circuit_open, deadline]",
+                        );
+                    }
+                };
+                let (mut mask, mut names) = (0u16, Vec::new());
+                for it in &items {
+                    match it.as_text().map(rules::fallback_kind) {
+                        Some(Ok(bit)) => {
+                            mask |= bit;
+                            names.push(it.as_text().unwrap_or_default().to_owned());
+                        }
+                        Some(Err(b)) => err(diags, it, fallback, b),
+                        None => err(
+                            diags,
+                            it,
+                            fallback,
+                            format!("{} is not a fallback_on kind", it.render()),
+                        ),
+                    }
+                }
+                self.fallback_on = Set {
+                    value: (mask, names),
+                    origin,
+                };
+            }
             "budget" | "breaker" | "bulkhead" | "rate_limit" => {
                 let r = match &v.value {
                     Value::Bool(false) => Some(StateRef::Off),

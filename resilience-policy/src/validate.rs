@@ -688,6 +688,44 @@ pub fn check_hedge(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>
     }
 }
 
+/// A fallback names another function; `fallback_on` needs one. Its signature is checked by
+/// the compiler in the expansion, the error pointing at `fallback = …`.
+pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span) {
+    match &s.fallback {
+        None => {
+            if !matches!(s.fallback_on.origin, Origin::Builtin) {
+                diags.push(
+                    s.fallback_on.origin.span_or(fb),
+                    format!(
+                        "{}fallback_on = [{}] ({}), but there is no fallback to call\nhelp: add `fallback = NAME`, an async fn with the same parameters and return type",
+                        file_prefix(&s.fallback_on.origin),
+                        s.fallback_on.value.1.join(", "),
+                        s.fallback_on.origin
+                    ),
+                );
+            }
+        }
+        Some(name) => {
+            for input in &f.sig.inputs {
+                if let syn::FnArg::Typed(pt) = input
+                    && !matches!(&*pt.pat, syn::Pat::Ident(pi) if pi.by_ref.is_none())
+                {
+                    diags.push(
+                        pt.pat.span(),
+                        "a function with a fallback needs a plain name for each parameter, to pass it on to the fallback\nhelp: bind it to a name and destructure it in the body",
+                    );
+                }
+            }
+            if let Err(b) = rules::fallback_not_itself(&name.value, &f.sig.ident.to_string()) {
+                diags.push(
+                    name.origin.span_or(fb),
+                    format!("{}{b}", file_prefix(&name.origin)),
+                );
+            }
+        }
+    }
+}
+
 fn unsafe_retry(
     diags: &mut Diags,
     s: &Settings,

@@ -35,6 +35,7 @@ mod counters;
 #[doc(hidden)]
 pub mod decision;
 mod error;
+mod fallback;
 pub mod hedge;
 mod http;
 mod invalid;
@@ -79,6 +80,8 @@ pub mod __private {
     pub use crate::breaker::BreakerSpec;
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
+    pub use crate::error::ErrorKind;
+    pub use crate::fallback::applies as fallback_applies;
     pub use crate::hedge::Hedge;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};

@@ -584,7 +584,7 @@ impl Parser<'_> {
                     _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }"),
                 },
                 "method" | "idempotency_key" | "idempotent" | "budget" | "breaker" | "bulkhead"
-                | "rate_limit" | "client" | "policy" => self.problem(
+                | "rate_limit" | "hedge" | "fallback" | "fallback_on" | "client" | "policy" => self.problem(
                     start,
                     format!("`{k}` cannot change at run time (in [{section}]): it is a compiled fact of the function; change it in the code or resilience.toml and rebuild"),
                 ),

@@ -253,6 +253,12 @@ impl Session {
         })
     }
 
+    /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
+    /// function's own error (for `fallback_on`).
+    pub fn final_kind(&self) -> ErrorKind {
+        self.last.runtime.unwrap_or(ErrorKind::Call)
+    }
+
     /// How many attempts have started.
     pub fn attempts(&self) -> u32 {
         self.attempts

@@ -130,6 +130,49 @@ pub const fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
     }
 }
 
+/// The failures a `fallback` may be called on (`fallback_on`), by name, each a bit of a mask.
+pub mod fallback_on {
+    /// `(name, bit, meaning)`.
+    pub const KINDS: &[(&str, u16, &str)] = &[
+        ("any", ANY, "every final failure"),
+        (
+            "call",
+            CALL,
+            "the function's own error after its last attempt",
+        ),
+        ("timeout", TIMEOUT, "the last attempt's timeout"),
+        ("deadline", DEADLINE, "the call's deadline"),
+        ("circuit_open", CIRCUIT_OPEN, "an open circuit breaker"),
+        ("budget_exhausted", BUDGET_EXHAUSTED, "a spent retry budget"),
+        ("bulkhead_full", BULKHEAD_FULL, "a full bulkhead"),
+        ("rate_limited", RATE_LIMITED, "the rate limit"),
+    ];
+    /// The function's own error.
+    pub const CALL: u16 = 1;
+    /// An attempt timeout.
+    pub const TIMEOUT: u16 = 1 << 1;
+    /// The deadline.
+    pub const DEADLINE: u16 = 1 << 2;
+    /// An open breaker.
+    pub const CIRCUIT_OPEN: u16 = 1 << 3;
+    /// A spent budget.
+    pub const BUDGET_EXHAUSTED: u16 = 1 << 4;
+    /// A full bulkhead.
+    pub const BULKHEAD_FULL: u16 = 1 << 5;
+    /// The rate limit.
+    pub const RATE_LIMITED: u16 = 1 << 6;
+    /// Every final failure, including kinds added later.
+    pub const ANY: u16 = u16::MAX;
+
+    /// The bit of a name.
+    pub fn parse(name: &str) -> Option<u16> {
+        KINDS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, b, _)| *b)
+    }
+}
+
 /// Is this an HTTP status that may be retried at all (408, 429, 5xx)?
 pub const fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
@@ -638,6 +681,33 @@ pub mod rules {
             fmt_duration(deadline)
         ))
         .help("shorten the delay, hedge fewer times, or lengthen the deadline"))
+    }
+
+    /// A `fallback_on` name is one of [`fallback_on::KINDS`].
+    pub fn fallback_kind(name: &str) -> Result<u16, Broken> {
+        fallback_on::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = fallback_on::KINDS.iter().map(|k| k.0).collect();
+            Broken::new(format!("unknown fallback_on kind `{name}`"))
+                .help(format!("fallback_on takes {}", names.join(", ")))
+        })
+    }
+
+    /// A fallback is another function: calling the function itself on failure would start the
+    /// failing call again, forever.
+    pub fn fallback_not_itself(fallback: &str, function: &str) -> Result<(), Broken> {
+        let f = fallback.replace(' ', "");
+        let bare = f
+            .strip_prefix("Self::")
+            .or_else(|| f.strip_prefix("self::"))
+            .unwrap_or(&f);
+        if bare == function {
+            Err(Broken::new(format!(
+                "fallback = {fallback} names this function itself: on failure it would call the failing call again"
+            ))
+            .help("name another async fn with the same parameters and return type"))
+        } else {
+            Ok(())
+        }
     }
 
     /// A connect timeout shorter than the attempt timeout, so a connect failure is never
