@@ -153,6 +153,22 @@ mod boundaries {
                 "burst = {n}"
             );
         }
+        for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(breaker(window_for = #d))),
+                *ok,
+                "window_for = {d}"
+            );
+        }
+        for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+            let v = lit_f(*x);
+            assert_eq!(
+                accepted(quote!(breaker(slow_call_duration = "1s", slow_call_rate = #v))),
+                *ok,
+                "slow_call_rate = {x}"
+            );
+        }
         for (n, ok) in cases::HEDGE_MAX {
             let v = proc_macro2::Literal::u64_unsuffixed(*n);
             assert_eq!(

@@ -126,8 +126,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             let (rate, min_calls, window, half) =
                 (m.failure_rate, m.min_calls, m.window, m.half_open_calls);
             let open_for = dur(m.open_for);
+            let (window_for, slow, slow_rate) = (
+                dur(m.window_for),
+                dur(m.slow_call_duration),
+                m.slow_call_rate,
+            );
             quote!(::core::option::Option::Some((#n, #p::BreakerSpec {
                 failure_rate: #rate, min_calls: #min_calls, window: #window, open_for: #open_for, half_open_calls: #half,
+                window_for: #window_for, slow_call_duration: #slow, slow_call_rate: #slow_rate,
             })))
         }
     };

@@ -43,6 +43,9 @@ pub const BREAKER_KEYS: &[&str] = &[
     "window",
     "open_for",
     "half_open_calls",
+    "window_for",
+    "slow_call_duration",
+    "slow_call_rate",
 ];
 pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
 pub const HEDGE_KEYS: &[&str] = &["delay", "max"];

@@ -22,13 +22,18 @@ pub struct BudgetM {
     pub min_per_sec: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BreakerM {
     pub failure_rate: f64,
     pub min_calls: u32,
     pub window: u32,
     pub open_for: Duration,
     pub half_open_calls: u32,
+    pub window_for: Duration,
+    pub slow_call_duration: Duration,
+    pub slow_call_rate: f64,
+    /// Where `slow_call_duration` was set, for the message about the timeout.
+    pub slow_at: Option<Located>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +111,10 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         window: defaults::BREAKER_WINDOW,
         open_for: defaults::BREAKER_OPEN_FOR,
         half_open_calls: defaults::BREAKER_HALF_OPEN_CALLS,
+        window_for: defaults::BREAKER_WINDOW_FOR,
+        slow_call_duration: defaults::BREAKER_SLOW_CALL_DURATION,
+        slow_call_rate: defaults::BREAKER_SLOW_CALL_RATE,
+        slow_at: None,
     };
     let mut min_calls_at = None;
     for (k, v) in t {
@@ -132,6 +141,31 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                 Some(n) => err(diags, v, fb, rules::breaker_count(k, n).unwrap_err()),
                 None => {}
             },
+            "slow_call_rate" => {
+                match number(diags, v, fb, k).map(|x| (x, rules::breaker_slow_call_rate(x))) {
+                    Some((x, Ok(()))) => m.slow_call_rate = x,
+                    Some((_, Err(b))) => err(diags, v, fb, b),
+                    None => {}
+                }
+            }
+            "window_for" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    match rules::breaker_window_for(d) {
+                        Ok(()) => m.window_for = d,
+                        Err(b) => err(diags, v, fb, b),
+                    }
+                }
+            }
+            "slow_call_duration" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    if d.is_zero() {
+                        err(diags, v, fb, "slow_call_duration must be longer than zero");
+                    } else {
+                        m.slow_call_duration = d;
+                        m.slow_at = Some(v.clone());
+                    }
+                }
+            }
             "open_for" => {
                 if let Some(d) = duration(diags, v, fb, k) {
                     if d.is_zero() {
@@ -144,7 +178,9 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             _ => {}
         }
     }
-    if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
+    if !m.window_for.is_zero() {
+        // A time-based window holds however many calls the time brings.
+    } else if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
         let at = min_calls_at.unwrap_or_else(|| {
             t.first().map(|(_, v)| v.clone()).unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
@@ -423,6 +459,29 @@ pub fn resolve_shared(
             let (n, rest) = inline_name(t);
             shared.breaker = Some((n, read_breaker(diags, &rest, fb)));
         }
+    }
+    if let Some((name, b)) = &shared.breaker
+        && let Err(broken) = rules::slow_call_within_timeout(b.slow_call_duration, s.timeout.value)
+    {
+        let at = b.slow_at.clone().unwrap_or(Located {
+            value: crate::value::Value::Bool(true),
+            origin: s.breaker.origin.clone(),
+        });
+        let mut what = format!(
+            "{} (breaker {}: slow_call_duration from {}, timeout from {})",
+            broken.what,
+            if name.is_empty() {
+                "inline"
+            } else {
+                name.as_str()
+            },
+            at.origin,
+            s.timeout.origin
+        );
+        if let Some(h) = broken.help {
+            what.push_str(&format!("\nhelp: {h}"));
+        }
+        err(diags, &at, s.breaker.origin.span_or(fb), what);
     }
     match &s.bulkhead.value {
         StateRef::Off | StateRef::Default => {}

@@ -24,6 +24,7 @@
 
 mod backoff;
 pub mod breaker;
+mod breaker_window;
 pub mod breakers;
 pub mod budget;
 pub mod bulkhead;

@@ -409,6 +409,12 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
         ),
         &["max_attempts", "retry_on"],
     );
+    if let Some((_, b)) = &p.breaker {
+        check(
+            rules::slow_call_within_timeout(b.slow_call_duration, p.timeout),
+            &["timeout"],
+        );
+    }
     if let Some(h) = &p.hedge {
         check(
             rules::hedge_within_deadline(h.delay, h.max, p.deadline),

@@ -246,6 +246,7 @@ impl Policy {
         }
         if let Some((_, b)) = &self.breaker {
             b.validate()?;
+            rules::slow_call_within_timeout(b.slow_call_duration, self.timeout).map_err(bad)?;
         }
         if let Some((_, b)) = &self.bulkhead {
             b.validate()?;

@@ -79,6 +79,21 @@ fn the_runtime_agrees_with_the_rule_book() {
         let r = RateLimitSpec { burst: n32, ..rate };
         assert_eq!(r.validate().is_ok(), *ok, "burst = {n}");
     }
+    for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+        let b = BreakerSpec {
+            window_for: Duration::from_millis(*ms),
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "window_for = {ms}ms");
+    }
+    for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+        let b = BreakerSpec {
+            slow_call_duration: Duration::from_secs(1),
+            slow_call_rate: *x,
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "slow_call_rate = {x}");
+    }
     for (n, ok) in cases::HEDGE_MAX {
         let p = Policy {
             hedge: Some(resilience_runtime::hedge::Hedge {

@@ -210,6 +210,12 @@ pub mod defaults {
     pub const BREAKER_WINDOW: u32 = 20;
     /// Breaker: how long it stays open.
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+    /// Breaker: a time-based window's length (zero: the window counts calls).
+    pub const BREAKER_WINDOW_FOR: Duration = Duration::ZERO;
+    /// Breaker: a success at least this slow counts as slow (zero: slowness not watched).
+    pub const BREAKER_SLOW_CALL_DURATION: Duration = Duration::ZERO;
+    /// Breaker: the share of slow calls that opens it.
+    pub const BREAKER_SLOW_CALL_RATE: f64 = 1.0;
     /// Breaker: probes let through when half open.
     pub const BREAKER_HALF_OPEN_CALLS: u32 = 3;
     /// Rate limit: the period `rate` is counted over.
@@ -246,6 +252,9 @@ pub mod bounds {
         std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600);
     /// `hedge.max`: hedges besides the first attempt.
     pub const HEDGE_MAX: RangeInclusive<u32> = 1..=3;
+    /// `breaker.window_for`, a time-based window's length.
+    pub const BREAKER_WINDOW_FOR: RangeInclusive<std::time::Duration> =
+        std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
     /// `backoff.multiplier`.
     pub const BACKOFF_MULTIPLIER: RangeInclusive<f64> = 1.0..=100.0;
 }
@@ -527,6 +536,48 @@ pub mod rules {
         }
     }
 
+    /// Breaker `slow_call_rate` in (0, 1].
+    pub fn breaker_slow_call_rate(x: f64) -> Result<(), Broken> {
+        if x > 0.0 && x <= 1.0 {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "slow_call_rate {x} is outside (0, 1]: 0.5 opens at half the calls slow"
+            )))
+        }
+    }
+
+    /// Breaker `window_for` (a time-based window) in 1s..=1h.
+    pub fn breaker_window_for(d: Duration) -> Result<(), Broken> {
+        let r = &bounds::BREAKER_WINDOW_FOR;
+        if r.contains(&d) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "window_for = {} is outside {}..={}",
+                fmt_duration(d),
+                fmt_duration(*r.start()),
+                fmt_duration(*r.end())
+            ))
+            .help("a time-based window counts the calls of the last `window_for`, e.g. \"60s\""))
+        }
+    }
+
+    /// A slow-call threshold shorter than the attempt timeout: an attempt is cut at its
+    /// timeout, so a success could never be slower, and the breaker would never see one.
+    pub fn slow_call_within_timeout(slow: Duration, timeout: Duration) -> Result<(), Broken> {
+        if slow.is_zero() || slow < timeout {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "slow_call_duration ({}) is not shorter than the attempt timeout ({}): an attempt ends at its timeout, so no success could be that slow and the breaker would never see a slow call",
+                fmt_duration(slow),
+                fmt_duration(timeout)
+            ))
+            .help("make slow_call_duration shorter than timeout, e.g. half of it"))
+        }
+    }
+
     /// Breaker `window`, `min_calls`, `half_open_calls` in 1..=1024.
     pub fn breaker_count(key: &str, n: u64) -> Result<(), Broken> {
         let r = &bounds::BREAKER_COUNT;
@@ -767,6 +818,16 @@ pub mod cases {
     /// `(hedge delay in ms with max = 2, accepted)` under the default 30 s deadline.
     pub const HEDGE_DELAY_MS: &[(u64, bool)] =
         &[(0, false), (1, true), (14_999, true), (15_000, false)];
+    /// `(breaker window_for in ms, accepted)`.
+    pub const BREAKER_WINDOW_FOR_MS: &[(u64, bool)] = &[
+        (999, false),
+        (1000, true),
+        (3_600_000, true),
+        (3_600_001, false),
+    ];
+    /// `(breaker slow_call_rate, accepted)`.
+    pub const BREAKER_SLOW_CALL_RATE: &[(f64, bool)] =
+        &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -802,6 +863,13 @@ mod tests {
         for (n, ok) in cases::RATE_LIMIT_RATE {
             assert_eq!(rules::rate_limit_count("rate", *n).is_ok(), *ok, "{n}");
             assert_eq!(rules::rate_limit_count("burst", *n).is_ok(), *ok, "{n}");
+        }
+        for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(rules::breaker_window_for(d).is_ok(), *ok, "{ms}");
+        }
+        for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+            assert_eq!(rules::breaker_slow_call_rate(*x).is_ok(), *ok, "{x}");
         }
         for (n, ok) in cases::HEDGE_MAX {
             assert_eq!(rules::hedge_max(*n).is_ok(), *ok, "{n}");
