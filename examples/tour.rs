@@ -766,6 +766,162 @@ async fn scenario_nested(http: &reqwest::Client) {
     println!();
 }
 
+// ---------------------------------------------------------------------------------------------
+// 9. Hedging cuts a tail.
+
+#[resilient(timeout = "2s", max_attempts = 1)]
+async fn quote_plain(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "2s", max_attempts = 1, hedge(delay = "50ms"))]
+async fn quote_hedged(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_hedging(http: &reqwest::Client) {
+    heading(
+        9,
+        "Hedging cuts a tail",
+        "One request in five lands on a slow replica and takes 600 ms; the others take 10 ms.\n\
+         A GET may be sent twice, so after 50 ms without an answer a hedge goes alongside; the\n\
+         first answer wins and the other request is dropped. A POST without a key would not\n\
+         compile with `hedge`.",
+    );
+    let mut t = Table::new(&["client", "calls", "requests sent", "slowest call", "total"]);
+    for hedged in [false, true] {
+        let server = FaultServer::start(Script::dynamic(|seen| {
+            let d = if seen.index % 5 == 0 { 600 } else { 10 };
+            Action::ok().body("42").after(Duration::from_millis(d))
+        }))
+        .await;
+        let url = server.url("/quote");
+        let (mut slowest, start) = (Duration::ZERO, Instant::now());
+        for _ in 0..10 {
+            let t0 = Instant::now();
+            let r = if hedged {
+                quote_hedged(http, &url).await
+            } else {
+                quote_plain(http, &url).await
+            };
+            assert!(r.is_ok(), "{}", outcome(&r));
+            slowest = slowest.max(t0.elapsed());
+        }
+        t.row(vec![
+            if hedged {
+                "hedge after 50ms"
+            } else {
+                "no hedging"
+            }
+            .into(),
+            "10".into(),
+            server.count().to_string(),
+            ms(slowest),
+            ms(start.elapsed()),
+        ]);
+    }
+    t.print();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. A partner's rate limit, kept on our side.
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    rate_limit(rate = 20, burst = 5, max_wait = "200ms"),
+    fallback = partner_cached,
+    fallback_on = [rate_limited]
+)]
+async fn partner(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn partner_cached(_http: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".into())
+}
+
+async fn scenario_rate_limit(http: &reqwest::Client) {
+    heading(
+        10,
+        "A partner's rate limit, kept on our side",
+        "The partner allows 20 requests a second and answers 429 beyond. 30 calls arrive at once:\n\
+         a burst of 5 goes, 4 more wait their turn (50 ms apart, at most 200 ms, within the\n\
+         deadline), the rest are refused at once without sending and answered from a cache by the\n\
+         fallback. With store = \"redis\" the same limit holds across every instance.",
+    );
+    let server = FaultServer::start(Script::always(Action::ok().body("fresh"))).await;
+    let url = server.url("/rates");
+    let start = Instant::now();
+    let calls = (0..30).map(|_| partner(http, &url));
+    let results = futures_join_all(calls).await;
+    let fresh = results
+        .iter()
+        .filter(|r| matches!(r, Ok(v) if v == "fresh"))
+        .count();
+    let cached = results
+        .iter()
+        .filter(|r| matches!(r, Ok(v) if v == "cached"))
+        .count();
+    let mut t = Table::new(&[
+        "calls",
+        "sent to the partner",
+        "answered fresh",
+        "from the cache",
+        "time",
+    ]);
+    t.row(vec![
+        "30".into(),
+        server.count().to_string(),
+        fresh.to_string(),
+        cached.to_string(),
+        ms(start.elapsed()),
+    ]);
+    t.print();
+}
+
+/// Runs the futures concurrently on this task.
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = std::time::Instant::now();
@@ -784,6 +940,8 @@ async fn main() {
     scenario_retry_storm().await;
     scenario_orders(&http).await;
     scenario_nested(&http).await;
+    scenario_hedging(&http).await;
+    scenario_rate_limit(&http).await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
     println!("\nwhere to look next:");
     println!("  metrics:  cargo run --example metrics_service --features metrics");

@@ -437,6 +437,7 @@ fn list(krate: &Crate, json: bool) {
                     "budget": state(&s.budget.value, f.analysis.shared.budget.as_ref().map(|b| b.0.as_str())),
                     "breaker": state(&s.breaker.value, f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str())),
                     "bulkhead": state(&s.bulkhead.value, f.analysis.shared.bulkhead.as_ref().map(|b| b.0.as_str())),
+                    "rate_limit": state(&s.rate_limit.value, f.analysis.shared.rate_limit.as_ref().map(|b| b.0.as_str())),
                     "worst_case_ms": worst_case(f).as_millis() as u64,
                     "requests_per_call_worst_case": amplification(f, all, 0),
                 })
@@ -581,6 +582,27 @@ fn compiled(f: &Function) -> &'static Policy {
         budget: None,
         breaker: None,
         bulkhead: None,
+        hedge: s
+            .hedge
+            .value
+            .as_ref()
+            .map(|h| resilience_runtime::hedge::Hedge {
+                delay: h.delay.value,
+                max: h.max.value,
+            }),
+        // The wait for a permit is checked against an overridden deadline.
+        rate_limit: f.analysis.shared.rate_limit.as_ref().map(|(_, r)| {
+            (
+                "",
+                resilience_runtime::ratelimit::RateLimitSpec {
+                    rate: r.rate,
+                    per: r.per,
+                    burst: r.burst,
+                    max_wait: r.max_wait,
+                    store: resilience_runtime::ratelimit::RateLimitStore::Local,
+                },
+            )
+        }),
         unseen: Method::Other,
         locate: None,
     };

@@ -144,5 +144,54 @@ mod boundaries {
                 "multiplier = {x}"
             );
         }
+        for (n, ok) in cases::RATE_LIMIT_RATE {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(accepted(quote!(rate_limit(rate = #v))), *ok, "rate = {n}");
+            assert_eq!(
+                accepted(quote!(rate_limit(rate = 1, burst = #v))),
+                *ok,
+                "burst = {n}"
+            );
+        }
+        for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(breaker(window_for = #d))),
+                *ok,
+                "window_for = {d}"
+            );
+        }
+        for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+            let v = lit_f(*x);
+            assert_eq!(
+                accepted(quote!(breaker(slow_call_duration = "1s", slow_call_rate = #v))),
+                *ok,
+                "slow_call_rate = {x}"
+            );
+        }
+        for (n, ok) in cases::HEDGE_MAX {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(hedge(delay = "10ms", max = #v))),
+                *ok,
+                "hedge max = {n}"
+            );
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(hedge(delay = #d, max = 2))),
+                *ok,
+                "hedge delay = {d}"
+            );
+        }
+        for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
+            let w = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(rate_limit(rate = 10, max_wait = #w))),
+                *ok,
+                "max_wait = {w}"
+            );
+        }
     }
 }

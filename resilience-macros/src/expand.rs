@@ -10,7 +10,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
 use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, Settings};
-use resilience_policy::validate::Shared;
+use resilience_policy::validate::{RateStoreM, Shared};
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
@@ -114,8 +114,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             let (rate, min_calls, window, half) =
                 (m.failure_rate, m.min_calls, m.window, m.half_open_calls);
             let open_for = dur(m.open_for);
+            let (window_for, slow, slow_rate) = (
+                dur(m.window_for),
+                dur(m.slow_call_duration),
+                m.slow_call_rate,
+            );
             quote!(::core::option::Option::Some((#n, #p::BreakerSpec {
                 failure_rate: #rate, min_calls: #min_calls, window: #window, open_for: #open_for, half_open_calls: #half,
+                window_for: #window_for, slow_call_duration: #slow, slow_call_rate: #slow_rate,
             })))
         }
     };
@@ -124,6 +130,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         Some((n, m)) => {
             let (max_c, wait) = (m.max_concurrent, dur(m.max_wait));
             quote!(::core::option::Option::Some((#n, #p::BulkheadSpec { max_concurrent: #max_c, max_wait: #wait })))
+        }
+    };
+    let rate_limit = match &plan.shared.rate_limit {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (rate, burst, per, wait) = (m.rate, m.burst, dur(m.per), dur(m.max_wait));
+            let store = match m.store {
+                RateStoreM::Local => quote!(Local),
+                RateStoreM::Redis => quote!(Redis),
+            };
+            quote!(::core::option::Option::Some((#n, #p::RateLimitSpec {
+                rate: #rate, per: #per, burst: #burst, max_wait: #wait, store: #p::RateLimitStore::#store,
+            })))
         }
     };
 
@@ -138,9 +157,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     };
 
-    // Fresh clones of by-value arguments for each attempt (none when there is no retry).
+    let hedged = s.hedge.value.is_some();
+    let hedge = match &s.hedge.value {
+        None => quote!(::core::option::Option::None),
+        Some(h) => {
+            let (delay, max_h) = (dur(h.delay.value), h.max.value);
+            quote!(::core::option::Option::Some(#p::Hedge { delay: #delay, max: #max_h }))
+        }
+    };
+
+    // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
+    // for each hedge.
     let mut clones = Vec::new();
-    if max_attempts > 1 {
+    if max_attempts > 1 || hedged || s.fallback.is_some() {
         for input in &sig.inputs {
             if let syn::FnArg::Typed(pt) = input {
                 if matches!(&*pt.ty, syn::Type::Reference(_)) {
@@ -194,6 +223,94 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!({})
     };
 
+    // A hedged policy runs the body more than once at a time: a fresh future (with its own
+    // clones) for each attempt and hedge.
+    let attempt = if hedged {
+        quote! {
+            let mut __resilience_result = __resilience_session
+                .attempt_hedged(|| {
+                    #(#clones)*
+                    async move {
+                        #prelude
+                        #fake_return
+                        #(#stmts)*
+                    }
+                })
+        }
+    } else {
+        quote! {
+            #(#clones)*
+            let mut __resilience_result = __resilience_session
+                .attempt(async {
+                    #prelude
+                    #fake_return
+                    #(#stmts)*
+                })
+        }
+    };
+
+    // The fallback: the same arguments, typed with the function's own return type, so the
+    // compiler checks the signature and points at `fallback = …`.
+    let fallback_call = s.fallback.as_ref().map(|name| {
+        let span = name.origin.span_or(Span::call_site());
+        let path: TokenStream = respan(name.value.parse().unwrap_or_default(), span);
+        let args = sig.inputs.iter().map(|input| match input {
+            syn::FnArg::Receiver(r) => {
+                let t = &r.self_token;
+                quote!(#t)
+            }
+            syn::FnArg::Typed(pt) => match &*pt.pat {
+                syn::Pat::Ident(pi) => {
+                    let id = &pi.ident;
+                    quote!(#id)
+                }
+                other => quote!(#other),
+            },
+        });
+        let ret = match &sig.output {
+            syn::ReturnType::Type(_, ty) => quote!(#ty),
+            syn::ReturnType::Default => quote!(()),
+        };
+        quote_spanned! {span=>
+            {
+                let __resilience_fallback: #ret = #path(#(#args),*).await;
+                __resilience_fallback
+            }
+        }
+    });
+    let mask = s.fallback_on.value.0;
+    let on_start_error = match &fallback_call {
+        Some(call) => quote! {
+            if #p::fallback_applies(#mask, error.kind()) {
+                return #call;
+            }
+        },
+        None => quote!(),
+    };
+    let (note_replaced, finish) = match &fallback_call {
+        Some(call) => (
+            quote!(__resilience_replaced = ::core::option::Option::Some(error.kind());),
+            quote! {
+                if __resilience_result.is_err() {
+                    let __resilience_kind = match __resilience_replaced {
+                        ::core::option::Option::Some(kind) => kind,
+                        ::core::option::Option::None => __resilience_session.final_kind(),
+                    };
+                    if #p::fallback_applies(#mask, __resilience_kind) {
+                        ::core::mem::drop(__resilience_result);
+                        return #call;
+                    }
+                }
+            },
+        ),
+        None => (quote!(), quote!()),
+    };
+    let replaced_decl = if fallback_call.is_some() {
+        quote!(let mut __resilience_replaced: ::core::option::Option<#p::ErrorKind> = ::core::option::Option::None;)
+    } else {
+        quote!()
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -225,6 +342,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 budget: #budget,
                 breaker: #breaker,
                 bulkhead: #bulkhead,
+                rate_limit: #rate_limit,
+                hedge: #hedge,
                 unseen: #p::Method::Other,
                 locate: ::core::option::Option::Some(__resilience_locate),
             };
@@ -236,18 +355,15 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 match #p::Session::start(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg).await {
                     ::core::result::Result::Ok(session) => session,
                     ::core::result::Result::Err(error) => {
+                        #on_start_error
                         return ::core::result::Result::Err(::core::convert::From::from(error));
                     }
                 };
-            loop {
-                #(#clones)*
-                let mut __resilience_result = __resilience_session
-                    .attempt(async {
-                        #prelude
-                        #fake_return
-                        #(#stmts)*
-                    })
-                    .await;
+            #replaced_decl
+            #[allow(clippy::let_and_return)]
+            let __resilience_result = loop {
+                #attempt
+                .await;
                 if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
                     let __resilience_class = {
                         #[allow(unused_imports)]
@@ -258,12 +374,15 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         #p::Next::Retry => #on_retry,
                         #p::Next::Return => {}
                         #p::Next::Replace(error) => {
+                            #note_replaced
                             __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
                         }
                     }
                 }
                 break __resilience_result;
-            }
+            };
+            #finish
+            __resilience_result
         }
     }
 }

@@ -146,6 +146,8 @@ pub fn analyze(
     check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
     check_function(&mut diags, func, &settings);
     check_policy(&mut diags, &settings, method.as_ref(), fallback);
+    crate::validate::check_hedge(&mut diags, &settings, method.as_ref(), fallback);
+    crate::validate::check_fallback(&mut diags, func, &settings, fallback);
     check_keyed_body_sends(&mut diags, func, &settings);
     let shared = resolve_shared(&mut diags, &settings, config.as_deref(), fallback);
 

@@ -17,6 +17,7 @@ pub const SECTIONS: &[&str] = &[
     "breakers",
     "budgets",
     "bulkheads",
+    "rate_limits",
     "clients",
 ];
 
@@ -39,6 +40,7 @@ pub struct Config {
     pub breakers: BTreeMap<String, Table>,
     pub budgets: BTreeMap<String, Table>,
     pub bulkheads: BTreeMap<String, Table>,
+    pub rate_limits: BTreeMap<String, Table>,
     pub clients: BTreeMap<String, Table>,
     /// Problems with the file as a whole, each starting with `file:line:col:`.
     pub errors: Vec<String>,
@@ -53,6 +55,7 @@ impl Config {
             "breaker" => &self.breakers,
             "budget" => &self.budgets,
             "bulkhead" => &self.bulkheads,
+            "rate_limit" => &self.rate_limits,
             "client" => &self.clients,
             _ => &self.policies,
         }
@@ -262,6 +265,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
                 "breakers" => &mut cfg.breakers,
                 "budgets" => &mut cfg.budgets,
                 "bulkheads" => &mut cfg.bulkheads,
+                "rate_limits" => &mut cfg.rate_limits,
                 _ => &mut cfg.clients,
             };
             map.insert(sub_name, table);

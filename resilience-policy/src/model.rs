@@ -25,6 +25,10 @@ pub const POLICY_KEYS: &[&str] = &[
     "budget",
     "breaker",
     "bulkhead",
+    "rate_limit",
+    "hedge",
+    "fallback",
+    "fallback_on",
     "client",
 ];
 
@@ -39,8 +43,13 @@ pub const BREAKER_KEYS: &[&str] = &[
     "window",
     "open_for",
     "half_open_calls",
+    "window_for",
+    "slow_call_duration",
+    "slow_call_rate",
 ];
 pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const HEDGE_KEYS: &[&str] = &["delay", "max"];
+pub const RATE_LIMIT_KEYS: &[&str] = &["rate", "per", "burst", "max_wait", "store"];
 pub const CLIENT_KEYS: &[&str] = &[
     "connect_timeout",
     "pool_idle_timeout",
@@ -117,6 +126,13 @@ pub enum KeyModel {
     Param(String),
 }
 
+/// Hedging: another attempt after `delay` without an answer, at most `max` of them.
+#[derive(Debug, Clone)]
+pub struct HedgeModel {
+    pub delay: Set<Duration>,
+    pub max: Set<u32>,
+}
+
 /// A shared-state reference: off, the default, a named section, or an inline table.
 #[derive(Debug, Clone)]
 pub enum StateRef {
@@ -141,6 +157,12 @@ pub struct Settings {
     pub budget: Set<StateRef>,
     pub breaker: Set<StateRef>,
     pub bulkhead: Set<StateRef>,
+    pub rate_limit: Set<StateRef>,
+    pub hedge: Set<Option<HedgeModel>>,
+    /// The fallback function's path, as written.
+    pub fallback: Option<Set<String>>,
+    /// The `fallback_on` mask, with the names as written.
+    pub fallback_on: Set<(u16, Vec<String>)>,
     pub client: Option<Set<String>>,
 }
 
@@ -205,6 +227,10 @@ impl Default for Settings {
             budget: Set::builtin(StateRef::Default),
             breaker: Set::builtin(StateRef::Off),
             bulkhead: Set::builtin(StateRef::Off),
+            rate_limit: Set::builtin(StateRef::Off),
+            hedge: Set::builtin(None),
+            fallback: None,
+            fallback_on: Set::builtin((resilience_spec::fallback_on::ANY, vec!["any".to_owned()])),
             client: None,
         }
     }
@@ -505,7 +531,60 @@ impl Settings {
                 self.retry_on = Set { value: out, origin };
             }
             "backoff" => self.apply_backoff(diags, v, fallback),
-            "budget" | "breaker" | "bulkhead" => {
+            "hedge" => self.apply_hedge(diags, v, fallback),
+            "fallback" => match &v.value {
+                Value::Word(s) | Value::Str(s) if syn::parse_str::<syn::Path>(s).is_ok() => {
+                    self.fallback = Some(Set {
+                        value: s.clone(),
+                        origin,
+                    })
+                }
+                Value::Bool(false) => self.fallback = None,
+                _ => err(
+                    diags,
+                    v,
+                    fallback,
+                    format!(
+                        "fallback takes the name (or path) of an async fn with the same parameters and return type, not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            "fallback_on" => {
+                let items: Vec<Located> = match &v.value {
+                    Value::List(items) => items.clone(),
+                    Value::Word(_) | Value::Str(_) => vec![v.clone()],
+                    _ => {
+                        return err(
+                            diags,
+                            v,
+                            fallback,
+                            "fallback_on takes a list, like [circuit_open, deadline]",
+                        );
+                    }
+                };
+                let (mut mask, mut names) = (0u16, Vec::new());
+                for it in &items {
+                    match it.as_text().map(rules::fallback_kind) {
+                        Some(Ok(bit)) => {
+                            mask |= bit;
+                            names.push(it.as_text().unwrap_or_default().to_owned());
+                        }
+                        Some(Err(b)) => err(diags, it, fallback, b),
+                        None => err(
+                            diags,
+                            it,
+                            fallback,
+                            format!("{} is not a fallback_on kind", it.render()),
+                        ),
+                    }
+                }
+                self.fallback_on = Set {
+                    value: (mask, names),
+                    origin,
+                };
+            }
+            "budget" | "breaker" | "bulkhead" | "rate_limit" => {
                 let r = match &v.value {
                     Value::Bool(false) => Some(StateRef::Off),
                     Value::Bool(true) if key == "budget" => Some(StateRef::Default),
@@ -531,6 +610,7 @@ impl Settings {
                     match key {
                         "budget" => self.budget = s,
                         "breaker" => self.breaker = s,
+                        "rate_limit" => self.rate_limit = s,
                         _ => self.bulkhead = s,
                     }
                 }
@@ -559,6 +639,71 @@ impl Settings {
                     .unwrap_or_default();
                 err(diags, v, fallback, format!("unknown key `{other}`{hint}"));
             }
+        }
+    }
+
+    fn apply_hedge(&mut self, diags: &mut Diags, v: &Located, fallback: Span) {
+        let table = match &v.value {
+            Value::Bool(false) => {
+                self.hedge = Set {
+                    value: None,
+                    origin: v.origin.clone(),
+                };
+                return;
+            }
+            Value::Table(t) => t,
+            _ => {
+                return err(
+                    diags,
+                    v,
+                    fallback,
+                    "hedge takes a table: { delay = \"50ms\", max = 1 }, or false",
+                );
+            }
+        };
+        check_table_keys(diags, table, HEDGE_KEYS, "hedge", fallback);
+        let mut delay = None;
+        let mut max = Set::builtin(defaults::HEDGE_MAX);
+        for (k, item) in table {
+            match k.as_str() {
+                "delay" => {
+                    if let Some(d) = duration(diags, item, fallback, "delay") {
+                        delay = Some(Set {
+                            value: d,
+                            origin: item.origin.clone(),
+                        });
+                    }
+                }
+                "max" => {
+                    if let Some(n) = integer(diags, item, fallback, "max") {
+                        match rules::hedge_max(n) {
+                            Ok(()) => {
+                                max = Set {
+                                    value: n as u32,
+                                    origin: item.origin.clone(),
+                                }
+                            }
+                            Err(b) => err(diags, item, fallback, b),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match delay {
+            Some(delay) => {
+                self.hedge = Set {
+                    value: Some(HedgeModel { delay, max }),
+                    origin: v.origin.clone(),
+                }
+            }
+            None if table.iter().any(|(k, _)| k == "delay") => {}
+            None => err(
+                diags,
+                v,
+                fallback,
+                "a hedge needs `delay`: how long an attempt runs without an answer before another starts\nhelp: e.g. hedge(delay = \"50ms\"), about the latency most calls stay under",
+            ),
         }
     }
 

@@ -10,8 +10,9 @@ use crate::config::Config;
 use crate::diag::Diags;
 use crate::infer::Inferred;
 use crate::model::{
-    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, KeyModel, Method, RetryItem, Set,
-    Settings, StateRef, check_table_keys, duration, err, file_prefix, integer, number,
+    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, KeyModel, Method, RATE_LIMIT_KEYS,
+    RetryItem, Set, Settings, StateRef, check_table_keys, duration, err, file_prefix, integer,
+    number,
 };
 use crate::value::{Located, Origin, did_you_mean};
 
@@ -21,19 +22,39 @@ pub struct BudgetM {
     pub min_per_sec: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BreakerM {
     pub failure_rate: f64,
     pub min_calls: u32,
     pub window: u32,
     pub open_for: Duration,
     pub half_open_calls: u32,
+    pub window_for: Duration,
+    pub slow_call_duration: Duration,
+    pub slow_call_rate: f64,
+    /// Where `slow_call_duration` was set, for the message about the timeout.
+    pub slow_at: Option<Located>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct BulkheadM {
     pub max_concurrent: u32,
     pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateStoreM {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitM {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub max_wait: Duration,
+    pub store: RateStoreM,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +71,7 @@ pub struct Shared {
     pub budget: Option<(String, BudgetM)>,
     pub breaker: Option<(String, BreakerM)>,
     pub bulkhead: Option<(String, BulkheadM)>,
+    pub rate_limit: Option<(String, RateLimitM)>,
 }
 
 use resilience_spec::{defaults, rules};
@@ -89,6 +111,10 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         window: defaults::BREAKER_WINDOW,
         open_for: defaults::BREAKER_OPEN_FOR,
         half_open_calls: defaults::BREAKER_HALF_OPEN_CALLS,
+        window_for: defaults::BREAKER_WINDOW_FOR,
+        slow_call_duration: defaults::BREAKER_SLOW_CALL_DURATION,
+        slow_call_rate: defaults::BREAKER_SLOW_CALL_RATE,
+        slow_at: None,
     };
     let mut min_calls_at = None;
     for (k, v) in t {
@@ -115,6 +141,31 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                 Some(n) => err(diags, v, fb, rules::breaker_count(k, n).unwrap_err()),
                 None => {}
             },
+            "slow_call_rate" => {
+                match number(diags, v, fb, k).map(|x| (x, rules::breaker_slow_call_rate(x))) {
+                    Some((x, Ok(()))) => m.slow_call_rate = x,
+                    Some((_, Err(b))) => err(diags, v, fb, b),
+                    None => {}
+                }
+            }
+            "window_for" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    match rules::breaker_window_for(d) {
+                        Ok(()) => m.window_for = d,
+                        Err(b) => err(diags, v, fb, b),
+                    }
+                }
+            }
+            "slow_call_duration" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    if d.is_zero() {
+                        err(diags, v, fb, "slow_call_duration must be longer than zero");
+                    } else {
+                        m.slow_call_duration = d;
+                        m.slow_at = Some(v.clone());
+                    }
+                }
+            }
             "open_for" => {
                 if let Some(d) = duration(diags, v, fb, k) {
                     if d.is_zero() {
@@ -127,7 +178,9 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             _ => {}
         }
     }
-    if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
+    if !m.window_for.is_zero() {
+        // A time-based window holds however many calls the time brings.
+    } else if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
         let at = min_calls_at.unwrap_or_else(|| {
             t.first().map(|(_, v)| v.clone()).unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
@@ -183,6 +236,86 @@ pub fn read_bulkhead(
         );
     }
     m
+}
+
+/// `at` is where the table is, for a missing `rate`. Also returns where `max_wait` was set.
+pub fn read_rate_limit(
+    diags: &mut Diags,
+    t: &[(String, Located)],
+    at: &Origin,
+    fb: Span,
+) -> (RateLimitM, Option<Located>) {
+    check_table_keys(diags, t, RATE_LIMIT_KEYS, "rate_limit", fb);
+    let mut m = RateLimitM {
+        rate: 0,
+        per: defaults::RATE_LIMIT_PER,
+        burst: 0,
+        max_wait: defaults::RATE_LIMIT_MAX_WAIT,
+        store: RateStoreM::Local,
+    };
+    let (mut seen_rate, mut wait_at) = (false, None);
+    for (k, v) in t {
+        match k.as_str() {
+            "rate" | "burst" => match integer(diags, v, fb, k) {
+                Some(n) => match rules::rate_limit_count(k, n) {
+                    Ok(()) if k == "rate" => {
+                        m.rate = n as u32;
+                        seen_rate = true;
+                    }
+                    Ok(()) => m.burst = n as u32,
+                    Err(b) => {
+                        seen_rate |= k == "rate";
+                        err(diags, v, fb, b)
+                    }
+                },
+                None => seen_rate |= k == "rate",
+            },
+            "per" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    match rules::rate_limit_per(d) {
+                        Ok(()) => m.per = d,
+                        Err(b) => err(diags, v, fb, b),
+                    }
+                }
+            }
+            "max_wait" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    m.max_wait = d;
+                    wait_at = Some(v.clone());
+                }
+            }
+            "store" => match v.as_text() {
+                Some("local") => m.store = RateStoreM::Local,
+                Some("redis") => m.store = RateStoreM::Redis,
+                _ => err(
+                    diags,
+                    v,
+                    fb,
+                    format!(
+                        "rate_limit store is \"local\" (each instance its own limit) or \"redis\" (one limit shared by every instance), not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            _ => {}
+        }
+    }
+    if !seen_rate {
+        let at = Located {
+            value: crate::value::Value::Bool(true),
+            origin: at.clone(),
+        };
+        err(
+            diags,
+            &at,
+            fb,
+            "a rate_limit needs `rate`: how many calls may start per `per` (default 1s)\nhelp: e.g. rate_limit(rate = 100, burst = 10)",
+        );
+    }
+    if m.burst == 0 {
+        m.burst = m.rate.max(1);
+    }
+    (m, wait_at)
 }
 
 pub fn read_client(
@@ -327,6 +460,29 @@ pub fn resolve_shared(
             shared.breaker = Some((n, read_breaker(diags, &rest, fb)));
         }
     }
+    if let Some((name, b)) = &shared.breaker
+        && let Err(broken) = rules::slow_call_within_timeout(b.slow_call_duration, s.timeout.value)
+    {
+        let at = b.slow_at.clone().unwrap_or(Located {
+            value: crate::value::Value::Bool(true),
+            origin: s.breaker.origin.clone(),
+        });
+        let mut what = format!(
+            "{} (breaker {}: slow_call_duration from {}, timeout from {})",
+            broken.what,
+            if name.is_empty() {
+                "inline"
+            } else {
+                name.as_str()
+            },
+            at.origin,
+            s.timeout.origin
+        );
+        if let Some(h) = broken.help {
+            what.push_str(&format!("\nhelp: {h}"));
+        }
+        err(diags, &at, s.breaker.origin.span_or(fb), what);
+    }
     match &s.bulkhead.value {
         StateRef::Off | StateRef::Default => {}
         StateRef::Named(n) => {
@@ -339,6 +495,34 @@ pub fn resolve_shared(
             let (n, rest) = inline_name(t);
             shared.bulkhead = Some((n, read_bulkhead(diags, &rest, &s.bulkhead.origin, fb)));
         }
+    }
+    let rate = match &s.rate_limit.value {
+        StateRef::Off | StateRef::Default => None,
+        StateRef::Named(n) => {
+            section_table(diags, config, "rate_limit", n, &s.rate_limit.origin, fb)
+                .map(|t| (n.clone(), read_rate_limit(diags, &t.entries, &t.origin, fb)))
+        }
+        StateRef::Inline(t) => {
+            let (n, rest) = inline_name(t);
+            Some((n, read_rate_limit(diags, &rest, &s.rate_limit.origin, fb)))
+        }
+    };
+    if let Some((n, (m, wait_at))) = rate {
+        let wait_origin = wait_at
+            .as_ref()
+            .map_or_else(|| "built-in default".to_owned(), |w| w.origin.to_string());
+        if let Err(broken) = rules::rate_limit_wait_within_deadline(
+            m.max_wait,
+            s.deadline.value,
+            Some((&wait_origin, &s.deadline.origin.to_string())),
+        ) {
+            let at = wait_at.unwrap_or(Located {
+                value: crate::value::Value::Bool(true),
+                origin: s.rate_limit.origin.clone(),
+            });
+            err(diags, &at, s.rate_limit.origin.span_or(fb), broken);
+        }
+        shared.rate_limit = Some((n, m));
     }
     if let Some(c) = &s.client
         && let Some(t) = section_table(diags, config, "client", &c.value, &c.origin, fb)
@@ -504,6 +688,103 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
     }
 }
 
+/// Hedging: only where a duplicate is harmless, and every hedge within the deadline.
+pub fn check_hedge(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>, fb: Span) {
+    let Some(h) = &s.hedge.value else {
+        return;
+    };
+    let at = s.hedge.origin.span_or(fb);
+    let prefix = file_prefix(&s.hedge.origin);
+    let keyed = s.idempotency_key.value != KeyModel::None;
+    match method {
+        None => diags.push(
+            at,
+            format!(
+                "{prefix}cannot tell which HTTP method this function sends, so cannot tell whether hedging it is safe\n\
+                 help: declare the least safe method it may send, e.g. `method = GET`"
+            ),
+        ),
+        Some(m) => {
+            if let Err(broken) = rules::hedge_safe(m.value, keyed, s.idempotent.value) {
+                let mut what = format!(
+                    "{prefix}{}\n  - hedge ({})\n  - method = {} ({})\n  - idempotency_key: none ({})",
+                    broken.what,
+                    s.hedge.origin,
+                    m.value.as_str(),
+                    m.origin,
+                    s.idempotency_key.origin
+                );
+                if !m.value.needs_key() {
+                    what.push_str(&format!(
+                        "\n  - idempotent = false ({})",
+                        s.idempotent.origin
+                    ));
+                }
+                if let Some(help) = broken.help {
+                    what.push_str(&format!("\nhelp: {help}"));
+                }
+                diags.push(at, what);
+            }
+        }
+    }
+    if let Err(broken) = rules::hedge_within_deadline(h.delay.value, h.max.value, s.deadline.value)
+    {
+        let mut what = format!(
+            "{}{}\n  - delay = {} ({})\n  - max = {} ({})\n  - deadline = {} ({})",
+            file_prefix(&h.delay.origin),
+            broken.what,
+            fmt_d(h.delay.value),
+            h.delay.origin,
+            h.max.value,
+            h.max.origin,
+            fmt_d(s.deadline.value),
+            s.deadline.origin
+        );
+        if let Some(help) = broken.help {
+            what.push_str(&format!("\nhelp: {help}"));
+        }
+        diags.push(h.delay.origin.span_or(at), what);
+    }
+}
+
+/// A fallback names another function; `fallback_on` needs one. Its signature is checked by
+/// the compiler in the expansion, the error pointing at `fallback = …`.
+pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span) {
+    match &s.fallback {
+        None => {
+            if !matches!(s.fallback_on.origin, Origin::Builtin) {
+                diags.push(
+                    s.fallback_on.origin.span_or(fb),
+                    format!(
+                        "{}fallback_on = [{}] ({}), but there is no fallback to call\nhelp: add `fallback = NAME`, an async fn with the same parameters and return type",
+                        file_prefix(&s.fallback_on.origin),
+                        s.fallback_on.value.1.join(", "),
+                        s.fallback_on.origin
+                    ),
+                );
+            }
+        }
+        Some(name) => {
+            for input in &f.sig.inputs {
+                if let syn::FnArg::Typed(pt) = input
+                    && !matches!(&*pt.pat, syn::Pat::Ident(pi) if pi.by_ref.is_none())
+                {
+                    diags.push(
+                        pt.pat.span(),
+                        "a function with a fallback needs a plain name for each parameter, to pass it on to the fallback\nhelp: bind it to a name and destructure it in the body",
+                    );
+                }
+            }
+            if let Err(b) = rules::fallback_not_itself(&name.value, &f.sig.ident.to_string()) {
+                diags.push(
+                    name.origin.span_or(fb),
+                    format!("{}{b}", file_prefix(&name.origin)),
+                );
+            }
+        }
+    }
+}
+
 fn unsafe_retry(
     diags: &mut Diags,
     s: &Settings,
@@ -638,6 +919,33 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
                     );
                 }
                 _ => {}
+            }
+        }
+    }
+    if s.hedge.value.is_some() {
+        for input in &f.sig.inputs {
+            let span = match input {
+                syn::FnArg::Receiver(r)
+                    if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) =>
+                {
+                    Some((r.self_token.span, "`self`".to_owned()))
+                }
+                syn::FnArg::Typed(pt) => match &*pt.ty {
+                    syn::Type::Reference(r) if r.mutability.is_some() => {
+                        Some((pt.pat.span(), format!("`{}`", pt.pat.to_token_stream())))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((span, what)) = span {
+                diags.push(
+                    span,
+                    format!(
+                        "a hedged function runs its body twice at once, so it cannot take {what} by `&mut` or by value: two attempts would need it at the same time\n\
+                         help: take `&self` (or a shared reference) and keep mutable state behind a lock, or drop `hedge`"
+                    ),
+                );
             }
         }
     }

@@ -10,6 +10,10 @@
 //!   again for `open_for`. A probe reported as ignored (or dropped unreported) frees its slot for
 //!   another probe.
 //!
+//! With `window_for`, the window holds the calls of the last `window_for` instead of the last
+//! `window` calls; with `slow_call_duration`, a success at least that slow counts as slow and
+//! the breaker also opens at `slow_call_rate` slow calls (see `breaker_window.rs`).
+//!
 //! Only failures that say the downstream is unhealthy are reported as failures; the session
 //! reports permanent failures (a 404, a decode error) as ignored, which count as neither.
 //!
@@ -42,6 +46,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::breaker_window::Window;
 use crate::invalid::InvalidPolicy;
 
 /// Settings of a circuit breaker (`[breakers.NAME]`).
@@ -58,6 +63,14 @@ pub struct BreakerSpec {
     pub open_for: Duration,
     /// Probes a half-open breaker lets through, `1..=`[`BreakerSpec::MAX_HALF_OPEN_CALLS`].
     pub half_open_calls: u32,
+    /// A time-based window: the calls of the last `window_for` (1s..=1h) instead of the last
+    /// `window` calls; zero: count-based.
+    pub window_for: Duration,
+    /// A success at least this slow counts as slow (shorter than the attempt timeout); zero:
+    /// slowness is not watched.
+    pub slow_call_duration: Duration,
+    /// Open when at least this share of the window was slow, in `(0, 1]`.
+    pub slow_call_rate: f64,
 }
 
 impl BreakerSpec {
@@ -68,6 +81,9 @@ impl BreakerSpec {
         window: resilience_spec::defaults::BREAKER_WINDOW,
         open_for: resilience_spec::defaults::BREAKER_OPEN_FOR,
         half_open_calls: resilience_spec::defaults::BREAKER_HALF_OPEN_CALLS,
+        window_for: resilience_spec::defaults::BREAKER_WINDOW_FOR,
+        slow_call_duration: resilience_spec::defaults::BREAKER_SLOW_CALL_DURATION,
+        slow_call_rate: resilience_spec::defaults::BREAKER_SLOW_CALL_RATE,
     };
 
     /// The largest window.
@@ -88,7 +104,12 @@ impl BreakerSpec {
         rules::breaker_count("window", u64::from(self.window)).map_err(bad)?;
         rules::breaker_count("min_calls", u64::from(self.min_calls)).map_err(bad)?;
         rules::breaker_count("half_open_calls", u64::from(self.half_open_calls)).map_err(bad)?;
-        rules::breaker_min_calls(self.min_calls, self.window).map_err(bad)?;
+        if self.window_for.is_zero() {
+            rules::breaker_min_calls(self.min_calls, self.window).map_err(bad)?;
+        } else {
+            rules::breaker_window_for(self.window_for).map_err(bad)?;
+        }
+        rules::breaker_slow_call_rate(self.slow_call_rate).map_err(bad)?;
         rules::timeout_nonzero("open_for", self.open_for).map_err(bad)?;
         Ok(())
     }
@@ -150,6 +171,8 @@ pub struct BreakerPermit<'a> {
     generation: u64,
     probe: bool,
     reported: bool,
+    /// When the attempt started, when slowness is watched.
+    started: Option<Instant>,
 }
 
 impl BreakerPermit<'_> {
@@ -160,7 +183,18 @@ impl BreakerPermit<'_> {
 
     fn report(mut self, outcome: Outcome) {
         self.reported = true;
-        self.breaker.report(self.generation, self.probe, outcome);
+        let slow = outcome == Outcome::Success
+            && self
+                .started
+                .is_some_and(|t| t.elapsed() >= self.breaker.spec.slow_call_duration);
+        // A slow probe says the downstream is not well yet.
+        let outcome = if slow && self.probe {
+            Outcome::Failure
+        } else {
+            outcome
+        };
+        self.breaker
+            .report_slow(self.generation, self.probe, outcome, slow);
     }
 }
 
@@ -261,53 +295,7 @@ fn decode(w: u64) -> BreakerState {
     }
 }
 
-/// The last `window` outcomes of a closed breaker whose window is too long for its word.
-#[derive(Debug)]
-struct LongWindow {
-    /// The closed generation these outcomes belong to; another one means start afresh.
-    generation: u64,
-    window: u32,
-    seen: u32,
-    failures: u32,
-    /// Where the next outcome goes.
-    head: u32,
-    /// One bit per call, 1 = failure.
-    bits: Box<[u64]>,
-}
-
-impl LongWindow {
-    fn new(window: u32) -> LongWindow {
-        LongWindow {
-            generation: 0,
-            window,
-            seen: 0,
-            failures: 0,
-            head: 0,
-            bits: vec![0; window.div_ceil(64) as usize].into_boxed_slice(),
-        }
-    }
-
-    fn reset(&mut self, generation: u64) {
-        self.generation = generation;
-        self.seen = 0;
-        self.failures = 0;
-        self.head = 0;
-        self.bits.fill(0);
-    }
-
-    fn push(&mut self, fail: bool) {
-        let (word, bit) = ((self.head / 64) as usize, self.head % 64);
-        // A slot not yet used holds 0, so the outgoing outcome is a success until the ring
-        // has gone round once.
-        let old = (self.bits[word] >> bit) & 1;
-        self.bits[word] = (self.bits[word] & !(1 << bit)) | (u64::from(fail) << bit);
-        self.failures = self.failures - old as u32 + u32::from(fail);
-        self.seen = (self.seen + 1).min(self.window);
-        self.head = (self.head + 1) % self.window;
-    }
-}
-
-fn lock(m: &Mutex<LongWindow>) -> MutexGuard<'_, LongWindow> {
+fn lock(m: &Mutex<Window>) -> MutexGuard<'_, Window> {
     // Every update leaves the window consistent, so a panic elsewhere cannot corrupt it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -321,8 +309,9 @@ pub struct Breaker {
     /// `open_for` in whole milliseconds, rounded up.
     open_ms: u64,
     ring_mask: u64,
-    /// The window, when it is longer than the word can hold.
-    long: Option<Mutex<LongWindow>>,
+    /// The window, when it is longer than the word can hold, time-based, or watches slow
+    /// calls.
+    long: Option<Mutex<Window>>,
     word: AtomicU64,
     opened: AtomicU64,
     half_opened: AtomicU64,
@@ -360,8 +349,10 @@ impl Breaker {
             open_ms: u64::try_from(spec.open_for.as_nanos().div_ceil(1_000_000))
                 .unwrap_or(u64::MAX),
             ring_mask: (1u64 << spec.window.min(BreakerSpec::MAX_ATOMIC_WINDOW)) - 1,
-            long: (spec.window > BreakerSpec::MAX_ATOMIC_WINDOW)
-                .then(|| Mutex::new(LongWindow::new(spec.window))),
+            long: (spec.window > BreakerSpec::MAX_ATOMIC_WINDOW
+                || !spec.window_for.is_zero()
+                || !spec.slow_call_duration.is_zero())
+            .then(|| Mutex::new(Window::new(spec.window, spec.window_for.as_millis() as u64))),
             word: AtomicU64::new(closed(0, 0, 0)),
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
@@ -395,7 +386,8 @@ impl Breaker {
             (CLOSED, Some(long)) => {
                 let long = lock(long);
                 if long.generation == generation(w) {
-                    (long.seen, long.failures)
+                    let t = long.totals(self.now_ms_floor());
+                    (t.seen, t.failures)
                 } else {
                     (0, 0)
                 }
@@ -540,6 +532,7 @@ impl Breaker {
             generation,
             probe,
             reported: false,
+            started: (!self.spec.slow_call_duration.is_zero()).then(Instant::now),
         }
     }
 
@@ -549,6 +542,10 @@ impl Breaker {
     }
 
     fn report(&self, permit_generation: u64, probe: bool, outcome: Outcome) {
+        self.report_slow(permit_generation, probe, outcome, false);
+    }
+
+    fn report_slow(&self, permit_generation: u64, probe: bool, outcome: Outcome, slow: bool) {
         let mut w = self.word.load(Ordering::Acquire);
         loop {
             // A permit from before the last transition says nothing about the present.
@@ -557,7 +554,7 @@ impl Breaker {
             }
             let next = match (state_bits(w), probe, outcome) {
                 (CLOSED, false, Outcome::Success | Outcome::Failure) if self.long.is_some() => {
-                    return self.record_long(permit_generation, outcome == Outcome::Failure);
+                    return self.record_long(permit_generation, outcome == Outcome::Failure, slow);
                 }
                 (CLOSED, false, Outcome::Success | Outcome::Failure) => {
                     let fail = u64::from(outcome == Outcome::Failure);
@@ -600,7 +597,7 @@ impl Breaker {
     }
 
     /// Records an outcome in a window too long for the word.
-    fn record_long(&self, permit_generation: u64, fail: bool) {
+    fn record_long(&self, permit_generation: u64, fail: bool, slow: bool) {
         let Some(long) = &self.long else { return };
         let mut long = lock(long);
         // Under this lock the word cannot leave the closed state: only this function moves a
@@ -613,8 +610,11 @@ impl Breaker {
         if long.generation != permit_generation {
             long.reset(permit_generation);
         }
-        long.push(fail);
-        if self.trips(long.seen, long.failures) {
+        let t = long.push(self.now_ms_floor(), fail, slow);
+        let slow_trips = !self.spec.slow_call_duration.is_zero()
+            && t.seen >= self.spec.min_calls
+            && f64::from(t.slow) / f64::from(t.seen) >= self.spec.slow_call_rate;
+        if self.trips(t.seen, t.failures) || slow_trips {
             let next = open(next_generation(w), self.now_ms_ceil());
             if self
                 .word
@@ -673,6 +673,9 @@ mod tests {
         window: 8,
         open_for: Duration::from_secs(30),
         half_open_calls: 2,
+        window_for: Duration::ZERO,
+        slow_call_duration: Duration::ZERO,
+        slow_call_rate: 1.0,
     };
 
     fn ok(b: &Breaker) {
@@ -900,6 +903,7 @@ mod tests {
                 window: 1,
                 open_for: Duration::from_millis(1),
                 half_open_calls: 1,
+                ..BreakerSpec::DEFAULT
             },
         );
         ok(&b);
@@ -946,6 +950,7 @@ mod tests {
                 window: 1,
                 open_for: Duration::from_millis(1),
                 half_open_calls: 1,
+                ..BreakerSpec::DEFAULT
             },
         );
         // Each cycle is three transitions: 300 cycles wrap the 8-bit generation several times.
@@ -1066,6 +1071,7 @@ mod tests {
                     window: len,
                     open_for: Duration::from_millis(rng.u64(1..50)),
                     half_open_calls: rng.u32(1..4),
+                    ..BreakerSpec::DEFAULT
                 };
                 let b = Breaker::new("model", spec);
                 let mut m = Model {

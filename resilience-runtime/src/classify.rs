@@ -20,7 +20,10 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 ErrorKind::AttemptTimeout | ErrorKind::DeadlineExceeded => {
                     return Some(Class::Timeout);
                 }
-                ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::BudgetExhausted => {
+                ErrorKind::CircuitOpen
+                | ErrorKind::BulkheadFull
+                | ErrorKind::BudgetExhausted
+                | ErrorKind::RateLimited => {
                     return Some(Class::Rejected);
                 }
                 ErrorKind::Call => {

@@ -15,6 +15,7 @@ pub struct PolicyMetrics {
     pub(crate) rejected_breaker: AtomicU64,
     pub(crate) rejected_budget: AtomicU64,
     pub(crate) rejected_bulkhead: AtomicU64,
+    pub(crate) rejected_rate_limit: AtomicU64,
 }
 
 /// A copy of a policy's counters at one moment.
@@ -37,6 +38,8 @@ pub struct PolicySnapshot {
     pub rejected_budget: u64,
     /// Calls refused by a full bulkhead.
     pub rejected_bulkhead: u64,
+    /// Calls refused by the client-side rate limit.
+    pub rejected_rate_limit: u64,
 }
 
 impl std::ops::Add for PolicySnapshot {
@@ -52,6 +55,7 @@ impl std::ops::Add for PolicySnapshot {
             rejected_breaker: self.rejected_breaker + o.rejected_breaker,
             rejected_budget: self.rejected_budget + o.rejected_budget,
             rejected_bulkhead: self.rejected_bulkhead + o.rejected_bulkhead,
+            rejected_rate_limit: self.rejected_rate_limit + o.rejected_rate_limit,
         }
     }
 }
@@ -81,6 +85,7 @@ impl PolicyMetrics {
             rejected_breaker: l(&self.rejected_breaker),
             rejected_budget: l(&self.rejected_budget),
             rejected_bulkhead: l(&self.rejected_bulkhead),
+            rejected_rate_limit: l(&self.rejected_rate_limit),
         }
     }
 

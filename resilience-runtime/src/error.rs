@@ -25,6 +25,9 @@ pub enum ErrorKind {
     BudgetExhausted,
     /// The bulkhead had no free slot: the call failed fast without sending.
     BulkheadFull,
+    /// The client-side rate limit had no permit within `max_wait`: the call failed fast
+    /// without sending.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -36,6 +39,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit breaker open",
             ErrorKind::BudgetExhausted => "retry budget exhausted",
             ErrorKind::BulkheadFull => "bulkhead full",
+            ErrorKind::RateLimited => "rate limited",
         }
     }
 }
@@ -123,9 +127,12 @@ impl Error {
         )
     }
 
-    /// True when the call was refused before anything was sent (breaker, bulkhead).
+    /// True when the call was refused before anything was sent (breaker, bulkhead, rate limit).
     pub fn is_rejected(&self) -> bool {
-        matches!(self.kind, ErrorKind::CircuitOpen | ErrorKind::BulkheadFull)
+        matches!(
+            self.kind,
+            ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::RateLimited
+        )
     }
 
     /// The wrapped cause, as its concrete type.

@@ -93,7 +93,16 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
         Some(_) if headers.contains_key(&IDEMPOTENCY_KEY) => None,
         Some(Key::Auto(u)) => {
             let mut b = uuid::Uuid::encode_buffer();
-            Some(Err(buf.push(u.hyphenated().encode_lower(&mut b).as_bytes())))
+            let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
+            // Bare, or the IETF draft's quoted Structured Field string (`KeyFormat`).
+            Some(Err(match crate::client::KeyFormat::current() {
+                crate::client::KeyFormat::Quoted => {
+                    let start = buf.push(b"\"").start;
+                    buf.push(uuid);
+                    start..buf.push(b"\"").end
+                }
+                _ => buf.push(uuid),
+            }))
         }
         Some(Key::Given(h)) => Some(Ok(h.clone())),
         None => {
@@ -139,14 +148,14 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
 /// The generated header values of one request, on the stack until they are frozen into one
 /// shared allocation.
 struct Stamp {
-    bytes: [u8; 160],
+    bytes: [u8; 168],
     len: usize,
 }
 
 impl Default for Stamp {
     fn default() -> Stamp {
         Stamp {
-            bytes: [0; 160],
+            bytes: [0; 168],
             len: 0,
         }
     }

@@ -26,6 +26,7 @@
 
 mod backoff;
 pub mod breaker;
+mod breaker_window;
 pub mod breakers;
 pub mod budget;
 pub mod bulkhead;
@@ -37,12 +38,15 @@ mod counters;
 #[doc(hidden)]
 pub mod decision;
 mod error;
+mod fallback;
+pub mod hedge;
 mod http;
 mod invalid;
 pub mod metrics;
 pub mod overrides;
 mod policy;
 mod probe;
+pub mod ratelimit;
 #[doc(hidden)]
 pub mod registry;
 mod report;
@@ -80,9 +84,13 @@ pub mod __private {
     pub use crate::breaker::BreakerSpec;
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
+    pub use crate::error::ErrorKind;
+    pub use crate::fallback::applies as fallback_applies;
+    pub use crate::hedge::Hedge;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
+    pub use crate::ratelimit::{RateLimitSpec, RateLimitStore};
     pub use crate::registry::{PolicyState, function_path};
     pub use crate::session::{KeyArg, Next, Session, key_from};
 

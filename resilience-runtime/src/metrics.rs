@@ -59,3 +59,8 @@ pub fn budget(name: &str) -> Option<BudgetSnapshot> {
 pub fn bulkhead(name: &str) -> Option<BulkheadSnapshot> {
     registry::find_bulkhead(name).map(|b| b.snapshot())
 }
+
+/// The state of the rate limit named `name` (or private to the function of that path).
+pub fn rate_limit(name: &str) -> Option<crate::ratelimit::RateLimitSnapshot> {
+    registry::find_rate_limit(name).map(|r| r.snapshot())
+}

@@ -431,6 +431,24 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
         ),
         &["max_attempts", "retry_on"],
     );
+    if let Some((_, b)) = &p.breaker {
+        check(
+            rules::slow_call_within_timeout(b.slow_call_duration, p.timeout),
+            &["timeout"],
+        );
+    }
+    if let Some(h) = &p.hedge {
+        check(
+            rules::hedge_within_deadline(h.delay, h.max, p.deadline),
+            &["deadline"],
+        );
+    }
+    if let Some((_, r)) = &p.rate_limit {
+        check(
+            rules::rate_limit_wait_within_deadline(r.max_wait, p.deadline, None),
+            &["deadline"],
+        );
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -594,7 +612,7 @@ impl Parser<'_> {
                     _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }"),
                 },
                 "method" | "idempotency_key" | "idempotent" | "budget" | "breaker" | "bulkhead"
-                | "client" | "policy" => self.problem(
+                | "rate_limit" | "hedge" | "fallback" | "fallback_on" | "client" | "policy" => self.problem(
                     start,
                     format!("`{k}` cannot change at run time (in [{section}]): it is a compiled fact of the function; change it in the code or resilience.toml and rebuild"),
                 ),
@@ -724,7 +742,7 @@ fn parse(text: &str, name: &str) -> Result<Doc, Vec<String>> {
                     }
                 }
             }
-            "breakers" | "budgets" | "bulkheads" | "clients" => ps.problem(
+            "breakers" | "budgets" | "bulkheads" | "rate_limits" | "clients" => ps.problem(
                 key.span().start,
                 format!("[{k}] cannot change at run time: their state is sized at start-up; use resilience_runtime::breakers to force a breaker open or closed"),
             ),

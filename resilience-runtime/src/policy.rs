@@ -7,6 +7,7 @@ use resilience_spec::defaults;
 use crate::breaker::BreakerSpec;
 use crate::budget::BudgetSpec;
 use crate::bulkhead::BulkheadSpec;
+use crate::ratelimit::RateLimitSpec;
 
 pub use resilience_spec::Method;
 
@@ -175,6 +176,10 @@ pub struct Policy {
     pub breaker: Option<(&'static str, BreakerSpec)>,
     /// The bulkhead, by name (`None`: none).
     pub bulkhead: Option<(&'static str, BulkheadSpec)>,
+    /// Hedging: another attempt alongside one that has not answered after a delay.
+    pub hedge: Option<crate::hedge::Hedge>,
+    /// The client-side rate limit, by name (`None`: none).
+    pub rate_limit: Option<(&'static str, RateLimitSpec)>,
     /// The method an attempt is taken to have sent when the runtime saw none of its requests
     /// (a helper sent it without `.resilient()`). Generated code says [`Method::Other`], the
     /// least safe, so that such an attempt is resent only after a failure where nothing was
@@ -204,6 +209,8 @@ impl Policy {
         budget: Some(("", BudgetSpec::DEFAULT)),
         breaker: None,
         bulkhead: None,
+        rate_limit: None,
+        hedge: None,
         unseen: Method::Get,
         locate: None,
     };
@@ -239,9 +246,19 @@ impl Policy {
         }
         if let Some((_, b)) = &self.breaker {
             b.validate()?;
+            rules::slow_call_within_timeout(b.slow_call_duration, self.timeout).map_err(bad)?;
         }
         if let Some((_, b)) = &self.bulkhead {
             b.validate()?;
+        }
+        if let Some(h) = &self.hedge {
+            rules::hedge_max(u64::from(h.max)).map_err(bad)?;
+            rules::hedge_safe(self.method, keyed, self.idempotent).map_err(bad)?;
+            rules::hedge_within_deadline(h.delay, h.max, self.deadline).map_err(bad)?;
+        }
+        if let Some((_, r)) = &self.rate_limit {
+            r.validate()?;
+            rules::rate_limit_wait_within_deadline(r.max_wait, self.deadline, None).map_err(bad)?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use crate::budget::{Budget, BudgetSpec};
 use crate::bulkhead::{Bulkhead, BulkheadSpec};
 use crate::counters::PolicyMetrics;
 use crate::policy::Policy;
+use crate::ratelimit::{RateLimitSpec, RateLimiter};
 
 type Map<T> = OnceLock<Mutex<HashMap<&'static str, &'static T>>>;
 
@@ -66,6 +67,26 @@ static BUDGETS: Map<Budget> = OnceLock::new();
 static BREAKERS: Map<Breaker> = OnceLock::new();
 static BULKHEADS: Map<Bulkhead> = OnceLock::new();
 static METRICS: Map<PolicyMetrics> = OnceLock::new();
+static RATE_LIMITS: Map<RateLimiter> = OnceLock::new();
+
+/// The rate limit registered under `name`, created from `spec` on first use.
+///
+/// # Panics
+///
+/// On first use, if `spec` is invalid ([`RateLimitSpec::validate`]).
+pub fn rate_limit(name: &'static str, spec: RateLimitSpec) -> &'static RateLimiter {
+    intern(
+        &RATE_LIMITS,
+        "rate_limit",
+        name,
+        || RateLimiter::new(name, spec),
+        |r| r.spec() == spec,
+    )
+}
+
+pub(crate) fn find_rate_limit(name: &str) -> Option<&'static RateLimiter> {
+    find(&RATE_LIMITS, name)
+}
 
 /// The budget registered under `name`, created from `spec` on first use.
 ///
@@ -169,6 +190,7 @@ pub struct PolicyState {
     budget: OnceLock<Budget>,
     breaker: OnceLock<Breaker>,
     bulkhead: OnceLock<Bulkhead>,
+    rate_limit: OnceLock<RateLimiter>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +202,7 @@ pub(crate) struct Resolved {
     pub budget: Option<&'static Budget>,
     pub breaker: Option<&'static Breaker>,
     pub bulkhead: Option<&'static Bulkhead>,
+    pub rate_limit: Option<&'static RateLimiter>,
     pub metrics: &'static PolicyMetrics,
     // telemetry (issue 12): the function's metric keys, built once.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -196,6 +219,7 @@ impl PolicyState {
             budget: OnceLock::new(),
             breaker: OnceLock::new(),
             bulkhead: OnceLock::new(),
+            rate_limit: OnceLock::new(),
         }
     }
 
@@ -242,6 +266,18 @@ impl PolicyState {
                         )
                     } else {
                         bulkhead(n, s)
+                    }
+                }),
+                rate_limit: policy.rate_limit.map(|(n, s)| {
+                    if n.is_empty() {
+                        list(
+                            &RATE_LIMITS,
+                            function,
+                            self.rate_limit
+                                .get_or_init(|| RateLimiter::new(function, s)),
+                        )
+                    } else {
+                        rate_limit(n, s)
                     }
                 }),
                 metrics: metrics(function, policy_name),

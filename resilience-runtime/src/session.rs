@@ -98,9 +98,9 @@ pub enum Next {
 
 /// What the last attempt left behind.
 #[derive(Debug, Clone, Copy, Default)]
-struct Last {
+pub(crate) struct Last {
     /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
-    runtime: Option<ErrorKind>,
+    pub(crate) runtime: Option<ErrorKind>,
     status: Option<u16>,
     retry_after: Option<Duration>,
     stamped: bool,
@@ -113,15 +113,15 @@ struct Last {
 /// The state of one logical call.
 #[derive(Debug)]
 pub struct Session {
-    policy: &'static Policy,
-    shared: Resolved,
+    pub(crate) policy: &'static Policy,
+    pub(crate) shared: Resolved,
     started: Instant,
-    deadline: Instant,
-    attempts: u32,
-    request_id: u128,
-    trace_id: u128,
-    trace_flags: u8,
-    depth: u8,
+    pub(crate) deadline: Instant,
+    pub(crate) attempts: u32,
+    pub(crate) request_id: u128,
+    pub(crate) trace_id: u128,
+    pub(crate) trace_flags: u8,
+    pub(crate) depth: u8,
     /// Inside another call's attempt: what this call reports to it when it ends.
     nested: bool,
     /// Backoff, Retry-After and bulkhead waits.
@@ -129,10 +129,10 @@ pub struct Session {
     /// The least safe method sent over all attempts, and whether every request carried the key.
     sent: Option<Method>,
     sent_unkeyed: bool,
-    key: Option<Key>,
+    pub(crate) key: Option<Key>,
     backoff: Option<BackoffState>,
-    span: tracing::Span,
-    last: Last,
+    pub(crate) span: tracing::Span,
+    pub(crate) last: Last,
     breaker_permit: Option<BreakerPermit<'static>>,
     /// telemetry (issue 12): the attempt in progress (its span, when it started).
     attempt_scope: Option<AttemptScope>,
@@ -226,6 +226,11 @@ impl Session {
             },
             None => None,
         };
+        // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
+        // within the deadline.
+        if let Some(r) = shared.rate_limit {
+            crate::ratelimit::admit(r, &shared, deadline, started).await?;
+        }
         telemetry::on_call_start(&shared); // telemetry (issue 12)
         if let Some(b) = shared.budget {
             b.deposit_at(started);
@@ -238,10 +243,13 @@ impl Session {
             request_id = tracing::field::display(RequestId(request_id)),
             depth,
         );
-        let waited = if bulkhead.is_some()
+        let waited = if (bulkhead.is_some()
             && shared
                 .bulkhead
-                .is_some_and(|b| !b.spec().max_wait.is_zero())
+                .is_some_and(|b| !b.spec().max_wait.is_zero()))
+            || shared
+                .rate_limit
+                .is_some_and(|r| !r.spec().max_wait.is_zero())
         {
             started.elapsed()
         } else {
@@ -269,6 +277,12 @@ impl Session {
             attempt_scope: None,
             _bulkhead: bulkhead,
         })
+    }
+
+    /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
+    /// function's own error (for `fallback_on`).
+    pub fn final_kind(&self) -> ErrorKind {
+        self.last.runtime.unwrap_or(ErrorKind::Call)
     }
 
     /// How many attempts have started.
@@ -324,8 +338,19 @@ impl Session {
         }
     }
 
+    /// Runs one attempt like [`attempt`](Self::attempt), with hedges when the policy has
+    /// `hedge`: `make` gives a fresh future of the body for each (see `hedge.rs`).
+    pub async fn attempt_hedged<T, E, M, F>(&mut self, make: M) -> Result<T, E>
+    where
+        M: FnMut() -> F,
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        crate::hedge::run(self, make).await
+    }
+
     /// Counts the attempt, asks the breaker, and computes the attempt's time limit.
-    fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
+    pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last::default();
         if let Some(b) = self.shared.breaker {
@@ -377,7 +402,7 @@ impl Session {
     }
 
     /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
-    fn record_attempt(&mut self, ctx: Option<AttemptCtx>) {
+    pub(crate) fn record_attempt(&mut self, ctx: Option<AttemptCtx>) {
         if let Some(ctx) = ctx {
             self.last.status = ctx.status.get();
             self.last.retry_after = ctx.retry_after.get();
@@ -418,7 +443,7 @@ impl Session {
         });
     }
 
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         if let Some(p) = self.breaker_permit.take()
             && let Some(b) = self.shared.breaker
         {
@@ -449,7 +474,7 @@ impl Session {
     }
 
     /// The attempt ran out of time: its own timeout, or the call's deadline.
-    fn timed_out(&mut self, limit: Duration) -> Error {
+    pub(crate) fn timed_out(&mut self, limit: Duration) -> Error {
         let kind = if limit < self.policy.timeout {
             ErrorKind::DeadlineExceeded
         } else {

@@ -28,6 +28,7 @@ async fn half_open_admits_exactly_half_open_calls_probes() {
         window: 4,
         open_for: OPEN_FOR,
         half_open_calls: 3,
+        ..BreakerSpec::DEFAULT
     };
     let breaker = Arc::new(Breaker::new("contended-probes", spec));
     for round in 0..ROUNDS {
@@ -82,6 +83,7 @@ async fn hammered_breaker_keeps_exact_counts() {
         window: 10,
         open_for: Duration::from_millis(1),
         half_open_calls: 2,
+        ..BreakerSpec::DEFAULT
     })
     .await;
 }
@@ -95,6 +97,7 @@ async fn hammered_breaker_with_a_long_window_keeps_exact_counts() {
         window: 100,
         open_for: Duration::from_millis(1),
         half_open_calls: 3,
+        ..BreakerSpec::DEFAULT
     })
     .await;
 }

@@ -47,6 +47,7 @@ fn breaker_state_and_transitions_read_by_name() {
         window: 2,
         open_for: Duration::from_secs(60),
         half_open_calls: 1,
+        ..BreakerSpec::DEFAULT
     };
     let b = registry::breaker("metrics-breaker", spec);
     for _ in 0..2 {

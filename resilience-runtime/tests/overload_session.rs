@@ -39,6 +39,7 @@ static POLICY: Policy = Policy {
             window: 20,
             open_for: Duration::from_millis(1),
             half_open_calls: 2,
+            ..BreakerSpec::DEFAULT
         },
     )),
     bulkhead: Some((

@@ -6,6 +6,7 @@ use std::time::Duration;
 use resilience_runtime::breaker::BreakerSpec;
 use resilience_runtime::budget::BudgetSpec;
 use resilience_runtime::bulkhead::BulkheadSpec;
+use resilience_runtime::ratelimit::{RateLimitSpec, RateLimitStore};
 use resilience_runtime::{Backoff, Policy};
 use resilience_spec::cases;
 
@@ -63,5 +64,67 @@ fn the_runtime_agrees_with_the_rule_book() {
             ..Policy::DEFAULT
         };
         assert_eq!(p.validate().is_ok(), *ok, "multiplier = {x}");
+    }
+    let rate = RateLimitSpec {
+        rate: 10,
+        per: Duration::from_secs(1),
+        burst: 10,
+        max_wait: Duration::ZERO,
+        store: RateLimitStore::Local,
+    };
+    for (n, ok) in cases::RATE_LIMIT_RATE {
+        let n32 = u32::try_from(*n).unwrap();
+        let r = RateLimitSpec { rate: n32, ..rate };
+        assert_eq!(r.validate().is_ok(), *ok, "rate = {n}");
+        let r = RateLimitSpec { burst: n32, ..rate };
+        assert_eq!(r.validate().is_ok(), *ok, "burst = {n}");
+    }
+    for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+        let b = BreakerSpec {
+            window_for: Duration::from_millis(*ms),
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "window_for = {ms}ms");
+    }
+    for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+        let b = BreakerSpec {
+            slow_call_duration: Duration::from_secs(1),
+            slow_call_rate: *x,
+            ..BreakerSpec::DEFAULT
+        };
+        assert_eq!(b.validate().is_ok(), *ok, "slow_call_rate = {x}");
+    }
+    for (n, ok) in cases::HEDGE_MAX {
+        let p = Policy {
+            hedge: Some(resilience_runtime::hedge::Hedge {
+                delay: Duration::from_millis(10),
+                max: u32::try_from(*n).unwrap(),
+            }),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "hedge max = {n}");
+    }
+    for (ms, ok) in cases::HEDGE_DELAY_MS {
+        let p = Policy {
+            hedge: Some(resilience_runtime::hedge::Hedge {
+                delay: Duration::from_millis(*ms),
+                max: 2,
+            }),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "hedge delay = {ms}ms");
+    }
+    for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
+        let p = Policy {
+            rate_limit: Some((
+                "",
+                RateLimitSpec {
+                    max_wait: Duration::from_millis(*ms),
+                    ..rate
+                },
+            )),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), *ok, "max_wait = {ms}ms");
     }
 }

@@ -130,6 +130,49 @@ pub const fn may_resend(method: Method, keyed: bool, idempotent: bool) -> bool {
     }
 }
 
+/// The failures a `fallback` may be called on (`fallback_on`), by name, each a bit of a mask.
+pub mod fallback_on {
+    /// `(name, bit, meaning)`.
+    pub const KINDS: &[(&str, u16, &str)] = &[
+        ("any", ANY, "every final failure"),
+        (
+            "call",
+            CALL,
+            "the function's own error after its last attempt",
+        ),
+        ("timeout", TIMEOUT, "the last attempt's timeout"),
+        ("deadline", DEADLINE, "the call's deadline"),
+        ("circuit_open", CIRCUIT_OPEN, "an open circuit breaker"),
+        ("budget_exhausted", BUDGET_EXHAUSTED, "a spent retry budget"),
+        ("bulkhead_full", BULKHEAD_FULL, "a full bulkhead"),
+        ("rate_limited", RATE_LIMITED, "the rate limit"),
+    ];
+    /// The function's own error.
+    pub const CALL: u16 = 1;
+    /// An attempt timeout.
+    pub const TIMEOUT: u16 = 1 << 1;
+    /// The deadline.
+    pub const DEADLINE: u16 = 1 << 2;
+    /// An open breaker.
+    pub const CIRCUIT_OPEN: u16 = 1 << 3;
+    /// A spent budget.
+    pub const BUDGET_EXHAUSTED: u16 = 1 << 4;
+    /// A full bulkhead.
+    pub const BULKHEAD_FULL: u16 = 1 << 5;
+    /// The rate limit.
+    pub const RATE_LIMITED: u16 = 1 << 6;
+    /// Every final failure, including kinds added later.
+    pub const ANY: u16 = u16::MAX;
+
+    /// The bit of a name.
+    pub fn parse(name: &str) -> Option<u16> {
+        KINDS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, b, _)| *b)
+    }
+}
+
 /// Is this an HTTP status that may be retried at all (408, 429, 5xx)?
 pub const fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
@@ -167,8 +210,20 @@ pub mod defaults {
     pub const BREAKER_WINDOW: u32 = 20;
     /// Breaker: how long it stays open.
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+    /// Breaker: a time-based window's length (zero: the window counts calls).
+    pub const BREAKER_WINDOW_FOR: Duration = Duration::ZERO;
+    /// Breaker: a success at least this slow counts as slow (zero: slowness not watched).
+    pub const BREAKER_SLOW_CALL_DURATION: Duration = Duration::ZERO;
+    /// Breaker: the share of slow calls that opens it.
+    pub const BREAKER_SLOW_CALL_RATE: f64 = 1.0;
     /// Breaker: probes let through when half open.
     pub const BREAKER_HALF_OPEN_CALLS: u32 = 3;
+    /// Rate limit: the period `rate` is counted over.
+    pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
+    /// Rate limit: how long a call may wait for a permit (zero: refuse at once).
+    pub const RATE_LIMIT_MAX_WAIT: Duration = Duration::ZERO;
+    /// Hedging: hedges at most, besides the first attempt.
+    pub const HEDGE_MAX: u32 = 1;
     /// Client: connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Client: how long an idle pooled connection is kept: half of gunicorn's 2 s keep-alive,
@@ -190,6 +245,16 @@ pub mod bounds {
     pub const BREAKER_COUNT: RangeInclusive<u32> = 1..=1024;
     /// `bulkhead.max_concurrent`.
     pub const BULKHEAD_MAX_CONCURRENT: RangeInclusive<u32> = 1..=1_000_000;
+    /// `rate_limit.rate` (permits per `per`) and `rate_limit.burst`.
+    pub const RATE_LIMIT_COUNT: RangeInclusive<u64> = 1..=1_000_000;
+    /// `rate_limit.per`.
+    pub const RATE_LIMIT_PER: RangeInclusive<std::time::Duration> =
+        std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600);
+    /// `hedge.max`: hedges besides the first attempt.
+    pub const HEDGE_MAX: RangeInclusive<u32> = 1..=3;
+    /// `breaker.window_for`, a time-based window's length.
+    pub const BREAKER_WINDOW_FOR: RangeInclusive<std::time::Duration> =
+        std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
     /// `backoff.multiplier`.
     pub const BACKOFF_MULTIPLIER: RangeInclusive<f64> = 1.0..=100.0;
 }
@@ -471,6 +536,48 @@ pub mod rules {
         }
     }
 
+    /// Breaker `slow_call_rate` in (0, 1].
+    pub fn breaker_slow_call_rate(x: f64) -> Result<(), Broken> {
+        if x > 0.0 && x <= 1.0 {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "slow_call_rate {x} is outside (0, 1]: 0.5 opens at half the calls slow"
+            )))
+        }
+    }
+
+    /// Breaker `window_for` (a time-based window) in 1s..=1h.
+    pub fn breaker_window_for(d: Duration) -> Result<(), Broken> {
+        let r = &bounds::BREAKER_WINDOW_FOR;
+        if r.contains(&d) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "window_for = {} is outside {}..={}",
+                fmt_duration(d),
+                fmt_duration(*r.start()),
+                fmt_duration(*r.end())
+            ))
+            .help("a time-based window counts the calls of the last `window_for`, e.g. \"60s\""))
+        }
+    }
+
+    /// A slow-call threshold shorter than the attempt timeout: an attempt is cut at its
+    /// timeout, so a success could never be slower, and the breaker would never see one.
+    pub fn slow_call_within_timeout(slow: Duration, timeout: Duration) -> Result<(), Broken> {
+        if slow.is_zero() || slow < timeout {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "slow_call_duration ({}) is not shorter than the attempt timeout ({}): an attempt ends at its timeout, so no success could be that slow and the breaker would never see a slow call",
+                fmt_duration(slow),
+                fmt_duration(timeout)
+            ))
+            .help("make slow_call_duration shorter than timeout, e.g. half of it"))
+        }
+    }
+
     /// Breaker `window`, `min_calls`, `half_open_calls` in 1..=1024.
     pub fn breaker_count(key: &str, n: u64) -> Result<(), Broken> {
         let r = &bounds::BREAKER_COUNT;
@@ -507,6 +614,150 @@ pub mod rules {
                 r.start(),
                 r.end()
             )))
+        }
+    }
+
+    /// Rate limit `rate` and `burst` in 1..=1000000.
+    pub fn rate_limit_count(key: &str, n: u64) -> Result<(), Broken> {
+        let r = &bounds::RATE_LIMIT_COUNT;
+        if r.contains(&n) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "rate_limit {key} = {n} is outside {}..={}",
+                r.start(),
+                r.end()
+            ))
+            .help(if key == "burst" {
+                "burst is how many calls may go at once after a quiet spell: 1 spaces every call evenly"
+            } else {
+                "rate is how many calls may start per `per` (default 1s), e.g. rate = 100"
+            }))
+        }
+    }
+
+    /// Rate limit `per` in 1ms..=24h.
+    pub fn rate_limit_per(per: Duration) -> Result<(), Broken> {
+        let r = &bounds::RATE_LIMIT_PER;
+        if r.contains(&per) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "rate_limit per = {} is outside {}..={}",
+                fmt_duration(per),
+                fmt_duration(*r.start()),
+                fmt_duration(*r.end())
+            )))
+        }
+    }
+
+    /// A rate-limit wait shorter than the deadline, which it counts against: a call that may
+    /// wait the whole deadline for a permit could be left no time to send. `origins` says
+    /// where each value came from, for the message.
+    pub fn rate_limit_wait_within_deadline(
+        max_wait: Duration,
+        deadline: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
+        if max_wait < deadline {
+            return Ok(());
+        }
+        let (w, d) = match origins {
+            Some((w, d)) => (format!(", {w}"), format!(", {d}")),
+            None => (String::new(), String::new()),
+        };
+        Err(Broken::new(format!(
+            "rate_limit max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for a permit counts against the deadline, so a call could wait it all and never be sent",
+            fmt_duration(max_wait),
+            fmt_duration(deadline)
+        ))
+        .help(format!(
+            "wait at most part of the deadline, e.g. max_wait = \"{}\", or max_wait = \"0ms\" to refuse at once",
+            fmt_duration(Duration::from_millis((deadline.as_millis() / 4) as u64))
+        )))
+    }
+
+    /// `hedge.max` in 1..=3.
+    pub fn hedge_max(n: u64) -> Result<(), Broken> {
+        let r = &bounds::HEDGE_MAX;
+        if n >= u64::from(*r.start()) && n <= u64::from(*r.end()) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "hedge max = {n} is outside {}..={}: each hedge is one more request in flight at once",
+                r.start(),
+                r.end()
+            )))
+        }
+    }
+
+    /// A hedge sends the request again while the first may still be running: only where a
+    /// duplicate is harmless (safe methods, PUT/DELETE declared `idempotent`, keyed requests).
+    pub fn hedge_safe(method: Method, keyed: bool, idempotent: bool) -> Result<(), Broken> {
+        if may_resend(method, keyed, idempotent) {
+            return Ok(());
+        }
+        let mut help = String::from(
+            "fix it with one of:\n  - `idempotency_key = auto` (the server half answers a concurrent duplicate with 409)\n  - `hedge = false`: no hedging",
+        );
+        if !method.needs_key() {
+            help.push_str(&format!(
+                "\n  - `idempotent`: you assert the server applies this {method} at most once"
+            ));
+        }
+        Err(Broken::new(format!(
+            "this {method} would be hedged without an idempotency key: a hedge sends it again while the first may still be applying it, so it could be applied twice"
+        ))
+        .help(help))
+    }
+
+    /// All hedges start before the deadline: `delay × max` shorter than it.
+    pub fn hedge_within_deadline(
+        delay: Duration,
+        max: u32,
+        deadline: Duration,
+    ) -> Result<(), Broken> {
+        if delay.is_zero() {
+            return Err(Broken::new(
+                "hedge delay must be longer than zero: a hedge sent at once doubles every request",
+            )
+            .help("hedge after the latency most calls stay under, e.g. its 95th percentile"));
+        }
+        if delay.saturating_mul(max) < deadline {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "hedge delay ({}) × max ({max}) is not shorter than the deadline ({}): the last hedge could never start",
+            fmt_duration(delay),
+            fmt_duration(deadline)
+        ))
+        .help("shorten the delay, hedge fewer times, or lengthen the deadline"))
+    }
+
+    /// A `fallback_on` name is one of [`fallback_on::KINDS`].
+    pub fn fallback_kind(name: &str) -> Result<u16, Broken> {
+        fallback_on::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = fallback_on::KINDS.iter().map(|k| k.0).collect();
+            Broken::new(format!("unknown fallback_on kind `{name}`"))
+                .help(format!("fallback_on takes {}", names.join(", ")))
+        })
+    }
+
+    /// A fallback is another function: calling the function itself on failure would start the
+    /// failing call again, forever.
+    pub fn fallback_not_itself(fallback: &str, function: &str) -> Result<(), Broken> {
+        let f = fallback.replace(' ', "");
+        let bare = f
+            .strip_prefix("Self::")
+            .or_else(|| f.strip_prefix("self::"))
+            .unwrap_or(&f);
+        if bare == function {
+            Err(Broken::new(format!(
+                "fallback = {fallback} names this function itself: on failure it would call the failing call again"
+            ))
+            .help("name another async fn with the same parameters and return type"))
+        } else {
+            Ok(())
         }
     }
 
@@ -556,6 +807,27 @@ pub mod cases {
     /// `(breaker failure_rate, accepted)`.
     pub const BREAKER_FAILURE_RATE: &[(f64, bool)] =
         &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
+    /// `(rate_limit rate, accepted)`; `burst` has the same bounds.
+    pub const RATE_LIMIT_RATE: &[(u64, bool)] =
+        &[(0, false), (1, true), (1_000_000, true), (1_000_001, false)];
+    /// `(rate_limit max_wait in ms, accepted)` under the default 30 s deadline.
+    pub const RATE_LIMIT_MAX_WAIT_MS: &[(u64, bool)] =
+        &[(0, true), (29_999, true), (30_000, false), (60_000, false)];
+    /// `(hedge max, accepted)`.
+    pub const HEDGE_MAX: &[(u64, bool)] = &[(0, false), (1, true), (3, true), (4, false)];
+    /// `(hedge delay in ms with max = 2, accepted)` under the default 30 s deadline.
+    pub const HEDGE_DELAY_MS: &[(u64, bool)] =
+        &[(0, false), (1, true), (14_999, true), (15_000, false)];
+    /// `(breaker window_for in ms, accepted)`.
+    pub const BREAKER_WINDOW_FOR_MS: &[(u64, bool)] = &[
+        (999, false),
+        (1000, true),
+        (3_600_000, true),
+        (3_600_001, false),
+    ];
+    /// `(breaker slow_call_rate, accepted)`.
+    pub const BREAKER_SLOW_CALL_RATE: &[(f64, bool)] =
+        &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -587,6 +859,38 @@ mod tests {
         }
         for (x, ok) in cases::BACKOFF_MULTIPLIER {
             assert_eq!(rules::backoff_multiplier(*x).is_ok(), *ok, "{x}");
+        }
+        for (n, ok) in cases::RATE_LIMIT_RATE {
+            assert_eq!(rules::rate_limit_count("rate", *n).is_ok(), *ok, "{n}");
+            assert_eq!(rules::rate_limit_count("burst", *n).is_ok(), *ok, "{n}");
+        }
+        for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(rules::breaker_window_for(d).is_ok(), *ok, "{ms}");
+        }
+        for (x, ok) in cases::BREAKER_SLOW_CALL_RATE {
+            assert_eq!(rules::breaker_slow_call_rate(*x).is_ok(), *ok, "{x}");
+        }
+        for (n, ok) in cases::HEDGE_MAX {
+            assert_eq!(rules::hedge_max(*n).is_ok(), *ok, "{n}");
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::hedge_within_deadline(d, 2, defaults::DEADLINE).is_ok(),
+                *ok,
+                "{ms}"
+            );
+        }
+        assert!(rules::hedge_safe(Method::Post, false, false).is_err());
+        assert!(rules::hedge_safe(Method::Put, false, true).is_ok());
+        for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
+            let w = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::rate_limit_wait_within_deadline(w, defaults::DEADLINE, None).is_ok(),
+                *ok,
+                "{ms}"
+            );
         }
     }
 

@@ -1,0 +1,160 @@
+//! The windows a breaker keeps behind a short lock: a count window longer than the breaker's
+//! word, a time-based window (the calls of the last `window_for`, in ten buckets), and either
+//! one when slow calls are watched (`slow_call_duration`). The breaker's state still changes
+//! only by compare-and-swap on its word; the lock is taken only to record an outcome.
+
+/// Outcomes of one closed generation of a breaker.
+#[derive(Debug)]
+pub(crate) struct Window {
+    /// The closed generation these outcomes belong to; another one means start afresh.
+    pub(crate) generation: u64,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// The last `window` calls, one slot each: bit 0 failure, bit 1 slow.
+    Count {
+        window: u32,
+        head: u32,
+        seen: u32,
+        slots: Box<[u8]>,
+    },
+    /// Ten buckets of `bucket_ms` each: (bucket number, calls, failures, slow).
+    Time {
+        bucket_ms: u64,
+        buckets: Box<[(u64, u32, u32, u32); BUCKETS]>,
+    },
+}
+
+const BUCKETS: usize = 10;
+
+/// Calls, failures and slow calls in the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Totals {
+    pub(crate) seen: u32,
+    pub(crate) failures: u32,
+    pub(crate) slow: u32,
+}
+
+impl Window {
+    /// A count window of `window` calls, or (when `window_for_ms` is not zero) a time window.
+    pub(crate) fn new(window: u32, window_for_ms: u64) -> Window {
+        let kind = if window_for_ms == 0 {
+            Kind::Count {
+                window,
+                head: 0,
+                seen: 0,
+                slots: vec![0; window as usize].into_boxed_slice(),
+            }
+        } else {
+            Kind::Time {
+                bucket_ms: window_for_ms.div_ceil(BUCKETS as u64).max(1),
+                buckets: Box::new([(u64::MAX, 0, 0, 0); BUCKETS]),
+            }
+        };
+        Window {
+            generation: 0,
+            kind,
+        }
+    }
+
+    pub(crate) fn reset(&mut self, generation: u64) {
+        self.generation = generation;
+        match &mut self.kind {
+            Kind::Count {
+                head, seen, slots, ..
+            } => {
+                *head = 0;
+                *seen = 0;
+                slots.fill(0);
+            }
+            Kind::Time { buckets, .. } => **buckets = [(u64::MAX, 0, 0, 0); BUCKETS],
+        }
+    }
+
+    /// Records one outcome at `now_ms` and returns the totals of the window.
+    pub(crate) fn push(&mut self, now_ms: u64, fail: bool, slow: bool) -> Totals {
+        match &mut self.kind {
+            Kind::Count {
+                window,
+                head,
+                seen,
+                slots,
+            } => {
+                slots[*head as usize] = u8::from(fail) | (u8::from(slow) << 1);
+                *head = (*head + 1) % *window;
+                *seen = (*seen + 1).min(*window);
+            }
+            Kind::Time { bucket_ms, buckets } => {
+                let n = now_ms / *bucket_ms;
+                let b = &mut buckets[(n % BUCKETS as u64) as usize];
+                if b.0 != n {
+                    *b = (n, 0, 0, 0);
+                }
+                b.1 += 1;
+                b.2 += u32::from(fail);
+                b.3 += u32::from(slow);
+            }
+        }
+        self.totals(now_ms)
+    }
+
+    /// Calls, failures and slow calls in the window at `now_ms`.
+    pub(crate) fn totals(&self, now_ms: u64) -> Totals {
+        let mut t = Totals::default();
+        match &self.kind {
+            Kind::Count { seen, slots, .. } => {
+                t.seen = *seen;
+                for s in slots.iter() {
+                    t.failures += u32::from(s & 1);
+                    t.slow += u32::from(s >> 1);
+                }
+            }
+            Kind::Time { bucket_ms, buckets } => {
+                let n = now_ms / *bucket_ms;
+                // Buckets older than the window (or never used) count for nothing.
+                for (at, calls, fails, slows) in buckets.iter() {
+                    if *at != u64::MAX && n.saturating_sub(*at) < BUCKETS as u64 {
+                        t.seen += calls;
+                        t.failures += fails;
+                        t.slow += slows;
+                    }
+                }
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_window_slides() {
+        let mut w = Window::new(3, 0);
+        w.push(0, true, false);
+        w.push(0, false, true);
+        let t = w.push(0, false, false);
+        assert_eq!((t.seen, t.failures, t.slow), (3, 1, 1));
+        let t = w.push(0, false, false);
+        assert_eq!((t.seen, t.failures, t.slow), (3, 0, 1));
+    }
+
+    #[test]
+    fn a_time_window_forgets_what_is_older() {
+        // 10 s in ten buckets of 1 s.
+        let mut w = Window::new(20, 10_000);
+        w.push(0, true, false);
+        w.push(500, true, true);
+        let t = w.push(9_999, false, false);
+        assert_eq!((t.seen, t.failures, t.slow), (3, 2, 1));
+        // At 10 s the first bucket leaves the window.
+        let t = w.push(10_000, false, false);
+        assert_eq!((t.seen, t.failures, t.slow), (2, 0, 0));
+        w.reset(1);
+        let t = w.push(10_000, false, false);
+        assert_eq!(t.seen, 1);
+    }
+}

@@ -1,0 +1,218 @@
+//! Hedging: after `delay` without an answer, another attempt alongside the first; the first
+//! success wins and the others are dropped (their connections closed). At most `max` hedges
+//! per attempt, each one drawn from the retry budget: when the budget is spent, no hedge.
+//!
+//! The macro allows hedging only where a duplicate is harmless (safe methods, PUT/DELETE
+//! declared `idempotent`, keyed requests: the server half answers a concurrent duplicate with
+//! 409). Each hedge runs a fresh future of the body (by-value arguments cloned for it) under
+//! its own attempt context: its own attempt number and span id, the call's request id, trace
+//! and idempotency key. Hedges share the first attempt's breaker permit: the breaker sees one
+//! outcome per round, not one per request.
+//!
+//! Nothing is allocated until a hedge fires: the first attempt lives on the caller's stack,
+//! hedges in a `Vec` made on the first hedge.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Instant, Sleep};
+use tracing::Instrument as _;
+
+use crate::context::{ATTEMPT, AttemptCtx};
+use crate::counters::PolicyMetrics;
+use crate::error::Error;
+use crate::session::Session;
+
+/// The hedging settings of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedge {
+    /// How long an attempt runs without an answer before the next hedge starts.
+    pub delay: Duration,
+    /// Hedges at most per attempt, 1..=3.
+    pub max: u32,
+}
+
+pin_project_lite::pin_project! {
+    /// One attempt in flight: the body under its context, and its time limit.
+    struct Running<F: Future> {
+        #[pin]
+        body: TaskLocalFuture<AttemptCtx, F>,
+        #[pin]
+        until: Sleep,
+        limit: Duration,
+        done: bool,
+    }
+}
+
+enum Outcome<T, E> {
+    Done(Result<T, E>),
+    TimedOut(Duration),
+}
+
+impl<F: Future> Running<F> {
+    fn new(ctx: (Instant, Duration, AttemptCtx), body: F) -> Running<F> {
+        let (until, limit, ctx) = ctx;
+        Running {
+            body: ATTEMPT.scope(ctx, body),
+            until: tokio::time::sleep_until(until),
+            limit,
+            done: false,
+        }
+    }
+}
+
+impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
+    fn poll_outcome(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T, E>> {
+        let mut me = self.project();
+        if *me.done {
+            return Poll::Pending;
+        }
+        if let Poll::Ready(r) = me.body.as_mut().poll(cx) {
+            *me.done = true;
+            return Poll::Ready(Outcome::Done(r));
+        }
+        if me.until.poll(cx).is_ready() {
+            *me.done = true;
+            return Poll::Ready(Outcome::TimedOut(*me.limit));
+        }
+        Poll::Pending
+    }
+
+    fn take_ctx(self: Pin<&mut Self>) -> Option<AttemptCtx> {
+        self.project().body.take_value()
+    }
+}
+
+/// Runs one attempt of the body with hedges (the policy has `hedge`), or without.
+pub(crate) async fn run<T, E, M, F>(s: &mut Session, mut make: M) -> Result<T, E>
+where
+    M: FnMut() -> F,
+    F: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let Some(hedge) = s.policy.hedge else {
+        return s.attempt(make()).await;
+    };
+    let ctx = match s.begin_attempt() {
+        Ok(ready) => ready,
+        Err(e) => return Err(E::from(e)),
+    };
+    let span = s.span.clone();
+    let mut first = pin!(Running::new(ctx, make()));
+    let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
+    let mut timer = pin!(tokio::time::sleep(hedge.delay));
+    let mut hedging = true;
+    let mut in_flight = 1u32;
+    std::future::poll_fn(|cx| {
+        loop {
+            // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
+            let mut ready = None;
+            if let Poll::Ready(o) = first.as_mut().poll_outcome(cx) {
+                ready = Some((0, o));
+            } else {
+                for (i, h) in hedges.iter_mut().enumerate() {
+                    if let Poll::Ready(o) = h.as_mut().poll_outcome(cx) {
+                        ready = Some((i + 1, o));
+                        break;
+                    }
+                }
+            }
+            if let Some((i, o)) = ready {
+                let ctx = match i {
+                    0 => first.as_mut().take_ctx(),
+                    i => hedges[i - 1].as_mut().take_ctx(),
+                };
+                in_flight -= 1;
+                let r = match o {
+                    Outcome::Done(Ok(v)) => {
+                        // The others lose: what they sent is recorded, then they are dropped.
+                        if i != 0 {
+                            let c = first.as_mut().take_ctx();
+                            s.record_attempt(c);
+                        }
+                        for (j, h) in hedges.iter_mut().enumerate() {
+                            if j + 1 != i {
+                                let c = h.as_mut().take_ctx();
+                                s.record_attempt(c);
+                            }
+                        }
+                        hedges.clear();
+                        s.record_attempt(ctx);
+                        s.succeeded();
+                        return Poll::Ready(Ok(v));
+                    }
+                    Outcome::Done(Err(e)) => {
+                        s.last.runtime = None;
+                        s.record_attempt(ctx);
+                        Err(e)
+                    }
+                    Outcome::TimedOut(limit) => {
+                        s.record_attempt(ctx);
+                        Err(E::from(s.timed_out(limit)))
+                    }
+                };
+                // Nothing left in flight: the retry loop decides, as after any attempt.
+                if in_flight == 0 {
+                    return Poll::Ready(r);
+                }
+                continue;
+            }
+            if !hedging || timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match begin_hedge(s) {
+                Some(ctx) => {
+                    hedges.push(Box::pin(Running::new(ctx, make())));
+                    in_flight += 1;
+                    hedging = hedges.len() < hedge.max as usize;
+                    timer.as_mut().reset(Instant::now() + hedge.delay);
+                }
+                None => hedging = false,
+            }
+        }
+    })
+    .instrument(span)
+    .await
+}
+
+/// A hedge's attempt context, or `None` when no hedge may start: the deadline is too close or
+/// the retry budget is spent.
+fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
+    let now = Instant::now();
+    let left = s.deadline.saturating_duration_since(now);
+    if left.is_zero() {
+        return None;
+    }
+    if let Some(b) = s.shared.budget
+        && !b.withdraw_at(now)
+    {
+        PolicyMetrics::incr(&s.shared.metrics.rejected_budget);
+        tracing::debug!(attempt = s.attempts, "retry budget spent: no hedge");
+        return None;
+    }
+    s.attempts += 1;
+    PolicyMetrics::incr(&s.shared.metrics.retries);
+    tracing::info!(attempt = s.attempts, "no answer yet: hedging");
+    let limit = s.policy.timeout.min(left);
+    let ctx = AttemptCtx {
+        attempt: s.attempts,
+        request_id: s.request_id,
+        trace_id: s.trace_id,
+        span_id: fastrand::u64(..).max(1),
+        trace_flags: s.trace_flags,
+        key: s.key.clone(),
+        until: now + limit,
+        depth: s.depth,
+        stamped: Cell::new(false),
+        all_keyed: Cell::new(true),
+        sent_method: Cell::new(None),
+        status: Cell::new(None),
+        retry_after: Cell::new(None),
+        nested_gave_up: Cell::new(false),
+    };
+    Some((now + limit, limit, ctx))
+}

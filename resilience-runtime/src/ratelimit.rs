@@ -1,0 +1,434 @@
+//! A client-side rate limit by name: the generic cell rate algorithm (GCRA).
+//!
+//! A limit of `rate` calls per `per` with a `burst` lets `burst` calls go at once after a
+//! quiet spell, then one every `per / rate`. The state is one number, the theoretical arrival
+//! time (TAT) of the next call: locally an atomic, shared between instances a Redis key updated
+//! by one atomic script (Redis's own clock, so the instances need not agree on time).
+//!
+//! A call that would have to wait longer than `max_wait` (or than what is left of its
+//! deadline) is refused at once, without waiting in vain: the algorithm knows the wait up
+//! front. A call that may wait reserves its permit, then sleeps; the wait counts against the
+//! call's deadline, which starts before the bulkhead and the rate limit.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::policy::InvalidPolicy;
+
+/// Where a rate limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateLimitStore {
+    /// In this process: each instance of the service has its own limit.
+    Local,
+    /// In Redis, shared by every instance that names the same limit and connects to the same
+    /// Redis ([`use_redis`]). Until a connection is given, and while Redis does not answer, each
+    /// instance falls back to the local limit (with a warning), so an outage of Redis never
+    /// stops outbound calls and never lets one instance exceed the whole limit.
+    Redis,
+}
+
+/// The settings of one rate limit (`[rate_limits.NAME]`, or `rate_limit(...)` inline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// Calls that may start per `per`, 1..=1000000.
+    pub rate: u32,
+    /// The period `rate` is counted over (default 1 s), 1ms..=24h.
+    pub per: Duration,
+    /// Calls that may go at once after a quiet spell, 1..=1000000 (default: `rate`).
+    pub burst: u32,
+    /// How long a call may wait for a permit (within its deadline); zero refuses at once.
+    pub max_wait: Duration,
+    /// Local, or shared through Redis.
+    pub store: RateLimitStore,
+}
+
+impl RateLimitSpec {
+    /// Checks the ranges documented on each field, with the rule book's messages.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        use resilience_spec::rules;
+        let bad = |b: resilience_spec::Broken| InvalidPolicy(b.to_string());
+        rules::rate_limit_count("rate", u64::from(self.rate)).map_err(bad)?;
+        rules::rate_limit_count("burst", u64::from(self.burst)).map_err(bad)?;
+        rules::rate_limit_per(self.per).map_err(bad)
+    }
+
+    /// Time between two calls at the sustained rate, in nanoseconds (at least 1).
+    fn interval_nanos(&self) -> u64 {
+        (self.per.as_nanos() / u128::from(self.rate.max(1))).max(1) as u64
+    }
+}
+
+/// Why [`RateLimiter::acquire_by`] gave no permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The wait for a permit would be longer than `max_wait`.
+    Limited,
+    /// The wait for a permit would end after the call's deadline.
+    Deadline,
+}
+
+/// A copy of a rate limit's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitSnapshot {
+    /// Permits given at once.
+    pub admitted: u64,
+    /// Permits given after a wait.
+    pub waited: u64,
+    /// Calls refused.
+    pub rejected: u64,
+    /// Decisions taken locally because the Redis store had no connection or did not answer.
+    pub local_fallbacks: u64,
+}
+
+/// A rate limit shared by name.
+#[derive(Debug)]
+pub struct RateLimiter {
+    name: &'static str,
+    spec: RateLimitSpec,
+    epoch: Instant,
+    /// The theoretical arrival time of the next call, in nanoseconds since `epoch`.
+    tat: AtomicU64,
+    admitted: AtomicU64,
+    waited: AtomicU64,
+    rejected: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl RateLimiter {
+    /// A limit with a full burst available.
+    ///
+    /// # Panics
+    ///
+    /// If `spec` is invalid; [`RateLimiter::try_new`] returns the error.
+    pub fn new(name: &'static str, spec: RateLimitSpec) -> RateLimiter {
+        match RateLimiter::try_new(name, spec) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A limit with a full burst available, or why `spec` is invalid.
+    pub fn try_new(name: &'static str, spec: RateLimitSpec) -> Result<RateLimiter, InvalidPolicy> {
+        spec.validate()?;
+        Ok(RateLimiter {
+            name,
+            spec,
+            epoch: Instant::now(),
+            tat: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Its settings.
+    pub fn spec(&self) -> RateLimitSpec {
+        self.spec
+    }
+
+    /// Its name (the function's path when private to one function).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its counters now.
+    pub fn snapshot(&self) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            admitted: self.admitted.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            local_fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a permit now, or refuses, never waiting.
+    pub fn try_acquire(&self) -> Result<(), Refused> {
+        self.reserve_local(Instant::now(), Duration::ZERO)
+            .map(|_| ())
+    }
+
+    /// Takes a permit, waiting for it up to `max_wait` and no later than `deadline`. A wait
+    /// longer than either is refused at once. The permit is reserved before the wait: a call
+    /// dropped while it waits does not give it back.
+    pub async fn acquire_by(&self, deadline: Instant) -> Result<(), Refused> {
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        let allowed = self.spec.max_wait.min(left);
+        let wait = match self.spec.store {
+            RateLimitStore::Local => self.reserve_local(now, allowed),
+            RateLimitStore::Redis => self.reserve_shared(now, allowed).await,
+        };
+        let wait = match wait {
+            Ok(w) => w,
+            Err(Refused::Limited) if left < self.spec.max_wait => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Deadline);
+            }
+            Err(why) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(why);
+            }
+        };
+        if wait.is_zero() {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.waited.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep_until(now + wait).await;
+        }
+        Ok(())
+    }
+
+    /// GCRA on the local atomic: the wait before a permit (zero: now), or refused when it
+    /// would exceed `allowed`.
+    fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        let t = self.spec.interval_nanos();
+        let tolerance = t.saturating_mul(u64::from(self.spec.burst));
+        let now_n = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let new_tat = tat.max(now_n).saturating_add(t);
+            let wait = new_tat.saturating_sub(now_n).saturating_sub(tolerance);
+            if wait > allowed_n {
+                return Err(Refused::Limited);
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(Duration::from_nanos(wait)),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        match shared::reserve(self.name, &self.spec, allowed).await {
+            Some(Ok(wait)) => Ok(wait),
+            Some(Err(())) => Err(Refused::Limited),
+            None => {
+                self.fallback();
+                self.reserve_local(now, allowed)
+            }
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        self.fallback();
+        self.reserve_local(now, allowed)
+    }
+
+    fn fallback(&self) {
+        if self.fallbacks.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                rate_limit = self.name,
+                "rate limit shared through Redis has no Redis to talk to: each instance holds to the limit locally"
+            );
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+pub use shared::use_redis;
+
+#[cfg(feature = "redis")]
+mod shared {
+    use std::sync::{LazyLock, OnceLock};
+    use std::time::Duration;
+
+    use redis::Script;
+    use redis::aio::ConnectionManager;
+
+    use super::RateLimitSpec;
+
+    /// How long a decision may wait for Redis before the local limit decides instead.
+    const STORE_TIMEOUT: Duration = Duration::from_millis(250);
+
+    static CONN: OnceLock<ConnectionManager> = OnceLock::new();
+
+    /// GCRA in one atomic step, on Redis's clock (microseconds). ARGV: interval, tolerance
+    /// (interval × burst) and the longest wait allowed, all in microseconds. Returns the wait
+    /// in microseconds, or -1 when refused (nothing is reserved then).
+    static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+        Script::new(
+            r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local allowed = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - now - tolerance
+if wait < 0 then wait = 0 end
+if wait > allowed then return -1 end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return wait",
+        )
+    });
+
+    /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
+    /// The first connection given stays; later calls return `false`.
+    pub fn use_redis(conn: ConnectionManager) -> bool {
+        CONN.set(conn).is_ok()
+    }
+
+    /// The Redis key of a limit (braces: one hash slot, should the store be a cluster).
+    fn key(name: &str) -> String {
+        format!("resilience:rate:{{{name}}}")
+    }
+
+    /// `None`: no connection, or Redis did not answer in time.
+    pub(super) async fn reserve(
+        name: &str,
+        spec: &RateLimitSpec,
+        allowed: Duration,
+    ) -> Option<Result<Duration, ()>> {
+        let mut conn = CONN.get()?.clone();
+        let interval = (spec.per.as_micros() / u128::from(spec.rate.max(1))).max(1) as u64;
+        let tolerance = interval.saturating_mul(u64::from(spec.burst));
+        let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
+        let mut inv = RESERVE.prepare_invoke();
+        inv.key(key(name)).arg(interval).arg(tolerance).arg(allowed);
+        let call = async move { inv.invoke_async::<i64>(&mut conn).await };
+        match tokio::time::timeout(STORE_TIMEOUT, call).await {
+            Ok(Ok(w)) if w >= 0 => Some(Ok(Duration::from_micros(w as u64))),
+            Ok(Ok(_)) => Some(Err(())),
+            Ok(Err(e)) => {
+                tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refused::Limited => "rate limited",
+            Refused::Deadline => "deadline reached before a rate-limit permit",
+        })
+    }
+}
+
+/// The session's one call: a permit, or the call's error (counted and logged).
+pub(crate) async fn admit(
+    r: &'static RateLimiter,
+    shared: &crate::registry::Resolved,
+    deadline: Instant,
+    started: Instant,
+) -> Result<(), crate::error::Error> {
+    use crate::error::{Error, ErrorKind};
+    let why = match r.acquire_by(deadline).await {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
+    let kind = match why {
+        Refused::Limited => ErrorKind::RateLimited,
+        Refused::Deadline => ErrorKind::DeadlineExceeded,
+    };
+    tracing::warn!(
+        function = shared.function,
+        policy = shared.policy,
+        rate_limit = r.name(),
+        "{why}: call rejected"
+    );
+    Err(Error::new(kind)
+        .with_class(Some(crate::classify::Class::Rejected), None)
+        .with_elapsed(started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rate: u32, burst: u32, max_wait_ms: u64) -> RateLimiter {
+        RateLimiter::new(
+            "t",
+            RateLimitSpec {
+                rate,
+                per: Duration::from_secs(1),
+                burst,
+                max_wait: Duration::from_millis(max_wait_ms),
+                store: RateLimitStore::Local,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_the_sustained_rate() {
+        let r = limiter(10, 3, 0);
+        for _ in 0..3 {
+            assert_eq!(r.try_acquire(), Ok(()));
+        }
+        assert_eq!(r.try_acquire(), Err(Refused::Limited));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(r.try_acquire(), Ok(()));
+        assert_eq!(r.try_acquire(), Err(Refused::Limited));
+        // A quiet second gives the whole burst back, and no more.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..3 {
+            assert_eq!(r.try_acquire(), Ok(()));
+        }
+        assert_eq!(r.try_acquire(), Err(Refused::Limited));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_its_turn_within_max_wait_and_the_deadline() {
+        let r = limiter(10, 1, 250);
+        let far = Instant::now() + Duration::from_secs(10);
+        let t = Instant::now();
+        r.acquire_by(far).await.unwrap();
+        r.acquire_by(far).await.unwrap();
+        assert_eq!(t.elapsed(), Duration::from_millis(100));
+        r.acquire_by(far).await.unwrap();
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+        // Three waiting at once: 100, 200, then 300 ms > max_wait, refused at once.
+        let t = Instant::now();
+        let (a, b, c) = tokio::join!(r.acquire_by(far), r.acquire_by(far), r.acquire_by(far));
+        assert_eq!((a, b), (Ok(()), Ok(())));
+        assert_eq!(c, Err(Refused::Limited));
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+        // A wait that would end after the deadline is refused at once, as the deadline.
+        let t = Instant::now();
+        let near = t + Duration::from_millis(50);
+        assert_eq!(r.acquire_by(near).await, Err(Refused::Deadline));
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        let s = r.snapshot();
+        assert_eq!((s.admitted, s.waited, s.rejected), (1, 4, 2));
+    }
+
+    #[test]
+    fn specs_are_checked_with_the_rule_book() {
+        let ok = RateLimitSpec {
+            rate: 1,
+            per: Duration::from_secs(1),
+            burst: 1,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Local,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(RateLimitSpec { rate: 0, ..ok }.validate().is_err());
+        assert!(RateLimitSpec { burst: 0, ..ok }.validate().is_err());
+        let e = RateLimiter::try_new(
+            "t",
+            RateLimitSpec {
+                per: Duration::ZERO,
+                ..ok
+            },
+        )
+        .unwrap_err();
+        assert!(e.0.contains("per = 0ms"), "{e}");
+    }
+}

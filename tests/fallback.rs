@@ -1,0 +1,134 @@
+//! Fallback through real sockets: called with the same arguments on a final failure, or only
+//! on the kinds chosen (an open breaker, the deadline, the rate limit); other failures return
+//! as they are.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, resilient};
+use tokio::time::Instant;
+
+async fn cached(_c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(format!("cached {url}"))
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = cached
+)]
+async fn price(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_final_failure_calls_the_fallback_with_the_same_arguments() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/price");
+    assert_eq!(
+        price(&c, url.clone()).await.unwrap(),
+        format!("cached {url}")
+    );
+    assert_eq!(server.count(), 2, "both attempts ran first");
+    // A success never calls it.
+    let ok = FaultServer::start(Script::always(Action::ok().body("12"))).await;
+    assert_eq!(price(&c, ok.url("/price")).await.unwrap(), "12");
+}
+
+async fn stale(_c: &reqwest::Client, _url: &str) -> Result<u16, Error> {
+    Ok(299)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(failure_rate = 0.5, min_calls = 1, window = 1, open_for = "1m", half_open_calls = 1),
+    fallback = stale,
+    fallback_on = [circuit_open]
+)]
+async fn only_when_open(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_chosen_kinds_call_it() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/");
+    // The function's own failure is not chosen: it returns as it is, and opens the breaker.
+    let e = only_when_open(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Call);
+    assert_eq!(e.http_status(), Some(503));
+    // The open breaker is: the fallback answers, nothing is sent.
+    assert_eq!(only_when_open(&c, &url).await.unwrap(), 299);
+    assert_eq!(server.count(), 1);
+}
+
+#[resilient(
+    timeout = "300ms",
+    deadline = "500ms",
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = stale,
+    fallback_on = [deadline, rate_limited],
+    rate_limit(rate = 1, burst = 1, per = "1m")
+)]
+async fn within(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_and_the_rate_limit_call_it() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let t = Instant::now();
+    // Attempts time out at 300 ms, then the deadline ends the second at 500 ms.
+    assert_eq!(within(&c, &server.url("/")).await.unwrap(), 299);
+    assert_eq!(t.elapsed(), Duration::from_millis(500));
+    assert_eq!(server.count(), 2);
+    // The limit has no permit for a minute: refused at once, the fallback answers.
+    let t = Instant::now();
+    assert_eq!(within(&c, &server.url("/")).await.unwrap(), 299);
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    assert_eq!(server.count(), 2);
+}
+
+struct Api {
+    c: reqwest::Client,
+}
+
+impl Api {
+    #[resilient(timeout = "1s", max_attempts = 1, fallback = Self::backup)]
+    async fn get(&self, url: &str) -> Result<u16, Error> {
+        Ok(self
+            .c
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    async fn backup(&self, _url: &str) -> Result<u16, Error> {
+        Ok(298)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_method_falls_back_on_a_method() {
+    let api = Api {
+        c: reqwest::Client::new(),
+    };
+    let server = FaultServer::start(Script::always(Action::status(500))).await;
+    assert_eq!(api.get(&server.url("/")).await.unwrap(), 298);
+}

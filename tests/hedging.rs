@@ -1,0 +1,144 @@
+//! Hedging through real sockets: a stalled first request, a hedge that answers, what the
+//! server saw; the cap on hedges; hedges drawn from the retry budget; a keyed POST hedged with
+//! its key.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, metrics, resilient};
+use tokio::time::Instant;
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms")
+)]
+async fn lookup(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_is_overtaken_by_its_hedge() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let t = Instant::now();
+    assert_eq!(lookup(&c, server.url("/item")).await.unwrap(), 200);
+    // The hedge went at 100 ms and was answered at once: the 2 s timeout never came.
+    assert_eq!(t.elapsed(), Duration::from_millis(100));
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(100));
+    assert_eq!(seen[0].header("x-attempt"), Some("1"));
+    assert_eq!(seen[1].header("x-attempt"), Some("2"));
+    // One call: the same request id and trace on both, a parent id of each one's own.
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        seen[1].header("x-request-id")
+    );
+    let (p0, p1) = (
+        seen[0].header("traceparent").unwrap(),
+        seen[1].header("traceparent").unwrap(),
+    );
+    assert_eq!(p0[..35], p1[..35]);
+    assert_ne!(p0, p1);
+    assert_eq!(
+        server.connections(),
+        2,
+        "the hedge on a connection of its own"
+    );
+    let m = metrics::policy("hedging::lookup").unwrap();
+    assert_eq!((m.successful_with_retry, m.retries), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_before_the_delay_sends_no_hedge() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(60)),
+    ))
+    .await;
+    assert_eq!(lookup(&c, server.url("/")).await.unwrap(), 200);
+    assert_eq!(server.count(), 1);
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms", max = 2)
+)]
+async fn capped(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_hedges_then_the_attempt_timeouts() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let t = Instant::now();
+    let e = capped(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(e.attempts(), 3);
+    // The first and two hedges (at 100 and 200 ms), no more; the last one's timeout ends it.
+    assert_eq!(server.count(), 3);
+    let seen = server.requests();
+    assert_eq!(seen[2].at - seen[0].at, Duration::from_millis(200));
+    assert_eq!(t.elapsed(), Duration::from_millis(1200));
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = { ratio = 0.0, min_per_sec = 0 },
+    hedge(delay = "100ms")
+)]
+async fn no_budget(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_draw_on_the_retry_budget() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let e = no_budget(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+    assert_eq!(server.count(), 1, "a spent budget sends no hedge");
+    let m = metrics::policy("hedging::no_budget").unwrap();
+    assert_eq!(m.rejected_budget, 1);
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    idempotency_key = auto,
+    hedge(delay = "100ms")
+)]
+async fn charge(c: &reqwest::Client, url: &str, cents: u64) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(format!("cents={cents}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_is_hedged_with_its_key() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    assert_eq!(charge(&c, &server.url("/pay"), 5).await.unwrap(), 200);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].idempotency_key().is_some());
+    assert_eq!(seen[0].idempotency_key(), seen[1].idempotency_key());
+    assert_eq!(seen[1].body, b"cents=5");
+}
