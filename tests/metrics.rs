@@ -44,6 +44,11 @@ async fn bulkheaded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
 }
 
+#[resilient(method = GET, timeout = "2s", rate_limit = { rate = 1, per = "1m", burst = 1 }, budget = false)]
+async fn limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
 fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
     PrometheusBuilder::new()
         .with_recommended_naming(true)
@@ -220,6 +225,22 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
             &[r#"bulkhead="m_bulkhead""#],
         ),
         Some(0.0)
+    );
+
+    // Rate limit: one permit a minute; the second call is refused before any attempt.
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    limited(&c, &ok.url("/")).await.unwrap();
+    assert_eq!(
+        limited(&c, &ok.url("/")).await.unwrap_err().kind(),
+        resilience_runtime::ErrorKind::RateLimited
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("limited"), r#"outcome="rejected_rate_limit""#]
+        ),
+        Some(1.0)
     );
 
     // Every metric of the table is there, with its help text.

@@ -334,6 +334,7 @@ pub(crate) async fn admit(
         Err(why) => why,
     };
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
+    crate::telemetry::call_rejected_by_rate_limit(shared);
     let kind = match why {
         Refused::Limited => ErrorKind::RateLimited,
         Refused::Deadline => ErrorKind::DeadlineExceeded,

@@ -47,7 +47,8 @@
 //! | `resilience.bulkhead.in_flight` | gauge | `{call}` | `bulkhead` | calls holding a slot |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
-//!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`.
+//!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`,
+//!   `rejected_rate_limit`.
 //! - `class`: `ok` (the attempt succeeded), or the failure class: `connect`, `reset`,
 //!   `timeout`, `status` (a status the policy may retry, or one the body turned into an
 //!   error), `permanent`.
@@ -227,11 +228,12 @@ pub(crate) enum Outcome {
     RejectedBreaker,
     RejectedBudget,
     RejectedBulkhead,
+    RejectedRateLimit,
 }
 
 impl Outcome {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Outcome; 7] = [
+    pub(crate) const ALL: [Outcome; 8] = [
         Outcome::SuccessfulWithoutRetry,
         Outcome::SuccessfulWithRetry,
         Outcome::FailedWithoutRetry,
@@ -239,6 +241,7 @@ impl Outcome {
         Outcome::RejectedBreaker,
         Outcome::RejectedBudget,
         Outcome::RejectedBulkhead,
+        Outcome::RejectedRateLimit,
     ];
 
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -251,6 +254,7 @@ impl Outcome {
             Outcome::RejectedBreaker => "rejected_breaker",
             Outcome::RejectedBudget => "rejected_budget",
             Outcome::RejectedBulkhead => "rejected_bulkhead",
+            Outcome::RejectedRateLimit => "rejected_rate_limit",
         }
     }
 
@@ -515,4 +519,10 @@ fn end_instant() -> Option<Instant> {
 #[inline]
 pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
     on_call_end(shared, Outcome::RejectedBulkhead, None, None);
+}
+
+/// The call was refused by its rate limit before any attempt.
+#[inline]
+pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved) {
+    on_call_end(shared, Outcome::RejectedRateLimit, None, None);
 }
