@@ -99,7 +99,28 @@ impl Inbound {
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
 pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F::Output {
+    inbound_in_use();
     INBOUND.scope(inbound, fut).await
+}
+
+/// Whether any inbound context was ever set in this process: until one is, a call does not
+/// look for it (a task-local lookup saved on every call of a process that never uses it).
+static INBOUND_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn inbound_in_use() {
+    if !INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
+        INBOUND_USED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The inbound context of the current task, if any was set.
+#[inline]
+pub(crate) fn inbound() -> Inbound {
+    if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
+        INBOUND.try_with(|i| *i).unwrap_or_default()
+    } else {
+        Inbound::NONE
+    }
 }
 
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.

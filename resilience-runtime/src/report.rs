@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::context::REPORT;
@@ -44,6 +45,7 @@ pub struct CallReport {
 /// `None` when no annotated call finished inside `fut`. When it makes several in a row, the
 /// last one to finish is reported (a nested call finishes before the one it is nested in).
 pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
+    MEASURED.store(true, Ordering::Relaxed);
     REPORT
         .scope(Cell::new(None), async move {
             let out = fut.await;
@@ -52,6 +54,12 @@ pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
         .await
 }
 
-pub(crate) fn record(report: CallReport) {
-    let _ = REPORT.try_with(|r| r.set(Some(report)));
+/// Whether [`measure`] was ever called: until it is, a call does not look for its scope.
+static MEASURED: AtomicBool = AtomicBool::new(false);
+
+#[inline]
+pub(crate) fn record(report: impl FnOnce() -> CallReport) {
+    if MEASURED.load(Ordering::Relaxed) {
+        let _ = REPORT.try_with(|r| r.set(Some(report())));
+    }
 }

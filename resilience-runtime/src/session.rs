@@ -32,7 +32,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{ATTEMPT, AttemptCtx, INBOUND, Key, Outer, RequestId};
+use crate::context::{ATTEMPT, AttemptCtx, Key, Outer, RequestId};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -184,7 +184,7 @@ impl Session {
                 )
             }
             None => {
-                let inbound = INBOUND.try_with(|i| *i).unwrap_or_default();
+                let inbound = crate::context::inbound();
                 if let Some(d) = inbound.deadline {
                     deadline = deadline.min(d);
                 }
@@ -434,7 +434,7 @@ impl Session {
                 }
             });
         }
-        crate::report::record(CallReport {
+        crate::report::record(|| CallReport {
             function: self.shared.function,
             attempts: self.attempts,
             waited: self.waited,

@@ -102,6 +102,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inbound = inbound_of(req.headers(), self.max, Instant::now());
+        crate::context::inbound_in_use();
         INBOUND.scope(inbound, self.inner.call(req))
     }
 }
