@@ -112,12 +112,19 @@ impl KeyFormat {
         }
     }
 
+    /// What goes on each side of a key in this format: nothing, or the Structured Field
+    /// string's quotes.
+    pub(crate) fn delimiter(self) -> &'static str {
+        match self {
+            KeyFormat::Bare => "",
+            KeyFormat::Quoted => "\"",
+        }
+    }
+
     /// `key` (visible ASCII without `"` or `\`, such as a UUID) in this format.
     pub(crate) fn header(self, key: &str) -> http::HeaderValue {
-        let value = match self {
-            KeyFormat::Bare => http::HeaderValue::from_str(key),
-            KeyFormat::Quoted => http::HeaderValue::from_str(&format!("\"{key}\"")),
-        };
-        value.unwrap_or_else(|_| http::HeaderValue::from_static("invalid-key"))
+        let d = self.delimiter();
+        http::HeaderValue::from_str(&format!("{d}{key}{d}"))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-key"))
     }
 }

@@ -95,14 +95,10 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
             let mut b = uuid::Uuid::encode_buffer();
             let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
             // Bare, or the IETF draft's quoted Structured Field string (`KeyFormat`).
-            Some(Err(match crate::client::KeyFormat::current() {
-                crate::client::KeyFormat::Quoted => {
-                    let start = buf.push(b"\"").start;
-                    buf.push(uuid);
-                    start..buf.push(b"\"").end
-                }
-                _ => buf.push(uuid),
-            }))
+            let d = crate::client::KeyFormat::current().delimiter().as_bytes();
+            let start = buf.push(d).start;
+            buf.push(uuid);
+            Some(Err(start..buf.push(d).end))
         }
         Some(Key::Given(h)) => Some(Ok(h.clone())),
         None => {

@@ -235,19 +235,7 @@ pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> 
 pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     let doc = Arc::new(parse(text, name).map_err(|problems| OverrideError { problems })?);
     let known = lock(&KNOWN);
-    let mut planned = Vec::new();
-    let mut problems = Vec::new();
-    for k in known.iter() {
-        match plan(&doc, k) {
-            Ok(p) => planned.push(p),
-            Err(mut p) => problems.append(&mut p),
-        }
-    }
-    if !problems.is_empty() {
-        problems.sort();
-        problems.dedup();
-        return Err(OverrideError { problems });
-    }
+    let planned = plan_all(&doc, known.iter())?;
     let mut all = Vec::new();
     for (k, p) in known.iter().zip(planned) {
         match p {
@@ -280,23 +268,38 @@ pub fn check(
 ) -> Result<Vec<Change>, OverrideError> {
     let doc = parse(text, name).map_err(|problems| OverrideError { problems })?;
     static UNUSED: ArcSwapOption<&'static Policy> = ArcSwapOption::const_empty();
-    let mut changes = Vec::new();
-    let mut problems = Vec::new();
-    for (function, policy, compiled) in functions {
-        let k = Known {
+    let known: Vec<Known> = functions
+        .iter()
+        .map(|(function, policy, compiled)| Known {
             function,
             policy,
             compiled,
             current: &UNUSED,
-        };
-        match plan(&doc, &k) {
-            Ok(Some((_, mut c))) => changes.append(&mut c),
-            Ok(None) => {}
+        })
+        .collect();
+    Ok(plan_all(&doc, known.iter())?
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, changes)| changes)
+        .collect())
+}
+
+/// [`plan`] for every function: each one's plan, or every rule broken, sorted, none repeated.
+#[allow(clippy::type_complexity)]
+fn plan_all<'a>(
+    doc: &Doc,
+    known: impl Iterator<Item = &'a Known>,
+) -> Result<Vec<Option<(Policy, Vec<Change>)>>, OverrideError> {
+    let mut planned = Vec::new();
+    let mut problems = Vec::new();
+    for k in known {
+        match plan(doc, k) {
+            Ok(p) => planned.push(p),
             Err(mut p) => problems.append(&mut p),
         }
     }
     if problems.is_empty() {
-        Ok(changes)
+        Ok(planned)
     } else {
         problems.sort();
         problems.dedup();
