@@ -260,6 +260,51 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
     }
 }
 
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, hedge(delay = "50ms", max = 2))]
+async fn hedged(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test]
+async fn hedges_are_counted_won_and_lost() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+    // The first request and the first hedge stall; the second hedge answers: one won, one lost.
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::stall(),
+        Action::ok(),
+    ]))
+    .await;
+    hedged(&c, &server.url("/")).await.unwrap();
+    assert_eq!(server.requests().len(), 3);
+    let hedges = |outcome: &str| {
+        sample(
+            &handle,
+            "resilience_client_hedges_total",
+            &[function_of("hedged"), &format!(r#"outcome="{outcome}""#)],
+        )
+    };
+    assert_eq!((hedges("won"), hedges("lost")), (Some(1.0), Some(1.0)));
+    // The attempts counted are the one the call acted on: the hedge that answered.
+    let ok = sample(
+        &handle,
+        "resilience_client_attempts_total",
+        &[function_of("hedged"), r#"class="ok""#],
+    );
+    assert_eq!(ok, Some(1.0));
+    assert!(
+        handle
+            .render()
+            .contains("# HELP resilience_client_hedges_total Hedges sent"),
+        "{}",
+        handle.render()
+    );
+}
+
 fn function_of(f: &str) -> &'static str {
     Box::leak(format!(r#"function="metrics::{f}""#).into_boxed_str())
 }

@@ -317,3 +317,65 @@ async fn a_request_that_carries_a_traceparent_keeps_it() {
         vec![own.clone(), own]
     );
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn hedged(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test]
+async fn a_hedge_has_an_attempt_span_of_its_own_and_the_overtaken_attempt_says_so() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let c = reqwest::Client::new();
+    assert_eq!(hedged(&c, server.url("/item")).await.unwrap(), 200);
+
+    // The call and two attempts: the first, stalled, then the hedge that answered.
+    let spans = finished(&exporter, 3).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "resilient")
+        .unwrap_or_else(|| panic!("no call span: {names:?}"));
+    let mut attempts: Vec<_> = spans.iter().filter(|s| s.name == "GET").collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2, "{names:?}");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    for (i, at) in attempts.iter().enumerate() {
+        assert_eq!(at.parent_span_id, call.span_context.span_id());
+        assert_eq!(at.span_context.trace_id(), call.span_context.trace_id());
+        assert_eq!(
+            attr(at, "resilience.attempt"),
+            Some(&Value::I64(i as i64 + 1))
+        );
+        // Each request carries its own attempt span as the parent id.
+        let tp = seen[i].header("traceparent").unwrap();
+        assert_eq!(tp[36..52], at.span_context.span_id().to_string());
+        assert_eq!(attr(at, "url.full"), Some(&s(&server.url("/item"))));
+    }
+    let (first, hedge) = (attempts[0], attempts[1]);
+    assert_eq!(attr(first, "resilience.decision"), Some(&s("cancelled")));
+    assert_eq!(
+        attr(first, "resilience.reason"),
+        Some(&s("another attempt answered first"))
+    );
+    assert_eq!(attr(first, "http.response.status_code"), None);
+    assert_eq!(attr(hedge, "resilience.decision"), Some(&s("success")));
+    assert_eq!(
+        attr(hedge, "http.response.status_code"),
+        Some(&Value::I64(200))
+    );
+}

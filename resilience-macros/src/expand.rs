@@ -311,6 +311,21 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!()
     };
 
+    // A bulkhead slot or a rate-limit permit may have to be waited for; without either, the
+    // session is ready as begun.
+    let admit = if plan.shared.bulkhead.is_some() || plan.shared.rate_limit.is_some() {
+        quote! {
+            if !__resilience_session.admitted() {
+                if let ::core::result::Result::Err(error) = __resilience_session.admit().await {
+                    #on_start_error
+                    return ::core::result::Result::Err(::core::convert::From::from(error));
+                }
+            }
+        }
+    } else {
+        quote!()
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -352,13 +367,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             }
             static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
             let mut __resilience_session =
-                match #p::Session::start(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg).await {
+                match #p::Session::begin(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg) {
                     ::core::result::Result::Ok(session) => session,
                     ::core::result::Result::Err(error) => {
                         #on_start_error
                         return ::core::result::Result::Err(::core::convert::From::from(error));
                     }
                 };
+            #admit
             #replaced_decl
             #[allow(clippy::let_and_return)]
             let __resilience_result = loop {

@@ -558,8 +558,14 @@ impl Breaker {
                 }
                 (CLOSED, false, Outcome::Success | Outcome::Failure) => {
                     let fail = u64::from(outcome == Outcome::Failure);
-                    let ring = ((ring(w) << 1) | fail) & self.ring_mask;
-                    let seen = (seen(w) + 1).min(u64::from(self.spec.window));
+                    let (ring_was, seen_was) = (ring(w), seen(w));
+                    let ring = ((ring_was << 1) | fail) & self.ring_mask;
+                    let seen = (seen_was + 1).min(u64::from(self.spec.window));
+                    // A success into a full window that holds no failure changes nothing:
+                    // the common case, and no write to the shared word.
+                    if fail == 0 && ring == ring_was && seen == seen_was {
+                        return;
+                    }
                     if self.trips(seen as u32, ring.count_ones()) {
                         open(next_generation(w), self.now_ms_ceil())
                     } else {

@@ -11,12 +11,78 @@ use tokio::time::Instant;
 use crate::policy::Method;
 
 tokio::task_local! {
-    pub(crate) static ATTEMPT: AttemptCtx;
     /// Set by the server-side [`ContextLayer`](crate::server::ContextLayer) (or
     /// [`with_inbound`]) around the handling of one inbound request.
     pub(crate) static INBOUND: Inbound;
     /// Set by [`measure`](crate::measure): where the outermost call reports what it cost.
     pub(crate) static REPORT: Cell<Option<crate::report::CallReport>>;
+}
+
+scoped_tls::scoped_thread_local! {
+    /// The attempt whose body this thread is polling (or dropping), if any: set by [`Scoped`]
+    /// around each poll of an attempt's body, so only while the body runs on this thread.
+    static CURRENT: AttemptCtx
+}
+
+/// Runs `f` with the attempt whose body is being polled on this thread, if any.
+///
+/// What a task-local gives, for the price of one thread-local pointer (a task-local moves
+/// the whole context in and out on every poll): the context is set only during the
+/// synchronous poll (and drop) of the attempt's body, and the body can reach it only from
+/// inside that poll, so it is the body's own attempt (or that of the innermost attempt
+/// nested in it).
+#[inline]
+pub(crate) fn with_attempt<R>(f: impl FnOnce(&AttemptCtx) -> R) -> Option<R> {
+    CURRENT.is_set().then(|| CURRENT.with(f))
+}
+
+pin_project_lite::pin_project! {
+    /// An attempt's body with its context: the context is reachable ([`with_attempt`]) while
+    /// the body is polled or dropped.
+    pub(crate) struct Scoped<F> {
+        ctx: AttemptCtx,
+        #[pin]
+        fut: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // A body dropped mid-way (its timeout, a lost hedge) may still look at its
+            // attempt while it unwinds its own state.
+            CURRENT.set(this.ctx, || this.fut.set(None));
+        }
+    }
+}
+
+impl<F> Scoped<F> {
+    pub(crate) fn new(ctx: AttemptCtx, fut: F) -> Scoped<F> {
+        Scoped {
+            ctx,
+            fut: Some(fut),
+        }
+    }
+
+    /// What the attempt's requests recorded so far.
+    pub(crate) fn ctx(self: std::pin::Pin<&mut Self>) -> &AttemptCtx {
+        self.project().ctx
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Scoped<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        match this.fut.as_pin_mut() {
+            Some(fut) => CURRENT.set(this.ctx, || fut.poll(cx)),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// The idempotency key of one logical call.
@@ -195,20 +261,18 @@ pub struct AttemptInfo {
 
 /// The current attempt, when called from inside a `#[resilient]` function.
 pub fn current_attempt() -> Option<AttemptInfo> {
-    ATTEMPT
-        .try_with(|c| AttemptInfo {
-            attempt: c.attempt,
-            request_id: RequestId(c.request_id).to_string(),
-            idempotency_key: c
-                .key
-                .as_ref()
-                .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
-            // telemetry (issue 12): the OpenTelemetry trace context when there is one.
-            traceparent: crate::telemetry::traceparent(c.trace_id, c.span_id, c.trace_flags),
-            time_left: c.until.saturating_duration_since(Instant::now()),
-            depth: c.depth,
-        })
-        .ok()
+    with_attempt(|c| AttemptInfo {
+        attempt: c.attempt,
+        request_id: RequestId(c.request_id).to_string(),
+        idempotency_key: c
+            .key
+            .as_ref()
+            .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
+        // telemetry (issue 12): the OpenTelemetry trace context when there is one.
+        traceparent: crate::telemetry::traceparent(c.trace_id, c.span_id, c.trace_flags),
+        time_left: c.until.saturating_duration_since(Instant::now()),
+        depth: c.depth,
+    })
 }
 
 /// A call's request id as it appears in `X-Request-Id` and in the call's span: 32 hex digits.

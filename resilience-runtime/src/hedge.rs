@@ -18,14 +18,14 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument as _;
 
-use crate::context::{ATTEMPT, AttemptCtx};
+use crate::context::{AttemptCtx, Scoped};
 use crate::counters::PolicyMetrics;
 use crate::error::Error;
 use crate::session::Session;
+use crate::telemetry::{self, AttemptScope};
 
 /// The hedging settings of a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,13 @@ pin_project_lite::pin_project! {
     /// One attempt in flight: the body under its context, and its time limit.
     struct Running<F: Future> {
         #[pin]
-        body: TaskLocalFuture<AttemptCtx, F>,
+        body: Scoped<F>,
         #[pin]
         until: Sleep,
         limit: Duration,
         done: bool,
+        // The attempt's span (and start, for its metrics); its body is polled in it.
+        scope: Option<AttemptScope>,
     }
 }
 
@@ -54,13 +56,18 @@ enum Outcome<T, E> {
 }
 
 impl<F: Future> Running<F> {
-    fn new(ctx: (Instant, Duration, AttemptCtx), body: F) -> Running<F> {
+    fn new(
+        ctx: (Instant, Duration, AttemptCtx),
+        scope: Option<AttemptScope>,
+        body: F,
+    ) -> Running<F> {
         let (until, limit, ctx) = ctx;
         Running {
-            body: ATTEMPT.scope(ctx, body),
+            body: Scoped::new(ctx, body),
             until: tokio::time::sleep_until(until),
             limit,
             done: false,
+            scope,
         }
     }
 }
@@ -71,7 +78,11 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         if *me.done {
             return Poll::Pending;
         }
-        if let Poll::Ready(r) = me.body.as_mut().poll(cx) {
+        let polled = {
+            let _entered = me.scope.as_ref().and_then(AttemptScope::enter);
+            me.body.as_mut().poll(cx)
+        };
+        if let Poll::Ready(r) = polled {
             *me.done = true;
             return Poll::Ready(Outcome::Done(r));
         }
@@ -81,9 +92,15 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         }
         Poll::Pending
     }
+}
 
-    fn take_ctx(self: Pin<&mut Self>) -> Option<AttemptCtx> {
-        self.project().body.take_value()
+impl<F: Future> Running<F> {
+    fn ctx(self: Pin<&mut Self>) -> &AttemptCtx {
+        self.project().body.ctx()
+    }
+
+    fn take_scope(self: Pin<&mut Self>) -> Option<AttemptScope> {
+        self.project().scope.take()
     }
 }
 
@@ -102,7 +119,10 @@ where
         Err(e) => return Err(E::from(e)),
     };
     let span = s.span.clone();
-    let mut first = pin!(Running::new(ctx, make()));
+    // Each attempt keeps its own span; the one whose outcome the call acts on goes back to
+    // the session.
+    let scope = s.attempt_scope.take();
+    let mut first = pin!(Running::new(ctx, scope, make()));
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
     let mut timer = pin!(tokio::time::sleep(hedge.delay));
     let mut hedging = true;
@@ -122,39 +142,64 @@ where
                 }
             }
             if let Some((i, o)) = ready {
-                let ctx = match i {
-                    0 => first.as_mut().take_ctx(),
-                    i => hedges[i - 1].as_mut().take_ctx(),
-                };
                 in_flight -= 1;
                 let r = match o {
                     Outcome::Done(Ok(v)) => {
-                        // The others lose: what they sent is recorded, then they are dropped.
+                        // The others lose: what they sent is recorded, then they are dropped;
+                        // the winner last, so that its response is what the call keeps.
                         if i != 0 {
-                            let c = first.as_mut().take_ctx();
-                            s.record_attempt(c);
+                            s.record_attempt(first.as_mut().ctx());
+                            let scope = first.as_mut().take_scope();
+                            telemetry::attempt_superseded(scope, true, None);
                         }
                         for (j, h) in hedges.iter_mut().enumerate() {
                             if j + 1 != i {
-                                let c = h.as_mut().take_ctx();
-                                s.record_attempt(c);
+                                s.record_attempt(h.as_mut().ctx());
+                                let scope = h.as_mut().take_scope();
+                                telemetry::attempt_superseded(scope, true, None);
+                                telemetry::hedge_ended(&s.shared, false);
                             }
                         }
+                        if i != 0 {
+                            telemetry::hedge_ended(&s.shared, true);
+                        }
+                        let mut winner = match i {
+                            0 => first.as_mut(),
+                            i => hedges[i - 1].as_mut(),
+                        };
+                        s.record_attempt(winner.as_mut().ctx());
+                        s.attempt_scope = winner.take_scope();
                         hedges.clear();
-                        s.record_attempt(ctx);
                         s.succeeded();
                         return Poll::Ready(Ok(v));
                     }
-                    Outcome::Done(Err(e)) => {
-                        s.last.runtime = None;
-                        s.record_attempt(ctx);
-                        Err(e)
-                    }
-                    Outcome::TimedOut(limit) => {
-                        s.record_attempt(ctx);
-                        Err(E::from(s.timed_out(limit)))
+                    o => {
+                        let mut ended = match i {
+                            0 => first.as_mut(),
+                            i => hedges[i - 1].as_mut(),
+                        };
+                        s.record_attempt(ended.as_mut().ctx());
+                        let scope = ended.take_scope();
+                        if i != 0 {
+                            telemetry::hedge_ended(&s.shared, false);
+                        }
+                        let r = match o {
+                            Outcome::Done(r) => {
+                                s.last.runtime = None;
+                                r
+                            }
+                            Outcome::TimedOut(limit) => Err(E::from(s.timed_out(limit))),
+                        };
+                        (r, scope)
                     }
                 };
+                let (r, scope) = r;
+                if in_flight == 0 {
+                    // The last one left: the call acts on it.
+                    s.attempt_scope = scope;
+                } else {
+                    telemetry::attempt_superseded(scope, false, s.last.status);
+                }
                 // Nothing left in flight: the retry loop decides, as after any attempt.
                 if in_flight == 0 {
                     return Poll::Ready(r);
@@ -166,7 +211,9 @@ where
             }
             match begin_hedge(s) {
                 Some(ctx) => {
-                    hedges.push(Box::pin(Running::new(ctx, make())));
+                    // `until - limit`: the instant the hedge starts.
+                    let scope = AttemptScope::start(&s.span, s.policy, s.attempts, ctx.0 - ctx.1);
+                    hedges.push(Box::pin(Running::new(ctx, scope, make())));
                     in_flight += 1;
                     hedging = hedges.len() < hedge.max as usize;
                     timer.as_mut().reset(Instant::now() + hedge.delay);

@@ -32,7 +32,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{ATTEMPT, AttemptCtx, Key, Outer, RequestId};
+use crate::context::{AttemptCtx, Key, Outer, RequestId, Scoped, with_attempt};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -101,7 +101,7 @@ pub enum Next {
 pub(crate) struct Last {
     /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
     pub(crate) runtime: Option<ErrorKind>,
-    status: Option<u16>,
+    pub(crate) status: Option<u16>,
     retry_after: Option<Duration>,
     stamped: bool,
     all_keyed: bool,
@@ -117,6 +117,8 @@ pub struct Session {
     pub(crate) shared: Resolved,
     started: Instant,
     pub(crate) deadline: Instant,
+    /// The time from `started` to `deadline`.
+    left_at_start: Duration,
     pub(crate) attempts: u32,
     pub(crate) request_id: u128,
     pub(crate) trace_id: u128,
@@ -124,6 +126,8 @@ pub struct Session {
     pub(crate) depth: u8,
     /// Inside another call's attempt: what this call reports to it when it ends.
     nested: bool,
+    /// Holds its bulkhead slot and rate-limit permit (or needs none).
+    admitted: bool,
     /// Backoff, Retry-After and bulkhead waits.
     waited: Duration,
     /// The least safe method sent over all attempts, and whether every request carried the key.
@@ -135,17 +139,38 @@ pub struct Session {
     pub(crate) last: Last,
     breaker_permit: Option<BreakerPermit<'static>>,
     /// telemetry (issue 12): the attempt in progress (its span, when it started).
-    attempt_scope: Option<AttemptScope>,
+    pub(crate) attempt_scope: Option<AttemptScope>,
     _bulkhead: Option<BulkheadPermit<'static>>,
 }
 
 impl Session {
-    /// Starts a call: fixes its deadline and identities, then takes a bulkhead slot.
+    /// Starts a call: fixes its deadline and identities, then takes a bulkhead slot and a
+    /// rate-limit permit when the policy has them. [`begin`](Self::begin) then
+    /// [`admit`](Self::admit).
+    pub async fn start(
+        policy: &'static Policy,
+        state: &'static PolicyState,
+        key: KeyArg,
+    ) -> Result<Session, Error> {
+        let mut session = Session::begin(policy, state, key)?;
+        if !session.admitted() {
+            session.admit().await?;
+        }
+        Ok(session)
+    }
+
+    /// Starts a call without waiting: fixes its deadline and identities. A policy without a
+    /// bulkhead or a rate limit is then [`admitted`](Self::admitted); otherwise
+    /// [`admit`](Self::admit) takes the slot and the permit.
     ///
     /// Inside an attempt of another `#[resilient]` call, the call plans within that attempt's
     /// time and joins its trace; inside a request handled under
     /// [`ContextLayer`](crate::server::ContextLayer), within the caller's time and trace.
-    pub async fn start(
+    ///
+    /// Not `async`: the session is built where the caller keeps it, not moved out of a
+    /// future of its own.
+    #[inline]
+    pub fn begin(
         policy: &'static Policy,
         state: &'static PolicyState,
         key: KeyArg,
@@ -163,19 +188,21 @@ impl Session {
         // deadline counts from here: the wait for a bulkhead slot is part of the call.
         let started = Instant::now();
         let mut deadline = started + policy.deadline;
-        let outer: Option<Outer> = ATTEMPT
-            .try_with(|o| {
-                // Before this call sends anything, tell the enclosing attempt what it may send:
-                // if that attempt ends while this call is still running (its timeout cancels
-                // this call), it must not run its body again and resend this call's request
-                // under a new automatic key.
-                note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
-                o.outer()
-            })
-            .ok();
+        let mut left = policy.deadline;
+        let outer: Option<Outer> = with_attempt(|o| {
+            // Before this call sends anything, tell the enclosing attempt what it may send:
+            // if that attempt ends while this call is still running (its timeout cancels
+            // this call), it must not run its body again and resend this call's request
+            // under a new automatic key.
+            note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
+            o.outer()
+        });
         let (trace_id, trace_flags, request_id, depth) = match outer {
             Some(o) => {
-                deadline = deadline.min(o.until);
+                if o.until < deadline {
+                    deadline = o.until;
+                    left = deadline.saturating_duration_since(started);
+                }
                 (
                     o.trace_id,
                     o.trace_flags,
@@ -185,8 +212,11 @@ impl Session {
             }
             None => {
                 let inbound = crate::context::inbound();
-                if let Some(d) = inbound.deadline {
-                    deadline = deadline.min(d);
+                if let Some(d) = inbound.deadline
+                    && d < deadline
+                {
+                    deadline = d;
+                    left = deadline.saturating_duration_since(started);
                 }
                 // Ids are never zero (W3C: an all-zero trace id is invalid); `.max(1)` avoids
                 // range sampling's division on the hot path.
@@ -200,9 +230,50 @@ impl Session {
                 (trace, flags, rid, 0)
             }
         };
-        let bulkhead = match shared.bulkhead {
-            Some(b) => match b.acquire_by(deadline).await {
-                Ok(p) => Some(p),
+        let mut session = Session {
+            policy,
+            shared,
+            started,
+            deadline,
+            left_at_start: left,
+            attempts: 0,
+            request_id,
+            trace_id,
+            trace_flags,
+            depth,
+            nested: outer.is_some(),
+            admitted: false,
+            waited: Duration::ZERO,
+            sent: None,
+            sent_unkeyed: false,
+            key,
+            backoff: None,
+            span: tracing::Span::none(),
+            last: Last::default(),
+            breaker_permit: None,
+            attempt_scope: None,
+            _bulkhead: None,
+        };
+        if shared.bulkhead.is_none() && shared.rate_limit.is_none() {
+            session.opened();
+        }
+        Ok(session)
+    }
+
+    /// Whether the call may make its first attempt: it has its bulkhead slot and its
+    /// rate-limit permit, or its policy has neither.
+    #[inline]
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// Takes the bulkhead slot, then the rate-limit permit, within the deadline.
+    pub async fn admit(&mut self) -> Result<(), Error> {
+        let shared = self.shared;
+        let (started, deadline) = (self.started, self.deadline);
+        if let Some(b) = shared.bulkhead {
+            match b.acquire_by(deadline).await {
+                Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
                     telemetry::call_rejected_by_bulkhead(&shared); // telemetry (issue 12)
@@ -223,27 +294,14 @@ impl Session {
                         .with_class(Some(Class::Rejected), None)
                         .with_elapsed(started.elapsed()));
                 }
-            },
-            None => None,
-        };
+            }
+        }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline.
         if let Some(r) = shared.rate_limit {
             crate::ratelimit::admit(r, &shared, deadline, started).await?;
         }
-        telemetry::on_call_start(&shared); // telemetry (issue 12)
-        if let Some(b) = shared.budget {
-            b.deposit_at(started);
-        }
-        let span = tracing::info_span!(
-            "resilient",
-            function = shared.function,
-            policy = shared.policy,
-            method = policy.method.as_str(),
-            request_id = tracing::field::display(RequestId(request_id)),
-            depth,
-        );
-        let waited = if (bulkhead.is_some()
+        if (self._bulkhead.is_some()
             && shared
                 .bulkhead
                 .is_some_and(|b| !b.spec().max_wait.is_zero()))
@@ -251,32 +309,28 @@ impl Session {
                 .rate_limit
                 .is_some_and(|r| !r.spec().max_wait.is_zero())
         {
-            started.elapsed()
-        } else {
-            Duration::ZERO
-        };
-        Ok(Session {
-            policy,
-            shared,
-            started,
-            deadline,
-            attempts: 0,
-            request_id,
-            trace_id,
-            trace_flags,
-            depth,
-            nested: outer.is_some(),
-            waited,
-            sent: None,
-            sent_unkeyed: false,
-            key,
-            backoff: None,
-            span,
-            last: Last::default(),
-            breaker_permit: None,
-            attempt_scope: None,
-            _bulkhead: bulkhead,
-        })
+            self.waited = started.elapsed();
+        }
+        self.opened();
+        Ok(())
+    }
+
+    /// The call is admitted: counted, deposited in the budget, given its span.
+    fn opened(&mut self) {
+        self.admitted = true;
+        let shared = &self.shared;
+        telemetry::on_call_start(shared); // telemetry (issue 12)
+        if let Some(b) = shared.budget {
+            b.deposit_at(self.started);
+        }
+        self.span = tracing::info_span!(
+            "resilient",
+            function = shared.function,
+            policy = shared.policy,
+            method = self.policy.method.as_str(),
+            request_id = tracing::field::display(RequestId(self.request_id)),
+            depth = self.depth,
+        );
     }
 
     /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
@@ -316,7 +370,7 @@ impl Session {
             Ok(ready) => ready,
             Err(e) => return Err(E::from(e)),
         };
-        let mut scoped = pin!(ATTEMPT.scope(ctx, body));
+        let mut scoped = pin!(Scoped::new(ctx, body));
         // telemetry (issue 12): the body runs in the attempt's span; with tracing off, no
         // `Instrumented` wrapper to enter and leave on every poll.
         let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
@@ -327,7 +381,7 @@ impl Session {
                 .instrument(span)
                 .await
         };
-        self.record_attempt(scoped.as_mut().take_value());
+        self.record_attempt(scoped.as_mut().ctx());
         match outcome {
             Ok(Ok(v)) => {
                 self.succeeded();
@@ -370,18 +424,19 @@ impl Session {
             }
         }
         // The first attempt starts when the call does: no second clock read.
-        let now = if self.attempts == 1 && self.waited.is_zero() {
-            self.started
+        let (now, left) = if self.attempts == 1 && self.waited.is_zero() {
+            (self.started, self.left_at_start)
         } else {
-            Instant::now()
+            let now = Instant::now();
+            (now, self.deadline.saturating_duration_since(now))
         };
-        let left = self.deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
         // telemetry (issue 12): the attempt's span, a child of the call's.
         self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let limit = self.policy.timeout.min(left);
+        let until = now + limit;
         let ctx = AttemptCtx {
             attempt: self.attempts,
             request_id: self.request_id,
@@ -389,7 +444,7 @@ impl Session {
             span_id: fastrand::u64(..).max(1),
             trace_flags: self.trace_flags,
             key: self.key.clone(),
-            until: now + limit,
+            until,
             depth: self.depth,
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
@@ -398,12 +453,12 @@ impl Session {
             retry_after: Cell::new(None),
             nested_gave_up: Cell::new(false),
         };
-        Ok((now + limit, limit, ctx))
+        Ok((until, limit, ctx))
     }
 
     /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
-    pub(crate) fn record_attempt(&mut self, ctx: Option<AttemptCtx>) {
-        if let Some(ctx) = ctx {
+    pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
+        {
             self.last.status = ctx.status.get();
             self.last.retry_after = ctx.retry_after.get();
             self.last.stamped = ctx.stamped.get();
@@ -425,7 +480,7 @@ impl Session {
     fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
         if self.nested {
             let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
-            let _ = ATTEMPT.try_with(|outer| {
+            let _ = with_attempt(|outer| {
                 if let Some(m) = sent {
                     note_sent(outer, m, unkeyed);
                 }

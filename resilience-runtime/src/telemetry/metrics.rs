@@ -25,6 +25,8 @@ pub(crate) struct Instruments {
     budget: Option<Key>,
     breaker: Option<Key>,
     bulkhead: Option<Key>,
+    /// Hedges: [lost, won].
+    hedges: Option<[Key; 2]>,
 }
 
 fn leak(labels: Vec<Label>) -> &'static [Label] {
@@ -78,6 +80,9 @@ pub(crate) fn instruments(
         bulkhead: policy
             .bulkhead
             .map(|(n, _)| named(names::BULKHEAD_IN_FLIGHT, "bulkhead", n)),
+        hedges: policy
+            .hedge
+            .map(|_| ["lost", "won"].map(|o| with(names::HEDGES, vec![Label::new("outcome", o)]))),
     }))
 }
 
@@ -97,6 +102,15 @@ pub(crate) fn on_attempt_end(inst: &Instruments, end: &AttemptEnd, took: Duratio
                 .increment(1);
         }
     });
+}
+
+pub(crate) fn hedge_ended(inst: &Instruments, won: bool) {
+    if let Some(keys) = &inst.hedges {
+        with(|r| {
+            r.register_counter(&keys[usize::from(won)], &METADATA)
+                .increment(1)
+        });
+    }
 }
 
 pub(crate) fn on_call_end(

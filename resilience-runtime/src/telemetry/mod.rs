@@ -127,10 +127,13 @@ pub mod names {
     pub const BUDGET_AVAILABLE: &str = "resilience.budget.available";
     /// Calls holding a bulkhead slot (gauge).
     pub const BULKHEAD_IN_FLIGHT: &str = "resilience.bulkhead.in_flight";
+    /// Hedges sent, by whether they answered first (`outcome="won"`) or not (`"lost"`)
+    /// (counter).
+    pub const HEDGES: &str = "resilience.client.hedges";
 }
 
 /// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
-pub const METRICS: [(&str, &str, &str, &str); 9] = [
+pub const METRICS: [(&str, &str, &str, &str); 10] = [
     (
         names::CALLS,
         "counter",
@@ -184,6 +187,12 @@ pub const METRICS: [(&str, &str, &str, &str); 9] = [
         "gauge",
         "{call}",
         "Calls holding a bulkhead slot",
+    ),
+    (
+        names::HEDGES,
+        "counter",
+        "{hedge}",
+        "Hedges sent, by whether they answered first (won) or not (lost)",
     ),
 ];
 
@@ -300,6 +309,12 @@ pub(crate) struct AttemptScope {
 }
 
 impl AttemptScope {
+    /// Enters the attempt's span, when it is enabled (the body is polled in it).
+    #[inline]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        (!self.span.is_disabled()).then(|| self.span.enter())
+    }
+
     /// Attempt number `attempt` of the call whose span is `call`, starting at `started`;
     /// `None` when there is nothing to record (no span, no metrics).
     #[inline]
@@ -347,6 +362,40 @@ pub(crate) fn on_attempt_end(
     );
     #[cfg(not(feature = "metrics"))]
     let _ = (shared, now);
+}
+
+/// An attempt that did not end the call: a hedge or the first attempt overtaken by another
+/// that answered first (`cancelled`), or one that failed while another still runs. Its span
+/// says so; the attempt metrics count only the attempts whose outcome the call acted on.
+#[inline]
+pub(crate) fn attempt_superseded(
+    scope: Option<AttemptScope>,
+    cancelled: bool,
+    status: Option<u16>,
+) {
+    if let Some(scope) = scope {
+        let end = AttemptEnd {
+            class: None,
+            status,
+            decision: if cancelled { "cancelled" } else { "failed" },
+            reason: Some(if cancelled {
+                "another attempt answered first"
+            } else {
+                "another attempt still runs"
+            }),
+            delay: None,
+        };
+        span::on_end(&scope.span, &end);
+    }
+}
+
+/// A hedge ended: it answered first (`won`), or it did not.
+#[inline]
+pub(crate) fn hedge_ended(shared: &Resolved, won: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::hedge_ended(shared.telemetry, won);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (shared, won);
 }
 
 /// The call ended with `outcome`; `started` is when (`None`: it never started, as when the
