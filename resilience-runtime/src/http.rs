@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use crate::context::{ATTEMPT, AttemptCtx, Key, Traceparent, hex32};
+use crate::context::{AttemptCtx, Key, Traceparent, hex32, with_attempt};
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -77,7 +77,7 @@ impl ResilientRequest {
 /// `#[resilient]` function). For a request sent by hand with `Client::execute` outside the
 /// annotated body; inside it, `execute` is stamped for you.
 pub fn stamp_request(req: &mut reqwest::Request) {
-    let _ = ATTEMPT.try_with(|ctx| stamp(ctx, req));
+    let _ = with_attempt(|ctx| stamp(ctx, req));
 }
 
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
@@ -206,7 +206,7 @@ pub fn observe(resp: &reqwest::Response) {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
-    let _ = ATTEMPT.try_with(|ctx| {
+    let _ = with_attempt(|ctx| {
         ctx.status.set(Some(status));
         // telemetry (issue 12)
         crate::telemetry::on_response(status);
