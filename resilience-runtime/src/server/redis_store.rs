@@ -29,11 +29,17 @@ use crate::redis_conn::{self, RedisConn};
 /// [`RedisStore::connect_cluster`] takes the URLs of one or more nodes of a cluster. Every
 /// script touches one key only, so each call goes to the master of that key's slot and the
 /// records of different keys spread over the masters; no hash tag is needed, and none is added
-/// (a `prefix` with braces, `{orders}:`, would put every record in one slot). A call to a
-/// master that is down fails, or times out, like a call to a single Redis that is down: those
-/// keys get 503, the keys of the other masters are served. Redis replicates asynchronously: a
-/// failover to a replica may lose the last records the old master took, which is the
-/// "store lost its data" edge of the [module documentation](super).
+/// (a `prefix` with braces, `{orders}:`, would put every record in one slot).
+///
+/// A master that is gone (its connection refused) fails its keys' calls at once: they get 503,
+/// the other masters' keys are served. A master that does not answer (frozen, overloaded) times
+/// its calls out like a single frozen Redis, and after such a timeout the layer takes the whole
+/// store as down for [`store_down_for`] (1 s by default), the other masters' keys included;
+/// zero asks the store every time. Redis replicates asynchronously: a failover to a replica may
+/// lose the last records the old master took, which is the "store lost its data" edge of the
+/// [module documentation](super).
+///
+/// [`store_down_for`]: super::IdempotencyLayer::store_down_for
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
