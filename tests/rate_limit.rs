@@ -1,7 +1,12 @@
 //! The client-side rate limit through real sockets: a burst then refusals at once, a wait for
 //! a permit that counts against the deadline, and one limit shared by two processes through a
-//! real Redis, the combined rate measured at the server against the limit (with the control:
-//! two local limits let twice as much through).
+//! real Redis, and through a real Redis Cluster, the combined rate measured at the server
+//! against the limit (with the control: two local limits let twice as much through).
+//!
+//! The shared tests need a Redis at `RESILIENCE_REDIS_URL` (default `redis://127.0.0.1:6399/`,
+//! `.ci/redis.sh`) and a Redis Cluster at `RESILIENCE_REDIS_CLUSTER_URLS` (default
+//! `redis://127.0.0.1:7101/,redis://127.0.0.1:7102/,redis://127.0.0.1:7103/`,
+//! `.ci/cluster.sh`). Without them they are skipped, unless `CI` is set: then they fail.
 
 use std::time::Duration;
 
@@ -132,20 +137,32 @@ async fn local_limit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 }
 
 const CHILD_URL: &str = "RESILIENCE_RATE_LIMIT_CHILD_URL";
+/// Set for a child that shares the limit through the cluster at these URLs, not one Redis.
+const CHILD_CLUSTER: &str = "RESILIENCE_RATE_LIMIT_CHILD_CLUSTER_URLS";
+const CLUSTER_URLS: &str =
+    "redis://127.0.0.1:7101/,redis://127.0.0.1:7102/,redis://127.0.0.1:7103/";
+/// The limit's key (`rate_limit_test_shared`, in one hash slot).
+const SHARED_KEY: &str = "resilience:rate:{rate_limit_test_shared}";
 const RUN_FOR: Duration = Duration::from_millis(1500);
 
 /// One instance: four workers calling as fast as the limit lets them for `RUN_FOR`, first
 /// through the shared limit, then through the local one. Run by the test below.
 #[tokio::test]
-#[ignore = "run by two_processes_share_one_limit_through_redis as child processes"]
+#[ignore = "run by two_processes_share_one_limit_through_redis{,_cluster} as child processes"]
 async fn child_calls_as_fast_as_the_limit_allows() {
     let Ok(base) = std::env::var(CHILD_URL) else {
         return;
     };
-    let redis_url = std::env::var("RESILIENCE_REDIS_URL").unwrap();
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    assert!(resilience_runtime::ratelimit::use_redis(conn));
+    if let Ok(urls) = std::env::var(CHILD_CLUSTER) {
+        let client = redis::cluster::ClusterClient::new(urls.split(',')).unwrap();
+        let conn = client.get_async_connection().await.unwrap();
+        assert!(resilience_runtime::ratelimit::use_redis_cluster(conn));
+    } else {
+        let redis_url = std::env::var("RESILIENCE_REDIS_URL").unwrap();
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        assert!(resilience_runtime::ratelimit::use_redis(conn));
+    }
     let c = reqwest::Client::new();
     for (path, local) in [("/shared", false), ("/local", true)] {
         let url = format!("{base}{path}");
@@ -180,10 +197,31 @@ async fn two_processes_share_one_limit_through_redis() {
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("DEL")
-        .arg("resilience:rate:{rate_limit_test_shared}")
+        .arg(SHARED_KEY)
         .query_async(&mut conn)
         .await
         .unwrap();
+    two_processes_share_one_limit(("RESILIENCE_REDIS_URL", &redis_url)).await;
+}
+
+#[tokio::test]
+async fn two_processes_share_one_limit_through_a_redis_cluster() {
+    let Some(urls) = cluster_urls().await else {
+        return;
+    };
+    let client = redis::cluster::ClusterClient::new(urls.split(',')).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(SHARED_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    two_processes_share_one_limit((CHILD_CLUSTER, &urls)).await;
+}
+
+/// Two child processes, each given `env`, call through the shared limit and then through the
+/// local one; the server measures both.
+async fn two_processes_share_one_limit(env: (&str, &str)) {
     let server = FaultServer::start(Script::always(Action::ok())).await;
     let spawn = || {
         tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -194,7 +232,8 @@ async fn two_processes_share_one_limit_through_redis() {
                 "--nocapture",
             ])
             .env(CHILD_URL, format!("http://{}", server.addr()))
-            .env("RESILIENCE_REDIS_URL", &redis_url)
+            .env_remove(CHILD_CLUSTER)
+            .env(env.0, env.1)
             .output()
     };
     let (a, b) = tokio::join!(spawn(), spawn());
@@ -249,6 +288,31 @@ async fn redis_url() -> Option<String> {
         }
         _ => {
             eprintln!("skipping: Redis at {url} is unreachable; start it with .ci/redis.sh");
+            None
+        }
+    }
+}
+
+/// The cluster's node URLs, comma-separated, if it answers PING.
+async fn cluster_urls() -> Option<String> {
+    let urls =
+        std::env::var("RESILIENCE_REDIS_CLUSTER_URLS").unwrap_or_else(|_| CLUSTER_URLS.to_owned());
+    let ping = async {
+        let client = redis::cluster::ClusterClient::new(urls.split(','))?;
+        let mut conn = client.get_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => Some(urls),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set but the Redis Cluster at {urls} is unreachable; start it with .ci/cluster.sh"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipping: the Redis Cluster at {urls} is unreachable; start it with .ci/cluster.sh"
+            );
             None
         }
     }

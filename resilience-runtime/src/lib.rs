@@ -47,6 +47,8 @@ pub mod overrides;
 mod policy;
 mod probe;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+mod redis_conn;
 #[doc(hidden)]
 pub mod registry;
 mod report;

@@ -25,7 +25,7 @@ pub enum RateLimitStore {
     /// In this process: each instance of the service has its own limit.
     Local,
     /// In Redis, shared by every instance that names the same limit and connects to the same
-    /// Redis ([`use_redis`]). Until a connection is given, and while Redis does not answer, each
+    /// Redis ([`use_redis`]) or Redis Cluster ([`use_redis_cluster`]). Until a connection is given, and while Redis does not answer, each
     /// instance falls back to the local limit (with a warning), so an outage of Redis never
     /// stops outbound calls and never lets one instance exceed the whole limit.
     Redis,
@@ -238,7 +238,7 @@ impl RateLimiter {
 }
 
 #[cfg(feature = "redis")]
-pub use shared::use_redis;
+pub use shared::{use_redis, use_redis_cluster};
 
 #[cfg(feature = "redis")]
 mod shared {
@@ -247,13 +247,15 @@ mod shared {
 
     use redis::Script;
     use redis::aio::ConnectionManager;
+    use redis::cluster_async::ClusterConnection;
 
     use super::RateLimitSpec;
+    use crate::redis_conn::RedisConn;
 
     /// How long a decision may wait for Redis before the local limit decides instead.
     const STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
-    static CONN: OnceLock<ConnectionManager> = OnceLock::new();
+    static CONN: OnceLock<RedisConn> = OnceLock::new();
 
     /// GCRA in one atomic step, on Redis's clock (microseconds). ARGV: interval, tolerance
     /// (interval × burst) and the longest wait allowed, all in microseconds. Returns the wait
@@ -277,12 +279,31 @@ return wait",
     });
 
     /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
-    /// The first connection given stays; later calls return `false`.
+    /// The first connection given stays (this one or [`use_redis_cluster`]'s); later calls
+    /// return `false`.
     pub fn use_redis(conn: ConnectionManager) -> bool {
-        CONN.set(conn).is_ok()
+        CONN.set(RedisConn::Single(conn)).is_ok()
     }
 
-    /// The Redis key of a limit (braces: one hash slot, should the store be a cluster).
+    /// Shares every rate limit declared `store = "redis"` through this Redis Cluster,
+    /// process-wide. Each limit is one key, on the master of its slot; a master that is down
+    /// or slow (250 ms) leaves the limits whose keys it holds to each instance's local limit,
+    /// as a single Redis that is down does. The first connection given stays (this one or
+    /// [`use_redis`]'s); later calls return `false`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> redis::RedisResult<()> {
+    /// let nodes = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/"];
+    /// let client = redis::cluster::ClusterClient::new(nodes)?;
+    /// resilience_runtime::ratelimit::use_redis_cluster(client.get_async_connection().await?);
+    /// # Ok(()) }
+    /// ```
+    pub fn use_redis_cluster(conn: ClusterConnection) -> bool {
+        CONN.set(RedisConn::Cluster(conn)).is_ok()
+    }
+
+    /// The Redis key of a limit. The script touches this one key, so a cluster sends it to the
+    /// master of the key's slot; the braces make the slot the name's alone (`{name}`).
     fn key(name: &str) -> String {
         format!("resilience:rate:{{{name}}}")
     }

@@ -138,9 +138,9 @@
 //!
 //! # Stores
 //!
-//! [`MemoryStore`] serves one instance. `RedisStore` (feature `redis`) is shared by every
-//! instance of a service and survives their restarts. Other backends implement
-//! [`IdempotencyStore`], using [`Record::encode`] for a compact byte form.
+//! [`MemoryStore`] serves one instance. `RedisStore` (feature `redis`), over one Redis or a
+//! Redis Cluster, is shared by every instance of a service and survives their restarts. Other
+//! backends implement [`IdempotencyStore`], using [`Record::encode`] for a compact byte form.
 
 mod body;
 mod context_layer;

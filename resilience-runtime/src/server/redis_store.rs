@@ -1,14 +1,17 @@
-//! The shared store: Redis, one string key per record, every change a single atomic script.
+//! The shared store: Redis (one server or a cluster), one string key per record, every change a
+//! single atomic script on that one key.
 
 use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::{Client, Script};
 
 use super::record::{InFlight, Record, StoredResponse};
 use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
+use crate::redis_conn::{self, RedisConn};
 
 /// A Redis-backed [`IdempotencyStore`], shared by every instance of a service.
 ///
@@ -20,9 +23,26 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 ///
 /// The connection reconnects by itself after a failure; commands issued while Redis is down
 /// fail, and the layer answers those requests with 503.
+///
+/// # Redis Cluster
+///
+/// [`RedisStore::connect_cluster`] takes the URLs of one or more nodes of a cluster. Every
+/// script touches one key only, so each call goes to the master of that key's slot and the
+/// records of different keys spread over the masters; no hash tag is needed, and none is added
+/// (a `prefix` with braces, `{orders}:`, would put every record in one slot).
+///
+/// A master that is gone (its connection refused) fails its keys' calls at once: they get 503,
+/// the other masters' keys are served. A master that does not answer (frozen, overloaded) times
+/// its calls out like a single frozen Redis, and after such a timeout the layer takes the whole
+/// store as down for [`store_down_for`] (1 s by default), the other masters' keys included;
+/// zero asks the store every time. Redis replicates asynchronously: a failover to a replica may
+/// lose the last records the old master took, which is the "store lost its data" edge of the
+/// [module documentation](super).
+///
+/// [`store_down_for`]: super::IdempotencyLayer::store_down_for
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
@@ -83,6 +103,37 @@ impl RedisStore {
 
     /// A store over an existing connection.
     pub fn new(conn: ConnectionManager) -> RedisStore {
+        RedisStore::over(RedisConn::Single(conn))
+    }
+
+    /// Connects to the Redis Cluster that `urls` belong to: the URLs (`redis://host:port/`) of
+    /// one or more of its nodes, from which the client learns the others and the slots.
+    ///
+    /// Each node gets 1 s to accept a connection, and each command 1 s in all, its
+    /// redirections and retries included (the layer's own [`store_timeout`], 250 ms by
+    /// default, answers first). For other settings, build the connection with
+    /// [`redis::cluster::ClusterClient`] and pass it to [`RedisStore::new_cluster`].
+    ///
+    /// An empty list, or an empty URL in it, is an error
+    /// ([`redis::ErrorKind::InvalidClientConfig`], the [source](std::error::Error::source) of
+    /// the [`StoreError`]), as is a cluster none of whose nodes answers.
+    ///
+    /// [`store_timeout`]: super::IdempotencyLayer::store_timeout
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let conn = redis_conn::cluster(urls).await.map_err(StoreError::new)?;
+        Ok(RedisStore::new_cluster(conn))
+    }
+
+    /// A store over an existing Redis Cluster connection.
+    pub fn new_cluster(conn: ClusterConnection) -> RedisStore {
+        RedisStore::over(RedisConn::Cluster(conn))
+    }
+
+    fn over(conn: RedisConn) -> RedisStore {
         RedisStore {
             conn,
             prefix: RedisStore::DEFAULT_PREFIX.to_owned(),
@@ -202,7 +253,12 @@ impl IdempotencyStore for RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let to = match self.conn {
+            RedisConn::Single(_) => "server",
+            RedisConn::Cluster(_) => "cluster",
+        };
         f.debug_struct("RedisStore")
+            .field("to", &to)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }

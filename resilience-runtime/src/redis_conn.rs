@@ -1,0 +1,87 @@
+//! One Redis connection, to a single server or to a Redis Cluster: what the idempotency store
+//! and the shared rate limits talk through.
+//!
+//! Every script either of them runs touches one key (`KEYS[1]`), so in a cluster each call goes
+//! to the master of that key's slot and no call can span slots.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+/// How long [`cluster`] waits for a node to accept a connection.
+pub(crate) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a command sent through a connection made by [`cluster`] may take in all, its
+/// redirections and retries included: a command the caller gave up on is not sent again later.
+pub(crate) const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A single server (reconnecting by itself) or a cluster (following its slots by itself).
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Connects to the Redis Cluster that `urls` (`redis://host:port/`, one or more of its nodes)
+/// belong to, with [`CLUSTER_CONNECT_TIMEOUT`] and [`CLUSTER_RESPONSE_TIMEOUT`].
+///
+/// An empty list, or an empty URL in it, is an [`ErrorKind::InvalidClientConfig`] error.
+pub(crate) async fn cluster<I, S>(urls: I) -> RedisResult<ClusterConnection>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let urls: Vec<String> = urls
+        .into_iter()
+        .map(|u| u.as_ref().trim().to_owned())
+        .collect();
+    if urls.is_empty() {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "a Redis Cluster needs the URL of at least one of its nodes; none was given",
+        )));
+    }
+    if let Some(i) = urls.iter().position(String::is_empty) {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "an empty Redis Cluster node URL",
+            format!("node {} of {}", i + 1, urls.len()),
+        )));
+    }
+    let client = ClusterClient::builder(urls.iter().map(String::as_str))
+        .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+        .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+        .build()?;
+    client.get_async_connection().await
+}

@@ -1,0 +1,400 @@
+//! The idempotency layer and the shared rate limit when a master of their Redis Cluster fails:
+//! each test starts its own cluster of three redis-server children on free loopback ports,
+//! then freezes one master (SIGSTOP), thaws it, and kills it.
+//!
+//! Needs `redis-server` and `redis-cli` on the PATH (`.ci/cluster.sh` installs them). Without
+//! them the tests are skipped, unless `CI` is set: then they fail.
+
+#![cfg(feature = "redis")]
+
+mod server_support;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilience_runtime::ratelimit::{self, RateLimitSpec, RateLimitStore, RateLimiter, Refused};
+use resilience_runtime::server::{IdempotencyLayer, RedisStore, record_key};
+use server_support::{Store, count, fresh_key, post, serve};
+use tokio::time::Instant;
+
+/// Three redis-server children, one master each, the slots split between them.
+struct Cluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+struct Node {
+    child: Option<Child>,
+    port: u16,
+}
+
+/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20000..30000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts one; `None` (skip) if redis-server or redis-cli is not installed, unless on CI.
+    async fn start() -> Option<Cluster> {
+        let installed = ["redis-server", "redis-cli"].iter().all(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !installed {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "CI is set but redis-server or redis-cli is missing; .ci/cluster.sh installs them"
+                );
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: redis-server or redis-cli not found; .ci/cluster.sh installs them"
+            );
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("resilience-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(cluster.dir.join(format!("nodes-{port}.conf")))
+                .args(["--cluster-node-timeout", "5000"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&cluster.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            cluster.nodes.push(Node {
+                child: Some(child),
+                port,
+            });
+        }
+        for node in &cluster.nodes {
+            wait_for(&format!("redis-server on {}", node.port), || {
+                query(node.port, &["PING"])
+            })
+            .await;
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create");
+        for node in &cluster.nodes {
+            wait_for(&format!("cluster_state:ok on {}", node.port), || async {
+                let info = query(node.port, &["CLUSTER", "INFO"]).await?;
+                info.contains("cluster_state:ok").then_some(info)
+            })
+            .await;
+        }
+        Some(cluster)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    /// Which node (index) serves each Redis key, asked of the cluster itself.
+    async fn owners(&self, keys: &[String]) -> Vec<usize> {
+        let nodes = query(self.nodes[0].port, &["CLUSTER", "NODES"])
+            .await
+            .expect("CLUSTER NODES");
+        // port -> slot ranges
+        let mut ranges: BTreeMap<u16, Vec<(u16, u16)>> = BTreeMap::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(port) = fields
+                .get(1)
+                .and_then(|a| a.split('@').next()?.rsplit(':').next()?.parse().ok())
+            else {
+                continue;
+            };
+            for range in fields.iter().skip(8) {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                    ranges.entry(port).or_default().push((a, b));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let slot: u16 = query(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+                .await
+                .expect("CLUSTER KEYSLOT")
+                .parse()
+                .unwrap();
+            let port = ranges
+                .iter()
+                .find(|(_, r)| r.iter().any(|&(a, b)| a <= slot && slot <= b))
+                .map(|(p, _)| *p)
+                .expect("every slot served");
+            out.push(self.nodes.iter().position(|n| n.port == port).unwrap());
+        }
+        out
+    }
+
+    fn signal(&self, node: usize, signal: &str) {
+        let pid = self.nodes[node].child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(child) = &self.nodes[i].child {
+                // Thaw first, so that a failed assertion never leaves a frozen server behind.
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.id().to_string()])
+                    .status();
+            }
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One command on a fresh connection to one node, its reply as text; `None` if no answer in
+/// 500 ms.
+async fn query(port: u16, args: &[&str]) -> Option<String> {
+    let q = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        match cmd.query_async::<redis::Value>(&mut conn).await? {
+            redis::Value::Int(n) => Ok(n.to_string()),
+            v => redis::from_redis_value::<String>(v).map_err(redis::RedisError::from),
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), q)
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(15);
+    while f().await.is_none() {
+        assert!(Instant::now() < give_up, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const PREFIX: &str = "faults:";
+
+/// Fresh Idempotency-Keys for `POST /orders`, `per` of them for each node.
+async fn keys_per_node(cluster: &Cluster, per: usize) -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new(); cluster.nodes.len()];
+    while out.iter().any(|k| k.len() < per) {
+        let keys: Vec<String> = (0..16).map(|_| fresh_key()).collect();
+        let redis_keys: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{PREFIX}{}",
+                    record_key(&reqwest::Method::POST, "/orders", k, None)
+                )
+            })
+            .collect();
+        for (key, owner) in keys.into_iter().zip(cluster.owners(&redis_keys).await) {
+            if out[owner].len() < per {
+                out[owner].push(key);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_frozen_master_is_answered_503_in_time_and_withdrawn_claims_free_its_keys() {
+    let Some(mut cluster) = Cluster::start().await else {
+        return;
+    };
+    let store: Store = Arc::new(
+        RedisStore::connect_cluster(cluster.urls())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    // Zero: each request asks the store, so that the other masters' keys show they are served.
+    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
+    let app = serve(&store, layer).await;
+    let url = app.url("/orders");
+    let keys = keys_per_node(&cluster, 3).await;
+    let frozen = 0;
+
+    // Stored while every master answers.
+    let stored = post(&url, Some(&keys[frozen][0]), "x").await;
+    assert_eq!(stored.status, 201, "{stored:?}");
+
+    cluster.signal(frozen, "-STOP");
+    for key in &keys[frozen] {
+        let started = Instant::now();
+        let refused = post(&url, Some(key), "x").await;
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "503 after {took:?}");
+    }
+    for (node, keys) in keys.iter().enumerate().filter(|(n, _)| *n != frozen) {
+        let served = post(&url, Some(&keys[0]), "x").await;
+        assert_eq!(
+            served.status, 201,
+            "node {node} serves its keys: {served:?}"
+        );
+    }
+    let runs = count(&app.runs.orders);
+    assert_eq!(runs, 3, "the handler ran for the answered claims only");
+
+    // Thawed: the claims the frozen master took late were withdrawn, so its keys run now (the
+    // first one replays), rather than 409 for a whole lease.
+    cluster.signal(frozen, "-CONT");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&url, Some(&keys[frozen][1]), "x").await;
+        if r.status == 201 {
+            assert!(!r.replayed(), "{r:?}");
+            break;
+        }
+        assert!(
+            [503, 409].contains(&r.status) && Instant::now() < give_up,
+            "{r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replay = post(&url, Some(&keys[frozen][0]), "x").await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (201, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.body, stored.body);
+    assert_eq!(count(&app.runs.orders), runs + 1);
+
+    // Killed: its keys are refused fast, the others still served.
+    cluster.kill(frozen);
+    let started = Instant::now();
+    let refused = post(&url, Some(&keys[frozen][2]), "x").await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let served = post(&url, Some(&keys[1][1]), "x").await;
+    assert_eq!(served.status, 201, "{served:?}");
+}
+
+#[tokio::test]
+async fn a_shared_limit_falls_back_to_the_local_limit_while_its_master_is_frozen() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    const NAME: &str = "cluster_faults_limit";
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let conn = client.get_async_connection().await.expect("connect");
+    assert!(ratelimit::use_redis_cluster(conn));
+    let limiter = RateLimiter::new(
+        NAME,
+        RateLimitSpec {
+            // One per 10 s: no permit comes back while the test runs.
+            rate: 1,
+            per: Duration::from_secs(10),
+            burst: 2,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Redis,
+        },
+    );
+    let far = || Instant::now() + Duration::from_secs(10);
+
+    // Through the cluster: the burst, then refused.
+    assert_eq!(limiter.acquire_by(far()).await, Ok(()));
+    assert_eq!(limiter.acquire_by(far()).await, Ok(()));
+    assert_eq!(limiter.acquire_by(far()).await, Err(Refused::Limited));
+    assert_eq!(limiter.snapshot().local_fallbacks, 0);
+    // The limit's key lives on one master, and holds the state.
+    let key = format!("resilience:rate:{{{NAME}}}");
+    let owner = cluster.owners(std::slice::from_ref(&key)).await[0];
+    let port = cluster.nodes[owner].port;
+    assert!(query(port, &["GET", &key]).await.is_some());
+
+    // Its master frozen: each decision is local, within the 250 ms bound; the local limit
+    // (its own full burst) holds.
+    cluster.signal(owner, "-STOP");
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        results.push(limiter.acquire_by(far()).await);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(600), "decided after {took:?}");
+    }
+    assert_eq!(results, [Ok(()), Ok(()), Err(Refused::Limited)]);
+    assert_eq!(limiter.snapshot().local_fallbacks, 3);
+
+    // Thawed: the cluster decides again.
+    cluster.signal(owner, "-CONT");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = limiter.snapshot().local_fallbacks;
+        let _ = limiter.acquire_by(far()).await;
+        if limiter.snapshot().local_fallbacks == before {
+            break;
+        }
+        assert!(Instant::now() < give_up, "still local 10 s after the thaw");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
