@@ -223,8 +223,8 @@ impl PolicyState {
         }
     }
 
-    pub(crate) fn resolve(&'static self, policy: &'static Policy) -> Resolved {
-        *self.resolved.get_or_init(|| {
+    pub(crate) fn resolve(&'static self, policy: &'static Policy) -> &'static Resolved {
+        self.resolved.get_or_init(|| {
             let function = policy.locate.map_or(policy.function, |f| f());
             let policy_name = if policy.name.is_empty() {
                 function

@@ -114,7 +114,7 @@ pub(crate) struct Last {
 #[derive(Debug)]
 pub struct Session {
     pub(crate) policy: &'static Policy,
-    pub(crate) shared: Resolved,
+    pub(crate) shared: &'static Resolved,
     started: Instant,
     pub(crate) deadline: Instant,
     /// The time from `started` to `deadline`.
