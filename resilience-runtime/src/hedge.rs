@@ -157,11 +157,11 @@ where
                                 s.record_attempt(h.as_mut().ctx());
                                 let scope = h.as_mut().take_scope();
                                 telemetry::attempt_superseded(scope, true, None);
-                                telemetry::hedge_ended(&s.shared, false);
+                                telemetry::hedge_ended(s.shared, false);
                             }
                         }
                         if i != 0 {
-                            telemetry::hedge_ended(&s.shared, true);
+                            telemetry::hedge_ended(s.shared, true);
                         }
                         let mut winner = match i {
                             0 => first.as_mut(),
@@ -181,7 +181,7 @@ where
                         s.record_attempt(ended.as_mut().ctx());
                         let scope = ended.take_scope();
                         if i != 0 {
-                            telemetry::hedge_ended(&s.shared, false);
+                            telemetry::hedge_ended(s.shared, false);
                         }
                         let r = match o {
                             Outcome::Done(r) => {

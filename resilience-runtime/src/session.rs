@@ -276,7 +276,7 @@ impl Session {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
                     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
-                    telemetry::call_rejected_by_bulkhead(&shared); // telemetry (issue 12)
+                    telemetry::call_rejected_by_bulkhead(shared); // telemetry (issue 12)
                     let kind = match why {
                         crate::bulkhead::Refused::Full => ErrorKind::BulkheadFull,
                         crate::bulkhead::Refused::Deadline => ErrorKind::DeadlineExceeded,
@@ -299,7 +299,7 @@ impl Session {
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline.
         if let Some(r) = shared.rate_limit {
-            crate::ratelimit::admit(r, &shared, deadline, started).await?;
+            crate::ratelimit::admit(r, shared, deadline, started).await?;
         }
         if (self._bulkhead.is_some()
             && shared
@@ -506,7 +506,7 @@ impl Session {
         }
         telemetry::call_succeeded(
             self.attempt_scope.take(),
-            &self.shared,
+            self.shared,
             self.attempts,
             self.last.status,
             self.started,
@@ -626,7 +626,7 @@ impl Session {
                 }
                 telemetry::attempt_retried(
                     self.attempt_scope.take(),
-                    &self.shared,
+                    self.shared,
                     class,
                     self.last.status,
                     delay,
@@ -641,7 +641,7 @@ impl Session {
     fn give_up(&mut self, class: Class, why: GiveUp) -> Next {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
-            &self.shared,
+            self.shared,
             self.attempts,
             class,
             self.last.status,
