@@ -326,6 +326,18 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!()
     };
 
+    // An open breaker refuses the call before anything else is set up.
+    let refused = if plan.shared.breaker.is_some() {
+        quote! {
+            if let ::core::option::Option::Some(error) = #p::Session::refused(&__RESILIENCE_POLICY, &__RESILIENCE_STATE) {
+                #on_start_error
+                return ::core::result::Result::Err(::core::convert::From::from(error));
+            }
+        }
+    } else {
+        quote!()
+    };
+
     let track = plan.config_path.as_ref().map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
@@ -366,6 +378,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
             }
             static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
+            #refused
             let mut __resilience_session =
                 match #p::Session::begin(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg) {
                     ::core::result::Result::Ok(session) => session,

@@ -183,10 +183,16 @@ impl BreakerPermit<'_> {
 
     fn report(mut self, outcome: Outcome) {
         self.reported = true;
+        // One clock read for the slow-call check and the time window, none for a count
+        // window without a slow-call threshold.
+        let end = (self.started.is_some() || self.breaker.long.is_some()).then(Instant::now);
         let slow = outcome == Outcome::Success
-            && self
-                .started
-                .is_some_and(|t| t.elapsed() >= self.breaker.spec.slow_call_duration);
+            && match (self.started, end) {
+                (Some(t), Some(end)) => {
+                    end.saturating_duration_since(t) >= self.breaker.spec.slow_call_duration
+                }
+                _ => false,
+            };
         // A slow probe says the downstream is not well yet.
         let outcome = if slow && self.probe {
             Outcome::Failure
@@ -194,7 +200,7 @@ impl BreakerPermit<'_> {
             outcome
         };
         self.breaker
-            .report_slow(self.generation, self.probe, outcome, slow);
+            .report_at(self.generation, self.probe, outcome, slow, end);
     }
 }
 
@@ -460,19 +466,33 @@ impl Breaker {
 
     /// Asks to make one attempt.
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, BreakerOpen> {
+        self.acquire(None)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for an attempt starting at `now` (saves a clock read
+    /// when the caller has one: the slow-call threshold counts from it).
+    pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
+        self.acquire(Some(now))
+    }
+
+    fn acquire(&self, now: Option<Instant>) -> Result<BreakerPermit<'_>, BreakerOpen> {
         match self.force.load(Ordering::Relaxed) {
             FORCE_NONE => {}
             FORCE_OPEN => return self.reject(),
             // Held closed: a permit whose report changes nothing (see `report`).
-            _ => return Ok(self.permit(u64::MAX, false)),
+            _ => return Ok(self.permit(u64::MAX, false, now)),
         }
         let mut w = self.word.load(Ordering::Acquire);
         loop {
             let (next, probe) = match state_bits(w) {
-                CLOSED => return Ok(self.permit(generation(w), false)),
+                CLOSED => return Ok(self.permit(generation(w), false, now)),
                 OPEN => {
                     let opened_at = ring(w);
-                    if self.now_ms_floor().saturating_sub(opened_at) < self.open_ms {
+                    let now_ms = match now {
+                        Some(n) => n.saturating_duration_since(self.origin).as_millis() as u64,
+                        None => self.now_ms_floor(),
+                    };
+                    if now_ms.saturating_sub(opened_at) < self.open_ms {
                         return self.reject();
                     }
                     (half_open(next_generation(w), 0, 1), true)
@@ -492,11 +512,29 @@ impl Breaker {
                     if state_bits(w) == OPEN {
                         self.transitioned(BreakerState::Open, BreakerState::HalfOpen);
                     }
-                    return Ok(self.permit(generation(next), probe));
+                    return Ok(self.permit(generation(next), probe, now));
                 }
                 Err(now) => w = now,
             }
         }
+    }
+
+    /// Whether a call is refused now without looking further: the breaker is open (or held
+    /// open) and not yet due for a probe. Counted as a rejection when it is. A breaker that is
+    /// closed, half-open or due for a probe says `false`: [`try_acquire`](Self::try_acquire)
+    /// decides.
+    #[inline]
+    pub(crate) fn refuses_now(&self) -> bool {
+        match self.force.load(Ordering::Relaxed) {
+            FORCE_NONE => {}
+            FORCE_OPEN => return self.reject::<()>().is_err(),
+            _ => return false,
+        }
+        let w = self.word.load(Ordering::Acquire);
+        if state_bits(w) != OPEN || self.now_ms_floor().saturating_sub(ring(w)) >= self.open_ms {
+            return false;
+        }
+        self.reject::<()>().is_err()
     }
 
     /// The attempt succeeded.
@@ -526,13 +564,14 @@ impl Breaker {
         permit.report(Outcome::Ignored);
     }
 
-    fn permit(&self, generation: u64, probe: bool) -> BreakerPermit<'_> {
+    fn permit(&self, generation: u64, probe: bool, now: Option<Instant>) -> BreakerPermit<'_> {
         BreakerPermit {
             breaker: self,
             generation,
             probe,
             reported: false,
-            started: (!self.spec.slow_call_duration.is_zero()).then(Instant::now),
+            started: (!self.spec.slow_call_duration.is_zero())
+                .then(|| now.unwrap_or_else(Instant::now)),
         }
     }
 
@@ -542,10 +581,18 @@ impl Breaker {
     }
 
     fn report(&self, permit_generation: u64, probe: bool, outcome: Outcome) {
-        self.report_slow(permit_generation, probe, outcome, false);
+        self.report_at(permit_generation, probe, outcome, false, None);
     }
 
-    fn report_slow(&self, permit_generation: u64, probe: bool, outcome: Outcome, slow: bool) {
+    /// `end`: when the attempt ended, if the caller read the clock.
+    fn report_at(
+        &self,
+        permit_generation: u64,
+        probe: bool,
+        outcome: Outcome,
+        slow: bool,
+        end: Option<Instant>,
+    ) {
         let mut w = self.word.load(Ordering::Acquire);
         loop {
             // A permit from before the last transition says nothing about the present.
@@ -554,7 +601,12 @@ impl Breaker {
             }
             let next = match (state_bits(w), probe, outcome) {
                 (CLOSED, false, Outcome::Success | Outcome::Failure) if self.long.is_some() => {
-                    return self.record_long(permit_generation, outcome == Outcome::Failure, slow);
+                    return self.record_long(
+                        permit_generation,
+                        outcome == Outcome::Failure,
+                        slow,
+                        end,
+                    );
                 }
                 (CLOSED, false, Outcome::Success | Outcome::Failure) => {
                     let fail = u64::from(outcome == Outcome::Failure);
@@ -603,7 +655,7 @@ impl Breaker {
     }
 
     /// Records an outcome in a window too long for the word.
-    fn record_long(&self, permit_generation: u64, fail: bool, slow: bool) {
+    fn record_long(&self, permit_generation: u64, fail: bool, slow: bool, end: Option<Instant>) {
         let Some(long) = &self.long else { return };
         let mut long = lock(long);
         // Under this lock the word cannot leave the closed state: only this function moves a
@@ -616,7 +668,11 @@ impl Breaker {
         if long.generation != permit_generation {
             long.reset(permit_generation);
         }
-        let t = long.push(self.now_ms_floor(), fail, slow);
+        let now_ms = match end {
+            Some(end) => end.saturating_duration_since(self.origin).as_millis() as u64,
+            None => self.now_ms_floor(),
+        };
+        let t = long.push(now_ms, fail, slow);
         let slow_trips = !self.spec.slow_call_duration.is_zero()
             && t.seen >= self.spec.min_calls
             && f64::from(t.slow) / f64::from(t.seen) >= self.spec.slow_call_rate;

@@ -349,11 +349,47 @@ pub(crate) async fn admit(
     deadline: Instant,
     started: Instant,
 ) -> Result<(), crate::error::Error> {
+    match r.acquire_by(deadline).await {
+        Ok(()) => Ok(()),
+        Err(why) => Err(refused(r, shared, why, started)),
+    }
+}
+
+/// What [`admit`] decides without waiting, for a local limit with a permit free now (or none
+/// and no wait allowed); `None` when it takes a wait or the shared store.
+#[inline]
+pub(crate) fn admit_now(
+    r: &'static RateLimiter,
+    shared: &crate::registry::Resolved,
+    now: Instant,
+    started: Instant,
+) -> Option<Result<(), crate::error::Error>> {
+    if r.spec.store != RateLimitStore::Local {
+        return None;
+    }
+    // Asked for no wait, a refusal reserves nothing: the full path can still wait for one.
+    match r.reserve_local(now, Duration::ZERO) {
+        Ok(_) => {
+            r.admitted.fetch_add(1, Ordering::Relaxed);
+            Some(Ok(()))
+        }
+        Err(why) if r.spec.max_wait.is_zero() => {
+            r.rejected.fetch_add(1, Ordering::Relaxed);
+            Some(Err(refused(r, shared, why, started)))
+        }
+        Err(_) => None,
+    }
+}
+
+/// The error of a call its rate limit refused, counted and logged.
+#[inline(never)]
+fn refused(
+    r: &'static RateLimiter,
+    shared: &crate::registry::Resolved,
+    why: Refused,
+    started: Instant,
+) -> crate::error::Error {
     use crate::error::{Error, ErrorKind};
-    let why = match r.acquire_by(deadline).await {
-        Ok(()) => return Ok(()),
-        Err(why) => why,
-    };
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
     crate::telemetry::call_rejected_by_rate_limit(shared);
     let kind = match why {
@@ -366,9 +402,9 @@ pub(crate) async fn admit(
         rate_limit = r.name(),
         "{why}: call rejected"
     );
-    Err(Error::new(kind)
+    Error::new(kind)
         .with_class(Some(crate::classify::Class::Rejected), None)
-        .with_elapsed(started.elapsed()))
+        .with_elapsed(started.elapsed())
 }
 
 #[cfg(test)]

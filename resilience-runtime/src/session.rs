@@ -85,6 +85,29 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
+/// The bookkeeping of a call refused by its open breaker before it started, out of line.
+#[inline(never)]
+fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
+    let m = shared.metrics;
+    PolicyMetrics::incr(&m.rejected_breaker);
+    PolicyMetrics::incr(&m.failed_without_retry);
+    telemetry::call_rejected_by_breaker(shared); // telemetry (issue 12)
+    tracing::warn!(
+        function = shared.function,
+        policy = shared.policy,
+        attempt = 1,
+        breaker,
+        "circuit open: call rejected"
+    );
+    crate::report::record(|| CallReport {
+        function: shared.function,
+        attempts: 1,
+        waited: Duration::ZERO,
+        elapsed: Duration::ZERO,
+        succeeded: false,
+    });
+}
+
 /// What the generated loop does after a failed attempt.
 #[derive(Debug)]
 pub enum Next {
@@ -159,6 +182,23 @@ impl Session {
         Ok(session)
     }
 
+    /// The error of a call its open breaker refuses before it starts (no ids, no span, no
+    /// deadline: nothing is sent), or `None` when the call goes ahead. Counted and reported
+    /// as the refusal of a first attempt would be: one attempt, refused by the breaker.
+    pub fn refused(policy: &'static Policy, state: &'static PolicyState) -> Option<Error> {
+        let shared = state.resolve(policy);
+        let breaker = shared.breaker?;
+        if !breaker.refuses_now() {
+            return None;
+        }
+        refused_by_breaker(shared, breaker.name());
+        Some(
+            Error::new(ErrorKind::CircuitOpen)
+                .with_attempts(1)
+                .with_class(Some(Class::Rejected), None),
+        )
+    }
+
     /// Starts a call without waiting: fixes its deadline and identities. A policy without a
     /// bulkhead or a rate limit is then [`admitted`](Self::admitted); otherwise
     /// [`admit`](Self::admit) takes the slot and the permit.
@@ -169,7 +209,6 @@ impl Session {
     ///
     /// Not `async`: the session is built where the caller keeps it, not moved out of a
     /// future of its own.
-    #[inline]
     pub fn begin(
         policy: &'static Policy,
         state: &'static PolicyState,
@@ -254,8 +293,16 @@ impl Session {
             attempt_scope: None,
             _bulkhead: None,
         };
-        if shared.bulkhead.is_none() && shared.rate_limit.is_none() {
-            session.opened();
+        if shared.bulkhead.is_none() {
+            match shared.rate_limit {
+                None => session.opened(),
+                // A local limit with a permit free now: no wait, no future.
+                Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
+                    Some(Ok(())) => session.opened(),
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                },
+            }
         }
         Ok(session)
     }
@@ -407,8 +454,15 @@ impl Session {
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
         self.attempts += 1;
         self.last = Last::default();
+        // The first attempt starts when the call does: no second clock read.
+        let (now, left) = if self.attempts == 1 && self.waited.is_zero() {
+            (self.started, self.left_at_start)
+        } else {
+            let now = Instant::now();
+            (now, self.deadline.saturating_duration_since(now))
+        };
         if let Some(b) = self.shared.breaker {
-            match b.try_acquire() {
+            match b.try_acquire_at(now) {
                 Ok(p) => self.breaker_permit = Some(p),
                 Err(_) => {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
@@ -423,13 +477,6 @@ impl Session {
                 }
             }
         }
-        // The first attempt starts when the call does: no second clock read.
-        let (now, left) = if self.attempts == 1 && self.waited.is_zero() {
-            (self.started, self.left_at_start)
-        } else {
-            let now = Instant::now();
-            (now, self.deadline.saturating_duration_since(now))
-        };
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }

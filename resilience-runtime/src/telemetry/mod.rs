@@ -570,6 +570,12 @@ pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
     on_call_end(shared, Outcome::RejectedBulkhead, None, None);
 }
 
+/// The call was refused by its open breaker before it started.
+#[inline]
+pub(crate) fn call_rejected_by_breaker(shared: &Resolved) {
+    on_call_end(shared, Outcome::RejectedBreaker, None, None);
+}
+
 /// The call was refused by its rate limit before any attempt.
 #[inline]
 pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved) {
