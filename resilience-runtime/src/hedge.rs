@@ -122,12 +122,14 @@ where
     // Each attempt keeps its own span; the one whose outcome the call acts on goes back to
     // the session.
     let scope = s.attempt_scope.take();
+    // `until - limit`: when the first attempt started (no clock read for the hedge timer).
+    let first_hedge_at = ctx.0 - ctx.1 + hedge.delay;
     let mut first = pin!(Running::new(ctx, scope, make()));
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
-    let mut timer = pin!(tokio::time::sleep(hedge.delay));
+    let mut timer = pin!(tokio::time::sleep_until(first_hedge_at));
     let mut hedging = true;
     let mut in_flight = 1u32;
-    std::future::poll_fn(|cx| {
+    let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
             let mut ready = None;
@@ -221,9 +223,13 @@ where
                 None => hedging = false,
             }
         }
-    })
-    .instrument(span)
-    .await
+    });
+    // With tracing off, no `Instrumented` wrapper entered and left on every poll.
+    if span.is_disabled() {
+        run.await
+    } else {
+        run.instrument(span).await
+    }
 }
 
 /// A hedge's attempt context, or `None` when no hedge may start: the deadline is too close or
