@@ -12,7 +12,19 @@
 #[macro_use]
 mod common;
 
-use common::micro::ok;
+use common::micro::{BenchError, ok};
+use resilience_runtime::resilient;
+
+/// `PROFILE_CASE=resilient_open`: a call its open breaker refuses (as in `faults.rs`: it fails
+/// until the breaker opens, then every call is refused).
+#[resilient(
+    method = GET, timeout = "10s", deadline = "30s", max_attempts = 3,
+    backoff(kind = constant, initial = "0ms", max = "0ms", jitter = none),
+    breaker = { failure_rate = 0.5, min_calls = 5, window = 5, open_for = "1h", half_open_calls = 1 },
+)]
+async fn resilient_open() -> Result<u64, BenchError> {
+    Err(BenchError::Transient)
+}
 
 fn main() {
     let case = std::env::var("PROFILE_CASE").unwrap_or_else(|_| "resilient_breaker".to_owned());
@@ -31,6 +43,19 @@ fn main() {
             };
         }
         for_each_contender!(run);
+        if case == "resilient_open" {
+            found = true;
+            for _ in 0..10 {
+                let _ = resilient_open().await;
+            }
+            for _ in 0..calls {
+                let r = resilient_open().await;
+                assert!(
+                    matches!(&r, Err(BenchError::Runtime(e)) if e.kind() == resilience_runtime::ErrorKind::CircuitOpen),
+                    "the breaker should be open: {r:?}"
+                );
+            }
+        }
     });
     assert!(found, "PROFILE_CASE={case}: no such contender");
     println!("{case}: {calls} calls");

@@ -295,6 +295,49 @@ macro_rules! contenders {
                 $body()
             }
 
+            // One pattern at a time over the timeout rung: each row's cost above
+            // `resilient_timeout` is that pattern's own.
+
+            /// A local rate limit that never makes a call wait (10^9 permits per second).
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                rate_limit = { rate = 1000000, per = "1ms", burst = 1000000 },
+            )]
+            pub async fn resilient_rate_limit() -> Result<u64, BenchError> {
+                $body()
+            }
+
+            /// A hedge that never fires: the body answers before its delay.
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                hedge(delay = "5s"),
+            )]
+            pub async fn resilient_hedge() -> Result<u64, BenchError> {
+                $body()
+            }
+
+            /// A fallback that is never needed.
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                fallback = fallback_value,
+            )]
+            pub async fn resilient_fallback() -> Result<u64, BenchError> {
+                $body()
+            }
+
+            pub async fn fallback_value() -> Result<u64, BenchError> {
+                Ok(0)
+            }
+
+            /// A breaker over a 10 s time window with a slow-call threshold.
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                breaker = { failure_rate = 0.9, min_calls = 10, window_for = "10s", open_for = "30s", half_open_calls = 3, slow_call_duration = "5s", slow_call_rate = 0.9 },
+            )]
+            pub async fn resilient_time_breaker() -> Result<u64, BenchError> {
+                $body()
+            }
+
             /// backon 1.6: `ConstantBuilder`, zero delay, 2 retries, transient errors only.
             pub async fn backon_retry() -> Res {
                 (|| async { $body() })
@@ -389,6 +432,14 @@ macro_rules! for_each_contender {
         $m!("resilient_budget", resilient_budget, both);
         $m!("resilient_breaker", resilient_breaker, both);
         $m!("resilient_bulkhead", resilient_bulkhead, both);
+        $m!("resilient_rate_limit", resilient_rate_limit, no_fault_only);
+        $m!("resilient_hedge", resilient_hedge, no_fault_only);
+        $m!("resilient_fallback", resilient_fallback, no_fault_only);
+        $m!(
+            "resilient_time_breaker",
+            resilient_time_breaker,
+            no_fault_only
+        );
         $m!("backon", backon_retry, both);
         $m!("backon_timeout", backon_timeout, both);
         $m!("tower_retry", tower_retry, both);
@@ -411,6 +462,10 @@ pub fn label(name: &str) -> &'static str {
         "resilient_budget" => "`#[resilient]` + budget",
         "resilient_breaker" => "`#[resilient]` + breaker",
         "resilient_bulkhead" => "`#[resilient]` + bulkhead",
+        "resilient_rate_limit" => "`#[resilient]` timeout + local rate limit (never waits)",
+        "resilient_hedge" => "`#[resilient]` timeout + hedge (never fires)",
+        "resilient_fallback" => "`#[resilient]` timeout + fallback (never needed)",
+        "resilient_time_breaker" => "`#[resilient]` timeout + time-window, slow-call breaker",
         "backon" => "backon 1.6 retry",
         "backon_timeout" => "backon retry + `timeout` per attempt",
         "tower_retry" => "tower 0.5 `Retry`",
