@@ -154,6 +154,9 @@ pub struct ConcurrencyLimit {
     admitted: AtomicU64,
     rejected: AtomicU64,
     decreases: AtomicU64,
+    /// The gauges' keys, built once (recording then allocates nothing).
+    #[cfg(feature = "metrics")]
+    gauges: [metrics::Key; 2],
 }
 
 /// A slot, held for the whole call and given back on drop; it reports each attempt's outcome.
@@ -199,6 +202,16 @@ impl ConcurrencyLimit {
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             decreases: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            gauges: {
+                use crate::telemetry::names;
+                let labels: &'static [metrics::Label] =
+                    Box::leak(Box::new([metrics::Label::new("concurrency_limit", name)]));
+                [
+                    metrics::Key::from_static_labels(names::CONCURRENCY_LIMIT, labels),
+                    metrics::Key::from_static_labels(names::CONCURRENCY_IN_FLIGHT, labels),
+                ]
+            },
         })
     }
 
@@ -274,6 +287,7 @@ impl ConcurrencyLimit {
             Ok((p, now)) => {
                 let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.admitted.fetch_add(1, Ordering::Relaxed);
+                self.gauge(None, n);
                 Ok(ConcurrencyPermit {
                     limit: self,
                     permit: Some(p),
@@ -288,8 +302,28 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// Sets the gauges: the limit when it moved, the calls in flight.
+    #[inline]
+    fn gauge(&self, limit: Option<f64>, in_flight: u32) {
+        #[cfg(feature = "metrics")]
+        {
+            static META: metrics::Metadata<'static> =
+                metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+            metrics::with_recorder(|r| {
+                if let Some(l) = limit {
+                    r.register_gauge(&self.gauges[0], &META).set(l);
+                }
+                r.register_gauge(&self.gauges[1], &META)
+                    .set(f64::from(in_flight));
+            });
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limit, in_flight);
+    }
+
     fn release(&self, permit: SemaphorePermit<'static>) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.gauge(None, n);
         if self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
@@ -312,10 +346,11 @@ impl ConcurrencyLimit {
             return;
         };
         let old = f64::from_bits(bits);
-        let (from, to) = (
-            self.allowed(old),
-            self.allowed(aimd_next(old, sample, &self.spec)),
-        );
+        let new = aimd_next(old, sample, &self.spec);
+        if new != old {
+            self.gauge(Some(new), self.in_flight());
+        }
+        let (from, to) = (self.allowed(old), self.allowed(new));
         if to > from {
             for _ in from..to {
                 // Pay a debt first: a permit still to take away need not be.

@@ -144,7 +144,11 @@ pub mod fallback_on {
         ("deadline", DEADLINE, "the call's deadline"),
         ("circuit_open", CIRCUIT_OPEN, "an open circuit breaker"),
         ("budget_exhausted", BUDGET_EXHAUSTED, "a spent retry budget"),
-        ("bulkhead_full", BULKHEAD_FULL, "a full bulkhead"),
+        (
+            "bulkhead_full",
+            BULKHEAD_FULL,
+            "a full bulkhead, or a concurrency limit reached",
+        ),
         ("rate_limited", RATE_LIMITED, "the rate limit"),
     ];
     /// The function's own error.
