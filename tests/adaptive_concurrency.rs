@@ -264,3 +264,35 @@ async fn a_named_limit_is_shared_by_the_functions_naming_it() {
         None
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(latency = "500ms")
+)]
+async fn overridden(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_is_checked_against_the_latency_threshold() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    overridden(&c, &server.url("/")).await.unwrap(); // known to the overrides now
+    let file = "[functions.\"adaptive_concurrency::overridden\"]\ntimeout = \"400ms\"\n";
+    let e = resilience_runtime::overrides::apply_str(file, "incident.toml").unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "concurrency_limit latency (500ms) is not shorter than the attempt timeout (400ms)"
+        ),
+        "{e}"
+    );
+    let file = "[functions.\"adaptive_concurrency::overridden\"]\nconcurrency_limit = { latency = \"1s\" }\n";
+    let e = resilience_runtime::overrides::apply_str(file, "incident.toml").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`concurrency_limit` cannot change at run time"),
+        "{e}"
+    );
+}
