@@ -898,6 +898,106 @@ async fn scenario_rate_limit(http: &reqwest::Client) {
     t.print();
 }
 
+// ---------------------------------------------------------------------------------------------
+// 11. The dependency slowed down; we sent fewer at once.
+
+#[resilient(timeout = "2s", max_attempts = 1, budget = false)]
+async fn stock_plain(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(initial = 16, min = 2, max = 64, latency = "100ms", max_wait = "1s")
+)]
+async fn stock_adaptive(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn scenario_adaptive(http: &reqwest::Client) {
+    heading(
+        11,
+        "The dependency slowed down; we sent fewer at once",
+        "The stock service answers in 20 ms while it holds up to 4 requests, and 30 ms slower\n\
+         for each one more. 24 callers call it back to back for 2 s. With concurrency_limit, an\n\
+         answer slower than 100 ms lowers the limit by a tenth (once per round trip) and a fast\n\
+         one raises it a little: the service is held near what it can serve, and answers sooner.",
+    );
+    let mut t = Table::new(&[
+        "client",
+        "answers",
+        "held at once, last second",
+        "slowest answer, last second",
+    ]);
+    for adaptive in [false, true] {
+        // Each request is answered after a delay set by how many the server holds as it arrives.
+        let due = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+        let held_log =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, usize, u64)>::new()));
+        let (d, log) = (due.clone(), held_log.clone());
+        let server = FaultServer::start(Script::dynamic(move |seen| {
+            let mut due = d.lock().unwrap();
+            due.retain(|t| *t > seen.at);
+            let held = due.len() + 1;
+            let delay = 20 + 30 * held.saturating_sub(4) as u64;
+            due.push(seen.at + Duration::from_millis(delay));
+            log.lock().unwrap().push((seen.at, held, delay));
+            Action::ok().body("7").after(Duration::from_millis(delay))
+        }))
+        .await;
+        let url = server.url("/stock");
+        let start = Instant::now();
+        let until = start + Duration::from_secs(2);
+        let callers = (0..24).map(|_| async {
+            let mut n = 0;
+            while Instant::now() < until {
+                let r = if adaptive {
+                    stock_adaptive(http, &url).await
+                } else {
+                    stock_plain(http, &url).await
+                };
+                n += usize::from(r.is_ok());
+            }
+            n
+        });
+        let answers: usize = futures_join_all(callers).await.into_iter().sum();
+        let log = held_log.lock().unwrap();
+        let last: Vec<_> = log
+            .iter()
+            .filter(|(at, _, _)| *at >= start + Duration::from_secs(1))
+            .collect();
+        let mean = last.iter().map(|(_, h, _)| *h).sum::<usize>() as f64 / last.len().max(1) as f64;
+        let most = last.iter().map(|(_, h, _)| *h).max().unwrap_or(0);
+        let slowest = last.iter().map(|(_, _, d)| *d).max().unwrap_or(0);
+        t.row(vec![
+            if adaptive {
+                "concurrency_limit (AIMD)"
+            } else {
+                "no limit"
+            }
+            .into(),
+            answers.to_string(),
+            format!("{mean:.1} on average, at most {most}"),
+            format!("{slowest} ms"),
+        ]);
+    }
+    t.print();
+}
+
 /// Runs the futures concurrently on this task.
 async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
     let mut set: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
@@ -942,6 +1042,7 @@ async fn main() {
     scenario_nested(&http).await;
     scenario_hedging(&http).await;
     scenario_rate_limit(&http).await;
+    scenario_adaptive(&http).await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
     println!("\nwhere to look next:");
     println!("  metrics:  cargo run --example metrics_service --features metrics");

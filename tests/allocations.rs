@@ -28,6 +28,16 @@ async fn everything(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    breaker = { failure_rate = 0.5, min_calls = 10, window = 20, open_for = "1s", half_open_calls = 2 },
+    concurrency_limit = { initial = 8, max = 64, latency = "100ms", max_wait = "10ms" },
+)]
+async fn adaptive(n: u64) -> Result<u64, Error> {
+    Ok(n + 1)
+}
+
 #[resilient(method = GET, timeout = "1s", hedge(delay = "50ms"))]
 async fn hedged(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
@@ -44,15 +54,18 @@ fn no_allocation_per_call_on_the_happy_path() {
         // First calls register the shared state (one allocation each, once per process).
         assert_eq!(defaults(1).await.unwrap(), 2);
         assert_eq!(everything(1).await.unwrap(), 2);
+        assert_eq!(adaptive(1).await.unwrap(), 2);
         for (name, f) in [
             ("defaults", 0),
             ("budget + breaker + bulkhead + rate limit", 1),
+            ("budget + breaker + adaptive concurrency limit", 2),
         ] {
             let (before, _) = snapshot();
             for i in 0..1000u64 {
                 let r = match f {
                     0 => defaults(i).await,
                     1 => everything(i).await,
+                    2 => adaptive(i).await,
                     _ => hedged(i).await,
                 };
                 assert_eq!(r.unwrap(), i + 1);

@@ -49,6 +49,11 @@ async fn limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
 }
 
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, concurrency_limit = { name = "m_adaptive", initial = 2, min = 1, max = 4, latency = "100ms" }, budget = false)]
+async fn adapted(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
 fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
     PrometheusBuilder::new()
         .with_recommended_naming(true)
@@ -243,6 +248,25 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         Some(1.0)
     );
 
+    // Adaptive concurrency limit: a 503 lowers the limit from 2 to 1.8; the gauges follow.
+    let down_url = down.url("/");
+    let (first, in_flight) = tokio::join!(adapted(&c, &down_url), async {
+        tokio::task::yield_now().await;
+        sample(
+            &handle,
+            "resilience_concurrency_limit_in_flight",
+            &[r#"concurrency_limit="m_adaptive""#],
+        )
+    });
+    first.unwrap_err();
+    assert_eq!(in_flight, Some(1.0), "in flight while the call runs");
+    let adaptive = |name: &str| sample(&handle, name, &[r#"concurrency_limit="m_adaptive""#]);
+    assert_eq!(adaptive("resilience_concurrency_limit_limit"), Some(1.8));
+    assert_eq!(
+        adaptive("resilience_concurrency_limit_in_flight"),
+        Some(0.0)
+    );
+
     // Every metric of the table is there, with its help text.
     let text = handle.render();
     for name in [
@@ -255,6 +279,8 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         "resilience_breaker_transitions_total",
         "resilience_budget_available",
         "resilience_bulkhead_in_flight",
+        "resilience_concurrency_limit_limit",
+        "resilience_concurrency_limit_in_flight",
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
     }

@@ -105,6 +105,14 @@ async fn bad_files_are_refused_with_their_place() {
             "[breakers.pg]\nwindow = 10\n",
             "incident.toml:1:2: [breakers] cannot change at run time",
         ),
+        (
+            "[concurrency_limits.pg]\nmax = 10\n",
+            "incident.toml:1:2: [concurrency_limits] cannot change at run time",
+        ),
+        (
+            "[functions.\"runbook::lookup\"]\nconcurrency_limit = { latency = \"1s\" }\n",
+            "incident.toml:2:1: `concurrency_limit` cannot change at run time",
+        ),
     ];
     for (file, want) in cases {
         let e = overrides::apply_str(file, "incident.toml").unwrap_err();

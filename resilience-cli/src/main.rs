@@ -410,6 +410,25 @@ fn state(r: &StateRef, shared: Option<&str>) -> String {
     }
 }
 
+/// What bounds the calls in flight: a fixed bulkhead, an adaptive limit (its range, where it
+/// starts, the latency that counts as overload), or nothing.
+fn in_flight(f: &Function) -> String {
+    let sh = &f.analysis.shared;
+    if let Some((_, c)) = &sh.concurrency {
+        format!(
+            "aimd {}..={} from {}, slow at {}",
+            c.min,
+            c.max,
+            c.initial,
+            fmt_duration(c.latency)
+        )
+    } else if let Some((_, b)) = &sh.bulkhead {
+        format!("bulkhead {}", b.max_concurrent)
+    } else {
+        "-".into()
+    }
+}
+
 fn list(krate: &Crate, json: bool) {
     let all = &krate.functions;
     if json {
@@ -438,6 +457,17 @@ fn list(krate: &Crate, json: bool) {
                     "breaker": state(&s.breaker.value, f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str())),
                     "bulkhead": state(&s.bulkhead.value, f.analysis.shared.bulkhead.as_ref().map(|b| b.0.as_str())),
                     "rate_limit": state(&s.rate_limit.value, f.analysis.shared.rate_limit.as_ref().map(|b| b.0.as_str())),
+                    "concurrency_limit": f.analysis.shared.concurrency.as_ref().map(|(n, c)| serde_json::json!({
+                        "name": state(&s.concurrency_limit.value, Some(n.as_str())),
+                        "kind": "aimd",
+                        "initial": c.initial,
+                        "min": c.min,
+                        "max": c.max,
+                        "latency": fmt_duration(c.latency),
+                        "backoff": c.backoff,
+                        "max_wait": fmt_duration(c.max_wait),
+                        "from": origin(&s.concurrency_limit.origin),
+                    })),
                     "worst_case_ms": worst_case(f).as_millis() as u64,
                     "requests_per_call_worst_case": amplification(f, all, 0),
                 })
@@ -458,6 +488,7 @@ fn list(krate: &Crate, json: bool) {
         "retry_on",
         "key",
         "breaker",
+        "in flight",
         "worst case",
         "requests/call",
     ];
@@ -477,6 +508,7 @@ fn list(krate: &Crate, json: bool) {
                     &s.breaker.value,
                     f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str()),
                 ),
+                in_flight(f),
                 fmt_duration(worst_case(f)),
                 amplification(f, all, 0).to_string(),
             ]
@@ -521,6 +553,8 @@ fn list(krate: &Crate, json: bool) {
         note("retry_on", &s.retry_on.origin);
         note("idempotency_key", &s.idempotency_key.origin);
         note("breaker", &s.breaker.origin);
+        note("bulkhead", &s.bulkhead.origin);
+        note("concurrency_limit", &s.concurrency_limit.origin);
         if !from.is_empty() {
             println!("  {} ({}:{}): {}", f.path, f.file, f.line, from.join("; "));
         }
@@ -600,6 +634,21 @@ fn compiled(f: &Function) -> &'static Policy {
                     burst: r.burst,
                     max_wait: r.max_wait,
                     store: resilience_runtime::ratelimit::RateLimitStore::Local,
+                },
+            )
+        }),
+        // The latency and the wait are checked against an overridden timeout and deadline.
+        concurrency: f.analysis.shared.concurrency.as_ref().map(|(_, c)| {
+            (
+                "",
+                resilience_runtime::concurrency::ConcurrencySpec {
+                    kind: resilience_runtime::concurrency::ConcurrencyKind::Aimd,
+                    initial: c.initial,
+                    min: c.min,
+                    max: c.max,
+                    latency: c.latency,
+                    backoff: c.backoff,
+                    max_wait: c.max_wait,
                 },
             )
         }),

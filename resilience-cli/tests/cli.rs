@@ -75,11 +75,27 @@ fn list_shows_the_examples_effective_policies() {
         inventory["worst_case_ms"], 1000,
         "bounded by the 1 s deadline"
     );
+    let adaptive = find("tour::stock_adaptive")["concurrency_limit"].clone();
+    assert_eq!(adaptive["name"], "own");
+    assert_eq!(adaptive["kind"], "aimd");
+    assert_eq!(
+        (&adaptive["initial"], &adaptive["min"], &adaptive["max"]),
+        (&16.into(), &2.into(), &64.into())
+    );
+    assert_eq!(adaptive["latency"], "100ms");
+    assert_eq!(adaptive["backoff"], 0.9);
+    assert_eq!(adaptive["max_wait"], "1s");
+    assert_eq!(adaptive["from"], "inline in the attribute");
+    assert_eq!(
+        find("tour::stock_plain")["concurrency_limit"],
+        serde_json::Value::Null
+    );
 
     let table = run(&["list", workspace().to_str().unwrap()]);
     assert!(table.status.success());
     let t = text(&table);
     assert!(t.contains("tour::Catalog::quick_bundle"), "{t}");
+    assert!(t.contains("aimd 2..=64 from 16, slow at 100ms"), "{t}");
     assert!(t.contains("where each setting came from"), "{t}");
 }
 
@@ -147,6 +163,27 @@ fn check_an_override_file_against_the_crate() {
     let t = text(&out);
     assert!(
         t.contains("bad.toml:2:16: tour::pay_hasty (POST): this POST could be retried"),
+        "{t}"
+    );
+    // An attempt timeout no longer above the adaptive limit's latency threshold.
+    let slow = dir.join("slow.toml");
+    std::fs::write(
+        &slow,
+        "[functions.\"tour::stock_adaptive\"]\ntimeout = \"80ms\"\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "check",
+        ws.to_str().unwrap(),
+        "--overrides",
+        slow.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(
+            "concurrency_limit latency (100ms) is not shorter than the attempt timeout (80ms)"
+        ),
         "{t}"
     );
 

@@ -153,6 +153,56 @@ mod boundaries {
                 "burst = {n}"
             );
         }
+        for (n, ok) in cases::CONCURRENCY_LIMIT {
+            let v = proc_macro2::Literal::u64_unsuffixed(*n);
+            assert_eq!(
+                accepted(quote!(concurrency_limit(latency = "1s", min = 1, initial = 1, max = #v))),
+                *ok,
+                "max = {n}"
+            );
+        }
+        for (min, initial, max, ok) in cases::CONCURRENCY_ORDER {
+            let (a, b, c) = (
+                proc_macro2::Literal::u32_unsuffixed(*min),
+                proc_macro2::Literal::u32_unsuffixed(*initial),
+                proc_macro2::Literal::u32_unsuffixed(*max),
+            );
+            assert_eq!(
+                accepted(
+                    quote!(concurrency_limit(latency = "1s", min = #a, initial = #b, max = #c))
+                ),
+                *ok,
+                "min = {min}, initial = {initial}, max = {max}"
+            );
+        }
+        for (x, ok) in cases::CONCURRENCY_BACKOFF {
+            let v = lit_f(*x);
+            assert_eq!(
+                accepted(quote!(concurrency_limit(latency = "1s", backoff = #v))),
+                *ok,
+                "backoff = {x}"
+            );
+        }
+        for (ms, ok) in cases::CONCURRENCY_LATENCY_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(concurrency_limit(latency = #d))),
+                *ok,
+                "latency = {d}"
+            );
+        }
+        for (ms, ok) in cases::CONCURRENCY_MAX_WAIT_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(concurrency_limit(latency = "1s", max_wait = #d))),
+                *ok,
+                "max_wait = {d}"
+            );
+        }
+        assert!(!accepted(quote!(
+            bulkhead(max_concurrent = 4),
+            concurrency_limit(latency = "1s")
+        )));
         for (ms, ok) in cases::BREAKER_WINDOW_FOR_MS {
             let d = format!("{ms}ms");
             assert_eq!(

@@ -145,6 +145,17 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             })))
         }
     };
+    let concurrency = match &plan.shared.concurrency {
+        None => quote!(::core::option::Option::None),
+        Some((n, m)) => {
+            let (initial, min, max, backoff) = (m.initial, m.min, m.max, m.backoff);
+            let (latency, wait) = (dur(m.latency), dur(m.max_wait));
+            quote!(::core::option::Option::Some((#n, #p::ConcurrencySpec {
+                kind: #p::ConcurrencyKind::Aimd, initial: #initial, min: #min, max: #max,
+                latency: #latency, backoff: #backoff, max_wait: #wait,
+            })))
+        }
+    };
 
     let key_arg = match &s.idempotency_key.value {
         KeyModel::None => quote!(#p::KeyArg::None),
@@ -311,9 +322,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!()
     };
 
-    // A bulkhead slot or a rate-limit permit may have to be waited for; without either, the
-    // session is ready as begun.
-    let admit = if plan.shared.bulkhead.is_some() || plan.shared.rate_limit.is_some() {
+    // A bulkhead or concurrency-limit slot or a rate-limit permit may have to be waited for;
+    // without any, the session is ready as begun.
+    let admit = if plan.shared.bulkhead.is_some()
+        || plan.shared.concurrency.is_some()
+        || plan.shared.rate_limit.is_some()
+    {
         quote! {
             if !__resilience_session.admitted() {
                 if let ::core::result::Result::Err(error) = __resilience_session.admit().await {
@@ -370,6 +384,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 breaker: #breaker,
                 bulkhead: #bulkhead,
                 rate_limit: #rate_limit,
+                concurrency: #concurrency,
                 hedge: #hedge,
                 unseen: #p::Method::Other,
                 locate: ::core::option::Option::Some(__resilience_locate),

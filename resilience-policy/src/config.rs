@@ -18,6 +18,7 @@ pub const SECTIONS: &[&str] = &[
     "budgets",
     "bulkheads",
     "rate_limits",
+    "concurrency_limits",
     "clients",
 ];
 
@@ -41,6 +42,7 @@ pub struct Config {
     pub budgets: BTreeMap<String, Table>,
     pub bulkheads: BTreeMap<String, Table>,
     pub rate_limits: BTreeMap<String, Table>,
+    pub concurrency_limits: BTreeMap<String, Table>,
     pub clients: BTreeMap<String, Table>,
     /// Problems with the file as a whole, each starting with `file:line:col:`.
     pub errors: Vec<String>,
@@ -56,6 +58,7 @@ impl Config {
             "budget" => &self.budgets,
             "bulkhead" => &self.bulkheads,
             "rate_limit" => &self.rate_limits,
+            "concurrency_limit" => &self.concurrency_limits,
             "client" => &self.clients,
             _ => &self.policies,
         }
@@ -266,6 +269,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
                 "budgets" => &mut cfg.budgets,
                 "bulkheads" => &mut cfg.bulkheads,
                 "rate_limits" => &mut cfg.rate_limits,
+                "concurrency_limits" => &mut cfg.concurrency_limits,
                 _ => &mut cfg.clients,
             };
             map.insert(sub_name, table);

@@ -26,6 +26,7 @@ pub const POLICY_KEYS: &[&str] = &[
     "breaker",
     "bulkhead",
     "rate_limit",
+    "concurrency_limit",
     "hedge",
     "fallback",
     "fallback_on",
@@ -48,6 +49,9 @@ pub const BREAKER_KEYS: &[&str] = &[
     "slow_call_rate",
 ];
 pub const BULKHEAD_KEYS: &[&str] = &["max_concurrent", "max_wait"];
+pub const CONCURRENCY_KEYS: &[&str] = &[
+    "kind", "initial", "min", "max", "latency", "backoff", "max_wait",
+];
 pub const HEDGE_KEYS: &[&str] = &["delay", "max"];
 pub const RATE_LIMIT_KEYS: &[&str] = &["rate", "per", "burst", "max_wait", "store"];
 pub const CLIENT_KEYS: &[&str] = &[
@@ -158,6 +162,7 @@ pub struct Settings {
     pub breaker: Set<StateRef>,
     pub bulkhead: Set<StateRef>,
     pub rate_limit: Set<StateRef>,
+    pub concurrency_limit: Set<StateRef>,
     pub hedge: Set<Option<HedgeModel>>,
     /// The fallback function's path, as written.
     pub fallback: Option<Set<String>>,
@@ -228,6 +233,7 @@ impl Default for Settings {
             breaker: Set::builtin(StateRef::Off),
             bulkhead: Set::builtin(StateRef::Off),
             rate_limit: Set::builtin(StateRef::Off),
+            concurrency_limit: Set::builtin(StateRef::Off),
             hedge: Set::builtin(None),
             fallback: None,
             fallback_on: Set::builtin((resilience_spec::fallback_on::ANY, vec!["any".to_owned()])),
@@ -584,7 +590,7 @@ impl Settings {
                     origin,
                 };
             }
-            "budget" | "breaker" | "bulkhead" | "rate_limit" => {
+            "budget" | "breaker" | "bulkhead" | "rate_limit" | "concurrency_limit" => {
                 let r = match &v.value {
                     Value::Bool(false) => Some(StateRef::Off),
                     Value::Bool(true) if key == "budget" => Some(StateRef::Default),
@@ -611,6 +617,7 @@ impl Settings {
                         "budget" => self.budget = s,
                         "breaker" => self.breaker = s,
                         "rate_limit" => self.rate_limit = s,
+                        "concurrency_limit" => self.concurrency_limit = s,
                         _ => self.bulkhead = s,
                     }
                 }

@@ -10,9 +10,9 @@ use crate::config::Config;
 use crate::diag::Diags;
 use crate::infer::Inferred;
 use crate::model::{
-    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, KeyModel, Method, RATE_LIMIT_KEYS,
-    RetryItem, Set, Settings, StateRef, check_table_keys, duration, err, file_prefix, integer,
-    number,
+    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, CONCURRENCY_KEYS, KeyModel, Method,
+    RATE_LIMIT_KEYS, RetryItem, Set, Settings, StateRef, check_table_keys, duration, err,
+    file_prefix, integer, number,
 };
 use crate::value::{Located, Origin, did_you_mean};
 
@@ -57,6 +57,17 @@ pub struct RateLimitM {
     pub store: RateStoreM,
 }
 
+/// An adaptive concurrency limit (AIMD, the one kind so far).
+#[derive(Debug, Clone, Copy)]
+pub struct ConcurrencyM {
+    pub initial: u32,
+    pub min: u32,
+    pub max: u32,
+    pub latency: Duration,
+    pub backoff: f64,
+    pub max_wait: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ClientM {
     pub connect_timeout: Duration,
@@ -72,6 +83,7 @@ pub struct Shared {
     pub breaker: Option<(String, BreakerM)>,
     pub bulkhead: Option<(String, BulkheadM)>,
     pub rate_limit: Option<(String, RateLimitM)>,
+    pub concurrency: Option<(String, ConcurrencyM)>,
 }
 
 use resilience_spec::{defaults, rules};
@@ -318,6 +330,107 @@ pub fn read_rate_limit(
     (m, wait_at)
 }
 
+/// Where a concurrency limit's `latency` and `max_wait` were set, for the checks against the
+/// timeout and the deadline.
+pub struct ConcurrencyAt {
+    pub latency: Option<Located>,
+    pub max_wait: Option<Located>,
+}
+
+/// `at` is where the table is, for a missing `latency` and for min/initial/max out of order.
+pub fn read_concurrency(
+    diags: &mut Diags,
+    t: &[(String, Located)],
+    at: &Origin,
+    fb: Span,
+) -> (ConcurrencyM, ConcurrencyAt) {
+    check_table_keys(diags, t, CONCURRENCY_KEYS, "concurrency_limit", fb);
+    let mut m = ConcurrencyM {
+        initial: defaults::CONCURRENCY_INITIAL,
+        min: defaults::CONCURRENCY_MIN,
+        max: defaults::CONCURRENCY_MAX,
+        latency: Duration::ZERO,
+        backoff: defaults::CONCURRENCY_BACKOFF,
+        max_wait: defaults::CONCURRENCY_MAX_WAIT,
+    };
+    let mut found = ConcurrencyAt {
+        latency: None,
+        max_wait: None,
+    };
+    let (mut counts_ok, mut seen_latency) = (true, false);
+    let table = Located {
+        value: crate::value::Value::Bool(true),
+        origin: at.clone(),
+    };
+    for (k, v) in t {
+        match k.as_str() {
+            "kind" => match v.as_text() {
+                Some("aimd") => {}
+                _ => err(
+                    diags,
+                    v,
+                    fb,
+                    format!(
+                        "concurrency_limit kind is \"aimd\" (additive increase on fast answers, multiplicative decrease on overload), not {}",
+                        v.render()
+                    ),
+                ),
+            },
+            "initial" | "min" | "max" => match integer(diags, v, fb, k) {
+                Some(n) => match rules::concurrency_count(k, n) {
+                    Ok(()) => {
+                        let n = n as u32;
+                        match k.as_str() {
+                            "initial" => m.initial = n,
+                            "min" => m.min = n,
+                            _ => m.max = n,
+                        }
+                    }
+                    Err(b) => {
+                        counts_ok = false;
+                        err(diags, v, fb, b)
+                    }
+                },
+                None => counts_ok = false,
+            },
+            "latency" => {
+                seen_latency = true;
+                if let Some(d) = duration(diags, v, fb, k) {
+                    m.latency = d;
+                    found.latency = Some(v.clone());
+                }
+            }
+            "backoff" => {
+                if let Some(x) = number(diags, v, fb, k) {
+                    match rules::concurrency_backoff(x) {
+                        Ok(()) => m.backoff = x,
+                        Err(b) => err(diags, v, fb, b),
+                    }
+                }
+            }
+            "max_wait" => {
+                if let Some(d) = duration(diags, v, fb, k) {
+                    m.max_wait = d;
+                    found.max_wait = Some(v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !seen_latency {
+        err(
+            diags,
+            &table,
+            fb,
+            "a concurrency_limit needs `latency`: an answer at least this slow counts as overload and lowers the limit\nhelp: the latency a healthy dependency stays under, e.g. concurrency_limit(latency = \"200ms\")",
+        );
+    }
+    if counts_ok && let Err(b) = rules::concurrency_order(m.min, m.initial, m.max) {
+        err(diags, &table, fb, b);
+    }
+    (m, found)
+}
+
 pub fn read_client(
     diags: &mut Diags,
     t: &[(String, Located)],
@@ -523,6 +636,71 @@ pub fn resolve_shared(
             err(diags, &at, s.rate_limit.origin.span_or(fb), broken);
         }
         shared.rate_limit = Some((n, m));
+    }
+    let concurrency = match &s.concurrency_limit.value {
+        StateRef::Off | StateRef::Default => None,
+        StateRef::Named(n) => section_table(
+            diags,
+            config,
+            "concurrency_limit",
+            n,
+            &s.concurrency_limit.origin,
+            fb,
+        )
+        .map(|t| {
+            (
+                n.clone(),
+                read_concurrency(diags, &t.entries, &t.origin, fb),
+            )
+        }),
+        StateRef::Inline(t) => {
+            let (n, rest) = inline_name(t);
+            Some((
+                n,
+                read_concurrency(diags, &rest, &s.concurrency_limit.origin, fb),
+            ))
+        }
+    };
+    if let Some((n, (m, found))) = concurrency {
+        let here = Located {
+            value: crate::value::Value::Bool(true),
+            origin: s.concurrency_limit.origin.clone(),
+        };
+        let span = s.concurrency_limit.origin.span_or(fb);
+        if shared.bulkhead.is_some() {
+            let mut b = rules::concurrency_not_with_bulkhead();
+            b.what = format!(
+                "{} (bulkhead from {}, concurrency_limit from {})",
+                b.what, s.bulkhead.origin, s.concurrency_limit.origin
+            );
+            err(diags, &here, span, b);
+        }
+        if let Some(l) = &found.latency
+            && let Err(broken) = rules::concurrency_latency_within_timeout(
+                m.latency,
+                s.timeout.value,
+                Some((&l.origin.to_string(), &s.timeout.origin.to_string())),
+            )
+        {
+            err(diags, l, span, broken);
+        }
+        let wait_origin = found
+            .max_wait
+            .as_ref()
+            .map_or_else(|| "built-in default".to_owned(), |w| w.origin.to_string());
+        if let Err(broken) = rules::concurrency_wait_within_deadline(
+            m.max_wait,
+            s.deadline.value,
+            Some((&wait_origin, &s.deadline.origin.to_string())),
+        ) {
+            err(
+                diags,
+                found.max_wait.as_ref().unwrap_or(&here),
+                span,
+                broken,
+            );
+        }
+        shared.concurrency = Some((n, m));
     }
     if let Some(c) = &s.client
         && let Some(t) = section_table(diags, config, "client", &c.value, &c.origin, fb)

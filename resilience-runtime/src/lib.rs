@@ -33,6 +33,7 @@ pub mod bulkhead;
 mod class;
 mod classify;
 mod client;
+pub mod concurrency;
 mod context;
 mod counters;
 #[doc(hidden)]
@@ -86,6 +87,7 @@ pub mod __private {
     pub use crate::breaker::BreakerSpec;
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
+    pub use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
     pub use crate::error::ErrorKind;
     pub use crate::fallback::applies as fallback_applies;
     pub use crate::hedge::Hedge;

@@ -64,3 +64,9 @@ pub fn bulkhead(name: &str) -> Option<BulkheadSnapshot> {
 pub fn rate_limit(name: &str) -> Option<crate::ratelimit::RateLimitSnapshot> {
     registry::find_rate_limit(name).map(|r| r.snapshot())
 }
+
+/// The state of the adaptive concurrency limit named `name` (or private to the function of
+/// that path): its limit now, calls in flight, admitted, refused, decreases.
+pub fn concurrency_limit(name: &str) -> Option<crate::concurrency::ConcurrencySnapshot> {
+    registry::find_concurrency_limit(name).map(|c| c.snapshot())
+}

@@ -452,6 +452,16 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
             &["deadline"],
         );
     }
+    if let Some((_, c)) = &p.concurrency {
+        check(
+            rules::concurrency_latency_within_timeout(c.latency, p.timeout, None),
+            &["timeout"],
+        );
+        check(
+            rules::concurrency_wait_within_deadline(c.max_wait, p.deadline, None),
+            &["deadline"],
+        );
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -615,7 +625,8 @@ impl Parser<'_> {
                     _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }"),
                 },
                 "method" | "idempotency_key" | "idempotent" | "budget" | "breaker" | "bulkhead"
-                | "rate_limit" | "hedge" | "fallback" | "fallback_on" | "client" | "policy" => self.problem(
+                | "rate_limit" | "concurrency_limit" | "hedge" | "fallback" | "fallback_on" | "client"
+                | "policy" => self.problem(
                     start,
                     format!("`{k}` cannot change at run time (in [{section}]): it is a compiled fact of the function; change it in the code or resilience.toml and rebuild"),
                 ),
@@ -745,7 +756,8 @@ fn parse(text: &str, name: &str) -> Result<Doc, Vec<String>> {
                     }
                 }
             }
-            "breakers" | "budgets" | "bulkheads" | "rate_limits" | "clients" => ps.problem(
+            "breakers" | "budgets" | "bulkheads" | "rate_limits" | "concurrency_limits"
+            | "clients" => ps.problem(
                 key.span().start,
                 format!("[{k}] cannot change at run time: their state is sized at start-up; use resilience_runtime::breakers to force a breaker open or closed"),
             ),

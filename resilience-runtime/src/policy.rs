@@ -180,6 +180,8 @@ pub struct Policy {
     pub hedge: Option<crate::hedge::Hedge>,
     /// The client-side rate limit, by name (`None`: none).
     pub rate_limit: Option<(&'static str, RateLimitSpec)>,
+    /// The adaptive concurrency limit, by name (`None`: none); not with a bulkhead.
+    pub concurrency: Option<(&'static str, crate::concurrency::ConcurrencySpec)>,
     /// The method an attempt is taken to have sent when the runtime saw none of its requests
     /// (a helper sent it without `.resilient()`). Generated code says [`Method::Other`], the
     /// least safe, so that such an attempt is resent only after a failure where nothing was
@@ -210,6 +212,7 @@ impl Policy {
         breaker: None,
         bulkhead: None,
         rate_limit: None,
+        concurrency: None,
         hedge: None,
         unseen: Method::Get,
         locate: None,
@@ -255,6 +258,16 @@ impl Policy {
             rules::hedge_max(u64::from(h.max)).map_err(bad)?;
             rules::hedge_safe(self.method, keyed, self.idempotent).map_err(bad)?;
             rules::hedge_within_deadline(h.delay, h.max, self.deadline).map_err(bad)?;
+        }
+        if let Some((_, c)) = &self.concurrency {
+            c.validate()?;
+            if self.bulkhead.is_some() {
+                return Err(bad(rules::concurrency_not_with_bulkhead()));
+            }
+            rules::concurrency_latency_within_timeout(c.latency, self.timeout, None)
+                .map_err(bad)?;
+            rules::concurrency_wait_within_deadline(c.max_wait, self.deadline, None)
+                .map_err(bad)?;
         }
         if let Some((_, r)) = &self.rate_limit {
             r.validate()?;

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use crate::breaker::{Breaker, BreakerSpec};
 use crate::budget::{Budget, BudgetSpec};
 use crate::bulkhead::{Bulkhead, BulkheadSpec};
+use crate::concurrency::{ConcurrencyLimit, ConcurrencySpec};
 use crate::counters::PolicyMetrics;
 use crate::policy::Policy;
 use crate::ratelimit::{RateLimitSpec, RateLimiter};
@@ -68,6 +69,26 @@ static BREAKERS: Map<Breaker> = OnceLock::new();
 static BULKHEADS: Map<Bulkhead> = OnceLock::new();
 static METRICS: Map<PolicyMetrics> = OnceLock::new();
 static RATE_LIMITS: Map<RateLimiter> = OnceLock::new();
+static CONCURRENCY_LIMITS: Map<ConcurrencyLimit> = OnceLock::new();
+
+/// The adaptive concurrency limit registered under `name`, created from `spec` on first use.
+///
+/// # Panics
+///
+/// On first use, if `spec` is invalid ([`ConcurrencySpec::validate`]).
+pub fn concurrency_limit(name: &'static str, spec: ConcurrencySpec) -> &'static ConcurrencyLimit {
+    intern(
+        &CONCURRENCY_LIMITS,
+        "concurrency_limit",
+        name,
+        || ConcurrencyLimit::new(name, spec),
+        |c| c.spec() == spec,
+    )
+}
+
+pub(crate) fn find_concurrency_limit(name: &str) -> Option<&'static ConcurrencyLimit> {
+    find(&CONCURRENCY_LIMITS, name)
+}
 
 /// The rate limit registered under `name`, created from `spec` on first use.
 ///
@@ -191,6 +212,7 @@ pub struct PolicyState {
     breaker: OnceLock<Breaker>,
     bulkhead: OnceLock<Bulkhead>,
     rate_limit: OnceLock<RateLimiter>,
+    concurrency: OnceLock<ConcurrencyLimit>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +225,7 @@ pub(crate) struct Resolved {
     pub breaker: Option<&'static Breaker>,
     pub bulkhead: Option<&'static Bulkhead>,
     pub rate_limit: Option<&'static RateLimiter>,
+    pub concurrency: Option<&'static ConcurrencyLimit>,
     pub metrics: &'static PolicyMetrics,
     // telemetry (issue 12): the function's metric keys, built once.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -220,6 +243,7 @@ impl PolicyState {
             breaker: OnceLock::new(),
             bulkhead: OnceLock::new(),
             rate_limit: OnceLock::new(),
+            concurrency: OnceLock::new(),
         }
     }
 
@@ -278,6 +302,18 @@ impl PolicyState {
                         )
                     } else {
                         rate_limit(n, s)
+                    }
+                }),
+                concurrency: policy.concurrency.map(|(n, s)| {
+                    if n.is_empty() {
+                        list(
+                            &CONCURRENCY_LIMITS,
+                            function,
+                            self.concurrency
+                                .get_or_init(|| ConcurrencyLimit::new(function, s)),
+                        )
+                    } else {
+                        concurrency_limit(n, s)
                     }
                 }),
                 metrics: metrics(function, policy_name),

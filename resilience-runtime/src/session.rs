@@ -164,6 +164,8 @@ pub struct Session {
     /// telemetry (issue 12): the attempt in progress (its span, when it started).
     pub(crate) attempt_scope: Option<AttemptScope>,
     _bulkhead: Option<BulkheadPermit<'static>>,
+    /// The adaptive concurrency limit's slot: told each attempt's outcome.
+    concurrency: Option<crate::concurrency::ConcurrencyPermit>,
 }
 
 impl Session {
@@ -200,8 +202,8 @@ impl Session {
     }
 
     /// Starts a call without waiting: fixes its deadline and identities. A policy without a
-    /// bulkhead or a rate limit is then [`admitted`](Self::admitted); otherwise
-    /// [`admit`](Self::admit) takes the slot and the permit.
+    /// bulkhead, a concurrency limit or a rate limit is then [`admitted`](Self::admitted);
+    /// otherwise [`admit`](Self::admit) takes the slot and the permit.
     ///
     /// Inside an attempt of another `#[resilient]` call, the call plans within that attempt's
     /// time and joins its trace; inside a request handled under
@@ -292,8 +294,9 @@ impl Session {
             breaker_permit: None,
             attempt_scope: None,
             _bulkhead: None,
+            concurrency: None,
         };
-        if shared.bulkhead.is_none() {
+        if shared.bulkhead.is_none() && shared.concurrency.is_none() {
             match shared.rate_limit {
                 None => session.opened(),
                 // A local limit with a permit free now: no wait, no future.
@@ -307,14 +310,15 @@ impl Session {
         Ok(session)
     }
 
-    /// Whether the call may make its first attempt: it has its bulkhead slot and its
-    /// rate-limit permit, or its policy has neither.
+    /// Whether the call may make its first attempt: it has its bulkhead (or concurrency-limit)
+    /// slot and its rate-limit permit, or its policy has neither.
     #[inline]
     pub fn admitted(&self) -> bool {
         self.admitted
     }
 
-    /// Takes the bulkhead slot, then the rate-limit permit, within the deadline.
+    /// Takes the bulkhead or concurrency-limit slot, then the rate-limit permit, within the
+    /// deadline.
     pub async fn admit(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
@@ -343,6 +347,10 @@ impl Session {
                 }
             }
         }
+        // An adaptive concurrency limit, in the bulkhead's place (never both).
+        if let Some(c) = shared.concurrency {
+            self.concurrency = Some(crate::concurrency::admit(c, shared, deadline, started).await?);
+        }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline.
         if let Some(r) = shared.rate_limit {
@@ -355,6 +363,9 @@ impl Session {
             || shared
                 .rate_limit
                 .is_some_and(|r| !r.spec().max_wait.is_zero())
+            || shared
+                .concurrency
+                .is_some_and(|c| !c.spec().max_wait.is_zero())
         {
             self.waited = started.elapsed();
         }
@@ -480,6 +491,9 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
+        if let Some(c) = &mut self.concurrency {
+            c.attempt_started(now);
+        }
         // telemetry (issue 12): the attempt's span, a child of the call's.
         self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let limit = self.policy.timeout.min(left);
@@ -546,6 +560,9 @@ impl Session {
     }
 
     pub(crate) fn succeeded(&mut self) {
+        if let Some(c) = &self.concurrency {
+            c.on_success();
+        }
         if let Some(p) = self.breaker_permit.take()
             && let Some(b) = self.shared.breaker
         {
@@ -596,6 +613,9 @@ impl Session {
                 .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
                 .unwrap_or(Class::Permanent),
         };
+        if let Some(c) = &self.concurrency {
+            c.on_failure(class);
+        }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
             if class.is_transient() {
                 b.on_failure(p);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use resilience_runtime::breaker::BreakerSpec;
 use resilience_runtime::budget::BudgetSpec;
 use resilience_runtime::bulkhead::BulkheadSpec;
+use resilience_runtime::concurrency::{ConcurrencyKind, ConcurrencySpec};
 use resilience_runtime::ratelimit::{RateLimitSpec, RateLimitStore};
 use resilience_runtime::{Backoff, Policy};
 use resilience_spec::cases;
@@ -127,4 +128,65 @@ fn the_runtime_agrees_with_the_rule_book() {
         };
         assert_eq!(p.validate().is_ok(), *ok, "max_wait = {ms}ms");
     }
+    let adaptive = ConcurrencySpec {
+        kind: ConcurrencyKind::Aimd,
+        initial: 1,
+        min: 1,
+        max: 1,
+        latency: Duration::from_secs(1),
+        backoff: 0.9,
+        max_wait: Duration::ZERO,
+    };
+    let with = |c: ConcurrencySpec| Policy {
+        concurrency: Some(("", c)),
+        ..Policy::DEFAULT
+    };
+    for (n, ok) in cases::CONCURRENCY_LIMIT {
+        let c = ConcurrencySpec {
+            max: u32::try_from(*n).unwrap(),
+            ..adaptive
+        };
+        assert_eq!(with(c).validate().is_ok(), *ok, "max = {n}");
+    }
+    for (min, initial, max, ok) in cases::CONCURRENCY_ORDER {
+        let c = ConcurrencySpec {
+            min: *min,
+            initial: *initial,
+            max: *max,
+            ..adaptive
+        };
+        assert_eq!(with(c).validate().is_ok(), *ok, "{min} {initial} {max}");
+    }
+    for (x, ok) in cases::CONCURRENCY_BACKOFF {
+        let c = ConcurrencySpec {
+            backoff: *x,
+            ..adaptive
+        };
+        assert_eq!(with(c).validate().is_ok(), *ok, "backoff = {x}");
+    }
+    for (ms, ok) in cases::CONCURRENCY_LATENCY_MS {
+        let c = ConcurrencySpec {
+            latency: Duration::from_millis(*ms),
+            ..adaptive
+        };
+        assert_eq!(with(c).validate().is_ok(), *ok, "latency = {ms}ms");
+    }
+    for (ms, ok) in cases::CONCURRENCY_MAX_WAIT_MS {
+        let c = ConcurrencySpec {
+            max_wait: Duration::from_millis(*ms),
+            ..adaptive
+        };
+        assert_eq!(with(c).validate().is_ok(), *ok, "max_wait = {ms}ms");
+    }
+    let both = Policy {
+        bulkhead: Some((
+            "",
+            BulkheadSpec {
+                max_concurrent: 4,
+                max_wait: Duration::ZERO,
+            },
+        )),
+        ..with(adaptive)
+    };
+    assert!(both.validate().is_err());
 }

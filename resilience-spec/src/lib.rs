@@ -144,7 +144,11 @@ pub mod fallback_on {
         ("deadline", DEADLINE, "the call's deadline"),
         ("circuit_open", CIRCUIT_OPEN, "an open circuit breaker"),
         ("budget_exhausted", BUDGET_EXHAUSTED, "a spent retry budget"),
-        ("bulkhead_full", BULKHEAD_FULL, "a full bulkhead"),
+        (
+            "bulkhead_full",
+            BULKHEAD_FULL,
+            "a full bulkhead, or a concurrency limit reached",
+        ),
         ("rate_limited", RATE_LIMITED, "the rate limit"),
     ];
     /// The function's own error.
@@ -224,6 +228,16 @@ pub mod defaults {
     pub const RATE_LIMIT_MAX_WAIT: Duration = Duration::ZERO;
     /// Hedging: hedges at most, besides the first attempt.
     pub const HEDGE_MAX: u32 = 1;
+    /// Adaptive concurrency limit: the limit it starts from.
+    pub const CONCURRENCY_INITIAL: u32 = 16;
+    /// Adaptive concurrency limit: the lowest it goes.
+    pub const CONCURRENCY_MIN: u32 = 1;
+    /// Adaptive concurrency limit: the highest it goes.
+    pub const CONCURRENCY_MAX: u32 = 256;
+    /// Adaptive concurrency limit: the factor the limit is multiplied by on overload.
+    pub const CONCURRENCY_BACKOFF: f64 = 0.9;
+    /// Adaptive concurrency limit: how long a call may wait for a slot (zero: refuse at once).
+    pub const CONCURRENCY_MAX_WAIT: Duration = Duration::ZERO;
     /// Client: connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Client: how long an idle pooled connection is kept: half of gunicorn's 2 s keep-alive,
@@ -252,6 +266,8 @@ pub mod bounds {
         std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600);
     /// `hedge.max`: hedges besides the first attempt.
     pub const HEDGE_MAX: RangeInclusive<u32> = 1..=3;
+    /// `concurrency_limit.initial`, `.min` and `.max`.
+    pub const CONCURRENCY_LIMIT: RangeInclusive<u64> = 1..=1_000_000;
     /// `breaker.window_for`, a time-based window's length.
     pub const BREAKER_WINDOW_FOR: RangeInclusive<std::time::Duration> =
         std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
@@ -677,6 +693,110 @@ pub mod rules {
         )))
     }
 
+    /// Adaptive concurrency `initial`, `min` and `max` in 1..=1000000.
+    pub fn concurrency_count(key: &str, n: u64) -> Result<(), Broken> {
+        let r = &bounds::CONCURRENCY_LIMIT;
+        if r.contains(&n) {
+            Ok(())
+        } else {
+            Err(Broken::new(format!(
+                "concurrency_limit {key} = {n} is outside {}..={}",
+                r.start(),
+                r.end()
+            ))
+            .help("the limit counts calls in flight at once: min is the fewest it goes down to, max the most it grows to"))
+        }
+    }
+
+    /// Adaptive concurrency `min <= initial <= max`.
+    pub fn concurrency_order(min: u32, initial: u32, max: u32) -> Result<(), Broken> {
+        if min <= initial && initial <= max {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "concurrency_limit needs min <= initial <= max, not min = {min}, initial = {initial}, max = {max}: the limit starts at initial and moves between min and max"
+        ))
+        .help(format!(
+            "e.g. min = {}, initial = {}, max = {}",
+            min.min(initial).min(max),
+            initial.clamp(min.min(max), min.max(max)),
+            min.max(initial).max(max)
+        )))
+    }
+
+    /// Adaptive concurrency `backoff` strictly between 0 and 1.
+    pub fn concurrency_backoff(x: f64) -> Result<(), Broken> {
+        if x > 0.0 && x < 1.0 {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "concurrency_limit backoff = {x} is not between 0 and 1 (both excluded): on overload the limit is multiplied by it, so 1 or more would never lower it and 0 would drop it to min at once"
+        ))
+        .help("0.9 lowers the limit by a tenth on each overload"))
+    }
+
+    /// An adaptive-concurrency latency threshold longer than zero and shorter than the attempt
+    /// timeout: an attempt ends at its timeout, so no answer could be slower. `origins` says
+    /// where each value came from, for the message.
+    pub fn concurrency_latency_within_timeout(
+        latency: Duration,
+        timeout: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
+        if latency.is_zero() {
+            return Err(Broken::new(
+                "concurrency_limit latency must be longer than zero: every answer would count as slow and the limit would only go down",
+            )
+            .help("the latency a healthy dependency stays under, e.g. its 99th percentile"));
+        }
+        if latency < timeout {
+            return Ok(());
+        }
+        let (l, t) = match origins {
+            Some((l, t)) => (format!(", {l}"), format!(", {t}")),
+            None => (String::new(), String::new()),
+        };
+        Err(Broken::new(format!(
+            "concurrency_limit latency ({}{l}) is not shorter than the attempt timeout ({}{t}): an attempt ends at its timeout, so no answer could be slower and only timeouts would lower the limit",
+            fmt_duration(latency),
+            fmt_duration(timeout)
+        ))
+        .help("make latency shorter than timeout: the latency a healthy dependency stays under"))
+    }
+
+    /// An adaptive-concurrency wait shorter than the deadline it counts against.
+    pub fn concurrency_wait_within_deadline(
+        max_wait: Duration,
+        deadline: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
+        if max_wait < deadline {
+            return Ok(());
+        }
+        let (w, d) = match origins {
+            Some((w, d)) => (format!(", {w}"), format!(", {d}")),
+            None => (String::new(), String::new()),
+        };
+        Err(Broken::new(format!(
+            "concurrency_limit max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for a slot counts against the deadline, so a call could wait it all and never be sent",
+            fmt_duration(max_wait),
+            fmt_duration(deadline)
+        ))
+        .help(format!(
+            "wait at most part of the deadline, e.g. max_wait = \"{}\", or max_wait = \"0ms\" to refuse at once",
+            fmt_duration(Duration::from_millis((deadline.as_millis() / 4) as u64))
+        )))
+    }
+
+    /// A fixed bulkhead and an adaptive concurrency limit both bound the calls in flight:
+    /// a function has one or the other.
+    pub fn concurrency_not_with_bulkhead() -> Broken {
+        Broken::new(
+            "bulkhead and concurrency_limit both bound the calls in flight, one with a fixed number, the other with a limit that follows the latency: with both, the smaller would decide and the other would only get in the way",
+        )
+        .help("keep one: `bulkhead` for a fixed bound, `concurrency_limit` (whose `max` caps it like max_concurrent) for one that adapts")
+    }
+
     /// `hedge.max` in 1..=3.
     pub fn hedge_max(n: u64) -> Result<(), Broken> {
         let r = &bounds::HEDGE_MAX;
@@ -828,6 +948,32 @@ pub mod cases {
     /// `(breaker slow_call_rate, accepted)`.
     pub const BREAKER_SLOW_CALL_RATE: &[(f64, bool)] =
         &[(0.0, false), (0.01, true), (1.0, true), (1.5, false)];
+    /// `(concurrency_limit initial, min or max, accepted)`.
+    pub const CONCURRENCY_LIMIT: &[(u64, bool)] =
+        &[(0, false), (1, true), (1_000_000, true), (1_000_001, false)];
+    /// `(min, initial, max, accepted)` of a concurrency_limit.
+    pub const CONCURRENCY_ORDER: &[(u32, u32, u32, bool)] = &[
+        (1, 1, 1, true),
+        (1, 16, 256, true),
+        (4, 2, 8, false),
+        (1, 300, 256, false),
+        (8, 8, 4, false),
+    ];
+    /// `(concurrency_limit backoff, accepted)`.
+    pub const CONCURRENCY_BACKOFF: &[(f64, bool)] = &[
+        (0.0, false),
+        (0.01, true),
+        (0.9, true),
+        (0.99, true),
+        (1.0, false),
+        (1.5, false),
+    ];
+    /// `(concurrency_limit latency in ms, accepted)` under the default 10 s timeout.
+    pub const CONCURRENCY_LATENCY_MS: &[(u64, bool)] =
+        &[(0, false), (1, true), (9_999, true), (10_000, false)];
+    /// `(concurrency_limit max_wait in ms, accepted)` under the default 30 s deadline.
+    pub const CONCURRENCY_MAX_WAIT_MS: &[(u64, bool)] =
+        &[(0, true), (29_999, true), (30_000, false)];
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -878,6 +1024,35 @@ mod tests {
             let d = Duration::from_millis(*ms);
             assert_eq!(
                 rules::hedge_within_deadline(d, 2, defaults::DEADLINE).is_ok(),
+                *ok,
+                "{ms}"
+            );
+        }
+        for (n, ok) in cases::CONCURRENCY_LIMIT {
+            assert_eq!(rules::concurrency_count("max", *n).is_ok(), *ok, "{n}");
+        }
+        for (min, initial, max, ok) in cases::CONCURRENCY_ORDER {
+            assert_eq!(
+                rules::concurrency_order(*min, *initial, *max).is_ok(),
+                *ok,
+                "{min} {initial} {max}"
+            );
+        }
+        for (x, ok) in cases::CONCURRENCY_BACKOFF {
+            assert_eq!(rules::concurrency_backoff(*x).is_ok(), *ok, "{x}");
+        }
+        for (ms, ok) in cases::CONCURRENCY_LATENCY_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::concurrency_latency_within_timeout(d, defaults::TIMEOUT, None).is_ok(),
+                *ok,
+                "{ms}"
+            );
+        }
+        for (ms, ok) in cases::CONCURRENCY_MAX_WAIT_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::concurrency_wait_within_deadline(d, defaults::DEADLINE, None).is_ok(),
                 *ok,
                 "{ms}"
             );

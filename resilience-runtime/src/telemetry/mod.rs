@@ -45,6 +45,8 @@
 //! | `resilience.breaker.transitions` | counter | `{transition}` | `breaker`, `from`, `to` | state changes |
 //! | `resilience.budget.available` | gauge | `{retry}` | `budget` | retries the budget would allow now |
 //! | `resilience.bulkhead.in_flight` | gauge | `{call}` | `bulkhead` | calls holding a slot |
+//! | `resilience.concurrency_limit.limit` | gauge | `{call}` | `concurrency_limit` | an adaptive limit's value now |
+//! | `resilience.concurrency_limit.in_flight` | gauge | `{call}` | `concurrency_limit` | calls holding one of its slots |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
 //!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`,
@@ -55,7 +57,8 @@
 //! - `from`, `to`: `closed`, `open`, `half-open`.
 //!
 //! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
-//! also on each transition. A call dropped before it ends (cancelled) is not counted.
+//! also on each transition, an adaptive limit's when a call takes or gives back a slot and
+//! whenever the limit moves. A call dropped before it ends (cancelled) is not counted.
 //! The Prometheus exporter's recommended naming turns the dots into underscores and adds the
 //! unit and `_total`: `resilience_client_calls_total`, `http_client_request_duration_seconds`.
 
@@ -130,10 +133,14 @@ pub mod names {
     /// Hedges sent, by whether they answered first (`outcome="won"`) or not (`"lost"`)
     /// (counter).
     pub const HEDGES: &str = "resilience.client.hedges";
+    /// An adaptive concurrency limit's value (gauge).
+    pub const CONCURRENCY_LIMIT: &str = "resilience.concurrency_limit.limit";
+    /// Calls holding a slot of an adaptive concurrency limit (gauge).
+    pub const CONCURRENCY_IN_FLIGHT: &str = "resilience.concurrency_limit.in_flight";
 }
 
 /// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
-pub const METRICS: [(&str, &str, &str, &str); 10] = [
+pub const METRICS: [(&str, &str, &str, &str); 12] = [
     (
         names::CALLS,
         "counter",
@@ -193,6 +200,18 @@ pub const METRICS: [(&str, &str, &str, &str); 10] = [
         "counter",
         "{hedge}",
         "Hedges sent, by whether they answered first (won) or not (lost)",
+    ),
+    (
+        names::CONCURRENCY_LIMIT,
+        "gauge",
+        "{call}",
+        "An adaptive concurrency limit: calls it lets in flight now",
+    ),
+    (
+        names::CONCURRENCY_IN_FLIGHT,
+        "gauge",
+        "{call}",
+        "Calls holding a slot of an adaptive concurrency limit",
     ),
 ];
 

@@ -1,0 +1,667 @@
+//! Adaptive concurrency limit: a bound on the calls in flight that follows the dependency's
+//! latency, an alternative to the fixed [`Bulkhead`](crate::bulkhead::Bulkhead).
+//!
+//! AIMD (additive increase, multiplicative decrease): an attempt answered faster than
+//! `latency` raises the limit by `1 / limit` (about one more slot per limit's worth of fast
+//! answers), as long as the limit is in use (at least half of it taken when the call started:
+//! a quiet client does not grow a limit it never tests). An attempt that timed out, failed
+//! transiently (connect, reset, 408, 429, 5xx) or answered slower than `latency` multiplies the
+//! limit by `backoff`, no lower than `min`, at most once per round trip: a decrease is applied
+//! only by an attempt that started after the previous decrease, so the calls that were already
+//! in flight when the dependency slowed down do not lower it again each.
+//!
+//! A slot is held for the whole call, like a bulkhead's. When the limit is reached a call waits
+//! up to `max_wait` within its deadline, in the order the calls asked (a call that just ended
+//! and asks again does not overtake those waiting), else fails fast with
+//! [`ErrorKind::BulkheadFull`](crate::ErrorKind::BulkheadFull): to the caller this is a bulkhead
+//! whose size moves. The slots are a semaphore's permits: a higher limit adds permits, a lower
+//! one takes free permits away and keeps the rest as a debt paid by the next slots given back.
+//! The hot path is a few atomics: no lock, no allocation.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+use crate::classify::Class;
+use crate::invalid::InvalidPolicy;
+
+/// How the limit adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConcurrencyKind {
+    /// Additive increase on fast answers, multiplicative decrease on overload.
+    Aimd,
+}
+
+/// Settings of an adaptive concurrency limit (`[concurrency_limits.NAME]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConcurrencySpec {
+    /// How the limit adapts.
+    pub kind: ConcurrencyKind,
+    /// The limit at start, in `min..=max`.
+    pub initial: u32,
+    /// The lowest the limit goes, at least 1.
+    pub min: u32,
+    /// The highest the limit goes, at most 1000000.
+    pub max: u32,
+    /// An answer at least this slow counts as overload; shorter than the attempt timeout.
+    pub latency: Duration,
+    /// The factor the limit is multiplied by on overload, strictly between 0 and 1.
+    pub backoff: f64,
+    /// How long a call waits for a slot before failing fast (zero: not at all).
+    pub max_wait: Duration,
+}
+
+impl ConcurrencySpec {
+    /// Checks the ranges documented on each field (the latency against the timeout and the
+    /// wait against the deadline are the policy's checks).
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        use resilience_spec::rules;
+        let bad = |b: resilience_spec::Broken| InvalidPolicy(b.to_string());
+        for (k, n) in [
+            ("initial", self.initial),
+            ("min", self.min),
+            ("max", self.max),
+        ] {
+            rules::concurrency_count(k, u64::from(n)).map_err(bad)?;
+        }
+        rules::concurrency_order(self.min, self.initial, self.max).map_err(bad)?;
+        rules::concurrency_backoff(self.backoff).map_err(bad)?;
+        if self.latency.is_zero() {
+            // The timeout here is only a bound the zero latency fails first.
+            rules::concurrency_latency_within_timeout(self.latency, Duration::MAX, None)
+                .map_err(bad)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one attempt said about the dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// Answered faster than the latency threshold.
+    Fast,
+    /// Timed out, failed transiently, or answered slower than the threshold.
+    Overload,
+    /// Says nothing about load (a permanent failure, a refusal by the caller's own protection).
+    Ignored,
+}
+
+/// The next limit after `sample`: `limit + 1/limit` on a fast answer, `limit × backoff` on
+/// overload, within `min..=max`.
+pub fn aimd_next(limit: f64, sample: Sample, spec: &ConcurrencySpec) -> f64 {
+    let (min, max) = (f64::from(spec.min), f64::from(spec.max));
+    match sample {
+        Sample::Fast => (limit + 1.0 / limit.max(1.0)).min(max),
+        Sample::Overload => (limit * spec.backoff).max(min),
+        Sample::Ignored => limit,
+    }
+}
+
+/// Why [`ConcurrencyLimit::acquire_by`] gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The limit was reached and no slot came free within `max_wait`.
+    Full,
+    /// The call's deadline came before a slot or the end of `max_wait`.
+    Deadline,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refused::Full => "concurrency limit reached",
+            Refused::Deadline => "deadline reached waiting under the concurrency limit",
+        })
+    }
+}
+
+/// A copy of a concurrency limit's state at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct ConcurrencySnapshot {
+    /// The limit now (calls in flight allowed: its whole part).
+    pub limit: f64,
+    /// Calls holding a slot now.
+    pub in_flight: u32,
+    /// Slots granted since the start.
+    pub admitted: u64,
+    /// Calls refused since the start.
+    pub rejected: u64,
+    /// Times the limit was lowered.
+    pub decreases: u64,
+}
+
+/// An adaptive concurrency limit shared by name.
+#[derive(Debug)]
+pub struct ConcurrencyLimit {
+    name: &'static str,
+    spec: ConcurrencySpec,
+    /// The limit, an `f64`'s bits.
+    limit: AtomicU64,
+    in_flight: AtomicU32,
+    /// Permits free plus held, less `debt`, is the limit's whole part.
+    sem: Semaphore,
+    /// Permits to take away as they are given back (the limit went down while they were held).
+    debt: AtomicU32,
+    epoch: Instant,
+    /// When the limit was last lowered, in nanoseconds since `epoch` (0: never).
+    last_decrease: AtomicU64,
+    admitted: AtomicU64,
+    rejected: AtomicU64,
+    decreases: AtomicU64,
+    /// The gauges' keys, built once (recording then allocates nothing).
+    #[cfg(feature = "metrics")]
+    gauges: [metrics::Key; 2],
+}
+
+/// A slot, held for the whole call and given back on drop; it reports each attempt's outcome.
+#[derive(Debug)]
+pub struct ConcurrencyPermit {
+    limit: &'static ConcurrencyLimit,
+    permit: Option<SemaphorePermit<'static>>,
+    /// When the attempt in progress started.
+    attempt_started: Instant,
+    /// Calls in flight when this one took its slot, itself included.
+    in_flight_at_start: u32,
+}
+
+impl ConcurrencyLimit {
+    /// A limit at `spec.initial`.
+    ///
+    /// # Panics
+    ///
+    /// If `spec` is invalid (see [`ConcurrencySpec::validate`]); [`ConcurrencyLimit::try_new`]
+    /// returns the error.
+    pub fn new(name: &'static str, spec: ConcurrencySpec) -> ConcurrencyLimit {
+        match ConcurrencyLimit::try_new(name, spec) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A limit at `spec.initial`, or why `spec` is invalid.
+    pub fn try_new(
+        name: &'static str,
+        spec: ConcurrencySpec,
+    ) -> Result<ConcurrencyLimit, InvalidPolicy> {
+        spec.validate()?;
+        Ok(ConcurrencyLimit {
+            name,
+            spec,
+            limit: AtomicU64::new(f64::from(spec.initial).to_bits()),
+            in_flight: AtomicU32::new(0),
+            sem: Semaphore::new(spec.initial as usize),
+            debt: AtomicU32::new(0),
+            epoch: Instant::now(),
+            last_decrease: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            decreases: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            gauges: {
+                use crate::telemetry::names;
+                let labels: &'static [metrics::Label] =
+                    Box::leak(Box::new([metrics::Label::new("concurrency_limit", name)]));
+                [
+                    metrics::Key::from_static_labels(names::CONCURRENCY_LIMIT, labels),
+                    metrics::Key::from_static_labels(names::CONCURRENCY_IN_FLIGHT, labels),
+                ]
+            },
+        })
+    }
+
+    /// Its name (the function's path when private to one function).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its settings.
+    pub fn spec(&self) -> ConcurrencySpec {
+        self.spec
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> f64 {
+        f64::from_bits(self.limit.load(Ordering::Relaxed))
+    }
+
+    /// Calls allowed in flight under `limit`: its whole part, at least `min`.
+    fn allowed(&self, limit: f64) -> u32 {
+        (limit as u32).clamp(self.spec.min, self.spec.max)
+    }
+
+    /// Calls holding a slot now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Its limit, occupancy and counters now.
+    pub fn snapshot(&self) -> ConcurrencySnapshot {
+        ConcurrencySnapshot {
+            limit: self.limit(),
+            in_flight: self.in_flight(),
+            admitted: self.admitted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            decreases: self.decreases.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a slot: at once if the limit is not reached, else after waiting up to `max_wait`
+    /// behind the calls that asked first, no later than `deadline`.
+    pub async fn acquire_by(
+        &'static self,
+        deadline: Instant,
+    ) -> Result<ConcurrencyPermit, Refused> {
+        self.acquire_at(deadline, Instant::now()).await
+    }
+
+    /// [`acquire_by`](Self::acquire_by) with the clock read at `now` (the call's start).
+    async fn acquire_at(
+        &'static self,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<ConcurrencyPermit, Refused> {
+        let permit = match self.sem.try_acquire() {
+            Ok(p) => Ok((p, now)),
+            Err(_) if self.spec.max_wait.is_zero() => Err(Refused::Full),
+            Err(_) => {
+                let by_wait = now + self.spec.max_wait;
+                let (until, why) = if deadline < by_wait {
+                    (deadline, Refused::Deadline)
+                } else {
+                    (by_wait, Refused::Full)
+                };
+                match tokio::time::timeout_at(until, self.sem.acquire()).await {
+                    Ok(Ok(p)) => Ok((p, Instant::now())),
+                    // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
+                    _ => Err(why),
+                }
+            }
+        };
+        match permit {
+            Ok((p, now)) => {
+                let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                self.gauge(None, n);
+                Ok(ConcurrencyPermit {
+                    limit: self,
+                    permit: Some(p),
+                    attempt_started: now,
+                    in_flight_at_start: n,
+                })
+            }
+            Err(why) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(why)
+            }
+        }
+    }
+
+    /// Sets the gauges: the limit when it moved, the calls in flight.
+    #[inline]
+    fn gauge(&self, limit: Option<f64>, in_flight: u32) {
+        #[cfg(feature = "metrics")]
+        {
+            static META: metrics::Metadata<'static> =
+                metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+            metrics::with_recorder(|r| {
+                if let Some(l) = limit {
+                    r.register_gauge(&self.gauges[0], &META).set(l);
+                }
+                r.register_gauge(&self.gauges[1], &META)
+                    .set(f64::from(in_flight));
+            });
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limit, in_flight);
+    }
+
+    fn release(&self, permit: SemaphorePermit<'static>) {
+        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.gauge(None, n);
+        if self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok()
+        {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
+
+    /// Moves the limit by `sample` and the semaphore's permits with its whole part.
+    fn adapt(&self, sample: Sample) {
+        let Ok(bits) = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                Some(aimd_next(f64::from_bits(bits), sample, &self.spec).to_bits())
+            })
+        else {
+            return;
+        };
+        let old = f64::from_bits(bits);
+        let new = aimd_next(old, sample, &self.spec);
+        if new != old {
+            self.gauge(Some(new), self.in_flight());
+        }
+        let (from, to) = (self.allowed(old), self.allowed(new));
+        if to > from {
+            for _ in from..to {
+                // Pay a debt first: a permit still to take away need not be.
+                if self
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                    .is_err()
+                {
+                    self.sem.add_permits(1);
+                }
+            }
+        } else if to < from {
+            let k = (from - to) as usize;
+            let taken = self.sem.forget_permits(k);
+            if taken < k {
+                self.debt.fetch_add((k - taken) as u32, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Applies what an attempt that started at `started`, with `in_flight_at_start` calls in
+    /// flight, said about the dependency.
+    pub fn record(&self, sample: Sample, started: Instant, in_flight_at_start: u32) {
+        match sample {
+            Sample::Ignored => {}
+            Sample::Fast => {
+                // Grow only a limit in use: at least half of it taken.
+                if f64::from(in_flight_at_start) * 2.0 < self.limit() {
+                    return;
+                }
+                self.adapt(sample);
+            }
+            Sample::Overload => {
+                // Once per round trip: only an attempt that started after the last decrease
+                // saw the limit it left.
+                let since = started.saturating_duration_since(self.epoch).as_nanos() as u64;
+                let last = self.last_decrease.load(Ordering::Relaxed);
+                if last != 0 && since < last {
+                    return;
+                }
+                let now = (Instant::now()
+                    .saturating_duration_since(self.epoch)
+                    .as_nanos() as u64)
+                    .max(1);
+                if self
+                    .last_decrease
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
+                    return; // Another attempt lowered it just now.
+                }
+                self.adapt(sample);
+                self.decreases.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl ConcurrencyPermit {
+    /// An attempt starts now.
+    pub(crate) fn attempt_started(&mut self, now: Instant) {
+        self.attempt_started = now;
+    }
+
+    /// The attempt in progress succeeded now: fast or slow against the latency threshold.
+    pub(crate) fn on_success(&self) {
+        let slow = self.attempt_started.elapsed() >= self.limit.spec.latency;
+        self.on_sample(if slow { Sample::Overload } else { Sample::Fast });
+    }
+
+    /// The attempt in progress failed with `class`.
+    pub(crate) fn on_failure(&self, class: Class) {
+        let sample = if class.is_transient() {
+            Sample::Overload
+        } else if matches!(class, Class::Permanent) {
+            // The dependency answered (a 404, a body the function refused): its latency
+            // still says how loaded it is.
+            if self.attempt_started.elapsed() >= self.limit.spec.latency {
+                Sample::Overload
+            } else {
+                Sample::Fast
+            }
+        } else {
+            Sample::Ignored
+        };
+        self.on_sample(sample);
+    }
+
+    fn on_sample(&self, sample: Sample) {
+        self.limit
+            .record(sample, self.attempt_started, self.in_flight_at_start);
+    }
+}
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.limit.release(p);
+        }
+    }
+}
+
+/// Takes a slot for a call of `shared`'s function, or the error the call ends with.
+pub(crate) async fn admit(
+    c: &'static ConcurrencyLimit,
+    shared: &crate::registry::Resolved,
+    deadline: Instant,
+    started: Instant,
+) -> Result<ConcurrencyPermit, crate::error::Error> {
+    use crate::error::{Error, ErrorKind};
+    let why = match c.acquire_at(deadline, started).await {
+        Ok(p) => return Ok(p),
+        Err(why) => why,
+    };
+    crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+    crate::telemetry::call_rejected_by_bulkhead(shared);
+    let kind = match why {
+        Refused::Full => ErrorKind::BulkheadFull,
+        Refused::Deadline => ErrorKind::DeadlineExceeded,
+    };
+    tracing::warn!(
+        function = shared.function,
+        policy = shared.policy,
+        concurrency_limit = c.name(),
+        limit = c.limit(),
+        "{why}: call rejected"
+    );
+    Err(Error::new(kind)
+        .with_class(Some(Class::Rejected), None)
+        .with_elapsed(started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn spec(initial: u32, min: u32, max: u32, max_wait_ms: u64) -> ConcurrencySpec {
+        ConcurrencySpec {
+            kind: ConcurrencyKind::Aimd,
+            initial,
+            min,
+            max,
+            latency: Duration::from_millis(100),
+            backoff: 0.5,
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+
+    fn leak(c: ConcurrencyLimit) -> &'static ConcurrencyLimit {
+        Box::leak(Box::new(c))
+    }
+
+    #[test]
+    fn additive_increase_multiplicative_decrease() {
+        let s = spec(4, 2, 6, 0);
+        // +1/limit per fast answer: four fast answers at 4 raise it by about one.
+        let mut l = 4.0;
+        for _ in 0..4 {
+            l = aimd_next(l, Sample::Fast, &s);
+        }
+        assert!((l - 4.92).abs() < 0.01, "{l}");
+        // ×backoff on overload, never under min.
+        assert_eq!(aimd_next(5.0, Sample::Overload, &s), 2.5);
+        assert_eq!(aimd_next(3.0, Sample::Overload, &s), 2.0);
+        // Never over max.
+        assert_eq!(aimd_next(6.0, Sample::Fast, &s), 6.0);
+        assert_eq!(aimd_next(5.9, Sample::Fast, &s), 6.0);
+        assert_eq!(aimd_next(3.0, Sample::Ignored, &s), 3.0);
+        // From the top to the floor and back: growing from a to b takes about (b² - a²) / 2
+        // fast answers.
+        let mut l = 6.0;
+        for _ in 0..3 {
+            l = aimd_next(l, Sample::Overload, &s);
+        }
+        assert_eq!(l, 2.0);
+        let mut fast = 0;
+        while l < 6.0 {
+            l = aimd_next(l, Sample::Fast, &s);
+            fast += 1;
+        }
+        assert_eq!(fast, (6 * 6 - 2 * 2) / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_the_limit_then_fails_fast() {
+        let c = leak(ConcurrencyLimit::new("t", spec(2, 1, 4, 0)));
+        let far = Instant::now() + Duration::from_secs(10);
+        let p1 = c.acquire_by(far).await.unwrap();
+        let _p2 = c.acquire_by(far).await.unwrap();
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        drop(p1);
+        let _p3 = c.acquire_by(far).await.unwrap();
+        let s = c.snapshot();
+        assert_eq!((s.in_flight, s.admitted, s.rejected), (2, 3, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_decrease_per_round_trip() {
+        let c = leak(ConcurrencyLimit::new("t", spec(8, 1, 8, 0)));
+        let far = Instant::now() + Duration::from_secs(10);
+        // Eight calls in flight when the dependency slows down: all slow, one decrease.
+        let mut permits = Vec::new();
+        for _ in 0..8 {
+            permits.push(c.acquire_by(far).await.unwrap());
+        }
+        advance(Duration::from_millis(150)).await;
+        for p in &permits {
+            p.on_success();
+        }
+        assert_eq!(c.limit(), 4.0);
+        assert_eq!(c.snapshot().decreases, 1);
+        drop(permits);
+        // An attempt started after that decrease lowers it again.
+        let p = c.acquire_by(far).await.unwrap();
+        advance(Duration::from_millis(150)).await;
+        p.on_failure(Class::Timeout);
+        assert_eq!(c.limit(), 2.0);
+        // A permanent failure answered fast counts as fast; a refusal says nothing.
+        drop(p);
+        let mut p = c.acquire_by(far).await.unwrap();
+        let _q = c.acquire_by(far).await.unwrap();
+        p.attempt_started(Instant::now());
+        p.on_failure(Class::Rejected);
+        assert_eq!(c.limit(), 2.0);
+        p.on_failure(Class::Permanent);
+        assert_eq!(c.limit(), 2.5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_limit_takes_back_the_slots_as_they_are_given_back() {
+        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 0)));
+        let far = Instant::now() + Duration::from_secs(10);
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(c.acquire_by(far).await.unwrap());
+        }
+        held[0].on_failure(Class::Reset);
+        assert_eq!(c.limit(), 2.0);
+        assert_eq!(c.debt.load(Ordering::Relaxed), 2);
+        // Two slots given back pay the debt; only the third frees one.
+        held.truncate(2);
+        assert_eq!(c.sem.available_permits(), 0);
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        held.truncate(1);
+        let again = c.acquire_by(far).await.unwrap();
+        assert_eq!(c.in_flight(), 2);
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        // Growing pays no debt now: a permit is added.
+        drop(again);
+        let mut p = c.acquire_by(far).await.unwrap();
+        p.attempt_started(Instant::now());
+        for _ in 0..3 {
+            p.on_success();
+        }
+        assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
+        assert_eq!(c.sem.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unused_limit_does_not_grow() {
+        let c = leak(ConcurrencyLimit::new("t", spec(8, 1, 16, 0)));
+        let far = Instant::now() + Duration::from_secs(10);
+        for _ in 0..100 {
+            c.acquire_by(far).await.unwrap().on_success();
+        }
+        assert_eq!(c.limit(), 8.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_the_slot_freed_or_the_limit_raised() {
+        let c = leak(ConcurrencyLimit::new("t", spec(1, 1, 4, 100)));
+        let far = Instant::now() + Duration::from_secs(10);
+        let p = c.acquire_by(far).await.unwrap();
+        let t = Instant::now();
+        let (got, ()) = tokio::join!(c.acquire_by(far), async {
+            advance(Duration::from_millis(40)).await;
+            drop(p);
+        });
+        assert!(got.is_ok());
+        assert_eq!(t.elapsed(), Duration::from_millis(40));
+        // Nothing frees: refused at max_wait, or at the deadline when that comes first.
+        let t = Instant::now();
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        assert_eq!(t.elapsed(), Duration::from_millis(100));
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert_eq!(c.acquire_by(soon).await.unwrap_err(), Refused::Deadline);
+        // A fast answer that raises the whole limit lets a waiter in.
+        let mut held = got.unwrap();
+        held.attempt_started(Instant::now());
+        let (got, ()) = tokio::join!(c.acquire_by(far), async {
+            advance(Duration::from_millis(10)).await;
+            held.on_success();
+        });
+        assert!(got.is_ok());
+        assert_eq!(c.limit(), 2.0);
+        assert_eq!(c.in_flight(), 2);
+    }
+
+    #[test]
+    fn spec_ranges() {
+        assert!(spec(16, 1, 256, 0).validate().is_ok());
+        assert!(spec(0, 0, 4, 0).validate().is_err());
+        assert!(spec(8, 4, 2, 0).validate().is_err());
+        assert!(spec(4, 1, 2_000_000, 0).validate().is_err());
+        let mut s = spec(4, 1, 8, 0);
+        s.backoff = 1.0;
+        assert!(s.validate().is_err());
+        s.backoff = 0.9;
+        s.latency = Duration::ZERO;
+        assert!(s.validate().is_err());
+        assert!(ConcurrencyLimit::try_new("t", s).is_err());
+    }
+}

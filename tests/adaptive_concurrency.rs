@@ -1,0 +1,298 @@
+//! The adaptive concurrency limit through real sockets: a dependency that slows down with the
+//! requests it holds gets fewer at once once the limit adapts, and more again when it recovers;
+//! a limit reached refuses without sending; a named limit is shared by the functions naming it.
+//!
+//! The server is the loopback fault server with a script that keeps the requests it holds:
+//! each request is answered after a delay chosen from how many the server holds when it
+//! arrives, itself included (a request counts from its arrival until its answer is due).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, metrics, resilient};
+use tokio::time::Instant;
+
+/// A server holding up to 4 requests answers each in 20 ms; every request more adds 30 ms to
+/// the answer of the one arriving (7 held: 110 ms, over the 100 ms the limit calls slow).
+/// Recovered, it answers in 20 ms whatever it holds.
+struct Dependency {
+    recovered: AtomicBool,
+    /// When each request held is answered.
+    due: Mutex<Vec<Instant>>,
+    /// (arrival, requests held then, itself included).
+    log: Mutex<Vec<(Instant, usize)>>,
+}
+
+impl Dependency {
+    fn answer(&self, at: Instant) -> Action {
+        let mut due = self.due.lock().unwrap();
+        due.retain(|d| *d > at);
+        let held = due.len() + 1;
+        let ms = if self.recovered.load(Ordering::Relaxed) || held <= 4 {
+            20
+        } else {
+            20 + 30 * (held as u64 - 4)
+        };
+        due.push(at + Duration::from_millis(ms));
+        self.log.lock().unwrap().push((at, held));
+        Action::ok().after(Duration::from_millis(ms))
+    }
+
+    /// The most and the mean of the requests held at arrivals in `from..to`.
+    fn held(&self, from: Instant, to: Instant) -> (usize, f64, usize) {
+        let log = self.log.lock().unwrap();
+        let seen: Vec<usize> = log
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, n)| *n)
+            .collect();
+        let max = seen.iter().copied().max().unwrap_or(0);
+        let mean = seen.iter().sum::<usize>() as f64 / seen.len().max(1) as f64;
+        (max, mean, seen.len())
+    }
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(
+        name = "adaptive-dependency",
+        initial = 16,
+        min = 2,
+        max = 64,
+        latency = "100ms",
+        backoff = 0.9,
+        max_wait = "2s"
+    )
+)]
+async fn fetch(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+const CALLERS: usize = 32;
+
+/// Each caller calls again as soon as its call ends, until `until`: (answered, refused).
+async fn load(c: &reqwest::Client, url: &str, until: Instant) -> (usize, usize) {
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let (c, url) = (c.clone(), url.to_owned());
+        callers.spawn(async move {
+            let (mut ok, mut refused) = (0, 0);
+            while Instant::now() < until {
+                match fetch(&c, &url).await {
+                    Ok(200) => ok += 1,
+                    Ok(s) => panic!("status {s}"),
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (ok, refused)
+        });
+    }
+    let mut total = (0, 0);
+    while let Some(r) = callers.join_next().await {
+        let (ok, refused) = r.unwrap();
+        total = (total.0 + ok, total.1 + refused);
+    }
+    total
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_slows_down_gets_fewer_requests_at_once_then_more_when_it_recovers() {
+    let dep = Arc::new(Dependency {
+        recovered: AtomicBool::new(false),
+        due: Mutex::new(Vec::new()),
+        log: Mutex::new(Vec::new()),
+    });
+    let d = dep.clone();
+    let server = FaultServer::start(Script::dynamic(move |seen| d.answer(seen.at))).await;
+    let url = server.url("/");
+    let c = reqwest::Client::new();
+    let name = "adaptive-dependency";
+
+    // Overloaded: 32 callers against a limit starting at 16.
+    let t0 = Instant::now();
+    let (ok, refused) = load(&c, &url, t0 + Duration::from_secs(6)).await;
+    let (first_max, first_mean, _) = dep.held(t0, t0 + Duration::from_millis(500));
+    let (late_max, late_mean, late_n) =
+        dep.held(t0 + Duration::from_secs(4), t0 + Duration::from_secs(6));
+    let slow = metrics::concurrency_limit(name).unwrap();
+    println!(
+        "overloaded: {ok} calls answered, {refused} refused; held at arrival: first 500 ms max {first_max} mean {first_mean:.1}, last 2 s max {late_max} mean {late_mean:.1} ({late_n} requests); limit {:.2}, {} decreases",
+        slow.limit, slow.decreases
+    );
+    assert_eq!(refused, 0, "a call waits for a slot within max_wait");
+    assert!(
+        first_max >= 12,
+        "at first the limit lets 16 through: {first_max}"
+    );
+    // Adapted: the server holds at most 8 at once (110 ms at 7, 140 ms at 8), against the 32
+    // callers and the 16 the limit started at.
+    assert!(late_max <= 8, "held at once once adapted: {late_max}");
+    assert!(late_mean <= 7.0, "mean held once adapted: {late_mean}");
+    assert!(late_n >= 50, "still serving: {late_n}");
+    assert!(slow.limit < 9.0 && slow.limit >= 2.0, "{}", slow.limit);
+    assert!(slow.decreases >= 5);
+
+    // Recovered: 20 ms whatever the server holds; the limit grows again.
+    dep.recovered.store(true, Ordering::Relaxed);
+    let t1 = Instant::now();
+    let (ok, refused) = load(&c, &url, t1 + Duration::from_secs(3)).await;
+    let (rec_max, rec_mean, rec_n) =
+        dep.held(t1 + Duration::from_secs(2), t1 + Duration::from_secs(3));
+    let fast = metrics::concurrency_limit(name).unwrap();
+    println!(
+        "recovered: {ok} calls answered, {refused} refused; held at arrival in the last second: max {rec_max} mean {rec_mean:.1} ({rec_n} requests); limit {:.2}",
+        fast.limit
+    );
+    assert_eq!(refused, 0);
+    assert!(fast.limit >= 24.0, "the limit grew back: {}", fast.limit);
+    assert!(rec_max >= 24, "more at once again: {rec_max}");
+    assert!(rec_mean > 2.0 * late_mean, "{rec_mean} vs {late_mean}");
+    assert_eq!(fast.in_flight, 0);
+}
+
+#[resilient(timeout = "2s", deadline = "5s", max_attempts = 1, budget = false)]
+async fn fetch_unlimited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The control: the same callers without the limit keep the server holding every one of them.
+#[tokio::test(start_paused = true)]
+async fn without_the_limit_the_slow_dependency_holds_every_caller() {
+    let dep = Arc::new(Dependency {
+        recovered: AtomicBool::new(false),
+        due: Mutex::new(Vec::new()),
+        log: Mutex::new(Vec::new()),
+    });
+    let d = dep.clone();
+    let server = FaultServer::start(Script::dynamic(move |seen| d.answer(seen.at))).await;
+    let url = server.url("/");
+    let c = reqwest::Client::new();
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(3);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let (c, url) = (c.clone(), url.clone());
+        callers.spawn(async move {
+            while Instant::now() < until {
+                assert_eq!(fetch_unlimited(&c, &url).await.unwrap(), 200);
+            }
+        });
+    }
+    while let Some(r) = callers.join_next().await {
+        r.unwrap();
+    }
+    let (max, mean, n) = dep.held(t0 + Duration::from_secs(1), until);
+    println!("no limit: held at arrival max {max} mean {mean:.1} ({n} requests)");
+    assert!(max >= 30, "{max}");
+    assert!(mean >= 20.0, "{mean}");
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(initial = 1, min = 1, max = 1, latency = "500ms")
+)]
+async fn one_at_a_time(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_reached_refuses_at_once_without_sending() {
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(50)),
+    ))
+    .await;
+    let (c, url) = (reqwest::Client::new(), server.url("/"));
+    let t = Instant::now();
+    let (a, b) = tokio::join!(one_at_a_time(&c, &url), async {
+        tokio::task::yield_now().await;
+        (one_at_a_time(&c, &url).await, t.elapsed())
+    });
+    assert_eq!(a.unwrap(), 200);
+    let (e, at) = (b.0.unwrap_err(), b.1);
+    assert_eq!(e.kind(), ErrorKind::BulkheadFull);
+    assert!(e.is_rejected());
+    assert_eq!(e.attempts(), 0);
+    assert_eq!(at, Duration::ZERO, "refused at once");
+    assert_eq!(server.count(), 1);
+    let m = metrics::policy("adaptive_concurrency::one_at_a_time").unwrap();
+    assert_eq!(m.rejected_bulkhead, 1);
+    let s = metrics::concurrency_limit("adaptive_concurrency::one_at_a_time").unwrap();
+    assert_eq!((s.admitted, s.rejected, s.in_flight), (1, 1, 0));
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "adaptive-shared", initial = 4, latency = "500ms")
+)]
+async fn shared_a(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "adaptive-shared", initial = 4, latency = "500ms")
+)]
+async fn shared_b(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_limit_is_shared_by_the_functions_naming_it() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let (c, url) = (reqwest::Client::new(), server.url("/"));
+    assert_eq!(shared_a(&c, &url).await.unwrap(), 200);
+    assert_eq!(shared_b(&c, &url).await.unwrap(), 200);
+    let s = metrics::concurrency_limit("adaptive-shared").unwrap();
+    assert_eq!(s.admitted, 2);
+    assert_eq!(
+        metrics::concurrency_limit("adaptive_concurrency::shared_a"),
+        None
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(latency = "500ms")
+)]
+async fn overridden(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_is_checked_against_the_latency_threshold() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    overridden(&c, &server.url("/")).await.unwrap(); // known to the overrides now
+    let file = "[functions.\"adaptive_concurrency::overridden\"]\ntimeout = \"400ms\"\n";
+    let e = resilience_runtime::overrides::apply_str(file, "incident.toml").unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "concurrency_limit latency (500ms) is not shorter than the attempt timeout (400ms)"
+        ),
+        "{e}"
+    );
+    let file = "[functions.\"adaptive_concurrency::overridden\"]\nconcurrency_limit = { latency = \"1s\" }\n";
+    let e = resilience_runtime::overrides::apply_str(file, "incident.toml").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`concurrency_limit` cannot change at run time"),
+        "{e}"
+    );
+}
