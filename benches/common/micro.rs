@@ -338,6 +338,15 @@ macro_rules! contenders {
                 $body()
             }
 
+            /// An adaptive concurrency limit that never refuses (in place of the bulkhead).
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                concurrency_limit = { kind = aimd, latency = "1s", initial = 64, max = 1024 },
+            )]
+            pub async fn resilient_concurrency() -> Result<u64, BenchError> {
+                $body()
+            }
+
             /// backon 1.6: `ConstantBuilder`, zero delay, 2 retries, transient errors only.
             pub async fn backon_retry() -> Res {
                 (|| async { $body() })
@@ -440,6 +449,11 @@ macro_rules! for_each_contender {
             resilient_time_breaker,
             no_fault_only
         );
+        $m!(
+            "resilient_concurrency",
+            resilient_concurrency,
+            no_fault_only
+        );
         $m!("backon", backon_retry, both);
         $m!("backon_timeout", backon_timeout, both);
         $m!("tower_retry", tower_retry, both);
@@ -466,6 +480,7 @@ pub fn label(name: &str) -> &'static str {
         "resilient_hedge" => "`#[resilient]` timeout + hedge (never fires)",
         "resilient_fallback" => "`#[resilient]` timeout + fallback (never needed)",
         "resilient_time_breaker" => "`#[resilient]` timeout + time-window, slow-call breaker",
+        "resilient_concurrency" => "`#[resilient]` timeout + adaptive concurrency limit",
         "backon" => "backon 1.6 retry",
         "backon_timeout" => "backon retry + `timeout` per attempt",
         "tower_retry" => "tower 0.5 `Retry`",
