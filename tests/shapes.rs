@@ -423,3 +423,26 @@ async fn trait_impl_methods_and_spawned_calls() {
     assert_eq!(server.count(), 3);
     assert!(server.requests().iter().all(|s| s.path == "/users/7"));
 }
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), idempotency_key = key)]
+async fn charge(c: &reqwest::Client, url: &str, key: &str) -> Result<u16, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test]
+async fn an_invalid_key_is_refused_before_anything_is_sent() {
+    let server = FaultServer::start(vec![Action::ok()]).await;
+    let c = client();
+    let long = "k".repeat(256);
+    for bad in ["", "line\nbreak", long.as_str()] {
+        let err = charge(&c, &server.url("/charge"), bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Call, "{bad:?}: {err}");
+        assert_eq!(err.attempts(), 0, "{bad:?}: no attempt ran");
+    }
+    assert!(server.requests().is_empty(), "nothing reached the server");
+    // A good key goes through, sent as given.
+    assert_eq!(charge(&c, &server.url("/charge"), "order-7").await.unwrap(), 200);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("idempotency-key"), Some("order-7"));
+}

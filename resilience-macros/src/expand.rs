@@ -395,13 +395,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
             #refused
             let mut __resilience_session =
-                match #p::Session::begin(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg) {
-                    ::core::result::Result::Ok(session) => session,
-                    ::core::result::Result::Err(error) => {
-                        #on_start_error
-                        return ::core::result::Result::Err(::core::convert::From::from(error));
-                    }
-                };
+                #p::Session::begin(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg);
+            if let ::core::option::Option::Some(error) = __resilience_session.take_refusal() {
+                #on_start_error
+                return ::core::result::Result::Err(::core::convert::From::from(error));
+            }
             #admit
             #replaced_decl
             #[allow(clippy::let_and_return)]

@@ -166,6 +166,8 @@ pub struct Session {
     _bulkhead: Option<BulkheadPermit<'static>>,
     /// The adaptive concurrency limit's slot: told each attempt's outcome.
     concurrency: Option<crate::concurrency::ConcurrencyPermit>,
+    /// Why the call cannot start, found by `begin` (see [`Session::take_refusal`]).
+    refusal: Option<Error>,
 }
 
 impl Session {
@@ -177,7 +179,10 @@ impl Session {
         state: &'static PolicyState,
         key: KeyArg,
     ) -> Result<Session, Error> {
-        let mut session = Session::begin(policy, state, key)?;
+        let mut session = Session::begin(policy, state, key);
+        if let Some(e) = session.take_refusal() {
+            return Err(e);
+        }
         if !session.admitted() {
             session.admit().await?;
         }
@@ -209,35 +214,38 @@ impl Session {
     /// time and joins its trace; inside a request handled under
     /// [`ContextLayer`](crate::server::ContextLayer), within the caller's time and trace.
     ///
-    /// Not `async`: the session is built where the caller keeps it, not moved out of a
-    /// future of its own.
-    pub fn begin(
-        policy: &'static Policy,
-        state: &'static PolicyState,
-        key: KeyArg,
-    ) -> Result<Session, Error> {
+    /// Not `async`, and not a `Result`: the session is built where the caller keeps it, not
+    /// moved out of a future or a `Result` of its own. [`take_refusal`](Self::take_refusal)
+    /// says whether it may go on.
+    pub fn begin(policy: &'static Policy, state: &'static PolicyState, key: KeyArg) -> Session {
         let shared = state.resolve(policy);
         let policy = crate::overrides::current(policy, &state.current);
-        let key = match key {
-            KeyArg::None => None,
-            KeyArg::Auto => Some(Key::Auto(uuid::Uuid::new_v4())),
-            KeyArg::Given(Ok(h)) => Some(Key::Given(h)),
-            KeyArg::Given(Err(e)) => return Err(e),
+        let (key, refusal) = match key {
+            KeyArg::None => (None, None),
+            KeyArg::Auto => (Some(Key::Auto(uuid::Uuid::new_v4())), None),
+            KeyArg::Given(Ok(h)) => (Some(Key::Given(h)), None),
+            KeyArg::Given(Err(e)) => (None, Some(e)),
         };
-        debug_assert!(key.is_some() || policy.idempotency_key == KeySource::None);
+        debug_assert!(
+            key.is_some() || refusal.is_some() || policy.idempotency_key == KeySource::None
+        );
         // One clock read for the start, the deadline, the budget and the first attempt. The
         // deadline counts from here: the wait for a bulkhead slot is part of the call.
         let started = Instant::now();
         let mut deadline = started + policy.deadline;
         let mut left = policy.deadline;
         let outer: Option<Outer> = with_attempt(|o| {
+            if refusal.is_some() {
+                return None;
+            }
             // Before this call sends anything, tell the enclosing attempt what it may send:
             // if that attempt ends while this call is still running (its timeout cancels
             // this call), it must not run its body again and resend this call's request
             // under a new automatic key.
             note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
-            o.outer()
-        });
+            Some(o.outer())
+        })
+        .flatten();
         let (trace_id, trace_flags, request_id, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
@@ -295,19 +303,27 @@ impl Session {
             attempt_scope: None,
             _bulkhead: None,
             concurrency: None,
+            refusal,
         };
-        if shared.bulkhead.is_none() && shared.concurrency.is_none() {
+        if session.refusal.is_none() && shared.bulkhead.is_none() && shared.concurrency.is_none() {
             match shared.rate_limit {
                 None => session.opened(),
                 // A local limit with a permit free now: no wait, no future.
                 Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
                     Some(Ok(())) => session.opened(),
-                    Some(Err(e)) => return Err(e),
+                    Some(Err(e)) => session.refusal = Some(e),
                     None => {}
                 },
             }
         }
-        Ok(session)
+        session
+    }
+
+    /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
+    /// idempotency key, or a rate limit that refuses without a wait. Taken once.
+    #[inline]
+    pub fn take_refusal(&mut self) -> Option<Error> {
+        self.refusal.take()
     }
 
     /// Whether the call may make its first attempt: it has its bulkhead (or concurrency-limit)
