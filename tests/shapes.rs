@@ -426,7 +426,12 @@ async fn trait_impl_methods_and_spawned_calls() {
 
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), idempotency_key = key)]
 async fn charge(c: &reqwest::Client, url: &str, key: &str) -> Result<u16, Error> {
-    Ok(c.post(url).send().await?.error_for_status()?.status().as_u16())
+    Ok(c.post(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
 }
 
 #[tokio::test]
@@ -441,7 +446,10 @@ async fn an_invalid_key_is_refused_before_anything_is_sent() {
     }
     assert!(server.requests().is_empty(), "nothing reached the server");
     // A good key goes through, sent as given.
-    assert_eq!(charge(&c, &server.url("/charge"), "order-7").await.unwrap(), 200);
+    assert_eq!(
+        charge(&c, &server.url("/charge"), "order-7").await.unwrap(),
+        200
+    );
     let seen = server.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("idempotency-key"), Some("order-7"));

@@ -41,6 +41,8 @@ pin_project_lite::pin_project! {
     /// the body is polled or dropped.
     pub(crate) struct Scoped<F> {
         ctx: AttemptCtx,
+        // The span the body runs in, entered around each poll (none with tracing off).
+        span: Option<tracing::Span>,
         #[pin]
         fut: Option<F>,
     }
@@ -49,16 +51,19 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             // A body dropped mid-way (its timeout, a lost hedge) may still look at its
-            // attempt while it unwinds its own state.
+            // attempt, and log in its span, while it unwinds its own state.
+            let _entered = this.span.as_ref().map(tracing::Span::enter);
             CURRENT.set(this.ctx, || this.fut.set(None));
         }
     }
 }
 
 impl<F> Scoped<F> {
-    pub(crate) fn new(ctx: AttemptCtx, fut: F) -> Scoped<F> {
+    /// `fut` run with `ctx` as its attempt, and in `span` when there is one.
+    pub(crate) fn new(ctx: AttemptCtx, span: Option<tracing::Span>, fut: F) -> Scoped<F> {
         Scoped {
             ctx,
+            span,
             fut: Some(fut),
         }
     }
@@ -78,6 +83,7 @@ impl<F: std::future::Future> std::future::Future for Scoped<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
         match this.fut.as_pin_mut() {
             Some(fut) => CURRENT.set(this.ctx, || fut.poll(cx)),
             None => std::task::Poll::Pending,
