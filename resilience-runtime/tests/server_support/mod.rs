@@ -3,6 +3,52 @@
 
 #![allow(dead_code)]
 
+/// Every rule below as a `#[tokio::test]` of the file that names it: `$store` is an async fn
+/// `(test name) -> Option<Store>` giving the store for that test (`None`: skip it, as when its
+/// server is not there). One list, so that a new rule runs against every store.
+macro_rules! every_rule {
+    ($store:ident) => {
+        $crate::server_support::each_rule!(
+            $store;
+            replays_the_stored_response_without_running_the_handler,
+            a_reused_key_with_another_body_is_422,
+            a_key_belongs_to_one_method_and_path,
+            a_repeat_while_the_first_runs_is_409,
+            a_route_requiring_a_key_refuses_requests_without_one,
+            malformed_keys_are_400,
+            server_errors_release_the_key,
+            client_errors_are_replayed,
+            concurrent_requests_run_the_handler_once,
+            responses_expire_after_the_ttl,
+            a_handler_finishes_after_its_client_gave_up,
+            a_handler_over_the_limit_is_cancelled_and_answered_500,
+            a_panicking_handler_answers_500_and_frees_its_key,
+            a_panic_is_stored_when_every_status_is,
+            a_response_over_the_stored_bound_is_not_kept_and_never_rerun,
+            quoted_and_bare_keys_are_one_key,
+            a_running_handler_keeps_its_claim_past_the_lease,
+            an_abandoned_claim_expires_with_its_lease,
+            oversized_bodies_are_413,
+            the_store_holds_the_response,
+            scoped_keys_never_cross_scopes,
+            only_the_configured_methods_are_covered,
+        );
+    };
+}
+pub(crate) use every_rule;
+
+/// One `#[tokio::test]` per rule named (see [`every_rule`]).
+macro_rules! each_rule {
+    ($store:ident; $($rule:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $rule() {
+            let Some(store) = $store(stringify!($rule)).await else { return };
+            $crate::server_support::$rule(store).await;
+        }
+    )*};
+}
+pub(crate) use each_rule;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
