@@ -6,6 +6,7 @@
 /// Every rule below as a `#[tokio::test]` of the file that names it: `$store` is an async fn
 /// `(test name) -> Option<Store>` giving the store for that test (`None`: skip it, as when its
 /// server is not there). One list, so that a new rule runs against every store.
+#[allow(unused_macros)] // not every file that includes this module runs the rules
 macro_rules! every_rule {
     ($store:ident) => {
         $crate::server_support::each_rule!(
@@ -35,9 +36,11 @@ macro_rules! every_rule {
         );
     };
 }
+#[allow(unused_imports)]
 pub(crate) use every_rule;
 
 /// One `#[tokio::test]` per rule named (see [`every_rule`]).
+#[allow(unused_macros)]
 macro_rules! each_rule {
     ($store:ident; $($rule:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -47,6 +50,7 @@ macro_rules! each_rule {
         }
     )*};
 }
+#[allow(unused_imports)]
 pub(crate) use each_rule;
 
 use std::net::SocketAddr;
