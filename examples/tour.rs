@@ -1022,8 +1022,118 @@ async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -
     out.into_iter().flatten().collect()
 }
 
+// 12. One limit for every instance.
+
+/// The partner's limit, shared by every instance through Redis.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(
+        name = "tour_partner",
+        rate = 20,
+        burst = 2,
+        max_wait = "100ms",
+        store = "redis"
+    )
+)]
+async fn partner_shared(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(http.get(url).send().await?.status().as_u16())
+}
+
+/// Set in the two instances the tour starts of itself: the server to call.
+const TOUR_INSTANCE: &str = "RESILIENCE_TOUR_INSTANCE_URL";
+const SHARED_FOR: Duration = Duration::from_secs(1);
+
+/// Redis at `RESILIENCE_REDIS_URL`, if it answers.
+async fn tour_redis() -> Option<redis::aio::ConnectionManager> {
+    let url = std::env::var("RESILIENCE_REDIS_URL").ok()?;
+    let client = redis::Client::open(url.as_str()).ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        redis::aio::ConnectionManager::new(client),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// One instance: four workers calling as fast as the shared limit lets them for a second.
+async fn tour_instance(url: &str) {
+    let redis = tour_redis()
+        .await
+        .expect("Redis, as for the tour that started this instance");
+    resilience_runtime::ratelimit::use_redis(redis);
+    let http = reqwest::Client::new();
+    let until = Instant::now() + SHARED_FOR;
+    let worker = || async {
+        let mut answered = 0u32;
+        while Instant::now() < until {
+            if partner_shared(&http, url).await.is_ok() {
+                answered += 1;
+            }
+        }
+        answered
+    };
+    let (a, b, c, d) = tokio::join!(worker(), worker(), worker(), worker());
+    println!("{}", a + b + c + d);
+}
+
+async fn scenario_shared_limit() {
+    heading(
+        12,
+        "One limit for every instance",
+        "Two instances of this tour call the partner for a second, each as fast as the limit\n\
+         lets it. Local limits would let 2 × 20 through; with store = \"redis\" they share one\n\
+         20 a second (an atomic script on Redis's clock) and the partner sees what it allows.",
+    );
+    let Some(mut redis) = tour_redis().await else {
+        println!(
+            "skipped: needs Redis at RESILIENCE_REDIS_URL (`export RESILIENCE_REDIS_URL=$(bash .ci/redis.sh | tail -n 1)`)\n"
+        );
+        return;
+    };
+    let _: Result<i64, _> = redis::cmd("DEL")
+        .arg("resilience:rate:{tour_partner}")
+        .query_async(&mut redis)
+        .await;
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let start = Instant::now();
+    let spawn = || {
+        tokio::process::Command::new(std::env::current_exe().expect("the tour's own path"))
+            .env(TOUR_INSTANCE, server.url("/quotes"))
+            .output()
+    };
+    let (one, two) = tokio::join!(spawn(), spawn());
+    let answered = |o: std::io::Result<std::process::Output>| -> String {
+        match o {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            Ok(o) => format!("failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => format!("not started: {e}"),
+        }
+    };
+    let mut t = Table::new(&[
+        "instance 1 answered",
+        "instance 2 answered",
+        "partner saw",
+        "the limit allows",
+        "time",
+    ]);
+    t.row(vec![
+        answered(one),
+        answered(two),
+        server.count().to_string(),
+        "20/s + a burst of 2".into(),
+        ms(start.elapsed()),
+    ]);
+    t.print();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(url) = std::env::var(TOUR_INSTANCE) {
+        return tour_instance(&url).await;
+    }
     let started = std::time::Instant::now();
     println!("resilience: a tour, against a misbehaving server on 127.0.0.1\n");
     let http = ClientSettings {
@@ -1043,6 +1153,7 @@ async fn main() {
     scenario_hedging(&http).await;
     scenario_rate_limit(&http).await;
     scenario_adaptive(&http).await;
+    scenario_shared_limit().await;
     println!("tour finished in {:.1} s", started.elapsed().as_secs_f64());
     println!("\nwhere to look next:");
     println!("  metrics:  cargo run --example metrics_service --features metrics");
