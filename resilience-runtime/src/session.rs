@@ -3,7 +3,10 @@
 //! The code `#[resilient]` generates drives a [`Session`]:
 //!
 //! ```ignore
-//! let mut session = Session::start(&POLICY, &STATE, key).await?;
+//! if let Some(e) = Session::refused(&POLICY, &STATE) { return Err(e.into()) } // breaker open
+//! let mut session = Session::begin(&POLICY, &STATE, key);
+//! if let Some(e) = session.take_refusal() { return Err(e.into()) }
+//! if !session.admitted() { session.admit().await?; } // bulkhead, concurrency or rate limit
 //! loop {
 //!     let mut r = session.attempt(async { /* the function's body */ }).await;
 //!     if let Err(e) = &mut r {
