@@ -87,6 +87,28 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
+/// A call is admitted: counted, deposited in the budget; its span.
+fn open(
+    shared: &'static Resolved,
+    policy: &'static Policy,
+    started: Instant,
+    request_id: u128,
+    depth: u8,
+) -> tracing::Span {
+    telemetry::on_call_start(shared); // telemetry (issue 12)
+    if let Some(b) = shared.budget {
+        b.deposit_at(started);
+    }
+    tracing::info_span!(
+        "resilient",
+        function = shared.function,
+        policy = shared.policy,
+        method = policy.method.as_str(),
+        request_id = tracing::field::display(RequestId(request_id)),
+        depth,
+    )
+}
+
 /// The bookkeeping of a call refused by its open breaker before it started, out of line.
 #[inline(never)]
 fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
@@ -281,7 +303,31 @@ impl Session {
                 (trace, flags, rid, 0)
             }
         };
-        let mut session = Session {
+        // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
+        // permit free now), or refused at once: decided before the session is built, so that
+        // it is built in one piece where it is returned, not built and then changed.
+        let mut refusal = refusal;
+        let admitted = refusal.is_none()
+            && shared.bulkhead.is_none()
+            && shared.concurrency.is_none()
+            && match shared.rate_limit {
+                None => true,
+                // A local limit with a permit free now: no wait, no future.
+                Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => {
+                        refusal = Some(e);
+                        false
+                    }
+                    None => false,
+                },
+            };
+        let span = if admitted {
+            open(shared, policy, started, request_id, depth)
+        } else {
+            tracing::Span::none()
+        };
+        Session {
             policy,
             shared,
             started,
@@ -293,32 +339,20 @@ impl Session {
             trace_flags,
             depth,
             nested: outer.is_some(),
-            admitted: false,
+            admitted,
             waited: Duration::ZERO,
             sent: None,
             sent_unkeyed: false,
             key,
             backoff: None,
-            span: tracing::Span::none(),
+            span,
             last: Last::default(),
             breaker_permit: None,
             attempt_scope: None,
             _bulkhead: None,
             concurrency: None,
             refusal,
-        };
-        if session.refusal.is_none() && shared.bulkhead.is_none() && shared.concurrency.is_none() {
-            match shared.rate_limit {
-                None => session.opened(),
-                // A local limit with a permit free now: no wait, no future.
-                Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
-                    Some(Ok(())) => session.opened(),
-                    Some(Err(e)) => session.refusal = Some(e),
-                    None => {}
-                },
-            }
         }
-        session
     }
 
     /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
@@ -394,18 +428,12 @@ impl Session {
     /// The call is admitted: counted, deposited in the budget, given its span.
     fn opened(&mut self) {
         self.admitted = true;
-        let shared = &self.shared;
-        telemetry::on_call_start(shared); // telemetry (issue 12)
-        if let Some(b) = shared.budget {
-            b.deposit_at(self.started);
-        }
-        self.span = tracing::info_span!(
-            "resilient",
-            function = shared.function,
-            policy = shared.policy,
-            method = self.policy.method.as_str(),
-            request_id = tracing::field::display(RequestId(self.request_id)),
-            depth = self.depth,
+        self.span = open(
+            self.shared,
+            self.policy,
+            self.started,
+            self.request_id,
+            self.depth,
         );
     }
 
