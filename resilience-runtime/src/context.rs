@@ -36,6 +36,13 @@ pub(crate) fn with_attempt<R>(f: impl FnOnce(&AttemptCtx) -> R) -> Option<R> {
     CURRENT.is_set().then(|| CURRENT.with(f))
 }
 
+/// Runs `f` with `ctx` as the current attempt. Not generic (`f` is a `dyn`): the thread-local
+/// code is compiled once, not once per annotated function's body.
+#[inline(never)]
+fn in_attempt(ctx: &AttemptCtx, f: &mut dyn FnMut()) {
+    CURRENT.set(ctx, f)
+}
+
 pin_project_lite::pin_project! {
     /// An attempt's body with its context: the context is reachable ([`with_attempt`]) while
     /// the body is polled or dropped.
@@ -49,11 +56,12 @@ pin_project_lite::pin_project! {
 
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
+            let this = this.project();
             // A body dropped mid-way (its timeout, a lost hedge) may still look at its
             // attempt, and log in its span, while it unwinds its own state.
             let _entered = this.span.as_ref().map(tracing::Span::enter);
-            CURRENT.set(this.ctx, || this.fut.set(None));
+            let mut fut = this.fut;
+            in_attempt(this.ctx, &mut || fut.set(None));
         }
     }
 }
@@ -85,7 +93,11 @@ impl<F: std::future::Future> std::future::Future for Scoped<F> {
         let this = self.project();
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         match this.fut.as_pin_mut() {
-            Some(fut) => CURRENT.set(this.ctx, || fut.poll(cx)),
+            Some(mut fut) => {
+                let mut out = std::task::Poll::Pending;
+                in_attempt(this.ctx, &mut || out = fut.as_mut().poll(cx));
+                out
+            }
             None => std::task::Poll::Pending,
         }
     }
