@@ -454,3 +454,70 @@ async fn an_invalid_key_is_refused_before_anything_is_sent() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("idempotency-key"), Some("order-7"));
 }
+
+/// A store that is not reached through reqwest: the first query of each call is cut off.
+#[derive(Debug)]
+enum StoreError {
+    ConnectionLost,
+    Runtime(Error),
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        StoreError::Runtime(e)
+    }
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> Option<Class> {
+        match self {
+            StoreError::ConnectionLost => Some(Class::Reset),
+            StoreError::Runtime(_) => None,
+        }
+    }
+}
+
+std::thread_local! {
+    static QUERIES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A query whose first run in every two loses its connection.
+fn query(declared: Option<resilience_runtime::Method>) -> Result<u32, StoreError> {
+    if let Some(m) = declared {
+        resilience_runtime::declare_sent(m);
+    }
+    let n = QUERIES.with(|q| {
+        q.set(q.get() + 1);
+        q.get()
+    });
+    if n % 2 == 1 {
+        Err(StoreError::ConnectionLost)
+    } else {
+        Ok(n)
+    }
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn read_row(declared: Option<resilience_runtime::Method>) -> Result<u32, StoreError> {
+    query(declared)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_body_that_declares_what_it_sent_is_retried_as_that() {
+    use resilience_runtime::Method;
+    QUERIES.with(|q| q.set(0));
+    // Nothing the runtime saw went out: the least safe method, not resent after a reset.
+    let r = resilience_runtime::measure(read_row(None)).await;
+    assert!(matches!(r.0, Err(StoreError::ConnectionLost)), "{:?}", r.0);
+    assert_eq!(r.1.map(|c| c.attempts), Some(1));
+    // Declared a read: resent, and the second query answers.
+    QUERIES.with(|q| q.set(0));
+    let r = resilience_runtime::measure(read_row(Some(Method::Get))).await;
+    assert_eq!(r.0.unwrap(), 2);
+    assert_eq!(r.1.map(|c| c.attempts), Some(2));
+    // Declared a write without a key: never resent.
+    QUERIES.with(|q| q.set(0));
+    let r = resilience_runtime::measure(read_row(Some(Method::Post))).await;
+    assert!(matches!(r.0, Err(StoreError::ConnectionLost)), "{:?}", r.0);
+    assert_eq!(r.1.map(|c| c.attempts), Some(1));
+}

@@ -73,6 +73,23 @@ impl ResilientRequest {
     }
 }
 
+/// Tells the current attempt that its body sent something the runtime cannot see, as a request
+/// of `method` would be: a database call, a gRPC stub, a request sent by a helper with a client
+/// of its own. The retry decision then counts it as it counts a request it saw: a safe method
+/// (or an `idempotent` PUT/DELETE) may be resent after a reset or a timeout; any other method
+/// is never resent unkeyed, and a declared send never counts as carrying the key. Without it,
+/// an attempt that sent nothing the runtime saw counts as the least safe method. A no-op
+/// outside a `#[resilient]` function.
+pub fn declare_sent(method: crate::policy::Method) {
+    let _ = with_attempt(|ctx| {
+        ctx.note_method(method);
+        ctx.stamped.set(true);
+        if !method.is_safe() {
+            ctx.all_keyed.set(false);
+        }
+    });
+}
+
 /// Stamps a built request with the current attempt's identities (a no-op outside a
 /// `#[resilient]` function). For a request sent by hand with `Client::execute` outside the
 /// annotated body; inside it, `execute` is stamped for you.
