@@ -72,46 +72,7 @@ async fn instances_sharing_redis_run_each_key_once() {
     let Some(url) = redis_url().await else { return };
     let prefix = prefix("instances_sharing_redis");
     let (a, b) = (instance(&url, &prefix).await, instance(&url, &prefix).await);
-
-    const KEYS: usize = 6;
-    for i in 0..KEYS {
-        let key = fresh_key();
-        let body = format!("item {i}");
-        // Alternate which instance sees the key first.
-        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let ran = post(&first.url("/orders"), Some(&key), &body).await;
-        assert_eq!((ran.status, ran.replayed()), (201, false));
-        for app in [second, first, second] {
-            let replay = post(&app.url("/orders"), Some(&key), &body).await;
-            assert_eq!(
-                (replay.status, replay.replayed()),
-                (201, true),
-                "{replay:?}"
-            );
-            assert_eq!(replay.body, ran.body);
-        }
-        assert_eq!(
-            post(&second.url("/orders"), Some(&key), "other")
-                .await
-                .status,
-            422
-        );
-    }
-    assert_eq!(count(&a.runs.orders) + count(&b.runs.orders), KEYS);
-    assert_eq!(count(&a.runs.orders), KEYS / 2);
-
-    // A key still running on one instance is busy on the other.
-    let key = fresh_key();
-    let running = tokio::spawn({
-        let (url, key) = (a.url("/gated"), key.clone());
-        async move { post(&url, Some(&key), "x").await }
-    });
-    server_support::wait_until(|| count(&a.runs.gated) == 1).await;
-    assert_eq!(post(&b.url("/gated"), Some(&key), "x").await.status, 409);
-    a.gate.add_permits(1);
-    assert_eq!(running.await.unwrap().status, 201);
-    assert!(post(&b.url("/gated"), Some(&key), "x").await.replayed());
-    assert_eq!(count(&b.runs.gated), 0);
+    server_support::instances_run_each_key_once(&a, &b, 6).await;
 }
 
 #[tokio::test]
@@ -119,28 +80,7 @@ async fn concurrent_requests_across_instances_run_the_handler_once() {
     let Some(url) = redis_url().await else { return };
     let prefix = prefix("concurrent_across_instances");
     let apps = [instance(&url, &prefix).await, instance(&url, &prefix).await];
-    let key = fresh_key();
-    let client = server_support::client();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..16 {
-        let req = client
-            .post(apps[i % 2].url("/slow"))
-            .header("idempotency-key", &key)
-            .header("x-sleep-ms", "300")
-            .body("x");
-        tasks.spawn(server_support::send(req));
-    }
-    let replies = tasks.join_all().await;
-    assert_eq!(count(&apps[0].runs.slow) + count(&apps[1].runs.slow), 1);
-    let ran = replies
-        .iter()
-        .filter(|r| r.status == 201 && !r.replayed())
-        .count();
-    assert_eq!(ran, 1, "{replies:?}");
-    assert!(
-        replies.iter().all(|r| r.status == 201 || r.status == 409),
-        "{replies:?}"
-    );
+    server_support::concurrent_requests_across_instances_run_once(&apps, 1).await;
 }
 
 #[tokio::test]

@@ -182,41 +182,7 @@ async fn instances_sharing_the_cluster_run_each_key_once() {
         instance(&urls, &prefix).await,
         instance(&urls, &prefix).await,
     );
-
-    const KEYS: usize = 12;
-    for i in 0..KEYS {
-        let key = fresh_key();
-        let body = format!("item {i}");
-        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let ran = post(&first.url("/orders"), Some(&key), &body).await;
-        assert_eq!((ran.status, ran.replayed()), (201, false));
-        for app in [second, first] {
-            let replay = post(&app.url("/orders"), Some(&key), &body).await;
-            assert_eq!(
-                (replay.status, replay.replayed()),
-                (201, true),
-                "{replay:?}"
-            );
-            assert_eq!(replay.body, ran.body);
-        }
-        let other = post(&second.url("/orders"), Some(&key), "other").await;
-        assert_eq!(other.status, 422);
-    }
-    assert_eq!(count(&a.runs.orders) + count(&b.runs.orders), KEYS);
-    assert_eq!(count(&a.runs.orders), KEYS / 2);
-
-    // A key still running on one instance is busy (409) on the other.
-    let key = fresh_key();
-    let running = tokio::spawn({
-        let (url, key) = (a.url("/gated"), key.clone());
-        async move { post(&url, Some(&key), "x").await }
-    });
-    server_support::wait_until(|| count(&a.runs.gated) == 1).await;
-    assert_eq!(post(&b.url("/gated"), Some(&key), "x").await.status, 409);
-    a.gate.add_permits(1);
-    assert_eq!(running.await.unwrap().status, 201);
-    assert!(post(&b.url("/gated"), Some(&key), "x").await.replayed());
-    assert_eq!(count(&b.runs.gated), 0);
+    server_support::instances_run_each_key_once(&a, &b, 12).await;
 }
 
 #[tokio::test]
@@ -229,33 +195,8 @@ async fn concurrent_requests_across_instances_run_the_handler_once() {
         instance(&urls, &prefix).await,
         instance(&urls, &prefix).await,
     ];
-    let client = server_support::client();
     // Several keys, so that more than one master is raced on.
-    for _ in 0..3 {
-        let key = fresh_key();
-        let before = count(&apps[0].runs.slow) + count(&apps[1].runs.slow);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..16 {
-            let req = client
-                .post(apps[i % 2].url("/slow"))
-                .header("idempotency-key", &key)
-                .header("x-sleep-ms", "300")
-                .body("x");
-            tasks.spawn(server_support::send(req));
-        }
-        let replies = tasks.join_all().await;
-        let runs = count(&apps[0].runs.slow) + count(&apps[1].runs.slow) - before;
-        assert_eq!(runs, 1, "{replies:?}");
-        let ran = replies
-            .iter()
-            .filter(|r| r.status == 201 && !r.replayed())
-            .count();
-        assert_eq!(ran, 1, "{replies:?}");
-        assert!(
-            replies.iter().all(|r| r.status == 201 || r.status == 409),
-            "{replies:?}"
-        );
-    }
+    server_support::concurrent_requests_across_instances_run_once(&apps, 3).await;
 }
 
 fn kind(e: &resilience_runtime::server::StoreError) -> Option<ErrorKind> {

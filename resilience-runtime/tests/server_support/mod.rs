@@ -878,3 +878,74 @@ async fn raw_chunked(app: &App, key: &str, chunks: &[String]) -> String {
     let reply = String::from_utf8_lossy(&reply);
     reply.split("\r\n\r\n").next().unwrap().to_owned()
 }
+
+/// Two instances of the service sharing one store: `keys` keys, each sent first to one
+/// instance (alternating), run once and replayed by both; the same key with another body is
+/// 422 on either; a key still running on one instance is 409 on the other, then replayed.
+pub async fn instances_run_each_key_once(a: &App, b: &App, keys: usize) {
+    for i in 0..keys {
+        let key = fresh_key();
+        let body = format!("item {i}");
+        // Alternate which instance sees the key first.
+        let (first, second) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        let ran = post(&first.url("/orders"), Some(&key), &body).await;
+        assert_eq!((ran.status, ran.replayed()), (201, false));
+        for app in [second, first, second] {
+            let replay = post(&app.url("/orders"), Some(&key), &body).await;
+            assert_eq!(
+                (replay.status, replay.replayed()),
+                (201, true),
+                "{replay:?}"
+            );
+            assert_eq!(replay.body, ran.body);
+        }
+        let other = post(&second.url("/orders"), Some(&key), "other").await;
+        assert_eq!(other.status, 422);
+    }
+    assert_eq!(count(&a.runs.orders) + count(&b.runs.orders), keys);
+    assert_eq!(count(&a.runs.orders), keys / 2);
+
+    // A key still running on one instance is busy (409) on the other.
+    let key = fresh_key();
+    let running = tokio::spawn({
+        let (url, key) = (a.url("/gated"), key.clone());
+        async move { post(&url, Some(&key), "x").await }
+    });
+    wait_until(|| count(&a.runs.gated) == 1).await;
+    assert_eq!(post(&b.url("/gated"), Some(&key), "x").await.status, 409);
+    a.gate.add_permits(1);
+    assert_eq!(running.await.unwrap().status, 201);
+    assert!(post(&b.url("/gated"), Some(&key), "x").await.replayed());
+    assert_eq!(count(&b.runs.gated), 0);
+}
+
+/// Two instances sharing one store: for each of `keys` keys, 16 requests at once spread over
+/// both run the handler once; every other answer is its replay or a 409.
+pub async fn concurrent_requests_across_instances_run_once(apps: &[App; 2], keys: usize) {
+    let client = client();
+    for _ in 0..keys {
+        let key = fresh_key();
+        let before = count(&apps[0].runs.slow) + count(&apps[1].runs.slow);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let req = client
+                .post(apps[i % 2].url("/slow"))
+                .header("idempotency-key", &key)
+                .header("x-sleep-ms", "300")
+                .body("x");
+            tasks.spawn(send(req));
+        }
+        let replies = tasks.join_all().await;
+        let runs = count(&apps[0].runs.slow) + count(&apps[1].runs.slow) - before;
+        assert_eq!(runs, 1, "{replies:?}");
+        let ran = replies
+            .iter()
+            .filter(|r| r.status == 201 && !r.replayed())
+            .count();
+        assert_eq!(ran, 1, "{replies:?}");
+        assert!(
+            replies.iter().all(|r| r.status == 201 || r.status == 409),
+            "{replies:?}"
+        );
+    }
+}
