@@ -488,11 +488,7 @@ impl Breaker {
                 CLOSED => return Ok(self.permit(generation(w), false, now)),
                 OPEN => {
                     let opened_at = ring(w);
-                    let now_ms = match now {
-                        Some(n) => n.saturating_duration_since(self.origin).as_millis() as u64,
-                        None => self.now_ms_floor(),
-                    };
-                    if now_ms.saturating_sub(opened_at) < self.open_ms {
+                    if self.ms_floor_at(now).saturating_sub(opened_at) < self.open_ms {
                         return self.reject();
                     }
                     (half_open(next_generation(w), 0, 1), true)
@@ -668,11 +664,7 @@ impl Breaker {
         if long.generation != permit_generation {
             long.reset(permit_generation);
         }
-        let now_ms = match end {
-            Some(end) => end.saturating_duration_since(self.origin).as_millis() as u64,
-            None => self.now_ms_floor(),
-        };
-        let t = long.push(now_ms, fail, slow);
+        let t = long.push(self.ms_floor_at(end), fail, slow);
         let slow_trips = !self.spec.slow_call_duration.is_zero()
             && t.seen >= self.spec.min_calls
             && f64::from(t.slow) / f64::from(t.seen) >= self.spec.slow_call_rate;
@@ -716,6 +708,14 @@ impl Breaker {
 
     fn now_ms_floor(&self) -> u64 {
         self.since_origin().as_millis() as u64
+    }
+
+    /// Milliseconds from the origin to `at`, rounded down; to now when the caller has no instant.
+    fn ms_floor_at(&self, at: Option<Instant>) -> u64 {
+        match at {
+            Some(t) => t.saturating_duration_since(self.origin).as_millis() as u64,
+            None => self.now_ms_floor(),
+        }
     }
 
     /// Rounded up, so that an open breaker never reopens early by a fraction of a millisecond.

@@ -460,16 +460,9 @@ pub(crate) async fn admit(
     deadline: Instant,
     started: Instant,
 ) -> Result<ConcurrencyPermit, crate::error::Error> {
-    use crate::error::{Error, ErrorKind};
     let why = match c.acquire_at(deadline, started).await {
         Ok(p) => return Ok(p),
         Err(why) => why,
-    };
-    crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
-    crate::telemetry::call_rejected_by_bulkhead(shared);
-    let kind = match why {
-        Refused::Full => ErrorKind::BulkheadFull,
-        Refused::Deadline => ErrorKind::DeadlineExceeded,
     };
     tracing::warn!(
         function = shared.function,
@@ -478,9 +471,11 @@ pub(crate) async fn admit(
         limit = c.limit(),
         "{why}: call rejected"
     );
-    Err(Error::new(kind)
-        .with_class(Some(Class::Rejected), None)
-        .with_elapsed(started.elapsed()))
+    Err(crate::session::slot_refused(
+        shared,
+        why == Refused::Full,
+        started,
+    ))
 }
 
 #[cfg(test)]

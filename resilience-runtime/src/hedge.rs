@@ -12,7 +12,6 @@
 //! Nothing is allocated until a hedge fires: the first attempt lives on the caller's stack,
 //! hedges in a `Vec` made on the first hedge.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
@@ -251,21 +250,6 @@ fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
     PolicyMetrics::incr(&s.shared.metrics.retries);
     tracing::info!(attempt = s.attempts, "no answer yet: hedging");
     let limit = s.policy.timeout.min(left);
-    let ctx = AttemptCtx {
-        attempt: s.attempts,
-        request_id: s.request_id,
-        trace_id: s.trace_id,
-        span_id: fastrand::u64(..).max(1),
-        trace_flags: s.trace_flags,
-        key: s.key.clone(),
-        until: now + limit,
-        depth: s.depth,
-        stamped: Cell::new(false),
-        all_keyed: Cell::new(true),
-        sent_method: Cell::new(None),
-        status: Cell::new(None),
-        retry_after: Cell::new(None),
-        nested_gave_up: Cell::new(false),
-    };
-    Some((now + limit, limit, ctx))
+    let until = now + limit;
+    Some((until, limit, s.attempt_ctx(until)))
 }

@@ -87,6 +87,21 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
+/// The error of a call refused a slot (a bulkhead's or a concurrency limit's): the limit was
+/// reached (`full`), or the deadline came first. Counted as a bulkhead rejection.
+pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> Error {
+    PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
+    telemetry::call_rejected_by_bulkhead(shared); // telemetry (issue 12)
+    let kind = if full {
+        ErrorKind::BulkheadFull
+    } else {
+        ErrorKind::DeadlineExceeded
+    };
+    Error::new(kind)
+        .with_class(Some(Class::Rejected), None)
+        .with_elapsed(started.elapsed())
+}
+
 /// A call is admitted: counted, deposited in the budget; its span.
 fn open(
     shared: &'static Resolved,
@@ -378,24 +393,18 @@ impl Session {
             match b.acquire_by(deadline).await {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
-                    PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
-                    telemetry::call_rejected_by_bulkhead(shared); // telemetry (issue 12)
-                    let kind = match why {
-                        crate::bulkhead::Refused::Full => ErrorKind::BulkheadFull,
-                        crate::bulkhead::Refused::Deadline => ErrorKind::DeadlineExceeded,
-                    };
+                    let full = why == crate::bulkhead::Refused::Full;
                     tracing::warn!(
                         function = shared.function,
                         policy = shared.policy,
                         "{}: call rejected",
-                        match kind {
-                            ErrorKind::BulkheadFull => "bulkhead full",
-                            _ => "deadline reached waiting for a bulkhead slot",
+                        if full {
+                            "bulkhead full"
+                        } else {
+                            "deadline reached waiting for a bulkhead slot"
                         }
                     );
-                    return Err(Error::new(kind)
-                        .with_class(Some(Class::Rejected), None)
-                        .with_elapsed(started.elapsed()));
+                    return Err(slot_refused(shared, full, started));
                 }
             }
         }
@@ -540,7 +549,13 @@ impl Session {
         self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let limit = self.policy.timeout.min(left);
         let until = now + limit;
-        let ctx = AttemptCtx {
+        Ok((until, limit, self.attempt_ctx(until)))
+    }
+
+    /// The context of the attempt numbered `self.attempts` (a first attempt, a retry or a
+    /// hedge), ending at `until`: the call's identities, a span id of its own, nothing recorded.
+    pub(crate) fn attempt_ctx(&self, until: Instant) -> AttemptCtx {
+        AttemptCtx {
             attempt: self.attempts,
             request_id: self.request_id,
             trace_id: self.trace_id,
@@ -555,8 +570,7 @@ impl Session {
             status: Cell::new(None),
             retry_after: Cell::new(None),
             nested_gave_up: Cell::new(false),
-        };
-        Ok((until, limit, ctx))
+        }
     }
 
     /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
