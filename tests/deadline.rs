@@ -67,3 +67,41 @@ async fn a_backoff_that_would_cross_the_deadline_is_not_slept() {
         started.elapsed()
     );
 }
+
+// The attempt's timer is armed only when the body first waits; its time limit still counts
+// from the attempt's start, and it still fires when the body uses up the task's budget.
+
+#[resilient(method = GET, timeout = "100ms", deadline = "10s", max_attempts = 1, budget = false)]
+async fn busy_before_waiting() -> Result<u64, Error> {
+    // Runs for 150 ms before it first waits (the clock moved by hand), then never answers.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    std::future::pending::<()>().await;
+    Ok(1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_limit_counts_from_the_attempt_start_not_from_its_first_wait() {
+    let started = Instant::now();
+    let e = busy_before_waiting().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(e.attempts(), 1);
+    // Timed out as soon as the body first waited, 50 ms past its limit: not 100 ms after.
+    assert_eq!(started.elapsed(), Duration::from_millis(150));
+}
+
+#[resilient(method = GET, timeout = "50ms", deadline = "10s", max_attempts = 1, budget = false)]
+async fn spends_its_budget() -> Result<u64, Error> {
+    // Always ready to go on, and yields only when the task's cooperative budget runs out.
+    loop {
+        tokio::task::coop::consume_budget().await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_uses_up_the_task_budget_still_times_out() {
+    let r = tokio::time::timeout(Duration::from_secs(10), spends_its_budget())
+        .await
+        .expect("the attempt's 50 ms limit should have ended the call");
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+}

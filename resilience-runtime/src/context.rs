@@ -39,7 +39,7 @@ pub(crate) fn with_attempt<R>(f: impl FnOnce(&AttemptCtx) -> R) -> Option<R> {
 /// Runs `f` with `ctx` as the current attempt. Not generic (`f` is a `dyn`): the thread-local
 /// code is compiled once, not once per annotated function's body.
 #[inline(never)]
-fn in_attempt(ctx: &AttemptCtx, f: &mut dyn FnMut()) {
+pub(crate) fn in_attempt(ctx: &AttemptCtx, f: &mut dyn FnMut()) {
     CURRENT.set(ctx, f)
 }
 
@@ -243,6 +243,44 @@ pub(crate) struct Outer {
 }
 
 impl AttemptCtx {
+    /// A call's context before its first attempt (numbered 0, no span id yet), ending at
+    /// `until`, nothing recorded.
+    pub(crate) fn new(
+        request_id: u128,
+        trace_id: u128,
+        trace_flags: u8,
+        key: Option<Key>,
+        until: Instant,
+        depth: u8,
+    ) -> AttemptCtx {
+        AttemptCtx {
+            attempt: 0,
+            request_id,
+            trace_id,
+            span_id: 0,
+            trace_flags,
+            key,
+            until,
+            depth,
+            stamped: Cell::new(false),
+            all_keyed: Cell::new(true),
+            sent_method: Cell::new(None),
+            status: Cell::new(None),
+            retry_after: Cell::new(None),
+            nested_gave_up: Cell::new(false),
+        }
+    }
+
+    /// Nothing recorded yet: for the next attempt in the same context.
+    pub(crate) fn reset(&mut self) {
+        *self.stamped.get_mut() = false;
+        *self.all_keyed.get_mut() = true;
+        *self.sent_method.get_mut() = None;
+        *self.status.get_mut() = None;
+        *self.retry_after.get_mut() = None;
+        *self.nested_gave_up.get_mut() = false;
+    }
+
     pub(crate) fn note_method(&self, m: Method) {
         let worst = self.sent_method.get().map_or(m, |prev| prev.least_safe(m));
         self.sent_method.set(Some(worst));

@@ -114,7 +114,7 @@ where
         return s.attempt(make()).await;
     };
     let ctx = match s.begin_attempt() {
-        Ok(ready) => ready,
+        Ok((until, limit)) => (until, limit, s.attempt_ctx(until)),
         Err(e) => return Err(E::from(e)),
     };
     let span = s.span.clone();

@@ -23,9 +23,7 @@
 
 #![allow(missing_docs)] // Not public API: what generated code names, hidden in `__private`.
 
-use std::cell::Cell;
 use std::future::Future;
-use std::pin::pin;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,7 +32,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{AttemptCtx, Key, Outer, RequestId, Scoped, with_attempt};
+use crate::context::{AttemptCtx, Key, Outer, RequestId, with_attempt};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -172,6 +170,30 @@ pub(crate) struct Last {
     nested_gave_up: bool,
 }
 
+/// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
+/// the least safe method sent so far, and whether one that needs the key went without it.
+fn record(
+    last: &mut Last,
+    sent: &mut Option<Method>,
+    sent_unkeyed: &mut bool,
+    key: &Option<Key>,
+    ctx: &AttemptCtx,
+) {
+    last.status = ctx.status.get();
+    last.retry_after = ctx.retry_after.get();
+    last.stamped = ctx.stamped.get();
+    last.all_keyed = ctx.all_keyed.get();
+    last.method = ctx.sent_method.get();
+    last.nested_gave_up = ctx.nested_gave_up.get();
+    if let Some(m) = last.method {
+        *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
+        let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
+        if !m.is_safe() && !keyed_same {
+            *sent_unkeyed = true;
+        }
+    }
+}
+
 /// The state of one logical call.
 #[derive(Debug)]
 pub struct Session {
@@ -182,10 +204,9 @@ pub struct Session {
     /// The time from `started` to `deadline`.
     left_at_start: Duration,
     pub(crate) attempts: u32,
-    pub(crate) request_id: u128,
-    pub(crate) trace_id: u128,
-    pub(crate) trace_flags: u8,
-    pub(crate) depth: u8,
+    /// The current attempt's context, kept in place: the call's identities (request id,
+    /// trace, key, depth) and what the attempt's requests recorded. Hedges get their own.
+    pub(crate) ctx: AttemptCtx,
     /// Inside another call's attempt: what this call reports to it when it ends.
     nested: bool,
     /// Holds its bulkhead slot and rate-limit permit (or needs none).
@@ -195,7 +216,6 @@ pub struct Session {
     /// The least safe method sent over all attempts, and whether every request carried the key.
     sent: Option<Method>,
     sent_unkeyed: bool,
-    pub(crate) key: Option<Key>,
     backoff: Option<BackoffState>,
     pub(crate) span: tracing::Span,
     pub(crate) last: Last,
@@ -349,16 +369,12 @@ impl Session {
             deadline,
             left_at_start: left,
             attempts: 0,
-            request_id,
-            trace_id,
-            trace_flags,
-            depth,
+            ctx: AttemptCtx::new(request_id, trace_id, trace_flags, key, deadline, depth),
             nested: outer.is_some(),
             admitted,
             waited: Duration::ZERO,
             sent: None,
             sent_unkeyed: false,
-            key,
             backoff: None,
             span,
             last: Last::default(),
@@ -441,8 +457,8 @@ impl Session {
             self.shared,
             self.policy,
             self.started,
-            self.request_id,
-            self.depth,
+            self.ctx.request_id,
+            self.ctx.depth,
         );
     }
 
@@ -470,35 +486,15 @@ impl Session {
             .with_elapsed(self.started.elapsed())
     }
 
-    /// Runs one attempt of the body under the breaker and the attempt timeout.
-    ///
-    /// Only the polling is generic; everything before and after it lives in non-generic
-    /// methods, compiled once rather than once per annotated function.
-    pub async fn attempt<T, E, F>(&mut self, body: F) -> Result<T, E>
+    /// Runs one attempt of the body under the breaker and the attempt timeout: an
+    /// [`Attempt`](crate::attempt::Attempt), whose poll is the only generic code of an attempt.
+    #[inline]
+    pub fn attempt<T, E, F>(&mut self, body: F) -> crate::attempt::Attempt<'_, F>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        let (until, limit, ctx) = match self.begin_attempt() {
-            Ok(ready) => ready,
-            Err(e) => return Err(E::from(e)),
-        };
-        // telemetry (issue 12): the body runs in the attempt's span, entered around each poll
-        // of the body; with tracing off, none. One future type either way: one copy of this
-        // generic code per annotated function, not two.
-        let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
-        let span = (!span.is_disabled()).then_some(span);
-        let mut scoped = pin!(Scoped::new(ctx, span, body));
-        let outcome = tokio::time::timeout_at(until, scoped.as_mut()).await;
-        self.record_attempt(scoped.as_mut().ctx());
-        match outcome {
-            Ok(Ok(v)) => {
-                self.succeeded();
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_elapsed) => Err(E::from(self.timed_out(limit))),
-        }
+        crate::attempt::Attempt::new(self, body)
     }
 
     /// Runs one attempt like [`attempt`](Self::attempt), with hedges when the policy has
@@ -512,8 +508,10 @@ impl Session {
         crate::hedge::run(self, make).await
     }
 
-    /// Counts the attempt, asks the breaker, and computes the attempt's time limit.
-    pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration, AttemptCtx), Error> {
+    /// Counts the attempt, asks the breaker, and computes the attempt's time limit: when it
+    /// ends, and how long it may run. The session's own context ([`Session::ctx`]) is made the
+    /// new attempt's, in place.
+    pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
         self.attempts += 1;
         self.last = Last::default();
         // The first attempt starts when the call does: no second clock read.
@@ -526,17 +524,7 @@ impl Session {
         if let Some(b) = self.shared.breaker {
             match b.try_acquire_at(now) {
                 Ok(p) => self.breaker_permit = Some(p),
-                Err(_) => {
-                    PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
-                    self.span.in_scope(|| {
-                        tracing::warn!(
-                            attempt = self.attempts,
-                            breaker = b.name(),
-                            "circuit open: call rejected"
-                        )
-                    });
-                    return Err(self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected));
-                }
+                Err(_) => return Err(self.rejected_by_breaker(b.name())),
             }
         }
         if left.is_zero() {
@@ -549,47 +537,78 @@ impl Session {
         self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
         let limit = self.policy.timeout.min(left);
         let until = now + limit;
-        Ok((until, limit, self.attempt_ctx(until)))
+        let c = &mut self.ctx;
+        c.attempt = self.attempts;
+        c.span_id = fastrand::u64(..).max(1);
+        c.until = until;
+        if self.attempts > 1 {
+            c.reset();
+        }
+        Ok((until, limit))
     }
 
-    /// The context of the attempt numbered `self.attempts` (a first attempt, a retry or a
-    /// hedge), ending at `until`: the call's identities, a span id of its own, nothing recorded.
+    /// An attempt refused by the open breaker, out of line.
+    #[inline(never)]
+    fn rejected_by_breaker(&mut self, breaker: &'static str) -> Error {
+        PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
+        self.span.in_scope(|| {
+            tracing::warn!(
+                attempt = self.attempts,
+                breaker,
+                "circuit open: call rejected"
+            )
+        });
+        self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected)
+    }
+
+    /// The span the attempt's body runs in (its attempt's, else the call's), or `None` with
+    /// tracing off.
+    pub(crate) fn body_span(&self) -> Option<tracing::Span> {
+        if self.span.is_disabled() && self.attempt_scope.is_none() {
+            return None;
+        }
+        let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
+        (!span.is_disabled()).then_some(span)
+    }
+
+    /// A context of its own for a hedge (or a hedged policy's first attempt) numbered
+    /// `self.attempts`, ending at `until`: the call's identities, a span id of its own,
+    /// nothing recorded.
     pub(crate) fn attempt_ctx(&self, until: Instant) -> AttemptCtx {
-        AttemptCtx {
-            attempt: self.attempts,
-            request_id: self.request_id,
-            trace_id: self.trace_id,
-            span_id: fastrand::u64(..).max(1),
-            trace_flags: self.trace_flags,
-            key: self.key.clone(),
+        let c = &self.ctx;
+        let mut ctx = AttemptCtx::new(
+            c.request_id,
+            c.trace_id,
+            c.trace_flags,
+            c.key.clone(),
             until,
-            depth: self.depth,
-            stamped: Cell::new(false),
-            all_keyed: Cell::new(true),
-            sent_method: Cell::new(None),
-            status: Cell::new(None),
-            retry_after: Cell::new(None),
-            nested_gave_up: Cell::new(false),
-        }
+            c.depth,
+        );
+        ctx.attempt = self.attempts;
+        ctx.span_id = fastrand::u64(..).max(1);
+        ctx
     }
 
-    /// Keeps what the attempt's requests recorded (status, Retry-After, stamping, method).
+    /// Keeps what a hedge's (or a hedged first attempt's) requests recorded.
     pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
-        {
-            self.last.status = ctx.status.get();
-            self.last.retry_after = ctx.retry_after.get();
-            self.last.stamped = ctx.stamped.get();
-            self.last.all_keyed = ctx.all_keyed.get();
-            self.last.method = ctx.sent_method.get();
-            self.last.nested_gave_up = ctx.nested_gave_up.get();
-            if let Some(m) = self.last.method {
-                self.sent = Some(self.sent.map_or(m, |s| s.least_safe(m)));
-                let keyed_same = matches!(self.key, Some(Key::Given(_))) && self.last.all_keyed;
-                if !m.is_safe() && !keyed_same {
-                    self.sent_unkeyed = true;
-                }
-            }
-        }
+        record(
+            &mut self.last,
+            &mut self.sent,
+            &mut self.sent_unkeyed,
+            &self.ctx.key,
+            ctx,
+        );
+    }
+
+    /// Keeps what the attempt's requests recorded in the session's own context.
+    pub(crate) fn record_own(&mut self) {
+        record(
+            &mut self.last,
+            &mut self.sent,
+            &mut self.sent_unkeyed,
+            &self.ctx.key,
+            &self.ctx,
+        );
     }
 
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
@@ -698,7 +717,7 @@ impl Session {
             return self.give_up(class, GiveUp::RetriedInside);
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
-        let keyed = self.key.is_some() && self.last.stamped && self.last.all_keyed;
+        let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
         let attempt = self.attempts;
         let backoff = if attempt < policy.max_attempts {
             self.backoff
