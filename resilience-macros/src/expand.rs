@@ -252,11 +252,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote! {
             #(#clones)*
             let mut __resilience_result = __resilience_session
-                .attempt(async {
+                .attempt(::core::pin::pin!(::core::option::Option::Some(async {
                     #prelude
                     #fake_return
                     #(#stmts)*
-                })
+                })))
         }
     };
 

@@ -111,7 +111,7 @@ where
     E: From<Error>,
 {
     let Some(hedge) = s.policy.hedge else {
-        return s.attempt(make()).await;
+        return s.attempt(std::pin::pin!(Some(make()))).await;
     };
     let ctx = match s.begin_attempt() {
         Ok((until, limit)) => (until, limit, s.attempt_ctx(until)),

@@ -8,7 +8,7 @@
 //! if let Some(e) = session.take_refusal() { return Err(e.into()) }
 //! if !session.admitted() { session.admit().await?; } // bulkhead, concurrency or rate limit
 //! loop {
-//!     let mut r = session.attempt(async { /* the function's body */ }).await;
+//!     let mut r = session.attempt(pin!(Some(async { /* the function's body */ }))).await;
 //!     if let Err(e) = &mut r {
 //!         let class = probe(e, session.attempts());
 //!         match session.after_failure(class).await {
@@ -486,12 +486,16 @@ impl Session {
             .with_elapsed(self.started.elapsed())
     }
 
-    /// Runs one attempt of the body under the breaker and the attempt timeout: an
-    /// [`Attempt`](crate::attempt::Attempt), whose poll is the only generic code of an attempt.
+    /// Runs one attempt of the body (in its slot, `pin!(Some(body))`) under the breaker and the
+    /// attempt timeout: an [`Attempt`](crate::attempt::Attempt), generic over the body's
+    /// output only.
     #[inline]
-    pub fn attempt<T, E, F>(&mut self, body: F) -> crate::attempt::Attempt<'_, F>
+    pub fn attempt<'b, T, E, F>(
+        &mut self,
+        body: std::pin::Pin<&'b mut Option<F>>,
+    ) -> crate::attempt::Attempt<'_, 'b, F>
     where
-        F: Future<Output = Result<T, E>>,
+        F: Future<Output = Result<T, E>> + 'b,
         E: From<Error>,
     {
         crate::attempt::Attempt::new(self, body)

@@ -80,7 +80,7 @@ async fn call(rng: &mut fastrand::Rng, fail_percent: u8) -> Result<(), CallError
     loop {
         let fail = rng.u8(..100) < fail_percent;
         let mut r = session
-            .attempt(async {
+            .attempt(std::pin::pin!(Some(async {
                 RUNS.fetch_add(1, Ordering::SeqCst);
                 let n = INSIDE.fetch_add(1, Ordering::SeqCst) + 1;
                 MAX_INSIDE.fetch_max(n, Ordering::SeqCst);
@@ -91,7 +91,7 @@ async fn call(rng: &mut fastrand::Rng, fail_percent: u8) -> Result<(), CallError
                 } else {
                     Ok(())
                 }
-            })
+            })))
             .await;
         if let Err(e) = &mut r {
             let class = match e {
