@@ -6,8 +6,10 @@
 //! session, filled in place), the timer is armed only when the body first waits (a body that
 //! answers at once never touches the timer wheel, as `tokio::time::Timeout` never registers
 //! its timer then either; what is saved is building it), and a body that finished is dropped
-//! where it finished. The poll is the only code generated per annotated function; everything
-//! before and after it (the breaker, the bookkeeping) is the session's, compiled once.
+//! where it finished. What is compiled per annotated function is small: the poll and drop of
+//! the body in its slot ([`Body`], [`Slot`]) and a forwarding poll; the attempt's own logic is
+//! generic over the body's output only, and everything before and after it (the breaker, the
+//! bookkeeping, the timer) is the non-generic [`Core`]'s, compiled once.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -19,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use crate::context::in_attempt;
 use crate::error::Error;
 use crate::session::Session;
+use crate::telemetry;
 
 pin_project_lite::pin_project! {
     /// What an attempt holds that does not depend on its body: compiled once, not once per
@@ -93,7 +96,8 @@ impl<'s> Core<'s> {
                     return Step::Failed(e);
                 }
             }
-            *this.span = this.session.body_span();
+            let session = &**this.session;
+            *this.span = telemetry::body_span(session.attempt_scope.as_ref(), &session.span);
         }
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         let mut polled = Polled::Pending;

@@ -48,8 +48,6 @@ pin_project_lite::pin_project! {
     /// the body is polled or dropped.
     pub(crate) struct Scoped<F> {
         ctx: AttemptCtx,
-        // The span the body runs in, entered around each poll (none with tracing off).
-        span: Option<tracing::Span>,
         #[pin]
         fut: Option<F>,
     }
@@ -58,8 +56,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // A body dropped mid-way (its timeout, a lost hedge) may still look at its
-            // attempt, and log in its span, while it unwinds its own state.
-            let _entered = this.span.as_ref().map(tracing::Span::enter);
+            // attempt while it unwinds its own state.
             let mut fut = this.fut;
             in_attempt(this.ctx, &mut || fut.set(None));
         }
@@ -67,11 +64,10 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> Scoped<F> {
-    /// `fut` run with `ctx` as its attempt, and in `span` when there is one.
-    pub(crate) fn new(ctx: AttemptCtx, span: Option<tracing::Span>, fut: F) -> Scoped<F> {
+    /// `fut` run with `ctx` as its attempt.
+    pub(crate) fn new(ctx: AttemptCtx, fut: F) -> Scoped<F> {
         Scoped {
             ctx,
-            span,
             fut: Some(fut),
         }
     }
@@ -91,7 +87,6 @@ impl<F: std::future::Future> std::future::Future for Scoped<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        let _entered = this.span.as_ref().map(tracing::Span::enter);
         match this.fut.as_pin_mut() {
             Some(mut fut) => {
                 let mut out = std::task::Poll::Pending;

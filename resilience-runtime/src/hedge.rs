@@ -62,7 +62,7 @@ impl<F: Future> Running<F> {
     ) -> Running<F> {
         let (until, limit, ctx) = ctx;
         Running {
-            body: Scoped::new(ctx, None, body),
+            body: Scoped::new(ctx, body),
             until: tokio::time::sleep_until(until),
             limit,
             done: false,

@@ -565,16 +565,6 @@ impl Session {
         self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected)
     }
 
-    /// The span the attempt's body runs in (its attempt's, else the call's), or `None` with
-    /// tracing off.
-    pub(crate) fn body_span(&self) -> Option<tracing::Span> {
-        if self.span.is_disabled() && self.attempt_scope.is_none() {
-            return None;
-        }
-        let span = telemetry::body_span(self.attempt_scope.as_ref(), &self.span);
-        (!span.is_disabled()).then_some(span)
-    }
-
     /// A context of its own for a hedge (or a hedged policy's first attempt) numbered
     /// `self.attempts`, ending at `until`: the call's identities, a span id of its own,
     /// nothing recorded.

@@ -493,12 +493,13 @@ pub(crate) fn traceparent(
         .to_owned()
 }
 
-/// The span an attempt's body runs in: its own, else (disabled by a filter) the call's.
-#[inline]
-pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Span {
+/// The span an attempt's body runs in: its own, else (disabled by a filter) the call's; `None`
+/// when both are disabled (tracing off), without cloning either.
+pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Option<Span> {
     match scope {
-        Some(s) if !s.span.is_disabled() => s.span.clone(),
-        _ => call.clone(),
+        Some(s) if !s.span.is_disabled() => Some(s.span.clone()),
+        _ if call.is_disabled() => None,
+        _ => Some(call.clone()),
     }
 }
 
