@@ -522,3 +522,22 @@ async fn a_body_that_declares_what_it_sent_is_retried_as_that() {
     assert!(matches!(r.0, Err(StoreError::ConnectionLost)), "{:?}", r.0);
     assert_eq!(r.1.map(|c| c.attempts), Some(1));
 }
+
+/// A body that is not `Send` (an `Rc` held across an await): fine on a current-thread runtime.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn not_send_body(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let seen = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let resp = http.get(url).resilient().send().await?;
+    seen.set(seen.get() + 1);
+    Ok(resp.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_is_not_send_is_retried_on_its_own_task() {
+    let server = flaky().await;
+    assert_eq!(
+        not_send_body(&client(), &server.url("/x")).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(server.count(), 3);
+}
