@@ -105,3 +105,51 @@ async fn a_body_that_uses_up_the_task_budget_still_times_out() {
     let e = r.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
 }
+
+// The backoff is waited out by the next attempt itself, before its body is first polled: the
+// body of a retry starts once the delay has passed, and not at all when the caller gave up
+// during the delay.
+
+static STARTS: std::sync::Mutex<Vec<Instant>> = std::sync::Mutex::new(Vec::new());
+
+#[resilient(method = GET, timeout = "1s", deadline = "10s", max_attempts = 3, backoff(initial = "1s", max = "1s", jitter = none), budget = false)]
+async fn backs_off(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    STARTS.lock().unwrap().push(Instant::now());
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_starts_after_its_backoff_and_never_when_the_caller_gave_up_during_it() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+
+    // The caller gives up 500 ms into the 1 s backoff after the first 503.
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), backs_off(&c, &url)).await;
+    assert!(gave_up.is_err(), "the call should still be backing off");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        server.count(),
+        1,
+        "a retry was sent after the caller gave up"
+    );
+    assert_eq!(STARTS.lock().unwrap().len(), 1, "a retry's body ran");
+
+    // Awaited to the end: three attempts, each body starting a full backoff after the last.
+    STARTS.lock().unwrap().clear();
+    let started = Instant::now();
+    let e = backs_off(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Call, "{e}");
+    assert_eq!(e.attempts(), 3);
+    assert_eq!(server.count(), 4);
+    let starts = STARTS.lock().unwrap().clone();
+    assert_eq!(starts.len(), 3);
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_secs(1) && gap < Duration::from_millis(1100),
+            "a retry's body started {gap:?} after the previous one"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}

@@ -412,7 +412,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
                         (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
                     };
-                    match __resilience_session.after_failure(__resilience_class).await {
+                    match __resilience_session.after_failure(__resilience_class) {
                         #p::Next::Retry => #on_retry,
                         #p::Next::Return => {}
                         #p::Next::Replace(error) => {

@@ -43,6 +43,17 @@ pub(crate) fn in_attempt(ctx: &AttemptCtx, f: &mut dyn FnMut()) {
     CURRENT.set(ctx, f)
 }
 
+/// Polls an attempt's body (`body(Some(cx))`) with `ctx` as the current attempt. Not
+/// generic: the body is a `dyn`, so this is compiled once.
+#[inline]
+pub(crate) fn poll_in_attempt(
+    ctx: &AttemptCtx,
+    body: &mut dyn FnMut(Option<&mut std::task::Context<'_>>) -> crate::attempt::Polled,
+    cx: &mut std::task::Context<'_>,
+) -> crate::attempt::Polled {
+    CURRENT.set(ctx, || body(Some(cx)))
+}
+
 pin_project_lite::pin_project! {
     /// An attempt's body with its context: the context is reachable ([`with_attempt`]) while
     /// the body is polled or dropped.

@@ -113,6 +113,10 @@ where
     let Some(hedge) = s.policy.hedge else {
         return s.attempt(std::pin::pin!(Some(make()))).await;
     };
+    // The backoff after the previous attempt, as `Session::attempt` waits it out.
+    if let Some(at) = s.retry_at.take() {
+        tokio::time::sleep_until(at).await;
+    }
     let ctx = match s.begin_attempt() {
         Ok((until, limit)) => (until, limit, s.attempt_ctx(until)),
         Err(e) => return Err(E::from(e)),

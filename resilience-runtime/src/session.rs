@@ -11,7 +11,7 @@
 //!     let mut r = session.attempt(pin!(Some(async { /* the function's body */ }))).await;
 //!     if let Err(e) = &mut r {
 //!         let class = probe(e, session.attempts());
-//!         match session.after_failure(class).await {
+//!         match session.after_failure(class) { // the next attempt waits out the backoff
 //!             Next::Retry => continue,
 //!             Next::Return => {}
 //!             Next::Replace(err) => r = Err(From::from(err)),
@@ -148,7 +148,7 @@ fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
 /// What the generated loop does after a failed attempt.
 #[derive(Debug)]
 pub enum Next {
-    /// Run the body again (the backoff delay has already been slept).
+    /// Run the body again: the next attempt waits out the backoff delay first.
     Retry,
     /// Return the failed attempt's own error.
     Return,
@@ -213,6 +213,9 @@ pub struct Session {
     admitted: bool,
     /// Backoff, Retry-After and bulkhead waits.
     waited: Duration,
+    /// When the next attempt may start: set by [`after_failure`](Self::after_failure) when
+    /// it decides to retry, waited out by the next [`attempt`](Self::attempt).
+    pub(crate) retry_at: Option<Instant>,
     /// The least safe method sent over all attempts, and whether every request carried the key.
     sent: Option<Method>,
     sent_unkeyed: bool,
@@ -373,6 +376,7 @@ impl Session {
             nested: outer.is_some(),
             admitted,
             waited: Duration::ZERO,
+            retry_at: None,
             sent: None,
             sent_unkeyed: false,
             backoff: None,
@@ -672,9 +676,10 @@ impl Session {
     }
 
     /// Decides what follows a failed attempt, given the class the error itself reported
-    /// (`None`: it said nothing; the recorded response then decides). Sleeps the backoff
-    /// before returning [`Next::Retry`].
-    pub async fn after_failure(&mut self, reported: Option<Class>) -> Next {
+    /// (`None`: it said nothing; the recorded response then decides). Not `async`: after
+    /// [`Next::Retry`] the next [`attempt`](Self::attempt) waits out the backoff before it
+    /// starts, so the generated loop has one `await` per attempt.
+    pub fn after_failure(&mut self, reported: Option<Class>) -> Next {
         let class = match self.last.runtime {
             Some(ErrorKind::CircuitOpen) => Class::Rejected,
             Some(_) => Class::Timeout,
@@ -768,7 +773,7 @@ impl Session {
                     delay,
                 );
                 self.waited += delay;
-                tokio::time::sleep_until(now + delay).await;
+                self.retry_at = Some(now + delay);
                 Next::Retry
             }
         }

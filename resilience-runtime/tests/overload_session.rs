@@ -98,7 +98,7 @@ async fn call(rng: &mut fastrand::Rng, fail_percent: u8) -> Result<(), CallError
                 CallError::Unavailable => Some(Class::Status(503)),
                 CallError::Runtime(_) => None,
             };
-            match session.after_failure(class).await {
+            match session.after_failure(class) {
                 Next::Retry => continue,
                 Next::Return => {}
                 Next::Replace(err) => r = Err(CallError::from(err)),
