@@ -152,8 +152,19 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
     for _ in 0..2 {
         broken(&c, &down.url("/")).await.unwrap_err();
     }
+    let before = resilience_runtime::metrics::policy("metrics::broken").unwrap();
     let refused = broken(&c, &down.url("/")).await.unwrap_err();
     assert_eq!(refused.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+    // The pull API counts the refusal as refused by the breaker and as failed without retry.
+    let after = resilience_runtime::metrics::policy("metrics::broken").unwrap();
+    assert_eq!(
+        (
+            after.rejected_breaker - before.rejected_breaker,
+            after.failed_without_retry - before.failed_without_retry,
+            after.failed_with_retry - before.failed_with_retry,
+        ),
+        (1, 1, 0)
+    );
     let b = r#"breaker="m_breaker""#;
     assert_eq!(
         sample(

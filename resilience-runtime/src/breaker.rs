@@ -527,7 +527,7 @@ impl Breaker {
             _ => return false,
         }
         let w = self.word.load(Ordering::Acquire);
-        if state_bits(w) != OPEN || self.now_ms_floor().saturating_sub(ring(w)) >= self.open_ms {
+        if state_bits(w) != OPEN || !self.still_open(ring(w)) {
             return false;
         }
         self.reject::<()>().is_err()
@@ -702,6 +702,17 @@ impl Breaker {
         }
     }
 
+    /// Whether a breaker that opened `opened_at` ms after the origin is still open now: the
+    /// same as `now_ms_floor() - opened_at < open_ms`, as one `Instant` addition and comparison
+    /// (cheaper than measuring the duration since the origin, on every refused call). An open
+    /// time too long to be an `Instant` never ends.
+    fn still_open(&self, opened_at: u64) -> bool {
+        let open_until = self.origin.checked_add(Duration::from_millis(
+            opened_at.saturating_add(self.open_ms),
+        ));
+        open_until.is_none_or(|until| Instant::now() < until)
+    }
+
     fn since_origin(&self) -> Duration {
         Instant::now().saturating_duration_since(self.origin)
     }
@@ -853,13 +864,19 @@ mod tests {
         assert!(b.try_acquire().is_err());
         advance(SPEC.open_for - Duration::from_millis(1)).await;
         assert!(b.try_acquire().is_err(), "1 ms early");
+        // The check at a call's start (before any session) agrees, to the millisecond.
+        assert!(b.refuses_now(), "1 ms early, at the call's start");
         assert_eq!(b.state(), BreakerState::Open);
         advance(Duration::from_millis(1)).await;
+        assert!(
+            !b.refuses_now(),
+            "the open time is over: the call may start"
+        );
         let p = b.try_acquire().expect("first probe");
         assert!(p.is_probe());
         assert_eq!(b.state(), BreakerState::HalfOpen);
         drop(p);
-        assert_eq!(b.snapshot().rejected, 2);
+        assert_eq!(b.snapshot().rejected, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,9 @@ pub struct PolicyMetrics {
     pub(crate) failed_with_retry: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) rejected_breaker: AtomicU64,
+    // Calls an open breaker refused before their first attempt: each is one `rejected_breaker`
+    // and one `failed_without_retry` in the snapshot, one atomic add on the refusal's path.
+    pub(crate) refused_by_breaker: AtomicU64,
     pub(crate) rejected_budget: AtomicU64,
     pub(crate) rejected_bulkhead: AtomicU64,
     pub(crate) rejected_rate_limit: AtomicU64,
@@ -76,13 +79,14 @@ impl PolicyMetrics {
     /// The counters now.
     pub fn snapshot(&self) -> PolicySnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let refused = l(&self.refused_by_breaker);
         PolicySnapshot {
             successful_without_retry: l(&self.successful_without_retry),
             successful_with_retry: l(&self.successful_with_retry),
-            failed_without_retry: l(&self.failed_without_retry),
+            failed_without_retry: l(&self.failed_without_retry) + refused,
             failed_with_retry: l(&self.failed_with_retry),
             retries: l(&self.retries),
-            rejected_breaker: l(&self.rejected_breaker),
+            rejected_breaker: l(&self.rejected_breaker) + refused,
             rejected_budget: l(&self.rejected_budget),
             rejected_bulkhead: l(&self.rejected_bulkhead),
             rejected_rate_limit: l(&self.rejected_rate_limit),

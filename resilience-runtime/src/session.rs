@@ -126,8 +126,8 @@ fn open(
 #[inline(never)]
 fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
     let m = shared.metrics;
-    PolicyMetrics::incr(&m.rejected_breaker);
-    PolicyMetrics::incr(&m.failed_without_retry);
+    // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
+    PolicyMetrics::incr(&m.refused_by_breaker);
     telemetry::call_rejected_by_breaker(shared); // telemetry (issue 12)
     tracing::warn!(
         function = shared.function,
