@@ -1,4 +1,5 @@
-//! One contender in a loop, for a profiler: `PROFILE_CASE=<contender> PROFILE_CALLS=<n>`.
+//! One contender in a loop, for a profiler: `PROFILE_CASE=<contender> PROFILE_CALLS=<n>`
+//! (`PROFILE_CASE=flaky_<contender>`: its calls fail once first).
 //!
 //! ```sh
 //! cargo bench -p resilience-benches --bench profile --no-run
@@ -12,7 +13,7 @@
 #[macro_use]
 mod common;
 
-use common::micro::{BenchError, ok};
+use common::micro::{BenchError, flaky, ok};
 use resilience_runtime::resilient;
 
 /// `PROFILE_CASE=resilient_open`: a call its open breaker refuses (as in `faults.rs`: it fails
@@ -38,6 +39,13 @@ fn main() {
                     found = true;
                     for _ in 0..calls {
                         assert!(ok::$f().await.is_ok(), "{}: call failed", $name);
+                    }
+                }
+                // `flaky_<contender>`: every call fails once, then succeeds (its retry rungs).
+                if case.strip_prefix("flaky_") == Some($name) {
+                    found = true;
+                    for _ in 0..calls {
+                        let _ = flaky::$f().await;
                     }
                 }
             };
