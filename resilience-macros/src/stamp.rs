@@ -10,7 +10,7 @@
 //! rewritten inside too.
 
 use proc_macro2::TokenStream;
-use quote::{ToTokens as _, quote, quote_spanned};
+use quote::{ToTokens as _, quote};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
 use syn::visit_mut::{self, VisitMut};
@@ -47,45 +47,20 @@ impl VisitMut for Rewriter<'_> {
                 return;
             }
             if name == "send" && m.args.is_empty() {
-                let recv = &m.receiver;
-                let span = recv.span();
+                let span = m.receiver.span();
+                let recv = take(&mut m.receiver);
                 // A block, so that the holder is dropped before the `.await` that follows and
                 // the body's future stays `Send`.
-                let stamped = quote_spanned! {span=>
-                    {
-                        let __resilience_sent = #p::Stampable::new(#recv);
-                        (&&__resilience_sent).__resilience_stamp()
-                    }
-                };
-                if let Ok(new) = syn::parse2::<syn::Expr>(stamped) {
-                    *m.receiver = new;
-                    self.found.rewritten += 1;
-                }
+                *m.receiver = held(p, span, recv, "__resilience_stamp");
+                self.found.rewritten += 1;
             } else if name == "execute" && m.args.len() == 1 {
-                let arg = &m.args[0];
-                let span = arg.span();
-                let stamped = quote_spanned! {span=>
-                    {
-                        let __resilience_sent = #p::Stampable::new(#arg);
-                        (&&__resilience_sent).__resilience_stamp_arg()
-                    }
-                };
-                let Ok(stamped) = syn::parse2::<syn::Expr>(stamped) else {
-                    return;
-                };
-                m.args[0] = stamped;
-                let call = m.to_token_stream();
+                let span = m.args[0].span();
+                let arg = take(&mut m.args[0]);
+                m.args[0] = held(p, span, arg, "__resilience_stamp_arg");
                 let span = m.method.span();
-                let observed = quote_spanned! {span=>
-                    {
-                        let __resilience_sent = #p::Stampable::new(#call);
-                        (&&__resilience_sent).__resilience_observe()
-                    }
-                };
-                if let Ok(new) = syn::parse2::<syn::Expr>(observed) {
-                    *e = new;
-                    self.found.rewritten += 1;
-                }
+                let call = take(e);
+                *e = held(p, span, call, "__resilience_observe");
+                self.found.rewritten += 1;
             }
         }
     }
@@ -110,6 +85,32 @@ impl VisitMut for Rewriter<'_> {
 
     // Items nested in the body may run outside the attempt: leave them as written.
     fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// Moves an expression out, leaving an empty placeholder that is overwritten at once.
+fn take(e: &mut syn::Expr) -> syn::Expr {
+    std::mem::replace(e, syn::Expr::Verbatim(TokenStream::new()))
+}
+
+/// `{ let __resilience_sent = P::Stampable::new(expr); (&&__resilience_sent).method() }`,
+/// spanned at `span`, with the user's expression moved in as it is: built as syntax, not printed
+/// and parsed again (a body's chains would otherwise be re-parsed once per `.send()`).
+fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str) -> syn::Expr {
+    let method = syn::Ident::new(method, span);
+    let mut block: syn::ExprBlock = syn::parse_quote_spanned! {span=>
+        {
+            let __resilience_sent = #p::Stampable::new(());
+            (&&__resilience_sent).#method()
+        }
+    };
+    if let Some(syn::Stmt::Local(local)) = block.block.stmts.first_mut()
+        && let Some(init) = &mut local.init
+        && let syn::Expr::Call(call) = &mut *init.expr
+        && let Some(arg) = call.args.first_mut()
+    {
+        *arg = expr;
+    }
+    syn::Expr::Block(block)
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.
