@@ -217,9 +217,11 @@ pub(crate) fn inbound() -> Inbound {
 #[derive(Debug)]
 pub(crate) struct AttemptCtx {
     pub attempt: u32,
-    pub request_id: u128,
-    pub trace_id: u128,
-    pub span_id: u64,
+    // The call's request and trace ids and the attempt's span id: 0 until first asked for
+    // (see `request_id()`), so a call that never sends, logs or nests draws none of them.
+    request_id: Cell<u128>,
+    trace_id: Cell<u128>,
+    span_id: Cell<u64>,
     pub trace_flags: u8,
     pub key: Option<Key>,
     /// When this attempt ends: its timeout or the call's deadline, whichever comes first.
@@ -236,6 +238,18 @@ pub(crate) struct AttemptCtx {
     pub retry_after: Cell<Option<Duration>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself.
     pub nested_gave_up: Cell<bool>,
+}
+
+/// The id in `cell`, drawn by `draw` (never zero) and kept if it is still 0 (not drawn yet).
+#[inline]
+fn drawn<T: Copy + PartialEq + Default>(cell: &Cell<T>, draw: impl FnOnce() -> T) -> T {
+    let v = cell.get();
+    if v != T::default() {
+        return v;
+    }
+    let v = draw();
+    cell.set(v);
+    v
 }
 
 /// What a call takes from the attempt it runs inside.
@@ -261,9 +275,9 @@ impl AttemptCtx {
     ) -> AttemptCtx {
         AttemptCtx {
             attempt: 0,
-            request_id,
-            trace_id,
-            span_id: 0,
+            request_id: Cell::new(request_id),
+            trace_id: Cell::new(trace_id),
+            span_id: Cell::new(0),
             trace_flags,
             key,
             until,
@@ -275,6 +289,28 @@ impl AttemptCtx {
             retry_after: Cell::new(None),
             nested_gave_up: Cell::new(false),
         }
+    }
+
+    /// The call's request id, the same on every attempt: the caller's (inbound or enclosing
+    /// call's), or drawn the first time it is asked for. Never zero.
+    pub(crate) fn request_id(&self) -> u128 {
+        drawn(&self.request_id, || fastrand::u128(..).max(1))
+    }
+
+    /// The call's trace id, the same on every attempt: the caller's, or drawn the first time
+    /// it is asked for. Never zero (W3C: an all-zero trace id is invalid).
+    pub(crate) fn trace_id(&self) -> u128 {
+        drawn(&self.trace_id, || fastrand::u128(..).max(1))
+    }
+
+    /// This attempt's span id, drawn the first time it is asked for. Never zero.
+    pub(crate) fn span_id(&self) -> u64 {
+        drawn(&self.span_id, || fastrand::u64(..).max(1))
+    }
+
+    /// The next attempt gets a span id of its own (drawn when asked for).
+    pub(crate) fn new_span(&mut self) {
+        *self.span_id.get_mut() = 0;
     }
 
     /// Nothing recorded yet: for the next attempt in the same context.
@@ -295,9 +331,9 @@ impl AttemptCtx {
     pub(crate) fn outer(&self) -> Outer {
         Outer {
             until: self.until,
-            trace_id: self.trace_id,
+            trace_id: self.trace_id(),
             trace_flags: self.trace_flags,
-            request_id: self.request_id,
+            request_id: self.request_id(),
             depth: self.depth,
         }
     }
@@ -325,13 +361,13 @@ pub struct AttemptInfo {
 pub fn current_attempt() -> Option<AttemptInfo> {
     with_attempt(|c| AttemptInfo {
         attempt: c.attempt,
-        request_id: RequestId(c.request_id).to_string(),
+        request_id: RequestId(c.request_id()).to_string(),
         idempotency_key: c
             .key
             .as_ref()
             .and_then(|k| k.header().to_str().ok().map(str::to_owned)),
         // telemetry (issue 12): the OpenTelemetry trace context when there is one.
-        traceparent: crate::telemetry::traceparent(c.trace_id, c.span_id, c.trace_flags),
+        traceparent: crate::telemetry::traceparent(c.trace_id(), c.span_id(), c.trace_flags),
         time_left: c.until.saturating_duration_since(Instant::now()),
         depth: c.depth,
     })

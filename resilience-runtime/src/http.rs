@@ -128,9 +128,10 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
     let request_id = (!headers.contains_key(&X_REQUEST_ID))
-        .then(|| buf.push(hex32(ctx.request_id).as_str().as_bytes()));
-    let traceparent = (!headers.contains_key(&TRACEPARENT))
-        .then(|| buf.push(Traceparent::new(ctx.trace_id, ctx.span_id, ctx.trace_flags).as_bytes()));
+        .then(|| buf.push(hex32(ctx.request_id()).as_str().as_bytes()));
+    let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
+        buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
+    });
     let left = ctx.until.saturating_duration_since(Instant::now());
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
     let timeout = buf.push_u64(ms);

@@ -105,8 +105,7 @@ fn open(
     shared: &'static Resolved,
     policy: &'static Policy,
     started: Instant,
-    request_id: u128,
-    depth: u8,
+    ctx: &AttemptCtx,
 ) -> tracing::Span {
     telemetry::on_call_start(shared); // telemetry (issue 12)
     if let Some(b) = shared.budget {
@@ -117,8 +116,9 @@ fn open(
         function = shared.function,
         policy = shared.policy,
         method = policy.method.as_str(),
-        request_id = tracing::field::display(RequestId(request_id)),
-        depth,
+        // Evaluated only when the span is enabled: the request id is drawn then, not before.
+        request_id = tracing::field::display(RequestId(ctx.request_id())),
+        depth = ctx.depth,
     )
 }
 
@@ -329,16 +329,12 @@ impl Session {
                     deadline = d;
                     left = deadline.saturating_duration_since(started);
                 }
-                // Ids are never zero (W3C: an all-zero trace id is invalid); `.max(1)` avoids
-                // range sampling's division on the hot path.
+                // The caller's ids, or 0: drawn when first asked for (`AttemptCtx::trace_id`).
                 let (trace, flags) = match inbound.trace {
                     Some((t, _, f)) => (t, f),
-                    None => (fastrand::u128(..).max(1), 1),
+                    None => (0, 1),
                 };
-                let rid = inbound
-                    .request_id
-                    .unwrap_or_else(|| fastrand::u128(..).max(1));
-                (trace, flags, rid, 0)
+                (trace, flags, inbound.request_id.unwrap_or(0), 0)
             }
         };
         // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
@@ -360,8 +356,9 @@ impl Session {
                     None => false,
                 },
             };
+        let ctx = AttemptCtx::new(request_id, trace_id, trace_flags, key, deadline, depth);
         let span = if admitted {
-            open(shared, policy, started, request_id, depth)
+            open(shared, policy, started, &ctx)
         } else {
             tracing::Span::none()
         };
@@ -372,7 +369,7 @@ impl Session {
             deadline,
             left_at_start: left,
             attempts: 0,
-            ctx: AttemptCtx::new(request_id, trace_id, trace_flags, key, deadline, depth),
+            ctx,
             nested: outer.is_some(),
             admitted,
             waited: Duration::ZERO,
@@ -457,13 +454,7 @@ impl Session {
     /// The call is admitted: counted, deposited in the budget, given its span.
     fn opened(&mut self) {
         self.admitted = true;
-        self.span = open(
-            self.shared,
-            self.policy,
-            self.started,
-            self.ctx.request_id,
-            self.ctx.depth,
-        );
+        self.span = open(self.shared, self.policy, self.started, &self.ctx);
     }
 
     /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
@@ -547,7 +538,7 @@ impl Session {
         let until = now + limit;
         let c = &mut self.ctx;
         c.attempt = self.attempts;
-        c.span_id = fastrand::u64(..).max(1);
+        c.new_span();
         c.until = until;
         if self.attempts > 1 {
             c.reset();
@@ -575,15 +566,14 @@ impl Session {
     pub(crate) fn attempt_ctx(&self, until: Instant) -> AttemptCtx {
         let c = &self.ctx;
         let mut ctx = AttemptCtx::new(
-            c.request_id,
-            c.trace_id,
+            c.request_id(),
+            c.trace_id(),
             c.trace_flags,
             c.key.clone(),
             until,
             c.depth,
         );
         ctx.attempt = self.attempts;
-        ctx.span_id = fastrand::u64(..).max(1);
         ctx
     }
 
