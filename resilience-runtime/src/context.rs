@@ -240,7 +240,9 @@ pub(crate) struct AttemptCtx {
     pub nested_gave_up: Cell<bool>,
 }
 
-/// The id in `cell`, drawn by `draw` (never zero) and kept if it is still 0 (not drawn yet).
+/// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
+/// never give 0: `.max(1)` on the full range, not a range from 1, which would cost a division
+/// on the hot path.
 #[inline]
 fn drawn<T: Copy + PartialEq + Default>(cell: &Cell<T>, draw: impl FnOnce() -> T) -> T {
     let v = cell.get();
