@@ -487,8 +487,7 @@ impl Breaker {
             let (next, probe) = match state_bits(w) {
                 CLOSED => return Ok(self.permit(generation(w), false, now)),
                 OPEN => {
-                    let opened_at = ring(w);
-                    if self.ms_floor_at(now).saturating_sub(opened_at) < self.open_ms {
+                    if self.still_open(ring(w), now) {
                         return self.reject();
                     }
                     (half_open(next_generation(w), 0, 1), true)
@@ -527,7 +526,7 @@ impl Breaker {
             _ => return false,
         }
         let w = self.word.load(Ordering::Acquire);
-        if state_bits(w) != OPEN || !self.still_open(ring(w)) {
+        if state_bits(w) != OPEN || !self.still_open(ring(w), None) {
             return false;
         }
         self.reject::<()>().is_err()
@@ -702,15 +701,16 @@ impl Breaker {
         }
     }
 
-    /// Whether a breaker that opened `opened_at` ms after the origin is still open now: the
-    /// same as `now_ms_floor() - opened_at < open_ms`, as one `Instant` addition and comparison
-    /// (cheaper than measuring the duration since the origin, on every refused call). An open
-    /// time too long to be an `Instant` never ends.
-    fn still_open(&self, opened_at: u64) -> bool {
+    /// Whether a breaker that opened `opened_at` ms after the origin is still open at `now`
+    /// (the clock when `None`): the same as `ms_floor_at(now) - opened_at < open_ms` (`open_ms`
+    /// is at least 1), as one `Instant` addition and comparison, cheaper than measuring the
+    /// duration since the origin on every refused call. An open time too long to be an
+    /// `Instant` never ends.
+    fn still_open(&self, opened_at: u64, now: Option<Instant>) -> bool {
         let open_until = self.origin.checked_add(Duration::from_millis(
             opened_at.saturating_add(self.open_ms),
         ));
-        open_until.is_none_or(|until| Instant::now() < until)
+        open_until.is_none_or(|until| now.unwrap_or_else(Instant::now) < until)
     }
 
     fn since_origin(&self) -> Duration {
