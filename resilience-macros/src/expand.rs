@@ -10,7 +10,8 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
 use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, Settings};
-use resilience_policy::validate::{RateStoreM, Shared};
+use resilience_policy::validate::Shared;
+use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
@@ -44,118 +45,75 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let stmts = &block.stmts;
     let prelude = crate::stamp::prelude(&p);
 
-    let method = match plan.method {
-        None => quote!(#p::Method::Other),
-        Some(m) => {
-            let v = match m {
-                Method::Get => quote!(Get),
-                Method::Head => quote!(Head),
-                Method::Options => quote!(Options),
-                Method::Trace => quote!(Trace),
-                Method::Put => quote!(Put),
-                Method::Delete => quote!(Delete),
-                Method::Post => quote!(Post),
-                Method::Patch => quote!(Patch),
-                _ => quote!(Other),
-            };
-            quote!(#p::Method::#v)
-        }
-    };
-    let timeout = dur(s.timeout.value);
-    let deadline = dur(s.deadline.value);
-    let max_attempts = s.max_attempts.value;
-    let max_retry_after = dur(s.max_retry_after.value);
+    // The policy, packed into one string the runtime unpacks on the first call: one literal is
+    // far cheaper for the compiler to check, function by function, than the same values
+    // written out as a struct expression.
     let b = &s.backoff;
-    let kind = match b.kind.value {
-        BackoffKind::Exponential => quote!(Exponential),
-        BackoffKind::Constant => quote!(Constant),
-    };
-    let jitter = match b.jitter.value {
-        Jitter::Full => quote!(Full),
-        Jitter::Equal => quote!(Equal),
-        Jitter::Decorrelated => quote!(Decorrelated),
-        Jitter::None => quote!(None),
-    };
-    let (initial, max, mult) = (
-        dur(b.initial.value),
-        dur(b.max.value),
-        b.multiplier_milli.value,
-    );
     let retry = s.retry_parts();
-    let (connect, reset, timeout_on, statuses) =
-        (retry.connect, retry.reset, retry.timeout, retry.statuses);
-    let key_source = match &s.idempotency_key.value {
-        KeyModel::None => quote!(None),
-        KeyModel::Auto => quote!(Auto),
-        KeyModel::Param(_) => quote!(Param),
-    };
-    let idempotent = s.idempotent.value;
+    let packed = Packed {
+        name: plan.policy_name.as_deref().unwrap_or(""),
+        // A method the policy does not name counts as the least safe.
+        method: plan.method.unwrap_or(Method::Other),
+        timeout: s.timeout.value,
+        deadline: s.deadline.value,
+        max_attempts: s.max_attempts.value,
+        backoff_constant: b.kind.value == BackoffKind::Constant,
+        backoff_initial: b.initial.value,
+        backoff_max: b.max.value,
+        backoff_multiplier_milli: b.multiplier_milli.value,
+        jitter: match b.jitter.value {
+            Jitter::Full => PackedJitter::Full,
+            Jitter::Equal => PackedJitter::Equal,
+            Jitter::Decorrelated => PackedJitter::Decorrelated,
+            Jitter::None => PackedJitter::None,
+        },
+        retry_connect: retry.connect,
+        retry_reset: retry.reset,
+        retry_timeout: retry.timeout,
+        retry_statuses: retry.statuses,
+        key: match &s.idempotency_key.value {
+            KeyModel::None => PackedKey::None,
+            KeyModel::Auto => PackedKey::Auto,
+            KeyModel::Param(_) => PackedKey::Param,
+        },
+        idempotent: s.idempotent.value,
+        max_retry_after: s.max_retry_after.value,
+        budget: plan
+            .shared
+            .budget
+            .as_ref()
+            .map(|(n, m)| (n.as_str(), m.ratio, m.min_per_sec)),
+        breaker: plan
+            .shared
+            .breaker
+            .as_ref()
+            .map(|(n, m)| (n.as_str(), m.spec)),
+        bulkhead: plan
+            .shared
+            .bulkhead
+            .as_ref()
+            .map(|(n, m)| (n.as_str(), m.max_concurrent, m.max_wait)),
+        rate_limit: plan
+            .shared
+            .rate_limit
+            .as_ref()
+            .map(|(n, m)| (n.as_str(), *m)),
+        concurrency: plan
+            .shared
+            .concurrency
+            .as_ref()
+            .map(|(n, m)| (n.as_str(), *m)),
+        hedge: s.hedge.value.as_ref().map(|h| (h.delay.value, h.max.value)),
+        unseen: Method::Other,
+    }
+    .pack();
+    let max_attempts = s.max_attempts.value;
 
     let function = quote!(::core::concat!(
         ::core::module_path!(),
         "::",
         ::core::stringify!(#ident)
     ));
-    // Inline only: the runtime names the policy after the function's full path.
-    let name = match &plan.policy_name {
-        Some(n) => quote!(#n),
-        None => quote!(""),
-    };
-    let budget = match &plan.shared.budget {
-        None => quote!(::core::option::Option::None),
-        Some((n, m)) => {
-            let (ratio, floor) = (m.ratio, m.min_per_sec);
-            quote!(::core::option::Option::Some((#n, #p::BudgetSpec { ratio: #ratio, min_per_sec: #floor })))
-        }
-    };
-    let breaker = match &plan.shared.breaker {
-        None => quote!(::core::option::Option::None),
-        Some((n, m)) => {
-            let (rate, min_calls, window, half) =
-                (m.failure_rate, m.min_calls, m.window, m.half_open_calls);
-            let open_for = dur(m.open_for);
-            let (window_for, slow, slow_rate) = (
-                dur(m.window_for),
-                dur(m.slow_call_duration),
-                m.slow_call_rate,
-            );
-            quote!(::core::option::Option::Some((#n, #p::BreakerSpec {
-                failure_rate: #rate, min_calls: #min_calls, window: #window, open_for: #open_for, half_open_calls: #half,
-                window_for: #window_for, slow_call_duration: #slow, slow_call_rate: #slow_rate,
-            })))
-        }
-    };
-    let bulkhead = match &plan.shared.bulkhead {
-        None => quote!(::core::option::Option::None),
-        Some((n, m)) => {
-            let (max_c, wait) = (m.max_concurrent, dur(m.max_wait));
-            quote!(::core::option::Option::Some((#n, #p::BulkheadSpec { max_concurrent: #max_c, max_wait: #wait })))
-        }
-    };
-    let rate_limit = match &plan.shared.rate_limit {
-        None => quote!(::core::option::Option::None),
-        Some((n, m)) => {
-            let (rate, burst, per, wait) = (m.rate, m.burst, dur(m.per), dur(m.max_wait));
-            let store = match m.store {
-                RateStoreM::Local => quote!(Local),
-                RateStoreM::Redis => quote!(Redis),
-            };
-            quote!(::core::option::Option::Some((#n, #p::RateLimitSpec {
-                rate: #rate, per: #per, burst: #burst, max_wait: #wait, store: #p::RateLimitStore::#store,
-            })))
-        }
-    };
-    let concurrency = match &plan.shared.concurrency {
-        None => quote!(::core::option::Option::None),
-        Some((n, m)) => {
-            let (initial, min, max, backoff) = (m.initial, m.min, m.max, m.backoff);
-            let (latency, wait) = (dur(m.latency), dur(m.max_wait));
-            quote!(::core::option::Option::Some((#n, #p::ConcurrencySpec {
-                kind: #p::ConcurrencyKind::Aimd, initial: #initial, min: #min, max: #max,
-                latency: #latency, backoff: #backoff, max_wait: #wait,
-            })))
-        }
-    };
 
     let key_arg = match &s.idempotency_key.value {
         KeyModel::None => quote!(#p::KeyArg::None),
@@ -169,13 +127,6 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     };
 
     let hedged = s.hedge.value.is_some();
-    let hedge = match &s.hedge.value {
-        None => quote!(::core::option::Option::None),
-        Some(h) => {
-            let (delay, max_h) = (dur(h.delay.value), h.max.value);
-            quote!(::core::option::Option::Some(#p::Hedge { delay: #delay, max: #max_h }))
-        }
-    };
 
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
@@ -343,7 +294,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // An open breaker refuses the call before anything else is set up.
     let refused = if plan.shared.breaker.is_some() {
         quote! {
-            if let ::core::option::Option::Some(error) = #p::Session::refused(&__RESILIENCE_POLICY, &__RESILIENCE_STATE) {
+            if let ::core::option::Option::Some(error) = #p::Session::refused_compiled(&__RESILIENCE_STATE) {
                 #on_start_error
                 return ::core::result::Result::Err(::core::convert::From::from(error));
             }
@@ -362,40 +313,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             #track
-            static __RESILIENCE_POLICY: #p::Policy = #p::Policy {
-                function: #function,
-                name: #name,
-                method: #method,
-                timeout: #timeout,
-                deadline: #deadline,
-                max_attempts: #max_attempts,
-                backoff: #p::Backoff {
-                    kind: #p::BackoffKind::#kind,
-                    initial: #initial,
-                    max: #max,
-                    multiplier_milli: #mult,
-                    jitter: #p::Jitter::#jitter,
-                },
-                retry_on: #p::RetryOn { connect: #connect, reset: #reset, timeout: #timeout_on, statuses: &[#(#statuses),*] },
-                idempotency_key: #p::KeySource::#key_source,
-                idempotent: #idempotent,
-                max_retry_after: #max_retry_after,
-                budget: #budget,
-                breaker: #breaker,
-                bulkhead: #bulkhead,
-                rate_limit: #rate_limit,
-                concurrency: #concurrency,
-                hedge: #hedge,
-                unseen: #p::Method::Other,
-                locate: ::core::option::Option::Some(__resilience_locate),
-            };
             fn __resilience_locate() -> &'static str {
                 #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
             }
-            static __RESILIENCE_STATE: #p::PolicyState = #p::PolicyState::new();
+            static __RESILIENCE_STATE: #p::PolicyState =
+                #p::PolicyState::compiled(#function, #packed, __resilience_locate);
             #refused
             let mut __resilience_session =
-                #p::Session::begin(&__RESILIENCE_POLICY, &__RESILIENCE_STATE, #key_arg);
+                #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
             if let ::core::option::Option::Some(error) = __resilience_session.take_refusal() {
                 #on_start_error
                 return ::core::result::Result::Err(::core::convert::From::from(error));

@@ -24,14 +24,8 @@ pub struct BudgetM {
 
 #[derive(Debug, Clone)]
 pub struct BreakerM {
-    pub failure_rate: f64,
-    pub min_calls: u32,
-    pub window: u32,
-    pub open_for: Duration,
-    pub half_open_calls: u32,
-    pub window_for: Duration,
-    pub slow_call_duration: Duration,
-    pub slow_call_rate: f64,
+    /// The settings, as the runtime is handed them.
+    pub spec: PackedBreaker,
     /// Where `slow_call_duration` was set, for the message about the timeout.
     pub slow_at: Option<Located>,
 }
@@ -42,31 +36,15 @@ pub struct BulkheadM {
     pub max_wait: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateStoreM {
-    Local,
-    Redis,
-}
+use resilience_spec::packed::PackedBreaker;
+/// Where a rate limit's state lives.
+pub use resilience_spec::packed::RateStore as RateStoreM;
 
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitM {
-    pub rate: u32,
-    pub per: Duration,
-    pub burst: u32,
-    pub max_wait: Duration,
-    pub store: RateStoreM,
-}
+/// A rate limit: what the runtime is handed, as is.
+pub use resilience_spec::packed::PackedRateLimit as RateLimitM;
 
-/// An adaptive concurrency limit (AIMD, the one kind so far).
-#[derive(Debug, Clone, Copy)]
-pub struct ConcurrencyM {
-    pub initial: u32,
-    pub min: u32,
-    pub max: u32,
-    pub latency: Duration,
-    pub backoff: f64,
-    pub max_wait: Duration,
-}
+/// An adaptive concurrency limit (AIMD, the one kind so far): what the runtime is handed, as is.
+pub use resilience_spec::packed::PackedConcurrency as ConcurrencyM;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ClientM {
@@ -118,14 +96,16 @@ pub fn read_budget(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Budg
 pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> BreakerM {
     check_table_keys(diags, t, BREAKER_KEYS, "breaker", fb);
     let mut m = BreakerM {
-        failure_rate: defaults::BREAKER_FAILURE_RATE,
-        min_calls: defaults::BREAKER_MIN_CALLS,
-        window: defaults::BREAKER_WINDOW,
-        open_for: defaults::BREAKER_OPEN_FOR,
-        half_open_calls: defaults::BREAKER_HALF_OPEN_CALLS,
-        window_for: defaults::BREAKER_WINDOW_FOR,
-        slow_call_duration: defaults::BREAKER_SLOW_CALL_DURATION,
-        slow_call_rate: defaults::BREAKER_SLOW_CALL_RATE,
+        spec: PackedBreaker {
+            failure_rate: defaults::BREAKER_FAILURE_RATE,
+            min_calls: defaults::BREAKER_MIN_CALLS,
+            window: defaults::BREAKER_WINDOW,
+            open_for: defaults::BREAKER_OPEN_FOR,
+            half_open_calls: defaults::BREAKER_HALF_OPEN_CALLS,
+            window_for: defaults::BREAKER_WINDOW_FOR,
+            slow_call_duration: defaults::BREAKER_SLOW_CALL_DURATION,
+            slow_call_rate: defaults::BREAKER_SLOW_CALL_RATE,
+        },
         slow_at: None,
     };
     let mut min_calls_at = None;
@@ -133,7 +113,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         match k.as_str() {
             "failure_rate" => {
                 match number(diags, v, fb, k).map(|x| (x, rules::breaker_failure_rate(x))) {
-                    Some((x, Ok(()))) => m.failure_rate = x,
+                    Some((x, Ok(()))) => m.spec.failure_rate = x,
                     Some((_, Err(b))) => err(diags, v, fb, b),
                     None => {}
                 }
@@ -143,11 +123,11 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                     let n = n as u32;
                     match k.as_str() {
                         "min_calls" => {
-                            m.min_calls = n;
+                            m.spec.min_calls = n;
                             min_calls_at = Some(v.clone());
                         }
-                        "window" => m.window = n,
-                        _ => m.half_open_calls = n,
+                        "window" => m.spec.window = n,
+                        _ => m.spec.half_open_calls = n,
                     }
                 }
                 Some(n) => err(diags, v, fb, rules::breaker_count(k, n).unwrap_err()),
@@ -155,7 +135,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             },
             "slow_call_rate" => {
                 match number(diags, v, fb, k).map(|x| (x, rules::breaker_slow_call_rate(x))) {
-                    Some((x, Ok(()))) => m.slow_call_rate = x,
+                    Some((x, Ok(()))) => m.spec.slow_call_rate = x,
                     Some((_, Err(b))) => err(diags, v, fb, b),
                     None => {}
                 }
@@ -163,7 +143,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             "window_for" => {
                 if let Some(d) = duration(diags, v, fb, k) {
                     match rules::breaker_window_for(d) {
-                        Ok(()) => m.window_for = d,
+                        Ok(()) => m.spec.window_for = d,
                         Err(b) => err(diags, v, fb, b),
                     }
                 }
@@ -173,7 +153,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                     if d.is_zero() {
                         err(diags, v, fb, "slow_call_duration must be longer than zero");
                     } else {
-                        m.slow_call_duration = d;
+                        m.spec.slow_call_duration = d;
                         m.slow_at = Some(v.clone());
                     }
                 }
@@ -183,16 +163,16 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                     if d.is_zero() {
                         err(diags, v, fb, "open_for must be longer than zero");
                     } else {
-                        m.open_for = d;
+                        m.spec.open_for = d;
                     }
                 }
             }
             _ => {}
         }
     }
-    if !m.window_for.is_zero() {
+    if !m.spec.window_for.is_zero() {
         // A time-based window holds however many calls the time brings.
-    } else if let Err(broken) = rules::breaker_min_calls(m.min_calls, m.window) {
+    } else if let Err(broken) = rules::breaker_min_calls(m.spec.min_calls, m.spec.window) {
         let at = min_calls_at.unwrap_or_else(|| {
             t.first().map(|(_, v)| v.clone()).unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
@@ -574,7 +554,8 @@ pub fn resolve_shared(
         }
     }
     if let Some((name, b)) = &shared.breaker
-        && let Err(broken) = rules::slow_call_within_timeout(b.slow_call_duration, s.timeout.value)
+        && let Err(broken) =
+            rules::slow_call_within_timeout(b.spec.slow_call_duration, s.timeout.value)
     {
         let at = b.slow_at.clone().unwrap_or(Located {
             value: crate::value::Value::Bool(true),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use resilience_spec::defaults;
+use resilience_spec::packed::Packed;
 
 use crate::breaker::BreakerSpec;
 use crate::budget::BudgetSpec;
@@ -195,6 +196,123 @@ pub struct Policy {
 pub use crate::invalid::InvalidPolicy;
 
 impl Policy {
+    /// The policy `#[resilient]` packed for `function` (see [`PolicyState::compiled`]).
+    ///
+    /// [`PolicyState::compiled`]: crate::__private::PolicyState::compiled
+    pub(crate) fn unpacked(
+        function: &'static str,
+        p: Packed<'static>,
+        locate: fn() -> &'static str,
+    ) -> Policy {
+        use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
+        use crate::hedge::Hedge;
+        use crate::ratelimit::RateLimitStore;
+        use resilience_spec::packed::{PackedJitter, PackedKey, RateStore};
+        // The default list is the usual one: no copy of it per function.
+        let statuses: &'static [u16] = if p.retry_statuses == defaults::RETRY_STATUSES {
+            defaults::RETRY_STATUSES
+        } else {
+            // Once per function and process, on its first call.
+            Box::leak(p.retry_statuses.into_boxed_slice())
+        };
+        Policy {
+            function,
+            name: p.name,
+            method: p.method,
+            timeout: p.timeout,
+            deadline: p.deadline,
+            max_attempts: p.max_attempts,
+            backoff: Backoff {
+                kind: if p.backoff_constant {
+                    BackoffKind::Constant
+                } else {
+                    BackoffKind::Exponential
+                },
+                initial: p.backoff_initial,
+                max: p.backoff_max,
+                multiplier_milli: p.backoff_multiplier_milli,
+                jitter: match p.jitter {
+                    PackedJitter::Full => Jitter::Full,
+                    PackedJitter::Equal => Jitter::Equal,
+                    PackedJitter::Decorrelated => Jitter::Decorrelated,
+                    PackedJitter::None => Jitter::None,
+                },
+            },
+            retry_on: RetryOn {
+                connect: p.retry_connect,
+                reset: p.retry_reset,
+                timeout: p.retry_timeout,
+                statuses,
+            },
+            idempotency_key: match p.key {
+                PackedKey::None => KeySource::None,
+                PackedKey::Auto => KeySource::Auto,
+                PackedKey::Param => KeySource::Param,
+            },
+            idempotent: p.idempotent,
+            max_retry_after: p.max_retry_after,
+            budget: p
+                .budget
+                .map(|(n, ratio, min_per_sec)| (n, BudgetSpec { ratio, min_per_sec })),
+            breaker: p.breaker.map(|(n, b)| {
+                (
+                    n,
+                    BreakerSpec {
+                        failure_rate: b.failure_rate,
+                        min_calls: b.min_calls,
+                        window: b.window,
+                        open_for: b.open_for,
+                        half_open_calls: b.half_open_calls,
+                        window_for: b.window_for,
+                        slow_call_duration: b.slow_call_duration,
+                        slow_call_rate: b.slow_call_rate,
+                    },
+                )
+            }),
+            bulkhead: p.bulkhead.map(|(n, max_concurrent, max_wait)| {
+                (
+                    n,
+                    BulkheadSpec {
+                        max_concurrent,
+                        max_wait,
+                    },
+                )
+            }),
+            hedge: p.hedge.map(|(delay, max)| Hedge { delay, max }),
+            rate_limit: p.rate_limit.map(|(n, r)| {
+                (
+                    n,
+                    RateLimitSpec {
+                        rate: r.rate,
+                        per: r.per,
+                        burst: r.burst,
+                        max_wait: r.max_wait,
+                        store: match r.store {
+                            RateStore::Redis => RateLimitStore::Redis,
+                            RateStore::Local => RateLimitStore::Local,
+                        },
+                    },
+                )
+            }),
+            concurrency: p.concurrency.map(|(n, c)| {
+                (
+                    n,
+                    ConcurrencySpec {
+                        kind: ConcurrencyKind::Aimd,
+                        initial: c.initial,
+                        min: c.min,
+                        max: c.max,
+                        latency: c.latency,
+                        backoff: c.backoff,
+                        max_wait: c.max_wait,
+                    },
+                )
+            }),
+            unseen: p.unseen,
+            locate: Some(locate),
+        }
+    }
+
     /// The built-in defaults of every key.
     pub const DEFAULT: Policy = Policy {
         function: "",

@@ -13,6 +13,7 @@ use crate::concurrency::{ConcurrencyLimit, ConcurrencySpec};
 use crate::counters::PolicyMetrics;
 use crate::policy::Policy;
 use crate::ratelimit::{RateLimitSpec, RateLimiter};
+use resilience_spec::packed::{Packed, Unpacked};
 
 type Map<T> = OnceLock<Mutex<HashMap<&'static str, &'static T>>>;
 
@@ -205,6 +206,9 @@ pub(crate) fn all_metrics() -> Vec<(&'static str, &'static PolicyMetrics)> {
 /// here, so two functions never share what their author did not share.
 #[derive(Debug)]
 pub struct PolicyState {
+    /// What `#[resilient]` compiled, for [`PolicyState::compiled`]: unpacked on the first call.
+    source: Option<Source>,
+    unpacked: OnceLock<(Policy, Option<Unpacked>)>,
     resolved: OnceLock<Resolved>,
     /// The policy a run-time override put in place of the compiled one.
     pub(crate) current: arc_swap::ArcSwapOption<&'static Policy>,
@@ -215,8 +219,22 @@ pub struct PolicyState {
     concurrency: OnceLock<ConcurrencyLimit>,
 }
 
+/// A compiled function's policy as the macro left it: the function's path (module and name),
+/// its policy packed into one string, and the function that finds its full path.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    function: &'static str,
+    packed: &'static str,
+    locate: fn() -> &'static str,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Resolved {
+    /// The policy as compiled (run-time overrides aside).
+    pub compiled: &'static Policy,
+    /// The compiled policy did not unpack: every call fails with this (never, when the macro
+    /// and the runtime come from the same release, as their exact version pins make sure).
+    pub broken: Option<&'static Unpacked>,
     /// The function's full path: module, impl type and name.
     pub function: &'static str,
     /// The policy's name: `[policies.NAME]`, or the function's path when inline only.
@@ -237,6 +255,8 @@ impl PolicyState {
     /// Nothing resolved yet.
     pub const fn new() -> PolicyState {
         PolicyState {
+            source: None,
+            unpacked: OnceLock::new(),
             resolved: OnceLock::new(),
             current: arc_swap::ArcSwapOption::const_empty(),
             budget: OnceLock::new(),
@@ -247,7 +267,63 @@ impl PolicyState {
         }
     }
 
+    /// The state of a function `#[resilient]` compiled: its policy `packed` into one string
+    /// (see `resilience_spec::packed`), unpacked on the function's first call. One string
+    /// literal is far cheaper for the compiler to check, function by function, than the policy
+    /// written out as a struct expression.
+    pub const fn compiled(
+        function: &'static str,
+        packed: &'static str,
+        locate: fn() -> &'static str,
+    ) -> PolicyState {
+        let mut state = PolicyState::new();
+        state.source = Some(Source {
+            function,
+            packed,
+            locate,
+        });
+        state
+    }
+
+    /// The shared state of a function built with [`compiled`](Self::compiled), its policy
+    /// unpacked on the first call.
+    #[inline]
+    pub(crate) fn resolve_compiled(&'static self) -> &'static Resolved {
+        match self.resolved.get() {
+            Some(r) => r,
+            None => self.resolve_first(),
+        }
+    }
+
+    #[cold]
+    fn resolve_first(&'static self) -> &'static Resolved {
+        let (policy, broken) = self.unpacked.get_or_init(|| match self.source {
+            Some(s) => match Packed::unpack(s.packed) {
+                Ok(p) => (Policy::unpacked(s.function, p, s.locate), None),
+                Err(e) => (
+                    Policy {
+                        function: s.function,
+                        locate: Some(s.locate),
+                        ..Policy::DEFAULT
+                    },
+                    Some(e),
+                ),
+            },
+            // Not compiled: resolved with the policy handed to `Session::begin` instead.
+            None => (Policy::DEFAULT, None),
+        });
+        self.resolve_with(policy, broken.as_ref())
+    }
+
     pub(crate) fn resolve(&'static self, policy: &'static Policy) -> &'static Resolved {
+        self.resolve_with(policy, None)
+    }
+
+    fn resolve_with(
+        &'static self,
+        policy: &'static Policy,
+        broken: Option<&'static Unpacked>,
+    ) -> &'static Resolved {
         self.resolved.get_or_init(|| {
             let function = policy.locate.map_or(policy.function, |f| f());
             let policy_name = if policy.name.is_empty() {
@@ -257,6 +333,8 @@ impl PolicyState {
             };
             crate::overrides::register(function, policy_name, policy, &self.current);
             Resolved {
+                compiled: policy,
+                broken,
                 function,
                 policy: policy_name,
                 budget: policy.budget.map(|(n, s)| {
@@ -340,7 +418,7 @@ pub fn function_path(nested_item_type_name: &'static str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::function_path;
+    use super::*;
 
     #[test]
     fn function_paths_keep_the_impl_type() {
@@ -353,5 +431,115 @@ mod tests {
             "<app::Svc as app::Api>::get"
         );
         assert_eq!(function_path("plain"), "plain");
+    }
+
+    fn here() -> &'static str {
+        "registry::tests::compiled"
+    }
+
+    #[test]
+    fn a_compiled_policy_is_unpacked_once_with_every_value() {
+        use resilience_spec::packed::{PackedBreaker, PackedJitter, PackedKey};
+        static PACKED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static STATE: std::sync::OnceLock<PolicyState> = std::sync::OnceLock::new();
+        let packed = PACKED.get_or_init(|| {
+            Packed {
+                name: "",
+                method: crate::Method::Put,
+                timeout: std::time::Duration::from_millis(1500),
+                deadline: std::time::Duration::from_secs(9),
+                max_attempts: 4,
+                backoff_constant: true,
+                backoff_initial: std::time::Duration::from_millis(20),
+                backoff_max: std::time::Duration::from_millis(80),
+                backoff_multiplier_milli: 3000,
+                jitter: PackedJitter::Equal,
+                retry_connect: true,
+                retry_reset: false,
+                retry_timeout: true,
+                retry_statuses: vec![503],
+                key: PackedKey::Auto,
+                idempotent: false,
+                max_retry_after: std::time::Duration::from_secs(5),
+                budget: Some(("", 0.3, 7)),
+                breaker: Some((
+                    "registry-tests-breaker",
+                    PackedBreaker {
+                        failure_rate: 0.4,
+                        min_calls: 6,
+                        window: 12,
+                        open_for: std::time::Duration::from_secs(3),
+                        half_open_calls: 2,
+                        window_for: std::time::Duration::ZERO,
+                        slow_call_duration: std::time::Duration::ZERO,
+                        slow_call_rate: 1.0,
+                    },
+                )),
+                bulkhead: None,
+                rate_limit: None,
+                concurrency: None,
+                hedge: None,
+                unseen: crate::Method::Other,
+            }
+            .pack()
+        });
+        let state = STATE.get_or_init(|| PolicyState::compiled("registry::f", packed, here));
+        let r = state.resolve_compiled();
+        assert!(std::ptr::eq(r, state.resolve_compiled()), "resolved once");
+        assert!(r.broken.is_none());
+        // The function's full path comes from its locator; an inline policy is named after it.
+        assert_eq!(
+            (r.function, r.policy),
+            ("registry::tests::compiled", "registry::tests::compiled")
+        );
+        let p = r.compiled;
+        assert_eq!(p.function, "registry::f");
+        assert_eq!(p.method, crate::Method::Put);
+        assert_eq!(
+            (p.timeout, p.deadline),
+            (
+                std::time::Duration::from_millis(1500),
+                std::time::Duration::from_secs(9)
+            )
+        );
+        assert_eq!(p.max_attempts, 4);
+        assert_eq!(p.backoff.kind, crate::BackoffKind::Constant);
+        assert_eq!(p.backoff.jitter, crate::Jitter::Equal);
+        assert_eq!(p.backoff.multiplier_milli, 3000);
+        assert_eq!(p.retry_on.statuses, &[503]);
+        assert!(p.retry_on.connect && !p.retry_on.reset && p.retry_on.timeout);
+        assert_eq!(p.idempotency_key, crate::KeySource::Auto);
+        assert_eq!(
+            p.budget.map(|(n, b)| (n, b.ratio, b.min_per_sec)),
+            Some(("", 0.3, 7))
+        );
+        let (name, b) = p.breaker.expect("a breaker");
+        assert_eq!(
+            (
+                name,
+                b.failure_rate,
+                b.min_calls,
+                b.window,
+                b.half_open_calls
+            ),
+            ("registry-tests-breaker", 0.4, 6, 12, 2)
+        );
+        assert_eq!(b.open_for, std::time::Duration::from_secs(3));
+        assert!(p.bulkhead.is_none() && p.hedge.is_none() && p.rate_limit.is_none());
+        // The shared state it names is made from the unpacked settings.
+        assert_eq!(r.breaker.map(|b| b.name()), Some("registry-tests-breaker"));
+        assert!(r.budget.is_some());
+    }
+
+    #[test]
+    fn a_policy_that_does_not_unpack_fails_every_call_with_an_error() {
+        static STATE: PolicyState = PolicyState::compiled("registry::g", "rp1,damaged", here);
+        for _ in 0..2 {
+            let mut s =
+                crate::session::Session::begin_compiled(&STATE, crate::__private::KeyArg::Auto);
+            let e = s.take_refusal().expect("refused");
+            assert!(e.to_string().contains("does not unpack"), "{e}");
+        }
+        assert!(crate::session::Session::refused_compiled(&STATE).is_none());
     }
 }

@@ -3,8 +3,10 @@
 //! The code `#[resilient]` generates drives a [`Session`]:
 //!
 //! ```ignore
-//! if let Some(e) = Session::refused(&POLICY, &STATE) { return Err(e.into()) } // breaker open
-//! let mut session = Session::begin(&POLICY, &STATE, key);
+//! // One static per function: its policy packed into a string, unpacked on the first call.
+//! static STATE: PolicyState = PolicyState::compiled(PATH, "rp1,…", locate);
+//! if let Some(e) = Session::refused_compiled(&STATE) { return Err(e.into()) } // breaker open
+//! let mut session = Session::begin_compiled(&STATE, key);
 //! if let Some(e) = session.take_refusal() { return Err(e.into()) }
 //! if !session.admitted() { session.admit().await?; } // bulkhead, concurrency or rate limit
 //! loop {
@@ -255,7 +257,17 @@ impl Session {
     /// deadline: nothing is sent), or `None` when the call goes ahead. Counted and reported
     /// as the refusal of a first attempt would be: one attempt, refused by the breaker.
     pub fn refused(policy: &'static Policy, state: &'static PolicyState) -> Option<Error> {
-        let shared = state.resolve(policy);
+        Session::refused_by(state.resolve(policy))
+    }
+
+    /// [`refused`](Self::refused) for a function `#[resilient]` compiled
+    /// ([`PolicyState::compiled`]).
+    pub fn refused_compiled(state: &'static PolicyState) -> Option<Error> {
+        Session::refused_by(state.resolve_compiled())
+    }
+
+    #[inline(always)]
+    fn refused_by(shared: &'static Resolved) -> Option<Error> {
         let breaker = shared.breaker?;
         if !breaker.refuses_now() {
             return None;
@@ -280,9 +292,24 @@ impl Session {
     /// moved out of a future or a `Result` of its own. [`take_refusal`](Self::take_refusal)
     /// says whether it may go on.
     pub fn begin(policy: &'static Policy, state: &'static PolicyState, key: KeyArg) -> Session {
-        let shared = state.resolve(policy);
-        let policy = crate::overrides::current(policy, &state.current);
+        Session::begin_resolved(state.resolve(policy), state, key)
+    }
+
+    /// [`begin`](Self::begin) for a function `#[resilient]` compiled
+    /// ([`PolicyState::compiled`]): its policy is the one packed in `state`.
+    pub fn begin_compiled(state: &'static PolicyState, key: KeyArg) -> Session {
+        Session::begin_resolved(state.resolve_compiled(), state, key)
+    }
+
+    #[inline(always)]
+    fn begin_resolved(
+        shared: &'static Resolved,
+        state: &'static PolicyState,
+        key: KeyArg,
+    ) -> Session {
+        let policy = crate::overrides::current(shared.compiled, &state.current);
         let (key, refusal) = match key {
+            _ if shared.broken.is_some() => (None, shared.broken.map(|e| Error::call(e.clone()))),
             KeyArg::None => (None, None),
             KeyArg::Auto => (Some(Key::Auto(uuid::Uuid::new_v4())), None),
             KeyArg::Given(Ok(h)) => (Some(Key::Given(h)), None),

@@ -182,6 +182,9 @@ pub const fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
 }
 
+/// A compiled policy packed into one string (macro → runtime).
+pub mod packed;
+
 /// The built-in defaults of every setting.
 pub mod defaults {
     use std::time::Duration;
