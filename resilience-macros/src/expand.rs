@@ -179,10 +179,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 
     // Without retries the loop never goes round again: no back edge, so the body may move its
     // by-value arguments (which are then not cloned and need not be `Clone`).
-    let on_retry = if max_attempts > 1 {
-        quote!(continue)
+    let after = if max_attempts > 1 {
+        quote! {
+            if __resilience_session.failed(__resilience_class, &mut __resilience_result) {
+                continue;
+            }
+        }
     } else {
-        quote!({})
+        quote!(let _ = __resilience_session.failed(__resilience_class, &mut __resilience_result);)
     };
 
     // A hedged policy runs the body more than once at a time: a fresh future (with its own
@@ -249,28 +253,18 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         },
         None => quote!(),
     };
-    let (note_replaced, finish) = match &fallback_call {
-        Some(call) => (
-            quote!(__resilience_replaced = ::core::option::Option::Some(error.kind());),
-            quote! {
-                if __resilience_result.is_err() {
-                    let __resilience_kind = match __resilience_replaced {
-                        ::core::option::Option::Some(kind) => kind,
-                        ::core::option::Option::None => __resilience_session.final_kind(),
-                    };
-                    if #p::fallback_applies(#mask, __resilience_kind) {
-                        ::core::mem::drop(__resilience_result);
-                        return #call;
-                    }
-                }
-            },
-        ),
-        None => (quote!(), quote!()),
-    };
-    let replaced_decl = if fallback_call.is_some() {
-        quote!(let mut __resilience_replaced: ::core::option::Option<#p::ErrorKind> = ::core::option::Option::None;)
-    } else {
-        quote!()
+    // The runtime's own limit that ended the call, or the function's own error: whether the
+    // fallback applies.
+    let finish = match &fallback_call {
+        Some(call) => quote! {
+            if __resilience_result.is_err()
+                && #p::fallback_applies(#mask, __resilience_session.final_kind())
+            {
+                ::core::mem::drop(__resilience_result);
+                return #call;
+            }
+        },
+        None => quote!(),
     };
 
     // A bulkhead or concurrency-limit slot or a rate-limit permit may have to be waited for;
@@ -326,7 +320,6 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 return ::core::result::Result::Err(::core::convert::From::from(error));
             }
             #admit
-            #replaced_decl
             #[allow(clippy::let_and_return)]
             let __resilience_result = loop {
                 #attempt
@@ -337,14 +330,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
                         (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
                     };
-                    match __resilience_session.after_failure(__resilience_class) {
-                        #p::Next::Retry => #on_retry,
-                        #p::Next::Return => {}
-                        #p::Next::Replace(error) => {
-                            #note_replaced
-                            __resilience_result = ::core::result::Result::Err(::core::convert::From::from(error));
-                        }
-                    }
+                    #after
                 }
                 break __resilience_result;
             };

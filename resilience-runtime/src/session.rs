@@ -232,6 +232,8 @@ pub struct Session {
     concurrency: Option<crate::concurrency::ConcurrencyPermit>,
     /// Why the call cannot start, found by `begin` (see [`Session::take_refusal`]).
     refusal: Option<Error>,
+    /// The runtime's error that [`failed`](Self::failed) put in place of the attempt's own.
+    replaced: Option<ErrorKind>,
 }
 
 impl Session {
@@ -411,6 +413,7 @@ impl Session {
             _bulkhead: None,
             concurrency: None,
             refusal,
+            replaced: None,
         }
     }
 
@@ -487,7 +490,9 @@ impl Session {
     /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
     /// function's own error (for `fallback_on`).
     pub fn final_kind(&self) -> ErrorKind {
-        self.last.runtime.unwrap_or(ErrorKind::Call)
+        self.replaced
+            .or(self.last.runtime)
+            .unwrap_or(ErrorKind::Call)
     }
 
     /// How many attempts have started.
@@ -792,6 +797,26 @@ impl Session {
                 self.waited += delay;
                 self.retry_at = Some(now + delay);
                 Next::Retry
+            }
+        }
+    }
+
+    /// [`after_failure`](Self::after_failure) as the generated loop uses it: `true` when the
+    /// body is to run again; a runtime error that replaces the attempt's own (the budget ran
+    /// out) is converted and put in `result`. Generic over the output only: one copy for all
+    /// the functions that return the same `Result`, and no conversion or `match` in each.
+    pub fn failed<T, E: From<Error>>(
+        &mut self,
+        reported: Option<Class>,
+        result: &mut Result<T, E>,
+    ) -> bool {
+        match self.after_failure(reported) {
+            Next::Retry => true,
+            Next::Return => false,
+            Next::Replace(error) => {
+                self.replaced = Some(error.kind());
+                *result = Err(E::from(error));
+                false
             }
         }
     }
