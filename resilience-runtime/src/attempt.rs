@@ -7,8 +7,9 @@
 //! into the future (it lives in the session, filled in place), one timer serves the backoff and
 //! then the attempt's limit, the limit's timer is armed only when the body first waits (a body
 //! that answers at once never touches the timer wheel, as `tokio::time::Timeout` never
-//! registers its timer then either; what is saved is building it), and a body that finished is
-//! dropped where it finished. What is compiled per annotated function is small: the poll and
+//! registers its timer then either; what is saved is building it), and a body cut short is
+//! dropped in its attempt's context (one that finished holds nothing more: it stays in its
+//! slot, never polled again). What is compiled per annotated function is small: the poll and
 //! drop of the body in its slot ([`Body`]) and a forwarding poll; everything before
 //! and after the body (the backoff, the breaker, the bookkeeping, the timer) is the
 //! non-generic [`Core`]'s, compiled once.
@@ -54,7 +55,7 @@ pub(crate) enum Polled {
     Ok,
     /// It answered `Err`.
     Err,
-    /// No body: it finished earlier, or was dropped when asked to be.
+    /// No body: it was dropped when asked to be.
     Gone,
 }
 
@@ -98,6 +99,10 @@ impl<'s> Core<'s> {
         body: &mut dyn FnMut(Option<&mut Context<'_>>) -> Polled,
     ) -> Step {
         let mut this = self.project();
+        // Polled again after it answered (or was dropped): its body is not polled again.
+        if *this.ended {
+            return Step::Pending;
+        }
         if !*this.started {
             if let Some(at) = *this.backoff_until {
                 if this.timer.is_none() {
@@ -134,7 +139,7 @@ impl<'s> Core<'s> {
                 }
                 return Step::Done;
             }
-            // Polled again after it finished.
+            // An empty slot: nothing to poll.
             Polled::Gone => return Step::Pending,
             Polled::Pending => {}
         }
@@ -165,28 +170,33 @@ impl<'s> Core<'s> {
 /// The `dyn` is made at each poll from the attempt's typed reference, so the attempt is `Send`
 /// exactly when the body is.
 pub(crate) trait Body<O> {
-    /// Polls the body (`Some(cx)`), or drops it (`None`: its time is up, its caller gave up,
-    /// or it may not start; then `Pending`). `None` when the slot is empty (the body finished,
-    /// or was dropped). A body that answers is dropped at once, in the poll.
+    /// Polls the body (`Some(cx)`; `None` when the slot is empty), or drops it (`None`: its
+    /// time is up, its caller gave up, or it may not start; then `None`).
+    ///
+    /// A body that answered is left in its slot, never polled again (the attempt has
+    /// `ended`): what a finished `async` block holds is already dropped, so dropping it there
+    /// and then would only cost code, a copy of the whole future per function.
     fn poll_body(self: Pin<&mut Self>, cx: Option<&mut Context<'_>>) -> Option<Poll<O>>;
 }
 
 impl<F: Future> Body<F::Output> for Option<F> {
+    // A `match`, not `Option::map`: no closure to compile per function.
+    #[allow(clippy::manual_map)]
     fn poll_body(
         mut self: Pin<&mut Self>,
         cx: Option<&mut Context<'_>>,
     ) -> Option<Poll<F::Output>> {
-        let polled = match (self.as_mut().as_pin_mut(), cx) {
-            (None, _) => return None,
-            (Some(body), Some(cx)) => match body.poll(cx) {
-                Poll::Pending => return Some(Poll::Pending),
-                ready => ready,
+        match cx {
+            Some(cx) => match self.as_pin_mut() {
+                Some(body) => Some(body.poll(cx)),
+                None => None,
             },
-            (Some(_), None) => Poll::Pending,
-        };
-        // One place where the body is dropped: when it answered, or when asked to.
-        self.set(None);
-        Some(polled)
+            // The one place where an unfinished body is dropped.
+            None => {
+                self.set(None);
+                None
+            }
+        }
     }
 }
 
