@@ -259,17 +259,14 @@ impl Session {
     /// deadline: nothing is sent), or `None` when the call goes ahead. Counted and reported
     /// as the refusal of a first attempt would be: one attempt, refused by the breaker.
     pub fn refused(policy: &'static Policy, state: &'static PolicyState) -> Option<Error> {
-        Session::refused_by(state.resolve(policy))
+        state.resolve(policy);
+        Session::refused_compiled(state)
     }
 
     /// [`refused`](Self::refused) for a function `#[resilient]` compiled
-    /// ([`PolicyState::compiled`]).
+    /// ([`PolicyState::compiled`]), or whose state [`refused`](Self::refused) resolved.
     pub fn refused_compiled(state: &'static PolicyState) -> Option<Error> {
-        Session::refused_by(state.resolve_compiled())
-    }
-
-    #[inline(always)]
-    fn refused_by(shared: &'static Resolved) -> Option<Error> {
+        let shared = state.resolve_compiled();
         let breaker = shared.breaker?;
         if !breaker.refuses_now() {
             return None;
@@ -294,29 +291,25 @@ impl Session {
     /// moved out of a future or a `Result` of its own. [`take_refusal`](Self::take_refusal)
     /// says whether it may go on.
     pub fn begin(policy: &'static Policy, state: &'static PolicyState, key: KeyArg) -> Session {
-        Session::begin_resolved(state.resolve(policy), state, key)
+        state.resolve(policy);
+        Session::begin_compiled(state, key)
     }
 
     /// [`begin`](Self::begin) for a function `#[resilient]` compiled
-    /// ([`PolicyState::compiled`]): its policy is the one packed in `state`.
+    /// ([`PolicyState::compiled`]): its policy is the one packed in `state` (or the one
+    /// [`begin`](Self::begin) resolved it with).
     pub fn begin_compiled(state: &'static PolicyState, key: KeyArg) -> Session {
-        Session::begin_resolved(state.resolve_compiled(), state, key)
-    }
-
-    #[inline(always)]
-    fn begin_resolved(
-        shared: &'static Resolved,
-        state: &'static PolicyState,
-        key: KeyArg,
-    ) -> Session {
+        let shared = state.resolve_compiled();
         let policy = crate::overrides::current(shared.compiled, &state.current);
-        let (key, refusal) = match key {
-            _ if shared.broken.is_some() => (None, shared.broken.map(|e| Error::call(e.clone()))),
+        let (key, mut refusal) = match key {
             KeyArg::None => (None, None),
             KeyArg::Auto => (Some(Key::Auto(uuid::Uuid::new_v4())), None),
             KeyArg::Given(Ok(h)) => (Some(Key::Given(h)), None),
             KeyArg::Given(Err(e)) => (None, Some(e)),
         };
+        if let Some(e) = shared.broken {
+            refusal = Some(Error::call(e.clone()));
+        }
         debug_assert!(
             key.is_some() || refusal.is_some() || policy.idempotency_key == KeySource::None
         );
@@ -369,7 +362,6 @@ impl Session {
         // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
         // permit free now), or refused at once: decided before the session is built, so that
         // it is built in one piece where it is returned, not built and then changed.
-        let mut refusal = refusal;
         let admitted = refusal.is_none()
             && shared.bulkhead.is_none()
             && shared.concurrency.is_none()
