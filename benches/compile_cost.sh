@@ -3,12 +3,18 @@
 # plain, each built as the only crate of a throwaway package with its dependencies already built.
 #
 #   benches/compile_cost.sh [FUNCTIONS] [RUNS] [build|check]   (defaults: 200, 3, build)
+#   COUNT=instructions benches/compile_cost.sh 200 1 check       (rustc under callgrind)
 #
 # Writes two packages under target/compile-cost/ (not committed), builds their dependencies once
 # into a target directory of their own, then, RUNS times and alternating the two, touches
 # src/lib.rs and times `cargo build` (or `cargo check`) with incremental compilation off, so each
 # run compiles the whole crate again and nothing else. Prints the medians (wall clock and CPU)
 # and their ratio as a Markdown table for BENCHMARKS.md.
+#
+# With COUNT=instructions it runs the compiler itself (the exact command cargo would run) once
+# per package under valgrind's callgrind and prints the instructions it executed: the same
+# count for the same inputs however busy the machine is, so two versions of the macro compare
+# even on a shared machine (valgrind must be installed; a build takes a few minutes).
 set -euo pipefail
 
 FUNCTIONS=${1:-200}
@@ -109,6 +115,28 @@ measure() {
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Instructions the compiler executes for package $1 (the command cargo runs, under callgrind).
+instructions() {
+    local dir="$OUT/$1" line
+    touch "$dir/src/lib.rs"
+    line=$(cd "$dir" && cargo "$COMMAND" --offline -v 2>&1 | sed -nE "s/^ *Running \`(.*--crate-name ${1//-/_} .*)\`$/\1/p" | tail -n 1)
+    line=$(sed -E 's/--error-format=json --json=[^ ]+ //' <<<"$line")
+    (cd "$dir" && eval "CARGO_MANIFEST_DIR=$dir valgrind --tool=callgrind --callgrind-out-file=/dev/null $line" 2>&1) |
+        sed -nE 's/.*Collected : ([0-9]+).*/\1/p'
+}
+
+if [[ ${COUNT:-} == instructions ]]; then
+    a=$(instructions cost-annotated)
+    p=$(instructions cost-plain)
+    echo
+    echo "| \`cargo $COMMAND\`, $FUNCTIONS async fns | instructions (callgrind) |"
+    echo "|---|---|"
+    awk -v a="$a" -v p="$p" 'BEGIN {
+        printf "| plain | %.2fG |\n| `#[resilient]` | %.2fG |\n| ratio | %.2f× |\n", p / 1e9, a / 1e9, a / p
+    }'
+    exit 0
+fi
 
 declare -a aw ac pw pc
 for ((r = 0; r < RUNS; r++)); do
