@@ -59,6 +59,22 @@ async fn pay(c: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
+/// A policy and a breaker whose names hold the characters of the compiled policy's own
+/// string form: they reach the runtime as written.
+#[resilient(
+    config = "tests/policies/odd_names.toml",
+    policy = "pay,ments: \"ü\" 1:x \\"
+)]
+async fn odd_names(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 fn always_503() -> Script {
     Script::always(Action::status(503))
 }
@@ -148,4 +164,20 @@ async fn client_pool_drops_idle_sockets_before_the_server_does() {
         3,
         "a fresh connection after each idle period"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn names_with_any_characters_reach_the_runtime_as_written() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(always_503()).await;
+    let e = odd_names(&c, &server.url("/")).await.unwrap_err();
+    // The file's max_attempts, read back from the compiled policy.
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert_eq!(server.count(), 3);
+    let policy = resilience_runtime::metrics::policy("pay,ments: \"ü\" 1:x \\")
+        .expect("the policy, under its name as written");
+    assert_eq!(policy.failed_with_retry, 1, "{policy:?}");
+    let breaker = resilience_runtime::metrics::breaker("br,eak:er \"ü\"")
+        .expect("the breaker, under its name as written");
+    assert_eq!(breaker.window_failures, 3, "{breaker:?}");
 }
