@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use quote::ToTokens as _;
 use resilience_policy::analysis::{Analysis, analyze};
-use resilience_policy::model::{BackoffKind, Jitter, KeyModel, StateRef};
+use resilience_policy::model::{BackoffKind, KeyModel, StateRef};
 use resilience_policy::value::Origin;
-use resilience_runtime::{Backoff, KeySource, Method, Policy, RetryOn};
+use resilience_runtime::Policy;
 use resilience_spec::fmt_duration;
 use syn::visit::Visit;
 
@@ -563,99 +563,33 @@ fn list(krate: &Crate, json: bool) {
 
 // --- Check -------------------------------------------------------------------------------------
 
-/// The runtime's view of an analysed function, for checking an override file against it.
-fn compiled(f: &Function) -> &'static Policy {
-    let s = &f.analysis.settings;
-    let m = f
-        .analysis
-        .method
-        .as_ref()
-        .map_or(Method::Other, |m| m.value);
-    let retry = s.retry_parts();
+/// The runtime's view of an analysed function, for checking an override file against it: the
+/// policy the macro packs into the function, read back as the runtime reads it, without the
+/// state it shares (budget, breaker, bulkhead), which an override file does not change.
+fn compiled(f: &Function) -> Result<&'static Policy, String> {
+    let packed: &'static str = Box::leak(f.analysis.packed().pack().into_boxed_str());
+    let function: &'static str = Box::leak(f.path.clone().into_boxed_str());
+    let p = resilience_runtime::__private::unpack_policy(function, packed)
+        .map_err(|e| e.to_string())?;
     let policy = Policy {
-        function: Box::leak(f.path.clone().into_boxed_str()),
-        name: Box::leak(
-            f.analysis
-                .policy_name
-                .clone()
-                .unwrap_or_default()
-                .into_boxed_str(),
-        ),
-        method: m,
-        timeout: s.timeout.value,
-        deadline: s.deadline.value,
-        max_attempts: s.max_attempts.value,
-        backoff: Backoff {
-            kind: match s.backoff.kind.value {
-                BackoffKind::Exponential => resilience_runtime::BackoffKind::Exponential,
-                BackoffKind::Constant => resilience_runtime::BackoffKind::Constant,
-            },
-            initial: s.backoff.initial.value,
-            max: s.backoff.max.value,
-            multiplier_milli: s.backoff.multiplier_milli.value,
-            jitter: match s.backoff.jitter.value {
-                Jitter::Full => resilience_runtime::Jitter::Full,
-                Jitter::Equal => resilience_runtime::Jitter::Equal,
-                Jitter::Decorrelated => resilience_runtime::Jitter::Decorrelated,
-                Jitter::None => resilience_runtime::Jitter::None,
-            },
-        },
-        retry_on: RetryOn {
-            connect: retry.connect,
-            reset: retry.reset,
-            timeout: retry.timeout,
-            statuses: Box::leak(retry.statuses.into_boxed_slice()),
-        },
-        idempotency_key: match s.idempotency_key.value {
-            KeyModel::None => KeySource::None,
-            KeyModel::Auto => KeySource::Auto,
-            KeyModel::Param(_) => KeySource::Param,
-        },
-        idempotent: s.idempotent.value,
-        max_retry_after: s.max_retry_after.value,
         budget: None,
         breaker: None,
         bulkhead: None,
-        hedge: s
-            .hedge
-            .value
-            .as_ref()
-            .map(|h| resilience_runtime::hedge::Hedge {
-                delay: h.delay.value,
-                max: h.max.value,
-            }),
         // The wait for a permit is checked against an overridden deadline.
-        rate_limit: f.analysis.shared.rate_limit.as_ref().map(|(_, r)| {
+        rate_limit: p.rate_limit.map(|(_, r)| {
             (
                 "",
                 resilience_runtime::ratelimit::RateLimitSpec {
-                    rate: r.rate,
-                    per: r.per,
-                    burst: r.burst,
-                    max_wait: r.max_wait,
                     store: resilience_runtime::ratelimit::RateLimitStore::Local,
+                    ..r
                 },
             )
         }),
         // The latency and the wait are checked against an overridden timeout and deadline.
-        concurrency: f.analysis.shared.concurrency.as_ref().map(|(_, c)| {
-            (
-                "",
-                resilience_runtime::concurrency::ConcurrencySpec {
-                    kind: resilience_runtime::concurrency::ConcurrencyKind::Aimd,
-                    initial: c.initial,
-                    min: c.min,
-                    max: c.max,
-                    latency: c.latency,
-                    backoff: c.backoff,
-                    max_wait: c.max_wait,
-                },
-            )
-        }),
-        unseen: Method::Other,
-        locate: None,
+        concurrency: p.concurrency.map(|(_, c)| ("", c)),
+        ..p
     };
-    Box::leak(Box::new(policy))
+    Ok(Box::leak(Box::new(policy)))
 }
 
 fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
@@ -667,14 +601,19 @@ fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
                 let functions: Vec<(&'static str, &'static str, &'static Policy)> = krate
                     .functions
                     .iter()
-                    .map(|f| {
-                        let p = compiled(f);
-                        let policy: &'static str = if p.name.is_empty() {
-                            p.function
-                        } else {
-                            p.name
-                        };
-                        (p.function, policy, p)
+                    .filter_map(|f| match compiled(f) {
+                        Ok(p) => {
+                            let policy: &'static str = if p.name.is_empty() {
+                                p.function
+                            } else {
+                                p.name
+                            };
+                            Some((p.function, policy, p))
+                        }
+                        Err(e) => {
+                            problems.push(format!("{}: {e}", f.path));
+                            None
+                        }
                     })
                     .collect();
                 match resilience_runtime::overrides::check(

@@ -46,13 +46,13 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
         manifest_dir.as_deref(),
         source_dir.as_deref(),
     )?;
+    let packed = a.packed().pack();
     let plan = Plan {
+        packed,
         func,
         settings: &a.settings,
-        method: a.method.map(|m| m.value),
         shared: &a.shared,
         krate: a.krate,
-        policy_name: a.policy_name,
         config_path: a.config_path,
     };
     Ok(expand(&plan))

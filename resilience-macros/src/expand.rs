@@ -9,18 +9,17 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
-use resilience_policy::model::{BackoffKind, Jitter, KeyModel, Method, Settings};
+use resilience_policy::model::{KeyModel, Settings};
 use resilience_policy::validate::Shared;
-use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
     pub settings: &'a Settings,
-    pub method: Option<Method>,
     pub shared: &'a Shared,
     pub krate: TokenStream,
-    pub policy_name: Option<String>,
     pub config_path: Option<String>,
+    /// The policy's values, packed (`Analysis::packed`).
+    pub packed: String,
 }
 
 /// `d` as a `::core::time::Duration` constant expression.
@@ -48,65 +47,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // The policy, packed into one string the runtime unpacks on the first call: one literal is
     // far cheaper for the compiler to check, function by function, than the same values
     // written out as a struct expression.
-    let b = &s.backoff;
-    let retry = s.retry_parts();
-    let packed = Packed {
-        name: plan.policy_name.as_deref().unwrap_or(""),
-        // A method the policy does not name counts as the least safe.
-        method: plan.method.unwrap_or(Method::Other),
-        timeout: s.timeout.value,
-        deadline: s.deadline.value,
-        max_attempts: s.max_attempts.value,
-        backoff_constant: b.kind.value == BackoffKind::Constant,
-        backoff_initial: b.initial.value,
-        backoff_max: b.max.value,
-        backoff_multiplier_milli: b.multiplier_milli.value,
-        jitter: match b.jitter.value {
-            Jitter::Full => PackedJitter::Full,
-            Jitter::Equal => PackedJitter::Equal,
-            Jitter::Decorrelated => PackedJitter::Decorrelated,
-            Jitter::None => PackedJitter::None,
-        },
-        retry_connect: retry.connect,
-        retry_reset: retry.reset,
-        retry_timeout: retry.timeout,
-        retry_statuses: retry.statuses,
-        key: match &s.idempotency_key.value {
-            KeyModel::None => PackedKey::None,
-            KeyModel::Auto => PackedKey::Auto,
-            KeyModel::Param(_) => PackedKey::Param,
-        },
-        idempotent: s.idempotent.value,
-        max_retry_after: s.max_retry_after.value,
-        budget: plan
-            .shared
-            .budget
-            .as_ref()
-            .map(|(n, m)| (n.as_str(), m.ratio, m.min_per_sec)),
-        breaker: plan
-            .shared
-            .breaker
-            .as_ref()
-            .map(|(n, m)| (n.as_str(), m.spec)),
-        bulkhead: plan
-            .shared
-            .bulkhead
-            .as_ref()
-            .map(|(n, m)| (n.as_str(), m.max_concurrent, m.max_wait)),
-        rate_limit: plan
-            .shared
-            .rate_limit
-            .as_ref()
-            .map(|(n, m)| (n.as_str(), *m)),
-        concurrency: plan
-            .shared
-            .concurrency
-            .as_ref()
-            .map(|(n, m)| (n.as_str(), *m)),
-        hedge: s.hedge.value.as_ref().map(|h| (h.delay.value, h.max.value)),
-        unseen: Method::Other,
-    }
-    .pack();
+    let packed = &plan.packed;
     let max_attempts = s.max_attempts.value;
 
     let function = quote!(::core::concat!(

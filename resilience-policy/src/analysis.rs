@@ -11,11 +11,12 @@ use crate::attr::{Entry, parse_args};
 use crate::config::{self, Config};
 use crate::diag::Diags;
 use crate::infer::infer_method;
-use crate::model::{Method, Set, Settings};
+use crate::model::{BackoffKind, Jitter, KeyModel, Method, Set, Settings};
 use crate::validate::{
     Shared, check_declared_method, check_function, check_keyed_body_sends, check_policy,
     effective_method, resolve_shared,
 };
+use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
 
 /// The effective policy of one function, with where each setting came from.
 #[derive(Debug)]
@@ -162,4 +163,71 @@ pub fn analyze(
         policy_name: policy.map(|p| p.0),
         config_path: config.as_ref().map(|c| c.path.display().to_string()),
     })
+}
+
+impl Analysis {
+    /// The policy's values as the runtime is handed them (`resilience_spec::packed`): what
+    /// the macro writes into the function as one string, and what the CLI checks an override
+    /// file against.
+    pub fn packed(&self) -> Packed<'_> {
+        let s = &self.settings;
+        let b = &s.backoff;
+        let retry = s.retry_parts();
+        Packed {
+            name: self.policy_name.as_deref().unwrap_or(""),
+            // A method the policy does not name counts as the least safe.
+            method: self.method.as_ref().map_or(Method::Other, |m| m.value),
+            timeout: s.timeout.value,
+            deadline: s.deadline.value,
+            max_attempts: s.max_attempts.value,
+            backoff_constant: b.kind.value == BackoffKind::Constant,
+            backoff_initial: b.initial.value,
+            backoff_max: b.max.value,
+            backoff_multiplier_milli: b.multiplier_milli.value,
+            jitter: match b.jitter.value {
+                Jitter::Full => PackedJitter::Full,
+                Jitter::Equal => PackedJitter::Equal,
+                Jitter::Decorrelated => PackedJitter::Decorrelated,
+                Jitter::None => PackedJitter::None,
+            },
+            retry_connect: retry.connect,
+            retry_reset: retry.reset,
+            retry_timeout: retry.timeout,
+            retry_statuses: retry.statuses,
+            key: match &s.idempotency_key.value {
+                KeyModel::None => PackedKey::None,
+                KeyModel::Auto => PackedKey::Auto,
+                KeyModel::Param(_) => PackedKey::Param,
+            },
+            idempotent: s.idempotent.value,
+            max_retry_after: s.max_retry_after.value,
+            budget: self
+                .shared
+                .budget
+                .as_ref()
+                .map(|(n, m)| (n.as_str(), m.ratio, m.min_per_sec)),
+            breaker: self
+                .shared
+                .breaker
+                .as_ref()
+                .map(|(n, m)| (n.as_str(), m.spec)),
+            bulkhead: self
+                .shared
+                .bulkhead
+                .as_ref()
+                .map(|(n, m)| (n.as_str(), m.max_concurrent, m.max_wait)),
+            rate_limit: self
+                .shared
+                .rate_limit
+                .as_ref()
+                .map(|(n, m)| (n.as_str(), *m)),
+            concurrency: self
+                .shared
+                .concurrency
+                .as_ref()
+                .map(|(n, m)| (n.as_str(), *m)),
+            hedge: s.hedge.value.as_ref().map(|h| (h.delay.value, h.max.value)),
+            unseen: Method::Other,
+        }
+    }
 }

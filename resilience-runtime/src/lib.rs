@@ -94,7 +94,9 @@ pub mod __private {
     pub use crate::fallback::applies as fallback_applies;
     pub use crate::hedge::Hedge;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
-    pub use crate::policy::{Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn};
+    pub use crate::policy::{
+        Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn, unpack_policy,
+    };
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
     pub use crate::ratelimit::{RateLimitSpec, RateLimitStore};
     pub use crate::registry::{PolicyState, function_path};

@@ -195,6 +195,16 @@ pub struct Policy {
 
 pub use crate::invalid::InvalidPolicy;
 
+/// The policy `packed` (what `#[resilient]` writes into a function, see `resilience_spec::packed`)
+/// for `function`: how the CLI checks an override file against what the macro compiled.
+#[doc(hidden)]
+pub fn unpack_policy(
+    function: &'static str,
+    packed: &'static str,
+) -> Result<Policy, resilience_spec::packed::Unpacked> {
+    Packed::unpack(packed).map(|p| Policy::unpacked(function, p, None))
+}
+
 impl Policy {
     /// The policy `#[resilient]` packed for `function` (see [`PolicyState::compiled`]).
     ///
@@ -202,7 +212,7 @@ impl Policy {
     pub(crate) fn unpacked(
         function: &'static str,
         p: Packed<'static>,
-        locate: fn() -> &'static str,
+        locate: Option<fn() -> &'static str>,
     ) -> Policy {
         use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
         use crate::hedge::Hedge;
@@ -309,7 +319,7 @@ impl Policy {
                 )
             }),
             unseen: p.unseen,
-            locate: Some(locate),
+            locate,
         }
     }
 

@@ -299,7 +299,7 @@ impl PolicyState {
     fn resolve_first(&'static self) -> &'static Resolved {
         let (policy, broken) = self.unpacked.get_or_init(|| match self.source {
             Some(s) => match Packed::unpack(s.packed) {
-                Ok(p) => (Policy::unpacked(s.function, p, s.locate), None),
+                Ok(p) => (Policy::unpacked(s.function, p, Some(s.locate)), None),
                 Err(e) => (
                     Policy {
                         function: s.function,
