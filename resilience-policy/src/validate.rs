@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use proc_macro2::Span;
 use quote::ToTokens as _;
+use resilience_spec::packed::PackedBreaker;
 use syn::spanned::Spanned as _;
 
 use crate::config::Config;
@@ -36,7 +37,6 @@ pub struct BulkheadM {
     pub max_wait: Duration,
 }
 
-use resilience_spec::packed::PackedBreaker;
 /// Where a rate limit's state lives.
 pub use resilience_spec::packed::RateStore as RateStoreM;
 
