@@ -78,6 +78,37 @@ async fn an_override_that_would_resend_an_unkeyed_post_is_refused() {
     assert_eq!(server.count(), 1);
 }
 
+/// Built without retries: the code generated for it runs the body once, and the body may move
+/// its arguments (here the request it was handed).
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn fetch_once(c: &reqwest::Client, request: reqwest::Request) -> Result<u16, Error> {
+    Ok(c.execute(request)
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_cannot_add_retries_to_a_function_built_without_them() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let request = || c.get(server.url("/")).build().unwrap();
+    fetch_once(&c, request()).await.unwrap_err(); // known to the overrides now
+    let file = "[functions.\"runbook::fetch_once\"]\nmax_attempts = 3\n";
+    let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("incident.toml:2:16: runbook::fetch_once (GET): max_attempts = 3, but this function was built with max_attempts = 1"),
+        "{msg}"
+    );
+    // Nothing applied: one request, and the error says one attempt ran.
+    server.clear();
+    let e = fetch_once(&c, request()).await.unwrap_err();
+    assert_eq!(server.count(), 1);
+    assert_eq!(e.attempts(), 1, "{e}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_files_are_refused_with_their_place() {
     let c = reqwest::Client::new();

@@ -22,7 +22,8 @@
 //! `max_retry_after`, `retry_on` and `backoff` (`kind`, `initial`, `max`, `multiplier`,
 //! `jitter`). The more specific section wins: the compiled policy < `[defaults]` <
 //! `[policies.NAME]` < `[functions."PATH"]`. What a function sends (its method, its key) is a
-//! compiled fact an override cannot change.
+//! compiled fact an override cannot change; so is a single attempt: the code generated for a
+//! function built with `max_attempts = 1` runs its body once (the body may move its arguments).
 //!
 //! Every override is checked with the rules the macro applies at compile time
 //! ([`resilience_spec::rules`]), against each function's compiled facts: an override that would
@@ -386,7 +387,7 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     if at.is_empty() {
         return Ok(None);
     }
-    // The rules, against the compiled facts (method, key, idempotent).
+    // The rules, against the compiled facts (method, key, idempotent, one attempt).
     let mut problems = Vec::new();
     let mut check = |r: Result<(), Broken>, blame: &[&'static str]| {
         if let Err(b) = r {
@@ -404,6 +405,10 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
         }
     };
     check(rules::max_attempts(p.max_attempts), &["max_attempts"]);
+    check(
+        rules::attempts_within_build(k.compiled.max_attempts, p.max_attempts),
+        &["max_attempts"],
+    );
     check(rules::timeout_nonzero("timeout", p.timeout), &["timeout"]);
     check(
         rules::timeout_nonzero("deadline", p.deadline),

@@ -418,6 +418,20 @@ pub mod rules {
         )
     }
 
+    /// What an override may do to `max_attempts`: a function built with one attempt keeps it.
+    /// The code generated for it runs its body once (the body may move its arguments, which
+    /// are not cloned for another attempt), so more attempts could not be honoured.
+    pub fn attempts_within_build(built: u32, wanted: u32) -> Result<(), Broken> {
+        if built <= 1 && wanted > 1 {
+            Err(Broken::new(format!(
+                "max_attempts = {wanted}, but this function was built with max_attempts = 1: the code generated for it runs its body once"
+            ))
+            .help("set max_attempts in the code (or its resilience.toml) and rebuild; an override can change the attempts of a function built with retries"))
+        } else {
+            Ok(())
+        }
+    }
+
     /// A timeout longer than zero.
     pub fn timeout_nonzero(key: &str, d: Duration) -> Result<(), Broken> {
         if d.is_zero() {
