@@ -109,6 +109,34 @@ async fn an_override_cannot_add_retries_to_a_function_built_without_them() {
     assert_eq!(e.attempts(), 1, "{e}");
 }
 
+/// Its client connects within 100 ms (`[clients.fast]`), checked against the 1 s timeout at
+/// compile time.
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    client = "fast",
+    method = GET,
+    max_attempts = 1
+)]
+async fn via_fast_client(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_keeps_the_timeout_above_the_clients_connect_timeout() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(via_fast_client(&c, &server.url("/")).await.unwrap(), 200);
+    // A timeout no longer than the connect timeout: a connect failure, certainly never sent,
+    // would end the attempt as a timeout after sending.
+    let file = "[functions.\"runbook::via_fast_client\"]\ntimeout = \"100ms\"\n";
+    let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("incident.toml:2:11: runbook::via_fast_client (GET): connect_timeout (100ms) is not shorter than the attempt timeout (100ms)"),
+        "{msg}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_files_are_refused_with_their_place() {
     let c = reqwest::Client::new();

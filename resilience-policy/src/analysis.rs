@@ -228,6 +228,7 @@ impl Analysis {
                 .map(|(n, m)| (n.as_str(), *m)),
             hedge: s.hedge.value.as_ref().map(|h| (h.delay.value, h.max.value)),
             unseen: Method::Other,
+            connect_timeout: self.shared.connect_timeout,
         }
     }
 }

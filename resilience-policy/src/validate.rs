@@ -62,6 +62,9 @@ pub struct Shared {
     pub bulkhead: Option<(String, BulkheadM)>,
     pub rate_limit: Option<(String, RateLimitM)>,
     pub concurrency: Option<(String, ConcurrencyM)>,
+    /// The connect timeout of the `client = "NAME"` named, which the attempt timeout must
+    /// exceed (checked here, and again against a run-time override of the timeout).
+    pub connect_timeout: Option<Duration>,
 }
 
 use resilience_spec::{defaults, rules};
@@ -687,6 +690,7 @@ pub fn resolve_shared(
         && let Some(t) = section_table(diags, config, "client", &c.value, &c.origin, fb)
     {
         let (m, connect_at) = read_client(diags, &t.entries, fb);
+        shared.connect_timeout = Some(m.connect_timeout);
         if m.connect_timeout >= s.timeout.value {
             let at = connect_at.unwrap_or(Located {
                 value: crate::value::Value::Bool(true),

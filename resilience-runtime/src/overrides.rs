@@ -27,10 +27,11 @@
 //!
 //! Every override is checked with the rules the macro applies at compile time
 //! ([`resilience_spec::rules`]), against each function's compiled facts: an override that would
-//! let a POST without a key be retried after it may have arrived, or give an attempt more time
-//! than the deadline, is refused, with `file:line:col` and the rule's own message, and nothing
-//! of that file is applied: every function keeps the policy it had. Each applied change is
-//! logged (function, setting, old → new) and returned as a [`Change`].
+//! let a POST without a key be retried after it may have arrived, give an attempt more time
+//! than the deadline, or no more time than its client's connect timeout, is refused, with
+//! `file:line:col` and the rule's own message, and nothing of that file is applied: every
+//! function keeps the policy it had. Each applied change is logged (function, setting, old →
+//! new) and returned as a [`Change`].
 //!
 //! A function first called after a file was applied gets the file's settings then, checked the
 //! same way; if they break a rule for it, it keeps its compiled policy and the refusal is logged.
@@ -418,6 +419,9 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
         rules::timeout_within_deadline(p.timeout, p.deadline, p.max_attempts),
         &["timeout", "deadline"],
     );
+    if let Some(c) = p.connect_timeout {
+        check(rules::connect_within_timeout(c, p.timeout), &["timeout"]);
+    }
     check(
         rules::backoff_order(p.backoff.initial, p.backoff.max),
         &["backoff.initial", "backoff.max"],

@@ -188,6 +188,10 @@ pub struct Policy {
     /// least safe, so that such an attempt is resent only after a failure where nothing was
     /// sent; a hand-built policy may say `method` again.
     pub unseen: Method,
+    /// The connect timeout of the client the policy names (`client = "NAME"`), which the
+    /// attempt timeout must exceed, so that a connect failure (certainly never sent) is not
+    /// taken for a timeout after sending; `None`: no client named.
+    pub connect_timeout: Option<Duration>,
     /// The annotated function's full path (impl type included), computed once on first use;
     /// `None`: [`function`](Self::function) is used.
     pub locate: Option<fn() -> &'static str>,
@@ -319,6 +323,7 @@ impl Policy {
                 )
             }),
             unseen: p.unseen,
+            connect_timeout: p.connect_timeout,
             locate,
         }
     }
@@ -343,6 +348,7 @@ impl Policy {
         concurrency: None,
         hedge: None,
         unseen: Method::Get,
+        connect_timeout: None,
         locate: None,
     };
 
@@ -356,6 +362,9 @@ impl Policy {
         rules::timeout_nonzero("deadline", self.deadline).map_err(bad)?;
         rules::timeout_within_deadline(self.timeout, self.deadline, self.max_attempts)
             .map_err(bad)?;
+        if let Some(c) = self.connect_timeout {
+            rules::connect_within_timeout(c, self.timeout).map_err(bad)?;
+        }
         rules::backoff_order(self.backoff.initial, self.backoff.max).map_err(bad)?;
         rules::backoff_multiplier(f64::from(self.backoff.multiplier_milli) / 1000.0)
             .map_err(bad)?;

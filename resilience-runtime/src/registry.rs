@@ -480,6 +480,7 @@ mod tests {
                 concurrency: None,
                 hedge: None,
                 unseen: crate::Method::Other,
+                connect_timeout: Some(std::time::Duration::from_millis(700)),
             }
             .pack()
         });
@@ -503,6 +504,10 @@ mod tests {
             )
         );
         assert_eq!(p.max_attempts, 4);
+        assert_eq!(
+            p.connect_timeout,
+            Some(std::time::Duration::from_millis(700))
+        );
         assert_eq!(p.backoff.kind, crate::BackoffKind::Constant);
         assert_eq!(p.backoff.jitter, crate::Jitter::Equal);
         assert_eq!(p.backoff.multiplier_milli, 3000);
@@ -533,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_policy_that_does_not_unpack_fails_every_call_with_an_error() {
-        static STATE: PolicyState = PolicyState::compiled("registry::g", "rp1,damaged", here);
+        static STATE: PolicyState = PolicyState::compiled("registry::g", "rp2,damaged", here);
         for _ in 0..2 {
             let mut s =
                 crate::session::Session::begin_compiled(&STATE, crate::__private::KeyArg::Auto);

@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! // One static per function: its policy packed into a string, unpacked on the first call.
-//! static STATE: PolicyState = PolicyState::compiled(PATH, "rp1,…", locate);
+//! static STATE: PolicyState = PolicyState::compiled(PATH, "rp2,…", locate);
 //! if let Some(e) = Session::refused_compiled(&STATE) { return Err(e.into()) } // breaker open
 //! let mut session = Session::begin_compiled(&STATE, key);
 //! if let Some(e) = session.take_refusal() { return Err(e.into()) }

@@ -56,6 +56,14 @@ fn the_runtime_agrees_with_the_rule_book() {
         };
         assert_eq!(b.validate().is_ok(), *ok, "failure_rate = {x}");
     }
+    // A client's connect timeout must be shorter than the attempt timeout (10 s here).
+    for (ms, ok) in [(9_999, true), (10_000, false), (20_000, false)] {
+        let p = Policy {
+            connect_timeout: Some(Duration::from_millis(ms)),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(p.validate().is_ok(), ok, "connect_timeout = {ms}ms");
+    }
     for (x, ok) in cases::BACKOFF_MULTIPLIER {
         let p = Policy {
             backoff: Backoff {

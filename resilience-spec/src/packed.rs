@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::Method;
 
 /// The version tag every packed policy starts with.
-const TAG: &str = "rp1,";
+const TAG: &str = "rp2,";
 
 /// A breaker's settings, as the runtime's `BreakerSpec` holds them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,6 +120,9 @@ pub struct Packed<'a> {
     pub hedge: Option<(Duration, u32)>,
     /// The method an attempt counts as when the runtime saw none of its requests.
     pub unseen: Method,
+    /// The connect timeout of the function's `client = "NAME"`, which every attempt's timeout
+    /// must exceed (`None`: no client named).
+    pub connect_timeout: Option<Duration>,
 }
 
 /// A packed policy that does not unpack: written by another release, or damaged.
@@ -336,6 +339,10 @@ impl<'a> Packed<'a> {
             w.num(u64::from(max));
         }
         w.method(self.unseen);
+        w.flag(self.connect_timeout.is_some());
+        if let Some(d) = self.connect_timeout {
+            w.dur(d);
+        }
         w.0
     }
 
@@ -447,6 +454,7 @@ impl<'a> Packed<'a> {
             None
         };
         let unseen = r.method()?;
+        let connect_timeout = if r.flag()? { Some(r.dur()?) } else { None };
         if r.at != text.len() {
             return r.fail("the end");
         }
@@ -475,6 +483,7 @@ impl<'a> Packed<'a> {
             concurrency,
             hedge,
             unseen,
+            connect_timeout,
         })
     }
 }
@@ -540,6 +549,7 @@ mod tests {
             )),
             hedge: Some((Duration::from_millis(50), 2)),
             unseen: Method::Other,
+            connect_timeout: Some(Duration::from_millis(750)),
         }
     }
 
@@ -563,6 +573,7 @@ mod tests {
                 rate_limit: None,
                 concurrency: None,
                 hedge: None,
+                connect_timeout: None,
                 key: PackedKey::None,
                 jitter: PackedJitter::None,
                 ..every_part("", "")
