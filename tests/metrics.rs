@@ -147,6 +147,9 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         ),
         (1, 1, 1, 1, 3)
     );
+    // Every one of them ended: none is counted as cancelled.
+    assert_eq!(pulled.cancelled, 0);
+    assert_eq!(calls("cancelled"), None);
 
     // Breaker: two failures open it, the third call is refused.
     for _ in 0..2 {
@@ -339,6 +342,72 @@ async fn hedges_are_counted_won_and_lost() {
             .contains("# HELP resilience_client_hedges_total Hedges sent"),
         "{}",
         handle.render()
+    );
+}
+
+#[resilient(method = GET, timeout = "5s", max_attempts = 1, budget = false)]
+async fn awaited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(method = GET, timeout = "5s", max_attempts = 1, budget = false,
+    bulkhead = { name = "m_cancel_bulkhead", max_concurrent = 1, max_wait = "10s" })]
+async fn queued(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A caller that stops waiting (its own timeout, here) drops the call: the call is counted with
+/// the outcome `cancelled`, whether it was in an attempt or waiting for a bulkhead slot; a call
+/// that ended is not.
+#[tokio::test(start_paused = true)]
+async fn calls_their_caller_gives_up_on_are_counted_cancelled() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    let url = slow.url("/");
+    let cancelled = |f: &str| {
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of(f), r#"outcome="cancelled""#],
+        )
+    };
+
+    // In its attempt: the caller's 1 s timeout ends it before the answer.
+    tokio::time::timeout(Duration::from_secs(1), awaited(&c, &url))
+        .await
+        .unwrap_err();
+    assert_eq!(cancelled("awaited"), Some(1.0));
+    let duration = sample(
+        &handle,
+        "resilience_client_call_duration_seconds_count",
+        &[function_of("awaited"), r#"outcome="cancelled""#],
+    );
+    assert_eq!(duration, Some(1.0));
+    // A call that ends (after 2 s) is counted by its outcome, not as cancelled.
+    awaited(&c, &url).await.unwrap();
+    assert_eq!(cancelled("awaited"), Some(1.0));
+    let pulled = resilience_runtime::metrics::policy("metrics::awaited").unwrap();
+    assert_eq!((pulled.cancelled, pulled.successful_without_retry), (1, 1));
+
+    // Waiting for the bulkhead's one slot, held by another call: given up on after 1 s.
+    let (held, waiting) = tokio::join!(queued(&c, &url), async {
+        tokio::time::timeout(Duration::from_secs(1), queued(&c, &url)).await
+    });
+    held.unwrap();
+    waiting.unwrap_err();
+    assert_eq!(cancelled("queued"), Some(1.0));
+    let pulled = resilience_runtime::metrics::policy("metrics::queued").unwrap();
+    assert_eq!(
+        (
+            pulled.cancelled,
+            pulled.successful_without_retry,
+            pulled.rejected_bulkhead
+        ),
+        (1, 1, 0)
     );
 }
 

@@ -101,4 +101,27 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         out.contains("decision=\"give up\"") && out.contains("reason=\"permanent failure\""),
         "{out}"
     );
+
+    // A call its caller stops waiting for says so, in its span, with the attempt it was in.
+    buf.0.lock().unwrap().clear();
+    let slow = FaultServer::start(Script::always(
+        Action::ok().after(std::time::Duration::from_secs(5)),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        traced(&client, &slow.url("/")),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("call cancelled: its caller stopped waiting"))
+        .unwrap_or_else(|| panic!("no cancellation event:\n{out}"));
+    assert!(
+        line.contains("resilient{") && line.contains("attempt=1"),
+        "{line}"
+    );
 }

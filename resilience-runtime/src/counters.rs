@@ -19,6 +19,7 @@ pub struct PolicyMetrics {
     pub(crate) rejected_budget: AtomicU64,
     pub(crate) rejected_bulkhead: AtomicU64,
     pub(crate) rejected_rate_limit: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
 }
 
 /// A copy of a policy's counters at one moment.
@@ -43,6 +44,10 @@ pub struct PolicySnapshot {
     pub rejected_bulkhead: u64,
     /// Calls refused by the client-side rate limit.
     pub rejected_rate_limit: u64,
+    /// Calls their caller stopped waiting for before they ended (its own timeout, a
+    /// `select!` that took another branch, a dropped task): whatever they were doing then
+    /// (waiting for a slot, an attempt, a backoff) was dropped with them.
+    pub cancelled: u64,
 }
 
 impl std::ops::Add for PolicySnapshot {
@@ -59,6 +64,7 @@ impl std::ops::Add for PolicySnapshot {
             rejected_budget: self.rejected_budget + o.rejected_budget,
             rejected_bulkhead: self.rejected_bulkhead + o.rejected_bulkhead,
             rejected_rate_limit: self.rejected_rate_limit + o.rejected_rate_limit,
+            cancelled: self.cancelled + o.cancelled,
         }
     }
 }
@@ -90,6 +96,7 @@ impl PolicyMetrics {
             rejected_budget: l(&self.rejected_budget),
             rejected_bulkhead: l(&self.rejected_bulkhead),
             rejected_rate_limit: l(&self.rejected_rate_limit),
+            cancelled: l(&self.cancelled),
         }
     }
 

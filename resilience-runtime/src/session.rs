@@ -234,6 +234,9 @@ pub struct Session {
     refusal: Option<Error>,
     /// The runtime's error that [`failed`](Self::failed) put in place of the attempt's own.
     replaced: Option<ErrorKind>,
+    /// The call ended: it succeeded, gave up, or was refused (and counted as such). A session
+    /// dropped before it ended was cancelled by its caller (see `Drop`).
+    ended: bool,
 }
 
 impl Session {
@@ -404,6 +407,8 @@ impl Session {
             attempt_scope: None,
             _bulkhead: None,
             concurrency: None,
+            // A call refused at once ends here: its refusal is its outcome, not a cancellation.
+            ended: refusal.is_some(),
             refusal,
             replaced: None,
         }
@@ -426,6 +431,13 @@ impl Session {
     /// Takes the bulkhead or concurrency-limit slot, then the rate-limit permit, within the
     /// deadline.
     pub async fn admit(&mut self) -> Result<(), Error> {
+        let admitted = self.take_slots().await;
+        // Refused a slot or a permit (counted as such), or out of time: the call ends here.
+        self.ended |= admitted.is_err();
+        admitted
+    }
+
+    async fn take_slots(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
         if let Some(b) = shared.bulkhead {
@@ -626,6 +638,7 @@ impl Session {
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
     /// resend it unsafely by running its own body again, and reports what the call cost.
     fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
+        self.ended = true;
         if self.nested {
             let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
             let _ = with_attempt(|outer| {
@@ -846,5 +859,34 @@ impl Session {
         let retryable = class.is_transient() && self.policy.max_attempts > 1;
         self.finish(false, retryable);
         Next::Return
+    }
+}
+
+/// A call dropped before it ended was cancelled by its caller (its own timeout, a `select!`
+/// that took another branch, a dropped task): counted and traced as such, so that calls given
+/// up on upstream do not vanish from the metrics. What it was doing is already torn down: the
+/// generated code drops the attempt (and the body, in its context) before the session.
+impl Drop for Session {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cancelled();
+        }
+    }
+}
+
+impl Session {
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&mut self) {
+        self.ended = true;
+        PolicyMetrics::incr(&self.shared.metrics.cancelled);
+        telemetry::call_cancelled(self.attempt_scope.take(), self.shared, self.started);
+        let _e = self.span.enter();
+        tracing::info!(
+            function = self.shared.function,
+            attempt = self.attempts,
+            "call cancelled: its caller stopped waiting"
+        );
     }
 }

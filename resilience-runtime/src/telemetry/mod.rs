@@ -50,7 +50,8 @@
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
 //!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`,
-//!   `rejected_rate_limit`.
+//!   `rejected_rate_limit`, `cancelled` (its caller stopped waiting: the call was dropped
+//!   before it ended, in an attempt, a backoff or the wait for a slot).
 //! - `class`: `ok` (the attempt succeeded), or the failure class: `connect`, `reset`,
 //!   `timeout`, `status` (a status the policy may retry, or one the body turned into an
 //!   error), `permanent`.
@@ -58,7 +59,9 @@
 //!
 //! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
 //! also on each transition, an adaptive limit's when a call takes or gives back a slot and
-//! whenever the limit moves. A call dropped before it ends (cancelled) is not counted.
+//! whenever the limit moves. A cancelled call's attempt span ends with
+//! `resilience.decision = "cancelled"`; the attempt is not counted in the attempt metrics (as
+//! for a hedge overtaken by another).
 //! The Prometheus exporter's recommended naming turns the dots into underscores and adds the
 //! unit and `_total`: `resilience_client_calls_total`, `http_client_request_duration_seconds`.
 
@@ -257,11 +260,12 @@ pub(crate) enum Outcome {
     RejectedBudget,
     RejectedBulkhead,
     RejectedRateLimit,
+    Cancelled,
 }
 
 impl Outcome {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Outcome; 8] = [
+    pub(crate) const ALL: [Outcome; 9] = [
         Outcome::SuccessfulWithoutRetry,
         Outcome::SuccessfulWithRetry,
         Outcome::FailedWithoutRetry,
@@ -270,6 +274,7 @@ impl Outcome {
         Outcome::RejectedBudget,
         Outcome::RejectedBulkhead,
         Outcome::RejectedRateLimit,
+        Outcome::Cancelled,
     ];
 
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -283,6 +288,7 @@ impl Outcome {
             Outcome::RejectedBudget => "rejected_budget",
             Outcome::RejectedBulkhead => "rejected_bulkhead",
             Outcome::RejectedRateLimit => "rejected_rate_limit",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -573,6 +579,24 @@ pub(crate) fn call_gave_up(
         Some(started),
         now,
     );
+}
+
+/// The call's caller stopped waiting for it (see `Session`'s `Drop`): the attempt in progress,
+/// if any, ends `cancelled` on its span, and the call is counted with the outcome `cancelled`.
+/// The attempt metrics count only attempts whose outcome the call acted on, as for a hedge
+/// overtaken by another.
+pub(crate) fn call_cancelled(scope: Option<AttemptScope>, shared: &Resolved, started: Instant) {
+    if let Some(scope) = scope {
+        let end = AttemptEnd {
+            class: None,
+            status: None,
+            decision: "cancelled",
+            reason: Some("the caller stopped waiting"),
+            delay: None,
+        };
+        span::on_end(&scope.span, &end);
+    }
+    on_call_end(shared, Outcome::Cancelled, Some(started), None);
 }
 
 /// The clock, read once for an attempt's end and its call's, only when metrics need it.
