@@ -221,7 +221,14 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
             "resilience_bulkhead_in_flight",
             &[r#"bulkhead="m_bulkhead""#],
         );
-        (bulkheaded(&c, &stall_url).await, in_flight)
+        let refused = bulkheaded(&c, &stall_url).await;
+        // The refused call never held a slot: the gauge still counts the first call's.
+        let after_refusal = sample(
+            &handle,
+            "resilience_bulkhead_in_flight",
+            &[r#"bulkhead="m_bulkhead""#],
+        );
+        (refused, in_flight, after_refusal)
     });
     first.unwrap();
     assert_eq!(
@@ -229,6 +236,7 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         resilience_runtime::ErrorKind::BulkheadFull
     );
     assert_eq!(second.1, Some(1.0), "in flight while the first call runs");
+    assert_eq!(second.2, Some(1.0), "still in flight after a refusal");
     assert_eq!(
         sample(
             &handle,
@@ -394,11 +402,19 @@ async fn calls_their_caller_gives_up_on_are_counted_cancelled() {
     assert_eq!((pulled.cancelled, pulled.successful_without_retry), (1, 1));
 
     // Waiting for the bulkhead's one slot, held by another call: given up on after 1 s.
-    let (held, waiting) = tokio::join!(queued(&c, &url), async {
-        tokio::time::timeout(Duration::from_secs(1), queued(&c, &url)).await
+    let (held, (waiting, in_flight)) = tokio::join!(queued(&c, &url), async {
+        let waiting = tokio::time::timeout(Duration::from_secs(1), queued(&c, &url)).await;
+        // The call given up on held no slot: the gauge still counts the other one's.
+        let in_flight = sample(
+            &handle,
+            "resilience_bulkhead_in_flight",
+            &[r#"bulkhead="m_cancel_bulkhead""#],
+        );
+        (waiting, in_flight)
     });
     held.unwrap();
     waiting.unwrap_err();
+    assert_eq!(in_flight, Some(1.0));
     assert_eq!(cancelled("queued"), Some(1.0));
     let pulled = resilience_runtime::metrics::policy("metrics::queued").unwrap();
     assert_eq!(

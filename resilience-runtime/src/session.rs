@@ -881,7 +881,12 @@ impl Session {
     fn cancelled(&mut self) {
         self.ended = true;
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
-        telemetry::call_cancelled(self.attempt_scope.take(), self.shared, self.started);
+        telemetry::call_cancelled(
+            self.attempt_scope.take(),
+            self.shared,
+            self.started,
+            self._bulkhead.is_some(),
+        );
         let _e = self.span.enter();
         tracing::info!(
             function = self.shared.function,

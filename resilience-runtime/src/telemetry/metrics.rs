@@ -120,6 +120,7 @@ pub(crate) fn on_call_end(
     budget: Option<&Budget>,
     breaker: Option<&Breaker>,
     bulkhead: Option<&Bulkhead>,
+    holds_slot: bool,
 ) {
     let i = outcome as usize;
     with(|r| {
@@ -136,9 +137,10 @@ pub(crate) fn on_call_end(
                 .set(breaker_state_value(b.state()));
         }
         if let (Some(k), Some(b)) = (&inst.bulkhead, bulkhead) {
-            // This call still holds its slot.
-            r.register_gauge(k, &METADATA)
-                .set(f64::from(b.in_flight().saturating_sub(1)));
+            // Without this call's slot, when it still holds one (given back just after).
+            r.register_gauge(k, &METADATA).set(f64::from(
+                b.in_flight().saturating_sub(u32::from(holds_slot)),
+            ));
         }
     });
 }

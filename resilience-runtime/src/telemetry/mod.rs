@@ -424,7 +424,8 @@ pub(crate) fn hedge_ended(shared: &Resolved, won: bool) {
 }
 
 /// The call ended with `outcome`; `started` is when (`None`: it never started, as when the
-/// bulkhead refused it).
+/// bulkhead refused it). `holds_slot`: the call still holds a bulkhead slot, given back just
+/// after (the gauge then counts the others only).
 ///
 /// `now` as for [`on_attempt_end`].
 #[inline]
@@ -433,6 +434,7 @@ pub(crate) fn on_call_end(
     outcome: Outcome,
     started: Option<Instant>,
     now: Option<Instant>,
+    holds_slot: bool,
 ) {
     #[cfg(feature = "metrics")]
     metrics::on_call_end(
@@ -445,9 +447,10 @@ pub(crate) fn on_call_end(
         shared.budget,
         shared.breaker,
         shared.bulkhead,
+        holds_slot,
     );
     #[cfg(not(feature = "metrics"))]
-    let _ = (shared, outcome, started, now);
+    let _ = (shared, outcome, started, now, holds_slot);
 }
 
 /// The call took a bulkhead slot.
@@ -528,7 +531,14 @@ pub(crate) fn call_succeeded(
     // One clock read for the attempt's end and the call's (none without `metrics`).
     let now = end_instant();
     on_attempt_end(scope, shared, end, now);
-    on_call_end(shared, Outcome::succeeded(attempts), Some(started), now);
+    // A call that made attempts was admitted: it holds its slot, if the policy has a bulkhead.
+    on_call_end(
+        shared,
+        Outcome::succeeded(attempts),
+        Some(started),
+        now,
+        shared.bulkhead.is_some(),
+    );
 }
 
 /// The attempt failed with `class`; the call retries after `delay`.
@@ -578,6 +588,7 @@ pub(crate) fn call_gave_up(
         Outcome::gave_up(attempts, why, circuit_open),
         Some(started),
         now,
+        shared.bulkhead.is_some(),
     );
 }
 
@@ -585,7 +596,12 @@ pub(crate) fn call_gave_up(
 /// if any, ends `cancelled` on its span, and the call is counted with the outcome `cancelled`.
 /// The attempt metrics count only attempts whose outcome the call acted on, as for a hedge
 /// overtaken by another.
-pub(crate) fn call_cancelled(scope: Option<AttemptScope>, shared: &Resolved, started: Instant) {
+pub(crate) fn call_cancelled(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    started: Instant,
+    holds_slot: bool,
+) {
     if let Some(scope) = scope {
         let end = AttemptEnd {
             class: None,
@@ -596,7 +612,7 @@ pub(crate) fn call_cancelled(scope: Option<AttemptScope>, shared: &Resolved, sta
         };
         span::on_end(&scope.span, &end);
     }
-    on_call_end(shared, Outcome::Cancelled, Some(started), None);
+    on_call_end(shared, Outcome::Cancelled, Some(started), None, holds_slot);
 }
 
 /// The clock, read once for an attempt's end and its call's, only when metrics need it.
@@ -611,17 +627,25 @@ fn end_instant() -> Option<Instant> {
 /// The bulkhead refused the call: it never started.
 #[inline]
 pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
-    on_call_end(shared, Outcome::RejectedBulkhead, None, None);
+    on_call_end(shared, Outcome::RejectedBulkhead, None, None, false);
 }
 
 /// The call was refused by its open breaker before it started.
 #[inline]
 pub(crate) fn call_rejected_by_breaker(shared: &Resolved) {
-    on_call_end(shared, Outcome::RejectedBreaker, None, None);
+    on_call_end(shared, Outcome::RejectedBreaker, None, None, false);
 }
 
 /// The call was refused by its rate limit before any attempt.
 #[inline]
 pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved) {
-    on_call_end(shared, Outcome::RejectedRateLimit, None, None);
+    // The rate limit is asked after the bulkhead: a call it refuses holds a slot if the policy
+    // has a bulkhead.
+    on_call_end(
+        shared,
+        Outcome::RejectedRateLimit,
+        None,
+        None,
+        shared.bulkhead.is_some(),
+    );
 }
