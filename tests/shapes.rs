@@ -1,6 +1,7 @@
 //! Every function shape and error type the attribute supports, against the loopback fault
 //! server: methods on `&self` and `&mut self`, generic functions, by-value arguments cloned for
-//! each attempt, and `Error`, `Box<dyn Error>`, `anyhow::Error`, a user's own error type.
+//! each attempt, and `Error`, `Box<dyn Error>`, `anyhow::Error`, a user's own error type (with
+//! `Classify`, and a `thiserror` enum whose `#[error(transparent)]` hides the reqwest error).
 
 use std::time::Duration;
 
@@ -540,4 +541,66 @@ async fn a_body_that_is_not_send_is_retried_on_its_own_task() {
         "ok"
     );
     assert_eq!(server.count(), 3);
+}
+
+/// An error type the way many services write theirs: `thiserror` with `#[error(transparent)]`,
+/// whose `source()` skips the wrapped error and starts at that error's own cause.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Resilience(#[from] Error),
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn transparent(c: &reqwest::Client, url: &str) -> Result<String, ApiError> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn transparent_errors_are_classified_by_what_they_wrap() {
+    let retries =
+        || resilience_runtime::metrics::policy("shapes::transparent").map_or(0, |m| m.retries);
+    // A reset, a 503, then 200: retried through both.
+    let server = flaky().await;
+    assert_eq!(
+        transparent(&client(), &server.url("/")).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(server.count(), 3);
+    // A connect timeout (never sent): retried to the last attempt.
+    let hole = resilience_fault_server::Blackhole::new();
+    let before = retries();
+    let e = transparent(&client(), &hole.url("/")).await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::Http(ref r) if r.is_connect()),
+        "{e:?}"
+    );
+    assert_eq!(retries() - before, 2, "connect timeout: 3 attempts");
+    assert_eq!(
+        resilience_runtime::classify_error(&e),
+        Some(Class::Connect),
+        "{e:?}"
+    );
+    // A connection refused: the same.
+    let url = format!("http://{}/", resilience_fault_server::refused_addr());
+    let before = retries();
+    let e = transparent(&client(), &url).await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::Http(ref r) if r.is_connect()),
+        "{e:?}"
+    );
+    assert_eq!(retries() - before, 2, "connection refused: 3 attempts");
+    assert_eq!(
+        resilience_runtime::classify_error(&e),
+        Some(Class::Connect),
+        "{e:?}"
+    );
+    // A 404: permanent, not retried.
+    let gone =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(404))).await;
+    let before = retries();
+    transparent(&client(), &gone.url("/")).await.unwrap_err();
+    assert_eq!((retries() - before, gone.count()), (0, 1));
 }

@@ -53,6 +53,12 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 // lost connection shows as an io error further down.
                 sent_unknown = false;
             }
+        } else if let Some(l) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            // What reqwest wraps; met first when the error above skips the reqwest error
+            // (`#[error(transparent)]` forwards `source()` to that error's own cause).
+            if l.is_connect() {
+                return Some(Class::Connect);
+            }
         } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
                 return Some(Class::Reset);
