@@ -36,6 +36,18 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // The command first: asking for help, or a typo, needs no crate read.
+    match cmd.as_str() {
+        "check" | "list" => {}
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("unknown command {cmd}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     let mut dir = PathBuf::from(".");
     let (mut json, mut tests, mut overrides) = (false, false, None);
     let mut it = args.iter().skip(1);
@@ -81,10 +93,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        _ => {
-            eprintln!("unknown command {cmd}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        _ => unreachable!("the command was checked above"),
     }
 }
 

@@ -213,4 +213,25 @@ fn bad_usage_is_exit_code_2() {
     assert_eq!(run(&[]).status.code(), Some(2));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(run(&["list", "/nonexistent-dir"]).status.code(), Some(2));
+    // A typo is reported as such, even where no crate is.
+    let typo = run(&["lsit", "/nonexistent-dir"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        text(&typo).contains("unknown command lsit"),
+        "{}",
+        text(&typo)
+    );
+}
+
+#[test]
+fn help_is_the_usage_and_success() {
+    for flag in ["--help", "-h", "help"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("usage: resilience check"),
+            "{flag}: {}",
+            text(&out)
+        );
+    }
 }
