@@ -604,3 +604,54 @@ async fn transparent_errors_are_classified_by_what_they_wrap() {
     transparent(&client(), &gone.url("/")).await.unwrap_err();
     assert_eq!((retries() - before, gone.count()), (0, 1));
 }
+
+/// A user's error that implements `std::error::Error` and `Classify`, and leaves the runtime's
+/// failures to the runtime (`None`): they are classified by the source chain, as documented.
+#[derive(Debug, thiserror::Error)]
+enum PaymentError {
+    #[error("the card was declined")]
+    Declined,
+    #[error("payment gateway: {0}")]
+    Runtime(#[from] Error),
+}
+
+impl Classify for PaymentError {
+    fn class(&self) -> Option<Class> {
+        match self {
+            PaymentError::Declined => Some(Class::Permanent),
+            PaymentError::Runtime(_) => None,
+        }
+    }
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn pay(http: &reqwest::Client, url: &str) -> Result<String, PaymentError> {
+    let resp = http.get(url).send().await.map_err(Error::from)?;
+    if resp.status().as_u16() == 402 {
+        return Err(PaymentError::Declined);
+    }
+    Ok(resp.text().await.map_err(Error::from)?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn classify_none_falls_back_to_the_source_chain() {
+    // Resets: retried to the last attempt.
+    let reset = FaultServer::start(resilience_fault_server::Script::always(Action::reset())).await;
+    let e = pay(&client(), &reset.url("/")).await.unwrap_err();
+    assert!(matches!(e, PaymentError::Runtime(_)), "{e:?}");
+    assert_eq!(reset.count(), 3);
+    // Nothing listening: a connect failure, retried too.
+    let url = format!("http://{}/", resilience_fault_server::refused_addr());
+    let before = resilience_runtime::metrics::policy("shapes::pay").map_or(0, |m| m.retries);
+    pay(&client(), &url).await.unwrap_err();
+    let after = resilience_runtime::metrics::policy("shapes::pay").map_or(0, |m| m.retries);
+    assert_eq!(after - before, 2);
+    // The user's own verdict still comes first.
+    let declined =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(402))).await;
+    assert!(matches!(
+        pay(&client(), &declined.url("/")).await,
+        Err(PaymentError::Declined)
+    ));
+    assert_eq!(declined.count(), 1);
+}

@@ -120,6 +120,8 @@ fn classify_io(kind: io::ErrorKind) -> Option<Class> {
 /// }
 /// ```
 pub trait Classify {
-    /// The class of this failure, or `None` to fall back to the source chain and the response.
+    /// The class of this failure, or `None` to fall back to the source chain (when the type
+    /// is a `std::error::Error`: a wrapped `reqwest::Error` or runtime `Error` is classified as
+    /// it would be alone) and then to the response the attempt recorded.
     fn class(&self) -> Option<Class>;
 }

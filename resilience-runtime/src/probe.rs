@@ -2,7 +2,8 @@
 //!
 //! The generated code calls `(&&&&&Probe::new(&mut err, n)).__resilience_class()`; method
 //! resolution picks the most specific impl that applies to the concrete error type:
-//! the runtime's own `Error`, then an explicit [`Classify`](crate::Classify), then any
+//! the runtime's own `Error`, then an explicit [`Classify`](crate::Classify) (falling back to
+//! the source chain when the type is a `std::error::Error`), then any
 //! `std::error::Error`, then boxed and `anyhow` errors, then nothing (the recorded response
 //! decides). Each impl also writes the attempt count into the error when it can hold one.
 
@@ -38,6 +39,17 @@ impl ViaOwn for &&&&&Probe<'_, Error> {
         let class = classify_error(e);
         e.set_class(class);
         class
+    }
+}
+
+/// An error that classifies itself and is a `std::error::Error`: its own verdict first, and
+/// where it has none (`None`), its source chain, as [`Classify`] documents. Beside the
+/// runtime's own errors (the same trait, so that an error type the compiler could not work out
+/// finds one candidate here, not two): neither of those implements `Classify`.
+impl<E: Classify + StdError + 'static> ViaOwn for &&&&&Probe<'_, E> {
+    fn __resilience_class(self) -> Option<Class> {
+        let e = self.0.take()?;
+        e.class().or_else(|| classify_error(e))
     }
 }
 
