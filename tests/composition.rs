@@ -442,3 +442,51 @@ async fn a_nested_post_cancelled_mid_request_is_not_rerun_either() {
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(server.count_path("/charge"), 1, "the charge went out once");
 }
+
+/// Two requests in one body: an unkeyed POST that is answered, then a GET to a dependency that
+/// refuses connections. Retrying on `connect` is safe for the GET, never sent; running the
+/// body again would send the POST a second time.
+#[resilient(method = POST, retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_then_lookup(c: &reqwest::Client, orders: &str, stock: &str) -> Result<u16, Error> {
+    c.post(orders)
+        .body("qty=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+#[resilient(method = POST, retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_then_lookup_via_execute(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    let order = c.post(orders).body("qty=1").build()?;
+    c.execute(order).await?.error_for_status()?;
+    let lookup = c.get(stock).build()?;
+    Ok(c.execute(lookup).await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_after_an_answered_post_does_not_resend_the_post() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = order_then_lookup(&client(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+
+    orders.clear();
+    let e = order_then_lookup_via_execute(&client(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+
+    // Where the POST itself never got through, the connect failure is retried: nothing was sent.
+    let e = order_then_lookup(&client(), &refused, &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+}

@@ -234,6 +234,11 @@ pub(crate) struct AttemptCtx {
     pub all_keyed: Cell<bool>,
     /// The least safe method sent in this attempt.
     pub sent_method: Cell<Option<Method>>,
+    /// The least safe method among this attempt's requests that reached the server, or may
+    /// have: answered, or failed other than by a refused or timed-out connect. A connect
+    /// failure proves only that its own request was never sent; these go out again with the
+    /// body.
+    pub reached: Cell<Option<Method>>,
     pub status: Cell<Option<u16>>,
     pub retry_after: Cell<Option<Duration>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself.
@@ -287,6 +292,7 @@ impl AttemptCtx {
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
+            reached: Cell::new(None),
             status: Cell::new(None),
             retry_after: Cell::new(None),
             nested_gave_up: Cell::new(false),
@@ -320,6 +326,7 @@ impl AttemptCtx {
         *self.stamped.get_mut() = false;
         *self.all_keyed.get_mut() = true;
         *self.sent_method.get_mut() = None;
+        *self.reached.get_mut() = None;
         *self.status.get_mut() = None;
         *self.retry_after.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
@@ -328,6 +335,12 @@ impl AttemptCtx {
     pub(crate) fn note_method(&self, m: Method) {
         let worst = self.sent_method.get().map_or(m, |prev| prev.least_safe(m));
         self.sent_method.set(Some(worst));
+    }
+
+    /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).
+    pub(crate) fn note_reached(&self, m: Method) {
+        let worst = self.reached.get().map_or(m, |prev| prev.least_safe(m));
+        self.reached.set(Some(worst));
     }
 
     pub(crate) fn outer(&self) -> Outer {

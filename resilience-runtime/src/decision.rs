@@ -32,6 +32,11 @@ pub struct Facts<'a> {
     pub max_retry_after: Duration,
     /// Time left before the call's deadline.
     pub time_left: Duration,
+    /// The least safe method among the attempt's requests that reached the server, or may
+    /// have (`None`: none did). Running the body again sends them again, whatever the class of
+    /// the failure that ended the attempt: a connect failure proves only that its own request
+    /// was never sent.
+    pub reached: Option<Method>,
 }
 
 /// Why a failed call is not retried.
@@ -109,6 +114,11 @@ pub fn decide(f: &Facts<'_>) -> Decision {
         return G(GiveUp::NotInRetryOn);
     }
     if f.class.is_ambiguous() && !may_resend(f.method, f.keyed, f.idempotent) {
+        return G(GiveUp::UnsafeToResend);
+    }
+    if f.reached
+        .is_some_and(|m| !may_resend(m, f.keyed, f.idempotent))
+    {
         return G(GiveUp::UnsafeToResend);
     }
     if f.attempt >= f.max_attempts {

@@ -60,10 +60,12 @@ impl ResilientRequest {
         let (client, req) = self.inner.build_split();
         let mut req = req?;
         stamp_request(&mut req);
+        let method = crate::policy::method_of(req.method());
         let res = client.execute(req).await;
         if let Ok(resp) = &res {
             observe(resp);
         }
+        note_outcome(&res, Some(method));
         res
     }
 
@@ -71,6 +73,23 @@ impl ResilientRequest {
     pub fn into_inner(self) -> reqwest::RequestBuilder {
         self.inner
     }
+}
+
+/// Whether a request of the current attempt reached the server, or may have: anything but a
+/// connect failure (refused, or timed out before the connection was made), which proves it was
+/// never sent. `method`: the request's, when known; else the least safe the attempt has sent.
+fn note_outcome(
+    res: &Result<reqwest::Response, reqwest::Error>,
+    method: Option<crate::policy::Method>,
+) {
+    if matches!(res, Err(e) if e.is_connect()) {
+        return;
+    }
+    let _ = with_attempt(|ctx| {
+        if let Some(m) = method.or(ctx.sent_method.get()) {
+            ctx.note_reached(m);
+        }
+    });
 }
 
 /// Tells the current attempt that its body sent something the runtime cannot see, as a request
@@ -83,6 +102,7 @@ impl ResilientRequest {
 pub fn declare_sent(method: crate::policy::Method) {
     let _ = with_attempt(|ctx| {
         ctx.note_method(method);
+        ctx.note_reached(method);
         ctx.stamped.set(true);
         if !method.is_safe() {
             ctx.all_keyed.set(false);
@@ -250,8 +270,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let out = self.project().inner.poll(cx);
-        if let Poll::Ready(Ok(resp)) = &out {
-            observe(resp);
+        if let Poll::Ready(res) = &out {
+            if let Ok(resp) = res {
+                observe(resp);
+            }
+            // The request's own method is not known here: the least safe the attempt sent.
+            note_outcome(res, None);
         }
         out
     }

@@ -81,6 +81,8 @@ impl std::error::Error for InvalidKey {}
 /// is a different request, so a method that needs a key counts as unkeyed there.
 fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     outer.note_method(method);
+    // Whether the nested call's request gets through is not known here: as if it did.
+    outer.note_reached(method);
     outer.stamped.set(true);
     if !method.is_safe() && fresh_key {
         outer.all_keyed.set(false);
@@ -168,6 +170,8 @@ pub(crate) struct Last {
     stamped: bool,
     all_keyed: bool,
     method: Option<Method>,
+    /// The least safe method among the requests that reached the server, or may have.
+    reached: Option<Method>,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
 }
@@ -186,6 +190,7 @@ fn record(
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
+    last.reached = ctx.reached.get();
     last.nested_gave_up = ctx.nested_gave_up.get();
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
@@ -765,6 +770,7 @@ impl Session {
             retry_after: self.last.retry_after,
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
+            reached: self.last.reached,
         };
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),

@@ -76,6 +76,7 @@ fn facts(
         retry_after,
         max_retry_after: Duration::from_secs(30),
         time_left: Duration::from_secs(10),
+        reached: None,
     }
 }
 
@@ -242,4 +243,34 @@ fn the_least_safe_method_decides() {
     assert_eq!(decide(&f), Decision::GiveUp(GiveUp::UnsafeToResend));
     let f = facts(Method::Other, true, false, Class::Timeout, None);
     assert_eq!(decide(&f), Decision::RetryAfter(BACKOFF));
+}
+
+/// A connect failure proves only that its own request was never sent: an earlier request of
+/// the attempt that reached the server goes out again with the body, and decides.
+#[test]
+fn requests_that_reached_the_server_decide_after_a_connect_failure() {
+    for (reached, keyed, idempotent, retried) in [
+        (None, false, false, true),
+        (Some(Method::Get), false, false, true),
+        (Some(Method::Post), false, false, false),
+        (Some(Method::Post), true, false, true),
+        (Some(Method::Patch), false, false, false),
+        (Some(Method::Put), false, false, false),
+        (Some(Method::Put), false, true, true),
+        (Some(Method::Other), false, false, false),
+    ] {
+        let f = Facts {
+            reached,
+            ..facts(Method::Post, keyed, idempotent, Class::Connect, None)
+        };
+        let d = decide(&f);
+        assert_eq!(
+            matches!(d, Decision::RetryAfter(_)),
+            retried,
+            "reached {reached:?}, keyed {keyed}, idempotent {idempotent}: {d:?}"
+        );
+        if !retried {
+            assert_eq!(d, Decision::GiveUp(GiveUp::UnsafeToResend));
+        }
+    }
 }
