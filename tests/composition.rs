@@ -490,3 +490,32 @@ async fn a_connect_failure_after_an_answered_post_does_not_resend_the_post() {
         .unwrap_err();
     assert_eq!(e.attempts(), 3, "{e}");
 }
+
+/// A helper that sends its POST without `.resilient()`: the runtime does not see it.
+async fn place_order_unseen(c: &reqwest::Client, url: &str) -> Result<(), Error> {
+    c.post(url).body("qty=1").send().await?.error_for_status()?;
+    Ok(())
+}
+
+/// The method declared is the least safe the function may send, the helper's POST included.
+#[resilient(method = POST, retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_via_helper_then_lookup(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    place_order_unseen(c, orders).await?;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_after_an_unseen_post_does_not_resend_it() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = order_via_helper_then_lookup(&client(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    // The runtime saw only the GET, never sent; the declared POST may have gone out unseen.
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

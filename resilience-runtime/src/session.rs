@@ -749,6 +749,20 @@ impl Session {
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
+        // A connect failure proves only that its own request was never sent. An unsafe method
+        // the policy declares (or infers from the body) that none of the attempt's seen
+        // requests used may have gone out unseen (a helper's request, without `.resilient()`,
+        // so without the key): running the body again could send it again.
+        if class == Class::Connect
+            && self.last.stamped
+            && self
+                .last
+                .method
+                .is_some_and(|seen| seen.least_safe(policy.method) != seen)
+            && !crate::decision::may_resend(policy.method, false, policy.idempotent)
+        {
+            return self.give_up(class, GiveUp::UnsafeToResend);
+        }
         let attempt = self.attempts;
         let backoff = if attempt < policy.max_attempts {
             self.backoff
