@@ -37,6 +37,9 @@ pub struct Facts<'a> {
     /// the failure that ended the attempt: a connect failure proves only that its own request
     /// was never sent.
     pub reached: Option<Method>,
+    /// The policy's method, when the attempt's seen requests were all safer: a request of it
+    /// may have gone out unseen (sent by a helper without `.resilient()`), and without the key.
+    pub unseen: Option<Method>,
 }
 
 /// Why a failed call is not retried.
@@ -118,6 +121,8 @@ pub fn decide(f: &Facts<'_>) -> Decision {
     }
     if f.reached
         .is_some_and(|m| !may_resend(m, f.keyed, f.idempotent))
+        || f.unseen
+            .is_some_and(|m| !may_resend(m, false, f.idempotent))
     {
         return G(GiveUp::UnsafeToResend);
     }

@@ -749,20 +749,15 @@ impl Session {
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
-        // A connect failure proves only that its own request was never sent. An unsafe method
-        // the policy declares (or infers from the body) that none of the attempt's seen
-        // requests used may have gone out unseen (a helper's request, without `.resilient()`,
-        // so without the key): running the body again could send it again.
-        if class == Class::Connect
-            && self.last.stamped
+        // The policy's method (declared, or inferred from the body), when it is less safe than
+        // every request the attempt was seen to send: it may have gone out unseen (a helper's
+        // request, without `.resilient()`, so without the key).
+        let unseen = (self.last.stamped
             && self
                 .last
                 .method
-                .is_some_and(|seen| seen.least_safe(policy.method) != seen)
-            && !crate::decision::may_resend(policy.method, false, policy.idempotent)
-        {
-            return self.give_up(class, GiveUp::UnsafeToResend);
-        }
+                .is_some_and(|seen| seen.least_safe(policy.method) != seen))
+        .then_some(policy.method);
         let attempt = self.attempts;
         let backoff = if attempt < policy.max_attempts {
             self.backoff
@@ -785,6 +780,7 @@ impl Session {
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
             reached: self.last.reached,
+            unseen,
         };
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),

@@ -77,6 +77,7 @@ fn facts(
         max_retry_after: Duration::from_secs(30),
         time_left: Duration::from_secs(10),
         reached: None,
+        unseen: None,
     }
 }
 
@@ -271,6 +272,36 @@ fn requests_that_reached_the_server_decide_after_a_connect_failure() {
         );
         if !retried {
             assert_eq!(d, Decision::GiveUp(GiveUp::UnsafeToResend));
+        }
+    }
+}
+
+/// The policy's unsafe method, not seen in the attempt, may have gone out unseen and unkeyed:
+/// whatever the class, and however the seen requests were keyed, the body does not run again.
+#[test]
+fn an_unseen_unsafe_method_is_never_resent() {
+    for class in [
+        Class::Connect,
+        Class::Reset,
+        Class::Timeout,
+        Class::Status(503),
+    ] {
+        for keyed in [false, true] {
+            let f = Facts {
+                unseen: Some(Method::Post),
+                ..facts(Method::Get, keyed, false, class, None)
+            };
+            assert_eq!(
+                decide(&f),
+                Decision::GiveUp(GiveUp::UnsafeToResend),
+                "{class:?}, keyed {keyed}"
+            );
+            // A safe method the policy names changes nothing.
+            let f = Facts {
+                unseen: Some(Method::Get),
+                ..facts(Method::Get, keyed, false, class, None)
+            };
+            assert!(matches!(decide(&f), Decision::RetryAfter(_)), "{class:?}");
         }
     }
 }
