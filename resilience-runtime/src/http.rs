@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
@@ -62,10 +62,7 @@ impl ResilientRequest {
         stamp_request(&mut req);
         let method = crate::policy::method_of(req.method());
         let res = client.execute(req).await;
-        if let Ok(resp) = &res {
-            observe(resp);
-        }
-        note_outcome(&res, Some(method));
+        record_outcome(&res, Some(method));
         res
     }
 
@@ -75,18 +72,22 @@ impl ResilientRequest {
     }
 }
 
-/// Whether a request of the current attempt reached the server, or may have: anything but a
-/// connect failure (refused, or timed out before the connection was made), which proves it was
-/// never sent. `method`: the request's, when known; else the least safe the attempt has sent.
-fn note_outcome(
+/// A request's outcome, for the retry decision of the current attempt, in one look at it: the
+/// response's status and `Retry-After` (as [`observe`] records them), and whether the request
+/// reached the server, or may have: anything but a connect failure (refused, or timed out
+/// before the connection was made), which proves it was never sent. `method`: the request's,
+/// when known; else the least safe the attempt has sent.
+fn record_outcome(
     res: &Result<reqwest::Response, reqwest::Error>,
     method: Option<crate::policy::Method>,
 ) {
-    if matches!(res, Err(e) if e.is_connect()) {
-        return;
-    }
+    let response = res.as_ref().ok().map(response_facts);
+    let reached = !matches!(res, Err(e) if e.is_connect());
     let _ = with_attempt(|ctx| {
-        if let Some(m) = method.or(ctx.sent_method.get()) {
+        if let Some((status, retry_after)) = response {
+            record_response(ctx, status, retry_after);
+        }
+        if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
         }
     });
@@ -238,18 +239,25 @@ fn attempt_value(n: u32) -> HeaderValue {
 /// Requests sent in the annotated body, and through `.resilient()`, are recorded for you; call
 /// it when a response reached you another way. A no-op outside a `#[resilient]` function.
 pub fn observe(resp: &reqwest::Response) {
-    let status = resp.status().as_u16();
+    let (status, retry_after) = response_facts(resp);
+    let _ = with_attempt(|ctx| record_response(ctx, status, retry_after));
+}
+
+/// A response's status and `Retry-After`.
+fn response_facts(resp: &reqwest::Response) -> (u16, Option<Duration>) {
     let retry_after = resp
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
-    let _ = with_attempt(|ctx| {
-        ctx.status.set(Some(status));
-        // telemetry (issue 12)
-        crate::telemetry::on_response(status);
-        ctx.retry_after.set(retry_after);
-    });
+    (resp.status().as_u16(), retry_after)
+}
+
+fn record_response(ctx: &AttemptCtx, status: u16, retry_after: Option<Duration>) {
+    ctx.status.set(Some(status));
+    // telemetry (issue 12)
+    crate::telemetry::on_response(status);
+    ctx.retry_after.set(retry_after);
 }
 
 pin_project_lite::pin_project! {
@@ -271,11 +279,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let out = self.project().inner.poll(cx);
         if let Poll::Ready(res) = &out {
-            if let Ok(resp) = res {
-                observe(resp);
-            }
             // The request's own method is not known here: the least safe the attempt sent.
-            note_outcome(res, None);
+            record_outcome(res, None);
         }
         out
     }
