@@ -398,16 +398,27 @@ pub(crate) fn attempt_superseded(
     cancelled: bool,
     status: Option<u16>,
 ) {
+    let (decision, reason) = if cancelled {
+        ("cancelled", "another attempt answered first")
+    } else {
+        ("failed", "another attempt still runs")
+    };
+    end_unacted(scope, decision, reason, status);
+}
+
+/// Ends an attempt whose outcome the call did not act on: on its span only.
+fn end_unacted(
+    scope: Option<AttemptScope>,
+    decision: &'static str,
+    reason: &'static str,
+    status: Option<u16>,
+) {
     if let Some(scope) = scope {
         let end = AttemptEnd {
             class: None,
             status,
-            decision: if cancelled { "cancelled" } else { "failed" },
-            reason: Some(if cancelled {
-                "another attempt answered first"
-            } else {
-                "another attempt still runs"
-            }),
+            decision,
+            reason: Some(reason),
             delay: None,
         };
         span::on_end(&scope.span, &end);
@@ -602,16 +613,7 @@ pub(crate) fn call_cancelled(
     started: Instant,
     holds_slot: bool,
 ) {
-    if let Some(scope) = scope {
-        let end = AttemptEnd {
-            class: None,
-            status: None,
-            decision: "cancelled",
-            reason: Some("the caller stopped waiting"),
-            delay: None,
-        };
-        span::on_end(&scope.span, &end);
-    }
+    end_unacted(scope, "cancelled", "the caller stopped waiting", None);
     on_call_end(shared, Outcome::Cancelled, Some(started), None, holds_slot);
 }
 
