@@ -308,6 +308,31 @@ async fn the_outer_call_does_not_rerun_a_nested_post_under_a_new_key() {
 }
 
 #[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn charge_then_confirm(c: &reqwest::Client, shop: &str, confirm: &str) -> Result<u16, Error> {
+    inner_charge(c, shop).await?;
+    Ok(c.get(confirm).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_after_a_nested_post_does_not_rerun_it() {
+    // The nested charge succeeds; the confirmation service refuses connections. The connect
+    // failure proves only that the GET was never sent: running the outer body again would
+    // charge again under a fresh automatic key.
+    let shop = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/confirm", resilience_fault_server::refused_addr());
+    let e = charge_then_confirm(&client(), &format!("http://{}", shop.addr()), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count_path("/charge"), 1, "charged once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}
+
+#[resilient(
     timeout = "1s",
     deadline = "10s",
     budget = false,
