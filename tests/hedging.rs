@@ -142,3 +142,93 @@ async fn a_keyed_post_is_hedged_with_its_key() {
     assert_eq!(seen[0].idempotency_key(), seen[1].idempotency_key());
     assert_eq!(seen[1].body, b"cents=5");
 }
+
+// One annotated function calling another: a hedged lookup whose body places an order through
+// a nested keyed POST. Running the body again for a hedge starts the nested call afresh, with
+// a new automatic key: to the server, a second order.
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    idempotency_key = auto
+)]
+async fn place_order(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("sku=1").send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms")
+)]
+async fn order_then_look(c: &reqwest::Client, base: String) -> Result<u16, Error> {
+    place_order(c, &format!("{base}/orders")).await?;
+    Ok(c.get(format!("{base}/orders/1"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_does_not_run_a_nested_post_again_under_a_new_key() {
+    let c = reqwest::Client::new();
+    // The POST stalls past the hedge delay.
+    let server = FaultServer::start(Script::sequence([
+        Action::ok().after(Duration::from_millis(300)),
+        Action::ok(),
+        Action::ok(),
+    ]))
+    .await;
+    let base = server.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    assert_eq!(order_then_look(&c, base).await.unwrap(), 200);
+    let posts = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "one order, not one per hedge");
+}
+
+/// A helper that sends its POST without `.resilient()`: the runtime does not see it.
+async fn record_view(c: &reqwest::Client, url: &str) -> Result<(), reqwest::Error> {
+    c.post(url).body("viewed").send().await?;
+    Ok(())
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms")
+)]
+async fn view_then_look(c: &reqwest::Client, base: String) -> Result<u16, Error> {
+    record_view(c, &format!("{base}/views")).await?;
+    Ok(c.get(format!("{base}/item"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_does_not_duplicate_a_request_the_runtime_did_not_see() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::ok().after(Duration::from_millis(300)),
+        Action::ok(),
+        Action::ok(),
+    ]))
+    .await;
+    let base = server.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    assert_eq!(view_then_look(&c, base).await.unwrap(), 200);
+    let posts = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "the unseen POST went out once");
+}

@@ -214,6 +214,19 @@ where
             if !hedging || timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            // What the attempts in flight sent, or may be sending unseen, must be harmless to
+            // send once more: the compile-time check saw only the body's own tokens, not a
+            // nested call's POST (a new automatic key when the body runs again) or a helper's.
+            let harmless = s.may_duplicate(first.as_mut().ctx())
+                && hedges.iter_mut().all(|h| s.may_duplicate(h.as_mut().ctx()));
+            if !harmless {
+                tracing::debug!(
+                    attempt = s.attempts,
+                    "no hedge: the attempt in flight sent what may not be sent twice"
+                );
+                hedging = false;
+                return Poll::Pending;
+            }
             match begin_hedge(s) {
                 Some(ctx) => {
                     // `until - limit`: the instant the hedge starts.

@@ -618,6 +618,31 @@ impl Session {
         ctx
     }
 
+    /// Whether the body may run once more alongside an attempt in flight (a hedge), given
+    /// what that attempt was seen to send: every request of it, and any it may be sending
+    /// unseen, must be harmless to send twice. The same facts as after a failed attempt whose
+    /// requests may all have reached the server: the least safe method seen (or, when nothing
+    /// was seen, the policy's `unseen` one), whether every request carried the call's key (a
+    /// nested call's POST under a key of its own did not: running it again draws a new one),
+    /// and the policy's method when the seen requests were all safer (it may go out unseen).
+    pub(crate) fn may_duplicate(&self, ctx: &AttemptCtx) -> bool {
+        let policy = self.policy;
+        if !ctx.stamped.get() {
+            return crate::decision::may_resend(
+                policy.method.least_safe(policy.unseen),
+                false,
+                policy.idempotent,
+            );
+        }
+        let seen = ctx.sent_method.get();
+        let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
+        let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
+        let unseen_policy_method = seen.is_some_and(|m| m.least_safe(policy.method) != m);
+        crate::decision::may_resend(method, keyed, policy.idempotent)
+            && (!unseen_policy_method
+                || crate::decision::may_resend(policy.method, false, policy.idempotent))
+    }
+
     /// Keeps what a hedge's (or a hedged first attempt's) requests recorded.
     pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
         record(
