@@ -232,3 +232,43 @@ async fn a_hedge_does_not_duplicate_a_request_the_runtime_did_not_see() {
         .count();
     assert_eq!(posts, 1, "the unseen POST went out once");
 }
+
+// A hedged read that then orders through a nested keyed POST: when the hedge starts, only the
+// read has gone out (a hedge is harmless then); once one of the two attempts starts the order,
+// the other must not start it too, under a key of its own.
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms")
+)]
+async fn look_then_order(c: &reqwest::Client, base: String) -> Result<u16, Error> {
+    c.get(format!("{base}/stock")).send().await?;
+    place_order(c, &format!("{base}/orders")).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_one_attempt_starts_a_nested_post_the_others_stop() {
+    let c = reqwest::Client::new();
+    // The first GET answers at 150 ms, then orders (answered at 250 ms); the hedge's GET, sent
+    // at 100 ms, answers at 160 ms and would order at once.
+    let server = FaultServer::start(Script::sequence([
+        Action::ok().after(Duration::from_millis(150)),
+        Action::ok().after(Duration::from_millis(60)),
+        Action::ok().after(Duration::from_millis(100)),
+        Action::ok(),
+    ]))
+    .await;
+    let base = server.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    let t = Instant::now();
+    assert_eq!(look_then_order(&c, base).await.unwrap(), 200);
+    let seen = server.requests();
+    let posts = seen.iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 1, "one order: {seen:?}");
+    assert_eq!(seen.iter().filter(|r| r.method == "GET").count(), 2);
+    // The first attempt's order, answered at 250 ms, is the call's answer.
+    assert_eq!(t.elapsed(), Duration::from_millis(250));
+    let m = metrics::policy("hedging::look_then_order").unwrap();
+    assert_eq!((m.successful_with_retry, m.retries), (1, 1));
+}

@@ -353,6 +353,39 @@ async fn hedges_are_counted_won_and_lost() {
     );
 }
 
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, hedge(delay = "50ms", max = 2))]
+async fn hedged_after_a_failure(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test]
+async fn a_hedge_that_failed_before_another_won_is_counted_lost_once() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    // The first request stalls, the first hedge is reset, the second hedge answers.
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::reset(),
+        Action::ok(),
+    ]))
+    .await;
+    hedged_after_a_failure(&c, &server.url("/")).await.unwrap();
+    assert_eq!(server.requests().len(), 3);
+    let hedges = |outcome: &str| {
+        sample(
+            &handle,
+            "resilience_client_hedges_total",
+            &[
+                function_of("hedged_after_a_failure"),
+                &format!(r#"outcome="{outcome}""#),
+            ],
+        )
+    };
+    assert_eq!((hedges("won"), hedges("lost")), (Some(1.0), Some(1.0)));
+}
+
 #[resilient(method = GET, timeout = "5s", max_attempts = 1, budget = false)]
 async fn awaited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)

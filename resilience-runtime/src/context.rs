@@ -83,6 +83,14 @@ impl<F> Scoped<F> {
         }
     }
 
+    /// Drops the body (in its context, as when the whole is dropped); the context stays, with
+    /// what the body's requests recorded. Polled afterwards, it stays pending.
+    pub(crate) fn stop(self: std::pin::Pin<&mut Self>) {
+        let this = self.project();
+        let mut fut = this.fut;
+        in_attempt(this.ctx, &mut || fut.set(None));
+    }
+
     /// What the attempt's requests recorded so far.
     pub(crate) fn ctx(self: std::pin::Pin<&mut Self>) -> &AttemptCtx {
         self.project().ctx

@@ -44,6 +44,8 @@ pin_project_lite::pin_project! {
         until: Sleep,
         limit: Duration,
         done: bool,
+        // Counted in the hedge metric (a hedge ends once, won or lost).
+        counted: bool,
         // The attempt's span (and start, for its metrics); its body is polled in it.
         scope: Option<AttemptScope>,
     }
@@ -66,6 +68,7 @@ impl<F: Future> Running<F> {
             until: tokio::time::sleep_until(until),
             limit,
             done: false,
+            counted: false,
             scope,
         }
     }
@@ -101,6 +104,27 @@ impl<F: Future> Running<F> {
     fn take_scope(self: Pin<&mut Self>) -> Option<AttemptScope> {
         self.project().scope.take()
     }
+
+    /// Still running: neither answered, nor timed out, nor stopped.
+    fn in_flight(&self) -> bool {
+        !self.done
+    }
+
+    /// Stops the attempt: its body is dropped (in its context), its context kept.
+    fn stop(self: Pin<&mut Self>) {
+        let me = self.project();
+        *me.done = true;
+        me.body.stop();
+    }
+}
+
+/// Hedge `i` (0 is the first attempt, not a hedge) ended, won or lost: counted once.
+fn hedge_ended<F: Future>(s: &Session, i: usize, r: Pin<&mut Running<F>>, won: bool) {
+    let counted = r.project().counted;
+    if i != 0 && !*counted {
+        *counted = true;
+        telemetry::hedge_ended(s.shared, won);
+    }
 }
 
 /// Runs one attempt of the body with hedges (the policy has `hedge`), or without.
@@ -135,16 +159,52 @@ where
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
+            // One polled that now has sent what may not go out twice (a nested call's POST,
+            // under a key of its own) goes on alone: the others stop before their next poll,
+            // so that they do not send it too.
             let mut ready = None;
-            if let Poll::Ready(o) = first.as_mut().poll_outcome(cx) {
-                ready = Some((0, o));
-            } else {
-                for (i, h) in hedges.iter_mut().enumerate() {
-                    if let Poll::Ready(o) = h.as_mut().poll_outcome(cx) {
-                        ready = Some((i + 1, o));
-                        break;
-                    }
+            let mut alone = None;
+            for i in 0..=hedges.len() {
+                let mut a = match i {
+                    0 => first.as_mut(),
+                    i => hedges[i - 1].as_mut(),
+                };
+                if let Poll::Ready(o) = a.as_mut().poll_outcome(cx) {
+                    ready = Some((i, o));
+                    break;
                 }
+                // Seen to send it: an attempt not yet seen sending anything (a hedge that has
+                // not reached its request) is not taken for one.
+                if in_flight > 1 && a.in_flight() && {
+                    let ctx = a.as_mut().ctx();
+                    ctx.stamped.get() && !s.may_duplicate(ctx)
+                } {
+                    alone = Some(i);
+                    break;
+                }
+            }
+            if let Some(k) = alone {
+                for j in (0..=hedges.len()).filter(|j| *j != k) {
+                    let mut b = match j {
+                        0 => first.as_mut(),
+                        j => hedges[j - 1].as_mut(),
+                    };
+                    if !b.in_flight() {
+                        continue;
+                    }
+                    b.as_mut().stop();
+                    in_flight -= 1;
+                    s.record_attempt(b.as_mut().ctx());
+                    let scope = b.as_mut().take_scope();
+                    telemetry::attempt_stopped(scope);
+                    hedge_ended(s, j, b, false);
+                }
+                tracing::debug!(
+                    attempt = s.attempts,
+                    "an attempt sent what may not go out twice: the others stop"
+                );
+                hedging = false;
+                continue;
             }
             if let Some((i, o)) = ready {
                 in_flight -= 1;
@@ -162,16 +222,14 @@ where
                                 s.record_attempt(h.as_mut().ctx());
                                 let scope = h.as_mut().take_scope();
                                 telemetry::attempt_superseded(scope, true, None);
-                                telemetry::hedge_ended(s.shared, false);
+                                hedge_ended(s, j + 1, h.as_mut(), false);
                             }
-                        }
-                        if i != 0 {
-                            telemetry::hedge_ended(s.shared, true);
                         }
                         let mut winner = match i {
                             0 => first.as_mut(),
                             i => hedges[i - 1].as_mut(),
                         };
+                        hedge_ended(s, i, winner.as_mut(), true);
                         s.record_attempt(winner.as_mut().ctx());
                         s.attempt_scope = winner.take_scope();
                         hedges.clear();
@@ -184,10 +242,8 @@ where
                             i => hedges[i - 1].as_mut(),
                         };
                         s.record_attempt(ended.as_mut().ctx());
-                        let scope = ended.take_scope();
-                        if i != 0 {
-                            telemetry::hedge_ended(s.shared, false);
-                        }
+                        let scope = ended.as_mut().take_scope();
+                        hedge_ended(s, i, ended, false);
                         let r = match o {
                             Outcome::Done(r) => {
                                 s.last.runtime = None;

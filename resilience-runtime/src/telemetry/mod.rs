@@ -406,6 +406,16 @@ pub(crate) fn attempt_superseded(
     end_unacted(scope, decision, reason, status);
 }
 
+/// A hedged attempt stopped because another one sent what may not go out twice.
+pub(crate) fn attempt_stopped(scope: Option<AttemptScope>) {
+    end_unacted(
+        scope,
+        "cancelled",
+        "another attempt sent what may not go out twice",
+        None,
+    );
+}
+
 /// Ends an attempt whose outcome the call did not act on: on its span only.
 fn end_unacted(
     scope: Option<AttemptScope>,
