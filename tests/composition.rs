@@ -544,3 +544,64 @@ async fn a_connect_failure_after_an_unseen_post_does_not_resend_it() {
     assert_eq!(orders.count(), 1, "the POST went out once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// An unkeyed POST the body stops waiting for (its own timeout on a best-effort audit), then a
+/// GET to a dependency that refuses connections: the POST went out, its answer never came.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_then_lookup(c: &reqwest::Client, audit: &str, stock: &str) -> Result<u16, Error> {
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        c.post(audit).body("event=view").send(),
+    )
+    .await;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+/// The same with `execute`.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_then_lookup_via_execute(
+    c: &reqwest::Client,
+    audit: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    let event = c.post(audit).body("event=view").build()?;
+    let _ = tokio::time::timeout(Duration::from_millis(50), c.execute(event)).await;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+/// An unkeyed POST and a GET sent together with `try_join!`: the GET's connect failure drops
+/// the POST in flight.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_and_stock(c: &reqwest::Client, orders: &str, stock: &str) -> Result<u16, Error> {
+    let (order, stock) =
+        tokio::try_join!(c.post(orders).body("qty=1").send(), c.get(stock).send())?;
+    order.error_for_status()?;
+    Ok(stock.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_after_a_post_given_up_on_does_not_resend_it() {
+    let audit = FaultServer::start(Script::always(Action::stall())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = audit_then_lookup(&client(), &audit.url("/audit"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(audit.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+
+    audit.clear();
+    let e = audit_then_lookup_via_execute(&client(), &audit.url("/audit"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(audit.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+
+    // The GET's connect times out after the POST arrived; try_join! drops the POST.
+    let orders = FaultServer::start(Script::always(Action::stall())).await;
+    let hole = resilience_fault_server::Blackhole::new();
+    let e = order_and_stock(&client(), &orders.url("/orders"), &hole.url("/stock"))
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

@@ -61,8 +61,9 @@ impl ResilientRequest {
         let mut req = req?;
         stamp_request(&mut req);
         let method = crate::policy::method_of(req.method());
+        let in_flight = InFlight(Some(method));
         let res = client.execute(req).await;
-        record_outcome(&res, Some(method));
+        in_flight.settle(&res);
         res
     }
 
@@ -88,6 +89,37 @@ fn record_outcome(
             record_response(ctx, status, retry_after);
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
+            ctx.note_reached(m);
+        }
+    });
+}
+
+/// A stamped request on its way. Dropped before its outcome is known (the body stopped
+/// waiting for it: its own `timeout`, a `try_join!` that another request failed, a `select!`),
+/// it may have reached the server: the attempt records it as such, so that running the body
+/// again does not resend an unsafe request. Its method: the request's, when known; else the
+/// least safe the attempt has sent.
+struct InFlight(Option<crate::policy::Method>);
+
+impl InFlight {
+    /// The outcome arrived: recorded as it is, not as a request given up on.
+    fn settle(self, res: &Result<reqwest::Response, reqwest::Error>) {
+        record_outcome(res, self.0);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        given_up(self.0);
+    }
+}
+
+/// A request whose outcome the body did not wait for: it may have reached the server.
+#[cold]
+fn given_up(method: Option<crate::policy::Method>) {
+    let _ = with_attempt(|ctx| {
+        if let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
         }
     });
@@ -267,6 +299,17 @@ pin_project_lite::pin_project! {
     pub struct Observed<F> {
         #[pin]
         inner: F,
+        // The response (or the error) arrived and was recorded.
+        settled: bool,
+    }
+
+    impl<F> PinnedDrop for Observed<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its outcome: the request may have reached the server.
+            if !*this.project().settled {
+                given_up(None);
+            }
+        }
     }
 }
 
@@ -277,8 +320,10 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let out = self.project().inner.poll(cx);
+        let this = self.project();
+        let out = this.inner.poll(cx);
         if let Poll::Ready(res) = &out {
+            *this.settled = true;
             // The request's own method is not known here: the least safe the attempt sent.
             record_outcome(res, None);
         }
@@ -346,7 +391,10 @@ pub mod dispatch {
         F: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
     {
         fn __resilience_observe(self) -> Observed<F> {
-            Observed { inner: self.take() }
+            Observed {
+                inner: self.take(),
+                settled: false,
+            }
         }
     }
 
