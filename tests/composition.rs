@@ -605,3 +605,49 @@ async fn a_connect_failure_after_a_post_given_up_on_does_not_resend_it() {
     assert_eq!(orders.count(), 1, "the POST went out once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+#[resilient(
+    timeout = "10s",
+    deadline = "30s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn inner_slow_to_give_up(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// An outer attempt timeout shorter than the inner call's: each outer attempt gives the inner
+/// call one request's time.
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_with_a_short_timeout(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_slow_to_give_up(c, url).await
+}
+
+async fn cached_page(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".into())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET, fallback = cached_page, fallback_on = [timeout])]
+async fn outer_with_a_short_timeout_and_fallback(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<String, Error> {
+    inner_slow_to_give_up(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outer_attempt_timeout_around_a_nested_call_is_retried_and_told_apart() {
+    // The inner call never retried: its one request ran out of the outer attempt's 1 s, which
+    // is the outer attempt's timeout, retried by the outer call.
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = outer_with_a_short_timeout(&client(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3, "one request per outer attempt: {e}");
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(e.attempts(), 3, "{e}");
+
+    // `fallback_on = [timeout]` sees the outer attempt's timeout.
+    let r = outer_with_a_short_timeout_and_fallback(&client(), &server.url("/")).await;
+    assert_eq!(r.unwrap(), "cached");
+}

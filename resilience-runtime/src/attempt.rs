@@ -131,11 +131,20 @@ impl<'s> Core<'s> {
         }
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         match poll_in_attempt(&this.session.ctx, body, cx) {
-            polled @ (Polled::Ok | Polled::Err) => {
+            Polled::Ok => {
                 *this.ended = true;
                 this.session.record_own();
-                if matches!(polled, Polled::Ok) {
-                    this.session.succeeded();
+                this.session.succeeded();
+                return Step::Done;
+            }
+            Polled::Err => {
+                *this.ended = true;
+                this.session.record_own();
+                // A failure once the attempt's time is up (a nested call that ran out of this
+                // attempt's time ends in the same instant as this attempt's timer) is this
+                // attempt's timeout.
+                if Instant::now() >= *this.until {
+                    return Step::Failed(this.session.timed_out(*this.limit));
                 }
                 return Step::Done;
             }

@@ -86,6 +86,10 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         };
         if let Poll::Ready(r) = polled {
             *me.done = true;
+            // A failure once the attempt's time is up is its timeout (see `attempt.rs`).
+            if r.is_err() && Instant::now() >= me.until.deadline() {
+                return Poll::Ready(Outcome::TimedOut(*me.limit));
+            }
             return Poll::Ready(Outcome::Done(r));
         }
         if me.until.poll(cx).is_ready() {

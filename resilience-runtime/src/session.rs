@@ -722,9 +722,10 @@ impl Session {
         self.finish(true, false);
     }
 
-    /// The attempt ran out of time: its own timeout, or the call's deadline.
+    /// The attempt ran out of time: its own timeout, or the call's deadline (its limit was
+    /// cut to the time left, or it ended when the call did).
     pub(crate) fn timed_out(&mut self, limit: Duration) -> Error {
-        let kind = if limit < self.policy.timeout {
+        let kind = if limit < self.policy.timeout || Instant::now() >= self.deadline {
             ErrorKind::DeadlineExceeded
         } else {
             ErrorKind::AttemptTimeout
@@ -896,8 +897,11 @@ impl Session {
             );
         }
         // A transient failure this call could have retried under its own policy: the
-        // enclosing call must not retry it again.
-        let retryable = class.is_transient() && self.policy.max_attempts > 1;
+        // enclosing call must not retry it again. Not a first attempt that the time ran out
+        // on (nested, the enclosing attempt's time): nothing retried it.
+        let cut_short =
+            self.attempts == 1 && self.last.runtime == Some(ErrorKind::DeadlineExceeded);
+        let retryable = class.is_transient() && self.policy.max_attempts > 1 && !cut_short;
         self.finish(false, retryable);
         Next::Return
     }
