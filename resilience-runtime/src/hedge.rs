@@ -40,8 +40,11 @@ pin_project_lite::pin_project! {
     struct Running<F: Future> {
         #[pin]
         body: Scoped<F>,
+        // The attempt's time limit: a timer made at its first `Pending` (an attempt that
+        // answers on its first poll registers none).
         #[pin]
-        until: Sleep,
+        timer: Option<Sleep>,
+        until: Instant,
         limit: Duration,
         done: bool,
         // Counted in the hedge metric (a hedge ends once, won or lost).
@@ -65,7 +68,8 @@ impl<F: Future> Running<F> {
         let (until, limit, ctx) = ctx;
         Running {
             body: Scoped::new(ctx, body),
-            until: tokio::time::sleep_until(until),
+            timer: None,
+            until,
             limit,
             done: false,
             counted: false,
@@ -87,12 +91,19 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         if let Poll::Ready(r) = polled {
             *me.done = true;
             // A failure once the attempt's time is up is its timeout (see `attempt.rs`).
-            if r.is_err() && Instant::now() >= me.until.deadline() {
+            if r.is_err() && Instant::now() >= *me.until {
                 return Poll::Ready(Outcome::TimedOut(*me.limit));
             }
             return Poll::Ready(Outcome::Done(r));
         }
-        if me.until.poll(cx).is_ready() {
+        if me.timer.as_mut().as_pin_mut().is_none() {
+            me.timer.set(Some(tokio::time::sleep_until(*me.until)));
+        }
+        if me
+            .timer
+            .as_pin_mut()
+            .is_some_and(|t| t.poll(cx).is_ready())
+        {
             *me.done = true;
             return Poll::Ready(Outcome::TimedOut(*me.limit));
         }
@@ -157,7 +168,8 @@ where
     let first_hedge_at = ctx.0 - ctx.1 + hedge.delay;
     let mut first = pin!(Running::new(ctx, scope, make()));
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
-    let mut timer = pin!(tokio::time::sleep_until(first_hedge_at));
+    // The hedge timer, made when the first attempt is first pending.
+    let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
     let mut hedging = true;
     let mut in_flight = 1u32;
     let run = std::future::poll_fn(|cx| {
@@ -271,7 +283,17 @@ where
                 }
                 continue;
             }
-            if !hedging || timer.as_mut().poll(cx).is_pending() {
+            if !hedging {
+                return Poll::Pending;
+            }
+            if timer.as_mut().as_pin_mut().is_none() {
+                timer.set(Some(tokio::time::sleep_until(first_hedge_at)));
+            }
+            if timer
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|t| t.poll(cx).is_pending())
+            {
                 return Poll::Pending;
             }
             // What the attempts in flight sent, or may be sending unseen, must be harmless to
@@ -294,7 +316,9 @@ where
                     hedges.push(Box::pin(Running::new(ctx, scope, make())));
                     in_flight += 1;
                     hedging = hedges.len() < hedge.max as usize;
-                    timer.as_mut().reset(Instant::now() + hedge.delay);
+                    if let Some(t) = timer.as_mut().as_pin_mut() {
+                        t.reset(Instant::now() + hedge.delay);
+                    }
                 }
                 None => hedging = false,
             }
