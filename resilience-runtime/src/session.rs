@@ -282,7 +282,7 @@ impl Session {
         refused_by_breaker(shared, breaker.name());
         Some(
             Error::new(ErrorKind::CircuitOpen)
-                .with_attempts(1)
+                .with_attempts(0)
                 .with_class(Some(Class::Rejected), None),
         )
     }
@@ -552,10 +552,9 @@ impl Session {
     /// ends, and how long it may run. The session's own context ([`Session::ctx`]) is made the
     /// new attempt's, in place.
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
-        self.attempts += 1;
         self.last = Last::default();
         // The first attempt starts when the call does: no second clock read.
-        let (now, left) = if self.attempts == 1 && self.waited.is_zero() {
+        let (now, left) = if self.attempts == 0 && self.waited.is_zero() {
             (self.started, self.left_at_start)
         } else {
             let now = Instant::now();
@@ -570,6 +569,9 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
+        // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
+        // one the breaker or the deadline refused.
+        self.attempts += 1;
         if let Some(c) = &mut self.concurrency {
             c.attempt_started(now);
         }
@@ -593,7 +595,7 @@ impl Session {
         PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
         self.span.in_scope(|| {
             tracing::warn!(
-                attempt = self.attempts,
+                attempt = self.attempts + 1,
                 breaker,
                 "circuit open: call rejected"
             )
