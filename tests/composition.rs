@@ -651,3 +651,83 @@ async fn an_outer_attempt_timeout_around_a_nested_call_is_retried_and_told_apart
     let r = outer_with_a_short_timeout_and_fallback(&client(), &server.url("/")).await;
     assert_eq!(r.unwrap(), "cached");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn recommendations(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// An optional nested call whose failure the body swallows, then a request of the body's own.
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page(c: &reqwest::Client, recs: &str, user: &str) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await.unwrap_or_default();
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{recs}"))
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "the attempt remembers that a nested call gave up after its retries, not which failure \
+            that was: the body's own later reset, retried by nobody, is taken for it and not retried"]
+async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_the_bodys_own() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(vec![Action::reset(), Action::ok().body("u")]).await;
+    let r = page(&client(), &recs.url("/"), &users.url("/")).await;
+    assert_eq!(
+        r.unwrap(),
+        "u",
+        "the user GET, reset once, is retried by the only layer that can"
+    );
+    assert_eq!(
+        recs.count(),
+        3 * 2,
+        "the inner call's 3 attempts per outer attempt"
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms"),
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 1,
+        window = 1,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn opens_its_breaker_mid_call(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_counts_the_attempts_that_ran_when_the_breaker_opens_mid_call() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = opens_its_breaker_mid_call(&client(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(server.count(), 1);
+    assert_eq!(
+        e.attempts(),
+        1,
+        "one attempt ran, the second was refused: {e}"
+    );
+    // Refused before it starts: none ran (`Error::attempts`: "0: none was allowed to start").
+    let e = opens_its_breaker_mid_call(&client(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(e.attempts(), 0, "{e}");
+}
