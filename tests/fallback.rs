@@ -132,3 +132,49 @@ async fn a_method_falls_back_on_a_method() {
     let server = FaultServer::start(Script::always(Action::status(500))).await;
     assert_eq!(api.get(&server.url("/")).await.unwrap(), 298);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 1,
+        window = 1,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn inventory(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Its failure is the nested call's: an open breaker, by `Error::kind()`.
+#[resilient(
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    method = GET,
+    fallback = stale,
+    fallback_on = [circuit_open]
+)]
+async fn stock_page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    inventory(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_on_sees_the_kind_the_caller_sees_from_a_nested_call() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/");
+    inventory(&c, &url).await.unwrap_err(); // opens its breaker
+    let e = inventory(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    // The outer call returns that error: its kind is one fallback_on lists.
+    assert_eq!(stock_page(&c, &url).await.unwrap(), 299);
+}

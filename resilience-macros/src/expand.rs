@@ -186,6 +186,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     });
     let mask = s.fallback_on.value.0;
+    // The fallback's check probes the error in place.
+    let result_mut = fallback_call.as_ref().map(|_| quote!(mut));
     let on_start_error = match &fallback_call {
         Some(call) => quote! {
             if #p::fallback_applies(#mask, error.kind()) {
@@ -198,11 +200,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // fallback applies.
     let finish = match &fallback_call {
         Some(call) => quote! {
-            if __resilience_result.is_err()
-                && #p::fallback_applies(#mask, __resilience_session.final_kind())
-            {
-                ::core::mem::drop(__resilience_result);
-                return #call;
+            let __resilience_kind = match &mut __resilience_result {
+                ::core::result::Result::Err(__resilience_error) => {
+                    #[allow(unused_imports)]
+                    use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
+                    ::core::option::Option::Some((&&&&&#p::Probe::new(__resilience_error, 0)).__resilience_kind())
+                }
+                ::core::result::Result::Ok(_) => ::core::option::Option::None,
+            };
+            if let ::core::option::Option::Some(__resilience_kind) = __resilience_kind {
+                if #p::fallback_applies(#mask, __resilience_session.final_kind(__resilience_kind)) {
+                    ::core::mem::drop(__resilience_result);
+                    return #call;
+                }
             }
         },
         None => quote!(),
@@ -262,7 +272,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             }
             #admit
             #[allow(clippy::let_and_return)]
-            let __resilience_result = loop {
+            let #result_mut __resilience_result = loop {
                 #attempt
                 .await;
                 if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {

@@ -88,6 +88,26 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
     sent_unknown.then_some(Class::Reset)
 }
 
+/// The kind of the first runtime [`Error`] in an error's `source()` chain (looking inside
+/// `io::Error`s as [`classify_error`] does): what `Error::kind()` tells the caller of an error
+/// that wraps a nested call's refusal or timeout. For `fallback_on`.
+pub(crate) fn runtime_kind(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            return Some(ours.kind());
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            let inner: &(dyn StdError + 'static) = inner;
+            if let Some(k) = runtime_kind(inner) {
+                return Some(k);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
 fn classify_io(kind: io::ErrorKind) -> Option<Class> {
     use io::ErrorKind as K;
     match kind {

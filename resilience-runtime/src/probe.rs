@@ -12,8 +12,8 @@
 use std::cell::Cell;
 use std::error::Error as StdError;
 
-use crate::classify::{Class, Classify, classify_error};
-use crate::error::Error;
+use crate::classify::{Class, Classify, classify_error, runtime_kind};
+use crate::error::{Error, ErrorKind};
 
 pub struct Probe<'a, E>(Cell<Option<&'a mut E>>, u32);
 
@@ -31,6 +31,8 @@ impl<'a, E> Probe<'a, E> {
 
 pub trait ViaOwn {
     fn __resilience_class(self) -> Option<Class>;
+    /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
+    fn __resilience_kind(self) -> Option<ErrorKind>;
 }
 impl ViaOwn for &&&&&Probe<'_, Error> {
     fn __resilience_class(self) -> Option<Class> {
@@ -39,6 +41,9 @@ impl ViaOwn for &&&&&Probe<'_, Error> {
         let class = classify_error(e);
         e.set_class(class);
         class
+    }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        Some(self.0.take()?.kind())
     }
 }
 
@@ -51,28 +56,43 @@ impl<E: Classify + StdError + 'static> ViaOwn for &&&&&Probe<'_, E> {
         let e = self.0.take()?;
         e.class().or_else(|| classify_error(e))
     }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        runtime_kind(self.0.take()?)
+    }
 }
 
 pub trait ViaClassify {
     fn __resilience_class(self) -> Option<Class>;
+    /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
+    fn __resilience_kind(self) -> Option<ErrorKind>;
 }
 impl<E: Classify> ViaClassify for &&&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         self.0.take()?.class()
     }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        None
+    }
 }
 
 pub trait ViaStdError {
     fn __resilience_class(self) -> Option<Class>;
+    /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
+    fn __resilience_kind(self) -> Option<ErrorKind>;
 }
 impl<E: StdError + 'static> ViaStdError for &&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         classify_error(self.0.take()?)
     }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        runtime_kind(self.0.take()?)
+    }
 }
 
 pub trait ViaBoxed {
     fn __resilience_class(self) -> Option<Class>;
+    /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
+    fn __resilience_kind(self) -> Option<ErrorKind>;
 }
 macro_rules! boxed {
     ($($t:ty),*) => {$(
@@ -85,6 +105,9 @@ macro_rules! boxed {
                     own.set_class(class);
                 }
                 class
+            }
+            fn __resilience_kind(self) -> Option<ErrorKind> {
+                runtime_kind(&**self.0.take()?)
             }
         }
     )*};
@@ -106,6 +129,9 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
         }
         class
     }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        runtime_kind(&*self.0.take()?)
+    }
 }
 
 #[cfg(feature = "anyhow")]
@@ -120,13 +146,23 @@ impl ViaBoxed for &&Probe<'_, anyhow::Error> {
         }
         class
     }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        let e = self.0.take()?;
+        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+        runtime_kind(dynerr)
+    }
 }
 
 pub trait ViaNothing {
     fn __resilience_class(self) -> Option<Class>;
+    /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
+    fn __resilience_kind(self) -> Option<ErrorKind>;
 }
 impl<E> ViaNothing for &Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
+        None
+    }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
         None
     }
 }
@@ -192,5 +228,50 @@ mod tests {
         assert_eq!(a.downcast_ref::<Error>().unwrap().attempts(), 4);
         let mut a = anyhow::anyhow!("refused").context("talking to the gateway");
         assert_eq!((&&&&&Probe::new(&mut a, 1)).__resilience_class(), None);
+    }
+
+    /// A user's error that wraps the runtime's (`#[error("…")] Resilience(#[from] Error)`).
+    #[derive(Debug)]
+    struct Wrapping(Error);
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapping")
+        }
+    }
+    impl StdError for Wrapping {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn finds_the_kind_of_the_runtime_error_inside() {
+        let mut own = Error::new(ErrorKind::CircuitOpen);
+        assert_eq!(
+            (&&&&&Probe::new(&mut own, 0)).__resilience_kind(),
+            Some(ErrorKind::CircuitOpen)
+        );
+        let mut wrapping = Wrapping(Error::new(ErrorKind::BulkheadFull));
+        assert_eq!(
+            (&&&&&Probe::new(&mut wrapping, 0)).__resilience_kind(),
+            Some(ErrorKind::BulkheadFull)
+        );
+        let mut io = std::io::Error::other(Error::new(ErrorKind::DeadlineExceeded));
+        assert_eq!(
+            (&&&&&Probe::new(&mut io, 0)).__resilience_kind(),
+            Some(ErrorKind::DeadlineExceeded)
+        );
+        let mut boxed: Box<dyn StdError + Send + Sync> =
+            Box::new(Error::new(ErrorKind::RateLimited));
+        assert_eq!(
+            (&&&&&Probe::new(&mut boxed, 0)).__resilience_kind(),
+            Some(ErrorKind::RateLimited)
+        );
+        let mut plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!((&&&&&Probe::new(&mut plain, 0)).__resilience_kind(), None);
+        let mut mine = Mine;
+        assert_eq!((&&&&&Probe::new(&mut mine, 0)).__resilience_kind(), None);
+        let mut opaque = Opaque;
+        assert_eq!((&&&&&Probe::new(&mut opaque, 0)).__resilience_kind(), None);
     }
 }

@@ -498,9 +498,14 @@ impl Session {
 
     /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
     /// function's own error (for `fallback_on`).
-    pub fn final_kind(&self) -> ErrorKind {
+    ///
+    /// `found`: the kind of the runtime error the returned error is or wraps (a nested call's
+    /// open breaker or timeout), as `Error::kind()` tells the caller; it counts when the
+    /// call's own limits did not end it.
+    pub fn final_kind(&self, found: Option<ErrorKind>) -> ErrorKind {
         self.replaced
             .or(self.last.runtime)
+            .or(found)
             .unwrap_or(ErrorKind::Call)
     }
 
