@@ -249,7 +249,9 @@ pub(crate) struct AttemptCtx {
     pub reached: Cell<Option<Method>>,
     pub status: Cell<Option<u16>>,
     pub retry_after: Cell<Option<Duration>>,
-    /// A nested `#[resilient]` call inside this attempt failed after it could retry itself.
+    /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
+    /// and the body has sent nothing of its own since: a failure of the attempt now is taken
+    /// for that call's, which the outer call does not retry again.
     pub nested_gave_up: Cell<bool>,
 }
 
@@ -343,6 +345,14 @@ impl AttemptCtx {
     pub(crate) fn note_method(&self, m: Method) {
         let worst = self.sent_method.get().map_or(m, |prev| prev.least_safe(m));
         self.sent_method.set(Some(worst));
+    }
+
+    /// The body sent a request of its own (stamped or declared). After a nested call that
+    /// gave up, the body went on (it handled that failure: `unwrap_or_default`, a match): the
+    /// attempt's failure from now on may be this request's, which no layer retried yet.
+    #[inline]
+    pub(crate) fn sent_own(&self) {
+        self.nested_gave_up.set(false);
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).
