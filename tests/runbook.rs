@@ -379,3 +379,94 @@ fn sighup_reloads_the_overrides() {
     assert!(status.success(), "the child saw no reload");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn status_page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An unkeyed POST, retried only where nothing was sent.
+#[resilient(timeout = "1s", deadline = "20s", retry_on = [connect], backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn refund(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Run as a child process with `RESILIENCE_OVERRIDES` naming a file that would let `refund`
+/// (not called yet when the file is read) be retried after a 503.
+#[tokio::test(start_paused = true)]
+#[ignore = "run by a_file_is_checked_against_each_function_as_it_becomes_known in a child process"]
+async fn child_with_a_file_unsafe_for_a_function_not_called_yet() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    // The first annotated call reads the file: checked against the functions known so far
+    // (this one), it applies.
+    status_page(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(
+        server.count(),
+        3,
+        "status_page runs under the file's max_attempts = 3 (compiled: 2)"
+    );
+    server.clear();
+    // First called now: the file would resend its unkeyed POST after a 503, so it keeps its
+    // compiled policy (retried only on a connect failure).
+    refund(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(server.count(), 1, "the unkeyed POST went out once");
+    server.clear();
+    // Now that both are known, the same file is refused whole, and each keeps what it had.
+    let e = overrides::reload().unwrap_err();
+    assert!(
+        e.to_string().contains("POST"),
+        "the refusal names the rule: {e}"
+    );
+    status_page(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(server.count(), 3, "status_page keeps the file's setting");
+    server.clear();
+    refund(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(server.count(), 1, "refund keeps its compiled policy");
+}
+
+/// The README's "In production" promise, as the runtime can keep it: a file is checked against
+/// every function the process has called (the runtime learns of a function at its first
+/// call), and against each function called later as it becomes known; `resilience check
+/// --overrides` checks it against every function of the crate before it is deployed.
+#[test]
+fn a_file_is_checked_against_each_function_as_it_becomes_known() {
+    let dir = std::env::temp_dir().join(format!("resilience-unsafe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("overrides.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nmax_attempts = 3\nretry_on = [\"connect\", \"reset\", \"timeout\", 503]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_with_a_file_unsafe_for_a_function_not_called_yet",
+        ])
+        .env(overrides::ENV, &file)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("1 passed"), "the child test ran: {stdout}");
+}
