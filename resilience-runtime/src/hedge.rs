@@ -99,11 +99,7 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         if me.timer.as_mut().as_pin_mut().is_none() {
             me.timer.set(Some(tokio::time::sleep_until(*me.until)));
         }
-        if me
-            .timer
-            .as_pin_mut()
-            .is_some_and(|t| t.poll(cx).is_ready())
-        {
+        if me.timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
             *me.done = true;
             return Poll::Ready(Outcome::TimedOut(*me.limit));
         }

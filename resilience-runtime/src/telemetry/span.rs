@@ -82,8 +82,17 @@ pub(crate) fn on_response(status: u16) {
     span.record("http.response.status_code", i64::from(status));
 }
 
-/// Query parameters whose values the conventions ask to redact.
-const SENSITIVE_QUERY: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+/// Query parameters whose values are redacted: the four the conventions name, and the
+/// signature, credential and session token of an S3 presigned URL (signature version 4).
+const SENSITIVE_QUERY: [&str; 7] = [
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+];
 
 /// `url` as `url.full` may show it: no credentials, no signatures.
 pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
@@ -170,6 +179,12 @@ mod tests {
         assert_eq!(
             redacted(&u("https://h/p?x=1&sig=secret&Signature=s2")),
             "https://h/p?x=1&sig=REDACTED&Signature=REDACTED"
+        );
+        assert_eq!(
+            redacted(&u(
+                "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261204&X-Amz-Security-Token=tok&X-Amz-Signature=abc123"
+            )),
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED&X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED"
         );
     }
 }
