@@ -719,6 +719,38 @@ async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_the_bodys_own() {
     );
 }
 
+/// The same with the body's own request made through another annotated call that leaves
+/// retries to its caller (`max_attempts = 1`).
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    method = GET
+)]
+async fn page_through_a_helper(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await.unwrap_or_default();
+    let user = inner_once(c, user).await?;
+    Ok(format!("{user}{recs}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_a_later_nested_call() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(vec![Action::reset(), Action::ok().body("u")]).await;
+    let r = page_through_a_helper(&client(), &recs.url("/"), &users.url("/")).await;
+    assert_eq!(
+        r.unwrap(),
+        "u",
+        "the user GET, reset once in a call that does not retry, is retried around it"
+    );
+    assert_eq!(users.count(), 2);
+}
+
 #[resilient(
     timeout = "1s",
     max_attempts = 3,

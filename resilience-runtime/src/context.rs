@@ -250,8 +250,9 @@ pub(crate) struct AttemptCtx {
     pub status: Cell<Option<u16>>,
     pub retry_after: Cell<Option<Duration>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
-    /// and the body has sent nothing of its own since: a failure of the attempt now is taken
-    /// for that call's, which the outer call does not retry again.
+    /// and the body has not gone on since (no request of its own, no other nested call): a
+    /// failure of the attempt now is taken for that call's, which the outer call does not
+    /// retry again.
     pub nested_gave_up: Cell<bool>,
 }
 
@@ -347,11 +348,12 @@ impl AttemptCtx {
         self.sent_method.set(Some(worst));
     }
 
-    /// The body sent a request of its own (stamped or declared). After a nested call that
-    /// gave up, the body went on (it handled that failure: `unwrap_or_default`, a match): the
-    /// attempt's failure from now on may be this request's, which no layer retried yet.
+    /// The body went on: it sent a request of its own (stamped or declared), or started
+    /// another nested call. After a nested call that gave up, that means the body handled the
+    /// failure (`unwrap_or_default`, a match): the attempt's failure from now on may be a
+    /// later one, which no layer retried yet.
     #[inline]
-    pub(crate) fn sent_own(&self) {
+    pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
     }
 

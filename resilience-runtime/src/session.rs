@@ -335,6 +335,7 @@ impl Session {
             // this call), it must not run its body again and resend this call's request
             // under a new automatic key.
             note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
+            o.went_on();
             Some(o.outer())
         })
         .flatten();
