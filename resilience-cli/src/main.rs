@@ -107,6 +107,9 @@ struct Function {
     analysis: Analysis,
     /// Names of functions its body calls (`name(` or `.name(`).
     calls: Vec<String>,
+    /// Of those, the ones called somewhere other than as `name(…).await?` (or as the body's
+    /// last expression): their failure may be handled and the body go on.
+    handled: Vec<String>,
 }
 
 struct Crate {
@@ -178,6 +181,7 @@ impl Crate {
                         line: at.line,
                         analysis,
                         calls: calls_in(func.block.to_token_stream()),
+                        handled: handled_in(func.block.to_token_stream()),
                     }),
                     Err(e) => {
                         for e in e {
@@ -336,6 +340,37 @@ fn calls_in(ts: proc_macro2::TokenStream) -> Vec<String> {
     out
 }
 
+/// The names a body calls where their failure may not end the body at once: every call site
+/// but `name(…).await?`, `name(…)?` and `name(…).await` as the last expression.
+fn handled_in(ts: proc_macro2::TokenStream) -> Vec<String> {
+    use proc_macro2::{Delimiter, TokenTree};
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    let punct =
+        |i: usize, c: char| matches!(tokens.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);
+    let ident = |i: usize, s: &str| matches!(tokens.get(i), Some(TokenTree::Ident(id)) if id == s);
+    let mut out = Vec::new();
+    for (i, tt) in tokens.iter().enumerate() {
+        match tt {
+            TokenTree::Group(g) => out.extend(handled_in(g.stream())),
+            TokenTree::Ident(id) => {
+                if !matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                {
+                    continue;
+                }
+                let propagated = punct(i + 2, '?')
+                    || (punct(i + 2, '.')
+                        && ident(i + 3, "await")
+                        && (punct(i + 4, '?') || tokens.len() == i + 4));
+                if !propagated {
+                    out.push(id.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 // --- What the policy means ---------------------------------------------------------------------
 
 fn retries(f: &Function) -> bool {
@@ -359,8 +394,9 @@ fn worst_case(f: &Function) -> Duration {
 }
 
 /// Requests one call sends to a dependency that fails every time, through nested annotated
-/// calls: an inner call that retries is not retried around (one layer retries); an inner call
-/// without retries is retried by the outer one.
+/// calls: an inner call that retries is not retried around (one layer retries), unless the
+/// body handles its failure and goes on (then a later failure of the body runs it again); an
+/// inner call without retries is retried by the outer one.
 fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
     let own = f.analysis.settings.max_attempts.value;
     let mut worst = own;
@@ -372,7 +408,11 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
     {
         let inner = amplification(callee, all, depth + 1);
-        let through = if retries(callee) { inner } else { own * inner };
+        let through = if retries(callee) && !f.handled.contains(&callee.name) {
+            inner
+        } else {
+            own * inner
+        };
         worst = worst.max(through);
     }
     worst

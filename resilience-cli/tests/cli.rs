@@ -235,3 +235,47 @@ fn help_is_the_usage_and_success() {
         );
     }
 }
+
+#[test]
+fn a_nested_failure_the_body_handles_multiplies_the_worst_case() {
+    let dir = crate_with(
+        "handled_nested",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(timeout = "1s")]
+pub async fn recs(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://recs/").send().await?.text().await?)
+}
+
+/// The failure ends the body at once: one layer of retries.
+#[resilient(timeout = "2s", method = GET)]
+pub async fn propagated(c: &reqwest::Client) -> Result<String, Error> {
+    let r = recs(c).await?;
+    Ok(r)
+}
+
+/// The failure is handled and the body goes on: a later failure runs `recs` again.
+#[resilient(timeout = "2s")]
+pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
+    let r = recs(c).await.unwrap_or_default();
+    Ok(c.get("http://users/").send().await?.text().await? + &r)
+}
+"#,
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worst = |f: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == f)
+            .unwrap_or_else(|| panic!("{f} listed"))["requests_per_call_worst_case"]
+            .clone()
+    };
+    assert_eq!(worst("handled_nested::propagated"), 3);
+    assert_eq!(worst("handled_nested::handled"), 9);
+}
