@@ -54,6 +54,12 @@ async fn adapted(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
 }
 
+/// Its body returns the nested call's refusal: an attempt of class `rejected`.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn over_broken(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    broken(c, url).await
+}
+
 fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
     PrometheusBuilder::new()
         .with_recommended_naming(true)
@@ -174,6 +180,17 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
             &handle,
             "resilience_client_calls_total",
             &[function_of("broken"), r#"outcome="rejected_breaker""#]
+        ),
+        Some(1.0)
+    );
+    // A caller whose body returns that refusal: its attempt ended `rejected`.
+    let e = over_broken(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_attempts_total",
+            &[function_of("over_broken"), r#"class="rejected""#]
         ),
         Some(1.0)
     );

@@ -54,7 +54,8 @@
 //!   before it ended, in an attempt, a backoff or the wait for a slot).
 //! - `class`: `ok` (the attempt succeeded), or the failure class: `connect`, `reset`,
 //!   `timeout`, `status` (a status the policy may retry, or one the body turned into an
-//!   error), `permanent`.
+//!   error), `permanent`, `rejected` (the body returned a nested call's refusal: its open
+//!   breaker, spent budget, full bulkhead or rate limit).
 //! - `from`, `to`: `closed`, `open`, `half-open`.
 //!
 //! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
