@@ -341,26 +341,49 @@ fn calls_in(ts: proc_macro2::TokenStream) -> Vec<String> {
 }
 
 /// The names a body calls where their failure may not end the body at once: every call site
-/// but `name(…).await?`, `name(…)?` and `name(…).await` as the last expression.
+/// but `name(…)` followed by `.await`, then methods that keep the error (`map_err`,
+/// `context`, …), then `?` or the end of the body (its last expression).
 fn handled_in(ts: proc_macro2::TokenStream) -> Vec<String> {
     use proc_macro2::{Delimiter, TokenTree};
+    // Methods after which the failure no longer ends the body.
+    const HANDLING: [&str; 11] = [
+        "unwrap_or",
+        "unwrap_or_default",
+        "unwrap_or_else",
+        "ok",
+        "err",
+        "is_ok",
+        "is_err",
+        "or",
+        "or_else",
+        "map_or",
+        "map_or_else",
+    ];
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     let punct =
         |i: usize, c: char| matches!(tokens.get(i), Some(TokenTree::Punct(p)) if p.as_char() == c);
-    let ident = |i: usize, s: &str| matches!(tokens.get(i), Some(TokenTree::Ident(id)) if id == s);
+    let paren = |i: usize| matches!(tokens.get(i), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
     let mut out = Vec::new();
     for (i, tt) in tokens.iter().enumerate() {
         match tt {
             TokenTree::Group(g) => out.extend(handled_in(g.stream())),
             TokenTree::Ident(id) => {
-                if !matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
-                {
+                if !paren(i + 1) {
                     continue;
                 }
-                let propagated = punct(i + 2, '?')
-                    || (punct(i + 2, '.')
-                        && ident(i + 3, "await")
-                        && (punct(i + 4, '?') || tokens.len() == i + 4));
+                // Walk `.await` and `.method(…)` after the call.
+                let mut j = i + 2;
+                let mut kept = true;
+                while punct(j, '.') {
+                    match tokens.get(j + 1) {
+                        Some(TokenTree::Ident(m)) => {
+                            kept &= !HANDLING.contains(&m.to_string().as_str());
+                            j += if paren(j + 2) { 3 } else { 2 };
+                        }
+                        _ => break,
+                    }
+                }
+                let propagated = kept && (punct(j, '?') || (j > i + 2 && j == tokens.len()));
                 if !propagated {
                     out.push(id.to_string());
                 }

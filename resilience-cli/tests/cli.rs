@@ -256,6 +256,13 @@ pub async fn propagated(c: &reqwest::Client) -> Result<String, Error> {
     Ok(r)
 }
 
+/// The error converted on its way out ends the body at once too.
+#[resilient(timeout = "2s", method = GET)]
+pub async fn converted(c: &reqwest::Client) -> Result<String, Error> {
+    let r = recs(c).await.map_err(|e| e)?;
+    Ok(r)
+}
+
 /// The failure is handled and the body goes on: a later failure runs `recs` again.
 #[resilient(timeout = "2s")]
 pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
@@ -277,5 +284,6 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
             .clone()
     };
     assert_eq!(worst("handled_nested::propagated"), 3);
+    assert_eq!(worst("handled_nested::converted"), 3);
     assert_eq!(worst("handled_nested::handled"), 9);
 }
