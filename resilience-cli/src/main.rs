@@ -114,6 +114,8 @@ struct Function {
 
 struct Crate {
     functions: Vec<Function>,
+    /// The file of every annotated function found, analysed or refused.
+    found_in: Vec<String>,
     /// Every problem, as `file:line:col: message`.
     problems: Vec<String>,
 }
@@ -140,6 +142,7 @@ impl Crate {
         files.sort();
         let mut krate = Crate {
             functions: Vec::new(),
+            found_in: Vec::new(),
             problems: Vec::new(),
         };
         for file in files {
@@ -172,6 +175,7 @@ impl Crate {
             };
             v.visit_file(&ast);
             for (path, func, args) in v.found {
+                krate.found_in.push(display.clone());
                 let at = func.sig.ident.span().start();
                 match analyze(args, &func, Some(dir), file.parent()) {
                     Ok(analysis) => krate.functions.push(Function {
@@ -703,17 +707,18 @@ fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
             }
         }
     }
+    // Every annotated function found, those the rules refused included.
     let mut by_file: BTreeMap<&str, usize> = BTreeMap::new();
-    for f in &krate.functions {
-        *by_file.entry(f.file.as_str()).or_default() += 1;
+    for f in &krate.found_in {
+        *by_file.entry(f.as_str()).or_default() += 1;
     }
     for p in &problems {
         eprintln!("{p}");
     }
     println!(
         "{} annotated function{} in {} file{}: {}",
-        krate.functions.len(),
-        if krate.functions.len() == 1 { "" } else { "s" },
+        krate.found_in.len(),
+        if krate.found_in.len() == 1 { "" } else { "s" },
         by_file.len(),
         if by_file.len() == 1 { "" } else { "s" },
         if problems.is_empty() {

@@ -120,6 +120,10 @@ fn check_passes_on_the_workspace_and_fails_on_an_unsafe_post() {
         "{t}"
     );
     assert!(t.contains("`idempotency_key = auto`"), "{t}");
+    assert!(
+        t.contains("1 annotated function in 1 file: 1 problem"),
+        "the refused function is counted: {t}"
+    );
 }
 
 #[test]
