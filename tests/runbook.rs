@@ -266,29 +266,38 @@ async fn child_with_overrides_from_the_environment() {
     assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
 }
 
-#[test]
-fn overrides_from_the_environment_apply_at_start_up() {
-    let dir = std::env::temp_dir().join(format!("resilience-runbook-{}", std::process::id()));
+/// An override file with `text` in a directory of its own (`tag` and the process id).
+fn override_file(tag: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("resilience-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("overrides.toml");
-    std::fs::write(
-        &file,
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
+/// Runs the ignored test `name` of this binary in a child process, with `RESILIENCE_OVERRIDES`
+/// naming `file` (or unset).
+fn run_child(name: &str, file: Option<&std::path::Path>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", name]);
+    match file {
+        Some(f) => cmd.env(overrides::ENV, f),
+        None => cmd.env_remove(overrides::ENV),
+    };
+    cmd.output().unwrap()
+}
+
+#[test]
+fn overrides_from_the_environment_apply_at_start_up() {
+    let (dir, file) = override_file(
+        "runbook",
         "[functions.\"runbook::lookup\"]\ntimeout = \"3s\"\ndeadline = \"30s\"\n",
-    )
-    .unwrap();
+    );
     let run = |with_file: bool| {
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--ignored",
-            "--exact",
+        run_child(
             "child_with_overrides_from_the_environment",
-        ]);
-        if with_file {
-            cmd.env(overrides::ENV, &file);
-        } else {
-            cmd.env_remove(overrides::ENV);
-        }
-        cmd.output().unwrap()
+            with_file.then_some(file.as_path()),
+        )
     };
     let with = run(true);
     assert!(
@@ -338,11 +347,8 @@ async fn child_reloading_on_sighup() {
 #[test]
 fn sighup_reloads_the_overrides() {
     use std::io::BufRead as _;
-    let dir = std::env::temp_dir().join(format!("resilience-sighup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("overrides.toml");
+    let (dir, file) = override_file("sighup", "");
     let signalled = dir.join("signalled");
-    std::fs::write(&file, "").unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -448,23 +454,14 @@ async fn child_with_a_file_unsafe_for_a_function_not_called_yet() {
 /// --overrides` checks it against every function of the crate before it is deployed.
 #[test]
 fn a_file_is_checked_against_each_function_as_it_becomes_known() {
-    let dir = std::env::temp_dir().join(format!("resilience-unsafe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("overrides.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = override_file(
+        "unsafe",
         "[defaults]\nmax_attempts = 3\nretry_on = [\"connect\", \"reset\", \"timeout\", 503]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_with_a_file_unsafe_for_a_function_not_called_yet",
-        ])
-        .env(overrides::ENV, &file)
-        .output()
-        .unwrap();
+    );
+    let out = run_child(
+        "child_with_a_file_unsafe_for_a_function_not_called_yet",
+        Some(&file),
+    );
     std::fs::remove_dir_all(&dir).ok();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
