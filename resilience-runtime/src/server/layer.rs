@@ -33,8 +33,8 @@ type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
 /// `Idempotent-Replayed: true` marks a response replayed from the store: the handler did not run.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// The store key of a request: `"{method} {path} {key}"`, then `" {scope}"` when the layer has
-/// a [scope](IdempotencyLayer::scope).
+/// The store key of a request: `"{method} {path} {key}"` (the full path the client sent), then
+/// `" {scope}"` when the layer has a [scope](IdempotencyLayer::scope).
 ///
 /// Unambiguous: methods and paths contain no space, and the key is written with `%` as `%25`
 /// and a space as `%20` (a quoted key may hold spaces), so everything after the third space is
@@ -435,7 +435,7 @@ where
                     &format!(
                         "{} {} requires an {} header: a unique value per operation, the same on every retry of it.",
                         req.method(),
-                        req.uri().path(),
+                        full_path(req.uri(), req.extensions()),
                         display(&config.header),
                     ),
                 ));
@@ -519,6 +519,16 @@ fn key_of<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<Cow<'h
     Ok(Some(key))
 }
 
+/// The request's path as its client sent it. Inside an axum router nested under a prefix
+/// (`Router::nest("/tenants/{tenant}", …)`) the URI a layer sees has the prefix stripped, so that
+/// every tenant's `/charges` would be one path; axum keeps the original in `OriginalUri`.
+fn full_path<'a>(uri: &'a http::Uri, extensions: &'a http::Extensions) -> &'a str {
+    match extensions.get::<axum::extract::OriginalUri>() {
+        Some(original) => original.0.path(),
+        None => uri.path(),
+    }
+}
+
 fn display(header: &HeaderName) -> &str {
     if header == crate::http::IDEMPOTENCY_KEY {
         "Idempotency-Key"
@@ -575,16 +585,15 @@ where
 
     let fingerprint = Fingerprint::of(parts.uri.query(), &body);
     let scope = config.scope.as_ref().and_then(|f| f(&parts));
-    let store_key: Arc<str> =
-        record_key(&parts.method, parts.uri.path(), &key, scope.as_deref()).into();
+    let path = full_path(&parts.uri, &parts.extensions);
+    let store_key: Arc<str> = record_key(&parts.method, path, &key, scope.as_deref()).into();
     let reused = || {
         problem(
             &config,
             KEY_REUSED,
             &format!(
                 "This key was already used for a different request (body or query string) to {} {}; use a new key for a new operation.",
-                parts.method,
-                parts.uri.path()
+                parts.method, path
             ),
         )
     };
@@ -718,7 +727,19 @@ where
             return Ok(res.map(ResponseBody::inner));
         }
         Ok(Ok(Ok(Outcome::BodyFailed(parts, e)))) => {
-            guard.release().await;
+            // The handler answered a status it stands by (its effect happened), then its body
+            // failed: a repeat must not run it again, and there is no answer to replay.
+            tracing::error!(key = %guard.key, status = %parts.status, error = %e, "idempotent response body failed; storing a problem in its place");
+            let stored = Stored::problem(
+                &config,
+                claim.fingerprint,
+                RESPONSE_FAILED,
+                &format!(
+                    "The request was processed once (the handler answered {}), but its response body failed before its end and was not kept. Do not resend it: look the result up instead.",
+                    parts.status.as_u16()
+                ),
+            );
+            guard.complete(&config, stored).await;
             return Ok(Response::from_parts(parts, ResponseBody::failed(e)));
         }
         Ok(Ok(Err(e))) => {
@@ -902,6 +923,12 @@ const RESPONSE_NOT_KEPT: Problem = Problem {
     status: StatusCode::INTERNAL_SERVER_ERROR,
     slug: "response-not-kept",
     title: "The response was too large to keep for replay",
+};
+
+const RESPONSE_FAILED: Problem = Problem {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "response-failed",
+    title: "The response failed after the request was processed",
 };
 
 /// An RFC 9457 problem: status, headers, JSON body.

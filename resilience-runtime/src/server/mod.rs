@@ -22,7 +22,11 @@
 //!
 //! A request is *covered* when its method is one of [`IdempotencyLayer::methods`] (POST and
 //! PATCH by default). Other requests pass through untouched. A covered request is identified by
-//! (`Idempotency-Key`, method, path), optionally [scoped](IdempotencyLayer::scope) per tenant;
+//! (`Idempotency-Key`, method, path), optionally [scoped](IdempotencyLayer::scope) per tenant.
+//! The path is the one the client sent, also when the layer sits in an axum router nested under
+//! a prefix (`Router::nest("/tenants/{tenant}", …)` strips the prefix from the URI the layer
+//! sees; the layer reads axum's `OriginalUri`). A framework that strips a prefix without
+//! keeping the original needs a [`scope`](IdempotencyLayer::scope) naming what was stripped;
 //! its *fingerprint* is the SHA-256 of its query string and body.
 //!
 //! | request | answer | handler runs |
@@ -38,6 +42,7 @@
 //! | the store fails or does not answer within [`store_timeout`](IdempotencyLayer::store_timeout) | 503 `store-unavailable` with `Retry-After: 1` | no |
 //! | the handler panics | 500 `handler-failed` | it did, once |
 //! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out` | cancelled at the limit |
+//! | the handler answers a kept status, then its response body fails | the first caller: that status and a body cut short; a repeat: 500 `response-failed` | it did, once |
 //!
 //! # The key: the IETF draft and payment APIs
 //!
@@ -89,7 +94,11 @@
 //!   **A 5xx raised after the effect** (the card charged, then saving the receipt failed)
 //!   breaks it: the retry charges again. Such a handler must roll back before answering 5xx,
 //!   or the layer must keep every answer ([`replay_every_status`]). A service error (the
-//!   tower `Err`) and a response body that fails also release the claim.
+//!   tower `Err`: no response at all) also releases the claim.
+//! - **A response body that fails after a kept status** (a streamed body whose source broke
+//!   after the handler answered 201) reaches the first caller as it is, cut short, and a 500
+//!   `response-failed` problem is stored in its place: the handler stood by its effect, so a
+//!   repeat is told so and does not run it again.
 //! - **Stored bytes are bounded.** A response body over
 //!   [`max_stored_body`](IdempotencyLayer::max_stored_body) (1 MiB by default) reaches the
 //!   first caller in full, and a 500 `response-not-kept` problem is stored in its place: a

@@ -33,6 +33,8 @@ macro_rules! every_rule {
             the_store_holds_the_response,
             scoped_keys_never_cross_scopes,
             only_the_configured_methods_are_covered,
+            a_nested_routers_requests_are_told_apart_by_their_full_path,
+            a_body_failing_after_a_kept_status_is_never_rerun,
         );
     };
 }
@@ -59,7 +61,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse};
@@ -86,6 +88,8 @@ pub struct Runs {
     pub list: AtomicUsize,
     pub required: AtomicUsize,
     pub panicky: AtomicUsize,
+    pub tenant_charges: AtomicUsize,
+    pub streamed: AtomicUsize,
 }
 
 fn bump(counter: &AtomicUsize) -> usize {
@@ -125,6 +129,47 @@ async fn slow(State(s): State<Shared>, headers: HeaderMap) -> (StatusCode, Strin
         .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     (StatusCode::CREATED, format!("slow {n}"))
+}
+
+/// Behind a layer inside `nest("/tenants/{tenant}", …)`: the layer sees `/charges`.
+async fn tenant_charge(
+    State(s): State<Shared>,
+    Path(tenant): Path<String>,
+    body: String,
+) -> (StatusCode, String) {
+    let n = bump(&s.runs.tenant_charges);
+    (
+        StatusCode::CREATED,
+        format!("tenant {tenant}: charge {n}: {body}"),
+    )
+}
+
+/// Answers 201, then its streamed body fails after the first chunk.
+async fn streamed(State(s): State<Shared>) -> (StatusCode, axum::body::Body) {
+    bump(&s.runs.streamed);
+    (StatusCode::CREATED, axum::body::Body::new(CutShort(0)))
+}
+
+/// A body that yields one chunk, then an error (a cursor lost mid-stream).
+struct CutShort(u8);
+
+impl http_body::Body for CutShort {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0 += 1;
+        std::task::Poll::Ready(match self.0 {
+            1 => Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"receipt: ",
+            )))),
+            2 => Some(Err(std::io::Error::other("cursor lost"))),
+            _ => None,
+        })
+    }
 }
 
 /// Runs until the test adds a permit to the gate.
@@ -207,11 +252,18 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         .route("/reject", routing::post(reject))
         .route("/busy", routing::post(busy))
         .route("/panicky", routing::post(panicky))
+        .route("/streamed", routing::post(streamed))
+        .layer(layer.clone());
+    let tenants = Router::new()
+        .route("/charges", routing::post(tenant_charge))
         .layer(layer);
     let strict = Router::new()
         .route("/required", routing::post(required))
         .route_layer(IdempotencyLayer::new(store.clone()).require_key(true));
-    let app = optional.merge(strict).with_state(shared.clone());
+    let app = optional
+        .merge(strict)
+        .nest("/tenants/{tenant}", tenants)
+        .with_state(shared.clone());
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -845,6 +897,78 @@ pub async fn only_the_configured_methods_are_covered(store: Store) {
         assert_eq!(patch.body, "order 3: x");
     }
     assert_eq!(count(&app.runs.orders), 3);
+}
+
+pub async fn a_nested_routers_requests_are_told_apart_by_their_full_path(store: Store) {
+    // The layer sits in a router nested under `/tenants/{tenant}`, which strips the prefix
+    // from the URI it sees: `/charges` for every tenant. Two tenants sending the same key (an
+    // order number) are two operations, and neither may receive the other's response.
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    for (n, tenant) in [(1, "a"), (2, "b")] {
+        let first = post(
+            &app.url(&format!("/tenants/{tenant}/charges")),
+            Some(&key),
+            "10 EUR",
+        )
+        .await;
+        assert_eq!(
+            (first.status, first.body.as_str(), first.replayed()),
+            (
+                201,
+                format!("tenant {tenant}: charge {n}: 10 EUR").as_str(),
+                false
+            )
+        );
+    }
+    let again = post(&app.url("/tenants/a/charges"), Some(&key), "10 EUR").await;
+    assert_eq!(
+        (again.body.as_str(), again.replayed()),
+        ("tenant a: charge 1: 10 EUR", true)
+    );
+    assert_eq!(count(&app.runs.tenant_charges), 2);
+    // Stored under the full path, where `record_key` finds it to inspect or purge.
+    let stored = store
+        .get(&record_key(
+            &reqwest::Method::POST,
+            "/tenants/b/charges",
+            &key,
+            None,
+        ))
+        .await
+        .expect("store answers");
+    assert!(
+        matches!(stored, Some(Record::Completed(ref r)) if &r.body[..] == b"tenant b: charge 2: 10 EUR"),
+        "{stored:?}"
+    );
+}
+
+pub async fn a_body_failing_after_a_kept_status_is_never_rerun(store: Store) {
+    // The handler answered 201 (its effect happened), then its streamed body failed: the first
+    // caller sees the cut, and its retry must not run the handler again.
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let first = client()
+        .post(app.url("/streamed"))
+        .header("idempotency-key", &key)
+        .body("x")
+        .send()
+        .await;
+    match first {
+        Ok(res) => {
+            assert_eq!(res.status(), 201);
+            assert!(res.text().await.is_err(), "the body was cut short");
+        }
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e:?}"),
+    }
+    for _ in 0..2 {
+        let again = post(&app.url("/streamed"), Some(&key), "x").await;
+        assert_eq!(again.status, 500, "{again:?}");
+        assert!(again.replayed(), "{again:?}");
+        assert!(again.body.contains("processed once"), "{}", again.body);
+        assert!(again.body.contains("answered 201"), "{}", again.body);
+    }
+    assert_eq!(count(&app.runs.streamed), 1);
 }
 
 /// Polls `cond` every 5 ms for up to 5 s.
