@@ -379,3 +379,71 @@ async fn a_hedge_has_an_attempt_span_of_its_own_and_the_overtaken_attempt_says_s
         Some(&Value::I64(200))
     );
 }
+
+/// A handler behind `IdempotencyLayer` runs in a task of its own (detached from the
+/// connection); its spans and its calls' spans stay in the request's trace, under the server
+/// span a middleware outside the layer opened (what `TraceLayer` does).
+#[tokio::test]
+async fn a_handler_behind_the_idempotency_layer_stays_in_the_requests_trace() {
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+
+    let (exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    let b_state = B::default();
+    let b = serve(
+        axum::Router::new()
+            .route("/b", get(b_handler))
+            .with_state(b_state.clone()),
+    )
+    .await;
+    async fn charge(State(b_url): State<String>) -> String {
+        tracing::info_span!("charge.handler").in_scope(|| tracing::info!("charging"));
+        call_b(&reqwest::Client::new(), &b_url)
+            .await
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+    async fn server_span(
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let span = tracing::info_span!("a.request", otel.kind = "server");
+        let _ = span.set_parent(incoming(req.headers()));
+        next.run(req).instrument(span).await
+    }
+    let a = serve(
+        axum::Router::new()
+            .route("/charges", axum::routing::post(charge))
+            .with_state(format!("http://{b}/b"))
+            .layer(IdempotencyLayer::new(MemoryStore::default()))
+            .layer(axum::middleware::from_fn(server_span)),
+    )
+    .await;
+    let body = reqwest::Client::new()
+        .post(format!("http://{a}/charges"))
+        .header("idempotency-key", "order-8")
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "ok");
+
+    // a.request, charge.handler, the call, two attempts, two b.handle.
+    let spans = finished(&exporter, 7).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(spans.len(), 7, "{names:?}");
+    for sp in &spans {
+        assert_eq!(sp.span_context.trace_id().to_string(), TRACE, "{}", sp.name);
+    }
+    let one = |n: &str| spans.iter().find(|s| s.name == n).expect(n);
+    let request = one("a.request");
+    assert_eq!(
+        one("charge.handler").parent_span_id,
+        request.span_context.span_id()
+    );
+    assert_eq!(
+        one("resilient").parent_span_id,
+        request.span_context.span_id()
+    );
+}

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use resilience_fault_server::{Action, FaultServer, Script};
-use resilience_runtime::server::ContextLayer;
+use resilience_runtime::server::{ContextLayer, IdempotencyLayer, MemoryStore};
 use resilience_runtime::{Error, ErrorKind, resilient};
 use tokio::time::Instant;
 
@@ -150,4 +150,48 @@ async fn the_trace_travels_through_b() {
         tp.ends_with("-00"),
         "the caller's sampling decision is kept: {tp}"
     );
+}
+
+/// B's handler behind `IdempotencyLayer` (which runs it in a task of its own, detached from the
+/// connection) inside `ContextLayer`, the order `.layer(idempotency).layer(context)` gives.
+async fn start_b_keyed(c_url: String) -> (String, Calls) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_handler))
+        .with_state((reqwest::Client::new(), c_url, calls.clone()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()))
+        .layer(ContextLayer::new().max(Duration::from_secs(60)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/b"), calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_context_reaches_a_handler_behind_the_idempotency_layer() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let (b, _) = start_b_keyed(c_server.url("/c")).await;
+    let resp = reqwest::Client::new()
+        .post(&b)
+        .header("idempotency-key", "order-7")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .header("x-request-id", "5eed")
+        .header("x-timeout-ms", "2000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 1);
+    let tp = seen[0].header("traceparent").unwrap();
+    assert_eq!(&tp[3..35], "0af7651916cd43dd8448eb211c80319c", "{tp}");
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        Some("00000000000000000000000000005eed")
+    );
+    let left: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
+    assert!(left <= 2000, "C was told {left} ms, not the caller's 2000");
 }

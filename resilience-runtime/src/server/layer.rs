@@ -669,7 +669,7 @@ where
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    match rt.spawn(job).await {
+    match rt.spawn(carry_context(job)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
         Err(e) => {
@@ -679,6 +679,25 @@ where
                 HANDLER_FAILED,
                 "The handler did not finish; retry later with the same key.",
             ))
+        }
+    }
+}
+
+/// `job`, to run in a task of its own with what it would have had in the request's own task:
+/// the current tracing span (and OpenTelemetry context), so that the handler's spans and the
+/// traces of its outbound calls stay under the request's; and the inbound deadline, trace and
+/// request id of a [`ContextLayer`](super::ContextLayer) outside this layer, which bind the
+/// handler's `#[resilient]` calls.
+fn carry_context<F: Future + Send>(job: F) -> impl Future<Output = F::Output> + Send {
+    use tracing::Instrument as _;
+    let inbound = crate::context::INBOUND.try_with(|i| *i).ok();
+    let job = job.instrument(tracing::Span::current());
+    #[cfg(feature = "opentelemetry")]
+    let job = opentelemetry::context::FutureExt::with_current_context(job);
+    async move {
+        match inbound {
+            Some(inbound) => crate::context::INBOUND.scope(inbound, job).await,
+            None => job.await,
         }
     }
 }

@@ -72,7 +72,10 @@
 //! - **A claimed handler runs to its end.** The handler runs in a task of its own, detached
 //!   from the connection: the client timing out, a proxy answering 504 before it, hyper dropping
 //!   the response future, none of them stop it. Its response is stored and replayed to the
-//!   retry. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
+//!   retry. The task carries what the request's own task had: the current tracing span (and
+//!   OpenTelemetry context), so the handler's spans and its calls' stay in the request's
+//!   trace, and the inbound deadline, trace and request id of a [`ContextLayer`] outside this
+//!   layer. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
 //! - **A hard limit per layer** ([`handler_limit`](IdempotencyLayer::handler_limit), 60 s by
 //!   default) bounds a handler that never ends: at the limit its future is dropped, which
 //!   cancels it at its current `.await`, and the layer answers 500 `handler-timed-out` in its
