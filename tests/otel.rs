@@ -160,6 +160,21 @@ async fn finished(exporter: &InMemorySpanExporter, n: usize) -> Vec<SpanData> {
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
+/// Waits for `n` spans, checks there are exactly `n`, all in [`TRACE`]; returns them and
+/// their names.
+async fn finished_in_trace(
+    exporter: &InMemorySpanExporter,
+    n: usize,
+) -> (Vec<SpanData>, Vec<String>) {
+    let spans = finished(exporter, n).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(spans.len(), n, "{names:?}");
+    for sp in &spans {
+        assert_eq!(sp.span_context.trace_id().to_string(), TRACE, "{}", sp.name);
+    }
+    (spans, names)
+}
+
 #[tokio::test]
 async fn the_callee_joins_the_callers_trace_with_a_client_span_per_attempt() {
     let (exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
@@ -177,12 +192,7 @@ async fn the_callee_joins_the_callers_trace_with_a_client_span_per_attempt() {
     assert_eq!(body, "ok");
 
     // a.handle, the call, two attempts, two b.handle.
-    let spans = finished(&exporter, 6).await;
-    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
-    assert_eq!(spans.len(), 6, "{names:?}");
-    for sp in &spans {
-        assert_eq!(sp.span_context.trace_id().to_string(), TRACE, "{}", sp.name);
-    }
+    let (spans, names) = finished_in_trace(&exporter, 6).await;
     let by = |n: &str| {
         spans
             .iter()
@@ -430,12 +440,7 @@ async fn a_handler_behind_the_idempotency_layer_stays_in_the_requests_trace() {
     assert_eq!(body, "ok");
 
     // a.request, charge.handler, the call, two attempts, two b.handle.
-    let spans = finished(&exporter, 7).await;
-    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
-    assert_eq!(spans.len(), 7, "{names:?}");
-    for sp in &spans {
-        assert_eq!(sp.span_context.trace_id().to_string(), TRACE, "{}", sp.name);
-    }
+    let (spans, _) = finished_in_trace(&exporter, 7).await;
     let one = |n: &str| spans.iter().find(|s| s.name == n).expect(n);
     let request = one("a.request");
     assert_eq!(
