@@ -308,6 +308,126 @@ async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when
     assert_eq!(count(&app.runs.gated), 1, "never run twice");
 }
 
+/// With the `metrics` feature, every answer of the layer reaches the service's recorder, and
+/// the responses kept in memory while the store is down are a gauge.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn every_answer_is_counted_by_outcome() {
+    use server_support::{client, send};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let value = |name: &str, labels: &str| {
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{labels} ")))?;
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    let answered = |outcome: &str| {
+        value(
+            "resilience_idempotency_requests_total",
+            &format!(r#"{{outcome="{outcome}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    let pending = || value("resilience_idempotency_pending", "");
+
+    let switch = Arc::new(Switch::default());
+    let store: Store = switch.clone();
+    let layer = IdempotencyLayer::new(store.clone())
+        .max_body(64)
+        .max_stored_body(32)
+        .handler_limit(Duration::from_secs(1));
+    let app = serve(&store, layer).await;
+    let at = |path: &str| app.url(path);
+    let status = |reply: server_support::Reply| reply.status;
+
+    assert_eq!(status(post(&at("/orders"), Some("k1"), "a").await), 201);
+    assert_eq!(status(post(&at("/orders"), Some("k1"), "a").await), 201);
+    assert_eq!(status(post(&at("/orders"), Some("k1"), "b").await), 422);
+    assert_eq!(status(post(&at("/orders"), None, "a").await), 201);
+    assert_eq!(status(post(&at("/orders"), Some("a b"), "a").await), 400);
+    assert_eq!(status(post(&at("/required"), None, "a").await), 400);
+    let long = "x".repeat(100);
+    assert_eq!(status(post(&at("/orders"), Some("k2"), &long).await), 413);
+    assert_eq!(status(post(&at("/flaky"), Some("k3"), "a").await), 500);
+    assert_eq!(status(post(&at("/panicky"), Some("k4"), "a").await), 500);
+    let slow = client()
+        .post(at("/slow"))
+        .header("idempotency-key", "k5")
+        .header("x-sleep-ms", "30000")
+        .body("a");
+    assert_eq!(status(send(slow).await), 500);
+    assert_eq!(
+        status(post(&at("/orders"), Some("k6"), &long[..40]).await),
+        201
+    );
+    let cut = client()
+        .post(at("/streamed"))
+        .header("idempotency-key", "k7")
+        .body("a");
+    let _ = cut.send().await; // 201, its body cut short
+    let gated = tokio::spawn({
+        let url = at("/gated");
+        async move { post(&url, Some("k8"), "a").await }
+    });
+    server_support::wait_until(|| count(&app.runs.gated) == 1).await;
+    assert_eq!(status(post(&at("/gated"), Some("k8"), "a").await), 409);
+    app.gate.add_permits(1);
+    assert_eq!(gated.await.unwrap().status, 201);
+
+    // The store goes away: a new key is refused; a handler already running keeps its answer
+    // in memory until the store is back.
+    let running = tokio::spawn({
+        let url = at("/gated");
+        async move { post(&url, Some("k9"), "a").await }
+    });
+    server_support::wait_until(|| count(&app.runs.gated) == 2).await;
+    switch.down.store(true, SeqCst);
+    assert_eq!(status(post(&at("/orders"), Some("k10"), "a").await), 503);
+    app.gate.add_permits(1);
+    assert_eq!(running.await.unwrap().status, 201);
+    assert_eq!(pending(), Some(1.0));
+    assert_eq!(status(post(&at("/gated"), Some("k9"), "a").await), 201);
+    switch.down.store(false, SeqCst);
+    for _ in 0..500 {
+        if pending() == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending(), Some(0.0), "written once the store took it");
+
+    for (outcome, n) in [
+        ("handled", 3.0),  // k1, k8, k9
+        ("replayed", 2.0), // k1, k9 from memory
+        ("key_reused", 1.0),
+        ("unprotected", 1.0),
+        ("key_invalid", 1.0),
+        ("key_missing", 1.0),
+        ("body_too_large", 1.0),
+        ("released", 1.0),
+        ("handler_failed", 1.0),
+        ("handler_timed_out", 1.0),
+        ("response_not_kept", 1.0),
+        ("response_failed", 1.0),
+        ("in_progress", 1.0),
+        ("store_unavailable", 1.0),
+    ] {
+        assert_eq!(
+            answered(outcome),
+            n,
+            "outcome {outcome}:\n{}",
+            handle.render()
+        );
+    }
+}
+
 #[tokio::test]
 async fn stored_response_bytes_stay_under_the_memory_stores_bound() {
     // Regression: 16 keyed responses of 16 MiB kept 310 MiB for the 24 h TTL. Scaled down:

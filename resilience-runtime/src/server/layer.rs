@@ -25,6 +25,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::record::{Fingerprint, InFlight, Record, StoredResponse};
+use super::served::{Served, count};
 use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -149,6 +150,18 @@ impl State {
 
     fn pending(&self, key: &str) -> Option<StoredResponse> {
         lock(&self.pending).get(key).cloned()
+    }
+
+    fn keep(&self, key: Arc<str>, stored: StoredResponse) {
+        if lock(&self.pending).insert(key, stored).is_none() {
+            super::served::pending(1);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        if lock(&self.pending).remove(key).is_some() {
+            super::served::pending(-1);
+        }
     }
 }
 
@@ -429,6 +442,7 @@ where
         let key = match key_of(req.headers(), &config.header) {
             Ok(Some(key)) => key.into_owned(),
             Ok(None) if config.require_key => {
+                count(Served::KeyMissing);
                 return answer(problem(
                     &config,
                     KEY_MISSING,
@@ -440,8 +454,12 @@ where
                     ),
                 ));
             }
-            Ok(None) => return passthrough(inner.call(req)),
+            Ok(None) => {
+                count(Served::Unprotected);
+                return passthrough(inner.call(req));
+            }
             Err(why) => {
+                count(Served::KeyInvalid);
                 return answer(problem(
                     &config,
                     KEY_INVALID,
@@ -554,6 +572,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let too_large = || {
+        count(Served::BodyTooLarge);
         problem(
             &config,
             BODY_TOO_LARGE,
@@ -575,6 +594,7 @@ where
         Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
         Err(e) => {
             tracing::debug!(error = %e, "could not read a keyed request body");
+            count(Served::BodyUnreadable);
             return Ok(problem(
                 &config,
                 BODY_UNREADABLE,
@@ -588,6 +608,7 @@ where
     let path = full_path(&parts.uri, &parts.extensions);
     let store_key: Arc<str> = record_key(&parts.method, path, &key, scope.as_deref()).into();
     let reused = || {
+        count(Served::KeyReused);
         problem(
             &config,
             KEY_REUSED,
@@ -603,9 +624,11 @@ where
         if stored.fingerprint != fingerprint {
             return Ok(reused());
         }
+        count(Served::Replayed);
         return Ok(replay(stored));
     }
     if config.state.is_down(Instant::now()) {
+        count(Served::StoreUnavailable);
         return Ok(unavailable(&config));
     }
 
@@ -624,6 +647,7 @@ where
             return Ok(reused());
         }
         Ok(Ok(Claim::Existing(Record::InFlight(_)))) => {
+            count(Served::InProgress);
             let mut res = problem(
                 &config,
                 IN_PROGRESS,
@@ -635,6 +659,7 @@ where
         }
         Ok(Ok(Claim::Existing(Record::Completed(stored)))) => {
             tracing::debug!(key = %store_key, status = %stored.status, "idempotent replay");
+            count(Served::Replayed);
             return Ok(replay(stored));
         }
         failed => {
@@ -656,6 +681,7 @@ where
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(withdraw(config.clone(), store_key, claim));
             }
+            count(Served::StoreUnavailable);
             return Ok(unavailable(&config));
         }
     }
@@ -674,6 +700,7 @@ where
         // Only when the runtime shuts down under it.
         Err(e) => {
             tracing::warn!(error = %e, "idempotent handler task did not finish");
+            count(Served::HandlerFailed);
             Ok(problem(
                 &config,
                 HANDLER_FAILED,
@@ -742,6 +769,7 @@ where
     let (parts, body) = match outcome {
         Ok(Ok(Ok(Outcome::Full(parts, body)))) => (parts, body),
         Ok(Ok(Ok(Outcome::Pass(res)))) => {
+            count(Served::Released);
             guard.release().await;
             return Ok(res.map(ResponseBody::inner));
         }
@@ -758,15 +786,18 @@ where
                     parts.status.as_u16()
                 ),
             );
+            count(Served::ResponseFailed);
             guard.complete(&config, stored).await;
             return Ok(Response::from_parts(parts, ResponseBody::failed(e)));
         }
         Ok(Ok(Err(e))) => {
+            count(Served::Released);
             guard.release().await;
             return Err(e);
         }
         Ok(Err(panic)) => {
             tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
+            count(Served::HandlerFailed);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
@@ -777,6 +808,7 @@ where
         }
         Err(_) => {
             tracing::error!(key = %guard.key, limit = ?config.handler_limit, "idempotent handler cancelled at the layer's limit");
+            count(Served::HandlerTimedOut);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
@@ -792,6 +824,7 @@ where
 
     let stored = if body.len() > config.max_stored_body {
         tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
+        count(Served::ResponseNotKept);
         Stored::problem(
             &config,
             claim.fingerprint,
@@ -803,6 +836,7 @@ where
             ),
         )
     } else {
+        count(Served::Handled);
         StoredResponse {
             fingerprint: claim.fingerprint,
             status: parts.status,
@@ -1117,7 +1151,7 @@ impl ClaimGuard {
                     _ => format!("no answer within {:?}", self.store_timeout),
                 };
                 tracing::warn!(key = %self.key, error = %error, "idempotent response not stored yet; keeping it and the claim until the store is back");
-                lock(&config.state.pending).insert(self.key.clone(), stored.clone());
+                config.state.keep(self.key.clone(), stored.clone());
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     let renewal = self.renewal.take();
                     rt.spawn(write_back(
@@ -1206,7 +1240,7 @@ async fn write_back(
             _ => {}
         }
     }
-    lock(&config.state.pending).remove(&key);
+    config.state.forget(&key);
     if let Some(renewal) = renewal {
         renewal.stop();
     }

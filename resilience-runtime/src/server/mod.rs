@@ -148,6 +148,15 @@
 //!   lease, the claim expires under a running handler and a repeat may run it again (logged as
 //!   "claim lost while the handler runs"). Keep the lease well above the store's worst stall.
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, every request the layer covers is counted in
+//! `resilience.idempotency.requests` by how it was answered (`outcome`: `handled`, `replayed`,
+//! `released`, `in_progress`, `key_reused`, `store_unavailable`, …; the full list is in
+//! [`telemetry`](crate::telemetry)), and `resilience.idempotency.pending` is the number of
+//! responses kept in memory until the store takes them (the "store lost while the handler
+//! runs" case above): a value that stays above zero means the store is still down.
+//!
 //! # Stores
 //!
 //! [`MemoryStore`] serves one instance. `RedisStore` (feature `redis`), over one Redis or a
@@ -161,6 +170,7 @@ mod memory;
 mod record;
 #[cfg(feature = "redis")]
 mod redis_store;
+mod served;
 mod store;
 
 pub use body::ResponseBody;

@@ -176,7 +176,9 @@ pub fn describe_metrics() {
     for (name, kind, unit, help) in super::METRICS {
         let unit = match unit {
             "s" => Some(Unit::Seconds),
-            "{call}" | "{attempt}" | "{retry}" | "{transition}" | "{request}" => Some(Unit::Count),
+            "{call}" | "{attempt}" | "{retry}" | "{transition}" | "{request}" | "{response}" => {
+                Some(Unit::Count)
+            }
             _ => None,
         };
         match kind {

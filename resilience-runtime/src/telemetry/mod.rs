@@ -47,6 +47,8 @@
 //! | `resilience.bulkhead.in_flight` | gauge | `{call}` | `bulkhead` | calls holding a slot |
 //! | `resilience.concurrency_limit.limit` | gauge | `{call}` | `concurrency_limit` | an adaptive limit's value now |
 //! | `resilience.concurrency_limit.in_flight` | gauge | `{call}` | `concurrency_limit` | calls holding one of its slots |
+//! | `resilience.idempotency.requests` | counter | `{request}` | `outcome` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
+//! | `resilience.idempotency.pending` | gauge | `{response}` | | responses that layer keeps in memory until its store takes them |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
 //!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`,
@@ -57,6 +59,13 @@
 //!   error), `permanent`, `rejected` (the body returned a nested call's refusal: its open
 //!   breaker, spent budget, full bulkhead or rate limit).
 //! - `from`, `to`: `closed`, `open`, `half-open`.
+//! - the idempotency layer's `outcome`: `handled` (the handler ran, its answer kept),
+//!   `replayed`, `released` (the handler ran, its status is not kept or the service failed:
+//!   the key was given back), `in_progress` (409), `key_reused` (422), `key_missing`,
+//!   `key_invalid` (400), `body_too_large` (413), `body_unreadable` (400),
+//!   `store_unavailable` (503), `handler_failed` (a panic), `handler_timed_out`,
+//!   `response_not_kept` (too large to keep), `response_failed` (its body failed after a kept
+//!   status), `unprotected` (no key where it is optional).
 //!
 //! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
 //! also on each transition, an adaptive limit's when a call takes or gives back a slot and
@@ -141,10 +150,14 @@ pub mod names {
     pub const CONCURRENCY_LIMIT: &str = "resilience.concurrency_limit.limit";
     /// Calls holding a slot of an adaptive concurrency limit (gauge).
     pub const CONCURRENCY_IN_FLIGHT: &str = "resilience.concurrency_limit.in_flight";
+    /// Requests the idempotency layer covered, by how it answered them (counter).
+    pub const IDEMPOTENCY_REQUESTS: &str = "resilience.idempotency.requests";
+    /// Responses the idempotency layer keeps in memory until its store takes them (gauge).
+    pub const IDEMPOTENCY_PENDING: &str = "resilience.idempotency.pending";
 }
 
 /// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
-pub const METRICS: [(&str, &str, &str, &str); 12] = [
+pub const METRICS: [(&str, &str, &str, &str); 14] = [
     (
         names::CALLS,
         "counter",
@@ -216,6 +229,18 @@ pub const METRICS: [(&str, &str, &str, &str); 12] = [
         "gauge",
         "{call}",
         "Calls holding a slot of an adaptive concurrency limit",
+    ),
+    (
+        names::IDEMPOTENCY_REQUESTS,
+        "counter",
+        "{request}",
+        "Requests the idempotency layer covered, by how it answered them",
+    ),
+    (
+        names::IDEMPOTENCY_PENDING,
+        "gauge",
+        "{response}",
+        "Responses the idempotency layer keeps in memory until its store takes them",
     ),
 ];
 

@@ -1,0 +1,144 @@
+//! How the idempotency layer answered each request it covers, counted through the `metrics`
+//! facade (feature `metrics`): `resilience.idempotency.requests` by `outcome`, and
+//! `resilience.idempotency.pending`, the responses kept in memory until the store takes them.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// How the layer answered a covered request (one of the methods it covers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// No key on a route where the key is optional: the handler ran unprotected.
+    Unprotected,
+    /// 400: no key where one is required.
+    KeyMissing,
+    /// 400: a malformed key.
+    KeyInvalid,
+    /// 413: a body over the layer's limit.
+    BodyTooLarge,
+    /// 400: a body that could not be read to its end.
+    BodyUnreadable,
+    /// 503: the store was down, slow, or refused the claim.
+    StoreUnavailable,
+    /// 422: the key was used for another request.
+    KeyReused,
+    /// 409: the first request with this key still runs.
+    InProgress,
+    /// The stored answer, replayed; the handler did not run.
+    Replayed,
+    /// The handler ran and its answer was kept for replay.
+    Handled,
+    /// The handler ran and answered a status that is not kept (by default 5xx, 408, 429), or
+    /// failed as a service: the key was given back.
+    Released,
+    /// 500: the handler panicked (or its task did not finish).
+    HandlerFailed,
+    /// 500: the handler outlived the layer's limit and was cancelled.
+    HandlerTimedOut,
+    /// The handler ran; its response was too large to keep, a problem was kept in its place.
+    ResponseNotKept,
+    /// The handler ran; its response body failed, a problem was kept in its place.
+    ResponseFailed,
+}
+
+impl Served {
+    /// Every outcome, in the order of the enum.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [Served; 15] = [
+        Served::Unprotected,
+        Served::KeyMissing,
+        Served::KeyInvalid,
+        Served::BodyTooLarge,
+        Served::BodyUnreadable,
+        Served::StoreUnavailable,
+        Served::KeyReused,
+        Served::InProgress,
+        Served::Replayed,
+        Served::Handled,
+        Served::Released,
+        Served::HandlerFailed,
+        Served::HandlerTimedOut,
+        Served::ResponseNotKept,
+        Served::ResponseFailed,
+    ];
+
+    /// The `outcome` label's value.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Served::Unprotected => "unprotected",
+            Served::KeyMissing => "key_missing",
+            Served::KeyInvalid => "key_invalid",
+            Served::BodyTooLarge => "body_too_large",
+            Served::BodyUnreadable => "body_unreadable",
+            Served::StoreUnavailable => "store_unavailable",
+            Served::KeyReused => "key_reused",
+            Served::InProgress => "in_progress",
+            Served::Replayed => "replayed",
+            Served::Handled => "handled",
+            Served::Released => "released",
+            Served::HandlerFailed => "handler_failed",
+            Served::HandlerTimedOut => "handler_timed_out",
+            Served::ResponseNotKept => "response_not_kept",
+            Served::ResponseFailed => "response_failed",
+        }
+    }
+}
+
+/// Counts one answer.
+#[inline]
+pub(crate) fn count(served: Served) {
+    #[cfg(feature = "metrics")]
+    recorded::count(served);
+    #[cfg(not(feature = "metrics"))]
+    let _ = served;
+}
+
+/// Responses kept in memory until the store takes them, in every layer of the process.
+static PENDING: AtomicI64 = AtomicI64::new(0);
+
+/// One response more (`1`) or fewer (`-1`) kept in memory until the store takes it.
+pub(crate) fn pending(change: i64) {
+    let now = PENDING.fetch_add(change, Ordering::Relaxed) + change;
+    #[cfg(feature = "metrics")]
+    recorded::pending(now);
+    #[cfg(not(feature = "metrics"))]
+    let _ = now;
+}
+
+#[cfg(feature = "metrics")]
+mod recorded {
+    use std::sync::OnceLock;
+
+    use metrics::{Key, Label, Level, Metadata};
+
+    use super::Served;
+    use crate::telemetry::names;
+
+    static METADATA: Metadata<'static> =
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+    static PENDING_KEY: Key = Key::from_static_name(names::IDEMPOTENCY_PENDING);
+
+    /// One key per outcome, made once.
+    fn keys() -> &'static [Key; Served::ALL.len()] {
+        static KEYS: OnceLock<[Key; Served::ALL.len()]> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            Served::ALL.map(|s| {
+                let labels: &'static [Label] =
+                    Box::leak(Box::new([Label::from_static_parts("outcome", s.as_str())]));
+                Key::from_static_labels(names::IDEMPOTENCY_REQUESTS, labels)
+            })
+        })
+    }
+
+    pub(super) fn count(served: Served) {
+        metrics::with_recorder(|r| {
+            r.register_counter(&keys()[served as usize], &METADATA)
+                .increment(1)
+        });
+    }
+
+    pub(super) fn pending(n: i64) {
+        metrics::with_recorder(|r| r.register_gauge(&PENDING_KEY, &METADATA).set(n as f64));
+    }
+}
