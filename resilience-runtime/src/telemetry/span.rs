@@ -65,13 +65,24 @@ pub(crate) fn on_request(req: &reqwest::Request) {
     };
     let url = req.url();
     span.record("http.request.method", req.method().as_str());
-    if let Some(host) = url.host_str() {
+    if let Some(host) = server_address(url) {
         span.record("server.address", host);
     }
     if let Some(port) = url.port_or_known_default() {
         span.record("server.port", i64::from(port));
     }
     span.record("url.full", display(redacted(url)));
+}
+
+/// The host as the conventions write `server.address`: a name, or an IP address without the
+/// brackets an IPv6 address has in a URL.
+fn server_address(url: &reqwest::Url) -> Option<&str> {
+    let host = url.host_str()?;
+    Some(
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host),
+    )
 }
 
 /// Records the status of a response the attempt received.
@@ -163,7 +174,18 @@ fn record_end(span: &Span, end: &super::AttemptEnd) {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{redacted, server_address};
+
+    #[test]
+    fn server_address_is_the_host_without_brackets() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert_eq!(server_address(&u("http://[::1]:8080/a")), Some("::1"));
+        assert_eq!(server_address(&u("http://127.0.0.1/a")), Some("127.0.0.1"));
+        assert_eq!(
+            server_address(&u("https://pg.example/")),
+            Some("pg.example")
+        );
+    }
 
     #[test]
     fn url_full_hides_credentials_and_signatures() {
