@@ -655,3 +655,22 @@ async fn classify_none_falls_back_to_the_source_chain() {
     ));
     assert_eq!(declined.count(), 1);
 }
+
+/// reqwest's own one-off GET, as its documentation's first example writes it.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn free_get(url: &str) -> Result<String, Error> {
+    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwests_own_get_is_a_get_stamped_and_retried() {
+    let server = flaky().await;
+    assert_eq!(free_get(&server.url("/")).await.unwrap(), "ok");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3, "a reset and a 503 retried");
+    let id = seen[0].header("x-request-id").expect("stamped");
+    for (n, r) in seen.iter().enumerate() {
+        assert_eq!(r.header("x-request-id"), Some(id));
+        assert_eq!(r.header("x-attempt"), Some((n + 1).to_string().as_str()));
+    }
+}

@@ -1,7 +1,7 @@
 //! Routes the body's requests through the attempt's stamping, by type.
 //!
-//! Every zero-argument `.send()` and every one-argument `.execute(…)` in the body (closures and
-//! async blocks included, nested items not) is rewritten so that method resolution decides at
+//! Every zero-argument `.send()`, every one-argument `.execute(…)` and every `reqwest::get(…)`
+//! in the body (closures and async blocks included, nested items not) is rewritten so that method resolution decides at
 //! compile time what it is: a `reqwest::RequestBuilder` is sent stamped (key, request id,
 //! trace, attempt, time left) and its response recorded; a `reqwest::Request` passed to
 //! `execute` is stamped and the response recorded; any other receiver or argument is handed
@@ -41,6 +41,21 @@ impl VisitMut for Rewriter<'_> {
         // Inner expressions first, so chains like `a.send().await` nest correctly.
         visit_mut::visit_expr_mut(self, e);
         let p = self.p;
+        // `reqwest::get(url)`: the same one-off GET, sent stamped.
+        if let syn::Expr::Call(call) = e
+            && call.args.len() == 1
+            && let syn::Expr::Path(func) = &*call.func
+            && func.qself.is_none()
+            && func.path.segments.len() == 2
+            && func.path.segments[0].ident == "reqwest"
+            && func.path.segments[1].ident == "get"
+            && func.path.segments.iter().all(|s| s.arguments.is_none())
+        {
+            let span = func.span();
+            *call.func = syn::parse_quote_spanned!(span=> #p::reqwest_get);
+            self.found.rewritten += 1;
+            return;
+        }
         if let syn::Expr::MethodCall(m) = e {
             let name = m.method.to_string();
             if m.turbofish.is_some() {
@@ -146,6 +161,9 @@ mod tests {
         assert_eq!(n, 1);
         assert!(s.contains("__resilience_stamp_arg()"), "{s}");
         assert!(s.contains("__resilience_observe()"), "{s}");
+        let (s, n) = rw(quote!({ reqwest::get(u).await?.text().await }));
+        assert_eq!(n, 1);
+        assert!(s.contains("P::reqwest_get(u).await"), "{s}");
         let (_, n) = rw(quote!({ tokio::join!(a.send(), b.send()) }));
         assert_eq!(n, 2);
         let (_, n) = rw(quote!({
@@ -165,6 +183,8 @@ mod tests {
                 }
             }),
             quote!({ x.execute(a, b) }),
+            quote!({ other::get(u) }),
+            quote!({ reqwest::get::<U>(u) }),
             quote!({
                 tokio::select! { _ = a.send() => {} }
             }),

@@ -60,6 +60,17 @@ fn scan(ts: TokenStream, best: &mut Option<Inferred>) {
                         );
                     }
                 }
+                // `reqwest::get(url)`: reqwest's own one-off GET.
+                if is_reqwest_get(&tokens, i) {
+                    consider(
+                        best,
+                        Inferred {
+                            method: Method::Get,
+                            from: "reqwest::get(".into(),
+                            span: id.span(),
+                        },
+                    );
+                }
                 // `Method::POST`
                 if name == "Method"
                     && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
@@ -83,8 +94,18 @@ fn scan(ts: TokenStream, best: &mut Option<Inferred>) {
     }
 }
 
+/// Whether `tokens[i]` is the `get` of `reqwest::get(`.
+fn is_reqwest_get(tokens: &[TokenTree], i: usize) -> bool {
+    i >= 3
+        && matches!(&tokens[i], TokenTree::Ident(id) if id == "get")
+        && matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+        && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == ':')
+        && matches!(&tokens[i - 2], TokenTree::Punct(p) if p.as_char() == ':')
+        && matches!(&tokens[i - 3], TokenTree::Ident(id) if id == "reqwest")
+}
+
 /// Whether the body's tokens show any request being sent, macros included: `.send(`,
-/// `.execute(`, `.resilient(`.
+/// `.execute(`, `.resilient(`, `reqwest::get(`.
 pub fn shows_a_request(ts: TokenStream) -> bool {
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     tokens.iter().enumerate().any(|(i, tt)| match tt {
@@ -93,7 +114,8 @@ pub fn shows_a_request(ts: TokenStream) -> bool {
             let after_dot =
                 i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
             let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-            after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient")
+            (after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient"))
+                || is_reqwest_get(&tokens, i)
         }
         _ => false,
     })
@@ -129,6 +151,11 @@ mod tests {
             m(quote!({ format!("{}", c.put(u).send().await) })),
             Some(Method::Put)
         );
+        assert_eq!(
+            m(quote!({ reqwest::get(url).await?.text().await })),
+            Some(Method::Get)
+        );
+        assert_eq!(m(quote!({ other::get(url) })), None);
         assert_eq!(m(quote!({ x + 1 })), None);
     }
 
@@ -158,6 +185,7 @@ mod tests {
             helper(c.get(u).resilient()).await
         })));
         assert!(shows_a_request(quote!({ m!(c.execute(r)) })));
+        assert!(shows_a_request(quote!({ ::reqwest::get(u).await })));
         assert!(!shows_a_request(quote!({
             charge_via_helper(&c, order).await
         })));

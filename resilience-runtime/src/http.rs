@@ -73,6 +73,18 @@ impl ResilientRequest {
     }
 }
 
+/// What `reqwest::get(url)` in an annotated body becomes: the same one-off GET (a client built
+/// for it, as `reqwest::get` builds one), sent stamped and recorded like a `.send()`.
+#[doc(hidden)]
+pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Response, reqwest::Error> {
+    let client = reqwest::Client::builder().build()?;
+    ResilientRequest {
+        inner: client.get(url),
+    }
+    .send()
+    .await
+}
+
 /// A request's outcome, for the retry decision of the current attempt, in one look at it: the
 /// response's status and `Retry-After` (as [`observe`] records them), and whether the request
 /// reached the server, or may have: anything but a connect failure (refused, or timed out

@@ -94,6 +94,7 @@ pub mod __private {
     pub use crate::fallback::applies as fallback_applies;
     pub use crate::hedge::Hedge;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
+    pub use crate::http::reqwest_get;
     pub use crate::policy::{
         Backoff, BackoffKind, Jitter, KeySource, Method, Policy, RetryOn, unpack_policy,
     };
