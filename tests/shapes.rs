@@ -674,3 +674,27 @@ async fn reqwests_own_get_is_a_get_stamped_and_retried() {
         assert_eq!(r.header("x-attempt"), Some((n + 1).to_string().as_str()));
     }
 }
+
+/// A request raced against a shutdown signal in `tokio::select!`.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn raced(
+    http: &reqwest::Client,
+    url: &str,
+    stop: &tokio::sync::Notify,
+) -> Result<String, Error> {
+    tokio::select! {
+        res = http.get(url).send() => Ok(res?.error_for_status()?.text().await?),
+        () = stop.notified() => Ok("stopped".to_owned()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_a_select_is_stamped_and_retried() {
+    let server = flaky().await;
+    let stop = tokio::sync::Notify::new();
+    let got = raced(&reqwest::Client::new(), &server.url("/"), &stop).await;
+    assert_eq!(got.unwrap(), "ok");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3, "a reset and a 503 retried");
+    assert!(seen.iter().all(|r| r.header("x-request-id").is_some()));
+}

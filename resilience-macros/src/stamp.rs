@@ -6,8 +6,8 @@
 //! trace, attempt, time left) and its response recorded; a `reqwest::Request` passed to
 //! `execute` is stamped and the response recorded; any other receiver or argument is handed
 //! on exactly as it was, so `.send()` on a channel or another client keeps its meaning.
-//! Macro calls whose tokens parse as expressions (`tokio::join!(…)`, `format!(…)`) are
-//! rewritten inside too.
+//! Macro calls whose tokens parse as expressions (`tokio::join!(…)`, `format!(…)`), and the arms
+//! of `select!` (tokio's and futures'), are rewritten inside too.
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens as _, quote};
@@ -95,11 +95,111 @@ impl VisitMut for Rewriter<'_> {
             if self.found.rewritten > before {
                 mac.tokens = args.to_token_stream();
             }
+            return;
+        }
+        // `tokio::select!` and `futures::select!`: `pattern = future (, if cond)? => handler`.
+        let is_select = mac
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "select" || s.ident == "select_biased");
+        if is_select
+            && let Ok(mut arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
+        {
+            let before = self.found.rewritten;
+            for e in arms.exprs_mut() {
+                self.visit_expr_mut(e);
+            }
+            if self.found.rewritten > before {
+                mac.tokens = arms.into_tokens();
+            }
         }
     }
 
     // Items nested in the body may run outside the attempt: leave them as written.
     fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// The input of a `select!`: `biased;` first (tokio), then arms `pattern = future
+/// (, if condition)? => handler`, each ended by a comma unless its handler is a block, and the
+/// `else =>` / `default =>` / `complete =>` arms. Kept as tokens around the expressions, so that
+/// the rewritten input is the original with only the expressions changed.
+struct SelectArms {
+    /// Tokens and expressions in their order.
+    parts: Vec<SelectPart>,
+}
+
+enum SelectPart {
+    Tokens(TokenStream),
+    Expr(syn::Expr),
+}
+
+impl SelectArms {
+    fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<SelectArms> {
+        let mut parts = Vec::new();
+        let tokens =
+            |parts: &mut Vec<SelectPart>, t: TokenStream| parts.push(SelectPart::Tokens(t));
+        if input.peek(syn::Ident) && input.peek2(syn::Token![;]) {
+            let biased: syn::Ident = input.parse()?;
+            let semi: syn::Token![;] = input.parse()?;
+            tokens(&mut parts, quote!(#biased #semi));
+        }
+        while !input.is_empty() {
+            let fallback = (input.peek(syn::Token![else])
+                || input.peek(syn::Ident)
+                    && (input.fork().parse::<syn::Ident>()? == "default"
+                        || input.fork().parse::<syn::Ident>()? == "complete"))
+                && input.peek2(syn::Token![=>]);
+            if fallback {
+                let word: TokenStream = if input.peek(syn::Token![else]) {
+                    input.parse::<syn::Token![else]>()?.to_token_stream()
+                } else {
+                    input.parse::<syn::Ident>()?.to_token_stream()
+                };
+                tokens(&mut parts, word);
+            } else {
+                let pat = syn::Pat::parse_multi_with_leading_vert(input)?;
+                let eq: syn::Token![=] = input.parse()?;
+                tokens(&mut parts, quote!(#pat #eq));
+                parts.push(SelectPart::Expr(input.parse()?));
+                if input.peek(syn::Token![,]) && input.peek2(syn::Token![if]) {
+                    let comma: syn::Token![,] = input.parse()?;
+                    let if_: syn::Token![if] = input.parse()?;
+                    tokens(&mut parts, quote!(#comma #if_));
+                    parts.push(SelectPart::Expr(input.parse()?));
+                }
+            }
+            let arrow: syn::Token![=>] = input.parse()?;
+            tokens(&mut parts, arrow.to_token_stream());
+            let handler: syn::Expr = input.parse()?;
+            let block = matches!(handler, syn::Expr::Block(_));
+            parts.push(SelectPart::Expr(handler));
+            if input.peek(syn::Token![,]) {
+                let comma: syn::Token![,] = input.parse()?;
+                tokens(&mut parts, comma.to_token_stream());
+            } else if !block && !input.is_empty() {
+                return Err(input.error("expected `,` after a select! arm"));
+            }
+        }
+        Ok(SelectArms { parts })
+    }
+
+    fn exprs_mut(&mut self) -> impl Iterator<Item = &mut syn::Expr> {
+        self.parts.iter_mut().filter_map(|p| match p {
+            SelectPart::Expr(e) => Some(e),
+            SelectPart::Tokens(_) => None,
+        })
+    }
+
+    fn into_tokens(self) -> TokenStream {
+        self.parts
+            .into_iter()
+            .map(|p| match p {
+                SelectPart::Tokens(t) => t,
+                SelectPart::Expr(e) => e.to_token_stream(),
+            })
+            .collect()
+    }
 }
 
 /// Moves an expression out, leaving an empty placeholder that is overwritten at once.
@@ -173,6 +273,34 @@ mod tests {
     }
 
     #[test]
+    fn select_arms_are_routed() {
+        let (s, n) = rw(quote!({
+            tokio::select! {
+                biased;
+                r = c.get(u).send() => r?,
+                _ = stop.changed(), if armed => { c.post(v).send().await? }
+                else => return Ok(()),
+            }
+        }));
+        assert_eq!(n, 2, "{s}");
+        assert!(s.contains("biased;r="), "{s}");
+        assert!(s.contains(",ifarmed=>"), "{s}");
+        let (_, n) = rw(quote!({
+            futures::select! {
+                r = a.send().fuse() => r,
+                complete => 0,
+                default => 1,
+            }
+        }));
+        assert_eq!(n, 1);
+        // A select! whose input does not parse as arms is left as it was.
+        let (_, n) = rw(quote!({
+            tokio::select! { r = a.send() => }
+        }));
+        assert_eq!(n, 0);
+    }
+
+    #[test]
     fn other_shapes_are_left_alone() {
         for ts in [
             quote!({ tx.send(v).await }),
@@ -185,9 +313,6 @@ mod tests {
             quote!({ x.execute(a, b) }),
             quote!({ other::get(u) }),
             quote!({ reqwest::get::<U>(u) }),
-            quote!({
-                tokio::select! { _ = a.send() => {} }
-            }),
         ] {
             assert_eq!(rw(ts.clone()).1, 0, "{ts}");
         }
