@@ -245,7 +245,8 @@ fn module_of(rel: &Path, krate: &str) -> String {
 /// Finds every `#[resilient(…)]` function, with the path the runtime gives it.
 struct Finder {
     module: Vec<String>,
-    self_ty: Option<String>,
+    /// In an impl block: its type and trait, as written.
+    self_ty: Option<(String, Option<String>)>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
 }
 
@@ -266,7 +267,7 @@ impl Finder {
     fn path_of(&self, name: &str) -> String {
         let m = self.module.join("::");
         match &self.self_ty {
-            Some(t) => format!("{t}::{name}"),
+            Some((ty, tr)) => resilience_spec::paths::method_path(&m, ty, tr.as_deref(), name),
             None if m.is_empty() => name.to_owned(),
             None => format!("{m}::{name}"),
         }
@@ -281,21 +282,12 @@ impl<'a> Visit<'a> for Finder {
     }
 
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
-        let m = self.module.join("::");
-        let ty = i.self_ty.to_token_stream().to_string().replace(' ', "");
-        let ty = if m.is_empty() {
-            ty
-        } else {
-            format!("{m}::{ty}")
-        };
-        let saved = self.self_ty.take();
-        self.self_ty = Some(match &i.trait_ {
-            Some((t, _)) => format!(
-                "<{ty} as {}>",
-                t.to_token_stream().to_string().replace(' ', "")
-            ),
-            None => ty,
-        });
+        let ty = i.self_ty.to_token_stream().to_string();
+        let tr = i
+            .trait_
+            .as_ref()
+            .map(|(t, _)| t.to_token_stream().to_string());
+        let saved = self.self_ty.replace((ty, tr));
         for item in &i.items {
             if let syn::ImplItem::Fn(f) = item
                 && let Some(args) = resilient_args(&f.attrs)

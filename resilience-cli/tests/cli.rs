@@ -291,3 +291,75 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::converted"), 3);
     assert_eq!(worst("handled_nested::handled"), 9);
 }
+
+/// Methods whose impl has a lifetime, a generic type, a trait: the names `list` gives them must
+/// be the names the runtime knows them by, or an override written from the list applies to
+/// nothing.
+mod names {
+    use resilience_runtime::{Error, resilient};
+
+    pub struct Api<'a>(pub &'a str);
+
+    impl<'a> Api<'a> {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn get(&self) -> Result<usize, Error> {
+            Ok(self.0.len())
+        }
+    }
+
+    #[allow(async_fn_in_trait)]
+    pub trait Fetch {
+        async fn fetch(&self) -> Result<usize, Error>;
+    }
+
+    pub struct Svc<T>(pub T);
+
+    impl<T: Sync> Fetch for Svc<T> {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn fetch(&self) -> Result<usize, Error> {
+            Ok(1)
+        }
+    }
+}
+
+#[test]
+fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
+    use names::Fetch as _;
+
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(&["list", cli.to_str().unwrap(), "--tests", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .filter(|f| f.contains("::names::"))
+        .map(str::to_owned)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["cli::names::<Svc as Fetch>::fetch", "cli::names::Api::get"]
+    );
+
+    // The runtime learns a function's name at its first call.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(names::Api("abc").get().await.unwrap(), 3);
+        assert_eq!(names::Svc(0u8).fetch().await.unwrap(), 1);
+    });
+    let file: String = listed
+        .iter()
+        .map(|f| format!("[functions.\"{f}\"]\ntimeout = \"2s\"\n"))
+        .collect();
+    let changes = resilience_runtime::overrides::apply_str(&file, "from-the-list.toml").unwrap();
+    resilience_runtime::overrides::clear();
+    let mut changed: Vec<&str> = changes.iter().map(|c| c.function).collect();
+    changed.sort();
+    assert_eq!(changed, listed, "{changes:?}");
+}

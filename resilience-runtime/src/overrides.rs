@@ -18,6 +18,11 @@
 //! max_attempts = 2
 //! ```
 //!
+//! A function's full path is the one `resilience list` prints
+//! ([`resilience_spec::paths`]): its module, then for a method the last segment of its impl's
+//! type (and trait) without generic arguments, then its name: `shop::pg::Client::charge`,
+//! `shop::svc::<Svc as Api>::get`. A section naming no function applies to nothing.
+//!
 //! The settings that can change at run time: `timeout`, `deadline`, `max_attempts`,
 //! `max_retry_after`, `retry_on` and `backoff` (`kind`, `initial`, `max`, `multiplier`,
 //! `jitter`). The more specific section wins: the compiled policy < `[defaults]` <

@@ -325,7 +325,13 @@ impl PolicyState {
         broken: Option<&'static Unpacked>,
     ) -> &'static Resolved {
         self.resolved.get_or_init(|| {
-            let function = policy.locate.map_or(policy.function, |f| f());
+            let function = policy.locate.map_or(policy.function, |f| {
+                match resilience_spec::paths::function_path(policy.function, f()) {
+                    std::borrow::Cow::Borrowed(path) => path,
+                    // Once per function, for the life of the process.
+                    std::borrow::Cow::Owned(path) => Box::leak(path.into_boxed_str()),
+                }
+            });
             let policy_name = if policy.name.is_empty() {
                 function
             } else {
@@ -402,8 +408,9 @@ impl PolicyState {
     }
 }
 
-/// The full path of the function a `#[resilient]` expansion sits in, from the type name of an
-/// item nested in it: `crate::users::Primary::lookup`, `<crate::Svc as crate::Api>::get`.
+/// The path the type name of an item nested in a `#[resilient]` function gives:
+/// `crate::users::Primary::lookup`, `<crate::Svc as crate::Api>::get`. The runtime names the
+/// function from it and the function's module (`resilience_spec::paths`).
 pub fn function_path(nested_item_type_name: &'static str) -> &'static str {
     let mut s = nested_item_type_name;
     // The marker item itself, then the async body's closure scopes.

@@ -184,6 +184,7 @@ pub const fn is_transient_status(status: u16) -> bool {
 
 /// A compiled policy packed into one string (macro → runtime).
 pub mod packed;
+pub mod paths;
 
 /// The built-in defaults of every setting.
 pub mod defaults {

@@ -1,0 +1,146 @@
+//! A function's full path, written the same way by the runtime (from the compiler's type name
+//! of an item nested in the function) and by `resilience list` (from the source): the module
+//! the function is written in, then for a method the last segment of its impl's type (and
+//! trait), without generic arguments or lifetimes, then its name.
+//!
+//! | function | path |
+//! |---|---|
+//! | `fn charge` in `shop::pg` | `shop::pg::charge` |
+//! | `impl<'a> Client<'a> { fn charge }` in `shop::pg` | `shop::pg::Client::charge` |
+//! | `impl Api for super::Svc { fn get }` in `shop::svc` | `shop::svc::<Svc as Api>::get` |
+
+use std::borrow::Cow;
+
+/// The path of a method: `module::Type::name`, or `module::<Type as Trait>::name` in a trait
+/// impl. `self_ty` and `trait_` as written or as the compiler names them (`&'a m::Repo<T>`,
+/// `m::Api<u8>`): only their last segment counts.
+pub fn method_path(module: &str, self_ty: &str, trait_: Option<&str>, name: &str) -> String {
+    match trait_ {
+        Some(t) => format!(
+            "{module}::<{} as {}>::{name}",
+            short_type(self_ty),
+            short_type(t)
+        ),
+        None => format!("{module}::{}::{name}", short_type(self_ty)),
+    }
+}
+
+/// The function's path from `module_and_name` (`module_path!()` and its name) and `located`,
+/// the path the compiler's type name gives (`m::Repo<_>::get`, `<m::Svc as m::Api>::get`).
+pub fn function_path<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a, str> {
+    let Some((module, name)) = module_and_name.rsplit_once("::") else {
+        return located.into();
+    };
+    if located == module_and_name {
+        return located.into();
+    }
+    let Some(owner) = located
+        .strip_suffix(name)
+        .and_then(|s| s.strip_suffix("::"))
+    else {
+        return located.into();
+    };
+    if owner == module {
+        return module_and_name.into();
+    }
+    if let Some(inner) = owner.strip_prefix('<').and_then(|s| s.strip_suffix('>'))
+        && let Some((ty, tr)) = split_as(inner)
+    {
+        return method_path(module, ty, Some(tr), name).into();
+    }
+    method_path(module, owner, None, name).into()
+}
+
+/// `A as B` at the outer level of angle brackets.
+fn split_as(inner: &str) -> Option<(&str, &str)> {
+    let mut depth = 0usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            ' ' if depth == 0 && inner[i..].starts_with(" as ") => {
+                return Some((&inner[..i], &inner[i + 4..]));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last segment of a type's path, without generic arguments, references or lifetimes.
+fn short_type(ty: &str) -> String {
+    let mut plain = String::with_capacity(ty.len());
+    let mut depth = 0usize;
+    for c in ty.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            c if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let tail = plain.rsplit("::").next().unwrap_or("");
+    let word = tail.split_whitespace().last().unwrap_or("");
+    word.trim_start_matches(['&', '*']).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_and_the_source_give_one_path() {
+        // What the compiler's type names give (generic arguments as `_`, lifetimes as `'_`).
+        let cases = [
+            ("shop::pg::charge", "shop::pg::charge", "shop::pg::charge"),
+            (
+                "shop::pg::charge",
+                "shop::pg::Client::charge",
+                "shop::pg::Client::charge",
+            ),
+            (
+                "shop::pg::charge",
+                "shop::pg::Client<'_>::charge",
+                "shop::pg::Client::charge",
+            ),
+            (
+                "shop::repo::fetch",
+                "shop::model::Repo<_, _>::fetch",
+                "shop::repo::Repo::fetch",
+            ),
+            (
+                "shop::svc::get",
+                "<shop::model::Svc<_> as shop::api::Api<u8>>::get",
+                "shop::svc::<Svc as Api>::get",
+            ),
+            (
+                "shop::svc::get",
+                "<&shop::model::Svc as shop::api::Api>::get",
+                "shop::svc::<Svc as Api>::get",
+            ),
+            // A function inside a function: the outer one's name where a type would be.
+            ("shop::inner", "shop::outer::inner", "shop::outer::inner"),
+        ];
+        for (module_and_name, located, want) in cases {
+            assert_eq!(function_path(module_and_name, located), want, "{located}");
+        }
+        // What `resilience list` reads from the source (token strings, spaced).
+        assert_eq!(
+            method_path("shop::pg", "Client < 'a >", None, "charge"),
+            "shop::pg::Client::charge"
+        );
+        assert_eq!(
+            method_path("shop::pg", "& 'a super :: Client < T >", None, "charge"),
+            "shop::pg::Client::charge"
+        );
+        assert_eq!(
+            method_path(
+                "shop::svc",
+                "Svc",
+                Some("crate :: api :: Api < u8 >"),
+                "get"
+            ),
+            "shop::svc::<Svc as Api>::get"
+        );
+    }
+}
