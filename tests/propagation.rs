@@ -192,6 +192,36 @@ async fn the_context_reaches_a_handler_behind_the_idempotency_layer() {
         seen[0].header("x-request-id"),
         Some("00000000000000000000000000005eed")
     );
+    // Not the caller's 2 s: a claimed handler runs on for the retry; B's own 10 s timeout.
     let left: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
-    assert!(left <= 2000, "C was told {left} ms, not the caller's 2000");
+    assert!(left > 9000 && left <= 10_000, "C was told {left} ms");
+}
+
+#[resilient(
+    timeout = "100ms",
+    deadline = "10s",
+    idempotency_key = auto,
+    max_attempts = 4,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn a_posts_b(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_handler_outlives_its_callers_attempt_and_the_retry_gets_its_answer() {
+    // C answers after 300 ms; A gives each attempt 100 ms. B's handler, claimed under A's key,
+    // is not held to A's attempt: its call to C finishes, and A's retry gets the replay.
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let (b, b_calls) = start_b_keyed(c_server.url("/c")).await;
+    let got = a_posts_b(&reqwest::Client::new(), &b).await;
+    assert_eq!(got.unwrap(), "ok");
+    assert_eq!(c_server.requests().len(), 1, "C was called once");
+    let calls = b_calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "B's handler ran once");
+    assert_eq!(calls[0].0, None, "and its call to C succeeded");
 }

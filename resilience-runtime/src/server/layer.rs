@@ -695,7 +695,7 @@ where
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    match rt.spawn(carry_context(job)).await {
+    match rt.spawn(carry_context(job, config.handler_limit)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
         Err(e) => {
@@ -712,12 +712,23 @@ where
 
 /// `job`, to run in a task of its own with what it would have had in the request's own task:
 /// the current tracing span (and OpenTelemetry context), so that the handler's spans and the
-/// traces of its outbound calls stay under the request's; and the inbound deadline, trace and
-/// request id of a [`ContextLayer`](super::ContextLayer) outside this layer, which bind the
-/// handler's `#[resilient]` calls.
-fn carry_context<F: Future + Send>(job: F) -> impl Future<Output = F::Output> + Send {
+/// traces of its outbound calls stay under the request's; and the trace and request id of a
+/// [`ContextLayer`](super::ContextLayer) outside this layer, which the handler's
+/// `#[resilient]` calls join.
+///
+/// Not the caller's deadline: it is the time its attempt still waits, and a claimed handler
+/// runs on past it so that the retry gets its answer (a gateway slower than the shop's
+/// attempt timeout must still finish the charge). The handler's calls plan within the layer's
+/// own limit on the handler instead.
+fn carry_context<F: Future + Send>(
+    job: F,
+    handler_limit: Duration,
+) -> impl Future<Output = F::Output> + Send {
     use tracing::Instrument as _;
-    let inbound = crate::context::INBOUND.try_with(|i| *i).ok();
+    let inbound = crate::context::INBOUND.try_with(|i| *i).ok().map(|mut i| {
+        i.deadline = Instant::now().checked_add(handler_limit);
+        i
+    });
     let job = job.instrument(tracing::Span::current());
     #[cfg(feature = "opentelemetry")]
     let job = opentelemetry::context::FutureExt::with_current_context(job);

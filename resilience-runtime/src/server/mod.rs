@@ -74,8 +74,9 @@
 //!   the response future, none of them stop it. Its response is stored and replayed to the
 //!   retry. The task carries what the request's own task had: the current tracing span (and
 //!   OpenTelemetry context), so the handler's spans and its calls' stay in the request's
-//!   trace, and the inbound deadline, trace and request id of a [`ContextLayer`] outside this
-//!   layer. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
+//!   trace, and the trace and request id of a [`ContextLayer`] outside this layer. Not the
+//!   caller's deadline: that is the time its attempt waits, and the handler runs on for the
+//!   retry; its `#[resilient]` calls plan within the handler limit instead. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
 //! - **A hard limit per layer** ([`handler_limit`](IdempotencyLayer::handler_limit), 60 s by
 //!   default) bounds a handler that never ends: at the limit its future is dropped, which
 //!   cancels it at its current `.await`, and the layer answers 500 `handler-timed-out` in its
