@@ -153,14 +153,24 @@ async fn the_trace_travels_through_b() {
 }
 
 /// B's handler behind `IdempotencyLayer` (which runs it in a task of its own, detached from the
-/// connection) inside `ContextLayer`, the order `.layer(idempotency).layer(context)` gives.
+/// connection) and `ContextLayer`: outside it (`.layer(idempotency).layer(context)`), or
+/// inside it (`context_inside`: `.layer(context).layer(idempotency)`).
 async fn start_b_keyed(c_url: String) -> (String, Calls) {
+    start_b_keyed_in(c_url, false).await
+}
+
+async fn start_b_keyed_in(c_url: String, context_inside: bool) -> (String, Calls) {
     let calls = Calls::default();
+    let idempotency = IdempotencyLayer::new(MemoryStore::default());
+    let context = ContextLayer::new().max(Duration::from_secs(60));
     let app = Router::new()
         .route("/b", axum::routing::post(b_handler))
-        .with_state((reqwest::Client::new(), c_url, calls.clone()))
-        .layer(IdempotencyLayer::new(MemoryStore::default()))
-        .layer(ContextLayer::new().max(Duration::from_secs(60)));
+        .with_state((reqwest::Client::new(), c_url, calls.clone()));
+    let app = if context_inside {
+        app.layer(context).layer(idempotency)
+    } else {
+        app.layer(idempotency).layer(context)
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -211,15 +221,21 @@ async fn a_posts_b(c: &reqwest::Client, url: &str) -> Result<String, Error> {
 
 #[tokio::test(start_paused = true)]
 async fn a_keyed_handler_outlives_its_callers_attempt_and_the_retry_gets_its_answer() {
+    for context_inside in [false, true] {
+        a_keyed_handler_outlives_its_callers_attempt(context_inside).await;
+    }
+}
+
+async fn a_keyed_handler_outlives_its_callers_attempt(context_inside: bool) {
     // C answers after 300 ms; A gives each attempt 100 ms. B's handler, claimed under A's key,
     // is not held to A's attempt: its call to C finishes, and A's retry gets the replay.
     let c_server = FaultServer::start(Script::always(
         Action::ok().after(Duration::from_millis(300)),
     ))
     .await;
-    let (b, b_calls) = start_b_keyed(c_server.url("/c")).await;
+    let (b, b_calls) = start_b_keyed_in(c_server.url("/c"), context_inside).await;
     let got = a_posts_b(&reqwest::Client::new(), &b).await;
-    assert_eq!(got.unwrap(), "ok");
+    assert_eq!(got.unwrap(), "ok", "context inside: {context_inside}");
     assert_eq!(c_server.requests().len(), 1, "C was called once");
     let calls = b_calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1, "B's handler ran once");

@@ -29,6 +29,10 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 /// - `traceparent` (W3C, version 00): the calls join that trace and keep its sampled flag.
 /// - `X-Request-Id`, when it is 1 to 32 hex digits: the calls send it on.
 ///
+/// Behind an [`IdempotencyLayer`](super::IdempotencyLayer), on either side of it, the handler
+/// of a keyed request it claimed runs on past its caller's attempt so that the retry gets its
+/// answer: its calls plan within that layer's `handler_limit`, not the caller's time.
+///
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
@@ -101,10 +105,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inbound = inbound_of(req.headers(), self.max, Instant::now());
+        let mut inbound = inbound_of(req.headers(), self.max, Instant::now());
+        // Inside an `IdempotencyLayer` that claimed the request: the caller's time is its
+        // attempt's, and the handler runs on for the retry, up to the layer's limit.
+        if let Some(claimed) = req.extensions().get::<Claimed>() {
+            inbound.deadline = claimed.until;
+        }
         crate::context::inbound_in_use();
         INBOUND.scope(inbound, self.inner.call(req))
     }
+}
+
+/// Set by `IdempotencyLayer` on a request whose key it claimed: its handler runs on past the
+/// caller's attempt, until the layer's limit on it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimed {
+    pub(crate) until: Option<Instant>,
 }
 
 /// The context a request's headers hand down, as of `now`.

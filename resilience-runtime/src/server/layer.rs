@@ -686,6 +686,13 @@ where
         }
     }
 
+    // The handler runs on past its caller's attempt, up to the layer's limit: the calls it
+    // makes plan within that limit (here, and in a `ContextLayer` inside this layer).
+    let until = Instant::now().checked_add(config.handler_limit);
+    let mut parts = parts;
+    parts
+        .extensions
+        .insert(super::context_layer::Claimed { until });
     let req = Request::from_parts(parts, ReqBody::from(body));
     let job = handle(config.clone(), inner, req, store_key, claim);
     let rt = match tokio::runtime::Handle::try_current() {
@@ -695,7 +702,7 @@ where
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    match rt.spawn(carry_context(job, config.handler_limit)).await {
+    match rt.spawn(carry_context(job, until)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
         Err(e) => {
@@ -722,11 +729,11 @@ where
 /// own limit on the handler instead.
 fn carry_context<F: Future + Send>(
     job: F,
-    handler_limit: Duration,
+    until: Option<Instant>,
 ) -> impl Future<Output = F::Output> + Send {
     use tracing::Instrument as _;
     let inbound = crate::context::INBOUND.try_with(|i| *i).ok().map(|mut i| {
-        i.deadline = Instant::now().checked_add(handler_limit);
+        i.deadline = until;
         i
     });
     let job = job.instrument(tracing::Span::current());
