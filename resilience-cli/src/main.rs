@@ -306,6 +306,30 @@ impl<'a> Visit<'a> for Finder {
         self.self_ty = saved;
     }
 
+    fn visit_item_trait(&mut self, t: &'a syn::ItemTrait) {
+        // A default method, named as the runtime names it: `module::Trait::name`.
+        let saved = self.self_ty.replace((t.ident.to_string(), None));
+        for item in &t.items {
+            if let syn::TraitItem::Fn(f) = item
+                && let Some(block) = &f.default
+                && let Some(args) = resilient_args(&f.attrs)
+            {
+                let func = syn::ItemFn {
+                    attrs: Vec::new(),
+                    vis: syn::Visibility::Inherited,
+                    sig: f.sig.clone(),
+                    block: Box::new(block.clone()),
+                    ..syn::parse_quote!(
+                        fn placeholder() {}
+                    )
+                };
+                let path = self.path_of(&f.sig.ident.to_string());
+                self.found.push((path, func, args));
+            }
+        }
+        self.self_ty = saved;
+    }
+
     fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
         if let Some(args) = resilient_args(&f.attrs) {
             let mut func = f.clone();

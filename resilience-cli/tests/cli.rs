@@ -292,9 +292,9 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::handled"), 9);
 }
 
-/// Methods whose impl has a lifetime, a generic type, a trait: the names `list` gives them must
-/// be the names the runtime knows them by, or an override written from the list applies to
-/// nothing.
+/// Methods whose impl has a lifetime, a generic type, a trait, and a trait's default method:
+/// the names `list` gives them must be the names the runtime knows them by, or an override
+/// written from the list applies to nothing.
 mod names {
     use resilience_runtime::{Error, resilient};
 
@@ -312,7 +312,17 @@ mod names {
         async fn fetch(&self) -> Result<usize, Error>;
     }
 
+    #[allow(async_fn_in_trait)]
+    pub trait Greet {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn greet(&self) -> Result<usize, Error> {
+            Ok(2)
+        }
+    }
+
     pub struct Svc<T>(pub T);
+
+    impl<T> Greet for Svc<T> {}
 
     impl<T: Sync> Fetch for Svc<T> {
         #[resilient(method = GET, timeout = "1s", budget = false)]
@@ -324,7 +334,7 @@ mod names {
 
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
-    use names::Fetch as _;
+    use names::{Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = run(&["list", cli.to_str().unwrap(), "--tests", "--json"]);
@@ -341,7 +351,11 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
     listed.sort();
     assert_eq!(
         listed,
-        ["cli::names::<Svc as Fetch>::fetch", "cli::names::Api::get"]
+        [
+            "cli::names::<Svc as Fetch>::fetch",
+            "cli::names::Api::get",
+            "cli::names::Greet::greet"
+        ]
     );
 
     // The runtime learns a function's name at its first call.
@@ -352,6 +366,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
     rt.block_on(async {
         assert_eq!(names::Api("abc").get().await.unwrap(), 3);
         assert_eq!(names::Svc(0u8).fetch().await.unwrap(), 1);
+        assert_eq!(names::Svc(0u8).greet().await.unwrap(), 2);
     });
     let file: String = listed
         .iter()
