@@ -684,6 +684,55 @@ fn compiled(f: &Function) -> Result<&'static Policy, String> {
     Ok(Box::leak(Box::new(policy)))
 }
 
+/// The `[functions."PATH"]` and `[policies.NAME]` sections of an override file that name no
+/// function (no policy) of the crate: a typo, or another crate's. Only a warning: one override
+/// file may serve every crate of a service.
+fn unmatched_sections(
+    text: &str,
+    file: &Path,
+    functions: &[(&'static str, &'static str, &'static Policy)],
+) -> Vec<String> {
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let keys = |section: &str| -> Vec<String> {
+        doc.get(section)
+            .and_then(toml::Value::as_table)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for f in keys("functions") {
+        if functions.iter().any(|(path, _, _)| *path == f) {
+            continue;
+        }
+        let name = f.rsplit("::").next().unwrap_or(&f);
+        let like: Vec<&str> = functions
+            .iter()
+            .map(|(path, _, _)| *path)
+            .filter(|path| path.rsplit("::").next() == Some(name))
+            .collect();
+        let hint = if like.is_empty() {
+            String::new()
+        } else {
+            format!("; did you mean {}?", like.join(" or "))
+        };
+        out.push(format!(
+            "{}: [functions.\"{f}\"] names no annotated function of this crate (another crate's, or a typo: it changes nothing here){hint}",
+            file.display()
+        ));
+    }
+    for p in keys("policies") {
+        if !functions.iter().any(|(_, policy, _)| *policy == p) {
+            out.push(format!(
+                "{}: [policies.{p}] is the policy of no annotated function of this crate (another crate's, or a typo: it changes nothing here)",
+                file.display()
+            ));
+        }
+    }
+    out
+}
+
 fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
     let mut problems = krate.problems.clone();
     if let Some(path) = overrides {
@@ -716,6 +765,9 @@ fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
                     Ok(changes) => {
                         for c in changes {
                             println!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
+                        }
+                        for w in unmatched_sections(&text, path, &functions) {
+                            eprintln!("warning: {w}");
                         }
                     }
                     Err(e) => problems.extend(e.problems),

@@ -152,17 +152,13 @@ fn check_reads_the_policy_file_and_points_into_it() {
 
 #[test]
 fn check_an_override_file_against_the_crate() {
-    let ws = workspace();
     let dir = std::env::temp_dir().join(format!("resilience-cli-ov-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[functions.\"tour::pay_hasty\"]\nmax_attempts = 3\n").unwrap();
-    let out = run(&[
-        "check",
-        ws.to_str().unwrap(),
-        "--overrides",
-        bad.to_str().unwrap(),
-    ]);
+    let out = check_overrides(
+        &dir,
+        "bad.toml",
+        "[functions.\"tour::pay_hasty\"]\nmax_attempts = 3\n",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -170,18 +166,11 @@ fn check_an_override_file_against_the_crate() {
         "{t}"
     );
     // An attempt timeout no longer above the adaptive limit's latency threshold.
-    let slow = dir.join("slow.toml");
-    std::fs::write(
-        &slow,
+    let out = check_overrides(
+        &dir,
+        "slow.toml",
         "[functions.\"tour::stock_adaptive\"]\ntimeout = \"80ms\"\n",
-    )
-    .unwrap();
-    let out = run(&[
-        "check",
-        ws.to_str().unwrap(),
-        "--overrides",
-        slow.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -191,25 +180,50 @@ fn check_an_override_file_against_the_crate() {
         "{t}"
     );
 
-    let good = dir.join("good.toml");
-    std::fs::write(
-        &good,
+    let out = check_overrides(
+        &dir,
+        "good.toml",
         "[functions.\"tour::Catalog::item\"]\ntimeout = \"1s\"\n",
-    )
-    .unwrap();
-    let out = run(&[
-        "check",
-        ws.to_str().unwrap(),
-        "--overrides",
-        good.to_str().unwrap(),
-    ]);
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("tour::Catalog::item: timeout 500ms -> 1s"),
         "{}",
         text(&out)
     );
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+
+    // Sections that name nothing in the crate: said, with the likely one, not failed (one
+    // file may serve several crates).
+    let out = check_overrides(
+        &dir,
+        "stray.toml",
+        "[functions.\"tour::item\"]\ntimeout = \"1s\"\n[policies.paymnets]\ntimeout = \"1s\"\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("[functions.\"tour::item\"] names no annotated function of this crate")
+            && t.contains("did you mean tour::Catalog::item?"),
+        "{t}"
+    );
+    assert!(
+        t.contains("[policies.paymnets] is the policy of no annotated function"),
+        "{t}"
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `resilience check` of the workspace with an override file `name` holding `text`.
+fn check_overrides(dir: &Path, name: &str, text: &str) -> Output {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    run(&[
+        "check",
+        workspace().to_str().unwrap(),
+        "--overrides",
+        file.to_str().unwrap(),
+    ])
 }
 
 #[test]
