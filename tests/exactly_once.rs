@@ -301,3 +301,57 @@ fn without_the_key_the_client_reports_the_failure_instead_of_duplicating() {
         );
     });
 }
+
+#[resilient(
+    timeout = "100ms",
+    deadline = "10s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    idempotency_key = auto
+)]
+async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The incident of the source documents, with the contract kept: the gateway needs 2.5 s, the
+/// shop's attempts 100 ms and two of them. The first attempt gives up while the card is being
+/// charged; the second meets 409 (still running); the client keeps asking, within its deadline
+/// and without counting those answers as attempts, until the replay of the one charge.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_waits_for_a_slow_handler_past_its_attempts() {
+    use axum::extract::State;
+    use resilience_runtime::server::IdempotencyLayer;
+
+    let charges = Arc::new(AtomicUsize::new(0));
+    async fn gateway(State(charges): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        (axum::http::StatusCode::CREATED, format!("charge {n}"))
+    }
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(gateway))
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let started = tokio::time::Instant::now();
+    let (got, report) = resilience_runtime::measure(charge(&reqwest::Client::new(), &url)).await;
+    assert_eq!(got.expect("the replay of the one charge"), "charge 1");
+    assert_eq!(charges.load(Ordering::SeqCst), 1, "charged once");
+    let report = report.expect("measured");
+    assert!(report.attempts > 2, "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -95,12 +95,18 @@ pub enum Decision {
 
 pub use resilience_spec::may_resend;
 
+/// A 409 with `Retry-After` to a keyed request: the server's "this key is still being
+/// processed". The first attempt's handler runs on; the next request with the key gets its
+/// replay once it ends. Asking again sends nothing new to the handler, so it is bounded by the
+/// deadline alone: not by `max_attempts`, and not paid from the retry budget.
+pub fn in_progress(f: &Facts<'_>) -> bool {
+    f.keyed && f.class == Class::Status(409) && f.retry_after.is_some()
+}
+
 /// The retry decision table of the design, as a function.
 pub fn decide(f: &Facts<'_>) -> Decision {
     use Decision::GiveUp as G;
-    // A 409 with Retry-After on a keyed request is the server's "this key is still being
-    // processed": the replay will come once the first attempt finishes.
-    let in_progress = f.keyed && f.class == Class::Status(409) && f.retry_after.is_some();
+    let in_progress = in_progress(f);
     let listed = match f.class {
         _ if in_progress => true,
         Class::Permanent => return G(GiveUp::Permanent),
@@ -126,7 +132,8 @@ pub fn decide(f: &Facts<'_>) -> Decision {
     {
         return G(GiveUp::UnsafeToResend);
     }
-    if f.attempt >= f.max_attempts {
+    // Waiting for the replay runs nothing again: bounded by the deadline, not by attempts.
+    if f.attempt >= f.max_attempts && !in_progress {
         return G(GiveUp::AttemptsExhausted);
     }
     let mut delay = f.backoff;

@@ -820,6 +820,7 @@ impl Session {
             Decision::GiveUp(why) => self.give_up(class, why),
             Decision::RetryAfter(delay) => {
                 if let Some(budget) = self.shared.budget
+                    && !crate::decision::in_progress(&facts)
                     && !budget.withdraw_retry_at(class, now)
                 {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_budget);

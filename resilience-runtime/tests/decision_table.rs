@@ -229,10 +229,22 @@ fn a_keyed_request_whose_key_is_still_in_flight_waits_for_the_replay() {
     assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
     let f = facts(Method::Post, true, false, Class::Status(409), None);
     assert_eq!(decide(&f), Decision::GiveUp(GiveUp::Permanent));
-    // Still bounded by attempts and the deadline.
+    // Asking again runs nothing again: past max_attempts (here 3), bounded by the deadline.
     let f = Facts {
         attempt: 3,
         ..facts(Method::Post, true, false, Class::Status(409), ra)
+    };
+    assert_eq!(decide(&f), Decision::RetryAfter(Duration::from_secs(1)));
+    let f = Facts {
+        attempt: 7,
+        time_left: Duration::from_millis(900),
+        ..facts(Method::Post, true, false, Class::Status(409), ra)
+    };
+    assert_eq!(decide(&f), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    // Any other failure still stops at max_attempts.
+    let f = Facts {
+        attempt: 3,
+        ..facts(Method::Post, true, false, Class::Status(503), ra)
     };
     assert_eq!(decide(&f), Decision::GiveUp(GiveUp::AttemptsExhausted));
 }
