@@ -355,3 +355,50 @@ async fn a_keyed_call_waits_for_a_slow_handler_past_its_attempts() {
         started.elapsed()
     );
 }
+
+#[resilient(
+    timeout = "100ms",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn pay(http: &reqwest::Client, url: &str) -> Result<(), Error> {
+    http.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// A keyed call that fails after its request may have been carried out says with which key:
+/// the caller's one way to look the outcome up, or to ask for it again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_keyed_call_names_its_key() {
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let e = pay(&reqwest::Client::new(), &stalled.url("/charges"))
+        .await
+        .unwrap_err();
+    let sent = stalled.requests()[0]
+        .header("idempotency-key")
+        .unwrap()
+        .to_owned();
+    assert_eq!(e.idempotency_key(), Some(sent.as_str()));
+    assert!(
+        e.to_string().contains(&format!(
+            "Idempotency-Key {sent}: the request may have been carried out"
+        )),
+        "{e}"
+    );
+
+    // A refusal the server answered at once (404) was not carried out: the key is there, the
+    // note is not.
+    let gone = FaultServer::start(Script::always(Action::status(404))).await;
+    let e = pay(&reqwest::Client::new(), &gone.url("/charges"))
+        .await
+        .unwrap_err();
+    assert!(e.idempotency_key().is_some());
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -204,7 +204,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 ::core::result::Result::Err(__resilience_error) => {
                     #[allow(unused_imports)]
                     use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
-                    ::core::option::Option::Some((&&&&&#p::Probe::new(__resilience_error, 0)).__resilience_kind())
+                    ::core::option::Option::Some((&&&&&#p::Probe::new(__resilience_error, &__resilience_session)).__resilience_kind())
                 }
                 ::core::result::Result::Ok(_) => ::core::option::Option::None,
             };
@@ -279,7 +279,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     let __resilience_class = {
                         #[allow(unused_imports)]
                         use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
-                        (&&&&&#p::Probe::new(__resilience_error, __resilience_session.attempts())).__resilience_class()
+                        (&&&&&#p::Probe::new(__resilience_error, &__resilience_session)).__resilience_class()
                     };
                     #after
                 }

@@ -124,6 +124,16 @@ pub(crate) enum Key {
     Given(HeaderValue),
 }
 
+/// The key as sent, without the quotes of `KeyFormat::Quoted`.
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Auto(u) => u.hyphenated().fmt(f),
+            Key::Given(h) => f.write_str(&String::from_utf8_lossy(h.as_bytes())),
+        }
+    }
+}
+
 impl Key {
     pub(crate) fn header(&self) -> HeaderValue {
         match self {

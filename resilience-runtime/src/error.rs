@@ -55,6 +55,8 @@ pub struct Error {
     class: Option<Class>,
     status: Option<u16>,
     elapsed: Option<Duration>,
+    /// The call's `Idempotency-Key`, set on the error path only.
+    key: Option<Box<str>>,
     source: Option<BoxError>,
 }
 
@@ -67,6 +69,7 @@ impl Error {
             class: None,
             status: None,
             elapsed: None,
+            key: None,
             source: None,
         }
     }
@@ -119,6 +122,14 @@ impl Error {
         self.elapsed
     }
 
+    /// The `Idempotency-Key` the call sent on every attempt, when it was keyed (`auto` or a
+    /// parameter): what a call that failed after a request may have been carried out leaves
+    /// the caller to look the outcome up with, or to ask again with (a server that replays by
+    /// key answers a request with this key with that outcome).
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// An attempt timeout or the deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -162,6 +173,16 @@ impl Error {
         self.attempts = self.attempts.max(attempts);
     }
 
+    /// Records the call's key, unless the error already holds one: an error out of a nested
+    /// call keeps that call's key, the one its request carried.
+    pub(crate) fn set_key(&mut self, key: Option<&crate::context::Key>) {
+        if self.key.is_none()
+            && let Some(key) = key
+        {
+            self.key = Some(key.to_string().into_boxed_str());
+        }
+    }
+
     pub(crate) fn set_class(&mut self, class: Option<Class>) {
         if class.is_some() {
             self.class = class;
@@ -179,6 +200,9 @@ impl fmt::Debug for Error {
         }
         if let Some(s) = self.status {
             d.field("status", &s);
+        }
+        if let Some(k) = &self.key {
+            d.field("idempotency_key", k);
         }
         if let Some(s) = &self.source {
             d.field("source", s);
@@ -200,10 +224,32 @@ impl fmt::Display for Error {
         } else if let Some(c) = self.class.filter(|_| self.kind != ErrorKind::Call) {
             write!(f, " (last failure: {c})")?;
         }
+        if let Some(key) = &self.key
+            && self.may_have_been_carried_out()
+        {
+            write!(
+                f,
+                " [Idempotency-Key {key}: the request may have been carried out; a request with this key gets its outcome]"
+            )?;
+        }
         if let Some(src) = &self.source {
             write!(f, ": {src}")?;
         }
         Ok(())
+    }
+}
+
+impl Error {
+    /// Whether the last attempt may have reached the server: it timed out, lost its
+    /// connection, or was answered with a status a retry could have changed.
+    fn may_have_been_carried_out(&self) -> bool {
+        match self.class {
+            Some(Class::Timeout | Class::Reset) => true,
+            Some(Class::Status(s)) => {
+                s == 409 || crate::classify::is_transient_status(s) || s >= 500
+            }
+            _ => self.is_timeout() && self.attempts > 0,
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! Compile-time dispatch on the function's error type (autoref specialization).
 //!
-//! The generated code calls `(&&&&&Probe::new(&mut err, n)).__resilience_class()`; method
+//! The generated code calls `(&&&&&Probe::after(&mut err, n)).__resilience_class()`; method
 //! resolution picks the most specific impl that applies to the concrete error type:
 //! the runtime's own `Error`, then an explicit [`Classify`](crate::Classify) (falling back to
 //! the source chain when the type is a `std::error::Error`), then any
 //! `std::error::Error`, then boxed and `anyhow` errors, then nothing (the recorded response
-//! decides). Each impl also writes the attempt count into the error when it can hold one.
+//! decides). Each impl also writes the attempt count and the call's key into the error when it
+//! can hold them.
 
 #![allow(missing_docs)] // Not public API: what generated code names, hidden in `__private`.
 
@@ -13,9 +14,11 @@ use std::cell::Cell;
 use std::error::Error as StdError;
 
 use crate::classify::{Class, Classify, classify_error, runtime_kind};
+use crate::context::Key;
 use crate::error::{Error, ErrorKind};
+use crate::session::Session;
 
-pub struct Probe<'a, E>(Cell<Option<&'a mut E>>, u32);
+pub struct Probe<'a, E>(Cell<Option<&'a mut E>>, u32, Option<&'a Key>);
 
 impl<E> std::fmt::Debug for Probe<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -24,8 +27,25 @@ impl<E> std::fmt::Debug for Probe<'_, E> {
 }
 
 impl<'a, E> Probe<'a, E> {
-    pub fn new(err: &'a mut E, attempts: u32) -> Self {
-        Probe(Cell::new(Some(err)), attempts)
+    pub fn new(err: &'a mut E, session: &'a Session) -> Self {
+        Probe(
+            Cell::new(Some(err)),
+            session.attempts(),
+            session.ctx.key.as_ref(),
+        )
+    }
+
+    #[cfg(test)]
+    fn after(err: &'a mut E, attempts: u32) -> Self {
+        Probe(Cell::new(Some(err)), attempts, None)
+    }
+
+    /// What the call knows and its own error can hold: the attempts that ran, the key, the
+    /// class found.
+    fn note(&self, own: &mut Error, class: Option<Class>) {
+        own.set_attempts(self.1);
+        own.set_key(self.2);
+        own.set_class(class);
     }
 }
 
@@ -37,9 +57,8 @@ pub trait ViaOwn {
 impl ViaOwn for &&&&&Probe<'_, Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
-        e.set_attempts(self.1);
         let class = classify_error(e);
-        e.set_class(class);
+        self.note(e, class);
         class
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -101,8 +120,7 @@ macro_rules! boxed {
                 let e = self.0.take()?;
                 let class = classify_error(&**e);
                 if let Some(own) = e.downcast_mut::<Error>() {
-                    own.set_attempts(self.1);
-                    own.set_class(class);
+                    self.note(own, class);
                 }
                 class
             }
@@ -124,8 +142,7 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
         let e = self.0.take()?;
         let class = classify_error(&*e);
         if let Some(own) = e.get_mut().and_then(|i| i.downcast_mut::<Error>()) {
-            own.set_attempts(self.1);
-            own.set_class(class);
+            self.note(own, class);
         }
         class
     }
@@ -141,8 +158,7 @@ impl ViaBoxed for &&Probe<'_, anyhow::Error> {
         let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
         let class = classify_error(dynerr);
         if let Some(own) = e.downcast_mut::<Error>() {
-            own.set_attempts(self.1);
-            own.set_class(class);
+            self.note(own, class);
         }
         class
     }
@@ -188,33 +204,36 @@ mod tests {
     fn picks_the_most_specific_impl() {
         let mut own = Error::new(ErrorKind::AttemptTimeout);
         assert_eq!(
-            (&&&&&Probe::new(&mut own, 3)).__resilience_class(),
+            (&&&&&Probe::after(&mut own, 3)).__resilience_class(),
             Some(Class::Timeout)
         );
         assert_eq!(own.attempts(), 3);
 
         let mut mine = Mine;
         assert_eq!(
-            (&&&&&Probe::new(&mut mine, 1)).__resilience_class(),
+            (&&&&&Probe::after(&mut mine, 1)).__resilience_class(),
             Some(Class::Status(503))
         );
 
         let mut io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(
-            (&&&&&Probe::new(&mut io, 1)).__resilience_class(),
+            (&&&&&Probe::after(&mut io, 1)).__resilience_class(),
             Some(Class::Reset)
         );
 
         let mut boxed: Box<dyn StdError + Send + Sync> =
             Box::new(Error::new(ErrorKind::DeadlineExceeded));
         assert_eq!(
-            (&&&&&Probe::new(&mut boxed, 2)).__resilience_class(),
+            (&&&&&Probe::after(&mut boxed, 2)).__resilience_class(),
             Some(Class::Timeout)
         );
         assert_eq!(boxed.downcast_ref::<Error>().unwrap().attempts(), 2);
 
         let mut opaque = Opaque;
-        assert_eq!((&&&&&Probe::new(&mut opaque, 1)).__resilience_class(), None);
+        assert_eq!(
+            (&&&&&Probe::after(&mut opaque, 1)).__resilience_class(),
+            None
+        );
     }
 
     #[cfg(feature = "anyhow")]
@@ -222,12 +241,12 @@ mod tests {
     fn anyhow_errors_are_classified_and_stamped() {
         let mut a = anyhow::Error::from(Error::new(ErrorKind::AttemptTimeout));
         assert_eq!(
-            (&&&&&Probe::new(&mut a, 4)).__resilience_class(),
+            (&&&&&Probe::after(&mut a, 4)).__resilience_class(),
             Some(Class::Timeout)
         );
         assert_eq!(a.downcast_ref::<Error>().unwrap().attempts(), 4);
         let mut a = anyhow::anyhow!("refused").context("talking to the gateway");
-        assert_eq!((&&&&&Probe::new(&mut a, 1)).__resilience_class(), None);
+        assert_eq!((&&&&&Probe::after(&mut a, 1)).__resilience_class(), None);
     }
 
     /// A user's error that wraps the runtime's (`#[error("…")] Resilience(#[from] Error)`).
@@ -248,30 +267,33 @@ mod tests {
     fn finds_the_kind_of_the_runtime_error_inside() {
         let mut own = Error::new(ErrorKind::CircuitOpen);
         assert_eq!(
-            (&&&&&Probe::new(&mut own, 0)).__resilience_kind(),
+            (&&&&&Probe::after(&mut own, 0)).__resilience_kind(),
             Some(ErrorKind::CircuitOpen)
         );
         let mut wrapping = Wrapping(Error::new(ErrorKind::BulkheadFull));
         assert_eq!(
-            (&&&&&Probe::new(&mut wrapping, 0)).__resilience_kind(),
+            (&&&&&Probe::after(&mut wrapping, 0)).__resilience_kind(),
             Some(ErrorKind::BulkheadFull)
         );
         let mut io = std::io::Error::other(Error::new(ErrorKind::DeadlineExceeded));
         assert_eq!(
-            (&&&&&Probe::new(&mut io, 0)).__resilience_kind(),
+            (&&&&&Probe::after(&mut io, 0)).__resilience_kind(),
             Some(ErrorKind::DeadlineExceeded)
         );
         let mut boxed: Box<dyn StdError + Send + Sync> =
             Box::new(Error::new(ErrorKind::RateLimited));
         assert_eq!(
-            (&&&&&Probe::new(&mut boxed, 0)).__resilience_kind(),
+            (&&&&&Probe::after(&mut boxed, 0)).__resilience_kind(),
             Some(ErrorKind::RateLimited)
         );
         let mut plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!((&&&&&Probe::new(&mut plain, 0)).__resilience_kind(), None);
+        assert_eq!((&&&&&Probe::after(&mut plain, 0)).__resilience_kind(), None);
         let mut mine = Mine;
-        assert_eq!((&&&&&Probe::new(&mut mine, 0)).__resilience_kind(), None);
+        assert_eq!((&&&&&Probe::after(&mut mine, 0)).__resilience_kind(), None);
         let mut opaque = Opaque;
-        assert_eq!((&&&&&Probe::new(&mut opaque, 0)).__resilience_kind(), None);
+        assert_eq!(
+            (&&&&&Probe::after(&mut opaque, 0)).__resilience_kind(),
+            None
+        );
     }
 }

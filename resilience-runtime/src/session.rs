@@ -522,10 +522,12 @@ impl Session {
 
     fn runtime_error(&mut self, kind: ErrorKind, class: Class) -> Error {
         self.last.runtime = Some(kind);
-        Error::new(kind)
+        let mut err = Error::new(kind)
             .with_attempts(self.attempts)
             .with_class(Some(class), self.last.status)
-            .with_elapsed(self.started.elapsed())
+            .with_elapsed(self.started.elapsed());
+        err.set_key(self.ctx.key.as_ref());
+        err
     }
 
     /// Runs one attempt of the body (in its slot, `pin!(Some(body))`) under the breaker and the
@@ -825,8 +827,9 @@ impl Session {
                 {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                     self.give_up(class, GiveUp::BudgetExhausted);
-                    let err = Error::new(ErrorKind::BudgetExhausted)
-                        .with_attempts(attempt)
+                    let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
+                    err.set_key(self.ctx.key.as_ref());
+                    let err = err
                         .with_class(Some(class), self.last.status)
                         .with_elapsed(self.started.elapsed());
                     return Next::Replace(err);
