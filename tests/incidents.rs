@@ -1,8 +1,10 @@
-//! The source documents' two incidents, end to end on 127.0.0.1, with the figures the tour shows.
+//! The source documents' two incidents, end to end on 127.0.0.1, with the figures the tour shows;
+//! every peer a task of the test's current-thread runtime, on a paused clock (the tour runs the
+//! same code in real time).
 
 use resilience::incidents::{Guard, retry_storm, thread_pool};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
     let bare = thread_pool(Guard::None, 8).await;
     assert_eq!(bare.home_sent, 300);
@@ -25,7 +27,7 @@ async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
     assert!(guarded.checkout_failed_fast > 0, "{guarded:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_retry_budget_stops_a_retry_storm() {
     let naive = retry_storm(false, 300, 200).await;
     assert!(naive.amplification() >= 2.9, "naive retries: {naive:?}");
