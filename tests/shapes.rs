@@ -698,3 +698,27 @@ async fn a_request_in_a_select_is_stamped_and_retried() {
     assert_eq!(seen.len(), 3, "a reset and a 503 retried");
     assert!(seen.iter().all(|r| r.header("x-request-id").is_some()));
 }
+
+/// A return type with `impl Trait` in it.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn bytes_of(http: &reqwest::Client, url: &str) -> Result<impl Iterator<Item = u8>, Error> {
+    let body = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    Ok(body.to_vec().into_iter())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_return_type_with_impl_trait() {
+    let server = flaky().await;
+    let got: Vec<u8> = bytes_of(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap()
+        .collect();
+    assert_eq!(got, b"ok");
+    assert_eq!(server.requests().len(), 3);
+}

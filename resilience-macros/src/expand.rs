@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{ToTokens as _, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 
 use resilience_policy::model::{KeyModel, Settings};
@@ -104,6 +104,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // A return edge typed with the declared return type, so `?` and `return` in the body
     // convert into it, and a type error points at the return type, not at the macro.
     let fake_return = match &sig.output {
+        // `impl Trait` may not name a variable's type: the body's type then comes from the
+        // function's own return, where the loop's result goes.
+        syn::ReturnType::Type(_, ty) if contains_impl(ty) => quote!(),
         syn::ReturnType::Type(_, ty) => {
             let span = ty.span();
             quote_spanned! {span=>
@@ -160,6 +163,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // compiler checks the signature and points at `fallback = …`.
     let fallback_call = s.fallback.as_ref().map(|name| {
         let span = name.origin.span_or(Span::call_site());
+        if let syn::ReturnType::Type(_, ty) = &sig.output
+            && contains_impl(ty)
+        {
+            // Two functions returning `impl Trait` return two different types.
+            return quote_spanned! {ty.span()=>
+                ::core::compile_error!("`fallback` needs a return type the fallback can return too; an `impl Trait` in it is a type of this function's own: name the type, or box it (`Box<dyn Trait>`)")
+            };
+        }
         let path: TokenStream = respan(name.value.parse().unwrap_or_default(), span);
         let args = sig.inputs.iter().map(|input| match input {
             syn::FnArg::Receiver(r) => {
@@ -288,6 +299,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             #finish
             __resilience_result
         }
+    }
+}
+
+/// Whether `ty` holds an `impl Trait` anywhere (`Result<impl Iterator<Item = u8>, E>`).
+fn contains_impl(ty: &syn::Type) -> bool {
+    ty.to_token_stream().into_iter().any(|tt| tt_has_impl(&tt))
+}
+
+fn tt_has_impl(tt: &proc_macro2::TokenTree) -> bool {
+    match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => g.stream().into_iter().any(|t| tt_has_impl(&t)),
+        _ => false,
     }
 }
 
