@@ -709,7 +709,7 @@ async fn bytes_of(http: &reqwest::Client, url: &str) -> Result<impl Iterator<Ite
         .error_for_status()?
         .bytes()
         .await?;
-    Ok(body.to_vec().into_iter())
+    Ok(Vec::from(body).into_iter())
 }
 
 #[tokio::test(start_paused = true)]
