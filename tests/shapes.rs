@@ -722,3 +722,46 @@ async fn a_return_type_with_impl_trait() {
     assert_eq!(got, b"ok");
     assert_eq!(server.requests().len(), 3);
 }
+
+/// `#[tracing::instrument]` stacked on `#[resilient]`, outside it and inside it.
+#[tracing::instrument(skip(http))]
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn instrumented_outside(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+#[tracing::instrument(skip(http))]
+async fn instrumented_inside(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn tracing_instrument_on_either_side() {
+    let c = reqwest::Client::new();
+    for inside in [false, true] {
+        let server = flaky().await;
+        let got = if inside {
+            instrumented_inside(&c, &server.url("/")).await
+        } else {
+            instrumented_outside(&c, &server.url("/")).await
+        };
+        assert_eq!(got.unwrap(), "ok", "instrument inside: {inside}");
+        let seen = server.requests();
+        assert_eq!(seen.len(), 3, "a reset and a 503 retried");
+        let id = seen[0].header("x-request-id").expect("stamped");
+        assert!(seen.iter().all(|r| r.header("x-request-id") == Some(id)));
+    }
+}
