@@ -17,6 +17,18 @@ fn client() -> reqwest::Client {
     .unwrap()
 }
 
+/// What `flaky()` saw of a call that got through: three attempts (a reset and a 503 retried),
+/// each stamped with the call's one request id and its own attempt number.
+fn retried_and_stamped(server: &FaultServer) {
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3, "a reset and a 503 retried");
+    let id = seen[0].header("x-request-id").expect("stamped");
+    for (n, r) in seen.iter().enumerate() {
+        assert_eq!(r.header("x-request-id"), Some(id));
+        assert_eq!(r.header("x-attempt"), Some((n + 1).to_string().as_str()));
+    }
+}
+
 /// A flaky server: a reset, a 503, then 200 "ok".
 async fn flaky() -> FaultServer {
     FaultServer::start(vec![Action::reset(), Action::status(503)]).await
@@ -666,13 +678,7 @@ async fn free_get(url: &str) -> Result<String, Error> {
 async fn reqwests_own_get_is_a_get_stamped_and_retried() {
     let server = flaky().await;
     assert_eq!(free_get(&server.url("/")).await.unwrap(), "ok");
-    let seen = server.requests();
-    assert_eq!(seen.len(), 3, "a reset and a 503 retried");
-    let id = seen[0].header("x-request-id").expect("stamped");
-    for (n, r) in seen.iter().enumerate() {
-        assert_eq!(r.header("x-request-id"), Some(id));
-        assert_eq!(r.header("x-attempt"), Some((n + 1).to_string().as_str()));
-    }
+    retried_and_stamped(&server);
 }
 
 /// A request raced against a shutdown signal in `tokio::select!`.
@@ -694,9 +700,7 @@ async fn a_request_in_a_select_is_stamped_and_retried() {
     let stop = tokio::sync::Notify::new();
     let got = raced(&reqwest::Client::new(), &server.url("/"), &stop).await;
     assert_eq!(got.unwrap(), "ok");
-    let seen = server.requests();
-    assert_eq!(seen.len(), 3, "a reset and a 503 retried");
-    assert!(seen.iter().all(|r| r.header("x-request-id").is_some()));
+    retried_and_stamped(&server);
 }
 
 /// A return type with `impl Trait` in it.
@@ -759,9 +763,6 @@ async fn tracing_instrument_on_either_side() {
             instrumented_outside(&c, &server.url("/")).await
         };
         assert_eq!(got.unwrap(), "ok", "instrument inside: {inside}");
-        let seen = server.requests();
-        assert_eq!(seen.len(), 3, "a reset and a 503 retried");
-        let id = seen[0].header("x-request-id").expect("stamped");
-        assert!(seen.iter().all(|r| r.header("x-request-id") == Some(id)));
+        retried_and_stamped(&server);
     }
 }
