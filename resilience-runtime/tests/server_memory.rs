@@ -328,13 +328,17 @@ async fn every_answer_is_counted_by_outcome() {
             .find(|l| l.starts_with(&format!("{name}{labels} ")))?;
         line.rsplit(' ').next()?.parse::<f64>().ok()
     };
-    let answered = |outcome: &str| {
-        value(
-            "resilience_idempotency_requests_total",
-            &format!(r#"{{outcome="{outcome}"}}"#),
-        )
-        .unwrap_or(0.0)
+    // Summed over routes; `on` narrows to the samples holding every label fragment given.
+    let answered_on = |outcome: &str, on: &[&str]| -> f64 {
+        let text = handle.render();
+        text.lines()
+            .filter(|l| l.starts_with("resilience_idempotency_requests_total{"))
+            .filter(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
+            .filter(|l| on.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
+    let answered = |outcome: &str| answered_on(outcome, &[]);
     let pending = || value("resilience_idempotency_pending", "");
 
     let switch = Arc::new(Switch::default());
@@ -426,6 +430,13 @@ async fn every_answer_is_counted_by_outcome() {
             handle.render()
         );
     }
+    // By route: the router's template, a bounded label.
+    assert_eq!(answered_on("handled", &[r#"http_route="/gated""#]), 2.0);
+    assert_eq!(answered_on("handled", &[r#"http_route="/orders""#]), 1.0);
+    assert_eq!(
+        answered_on("key_missing", &[r#"http_route="/required""#]),
+        1.0
+    );
 }
 
 #[tokio::test]

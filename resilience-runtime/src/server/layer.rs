@@ -25,7 +25,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::record::{Fingerprint, InFlight, Record, StoredResponse};
-use super::served::{Served, count};
+use super::served::{Served, Tally};
 use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -439,10 +439,11 @@ where
         if !config.methods.contains(req.method()) {
             return passthrough(inner.call(req));
         }
+        let tally = Tally::of(req.extensions());
         let key = match key_of(req.headers(), &config.header) {
             Ok(Some(key)) => key.into_owned(),
             Ok(None) if config.require_key => {
-                count(Served::KeyMissing);
+                tally.count(Served::KeyMissing);
                 return answer(problem(
                     &config,
                     KEY_MISSING,
@@ -455,11 +456,11 @@ where
                 ));
             }
             Ok(None) => {
-                count(Served::Unprotected);
+                tally.count(Served::Unprotected);
                 return passthrough(inner.call(req));
             }
             Err(why) => {
-                count(Served::KeyInvalid);
+                tally.count(Served::KeyInvalid);
                 return answer(problem(
                     &config,
                     KEY_INVALID,
@@ -467,7 +468,7 @@ where
                 ));
             }
         };
-        Box::pin(run(config, inner, req, key))
+        Box::pin(run(config, inner, req, key, tally))
     }
 }
 
@@ -560,6 +561,7 @@ async fn run<S, ReqBody, ResBody>(
     inner: S,
     req: Request<ReqBody>,
     key: String,
+    tally: Tally,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -572,7 +574,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let too_large = || {
-        count(Served::BodyTooLarge);
+        tally.count(Served::BodyTooLarge);
         problem(
             &config,
             BODY_TOO_LARGE,
@@ -594,7 +596,7 @@ where
         Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
         Err(e) => {
             tracing::debug!(error = %e, "could not read a keyed request body");
-            count(Served::BodyUnreadable);
+            tally.count(Served::BodyUnreadable);
             return Ok(problem(
                 &config,
                 BODY_UNREADABLE,
@@ -608,7 +610,7 @@ where
     let path = full_path(&parts.uri, &parts.extensions);
     let store_key: Arc<str> = record_key(&parts.method, path, &key, scope.as_deref()).into();
     let reused = || {
-        count(Served::KeyReused);
+        tally.count(Served::KeyReused);
         problem(
             &config,
             KEY_REUSED,
@@ -624,11 +626,11 @@ where
         if stored.fingerprint != fingerprint {
             return Ok(reused());
         }
-        count(Served::Replayed);
+        tally.count(Served::Replayed);
         return Ok(replay(stored));
     }
     if config.state.is_down(Instant::now()) {
-        count(Served::StoreUnavailable);
+        tally.count(Served::StoreUnavailable);
         return Ok(unavailable(&config));
     }
 
@@ -647,7 +649,7 @@ where
             return Ok(reused());
         }
         Ok(Ok(Claim::Existing(Record::InFlight(_)))) => {
-            count(Served::InProgress);
+            tally.count(Served::InProgress);
             let mut res = problem(
                 &config,
                 IN_PROGRESS,
@@ -659,7 +661,7 @@ where
         }
         Ok(Ok(Claim::Existing(Record::Completed(stored)))) => {
             tracing::debug!(key = %store_key, status = %stored.status, "idempotent replay");
-            count(Served::Replayed);
+            tally.count(Served::Replayed);
             return Ok(replay(stored));
         }
         failed => {
@@ -681,7 +683,7 @@ where
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(withdraw(config.clone(), store_key, claim));
             }
-            count(Served::StoreUnavailable);
+            tally.count(Served::StoreUnavailable);
             return Ok(unavailable(&config));
         }
     }
@@ -694,7 +696,7 @@ where
         .extensions
         .insert(super::context_layer::Claimed { until });
     let req = Request::from_parts(parts, ReqBody::from(body));
-    let job = handle(config.clone(), inner, req, store_key, claim);
+    let job = handle(config.clone(), inner, req, store_key, claim, tally.clone());
     let rt = match tokio::runtime::Handle::try_current() {
         Ok(rt) if config.detached => rt,
         // Outside a tokio runtime there is nothing to detach onto: run it here.
@@ -707,7 +709,7 @@ where
         // Only when the runtime shuts down under it.
         Err(e) => {
             tracing::warn!(error = %e, "idempotent handler task did not finish");
-            count(Served::HandlerFailed);
+            tally.count(Served::HandlerFailed);
             Ok(problem(
                 &config,
                 HANDLER_FAILED,
@@ -762,6 +764,7 @@ async fn handle<S, ReqBody, ResBody>(
     req: Request<ReqBody>,
     key: Arc<str>,
     claim: InFlight,
+    tally: Tally,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -787,7 +790,7 @@ where
     let (parts, body) = match outcome {
         Ok(Ok(Ok(Outcome::Full(parts, body)))) => (parts, body),
         Ok(Ok(Ok(Outcome::Pass(res)))) => {
-            count(Served::Released);
+            tally.count(Served::Released);
             guard.release().await;
             return Ok(res.map(ResponseBody::inner));
         }
@@ -804,18 +807,18 @@ where
                     parts.status.as_u16()
                 ),
             );
-            count(Served::ResponseFailed);
+            tally.count(Served::ResponseFailed);
             guard.complete(&config, stored).await;
             return Ok(Response::from_parts(parts, ResponseBody::failed(e)));
         }
         Ok(Ok(Err(e))) => {
-            count(Served::Released);
+            tally.count(Served::Released);
             guard.release().await;
             return Err(e);
         }
         Ok(Err(panic)) => {
             tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
-            count(Served::HandlerFailed);
+            tally.count(Served::HandlerFailed);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
@@ -826,7 +829,7 @@ where
         }
         Err(_) => {
             tracing::error!(key = %guard.key, limit = ?config.handler_limit, "idempotent handler cancelled at the layer's limit");
-            count(Served::HandlerTimedOut);
+            tally.count(Served::HandlerTimedOut);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
@@ -842,7 +845,7 @@ where
 
     let stored = if body.len() > config.max_stored_body {
         tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
-        count(Served::ResponseNotKept);
+        tally.count(Served::ResponseNotKept);
         Stored::problem(
             &config,
             claim.fingerprint,
@@ -854,7 +857,7 @@ where
             ),
         )
     } else {
-        count(Served::Handled);
+        tally.count(Served::Handled);
         StoredResponse {
             fingerprint: claim.fingerprint,
             status: parts.status,

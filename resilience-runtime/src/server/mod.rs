@@ -154,7 +154,8 @@
 //! With the `metrics` feature, every request the layer covers is counted in
 //! `resilience.idempotency.requests` by how it was answered (`outcome`: `handled`, `replayed`,
 //! `released`, `in_progress`, `key_reused`, `store_unavailable`, …; the full list is in
-//! [`telemetry`](crate::telemetry)), and `resilience.idempotency.pending` is the number of
+//! [`telemetry`](crate::telemetry)) and by route (`http.route`: the template axum's router
+//! matched, `/tenants/{tenant}/charges`, empty outside a router), and `resilience.idempotency.pending` is the number of
 //! responses kept in memory until the store takes them (the "store lost while the handler
 //! runs" case above): a value that stays above zero means the store is still down.
 //!

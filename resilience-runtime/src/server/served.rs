@@ -1,5 +1,6 @@
 //! How the idempotency layer answered each request it covers, counted through the `metrics`
-//! facade (feature `metrics`): `resilience.idempotency.requests` by `outcome`, and
+//! facade (feature `metrics`): `resilience.idempotency.requests` by `outcome` and
+//! `http.route`, and
 //! `resilience.idempotency.pending`, the responses kept in memory until the store takes them.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -84,13 +85,24 @@ impl Served {
     }
 }
 
-/// Counts one answer.
-#[inline]
-pub(crate) fn count(served: Served) {
-    #[cfg(feature = "metrics")]
-    recorded::count(served);
-    #[cfg(not(feature = "metrics"))]
-    let _ = served;
+/// Where one request's answer is counted: its route, when a router matched one (axum's
+/// `MatchedPath`, the route's template: `/tenants/{tenant}/charges`, a bounded set of values).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally(Option<axum::extract::MatchedPath>);
+
+impl Tally {
+    pub(crate) fn of(extensions: &http::Extensions) -> Tally {
+        Tally(extensions.get::<axum::extract::MatchedPath>().cloned())
+    }
+
+    /// Counts one answer.
+    #[inline]
+    pub(crate) fn count(&self, served: Served) {
+        #[cfg(feature = "metrics")]
+        recorded::count(served, self.0.as_ref().map_or("", |m| m.as_str()));
+        #[cfg(not(feature = "metrics"))]
+        let _ = served;
+    }
 }
 
 /// Responses kept in memory until the store takes them, in every layer of the process.
@@ -107,7 +119,8 @@ pub(crate) fn pending(change: i64) {
 
 #[cfg(feature = "metrics")]
 mod recorded {
-    use std::sync::OnceLock;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
 
     use metrics::{Key, Label, Level, Metadata};
 
@@ -119,23 +132,34 @@ mod recorded {
 
     static PENDING_KEY: Key = Key::from_static_name(names::IDEMPOTENCY_PENDING);
 
-    /// One key per outcome, made once.
-    fn keys() -> &'static [Key; Served::ALL.len()] {
-        static KEYS: OnceLock<[Key; Served::ALL.len()]> = OnceLock::new();
-        KEYS.get_or_init(|| {
-            Served::ALL.map(|s| {
-                let labels: &'static [Label] =
-                    Box::leak(Box::new([Label::from_static_parts("outcome", s.as_str())]));
-                Key::from_static_labels(names::IDEMPOTENCY_REQUESTS, labels)
-            })
-        })
+    type Keys = [Key; Served::ALL.len()];
+
+    /// One key per route and outcome, made at the route's first answer and kept: routes are
+    /// a router's templates, a bounded set.
+    fn keys(route: &str) -> &'static Keys {
+        static KEYS: OnceLock<Mutex<HashMap<Box<str>, &'static Keys>>> = OnceLock::new();
+        let mut by_route = KEYS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(keys) = by_route.get(route) {
+            return keys;
+        }
+        let route: &'static str = Box::leak(route.into());
+        let keys: &'static Keys = Box::leak(Box::new(Served::ALL.map(|s| {
+            let labels: &'static [Label] = Box::leak(Box::new([
+                Label::from_static_parts("outcome", s.as_str()),
+                Label::from_static_parts("http.route", route),
+            ]));
+            Key::from_static_labels(names::IDEMPOTENCY_REQUESTS, labels)
+        })));
+        by_route.insert(route.into(), keys);
+        keys
     }
 
-    pub(super) fn count(served: Served) {
-        metrics::with_recorder(|r| {
-            r.register_counter(&keys()[served as usize], &METADATA)
-                .increment(1)
-        });
+    pub(super) fn count(served: Served, route: &str) {
+        let key = &keys(route)[served as usize];
+        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
     }
 
     pub(super) fn pending(n: i64) {

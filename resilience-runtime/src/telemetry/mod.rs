@@ -47,7 +47,7 @@
 //! | `resilience.bulkhead.in_flight` | gauge | `{call}` | `bulkhead` | calls holding a slot |
 //! | `resilience.concurrency_limit.limit` | gauge | `{call}` | `concurrency_limit` | an adaptive limit's value now |
 //! | `resilience.concurrency_limit.in_flight` | gauge | `{call}` | `concurrency_limit` | calls holding one of its slots |
-//! | `resilience.idempotency.requests` | counter | `{request}` | `outcome` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
+//! | `resilience.idempotency.requests` | counter | `{request}` | `outcome`, `http.route` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
 //! | `resilience.idempotency.pending` | gauge | `{response}` | | responses that layer keeps in memory until its store takes them |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
