@@ -101,7 +101,7 @@ impl Tally {
         #[cfg(feature = "metrics")]
         recorded::count(served, self.0.as_ref().map_or("", |m| m.as_str()));
         #[cfg(not(feature = "metrics"))]
-        let _ = served;
+        let _ = (served, &self.0);
     }
 }
 
