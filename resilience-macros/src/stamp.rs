@@ -137,46 +137,45 @@ enum SelectPart {
 impl SelectArms {
     fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<SelectArms> {
         let mut parts = Vec::new();
-        let tokens =
-            |parts: &mut Vec<SelectPart>, t: TokenStream| parts.push(SelectPart::Tokens(t));
         if input.peek(syn::Ident) && input.peek2(syn::Token![;]) {
             let biased: syn::Ident = input.parse()?;
             let semi: syn::Token![;] = input.parse()?;
-            tokens(&mut parts, quote!(#biased #semi));
+            parts.push(SelectPart::Tokens(quote!(#biased #semi)));
         }
         while !input.is_empty() {
-            let fallback = (input.peek(syn::Token![else])
-                || input.peek(syn::Ident)
-                    && (input.fork().parse::<syn::Ident>()? == "default"
-                        || input.fork().parse::<syn::Ident>()? == "complete"))
-                && input.peek2(syn::Token![=>]);
+            let fallback = input.peek2(syn::Token![=>])
+                && (input.peek(syn::Token![else])
+                    || input
+                        .fork()
+                        .parse::<syn::Ident>()
+                        .is_ok_and(|i| i == "default" || i == "complete"));
             if fallback {
                 let word: TokenStream = if input.peek(syn::Token![else]) {
                     input.parse::<syn::Token![else]>()?.to_token_stream()
                 } else {
                     input.parse::<syn::Ident>()?.to_token_stream()
                 };
-                tokens(&mut parts, word);
+                parts.push(SelectPart::Tokens(word));
             } else {
                 let pat = syn::Pat::parse_multi_with_leading_vert(input)?;
                 let eq: syn::Token![=] = input.parse()?;
-                tokens(&mut parts, quote!(#pat #eq));
+                parts.push(SelectPart::Tokens(quote!(#pat #eq)));
                 parts.push(SelectPart::Expr(input.parse()?));
                 if input.peek(syn::Token![,]) && input.peek2(syn::Token![if]) {
                     let comma: syn::Token![,] = input.parse()?;
                     let if_: syn::Token![if] = input.parse()?;
-                    tokens(&mut parts, quote!(#comma #if_));
+                    parts.push(SelectPart::Tokens(quote!(#comma #if_)));
                     parts.push(SelectPart::Expr(input.parse()?));
                 }
             }
             let arrow: syn::Token![=>] = input.parse()?;
-            tokens(&mut parts, arrow.to_token_stream());
+            parts.push(SelectPart::Tokens(arrow.to_token_stream()));
             let handler: syn::Expr = input.parse()?;
             let block = matches!(handler, syn::Expr::Block(_));
             parts.push(SelectPart::Expr(handler));
             if input.peek(syn::Token![,]) {
                 let comma: syn::Token![,] = input.parse()?;
-                tokens(&mut parts, comma.to_token_stream());
+                parts.push(SelectPart::Tokens(comma.to_token_stream()));
             } else if !block && !input.is_empty() {
                 return Err(input.error("expected `,` after a select! arm"));
             }

@@ -137,7 +137,7 @@ mod recorded {
     /// One key per route and outcome, made at the route's first answer and kept: routes are
     /// a router's templates, a bounded set.
     fn keys(route: &str) -> &'static Keys {
-        static KEYS: OnceLock<Mutex<HashMap<Box<str>, &'static Keys>>> = OnceLock::new();
+        static KEYS: OnceLock<Mutex<HashMap<&'static str, &'static Keys>>> = OnceLock::new();
         let mut by_route = KEYS
             .get_or_init(Mutex::default)
             .lock()
@@ -153,7 +153,7 @@ mod recorded {
             ]));
             Key::from_static_labels(names::IDEMPOTENCY_REQUESTS, labels)
         })));
-        by_route.insert(route.into(), keys);
+        by_route.insert(route, keys);
         keys
     }
 
