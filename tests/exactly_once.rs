@@ -393,12 +393,15 @@ async fn a_failed_keyed_call_names_its_key() {
         "{e}"
     );
 
-    // A refusal the server answered at once (404) was not carried out: the key is there, the
-    // note is not.
-    let gone = FaultServer::start(Script::always(Action::status(404))).await;
-    let e = pay(&reqwest::Client::new(), &gone.url("/charges"))
-        .await
-        .unwrap_err();
-    assert!(e.idempotency_key().is_some());
-    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    // Refusals the server answered before acting (404, a 429 throttle) were not carried out:
+    // the key is there, the note is not.
+    for status in [404, 429] {
+        let refusing = FaultServer::start(Script::always(Action::status(status))).await;
+        let e = pay(&reqwest::Client::new(), &refusing.url("/charges"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.http_status(), Some(status));
+        assert!(e.idempotency_key().is_some());
+        assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    }
 }

@@ -244,14 +244,13 @@ impl fmt::Display for Error {
 }
 
 impl Error {
-    /// Whether the last attempt may have reached the server: it timed out, lost its
-    /// connection, or was answered with a status a retry could have changed.
+    /// Whether the last attempt may have been carried out: it timed out, lost its connection,
+    /// or was answered 5xx or 409 (still in progress). Not a 408 or 429: the server refused
+    /// the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,
-            Some(Class::Status(s)) => {
-                s == 409 || crate::classify::is_transient_status(s) || s >= 500
-            }
+            Some(Class::Status(s)) => s == 409 || s >= 500,
             _ => self.is_timeout() && self.attempts > 0,
         }
     }
