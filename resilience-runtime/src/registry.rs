@@ -326,7 +326,7 @@ impl PolicyState {
     ) -> &'static Resolved {
         self.resolved.get_or_init(|| {
             let function = policy.locate.map_or(policy.function, |f| {
-                match resilience_spec::paths::function_path(policy.function, f()) {
+                match resilience_spec::paths::from_type_name(policy.function, f()) {
                     std::borrow::Cow::Borrowed(path) => path,
                     // Once per function, for the life of the process.
                     std::borrow::Cow::Owned(path) => Box::leak(path.into_boxed_str()),

@@ -27,7 +27,7 @@ pub fn method_path(module: &str, self_ty: &str, trait_: Option<&str>, name: &str
 
 /// The function's path from `module_and_name` (`module_path!()` and its name) and `located`,
 /// the path the compiler's type name gives (`m::Repo<_>::get`, `<m::Svc as m::Api>::get`).
-pub fn function_path<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a, str> {
+pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a, str> {
     let Some((module, name)) = module_and_name.rsplit_once("::") else {
         return located.into();
     };
@@ -122,7 +122,7 @@ mod tests {
             ("shop::inner", "shop::outer::inner", "shop::outer::inner"),
         ];
         for (module_and_name, located, want) in cases {
-            assert_eq!(function_path(module_and_name, located), want, "{located}");
+            assert_eq!(from_type_name(module_and_name, located), want, "{located}");
         }
         // What `resilience list` reads from the source (token strings, spaced).
         assert_eq!(
