@@ -92,7 +92,12 @@ pub(crate) struct Tally(Option<axum::extract::MatchedPath>);
 
 impl Tally {
     pub(crate) fn of(extensions: &http::Extensions) -> Tally {
-        Tally(extensions.get::<axum::extract::MatchedPath>().cloned())
+        // Without a recorder to tell, no lookup: nothing reads the route.
+        if cfg!(feature = "metrics") {
+            Tally(extensions.get::<axum::extract::MatchedPath>().cloned())
+        } else {
+            Tally(None)
+        }
     }
 
     /// Counts one answer.
