@@ -405,3 +405,53 @@ async fn a_failed_keyed_call_names_its_key() {
         assert!(!e.to_string().contains("may have been carried out"), "{e}");
     }
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 4,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn refund(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A server that keeps every answer (`replay_every_status`) replays a 503 its handler gave, marked
+/// `Idempotent-Replayed: true`: every retry with the key would get the same 503, so the client
+/// stops at the first replay instead of asking again up to `max_attempts`.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_answer_is_not_asked_for_again() {
+    use axum::extract::State;
+    use resilience_runtime::server::{IdempotencyLayer, replay_every_status};
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn gateway(State(runs): State<Arc<AtomicUsize>>) -> axum::http::StatusCode {
+        runs.fetch_add(1, Ordering::SeqCst);
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    }
+    let app = axum::Router::new()
+        .route("/refunds", axum::routing::post(gateway))
+        .with_state(runs.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()).replayable(replay_every_status));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/refunds", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (got, report) = resilience_runtime::measure(refund(&reqwest::Client::new(), &url)).await;
+    let e = got.unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    // The first answer was the handler's (retried: a 503 may pass); the second its replay.
+    let report = report.expect("measured");
+    assert_eq!(report.attempts, 2, "{report:?}");
+    assert_eq!(e.attempts(), 2, "{e}");
+}

@@ -259,6 +259,8 @@ pub(crate) struct AttemptCtx {
     pub reached: Cell<Option<Method>>,
     pub status: Cell<Option<u16>>,
     pub retry_after: Cell<Option<Duration>>,
+    /// The last response was marked `Idempotent-Replayed: true`.
+    pub replayed: Cell<bool>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
     /// and the body has not gone on since (no request of its own, no other nested call): a
     /// failure of the attempt now is taken for that call's, which the outer call does not
@@ -316,6 +318,7 @@ impl AttemptCtx {
             reached: Cell::new(None),
             status: Cell::new(None),
             retry_after: Cell::new(None),
+            replayed: Cell::new(false),
             nested_gave_up: Cell::new(false),
         }
     }
@@ -350,6 +353,7 @@ impl AttemptCtx {
         *self.reached.get_mut() = None;
         *self.status.get_mut() = None;
         *self.retry_after.get_mut() = None;
+        *self.replayed.get_mut() = false;
         *self.nested_gave_up.get_mut() = false;
     }
 

@@ -40,6 +40,9 @@ pub struct Facts<'a> {
     /// The policy's method, when the attempt's seen requests were all safer: a request of it
     /// may have gone out unseen (sent by a helper without `.resilient()`), and without the key.
     pub unseen: Option<Method>,
+    /// The failing response was marked `Idempotent-Replayed: true`: the server replayed the
+    /// answer it stored for the key, and gives the same one to every retry with it.
+    pub replayed: bool,
 }
 
 /// Why a failed call is not retried.
@@ -65,6 +68,9 @@ pub enum GiveUp {
     /// A nested `#[resilient]` call already retried this failure as far as its own policy
     /// allowed: one layer retries, not every layer.
     RetriedInside,
+    /// The server replayed the answer it stored for the idempotency key
+    /// (`Idempotent-Replayed: true`): a retry with the key gets the same answer.
+    Replayed,
 }
 
 impl GiveUp {
@@ -80,6 +86,7 @@ impl GiveUp {
             GiveUp::DeadlineTooClose => "no time left before the deadline",
             GiveUp::BudgetExhausted => "retry budget exhausted",
             GiveUp::RetriedInside => "already retried by a nested #[resilient] call",
+            GiveUp::Replayed => "the server replayed its stored answer to the key",
         }
     }
 }
@@ -98,9 +105,10 @@ pub use resilience_spec::may_resend;
 /// A 409 with `Retry-After` to a keyed request: the server's "this key is still being
 /// processed". The first attempt's handler runs on; the next request with the key gets its
 /// replay once it ends. Asking again sends nothing new to the handler, so it is bounded by the
-/// deadline alone: not by `max_attempts`, and not paid from the retry budget.
+/// deadline alone: not by `max_attempts`, and not paid from the retry budget. A 409 the handler
+/// itself answered, replayed from the store, is not one.
 pub fn in_progress(f: &Facts<'_>) -> bool {
-    f.keyed && f.class == Class::Status(409) && f.retry_after.is_some()
+    f.keyed && !f.replayed && f.class == Class::Status(409) && f.retry_after.is_some()
 }
 
 /// The retry decision table of the design, as a function.
@@ -108,6 +116,8 @@ pub fn decide(f: &Facts<'_>) -> Decision {
     use Decision::GiveUp as G;
     let in_progress = in_progress(f);
     let listed = match f.class {
+        // A stored answer is final: asking again with the key replays it again.
+        Class::Status(_) if f.replayed => return G(GiveUp::Replayed),
         _ if in_progress => true,
         Class::Permanent => return G(GiveUp::Permanent),
         Class::Rejected => return G(GiveUp::Rejected),

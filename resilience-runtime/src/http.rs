@@ -97,8 +97,8 @@ fn record_outcome(
     let response = res.as_ref().ok().map(response_facts);
     let reached = !matches!(res, Err(e) if e.is_connect());
     let _ = with_attempt(|ctx| {
-        if let Some((status, retry_after)) = response {
-            record_response(ctx, status, retry_after);
+        if let Some(facts) = response {
+            record_response(ctx, facts);
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
@@ -285,25 +285,47 @@ fn attempt_value(n: u32) -> HeaderValue {
 /// Requests sent in the annotated body, and through `.resilient()`, are recorded for you; call
 /// it when a response reached you another way. A no-op outside a `#[resilient]` function.
 pub fn observe(resp: &reqwest::Response) {
-    let (status, retry_after) = response_facts(resp);
-    let _ = with_attempt(|ctx| record_response(ctx, status, retry_after));
+    let facts = response_facts(resp);
+    let _ = with_attempt(|ctx| record_response(ctx, facts));
 }
 
-/// A response's status and `Retry-After`.
-fn response_facts(resp: &reqwest::Response) -> (u16, Option<Duration>) {
-    let retry_after = resp
-        .headers()
+/// `Idempotent-Replayed: true` marks a response replayed from the store: the handler did not run.
+/// The server half sets it; a client receiving it knows that asking again with the same key
+/// gets the same answer, so it does not retry it, whatever its status.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// What the retry decision reads off a response.
+#[derive(Clone, Copy)]
+struct ResponseFacts {
+    status: u16,
+    retry_after: Option<Duration>,
+    /// Marked `Idempotent-Replayed: true`: a stored answer, the same on every ask.
+    replayed: bool,
+}
+
+/// A response's status, `Retry-After` and replay mark.
+fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
+    let headers = resp.headers();
+    let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
-    (resp.status().as_u16(), retry_after)
+    let replayed = headers
+        .get(IDEMPOTENT_REPLAYED)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    ResponseFacts {
+        status: resp.status().as_u16(),
+        retry_after,
+        replayed,
+    }
 }
 
-fn record_response(ctx: &AttemptCtx, status: u16, retry_after: Option<Duration>) {
-    ctx.status.set(Some(status));
+fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
+    ctx.status.set(Some(facts.status));
     // telemetry (issue 12)
-    crate::telemetry::on_response(status);
-    ctx.retry_after.set(retry_after);
+    crate::telemetry::on_response(facts.status);
+    ctx.retry_after.set(facts.retry_after);
+    ctx.replayed.set(facts.replayed);
 }
 
 pin_project_lite::pin_project! {

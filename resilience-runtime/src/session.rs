@@ -167,6 +167,8 @@ pub(crate) struct Last {
     pub(crate) runtime: Option<ErrorKind>,
     pub(crate) status: Option<u16>,
     retry_after: Option<Duration>,
+    /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
+    replayed: bool,
     stamped: bool,
     all_keyed: bool,
     method: Option<Method>,
@@ -187,6 +189,7 @@ fn record(
 ) {
     last.status = ctx.status.get();
     last.retry_after = ctx.retry_after.get();
+    last.replayed = ctx.replayed.get();
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
@@ -817,6 +820,7 @@ impl Session {
             time_left: self.deadline.saturating_duration_since(now),
             reached: self.last.reached,
             unseen,
+            replayed: self.last.replayed,
         };
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),

@@ -78,6 +78,7 @@ fn facts(
         time_left: Duration::from_secs(10),
         reached: None,
         unseen: None,
+        replayed: false,
     }
 }
 
@@ -314,6 +315,44 @@ fn an_unseen_unsafe_method_is_never_resent() {
                 ..facts(Method::Get, keyed, false, class, None)
             };
             assert!(matches!(decide(&f), Decision::RetryAfter(_)), "{class:?}");
+        }
+    }
+}
+
+/// A response marked `Idempotent-Replayed: true` is the answer the server stored for the key:
+/// every retry with the key gets it again, so none is sent, whatever its status, its
+/// `Retry-After` (a 409 the handler answered is not "still in progress") or the method.
+#[test]
+fn a_replayed_answer_is_final() {
+    for (status, retry_after) in [
+        (503, None),
+        (503, Some(Duration::from_secs(1))),
+        (500, None),
+        (429, Some(Duration::from_secs(1))),
+        (409, Some(Duration::from_secs(1))),
+    ] {
+        for (method, idempotent) in [
+            (Method::Post, false),
+            (Method::Put, true),
+            (Method::Get, false),
+        ] {
+            let base = facts(method, true, idempotent, Class::Status(status), retry_after);
+            // Without the mark the same facts are retried: the mark alone decides.
+            assert!(
+                matches!(decide(&base), Decision::RetryAfter(_)),
+                "{status} {method:?} unmarked: {:?}",
+                decide(&base)
+            );
+            let f = Facts {
+                replayed: true,
+                ..base
+            };
+            assert_eq!(
+                decide(&f),
+                Decision::GiveUp(GiveUp::Replayed),
+                "{status} {method:?}"
+            );
+            assert!(!resilience_runtime::decision::in_progress(&f));
         }
     }
 }

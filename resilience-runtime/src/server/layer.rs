@@ -31,8 +31,7 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 type BoxError = Box<dyn StdError + Send + Sync>;
 type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
 
-/// `Idempotent-Replayed: true` marks a response replayed from the store: the handler did not run.
-pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub use crate::http::IDEMPOTENT_REPLAYED;
 
 /// The store key of a request: `"{method} {path} {key}"` (the full path the client sent), then
 /// `" {scope}"` when the layer has a [scope](IdempotencyLayer::scope).
