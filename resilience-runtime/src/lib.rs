@@ -66,8 +66,8 @@ pub use client::{ClientSettings, KeyFormat};
 pub use context::{AttemptInfo, Inbound, current_attempt, with_inbound};
 pub use error::{Error, ErrorKind};
 pub use http::{
-    IDEMPOTENCY_KEY, Observed, RequestBuilderExt, ResilientRequest, TRACEPARENT, X_ATTEMPT,
-    X_REQUEST_ID, X_TIMEOUT_MS, declare_sent, observe, stamp_request,
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Observed, RequestBuilderExt, ResilientRequest,
+    TRACEPARENT, X_ATTEMPT, X_REQUEST_ID, X_TIMEOUT_MS, declare_sent, observe, stamp_request,
 };
 pub use policy::{Backoff, BackoffKind, InvalidPolicy, Jitter, KeySource, Method, Policy, RetryOn};
 pub use report::{CallReport, measure};

@@ -82,8 +82,13 @@ pub struct RateLimitSnapshot {
     pub waited: u64,
     /// Calls refused.
     pub rejected: u64,
-    /// Decisions taken locally because the Redis store had no connection or did not answer.
+    /// Decisions taken locally because the Redis store had no connection, did not answer, or
+    /// was known down (it failed to answer less than a second before).
     pub local_fallbacks: u64,
+    /// Decisions asked of Redis that it failed (an error, or no answer within 250 ms). After
+    /// each, Redis is taken as down for this limit for a second: the decisions meanwhile are
+    /// local at once, without waiting for it again.
+    pub store_unanswered: u64,
 }
 
 /// A rate limit shared by name.
@@ -98,6 +103,11 @@ pub struct RateLimiter {
     waited: AtomicU64,
     rejected: AtomicU64,
     fallbacks: AtomicU64,
+    unanswered: AtomicU64,
+    #[cfg(feature = "redis")]
+    /// Until when (nanoseconds since `epoch`) the Redis store is taken as down for this limit;
+    /// 0: it is not.
+    down_until: AtomicU64,
 }
 
 impl RateLimiter {
@@ -125,6 +135,9 @@ impl RateLimiter {
             waited: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            #[cfg(feature = "redis")]
+            down_until: AtomicU64::new(0),
         })
     }
 
@@ -145,6 +158,7 @@ impl RateLimiter {
             waited: self.waited.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             local_fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            store_unanswered: self.unanswered.load(Ordering::Relaxed),
         }
     }
 
@@ -190,7 +204,7 @@ impl RateLimiter {
     fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
         let t = self.spec.interval_nanos();
         let tolerance = t.saturating_mul(u64::from(self.spec.burst));
-        let now_n = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let now_n = self.nanos_since_epoch(now);
         let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
@@ -209,26 +223,65 @@ impl RateLimiter {
         }
     }
 
+    /// The Redis store decides; while it is known down, or when it fails to answer, the local
+    /// limit does, at once. A wait for Redis counts: the local decision is taken at the time
+    /// it is, within what is left of `allowed`, and its wait is returned from `now`.
     #[cfg(feature = "redis")]
     async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
-        match shared::reserve(self.name, &self.spec, allowed).await {
-            Some(Ok(wait)) => Ok(wait),
-            Some(Err(())) => Err(Refused::Limited),
-            None => {
-                self.fallback();
-                self.reserve_local(now, allowed)
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
+            match shared::reserve(self.name, &self.spec, allowed).await {
+                shared::Answer::Wait(wait) => {
+                    if down_until != 0 && self.down_until.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!(
+                            rate_limit = self.name,
+                            "rate limit shared through Redis: Redis answers again"
+                        );
+                    }
+                    return Ok(wait);
+                }
+                shared::Answer::Refused => return Err(Refused::Limited),
+                shared::Answer::Failed => self.store_failed(),
+                shared::Answer::NoConnection => self.no_connection(),
             }
         }
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let later = Instant::now();
+        let spent = later.saturating_duration_since(now);
+        let wait = self.reserve_local(later, allowed.saturating_sub(spent))?;
+        Ok(spent + wait)
     }
 
     #[cfg(not(feature = "redis"))]
     async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
-        self.fallback();
+        self.no_connection();
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.reserve_local(now, allowed)
     }
 
-    fn fallback(&self) {
-        if self.fallbacks.fetch_add(1, Ordering::Relaxed) == 0 {
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Redis failed a decision: taken as down for this limit for [`STORE_DOWN_FOR`], so that
+    /// the calls meanwhile do not each wait for it. Logged when it was up.
+    #[cfg(feature = "redis")]
+    fn store_failed(&self) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        let until = self
+            .nanos_since_epoch(Instant::now() + STORE_DOWN_FOR)
+            .max(1);
+        if self.down_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                rate_limit = self.name,
+                "rate limit shared through Redis: Redis failed to answer; each instance holds to the limit locally until it does"
+            );
+        }
+    }
+
+    /// No Redis was given (`use_redis`): logged once per limit.
+    fn no_connection(&self) {
+        if self.fallbacks.load(Ordering::Relaxed) == 0 {
             tracing::warn!(
                 rate_limit = self.name,
                 "rate limit shared through Redis has no Redis to talk to: each instance holds to the limit locally"
@@ -236,6 +289,10 @@ impl RateLimiter {
         }
     }
 }
+
+/// How long a Redis that failed a rate-limit decision is taken as down (for that limit).
+#[cfg(feature = "redis")]
+const STORE_DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[cfg(feature = "redis")]
 pub use shared::{use_redis, use_redis_cluster};
@@ -288,7 +345,8 @@ return wait",
     /// Shares every rate limit declared `store = "redis"` through this Redis Cluster,
     /// process-wide. Each limit is one key, on the master of its slot; a master that is down
     /// or slow (250 ms) leaves the limits whose keys it holds to each instance's local limit,
-    /// as a single Redis that is down does. The first connection given stays (this one or
+    /// as a single Redis that is down does: for a second after each failure, without asking
+    /// it again meanwhile. The first connection given stays (this one or
     /// [`use_redis`]'s); later calls return `false`.
     ///
     /// ```no_run
@@ -308,13 +366,23 @@ return wait",
         format!("resilience:rate:{{{name}}}")
     }
 
-    /// `None`: no connection, or Redis did not answer in time.
-    pub(super) async fn reserve(
-        name: &str,
-        spec: &RateLimitSpec,
-        allowed: Duration,
-    ) -> Option<Result<Duration, ()>> {
-        let mut conn = CONN.get()?.clone();
+    /// What Redis decided.
+    pub(super) enum Answer {
+        /// A permit, after this wait.
+        Wait(Duration),
+        /// No permit within the wait allowed.
+        Refused,
+        /// An error, or no answer within [`STORE_TIMEOUT`].
+        Failed,
+        /// No Redis was given.
+        NoConnection,
+    }
+
+    pub(super) async fn reserve(name: &str, spec: &RateLimitSpec, allowed: Duration) -> Answer {
+        let Some(conn) = CONN.get() else {
+            return Answer::NoConnection;
+        };
+        let mut conn = conn.clone();
         let interval = (spec.per.as_micros() / u128::from(spec.rate.max(1))).max(1) as u64;
         let tolerance = interval.saturating_mul(u64::from(spec.burst));
         let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
@@ -322,13 +390,13 @@ return wait",
         inv.key(key(name)).arg(interval).arg(tolerance).arg(allowed);
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
         match tokio::time::timeout(STORE_TIMEOUT, call).await {
-            Ok(Ok(w)) if w >= 0 => Some(Ok(Duration::from_micros(w as u64))),
-            Ok(Ok(_)) => Some(Err(())),
+            Ok(Ok(w)) if w >= 0 => Answer::Wait(Duration::from_micros(w as u64)),
+            Ok(Ok(_)) => Answer::Refused,
             Ok(Err(e)) => {
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
-                None
+                Answer::Failed
             }
-            Err(_) => None,
+            Err(_) => Answer::Failed,
         }
     }
 }

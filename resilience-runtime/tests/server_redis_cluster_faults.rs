@@ -383,6 +383,8 @@ async fn a_shared_limit_falls_back_to_the_local_limit_while_its_master_is_frozen
     }
     assert_eq!(results, [Ok(()), Ok(()), Err(Refused::Limited)]);
     assert_eq!(limiter.snapshot().local_fallbacks, 3);
+    // Asked once; the next two were local at once (Redis taken as down for a second).
+    assert_eq!(limiter.snapshot().store_unanswered, 1);
 
     // Thawed: the cluster decides again.
     cluster.signal(owner, "-CONT");

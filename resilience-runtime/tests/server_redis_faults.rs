@@ -370,3 +370,69 @@ async fn a_server_killed_mid_handler_frees_the_key_when_the_lease_expires() {
     );
     assert_eq!(count(&app.runs.slow), 1);
 }
+
+/// A rate limit shared through a Redis that freezes, then dies: the first decision after each
+/// failure waits for Redis (at most 250 ms), the ones in the next second are local at once,
+/// instead of each call waiting for a Redis known not to answer. Once Redis is back and the
+/// second has passed, Redis decides again. (The only test of this binary that gives the
+/// process its rate-limit Redis.)
+#[tokio::test]
+async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
+    use resilience_runtime::ratelimit::{self, RateLimitSpec, RateLimitStore, RateLimiter};
+
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("connect");
+    assert!(ratelimit::use_redis(conn));
+    let limiter = RateLimiter::new(
+        "faults_limit",
+        RateLimitSpec {
+            rate: 1000,
+            per: Duration::from_secs(1),
+            burst: 1000,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Redis,
+        },
+    );
+    let far = || Instant::now() + Duration::from_secs(10);
+    assert_eq!(limiter.acquire_by(far()).await, Ok(()));
+    assert_eq!(limiter.snapshot().local_fallbacks, 0, "Redis decided");
+
+    for fault in ["freeze", "kill"] {
+        match fault {
+            "freeze" => redis.signal("-STOP"),
+            _ => redis.kill(),
+        }
+        let before = limiter.snapshot();
+        for _ in 0..5 {
+            assert_eq!(limiter.acquire_by(far()).await, Ok(()), "{fault}");
+        }
+        let after = limiter.snapshot();
+        assert_eq!(after.local_fallbacks - before.local_fallbacks, 5, "{fault}: {after:?}");
+        assert_eq!(
+            after.store_unanswered - before.store_unanswered,
+            1,
+            "{fault}: Redis asked once, then taken as down: {after:?}"
+        );
+        match fault {
+            "freeze" => redis.signal("-CONT"),
+            _ => redis.restart().await,
+        }
+        // Past the second, Redis decides again (the connection may take a few tries).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = limiter.snapshot().local_fallbacks;
+            assert_eq!(limiter.acquire_by(far()).await, Ok(()));
+            if limiter.snapshot().local_fallbacks == before {
+                break;
+            }
+            assert!(Instant::now() < give_up, "{fault}: still local 10 s after");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
