@@ -177,7 +177,7 @@ impl RateLimiter {
         let allowed = self.spec.max_wait.min(left);
         let wait = match self.spec.store {
             RateLimitStore::Local => self.reserve_local(now, allowed),
-            RateLimitStore::Redis => self.reserve_shared(now, allowed).await,
+            RateLimitStore::Redis => self.reserve_shared(now, allowed, left).await,
         };
         let wait = match wait {
             Ok(w) => w,
@@ -224,13 +224,20 @@ impl RateLimiter {
     }
 
     /// The Redis store decides; while it is known down, or when it fails to answer, the local
-    /// limit does, at once. A wait for Redis counts: the local decision is taken at the time
-    /// it is, within what is left of `allowed`, and its wait is returned from `now`.
+    /// limit does, at once. A wait for Redis counts: it is bounded by the time `left` before
+    /// the call's deadline (a Redis slower than that refuses the call for its deadline, and is
+    /// not taken as down for it), and the local decision is taken at the time it is, within
+    /// what is left of `allowed`, its wait returned from `now`.
     #[cfg(feature = "redis")]
-    async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+    async fn reserve_shared(
+        &self,
+        now: Instant,
+        allowed: Duration,
+        left: Duration,
+    ) -> Result<Duration, Refused> {
         let down_until = self.down_until.load(Ordering::Relaxed);
         if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
-            match shared::reserve(self.name, &self.spec, allowed).await {
+            match shared::reserve(self.name, &self.spec, allowed, left).await {
                 shared::Answer::Wait(wait) => {
                     if down_until != 0 && self.down_until.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(
@@ -242,6 +249,7 @@ impl RateLimiter {
                 }
                 shared::Answer::Refused => return Err(Refused::Limited),
                 shared::Answer::Failed => self.store_failed(),
+                shared::Answer::OutOfTime => return Err(Refused::Deadline),
                 shared::Answer::NoConnection => self.no_connection(),
             }
         }
@@ -253,7 +261,12 @@ impl RateLimiter {
     }
 
     #[cfg(not(feature = "redis"))]
-    async fn reserve_shared(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+    async fn reserve_shared(
+        &self,
+        now: Instant,
+        allowed: Duration,
+        _left: Duration,
+    ) -> Result<Duration, Refused> {
         self.no_connection();
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.reserve_local(now, allowed)
@@ -376,9 +389,18 @@ return wait",
         Failed,
         /// No Redis was given.
         NoConnection,
+        /// No answer before the call's deadline, sooner than [`STORE_TIMEOUT`].
+        OutOfTime,
     }
 
-    pub(super) async fn reserve(name: &str, spec: &RateLimitSpec, allowed: Duration) -> Answer {
+    /// One decision of Redis, waited for at most `left` (the time before the call's deadline)
+    /// and [`STORE_TIMEOUT`].
+    pub(super) async fn reserve(
+        name: &str,
+        spec: &RateLimitSpec,
+        allowed: Duration,
+        left: Duration,
+    ) -> Answer {
         let Some(conn) = CONN.get() else {
             return Answer::NoConnection;
         };
@@ -389,13 +411,14 @@ return wait",
         let mut inv = RESERVE.prepare_invoke();
         inv.key(key(name)).arg(interval).arg(tolerance).arg(allowed);
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
-        match tokio::time::timeout(STORE_TIMEOUT, call).await {
+        match tokio::time::timeout(STORE_TIMEOUT.min(left), call).await {
             Ok(Ok(w)) if w >= 0 => Answer::Wait(Duration::from_micros(w as u64)),
             Ok(Ok(_)) => Answer::Refused,
             Ok(Err(e)) => {
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
                 Answer::Failed
             }
+            Err(_) if left < STORE_TIMEOUT => Answer::OutOfTime,
             Err(_) => Answer::Failed,
         }
     }
