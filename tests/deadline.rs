@@ -153,3 +153,48 @@ async fn a_retry_starts_after_its_backoff_and_never_when_the_caller_gave_up_duri
     }
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    backoff(initial = "1ms", max = "1ms"),
+    breaker = { name = "out_of_time", failure_rate = 0.5, min_calls = 1, window = 4, open_for = "1h", half_open_calls = 1 },
+    concurrency_limit = { name = "out_of_time", latency = "500ms", initial = 8, min = 1 },
+)]
+async fn guarded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A call handed no time at all (a caller's `X-Timeout-Ms: 0`, or a request that waited in the
+/// server's queue until its time was gone) sends nothing: it ends `DeadlineExceeded` with no
+/// attempt, and neither the breaker nor the concurrency limit hears of it. Counted as the
+/// dependency's failure, a caller could open a healthy dependency's breaker (or bring its
+/// limit down to `min`) by sending that header.
+#[tokio::test(start_paused = true)]
+async fn a_call_with_no_time_left_is_no_failure_of_the_dependency() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(Action::ok().body("fine"))).await;
+    let c = reqwest::Client::new();
+    for _ in 0..5 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::ZERO),
+            guarded(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+        assert_eq!(e.attempts(), 0, "{e}");
+    }
+    assert_eq!(server.count(), 0);
+    let breaker = resilience_runtime::metrics::breaker("out_of_time").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Closed,
+        "{breaker:?}"
+    );
+    assert_eq!(breaker.window_calls, 0, "{breaker:?}");
+    let limit = resilience_runtime::metrics::concurrency_limit("out_of_time").expect("used");
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+    // The dependency is called as usual.
+    assert_eq!(guarded(&c, &server.url("/")).await.unwrap(), "fine");
+}

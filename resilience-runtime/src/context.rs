@@ -172,9 +172,13 @@ impl Inbound {
         self
     }
 
-    /// The calls made under this context finish within `left` from now.
+    /// The calls made under this context finish within `left` from now (no deadline when
+    /// `left` is beyond what the clock can count, e.g. `Duration::MAX`).
     pub fn time_left(self, left: Duration) -> Inbound {
-        self.deadline(Instant::now() + left)
+        match Instant::now().checked_add(left) {
+            Some(deadline) => self.deadline(deadline),
+            None => self,
+        }
     }
 
     /// The calls made under this context join the trace of this W3C `traceparent` (ignored
@@ -533,5 +537,17 @@ mod tests {
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad:?}");
         }
+    }
+
+    /// `Duration::MAX` ("no limit") is no deadline, not a panic of `Instant + Duration`.
+    #[test]
+    fn time_left_beyond_the_clock_is_no_deadline() {
+        assert_eq!(Inbound::NONE.time_left(Duration::MAX).deadline, None);
+        assert!(
+            Inbound::NONE
+                .time_left(Duration::from_secs(1))
+                .deadline
+                .is_some()
+        );
     }
 }

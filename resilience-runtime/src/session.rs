@@ -176,6 +176,9 @@ pub(crate) struct Last {
     reached: Option<Method>,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
+    /// The attempt began (counted, the breaker's permit taken); not when it was refused
+    /// before it could (an open breaker, no time left).
+    pub(crate) began: bool,
 }
 
 /// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
@@ -571,18 +574,21 @@ impl Session {
             let now = Instant::now();
             (now, self.deadline.saturating_duration_since(now))
         };
+        // No time left (a caller's `X-Timeout-Ms: 0`, a backoff that woke at the deadline):
+        // nothing is sent, so neither the breaker nor the concurrency limit hears of it.
+        if left.is_zero() {
+            return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
+        }
         if let Some(b) = self.shared.breaker {
             match b.try_acquire_at(now) {
                 Ok(p) => self.breaker_permit = Some(p),
                 Err(_) => return Err(self.rejected_by_breaker(b.name())),
             }
         }
-        if left.is_zero() {
-            return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
-        }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
         // one the breaker or the deadline refused.
         self.attempts += 1;
+        self.last.began = true;
         if let Some(c) = &mut self.concurrency {
             c.attempt_started(now);
         }
@@ -758,7 +764,11 @@ impl Session {
                 .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
                 .unwrap_or(Class::Permanent),
         };
-        if let Some(c) = &self.concurrency {
+        // An attempt that never began (refused by the breaker, or no time left) says nothing
+        // of the dependency's latency.
+        if let Some(c) = &self.concurrency
+            && self.last.began
+        {
             c.on_failure(class);
         }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
