@@ -484,9 +484,11 @@ impl Session {
             && shared
                 .bulkhead
                 .is_some_and(|b| !b.spec().max_wait.is_zero()))
-            || shared
-                .rate_limit
-                .is_some_and(|r| !r.spec().max_wait.is_zero())
+            // A shared limit waits for Redis's answer, whatever its `max_wait`.
+            || shared.rate_limit.is_some_and(|r| {
+                !r.spec().max_wait.is_zero()
+                    || r.spec().store == crate::ratelimit::RateLimitStore::Redis
+            })
             || shared
                 .concurrency
                 .is_some_and(|c| !c.spec().max_wait.is_zero())

@@ -433,6 +433,13 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             1,
             "{fault}: Redis asked once, then taken as down: {after:?}"
         );
+        if fault == "freeze" {
+            // An annotated call whose limit waits for the frozen Redis: the wait is not its
+            // attempt's time (the attempt's 100 ms start once it is admitted; counted from
+            // before the wait, it had timed out at its first poll).
+            let e = with_limit().await;
+            assert_eq!(e.as_ref().ok(), Some(&7), "{e:?}");
+        }
         match fault {
             "freeze" => redis.signal("-CONT"),
             _ => redis.restart().await,
@@ -450,4 +457,17 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[resilience_runtime::resilient(
+    method = GET,
+    timeout = "100ms",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit = { name = "faults_fn_limit", rate = 1000, burst = 1000, store = "redis" },
+)]
+async fn with_limit() -> Result<u32, resilience_runtime::Error> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(7)
 }
