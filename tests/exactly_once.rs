@@ -455,3 +455,45 @@ async fn a_replayed_answer_is_not_asked_for_again() {
     assert_eq!(report.attempts, 2, "{report:?}");
     assert_eq!(e.attempts(), 2, "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(initial = "100ms", max = "100ms", jitter = none),
+    idempotency_key = auto
+)]
+async fn capture(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A server (or a proxy) that answers "still in progress" with `Retry-After: 0` is asked again
+/// at the policy's backoff, not back to back until the deadline: asking past `max_attempts`
+/// keeps the backoff.
+#[tokio::test(start_paused = true)]
+async fn asking_for_a_replay_keeps_the_backoff() {
+    // 30 such answers, then a stall: back to back, the 30 go at once and the stall ends the
+    // call at its deadline (a bound for the test, with the paused clock).
+    let busy = FaultServer::start(
+        Script::sequence((0..30).map(|_| Action::status(409).header("retry-after", "0")))
+            .then(Action::stall()),
+    )
+    .await;
+    let e = capture(&reqwest::Client::new(), &busy.url("/captures"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    // One request, then one every 100 ms within the 1 s deadline.
+    assert!(
+        (9..=11).contains(&busy.count()),
+        "{} requests in 1 s",
+        busy.count()
+    );
+}

@@ -810,7 +810,12 @@ impl Session {
                 .is_some_and(|seen| seen.least_safe(policy.method) != seen))
         .then_some(policy.method);
         let attempt = self.attempts;
-        let backoff = if attempt < policy.max_attempts {
+        // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
+        // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
+        // `Retry-After: 0` would otherwise ask back to back until the deadline).
+        let backoff = if attempt < policy.max_attempts
+            || (self.ctx.key.is_some() && class == Class::Status(409))
+        {
             self.backoff
                 .get_or_insert_with(|| BackoffState::new(policy.backoff))
                 .next_delay(attempt)
