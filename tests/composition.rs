@@ -572,6 +572,38 @@ async fn a_connect_failure_after_an_unseen_post_does_not_resend_it() {
     assert_eq!(e.attempts(), 1, "{e}");
 }
 
+/// A helper that looks the stock up, also without `.resilient()`.
+async fn lookup_unseen(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// Both requests sent by helpers, the method declared GET (what the author thought the
+/// function does): the runtime sees nothing go out.
+#[resilient(method = GET, max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_then_lookup_all_unseen(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    place_order_unseen(c, orders).await?;
+    lookup_unseen(c, stock).await
+}
+
+/// The shape of a wrapped API client: every request sent by helpers, none seen. The
+/// lookup's connect failure proves only that the lookup was never sent; the unkeyed POST
+/// before it was answered, and running the body again would send it again.
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_after_unseen_requests_does_not_rerun_them() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = order_then_lookup_all_unseen(&client(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+}
+
 /// An unkeyed POST the body stops waiting for (its own timeout on a best-effort audit), then a
 /// GET to a dependency that refuses connections: the POST went out, its answer never came.
 #[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]

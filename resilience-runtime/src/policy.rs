@@ -185,8 +185,8 @@ pub struct Policy {
     pub concurrency: Option<(&'static str, crate::concurrency::ConcurrencySpec)>,
     /// The method an attempt is taken to have sent when the runtime saw none of its requests
     /// (a helper sent it without `.resilient()`). Generated code says [`Method::Other`], the
-    /// least safe, so that such an attempt is resent only after a failure where nothing was
-    /// sent; a hand-built policy may say `method` again.
+    /// least safe, so that such an attempt is not run again (a connect failure proves only
+    /// that its own request was never sent); a hand-built policy may say `method` again.
     pub unseen: Method,
     /// The connect timeout of the client the policy names (`client = "NAME"`), which the
     /// attempt timeout must exceed, so that a connect failure (certainly never sent) is not

@@ -802,13 +802,18 @@ impl Session {
         let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
         // The policy's method (declared, or inferred from the body), when it is less safe than
         // every request the attempt was seen to send: it may have gone out unseen (a helper's
-        // request, without `.resilient()`, so without the key).
-        let unseen = (self.last.stamped
-            && self
-                .last
+        // request, without `.resilient()`, so without the key). When the attempt was seen
+        // sending nothing, whatever it sent went unseen: the least safe method. A connect
+        // failure then proves only that the failing request was never sent, not that an
+        // earlier one (a helper's POST) was not: the body does not run again.
+        let unseen = if self.last.stamped {
+            self.last
                 .method
-                .is_some_and(|seen| seen.least_safe(policy.method) != seen))
-        .then_some(policy.method);
+                .is_some_and(|seen| seen.least_safe(policy.method) != seen)
+                .then_some(policy.method)
+        } else {
+            Some(policy.method.least_safe(policy.unseen))
+        };
         let attempt = self.attempts;
         // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
         // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
