@@ -497,3 +497,82 @@ async fn asking_for_a_replay_keeps_the_backoff() {
         busy.count()
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn settle(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The asks for a replay of a request still in progress count against `max_attempts` neither
+/// then nor later: a 503, two 409 "still in progress", a 503 (the handler failed and gave the
+/// key back), then the answer. Three attempts counted, five requests; the call succeeds.
+#[tokio::test(start_paused = true)]
+async fn asks_for_the_replay_leave_the_attempts_to_later_failures() {
+    let server = FaultServer::start(Script::sequence([
+        Action::status(503),
+        Action::status(409).retry_after(1),
+        Action::status(409).retry_after(1),
+        Action::status(503),
+        Action::ok().body("settled"),
+    ]))
+    .await;
+    let (got, report) =
+        resilience_runtime::measure(settle(&reqwest::Client::new(), &server.url("/settlements")))
+            .await;
+    assert_eq!(got.expect("the third counted attempt succeeds"), "settled");
+    assert_eq!(server.count(), 5);
+    assert_eq!(report.expect("measured").attempts, 5, "every request ran");
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = { name = "no_retries_left", ratio = 0.0, min_per_sec = 0 },
+    idempotency_key = auto
+)]
+async fn settle_on_a_spent_budget(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Asking again for the replay is not a retry paid from the budget: with a budget that
+/// allows no retry at all, a keyed call met by 409 "still in progress" still gets its answer,
+/// and a 503 after it is refused the retry.
+#[tokio::test(start_paused = true)]
+async fn asks_for_the_replay_are_not_paid_from_the_budget() {
+    let server = FaultServer::start(Script::sequence([
+        Action::status(409).retry_after(1),
+        Action::ok().body("settled"),
+    ]))
+    .await;
+    let got = settle_on_a_spent_budget(&reqwest::Client::new(), &server.url("/settlements")).await;
+    assert_eq!(got.expect("the replay"), "settled");
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = settle_on_a_spent_budget(&reqwest::Client::new(), &failing.url("/settlements"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BudgetExhausted, "{e}");
+    assert_eq!(failing.count(), 1);
+}

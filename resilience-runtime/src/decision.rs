@@ -18,7 +18,8 @@ pub struct Facts<'a> {
     pub idempotent: bool,
     /// How the attempt failed.
     pub class: Class,
-    /// The attempt that just failed, 1-based.
+    /// The attempt that just failed, 1-based, as counted against `max_attempts`: the attempts
+    /// that only asked again for the replay of a keyed request still in progress do not count.
     pub attempt: u32,
     /// The policy's `max_attempts`.
     pub max_attempts: u32,

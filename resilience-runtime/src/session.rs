@@ -226,6 +226,9 @@ pub struct Session {
     admitted: bool,
     /// Backoff, Retry-After and bulkhead waits.
     waited: Duration,
+    /// The attempts that asked again for a keyed request's replay (the answer before them a
+    /// 409 "still in progress"): run, but counted against neither `max_attempts` nor the budget.
+    asks: u32,
     /// When the next attempt may start: set by [`after_failure`](Self::after_failure) when
     /// it decides to retry, waited out by the next [`attempt`](Self::attempt).
     pub(crate) retry_at: Option<Instant>,
@@ -409,6 +412,7 @@ impl Session {
             nested: outer.is_some(),
             admitted,
             waited: Duration::ZERO,
+            asks: 0,
             retry_at: None,
             sent: None,
             sent_unkeyed: false,
@@ -814,16 +818,19 @@ impl Session {
         } else {
             Some(policy.method.least_safe(policy.unseen))
         };
+        // The attempts that count against `max_attempts`: not those that only asked again
+        // for the replay of a request still in progress.
         let attempt = self.attempts;
+        let counted = attempt - self.asks;
         // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
         // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
         // `Retry-After: 0` would otherwise ask back to back until the deadline).
-        let backoff = if attempt < policy.max_attempts
+        let backoff = if counted < policy.max_attempts
             || (self.ctx.key.is_some() && class == Class::Status(409))
         {
             self.backoff
                 .get_or_insert_with(|| BackoffState::new(policy.backoff))
-                .next_delay(attempt)
+                .next_delay(counted)
         } else {
             Duration::ZERO
         };
@@ -833,7 +840,7 @@ impl Session {
             keyed,
             idempotent: policy.idempotent,
             class,
-            attempt,
+            attempt: counted,
             max_attempts: policy.max_attempts,
             retry_on: &policy.retry_on,
             backoff,
@@ -859,6 +866,9 @@ impl Session {
                         .with_class(Some(class), self.last.status)
                         .with_elapsed(self.started.elapsed());
                     return Next::Replace(err);
+                }
+                if crate::decision::in_progress(&facts) {
+                    self.asks += 1;
                 }
                 PolicyMetrics::incr(&self.shared.metrics.retries);
                 {
