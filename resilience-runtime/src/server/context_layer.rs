@@ -63,7 +63,7 @@ impl ContextLayer {
 
     /// The longest time accepted from a caller; longer values are clamped to it.
     pub fn max(mut self, max: Duration) -> ContextLayer {
-        self.max = max;
+        self.max = max.min(super::FOREVER);
         self
     }
 }
@@ -145,7 +145,7 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
             } else {
                 d
             };
-            inbound = inbound.deadline(now + d);
+            inbound = inbound.deadline(super::after(now, d));
         }
         Ok(None) => {}
         Err((name, value, why)) => {

@@ -144,7 +144,7 @@ impl State {
     }
 
     fn mark_down(&self, for_: Duration) {
-        *lock(&self.down_until) = Some(Instant::now() + for_);
+        *lock(&self.down_until) = Some(super::after(Instant::now(), for_));
     }
 
     fn pending(&self, key: &str) -> Option<StoredResponse> {
@@ -230,13 +230,14 @@ impl IdempotencyLayer {
         }
     }
 
-    /// How long a completed response is replayed.
+    /// How long a completed response is replayed. `Duration::MAX` keeps it for good (as every
+    /// duration of the layer, it is taken as at most about 100 years).
     ///
     /// # Panics
     /// If `ttl` is under a millisecond.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         assert!(ttl >= Duration::from_millis(1), "idempotency TTL under 1ms");
-        self.config_mut().ttl = ttl;
+        self.config_mut().ttl = ttl.min(super::FOREVER);
         self
     }
 
@@ -251,7 +252,7 @@ impl IdempotencyLayer {
             lease >= Duration::from_millis(1),
             "idempotency lease under 1ms"
         );
-        self.config_mut().lease = lease;
+        self.config_mut().lease = lease.min(super::FOREVER);
         self
     }
 
@@ -269,7 +270,7 @@ impl IdempotencyLayer {
             limit >= Duration::from_millis(1),
             "idempotency handler limit under 1ms"
         );
-        self.config_mut().handler_limit = limit;
+        self.config_mut().handler_limit = limit.min(super::FOREVER);
         self
     }
 
@@ -283,7 +284,7 @@ impl IdempotencyLayer {
             timeout >= Duration::from_millis(1),
             "idempotency store timeout under 1ms"
         );
-        self.config_mut().store_timeout = timeout;
+        self.config_mut().store_timeout = timeout.min(super::FOREVER);
         self
     }
 
@@ -291,7 +292,7 @@ impl IdempotencyLayer {
     /// long the store is taken as down: keyed requests get 503 at once, without a store call. Default: 1 s (the `Retry-After` of that 503). Zero asks the
     /// store every time.
     pub fn store_down_for(mut self, for_: Duration) -> Self {
-        self.config_mut().store_down_for = for_;
+        self.config_mut().store_down_for = for_.min(super::FOREVER);
         self
     }
 
@@ -689,7 +690,7 @@ where
 
     // The handler runs on past its caller's attempt, up to the layer's limit: the calls it
     // makes plan within that limit (here, and in a `ContextLayer` inside this layer).
-    let until = Instant::now().checked_add(config.handler_limit);
+    let until = Some(super::after(Instant::now(), config.handler_limit));
     let mut parts = parts;
     parts
         .extensions
@@ -1231,7 +1232,7 @@ async fn write_back(
     stored: StoredResponse,
     renewal: Option<Renewal>,
 ) {
-    let give_up = Instant::now() + config.ttl;
+    let give_up = super::after(Instant::now(), config.ttl);
     let mut delay = Duration::from_millis(20);
     loop {
         tokio::time::sleep(delay).await;
@@ -1269,7 +1270,7 @@ async fn write_back(
 /// Takes back a claim whose command failed or timed out: it may still run once the store
 /// answers again. Retries for a while, since the store may still be frozen.
 async fn withdraw(config: Arc<Config>, key: Arc<str>, claim: InFlight) {
-    let give_up = Instant::now() + config.lease.max(Duration::from_secs(30));
+    let give_up = super::after(Instant::now(), config.lease.max(Duration::from_secs(30)));
     let mut delay = Duration::from_millis(20);
     loop {
         let done = tokio::time::timeout(
@@ -1294,7 +1295,7 @@ async fn renew(
     done: Arc<AtomicBool>,
 ) {
     let every = (lease / 3).max(Duration::from_millis(1));
-    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    let mut tick = tokio::time::interval_at(super::after(Instant::now(), every), every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

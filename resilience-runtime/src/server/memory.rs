@@ -120,7 +120,11 @@ impl MemoryStore {
             return Ok(Claim::Existing(entry.record.clone()));
         }
         inner.make_room(self.capacity, self.max_bytes, 0)?;
-        inner.insert(key.into(), Record::InFlight(*claim), now + lease);
+        inner.insert(
+            key.into(),
+            Record::InFlight(*claim),
+            super::after(now, lease),
+        );
         Ok(Claim::Acquired)
     }
 
@@ -132,7 +136,11 @@ impl MemoryStore {
             return false;
         }
         inner.remove(key);
-        inner.insert(key.into(), Record::InFlight(*claim), now + lease);
+        inner.insert(
+            key.into(),
+            Record::InFlight(*claim),
+            super::after(now, lease),
+        );
         true
     }
 
@@ -160,7 +168,7 @@ impl MemoryStore {
             return Ok(false);
         }
         inner.make_room(self.capacity, self.max_bytes, bytes)?;
-        inner.insert(key.into(), record, now + ttl);
+        inner.insert(key.into(), record, super::after(now, ttl));
         Ok(true)
     }
 

@@ -186,3 +186,14 @@ pub use record::{DecodeError, Fingerprint, InFlight, Record, StoredResponse};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 pub use store::{BoxFuture, Claim, IdempotencyStore, StoreError};
+
+/// The longest any of the layers' durations is taken to be: "forever" for every purpose (about
+/// 100 years), so that `Duration::MAX`, the natural way to say "keep forever", neither overflows
+/// `Instant + Duration` nor asks Redis for an expiry beyond its range.
+pub(crate) const FOREVER: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `now + d`, with `d` at most [`FOREVER`].
+pub(crate) fn after(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    now + d.min(FOREVER)
+}

@@ -156,7 +156,9 @@ impl RedisStore {
 }
 
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.min(super::FOREVER).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn decode(bytes: &[u8]) -> Result<Record, StoreError> {

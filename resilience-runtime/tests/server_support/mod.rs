@@ -21,6 +21,7 @@ macro_rules! every_rule {
             client_errors_are_replayed,
             concurrent_requests_run_the_handler_once,
             responses_expire_after_the_ttl,
+            durations_of_forever_are_kept_not_overflowed,
             a_handler_finishes_after_its_client_gave_up,
             a_handler_over_the_limit_is_cancelled_and_answered_500,
             a_panicking_handler_answers_500_and_frees_its_key,
@@ -606,6 +607,34 @@ pub async fn responses_expire_after_the_ttl(store: Store) {
         (later.body.as_str(), later.replayed()),
         ("order 2: x", false)
     );
+}
+
+/// "Keep forever" written the natural way (`Duration::MAX` for the TTL, the lease, the handler
+/// limit, the store's down time): the response is stored and replayed, the handler runs once.
+/// (An `Instant + Duration` overflow once panicked after the handler ran, which gave the key
+/// back and let the retry run it again; Redis refuses an expiry beyond its range.)
+pub async fn durations_of_forever_are_kept_not_overflowed(store: Store) {
+    let layer = layer(&store)
+        .ttl(Duration::MAX)
+        .lease(Duration::MAX)
+        .handler_limit(Duration::MAX)
+        .store_down_for(Duration::MAX);
+    let app = serve(&store, layer).await;
+    let key = fresh_key();
+    let url = app.url("/orders");
+    let first = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (201, "order 1: x"),
+        "{first:?}"
+    );
+    let again = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (again.status, again.body.as_str(), again.replayed()),
+        (201, "order 1: x", true),
+        "{again:?}"
+    );
+    assert_eq!(count(&app.runs.orders), 1);
 }
 
 /// POSTs to `/slow` (sleeping `sleep_ms`) with `key` until the answer is not 409, for up to 5 s.
