@@ -504,3 +504,86 @@ async fn problem_docs_type_and_link_the_applications_page() {
         malformed.body
     );
 }
+
+/// A memory store whose claim is written at once but answered late (a store slow to reply).
+#[derive(Default)]
+struct SlowToAnswer {
+    inner: MemoryStore,
+}
+
+impl IdempotencyStore for SlowToAnswer {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let claimed = self.inner.claim(key, claim, lease).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            claimed
+        })
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.complete(key, claim, response, ttl)
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.release(key, claim)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        self.inner.get(key)
+    }
+}
+
+/// A request whose future is dropped (its client gave up, and hyper dropped it) while its claim
+/// command is on its way: the claim was written, no handler will hold it. It is taken back, so
+/// the client's retry runs the handler instead of meeting 409 for the whole lease (10 s).
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn orders(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        (axum::http::StatusCode::CREATED, format!("order {n}"))
+    }
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(orders))
+        .with_state(runs.clone())
+        .layer(IdempotencyLayer::new(Arc::new(SlowToAnswer::default())));
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/orders")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    // Dropped at 50 ms: its claim is written, its answer 150 ms away.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), app.clone().call(request())).await;
+    assert!(gave_up.is_err(), "answered before the drop");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let retried = app.clone().call(request()).await.unwrap();
+    assert_eq!(retried.status(), 201, "{:?}", retried.headers());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -638,11 +638,16 @@ where
         token: uuid::Uuid::new_v4().as_u128(),
         fingerprint,
     };
+    // Dropped while the claim command is on its way (the client gave up and hyper dropped this
+    // future), the claim may be written with no handler to hold it: taken back then, or every
+    // retry would meet 409 for the whole lease.
+    let unanswered = Unanswered(Some((config.clone(), store_key.clone(), claim)));
     let claimed = tokio::time::timeout(
         config.store_timeout,
         config.store.claim(&store_key, &claim, config.lease),
     )
     .await;
+    unanswered.answered();
     match claimed {
         Ok(Ok(Claim::Acquired)) => {}
         Ok(Ok(Claim::Existing(record))) if *record.fingerprint() != fingerprint => {
@@ -1264,6 +1269,27 @@ async fn write_back(
     config.state.forget(&key);
     if let Some(renewal) = renewal {
         renewal.stop();
+    }
+}
+
+/// A claim command on its way: if dropped before its answer came, the claim is withdrawn
+/// (a no-op when it was never written: only the claim's own token releases it).
+struct Unanswered(Option<(Arc<Config>, Arc<str>, InFlight)>);
+
+impl Unanswered {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((config, key, claim)) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            tracing::debug!(key = %key, "request dropped while claiming its key: claim withdrawn");
+            rt.spawn(withdraw(config, key, claim));
+        }
     }
 }
 
