@@ -241,3 +241,48 @@ async fn a_keyed_handler_outlives_its_callers_attempt(context_inside: bool) {
     assert_eq!(calls.len(), 1, "B's handler ran once");
     assert_eq!(calls[0].0, None, "and its call to C succeeded");
 }
+
+/// B answers at once and does its call to C in a task it spawns, handing its context on:
+/// the deadline A set binds that call too (C is told what is left of A's 2 s, not B's own
+/// 10 s attempt timeout).
+async fn b_spawning_handler(
+    State((c, url, calls)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    use resilience_runtime::{current_inbound, with_inbound};
+    tokio::spawn(with_inbound(current_inbound(), async move {
+        let started = Instant::now();
+        let out = b_calls_c(&c, &url).await;
+        calls
+            .lock()
+            .unwrap()
+            .push((out.as_ref().err().map(Error::kind), started.elapsed()));
+    }));
+    StatusCode::ACCEPTED
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_hands_its_context_to_the_task_it_spawns() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/b", get(b_spawning_handler))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), calls.clone()))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = format!("http://{}/b", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let resp = reqwest::Client::new()
+        .get(&b)
+        .header("x-timeout-ms", "2000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 1);
+    let left: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 2000, "C was told {left} ms");
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}

@@ -215,6 +215,22 @@ pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F
     INBOUND.scope(inbound, fut).await
 }
 
+/// The context the current task runs under ([`ContextLayer`] or [`with_inbound`] set it), or
+/// [`Inbound::NONE`]. A handler that spawns a task hands it on:
+///
+/// ```no_run
+/// # async fn notify() {}
+/// use resilience_runtime::{current_inbound, with_inbound};
+/// # async fn handler() {
+/// tokio::spawn(with_inbound(current_inbound(), async move { notify().await }));
+/// # }
+/// ```
+///
+/// [`ContextLayer`]: crate::server::ContextLayer
+pub fn current_inbound() -> Inbound {
+    inbound()
+}
+
 /// Whether any inbound context was ever set in this process: until one is, a call does not
 /// look for it (a task-local lookup saved on every call of a process that never uses it).
 static INBOUND_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -44,7 +44,7 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 /// ```
 ///
 /// The context is task-local: a handler that spawns a task hands it on with
-/// [`with_inbound`](crate::with_inbound).
+/// [`with_inbound`](crate::with_inbound)`(`[`current_inbound()`](crate::current_inbound)`, task)`.
 #[derive(Debug, Clone, Copy)]
 pub struct ContextLayer {
     max: Duration,
