@@ -272,3 +272,58 @@ async fn once_one_attempt_starts_a_nested_post_the_others_stop() {
     let m = metrics::policy("hedging::look_then_order").unwrap();
     assert_eq!((m.successful_with_retry, m.retries), (1, 1));
 }
+
+/// A helper that records an audit entry, without `.resilient()`: the runtime does not see it.
+async fn audit_unseen(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("looked up")
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// The first attempt looks up; a later one (the hedge) takes another path through the body and
+/// sends an unkeyed POST through a helper.
+#[resilient(
+    method = GET,
+    timeout = "2s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn lookup_or_audit(c: &reqwest::Client, lookup: &str, audit: &str) -> Result<u16, Error> {
+    let n = resilience_runtime::current_attempt().map_or(1, |a| a.attempt);
+    if n == 1 {
+        Ok(c.get(lookup)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    } else {
+        audit_unseen(c, audit).await
+    }
+}
+
+/// The retry decision after a hedged round weighs every attempt of it: the hedge sent a
+/// helper's POST (unseen; its connection reset after the server read it) and ended first, then
+/// the first attempt got a 503. Taken on the first attempt's facts alone (a seen GET), the 503
+/// was retried and the body sent the POST again.
+#[tokio::test(start_paused = true)]
+async fn the_decision_after_a_hedged_round_weighs_every_attempt_of_it() {
+    let c = reqwest::Client::new();
+    let lookup = FaultServer::start(Script::always(
+        Action::status(503).after(Duration::from_millis(300)),
+    ))
+    .await;
+    let audit = FaultServer::start(Script::always(Action::reset())).await;
+    let e = lookup_or_audit(&c, &lookup.url("/stock"), &audit.url("/audit"))
+        .await
+        .unwrap_err();
+    assert_eq!(audit.count(), 1, "the POST went out once: {e}");
+    assert_eq!(lookup.count(), 1, "{e}");
+    assert_eq!(e.attempts(), 2, "the first attempt and its hedge: {e}");
+}

@@ -168,6 +168,8 @@ where
     let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
     let mut hedging = true;
     let mut in_flight = 1u32;
+    // What the attempts of this round that ended without the call's answer sent, joined.
+    let mut round = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -206,7 +208,7 @@ where
                     }
                     b.as_mut().stop();
                     in_flight -= 1;
-                    s.record_attempt(b.as_mut().ctx());
+                    s.record_in_round(b.as_mut().ctx(), &mut round);
                     let scope = b.as_mut().take_scope();
                     telemetry::attempt_stopped(scope);
                     hedge_ended(s, j, b, false);
@@ -253,7 +255,7 @@ where
                             0 => first.as_mut(),
                             i => hedges[i - 1].as_mut(),
                         };
-                        s.record_attempt(ended.as_mut().ctx());
+                        s.record_in_round(ended.as_mut().ctx(), &mut round);
                         let scope = ended.as_mut().take_scope();
                         hedge_ended(s, i, ended, false);
                         let r = match o {

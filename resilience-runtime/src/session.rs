@@ -181,6 +181,21 @@ pub(crate) struct Last {
     pub(crate) began: bool,
 }
 
+impl Last {
+    /// What this attempt sent, joined to what `other` (another attempt of the same hedged
+    /// round) sent: seen only if both were, keyed only if both were, the least safe methods.
+    fn join(&mut self, other: &Last) {
+        let least = |a: Option<Method>, b: Option<Method>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.least_safe(b)),
+            (a, b) => a.or(b),
+        };
+        self.stamped &= other.stamped;
+        self.all_keyed &= other.all_keyed;
+        self.method = least(self.method, other.method);
+        self.reached = least(self.reached, other.reached);
+    }
+}
+
 /// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
 /// the least safe method sent so far, and whether one that needs the key went without it.
 fn record(
@@ -677,6 +692,18 @@ impl Session {
             &self.ctx.key,
             ctx,
         );
+    }
+
+    /// Keeps what an attempt of a hedged round that ended without the call's answer recorded,
+    /// joined to what the round's attempts that ended before it sent (`round`): the retry
+    /// decision after the round weighs every request of it, not only the last attempt's (a
+    /// hedge that sent a helper's POST unseen, then the first attempt's 503).
+    pub(crate) fn record_in_round(&mut self, ctx: &AttemptCtx, round: &mut Option<Last>) {
+        self.record_attempt(ctx);
+        if let Some(before) = round {
+            self.last.join(before);
+        }
+        *round = Some(self.last);
     }
 
     /// Keeps what the attempt's requests recorded in the session's own context.
