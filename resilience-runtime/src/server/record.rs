@@ -167,8 +167,9 @@ impl Record {
                 let status = StatusCode::from_u16(u16::from_be_bytes(r.array()?))
                     .map_err(|_| DecodeError("invalid status"))?;
                 let count = u32::from_be_bytes(r.array()?) as usize;
-                // Each header takes at least 6 bytes: never trust the count for the allocation.
-                let mut headers = HeaderMap::with_capacity(count.min(r.0.len() / 6));
+                // Each header takes at least 6 bytes: never trust the count for the allocation,
+                // nor ask for more than a header map holds (it would panic).
+                let mut headers = HeaderMap::with_capacity(count.min(r.0.len() / 6).min(1024));
                 for _ in 0..count {
                     let len = u16::from_be_bytes(r.array()?) as usize;
                     let name = HeaderName::from_bytes(r.take(len)?)
@@ -176,7 +177,9 @@ impl Record {
                     let len = u32::from_be_bytes(r.array()?) as usize;
                     let value = HeaderValue::from_bytes(r.take(len)?)
                         .map_err(|_| DecodeError("invalid header value"))?;
-                    headers.append(name, value);
+                    headers
+                        .try_append(name, value)
+                        .map_err(|_| DecodeError("more headers than a response holds"))?;
                 }
                 Ok(Record::Completed(StoredResponse {
                     fingerprint,
@@ -266,6 +269,28 @@ mod tests {
             for cut in 0..bytes.len() - body_len {
                 assert!(Record::decode(&bytes[..cut]).is_err(), "cut at {cut}");
             }
+        }
+    }
+
+    /// A record claiming more headers than a header map holds (written by something else, or
+    /// damaged) is an error, never a panic: with 1 MiB of body the old bound allowed a capacity
+    /// above the map's maximum, and appending past it panics too.
+    #[test]
+    fn rejects_more_headers_than_a_map_holds() {
+        for (count, present) in [(u32::MAX, 0usize), (40_000, 40_000)] {
+            let mut bytes = vec![VERSION, COMPLETED];
+            bytes.extend_from_slice(&[0; 32]);
+            bytes.extend_from_slice(&200u16.to_be_bytes());
+            bytes.extend_from_slice(&count.to_be_bytes());
+            // Distinct names: a map's bound is on its distinct names.
+            for i in 0..present {
+                let name = format!("h{i}");
+                bytes.extend_from_slice(&(name.len() as u16).to_be_bytes());
+                bytes.extend_from_slice(name.as_bytes());
+                bytes.extend_from_slice(&0u32.to_be_bytes());
+            }
+            bytes.resize(bytes.len() + (1 << 20), b'x');
+            assert!(Record::decode(&bytes).is_err(), "{count} headers");
         }
     }
 
