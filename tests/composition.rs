@@ -813,10 +813,11 @@ async fn attempts_counts_the_attempts_that_ran_when_the_breaker_opens_mid_call()
         1,
         "one attempt ran, the second was refused: {e}"
     );
-    // Refused before it starts: none ran (`Error::attempts`: "0: none was allowed to start").
-    let e = opens_its_breaker_mid_call(&client(), &server.url("/"))
-        .await
-        .unwrap_err();
+    // Refused before it starts: none ran (`Error::attempts`: "0: none was allowed to start"),
+    // and the call's report says the same.
+    let (e, report) = measure(opens_its_breaker_mid_call(&client(), &server.url("/"))).await;
+    let e = e.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(e.attempts(), 0, "{e}");
+    assert_eq!(report.expect("reported").attempts, 0);
 }

@@ -142,7 +142,8 @@ fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
     );
     crate::report::record(|| CallReport {
         function: shared.function,
-        attempts: 1,
+        // None ran: as `Error::attempts` says, and as a refusal inside the loop reports.
+        attempts: 0,
         waited: Duration::ZERO,
         elapsed: Duration::ZERO,
         succeeded: false,
@@ -288,8 +289,8 @@ impl Session {
     }
 
     /// The error of a call its open breaker refuses before it starts (no ids, no span, no
-    /// deadline: nothing is sent), or `None` when the call goes ahead. Counted and reported
-    /// as the refusal of a first attempt would be: one attempt, refused by the breaker.
+    /// deadline: nothing is sent), or `None` when the call goes ahead. Counted as the refusal
+    /// of a first attempt would be (one call refused by the breaker); no attempt ran.
     pub fn refused(policy: &'static Policy, state: &'static PolicyState) -> Option<Error> {
         state.resolve(policy);
         Session::refused_compiled(state)
