@@ -178,3 +178,39 @@ async fn fallback_on_sees_the_kind_the_caller_sees_from_a_nested_call() {
     // The outer call returns that error: its kind is one fallback_on lists.
     assert_eq!(stock_page(&c, &url).await.unwrap(), 299);
 }
+
+/// The fallback of `stock_level`: what the bulkhead holds while it runs.
+async fn slots_in_use(_c: &reqwest::Client, _url: &str) -> Result<u32, Error> {
+    Ok(resilience_runtime::metrics::bulkhead("fallback_slot")
+        .expect("used")
+        .in_flight)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "fallback_slot", max_concurrent = 1, max_wait = "0ms" },
+    fallback = slots_in_use
+)]
+async fn stock_level(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?
+        .len() as u32)
+}
+
+/// The call is over when its fallback runs: its bulkhead slot is free (a fallback that calls
+/// through the same bulkhead, or the next caller, is not refused for the slot the failed
+/// call still held).
+#[tokio::test(start_paused = true)]
+async fn the_fallback_runs_after_the_call_gave_its_slot_back() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let held = stock_level(&reqwest::Client::new(), &server.url("/stock"))
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "slots held while the fallback ran");
+}

@@ -222,6 +222,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             if let ::core::option::Option::Some(__resilience_kind) = __resilience_kind {
                 if #p::fallback_applies(#mask, __resilience_session.final_kind(__resilience_kind)) {
                     ::core::mem::drop(__resilience_result);
+                    // The call is over: its bulkhead or concurrency slot is free for others
+                    // (the fallback's own calls among them) while the fallback runs.
+                    ::core::mem::drop(__resilience_session);
                     return #call;
                 }
             }
