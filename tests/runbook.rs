@@ -467,3 +467,54 @@ fn a_file_is_checked_against_each_function_as_it_becomes_known() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("1 passed"), "the child test ran: {stdout}");
 }
+
+/// Two impls of one type at different generic arguments, in one module: their methods share a
+/// path (`runbook::Gateway::charge`), so they share the inline breaker registered under it.
+struct Gateway<T>(std::marker::PhantomData<T>);
+
+impl Gateway<u8> {
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker = { failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m", half_open_calls = 1 }
+    )]
+    async fn charge(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+impl Gateway<u16> {
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker = { failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m", half_open_calls = 1 }
+    )]
+    async fn charge(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+/// An operator who opens the breaker by the path `resilience list` prints stops every
+/// function of that path, not only the one whose breaker was registered first.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_opened_by_path_stops_every_function_of_the_path() {
+    let c = reqwest::Client::new();
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    let (a, b) = (
+        Gateway::<u8>(Default::default()),
+        Gateway::<u16>(Default::default()),
+    );
+    a.charge(&c, &healthy.url("/")).await.unwrap();
+    b.charge(&c, &healthy.url("/")).await.unwrap();
+    breakers::force_open("runbook::Gateway::charge").unwrap();
+    for e in [
+        a.charge(&c, &healthy.url("/")).await.unwrap_err(),
+        b.charge(&c, &healthy.url("/")).await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    assert_eq!(healthy.count(), 2, "nothing sent while open");
+    breakers::reset("runbook::Gateway::charge").unwrap();
+}

@@ -49,12 +49,6 @@ fn intern<T: Send + Sync + 'static>(
     t
 }
 
-/// Lists state private to one function under that function's path, for reading only.
-fn list<T>(map: &'static Map<T>, name: &'static str, t: &'static T) -> &'static T {
-    lock(map).entry(name).or_insert(t);
-    t
-}
-
 fn find<T>(map: &'static Map<T>, name: &str) -> Option<&'static T> {
     lock(map).get(name).copied()
 }
@@ -212,11 +206,6 @@ pub struct PolicyState {
     resolved: OnceLock<Resolved>,
     /// The policy a run-time override put in place of the compiled one.
     pub(crate) current: arc_swap::ArcSwapOption<&'static Policy>,
-    budget: OnceLock<Budget>,
-    breaker: OnceLock<Breaker>,
-    bulkhead: OnceLock<Bulkhead>,
-    rate_limit: OnceLock<RateLimiter>,
-    concurrency: OnceLock<ConcurrencyLimit>,
 }
 
 /// A compiled function's policy as the macro left it: the function's path (module and name),
@@ -259,11 +248,6 @@ impl PolicyState {
             unpacked: OnceLock::new(),
             resolved: OnceLock::new(),
             current: arc_swap::ArcSwapOption::const_empty(),
-            budget: OnceLock::new(),
-            breaker: OnceLock::new(),
-            bulkhead: OnceLock::new(),
-            rate_limit: OnceLock::new(),
-            concurrency: OnceLock::new(),
         }
     }
 
@@ -343,63 +327,25 @@ impl PolicyState {
                 broken,
                 function,
                 policy: policy_name,
-                budget: policy.budget.map(|(n, s)| {
-                    if n.is_empty() {
-                        list(
-                            &BUDGETS,
-                            function,
-                            self.budget.get_or_init(|| Budget::new(s)),
-                        )
-                    } else {
-                        budget(n, s)
-                    }
-                }),
-                breaker: policy.breaker.map(|(n, s)| {
-                    if n.is_empty() {
-                        list(
-                            &BREAKERS,
-                            function,
-                            self.breaker.get_or_init(|| Breaker::new(function, s)),
-                        )
-                    } else {
-                        breaker(n, s)
-                    }
-                }),
-                bulkhead: policy.bulkhead.map(|(n, s)| {
-                    if n.is_empty() {
-                        list(
-                            &BULKHEADS,
-                            function,
-                            self.bulkhead.get_or_init(|| Bulkhead::new(s)),
-                        )
-                    } else {
-                        bulkhead(n, s)
-                    }
-                }),
-                rate_limit: policy.rate_limit.map(|(n, s)| {
-                    if n.is_empty() {
-                        list(
-                            &RATE_LIMITS,
-                            function,
-                            self.rate_limit
-                                .get_or_init(|| RateLimiter::new(function, s)),
-                        )
-                    } else {
-                        rate_limit(n, s)
-                    }
-                }),
-                concurrency: policy.concurrency.map(|(n, s)| {
-                    if n.is_empty() {
-                        list(
-                            &CONCURRENCY_LIMITS,
-                            function,
-                            self.concurrency
-                                .get_or_init(|| ConcurrencyLimit::new(function, s)),
-                        )
-                    } else {
-                        concurrency_limit(n, s)
-                    }
-                }),
+                // State private to a function is registered under its path: functions that
+                // share a path (methods of two impls of one type at different generic
+                // arguments) share it, as they share their overrides and metrics, so that
+                // `breakers::force_open(path)` reaches every one of them.
+                budget: policy
+                    .budget
+                    .map(|(n, s)| budget(if n.is_empty() { function } else { n }, s)),
+                breaker: policy
+                    .breaker
+                    .map(|(n, s)| breaker(if n.is_empty() { function } else { n }, s)),
+                bulkhead: policy
+                    .bulkhead
+                    .map(|(n, s)| bulkhead(if n.is_empty() { function } else { n }, s)),
+                rate_limit: policy
+                    .rate_limit
+                    .map(|(n, s)| rate_limit(if n.is_empty() { function } else { n }, s)),
+                concurrency: policy
+                    .concurrency
+                    .map(|(n, s)| concurrency_limit(if n.is_empty() { function } else { n }, s)),
                 metrics: metrics(function, policy_name),
                 // telemetry (issue 12)
                 telemetry: crate::telemetry::instruments(policy, function, policy_name),
