@@ -33,6 +33,7 @@ async fn a_timeout_lengthened_at_run_time_and_put_back() {
         .map(|c| (c.setting, c.old.as_str(), c.new.as_str()))
         .collect();
     assert_eq!(mine, [("timeout", "1s", "3s"), ("deadline", "20s", "30s")]);
+    assert!(overrides::active());
     let started = Instant::now();
     assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
     assert!(started.elapsed() >= Duration::from_secs(2));
@@ -46,6 +47,8 @@ async fn a_timeout_lengthened_at_run_time_and_put_back() {
     );
     let e = lookup(&c, &server.url("/")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AttemptTimeout);
+    // The emptied file leaves nothing in place: the hot path is back to its one load.
+    assert!(!overrides::active());
 }
 
 #[resilient(timeout = "1s", deadline = "20s", max_attempts = 1, budget = false)]
