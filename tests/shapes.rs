@@ -325,7 +325,8 @@ async fn own_logic_errors_are_not_retried() {
     let e = logic_error(0).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Call);
     assert_eq!(e.attempts(), 1);
-    assert_eq!(e.class(), None);
+    // The class the retry decision took: "the function's own logic" is permanent.
+    assert_eq!(e.class(), Some(Class::Permanent));
 }
 
 /// Regression: with one attempt there is nothing to clone for, and a by-value argument that is
@@ -765,4 +766,46 @@ async fn tracing_instrument_on_either_side() {
         assert_eq!(got.unwrap(), "ok", "instrument inside: {inside}");
         retried_and_stamped(&server);
     }
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn through_a_closure(c: &reqwest::Client, base: &str) -> Result<String, Error> {
+    let get = |path: &str| c.get(format!("{base}{path}")).send();
+    Ok(get("/items").await?.error_for_status()?.text().await?)
+}
+
+/// A request sent from a closure the body defines is stamped and recorded like the body's
+/// own: the reset and the 503 are retried, every attempt under the call's one request id.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_from_a_closure_in_the_body_is_stamped_and_retried() {
+    let server = flaky().await;
+    assert_eq!(
+        through_a_closure(&client(), &server.url("")).await.unwrap(),
+        "ok"
+    );
+    retried_and_stamped(&server);
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn quantity(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json::<u32>()
+        .await?)
+}
+
+/// A 200 whose body does not decode is the function's permanent failure, not a transient one:
+/// asking again gets the same body.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_does_not_decode_is_not_retried() {
+    let server = FaultServer::start(resilience_fault_server::Script::always(
+        Action::ok().body("twelve"),
+    ))
+    .await;
+    let e = quantity(&client(), &server.url("/qty")).await.unwrap_err();
+    assert_eq!(e.class(), Some(Class::Permanent), "{e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count(), 1);
 }

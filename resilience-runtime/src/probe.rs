@@ -18,7 +18,13 @@ use crate::context::Key;
 use crate::error::{Error, ErrorKind};
 use crate::session::Session;
 
-pub struct Probe<'a, E>(Cell<Option<&'a mut E>>, u32, Option<&'a Key>);
+pub struct Probe<'a, E>(
+    Cell<Option<&'a mut E>>,
+    u32,
+    Option<&'a Key>,
+    /// The last response's status, when the attempt got one.
+    Option<u16>,
+);
 
 impl<E> std::fmt::Debug for Probe<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,20 +38,25 @@ impl<'a, E> Probe<'a, E> {
             Cell::new(Some(err)),
             session.attempts(),
             session.ctx.key.as_ref(),
+            session.last.status,
         )
     }
 
     #[cfg(test)]
     fn after(err: &'a mut E, attempts: u32) -> Self {
-        Probe(Cell::new(Some(err)), attempts, None)
+        Probe(Cell::new(Some(err)), attempts, None, None)
     }
 
     /// What the call knows and its own error can hold: the attempts that ran, the key, the
-    /// class found.
+    /// class the retry decision takes (the one found; else the recorded error status; else
+    /// permanent, as for a body that did not decode), when an attempt ran.
     fn note(&self, own: &mut Error, class: Option<Class>) {
         own.set_attempts(self.1);
         own.set_key(self.2);
-        own.set_class(class);
+        let taken = class
+            .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
+            .or((self.1 > 0).then_some(Class::Permanent));
+        own.set_class(taken);
     }
 }
 
