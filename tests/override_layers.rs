@@ -1,0 +1,77 @@
+//! Run-time overrides by section and by setting, in one test (one process: the override file
+//! is process-wide). `[policies.NAME]` applies to the functions of that policy, a
+//! `[functions."path"]` section wins over it, and each overridable setting changes what a
+//! call does: `max_attempts`, `max_retry_after`, `retry_on`, `backoff`.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, overrides, resilient};
+use tokio::time::Instant;
+
+/// `[policies.search]` of the file: 4 attempts, 503 retried.
+#[resilient(config = "tests/policies/precedence.toml", policy = "search")]
+async fn search(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// Attempts one call made against a server answering `action` to every request.
+async fn attempts(action: Action) -> (u32, Result<String, Error>, Duration) {
+    let server = FaultServer::start(Script::always(action)).await;
+    let started = Instant::now();
+    let out = search(&reqwest::Client::new(), &server.url("/q")).await;
+    (server.count() as u32, out, started.elapsed())
+}
+
+fn apply(text: &str) {
+    overrides::apply_str(text, "incident.toml").unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_section_and_setting_changes_the_calls() {
+    let unavailable = || Action::status(503);
+    assert_eq!(attempts(unavailable()).await.0, 4, "compiled: 4 attempts");
+
+    // The policy's section applies to its functions.
+    apply("[policies.search]\nmax_attempts = 2\n");
+    assert_eq!(attempts(unavailable()).await.0, 2, "[policies.search]");
+
+    // The function's own section wins over its policy's.
+    apply(
+        "[policies.search]\nmax_attempts = 2\n[functions.\"override_layers::search\"]\nmax_attempts = 3\n",
+    );
+    assert_eq!(
+        attempts(unavailable()).await.0,
+        3,
+        "[functions] over [policies]"
+    );
+
+    // max_retry_after: a 503 asking for 5 s ends the call at once under a 1 s bound.
+    apply("[functions.\"override_layers::search\"]\nmax_retry_after = \"1s\"\n");
+    let (n, out, took) = attempts(Action::status(503).retry_after(5)).await;
+    assert_eq!(n, 1, "Retry-After above the overridden max_retry_after");
+    assert_eq!(out.unwrap_err().http_status(), Some(503));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // retry_on: connect failures only, a 503 is not retried.
+    apply("[functions.\"override_layers::search\"]\nretry_on = [\"connect\"]\n");
+    assert_eq!(attempts(unavailable()).await.0, 1, "retry_on = [connect]");
+
+    // backoff: 2 s between attempts (the file's is 1-2 ms); the deadline is raised with it.
+    apply(
+        "[functions.\"override_layers::search\"]\nmax_attempts = 2\ndeadline = \"30s\"\nbackoff = { initial = \"2s\", max = \"2s\", jitter = \"none\" }\n",
+    );
+    let (n, _, took) = attempts(unavailable()).await;
+    assert_eq!(n, 2);
+    assert!(
+        took >= Duration::from_secs(2),
+        "backoff overridden: {took:?}"
+    );
+
+    // Emptied: the compiled policy again.
+    apply("");
+    let (n, out, took) = attempts(unavailable()).await;
+    assert_eq!(n, 4);
+    assert_eq!(out.unwrap_err().kind(), ErrorKind::Call);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
