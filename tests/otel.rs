@@ -452,3 +452,32 @@ async fn a_handler_behind_the_idempotency_layer_stays_in_the_requests_trace() {
         request.span_context.span_id()
     );
 }
+
+/// A call its caller stops waiting for (a `timeout` around it, a client gone): its attempt's
+/// span ends with the decision `cancelled`, and the call's span with it.
+#[tokio::test]
+async fn a_call_given_up_by_its_caller_ends_its_attempt_span_cancelled() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), call_b(&c, &server.url("/b"))).await;
+    assert!(gave_up.is_err(), "the stalled call answered");
+
+    let spans = finished(&exporter, 2).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "GET")
+        .unwrap_or_else(|| panic!("no attempt span: {names:?}"));
+    assert_eq!(
+        attr(attempt, "resilience.decision"),
+        Some(&s("cancelled")),
+        "{names:?}"
+    );
+    assert!(
+        spans.iter().any(|s| s.name == "resilient"),
+        "the call's span ended too: {names:?}"
+    );
+}

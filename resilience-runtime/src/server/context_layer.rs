@@ -252,6 +252,24 @@ mod tests {
         );
     }
 
+    /// The README's default: a caller may hand down at most 5 minutes; a layer told "no
+    /// bound" (`Duration::MAX`) takes an absurd header for a far deadline, not an overflow.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_bound_is_five_minutes_and_none_is_no_overflow() {
+        let now = Instant::now();
+        let absurd = headers(&[("x-timeout-ms", b"99999999999999999999999")]);
+        let default = ContextLayer::new().max;
+        assert_eq!(
+            inbound_of(&absurd, default, now).deadline,
+            Some(now + Duration::from_secs(300))
+        );
+        let unbounded = ContextLayer::new().max(Duration::MAX).max;
+        assert_eq!(
+            inbound_of(&absurd, unbounded, now).deadline,
+            Some(now + crate::server::FOREVER)
+        );
+    }
+
     #[test]
     fn trace_and_request_id() {
         let i = inbound_of(
