@@ -480,3 +480,43 @@ async fn calls_their_caller_gives_up_on_are_counted_cancelled() {
 fn function_of(f: &str) -> &'static str {
     Box::leak(format!(r#"function="metrics::{f}""#).into_boxed_str())
 }
+
+/// A rate limit shared through Redis that decides locally (here: no Redis was given) says so
+/// to the recorder, once per decision: what an alert on "instances holding to the limit
+/// alone" reads.
+#[tokio::test]
+async fn local_decisions_of_a_shared_rate_limit_are_counted() {
+    use resilience_runtime::ratelimit::{RateLimitSpec, RateLimitStore, RateLimiter};
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let limiter = RateLimiter::new(
+        "m_shared",
+        RateLimitSpec {
+            rate: 100,
+            per: std::time::Duration::from_secs(1),
+            burst: 100,
+            max_wait: std::time::Duration::ZERO,
+            store: RateLimitStore::Redis,
+        },
+    );
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for _ in 0..3 {
+        assert_eq!(limiter.acquire_by(far).await, Ok(()));
+    }
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_rate_limit_local_decisions_total",
+            &[r#"rate_limit="m_shared""#]
+        ),
+        Some(3.0)
+    );
+    assert!(
+        handle
+            .render()
+            .contains("# HELP resilience_rate_limit_local_decisions_total "),
+        "described"
+    );
+}

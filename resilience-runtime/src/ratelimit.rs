@@ -253,7 +253,7 @@ impl RateLimiter {
                 shared::Answer::NoConnection => self.no_connection(),
             }
         }
-        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.local_decision();
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
         let wait = self.reserve_local(later, allowed.saturating_sub(spent))?;
@@ -268,7 +268,7 @@ impl RateLimiter {
         _left: Duration,
     ) -> Result<Duration, Refused> {
         self.no_connection();
-        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.local_decision();
         self.reserve_local(now, allowed)
     }
 
@@ -290,6 +290,18 @@ impl RateLimiter {
                 "rate limit shared through Redis: Redis failed to answer; each instance holds to the limit locally until it does"
             );
         }
+    }
+
+    /// A decision of a shared limit taken locally: counted, and (feature `metrics`) told the
+    /// recorder, so that an alert can see the instances holding to the limit alone.
+    fn local_decision(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::telemetry::names::RATE_LIMIT_LOCAL_DECISIONS,
+            "rate_limit" => self.name
+        )
+        .increment(1);
     }
 
     /// No Redis was given (`use_redis`): logged once per limit.

@@ -176,9 +176,8 @@ pub fn describe_metrics() {
     for (name, kind, unit, help) in super::METRICS {
         let unit = match unit {
             "s" => Some(Unit::Seconds),
-            "{call}" | "{attempt}" | "{retry}" | "{transition}" | "{request}" | "{response}" => {
-                Some(Unit::Count)
-            }
+            "{call}" | "{attempt}" | "{retry}" | "{transition}" | "{request}" | "{response}"
+            | "{decision}" => Some(Unit::Count),
             _ => None,
         };
         match kind {

@@ -49,6 +49,7 @@
 //! | `resilience.concurrency_limit.in_flight` | gauge | `{call}` | `concurrency_limit` | calls holding one of its slots |
 //! | `resilience.idempotency.requests` | counter | `{request}` | `outcome`, `http.route` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
 //! | `resilience.idempotency.pending` | gauge | `{response}` | | responses that layer keeps in memory until its store takes them |
+//! | `resilience.rate_limit.local_decisions` | counter | `{decision}` | `rate_limit` | decisions a limit shared through Redis took locally: no Redis given, Redis failed, or known down (each instance then holds to the limit alone) |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
 //!   `failed_with_retry`, `rejected_breaker`, `rejected_budget`, `rejected_bulkhead`,
@@ -154,10 +155,13 @@ pub mod names {
     pub const IDEMPOTENCY_REQUESTS: &str = "resilience.idempotency.requests";
     /// Responses the idempotency layer keeps in memory until its store takes them (gauge).
     pub const IDEMPOTENCY_PENDING: &str = "resilience.idempotency.pending";
+    /// Decisions a rate limit shared through Redis took locally: no Redis given, Redis failed,
+    /// or known down (counter).
+    pub const RATE_LIMIT_LOCAL_DECISIONS: &str = "resilience.rate_limit.local_decisions";
 }
 
 /// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
-pub const METRICS: [(&str, &str, &str, &str); 14] = [
+pub const METRICS: [(&str, &str, &str, &str); 15] = [
     (
         names::CALLS,
         "counter",
@@ -241,6 +245,12 @@ pub const METRICS: [(&str, &str, &str, &str); 14] = [
         "gauge",
         "{response}",
         "Responses the idempotency layer keeps in memory until its store takes them",
+    ),
+    (
+        names::RATE_LIMIT_LOCAL_DECISIONS,
+        "counter",
+        "{decision}",
+        "Decisions a rate limit shared through Redis took locally (no Redis, Redis failed or known down)",
     ),
 ];
 
