@@ -179,6 +179,10 @@ fn parse_ms(v: &[u8]) -> Result<Option<Duration>, &'static str> {
 }
 
 fn parse_grpc(v: &[u8]) -> Result<Option<Duration>, &'static str> {
+    // ASCII only: the unit is split off as the last byte, which must not cut a character.
+    if !v.is_ascii() {
+        return Err("not ASCII");
+    }
     let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
     let (digits, unit) = s.split_at(s.len().saturating_sub(1));
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -243,6 +247,10 @@ mod tests {
             assert_eq!(inbound_of(&h, max, now).deadline, None, "{bad:?}");
         }
         assert_eq!(at(&[("grpc-timeout", b"123456789m")]), None);
+        // Bytes above 0x7f are valid in a header value: not a panic splitting a character.
+        assert_eq!(at(&[("grpc-timeout", b"1\xc3\xa9")]), None);
+        assert_eq!(at(&[("grpc-timeout", b"\xc3\xa9")]), None);
+        assert_eq!(at(&[("x-timeout-ms", b"1\xc3\xa9")]), None);
         assert_eq!(at(&[("grpc-timeout", b"5x")]), None);
         assert_eq!(at(&[]), None);
         // The library's own header wins over gRPC's.
