@@ -754,13 +754,6 @@ fn carry_context<F: Future + Send>(
     }
 }
 
-/// What the handler produced, read to the end where it is to be stored.
-enum Outcome<B> {
-    Pass(Response<B>),
-    Full(http::response::Parts, Bytes),
-    BodyFailed(http::response::Parts, BoxError),
-}
-
 /// Runs the claimed request's handler to its end (or to the hard limit), then stores or
 /// releases. Runs in a task of its own, so no connection can cancel it.
 async fn handle<S, ReqBody, ResBody>(
@@ -778,44 +771,17 @@ where
 {
     let guard = ClaimGuard::new(&config, key, claim);
     let keep = config.replayable;
-    let work = async {
-        let res = inner.call(req).await?;
-        if !keep(res.status()) {
-            return Ok(Outcome::Pass(res));
-        }
-        let (parts, body) = res.into_parts();
-        // Converted at once: the body's own error type need not be `Send`.
-        let collected = body.collect().await.map_err(Into::<BoxError>::into);
-        Ok(match collected {
-            Ok(collected) => Outcome::Full(parts, collected.to_bytes()),
-            Err(e) => Outcome::BodyFailed(parts, e),
-        })
-    };
-    let outcome = tokio::time::timeout(config.handler_limit, CatchUnwind { inner: work }).await;
-    let (parts, body) = match outcome {
-        Ok(Ok(Ok(Outcome::Full(parts, body)))) => (parts, body),
-        Ok(Ok(Ok(Outcome::Pass(res)))) => {
-            tally.count(Served::Released);
-            guard.release().await;
-            return Ok(res.map(ResponseBody::inner));
-        }
-        Ok(Ok(Ok(Outcome::BodyFailed(parts, e)))) => {
-            // The handler answered a status it stands by (its effect happened), then its body
-            // failed: a repeat must not run it again, and there is no answer to replay.
-            tracing::error!(key = %guard.key, status = %parts.status, error = %e, "idempotent response body failed; storing a problem in its place");
-            let stored = Stored::problem(
-                &config,
-                claim.fingerprint,
-                RESPONSE_FAILED,
-                &format!(
-                    "The request was processed once (the handler answered {}), but its response body failed before its end and was not kept. Do not resend it: look the result up instead.",
-                    parts.status.as_u16()
-                ),
-            );
-            tally.count(Served::ResponseFailed);
-            guard.complete(&config, stored).await;
-            return Ok(Response::from_parts(parts, ResponseBody::failed(e)));
-        }
+    // The handler and its response body share the layer's limit on the handler.
+    let limit_at = super::after(Instant::now(), config.handler_limit);
+    let answered = tokio::time::timeout_at(
+        limit_at,
+        CatchUnwind {
+            inner: inner.call(req),
+        },
+    )
+    .await;
+    let res = match answered {
+        Ok(Ok(Ok(res))) => res,
         Ok(Ok(Err(e))) => {
             tally.count(Served::Released);
             guard.release().await;
@@ -847,12 +813,66 @@ where
             return Ok(guard.finish_with(&config, res).await);
         }
     };
+    if !keep(res.status()) {
+        tally.count(Served::Released);
+        guard.release().await;
+        return Ok(res.map(ResponseBody::inner));
+    }
+    // The handler answered a status it stands by: its effect happened. From here on, whatever
+    // becomes of the body (an error, a panic while it streams, the limit reached), a repeat
+    // must not run the handler again.
+    let (parts, body) = res.into_parts();
+    let collected = tokio::time::timeout_at(
+        limit_at,
+        CatchUnwind {
+            // Converted at once: the body's own error type need not be `Send`.
+            inner: async { body.collect().await.map_err(Into::<BoxError>::into) },
+        },
+    )
+    .await;
+    let failed: BoxError = match collected {
+        Ok(Ok(Ok(collected))) => {
+            let body = collected.to_bytes();
+            return Ok(kept(&config, guard, &tally, claim, parts, body).await);
+        }
+        Ok(Ok(Err(e))) => e,
+        Ok(Err(panic)) => format!("the response body panicked: {}", panic_message(&*panic)).into(),
+        Err(_) => format!(
+            "the response body did not end within the server's limit of {} ms",
+            config.handler_limit.as_millis()
+        )
+        .into(),
+    };
+    tracing::error!(key = %guard.key, status = %parts.status, error = %failed, "idempotent response body failed; storing a problem in its place");
+    let stored = Stored::problem(
+        &config,
+        claim.fingerprint,
+        RESPONSE_FAILED,
+        &format!(
+            "The request was processed once (the handler answered {}), but its response body failed before its end and was not kept. Do not resend it: look the result up instead.",
+            parts.status.as_u16()
+        ),
+    );
+    tally.count(Served::ResponseFailed);
+    guard.complete(&config, stored).await;
+    Ok(Response::from_parts(parts, ResponseBody::failed(failed)))
+}
 
+/// A kept status whose body was read to its end: stored (or, too large, a problem in its
+/// place) and answered.
+async fn kept<ResBody>(
+    config: &Arc<Config>,
+    guard: ClaimGuard,
+    tally: &Tally,
+    claim: InFlight,
+    parts: http::response::Parts,
+    body: Bytes,
+) -> Response<ResponseBody<ResBody>> {
     let stored = if body.len() > config.max_stored_body {
         tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
         tally.count(Served::ResponseNotKept);
         Stored::problem(
-            &config,
+            config,
             claim.fingerprint,
             RESPONSE_NOT_KEPT,
             &format!(
@@ -870,8 +890,8 @@ where
             body: body.clone(),
         }
     };
-    guard.complete(&config, stored).await;
-    Ok(Response::from_parts(parts, ResponseBody::full(body)))
+    guard.complete(config, stored).await;
+    Response::from_parts(parts, ResponseBody::full(body))
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

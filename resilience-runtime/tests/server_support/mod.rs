@@ -36,6 +36,7 @@ macro_rules! every_rule {
             only_the_configured_methods_are_covered,
             a_nested_routers_requests_are_told_apart_by_their_full_path,
             a_body_failing_after_a_kept_status_is_never_rerun,
+            a_body_panicking_or_stuck_after_a_kept_status_is_never_rerun,
         );
     };
 }
@@ -91,6 +92,8 @@ pub struct Runs {
     pub panicky: AtomicUsize,
     pub tenant_charges: AtomicUsize,
     pub streamed: AtomicUsize,
+    pub streamed_panic: AtomicUsize,
+    pub streamed_stuck: AtomicUsize,
 }
 
 fn bump(counter: &AtomicUsize) -> usize {
@@ -162,15 +165,34 @@ impl http_body::Body for CutShort {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        // From 0: a chunk, then an error; from 10: a chunk, then a panic; from 20: a chunk,
+        // then nothing ever again (polled again, it stays where it is).
+        if self.0 == 22 {
+            return std::task::Poll::Pending;
+        }
         self.0 += 1;
-        std::task::Poll::Ready(match self.0 {
+        std::task::Poll::Ready(match self.0 % 10 {
             1 => Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
                 b"receipt: ",
             )))),
+            2 if self.0 > 20 => return std::task::Poll::Pending,
+            2 if self.0 > 10 => panic!("the export's cursor panicked"),
             2 => Some(Err(std::io::Error::other("cursor lost"))),
             _ => None,
         })
     }
+}
+
+/// Answers 201, then its streamed body panics after the first chunk.
+async fn streamed_panic(State(s): State<Shared>) -> (StatusCode, axum::body::Body) {
+    bump(&s.runs.streamed_panic);
+    (StatusCode::CREATED, axum::body::Body::new(CutShort(10)))
+}
+
+/// Answers 201, then its streamed body never ends (an export slower than the layer's limit).
+async fn streamed_stuck(State(s): State<Shared>) -> (StatusCode, axum::body::Body) {
+    bump(&s.runs.streamed_stuck);
+    (StatusCode::CREATED, axum::body::Body::new(CutShort(20)))
 }
 
 /// Runs until the test adds a permit to the gate.
@@ -254,6 +276,8 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         .route("/busy", routing::post(busy))
         .route("/panicky", routing::post(panicky))
         .route("/streamed", routing::post(streamed))
+        .route("/streamed_panic", routing::post(streamed_panic))
+        .route("/streamed_stuck", routing::post(streamed_stuck))
         .layer(layer.clone());
     let tenants = Router::new()
         .route("/charges", routing::post(tenant_charge))
@@ -998,6 +1022,43 @@ pub async fn a_body_failing_after_a_kept_status_is_never_rerun(store: Store) {
         assert!(again.body.contains("answered 201"), "{}", again.body);
     }
     assert_eq!(count(&app.runs.streamed), 1);
+}
+
+/// The same promise when the body panics while it streams, or streams past the layer's limit
+/// on the handler: the effect happened with the 201, so the retry gets the stored 500
+/// "processed once", never a second run (both were taken for a handler failure and released).
+pub async fn a_body_panicking_or_stuck_after_a_kept_status_is_never_rerun(store: Store) {
+    let app = serve(
+        &store,
+        layer(&store).handler_limit(Duration::from_millis(300)),
+    )
+    .await;
+    for (path, runs) in [
+        ("/streamed_panic", &app.runs.streamed_panic),
+        ("/streamed_stuck", &app.runs.streamed_stuck),
+    ] {
+        let key = fresh_key();
+        let first = client()
+            .post(app.url(path))
+            .header("idempotency-key", &key)
+            .body("x")
+            .send()
+            .await;
+        if let Ok(res) = first {
+            assert_eq!(res.status(), 201, "{path}");
+            let text = res.text().await;
+            assert!(text.is_err(), "{path}: the body was cut short: {text:?}");
+        }
+        let again = post(&app.url(path), Some(&key), "x").await;
+        assert_eq!(again.status, 500, "{path}: {again:?}");
+        assert!(again.replayed(), "{path}: {again:?}");
+        assert!(
+            again.body.contains("processed once"),
+            "{path}: {}",
+            again.body
+        );
+        assert_eq!(count(runs), 1, "{path}");
+    }
 }
 
 /// Polls `cond` every 5 ms for up to 5 s.
