@@ -821,3 +821,72 @@ async fn attempts_counts_the_attempts_that_ran_when_the_breaker_opens_mid_call()
     assert_eq!(e.attempts(), 0, "{e}");
     assert_eq!(report.expect("reported").attempts, 0);
 }
+
+/// An audit POST sent from a task the body spawns, then the order: the spawned request is
+/// stamped where the body made it, so it carries the call's key like the order.
+#[resilient(idempotency_key = auto, max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_with_spawned_audit(
+    c: &reqwest::Client,
+    audit: &str,
+    orders: &str,
+) -> Result<u16, Error> {
+    let sent = tokio::spawn(c.post(audit).body("audit").send());
+    let status = c
+        .post(orders)
+        .body("order")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16();
+    let _ = sent.await;
+    Ok(status)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_from_a_spawned_task_carries_the_calls_key() {
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let orders = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let got = order_with_spawned_audit(&client(), &audit.url("/audit"), &orders.url("/orders"))
+        .await
+        .unwrap();
+    assert_eq!(got, 200);
+    let key = orders.requests()[0]
+        .idempotency_key()
+        .expect("keyed")
+        .to_owned();
+    let audits = audit.requests();
+    assert_eq!(audits.len(), 2, "the body ran twice");
+    for a in &audits {
+        assert_eq!(
+            a.idempotency_key(),
+            Some(key.as_str()),
+            "the spawned POST is keyed"
+        );
+    }
+}
+
+/// Unkeyed: an audit POST sent from a spawned task, then a GET that cannot connect. The
+/// attempt never learns the POST's outcome: it may have been carried out, so the connect
+/// failure is not retried (the POST would go out again).
+#[resilient(method = POST, retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn spawned_audit_then_lookup(
+    c: &reqwest::Client,
+    audit: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    let sent = tokio::spawn(c.post(audit).body("audit").send());
+    let _ = sent.await;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_from_a_spawned_task_is_not_resent_unkeyed() {
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = spawned_audit_then_lookup(&client(), &audit.url("/audit"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(audit.count(), 1, "the POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

@@ -281,6 +281,11 @@ pub(crate) struct AttemptCtx {
     pub retry_after: Cell<Option<Duration>>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
+    /// Requests the body made (stamped) in this attempt that were not sent from it (yet): a
+    /// `tokio::spawn`ed `.send()`, one stored and never awaited. Their outcome never comes
+    /// back here, so they count as having reached the server, the least safe method first.
+    pub unpolled: Cell<u32>,
+    pub unpolled_method: Cell<Option<Method>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
     /// and the body has not gone on since (no request of its own, no other nested call): a
     /// failure of the attempt now is taken for that call's, which the outer call does not
@@ -339,6 +344,8 @@ impl AttemptCtx {
             status: Cell::new(None),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
+            unpolled: Cell::new(0),
+            unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
         }
     }
@@ -374,6 +381,8 @@ impl AttemptCtx {
         *self.status.get_mut() = None;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
+        *self.unpolled.get_mut() = 0;
+        *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
     }
 
@@ -389,6 +398,22 @@ impl AttemptCtx {
     #[inline]
     pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
+    }
+
+    /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
+    /// it is sent from it.
+    pub(crate) fn made(&self, m: Method) {
+        self.unpolled.set(self.unpolled.get() + 1);
+        let worst = self
+            .unpolled_method
+            .get()
+            .map_or(m, |prev| prev.least_safe(m));
+        self.unpolled_method.set(Some(worst));
+    }
+
+    /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
+    pub(crate) fn polled(&self) {
+        self.unpolled.set(self.unpolled.get().saturating_sub(1));
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

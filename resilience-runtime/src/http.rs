@@ -367,6 +367,60 @@ where
     }
 }
 
+/// A request the annotated body built with `.send()`, stamped where it was made: in the
+/// attempt that made it, it carries the call's key and identities even when it is sent from
+/// another task (`tokio::spawn(client.post(url).send())`), and the attempt counts it as
+/// possibly sent until its first poll in the attempt takes its outcome over.
+#[doc(hidden)]
+#[derive(Debug)]
+#[must_use = "a request does nothing until it is sent"]
+pub struct Prepared {
+    client: reqwest::Client,
+    req: Result<reqwest::Request, reqwest::Error>,
+    /// Made in an attempt, which counts it until it is polled there.
+    made_in_attempt: bool,
+}
+
+impl Prepared {
+    fn new(builder: reqwest::RequestBuilder) -> Prepared {
+        let (client, mut req) = builder.build_split();
+        let made_in_attempt = match &mut req {
+            Ok(req) => with_attempt(|ctx| {
+                stamp(ctx, req);
+                ctx.made(crate::policy::method_of(req.method()));
+            })
+            .is_some(),
+            Err(_) => false,
+        };
+        Prepared {
+            client,
+            req,
+            made_in_attempt,
+        }
+    }
+
+    /// Sends the request, like `reqwest::RequestBuilder::send`.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
+        self,
+    ) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static {
+        async move {
+            let req = self.req?;
+            let method = crate::policy::method_of(req.method());
+            // Sent from the attempt that made it: its outcome is recorded there. Elsewhere
+            // (another task), it goes as stamped, and the attempt keeps counting it.
+            let here = self.made_in_attempt && with_attempt(AttemptCtx::polled).is_some();
+            if !here {
+                return self.client.execute(req).await;
+            }
+            let in_flight = InFlight(Some(method));
+            let res = self.client.execute(req).await;
+            in_flight.settle(&res);
+            res
+        }
+    }
+}
+
 /// Type dispatch for the code `#[resilient]` generates around `.send()` and `.execute(…)`
 /// (autoref specialization): a reqwest request is stamped and its response recorded; any
 /// other value passes through exactly as it was.
@@ -375,7 +429,7 @@ where
 pub mod dispatch {
     use std::cell::Cell;
 
-    use super::{Observed, ResilientRequest};
+    use super::{Observed, Prepared};
 
     /// Holds the receiver (or argument) while method resolution picks an impl.
     pub struct Stampable<T>(Cell<Option<T>>);
@@ -398,11 +452,11 @@ pub mod dispatch {
 
     /// `.send()` on a `reqwest::RequestBuilder`: send it stamped.
     pub trait SendRequest {
-        fn __resilience_stamp(self) -> ResilientRequest;
+        fn __resilience_stamp(self) -> Prepared;
     }
     impl SendRequest for &&Stampable<reqwest::RequestBuilder> {
-        fn __resilience_stamp(self) -> ResilientRequest {
-            ResilientRequest { inner: self.take() }
+        fn __resilience_stamp(self) -> Prepared {
+            Prepared::new(self.take())
         }
     }
 

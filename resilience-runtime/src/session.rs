@@ -213,6 +213,13 @@ fn record(
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
     last.reached = ctx.reached.get();
+    // Requests made in the attempt but sent from elsewhere (a spawned task): their outcome
+    // never came back, so they may have reached the server.
+    if ctx.unpolled.get() > 0
+        && let Some(m) = ctx.unpolled_method.get()
+    {
+        last.reached = Some(last.reached.map_or(m, |r| r.least_safe(m)));
+    }
     last.nested_gave_up = ctx.nested_gave_up.get();
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
