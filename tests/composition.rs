@@ -890,3 +890,64 @@ async fn a_request_sent_from_a_spawned_task_is_not_resent_unkeyed() {
     assert_eq!(audit.count(), 1, "the POST went out once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// A client wrapper of the service's own (a middleware stack): its `execute` takes a
+/// `reqwest::Request` but returns its own error type, so the runtime stamps the request and
+/// never sees the outcome.
+struct Middleware(reqwest::Client);
+
+#[derive(Debug)]
+struct MiddlewareError(#[allow(dead_code)] reqwest::Error);
+
+impl std::fmt::Display for MiddlewareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("middleware failed")
+    }
+}
+
+impl std::error::Error for MiddlewareError {}
+
+impl From<MiddlewareError> for Error {
+    fn from(e: MiddlewareError) -> Error {
+        Error::call(e)
+    }
+}
+
+impl Middleware {
+    async fn execute(&self, req: reqwest::Request) -> Result<reqwest::Response, MiddlewareError> {
+        self.0.execute(req).await.map_err(MiddlewareError)
+    }
+}
+
+#[resilient(method = POST, retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_via_middleware_then_lookup(
+    c: &reqwest::Client,
+    mw: &Middleware,
+    orders: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    mw.execute(c.post(orders).body("qty=1").build()?).await?;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+/// The POST went through the wrapper (answered 200, outcome unseen), then the lookup could not
+/// connect: running the body again would send the POST again.
+#[tokio::test(start_paused = true)]
+async fn a_post_through_a_wrapper_client_is_not_resent_after_a_connect_failure() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = order_via_middleware_then_lookup(
+        &client(),
+        &Middleware(client()),
+        &orders.url("/orders"),
+        &refused,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(orders.count(), 1, "the POST went out once: {e}");
+    assert!(
+        orders.requests()[0].header("x-request-id").is_some(),
+        "stamped"
+    );
+    assert_eq!(e.attempts(), 1, "{e}");
+}

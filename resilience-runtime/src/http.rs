@@ -337,6 +337,9 @@ pin_project_lite::pin_project! {
         inner: F,
         // The response (or the error) arrived and was recorded.
         settled: bool,
+        // Polled once: the attempt it runs in takes its outcome over from the count of
+        // requests made and not sent from it (`AttemptCtx::made`).
+        polled: bool,
     }
 
     impl<F> PinnedDrop for Observed<F> {
@@ -357,6 +360,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        if !*this.polled {
+            *this.polled = true;
+            let _ = with_attempt(AttemptCtx::polled);
+        }
         let out = this.inner.poll(cx);
         if let Poll::Ready(res) = &out {
             *this.settled = true;
@@ -468,6 +475,11 @@ pub mod dispatch {
         fn __resilience_stamp_arg(self) -> reqwest::Request {
             let mut req = self.take();
             super::stamp_request(&mut req);
+            // Counted as possibly sent until the `execute` future is polled in the attempt
+            // (one whose outcome never comes back, a wrapper client's or a spawned one's,
+            // stays counted).
+            let method = crate::policy::method_of(req.method());
+            let _ = super::with_attempt(|ctx| ctx.made(method));
             req
         }
     }
@@ -484,6 +496,7 @@ pub mod dispatch {
             Observed {
                 inner: self.take(),
                 settled: false,
+                polled: false,
             }
         }
     }
