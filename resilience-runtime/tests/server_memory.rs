@@ -587,3 +587,70 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
     assert_eq!(retried.status(), 201, "{:?}", retried.headers());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A memory store whose claim command is sent twice, the first reply lost (what a Redis
+/// Cluster client does when it retries a command): the second finds the claim the first made.
+#[derive(Default)]
+struct RetriedClaim {
+    inner: MemoryStore,
+}
+
+impl IdempotencyStore for RetriedClaim {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let _lost = self.inner.claim(key, claim, lease).await;
+            self.inner.claim(key, claim, lease).await
+        })
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.complete(key, claim, response, ttl)
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.release(key, claim)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        self.inner.get(key)
+    }
+}
+
+/// The claim found is the request's own (same token): it holds the key and runs the handler,
+/// instead of answering itself 409 "in progress" and leaving a claim nobody holds for the
+/// whole lease.
+#[tokio::test]
+async fn a_claim_found_by_a_retried_command_is_the_requests_own() {
+    let store: Store = Arc::new(RetriedClaim::default());
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let key = fresh_key();
+    let first = post(&app.url("/orders"), Some(&key), "x").await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (201, "order 1: x"),
+        "{first:?}"
+    );
+    let again = post(&app.url("/orders"), Some(&key), "x").await;
+    assert!(again.replayed(), "{again:?}");
+    assert_eq!(count(&app.runs.orders), 1);
+}

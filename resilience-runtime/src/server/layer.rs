@@ -650,6 +650,9 @@ where
     unanswered.answered();
     match claimed {
         Ok(Ok(Claim::Acquired)) => {}
+        // Our own claim: a store client that sent the claim command again after a lost reply
+        // (a Redis Cluster client retries for up to a second) finds the claim it made.
+        Ok(Ok(Claim::Existing(Record::InFlight(c)))) if c.token == claim.token => {}
         Ok(Ok(Claim::Existing(record))) if *record.fingerprint() != fingerprint => {
             return Ok(reused());
         }
