@@ -214,3 +214,43 @@ async fn the_fallback_runs_after_the_call_gave_its_slot_back() {
         .unwrap();
     assert_eq!(held, 0, "slots held while the fallback ran");
 }
+
+async fn echo_error(_c: &reqwest::Client, error: &str) -> Result<String, Error> {
+    Ok(format!("fallback for {error}"))
+}
+
+/// A parameter named `error` reaches the fallback as it was passed, also when the call is
+/// refused before it starts (the generated code once bound the refusal to the same name).
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { failure_rate = 0.5, min_calls = 1, window = 1, open_for = "1m", half_open_calls = 1 },
+    fallback = echo_error
+)]
+async fn report(c: &reqwest::Client, error: &str) -> Result<String, Error> {
+    Ok(c.get(error)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parameter_named_error_reaches_the_fallback() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/errors");
+    // Fails (the fallback answers), and opens the breaker.
+    assert_eq!(
+        report(&c, &url).await.unwrap(),
+        format!("fallback for {url}")
+    );
+    // Refused by the open breaker before it starts: the fallback gets the same argument.
+    assert_eq!(
+        report(&c, &url).await.unwrap(),
+        format!("fallback for {url}")
+    );
+    assert_eq!(server.count(), 1);
+}

@@ -201,7 +201,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let result_mut = fallback_call.as_ref().map(|_| quote!(mut));
     let on_start_error = match &fallback_call {
         Some(call) => quote! {
-            if #p::fallback_applies(#mask, error.kind()) {
+            if #p::fallback_applies(#mask, __resilience_refusal.kind()) {
                 return #call;
             }
         },
@@ -240,9 +240,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     {
         quote! {
             if !__resilience_session.admitted() {
-                if let ::core::result::Result::Err(error) = __resilience_session.admit().await {
+                if let ::core::result::Result::Err(__resilience_refusal) = __resilience_session.admit().await {
                     #on_start_error
-                    return ::core::result::Result::Err(::core::convert::From::from(error));
+                    return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
                 }
             }
         }
@@ -253,9 +253,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // An open breaker refuses the call before anything else is set up.
     let refused = if plan.shared.breaker.is_some() {
         quote! {
-            if let ::core::option::Option::Some(error) = #p::Session::refused_compiled(&__RESILIENCE_STATE) {
+            if let ::core::option::Option::Some(__resilience_refusal) = #p::Session::refused_compiled(&__RESILIENCE_STATE) {
                 #on_start_error
-                return ::core::result::Result::Err(::core::convert::From::from(error));
+                return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
             }
         }
     } else {
@@ -280,9 +280,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             #refused
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
-            if let ::core::option::Option::Some(error) = __resilience_session.take_refusal() {
+            if let ::core::option::Option::Some(__resilience_refusal) = __resilience_session.take_refusal() {
                 #on_start_error
-                return ::core::result::Result::Err(::core::convert::From::from(error));
+                return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
             }
             #admit
             #[allow(clippy::let_and_return)]
