@@ -654,3 +654,43 @@ async fn a_claim_found_by_a_retried_command_is_the_requests_own() {
     assert!(again.replayed(), "{again:?}");
     assert_eq!(count(&app.runs.orders), 1);
 }
+
+/// A response under the layer's `max_stored_body` but over the memory store's whole bound:
+/// the store will never take it, so a "processed once, not kept" answer is stored in its
+/// place at once (it was kept waiting in memory for the whole TTL, its claim renewed, another
+/// instance meeting 409 all that time).
+#[tokio::test]
+async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
+    use resilience_runtime::server::record_key;
+    use tower_service::Service as _;
+
+    async fn export() -> (axum::http::StatusCode, String) {
+        (axum::http::StatusCode::CREATED, "x".repeat(10_000))
+    }
+    let store = Arc::new(MemoryStore::with_limits(100, 4096));
+    let app = axum::Router::new()
+        .route("/exports", axum::routing::post(export))
+        .layer(IdempotencyLayer::new(store.clone()));
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/exports")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = app.clone().call(request()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let stored = store
+        .get(&record_key(
+            &axum::http::Method::POST,
+            "/exports",
+            &key,
+            None,
+        ))
+        .await
+        .unwrap();
+    match stored {
+        Some(Record::Completed(r)) => assert_eq!(r.status, 500, "{r:?}"),
+        other => panic!("not completed: {other:?}"),
+    }
+}

@@ -1180,12 +1180,32 @@ impl ClaimGuard {
     /// Stores the response in place of the claim. If the store fails, keeps the response and
     /// the claim, answers repeats from memory, and writes it when the store is back.
     async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) {
-        let done = tokio::time::timeout(
+        let mut stored = stored;
+        let mut done = tokio::time::timeout(
             self.store_timeout,
             self.store
                 .complete(&self.key, &self.claim, &stored, config.ttl),
         )
         .await;
+        // Larger than the store ever holds: kept waiting for it, it would never be written
+        // (and the claim renewed for the whole TTL). A small answer goes in its place.
+        if let Ok(Err(e)) = &done
+            && e.is_too_large()
+        {
+            tracing::warn!(key = %self.key, error = %e, "idempotent response too large for the store; storing a problem in its place");
+            stored = Stored::problem(
+                config,
+                self.claim.fingerprint,
+                RESPONSE_NOT_KEPT,
+                "The request was processed once; its response was larger than the store keeps for replay. Do not resend it: look the result up instead.",
+            );
+            done = tokio::time::timeout(
+                self.store_timeout,
+                self.store
+                    .complete(&self.key, &self.claim, &stored, config.ttl),
+            )
+            .await;
+        }
         match done {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {

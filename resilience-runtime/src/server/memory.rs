@@ -155,7 +155,7 @@ impl MemoryStore {
         let record = Record::Completed(response.clone());
         let bytes = size(&record);
         if bytes > self.max_bytes {
-            return Err(StoreError::new(format!(
+            return Err(StoreError::too_large(format!(
                 "response of {bytes} bytes is over the memory store's bound of {} bytes",
                 self.max_bytes
             )));

@@ -119,6 +119,7 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 #[derive(Debug)]
 pub struct StoreError {
     source: Box<dyn StdError + Send + Sync>,
+    too_large: bool,
 }
 
 impl StoreError {
@@ -126,7 +127,22 @@ impl StoreError {
     pub fn new(source: impl Into<Box<dyn StdError + Send + Sync>>) -> StoreError {
         StoreError {
             source: source.into(),
+            too_large: false,
         }
+    }
+
+    /// The response given to `complete` is larger than the store ever holds: asking again
+    /// will not help. The layer stores a small "processed once, not kept" answer in its place.
+    pub fn too_large(source: impl Into<Box<dyn StdError + Send + Sync>>) -> StoreError {
+        StoreError {
+            source: source.into(),
+            too_large: true,
+        }
+    }
+
+    /// Whether this is [`too_large`](StoreError::too_large).
+    pub fn is_too_large(&self) -> bool {
+        self.too_large
     }
 }
 
