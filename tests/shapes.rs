@@ -809,3 +809,15 @@ async fn a_body_that_does_not_decode_is_not_retried() {
     assert_eq!(e.attempts(), 1, "{e}");
     assert_eq!(server.count(), 1);
 }
+
+/// A body that opens with an inner attribute (`#![allow(..)]`), as lint settings are written.
+#[resilient(timeout = "1s", budget = false, method = GET)]
+async fn with_inner_attribute(n: u32) -> Result<u32, Error> {
+    #![allow(clippy::needless_return)]
+    return Ok(n + 1);
+}
+
+#[tokio::test]
+async fn a_body_with_an_inner_attribute_compiles_and_runs() {
+    assert_eq!(with_inner_attribute(1).await.unwrap(), 2);
+}

@@ -34,7 +34,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let s = plan.settings;
     let k = &plan.krate;
     let p = quote!(#k::__private);
-    let attrs = &f.attrs;
+    // Inner attributes of the body (`#![allow(..)]`) stay inner: at the head of the generated
+    // body, not before the signature, where they are not allowed.
+    let (inner_attrs, attrs): (Vec<_>, Vec<_>) = f
+        .attrs
+        .iter()
+        .partition(|a| matches!(a.style, syn::AttrStyle::Inner(_)));
     let vis = &f.vis;
     let sig = &f.sig;
     let ident = &sig.ident;
@@ -271,6 +276,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis #sig {
+            #(#inner_attrs)*
             #track
             fn __resilience_locate() -> &'static str {
                 #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
