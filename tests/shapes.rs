@@ -821,3 +821,27 @@ async fn with_inner_attribute(n: u32) -> Result<u32, Error> {
 async fn a_body_with_an_inner_attribute_compiles_and_runs() {
     assert_eq!(with_inner_attribute(1).await.unwrap(), 2);
 }
+
+/// A by-value parameter declared `mut`, changed in the body, with retries: each attempt gets
+/// its own clone to change (and the signature's `mut` raises no `unused_mut` warning, which a
+/// crate under `#![deny(warnings)]` would refuse).
+#[deny(unused_mut)]
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn appended(c: &reqwest::Client, mut url: String) -> Result<String, Error> {
+    url.push_str("/items");
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mut_by_value_parameter_is_changed_per_attempt() {
+    let server = flaky().await;
+    assert_eq!(appended(&client(), server.url("")).await.unwrap(), "ok");
+    retried_and_stamped(&server);
+    let paths: Vec<_> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.ends_with("/items") && !p.contains("/items/items")),
+        "each attempt appends to its own clone: {paths:?}"
+    );
+}

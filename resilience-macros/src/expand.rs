@@ -77,8 +77,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
     let mut clones = Vec::new();
+    // The signature as written, but for `mut` on by-value parameters that are cloned: each
+    // attempt changes its own clone, so the parameter itself is never changed, and would
+    // warn `unused_mut` (an error under `#![deny(warnings)]`).
+    let mut out_sig = sig.clone();
     if max_attempts > 1 || hedged || s.fallback.is_some() {
-        for input in &sig.inputs {
+        for (input, out) in sig.inputs.iter().zip(out_sig.inputs.iter_mut()) {
             if let syn::FnArg::Typed(pt) = input {
                 if matches!(&*pt.ty, syn::Type::Reference(_)) {
                     continue;
@@ -89,6 +93,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     }
                     let id = &pi.ident;
                     let mutability = &pi.mutability;
+                    if mutability.is_some()
+                        && let syn::FnArg::Typed(out) = out
+                    {
+                        out.attrs.push(syn::parse_quote!(#[allow(unused_mut)]));
+                    }
                     let span = pt.span();
                     // A parameter under `#[cfg(…)]` exists only where its cfg holds: so does
                     // its clone.
@@ -275,7 +284,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 
     quote! {
         #(#attrs)*
-        #vis #sig {
+        #vis #out_sig {
             #(#inner_attrs)*
             #track
             fn __resilience_locate() -> &'static str {
