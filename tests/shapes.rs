@@ -845,3 +845,23 @@ async fn a_mut_by_value_parameter_is_changed_per_attempt() {
         "each attempt appends to its own clone: {paths:?}"
     );
 }
+
+/// A query builder of the service's own that borrows its arguments, executed in the body with
+/// a temporary argument (`sqlx::query(q).bind(&x.to_string()).execute(&pool)` has this shape).
+struct Query<'a>(&'a str);
+
+impl<'a> Query<'a> {
+    async fn execute(self, pool: &u32) -> Result<usize, Error> {
+        Ok(self.0.len() + *pool as usize)
+    }
+}
+
+#[resilient(timeout = "1s", budget = false, method = GET)]
+async fn borrowed_temporary(n: u32, pool: &u32) -> Result<usize, Error> {
+    Query(&n.to_string()).execute(pool).await
+}
+
+#[tokio::test]
+async fn a_call_borrowing_a_temporary_in_the_body_compiles() {
+    assert_eq!(borrowed_temporary(123, &1).await.unwrap(), 4);
+}

@@ -206,25 +206,24 @@ fn take(e: &mut syn::Expr) -> syn::Expr {
     std::mem::replace(e, syn::Expr::Verbatim(TokenStream::new()))
 }
 
-/// `{ let __resilience_sent = P::Stampable::new(expr); (&&__resilience_sent).method() }`,
+/// `match P::Stampable::new(expr) { __resilience_sent => (&&__resilience_sent).method() }`,
 /// spanned at `span`, with the user's expression moved in as it is: built as syntax, not printed
-/// and parsed again (a body's chains would otherwise be re-parsed once per `.send()`).
+/// and parsed again (a body's chains would otherwise be re-parsed once per `.send()`). A
+/// `match`, not a block with a `let`: the temporaries of `expr` (`&n.to_string()` in a query
+/// builder's chain) then live to the end of the user's statement, as they did unwritten.
 fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str) -> syn::Expr {
     let method = syn::Ident::new(method, span);
-    let mut block: syn::ExprBlock = syn::parse_quote_spanned! {span=>
-        {
-            let __resilience_sent = #p::Stampable::new(());
-            (&&__resilience_sent).#method()
+    let mut held: syn::ExprMatch = syn::parse_quote_spanned! {span=>
+        match #p::Stampable::new(()) {
+            __resilience_sent => (&&__resilience_sent).#method(),
         }
     };
-    if let Some(syn::Stmt::Local(local)) = block.block.stmts.first_mut()
-        && let Some(init) = &mut local.init
-        && let syn::Expr::Call(call) = &mut *init.expr
+    if let syn::Expr::Call(call) = &mut *held.expr
         && let Some(arg) = call.args.first_mut()
     {
         *arg = expr;
     }
-    syn::Expr::Block(block)
+    syn::Expr::Match(held)
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.
@@ -253,7 +252,7 @@ mod tests {
         let (s, n) = rw(quote!({ c.get(u).send().await?.error_for_status()? }));
         assert_eq!(n, 1);
         assert!(
-            s.contains("{let__resilience_sent=P::Stampable::new(c.get(u));(&&__resilience_sent).__resilience_stamp()}.send().await"),
+            s.contains("matchP::Stampable::new(c.get(u)){__resilience_sent=>(&&__resilience_sent).__resilience_stamp(),}.send().await"),
             "{s}"
         );
         let (s, n) = rw(quote!({ c.execute(req).await }));
