@@ -865,3 +865,69 @@ async fn borrowed_temporary(n: u32, pool: &u32) -> Result<usize, Error> {
 async fn a_call_borrowing_a_temporary_in_the_body_compiles() {
     assert_eq!(borrowed_temporary(123, &1).await.unwrap(), 4);
 }
+
+#[resilient(idempotency_key = auto, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_and_order(c: &reqwest::Client, audit: &str, orders: &str) -> Result<u16, Error> {
+    let (a, o) =
+        tokio::try_join!(biased; c.post(audit).body("a").send(), c.post(orders).body("o").send())?;
+    a.error_for_status()?;
+    Ok(o.error_for_status()?.status().as_u16())
+}
+
+/// `try_join!(biased; …)`: the requests inside are stamped (the call's key on both) and the
+/// 503 retried.
+#[tokio::test(start_paused = true)]
+async fn requests_in_a_biased_join_are_stamped() {
+    let audit = FaultServer::start(resilience_fault_server::Script::always(Action::ok())).await;
+    let orders = FaultServer::start(vec![Action::status(503)]).await;
+    let got = audit_and_order(&client(), &audit.url("/a"), &orders.url("/o"))
+        .await
+        .unwrap();
+    assert_eq!(got, 200);
+    let key = orders.requests()[0]
+        .idempotency_key()
+        .expect("keyed")
+        .to_owned();
+    for r in audit.requests().iter().chain(orders.requests().iter()) {
+        assert_eq!(r.idempotency_key(), Some(key.as_str()));
+    }
+}
+
+/// A macro of the service's own that takes statements: the rewrite cannot read it.
+macro_rules! logged {
+    ($($t:tt)*) => {{ $($t)* }};
+}
+
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_in_a_macro_then_order(
+    c: &reqwest::Client,
+    audit: &str,
+    orders: &str,
+) -> Result<u16, Error> {
+    logged! {
+        let placed = c.post(audit).body("audit").send().await?;
+        let _ = placed.status();
+    }
+    Ok(c.post(orders)
+        .body("o")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A POST sent inside a macro the rewrite cannot read goes out unseen and without the key,
+/// beside a keyed order: the attempt is taken to have sent the least safe method unkeyed, so
+/// the order's 503 is not retried (the body would send the audit POST again, unkeyed).
+#[tokio::test(start_paused = true)]
+async fn a_request_in_an_unreadable_macro_is_not_resent() {
+    let audit = FaultServer::start(resilience_fault_server::Script::always(Action::ok())).await;
+    let orders =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(503))).await;
+    let e = audit_in_a_macro_then_order(&client(), &audit.url("/audit"), &orders.url("/o"))
+        .await
+        .unwrap_err();
+    assert_eq!(audit.count(), 1, "the unkeyed POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

@@ -45,7 +45,15 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let ident = &sig.ident;
     // Every request the body sends goes through the attempt's stamping, by type.
     let mut block = (*f.block).clone();
-    crate::stamp::rewrite(&mut block, &p);
+    let found = crate::stamp::rewrite(&mut block, &p);
+    // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
+    // unkeyed: every attempt says it may have sent the least safe method, so none is run again
+    // after it may have reached the server (unless the function is declared `idempotent`).
+    if found.unreadable_sends {
+        block
+            .stmts
+            .insert(0, syn::parse_quote!(#k::declare_sent(#k::Method::Other);));
+    }
     let stmts = &block.stmts;
     let prelude = crate::stamp::prelude(&p);
 

@@ -20,6 +20,10 @@ use syn::visit_mut::{self, VisitMut};
 pub(crate) struct Found {
     /// `.send()` and `.execute(…)` calls routed through the dispatch.
     pub rewritten: usize,
+    /// A macro the rewrite cannot read holds what looks like a request sent (`.send(`,
+    /// `.execute(`): it goes out unstamped and unseen, perhaps beside a keyed request of the
+    /// same attempt, so the attempt is taken to have sent the least safe method.
+    pub unreadable_sends: bool,
 }
 
 pub(crate) fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
@@ -81,11 +85,13 @@ impl VisitMut for Rewriter<'_> {
     }
 
     fn visit_macro_mut(&mut self, mac: &mut syn::Macro) {
-        // Only macros whose input is a comma-separated list of expressions; others are left
-        // alone (their requests still count as unseen at run time, the safe side).
+        // Only macros whose input is a comma-separated list of expressions, after an optional
+        // `biased;` (`tokio::join!(biased; a, b)`), and `select!` arms; in any other, a request
+        // sent goes unseen, and the attempt is taken to have sent the least safe method.
+        let (biased, tokens) = split_biased(&mac.tokens);
         let parsed = syn::parse::Parser::parse2(
             Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
-            mac.tokens.clone(),
+            tokens,
         );
         if let Ok(mut args) = parsed {
             let before = self.found.rewritten;
@@ -93,7 +99,9 @@ impl VisitMut for Rewriter<'_> {
                 self.visit_expr_mut(a);
             }
             if self.found.rewritten > before {
-                mac.tokens = args.to_token_stream();
+                let mut out = biased;
+                out.extend(args.to_token_stream());
+                mac.tokens = out;
             }
             return;
         }
@@ -113,6 +121,10 @@ impl VisitMut for Rewriter<'_> {
             if self.found.rewritten > before {
                 mac.tokens = arms.into_tokens();
             }
+            return;
+        }
+        if sends_in(&mac.tokens) {
+            self.found.unreadable_sends = true;
         }
     }
 
@@ -199,6 +211,41 @@ impl SelectArms {
             })
             .collect()
     }
+}
+
+/// A leading `biased;` (tokio's `join!`, `try_join!` and `select!`), and the tokens after it.
+fn split_biased(tokens: &TokenStream) -> (TokenStream, TokenStream) {
+    let mut it = tokens.clone().into_iter();
+    if let (Some(proc_macro2::TokenTree::Ident(b)), Some(proc_macro2::TokenTree::Punct(semi))) =
+        (it.next(), it.next())
+        && b == "biased"
+        && semi.as_char() == ';'
+    {
+        let head = quote!(#b #semi);
+        return (head, it.collect());
+    }
+    (TokenStream::new(), tokens.clone())
+}
+
+/// Whether `tokens` hold `. send (` or `. execute (`, at any depth: what a request sent inside a
+/// macro looks like.
+fn sends_in(tokens: &TokenStream) -> bool {
+    let trees: Vec<_> = tokens.clone().into_iter().collect();
+    trees.windows(3).any(|w| match w {
+        [
+            proc_macro2::TokenTree::Punct(dot),
+            proc_macro2::TokenTree::Ident(name),
+            proc_macro2::TokenTree::Group(g),
+        ] => {
+            dot.as_char() == '.'
+                && (name == "send" || name == "execute")
+                && g.delimiter() == proc_macro2::Delimiter::Parenthesis
+        }
+        _ => false,
+    }) || trees.iter().any(|t| match t {
+        proc_macro2::TokenTree::Group(g) => sends_in(&g.stream()),
+        _ => false,
+    })
 }
 
 /// Moves an expression out, leaving an empty placeholder that is overwritten at once.
