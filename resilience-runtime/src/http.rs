@@ -60,11 +60,7 @@ impl ResilientRequest {
         let (client, req) = self.inner.build_split();
         let mut req = req?;
         stamp_request(&mut req);
-        let method = crate::policy::method_of(req.method());
-        let in_flight = InFlight(Some(method));
-        let res = client.execute(req).await;
-        in_flight.settle(&res);
-        res
+        execute_recorded(&client, req).await
     }
 
     /// The underlying builder, unstamped.
@@ -407,25 +403,28 @@ impl Prepared {
     }
 
     /// Sends the request, like `reqwest::RequestBuilder::send`.
-    #[allow(clippy::manual_async_fn)]
-    pub fn send(
-        self,
-    ) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static {
-        async move {
-            let req = self.req?;
-            let method = crate::policy::method_of(req.method());
-            // Sent from the attempt that made it: its outcome is recorded there. Elsewhere
-            // (another task), it goes as stamped, and the attempt keeps counting it.
-            let here = self.made_in_attempt && with_attempt(AttemptCtx::polled).is_some();
-            if !here {
-                return self.client.execute(req).await;
-            }
-            let in_flight = InFlight(Some(method));
-            let res = self.client.execute(req).await;
-            in_flight.settle(&res);
-            res
+    pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
+        let req = self.req?;
+        // Sent from the attempt that made it: its outcome is recorded there. Elsewhere
+        // (another task), it goes as stamped, and the attempt keeps counting it.
+        if self.made_in_attempt && with_attempt(AttemptCtx::polled).is_some() {
+            execute_recorded(&self.client, req).await
+        } else {
+            self.client.execute(req).await
         }
     }
+}
+
+/// Sends a stamped request, its outcome recorded for the current attempt (given up on, if the
+/// future is dropped before it).
+async fn execute_recorded(
+    client: &reqwest::Client,
+    req: reqwest::Request,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let in_flight = InFlight(Some(crate::policy::method_of(req.method())));
+    let res = client.execute(req).await;
+    in_flight.settle(&res);
+    res
 }
 
 /// Type dispatch for the code `#[resilient]` generates around `.send()` and `.execute(…)`
