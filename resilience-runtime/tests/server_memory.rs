@@ -505,13 +505,32 @@ async fn problem_docs_type_and_link_the_applications_page() {
     );
 }
 
-/// A memory store whose claim is written at once but answered late (a store slow to reply).
-#[derive(Default)]
-struct SlowToAnswer {
+/// A memory store whose claim command misbehaves the way a remote store's can; the rest is
+/// the memory store's.
+struct Claiming {
     inner: MemoryStore,
+    how: ClaimingHow,
 }
 
-impl IdempotencyStore for SlowToAnswer {
+#[derive(Clone, Copy)]
+enum ClaimingHow {
+    /// The claim is written at once but answered late (a store slow to reply).
+    SlowToAnswer,
+    /// The claim command is sent twice, the first reply lost (what a Redis Cluster client
+    /// does when it retries a command): the second finds the claim the first made.
+    Retried,
+}
+
+impl Claiming {
+    fn new(how: ClaimingHow) -> Claiming {
+        Claiming {
+            inner: MemoryStore::default(),
+            how,
+        }
+    }
+}
+
+impl IdempotencyStore for Claiming {
     fn claim<'a>(
         &'a self,
         key: &'a str,
@@ -519,9 +538,17 @@ impl IdempotencyStore for SlowToAnswer {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move {
-            let claimed = self.inner.claim(key, claim, lease).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            claimed
+            match self.how {
+                ClaimingHow::SlowToAnswer => {
+                    let claimed = self.inner.claim(key, claim, lease).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    claimed
+                }
+                ClaimingHow::Retried => {
+                    let _lost = self.inner.claim(key, claim, lease).await;
+                    self.inner.claim(key, claim, lease).await
+                }
+            }
         })
     }
     fn renew<'a>(
@@ -570,7 +597,9 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
     let app = axum::Router::new()
         .route("/orders", axum::routing::post(orders))
         .with_state(runs.clone())
-        .layer(IdempotencyLayer::new(Arc::new(SlowToAnswer::default())));
+        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(
+            ClaimingHow::SlowToAnswer,
+        ))));
     let key = fresh_key();
     let request = || {
         axum::http::Request::post("/orders")
@@ -588,60 +617,12 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
-/// A memory store whose claim command is sent twice, the first reply lost (what a Redis
-/// Cluster client does when it retries a command): the second finds the claim the first made.
-#[derive(Default)]
-struct RetriedClaim {
-    inner: MemoryStore,
-}
-
-impl IdempotencyStore for RetriedClaim {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        Box::pin(async move {
-            let _lost = self.inner.claim(key, claim, lease).await;
-            self.inner.claim(key, claim, lease).await
-        })
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.complete(key, claim, response, ttl)
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.release(key, claim)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        self.inner.get(key)
-    }
-}
-
 /// The claim found is the request's own (same token): it holds the key and runs the handler,
 /// instead of answering itself 409 "in progress" and leaving a claim nobody holds for the
 /// whole lease.
 #[tokio::test]
 async fn a_claim_found_by_a_retried_command_is_the_requests_own() {
-    let store: Store = Arc::new(RetriedClaim::default());
+    let store: Store = Arc::new(Claiming::new(ClaimingHow::Retried));
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
     let key = fresh_key();
     let first = post(&app.url("/orders"), Some(&key), "x").await;
