@@ -519,6 +519,8 @@ enum ClaimingHow {
     /// The claim command is sent twice, the first reply lost (what a Redis Cluster client
     /// does when it retries a command): the second finds the claim the first made.
     Retried,
+    /// Claims as the memory store does, but renewals are lost: a claim lasts its first lease.
+    NoRenewal,
 }
 
 impl Claiming {
@@ -548,6 +550,7 @@ impl IdempotencyStore for Claiming {
                     let _lost = self.inner.claim(key, claim, lease).await;
                     self.inner.claim(key, claim, lease).await
                 }
+                ClaimingHow::NoRenewal => self.inner.claim(key, claim, lease).await,
             }
         })
     }
@@ -557,7 +560,10 @@ impl IdempotencyStore for Claiming {
         claim: &'a InFlight,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.renew(key, claim, lease)
+        match self.how {
+            ClaimingHow::NoRenewal => Box::pin(async { Ok(true) }),
+            _ => self.inner.renew(key, claim, lease),
+        }
     }
     fn complete<'a>(
         &'a self,
@@ -674,4 +680,65 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
         Some(Record::Completed(r)) => assert_eq!(r.status, 500, "{r:?}"),
         other => panic!("not completed: {other:?}"),
     }
+}
+
+/// A handler that outlives its claim (renewals lost, the lease run out) while a repeat takes
+/// the key and runs it again: the first answer is not kept, and it is counted `claim_lost`,
+/// not `handled`: the one sign that the handler ran twice.
+#[tokio::test(start_paused = true)]
+async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let answered = |outcome: &str| -> f64 {
+        handle
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("resilience_idempotency_requests_total{"))
+            .filter(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (axum::http::StatusCode::CREATED, format!("run {n}"))
+    }
+    let app = axum::Router::new()
+        .route("/slow", axum::routing::post(slow))
+        .with_state(runs.clone())
+        .layer(
+            IdempotencyLayer::new(Arc::new(Claiming::new(ClaimingHow::NoRenewal)))
+                .lease(Duration::from_millis(100)),
+        );
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/slow")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = tokio::spawn(app.clone().call(request()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = app.clone().call(request()).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (201, 201)
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the lease ran out: run twice"
+    );
+    assert_eq!(answered("claim_lost"), 1.0);
+    assert_eq!(answered("handled"), 1.0);
 }

@@ -885,13 +885,20 @@ async fn kept<ResBody>(
             ),
         )
     } else {
-        tally.count(Served::Handled);
-        StoredResponse {
+        let stored = StoredResponse {
             fingerprint: claim.fingerprint,
             status: parts.status,
             headers: storable(&parts.headers),
             body: body.clone(),
-        }
+        };
+        // Counted once the store said whether the claim was still this request's.
+        let outcome = if guard.complete(config, stored).await {
+            Served::Handled
+        } else {
+            Served::ClaimLost
+        };
+        tally.count(outcome);
+        return Response::from_parts(parts, ResponseBody::full(body));
     };
     guard.complete(config, stored).await;
     Response::from_parts(parts, ResponseBody::full(body))
@@ -1179,7 +1186,9 @@ impl ClaimGuard {
 
     /// Stores the response in place of the claim. If the store fails, keeps the response and
     /// the claim, answers repeats from memory, and writes it when the store is back.
-    async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) {
+    /// Stores the answer; `false` when the claim was no longer this request's (another took
+    /// the key), `true` otherwise (stored, or kept until the store is back).
+    async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) -> bool {
         let mut stored = stored;
         let mut done = tokio::time::timeout(
             self.store_timeout,
@@ -1206,6 +1215,7 @@ impl ClaimGuard {
             )
             .await;
         }
+        let ours = !matches!(done, Ok(Ok(false)));
         match done {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
@@ -1235,6 +1245,7 @@ impl ClaimGuard {
         }
         self.stop_renewal();
         self.armed = false;
+        ours
     }
 
     /// Gives the key back, so that a repeat runs the handler again.

@@ -39,12 +39,16 @@ pub(crate) enum Served {
     ResponseNotKept,
     /// The handler ran; its response body failed, a problem was kept in its place.
     ResponseFailed,
+    /// The handler ran and answered, but its claim had expired and another request took the
+    /// key meanwhile (a store that lost the claim, a lease shorter than the handler): its
+    /// answer is not kept, and the handler may have run twice.
+    ClaimLost,
 }
 
 impl Served {
     /// Every outcome, in the order of the enum.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Served; 15] = [
+    pub(crate) const ALL: [Served; 16] = [
         Served::Unprotected,
         Served::KeyMissing,
         Served::KeyInvalid,
@@ -60,6 +64,7 @@ impl Served {
         Served::HandlerTimedOut,
         Served::ResponseNotKept,
         Served::ResponseFailed,
+        Served::ClaimLost,
     ];
 
     /// The `outcome` label's value.
@@ -81,6 +86,7 @@ impl Served {
             Served::HandlerTimedOut => "handler_timed_out",
             Served::ResponseNotKept => "response_not_kept",
             Served::ResponseFailed => "response_failed",
+            Served::ClaimLost => "claim_lost",
         }
     }
 }

@@ -66,7 +66,8 @@
 //!   `key_invalid` (400), `body_too_large` (413), `body_unreadable` (400),
 //!   `store_unavailable` (503), `handler_failed` (a panic), `handler_timed_out`,
 //!   `response_not_kept` (too large to keep), `response_failed` (its body failed after a kept
-//!   status), `unprotected` (no key where it is optional).
+//!   status), `claim_lost` (the handler answered after its claim ran out and another request
+//!   took the key: it may have run twice), `unprotected` (no key where it is optional).
 //!
 //! Gauges are set when a call ends (the bulkhead's also when one starts), a breaker's state
 //! also on each transition, an adaptive limit's when a call takes or gives back a slot and
