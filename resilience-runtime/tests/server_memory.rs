@@ -308,6 +308,32 @@ async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when
     assert_eq!(count(&app.runs.gated), 1, "never run twice");
 }
 
+/// A Prometheus recorder, to be installed for one test's thread.
+#[cfg(feature = "metrics")]
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .build_recorder()
+}
+
+/// The requests the layer answered with `outcome`, summed over routes; `on` narrows to the
+/// samples holding every label fragment given.
+#[cfg(feature = "metrics")]
+fn answered_on(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    outcome: &str,
+    on: &[&str],
+) -> f64 {
+    handle
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("resilience_idempotency_requests_total{"))
+        .filter(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
+        .filter(|l| on.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// With the `metrics` feature, every answer of the layer reaches the service's recorder, and
 /// the responses kept in memory while the store is down are a gauge.
 #[cfg(feature = "metrics")]
@@ -316,9 +342,7 @@ async fn every_answer_is_counted_by_outcome() {
     use server_support::{client, send};
     use std::sync::atomic::Ordering::SeqCst;
 
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_recommended_naming(true)
-        .build_recorder();
+    let recorder = recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let value = |name: &str, labels: &str| {
@@ -328,16 +352,7 @@ async fn every_answer_is_counted_by_outcome() {
             .find(|l| l.starts_with(&format!("{name}{labels} ")))?;
         line.rsplit(' ').next()?.parse::<f64>().ok()
     };
-    // Summed over routes; `on` narrows to the samples holding every label fragment given.
-    let answered_on = |outcome: &str, on: &[&str]| -> f64 {
-        let text = handle.render();
-        text.lines()
-            .filter(|l| l.starts_with("resilience_idempotency_requests_total{"))
-            .filter(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
-            .filter(|l| on.iter().all(|f| l.contains(f)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let answered_on = |outcome: &str, on: &[&str]| answered_on(&handle, outcome, on);
     let answered = |outcome: &str| answered_on(outcome, &[]);
     let pending = || value("resilience_idempotency_pending", "");
 
@@ -520,6 +535,7 @@ enum ClaimingHow {
     /// does when it retries a command): the second finds the claim the first made.
     Retried,
     /// Claims as the memory store does, but renewals are lost: a claim lasts its first lease.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     NoRenewal,
 }
 
@@ -685,26 +701,17 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
 /// A handler that outlives its claim (renewals lost, the lease run out) while a repeat takes
 /// the key and runs it again: the first answer is not kept, and it is counted `claim_lost`,
 /// not `handled`: the one sign that the handler ran twice.
+#[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
     use axum::extract::State;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_service::Service as _;
 
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_recommended_naming(true)
-        .build_recorder();
+    let recorder = recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let answered = |outcome: &str| -> f64 {
-        handle
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("resilience_idempotency_requests_total{"))
-            .filter(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
 
     let runs = Arc::new(AtomicUsize::new(0));
     async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
