@@ -254,3 +254,43 @@ async fn a_parameter_named_error_reaches_the_fallback() {
     );
     assert_eq!(server.count(), 1);
 }
+
+/// The fallback of `tagged`: its parameters under `#[cfg]` as the function's.
+async fn tagged_cached(
+    _c: &reqwest::Client,
+    url: String,
+    #[cfg(any())] trace_id: String,
+    #[cfg(test)] tag: String,
+    #[cfg(unix)] region: &str,
+) -> Result<String, Error> {
+    Ok(format!("cached {url} {tag} {region}"))
+}
+
+/// Parameters under `#[cfg]`: one that never exists, two that do here.
+#[resilient(timeout = "1s", max_attempts = 2, budget = false, fallback = tagged_cached)]
+async fn tagged(
+    c: &reqwest::Client,
+    url: String,
+    #[cfg(any())] trace_id: String,
+    #[cfg(test)] tag: String,
+    #[cfg(unix)] region: &str,
+) -> Result<String, Error> {
+    Ok(c.get(format!("{url}?tag={tag}&region={region}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fallback_gets_the_parameters_that_exist_under_their_cfg() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/price");
+    assert_eq!(
+        tagged(&c, url.clone(), "t".into(), "eu").await.unwrap(),
+        format!("cached {url} t eu")
+    );
+    assert_eq!(server.count(), 2, "both attempts ran first");
+}

@@ -12,6 +12,9 @@ use syn::spanned::Spanned as _;
 use resilience_policy::model::{KeyModel, Settings};
 use resilience_policy::validate::Shared;
 
+/// A `fallback` call is written once per combination of the parameters under `#[cfg]`.
+const MAX_GATED_FALLBACK_ARGS: usize = 4;
+
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
     pub settings: &'a Settings,
@@ -92,7 +95,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     if max_attempts > 1 || hedged || s.fallback.is_some() {
         for (input, out) in sig.inputs.iter().zip(out_sig.inputs.iter_mut()) {
             if let syn::FnArg::Typed(pt) = input {
-                if matches!(&*pt.ty, syn::Type::Reference(_)) {
+                if matches!(
+                    resilience_policy::validate::peel(&pt.ty),
+                    syn::Type::Reference(_)
+                ) {
                     continue;
                 }
                 if let syn::Pat::Ident(pi) = &*pt.pat {
@@ -194,26 +200,78 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             };
         }
         let path: TokenStream = respan(name.value.parse().unwrap_or_default(), span);
-        let args = sig.inputs.iter().map(|input| match input {
-            syn::FnArg::Receiver(r) => {
-                let t = &r.self_token;
-                quote!(#t)
-            }
-            syn::FnArg::Typed(pt) => match &*pt.pat {
-                syn::Pat::Ident(pi) => {
-                    let id = &pi.ident;
-                    quote!(#id)
+        // Each argument, with the `cfg` predicates of its parameter (none for most).
+        let args: Vec<(TokenStream, Vec<TokenStream>)> = sig
+            .inputs
+            .iter()
+            .map(|input| match input {
+                syn::FnArg::Receiver(r) => {
+                    let t = &r.self_token;
+                    (quote!(#t), Vec::new())
                 }
-                other => quote!(#other),
-            },
-        });
+                syn::FnArg::Typed(pt) => {
+                    let arg = match &*pt.pat {
+                        syn::Pat::Ident(pi) => {
+                            let id = &pi.ident;
+                            quote!(#id)
+                        }
+                        other => quote!(#other),
+                    };
+                    let cfgs = pt
+                        .attrs
+                        .iter()
+                        .filter(|a| a.path().is_ident("cfg"))
+                        .filter_map(|a| a.meta.require_list().ok())
+                        .map(|l| l.tokens.clone())
+                        .collect();
+                    (arg, cfgs)
+                }
+            })
+            .collect();
         let ret = match &sig.output {
             syn::ReturnType::Type(_, ty) => quote!(#ty),
             syn::ReturnType::Default => quote!(()),
         };
+        // An argument list cannot hold `#[cfg]`: one call per combination of the gated
+        // parameters, each under the cfg that says which of them exist (one call, ungated,
+        // when none is).
+        let gated: Vec<usize> = (0..args.len())
+            .filter(|&i| !args[i].1.is_empty())
+            .collect();
+        if gated.len() > MAX_GATED_FALLBACK_ARGS {
+            return quote_spanned! {span=>
+                ::core::compile_error!("`fallback` with more than 4 parameters under `#[cfg]`: the call is written once for each combination of them; gather the gated ones in one struct")
+            };
+        }
+        let calls = (0..1usize << gated.len()).map(|combo| {
+            let present = |i: usize| {
+                gated
+                    .iter()
+                    .position(|&g| g == i)
+                    .is_none_or(|bit| combo & (1 << bit) != 0)
+            };
+            let passed = (0..args.len()).filter(|&i| present(i)).map(|i| &args[i].0);
+            let conditions = gated.iter().map(|&i| {
+                let preds = &args[i].1;
+                if present(i) {
+                    quote!(all(#(#preds),*))
+                } else {
+                    quote!(not(all(#(#preds),*)))
+                }
+            });
+            let cfg = if gated.is_empty() {
+                quote!()
+            } else {
+                quote!(#[cfg(all(#(#conditions),*))])
+            };
+            quote_spanned! {span=>
+                #cfg
+                let __resilience_fallback: #ret = #path(#(#passed),*).await;
+            }
+        });
         quote_spanned! {span=>
             {
-                let __resilience_fallback: #ret = #path(#(#args),*).await;
+                #(#calls)*
                 __resilience_fallback
             }
         }

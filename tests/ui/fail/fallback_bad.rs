@@ -23,4 +23,28 @@ async fn c(c: &reqwest::Client) -> Result<u16, Error> {
     Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
 }
 
+async fn five(
+    _c: &reqwest::Client,
+    #[cfg(any())] _a: u8,
+    #[cfg(any())] _b: u8,
+    #[cfg(any())] _c2: u8,
+    #[cfg(any())] _d: u8,
+    #[cfg(any())] _e: u8,
+) -> Result<u16, Error> {
+    Ok(0)
+}
+
+// Five parameters under `#[cfg]`: 32 calls to write.
+#[resilient(fallback = five)]
+async fn f(
+    c: &reqwest::Client,
+    #[cfg(any())] _a: u8,
+    #[cfg(any())] _b: u8,
+    #[cfg(any())] _c2: u8,
+    #[cfg(any())] _d: u8,
+    #[cfg(any())] _e: u8,
+) -> Result<u16, Error> {
+    Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+}
+
 fn main() {}
