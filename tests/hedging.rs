@@ -327,3 +327,42 @@ async fn the_decision_after_a_hedged_round_weighs_every_attempt_of_it() {
     assert_eq!(lookup.count(), 1, "{e}");
     assert_eq!(e.attempts(), 2, "the first attempt and its hedge: {e}");
 }
+
+struct Catalog {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Catalog {
+    /// The receiver's type written out (a service shared in an `Arc`): a shared reference,
+    /// which two attempts may both hold.
+    #[resilient(
+        timeout = "2s",
+        deadline = "5s",
+        max_attempts = 1,
+        hedge(delay = "100ms")
+    )]
+    async fn item(self: &std::sync::Arc<Self>, id: u32) -> Result<u16, Error> {
+        Ok(self
+            .http
+            .get(format!("{}/{id}", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_method_taking_self_as_a_typed_shared_reference_is_hedged() {
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let catalog = std::sync::Arc::new(Catalog {
+        http: reqwest::Client::new(),
+        base: server.url("/item"),
+    });
+    let t = Instant::now();
+    assert_eq!(catalog.item(7).await.unwrap(), 200);
+    assert_eq!(t.elapsed(), Duration::from_millis(100));
+    assert_eq!(server.count(), 2, "the stalled request and its hedge");
+}

@@ -931,3 +931,28 @@ async fn a_request_in_an_unreadable_macro_is_not_resent() {
     assert_eq!(audit.count(), 1, "the unkeyed POST went out once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// A service's own macro writing its client functions: the return and parameter types arrive
+/// as `$t:ty` fragments (an invisible group around each type).
+macro_rules! client_fn {
+    ($name:ident, $url:ty, $ret:ty) => {
+        #[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+        async fn $name(c: &reqwest::Client, url: $url) -> $ret {
+            Ok(c.get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?)
+        }
+    };
+}
+
+client_fn!(by_macro, &str, Result<String, Error>);
+
+#[tokio::test(start_paused = true)]
+async fn a_function_written_by_a_macro_rules_macro_is_retried() {
+    let server = flaky().await;
+    assert_eq!(by_macro(&client(), &server.url("/m")).await.unwrap(), "ok");
+    retried_and_stamped(&server);
+}

@@ -1006,6 +1006,27 @@ fn unsafe_retry(
     diags.push(span, msg);
 }
 
+/// A type as written, without the invisible group a `macro_rules!` fragment (`$t:ty`) arrives
+/// in, or parentheses.
+pub fn peel(ty: &syn::Type) -> &syn::Type {
+    match ty {
+        syn::Type::Group(g) => peel(&g.elem),
+        syn::Type::Paren(p) => peel(&p.elem),
+        other => other,
+    }
+}
+
+/// `&self`, or `self: &Self` (any shared reference): what two hedged attempts may both hold.
+fn shared_self(kind: &syn::ReceiverKind) -> bool {
+    match kind {
+        syn::ReceiverKind::Reference(_, _, mutability) => mutability.is_none(),
+        syn::ReceiverKind::Typed(_, ty) => {
+            matches!(peel(ty), syn::Type::Reference(r) if r.mutability.is_none())
+        }
+        _ => false,
+    }
+}
+
 /// The function itself: async, returns a Result, parameters usable on a retry.
 pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     if f.sig.asyncness.is_none() {
@@ -1031,7 +1052,7 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
         syn::ReturnType::Type(_, ty) => {
             // Any path may name a Result (`io::Result<T>`, `type R<T> = Result<T, Error>`): the
             // expansion checks it with the compiler. Only what clearly is not one is refused.
-            let not_a_result = match &**ty {
+            let not_a_result = match peel(ty) {
                 syn::Type::Path(p) => p.qself.is_none()
                     && p.path.segments.last().is_some_and(|seg| {
                         matches!(
@@ -1041,6 +1062,8 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
                                 | "i128" | "isize" | "f32" | "f64"
                         )
                     }),
+                // A macro may expand to a Result: the compiler checks it.
+                syn::Type::Macro(_) => false,
                 _ => true,
             };
             if not_a_result {
@@ -1048,52 +1071,54 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             }
         }
     }
-    if s.max_attempts.value > 1 {
-        for input in &f.sig.inputs {
-            match input {
-                syn::FnArg::Receiver(r) if matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
+    let retried = s.max_attempts.value > 1;
+    let hedged = s.hedge.value.is_some();
+    for input in &f.sig.inputs {
+        match input {
+            syn::FnArg::Receiver(r) if retried && matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
+                r.self_token.span,
+                "a retried method cannot take `self` by value: each attempt needs it again\nhelp: take `&self`, or set max_attempts = 1",
+            ),
+            syn::FnArg::Receiver(r)
+                if retried
+                    && matches!(&r.kind, syn::ReceiverKind::Typed(_, ty) if !matches!(peel(ty), syn::Type::Reference(_))) =>
+            {
+                let ty = match &r.kind {
+                    syn::ReceiverKind::Typed(_, ty) => ty.to_token_stream().to_string().replace(' ', ""),
+                    _ => String::new(),
+                };
+                diags.push(
                     r.self_token.span,
-                    "a retried method cannot take `self` by value: each attempt needs it again\nhelp: take `&self`, or set max_attempts = 1",
-                ),
-                syn::FnArg::Receiver(r)
-                    if matches!(&r.kind, syn::ReceiverKind::Typed(_, ty) if !matches!(&**ty, syn::Type::Reference(_))) =>
-                {
-                    let ty = match &r.kind {
-                        syn::ReceiverKind::Typed(_, ty) => ty.to_token_stream().to_string().replace(' ', ""),
-                        _ => String::new(),
-                    };
-                    diags.push(
-                        r.self_token.span,
-                        format!(
-                            "a retried method cannot take `self: {ty}` by value: each attempt runs the body again and needs \
-                             `self` again, which the body may move\n\
-                             help: take `self: &{ty}` or `&self`, or set max_attempts = 1"
-                        ),
-                    )
-                }
-                syn::FnArg::Typed(pt)
-                    if !matches!(&*pt.pat, syn::Pat::Ident(_) | syn::Pat::Wild(_))
-                        && !matches!(&*pt.ty, syn::Type::Reference(_)) =>
-                {
-                    diags.push(
-                        pt.pat.span(),
-                        "a retried function needs a plain name for a by-value parameter, to clone it for each attempt\n\
-                         help: bind it to a name and destructure it in the body",
-                    );
-                }
-                _ => {}
+                    format!(
+                        "a retried method cannot take `self: {ty}` by value: each attempt runs the body again and needs \
+                         `self` again, which the body may move\n\
+                         help: take `self: &{ty}` or `&self`, or set max_attempts = 1"
+                    ),
+                )
             }
+            // Each attempt and hedge gets its own clone of a by-value parameter, by its name.
+            // (A fallback's arguments are checked with the fallback.)
+            syn::FnArg::Typed(pt)
+                if (retried || hedged)
+                    && !matches!(&*pt.pat, syn::Pat::Ident(_) | syn::Pat::Wild(_))
+                    && !matches!(peel(&pt.ty), syn::Type::Reference(_)) =>
+            {
+                diags.push(
+                    pt.pat.span(),
+                    "a retried or hedged function needs a plain name for a by-value parameter, to clone it for each attempt\n\
+                     help: bind it to a name and destructure it in the body",
+                );
+            }
+            _ => {}
         }
     }
     if s.hedge.value.is_some() {
         for input in &f.sig.inputs {
             let span = match input {
-                syn::FnArg::Receiver(r)
-                    if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) =>
-                {
+                syn::FnArg::Receiver(r) if !shared_self(&r.kind) => {
                     Some((r.self_token.span, "`self`".to_owned()))
                 }
-                syn::FnArg::Typed(pt) => match &*pt.ty {
+                syn::FnArg::Typed(pt) => match peel(&pt.ty) {
                     syn::Type::Reference(r) if r.mutability.is_some() => {
                         Some((pt.pat.span(), format!("`{}`", pt.pat.to_token_stream())))
                     }

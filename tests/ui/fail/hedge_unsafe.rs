@@ -37,6 +37,19 @@ impl Counter {
         self.n += 1;
         Ok(self.c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
     }
+
+    // The same with the receiver's type written out.
+    #[resilient(max_attempts = 1, hedge(delay = "50ms"))]
+    async fn bump_typed(self: &mut Self) -> Result<u16, Error> {
+        self.n += 1;
+        Ok(self.c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+    }
+}
+
+// One attempt, but each hedge needs its own clone of a by-value parameter.
+#[resilient(max_attempts = 1, hedge(delay = "50ms"))]
+async fn split(c: &reqwest::Client, (host, path): (String, String)) -> Result<u16, Error> {
+    Ok(c.get(format!("http://{host}/{path}")).send().await?.status().as_u16())
 }
 
 fn main() {}
