@@ -95,6 +95,41 @@ async fn a_deadline_set_at_a_binds_the_calls_of_c() {
     assert!(took <= Duration::from_millis(300), "B's call took {took:?}");
 }
 
+/// The request ids services use (a UUID, a gateway's prefixed id, the `Request-Id` header)
+/// reach C as they came, on every attempt of B's call (a 503, then its retry), and name B's
+/// call in what `current_attempt()` reports.
+#[tokio::test(start_paused = true)]
+async fn the_callers_request_id_reaches_c_as_it_came() {
+    let c_server = FaultServer::start(Script::sequence([Action::status(503), Action::ok()])).await;
+    let (b, _) = start_b(c_server.url("/c")).await;
+    let http = reqwest::Client::new();
+    let uuid = "550e8400-e29b-41d4-a716-446655440000";
+    for (header, id) in [
+        ("x-request-id", uuid),
+        ("x-request-id", "req-7f3a:edge-2"),
+        (
+            "request-id",
+            "|4bf92f3577b34da6a3ce929d0e0e4736.00f067aa0ba902b7.",
+        ),
+    ] {
+        c_server.clear();
+        let resp = http.get(&b).header(header, id).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{header}: {id}");
+        let seen = c_server.requests();
+        assert_eq!(seen.len(), 2, "the 503 and its retry");
+        for r in &seen {
+            assert_eq!(r.header("x-request-id"), Some(id), "{header}");
+        }
+    }
+    // Without one, B's call draws its own: 32 hex digits, the same on both attempts.
+    c_server.clear(); // the script from its start: a 503, then 200
+    http.get(&b).send().await.unwrap();
+    let seen = c_server.requests();
+    let drawn = seen[0].header("x-request-id").unwrap();
+    assert_eq!(drawn.len(), 32);
+    assert_eq!(seen[1].header("x-request-id"), Some(drawn));
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_headers_are_ignored_or_clamped() {
     let c_server = FaultServer::start(Script::always(Action::ok())).await;
@@ -198,10 +233,7 @@ async fn the_context_reaches_a_handler_behind_the_idempotency_layer() {
     assert_eq!(seen.len(), 1);
     let tp = seen[0].header("traceparent").unwrap();
     assert_eq!(&tp[3..35], "0af7651916cd43dd8448eb211c80319c", "{tp}");
-    assert_eq!(
-        seen[0].header("x-request-id"),
-        Some("00000000000000000000000000005eed")
-    );
+    assert_eq!(seen[0].header("x-request-id"), Some("5eed"), "as it came");
     // Not the caller's 2 s: a claimed handler runs on for the retry; B's own 10 s timeout.
     let left: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
     assert!(left > 9000 && left <= 10_000, "C was told {left} ms");

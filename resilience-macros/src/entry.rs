@@ -86,6 +86,29 @@ mod boundaries {
             .contains("compile_error")
     }
 
+    /// What the macro says of `args` on the plain function of [`accepted`].
+    fn said(args: proc_macro2::TokenStream) -> String {
+        let item = quote! {
+            async fn f(c: &reqwest::Client) -> Result<u16, Error> {
+                Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+            }
+        };
+        super::resilient(args, item).to_string()
+    }
+
+    #[test]
+    fn a_quoted_status_in_retry_on_is_told_to_lose_its_quotes() {
+        let out = said(quote!(retry_on = [connect, "503"]));
+        assert!(
+            out.contains(
+                "unknown failure class `503`; a status is a number: write 503, without quotes"
+            ),
+            "{out}"
+        );
+        let out = said(quote!(retry_on = [conect]));
+        assert!(out.contains("did you mean `connect`?"), "{out}");
+    }
+
     fn lit_f(x: f64) -> proc_macro2::Literal {
         proc_macro2::Literal::f64_unsuffixed(x)
     }

@@ -497,9 +497,13 @@ impl Settings {
                                 None
                             }
                             other => {
-                                let hint = did_you_mean(other, &["connect", "reset", "timeout"])
-                                    .map(|s| format!("; did you mean `{s}`?"))
-                                    .unwrap_or_default();
+                                let hint = if let Ok(n) = other.parse::<u16>() {
+                                    format!("; a status is a number: write {n}, without quotes")
+                                } else {
+                                    did_you_mean(other, &["connect", "reset", "timeout"])
+                                        .map(|s| format!("; did you mean `{s}`?"))
+                                        .unwrap_or_default()
+                                };
                                 err(
                                     diags,
                                     it,

@@ -148,14 +148,17 @@ impl Key {
 }
 
 /// What an inbound request, or an enclosing call, hands down: the time left, and the trace.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Inbound {
     /// When the caller stops waiting.
     pub(crate) deadline: Option<Instant>,
     /// The caller's trace: (trace id, its span id, trace flags).
     pub(crate) trace: Option<(u128, u64, u8)>,
-    /// The caller's request id, when it is one of ours (32 hex digits).
+    /// The caller's request id, when it is in the form the library draws (32 lower-case hex
+    /// digits).
     pub(crate) request_id: Option<u128>,
+    /// The caller's request id in any other form (a UUID, `req-42`), sent on as it came.
+    pub(crate) request_id_text: Option<HeaderValue>,
 }
 
 impl Inbound {
@@ -164,6 +167,7 @@ impl Inbound {
         deadline: None,
         trace: None,
         request_id: None,
+        request_id_text: None,
     };
 
     /// The calls made under this context finish by `deadline`.
@@ -190,11 +194,34 @@ impl Inbound {
         self
     }
 
-    /// The calls made under this context send this `X-Request-Id` (ignored unless it is 1 to 32
-    /// hex digits, the form the library sends).
+    /// The calls made under this context send this `X-Request-Id`, as it is: any form (a
+    /// UUID, `req-42`, the library's 32 hex digits) of 1 to 128 visible ASCII characters
+    /// (ignored otherwise, and the calls draw their own).
     pub fn request_id(mut self, value: &str) -> Inbound {
-        if !value.is_empty() && value.len() <= 32 {
-            self.request_id = u128::from_str_radix(value, 16).ok().filter(|v| *v != 0);
+        let value = value.trim();
+        if value.is_empty()
+            || value.len() > MAX_REQUEST_ID_LEN
+            || !value.bytes().all(|b| b.is_ascii_graphic())
+        {
+            tracing::debug!(
+                value,
+                "inbound request id ignored: not 1 to 128 visible ASCII characters"
+            );
+            return self;
+        }
+        let ours = value.len() == 32
+            && value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        match u128::from_str_radix(value, 16) {
+            Ok(n) if ours && n != 0 => {
+                self.request_id = Some(n);
+                self.request_id_text = None;
+            }
+            _ => {
+                self.request_id = None;
+                self.request_id_text = HeaderValue::from_str(value).ok();
+            }
         }
         self
     }
@@ -204,6 +231,9 @@ impl Inbound {
         self.deadline
     }
 }
+
+/// The longest request id handed down that calls send on.
+const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Runs `fut` with `inbound` as the context of every `#[resilient]` call made inside it: the
 /// calls plan within its deadline and join its trace. What [`ContextLayer`] does per request,
@@ -245,7 +275,7 @@ pub(crate) fn inbound_in_use() {
 #[inline]
 pub(crate) fn inbound() -> Inbound {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
-        INBOUND.try_with(|i| *i).unwrap_or_default()
+        INBOUND.try_with(Inbound::clone).unwrap_or_default()
     } else {
         Inbound::NONE
     }
@@ -258,6 +288,8 @@ pub(crate) struct AttemptCtx {
     // The call's request and trace ids and the attempt's span id: 0 until first asked for
     // (see `request_id()`), so a call that never sends, logs or nests draws none of them.
     request_id: Cell<u128>,
+    /// The caller's request id, when it is not in the form the library draws: sent instead.
+    pub request_id_text: Option<HeaderValue>,
     trace_id: Cell<u128>,
     span_id: Cell<u64>,
     pub trace_flags: u8,
@@ -308,12 +340,13 @@ fn drawn<T: Copy + PartialEq + Default>(cell: &Cell<T>, draw: impl FnOnce() -> T
 }
 
 /// What a call takes from the attempt it runs inside.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Outer {
     pub until: Instant,
     pub trace_id: u128,
     pub trace_flags: u8,
     pub request_id: u128,
+    pub request_id_text: Option<HeaderValue>,
     pub depth: u8,
 }
 
@@ -322,6 +355,7 @@ impl AttemptCtx {
     /// `until`, nothing recorded.
     pub(crate) fn new(
         request_id: u128,
+        request_id_text: Option<HeaderValue>,
         trace_id: u128,
         trace_flags: u8,
         key: Option<Key>,
@@ -331,6 +365,7 @@ impl AttemptCtx {
         AttemptCtx {
             attempt: 0,
             request_id: Cell::new(request_id),
+            request_id_text,
             trace_id: Cell::new(trace_id),
             span_id: Cell::new(0),
             trace_flags,
@@ -354,6 +389,14 @@ impl AttemptCtx {
     /// call's), or drawn the first time it is asked for. Never zero.
     pub(crate) fn request_id(&self) -> u128 {
         drawn(&self.request_id, || fastrand::u128(..).max(1))
+    }
+
+    /// The call's request id as sent and logged: the caller's as it came, or 32 hex digits.
+    pub(crate) fn request_id_shown(&self) -> RequestId<'_> {
+        match &self.request_id_text {
+            Some(v) => RequestId::Text(v),
+            None => RequestId::Drawn(self.request_id()),
+        }
     }
 
     /// The call's trace id, the same on every attempt: the caller's, or drawn the first time
@@ -428,6 +471,7 @@ impl AttemptCtx {
             trace_id: self.trace_id(),
             trace_flags: self.trace_flags,
             request_id: self.request_id(),
+            request_id_text: self.request_id_text.clone(),
             depth: self.depth,
         }
     }
@@ -455,7 +499,7 @@ pub struct AttemptInfo {
 pub fn current_attempt() -> Option<AttemptInfo> {
     with_attempt(|c| AttemptInfo {
         attempt: c.attempt,
-        request_id: RequestId(c.request_id()).to_string(),
+        request_id: c.request_id_shown().to_string(),
         idempotency_key: c
             .key
             .as_ref()
@@ -467,12 +511,20 @@ pub fn current_attempt() -> Option<AttemptInfo> {
     })
 }
 
-/// A call's request id as it appears in `X-Request-Id` and in the call's span: 32 hex digits.
-pub(crate) struct RequestId(pub u128);
+/// A call's request id as it appears in `X-Request-Id` and in the call's span: 32 hex digits,
+/// or the caller's own as it came.
+pub(crate) enum RequestId<'a> {
+    Drawn(u128),
+    Text(&'a HeaderValue),
+}
 
-impl std::fmt::Display for RequestId {
+impl std::fmt::Display for RequestId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(hex32(self.0).as_str())
+        match self {
+            RequestId::Drawn(n) => f.write_str(hex32(*n).as_str()),
+            // Checked visible ASCII when it was handed down.
+            RequestId::Text(v) => f.write_str(v.to_str().unwrap_or_default()),
+        }
     }
 }
 
@@ -561,7 +613,10 @@ mod tests {
             parse_traceparent(tp.as_str()),
             Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1))
         );
-        assert_eq!(RequestId(0xabc).to_string(), format!("{:032x}", 0xabc));
+        assert_eq!(
+            RequestId::Drawn(0xabc).to_string(),
+            format!("{:032x}", 0xabc)
+        );
     }
 
     #[test]

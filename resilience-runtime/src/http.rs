@@ -190,8 +190,15 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     };
     // A request id or trace context the caller propagates itself (say, from the request it is
     // serving) wins over the generated ones.
-    let request_id = (!headers.contains_key(&X_REQUEST_ID))
-        .then(|| buf.push(hex32(ctx.request_id()).as_str().as_bytes()));
+    // The caller's own id, in a form other than ours, goes on as it came (its own value).
+    let request_id = match &ctx.request_id_text {
+        _ if headers.contains_key(&X_REQUEST_ID) => None,
+        Some(v) => {
+            headers.insert(X_REQUEST_ID, v.clone());
+            None
+        }
+        None => Some(buf.push(hex32(ctx.request_id()).as_str().as_bytes())),
+    };
     let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
         buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
     });

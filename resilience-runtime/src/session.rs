@@ -34,7 +34,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{AttemptCtx, Key, Outer, RequestId, with_attempt};
+use crate::context::{AttemptCtx, Key, Outer, with_attempt};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -121,7 +121,7 @@ fn open(
         policy = shared.policy,
         method = policy.method.as_str(),
         // Evaluated only when the span is enabled: the request id is drawn then, not before.
-        request_id = tracing::field::display(RequestId(ctx.request_id())),
+        request_id = tracing::field::display(ctx.request_id_shown()),
         depth = ctx.depth,
     )
 }
@@ -371,7 +371,8 @@ impl Session {
             Some(o.outer())
         })
         .flatten();
-        let (trace_id, trace_flags, request_id, depth) = match outer {
+        let nested = outer.is_some();
+        let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
                     deadline = o.until;
@@ -381,6 +382,7 @@ impl Session {
                     o.trace_id,
                     o.trace_flags,
                     o.request_id,
+                    o.request_id_text,
                     o.depth.saturating_add(1),
                 )
             }
@@ -397,7 +399,13 @@ impl Session {
                     Some((t, _, f)) => (t, f),
                     None => (0, 1),
                 };
-                (trace, flags, inbound.request_id.unwrap_or(0), 0)
+                (
+                    trace,
+                    flags,
+                    inbound.request_id.unwrap_or(0),
+                    inbound.request_id_text,
+                    0,
+                )
             }
         };
         // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
@@ -418,7 +426,15 @@ impl Session {
                     None => false,
                 },
             };
-        let ctx = AttemptCtx::new(request_id, trace_id, trace_flags, key, deadline, depth);
+        let ctx = AttemptCtx::new(
+            request_id,
+            request_id_text,
+            trace_id,
+            trace_flags,
+            key,
+            deadline,
+            depth,
+        );
         let span = if admitted {
             open(shared, policy, started, &ctx)
         } else {
@@ -432,7 +448,7 @@ impl Session {
             left_at_start: left,
             attempts: 0,
             ctx,
-            nested: outer.is_some(),
+            nested,
             admitted,
             waited: Duration::ZERO,
             asks: 0,
@@ -656,6 +672,7 @@ impl Session {
         let c = &self.ctx;
         let mut ctx = AttemptCtx::new(
             c.request_id(),
+            c.request_id_text.clone(),
             c.trace_id(),
             c.trace_flags,
             c.key.clone(),

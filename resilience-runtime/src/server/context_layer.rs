@@ -14,6 +14,9 @@ use tower_service::Service;
 use crate::context::{INBOUND, Inbound};
 use crate::http::{TRACEPARENT, X_REQUEST_ID, X_TIMEOUT_MS};
 
+/// The unprefixed request id header some gateways send instead of `X-Request-Id`.
+const REQUEST_ID: &str = "request-id";
+
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// Makes the `#[resilient]` calls a handler makes plan within the time its caller still waits,
@@ -27,7 +30,8 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 ///   malformed or negative one is ignored. Both are logged at debug level, never an error to
 ///   the client and never a panic.
 /// - `traceparent` (W3C, version 00): the calls join that trace and keep its sampled flag.
-/// - `X-Request-Id`, when it is 1 to 32 hex digits: the calls send it on.
+/// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
+///   UUID, a gateway's `req-…`): the calls send it on as it came.
 ///
 /// Behind an [`IdempotencyLayer`](super::IdempotencyLayer), on either side of it, the handler
 /// of a keyed request it claimed runs on past its caller's attempt so that the retry gets its
@@ -155,7 +159,12 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
     if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
         inbound = inbound.traceparent(tp);
     }
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+    // `X-Request-Id`, or the unprefixed `Request-Id` some gateways send.
+    if let Some(id) = headers
+        .get(&X_REQUEST_ID)
+        .or_else(|| headers.get(REQUEST_ID))
+        .and_then(|v| v.to_str().ok())
+    {
         inbound = inbound.request_id(id);
     }
     inbound
@@ -302,5 +311,37 @@ mod tests {
             Instant::now(),
         );
         assert_eq!((i.trace, i.request_id), (None, None));
+        assert_eq!(i.request_id_text.unwrap(), "not-hex", "kept as it came");
+    }
+
+    #[test]
+    fn request_ids_in_other_forms_are_kept_as_they_came() {
+        let id = |pairs: &[(&'static str, &'static [u8])]| {
+            let i = inbound_of(&headers(pairs), Duration::from_secs(1), Instant::now());
+            (i.request_id, i.request_id_text)
+        };
+        let uuid = "550e8400-e29b-41d4-a716-446655440000";
+        assert_eq!(id(&[("x-request-id", uuid.as_bytes())]).1.unwrap(), uuid);
+        // Short hex is not the library's form: sent as it came, not padded.
+        assert_eq!(id(&[("x-request-id", b"5eed")]).1.unwrap(), "5eed");
+        // Upper-case hex likewise (the library would send it lower-cased).
+        let upper = "0AF7651916CD43DD8448EB211C80319C";
+        assert_eq!(
+            id(&[("x-request-id", upper.as_bytes())]),
+            (None, Some(HeaderValue::from_static(upper)))
+        );
+        // `Request-Id` when there is no `X-Request-Id`; `X-Request-Id` when both.
+        assert_eq!(id(&[("request-id", b"req-42")]).1.unwrap(), "req-42");
+        assert_eq!(
+            id(&[("request-id", b"req-42"), ("x-request-id", b"req-43")])
+                .1
+                .unwrap(),
+            "req-43"
+        );
+        // Not sent on: empty, inner spaces, longer than 128 characters.
+        assert_eq!(id(&[("x-request-id", b"")]), (None, None));
+        assert_eq!(id(&[("x-request-id", b"a b")]), (None, None));
+        assert_eq!(id(&[("x-request-id", &[b'a'; 129])]), (None, None));
+        assert!(id(&[("x-request-id", &[b'a'; 128])]).1.is_some());
     }
 }

@@ -742,10 +742,13 @@ fn carry_context<F: Future + Send>(
     until: Option<Instant>,
 ) -> impl Future<Output = F::Output> + Send {
     use tracing::Instrument as _;
-    let inbound = crate::context::INBOUND.try_with(|i| *i).ok().map(|mut i| {
-        i.deadline = until;
-        i
-    });
+    let inbound = crate::context::INBOUND
+        .try_with(crate::Inbound::clone)
+        .ok()
+        .map(|mut i| {
+            i.deadline = until;
+            i
+        });
     let job = job.instrument(tracing::Span::current());
     #[cfg(feature = "opentelemetry")]
     let job = opentelemetry::context::FutureExt::with_current_context(job);
