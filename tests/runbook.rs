@@ -175,6 +175,11 @@ async fn bad_files_are_refused_with_their_place() {
             "[functions.\"runbook::lookup\"]\nconcurrency_limit = { latency = \"1s\" }\n",
             "incident.toml:2:1: `concurrency_limit` cannot change at run time",
         ),
+        // Absurd values together: refused, and the refusal's own arithmetic does not overflow.
+        (
+            "[functions.\"runbook::lookup\"]\ntimeout = \"2000000h\"\nmax_attempts = 99999999999\n",
+            "incident.toml:3:16: runbook::lookup (GET): max_attempts = 4294967295 is outside 1..=10",
+        ),
     ];
     for (file, want) in cases {
         let e = overrides::apply_str(file, "incident.toml").unwrap_err();

@@ -458,7 +458,7 @@ pub mod rules {
         ))
         .help(format!(
             "make the deadline at least the timeout, e.g. deadline = \"{}\"",
-            fmt_duration(timeout * max_attempts.max(1))
+            fmt_duration(timeout.saturating_mul(max_attempts.max(1)))
         )))
     }
 
