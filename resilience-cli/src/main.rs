@@ -425,12 +425,16 @@ fn worst_case(f: &Function) -> Duration {
     let s = &f.analysis.settings;
     let n = s.max_attempts.value;
     let b = &s.backoff;
-    let mut total = s.timeout.value * n;
+    let mut total = s.timeout.value.saturating_mul(n);
     let mut delay = b.initial.value;
     for _ in 1..n {
-        total += delay.min(b.max.value);
-        if b.kind.value == BackoffKind::Exponential {
-            delay = delay.mul_f64(f64::from(b.multiplier_milli.value) / 1000.0);
+        total = total.saturating_add(delay.min(b.max.value));
+        // Once the delay reaches `max` it stays there (and growing it further could overflow).
+        if b.kind.value == BackoffKind::Exponential && delay < b.max.value {
+            let grown = delay.as_secs_f64() * f64::from(b.multiplier_milli.value) / 1000.0;
+            delay = Duration::try_from_secs_f64(grown)
+                .unwrap_or(b.max.value)
+                .min(b.max.value);
         }
     }
     total.min(s.deadline.value)
@@ -454,7 +458,7 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         let through = if retries(callee) && !f.handled.contains(&callee.name) {
             inner
         } else {
-            own * inner
+            own.saturating_mul(inner)
         };
         worst = worst.max(through);
     }

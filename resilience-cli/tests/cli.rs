@@ -306,6 +306,36 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::handled"), 9);
 }
 
+/// A steep backoff the rule book accepts: the worst case is computed without overflow (the
+/// delay stops growing at `max`) and bounded by the deadline.
+#[test]
+fn a_steep_backoff_is_listed_not_overflowed() {
+    let dir = crate_with(
+        "steep_backoff",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    deadline = "2m",
+    max_attempts = 10,
+    backoff(kind = "exponential", multiplier = 100, initial = "20s", max = "30s")
+)]
+pub async fn steep(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://x/").send().await?.text().await?)
+}
+"#,
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 10 × 1 s + 20 s + 8 × 30 s = 270 s, past the 2-minute deadline.
+    assert_eq!(v[0]["worst_case_ms"], 120_000, "{v}");
+}
+
 /// Methods whose impl has a lifetime, a generic type, a trait, and a trait's default method:
 /// the names `list` gives them must be the names the runtime knows them by, or an override
 /// written from the list applies to nothing.
