@@ -576,3 +576,53 @@ async fn asks_for_the_replay_are_not_paid_from_the_budget() {
     assert_eq!(e.kind(), ErrorKind::BudgetExhausted, "{e}");
     assert_eq!(failing.count(), 1);
 }
+
+/// One attempt, keyed: its own failures are not retried, but a 409 "still in progress" (the
+/// caller of a job queue calling again while the first call's handler runs) is asked again
+/// for the replay, as with any `max_attempts`.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto
+)]
+async fn settle_once(http: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_attempt_still_asks_for_the_replay_of_a_request_in_progress() {
+    let server = FaultServer::start(Script::sequence([
+        Action::status(409).retry_after(1),
+        Action::status(409).retry_after(1),
+        Action::ok().body("settled"),
+    ]))
+    .await;
+    let got = settle_once(&reqwest::Client::new(), server.url("/settlements")).await;
+    assert_eq!(got.expect("the replay"), "settled");
+    assert_eq!(server.count(), 3);
+    let keys: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().unwrap().to_owned())
+        .collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key: {keys:?}");
+    // Its own failure is not retried: one request, and the call is counted as failed, not as
+    // cancelled.
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = settle_once(&reqwest::Client::new(), failing.url("/settlements"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.attempts(), failing.count()), (1, 1), "{e}");
+    let m = resilience_runtime::metrics::policy("exactly_once::settle_once").unwrap();
+    assert_eq!(m.cancelled, 0, "{m:?}");
+    assert_eq!(m.failed_without_retry, 1, "{m:?}");
+}

@@ -84,6 +84,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     };
 
     let hedged = s.hedge.value.is_some();
+    // The body runs again after a failure: a retry, or (keyed, whatever `max_attempts`) an ask
+    // for the replay of a request another attempt or caller still has in progress (409).
+    let runs_again = max_attempts > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
 
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
@@ -92,7 +95,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // attempt changes its own clone, so the parameter itself is never changed, and would
     // warn `unused_mut` (an error under `#![deny(warnings)]`).
     let mut out_sig = sig.clone();
-    if max_attempts > 1 || hedged || s.fallback.is_some() {
+    if runs_again || hedged || s.fallback.is_some() {
         for (input, out) in sig.inputs.iter().zip(out_sig.inputs.iter_mut()) {
             if let syn::FnArg::Typed(pt) = input {
                 if matches!(
@@ -149,9 +152,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         syn::ReturnType::Default => quote!(),
     };
 
-    // Without retries the loop never goes round again: no back edge, so the body may move its
-    // by-value arguments (which are then not cloned and need not be `Clone`).
-    let after = if max_attempts > 1 {
+    // Without retries or asks the loop never goes round again: no back edge, so the body may
+    // move its by-value arguments (which are then not cloned and need not be `Clone`).
+    let after = if runs_again {
         quote! {
             if __resilience_session.failed(__resilience_class, &mut __resilience_result) {
                 continue;

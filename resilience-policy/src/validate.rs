@@ -1071,13 +1071,15 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             }
         }
     }
-    let retried = s.max_attempts.value > 1;
+    // A keyed function runs its body again to ask for the replay of a request still in
+    // progress (409), even with `max_attempts = 1`.
+    let retried = s.max_attempts.value > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
     let hedged = s.hedge.value.is_some();
     for input in &f.sig.inputs {
         match input {
             syn::FnArg::Receiver(r) if retried && matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
                 r.self_token.span,
-                "a retried method cannot take `self` by value: each attempt needs it again\nhelp: take `&self`, or set max_attempts = 1",
+                "a retried or keyed method cannot take `self` by value: each attempt (a retry, or an ask for the replay of a keyed request still in progress) needs it again\nhelp: take `&self`, or set max_attempts = 1 without an idempotency key",
             ),
             syn::FnArg::Receiver(r)
                 if retried
@@ -1090,9 +1092,10 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
                 diags.push(
                     r.self_token.span,
                     format!(
-                        "a retried method cannot take `self: {ty}` by value: each attempt runs the body again and needs \
-                         `self` again, which the body may move\n\
-                         help: take `self: &{ty}` or `&self`, or set max_attempts = 1"
+                        "a retried or keyed method cannot take `self: {ty}` by value: each attempt (a retry, or an ask \
+                         for the replay of a keyed request still in progress) runs the body again and needs `self` again, \
+                         which the body may move\n\
+                         help: take `self: &{ty}` or `&self`, or set max_attempts = 1 without an idempotency key"
                     ),
                 )
             }
@@ -1105,7 +1108,7 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             {
                 diags.push(
                     pt.pat.span(),
-                    "a retried or hedged function needs a plain name for a by-value parameter, to clone it for each attempt\n\
+                    "a retried, keyed or hedged function needs a plain name for a by-value parameter, to clone it for each attempt\n\
                      help: bind it to a name and destructure it in the body",
                 );
             }
