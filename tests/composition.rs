@@ -951,3 +951,72 @@ async fn a_post_through_a_wrapper_client_is_not_resent_after_a_connect_failure()
     );
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// The nested call's failure kept, the body's own request made, then the failure returned:
+/// the error is the nested call's, already retried as far as its policy allowed.
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_needing_recs(c: &reqwest::Client, recs: &str, user: &str) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await;
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{}", recs?))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_returned_after_the_bodys_own_request_is_not_retried_again() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
+    let e = page_needing_recs(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "3 attempts inside, none again around them: {e}"
+    );
+    assert_eq!(users.count(), 1, "{e}");
+}
+
+/// The same through a service's own error type, the runtime's error inside it.
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    #[error("upstream: {0}")]
+    Upstream(#[from] Error),
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_needing_recs_typed(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> Result<String, PageError> {
+    let recs = recommendations(c, recs).await;
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{}", recs?))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_returned_later_in_a_services_own_error_is_not_retried_again() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
+    let e = page_needing_recs_typed(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "3 attempts inside, none again around them: {e}"
+    );
+    assert_eq!(users.count(), 1, "{e}");
+}

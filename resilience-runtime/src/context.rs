@@ -323,6 +323,10 @@ pub(crate) struct AttemptCtx {
     /// failure of the attempt now is taken for that call's, which the outer call does not
     /// retry again.
     pub nested_gave_up: Cell<bool>,
+    /// The tokens of the nested calls that failed in this attempt after they could retry on
+    /// their own (the last four; 0: none): an error the body returns that carries one of them
+    /// is that call's failure, whatever the body did after it.
+    pub gave_up: Cell<[u16; 4]>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -382,6 +386,7 @@ impl AttemptCtx {
             unpolled: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
+            gave_up: Cell::new([0; 4]),
         }
     }
 
@@ -427,6 +432,15 @@ impl AttemptCtx {
         *self.unpolled.get_mut() = 0;
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
+        *self.gave_up.get_mut() = [0; 4];
+    }
+
+    /// A nested call of token `token` failed after it could retry on its own.
+    pub(crate) fn note_gave_up(&self, token: u16) {
+        let mut t = self.gave_up.get();
+        t.rotate_right(1);
+        t[0] = token;
+        self.gave_up.set(t);
     }
 
     pub(crate) fn note_method(&self, m: Method) {

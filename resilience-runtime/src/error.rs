@@ -52,6 +52,9 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     attempts: u32,
+    /// The call that last returned this error, when one did (0: none): see
+    /// [`Error::set_origin`].
+    origin: u16,
     class: Option<Class>,
     status: Option<u16>,
     /// Nanoseconds, `u64::MAX` when not measured: a plain word keeps the error (and every
@@ -70,6 +73,7 @@ impl Error {
         Error {
             kind,
             attempts: 0,
+            origin: 0,
             class: None,
             status: None,
             elapsed_ns: u64::MAX,
@@ -185,6 +189,17 @@ impl Error {
         {
             self.key = Some(Box::new(key.to_string()));
         }
+    }
+
+    /// The token of the call returning this error (its session's, drawn on its error path):
+    /// an enclosing call tells by it whether the error it gets is one a nested call already
+    /// retried as far as its policy allowed.
+    pub(crate) fn set_origin(&mut self, token: u16) {
+        self.origin = token;
+    }
+
+    pub(crate) fn origin(&self) -> u16 {
+        self.origin
     }
 
     pub(crate) fn set_class(&mut self, class: Option<Class>) {

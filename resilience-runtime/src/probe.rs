@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use crate::classify::{Class, Classify, classify_error, runtime_kind};
 use crate::context::Key;
@@ -24,6 +25,8 @@ pub struct Probe<'a, E>(
     Option<&'a Key>,
     /// The last response's status, when the attempt got one.
     Option<u16>,
+    /// The call's session (none in unit tests): its token, and what its nested calls gave up.
+    Option<&'a Session>,
 );
 
 impl<E> std::fmt::Debug for Probe<'_, E> {
@@ -39,12 +42,37 @@ impl<'a, E> Probe<'a, E> {
             session.attempts(),
             session.ctx.key.as_ref(),
             session.last.status,
+            Some(session),
         )
     }
 
     #[cfg(test)]
     fn after(err: &'a mut E, attempts: u32) -> Self {
-        Probe(Cell::new(Some(err)), attempts, None, None)
+        Probe(Cell::new(Some(err)), attempts, None, None, None)
+    }
+
+    /// An error that a nested call of this attempt returned after retrying as far as its own
+    /// policy allowed (it carries that call's token) is not retried again here: the session
+    /// is told.
+    fn came_back(&self, origin: u16) {
+        if let Some(s) = self.4
+            && origin != 0
+            && s.last.gave_up.contains(&origin)
+        {
+            s.returned_inside.set(true);
+        }
+    }
+
+    /// [`came_back`](Self::came_back) for an error read through its source chain.
+    fn came_back_in(&self, e: &(dyn StdError + 'static)) {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if let Some(own) = e.downcast_ref::<Error>() {
+                self.came_back(own.origin());
+                return;
+            }
+            cur = e.source();
+        }
     }
 
     /// What the call knows and its own error can hold: the attempts that ran, the key, the
@@ -57,7 +85,24 @@ impl<'a, E> Probe<'a, E> {
             .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
             .or((self.1 > 0).then_some(Class::Permanent));
         own.set_class(taken);
+        if let Some(s) = self.4 {
+            self.came_back(own.origin());
+            own.set_origin(token(s));
+        }
     }
+}
+
+/// The session's token, drawn the first time its error path needs one. Never 0. Sixteen bits
+/// keep the error six words; two calls of one attempt share a token only if 65,535 others drew
+/// one between them, and then the error of the one is taken for the other's: not retried
+/// (the safe side).
+fn token(s: &Session) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if s.token.get() == 0 {
+        let t = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        s.token.set(t);
+    }
+    s.token.get()
 }
 
 pub trait ViaOwn {
@@ -84,6 +129,7 @@ impl ViaOwn for &&&&&Probe<'_, Error> {
 impl<E: Classify + StdError + 'static> ViaOwn for &&&&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
+        self.came_back_in(e);
         e.class().or_else(|| classify_error(e))
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -112,7 +158,9 @@ pub trait ViaStdError {
 }
 impl<E: StdError + 'static> ViaStdError for &&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
-        classify_error(self.0.take()?)
+        let e = self.0.take()?;
+        self.came_back_in(e);
+        classify_error(e)
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
         runtime_kind(self.0.take()?)

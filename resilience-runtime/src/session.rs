@@ -25,6 +25,7 @@
 
 #![allow(missing_docs)] // Not public API: what generated code names, hidden in `__private`.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
@@ -177,6 +178,8 @@ pub(crate) struct Last {
     reached: Option<Method>,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
+    /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
+    pub(crate) gave_up: [u16; 4],
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
@@ -194,6 +197,9 @@ impl Last {
         self.all_keyed &= other.all_keyed;
         self.method = least(self.method, other.method);
         self.reached = least(self.reached, other.reached);
+        if self.gave_up == [0; 4] {
+            self.gave_up = other.gave_up;
+        }
     }
 }
 
@@ -221,6 +227,7 @@ fn record(
         last.reached = Some(last.reached.map_or(m, |r| r.least_safe(m)));
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
+    last.gave_up = ctx.gave_up.get();
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
         let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
@@ -271,6 +278,12 @@ pub struct Session {
     refusal: Option<Error>,
     /// The runtime's error that [`failed`](Self::failed) put in place of the attempt's own.
     replaced: Option<ErrorKind>,
+    /// This call's token, drawn when its error path first needs one (0 until then): the
+    /// errors it returns carry it, for the call it is nested in.
+    pub(crate) token: Cell<u16>,
+    /// The error of the attempt that just failed is one a nested call of that attempt already
+    /// retried as far as its policy allowed (told by the error probe).
+    pub(crate) returned_inside: Cell<bool>,
     /// The call ended: it succeeded, gave up, or was refused (and counted as such). A session
     /// dropped before it ended was cancelled by its caller (see `Drop`).
     ended: bool,
@@ -466,6 +479,8 @@ impl Session {
             ended: refusal.is_some(),
             refusal,
             replaced: None,
+            token: Cell::new(0),
+            returned_inside: Cell::new(false),
         }
     }
 
@@ -754,6 +769,10 @@ impl Session {
                 }
                 if gave_up_retryable {
                     outer.nested_gave_up.set(true);
+                    let token = self.token.get();
+                    if token != 0 {
+                        outer.note_gave_up(token);
+                    }
                 }
             });
         }
@@ -850,8 +869,10 @@ impl Session {
             None => policy.method,
         };
         // One layer retries: a failure a nested call already retried as far as its own policy
-        // allowed is not retried again around it.
-        if self.last.nested_gave_up && class.is_transient() {
+        // allowed is not retried again around it: the attempt ended at that failure, or the
+        // body returned that call's error later (after requests of its own).
+        let returned_inside = self.returned_inside.take();
+        if (self.last.nested_gave_up || returned_inside) && class.is_transient() {
             return self.give_up(class, GiveUp::RetriedInside);
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
