@@ -1020,3 +1020,134 @@ async fn a_nested_failure_returned_later_in_a_services_own_error_is_not_retried_
     );
     assert_eq!(users.count(), 1, "{e}");
 }
+
+// --- Helpers handed the client --------------------------------------------------------------
+
+/// A helper of the service's own: its POST goes out unseen (not rewritten, no key).
+async fn create_order(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    c.post(url).body("order").send().await
+}
+
+/// The method inferred from the body's own `.get(`; the helper's POST unseen beside it.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_then_stock(c: &reqwest::Client, orders: &str, stock: &str) -> Result<String, Error> {
+    create_order(c, orders).await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The body's GET answered 503 after the helper's POST went out: running the body again
+/// would send the POST again, unkeyed. Not retried.
+#[tokio::test(start_paused = true)]
+async fn a_helpers_unseen_post_beside_the_bodys_get_is_not_resent() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let stock = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = order_then_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 1, "the order placed once: {e}");
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}
+
+/// The same helper made visible (`.resilient()` stamps it, with the call's identities): the
+/// runtime sees a POST, and a GET's 503 after it is not retried either; a GET helper is.
+async fn stock_level(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    use resilience_runtime::RequestBuilderExt as _;
+    c.get(url).resilient().send().await
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn stock_then_price(c: &reqwest::Client, stock: &str, price: &str) -> Result<String, Error> {
+    stock_level(c, stock).await?.error_for_status()?;
+    Ok(c.get(price)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_the_runtime_sees_keeps_the_retry() {
+    let stock = FaultServer::start(Script::always(Action::ok())).await;
+    let price = FaultServer::start(vec![Action::status(503), Action::ok().body("9")]).await;
+    let got = stock_then_price(&client(), &stock.url("/s"), &price.url("/p")).await;
+    assert_eq!(got.unwrap(), "9");
+    assert_eq!((stock.count(), price.count()), (2, 2));
+}
+
+/// A method of the service's own that sends nothing the runtime sees (here, a token from a
+/// cache): the method inferred, it is taken for an unseen send; declared, the declaration
+/// says what the body sends, helpers included, and the retry stays.
+struct PricedApi {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl PricedApi {
+    async fn token(&self) -> String {
+        tokio::task::yield_now().await;
+        self.token.clone()
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn price_inferred(&self, url: &str) -> Result<String, Error> {
+        let t = self.token().await;
+        Ok(self
+            .http
+            .get(url)
+            .bearer_auth(t)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(method = GET, timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false)]
+    async fn price_declared(&self, url: &str) -> Result<String, Error> {
+        let t = self.token().await;
+        Ok(self
+            .http
+            .get(url)
+            .bearer_auth(t)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_seen_sending_nothing_counts_as_unseen_unless_the_method_is_declared() {
+    let api = PricedApi {
+        http: client(),
+        token: "t".into(),
+    };
+    let price = FaultServer::start(vec![Action::status(503), Action::ok().body("9")]).await;
+    let e = api.price_inferred(&price.url("/p")).await.unwrap_err();
+    assert_eq!((e.attempts(), price.count()), (1, 1), "{e}");
+    price.clear();
+    assert_eq!(api.price_declared(&price.url("/p")).await.unwrap(), "9");
+    assert_eq!(price.count(), 2);
+}

@@ -48,7 +48,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let ident = &sig.ident;
     // Every request the body sends goes through the attempt's stamping, by type.
     let mut block = (*f.block).clone();
-    let found = crate::stamp::rewrite(&mut block, &p);
+    // Where the method is inferred from the body's own requests, a helper it awaits, handed
+    // the client, may send another (a POST beside the body's GET) unseen: such helpers are
+    // wrapped, and one seen sending nothing makes its attempt count as the least safe. A
+    // declared `method` is the least safe the body sends, helpers included.
+    let clients = s.method.is_none().then(|| client_names(sig));
+    let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
     // unkeyed: every attempt says it may have sent the least safe method, so none is run again
     // after it may have reached the server (unless the function is declared `idempotent`).
@@ -390,6 +395,34 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 }
 
 /// Whether `ty` holds an `impl Trait` anywhere (`Result<impl Iterator<Item = u8>, E>`).
+/// The names through which a body holds a client: `self`, and the parameters (by name) whose
+/// type names a `…Client…` (`&reqwest::Client`, `Arc<Client>`, `ClientWithMiddleware`, a
+/// service's `PaymentsClient`).
+fn client_names(sig: &syn::Signature) -> Vec<String> {
+    let mut out = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            syn::FnArg::Receiver(_) => out.push("self".to_owned()),
+            syn::FnArg::Typed(pt) => {
+                if let syn::Pat::Ident(pi) = &*pt.pat
+                    && names_a_client(pt.ty.to_token_stream())
+                {
+                    out.push(pi.ident.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn names_a_client(ts: TokenStream) -> bool {
+    ts.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => i.to_string().contains("Client"),
+        proc_macro2::TokenTree::Group(g) => names_a_client(g.stream()),
+        _ => false,
+    })
+}
+
 fn contains_impl(ty: &syn::Type) -> bool {
     ty.to_token_stream().into_iter().any(|tt| tt_has_impl(&tt))
 }

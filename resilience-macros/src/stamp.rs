@@ -24,12 +24,23 @@ pub(crate) struct Found {
     /// `.execute(`): it goes out unstamped and unseen, perhaps beside a keyed request of the
     /// same attempt, so the attempt is taken to have sent the least safe method.
     pub unreadable_sends: bool,
+    /// Helpers awaited with the client wrapped in `helper(…)`.
+    pub helpers: usize,
 }
 
-pub(crate) fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
+/// `clients`: the names through which the body holds a client (parameters whose type names a
+/// `…Client…`, and `self`), when the function's method is inferred, not declared: a helper
+/// the body awaits, handed one of them, is wrapped so that the attempt learns whether the
+/// runtime saw it send (see `resilience_runtime`'s `helper`). `None`: no helper is wrapped.
+pub(crate) fn rewrite(
+    block: &mut syn::Block,
+    private: &TokenStream,
+    clients: Option<&[String]>,
+) -> Found {
     let mut v = Rewriter {
         p: private,
         found: Found::default(),
+        clients,
     };
     v.visit_block_mut(block);
     v.found
@@ -38,6 +49,64 @@ pub(crate) fn rewrite(block: &mut syn::Block, private: &TokenStream) -> Found {
 struct Rewriter<'a> {
     p: &'a TokenStream,
     found: Found,
+    clients: Option<&'a [String]>,
+}
+
+impl Rewriter<'_> {
+    /// An awaited call that is handed a client: a function given one (`create_order(c, o)`,
+    /// `recs(&self.http, id)`), a method of `self` or of a field of it (`self.place(o)`,
+    /// `self.payments.charge(o)`), or a method of a client parameter (an extension trait).
+    /// Not a `.send()` or `.execute(…)`, which the rewrite sees.
+    fn hands_a_client(&self, e: &syn::Expr) -> bool {
+        let Some(clients) = self.clients else {
+            return false;
+        };
+        let mentions = |e: &syn::Expr| {
+            let mut found = false;
+            mentions_any(e.to_token_stream(), clients, &mut found);
+            found
+        };
+        match e {
+            syn::Expr::Call(call) => {
+                matches!(&*call.func, syn::Expr::Path(_)) && call.args.iter().any(mentions)
+            }
+            syn::Expr::MethodCall(m) => {
+                let name = m.method.to_string();
+                if name == "send" || name == "execute" {
+                    return false;
+                }
+                rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `self`, a client parameter, or a field path from one (`self.payments`), no call between.
+fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
+    match e {
+        syn::Expr::Path(p) => p
+            .path
+            .get_ident()
+            .is_some_and(|i| clients.iter().any(|c| i == c)),
+        syn::Expr::Field(f) => rooted_in(&f.base, clients),
+        syn::Expr::Reference(r) => rooted_in(&r.expr, clients),
+        syn::Expr::Paren(p) => rooted_in(&p.expr, clients),
+        _ => false,
+    }
+}
+
+fn mentions_any(ts: TokenStream, names: &[String], found: &mut bool) {
+    for tt in ts {
+        if *found {
+            return;
+        }
+        match tt {
+            proc_macro2::TokenTree::Ident(i) if names.iter().any(|n| i == n) => *found = true,
+            proc_macro2::TokenTree::Group(g) => mentions_any(g.stream(), names, found),
+            _ => {}
+        }
+    }
 }
 
 impl VisitMut for Rewriter<'_> {
@@ -45,6 +114,15 @@ impl VisitMut for Rewriter<'_> {
         // Inner expressions first, so chains like `a.send().await` nest correctly.
         visit_mut::visit_expr_mut(self, e);
         let p = self.p;
+        if let syn::Expr::Await(aw) = e
+            && self.hands_a_client(&aw.base)
+        {
+            let span = aw.base.span();
+            let base = take(&mut aw.base);
+            *aw.base = syn::parse_quote_spanned!(span=> #p::helper(#base));
+            self.found.helpers += 1;
+            return;
+        }
         // `reqwest::get(url)`: the same one-off GET, sent stamped.
         if let syn::Expr::Call(call) = e
             && call.args.len() == 1
@@ -287,7 +365,7 @@ mod tests {
 
     fn rw(ts: TokenStream) -> (String, usize) {
         let mut b: syn::Block = syn::parse2(ts).unwrap();
-        let f = rewrite(&mut b, &quote!(P));
+        let f = rewrite(&mut b, &quote!(P), None);
         (
             b.to_token_stream().to_string().replace(' ', ""),
             f.rewritten,
@@ -315,6 +393,34 @@ mod tests {
             let f = |x| async move { x.send().await };
         }));
         assert_eq!(n, 1);
+    }
+
+    /// Which awaited calls are watched as helpers handed the client (`c` and `self` here).
+    #[test]
+    fn helpers_handed_the_client_are_watched() {
+        let watched = |ts: TokenStream| {
+            let mut b: syn::Block = syn::parse2(ts).unwrap();
+            let clients = ["c".to_owned(), "self".to_owned()];
+            rewrite(&mut b, &quote!(P), Some(&clients)).helpers
+        };
+        assert_eq!(watched(quote!({ create_order(c, &o).await? })), 1);
+        assert_eq!(watched(quote!({ recs(&self.http, id).await })), 1);
+        assert_eq!(watched(quote!({ self.place(o).await })), 1);
+        assert_eq!(watched(quote!({ self.payments.charge(o).await })), 1);
+        assert_eq!(watched(quote!({ c.fetch_json(u).await })), 1);
+        // Seen sends, and awaits that hand no client on.
+        assert_eq!(watched(quote!({ c.get(u).send().await?.json().await? })), 0);
+        assert_eq!(
+            watched(quote!({ self.http.get(u).send().await?.text().await? })),
+            0
+        );
+        assert_eq!(watched(quote!({ c.execute(req).await })), 0);
+        assert_eq!(watched(quote!({ tokio::time::sleep(d).await })), 0);
+        assert_eq!(watched(quote!({ resp.json().await })), 0);
+        assert_eq!(watched(quote!({ other.place(o).await })), 0);
+        // With the method declared, nothing is watched.
+        let mut b: syn::Block = syn::parse2(quote!({ create_order(c, &o).await })).unwrap();
+        assert_eq!(rewrite(&mut b, &quote!(P), None).helpers, 0);
     }
 
     #[test]

@@ -327,6 +327,13 @@ pub(crate) struct AttemptCtx {
     /// their own (the last four; 0: none): an error the body returns that carries one of them
     /// is that call's failure, whatever the body did after it.
     pub gave_up: Cell<[u16; 4]>,
+    /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
+    /// call begun): a helper the body awaited that moved it not at all sent nothing the
+    /// runtime saw, or what it sent went unseen.
+    pub seen: Cell<u32>,
+    /// A helper the body awaited, handed the client, ran without the runtime seeing a send
+    /// (see [`crate::__private::helper`]): it may have sent any method, without the key.
+    pub unseen_helper: Cell<bool>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -387,6 +394,8 @@ impl AttemptCtx {
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
+            seen: Cell::new(0),
+            unseen_helper: Cell::new(false),
         }
     }
 
@@ -433,6 +442,14 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
+        *self.seen.get_mut() = 0;
+        *self.unseen_helper.get_mut() = false;
+    }
+
+    /// The runtime saw a send (or a nested call) in this attempt.
+    #[inline]
+    pub(crate) fn saw(&self) {
+        self.seen.set(self.seen.get().wrapping_add(1));
     }
 
     /// A nested call of token `token` failed after it could retry on its own.

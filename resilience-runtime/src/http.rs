@@ -145,6 +145,7 @@ pub fn declare_sent(method: crate::policy::Method) {
         ctx.note_method(method);
         ctx.note_reached(method);
         ctx.stamped.set(true);
+        ctx.saw();
         ctx.went_on();
         if !method.is_safe() {
             ctx.all_keyed.set(false);
@@ -162,6 +163,7 @@ pub fn stamp_request(req: &mut reqwest::Request) {
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
+    ctx.saw();
     ctx.went_on();
     // telemetry (issue 12): method, server and URL on the attempt's span.
     crate::telemetry::on_request(req);

@@ -42,6 +42,7 @@ pub mod decision;
 mod error;
 mod fallback;
 pub mod hedge;
+mod helper;
 mod http;
 mod invalid;
 pub mod metrics;
@@ -93,6 +94,7 @@ pub mod __private {
     pub use crate::error::ErrorKind;
     pub use crate::fallback::applies as fallback_applies;
     pub use crate::hedge::Hedge;
+    pub use crate::helper::helper;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
     pub use crate::http::reqwest_get;
     pub use crate::policy::{

@@ -180,6 +180,9 @@ pub(crate) struct Last {
     nested_gave_up: bool,
     /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
     pub(crate) gave_up: [u16; 4],
+    /// A helper handed the client sent nothing the runtime saw (see
+    /// [`AttemptCtx::unseen_helper`]).
+    unseen_helper: bool,
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
@@ -200,6 +203,7 @@ impl Last {
         if self.gave_up == [0; 4] {
             self.gave_up = other.gave_up;
         }
+        self.unseen_helper |= other.unseen_helper;
     }
 }
 
@@ -228,6 +232,7 @@ fn record(
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
     last.gave_up = ctx.gave_up.get();
+    last.unseen_helper = ctx.unseen_helper.get();
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
         let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
@@ -372,6 +377,8 @@ impl Session {
         let mut deadline = started + policy.deadline;
         let mut left = policy.deadline;
         let outer: Option<Outer> = with_attempt(|o| {
+            // A nested call is one the runtime sees, refused or not: it reports what it sends.
+            o.saw();
             if refusal.is_some() {
                 return None;
             }
@@ -707,7 +714,7 @@ impl Session {
     /// and the policy's method when the seen requests were all safer (it may go out unseen).
     pub(crate) fn may_duplicate(&self, ctx: &AttemptCtx) -> bool {
         let policy = self.policy;
-        if !ctx.stamped.get() {
+        if !ctx.stamped.get() || ctx.unseen_helper.get() {
             return crate::decision::may_resend(
                 policy.method.least_safe(policy.unseen),
                 false,
@@ -883,7 +890,9 @@ impl Session {
         // sending nothing, whatever it sent went unseen: the least safe method. A connect
         // failure then proves only that the failing request was never sent, not that an
         // earlier one (a helper's POST) was not: the body does not run again.
-        let unseen = if self.last.stamped {
+        // So does an attempt in which a helper the body awaited, handed the client, was seen
+        // sending nothing (its POST went unseen beside the body's own GET, say).
+        let unseen = if self.last.stamped && !self.last.unseen_helper {
             self.last
                 .method
                 .is_some_and(|seen| seen.least_safe(policy.method) != seen)
