@@ -626,3 +626,41 @@ async fn one_attempt_still_asks_for_the_replay_of_a_request_in_progress() {
     assert_eq!(m.cancelled, 0, "{m:?}");
     assert_eq!(m.failed_without_retry, 1, "{m:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "0ms", max = "0ms", jitter = none),
+    idempotency_key = auto
+)]
+async fn capture_without_backoff(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("c")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// With no backoff at all, `Retry-After: 0` would ask back to back until the deadline: the
+/// asks wait at least 100 ms.
+#[tokio::test(start_paused = true)]
+async fn asking_for_a_replay_waits_even_without_a_backoff() {
+    let busy = FaultServer::start(
+        Script::sequence((0..30).map(|_| Action::status(409).header("retry-after", "0")))
+            .then(Action::stall()),
+    )
+    .await;
+    let e = capture_without_backoff(&reqwest::Client::new(), &busy.url("/captures"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    assert!(
+        (9..=11).contains(&busy.count()),
+        "{} requests in 1 s",
+        busy.count()
+    );
+}

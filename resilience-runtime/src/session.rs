@@ -242,6 +242,9 @@ fn record(
     }
 }
 
+/// The shortest wait before asking again for the replay of a keyed request still in progress.
+const ASK_FLOOR: Duration = Duration::from_millis(100);
+
 /// The state of one logical call.
 #[derive(Debug)]
 pub struct Session {
@@ -907,14 +910,20 @@ impl Session {
         // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
         // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
         // `Retry-After: 0` would otherwise ask back to back until the deadline).
-        let backoff = if counted < policy.max_attempts
-            || (self.ctx.key.is_some() && class == Class::Status(409))
-        {
+        let asking = self.ctx.key.is_some() && class == Class::Status(409);
+        let backoff = if counted < policy.max_attempts || asking {
             self.backoff
                 .get_or_insert_with(|| BackoffState::new(policy.backoff))
                 .next_delay(counted)
         } else {
             Duration::ZERO
+        };
+        // And never sooner than `ASK_FLOOR`, whatever the backoff (a zero backoff with a
+        // `Retry-After: 0` would ask back to back).
+        let backoff = if asking {
+            backoff.max(ASK_FLOOR)
+        } else {
+            backoff
         };
         let now = Instant::now();
         let facts = Facts {
