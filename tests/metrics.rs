@@ -289,16 +289,22 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
 
     // Adaptive concurrency limit: a 503 lowers the limit from 2 to 1.8; the gauges follow.
     let down_url = down.url("/");
-    let (first, in_flight) = tokio::join!(adapted(&c, &down_url), async {
+    let (first, (in_flight, limit)) = tokio::join!(adapted(&c, &down_url), async {
         tokio::task::yield_now().await;
-        sample(
-            &handle,
-            "resilience_concurrency_limit_in_flight",
-            &[r#"concurrency_limit="m_adaptive""#],
+        let of = |name: &str| sample(&handle, name, &[r#"concurrency_limit="m_adaptive""#]);
+        (
+            of("resilience_concurrency_limit_in_flight"),
+            of("resilience_concurrency_limit_limit"),
         )
     });
     first.unwrap_err();
     assert_eq!(in_flight, Some(1.0), "in flight while the call runs");
+    // The limit's series is there from the first slot taken, before the limit ever moved.
+    assert_eq!(
+        limit,
+        Some(2.0),
+        "the limit at `initial` while the call runs"
+    );
     let adaptive = |name: &str| sample(&handle, name, &[r#"concurrency_limit="m_adaptive""#]);
     assert_eq!(adaptive("resilience_concurrency_limit_limit"), Some(1.8));
     assert_eq!(

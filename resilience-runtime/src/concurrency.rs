@@ -287,7 +287,7 @@ impl ConcurrencyLimit {
             Ok((p, now)) => {
                 let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.admitted.fetch_add(1, Ordering::Relaxed);
-                self.gauge(None, n);
+                self.gauge(self.limit(), n);
                 Ok(ConcurrencyPermit {
                     limit: self,
                     permit: Some(p),
@@ -302,17 +302,16 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// Sets the gauges: the limit when it moved, the calls in flight.
+    /// Sets the gauges, the limit and the calls in flight, whenever a call takes or gives back
+    /// a slot and whenever the limit moves: a limit that stays at `initial` has its series too.
     #[inline]
-    fn gauge(&self, limit: Option<f64>, in_flight: u32) {
+    fn gauge(&self, limit: f64, in_flight: u32) {
         #[cfg(feature = "metrics")]
         {
             static META: metrics::Metadata<'static> =
                 metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
             metrics::with_recorder(|r| {
-                if let Some(l) = limit {
-                    r.register_gauge(&self.gauges[0], &META).set(l);
-                }
+                r.register_gauge(&self.gauges[0], &META).set(limit);
                 r.register_gauge(&self.gauges[1], &META)
                     .set(f64::from(in_flight));
             });
@@ -323,7 +322,7 @@ impl ConcurrencyLimit {
 
     fn release(&self, permit: SemaphorePermit<'static>) {
         let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.gauge(None, n);
+        self.gauge(self.limit(), n);
         if self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
@@ -348,7 +347,7 @@ impl ConcurrencyLimit {
         let old = f64::from_bits(bits);
         let new = aimd_next(old, sample, &self.spec);
         if new != old {
-            self.gauge(Some(new), self.in_flight());
+            self.gauge(new, self.in_flight());
         }
         let (from, to) = (self.allowed(old), self.allowed(new));
         if to > from {
