@@ -459,6 +459,10 @@ async fn an_invalid_key_is_refused_before_anything_is_sent() {
         assert_eq!(err.attempts(), 0, "{bad:?}: no attempt ran");
     }
     assert!(server.requests().is_empty(), "nothing reached the server");
+    // Counted, as calls that failed without a retry: a bad key is not a silent failure.
+    let m = resilience_runtime::metrics::policy("shapes::charge").unwrap();
+    assert_eq!(m.failed_without_retry, 3, "{m:?}");
+    assert_eq!(m.cancelled, 0, "{m:?}");
     // A good key goes through, sent as given.
     assert_eq!(
         charge(&c, &server.url("/charge"), "order-7").await.unwrap(),

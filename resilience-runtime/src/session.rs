@@ -127,6 +127,35 @@ fn open(
     )
 }
 
+/// The bookkeeping of a call refused before it started by what it was handed (an invalid
+/// idempotency key) or a policy that did not unpack: counted as failed without a retry, with
+/// no attempt, and logged, though no span opens for it.
+#[cold]
+#[inline(never)]
+fn refused_at_start(shared: &'static Resolved, e: &Error) {
+    PolicyMetrics::incr(&shared.metrics.failed_without_retry);
+    telemetry::on_call_end(
+        shared,
+        telemetry::Outcome::FailedWithoutRetry,
+        None,
+        None,
+        false,
+    );
+    tracing::warn!(
+        function = shared.function,
+        policy = shared.policy,
+        error = %e,
+        "call refused before it started"
+    );
+    crate::report::record(|| CallReport {
+        function: shared.function,
+        attempts: 0,
+        waited: Duration::ZERO,
+        elapsed: Duration::ZERO,
+        succeeded: false,
+    });
+}
+
 /// The bookkeeping of a call refused by its open breaker before it started, out of line.
 #[inline(never)]
 fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
@@ -370,6 +399,9 @@ impl Session {
         };
         if let Some(e) = shared.broken {
             refusal = Some(Error::call(e.clone()));
+        }
+        if let Some(e) = &refusal {
+            refused_at_start(shared, e);
         }
         debug_assert!(
             key.is_some() || refusal.is_some() || policy.idempotency_key == KeySource::None

@@ -49,6 +49,7 @@
 //! | `resilience.concurrency_limit.in_flight` | gauge | `{call}` | `concurrency_limit` | calls holding one of its slots |
 //! | `resilience.idempotency.requests` | counter | `{request}` | `outcome`, `http.route` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
 //! | `resilience.idempotency.pending` | gauge | `{response}` | | responses that layer keeps in memory until its store takes them |
+//! | `resilience.client.hedges` | counter | `{hedge}` | `policy`, `function`, `outcome` | hedges started, by whether one answered first (`won`) or not (`lost`) |
 //! | `resilience.rate_limit.local_decisions` | counter | `{decision}` | `rate_limit` | decisions a limit shared through Redis took locally: no Redis given, Redis failed, or known down (each instance then holds to the limit alone) |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
