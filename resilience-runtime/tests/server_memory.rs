@@ -719,13 +719,16 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         (axum::http::StatusCode::CREATED, format!("run {n}"))
     }
-    let app = axum::Router::new()
-        .route("/slow", axum::routing::post(slow))
-        .with_state(runs.clone())
-        .layer(
-            IdempotencyLayer::new(Arc::new(Claiming::new(ClaimingHow::NoRenewal)))
-                .lease(Duration::from_millis(100)),
-        );
+    // Two instances of the service over one store: the repeat reaches the other one (this
+    // instance itself answers a repeat 409 while its handler runs).
+    let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
+    let instance = || {
+        axum::Router::new()
+            .route("/slow", axum::routing::post(slow))
+            .with_state(runs.clone())
+            .layer(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)))
+    };
+    let (app, other) = (instance(), instance());
     let key = fresh_key();
     let request = || {
         axum::http::Request::post("/slow")
@@ -735,7 +738,7 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
     };
     let first = tokio::spawn(app.clone().call(request()));
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = app.clone().call(request()).await.unwrap();
+    let second = other.clone().call(request()).await.unwrap();
     let first = first.await.unwrap().unwrap();
     assert_eq!(
         (first.status().as_u16(), second.status().as_u16()),
@@ -748,4 +751,61 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
     );
     assert_eq!(answered("claim_lost"), 1.0);
     assert_eq!(answered("handled"), 1.0);
+}
+
+/// A claim that runs out while its handler runs (its store unreachable for longer than the
+/// lease, as in a Redis failover): the instance running the handler answers repeats 409 all
+/// along, and once the store is back the claim is put back, so a repeat through another
+/// instance meets it too. The handler runs once.
+#[tokio::test(start_paused = true)]
+async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (axum::http::StatusCode::CREATED, format!("run {n}"))
+    }
+    let switch = Arc::new(Switch::default());
+    let store: Store = switch.clone();
+    let instance = || {
+        axum::Router::new()
+            .route("/slow", axum::routing::post(slow))
+            .with_state(runs.clone())
+            .layer(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)))
+    };
+    let (app, other) = (instance(), instance());
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/slow")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = tokio::spawn(app.clone().call(request()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Unreachable for 300 ms: the 100 ms lease runs out, renewals fail.
+    switch.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = app.clone().call(request()).await.unwrap();
+    assert_eq!(during.status().as_u16(), 409, "this instance knows it runs");
+    switch.down.store(false, Ordering::SeqCst);
+    // The next renewal finds the claim gone and claims it again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let elsewhere = other.clone().call(request()).await.unwrap();
+    assert_eq!(
+        elsewhere.status().as_u16(),
+        409,
+        "the claim is back in the store"
+    );
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+    // And the answer is kept: a repeat anywhere gets it.
+    let later = other.clone().call(request()).await.unwrap();
+    assert_eq!(later.status().as_u16(), 201);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -125,12 +125,17 @@ impl fmt::Debug for Config {
     }
 }
 
-/// What the layer knows beyond one request: whether the store is known to be down, and the
-/// responses it could not store yet.
+/// What the layer knows beyond one request: whether the store is known to be down, the
+/// responses it could not store yet, and the keys whose handlers run here now.
 #[derive(Default)]
 struct State {
     down_until: Mutex<Option<Instant>>,
     pending: Mutex<HashMap<Arc<str>, StoredResponse>>,
+    /// The keys (and fingerprints) whose handlers this layer runs now: a repeat is answered
+    /// 409 from here whatever the store says, so that a claim the store lost (its lease ran
+    /// out while the store was unreachable, evicted, a failover) never lets a repeat through
+    /// this instance run the handler a second time.
+    running: Mutex<HashMap<Arc<str>, Fingerprint>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +160,10 @@ impl State {
         if lock(&self.pending).insert(key, stored).is_none() {
             super::served::pending(1);
         }
+    }
+
+    fn running(&self, key: &str) -> Option<Fingerprint> {
+        lock(&self.running).get(key).copied()
     }
 
     fn forget(&self, key: &str) {
@@ -629,6 +638,14 @@ where
         tally.count(Served::Replayed);
         return Ok(replay(stored));
     }
+    // A handler of this key runs here now: still in progress, whatever the store says.
+    if let Some(running) = config.state.running(&store_key) {
+        if running != fingerprint {
+            return Ok(reused());
+        }
+        tally.count(Served::InProgress);
+        return Ok(in_progress(&config));
+    }
     if config.state.is_down(Instant::now()) {
         tally.count(Served::StoreUnavailable);
         return Ok(unavailable(&config));
@@ -658,14 +675,7 @@ where
         }
         Ok(Ok(Claim::Existing(Record::InFlight(_)))) => {
             tally.count(Served::InProgress);
-            let mut res = problem(
-                &config,
-                IN_PROGRESS,
-                "A request with this idempotency key is still being processed; retry later to receive its response.",
-            );
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(res);
+            return Ok(in_progress(&config));
         }
         Ok(Ok(Claim::Existing(Record::Completed(stored)))) => {
             tracing::debug!(key = %store_key, status = %stored.status, "idempotent replay");
@@ -945,6 +955,18 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
     res
 }
 
+/// 409: a request with this key is still being processed.
+fn in_progress<B>(config: &Config) -> Response<ResponseBody<B>> {
+    let mut res = problem(
+        config,
+        IN_PROGRESS,
+        "A request with this idempotency key is still being processed; retry later to receive its response.",
+    );
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
+
 fn unavailable<B>(config: &Config) -> Response<ResponseBody<B>> {
     let mut res = problem(
         config,
@@ -1117,6 +1139,7 @@ fn json_escape(s: &str) -> String {
 /// the handler ends without a response to store (or the task is dropped with the runtime).
 struct ClaimGuard {
     store: Arc<dyn IdempotencyStore>,
+    state: Arc<State>,
     key: Arc<str>,
     claim: InFlight,
     store_timeout: Duration,
@@ -1138,6 +1161,7 @@ impl Renewal {
 
 impl ClaimGuard {
     fn new(config: &Config, key: Arc<str>, claim: InFlight) -> ClaimGuard {
+        lock(&config.state.running).insert(key.clone(), claim.fingerprint);
         let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let done = Arc::new(AtomicBool::new(false));
             let task = rt.spawn(renew(
@@ -1155,6 +1179,7 @@ impl ClaimGuard {
         });
         ClaimGuard {
             store: config.store.clone(),
+            state: config.state.clone(),
             key,
             claim,
             store_timeout: config.store_timeout,
@@ -1269,6 +1294,8 @@ impl ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         self.stop_renewal();
+        // The handler is over (answered, stored or kept, released, or dropped).
+        lock(&self.state.running).remove(&self.key);
         if !self.armed {
             return;
         }
@@ -1385,10 +1412,30 @@ async fn renew(
         match tokio::time::timeout(store_timeout, store.renew(&key, &claim, lease)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
-                if !done.load(Ordering::Relaxed) {
-                    tracing::warn!(key = %key, "idempotency claim lost while the handler runs; a repeat may run it again");
+                if done.load(Ordering::Relaxed) {
+                    return;
                 }
-                return;
+                // The claim ran out while the store could not be reached (or was evicted, or
+                // lost in a failover): put it back, unless another request took the key
+                // meanwhile. This instance answers repeats 409 all along.
+                let again =
+                    tokio::time::timeout(store_timeout, store.claim(&key, &claim, lease)).await;
+                match again {
+                    Ok(Ok(Claim::Acquired)) => {
+                        tracing::warn!(key = %key, "idempotency claim had run out while the handler runs; claimed again");
+                    }
+                    Ok(Ok(Claim::Existing(Record::InFlight(c)))) if c.token == claim.token => {}
+                    Ok(Ok(_)) => {
+                        tracing::warn!(key = %key, "idempotency claim lost while the handler runs; a repeat may have run it again");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
+                    }
+                    Err(_) => {
+                        tracing::warn!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
+                    }
+                }
             }
             Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "idempotency claim not renewed"),
             Err(_) => tracing::warn!(key = %key, "idempotency claim not renewed: store timeout"),

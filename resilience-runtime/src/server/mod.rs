@@ -145,9 +145,16 @@
 //!   without persistence) before the write-back, may claim the key and run again. The window is
 //!   the write-back's retry interval (at most 1 s). If the instance also dies in that time,
 //!   the response is lost and the lease rule above applies.
-//! - **A claim lost to time**: if the store is reachable but renewals fail for longer than the
-//!   lease, the claim expires under a running handler and a repeat may run it again (logged as
-//!   "claim lost while the handler runs"). Keep the lease well above the store's worst stall.
+//! - **A claim lost to time**: if renewals fail for longer than the lease (the store
+//!   unreachable, a failover, a thread the handler blocks), the claim expires under a running
+//!   handler. Its instance still answers repeats 409 from memory while the handler runs, and
+//!   claims the key again at the first renewal the store answers; a repeat sent to another
+//!   instance in between (at most a third of the lease after the store is back) may run the
+//!   handler again (logged as "claim lost while the handler runs", counted `claim_lost`). Keep
+//!   the lease well above the store's worst stall, and never block the handler's thread.
+//! - **A store that evicts**: a Redis with an evicting `maxmemory-policy` drops claims and kept
+//!   answers under memory pressure (every record has an expiry, so even `volatile-*` policies
+//!   take them). Use `noeviction`, or memory enough never to evict.
 //!
 //! # Metrics
 //!
