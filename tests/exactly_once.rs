@@ -664,3 +664,81 @@ async fn asking_for_a_replay_waits_even_without_a_backoff() {
         busy.count()
     );
 }
+
+/// A body built again on each attempt, the way services write it: a `HashMap` serialized
+/// (its order is the map's own, new each time), or a multipart form (a new boundary each
+/// time). Its first attempt times out while the handler runs; the retry is the same request
+/// to the layer, so it waits for the replay instead of being refused as a reused key.
+#[resilient(
+    timeout = "200ms",
+    deadline = "5s",
+    backoff(initial = "50ms", max = "50ms", jitter = none),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn order_from_a_map(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let order: std::collections::HashMap<&str, u32> = [
+        ("apples", 1),
+        ("pears", 2),
+        ("plums", 3),
+        ("figs", 4),
+        ("kiwis", 5),
+        ("limes", 6),
+        ("dates", 7),
+        ("grapes", 8),
+    ]
+    .into_iter()
+    .collect();
+    Ok(http
+        .post(url)
+        .json(&order)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "200ms",
+    deadline = "5s",
+    backoff(initial = "50ms", max = "50ms", jitter = none),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn order_with_an_upload(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let form = reqwest::multipart::Form::new()
+        .text("note", "leave at the door")
+        .part(
+            "receipt",
+            reqwest::multipart::Part::bytes(b"%PDF-1.7".to_vec()),
+        );
+    Ok(http
+        .post(url)
+        .multipart(form)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_built_again_on_each_attempt_is_the_same_request_to_the_layer() {
+    for with_upload in [false, true] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let work = Arc::new(AtomicU64::new(500));
+        let addr =
+            order_service_with(Some(Arc::new(MemoryStore::default())), runs.clone(), work).await;
+        let url = format!("http://{addr}/orders");
+        let http = reqwest::Client::new();
+        let got = if with_upload {
+            order_with_an_upload(&http, &url).await
+        } else {
+            order_from_a_map(&http, &url).await
+        };
+        let body = got.unwrap_or_else(|e| panic!("upload {with_upload}: {e}"));
+        assert!(body.starts_with("order #1 for "), "{body}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "upload {with_upload}");
+    }
+}

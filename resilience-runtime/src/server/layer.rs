@@ -614,7 +614,11 @@ where
         }
     };
 
-    let fingerprint = Fingerprint::of(parts.uri.query(), &body);
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let fingerprint = Fingerprint::of_request(parts.uri.query(), content_type, &body);
     let scope = config.scope.as_ref().and_then(|f| f(&parts));
     let path = full_path(&parts.uri, &parts.extensions);
     let store_key: Arc<str> = record_key(&parts.method, path, &key, scope.as_deref()).into();

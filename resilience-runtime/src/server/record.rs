@@ -6,6 +6,91 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
+fn raw(hash: &mut Sha256, body: &[u8]) {
+    hash.update([5]);
+    hash.update(body);
+}
+
+/// `a=1&b=2` and `b=2&a=1` alike: the pairs, sorted, each length-prefixed.
+fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
+    let mut all: Vec<&[u8]> = pairs
+        .split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    all.sort_unstable();
+    hash.update((all.len() as u64).to_be_bytes());
+    for p in all {
+        hash.update((p.len() as u64).to_be_bytes());
+        hash.update(p);
+    }
+}
+
+/// A JSON value with its objects' members in key order and no whitespace.
+fn hash_json(hash: &mut Sha256, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Null => hash.update(b"n"),
+        Value::Bool(b) => hash.update(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            let s = n.to_string();
+            hash.update(b"#");
+            hash.update((s.len() as u64).to_be_bytes());
+            hash.update(s.as_bytes());
+        }
+        Value::String(s) => {
+            hash.update(b"s");
+            hash.update((s.len() as u64).to_be_bytes());
+            hash.update(s.as_bytes());
+        }
+        Value::Array(items) => {
+            hash.update(b"[");
+            hash.update((items.len() as u64).to_be_bytes());
+            for i in items {
+                hash_json(hash, i);
+            }
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hash.update(b"{");
+            hash.update((members.len() as u64).to_be_bytes());
+            for (k, v) in members {
+                hash.update((k.len() as u64).to_be_bytes());
+                hash.update(k.as_bytes());
+                hash_json(hash, v);
+            }
+        }
+    }
+}
+
+/// The `boundary` parameter of a multipart content type, unquoted.
+fn boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// `body` cut at every occurrence of `sep`.
+fn split_on<'a>(body: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memmem::find(r, sep) {
+            Some(i) => {
+                rest = Some(&r[i + sep.len()..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// SHA-256 of what makes two requests with one key "the same request": the query string and
 /// the body. A repeat with another fingerprint is a reused key, answered with 422.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +110,58 @@ impl Fingerprint {
             None => hash.update([0]),
         }
         hash.update(body);
+        Fingerprint(hash.finalize().into())
+    }
+
+    /// The fingerprint of a request as the layer takes it: like [`of`](Self::of), but what a
+    /// client that builds its request again on each attempt may write differently each time,
+    /// for the same request, does not count: the order of query and form pairs (a `HashMap`
+    /// passed to `.query(…)` or `.form(…)`), the order of a JSON object's members and the
+    /// whitespace between tokens (a `HashMap` passed to `.json(…)`), and a multipart body's
+    /// boundary (reqwest draws a new one per form). `content_type` is the request's.
+    pub fn of_request(query: Option<&str>, content_type: Option<&str>, body: &[u8]) -> Fingerprint {
+        let mut hash = Sha256::new();
+        match query {
+            Some(q) => {
+                hash.update([1]);
+                hash_pairs(&mut hash, q.as_bytes());
+            }
+            None => hash.update([0]),
+        }
+        let media = content_type
+            .map(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        match media.as_str() {
+            "application/json" => match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(v) => {
+                    hash.update([2]);
+                    hash_json(&mut hash, &v);
+                }
+                Err(_) => raw(&mut hash, body),
+            },
+            "application/x-www-form-urlencoded" => {
+                hash.update([3]);
+                hash_pairs(&mut hash, body);
+            }
+            "multipart/form-data" => match content_type.and_then(boundary) {
+                Some(b) if !b.is_empty() => {
+                    hash.update([4]);
+                    // Each part between boundaries, the boundary itself left out.
+                    for part in split_on(body, b.as_bytes()) {
+                        hash.update((part.len() as u64).to_be_bytes());
+                        hash.update(part);
+                    }
+                }
+                _ => raw(&mut hash, body),
+            },
+            _ => raw(&mut hash, body),
+        }
         Fingerprint(hash.finalize().into())
     }
 
@@ -298,6 +435,82 @@ mod tests {
     fn rejects_unknown_versions_and_kinds() {
         assert!(Record::decode(&[2, 0]).is_err());
         assert!(Record::decode(&[1, 9]).is_err());
+    }
+
+    #[test]
+    fn a_request_built_again_has_the_same_fingerprint() {
+        let of = Fingerprint::of_request;
+        let json = Some("application/json; charset=utf-8");
+        // A map's member order, whitespace: the same request.
+        assert_eq!(
+            of(None, json, br#"{"a":1,"b":[1,2],"c":{"x":"y","z":null}}"#),
+            of(
+                None,
+                json,
+                br#"{ "c": {"z": null, "x": "y"}, "b": [1, 2], "a": 1 }"#
+            )
+        );
+        // Values, array order, nesting: another request.
+        assert_ne!(of(None, json, br#"{"a":1}"#), of(None, json, br#"{"a":2}"#));
+        assert_ne!(of(None, json, br#"[1,2]"#), of(None, json, br#"[2,1]"#));
+        assert_ne!(
+            of(None, json, br#"{"a":"1"}"#),
+            of(None, json, br#"{"a":1}"#)
+        );
+        assert_ne!(
+            of(None, json, br#"{"a":{"b":1}}"#),
+            of(None, json, br#"{"a":{},"b":1}"#)
+        );
+        // Not JSON after all: the bytes.
+        assert_ne!(of(None, json, b"{oops"), of(None, json, b"{oops "));
+        // Query and form pairs in any order.
+        assert_eq!(
+            of(Some("a=1&b=2"), None, b""),
+            of(Some("b=2&a=1"), None, b"")
+        );
+        assert_ne!(
+            of(Some("a=1&b=2"), None, b""),
+            of(Some("a=2&b=1"), None, b"")
+        );
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(of(None, form, b"x=1&y=2"), of(None, form, b"y=2&x=1"));
+        assert_ne!(of(None, form, b"x=1&y=2"), of(None, form, b"x=1&y=3"));
+        // A multipart body whose boundary changed.
+        let part = |b: &str, v: &str| {
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n{v}\r\n--{b}--\r\n")
+        };
+        let (one, two) = ("a1b2c3", "zz9988");
+        assert_eq!(
+            of(
+                None,
+                Some(&format!("multipart/form-data; boundary={one}")),
+                part(one, "v").as_bytes()
+            ),
+            of(
+                None,
+                Some(&format!("multipart/form-data; boundary=\"{two}\"")),
+                part(two, "v").as_bytes()
+            )
+        );
+        assert_ne!(
+            of(
+                None,
+                Some(&format!("multipart/form-data; boundary={one}")),
+                part(one, "v").as_bytes()
+            ),
+            of(
+                None,
+                Some(&format!("multipart/form-data; boundary={two}")),
+                part(two, "w").as_bytes()
+            )
+        );
+        // Other bodies: their bytes.
+        assert_ne!(
+            of(None, Some("text/plain"), b"a b"),
+            of(None, Some("text/plain"), b"b a")
+        );
+        // A body is not taken for a query.
+        assert_ne!(of(Some("a=1"), None, b""), of(None, form, b"a=1"));
     }
 
     #[test]
