@@ -64,7 +64,9 @@ pub fn record_key(method: &Method, path: &str, key: &str, scope: Option<&str>) -
 /// Which handler answers are kept and replayed by default; the others release the key, so
 /// that a retry runs the handler again.
 ///
-/// Kept: everything but 5xx, 408 and 429. Those three say "not done, try again": a server
+/// Kept: everything but 5xx, 408 and 429 (and, whatever this function says, a 409 with
+/// `Retry-After`: "in progress elsewhere", passed on from further down). Those say "not done,
+/// try again": a server
 /// failure whose effects a correct handler rolled back, a timeout, a throttle. Replaying them
 /// would turn a transient failure into a permanent one for that key. Everything else, 4xx
 /// included, is the answer to that request and is replayed as it was.
@@ -833,7 +835,11 @@ where
             return Ok(guard.finish_with(&config, res).await);
         }
     };
-    if !keep(res.status()) {
+    // A 409 with `Retry-After` says "in progress elsewhere, ask again later" (the answer of
+    // an idempotency layer further down, passed on by a handler that forwards the key): kept,
+    // every repeat would get it for the TTL and the operation would never run.
+    let try_later = res.status() == StatusCode::CONFLICT && res.headers().contains_key(RETRY_AFTER);
+    if !keep(res.status()) || try_later {
         tally.count(Served::Released);
         guard.release().await;
         return Ok(res.map(ResponseBody::inner));

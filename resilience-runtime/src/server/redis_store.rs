@@ -140,8 +140,9 @@ impl RedisStore {
         }
     }
 
-    /// Prefixes every Redis key with `prefix` instead of `idempotency:`, e.g. to let several
-    /// services share one Redis.
+    /// Prefixes every Redis key with `prefix` instead of `idempotency:`: give each service
+    /// sharing one Redis its own, or a key one forwards to another (same method and path)
+    /// meets its own claim there.
     pub fn prefix(mut self, prefix: impl Into<String>) -> RedisStore {
         self.prefix = prefix.into();
         self

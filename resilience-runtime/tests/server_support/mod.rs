@@ -87,6 +87,7 @@ pub struct Runs {
     pub flaky: AtomicUsize,
     pub reject: AtomicUsize,
     pub busy: AtomicUsize,
+    pub forwarding: AtomicUsize,
     pub list: AtomicUsize,
     pub required: AtomicUsize,
     pub panicky: AtomicUsize,
@@ -220,6 +221,24 @@ async fn busy(State(s): State<Shared>) -> (StatusCode, [(&'static str, &'static 
     (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")])
 }
 
+/// Passes on what a service further down answered: 409 "in progress, ask again later" (with
+/// `Retry-After`) when the body says `later`, else a 409 of its own (a conflict, no
+/// `Retry-After`).
+async fn forwarding(State(s): State<Shared>, body: String) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    bump(&s.runs.forwarding);
+    if body == "later" {
+        (
+            StatusCode::CONFLICT,
+            [("retry-after", "1")],
+            "in progress downstream",
+        )
+            .into_response()
+    } else {
+        (StatusCode::CONFLICT, "already shipped").into_response()
+    }
+}
+
 /// Panics on its first run, 201 after.
 async fn panicky(State(s): State<Shared>) -> (StatusCode, String) {
     let n = bump(&s.runs.panicky);
@@ -274,6 +293,7 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         .route("/flaky", routing::post(flaky))
         .route("/reject", routing::post(reject))
         .route("/busy", routing::post(busy))
+        .route("/forwarding", routing::post(forwarding))
         .route("/panicky", routing::post(panicky))
         .route("/streamed", routing::post(streamed))
         .route("/streamed_panic", routing::post(streamed_panic))
@@ -576,6 +596,23 @@ pub async fn server_errors_release_the_key(store: Store) {
         assert_eq!((throttled.status, throttled.replayed()), (429, false));
     }
     assert_eq!(count(&app.runs.busy), 2);
+
+    // So does a 409 with Retry-After a handler passes on from further down: kept, every repeat
+    // would get it and the operation would never run. A 409 of the handler's own is kept.
+    let later = fresh_key();
+    for _ in 0..2 {
+        let passed_on = post(&app.url("/forwarding"), Some(&later), "later").await;
+        assert_eq!((passed_on.status, passed_on.replayed()), (409, false));
+    }
+    assert_eq!(count(&app.runs.forwarding), 2);
+    let conflict = fresh_key();
+    let first = post(&app.url("/forwarding"), Some(&conflict), "now").await;
+    let again = post(&app.url("/forwarding"), Some(&conflict), "now").await;
+    assert_eq!(
+        (first.status, again.status, again.replayed()),
+        (409, 409, true)
+    );
+    assert_eq!(count(&app.runs.forwarding), 3);
 }
 
 pub async fn client_errors_are_replayed(store: Store) {
