@@ -609,6 +609,17 @@ async fn one_attempt_still_asks_for_the_replay_of_a_request_in_progress() {
     let got = settle_once(&reqwest::Client::new(), server.url("/settlements")).await;
     assert_eq!(got.expect("the replay"), "settled");
     assert_eq!(server.count(), 3);
+    // Asking again ran nothing again: no retry counted, the call succeeded without one.
+    let m = resilience_runtime::metrics::policy("exactly_once::settle_once").unwrap();
+    assert_eq!(
+        (
+            m.successful_without_retry,
+            m.successful_with_retry,
+            m.retries
+        ),
+        (1, 0, 0),
+        "{m:?}"
+    );
     let keys: Vec<_> = server
         .requests()
         .iter()

@@ -367,6 +367,27 @@ async fn hedges_are_counted_won_and_lost() {
         &[function_of("hedged"), r#"class="ok""#],
     );
     assert_eq!(ok, Some(1.0));
+    // Hedges are not retries: the call's outcome, the retries metric and the pull API agree.
+    let outcome = |o: &str| {
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("hedged"), &format!(r#"outcome="{o}""#)],
+        )
+    };
+    assert_eq!(outcome("successful_without_retry"), Some(1.0));
+    assert_eq!(outcome("successful_with_retry").unwrap_or(0.0), 0.0);
+    let text = handle.render();
+    let retried: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("resilience_client_retries_total{") && l.contains(function_of("hedged"))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(retried, 0.0, "{text}");
+    let pulled = resilience_runtime::metrics::policy("metrics::hedged").unwrap();
+    assert_eq!((pulled.successful_without_retry, pulled.retries), (1, 0));
     assert!(
         handle
             .render()

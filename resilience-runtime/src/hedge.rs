@@ -345,8 +345,8 @@ fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
         tracing::debug!(attempt = s.attempts, "retry budget spent: no hedge");
         return None;
     }
+    // An attempt, not a retry: no failure is retried (`resilience.client.hedges` counts it).
     s.attempts += 1;
-    PolicyMetrics::incr(&s.shared.metrics.retries);
     tracing::info!(attempt = s.attempts, "no answer yet: hedging");
     let limit = s.policy.timeout.min(left);
     let until = now + limit;

@@ -296,6 +296,10 @@ pub struct Session {
     /// The attempts that asked again for a keyed request's replay (the answer before them a
     /// 409 "still in progress"): run, but counted against neither `max_attempts` nor the budget.
     asks: u32,
+    /// The failures retried: what makes a call's outcome "with retry". Not the hedges (a
+    /// hedge retries no failure: `resilience.client.hedges` counts them) nor the asks for a
+    /// replay (nothing run again).
+    retried: u32,
     /// When the next attempt may start: set by [`after_failure`](Self::after_failure) when
     /// it decides to retry, waited out by the next [`attempt`](Self::attempt).
     pub(crate) retry_at: Option<Instant>,
@@ -507,6 +511,7 @@ impl Session {
             admitted,
             waited: Duration::ZERO,
             asks: 0,
+            retried: 0,
             retry_at: None,
             sent: None,
             sent_unkeyed: false,
@@ -839,12 +844,12 @@ impl Session {
         telemetry::call_succeeded(
             self.attempt_scope.take(),
             self.shared,
-            self.attempts,
+            self.retried + 1,
             self.last.status,
             self.started,
         );
         let m = self.shared.metrics;
-        PolicyMetrics::incr(if self.attempts == 1 {
+        PolicyMetrics::incr(if self.retried == 0 {
             &m.successful_without_retry
         } else {
             &m.successful_with_retry
@@ -990,23 +995,37 @@ impl Session {
                         .with_elapsed(self.started.elapsed());
                     return Next::Replace(err);
                 }
-                if crate::decision::in_progress(&facts) {
+                let ask = crate::decision::in_progress(&facts);
+                if ask {
                     self.asks += 1;
+                } else {
+                    self.retried += 1;
+                    PolicyMetrics::incr(&self.shared.metrics.retries);
                 }
-                PolicyMetrics::incr(&self.shared.metrics.retries);
                 {
                     let _e = self.span.enter();
-                    tracing::info!(
-                        attempt,
-                        class = class.as_str(),
-                        status = self.last.status,
-                        delay_ms = delay.as_millis() as u64,
-                        decision = "retry",
-                        "attempt failed; retrying"
-                    );
+                    if ask {
+                        tracing::info!(
+                            attempt,
+                            status = self.last.status,
+                            delay_ms = delay.as_millis() as u64,
+                            decision = "ask",
+                            "still in progress; asking again for the replay"
+                        );
+                    } else {
+                        tracing::info!(
+                            attempt,
+                            class = class.as_str(),
+                            status = self.last.status,
+                            delay_ms = delay.as_millis() as u64,
+                            decision = "retry",
+                            "attempt failed; retrying"
+                        );
+                    }
                 }
                 telemetry::attempt_retried(
                     self.attempt_scope.take(),
+                    ask,
                     self.shared,
                     class,
                     self.last.status,
@@ -1043,7 +1062,7 @@ impl Session {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
             self.shared,
-            self.attempts,
+            self.retried + 1,
             class,
             self.last.status,
             why,
@@ -1051,7 +1070,7 @@ impl Session {
             self.started,
         );
         let m = self.shared.metrics;
-        PolicyMetrics::incr(if self.attempts <= 1 {
+        PolicyMetrics::incr(if self.retried == 0 {
             &m.failed_without_retry
         } else {
             &m.failed_with_retry

@@ -97,7 +97,7 @@ pub(crate) fn on_attempt_end(inst: &Instruments, end: &AttemptEnd, took: Duratio
             .increment(1);
         r.register_histogram(&inst.attempt_duration[class], &METADATA)
             .record(took.as_secs_f64());
-        if end.delay.is_some() {
+        if end.decision == "retry" {
             r.register_counter(&inst.retries[class], &METADATA)
                 .increment(1);
         }

@@ -24,7 +24,7 @@
 //! | `otel.status_code` | `error` when the attempt failed |
 //! | `http.request.resend_count` | from the second attempt on: the attempt number − 1 |
 //! | `resilience.attempt` | 1 for the first |
-//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `give up`, why it gave up, the delay before the retry |
+//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `ask` (again, for the replay of a keyed request still in progress: not a retry) / `give up`, why it gave up, the delay before the retry or the ask |
 //!
 //! # Metrics
 //!
@@ -356,7 +356,8 @@ impl Outcome {
 pub(crate) struct AttemptEnd {
     pub class: Option<Class>,
     pub status: Option<u16>,
-    /// `"success"`, `"retry"` or `"give up"`.
+    /// `"success"`, `"retry"`, `"ask"` (for the replay of a keyed request still in progress)
+    /// or `"give up"`.
     pub decision: &'static str,
     pub reason: Option<&'static str>,
     /// The delay before the retry, when the decision is to retry.
@@ -600,10 +601,12 @@ pub(crate) fn call_succeeded(
     );
 }
 
-/// The attempt failed with `class`; the call retries after `delay`.
+/// The attempt failed with `class`; the call retries after `delay`, or (`ask`) asks again
+/// for the replay of its keyed request still in progress, which is not a retry.
 #[inline]
 pub(crate) fn attempt_retried(
     scope: Option<AttemptScope>,
+    ask: bool,
     shared: &Resolved,
     class: Class,
     status: Option<u16>,
@@ -612,7 +615,7 @@ pub(crate) fn attempt_retried(
     let end = AttemptEnd {
         class: Some(class),
         status,
-        decision: "retry",
+        decision: if ask { "ask" } else { "retry" },
         reason: None,
         delay: Some(delay),
     };
