@@ -474,9 +474,11 @@ async fn scenario_thread_pool() {
         "/checkout ok",
         "/checkout failed fast",
         "requests B got",
+        "threads busy at next wave",
     ]);
     for (label, guard) in [
         ("plain reqwest", Guard::None),
+        ("timeout 5u", Guard::TimeoutOnly),
         ("timeout 5u, breaker, bulkhead 50", Guard::Policy),
     ] {
         let r = thread_pool(guard, 8).await;
@@ -491,6 +493,7 @@ async fn scenario_thread_pool() {
             format!("{}/{}", r.checkout_ok, r.checkout_sent),
             r.checkout_failed_fast.to_string(),
             r.b_requests.to_string(),
+            format!("{}/200", r.busy_at_next_wave),
         ]);
     }
     t.print();

@@ -5,8 +5,9 @@
 //!    semaphore around every request of a real HTTP server on 127.0.0.1). Its `/checkout` calls
 //!    service B, which has become slow: 60 units per answer. Users arrive in waves of 100 every
 //!    10 units and give up after 30. Without a policy, `/checkout` holds every thread while it
-//!    waits on B, and A's `/home`, which never touches B, stops answering. With a timeout, a
-//!    breaker and a bulkhead, `/checkout` fails fast and `/home` keeps answering.
+//!    waits on B, and A's `/home`, which never touches B, stops answering. With a 5-unit
+//!    timeout alone, every thread is free again before the next wave and `/home` keeps
+//!    answering; with a breaker and a bulkhead too, most checkouts do not even reach B.
 //! 2. **The retry storm.** B is dead (every answer 503) under steady load. Naive retries (3
 //!    attempts) triple the load on it; the retry budget holds it near 1.1×.
 
@@ -30,6 +31,8 @@ pub const UNIT: Duration = Duration::from_millis(10);
 pub enum Guard {
     /// A plain reqwest call: no timeout, no breaker, no bulkhead.
     None,
+    /// `#[resilient]` with a 5-unit timeout and nothing else: the source document's own fix.
+    TimeoutOnly,
     /// `#[resilient]` with a 5-unit timeout, a breaker and a 50-slot bulkhead.
     Policy,
 }
@@ -44,6 +47,9 @@ pub struct PoolReport {
     pub checkout_failed_fast: usize,
     /// Requests B received.
     pub b_requests: usize,
+    /// The most of A's 200 threads still busy when a wave arrived, 10 units after the one
+    /// before (from the second wave on): with a 5-unit timeout, none.
+    pub busy_at_next_wave: usize,
 }
 
 impl PoolReport {
@@ -71,18 +77,33 @@ async fn call_b_guarded(http: &reqwest::Client, url: &str) -> Result<String, Err
         .await?)
 }
 
+#[resilient(timeout = "50ms", deadline = "50ms", max_attempts = 1, budget = false)]
+async fn call_b_with_a_timeout(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .resilient()
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 async fn call_b(guard: Guard, http: &reqwest::Client, url: &str) -> Result<String, String> {
     match guard {
         Guard::None => {
             let r = async { http.get(url).send().await?.error_for_status()?.text().await }.await;
             r.map_err(|e| e.to_string())
         }
+        Guard::TimeoutOnly => call_b_with_a_timeout(http, url)
+            .await
+            .map_err(|e| e.to_string()),
         Guard::Policy => call_b_guarded(http, url).await.map_err(|e| e.to_string()),
     }
 }
 
 struct ServiceA {
-    pool: Semaphore,
+    pool: Arc<Semaphore>,
     guard: Guard,
     http: reqwest::Client,
     b_url: String,
@@ -139,8 +160,9 @@ async fn serve_a(a: Arc<ServiceA>) -> (std::net::SocketAddr, tokio::task::JoinHa
 /// waves all go to `/checkout`; later waves send half their users to `/home`.
 pub async fn thread_pool(guard: Guard, waves: usize) -> PoolReport {
     let b = FaultServer::start(Script::always(Action::ok().body("paid").after(UNIT * 60))).await;
+    let pool = Arc::new(Semaphore::new(200));
     let a = Arc::new(ServiceA {
-        pool: Semaphore::new(200),
+        pool: pool.clone(),
         guard,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -159,8 +181,12 @@ pub async fn thread_pool(guard: Guard, waves: usize) -> PoolReport {
     let checkout_ok = Arc::new(AtomicUsize::new(0));
     let checkout_fast = Arc::new(AtomicUsize::new(0));
     let (mut home_sent, mut checkout_sent) = (0, 0);
+    let mut busy_at_next_wave = 0;
     let mut tasks = Vec::new();
     for wave in 0..waves {
+        if wave > 0 {
+            busy_at_next_wave = busy_at_next_wave.max(200 - pool.available_permits());
+        }
         for user in 0..100 {
             let home = wave >= 2 && user % 2 == 0;
             let path = if home { "/home" } else { "/checkout" };
@@ -207,6 +233,7 @@ pub async fn thread_pool(guard: Guard, waves: usize) -> PoolReport {
         checkout_ok: checkout_ok.load(Ordering::Relaxed),
         checkout_failed_fast: checkout_fast.load(Ordering::Relaxed),
         b_requests: b.count(),
+        busy_at_next_wave,
     }
 }
 

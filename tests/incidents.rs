@@ -27,6 +27,24 @@ async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
     assert!(guarded.checkout_failed_fast > 0, "{guarded:?}");
 }
 
+/// The source document's own fix: a timeout alone. Every checkout ends within 5 units, so 10
+/// units after a wave no thread of A is still busy with it, and `/home` keeps answering.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_alone_frees_the_pool_before_the_next_wave() {
+    let bare = thread_pool(Guard::None, 8).await;
+    assert!(bare.busy_at_next_wave >= 100, "{bare:?}");
+    let timed = thread_pool(Guard::TimeoutOnly, 8).await;
+    assert_eq!(timed.busy_at_next_wave, 0, "{timed:?}");
+    assert!(
+        timed.home_share() >= 0.99,
+        "with a timeout /home answered only {:.1}%: {timed:?}",
+        timed.home_share() * 100.0
+    );
+    // Every checkout failed fast (B takes 60 units), none waited for B.
+    assert_eq!(timed.checkout_ok, 0, "{timed:?}");
+    assert_eq!(timed.checkout_failed_fast, timed.checkout_sent, "{timed:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_retry_budget_stops_a_retry_storm() {
     let naive = retry_storm(false, 300, 200).await;
