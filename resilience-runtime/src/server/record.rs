@@ -6,11 +6,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
-fn raw(hash: &mut Sha256, body: &[u8]) {
-    hash.update([5]);
-    hash.update(body);
-}
-
 /// `a=1&b=2` and `b=2&a=1` alike: the pairs, sorted, each length-prefixed.
 fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
     let mut all: Vec<&[u8]> = pairs
@@ -97,20 +92,10 @@ fn split_on<'a>(body: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]>
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// The fingerprint of a request with this query string (without the `?`) and body.
+    /// The fingerprint of a request with this query string (without the `?`) and body: as
+    /// [`of_request`](Self::of_request) with no content type (the body's bytes as they are).
     pub fn of(query: Option<&str>, body: &[u8]) -> Fingerprint {
-        let mut hash = Sha256::new();
-        match query {
-            // Length-prefixed, so that no query/body split can collide with another.
-            Some(q) => {
-                hash.update([1]);
-                hash.update((q.len() as u64).to_be_bytes());
-                hash.update(q.as_bytes());
-            }
-            None => hash.update([0]),
-        }
-        hash.update(body);
-        Fingerprint(hash.finalize().into())
+        Fingerprint::of_request(query, None, body)
     }
 
     /// The fingerprint of a request as the layer takes it: like [`of`](Self::of), but what a
@@ -143,7 +128,7 @@ impl Fingerprint {
                     hash.update([2]);
                     hash_json(&mut hash, &v);
                 }
-                Err(_) => raw(&mut hash, body),
+                Err(_) => hash.update(body),
             },
             "application/x-www-form-urlencoded" => {
                 hash.update([3]);
@@ -158,9 +143,9 @@ impl Fingerprint {
                         hash.update(part);
                     }
                 }
-                _ => raw(&mut hash, body),
+                _ => hash.update(body),
             },
-            _ => raw(&mut hash, body),
+            _ => hash.update(body),
         }
         Fingerprint(hash.finalize().into())
     }
