@@ -960,3 +960,62 @@ async fn a_function_written_by_a_macro_rules_macro_is_retried() {
     assert_eq!(by_macro(&client(), &server.url("/m")).await.unwrap(), "ok");
     retried_and_stamped(&server);
 }
+
+/// A function generic over its error type: the runtime cannot look into `E`.
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn generic_error<E: From<reqwest::Error> + From<Error>>(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<String, E> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The runtime cannot read `E`, but it saw how the attempt's request failed: a reset is
+/// retried, as a 503 is.
+#[tokio::test(start_paused = true)]
+async fn a_generic_error_type_is_retried_by_what_the_runtime_saw() {
+    let server = flaky().await;
+    let got: Result<String, Error> = generic_error(&client(), &server.url("/g")).await;
+    assert_eq!(got.unwrap(), "ok");
+    retried_and_stamped(&server);
+}
+
+/// An error type that keeps nothing of the failure (`map_err` to a unit variant,
+/// `Opaque` above, a `std::error::Error` here): retried by what the runtime saw of the
+/// request.
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn opaque_std(c: &reqwest::Client, url: &str) -> Result<String, OpaqueStd> {
+    let resp = c.get(url).send().await.map_err(|_| OpaqueStd)?;
+    resp.error_for_status()
+        .map_err(|_| OpaqueStd)?
+        .text()
+        .await
+        .map_err(|_| OpaqueStd)
+}
+
+#[derive(Debug)]
+struct OpaqueStd;
+
+impl std::fmt::Display for OpaqueStd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream unavailable")
+    }
+}
+
+impl std::error::Error for OpaqueStd {}
+
+impl From<Error> for OpaqueStd {
+    fn from(_: Error) -> Self {
+        OpaqueStd
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_that_drops_its_source_is_retried_by_what_the_runtime_saw() {
+    let server = flaky().await;
+    assert_eq!(
+        opaque_std(&client(), &server.url("/o")).await.unwrap(),
+        "ok"
+    );
+    retried_and_stamped(&server);
+}

@@ -310,6 +310,11 @@ pub(crate) struct AttemptCtx {
     /// body.
     pub reached: Cell<Option<Method>>,
     pub status: Cell<Option<u16>>,
+    /// How the last request the runtime saw failed before any response (a reset, a refused
+    /// connect, reqwest's own timeout); `None` once a response arrives. What the retry
+    /// decision takes when the body's error says nothing it can read (a type it cannot look
+    /// into, an error that dropped its source).
+    pub failure: Cell<Option<crate::classify::Class>>,
     pub retry_after: Cell<Option<Duration>>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
@@ -388,6 +393,7 @@ impl AttemptCtx {
             sent_method: Cell::new(None),
             reached: Cell::new(None),
             status: Cell::new(None),
+            failure: Cell::new(None),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
@@ -436,6 +442,7 @@ impl AttemptCtx {
         *self.sent_method.get_mut() = None;
         *self.reached.get_mut() = None;
         *self.status.get_mut() = None;
+        *self.failure.get_mut() = None;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
         *self.unpolled.get_mut() = 0;

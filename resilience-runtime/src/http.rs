@@ -93,8 +93,10 @@ fn record_outcome(
     let response = res.as_ref().ok().map(response_facts);
     let reached = !matches!(res, Err(e) if e.is_connect());
     let _ = with_attempt(|ctx| {
-        if let Some(facts) = response {
-            record_response(ctx, facts);
+        match (response, res) {
+            (Some(facts), _) => record_response(ctx, facts),
+            (None, Err(e)) => ctx.failure.set(crate::classify::classify_error(e)),
+            (None, Ok(_)) => {}
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
@@ -327,6 +329,7 @@ fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
 
 fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
     ctx.status.set(Some(facts.status));
+    ctx.failure.set(None);
     // telemetry (issue 12)
     crate::telemetry::on_response(facts.status);
     ctx.retry_after.set(facts.retry_after);

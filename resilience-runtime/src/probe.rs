@@ -82,6 +82,7 @@ impl<'a, E> Probe<'a, E> {
         own.set_attempts(self.1);
         own.set_key(self.2);
         let taken = class
+            .or(self.4.and_then(|s| s.last.failure))
             .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
             .or((self.1 > 0).then_some(Class::Permanent));
         own.set_class(taken);

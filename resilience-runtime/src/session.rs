@@ -197,6 +197,8 @@ pub(crate) struct Last {
     /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
     pub(crate) runtime: Option<ErrorKind>,
     pub(crate) status: Option<u16>,
+    /// How the last request failed before a response, if it did (see [`AttemptCtx::failure`]).
+    pub(crate) failure: Option<Class>,
     retry_after: Option<Duration>,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
@@ -246,6 +248,7 @@ fn record(
     ctx: &AttemptCtx,
 ) {
     last.status = ctx.status.get();
+    last.failure = ctx.failure.get();
     last.retry_after = ctx.retry_after.get();
     last.replayed = ctx.replayed.get();
     last.stamped = ctx.stamped.get();
@@ -884,7 +887,10 @@ impl Session {
         let class = match self.last.runtime {
             Some(ErrorKind::CircuitOpen) => Class::Rejected,
             Some(_) => Class::Timeout,
+            // The body's error said nothing the runtime can read: what it saw of the last
+            // request, a failure before any response, or the status.
             None => reported
+                .or(self.last.failure)
                 .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
                 .unwrap_or(Class::Permanent),
         };
