@@ -5,6 +5,8 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
@@ -158,7 +160,7 @@ pub struct Inbound {
     /// digits).
     pub(crate) request_id: Option<u128>,
     /// The caller's request id in any other form (a UUID, `req-42`), sent on as it came.
-    pub(crate) request_id_text: Option<HeaderValue>,
+    pub(crate) request_id_text: Option<Arc<HeaderValue>>,
 }
 
 impl Inbound {
@@ -220,7 +222,7 @@ impl Inbound {
             }
             _ => {
                 self.request_id = None;
-                self.request_id_text = HeaderValue::from_str(value).ok();
+                self.request_id_text = HeaderValue::from_str(value).ok().map(Arc::new);
             }
         }
         self
@@ -289,7 +291,7 @@ pub(crate) struct AttemptCtx {
     // (see `request_id()`), so a call that never sends, logs or nests draws none of them.
     request_id: Cell<u128>,
     /// The caller's request id, when it is not in the form the library draws: sent instead.
-    pub request_id_text: Option<HeaderValue>,
+    pub request_id_text: Option<Arc<HeaderValue>>,
     trace_id: Cell<u128>,
     span_id: Cell<u64>,
     pub trace_flags: u8,
@@ -362,7 +364,7 @@ pub(crate) struct Outer {
     pub trace_id: u128,
     pub trace_flags: u8,
     pub request_id: u128,
-    pub request_id_text: Option<HeaderValue>,
+    pub request_id_text: Option<Arc<HeaderValue>>,
     pub depth: u8,
 }
 
@@ -371,7 +373,7 @@ impl AttemptCtx {
     /// `until`, nothing recorded.
     pub(crate) fn new(
         request_id: u128,
-        request_id_text: Option<HeaderValue>,
+        request_id_text: Option<Arc<HeaderValue>>,
         trace_id: u128,
         trace_flags: u8,
         key: Option<Key>,

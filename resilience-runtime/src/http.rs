@@ -198,7 +198,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let request_id = match &ctx.request_id_text {
         _ if headers.contains_key(&X_REQUEST_ID) => None,
         Some(v) => {
-            headers.insert(X_REQUEST_ID, v.clone());
+            headers.insert(X_REQUEST_ID, HeaderValue::clone(v));
             None
         }
         None => Some(buf.push(hex32(ctx.request_id()).as_str().as_bytes())),

@@ -88,7 +88,10 @@ impl<'a, E> Probe<'a, E> {
         own.set_class(taken);
         if let Some(s) = self.4 {
             self.came_back(own.origin());
-            own.set_origin(token(s));
+            // Only a nested call's errors reach a call that reads their token.
+            if s.nested {
+                own.set_origin(token(s));
+            }
         }
     }
 }

@@ -291,7 +291,7 @@ pub struct Session {
     /// trace, key, depth) and what the attempt's requests recorded. Hedges get their own.
     pub(crate) ctx: AttemptCtx,
     /// Inside another call's attempt: what this call reports to it when it ends.
-    nested: bool,
+    pub(crate) nested: bool,
     /// Holds its bulkhead slot and rate-limit permit (or needs none).
     admitted: bool,
     /// Backoff, Retry-After and bulkhead waits.
