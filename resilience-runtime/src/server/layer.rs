@@ -811,18 +811,18 @@ where
         }
         Ok(Err(panic)) => {
             tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
-            tally.count(Served::HandlerFailed);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
                 HANDLER_FAILED,
                 "The handler failed while processing this request.",
             );
-            return Ok(guard.finish_with(&config, res).await);
+            return Ok(guard
+                .finish_with(&config, res, &tally, Served::HandlerFailed)
+                .await);
         }
         Err(_) => {
             tracing::error!(key = %guard.key, limit = ?config.handler_limit, "idempotent handler cancelled at the layer's limit");
-            tally.count(Served::HandlerTimedOut);
             let res = Stored::problem(
                 &config,
                 claim.fingerprint,
@@ -832,7 +832,9 @@ where
                     config.handler_limit.as_millis()
                 ),
             );
-            return Ok(guard.finish_with(&config, res).await);
+            return Ok(guard
+                .finish_with(&config, res, &tally, Served::HandlerTimedOut)
+                .await);
         }
     };
     // A 409 with `Retry-After` says "in progress elsewhere, ask again later" (the answer of
@@ -879,8 +881,12 @@ where
             parts.status.as_u16()
         ),
     );
-    tally.count(Served::ResponseFailed);
-    guard.complete(&config, stored).await;
+    let ours = guard.complete(&config, stored).await;
+    tally.count(if ours {
+        Served::ResponseFailed
+    } else {
+        Served::ClaimLost
+    });
     Ok(Response::from_parts(parts, ResponseBody::failed(failed)))
 }
 
@@ -896,7 +902,6 @@ async fn kept<ResBody>(
 ) -> Response<ResponseBody<ResBody>> {
     let stored = if body.len() > config.max_stored_body {
         tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
-        tally.count(Served::ResponseNotKept);
         Stored::problem(
             config,
             claim.fingerprint,
@@ -923,7 +928,12 @@ async fn kept<ResBody>(
         tally.count(outcome);
         return Response::from_parts(parts, ResponseBody::full(body));
     };
-    guard.complete(config, stored).await;
+    let ours = guard.complete(config, stored).await;
+    tally.count(if ours {
+        Served::ResponseNotKept
+    } else {
+        Served::ClaimLost
+    });
     Response::from_parts(parts, ResponseBody::full(body))
 }
 
@@ -1205,20 +1215,25 @@ impl ClaimGuard {
     }
 
     /// Stores `res` if the layer keeps its status, else releases the key; answers `res`.
+    /// Counts `outcome`, or `claim_lost` when storing found the claim another request's.
     async fn finish_with<B>(
         self,
         config: &Arc<Config>,
         res: StoredResponse,
+        tally: &Tally,
+        outcome: Served,
     ) -> Response<ResponseBody<B>> {
         let answer = Response::new(ResponseBody::full(res.body.clone()));
         let (mut parts, body) = answer.into_parts();
         parts.status = res.status;
         parts.headers = res.headers.clone();
-        if (config.replayable)(res.status) {
-            self.complete(config, res).await;
+        let ours = if (config.replayable)(res.status) {
+            self.complete(config, res).await
         } else {
             self.release().await;
-        }
+            true
+        };
+        tally.count(if ours { outcome } else { Served::ClaimLost });
         Response::from_parts(parts, body)
     }
 
