@@ -66,3 +66,47 @@ async fn keys_are_bare_by_default_and_quoted_when_set_and_the_layer_takes_both()
         "one run per call"
     );
 }
+
+/// The order the caller built, whose own id is the key.
+struct Order {
+    id: String,
+    amount: u32,
+}
+
+#[resilient(
+    timeout = "1s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false,
+    idempotency_key = order.id
+)]
+async fn place(c: &reqwest::Client, url: &str, order: &Order) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(order.amount.to_string())
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `idempotency_key = order.id`: a field of a parameter is the key, sent as it is on every
+/// attempt (a 503, then the answer).
+#[tokio::test(start_paused = true)]
+async fn a_parameters_field_is_the_key_on_every_attempt() {
+    let server = FaultServer::start(vec![Action::status(503)]).await;
+    let order = Order {
+        id: "order-2026-0042".into(),
+        amount: 39000,
+    };
+    assert_eq!(
+        place(&reqwest::Client::new(), &server.url("/orders"), &order)
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.idempotency_key(), Some("order-2026-0042"));
+    }
+}

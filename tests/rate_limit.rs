@@ -24,6 +24,46 @@ async fn refuse_at_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())
 }
 
+/// One slot, two permits an hour: what each call takes, in the README's layer order (the
+/// bulkhead outside the rate limit).
+#[resilient(
+    timeout = "10s",
+    deadline = "20s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(max_concurrent = 1, max_wait = "0ms"),
+    rate_limit(rate = 2, per = "1h", burst = 2)
+)]
+async fn one_at_a_time(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// "A call refused a slot spends no permit": while one call holds the only slot, others are
+/// refused by the bulkhead and leave the hour's second permit for the next call.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_a_slot_spends_no_permit() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(1)))).await;
+    let url = slow.url("/");
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { one_at_a_time(&c, &url).await }
+    });
+    while slow.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..3 {
+        let e = one_at_a_time(&c, &url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
+    }
+    assert_eq!(holder.await.unwrap().unwrap(), 200);
+    // The second permit is still there; the third is an hour away.
+    assert_eq!(one_at_a_time(&c, &url).await.unwrap(), 200);
+    let e = one_at_a_time(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(slow.count(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_burst_then_refused_at_once_without_sending() {
     let c = reqwest::Client::new();

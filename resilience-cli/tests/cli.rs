@@ -422,3 +422,34 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
     changed.sort();
     assert_eq!(changed, listed, "{changes:?}");
 }
+
+/// `[package.metadata.resilience] config = "…"` names the policy file instead of
+/// `resilience.toml` beside `Cargo.toml` (README, "Policy file").
+#[test]
+fn the_policy_file_named_in_package_metadata_is_read() {
+    let dir = crate_with(
+        "metadata_config",
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"metadata_config\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[package.metadata.resilience]\nconfig = \"policy/outbound.toml\"\n",
+            ),
+            (
+                "policy/outbound.toml",
+                "[policies.reads]\ntimeout = \"1500ms\"\nmax_attempts = 2\n",
+            ),
+            (
+                "src/lib.rs",
+                "#[resilience_runtime::resilient(policy = \"reads\")]\npub async fn get(c: &reqwest::Client) -> Result<String, resilience_runtime::Error> {\n    Ok(c.get(\"http://x/\").send().await?.text().await?)\n}\n",
+            ),
+        ],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v[0];
+    assert_eq!(f["timeout"]["value"], "1500ms", "{f}");
+    assert_eq!(f["max_attempts"]["value"], "2", "{f}");
+    let from = f["timeout"]["from"].as_str().unwrap_or_default();
+    assert!(from.contains("outbound.toml"), "{f}");
+}
