@@ -547,3 +547,39 @@ async fn local_decisions_of_a_shared_rate_limit_are_counted() {
         "described"
     );
 }
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, hedge(delay = "50ms", max = 2))]
+async fn hedged_then_dropped(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A hedged call its caller stops waiting for while two hedges are in flight: the call is
+/// counted cancelled and both hedges lost (they were not counted at all).
+#[tokio::test(start_paused = true)]
+async fn hedges_in_flight_when_the_caller_gives_up_are_counted_lost() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let url = server.url("/");
+    let r = tokio::time::timeout(Duration::from_millis(120), hedged_then_dropped(&c, &url)).await;
+    assert!(r.is_err(), "the caller gave up");
+    assert_eq!(server.requests().len(), 3);
+    let f = function_of("hedged_then_dropped");
+    let hedges = |o: &str| {
+        sample(
+            &handle,
+            "resilience_client_hedges_total",
+            &[f, &format!(r#"outcome="{o}""#)],
+        )
+    };
+    assert_eq!(hedges("lost"), Some(2.0));
+    assert_eq!(hedges("won").unwrap_or(0.0), 0.0);
+    let cancelled = sample(
+        &handle,
+        "resilience_client_calls_total",
+        &[f, r#"outcome="cancelled""#],
+    );
+    assert_eq!(cancelled, Some(1.0));
+}

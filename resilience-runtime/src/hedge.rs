@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use crate::context::{AttemptCtx, Scoped};
 use crate::counters::PolicyMetrics;
 use crate::error::Error;
+use crate::registry::Resolved;
 use crate::session::Session;
 use crate::telemetry::{self, AttemptScope};
 
@@ -49,8 +50,28 @@ pin_project_lite::pin_project! {
         done: bool,
         // Counted in the hedge metric (a hedge ends once, won or lost).
         counted: bool,
+        // A hedge's function (none for the first attempt): a hedge dropped in flight (the
+        // caller stopped waiting) is counted lost.
+        hedge_of: Option<&'static Resolved>,
         // The attempt's span (and start, for its metrics); its body is polled in it.
         scope: Option<AttemptScope>,
+    }
+
+    impl<F: Future> PinnedDrop for Running<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Still in flight when the call is dropped (its caller stopped waiting): every
+            // attempt that ended otherwise gave its span and its count away already.
+            let me = this.project();
+            if let Some(scope) = me.scope.take() {
+                telemetry::attempt_cancelled(scope);
+            }
+            if let Some(shared) = *me.hedge_of
+                && !*me.counted
+            {
+                *me.counted = true;
+                telemetry::hedge_ended(shared, false);
+            }
+        }
     }
 }
 
@@ -63,6 +84,7 @@ impl<F: Future> Running<F> {
     fn new(
         ctx: (Instant, Duration, AttemptCtx),
         scope: Option<AttemptScope>,
+        hedge_of: Option<&'static Resolved>,
         body: F,
     ) -> Running<F> {
         let (until, limit, ctx) = ctx;
@@ -73,6 +95,7 @@ impl<F: Future> Running<F> {
             limit,
             done: false,
             counted: false,
+            hedge_of,
             scope,
         }
     }
@@ -162,7 +185,7 @@ where
     let scope = s.attempt_scope.take();
     // `until - limit`: when the first attempt started (no clock read for the hedge timer).
     let first_hedge_at = ctx.0 - ctx.1 + hedge.delay;
-    let mut first = pin!(Running::new(ctx, scope, make()));
+    let mut first = pin!(Running::new(ctx, scope, None, make()));
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
     // The hedge timer, made when the first attempt is first pending.
     let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
@@ -311,7 +334,7 @@ where
                 Some(ctx) => {
                     // `until - limit`: the instant the hedge starts.
                     let scope = AttemptScope::start(&s.span, s.policy, s.attempts, ctx.0 - ctx.1);
-                    hedges.push(Box::pin(Running::new(ctx, scope, make())));
+                    hedges.push(Box::pin(Running::new(ctx, scope, Some(s.shared), make())));
                     in_flight += 1;
                     hedging = hedges.len() < hedge.max as usize;
                     if let Some(t) = timer.as_mut().as_pin_mut() {

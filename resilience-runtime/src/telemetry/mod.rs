@@ -445,6 +445,11 @@ pub(crate) fn attempt_superseded(
     end_unacted(scope, decision, reason, status);
 }
 
+/// A hedged attempt still in flight when its call was dropped (the caller stopped waiting).
+pub(crate) fn attempt_cancelled(scope: AttemptScope) {
+    end_unacted(Some(scope), "cancelled", "the caller stopped waiting", None);
+}
+
 /// A hedged attempt stopped because another one sent what may not go out twice.
 pub(crate) fn attempt_stopped(scope: Option<AttemptScope>) {
     end_unacted(
