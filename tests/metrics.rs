@@ -286,6 +286,21 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         ),
         Some(1.0)
     );
+    // Refused calls have a duration too (the wait they spent, here none).
+    for (f, outcome) in [
+        ("bulkheaded", "rejected_bulkhead"),
+        ("limited", "rejected_rate_limit"),
+    ] {
+        assert_eq!(
+            sample(
+                &handle,
+                "resilience_client_call_duration_seconds_count",
+                &[function_of(f), &format!(r#"outcome="{outcome}""#)]
+            ),
+            Some(1.0),
+            "{f}"
+        );
+    }
 
     // Adaptive concurrency limit: a 503 lowers the limit from 2 to 1.8; the gauges follow.
     let down_url = down.url("/");

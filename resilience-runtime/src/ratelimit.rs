@@ -494,7 +494,7 @@ fn refused(
 ) -> crate::error::Error {
     use crate::error::{Error, ErrorKind};
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
-    crate::telemetry::call_rejected_by_rate_limit(shared);
+    crate::telemetry::call_rejected_by_rate_limit(shared, started);
     let kind = match why {
         Refused::Limited => ErrorKind::RateLimited,
         Refused::Deadline => ErrorKind::DeadlineExceeded,

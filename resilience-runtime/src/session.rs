@@ -94,7 +94,7 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
 /// reached (`full`), or the deadline came first. Counted as a bulkhead rejection.
 pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> Error {
     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
-    telemetry::call_rejected_by_bulkhead(shared); // telemetry (issue 12)
+    telemetry::call_rejected_by_bulkhead(shared, started); // telemetry (issue 12)
     let kind = if full {
         ErrorKind::BulkheadFull
     } else {

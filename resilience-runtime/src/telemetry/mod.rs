@@ -682,10 +682,17 @@ fn end_instant() -> Option<Instant> {
     None
 }
 
-/// The bulkhead refused the call: it never started.
+/// The bulkhead (or the concurrency limit) refused the call, `started` when it began to wait:
+/// its time, the wait, goes into the call duration.
 #[inline]
-pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved) {
-    on_call_end(shared, Outcome::RejectedBulkhead, None, None, false);
+pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved, started: Instant) {
+    on_call_end(
+        shared,
+        Outcome::RejectedBulkhead,
+        Some(started),
+        None,
+        false,
+    );
 }
 
 /// The call was refused by its open breaker before it started.
@@ -694,15 +701,16 @@ pub(crate) fn call_rejected_by_breaker(shared: &Resolved) {
     on_call_end(shared, Outcome::RejectedBreaker, None, None, false);
 }
 
-/// The call was refused by its rate limit before any attempt.
+/// The call was refused by its rate limit before any attempt, `started` when it began: its
+/// time (a wait for a permit) goes into the call duration.
 #[inline]
-pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved) {
+pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved, started: Instant) {
     // The rate limit is asked after the bulkhead: a call it refuses holds a slot if the policy
     // has a bulkhead.
     on_call_end(
         shared,
         Outcome::RejectedRateLimit,
-        None,
+        Some(started),
         None,
         shared.bulkhead.is_some(),
     );
