@@ -474,28 +474,53 @@ async fn capture(http: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "0ms", max = "0ms", jitter = none),
+    idempotency_key = auto
+)]
+async fn capture_without_backoff(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("c")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// A server (or a proxy) that answers "still in progress" with `Retry-After: 0` is asked again
 /// at the policy's backoff, not back to back until the deadline: asking past `max_attempts`
-/// keeps the backoff.
+/// keeps the backoff, and with no backoff at all (`capture_without_backoff`) the asks wait
+/// at least 100 ms.
 #[tokio::test(start_paused = true)]
 async fn asking_for_a_replay_keeps_the_backoff() {
-    // 30 such answers, then a stall: back to back, the 30 go at once and the stall ends the
-    // call at its deadline (a bound for the test, with the paused clock).
-    let busy = FaultServer::start(
-        Script::sequence((0..30).map(|_| Action::status(409).header("retry-after", "0")))
-            .then(Action::stall()),
-    )
-    .await;
-    let e = capture(&reqwest::Client::new(), &busy.url("/captures"))
-        .await
+    for without_backoff in [false, true] {
+        // 30 such answers, then a stall: back to back, the 30 go at once and the stall ends
+        // the call at its deadline (a bound for the test, with the paused clock).
+        let busy = FaultServer::start(
+            Script::sequence((0..30).map(|_| Action::status(409).header("retry-after", "0")))
+                .then(Action::stall()),
+        )
+        .await;
+        let (c, url) = (reqwest::Client::new(), busy.url("/captures"));
+        let e = if without_backoff {
+            capture_without_backoff(&c, &url).await
+        } else {
+            capture(&c, &url).await
+        }
         .unwrap_err();
-    assert_eq!(e.http_status(), Some(409), "{e}");
-    // One request, then one every 100 ms within the 1 s deadline.
-    assert!(
-        (9..=11).contains(&busy.count()),
-        "{} requests in 1 s",
-        busy.count()
-    );
+        assert_eq!(e.http_status(), Some(409), "{e}");
+        // One request, then one every 100 ms within the 1 s deadline.
+        assert!(
+            (9..=11).contains(&busy.count()),
+            "without backoff {without_backoff}: {} requests in 1 s",
+            busy.count()
+        );
+    }
 }
 
 #[resilient(
@@ -636,44 +661,6 @@ async fn one_attempt_still_asks_for_the_replay_of_a_request_in_progress() {
     let m = resilience_runtime::metrics::policy("exactly_once::settle_once").unwrap();
     assert_eq!(m.cancelled, 0, "{m:?}");
     assert_eq!(m.failed_without_retry, 1, "{m:?}");
-}
-
-#[resilient(
-    timeout = "1s",
-    deadline = "1s",
-    max_attempts = 2,
-    backoff(kind = constant, initial = "0ms", max = "0ms", jitter = none),
-    idempotency_key = auto
-)]
-async fn capture_without_backoff(http: &reqwest::Client, url: &str) -> Result<String, Error> {
-    Ok(http
-        .post(url)
-        .body("c")
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?)
-}
-
-/// With no backoff at all, `Retry-After: 0` would ask back to back until the deadline: the
-/// asks wait at least 100 ms.
-#[tokio::test(start_paused = true)]
-async fn asking_for_a_replay_waits_even_without_a_backoff() {
-    let busy = FaultServer::start(
-        Script::sequence((0..30).map(|_| Action::status(409).header("retry-after", "0")))
-            .then(Action::stall()),
-    )
-    .await;
-    let e = capture_without_backoff(&reqwest::Client::new(), &busy.url("/captures"))
-        .await
-        .unwrap_err();
-    assert_eq!(e.http_status(), Some(409), "{e}");
-    assert!(
-        (9..=11).contains(&busy.count()),
-        "{} requests in 1 s",
-        busy.count()
-    );
 }
 
 /// A body built again on each attempt, the way services write it: a `HashMap` serialized

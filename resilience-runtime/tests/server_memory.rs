@@ -700,7 +700,9 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
 
 /// A handler that outlives its claim (renewals lost, the lease run out) while a repeat takes
 /// the key and runs it again: the first answer is not kept, and it is counted `claim_lost`,
-/// not `handled`: the one sign that the handler ran twice.
+/// not `handled`: the one sign that the handler ran twice. The same when the first answer is
+/// too large to keep (`max_stored_body`): its "not kept" problem is not stored either, and it
+/// is counted `claim_lost`, not `response_not_kept`.
 #[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
@@ -708,106 +710,54 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_service::Service as _;
 
-    let recorder = recorder();
-    let handle = recorder.handle();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
-
-    let runs = Arc::new(AtomicUsize::new(0));
     async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
         let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
         (axum::http::StatusCode::CREATED, format!("run {n}"))
     }
-    // Two instances of the service over one store: the repeat reaches the other one (this
-    // instance itself answers a repeat 409 while its handler runs).
-    let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
-    let instance = || {
-        axum::Router::new()
-            .route("/slow", axum::routing::post(slow))
-            .with_state(runs.clone())
-            .layer(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)))
-    };
-    let (app, other) = (instance(), instance());
-    let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/slow")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
-    let first = tokio::spawn(app.clone().call(request()));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = other.clone().call(request()).await.unwrap();
-    let first = first.await.unwrap().unwrap();
-    assert_eq!(
-        (first.status().as_u16(), second.status().as_u16()),
-        (201, 201)
-    );
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        2,
-        "the lease ran out: run twice"
-    );
-    assert_eq!(answered("claim_lost"), 1.0);
-    assert_eq!(answered("handled"), 1.0);
-}
-
-/// The same when the first answer is too large to keep: its "not kept" problem is not stored
-/// either (the claim is another request's), and it is counted `claim_lost`, not
-/// `response_not_kept`.
-#[cfg(feature = "metrics")]
-#[tokio::test(start_paused = true)]
-async fn a_claim_taken_before_an_answer_too_large_to_keep_is_counted_claim_lost() {
-    use axum::extract::State;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower_service::Service as _;
-
-    let recorder = recorder();
-    let handle = recorder.handle();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
-
-    let runs = Arc::new(AtomicUsize::new(0));
-    async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        (axum::http::StatusCode::CREATED, format!("run {n}"))
+    for (max_stored_body, kept_as) in [(1 << 20, "handled"), (4, "response_not_kept")] {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
+        let runs = Arc::new(AtomicUsize::new(0));
+        // Two instances of the service over one store: the repeat reaches the other one (this
+        // instance itself answers a repeat 409 while its handler runs).
+        let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
+        let instance = || {
+            axum::Router::new()
+                .route("/slow", axum::routing::post(slow))
+                .with_state(runs.clone())
+                .layer(
+                    IdempotencyLayer::new(store.clone())
+                        .lease(Duration::from_millis(100))
+                        .max_stored_body(max_stored_body),
+                )
+        };
+        let (app, other) = (instance(), instance());
+        let key = fresh_key();
+        let request = || {
+            axum::http::Request::post("/slow")
+                .header("idempotency-key", &key)
+                .body(axum::body::Body::from("x"))
+                .unwrap()
+        };
+        let first = tokio::spawn(app.clone().call(request()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = other.clone().call(request()).await.unwrap();
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(
+            (first.status().as_u16(), second.status().as_u16()),
+            (201, 201)
+        );
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the lease ran out: run twice"
+        );
+        assert_eq!(answered("claim_lost"), 1.0, "{kept_as}");
+        assert_eq!(answered(kept_as), 1.0, "the second run's answer");
     }
-    let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
-    let instance = || {
-        axum::Router::new()
-            .route("/slow", axum::routing::post(slow))
-            .with_state(runs.clone())
-            .layer(
-                IdempotencyLayer::new(store.clone())
-                    .lease(Duration::from_millis(100))
-                    .max_stored_body(4),
-            )
-    };
-    let (app, other) = (instance(), instance());
-    let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/slow")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
-    let first = tokio::spawn(app.clone().call(request()));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    other.clone().call(request()).await.unwrap();
-    first.await.unwrap().unwrap();
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        2,
-        "the lease ran out: run twice"
-    );
-    assert_eq!(answered("claim_lost"), 1.0);
-    assert_eq!(
-        answered("response_not_kept"),
-        1.0,
-        "the second run's answer, kept as not kept"
-    );
 }
 
 /// A claim that runs out while its handler runs (its store unreachable for longer than the
