@@ -8,8 +8,9 @@
 //!    waits on B, and A's `/home`, which never touches B, stops answering. With a 5-unit
 //!    timeout alone, every thread is free again before the next wave and `/home` keeps
 //!    answering; with a breaker and a bulkhead too, most checkouts do not even reach B.
-//! 2. **The retry storm.** B is dead (every answer 503) under steady load. Naive retries (3
-//!    attempts) triple the load on it; the retry budget holds it near 1.1×.
+//! 2. **The retry storm.** B is dead (every answer 503), or slow (every attempt times out),
+//!    under steady load. Naive retries (3 attempts) triple the load on it; the retry budget
+//!    holds it near 1.1×.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -245,7 +246,7 @@ pub struct StormReport {
 }
 
 impl StormReport {
-    /// Requests the dead downstream received per call.
+    /// Requests the downstream received per call.
     pub fn amplification(&self) -> f64 {
         self.requests as f64 / self.calls.max(1) as f64
     }
@@ -280,24 +281,67 @@ async fn budgeted(http: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
+#[resilient(method = GET, timeout = "50ms", max_attempts = 3, backoff(initial = "1ms", max = "2ms"), budget = false)]
+async fn naive_on_a_slow_dependency(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(method = GET, timeout = "50ms", max_attempts = 3, backoff(initial = "1ms", max = "2ms"), budget = { name = "storm-slow", ratio = 0.1, min_per_sec = 10 })]
+async fn budgeted_on_a_slow_dependency(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// Runs `calls` calls at a steady `per_sec` against a downstream that answers every request
 /// with 503, with naive retries or with the retry budget.
 pub async fn retry_storm(with_budget: bool, calls: usize, per_sec: u32) -> StormReport {
-    let dead = FaultServer::start(Script::always(Action::status(503))).await;
+    storm(with_budget, false, calls, per_sec).await
+}
+
+/// [`retry_storm`] against a downstream that has become slow instead: it answers after a
+/// second, every attempt times out at 50 ms, and a retry sends the same request again to a
+/// service already too slow (the source document: "the dependency gets twice the requests").
+pub async fn retry_storm_on_a_slow_dependency(
+    with_budget: bool,
+    calls: usize,
+    per_sec: u32,
+) -> StormReport {
+    storm(with_budget, true, calls, per_sec).await
+}
+
+async fn storm(with_budget: bool, slow: bool, calls: usize, per_sec: u32) -> StormReport {
+    let action = if slow {
+        Action::ok().after(Duration::from_secs(1))
+    } else {
+        Action::status(503)
+    };
+    let downstream = FaultServer::start(Script::always(action)).await;
     let http = reqwest::Client::builder()
         .retry(reqwest::retry::never())
         .build()
         .expect("client");
-    let url = dead.url("/inventory");
+    let url = downstream.url("/inventory");
     let gap = Duration::from_secs(1) / per_sec;
     let mut tasks = Vec::new();
     for _ in 0..calls {
         let (http, url) = (http.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let _ = if with_budget {
-                budgeted(&http, &url).await
-            } else {
-                naive(&http, &url).await
+            let _ = match (slow, with_budget) {
+                (false, true) => budgeted(&http, &url).await,
+                (false, false) => naive(&http, &url).await,
+                (true, true) => budgeted_on_a_slow_dependency(&http, &url).await,
+                (true, false) => naive_on_a_slow_dependency(&http, &url).await,
             };
         }));
         tokio::time::sleep(gap).await;
@@ -307,6 +351,6 @@ pub async fn retry_storm(with_budget: bool, calls: usize, per_sec: u32) -> Storm
     }
     StormReport {
         calls,
-        requests: dead.count(),
+        requests: downstream.count(),
     }
 }

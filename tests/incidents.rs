@@ -2,7 +2,7 @@
 //! every peer a task of the test's current-thread runtime, on a paused clock (the tour runs the
 //! same code in real time).
 
-use resilience::incidents::{Guard, retry_storm, thread_pool};
+use resilience::incidents::{Guard, retry_storm, retry_storm_on_a_slow_dependency, thread_pool};
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
@@ -58,5 +58,19 @@ async fn the_retry_budget_stops_a_retry_storm() {
     assert!(
         budgeted.amplification() > 1.0,
         "the budget still lets some retries through: {budgeted:?}"
+    );
+}
+
+/// The same storm against a dependency that has become slow (every attempt times out): naive
+/// retries triple what it receives, the budget holds it near one request per call.
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_stops_a_retry_storm_on_a_slow_dependency() {
+    let naive = retry_storm_on_a_slow_dependency(false, 300, 200).await;
+    assert!(naive.amplification() >= 2.9, "naive retries: {naive:?}");
+    let budgeted = retry_storm_on_a_slow_dependency(true, 300, 200).await;
+    assert!(
+        budgeted.amplification() <= 1.2,
+        "with the budget: {:.2}x {budgeted:?}",
+        budgeted.amplification()
     );
 }
