@@ -1123,6 +1123,23 @@ impl PricedApi {
             .await?)
     }
 
+    /// Keyed: the call as a whole may run again, its helper is not watched; a 409 "still in
+    /// progress" is asked again until the replay.
+    #[resilient(timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+    async fn charge(&self, url: &str) -> Result<String, Error> {
+        let t = self.token().await;
+        Ok(self
+            .http
+            .post(url)
+            .bearer_auth(t)
+            .body("9")
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     #[resilient(method = GET, timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false)]
     async fn price_declared(&self, url: &str) -> Result<String, Error> {
         let t = self.token().await;
@@ -1150,4 +1167,12 @@ async fn a_helper_seen_sending_nothing_counts_as_unseen_unless_the_method_is_dec
     price.clear();
     assert_eq!(api.price_declared(&price.url("/p")).await.unwrap(), "9");
     assert_eq!(price.count(), 2);
+    // Keyed, the same helper does not end the wait for the replay.
+    let charges = FaultServer::start(vec![
+        Action::status(409).retry_after(1),
+        Action::ok().body("charged"),
+    ])
+    .await;
+    assert_eq!(api.charge(&charges.url("/c")).await.unwrap(), "charged");
+    assert_eq!(charges.count(), 2);
 }

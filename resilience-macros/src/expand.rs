@@ -51,8 +51,13 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // Where the method is inferred from the body's own requests, a helper it awaits, handed
     // the client, may send another (a POST beside the body's GET) unseen: such helpers are
     // wrapped, and one seen sending nothing makes its attempt count as the least safe. A
-    // declared `method` is the least safe the body sends, helpers included.
-    let clients = s.method.is_none().then(|| client_names(sig));
+    // declared `method` is the least safe the body sends, helpers included; a key or
+    // `idempotent` says the call as a whole may run again (a keyed call keeps asking for its
+    // replay: a helper fetching a token must not end that).
+    let watch = s.method.is_none()
+        && matches!(s.idempotency_key.value, KeyModel::None)
+        && !s.idempotent.value;
+    let clients = watch.then(|| client_names(sig));
     let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
     // unkeyed: every attempt says it may have sent the least safe method, so none is run again
@@ -394,10 +399,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     }
 }
 
-/// Whether `ty` holds an `impl Trait` anywhere (`Result<impl Iterator<Item = u8>, E>`).
 /// The names through which a body holds a client: `self`, and the parameters (by name) whose
-/// type names a `…Client…` (`&reqwest::Client`, `Arc<Client>`, `ClientWithMiddleware`, a
-/// service's `PaymentsClient`).
+/// type is a `…Client` (`&reqwest::Client`, `Arc<Client>`, `ClientWithMiddleware`, a
+/// service's `PaymentsClient`; not a `ClientId`).
 fn client_names(sig: &syn::Signature) -> Vec<String> {
     let mut out = Vec::new();
     for input in &sig.inputs {
@@ -417,12 +421,17 @@ fn client_names(sig: &syn::Signature) -> Vec<String> {
 
 fn names_a_client(ts: TokenStream) -> bool {
     ts.into_iter().any(|tt| match tt {
-        proc_macro2::TokenTree::Ident(i) => i.to_string().contains("Client"),
+        // `Client`, `PaymentsClient`, `ClientWithMiddleware`; not `ClientId`.
+        proc_macro2::TokenTree::Ident(i) => {
+            let name = i.to_string();
+            name.ends_with("Client") || name == "ClientWithMiddleware"
+        }
         proc_macro2::TokenTree::Group(g) => names_a_client(g.stream()),
         _ => false,
     })
 }
 
+/// Whether `ty` holds an `impl Trait` anywhere (`Result<impl Iterator<Item = u8>, E>`).
 fn contains_impl(ty: &syn::Type) -> bool {
     ty.to_token_stream().into_iter().any(|tt| tt_has_impl(&tt))
 }

@@ -172,11 +172,11 @@ impl VisitMut for Rewriter<'_> {
             tokens,
         );
         if let Ok(mut args) = parsed {
-            let before = self.found.rewritten;
+            let before = self.found.rewritten + self.found.helpers;
             for a in args.iter_mut() {
                 self.visit_expr_mut(a);
             }
-            if self.found.rewritten > before {
+            if self.found.rewritten + self.found.helpers > before {
                 let mut out = biased;
                 out.extend(args.to_token_stream());
                 mac.tokens = out;
@@ -192,11 +192,11 @@ impl VisitMut for Rewriter<'_> {
         if is_select
             && let Ok(mut arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
         {
-            let before = self.found.rewritten;
+            let before = self.found.rewritten + self.found.helpers;
             for e in arms.exprs_mut() {
                 self.visit_expr_mut(e);
             }
-            if self.found.rewritten > before {
+            if self.found.rewritten + self.found.helpers > before {
                 mac.tokens = arms.into_tokens();
             }
             return;
