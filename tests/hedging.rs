@@ -377,3 +377,37 @@ async fn a_method_taking_self_as_a_typed_shared_reference_is_hedged() {
     assert_eq!(t.elapsed(), Duration::from_millis(100));
     assert_eq!(server.count(), 2, "the stalled request and its hedge");
 }
+
+/// A helper of the service's own: a plain POST, unseen by the runtime.
+async fn reserve(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    c.post(url).body("hold").send().await
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn stock_then_reserve(c: &reqwest::Client, stock: &str, hold: &str) -> Result<u16, Error> {
+    c.get(stock).send().await?.error_for_status()?;
+    Ok(reserve(c, hold).await?.status().as_u16())
+}
+
+/// The attempt sent a GET the runtime saw, then awaits a helper whose POST stalls: no hedge
+/// starts beside it (the helper may be sending anything), so the POST goes out once.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_starts_while_a_watched_helper_runs() {
+    let c = reqwest::Client::new();
+    let stock = FaultServer::start(Script::always(Action::ok())).await;
+    let hold = FaultServer::start(Script::always(Action::stall())).await;
+    let r = tokio::time::timeout(
+        Duration::from_millis(300),
+        stock_then_reserve(&c, &stock.url("/s"), &hold.url("/h")),
+    )
+    .await;
+    assert!(r.is_err(), "the POST stalls");
+    assert_eq!(hold.count(), 1, "one POST: no hedge beside the helper");
+    assert_eq!(stock.count(), 1);
+}

@@ -341,6 +341,9 @@ pub(crate) struct AttemptCtx {
     /// A helper the body awaited, handed the client, ran without the runtime seeing a send
     /// (see [`crate::__private::helper`]): it may have sent any method, without the key.
     pub unseen_helper: Cell<bool>,
+    /// Watched helpers started and not ended: what they send is not known yet (a hedge must
+    /// not start beside one, and an attempt ended while one runs counts it as unseen).
+    pub helpers_running: Cell<u32>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -404,6 +407,7 @@ impl AttemptCtx {
             gave_up: Cell::new([0; 4]),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
+            helpers_running: Cell::new(0),
         }
     }
 
@@ -453,6 +457,7 @@ impl AttemptCtx {
         *self.gave_up.get_mut() = [0; 4];
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
+        *self.helpers_running.get_mut() = 0;
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.

@@ -51,6 +51,8 @@ pub fn helper<F: Future>(fut: F) -> Helper<F> {
 fn settle(start: Option<u32>) {
     if let Some(start) = start {
         let _ = with_attempt(|ctx| {
+            ctx.helpers_running
+                .set(ctx.helpers_running.get().saturating_sub(1));
             if ctx.seen.get() == start {
                 ctx.unseen_helper.set(true);
             }
@@ -64,7 +66,10 @@ impl<F: Future> Future for Helper<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         if this.start.is_none() {
-            *this.start = with_attempt(|ctx| ctx.seen.get());
+            *this.start = with_attempt(|ctx| {
+                ctx.helpers_running.set(ctx.helpers_running.get() + 1);
+                ctx.seen.get()
+            });
         }
         let out = this.fut.poll(cx);
         if out.is_ready() {

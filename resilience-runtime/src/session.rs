@@ -264,7 +264,8 @@ fn record(
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
     last.gave_up = ctx.gave_up.get();
-    last.unseen_helper = ctx.unseen_helper.get();
+    // A helper still running when the attempt ended (timed out under it) may send anything.
+    last.unseen_helper = ctx.unseen_helper.get() || ctx.helpers_running.get() > 0;
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
         let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
@@ -757,7 +758,7 @@ impl Session {
     /// and the policy's method when the seen requests were all safer (it may go out unseen).
     pub(crate) fn may_duplicate(&self, ctx: &AttemptCtx) -> bool {
         let policy = self.policy;
-        if !ctx.stamped.get() || ctx.unseen_helper.get() {
+        if !ctx.stamped.get() || ctx.unseen_helper.get() || ctx.helpers_running.get() > 0 {
             return crate::decision::may_resend(
                 policy.method.least_safe(policy.unseen),
                 false,
