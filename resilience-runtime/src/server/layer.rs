@@ -881,12 +881,9 @@ where
             parts.status.as_u16()
         ),
     );
-    let ours = guard.complete(&config, stored).await;
-    tally.count(if ours {
-        Served::ResponseFailed
-    } else {
-        Served::ClaimLost
-    });
+    guard
+        .complete_counted(&config, stored, &tally, Served::ResponseFailed)
+        .await;
     Ok(Response::from_parts(parts, ResponseBody::failed(failed)))
 }
 
@@ -900,9 +897,9 @@ async fn kept<ResBody>(
     parts: http::response::Parts,
     body: Bytes,
 ) -> Response<ResponseBody<ResBody>> {
-    let stored = if body.len() > config.max_stored_body {
+    let (stored, outcome) = if body.len() > config.max_stored_body {
         tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
-        Stored::problem(
+        let problem = Stored::problem(
             config,
             claim.fingerprint,
             RESPONSE_NOT_KEPT,
@@ -911,7 +908,8 @@ async fn kept<ResBody>(
                 body.len(),
                 config.max_stored_body
             ),
-        )
+        );
+        (problem, Served::ResponseNotKept)
     } else {
         let stored = StoredResponse {
             fingerprint: claim.fingerprint,
@@ -919,21 +917,9 @@ async fn kept<ResBody>(
             headers: storable(&parts.headers),
             body: body.clone(),
         };
-        // Counted once the store said whether the claim was still this request's.
-        let outcome = if guard.complete(config, stored).await {
-            Served::Handled
-        } else {
-            Served::ClaimLost
-        };
-        tally.count(outcome);
-        return Response::from_parts(parts, ResponseBody::full(body));
+        (stored, Served::Handled)
     };
-    let ours = guard.complete(config, stored).await;
-    tally.count(if ours {
-        Served::ResponseNotKept
-    } else {
-        Served::ClaimLost
-    });
+    guard.complete_counted(config, stored, tally, outcome).await;
     Response::from_parts(parts, ResponseBody::full(body))
 }
 
@@ -977,22 +963,24 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
 
 /// 409: a request with this key is still being processed.
 fn in_progress<B>(config: &Config) -> Response<ResponseBody<B>> {
-    let mut res = problem(
+    ask_again_later(
         config,
         IN_PROGRESS,
         "A request with this idempotency key is still being processed; retry later to receive its response.",
-    );
-    res.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    res
+    )
 }
 
 fn unavailable<B>(config: &Config) -> Response<ResponseBody<B>> {
-    let mut res = problem(
+    ask_again_later(
         config,
         STORE_UNAVAILABLE,
         "The request was not processed; retry later with the same key.",
-    );
+    )
+}
+
+/// A problem the client may ask again about with the same key, after `Retry-After: 1`.
+fn ask_again_later<B>(config: &Config, kind: Problem, detail: &str) -> Response<ResponseBody<B>> {
+    let mut res = problem(config, kind, detail);
     res.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     res
@@ -1227,20 +1215,33 @@ impl ClaimGuard {
         let (mut parts, body) = answer.into_parts();
         parts.status = res.status;
         parts.headers = res.headers.clone();
-        let ours = if (config.replayable)(res.status) {
-            self.complete(config, res).await
+        if (config.replayable)(res.status) {
+            self.complete_counted(config, res, tally, outcome).await;
         } else {
             self.release().await;
-            true
-        };
-        tally.count(if ours { outcome } else { Served::ClaimLost });
+            tally.count(outcome);
+        }
         Response::from_parts(parts, body)
     }
 
+    /// [`complete`](Self::complete), then counts `outcome`: once the store said whether the
+    /// claim was still this request's, `claim_lost` when it was not (another request took the
+    /// key: the handler may have run twice).
+    async fn complete_counted(
+        self,
+        config: &Arc<Config>,
+        stored: StoredResponse,
+        tally: &Tally,
+        outcome: Served,
+    ) {
+        let ours = self.complete(config, stored).await;
+        tally.count(if ours { outcome } else { Served::ClaimLost });
+    }
+
     /// Stores the response in place of the claim. If the store fails, keeps the response and
-    /// the claim, answers repeats from memory, and writes it when the store is back.
-    /// Stores the answer; `false` when the claim was no longer this request's (another took
-    /// the key), `true` otherwise (stored, or kept until the store is back).
+    /// the claim, answers repeats from memory, and writes it when the store is back. `false`
+    /// when the claim was no longer this request's (another took the key), `true` otherwise
+    /// (stored, or kept until the store is back).
     async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) -> bool {
         let mut stored = stored;
         let mut done = tokio::time::timeout(
