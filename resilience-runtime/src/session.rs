@@ -147,13 +147,7 @@ fn refused_at_start(shared: &'static Resolved, e: &Error) {
         error = %e,
         "call refused before it started"
     );
-    crate::report::record(|| CallReport {
-        function: shared.function,
-        attempts: 0,
-        waited: Duration::ZERO,
-        elapsed: Duration::ZERO,
-        succeeded: false,
-    });
+    report_unstarted(shared);
 }
 
 /// The bookkeeping of a call refused by its open breaker before it started, out of line.
@@ -170,9 +164,14 @@ fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
         breaker,
         "circuit open: call rejected"
     );
+    report_unstarted(shared);
+}
+
+/// The report of a call refused before it started: no attempt ran (as `Error::attempts`
+/// says, and as a refusal inside the loop reports), nothing waited.
+fn report_unstarted(shared: &'static Resolved) {
     crate::report::record(|| CallReport {
         function: shared.function,
-        // None ran: as `Error::attempts` says, and as a refusal inside the loop reports.
         attempts: 0,
         waited: Duration::ZERO,
         elapsed: Duration::ZERO,
@@ -848,7 +847,7 @@ impl Session {
         telemetry::call_succeeded(
             self.attempt_scope.take(),
             self.shared,
-            self.retried + 1,
+            self.retried > 0,
             self.last.status,
             self.started,
         );
@@ -1069,7 +1068,7 @@ impl Session {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
             self.shared,
-            self.retried + 1,
+            self.retried > 0,
             class,
             self.last.status,
             why,

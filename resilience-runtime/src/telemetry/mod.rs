@@ -330,21 +330,23 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn succeeded(attempts: u32) -> Outcome {
-        if attempts <= 1 {
-            Outcome::SuccessfulWithoutRetry
-        } else {
+    /// A call that succeeded; `retried`: after retrying a failure (not after a hedge or an ask
+    /// for a replay).
+    pub(crate) fn succeeded(retried: bool) -> Outcome {
+        if retried {
             Outcome::SuccessfulWithRetry
+        } else {
+            Outcome::SuccessfulWithoutRetry
         }
     }
 
-    /// A call that gave up after `attempts` attempts (the last one perhaps refused by an open
-    /// breaker), for the reason `why`.
-    pub(crate) fn gave_up(attempts: u32, why: GiveUp, circuit_open: bool) -> Outcome {
+    /// A call that gave up (its last attempt perhaps refused by an open breaker), for the
+    /// reason `why`; `retried` as for [`succeeded`](Self::succeeded).
+    pub(crate) fn gave_up(retried: bool, why: GiveUp, circuit_open: bool) -> Outcome {
         match why {
             GiveUp::BudgetExhausted => Outcome::RejectedBudget,
             _ if circuit_open => Outcome::RejectedBreaker,
-            _ if attempts <= 1 => Outcome::FailedWithoutRetry,
+            _ if !retried => Outcome::FailedWithoutRetry,
             _ => Outcome::FailedWithRetry,
         }
     }
@@ -582,7 +584,7 @@ pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Option<Spa
 pub(crate) fn call_succeeded(
     scope: Option<AttemptScope>,
     shared: &Resolved,
-    attempts: u32,
+    retried: bool,
     status: Option<u16>,
     started: Instant,
 ) {
@@ -599,7 +601,7 @@ pub(crate) fn call_succeeded(
     // A call that made attempts was admitted: it holds its slot, if the policy has a bulkhead.
     on_call_end(
         shared,
-        Outcome::succeeded(attempts),
+        Outcome::succeeded(retried),
         Some(started),
         now,
         shared.bulkhead.is_some(),
@@ -634,7 +636,7 @@ pub(crate) fn attempt_retried(
 pub(crate) fn call_gave_up(
     scope: Option<AttemptScope>,
     shared: &Resolved,
-    attempts: u32,
+    retried: bool,
     class: Class,
     status: Option<u16>,
     why: GiveUp,
@@ -652,7 +654,7 @@ pub(crate) fn call_gave_up(
     on_attempt_end(scope, shared, end, now);
     on_call_end(
         shared,
-        Outcome::gave_up(attempts, why, circuit_open),
+        Outcome::gave_up(retried, why, circuit_open),
         Some(started),
         now,
         shared.bulkhead.is_some(),
