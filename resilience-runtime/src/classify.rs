@@ -92,15 +92,21 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
 /// `io::Error`s as [`classify_error`] does): what `Error::kind()` tells the caller of an error
 /// that wraps a nested call's refusal or timeout. For `fallback_on`.
 pub(crate) fn runtime_kind(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    runtime_error(err).map(Error::kind)
+}
+
+/// The runtime's own `Error` in `err`'s source chain (an `io::Error`'s payload included), if
+/// any.
+pub(crate) fn runtime_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a Error> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ours) = e.downcast_ref::<Error>() {
-            return Some(ours.kind());
+            return Some(ours);
         }
         if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
             let inner: &(dyn StdError + 'static) = inner;
-            if let Some(k) = runtime_kind(inner) {
-                return Some(k);
+            if let Some(ours) = runtime_error(inner) {
+                return Some(ours);
             }
         }
         cur = e.source();

@@ -90,13 +90,11 @@ fn record_outcome(
     res: &Result<reqwest::Response, reqwest::Error>,
     method: Option<crate::policy::Method>,
 ) {
-    let response = res.as_ref().ok().map(response_facts);
     let reached = !matches!(res, Err(e) if e.is_connect());
     let _ = with_attempt(|ctx| {
-        match (response, res) {
-            (Some(facts), _) => record_response(ctx, facts),
-            (None, Err(e)) => ctx.failure.set(crate::classify::classify_error(e)),
-            (None, Ok(_)) => {}
+        match res {
+            Ok(r) => record_response(ctx, response_facts(r)),
+            Err(e) => ctx.failure.set(crate::classify::classify_error(e)),
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);

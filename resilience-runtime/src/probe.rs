@@ -65,13 +65,8 @@ impl<'a, E> Probe<'a, E> {
 
     /// [`came_back`](Self::came_back) for an error read through its source chain.
     fn came_back_in(&self, e: &(dyn StdError + 'static)) {
-        let mut cur = Some(e);
-        while let Some(e) = cur {
-            if let Some(own) = e.downcast_ref::<Error>() {
-                self.came_back(own.origin());
-                return;
-            }
-            cur = e.source();
+        if let Some(own) = crate::classify::runtime_error(e) {
+            self.came_back(own.origin());
         }
     }
 
