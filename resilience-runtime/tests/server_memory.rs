@@ -698,6 +698,51 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
     }
 }
 
+/// A slow handler (`POST /slow`: counts its run, works for `work`, answers 201 "run N"), for
+/// the tests that put two instances of one service over one store, calling them as tower
+/// services on a paused clock.
+#[derive(Clone)]
+struct Slow {
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+    work: Duration,
+}
+
+impl Slow {
+    fn new(work: Duration) -> Slow {
+        Slow {
+            runs: Arc::default(),
+            work,
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// One instance of the service, behind `layer`.
+    fn instance(&self, layer: IdempotencyLayer) -> axum::Router {
+        async fn handle(
+            axum::extract::State(s): axum::extract::State<Slow>,
+        ) -> (axum::http::StatusCode, String) {
+            let n = s.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::time::sleep(s.work).await;
+            (axum::http::StatusCode::CREATED, format!("run {n}"))
+        }
+        axum::Router::new()
+            .route("/slow", axum::routing::post(handle))
+            .with_state(self.clone())
+            .layer(layer)
+    }
+
+    /// `POST /slow` with `key`.
+    fn request(key: &str) -> axum::http::Request<axum::body::Body> {
+        axum::http::Request::post("/slow")
+            .header("idempotency-key", key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    }
+}
+
 /// A handler that outlives its claim (renewals lost, the lease run out) while a repeat takes
 /// the key and runs it again: the first answer is not kept, and it is counted `claim_lost`,
 /// not `handled`: the one sign that the handler ran twice. The same when the first answer is
@@ -706,42 +751,27 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
 #[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
-    use axum::extract::State;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_service::Service as _;
 
-    async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        (axum::http::StatusCode::CREATED, format!("run {n}"))
-    }
     for (max_stored_body, kept_as) in [(1 << 20, "handled"), (4, "response_not_kept")] {
         let recorder = recorder();
         let handle = recorder.handle();
         let _guard = metrics::set_default_local_recorder(&recorder);
         let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
-        let runs = Arc::new(AtomicUsize::new(0));
+        let slow = Slow::new(Duration::from_millis(300));
         // Two instances of the service over one store: the repeat reaches the other one (this
         // instance itself answers a repeat 409 while its handler runs).
         let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
         let instance = || {
-            axum::Router::new()
-                .route("/slow", axum::routing::post(slow))
-                .with_state(runs.clone())
-                .layer(
-                    IdempotencyLayer::new(store.clone())
-                        .lease(Duration::from_millis(100))
-                        .max_stored_body(max_stored_body),
-                )
+            slow.instance(
+                IdempotencyLayer::new(store.clone())
+                    .lease(Duration::from_millis(100))
+                    .max_stored_body(max_stored_body),
+            )
         };
         let (app, other) = (instance(), instance());
         let key = fresh_key();
-        let request = || {
-            axum::http::Request::post("/slow")
-                .header("idempotency-key", &key)
-                .body(axum::body::Body::from("x"))
-                .unwrap()
-        };
+        let request = || Slow::request(&key);
         let first = tokio::spawn(app.clone().call(request()));
         tokio::time::sleep(Duration::from_millis(150)).await;
         let second = other.clone().call(request()).await.unwrap();
@@ -750,11 +780,7 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
             (first.status().as_u16(), second.status().as_u16()),
             (201, 201)
         );
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            2,
-            "the lease ran out: run twice"
-        );
+        assert_eq!(slow.runs(), 2, "the lease ran out: run twice");
         assert_eq!(answered("claim_lost"), 1.0, "{kept_as}");
         assert_eq!(answered(kept_as), 1.0, "the second run's answer");
     }
@@ -766,32 +792,17 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
 /// instance meets it too. The handler runs once.
 #[tokio::test(start_paused = true)]
 async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() {
-    use axum::extract::State;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use tower_service::Service as _;
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    async fn slow(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        (axum::http::StatusCode::CREATED, format!("run {n}"))
-    }
+    let slow = Slow::new(Duration::from_secs(1));
     let switch = Arc::new(Switch::default());
     let store: Store = switch.clone();
-    let instance = || {
-        axum::Router::new()
-            .route("/slow", axum::routing::post(slow))
-            .with_state(runs.clone())
-            .layer(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)))
-    };
+    let instance =
+        || slow.instance(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)));
     let (app, other) = (instance(), instance());
     let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/slow")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
+    let request = || Slow::request(&key);
     let first = tokio::spawn(app.clone().call(request()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     // Unreachable for 300 ms: the 100 ms lease runs out, renewals fail.
@@ -810,9 +821,9 @@ async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() 
     );
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status().as_u16(), 201);
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+    assert_eq!(slow.runs(), 1, "run once");
     // And the answer is kept: a repeat anywhere gets it.
     let later = other.clone().call(request()).await.unwrap();
     assert_eq!(later.status().as_u16(), 201);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(slow.runs(), 1);
 }
