@@ -54,9 +54,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // declared `method` is the least safe the body sends, helpers included; a key or
     // `idempotent` says the call as a whole may run again (a keyed call keeps asking for its
     // replay: a helper fetching a token must not end that).
-    let watch = s.method.is_none()
-        && matches!(s.idempotency_key.value, KeyModel::None)
-        && !s.idempotent.value;
+    let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
+    let watch = s.method.is_none() && !keyed && !s.idempotent.value;
     let clients = watch.then(|| client_names(sig));
     let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
@@ -96,7 +95,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let hedged = s.hedge.value.is_some();
     // The body runs again after a failure: a retry, or (keyed, whatever `max_attempts`) an ask
     // for the replay of a request another attempt or caller still has in progress (409).
-    let runs_again = max_attempts > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
+    let runs_again = max_attempts > 1 || keyed;
 
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.

@@ -28,10 +28,17 @@ pub(crate) struct Found {
     pub helpers: usize,
 }
 
-/// `clients`: the names through which the body holds a client (parameters whose type names a
-/// `…Client…`, and `self`), when the function's method is inferred, not declared: a helper
+/// `clients`: the names through which the body holds a client (parameters whose type is a
+/// `…Client`, and `self`), when the function's method is inferred, not declared: a helper
 /// the body awaits, handed one of them, is wrapped so that the attempt learns whether the
 /// runtime saw it send (see `resilience_runtime`'s `helper`). `None`: no helper is wrapped.
+impl Found {
+    /// What the rewrite changed: sends routed and helpers wrapped.
+    fn changes(&self) -> usize {
+        self.rewritten + self.helpers
+    }
+}
+
 pub(crate) fn rewrite(
     block: &mut syn::Block,
     private: &TokenStream,
@@ -61,11 +68,7 @@ impl Rewriter<'_> {
         let Some(clients) = self.clients else {
             return false;
         };
-        let mentions = |e: &syn::Expr| {
-            let mut found = false;
-            mentions_any(e.to_token_stream(), clients, &mut found);
-            found
-        };
+        let mentions = |e: &syn::Expr| mentions_any(e.to_token_stream(), clients);
         match e {
             syn::Expr::Call(call) => {
                 matches!(&*call.func, syn::Expr::Path(_)) && call.args.iter().any(mentions)
@@ -96,17 +99,13 @@ fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
     }
 }
 
-fn mentions_any(ts: TokenStream, names: &[String], found: &mut bool) {
-    for tt in ts {
-        if *found {
-            return;
-        }
-        match tt {
-            proc_macro2::TokenTree::Ident(i) if names.iter().any(|n| i == n) => *found = true,
-            proc_macro2::TokenTree::Group(g) => mentions_any(g.stream(), names, found),
-            _ => {}
-        }
-    }
+/// Whether `ts` holds one of `names` as an identifier, at any depth.
+fn mentions_any(ts: TokenStream, names: &[String]) -> bool {
+    ts.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(i) => names.iter().any(|n| i == n),
+        proc_macro2::TokenTree::Group(g) => mentions_any(g.stream(), names),
+        _ => false,
+    })
 }
 
 impl VisitMut for Rewriter<'_> {
@@ -172,11 +171,11 @@ impl VisitMut for Rewriter<'_> {
             tokens,
         );
         if let Ok(mut args) = parsed {
-            let before = self.found.rewritten + self.found.helpers;
+            let before = self.found.changes();
             for a in args.iter_mut() {
                 self.visit_expr_mut(a);
             }
-            if self.found.rewritten + self.found.helpers > before {
+            if self.found.changes() > before {
                 let mut out = biased;
                 out.extend(args.to_token_stream());
                 mac.tokens = out;
@@ -192,11 +191,11 @@ impl VisitMut for Rewriter<'_> {
         if is_select
             && let Ok(mut arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
         {
-            let before = self.found.rewritten + self.found.helpers;
+            let before = self.found.changes();
             for e in arms.exprs_mut() {
                 self.visit_expr_mut(e);
             }
-            if self.found.rewritten + self.found.helpers > before {
+            if self.found.changes() > before {
                 mac.tokens = arms.into_tokens();
             }
             return;
