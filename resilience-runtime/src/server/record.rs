@@ -6,13 +6,18 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
-/// `a=1&b=2` and `b=2&a=1` alike: the pairs, sorted, each length-prefixed.
+/// `a=1&b=2` and `b=2&a=1` alike: the pairs sorted by name, each length-prefixed. Pairs of one
+/// name keep their order (`tag=a&tag=b` is another request than `tag=b&tag=a`): a map cannot
+/// hold one name twice, so only a list wrote them, and a list keeps its order on every attempt.
 fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
     let mut all: Vec<&[u8]> = pairs
         .split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
         .collect();
-    all.sort_unstable();
+    // By the name and its `=`: for pairs of different names, the order of the whole pairs.
+    let name =
+        |p: &&[u8]| -> usize { p.iter().position(|b| *b == b'=').map_or(p.len(), |i| i + 1) };
+    all.sort_by(|a, b| a[..name(a)].cmp(&b[..name(b)]));
     hash.update((all.len() as u64).to_be_bytes());
     for p in all {
         hash.update((p.len() as u64).to_be_bytes());
@@ -20,40 +25,206 @@ fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
     }
 }
 
-/// A JSON value with its objects' members in key order and no whitespace.
-fn hash_json(hash: &mut Sha256, v: &serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::Null => hash.update(b"n"),
-        Value::Bool(b) => hash.update(if *b { b"t" } else { b"f" }),
-        Value::Number(n) => {
-            let s = n.to_string();
-            hash.update(b"#");
-            hash.update((s.len() as u64).to_be_bytes());
-            hash.update(s.as_bytes());
-        }
-        Value::String(s) => {
-            hash.update(b"s");
-            hash.update((s.len() as u64).to_be_bytes());
-            hash.update(s.as_bytes());
-        }
-        Value::Array(items) => {
-            hash.update(b"[");
-            hash.update((items.len() as u64).to_be_bytes());
-            for i in items {
-                hash_json(hash, i);
+/// A JSON document read for its fingerprint: numbers keep the text they were written in (an
+/// amount past what a float holds exactly is not taken for its neighbour), strings are decoded,
+/// and an object keeps every member, duplicates included.
+enum Json<'a> {
+    /// `true`, `false`, `null` or a number, as written.
+    Literal(&'a [u8]),
+    String(std::borrow::Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    Object(Vec<(std::borrow::Cow<'a, str>, Json<'a>)>),
+}
+
+/// How deep a document may nest before it is fingerprinted by its bytes instead.
+const JSON_DEPTH: u32 = 128;
+
+impl<'a> Json<'a> {
+    /// The document in `body`, or `None` if it is not one JSON value (then its bytes count).
+    fn read(body: &'a [u8]) -> Option<Json<'a>> {
+        let mut r = JsonReader { b: body, i: 0 };
+        let v = r.value(0)?;
+        r.space();
+        (r.i == body.len()).then_some(v)
+    }
+
+    /// Objects' members in name order (members of one name in their order), no whitespace.
+    fn hash(&self, hash: &mut Sha256) {
+        match self {
+            Json::Literal(b"null") => hash.update(b"n"),
+            Json::Literal(b"true") => hash.update(b"t"),
+            Json::Literal(b"false") => hash.update(b"f"),
+            Json::Literal(n) => {
+                hash.update(b"#");
+                hash.update((n.len() as u64).to_be_bytes());
+                hash.update(n);
+            }
+            Json::String(s) => {
+                hash.update(b"s");
+                hash.update((s.len() as u64).to_be_bytes());
+                hash.update(s.as_bytes());
+            }
+            Json::Array(items) => {
+                hash.update(b"[");
+                hash.update((items.len() as u64).to_be_bytes());
+                for i in items {
+                    i.hash(hash);
+                }
+            }
+            Json::Object(members) => {
+                let mut members: Vec<&(std::borrow::Cow<'a, str>, Json<'a>)> =
+                    members.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+                hash.update(b"{");
+                hash.update((members.len() as u64).to_be_bytes());
+                for (k, v) in members {
+                    hash.update((k.len() as u64).to_be_bytes());
+                    hash.update(k.as_bytes());
+                    v.hash(hash);
+                }
             }
         }
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            hash.update(b"{");
-            hash.update((members.len() as u64).to_be_bytes());
-            for (k, v) in members {
-                hash.update((k.len() as u64).to_be_bytes());
-                hash.update(k.as_bytes());
-                hash_json(hash, v);
+    }
+}
+
+struct JsonReader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> JsonReader<'a> {
+    fn space(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.space();
+        let here = self.b.get(self.i) == Some(&c);
+        self.i += usize::from(here);
+        here
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn value(&mut self, depth: u32) -> Option<Json<'a>> {
+        if depth > JSON_DEPTH {
+            return None;
+        }
+        self.space();
+        let start = self.i;
+        match *self.b.get(self.i)? {
+            b'{' => {
+                self.i += 1;
+                let mut members = Vec::new();
+                if self.eat(b'}') {
+                    return Some(Json::Object(members));
+                }
+                loop {
+                    self.space();
+                    let name = self.string()?;
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    members.push((name, self.value(depth + 1)?));
+                    if self.eat(b'}') {
+                        return Some(Json::Object(members));
+                    }
+                    if !self.eat(b',') {
+                        return None;
+                    }
+                }
             }
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if self.eat(b']') {
+                    return Some(Json::Array(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    if self.eat(b']') {
+                        return Some(Json::Array(items));
+                    }
+                    if !self.eat(b',') {
+                        return None;
+                    }
+                }
+            }
+            b'"' => self.string().map(Json::String),
+            b't' | b'f' | b'n' => {
+                let word: &[u8] = [&b"true"[..], b"false", b"null"]
+                    .into_iter()
+                    .find(|w| self.b[start..].starts_with(w))?;
+                self.i += word.len();
+                Some(Json::Literal(word))
+            }
+            b'-' | b'0'..=b'9' => {
+                // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+                self.i += usize::from(self.b[self.i] == b'-');
+                match self.b.get(self.i) {
+                    Some(b'0') => self.i += 1,
+                    Some(b'1'..=b'9') => {
+                        self.digits();
+                    }
+                    _ => return None,
+                }
+                if self.b.get(self.i) == Some(&b'.') {
+                    self.i += 1;
+                    if self.digits() == 0 {
+                        return None;
+                    }
+                }
+                if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+                    self.i += 1;
+                    if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                        self.i += 1;
+                    }
+                    if self.digits() == 0 {
+                        return None;
+                    }
+                }
+                Some(Json::Literal(&self.b[start..self.i]))
+            }
+            _ => None,
+        }
+    }
+
+    /// A string at the reader, decoded (escapes, and the bytes checked as UTF-8).
+    fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {
+        let start = self.i;
+        if self.b.get(start) != Some(&b'"') {
+            return None;
+        }
+        let mut j = start + 1;
+        let mut escaped = false;
+        loop {
+            match *self.b.get(j)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    j += 2;
+                }
+                c if c < 0x20 => return None,
+                _ => j += 1,
+            }
+        }
+        self.i = j + 1;
+        if escaped {
+            serde_json::from_slice::<String>(&self.b[start..self.i])
+                .ok()
+                .map(std::borrow::Cow::Owned)
+        } else {
+            std::str::from_utf8(&self.b[start + 1..j])
+                .ok()
+                .map(std::borrow::Cow::Borrowed)
         }
     }
 }
@@ -123,12 +294,12 @@ impl Fingerprint {
             })
             .unwrap_or_default();
         match media.as_str() {
-            "application/json" => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(v) => {
+            "application/json" => match Json::read(body) {
+                Some(v) => {
                     hash.update([2]);
-                    hash_json(&mut hash, &v);
+                    v.hash(&mut hash);
                 }
-                Err(_) => hash.update(body),
+                None => hash.update(body),
             },
             "application/x-www-form-urlencoded" => {
                 hash.update([3]);
@@ -446,6 +617,51 @@ mod tests {
             of(None, json, br#"{"a":{"b":1}}"#),
             of(None, json, br#"{"a":{},"b":1}"#)
         );
+        // Numbers as written: two amounts past what a float holds exactly are two requests.
+        assert_ne!(
+            of(None, json, br#"{"amount":12345678901234567890123}"#),
+            of(None, json, br#"{"amount":12345678901234567890124}"#)
+        );
+        assert_ne!(
+            of(None, json, br#"{"p":0.10000000000000000001}"#),
+            of(None, json, br#"{"p":0.1}"#)
+        );
+        assert_ne!(of(None, json, b"[true]"), of(None, json, b"[null]"));
+        // A string's escapes are read: the same text.
+        assert_eq!(
+            of(None, json, br#"{"n":"caf\u00e9 \"x\""}"#),
+            of(None, json, "{\"n\":\"café \\\"x\\\"\"}".as_bytes())
+        );
+        // Members of one name keep their order.
+        assert_ne!(
+            of(None, json, br#"{"a":1,"a":2}"#),
+            of(None, json, br#"{"a":2,"a":1}"#)
+        );
+        assert_ne!(
+            of(None, json, br#"{"a":1,"a":2}"#),
+            of(None, json, br#"{"a":2}"#)
+        );
+        // Nested past the reader's depth, or not one value: the bytes, and no panic.
+        let deep = "[".repeat(100_000);
+        assert_ne!(
+            of(None, json, deep.as_bytes()),
+            of(None, json, &deep.as_bytes()[1..])
+        );
+        assert_ne!(
+            of(None, json, br#"{"a":1} x"#),
+            of(None, json, br#"{"a":1}"#)
+        );
+        for bad in [
+            &br#"{"a":01}"#[..],
+            b"[1.]",
+            b"[-]",
+            b"[1e]",
+            b"[tru]",
+            b"{\"a\"}",
+            b"\"\\",
+        ] {
+            assert_ne!(of(None, json, bad), of(None, json, br#"{"a":1}"#));
+        }
         // Not JSON after all: the bytes.
         assert_ne!(of(None, json, b"{oops"), of(None, json, b"{oops "));
         // Query and form pairs in any order.
@@ -456,6 +672,15 @@ mod tests {
         assert_ne!(
             of(Some("a=1&b=2"), None, b""),
             of(Some("a=2&b=1"), None, b"")
+        );
+        // Pairs of one name keep their order: a list wrote them, the same on every attempt.
+        assert_ne!(
+            of(Some("tag=a&tag=b"), None, b""),
+            of(Some("tag=b&tag=a"), None, b"")
+        );
+        assert_eq!(
+            of(Some("a=1&tag=x&tag=y&b"), None, b""),
+            of(Some("tag=x&b&a=1&tag=y"), None, b"")
         );
         let form = Some("application/x-www-form-urlencoded");
         assert_eq!(of(None, form, b"x=1&y=2"), of(None, form, b"y=2&x=1"));
