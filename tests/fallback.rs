@@ -215,6 +215,47 @@ async fn the_fallback_runs_after_the_call_gave_its_slot_back() {
     assert_eq!(held, 0, "slots held while the fallback ran");
 }
 
+/// The fallback of `stock_limited`: what its bulkhead holds while it runs.
+async fn limited_slots_in_use(_c: &reqwest::Client, _url: &str) -> Result<u32, Error> {
+    Ok(
+        resilience_runtime::metrics::bulkhead("fallback_limited_slot")
+            .expect("used")
+            .in_flight,
+    )
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "fallback_limited_slot", max_concurrent = 1, max_wait = "0ms" },
+    rate_limit = { rate = 1, per = "1m", burst = 1 },
+    fallback = limited_slots_in_use
+)]
+async fn stock_limited(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16()
+        .into())
+}
+
+/// A call its rate limit refuses after it took its bulkhead slot gives the slot back before
+/// its fallback runs (and before it returns): refused, it holds nothing.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_by_its_rate_limit_holds_no_slot_while_its_fallback_runs() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/stock");
+    assert_eq!(stock_limited(&c, &url).await.unwrap(), 200);
+    // The second call in the minute: the rate limit refuses it, the fallback answers.
+    let held = stock_limited(&c, &url).await.unwrap();
+    assert_eq!(held, 0, "slots held while the fallback ran");
+    assert_eq!(server.count(), 1);
+}
+
 async fn echo_error(_c: &reqwest::Client, error: &str) -> Result<String, Error> {
     Ok(format!("fallback for {error}"))
 }

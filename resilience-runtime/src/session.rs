@@ -552,8 +552,14 @@ impl Session {
     /// deadline.
     pub async fn admit(&mut self) -> Result<(), Error> {
         let admitted = self.take_slots().await;
-        // Refused a slot or a permit (counted as such), or out of time: the call ends here.
-        self.ended |= admitted.is_err();
+        if admitted.is_err() {
+            // Refused a slot or a permit (counted as such), or out of time: the call ends
+            // here, and a slot taken before a refused permit is free again at once (for the
+            // fallback's own calls and the next caller), not when the session is dropped.
+            self.ended = true;
+            self._bulkhead = None;
+            self.concurrency = None;
+        }
         admitted
     }
 
