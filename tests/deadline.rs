@@ -198,3 +198,49 @@ async fn a_call_with_no_time_left_is_no_failure_of_the_dependency() {
     // The dependency is called as usual.
     assert_eq!(guarded(&c, &server.url("/")).await.unwrap(), "fine");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    breaker = { name = "nearly_out_of_time", failure_rate = 0.5, min_calls = 1, window = 4, open_for = "1h", half_open_calls = 1 },
+    concurrency_limit = { name = "nearly_out_of_time", latency = "500ms", initial = 8, min = 1 },
+)]
+async fn guarded_briefly(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A call handed a millisecond (a caller's `X-Timeout-Ms: 1`: the header this library's own
+/// client never sends below 1) times out against a healthy dependency that answers in 5 ms:
+/// its attempt was cut short by the caller's deadline, which says nothing of the dependency.
+/// Counted as its failure, one header value would open the breaker for an hour and bring the
+/// concurrency limit down.
+#[tokio::test(start_paused = true)]
+async fn a_call_with_a_millisecond_left_is_no_failure_of_the_dependency() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(
+        Action::ok().body("fine").after(Duration::from_millis(5)),
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    for _ in 0..5 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::from_millis(1)),
+            guarded_briefly(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+        assert_eq!(e.attempts(), 1, "{e}");
+    }
+    let breaker = resilience_runtime::metrics::breaker("nearly_out_of_time").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Closed,
+        "{breaker:?}"
+    );
+    let limit = resilience_runtime::metrics::concurrency_limit("nearly_out_of_time").expect("used");
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+    // The dependency is called as usual.
+    assert_eq!(guarded_briefly(&c, &server.url("/")).await.unwrap(), "fine");
+}

@@ -216,6 +216,9 @@ pub(crate) struct Last {
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
+    /// The attempt timed out with less than the policy's `timeout`: the deadline (its own, a
+    /// caller's `X-Timeout-Ms`, an outer call's attempt) had cut its limit short.
+    cut_short: bool,
 }
 
 impl Last {
@@ -877,7 +880,8 @@ impl Session {
     /// The attempt ran out of time: its own timeout, or the call's deadline (its limit was
     /// cut to the time left, or it ended when the call did).
     pub(crate) fn timed_out(&mut self, limit: Duration) -> Error {
-        let kind = if limit < self.policy.timeout || Instant::now() >= self.deadline {
+        self.last.cut_short = limit < self.policy.timeout;
+        let kind = if self.last.cut_short || Instant::now() >= self.deadline {
             ErrorKind::DeadlineExceeded
         } else {
             ErrorKind::AttemptTimeout
@@ -901,14 +905,19 @@ impl Session {
                 .unwrap_or(Class::Permanent),
         };
         // An attempt that never began (refused by the breaker, or no time left) says nothing
-        // of the dependency's latency.
+        // of the dependency's latency; nor does one that timed out with less than its
+        // `timeout` (a caller's nearly spent `X-Timeout-Ms: 1`, an outer attempt ending): it
+        // proves only that the dependency did not answer in the time it was given, and a
+        // caller's header must not open a healthy dependency's breaker or lower its limit.
+        let cut_short = self.last.cut_short;
         if let Some(c) = &self.concurrency
             && self.last.began
+            && !cut_short
         {
             c.on_failure(class);
         }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
-            if class.is_transient() {
+            if class.is_transient() && !cut_short {
                 b.on_failure(p);
             } else {
                 b.on_ignored(p);
