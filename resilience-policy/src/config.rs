@@ -295,7 +295,10 @@ pub fn locate(
             for base in [manifest_dir.as_deref(), source_dir].into_iter().flatten() {
                 let p = base.join(&rel);
                 if p.is_file() {
-                    return Ok(Some((p, rel)));
+                    // The source file's directory comes relative to the compiler's working
+                    // directory (the workspace's root), while `include_str!` reads a relative
+                    // path from the file it is written in: the path is made absolute.
+                    return Ok(Some((std::path::absolute(&p).unwrap_or(p), rel)));
                 }
                 tried.push(p.display().to_string());
             }
@@ -338,6 +341,23 @@ fn metadata_config(manifest_dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file found beside the source file, whose directory the compiler gives relative to its
+    /// working directory: the path handed to `include_str!` is absolute (a relative one is
+    /// read from the source file's own directory, where it names another place).
+    #[test]
+    fn a_file_beside_the_source_is_found_by_an_absolute_path() {
+        let dir = PathBuf::from(format!("locate-test-{}/src/api", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.toml"), "").unwrap();
+        let elsewhere = std::env::temp_dir();
+        let found = locate(Some("p.toml"), Some(&elsewhere), Some(&dir));
+        std::fs::remove_dir_all(dir.components().next().unwrap()).unwrap();
+        let (path, display) = found.unwrap().expect("found");
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(path.ends_with("src/api/p.toml"), "{}", path.display());
+        assert_eq!(display, "p.toml");
+    }
 
     fn p(text: &str) -> Config {
         parse(text, PathBuf::from("/x/resilience.toml"), "resilience.toml")
