@@ -214,6 +214,10 @@ pub(crate) fn register(
         compiled,
         current,
     };
+    // Under the list's lock, which a reload holds from its plan until its file is in place:
+    // a reload racing this first call either sees this function or is the file read here
+    // (read before it, the old file would be applied to it after the new one was in place).
+    let mut all = lock(&KNOWN);
     let doc = lock(&DOC).clone();
     if let Some(doc) = doc {
         match plan(&doc, &known) {
@@ -231,7 +235,7 @@ pub(crate) fn register(
             ),
         }
     }
-    lock(&KNOWN).push(known);
+    all.push(known);
 }
 
 /// Reads the file [`ENV`] names and applies it; with the variable unset, removes every
