@@ -661,7 +661,9 @@ fn list(krate: &Crate, json: bool) {
 
 /// The runtime's view of an analysed function, for checking an override file against it: the
 /// policy the macro packs into the function, read back as the runtime reads it, without the
-/// state it shares (budget, breaker, bulkhead), which an override file does not change.
+/// state it shares (budget, bulkhead), which an override file does not change. The breaker
+/// stays: its `slow_call_duration` is checked against an overridden timeout, as the runtime
+/// checks it.
 fn compiled(f: &Function) -> Result<&'static Policy, String> {
     let packed: &'static str = Box::leak(f.analysis.packed().pack().into_boxed_str());
     let function: &'static str = Box::leak(f.path.clone().into_boxed_str());
@@ -669,7 +671,6 @@ fn compiled(f: &Function) -> Result<&'static Policy, String> {
         .map_err(|e| e.to_string())?;
     let policy = Policy {
         budget: None,
-        breaker: None,
         bulkhead: None,
         // The wait for a permit is checked against an overridden deadline.
         rate_limit: p.rate_limit.map(|(_, r)| {

@@ -214,6 +214,51 @@ fn check_an_override_file_against_the_crate() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An override that shortens a function's timeout to its breaker's `slow_call_duration`: the
+/// runtime refuses such a file whole, so the check must fail it too (it once left the breaker
+/// out of the policy it checked, and passed it).
+#[test]
+fn check_refuses_an_override_the_breakers_slow_call_rule_refuses() {
+    let dir = crate_with(
+        "slowcheck",
+        &[(
+            "src/lib.rs",
+            r#"
+use resilience_runtime::{resilient, Error};
+
+#[resilient(
+    timeout = "2s",
+    breaker = { failure_rate = 0.5, min_calls = 10, window = 20, open_for = "30s", half_open_calls = 1, slow_call_duration = "1s" },
+)]
+pub async fn stock(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+}
+"#,
+        )],
+    );
+    let file = dir.join("incident.toml");
+    std::fs::write(&file, "[functions.\"slowcheck::stock\"]\ntimeout = \"1s\"\n").unwrap();
+    let out = run(&[
+        "check",
+        dir.to_str().unwrap(),
+        "--overrides",
+        file.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("slow_call_duration"), "{t}");
+    // Within the rule: passed.
+    std::fs::write(&file, "[functions.\"slowcheck::stock\"]\ntimeout = \"3s\"\n").unwrap();
+    let out = run(&[
+        "check",
+        dir.to_str().unwrap(),
+        "--overrides",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `resilience check` of the workspace with an override file `name` holding `text`.
 fn check_overrides(dir: &Path, name: &str, text: &str) -> Output {
     let file = dir.join(name);
