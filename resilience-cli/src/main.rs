@@ -125,11 +125,37 @@ impl Crate {
         let manifest = dir.join("Cargo.toml");
         let text = std::fs::read_to_string(&manifest)
             .map_err(|e| format!("{}: {e}", manifest.display()))?;
-        let name = toml::from_str::<toml::Table>(&text)
-            .ok()
-            .and_then(|t| t.get("package")?.get("name")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "crate".into())
-            .replace('-', "_");
+        let table = toml::from_str::<toml::Table>(&text)
+            .map_err(|e| format!("{}: {e}", manifest.display()))?;
+        let Some(package) = table.get("package") else {
+            return Crate::read_workspace(dir, &table, tests);
+        };
+        let krate_name = |n: &str| n.replace('-', "_");
+        let package_name = package
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| "crate".to_owned(), krate_name);
+        // The library's crate name (`[lib] name`), and each binary's by its file
+        // (`[[bin]] name` and `path`; `src/main.rs` is the package's, `src/bin/x.rs` and
+        // `src/bin/x/main.rs` are `x`): what `module_path!()` starts with there.
+        let name = table
+            .get("lib")
+            .and_then(|l| l.get("name")?.as_str())
+            .map_or_else(|| package_name.clone(), krate_name);
+        let mut bins: Vec<(PathBuf, String)> = vec![(PathBuf::from("src/main.rs"), package_name)];
+        for b in table
+            .get("bin")
+            .and_then(|b| b.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(n), Some(p)) = (
+                b.get("name").and_then(|n| n.as_str()),
+                b.get("path").and_then(|p| p.as_str()),
+            ) {
+                bins.push((PathBuf::from(p), krate_name(n)));
+            }
+        }
         let mut files = Vec::new();
         collect(&dir.join("src"), &mut files);
         let mut roots = vec![("src", name.clone())];
@@ -147,7 +173,10 @@ impl Crate {
         };
         for file in files {
             let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
-            let module = module_of(&rel, &name);
+            let module = match bins.iter().find(|(p, _)| *p == rel) {
+                Some((_, bin)) => bin.clone(),
+                None => module_of(&rel, &name),
+            };
             let display = rel.display().to_string();
             let src = match std::fs::read_to_string(&file) {
                 Ok(s) => s,
@@ -204,6 +233,59 @@ impl Crate {
         let _ = roots;
         Ok(krate)
     }
+
+    /// A virtual workspace's root: each member crate (`members`, a trailing `/*` read as every
+    /// directory there with a `Cargo.toml`), its files named from the root.
+    fn read_workspace(dir: &Path, table: &toml::Table, tests: bool) -> Result<Crate, String> {
+        let members: Vec<&str> = table
+            .get("workspace")
+            .and_then(|w| w.get("members")?.as_array())
+            .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+            .ok_or_else(|| {
+                format!(
+                    "{}: neither a package nor a workspace with members",
+                    dir.join("Cargo.toml").display()
+                )
+            })?;
+        let mut dirs = Vec::new();
+        for m in members {
+            match m.strip_suffix("/*") {
+                Some(parent) => {
+                    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(parent))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.join("Cargo.toml").is_file())
+                        .collect();
+                    found.sort();
+                    dirs.extend(found);
+                }
+                None => dirs.push(dir.join(m)),
+            }
+        }
+        let mut all = Crate {
+            functions: Vec::new(),
+            found_in: Vec::new(),
+            problems: Vec::new(),
+        };
+        for member in dirs {
+            let prefix = member.strip_prefix(dir).unwrap_or(&member).to_path_buf();
+            let named = |f: &str| prefix.join(f).display().to_string();
+            match Crate::read(&member, tests) {
+                Ok(c) => {
+                    all.functions.extend(c.functions.into_iter().map(|mut f| {
+                        f.file = named(&f.file);
+                        f
+                    }));
+                    all.found_in.extend(c.found_in.iter().map(|f| named(f)));
+                    all.problems.extend(c.problems.iter().map(|p| named(p)));
+                }
+                Err(e) => all.problems.push(e),
+            }
+        }
+        Ok(all)
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -221,7 +303,8 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The module path of a source file: `src/lib.rs` is the crate, `src/a/b.rs` and
-/// `src/a/b/mod.rs` are `crate::a::b`, `examples/tour.rs` is the example `tour`.
+/// `src/a/b/mod.rs` are `crate::a::b`, `src/bin/x.rs` is the binary `x`, `examples/tour.rs`
+/// is the example `tour`.
 fn module_of(rel: &Path, krate: &str) -> String {
     let parts: Vec<String> = rel
         .with_extension("")
@@ -229,6 +312,16 @@ fn module_of(rel: &Path, krate: &str) -> String {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
     match parts.first().map(String::as_str) {
+        // A binary of its own: `src/bin/x.rs`, `src/bin/x/main.rs` and its modules.
+        Some("src") if parts.len() > 2 && parts[1] == "bin" => {
+            let mut m = vec![parts[2].replace('-', "_")];
+            for p in &parts[3..] {
+                if !matches!(p.as_str(), "main" | "mod") {
+                    m.push(p.clone());
+                }
+            }
+            m.join("::")
+        }
         Some("src") => {
             let mut m = vec![krate.to_owned()];
             for p in &parts[1..] {

@@ -237,7 +237,11 @@ pub async fn stock(c: &reqwest::Client) -> Result<u16, Error> {
         )],
     );
     let file = dir.join("incident.toml");
-    std::fs::write(&file, "[functions.\"slowcheck::stock\"]\ntimeout = \"1s\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[functions.\"slowcheck::stock\"]\ntimeout = \"1s\"\n",
+    )
+    .unwrap();
     let out = run(&[
         "check",
         dir.to_str().unwrap(),
@@ -248,7 +252,11 @@ pub async fn stock(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("slow_call_duration"), "{t}");
     // Within the rule: passed.
-    std::fs::write(&file, "[functions.\"slowcheck::stock\"]\ntimeout = \"3s\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[functions.\"slowcheck::stock\"]\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
     let out = run(&[
         "check",
         dir.to_str().unwrap(),
@@ -466,6 +474,73 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
     let mut changed: Vec<&str> = changes.iter().map(|c| c.function).collect();
     changed.sort();
     assert_eq!(changed, listed, "{changes:?}");
+}
+
+/// The paths `list` prints are those `module_path!()` gives the runtime: a library under its
+/// `[lib] name`, each binary under its own crate name (`src/bin/worker-job.rs` is
+/// `worker_job`, a `[[bin]]` by its `name`), and at a virtual workspace's root every member
+/// (it once printed `shop_client::bin::worker_job::run`, and "0 annotated functions" at a
+/// workspace root).
+#[test]
+fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
+    let f = |name: &str| {
+        format!(
+            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
+        )
+    };
+    let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n";
+    let dir = crate_with(
+        "shopws",
+        &[
+            (
+                "Cargo.toml",
+                "[workspace]\nmembers = [\"crates/*\", \"tools\"]\n",
+            ),
+            ("crates/shop/Cargo.toml", manifest),
+            (
+                "crates/shop/src/lib.rs",
+                &format!("pub mod pg;\n{}", f("charge")),
+            ),
+            ("crates/shop/src/pg.rs", &f("refund")),
+            ("crates/shop/src/main.rs", &f("main_job")),
+            ("crates/shop/src/serve.rs", &f("serve")),
+            ("crates/shop/src/bin/worker-job.rs", &f("run")),
+            (
+                "crates/shop/src/bin/sweeper/main.rs",
+                &format!("mod batch;\n{}", f("sweep")),
+            ),
+            ("crates/shop/src/bin/sweeper/batch.rs", &f("one")),
+            (
+                "tools/Cargo.toml",
+                "[package]\nname = \"tools\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+            ),
+            ("tools/src/lib.rs", &f("ping")),
+        ],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "api_server::serve",
+            "shop::charge",
+            "shop::pg::refund",
+            "shop_client::main_job",
+            "sweeper::batch::one",
+            "sweeper::sweep",
+            "tools::ping",
+            "worker_job::run",
+        ]
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `[package.metadata.resilience] config = "…"` names the policy file instead of
