@@ -411,3 +411,47 @@ async fn no_hedge_starts_while_a_watched_helper_runs() {
     assert_eq!(hold.count(), 1, "one POST: no hedge beside the helper");
     assert_eq!(stock.count(), 1);
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedged_inventory", failure_rate = 0.5, min_calls = 10, window = 20, open_for = "1m", half_open_calls = 1 },
+)]
+async fn guarded_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call already waiting when its breaker opens (other calls failed, or an operator forced it
+/// open) sends no hedge to the dependency just declared down: the breaker stands in front of
+/// every attempt, hedges included.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_starts_once_the_breaker_is_open() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::ok().after(Duration::from_millis(300)),
+        Action::ok(),
+    ]))
+    .await;
+    let url = server.url("/item");
+    let call = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { guarded_lookup(&c, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    resilience_runtime::breakers::force_open("hedged_inventory").unwrap();
+    // The first request answers at 300 ms; no hedge went at 100 ms.
+    assert_eq!(call.await.unwrap().unwrap(), 200);
+    assert_eq!(
+        server.count(),
+        1,
+        "a hedge went to an open breaker's dependency"
+    );
+    resilience_runtime::breakers::reset("hedged_inventory").unwrap();
+}

@@ -471,6 +471,16 @@ impl Breaker {
 
     /// [`try_acquire`](Self::try_acquire) for an attempt starting at `now` (saves a clock read
     /// when the caller has one: the slow-call threshold counts from it).
+    /// Whether the breaker lets calls through freely: closed (or held closed). Not when it is
+    /// open, held open, or half-open (its probes are counted): a hedge starts only then.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self.force.load(Ordering::Relaxed) {
+            FORCE_NONE => state_bits(self.word.load(Ordering::Acquire)) == CLOSED,
+            FORCE_OPEN => false,
+            _ => true,
+        }
+    }
+
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
         self.acquire(Some(now))
     }

@@ -353,12 +353,23 @@ where
     }
 }
 
-/// A hedge's attempt context, or `None` when no hedge may start: the deadline is too close or
-/// the retry budget is spent.
+/// A hedge's attempt context, or `None` when no hedge may start: the deadline is too close,
+/// the breaker is no longer closed (opened by other calls since this one started, or
+/// half-open, whose probes are counted), or the retry budget is spent.
 fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
     let now = Instant::now();
     let left = s.deadline.saturating_duration_since(now);
     if left.is_zero() {
+        return None;
+    }
+    if let Some(b) = s.shared.breaker
+        && !b.is_closed()
+    {
+        tracing::debug!(
+            attempt = s.attempts,
+            breaker = b.name(),
+            "breaker not closed: no hedge"
+        );
         return None;
     }
     if let Some(b) = s.shared.budget
