@@ -110,6 +110,23 @@ pub struct RateLimiter {
     down_until: AtomicU64,
 }
 
+/// A local permit reserved by a call still waiting for it: given back if the call is dropped
+/// before its time (the theoretical arrival time moves back one interval, so the next call
+/// may take it).
+struct GiveBack<'a>(&'a RateLimiter);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        let t = self.0.spec.interval_nanos();
+        let _ = self
+            .0
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                Some(tat.saturating_sub(t))
+            });
+    }
+}
+
 impl RateLimiter {
     /// A limit with a full burst available.
     ///
@@ -169,8 +186,10 @@ impl RateLimiter {
     }
 
     /// Takes a permit, waiting for it up to `max_wait` and no later than `deadline`. A wait
-    /// longer than either is refused at once. The permit is reserved before the wait: a call
-    /// dropped while it waits does not give it back.
+    /// longer than either is refused at once. The permit is reserved before the wait; a call
+    /// dropped while it waits gives a local limit's permit back (a caller's timeout shorter
+    /// than `max_wait` would otherwise spend permits nothing used, and make later calls wait
+    /// for them), not a permit Redis gave.
     pub async fn acquire_by(&self, deadline: Instant) -> Result<(), Refused> {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
@@ -194,7 +213,9 @@ impl RateLimiter {
             self.admitted.fetch_add(1, Ordering::Relaxed);
         } else {
             self.waited.fetch_add(1, Ordering::Relaxed);
+            let give_back = (self.spec.store == RateLimitStore::Local).then_some(GiveBack(self));
             tokio::time::sleep_until(now + wait).await;
+            std::mem::forget(give_back);
         }
         Ok(())
     }
