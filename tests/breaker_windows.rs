@@ -1,11 +1,13 @@
 //! Breakers that see time and slowness, through real sockets: a slow-call rate opens the
 //! breaker on answers that all succeed, slowly (and not on fast ones); a time-based window
-//! forgets failures older than `window_for` (where a count window keeps them).
+//! forgets failures older than `window_for` (where a count window keeps them); calls dropped
+//! by callers more impatient than the policy still count as slow.
 
 use std::time::Duration;
 
 use resilience_fault_server::{Action, FaultServer, Script};
-use resilience_runtime::{Error, ErrorKind, resilient};
+use resilience_runtime::breaker::BreakerState;
+use resilience_runtime::{Error, ErrorKind, metrics, resilient};
 
 #[resilient(
     timeout = "1s",
@@ -131,4 +133,72 @@ async fn a_time_window_forgets_old_failures() {
             assert_eq!(opened_at, Some(3), "{kinds:?}");
         }
     }
+}
+
+#[resilient(
+    timeout = "10s",
+    deadline = "20s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "hung_behind_impatient_callers",
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1m",
+        half_open_calls = 1,
+        slow_call_duration = "1s",
+        slow_call_rate = 0.5
+    ),
+    concurrency_limit(
+        name = "hung_behind_impatient_callers",
+        initial = 8,
+        min = 1,
+        max = 8,
+        latency = "1s"
+    )
+)]
+async fn behind_impatient_callers(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A dependency that hangs, behind callers whose own timeout (2 s: an axum `TimeoutLayer`, a
+/// `select!`) is shorter than the policy's (10 s): every call is dropped by its caller, none
+/// ends. An attempt already slower than `slow_call_duration` (and the limit's `latency`) when
+/// it is dropped is slow however it ends: the breaker opens and the limit comes down. They
+/// once heard nothing, and every caller kept paying its 2 s.
+#[tokio::test(start_paused = true)]
+async fn calls_their_callers_gave_up_on_still_count_as_slow() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let url = server.url("/");
+    // The control: callers giving up at 500 ms, before the threshold, say nothing.
+    for _ in 0..4 {
+        let r = tokio::time::timeout(
+            Duration::from_millis(500),
+            behind_impatient_callers(&c, &url),
+        )
+        .await;
+        assert!(r.is_err());
+    }
+    let b = metrics::breaker("hung_behind_impatient_callers").expect("used");
+    assert_eq!(
+        (b.state, b.window_calls),
+        (BreakerState::Closed, 0),
+        "{b:?}"
+    );
+    for _ in 0..4 {
+        let r =
+            tokio::time::timeout(Duration::from_secs(2), behind_impatient_callers(&c, &url)).await;
+        assert!(r.is_err());
+    }
+    let b = metrics::breaker("hung_behind_impatient_callers").expect("used");
+    assert_eq!(b.state, BreakerState::Open, "{b:?}");
+    let limit = metrics::concurrency_limit("hung_behind_impatient_callers").expect("used");
+    assert!(limit.decreases >= 1, "{limit:?}");
+    // Open: the next call is refused at once, nothing sent.
+    let sent = server.count();
+    let e = behind_impatient_callers(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(server.count(), sent);
 }

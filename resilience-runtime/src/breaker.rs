@@ -206,10 +206,28 @@ impl BreakerPermit<'_> {
 
 impl Drop for BreakerPermit<'_> {
     fn drop(&mut self) {
-        if !self.reported {
-            self.breaker
-                .report(self.generation, self.probe, Outcome::Ignored);
+        if self.reported {
+            return;
         }
+        // Dropped before its attempt ended (its caller gave up, or the body panicked): no
+        // outcome, but an attempt already past `slow_call_duration` is a slow call however it
+        // ends (a slow probe, a failed one). Callers whose own timeout is shorter than the
+        // policy's would otherwise hide a hung dependency from a breaker watching slowness.
+        if let Some(t) = self.started {
+            let end = Instant::now();
+            if end.saturating_duration_since(t) >= self.breaker.spec.slow_call_duration {
+                let outcome = if self.probe {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                self.breaker
+                    .report_at(self.generation, self.probe, outcome, true, Some(end));
+                return;
+            }
+        }
+        self.breaker
+            .report(self.generation, self.probe, Outcome::Ignored);
     }
 }
 

@@ -166,6 +166,8 @@ pub struct ConcurrencyPermit {
     permit: Option<SemaphorePermit<'static>>,
     /// When the attempt in progress started.
     attempt_started: Instant,
+    /// An attempt started and has not reported its outcome yet.
+    running: bool,
     /// Calls in flight when this one took its slot, itself included.
     in_flight_at_start: u32,
 }
@@ -292,6 +294,7 @@ impl ConcurrencyLimit {
                     limit: self,
                     permit: Some(p),
                     attempt_started: now,
+                    running: false,
                     in_flight_at_start: n,
                 })
             }
@@ -412,16 +415,24 @@ impl ConcurrencyPermit {
     /// An attempt starts now.
     pub(crate) fn attempt_started(&mut self, now: Instant) {
         self.attempt_started = now;
+        self.running = true;
+    }
+
+    /// The attempt in progress ended with no sample to give (see `Session::after_failure`).
+    pub(crate) fn attempt_ended(&mut self) {
+        self.running = false;
     }
 
     /// The attempt in progress succeeded now: fast or slow against the latency threshold.
-    pub(crate) fn on_success(&self) {
+    pub(crate) fn on_success(&mut self) {
+        self.running = false;
         let slow = self.attempt_started.elapsed() >= self.limit.spec.latency;
         self.on_sample(if slow { Sample::Overload } else { Sample::Fast });
     }
 
     /// The attempt in progress failed with `class`.
-    pub(crate) fn on_failure(&self, class: Class) {
+    pub(crate) fn on_failure(&mut self, class: Class) {
+        self.running = false;
         let sample = if class.is_transient() {
             Sample::Overload
         } else if matches!(class, Class::Permanent) {
@@ -446,6 +457,12 @@ impl ConcurrencyPermit {
 
 impl Drop for ConcurrencyPermit {
     fn drop(&mut self) {
+        // Dropped during an attempt (its caller gave up): no outcome, but an attempt already
+        // slower than the latency threshold is slow however it ends. Callers whose own timeout
+        // is shorter than the policy's would otherwise hide a hung dependency from the limit.
+        if self.running && self.attempt_started.elapsed() >= self.limit.spec.latency {
+            self.on_sample(Sample::Overload);
+        }
         if let Some(p) = self.permit.take() {
             self.limit.release(p);
         }

@@ -845,7 +845,7 @@ impl Session {
     }
 
     pub(crate) fn succeeded(&mut self) {
-        if let Some(c) = &self.concurrency {
+        if let Some(c) = &mut self.concurrency {
             c.on_success();
         }
         if let Some(p) = self.breaker_permit.take()
@@ -910,11 +910,12 @@ impl Session {
         // proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         let cut_short = self.last.cut_short;
-        if let Some(c) = &self.concurrency
-            && self.last.began
-            && !cut_short
-        {
-            c.on_failure(class);
+        if let Some(c) = &mut self.concurrency {
+            if self.last.began && !cut_short {
+                c.on_failure(class);
+            } else {
+                c.attempt_ended();
+            }
         }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
             if class.is_transient() && !cut_short {
