@@ -487,8 +487,6 @@ impl Breaker {
         self.acquire(None)
     }
 
-    /// [`try_acquire`](Self::try_acquire) for an attempt starting at `now` (saves a clock read
-    /// when the caller has one: the slow-call threshold counts from it).
     /// Whether the breaker lets calls through freely: closed (or held closed). Not when it is
     /// open, held open, or half-open (its probes are counted): a hedge starts only then.
     pub(crate) fn is_closed(&self) -> bool {
@@ -499,6 +497,8 @@ impl Breaker {
         }
     }
 
+    /// [`try_acquire`](Self::try_acquire) for an attempt starting at `now` (saves a clock read
+    /// when the caller has one: the slow-call threshold counts from it).
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
         self.acquire(Some(now))
     }

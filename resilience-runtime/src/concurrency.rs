@@ -569,14 +569,14 @@ mod tests {
             permits.push(c.acquire_by(far).await.unwrap());
         }
         advance(Duration::from_millis(150)).await;
-        for p in &permits {
+        for p in &mut permits {
             p.on_success();
         }
         assert_eq!(c.limit(), 4.0);
         assert_eq!(c.snapshot().decreases, 1);
         drop(permits);
         // An attempt started after that decrease lowers it again.
-        let p = c.acquire_by(far).await.unwrap();
+        let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
         p.on_failure(Class::Timeout);
         assert_eq!(c.limit(), 2.0);
