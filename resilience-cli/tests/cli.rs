@@ -427,10 +427,36 @@ mod names {
             Ok(1)
         }
     }
+
+    /// A type (and trait) of another module, its impls written here: the compiler names them
+    /// `<impl model::Store>` and `<impl model::Load for model::Store>`.
+    pub mod model {
+        pub struct Store;
+
+        #[allow(async_fn_in_trait)]
+        pub trait Load {
+            async fn load(&self) -> Result<usize, resilience_runtime::Error>;
+        }
+    }
+
+    impl model::Store {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn put(&self) -> Result<usize, Error> {
+            Ok(4)
+        }
+    }
+
+    impl model::Load for model::Store {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn load(&self) -> Result<usize, Error> {
+            Ok(5)
+        }
+    }
 }
 
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
+    use names::model::Load as _;
     use names::{Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -449,9 +475,11 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
     assert_eq!(
         listed,
         [
+            "cli::names::<Store as Load>::load",
             "cli::names::<Svc as Fetch>::fetch",
             "cli::names::Api::get",
-            "cli::names::Greet::greet"
+            "cli::names::Greet::greet",
+            "cli::names::Store::put",
         ]
     );
 
@@ -464,6 +492,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::Api("abc").get().await.unwrap(), 3);
         assert_eq!(names::Svc(0u8).fetch().await.unwrap(), 1);
         assert_eq!(names::Svc(0u8).greet().await.unwrap(), 2);
+        assert_eq!(names::model::Store.put().await.unwrap(), 4);
+        assert_eq!(names::model::Store.load().await.unwrap(), 5);
     });
     let file: String = listed
         .iter()

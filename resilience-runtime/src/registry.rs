@@ -3,7 +3,7 @@
 //! Each annotated function resolves its state once (a `OnceLock` in its [`PolicyState`]); the
 //! hot path then reads a `&'static` and never touches the registry's lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::breaker::{Breaker, BreakerSpec};
@@ -316,6 +316,9 @@ impl PolicyState {
                     std::borrow::Cow::Owned(path) => Box::leak(path.into_boxed_str()),
                 }
             });
+            if let Some(f) = policy.locate {
+                shares_path(function, resilience_spec::paths::owner_identity(f()));
+            }
             let policy_name = if policy.name.is_empty() {
                 function
             } else {
@@ -351,6 +354,30 @@ impl PolicyState {
                 telemetry: crate::telemetry::instruments(policy, function, policy_name),
             }
         })
+    }
+}
+
+/// Says, once per pair, when a function takes a path another function of another type
+/// already has (methods of `stripe::Client` and `adyen::Client` in one module: the path keeps
+/// a type's last segment): they share what is registered under it.
+fn shares_path(path: &'static str, identity: String) {
+    static OWNERS: Mutex<BTreeMap<&'static str, String>> = Mutex::new(BTreeMap::new());
+    let mut owners = OWNERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match owners.get(path) {
+        Some(first) if *first != identity => tracing::warn!(
+            path,
+            first = %first,
+            second = %identity,
+            "two functions of different types share the path: their unnamed breaker, budget, \
+             bulkhead and limits, their metrics and their overrides are one; name the state \
+             (breaker = {{ name = … }}) or move one into a module of its own"
+        ),
+        Some(_) => {}
+        None => {
+            owners.insert(path, identity);
+        }
     }
 }
 

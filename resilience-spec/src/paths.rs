@@ -43,6 +43,18 @@ pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a,
     if owner == module {
         return module_and_name.into();
     }
+    // An impl written in another module than its type (and trait): the compiler names it
+    // `module::<impl m::Client>` or `module::<impl m::Api for m::Svc>`.
+    if let Some(imp) = owner
+        .find("::<impl ")
+        .and_then(|i| owner[i + 8..].strip_suffix('>'))
+    {
+        return match split_at_word(imp, " for ") {
+            Some((tr, ty)) => method_path(module, ty, Some(tr), name),
+            None => method_path(module, imp, None, name),
+        }
+        .into();
+    }
     if let Some(inner) = owner.strip_prefix('<').and_then(|s| s.strip_suffix('>'))
         && let Some((ty, tr)) = split_as(inner)
     {
@@ -51,15 +63,48 @@ pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a,
     method_path(module, owner, None, name).into()
 }
 
+/// The compiler's type name of a function (`<app::stripe::Client<_> as app::Gw>::charge`)
+/// without generic arguments: what tells apart two functions that [`from_type_name`] gives one
+/// path (methods of `stripe::Client` and `adyen::Client` in one module), and not two impls of
+/// one type at different generic arguments, which share theirs by design.
+pub fn owner_identity(located: &str) -> String {
+    let mut out = String::with_capacity(located.len());
+    let mut prev = ' ';
+    let mut depth = 0usize;
+    for c in located.chars() {
+        if depth > 0 {
+            match c {
+                '<' => depth += 1,
+                '>' => depth -= 1,
+                _ => {}
+            }
+            continue;
+        }
+        // Generic arguments follow a name; a qualified path's `<` does not.
+        if c == '<' && (prev.is_alphanumeric() || prev == '_') {
+            depth = 1;
+            continue;
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
+}
+
 /// `A as B` at the outer level of angle brackets.
 fn split_as(inner: &str) -> Option<(&str, &str)> {
+    split_at_word(inner, " as ")
+}
+
+/// `inner` cut at `word` (` as `, ` for `) at the outer level of angle brackets.
+fn split_at_word<'a>(inner: &'a str, word: &str) -> Option<(&'a str, &'a str)> {
     let mut depth = 0usize;
     for (i, c) in inner.char_indices() {
         match c {
             '<' => depth += 1,
             '>' => depth = depth.saturating_sub(1),
-            ' ' if depth == 0 && inner[i..].starts_with(" as ") => {
-                return Some((&inner[..i], &inner[i + 4..]));
+            ' ' if depth == 0 && inner[i..].starts_with(word) => {
+                return Some((&inner[..i], &inner[i + word.len()..]));
             }
             _ => {}
         }
@@ -89,6 +134,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn owner_identity_drops_generic_arguments_only() {
+        assert_eq!(
+            owner_identity("<app::stripe::Client<_, u8> as app::Gw<Vec<u8>>>::charge"),
+            "<app::stripe::Client as app::Gw>::charge"
+        );
+        assert_eq!(
+            owner_identity("app::Repo<'_>::get"),
+            owner_identity("app::Repo<_>::get")
+        );
+        assert_ne!(
+            owner_identity("<app::stripe::Client as app::Gw>::charge"),
+            owner_identity("<app::adyen::Client as app::Gw>::charge")
+        );
+    }
+
+    #[test]
     fn the_runtime_and_the_source_give_one_path() {
         // What the compiler's type names give (generic arguments as `_`, lifetimes as `'_`).
         let cases = [
@@ -116,6 +177,22 @@ mod tests {
             (
                 "shop::svc::get",
                 "<&shop::model::Svc as shop::api::Api>::get",
+                "shop::svc::<Svc as Api>::get",
+            ),
+            // An impl in another module than its type (and trait).
+            (
+                "shop::client::charge",
+                "shop::client::<impl shop::model::Client>::charge",
+                "shop::client::Client::charge",
+            ),
+            (
+                "shop::client::charge",
+                "shop::client::<impl shop::model::Client<_>>::charge",
+                "shop::client::Client::charge",
+            ),
+            (
+                "shop::svc::get",
+                "shop::svc::<impl shop::api::Api<u8> for shop::model::Svc<_>>::get",
                 "shop::svc::<Svc as Api>::get",
             ),
             // A function inside a function: the outer one's name where a type would be.

@@ -1,0 +1,83 @@
+//! Methods of two types of one name (`stripe::Client`, `adyen::Client`) in one module get one
+//! path (it keeps a type's last segment), and so share what is registered under it: the
+//! runtime says so, naming both types, at the second one's first call.
+//!
+//! Alone in its test binary: a thread-scoped subscriber can miss events whose callsites another
+//! test thread hit first.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, resilient};
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+mod stripe {
+    pub struct Client;
+}
+
+mod adyen {
+    pub struct Client;
+}
+
+impl stripe::Client {
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn charge(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+impl adyen::Client {
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn charge(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_types_of_one_name_sharing_a_path_are_warned_about() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        stripe::Client.charge(&c, &server.url("/")).await.unwrap(),
+        200
+    );
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !out.contains("share the path"),
+        "one function so far: {out}"
+    );
+    assert_eq!(
+        adyen::Client.charge(&c, &server.url("/")).await.unwrap(),
+        200
+    );
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        out.contains("two functions of different types share the path")
+            && out.contains("path_collision::Client::charge")
+            && out.contains("stripe::Client")
+            && out.contains("adyen::Client"),
+        "{out}"
+    );
+}
