@@ -54,6 +54,7 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
         shared: &a.shared,
         krate: a.krate,
         config_path: a.config_path,
+        manifest_path: a.manifest_path,
     };
     Ok(expand(&plan))
 }
@@ -94,6 +95,24 @@ mod boundaries {
             }
         };
         super::resilient(args, item).to_string()
+    }
+
+    /// `Cargo.toml` is read by the compiler through the expansion, so that choosing another
+    /// policy file in `[package.metadata.resilience] config` rebuilds the crate (cargo does not
+    /// watch its metadata); a `config` written inline does not depend on it.
+    #[test]
+    fn the_expansion_tracks_the_manifest_that_may_name_the_policy_file() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let tracked = format!("include_str ! ({:?})", manifest.display().to_string());
+        let out = said(quote!(timeout = "1s"));
+        assert!(out.contains(&tracked), "{tracked} not in {out}");
+        let file = std::env::temp_dir().join(format!("track-{}.toml", std::process::id()));
+        std::fs::write(&file, "[defaults]\ntimeout = \"2s\"\n").unwrap();
+        let path = file.display().to_string();
+        let out = said(quote!(config = #path));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(out.matches("include_str !").count(), 1, "{out}");
+        assert!(out.contains(&format!("include_str ! ({path:?})")), "{out}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub(crate) struct Plan<'a> {
     pub shared: &'a Shared,
     pub krate: TokenStream,
     pub config_path: Option<String>,
+    /// `Cargo.toml`, when it may name the policy file (`Analysis::manifest_path`).
+    pub manifest_path: Option<String>,
     /// The policy's values, packed (`Analysis::packed`).
     pub packed: String,
 }
@@ -354,17 +356,23 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote!()
     };
 
-    let track = plan.config_path.as_ref().map(|path| {
-        quote!(
-            const _: &str = ::core::include_str!(#path);
-        )
-    });
+    // The compiler tracks what `include_str!` reads: an edit of the policy file, or of the
+    // `[package.metadata.resilience] config` that chooses it, rebuilds the function.
+    let track = plan
+        .config_path
+        .iter()
+        .chain(&plan.manifest_path)
+        .map(|path| {
+            quote!(
+                const _: &str = ::core::include_str!(#path);
+            )
+        });
 
     quote! {
         #(#attrs)*
         #vis #out_sig {
             #(#inner_attrs)*
-            #track
+            #(#track)*
             fn __resilience_locate() -> &'static str {
                 #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
             }

@@ -33,6 +33,10 @@ pub struct Analysis {
     pub policy_name: Option<String>,
     /// The policy file read, if any.
     pub config_path: Option<String>,
+    /// The crate's `Cargo.toml`, when no `config` is written inline: its
+    /// `[package.metadata.resilience] config` chooses the file (or would, once written), so
+    /// the expansion tracks it as it tracks the file.
+    pub manifest_path: Option<String>,
 }
 
 /// Everything the macro knows about one annotated function before it generates code: every
@@ -162,6 +166,12 @@ pub fn analyze(
         krate: krate.unwrap_or_else(|| quote::quote!(::resilience_runtime)),
         policy_name: policy.map(|p| p.0),
         config_path: config.as_ref().map(|c| c.path.display().to_string()),
+        manifest_path: config_rel
+            .is_none()
+            .then(|| manifest_dir.map(|d| d.join("Cargo.toml")))
+            .flatten()
+            .filter(|m| m.is_file())
+            .map(|m| m.display().to_string()),
     })
 }
 
