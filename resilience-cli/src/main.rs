@@ -435,14 +435,28 @@ impl<'a> Visit<'a> for Finder {
 
 /// The names a body calls: `name(` and `.name(`.
 fn calls_in(ts: proc_macro2::TokenStream) -> Vec<String> {
+    calls_within(ts, false)
+}
+
+/// [`calls_in`]; `in_macro`: the tokens are a macro's (`join!(…)`), where a future is written
+/// without its `.await`.
+fn calls_within(ts: proc_macro2::TokenStream, in_macro: bool) -> Vec<String> {
     use proc_macro2::{Delimiter, TokenTree};
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     let mut out = Vec::new();
     for (i, tt) in tokens.iter().enumerate() {
         match tt {
-            TokenTree::Group(g) => out.extend(calls_in(g.stream())),
+            TokenTree::Group(g) => {
+                let macro_args = matches!(tokens.get(i.wrapping_sub(1)), Some(TokenTree::Punct(p)) if p.as_char() == '!');
+                out.extend(calls_within(g.stream(), macro_args));
+            }
             TokenTree::Ident(id) => {
+                let rest = tokens.get(i + 2..).unwrap_or_default();
+                let whole_argument = in_macro
+                    && matches!(rest.first(), None | Some(TokenTree::Punct(_)))
+                    && !is_dot(rest.first());
                 if matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                    && (!is_dot(tokens.get(i.wrapping_sub(1))) || awaited(rest) || whole_argument)
                 {
                     out.push(id.to_string());
                 }
@@ -451,6 +465,31 @@ fn calls_in(ts: proc_macro2::TokenStream) -> Vec<String> {
         }
     }
     out
+}
+
+fn is_dot(tt: Option<&proc_macro2::TokenTree>) -> bool {
+    matches!(tt, Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '.')
+}
+
+/// Whether what follows a method call awaits it (`.await`, perhaps after `.instrument(…)`,
+/// `.boxed()`, …): an annotated method is async, while a request builder's `.get(url)` or a
+/// map's `.get(&k)` of the same name is not awaited where it is written.
+fn awaited(rest: &[proc_macro2::TokenTree]) -> bool {
+    use proc_macro2::TokenTree;
+    const ADAPTERS: [&str; 4] = ["instrument", "in_current_span", "boxed", "fuse"];
+    let mut i = 0;
+    while is_dot(rest.get(i)) {
+        match (rest.get(i + 1), rest.get(i + 2)) {
+            (Some(TokenTree::Ident(id)), _) if id == "await" => return true,
+            (Some(TokenTree::Ident(id)), Some(TokenTree::Group(_)))
+                if ADAPTERS.contains(&id.to_string().as_str()) =>
+            {
+                i += 3;
+            }
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The names a body calls where their failure may not end the body at once: every call site

@@ -359,6 +359,76 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::handled"), 9);
 }
 
+/// Two annotated methods named `get`, and bodies that call a request builder's `.get(url)` and
+/// a map's `.get(&k)`: those are not the annotated `get` (they are not awaited where they are
+/// written), so nothing multiplies; awaited method calls and futures handed to `join!` still
+/// count. The list once printed 3^8 requests per call here.
+#[test]
+fn a_method_call_counts_as_a_nested_call_only_when_awaited() {
+    let dir = crate_with(
+        "same_names",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+use std::collections::HashMap;
+
+pub mod users {
+    use super::*;
+    pub struct Client { pub http: reqwest::Client, pub cache: HashMap<String, String> }
+    impl Client {
+        #[resilient(timeout = "1s")]
+        pub async fn get(&self, k: &str) -> Result<String, Error> {
+            let hit = self.cache.get(k).cloned().unwrap_or_default();
+            Ok(self.http.get("http://users/").send().await?.text().await? + &hit)
+        }
+    }
+}
+
+pub mod orders {
+    use super::*;
+    pub struct Client { pub http: reqwest::Client }
+    impl Client {
+        #[resilient(timeout = "1s", max_attempts = 1)]
+        pub async fn get(&self) -> Result<String, Error> {
+            Ok(self.http.get("http://orders/").send().await?.text().await?)
+        }
+        /// An awaited method call: `get` runs inside each of the 3 attempts.
+        #[resilient(timeout = "3s", method = GET)]
+        pub async fn page(&self) -> Result<String, Error> {
+            self.get().await
+        }
+        #[resilient(timeout = "1s")]
+        pub async fn status(&self) -> Result<String, Error> {
+            Ok(self.http.get("http://orders/status").send().await?.text().await?)
+        }
+        /// Futures handed to `join!`, awaited there: `status` retries inside the one attempt.
+        #[resilient(timeout = "3s", method = GET, max_attempts = 1)]
+        pub async fn both(&self) -> Result<String, Error> {
+            let (a, b) = tokio::join!(self.status(), self.status());
+            Ok(a? + &b?)
+        }
+    }
+}
+"#,
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worst = |f: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == f)
+            .unwrap_or_else(|| panic!("{f} listed"))["requests_per_call_worst_case"]
+            .clone()
+    };
+    assert_eq!(worst("same_names::users::Client::get"), 3);
+    assert_eq!(worst("same_names::orders::Client::get"), 1);
+    assert_eq!(worst("same_names::orders::Client::page"), 3);
+    assert_eq!(worst("same_names::orders::Client::both"), 3);
+}
+
 /// A steep backoff the rule book accepts: the worst case is computed without overflow (the
 /// delay stops growing at `max`) and bounded by the deadline.
 #[test]
