@@ -213,7 +213,7 @@ impl RateLimiter {
             self.admitted.fetch_add(1, Ordering::Relaxed);
         } else {
             self.waited.fetch_add(1, Ordering::Relaxed);
-            let give_back = (self.spec.store == RateLimitStore::Local).then_some(GiveBack(self));
+            let give_back = (self.spec.store == RateLimitStore::Local).then(|| GiveBack(self));
             tokio::time::sleep_until(now + wait).await;
             std::mem::forget(give_back);
         }
