@@ -52,8 +52,10 @@ impl ClientSettings {
         pool_max_idle_per_host: 32,
     };
 
-    /// A builder with these settings and reqwest's own retries off, so attempts never multiply.
-    /// Add TLS, proxies or default headers to it as usual.
+    /// A builder with these settings, reqwest's own retries off (so attempts never multiply)
+    /// and redirects followed through [`redirect_policy`] (so a redirect's target that cannot
+    /// be reached is not taken for a request never sent). Add TLS, proxies or default headers
+    /// to it as usual.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -61,6 +63,7 @@ impl ClientSettings {
             .tcp_keepalive(self.tcp_keepalive)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .retry(reqwest::retry::never())
+            .redirect(redirect_policy())
     }
 
     /// The client, ready to use.
@@ -73,6 +76,29 @@ impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings::DEFAULT
     }
+}
+
+/// Redirects followed as reqwest follows them by default (up to 10), each told to the attempt
+/// in progress: a request that was redirected reached a server, so a connect failure that
+/// follows (the `Location` refuses, does not resolve) is not proof that it was never sent,
+/// and an unkeyed POST is not sent again for it.
+///
+/// [`ClientSettings::builder`] and `client!` use it. A client built by hand follows
+/// redirects without telling the runtime: give it this policy (or
+/// `reqwest::redirect::Policy::none()`) where its functions send unkeyed POSTs and retry on
+/// `connect`.
+///
+/// ```
+/// let client = reqwest::Client::builder()
+///     .redirect(resilience_runtime::redirect_policy())
+///     .build()
+///     .unwrap();
+/// ```
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
+        reqwest::redirect::Policy::default().redirect(attempt)
+    })
 }
 
 /// How the client writes the `Idempotency-Key` it generates (`idempotency_key = auto`).

@@ -317,6 +317,10 @@ pub(crate) struct AttemptCtx {
     /// decision takes when the body's error says nothing it can read (a type it cannot look
     /// into, an error that dropped its source).
     pub failure: Cell<Option<crate::classify::Class>>,
+    /// A request of this attempt followed a redirect ([`crate::redirect_policy`]): a server
+    /// answered it, so a connect failure after that (the redirect's target refused) does not
+    /// prove the request was never sent.
+    pub redirected: Cell<bool>,
     pub retry_after: Cell<Option<Duration>>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
@@ -399,6 +403,7 @@ impl AttemptCtx {
             reached: Cell::new(None),
             status: Cell::new(None),
             failure: Cell::new(None),
+            redirected: Cell::new(false),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
@@ -449,6 +454,7 @@ impl AttemptCtx {
         *self.reached.get_mut() = None;
         *self.status.get_mut() = None;
         *self.failure.get_mut() = None;
+        *self.redirected.get_mut() = false;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
         *self.unpolled.get_mut() = 0;

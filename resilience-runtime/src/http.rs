@@ -73,7 +73,9 @@ impl ResilientRequest {
 /// for it, as `reqwest::get` builds one), sent stamped and recorded like a `.send()`.
 #[doc(hidden)]
 pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Response, reqwest::Error> {
-    let client = reqwest::Client::builder().build()?;
+    let client = reqwest::Client::builder()
+        .redirect(crate::redirect_policy())
+        .build()?;
     ResilientRequest {
         inner: client.get(url),
     }
@@ -84,14 +86,17 @@ pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Respons
 /// A request's outcome, for the retry decision of the current attempt, in one look at it: the
 /// response's status and `Retry-After` (as [`observe`] records them), and whether the request
 /// reached the server, or may have: anything but a connect failure (refused, or timed out
-/// before the connection was made), which proves it was never sent. `method`: the request's,
-/// when known; else the least safe the attempt has sent.
+/// before the connection was made), which proves it was never sent, unless a request of the
+/// attempt followed a redirect (the failure may be the redirect target's, after a server
+/// answered the request). `method`: the request's, when known; else the least safe the
+/// attempt has sent.
 fn record_outcome(
     res: &Result<reqwest::Response, reqwest::Error>,
     method: Option<crate::policy::Method>,
 ) {
-    let reached = !matches!(res, Err(e) if e.is_connect());
+    let connect_failure = matches!(res, Err(e) if e.is_connect());
     let _ = with_attempt(|ctx| {
+        let reached = !connect_failure || ctx.redirected.get();
         match res {
             Ok(r) => record_response(ctx, response_facts(r)),
             Err(e) => ctx.failure.set(crate::classify::classify_error(e)),

@@ -63,7 +63,7 @@ pub mod telemetry;
 
 pub use backoff::{BackoffState, set_jitter_seed};
 pub use classify::{Class, Classify, classify_error, is_transient_status};
-pub use client::{ClientSettings, KeyFormat};
+pub use client::{ClientSettings, KeyFormat, redirect_policy};
 pub use context::{AttemptInfo, Inbound, current_attempt, current_inbound, with_inbound};
 pub use error::{Error, ErrorKind};
 pub use http::{

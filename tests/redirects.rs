@@ -1,0 +1,77 @@
+//! A server that carries out an unkeyed POST and answers with a redirect whose target cannot
+//! be reached (`303 See Other` to a host mid-deploy): reqwest follows the redirect inside one
+//! send, and the connect failure of the second hop comes back as the POST's own. A connect
+//! failure proves only that its own request was never sent; this one followed a request a
+//! server answered, and the POST must not go out again.
+
+use resilience_fault_server::{Action, FaultServer, Script, refused_addr};
+use resilience_runtime::{ClientSettings, Error, ErrorKind, resilient};
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false,
+    retry_on = [connect]
+)]
+async fn create_order(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c.post(url).body("amount=100").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+fn redirected_to_nowhere(status: u16) -> Script {
+    Script::always(
+        Action::status(status).header("location", format!("http://{}/orders/1", refused_addr())),
+    )
+}
+
+/// Through the runtime's own client settings (and so `client!`): sent once, for every
+/// redirect status (a 303 turns the POST into a GET; a 307 or 308 sends the POST again to the
+/// target, which refuses it).
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_redirected_to_a_refusing_host_is_sent_once() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    for status in [301, 302, 303, 307, 308] {
+        let server = FaultServer::start(redirected_to_nowhere(status)).await;
+        let e = create_order(&c, &server.url("/orders")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Call, "{status}: {e}");
+        assert_eq!(e.attempts(), 1, "{status}: {e}");
+        assert_eq!(server.count(), 1, "{status}: the POST went out again");
+    }
+}
+
+/// A client built by hand with the runtime's redirect policy, as the README says to.
+#[tokio::test(start_paused = true)]
+async fn a_client_of_ones_own_with_the_redirect_policy_sends_it_once() {
+    let c = reqwest::Client::builder()
+        .redirect(resilience_runtime::redirect_policy())
+        .build()
+        .unwrap();
+    let server = FaultServer::start(redirected_to_nowhere(303)).await;
+    create_order(&c, &server.url("/orders")).await.unwrap_err();
+    assert_eq!(server.count(), 1);
+}
+
+/// The control: a connect failure of the request itself (nothing answered) is retried, as
+/// `retry_on = [connect]` asks.
+#[tokio::test(start_paused = true)]
+async fn a_post_that_never_connected_is_retried() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let e = create_order(&c, &format!("http://{}/orders", refused_addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+}
+
+/// A redirect followed to a target that answers: one request to each, the answer returned.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_to_a_live_target_is_followed() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let target = FaultServer::start(Script::always(Action::ok())).await;
+    let server = FaultServer::start(Script::always(
+        Action::status(303).header("location", target.url("/orders/1")),
+    ))
+    .await;
+    assert_eq!(create_order(&c, &server.url("/orders")).await.unwrap(), 200);
+    assert_eq!((server.count(), target.count()), (1, 1));
+}
