@@ -1019,3 +1019,44 @@ async fn an_error_that_drops_its_source_is_retried_by_what_the_runtime_saw() {
     );
     retried_and_stamped(&server);
 }
+
+/// A body that asks a quota endpoint first and handles its 429, then sends its own GET.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn with_quota_check(c: &reqwest::Client, quota: &str, url: &str) -> Result<u16, Error> {
+    let limited = c.get(quota).send().await?.status().as_u16() == 429;
+    let status = c
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16();
+    Ok(if limited { status + 1000 } else { status })
+}
+
+/// The `Retry-After` of a response the body handled does not govern a later request of the
+/// same attempt that failed without a response: the reset GET is retried after its backoff,
+/// not given up on because a 429 earlier asked for 60 s (past `max_retry_after`).
+#[tokio::test(start_paused = true)]
+async fn an_earlier_responses_retry_after_does_not_govern_a_later_failure() {
+    let quota = FaultServer::start(resilience_fault_server::Script::always(
+        Action::status(429).retry_after(60),
+    ))
+    .await;
+    let server = FaultServer::start(vec![Action::reset(), Action::reset(), Action::ok()]).await;
+    let started = tokio::time::Instant::now();
+    let got = with_quota_check(
+        &reqwest::Client::new(),
+        &quota.url("/quota"),
+        &server.url("/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, 1200);
+    assert_eq!(server.count(), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -99,7 +99,14 @@ fn record_outcome(
         let reached = !connect_failure || ctx.redirected.get();
         match res {
             Ok(r) => record_response(ctx, response_facts(r)),
-            Err(e) => ctx.failure.set(crate::classify::classify_error(e)),
+            Err(e) => {
+                // The last request has no response: an earlier one's status and `Retry-After`
+                // (a 429 the body handled before this request reset) say nothing of it.
+                ctx.failure.set(crate::classify::classify_error(e));
+                ctx.status.set(None);
+                ctx.retry_after.set(None);
+                ctx.replayed.set(false);
+            }
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
