@@ -52,17 +52,23 @@ impl ClientSettings {
         pool_max_idle_per_host: 32,
     };
 
-    /// A builder with these settings, reqwest's own retries off (so attempts never multiply)
-    /// and redirects followed through [`redirect_policy`] (so a redirect's target that cannot
-    /// be reached is not taken for a request never sent). Add TLS, proxies or default headers
-    /// to it as usual.
+    /// A builder with these settings and redirects followed through [`redirect_policy`] (so a
+    /// redirect's target that cannot be reached is not taken for a request never sent). Add
+    /// TLS, proxies or default headers to it as usual.
+    ///
+    /// reqwest's own retry policy stays its default, which sends a request again only where an
+    /// HTTP/2 server said it never processed it (`REFUSED_STREAM`, a graceful `GOAWAY`), at
+    /// most twice, inside the attempt and its timeout: the server does nothing twice, so the
+    /// attempts of the policy do not multiply, and an unkeyed POST refused that way by a server
+    /// draining for a deploy still goes through (the policy alone could not resend it: it
+    /// cannot tell that reset from one after the POST was processed). Over HTTP/1.1 it never
+    /// retries.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(self.pool_idle_timeout)
             .tcp_keepalive(self.tcp_keepalive)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .retry(reqwest::retry::never())
             .redirect(redirect_policy())
     }
 

@@ -78,7 +78,9 @@ pub use resilience_macros::resilient;
 /// The settings of a `[clients.NAME]` table of `resilience.toml`, checked at compile time, as a
 /// [`ClientSettings`]: `client!("pg").build()?` is a `reqwest::Client` with a connect timeout
 /// shorter than the attempt timeout, a pool idle timeout shorter than common server keep-alive
-/// timeouts, TCP keep-alive, and reqwest's own retries off. `client!("pg", config = "../x.toml")`
+/// timeouts, TCP keep-alive, and reqwest's own retries only for requests an HTTP/2 server
+/// refused before processing them (see [`ClientSettings::builder`]).
+/// `client!("pg", config = "../x.toml")`
 /// reads another file.
 pub use resilience_macros::client;
 pub use retry_after::parse as parse_retry_after;

@@ -1,0 +1,99 @@
+//! An HTTP/2 server that refuses a stream before processing it (`REFUSED_STREAM`, what a server
+//! draining for a deploy or at its stream limit sends): the request was never processed, so
+//! even an unkeyed POST may go again. The policy cannot tell that reset from one after the POST
+//! was processed; reqwest can, and a client built from `ClientSettings` (or `client!`) keeps
+//! reqwest's retry of exactly those.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use resilience_runtime::{ClientSettings, Error, resilient};
+
+/// An h2c server on 127.0.0.1 that refuses its first `refuse` streams and answers the others
+/// 201, counting the streams opened and the bodies it processed.
+struct Refusing {
+    url: String,
+    streams: Arc<AtomicUsize>,
+    processed: Arc<AtomicUsize>,
+}
+
+async fn refusing(refuse: usize) -> Refusing {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    let streams = Arc::new(AtomicUsize::new(0));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (s, p) = (streams.clone(), processed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, p) = (s.clone(), p.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    if s.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let mut body = request.into_body();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk.unwrap();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    p.fetch_add(1, Ordering::SeqCst);
+                    let response = hyper::Response::builder().status(201).body(()).unwrap();
+                    let _ = respond.send_response(response, true);
+                }
+            });
+        }
+    });
+    Refusing {
+        url,
+        streams,
+        processed,
+    }
+}
+
+/// An unkeyed POST: never resent by the policy after it may have reached the server.
+#[resilient(timeout = "2s", deadline = "5s", retry_on = [connect], budget = false)]
+async fn create_order(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_by_a_client_of_the_settings() {
+    let server = refusing(1).await;
+    let c = ClientSettings::DEFAULT
+        .builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    assert_eq!(create_order(&c, &server.url).await.unwrap(), 201);
+    assert_eq!(server.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
+}
+
+/// The control: with reqwest's retries switched off, the refusal reaches the policy as a
+/// reset, which an unkeyed POST is not resent after (it cannot tell it was never processed).
+#[tokio::test]
+async fn without_reqwests_retry_the_policy_does_not_resend_it() {
+    let server = refusing(1).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let e = create_order(&c, &server.url).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 1);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+}
