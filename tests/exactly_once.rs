@@ -407,6 +407,48 @@ async fn a_failed_keyed_call_names_its_key() {
 }
 
 #[resilient(
+    timeout = "100ms",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn pay_for_receipt(http: &reqwest::Client, url: &str) -> Result<u64, Error> {
+    let receipt: std::collections::HashMap<String, u64> = http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(receipt.get("id").copied().unwrap_or_default())
+}
+
+/// A keyed POST answered 200 whose body the function cannot read was carried out: its error
+/// names the status and the key, though the failure is the function's own (not retried).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_whose_answer_did_not_decode_names_its_key() {
+    let server = FaultServer::start(Script::always(Action::ok().body("charged, not json"))).await;
+    let e = pay_for_receipt(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    let sent = server.requests()[0]
+        .header("idempotency-key")
+        .unwrap()
+        .to_owned();
+    assert_eq!(server.count(), 1, "not retried: {e}");
+    assert_eq!(e.http_status(), Some(200), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "(last status 200) [Idempotency-Key {sent}: the request may have been carried out"
+        )),
+        "{e}"
+    );
+}
+
+#[resilient(
     timeout = "1s",
     deadline = "10s",
     max_attempts = 4,

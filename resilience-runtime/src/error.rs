@@ -159,6 +159,12 @@ impl Error {
         self.source.as_deref().and_then(|s| s.downcast_ref::<T>())
     }
 
+    /// The status of the answer the function refused (see `Probe::note`), unless the error
+    /// already has one.
+    pub(crate) fn set_answered(&mut self, status: Option<u16>) {
+        self.status = self.status.or(status);
+    }
+
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
         self.attempts = attempts;
         self
@@ -260,12 +266,14 @@ impl fmt::Display for Error {
 
 impl Error {
     /// Whether the last attempt may have been carried out: it timed out, lost its connection,
-    /// or was answered 5xx or 409 (still in progress). Not a 408 or 429: the server refused
+    /// or was answered 5xx or 409 (still in progress), or answered 2xx or 3xx and the function
+    /// refused the answer (a body that did not decode). Not a 408 or 429: the server refused
     /// the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,
             Some(Class::Status(s)) => s == 409 || s >= 500,
+            Some(Class::Permanent) => self.status.is_some_and(|s| s < 400),
             _ => self.is_timeout() && self.attempts > 0,
         }
     }

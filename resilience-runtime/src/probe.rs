@@ -81,6 +81,11 @@ impl<'a, E> Probe<'a, E> {
             .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
             .or((self.1 > 0).then_some(Class::Permanent));
         own.set_class(taken);
+        // A response the function refused (a body that did not decode, its own check): the
+        // request was answered, so carried out; the error says with which status.
+        if taken == Some(Class::Permanent) {
+            own.set_answered(self.3.filter(|s| *s < 400));
+        }
         if let Some(s) = self.4 {
             self.came_back(own.origin());
             // Only a nested call's errors reach a call that reads their token.
