@@ -1058,6 +1058,66 @@ async fn a_helpers_unseen_post_beside_the_bodys_get_is_not_resent() {
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
 
+/// The same helper adapted on its way to the `.await`, or handed to `try_join!` beside the
+/// body's GET: watched all the same.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_instrumented_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use tracing::Instrument as _;
+    create_order(c, orders)
+        .instrument(tracing::info_span!("order"))
+        .await?
+        .error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_joined_with_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let (order, stock) = tokio::try_join!(create_order(c, orders), c.get(stock).send())?;
+    order.error_for_status()?;
+    Ok(stock.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_adapted_or_joined_is_watched_too() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let stock = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = order_instrumented_then_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        orders.count(),
+        1,
+        "instrumented: the order placed once: {e}"
+    );
+    let e = order_joined_with_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 2, "joined: the order placed once: {e}");
+}
+
 /// The same helper made visible (`.resilient()` stamps it, with the call's identities): the
 /// runtime sees a POST, and a GET's 503 after it is not retried either; a GET helper is.
 async fn stock_level(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {

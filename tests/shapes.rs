@@ -1060,3 +1060,31 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_failure() {
         started.elapsed()
     );
 }
+
+/// A GET wrapped in a timeout of the body's own, or in `Box::pin`: the call is handed the
+/// client, but its request is the body's own `.send()`, stamped and seen. Retried as any GET
+/// (it was once taken for a helper that sent unseen, and never retried).
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn wrapped_get(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let sent = tokio::time::timeout(Duration::from_millis(500), c.get(url).send())
+        .await
+        .map_err(Error::call)??;
+    let again = Box::pin(c.get(url).send()).await;
+    drop(again);
+    Ok(sent.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_wrapped_in_a_timeout_is_seen_and_retried() {
+    let server = FaultServer::start(vec![
+        Action::reset(),
+        Action::status(503),
+        Action::ok(),
+        Action::ok().body("done"),
+    ])
+    .await;
+    let got = wrapped_get(&reqwest::Client::new(), &server.url("/")).await;
+    assert_eq!(got.unwrap(), "done");
+    // A reset, then (503, ok), then (ok, ok): three attempts.
+    assert_eq!(server.count(), 5);
+}

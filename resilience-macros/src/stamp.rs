@@ -78,12 +78,38 @@ impl Rewriter<'_> {
                 if name == "send" || name == "execute" {
                     return false;
                 }
+                // A future adapted on its way to the `.await` (`create_order(c, o)
+                // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside.
+                if FUTURE_ADAPTERS.contains(&name.as_str()) && self.hands_a_client(&m.receiver) {
+                    return true;
+                }
                 rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
             }
+            syn::Expr::Paren(p) => self.hands_a_client(&p.expr),
             _ => false,
         }
     }
 }
+
+/// Methods that adapt a future (tracing's, `futures`' `FutureExt` and `TryFutureExt`) without
+/// running anything of their own.
+const FUTURE_ADAPTERS: [&str; 11] = [
+    "instrument",
+    "in_current_span",
+    "boxed",
+    "boxed_local",
+    "fuse",
+    "map",
+    "map_ok",
+    "map_err",
+    "err_into",
+    "inspect",
+    "inspect_err",
+];
+
+/// Macros that poll the futures they are handed (`tokio::join!(create_order(c, o), …)`): a
+/// helper among them is watched as an awaited one is.
+const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 
 /// `self`, a client parameter, or a field path from one (`self.payments`), no call between.
 fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
@@ -111,9 +137,14 @@ fn mentions_any(ts: TokenStream, names: &[String]) -> bool {
 impl VisitMut for Rewriter<'_> {
     fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
         // Inner expressions first, so chains like `a.send().await` nest correctly.
+        let sends_before = self.found.rewritten;
         visit_mut::visit_expr_mut(self, e);
         let p = self.p;
+        // Not a call whose own arguments hold a send the rewrite stamps
+        // (`tokio::time::timeout(d, c.get(u).send())`, `join_all(… .send())`): the runtime
+        // sees that request, counted before the call starts.
         if let syn::Expr::Await(aw) = e
+            && self.found.rewritten == sends_before
             && self.hands_a_client(&aw.base)
         {
             let span = aw.base.span();
@@ -172,8 +203,21 @@ impl VisitMut for Rewriter<'_> {
         );
         if let Ok(mut args) = parsed {
             let before = self.found.changes();
+            let joining = mac
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| JOINING_MACROS.contains(&s.ident.to_string().as_str()));
             for a in args.iter_mut() {
+                let sends_before = self.found.rewritten;
                 self.visit_expr_mut(a);
+                if joining && self.found.rewritten == sends_before && self.hands_a_client(a) {
+                    let span = a.span();
+                    let p = self.p;
+                    let arg = take(a);
+                    *a = syn::parse_quote_spanned!(span=> #p::helper(#arg));
+                    self.found.helpers += 1;
+                }
             }
             if self.found.changes() > before {
                 let mut out = biased;

@@ -9,7 +9,7 @@
 //! nothing the runtime saw is. Only where the function's method is inferred from the body:
 //! a declared `method` is the least safe the body sends, helpers included.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -37,11 +37,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Wraps a helper's future; see the module.
+/// Wraps a helper's future (or what `.await` takes: an `IntoFuture` builder); see the module.
 #[inline]
-pub fn helper<F: Future>(fut: F) -> Helper<F> {
+pub fn helper<F: IntoFuture>(fut: F) -> Helper<F::IntoFuture> {
     Helper {
-        fut,
+        fut: fut.into_future(),
         start: None,
         done: false,
     }
