@@ -107,6 +107,62 @@ const FUTURE_ADAPTERS: [&str; 11] = [
     "inspect_err",
 ];
 
+/// Whether `mac` is one of the standard library's, `tokio`'s, `futures`', `tracing`'s,
+/// `serde_json`'s or `anyhow`'s, which format, check, build or poll their arguments and send
+/// nothing of their own.
+fn known_macro(mac: &syn::Macro) -> bool {
+    const KNOWN: [&str; 44] = [
+        "format",
+        "format_args",
+        "print",
+        "println",
+        "eprint",
+        "eprintln",
+        "write",
+        "writeln",
+        "panic",
+        "assert",
+        "assert_eq",
+        "assert_ne",
+        "debug_assert",
+        "debug_assert_eq",
+        "debug_assert_ne",
+        "vec",
+        "matches",
+        "dbg",
+        "todo",
+        "unimplemented",
+        "unreachable",
+        "concat",
+        "stringify",
+        "join",
+        "try_join",
+        "select",
+        "select_biased",
+        "pin",
+        "pin_mut",
+        "trace",
+        "debug",
+        "info",
+        "warn",
+        "error",
+        "event",
+        "span",
+        "trace_span",
+        "debug_span",
+        "info_span",
+        "warn_span",
+        "error_span",
+        "json",
+        "anyhow",
+        "bail",
+    ];
+    mac.path
+        .segments
+        .last()
+        .is_some_and(|s| KNOWN.contains(&s.ident.to_string().as_str()) || s.ident == "ensure")
+}
+
 /// Macros that poll the futures they are handed (`tokio::join!(create_order(c, o), …)`): a
 /// helper among them is watched as an awaited one is.
 const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
@@ -223,6 +279,14 @@ impl VisitMut for Rewriter<'_> {
                 let mut out = biased;
                 out.extend(args.to_token_stream());
                 mac.tokens = out;
+            }
+            // A macro of the user's own handed the client (`place!(c, order)`): what its
+            // expansion sends goes unseen, and its method cannot be inferred from the body.
+            if let Some(clients) = self.clients
+                && !known_macro(mac)
+                && mentions_any(mac.tokens.clone(), clients)
+            {
+                self.found.unreadable_sends = true;
             }
             return;
         }
