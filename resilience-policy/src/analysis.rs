@@ -13,8 +13,8 @@ use crate::diag::Diags;
 use crate::infer::infer_method;
 use crate::model::{BackoffKind, Jitter, KeyModel, Method, Set, Settings};
 use crate::validate::{
-    Shared, check_declared_method, check_function, check_keyed_body_sends, check_policy,
-    effective_method, resolve_shared,
+    Shared, check_body_sets_no_key, check_declared_method, check_function, check_keyed_body_sends,
+    check_policy, effective_method, resolve_shared,
 };
 use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
 
@@ -154,6 +154,7 @@ pub fn analyze(
     crate::validate::check_hedge(&mut diags, &settings, method.as_ref(), fallback);
     crate::validate::check_fallback(&mut diags, func, &settings, fallback);
     check_keyed_body_sends(&mut diags, func, &settings);
+    check_body_sets_no_key(&mut diags, func, &settings);
     let shared = resolve_shared(&mut diags, &settings, config.as_deref(), fallback);
 
     if let Some(e) = diags.into_error() {

@@ -1200,6 +1200,51 @@ pub fn check_keyed_body_sends(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) 
     );
 }
 
+/// A keyed policy on a body that writes its own `Idempotency-Key` header: the runtime keeps the
+/// body's header (a gateway forwarding the key it was sent), so a key drawn in the body
+/// (`Uuid::new_v4()`) would change on every attempt and each retry be a new request to the
+/// server. One key, from one place: refused, pointing at the header's name.
+pub fn check_body_sets_no_key(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
+    if s.idempotency_key.value == KeyModel::None {
+        return;
+    }
+    let Some(span) = key_header_in(f.block.to_token_stream()) else {
+        return;
+    };
+    diags.push(
+        span,
+        format!(
+            "this body sets its own Idempotency-Key header, and idempotency_key = {} ({}) gives the call one: \
+             the body's would be sent, and a key made in the body (a fresh UUID) changes on every attempt, \
+             so each retry is a new request to the server\n\
+             help: give the key you hold as a parameter (`idempotency_key = key`, the same on every attempt) \
+             and remove the header, or remove `idempotency_key` and keep the header (then a POST is retried \
+             only on `connect`)",
+            match &s.idempotency_key.value {
+                KeyModel::Param(p) => p.as_str(),
+                _ => "auto",
+            },
+            s.idempotency_key.origin
+        ),
+    );
+}
+
+/// Where `ts` names the `Idempotency-Key` header: the string (any case) or a constant named
+/// `IDEMPOTENCY_KEY`.
+fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
+    ts.into_iter().find_map(|tt| match tt {
+        proc_macro2::TokenTree::Group(g) => key_header_in(g.stream()),
+        proc_macro2::TokenTree::Ident(i) if i == "IDEMPOTENCY_KEY" => Some(i.span()),
+        proc_macro2::TokenTree::Literal(l) => {
+            let text = l.to_string();
+            text.trim_matches('"')
+                .eq_ignore_ascii_case("idempotency-key")
+                .then(|| l.span())
+        }
+        _ => None,
+    })
+}
+
 /// The shape `#[async_trait]` leaves: a plain fn returning `Pin<Box<dyn Future … + 'async_trait>>`.
 fn rewritten_by_async_trait(f: &syn::ItemFn) -> bool {
     match &f.sig.output {
