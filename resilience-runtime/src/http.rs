@@ -424,16 +424,82 @@ impl Prepared {
         }
     }
 
-    /// Sends the request, like `reqwest::RequestBuilder::send`.
-    pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
-        let req = self.req?;
-        // Sent from the attempt that made it: its outcome is recorded there. Elsewhere
-        // (another task), it goes as stamped, and the attempt keeps counting it.
-        if self.made_in_attempt && with_attempt(AttemptCtx::polled).is_some() {
-            execute_recorded(&self.client, req).await
-        } else {
-            self.client.execute(req).await
+    /// Sends the request, like `reqwest::RequestBuilder::send`; the future is `Unpin` as
+    /// reqwest's is (`tokio::select! { r = &mut sending => … }` in a loop).
+    pub fn send(
+        self,
+    ) -> Sending<impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + use<>>
+    {
+        match self.req {
+            Ok(req) => Sending {
+                method: Some(crate::policy::method_of(req.method())),
+                fut: Some(self.client.execute(req)),
+                error: None,
+                made_in_attempt: self.made_in_attempt,
+                first: true,
+                in_flight: None,
+            },
+            Err(e) => Sending {
+                method: None,
+                fut: None,
+                error: Some(e),
+                made_in_attempt: false,
+                first: true,
+                in_flight: None,
+            },
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Prepared::send`]. Sent from the attempt that made it (its first poll
+    /// there), its outcome is recorded there; elsewhere (another task) it goes as stamped, and
+    /// the attempt keeps counting it.
+    #[doc(hidden)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Sending<F> {
+        #[pin]
+        fut: Option<F>,
+        error: Option<reqwest::Error>,
+        method: Option<crate::policy::Method>,
+        made_in_attempt: bool,
+        first: bool,
+        // Given up on (dropped before its outcome): recorded as possibly sent.
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F> std::fmt::Debug for Sending<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sending")
+    }
+}
+
+impl<F> Future for Sending<F>
+where
+    F: Future<Output = Result<reqwest::Response, reqwest::Error>>,
+{
+    type Output = Result<reqwest::Response, reqwest::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if std::mem::take(this.first)
+            && *this.made_in_attempt
+            && with_attempt(AttemptCtx::polled).is_some()
+        {
+            *this.in_flight = Some(InFlight(*this.method));
+        }
+        let Some(fut) = this.fut.as_pin_mut() else {
+            return Poll::Ready(Err(this
+                .error
+                .take()
+                .expect("a failed request's future polled after it ended")));
+        };
+        let res = std::task::ready!(fut.poll(cx));
+        if let Some(in_flight) = this.in_flight.take() {
+            in_flight.settle(&res);
+        }
+        Poll::Ready(res)
     }
 }
 
