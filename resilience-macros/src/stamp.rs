@@ -43,11 +43,13 @@ pub(crate) fn rewrite(
     block: &mut syn::Block,
     private: &TokenStream,
     clients: Option<&[String]>,
+    client_params: &[String],
 ) -> Found {
     let mut v = Rewriter {
         p: private,
         found: Found::default(),
         clients,
+        client_params,
     };
     v.visit_block_mut(block);
     v.found
@@ -57,6 +59,8 @@ struct Rewriter<'a> {
     p: &'a TokenStream,
     found: Found,
     clients: Option<&'a [String]>,
+    /// The names through which the body holds a client, whether or not helpers are watched.
+    client_params: &'a [String],
 }
 
 impl Rewriter<'_> {
@@ -167,6 +171,62 @@ fn known_macro(mac: &syn::Macro) -> bool {
 /// helper among them is watched as an awaited one is.
 const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 
+impl Rewriter<'_> {
+    /// Whether `recv.execute(arg)` may be `reqwest::Client::execute(request)`: a client is a
+    /// value the body holds (`c`, `self.http`, `&client`), not a builder made on the spot
+    /// (`insert_into(t).values(&v).execute(conn)`, `sqlx::query(…).execute(&pool)`), and a
+    /// bare name handed to a receiver that is neither a client parameter nor named like a
+    /// client (`query.execute(conn)`) is a database connection more likely than a request.
+    /// Wrapped, such an argument would be moved where the call reborrowed it (`conn: &mut
+    /// Conn` used again after it: E0382). A reqwest `execute` not stamped goes unseen, which
+    /// the retry decision takes as the least safe (never resent).
+    fn may_be_reqwest(&self, m: &syn::ExprMethodCall) -> bool {
+        if !rooted(&m.receiver) {
+            return false;
+        }
+        let bare_name = matches!(&m.args[0], syn::Expr::Path(p) if p.path.get_ident().is_some());
+        !bare_name
+            || rooted_in(&m.receiver, self.client_params)
+            || names_of(&m.receiver).iter().any(|n| {
+                let n = n.to_ascii_lowercase();
+                n.contains("client") || n.contains("http")
+            })
+    }
+}
+
+/// A path, a field path or a reference to one (`c`, `self.http`, `&client`), no call between.
+fn rooted(e: &syn::Expr) -> bool {
+    match e {
+        syn::Expr::Path(_) => true,
+        syn::Expr::Field(f) => rooted(&f.base),
+        syn::Expr::Reference(r) => rooted(&r.expr),
+        syn::Expr::Paren(p) => rooted(&p.expr),
+        _ => false,
+    }
+}
+
+/// The identifiers and field names of a rooted expression (`self.http` → `self`, `http`).
+fn names_of(e: &syn::Expr) -> Vec<String> {
+    match e {
+        syn::Expr::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect(),
+        syn::Expr::Field(f) => {
+            let mut v = names_of(&f.base);
+            if let syn::Member::Named(n) = &f.member {
+                v.push(n.to_string());
+            }
+            v
+        }
+        syn::Expr::Reference(r) => names_of(&r.expr),
+        syn::Expr::Paren(p) => names_of(&p.expr),
+        _ => Vec::new(),
+    }
+}
+
 /// `self`, a client parameter, or a field path from one (`self.payments`), no call between.
 fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
     match e {
@@ -236,7 +296,7 @@ impl VisitMut for Rewriter<'_> {
                 // the body's future stays `Send`.
                 *m.receiver = held(p, span, recv, "__resilience_stamp");
                 self.found.rewritten += 1;
-            } else if name == "execute" && m.args.len() == 1 {
+            } else if name == "execute" && m.args.len() == 1 && self.may_be_reqwest(m) {
                 let span = m.args[0].span();
                 let arg = take(&mut m.args[0]);
                 m.args[0] = held(p, span, arg, "__resilience_stamp_arg");
@@ -472,7 +532,7 @@ mod tests {
 
     fn rw(ts: TokenStream) -> (String, usize) {
         let mut b: syn::Block = syn::parse2(ts).unwrap();
-        let f = rewrite(&mut b, &quote!(P), None);
+        let f = rewrite(&mut b, &quote!(P), None, &[]);
         (
             b.to_token_stream().to_string().replace(' ', ""),
             f.rewritten,
@@ -508,7 +568,7 @@ mod tests {
         let watched = |ts: TokenStream| {
             let mut b: syn::Block = syn::parse2(ts).unwrap();
             let clients = ["c".to_owned(), "self".to_owned()];
-            rewrite(&mut b, &quote!(P), Some(&clients)).helpers
+            rewrite(&mut b, &quote!(P), Some(&clients), &clients).helpers
         };
         assert_eq!(watched(quote!({ create_order(c, &o).await? })), 1);
         assert_eq!(watched(quote!({ recs(&self.http, id).await })), 1);
@@ -527,7 +587,7 @@ mod tests {
         assert_eq!(watched(quote!({ other.place(o).await })), 0);
         // With the method declared, nothing is watched.
         let mut b: syn::Block = syn::parse2(quote!({ create_order(c, &o).await })).unwrap();
-        assert_eq!(rewrite(&mut b, &quote!(P), None).helpers, 0);
+        assert_eq!(rewrite(&mut b, &quote!(P), None, &[]).helpers, 0);
     }
 
     #[test]
