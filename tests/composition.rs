@@ -820,6 +820,58 @@ async fn attempts_counts_the_attempts_that_ran_when_the_breaker_opens_mid_call()
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(e.attempts(), 0, "{e}");
     assert_eq!(report.expect("reported").attempts, 0);
+    assert!(e.is_rejected(), "{e}");
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    budget = false,
+    idempotency_key = auto,
+    backoff(initial = "10ms", max = "10ms"),
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 1,
+        window = 1,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn charge_opening_its_breaker(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A keyed POST whose attempt timed out (it may have charged), then refused by the breaker
+/// that attempt opened: not "rejected" (something was sent), and the message names the key
+/// and the timeout, as after any attempt that may have been carried out. It once said
+/// `is_rejected()` and "(last failure: rejected)", no key: a caller trusting it would charge
+/// again under another key.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_opened_mid_call_does_not_hide_an_attempt_that_may_have_charged() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = charge_opening_its_breaker(&client(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    let sent = server.requests()[0]
+        .header("idempotency-key")
+        .unwrap()
+        .to_owned();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!((e.attempts(), server.count()), (1, 1), "{e}");
+    assert!(!e.is_rejected(), "{e}");
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Timeout), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "[Idempotency-Key {sent}: the request may have been carried out"
+        )),
+        "{e}"
+    );
 }
 
 /// An audit POST sent from a task the body spawns, then the order: the spawned request is

@@ -19,7 +19,8 @@ pub enum ErrorKind {
     AttemptTimeout,
     /// The call's total `deadline` ran out during an attempt.
     DeadlineExceeded,
-    /// The circuit breaker is open: the call failed fast without sending.
+    /// The circuit breaker is open: the call failed fast without sending (or, when it opened
+    /// between attempts, without sending again: [`Error::attempts`] says how many ran).
     CircuitOpen,
     /// A retry was due but the retry budget was exhausted.
     BudgetExhausted,
@@ -146,12 +147,16 @@ impl Error {
         )
     }
 
-    /// True when the call was refused before anything was sent (breaker, bulkhead, rate limit).
+    /// True when the call was refused before any attempt ran (breaker, bulkhead, rate
+    /// limit): nothing was sent. A breaker that opens between attempts ends the call
+    /// `CircuitOpen` after attempts that ran, which may have been carried out: not rejected,
+    /// and its class (and the key's note in the message) is the last attempt's.
     pub fn is_rejected(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::RateLimited
-        )
+        self.attempts == 0
+            && matches!(
+                self.kind,
+                ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::RateLimited
+            )
     }
 
     /// The wrapped cause, as its concrete type.

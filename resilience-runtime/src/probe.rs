@@ -80,7 +80,11 @@ impl<'a, E> Probe<'a, E> {
             .or(self.4.and_then(|s| s.last.failure))
             .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
             .or((self.1 > 0).then_some(Class::Permanent));
-        own.set_class(taken);
+        // The runtime's own refusals and limits keep the class they were given (a breaker
+        // that opened between attempts: the last attempt's that ran).
+        if own.kind() == ErrorKind::Call || own.class().is_none() {
+            own.set_class(taken);
+        }
         // A response the function refused (a body that did not decode, its own check): the
         // request was answered, so carried out; the error says with which status.
         if taken == Some(Class::Permanent) {

@@ -334,6 +334,9 @@ pub struct Session {
     /// The call ended: it succeeded, gave up, or was refused (and counted as such). A session
     /// dropped before it ended was cancelled by its caller (see `Drop`).
     ended: bool,
+    /// The class and status of the last attempt that ran and failed, for an error that ends
+    /// the call before the next one runs (a breaker that opened between them).
+    ran_last: Option<(Class, Option<u16>)>,
 }
 
 impl Session {
@@ -534,6 +537,7 @@ impl Session {
             replaced: None,
             token: Cell::new(0),
             returned_inside: Cell::new(false),
+            ran_last: None,
         }
     }
 
@@ -725,7 +729,9 @@ impl Session {
         Ok((until, limit))
     }
 
-    /// An attempt refused by the open breaker, out of line.
+    /// An attempt refused by the open breaker, out of line. After attempts that ran, the
+    /// error's class and status are the last of them (a timeout of a keyed POST may have been
+    /// carried out: the message names the key), not the refusal's.
     #[inline(never)]
     fn rejected_by_breaker(&mut self, breaker: &'static str) -> Error {
         PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
@@ -736,7 +742,12 @@ impl Session {
                 "circuit open: call rejected"
             )
         });
-        self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected)
+        let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
+        if let Some((class, status)) = self.ran_last.filter(|_| self.attempts > 0) {
+            e.set_class(Some(class));
+            e.set_answered(status);
+        }
+        e
     }
 
     /// A context of its own for a hedge (or a hedged policy's first attempt) numbered
@@ -909,6 +920,9 @@ impl Session {
         // `timeout` (a caller's nearly spent `X-Timeout-Ms: 1`, an outer attempt ending): it
         // proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
+        if self.last.began {
+            self.ran_last = Some((class, self.last.status));
+        }
         let cut_short = self.last.cut_short;
         if let Some(c) = &mut self.concurrency {
             if self.last.began && !cut_short {
