@@ -7,8 +7,8 @@
 //!   turns the breaker half-open and is its first probe.
 //! - **HalfOpen**: exactly `half_open_calls` probes go through; other calls are refused while
 //!   they are in flight. All probes succeed: closed, with an empty window. Any probe fails: open
-//!   again for `open_for`. A probe reported as ignored (or dropped unreported) frees its slot for
-//!   another probe.
+//!   again for `open_for`. A probe reported as ignored (or dropped unreported before
+//!   `slow_call_duration`) frees its slot for another probe.
 //!
 //! With `window_for`, the window holds the calls of the last `window_for` instead of the last
 //! `window` calls; with `slow_call_duration`, a success at least that slow counts as slow and
@@ -163,7 +163,8 @@ impl fmt::Display for BreakerOpen {
 impl std::error::Error for BreakerOpen {}
 
 /// Permission for one attempt; give it back with the outcome ([`Breaker::on_success`],
-/// [`Breaker::on_failure`], [`Breaker::on_ignored`]). Dropped unreported, it counts as ignored.
+/// [`Breaker::on_failure`], [`Breaker::on_ignored`]). Dropped unreported, it counts as ignored,
+/// or, once it ran past `slow_call_duration`, as a slow call (a failed probe when half-open).
 #[derive(Debug)]
 #[must_use = "report the outcome, or the attempt counts as ignored"]
 pub struct BreakerPermit<'a> {

@@ -50,7 +50,7 @@ pub fn breakers() -> Vec<(&'static str, BreakerSnapshot)> {
 }
 
 /// The state of the budget named `name` (a budget the policy does not name is the function's
-/// own and is not listed here).
+/// own, listed under the function's full path).
 pub fn budget(name: &str) -> Option<BudgetSnapshot> {
     registry::find_budget(name).map(|b| b.snapshot())
 }
