@@ -296,3 +296,43 @@ async fn an_override_is_checked_against_the_latency_threshold() {
         "{e}"
     );
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(
+        name = "slow-lookups",
+        initial = 8,
+        min = 1,
+        max = 8,
+        latency = "200ms"
+    )
+)]
+async fn lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A dependency that answers 404 in 300 ms (an overloaded lookup of a missing item): its
+/// answers are slower than `latency`, so the limit comes down, as after slow successes; a 404
+/// once said nothing to the limit.
+#[tokio::test(start_paused = true)]
+async fn slow_4xx_answers_lower_the_limit() {
+    let server = FaultServer::start(resilience_fault_server::Script::always(
+        Action::status(404).after(Duration::from_millis(300)),
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        let e = lookup(&c, &server.url("/items/9")).await.unwrap_err();
+        assert_eq!(e.http_status(), Some(404), "{e}");
+    }
+    let limit = metrics::concurrency_limit("slow-lookups").expect("used");
+    assert!(limit.decreases >= 1, "{limit:?}");
+}

@@ -435,7 +435,7 @@ impl ConcurrencyPermit {
         self.running = false;
         let sample = if class.is_transient() {
             Sample::Overload
-        } else if matches!(class, Class::Permanent) {
+        } else if matches!(class, Class::Permanent | Class::Status(_)) {
             // The dependency answered (a 404, a body the function refused): its latency
             // still says how loaded it is.
             if self.attempt_started.elapsed() >= self.limit.spec.latency {
