@@ -532,7 +532,8 @@ mod tests {
 
     fn rw(ts: TokenStream) -> (String, usize) {
         let mut b: syn::Block = syn::parse2(ts).unwrap();
-        let f = rewrite(&mut b, &quote!(P), None, &[]);
+        // `c`: a client parameter.
+        let f = rewrite(&mut b, &quote!(P), None, &["c".to_owned()]);
         (
             b.to_token_stream().to_string().replace(' ', ""),
             f.rewritten,
@@ -551,6 +552,15 @@ mod tests {
         assert_eq!(n, 1);
         assert!(s.contains("__resilience_stamp_arg()"), "{s}");
         assert!(s.contains("__resilience_observe()"), "{s}");
+        // Named like a client, or handed a request built on the spot: reqwest's.
+        assert_eq!(rw(quote!({ self.http.execute(req).await })).1, 1);
+        assert_eq!(rw(quote!({ db.execute(c.get(u).build()?).await })).1, 1);
+        // A database builder's `execute(conn)`: left as written.
+        assert_eq!(rw(quote!({ query.execute(conn).await })).1, 0);
+        assert_eq!(
+            rw(quote!({ insert_into(t).values(v).execute(conn).await })).1,
+            0
+        );
         let (s, n) = rw(quote!({ reqwest::get(u).await?.text().await }));
         assert_eq!(n, 1);
         assert!(s.contains("P::reqwest_get(u).await"), "{s}");
