@@ -1097,16 +1097,31 @@ async fn order_then_stock(c: &reqwest::Client, orders: &str, stock: &str) -> Res
         .await?)
 }
 
+/// Calls `$f(client, orders, stock)` against an orders server that answers and a stock server
+/// that answers 503: the call fails, and the order was placed once. Its error and the stock
+/// server, for more checks.
+macro_rules! placed_once {
+    ($f:ident) => {{
+        let orders = FaultServer::start(Script::always(Action::ok())).await;
+        let stock = FaultServer::start(Script::always(Action::status(503))).await;
+        let e = $f(&client(), &orders.url("/orders"), &stock.url("/stock"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            orders.count(),
+            1,
+            "{}: the order placed once: {e}",
+            stringify!($f)
+        );
+        (e, stock)
+    }};
+}
+
 /// The body's GET answered 503 after the helper's POST went out: running the body again
 /// would send the POST again, unkeyed. Not retried.
 #[tokio::test(start_paused = true)]
 async fn a_helpers_unseen_post_beside_the_bodys_get_is_not_resent() {
-    let orders = FaultServer::start(Script::always(Action::ok())).await;
-    let stock = FaultServer::start(Script::always(Action::status(503))).await;
-    let e = order_then_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
-        .await
-        .unwrap_err();
-    assert_eq!(orders.count(), 1, "the order placed once: {e}");
+    let (e, stock) = placed_once!(order_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
 
@@ -1154,20 +1169,8 @@ async fn order_joined_with_stock(
 
 #[tokio::test(start_paused = true)]
 async fn a_helper_adapted_or_joined_is_watched_too() {
-    let orders = FaultServer::start(Script::always(Action::ok())).await;
-    let stock = FaultServer::start(Script::always(Action::status(503))).await;
-    let e = order_instrumented_then_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        orders.count(),
-        1,
-        "instrumented: the order placed once: {e}"
-    );
-    let e = order_joined_with_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
-        .await
-        .unwrap_err();
-    assert_eq!(orders.count(), 2, "joined: the order placed once: {e}");
+    placed_once!(order_instrumented_then_stock);
+    placed_once!(order_joined_with_stock);
 }
 
 /// A macro of the service's own that places the order: its expansion sends a POST the body's
@@ -1202,12 +1205,7 @@ async fn order_by_macro_then_stock(
 /// retried, and the order is placed once.
 #[tokio::test(start_paused = true)]
 async fn a_post_sent_by_a_macro_of_ones_own_is_not_resent() {
-    let orders = FaultServer::start(Script::always(Action::ok())).await;
-    let stock = FaultServer::start(Script::always(Action::status(503))).await;
-    let e = order_by_macro_then_stock(&client(), &orders.url("/orders"), &stock.url("/stock"))
-        .await
-        .unwrap_err();
-    assert_eq!(orders.count(), 1, "the order placed once: {e}");
+    placed_once!(order_by_macro_then_stock);
 }
 
 /// The same helper made visible (`.resilient()` stamps it, with the call's identities): the
