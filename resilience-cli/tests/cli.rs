@@ -307,6 +307,22 @@ fn help_is_the_usage_and_success() {
     }
 }
 
+/// `resilience list --json` of the crate in `dir`: each function's worst-case requests per
+/// call, by its path.
+fn worst_cases(dir: &Path) -> impl Fn(&str) -> serde_json::Value {
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    move |f: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == f)
+            .unwrap_or_else(|| panic!("{f} listed"))["requests_per_call_worst_case"]
+            .clone()
+    }
+}
+
 #[test]
 fn a_nested_failure_the_body_handles_multiplies_the_worst_case() {
     let dir = crate_with(
@@ -343,17 +359,7 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
 "#,
         )],
     );
-    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let worst = |f: &str| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["function"] == f)
-            .unwrap_or_else(|| panic!("{f} listed"))["requests_per_call_worst_case"]
-            .clone()
-    };
+    let worst = worst_cases(&dir);
     assert_eq!(worst("handled_nested::propagated"), 3);
     assert_eq!(worst("handled_nested::converted"), 3);
     assert_eq!(worst("handled_nested::handled"), 9);
@@ -412,17 +418,7 @@ pub mod orders {
 "#,
         )],
     );
-    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let worst = |f: &str| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["function"] == f)
-            .unwrap_or_else(|| panic!("{f} listed"))["requests_per_call_worst_case"]
-            .clone()
-    };
+    let worst = worst_cases(&dir);
     assert_eq!(worst("same_names::users::Client::get"), 3);
     assert_eq!(worst("same_names::orders::Client::get"), 1);
     assert_eq!(worst("same_names::orders::Client::page"), 3);
