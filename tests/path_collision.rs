@@ -5,24 +5,12 @@
 //! Alone in its test binary: a thread-scoped subscriber can miss events whose callsites another
 //! test thread hit first.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
+
+use support::Buf;
 
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, resilient};
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 mod stripe {
     pub struct Client;
@@ -63,7 +51,7 @@ async fn two_types_of_one_name_sharing_a_path_are_warned_about() {
         stripe::Client.charge(&c, &server.url("/")).await.unwrap(),
         200
     );
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     assert!(
         !out.contains("share the path"),
         "one function so far: {out}"
@@ -72,7 +60,7 @@ async fn two_types_of_one_name_sharing_a_path_are_warned_about() {
         adyen::Client.charge(&c, &server.url("/")).await.unwrap(),
         200
     );
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     assert!(
         out.contains("two functions of different types share the path")
             && out.contains("path_collision::Client::charge")

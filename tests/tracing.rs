@@ -4,24 +4,12 @@
 //! Alone in its test binary: a thread-scoped subscriber can miss events whose callsites another
 //! test thread hit first.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
+
+use support::Buf;
 
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[resilient(timeout = "1s", backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
 async fn traced(c: &reqwest::Client, url: &str) -> Result<String, Error> {
@@ -57,7 +45,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         .unwrap()
         .to_owned();
 
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     let lines: Vec<&str> = out
         .lines()
         .filter(|l| l.contains("resilient{") && l.contains("resilience_runtime"))
@@ -96,7 +84,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
             .await
             .is_err()
     );
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     assert!(
         out.contains("decision=\"give up\"") && out.contains("reason=\"permanent failure\""),
         "{out}"
@@ -115,7 +103,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
     )
     .await;
     assert!(gave_up.is_err());
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     let line = out
         .lines()
         .find(|l| l.contains("call cancelled: its caller stopped waiting"))
