@@ -202,3 +202,53 @@ async fn calls_their_callers_gave_up_on_still_count_as_slow() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(server.count(), sent);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "slow_probe",
+        failure_rate = 0.5,
+        min_calls = 2,
+        window = 2,
+        open_for = "1s",
+        half_open_calls = 1,
+        slow_call_duration = "200ms"
+    )
+)]
+async fn probed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A half-open breaker's probe that succeeds slowly (300 ms against `slow_call_duration =
+/// "200ms"`) says the dependency is not well yet: the call gets its answer, and the breaker
+/// opens again, refusing the next call without a request.
+#[tokio::test(start_paused = true)]
+async fn a_slow_probe_opens_the_breaker_again() {
+    let server = FaultServer::start(resilience_fault_server::Script::sequence([
+        Action::status(503),
+        Action::status(503),
+        Action::ok().after(Duration::from_millis(300)),
+    ]))
+    .await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    for _ in 0..2 {
+        probed(&c, &url).await.unwrap_err();
+    }
+    let b = metrics::breaker("slow_probe").expect("used");
+    assert_eq!(b.state, BreakerState::Open, "{b:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(probed(&c, &url).await.unwrap(), 200, "the probe's answer");
+    let b = metrics::breaker("slow_probe").expect("used");
+    assert_eq!(b.state, BreakerState::Open, "{b:?}");
+    let e = probed(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(server.count(), 3);
+}
