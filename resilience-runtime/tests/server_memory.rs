@@ -190,6 +190,54 @@ async fn a_store_that_hangs_is_answered_within_the_store_timeout_then_at_once() 
     assert_eq!(count(&app.runs.orders), 0);
 }
 
+/// The same with the layer's defaults: a store call is given 250 ms, and a store that did not
+/// answer is not asked again for 1 s.
+#[tokio::test]
+async fn a_hanging_store_is_given_the_default_250_ms_then_left_alone_for_1_s() {
+    let hanging = Arc::new(Hanging::default());
+    let store: Store = hanging.clone();
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let claims = || hanging.claims.load(std::sync::atomic::Ordering::SeqCst);
+
+    let started = tokio::time::Instant::now();
+    let first = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
+    let took = started.elapsed();
+    assert_eq!(first.status, 503, "{first:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+    assert_eq!(claims(), 1);
+    let down_since = tokio::time::Instant::now();
+    assert_eq!(
+        post(&app.url("/orders"), Some(&fresh_key()), "x")
+            .await
+            .status,
+        503
+    );
+    assert_eq!(claims(), 1, "not asked while known to be down");
+    // Still within the second: not asked.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if down_since.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            post(&app.url("/orders"), Some(&fresh_key()), "x")
+                .await
+                .status,
+            503
+        );
+        assert_eq!(claims(), 1, "not asked within the second");
+    }
+    tokio::time::sleep_until(down_since + Duration::from_millis(1100)).await;
+    assert_eq!(
+        post(&app.url("/orders"), Some(&fresh_key()), "x")
+            .await
+            .status,
+        503
+    );
+    assert_eq!(claims(), 2, "asked again once the second passed");
+    assert_eq!(count(&app.runs.orders), 0);
+}
+
 /// A memory store that can be switched off, like a Redis lost and back.
 #[derive(Default)]
 struct Switch {
