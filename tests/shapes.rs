@@ -1088,3 +1088,44 @@ async fn a_send_wrapped_in_a_timeout_is_seen_and_retried() {
     // A reset, then (503, ok), then (ok, ok): three attempts.
     assert_eq!(server.count(), 5);
 }
+
+/// A PUT declared `idempotent`, sent inside a macro the rewrite cannot read (`matches!` takes
+/// a pattern): unseen, but the function says what it sends is applied at most once, so its 503
+/// is retried, as the README says ("unless declared `idempotent`"); the same shape without it
+/// is not run again.
+#[resilient(
+    idempotent = true,
+    timeout = "1s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn replace_inside_a_macro(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    if matches!(c.put(url).body("v").send().await, Ok(ref r) if r.status() == 204) {
+        Ok(204)
+    } else {
+        Err(Error::status(reqwest::StatusCode::SERVICE_UNAVAILABLE))
+    }
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn read_inside_a_macro(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    if matches!(c.get(url).send().await, Ok(ref r) if r.status() == 204) {
+        Ok(204)
+    } else {
+        Err(Error::status(reqwest::StatusCode::SERVICE_UNAVAILABLE))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idempotent_put_inside_an_unreadable_macro_is_retried() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(vec![Action::status(503), Action::status(204)]).await;
+    assert_eq!(
+        replace_inside_a_macro(&c, &server.url("/")).await.unwrap(),
+        204
+    );
+    assert_eq!(server.count(), 2);
+    let server = FaultServer::start(vec![Action::status(503), Action::status(204)]).await;
+    let e = read_inside_a_macro(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!((e.attempts(), server.count()), (1, 1), "{e}");
+}

@@ -65,9 +65,17 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // unkeyed: every attempt says it may have sent the least safe method, so none is run again
     // after it may have reached the server (unless the function is declared `idempotent`).
     if found.unreadable_sends {
+        // A function declared `idempotent` (a PUT or DELETE the server applies at most once)
+        // says so of what it sends: its attempts may run again after a reset or a connect
+        // failure, as its seen requests may.
+        let method = if s.idempotent.value {
+            quote!(Put)
+        } else {
+            quote!(Other)
+        };
         block
             .stmts
-            .insert(0, syn::parse_quote!(#k::declare_sent(#k::Method::Other);));
+            .insert(0, syn::parse_quote!(#k::declare_sent(#k::Method::#method);));
     }
     let stmts = &block.stmts;
     let prelude = crate::stamp::prelude(&p);
