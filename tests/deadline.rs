@@ -244,3 +244,38 @@ async fn a_call_with_a_millisecond_left_is_no_failure_of_the_dependency() {
     // The dependency is called as usual.
     assert_eq!(guarded_briefly(&c, &server.url("/")).await.unwrap(), "fine");
 }
+
+#[resilient(
+    timeout = "10s",
+    deadline = "30s",
+    max_attempts = 1,
+    breaker = { name = "hung_behind_deadlines", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1h", half_open_calls = 1 },
+)]
+async fn guarded_hung(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// Callers that pass on a deadline of 3 s (a service behind `ContextLayer`) to a dependency
+/// that hangs: each attempt is cut to 3 s of its 10, long enough to say the dependency did not
+/// answer, so the breaker opens (only limits cut under a tenth of the timeout say nothing).
+#[tokio::test(start_paused = true)]
+async fn a_hung_dependency_behind_callers_deadlines_opens_the_breaker() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::from_secs(3)),
+            guarded_hung(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    }
+    let breaker = resilience_runtime::metrics::breaker("hung_behind_deadlines").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Open,
+        "{breaker:?}"
+    );
+}

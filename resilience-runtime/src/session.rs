@@ -216,8 +216,8 @@ pub(crate) struct Last {
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
-    /// The attempt timed out with less than the policy's `timeout`: the deadline (its own, a
-    /// caller's `X-Timeout-Ms`, an outer call's attempt) had cut its limit short.
+    /// The attempt timed out with less than a tenth of the policy's `timeout`: the deadline
+    /// (its own, a caller's `X-Timeout-Ms`, an outer call's attempt) had cut its limit short.
     cut_short: bool,
 }
 
@@ -891,8 +891,11 @@ impl Session {
     /// The attempt ran out of time: its own timeout, or the call's deadline (its limit was
     /// cut to the time left, or it ended when the call did).
     pub(crate) fn timed_out(&mut self, limit: Duration) -> Error {
-        self.last.cut_short = limit < self.policy.timeout;
-        let kind = if self.last.cut_short || Instant::now() >= self.deadline {
+        // Cut to less than a tenth of its timeout (a caller's `X-Timeout-Ms: 1`): too short to
+        // say anything of the dependency. A limit cut to 3 s of 10 still does: a hung
+        // dependency behind callers who pass their deadline on opens the breaker.
+        self.last.cut_short = limit < self.policy.timeout / 10;
+        let kind = if limit < self.policy.timeout || Instant::now() >= self.deadline {
             ErrorKind::DeadlineExceeded
         } else {
             ErrorKind::AttemptTimeout
@@ -916,9 +919,9 @@ impl Session {
                 .unwrap_or(Class::Permanent),
         };
         // An attempt that never began (refused by the breaker, or no time left) says nothing
-        // of the dependency's latency; nor does one that timed out with less than its
-        // `timeout` (a caller's nearly spent `X-Timeout-Ms: 1`, an outer attempt ending): it
-        // proves only that the dependency did not answer in the time it was given, and a
+        // of the dependency's latency; nor does one that timed out with less than a tenth of
+        // its `timeout` (a caller's nearly spent `X-Timeout-Ms: 1`, an outer attempt ending):
+        // it proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
             self.ran_last = Some((class, self.last.status));
