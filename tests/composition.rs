@@ -1173,6 +1173,44 @@ async fn a_helper_adapted_or_joined_is_watched_too() {
     placed_once!(order_joined_with_stock);
 }
 
+/// A helper of the service's own handed what the body's own GET answered.
+async fn create_order_at(
+    c: &reqwest::Client,
+    url: &str,
+    level: u16,
+) -> reqwest::Result<reqwest::Response> {
+    c.post(url).body(level.to_string()).send().await
+}
+
+/// The helper's arguments hold a send, awaited there (it ended before the helper started): the
+/// helper is watched all the same.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_at_stock_level(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    create_order_at(c, orders, c.get(stock).send().await?.status().as_u16())
+        .await?
+        .error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_handed_an_awaited_send_is_watched() {
+    placed_once!(order_at_stock_level);
+}
+
 /// A macro of the service's own that places the order: its expansion sends a POST the body's
 /// tokens do not show.
 macro_rules! place {

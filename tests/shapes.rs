@@ -1129,3 +1129,44 @@ async fn an_idempotent_put_inside_an_unreadable_macro_is_retried() {
     let e = read_inside_a_macro(&c, &server.url("/")).await.unwrap_err();
     assert_eq!((e.attempts(), server.count()), (1, 1), "{e}");
 }
+
+/// A macro of the service's own that only formats.
+macro_rules! label {
+    ($id:expr) => {
+        format!("user-{}", $id)
+    };
+}
+
+struct Profiles {
+    http: reqwest::Client,
+    id: u32,
+}
+
+impl Profiles {
+    /// A macro handed `self` (not a client parameter) is not taken for one that sends: the GET
+    /// is retried as any GET.
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn profile(&self, url: &str) -> Result<String, Error> {
+        let who = label!(self.id);
+        Ok(self
+            .http
+            .get(url)
+            .header("x-who", who)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_macro_handed_self_does_not_stop_retries() {
+    let server = FaultServer::start(vec![Action::status(503), Action::ok().body("u")]).await;
+    let users = Profiles {
+        http: reqwest::Client::new(),
+        id: 7,
+    };
+    assert_eq!(users.profile(&server.url("/")).await.unwrap(), "u");
+    assert_eq!(server.count(), 2);
+}

@@ -58,9 +58,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // replay: a helper fetching a token must not end that).
     let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
     let watch = s.method.is_none() && !keyed && !s.idempotent.value;
-    let names = client_names(sig);
-    let clients = watch.then_some(names.as_slice());
-    let found = crate::stamp::rewrite(&mut block, &p, clients, &names);
+    let clients = watch.then(|| client_names(sig));
+    let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
     // unkeyed: every attempt says it may have sent the least safe method, so none is run again
     // after it may have reached the server (unless the function is declared `idempotent`).

@@ -43,13 +43,11 @@ pub(crate) fn rewrite(
     block: &mut syn::Block,
     private: &TokenStream,
     clients: Option<&[String]>,
-    client_params: &[String],
 ) -> Found {
     let mut v = Rewriter {
         p: private,
         found: Found::default(),
         clients,
-        client_params,
     };
     v.visit_block_mut(block);
     v.found
@@ -59,8 +57,6 @@ struct Rewriter<'a> {
     p: &'a TokenStream,
     found: Found,
     clients: Option<&'a [String]>,
-    /// The names through which the body holds a client, whether or not helpers are watched.
-    client_params: &'a [String],
 }
 
 impl Rewriter<'_> {
@@ -171,60 +167,53 @@ fn known_macro(mac: &syn::Macro) -> bool {
 /// helper among them is watched as an awaited one is.
 const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 
-impl Rewriter<'_> {
-    /// Whether `recv.execute(arg)` may be `reqwest::Client::execute(request)`: a client is a
-    /// value the body holds (`c`, `self.http`, `&client`), not a builder made on the spot
-    /// (`insert_into(t).values(&v).execute(conn)`, `sqlx::query(…).execute(&pool)`), and a
-    /// bare name handed to a receiver that is neither a client parameter nor named like a
-    /// client (`query.execute(conn)`) is a database connection more likely than a request.
-    /// Wrapped, such an argument would be moved where the call reborrowed it (`conn: &mut
-    /// Conn` used again after it: E0382). A reqwest `execute` not stamped goes unseen, which
-    /// the retry decision takes as the least safe (never resent).
-    fn may_be_reqwest(&self, m: &syn::ExprMethodCall) -> bool {
-        if !rooted(&m.receiver) {
-            return false;
-        }
-        let bare_name = matches!(&m.args[0], syn::Expr::Path(p) if p.path.get_ident().is_some());
-        !bare_name
-            || rooted_in(&m.receiver, self.client_params)
-            || names_of(&m.receiver).iter().any(|n| {
-                let n = n.to_ascii_lowercase();
-                n.contains("client") || n.contains("http")
-            })
-    }
+/// The client parameters among `clients`, `self` left out.
+fn without_self(clients: &[String]) -> Vec<String> {
+    clients.iter().filter(|c| *c != "self").cloned().collect()
 }
 
-/// A path, a field path or a reference to one (`c`, `self.http`, `&client`), no call between.
-fn rooted(e: &syn::Expr) -> bool {
-    match e {
-        syn::Expr::Path(_) => true,
-        syn::Expr::Field(f) => rooted(&f.base),
-        syn::Expr::Reference(r) => rooted(&r.expr),
-        syn::Expr::Paren(p) => rooted(&p.expr),
-        _ => false,
+/// Whether `e` holds a `.send()` or `.execute(…)` that is not awaited where it is written: a
+/// request handed on as a future (to a timeout, a `join_all`, a `Box::pin`).
+fn hands_a_send(e: &syn::Expr) -> bool {
+    struct Find(bool);
+    fn is_send(e: &syn::Expr) -> bool {
+        matches!(e, syn::Expr::MethodCall(m)
+            if (m.method == "send" && m.args.is_empty()) || (m.method == "execute" && m.args.len() == 1))
     }
-}
-
-/// The identifiers and field names of a rooted expression (`self.http` → `self`, `http`).
-fn names_of(e: &syn::Expr) -> Vec<String> {
-    match e {
-        syn::Expr::Path(p) => p
-            .path
-            .segments
-            .iter()
-            .map(|s| s.ident.to_string())
-            .collect(),
-        syn::Expr::Field(f) => {
-            let mut v = names_of(&f.base);
-            if let syn::Member::Named(n) = &f.member {
-                v.push(n.to_string());
+    impl<'ast> syn::visit::Visit<'ast> for Find {
+        fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
+            // An `.execute(…)` the rewrite wrapped to observe it: `match new(call) { … }`.
+            let base = match &*aw.base {
+                syn::Expr::Match(mm) => match &*mm.expr {
+                    syn::Expr::Call(c) if c.args.len() == 1 && is_send(&c.args[0]) => &c.args[0],
+                    _ => &*aw.base,
+                },
+                base => base,
+            };
+            match base {
+                // Awaited where it is written: what is inside it may still hand one on.
+                syn::Expr::MethodCall(m) if is_send(base) => {
+                    self.visit_expr(&m.receiver);
+                    for a in &m.args {
+                        self.visit_expr(a);
+                    }
+                    // The rest of the observing `match`, if any, holds nothing of the body's.
+                }
+                base => self.visit_expr(base),
             }
-            v
         }
-        syn::Expr::Reference(r) => names_of(&r.expr),
-        syn::Expr::Paren(p) => names_of(&p.expr),
-        _ => Vec::new(),
+        fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+            if m.method == "send" && m.args.is_empty() || m.method == "execute" && m.args.len() == 1
+            {
+                self.0 = true;
+            }
+            syn::visit::visit_expr_method_call(self, m);
+        }
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
     }
+    let mut f = Find(false);
+    syn::visit::Visit::visit_expr(&mut f, e);
+    f.0
 }
 
 /// `self`, a client parameter, or a field path from one (`self.payments`), no call between.
@@ -253,14 +242,14 @@ fn mentions_any(ts: TokenStream, names: &[String]) -> bool {
 impl VisitMut for Rewriter<'_> {
     fn visit_expr_mut(&mut self, e: &mut syn::Expr) {
         // Inner expressions first, so chains like `a.send().await` nest correctly.
-        let sends_before = self.found.rewritten;
         visit_mut::visit_expr_mut(self, e);
         let p = self.p;
-        // Not a call whose own arguments hold a send the rewrite stamps
-        // (`tokio::time::timeout(d, c.get(u).send())`, `join_all(… .send())`): the runtime
-        // sees that request, counted before the call starts.
+        // Not a call handed a send the rewrite stamps, unawaited
+        // (`tokio::time::timeout(d, c.get(u).send())`, `join_all(… .send())`): that request is
+        // the call's, seen, and counted before the call starts. A send awaited in its
+        // arguments (`store(c, c.get(u).send().await?…)`) ended before it: watched.
         if let syn::Expr::Await(aw) = e
-            && self.found.rewritten == sends_before
+            && !hands_a_send(&aw.base)
             && self.hands_a_client(&aw.base)
         {
             let span = aw.base.span();
@@ -296,7 +285,7 @@ impl VisitMut for Rewriter<'_> {
                 // the body's future stays `Send`.
                 *m.receiver = held(p, span, recv, "__resilience_stamp");
                 self.found.rewritten += 1;
-            } else if name == "execute" && m.args.len() == 1 && self.may_be_reqwest(m) {
+            } else if name == "execute" && m.args.len() == 1 {
                 let span = m.args[0].span();
                 let arg = take(&mut m.args[0]);
                 m.args[0] = held(p, span, arg, "__resilience_stamp_arg");
@@ -325,9 +314,8 @@ impl VisitMut for Rewriter<'_> {
                 .last()
                 .is_some_and(|s| JOINING_MACROS.contains(&s.ident.to_string().as_str()));
             for a in args.iter_mut() {
-                let sends_before = self.found.rewritten;
                 self.visit_expr_mut(a);
-                if joining && self.found.rewritten == sends_before && self.hands_a_client(a) {
+                if joining && !hands_a_send(a) && self.hands_a_client(a) {
                     let span = a.span();
                     let p = self.p;
                     let arg = take(a);
@@ -342,9 +330,11 @@ impl VisitMut for Rewriter<'_> {
             }
             // A macro of the user's own handed the client (`place!(c, order)`): what its
             // expansion sends goes unseen, and its method cannot be inferred from the body.
+            // Handed a client parameter, not `self`: a macro mentioning `self` (an error's
+            // text, a metric's labels) is as likely to send nothing.
             if let Some(clients) = self.clients
                 && !known_macro(mac)
-                && mentions_any(mac.tokens.clone(), clients)
+                && mentions_any(mac.tokens.clone(), &without_self(clients))
             {
                 self.found.unreadable_sends = true;
             }
@@ -532,8 +522,7 @@ mod tests {
 
     fn rw(ts: TokenStream) -> (String, usize) {
         let mut b: syn::Block = syn::parse2(ts).unwrap();
-        // `c`: a client parameter.
-        let f = rewrite(&mut b, &quote!(P), None, &["c".to_owned()]);
+        let f = rewrite(&mut b, &quote!(P), None);
         (
             b.to_token_stream().to_string().replace(' ', ""),
             f.rewritten,
@@ -552,15 +541,9 @@ mod tests {
         assert_eq!(n, 1);
         assert!(s.contains("__resilience_stamp_arg()"), "{s}");
         assert!(s.contains("__resilience_observe()"), "{s}");
-        // Named like a client, or handed a request built on the spot: reqwest's.
-        assert_eq!(rw(quote!({ self.http.execute(req).await })).1, 1);
-        assert_eq!(rw(quote!({ db.execute(c.get(u).build()?).await })).1, 1);
-        // A database builder's `execute(conn)`: left as written.
-        assert_eq!(rw(quote!({ query.execute(conn).await })).1, 0);
-        assert_eq!(
-            rw(quote!({ insert_into(t).values(v).execute(conn).await })).1,
-            0
-        );
+        // Any one-argument `execute`: a reqwest client may be reached any way.
+        assert_eq!(rw(quote!({ self.client().execute(req).await })).1, 1);
+        assert_eq!(rw(quote!({ api.execute(req).await })).1, 1);
         let (s, n) = rw(quote!({ reqwest::get(u).await?.text().await }));
         assert_eq!(n, 1);
         assert!(s.contains("P::reqwest_get(u).await"), "{s}");
@@ -578,7 +561,7 @@ mod tests {
         let watched = |ts: TokenStream| {
             let mut b: syn::Block = syn::parse2(ts).unwrap();
             let clients = ["c".to_owned(), "self".to_owned()];
-            rewrite(&mut b, &quote!(P), Some(&clients), &clients).helpers
+            rewrite(&mut b, &quote!(P), Some(&clients)).helpers
         };
         assert_eq!(watched(quote!({ create_order(c, &o).await? })), 1);
         assert_eq!(watched(quote!({ recs(&self.http, id).await })), 1);
@@ -597,7 +580,7 @@ mod tests {
         assert_eq!(watched(quote!({ other.place(o).await })), 0);
         // With the method declared, nothing is watched.
         let mut b: syn::Block = syn::parse2(quote!({ create_order(c, &o).await })).unwrap();
-        assert_eq!(rewrite(&mut b, &quote!(P), None, &[]).helpers, 0);
+        assert_eq!(rewrite(&mut b, &quote!(P), None).helpers, 0);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-// `.execute(conn)` of a database query builder, handed a `&mut` connection used again after
-// it: not taken for reqwest's `execute(request)` (wrapped, `conn` would be moved: E0382).
+// `.execute(arg)` with one argument is taken for reqwest's `Client::execute(request)` whatever
+// the receiver (a client may be reached any way), so a database builder's `execute(conn)` has
+// its argument handed through the stamping: a `&mut` connection used again after it is
+// reborrowed explicitly (`&mut *conn`), as the README says.
 use resilience_runtime::{Error, resilient};
 
 struct Conn;
@@ -21,9 +23,9 @@ fn update(_: &str) -> Query {
 
 #[resilient(max_attempts = 1)]
 async fn record(c: &reqwest::Client, conn: &mut Conn, id: u64) -> Result<u16, Error> {
-    update("orders").bind(id).execute(conn).await?;
+    update("orders").bind(id).execute(&mut *conn).await?;
     let query = update("ledger");
-    query.execute(conn).await?;
+    query.execute(&mut *conn).await?;
     let status = c.get("http://127.0.0.1:1/").send().await?.status().as_u16();
     update("audit").execute(conn).await?;
     Ok(status)
