@@ -142,7 +142,9 @@ impl Crate {
             .get("lib")
             .and_then(|l| l.get("name")?.as_str())
             .map_or_else(|| package_name.clone(), krate_name);
-        let mut bins: Vec<(PathBuf, String)> = vec![(PathBuf::from("src/main.rs"), package_name)];
+        // Declared binaries first (one may be `src/main.rs` under another name), then the
+        // package's own `src/main.rs`.
+        let mut bins: Vec<(PathBuf, String)> = Vec::new();
         for b in table
             .get("bin")
             .and_then(|b| b.as_array())
@@ -153,9 +155,14 @@ impl Crate {
                 b.get("name").and_then(|n| n.as_str()),
                 b.get("path").and_then(|p| p.as_str()),
             ) {
-                bins.push((PathBuf::from(p), krate_name(n)));
+                let p = Path::new(p);
+                bins.push((
+                    p.strip_prefix("./").unwrap_or(p).to_path_buf(),
+                    krate_name(n),
+                ));
             }
         }
+        bins.push((PathBuf::from("src/main.rs"), package_name));
         let mut files = Vec::new();
         collect(&dir.join("src"), &mut files);
         let mut roots = vec![("src", name.clone())];

@@ -584,7 +584,7 @@ fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
             "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
         )
     };
-    let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n";
+    let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n\n[[bin]]\nname = \"cron\"\npath = \"./src/main.rs\"\n";
     let dir = crate_with(
         "shopws",
         &[
@@ -627,9 +627,9 @@ fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
         listed,
         [
             "api_server::serve",
+            "cron::main_job",
             "shop::charge",
             "shop::pg::refund",
-            "shop_client::main_job",
             "sweeper::batch::one",
             "sweeper::sweep",
             "tools::ping",
