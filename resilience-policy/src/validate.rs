@@ -1229,19 +1229,40 @@ pub fn check_body_sets_no_key(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) 
     );
 }
 
-/// Where `ts` names the `Idempotency-Key` header: the string (any case) or a constant named
-/// `IDEMPOTENCY_KEY`.
+/// Where `ts` writes the `Idempotency-Key` header: the string (any case) or a constant named
+/// `IDEMPOTENCY_KEY` as the first argument of `.header(…)`, `.insert(…)` or `.append(…)` (not
+/// a read of the header, `headers().get("Idempotency-Key")`).
 fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
-    ts.into_iter().find_map(|tt| match tt {
-        proc_macro2::TokenTree::Group(g) => key_header_in(g.stream()),
-        proc_macro2::TokenTree::Ident(i) if i == "IDEMPOTENCY_KEY" => Some(i.span()),
-        proc_macro2::TokenTree::Literal(l) => {
-            let text = l.to_string();
-            text.trim_matches('"')
+    use proc_macro2::TokenTree;
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    tokens.iter().enumerate().find_map(|(i, tt)| {
+        let TokenTree::Group(g) = tt else {
+            return None;
+        };
+        let writes = i > 0
+            && matches!(&tokens[i - 1], TokenTree::Ident(m) if m == "header" || m == "insert" || m == "append");
+        let first = writes.then(|| g.stream().into_iter().next()).flatten();
+        let names_key = |t: &TokenTree| match t {
+            TokenTree::Ident(c) => (c == "IDEMPOTENCY_KEY").then(|| c.span()),
+            TokenTree::Literal(l) => l
+                .to_string()
+                .trim_matches('"')
                 .eq_ignore_ascii_case("idempotency-key")
-                .then(|| l.span())
-        }
-        _ => None,
+                .then(|| l.span()),
+            _ => None,
+        };
+        // `http::header::IDEMPOTENCY_KEY`, a path: its last segment.
+        let last_of_path = first.as_ref().and_then(|_| {
+            g.stream()
+                .into_iter()
+                .take_while(|t| !matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+                .last()
+        });
+        first
+            .as_ref()
+            .and_then(names_key)
+            .or_else(|| last_of_path.as_ref().and_then(names_key))
+            .or_else(|| key_header_in(g.stream()))
     })
 }
 
