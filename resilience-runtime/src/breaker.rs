@@ -183,6 +183,12 @@ impl BreakerPermit<'_> {
     }
 
     fn report(mut self, outcome: Outcome) {
+        self.settle(outcome);
+    }
+
+    /// Reports `outcome`, a success at least `slow_call_duration` slow counted as slow (as a
+    /// failed probe when half-open).
+    fn settle(&mut self, outcome: Outcome) {
         self.reported = true;
         // One clock read for the slow-call check and the time window, none for a count
         // window without a slow-call threshold.
@@ -214,21 +220,15 @@ impl Drop for BreakerPermit<'_> {
         // outcome, but an attempt already past `slow_call_duration` is a slow call however it
         // ends (a slow probe, a failed one). Callers whose own timeout is shorter than the
         // policy's would otherwise hide a hung dependency from a breaker watching slowness.
-        if let Some(t) = self.started {
-            let end = Instant::now();
-            if end.saturating_duration_since(t) >= self.breaker.spec.slow_call_duration {
-                let outcome = if self.probe {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                self.breaker
-                    .report_at(self.generation, self.probe, outcome, true, Some(end));
-                return;
-            }
+        let slow = self.started.is_some_and(|t| {
+            Instant::now().saturating_duration_since(t) >= self.breaker.spec.slow_call_duration
+        });
+        if slow {
+            self.settle(Outcome::Success);
+        } else {
+            self.breaker
+                .report(self.generation, self.probe, Outcome::Ignored);
         }
-        self.breaker
-            .report(self.generation, self.probe, Outcome::Ignored);
     }
 }
 

@@ -423,11 +423,19 @@ impl ConcurrencyPermit {
         self.running = false;
     }
 
+    /// Whether the attempt in progress has taken the latency threshold or more.
+    fn slow(&self) -> bool {
+        self.attempt_started.elapsed() >= self.limit.spec.latency
+    }
+
     /// The attempt in progress succeeded now: fast or slow against the latency threshold.
     pub(crate) fn on_success(&mut self) {
         self.running = false;
-        let slow = self.attempt_started.elapsed() >= self.limit.spec.latency;
-        self.on_sample(if slow { Sample::Overload } else { Sample::Fast });
+        self.on_sample(if self.slow() {
+            Sample::Overload
+        } else {
+            Sample::Fast
+        });
     }
 
     /// The attempt in progress failed with `class`.
@@ -438,7 +446,7 @@ impl ConcurrencyPermit {
         } else if matches!(class, Class::Permanent | Class::Status(_)) {
             // The dependency answered (a 404, a body the function refused): its latency
             // still says how loaded it is.
-            if self.attempt_started.elapsed() >= self.limit.spec.latency {
+            if self.slow() {
                 Sample::Overload
             } else {
                 Sample::Fast
@@ -460,7 +468,7 @@ impl Drop for ConcurrencyPermit {
         // Dropped during an attempt (its caller gave up): no outcome, but an attempt already
         // slower than the latency threshold is slow however it ends. Callers whose own timeout
         // is shorter than the policy's would otherwise hide a hung dependency from the limit.
-        if self.running && self.attempt_started.elapsed() >= self.limit.spec.latency {
+        if self.running && self.slow() {
             self.on_sample(Sample::Overload);
         }
         if let Some(p) = self.permit.take() {
