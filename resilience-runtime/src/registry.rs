@@ -310,15 +310,15 @@ impl PolicyState {
     ) -> &'static Resolved {
         self.resolved.get_or_init(|| {
             let function = policy.locate.map_or(policy.function, |f| {
-                match resilience_spec::paths::from_type_name(policy.function, f()) {
+                let located = f();
+                let path = match resilience_spec::paths::from_type_name(policy.function, located) {
                     std::borrow::Cow::Borrowed(path) => path,
                     // Once per function, for the life of the process.
                     std::borrow::Cow::Owned(path) => Box::leak(path.into_boxed_str()),
-                }
+                };
+                shares_path(path, resilience_spec::paths::owner_identity(located));
+                path
             });
-            if let Some(f) = policy.locate {
-                shares_path(function, resilience_spec::paths::owner_identity(f()));
-            }
             let policy_name = if policy.name.is_empty() {
                 function
             } else {
