@@ -111,7 +111,7 @@ const FUTURE_ADAPTERS: [&str; 11] = [
 /// `serde_json`'s or `anyhow`'s, which format, check, build or poll their arguments and send
 /// nothing of their own.
 fn known_macro(mac: &syn::Macro) -> bool {
-    const KNOWN: [&str; 44] = [
+    const KNOWN: [&str; 45] = [
         "format",
         "format_args",
         "print",
@@ -156,11 +156,12 @@ fn known_macro(mac: &syn::Macro) -> bool {
         "json",
         "anyhow",
         "bail",
+        "ensure",
     ];
     mac.path
         .segments
         .last()
-        .is_some_and(|s| KNOWN.contains(&s.ident.to_string().as_str()) || s.ident == "ensure")
+        .is_some_and(|s| KNOWN.contains(&s.ident.to_string().as_str()))
 }
 
 /// Macros that poll the futures they are handed (`tokio::join!(create_order(c, o), …)`): a
@@ -172,13 +173,17 @@ fn without_self(clients: &[String]) -> Vec<String> {
     clients.iter().filter(|c| *c != "self").cloned().collect()
 }
 
+/// A call the rewrite stamps: `.send()`, or `.execute(…)` with one argument.
+fn stamped_call(m: &syn::ExprMethodCall) -> bool {
+    (m.method == "send" && m.args.is_empty()) || (m.method == "execute" && m.args.len() == 1)
+}
+
 /// Whether `e` holds a `.send()` or `.execute(…)` that is not awaited where it is written: a
 /// request handed on as a future (to a timeout, a `join_all`, a `Box::pin`).
 fn hands_a_send(e: &syn::Expr) -> bool {
     struct Find(bool);
     fn is_send(e: &syn::Expr) -> bool {
-        matches!(e, syn::Expr::MethodCall(m)
-            if (m.method == "send" && m.args.is_empty()) || (m.method == "execute" && m.args.len() == 1))
+        matches!(e, syn::Expr::MethodCall(m) if stamped_call(m))
     }
     impl<'ast> syn::visit::Visit<'ast> for Find {
         fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
@@ -203,8 +208,7 @@ fn hands_a_send(e: &syn::Expr) -> bool {
             }
         }
         fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
-            if m.method == "send" && m.args.is_empty() || m.method == "execute" && m.args.len() == 1
-            {
+            if stamped_call(m) {
                 self.0 = true;
             }
             syn::visit::visit_expr_method_call(self, m);
