@@ -1234,6 +1234,15 @@ pub fn check_body_sets_no_key(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) 
 /// a read of the header, `headers().get("Idempotency-Key")`).
 fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
     use proc_macro2::TokenTree;
+    let names_key = |t: &TokenTree| match t {
+        TokenTree::Ident(c) => (c == "IDEMPOTENCY_KEY").then(|| c.span()),
+        TokenTree::Literal(l) => l
+            .to_string()
+            .trim_matches('"')
+            .eq_ignore_ascii_case("idempotency-key")
+            .then(|| l.span()),
+        _ => None,
+    };
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     tokens.iter().enumerate().find_map(|(i, tt)| {
         let TokenTree::Group(g) = tt else {
@@ -1241,27 +1250,16 @@ fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
         };
         let writes = i > 0
             && matches!(&tokens[i - 1], TokenTree::Ident(m) if m == "header" || m == "insert" || m == "append");
-        let first = writes.then(|| g.stream().into_iter().next()).flatten();
-        let names_key = |t: &TokenTree| match t {
-            TokenTree::Ident(c) => (c == "IDEMPOTENCY_KEY").then(|| c.span()),
-            TokenTree::Literal(l) => l
-                .to_string()
-                .trim_matches('"')
-                .eq_ignore_ascii_case("idempotency-key")
-                .then(|| l.span()),
-            _ => None,
-        };
-        // `http::header::IDEMPOTENCY_KEY`, a path: its last segment.
-        let last_of_path = first.as_ref().and_then(|_| {
-            g.stream()
-                .into_iter()
-                .take_while(|t| !matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
-                .last()
-        });
-        first
-            .as_ref()
-            .and_then(names_key)
-            .or_else(|| last_of_path.as_ref().and_then(names_key))
+        // The first argument: the name as written (a literal, a constant) or a path to it
+        // (`http::header::IDEMPOTENCY_KEY`, its last segment).
+        let first: Vec<TokenTree> = g
+            .stream()
+            .into_iter()
+            .take_while(|t| !matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+            .collect();
+        writes
+            .then(|| first.first().and_then(names_key).or_else(|| first.last().and_then(names_key)))
+            .flatten()
             .or_else(|| key_header_in(g.stream()))
     })
 }
