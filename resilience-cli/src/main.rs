@@ -112,6 +112,7 @@ struct Function {
     handled: Vec<String>,
 }
 
+#[derive(Default)]
 struct Crate {
     functions: Vec<Function>,
     /// The file of every annotated function found, analysed or refused.
@@ -173,11 +174,7 @@ impl Crate {
             roots.push(("tests", String::new()));
         }
         files.sort();
-        let mut krate = Crate {
-            functions: Vec::new(),
-            found_in: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut krate = Crate::default();
         for file in files {
             let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
             let module = match bins.iter().find(|(p, _)| *p == rel) {
@@ -271,11 +268,7 @@ impl Crate {
                 None => dirs.push(dir.join(m)),
             }
         }
-        let mut all = Crate {
-            functions: Vec::new(),
-            found_in: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut all = Crate::default();
         for member in dirs {
             let prefix = member.strip_prefix(dir).unwrap_or(&member).to_path_buf();
             let named = |f: &str| prefix.join(f).display().to_string();
