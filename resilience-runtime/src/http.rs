@@ -430,23 +430,22 @@ impl Prepared {
         self,
     ) -> Sending<impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + use<>>
     {
-        match self.req {
-            Ok(req) => Sending {
-                method: Some(crate::policy::method_of(req.method())),
-                fut: Some(self.client.execute(req)),
-                error: None,
-                made_in_attempt: self.made_in_attempt,
-                first: true,
-                in_flight: None,
-            },
-            Err(e) => Sending {
-                method: None,
-                fut: None,
-                error: Some(e),
-                made_in_attempt: false,
-                first: true,
-                in_flight: None,
-            },
+        let (method, fut, error) = match self.req {
+            Ok(req) => (
+                Some(crate::policy::method_of(req.method())),
+                Some(self.client.execute(req)),
+                None,
+            ),
+            Err(e) => (None, None, Some(e)),
+        };
+        Sending {
+            fut,
+            error,
+            method,
+            // A request that could not be built was never made in the attempt.
+            made_in_attempt: self.made_in_attempt,
+            first: true,
+            in_flight: None,
         }
     }
 }
