@@ -1173,6 +1173,104 @@ async fn a_helper_adapted_or_joined_is_watched_too() {
     placed_once!(order_joined_with_stock);
 }
 
+/// The same helper's future kept in a variable and polled later: joined with the body's GET,
+/// awaited after an adapter, raced against a timer. Watched where the future is made.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_kept_then_joined(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let order = create_order(c, orders);
+    let level = c.get(stock).send();
+    let (order, level) = tokio::try_join!(order, level)?;
+    order.error_for_status()?;
+    Ok(level.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_kept_then_awaited(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use tracing::Instrument as _;
+    let order = create_order(c, orders).instrument(tracing::info_span!("order"));
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_raced_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    tokio::select! {
+        r = create_order(c, orders) => { r?.error_for_status()?; }
+        _ = tokio::time::sleep(Duration::from_secs(1)) => return Ok("no order".to_owned()),
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Raced with `futures::select!`, whose arms must be `FusedFuture`: watched under `.fuse()`.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_raced_fused_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    futures::select! {
+        r = create_order(c, orders).fuse() => { r?.error_for_status()?; }
+        _ = tokio::time::sleep(Duration::from_secs(1)).fuse() => return Ok("no order".to_owned()),
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helpers_future_kept_or_raced_is_watched_too() {
+    placed_once!(order_raced_fused_then_stock);
+    placed_once!(order_kept_then_joined);
+    placed_once!(order_kept_then_awaited);
+    placed_once!(order_raced_then_stock);
+}
+
 /// A helper of the service's own handed what the body's own GET answered.
 async fn create_order_at(
     c: &reqwest::Client,

@@ -91,6 +91,189 @@ impl Rewriter<'_> {
     }
 }
 
+impl Rewriter<'_> {
+    /// Wraps the helper in `e` in `helper(…)` where its future is made, under the adapters
+    /// written after it (`create_order(c, o).fuse()` becomes `helper(create_order(c, o))
+    /// .fuse()`), so that the adapted future keeps what its type promises (`FusedFuture` for
+    /// `futures::select!`, `Unpin`, a `BoxFuture`'s type).
+    fn watch_base(&mut self, e: &mut syn::Expr) {
+        match e {
+            syn::Expr::MethodCall(m)
+                if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str())
+                    && self.hands_a_client(&m.receiver) =>
+            {
+                return self.watch_base(&mut m.receiver);
+            }
+            syn::Expr::Paren(p) => return self.watch_base(&mut p.expr),
+            _ => {}
+        }
+        let span = e.span();
+        let p = self.p;
+        let base = take(e);
+        *e = syn::parse_quote_spanned!(span=> #p::helper(#base));
+        self.found.helpers += 1;
+    }
+
+    /// `let fut = create_order(c, o);` with `fut` polled later in the block (`fut.await`,
+    /// handed to `join!`, raced in `select!`) and used no other way: the helper is watched
+    /// where its future is made, as an awaited one is. A binding with a type written, or used
+    /// otherwise (a builder's method called on it), is left as it is.
+    fn watch_kept_helpers(&mut self, stmts: &mut [syn::Stmt]) {
+        for i in 0..stmts.len() {
+            let (head, rest) = stmts.split_at_mut(i + 1);
+            let syn::Stmt::Local(local) = &mut head[i] else {
+                continue;
+            };
+            let syn::Pat::Ident(pat) = &local.pat else {
+                continue;
+            };
+            if pat.by_ref.is_some() || pat.subpat.is_some() {
+                continue;
+            }
+            let name = pat.ident.clone();
+            let Some(init) = &mut local.init else {
+                continue;
+            };
+            if init.diverge.is_some()
+                || hands_a_send(&init.expr)
+                || !self.hands_a_client(&init.expr)
+            {
+                continue;
+            }
+            let mut uses = Uses {
+                name: &name,
+                polled: 0,
+                other: 0,
+            };
+            for s in rest.iter() {
+                // Up to a `let` that binds the name again: what follows it is another binding.
+                if let syn::Stmt::Local(l) = s
+                    && binds(&l.pat, &name)
+                {
+                    if let Some(init) = &l.init {
+                        syn::visit::Visit::visit_local_init(&mut uses, init);
+                    }
+                    break;
+                }
+                syn::visit::Visit::visit_stmt(&mut uses, s);
+            }
+            if uses.polled > 0 && uses.other == 0 {
+                self.watch_base(&mut init.expr);
+            }
+        }
+    }
+}
+
+/// Whether `pat` binds `name`.
+fn binds(pat: &syn::Pat, name: &syn::Ident) -> bool {
+    struct Find<'n>(&'n syn::Ident, bool);
+    impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
+        fn visit_pat_ident(&mut self, p: &'ast syn::PatIdent) {
+            self.1 |= p.ident == *self.0;
+            syn::visit::visit_pat_ident(self, p);
+        }
+    }
+    let mut f = Find(name, false);
+    syn::visit::Visit::visit_pat(&mut f, pat);
+    f.1
+}
+
+/// How a binding is used in the statements after it: polled as a future (awaited, through
+/// adapters, `&mut` or `.as_mut()`; an argument of `join!`/`try_join!`; a `select!` arm's
+/// future), or otherwise (`pin!`/`pin_mut!` of it counts as neither).
+struct Uses<'n> {
+    name: &'n syn::Ident,
+    polled: usize,
+    other: usize,
+}
+
+impl Uses<'_> {
+    /// Whether `e` is the binding itself, under parentheses, `&mut`, `.as_mut()` or adapters.
+    fn is_polled(&self, e: &syn::Expr) -> bool {
+        match e {
+            syn::Expr::Path(p) => p.qself.is_none() && p.path.is_ident(self.name),
+            syn::Expr::Paren(p) => self.is_polled(&p.expr),
+            syn::Expr::Reference(r) => r.mutability.is_some() && self.is_polled(&r.expr),
+            syn::Expr::MethodCall(m) => {
+                let name = m.method.to_string();
+                (name == "as_mut" || FUTURE_ADAPTERS.contains(&name.as_str()))
+                    && self.is_polled(&m.receiver)
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts `e`: polled where it is the binding, otherwise whatever it holds.
+    fn polled_or_visit(&mut self, e: &syn::Expr) {
+        if self.is_polled(e) {
+            self.polled += 1;
+        } else {
+            syn::visit::Visit::visit_expr(self, e);
+        }
+    }
+}
+
+impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
+    fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
+        self.polled_or_visit(&aw.base);
+    }
+    fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+        if p.qself.is_none() && p.path.is_ident(self.name) {
+            self.other += 1;
+        }
+    }
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        if !mentions_any(mac.tokens.clone(), &[self.name.to_string()]) {
+            return;
+        }
+        let last = mac.path.segments.last().map(|s| s.ident.to_string());
+        let last = last.as_deref().unwrap_or("");
+        let (_, tokens) = split_biased(&mac.tokens);
+        let args = syn::parse::Parser::parse2(
+            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            tokens,
+        );
+        match (last, args) {
+            ("pin" | "pin_mut", Ok(args)) => {
+                for a in &args {
+                    if !self.is_polled(a) {
+                        syn::visit::Visit::visit_expr(self, a);
+                    }
+                }
+            }
+            ("join" | "try_join", Ok(args)) => {
+                for a in &args {
+                    self.polled_or_visit(a);
+                }
+            }
+            (_, Ok(args)) => {
+                for a in &args {
+                    syn::visit::Visit::visit_expr(self, a);
+                }
+            }
+            ("select" | "select_biased", Err(_)) => {
+                match syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone()) {
+                    Ok(arms) => {
+                        for p in &arms.parts {
+                            match p {
+                                SelectPart::Expr(e, true) => self.polled_or_visit(e),
+                                SelectPart::Expr(e, false) => {
+                                    syn::visit::Visit::visit_expr(self, e)
+                                }
+                                SelectPart::Tokens(_) => {}
+                            }
+                        }
+                    }
+                    Err(_) => self.other += 1,
+                }
+            }
+            // Read no further: used some unknown way.
+            _ => self.other += 1,
+        }
+    }
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
 /// Methods that adapt a future (tracing's, `futures`' `FutureExt` and `TryFutureExt`) without
 /// running anything of their own.
 const FUTURE_ADAPTERS: [&str; 11] = [
@@ -354,8 +537,13 @@ impl VisitMut for Rewriter<'_> {
             && let Ok(mut arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
         {
             let before = self.found.changes();
-            for e in arms.exprs_mut() {
+            for (e, future) in arms.exprs_mut() {
                 self.visit_expr_mut(e);
+                // A helper raced against something else (`r = create_order(c, o) => …`): it
+                // may send before it loses, and is watched as an awaited one is.
+                if future && !hands_a_send(e) && self.hands_a_client(e) {
+                    self.watch_base(e);
+                }
             }
             if self.found.changes() > before {
                 mac.tokens = arms.into_tokens();
@@ -364,6 +552,13 @@ impl VisitMut for Rewriter<'_> {
         }
         if sends_in(&mac.tokens) {
             self.found.unreadable_sends = true;
+        }
+    }
+
+    fn visit_block_mut(&mut self, b: &mut syn::Block) {
+        visit_mut::visit_block_mut(self, b);
+        if self.clients.is_some() {
+            self.watch_kept_helpers(&mut b.stmts);
         }
     }
 
@@ -382,7 +577,8 @@ struct SelectArms {
 
 enum SelectPart {
     Tokens(TokenStream),
-    Expr(syn::Expr),
+    /// An expression, and whether it is an arm's future (not its condition or handler).
+    Expr(Box<syn::Expr>, bool),
 }
 
 impl SelectArms {
@@ -411,19 +607,19 @@ impl SelectArms {
                 let pat = syn::Pat::parse_multi_with_leading_vert(input)?;
                 let eq: syn::Token![=] = input.parse()?;
                 parts.push(SelectPart::Tokens(quote!(#pat #eq)));
-                parts.push(SelectPart::Expr(input.parse()?));
+                parts.push(SelectPart::Expr(Box::new(input.parse()?), true));
                 if input.peek(syn::Token![,]) && input.peek2(syn::Token![if]) {
                     let comma: syn::Token![,] = input.parse()?;
                     let if_: syn::Token![if] = input.parse()?;
                     parts.push(SelectPart::Tokens(quote!(#comma #if_)));
-                    parts.push(SelectPart::Expr(input.parse()?));
+                    parts.push(SelectPart::Expr(Box::new(input.parse()?), false));
                 }
             }
             let arrow: syn::Token![=>] = input.parse()?;
             parts.push(SelectPart::Tokens(arrow.to_token_stream()));
             let handler: syn::Expr = input.parse()?;
             let block = matches!(handler, syn::Expr::Block(_));
-            parts.push(SelectPart::Expr(handler));
+            parts.push(SelectPart::Expr(Box::new(handler), false));
             if input.peek(syn::Token![,]) {
                 let comma: syn::Token![,] = input.parse()?;
                 parts.push(SelectPart::Tokens(comma.to_token_stream()));
@@ -434,9 +630,10 @@ impl SelectArms {
         Ok(SelectArms { parts })
     }
 
-    fn exprs_mut(&mut self) -> impl Iterator<Item = &mut syn::Expr> {
+    /// The expressions, each with whether it is an arm's future.
+    fn exprs_mut(&mut self) -> impl Iterator<Item = (&mut syn::Expr, bool)> {
         self.parts.iter_mut().filter_map(|p| match p {
-            SelectPart::Expr(e) => Some(e),
+            SelectPart::Expr(e, future) => Some((&mut **e, *future)),
             SelectPart::Tokens(_) => None,
         })
     }
@@ -446,7 +643,7 @@ impl SelectArms {
             .into_iter()
             .map(|p| match p {
                 SelectPart::Tokens(t) => t,
-                SelectPart::Expr(e) => e.to_token_stream(),
+                SelectPart::Expr(e, _) => e.to_token_stream(),
             })
             .collect()
     }
@@ -582,6 +779,79 @@ mod tests {
         assert_eq!(watched(quote!({ tokio::time::sleep(d).await })), 0);
         assert_eq!(watched(quote!({ resp.json().await })), 0);
         assert_eq!(watched(quote!({ other.place(o).await })), 0);
+        // Raced in `select!`, watched under its adapters.
+        let mut b: syn::Block = syn::parse2(quote!({
+            futures::select! {
+                r = create_order(c, o).fuse() => r,
+                _ = t => 0,
+            }
+        }))
+        .unwrap();
+        let clients = ["c".to_owned()];
+        assert_eq!(rewrite(&mut b, &quote!(P), Some(&clients)).helpers, 1);
+        let s = b.to_token_stream().to_string().replace(' ', "");
+        assert!(
+            s.contains("r=P::helper(create_order(c,o)).fuse()=>r"),
+            "{s}"
+        );
+        // Kept in a variable and polled later: watched where it is made.
+        assert_eq!(
+            watched(quote!({
+                let fut = create_order(c, o);
+                let s = c.get(u).send().await?;
+                fut.await?
+            })),
+            1
+        );
+        assert_eq!(
+            watched(quote!({
+                let mut order = self.place(o).boxed();
+                tokio::pin!(order);
+                tokio::select! {
+                    r = &mut order => r,
+                    _ = sleep(d) => order.await,
+                }
+            })),
+            1
+        );
+        assert_eq!(
+            watched(quote!({
+                let a = charge(c, x);
+                let b = charge(c, y);
+                let (a, b) = tokio::try_join!(a, b)?;
+                a.status()
+            })),
+            2
+        );
+        // Not kept as a future: a builder, a value, a typed binding, a use other than polling.
+        for ts in [
+            quote!({
+                let req = c.post(u);
+                req.send().await
+            }),
+            quote!({
+                let n = self.items.len();
+                n + 1
+            }),
+            quote!({
+                let fut: BoxFuture<'_, R> = charge(c, x);
+                fut.await
+            }),
+            quote!({
+                let b = self.charge(o);
+                b.with_key(k).await
+            }),
+            quote!({
+                let b = self.charge(o);
+                run(b).await
+            }),
+            quote!({
+                let b = charge(c, o);
+                my_macro!(b).await
+            }),
+        ] {
+            assert_eq!(watched(ts.clone()), 0, "{ts}");
+        }
         // With the method declared, nothing is watched.
         let mut b: syn::Block = syn::parse2(quote!({ create_order(c, &o).await })).unwrap();
         assert_eq!(rewrite(&mut b, &quote!(P), None).helpers, 0);
