@@ -324,6 +324,15 @@ impl From<Error> for std::io::Error {
     }
 }
 
+/// So that a function returning `reqwest_middleware::Result<T>` can use `#[resilient]`: the
+/// [`Error`] travels as the middleware error, reachable with `downcast_ref` on it.
+#[cfg(feature = "reqwest-middleware")]
+impl From<Error> for reqwest_middleware::Error {
+    fn from(e: Error) -> reqwest_middleware::Error {
+        reqwest_middleware::Error::Middleware(anyhow::Error::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

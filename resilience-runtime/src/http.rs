@@ -83,6 +83,34 @@ pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Respons
     .await
 }
 
+/// The error of a send the runtime stamps and records: reqwest's own, or (feature
+/// `reqwest-middleware`) a `ClientWithMiddleware`'s, which holds reqwest's or a middleware's.
+#[doc(hidden)]
+pub trait SentError: std::error::Error + Sized + 'static {
+    /// The reqwest error inside, if the request itself failed.
+    fn reqwest(&self) -> Option<&reqwest::Error>;
+    /// Its class for the retry decision, read from its source chain.
+    fn class(&self) -> Option<crate::Class> {
+        crate::classify::classify_error(self.reqwest().map_or(self as _, |e| e as _))
+    }
+}
+
+impl SentError for reqwest::Error {
+    fn reqwest(&self) -> Option<&reqwest::Error> {
+        Some(self)
+    }
+}
+
+#[cfg(feature = "reqwest-middleware")]
+impl SentError for reqwest_middleware::Error {
+    fn reqwest(&self) -> Option<&reqwest::Error> {
+        match self {
+            reqwest_middleware::Error::Reqwest(e) => Some(e),
+            reqwest_middleware::Error::Middleware(_) => None,
+        }
+    }
+}
+
 /// A request's outcome, for the retry decision of the current attempt, in one look at it: the
 /// response's status and `Retry-After` (as [`observe`] records them), and whether the request
 /// reached the server, or may have: anything but a connect failure (refused, or timed out
@@ -90,11 +118,12 @@ pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Respons
 /// attempt followed a redirect (the failure may be the redirect target's, after a server
 /// answered the request). `method`: the request's, when known; else the least safe the
 /// attempt has sent.
-fn record_outcome(
-    res: &Result<reqwest::Response, reqwest::Error>,
+fn record_outcome<E: SentError>(
+    res: &Result<reqwest::Response, E>,
     method: Option<crate::policy::Method>,
 ) {
-    let connect_failure = matches!(res, Err(e) if e.is_connect());
+    let connect_failure =
+        matches!(res, Err(e) if e.reqwest().is_some_and(reqwest::Error::is_connect));
     let _ = with_attempt(|ctx| {
         let reached = !connect_failure || ctx.redirected.get();
         match res {
@@ -102,7 +131,7 @@ fn record_outcome(
             Err(e) => {
                 // The last request has no response: an earlier one's status and `Retry-After`
                 // (a 429 the body handled before this request reset) say nothing of it.
-                ctx.failure.set(crate::classify::classify_error(e));
+                ctx.failure.set(e.class());
                 ctx.status.set(None);
                 ctx.retry_after.set(None);
                 ctx.replayed.set(false);
@@ -123,7 +152,7 @@ struct InFlight(Option<crate::policy::Method>);
 
 impl InFlight {
     /// The outcome arrived: recorded as it is, not as a request given up on.
-    fn settle(self, res: &Result<reqwest::Response, reqwest::Error>) {
+    fn settle<E: SentError>(self, res: &Result<reqwest::Response, E>) {
         record_outcome(res, self.0);
         std::mem::forget(self);
     }
@@ -370,9 +399,10 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F> Future for Observed<F>
+impl<F, E> Future for Observed<F>
 where
-    F: Future<Output = Result<reqwest::Response, reqwest::Error>>,
+    F: Future<Output = Result<reqwest::Response, E>>,
+    E: SentError,
 {
     type Output = F::Output;
 
@@ -406,17 +436,24 @@ pub struct Prepared {
     made_in_attempt: bool,
 }
 
+/// Stamps a request the body built for the attempt it is made in, which counts it as possibly
+/// sent until it is polled there. Whether it was made in an attempt (not: outside one, or a
+/// request that could not be built).
+fn made(req: &mut Result<reqwest::Request, reqwest::Error>) -> bool {
+    match req {
+        Ok(req) => with_attempt(|ctx| {
+            stamp(ctx, req);
+            ctx.made(crate::policy::method_of(req.method()));
+        })
+        .is_some(),
+        Err(_) => false,
+    }
+}
+
 impl Prepared {
     fn new(builder: reqwest::RequestBuilder) -> Prepared {
         let (client, mut req) = builder.build_split();
-        let made_in_attempt = match &mut req {
-            Ok(req) => with_attempt(|ctx| {
-                stamp(ctx, req);
-                ctx.made(crate::policy::method_of(req.method()));
-            })
-            .is_some(),
-            Err(_) => false,
-        };
+        let made_in_attempt = made(&mut req);
         Prepared {
             client,
             req,
@@ -456,10 +493,10 @@ pin_project_lite::pin_project! {
     /// the attempt keeps counting it.
     #[doc(hidden)]
     #[must_use = "futures do nothing unless polled"]
-    pub struct Sending<F> {
+    pub struct Sending<F, E = reqwest::Error> {
         #[pin]
         fut: Option<F>,
-        error: Option<reqwest::Error>,
+        error: Option<E>,
         method: Option<crate::policy::Method>,
         made_in_attempt: bool,
         first: bool,
@@ -468,17 +505,18 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F> std::fmt::Debug for Sending<F> {
+impl<F, E> std::fmt::Debug for Sending<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Sending")
     }
 }
 
-impl<F> Future for Sending<F>
+impl<F, E> Future for Sending<F, E>
 where
-    F: Future<Output = Result<reqwest::Response, reqwest::Error>>,
+    F: Future<Output = Result<reqwest::Response, E>>,
+    E: SentError,
 {
-    type Output = Result<reqwest::Response, reqwest::Error>;
+    type Output = Result<reqwest::Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -514,6 +552,66 @@ async fn execute_recorded(
     res
 }
 
+/// A request a `reqwest-middleware` builder made in the annotated body, stamped where it was
+/// made, as [`Prepared`] is; sent through the middleware client's stack with the builder's
+/// extensions, as the builder's own `send` does.
+#[cfg(feature = "reqwest-middleware")]
+#[doc(hidden)]
+#[derive(Debug)]
+#[must_use = "a request does nothing until it is sent"]
+pub struct PreparedWithMiddleware {
+    client: reqwest_middleware::ClientWithMiddleware,
+    req: Result<reqwest::Request, reqwest::Error>,
+    extensions: http::Extensions,
+    made_in_attempt: bool,
+}
+
+#[cfg(feature = "reqwest-middleware")]
+impl PreparedWithMiddleware {
+    fn new(mut builder: reqwest_middleware::RequestBuilder) -> PreparedWithMiddleware {
+        let extensions = std::mem::take(builder.extensions());
+        let (client, mut req) = builder.build_split();
+        let made_in_attempt = made(&mut req);
+        PreparedWithMiddleware {
+            client,
+            req,
+            extensions,
+            made_in_attempt,
+        }
+    }
+
+    /// Sends the request, like `reqwest_middleware::RequestBuilder::send`.
+    pub fn send(
+        self,
+    ) -> Sending<
+        impl Future<Output = reqwest_middleware::Result<reqwest::Response>> + Send + use<>,
+        reqwest_middleware::Error,
+    > {
+        let PreparedWithMiddleware {
+            client,
+            req,
+            mut extensions,
+            made_in_attempt,
+        } = self;
+        let (method, fut, error) = match req {
+            Ok(req) => (
+                Some(crate::policy::method_of(req.method())),
+                Some(async move { client.execute_with_extensions(req, &mut extensions).await }),
+                None,
+            ),
+            Err(e) => (None, None, Some(e.into())),
+        };
+        Sending {
+            fut,
+            error,
+            method,
+            made_in_attempt,
+            first: true,
+            in_flight: None,
+        }
+    }
+}
+
 /// Type dispatch for the code `#[resilient]` generates around `.send()` and `.execute(…)`
 /// (autoref specialization): a reqwest request is stamped and its response recorded; any
 /// other value passes through exactly as it was.
@@ -543,13 +641,23 @@ pub mod dispatch {
         }
     }
 
-    /// `.send()` on a `reqwest::RequestBuilder`: send it stamped.
+    /// `.send()` on a `reqwest::RequestBuilder` (or, feature `reqwest-middleware`, a
+    /// `reqwest_middleware::RequestBuilder`): send it stamped.
     pub trait SendRequest {
-        fn __resilience_stamp(self) -> Prepared;
+        type Prepared;
+        fn __resilience_stamp(self) -> Self::Prepared;
     }
     impl SendRequest for &&Stampable<reqwest::RequestBuilder> {
+        type Prepared = Prepared;
         fn __resilience_stamp(self) -> Prepared {
             Prepared::new(self.take())
+        }
+    }
+    #[cfg(feature = "reqwest-middleware")]
+    impl SendRequest for &&Stampable<reqwest_middleware::RequestBuilder> {
+        type Prepared = super::PreparedWithMiddleware;
+        fn __resilience_stamp(self) -> super::PreparedWithMiddleware {
+            super::PreparedWithMiddleware::new(self.take())
         }
     }
 
@@ -574,9 +682,10 @@ pub mod dispatch {
     pub trait ObserveFuture<F> {
         fn __resilience_observe(self) -> Observed<F>;
     }
-    impl<F> ObserveFuture<F> for &&Stampable<F>
+    impl<F, E> ObserveFuture<F> for &&Stampable<F>
     where
-        F: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+        F: std::future::Future<Output = Result<reqwest::Response, E>>,
+        E: super::SentError,
     {
         fn __resilience_observe(self) -> Observed<F> {
             Observed {

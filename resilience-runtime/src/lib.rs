@@ -6,7 +6,9 @@
 //! jitter, `Retry-After`, retry budgets, circuit breakers, bulkheads, the idempotency key on
 //! every attempt, and a tracing span per call with an event per attempt and an OpenTelemetry
 //! HTTP client span per attempt. Cargo features `opentelemetry` (trace context from the
-//! OpenTelemetry context) and `metrics` (the `metrics` facade): see [`telemetry`].
+//! OpenTelemetry context) and `metrics` (the `metrics` facade): see [`telemetry`];
+//! `reqwest-middleware`: a `ClientWithMiddleware`'s requests in the body stamped and recorded as
+//! reqwest's own are.
 //!
 //! ```no_run
 //! use resilience_runtime::{resilient, Error, RequestBuilderExt as _};

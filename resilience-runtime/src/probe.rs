@@ -218,6 +218,35 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
     }
 }
 
+/// `reqwest_middleware::Result<T>` functions: reqwest's error, or a middleware's (the runtime's
+/// own error travels as one), read from what it holds: its `source()` skips the error it wraps.
+#[cfg(feature = "reqwest-middleware")]
+impl ViaOwn for &&&&&Probe<'_, reqwest_middleware::Error> {
+    fn __resilience_class(self) -> Option<Class> {
+        match self.0.take()? {
+            reqwest_middleware::Error::Reqwest(e) => classify_error(e),
+            reqwest_middleware::Error::Middleware(e) => {
+                let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+                let class = classify_error(dynerr);
+                self.came_back_in(dynerr);
+                if let Some(own) = e.downcast_mut::<Error>() {
+                    self.note(own, class);
+                }
+                class
+            }
+        }
+    }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        match self.0.take()? {
+            reqwest_middleware::Error::Reqwest(e) => runtime_kind(e),
+            reqwest_middleware::Error::Middleware(e) => {
+                let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+                runtime_kind(dynerr)
+            }
+        }
+    }
+}
+
 #[cfg(feature = "anyhow")]
 impl ViaBoxed for &&Probe<'_, anyhow::Error> {
     fn __resilience_class(self) -> Option<Class> {

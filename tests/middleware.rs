@@ -1,0 +1,185 @@
+//! Requests sent through `reqwest-middleware`'s `ClientWithMiddleware` (feature
+//! `reqwest-middleware`): its builder's `.send()` and its `execute(request)` are stamped and
+//! recorded as reqwest's own are, through the client's middleware stack and with the builder's
+//! extensions.
+//!
+//! Every peer is a task on the test's current-thread runtime with a paused clock.
+
+use std::time::Duration;
+
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use resilience_fault_server::{Action, FaultServer, Script, refused_addr};
+use resilience_runtime::{ClientSettings, resilient};
+
+/// The tenant an extension names, written into a header by the middleware below.
+#[derive(Clone)]
+struct Tenant(&'static str);
+
+/// A middleware of the service's own: writes the request's `Tenant` extension into a header.
+struct TenantHeader;
+
+#[async_trait::async_trait]
+impl Middleware for TenantHeader {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if let Some(Tenant(t)) = extensions.get::<Tenant>() {
+            req.headers_mut().insert("x-tenant", t.parse().unwrap());
+        }
+        next.run(req, extensions).await
+    }
+}
+
+fn client() -> ClientWithMiddleware {
+    let plain = ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .unwrap();
+    ClientBuilder::new(plain).with(TenantHeader).build()
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn stock(c: &ClientWithMiddleware, url: &str) -> Result<String, reqwest_middleware::Error> {
+    let resp = c.get(url).with_extension(Tenant("acme")).send().await?;
+    Ok(resp.error_for_status()?.text().await?)
+}
+
+/// A GET reset, then answered: retried, each attempt stamped and sent through the middleware
+/// with the builder's extension.
+#[tokio::test(start_paused = true)]
+async fn a_get_through_middleware_is_stamped_and_retried() {
+    let server = FaultServer::start(Script::sequence([
+        Action::reset(),
+        Action::status(503),
+        Action::ok().body("12"),
+    ]))
+    .await;
+    assert_eq!(stock(&client(), &server.url("/stock")).await.unwrap(), "12");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    let attempts: Vec<_> = seen.iter().map(|s| s.header("x-attempt")).collect();
+    assert_eq!(attempts, [Some("1"), Some("2"), Some("3")]);
+    for s in &seen {
+        assert_eq!(
+            s.header("x-tenant"),
+            Some("acme"),
+            "the extension went through"
+        );
+        assert!(s.header("traceparent").is_some());
+        assert!(s.header("x-request-id").is_some());
+    }
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        seen[2].header("x-request-id")
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn charge(c: &ClientWithMiddleware, url: &str) -> anyhow::Result<u16> {
+    let resp = c.post(url).body("amount=100").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A keyed POST reset after it arrived: sent again with the same key.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_through_middleware_carries_its_key_on_every_attempt() {
+    let server = FaultServer::start(Script::sequence([Action::reset(), Action::ok()])).await;
+    assert_eq!(
+        charge(&client(), &server.url("/charges")).await.unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    let key = seen[0]
+        .idempotency_key()
+        .expect("the key on the first attempt");
+    assert_eq!(seen[1].idempotency_key(), Some(key));
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, retry_on = [connect])]
+async fn place(c: &ClientWithMiddleware, url: &str) -> Result<u16, reqwest_middleware::Error> {
+    let resp = c.post(url).body("order").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// An unkeyed POST reset: never sent again. One that could not connect: retried, as
+/// `retry_on = [connect]` asks (it never left).
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_through_middleware_is_not_resent() {
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    place(&client(), &server.url("/orders")).await.unwrap_err();
+    assert_eq!(server.count(), 1, "the POST went out again");
+    let refused = format!("http://{}/orders", refused_addr());
+    let (res, report) = resilience_runtime::measure(place(&client(), &refused)).await;
+    res.unwrap_err();
+    let report = report.expect("a report");
+    assert_eq!(report.attempts, 3, "{report:?}");
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn stock_by_request(c: &ClientWithMiddleware, url: &str) -> anyhow::Result<String> {
+    let req = c.get(url).build()?;
+    let resp = c.execute(req).await?;
+    Ok(resp.error_for_status()?.text().await?)
+}
+
+/// `execute(request)` on the middleware client: stamped, its 503 and `Retry-After` recorded
+/// (the retry waits what the server asked, not the 10 ms backoff).
+#[tokio::test(start_paused = true)]
+async fn execute_through_middleware_is_stamped_and_recorded() {
+    let server = FaultServer::start(Script::sequence([
+        Action::unavailable(2),
+        Action::ok().body("7"),
+    ]))
+    .await;
+    let (res, report) =
+        resilience_runtime::measure(stock_by_request(&client(), &server.url("/stock"))).await;
+    assert_eq!(res.unwrap(), "7");
+    let report = report.expect("a report");
+    assert!(report.waited >= Duration::from_secs(2), "{report:?}");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("x-attempt"), Some("2"));
+}
+
+/// A GET that stalls: each attempt timed out and retried; the runtime's error travels as the
+/// middleware error, with its attempts.
+#[tokio::test(start_paused = true)]
+async fn the_runtimes_error_travels_as_a_middleware_error() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = stock(&client(), &server.url("/stock")).await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(inner) = &e else {
+        panic!("not the runtime's error: {e}");
+    };
+    let own = inner
+        .downcast_ref::<resilience_runtime::Error>()
+        .expect("the runtime's error");
+    assert_eq!(
+        own.kind(),
+        resilience_runtime::ErrorKind::AttemptTimeout,
+        "{own}"
+    );
+    assert_eq!(own.attempts(), 3, "{own}");
+    assert_eq!(server.count(), 3);
+}
