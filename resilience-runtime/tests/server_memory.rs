@@ -571,8 +571,12 @@ async fn problem_docs_type_and_link_the_applications_page() {
 /// A memory store whose claim command misbehaves the way a remote store's can; the rest is
 /// the memory store's.
 struct Claiming {
-    inner: MemoryStore,
+    inner: Arc<MemoryStore>,
     how: ClaimingHow,
+    /// `LandsLate`: whether the next claim is the first.
+    first: std::sync::atomic::AtomicBool,
+    /// Claims made so far.
+    claims: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone, Copy)]
@@ -582,6 +586,12 @@ enum ClaimingHow {
     /// The claim command is sent twice, the first reply lost (what a Redis Cluster client
     /// does when it retries a command): the second finds the claim the first made.
     Retried,
+    /// The first claim command is carried out 400 ms after it was sent, past the layer's store
+    /// timeout (a Redis Cluster client sending it again after a failover); later ones at once.
+    LandsLate,
+    /// Every renewal finds the claim run out, and the claim that puts it back (the second
+    /// claim made) is carried out 300 ms after it was sent.
+    RunsOutReclaimsLate,
     /// Claims as the memory store does, but renewals are lost: a claim lasts its first lease.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     NoRenewal,
@@ -590,8 +600,10 @@ enum ClaimingHow {
 impl Claiming {
     fn new(how: ClaimingHow) -> Claiming {
         Claiming {
-            inner: MemoryStore::default(),
+            inner: Arc::new(MemoryStore::default()),
             how,
+            first: std::sync::atomic::AtomicBool::new(true),
+            claims: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -603,8 +615,20 @@ impl IdempotencyStore for Claiming {
         claim: &'a InFlight,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        let nth = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match self.how {
+                ClaimingHow::RunsOutReclaimsLate if nth == 1 => {
+                    let (inner, key, claim) = (self.inner.clone(), key.to_owned(), *claim);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        inner.claim(&key, &claim, lease).await
+                    })
+                    .await
+                    .expect("the claim lands")
+                }
                 ClaimingHow::SlowToAnswer => {
                     let claimed = self.inner.claim(key, claim, lease).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -614,7 +638,20 @@ impl IdempotencyStore for Claiming {
                     let _lost = self.inner.claim(key, claim, lease).await;
                     self.inner.claim(key, claim, lease).await
                 }
-                ClaimingHow::NoRenewal => self.inner.claim(key, claim, lease).await,
+                ClaimingHow::LandsLate
+                    if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    let (inner, key, claim) = (self.inner.clone(), key.to_owned(), *claim);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        inner.claim(&key, &claim, lease).await
+                    })
+                    .await
+                    .expect("the claim lands")
+                }
+                ClaimingHow::LandsLate
+                | ClaimingHow::NoRenewal
+                | ClaimingHow::RunsOutReclaimsLate => self.inner.claim(key, claim, lease).await,
             }
         })
     }
@@ -626,6 +663,7 @@ impl IdempotencyStore for Claiming {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         match self.how {
             ClaimingHow::NoRenewal => Box::pin(async { Ok(true) }),
+            ClaimingHow::RunsOutReclaimsLate => Box::pin(async { Ok(false) }),
             _ => self.inner.renew(key, claim, lease),
         }
     }
@@ -685,6 +723,80 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
     let retried = app.clone().call(request()).await.unwrap();
     assert_eq!(retried.status(), 201, "{:?}", retried.headers());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A claim that timed out (503) and was carried out only after the layer's first release found
+/// nothing: taken back all the same, so the client's retry runs the handler instead of meeting
+/// 409 for the whole lease (10 s).
+#[tokio::test(start_paused = true)]
+async fn a_claim_carried_out_after_its_withdrawal_is_taken_back() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn orders(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        (axum::http::StatusCode::CREATED, format!("order {n}"))
+    }
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(orders))
+        .with_state(runs.clone())
+        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(
+            ClaimingHow::LandsLate,
+        ))));
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/orders")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let refused = app.clone().call(request()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    // Past the store's second of rest after a timeout, and the late claim's landing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let retried = app.clone().call(request()).await.unwrap();
+    assert_eq!(retried.status(), 201, "{:?}", retried.headers());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A handler that answers 500 (the key released) while its renewal is putting a run-out claim
+/// back: the claim lands after the release, nobody's. Taken back, so the retry runs the
+/// handler again instead of meeting 409 for the whole lease.
+#[tokio::test(start_paused = true)]
+async fn a_claim_put_back_after_its_handler_ended_is_taken_back() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn failing(State(runs): State<Arc<AtomicUsize>>) -> axum::http::StatusCode {
+        runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(failing))
+        .with_state(runs.clone())
+        .layer(
+            IdempotencyLayer::new(Arc::new(Claiming::new(ClaimingHow::RunsOutReclaimsLate)))
+                .lease(Duration::from_secs(3)),
+        );
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/orders")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    // Renewed at 1 s (the claim found run out, put back: lands at 1.3 s); answered at 1.2 s.
+    let failed = app.clone().call(request()).await.unwrap();
+    assert_eq!(failed.status(), 500);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let retried = app.clone().call(request()).await.unwrap();
+    assert_eq!(retried.status(), 500, "{:?}", retried.headers());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
 /// The claim found is the request's own (same token): it holds the key and runs the handler,

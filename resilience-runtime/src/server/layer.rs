@@ -270,9 +270,9 @@ impl IdempotencyLayer {
     /// The longest a claimed key's handler may run, reading of its response body included.
     /// The handler runs detached from the connection, so the client going away does not stop
     /// it; this limit does. At the limit the layer drops the handler's future (cancelling it at
-    /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored or not
-    /// according to [`replayable`](Self::replayable) like any 500: by default the key is
-    /// released and a retry runs the handler again. Default: 60 s.
+    /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored whatever
+    /// [`replayable`](Self::replayable) says: the handler was cut mid-effect, and a retry with
+    /// the key gets the 500, never a second run. Default: 60 s.
     ///
     /// # Panics
     /// If `limit` is under a millisecond.
@@ -664,7 +664,7 @@ where
     // Dropped while the claim command is on its way (the client gave up and hyper dropped this
     // future), the claim may be written with no handler to hold it: taken back then, or every
     // retry would meet 409 for the whole lease.
-    let unanswered = Unanswered(Some((config.clone(), store_key.clone(), claim)));
+    let unanswered = Unanswered(Some(Claimed::of(&config, store_key.clone(), claim)));
     let claimed = tokio::time::timeout(
         config.store_timeout,
         config.store.claim(&store_key, &claim, config.lease),
@@ -705,7 +705,7 @@ where
             // The claim command may still run when the store wakes up: take it back, so that
             // the retry this 503 invites is not met by a claim nobody holds.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(withdraw(config.clone(), store_key, claim));
+                rt.spawn(withdraw(Claimed::of(&config, store_key, claim)));
             }
             tally.count(Served::StoreUnavailable);
             return Ok(unavailable(&config));
@@ -795,13 +795,12 @@ where
     let keep = config.replayable;
     // The handler and its response body share the layer's limit on the handler.
     let limit_at = super::after(Instant::now(), config.handler_limit);
-    let answered = tokio::time::timeout_at(
-        limit_at,
-        CatchUnwind {
-            inner: inner.call(req),
-        },
-    )
-    .await;
+    // A panic in `call` itself (a synchronous layer inside this one, `MapRequestLayer`'s
+    // closure) is the handler's, as one while its future is polled.
+    let answered = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+        Ok(called) => tokio::time::timeout_at(limit_at, CatchUnwind { inner: called }).await,
+        Err(panic) => Ok(Err(panic)),
+    };
     let res = match answered {
         Ok(Ok(Ok(res))) => res,
         Ok(Ok(Err(e))) => {
@@ -817,8 +816,9 @@ where
                 HANDLER_FAILED,
                 "The handler failed while processing this request.",
             );
+            let keep = (config.replayable)(res.status);
             return Ok(guard
-                .finish_with(&config, res, &tally, Served::HandlerFailed)
+                .finish_with(&config, res, &tally, Served::HandlerFailed, keep)
                 .await);
         }
         Err(_) => {
@@ -828,12 +828,14 @@ where
                 claim.fingerprint,
                 HANDLER_TIMED_OUT,
                 &format!(
-                    "The handler did not finish within the server's limit of {} ms and was cancelled.",
+                    "The handler did not finish within the server's limit of {} ms and was cancelled; what it had done by then is unknown. Do not resend it: look the result up instead.",
                     config.handler_limit.as_millis()
                 ),
             );
+            // Cut mid-effect (a charge made, its receipt not yet written): whatever the
+            // layer keeps, a repeat must not run the handler again.
             return Ok(guard
-                .finish_with(&config, res, &tally, Served::HandlerTimedOut)
+                .finish_with(&config, res, &tally, Served::HandlerTimedOut, true)
                 .await);
         }
     };
@@ -1202,20 +1204,21 @@ impl ClaimGuard {
         }
     }
 
-    /// Stores `res` if the layer keeps its status, else releases the key; answers `res`.
-    /// Counts `outcome`, or `claim_lost` when storing found the claim another request's.
+    /// Stores `res` if `keep`, else releases the key; answers `res`. Counts `outcome`, or
+    /// `claim_lost` when storing found the claim another request's.
     async fn finish_with<B>(
         self,
         config: &Arc<Config>,
         res: StoredResponse,
         tally: &Tally,
         outcome: Served,
+        keep: bool,
     ) -> Response<ResponseBody<B>> {
         let answer = Response::new(ResponseBody::full(res.body.clone()));
         let (mut parts, body) = answer.into_parts();
         parts.status = res.status;
         parts.headers = res.headers.clone();
-        if (config.replayable)(res.status) {
+        if keep {
             self.complete_counted(config, res, tally, outcome).await;
         } else {
             self.release().await;
@@ -1325,12 +1328,20 @@ impl Drop for ClaimGuard {
         if !self.armed {
             return;
         }
-        // Dropped mid-handler: only when the runtime drops the handler's task.
+        // Dropped mid-handler: the runtime dropped the handler's task, or a store's own future
+        // panicked while the guard held the claim. Bounded as every store call is.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (store, key, claim) = (self.store.clone(), self.key.clone(), self.claim);
+            let limit = self.store_timeout;
             rt.spawn(async move {
-                if let Err(e) = store.release(&key, &claim).await {
-                    tracing::warn!(key = %key, error = %e, "idempotency claim not released; it will expire with its lease");
+                match tokio::time::timeout(limit, store.release(&key, &claim)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(key = %key, error = %e, "idempotency claim not released; it will expire with its lease");
+                    }
+                    Err(_) => {
+                        tracing::warn!(key = %key, "idempotency claim not released in time; it will expire with its lease");
+                    }
                 }
             });
         }
@@ -1384,7 +1395,28 @@ async fn write_back(
 
 /// A claim command on its way: if dropped before its answer came, the claim is withdrawn
 /// (a no-op when it was never written: only the claim's own token releases it).
-struct Unanswered(Option<(Arc<Config>, Arc<str>, InFlight)>);
+struct Unanswered(Option<Claimed>);
+
+/// A claim this instance sent, with what it takes to take it back.
+struct Claimed {
+    store: Arc<dyn IdempotencyStore>,
+    key: Arc<str>,
+    claim: InFlight,
+    lease: Duration,
+    store_timeout: Duration,
+}
+
+impl Claimed {
+    fn of(config: &Config, key: Arc<str>, claim: InFlight) -> Claimed {
+        Claimed {
+            store: config.store.clone(),
+            key,
+            claim,
+            lease: config.lease,
+            store_timeout: config.store_timeout,
+        }
+    }
+}
 
 impl Unanswered {
     fn answered(mut self) {
@@ -1394,33 +1426,45 @@ impl Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some((config, key, claim)) = self.0.take()
+        if let Some(claimed) = self.0.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            tracing::debug!(key = %key, "request dropped while claiming its key: claim withdrawn");
-            rt.spawn(withdraw(config, key, claim));
+            tracing::debug!(key = %claimed.key, "dropped while claiming a key: claim withdrawn");
+            rt.spawn(withdraw(claimed));
         }
     }
 }
 
 /// Takes back a claim whose command failed or timed out: it may still run once the store
-/// answers again. Retries for a while, since the store may still be frozen.
-async fn withdraw(config: Arc<Config>, key: Arc<str>, claim: InFlight) {
-    let give_up = super::after(Instant::now(), config.lease.max(Duration::from_secs(30)));
+/// answers again. Retries for a while, since the store may still be frozen; a release that
+/// found no claim is tried again until [`RESEND_HORIZON`] has passed, since the claim command
+/// may still land after it (a Redis Cluster client sends it again after a failover).
+async fn withdraw(c: Claimed) {
+    let started = Instant::now();
+    let give_up = super::after(started, c.lease.max(Duration::from_secs(30)));
+    let settled = super::after(started, RESEND_HORIZON);
     let mut delay = Duration::from_millis(20);
     loop {
         let done = tokio::time::timeout(
-            config.lease.max(config.store_timeout),
-            config.store.release(&key, &claim),
+            c.lease.max(c.store_timeout),
+            c.store.release(&c.key, &c.claim),
         )
         .await;
-        if matches!(done, Ok(Ok(_))) || Instant::now() >= give_up {
-            return;
+        let now = Instant::now();
+        match done {
+            Ok(Ok(true)) => return,
+            Ok(Ok(false)) if now >= settled => return,
+            _ if now >= give_up => return,
+            _ => {}
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
+
+/// How long after a claim command was given up on it may still be carried out: a Redis Cluster
+/// client sends a command again for up to a second after a failover; twice that, for margin.
+const RESEND_HORIZON: Duration = Duration::from_secs(2);
 
 async fn renew(
     store: Arc<dyn IdempotencyStore>,
@@ -1444,8 +1488,23 @@ async fn renew(
                 // The claim ran out while the store could not be reached (or was evicted, or
                 // lost in a failover): put it back, unless another request took the key
                 // meanwhile. This instance answers repeats 409 all along.
+                // The handler may end (its answer releasing the key) while the claim is on its
+                // way, and this task be stopped mid-claim: the claim is then nobody's, and is
+                // taken back, as a request's claim given up on is.
+                let unanswered = Unanswered(Some(Claimed {
+                    store: store.clone(),
+                    key: key.clone(),
+                    claim,
+                    lease,
+                    store_timeout,
+                }));
                 let again =
                     tokio::time::timeout(store_timeout, store.claim(&key, &claim, lease)).await;
+                if !done.load(Ordering::Relaxed) {
+                    unanswered.answered();
+                } else {
+                    return;
+                }
                 match again {
                     Ok(Ok(Claim::Acquired)) => {
                         tracing::warn!(key = %key, "idempotency claim had run out while the handler runs; claimed again");

@@ -41,7 +41,7 @@
 //! | repeat, same fingerprint, first still running | 409 `in-progress` with `Retry-After: 1` | no |
 //! | the store fails or does not answer within [`store_timeout`](IdempotencyLayer::store_timeout) | 503 `store-unavailable` with `Retry-After: 1` | no |
 //! | the handler panics | 500 `handler-failed` | it did, once |
-//! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out` | cancelled at the limit |
+//! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out`, stored whatever [`replayable`](IdempotencyLayer::replayable) says: a repeat gets it | cancelled at the limit, never run again |
 //! | the handler answers a kept status, then its response body fails | the first caller: that status and a body cut short; a repeat: 500 `response-failed` | it did, once |
 //!
 //! # The key: the IETF draft and payment APIs
@@ -80,7 +80,10 @@
 //! - **A hard limit per layer** ([`handler_limit`](IdempotencyLayer::handler_limit), 60 s by
 //!   default) bounds a handler that never ends: at the limit its future is dropped, which
 //!   cancels it at its current `.await`, and the layer answers 500 `handler-timed-out` in its
-//!   place.
+//!   place. That 500 is stored whatever the layer keeps: a handler that long is most likely
+//!   waiting on a call that already had its effect (a payment gateway slow to answer a charge
+//!   it made), and a retry that ran it again would repeat the effect. A repeat gets the 500;
+//!   a new operation needs a new key.
 //! - **A panic is a 500.** A panicking handler is answered 500 `handler-failed`, and that 500
 //!   goes through the same rule as a 500 the handler returned: by default it is not stored, and
 //!   the key is released at once, so a retry runs the handler again (never a key stuck until
@@ -88,7 +91,8 @@
 //!   database transaction not committed rolls back), which is the contract of every 5xx here.
 //!   A handler with effects that survive a panic should keep every status with
 //!   [`replay_every_status`]: then the stored 500 is replayed and a new operation needs a new key.
-//!   The limit's 500 follows the same rule, for the same reason.
+//!   A panic in the service's `call` itself (a synchronous layer inside this one) is the
+//!   handler's too.
 //! - **A reused key is 422, even while the first request runs**: the body differs, so no
 //!   answer to the first request is an answer to this one.
 //! - **Which answers are stored is a choice** ([`IdempotencyLayer::replayable`]). The default,
@@ -113,8 +117,9 @@
 //! - **Responses are kept for the TTL** (24 h by default): status, headers (minus connection
 //!   headers and `Content-Length`) and the whole body.
 //! - **Fail closed, and fast.** If the store cannot be reached, covered requests with a key get
-//!   503 and the handler never runs without a claim. Every store call is bounded by
-//!   [`store_timeout`](IdempotencyLayer::store_timeout) (250 ms by default); after a claim that
+//!   503 and the handler never runs without a claim. Every store call is bounded: by
+//!   [`store_timeout`](IdempotencyLayer::store_timeout) (250 ms by default), and the taking
+//!   back of a claim given up on by the lease; after a claim that
 //!   got no answer in time, the store is taken as down for
 //!   [`store_down_for`](IdempotencyLayer::store_down_for) (1 s) and keyed requests get their
 //!   503 at once.

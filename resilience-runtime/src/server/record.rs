@@ -293,8 +293,10 @@ impl Fingerprint {
                     .to_ascii_lowercase()
             })
             .unwrap_or_default();
+        let json = media == "application/json"
+            || (media.starts_with("application/") && media.ends_with("+json"));
         match media.as_str() {
-            "application/json" => match Json::read(body) {
+            _ if json => match Json::read(body) {
                 Some(v) => {
                     hash.update([2]);
                     v.hash(&mut hash);
@@ -308,8 +310,19 @@ impl Fingerprint {
             "multipart/form-data" => match content_type.and_then(boundary) {
                 Some(b) if !b.is_empty() => {
                     hash.update([4]);
-                    // Each part between boundaries, the boundary itself left out.
-                    for part in split_on(body, b.as_bytes()) {
+                    // Each part between delimiters, the boundary itself left out: a delimiter
+                    // is `--boundary` at the body's start or after a CRLF (RFC 2046), never the
+                    // boundary's text elsewhere (a body `amount=100` under `boundary=1`).
+                    let open = [b"--".as_slice(), b.as_bytes()].concat();
+                    let delimiter = [b"\r\n--".as_slice(), b.as_bytes()].concat();
+                    let rest = match body.strip_prefix(open.as_slice()) {
+                        Some(rest) => {
+                            hash.update(0u64.to_be_bytes());
+                            rest
+                        }
+                        None => body,
+                    };
+                    for part in split_on(rest, &delimiter) {
                         hash.update((part.len() as u64).to_be_bytes());
                         hash.update(part);
                     }
@@ -713,6 +726,21 @@ mod tests {
                 Some(&format!("multipart/form-data; boundary={two}")),
                 part(two, "w").as_bytes()
             )
+        );
+        // The boundary's text inside a part is not a delimiter: two amounts stay two.
+        assert_ne!(
+            of(None, Some("multipart/form-data; boundary=1"), b"amount=100"),
+            of(None, Some("multipart/form-data; boundary=2"), b"amount=200")
+        );
+        // A JSON media type of its own (`+json`) is read as JSON.
+        let patch = Some("application/merge-patch+json");
+        assert_eq!(
+            of(None, patch, br#"{"a":1,"b":2}"#),
+            of(None, patch, br#"{ "b": 2, "a": 1 }"#)
+        );
+        assert_ne!(
+            of(None, patch, br#"{"a":1,"b":2}"#),
+            of(None, patch, br#"{"a":1,"b":3}"#)
         );
         // Other bodies: their bytes.
         assert_ne!(

@@ -26,6 +26,7 @@ macro_rules! every_rule {
             a_handler_over_the_limit_is_cancelled_and_answered_500,
             a_panicking_handler_answers_500_and_frees_its_key,
             a_panic_is_stored_when_every_status_is,
+            a_panic_in_the_services_call_is_the_handlers,
             a_response_over_the_stored_bound_is_not_kept_and_never_rerun,
             quoted_and_bare_keys_are_one_key,
             a_running_handler_keeps_its_claim_past_the_lease,
@@ -95,6 +96,7 @@ pub struct Runs {
     pub streamed: AtomicUsize,
     pub streamed_panic: AtomicUsize,
     pub streamed_stuck: AtomicUsize,
+    pub call_panics: AtomicUsize,
 }
 
 fn bump(counter: &AtomicUsize) -> usize {
@@ -123,6 +125,28 @@ async fn orders(State(s): State<Shared>, body: String) -> impl IntoResponse {
 
 async fn list(State(s): State<Shared>) -> String {
     format!("list {}", bump(&s.runs.list))
+}
+
+/// A service that counts a run, then panics in `call` itself, before any future.
+#[derive(Clone)]
+struct CallPanics(Arc<Runs>);
+
+impl tower_service::Service<axum::extract::Request> for CallPanics {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: axum::extract::Request) -> Self::Future {
+        bump(&self.0.call_panics);
+        panic!("a synchronous layer's closure panicked");
+    }
 }
 
 /// Sleeps for the `x-sleep-ms` request header (not part of the fingerprint).
@@ -299,6 +323,12 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         .route("/streamed_panic", routing::post(streamed_panic))
         .route("/streamed_stuck", routing::post(streamed_stuck))
         .layer(layer.clone());
+    // The layer directly around a service whose `call` panics (a synchronous layer's closure),
+    // not through a router, which would defer the call to its future's first poll.
+    let optional = optional.route_service(
+        "/call_panics",
+        tower_layer::Layer::layer(&layer, CallPanics(shared.runs.clone())),
+    );
     let tenants = Router::new()
         .route("/charges", routing::post(tenant_charge))
         .layer(layer);
@@ -774,9 +804,18 @@ pub async fn a_handler_over_the_limit_is_cancelled_and_answered_500(store: Store
     assert_eq!(cut.status, 500, "{cut:?}");
     assert_eq!(cut.header("content-type"), Some("application/problem+json"));
     assert!(cut.body.contains("150 ms"), "{}", cut.body);
-    // A 500 is not stored by default: the key is free again, and a retry runs the handler.
-    let retried = post_slow_until_done(&url, &key, 0).await;
-    assert_eq!((retried.status, retried.body.as_str()), (201, "slow 2"));
+    // Cut mid-effect: whatever the layer keeps, the 500 is stored and a retry gets it; the
+    // handler never runs again.
+    let again = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", &key)
+            .body("x"),
+    )
+    .await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert!(again.body.contains("look the result up"), "{}", again.body);
+    assert_eq!(count(&app.runs.slow), 1);
 }
 
 pub async fn a_panicking_handler_answers_500_and_frees_its_key(store: Store) {
@@ -812,6 +851,22 @@ pub async fn a_panic_is_stored_when_every_status_is(store: Store) {
     let again = post(&url, Some(&key), "x").await;
     assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
     assert_eq!(count(&app.runs.panicky), 1);
+}
+
+pub async fn a_panic_in_the_services_call_is_the_handlers(store: Store) {
+    let app = serve(
+        &store,
+        layer(&store).replayable(resilience_runtime::server::replay_every_status),
+    )
+    .await;
+    let key = fresh_key();
+    let url = app.url("/call_panics");
+    let failed = post(&url, Some(&key), "x").await;
+    assert_eq!(failed.status, 500, "{failed:?}");
+    assert!(failed.body.contains("handler failed"), "{}", failed.body);
+    let again = post(&url, Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert_eq!(count(&app.runs.call_panics), 1);
 }
 
 pub async fn a_response_over_the_stored_bound_is_not_kept_and_never_rerun(store: Store) {
