@@ -987,3 +987,100 @@ async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() 
     assert_eq!(later.status().as_u16(), 201);
     assert_eq!(slow.runs(), 1);
 }
+
+/// A body that yields a first chunk, then waits for the gate before its last one (a long
+/// export whose reader must keep up).
+struct Export {
+    first: Option<bytes::Bytes>,
+    gate: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    last: Option<bytes::Bytes>,
+}
+
+impl http_body::Body for Export {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        if self.last.is_none() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.gate.as_mut().poll(cx));
+        std::task::Poll::Ready(self.last.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+/// A keyed response larger than the layer keeps is streamed on to its caller past that bound,
+/// not held whole until its end (a stream that waits for its reader would never end): the
+/// caller reads its first chunk before the handler sends the rest. A repeat gets the stored
+/// "processed once, not kept" 500.
+#[tokio::test]
+async fn a_response_past_the_kept_bound_streams_on_to_its_caller() {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone)]
+    struct S {
+        runs: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Notify>,
+    }
+    async fn export(State(s): State<S>) -> (axum::http::StatusCode, axum::body::Body) {
+        s.runs.fetch_add(1, Ordering::SeqCst);
+        let gate = s.gate.clone();
+        let body = Export {
+            first: Some(bytes::Bytes::from(vec![b'a'; 64 * 1024])),
+            gate: Box::pin(async move { gate.notified().await }),
+            last: Some(bytes::Bytes::from_static(b"end")),
+        };
+        (axum::http::StatusCode::CREATED, axum::body::Body::new(body))
+    }
+    let s = S {
+        runs: Arc::new(AtomicUsize::new(0)),
+        gate: Arc::new(tokio::sync::Notify::new()),
+    };
+    let app = axum::Router::new()
+        .route("/exports", axum::routing::post(export))
+        .with_state(s.clone())
+        .layer(
+            IdempotencyLayer::new(store())
+                .max_stored_body(16)
+                .handler_limit(Duration::from_secs(10)),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/exports", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let key = fresh_key();
+    let mut resp = tokio::time::timeout(
+        Duration::from_secs(3),
+        client
+            .post(&url)
+            .header("idempotency-key", &key)
+            .body("x")
+            .send(),
+    )
+    .await
+    .expect("the head came before the body's end")
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut got = tokio::time::timeout(Duration::from_secs(3), resp.chunk())
+        .await
+        .expect("the first chunk came before the body's end")
+        .unwrap()
+        .unwrap()
+        .len();
+    s.gate.notify_one();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got += chunk.len();
+    }
+    assert_eq!(got, 64 * 1024 + 3);
+    let again = post(&url, Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert!(again.body.contains("processed once"), "{}", again.body);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+}

@@ -31,6 +31,8 @@ pin_project! {
         // The handler's body failed while the layer was reading it: yield the error, so the
         // connection fails as it would have without the layer.
         Failed { error: Option<BoxError> },
+        // Larger than the layer keeps: what it read, then the rest of the handler's body.
+        Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
 }
 
@@ -45,6 +47,15 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn prefixed(prefix: Bytes, body: Pin<Box<B>>) -> Self {
+        ResponseBody {
+            kind: Kind::Prefixed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                body,
             },
         }
     }
@@ -72,6 +83,10 @@ where
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Failed { error } => Poll::Ready(error.take().map(Err)),
+            KindProj::Prefixed { prefix, body } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => body.as_mut().poll_frame(cx).map_err(Into::into),
+            },
         }
     }
 
@@ -80,6 +95,7 @@ where
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
             Kind::Failed { error } => error.is_none(),
+            Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -90,6 +106,16 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Failed { .. } => SizeHint::default(),
+            Kind::Prefixed { prefix, body } => {
+                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
         }
     }
 }
@@ -103,6 +129,10 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .field(&data.as_ref().map_or(0, Bytes::len))
                 .finish(),
             Kind::Failed { error } => f.debug_tuple("ResponseBody::Failed").field(error).finish(),
+            Kind::Prefixed { prefix, .. } => f
+                .debug_tuple("ResponseBody::Prefixed")
+                .field(&prefix.as_ref().map_or(0, Bytes::len))
+                .finish(),
         }
     }
 }

@@ -335,7 +335,7 @@ impl IdempotencyLayer {
     }
 
     /// The largest response body stored for replay. A larger response reaches the first caller
-    /// in full, and the layer stores in its place a 500 `response-not-kept` problem saying the
+    /// in full, streamed on once the layer has read past this bound, and the layer stores in its place a 500 `response-not-kept` problem saying the
     /// operation ran once and its response was not kept: a repeat never runs the handler again,
     /// and learns to look the result up another way. Default: 1 MiB.
     pub fn max_stored_body(mut self, bytes: usize) -> Self {
@@ -852,18 +852,38 @@ where
     // becomes of the body (an error, a panic while it streams, the limit reached), a repeat
     // must not run the handler again.
     let (parts, body) = res.into_parts();
+    let max = config.max_stored_body;
     let collected = tokio::time::timeout_at(
         limit_at,
         CatchUnwind {
-            // Converted at once: the body's own error type need not be `Send`.
-            inner: async { body.collect().await.map_err(Into::<BoxError>::into) },
+            inner: read_up_to(Box::pin(body), max),
         },
     )
     .await;
     let failed: BoxError = match collected {
-        Ok(Ok(Ok(collected))) => {
-            let body = collected.to_bytes();
+        Ok(Ok(Ok(Read::Whole(body)))) => {
             return Ok(kept(&config, guard, &tally, claim, parts, body).await);
+        }
+        Ok(Ok(Ok(Read::Over(prefix, rest)))) => {
+            // Larger than the layer keeps: a problem stored in its place, and the caller gets
+            // what was read, then the rest as the handler streams it (a long export is not
+            // held whole in memory).
+            tracing::warn!(key = %guard.key, limit = max, "idempotent response too large to keep; storing a problem in its place");
+            let problem = Stored::problem(
+                &config,
+                claim.fingerprint,
+                RESPONSE_NOT_KEPT,
+                &format!(
+                    "The request was processed once; its response was larger than the {max} bytes the server keeps for replay. Do not resend it: look the result up instead."
+                ),
+            );
+            guard
+                .complete_counted(&config, problem, &tally, Served::ResponseNotKept)
+                .await;
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::prefixed(prefix, rest),
+            ));
         }
         Ok(Ok(Err(e))) => e,
         Ok(Err(panic)) => format!("the response body panicked: {}", panic_message(&*panic)).into(),
@@ -889,8 +909,46 @@ where
     Ok(Response::from_parts(parts, ResponseBody::failed(failed)))
 }
 
-/// A kept status whose body was read to its end: stored (or, too large, a problem in its
-/// place) and answered.
+/// A response body read by the layer: whole, or, past the bound it keeps, what was read and
+/// the rest unread.
+enum Read<B> {
+    Whole(Bytes),
+    Over(Bytes, Pin<Box<B>>),
+}
+
+/// Reads `body` to its end, or until it holds more than `max` bytes. Trailers are not kept.
+/// The body's error is converted at once: its own type need not be `Send`.
+async fn read_up_to<B>(mut body: Pin<Box<B>>, max: usize) -> Result<Read<B>, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut read = bytes::BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Into::into)?.into_data() else {
+            continue;
+        };
+        // One chunk (the usual whole body) is kept as it is, without a copy.
+        match first.take() {
+            None if read.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    read.extend_from_slice(&held);
+                }
+                read.extend_from_slice(&data);
+            }
+        }
+        let len = first.as_ref().map_or(read.len(), Bytes::len);
+        if len > max {
+            return Ok(Read::Over(first.unwrap_or_else(|| read.freeze()), body));
+        }
+    }
+    Ok(Read::Whole(first.unwrap_or_else(|| read.freeze())))
+}
+
+/// A kept status whose body was read to its end, within the bound the layer keeps: stored and
+/// answered.
 async fn kept<ResBody>(
     config: &Arc<Config>,
     guard: ClaimGuard,
@@ -899,29 +957,15 @@ async fn kept<ResBody>(
     parts: http::response::Parts,
     body: Bytes,
 ) -> Response<ResponseBody<ResBody>> {
-    let (stored, outcome) = if body.len() > config.max_stored_body {
-        tracing::warn!(key = %guard.key, bytes = body.len(), limit = config.max_stored_body, "idempotent response too large to keep; storing a problem in its place");
-        let problem = Stored::problem(
-            config,
-            claim.fingerprint,
-            RESPONSE_NOT_KEPT,
-            &format!(
-                "The request was processed once; its response ({} bytes) was larger than the {} bytes the server keeps for replay. Do not resend it: look the result up instead.",
-                body.len(),
-                config.max_stored_body
-            ),
-        );
-        (problem, Served::ResponseNotKept)
-    } else {
-        let stored = StoredResponse {
-            fingerprint: claim.fingerprint,
-            status: parts.status,
-            headers: storable(&parts.headers),
-            body: body.clone(),
-        };
-        (stored, Served::Handled)
+    let stored = StoredResponse {
+        fingerprint: claim.fingerprint,
+        status: parts.status,
+        headers: storable(&parts.headers),
+        body: body.clone(),
     };
-    guard.complete_counted(config, stored, tally, outcome).await;
+    guard
+        .complete_counted(config, stored, tally, Served::Handled)
+        .await;
     Response::from_parts(parts, ResponseBody::full(body))
 }
 
