@@ -1263,8 +1263,33 @@ async fn order_raced_fused_then_stock(
         .await?)
 }
 
+/// Kept, then awaited under a timeout of the body's own.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_kept_then_timed(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let order = create_order(c, orders);
+    if let Ok(placed) = tokio::time::timeout(Duration::from_secs(1), order).await {
+        placed?.error_for_status()?;
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_helpers_future_kept_or_raced_is_watched_too() {
+    placed_once!(order_kept_then_timed);
     placed_once!(order_raced_fused_then_stock);
     placed_once!(order_kept_then_joined);
     placed_once!(order_kept_then_awaited);

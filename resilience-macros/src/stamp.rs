@@ -215,6 +215,20 @@ impl Uses<'_> {
 
 impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
     fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
+        // `tokio::time::timeout(d, fut).await`: polled inside the timeout, in the attempt.
+        if let syn::Expr::Call(call) = &*aw.base
+            && let syn::Expr::Path(func) = &*call.func
+            && func
+                .path
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "timeout" || s.ident == "timeout_at")
+        {
+            for a in &call.args {
+                self.polled_or_visit(a);
+            }
+            return;
+        }
         self.polled_or_visit(&aw.base);
     }
     fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
@@ -811,6 +825,13 @@ mod tests {
                     r = &mut order => r,
                     _ = sleep(d) => order.await,
                 }
+            })),
+            1
+        );
+        assert_eq!(
+            watched(quote!({
+                let order = create_order(c, o);
+                tokio::time::timeout(d, order).await??
             })),
             1
         );
