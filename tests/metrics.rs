@@ -598,3 +598,38 @@ async fn hedges_in_flight_when_the_caller_gives_up_are_counted_lost() {
     );
     assert_eq!(cancelled, Some(1.0));
 }
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false,
+    breaker = { failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s" },
+    bulkhead = { max_concurrent = 4 })]
+async fn privately_guarded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A breaker and a bulkhead of the function's own (no `name`) go by its path, in every sample
+/// of their gauges: never an empty label shared by every function with private state.
+#[tokio::test]
+async fn private_breakers_and_bulkheads_are_labelled_with_their_function() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..3 {
+        privately_guarded(&c, &down.url("/")).await.unwrap_err();
+    }
+    let text = handle.render();
+    assert!(!text.contains(r#"breaker="""#), "{text}");
+    assert!(!text.contains(r#"bulkhead="""#), "{text}");
+    let own = r#"breaker="metrics::privately_guarded""#;
+    assert_eq!(
+        sample(&handle, "resilience_breaker_state", &[own]),
+        Some(2.0)
+    );
+    let own = r#"bulkhead="metrics::privately_guarded""#;
+    assert_eq!(
+        sample(&handle, "resilience_bulkhead_in_flight", &[own]),
+        Some(0.0)
+    );
+}

@@ -64,9 +64,10 @@ pub(crate) fn instruments(
     let named = |name: &'static str, label: &'static str, value: &'static str| {
         Key::from_static_labels(name, leak(vec![Label::new(label, value)]))
     };
-    let budget_name = policy
-        .budget
-        .map(|(n, _)| if n.is_empty() { function } else { n });
+    // Private state (an inline table without `name`) goes by the function's path, as the
+    // registry keeps it and a breaker's transitions name it.
+    let own = |n: &'static str| if n.is_empty() { function } else { n };
+    let budget_name = policy.budget.map(|(n, _)| own(n));
     Box::leak(Box::new(Instruments {
         calls: by_outcome(names::CALLS),
         call_duration: by_outcome(names::CALL_DURATION),
@@ -76,10 +77,10 @@ pub(crate) fn instruments(
         budget: budget_name.map(|n| named(names::BUDGET_AVAILABLE, "budget", n)),
         breaker: policy
             .breaker
-            .map(|(n, _)| named(names::BREAKER_STATE, "breaker", n)),
+            .map(|(n, _)| named(names::BREAKER_STATE, "breaker", own(n))),
         bulkhead: policy
             .bulkhead
-            .map(|(n, _)| named(names::BULKHEAD_IN_FLIGHT, "bulkhead", n)),
+            .map(|(n, _)| named(names::BULKHEAD_IN_FLIGHT, "bulkhead", own(n))),
         hedges: policy
             .hedge
             .map(|_| ["lost", "won"].map(|o| with(names::HEDGES, vec![Label::new("outcome", o)]))),
