@@ -293,6 +293,61 @@ async fn the_sampled_flag_follows_the_callers_sampler() {
     assert!(exporter.get_finished_spans().unwrap().is_empty());
 }
 
+/// A service that relies on `ContextLayer` for the caller's trace, its handler's span not
+/// parented by an OpenTelemetry extractor (a root of its own trace): the call to B still
+/// joins the caller's trace, with the caller's sampled flag.
+#[tokio::test]
+async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extractor() {
+    let (_exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    let b_state = B::default();
+    let b = serve(
+        axum::Router::new()
+            .route("/b", get(b_handler))
+            .with_state(b_state.clone()),
+    )
+    .await;
+    async fn a_plain(State(b_url): State<String>) -> String {
+        let span = tracing::info_span!("a.handle", otel.kind = "server");
+        async {
+            call_b(&reqwest::Client::new(), &b_url)
+                .await
+                .unwrap_or_else(|e| format!("error: {e}"))
+        }
+        .instrument(span)
+        .await
+    }
+    let a = serve(
+        axum::Router::new()
+            .route("/a", get(a_plain))
+            .with_state(format!("http://{b}/b"))
+            .layer(resilience_runtime::server::ContextLayer::new()),
+    )
+    .await;
+    for flags in ["01", "00"] {
+        b_state.traceparents.lock().unwrap().clear();
+        b_state.hits.store(0, Ordering::SeqCst);
+        let body = reqwest::Client::new()
+            .get(format!("http://{a}/a"))
+            .header(
+                "traceparent",
+                format!("00-{TRACE}-00f067aa0ba902b7-{flags}"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "ok");
+        let received = b_state.traceparents.lock().unwrap().clone();
+        assert_eq!(received.len(), 2, "{received:?}");
+        for tp in &received {
+            assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
+            assert!(tp.ends_with(&format!("-{flags}")), "{tp}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_request_that_carries_a_traceparent_keeps_it() {
     let (_exporter, _guard) = tracing_with(Sampler::AlwaysOn);

@@ -116,7 +116,7 @@ fn open(
     if let Some(b) = shared.budget {
         b.deposit_at(started);
     }
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "resilient",
         function = shared.function,
         policy = shared.policy,
@@ -124,7 +124,15 @@ fn open(
         // Evaluated only when the span is enabled: the request id is drawn then, not before.
         request_id = tracing::field::display(ctx.request_id_shown()),
         depth = ctx.depth,
-    )
+    );
+    #[cfg(feature = "opentelemetry")]
+    if ctx.depth == 0
+        && !span.is_disabled()
+        && let Some(trace) = crate::context::inbound().trace
+    {
+        telemetry::otel::join_inbound(&span, trace);
+    }
+    span
 }
 
 /// The bookkeeping of a call refused before it started by what it was handed (an invalid

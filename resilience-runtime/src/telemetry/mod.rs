@@ -83,7 +83,7 @@ mod span;
 #[cfg(feature = "metrics")]
 mod metrics;
 #[cfg(feature = "opentelemetry")]
-mod otel;
+pub(crate) mod otel;
 
 use std::time::Duration;
 

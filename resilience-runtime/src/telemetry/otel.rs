@@ -20,6 +20,34 @@ fn context_of(span: &Span) -> Option<Context> {
     Context::map_current(|cx| cx.span().span_context().is_valid().then(|| cx.clone()))
 }
 
+/// A call's span opened in a server whose `ContextLayer` read the caller's trace
+/// (`inbound`: trace id, the caller's span id, flags), where the OpenTelemetry context around
+/// the call is not in that trace (the service did not extract the caller's context into its
+/// own spans): the call's span is parented on the caller's remote span, so that the callee
+/// joins the caller's trace, with the caller's sampled flag, as without the feature.
+pub(crate) fn join_inbound(span: &Span, inbound: (u128, u64, u8)) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let (trace, parent, flags) = inbound;
+    if span.is_disabled() || trace == 0 || parent == 0 {
+        return;
+    }
+    let trace = TraceId::from(trace);
+    let around = Span::current().context();
+    let around = around.span();
+    if around.span_context().is_valid() && around.span_context().trace_id() == trace {
+        return;
+    }
+    let remote = SpanContext::new(
+        trace,
+        SpanId::from(parent),
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    );
+    // Not started yet (just made): a parent can still be set; an error otherwise is no harm.
+    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+}
+
 /// Writes the OpenTelemetry trace context into `headers`; `false` when there is none.
 pub(crate) fn inject(headers: &mut HeaderMap, span: &Span) -> bool {
     let Some(cx) = context_of(span) else {
