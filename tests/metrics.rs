@@ -633,3 +633,38 @@ async fn private_breakers_and_bulkheads_are_labelled_with_their_function() {
         Some(0.0)
     );
 }
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn panics_midway(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let body = c.get(url).send().await?.text().await?;
+    if body == "ok" {
+        panic!("a bug in the body");
+    }
+    Ok(body)
+}
+
+/// A body that panics fails its call: counted failed, not as one its caller stopped waiting
+/// for.
+#[tokio::test]
+async fn a_call_unwound_by_a_panic_is_counted_failed_not_cancelled() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    let joined =
+        tokio::spawn(async move { panics_midway(&reqwest::Client::new(), &url).await }).await;
+    assert!(joined.unwrap_err().is_panic());
+    let outcome = |o: &str| {
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("panics_midway"), &format!(r#"outcome="{o}""#)],
+        )
+    };
+    assert_eq!(outcome("cancelled"), None);
+    assert_eq!(outcome("failed_without_retry"), Some(1.0));
+    let pulled = resilience_runtime::metrics::policy("metrics::panics_midway").unwrap();
+    assert_eq!((pulled.cancelled, pulled.failed_without_retry), (0, 1));
+}

@@ -445,6 +445,38 @@ async fn a_hedge_has_an_attempt_span_of_its_own_and_the_overtaken_attempt_says_s
     );
 }
 
+/// The first attempt is reset while its hedge still runs: its span says how it failed, as an
+/// error; the hedge's answer is the call's.
+#[tokio::test]
+async fn a_hedged_attempt_that_failed_while_another_ran_is_traced_as_an_error() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::sequence([
+        Action::reset().after(std::time::Duration::from_millis(150)),
+        Action::ok().after(std::time::Duration::from_millis(300)),
+    ]))
+    .await;
+    let c = reqwest::Client::new();
+    assert_eq!(hedged(&c, server.url("/item")).await.unwrap(), 200);
+    let spans = finished(&exporter, 3).await;
+    let mut attempts: Vec<_> = spans.iter().filter(|s| s.name == "GET").collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2);
+    let first = attempts[0];
+    assert_eq!(attr(first, "resilience.decision"), Some(&s("failed")));
+    assert_eq!(attr(first, "resilience.class"), Some(&s("reset")));
+    assert_eq!(attr(first, "error.type"), Some(&s("reset")));
+    assert!(
+        matches!(first.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        first.status
+    );
+    assert_eq!(
+        attr(attempts[1], "resilience.decision"),
+        Some(&s("success"))
+    );
+}
+
 /// A handler behind `IdempotencyLayer` runs in a task of its own (detached from the
 /// connection); its spans and its calls' spans stay in the request's trace, under the server
 /// span a middleware outside the layer opened (what `TraceLayer` does).

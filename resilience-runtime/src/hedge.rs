@@ -252,13 +252,13 @@ where
                         if i != 0 {
                             s.record_attempt(first.as_mut().ctx());
                             let scope = first.as_mut().take_scope();
-                            telemetry::attempt_superseded(scope, true, None);
+                            telemetry::attempt_superseded(scope);
                         }
                         for (j, h) in hedges.iter_mut().enumerate() {
                             if j + 1 != i {
                                 s.record_attempt(h.as_mut().ctx());
                                 let scope = h.as_mut().take_scope();
-                                telemetry::attempt_superseded(scope, true, None);
+                                telemetry::attempt_superseded(scope);
                                 hedge_ended(s, j + 1, h.as_mut(), false);
                             }
                         }
@@ -278,6 +278,19 @@ where
                             0 => first.as_mut(),
                             i => hedges[i - 1].as_mut(),
                         };
+                        // How this attempt failed, for its span when another still runs.
+                        let class = match &o {
+                            Outcome::TimedOut(_) => Some(crate::classify::Class::Timeout),
+                            Outcome::Done(_) => {
+                                let ctx = ended.as_mut().ctx();
+                                ctx.failure.get().or_else(|| {
+                                    ctx.status
+                                        .get()
+                                        .filter(|s| *s >= 400)
+                                        .map(crate::classify::Class::Status)
+                                })
+                            }
+                        };
                         s.record_in_round(ended.as_mut().ctx(), &mut round);
                         let scope = ended.as_mut().take_scope();
                         hedge_ended(s, i, ended, false);
@@ -288,15 +301,15 @@ where
                             }
                             Outcome::TimedOut(limit) => Err(E::from(s.timed_out(limit))),
                         };
-                        (r, scope)
+                        (r, scope, class)
                     }
                 };
-                let (r, scope) = r;
+                let (r, scope, class) = r;
                 if in_flight == 0 {
                     // The last one left: the call acts on it.
                     s.attempt_scope = scope;
                 } else {
-                    telemetry::attempt_superseded(scope, false, s.last.status);
+                    telemetry::attempt_failed_in_round(scope, class, s.last.status);
                 }
                 // Nothing left in flight: the retry loop decides, as after any attempt.
                 if in_flight == 0 {

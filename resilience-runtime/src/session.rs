@@ -1152,12 +1152,44 @@ impl Drop for Session {
     #[inline]
     fn drop(&mut self) {
         if !self.ended {
-            self.cancelled();
+            if std::thread::panicking() {
+                self.panicked();
+            } else {
+                self.cancelled();
+            }
         }
     }
 }
 
 impl Session {
+    /// Dropped while a panic unwinds it (the body's, or its caller's): a failed call, not one
+    /// its caller stopped waiting for.
+    #[cold]
+    #[inline(never)]
+    fn panicked(&mut self) {
+        self.ended = true;
+        let m = self.shared.metrics;
+        let retried = self.retried > 0;
+        PolicyMetrics::incr(if retried {
+            &m.failed_with_retry
+        } else {
+            &m.failed_without_retry
+        });
+        telemetry::call_panicked(
+            self.attempt_scope.take(),
+            self.shared,
+            retried,
+            self.started,
+            self._bulkhead.is_some(),
+        );
+        let _e = self.span.enter();
+        tracing::error!(
+            function = self.shared.function,
+            attempt = self.attempts,
+            "call failed: a panic unwound it"
+        );
+    }
+
     #[cold]
     #[inline(never)]
     fn cancelled(&mut self) {

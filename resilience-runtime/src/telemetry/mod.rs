@@ -24,7 +24,7 @@
 //! | `otel.status_code` | `error` when the attempt failed |
 //! | `http.request.resend_count` | from the second attempt on: the attempt number − 1 |
 //! | `resilience.attempt` | 1 for the first |
-//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `ask` (again, for the replay of a keyed request still in progress: not a retry) / `give up`, why it gave up, the delay before the retry or the ask |
+//! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `ask` (again, for the replay of a keyed request still in progress: not a retry) / `give up`, or for a hedged attempt the call did not act on, `cancelled` (another answered first, or the caller stopped waiting) / `failed` (it failed while another of its round still ran: its class and `error.type` are recorded), why it gave up, the delay before the retry or the ask |
 //!
 //! # Metrics
 //!
@@ -434,22 +434,35 @@ pub(crate) fn on_attempt_end(
 /// that answered first (`cancelled`), or one that failed while another still runs. Its span
 /// says so; the attempt metrics count only the attempts whose outcome the call acted on.
 #[inline]
-pub(crate) fn attempt_superseded(
+pub(crate) fn attempt_superseded(scope: Option<AttemptScope>) {
+    end_unacted(
+        scope,
+        "cancelled",
+        "another attempt answered first",
+        None,
+        None,
+    );
+}
+
+/// A hedged attempt that failed while another of its round still runs: the call acts on the
+/// round's last outcome, this one's span says how it failed.
+pub(crate) fn attempt_failed_in_round(
     scope: Option<AttemptScope>,
-    cancelled: bool,
+    class: Option<Class>,
     status: Option<u16>,
 ) {
-    let (decision, reason) = if cancelled {
-        ("cancelled", "another attempt answered first")
-    } else {
-        ("failed", "another attempt still runs")
-    };
-    end_unacted(scope, decision, reason, status);
+    end_unacted(scope, "failed", "another attempt still runs", class, status);
 }
 
 /// A hedged attempt still in flight when its call was dropped (the caller stopped waiting).
 pub(crate) fn attempt_cancelled(scope: AttemptScope) {
-    end_unacted(Some(scope), "cancelled", "the caller stopped waiting", None);
+    end_unacted(
+        Some(scope),
+        "cancelled",
+        "the caller stopped waiting",
+        None,
+        None,
+    );
 }
 
 /// A hedged attempt stopped because another one sent what may not go out twice.
@@ -459,6 +472,7 @@ pub(crate) fn attempt_stopped(scope: Option<AttemptScope>) {
         "cancelled",
         "another attempt sent what may not go out twice",
         None,
+        None,
     );
 }
 
@@ -467,11 +481,12 @@ fn end_unacted(
     scope: Option<AttemptScope>,
     decision: &'static str,
     reason: &'static str,
+    class: Option<Class>,
     status: Option<u16>,
 ) {
     if let Some(scope) = scope {
         let end = AttemptEnd {
-            class: None,
+            class,
             status,
             decision,
             reason: Some(reason),
@@ -671,8 +686,26 @@ pub(crate) fn call_cancelled(
     started: Instant,
     holds_slot: bool,
 ) {
-    end_unacted(scope, "cancelled", "the caller stopped waiting", None);
+    end_unacted(scope, "cancelled", "the caller stopped waiting", None, None);
     on_call_end(shared, Outcome::Cancelled, Some(started), None, holds_slot);
+}
+
+/// The call was unwound by a panic: its attempt ends `give up`, the call failed.
+#[cold]
+pub(crate) fn call_panicked(
+    scope: Option<AttemptScope>,
+    shared: &Resolved,
+    retried: bool,
+    started: Instant,
+    holds_slot: bool,
+) {
+    end_unacted(scope, "give up", "a panic unwound the call", None, None);
+    let outcome = if retried {
+        Outcome::FailedWithRetry
+    } else {
+        Outcome::FailedWithoutRetry
+    };
+    on_call_end(shared, outcome, Some(started), None, holds_slot);
 }
 
 /// The clock, read once for an attempt's end and its call's, only when metrics need it.
