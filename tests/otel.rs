@@ -477,6 +477,45 @@ async fn a_hedged_attempt_that_failed_while_another_ran_is_traced_as_an_error() 
     );
 }
 
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn purge(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    Ok(c.request(purge, url).send().await?.status().as_u16())
+}
+
+/// The attempt span is named after the method actually sent, as the conventions write it: a
+/// method they do not know is `HTTP`, `_OTHER`, with the method sent as the original.
+#[tokio::test]
+async fn the_attempt_span_names_the_method_sent() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        purge(&reqwest::Client::new(), server.url("/cache"))
+            .await
+            .unwrap(),
+        200
+    );
+    let spans = finished(&exporter, 2).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    let attempt = spans
+        .iter()
+        .find(|s| s.name != "resilient")
+        .unwrap_or_else(|| panic!("no attempt span: {names:?}"));
+    assert_eq!(attempt.name, "HTTP", "{names:?}");
+    assert_eq!(attr(attempt, "http.request.method"), Some(&s("_OTHER")));
+    let methods = attempt
+        .attributes
+        .iter()
+        .filter(|kv| kv.key.as_str() == "http.request.method")
+        .count();
+    assert_eq!(methods, 1, "{:?}", attempt.attributes);
+    assert_eq!(
+        attr(attempt, "http.request.method_original"),
+        Some(&s("PURGE"))
+    );
+}
+
 /// A handler behind `IdempotencyLayer` runs in a task of its own (detached from the
 /// connection); its spans and its calls' spans stay in the request's trace, under the server
 /// span a middleware outside the layer opened (what `TraceLayer` does).

@@ -48,6 +48,11 @@ pub(crate) fn join_inbound(span: &Span, inbound: (u128, u64, u8)) {
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
 }
 
+/// Names the attempt's OpenTelemetry span after the method it sent.
+pub(crate) fn rename(span: &Span, name: &'static str) {
+    span.context().span().update_name(name);
+}
+
 /// Writes the OpenTelemetry trace context into `headers`; `false` when there is none.
 pub(crate) fn inject(headers: &mut HeaderMap, span: &Span) -> bool {
     let Some(cx) = context_of(span) else {

@@ -26,13 +26,17 @@ pub(crate) fn attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
 fn enabled_attempt_span(call: &Span, policy: &Policy, attempt: u32) -> Span {
     // Semantic conventions: `http.request.resend_count` only from the second attempt on.
     let resend_count = attempt.checked_sub(1).filter(|n| *n > 0).map(i64::from);
+    // Named after the policy's method until a request goes out; `http.request.method` is the
+    // method sent, recorded then (recorded twice, an exported span would carry it twice).
+    let (name, _) = semconv_method(policy.method.as_str());
     tracing::info_span!(
         parent: call,
         "attempt",
-        otel.name = policy.method.as_str(),
+        otel.name = name,
         otel.kind = "client",
         otel.status_code = Empty,
-        http.request.method = policy.method.as_str(),
+        http.request.method = Empty,
+        http.request.method_original = Empty,
         server.address = Empty,
         server.port = Empty,
         url.full = Empty,
@@ -64,7 +68,17 @@ pub(crate) fn on_request(req: &reqwest::Request) {
         return;
     };
     let url = req.url();
-    span.record("http.request.method", req.method().as_str());
+    // The method actually sent names the span (the policy's may differ: a helper's, `OTHER`).
+    let sent = req.method().as_str();
+    let (name, method) = semconv_method(sent);
+    span.record("otel.name", name);
+    // A span already started (entered) takes a new name only through OpenTelemetry itself.
+    #[cfg(feature = "opentelemetry")]
+    super::otel::rename(&span, name);
+    span.record("http.request.method", method);
+    if method == OTHER {
+        span.record("http.request.method_original", sent);
+    }
     if let Some(host) = server_address(url) {
         span.record("server.address", host);
     }
@@ -72,6 +86,21 @@ pub(crate) fn on_request(req: &reqwest::Request) {
         span.record("server.port", i64::from(port));
     }
     span.record("url.full", display(redacted(url)));
+}
+
+/// What the conventions write for a method they do not know.
+const OTHER: &str = "_OTHER";
+
+/// The span's name and `http.request.method` for a method, per the conventions: the method
+/// for the nine they know, else `HTTP` and `_OTHER`.
+fn semconv_method(m: &str) -> (&'static str, &'static str) {
+    const KNOWN: [&str; 9] = [
+        "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+    ];
+    match KNOWN.iter().find(|k| **k == m) {
+        Some(k) => (k, k),
+        None => ("HTTP", OTHER),
+    }
 }
 
 /// The host as the conventions write `server.address`: a name, or an IP address without the
