@@ -188,7 +188,7 @@ impl Inbound {
     }
 
     /// The calls made under this context join the trace of this W3C `traceparent` (ignored
-    /// when it is not a valid version-00 value).
+    /// when it is not valid: version 00 as written, a later one by its first four fields).
     pub fn traceparent(mut self, value: &str) -> Inbound {
         if let Some(t) = parse_traceparent(value) {
             self.trace = Some(t);
@@ -624,21 +624,28 @@ impl Traceparent {
     }
 }
 
-/// Parses a version-00 W3C `traceparent`: (trace id, parent id, flags). `None` for anything
-/// else, including the all-zero ids the spec calls invalid.
+/// Parses a W3C `traceparent`: (trace id, parent id, flags). Version 00 exactly as the spec
+/// writes it; a higher version (not `ff`) by its first four fields, as the spec asks of a
+/// parser that knows only 00, with anything after them behind a `-`. `None` for anything else,
+/// including the all-zero ids the spec calls invalid.
 pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
     let v = v.trim();
     let b = v.as_bytes();
-    if b.len() < 55 || &b[..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
-        return None;
-    }
-    if b.len() > 55 && b[55] != b'-' {
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
     let hex = |s: &str| {
         s.bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     };
+    let version = &v[..2];
+    if !hex(version) || version == "ff" {
+        return None;
+    }
+    let longer = b.len() > 55;
+    if longer && (version == "00" || b[55] != b'-') {
+        return None;
+    }
     let (t, s, f) = (&v[3..35], &v[36..52], &v[53..55]);
     if !(hex(t) && hex(s) && hex(f)) {
         return None;
@@ -681,8 +688,25 @@ mod tests {
             "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+            // Version 00 has exactly four fields; `ff` is no version.
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A version the parser does not know is read by its first four fields (W3C: a newer
+    /// version keeps them), with anything more behind a `-`.
+    #[test]
+    fn later_traceparent_versions_are_read_by_their_first_fields() {
+        let want = Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1));
+        for good in [
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next",
+        ] {
+            assert_eq!(parse_traceparent(good), want, "{good:?}");
         }
     }
 

@@ -29,7 +29,8 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 ///   arrival + that time. A value over [`max`](ContextLayer::max) is clamped to it; a
 ///   malformed or negative one is ignored. Both are logged at debug level, never an error to
 ///   the client and never a panic.
-/// - `traceparent` (W3C, version 00): the calls join that trace and keep its sampled flag.
+/// - `traceparent` (W3C; a version after 00 read by its first four fields): the calls join
+///   that trace and keep its sampled flag.
 /// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
 ///   UUID, a gateway's `req-…`): the calls send it on as it came.
 ///
