@@ -417,6 +417,44 @@ async fn measure_reports_attempts_and_waits() {
     assert_eq!(none, None);
 }
 
+#[resilient(timeout = "1s", budget = false, rate_limit = { rate = 1, per = "1m", burst = 1 })]
+async fn once_a_minute(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+#[resilient(timeout = "5s", budget = false, bulkhead = { max_concurrent = 1 })]
+async fn one_at_a_time(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+/// A call refused by its rate limit or its bulkhead is the call that finished last: reported
+/// with no attempt, not the earlier call's report.
+#[tokio::test(start_paused = true)]
+async fn measure_reports_a_call_refused_by_a_limit() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    let (_, report) = measure(async {
+        once_a_minute(&client(), &url).await.unwrap();
+        once_a_minute(&client(), &url).await.unwrap_err();
+    })
+    .await;
+    let r = report.expect("a report");
+    assert_eq!((r.attempts, r.succeeded), (0, false), "{r:?}");
+
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(1)))).await;
+    let url = slow.url("/");
+    let c = client();
+    let (held, (refused, report)) = tokio::join!(one_at_a_time(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        measure(one_at_a_time(&c, &url)).await
+    });
+    held.unwrap();
+    refused.unwrap_err();
+    let r = report.expect("a report of the refused call");
+    assert_eq!(r.function, "composition::one_at_a_time");
+    assert_eq!((r.attempts, r.succeeded), (0, false), "{r:?}");
+}
+
 // --- Return types -----------------------------------------------------------------------------
 
 #[resilient(

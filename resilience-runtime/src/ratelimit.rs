@@ -516,6 +516,7 @@ fn refused(
     use crate::error::{Error, ErrorKind};
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
     crate::telemetry::call_rejected_by_rate_limit(shared, started);
+    crate::session::report_refused(shared.function, started.elapsed());
     let kind = match why {
         Refused::Limited => ErrorKind::RateLimited,
         Refused::Deadline => ErrorKind::DeadlineExceeded,

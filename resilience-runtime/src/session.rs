@@ -95,6 +95,7 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
 pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> Error {
     PolicyMetrics::incr(&shared.metrics.rejected_bulkhead);
     telemetry::call_rejected_by_bulkhead(shared, started); // telemetry (issue 12)
+    report_refused(shared.function, started.elapsed());
     let kind = if full {
         ErrorKind::BulkheadFull
     } else {
@@ -178,11 +179,17 @@ fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
 /// The report of a call refused before it started: no attempt ran (as `Error::attempts`
 /// says, and as a refusal inside the loop reports), nothing waited.
 fn report_unstarted(shared: &'static Resolved) {
+    report_refused(shared.function, Duration::ZERO);
+}
+
+/// A call refused before any attempt, after `waited` (for a bulkhead slot, a rate-limit
+/// permit), for [`measure`](crate::measure): it is the one that finished last.
+pub(crate) fn report_refused(function: &'static str, waited: Duration) {
     crate::report::record(|| CallReport {
-        function: shared.function,
+        function,
         attempts: 0,
-        waited: Duration::ZERO,
-        elapsed: Duration::ZERO,
+        waited,
+        elapsed: waited,
         succeeded: false,
     });
 }
