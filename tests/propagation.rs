@@ -318,3 +318,45 @@ async fn a_handler_hands_its_context_to_the_task_it_spawns() {
     assert!(left > 0 && left <= 2000, "C was told {left} ms");
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+/// The caller's `tracestate` goes on to C with B's `traceparent` in the caller's trace, on
+/// every attempt (several header lines combined into one list); a malformed `traceparent`
+/// takes its `tracestate` with it.
+#[tokio::test(start_paused = true)]
+async fn the_callers_tracestate_reaches_c_with_its_trace() {
+    let c_server = FaultServer::start(Script::sequence([Action::status(503), Action::ok()])).await;
+    let (b, _) = start_b(c_server.url("/c")).await;
+    let http = reqwest::Client::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = http
+        .get(&b)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .header("tracestate", "rojo=00f067aa0ba902b7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(&r.header("traceparent").unwrap()[3..35], trace);
+        assert_eq!(
+            r.header("tracestate"),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+    }
+
+    c_server.clear();
+    let resp = http
+        .get(&b)
+        .header("traceparent", "garbage")
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for r in c_server.requests() {
+        assert_eq!(r.header("tracestate"), None);
+    }
+}

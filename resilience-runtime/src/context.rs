@@ -161,6 +161,8 @@ pub struct Inbound {
     pub(crate) request_id: Option<u128>,
     /// The caller's request id in any other form (a UUID, `req-42`), sent on as it came.
     pub(crate) request_id_text: Option<Arc<HeaderValue>>,
+    /// The caller's W3C `tracestate`, sent on with the calls' `traceparent` in its trace.
+    pub(crate) tracestate: Option<Arc<HeaderValue>>,
 }
 
 impl Inbound {
@@ -170,6 +172,7 @@ impl Inbound {
         trace: None,
         request_id: None,
         request_id_text: None,
+        tracestate: None,
     };
 
     /// The calls made under this context finish by `deadline`.
@@ -193,6 +196,25 @@ impl Inbound {
         if let Some(t) = parse_traceparent(value) {
             self.trace = Some(t);
         }
+        self
+    }
+
+    /// The calls made under this context send this W3C `tracestate` on with the `traceparent`
+    /// they write in the trace of [`traceparent`](Self::traceparent) (vendors' entries reach
+    /// the next service as the spec asks). Ignored when it is empty, longer than 512
+    /// characters or not visible ASCII, spaces and tabs.
+    pub fn tracestate(mut self, value: &str) -> Inbound {
+        let value = value.trim();
+        if value.is_empty()
+            || value.len() > MAX_TRACESTATE_LEN
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
+        {
+            tracing::debug!(value, "inbound tracestate ignored");
+            return self;
+        }
+        self.tracestate = HeaderValue::from_str(value).ok().map(Arc::new);
         self
     }
 
@@ -233,6 +255,9 @@ impl Inbound {
         self.deadline
     }
 }
+
+/// The longest `tracestate` handed down that calls send on (W3C: at least 512 must pass).
+const MAX_TRACESTATE_LEN: usize = 512;
 
 /// The longest request id handed down that calls send on.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -275,6 +300,21 @@ pub(crate) fn inbound_in_use() {
 
 /// The inbound context of the current task, if any was set.
 #[inline]
+/// The `tracestate` handed down with the trace `trace_id`, if any: what a call of that trace
+/// sends on with its own `traceparent`.
+pub(crate) fn inbound_tracestate(trace_id: u128) -> Option<Arc<HeaderValue>> {
+    if !INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    INBOUND
+        .try_with(|i| match (&i.trace, &i.tracestate) {
+            (Some((t, _, _)), Some(state)) if *t == trace_id => Some(Arc::clone(state)),
+            _ => None,
+        })
+        .ok()
+        .flatten()
+}
+
 pub(crate) fn inbound() -> Inbound {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
         INBOUND.try_with(Inbound::clone).unwrap_or_default()

@@ -22,6 +22,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C `traceparent`: the same trace id on every attempt, a new parent id per attempt.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C `tracestate`: the caller's, sent on with a `traceparent` in its trace.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The attempt number, 1 for the first.
 pub const X_ATTEMPT: HeaderName = HeaderName::from_static("x-attempt");
 /// The time the caller still waits for this attempt, in whole milliseconds: the smaller of the
@@ -265,7 +267,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
         headers.insert(X_REQUEST_ID, v);
     }
     // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
-    crate::telemetry::inject_trace_context(headers, || traceparent.and_then(value));
+    crate::telemetry::inject_trace_context(headers, ctx.trace_id(), || traceparent.and_then(value));
     headers.insert(X_ATTEMPT, attempt_value(ctx.attempt));
     if let Some(v) = value(timeout) {
         headers.insert(X_TIMEOUT_MS, v);

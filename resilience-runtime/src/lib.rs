@@ -70,7 +70,8 @@ pub use context::{AttemptInfo, Inbound, current_attempt, current_inbound, with_i
 pub use error::{Error, ErrorKind};
 pub use http::{
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Observed, RequestBuilderExt, ResilientRequest,
-    TRACEPARENT, X_ATTEMPT, X_REQUEST_ID, X_TIMEOUT_MS, declare_sent, observe, stamp_request,
+    TRACEPARENT, TRACESTATE, X_ATTEMPT, X_REQUEST_ID, X_TIMEOUT_MS, declare_sent, observe,
+    stamp_request,
 };
 pub use policy::{Backoff, BackoffKind, InvalidPolicy, Jitter, KeySource, Method, Policy, RetryOn};
 pub use report::{CallReport, measure};

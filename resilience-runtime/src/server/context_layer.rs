@@ -159,6 +159,25 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
     }
     if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
         inbound = inbound.traceparent(tp);
+        // Its `tracestate`, one header or several (combined as one list, as the spec says).
+        if inbound.trace.is_some() {
+            let mut states = headers
+                .get_all(&crate::http::TRACESTATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            match (states.next(), states.next()) {
+                (Some(one), None) => inbound = inbound.tracestate(one),
+                (Some(first), Some(second)) => {
+                    let mut all = format!("{first},{second}");
+                    for s in states {
+                        all.push(',');
+                        all.push_str(s);
+                    }
+                    inbound = inbound.tracestate(&all);
+                }
+                _ => {}
+            }
+        }
     }
     // `X-Request-Id`, or the unprefixed `Request-Id` some gateways send.
     if let Some(id) = headers

@@ -555,6 +555,7 @@ pub(crate) fn on_call_start(shared: &Resolved) {
 #[inline]
 pub(crate) fn inject_trace_context(
     headers: &mut HeaderMap,
+    trace_id: u128,
     fallback: impl FnOnce() -> Option<reqwest::header::HeaderValue>,
 ) {
     if headers.contains_key(&crate::http::TRACEPARENT) {
@@ -566,6 +567,15 @@ pub(crate) fn inject_trace_context(
     }
     if let Some(v) = fallback() {
         headers.insert(crate::http::TRACEPARENT, v);
+        // The caller's `tracestate` goes on with a `traceparent` of its trace.
+        if !headers.contains_key(&crate::http::TRACESTATE)
+            && let Some(state) = crate::context::inbound_tracestate(trace_id)
+        {
+            headers.insert(
+                crate::http::TRACESTATE,
+                reqwest::header::HeaderValue::clone(&state),
+            );
+        }
     }
 }
 
