@@ -315,12 +315,26 @@ pub(crate) fn inbound_tracestate(trace_id: u128) -> Option<Arc<HeaderValue>> {
         .flatten()
 }
 
+/// Whether any inbound context was ever set in this process.
+#[inline]
+pub(crate) fn inbound_in_use_yet() -> bool {
+    INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The context handed down, if any. Inlined where nothing was ever handed down (the constant
+/// folds away); read out of line otherwise.
+#[inline]
 pub(crate) fn inbound() -> Inbound {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
-        INBOUND.try_with(Inbound::clone).unwrap_or_default()
+        inbound_handed_down()
     } else {
         Inbound::NONE
     }
+}
+
+#[inline(never)]
+fn inbound_handed_down() -> Inbound {
+    INBOUND.try_with(Inbound::clone).unwrap_or_default()
 }
 
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.

@@ -469,6 +469,9 @@ impl Session {
                     o.depth.saturating_add(1),
                 )
             }
+            // Nothing handed down in this process: the ids are drawn when first asked for
+            // (`AttemptCtx::trace_id`).
+            None if !crate::context::inbound_in_use_yet() => (0, 1, 0, None, 0),
             None => {
                 let inbound = crate::context::inbound();
                 if let Some(d) = inbound.deadline
