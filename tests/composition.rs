@@ -455,6 +455,50 @@ async fn measure_reports_a_call_refused_by_a_limit() {
     assert_eq!((r.attempts, r.succeeded), (0, false), "{r:?}");
 }
 
+#[resilient(timeout = "100ms", deadline = "100ms", max_attempts = 1, budget = false,
+    bulkhead = { name = "composition_one_slot", max_concurrent = 1, max_wait = "1s" })]
+async fn inner_in_a_slot(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+/// Holds the one slot of the same bulkhead for as long as its server takes.
+#[resilient(timeout = "5s", deadline = "10s", max_attempts = 1, budget = false,
+    bulkhead = { name = "composition_one_slot", max_concurrent = 1, max_wait = "1s" })]
+async fn slot_holder(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, budget = false,
+    backoff(initial = "10ms", max = "10ms"),
+    breaker = { name = "composition_outer_of_a_slot", failure_rate = 0.5, min_calls = 1, window = 1, open_for = "60s" })]
+async fn outer_of_a_slot(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_in_a_slot(c, url).await
+}
+
+/// A nested call refused a bulkhead slot for want of time (its deadline came before a slot
+/// did) sent nothing: the enclosing call takes it for a refusal, not a timeout. It does not
+/// retry it, and its breaker does not count it.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_refused_for_want_of_time_is_a_refusal_not_a_timeout() {
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    let url = slow.url("/");
+    let c = client();
+    let (held, outer) = tokio::join!(slot_holder(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        outer_of_a_slot(&c, &url).await
+    });
+    held.unwrap();
+    let e = outer.unwrap_err();
+    assert_eq!(e.attempts(), 1, "not retried: {e}");
+    assert_eq!(slow.count(), 1, "only the holder's request went out");
+    let breaker = resilience_runtime::breakers::state("composition_outer_of_a_slot").unwrap();
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Closed,
+        "{e}"
+    );
+}
+
 // --- Return types -----------------------------------------------------------------------------
 
 #[resilient(

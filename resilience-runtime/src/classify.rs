@@ -17,6 +17,11 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
     while let Some(e) = cur {
         if let Some(ours) = e.downcast_ref::<Error>() {
             match ours.kind() {
+                // A refusal for want of time (a bulkhead slot, a rate-limit permit not had
+                // before the deadline) sent nothing: refused, not timed out.
+                ErrorKind::DeadlineExceeded if ours.class() == Some(Class::Rejected) => {
+                    return Some(Class::Rejected);
+                }
                 ErrorKind::AttemptTimeout | ErrorKind::DeadlineExceeded => {
                     return Some(Class::Timeout);
                 }
