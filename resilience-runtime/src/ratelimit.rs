@@ -62,6 +62,9 @@ impl RateLimitSpec {
     }
 }
 
+/// The most a local limit lets callers run ahead of its rate, in nanoseconds.
+const MAX_TOLERANCE_NANOS: u64 = 1 << 62;
+
 /// Why [`RateLimiter::acquire_by`] gave no permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -224,7 +227,12 @@ impl RateLimiter {
     /// would exceed `allowed`.
     fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
         let t = self.spec.interval_nanos();
-        let tolerance = t.saturating_mul(u64::from(self.spec.burst));
+        // At most about 146 years of permits ahead (2^62 ns), so that the theoretical arrival
+        // time, at most `now + tolerance + t`, never saturates: a saturated one would make
+        // every wait zero and the limit stop limiting (`rate = 1, per = "24h", burst = 300000`).
+        let tolerance = t
+            .saturating_mul(u64::from(self.spec.burst))
+            .min(MAX_TOLERANCE_NANOS);
         let now_n = self.nanos_since_epoch(now);
         let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
         let mut tat = self.tat.load(Ordering::Relaxed);
@@ -547,6 +555,30 @@ mod tests {
                 store: RateLimitStore::Local,
             },
         )
+    }
+
+    /// A burst of more permits than the clock's nanoseconds can count at the limit's rate
+    /// still ends: the permit after the burst waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_centuries_still_limits() {
+        let l = RateLimiter::new(
+            "t",
+            RateLimitSpec {
+                rate: 1,
+                per: Duration::from_secs(86_400),
+                burst: 300_000,
+                max_wait: Duration::ZERO,
+                store: RateLimitStore::Local,
+            },
+        );
+        let now = Instant::now();
+        let mut admitted = 0u32;
+        while admitted <= 300_001 && l.reserve_local(now, Duration::ZERO).is_ok() {
+            admitted += 1;
+        }
+        assert!(admitted < 300_001, "never refused");
+        // 2^62 ns of tolerance at one permit a day: about 53,000 permits at once.
+        assert!(admitted > 50_000, "{admitted}");
     }
 
     #[tokio::test(start_paused = true)]
