@@ -111,6 +111,10 @@ pub struct RateLimiter {
     /// Until when (nanoseconds since `epoch`) the Redis store is taken as down for this limit;
     /// 0: it is not.
     down_until: AtomicU64,
+    #[cfg(feature = "redis")]
+    /// Since when (nanoseconds since `epoch`, plus one) Redis has left calls short of time
+    /// without an answer; 0: it answered the last call that asked.
+    slow_since: AtomicU64,
 }
 
 /// A local permit reserved by a call still waiting for it: given back if the call is dropped
@@ -158,6 +162,8 @@ impl RateLimiter {
             unanswered: AtomicU64::new(0),
             #[cfg(feature = "redis")]
             down_until: AtomicU64::new(0),
+            #[cfg(feature = "redis")]
+            slow_since: AtomicU64::new(0),
         })
     }
 
@@ -268,6 +274,7 @@ impl RateLimiter {
         if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
             match shared::reserve(self.name, &self.spec, allowed, left).await {
                 shared::Answer::Wait(wait) => {
+                    self.slow_since.store(0, Ordering::Relaxed);
                     if down_until != 0 && self.down_until.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(
                             rate_limit = self.name,
@@ -276,9 +283,12 @@ impl RateLimiter {
                     }
                     return Ok(wait);
                 }
-                shared::Answer::Refused => return Err(Refused::Limited),
+                shared::Answer::Refused => {
+                    self.slow_since.store(0, Ordering::Relaxed);
+                    return Err(Refused::Limited);
+                }
                 shared::Answer::Failed => self.store_failed(),
-                shared::Answer::OutOfTime => return Err(Refused::Deadline),
+                shared::Answer::Slow => self.slow_answer(now),
                 shared::Answer::NoConnection => self.no_connection(),
             }
         }
@@ -308,6 +318,27 @@ impl RateLimiter {
     /// Redis failed a decision: taken as down for this limit for [`STORE_DOWN_FOR`], so that
     /// the calls meanwhile do not each wait for it. Logged when it was up.
     #[cfg(feature = "redis")]
+    /// Redis did not answer within half the time a call had left (under [`STORE_TIMEOUT`](shared::STORE_TIMEOUT)):
+    /// the call decides locally with the rest. Once calls have gone unanswered so for
+    /// [`STORE_TIMEOUT`](shared::STORE_TIMEOUT), Redis is taken as down, as after one call's full wait.
+    #[cfg(feature = "redis")]
+    fn slow_answer(&self, asked: Instant) {
+        let asked = self.nanos_since_epoch(asked).saturating_add(1);
+        let since =
+            match self
+                .slow_since
+                .compare_exchange(0, asked, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => asked,
+                Err(since) => since,
+            };
+        let now = self.nanos_since_epoch(Instant::now()).saturating_add(1);
+        if now.saturating_sub(since) >= shared::STORE_TIMEOUT.as_nanos() as u64 {
+            self.slow_since.store(0, Ordering::Relaxed);
+            self.store_failed();
+        }
+    }
+
     fn store_failed(&self) {
         self.unanswered.fetch_add(1, Ordering::Relaxed);
         let until = self
@@ -364,7 +395,7 @@ mod shared {
     use crate::redis_conn::RedisConn;
 
     /// How long a decision may wait for Redis before the local limit decides instead.
-    const STORE_TIMEOUT: Duration = Duration::from_millis(250);
+    pub(super) const STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
     static CONN: OnceLock<RedisConn> = OnceLock::new();
 
@@ -430,8 +461,9 @@ return wait",
         Failed,
         /// No Redis was given.
         NoConnection,
-        /// No answer before the call's deadline, sooner than [`STORE_TIMEOUT`].
-        OutOfTime,
+        /// No answer within half the time the call had left, sooner than [`STORE_TIMEOUT`]: the
+        /// rest is the local limit's.
+        Slow,
     }
 
     /// One decision of Redis, waited for at most `left` (the time before the call's deadline)
@@ -452,14 +484,17 @@ return wait",
         let mut inv = RESERVE.prepare_invoke();
         inv.key(key(name)).arg(interval).arg(tolerance).arg(allowed);
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
-        match tokio::time::timeout(STORE_TIMEOUT.min(left), call).await {
+        // Half the time left at most, so that a call short of time still decides locally with
+        // the other half when Redis does not answer.
+        let wait = STORE_TIMEOUT.min(left / 2);
+        match tokio::time::timeout(wait, call).await {
             Ok(Ok(w)) if w >= 0 => Answer::Wait(Duration::from_micros(w as u64)),
             Ok(Ok(_)) => Answer::Refused,
             Ok(Err(e)) => {
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
                 Answer::Failed
             }
-            Err(_) if left < STORE_TIMEOUT => Answer::OutOfTime,
+            Err(_) if wait < STORE_TIMEOUT => Answer::Slow,
             Err(_) => Answer::Failed,
         }
     }

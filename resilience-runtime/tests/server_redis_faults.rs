@@ -378,9 +378,7 @@ async fn a_server_killed_mid_handler_frees_the_key_when_the_lease_expires() {
 /// process its rate-limit Redis.)
 #[tokio::test]
 async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
-    use resilience_runtime::ratelimit::{
-        self, RateLimitSpec, RateLimitStore, RateLimiter, Refused,
-    };
+    use resilience_runtime::ratelimit::{self, RateLimitSpec, RateLimitStore, RateLimiter};
 
     let Some(mut redis) = Redis::start().await else {
         return;
@@ -411,12 +409,36 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
         }
         let before = limiter.snapshot();
         if fault == "freeze" {
-            // A call whose deadline comes before Redis's 250 ms is refused at its deadline,
-            // not after it; that alone does not take Redis as down.
-            // (Waiting the 250 ms, it was admitted by the local limit after its deadline.)
-            let deadline = Instant::now() + Duration::from_millis(100);
-            assert_eq!(limiter.acquire_by(deadline).await, Err(Refused::Deadline));
-            assert_eq!(limiter.snapshot().store_unanswered, before.store_unanswered);
+            // A call whose deadline comes before Redis's 250 ms waits for Redis half its time,
+            // then the local limit decides, before its deadline; one such call does not take
+            // Redis as down, but calls left unanswered for 250 ms in a row do, and the next
+            // ones do not wait for it.
+            let started = Instant::now();
+            let deadline = started + Duration::from_millis(100);
+            assert_eq!(limiter.acquire_by(deadline).await, Ok(()));
+            assert!(started.elapsed() < Duration::from_millis(100));
+            let after_one = limiter.snapshot();
+            assert_eq!(after_one.store_unanswered, before.store_unanswered);
+            assert_eq!(after_one.local_fallbacks, before.local_fallbacks + 1);
+            for _ in 0..10 {
+                let deadline = Instant::now() + Duration::from_millis(100);
+                assert_eq!(limiter.acquire_by(deadline).await, Ok(()));
+            }
+            assert_eq!(
+                limiter.snapshot().store_unanswered,
+                before.store_unanswered + 1,
+                "taken as down after 250 ms of unanswered calls"
+            );
+            let quick = Instant::now();
+            let deadline = quick + Duration::from_millis(100);
+            assert_eq!(limiter.acquire_by(deadline).await, Ok(()));
+            assert!(
+                quick.elapsed() < Duration::from_millis(10),
+                "{:?}",
+                quick.elapsed()
+            );
+            // Past the second it is taken as down for, Redis is asked again.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let before = limiter.snapshot();
         for _ in 0..5 {
