@@ -499,6 +499,56 @@ async fn a_nested_call_refused_for_want_of_time_is_a_refusal_not_a_timeout() {
     );
 }
 
+#[resilient(timeout = "1s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_pg", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "10s", half_open_calls = 1 },
+    bulkhead = { name = "composition_pg_slots", max_concurrent = 1, max_wait = "1s" })]
+async fn tokenize(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// Calls `tokenize` under the same breaker and bulkhead (one dependency, one breaker).
+#[resilient(timeout = "2s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_pg", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "10s", half_open_calls = 1 },
+    bulkhead = { name = "composition_pg_slots", max_concurrent = 1, max_wait = "1s" })]
+async fn charge_through(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    tokenize(c, url).await
+}
+
+/// A call nested in another under the same named breaker and bulkhead runs under the
+/// enclosing call's probe and slot: a half-open breaker closes on the enclosing call's success
+/// (it stayed half-open for ever, the nested call refused the probe its caller held), and the
+/// nested call does not wait for the slot its caller holds.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_under_the_same_breaker_and_bulkhead_runs_under_its_callers_permits() {
+    use resilience_runtime::breaker::BreakerState;
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    let c = client();
+    // A free slot held by the caller: the nested call does not wait a second for it.
+    let started = Instant::now();
+    assert_eq!(charge_through(&c, &up.url("/")).await.unwrap(), "ok");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    for _ in 0..2 {
+        charge_through(&c, &down.url("/")).await.unwrap_err();
+    }
+    let state = || {
+        resilience_runtime::breakers::state("composition_pg")
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for i in 0..3 {
+        let r = charge_through(&c, &up.url("/")).await;
+        assert!(r.is_ok(), "call {i} after open_for: {r:?}");
+    }
+    assert_eq!(state(), BreakerState::Closed);
+}
+
 // --- Return types -----------------------------------------------------------------------------
 
 #[resilient(

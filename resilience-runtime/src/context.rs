@@ -354,6 +354,8 @@ pub(crate) struct AttemptCtx {
     pub until: Instant,
     /// 0 for a call made outside any other; 1 for a call made inside an attempt of another, …
     pub depth: u8,
+    /// The breaker and bulkhead this call, or one it is nested in, holds a permit of.
+    pub held: Held,
     /// At least one request of this attempt was stamped (or a nested call sent one).
     pub stamped: Cell<bool>,
     /// Every stamped request carried the key.
@@ -427,6 +429,18 @@ pub(crate) struct Outer {
     pub request_id: u128,
     pub request_id_text: Option<Arc<HeaderValue>>,
     pub depth: u8,
+    pub held: Held,
+}
+
+/// The breaker and the bulkhead (by address; 0: none) whose probe or slot an enclosing call
+/// holds: a call nested in it with the same named state runs under that permit instead of
+/// taking a second one (two probes of one operation would leave a half-open breaker waiting
+/// for a probe its own nested call holds; nested calls would wait for slots their callers
+/// hold).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub breaker: usize,
+    pub bulkhead: usize,
 }
 
 impl AttemptCtx {
@@ -451,6 +465,7 @@ impl AttemptCtx {
             key,
             until,
             depth,
+            held: Held::default(),
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
@@ -578,6 +593,7 @@ impl AttemptCtx {
             request_id: self.request_id(),
             request_id_text: self.request_id_text.clone(),
             depth: self.depth,
+            held: self.held,
         }
     }
 }

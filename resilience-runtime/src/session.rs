@@ -106,6 +106,24 @@ pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> E
         .with_elapsed(started.elapsed())
 }
 
+/// What a nested call holds (its own breaker and bulkhead, else its callers'), and whether its
+/// own are ones an enclosing call already holds a permit of.
+#[cold]
+fn nested_held(
+    own: crate::context::Held,
+    inherited: crate::context::Held,
+) -> (crate::context::Held, bool, bool) {
+    let pick = |own: usize, inherited: usize| if own == 0 { inherited } else { own };
+    (
+        crate::context::Held {
+            breaker: pick(own.breaker, inherited.breaker),
+            bulkhead: pick(own.bulkhead, inherited.bulkhead),
+        },
+        own.breaker != 0 && own.breaker == inherited.breaker,
+        own.bulkhead != 0 && own.bulkhead == inherited.bulkhead,
+    )
+}
+
 /// A call is admitted: counted, deposited in the budget; its span.
 fn open(
     shared: &'static Resolved,
@@ -352,6 +370,10 @@ pub struct Session {
     /// The class and status of the last attempt that ran and failed, for an error that ends
     /// the call before the next one runs (a breaker that opened between them).
     ran_last: Option<(Class, Option<u16>)>,
+    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
+    /// this call runs under it (see [`Held`](crate::context::Held)).
+    breaker_held: bool,
+    bulkhead_held: bool,
 }
 
 impl Session {
@@ -455,6 +477,18 @@ impl Session {
         })
         .flatten();
         let nested = outer.is_some();
+        // The enclosing calls' breaker and bulkhead: this call runs under their permits when
+        // its own are the same ones.
+        let own = crate::context::Held {
+            breaker: shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
+            bulkhead: shared
+                .bulkhead
+                .map_or(0, |b| std::ptr::from_ref(b) as usize),
+        };
+        let (held, breaker_held, bulkhead_held) = match &outer {
+            None => (own, false, false),
+            Some(o) => nested_held(own, o.held),
+        };
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
@@ -498,7 +532,7 @@ impl Session {
         // permit free now), or refused at once: decided before the session is built, so that
         // it is built in one piece where it is returned, not built and then changed.
         let admitted = refusal.is_none()
-            && shared.bulkhead.is_none()
+            && (shared.bulkhead.is_none() || bulkhead_held)
             && shared.concurrency.is_none()
             && match shared.rate_limit {
                 None => true,
@@ -512,7 +546,7 @@ impl Session {
                     None => false,
                 },
             };
-        let ctx = AttemptCtx::new(
+        let mut ctx = AttemptCtx::new(
             request_id,
             request_id_text,
             trace_id,
@@ -521,6 +555,7 @@ impl Session {
             deadline,
             depth,
         );
+        ctx.held = held;
         let span = if admitted {
             open(shared, policy, started, &ctx)
         } else {
@@ -556,6 +591,8 @@ impl Session {
             token: Cell::new(0),
             returned_inside: Cell::new(false),
             ran_last: None,
+            breaker_held,
+            bulkhead_held,
         }
     }
 
@@ -591,7 +628,7 @@ impl Session {
     async fn take_slots(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
-        if let Some(b) = shared.bulkhead {
+        if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held) {
             match b.acquire_by(deadline).await {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
@@ -720,7 +757,7 @@ impl Session {
         if left.is_zero() {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
-        if let Some(b) = self.shared.breaker {
+        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
             match b.try_acquire_at(now) {
                 Ok(p) => self.breaker_permit = Some(p),
                 Err(_) => return Err(self.rejected_by_breaker(b.name())),
@@ -783,6 +820,7 @@ impl Session {
             c.depth,
         );
         ctx.attempt = self.attempts;
+        ctx.held = c.held;
         ctx
     }
 
