@@ -3,10 +3,11 @@
 //!
 //! Every first attempt deposits `ratio` of a retry; a retry is granted from the floor while the
 //! current second has some left (`min_per_sec`), else withdrawn from the deposits. Deposits and
-//! withdrawals expire after [`Budget::WINDOW`]. So over any window of `W` seconds,
+//! withdrawals expire after [`Budget::WINDOW`]. So over any window of `W` seconds (a deposit
+//! pays for a retry up to one window later),
 //!
 //! ```text
-//! retries ≤ ratio × first attempts + min_per_sec × W
+//! retries ≤ ratio × first attempts (in that window and the one before) + min_per_sec × W
 //! ```
 //!
 //! and a dead downstream under steady load sees about `1 + ratio` times its normal load (plus

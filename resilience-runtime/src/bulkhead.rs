@@ -1,7 +1,9 @@
 //! Bulkhead: at most N calls in flight per name, with an optional short wait for a slot.
 //!
-//! One slow downstream then holds at most N of the caller's tasks, connections and sockets,
-//! instead of all of them. Slots are taken in the order they were asked for; a call that finds
+//! One slow downstream then holds at most N of the caller's calls, instead of all of them
+//! (each call runs one attempt at a time, plus its hedges: with `hedge.max = 3`, up to 4N
+//! requests and connections). A call nested in another under the same bulkhead runs in its
+//! caller's slot. Slots are taken in the order they were asked for; a call that finds
 //! no slot within `max_wait` fails fast with [`BulkheadFull`].
 
 use std::fmt;
