@@ -688,15 +688,11 @@ impl IdempotencyStore for Claiming {
     }
 }
 
-/// A request whose future is dropped (its client gave up, and hyper dropped it) while its claim
-/// command is on its way: the claim was written, no handler will hold it. It is taken back, so
-/// the client's retry runs the handler instead of meeting 409 for the whole lease (10 s).
-#[tokio::test(start_paused = true)]
-async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
+/// `POST /orders` (201, counting its runs) behind the layer over a `Claiming` store, called
+/// as a service (no socket: the clock is paused), and its run count.
+fn orders_over(how: ClaimingHow) -> (axum::Router, Arc<std::sync::atomic::AtomicUsize>) {
     use axum::extract::State;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower_service::Service as _;
-
     let runs = Arc::new(AtomicUsize::new(0));
     async fn orders(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
         let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
@@ -705,16 +701,29 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
     let app = axum::Router::new()
         .route("/orders", axum::routing::post(orders))
         .with_state(runs.clone())
-        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(
-            ClaimingHow::SlowToAnswer,
-        ))));
+        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(how))));
+    (app, runs)
+}
+
+/// `POST path` with `key`.
+fn keyed_post(path: &str, key: &str) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::post(path)
+        .header("idempotency-key", key)
+        .body(axum::body::Body::from("x"))
+        .unwrap()
+}
+
+/// A request whose future is dropped (its client gave up, and hyper dropped it) while its claim
+/// command is on its way: the claim was written, no handler will hold it. It is taken back, so
+/// the client's retry runs the handler instead of meeting 409 for the whole lease (10 s).
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
+    use std::sync::atomic::Ordering;
+    use tower_service::Service as _;
+
+    let (app, runs) = orders_over(ClaimingHow::SlowToAnswer);
     let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/orders")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
+    let request = || keyed_post("/orders", &key);
     // Dropped at 50 ms: its claim is written, its answer 150 ms away.
     let gave_up =
         tokio::time::timeout(Duration::from_millis(50), app.clone().call(request())).await;
@@ -730,28 +739,12 @@ async fn a_request_dropped_while_claiming_leaves_no_claim_behind() {
 /// 409 for the whole lease (10 s).
 #[tokio::test(start_paused = true)]
 async fn a_claim_carried_out_after_its_withdrawal_is_taken_back() {
-    use axum::extract::State;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use tower_service::Service as _;
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    async fn orders(State(runs): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
-        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-        (axum::http::StatusCode::CREATED, format!("order {n}"))
-    }
-    let app = axum::Router::new()
-        .route("/orders", axum::routing::post(orders))
-        .with_state(runs.clone())
-        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(
-            ClaimingHow::LandsLate,
-        ))));
+    let (app, runs) = orders_over(ClaimingHow::LandsLate);
     let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/orders")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
+    let request = || keyed_post("/orders", &key);
     let refused = app.clone().call(request()).await.unwrap();
     assert_eq!(refused.status(), 503);
     // Past the store's second of rest after a timeout, and the late claim's landing.
@@ -784,12 +777,7 @@ async fn a_claim_put_back_after_its_handler_ended_is_taken_back() {
                 .lease(Duration::from_secs(3)),
         );
     let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/orders")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
+    let request = || keyed_post("/orders", &key);
     // Renewed at 1 s (the claim found run out, put back: lands at 1.3 s); answered at 1.2 s.
     let failed = app.clone().call(request()).await.unwrap();
     assert_eq!(failed.status(), 500);
