@@ -100,13 +100,8 @@ async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
-struct Services {
-    a: SocketAddr,
-    b: SocketAddr,
-    b_state: B,
-}
-
-async fn services() -> Services {
+/// Service B alone: its state and address.
+async fn serve_b() -> (B, SocketAddr) {
     let b_state = B::default();
     let b = serve(
         axum::Router::new()
@@ -114,6 +109,17 @@ async fn services() -> Services {
             .with_state(b_state.clone()),
     )
     .await;
+    (b_state, b)
+}
+
+struct Services {
+    a: SocketAddr,
+    b: SocketAddr,
+    b_state: B,
+}
+
+async fn services() -> Services {
+    let (b_state, b) = serve_b().await;
     let a = serve(
         axum::Router::new()
             .route("/a", get(a_handler))
@@ -299,13 +305,7 @@ async fn the_sampled_flag_follows_the_callers_sampler() {
 #[tokio::test]
 async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extractor() {
     let (_exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-    let b_state = B::default();
-    let b = serve(
-        axum::Router::new()
-            .route("/b", get(b_handler))
-            .with_state(b_state.clone()),
-    )
-    .await;
+    let (b_state, b) = serve_b().await;
     async fn a_plain(State(b_url): State<String>) -> String {
         let span = tracing::info_span!("a.handle", otel.kind = "server");
         async {
@@ -351,13 +351,7 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
 #[tokio::test]
 async fn a_request_that_carries_a_traceparent_keeps_it() {
     let (_exporter, _guard) = tracing_with(Sampler::AlwaysOn);
-    let b_state = B::default();
-    let b = serve(
-        axum::Router::new()
-            .route("/b", get(b_handler))
-            .with_state(b_state.clone()),
-    )
-    .await;
+    let (b_state, b) = serve_b().await;
     let own = format!("00-{TRACE}-1111111111111111-01");
 
     #[resilient(timeout = "2s", backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
@@ -524,13 +518,7 @@ async fn a_handler_behind_the_idempotency_layer_stays_in_the_requests_trace() {
     use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
 
     let (exporter, _guard) = tracing_with(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-    let b_state = B::default();
-    let b = serve(
-        axum::Router::new()
-            .route("/b", get(b_handler))
-            .with_state(b_state.clone()),
-    )
-    .await;
+    let (_, b) = serve_b().await;
     async fn charge(State(b_url): State<String>) -> String {
         tracing::info_span!("charge.handler").in_scope(|| tracing::info!("charging"));
         call_b(&reqwest::Client::new(), &b_url)
