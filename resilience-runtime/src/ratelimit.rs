@@ -209,7 +209,13 @@ impl RateLimiter {
         };
         let wait = match wait {
             Ok(w) => w,
-            Err(Refused::Limited) if left < self.spec.max_wait => {
+            // Refused for want of time: the wait was within `max_wait`, not within the time
+            // left (a local limit knows the wait; a shared one says only "no").
+            Err(Refused::Limited)
+                if left < self.spec.max_wait
+                    && (self.spec.store != RateLimitStore::Local
+                        || self.local_wait(now) <= self.spec.max_wait) =>
+            {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Deadline);
             }
@@ -229,16 +235,35 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// GCRA on the local atomic: the wait before a permit (zero: now), or refused when it
-    /// would exceed `allowed`.
-    fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+    /// The local limit's interval between permits and how far callers may run ahead of it, in
+    /// nanoseconds. At most about 146 years ahead (2^62 ns), so that the theoretical arrival
+    /// time, at most `now + tolerance + t`, never saturates: a saturated one would make every
+    /// wait zero and the limit stop limiting (`rate = 1, per = "24h", burst = 300000`).
+    fn interval_and_tolerance(&self) -> (u64, u64) {
         let t = self.spec.interval_nanos();
-        // At most about 146 years of permits ahead (2^62 ns), so that the theoretical arrival
-        // time, at most `now + tolerance + t`, never saturates: a saturated one would make
-        // every wait zero and the limit stop limiting (`rate = 1, per = "24h", burst = 300000`).
         let tolerance = t
             .saturating_mul(u64::from(self.spec.burst))
             .min(MAX_TOLERANCE_NANOS);
+        (t, tolerance)
+    }
+
+    /// The wait a permit of the local limit would take at `now` (none reserved).
+    fn local_wait(&self, now: Instant) -> Duration {
+        let (t, tolerance) = self.interval_and_tolerance();
+        let now_n = self.nanos_since_epoch(now);
+        let tat = self.tat.load(Ordering::Relaxed);
+        Duration::from_nanos(
+            tat.max(now_n)
+                .saturating_add(t)
+                .saturating_sub(now_n)
+                .saturating_sub(tolerance),
+        )
+    }
+
+    /// GCRA on the local atomic: the wait before a permit (zero: now), or refused when it
+    /// would exceed `allowed`.
+    fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        let (t, tolerance) = self.interval_and_tolerance();
         let now_n = self.nanos_since_epoch(now);
         let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
         let mut tat = self.tat.load(Ordering::Relaxed);
@@ -590,6 +615,31 @@ mod tests {
                 store: RateLimitStore::Local,
             },
         )
+    }
+
+    /// A call with less time left than `max_wait` whose permit would take longer than
+    /// `max_wait` anyway is rate limited (its `fallback_on = [rate_limited]` applies), not
+    /// refused for its deadline; one whose permit would have come within `max_wait` is.
+    #[tokio::test(start_paused = true)]
+    async fn limited_beyond_max_wait_is_rate_limited_whatever_the_time_left() {
+        let l = limiter(1, 1, 500);
+        assert_eq!(l.try_acquire(), Ok(()));
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert_eq!(l.acquire_by(soon).await, Err(Refused::Limited));
+        let l = RateLimiter::new(
+            "t",
+            RateLimitSpec {
+                rate: 4,
+                per: Duration::from_secs(1),
+                burst: 1,
+                max_wait: Duration::from_millis(500),
+                store: RateLimitStore::Local,
+            },
+        );
+        assert_eq!(l.try_acquire(), Ok(()));
+        // The next permit comes in 250 ms: within max_wait, beyond the 100 ms left.
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert_eq!(l.acquire_by(soon).await, Err(Refused::Deadline));
     }
 
     /// A burst of more permits than the clock's nanoseconds can count at the limit's rate
