@@ -1501,6 +1501,116 @@ async fn a_post_sent_by_a_macro_of_ones_own_is_not_resent() {
     placed_once!(order_by_macro_then_stock);
 }
 
+/// The helper's futures made in a closure and collected for a `join_all`, beside the body's
+/// GET: the rewrite cannot wrap each where it is polled, so the attempt is taken to have sent
+/// the least safe method.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn orders_joined_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let futs: Vec<_> = [orders].iter().map(|u| create_order(c, u)).collect();
+    for placed in futures::future::join_all(futs).await {
+        placed?.error_for_status()?;
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The same pushed into a `FuturesUnordered` and drained.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn orders_unordered_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::StreamExt as _;
+    let mut set = futures::stream::FuturesUnordered::new();
+    set.push(create_order(c, orders));
+    while let Some(placed) = set.next().await {
+        placed?.error_for_status()?;
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The same kept in a binding with its type written, awaited later.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_typed_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let order: futures::future::BoxFuture<'_, reqwest::Result<reqwest::Response>> =
+        create_order(c, orders).boxed();
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Each places the order once, unkeyed: the GET's 503 is not retried.
+#[tokio::test(start_paused = true)]
+async fn helpers_collected_or_typed_are_not_resent() {
+    let (e, stock) = placed_once!(orders_joined_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(orders_unordered_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_typed_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}
+
+/// Builders made in a closure and sent in the body are seen: a GET's 503 is retried.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn prices_from_builders(c: &reqwest::Client, urls: &[String]) -> Result<String, Error> {
+    let mut out = String::new();
+    for rb in urls.iter().map(|u| c.get(u)) {
+        out += &rb.send().await?.error_for_status()?.text().await?;
+    }
+    Ok(out)
+}
+
+#[tokio::test(start_paused = true)]
+async fn builders_made_in_a_closure_keep_the_retry() {
+    let price = FaultServer::start(vec![Action::status(503), Action::ok().body("9")]).await;
+    let got = prices_from_builders(&client(), &[price.url("/p")]).await;
+    assert_eq!(got.unwrap(), "9");
+    assert_eq!(price.count(), 2);
+}
+
 /// The same helper made visible (`.resilient()` stamps it, with the call's identities): the
 /// runtime sees a POST, and a GET's 503 after it is not retried either; a GET helper is.
 async fn stock_level(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {

@@ -60,10 +60,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let watch = s.method.is_none() && !keyed && !s.idempotent.value;
     let clients = watch.then(|| client_names(sig));
     let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
-    // A request sent where the rewrite cannot reach (a macro it cannot read) goes unseen and
-    // unkeyed: every attempt says it may have sent the least safe method, so none is run again
-    // after it may have reached the server (unless the function is declared `idempotent`).
-    if found.unreadable_sends {
+    // A request sent where the rewrite cannot reach (a macro it cannot read, a helper whose
+    // future it cannot watch) goes unseen and unkeyed: every attempt says it may have sent the
+    // least safe method, so none is run again after it may have reached the server (unless the
+    // function is declared `idempotent`).
+    if found.unreadable_sends || found.unwatched_helpers {
         // A function declared `idempotent` (a PUT or DELETE the server applies at most once)
         // says so of what it sends: its attempts may run again after a reset or a connect
         // failure, as its seen requests may.

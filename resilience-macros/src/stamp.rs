@@ -26,6 +26,13 @@ pub(crate) struct Found {
     pub unreadable_sends: bool,
     /// Helpers awaited with the client wrapped in `helper(…)`.
     pub helpers: usize,
+    /// A helper handed the client whose future the rewrite cannot watch: made in a closure
+    /// (`ids.iter().map(|id| create_order(c, id))`), handed to a collection or a spawner
+    /// (`set.push(create_order(c, o))`, `vec![…]`, `tokio::spawn(…)`), or kept in a binding
+    /// polled later that has its type written or is handed on too. What it sends may go unseen
+    /// beside the body's own requests, so the attempt is taken to have sent the least safe
+    /// method, as for [`unreadable_sends`](Self::unreadable_sends).
+    pub unwatched_helpers: bool,
 }
 
 /// `clients`: the names through which the body holds a client (parameters whose type is a
@@ -49,8 +56,209 @@ pub(crate) fn rewrite(
         found: Found::default(),
         clients,
     };
+    if let Some(clients) = clients {
+        let mut u = Unwatched {
+            clients,
+            named: without_self(clients),
+            closures: 0,
+            found: false,
+        };
+        syn::visit::Visit::visit_block(&mut u, block);
+        v.found.unwatched_helpers = u.found;
+    }
     v.visit_block_mut(block);
     v.found
+}
+
+/// Finds the helpers whose futures the rewrite cannot watch (see
+/// [`Found::unwatched_helpers`]), in the body as written, before the rewrite.
+///
+/// A helper's future here is a call of a function handed a client, under future adapters,
+/// parentheses or `Box::pin` (`create_order(c, o)`, `Box::pin(create_order(c, o).boxed())`).
+/// Made in a closure it counts when handed a client parameter (`|id| create_order(c, id)`):
+/// a closure handed `self` (`|o| price(&self.rates, o)`) is as likely to compute something.
+/// Handed to a collection or a spawner, or an element of `vec![…]` or an array, it counts
+/// handed either. What an awaited call that the rewrite watches as a whole polls inside it
+/// (`join_all(ids.iter().map(|id| create_order(c, id))).await`) is watched with it, and a
+/// helper whose result a method of its own uses (`authed(c, u).send()`, a builder it made) is
+/// not a future handed on.
+struct Unwatched<'a> {
+    clients: &'a [String],
+    // The client parameters, `self` left out.
+    named: Vec<String>,
+    closures: usize,
+    found: bool,
+}
+
+/// Methods that keep or run a future they are handed (a `Vec`'s, a `FuturesUnordered`'s, a
+/// `JoinSet`'s).
+const COLLECTING_METHODS: [&str; 7] = [
+    "push",
+    "push_back",
+    "push_front",
+    "insert",
+    "extend",
+    "spawn",
+    "spawn_local",
+];
+
+/// Functions that keep or run the futures they are handed (`tokio::spawn`,
+/// `futures::future::join_all`), by the last segment of their path.
+const COLLECTING_FUNCTIONS: [&str; 11] = [
+    "spawn",
+    "spawn_local",
+    "join",
+    "try_join",
+    "select",
+    "join_all",
+    "try_join_all",
+    "select_all",
+    "select_ok",
+    "from_iter",
+    "iter",
+];
+
+/// The last segment of a call's path, if the call is of a path.
+fn callee(call: &syn::ExprCall) -> Option<String> {
+    match &*call.func {
+        syn::Expr::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+}
+
+impl Unwatched<'_> {
+    /// Whether `e` is a helper's future handed one of `names`.
+    fn helper_future(&self, e: &syn::Expr, names: &[String]) -> bool {
+        match e {
+            syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") => {
+                call.args.len() == 1 && self.helper_future(&call.args[0], names)
+            }
+            syn::Expr::Call(call) => {
+                callee(call).is_some()
+                    && call
+                        .args
+                        .iter()
+                        .any(|a| mentions_any(a.to_token_stream(), names))
+                    && !hands_a_send(e)
+            }
+            syn::Expr::MethodCall(m)
+                if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
+            {
+                self.helper_future(&m.receiver, names)
+            }
+            syn::Expr::Paren(p) => self.helper_future(&p.expr, names),
+            _ => false,
+        }
+    }
+
+    /// What `e` holds, `e` itself not taken for a future handed on (its value is used
+    /// where it is: awaited, a method's receiver, a binding's value). Through future adapters
+    /// and parentheses, the helper under them is not either.
+    fn visit_used(&mut self, e: &syn::Expr) {
+        match e {
+            syn::Expr::MethodCall(m)
+                if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
+            {
+                self.visit_used(&m.receiver);
+                for a in &m.args {
+                    syn::visit::Visit::visit_expr(self, a);
+                }
+            }
+            syn::Expr::Paren(p) => self.visit_used(&p.expr),
+            e => self.visit_inside(e),
+        }
+    }
+
+    /// Handed to what keeps or runs it: a helper's future among `args` counts.
+    fn collected<'e>(&mut self, args: impl IntoIterator<Item = &'e syn::Expr>) {
+        let clients = self.clients;
+        if args.into_iter().any(|a| self.helper_future(a, clients)) {
+            self.found = true;
+        }
+    }
+}
+
+impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
+    fn visit_expr(&mut self, e: &'ast syn::Expr) {
+        if self.found {
+            return;
+        }
+        if self.closures > 0 && self.helper_future(e, &self.named) {
+            self.found = true;
+            return;
+        }
+        self.visit_inside(e);
+    }
+
+    fn visit_local(&mut self, l: &'ast syn::Local) {
+        // A binding's value is used where it is bound; what becomes of it is the kept
+        // helpers' check (`Rewriter::watch_kept_helpers`).
+        if let Some(init) = &l.init {
+            self.visit_used(&init.expr);
+            if let Some((_, diverge)) = &init.diverge {
+                self.visit_expr(diverge);
+            }
+        }
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        // `vec![create_order(c, a), create_order(c, b)]`: its elements are collected. Other
+        // macros: the rewrite's own rules (`join!`, `select!`, unreadable ones).
+        if mac.path.segments.last().is_some_and(|s| s.ident == "vec")
+            && let Ok(args) = syn::parse::Parser::parse2(
+                Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+                mac.tokens.clone(),
+            )
+        {
+            self.collected(&args);
+            for a in &args {
+                self.visit_expr(a);
+            }
+        }
+    }
+
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
+impl Unwatched<'_> {
+    /// What `e` holds, and `e` itself where it hands futures on; `e` is not taken for a
+    /// future made in a closure.
+    fn visit_inside(&mut self, e: &syn::Expr) {
+        use syn::visit::Visit as _;
+        match e {
+            // Watched as a whole by the rewrite, with whatever it polls inside.
+            syn::Expr::Await(aw)
+                if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) => {}
+            syn::Expr::Await(aw) => self.visit_used(&aw.base),
+            syn::Expr::Closure(c) => {
+                self.closures += 1;
+                self.visit_expr(&c.body);
+                self.closures -= 1;
+            }
+            syn::Expr::MethodCall(m)
+                if !FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
+            {
+                if COLLECTING_METHODS.contains(&m.method.to_string().as_str()) {
+                    self.collected(&m.args);
+                }
+                self.visit_used(&m.receiver);
+                for a in &m.args {
+                    self.visit_expr(a);
+                }
+            }
+            syn::Expr::Call(call) => {
+                if callee(call).is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
+                    self.collected(&call.args);
+                }
+                syn::visit::visit_expr_call(self, call);
+            }
+            syn::Expr::Array(a) => {
+                self.collected(&a.elems);
+                syn::visit::visit_expr_array(self, a);
+            }
+            e => syn::visit::visit_expr(self, e),
+        }
+    }
 }
 
 struct Rewriter<'a> {
@@ -60,34 +268,37 @@ struct Rewriter<'a> {
 }
 
 impl Rewriter<'_> {
-    /// An awaited call that is handed a client: a function given one (`create_order(c, o)`,
-    /// `recs(&self.http, id)`), a method of `self` or of a field of it (`self.place(o)`,
-    /// `self.payments.charge(o)`), or a method of a client parameter (an extension trait).
-    /// Not a `.send()` or `.execute(…)`, which the rewrite sees.
+    /// [`hands_a_client`] with the body's client names; `false` when no helper is watched.
     fn hands_a_client(&self, e: &syn::Expr) -> bool {
-        let Some(clients) = self.clients else {
-            return false;
-        };
-        let mentions = |e: &syn::Expr| mentions_any(e.to_token_stream(), clients);
-        match e {
-            syn::Expr::Call(call) => {
-                matches!(&*call.func, syn::Expr::Path(_)) && call.args.iter().any(mentions)
-            }
-            syn::Expr::MethodCall(m) => {
-                let name = m.method.to_string();
-                if name == "send" || name == "execute" {
-                    return false;
-                }
-                // A future adapted on its way to the `.await` (`create_order(c, o)
-                // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside.
-                if FUTURE_ADAPTERS.contains(&name.as_str()) && self.hands_a_client(&m.receiver) {
-                    return true;
-                }
-                rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
-            }
-            syn::Expr::Paren(p) => self.hands_a_client(&p.expr),
-            _ => false,
+        self.clients
+            .is_some_and(|clients| hands_a_client(e, clients))
+    }
+}
+
+/// An awaited call that is handed one of `clients`: a function given one (`create_order(c, o)`,
+/// `recs(&self.http, id)`), a method of `self` or of a field of it (`self.place(o)`,
+/// `self.payments.charge(o)`), or a method of a client parameter (an extension trait). Not a
+/// `.send()` or `.execute(…)`, which the rewrite sees.
+fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
+    let mentions = |e: &syn::Expr| mentions_any(e.to_token_stream(), clients);
+    match e {
+        syn::Expr::Call(call) => {
+            matches!(&*call.func, syn::Expr::Path(_)) && call.args.iter().any(mentions)
         }
+        syn::Expr::MethodCall(m) => {
+            let name = m.method.to_string();
+            if name == "send" || name == "execute" {
+                return false;
+            }
+            // A future adapted on its way to the `.await` (`create_order(c, o)
+            // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside.
+            if FUTURE_ADAPTERS.contains(&name.as_str()) && hands_a_client(&m.receiver, clients) {
+                return true;
+            }
+            rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
+        }
+        syn::Expr::Paren(p) => hands_a_client(&p.expr, clients),
+        _ => false,
     }
 }
 
@@ -124,8 +335,14 @@ impl Rewriter<'_> {
             let syn::Stmt::Local(local) = &mut head[i] else {
                 continue;
             };
-            let syn::Pat::Ident(pat) = &local.pat else {
-                continue;
+            // `let fut: BoxFuture<'_, _> = …`: its type written, it cannot be wrapped.
+            let (pat, typed) = match &local.pat {
+                syn::Pat::Ident(pat) => (pat, false),
+                syn::Pat::Type(t) => match &*t.pat {
+                    syn::Pat::Ident(pat) => (pat, true),
+                    _ => continue,
+                },
+                _ => continue,
             };
             if pat.by_ref.is_some() || pat.subpat.is_some() {
                 continue;
@@ -144,6 +361,7 @@ impl Rewriter<'_> {
                 name: &name,
                 polled: 0,
                 other: 0,
+                handed_on: 0,
             };
             for s in rest.iter() {
                 // Up to a `let` that binds the name again: what follows it is another binding.
@@ -157,7 +375,12 @@ impl Rewriter<'_> {
                 }
                 syn::visit::Visit::visit_stmt(&mut uses, s);
             }
-            if uses.polled > 0 && uses.other == 0 {
+            if uses.handed_on > 0 || (typed && uses.polled > 0) {
+                // Polled where the rewrite cannot follow it (collected for a `join_all`,
+                // spawned), or of a type the wrapper would change: what it sends may go
+                // unseen.
+                self.found.unwatched_helpers = true;
+            } else if !typed && uses.polled > 0 && uses.other == 0 {
                 self.watch_base(&mut init.expr);
             }
         }
@@ -180,11 +403,14 @@ fn binds(pat: &syn::Pat, name: &syn::Ident) -> bool {
 
 /// How a binding is used in the statements after it: polled as a future (awaited, through
 /// adapters, `&mut` or `.as_mut()`; an argument of `join!`/`try_join!`; a `select!` arm's
-/// future), or otherwise (`pin!`/`pin_mut!` of it counts as neither).
+/// future), or otherwise (`pin!`/`pin_mut!` of it counts as neither); and how often it is
+/// handed to what keeps or runs futures (`futs.push(fut)`, `vec![fut, …]`, `tokio::spawn(fut)`,
+/// `join_all([fut, …])`), counted among the other uses too.
 struct Uses<'n> {
     name: &'n syn::Ident,
     polled: usize,
     other: usize,
+    handed_on: usize,
 }
 
 impl Uses<'_> {
@@ -201,6 +427,26 @@ impl Uses<'_> {
             }
             _ => false,
         }
+    }
+
+    /// Counts the binding among `args` handed to what keeps or runs futures (under `Box::pin`
+    /// too).
+    fn count_handed_on<'e>(&mut self, args: impl IntoIterator<Item = &'e syn::Expr>) {
+        fn unpinned(e: &syn::Expr) -> &syn::Expr {
+            match e {
+                syn::Expr::Call(call)
+                    if callee(call).as_deref() == Some("pin") && call.args.len() == 1 =>
+                {
+                    unpinned(&call.args[0])
+                }
+                e => e,
+            }
+        }
+        let n = args
+            .into_iter()
+            .filter(|a| self.is_polled(unpinned(a)))
+            .count();
+        self.handed_on += n;
     }
 
     /// Counts `e`: polled where it is the binding, otherwise whatever it holds.
@@ -236,6 +482,22 @@ impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
             self.other += 1;
         }
     }
+    fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+        if COLLECTING_METHODS.contains(&m.method.to_string().as_str()) {
+            self.count_handed_on(&m.args);
+        }
+        syn::visit::visit_expr_method_call(self, m);
+    }
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        if callee(call).is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
+            self.count_handed_on(&call.args);
+        }
+        syn::visit::visit_expr_call(self, call);
+    }
+    fn visit_expr_array(&mut self, a: &'ast syn::ExprArray) {
+        self.count_handed_on(&a.elems);
+        syn::visit::visit_expr_array(self, a);
+    }
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
         if !mentions_any(mac.tokens.clone(), &[self.name.to_string()]) {
             return;
@@ -261,6 +523,9 @@ impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
                 }
             }
             (_, Ok(args)) => {
+                if last == "vec" {
+                    self.count_handed_on(&args);
+                }
                 for a in &args {
                     syn::visit::Visit::visit_expr(self, a);
                 }
@@ -904,6 +1169,102 @@ mod tests {
             tokio::select! { r = a.send() => }
         }));
         assert_eq!(n, 0);
+    }
+
+    /// Which bodies hand a helper's future where the rewrite cannot watch it (`c` and `self`
+    /// the clients here).
+    #[test]
+    fn helpers_the_rewrite_cannot_watch_are_found() {
+        let unwatched = |ts: TokenStream| {
+            let mut b: syn::Block = syn::parse2(ts).unwrap();
+            let clients = ["c".to_owned(), "self".to_owned()];
+            rewrite(&mut b, &quote!(P), Some(&clients)).unwatched_helpers
+        };
+        for ts in [
+            // Made in a closure, collected for a `join_all` or a stream.
+            quote!({
+                let futs: Vec<_> = ids.iter().map(|id| create_order(c, id)).collect();
+                join_all(futs).await;
+            }),
+            quote!({
+                let s = stream::iter(ids).map(|id| create_order(c, id).boxed());
+            }),
+            quote!({
+                let futs = ids.iter().map(|id| Box::pin(create_order(c, id)));
+            }),
+            // Handed to a collection or a spawner.
+            quote!({
+                set.push(create_order(c, o));
+            }),
+            quote!({
+                set.push(Box::pin(place(&self.http, o)));
+            }),
+            quote!({
+                tokio::spawn(create_order(c.clone(), o));
+            }),
+            quote!({
+                let v = vec![create_order(c, a), create_order(c, b)];
+            }),
+            quote!({
+                let v = [create_order(c, a), create_order(c, b)];
+            }),
+            // Kept, and handed on or typed.
+            quote!({
+                let f = create_order(c, o);
+                futs.push(f);
+            }),
+            quote!({
+                let f = create_order(c, o);
+                join_all(vec![f]).await;
+            }),
+            quote!({
+                let f: BoxFuture<'_, R> = create_order(c, o).boxed();
+                f.await?;
+            }),
+        ] {
+            assert!(unwatched(ts.clone()), "{ts}");
+        }
+        for ts in [
+            // Awaited, joined, raced, kept and awaited: watched.
+            quote!({ create_order(c, o).await? }),
+            quote!({ join_all(ids.iter().map(|id| create_order(c, id))).await }),
+            quote!({ join_all([create_order(c, a), create_order(c, b)]).await }),
+            quote!({
+                let f = create_order(c, o);
+                f.await
+            }),
+            quote!({
+                let fs = ids
+                    .iter()
+                    .map(|id| async move { create_order(c, id).await? });
+            }),
+            // A builder a helper made, sent: seen.
+            quote!({
+                let rs = us.iter().map(|u| authed(c, u).send());
+            }),
+            quote!({
+                let rb: RequestBuilder = authed(c, u);
+                rb.send().await
+            }),
+            // Requests the rewrite stamps, handed on.
+            quote!({
+                set.push(c.get(u).send());
+            }),
+            quote!({ tokio::time::timeout(d, c.get(u).send()).await }),
+            // A closure handed `self` computes as likely as it sends.
+            quote!({
+                let ps = os.iter().map(|o| price(&self.rates, o));
+            }),
+            // Handed no client.
+            quote!({
+                set.push(other(o));
+            }),
+            quote!({
+                let v = ids.iter().map(|id| id + 1);
+            }),
+        ] {
+            assert!(!unwatched(ts.clone()), "{ts}");
+        }
     }
 
     #[test]
