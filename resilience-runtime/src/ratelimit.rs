@@ -340,9 +340,6 @@ impl RateLimiter {
         t.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// Redis failed a decision: taken as down for this limit for [`STORE_DOWN_FOR`], so that
-    /// the calls meanwhile do not each wait for it. Logged when it was up.
-    #[cfg(feature = "redis")]
     /// Redis did not answer within half the time a call had left (under [`STORE_TIMEOUT`](shared::STORE_TIMEOUT)):
     /// the call decides locally with the rest. Once calls have gone unanswered so for
     /// [`STORE_TIMEOUT`](shared::STORE_TIMEOUT), Redis is taken as down, as after one call's full wait.
@@ -364,6 +361,9 @@ impl RateLimiter {
         }
     }
 
+    /// Redis failed a decision: taken as down for this limit for [`STORE_DOWN_FOR`], so that
+    /// the calls meanwhile do not each wait for it. Logged when it was up.
+    #[cfg(feature = "redis")]
     fn store_failed(&self) {
         self.unanswered.fetch_add(1, Ordering::Relaxed);
         let until = self
