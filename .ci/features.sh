@@ -11,3 +11,30 @@ for f in "" anyhow server redis metrics opentelemetry reqwest-middleware; do
 done
 echo ".ci/features.sh: resilience-cli on its own" >&2
 cargo clippy --quiet -p resilience-cli -- -D warnings
+# What `#[resilient]` generates, compiled in a crate of a user's whose runtime has no optional
+# feature: the shapes of tests/ui/pass, each a module of it.
+dir=target/downstream
+mkdir -p "$dir/src"
+root=$(pwd)
+cat >"$dir/Cargo.toml" <<TOML
+[package]
+name = "downstream"
+version = "0.0.0"
+edition = "2024"
+publish = false
+
+[dependencies]
+resilience-runtime = { path = "$root/resilience-runtime", default-features = false }
+reqwest = { version = "0.13", default-features = false }
+tokio = { version = "1", features = ["full"] }
+
+[workspace]
+TOML
+# The workspace's versions, not whatever is newest.
+cp Cargo.lock "$dir/Cargo.lock"
+: >"$dir/src/lib.rs"
+for f in tests/ui/pass/*.rs; do
+  echo "#[allow(dead_code, unused)] #[path = \"$root/$f\"] mod $(basename "$f" .rs);" >>"$dir/src/lib.rs"
+done
+echo ".ci/features.sh: tests/ui/pass in a crate of its own, the runtime without features" >&2
+CARGO_TARGET_DIR="$root/target" cargo check --quiet --manifest-path "$dir/Cargo.toml"
