@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quote::ToTokens as _;
-use resilience_policy::analysis::{Analysis, analyze};
+use resilience_policy::analysis::{Analysis, analyze, check_file};
 use resilience_policy::model::{BackoffKind, KeyModel, StateRef};
 use resilience_policy::value::Origin;
 use resilience_runtime::Policy;
@@ -235,7 +235,45 @@ impl Crate {
             }
         }
         let _ = roots;
+        krate.check_files(dir);
         Ok(krate)
+    }
+
+    /// The crate's policy file (and any other its functions name with `config = "…"`), every
+    /// section of it, used or not ([`check_file`]): what is wrong there and was not already
+    /// reported for a function using it.
+    fn check_files(&mut self, dir: &Path) {
+        let mut files: Vec<(PathBuf, String)> = Vec::new();
+        match resilience_policy::config::locate(None, Some(dir), None) {
+            Ok(Some(found)) => files.push(found),
+            Ok(None) => {}
+            Err(e) => self.problems.push(format!("Cargo.toml: {e}")),
+        }
+        for f in &self.functions {
+            if let Some(p) = &f.analysis.config_path {
+                let p = PathBuf::from(p);
+                if !files.iter().any(|(q, _)| *q == p) {
+                    let shown = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+                    files.push((p, shown));
+                }
+            }
+        }
+        for (path, shown) in files {
+            match resilience_policy::config::load(&path, &shown) {
+                Ok(config) => {
+                    for m in check_file(&config) {
+                        if !self.problems.iter().any(|p| p.contains(&m)) {
+                            self.problems.push(m);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !self.problems.iter().any(|p| p.contains(&e)) {
+                        self.problems.push(e);
+                    }
+                }
+            }
+        }
     }
 
     /// A virtual workspace's root: each member crate (`members`, a trailing `/*` read as every

@@ -150,6 +150,52 @@ fn check_reads_the_policy_file_and_points_into_it() {
     );
 }
 
+/// Sections no function uses yet are checked too: the compiler never reads them, so a
+/// misspelled key, a bad value, an unsafe policy or a name that resolves to nothing would wait
+/// there for the first function that uses it. Each is reported once, where it is; a clean file
+/// with unused sections passes.
+#[test]
+fn check_reads_every_section_of_the_policy_file_used_or_not() {
+    let lib = "#[resilience_runtime::resilient(policy = \"reads\")]\npub async fn get(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.get(\"http://x/\").send().await?;\n    Ok(())\n}\n";
+    let dir = crate_with(
+        "unused_sections",
+        &[
+            ("src/lib.rs", lib),
+            (
+                "resilience.toml",
+                "[policies.reads]\ntimeout = \"1s\"\n\n[policies.spare]\nmax_atempts = 3\ntimeout = \"abc\"\n\n[policies.charge]\nmethod = \"POST\"\nbreaker = \"pgg\"\n\n[breakers.pg]\nfailure_rat = 0.5\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    for expected in [
+        "resilience.toml:5:15: unknown key `max_atempts`; did you mean `max_attempts`?",
+        "resilience.toml:6:11: `abc` is not a duration",
+        "unknown breaker `pgg`",
+        "resilience.toml:13:15: unknown breaker key `failure_rat`; did you mean `failure_rate`?",
+        "[policies.charge]",
+        "5 problems",
+    ] {
+        assert!(t.contains(expected), "{expected}: {t}");
+    }
+    assert_eq!(t.matches("max_atempts").count(), 1, "{t}");
+
+    let clean = crate_with(
+        "unused_clean",
+        &[
+            ("src/lib.rs", lib),
+            (
+                "resilience.toml",
+                "[defaults]\ntimeout = \"2s\"\n\n[policies.reads]\ntimeout = \"1s\"\n\n[policies.charge]\nmethod = \"POST\"\nidempotency_key = \"auto\"\nbreaker = \"pg\"\n\n[breakers.pg]\nfailure_rate = 0.5\n\n[bulkheads.spare]\nmax_concurrent = 4\n",
+            ),
+        ],
+    );
+    let out = run(&["check", clean.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn check_an_override_file_against_the_crate() {
     let dir = std::env::temp_dir().join(format!("resilience-cli-ov-{}", std::process::id()));

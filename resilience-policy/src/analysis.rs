@@ -176,6 +176,98 @@ pub fn analyze(
     })
 }
 
+/// Every section of a policy file read as a function using it would read it (its keys and
+/// values, the rules between them, the sections it names), whether or not a function of the
+/// crate uses it: what `resilience check` says of the file itself. A section no function uses
+/// is never read by the compiler, so a misspelled key or a bad value there would otherwise go
+/// unnoticed until a function starts using it. A policy that declares no method is checked
+/// as a GET's would be: what its functions send is theirs to say. Each message starts with
+/// the file position, or with the file and the section where the rule has none; each is
+/// given once.
+pub fn check_file(config: &Config) -> Vec<String> {
+    use crate::validate::{
+        read_breaker, read_budget, read_bulkhead, read_client, read_concurrency, read_rate_limit,
+    };
+    let fb = Span::call_site();
+    let mut out: Vec<String> = config.errors.clone();
+    let mut add = |section: &str, diags: Diags| {
+        for m in diags.messages() {
+            let m = if m.starts_with(&config.display) {
+                m
+            } else {
+                format!("{}: [{section}]: {m}", config.display)
+            };
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    };
+    let check = |s: &Settings, diags: &mut Diags| {
+        let get = Set {
+            value: Method::Get,
+            origin: crate::value::Origin::Builtin,
+        };
+        let method = s.method.clone().unwrap_or(get);
+        check_policy(diags, s, Some(&method), fb);
+        crate::validate::check_hedge(diags, s, Some(&method), fb);
+        resolve_shared(diags, s, Some(config), fb);
+    };
+    let mut diags = Diags::default();
+    let mut base = Settings::default();
+    if let Some(d) = &config.defaults {
+        for (k, v) in &d.entries {
+            base.apply(&mut diags, k, v, fb);
+        }
+    }
+    check(&base, &mut diags);
+    add("defaults", diags);
+    for (name, t) in &config.policies {
+        let mut diags = Diags::default();
+        let mut s = base.clone();
+        for (k, v) in &t.entries {
+            s.apply(&mut diags, k, v, fb);
+        }
+        check(&s, &mut diags);
+        add(&format!("policies.{name}"), diags);
+    }
+    let states: [(&str, &std::collections::BTreeMap<String, config::Table>); 6] = [
+        ("breakers", &config.breakers),
+        ("budgets", &config.budgets),
+        ("bulkheads", &config.bulkheads),
+        ("rate_limits", &config.rate_limits),
+        ("concurrency_limits", &config.concurrency_limits),
+        ("clients", &config.clients),
+    ];
+    for (kind, tables) in states {
+        for (name, t) in tables {
+            let mut diags = Diags::default();
+            let e = &t.entries;
+            match kind {
+                "breakers" => {
+                    read_breaker(&mut diags, e, fb);
+                }
+                "budgets" => {
+                    read_budget(&mut diags, e, fb);
+                }
+                "bulkheads" => {
+                    read_bulkhead(&mut diags, e, &t.origin, fb);
+                }
+                "rate_limits" => {
+                    read_rate_limit(&mut diags, e, &t.origin, fb);
+                }
+                "concurrency_limits" => {
+                    read_concurrency(&mut diags, e, &t.origin, fb);
+                }
+                _ => {
+                    read_client(&mut diags, e, fb);
+                }
+            }
+            add(&format!("{kind}.{name}"), diags);
+        }
+    }
+    out
+}
+
 impl Analysis {
     /// The policy's values as the runtime is handed them (`resilience_spec::packed`): what
     /// the macro writes into the function as one string, and what the CLI checks an override

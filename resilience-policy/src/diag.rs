@@ -10,6 +10,11 @@ impl Diags {
         self.0.push(syn::Error::new(span, message));
     }
 
+    /// Each error's message, in the order pushed.
+    pub fn messages(self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+
     /// All errors folded into one, or `None`.
     pub fn into_error(self) -> Option<syn::Error> {
         let mut it = self.0.into_iter();
