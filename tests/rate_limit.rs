@@ -369,25 +369,57 @@ async fn patient(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())
 }
 
+/// The same limit shared through Redis, in a process that has none (`use_redis` never
+/// called): each instance holds to it locally, as while Redis is down or slow.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(
+        name = "rate_limit_test_patient_shared",
+        rate = 10,
+        burst = 1,
+        max_wait = "5s",
+        store = "redis"
+    )
+)]
+async fn patient_shared(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
 /// Callers that give up while they wait for a permit (a timeout of their own, shorter than the
 /// limit's `max_wait`) give it back: 40 such callers do not make the next call wait 4 s for
 /// permits nothing used.
+macro_rules! gives_permits_back {
+    ($f:ident) => {{
+        let server = FaultServer::start(Script::always(Action::ok())).await;
+        let c = reqwest::Client::new();
+        let url = server.url("/");
+        assert_eq!($f(&c, &url).await.unwrap(), 200);
+        for _ in 0..40 {
+            let gave_up = tokio::time::timeout(Duration::from_millis(50), $f(&c, &url)).await;
+            assert!(gave_up.is_err(), "waited 50 ms for its permit");
+        }
+        let t = Instant::now();
+        assert_eq!($f(&c, &url).await.unwrap(), 200);
+        assert!(
+            t.elapsed() <= Duration::from_millis(100),
+            "{}: waited {:?} for permits no call used",
+            stringify!($f),
+            t.elapsed()
+        );
+        assert_eq!(server.count(), 2);
+    }};
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_while_it_waits_gives_its_permit_back() {
-    let server = FaultServer::start(Script::always(Action::ok())).await;
-    let c = reqwest::Client::new();
-    let url = server.url("/");
-    assert_eq!(patient(&c, &url).await.unwrap(), 200);
-    for _ in 0..40 {
-        let gave_up = tokio::time::timeout(Duration::from_millis(50), patient(&c, &url)).await;
-        assert!(gave_up.is_err(), "waited 50 ms for its permit");
-    }
-    let t = Instant::now();
-    assert_eq!(patient(&c, &url).await.unwrap(), 200);
-    assert!(
-        t.elapsed() <= Duration::from_millis(100),
-        "waited {:?} for permits no call used",
-        t.elapsed()
-    );
-    assert_eq!(server.count(), 2);
+    gives_permits_back!(patient);
+}
+
+/// So does one that waits for a permit of a shared limit's local stand-in.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_a_local_permit_of_a_shared_limit_gives_it_back() {
+    gives_permits_back!(patient_shared);
 }

@@ -203,11 +203,13 @@ impl RateLimiter {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
         let allowed = self.spec.max_wait.min(left);
-        let wait = match self.spec.store {
-            RateLimitStore::Local => self.reserve_local(now, allowed),
+        // Whether the permit is the local limit's (a shared limit's while Redis is down or
+        // slow too): one reserved there is given back by a caller that stops waiting for it.
+        let reserved = match self.spec.store {
+            RateLimitStore::Local => self.reserve_local(now, allowed).map(|w| (w, true)),
             RateLimitStore::Redis => self.reserve_shared(now, allowed, left).await,
         };
-        let wait = match wait {
+        let (wait, local) = match reserved {
             Ok(w) => w,
             // Refused for want of time: the wait was within `max_wait`, not within the time
             // left (a local limit knows the wait; a shared one says only "no").
@@ -228,7 +230,7 @@ impl RateLimiter {
             self.admitted.fetch_add(1, Ordering::Relaxed);
         } else {
             self.waited.fetch_add(1, Ordering::Relaxed);
-            let give_back = (self.spec.store == RateLimitStore::Local).then(|| GiveBack(self));
+            let give_back = local.then(|| GiveBack(self));
             tokio::time::sleep_until(now + wait).await;
             std::mem::forget(give_back);
         }
@@ -287,14 +289,15 @@ impl RateLimiter {
     /// limit does, at once. A wait for Redis counts: it is bounded by the time `left` before
     /// the call's deadline (a Redis slower than that refuses the call for its deadline, and is
     /// not taken as down for it), and the local decision is taken at the time it is, within
-    /// what is left of `allowed`, its wait returned from `now`.
+    /// what is left of `allowed`, its wait returned from `now`. With the wait, whether the
+    /// local limit decided.
     #[cfg(feature = "redis")]
     async fn reserve_shared(
         &self,
         now: Instant,
         allowed: Duration,
         left: Duration,
-    ) -> Result<Duration, Refused> {
+    ) -> Result<(Duration, bool), Refused> {
         let down_until = self.down_until.load(Ordering::Relaxed);
         if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
             match shared::reserve(self.name, &self.spec, allowed, left).await {
@@ -306,7 +309,7 @@ impl RateLimiter {
                             "rate limit shared through Redis: Redis answers again"
                         );
                     }
-                    return Ok(wait);
+                    return Ok((wait, false));
                 }
                 shared::Answer::Refused => {
                     self.slow_since.store(0, Ordering::Relaxed);
@@ -321,7 +324,7 @@ impl RateLimiter {
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
         let wait = self.reserve_local(later, allowed.saturating_sub(spent))?;
-        Ok(spent + wait)
+        Ok((spent + wait, true))
     }
 
     #[cfg(not(feature = "redis"))]
@@ -330,10 +333,10 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         _left: Duration,
-    ) -> Result<Duration, Refused> {
+    ) -> Result<(Duration, bool), Refused> {
         self.no_connection();
         self.local_decision();
-        self.reserve_local(now, allowed)
+        self.reserve_local(now, allowed).map(|w| (w, true))
     }
 
     fn nanos_since_epoch(&self, t: Instant) -> u64 {
