@@ -78,7 +78,8 @@ pub(crate) fn rewrite(
 /// Made in a closure it counts when handed a client parameter (`|id| create_order(c, id)`):
 /// a closure handed `self` (`|o| price(&self.rates, o)`) is as likely to compute something.
 /// Handed to a collection or a spawner, or an element of `vec![…]` or an array, it counts
-/// handed either. What an awaited call that the rewrite watches as a whole polls inside it
+/// handed a client parameter, and handed `self` where it can only be a future (see
+/// [`Unwatched::collected`]). What an awaited call that the rewrite watches as a whole polls inside it
 /// (`join_all(ids.iter().map(|id| create_order(c, id))).await`) is watched with it, and a
 /// helper whose result a method of its own uses (`authed(c, u).send()`, a builder it made) is
 /// not a future handed on.
@@ -169,11 +170,39 @@ impl Unwatched<'_> {
         }
     }
 
-    /// Handed to what keeps or runs it: a helper's future among `args` counts.
-    fn collected<'e>(&mut self, args: impl IntoIterator<Item = &'e syn::Expr>) {
-        let clients = self.clients;
-        if args.into_iter().any(|a| self.helper_future(a, clients)) {
-            self.found = true;
+    /// Handed to what keeps or runs it: a helper's future among `args` counts. Handed `self`
+    /// (`place(&self.http, o)`), it counts where it can only be a future: handed to what runs
+    /// futures (`futures_only`: `tokio::spawn`, `join_all`), or pinned or boxed on its way
+    /// (`Box::pin(…)`, `.boxed()`); pushed as it is into a `Vec` it is as likely a value
+    /// computed from `self` (`urls.push(url_for(&self.base, id))`).
+    fn collected<'e>(&mut self, args: impl IntoIterator<Item = &'e syn::Expr>, futures_only: bool) {
+        fn marked(e: &syn::Expr) -> bool {
+            match e {
+                syn::Expr::Call(call) => callee(call).as_deref() == Some("pin"),
+                syn::Expr::MethodCall(m) => {
+                    [
+                        "boxed",
+                        "boxed_local",
+                        "fuse",
+                        "instrument",
+                        "in_current_span",
+                    ]
+                    .contains(&m.method.to_string().as_str())
+                        || marked(&m.receiver)
+                }
+                syn::Expr::Paren(p) => marked(&p.expr),
+                _ => false,
+            }
+        }
+        for a in args {
+            let names = if futures_only || marked(a) {
+                self.clients
+            } else {
+                &self.named
+            };
+            if self.helper_future(a, names) {
+                self.found = true;
+            }
         }
     }
 }
@@ -210,7 +239,7 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
                 mac.tokens.clone(),
             )
         {
-            self.collected(&args);
+            self.collected(&args, false);
             for a in &args {
                 self.visit_expr(a);
             }
@@ -239,7 +268,8 @@ impl Unwatched<'_> {
                 if !FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
             {
                 if COLLECTING_METHODS.contains(&m.method.to_string().as_str()) {
-                    self.collected(&m.args);
+                    let name = m.method.to_string();
+                    self.collected(&m.args, name.starts_with("spawn"));
                 }
                 self.visit_used(&m.receiver);
                 for a in &m.args {
@@ -248,12 +278,14 @@ impl Unwatched<'_> {
             }
             syn::Expr::Call(call) => {
                 if callee(call).is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
-                    self.collected(&call.args);
+                    let futures_only =
+                        callee(call).is_some_and(|c| !["from_iter", "iter"].contains(&c.as_str()));
+                    self.collected(&call.args, futures_only);
                 }
                 syn::visit::visit_expr_call(self, call);
             }
             syn::Expr::Array(a) => {
-                self.collected(&a.elems);
+                self.collected(&a.elems, false);
                 syn::visit::visit_expr_array(self, a);
             }
             e => syn::visit::visit_expr(self, e),
@@ -1203,6 +1235,9 @@ mod tests {
                 tokio::spawn(create_order(c.clone(), o));
             }),
             quote!({
+                tokio::spawn(place(self.http.clone(), o));
+            }),
+            quote!({
                 let v = vec![create_order(c, a), create_order(c, b)];
             }),
             quote!({
@@ -1258,6 +1293,13 @@ mod tests {
             // Handed no client.
             quote!({
                 set.push(other(o));
+            }),
+            // Handed `self` and kept as it is: as likely a value.
+            quote!({
+                urls.push(url_for(&self.base, id));
+            }),
+            quote!({
+                let v = vec![url_for(&self.base, a)];
             }),
             quote!({
                 let v = ids.iter().map(|id| id + 1);
