@@ -1577,6 +1577,105 @@ async fn order_typed_then_stock(
         .await?)
 }
 
+/// The helper's future kept pinned and raced in a loop through `.as_mut()`, as a pinned box
+/// or as the `BoxFuture` a helper returns: the rewrite watches it where it is made and the
+/// body compiles as written.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_pinned_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let mut order = Box::pin(create_order(c, orders));
+    let placed = loop {
+        tokio::select! {
+            r = order.as_mut() => break r,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    };
+    placed?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+fn create_order_boxed<'a>(
+    c: &'a reqwest::Client,
+    url: &'a str,
+) -> futures::future::BoxFuture<'a, reqwest::Result<reqwest::Response>> {
+    Box::pin(create_order(c, url))
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_boxed_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let mut order = create_order_boxed(c, orders);
+    let placed = loop {
+        tokio::select! {
+            r = order.as_mut() => break r,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    };
+    placed?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_helper_raced_through_as_mut_is_watched() {
+    let (e, stock) = placed_once!(order_pinned_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_boxed_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}
+
+/// The same kept, then awaited in a task of its own (outside the attempt).
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let order = create_order_owned(c.clone(), orders.to_owned());
+    let placed = tokio::spawn(order).await.expect("the task ran");
+    placed?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn create_order_owned(c: reqwest::Client, url: String) -> reqwest::Result<reqwest::Response> {
+    create_order(&c, &url).await
+}
+
 /// Each places the order once, unkeyed: the GET's 503 is not retried.
 #[tokio::test(start_paused = true)]
 async fn helpers_collected_or_typed_are_not_resent() {
@@ -1585,6 +1684,8 @@ async fn helpers_collected_or_typed_are_not_resent() {
     let (e, stock) = placed_once!(orders_unordered_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
     let (e, stock) = placed_once!(order_typed_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_spawned_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
 

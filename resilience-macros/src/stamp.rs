@@ -348,6 +348,15 @@ impl Rewriter<'_> {
                 return self.watch_base(&mut m.receiver);
             }
             syn::Expr::Paren(p) => return self.watch_base(&mut p.expr),
+            // `Box::pin(create_order(c, o))`: wrapped inside, so that what is kept is still a
+            // pinned box (`.as_mut()` on it, `&mut` in `select!`).
+            syn::Expr::Call(call)
+                if callee(call).as_deref() == Some("pin")
+                    && call.args.len() == 1
+                    && self.hands_a_client(&call.args[0]) =>
+            {
+                return self.watch_base(&mut call.args[0]);
+            }
             _ => {}
         }
         let span = e.span();
@@ -481,6 +490,21 @@ impl Uses<'_> {
         self.handed_on += n;
     }
 
+    /// Whether `args` of a spawner (`tokio::spawn(async move { fut.await })`) mention the
+    /// binding: polled there, it runs in a task of its own, outside the attempt, and counts as
+    /// handed on.
+    fn spawned(&mut self, args: &Punctuated<syn::Expr, syn::Token![,]>) -> bool {
+        let name = [self.name.to_string()];
+        let found = args
+            .iter()
+            .any(|a| mentions_any(a.to_token_stream(), &name));
+        if found {
+            self.handed_on += 1;
+            self.other += 1;
+        }
+        found
+    }
+
     /// Counts `e`: polled where it is the binding, otherwise whatever it holds.
     fn polled_or_visit(&mut self, e: &syn::Expr) {
         if self.is_polled(e) {
@@ -515,13 +539,21 @@ impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
         }
     }
     fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
-        if COLLECTING_METHODS.contains(&m.method.to_string().as_str()) {
+        let name = m.method.to_string();
+        if name.starts_with("spawn") && self.spawned(&m.args) {
+            return;
+        }
+        if COLLECTING_METHODS.contains(&name.as_str()) {
             self.count_handed_on(&m.args);
         }
         syn::visit::visit_expr_method_call(self, m);
     }
     fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
-        if callee(call).is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
+        let name = callee(call);
+        if name.as_deref().is_some_and(|c| c.starts_with("spawn")) && self.spawned(&call.args) {
+            return;
+        }
+        if name.is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
             self.count_handed_on(&call.args);
         }
         syn::visit::visit_expr_call(self, call);
@@ -1255,6 +1287,14 @@ mod tests {
             quote!({
                 let f: BoxFuture<'_, R> = create_order(c, o).boxed();
                 f.await?;
+            }),
+            quote!({
+                let f = create_order(c, o);
+                tokio::spawn(async move { f.await });
+            }),
+            quote!({
+                let f = create_order(c, o);
+                set.spawn(async move { f.await });
             }),
         ] {
             assert!(unwatched(ts.clone()), "{ts}");

@@ -47,6 +47,17 @@ pub fn helper<F: IntoFuture>(fut: F) -> Helper<F::IntoFuture> {
     }
 }
 
+impl<F: Unpin> Helper<F> {
+    /// The helper pinned where it is, as `.as_mut()` pins a `Pin<Box<…>>` or a `BoxFuture`
+    /// kept to be polled later (`let mut f = api.place(o);` then `f.as_mut()` in a loop of
+    /// `select!`): the rewrite wraps such a kept future where it is made, and this keeps the
+    /// body's `.as_mut()` meaning what it did, the helper still watched.
+    #[inline]
+    pub fn as_mut(&mut self) -> Pin<&mut Self> {
+        Pin::new(self)
+    }
+}
+
 /// The helper ran from `start` until now: nothing seen since, an unseen send.
 fn settle(start: Option<u32>) {
     if let Some(start) = start {
