@@ -549,6 +549,73 @@ async fn a_nested_call_under_the_same_breaker_and_bulkhead_runs_under_its_caller
     assert_eq!(state(), BreakerState::Closed);
 }
 
+/// The same with a call of its own breaker and bulkhead in between: `checkout_screened` (pg) calls
+/// `screen` (fraud), which calls `tokenize` (pg) again.
+#[resilient(timeout = "2s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_fraud", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "10s", half_open_calls = 1 },
+    bulkhead = { name = "composition_fraud_slots", max_concurrent = 1, max_wait = "1s" })]
+async fn screen(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    tokenize(c, url).await
+}
+
+#[resilient(timeout = "3s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_pg", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "10s", half_open_calls = 1 },
+    bulkhead = { name = "composition_pg_slots", max_concurrent = 1, max_wait = "1s" })]
+async fn checkout_screened(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    screen(c, url).await
+}
+
+/// A call nested two levels down under its caller's caller's breaker and bulkhead, another
+/// call's in between, runs under the outermost call's probe and slot as a direct one does (it
+/// waited a second for the slot the outermost call held, then failed; a half-open breaker
+/// stayed half-open).
+#[tokio::test(start_paused = true)]
+async fn a_call_nested_below_another_state_runs_under_its_outer_callers_permits() {
+    use resilience_runtime::breaker::BreakerState;
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    let c = client();
+    let started = Instant::now();
+    assert_eq!(checkout_screened(&c, &up.url("/")).await.unwrap(), "ok");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    for _ in 0..2 {
+        checkout_screened(&c, &down.url("/")).await.unwrap_err();
+    }
+    let state = |name| resilience_runtime::breakers::state(name).unwrap().state;
+    assert_eq!(state("composition_pg"), BreakerState::Open);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for i in 0..3 {
+        let r = checkout_screened(&c, &up.url("/")).await;
+        assert!(r.is_ok(), "call {i} after open_for: {r:?}");
+    }
+    assert_eq!(state("composition_pg"), BreakerState::Closed);
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, method = GET, budget = false,
+    concurrency_limit(name = "composition_one_at_a_time", initial = 1, min = 1, max = 1, latency = "500ms"))]
+async fn lookup_limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "2s", max_attempts = 1, method = GET, budget = false,
+    concurrency_limit(name = "composition_one_at_a_time", initial = 1, min = 1, max = 1, latency = "500ms"))]
+async fn page_limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    lookup_limited(c, url).await
+}
+
+/// So does a call nested under the same adaptive concurrency limit at its limit: it was
+/// refused the slot its caller held.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_under_the_same_concurrency_limit_runs_in_its_callers_slot() {
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(page_limited(&client(), &up.url("/")).await.unwrap(), "ok");
+    assert_eq!(up.count(), 1);
+}
+
 // --- Return types -----------------------------------------------------------------------------
 
 #[resilient(

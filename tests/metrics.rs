@@ -44,6 +44,14 @@ async fn bulkheaded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
 }
 
+/// Under the same bulkhead as `bulkheaded`, which it calls (in its slot), then works on.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, bulkhead = { name = "m_bulkhead", max_concurrent = 1 }, budget = false)]
+async fn bulkheaded_outer(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let got = bulkheaded(c, url).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(got)
+}
+
 #[resilient(method = GET, timeout = "2s", rate_limit = { rate = 1, per = "1m", burst = 1 }, budget = false)]
 async fn limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
@@ -269,6 +277,25 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
             &[r#"bulkhead="m_bulkhead""#],
         ),
         Some(0.0)
+    );
+
+    // A nested call run in its caller's slot ends without giving a slot back: the gauge still
+    // counts the caller's.
+    let quick = FaultServer::start(Script::always(Action::ok())).await;
+    let quick_url = quick.url("/");
+    let (outer, in_flight) = tokio::join!(bulkheaded_outer(&c, &quick_url), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sample(
+            &handle,
+            "resilience_bulkhead_in_flight",
+            &[r#"bulkhead="m_bulkhead""#],
+        )
+    });
+    outer.unwrap();
+    assert_eq!(
+        in_flight,
+        Some(1.0),
+        "the caller's slot, after the nested call ended"
     );
 
     // Rate limit: one permit a minute; the second call is refused before any attempt.

@@ -2,8 +2,9 @@
 //!
 //! One slow downstream then holds at most N of the caller's calls, instead of all of them
 //! (each call runs one attempt at a time, plus its hedges: with `hedge.max = 3`, up to 4N
-//! requests and connections). A call nested in another under the same bulkhead runs in its
-//! caller's slot. Slots are taken in the order they were asked for; a call that finds
+//! attempts). A call nested in another under the same bulkhead runs in its caller's slot, so
+//! what the bound counts is the outermost calls: a body that runs several nested calls under
+//! the same bulkhead at once (`join!`) runs them all in its one slot. Slots are taken in the order they were asked for; a call that finds
 //! no slot within `max_wait` fails fast with [`BulkheadFull`].
 
 use std::fmt;

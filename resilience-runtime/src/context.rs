@@ -432,20 +432,45 @@ pub(crate) struct Outer {
     pub held: Held,
 }
 
-/// The breaker and the bulkhead (by address; 0: none) whose probe or slot an enclosing call
-/// holds: a call nested in it with the same named state runs under that permit instead of
-/// taking a second one (two probes of one operation would leave a half-open breaker waiting
-/// for a probe its own nested call holds; nested calls would wait for slots their callers
-/// hold).
+/// The breakers, bulkheads and adaptive concurrency limits (by address; 0: none) whose probe
+/// or slot the enclosing calls hold, the innermost first: a call nested in them with the same
+/// named state runs under that permit instead of taking a second one (two probes of one
+/// operation would leave a half-open breaker waiting for a probe its own nested call holds;
+/// nested calls would wait for slots their callers hold), however many calls with states of
+/// their own are between them. The last [`Held::MAX`] kept: a deeper chain of distinct states
+/// forgets its outermost ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Held {
-    pub breaker: usize,
-    pub bulkhead: usize,
+pub(crate) struct Held(pub [usize; Held::MAX]);
+
+impl Held {
+    pub(crate) const MAX: usize = 6;
+
+    /// Whether `state` (an address, 0: none) is held.
+    #[inline]
+    pub(crate) fn holds(&self, state: usize) -> bool {
+        state != 0 && self.0.contains(&state)
+    }
+
+    /// The states of a call nested in these (its own, 0 for none), and which of its own are
+    /// held already.
+    pub(crate) fn nested(self, own: [usize; 3]) -> (Held, [bool; 3]) {
+        let already = own.map(|s| self.holds(s));
+        let mut held = self;
+        for (s, already) in own.into_iter().zip(already) {
+            if s != 0 && !already {
+                held.0.copy_within(0..Held::MAX - 1, 1);
+                held.0[0] = s;
+            }
+        }
+        (held, already)
+    }
 }
 
 impl AttemptCtx {
     /// A call's context before its first attempt (numbered 0, no span id yet), ending at
-    /// `until`, nothing recorded.
+    /// `until`, nothing recorded, under the states `held` by it or its callers.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         request_id: u128,
         request_id_text: Option<Arc<HeaderValue>>,
@@ -454,6 +479,7 @@ impl AttemptCtx {
         key: Option<Key>,
         until: Instant,
         depth: u8,
+        held: Held,
     ) -> AttemptCtx {
         AttemptCtx {
             attempt: 0,
@@ -465,7 +491,7 @@ impl AttemptCtx {
             key,
             until,
             depth,
-            held: Held::default(),
+            held,
             stamped: Cell::new(false),
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
@@ -729,6 +755,28 @@ pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chain of calls with states of their own: each finds the states its callers hold,
+    /// however many are between them, the innermost first, the outermost forgotten past
+    /// `Held::MAX`.
+    #[test]
+    fn held_states_follow_the_chain_of_calls() {
+        // A holds breaker 10 and bulkhead 11; B breaker 20; C breaker 10 again.
+        let a = Held([10, 11, 0, 0, 0, 0]);
+        let (b, b_held) = a.nested([20, 0, 0]);
+        assert_eq!(b_held, [false; 3]);
+        assert_eq!(b.0, [20, 10, 11, 0, 0, 0]);
+        let (c, c_held) = b.nested([10, 11, 30]);
+        assert_eq!(c_held, [true, true, false]);
+        assert_eq!(c.0, [30, 20, 10, 11, 0, 0]);
+        // Three more levels of new states: the outermost (10, 11) forgotten first.
+        let (d, _) = c.nested([40, 41, 0]);
+        assert_eq!(d.0, [41, 40, 30, 20, 10, 11]);
+        let (e, e_held) = d.nested([50, 0, 0]);
+        assert_eq!(e.0, [50, 41, 40, 30, 20, 10]);
+        assert!(!e.holds(11) && e.holds(10) && !e.holds(0));
+        assert_eq!(e_held, [false; 3]);
+    }
 
     #[test]
     fn traceparent_round_trips() {

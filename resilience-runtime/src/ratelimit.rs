@@ -543,10 +543,11 @@ pub(crate) async fn admit(
     shared: &crate::registry::Resolved,
     deadline: Instant,
     started: Instant,
+    holds_slot: bool,
 ) -> Result<(), crate::error::Error> {
     match r.acquire_by(deadline).await {
         Ok(()) => Ok(()),
-        Err(why) => Err(refused(r, shared, why, started)),
+        Err(why) => Err(refused(r, shared, why, started, holds_slot)),
     }
 }
 
@@ -570,7 +571,7 @@ pub(crate) fn admit_now(
         }
         Err(why) if r.spec.max_wait.is_zero() => {
             r.rejected.fetch_add(1, Ordering::Relaxed);
-            Some(Err(refused(r, shared, why, started)))
+            Some(Err(refused(r, shared, why, started, false)))
         }
         Err(_) => None,
     }
@@ -583,10 +584,11 @@ fn refused(
     shared: &crate::registry::Resolved,
     why: Refused,
     started: Instant,
+    holds_slot: bool,
 ) -> crate::error::Error {
     use crate::error::{Error, ErrorKind};
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
-    crate::telemetry::call_rejected_by_rate_limit(shared, started);
+    crate::telemetry::call_rejected_by_rate_limit(shared, started, holds_slot);
     crate::session::report_refused(shared.function, started.elapsed());
     let kind = match why {
         Refused::Limited => ErrorKind::RateLimited,

@@ -106,24 +106,6 @@ pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> E
         .with_elapsed(started.elapsed())
 }
 
-/// What a nested call holds (its own breaker and bulkhead, else its callers'), and whether its
-/// own are ones an enclosing call already holds a permit of.
-#[cold]
-fn nested_held(
-    own: crate::context::Held,
-    inherited: crate::context::Held,
-) -> (crate::context::Held, bool, bool) {
-    let pick = |own: usize, inherited: usize| if own == 0 { inherited } else { own };
-    (
-        crate::context::Held {
-            breaker: pick(own.breaker, inherited.breaker),
-            bulkhead: pick(own.bulkhead, inherited.bulkhead),
-        },
-        own.breaker != 0 && own.breaker == inherited.breaker,
-        own.bulkhead != 0 && own.bulkhead == inherited.bulkhead,
-    )
-}
-
 /// A call is admitted: counted, deposited in the budget; its span.
 fn open(
     shared: &'static Resolved,
@@ -374,6 +356,7 @@ pub struct Session {
     /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
     bulkhead_held: bool,
+    concurrency_held: bool,
 }
 
 impl Session {
@@ -477,17 +460,23 @@ impl Session {
         })
         .flatten();
         let nested = outer.is_some();
-        // The enclosing calls' breaker and bulkhead: this call runs under their permits when
-        // its own are the same ones.
-        let own = crate::context::Held {
-            breaker: shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
-            bulkhead: shared
+        // The enclosing calls' breakers, bulkheads and concurrency limits: this call runs
+        // under their permits where its own are among them.
+        let own = [
+            shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
+            shared
                 .bulkhead
                 .map_or(0, |b| std::ptr::from_ref(b) as usize),
-        };
-        let (held, breaker_held, bulkhead_held) = match &outer {
-            None => (own, false, false),
-            Some(o) => nested_held(own, o.held),
+            shared
+                .concurrency
+                .map_or(0, |c| std::ptr::from_ref(c) as usize),
+        ];
+        let (held, [breaker_held, bulkhead_held, concurrency_held]) = match &outer {
+            None => (
+                crate::context::Held([own[0], own[1], own[2], 0, 0, 0]),
+                [false; 3],
+            ),
+            Some(o) => o.held.nested(own),
         };
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
@@ -533,7 +522,7 @@ impl Session {
         // it is built in one piece where it is returned, not built and then changed.
         let admitted = refusal.is_none()
             && (shared.bulkhead.is_none() || bulkhead_held)
-            && shared.concurrency.is_none()
+            && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
                 // A local limit with a permit free now: no wait, no future.
@@ -546,7 +535,7 @@ impl Session {
                     None => false,
                 },
             };
-        let mut ctx = AttemptCtx::new(
+        let ctx = AttemptCtx::new(
             request_id,
             request_id_text,
             trace_id,
@@ -554,8 +543,8 @@ impl Session {
             key,
             deadline,
             depth,
+            held,
         );
-        ctx.held = held;
         let span = if admitted {
             open(shared, policy, started, &ctx)
         } else {
@@ -593,6 +582,7 @@ impl Session {
             ran_last: None,
             breaker_held,
             bulkhead_held,
+            concurrency_held,
         }
     }
 
@@ -648,13 +638,14 @@ impl Session {
             }
         }
         // An adaptive concurrency limit, in the bulkhead's place (never both).
-        if let Some(c) = shared.concurrency {
+        if let Some(c) = shared.concurrency.filter(|_| !self.concurrency_held) {
             self.concurrency = Some(crate::concurrency::admit(c, shared, deadline, started).await?);
         }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline.
         if let Some(r) = shared.rate_limit {
-            crate::ratelimit::admit(r, shared, deadline, started).await?;
+            let holds_slot = self._bulkhead.is_some();
+            crate::ratelimit::admit(r, shared, deadline, started, holds_slot).await?;
         }
         if (self._bulkhead.is_some()
             && shared
@@ -818,9 +809,9 @@ impl Session {
             c.key.clone(),
             until,
             c.depth,
+            c.held,
         );
         ctx.attempt = self.attempts;
-        ctx.held = c.held;
         ctx
     }
 
@@ -926,6 +917,7 @@ impl Session {
             self.retried > 0,
             self.last.status,
             self.started,
+            self._bulkhead.is_some(),
         );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.retried == 0 {
@@ -1163,6 +1155,7 @@ impl Session {
             why,
             self.last.runtime == Some(ErrorKind::CircuitOpen),
             self.started,
+            self._bulkhead.is_some(),
         );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.retried == 0 {

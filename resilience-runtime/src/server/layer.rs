@@ -267,7 +267,9 @@ impl IdempotencyLayer {
         self
     }
 
-    /// The longest a claimed key's handler may run, reading of its response body included.
+    /// The longest a claimed key's handler may run, reading of its response body included, up
+    /// to what is kept of it (`max_stored_body`): the rest of a larger body streams on to the
+    /// client past this limit, and is not stored.
     /// The handler runs detached from the connection, so the client going away does not stop
     /// it; this limit does. At the limit the layer drops the handler's future (cancelling it at
     /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored whatever

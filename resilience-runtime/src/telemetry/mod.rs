@@ -612,6 +612,7 @@ pub(crate) fn call_succeeded(
     retried: bool,
     status: Option<u16>,
     started: Instant,
+    holds_slot: bool,
 ) {
     let end = AttemptEnd {
         class: None,
@@ -623,13 +624,14 @@ pub(crate) fn call_succeeded(
     // One clock read for the attempt's end and the call's (none without `metrics`).
     let now = end_instant();
     on_attempt_end(scope, shared, end, now);
-    // A call that made attempts was admitted: it holds its slot, if the policy has a bulkhead.
+    // A call that made attempts was admitted: it holds its slot, if the policy has a bulkhead
+    // and no enclosing call holds one of the same for it.
     on_call_end(
         shared,
         Outcome::succeeded(retried),
         Some(started),
         now,
-        shared.bulkhead.is_some(),
+        holds_slot,
     );
 }
 
@@ -667,6 +669,7 @@ pub(crate) fn call_gave_up(
     why: GiveUp,
     circuit_open: bool,
     started: Instant,
+    holds_slot: bool,
 ) {
     let end = AttemptEnd {
         class: Some(class),
@@ -682,7 +685,7 @@ pub(crate) fn call_gave_up(
         Outcome::gave_up(retried, why, circuit_open),
         Some(started),
         now,
-        shared.bulkhead.is_some(),
+        holds_slot,
     );
 }
 
@@ -749,14 +752,13 @@ pub(crate) fn call_rejected_by_breaker(shared: &Resolved) {
 /// The call was refused by its rate limit before any attempt, `started` when it began: its
 /// time (a wait for a permit) goes into the call duration.
 #[inline]
-pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved, started: Instant) {
-    // The rate limit is asked after the bulkhead: a call it refuses holds a slot if the policy
-    // has a bulkhead.
+pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved, started: Instant, holds_slot: bool) {
+    // The rate limit is asked after the bulkhead: a call it refuses may hold a slot.
     on_call_end(
         shared,
         Outcome::RejectedRateLimit,
         Some(started),
         None,
-        shared.bulkhead.is_some(),
+        holds_slot,
     );
 }
