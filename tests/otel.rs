@@ -325,6 +325,7 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
     .await;
     for flags in ["01", "00"] {
         b_state.traceparents.lock().unwrap().clear();
+        b_state.tracestates.lock().unwrap().clear();
         b_state.hits.store(0, Ordering::SeqCst);
         let body = reqwest::Client::new()
             .get(format!("http://{a}/a"))
@@ -332,6 +333,7 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
                 "traceparent",
                 format!("00-{TRACE}-00f067aa0ba902b7-{flags}"),
             )
+            .header("tracestate", "congo=t61rcWkgMzE")
             .send()
             .await
             .unwrap()
@@ -345,6 +347,9 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
             assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
             assert!(tp.ends_with(&format!("-{flags}")), "{tp}");
         }
+        // The caller's tracestate goes on with the trace, sampled or not.
+        let states = b_state.tracestates.lock().unwrap().clone();
+        assert_eq!(states, ["congo=t61rcWkgMzE"; 2], "flags {flags}");
     }
 }
 

@@ -127,11 +127,11 @@ fn open(
         depth = ctx.depth,
     );
     #[cfg(feature = "opentelemetry")]
-    if ctx.depth == 0
-        && !span.is_disabled()
-        && let Some(trace) = crate::context::inbound().trace
-    {
-        telemetry::otel::join_inbound(&span, trace);
+    if ctx.depth == 0 && !span.is_disabled() {
+        let inbound = crate::context::inbound();
+        if let Some(trace) = inbound.trace {
+            telemetry::otel::join_inbound(&span, trace, inbound.tracestate.as_deref());
+        }
     }
     span
 }

@@ -24,8 +24,13 @@ fn context_of(span: &Span) -> Option<Context> {
 /// (`inbound`: trace id, the caller's span id, flags), where the OpenTelemetry context around
 /// the call is not in that trace (the service did not extract the caller's context into its
 /// own spans): the call's span is parented on the caller's remote span, so that the callee
-/// joins the caller's trace, with the caller's sampled flag, as without the feature.
-pub(crate) fn join_inbound(span: &Span, inbound: (u128, u64, u8)) {
+/// joins the caller's trace, with the caller's sampled flag and `tracestate`, as without the
+/// feature.
+pub(crate) fn join_inbound(
+    span: &Span,
+    inbound: (u128, u64, u8),
+    tracestate: Option<&HeaderValue>,
+) {
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     let (trace, parent, flags) = inbound;
     if span.is_disabled() || trace == 0 || parent == 0 {
@@ -42,7 +47,12 @@ pub(crate) fn join_inbound(span: &Span, inbound: (u128, u64, u8)) {
         SpanId::from(parent),
         TraceFlags::new(flags),
         true,
-        TraceState::default(),
+        // Checked when it was handed down (`Inbound::tracestate`); one the OpenTelemetry API
+        // refuses goes without.
+        tracestate
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<TraceState>().ok())
+            .unwrap_or_default(),
     );
     // Not started yet (just made): a parent can still be set; an error otherwise is no harm.
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
