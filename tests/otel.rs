@@ -479,11 +479,15 @@ async fn a_hedged_attempt_that_failed_while_another_ran_is_traced_as_an_error() 
 #[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
 async fn purge(c: &reqwest::Client, url: String) -> Result<u16, Error> {
     let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
-    Ok(c.request(purge, url).send().await?.status().as_u16())
+    let status = c.request(purge, &url).send().await?.status().as_u16();
+    // A second request in the same attempt: the span keeps the first one's.
+    c.get(format!("{url}/after")).send().await?;
+    Ok(status)
 }
 
 /// The attempt span is named after the method actually sent, as the conventions write it: a
-/// method they do not know is `HTTP`, `_OTHER`, with the method sent as the original.
+/// method they do not know is `HTTP`, `_OTHER`, with the method sent as the original. Its
+/// first request describes it, each attribute once.
 #[tokio::test]
 async fn the_attempt_span_names_the_method_sent() {
     use resilience_fault_server::{Action, FaultServer, Script};
@@ -509,6 +513,13 @@ async fn the_attempt_span_names_the_method_sent() {
         .filter(|kv| kv.key.as_str() == "http.request.method")
         .count();
     assert_eq!(methods, 1, "{:?}", attempt.attributes);
+    let urls: Vec<_> = attempt
+        .attributes
+        .iter()
+        .filter(|kv| kv.key.as_str() == "url.full")
+        .map(|kv| kv.value.to_string())
+        .collect();
+    assert_eq!(urls, [server.url("/cache")], "{:?}", attempt.attributes);
     assert_eq!(
         attr(attempt, "http.request.method_original"),
         Some(&s("PURGE"))

@@ -404,6 +404,10 @@ pub(crate) struct AttemptCtx {
     /// Watched helpers started and not ended: what they send is not known yet (a hedge must
     /// not start beside one, and an attempt ended while one runs counts it as unseen).
     pub helpers_running: Cell<u32>,
+    /// The attempt's span has its request's method, server and URL: those of the first
+    /// request the attempt sent (an OpenTelemetry span keeps every value recorded, so they are
+    /// recorded once).
+    pub described: Cell<bool>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -508,6 +512,7 @@ impl AttemptCtx {
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             helpers_running: Cell::new(0),
+            described: Cell::new(false),
         }
     }
 
@@ -559,6 +564,7 @@ impl AttemptCtx {
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.helpers_running.get_mut() = 0;
+        *self.described.get_mut() = false;
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.

@@ -208,8 +208,10 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.stamped.set(true);
     ctx.saw();
     ctx.went_on();
-    // telemetry (issue 12): method, server and URL on the attempt's span.
-    crate::telemetry::on_request(req);
+    // telemetry (issue 12): method, server and URL on the attempt's span, its first request's.
+    if !ctx.described.replace(true) {
+        crate::telemetry::on_request(req);
+    }
     let headers = req.headers_mut();
     // Every generated value is written into one stack buffer, copied to the heap once, and
     // each header value is a slice of that one allocation.
