@@ -112,9 +112,9 @@ pub struct RateLimiter {
     /// 0: it is not.
     down_until: AtomicU64,
     #[cfg(feature = "redis")]
-    /// Since when (nanoseconds since `epoch`, plus one) Redis has left calls short of time
-    /// without an answer; 0: it answered the last call that asked.
-    slow_since: AtomicU64,
+    /// How long (nanoseconds) the calls Redis left short of time without an answer waited for
+    /// it, added up since it last answered one.
+    slow_waited: AtomicU64,
 }
 
 /// A local permit reserved by a call still waiting for it: given back if the call is dropped
@@ -163,7 +163,7 @@ impl RateLimiter {
             #[cfg(feature = "redis")]
             down_until: AtomicU64::new(0),
             #[cfg(feature = "redis")]
-            slow_since: AtomicU64::new(0),
+            slow_waited: AtomicU64::new(0),
         })
     }
 
@@ -302,7 +302,7 @@ impl RateLimiter {
         if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
             match shared::reserve(self.name, &self.spec, allowed, left).await {
                 shared::Answer::Wait(wait) => {
-                    self.slow_since.store(0, Ordering::Relaxed);
+                    self.slow_waited.store(0, Ordering::Relaxed);
                     if down_until != 0 && self.down_until.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(
                             rate_limit = self.name,
@@ -312,11 +312,11 @@ impl RateLimiter {
                     return Ok((wait, false));
                 }
                 shared::Answer::Refused => {
-                    self.slow_since.store(0, Ordering::Relaxed);
+                    self.slow_waited.store(0, Ordering::Relaxed);
                     return Err(Refused::Limited);
                 }
                 shared::Answer::Failed => self.store_failed(),
-                shared::Answer::Slow => self.slow_answer(now),
+                shared::Answer::Slow(waited) => self.slow_answer(waited),
                 shared::Answer::NoConnection => self.no_connection(),
             }
         }
@@ -343,23 +343,20 @@ impl RateLimiter {
         t.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// Redis did not answer within half the time a call had left (under [`STORE_TIMEOUT`](shared::STORE_TIMEOUT)):
-    /// the call decides locally with the rest. Once calls have gone unanswered so for
-    /// [`STORE_TIMEOUT`](shared::STORE_TIMEOUT), Redis is taken as down, as after one call's full wait.
+    /// Redis did not answer within half the time a call had left (under [`STORE_TIMEOUT`](shared::STORE_TIMEOUT)),
+    /// `waited`: the call decides locally with the rest. Once such calls have waited
+    /// [`STORE_TIMEOUT`](shared::STORE_TIMEOUT) in all without an answer, Redis is taken as
+    /// down, as after one call's full wait; a few calls with a millisecond or two left, far
+    /// apart, do not take a Redis that answers the others as down.
     #[cfg(feature = "redis")]
-    fn slow_answer(&self, asked: Instant) {
-        let asked = self.nanos_since_epoch(asked).saturating_add(1);
-        let since =
-            match self
-                .slow_since
-                .compare_exchange(0, asked, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => asked,
-                Err(since) => since,
-            };
-        let now = self.nanos_since_epoch(Instant::now()).saturating_add(1);
-        if now.saturating_sub(since) >= shared::STORE_TIMEOUT.as_nanos() as u64 {
-            self.slow_since.store(0, Ordering::Relaxed);
+    fn slow_answer(&self, waited: Duration) {
+        let waited = waited.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let total = self
+            .slow_waited
+            .fetch_add(waited, Ordering::AcqRel)
+            .saturating_add(waited);
+        if total >= shared::STORE_TIMEOUT.as_nanos() as u64 {
+            self.slow_waited.store(0, Ordering::Relaxed);
             self.store_failed();
         }
     }
@@ -489,9 +486,9 @@ return wait",
         Failed,
         /// No Redis was given.
         NoConnection,
-        /// No answer within half the time the call had left, sooner than [`STORE_TIMEOUT`]: the
-        /// rest is the local limit's.
-        Slow,
+        /// No answer within half the time the call had left (this wait), sooner than
+        /// [`STORE_TIMEOUT`]: the rest is the local limit's.
+        Slow(Duration),
     }
 
     /// One decision of Redis, waited for at most `left` (the time before the call's deadline)
@@ -522,7 +519,7 @@ return wait",
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
                 Answer::Failed
             }
-            Err(_) if wait < STORE_TIMEOUT => Answer::Slow,
+            Err(_) if wait < STORE_TIMEOUT => Answer::Slow(wait),
             Err(_) => Answer::Failed,
         }
     }

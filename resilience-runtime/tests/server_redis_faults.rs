@@ -407,6 +407,22 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             "freeze" => redis.signal("-STOP"),
             _ => redis.kill(),
         }
+        if fault == "freeze" {
+            // Calls with a few milliseconds left, far apart, each wait a millisecond or so for
+            // Redis: 250 ms between them is not 250 ms of waiting, and Redis is not taken as
+            // down for them.
+            let before = limiter.snapshot();
+            for _ in 0..2 {
+                let deadline = Instant::now() + Duration::from_millis(2);
+                assert_eq!(limiter.acquire_by(deadline).await, Ok(()));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            assert_eq!(
+                limiter.snapshot().store_unanswered,
+                before.store_unanswered,
+                "two short waits 300 ms apart"
+            );
+        }
         let before = limiter.snapshot();
         if fault == "freeze" {
             // A call whose deadline comes before Redis's 250 ms waits for Redis half its time,
