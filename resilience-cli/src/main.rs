@@ -258,10 +258,15 @@ impl Crate {
                 }
             }
         }
+        let used: Vec<&str> = self
+            .functions
+            .iter()
+            .filter_map(|f| f.analysis.policy_name.as_deref())
+            .collect();
         for (path, shown) in files {
             match resilience_policy::config::load(&path, &shown) {
                 Ok(config) => {
-                    for m in check_file(&config) {
+                    for m in check_file(&config, &used) {
                         if !self.problems.iter().any(|p| p.contains(&m)) {
                             self.problems.push(m);
                         }

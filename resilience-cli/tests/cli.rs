@@ -153,7 +153,7 @@ fn check_reads_the_policy_file_and_points_into_it() {
 /// Sections no function uses yet are checked too: the compiler never reads them, so a
 /// misspelled key, a bad value, an unsafe policy or a name that resolves to nothing would wait
 /// there for the first function that uses it. Each is reported once, where it is; a clean file
-/// with unused sections passes.
+/// with unused sections passes, and a used policy completed inline is not judged alone.
 #[test]
 fn check_reads_every_section_of_the_policy_file_used_or_not() {
     let lib = "#[resilience_runtime::resilient(policy = \"reads\")]\npub async fn get(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.get(\"http://x/\").send().await?;\n    Ok(())\n}\n";
@@ -182,13 +182,19 @@ fn check_reads_every_section_of_the_policy_file_used_or_not() {
     }
     assert_eq!(t.matches("max_atempts").count(), 1, "{t}");
 
+    // A used policy whose timeout only its function's inline deadline makes fit is the
+    // compiler's to judge, with that deadline: not a problem of the file.
+    let lib_long = lib.replace(
+        "policy = \"reads\"",
+        "policy = \"reads\", deadline = \"2m\"",
+    );
     let clean = crate_with(
         "unused_clean",
         &[
-            ("src/lib.rs", lib),
+            ("src/lib.rs", &lib_long),
             (
                 "resilience.toml",
-                "[defaults]\ntimeout = \"2s\"\n\n[policies.reads]\ntimeout = \"1s\"\n\n[policies.charge]\nmethod = \"POST\"\nidempotency_key = \"auto\"\nbreaker = \"pg\"\n\n[breakers.pg]\nfailure_rate = 0.5\n\n[bulkheads.spare]\nmax_concurrent = 4\n",
+                "[defaults]\ntimeout = \"2s\"\n\n[policies.reads]\ntimeout = \"40s\"\n\n[policies.charge]\nmethod = \"POST\"\nidempotency_key = \"auto\"\nbreaker = \"pg\"\n\n[breakers.pg]\nfailure_rate = 0.5\n\n[bulkheads.spare]\nmax_concurrent = 4\n",
             ),
         ],
     );

@@ -180,11 +180,14 @@ pub fn analyze(
 /// values, the rules between them, the sections it names), whether or not a function of the
 /// crate uses it: what `resilience check` says of the file itself. A section no function uses
 /// is never read by the compiler, so a misspelled key or a bad value there would otherwise go
-/// unnoticed until a function starts using it. A policy that declares no method is checked
-/// as a GET's would be: what its functions send is theirs to say. Each message starts with
-/// the file position, or with the file and the section where the rule has none; each is
-/// given once.
-pub fn check_file(config: &Config) -> Vec<String> {
+/// unnoticed until a function starts using it. The rules between keys (timeout within the
+/// deadline, an unsafe retry) are checked for the policies in no `used` function's
+/// `policy = "…"`, as a function using one alone would get it, a policy that declares no
+/// method as a GET's (what its functions send is theirs to say); a used policy, and
+/// `[defaults]`, have them checked with what each function adds inline, by the compiler. Each
+/// message starts with the file position, or with the file and the section where the rule
+/// has none; each is given once.
+pub fn check_file(config: &Config, used: &[&str]) -> Vec<String> {
     use crate::validate::{
         read_breaker, read_budget, read_bulkhead, read_client, read_concurrency, read_rate_limit,
     };
@@ -202,14 +205,16 @@ pub fn check_file(config: &Config) -> Vec<String> {
             }
         }
     };
-    let check = |s: &Settings, diags: &mut Diags| {
-        let get = Set {
-            value: Method::Get,
-            origin: crate::value::Origin::Builtin,
-        };
-        let method = s.method.clone().unwrap_or(get);
-        check_policy(diags, s, Some(&method), fb);
-        crate::validate::check_hedge(diags, s, Some(&method), fb);
+    let check = |s: &Settings, diags: &mut Diags, alone: bool| {
+        if alone {
+            let get = Set {
+                value: Method::Get,
+                origin: crate::value::Origin::Builtin,
+            };
+            let method = s.method.clone().unwrap_or(get);
+            check_policy(diags, s, Some(&method), fb);
+            crate::validate::check_hedge(diags, s, Some(&method), fb);
+        }
         resolve_shared(diags, s, Some(config), fb);
     };
     let mut diags = Diags::default();
@@ -219,7 +224,7 @@ pub fn check_file(config: &Config) -> Vec<String> {
             base.apply(&mut diags, k, v, fb);
         }
     }
-    check(&base, &mut diags);
+    check(&base, &mut diags, false);
     add("defaults", diags);
     for (name, t) in &config.policies {
         let mut diags = Diags::default();
@@ -227,7 +232,7 @@ pub fn check_file(config: &Config) -> Vec<String> {
         for (k, v) in &t.entries {
             s.apply(&mut diags, k, v, fb);
         }
-        check(&s, &mut diags);
+        check(&s, &mut diags, !used.contains(&name.as_str()));
         add(&format!("policies.{name}"), diags);
     }
     let states: [(&str, &std::collections::BTreeMap<String, config::Table>); 6] = [
