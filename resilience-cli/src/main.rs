@@ -267,7 +267,10 @@ impl Crate {
             match resilience_policy::config::load(&path, &shown) {
                 Ok(config) => {
                     for m in check_file(&config, &used) {
-                        if !self.problems.iter().any(|p| p.contains(&m)) {
+                        // A function's problems have their later lines indented: its first
+                        // line (with the file position) tells the same problem.
+                        let first = m.lines().next().unwrap_or_default();
+                        if !self.problems.iter().any(|p| p.contains(first)) {
                             self.problems.push(m);
                         }
                     }

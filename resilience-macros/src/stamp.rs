@@ -127,31 +127,51 @@ fn callee(call: &syn::ExprCall) -> Option<String> {
     }
 }
 
-impl Unwatched<'_> {
-    /// Whether `e` is a helper's future handed one of `names`.
-    fn helper_future(&self, e: &syn::Expr, names: &[String]) -> bool {
-        match e {
-            syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") => {
-                call.args.len() == 1 && self.helper_future(&call.args[0], names)
-            }
-            syn::Expr::Call(call) => {
-                callee(call).is_some()
-                    && call
-                        .args
-                        .iter()
-                        .any(|a| mentions_any(a.to_token_stream(), names))
-                    && !hands_a_send(e)
-            }
-            syn::Expr::MethodCall(m)
-                if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
-            {
-                self.helper_future(&m.receiver, names)
-            }
-            syn::Expr::Paren(p) => self.helper_future(&p.expr, names),
-            _ => false,
+/// Whether `e` is a helper's future handed one of `names`: a call of a function, under future
+/// adapters, parentheses or `Box::pin`, one of whose arguments mentions one of them.
+fn helper_future(e: &syn::Expr, names: &[String]) -> bool {
+    match e {
+        syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") => {
+            call.args.len() == 1 && helper_future(&call.args[0], names)
         }
+        syn::Expr::Call(call) => {
+            callee(call).is_some()
+                && call
+                    .args
+                    .iter()
+                    .any(|a| mentions_any(a.to_token_stream(), names))
+                && !hands_a_send(e)
+        }
+        syn::Expr::MethodCall(m) if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) => {
+            helper_future(&m.receiver, names)
+        }
+        syn::Expr::Paren(p) => helper_future(&p.expr, names),
+        _ => false,
     }
+}
 
+/// Whether `e` can only be a future: pinned or boxed on its way (`Box::pin(…)`, `.boxed()`,
+/// `.fuse()`, `.instrument(…)`).
+fn marked_future(e: &syn::Expr) -> bool {
+    match e {
+        syn::Expr::Call(call) => callee(call).as_deref() == Some("pin"),
+        syn::Expr::MethodCall(m) => {
+            [
+                "boxed",
+                "boxed_local",
+                "fuse",
+                "instrument",
+                "in_current_span",
+            ]
+            .contains(&m.method.to_string().as_str())
+                || marked_future(&m.receiver)
+        }
+        syn::Expr::Paren(p) => marked_future(&p.expr),
+        _ => false,
+    }
+}
+
+impl Unwatched<'_> {
     /// What `e` holds, `e` itself not taken for a future handed on (its value is used
     /// where it is: awaited, a method's receiver, a binding's value). Through future adapters
     /// and parentheses, the helper under them is not either.
@@ -176,31 +196,13 @@ impl Unwatched<'_> {
     /// (`Box::pin(…)`, `.boxed()`); pushed as it is into a `Vec` it is as likely a value
     /// computed from `self` (`urls.push(url_for(&self.base, id))`).
     fn collected<'e>(&mut self, args: impl IntoIterator<Item = &'e syn::Expr>, futures_only: bool) {
-        fn marked(e: &syn::Expr) -> bool {
-            match e {
-                syn::Expr::Call(call) => callee(call).as_deref() == Some("pin"),
-                syn::Expr::MethodCall(m) => {
-                    [
-                        "boxed",
-                        "boxed_local",
-                        "fuse",
-                        "instrument",
-                        "in_current_span",
-                    ]
-                    .contains(&m.method.to_string().as_str())
-                        || marked(&m.receiver)
-                }
-                syn::Expr::Paren(p) => marked(&p.expr),
-                _ => false,
-            }
-        }
         for a in args {
-            let names = if futures_only || marked(a) {
+            let names = if futures_only || marked_future(a) {
                 self.clients
             } else {
                 &self.named
             };
-            if self.helper_future(a, names) {
+            if helper_future(a, names) {
                 self.found = true;
             }
         }
@@ -212,16 +214,29 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
         if self.found {
             return;
         }
-        if self.closures > 0 && self.helper_future(e, &self.named) {
+        if self.closures > 0 && helper_future(e, &self.named) {
             self.found = true;
             return;
         }
         self.visit_inside(e);
     }
 
+    fn visit_block(&mut self, b: &'ast syn::Block) {
+        for (i, stmt) in b.stmts.iter().enumerate() {
+            // A kept helper the rewrite wraps where it is made (`let all = join_all(…);`
+            // then `all.await`) is watched with whatever it polls inside.
+            if let syn::Stmt::Local(l) = stmt
+                && Kept::of(l, &b.stmts[i + 1..], self.clients) == Some(Kept::Watched)
+            {
+                continue;
+            }
+            self.visit_stmt(stmt);
+        }
+    }
+
     fn visit_local(&mut self, l: &'ast syn::Local) {
         // A binding's value is used where it is bound; what becomes of it is the kept
-        // helpers' check (`Rewriter::watch_kept_helpers`).
+        // helpers' check (`Kept::of`).
         if let Some(init) = &l.init {
             self.visit_used(&init.expr);
             if let Some((_, diverge)) = &init.diverge {
@@ -376,55 +391,93 @@ impl Rewriter<'_> {
             let syn::Stmt::Local(local) = &mut head[i] else {
                 continue;
             };
-            // `let fut: BoxFuture<'_, _> = …`: its type written, it cannot be wrapped.
-            let (pat, typed) = match &local.pat {
-                syn::Pat::Ident(pat) => (pat, false),
-                syn::Pat::Type(t) => match &*t.pat {
-                    syn::Pat::Ident(pat) => (pat, true),
-                    _ => continue,
-                },
-                _ => continue,
-            };
-            if pat.by_ref.is_some() || pat.subpat.is_some() {
+            let Some(kept) = Kept::of(local, rest, self.clients.unwrap_or(&[])) else {
                 continue;
-            }
-            let name = pat.ident.clone();
+            };
             let Some(init) = &mut local.init else {
                 continue;
             };
-            if init.diverge.is_some()
-                || hands_a_send(&init.expr)
-                || !self.hands_a_client(&init.expr)
-            {
-                continue;
-            }
-            let mut uses = Uses {
-                name: &name,
-                polled: 0,
-                other: 0,
-                handed_on: 0,
-            };
-            for s in rest.iter() {
-                // Up to a `let` that binds the name again: what follows it is another binding.
-                if let syn::Stmt::Local(l) = s
-                    && binds(&l.pat, &name)
-                {
-                    if let Some(init) = &l.init {
-                        syn::visit::Visit::visit_local_init(&mut uses, init);
-                    }
-                    break;
-                }
-                syn::visit::Visit::visit_stmt(&mut uses, s);
-            }
-            if uses.handed_on > 0 || (typed && uses.polled > 0) {
-                // Polled where the rewrite cannot follow it (collected for a `join_all`,
-                // spawned), or of a type the wrapper would change: what it sends may go
-                // unseen.
-                self.found.unwatched_helpers = true;
-            } else if !typed && uses.polled > 0 && uses.other == 0 {
-                self.watch_base(&mut init.expr);
+            match kept {
+                Kept::Unwatched => self.found.unwatched_helpers = true,
+                Kept::Watched => self.watch_base(&mut init.expr),
+                Kept::Other => {}
             }
         }
+    }
+}
+
+/// What becomes of a binding whose value hands a client on (`let fut = create_order(c, o);`),
+/// from the statements after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Polled later and used no other way, no type written: the rewrite wraps it where it is
+    /// made (`watch_base`), a watched helper with whatever it polls inside.
+    Watched,
+    /// A helper's future polled where the rewrite cannot follow it (handed to a collection
+    /// or a spawner), or of a type written that the wrapper would change: what it sends may
+    /// go unseen.
+    Unwatched,
+    /// Anything else (a builder a helper made, a value computed from `self` or a client):
+    /// left as it is.
+    Other,
+}
+
+impl Kept {
+    /// `local` with the statements `rest` after it in its block, the body's client names
+    /// `clients`; `None` when it binds no single name to a value handing a client on.
+    fn of(local: &syn::Local, rest: &[syn::Stmt], clients: &[String]) -> Option<Kept> {
+        // `let fut: BoxFuture<'_, _> = …`: its type written, it cannot be wrapped.
+        let (pat, typed) = match &local.pat {
+            syn::Pat::Ident(pat) => (pat, false),
+            syn::Pat::Type(t) => match &*t.pat {
+                syn::Pat::Ident(pat) => (pat, true),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if pat.by_ref.is_some() || pat.subpat.is_some() {
+            return None;
+        }
+        let init = local.init.as_ref()?;
+        if init.diverge.is_some()
+            || hands_a_send(&init.expr)
+            || !hands_a_client(&init.expr, clients)
+        {
+            return None;
+        }
+        let name = &pat.ident;
+        let mut uses = Uses {
+            name,
+            polled: 0,
+            other: 0,
+            handed_on: 0,
+        };
+        for s in rest {
+            // Up to a `let` that binds the name again: what follows it is another binding.
+            if let syn::Stmt::Local(l) = s
+                && binds(&l.pat, name)
+            {
+                if let Some(init) = &l.init {
+                    syn::visit::Visit::visit_local_init(&mut uses, init);
+                }
+                break;
+            }
+            syn::visit::Visit::visit_stmt(&mut uses, s);
+        }
+        // Only a helper's future counts as one handed on: not `let c2 = c.clone();` moved
+        // into a task, nor `let s = self.sku(id);` pushed into a query.
+        let named = without_self(clients);
+        let future = helper_future(&init.expr, &named)
+            || (marked_future(&init.expr) && helper_future(&init.expr, clients));
+        Some(
+            if future && (uses.handed_on > 0 || (typed && uses.polled > 0)) {
+                Kept::Unwatched
+            } else if !typed && uses.polled > 0 && uses.other == 0 {
+                Kept::Watched
+            } else {
+                Kept::Other
+            },
+        )
     }
 }
 
@@ -1337,6 +1390,24 @@ mod tests {
             // Handed `self` and kept as it is: as likely a value.
             quote!({
                 urls.push(url_for(&self.base, id));
+            }),
+            // Kept values that are not a helper's future, handed on.
+            quote!({
+                let u = url_for(&self.base, id);
+                urls.push(u);
+            }),
+            quote!({
+                let s = self.sku(id);
+                q.push(s);
+            }),
+            quote!({
+                let c2 = c.clone();
+                tokio::spawn(async move { c2.get(u).send().await });
+            }),
+            // A kept join the rewrite watches as a whole.
+            quote!({
+                let all = join_all(ids.iter().map(|id| create_order(c, id)));
+                all.await
             }),
             quote!({
                 let v = vec![url_for(&self.base, a)];
