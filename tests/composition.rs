@@ -1708,11 +1708,41 @@ async fn order_boxed_then_stock(
         .await?)
 }
 
+/// The same pinned on the stack with `std::pin::pin!` and raced through `&mut`.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_stack_pinned_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let mut order = std::pin::pin!(create_order(c, orders));
+    let placed = loop {
+        tokio::select! {
+            r = &mut order => break r,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    };
+    placed?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_kept_helper_raced_through_as_mut_is_watched() {
     let (e, stock) = placed_once!(order_pinned_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
     let (e, stock) = placed_once!(order_boxed_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_stack_pinned_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
 

@@ -399,7 +399,17 @@ impl Rewriter<'_> {
             };
             match kept {
                 Kept::Unwatched => self.found.unwatched_helpers = true,
-                Kept::Watched => self.watch_base(&mut init.expr),
+                // `let mut order = pin!(create_order(c, o));`: wrapped inside the `pin!`, so
+                // that what is kept is still a pinned reference.
+                Kept::Watched => match pinned(&init.expr) {
+                    Some(mut inner) => {
+                        self.watch_base(&mut inner);
+                        if let syn::Expr::Macro(m) = &mut *init.expr {
+                            m.mac.tokens = inner.to_token_stream();
+                        }
+                    }
+                    None => self.watch_base(&mut init.expr),
+                },
                 Kept::Other => {}
             }
         }
@@ -439,10 +449,9 @@ impl Kept {
             return None;
         }
         let init = local.init.as_ref()?;
-        if init.diverge.is_some()
-            || hands_a_send(&init.expr)
-            || !hands_a_client(&init.expr, clients)
-        {
+        let pinned = pinned(&init.expr);
+        let value = pinned.as_ref().unwrap_or(&init.expr);
+        if init.diverge.is_some() || hands_a_send(value) || !hands_a_client(value, clients) {
             return None;
         }
         let name = &pat.ident;
@@ -467,8 +476,8 @@ impl Kept {
         // Only a helper's future counts as one handed on: not `let c2 = c.clone();` moved
         // into a task, nor `let s = self.sku(id);` pushed into a query.
         let named = without_self(clients);
-        let future = helper_future(&init.expr, &named)
-            || (marked_future(&init.expr) && helper_future(&init.expr, clients));
+        let future = helper_future(value, &named)
+            || ((pinned.is_some() || marked_future(value)) && helper_future(value, clients));
         Some(
             if future && (uses.handed_on > 0 || (typed && uses.polled > 0)) {
                 Kept::Unwatched
@@ -479,6 +488,18 @@ impl Kept {
             },
         )
     }
+}
+
+/// The future in `std::pin::pin!(…)` (or `futures::pin_mut!`'s sibling `pin!`), when `e` is
+/// one.
+fn pinned(e: &syn::Expr) -> Option<syn::Expr> {
+    let syn::Expr::Macro(m) = e else {
+        return None;
+    };
+    if m.mac.path.segments.last()?.ident != "pin" {
+        return None;
+    }
+    syn::parse2::<syn::Expr>(m.mac.tokens.clone()).ok()
 }
 
 /// Whether `pat` binds `name`.
