@@ -282,8 +282,8 @@ impl Unwatched<'_> {
             syn::Expr::MethodCall(m)
                 if !FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
             {
-                if COLLECTING_METHODS.contains(&m.method.to_string().as_str()) {
-                    let name = m.method.to_string();
+                let name = m.method.to_string();
+                if COLLECTING_METHODS.contains(&name.as_str()) {
                     self.collected(&m.args, name.starts_with("spawn"));
                 }
                 self.visit_used(&m.receiver);
@@ -292,9 +292,10 @@ impl Unwatched<'_> {
                 }
             }
             syn::Expr::Call(call) => {
-                if callee(call).is_some_and(|c| COLLECTING_FUNCTIONS.contains(&c.as_str())) {
-                    let futures_only =
-                        callee(call).is_some_and(|c| !["from_iter", "iter"].contains(&c.as_str()));
+                if let Some(name) = callee(call)
+                    && COLLECTING_FUNCTIONS.contains(&name.as_str())
+                {
+                    let futures_only = !["from_iter", "iter"].contains(&name.as_str());
                     self.collected(&call.args, futures_only);
                 }
                 syn::visit::visit_expr_call(self, call);

@@ -455,6 +455,14 @@ impl Held {
         state != 0 && self.0.contains(&state)
     }
 
+    /// The states of a call nested in none (its own, 0 for none).
+    #[inline]
+    pub(crate) fn outermost(own: [usize; 3]) -> Held {
+        let mut held = Held::default();
+        held.0[..3].copy_from_slice(&own);
+        held
+    }
+
     /// The states of a call nested in these (its own, 0 for none), and which of its own are
     /// held already.
     pub(crate) fn nested(self, own: [usize; 3]) -> (Held, [bool; 3]) {

@@ -472,10 +472,7 @@ impl Session {
                 .map_or(0, |c| std::ptr::from_ref(c) as usize),
         ];
         let (held, [breaker_held, bulkhead_held, concurrency_held]) = match &outer {
-            None => (
-                crate::context::Held([own[0], own[1], own[2], 0, 0, 0]),
-                [false; 3],
-            ),
+            None => (crate::context::Held::outermost(own), [false; 3]),
             Some(o) => o.held.nested(own),
         };
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
