@@ -1773,6 +1773,61 @@ async fn create_order_owned(c: reqwest::Client, url: String) -> reqwest::Result<
     create_order(&c, &url).await
 }
 
+/// The same spawned from a `select!` arm's handler, and from a future `join!` polls beside
+/// the body's GET.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_in_select_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::select! {
+        biased;
+        _ = std::future::ready(()) => {
+            tasks.spawn(create_order_owned(c.clone(), orders.to_owned()));
+        }
+    }
+    while let Some(placed) = tasks.join_next().await {
+        placed.expect("the task ran")?.error_for_status()?;
+    }
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_in_join_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let ((), stock) = tokio::join!(
+        async {
+            tasks.spawn(create_order_owned(c.clone(), orders.to_owned()));
+        },
+        c.get(stock).send(),
+    );
+    while let Some(placed) = tasks.join_next().await {
+        placed.expect("the task ran")?.error_for_status()?;
+    }
+    Ok(stock?.error_for_status()?.text().await?)
+}
+
 /// Each places the order once, unkeyed: the GET's 503 is not retried.
 #[tokio::test(start_paused = true)]
 async fn helpers_collected_or_typed_are_not_resent() {
@@ -1783,6 +1838,10 @@ async fn helpers_collected_or_typed_are_not_resent() {
     let (e, stock) = placed_once!(order_typed_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
     let (e, stock) = placed_once!(order_spawned_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_spawned_in_select_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_spawned_in_join_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
 

@@ -246,17 +246,39 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
-        // `vec![create_order(c, a), create_order(c, b)]`: its elements are collected. Other
-        // macros: the rewrite's own rules (`join!`, `select!`, unreadable ones).
-        if mac.path.segments.last().is_some_and(|s| s.ident == "vec")
-            && let Ok(args) = syn::parse::Parser::parse2(
-                Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
-                mac.tokens.clone(),
-            )
-        {
-            self.collected(&args, false);
+        // Read as the rewrite reads them (`visit_macro_mut`): a list of expressions, after an
+        // optional `biased;`, or `select!` arms. `vec![create_order(c, a), create_order(c, b)]`:
+        // its elements are collected. `join!`'s futures and `select!`'s arm futures are polled
+        // by the macro (the rewrite watches a helper among them); what their conditions,
+        // handlers and the elements of other macros hold is read as the body's own
+        // (`=> { tokio::spawn(create_order(c.clone(), o)); }`). Other macros: the rewrite's
+        // rules for unreadable ones.
+        let name = mac.path.segments.last().map(|s| s.ident.to_string());
+        let name = name.as_deref().unwrap_or_default();
+        let (_, tokens) = split_biased(&mac.tokens);
+        if let Ok(args) = syn::parse::Parser::parse2(
+            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            tokens,
+        ) {
+            if name == "vec" {
+                self.collected(&args, false);
+            }
             for a in &args {
-                self.visit_expr(a);
+                if JOINING_MACROS.contains(&name) {
+                    self.visit_used(a);
+                } else {
+                    self.visit_expr(a);
+                }
+            }
+        } else if (name == "select" || name == "select_biased")
+            && let Ok(arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
+        {
+            for (e, future) in arms.exprs() {
+                if future {
+                    self.visit_used(e);
+                } else {
+                    self.visit_expr(e);
+                }
             }
         }
     }
@@ -1049,6 +1071,14 @@ impl SelectArms {
     }
 
     /// The expressions, each with whether it is an arm's future.
+    fn exprs(&self) -> impl Iterator<Item = (&syn::Expr, bool)> {
+        self.parts.iter().filter_map(|p| match p {
+            SelectPart::Expr(e, future) => Some((&**e, *future)),
+            SelectPart::Tokens(_) => None,
+        })
+    }
+
+    /// The expressions, each with whether it is an arm's future.
     fn exprs_mut(&mut self) -> impl Iterator<Item = (&mut syn::Expr, bool)> {
         self.parts.iter_mut().filter_map(|p| match p {
             SelectPart::Expr(e, future) => Some((&mut **e, *future)),
@@ -1371,6 +1401,29 @@ mod tests {
                 let f = create_order(c, o);
                 set.spawn(async move { f.await });
             }),
+            // The same inside a `select!` arm's handler or condition, or a `join!`'s future.
+            quote!({
+                tokio::select! {
+                    biased;
+                    r = c.get(u).send() => { tokio::spawn(create_order(c.clone(), o)); }
+                    _ = tick.tick() => set.push(create_order(c, o)),
+                }
+            }),
+            quote!({
+                futures::select! {
+                    r = stock.fuse() => {
+                        let f = create_order(c, o);
+                        futs.push(f);
+                    },
+                    complete => (),
+                }
+            }),
+            quote!({
+                tokio::join!(biased; async { tasks.spawn(create_order(c.clone(), o)); }, b);
+            }),
+            quote!({
+                let v = vec![async { set.push(create_order(c, o)) }];
+            }),
         ] {
             assert!(unwatched(ts.clone()), "{ts}");
         }
@@ -1382,6 +1435,22 @@ mod tests {
             quote!({
                 let f = create_order(c, o);
                 f.await
+            }),
+            quote!({ tokio::join!(create_order(c, a), c.get(u).send()) }),
+            quote!({ tokio::try_join!(biased; create_order(c, a).boxed(), place(&self.http, o)) }),
+            quote!({
+                tokio::select! {
+                    r = create_order(c, o) => r,
+                    _ = sleep(d) => { join_all([create_order(c, a)]).await; }
+                }
+            }),
+            // Macros that compute: a value from `self`, a builder.
+            quote!({ tracing::info!(sku = %self.sku(id), "ordering") }),
+            quote!({
+                let v = vec![url_for(&self.base, a), url_for(&self.base, b)];
+            }),
+            quote!({
+                let v = vec![c.get(a), c.get(b)];
             }),
             quote!({
                 let fs = ids
