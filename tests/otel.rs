@@ -487,12 +487,13 @@ async fn purge(c: &reqwest::Client, url: String) -> Result<u16, Error> {
 
 /// The attempt span is named after the method actually sent, as the conventions write it: a
 /// method they do not know is `HTTP`, `_OTHER`, with the method sent as the original. Its
-/// first request describes it, each attribute once.
+/// first request describes it, each attribute once; its status is its last response's, the
+/// one its outcome was judged by, once.
 #[tokio::test]
 async fn the_attempt_span_names_the_method_sent() {
     use resilience_fault_server::{Action, FaultServer, Script};
     let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
-    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let server = FaultServer::start(Script::sequence([Action::ok(), Action::status(202)])).await;
     assert_eq!(
         purge(&reqwest::Client::new(), server.url("/cache"))
             .await
@@ -520,6 +521,13 @@ async fn the_attempt_span_names_the_method_sent() {
         .map(|kv| kv.value.to_string())
         .collect();
     assert_eq!(urls, [server.url("/cache")], "{:?}", attempt.attributes);
+    let statuses: Vec<_> = attempt
+        .attributes
+        .iter()
+        .filter(|kv| kv.key.as_str() == "http.response.status_code")
+        .map(|kv| kv.value.clone())
+        .collect();
+    assert_eq!(statuses, [Value::I64(202)], "{:?}", attempt.attributes);
     assert_eq!(
         attr(attempt, "http.request.method_original"),
         Some(&s("PURGE"))
@@ -610,4 +618,45 @@ async fn a_call_given_up_by_its_caller_ends_its_attempt_span_cancelled() {
         spans.iter().any(|s| s.name == "resilient"),
         "the call's span ended too: {names:?}"
     );
+}
+
+/// A lookup answered, then a second request that stalls.
+#[resilient(method = GET, timeout = "5s", max_attempts = 1, budget = false)]
+async fn lookup_then_stalled(
+    c: &reqwest::Client,
+    ok: &str,
+    stalled: &str,
+) -> Result<String, Error> {
+    c.get(ok).send().await?.error_for_status()?;
+    Ok(c.get(stalled).send().await?.text().await?)
+}
+
+/// A call its caller stops waiting for after a response arrived: the cancelled attempt's span
+/// still carries that response's status, once.
+#[tokio::test]
+async fn a_cancelled_attempt_keeps_the_status_it_received() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let ok = FaultServer::start(Script::always(Action::status(203))).await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let (ok, stalled) = (ok.url("/a"), stalled.url("/b"));
+    let call = lookup_then_stalled(&c, &ok, &stalled);
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), call).await;
+    assert!(gave_up.is_err(), "the stalled call answered");
+
+    let spans = finished(&exporter, 2).await;
+    let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "GET")
+        .unwrap_or_else(|| panic!("no attempt span: {names:?}"));
+    assert_eq!(attr(attempt, "resilience.decision"), Some(&s("cancelled")));
+    let statuses: Vec<_> = attempt
+        .attributes
+        .iter()
+        .filter(|kv| kv.key.as_str() == "http.response.status_code")
+        .map(|kv| kv.value.clone())
+        .collect();
+    assert_eq!(statuses, [Value::I64(203)], "{:?}", attempt.attributes);
 }

@@ -63,7 +63,7 @@ pin_project_lite::pin_project! {
             // attempt that ended otherwise gave its span and its count away already.
             let me = this.project();
             if let Some(scope) = me.scope.take() {
-                telemetry::attempt_cancelled(scope);
+                telemetry::attempt_cancelled(scope, me.body.ctx().status.get());
             }
             if let Some(shared) = *me.hedge_of
                 && !*me.counted
@@ -232,8 +232,9 @@ where
                     b.as_mut().stop();
                     in_flight -= 1;
                     s.record_in_round(b.as_mut().ctx(), &mut round);
+                    let status = b.as_mut().ctx().status.get();
                     let scope = b.as_mut().take_scope();
-                    telemetry::attempt_stopped(scope);
+                    telemetry::attempt_stopped(scope, status);
                     hedge_ended(s, j, b, false);
                 }
                 tracing::debug!(
@@ -251,14 +252,16 @@ where
                         // the winner last, so that its response is what the call keeps.
                         if i != 0 {
                             s.record_attempt(first.as_mut().ctx());
+                            let status = first.as_mut().ctx().status.get();
                             let scope = first.as_mut().take_scope();
-                            telemetry::attempt_superseded(scope);
+                            telemetry::attempt_superseded(scope, status);
                         }
                         for (j, h) in hedges.iter_mut().enumerate() {
                             if j + 1 != i {
                                 s.record_attempt(h.as_mut().ctx());
+                                let status = h.as_mut().ctx().status.get();
                                 let scope = h.as_mut().take_scope();
-                                telemetry::attempt_superseded(scope);
+                                telemetry::attempt_superseded(scope, status);
                                 hedge_ended(s, j + 1, h.as_mut(), false);
                             }
                         }

@@ -373,8 +373,6 @@ fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
 fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
     ctx.status.set(Some(facts.status));
     ctx.failure.set(None);
-    // telemetry (issue 12)
-    crate::telemetry::on_response(facts.status);
     ctx.retry_after.set(facts.retry_after);
     ctx.replayed.set(facts.replayed);
 }

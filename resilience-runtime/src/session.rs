@@ -1217,6 +1217,7 @@ impl Session {
             self.attempt_scope.take(),
             self.shared,
             retried,
+            self.ctx.status.get(),
             self.started,
             self._bulkhead.is_some(),
         );
@@ -1236,6 +1237,7 @@ impl Session {
         telemetry::call_cancelled(
             self.attempt_scope.take(),
             self.shared,
+            self.ctx.status.get(),
             self.started,
             self._bulkhead.is_some(),
         );

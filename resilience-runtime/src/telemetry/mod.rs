@@ -91,7 +91,7 @@ use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 use tracing::Span;
 
-pub(crate) use span::{attempt_span, on_request, on_response};
+pub(crate) use span::{attempt_span, on_request};
 
 use crate::classify::Class;
 use crate::decision::GiveUp;
@@ -434,13 +434,13 @@ pub(crate) fn on_attempt_end(
 /// that answered first (`cancelled`), or one that failed while another still runs. Its span
 /// says so; the attempt metrics count only the attempts whose outcome the call acted on.
 #[inline]
-pub(crate) fn attempt_superseded(scope: Option<AttemptScope>) {
+pub(crate) fn attempt_superseded(scope: Option<AttemptScope>, status: Option<u16>) {
     end_unacted(
         scope,
         "cancelled",
         "another attempt answered first",
         None,
-        None,
+        status,
     );
 }
 
@@ -455,24 +455,24 @@ pub(crate) fn attempt_failed_in_round(
 }
 
 /// A hedged attempt still in flight when its call was dropped (the caller stopped waiting).
-pub(crate) fn attempt_cancelled(scope: AttemptScope) {
+pub(crate) fn attempt_cancelled(scope: AttemptScope, status: Option<u16>) {
     end_unacted(
         Some(scope),
         "cancelled",
         "the caller stopped waiting",
         None,
-        None,
+        status,
     );
 }
 
 /// A hedged attempt stopped because another one sent what may not go out twice.
-pub(crate) fn attempt_stopped(scope: Option<AttemptScope>) {
+pub(crate) fn attempt_stopped(scope: Option<AttemptScope>, status: Option<u16>) {
     end_unacted(
         scope,
         "cancelled",
         "another attempt sent what may not go out twice",
         None,
-        None,
+        status,
     );
 }
 
@@ -696,10 +696,17 @@ pub(crate) fn call_gave_up(
 pub(crate) fn call_cancelled(
     scope: Option<AttemptScope>,
     shared: &Resolved,
+    status: Option<u16>,
     started: Instant,
     holds_slot: bool,
 ) {
-    end_unacted(scope, "cancelled", "the caller stopped waiting", None, None);
+    end_unacted(
+        scope,
+        "cancelled",
+        "the caller stopped waiting",
+        None,
+        status,
+    );
     on_call_end(shared, Outcome::Cancelled, Some(started), None, holds_slot);
 }
 
@@ -709,10 +716,11 @@ pub(crate) fn call_panicked(
     scope: Option<AttemptScope>,
     shared: &Resolved,
     retried: bool,
+    status: Option<u16>,
     started: Instant,
     holds_slot: bool,
 ) {
-    end_unacted(scope, "give up", "a panic unwound the call", None, None);
+    end_unacted(scope, "give up", "a panic unwound the call", None, status);
     let outcome = if retried {
         Outcome::FailedWithRetry
     } else {

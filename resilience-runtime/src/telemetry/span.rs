@@ -114,14 +114,6 @@ fn server_address(url: &reqwest::Url) -> Option<&str> {
     )
 }
 
-/// Records the status of a response the attempt received.
-pub(crate) fn on_response(status: u16) {
-    let Some(span) = current_attempt() else {
-        return;
-    };
-    span.record("http.response.status_code", i64::from(status));
-}
-
 /// Query parameters whose values are redacted: the four the conventions name, and the
 /// signature, credential and session token of an S3 presigned URL (signature version 4).
 const SENSITIVE_QUERY: [&str; 7] = [
@@ -177,6 +169,11 @@ pub(crate) fn on_end(span: &Span, end: &super::AttemptEnd) {
 
 #[inline(never)]
 fn record_end(span: &Span, end: &super::AttemptEnd) {
+    // The status of the attempt's last response, the one its outcome was judged by: recorded
+    // once (an OpenTelemetry span keeps every value recorded, not the last).
+    if let Some(s) = end.status {
+        span.record("http.response.status_code", i64::from(s));
+    }
     span.record("resilience.decision", end.decision);
     if let Some(reason) = end.reason {
         span.record("resilience.reason", reason);
