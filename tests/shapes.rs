@@ -1061,6 +1061,38 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_failure() {
     );
 }
 
+/// Nor of a later request that stalls until the attempt's timeout: the timeout is retried,
+/// and the error of a call that times out names no status (the 429 was not this request's).
+#[tokio::test(start_paused = true)]
+async fn an_earlier_responses_retry_after_does_not_govern_a_later_timeout() {
+    let quota = FaultServer::start(resilience_fault_server::Script::always(
+        Action::status(429).retry_after(60),
+    ))
+    .await;
+    let server = FaultServer::start(vec![Action::stall(), Action::ok()]).await;
+    let got = with_quota_check(
+        &reqwest::Client::new(),
+        &quota.url("/quota"),
+        &server.url("/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((got, server.count()), (1200, 2));
+
+    let stalled =
+        FaultServer::start(resilience_fault_server::Script::always(Action::stall())).await;
+    let e = with_quota_check(
+        &reqwest::Client::new(),
+        &quota.url("/quota"),
+        &stalled.url("/"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(e.http_status(), None, "{e}");
+    assert!(e.attempts() > 1, "{e}");
+}
+
 /// A GET wrapped in a timeout of the body's own, or in `Box::pin`: the call is handed the
 /// client, but its request is the body's own `.send()`, stamped and seen. Retried as any GET
 /// (it was once taken for a helper that sent unseen, and never retried).

@@ -617,6 +617,16 @@ impl AttemptCtx {
     /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
     pub(crate) fn polled(&self) {
         self.unpolled.set(self.unpolled.get().saturating_sub(1));
+        self.request_started();
+    }
+
+    /// A request starts: what an earlier one recorded (a 429 the body handled, its
+    /// `Retry-After`) says nothing of it, nor of a timeout or a drop that ends it.
+    pub(crate) fn request_started(&self) {
+        self.status.set(None);
+        self.failure.set(None);
+        self.retry_after.set(None);
+        self.replayed.set(false);
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

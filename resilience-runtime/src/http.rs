@@ -549,6 +549,7 @@ async fn execute_recorded(
     req: reqwest::Request,
 ) -> Result<reqwest::Response, reqwest::Error> {
     let in_flight = InFlight(Some(crate::policy::method_of(req.method())));
+    let _ = with_attempt(AttemptCtx::request_started);
     let res = client.execute(req).await;
     in_flight.settle(&res);
     res
