@@ -329,6 +329,62 @@ async fn own_logic_errors_are_not_retried() {
     assert_eq!(e.class(), Some(Class::Permanent));
 }
 
+/// An `io::Result` function whose own decoding fails with an `io::Error` of a network-sounding
+/// kind (serde_json's end of input is `UnexpectedEof`; `read_exact` on a short body too): the
+/// response arrived whole, so the failure is the function's, permanent, not a reset.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn decoded_as_io(c: &reqwest::Client, url: &str) -> std::io::Result<u64> {
+    let body = c
+        .get(url)
+        .send()
+        .await
+        .map_err(std::io::Error::other)?
+        .bytes()
+        .await
+        .map_err(std::io::Error::other)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(value["id"].as_u64().unwrap_or_default())
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn read_header_as_io(c: &reqwest::Client, url: &str) -> std::io::Result<u64> {
+    use std::io::Read as _;
+    let body = c
+        .get(url)
+        .send()
+        .await
+        .map_err(std::io::Error::other)?
+        .bytes()
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut header = [0u8; 8];
+    (&body[..]).read_exact(&mut header)?;
+    Ok(u64::from_be_bytes(header))
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_io_errors_of_a_network_kind_are_not_retried() {
+    let truncated = FaultServer::start(resilience_fault_server::Script::always(
+        Action::ok().body(r#"{"id":"#),
+    ))
+    .await;
+    let e = decoded_as_io(&client(), &truncated.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert_eq!(truncated.count(), 1, "decoded once: {e}");
+    let e = read_header_as_io(&client(), &truncated.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert_eq!(truncated.count(), 2, "read once: {e}");
+
+    // A reset wrapped the same way is still retried: the payload is reqwest's error.
+    let server = FaultServer::start(vec![Action::reset(), Action::ok().body(r#"{"id":7}"#)]).await;
+    assert_eq!(decoded_as_io(&client(), &server.url("/")).await.unwrap(), 7);
+    assert_eq!(server.count(), 2);
+}
+
 /// Regression: with one attempt there is nothing to clone for, and a by-value argument that is
 /// neither `Clone` nor `Copy` moves into the body as written.
 struct Ticket(String);

@@ -75,14 +75,19 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 return Some(Class::Reset);
             }
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
-            // `io::Error::source` skips the error it wraps: look at that one first.
+            // `io::Error::source` skips the error it wraps: look at that one first. Its kind
+            // says a network failure only when the operating system gave it: an `io::Error`
+            // made in the function's own code (serde_json's end of input, `read_exact` on a
+            // short body: `UnexpectedEof`) is the function's failure, classified by what the
+            // runtime saw of the request, not taken for a reset.
             if let Some(inner) = io.get_ref() {
                 let inner: &(dyn StdError + 'static) = inner;
                 if let Some(c) = classify_error(inner) {
                     return Some(c);
                 }
-            }
-            if let Some(c) = classify_io(io.kind()) {
+            } else if io.raw_os_error().is_some()
+                && let Some(c) = classify_io(io.kind())
+            {
                 return Some(c);
             }
         } else if e.is::<tokio::time::error::Elapsed>() {
