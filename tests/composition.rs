@@ -771,6 +771,84 @@ async fn a_connect_failure_after_an_unseen_post_does_not_resend_it() {
     assert_eq!(e.attempts(), 1, "{e}");
 }
 
+/// A keyed charge that fetches its token first, in the body: every POST of the body is sent
+/// where the runtime sees it, so an attempt seen sending only the token GET did not send the
+/// charge. The token server's 503 is retried, and the charge goes out once, keyed.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn charge_after_token(c: &reqwest::Client, token: &str, pg: &str) -> Result<String, Error> {
+    let t = c
+        .get(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(c.post(pg)
+        .bearer_auth(t)
+        .body("amount=10")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Unkeyed, retrying connect failures only: a stock lookup that cannot connect, before the
+/// order, is retried (nothing was sent, the order least of all).
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn lookup_then_order(c: &reqwest::Client, stock: &str, orders: &str) -> Result<u16, Error> {
+    c.get(stock).send().await?.error_for_status()?;
+    Ok(c.post(orders).body("qty=1").send().await?.status().as_u16())
+}
+
+/// An order a spawned task builds on its own (unseen, unkeyed), then the body's lookup that
+/// cannot connect: the order is not proven seen, and the connect failure does not run the
+/// body again.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn order_in_task_then_lookup(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    let (http, orders) = (c.clone(), orders.to_owned());
+    tokio::spawn(async move { http.post(orders).body("qty=1").send().await })
+        .await
+        .expect("the task ran")?
+        .error_for_status()?;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_before_the_bodys_own_post_is_retried() {
+    let token = FaultServer::start(vec![Action::status(503), Action::ok().body("t0k")]).await;
+    let pg = FaultServer::start(Script::always(Action::ok())).await;
+    charge_after_token(&client(), &token.url("/token"), &pg.url("/charges"))
+        .await
+        .unwrap();
+    assert_eq!((token.count(), pg.count()), (2, 1));
+    assert!(pg.requests()[0].header("idempotency-key").is_some());
+
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = lookup_then_order(&client(), &refused, &orders.url("/orders"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.attempts(), orders.count()), (3, 0), "{e}");
+
+    // Where the POST may have gone out unseen, the lookup's connect failure is not retried.
+    orders.clear();
+    let e = order_in_task_then_lookup(&client(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!((e.attempts(), orders.count()), (1, 1), "{e}");
+}
+
 /// A helper that looks the stock up, also without `.resilient()`.
 async fn lookup_unseen(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())

@@ -46,7 +46,13 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
         manifest_dir.as_deref(),
         source_dir.as_deref(),
     )?;
-    let packed = a.packed().pack();
+    let mut packed = a.packed();
+    // An inferred method less safe than GET: whether every request of it the body may send is
+    // one the runtime sees (an attempt seen sending only its token GET then did not send it).
+    packed.sends_seen = a.settings.method.is_none()
+        && !packed.method.is_safe()
+        && crate::stamp::sends_all_seen(&func.block, &crate::expand::client_names(&func.sig));
+    let packed = packed.pack();
     let plan = Plan {
         packed,
         func,

@@ -418,7 +418,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 /// The names through which a body holds a client: `self`, and the parameters (by name) whose
 /// type is a `…Client` (`&reqwest::Client`, `Arc<Client>`, `ClientWithMiddleware`, a
 /// service's `PaymentsClient`; not a `ClientId`).
-fn client_names(sig: &syn::Signature) -> Vec<String> {
+pub(crate) fn client_names(sig: &syn::Signature) -> Vec<String> {
     let mut out = Vec::new();
     for input in &sig.inputs {
         match input {

@@ -70,6 +70,84 @@ pub(crate) fn rewrite(
     v.found
 }
 
+/// Whether every request of a method less safe than GET that the body (as written, before the
+/// rewrite) may send is one the runtime sees when it goes out (`Policy::sends_seen`): each
+/// place showing such a method (`.post(`, `Method::DELETE`) is in the receiver of a `.send()`
+/// the rewrite stamps, written in the body itself (not in a closure or an `async` block, which
+/// may run in a spawned task, outside the attempt), and the body hands no client to a helper
+/// (`clients` as for [`rewrite`]), has no helper's future the rewrite cannot watch, and no
+/// macro it cannot read that sends. A POST built into a variable first, or sent with
+/// `.execute(…)`, is not proven: the attempt keeps counting the policy's method as possibly
+/// sent unseen.
+pub(crate) fn sends_all_seen(block: &syn::Block, clients: &[String]) -> bool {
+    let mut dry = block.clone();
+    let found = rewrite(&mut dry, &quote!(P), Some(clients));
+    if found.helpers > 0 || found.unwatched_helpers || found.unreadable_sends {
+        return false;
+    }
+    let mut v = SeenSends {
+        nested: 0,
+        covered: 0,
+    };
+    syn::visit::Visit::visit_block(&mut v, block);
+    v.covered == resilience_policy::infer::unsafe_evidence(block.to_token_stream())
+}
+
+/// Counts the places showing a method less safe than GET in the receivers of the body's own
+/// `.send()`s, outside closures and `async` blocks (see [`sends_all_seen`]).
+struct SeenSends {
+    nested: usize,
+    covered: usize,
+}
+
+impl<'ast> syn::visit::Visit<'ast> for SeenSends {
+    fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+        if self.nested == 0 && m.method == "send" && m.args.is_empty() && m.turbofish.is_none() {
+            self.covered += resilience_policy::infer::unsafe_evidence(m.receiver.to_token_stream());
+            // Counted: a `.send()` inside the receiver is not counted again.
+            return;
+        }
+        syn::visit::visit_expr_method_call(self, m);
+    }
+
+    fn visit_expr_closure(&mut self, c: &'ast syn::ExprClosure) {
+        self.nested += 1;
+        syn::visit::visit_expr_closure(self, c);
+        self.nested -= 1;
+    }
+
+    fn visit_expr_async(&mut self, a: &'ast syn::ExprAsync) {
+        self.nested += 1;
+        syn::visit::visit_expr_async(self, a);
+        self.nested -= 1;
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        // Read as the rewrite reads them: a list of expressions, or `select!` arms.
+        let (_, tokens) = split_biased(&mac.tokens);
+        if let Ok(args) = syn::parse::Parser::parse2(
+            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            tokens,
+        ) {
+            for a in &args {
+                self.visit_expr(a);
+            }
+        } else if mac
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "select" || s.ident == "select_biased")
+            && let Ok(arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
+        {
+            for (e, _) in arms.exprs() {
+                self.visit_expr(e);
+            }
+        }
+    }
+
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
 /// Finds the helpers whose futures the rewrite cannot watch (see
 /// [`Found::unwatched_helpers`]), in the body as written, before the rewrite.
 ///
@@ -1338,6 +1416,60 @@ mod tests {
             tokio::select! { r = a.send() => }
         }));
         assert_eq!(n, 0);
+    }
+
+    /// Which bodies send their unsafe requests only where the runtime sees them.
+    #[test]
+    fn sends_seen_are_proven_only_from_the_bodys_own_send_chains() {
+        let seen = |ts: TokenStream| {
+            let b: syn::Block = syn::parse2(ts).unwrap();
+            sends_all_seen(&b, &["c".to_owned()])
+        };
+        for ts in [
+            quote!({
+                let t = c.get(token).send().await?.text().await?;
+                c.post(pg).bearer_auth(t).json(o).send().await?.json().await
+            }),
+            quote!({
+                let r = c.request(Method::POST, u).send().await?;
+                tokio::try_join!(c.delete(a).send(), c.get(b).send())?;
+            }),
+            quote!({
+                tokio::select! {
+                    r = c.patch(u).send() => r,
+                    _ = sleep(d) => Err(e),
+                }
+            }),
+        ] {
+            assert!(seen(ts.clone()), "{ts}");
+        }
+        for ts in [
+            // Built into a variable, or sent with `execute`.
+            quote!({
+                let rb = c.post(u).json(o);
+                rb.send().await
+            }),
+            quote!({
+                let req = c.post(u).build()?;
+                c.execute(req).await
+            }),
+            // In a closure or an `async` block: may run in a spawned task.
+            quote!({
+                tokio::spawn(async move { c2.post(u).send().await });
+                c.get(s).send().await
+            }),
+            quote!({ join_all(os.iter().map(|o| c.post(u).json(o).send())).await }),
+            // A helper handed the client, or the builder.
+            quote!({
+                audit(c, o).await?;
+                c.post(u).send().await
+            }),
+            quote!({ send_it(CLIENT.post(u)).await }),
+            // A macro the rewrite cannot read.
+            quote!({ my_send!(c.post(u)) }),
+        ] {
+            assert!(!seen(ts.clone()), "{ts}");
+        }
     }
 
     /// Which bodies hand a helper's future where the rewrite cannot watch it (`c` and `self`

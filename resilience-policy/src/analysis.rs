@@ -336,6 +336,8 @@ impl Analysis {
                 .map(|(n, m)| (n.as_str(), *m)),
             hedge: s.hedge.value.as_ref().map(|h| (h.delay.value, h.max.value)),
             unseen: Method::Other,
+            // The macro proves it from the body (`resilience-macros`' `sends_all_seen`).
+            sends_seen: false,
             connect_timeout: self.shared.connect_timeout,
         }
     }

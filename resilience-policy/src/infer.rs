@@ -33,65 +33,89 @@ fn scan(ts: TokenStream, best: &mut Option<Inferred>) {
     for (i, tt) in tokens.iter().enumerate() {
         match tt {
             TokenTree::Group(g) => scan(g.stream(), best),
-            TokenTree::Ident(id) => {
-                let name = id.to_string();
-                // `.post(`
-                let after_dot =
-                    i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
-                let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-                if after_dot && call {
-                    let m = match name.as_str() {
-                        "get" => Some(Method::Get),
-                        "head" => Some(Method::Head),
-                        "post" => Some(Method::Post),
-                        "put" => Some(Method::Put),
-                        "patch" => Some(Method::Patch),
-                        "delete" => Some(Method::Delete),
-                        _ => None,
-                    };
-                    if let Some(method) = m {
-                        consider(
-                            best,
-                            Inferred {
-                                method,
-                                from: format!(".{name}("),
-                                span: id.span(),
-                            },
-                        );
-                    }
-                }
-                // `reqwest::get(url)`: reqwest's own one-off GET.
-                if is_reqwest_get(&tokens, i) {
-                    consider(
-                        best,
-                        Inferred {
-                            method: Method::Get,
-                            from: "reqwest::get(".into(),
-                            span: id.span(),
-                        },
-                    );
-                }
-                // `Method::POST`
-                if name == "Method"
-                    && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
-                    && matches!(tokens.get(i + 2), Some(TokenTree::Punct(p)) if p.as_char() == ':')
-                    && let Some(TokenTree::Ident(m)) = tokens.get(i + 3)
-                    && let Some(method) = Method::parse(&m.to_string())
-                        .filter(|_| m.to_string().chars().all(|c| c.is_ascii_uppercase()))
-                {
-                    consider(
-                        best,
-                        Inferred {
-                            method,
-                            from: format!("Method::{m}"),
-                            span: m.span(),
-                        },
-                    );
-                }
+            TokenTree::Ident(_) => scan_one(&tokens, i, best),
+            _ => {}
+        }
+    }
+}
+
+/// What the identifier `tokens[i]` shows of a method, considered for `best`.
+fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
+    let TokenTree::Ident(id) = &tokens[i] else {
+        return;
+    };
+    let name = id.to_string();
+    // `.post(`
+    let after_dot = i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+    let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+    if after_dot && call {
+        let m = match name.as_str() {
+            "get" => Some(Method::Get),
+            "head" => Some(Method::Head),
+            "post" => Some(Method::Post),
+            "put" => Some(Method::Put),
+            "patch" => Some(Method::Patch),
+            "delete" => Some(Method::Delete),
+            _ => None,
+        };
+        if let Some(method) = m {
+            consider(
+                best,
+                Inferred {
+                    method,
+                    from: format!(".{name}("),
+                    span: id.span(),
+                },
+            );
+        }
+    }
+    // `reqwest::get(url)`: reqwest's own one-off GET.
+    if is_reqwest_get(tokens, i) {
+        consider(
+            best,
+            Inferred {
+                method: Method::Get,
+                from: "reqwest::get(".into(),
+                span: id.span(),
+            },
+        );
+    }
+    // `Method::POST`
+    if name == "Method"
+        && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+        && matches!(tokens.get(i + 2), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+        && let Some(TokenTree::Ident(m)) = tokens.get(i + 3)
+        && let Some(method) = Method::parse(&m.to_string())
+            .filter(|_| m.to_string().chars().all(|c| c.is_ascii_uppercase()))
+    {
+        consider(
+            best,
+            Inferred {
+                method,
+                from: format!("Method::{m}"),
+                span: m.span(),
+            },
+        );
+    }
+}
+
+/// How many places in `ts` show a method less safe than GET, as [`infer_method`] reads them
+/// (`.post(`, `.delete(`, `Method::PATCH`), macros included.
+pub fn unsafe_evidence(ts: TokenStream) -> usize {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    let mut n = 0;
+    for (i, tt) in tokens.iter().enumerate() {
+        match tt {
+            TokenTree::Group(g) => n += unsafe_evidence(g.stream()),
+            TokenTree::Ident(_) => {
+                let mut one = None;
+                scan_one(&tokens, i, &mut one);
+                n += usize::from(one.is_some_and(|f| !f.method.is_safe()));
             }
             _ => {}
         }
     }
+    n
 }
 
 /// Whether `tokens[i]` is the `get` of `reqwest::get(`.
@@ -128,6 +152,26 @@ mod tests {
 
     fn m(ts: TokenStream) -> Option<Method> {
         infer_method(ts).map(|i| i.method)
+    }
+
+    #[test]
+    fn counts_the_places_that_show_an_unsafe_method() {
+        assert_eq!(
+            unsafe_evidence(quote!({
+                c.get(a).send().await;
+                c.head(b).send().await
+            })),
+            0
+        );
+        assert_eq!(
+            unsafe_evidence(quote!({
+                c.post(a).send().await;
+                c.request(Method::DELETE, b);
+                join!(c.patch(x), c.get(y));
+                let m = Method::GET;
+            })),
+            3
+        );
     }
 
     #[test]

@@ -188,6 +188,15 @@ pub struct Policy {
     /// least safe, so that such an attempt is not run again (a connect failure proves only
     /// that its own request was never sent); a hand-built policy may say `method` again.
     pub unseen: Method,
+    /// Every request the body may send of a method less safe than GET is one the runtime sees
+    /// when it goes out: generated code says so when the method is inferred and the body
+    /// sends such requests only from `.send()` chains of its own, outside closures and `async`
+    /// blocks, and awaits no helper handed the client. An attempt seen sending only safer
+    /// requests (a token GET before the body's POST) is then judged by those: its POST was not
+    /// sent. Otherwise (`false`) the policy's [`method`](Self::method) may have gone out unseen
+    /// beside them, and an attempt that was not seen sending it is not run again unless that
+    /// method may be resent unkeyed.
+    pub sends_seen: bool,
     /// The connect timeout of the client the policy names (`client = "NAME"`), which the
     /// attempt timeout must exceed, so that a connect failure (certainly never sent) is not
     /// taken for a timeout after sending; `None`: no client named.
@@ -323,6 +332,7 @@ impl Policy {
                 )
             }),
             unseen: p.unseen,
+            sends_seen: p.sends_seen,
             connect_timeout: p.connect_timeout,
             locate,
         }
@@ -348,6 +358,7 @@ impl Policy {
         concurrency: None,
         hedge: None,
         unseen: Method::Get,
+        sends_seen: false,
         connect_timeout: None,
         locate: None,
     };

@@ -460,6 +460,7 @@ mod tests {
                 concurrency: None,
                 hedge: None,
                 unseen: crate::Method::Other,
+                sends_seen: false,
                 connect_timeout: Some(std::time::Duration::from_millis(700)),
             }
             .pack()

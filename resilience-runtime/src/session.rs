@@ -831,7 +831,8 @@ impl Session {
         let seen = ctx.sent_method.get();
         let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
         let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
-        let unseen_policy_method = seen.is_some_and(|m| m.least_safe(policy.method) != m);
+        let unseen_policy_method =
+            !policy.sends_seen && seen.is_some_and(|m| m.least_safe(policy.method) != m);
         crate::decision::may_resend(method, keyed, policy.idempotent)
             && (!unseen_policy_method
                 || crate::decision::may_resend(policy.method, false, policy.idempotent))
@@ -1016,11 +1017,15 @@ impl Session {
         // earlier one (a helper's POST) was not: the body does not run again.
         // So does an attempt in which a helper the body awaited, handed the client, was seen
         // sending nothing (its POST went unseen beside the body's own GET, say).
+        // Unless every such request of the body is one the runtime sees (`sends_seen`): then
+        // one it did not see was not sent (the body failed before its POST).
         let unseen = if self.last.stamped && !self.last.unseen_helper {
-            self.last
-                .method
-                .is_some_and(|seen| seen.least_safe(policy.method) != seen)
-                .then_some(policy.method)
+            (!policy.sends_seen
+                && self
+                    .last
+                    .method
+                    .is_some_and(|seen| seen.least_safe(policy.method) != seen))
+            .then_some(policy.method)
         } else {
             Some(policy.method.least_safe(policy.unseen))
         };

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::Method;
 
 /// The version tag every packed policy starts with.
-const TAG: &str = "rp2,";
+const TAG: &str = "rp3,";
 
 /// A breaker's settings, as the runtime's `BreakerSpec` holds them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,6 +120,9 @@ pub struct Packed<'a> {
     pub hedge: Option<(Duration, u32)>,
     /// The method an attempt counts as when the runtime saw none of its requests.
     pub unseen: Method,
+    /// Every request the body may send of a method less safe than GET is one the runtime sees
+    /// when it goes out (see `Policy::sends_seen` in the runtime).
+    pub sends_seen: bool,
     /// The connect timeout of the function's `client = "NAME"`, which every attempt's timeout
     /// must exceed (`None`: no client named).
     pub connect_timeout: Option<Duration>,
@@ -339,6 +342,7 @@ impl<'a> Packed<'a> {
             w.num(u64::from(max));
         }
         w.method(self.unseen);
+        w.flag(self.sends_seen);
         w.flag(self.connect_timeout.is_some());
         if let Some(d) = self.connect_timeout {
             w.dur(d);
@@ -454,6 +458,7 @@ impl<'a> Packed<'a> {
             None
         };
         let unseen = r.method()?;
+        let sends_seen = r.flag()?;
         let connect_timeout = if r.flag()? { Some(r.dur()?) } else { None };
         if r.at != text.len() {
             return r.fail("the end");
@@ -483,6 +488,7 @@ impl<'a> Packed<'a> {
             concurrency,
             hedge,
             unseen,
+            sends_seen,
             connect_timeout,
         })
     }
@@ -549,6 +555,7 @@ mod tests {
             )),
             hedge: Some((Duration::from_millis(50), 2)),
             unseen: Method::Other,
+            sends_seen: true,
             connect_timeout: Some(Duration::from_millis(750)),
         }
     }
@@ -566,6 +573,7 @@ mod tests {
             let p = Packed {
                 method: m,
                 unseen: m,
+                sends_seen: false,
                 retry_statuses: vec![],
                 budget: None,
                 breaker: None,
