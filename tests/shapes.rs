@@ -385,6 +385,38 @@ async fn own_io_errors_of_a_network_kind_are_not_retried() {
     assert_eq!(server.count(), 2);
 }
 
+/// A body that returns its status as a number succeeded, whatever the status: an `Err` is a
+/// failure, an `Ok` is not; with `.error_for_status()?` the same 503 is retried.
+#[resilient(method = GET, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn status_of(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn checked_status_of(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_an_err_is_a_failure() {
+    let server = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    assert_eq!(status_of(&client(), &server.url("/")).await.unwrap(), 503);
+    assert_eq!(server.count(), 1);
+    let server = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    assert_eq!(
+        checked_status_of(&client(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+}
+
 /// Regression: with one attempt there is nothing to clone for, and a by-value argument that is
 /// neither `Clone` nor `Copy` moves into the body as written.
 struct Ticket(String);
