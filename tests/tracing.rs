@@ -113,3 +113,87 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         "{line}"
     );
 }
+
+/// A keyed charge whose error type keeps only reqwest's error (`#[from] reqwest::Error`): the
+/// error it returns cannot say how many attempts ran or with which key, so the event of the
+/// call's end does.
+#[derive(Debug)]
+enum ChargeError {
+    Http(reqwest::Error),
+    Runtime(Error),
+}
+
+impl std::fmt::Display for ChargeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChargeError::Http(e) => write!(f, "gateway: {e}"),
+            ChargeError::Runtime(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChargeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChargeError::Http(e) => Some(e),
+            ChargeError::Runtime(e) => Some(e),
+        }
+    }
+}
+
+impl From<reqwest::Error> for ChargeError {
+    fn from(e: reqwest::Error) -> Self {
+        ChargeError::Http(e)
+    }
+}
+
+impl From<Error> for ChargeError {
+    fn from(e: Error) -> Self {
+        ChargeError::Runtime(e)
+    }
+}
+
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false
+)]
+async fn charge(c: &reqwest::Client, url: &str) -> Result<String, ChargeError> {
+    Ok(c.post(url)
+        .body("amount=10")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_end_says_its_attempts_and_key_whatever_its_error_type() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = charge(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChargeError::Http(_)), "{e}");
+    let key = server.requests()[0]
+        .header("idempotency-key")
+        .unwrap()
+        .to_owned();
+    let out = buf.text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("attempt failed; giving up"))
+        .unwrap_or_else(|| panic!("no event of the call's end:\n{out}"));
+    assert!(line.contains("attempt=3"), "{line}");
+    assert!(line.contains(&format!("idempotency_key={key}")), "{line}");
+}

@@ -1167,12 +1167,15 @@ impl Session {
         });
         {
             let _e = self.span.enter();
+            // The attempts and the key, whatever the error type carries of them (a
+            // `reqwest::Error` returned inside a type of the user's own carries neither).
             tracing::warn!(
                 attempt = self.attempts,
                 class = class.as_str(),
                 status = self.last.status,
                 decision = "give up",
                 reason = why.as_str(),
+                idempotency_key = self.ctx.key.as_ref().map(tracing::field::display),
                 "attempt failed; giving up"
             );
         }
