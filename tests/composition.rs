@@ -209,6 +209,33 @@ async fn an_inner_call_without_retries_leaves_them_to_the_outer_one() {
     assert_eq!(e.attempts(), 3);
 }
 
+/// An inner call whose policy does not retry the failure (503 not in its `retry_on`) did not
+/// retry it: the outer call, whose policy does, retries it at its one layer.
+#[resilient(timeout = "1s", deadline = "10s", retry_on = [connect, reset], budget = false)]
+async fn inner_connect_only(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_retrying_503(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_connect_only(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_the_inner_policy_does_not_retry_is_retried_by_the_outer_one() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = outer_retrying_503(&client(), &server.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (3, 3), "{e}");
+    // Where the inner call retried it as far as its policy allows, the outer one does not.
+    let server = FaultServer::start(Script::always(Action::reset())).await;
+    let e = outer_retrying_503(&client(), &server.url("/dead"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3, "{e}");
+}
+
 #[resilient(
     timeout = "10s",
     deadline = "30s",

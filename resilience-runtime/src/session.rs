@@ -1181,10 +1181,15 @@ impl Session {
         }
         // A transient failure this call could have retried under its own policy: the
         // enclosing call must not retry it again. Not a first attempt that the time ran out
-        // on (nested, the enclosing attempt's time): nothing retried it.
+        // on (nested, the enclosing attempt's time), nor a failure its policy does not retry
+        // (a 503 outside its `retry_on`): nothing retried it, the enclosing call's policy
+        // decides.
         let cut_short =
             self.attempts == 1 && self.last.runtime == Some(ErrorKind::DeadlineExceeded);
-        let retryable = class.is_transient() && self.policy.max_attempts > 1 && !cut_short;
+        let retryable = class.is_transient()
+            && self.policy.max_attempts > 1
+            && !cut_short
+            && why != GiveUp::NotInRetryOn;
         self.finish(false, retryable);
         Next::Return
     }
