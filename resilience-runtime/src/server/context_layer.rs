@@ -131,15 +131,26 @@ pub(crate) struct Claimed {
 /// The context a request's headers hand down, as of `now`.
 pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> Inbound {
     let mut inbound = Inbound::NONE;
-    let left = match headers.get(&X_TIMEOUT_MS) {
-        Some(v) => parse_ms(v.as_bytes()).map_err(|why| ("x-timeout-ms", v, why)),
-        None => match headers.get(&GRPC_TIMEOUT) {
-            Some(v) => parse_grpc(v.as_bytes()).map_err(|why| ("grpc-timeout", v, why)),
-            None => Ok(None),
-        },
-    };
+    // Each header that parses counts, the shorter first: a malformed `X-Timeout-Ms` does not
+    // hide a valid `grpc-timeout`.
+    let mut left = None;
+    for (name, parse) in [
+        (&X_TIMEOUT_MS, parse_ms as fn(&[u8]) -> _),
+        (&GRPC_TIMEOUT, parse_grpc),
+    ] {
+        let Some(v) = headers.get(name) else {
+            continue;
+        };
+        match parse(v.as_bytes()) {
+            Ok(Some(d)) => left = Some(left.map_or(d, |l: Duration| l.min(d))),
+            Ok(None) => {}
+            Err(why) => {
+                tracing::debug!(header = name.as_str(), value = ?v, why, "inbound timeout ignored");
+            }
+        }
+    }
     match left {
-        Ok(Some(d)) => {
+        Some(d) => {
             let d = if d > max {
                 tracing::debug!(
                     requested_ms = d.as_millis() as u64,
@@ -152,10 +163,7 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
             };
             inbound = inbound.deadline(super::after(now, d));
         }
-        Ok(None) => {}
-        Err((name, value, why)) => {
-            tracing::debug!(header = name, value = ?value, why, "inbound timeout ignored");
-        }
+        None => {}
     }
     if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
         inbound = inbound.traceparent(tp);
@@ -282,10 +290,18 @@ mod tests {
         assert_eq!(at(&[("x-timeout-ms", b"1\xc3\xa9")]), None);
         assert_eq!(at(&[("grpc-timeout", b"5x")]), None);
         assert_eq!(at(&[]), None);
-        // The library's own header wins over gRPC's.
+        // Both: the shorter; a malformed one does not hide the other.
         assert_eq!(
             at(&[("x-timeout-ms", b"100"), ("grpc-timeout", b"5S")]),
             Some(now + Duration::from_millis(100))
+        );
+        assert_eq!(
+            at(&[("x-timeout-ms", b"5000"), ("grpc-timeout", b"250m")]),
+            Some(now + Duration::from_millis(250))
+        );
+        assert_eq!(
+            at(&[("x-timeout-ms", b"abc"), ("grpc-timeout", b"2S")]),
+            Some(now + Duration::from_secs(2))
         );
     }
 
