@@ -149,21 +149,18 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
             }
         }
     }
-    match left {
-        Some(d) => {
-            let d = if d > max {
-                tracing::debug!(
-                    requested_ms = d.as_millis() as u64,
-                    max_ms = max.as_millis() as u64,
-                    "inbound timeout above the maximum: clamped"
-                );
-                max
-            } else {
-                d
-            };
-            inbound = inbound.deadline(super::after(now, d));
-        }
-        None => {}
+    if let Some(d) = left {
+        let d = if d > max {
+            tracing::debug!(
+                requested_ms = d.as_millis() as u64,
+                max_ms = max.as_millis() as u64,
+                "inbound timeout above the maximum: clamped"
+            );
+            max
+        } else {
+            d
+        };
+        inbound = inbound.deadline(super::after(now, d));
     }
     if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
         inbound = inbound.traceparent(tp);
