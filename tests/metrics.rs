@@ -62,6 +62,12 @@ async fn adapted(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     get(c, url).await
 }
 
+/// Its method is chosen at run time: neither declared nor inferred.
+#[resilient(timeout = "2s", max_attempts = 1, budget = false)]
+async fn any_method(c: &reqwest::Client, m: reqwest::Method, url: &str) -> Result<String, Error> {
+    Ok(c.request(m, url).send().await?.text().await?)
+}
+
 /// Its body returns the nested call's refusal: an attempt of class `rejected`.
 #[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
 async fn over_broken(c: &reqwest::Client, url: &str) -> Result<String, Error> {
@@ -142,6 +148,19 @@ async fn every_outcome_class_and_state_reaches_the_installed_recorder() {
         &[p, function, r#"class="ok""#, r#"http_request_method="GET""#],
     );
     assert_eq!(attempt_count, Some(2.0));
+    // A policy of no known method is labelled as the attempt span names it: `_OTHER`.
+    any_method(&c, reqwest::Method::GET, &ok.url("/"))
+        .await
+        .unwrap();
+    let other = sample(
+        &handle,
+        "http_client_request_duration_seconds_count",
+        &[
+            r#"function="metrics::any_method""#,
+            r#"http_request_method="_OTHER""#,
+        ],
+    );
+    assert_eq!(other, Some(1.0));
     let call_count = sample(
         &handle,
         "resilience_client_call_duration_seconds_count",

@@ -56,7 +56,10 @@ pub(crate) fn instruments(
         CLASSES.map(|c| {
             let mut extra = vec![Label::new("class", c)];
             if method {
-                extra.push(Label::new("http.request.method", policy.method.as_str()));
+                // As the attempt span writes it: `_OTHER` for a method the conventions do not
+                // know (a policy whose method is neither declared nor inferred).
+                let method = super::span::semconv_method(policy.method.as_str()).1;
+                extra.push(Label::new("http.request.method", method));
             }
             with(name, extra)
         })

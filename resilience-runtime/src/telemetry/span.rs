@@ -93,7 +93,7 @@ const OTHER: &str = "_OTHER";
 
 /// The span's name and `http.request.method` for a method, per the conventions: the method
 /// for the nine they know, else `HTTP` and `_OTHER`.
-fn semconv_method(m: &str) -> (&'static str, &'static str) {
+pub(crate) fn semconv_method(m: &str) -> (&'static str, &'static str) {
     const KNOWN: [&str; 9] = [
         "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
     ];
