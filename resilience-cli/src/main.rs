@@ -128,9 +128,31 @@ impl Crate {
             .map_err(|e| format!("{}: {e}", manifest.display()))?;
         let table = toml::from_str::<toml::Table>(&text)
             .map_err(|e| format!("{}: {e}", manifest.display()))?;
-        let Some(package) = table.get("package") else {
-            return Crate::read_workspace(dir, &table, tests);
-        };
+        let members = table
+            .get("workspace")
+            .and_then(|w| w.get("members"))
+            .is_some();
+        match table.get("package") {
+            None => Crate::read_workspace(dir, &table, tests),
+            Some(package) if !members => Crate::read_package(dir, &table, package, tests),
+            // A package that is also a workspace's root: its own functions, then its members'.
+            Some(package) => {
+                let mut all = Crate::read_package(dir, &table, package, tests)?;
+                let members = Crate::read_workspace(dir, &table, tests)?;
+                all.functions.extend(members.functions);
+                all.found_in.extend(members.found_in);
+                all.problems.extend(members.problems);
+                Ok(all)
+            }
+        }
+    }
+
+    fn read_package(
+        dir: &Path,
+        table: &toml::Table,
+        package: &toml::Value,
+        tests: bool,
+    ) -> Result<Crate, String> {
         let krate_name = |n: &str| n.replace('-', "_");
         let package_name = package
             .get("name")
@@ -315,7 +337,12 @@ impl Crate {
             }
         }
         let mut all = Crate::default();
+        // The root itself, listed as a member (`"."`), is read as the package it is.
+        let root = dir.canonicalize().ok();
         for member in dirs {
+            if root.is_some() && member.canonicalize().ok() == root {
+                continue;
+            }
             let prefix = member.strip_prefix(dir).unwrap_or(&member).to_path_buf();
             let named = |f: &str| prefix.join(f).display().to_string();
             match Crate::read(&member, tests) {

@@ -126,6 +126,50 @@ fn check_passes_on_the_workspace_and_fails_on_an_unsafe_post() {
     );
 }
 
+/// A package that is also its workspace's root (`[package]` and `[workspace]` in one
+/// manifest): its members are checked too, and an unsafe override for one of them refused.
+#[test]
+fn check_reads_the_members_of_a_package_that_is_a_workspace_root() {
+    let dir = crate_with(
+        "svcroot",
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"svc\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[workspace]\nmembers = [\".\", \"crates/pay\"]\n",
+            ),
+            (
+                "src/lib.rs",
+                "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn stock(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {\n    Ok(c.get(\"http://x/\").send().await?.status().as_u16())\n}\n",
+            ),
+            (
+                "crates/pay/Cargo.toml",
+                "[package]\nname = \"pay\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+            ),
+            (
+                "crates/pay/src/lib.rs",
+                "#[resilience_runtime::resilient(timeout = \"1s\", max_attempts = 1)]\npub async fn charge(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 annotated functions in 2 files"),
+        "{}",
+        text(&out)
+    );
+    let file = dir.join("incident.toml");
+    std::fs::write(&file, "[functions.\"pay::charge\"]\nmax_attempts = 3\n").unwrap();
+    let out = run(&[
+        "check",
+        dir.to_str().unwrap(),
+        "--overrides",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pay::charge"), "{}", text(&out));
+}
+
 #[test]
 fn check_reads_the_policy_file_and_points_into_it() {
     let dir = crate_with(
