@@ -38,12 +38,30 @@ async fn a_timeout_lengthened_at_run_time_and_put_back() {
     assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
     assert!(started.elapsed() >= Duration::from_secs(2));
 
+    // A second file that keeps the deadline and leaves the timeout out: told against the
+    // policy in force, the timeout goes back, the deadline does not change; the same file
+    // again changes nothing.
+    let mine = |changes: Vec<overrides::Change>| -> Vec<(&'static str, String, String)> {
+        changes
+            .into_iter()
+            .filter(|c| c.function == "runbook::lookup")
+            .map(|c| (c.setting, c.old, c.new))
+            .collect()
+    };
+    let second = "[functions.\"runbook::lookup\"]\ndeadline = \"30s\"\n";
+    let changes = overrides::apply_str(second, "incident.toml").unwrap();
+    assert_eq!(
+        mine(changes),
+        [("timeout", "3s".to_owned(), "1s".to_owned())]
+    );
+    let again = overrides::apply_str(second, "incident.toml").unwrap();
+    assert_eq!(mine(again), []);
+
     // Undo: the compiled policy again.
     let undone = overrides::apply_str("", "incident.toml").unwrap();
-    assert!(
-        undone
-            .iter()
-            .any(|c| c.function == "runbook::lookup" && c.new == "1s")
+    assert_eq!(
+        mine(undone),
+        [("deadline", "30s".to_owned(), "20s".to_owned())]
     );
     let e = lookup(&c, &server.url("/")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AttemptTimeout);

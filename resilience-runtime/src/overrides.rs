@@ -287,10 +287,14 @@ pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     let mut all = Vec::new();
     for (k, p) in known.iter().zip(planned) {
         match p {
-            Some((policy, mut changes)) => {
+            // What changes is told against the policy in force, an earlier file's override
+            // included (a setting that file changed and this one leaves out goes back), not
+            // against the compiled one; a file applied again changes nothing.
+            Some((policy, _)) => {
+                let before: &Policy = k.current.load().as_ref().map_or(k.compiled, |p| **p);
+                all.append(&mut diff(k.function, before, &policy));
                 k.current
                     .store(Some(Arc::new(&*Box::leak(Box::new(policy)))));
-                all.append(&mut changes);
             }
             None => {
                 let had = k.current.swap(None);
