@@ -474,6 +474,29 @@ async fn retry_after_as_http_date() {
     assert_eq!(server.count(), 2);
 }
 
+/// Forms outside the grammar, read on the safe side: a fraction waits the second above it, a
+/// list a proxy merged from repeated fields its longest (not the backoff alone, which with
+/// full jitter may be next to nothing).
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_a_fraction_or_a_merged_list_is_waited() {
+    let c = client();
+    for (value, at_least) in [("1.5", 2), ("2, 3", 3)] {
+        let server = FaultServer::start(vec![
+            Action::status(503).header("Retry-After", value),
+            Action::ok(),
+        ])
+        .await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(get(&c, &server.url("/op")).await.unwrap(), 200);
+        assert!(
+            started.elapsed() >= Duration::from_secs(at_least),
+            "{value}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.count(), 2);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_cap_ends_the_call_at_once() {
     let c = client();

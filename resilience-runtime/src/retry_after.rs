@@ -3,14 +3,49 @@
 use std::time::{Duration, SystemTime};
 
 /// Parses a `Retry-After` value relative to `now`. A date in the past is zero; garbage is `None`.
+///
+/// Two forms outside the grammar that servers and proxies send are read on the safe side: a
+/// fraction of a second (`1.5`) waits the whole second above it, and a list a proxy made of
+/// repeated fields (`5, 5`, `2, 10`) waits its longest. Anything else (`-5`, `soon`) is
+/// ignored: the backoff alone decides.
 pub fn parse(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        // Saturate absurd values rather than fail: they are capped by max_retry_after anyway.
-        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
+    if let Some(d) = seconds(v) {
+        return Some(d);
+    }
+    if v.contains(',') {
+        let mut longest = None;
+        for part in v.split(',') {
+            match seconds(part.trim()) {
+                Some(d) => longest = longest.max(Some(d)),
+                // A date has commas of its own ("Sun, 06 Nov 1994 …").
+                None => {
+                    longest = None;
+                    break;
+                }
+            }
+        }
+        if longest.is_some() {
+            return longest;
+        }
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Delay-seconds (`120`), or a fraction of one rounded up (`1.5` is 2 s).
+fn seconds(v: &str) -> Option<Duration> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // Saturate absurd values rather than fail: they are capped by max_retry_after anyway.
+    let whole = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
+    match v.split_once('.') {
+        None if digits(v) => Some(Duration::from_secs(whole(v))),
+        Some((int, frac)) if digits(int) && digits(frac) => {
+            let up = u64::from(frac.bytes().any(|b| b != b'0'));
+            Some(Duration::from_secs(whole(int).saturating_add(up)))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -41,12 +76,27 @@ mod tests {
         );
     }
 
+    /// Outside the grammar, read on the safe side: a fraction rounded up, a merged list's
+    /// longest.
+    #[test]
+    fn fractions_and_merged_lists_wait_at_least_as_asked() {
+        let now = SystemTime::now();
+        assert_eq!(parse("1.5", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse("0.25", now), Some(Duration::from_secs(1)));
+        assert_eq!(parse("3.0", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse("5, 5", now), Some(Duration::from_secs(5)));
+        assert_eq!(parse("2,10", now), Some(Duration::from_secs(10)));
+    }
+
     #[test]
     fn garbage() {
         let now = SystemTime::now();
         assert_eq!(parse("", now), None);
         assert_eq!(parse("-5", now), None);
-        assert_eq!(parse("1.5", now), None);
         assert_eq!(parse("soon", now), None);
+        assert_eq!(parse("1.", now), None);
+        assert_eq!(parse(".5", now), None);
+        assert_eq!(parse("5, soon", now), None);
+        assert_eq!(parse(",", now), None);
     }
 }
