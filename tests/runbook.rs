@@ -99,6 +99,32 @@ async fn an_override_that_would_resend_an_unkeyed_post_is_refused() {
     assert_eq!(server.count(), 1);
 }
 
+/// Keyed, its method chosen at run time (neither declared nor inferred): the compiler lets it
+/// retry only what was never sent, and so does an override.
+#[resilient(idempotency_key = auto, retry_on = [connect], timeout = "1s", deadline = "20s", budget = false)]
+async fn any_keyed(c: &reqwest::Client, m: reqwest::Method, url: &str) -> Result<u16, Error> {
+    Ok(c.request(m, url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_override_retrying_a_function_of_unknown_method_after_sending_is_refused() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    any_keyed(&c, reqwest::Method::PUT, &server.url("/"))
+        .await
+        .unwrap(); // known to the overrides now
+    let file = "[functions.\"runbook::any_keyed\"]\nretry_on = [\"connect\", \"timeout\"]\n";
+    let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(
+            "runbook::any_keyed (OTHER): cannot tell which HTTP method this function sends"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("declare the least safe method"), "{msg}");
+}
+
 /// Built without retries: the code generated for it runs the body once, and the body may move
 /// its arguments (here the request it was handed).
 #[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false)]

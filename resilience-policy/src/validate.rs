@@ -826,16 +826,13 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
         .collect();
     let keyed = s.idempotency_key.value != KeyModel::None;
     match method {
-        None if retries && !ambiguous.is_empty() => {
-            diags.push(
-                fb,
-                "cannot tell which HTTP method this function sends, so cannot tell whether retrying it is safe\n\
-                 help: declare the least safe method it may ever send: `method = POST` if it can be a POST \
-                 (then also `idempotency_key = auto`, or `retry_on = [connect]`), `method = GET` only if it never \
-                 sends anything but GET or HEAD; at run time the method actually sent decides, least safe first",
-            );
+        None => {
+            if let Err(broken) =
+                rules::method_known(false, s.max_attempts.value, !ambiguous.is_empty())
+            {
+                diags.push(fb, broken.to_string());
+            }
         }
-        None => {}
         Some(m) => {
             if let Err(broken) = rules::idempotent_method(m.value, s.idempotent.value) {
                 diags.push(

@@ -493,6 +493,15 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     for s in p.retry_on.statuses {
         check(rules::retryable_status(*s), &["retry_on"]);
     }
+    // Generated code packs a method neither declared nor inferred as `OTHER`.
+    check(
+        rules::method_known(
+            p.method != crate::Method::Other,
+            p.max_attempts,
+            p.retry_on.ambiguous(),
+        ),
+        &["max_attempts", "retry_on"],
+    );
     check(
         rules::safe_retry(
             p.method,

@@ -510,6 +510,23 @@ pub mod rules {
         }
     }
 
+    /// A function whose method is neither declared nor inferred (`known` false) retries only
+    /// failures where nothing was sent: whether resending is safe cannot be told, keyed or
+    /// not. `ambiguous` as for [`safe_retry`].
+    pub fn method_known(known: bool, max_attempts: u32, ambiguous: bool) -> Result<(), Broken> {
+        if known || max_attempts <= 1 || !ambiguous {
+            return Ok(());
+        }
+        Err(Broken::new(
+            "cannot tell which HTTP method this function sends, so cannot tell whether retrying it is safe",
+        )
+        .help(
+            "declare the least safe method it may ever send: `method = POST` if it can be a POST \
+             (then also `idempotency_key = auto`, or `retry_on = [connect]`), `method = GET` only if it never \
+             sends anything but GET or HEAD; at run time the method actually sent decides, least safe first",
+        ))
+    }
+
     /// The central rule: a request that is not safe to resend is not retried after a failure
     /// where it may have reached the server. `ambiguous` is whether `retry_on` lists any
     /// class but `connect`.
