@@ -312,13 +312,19 @@ impl IdempotencyLayer {
     /// Whether a covered request without a key is refused with 400 (`true`) or passed through
     /// to the handler without protection (`false`, the default). To require it on some routes
     /// only, apply a second layer with `true` to those routes only (axum: `route_layer` on a
-    /// router holding those routes): never stack two layers on one route.
+    /// router holding those routes, or on their method routers): stacked inside another
+    /// layer, it passes what that one claimed, and refuses what comes without a key.
     pub fn require_key(mut self, require: bool) -> Self {
         self.config_mut().require_key = require;
         self
     }
 
     /// The methods the layer covers; other methods pass through untouched. Default: POST, PATCH.
+    ///
+    /// A PUT or DELETE that carries a key is covered whatever this says: a keyed client (a
+    /// `#[resilient]` function with `idempotency_key`) resends or hedges it on the strength of
+    /// its key, so the handler must not run twice for it. Without a key it passes through,
+    /// neither required nor counted as unprotected.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config_mut().methods = methods.into_iter().collect();
         self
@@ -449,7 +455,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
 
-        if !config.methods.contains(req.method()) {
+        let covered = config.methods.contains(req.method())
+            || (matches!(*req.method(), Method::PUT | Method::DELETE)
+                && req.headers().contains_key(&config.header));
+        // A layer outside this one claimed the request already (two layers stacked on one
+        // route): it replays and stores; this one would find that claim and answer 409 forever.
+        if !covered
+            || req
+                .extensions()
+                .get::<super::context_layer::Claimed>()
+                .is_some()
+        {
             return passthrough(inner.call(req));
         }
         let tally = Tally::of(req.extensions());

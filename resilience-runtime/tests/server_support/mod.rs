@@ -35,6 +35,8 @@ macro_rules! every_rule {
             the_store_holds_the_response,
             scoped_keys_never_cross_scopes,
             only_the_configured_methods_are_covered,
+            a_keyed_put_or_delete_is_replayed_by_key,
+            two_layers_stacked_on_a_route_run_the_handler_once,
             a_nested_routers_requests_are_told_apart_by_their_full_path,
             a_body_failing_after_a_kept_status_is_never_rerun,
             a_body_panicking_or_stuck_after_a_kept_status_is_never_rerun,
@@ -310,7 +312,20 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
         gate: Arc::new(Semaphore::new(0)),
     };
     let optional = Router::new()
-        .route("/orders", routing::post(orders).patch(orders).get(list))
+        .route(
+            "/orders",
+            routing::post(orders)
+                .patch(orders)
+                .put(orders)
+                .delete(orders)
+                .get(list),
+        )
+        // A second layer, requiring a key, stacked inside the router's on this route.
+        .route(
+            "/stacked",
+            routing::post(orders)
+                .route_layer(IdempotencyLayer::new(store.clone()).require_key(true)),
+        )
         .route("/other", routing::post(orders))
         .route("/slow", routing::post(slow))
         .route("/gated", routing::post(gated))
@@ -1042,6 +1057,67 @@ pub async fn only_the_configured_methods_are_covered(store: Store) {
         assert_eq!(patch.body, "order 3: x");
     }
     assert_eq!(count(&app.runs.orders), 3);
+}
+
+/// A keyed client resends or hedges a keyed PUT or DELETE on the strength of its key: the
+/// layer covers them when they carry one, whatever its methods; without a key they pass.
+pub async fn a_keyed_put_or_delete_is_replayed_by_key(store: Store) {
+    let app = serve(&store, layer(&store).methods([reqwest::Method::PATCH])).await;
+    let key = fresh_key();
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let key = format!("{key}-{method}");
+        let first = send(
+            client()
+                .request(method.clone(), app.url("/orders"))
+                .header("idempotency-key", &key)
+                .body("x"),
+        )
+        .await;
+        let again = send(
+            client()
+                .request(method.clone(), app.url("/orders"))
+                .header("idempotency-key", &key)
+                .body("x"),
+        )
+        .await;
+        assert_eq!(
+            (first.replayed(), again.replayed()),
+            (false, true),
+            "{method}"
+        );
+        assert_eq!(first.body, again.body, "{method}");
+    }
+    assert_eq!(count(&app.runs.orders), 2);
+    for _ in 0..2 {
+        send(client().put(app.url("/orders")).body("x")).await;
+    }
+    assert_eq!(count(&app.runs.orders), 4, "an unkeyed PUT runs every time");
+}
+
+/// An optional layer around the router and one requiring a key on a route: the inner one
+/// passes what the outer one claimed (it once answered it 409 for ever), and still refuses a
+/// request without a key.
+pub async fn two_layers_stacked_on_a_route_run_the_handler_once(store: Store) {
+    let app = serve(&store, layer(&store)).await;
+    let key = fresh_key();
+    let first = post(&app.url("/stacked"), Some(&key), "x").await;
+    assert_eq!(
+        (first.status, first.replayed()),
+        (201, false),
+        "{}",
+        first.body
+    );
+    let again = post(&app.url("/stacked"), Some(&key), "x").await;
+    assert_eq!(
+        (again.status, again.replayed()),
+        (201, true),
+        "{}",
+        again.body
+    );
+    assert_eq!(count(&app.runs.orders), 1);
+    let keyless = post(&app.url("/stacked"), None, "x").await;
+    assert_eq!(keyless.status, 400, "{}", keyless.body);
+    assert_eq!(count(&app.runs.orders), 1);
 }
 
 pub async fn a_nested_routers_requests_are_told_apart_by_their_full_path(store: Store) {
