@@ -123,25 +123,10 @@ impl<'ast> syn::visit::Visit<'ast> for SeenSends {
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
-        // Read as the rewrite reads them: a list of expressions, or `select!` arms.
-        let (_, tokens) = split_biased(&mac.tokens);
-        if let Ok(args) = syn::parse::Parser::parse2(
-            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
-            tokens,
-        ) {
-            for a in &args {
-                self.visit_expr(a);
-            }
-        } else if mac
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "select" || s.ident == "select_biased")
-            && let Ok(arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
-        {
-            for (e, _) in arms.exprs() {
-                self.visit_expr(e);
-            }
+        match MacroInput::read(mac) {
+            Some(MacroInput::List(args)) => args.iter().for_each(|a| self.visit_expr(a)),
+            Some(MacroInput::Arms(arms)) => arms.exprs().for_each(|(e, _)| self.visit_expr(e)),
+            None => {}
         }
     }
 
@@ -333,31 +318,29 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
         // rules for unreadable ones.
         let name = mac.path.segments.last().map(|s| s.ident.to_string());
         let name = name.as_deref().unwrap_or_default();
-        let (_, tokens) = split_biased(&mac.tokens);
-        if let Ok(args) = syn::parse::Parser::parse2(
-            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
-            tokens,
-        ) {
-            if name == "vec" {
-                self.collected(&args, false);
-            }
-            for a in &args {
-                if JOINING_MACROS.contains(&name) {
-                    self.visit_used(a);
-                } else {
-                    self.visit_expr(a);
+        match MacroInput::read(mac) {
+            Some(MacroInput::List(args)) => {
+                if name == "vec" {
+                    self.collected(&args, false);
+                }
+                for a in &args {
+                    if JOINING_MACROS.contains(&name) {
+                        self.visit_used(a);
+                    } else {
+                        self.visit_expr(a);
+                    }
                 }
             }
-        } else if (name == "select" || name == "select_biased")
-            && let Ok(arms) = syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone())
-        {
-            for (e, future) in arms.exprs() {
-                if future {
-                    self.visit_used(e);
-                } else {
-                    self.visit_expr(e);
+            Some(MacroInput::Arms(arms)) => {
+                for (e, future) in arms.exprs() {
+                    if future {
+                        self.visit_used(e);
+                    } else {
+                        self.visit_expr(e);
+                    }
                 }
             }
+            None => {}
         }
     }
 
@@ -1082,6 +1065,35 @@ impl VisitMut for Rewriter<'_> {
 
     // Items nested in the body may run outside the attempt: leave them as written.
     fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+/// A macro's input as the rewrite reads it (`visit_macro_mut`): a comma-separated list of
+/// expressions after an optional `biased;`, else, for `select!`, its arms; `None` for any other
+/// input. For the scans of the body as written.
+enum MacroInput {
+    List(Punctuated<syn::Expr, syn::Token![,]>),
+    Arms(SelectArms),
+}
+
+impl MacroInput {
+    fn read(mac: &syn::Macro) -> Option<MacroInput> {
+        let (_, tokens) = split_biased(&mac.tokens);
+        if let Ok(args) = syn::parse::Parser::parse2(
+            Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            tokens,
+        ) {
+            return Some(MacroInput::List(args));
+        }
+        let select = mac
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "select" || s.ident == "select_biased");
+        select
+            .then(|| syn::parse::Parser::parse2(SelectArms::parse, mac.tokens.clone()).ok())
+            .flatten()
+            .map(MacroInput::Arms)
+    }
 }
 
 /// The input of a `select!`: `biased;` first (tokio), then arms `pattern = future
