@@ -455,3 +455,121 @@ async fn no_hedge_starts_once_the_breaker_is_open() {
     );
     resilience_runtime::breakers::reset("hedged_inventory").unwrap();
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "200ms")
+)]
+async fn hedged_charge(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A hedged keyed charge behind the idempotency layer, with a gateway slower than the attempt:
+/// the hedge is answered 409 "still in progress" while the first request's charge runs, then
+/// the first attempt times out. The round's outcome is the 409, not the timeout: the call asks
+/// for the replay of the one charge instead of giving up while the card is being charged.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::State;
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+
+    async fn gateway(State(charges): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        (axum::http::StatusCode::CREATED, format!("charge {n}"))
+    }
+    let charges = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(gateway))
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (got, report) =
+        resilience_runtime::measure(hedged_charge(&reqwest::Client::new(), &url)).await;
+    assert_eq!(got.expect("the replay of the one charge"), "charge 1");
+    assert_eq!(charges.load(Ordering::SeqCst), 1, "charged once");
+    // The first request, its hedge (409), then at least one ask for the replay.
+    assert!(report.expect("measured").attempts >= 3);
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn hedged_twice(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A hedge is not a retry: a round whose first request and hedge both stall leaves the one
+/// retry `max_attempts = 2` gives, with its own hedge.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_hedged_round_leaves_the_retries_of_max_attempts() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::stall(),
+        Action::ok(),
+    ]))
+    .await;
+    let (got, report) = resilience_runtime::measure(hedged_twice(&c, &server.url("/"))).await;
+    assert_eq!(got.expect("the retry after the stalled round"), 200);
+    assert_eq!(server.count(), 3);
+    assert_eq!(report.expect("measured").attempts, 3);
+    let m = metrics::policy("hedging::hedged_twice").unwrap();
+    assert_eq!((m.successful_with_retry, m.retries), (1, 1), "{m:?}");
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn hedged_health(c: &reqwest::Client, url: &str) -> Result<(), Error> {
+    c.get(url).send().await?.error_for_status()?;
+    Ok(())
+}
+
+/// A hedge answered 503 with `Retry-After: 2`, then the first request timed out: the retry
+/// after the round waits the two seconds the server asked for, not the 10 ms backoff.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_given_to_a_hedge_holds_for_the_round() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::status(503).retry_after(2),
+        Action::ok(),
+    ]))
+    .await;
+    hedged_health(&c, &server.url("/")).await.unwrap();
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    // The first request timed out at 1 s; the retry went 2 s after that.
+    assert_eq!(seen[2].at - seen[0].at, Duration::from_secs(3));
+}

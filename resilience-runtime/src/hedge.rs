@@ -193,6 +193,10 @@ where
     let mut in_flight = 1u32;
     // What the attempts of this round that ended without the call's answer sent, joined.
     let mut round = None;
+    // An attempt of the round answered "still in progress" (a keyed request's 409 with
+    // `Retry-After`, from the server half while another attempt's request runs): its error and
+    // `Retry-After`, the round's outcome if the others end with no answer of their own.
+    let mut in_progress: Option<(E, Duration)> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -307,18 +311,30 @@ where
                         (r, scope, class)
                     }
                 };
-                let (r, scope, class) = r;
-                if in_flight == 0 {
-                    // The last one left: the call acts on it.
-                    s.attempt_scope = scope;
-                } else {
+                let (mut r, scope, class) = r;
+                if in_flight > 0 {
                     telemetry::attempt_failed_in_round(scope, class, s.last.status);
+                    if in_progress.is_none()
+                        && let Some(retry_after) = s.last_in_progress()
+                        && let Err(e) = r
+                    {
+                        in_progress = Some((e, retry_after));
+                    }
+                    continue;
+                }
+                // The last one left: the call acts on it. One that got no answer after another
+                // was told "still in progress" (it timed out while the handler ran on): the
+                // round's outcome is that answer, and the next attempt asks for the replay.
+                s.attempt_scope = scope;
+                if let Some((e, retry_after)) = in_progress.take()
+                    && r.is_err()
+                    && s.last.status.is_none()
+                {
+                    s.round_in_progress(retry_after);
+                    r = Err(e);
                 }
                 // Nothing left in flight: the retry loop decides, as after any attempt.
-                if in_flight == 0 {
-                    return Poll::Ready(r);
-                }
-                continue;
+                return Poll::Ready(r);
             }
             if !hedging {
                 return Poll::Pending;
@@ -395,8 +411,10 @@ fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
         tracing::debug!(attempt = s.attempts, "retry budget spent: no hedge");
         return None;
     }
-    // An attempt, not a retry: no failure is retried (`resilience.client.hedges` counts it).
+    // An attempt, not a retry: no failure is retried (`resilience.client.hedges` counts it),
+    // and `max_attempts` bounds the retries, not the hedges.
     s.attempts += 1;
+    s.hedges += 1;
     tracing::info!(attempt = s.attempts, "no answer yet: hedging");
     let limit = s.policy.timeout.min(left);
     let until = now + limit;

@@ -252,6 +252,11 @@ impl Last {
             self.gave_up = other.gave_up;
         }
         self.unseen_helper |= other.unseen_helper;
+        // This attempt got no answer (timed out, lost its connection): a `Retry-After` the
+        // server gave another attempt of the round still says when to come back.
+        if self.status.is_none() {
+            self.retry_after = self.retry_after.max(other.retry_after);
+        }
     }
 }
 
@@ -317,6 +322,9 @@ pub struct Session {
     /// The attempts that asked again for a keyed request's replay (the answer before them a
     /// 409 "still in progress"): run, but counted against neither `max_attempts` nor the budget.
     asks: u32,
+    /// The hedges started: attempts beside another, counted against neither `max_attempts`
+    /// nor the backoff curve (a stalled hedged round leaves the retries it had).
+    pub(crate) hedges: u32,
     /// The failures retried: what makes a call's outcome "with retry". Not the hedges (a
     /// hedge retries no failure: `resilience.client.hedges` counts them) nor the asks for a
     /// replay (nothing run again).
@@ -559,6 +567,7 @@ impl Session {
             admitted,
             waited: Duration::ZERO,
             asks: 0,
+            hedges: 0,
             retried: 0,
             retry_at: None,
             sent: None,
@@ -861,6 +870,27 @@ impl Session {
         *round = Some(self.last);
     }
 
+    /// The attempt just recorded was a keyed request's "still in progress" (409 with
+    /// `Retry-After`, not a replay; see [`crate::decision::in_progress`]): its `Retry-After`.
+    pub(crate) fn last_in_progress(&self) -> Option<Duration> {
+        let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
+        (keyed && !self.last.replayed && self.last.status == Some(409))
+            .then_some(self.last.retry_after)
+            .flatten()
+    }
+
+    /// A hedged round ended on an attempt that got no answer, after another attempt of it was
+    /// answered "still in progress": the round's outcome is that answer (the request is being
+    /// processed; the next attempt asks for its replay), not the timeout.
+    pub(crate) fn round_in_progress(&mut self, retry_after: Duration) {
+        self.last.runtime = None;
+        self.last.failure = None;
+        self.last.status = Some(409);
+        self.last.retry_after = Some(retry_after);
+        self.last.replayed = false;
+        self.last.cut_short = false;
+    }
+
     /// Keeps what the attempt's requests recorded in the session's own context.
     pub(crate) fn record_own(&mut self) {
         record(
@@ -1030,9 +1060,9 @@ impl Session {
             Some(policy.method.least_safe(policy.unseen))
         };
         // The attempts that count against `max_attempts`: not those that only asked again
-        // for the replay of a request still in progress.
+        // for the replay of a request still in progress, nor the hedges.
         let attempt = self.attempts;
-        let counted = attempt - self.asks;
+        let counted = attempt - self.asks - self.hedges;
         // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
         // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
         // `Retry-After: 0` would otherwise ask back to back until the deadline).
