@@ -1,7 +1,8 @@
 //! Breakers that see time and slowness, through real sockets: a slow-call rate opens the
 //! breaker on answers that all succeed, slowly (and not on fast ones); a time-based window
 //! forgets failures older than `window_for` (where a count window keeps them); calls dropped
-//! by callers more impatient than the policy still count as slow.
+//! by callers more impatient than the policy still count as slow; a throttling dependency
+//! (429) does not open it.
 
 use std::time::Duration;
 
@@ -251,4 +252,47 @@ async fn a_slow_probe_opens_the_breaker_again() {
     let e = probed(&c, &url).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(server.count(), 3);
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn rated(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A dependency answering 429 is up and tells this client to slow down: its `Retry-After` is
+/// the wait, and the breaker does not open on it (it would refuse every caller for `open_for`).
+/// The control: the same number of 503s opens it.
+#[tokio::test(start_paused = true)]
+async fn a_throttling_dependency_does_not_open_the_breaker() {
+    let c = reqwest::Client::new();
+    let throttling = FaultServer::start(Script::always(Action::status(429).retry_after(1))).await;
+    for _ in 0..8 {
+        let e = rated(&c, &throttling.url("/")).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    assert_eq!(throttling.count(), 8, "every call reached the dependency");
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..4 {
+        let e = rated(&c, &failing.url("/")).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    let e = rated(&c, &failing.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(failing.count(), 4);
 }

@@ -37,6 +37,13 @@ impl Class {
         }
     }
 
+    /// A failure a circuit breaker counts: a transient one, but not a 429. A dependency that
+    /// answers "too many requests" is up and tells this client to slow down (its `Retry-After`
+    /// says for how long); opening the breaker would refuse every caller for `open_for`.
+    pub(crate) fn trips_breaker(self) -> bool {
+        self.is_transient() && self != Class::Status(429)
+    }
+
     /// `connect`, `reset`, `timeout`, `status`, `permanent` or `rejected`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1011,7 +1011,7 @@ impl Session {
             }
         }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
-            if class.is_transient() && !cut_short {
+            if class.trips_breaker() && !cut_short {
                 b.on_failure(p);
             } else {
                 b.on_ignored(p);
