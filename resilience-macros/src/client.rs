@@ -2,7 +2,7 @@
 //! builds a correctly configured `reqwest::Client` in one line.
 
 use proc_macro2::{Span, TokenStream};
-use quote::quote;
+use quote::{ToTokens as _, quote};
 use syn::parse::Parser as _;
 
 use resilience_policy::config;
@@ -53,10 +53,15 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
     let (name, config_lit, krate) = parser.parse2(input)?;
     let span = name.span();
     let krate: TokenStream = match krate {
-        Some(k) => k
-            .value()
-            .parse()
-            .map_err(|_| syn::Error::new(k.span(), "`crate` takes a path"))?,
+        Some(k) => match syn::parse_str::<syn::Path>(&k.value()) {
+            Ok(p) if p.segments.iter().all(|s| s.arguments.is_none()) => p.into_token_stream(),
+            _ => {
+                return Err(syn::Error::new(
+                    k.span(),
+                    "`crate` takes a path: crate = \"::my_crate::resilience\"",
+                ));
+            }
+        },
         None => quote!(::resilience_runtime),
     };
     let source_dir = crate::entry::proc_macro_source_dir();

@@ -72,7 +72,10 @@ pub fn analyze(
                 None => diags.push(e.span, "`policy` takes the name of a [policies.NAME] section: policy = \"payments\""),
             },
             "crate" => match e.value.as_text().map(syn::parse_str::<syn::Path>) {
-                Some(Ok(path)) => krate = Some(path.into_token_stream()),
+                // A path to a module: no generic arguments (`a::b<T>` cannot prefix an item).
+                Some(Ok(path)) if path.segments.iter().all(|s| s.arguments.is_none()) => {
+                    krate = Some(path.into_token_stream())
+                }
                 _ => diags.push(e.value.origin.span_or(e.span), "`crate` takes a path: crate = \"::my_crate::resilience\""),
             },
             "config" => match &e.value.value {

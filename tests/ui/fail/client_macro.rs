@@ -5,3 +5,7 @@ fn main() {
     let _unknown = client!("pgg", config = "../policies.toml");
     let _broken = client!("pg", config = "../syntax_error.toml");
 }
+
+fn with_a_generic_crate_path() {
+    let _generic = client!("pg", config = "../policies.toml", crate = "my::reexport<u8>");
+}

@@ -30,4 +30,14 @@ async fn words(c: &reqwest::Client) -> Result<String, Error> {
         .await?)
 }
 
+#[resilient(crate = "my::reexport<u8>")]
+async fn generic(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/")
+        .resilient()
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 fn main() {}
