@@ -1290,3 +1290,68 @@ async fn a_macro_handed_self_does_not_stop_retries() {
     assert_eq!(users.profile(&server.url("/")).await.unwrap(), "u");
     assert_eq!(server.count(), 2);
 }
+
+/// A cache beside the client, with the two-argument `put` and `delete` such stores have.
+#[derive(Default)]
+struct Cache(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Cache {
+    fn put(&self, key: &str, value: String) {
+        self.0.lock().unwrap().insert(key.to_owned(), value);
+    }
+
+    fn delete(&self, key: &str, _reason: &str) {
+        self.0.lock().unwrap().remove(key);
+    }
+}
+
+// A GET whose answer goes into a cache: `cache.put(url, text)` is not a PUT request, so the
+// method inferred is GET (retried on a reset and a 503), and a declared `method = GET` is not
+// refused as "safer than the body".
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn cached(http: &reqwest::Client, cache: &Cache, url: &str) -> Result<String, Error> {
+    cache.delete(url, "refreshing");
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    cache.put(url, text.clone());
+    Ok(text)
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn cached_declared(
+    http: &reqwest::Client,
+    cache: &Cache,
+    url: &str,
+) -> Result<String, Error> {
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    cache.put(url, text.clone());
+    Ok(text)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cache_put_beside_a_get_is_not_a_put_request() {
+    let cache = Cache::default();
+    let server = flaky().await;
+    let url = server.url("/rates");
+    assert_eq!(cached(&client(), &cache, &url).await.unwrap(), "ok");
+    retried_and_stamped(&server);
+    let server = flaky().await;
+    let url = server.url("/rates");
+    assert_eq!(
+        cached_declared(&client(), &cache, &url).await.unwrap(),
+        "ok"
+    );
+    retried_and_stamped(&server);
+    assert_eq!(cache.0.lock().unwrap().len(), 2);
+}

@@ -48,7 +48,10 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
     // `.post(`
     let after_dot = i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
     let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-    if after_dot && call {
+    // reqwest's builders take one argument, the URL: a `.put(key, value)` is a cache's.
+    let one_arg =
+        matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if !several_arguments(g.stream()));
+    if after_dot && call && one_arg {
         let m = match name.as_str() {
             "get" => Some(Method::Get),
             "head" => Some(Method::Head),
@@ -97,6 +100,34 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
             },
         );
     }
+}
+
+/// Whether a call's argument tokens are plainly two arguments or more: a comma at the top
+/// level, outside `<…>` (a turbofish's `::<A, B>`), followed by more tokens. When unsure
+/// (`a < b, c`), one: a request method counted where there is none is the safe mistake.
+fn several_arguments(args: TokenStream) -> bool {
+    let mut angle = 0usize;
+    let mut prev: Option<char> = None;
+    let mut comma = false;
+    for tt in args {
+        if comma {
+            return true;
+        }
+        match &tt {
+            TokenTree::Punct(p) => {
+                match p.as_char() {
+                    '<' => angle += 1,
+                    // Not the `>` of `->` or `=>`.
+                    '>' if !matches!(prev, Some('-' | '=')) => angle = angle.saturating_sub(1),
+                    ',' if angle == 0 => comma = true,
+                    _ => {}
+                }
+                prev = Some(p.as_char());
+            }
+            _ => prev = None,
+        }
+    }
+    false
 }
 
 /// How many places in `ts` show a method less safe than GET, as [`infer_method`] reads them
@@ -200,6 +231,16 @@ mod tests {
             Some(Method::Get)
         );
         assert_eq!(m(quote!({ other::get(url) })), None);
+        // Two arguments: not reqwest's builder (an LRU cache's `put`, a store's `delete`).
+        assert_eq!(m(quote!({ cache.put(key, value) })), None);
+        assert_eq!(m(quote!({ store.delete(ns, id).await })), None);
+        // One argument, however it is written.
+        assert_eq!(m(quote!({ c.post(url,).send() })), Some(Method::Post));
+        assert_eq!(
+            m(quote!({ c.post(make::<A, B>(x)).send() })),
+            Some(Method::Post)
+        );
+        assert_eq!(m(quote!({ cache.put(a < b, c) })), Some(Method::Put));
         assert_eq!(m(quote!({ x + 1 })), None);
     }
 
