@@ -335,3 +335,37 @@ async fn the_fallback_gets_the_parameters_that_exist_under_their_cfg() {
     );
     assert_eq!(server.count(), 2, "both attempts ran first");
 }
+
+#[resilient(config = "tests/policies/precedence.toml", policy = "priced")]
+async fn priced(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "priced",
+    fallback = false
+)]
+async fn priced_strictly(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A policy's fallback (with its `fallback_on`) comes from the file; `fallback = false` inline
+/// switches both off for one function, whose failure then returns as it is.
+#[tokio::test(start_paused = true)]
+async fn fallback_false_inline_switches_off_the_policys_fallback() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server.url("/price");
+    assert_eq!(
+        priced(&c, url.clone()).await.unwrap(),
+        format!("cached {url}")
+    );
+    let e = priced_strictly(&c, url).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.http_status()),
+        (ErrorKind::Call, Some(503)),
+        "{e}"
+    );
+    assert_eq!(server.count(), 4, "two attempts each (the file's defaults)");
+}

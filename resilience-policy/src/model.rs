@@ -549,7 +549,11 @@ impl Settings {
                         origin,
                     })
                 }
-                Value::Bool(false) => self.fallback = None,
+                // No fallback here: nor the `fallback_on` a wider layer gave the one it named.
+                Value::Bool(false) => {
+                    self.fallback = None;
+                    self.fallback_on = Settings::default().fallback_on;
+                }
                 _ => err(
                     diags,
                     v,
