@@ -1355,3 +1355,37 @@ async fn a_cache_put_beside_a_get_is_not_a_put_request() {
     retried_and_stamped(&server);
     assert_eq!(cache.0.lock().unwrap().len(), 2);
 }
+
+struct Buffered {
+    http: reqwest::Client,
+    last: String,
+}
+
+impl Buffered {
+    // `&mut self` returning a borrow of `self`, not retried: one attempt, no loop back. (A
+    // retried one is refused at compile time: tests/ui/fail/mut_borrow_returned.rs.)
+    #[resilient(timeout = "1s", max_attempts = 1)]
+    async fn fetch(&mut self, url: &str) -> Result<&str, Error> {
+        self.last = self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(&self.last)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mut_self_method_returns_a_borrow_of_self_when_not_retried() {
+    let server = FaultServer::start(vec![Action::ok().body("last")]).await;
+    let mut b = Buffered {
+        http: client(),
+        last: String::new(),
+    };
+    assert_eq!(b.fetch(&server.url("/last")).await.unwrap(), "last");
+    assert_eq!(server.count(), 1);
+    assert_eq!(b.last, "last");
+}

@@ -1137,6 +1137,9 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             }
         }
     }
+    if retried {
+        check_mut_borrow_returned(diags, f);
+    }
     if let KeyModel::Param(path) = &s.idempotency_key.value {
         let root = path.split('.').next().unwrap_or_default();
         let params: Vec<String> = f
@@ -1164,6 +1167,110 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             );
         }
     }
+}
+
+/// A retried function returning a borrow of what it takes by `&mut` (`&mut self` returning
+/// `&str`): each attempt reborrows it, and the compiler (without Polonius) cannot see that a
+/// failed attempt's borrow ends before the next one starts, so the expansion would fail with
+/// an error about closures or coroutines. Said here instead, at the parameter.
+fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn) {
+    let syn::ReturnType::Type(_, out) = &f.sig.output else {
+        return;
+    };
+    let (named, elided) = lifetimes_in(out.to_token_stream());
+    if named.is_empty() && !elided {
+        return;
+    }
+    // Who an elided lifetime in the return type borrows from: `self` when it is a
+    // reference, else the one reference parameter.
+    let self_ref = f.sig.inputs.iter().any(|i| match i {
+        syn::FnArg::Receiver(r) => match &r.kind {
+            syn::ReceiverKind::Reference(..) => true,
+            syn::ReceiverKind::Typed(_, ty) => matches!(peel(ty), syn::Type::Reference(_)),
+            _ => false,
+        },
+        syn::FnArg::Typed(_) => false,
+    });
+    let refs = f
+        .sig
+        .inputs
+        .iter()
+        .filter(|i| matches!(i, syn::FnArg::Typed(pt) if matches!(peel(&pt.ty), syn::Type::Reference(_))))
+        .count();
+    for input in &f.sig.inputs {
+        let (span, what, lifetime, elided_here) = match input {
+            syn::FnArg::Receiver(r) => {
+                let lt = match &r.kind {
+                    syn::ReceiverKind::Reference(_, lt, Some(_)) => Some(lt.clone()),
+                    syn::ReceiverKind::Typed(_, ty) => match peel(ty) {
+                        syn::Type::Reference(r) if r.mutability.is_some() => {
+                            Some(r.lifetime.clone())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let Some(lt) = lt else { continue };
+                (r.self_token.span, "`&mut self`".to_owned(), lt, self_ref)
+            }
+            syn::FnArg::Typed(pt) => match peel(&pt.ty) {
+                syn::Type::Reference(r) if r.mutability.is_some() => (
+                    pt.pat.span(),
+                    format!("`{}` (taken by `&mut`)", pt.pat.to_token_stream()),
+                    r.lifetime.clone(),
+                    !self_ref && refs == 1,
+                ),
+                _ => continue,
+            },
+        };
+        let borrowed = match &lifetime {
+            Some(lt) if lt.ident != "_" => named.contains(&lt.ident.to_string()),
+            _ => elided && elided_here,
+        };
+        if borrowed {
+            diags.push(
+                span,
+                format!(
+                    "a retried or keyed function cannot return a borrow of {what}: each attempt borrows it again, and the compiler cannot see that a failed attempt's borrow ended before the next one\n\
+                     help: return an owned value (`String`, `.to_owned()`), take it by `&` and keep mutable state behind a lock, or set max_attempts = 1 without an idempotency key"
+                ),
+            );
+        }
+    }
+}
+
+/// The lifetimes a type names (`'a`), and whether it has an elided one (`&T`, `'_`).
+fn lifetimes_in(ts: proc_macro2::TokenStream) -> (Vec<String>, bool) {
+    use proc_macro2::TokenTree;
+    let (mut named, mut elided) = (Vec::new(), false);
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    for (i, tt) in tokens.iter().enumerate() {
+        match tt {
+            TokenTree::Group(g) => {
+                let (n, e) = lifetimes_in(g.stream());
+                named.extend(n);
+                elided |= e;
+            }
+            TokenTree::Punct(p) if p.as_char() == '\'' => {
+                if let Some(TokenTree::Ident(id)) = tokens.get(i + 1) {
+                    if id == "_" {
+                        elided = true;
+                    } else if id != "static" {
+                        named.push(id.to_string());
+                    }
+                }
+            }
+            // `&T`, not `&'a T`.
+            TokenTree::Punct(p)
+                if p.as_char() == '&'
+                    && !matches!(tokens.get(i + 1), Some(TokenTree::Punct(q)) if q.as_char() == '\'') =>
+            {
+                elided = true;
+            }
+            _ => {}
+        }
+    }
+    (named, elided)
 }
 
 /// A key is stamped on the requests the body sends: a keyed policy on a body that shows no
