@@ -287,7 +287,10 @@ pub fn locate(
     source_dir: Option<&Path>,
 ) -> Result<Option<(PathBuf, String)>, String> {
     let manifest_dir = manifest_dir.map(Path::to_path_buf);
-    let from_metadata = manifest_dir.as_deref().and_then(metadata_config);
+    let from_metadata = match manifest_dir.as_deref() {
+        Some(dir) => metadata_config(dir)?,
+        None => None,
+    };
     let wanted = explicit.map(str::to_owned).or(from_metadata);
     match wanted {
         Some(rel) => {
@@ -320,27 +323,87 @@ pub fn locate(
     }
 }
 
-/// `[package.metadata.resilience] config = "…"` in the crate's `Cargo.toml`.
-fn metadata_config(manifest_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(manifest_dir.join("Cargo.toml")).ok()?;
-    let root = toml::de::DeTable::parse(&text).ok()?;
-    let v = root
+/// `[package.metadata.resilience] config = "…"` in the crate's `Cargo.toml`. A table there
+/// with another key, or a `config` that is not a string, is an error: a misspelled `conifg`
+/// would otherwise choose no file, silently.
+fn metadata_config(manifest_dir: &Path) -> Result<Option<String>, String> {
+    let Ok(text) = std::fs::read_to_string(manifest_dir.join("Cargo.toml")) else {
+        return Ok(None);
+    };
+    let Ok(root) = toml::de::DeTable::parse(&text) else {
+        return Ok(None);
+    };
+    let Some(v) = root
         .get_ref()
-        .get("package")?
-        .get_ref()
-        .get("metadata")?
-        .get_ref()
-        .get("resilience")?;
-    v.get_ref()
-        .get("config")?
-        .get_ref()
-        .as_str()
-        .map(str::to_owned)
+        .get("package")
+        .and_then(|p| p.get_ref().get("metadata"))
+        .and_then(|m| m.get_ref().get("resilience"))
+    else {
+        return Ok(None);
+    };
+    let Some(table) = v.get_ref().as_table() else {
+        return Err(
+            "Cargo.toml: [package.metadata.resilience] is a table: config = \"path/to/resilience.toml\""
+                .to_owned(),
+        );
+    };
+    for (key, _) in table.iter() {
+        let key: &str = key.get_ref();
+        if key != "config" {
+            let hint = crate::value::did_you_mean(key, &["config"])
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(format!(
+                "Cargo.toml: unknown key `{key}` in [package.metadata.resilience]{hint} (it takes config = \"path/to/resilience.toml\")"
+            ));
+        }
+    }
+    match table.get("config").map(|c| c.get_ref().as_str()) {
+        None => Ok(None),
+        Some(Some(rel)) => Ok(Some(rel.to_owned())),
+        Some(None) => Err(
+            "Cargo.toml: [package.metadata.resilience] config takes a path: config = \"path/to/resilience.toml\""
+                .to_owned(),
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[package.metadata.resilience]` chooses the file; a misspelled key in it is an error,
+    /// not a silent fall back to `resilience.toml`.
+    #[test]
+    fn the_metadata_table_is_read_and_its_typos_refused() {
+        let dir = std::env::temp_dir().join(format!("metadata-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("policy")).unwrap();
+        std::fs::write(dir.join("policy/p.toml"), "").unwrap();
+        std::fs::write(dir.join(FILE_NAME), "").unwrap();
+        let manifest = |table: &str| {
+            std::fs::write(
+                dir.join("Cargo.toml"),
+                format!("[package]\nname = \"x\"\n\n[package.metadata.resilience]\n{table}\n"),
+            )
+            .unwrap();
+            locate(None, Some(&dir), None)
+        };
+        let (path, display) = manifest("config = \"policy/p.toml\"").unwrap().unwrap();
+        assert!(path.ends_with("policy/p.toml"), "{}", path.display());
+        assert_eq!(display, "policy/p.toml");
+        let e = manifest("conifg = \"policy/p.toml\"").unwrap_err();
+        assert!(
+            e.contains("unknown key `conifg`") && e.contains("did you mean `config`"),
+            "{e}"
+        );
+        let e = manifest("config = 5").unwrap_err();
+        assert!(e.contains("config takes a path"), "{e}");
+        // No table: the file beside Cargo.toml.
+        std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+        let (_, display) = locate(None, Some(&dir), None).unwrap().unwrap();
+        assert_eq!(display, FILE_NAME);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A file found beside the source file, whose directory the compiler gives relative to its
     /// working directory: the path handed to `include_str!` is absolute (a relative one is
