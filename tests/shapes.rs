@@ -1389,3 +1389,40 @@ async fn a_mut_self_method_returns_a_borrow_of_self_when_not_retried() {
     assert_eq!(server.count(), 1);
     assert_eq!(b.last, "last");
 }
+
+// A send written as a path, the way some code bases write it: stamped like `.send()`.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn charge_by_path(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let rb = http.post(url).body("39000");
+    let r = reqwest::RequestBuilder::send(rb).await?;
+    Ok(r.error_for_status()?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn rates_by_path(url: &str) -> Result<String, Error> {
+    Ok(reqwest::get::<&str>(url)
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_written_as_paths_carry_the_key_and_are_retried() {
+    let server = flaky().await;
+    assert_eq!(
+        charge_by_path(&client(), &server.url("/charges"))
+            .await
+            .unwrap(),
+        200
+    );
+    retried_and_stamped(&server);
+    let seen = server.requests();
+    let key = seen[0]
+        .idempotency_key()
+        .expect("the key on the first attempt");
+    assert!(seen.iter().all(|r| r.idempotency_key() == Some(key)));
+    let server = flaky().await;
+    assert_eq!(rates_by_path(&server.url("/rates")).await.unwrap(), "ok");
+    retried_and_stamped(&server);
+}

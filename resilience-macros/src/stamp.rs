@@ -946,20 +946,40 @@ impl VisitMut for Rewriter<'_> {
             self.found.helpers += 1;
             return;
         }
-        // `reqwest::get(url)`: the same one-off GET, sent stamped.
+        // `reqwest::get(url)` (or `reqwest::get::<&str>(url)`): the same one-off GET, sent
+        // stamped.
         if let syn::Expr::Call(call) = e
             && call.args.len() == 1
             && let syn::Expr::Path(func) = &*call.func
             && func.qself.is_none()
             && func.path.segments.len() == 2
             && func.path.segments[0].ident == "reqwest"
+            && func.path.segments[0].arguments.is_none()
             && func.path.segments[1].ident == "get"
-            && func.path.segments.iter().all(|s| s.arguments.is_none())
         {
             let span = func.span();
-            *call.func = syn::parse_quote_spanned!(span=> #p::reqwest_get);
+            let args = &func.path.segments[1].arguments;
+            *call.func = syn::parse_quote_spanned!(span=> #p::reqwest_get #args);
             self.found.rewritten += 1;
             return;
+        }
+        // `RequestBuilder::send(rb)` (reqwest's, or reqwest-middleware's): the method call
+        // `rb.send()` it is, stamped as one.
+        if let syn::Expr::Call(call) = e
+            && call.args.len() == 1
+            && let syn::Expr::Path(func) = &*call.func
+            && func.qself.is_none()
+            && let [.., ty, method] = func.path.segments.iter().collect::<Vec<_>>()[..]
+            && ty.ident == "RequestBuilder"
+            && method.ident == "send"
+            && method.arguments.is_none()
+        {
+            let span = func.span();
+            let mut send: syn::ExprMethodCall =
+                syn::parse_quote_spanned!(span=> __resilience_rb.send());
+            // In place of the placeholder: the printer puts parentheses where needed only.
+            *send.receiver = take(&mut call.args[0]);
+            *e = syn::Expr::MethodCall(send);
         }
         if let syn::Expr::MethodCall(m) = e {
             let name = m.method.to_string();
@@ -1266,6 +1286,22 @@ mod tests {
             b.to_token_stream().to_string().replace(' ', ""),
             f.rewritten,
         )
+    }
+
+    #[test]
+    fn sends_written_as_paths_are_routed() {
+        let (s, n) = rw(quote!({ reqwest::RequestBuilder::send(c.post(u)).await? }));
+        assert_eq!(n, 1);
+        assert!(s.contains("__resilience_stamp()"), "{s}");
+        assert!(s.contains(".send().await?"), "{s}");
+        let (s, n) = rw(quote!({ RequestBuilder::send(rb).await? }));
+        assert_eq!(n, 1, "{s}");
+        let (s, n) = rw(quote!({ reqwest::get::<&str>(u).await? }));
+        assert_eq!(n, 1);
+        assert!(s.contains("P::reqwest_get::<&str>(u).await"), "{s}");
+        // Not a builder's send.
+        let (_, n) = rw(quote!({ Sender::send(tx, v) }));
+        assert_eq!(n, 0);
     }
 
     #[test]

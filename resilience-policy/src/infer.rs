@@ -149,14 +149,54 @@ pub fn unsafe_evidence(ts: TokenStream) -> usize {
     n
 }
 
-/// Whether `tokens[i]` is the `get` of `reqwest::get(`.
+/// Whether `tokens[i]` is the `get` of `reqwest::get(` (or `reqwest::get::<&str>(`).
 fn is_reqwest_get(tokens: &[TokenTree], i: usize) -> bool {
+    matches!(&tokens[i], TokenTree::Ident(id) if id == "get")
+        && called(tokens, i)
+        && in_path_after(tokens, i, "reqwest")
+}
+
+/// Whether `tokens[i]` is the `send` of `RequestBuilder::send(` (`reqwest::RequestBuilder::
+/// send(rb)`, a send written as a path).
+fn is_path_send(tokens: &[TokenTree], i: usize) -> bool {
+    matches!(&tokens[i], TokenTree::Ident(id) if id == "send")
+        && called(tokens, i)
+        && in_path_after(tokens, i, "RequestBuilder")
+}
+
+/// Whether `tokens[i - 3..i]` is `segment ::`.
+fn in_path_after(tokens: &[TokenTree], i: usize, segment: &str) -> bool {
     i >= 3
-        && matches!(&tokens[i], TokenTree::Ident(id) if id == "get")
-        && matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
         && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == ':')
         && matches!(&tokens[i - 2], TokenTree::Punct(p) if p.as_char() == ':')
-        && matches!(&tokens[i - 3], TokenTree::Ident(id) if id == "reqwest")
+        && matches!(&tokens[i - 3], TokenTree::Ident(id) if id == segment)
+}
+
+/// Whether the identifier `tokens[i]` is called: `(` next, or a turbofish `::<…>` then `(`.
+fn called(tokens: &[TokenTree], i: usize) -> bool {
+    let paren = |t: Option<&TokenTree>| matches!(t, Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+    if paren(tokens.get(i + 1)) {
+        return true;
+    }
+    let punct =
+        |k: usize, c: char| matches!(tokens.get(k), Some(TokenTree::Punct(p)) if p.as_char() == c);
+    if !(punct(i + 1, ':') && punct(i + 2, ':') && punct(i + 3, '<')) {
+        return false;
+    }
+    let mut depth = 0usize;
+    for (k, t) in tokens.iter().enumerate().skip(i + 3) {
+        match t {
+            TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
+            TokenTree::Punct(p) if p.as_char() == '>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return paren(tokens.get(k + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Whether the body's tokens show any request being sent, macros included: `.send(`,
@@ -171,6 +211,7 @@ pub fn shows_a_request(ts: TokenStream) -> bool {
             let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
             (after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient"))
                 || is_reqwest_get(&tokens, i)
+                || is_path_send(&tokens, i)
         }
         _ => false,
     })
@@ -231,6 +272,10 @@ mod tests {
             Some(Method::Get)
         );
         assert_eq!(m(quote!({ other::get(url) })), None);
+        assert_eq!(
+            m(quote!({ reqwest::get::<&str>(url).await })),
+            Some(Method::Get)
+        );
         // Two arguments: not reqwest's builder (an LRU cache's `put`, a store's `delete`).
         assert_eq!(m(quote!({ cache.put(key, value) })), None);
         assert_eq!(m(quote!({ store.delete(ns, id).await })), None);
@@ -271,6 +316,11 @@ mod tests {
         })));
         assert!(shows_a_request(quote!({ m!(c.execute(r)) })));
         assert!(shows_a_request(quote!({ ::reqwest::get(u).await })));
+        assert!(shows_a_request(quote!({ reqwest::get::<&str>(u).await })));
+        assert!(shows_a_request(quote!({
+            reqwest::RequestBuilder::send(c.post(u)).await
+        })));
+        assert!(!shows_a_request(quote!({ Sender::send(tx, v) })));
         assert!(!shows_a_request(quote!({
             charge_via_helper(&c, order).await
         })));
