@@ -1703,7 +1703,6 @@ mod tests {
             }),
             quote!({ x.execute(a, b) }),
             quote!({ other::get(u) }),
-            quote!({ reqwest::get::<U>(u) }),
         ] {
             assert_eq!(rw(ts.clone()).1, 0, "{ts}");
         }
