@@ -181,3 +181,40 @@ async fn names_with_any_characters_reach_the_runtime_as_written() {
         .expect("the breaker, under its name as written");
     assert_eq!(breaker.window_failures, 3, "{breaker:?}");
 }
+
+#[derive(Clone)]
+struct Refund {
+    id: String,
+    cents: u64,
+}
+
+/// `idempotency_key = "refund.id"` in the file: the key is the parameter's field, the same on
+/// every attempt.
+#[resilient(config = "tests/policies/precedence.toml", policy = "refunds")]
+async fn refund(c: &reqwest::Client, url: &str, refund: &Refund) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body(format!("cents={}", refund.cents))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_parameter_named_in_the_file() {
+    let server = FaultServer::start(vec![Action::status(503)]).await;
+    let r = Refund {
+        id: "rf_2026_0042".to_owned(),
+        cents: 1250,
+    };
+    refund(&reqwest::Client::new(), &server.url("/refunds"), &r)
+        .await
+        .unwrap();
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2, "the 503 retried with the key");
+    assert!(
+        seen.iter()
+            .all(|s| s.idempotency_key() == Some("rf_2026_0042"))
+    );
+}

@@ -453,6 +453,19 @@ impl Settings {
                         origin,
                     };
                 }
+                // In the file, a string: `idempotency_key = "order_id"` (or `"order.id"`), for
+                // the functions of a policy that all take the key so.
+                Value::Str(s)
+                    if !v.origin.is_inline()
+                        && !s.is_empty()
+                        && s.split('.')
+                            .all(|part| syn::parse_str::<syn::Ident>(part).is_ok()) =>
+                {
+                    self.idempotency_key = Set {
+                        value: KeyModel::Param(s.clone()),
+                        origin,
+                    };
+                }
                 Value::Str(s) if v.origin.is_inline() => err(
                     diags,
                     v,
@@ -466,7 +479,7 @@ impl Settings {
                     v,
                     fallback,
                     format!(
-                        "idempotency_key takes \"auto\" (or a parameter name, inline), not {}",
+                        "idempotency_key takes \"auto\", \"none\" or the name of a parameter (\"order_id\", \"order.id\"), not {}",
                         v.render()
                     ),
                 ),
