@@ -573,3 +573,27 @@ async fn a_retry_after_given_to_a_hedge_holds_for_the_round() {
     // The first request timed out at 1 s; the retry went 2 s after that.
     assert_eq!(seen[2].at - seen[0].at, Duration::from_secs(3));
 }
+
+// The file's hedge is `{ delay = "100ms", max = 2 }`; inline, only the delay changes.
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "hedged",
+    max_attempts = 1,
+    hedge(delay = "50ms")
+)]
+async fn tightened(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A hedge table over a wider layer's keeps what it leaves out, as `backoff` does: the
+/// file's `max = 2` holds under an inline `hedge(delay = "50ms")`.
+#[tokio::test(start_paused = true)]
+async fn an_inline_hedge_table_keeps_the_files_max() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = tightened(&c, &server.url("/")).await.unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3, "the first and two hedges");
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(50));
+}

@@ -690,8 +690,11 @@ impl Settings {
             }
         };
         check_table_keys(diags, table, HEDGE_KEYS, "hedge", fallback);
-        let mut delay = None;
-        let mut max = Set::builtin(defaults::HEDGE_MAX);
+        // Over a wider layer's hedge, what this table leaves out is kept (as `backoff`'s).
+        let (mut delay, mut max) = match &self.hedge.value {
+            Some(h) => (Some(h.delay.clone()), h.max.clone()),
+            None => (None, Set::builtin(defaults::HEDGE_MAX)),
+        };
         for (k, item) in table {
             match k.as_str() {
                 "delay" => {
@@ -726,6 +729,7 @@ impl Settings {
                 }
             }
             None if table.iter().any(|(k, _)| k == "delay") => {}
+            // No hedge below to take it from.
             None => err(
                 diags,
                 v,
