@@ -161,6 +161,11 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(parse_duration("ms").is_err());
+        assert!(
+            parse_duration("1m30s")
+                .unwrap_err()
+                .contains("more than one unit")
+        );
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));

@@ -366,6 +366,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
         "" => return Err(format!("`{text}` has no unit: write \"{n}ms\" or \"{n}s\"")),
+        // `1m30s`: one unit per duration.
+        u if u.starts_with(|c: char| c.is_ascii_alphabetic())
+            && u.contains(|c: char| c.is_ascii_digit()) =>
+        {
+            return Err(format!(
+                "`{text}` has more than one unit: a duration is one number and one unit, like \"90s\" or \"1.5m\""
+            ));
+        }
         u => {
             return Err(format!(
                 "`{u}` is not a duration unit: use ns, us, ms, s, m or h"
