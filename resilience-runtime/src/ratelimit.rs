@@ -206,21 +206,14 @@ impl RateLimiter {
         // Whether the permit is the local limit's (a shared limit's while Redis is down or
         // slow too): one reserved there is given back by a caller that stops waiting for it.
         let reserved = match self.spec.store {
-            RateLimitStore::Local => self.reserve_local(now, allowed).map(|w| (w, true)),
+            RateLimitStore::Local => self
+                .reserve_local(now, allowed)
+                .map(|w| (w, true))
+                .map_err(|_| self.why_refused(self.local_wait(now), left)),
             RateLimitStore::Redis => self.reserve_shared(now, allowed, left).await,
         };
         let (wait, local) = match reserved {
             Ok(w) => w,
-            // Refused for want of time: the wait was within `max_wait`, not within the time
-            // left (a local limit knows the wait; a shared one says only "no").
-            Err(Refused::Limited)
-                if left < self.spec.max_wait
-                    && (self.spec.store != RateLimitStore::Local
-                        || self.local_wait(now) <= self.spec.max_wait) =>
-            {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Deadline);
-            }
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(why);
@@ -235,6 +228,17 @@ impl RateLimiter {
             std::mem::forget(give_back);
         }
         Ok(())
+    }
+
+    /// Why a permit that would come after `needed` was refused to a call with `left` before
+    /// its deadline: for want of time when `needed` was within `max_wait` (the deadline came
+    /// first), else the limit.
+    fn why_refused(&self, needed: Duration, left: Duration) -> Refused {
+        if left < self.spec.max_wait && needed <= self.spec.max_wait {
+            Refused::Deadline
+        } else {
+            Refused::Limited
+        }
     }
 
     /// The local limit's interval between permits and how far callers may run ahead of it, in
@@ -311,9 +315,9 @@ impl RateLimiter {
                     }
                     return Ok((wait, false));
                 }
-                shared::Answer::Refused => {
+                shared::Answer::Refused(needed) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
-                    return Err(Refused::Limited);
+                    return Err(self.why_refused(needed, left));
                 }
                 shared::Answer::Failed => self.store_failed(),
                 shared::Answer::Slow(waited) => self.slow_answer(waited),
@@ -323,7 +327,9 @@ impl RateLimiter {
         self.local_decision();
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
-        let wait = self.reserve_local(later, allowed.saturating_sub(spent))?;
+        let wait = self
+            .reserve_local(later, allowed.saturating_sub(spent))
+            .map_err(|_| self.why_refused(spent + self.local_wait(later), left))?;
         Ok((spent + wait, true))
     }
 
@@ -332,11 +338,13 @@ impl RateLimiter {
         &self,
         now: Instant,
         allowed: Duration,
-        _left: Duration,
+        left: Duration,
     ) -> Result<(Duration, bool), Refused> {
         self.no_connection();
         self.local_decision();
-        self.reserve_local(now, allowed).map(|w| (w, true))
+        self.reserve_local(now, allowed)
+            .map(|w| (w, true))
+            .map_err(|_| self.why_refused(self.local_wait(now), left))
     }
 
     fn nanos_since_epoch(&self, t: Instant) -> u64 {
@@ -426,7 +434,8 @@ mod shared {
 
     /// GCRA in one atomic step, on Redis's clock (microseconds). ARGV: interval, tolerance
     /// (interval × burst) and the longest wait allowed, all in microseconds. Returns the wait
-    /// in microseconds, or -1 when refused (nothing is reserved then).
+    /// in microseconds, or `-1 - wait` when refused (nothing is reserved then): the wait the
+    /// permit would have taken, which tells a refusal for the deadline from one by the limit.
     static RESERVE: LazyLock<Script> = LazyLock::new(|| {
         Script::new(
             r"local t = redis.call('TIME')
@@ -439,7 +448,7 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local wait = new_tat - now - tolerance
 if wait < 0 then wait = 0 end
-if wait > allowed then return -1 end
+if wait > allowed then return -1 - wait end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return wait",
         )
@@ -480,8 +489,8 @@ return wait",
     pub(super) enum Answer {
         /// A permit, after this wait.
         Wait(Duration),
-        /// No permit within the wait allowed.
-        Refused,
+        /// No permit within the wait allowed: one would have come after this wait.
+        Refused(Duration),
         /// An error, or no answer within [`STORE_TIMEOUT`].
         Failed,
         /// No Redis was given.
@@ -514,7 +523,7 @@ return wait",
         let wait = STORE_TIMEOUT.min(left / 2);
         match tokio::time::timeout(wait, call).await {
             Ok(Ok(w)) if w >= 0 => Answer::Wait(Duration::from_micros(w as u64)),
-            Ok(Ok(_)) => Answer::Refused,
+            Ok(Ok(w)) => Answer::Refused(Duration::from_micros((-1 - w) as u64)),
             Ok(Err(e)) => {
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
                 Answer::Failed
@@ -617,6 +626,64 @@ mod tests {
                 store: RateLimitStore::Local,
             },
         )
+    }
+
+    /// The same through Redis, which once said only "no": a call with less time left than
+    /// `max_wait` was refused for its deadline even when the permit would have taken longer
+    /// than `max_wait` (so its `fallback_on = [rate_limited]` did not apply). Redis now says
+    /// how long the permit would have taken. Needs the Redis of `.ci/redis.sh` (or
+    /// `RESILIENCE_REDIS_URL`); skipped, and says so, without one.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_shared_limit_tells_a_refusal_for_the_deadline_from_one_by_the_limit() {
+        let url = std::env::var("RESILIENCE_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6399/".to_owned());
+        let conn = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = redis::aio::ConnectionManager::new(client).await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), conn).await else {
+            eprintln!("skipping: Redis at {url} is unreachable; start it with .ci/redis.sh");
+            return;
+        };
+        assert!(use_redis(conn), "the first Redis given to this process");
+        let shared = |name: &'static str, rate: u32| {
+            RateLimiter::new(
+                name,
+                RateLimitSpec {
+                    rate,
+                    per: Duration::from_secs(1),
+                    burst: 1,
+                    max_wait: Duration::from_millis(500),
+                    store: RateLimitStore::Redis,
+                },
+            )
+        };
+        let run = std::process::id();
+        // One a second: the next permit in about a second, beyond max_wait.
+        let slow = shared(Box::leak(format!("unit-slow-{run}").into_boxed_str()), 1);
+        assert_eq!(
+            slow.acquire_by(Instant::now() + Duration::from_secs(5))
+                .await,
+            Ok(())
+        );
+        let short = Instant::now() + Duration::from_millis(100);
+        assert_eq!(slow.acquire_by(short).await, Err(Refused::Limited));
+        // Four a second: the next permit in about 250 ms, within max_wait, after the 100 ms
+        // the call has left.
+        let quick = shared(Box::leak(format!("unit-quick-{run}").into_boxed_str()), 4);
+        assert_eq!(
+            quick
+                .acquire_by(Instant::now() + Duration::from_secs(5))
+                .await,
+            Ok(())
+        );
+        let short = Instant::now() + Duration::from_millis(100);
+        assert_eq!(quick.acquire_by(short).await, Err(Refused::Deadline));
+        assert_eq!(slow.snapshot().local_fallbacks, 0, "Redis decided");
+        assert_eq!(quick.snapshot().local_fallbacks, 0, "Redis decided");
     }
 
     /// A call with less time left than `max_wait` whose permit would take longer than
