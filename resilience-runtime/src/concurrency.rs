@@ -289,7 +289,7 @@ impl ConcurrencyLimit {
             Ok((p, now)) => {
                 let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.admitted.fetch_add(1, Ordering::Relaxed);
-                self.gauge(self.limit(), n);
+                self.gauge();
                 Ok(ConcurrencyPermit {
                     limit: self,
                     permit: Some(p),
@@ -308,24 +308,26 @@ impl ConcurrencyLimit {
     /// Sets the gauges, the limit and the calls in flight, whenever a call takes or gives back
     /// a slot and whenever the limit moves: a limit that stays at `initial` has its series too.
     #[inline]
-    fn gauge(&self, limit: f64, in_flight: u32) {
+    fn gauge(&self) {
         #[cfg(feature = "metrics")]
         {
             static META: metrics::Metadata<'static> =
                 metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
             metrics::with_recorder(|r| {
-                r.register_gauge(&self.gauges[0], &META).set(limit);
-                r.register_gauge(&self.gauges[1], &META)
-                    .set(f64::from(in_flight));
+                r.register_gauge(&self.gauges[0], &META).set(self.limit());
+                // Read when set (again if it moved meanwhile), not a count from before: two
+                // calls ending at once could otherwise leave the older count last.
+                crate::telemetry::metrics::set_settled(
+                    &r.register_gauge(&self.gauges[1], &META),
+                    || self.in_flight(),
+                );
             });
         }
-        #[cfg(not(feature = "metrics"))]
-        let _ = (limit, in_flight);
     }
 
     fn release(&self, permit: SemaphorePermit<'static>) {
-        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.gauge(self.limit(), n);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gauge();
         if self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
@@ -350,7 +352,7 @@ impl ConcurrencyLimit {
         let old = f64::from_bits(bits);
         let new = aimd_next(old, sample, &self.spec);
         if new != old {
-            self.gauge(new, self.in_flight());
+            self.gauge();
         }
         let (from, to) = (self.allowed(old), self.allowed(new));
         if to > from {

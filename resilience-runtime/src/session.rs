@@ -615,7 +615,9 @@ impl Session {
             // here, and a slot taken before a refused permit is free again at once (for the
             // fallback's own calls and the next caller), not when the session is dropped.
             self.ended = true;
-            self._bulkhead = None;
+            if self._bulkhead.take().is_some() {
+                telemetry::bulkhead_released(self.shared);
+            }
             self.concurrency = None;
         }
         admitted
@@ -1238,6 +1240,10 @@ impl Drop for Session {
             } else {
                 self.cancelled();
             }
+        }
+        // The slot is given back here: the gauge is set after, from the bulkhead itself.
+        if self._bulkhead.take().is_some() {
+            telemetry::bulkhead_released(self.shared);
         }
     }
 }

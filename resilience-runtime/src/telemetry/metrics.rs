@@ -149,12 +149,27 @@ pub(crate) fn on_call_end(
     });
 }
 
-pub(crate) fn on_call_start(inst: &Instruments, bulkhead: &Bulkhead) {
+/// A call took or gave back a bulkhead slot: the gauge is set from the bulkhead, once the
+/// slot is taken or given back.
+pub(crate) fn bulkhead_gauge(inst: &Instruments, bulkhead: &Bulkhead) {
     if let Some(k) = &inst.bulkhead {
-        with(|r| {
-            r.register_gauge(k, &METADATA)
-                .set(f64::from(bulkhead.in_flight()))
-        });
+        with(|r| set_settled(&r.register_gauge(k, &METADATA), || bulkhead.in_flight()));
+    }
+}
+
+/// Sets `gauge` to `read()`, then reads again and sets again while it changed: two calls that
+/// end at once on two threads could otherwise leave the older count last (each read, then
+/// set, in either order). Every change is followed by its own settling, so the last value
+/// set is the last count (bounded: under constant change the next change settles it).
+pub(crate) fn set_settled(gauge: &metrics::Gauge, read: impl Fn() -> u32) {
+    let mut n = read();
+    for _ in 0..8 {
+        gauge.set(f64::from(n));
+        let again = read();
+        if again == n {
+            return;
+        }
+        n = again;
     }
 }
 
@@ -194,5 +209,33 @@ pub fn describe_metrics() {
                 None => metrics::describe_gauge!(name, help),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::set_settled;
+
+    /// Another call gave its slot back between the read and the set (2 read, 1 by the time it
+    /// was set): the gauge ends at 1, not at the count read first.
+    #[test]
+    fn a_count_that_moved_while_it_was_set_is_set_again() {
+        let cell = Arc::new(AtomicU64::new(0));
+        let gauge = metrics::Gauge::from_arc(cell.clone());
+        let reads = Cell::new(0u32);
+        set_settled(&gauge, || {
+            reads.set(reads.get() + 1);
+            if reads.get() == 1 { 2 } else { 1 }
+        });
+        assert_eq!(f64::from_bits(cell.load(Ordering::Relaxed)), 1.0);
+        assert_eq!(
+            reads.get(),
+            3,
+            "read, set, read (moved), set, read (settled)"
+        );
     }
 }

@@ -81,7 +81,7 @@
 mod span;
 
 #[cfg(feature = "metrics")]
-mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "opentelemetry")]
 pub(crate) mod otel;
 
@@ -535,12 +535,23 @@ pub(crate) fn on_call_end(
     let _ = (shared, outcome, started, now, holds_slot);
 }
 
+/// The call gave its bulkhead slot back.
+#[inline]
+pub(crate) fn bulkhead_released(shared: &Resolved) {
+    #[cfg(feature = "metrics")]
+    if let Some(b) = shared.bulkhead {
+        metrics::bulkhead_gauge(shared.telemetry, b);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = shared;
+}
+
 /// The call took a bulkhead slot.
 #[inline]
 pub(crate) fn on_call_start(shared: &Resolved) {
     #[cfg(feature = "metrics")]
     if let Some(b) = shared.bulkhead {
-        metrics::on_call_start(shared.telemetry, b);
+        metrics::bulkhead_gauge(shared.telemetry, b);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = shared;
