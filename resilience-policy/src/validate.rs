@@ -111,7 +111,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         },
         slow_at: None,
     };
-    let mut min_calls_at = None;
+    let (mut min_calls_at, mut window_at) = (None, None);
     for (k, v) in t {
         match k.as_str() {
             "failure_rate" => {
@@ -129,7 +129,10 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
                             m.spec.min_calls = n;
                             min_calls_at = Some(v.clone());
                         }
-                        "window" => m.spec.window = n,
+                        "window" => {
+                            m.spec.window = n;
+                            window_at = Some(v.clone());
+                        }
                         _ => m.spec.half_open_calls = n,
                     }
                 }
@@ -176,12 +179,20 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
     if !m.spec.window_for.is_zero() {
         // A time-based window holds however many calls the time brings.
     } else if let Err(broken) = rules::breaker_min_calls(m.spec.min_calls, m.spec.window) {
-        let at = min_calls_at.unwrap_or_else(|| {
+        // At `min_calls` when written, else at the `window` written below its default.
+        let at = min_calls_at.clone().or(window_at).unwrap_or_else(|| {
             t.first().map(|(_, v)| v.clone()).unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: Origin::Builtin,
             })
         });
+        let mut broken = broken;
+        if min_calls_at.is_none() {
+            broken.help = Some(format!(
+                "min_calls is {} by default: write `min_calls` at most the window",
+                defaults::BREAKER_MIN_CALLS
+            ));
+        }
         err(diags, &at, fb, broken);
     }
     m

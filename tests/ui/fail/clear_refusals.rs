@@ -46,4 +46,10 @@ async fn not_a_result_by_alias(c: &reqwest::Client) -> Count {
     1
 }
 
+// A window below the default min_calls (10): the error is at `window`.
+#[resilient(timeout = "1s", breaker(failure_rate = 0.5, window = 5))]
+async fn window_below_min_calls(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+}
+
 fn main() {}
