@@ -296,3 +296,44 @@ async fn a_throttling_dependency_does_not_open_the_breaker() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(failing.count(), 4);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1m",
+        half_open_calls = 1,
+        slow_call_duration = "200ms",
+        slow_call_rate = 0.5
+    )
+)]
+async fn throttled_slowly(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A 429 is not a failure, but one answered after `slow_call_duration` is a slow call: a
+/// dependency that throttles slowly is slow, and its breaker opens at the slow-call rate.
+#[tokio::test(start_paused = true)]
+async fn slow_throttling_answers_are_slow_calls() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(
+        Action::status(429).after(Duration::from_millis(300)),
+    ))
+    .await;
+    for _ in 0..4 {
+        let e = throttled_slowly(&c, &slow.url("/")).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    let e = throttled_slowly(&c, &slow.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(slow.count(), 4);
+}

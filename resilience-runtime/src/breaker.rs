@@ -579,13 +579,17 @@ impl Breaker {
         permit.report(Outcome::Failure);
     }
 
-    /// A failure that says nothing about the downstream's health (a 404, a decode error).
+    /// A failure that says nothing about the downstream's health (a 404, a 429, a decode
+    /// error); but one at least `slow_call_duration` slow is a slow call, as an attempt its
+    /// caller stopped waiting for is (a slow probe fails): a dependency that throttles slowly
+    /// is slow.
     pub fn on_ignored(&self, permit: BreakerPermit<'_>) {
         debug_assert!(
             std::ptr::eq(self, permit.breaker),
             "permit of another breaker"
         );
-        permit.report(Outcome::Ignored);
+        // Unreported, the permit's drop tells slow from not.
+        drop(permit);
     }
 
     fn permit(&self, generation: u64, probe: bool, now: Option<Instant>) -> BreakerPermit<'_> {
