@@ -510,6 +510,47 @@ async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
 
 #[resilient(
     timeout = "1s",
+    deadline = "1s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "200ms")
+)]
+async fn hedged_charge_within(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The same round cut by the call's deadline: the call ends `DeadlineExceeded` (what
+/// `fallback_on = [deadline]` and the caller look for), not the hedge's 409.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_round_cut_by_the_deadline_ends_deadline_exceeded() {
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+
+    async fn gateway() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        "charged"
+    }
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(gateway))
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let e = hedged_charge_within(&reqwest::Client::new(), &url)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    assert_eq!(e.attempts(), 2, "the first request and its hedge: {e}");
+}
+
+#[resilient(
+    timeout = "1s",
     deadline = "10s",
     max_attempts = 2,
     backoff(initial = "10ms", max = "10ms", jitter = none),

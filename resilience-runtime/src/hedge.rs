@@ -194,9 +194,9 @@ where
     // What the attempts of this round that ended without the call's answer sent, joined.
     let mut round = None;
     // An attempt of the round answered "still in progress" (a keyed request's 409 with
-    // `Retry-After`, from the server half while another attempt's request runs): its error and
-    // `Retry-After`, the round's outcome if the others end with no answer of their own.
-    let mut in_progress: Option<(E, Duration)> = None;
+    // `Retry-After`, from the server half while another attempt's request runs): its
+    // `Retry-After`, for the decision after the round if the last attempt timed out.
+    let mut in_progress: Option<Duration> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -298,6 +298,10 @@ where
                                 })
                             }
                         };
+                        // Read from this attempt's own requests, before the round's are joined.
+                        if in_progress.is_none() {
+                            in_progress = s.in_progress_of(ended.as_mut().ctx());
+                        }
                         s.record_in_round(ended.as_mut().ctx(), &mut round);
                         let scope = ended.as_mut().take_scope();
                         hedge_ended(s, i, ended, false);
@@ -311,29 +315,16 @@ where
                         (r, scope, class)
                     }
                 };
-                let (mut r, scope, class) = r;
+                let (r, scope, class) = r;
                 if in_flight > 0 {
                     telemetry::attempt_failed_in_round(scope, class, s.last.status);
-                    if in_progress.is_none()
-                        && let Some(retry_after) = s.last_in_progress()
-                        && let Err(e) = r
-                    {
-                        in_progress = Some((e, retry_after));
-                    }
                     continue;
                 }
-                // The last one left: the call acts on it. One that got no answer after another
-                // was told "still in progress" (it timed out while the handler ran on): the
-                // round's outcome is that answer, and the next attempt asks for the replay.
+                // The last one left: the call acts on it (the retry loop decides, as after any
+                // attempt). If it timed out after another was told "still in progress" (the
+                // handler ran on), the decision asks for the replay (`Session::after_failure`).
                 s.attempt_scope = scope;
-                if let Some((e, retry_after)) = in_progress.take()
-                    && r.is_err()
-                    && s.last.status.is_none()
-                {
-                    s.round_in_progress(retry_after);
-                    r = Err(e);
-                }
-                // Nothing left in flight: the retry loop decides, as after any attempt.
+                s.last.round_in_progress = in_progress.filter(|_| r.is_err());
                 return Poll::Ready(r);
             }
             if !hedging {

@@ -234,6 +234,9 @@ pub(crate) struct Last {
     /// The attempt timed out with less than a tenth of the policy's `timeout`: the deadline
     /// (its own, a caller's `X-Timeout-Ms`, an outer call's attempt) had cut its limit short.
     cut_short: bool,
+    /// A hedged round ended on this attempt after another of its attempts was answered "still
+    /// in progress": that answer's `Retry-After`.
+    pub(crate) round_in_progress: Option<Duration>,
 }
 
 impl Last {
@@ -872,25 +875,14 @@ impl Session {
         *round = Some(self.last);
     }
 
-    /// The attempt just recorded was a keyed request's "still in progress" (409 with
-    /// `Retry-After`, not a replay; see [`crate::decision::in_progress`]): its `Retry-After`.
-    pub(crate) fn last_in_progress(&self) -> Option<Duration> {
-        let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
-        (keyed && !self.last.replayed && self.last.status == Some(409))
-            .then_some(self.last.retry_after)
+    /// The `Retry-After` of a keyed request's "still in progress" (409 with `Retry-After`, not
+    /// a replay; see [`crate::decision::in_progress`]), when that is what this attempt's
+    /// requests were last answered.
+    pub(crate) fn in_progress_of(&self, ctx: &AttemptCtx) -> Option<Duration> {
+        let keyed = self.ctx.key.is_some() && ctx.stamped.get() && ctx.all_keyed.get();
+        (keyed && !ctx.replayed.get() && ctx.status.get() == Some(409))
+            .then(|| ctx.retry_after.get())
             .flatten()
-    }
-
-    /// A hedged round ended on an attempt that got no answer, after another attempt of it was
-    /// answered "still in progress": the round's outcome is that answer (the request is being
-    /// processed; the next attempt asks for its replay), not the timeout.
-    pub(crate) fn round_in_progress(&mut self, retry_after: Duration) {
-        self.last.runtime = None;
-        self.last.failure = None;
-        self.last.status = Some(409);
-        self.last.retry_after = Some(retry_after);
-        self.last.replayed = false;
-        self.last.cut_short = false;
     }
 
     /// Keeps what the attempt's requests recorded in the session's own context.
@@ -1023,6 +1015,18 @@ impl Session {
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
             return self.give_up(class, GiveUp::DeadlineTooClose);
         }
+        // A hedged round whose last attempt timed out (counted as such above, for the breaker
+        // and the concurrency limit) after another was answered "still in progress": the
+        // request is being processed, and the next attempt asks for its replay.
+        let class = match self.last.round_in_progress.take() {
+            Some(retry_after) if class == Class::Timeout => {
+                self.last.status = Some(409);
+                self.last.retry_after = Some(retry_after);
+                self.last.replayed = false;
+                Class::Status(409)
+            }
+            _ => class,
+        };
         let policy = self.policy;
         // What the attempt sent, as far as the runtime saw; an attempt whose requests it did
         // not see at all counts as the policy's `unseen` method (generated code: the least
