@@ -1378,6 +1378,37 @@ impl Buffered {
     }
 }
 
+impl Buffered {
+    // Retried, `&mut self`, returning a function type whose signature has a borrow of its
+    // own: nothing of `self` is borrowed, and it compiles.
+    #[allow(clippy::type_complexity)]
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn matcher(&mut self, url: &str) -> Result<Box<dyn Fn(&str) -> bool + Send>, Error> {
+        self.last = self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let last = self.last.clone();
+        Ok(Box::new(move |s: &str| s == last))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mut_self_method_returning_a_closure_is_retried() {
+    let server = flaky().await;
+    let mut b = Buffered {
+        http: client(),
+        last: String::new(),
+    };
+    let is_last = b.matcher(&server.url("/last")).await.unwrap();
+    assert!(is_last("ok"));
+    retried_and_stamped(&server);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_mut_self_method_returns_a_borrow_of_self_when_not_retried() {
     let server = FaultServer::start(vec![Action::ok().body("last")]).await;

@@ -287,11 +287,13 @@ pub fn locate(
     source_dir: Option<&Path>,
 ) -> Result<Option<(PathBuf, String)>, String> {
     let manifest_dir = manifest_dir.map(Path::to_path_buf);
-    let from_metadata = match manifest_dir.as_deref() {
-        Some(dir) => metadata_config(dir)?,
-        None => None,
+    // The crate's `[package.metadata.resilience]`, read (and checked) only where no file is
+    // named inline.
+    let wanted = match (explicit, manifest_dir.as_deref()) {
+        (Some(e), _) => Some(e.to_owned()),
+        (None, Some(dir)) => metadata_config(dir)?,
+        (None, None) => None,
     };
-    let wanted = explicit.map(str::to_owned).or(from_metadata);
     match wanted {
         Some(rel) => {
             let mut tried = Vec::new();
@@ -398,6 +400,16 @@ mod tests {
         );
         let e = manifest("config = 5").unwrap_err();
         assert!(e.contains("config takes a path"), "{e}");
+        // A file named inline: the table is not read.
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"x\"\n\n[package.metadata.resilience]\nconifg = 1\n",
+        )
+        .unwrap();
+        let (_, display) = locate(Some("policy/p.toml"), Some(&dir), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(display, "policy/p.toml");
         // No table: the file beside Cargo.toml.
         std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
         let (_, display) = locate(None, Some(&dir), None).unwrap().unwrap();

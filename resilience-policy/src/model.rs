@@ -137,6 +137,18 @@ pub struct HedgeModel {
     pub max: Set<u32>,
 }
 
+/// A parameter, or a field of one, as `idempotency_key` names it in the file: `order_id`,
+/// `order.id`, `self.order_id`, `pair.0`.
+fn is_param_path(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let root = parts.next().unwrap_or_default();
+    (root == "self" || syn::parse_str::<syn::Ident>(root).is_ok())
+        && parts.all(|p| {
+            syn::parse_str::<syn::Ident>(p).is_ok()
+                || (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// A shared-state reference: off, the default, a named section, or an inline table.
 #[derive(Debug, Clone)]
 pub enum StateRef {
@@ -455,12 +467,7 @@ impl Settings {
                 }
                 // In the file, a string: `idempotency_key = "order_id"` (or `"order.id"`), for
                 // the functions of a policy that all take the key so.
-                Value::Str(s)
-                    if !v.origin.is_inline()
-                        && !s.is_empty()
-                        && s.split('.')
-                            .all(|part| syn::parse_str::<syn::Ident>(part).is_ok()) =>
-                {
+                Value::Str(s) if !v.origin.is_inline() && is_param_path(s) => {
                     self.idempotency_key = Set {
                         value: KeyModel::Param(s.clone()),
                         origin,
@@ -821,6 +828,30 @@ impl Settings {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_param_path;
+
+    #[test]
+    fn a_key_parameter_path_as_the_file_writes_it() {
+        for ok in ["order_id", "order.id", "self.order_id", "pair.0", "r#type"] {
+            assert!(is_param_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "order.",
+            ".id",
+            "order-id",
+            "a::b",
+            "1st",
+            "self.",
+            "order.id()",
+        ] {
+            assert!(!is_param_path(bad), "{bad}");
         }
     }
 }

@@ -1234,10 +1234,12 @@ fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn) {
                 _ => continue,
             },
         };
-        let borrowed = match &lifetime {
-            Some(lt) if lt.ident != "_" => named.contains(&lt.ident.to_string()),
-            _ => elided && elided_here,
-        };
+        // A named lifetime the return type names, or an elided one that elision gives this
+        // parameter (`&'a mut self` returning `&str` borrows `'a`).
+        let borrowed = lifetime
+            .as_ref()
+            .is_some_and(|lt| lt.ident != "_" && named.contains(&lt.ident.to_string()))
+            || (elided && elided_here);
         if borrowed {
             diags.push(
                 span,
@@ -1250,12 +1252,50 @@ fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn) {
     }
 }
 
-/// The lifetimes a type names (`'a`), and whether it has an elided one (`&T`, `'_`).
+/// The lifetimes a type names (`'a`), and whether it has an elided one (`&T`, `'_`). Not
+/// those of a function type's own signature (`fn(&str)`, `dyn Fn(&str) -> &str`), which
+/// borrow nothing of the function's parameters.
 fn lifetimes_in(ts: proc_macro2::TokenStream) -> (Vec<String>, bool) {
-    use proc_macro2::TokenTree;
+    use proc_macro2::{Delimiter, TokenTree};
     let (mut named, mut elided) = (Vec::new(), false);
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    // Inside a function type's signature: its arguments, then its `-> Ret` up to the next
+    // `,` `+` or `>` at this level.
+    let mut skip_ret = false;
+    let mut angle = 0usize;
     for (i, tt) in tokens.iter().enumerate() {
+        if let TokenTree::Ident(id) = tt
+            && matches!(id.to_string().as_str(), "fn" | "Fn" | "FnMut" | "FnOnce")
+        {
+            if let Some(TokenTree::Group(g)) = tokens.get(i + 1)
+                && g.delimiter() == Delimiter::Parenthesis
+            {
+                skip_ret = true;
+                angle = 0;
+            }
+            continue;
+        }
+        if skip_ret {
+            match tt {
+                TokenTree::Group(g) if g.delimiter() == Delimiter::Parenthesis && angle == 0 => {
+                    continue;
+                }
+                TokenTree::Punct(p) if p.as_char() == '<' => angle += 1,
+                TokenTree::Punct(p) if p.as_char() == '>' && angle > 0 => angle -= 1,
+                TokenTree::Punct(p)
+                    if angle == 0
+                        && (matches!(p.as_char(), ',' | '+')
+                            || (p.as_char() == '>'
+                                && !matches!(tokens.get(i.wrapping_sub(1)), Some(TokenTree::Punct(q)) if q.as_char() == '-'))) =>
+                {
+                    skip_ret = false;
+                }
+                _ => {}
+            }
+            if skip_ret {
+                continue;
+            }
+        }
         match tt {
             TokenTree::Group(g) => {
                 let (n, e) = lifetimes_in(g.stream());
@@ -1387,5 +1427,42 @@ fn rewritten_by_async_trait(f: &syn::ItemFn) -> bool {
             t.contains("Future") && t.contains("async_trait")
         }
         syn::ReturnType::Default => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::lifetimes_in;
+
+    #[test]
+    fn the_lifetimes_a_return_type_borrows() {
+        let l = |ts| lifetimes_in(ts);
+        assert_eq!(l(quote!(Result<&str, Error>)), (vec![], true));
+        assert_eq!(
+            l(quote!(Result<&'a str, Error>)),
+            (vec!["a".to_owned()], false)
+        );
+        assert_eq!(l(quote!(Result<Cow<'_, str>, Error>)), (vec![], true));
+        assert_eq!(l(quote!(Result<&'static str, Error>)), (vec![], false));
+        assert_eq!(l(quote!(Result<String, Error>)), (vec![], false));
+        // A function type's own signature borrows nothing of the parameters.
+        assert_eq!(
+            l(quote!(Result<Box<dyn Fn(&str) -> &str + Send>, Error>)),
+            (vec![], false)
+        );
+        assert_eq!(
+            l(quote!(Result<fn(&[u8]) -> Vec<&u8>, Error>)),
+            (vec![], false)
+        );
+        assert_eq!(
+            l(quote!(Result<(Box<dyn FnMut(&str)>, &str), Error>)),
+            (vec![], true)
+        );
+        assert_eq!(
+            l(quote!(Result<Box<dyn Fn(&str) -> bool + 'a>, Error>)),
+            (vec!["a".to_owned()], false)
+        );
     }
 }
