@@ -1,9 +1,18 @@
 use resilience_runtime::resilient;
 
+#[derive(Debug)]
+enum PaymentError {
+    Unreachable,
+}
+
 // An error type the runtime's own errors (a timeout, an open breaker) cannot become.
 #[resilient(timeout = "1s")]
-async fn stringly(c: &reqwest::Client) -> Result<u16, String> {
-    let r = c.get("http://127.0.0.1:1/").send().await.map_err(|e| e.to_string())?;
+async fn own_error(c: &reqwest::Client) -> Result<u16, PaymentError> {
+    let r = c
+        .get("http://127.0.0.1:1/")
+        .send()
+        .await
+        .map_err(|_| PaymentError::Unreachable)?;
     Ok(r.status().as_u16())
 }
 
