@@ -2091,3 +2091,49 @@ async fn a_helper_seen_sending_nothing_counts_as_unseen_unless_the_method_is_dec
     assert_eq!(api.charge(&charges.url("/c")).await.unwrap(), "charged");
     assert_eq!(charges.count(), 2);
 }
+
+/// A service's own client whose builder has a `.send()` of its own (the inner reqwest send is
+/// in code the attribute does not rewrite): what it sends goes unseen and without the key.
+struct Orders {
+    http: reqwest::Client,
+}
+
+struct OrderRequest(reqwest::RequestBuilder);
+
+impl Orders {
+    fn post(&self, url: &str) -> OrderRequest {
+        OrderRequest(self.http.post(url).body("sku=42"))
+    }
+}
+
+impl OrderRequest {
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        self.0.send().await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, retry_on = [connect])]
+async fn order_through_own_builder(
+    orders: &Orders,
+    c: &reqwest::Client,
+    order: &str,
+    stock: &str,
+) -> Result<u16, Error> {
+    orders.post(order).send().await?.error_for_status()?;
+    Ok(c.get(stock).send().await?.status().as_u16())
+}
+
+/// `orders.post(u).send()` reads like a POST sent in the body, but its `.send()` is not
+/// reqwest's: the runtime cannot see it go out. When the stock lookup after it cannot connect,
+/// running the body again would place the order again, unkeyed: it is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_post_sent_through_another_builder_is_not_sent_again() {
+    let shop = FaultServer::start(Script::always(Action::ok())).await;
+    let orders = Orders { http: client() };
+    let refused = format!("http://{}/stock", resilience_fault_server::refused_addr());
+    let e = order_through_own_builder(&orders, &client(), &shop.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count_path("/orders"), 1, "ordered once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

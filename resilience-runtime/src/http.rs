@@ -664,6 +664,14 @@ pub mod dispatch {
         }
     }
 
+    /// `.send()` on what `.resilient()` made: it stamps itself when sent.
+    impl SendRequest for &&Stampable<super::ResilientRequest> {
+        type Prepared = super::ResilientRequest;
+        fn __resilience_stamp(self) -> super::ResilientRequest {
+            self.take()
+        }
+    }
+
     /// `.execute(request)`: stamp a `reqwest::Request` argument.
     pub trait StampArg {
         fn __resilience_stamp_arg(self) -> reqwest::Request;
@@ -699,7 +707,10 @@ pub mod dispatch {
         }
     }
 
-    /// Anything else: as it was.
+    /// Anything else: as it was. A `.send()` or `.execute(…)` on another type (a wrapper
+    /// client's builder, `reqwest-middleware`'s without its feature) may send a request the
+    /// runtime does not see: the attempt is marked so, and what the body shows of its methods
+    /// (`orders.post(u).send()`) no longer proves its POST was seen or not sent.
     pub trait PassThrough<T> {
         fn __resilience_stamp(self) -> T;
         fn __resilience_stamp_arg(self) -> T;
@@ -707,9 +718,11 @@ pub mod dispatch {
     }
     impl<T> PassThrough<T> for &Stampable<T> {
         fn __resilience_stamp(self) -> T {
+            let _ = super::with_attempt(|ctx| ctx.unseen_helper.set(true));
             self.take()
         }
         fn __resilience_stamp_arg(self) -> T {
+            let _ = super::with_attempt(|ctx| ctx.unseen_helper.set(true));
             self.take()
         }
         fn __resilience_observe(self) -> T {
