@@ -126,12 +126,36 @@ const SENSITIVE_QUERY: [&str; 7] = [
     "X-Amz-Security-Token",
 ];
 
+/// Query parameters that carry a credential by their usual names, compared without case and
+/// with `-` taken for `_`: an API key or token in the URL is no less a credential than a
+/// password in it.
+const CREDENTIAL_QUERY: [&str; 10] = [
+    "api_key",
+    "apikey",
+    "key",
+    "access_token",
+    "token",
+    "auth",
+    "password",
+    "secret",
+    "client_secret",
+    "code",
+];
+
+fn sensitive(name: &str) -> bool {
+    SENSITIVE_QUERY.contains(&name)
+        || CREDENTIAL_QUERY.iter().any(|c| {
+            c.len() == name.len()
+                && c.bytes()
+                    .zip(name.bytes())
+                    .all(|(c, n)| c == n.to_ascii_lowercase() || (c == b'_' && n == b'-'))
+        })
+}
+
 /// `url` as `url.full` may show it: no credentials, no signatures.
 pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
     let has_credentials = !url.username().is_empty() || url.password().is_some();
-    let has_sensitive = url
-        .query_pairs()
-        .any(|(k, _)| SENSITIVE_QUERY.contains(&k.as_ref()));
+    let has_sensitive = url.query_pairs().any(|(k, _)| sensitive(&k));
     if !has_credentials && !has_sensitive {
         return url.as_str().into();
     }
@@ -146,7 +170,7 @@ pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let v = if SENSITIVE_QUERY.contains(&k.as_ref()) {
+                let v = if sensitive(&k) {
                     "REDACTED".into()
                 } else {
                     v.into_owned()
@@ -227,6 +251,12 @@ mod tests {
         assert_eq!(
             redacted(&u("https://h/p?x=1&sig=secret&Signature=s2")),
             "https://h/p?x=1&sig=REDACTED&Signature=REDACTED"
+        );
+        assert_eq!(
+            redacted(&u(
+                "https://maps.example/geo?q=seoul&key=AIza123&API-Key=k2&Access_Token=t&page=2"
+            )),
+            "https://maps.example/geo?q=seoul&key=REDACTED&API-Key=REDACTED&Access_Token=REDACTED&page=2"
         );
         assert_eq!(
             redacted(&u(
