@@ -650,7 +650,20 @@ fn worst_case(f: &Function) -> Duration {
 /// body handles its failure and goes on (then a later failure of the body runs it again); an
 /// inner call without retries is retried by the outer one.
 fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
-    let own = f.analysis.settings.max_attempts.value;
+    // Against a dependency that hangs, every attempt sends its hedges too.
+    let hedges = f
+        .analysis
+        .settings
+        .hedge
+        .value
+        .as_ref()
+        .map_or(0, |h| h.max.value);
+    let own = f
+        .analysis
+        .settings
+        .max_attempts
+        .value
+        .saturating_mul(1 + hedges);
     let mut worst = own;
     if depth > 16 {
         return worst;

@@ -452,6 +452,12 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     let r = recs(c).await.unwrap_or_default();
     Ok(c.get("http://users/").send().await?.text().await? + &r)
 }
+
+/// Against a hanging dependency, each of its 3 attempts sends 2 hedges beside it.
+#[resilient(timeout = "1s", deadline = "10s", hedge(delay = "100ms", max = 2))]
+pub async fn hedged(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://recs/").send().await?.text().await?)
+}
 "#,
         )],
     );
@@ -459,6 +465,7 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::propagated"), 3);
     assert_eq!(worst("handled_nested::converted"), 3);
     assert_eq!(worst("handled_nested::handled"), 9);
+    assert_eq!(worst("handled_nested::hedged"), 9);
 }
 
 /// Two annotated methods named `get`, and bodies that call a request builder's `.get(url)` and
