@@ -197,3 +197,50 @@ async fn the_calls_end_says_its_attempts_and_key_whatever_its_error_type() {
     assert!(line.contains("attempt=3"), "{line}");
     assert!(line.contains(&format!("idempotency_key={key}")), "{line}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_dup", failure_rate = 0.5, min_calls = 4, window = 4, open_for = "1m", half_open_calls = 1 }
+)]
+async fn first_of_a_name(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_dup", failure_rate = 0.9, min_calls = 4, window = 4, open_for = "1m", half_open_calls = 1 }
+)]
+async fn second_of_a_name(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// Two functions naming one breaker with different inline settings share the first one's, and
+/// the runtime says so when the second is first called.
+#[tokio::test(start_paused = true)]
+async fn shared_state_named_twice_with_other_settings_warns() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(first_of_a_name(&c, &server.url("/")).await.unwrap(), 200);
+    assert!(!buf.text().contains("registered again"), "{}", buf.text());
+    assert_eq!(second_of_a_name(&c, &server.url("/")).await.unwrap(), 200);
+    let out = buf.text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("registered again with different settings"))
+        .unwrap_or_else(|| panic!("no warning:\n{out}"));
+    assert!(line.contains("name=\"tracing_dup\""), "{line}");
+    assert!(line.contains("kind=\"breaker\""), "{line}");
+}
