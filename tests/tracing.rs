@@ -244,3 +244,54 @@ async fn shared_state_named_twice_with_other_settings_warns() {
     assert!(line.contains("name=\"tracing_dup\""), "{line}");
     assert!(line.contains("kind=\"breaker\""), "{line}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_refusing", failure_rate = 0.5, min_calls = 4, window = 4, open_for = "1m", half_open_calls = 1 }
+)]
+async fn refused_at_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call its open breaker refuses before it starts opens no span: it leaves one warn event
+/// with its function and policy.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    // Registered by a first call, then opened by hand.
+    assert_eq!(refused_at_once(&c, &server.url("/")).await.unwrap(), 200);
+    resilience_runtime::breakers::force_open("tracing_refusing").unwrap();
+    let before = buf.text().len();
+    let e = refused_at_once(&c, &server.url("/")).await.unwrap_err();
+    assert!(e.is_rejected(), "{e}");
+    let text = buf.text();
+    let out = &text[before..];
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "one event, nothing else:\n{out}");
+    let line = lines[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("circuit open: call rejected"), "{line}");
+    assert!(
+        line.contains("function=\"tracing::refused_at_once\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("policy=\"tracing::refused_at_once\""),
+        "{line}"
+    );
+    assert!(!line.contains("resilient{"), "no span: {line}");
+    assert_eq!(server.count(), 1);
+    resilience_runtime::breakers::reset("tracing_refusing").unwrap();
+}
