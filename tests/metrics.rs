@@ -714,3 +714,52 @@ async fn a_call_unwound_by_a_panic_is_counted_failed_not_cancelled() {
     let pulled = resilience_runtime::metrics::policy("metrics::panics_midway").unwrap();
     assert_eq!((pulled.cancelled, pulled.failed_without_retry), (0, 1));
 }
+
+/// The server half's counter by route and outcome, through a router: the first request with a
+/// key is handled, its repeat replayed, one without a key (where one is required) refused.
+#[tokio::test(start_paused = true)]
+async fn the_idempotency_layer_counts_its_answers_by_route_and_outcome() {
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+
+    async fn charge() -> (axum::http::StatusCode, &'static str) {
+        (axum::http::StatusCode::CREATED, "charged")
+    }
+    let app = axum::Router::new()
+        .route("/tenants/{tenant}/charges", axum::routing::post(charge))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).require_key(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let c = reqwest::Client::new();
+    let url = format!("{base}/tenants/acme/charges");
+    for _ in 0..2 {
+        let r = c
+            .post(&url)
+            .header("idempotency-key", "k-1")
+            .body("39000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = c.post(&url).body("39000").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    let route = r#"http_route="/tenants/{tenant}/charges""#;
+    let requests = |outcome: &str| {
+        sample(
+            &handle,
+            "resilience_idempotency_requests_total",
+            &[route, &format!(r#"outcome="{outcome}""#)],
+        )
+    };
+    assert_eq!(requests("handled"), Some(1.0), "{}", handle.render());
+    assert_eq!(requests("replayed"), Some(1.0));
+    assert_eq!(requests("key_missing"), Some(1.0));
+}
