@@ -369,3 +369,43 @@ async fn fallback_false_inline_switches_off_the_policys_fallback() {
     );
     assert_eq!(server.count(), 4, "two attempts each (the file's defaults)");
 }
+
+async fn queued(_c: &reqwest::Client, _url: &str) -> Result<u16, Error> {
+    Ok(202)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit = { initial = 1, min = 1, max = 1, latency = "500ms" },
+    fallback = queued,
+    fallback_on = [bulkhead_full]
+)]
+async fn limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `fallback_on = [bulkhead_full]` takes an adaptive concurrency limit's refusal too: the
+/// second of two calls at a limit of one gets the fallback, without a request.
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limits_refusal_calls_the_bulkhead_full_fallback() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(200)),
+    ))
+    .await;
+    let url = server.url("/");
+    let (first, second) = tokio::join!(limited(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        limited(&c, &url).await
+    });
+    assert_eq!(first.unwrap(), 200);
+    assert_eq!(second.unwrap(), 202, "the fallback's answer");
+    assert_eq!(server.count(), 1);
+}
