@@ -2137,3 +2137,55 @@ async fn a_post_sent_through_another_builder_is_not_sent_again() {
     assert_eq!(shop.count_path("/orders"), 1, "ordered once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// A token service's own client, its builder with a `.send()` of its own (a GET).
+struct Tokens {
+    http: reqwest::Client,
+}
+
+struct TokenRequest(reqwest::RequestBuilder);
+
+impl Tokens {
+    fn get(&self, url: &str) -> TokenRequest {
+        TokenRequest(self.http.get(url))
+    }
+}
+
+impl TokenRequest {
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        self.0.send().await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn pay_with_a_token(
+    tokens: &Tokens,
+    c: &reqwest::Client,
+    token: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    let token = tokens.get(token).send().await?.text().await?;
+    Ok(c.post(pay)
+        .header("x-token", token)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A send of another type beside the body's own keyed POST takes nothing from it: the POST
+/// was seen going out with its key, so its 503 is retried with the key, as without the token
+/// service's client.
+#[tokio::test(start_paused = true)]
+async fn a_send_of_another_type_beside_a_seen_keyed_post_leaves_its_retries() {
+    let token = FaultServer::start(Script::always(Action::ok().body("t-1"))).await;
+    let pay = FaultServer::start(vec![Action::status(503)]).await;
+    let tokens = Tokens { http: client() };
+    let got = pay_with_a_token(&tokens, &client(), &token.url("/token"), &pay.url("/pay")).await;
+    assert_eq!(got.unwrap(), 200);
+    let seen = pay.requests();
+    assert_eq!(seen.len(), 2, "the 503 retried");
+    assert!(seen[0].idempotency_key().is_some());
+    assert_eq!(seen[0].idempotency_key(), seen[1].idempotency_key());
+}

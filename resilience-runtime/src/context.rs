@@ -401,6 +401,11 @@ pub(crate) struct AttemptCtx {
     /// A helper the body awaited, handed the client, ran without the runtime seeing a send
     /// (see [`crate::__private::helper`]): it may have sent any method, without the key.
     pub unseen_helper: Cell<bool>,
+    /// A `.send()` or `.execute(…)` of another type than reqwest's ran in this attempt (a
+    /// service client's own builder): what it sent, if anything, went unseen, so the body's
+    /// tokens no longer prove that the policy's method went out only where seen
+    /// ([`Policy::sends_seen`](crate::policy::Policy)).
+    pub unproven: Cell<bool>,
     /// Watched helpers started and not ended: what they send is not known yet (a hedge must
     /// not start beside one, and an attempt ended while one runs counts it as unseen).
     pub helpers_running: Cell<u32>,
@@ -519,6 +524,7 @@ impl AttemptCtx {
             gave_up: Cell::new([0; 4]),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
+            unproven: Cell::new(false),
             helpers_running: Cell::new(0),
             described: Cell::new(false),
         }
@@ -571,6 +577,7 @@ impl AttemptCtx {
         *self.gave_up.get_mut() = [0; 4];
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
+        *self.unproven.get_mut() = false;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
     }

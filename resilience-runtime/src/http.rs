@@ -708,9 +708,10 @@ pub mod dispatch {
     }
 
     /// Anything else: as it was. A `.send()` or `.execute(…)` on another type (a wrapper
-    /// client's builder, `reqwest-middleware`'s without its feature) may send a request the
-    /// runtime does not see: the attempt is marked so, and what the body shows of its methods
-    /// (`orders.post(u).send()`) no longer proves its POST was seen or not sent.
+    /// client's builder, `reqwest-middleware`'s without its feature, a database query) may
+    /// send a request the runtime does not see: what the body shows of its methods
+    /// (`orders.post(u).send()`) no longer proves that its POST went out only where seen
+    /// (`AttemptCtx::unproven`; nothing else changes).
     pub trait PassThrough<T> {
         fn __resilience_stamp(self) -> T;
         fn __resilience_stamp_arg(self) -> T;
@@ -718,11 +719,11 @@ pub mod dispatch {
     }
     impl<T> PassThrough<T> for &Stampable<T> {
         fn __resilience_stamp(self) -> T {
-            let _ = super::with_attempt(|ctx| ctx.unseen_helper.set(true));
+            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
             self.take()
         }
         fn __resilience_stamp_arg(self) -> T {
-            let _ = super::with_attempt(|ctx| ctx.unseen_helper.set(true));
+            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
             self.take()
         }
         fn __resilience_observe(self) -> T {

@@ -228,6 +228,8 @@ pub(crate) struct Last {
     /// A helper handed the client sent nothing the runtime saw (see
     /// [`AttemptCtx::unseen_helper`]).
     unseen_helper: bool,
+    /// A send of another type ran (see [`AttemptCtx::unproven`]).
+    unproven: bool,
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
@@ -255,6 +257,7 @@ impl Last {
             self.gave_up = other.gave_up;
         }
         self.unseen_helper |= other.unseen_helper;
+        self.unproven |= other.unproven;
         // This attempt got no answer (timed out, lost its connection): a `Retry-After` the
         // server gave another attempt of the round still says when to come back.
         if self.status.is_none() {
@@ -291,6 +294,7 @@ fn record(
     last.gave_up = ctx.gave_up.get();
     // A helper still running when the attempt ended (timed out under it) may send anything.
     last.unseen_helper = ctx.unseen_helper.get() || ctx.helpers_running.get() > 0;
+    last.unproven = ctx.unproven.get();
     if let Some(m) = last.method {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
         let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
@@ -845,8 +849,8 @@ impl Session {
         let seen = ctx.sent_method.get();
         let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
         let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
-        let unseen_policy_method =
-            !policy.sends_seen && seen.is_some_and(|m| m.least_safe(policy.method) != m);
+        let unseen_policy_method = (!policy.sends_seen || ctx.unproven.get())
+            && seen.is_some_and(|m| m.least_safe(policy.method) != m);
         crate::decision::may_resend(method, keyed, policy.idempotent)
             && (!unseen_policy_method
                 || crate::decision::may_resend(policy.method, false, policy.idempotent))
@@ -1056,7 +1060,7 @@ impl Session {
         // Unless every such request of the body is one the runtime sees (`sends_seen`): then
         // one it did not see was not sent (the body failed before its POST).
         let unseen = if self.last.stamped && !self.last.unseen_helper {
-            (!policy.sends_seen
+            ((!policy.sends_seen || self.last.unproven)
                 && self
                     .last
                     .method
