@@ -658,12 +658,13 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         .value
         .as_ref()
         .map_or(0, |h| h.max.value);
+    let hedged = 1 + hedges;
     let own = f
         .analysis
         .settings
         .max_attempts
         .value
-        .saturating_mul(1 + hedges);
+        .saturating_mul(hedged);
     let mut worst = own;
     if depth > 16 {
         return worst;
@@ -673,8 +674,9 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
     {
         let inner = amplification(callee, all, depth + 1);
+        // One layer retries; but each hedge runs the body, and the callee, again.
         let through = if retries(callee) && !f.handled.contains(&callee.name) {
-            inner
+            inner.saturating_mul(hedged)
         } else {
             own.saturating_mul(inner)
         };

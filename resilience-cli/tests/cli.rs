@@ -458,6 +458,14 @@ pub async fn handled(c: &reqwest::Client) -> Result<String, Error> {
 pub async fn hedged(c: &reqwest::Client) -> Result<String, Error> {
     Ok(c.get("http://recs/").send().await?.text().await?)
 }
+
+/// Hedged around a call that retries: one layer retries, but each of the 2 hedges runs
+/// `recs` (3 attempts) again.
+#[resilient(timeout = "5s", deadline = "10s", method = GET, max_attempts = 1, hedge(delay = "100ms", max = 2))]
+pub async fn hedged_around(c: &reqwest::Client) -> Result<String, Error> {
+    let r = recs(c).await?;
+    Ok(r)
+}
 "#,
         )],
     );
@@ -466,6 +474,7 @@ pub async fn hedged(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::converted"), 3);
     assert_eq!(worst("handled_nested::handled"), 9);
     assert_eq!(worst("handled_nested::hedged"), 9);
+    assert_eq!(worst("handled_nested::hedged_around"), 9);
 }
 
 /// Two annotated methods named `get`, and bodies that call a request builder's `.get(url)` and

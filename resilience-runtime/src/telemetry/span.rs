@@ -129,7 +129,7 @@ const SENSITIVE_QUERY: [&str; 7] = [
 /// Query parameters that carry a credential by their usual names, compared without case and
 /// with `-` taken for `_`: an API key or token in the URL is no less a credential than a
 /// password in it.
-const CREDENTIAL_QUERY: [&str; 10] = [
+const CREDENTIAL_QUERY: [&str; 9] = [
     "api_key",
     "apikey",
     "key",
@@ -139,7 +139,6 @@ const CREDENTIAL_QUERY: [&str; 10] = [
     "password",
     "secret",
     "client_secret",
-    "code",
 ];
 
 fn sensitive(name: &str) -> bool {
