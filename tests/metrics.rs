@@ -763,3 +763,130 @@ async fn the_idempotency_layer_counts_its_answers_by_route_and_outcome() {
     assert_eq!(requests("replayed"), Some(1.0));
     assert_eq!(requests("key_missing"), Some(1.0));
 }
+
+/// A store that refuses to take responses while told to (a Redis that went away mid-request).
+struct FlakyStore {
+    inner: resilience_runtime::server::MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl resilience_runtime::server::IdempotencyStore for FlakyStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a resilience_runtime::server::InFlight,
+        lease: Duration,
+    ) -> resilience_runtime::server::BoxFuture<
+        'a,
+        Result<resilience_runtime::server::Claim, resilience_runtime::server::StoreError>,
+    > {
+        self.inner.claim(key, claim, lease)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a resilience_runtime::server::InFlight,
+        lease: Duration,
+    ) -> resilience_runtime::server::BoxFuture<
+        'a,
+        Result<bool, resilience_runtime::server::StoreError>,
+    > {
+        self.inner.renew(key, claim, lease)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a resilience_runtime::server::InFlight,
+        response: &'a resilience_runtime::server::StoredResponse,
+        ttl: Duration,
+    ) -> resilience_runtime::server::BoxFuture<
+        'a,
+        Result<bool, resilience_runtime::server::StoreError>,
+    > {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(resilience_runtime::server::StoreError::new(
+                    "store went away",
+                ))
+            });
+        }
+        self.inner.complete(key, claim, response, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a resilience_runtime::server::InFlight,
+    ) -> resilience_runtime::server::BoxFuture<
+        'a,
+        Result<bool, resilience_runtime::server::StoreError>,
+    > {
+        self.inner.release(key, claim)
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> resilience_runtime::server::BoxFuture<
+        'a,
+        Result<Option<resilience_runtime::server::Record>, resilience_runtime::server::StoreError>,
+    > {
+        self.inner.get(key)
+    }
+}
+
+/// `resilience_idempotency_pending`: a response the store could not take is kept in memory
+/// (1) until the store takes it (0), and a repeat meanwhile is answered from memory.
+#[tokio::test(start_paused = true)]
+async fn a_response_the_store_could_not_take_is_pending_until_it_does() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use resilience_runtime::server::IdempotencyLayer;
+
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let store = Arc::new(FlakyStore {
+        inner: resilience_runtime::server::MemoryStore::default(),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    async fn charge() -> (axum::http::StatusCode, &'static str) {
+        (axum::http::StatusCode::CREATED, "charged")
+    }
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(charge))
+        .layer(IdempotencyLayer::new(store.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let c = reqwest::Client::new();
+    let pay = || {
+        c.post(&url)
+            .header("idempotency-key", "k-9")
+            .body("39000")
+            .send()
+    };
+    assert_eq!(pay().await.unwrap().status(), 201);
+    // A gauge without labels: `name value`.
+    let pending = || {
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("resilience_idempotency_pending "))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(pending(), Some(1.0), "{}", handle.render());
+    // The repeat, from memory.
+    let again = pay().await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.text().await.unwrap(), "charged");
+    // The store is back: the response is written, and no longer pending.
+    store.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pending(), Some(0.0), "{}", handle.render());
+}
