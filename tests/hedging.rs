@@ -474,12 +474,9 @@ async fn hedged_charge(c: &reqwest::Client, url: &str) -> Result<String, Error> 
         .await?)
 }
 
-/// A hedged keyed charge behind the idempotency layer, with a gateway slower than the attempt:
-/// the hedge is answered 409 "still in progress" while the first request's charge runs, then
-/// the first attempt times out. The round's outcome is the 409, not the timeout: the call asks
-/// for the replay of the one charge instead of giving up while the card is being charged.
-#[tokio::test(start_paused = true)]
-async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
+/// A payment gateway behind the idempotency layer that takes 2.5 s per charge: its URL, and
+/// the charges it made.
+async fn slow_gateway() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -499,11 +496,24 @@ async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/charges", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, charges)
+}
 
+/// A hedged keyed charge behind the idempotency layer, with a gateway slower than the attempt:
+/// the hedge is answered 409 "still in progress" while the first request's charge runs, then
+/// the first attempt times out. The round's outcome is the 409, not the timeout: the call asks
+/// for the replay of the one charge instead of giving up while the card is being charged.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
+    let (url, charges) = slow_gateway().await;
     let (got, report) =
         resilience_runtime::measure(hedged_charge(&reqwest::Client::new(), &url)).await;
     assert_eq!(got.expect("the replay of the one charge"), "charge 1");
-    assert_eq!(charges.load(Ordering::SeqCst), 1, "charged once");
+    assert_eq!(
+        charges.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "charged once"
+    );
     // The first request, its hedge (409), then at least one ask for the replay.
     assert!(report.expect("measured").attempts >= 3);
 }
@@ -530,18 +540,7 @@ async fn hedged_charge_within(c: &reqwest::Client, url: &str) -> Result<String, 
 /// `fallback_on = [deadline]` and the caller look for), not the hedge's 409.
 #[tokio::test(start_paused = true)]
 async fn a_hedged_round_cut_by_the_deadline_ends_deadline_exceeded() {
-    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
-
-    async fn gateway() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        "charged"
-    }
-    let app = axum::Router::new()
-        .route("/charges", axum::routing::post(gateway))
-        .layer(IdempotencyLayer::new(MemoryStore::default()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/charges", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, _) = slow_gateway().await;
     let e = hedged_charge_within(&reqwest::Client::new(), &url)
         .await
         .unwrap_err();
