@@ -113,7 +113,7 @@ fn open(
     started: Instant,
     ctx: &AttemptCtx,
 ) -> tracing::Span {
-    telemetry::on_call_start(shared); // telemetry (issue 12)
+    telemetry::bulkhead_moved(shared); // telemetry (issue 12)
     if let Some(b) = shared.budget {
         b.deposit_at(started);
     }
@@ -622,9 +622,7 @@ impl Session {
             // here, and a slot taken before a refused permit is free again at once (for the
             // fallback's own calls and the next caller), not when the session is dropped.
             self.ended = true;
-            if self._bulkhead.take().is_some() {
-                telemetry::bulkhead_released(self.shared);
-            }
+            self.release_slot();
             self.concurrency = None;
         }
         admitted
@@ -1249,14 +1247,19 @@ impl Drop for Session {
                 self.cancelled();
             }
         }
-        // The slot is given back here: the gauge is set after, from the bulkhead itself.
-        if self._bulkhead.take().is_some() {
-            telemetry::bulkhead_released(self.shared);
-        }
+        self.release_slot();
     }
 }
 
 impl Session {
+    /// Gives the bulkhead slot back, if held; the gauge is set after, from the bulkhead itself.
+    #[inline]
+    fn release_slot(&mut self) {
+        if self._bulkhead.take().is_some() {
+            telemetry::bulkhead_moved(self.shared);
+        }
+    }
+
     /// Dropped while a panic unwinds it (the body's, or its caller's): a failed call, not one
     /// its caller stopped waiting for.
     #[cold]

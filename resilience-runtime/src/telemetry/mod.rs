@@ -535,20 +535,9 @@ pub(crate) fn on_call_end(
     let _ = (shared, outcome, started, now, holds_slot);
 }
 
-/// The call gave its bulkhead slot back.
+/// The call took its bulkhead slot, or gave it back: the gauge follows the bulkhead.
 #[inline]
-pub(crate) fn bulkhead_released(shared: &Resolved) {
-    #[cfg(feature = "metrics")]
-    if let Some(b) = shared.bulkhead {
-        metrics::bulkhead_gauge(shared.telemetry, b);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = shared;
-}
-
-/// The call took a bulkhead slot.
-#[inline]
-pub(crate) fn on_call_start(shared: &Resolved) {
+pub(crate) fn bulkhead_moved(shared: &Resolved) {
     #[cfg(feature = "metrics")]
     if let Some(b) = shared.bulkhead {
         metrics::bulkhead_gauge(shared.telemetry, b);
