@@ -238,10 +238,11 @@ async fn a_hanging_store_is_given_the_default_250_ms_then_left_alone_for_1_s() {
     assert_eq!(count(&app.runs.orders), 0);
 }
 
-/// A memory store that can be switched off, like a Redis lost and back.
+/// A memory store that can be switched off, like a Redis lost and back. Two switches over
+/// one store are two instances' connections to one Redis.
 #[derive(Default)]
 struct Switch {
-    inner: MemoryStore,
+    inner: Arc<MemoryStore>,
     down: std::sync::atomic::AtomicBool,
 }
 
@@ -595,6 +596,9 @@ enum ClaimingHow {
     /// Claims as the memory store does, but renewals are lost: a claim lasts its first lease.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     NoRenewal,
+    /// Completions are sent twice, the first reply lost: the second finds the key completed.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    CompleteResent,
 }
 
 impl Claiming {
@@ -651,6 +655,7 @@ impl IdempotencyStore for Claiming {
                 }
                 ClaimingHow::LandsLate
                 | ClaimingHow::NoRenewal
+                | ClaimingHow::CompleteResent
                 | ClaimingHow::RunsOutReclaimsLate => self.inner.claim(key, claim, lease).await,
             }
         })
@@ -674,6 +679,12 @@ impl IdempotencyStore for Claiming {
         response: &'a StoredResponse,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        if let ClaimingHow::CompleteResent = self.how {
+            return Box::pin(async move {
+                let _lost = self.inner.complete(key, claim, response, ttl).await;
+                self.inner.complete(key, claim, response, ttl).await
+            });
+        }
         self.inner.complete(key, claim, response, ttl)
     }
     fn release<'a>(
@@ -929,8 +940,18 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
             (201, 201)
         );
         assert_eq!(slow.runs(), 2, "the lease ran out: run twice");
-        assert_eq!(answered("claim_lost"), 1.0, "{kept_as}");
-        assert_eq!(answered(kept_as), 1.0, "the second run's answer");
+        assert_eq!(
+            answered("claim_lost"),
+            1.0,
+            "{kept_as}: {}",
+            handle.render()
+        );
+        assert_eq!(
+            answered(kept_as),
+            1.0,
+            "the second run's answer: {}",
+            handle.render()
+        );
     }
 }
 
@@ -974,6 +995,118 @@ async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() 
     let later = other.clone().call(request()).await.unwrap();
     assert_eq!(later.status().as_u16(), 201);
     assert_eq!(slow.runs(), 1);
+}
+
+/// Only one instance loses the store (its own connection, a network rule) while its handler
+/// runs and the other instances still reach it: the claim runs out with its lease, a repeat
+/// through another instance runs the handler again (the window the README names). The first
+/// instance answers from the response it kept; once it reaches the store again and finds the
+/// key taken, it counts `claim_lost`, the one sign the handler ran twice, and from then on
+/// answers what the store holds, as every instance does.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn one_instance_losing_the_store_is_counted_claim_lost_when_it_finds_the_key_taken() {
+    use std::sync::atomic::Ordering;
+    use tower_service::Service as _;
+
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
+    let slow = Slow::new(Duration::from_secs(1));
+    let shared = Arc::new(MemoryStore::default());
+    let connection = || {
+        Arc::new(Switch {
+            inner: shared.clone(),
+            down: Default::default(),
+        })
+    };
+    let (mine, theirs) = (connection(), connection());
+    let instance = |store: &Arc<Switch>| {
+        let store: Store = store.clone();
+        slow.instance(IdempotencyLayer::new(store).lease(Duration::from_millis(100)))
+    };
+    let (app, other) = (instance(&mine), instance(&theirs));
+    let key = fresh_key();
+    let request = || Slow::request(&key);
+    let body = |res: axum::http::Response<axum::body::Body>| async move {
+        let status = res.status().as_u16();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    };
+
+    let first = tokio::spawn(app.clone().call(request()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    mine.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its lease ran out: the other instance, which reaches the store, runs the handler again.
+    let second = tokio::spawn(other.clone().call(request()));
+    let first = body(first.await.unwrap().unwrap()).await;
+    assert_eq!(first, (201, "run 1".to_owned()));
+    assert_eq!(
+        body(app.clone().call(request()).await.unwrap()).await,
+        (201, "run 1".to_owned()),
+        "the first instance answers from what it kept while it cannot reach the store"
+    );
+    let second = body(second.await.unwrap().unwrap()).await;
+    assert_eq!(second, (201, "run 2".to_owned()));
+    assert_eq!(slow.runs(), 2, "the window: run twice");
+    assert_eq!(answered("claim_lost"), 0.0, "not known yet");
+
+    mine.down.store(false, Ordering::SeqCst);
+    for _ in 0..100 {
+        if answered("claim_lost") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered("claim_lost"), 1.0, "{}", handle.render());
+    assert_eq!(answered("handled"), 1.0, "the second run's answer only");
+    assert_eq!(
+        body(app.clone().call(request()).await.unwrap()).await,
+        (201, "run 2".to_owned()),
+        "back on the store, the first instance answers what it holds"
+    );
+}
+
+/// A store client that sends a completion again after its reply was lost (a Redis Cluster
+/// client does) finds the key completed by its own first command: that is the request's own
+/// answer stored, counted `handled`, not `claim_lost`.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn a_completion_found_by_a_resent_command_is_the_requests_own() {
+    use tower_service::Service as _;
+
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (app, runs) = orders_over(ClaimingHow::CompleteResent);
+    let key = fresh_key();
+    let first = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        answered_on(&handle, "claim_lost", &[]),
+        0.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        answered_on(&handle, "handled", &[]),
+        1.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        answered_on(&handle, "replayed", &[]),
+        1.0,
+        "{}",
+        handle.render()
+    );
 }
 
 /// A body that yields a first chunk, then waits for the gate before its last one (a long

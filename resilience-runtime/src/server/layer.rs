@@ -830,7 +830,7 @@ where
             tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
             let res = Stored::problem(
                 &config,
-                claim.fingerprint,
+                claim,
                 HANDLER_FAILED,
                 "The handler failed while processing this request.",
             );
@@ -843,7 +843,7 @@ where
             tracing::error!(key = %guard.key, limit = ?config.handler_limit, "idempotent handler cancelled at the layer's limit");
             let res = Stored::problem(
                 &config,
-                claim.fingerprint,
+                claim,
                 HANDLER_TIMED_OUT,
                 &format!(
                     "The handler did not finish within the server's limit of {} ms and was cancelled; what it had done by then is unknown. Do not resend it: look the result up instead.",
@@ -889,7 +889,7 @@ where
             tracing::warn!(key = %guard.key, limit = max, "idempotent response too large to keep; storing a problem in its place");
             let problem = Stored::problem(
                 &config,
-                claim.fingerprint,
+                claim,
                 RESPONSE_NOT_KEPT,
                 &format!(
                     "The request was processed once; its response was larger than the {max} bytes the server keeps for replay. Do not resend it: look the result up instead."
@@ -914,7 +914,7 @@ where
     tracing::error!(key = %guard.key, status = %parts.status, error = %failed, "idempotent response body failed; storing a problem in its place");
     let stored = Stored::problem(
         &config,
-        claim.fingerprint,
+        claim,
         RESPONSE_FAILED,
         &format!(
             "The request was processed once (the handler answered {}), but its response body failed before its end and was not kept. Do not resend it: look the result up instead.",
@@ -976,6 +976,7 @@ async fn kept<ResBody>(
     body: Bytes,
 ) -> Response<ResponseBody<ResBody>> {
     let stored = StoredResponse {
+        token: claim.token,
         fingerprint: claim.fingerprint,
         status: parts.status,
         headers: storable(&parts.headers),
@@ -1178,15 +1179,11 @@ fn problem<B>(config: &Config, p: Problem, detail: &str) -> Response<ResponseBod
 struct Stored;
 
 impl Stored {
-    fn problem(
-        config: &Config,
-        fingerprint: Fingerprint,
-        p: Problem,
-        detail: &str,
-    ) -> StoredResponse {
+    fn problem(config: &Config, claim: InFlight, p: Problem, detail: &str) -> StoredResponse {
         let (headers, body) = problem_parts(config, p, detail);
         StoredResponse {
-            fingerprint,
+            token: claim.token,
+            fingerprint: claim.fingerprint,
             status: p.status,
             headers,
             body,
@@ -1289,25 +1286,17 @@ impl ClaimGuard {
         Response::from_parts(parts, body)
     }
 
-    /// [`complete`](Self::complete), then counts `outcome`: once the store said whether the
-    /// claim was still this request's, `claim_lost` when it was not (another request took the
-    /// key: the handler may have run twice).
+    /// Stores the response in place of the claim, and counts `outcome`, or `claim_lost` when
+    /// the claim was no longer this request's (another request took the key: the handler may
+    /// have run twice). If the store fails, keeps the response and the claim, answers repeats
+    /// from memory, writes it when the store is back, and counts then, once it knows which.
     async fn complete_counted(
-        self,
+        mut self,
         config: &Arc<Config>,
         stored: StoredResponse,
         tally: &Tally,
         outcome: Served,
     ) {
-        let ours = self.complete(config, stored).await;
-        tally.count(if ours { outcome } else { Served::ClaimLost });
-    }
-
-    /// Stores the response in place of the claim. If the store fails, keeps the response and
-    /// the claim, answers repeats from memory, and writes it when the store is back. `false`
-    /// when the claim was no longer this request's (another took the key), `true` otherwise
-    /// (stored, or kept until the store is back).
-    async fn complete(mut self, config: &Arc<Config>, stored: StoredResponse) -> bool {
         let mut stored = stored;
         let mut done = tokio::time::timeout(
             self.store_timeout,
@@ -1323,7 +1312,7 @@ impl ClaimGuard {
             tracing::warn!(key = %self.key, error = %e, "idempotent response too large for the store; storing a problem in its place");
             stored = Stored::problem(
                 config,
-                self.claim.fingerprint,
+                self.claim,
                 RESPONSE_NOT_KEPT,
                 "The request was processed once; its response was larger than the store keeps for replay. Do not resend it: look the result up instead.",
             );
@@ -1334,14 +1323,18 @@ impl ClaimGuard {
             )
             .await;
         }
-        let ours = !matches!(done, Ok(Ok(false)));
         match done {
-            Ok(Ok(true)) => {}
+            Ok(Ok(true)) => tally.count(outcome),
             Ok(Ok(false)) => {
-                tracing::warn!(
-                    key = %self.key,
-                    "idempotent response not stored: the claim expired and another request took the key (is the lease shorter than the handler?)"
-                );
+                if stored_already(&*self.store, &self.key, &stored, self.store_timeout).await {
+                    tally.count(outcome);
+                } else {
+                    tracing::warn!(
+                        key = %self.key,
+                        "idempotent response not stored: the claim expired and another request took the key (is the lease shorter than the handler?)"
+                    );
+                    tally.count(Served::ClaimLost);
+                }
             }
             failed => {
                 let error = match failed {
@@ -1350,21 +1343,26 @@ impl ClaimGuard {
                 };
                 tracing::warn!(key = %self.key, error = %error, "idempotent response not stored yet; keeping it and the claim until the store is back");
                 config.state.keep(self.key.clone(), stored.clone());
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let renewal = self.renewal.take();
-                    rt.spawn(write_back(
-                        config.clone(),
-                        self.key.clone(),
-                        self.claim,
-                        stored,
-                        renewal,
-                    ));
+                let renewal = self.renewal.take();
+                let write = write_back(
+                    config.clone(),
+                    self.key.clone(),
+                    self.claim,
+                    stored,
+                    renewal,
+                    (tally.clone(), outcome),
+                );
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(write);
+                    }
+                    // Nothing to write it back with: counted now.
+                    Err(_) => tally.count(outcome),
                 }
             }
         }
         self.stop_renewal();
         self.armed = false;
-        ours
     }
 
     /// Gives the key back, so that a repeat runs the handler again.
@@ -1412,17 +1410,20 @@ impl Drop for ClaimGuard {
 
 /// Writes a response the store could not take, retrying with backoff until it does or the TTL
 /// has passed; the claim keeps being renewed meanwhile, and this instance answers repeats from
-/// memory.
+/// memory. Counts the request's `outcome` once written, or `claim_lost` when the key was found
+/// taken by another request (its claim ran out while this instance could not reach the store,
+/// and a repeat through another instance ran the handler again).
 async fn write_back(
     config: Arc<Config>,
     key: Arc<str>,
     claim: InFlight,
     stored: StoredResponse,
     renewal: Option<Renewal>,
+    (tally, outcome): (Tally, Served),
 ) {
     let give_up = super::after(Instant::now(), config.ttl);
     let mut delay = Duration::from_millis(20);
-    loop {
+    let counted = loop {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
         let done = tokio::time::timeout(
@@ -1433,26 +1434,49 @@ async fn write_back(
         match done {
             Ok(Ok(true)) => {
                 tracing::info!(key = %key, "idempotent response stored after the store came back");
-                break;
+                break outcome;
             }
             Ok(Ok(false)) => {
-                // The claim is gone and the key taken: either by the completion this loop sent
+                // The claim is gone and the key taken: by the completion this loop sent
                 // earlier (a command that timed out but ran), or by another request after the
                 // lease ran out.
-                tracing::debug!(key = %key, "idempotent write-back found the key taken");
-                break;
+                if stored_already(&*config.store, &key, &stored, config.store_timeout).await {
+                    break outcome;
+                }
+                tracing::warn!(
+                    key = %key,
+                    "idempotent response not stored: its claim ran out while the store could not be reached, and another request took the key (the handler may have run twice)"
+                );
+                break Served::ClaimLost;
             }
             _ if Instant::now() >= give_up => {
                 tracing::warn!(key = %key, "idempotent response never stored: the store stayed down for the whole TTL");
-                break;
+                break outcome;
             }
             _ => {}
         }
-    }
+    };
+    tally.count(counted);
     config.state.forget(&key);
     if let Some(renewal) = renewal {
         renewal.stop();
     }
+}
+
+/// Whether the key already holds `stored`, completed by this request's own claim: a completion
+/// carried out although its reply was lost (a store client resending the command, a command
+/// that timed out and ran). Anything else (another request's claim or answer, however alike,
+/// nothing, no answer from the store) is not.
+async fn stored_already(
+    store: &dyn IdempotencyStore,
+    key: &str,
+    stored: &StoredResponse,
+    store_timeout: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(store_timeout, store.get(key)).await,
+        Ok(Ok(Some(Record::Completed(found)))) if found.token == stored.token && found == *stored
+    )
 }
 
 /// A claim command on its way: if dropped before its answer came, the claim is withdrawn

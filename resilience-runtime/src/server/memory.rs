@@ -329,6 +329,7 @@ mod tests {
 
     fn response(claim: &InFlight) -> StoredResponse {
         StoredResponse {
+            token: claim.token,
             fingerprint: claim.fingerprint,
             status: StatusCode::CREATED,
             headers: HeaderMap::new(),

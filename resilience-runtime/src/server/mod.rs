@@ -158,6 +158,14 @@
 //!   instance in between (at most a third of the lease after the store is back) may run the
 //!   handler again (logged as "claim lost while the handler runs", counted `claim_lost`). Keep
 //!   the lease well above the store's worst stall, and never block the handler's thread.
+//! - **One instance cut off from a store the others reach** (its own connection, a network
+//!   rule): its claim runs out with its lease while it cannot renew it, and a repeat through
+//!   another instance runs the handler again; the window is the whole cut. The instance
+//!   answers its own repeats from the response it kept; when it reaches the store again and
+//!   finds the key taken by another request, it drops its response, answers what the store
+//!   holds from then on, and counts the request `claim_lost` (the record of a completion keeps
+//!   the token of its claim, so a completion of its own carried out although its reply was lost
+//!   is told apart, however alike two runs' answers are).
 //! - **A store that evicts**: a Redis with an evicting `maxmemory-policy` drops claims and kept
 //!   answers under memory pressure (every record has an expiry, so even `volatile-*` policies
 //!   take them). Use `noeviction`, or memory enough never to evict.

@@ -370,6 +370,10 @@ pub struct InFlight {
 /// A completed response, kept to be replayed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResponse {
+    /// The [token](InFlight::token) of the claim whose request produced it, so that the layer
+    /// tells its own completion (a command carried out although its reply was lost) from
+    /// another request's; `0` in a record written before tokens were kept.
+    pub token: u128,
     /// The fingerprint of the request that produced it.
     pub fingerprint: Fingerprint,
     /// The status the handler answered.
@@ -403,7 +407,11 @@ impl std::error::Error for DecodeError {}
 
 const VERSION: u8 = 1;
 const IN_FLIGHT: u8 = 0;
+/// A completed response without the token of its claim: what records were before tokens were
+/// kept. Still read.
 const COMPLETED: u8 = 1;
+/// A completed response with the token of its claim.
+const COMPLETED_BY: u8 = 2;
 
 impl Record {
     /// The fingerprint of the request that claimed or completed the key.
@@ -417,8 +425,9 @@ impl Record {
     /// A compact binary form, for stores that keep bytes.
     ///
     /// Layout (integers big-endian): format version `1`, then either `0`, token (16 bytes),
-    /// fingerprint (32) for a claim; or `1`, fingerprint (32), status (2), header count (4), each
-    /// header as name length (2), name, value length (4), value; then the body to the end.
+    /// fingerprint (32) for a claim; or `2`, token (16), fingerprint (32), status (2), header
+    /// count (4), each header as name length (2), name, value length (4), value; then the body
+    /// to the end. A completed record of kind `1` (no token) is read as token `0`.
     /// Equal records encode to equal bytes, so a store may compare claims byte for byte.
     pub fn encode(&self) -> Vec<u8> {
         match self {
@@ -435,8 +444,9 @@ impl Record {
                     .iter()
                     .map(|(n, v)| 6 + n.as_str().len() + v.len())
                     .sum();
-                let mut out = Vec::with_capacity(2 + 32 + 2 + 4 + headers + r.body.len());
-                out.extend_from_slice(&[VERSION, COMPLETED]);
+                let mut out = Vec::with_capacity(2 + 16 + 32 + 2 + 4 + headers + r.body.len());
+                out.extend_from_slice(&[VERSION, COMPLETED_BY]);
+                out.extend_from_slice(&r.token.to_be_bytes());
                 out.extend_from_slice(r.fingerprint.as_bytes());
                 out.extend_from_slice(&r.status.as_u16().to_be_bytes());
                 out.extend_from_slice(&(r.headers.len() as u32).to_be_bytes());
@@ -468,7 +478,12 @@ impl Record {
                 }
                 Ok(Record::InFlight(InFlight { token, fingerprint }))
             }
-            COMPLETED => {
+            kind @ (COMPLETED | COMPLETED_BY) => {
+                let token = if kind == COMPLETED_BY {
+                    u128::from_be_bytes(r.array()?)
+                } else {
+                    0
+                };
                 let fingerprint = Fingerprint(r.array()?);
                 let status = StatusCode::from_u16(u16::from_be_bytes(r.array()?))
                     .map_err(|_| DecodeError("invalid status"))?;
@@ -488,6 +503,7 @@ impl Record {
                         .map_err(|_| DecodeError("more headers than a response holds"))?;
                 }
                 Ok(Record::Completed(StoredResponse {
+                    token,
                     fingerprint,
                     status,
                     headers,
@@ -530,6 +546,7 @@ mod tests {
         headers.append("set-cookie", HeaderValue::from_static("a=1"));
         headers.append("set-cookie", HeaderValue::from_static("b=2"));
         Record::Completed(StoredResponse {
+            token: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
             fingerprint: Fingerprint::of(Some("x=1"), b"{}"),
             status: StatusCode::CREATED,
             headers,
@@ -598,6 +615,21 @@ mod tests {
             bytes.resize(bytes.len() + (1 << 20), b'x');
             assert!(Record::decode(&bytes).is_err(), "{count} headers");
         }
+    }
+
+    /// A record written before tokens were kept (kind `1`) is still read, as token `0`: an
+    /// instance of this release replays what an older one stored.
+    #[test]
+    fn reads_completed_records_without_a_token() {
+        let Record::Completed(with) = completed() else {
+            unreachable!()
+        };
+        let mut old = vec![VERSION, COMPLETED];
+        old.extend_from_slice(&completed().encode()[2 + 16..]);
+        assert_eq!(
+            Record::decode(&old),
+            Ok(Record::Completed(StoredResponse { token: 0, ..with }))
+        );
     }
 
     #[test]
