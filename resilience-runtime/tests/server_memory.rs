@@ -1205,3 +1205,128 @@ async fn a_response_past_the_kept_bound_streams_on_to_its_caller() {
     assert!(again.body.contains("processed once"), "{}", again.body);
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
 }
+
+/// The shipped defaults, as the README states them, each by what it does: a claim nobody
+/// renews lasts 10 s; a handler is cut at 60 s; an answer is replayed for 24 h; a request body
+/// of 2 MiB is fingerprinted and one byte more refused; an answer of 1 MiB is kept and one byte
+/// more replaced by a "not kept" problem; `MemoryStore` keeps 10,000 keys.
+#[tokio::test(start_paused = true)]
+async fn the_shipped_defaults_are_the_ones_the_readme_states() {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::{Instant, sleep};
+    use tower_service::Service as _;
+
+    // `POST /sized`: answers `x-len` bytes after `x-work-ms`, counting its runs.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = |store: Store| {
+        let runs = runs.clone();
+        axum::Router::new()
+            .route(
+                "/sized",
+                axum::routing::post(move |headers: axum::http::HeaderMap| {
+                    let runs = runs.clone();
+                    async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        let number = |name: &str| -> u64 {
+                            headers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok()?.parse().ok())
+                                .unwrap_or(0)
+                        };
+                        sleep(Duration::from_millis(number("x-work-ms"))).await;
+                        (
+                            axum::http::StatusCode::CREATED,
+                            vec![b'x'; number("x-len") as usize],
+                        )
+                    }
+                }),
+            )
+            .layer(IdempotencyLayer::new(store))
+    };
+    let runs = || runs.load(Ordering::SeqCst);
+    let request = |key: &str, body: usize, len: usize, work_ms: u64| {
+        Request::post("/sized")
+            .header("idempotency-key", key)
+            .header("x-len", len.to_string())
+            .header("x-work-ms", work_ms.to_string())
+            .body(Body::from(vec![b'a'; body]))
+            .unwrap()
+    };
+    let call = |mut svc: axum::Router, req: Request<Body>| async move {
+        let res = svc.call(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = to_bytes(res.into_body(), 4 << 20).await.unwrap();
+        (status, body)
+    };
+    const MIB: usize = 1 << 20;
+
+    // Replayed for 24 h, not a second more.
+    let one = app(Arc::new(MemoryStore::default()));
+    let key = fresh_key();
+    assert_eq!(call(one.clone(), request(&key, 1, 3, 0)).await.0, 201);
+    sleep(Duration::from_secs(24 * 3600 - 1)).await;
+    assert_eq!(call(one.clone(), request(&key, 1, 3, 0)).await.0, 201);
+    assert_eq!(runs(), 1, "replayed within the TTL");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(call(one.clone(), request(&key, 1, 3, 0)).await.0, 201);
+    assert_eq!(runs(), 2, "run again past the TTL");
+
+    // A request body of 2 MiB is taken, one byte more refused.
+    assert_eq!(
+        call(one.clone(), request(&fresh_key(), 2 * MIB, 0, 0))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        call(one.clone(), request(&fresh_key(), 2 * MIB + 1, 0, 0))
+            .await
+            .0,
+        413
+    );
+
+    // An answer of 1 MiB is kept; one byte more reaches its caller, and a problem is kept.
+    for (len, replayed) in [(MIB, 201), (MIB + 1, 500)] {
+        let key = fresh_key();
+        let (status, body) = call(one.clone(), request(&key, 1, len, 0)).await;
+        assert_eq!((status, body.len()), (201, len));
+        assert_eq!(
+            call(one.clone(), request(&key, 1, len, 0)).await.0,
+            replayed,
+            "{len}"
+        );
+    }
+
+    // A handler is cut at 60 s.
+    let started = Instant::now();
+    let (status, _) = call(one.clone(), request(&fresh_key(), 1, 0, 61_000)).await;
+    assert_eq!((status, started.elapsed()), (500, Duration::from_secs(60)));
+
+    // A claim nobody renews lasts 10 s: seen from a second instance over the same store.
+    let shared: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
+    let (first, second) = (app(shared.clone()), app(shared.clone()));
+    let key = fresh_key();
+    let before = runs();
+    let running = tokio::spawn(call(first, request(&key, 1, 0, 30_000)));
+    sleep(Duration::from_millis(9_900)).await;
+    assert_eq!(call(second.clone(), request(&key, 1, 0, 0)).await.0, 409);
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(call(second.clone(), request(&key, 1, 0, 0)).await.0, 201);
+    assert_eq!(runs() - before, 2, "the lease ran out at 10 s");
+    running.abort();
+
+    // `MemoryStore` keeps 10,000 keys: the first of 10,001 is evicted and runs again.
+    let store: Store = Arc::new(MemoryStore::default());
+    let many = app(store);
+    let keys: Vec<String> = (0..10_001).map(|_| fresh_key()).collect();
+    for key in &keys {
+        assert_eq!(call(many.clone(), request(key, 1, 0, 0)).await.0, 201);
+    }
+    let before = runs();
+    assert_eq!(call(many.clone(), request(&keys[1], 1, 0, 0)).await.0, 201);
+    assert_eq!(runs(), before, "the second key is still kept");
+    assert_eq!(call(many.clone(), request(&keys[0], 1, 0, 0)).await.0, 201);
+    assert_eq!(runs(), before + 1, "the first was evicted");
+}
