@@ -22,16 +22,27 @@ use tokio::time::Instant;
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// More `redis-server` arguments.
+    args: &'static [&'static str],
 }
 
 impl Redis {
     /// Starts one on a free port; `None` (skip) if redis-server is not installed, unless on CI.
     async fn start() -> Option<Redis> {
+        Redis::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start), with more `redis-server` arguments.
+    async fn start_with(args: &'static [&'static str]) -> Option<Redis> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().unwrap().port()
         };
-        let mut redis = Redis { child: None, port };
+        let mut redis = Redis {
+            child: None,
+            port,
+            args,
+        };
         if !redis.spawn() {
             if std::env::var_os("CI").is_some() {
                 panic!("CI is set but redis-server could not be started; .ci/redis.sh installs it");
@@ -50,6 +61,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -86,6 +98,13 @@ impl Redis {
             tokio::time::timeout(Duration::from_millis(500), ping).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Runs `command` on a fresh connection.
+    async fn run(&self, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        command.query_async(&mut conn).await
     }
 
     /// The raw bytes under a Redis key, read on a fresh connection.
@@ -218,6 +237,88 @@ async fn redis_lost_while_the_handler_runs_never_leads_to_a_second_run() {
     // Another instance sharing that Redis replays it too.
     let other_store = connect(&redis).await;
     let other = serve(&other_store, IdempotencyLayer::new(other_store.clone())).await;
+    let replay = post(&other.url("/gated"), Some(&key), "x").await;
+    assert_eq!(
+        (replay.status, replay.replayed(), replay.body.as_str()),
+        (201, true, "gated 1")
+    );
+    assert_eq!(count(&app.runs.gated) + count(&other.runs.gated), 1);
+}
+
+/// A Redis full under `noeviction` (the policy the README asks for) refuses every write: a
+/// new key is answered 503, never run without its claim; a handler already running keeps its
+/// claim (a renewal needs no memory), and its answer waits in memory, replayed by its
+/// instance, until the Redis has room again; then it is written, and replayed by every
+/// instance. Run once.
+#[tokio::test]
+async fn a_full_redis_refuses_new_keys_and_keeps_a_running_answer_until_it_has_room() {
+    let Some(redis) = Redis::start_with(&["--maxmemory-policy", "noeviction"]).await else {
+        return;
+    };
+    let store = connect(&redis).await;
+    let layer = |store: &Store| IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(1));
+    let app = serve(&store, layer(&store)).await;
+    let other_store = connect(&redis).await;
+    let other = serve(&other_store, layer(&other_store)).await;
+    let key = fresh_key();
+    let first = tokio::spawn({
+        let url = app.url("/gated");
+        let key = key.clone();
+        async move { post(&url, Some(&key), "x").await }
+    });
+    server_support::wait_until(|| count(&app.runs.gated) == 1).await;
+
+    // Full: any memory in use is over a limit of one byte.
+    let limit = |bytes: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .clone()
+    };
+    redis.run(&limit("1")).await.expect("CONFIG SET");
+    let refused_write = redis.run(redis::cmd("SET").arg("probe").arg("x")).await;
+    assert!(
+        refused_write
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("OOM")),
+        "{refused_write:?}"
+    );
+
+    let refused = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(count(&app.runs.orders), 0);
+
+    app.gate.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (201, "gated 1"));
+    let kept = post(&app.url("/gated"), Some(&key), "x").await;
+    assert_eq!(
+        (kept.status, kept.replayed(), kept.body.as_str()),
+        (201, true, "gated 1"),
+        "replayed from memory by the instance that ran it"
+    );
+    // Past the lease (1 s here): the claim is renewed, and the other instance waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let elsewhere = post(&other.url("/gated"), Some(&key), "x").await;
+    assert_eq!(elsewhere.status, 409, "{elsewhere:?}");
+
+    // Room again: the answer is written, and replayed everywhere.
+    redis.run(&limit("0")).await.expect("CONFIG SET");
+    let redis_key = format!(
+        "{PREFIX}{}",
+        record_key(&reqwest::Method::POST, "/gated", &key, None)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A completed record is kind 2 (its second byte); a claim is kind 0.
+    while redis
+        .get(&redis_key)
+        .await
+        .is_none_or(|v| v.get(1) != Some(&2))
+    {
+        assert!(Instant::now() < deadline, "never written back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let replay = post(&other.url("/gated"), Some(&key), "x").await;
     assert_eq!(
         (replay.status, replay.replayed(), replay.body.as_str()),
