@@ -1330,3 +1330,117 @@ async fn the_shipped_defaults_are_the_ones_the_readme_states() {
     assert_eq!(call(many.clone(), request(&keys[0], 1, 0, 0)).await.0, 201);
     assert_eq!(runs(), before + 1, "the first was evicted");
 }
+
+/// A memory store that claims as usual, then never answers a completion or a release (a Redis
+/// frozen just after the claim).
+#[derive(Default)]
+struct FrozenAfterClaim {
+    inner: MemoryStore,
+}
+
+impl IdempotencyStore for FrozenAfterClaim {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        self.inner.claim(key, claim, lease)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a InFlight,
+        _: &'a StoredResponse,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        self.inner.get(key)
+    }
+}
+
+/// `store_timeout` bounds the store calls after the handler too: a completion or a release the
+/// store never answers holds the caller's answer 250 ms (the default), no longer. The kept
+/// answer is replayed from memory; the released key's repeat is told "in progress" while the
+/// claim the store still holds lasts its lease.
+#[tokio::test(start_paused = true)]
+async fn a_store_frozen_after_the_claim_holds_the_answer_only_the_store_timeout() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio::time::Instant;
+    use tower_service::Service as _;
+
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let runs = runs.clone();
+        axum::Router::new()
+            .route(
+                "/charges",
+                axum::routing::post(move |body: String| {
+                    let runs = runs.clone();
+                    async move {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        match body.as_str() {
+                            "fail" => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                            _ => (axum::http::StatusCode::CREATED, "charged"),
+                        }
+                    }
+                }),
+            )
+            .layer(IdempotencyLayer::new(Arc::new(FrozenAfterClaim::default())))
+    };
+    let call = |key: &str, body: &'static str| {
+        let mut app = app.clone();
+        let req = Request::post("/charges")
+            .header("idempotency-key", key)
+            .body(Body::from(body))
+            .unwrap();
+        async move {
+            let started = Instant::now();
+            let res = tokio::time::timeout(Duration::from_secs(5), app.call(req))
+                .await
+                .expect("answered")
+                .unwrap();
+            (res.status().as_u16(), started.elapsed())
+        }
+    };
+    let store_timeout = IdempotencyLayer::DEFAULT_STORE_TIMEOUT;
+
+    // Kept: the completion is given 250 ms, then the answer goes out, kept in memory.
+    let key = fresh_key();
+    assert_eq!(call(&key, "ok").await, (201, store_timeout));
+    assert_eq!(call(&key, "ok").await, (201, Duration::ZERO), "from memory");
+
+    // Not kept (a 503): the release is given 250 ms, then the answer goes out.
+    let key = fresh_key();
+    assert_eq!(call(&key, "fail").await, (503, store_timeout));
+    assert_eq!(
+        call(&key, "fail").await.0,
+        409,
+        "the claim the store still holds"
+    );
+    tokio::time::sleep(IdempotencyLayer::DEFAULT_LEASE).await;
+    assert_eq!(
+        call(&key, "fail").await.0,
+        503,
+        "run again once its lease ran out"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
