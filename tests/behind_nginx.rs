@@ -179,3 +179,113 @@ async fn the_same_with_the_handler_inside_the_request_future_charges_again() {
         runs.load(Ordering::SeqCst)
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 4,
+    backoff(initial = "5ms", max = "20ms"),
+    idempotency_key = auto,
+    hedge(delay = "30ms")
+)]
+async fn hedged_charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let receipt = http
+        .post(url)
+        .body("order=1042&amount=39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(receipt.text().await?)
+}
+
+/// When each request reached the gateway (409s and replays included).
+type Arrivals = Arc<std::sync::Mutex<Vec<std::time::Instant>>>;
+
+/// The gateway of [`gateway`], noting every request that reaches it, not only the handler's
+/// runs.
+async fn counted_gateway() -> (SocketAddr, Arrivals, Arc<AtomicUsize>) {
+    let requests = Arrivals::default();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/charges",
+            axum::routing::post({
+                let runs = runs.clone();
+                move || async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(HANDLER_MS)).await;
+                    (StatusCode::CREATED, format!("charge #{n}"))
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::default()))
+        .layer(axum::middleware::map_request({
+            let requests = requests.clone();
+            move |req: axum::extract::Request| {
+                requests.lock().unwrap().push(std::time::Instant::now());
+                async move { req }
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, requests, runs)
+}
+
+/// A hedged keyed charge behind the proxy: the hedge goes out while the first request's
+/// handler runs and is told "still in progress" (409), then nginx answers the first 504; the
+/// call asks again with the key until the replay comes. One charge, its receipt returned.
+#[tokio::test]
+async fn a_hedged_charge_behind_a_proxy_timing_out_is_charged_once() {
+    let (addr, requests, runs) = counted_gateway().await;
+    let Some(nginx) = Nginx::start(addr).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let receipt = hedged_charge(&http, &nginx.url("/charges")).await;
+    assert_eq!(receipt.unwrap(), "charge #1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+    let arrivals = requests.lock().unwrap().clone();
+    assert!(
+        arrivals.len() >= 3,
+        "the first, its hedge, and an ask for the replay: {arrivals:?}"
+    );
+    assert!(
+        arrivals[1] - arrivals[0] < Duration::from_millis(PROXY_READ_TIMEOUT_MS),
+        "the second a hedge, before nginx gave up on the first: {arrivals:?}"
+    );
+}
+
+/// The caller gives up while the first request and its hedge are both on their way (a
+/// `select!` that took another branch once both arrived): both reached the server with the one key; the charge
+/// runs once, to its end, and its receipt is kept for the key.
+#[tokio::test]
+async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
+    let (addr, requests, runs) = counted_gateway().await;
+    let Some(nginx) = Nginx::start(addr).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let url = nginx.url("/charges");
+    let both_arrived = async {
+        for _ in 0..1000 {
+            if requests.lock().unwrap().len() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the hedge never reached the server");
+    };
+    tokio::select! {
+        done = hedged_charge(&http, &url) => panic!("answered: {done:?}"),
+        () = both_arrived => {}
+    }
+    // The handler outlives its caller and nginx's 100 ms: wait for its end.
+    tokio::time::sleep(Duration::from_millis(HANDLER_MS + 200)).await;
+    assert_eq!(
+        requests.lock().unwrap().len(),
+        2,
+        "the first and its hedge reached the server, nothing after"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+}
