@@ -549,11 +549,10 @@ pub(crate) async fn admit(
     shared: &crate::registry::Resolved,
     deadline: Instant,
     started: Instant,
-    holds_slot: bool,
 ) -> Result<(), crate::error::Error> {
     match r.acquire_by(deadline).await {
         Ok(()) => Ok(()),
-        Err(why) => Err(refused(r, shared, why, started, holds_slot)),
+        Err(why) => Err(refused(r, shared, why, started)),
     }
 }
 
@@ -577,7 +576,7 @@ pub(crate) fn admit_now(
         }
         Err(why) if r.spec.max_wait.is_zero() => {
             r.rejected.fetch_add(1, Ordering::Relaxed);
-            Some(Err(refused(r, shared, why, started, false)))
+            Some(Err(refused(r, shared, why, started)))
         }
         Err(_) => None,
     }
@@ -590,11 +589,10 @@ fn refused(
     shared: &crate::registry::Resolved,
     why: Refused,
     started: Instant,
-    holds_slot: bool,
 ) -> crate::error::Error {
     use crate::error::{Error, ErrorKind};
     crate::counters::PolicyMetrics::incr(&shared.metrics.rejected_rate_limit);
-    crate::telemetry::call_rejected_by_rate_limit(shared, started, holds_slot);
+    crate::telemetry::call_rejected_by_rate_limit(shared, started);
     crate::session::report_refused(shared.function, started.elapsed());
     let kind = match why {
         Refused::Limited => ErrorKind::RateLimited,

@@ -143,13 +143,7 @@ fn open(
 #[inline(never)]
 fn refused_at_start(shared: &'static Resolved, e: &Error) {
     PolicyMetrics::incr(&shared.metrics.failed_without_retry);
-    telemetry::on_call_end(
-        shared,
-        telemetry::Outcome::FailedWithoutRetry,
-        None,
-        None,
-        false,
-    );
+    telemetry::on_call_end(shared, telemetry::Outcome::FailedWithoutRetry, None, None);
     tracing::warn!(
         function = shared.function,
         policy = shared.policy,
@@ -657,8 +651,7 @@ impl Session {
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline.
         if let Some(r) = shared.rate_limit {
-            let holds_slot = self._bulkhead.is_some();
-            crate::ratelimit::admit(r, shared, deadline, started, holds_slot).await?;
+            crate::ratelimit::admit(r, shared, deadline, started).await?;
         }
         if (self._bulkhead.is_some()
             && shared
@@ -941,7 +934,6 @@ impl Session {
             self.retried > 0,
             self.last.status,
             self.started,
-            self._bulkhead.is_some(),
         );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.retried == 0 {
@@ -1195,7 +1187,6 @@ impl Session {
             why,
             self.last.runtime == Some(ErrorKind::CircuitOpen),
             self.started,
-            self._bulkhead.is_some(),
         );
         let m = self.shared.metrics;
         PolicyMetrics::incr(if self.retried == 0 {
@@ -1279,7 +1270,6 @@ impl Session {
             retried,
             self.ctx.status.get(),
             self.started,
-            self._bulkhead.is_some(),
         );
         let _e = self.span.enter();
         tracing::error!(
@@ -1299,7 +1289,6 @@ impl Session {
             self.shared,
             self.ctx.status.get(),
             self.started,
-            self._bulkhead.is_some(),
         );
         let _e = self.span.enter();
         tracing::info!(

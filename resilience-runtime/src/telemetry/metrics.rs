@@ -123,8 +123,6 @@ pub(crate) fn on_call_end(
     took: Option<Duration>,
     budget: Option<&Budget>,
     breaker: Option<&Breaker>,
-    bulkhead: Option<&Bulkhead>,
-    holds_slot: bool,
 ) {
     let i = outcome as usize;
     with(|r| {
@@ -139,12 +137,6 @@ pub(crate) fn on_call_end(
         if let (Some(k), Some(b)) = (&inst.breaker, breaker) {
             r.register_gauge(k, &METADATA)
                 .set(breaker_state_value(b.state()));
-        }
-        if let (Some(k), Some(b)) = (&inst.bulkhead, bulkhead) {
-            // Without this call's slot, when it still holds one (given back just after).
-            r.register_gauge(k, &METADATA).set(f64::from(
-                b.in_flight().saturating_sub(u32::from(holds_slot)),
-            ));
         }
     });
 }

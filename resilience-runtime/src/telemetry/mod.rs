@@ -506,8 +506,8 @@ pub(crate) fn hedge_ended(shared: &Resolved, won: bool) {
 }
 
 /// The call ended with `outcome`; `started` is when (`None`: it never started, as when the
-/// bulkhead refused it). `holds_slot`: the call still holds a bulkhead slot, given back just
-/// after (the gauge then counts the others only).
+/// bulkhead refused it). The bulkhead gauge is not set here: it follows the slot itself
+/// ([`bulkhead_moved`]), given back just after.
 ///
 /// `now` as for [`on_attempt_end`].
 #[inline]
@@ -516,7 +516,6 @@ pub(crate) fn on_call_end(
     outcome: Outcome,
     started: Option<Instant>,
     now: Option<Instant>,
-    holds_slot: bool,
 ) {
     #[cfg(feature = "metrics")]
     metrics::on_call_end(
@@ -528,11 +527,9 @@ pub(crate) fn on_call_end(
         }),
         shared.budget,
         shared.breaker,
-        shared.bulkhead,
-        holds_slot,
     );
     #[cfg(not(feature = "metrics"))]
-    let _ = (shared, outcome, started, now, holds_slot);
+    let _ = (shared, outcome, started, now);
 }
 
 /// The call took its bulkhead slot, or gave it back: the gauge follows the bulkhead.
@@ -612,7 +609,6 @@ pub(crate) fn call_succeeded(
     retried: bool,
     status: Option<u16>,
     started: Instant,
-    holds_slot: bool,
 ) {
     let end = AttemptEnd {
         class: None,
@@ -624,15 +620,7 @@ pub(crate) fn call_succeeded(
     // One clock read for the attempt's end and the call's (none without `metrics`).
     let now = end_instant();
     on_attempt_end(scope, shared, end, now);
-    // A call that made attempts was admitted: it holds its slot, if the policy has a bulkhead
-    // and no enclosing call holds one of the same for it.
-    on_call_end(
-        shared,
-        Outcome::succeeded(retried),
-        Some(started),
-        now,
-        holds_slot,
-    );
+    on_call_end(shared, Outcome::succeeded(retried), Some(started), now);
 }
 
 /// The attempt failed with `class`; the call retries after `delay`, or (`ask`) asks again
@@ -669,7 +657,6 @@ pub(crate) fn call_gave_up(
     why: GiveUp,
     circuit_open: bool,
     started: Instant,
-    holds_slot: bool,
 ) {
     let end = AttemptEnd {
         class: Some(class),
@@ -685,7 +672,6 @@ pub(crate) fn call_gave_up(
         Outcome::gave_up(retried, why, circuit_open),
         Some(started),
         now,
-        holds_slot,
     );
 }
 
@@ -698,7 +684,6 @@ pub(crate) fn call_cancelled(
     shared: &Resolved,
     status: Option<u16>,
     started: Instant,
-    holds_slot: bool,
 ) {
     end_unacted(
         scope,
@@ -707,7 +692,7 @@ pub(crate) fn call_cancelled(
         None,
         status,
     );
-    on_call_end(shared, Outcome::Cancelled, Some(started), None, holds_slot);
+    on_call_end(shared, Outcome::Cancelled, Some(started), None);
 }
 
 /// The call was unwound by a panic: its attempt ends `give up`, the call failed.
@@ -718,7 +703,6 @@ pub(crate) fn call_panicked(
     retried: bool,
     status: Option<u16>,
     started: Instant,
-    holds_slot: bool,
 ) {
     end_unacted(scope, "give up", "a panic unwound the call", None, status);
     let outcome = if retried {
@@ -726,7 +710,7 @@ pub(crate) fn call_panicked(
     } else {
         Outcome::FailedWithoutRetry
     };
-    on_call_end(shared, outcome, Some(started), None, holds_slot);
+    on_call_end(shared, outcome, Some(started), None);
 }
 
 /// The clock, read once for an attempt's end and its call's, only when metrics need it.
@@ -742,31 +726,18 @@ fn end_instant() -> Option<Instant> {
 /// its time, the wait, goes into the call duration.
 #[inline]
 pub(crate) fn call_rejected_by_bulkhead(shared: &Resolved, started: Instant) {
-    on_call_end(
-        shared,
-        Outcome::RejectedBulkhead,
-        Some(started),
-        None,
-        false,
-    );
+    on_call_end(shared, Outcome::RejectedBulkhead, Some(started), None);
 }
 
 /// The call was refused by its open breaker before it started.
 #[inline]
 pub(crate) fn call_rejected_by_breaker(shared: &Resolved) {
-    on_call_end(shared, Outcome::RejectedBreaker, None, None, false);
+    on_call_end(shared, Outcome::RejectedBreaker, None, None);
 }
 
 /// The call was refused by its rate limit before any attempt, `started` when it began: its
 /// time (a wait for a permit) goes into the call duration.
 #[inline]
-pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved, started: Instant, holds_slot: bool) {
-    // The rate limit is asked after the bulkhead: a call it refuses may hold a slot.
-    on_call_end(
-        shared,
-        Outcome::RejectedRateLimit,
-        Some(started),
-        None,
-        holds_slot,
-    );
+pub(crate) fn call_rejected_by_rate_limit(shared: &Resolved, started: Instant) {
+    on_call_end(shared, Outcome::RejectedRateLimit, Some(started), None);
 }
