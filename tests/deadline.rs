@@ -279,3 +279,32 @@ async fn a_hung_dependency_behind_callers_deadlines_opens_the_breaker() {
         "{breaker:?}"
     );
 }
+
+#[resilient(timeout = "1s", deadline = "1080ms", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn nearly_spent(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A retry that would begin with less than a tenth of its `timeout` left (here 70 ms of a
+/// 1 s timeout) is not sent: it could only time out. The call ends on the failure that
+/// happened, the first attempt's timeout, after one request.
+#[tokio::test(start_paused = true)]
+async fn a_retry_with_under_a_tenth_of_its_timeout_left_is_not_sent() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = nearly_spent(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!((e.attempts(), server.count()), (1, 1));
+
+    // With a tenth left, it is.
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let answered = enough_left(&reqwest::Client::new(), &server.url("/")).await;
+    assert!(answered.is_ok(), "{answered:?}");
+    assert_eq!(server.count(), 2);
+}
+
+#[resilient(timeout = "1s", deadline = "1110ms", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn enough_left(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}

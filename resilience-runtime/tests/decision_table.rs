@@ -76,6 +76,7 @@ fn facts(
         retry_after,
         max_retry_after: Duration::from_secs(30),
         time_left: Duration::from_secs(10),
+        min_attempt: Duration::from_millis(100),
         reached: None,
         unseen: None,
         replayed: false,
@@ -192,6 +193,17 @@ fn limits() {
         ..base
     };
     assert_eq!(decide(&late), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    // Or leaving the retry less than a tenth of its timeout: it could only time out.
+    let short = Facts {
+        time_left: BACKOFF + Duration::from_millis(99),
+        ..base
+    };
+    assert_eq!(decide(&short), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    let enough = Facts {
+        time_left: BACKOFF + Duration::from_millis(100),
+        ..base
+    };
+    assert_eq!(decide(&enough), Decision::RetryAfter(BACKOFF));
     // Not listed in retry_on.
     let only_connect = RetryOn {
         connect: true,
@@ -242,6 +254,12 @@ fn a_keyed_request_whose_key_is_still_in_flight_waits_for_the_replay() {
         ..facts(Method::Post, true, false, Class::Status(409), ra)
     };
     assert_eq!(decide(&f), Decision::GiveUp(GiveUp::DeadlineTooClose));
+    // An ask needs no tenth of the timeout: the replay comes at once.
+    let f = Facts {
+        time_left: Duration::from_millis(1001),
+        ..facts(Method::Post, true, false, Class::Status(409), ra)
+    };
+    assert_eq!(decide(&f), Decision::RetryAfter(Duration::from_secs(1)));
     // Any other failure still stops at max_attempts.
     let f = Facts {
         attempt: 3,

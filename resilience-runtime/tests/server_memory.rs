@@ -24,6 +24,10 @@ async fn store_for(_test: &str) -> Option<Store> {
 
 server_support::every_rule!(store_for);
 
+/// Held by the tests that leave responses pending (kept in memory while their store cannot
+/// take them): the pending count is the process's, and one test asserts on it.
+static PENDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A store that is down.
 struct Down;
 
@@ -307,6 +311,7 @@ impl IdempotencyStore for Switch {
 
 #[tokio::test]
 async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when_back() {
+    let _serial = PENDING.lock().await;
     let switch = Arc::new(Switch::default());
     let store: Store = switch.clone();
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
@@ -388,6 +393,7 @@ fn answered_on(
 #[cfg(feature = "metrics")]
 #[tokio::test]
 async fn every_answer_is_counted_by_outcome() {
+    let _serial = PENDING.lock().await;
     use server_support::{client, send};
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -1006,6 +1012,7 @@ async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() 
 #[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn one_instance_losing_the_store_is_counted_claim_lost_when_it_finds_the_key_taken() {
+    let _serial = PENDING.lock().await;
     use std::sync::atomic::Ordering;
     use tower_service::Service as _;
 
@@ -1382,6 +1389,7 @@ impl IdempotencyStore for FrozenAfterClaim {
 /// claim the store still holds lasts its lease.
 #[tokio::test(start_paused = true)]
 async fn a_store_frozen_after_the_claim_holds_the_answer_only_the_store_timeout() {
+    let _serial = PENDING.lock().await;
     use axum::body::Body;
     use axum::http::Request;
     use tokio::time::Instant;

@@ -1421,6 +1421,9 @@ async fn write_back(
     renewal: Option<Renewal>,
     (tally, outcome): (Tally, Served),
 ) {
+    // Forgotten however this task ends: written, given up on, or dropped with its runtime
+    // (the process-wide pending count must not keep it).
+    let _forget = Forget(config.state.clone(), key.clone());
     let give_up = super::after(Instant::now(), config.ttl);
     let mut delay = Duration::from_millis(20);
     let counted = loop {
@@ -1457,9 +1460,17 @@ async fn write_back(
         }
     };
     tally.count(counted);
-    config.state.forget(&key);
     if let Some(renewal) = renewal {
         renewal.stop();
+    }
+}
+
+/// Forgets a kept response when dropped.
+struct Forget(Arc<State>, Arc<str>);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
     }
 }
 
