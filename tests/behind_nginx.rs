@@ -201,6 +201,23 @@ async fn hedged_charge(http: &reqwest::Client, url: &str) -> Result<String, Erro
 /// When each request reached the gateway (409s and replays included).
 type Arrivals = Arc<std::sync::Mutex<Vec<std::time::Instant>>>;
 
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    idempotency_key = auto,
+    hedge(delay = "30ms")
+)]
+async fn hedged_charge_once(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let receipt = http
+        .post(url)
+        .body("order=1042&amount=39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(receipt.text().await?)
+}
+
 /// The gateway of [`gateway`], noting every request that reaches it, not only the handler's
 /// runs.
 async fn counted_gateway() -> (SocketAddr, Arrivals, Arc<AtomicUsize>) {
@@ -288,4 +305,22 @@ async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
         "the first and its hedge reached the server, nothing after"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+}
+
+/// The same with no retry allowed (`max_attempts = 1`): the hedge was told "still in
+/// progress", then nginx answered the first request 504. The round is decided on what the
+/// hedge learned, not on the proxy's 504: the charge is running, and the call asks for its
+/// replay (asking is no retry) instead of failing while the card is being charged.
+#[tokio::test]
+async fn a_hedged_charge_told_in_progress_then_504_asks_for_the_replay() {
+    let (addr, requests, runs) = counted_gateway().await;
+    let Some(nginx) = Nginx::start(addr).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let receipt = hedged_charge_once(&http, &nginx.url("/charges")).await;
+    assert_eq!(receipt.unwrap(), "charge #1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+    let arrivals = requests.lock().unwrap().clone();
+    assert!(arrivals.len() >= 3, "{arrivals:?}");
 }

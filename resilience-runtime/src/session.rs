@@ -1009,11 +1009,13 @@ impl Session {
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
             return self.give_up(class, GiveUp::DeadlineTooClose);
         }
-        // A hedged round whose last attempt timed out (counted as such above, for the breaker
-        // and the concurrency limit) after another was answered "still in progress": the
-        // request is being processed, and the next attempt asks for its replay.
+        // A hedged round whose last attempt failed in a way that may pass (a timeout, a lost
+        // connection, a proxy's 504: counted as such above, for the breaker and the
+        // concurrency limit) after another was answered "still in progress": the request is
+        // being processed, and the next attempt asks for its replay. Not after an answer the
+        // server replayed from its store: that one is final.
         let class = match self.last.round_in_progress.take() {
-            Some(retry_after) if class == Class::Timeout => {
+            Some(retry_after) if class.is_transient() && !self.last.replayed => {
                 self.last.status = Some(409);
                 self.last.retry_after = Some(retry_after);
                 self.last.replayed = false;
