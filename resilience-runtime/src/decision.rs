@@ -33,10 +33,10 @@ pub struct Facts<'a> {
     pub max_retry_after: Duration,
     /// Time left before the call's deadline.
     pub time_left: Duration,
-    /// The least time worth giving a retry: a tenth of the policy's `timeout`. A retry that
-    /// would begin with less left before the deadline is not made (it could only time out, a
-    /// request sent in vain); asking again for a replay is (a stored answer comes at once).
-    pub min_attempt: Duration,
+    /// The policy's `timeout`. A retry that would begin with less than a tenth of it left
+    /// before the deadline is not made (it could only time out, a request sent in vain);
+    /// asking again for a replay is (a stored answer comes at once).
+    pub timeout: Duration,
     /// The least safe method among the attempt's requests that reached the server, or may
     /// have (`None`: none did). Running the body again sends them again, whatever the class of
     /// the failure that ended the attempt: a connect failure proves only that its own request
@@ -159,7 +159,11 @@ pub fn decide(f: &Facts<'_>) -> Decision {
         }
         delay = delay.max(ra);
     }
-    if delay >= f.time_left || (!in_progress && f.time_left - delay < f.min_attempt) {
+    if delay >= f.time_left {
+        return G(GiveUp::DeadlineTooClose);
+    }
+    let rest = f.time_left - delay;
+    if !in_progress && rest < f.timeout && rest < f.timeout / 10 {
         return G(GiveUp::DeadlineTooClose);
     }
     Decision::RetryAfter(delay)

@@ -1096,7 +1096,7 @@ impl Session {
             retry_after: self.last.retry_after,
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
-            min_attempt: policy.timeout / 10,
+            timeout: policy.timeout,
             reached: self.last.reached,
             unseen,
             replayed: self.last.replayed,

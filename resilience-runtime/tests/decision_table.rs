@@ -76,7 +76,7 @@ fn facts(
         retry_after,
         max_retry_after: Duration::from_secs(30),
         time_left: Duration::from_secs(10),
-        min_attempt: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
         reached: None,
         unseen: None,
         replayed: false,
