@@ -1356,6 +1356,70 @@ async fn a_cache_put_beside_a_get_is_not_a_put_request() {
     assert_eq!(cache.0.lock().unwrap().len(), 2);
 }
 
+/// A store reached through its own async client, one key per call.
+#[derive(Default)]
+struct Sessions(std::sync::Mutex<Vec<String>>);
+
+impl Sessions {
+    async fn delete(&self, key: &str) {
+        self.0.lock().unwrap().push(key.to_owned());
+    }
+}
+
+// A GET that first drops a stale session from a store: `sessions.delete(url).await` has one
+// argument, but a reqwest builder is not awaited, so it is no DELETE request. The method
+// inferred is GET (retried on a reset and a 503), and a declared `method = GET` beside it is
+// not refused as "safer than the body".
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn refreshed(
+    http: &reqwest::Client,
+    sessions: &Sessions,
+    url: &str,
+) -> Result<String, Error> {
+    sessions.delete(url).await;
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(method = GET, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn refreshed_declared(
+    http: &reqwest::Client,
+    sessions: &Sessions,
+    url: &str,
+) -> Result<String, Error> {
+    sessions.delete(url).await;
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_awaited_store_delete_beside_a_get_is_not_a_delete_request() {
+    let sessions = Sessions::default();
+    for declared in [false, true] {
+        let server = flaky().await;
+        let url = server.url("/profile");
+        let got = if declared {
+            refreshed_declared(&client(), &sessions, &url).await
+        } else {
+            refreshed(&client(), &sessions, &url).await
+        };
+        assert_eq!(got.unwrap(), "ok");
+        retried_and_stamped(&server);
+    }
+    // Run again on each attempt: the body is the attempt.
+    assert_eq!(sessions.0.lock().unwrap().len(), 6);
+}
+
 struct Buffered {
     http: reqwest::Client,
     last: String,
