@@ -308,3 +308,28 @@ async fn a_retry_with_under_a_tenth_of_its_timeout_left_is_not_sent() {
 async fn enough_left(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)
 }
+
+#[resilient(timeout = "10s", deadline = "30s", max_attempts = 3, backoff(initial = "100ms", max = "100ms", jitter = none), budget = false)]
+async fn handed_little(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The tenth is of the time one attempt could be given at the call's start: a call handed
+/// 800 ms by its caller (`X-Timeout-Ms`, an enclosing call) with a 10 s `timeout` still
+/// retries a 503 answered at once, with 700 ms left (a tenth of 10 s would refuse it).
+#[tokio::test(start_paused = true)]
+async fn a_call_handed_less_than_its_timeout_measures_the_tenth_against_what_it_had() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::sequence([
+        Action::status(503),
+        Action::ok().body("fine"),
+    ]))
+    .await;
+    let got = with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(800)),
+        handed_little(&reqwest::Client::new(), &server.url("/")),
+    )
+    .await;
+    assert_eq!(got.unwrap(), "fine");
+    assert_eq!(server.count(), 2);
+}

@@ -33,9 +33,11 @@ pub struct Facts<'a> {
     pub max_retry_after: Duration,
     /// Time left before the call's deadline.
     pub time_left: Duration,
-    /// The policy's `timeout`. A retry that would begin with less than a tenth of it left
-    /// before the deadline is not made (it could only time out, a request sent in vain);
-    /// asking again for a replay is (a stored answer comes at once).
+    /// The time one attempt could be given at the call's start: the policy's `timeout`, or
+    /// the call's whole time when that was shorter (a caller's `X-Timeout-Ms`, an enclosing
+    /// call's attempt). A retry that would begin with less than a tenth of it left before the
+    /// deadline is not made (it could only time out, a request sent in vain); asking again
+    /// for a replay is (a stored answer comes at once).
     pub timeout: Duration,
     /// The least safe method among the attempt's requests that reached the server, or may
     /// have (`None`: none did). Running the body again sends them again, whatever the class of

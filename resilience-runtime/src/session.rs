@@ -1096,7 +1096,7 @@ impl Session {
             retry_after: self.last.retry_after,
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
-            timeout: policy.timeout,
+            timeout: policy.timeout.min(self.left_at_start),
             reached: self.last.reached,
             unseen,
             replayed: self.last.replayed,
