@@ -1326,7 +1326,10 @@ impl ClaimGuard {
         match done {
             Ok(Ok(true)) => tally.count(outcome),
             Ok(Ok(false)) => {
-                if stored_already(&*self.store, &self.key, &stored, self.store_timeout).await {
+                // Not known to be its own (no answer to the read counts as not): the alarm.
+                if stored_already(&*self.store, &self.key, &stored, self.store_timeout).await
+                    == Some(true)
+                {
                     tally.count(outcome);
                 } else {
                     tracing::warn!(
@@ -1443,8 +1446,11 @@ async fn write_back(
                 // The claim is gone and the key taken: by the completion this loop sent
                 // earlier (a command that timed out but ran), or by another request after the
                 // lease ran out.
-                if stored_already(&*config.store, &key, &stored, config.store_timeout).await {
-                    break outcome;
+                match stored_already(&*config.store, &key, &stored, config.store_timeout).await {
+                    Some(true) => break outcome,
+                    // No answer to the read: asked again on the next round.
+                    None => continue,
+                    Some(false) => {}
                 }
                 tracing::warn!(
                     key = %key,
@@ -1477,17 +1483,20 @@ impl Drop for Forget {
 /// Whether the key already holds `stored`, completed by this request's own claim: a completion
 /// carried out although its reply was lost (a store client resending the command, a command
 /// that timed out and ran). Anything else (another request's claim or answer, however alike,
-/// nothing, no answer from the store) is not.
+/// nothing) is not; `None` when the store did not answer the read.
 async fn stored_already(
     store: &dyn IdempotencyStore,
     key: &str,
     stored: &StoredResponse,
     store_timeout: Duration,
-) -> bool {
-    matches!(
-        tokio::time::timeout(store_timeout, store.get(key)).await,
-        Ok(Ok(Some(Record::Completed(found)))) if found.token == stored.token && found == *stored
-    )
+) -> Option<bool> {
+    match tokio::time::timeout(store_timeout, store.get(key)).await {
+        Ok(Ok(found)) => Some(matches!(
+            found,
+            Some(Record::Completed(found)) if found.token == stored.token && found == *stored
+        )),
+        _ => None,
+    }
 }
 
 /// A claim command on its way: if dropped before its answer came, the claim is withdrawn
