@@ -1448,8 +1448,9 @@ async fn write_back(
                 // lease ran out.
                 match stored_already(&*config.store, &key, &stored, config.store_timeout).await {
                     Some(true) => break outcome,
-                    // No answer to the read: asked again on the next round.
-                    None => continue,
+                    // No answer to the read: asked again on the next round, within the TTL.
+                    None if Instant::now() < give_up => continue,
+                    None => break outcome,
                     Some(false) => {}
                 }
                 tracing::warn!(
