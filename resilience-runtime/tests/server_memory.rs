@@ -1452,3 +1452,104 @@ async fn a_store_frozen_after_the_claim_holds_the_answer_only_the_store_timeout(
     );
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// A memory store whose first completion is carried out but its reply lost (an error), and
+/// whose first reads get no answer: what a store client sees across a short network cut.
+#[derive(Default)]
+struct LostReplies {
+    inner: MemoryStore,
+    completions: std::sync::atomic::AtomicUsize,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl IdempotencyStore for LostReplies {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        self.inner.claim(key, claim, lease)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.renew(key, claim, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let first = self
+            .completions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0;
+        Box::pin(async move {
+            let done = self.inner.complete(key, claim, response, ttl).await;
+            if first {
+                return Err(StoreError::new("connection reset: reply lost"));
+            }
+            done
+        })
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.release(key, claim)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+            return down();
+        }
+        self.inner.get(key)
+    }
+}
+
+/// The completion went through but its reply was lost: the answer is kept and written back;
+/// the write-back finds the key completed, and its reads of the key get no answer at first.
+/// It asks again until one does, and finds its own completion: counted `handled`, never
+/// `claim_lost` (the handler ran once).
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn a_write_back_whose_reads_go_unanswered_asks_again_before_counting() {
+    use tower_service::Service as _;
+
+    let _serial = PENDING.lock().await;
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let store = Arc::new(LostReplies::default());
+    let slow = Slow::new(Duration::from_millis(10));
+    let app = slow.instance(IdempotencyLayer::new(store.clone() as Store));
+    let key = fresh_key();
+    let first = app.clone().call(Slow::request(&key)).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    for _ in 0..100 {
+        if answered_on(&handle, "handled", &[]) + answered_on(&handle, "claim_lost", &[]) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        answered_on(&handle, "claim_lost", &[]),
+        0.0,
+        "{}",
+        handle.render()
+    );
+    assert_eq!(
+        answered_on(&handle, "handled", &[]),
+        1.0,
+        "{}",
+        handle.render()
+    );
+    assert!(store.reads.load(std::sync::atomic::Ordering::SeqCst) > 3);
+    assert_eq!(slow.runs(), 1);
+}
