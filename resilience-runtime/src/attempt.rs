@@ -133,7 +133,7 @@ impl<'s> Core<'s> {
         match poll_in_attempt(&this.session.ctx, body, cx) {
             Polled::Ok => {
                 *this.ended = true;
-                this.session.record_own();
+                this.session.record_own_success();
                 this.session.succeeded();
                 return Step::Done;
             }

@@ -891,6 +891,23 @@ impl Session {
         );
     }
 
+    /// What a successful attempt's requests recorded, of what the call's end reads: its last
+    /// status (the span and the debug event) and what it sent (for the enclosing call). The
+    /// rest of `last` (what a retry decision or an error reads) stays as the attempt began.
+    #[inline]
+    pub(crate) fn record_own_success(&mut self) {
+        let ctx = &self.ctx;
+        self.last.status = ctx.status.get();
+        if let Some(m) = ctx.sent_method.get() {
+            self.last.method = Some(m);
+            self.sent = Some(self.sent.map_or(m, |s| s.least_safe(m)));
+            let keyed_same = matches!(ctx.key, Some(Key::Given(_))) && ctx.all_keyed.get();
+            if !m.is_safe() && !keyed_same {
+                self.sent_unkeyed = true;
+            }
+        }
+    }
+
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
     /// resend it unsafely by running its own body again, and reports what the call cost.
     fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
