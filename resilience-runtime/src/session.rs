@@ -740,6 +740,7 @@ impl Session {
     /// Counts the attempt, asks the breaker, and computes the attempt's time limit: when it
     /// ends, and how long it may run. The session's own context ([`Session::ctx`]) is made the
     /// new attempt's, in place.
+    #[inline]
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
         self.last = Last::default();
         // The first attempt starts when the call does: no second clock read.
@@ -910,32 +911,47 @@ impl Session {
 
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
     /// resend it unsafely by running its own body again, and reports what the call cost.
+    #[inline]
     fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
         self.ended = true;
         if self.nested {
-            let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
-            let _ = with_attempt(|outer| {
-                if let Some(m) = sent {
-                    note_sent(outer, m, unkeyed);
-                }
-                if gave_up_retryable {
-                    outer.nested_gave_up.set(true);
-                    let token = self.token.get();
-                    if token != 0 {
-                        outer.note_gave_up(token);
-                    }
-                }
-            });
+            self.tell_outer(gave_up_retryable);
         }
-        crate::report::record(|| CallReport {
+        crate::report::record(|| self.report(succeeded));
+    }
+
+    /// What [`finish`](Self::finish) tells the enclosing call's attempt, out of line: the
+    /// outermost call's end does not carry its frame.
+    #[inline(never)]
+    fn tell_outer(&self, gave_up_retryable: bool) {
+        let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
+        let _ = with_attempt(|outer| {
+            if let Some(m) = sent {
+                note_sent(outer, m, unkeyed);
+            }
+            if gave_up_retryable {
+                outer.nested_gave_up.set(true);
+                let token = self.token.get();
+                if token != 0 {
+                    outer.note_gave_up(token);
+                }
+            }
+        });
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report(&self, succeeded: bool) -> CallReport {
+        CallReport {
             function: self.shared.function,
             attempts: self.attempts,
             waited: self.waited,
             elapsed: self.started.elapsed(),
             succeeded,
-        });
+        }
     }
 
+    #[inline]
     pub(crate) fn succeeded(&mut self) {
         if let Some(c) = &mut self.concurrency {
             c.on_success();
