@@ -430,6 +430,12 @@ fn drawn<T: Copy + PartialEq + Default>(cell: &Cell<T>, draw: impl FnOnce() -> T
 }
 
 /// What a call takes from the attempt it runs inside.
+/// A request or trace id: the one in `cell`, or one drawn now and kept there (never 0).
+#[inline]
+pub(crate) fn draw_id(cell: &Cell<u128>) -> u128 {
+    drawn(cell, || fastrand::u128(..).max(1))
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Outer {
     pub until: Instant,
@@ -532,8 +538,13 @@ impl AttemptCtx {
 
     /// The call's request id, the same on every attempt: the caller's (inbound or enclosing
     /// call's), or drawn the first time it is asked for. Never zero.
+    /// Where the request id is kept (0 until drawn).
+    pub(crate) fn request_id_cell(&self) -> &Cell<u128> {
+        &self.request_id
+    }
+
     pub(crate) fn request_id(&self) -> u128 {
-        drawn(&self.request_id, || fastrand::u128(..).max(1))
+        draw_id(&self.request_id)
     }
 
     /// The call's request id as sent and logged: the caller's as it came, or 32 hex digits.

@@ -111,7 +111,9 @@ fn open(
     shared: &'static Resolved,
     policy: &'static Policy,
     started: Instant,
-    ctx: &AttemptCtx,
+    request_id: &Cell<u128>,
+    request_id_text: Option<&reqwest::header::HeaderValue>,
+    depth: u8,
 ) -> tracing::Span {
     telemetry::bulkhead_moved(shared); // telemetry (issue 12)
     if let Some(b) = shared.budget {
@@ -123,11 +125,14 @@ fn open(
         policy = shared.policy,
         method = policy.method.as_str(),
         // Evaluated only when the span is enabled: the request id is drawn then, not before.
-        request_id = tracing::field::display(ctx.request_id_shown()),
-        depth = ctx.depth,
+        request_id = tracing::field::display(match request_id_text {
+            Some(v) => crate::context::RequestId::Text(v),
+            None => crate::context::RequestId::Drawn(crate::context::draw_id(request_id)),
+        }),
+        depth = depth,
     );
     #[cfg(feature = "opentelemetry")]
-    if ctx.depth == 0 && !span.is_disabled() {
+    if depth == 0 && !span.is_disabled() {
         let inbound = crate::context::inbound();
         if let Some(trace) = inbound.trace {
             telemetry::otel::join_inbound(&span, trace, inbound.tracestate.as_deref());
@@ -541,18 +546,18 @@ impl Session {
                     None => false,
                 },
             };
-        let ctx = AttemptCtx::new(
-            request_id,
-            request_id_text,
-            trace_id,
-            trace_flags,
-            key,
-            deadline,
-            depth,
-            held,
-        );
+        // The span first (an enabled one draws the request id), then the context, built in
+        // place in the session.
+        let request_id = Cell::new(request_id);
         let span = if admitted {
-            open(shared, policy, started, &ctx)
+            open(
+                shared,
+                policy,
+                started,
+                &request_id,
+                request_id_text.as_deref(),
+                depth,
+            )
         } else {
             tracing::Span::none()
         };
@@ -563,7 +568,16 @@ impl Session {
             deadline,
             left_at_start: left,
             attempts: 0,
-            ctx,
+            ctx: AttemptCtx::new(
+                request_id.get(),
+                request_id_text,
+                trace_id,
+                trace_flags,
+                key,
+                deadline,
+                depth,
+                held,
+            ),
             nested,
             admitted,
             waited: Duration::ZERO,
@@ -675,7 +689,15 @@ impl Session {
     /// The call is admitted: counted, deposited in the budget, given its span.
     fn opened(&mut self) {
         self.admitted = true;
-        self.span = open(self.shared, self.policy, self.started, &self.ctx);
+        let ctx = &self.ctx;
+        self.span = open(
+            self.shared,
+            self.policy,
+            self.started,
+            ctx.request_id_cell(),
+            ctx.request_id_text.as_deref(),
+            ctx.depth,
+        );
     }
 
     /// What ended the call after [`Next::Return`]: the runtime's own limit, or the
