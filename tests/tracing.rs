@@ -297,3 +297,55 @@ async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
     assert_eq!(server.count(), 1);
     resilience_runtime::breakers::reset("tracing_refusing").unwrap();
 }
+
+/// State of a body that logs when it is dropped: a connection's guard, a lease, a span of its
+/// own.
+struct LogsOnDrop;
+
+impl Drop for LogsOnDrop {
+    fn drop(&mut self) {
+        tracing::info!("the body's state dropped");
+    }
+}
+
+#[resilient(timeout = "10s", max_attempts = 1, budget = false)]
+async fn given_up_on(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let _guard = LogsOnDrop;
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call its caller stops waiting for (its own timeout) while the body waits on a stalled
+/// server: the body's state is dropped inside the attempt, so what it logs as it unwinds is in
+/// the call's and the attempt's spans, not loose.
+#[tokio::test(start_paused = true)]
+async fn a_body_its_caller_gives_up_on_is_dropped_inside_its_attempt() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let given_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        given_up_on(&c, &server.url("/")),
+    )
+    .await;
+    assert!(
+        given_up.is_err(),
+        "the caller's timeout ends it: {given_up:?}"
+    );
+    let out = buf.text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("the body's state dropped"))
+        .unwrap_or_else(|| panic!("the body's state was dropped:\n{out}"));
+    assert!(
+        line.contains("resilient{") && line.contains("attempt{"),
+        "inside the call's and the attempt's spans: {line}"
+    );
+}

@@ -221,20 +221,22 @@ pin_project_lite::pin_project! {
     impl<'s, 'b, F: Future> PinnedDrop for Attempt<'s, 'b, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            drop_unfinished(this.core, this.body.as_mut());
+            // An attempt that ended (or never started) has nothing left to drop in place.
+            if this.core.started && !this.core.ended {
+                drop_unfinished(this.core, this.body.as_mut());
+            }
         }
     }
 }
 
 /// A body dropped mid-way (its caller gave up) may still look at its attempt, and log in its
 /// span, while it unwinds its own state: dropped in its attempt's context.
+#[inline(never)]
 fn drop_unfinished<O>(core: Pin<&mut Core<'_>>, mut body: Pin<&mut dyn Body<O>>) {
-    if core.started && !core.ended {
-        let _entered = core.span.as_ref().map(tracing::Span::enter);
-        in_attempt(&core.session.ctx, &mut || {
-            body.as_mut().poll_body(None);
-        });
-    }
+    let _entered = core.span.as_ref().map(tracing::Span::enter);
+    in_attempt(&core.session.ctx, &mut || {
+        body.as_mut().poll_body(None);
+    });
 }
 
 impl<'s, 'b, F: Future> Attempt<'s, 'b, F> {
@@ -276,9 +278,9 @@ fn poll_attempt<T, E: From<Error>>(
             polled
         }
     });
-    match (step, out) {
-        (Step::Done, Some(r)) => Poll::Ready(r),
-        (Step::Failed(e), _) => Poll::Ready(Err(E::from(e))),
-        _ => Poll::Pending,
+    match step {
+        Step::Done => out.map_or(Poll::Pending, Poll::Ready),
+        Step::Failed(e) => Poll::Ready(Err(E::from(e))),
+        Step::Pending => Poll::Pending,
     }
 }
