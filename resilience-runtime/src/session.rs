@@ -766,15 +766,11 @@ impl Session {
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
         self.last = Last::default();
         // The first attempt starts when the call does: no second clock read.
-        let (now, left) = if self.attempts == 0 && self.waited.is_zero() {
-            (self.started, self.left_at_start)
-        } else {
-            let now = Instant::now();
-            (now, self.deadline.saturating_duration_since(now))
-        };
+        let first = self.attempts == 0 && self.waited.is_zero();
+        let now = if first { self.started } else { Instant::now() };
         // No time left (a caller's `X-Timeout-Ms: 0`, a backoff that woke at the deadline):
         // nothing is sent, so neither the breaker nor the concurrency limit hears of it.
-        if left.is_zero() {
+        if now >= self.deadline {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
         if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
@@ -792,8 +788,14 @@ impl Session {
         }
         // telemetry (issue 12): the attempt's span, a child of the call's.
         self.attempt_scope = AttemptScope::start(&self.span, self.policy, self.attempts, now);
-        let limit = self.policy.timeout.min(left);
-        let until = now + limit;
+        // Its own timeout, or the time left before the deadline when that is shorter (a
+        // subtraction only then, or at the first attempt, whose time left is known).
+        let timeout = self.policy.timeout;
+        let (until, limit) = match now.checked_add(timeout) {
+            Some(end) if end <= self.deadline => (end, timeout),
+            _ if first => (self.deadline, self.left_at_start),
+            _ => (self.deadline, self.deadline.saturating_duration_since(now)),
+        };
         let c = &mut self.ctx;
         c.attempt = self.attempts;
         c.new_span();
