@@ -28,56 +28,186 @@ server_support::every_rule!(store_for);
 /// take them): the pending count is the process's, and one test asserts on it.
 static PENDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A store that is down.
-struct Down;
-
-fn down<T: Send + 'static>() -> BoxFuture<'static, Result<T, StoreError>> {
-    Box::pin(std::future::ready(Err(StoreError::new(
-        "connection refused",
-    ))))
+/// One call of the store trait.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Claim,
+    Renew,
+    Complete,
+    Release,
+    Get,
 }
 
-impl IdempotencyStore for Down {
+/// What a test store does with a call: what a remote store's connection can do to a command.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// The memory store's answer.
+    Pass,
+    /// Refused at once, not carried out (a connection refused, a store down).
+    Fail,
+    /// Never answered, not carried out (a frozen store).
+    Hang,
+    /// Carried out, its reply lost (an error).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    LoseReply,
+    /// Carried out at once, answered after this long (a store slow to reply).
+    AnswerAfter(Duration),
+    /// Sent twice, the first reply lost (a Redis Cluster client retrying a command): the
+    /// answer is the second's.
+    Resent,
+    /// Carried out after this long, in the background, whether or not its caller still waits
+    /// (a command a cluster client sends again after a failover), and answered then. Claims
+    /// only.
+    LandAfter(Duration),
+    /// Answered this without asking the store. Renewals only.
+    Say(bool),
+}
+
+/// A memory store whose calls go through `rule` (given the call and how many of its kind came
+/// before it), and that can be switched off (`down`: every call refused, like a Redis lost and
+/// back). Two over one memory store are two instances' connections to one Redis.
+struct Faulty {
+    inner: Arc<MemoryStore>,
+    rule: Box<dyn Fn(Op, usize) -> Act + Send + Sync>,
+    calls: [std::sync::atomic::AtomicUsize; 5],
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Faulty {
+    /// Passes every call while it is not switched off.
+    fn default() -> Faulty {
+        Faulty::new(|_, _| Act::Pass)
+    }
+}
+
+impl Faulty {
+    fn new(rule: impl Fn(Op, usize) -> Act + Send + Sync + 'static) -> Faulty {
+        Faulty::over(Arc::new(MemoryStore::default()), rule)
+    }
+
+    fn over(
+        inner: Arc<MemoryStore>,
+        rule: impl Fn(Op, usize) -> Act + Send + Sync + 'static,
+    ) -> Faulty {
+        Faulty {
+            inner,
+            rule: Box::new(rule),
+            calls: Default::default(),
+            down: Default::default(),
+        }
+    }
+
+    /// Calls of this kind made so far.
+    fn calls(&self, op: Op) -> usize {
+        self.calls[op as usize].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn act(&self, op: Op) -> Act {
+        let n = self.calls[op as usize].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Act::Fail;
+        }
+        (self.rule)(op, n)
+    }
+
+    /// `go` (the memory store's call) as `act` says.
+    fn run<'a, T: Send + 'a>(
+        act: Act,
+        go: impl Fn() -> BoxFuture<'a, Result<T, StoreError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        match act {
+            Act::Pass => go(),
+            Act::Fail => Box::pin(std::future::ready(Err(StoreError::new(
+                "connection refused",
+            )))),
+            Act::Hang => Box::pin(std::future::pending()),
+            Act::LoseReply => Box::pin(async move {
+                let _carried_out = go().await;
+                Err(StoreError::new("connection reset: reply lost"))
+            }),
+            Act::AnswerAfter(d) => Box::pin(async move {
+                let answer = go().await;
+                tokio::time::sleep(d).await;
+                answer
+            }),
+            Act::Resent => Box::pin(async move {
+                let _lost = go().await;
+                go().await
+            }),
+            Act::LandAfter(_) | Act::Say(_) => panic!("{act:?}: not for this call"),
+        }
+    }
+}
+
+impl IdempotencyStore for Faulty {
     fn claim<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: Duration,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        down()
+        match self.act(Op::Claim) {
+            Act::LandAfter(d) => {
+                let (inner, key, claim) = (self.inner.clone(), key.to_owned(), *claim);
+                let landed = tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    inner.claim(&key, &claim, lease).await
+                });
+                Box::pin(async move { landed.await.expect("the claim lands") })
+            }
+            act => Faulty::run(act, move || self.inner.claim(key, claim, lease)),
+        }
     }
     fn renew<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: Duration,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        down()
+        match self.act(Op::Renew) {
+            Act::Say(answer) => Box::pin(std::future::ready(Ok(answer))),
+            act => Faulty::run(act, move || self.inner.renew(key, claim, lease)),
+        }
     }
     fn complete<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: &'a StoredResponse,
-        _: Duration,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        down()
+        Faulty::run(self.act(Op::Complete), move || {
+            self.inner.complete(key, claim, response, ttl)
+        })
     }
     fn release<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a InFlight,
+        key: &'a str,
+        claim: &'a InFlight,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        down()
+        Faulty::run(self.act(Op::Release), move || {
+            self.inner.release(key, claim)
+        })
     }
-    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        down()
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Faulty::run(self.act(Op::Get), move || self.inner.get(key))
     }
+}
+
+/// A store that is down: every call refused.
+fn down_store() -> Faulty {
+    Faulty::new(|_, _| Act::Fail)
+}
+
+/// A store that never answers, like a frozen Redis (`calls(Op::Claim)`: the claims it was
+/// asked).
+fn hanging_store() -> Faulty {
+    Faulty::new(|_, _| Act::Hang)
 }
 
 #[tokio::test]
 async fn a_store_that_is_down_refuses_keyed_requests_with_503() {
-    let store: Store = Arc::new(Down);
+    let store: Store = Arc::new(down_store());
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
     let refused = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
     assert_eq!(refused.status, 503, "{refused:?}");
@@ -113,61 +243,15 @@ async fn a_full_memory_store_keeps_running_claims_and_refuses_new_ones() {
     );
 }
 
-/// A store that never answers a claim, like a frozen Redis; counts the claims it was asked.
-#[derive(Default)]
-struct Hanging {
-    claims: std::sync::atomic::AtomicUsize,
-}
-
-impl IdempotencyStore for Hanging {
-    fn claim<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        self.claims
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(std::future::pending())
-    }
-    fn renew<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: &'a StoredResponse,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-}
-
 #[tokio::test]
 async fn a_store_that_hangs_is_answered_within_the_store_timeout_then_at_once() {
-    let hanging = Arc::new(Hanging::default());
+    let hanging = Arc::new(hanging_store());
     let store: Store = hanging.clone();
     let layer = IdempotencyLayer::new(store.clone())
         .store_timeout(Duration::from_millis(100))
         .store_down_for(Duration::from_millis(400));
     let app = serve(&store, layer).await;
-    let claims = || hanging.claims.load(std::sync::atomic::Ordering::SeqCst);
+    let claims = || hanging.calls(Op::Claim);
 
     let started = tokio::time::Instant::now();
     let first = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
@@ -198,10 +282,10 @@ async fn a_store_that_hangs_is_answered_within_the_store_timeout_then_at_once() 
 /// answer is not asked again for 1 s.
 #[tokio::test]
 async fn a_hanging_store_is_given_the_default_250_ms_then_left_alone_for_1_s() {
-    let hanging = Arc::new(Hanging::default());
+    let hanging = Arc::new(hanging_store());
     let store: Store = hanging.clone();
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
-    let claims = || hanging.claims.load(std::sync::atomic::Ordering::SeqCst);
+    let claims = || hanging.calls(Op::Claim);
 
     let started = tokio::time::Instant::now();
     let first = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
@@ -242,77 +326,10 @@ async fn a_hanging_store_is_given_the_default_250_ms_then_left_alone_for_1_s() {
     assert_eq!(count(&app.runs.orders), 0);
 }
 
-/// A memory store that can be switched off, like a Redis lost and back. Two switches over
-/// one store are two instances' connections to one Redis.
-#[derive(Default)]
-struct Switch {
-    inner: Arc<MemoryStore>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Switch {
-    fn is_down(&self) -> bool {
-        self.down.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl IdempotencyStore for Switch {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        if self.is_down() {
-            return down();
-        }
-        self.inner.claim(key, claim, lease)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        if self.is_down() {
-            return down();
-        }
-        self.inner.renew(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        if self.is_down() {
-            return down();
-        }
-        self.inner.complete(key, claim, response, ttl)
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        if self.is_down() {
-            return down();
-        }
-        self.inner.release(key, claim)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        if self.is_down() {
-            return down();
-        }
-        self.inner.get(key)
-    }
-}
-
 #[tokio::test]
 async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when_back() {
     let _serial = PENDING.lock().await;
-    let switch = Arc::new(Switch::default());
+    let switch = Arc::new(Faulty::default());
     let store: Store = switch.clone();
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
     let key = fresh_key();
@@ -411,7 +428,7 @@ async fn every_answer_is_counted_by_outcome() {
     let answered = |outcome: &str| answered_on(outcome, &[]);
     let pending = || value("resilience_idempotency_pending", "");
 
-    let switch = Arc::new(Switch::default());
+    let switch = Arc::new(Faulty::default());
     let store: Store = switch.clone();
     let layer = IdempotencyLayer::new(store.clone())
         .max_body(64)
@@ -575,17 +592,7 @@ async fn problem_docs_type_and_link_the_applications_page() {
     );
 }
 
-/// A memory store whose claim command misbehaves the way a remote store's can; the rest is
-/// the memory store's.
-struct Claiming {
-    inner: Arc<MemoryStore>,
-    how: ClaimingHow,
-    /// `LandsLate`: whether the next claim is the first.
-    first: std::sync::atomic::AtomicBool,
-    /// Claims made so far.
-    claims: std::sync::atomic::AtomicUsize,
-}
-
+/// How a store's claim command (and with it its renewals or completions) misbehaves.
 #[derive(Clone, Copy)]
 enum ClaimingHow {
     /// The claim is written at once but answered late (a store slow to reply).
@@ -607,102 +614,20 @@ enum ClaimingHow {
     CompleteResent,
 }
 
-impl Claiming {
-    fn new(how: ClaimingHow) -> Claiming {
-        Claiming {
-            inner: Arc::new(MemoryStore::default()),
-            how,
-            first: std::sync::atomic::AtomicBool::new(true),
-            claims: std::sync::atomic::AtomicUsize::new(0),
+/// A memory store whose claim command misbehaves as `how` says; the rest is the memory store's.
+fn claiming(how: ClaimingHow) -> Faulty {
+    Faulty::new(move |op, n| match (how, op) {
+        (ClaimingHow::SlowToAnswer, Op::Claim) => Act::AnswerAfter(Duration::from_millis(200)),
+        (ClaimingHow::Retried, Op::Claim) => Act::Resent,
+        (ClaimingHow::LandsLate, Op::Claim) if n == 0 => Act::LandAfter(Duration::from_millis(400)),
+        (ClaimingHow::RunsOutReclaimsLate, Op::Claim) if n == 1 => {
+            Act::LandAfter(Duration::from_millis(300))
         }
-    }
-}
-
-impl IdempotencyStore for Claiming {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        let nth = self
-            .claims
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async move {
-            match self.how {
-                ClaimingHow::RunsOutReclaimsLate if nth == 1 => {
-                    let (inner, key, claim) = (self.inner.clone(), key.to_owned(), *claim);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        inner.claim(&key, &claim, lease).await
-                    })
-                    .await
-                    .expect("the claim lands")
-                }
-                ClaimingHow::SlowToAnswer => {
-                    let claimed = self.inner.claim(key, claim, lease).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    claimed
-                }
-                ClaimingHow::Retried => {
-                    let _lost = self.inner.claim(key, claim, lease).await;
-                    self.inner.claim(key, claim, lease).await
-                }
-                ClaimingHow::LandsLate
-                    if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) =>
-                {
-                    let (inner, key, claim) = (self.inner.clone(), key.to_owned(), *claim);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(400)).await;
-                        inner.claim(&key, &claim, lease).await
-                    })
-                    .await
-                    .expect("the claim lands")
-                }
-                ClaimingHow::LandsLate
-                | ClaimingHow::NoRenewal
-                | ClaimingHow::CompleteResent
-                | ClaimingHow::RunsOutReclaimsLate => self.inner.claim(key, claim, lease).await,
-            }
-        })
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        match self.how {
-            ClaimingHow::NoRenewal => Box::pin(async { Ok(true) }),
-            ClaimingHow::RunsOutReclaimsLate => Box::pin(async { Ok(false) }),
-            _ => self.inner.renew(key, claim, lease),
-        }
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        if let ClaimingHow::CompleteResent = self.how {
-            return Box::pin(async move {
-                let _lost = self.inner.complete(key, claim, response, ttl).await;
-                self.inner.complete(key, claim, response, ttl).await
-            });
-        }
-        self.inner.complete(key, claim, response, ttl)
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.release(key, claim)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        self.inner.get(key)
-    }
+        (ClaimingHow::RunsOutReclaimsLate, Op::Renew) => Act::Say(false),
+        (ClaimingHow::NoRenewal, Op::Renew) => Act::Say(true),
+        (ClaimingHow::CompleteResent, Op::Complete) => Act::Resent,
+        _ => Act::Pass,
+    })
 }
 
 /// `POST /orders` (201, counting its runs) behind the layer over a `Claiming` store, called
@@ -718,7 +643,7 @@ fn orders_over(how: ClaimingHow) -> (axum::Router, Arc<std::sync::atomic::Atomic
     let app = axum::Router::new()
         .route("/orders", axum::routing::post(orders))
         .with_state(runs.clone())
-        .layer(IdempotencyLayer::new(Arc::new(Claiming::new(how))));
+        .layer(IdempotencyLayer::new(Arc::new(claiming(how))));
     (app, runs)
 }
 
@@ -790,7 +715,7 @@ async fn a_claim_put_back_after_its_handler_ended_is_taken_back() {
         .route("/orders", axum::routing::post(failing))
         .with_state(runs.clone())
         .layer(
-            IdempotencyLayer::new(Arc::new(Claiming::new(ClaimingHow::RunsOutReclaimsLate)))
+            IdempotencyLayer::new(Arc::new(claiming(ClaimingHow::RunsOutReclaimsLate)))
                 .lease(Duration::from_secs(3)),
         );
     let key = fresh_key();
@@ -809,7 +734,7 @@ async fn a_claim_put_back_after_its_handler_ended_is_taken_back() {
 /// whole lease.
 #[tokio::test]
 async fn a_claim_found_by_a_retried_command_is_the_requests_own() {
-    let store: Store = Arc::new(Claiming::new(ClaimingHow::Retried));
+    let store: Store = Arc::new(claiming(ClaimingHow::Retried));
     let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
     let key = fresh_key();
     let first = post(&app.url("/orders"), Some(&key), "x").await;
@@ -926,7 +851,7 @@ async fn a_handler_whose_claim_was_taken_is_counted_claim_lost() {
         let slow = Slow::new(Duration::from_millis(300));
         // Two instances of the service over one store: the repeat reaches the other one (this
         // instance itself answers a repeat 409 while its handler runs).
-        let store: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
+        let store: Store = Arc::new(claiming(ClaimingHow::NoRenewal));
         let instance = || {
             slow.instance(
                 IdempotencyLayer::new(store.clone())
@@ -971,7 +896,7 @@ async fn a_claim_run_out_while_the_store_was_unreachable_is_held_and_put_back() 
     use tower_service::Service as _;
 
     let slow = Slow::new(Duration::from_secs(1));
-    let switch = Arc::new(Switch::default());
+    let switch = Arc::new(Faulty::default());
     let store: Store = switch.clone();
     let instance =
         || slow.instance(IdempotencyLayer::new(store.clone()).lease(Duration::from_millis(100)));
@@ -1022,14 +947,9 @@ async fn one_instance_losing_the_store_is_counted_claim_lost_when_it_finds_the_k
     let answered = |outcome: &str| answered_on(&handle, outcome, &[]);
     let slow = Slow::new(Duration::from_secs(1));
     let shared = Arc::new(MemoryStore::default());
-    let connection = || {
-        Arc::new(Switch {
-            inner: shared.clone(),
-            down: Default::default(),
-        })
-    };
+    let connection = || Arc::new(Faulty::over(shared.clone(), |_, _| Act::Pass));
     let (mine, theirs) = (connection(), connection());
-    let instance = |store: &Arc<Switch>| {
+    let instance = |store: &Arc<Faulty>| {
         let store: Store = store.clone();
         slow.instance(IdempotencyLayer::new(store).lease(Duration::from_millis(100)))
     };
@@ -1312,7 +1232,7 @@ async fn the_shipped_defaults_are_the_ones_the_readme_states() {
     assert_eq!((status, started.elapsed()), (500, Duration::from_secs(60)));
 
     // A claim nobody renews lasts 10 s: seen from a second instance over the same store.
-    let shared: Store = Arc::new(Claiming::new(ClaimingHow::NoRenewal));
+    let shared: Store = Arc::new(claiming(ClaimingHow::NoRenewal));
     let (first, second) = (app(shared.clone()), app(shared.clone()));
     let key = fresh_key();
     let before = runs();
@@ -1336,51 +1256,6 @@ async fn the_shipped_defaults_are_the_ones_the_readme_states() {
     assert_eq!(runs(), before, "the second key is still kept");
     assert_eq!(call(many.clone(), request(&keys[0], 1, 0, 0)).await.0, 201);
     assert_eq!(runs(), before + 1, "the first was evicted");
-}
-
-/// A memory store that claims as usual, then never answers a completion or a release (a Redis
-/// frozen just after the claim).
-#[derive(Default)]
-struct FrozenAfterClaim {
-    inner: MemoryStore,
-}
-
-impl IdempotencyStore for FrozenAfterClaim {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        self.inner.claim(key, claim, lease)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-        _: &'a StoredResponse,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        self.inner.get(key)
-    }
 }
 
 /// `store_timeout` bounds the store calls after the handler too: a completion or a release the
@@ -1412,7 +1287,12 @@ async fn a_store_frozen_after_the_claim_holds_the_answer_only_the_store_timeout(
                     }
                 }),
             )
-            .layer(IdempotencyLayer::new(Arc::new(FrozenAfterClaim::default())))
+            .layer(IdempotencyLayer::new(Arc::new(Faulty::new(
+                |op, _| match op {
+                    Op::Complete | Op::Release => Act::Hang,
+                    _ => Act::Pass,
+                },
+            ))))
     };
     let call = |key: &str, body: &'static str| {
         let mut app = app.clone();
@@ -1453,66 +1333,6 @@ async fn a_store_frozen_after_the_claim_holds_the_answer_only_the_store_timeout(
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
-/// A memory store whose first completion is carried out but its reply lost (an error), and
-/// whose first reads get no answer: what a store client sees across a short network cut.
-#[derive(Default)]
-struct LostReplies {
-    inner: MemoryStore,
-    completions: std::sync::atomic::AtomicUsize,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl IdempotencyStore for LostReplies {
-    fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        self.inner.claim(key, claim, lease)
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.renew(key, claim, lease)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-        response: &'a StoredResponse,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let first = self
-            .completions
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            == 0;
-        Box::pin(async move {
-            let done = self.inner.complete(key, claim, response, ttl).await;
-            if first {
-                return Err(StoreError::new("connection reset: reply lost"));
-            }
-            done
-        })
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        claim: &'a InFlight,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.release(key, claim)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
-            return down();
-        }
-        self.inner.get(key)
-    }
-}
-
 /// The completion went through but its reply was lost: the answer is kept and written back;
 /// the write-back finds the key completed, and its reads of the key get no answer at first.
 /// It asks again until one does, and finds its own completion: counted `handled`, never
@@ -1526,7 +1346,11 @@ async fn a_write_back_whose_reads_go_unanswered_asks_again_before_counting() {
     let recorder = recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let store = Arc::new(LostReplies::default());
+    let store = Arc::new(Faulty::new(|op, n| match op {
+        Op::Complete if n == 0 => Act::LoseReply,
+        Op::Get if n < 3 => Act::Fail,
+        _ => Act::Pass,
+    }));
     let slow = Slow::new(Duration::from_millis(10));
     let app = slow.instance(IdempotencyLayer::new(store.clone() as Store));
     let key = fresh_key();
@@ -1550,6 +1374,6 @@ async fn a_write_back_whose_reads_go_unanswered_asks_again_before_counting() {
         "{}",
         handle.render()
     );
-    assert!(store.reads.load(std::sync::atomic::Ordering::SeqCst) > 3);
+    assert!(store.calls(Op::Get) > 3);
     assert_eq!(slow.runs(), 1);
 }
