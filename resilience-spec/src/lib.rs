@@ -718,22 +718,7 @@ pub mod rules {
         deadline: Duration,
         origins: Option<(&str, &str)>,
     ) -> Result<(), Broken> {
-        if max_wait < deadline {
-            return Ok(());
-        }
-        let (w, d) = match origins {
-            Some((w, d)) => (format!(", {w}"), format!(", {d}")),
-            None => (String::new(), String::new()),
-        };
-        Err(Broken::new(format!(
-            "rate_limit max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for a permit counts against the deadline, so a call could wait it all and never be sent",
-            fmt_duration(max_wait),
-            fmt_duration(deadline)
-        ))
-        .help(format!(
-            "wait at most part of the deadline, e.g. max_wait = \"{}\", or max_wait = \"0ms\" to refuse at once",
-            fmt_duration(Duration::from_millis((deadline.as_millis() / 4) as u64))
-        )))
+        wait_within_deadline("rate_limit", "a permit", max_wait, deadline, origins)
     }
 
     /// Adaptive concurrency `initial`, `min` and `max` in 1..=1000000.
@@ -813,6 +798,18 @@ pub mod rules {
         deadline: Duration,
         origins: Option<(&str, &str)>,
     ) -> Result<(), Broken> {
+        wait_within_deadline("concurrency_limit", "a slot", max_wait, deadline, origins)
+    }
+
+    /// A wait for `what` (set by `setting`'s `max_wait`) shorter than the deadline it counts
+    /// against.
+    fn wait_within_deadline(
+        setting: &str,
+        what: &str,
+        max_wait: Duration,
+        deadline: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
         if max_wait < deadline {
             return Ok(());
         }
@@ -821,7 +818,7 @@ pub mod rules {
             None => (String::new(), String::new()),
         };
         Err(Broken::new(format!(
-            "concurrency_limit max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for a slot counts against the deadline, so a call could wait it all and never be sent",
+            "{setting} max_wait ({}{w}) is not shorter than the deadline ({}{d}): the wait for {what} counts against the deadline, so a call could wait it all and never be sent",
             fmt_duration(max_wait),
             fmt_duration(deadline)
         ))
