@@ -890,3 +890,72 @@ async fn a_response_the_store_could_not_take_is_pending_until_it_does() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pending(), Some(0.0), "{}", handle.render());
 }
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    breaker = { name = "m_half_open", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 },
+    budget = false,
+)]
+async fn half_opening(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// A call its open breaker refuses before it starts takes no clock read: it has no duration.
+/// One refused by a half-open breaker whose probe is taken is refused once admitted: it has
+/// one, under `rejected_breaker`.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_breakers_refusal_has_a_duration_an_open_ones_has_none() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics(); // the duration's unit: `_seconds`
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let durations = || {
+        sample(
+            &handle,
+            "resilience_client_call_duration_seconds_count",
+            &[function_of("half_opening"), r#"outcome="rejected_breaker""#],
+        )
+    };
+    for _ in 0..2 {
+        half_opening(&c, &down.url("/")).await.unwrap_err();
+    }
+    let open = half_opening(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(open.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+    assert_eq!(durations(), None, "refused before it started: no duration");
+
+    // Half-open: the probe is taken by a call that waits on a stalled server.
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    let probe = tokio::spawn({
+        let (c, url) = (c.clone(), stalled.url("/"));
+        async move { half_opening(&c, &url).await }
+    });
+    for _ in 0..1000 {
+        if stalled.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(stalled.count(), 1, "the probe reached the server");
+    let refused = half_opening(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(refused.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+    assert_eq!(refused.attempts(), 0, "{refused}");
+    assert_eq!(
+        durations(),
+        Some(1.0),
+        "refused once admitted: one duration"
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[function_of("half_opening"), r#"outcome="rejected_breaker""#]
+        ),
+        Some(2.0)
+    );
+    probe.abort();
+}

@@ -349,3 +349,72 @@ async fn a_body_its_caller_gives_up_on_is_dropped_inside_its_attempt() {
         "inside the call's and the attempt's spans: {line}"
     );
 }
+
+#[resilient(
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_half_open", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 }
+)]
+async fn half_opening(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call refused by a half-open breaker whose probe is taken is refused once admitted: it
+/// has its `resilient` span, with the refusal in it, and no attempt span.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_breakers_refusal_has_a_call_span_and_no_attempt() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    for _ in 0..2 {
+        half_opening(&c, &down.url("/")).await.unwrap_err();
+    }
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    let probe = tokio::spawn({
+        let (c, url) = (c.clone(), stalled.url("/"));
+        async move { half_opening(&c, &url).await }
+    });
+    for _ in 0..1000 {
+        if stalled.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(stalled.count(), 1, "the probe reached the server");
+    let before = buf.text().len();
+    let refused = half_opening(&c, &down.url("/")).await.unwrap_err();
+    assert!(refused.is_rejected(), "{refused}");
+    let text = buf.text();
+    let out = &text[before..];
+    let opened: Vec<&str> = out.lines().filter(|l| l.ends_with(": new")).collect();
+    assert_eq!(opened.len(), 1, "one span, the call's:\n{out}");
+    assert!(opened[0].contains("resilient{"), "{}", opened[0]);
+    assert!(!opened[0].contains("attempt{"), "{}", opened[0]);
+    let refusal = out
+        .lines()
+        .find(|l| l.contains("circuit open: call rejected"))
+        .unwrap_or_else(|| panic!("the refusal is logged:\n{out}"));
+    assert!(
+        refusal.contains("resilient{"),
+        "in the call's span: {refusal}"
+    );
+    assert!(!refusal.contains("attempt{"), "no attempt: {refusal}");
+    assert_eq!(down.count(), 2, "nothing sent");
+    probe.abort();
+}
