@@ -423,3 +423,36 @@ async fn a_caller_that_gives_up_while_it_waits_gives_its_permit_back() {
 async fn a_caller_that_gives_up_a_local_permit_of_a_shared_limit_gives_it_back() {
     gives_permits_back!(patient_shared);
 }
+
+/// What the fallback sees: the slots of `rate_limit::slot_then_permit`'s bulkhead in use.
+async fn slots_in_use(_c: &reqwest::Client, _url: &str) -> Result<u16, Error> {
+    let b = metrics::bulkhead("rate_limit::slot_then_permit").expect("registered by a call");
+    Ok(u16::try_from(b.in_flight).unwrap() + 1000)
+}
+
+#[resilient(
+    timeout = "10s",
+    deadline = "20s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(max_concurrent = 1, max_wait = "0ms"),
+    rate_limit(rate = 1, per = "1h", burst = 1),
+    fallback = slots_in_use,
+    fallback_on = [rate_limited],
+)]
+async fn slot_then_permit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call that took its slot and was then refused a permit gives the slot back at once: its
+/// fallback (and the next caller) finds it free, not held until the call returns.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_a_permit_gives_its_slot_back_before_its_fallback() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    assert_eq!(slot_then_permit(&c, &url).await.unwrap(), 200);
+    // The hour's only permit is spent: refused, and the fallback sees no slot in use.
+    assert_eq!(slot_then_permit(&c, &url).await.unwrap(), 1000);
+    assert_eq!(server.count(), 1);
+}

@@ -123,6 +123,17 @@ impl Bulkhead {
         self.acquire_by(far).await.map_err(|_| BulkheadFull)
     }
 
+    /// A slot free now, or `None` (the caller then waits with [`acquire_by`](Self::acquire_by),
+    /// which counts a refusal): the call's start takes its slot this way without a future. A
+    /// slot given back while calls wait goes to the first of them, so this never overtakes
+    /// them.
+    #[inline]
+    pub(crate) fn try_acquire_now(&self) -> Option<BulkheadPermit<'_>> {
+        let permit = self.sem.try_acquire().ok()?;
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Some(BulkheadPermit { _permit: permit })
+    }
+
     /// Takes a slot like [`acquire`](Self::acquire), but waits no later than `deadline`: the
     /// wait for a slot counts against the call's deadline.
     pub async fn acquire_by(

@@ -531,8 +531,13 @@ impl Session {
         // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
         // permit free now), or refused at once: decided before the session is built, so that
         // it is built in one piece where it is returned, not built and then changed.
+        // A bulkhead slot free now is taken here, without the admission's future.
+        let mut slot = match shared.bulkhead {
+            Some(b) if !bulkhead_held && refusal.is_none() => b.try_acquire_now(),
+            _ => None,
+        };
         let admitted = refusal.is_none()
-            && (shared.bulkhead.is_none() || bulkhead_held)
+            && (shared.bulkhead.is_none() || bulkhead_held || slot.is_some())
             && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
@@ -540,6 +545,8 @@ impl Session {
                 Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
                     Some(Ok(())) => true,
                     Some(Err(e)) => {
+                        // Refused a permit: the slot is free again at once.
+                        slot = None;
                         refusal = Some(e);
                         false
                     }
@@ -592,7 +599,7 @@ impl Session {
             last: Last::default(),
             breaker_permit: None,
             attempt_scope: None,
-            _bulkhead: None,
+            _bulkhead: slot,
             concurrency: None,
             // A call refused at once ends here: its refusal is its outcome, not a cancellation.
             ended: refusal.is_some(),
@@ -639,7 +646,11 @@ impl Session {
     async fn take_slots(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
-        if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held) {
+        // Not when the call's start took a slot free then (its rate limit then waits).
+        if let Some(b) = shared
+            .bulkhead
+            .filter(|_| !self.bulkhead_held && self._bulkhead.is_none())
+        {
             match b.acquire_by(deadline).await {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
