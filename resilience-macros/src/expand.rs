@@ -341,8 +341,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         || plan.shared.concurrency.is_some()
         || plan.shared.rate_limit.is_some()
     {
+        // A slot free now is taken without the admission's future.
+        let now = (plan.shared.bulkhead.is_some() || plan.shared.concurrency.is_some())
+            .then(|| quote!(&&!__resilience_session.admit_now()));
         quote! {
-            if !__resilience_session.admitted() {
+            if !__resilience_session.admitted() #now {
                 if let ::core::result::Result::Err(__resilience_refusal) = __resilience_session.admit().await {
                     #on_start_error
                     return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));

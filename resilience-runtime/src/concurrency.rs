@@ -263,6 +263,32 @@ impl ConcurrencyLimit {
     }
 
     /// [`acquire_by`](Self::acquire_by) with the clock read at `now` (the call's start).
+    /// A slot free now, or `None` (the caller then waits with `acquire_at`, which counts a
+    /// refusal): the call's start takes its slot this way without a future. A slot given back
+    /// while calls wait goes to the first of them, so this never overtakes them.
+    #[inline]
+    pub(crate) fn try_acquire_now(&'static self, now: Instant) -> Option<ConcurrencyPermit> {
+        let p = self.sem.try_acquire().ok()?;
+        Some(self.granted(p, now))
+    }
+
+    fn granted(
+        &'static self,
+        p: tokio::sync::SemaphorePermit<'static>,
+        now: Instant,
+    ) -> ConcurrencyPermit {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.gauge();
+        ConcurrencyPermit {
+            limit: self,
+            permit: Some(p),
+            attempt_started: now,
+            running: false,
+            in_flight_at_start: n,
+        }
+    }
+
     async fn acquire_at(
         &'static self,
         deadline: Instant,
@@ -286,18 +312,7 @@ impl ConcurrencyLimit {
             }
         };
         match permit {
-            Ok((p, now)) => {
-                let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-                self.gauge();
-                Ok(ConcurrencyPermit {
-                    limit: self,
-                    permit: Some(p),
-                    attempt_started: now,
-                    running: false,
-                    in_flight_at_start: n,
-                })
-            }
+            Ok((p, now)) => Ok(self.granted(p, now)),
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(why)

@@ -531,13 +531,8 @@ impl Session {
         // Admitted at once (no bulkhead, no concurrency limit, a local rate limit with a
         // permit free now), or refused at once: decided before the session is built, so that
         // it is built in one piece where it is returned, not built and then changed.
-        // A bulkhead slot free now is taken here, without the admission's future.
-        let mut slot = match shared.bulkhead {
-            Some(b) if !bulkhead_held && refusal.is_none() => b.try_acquire_now(),
-            _ => None,
-        };
         let admitted = refusal.is_none()
-            && (shared.bulkhead.is_none() || bulkhead_held || slot.is_some())
+            && (shared.bulkhead.is_none() || bulkhead_held)
             && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
@@ -545,8 +540,6 @@ impl Session {
                 Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
                     Some(Ok(())) => true,
                     Some(Err(e)) => {
-                        // Refused a permit: the slot is free again at once.
-                        slot = None;
                         refusal = Some(e);
                         false
                     }
@@ -599,7 +592,7 @@ impl Session {
             last: Last::default(),
             breaker_permit: None,
             attempt_scope: None,
-            _bulkhead: slot,
+            _bulkhead: None,
             concurrency: None,
             // A call refused at once ends here: its refusal is its outcome, not a cancellation.
             ended: refusal.is_some(),
@@ -626,6 +619,31 @@ impl Session {
     #[inline]
     pub fn admitted(&self) -> bool {
         self.admitted
+    }
+
+    /// Takes the bulkhead or concurrency-limit slot if one is free now, without a future:
+    /// true when that admits the call (it has no rate limit, whose permit
+    /// [`admit`](Self::admit) then takes). False: `admit` waits for (or refuses) what is left.
+    #[inline]
+    pub fn admit_now(&mut self) -> bool {
+        let shared = self.shared;
+        if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held) {
+            match b.try_acquire_now() {
+                Some(p) => self._bulkhead = Some(p),
+                None => return false,
+            }
+        }
+        if let Some(c) = shared.concurrency.filter(|_| !self.concurrency_held) {
+            match c.try_acquire_now(self.started) {
+                Some(p) => self.concurrency = Some(p),
+                None => return false,
+            }
+        }
+        if shared.rate_limit.is_some() {
+            return false;
+        }
+        self.opened();
+        true
     }
 
     /// Takes the bulkhead or concurrency-limit slot, then the rate-limit permit, within the
@@ -670,7 +688,10 @@ impl Session {
             }
         }
         // An adaptive concurrency limit, in the bulkhead's place (never both).
-        if let Some(c) = shared.concurrency.filter(|_| !self.concurrency_held) {
+        if let Some(c) = shared
+            .concurrency
+            .filter(|_| !self.concurrency_held && self.concurrency.is_none())
+        {
             self.concurrency = Some(crate::concurrency::admit(c, shared, deadline, started).await?);
         }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
