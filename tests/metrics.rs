@@ -959,3 +959,49 @@ async fn a_half_open_breakers_refusal_has_a_duration_an_open_ones_has_none() {
     );
     probe.abort();
 }
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = key)]
+async fn keyed_charge(c: &reqwest::Client, url: &str, key: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.text().await?)
+}
+
+/// A call refused for an invalid key is counted `failed_without_retry`, with no duration
+/// (it took no clock read), and one that ran has one.
+#[tokio::test]
+async fn a_call_refused_for_an_invalid_key_is_counted_without_a_duration() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    let e = keyed_charge(&c, &ok.url("/"), "").await.unwrap_err();
+    assert_eq!(e.attempts(), 0, "{e}");
+    let failed = r#"outcome="failed_without_retry""#;
+    let of = function_of("keyed_charge");
+    assert_eq!(
+        sample(&handle, "resilience_client_calls_total", &[of, failed]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_call_duration_seconds_count",
+            &[of, failed]
+        ),
+        None,
+        "{}",
+        handle.render()
+    );
+    // A call that ran has its duration.
+    keyed_charge(&c, &ok.url("/"), "k-1").await.unwrap();
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_call_duration_seconds_count",
+            &[of, r#"outcome="successful_without_retry""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(ok.count(), 1);
+}
