@@ -104,3 +104,106 @@ async fn the_retry_storm_stays_bounded() {
         r.amplification()
     );
 }
+
+/// One retry a second, shared, and a breaker that opens after two failures.
+#[resilient(
+    timeout = "2s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "100ms", max = "100ms", jitter = none),
+    budget = { name = "give_back", ratio = 0.0, min_per_sec = 1 },
+    breaker = { name = "give_back", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1h", half_open_calls = 1 },
+)]
+async fn behind_a_breaker(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The same budget, another breaker.
+#[resilient(
+    timeout = "2s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "1ms", max = "1ms", jitter = none),
+    budget = { name = "give_back", ratio = 0.0, min_per_sec = 1 },
+)]
+async fn beside_it(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A retry the budget granted but the breaker then refused (it opened during the backoff) was
+/// never made: its token goes back, and another call retries on it in the same second. And a
+/// call its caller gives up on during the backoff gives its retry back too.
+#[tokio::test(start_paused = true)]
+async fn a_retry_never_made_gives_its_budget_back() {
+    let http = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let once = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+
+    // A fails, takes the second's only retry, and waits 100 ms; B's failure meanwhile opens
+    // the breaker (two failures of two), which refuses A's retry.
+    let a = tokio::spawn({
+        let (http, url) = (http.clone(), down.url("/a"));
+        async move { behind_a_breaker(&http, &url).await }
+    });
+    while down.count() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let b = tokio::spawn({
+        let (http, url) = (http.clone(), down.url("/b"));
+        async move { behind_a_breaker(&http, &url).await }
+    });
+    let a = a.await.unwrap().unwrap_err();
+    assert_eq!(a.kind(), resilience_runtime::ErrorKind::CircuitOpen, "{a}");
+    assert_eq!(a.attempts(), 1, "{a}");
+    let _ = b.await.unwrap();
+    assert_eq!(down.count(), 2, "A once, B once: the retry was never sent");
+    let snapshot = resilience_runtime::metrics::budget("give_back").unwrap();
+    assert_eq!(snapshot.withdrawals, 0, "{snapshot:?}");
+    assert_eq!(snapshot.available, 1, "{snapshot:?}");
+    // Still the same second: C retries on the retry A gave back.
+    assert_eq!(beside_it(&http, &once.url("/c")).await.unwrap(), "ok");
+    assert_eq!(once.count(), 2);
+
+    // The next second: D takes its retry, and its caller gives up during the backoff.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let d = tokio::time::timeout(
+        Duration::from_millis(50),
+        with_a_long_backoff(&http, &down.url("/d")),
+    )
+    .await;
+    assert!(d.is_err(), "given up during the backoff");
+    assert_eq!(
+        resilience_runtime::metrics::budget("give_back")
+            .unwrap()
+            .available,
+        1,
+        "D's retry is back"
+    );
+}
+
+/// The same budget, no breaker, a long backoff.
+#[resilient(
+    timeout = "2s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "500ms", max = "500ms", jitter = none),
+    budget = { name = "give_back", ratio = 0.0, min_per_sec = 1 },
+)]
+async fn with_a_long_backoff(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}

@@ -33,6 +33,14 @@
 //! and a retry storm against a dead downstream that answers (503, timeouts) never touches the
 //! allowance at all.
 //!
+//! # A retry never made
+//!
+//! A call takes its retry when it decides on it, before the backoff. If the retry is then never
+//! made (its breaker opened during the backoff, the deadline came first, its caller stopped
+//! waiting), the retry goes back where it came from: the second's floor, the deposits' bucket,
+//! or the window's allowance, unless that second, bucket or window has passed (its passing
+//! already gave it back).
+//!
 //! # How it stays exact without a lock
 //!
 //! The window is [`Budget::BUCKETS`] buckets of one second. `balance` holds what deposits can
@@ -106,6 +114,30 @@ fn epoch_of(slot: u64) -> u32 {
 
 fn net_of(slot: u64) -> i32 {
     slot as u32 as i32
+}
+
+/// Where a granted retry came from: the second of the floor, the bucket (epoch) that recorded
+/// it, or the window of the allowance for unprocessed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token {
+    Floor(u64),
+    Balance(u64),
+    Unprocessed(u64),
+}
+
+/// Takes one off the count of a packed (epoch, count) word, if it still holds `epoch` and
+/// counted one.
+fn take_one_off(word: &AtomicU64, epoch: u64) -> bool {
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        if u64::from(epoch_of(cur)) != epoch || cur as u32 == 0 {
+            return false;
+        }
+        match word.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
 }
 
 /// A copy of a budget's state at one moment.
@@ -219,10 +251,16 @@ impl Budget {
 
     /// Takes one retry due at `now` from the budget; false when it is spent.
     pub fn withdraw_at(&self, now: Instant) -> bool {
+        self.take_at(now).is_some()
+    }
+
+    /// [`withdraw_at`](Self::withdraw_at), saying where the retry came from, so that one
+    /// never used can be [given back](Self::give_back).
+    fn take_at(&self, now: Instant) -> Option<Token> {
         let epoch = self.tick_at(now);
-        if self.take_floor(epoch) {
+        if let Some(second) = self.take_floor(epoch) {
             self.withdrawals.fetch_add(1, Ordering::Relaxed);
-            return true;
+            return Some(Token::Floor(second));
         }
         let taken = self
             .balance
@@ -232,15 +270,15 @@ impl Budget {
             .is_ok();
         // Balance first, bucket second: if the clock moves on in between, the withdrawal is
         // recorded in a later bucket and counts a little longer.
-        if taken && self.record(epoch, -(UNIT as i32)) {
+        if taken && let Some(at) = self.record_at(epoch, -(UNIT as i32)) {
             self.withdrawals.fetch_add(1, Ordering::Relaxed);
-            return true;
+            return Some(Token::Balance(at));
         }
         if taken {
             self.balance.fetch_add(UNIT, Ordering::AcqRel);
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        false
+        None
     }
 
     /// Takes one retry of a failure of `class` due at `now`: from the budget proper, or, for a
@@ -249,11 +287,16 @@ impl Budget {
     /// allowance of [`UNPROCESSED_BURST`](Self::UNPROCESSED_BURST) per window when the budget
     /// proper is spent. False when neither has a retry left.
     pub fn withdraw_retry_at(&self, class: crate::Class, now: Instant) -> bool {
-        if self.withdraw_at(now) {
-            return true;
+        self.take_retry_at(class, now).is_some()
+    }
+
+    /// [`withdraw_retry_at`](Self::withdraw_retry_at), saying where the retry came from.
+    pub(crate) fn take_retry_at(&self, class: crate::Class, now: Instant) -> Option<Token> {
+        if let Some(t) = self.take_at(now) {
+            return Some(t);
         }
         if !matches!(class, crate::Class::Connect | crate::Class::Reset) {
-            return false;
+            return None;
         }
         let window = self.epoch_at(now) / BUCKETS as u64;
         let mut cur = self.unprocessed.load(Ordering::Acquire);
@@ -264,7 +307,7 @@ impl Budget {
             } else if (cur as u32) < Self::UNPROCESSED_BURST {
                 cur + 1
             } else {
-                return false;
+                return None;
             };
             match self.unprocessed.compare_exchange_weak(
                 cur,
@@ -273,13 +316,53 @@ impl Budget {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // `withdraw_at` counted a refusal; it was granted after all.
+                    // `take_at` counted a refusal; it was granted after all.
                     self.refused.fetch_sub(1, Ordering::Relaxed);
                     self.withdrawals.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Some(Token::Unprocessed(u64::from(epoch_of(next))));
                 }
                 Err(now) => cur = now,
             }
+        }
+    }
+
+    /// Gives back a retry that was taken but never made (the breaker refused it, the deadline
+    /// came first, the caller stopped waiting during the backoff): as if it had not been
+    /// taken, while what it was taken from still counts. One taken from a second, a bucket or
+    /// a window that has since passed is not given back: its passing already did.
+    pub(crate) fn give_back(&self, token: Token) {
+        let given = match token {
+            Token::Floor(second) => take_one_off(&self.floor, second),
+            Token::Unprocessed(window) => take_one_off(&self.unprocessed, window),
+            Token::Balance(epoch) => {
+                // Bucket first, balance second, as a deposit: the balance is briefly low, never
+                // high; a bucket recycled in between takes out a net already given back.
+                let bucket = &self.buckets[epoch as usize % BUCKETS];
+                let mut cur = bucket.load(Ordering::Acquire);
+                loop {
+                    if u64::from(epoch_of(cur)) != epoch {
+                        break false;
+                    }
+                    let Some(net) = net_of(cur).checked_add(UNIT as i32) else {
+                        break false;
+                    };
+                    match bucket.compare_exchange_weak(
+                        cur,
+                        pack(epoch as u32, net),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            self.balance.fetch_add(UNIT, Ordering::AcqRel);
+                            break true;
+                        }
+                        Err(now) => cur = now,
+                    }
+                }
+            }
+        };
+        if given {
+            self.withdrawals.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -296,11 +379,12 @@ impl Budget {
         (self.balance.load(Ordering::Acquire) / UNIT).max(0) as u64 + u64::from(floor_left)
     }
 
-    /// Grants one retry from this second's floor, if any is left.
-    fn take_floor(&self, epoch: u64) -> bool {
+    /// Grants one retry from this second's floor, if any is left: the second it is counted
+    /// in.
+    fn take_floor(&self, epoch: u64) -> Option<u64> {
         let min = self.spec.min_per_sec;
         if min == 0 {
-            return false;
+            return None;
         }
         let mut cur = self.floor.load(Ordering::Acquire);
         loop {
@@ -312,13 +396,13 @@ impl Budget {
                 // `held > epoch` only if another caller read the clock later: its second counts.
                 cur + 1
             } else {
-                return false;
+                return None;
             };
             match self
                 .floor
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return true,
+                Ok(_) => return Some(u64::from(epoch_of(next))),
                 Err(now) => cur = now,
             }
         }
@@ -382,15 +466,18 @@ impl Budget {
 
     /// Adds `units` to the bucket of `epoch` (or of a later epoch if the clock moved on);
     /// false if the bucket would overflow.
-    fn record(&self, mut epoch: u64, units: i32) -> bool {
+    fn record(&self, epoch: u64, units: i32) -> bool {
+        self.record_at(epoch, units).is_some()
+    }
+
+    /// [`record`](Self::record), saying in which epoch's bucket.
+    fn record_at(&self, mut epoch: u64, units: i32) -> Option<u64> {
         loop {
             let bucket = &self.buckets[epoch as usize % BUCKETS];
             let cur = bucket.load(Ordering::Acquire);
             let held = u64::from(epoch_of(cur));
             if held == epoch {
-                let Some(net) = net_of(cur).checked_add(units) else {
-                    return false;
-                };
+                let net = net_of(cur).checked_add(units)?;
                 if bucket
                     .compare_exchange_weak(
                         cur,
@@ -400,7 +487,7 @@ impl Budget {
                     )
                     .is_ok()
                 {
-                    return true;
+                    return Some(epoch);
                 }
             } else if held > epoch {
                 // Another caller has seen a later second: record there.
@@ -463,6 +550,62 @@ mod tests {
             b.withdraw_retry_at(Class::Connect, Instant::now()),
             "a new window"
         );
+    }
+
+    /// A retry taken and never made goes back where it came from (the second's floor, the
+    /// deposits, the window's allowance); one whose second or window has passed does not (the
+    /// floor and the allowance renewed, a spent deposit's bucket left the window).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_never_made_is_given_back_where_it_came_from() {
+        use crate::Class;
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.1,
+            min_per_sec: 1,
+        });
+        let now = Instant::now();
+        for _ in 0..10 {
+            b.deposit_at(now);
+        }
+        assert_eq!(b.available(), 2, "the floor and one deposited");
+        let floor = b.take_retry_at(Class::Status(503), now).unwrap();
+        assert!(matches!(floor, Token::Floor(_)), "{floor:?}");
+        let deposit = b.take_retry_at(Class::Status(503), now).unwrap();
+        assert!(matches!(deposit, Token::Balance(_)), "{deposit:?}");
+        let unprocessed = b.take_retry_at(Class::Connect, now).unwrap();
+        assert!(
+            matches!(unprocessed, Token::Unprocessed(_)),
+            "{unprocessed:?}"
+        );
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.snapshot().withdrawals, 3);
+        b.give_back(floor);
+        b.give_back(deposit);
+        b.give_back(unprocessed);
+        assert_eq!(b.available(), 2, "both back");
+        assert_eq!(b.snapshot().withdrawals, 0);
+        // The allowance's retry is back too: the floor, the deposit and the whole burst.
+        let granted = (0..100)
+            .filter(|_| b.take_retry_at(Class::Reset, now).is_some())
+            .count();
+        assert_eq!(granted, 2 + Budget::UNPROCESSED_BURST as usize);
+
+        // Taken, then given back after their second and bucket passed: nothing comes back
+        // that the window did not already return.
+        let b = Budget::new(BudgetSpec {
+            ratio: 0.1,
+            min_per_sec: 1,
+        });
+        for _ in 0..10 {
+            b.deposit_at(now);
+        }
+        let floor = b.take_retry_at(Class::Status(503), now).unwrap();
+        let deposit = b.take_retry_at(Class::Status(503), now).unwrap();
+        advance(Budget::WINDOW + Duration::from_secs(1)).await;
+        let before = b.available();
+        b.give_back(floor);
+        b.give_back(deposit);
+        assert_eq!(b.available(), before, "their second and bucket are gone");
+        assert_eq!(before, 1, "the new second's floor; the deposits expired");
     }
 
     #[tokio::test(start_paused = true)]

@@ -338,6 +338,9 @@ pub struct Session {
     /// When the next attempt may start: set by [`after_failure`](Self::after_failure) when
     /// it decides to retry, waited out by the next [`attempt`](Self::attempt).
     pub(crate) retry_at: Option<Instant>,
+    /// The retry budget's token for the retry decided on, until that retry begins: given back
+    /// when it never does (refused by the breaker, out of time, its caller gone).
+    retry_token: Option<crate::budget::Token>,
     /// The least safe method sent over all attempts, and whether every request carried the key.
     sent: Option<Method>,
     sent_unkeyed: bool,
@@ -585,6 +588,7 @@ impl Session {
             hedges: 0,
             retried: 0,
             retry_at: None,
+            retry_token: None,
             sent: None,
             sent_unkeyed: false,
             backoff: None,
@@ -803,12 +807,16 @@ impl Session {
         // No time left (a caller's `X-Timeout-Ms: 0`, a backoff that woke at the deadline):
         // nothing is sent, so neither the breaker nor the concurrency limit hears of it.
         if now >= self.deadline {
+            self.give_back_retry();
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
         if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
             match b.try_acquire_at(now) {
                 Ok(p) => self.breaker_permit = Some(p),
-                Err(_) => return Err(self.rejected_by_breaker(b.name())),
+                Err(_) => {
+                    self.give_back_retry();
+                    return Err(self.rejected_by_breaker(b.name()));
+                }
             }
         }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
@@ -834,8 +842,18 @@ impl Session {
         c.until = until;
         if self.attempts > 1 {
             c.reset();
+            // The retry is made: its token spent.
+            self.retry_token = None;
         }
         Ok((until, limit))
+    }
+
+    /// The retry decided on will not be made: its budget token goes back.
+    #[inline]
+    fn give_back_retry(&mut self) {
+        if let (Some(t), Some(b)) = (self.retry_token.take(), self.shared.budget) {
+            b.give_back(t);
+        }
     }
 
     /// An attempt refused by the open breaker, out of line. After attempts that ran, the
@@ -1195,7 +1213,13 @@ impl Session {
             Decision::RetryAfter(delay) => {
                 if let Some(budget) = self.shared.budget
                     && !crate::decision::in_progress(&facts)
-                    && !budget.withdraw_retry_at(class, now)
+                {
+                    // Kept until the retry begins: given back if it never does.
+                    self.retry_token = budget.take_retry_at(class, now);
+                }
+                if self.shared.budget.is_some()
+                    && !crate::decision::in_progress(&facts)
+                    && self.retry_token.is_none()
                 {
                     PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                     self.give_up(class, GiveUp::BudgetExhausted);
@@ -1349,6 +1373,7 @@ impl Session {
     #[inline(never)]
     fn panicked(&mut self) {
         self.ended = true;
+        self.give_back_retry();
         let m = self.shared.metrics;
         let retried = self.retried > 0;
         PolicyMetrics::incr(if retried {
@@ -1375,6 +1400,7 @@ impl Session {
     #[inline(never)]
     fn cancelled(&mut self) {
         self.ended = true;
+        self.give_back_retry();
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
         telemetry::call_cancelled(
             self.attempt_scope.take(),
