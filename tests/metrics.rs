@@ -934,13 +934,7 @@ async fn a_half_open_breakers_refusal_has_a_duration_an_open_ones_has_none() {
         let (c, url) = (c.clone(), stalled.url("/"));
         async move { half_opening(&c, &url).await }
     });
-    for _ in 0..1000 {
-        if stalled.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    assert_eq!(stalled.count(), 1, "the probe reached the server");
+    assert_eq!(stalled.wait_for(1).await, 1, "the probe reached the server");
     let refused = half_opening(&c, &down.url("/")).await.unwrap_err();
     assert_eq!(refused.kind(), resilience_runtime::ErrorKind::CircuitOpen);
     assert_eq!(refused.attempts(), 0, "{refused}");

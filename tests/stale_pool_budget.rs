@@ -155,9 +155,7 @@ async fn a_retry_never_made_gives_its_budget_back() {
         let (http, url) = (http.clone(), down.url("/a"));
         async move { behind_a_breaker(&http, &url).await }
     });
-    while down.count() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    assert_eq!(down.wait_for(1).await, 1);
     let b = tokio::spawn({
         let (http, url) = (http.clone(), down.url("/b"));
         async move { behind_a_breaker(&http, &url).await }

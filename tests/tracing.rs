@@ -390,13 +390,7 @@ async fn a_half_open_breakers_refusal_has_a_call_span_and_no_attempt() {
         let (c, url) = (c.clone(), stalled.url("/"));
         async move { half_opening(&c, &url).await }
     });
-    for _ in 0..1000 {
-        if stalled.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    assert_eq!(stalled.count(), 1, "the probe reached the server");
+    assert_eq!(stalled.wait_for(1).await, 1, "the probe reached the server");
     let before = buf.text().len();
     let refused = half_opening(&c, &down.url("/")).await.unwrap_err();
     assert!(refused.is_rejected(), "{refused}");

@@ -139,6 +139,18 @@ impl FaultServer {
         lock(&self.shared.log).seen.len()
     }
 
+    /// Waits, in steps of a millisecond (on a paused clock too) and for ten seconds at most,
+    /// until at least `n` requests were read; the count then.
+    pub async fn wait_for(&self, n: usize) -> usize {
+        for _ in 0..10_000 {
+            if self.count() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.count()
+    }
+
     /// How many requests were read for this path (query excluded).
     pub fn count_path(&self, path: &str) -> usize {
         let log = lock(&self.shared.log);
