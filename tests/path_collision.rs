@@ -7,8 +7,6 @@
 
 mod support;
 
-use support::Buf;
-
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, resilient};
 
@@ -36,14 +34,7 @@ impl adyen::Client {
 
 #[tokio::test(start_paused = true)]
 async fn two_types_of_one_name_sharing_a_path_are_warned_about() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::WARN, false);
 
     let server = FaultServer::start(Script::always(Action::ok())).await;
     let c = reqwest::Client::new();

@@ -6,8 +6,6 @@
 
 mod support;
 
-use support::Buf;
-
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
 
@@ -24,14 +22,7 @@ async fn traced(c: &reqwest::Client, url: &str) -> Result<String, Error> {
 
 #[tokio::test(start_paused = true)]
 async fn one_span_per_call_and_one_event_per_attempt() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
 
     let server = FaultServer::start(vec![Action::reset(), Action::status(503)]).await;
     assert_eq!(
@@ -171,14 +162,7 @@ async fn charge(c: &reqwest::Client, url: &str) -> Result<String, ChargeError> {
 
 #[tokio::test(start_paused = true)]
 async fn the_calls_end_says_its_attempts_and_key_whatever_its_error_type() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::WARN, false);
 
     let server = FaultServer::start(Script::always(Action::status(503))).await;
     let e = charge(&reqwest::Client::new(), &server.url("/charges"))
@@ -222,14 +206,7 @@ async fn second_of_a_name(c: &reqwest::Client, url: &str) -> Result<u16, Error> 
 /// the runtime says so when the second is first called.
 #[tokio::test(start_paused = true)]
 async fn shared_state_named_twice_with_other_settings_warns() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::WARN, false);
 
     let server = FaultServer::start(Script::always(Action::ok())).await;
     let c = reqwest::Client::new();
@@ -259,16 +236,8 @@ async fn refused_at_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 /// with its function and policy.
 #[tokio::test(start_paused = true)]
 async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        // A span opened (and closed) around the refusal would print its own lines.
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // A span opened (and closed) around the refusal would print its own lines.
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, true);
 
     let server = FaultServer::start(Script::always(Action::ok())).await;
     let c = reqwest::Client::new();
@@ -319,14 +288,7 @@ async fn given_up_on(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 /// the call's and the attempt's spans, not loose.
 #[tokio::test(start_paused = true)]
 async fn a_body_its_caller_gives_up_on_is_dropped_inside_its_attempt() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
 
     let server = FaultServer::start(Script::always(Action::stall())).await;
     let c = reqwest::Client::new();
@@ -369,15 +331,7 @@ async fn half_opening(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 /// has its `resilient` span, with the refusal in it, and no attempt span.
 #[tokio::test(start_paused = true)]
 async fn a_half_open_breakers_refusal_has_a_call_span_and_no_attempt() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, true);
 
     let c = reqwest::Client::new();
     let down = FaultServer::start(Script::always(Action::status(503))).await;

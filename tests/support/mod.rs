@@ -23,3 +23,22 @@ impl Write for Buf {
         Ok(())
     }
 }
+
+/// A `tracing_subscriber::fmt` subscriber at `level` writing into a [`Buf`], current on this
+/// thread while the guard lives; with `new_spans`, it also writes a line for each span opened.
+pub fn capture(level: tracing::Level, new_spans: bool) -> (Buf, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .with_span_events(if new_spans {
+            FmtSpan::NEW
+        } else {
+            FmtSpan::NONE
+        })
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
