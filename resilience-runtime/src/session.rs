@@ -295,11 +295,24 @@ fn record(
     last.unseen_helper = ctx.unseen_helper.get() || ctx.helpers_running.get() > 0;
     last.unproven = ctx.unproven.get();
     if let Some(m) = last.method {
-        *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
-        let keyed_same = matches!(key, Some(Key::Given(_))) && last.all_keyed;
-        if !m.is_safe() && !keyed_same {
-            *sent_unkeyed = true;
-        }
+        add_sent(sent, sent_unkeyed, key, m, last.all_keyed);
+    }
+}
+
+/// Adds `m`, sent by an attempt, to the least safe method the call sent, and notes one that
+/// needs the key and went without the call's given key.
+#[inline]
+fn add_sent(
+    sent: &mut Option<Method>,
+    sent_unkeyed: &mut bool,
+    key: &Option<Key>,
+    m: Method,
+    all_keyed: bool,
+) {
+    *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
+    let keyed_same = matches!(key, Some(Key::Given(_))) && all_keyed;
+    if !m.is_safe() && !keyed_same {
+        *sent_unkeyed = true;
     }
 }
 
@@ -975,11 +988,13 @@ impl Session {
         self.last.status = ctx.status.get();
         if let Some(m) = ctx.sent_method.get() {
             self.last.method = Some(m);
-            self.sent = Some(self.sent.map_or(m, |s| s.least_safe(m)));
-            let keyed_same = matches!(ctx.key, Some(Key::Given(_))) && ctx.all_keyed.get();
-            if !m.is_safe() && !keyed_same {
-                self.sent_unkeyed = true;
-            }
+            add_sent(
+                &mut self.sent,
+                &mut self.sent_unkeyed,
+                &ctx.key,
+                m,
+                ctx.all_keyed.get(),
+            );
         }
     }
 
@@ -1211,26 +1226,24 @@ impl Session {
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why),
             Decision::RetryAfter(delay) => {
+                // Asking for a replay runs nothing again: not paid from the budget.
+                let ask = crate::decision::in_progress(&facts);
                 if let Some(budget) = self.shared.budget
-                    && !crate::decision::in_progress(&facts)
+                    && !ask
                 {
                     // Kept until the retry begins: given back if it never does.
                     self.retry_token = budget.take_retry_at(class, now);
+                    if self.retry_token.is_none() {
+                        PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
+                        self.give_up(class, GiveUp::BudgetExhausted);
+                        let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
+                        err.set_key(self.ctx.key.as_ref());
+                        let err = err
+                            .with_class(Some(class), self.last.status)
+                            .with_elapsed(self.started.elapsed());
+                        return Next::Replace(err);
+                    }
                 }
-                if self.shared.budget.is_some()
-                    && !crate::decision::in_progress(&facts)
-                    && self.retry_token.is_none()
-                {
-                    PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
-                    self.give_up(class, GiveUp::BudgetExhausted);
-                    let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
-                    err.set_key(self.ctx.key.as_ref());
-                    let err = err
-                        .with_class(Some(class), self.last.status)
-                        .with_elapsed(self.started.elapsed());
-                    return Next::Replace(err);
-                }
-                let ask = crate::decision::in_progress(&facts);
                 if ask {
                     self.asks += 1;
                 } else {
