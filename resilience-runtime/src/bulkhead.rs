@@ -129,9 +129,12 @@ impl Bulkhead {
     /// them.
     #[inline]
     pub(crate) fn try_acquire_now(&self) -> Option<BulkheadPermit<'_>> {
-        let permit = self.sem.try_acquire().ok()?;
+        Some(self.granted(self.sem.try_acquire().ok()?))
+    }
+
+    fn granted<'a>(&'a self, permit: SemaphorePermit<'a>) -> BulkheadPermit<'a> {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        Some(BulkheadPermit { _permit: permit })
+        BulkheadPermit { _permit: permit }
     }
 
     /// Takes a slot like [`acquire`](Self::acquire), but waits no later than `deadline`: the
@@ -140,29 +143,20 @@ impl Bulkhead {
         &self,
         deadline: tokio::time::Instant,
     ) -> Result<BulkheadPermit<'_>, Refused> {
-        let permit = match self.sem.try_acquire() {
-            Ok(p) => Ok(p),
-            Err(_) if self.spec.max_wait.is_zero() => Err(Refused::Full),
-            Err(_) => {
-                let now = tokio::time::Instant::now();
-                let by_wait = now + self.spec.max_wait;
-                let (until, why) = if deadline < by_wait {
-                    (deadline, Refused::Deadline)
-                } else {
-                    (by_wait, Refused::Full)
-                };
-                match tokio::time::timeout_at(until, self.sem.acquire()).await {
-                    Ok(Ok(p)) => Ok(p),
-                    // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
-                    _ => Err(why),
-                }
-            }
-        };
+        if let Some(p) = self.try_acquire_now() {
+            return Ok(p);
+        }
+        let now = tokio::time::Instant::now();
+        let permit = wait_for_slot(
+            &self.sem,
+            self.spec.max_wait,
+            deadline,
+            now,
+            (Refused::Full, Refused::Deadline),
+        )
+        .await;
         match permit {
-            Ok(p) => {
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-                Ok(BulkheadPermit { _permit: p })
-            }
+            Ok(p) => Ok(self.granted(p)),
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(why)
@@ -183,6 +177,32 @@ impl Bulkhead {
             admitted: self.admitted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Waits for a slot of `sem`, no longer than `max_wait` and no later than `deadline`; on
+/// running out, says which of the two ran out first: `why.0` the wait, `why.1` the deadline.
+/// The bulkhead and the adaptive concurrency limit both wait this way.
+pub(crate) async fn wait_for_slot<R>(
+    sem: &Semaphore,
+    max_wait: Duration,
+    deadline: tokio::time::Instant,
+    now: tokio::time::Instant,
+    why: (R, R),
+) -> Result<SemaphorePermit<'_>, R> {
+    if max_wait.is_zero() {
+        return Err(why.0);
+    }
+    let by_wait = now + max_wait;
+    let (until, why) = if deadline < by_wait {
+        (deadline, why.1)
+    } else {
+        (by_wait, why.0)
+    };
+    match tokio::time::timeout_at(until, sem.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
+        _ => Err(why),
     }
 }
 

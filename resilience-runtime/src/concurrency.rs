@@ -296,20 +296,15 @@ impl ConcurrencyLimit {
     ) -> Result<ConcurrencyPermit, Refused> {
         let permit = match self.sem.try_acquire() {
             Ok(p) => Ok((p, now)),
-            Err(_) if self.spec.max_wait.is_zero() => Err(Refused::Full),
-            Err(_) => {
-                let by_wait = now + self.spec.max_wait;
-                let (until, why) = if deadline < by_wait {
-                    (deadline, Refused::Deadline)
-                } else {
-                    (by_wait, Refused::Full)
-                };
-                match tokio::time::timeout_at(until, self.sem.acquire()).await {
-                    Ok(Ok(p)) => Ok((p, Instant::now())),
-                    // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
-                    _ => Err(why),
-                }
-            }
+            Err(_) => crate::bulkhead::wait_for_slot(
+                &self.sem,
+                self.spec.max_wait,
+                deadline,
+                now,
+                (Refused::Full, Refused::Deadline),
+            )
+            .await
+            .map(|p| (p, Instant::now())),
         };
         match permit {
             Ok((p, now)) => Ok(self.granted(p, now)),
