@@ -118,9 +118,10 @@ async fn a_bulkhead_without_a_name_belongs_to_its_function() {
         tokio::spawn(async move { users::fetch(&c, &url).await })
     };
     // Let the holder take its slot and send.
-    while stalled.count() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    assert!(
+        stalled.wait_for(1).await >= 1,
+        "the first request reached the server"
+    );
     let e = users::fetch(&c, &healthy.url("/")).await.unwrap_err();
     assert_eq!(
         e.kind(),
@@ -218,9 +219,10 @@ async fn the_wait_for_a_bulkhead_slot_counts_against_the_deadline() {
         let (c, url) = (c.clone(), stalled.url("/"));
         tokio::spawn(async move { narrow_holder(&c, &url).await })
     };
-    while stalled.count() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    assert!(
+        stalled.wait_for(1).await >= 1,
+        "the first request reached the server"
+    );
     let started = Instant::now();
     let e = narrow(&c, &healthy.url("/")).await.unwrap_err();
     let took = started.elapsed();

@@ -49,9 +49,10 @@ async fn a_call_refused_a_slot_spends_no_permit() {
         let (c, url) = (c.clone(), url.clone());
         async move { one_at_a_time(&c, &url).await }
     });
-    while slow.count() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    assert!(
+        slow.wait_for(1).await >= 1,
+        "the first request reached the server"
+    );
     for _ in 0..3 {
         let e = one_at_a_time(&c, &url).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
