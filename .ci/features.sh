@@ -12,7 +12,7 @@ done
 echo ".ci/features.sh: resilience-cli on its own" >&2
 cargo clippy --quiet -p resilience-cli -- -D warnings
 # What `#[resilient]` generates, compiled in a crate of a user's whose runtime has no optional
-# feature: the shapes of tests/ui/pass, each a module of it.
+# feature: the shapes of ui-tests/tests/ui/pass, each a module of it.
 dir=target/downstream
 mkdir -p "$dir/src"
 root=$(pwd)
@@ -33,8 +33,8 @@ TOML
 # The workspace's versions, not whatever is newest.
 cp Cargo.lock "$dir/Cargo.lock"
 : >"$dir/src/lib.rs"
-for f in tests/ui/pass/*.rs; do
+for f in ui-tests/tests/ui/pass/*.rs; do
   echo "#[allow(dead_code, unused)] #[path = \"$root/$f\"] mod $(basename "$f" .rs);" >>"$dir/src/lib.rs"
 done
-echo ".ci/features.sh: tests/ui/pass in a crate of its own, the runtime without features" >&2
+echo ".ci/features.sh: ui-tests/tests/ui/pass in a crate of its own, the runtime without features" >&2
 CARGO_TARGET_DIR="$root/target" cargo check --quiet --manifest-path "$dir/Cargo.toml"

@@ -1363,7 +1363,7 @@ struct Buffered {
 
 impl Buffered {
     // `&mut self` returning a borrow of `self`, not retried: one attempt, no loop back. (A
-    // retried one is refused at compile time: tests/ui/fail/mut_borrow_returned.rs.)
+    // retried one is refused at compile time: ui-tests/tests/ui/fail/mut_borrow_returned.rs.)
     #[resilient(timeout = "1s", max_attempts = 1)]
     async fn fetch(&mut self, url: &str) -> Result<&str, Error> {
         self.last = self
