@@ -16,7 +16,7 @@ fi
 
 out="${CARGO_TARGET_DIR:-target}/metrics-exposition.txt"
 mkdir -p "$(dirname "$out")"
-cargo run --quiet --example metrics_service --features metrics -- --once >"$out"
+cargo run --quiet --example metrics_service --all-features -- --once >"$out"
 for name in resilience_client_calls_total resilience_client_attempts_total \
   http_client_request_duration_seconds_bucket resilience_client_call_duration_seconds_bucket; do
   if ! grep -q "^$name{" "$out"; then
