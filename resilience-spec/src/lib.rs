@@ -182,7 +182,6 @@ pub const fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
 }
 
-/// A compiled policy packed into one string (macro → runtime).
 pub mod packed;
 pub mod paths;
 
