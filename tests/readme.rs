@@ -4,6 +4,7 @@
 //! edited in one place and not the other fails `every_rust_example_of_the_readme_is_compiled_here`.
 //! The quick start's `policy = "payments"` reads the README's `resilience.toml` block, which
 //! is the `resilience.toml` beside this package's `Cargo.toml` (checked the same way).
+//! Its run-time overrides example is read by the override reader as written.
 //!
 //! The quick start's functions call `https://` hosts, which no test on loopback reaches: they
 //! are compiled here (their policy checked at compile time) and not run. The idempotency
@@ -231,6 +232,24 @@ fn the_readme_policy_file_is_the_one_beside_cargo_toml() {
         file.ends_with(policy.as_str()),
         "resilience.toml ends with the README's block as written:\n{policy}"
     );
+}
+
+/// The run-time overrides example is a file the override reader takes (a misspelt key in it
+/// would be refused whole).
+#[test]
+fn the_readme_overrides_example_is_read_as_written() {
+    let readme = include_str!("../README.md");
+    let toml_blocks = blocks(readme, "toml");
+    let example = toml_blocks
+        .iter()
+        .find(|b| b.starts_with("# overrides.toml\n"))
+        .expect("the README shows an overrides.toml");
+    if let Err(e) = resilience_runtime::overrides::check(example, "overrides.toml", &[]) {
+        panic!("the README's overrides.toml is refused: {e}");
+    }
+    // The same check refuses a file with a misspelt key: it can fail.
+    let misspelt = example.replace("max_attempts", "max_atempts");
+    assert!(resilience_runtime::overrides::check(&misspelt, "overrides.toml", &[]).is_err());
 }
 
 #[tokio::test]
