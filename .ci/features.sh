@@ -12,15 +12,21 @@ done
 echo ".ci/features.sh: resilience-cli on its own" >&2
 cargo clippy --quiet -p resilience-cli -- -D warnings
 # What `#[resilient]` generates, compiled in a crate of a user's whose runtime has no optional
-# feature: the shapes of ui-tests/tests/ui/pass, each a module of it.
+# feature, in each edition a user's crate may be written in (the expansion's tokens take the
+# user's edition): the shapes of ui-tests/tests/ui/pass, each a module of it.
 dir=target/downstream
 mkdir -p "$dir/src"
 root=$(pwd)
-cat >"$dir/Cargo.toml" <<TOML
+: >"$dir/src/lib.rs"
+for f in ui-tests/tests/ui/pass/*.rs; do
+  echo "#[allow(dead_code, unused)] #[path = \"$root/$f\"] mod $(basename "$f" .rs);" >>"$dir/src/lib.rs"
+done
+for edition in 2024 2021 2018; do
+  cat >"$dir/Cargo.toml" <<TOML
 [package]
 name = "downstream"
 version = "0.0.0"
-edition = "2024"
+edition = "$edition"
 publish = false
 
 [dependencies]
@@ -30,11 +36,8 @@ tokio = { version = "1", features = ["full"] }
 
 [workspace]
 TOML
-# The workspace's versions, not whatever is newest.
-cp Cargo.lock "$dir/Cargo.lock"
-: >"$dir/src/lib.rs"
-for f in ui-tests/tests/ui/pass/*.rs; do
-  echo "#[allow(dead_code, unused)] #[path = \"$root/$f\"] mod $(basename "$f" .rs);" >>"$dir/src/lib.rs"
+  # The workspace's versions, not whatever is newest.
+  cp Cargo.lock "$dir/Cargo.lock"
+  echo ".ci/features.sh: ui-tests/tests/ui/pass in a crate of its own, edition $edition, the runtime without features" >&2
+  CARGO_TARGET_DIR="$root/target" cargo check --quiet --manifest-path "$dir/Cargo.toml"
 done
-echo ".ci/features.sh: ui-tests/tests/ui/pass in a crate of its own, the runtime without features" >&2
-CARGO_TARGET_DIR="$root/target" cargo check --quiet --manifest-path "$dir/Cargo.toml"
