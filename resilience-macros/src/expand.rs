@@ -385,11 +385,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         #vis #out_sig {
             #(#inner_attrs)*
             #(#track)*
-            fn __resilience_locate() -> &'static str {
-                #p::function_path(::core::any::type_name_of_val(&__resilience_locate))
-            }
+            // Its type name is the function's path, impl type included (`function_path`).
+            struct __ResilienceHere;
             static __RESILIENCE_STATE: #p::PolicyState =
-                #p::PolicyState::compiled(#function, #packed, __resilience_locate);
+                #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
             #refused
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);

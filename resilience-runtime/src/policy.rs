@@ -201,7 +201,9 @@ pub struct Policy {
     /// attempt timeout must exceed, so that a connect failure (certainly never sent) is not
     /// taken for a timeout after sending; `None`: no client named.
     pub connect_timeout: Option<Duration>,
-    /// The annotated function's full path (impl type included), computed once on first use;
+    /// The annotated function's full path (impl type included), computed once on first use:
+    /// the path itself, or the type name of a type nested in the function, named
+    /// `__ResilienceHere` (what `#[resilient]` passes: `std::any::type_name::<__ResilienceHere>`);
     /// `None`: [`function`](Self::function) is used.
     pub locate: Option<fn() -> &'static str>,
 }

@@ -254,7 +254,8 @@ impl PolicyState {
     /// The state of a function `#[resilient]` compiled: its policy `packed` into one string
     /// (see `resilience_spec::packed`), unpacked on the function's first call. One string
     /// literal is far cheaper for the compiler to check, function by function, than the policy
-    /// written out as a struct expression.
+    /// written out as a struct expression. `locate` gives the type name of a type the function
+    /// nests (`__ResilienceHere`), from which its full path is found on the first call.
     pub const fn compiled(
         function: &'static str,
         packed: &'static str,
@@ -310,7 +311,7 @@ impl PolicyState {
     ) -> &'static Resolved {
         self.resolved.get_or_init(|| {
             let function = policy.locate.map_or(policy.function, |f| {
-                let located = f();
+                let located = function_path(f());
                 let path = match resilience_spec::paths::from_type_name(policy.function, located) {
                     std::borrow::Cow::Borrowed(path) => path,
                     // Once per function, for the life of the process.
@@ -381,15 +382,16 @@ fn shares_path(path: &'static str, identity: String) {
     }
 }
 
-/// The path the type name of an item nested in a `#[resilient]` function gives:
+/// The path the type name of the marker type nested in a `#[resilient]` function gives
+/// (`crate::users::Primary::lookup::{{closure}}::__ResilienceHere`):
 /// `crate::users::Primary::lookup`, `<crate::Svc as crate::Api>::get`. The runtime names the
-/// function from it and the function's module (`resilience_spec::paths`).
+/// function from it and the function's module (`resilience_spec::paths`). A path without the
+/// marker is returned as it is.
 pub fn function_path(nested_item_type_name: &'static str) -> &'static str {
-    let mut s = nested_item_type_name;
-    // The marker item itself, then the async body's closure scopes.
-    if let Some(i) = s.rfind("::") {
-        s = &s[..i];
-    }
+    let Some(mut s) = nested_item_type_name.strip_suffix("::__ResilienceHere") else {
+        return nested_item_type_name;
+    };
+    // The async body's closure scopes.
     while let Some(rest) = s.strip_suffix("::{{closure}}") {
         s = rest;
     }
@@ -403,14 +405,18 @@ mod tests {
     #[test]
     fn function_paths_keep_the_impl_type() {
         assert_eq!(
-            function_path("app::users::Primary::lookup::{{closure}}::__here"),
+            function_path("app::users::Primary::lookup::{{closure}}::__ResilienceHere"),
             "app::users::Primary::lookup"
         );
         assert_eq!(
-            function_path("<app::Svc as app::Api>::get::{{closure}}::{{closure}}::__here"),
+            function_path(
+                "<app::Svc as app::Api>::get::{{closure}}::{{closure}}::__ResilienceHere"
+            ),
             "<app::Svc as app::Api>::get"
         );
+        // A path without the marker, as a hand-written policy's `locate` gives it.
         assert_eq!(function_path("plain"), "plain");
+        assert_eq!(function_path("app::Svc::get"), "app::Svc::get");
     }
 
     fn here() -> &'static str {
