@@ -329,10 +329,35 @@ pub fn locate(
 /// with another key, or a `config` that is not a string, is an error: a misspelled `conifg`
 /// would otherwise choose no file, silently.
 fn metadata_config(manifest_dir: &Path) -> Result<Option<String>, String> {
-    let Ok(text) = std::fs::read_to_string(manifest_dir.join("Cargo.toml")) else {
+    let path = manifest_dir.join("Cargo.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let Ok(root) = toml::de::DeTable::parse(&text) else {
+    // Every annotated function asks: the text is read each time (an IDE keeps the macro loaded
+    // across edits), parsed only when it changed.
+    if let Some(found) = MANIFESTS.with(|c| {
+        c.borrow()
+            .get(&path)
+            .filter(|(seen, _)| *seen == text)
+            .map(|(_, found)| found.clone())
+    }) {
+        return found;
+    }
+    let found = parse_metadata_config(&text);
+    MANIFESTS.with(|c| c.borrow_mut().insert(path, (text, found.clone())));
+    found
+}
+
+type Manifests = RefCell<HashMap<PathBuf, (String, Result<Option<String>, String>)>>;
+
+thread_local! {
+    /// What each `Cargo.toml` of this compilation says in `[package.metadata.resilience]`, by
+    /// the text it was read from.
+    static MANIFESTS: Manifests = RefCell::new(HashMap::new());
+}
+
+fn parse_metadata_config(text: &str) -> Result<Option<String>, String> {
+    let Ok(root) = toml::de::DeTable::parse(text) else {
         return Ok(None);
     };
     let Some(v) = root
