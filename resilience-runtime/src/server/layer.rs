@@ -140,6 +140,16 @@ struct State {
     running: Mutex<HashMap<Arc<str>, Fingerprint>>,
 }
 
+/// What [`State::local`] found.
+enum Local {
+    /// An answer this instance keeps because the store could not take it yet.
+    Kept(StoredResponse),
+    /// A handler of the key runs here now, for a request with this fingerprint.
+    Running(Fingerprint),
+    /// Neither: the store decides.
+    Unknown,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Each critical section is one map or option operation: poison is harmless.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,6 +176,26 @@ impl State {
 
     fn running(&self, key: &str) -> Option<Fingerprint> {
         lock(&self.running).get(key).copied()
+    }
+
+    /// What this instance knows of `key` without asking the store: an answer it keeps for the
+    /// store, or a handler of it running here. A handler that ends keeps its answer (when the
+    /// store could not take it) before it stops counting as running, so the answer is looked
+    /// for again once no handler is found: a repeat arriving as a handler ends (on another
+    /// worker thread) is replayed, not sent on to a store that may be down.
+    fn local(&self, key: &str) -> Local {
+        if let Some(stored) = self.pending(key) {
+            return Local::Kept(stored);
+        }
+        #[cfg(test)]
+        tests::between_the_looks(self, key);
+        if let Some(fingerprint) = self.running(key) {
+            return Local::Running(fingerprint);
+        }
+        match self.pending(key) {
+            Some(stored) => Local::Kept(stored),
+            None => Local::Unknown,
+        }
     }
 
     fn forget(&self, key: &str) {
@@ -654,21 +684,24 @@ where
         )
     };
 
-    // A response this instance holds because the store could not take it yet.
-    if let Some(stored) = config.state.pending(&store_key) {
-        if stored.fingerprint != fingerprint {
-            return Ok(reused());
+    match config.state.local(&store_key) {
+        // A response this instance holds because the store could not take it yet.
+        Local::Kept(stored) => {
+            if stored.fingerprint != fingerprint {
+                return Ok(reused());
+            }
+            tally.count(Served::Replayed);
+            return Ok(replay(stored));
         }
-        tally.count(Served::Replayed);
-        return Ok(replay(stored));
-    }
-    // A handler of this key runs here now: still in progress, whatever the store says.
-    if let Some(running) = config.state.running(&store_key) {
-        if running != fingerprint {
-            return Ok(reused());
+        // A handler of this key runs here now: still in progress, whatever the store says.
+        Local::Running(running) => {
+            if running != fingerprint {
+                return Ok(reused());
+            }
+            tally.count(Served::InProgress);
+            return Ok(in_progress(&config));
         }
-        tally.count(Served::InProgress);
-        return Ok(in_progress(&config));
+        Local::Unknown => {}
     }
     if config.state.is_down(Instant::now()) {
         tally.count(Served::StoreUnavailable);
@@ -1638,6 +1671,66 @@ async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    /// A step of another thread, run between two of `State::local`'s looks.
+    type Step = fn(&State, &str);
+
+    thread_local! {
+        /// What happens on another thread between `State::local`'s first look at the kept
+        /// answers and its look at the running handlers, in the test that sets it.
+        static BETWEEN: Cell<Option<Step>> = const { Cell::new(None) };
+    }
+
+    pub(super) fn between_the_looks(state: &State, key: &str) {
+        if let Some(f) = BETWEEN.with(Cell::take) {
+            f(state, key);
+        }
+    }
+
+    fn stored(fingerprint: Fingerprint) -> StoredResponse {
+        StoredResponse {
+            token: 7,
+            fingerprint,
+            status: StatusCode::CREATED,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"charged"),
+        }
+    }
+
+    /// A repeat that looks for a kept answer just before the handler of its key ends (keeping
+    /// its answer, the store being down, then no longer running) is replayed that answer:
+    /// not answered "in progress", nor sent on to the store.
+    #[test]
+    fn a_repeat_as_its_handler_ends_is_replayed() {
+        let fingerprint = Fingerprint::of_request(None, None, b"{}");
+        let state = State::default();
+        let key: Arc<str> = "POST /charges k".into();
+        lock(&state.running).insert(key.clone(), fingerprint);
+        assert!(matches!(state.local(&key), Local::Running(f) if f == fingerprint));
+        // The handler ends between the repeat's two looks.
+        BETWEEN.with(|b| {
+            b.set(Some(|state, key| {
+                state.keep(
+                    key.into(),
+                    stored(Fingerprint::of_request(None, None, b"{}")),
+                );
+                lock(&state.running).remove(key);
+            }));
+        });
+        match state.local(&key) {
+            Local::Kept(s) => assert_eq!(
+                (s.status, &s.body[..]),
+                (StatusCode::CREATED, &b"charged"[..])
+            ),
+            Local::Running(_) => panic!("answered in progress: the handler had ended"),
+            Local::Unknown => panic!("sent on to the store, with the answer kept here"),
+        }
+        // Kept: found at the first look, with no handler running.
+        assert!(matches!(state.local(&key), Local::Kept(_)));
+        state.forget(&key);
+        assert!(matches!(state.local(&key), Local::Unknown));
+    }
 
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
