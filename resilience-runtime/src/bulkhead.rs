@@ -146,12 +146,11 @@ impl Bulkhead {
         if let Some(p) = self.try_acquire_now() {
             return Ok(p);
         }
-        let now = tokio::time::Instant::now();
         let permit = wait_for_slot(
             &self.sem,
             self.spec.max_wait,
             deadline,
-            now,
+            tokio::time::Instant::now,
             (Refused::Full, Refused::Deadline),
         )
         .await;
@@ -182,18 +181,20 @@ impl Bulkhead {
 
 /// Waits for a slot of `sem`, no longer than `max_wait` and no later than `deadline`; on
 /// running out, says which of the two ran out first: `why.0` the wait, `why.1` the deadline.
-/// The bulkhead and the adaptive concurrency limit both wait this way.
+/// The bulkhead and the adaptive concurrency limit both wait this way. `now` reads the clock
+/// (or gives a reading the caller has), only when there is a wait: a refusal at once
+/// (`max_wait` zero) reads none.
 pub(crate) async fn wait_for_slot<R>(
     sem: &Semaphore,
     max_wait: Duration,
     deadline: tokio::time::Instant,
-    now: tokio::time::Instant,
+    now: impl FnOnce() -> tokio::time::Instant,
     why: (R, R),
 ) -> Result<SemaphorePermit<'_>, R> {
     if max_wait.is_zero() {
         return Err(why.0);
     }
-    let by_wait = now + max_wait;
+    let by_wait = now() + max_wait;
     let (until, why) = if deadline < by_wait {
         (deadline, why.1)
     } else {

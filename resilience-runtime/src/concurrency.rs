@@ -300,7 +300,7 @@ impl ConcurrencyLimit {
                 &self.sem,
                 self.spec.max_wait,
                 deadline,
-                now,
+                || now,
                 (Refused::Full, Refused::Deadline),
             )
             .await
