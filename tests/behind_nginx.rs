@@ -6,16 +6,10 @@
 //! loopback port). Needs the `nginx` binary (`.ci/test` installs it); without it the test is
 //! skipped, unless `CI` is set: then it fails.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::StatusCode;
 use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
 use resilience_runtime::{Error, RequestBuilderExt as _, resilient};
 
@@ -43,120 +37,51 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
+mod proxy;
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nginx {
-    /// nginx on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
-    async fn start(upstream: SocketAddr) -> Option<Nginx> {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().unwrap().port()
-        };
-        let dir =
-            std::env::temp_dir().join(format!("resilience-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-                 proxy_pass http://{upstream};\n      proxy_read_timeout {PROXY_READ_TIMEOUT_MS}ms;\n\
-                 proxy_next_upstream off;\n    }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
-        // Debian puts it in /usr/sbin, which a user's PATH may lack.
-        let bin = if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but nginx could not be started ({e}); .ci/test installs it");
-                }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping: nginx not found ({e}); .ci/test installs it"
-                );
-                return None;
-            }
-        };
-        let nginx = Nginx { child, dir, port };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(nginx);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-        panic!("nginx did not listen on 127.0.0.1:{port}: {log}");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-/// A slow charge behind the layer; returns its address and its run counter.
-async fn gateway(layer: IdempotencyLayer) -> (SocketAddr, Arc<AtomicUsize>) {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let app = Router::new()
-        .route(
-            "/charges",
-            axum::routing::post({
-                let runs = runs.clone();
-                move || async move {
-                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(HANDLER_MS)).await;
-                    (StatusCode::CREATED, format!("charge #{n}"))
-                }
-            }),
-        )
-        .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, runs)
+/// nginx on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
+async fn nginx(upstream: SocketAddr) -> Option<proxy::Proxy> {
+    proxy::Proxy::start(
+        "nginx",
+        "nginx.conf",
+        |dir, port| {
+            let d = dir.display();
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                   server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                     proxy_pass http://{upstream};\n      proxy_read_timeout {PROXY_READ_TIMEOUT_MS}ms;\n\
+                     proxy_next_upstream off;\n    }}\n  }}\n}}\n"
+            )
+        },
+        |dir, conf| {
+            vec![
+                "-p".into(),
+                dir.into(),
+                "-c".into(),
+                conf.into(),
+                "-e".into(),
+                dir.join("error.log").into(),
+            ]
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_proxy_timing_out_before_the_handler_never_makes_it_run_twice() {
-    let (addr, runs) = gateway(IdempotencyLayer::new(MemoryStore::default())).await;
-    let Some(nginx) = Nginx::start(addr).await else {
+    let (addr, _, runs) = proxy::slow_charges(
+        Some(IdempotencyLayer::new(MemoryStore::default())),
+        HANDLER_MS,
+    )
+    .await;
+    let Some(proxy) = nginx(addr).await else {
         return;
     };
     let http = reqwest::Client::new();
-    let receipt = charge(&http, &nginx.url("/charges")).await;
+    let receipt = charge(&http, &proxy.url("/charges")).await;
     assert_eq!(receipt.unwrap(), "charge #1");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
 }
@@ -167,12 +92,12 @@ async fn the_same_with_the_handler_inside_the_request_future_charges_again() {
     // drops the request future, and a handler that lives in it is cancelled and its claim
     // released; the retry charges again.
     let layer = IdempotencyLayer::new(MemoryStore::default()).__attached_for_benchmarks();
-    let (addr, runs) = gateway(layer).await;
-    let Some(nginx) = Nginx::start(addr).await else {
+    let (addr, _, runs) = proxy::slow_charges(Some(layer), HANDLER_MS).await;
+    let Some(proxy) = nginx(addr).await else {
         return;
     };
     let http = reqwest::Client::new();
-    let _ = charge(&http, &nginx.url("/charges")).await;
+    let _ = charge(&http, &proxy.url("/charges")).await;
     assert!(
         runs.load(Ordering::SeqCst) >= 2,
         "{} runs",
@@ -198,9 +123,6 @@ async fn hedged_charge(http: &reqwest::Client, url: &str) -> Result<String, Erro
     Ok(receipt.text().await?)
 }
 
-/// When each request reached the gateway (409s and replays included).
-type Arrivals = Arc<std::sync::Mutex<Vec<std::time::Instant>>>;
-
 #[resilient(
     timeout = "1s",
     deadline = "10s",
@@ -218,51 +140,24 @@ async fn hedged_charge_once(http: &reqwest::Client, url: &str) -> Result<String,
     Ok(receipt.text().await?)
 }
 
-/// The gateway of [`gateway`], noting every request that reaches it, not only the handler's
-/// runs.
-async fn counted_gateway() -> (SocketAddr, Arrivals, Arc<AtomicUsize>) {
-    let requests = Arrivals::default();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let app = Router::new()
-        .route(
-            "/charges",
-            axum::routing::post({
-                let runs = runs.clone();
-                move || async move {
-                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(HANDLER_MS)).await;
-                    (StatusCode::CREATED, format!("charge #{n}"))
-                }
-            }),
-        )
-        .layer(IdempotencyLayer::new(MemoryStore::default()))
-        .layer(axum::middleware::map_request({
-            let requests = requests.clone();
-            move |req: axum::extract::Request| {
-                requests.lock().unwrap().push(std::time::Instant::now());
-                async move { req }
-            }
-        }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, requests, runs)
-}
-
 /// A hedged keyed charge behind the proxy: the hedge goes out while the first request's
 /// handler runs and is told "still in progress" (409), then nginx answers the first 504; the
 /// call asks again with the key until the replay comes. One charge, its receipt returned.
 #[tokio::test]
 async fn a_hedged_charge_behind_a_proxy_timing_out_is_charged_once() {
-    let (addr, requests, runs) = counted_gateway().await;
-    let Some(nginx) = Nginx::start(addr).await else {
+    let (addr, requests, runs) = proxy::slow_charges(
+        Some(IdempotencyLayer::new(MemoryStore::default())),
+        HANDLER_MS,
+    )
+    .await;
+    let Some(proxy) = nginx(addr).await else {
         return;
     };
     let http = reqwest::Client::new();
-    let receipt = hedged_charge(&http, &nginx.url("/charges")).await;
+    let receipt = hedged_charge(&http, &proxy.url("/charges")).await;
     assert_eq!(receipt.unwrap(), "charge #1");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
-    let arrivals = requests.lock().unwrap().clone();
+    let arrivals: Vec<_> = requests.lock().unwrap().iter().map(|(at, _)| *at).collect();
     assert!(
         arrivals.len() >= 3,
         "the first, its hedge, and an ask for the replay: {arrivals:?}"
@@ -278,12 +173,16 @@ async fn a_hedged_charge_behind_a_proxy_timing_out_is_charged_once() {
 /// runs once, to its end, and its receipt is kept for the key.
 #[tokio::test]
 async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
-    let (addr, requests, runs) = counted_gateway().await;
-    let Some(nginx) = Nginx::start(addr).await else {
+    let (addr, requests, runs) = proxy::slow_charges(
+        Some(IdempotencyLayer::new(MemoryStore::default())),
+        HANDLER_MS,
+    )
+    .await;
+    let Some(proxy) = nginx(addr).await else {
         return;
     };
     let http = reqwest::Client::new();
-    let url = nginx.url("/charges");
+    let url = proxy.url("/charges");
     let both_arrived = async {
         for _ in 0..1000 {
             if requests.lock().unwrap().len() == 2 {
@@ -313,14 +212,18 @@ async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
 /// replay (asking is no retry) instead of failing while the card is being charged.
 #[tokio::test]
 async fn a_hedged_charge_told_in_progress_then_504_asks_for_the_replay() {
-    let (addr, requests, runs) = counted_gateway().await;
-    let Some(nginx) = Nginx::start(addr).await else {
+    let (addr, requests, runs) = proxy::slow_charges(
+        Some(IdempotencyLayer::new(MemoryStore::default())),
+        HANDLER_MS,
+    )
+    .await;
+    let Some(proxy) = nginx(addr).await else {
         return;
     };
     let http = reqwest::Client::new();
-    let receipt = hedged_charge_once(&http, &nginx.url("/charges")).await;
+    let receipt = hedged_charge_once(&http, &proxy.url("/charges")).await;
     assert_eq!(receipt.unwrap(), "charge #1");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
-    let arrivals = requests.lock().unwrap().clone();
+    let arrivals: Vec<_> = requests.lock().unwrap().iter().map(|(at, _)| *at).collect();
     assert!(arrivals.len() >= 3, "{arrivals:?}");
 }
