@@ -1,20 +1,24 @@
-//! Behind a real haproxy that retries on its own (`retry-on all-retryable-errors`, `retries
-//! 2`), with a `timeout server` shorter than the handler: after 100 ms without an answer the
-//! proxy sends the same request again, body and headers as it got them. A keyed charge behind
-//! an `IdempotencyLayer` still runs once: the proxy's resend carries the key and is answered
-//! 409, and the client asks for the replay. The controls show what the proxy does to a handler
-//! nothing protects (three runs for one request the client sent once), and what a backend the
-//! proxy cannot reach looks like from the client (a 503, not a connect failure).
+//! Behind a real haproxy that retries on its own (`retry-on all-retryable-errors`, `retries 2`),
+//! with a `timeout server` shorter than the handler: after 100 ms without an answer the proxy sends
+//! the same request again, body and headers as it got them. A keyed charge behind an
+//! `IdempotencyLayer` still runs once: the proxy's resend carries the key and is answered 409, and
+//! the client asks for the replay; with two instances sharing Redis, the resend goes to the other
+//! one, which finds the key claimed there. The controls show what the proxy does to a handler
+//! nothing protects (three runs for one request the client sent once), and what a backend the proxy
+//! cannot reach looks like from the client (a 503, not a connect failure).
 //!
 //! Starts its own haproxy (foreground, its own config, a free loopback port). Needs the
 //! `haproxy` binary (`.ci/test` installs it); without it the tests are skipped, unless `CI`
 //! is set: then they fail.
 
+mod proxy;
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+use resilience_runtime::server::{IdempotencyLayer, MemoryStore, RedisStore};
 use resilience_runtime::{Error, ErrorKind, resilient};
 
 /// haproxy's `timeout server`: how long it waits for the service's answer before trying again.
@@ -24,23 +28,28 @@ const PROXY_RETRIES: usize = 2;
 /// The handler's work: longer than haproxy waits.
 const HANDLER_MS: u64 = 300;
 
-mod proxy;
-
-/// haproxy on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
-async fn haproxy(upstream: SocketAddr) -> Option<proxy::Proxy> {
+/// haproxy on a free loopback port, proxying to `upstreams` in turn; `None` (skip) if not
+/// installed.
+async fn haproxy(upstreams: &[SocketAddr]) -> Option<proxy::Proxy> {
+    let servers: String = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("  server s{i} {addr}\n"))
+        .collect();
     proxy::Proxy::start(
         "haproxy",
         "haproxy.cfg",
         // A common production shape: layer-7 retries on every error haproxy deems retryable
-        // (a connect failure, no answer in time, an empty or broken answer, 500/502/503/504).
+        // (a connect failure, no answer in time, an empty or broken answer, 500/502/503/504),
+        // each retry to another instance where there are several (`redispatch`).
         |_, port| {
             format!(
                 "global\n  maxconn 64\n\
                  defaults\n  mode http\n  timeout connect 100ms\n  timeout client 10s\n\
                    timeout server {SERVER_TIMEOUT_MS}ms\n  retries {PROXY_RETRIES}\n\
-                   retry-on all-retryable-errors\n  option redispatch\n\
+                   retry-on all-retryable-errors\n  option redispatch 1\n\
                  frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
-                 backend be\n  server s1 {upstream}\n"
+                 backend be\n  balance roundrobin\n{servers}"
             )
         },
         |_, conf| vec!["-db".into(), "-f".into(), conf.into()],
@@ -74,14 +83,18 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
 async fn a_proxy_resending_a_keyed_charge_on_its_own_still_charges_once() {
     let layer = IdempotencyLayer::new(MemoryStore::default());
     let (addr, arrivals, runs) = proxy::slow_charges(Some(layer), HANDLER_MS).await;
-    let Some(proxy) = haproxy(addr).await else {
+    let Some(proxy) = haproxy(&[addr]).await else {
         return;
     };
     let http = reqwest::Client::new();
     let receipt = charge(&http, &proxy.url("/charges")).await;
-    assert_eq!(receipt.unwrap(), "charge #1");
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
     let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(
+        receipt.as_deref().map_err(ToString::to_string),
+        Ok("charge #1"),
+        "{arrivals:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
     assert_eq!(
         arrivals.len(),
         3,
@@ -97,6 +110,55 @@ async fn a_proxy_resending_a_keyed_charge_on_its_own_still_charges_once() {
             .iter()
             .all(|(_, k)| k.as_deref() == Some(key.as_str())),
         "every request, the proxy's resend too, carries the one key: {arrivals:?}"
+    );
+}
+
+/// The production shape: two instances of the service behind the proxy, sharing their claims
+/// and answers through Redis. The proxy's resend goes to the other instance (`redispatch`),
+/// which finds the key claimed in Redis and answers 409; the client's ask for the replay gets
+/// the answer the first instance kept there. One charge, on whichever instance took it.
+#[tokio::test]
+async fn two_instances_sharing_redis_behind_a_resending_proxy_charge_once() {
+    let Some(url) = support::redis_url().await else {
+        return;
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let prefix = format!(
+        "behind-haproxy:{}:{}:",
+        std::process::id(),
+        now.unwrap().as_nanos()
+    );
+    let store = || async {
+        RedisStore::connect(&url)
+            .await
+            .expect("connect to Redis")
+            .prefix(prefix.clone())
+    };
+    let (a, arrivals_a, runs_a) =
+        proxy::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
+    let (b, arrivals_b, runs_b) =
+        proxy::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
+    let Some(proxy) = haproxy(&[a, b]).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let receipt = charge(&http, &proxy.url("/charges")).await;
+    assert_eq!(
+        receipt.as_deref().map_err(ToString::to_string),
+        Ok("charge #1"),
+        "{:?} and {:?}",
+        arrivals_a.lock().unwrap(),
+        arrivals_b.lock().unwrap()
+    );
+    let runs = runs_a.load(Ordering::SeqCst) + runs_b.load(Ordering::SeqCst);
+    assert_eq!(runs, 1, "charged once, on one instance");
+    let (a, b) = (
+        arrivals_a.lock().unwrap().len(),
+        arrivals_b.lock().unwrap().len(),
+    );
+    assert!(
+        a >= 1 && b >= 1 && a + b == 3,
+        "the first try on one instance, the proxy's resend on the other, the client's ask: {a} and {b}"
     );
 }
 
@@ -118,7 +180,7 @@ async fn charge_once_unkeyed(http: &reqwest::Client, url: &str) -> Result<String
 #[tokio::test]
 async fn the_same_proxy_runs_an_unprotected_handler_once_per_resend() {
     let (addr, arrivals, runs) = proxy::slow_charges(None, HANDLER_MS).await;
-    let Some(proxy) = haproxy(addr).await else {
+    let Some(proxy) = haproxy(&[addr]).await else {
         return;
     };
     let http = reqwest::Client::new();
@@ -182,11 +244,11 @@ async fn post_charge_on_connect(http: &reqwest::Client, url: &str) -> Result<Str
 /// only is not (it cannot tell that its request never reached a service).
 #[tokio::test]
 async fn a_backend_the_proxy_cannot_reach_is_a_503_not_a_connect_failure() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().unwrap()
-    };
-    let Some(proxy) = haproxy(closed).await else {
+    // Bound, never listening: a connect to it is refused, and no other test can take it.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let closed = held.local_addr().unwrap();
+    let Some(proxy) = haproxy(&[closed]).await else {
         return;
     };
     let http = reqwest::Client::new();

@@ -6,6 +6,8 @@
 //! loopback port). Needs the `nginx` binary (`.ci/test` installs it); without it the test is
 //! skipped, unless `CI` is set: then it fails.
 
+mod proxy;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,8 +38,6 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
         .text()
         .await?)
 }
-
-mod proxy;
 
 /// nginx on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
 async fn nginx(upstream: SocketAddr) -> Option<proxy::Proxy> {

@@ -7,6 +7,8 @@
 //! calls, exactly, with one server or two sharing Redis. Without the key, the client refuses
 //! to resend and reports the failure instead of duplicating.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -217,30 +219,6 @@ proptest! {
     }
 }
 
-async fn redis_url() -> Option<String> {
-    let url = std::env::var("RESILIENCE_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6399/".to_owned());
-    let ping = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but Redis at {url} is unreachable")
-        }
-        _ => {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping: Redis at {url} is unreachable; start it with .ci/redis.sh"
-            );
-            None
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -248,7 +226,7 @@ proptest! {
     fn exactly_once_with_two_instances_sharing_redis(plan in plan()) {
         prop_assume!(plan.windows(4).all(|w| w.iter().any(|f| matches!(f, Fault::Pass))));
         runtime().block_on(async {
-            let Some(url) = redis_url().await else { return };
+            let Some(url) = support::redis_url().await else { return };
             let prefix = format!("exactly-once:{}:", uuid_like());
             let runs = Arc::new(AtomicUsize::new(0));
             let a = RedisStore::connect(&url).await.unwrap().prefix(prefix.clone());

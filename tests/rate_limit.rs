@@ -8,6 +8,8 @@
 //! `redis://127.0.0.1:7101/,redis://127.0.0.1:7102/,redis://127.0.0.1:7103/`,
 //! `.ci/cluster.sh`). Without them they are skipped, unless `CI` is set: then they fail.
 
+mod support;
+
 use std::time::Duration;
 
 use resilience_fault_server::{Action, FaultServer, Script};
@@ -232,7 +234,7 @@ async fn child_calls_as_fast_as_the_limit_allows() {
 
 #[tokio::test]
 async fn two_processes_share_one_limit_through_redis() {
-    let Some(redis_url) = redis_url().await else {
+    let Some(redis_url) = support::redis_url().await else {
         return;
     };
     let client = redis::Client::open(redis_url.as_str()).unwrap();
@@ -312,26 +314,6 @@ async fn two_processes_share_one_limit(env: (&str, &str)) {
     // The control: two local limits let each process have 40 per second.
     let (n, span) = measure("/local");
     assert!(n > 1.5 * 40.0 * span, "two local limits: {n} in {span:.3}s");
-}
-
-async fn redis_url() -> Option<String> {
-    let url = std::env::var("RESILIENCE_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6399/".to_owned());
-    let ping = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but Redis at {url} is unreachable")
-        }
-        _ => {
-            eprintln!("skipping: Redis at {url} is unreachable; start it with .ci/redis.sh");
-            None
-        }
-    }
 }
 
 /// The cluster's node URLs, comma-separated, if it answers PING.

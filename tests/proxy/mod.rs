@@ -3,7 +3,9 @@
 //! the binary the test is skipped (`start` gives `None`), unless `CI` is set: then it fails.
 //! Behind it, [`slow_charges`]: a charge slower than the proxy waits.
 
+use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,64 +35,89 @@ impl Drop for Proxy {
 impl Proxy {
     /// Runs `bin` (looked for in `/usr/sbin` first, which a user's `PATH` may lack) with the
     /// arguments `args(dir, config)` gives, after writing `config(dir, port)` to `dir/file`;
-    /// waits until it listens on `127.0.0.1:port`.
+    /// waits until it listens on `127.0.0.1:port` (a free port it chooses).
     pub async fn start(
         bin: &str,
         file: &str,
-        config: impl FnOnce(&Path, u16) -> String,
-        args: impl FnOnce(&Path, &Path) -> Vec<OsString>,
+        config: impl Fn(&Path, u16) -> String,
+        args: impl Fn(&Path, &Path) -> Vec<OsString>,
     ) -> Option<Proxy> {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().unwrap().port()
-        };
-        let dir =
-            std::env::temp_dir().join(format!("resilience-{bin}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let conf = dir.join(file);
-        std::fs::write(&conf, config(&dir, port)).expect("write the proxy's configuration");
-        let sbin = Path::new("/usr/sbin").join(bin);
-        let program = if sbin.exists() {
-            sbin
-        } else {
-            PathBuf::from(bin)
-        };
-        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
-        let child = Command::new(&program)
-            .args(args(&dir, &conf))
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but {bin} could not be started ({e}); .ci/test installs it");
+        // A port below the kernel's ephemeral range (32768 and up by default), free when
+        // chosen: the services of tests running beside this one bind port 0 and never get it.
+        // Two proxies choosing one port: the second cannot bind it and exits, and is started
+        // again on another.
+        for _ in 0..5 {
+            let port = loop {
+                let port = 20_000 + (RandomState::new().build_hasher().finish() % 12_000) as u16;
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    break port;
                 }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping: {bin} not found ({e}); .ci/test installs it"
-                );
-                return None;
+            };
+            let dir = std::env::temp_dir()
+                .join(format!("resilience-{bin}-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let conf = dir.join(file);
+            std::fs::write(&conf, config(&dir, port)).expect("write the proxy's configuration");
+            let sbin = Path::new("/usr/sbin").join(bin);
+            let program = if sbin.exists() {
+                sbin
+            } else {
+                PathBuf::from(bin)
+            };
+            let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
+            let child = Command::new(&program)
+                .args(args(&dir, &conf))
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn();
+            let child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    if std::env::var_os("CI").is_some() {
+                        panic!(
+                            "CI is set but {bin} could not be started ({e}); .ci/test installs it"
+                        );
+                    }
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "skipping: {bin} not found ({e}); .ci/test installs it"
+                    );
+                    return None;
+                }
+            };
+            let mut proxy = Proxy { child, dir, port };
+            for _ in 0..200 {
+                if let Ok(Some(_)) = proxy.child.try_wait() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    // Listening, and still running: it was this proxy that answered.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Ok(None) = proxy.child.try_wait() {
+                        return Some(proxy);
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
-        };
-        let proxy = Proxy { child, dir, port };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(proxy);
+            let log = ["stderr.log", "error.log"]
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(proxy.dir.join(f)).ok())
+                .collect::<Vec<_>>()
+                .join("\n");
+            if let Ok(None) = proxy.child.try_wait() {
+                panic!("{bin} did not listen on 127.0.0.1:{port}: {log}");
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{bin} exited on 127.0.0.1:{port}, starting it again on another port: {log}"
+            );
         }
-        let log = ["stderr.log", "error.log"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(proxy.dir.join(f)).ok())
-            .collect::<Vec<_>>()
-            .join("\n");
-        panic!("{bin} did not listen on 127.0.0.1:{port}: {log}");
+        panic!("{bin} exited five times at its start");
     }
 
     pub fn url(&self, path: &str) -> String {

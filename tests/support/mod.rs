@@ -1,4 +1,5 @@
-//! Shared by the test binaries that `mod support;` it.
+//! Shared by the test binaries that `mod support;` it; each uses a part of it.
+#![allow(dead_code)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -41,4 +42,30 @@ pub fn capture(level: tracing::Level, new_spans: bool) -> (Buf, tracing::subscri
         })
         .finish();
     (buf, tracing::subscriber::set_default(subscriber))
+}
+
+/// The Redis server of the store and rate-limit tests (`RESILIENCE_REDIS_URL`, else
+/// `.ci/redis.sh`'s port), if it answers PING; `None` (skip) if not, unless `CI` is set: then
+/// it fails.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("RESILIENCE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6399/".to_owned());
+    let ping = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but Redis at {url} is unreachable")
+        }
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: Redis at {url} is unreachable; start it with .ci/redis.sh"
+            );
+            None
+        }
+    }
 }
