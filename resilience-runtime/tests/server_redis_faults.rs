@@ -34,9 +34,14 @@ impl Redis {
 
     /// [`start`](Self::start), with more `redis-server` arguments.
     async fn start_with(args: &'static [&'static str]) -> Option<Redis> {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().unwrap().port()
+        // A port below the kernel's ephemeral range, free when chosen: while this server is
+        // down (killed, to be restarted on the same port), no connection of a test running
+        // beside it can be given the port and keep it from coming back.
+        let port = loop {
+            let port = fastrand::u16(20000..30000);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
         };
         let mut redis = Redis {
             child: None,
