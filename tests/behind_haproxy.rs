@@ -11,7 +11,7 @@
 //! `haproxy` binary (`.ci/test` installs it); without it the tests are skipped, unless `CI`
 //! is set: then they fail.
 
-mod proxy;
+mod process;
 mod support;
 
 use std::net::SocketAddr;
@@ -30,30 +30,28 @@ const HANDLER_MS: u64 = 300;
 
 /// haproxy on a free loopback port, proxying to `upstreams` in turn; `None` (skip) if not
 /// installed.
-async fn haproxy(upstreams: &[SocketAddr]) -> Option<proxy::Proxy> {
+async fn haproxy(upstreams: &[SocketAddr]) -> Option<process::Process> {
     let servers: String = upstreams
         .iter()
         .enumerate()
         .map(|(i, addr)| format!("  server s{i} {addr}\n"))
         .collect();
-    proxy::Proxy::start(
-        "haproxy",
-        "haproxy.cfg",
+    process::Process::start("haproxy", |dir, port| {
         // A common production shape: layer-7 retries on every error haproxy deems retryable
         // (a connect failure, no answer in time, an empty or broken answer, 500/502/503/504),
         // each retry to another instance where there are several (`redispatch`).
-        |_, port| {
-            format!(
-                "global\n  maxconn 64\n\
-                 defaults\n  mode http\n  timeout connect 100ms\n  timeout client 10s\n\
-                   timeout server {SERVER_TIMEOUT_MS}ms\n  retries {PROXY_RETRIES}\n\
-                   retry-on all-retryable-errors\n  option redispatch 1\n\
-                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
-                 backend be\n  balance roundrobin\n{servers}"
-            )
-        },
-        |_, conf| vec!["-db".into(), "-f".into(), conf.into()],
-    )
+        let conf = format!(
+            "global\n  maxconn 64\n\
+             defaults\n  mode http\n  timeout connect 100ms\n  timeout client 10s\n\
+               timeout server {SERVER_TIMEOUT_MS}ms\n  retries {PROXY_RETRIES}\n\
+               retry-on all-retryable-errors\n  option redispatch 1\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+             backend be\n  balance roundrobin\n{servers}"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, conf).expect("write haproxy.cfg");
+        vec!["-db".into(), "-f".into(), path.into()]
+    })
     .await
 }
 
@@ -82,7 +80,7 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
 #[tokio::test]
 async fn a_proxy_resending_a_keyed_charge_on_its_own_still_charges_once() {
     let layer = IdempotencyLayer::new(MemoryStore::default());
-    let (addr, arrivals, runs) = proxy::slow_charges(Some(layer), HANDLER_MS).await;
+    let (addr, arrivals, runs) = process::slow_charges(Some(layer), HANDLER_MS).await;
     let Some(proxy) = haproxy(&[addr]).await else {
         return;
     };
@@ -135,9 +133,9 @@ async fn two_instances_sharing_redis_behind_a_resending_proxy_charge_once() {
             .prefix(prefix.clone())
     };
     let (a, arrivals_a, runs_a) =
-        proxy::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
+        process::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
     let (b, arrivals_b, runs_b) =
-        proxy::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
+        process::slow_charges(Some(IdempotencyLayer::new(store().await)), HANDLER_MS).await;
     let Some(proxy) = haproxy(&[a, b]).await else {
         return;
     };
@@ -179,7 +177,7 @@ async fn charge_once_unkeyed(http: &reqwest::Client, url: &str) -> Result<String
 
 #[tokio::test]
 async fn the_same_proxy_runs_an_unprotected_handler_once_per_resend() {
-    let (addr, arrivals, runs) = proxy::slow_charges(None, HANDLER_MS).await;
+    let (addr, arrivals, runs) = process::slow_charges(None, HANDLER_MS).await;
     let Some(proxy) = haproxy(&[addr]).await else {
         return;
     };

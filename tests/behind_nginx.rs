@@ -6,7 +6,7 @@
 //! loopback port). Needs the `nginx` binary (`.ci/test` installs it); without it the test is
 //! skipped, unless `CI` is set: then it fails.
 
-mod proxy;
+mod process;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -40,39 +40,35 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
 }
 
 /// nginx on a free loopback port, proxying to `upstream`; `None` (skip) if not installed.
-async fn nginx(upstream: SocketAddr) -> Option<proxy::Proxy> {
-    proxy::Proxy::start(
-        "nginx",
-        "nginx.conf",
-        |dir, port| {
-            let d = dir.display();
-            format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-                 error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                   server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-                     proxy_pass http://{upstream};\n      proxy_read_timeout {PROXY_READ_TIMEOUT_MS}ms;\n\
-                     proxy_next_upstream off;\n    }}\n  }}\n}}\n"
-            )
-        },
-        |dir, conf| {
-            vec![
-                "-p".into(),
-                dir.into(),
-                "-c".into(),
-                conf.into(),
-                "-e".into(),
-                dir.join("error.log").into(),
-            ]
-        },
-    )
+async fn nginx(upstream: SocketAddr) -> Option<process::Process> {
+    process::Process::start("nginx", |dir, port| {
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                 proxy_pass http://{upstream};\n      proxy_read_timeout {PROXY_READ_TIMEOUT_MS}ms;\n\
+                 proxy_next_upstream off;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        vec![
+            "-p".into(),
+            dir.into(),
+            "-c".into(),
+            path.into(),
+            "-e".into(),
+            dir.join("error.log").into(),
+        ]
+    })
     .await
 }
 
 #[tokio::test]
 async fn a_proxy_timing_out_before_the_handler_never_makes_it_run_twice() {
-    let (addr, _, runs) = proxy::slow_charges(
+    let (addr, _, runs) = process::slow_charges(
         Some(IdempotencyLayer::new(MemoryStore::default())),
         HANDLER_MS,
     )
@@ -92,7 +88,7 @@ async fn the_same_with_the_handler_inside_the_request_future_charges_again() {
     // drops the request future, and a handler that lives in it is cancelled and its claim
     // released; the retry charges again.
     let layer = IdempotencyLayer::new(MemoryStore::default()).__attached_for_benchmarks();
-    let (addr, _, runs) = proxy::slow_charges(Some(layer), HANDLER_MS).await;
+    let (addr, _, runs) = process::slow_charges(Some(layer), HANDLER_MS).await;
     let Some(proxy) = nginx(addr).await else {
         return;
     };
@@ -145,7 +141,7 @@ async fn hedged_charge_once(http: &reqwest::Client, url: &str) -> Result<String,
 /// call asks again with the key until the replay comes. One charge, its receipt returned.
 #[tokio::test]
 async fn a_hedged_charge_behind_a_proxy_timing_out_is_charged_once() {
-    let (addr, requests, runs) = proxy::slow_charges(
+    let (addr, requests, runs) = process::slow_charges(
         Some(IdempotencyLayer::new(MemoryStore::default())),
         HANDLER_MS,
     )
@@ -173,7 +169,7 @@ async fn a_hedged_charge_behind_a_proxy_timing_out_is_charged_once() {
 /// runs once, to its end, and its receipt is kept for the key.
 #[tokio::test]
 async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
-    let (addr, requests, runs) = proxy::slow_charges(
+    let (addr, requests, runs) = process::slow_charges(
         Some(IdempotencyLayer::new(MemoryStore::default())),
         HANDLER_MS,
     )
@@ -212,7 +208,7 @@ async fn a_caller_giving_up_mid_hedge_leaves_one_charge() {
 /// replay (asking is no retry) instead of failing while the card is being charged.
 #[tokio::test]
 async fn a_hedged_charge_told_in_progress_then_504_asks_for_the_replay() {
-    let (addr, requests, runs) = proxy::slow_charges(
+    let (addr, requests, runs) = process::slow_charges(
         Some(IdempotencyLayer::new(MemoryStore::default())),
         HANDLER_MS,
     )

@@ -1,7 +1,7 @@
-//! A reverse proxy (nginx, haproxy) that a test starts in front of a service on loopback: its
-//! own configuration and directory, a free port, stopped and cleaned up when dropped. Without
-//! the binary the test is skipped (`start` gives `None`), unless `CI` is set: then it fails.
-//! Behind it, [`slow_charges`]: a charge slower than the proxy waits.
+//! A server of another project that a test starts on loopback (nginx, haproxy in front of a
+//! service; httpbin): its own directory and configuration, a free port, stopped and cleaned up
+//! when dropped. Without the program the test is skipped (`start` gives `None`), unless `CI`
+//! is set: then it fails. Behind a proxy, [`slow_charges`]: a charge slower than it waits.
 
 use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
@@ -18,13 +18,13 @@ use axum::Router;
 use axum::http::StatusCode;
 use resilience_runtime::server::IdempotencyLayer;
 
-pub struct Proxy {
+pub struct Process {
     child: Child,
     dir: PathBuf,
     port: u16,
 }
 
-impl Drop for Proxy {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -32,19 +32,14 @@ impl Drop for Proxy {
     }
 }
 
-impl Proxy {
+impl Process {
     /// Runs `bin` (looked for in `/usr/sbin` first, which a user's `PATH` may lack) with the
-    /// arguments `args(dir, config)` gives, after writing `config(dir, port)` to `dir/file`;
-    /// waits until it listens on `127.0.0.1:port` (a free port it chooses).
-    pub async fn start(
-        bin: &str,
-        file: &str,
-        config: impl Fn(&Path, u16) -> String,
-        args: impl Fn(&Path, &Path) -> Vec<OsString>,
-    ) -> Option<Proxy> {
+    /// arguments `setup(dir, port)` gives (it writes what else the program needs into `dir`);
+    /// waits until it listens on `127.0.0.1:port` (a free port chosen here).
+    pub async fn start(bin: &str, setup: impl Fn(&Path, u16) -> Vec<OsString>) -> Option<Process> {
         // A port below the kernel's ephemeral range (32768 and up by default), free when
         // chosen: the services of tests running beside this one bind port 0 and never get it.
-        // Two proxies choosing one port: the second cannot bind it and exits, and is started
+        // Two servers choosing one port: the second cannot bind it and exits, and is started
         // again on another.
         for _ in 0..5 {
             let port = loop {
@@ -56,8 +51,7 @@ impl Proxy {
             let dir = std::env::temp_dir()
                 .join(format!("resilience-{bin}-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
-            let conf = dir.join(file);
-            std::fs::write(&conf, config(&dir, port)).expect("write the proxy's configuration");
+            let args = setup(&dir, port);
             let sbin = Path::new("/usr/sbin").join(bin);
             let program = if sbin.exists() {
                 sbin
@@ -66,7 +60,7 @@ impl Proxy {
             };
             let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
             let child = Command::new(&program)
-                .args(args(&dir, &conf))
+                .args(args)
                 .stdout(Stdio::null())
                 .stderr(stderr)
                 .spawn();
@@ -86,19 +80,19 @@ impl Proxy {
                     return None;
                 }
             };
-            let mut proxy = Proxy { child, dir, port };
+            let mut server = Process { child, dir, port };
             for _ in 0..200 {
-                if let Ok(Some(_)) = proxy.child.try_wait() {
+                if let Ok(Some(_)) = server.child.try_wait() {
                     break;
                 }
                 if tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .is_ok()
                 {
-                    // Listening, and still running: it was this proxy that answered.
+                    // Listening, and still running: it was this server that answered.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    if let Ok(None) = proxy.child.try_wait() {
-                        return Some(proxy);
+                    if let Ok(None) = server.child.try_wait() {
+                        return Some(server);
                     }
                     break;
                 }
@@ -106,10 +100,10 @@ impl Proxy {
             }
             let log = ["stderr.log", "error.log"]
                 .iter()
-                .filter_map(|f| std::fs::read_to_string(proxy.dir.join(f)).ok())
+                .filter_map(|f| std::fs::read_to_string(server.dir.join(f)).ok())
                 .collect::<Vec<_>>()
                 .join("\n");
-            if let Ok(None) = proxy.child.try_wait() {
+            if let Ok(None) = server.child.try_wait() {
                 panic!("{bin} did not listen on 127.0.0.1:{port}: {log}");
             }
             let _ = writeln!(
@@ -126,11 +120,13 @@ impl Proxy {
 }
 
 /// When each request reached the service, and its `Idempotency-Key` (`None`: no key), in order.
+#[allow(dead_code)]
 pub type Arrivals = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
 
 /// A slow charge (`POST /charges`, `handler_ms` of work, answering `charge #n` for its n-th
 /// run) behind `layer` when there is one, noting every request that reaches the service (the
 /// layer's 409s and replays too) and every run of the handler.
+#[allow(dead_code)]
 pub async fn slow_charges(
     layer: Option<IdempotencyLayer>,
     handler_ms: u64,
