@@ -93,9 +93,9 @@ async fn a_proxy_resending_a_keyed_charge_on_its_own_still_charges_once() {
         "{arrivals:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
-    assert_eq!(
-        arrivals.len(),
-        3,
+    // Three on a quiet machine; one more for each 409 slower than the proxy's 100 ms.
+    assert!(
+        arrivals.len() >= 3,
         "the proxy's first try, its resend (answered 409, passed on), the client's ask: {arrivals:?}"
     );
     assert!(
@@ -155,7 +155,7 @@ async fn two_instances_sharing_redis_behind_a_resending_proxy_charge_once() {
         arrivals_b.lock().unwrap().len(),
     );
     assert!(
-        a >= 1 && b >= 1 && a + b == 3,
+        a >= 1 && b >= 1 && a + b >= 3,
         "the first try on one instance, the proxy's resend on the other, the client's ask: {a} and {b}"
     );
 }
