@@ -242,10 +242,7 @@ async fn post_charge_on_connect(http: &reqwest::Client, url: &str) -> Result<Str
 /// only is not (it cannot tell that its request never reached a service).
 #[tokio::test]
 async fn a_backend_the_proxy_cannot_reach_is_a_503_not_a_connect_failure() {
-    // Bound, never listening: a connect to it is refused, and no other test can take it.
-    let held = tokio::net::TcpSocket::new_v4().expect("socket");
-    held.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
-    let closed = held.local_addr().unwrap();
+    let closed = resilience_fault_server::refused_addr();
     let Some(proxy) = haproxy(&[closed]).await else {
         return;
     };

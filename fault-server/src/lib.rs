@@ -37,7 +37,8 @@
 //! ```
 //!
 //! Addresses that fail before HTTP: [`refused_addr`] (connect refused) and [`Blackhole`]
-//! (connect times out).
+//! (connect times out). [`free_port`]: a port for a server a test starts as a process of its
+//! own, which no socket of a test beside it is given.
 
 mod action;
 pub mod counting;
@@ -46,5 +47,5 @@ mod net;
 mod server;
 
 pub use action::{Action, Reply, Script};
-pub use net::{Blackhole, refused_addr};
+pub use net::{Blackhole, free_port, refused_addr};
 pub use server::{FaultServer, Seen};

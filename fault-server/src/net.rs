@@ -1,5 +1,6 @@
 //! Addresses that fail before any HTTP: refused and unanswered connects.
 
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -9,17 +10,45 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// A loopback address where nothing listens, so connecting is refused at once
 /// (`ECONNREFUSED`; reqwest reports `is_connect()`).
 ///
-/// It binds `127.0.0.1:0`, notes the port and closes the listener. Nothing stops another
-/// socket from taking the port later, but the kernel rarely hands it out again soon.
+/// Its port is held for the life of the process by a socket bound to it and never listening:
+/// no other socket (a server a test starts beside, a client's connection) can be given it, so
+/// the address stays refused however long it is used.
 ///
 /// # Panics
 /// If no loopback port can be bound.
 pub fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    let held = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .and_then(|s| {
+            s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+            Ok(s)
+        })
         .expect("refused_addr: cannot bind 127.0.0.1:0");
-    listener
+    let addr = held
         .local_addr()
-        .expect("refused_addr: no local address")
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("refused_addr: no local address");
+    // Kept open (one descriptor per call) until the process ends.
+    std::mem::forget(held);
+    addr
+}
+
+/// A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and up by default), for a
+/// server a test starts as a process of its own (a proxy, a Redis it kills and starts again
+/// on the same port): the sockets of tests running beside it, which bind port 0 or connect
+/// out, are never given it. Free when chosen; two servers choosing at once may still meet,
+/// and the second then fails to bind.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000
+            + (std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                % 12_000) as u16;
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A loopback address where connects hang until the client's connect timeout fires.

@@ -35,9 +35,8 @@ struct Node {
 /// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
 fn free_port() -> u16 {
     loop {
-        let port = fastrand::u16(20000..30000);
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10000) {
+        let port = resilience_fault_server::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
     }

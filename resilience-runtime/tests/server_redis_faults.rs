@@ -34,15 +34,9 @@ impl Redis {
 
     /// [`start`](Self::start), with more `redis-server` arguments.
     async fn start_with(args: &'static [&'static str]) -> Option<Redis> {
-        // A port below the kernel's ephemeral range, free when chosen: while this server is
-        // down (killed, to be restarted on the same port), no connection of a test running
-        // beside it can be given the port and keep it from coming back.
-        let port = loop {
-            let port = fastrand::u16(20000..30000);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
+        // While this server is down (killed, to be restarted on the same port), no socket of
+        // a test running beside it can be given the port (`free_port`).
+        let port = resilience_fault_server::free_port();
         let mut redis = Redis {
             child: None,
             port,

@@ -3,9 +3,7 @@
 //! when dropped. Without the program the test is skipped (`start` gives `None`), unless `CI`
 //! is set: then it fails. Behind a proxy, [`slow_charges`]: a charge slower than it waits.
 
-use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,17 +35,10 @@ impl Process {
     /// arguments `setup(dir, port)` gives (it writes what else the program needs into `dir`);
     /// waits until it listens on `127.0.0.1:port` (a free port chosen here).
     pub async fn start(bin: &str, setup: impl Fn(&Path, u16) -> Vec<OsString>) -> Option<Process> {
-        // A port below the kernel's ephemeral range (32768 and up by default), free when
-        // chosen: the services of tests running beside this one bind port 0 and never get it.
-        // Two servers choosing one port: the second cannot bind it and exits, and is started
-        // again on another.
+        // A port no test beside this one is given (`free_port`). Two servers choosing one
+        // port: the second cannot bind it and exits, and is started again on another.
         for _ in 0..5 {
-            let port = loop {
-                let port = 20_000 + (RandomState::new().build_hasher().finish() % 12_000) as u16;
-                if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                    break port;
-                }
-            };
+            let port = resilience_fault_server::free_port();
             let dir = std::env::temp_dir()
                 .join(format!("resilience-{bin}-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
