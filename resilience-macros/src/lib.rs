@@ -9,6 +9,8 @@
 
 mod client;
 mod entry;
+#[cfg(test)]
+mod every_body;
 mod expand;
 mod stamp;
 
