@@ -164,12 +164,25 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return, clippy::let_unit_value, clippy::empty_loop)]
                 if false {
                     let __resilience_fake_return: #ty = loop {};
-                    #p::must_return_result(&__resilience_fake_return);
                     return __resilience_fake_return;
                 }
             }
         }
         syn::ReturnType::Default => quote!(),
+    };
+
+    // The declared return type is a `Result` whose error type the runtime's own errors convert
+    // into: checked first, at that type, so that the first error a `Result<T, reqwest::Error>`
+    // meets says so in words, where the type is written.
+    let result_check = match &sig.output {
+        syn::ReturnType::Type(_, ty) if !contains_impl(ty) => {
+            let span = ty.span();
+            // The whole call at the type, the runtime's path included: a type that is no
+            // `Result` at all (an alias of `u32`) is told there too, not at the attribute.
+            let private = respan(p.clone(), span);
+            quote_spanned!(span=> #private::must_return_result::<#ty>();)
+        }
+        _ => quote!(),
     };
 
     // Without retries or asks the loop never goes round again: no back edge, so the body may
@@ -389,6 +402,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             struct __ResilienceHere;
             static __RESILIENCE_STATE: #p::PolicyState =
                 #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
+            #result_check
             #refused
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);

@@ -115,10 +115,31 @@ pub mod __private {
         message = "#[resilient] needs a function returning `Result<T, E>`; `{Self}` is not a Result",
         label = "not a `Result<T, E>`"
     )]
-    pub trait IsResult {}
-    impl<T, E> IsResult for ::core::result::Result<T, E> {}
+    pub trait IsResult {
+        /// Its error type.
+        type Error;
+    }
+    impl<T, E> IsResult for ::core::result::Result<T, E> {
+        type Error = E;
+    }
 
-    pub fn must_return_result<R: IsResult>(_: &R) {}
+    /// An error type the runtime's own errors (an attempt timeout, the deadline, an open
+    /// breaker) convert into. Checked at the declared return type, so that a `Result<T,
+    /// reqwest::Error>` is told so there, in these words, and not only as a bare unsatisfied
+    /// `From` bound at the attribute.
+    #[diagnostic::on_unimplemented(
+        message = "#[resilient] returns the runtime's own failures in the function's error type, and `{Self}` cannot hold them: it needs `From<resilience_runtime::Error>`",
+        label = "the function's error type: `{Self}` has no `From<resilience_runtime::Error>`",
+        note = "an attempt timeout, the deadline, an open breaker or a full bulkhead ends the call with the function's own error type: return `resilience_runtime::Error` (a `reqwest::Error` converts into it with `?`), `Box<dyn std::error::Error + Send + Sync>`, `anyhow::Error` or `std::io::Error`, or implement `From<resilience_runtime::Error>` for your own type"
+    )]
+    pub trait HoldsRuntimeErrors {}
+    impl<E: From<crate::Error>> HoldsRuntimeErrors for E {}
+
+    pub fn must_return_result<R: IsResult>()
+    where
+        R::Error: HoldsRuntimeErrors,
+    {
+    }
     pub use ::core;
     pub use ::std::time::Duration;
 }
