@@ -153,36 +153,25 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     }
 
     // A return edge typed with the declared return type, so `?` and `return` in the body
-    // convert into it, and a type error points at the return type, not at the macro.
+    // convert into it, and a type error points at the return type, not at the macro. The
+    // call on it checks that type, where it is written: a `Result` whose error type the
+    // runtime's own errors convert into, so that a `Result<T, reqwest::Error>` is told so in
+    // words, there (and a type aliasing no `Result` at all, the runtime's path included).
     let fake_return = match &sig.output {
         // `impl Trait` may not name a variable's type: the body's type then comes from the
         // function's own return, where the loop's result goes.
         syn::ReturnType::Type(_, ty) if contains_impl(ty) => quote!(),
         syn::ReturnType::Type(_, ty) => {
             let span = ty.span();
+            let private = respan(p.clone(), span);
             quote_spanned! {span=>
-                #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return, clippy::let_unit_value, clippy::empty_loop)]
+                #[allow(unreachable_code, clippy::needless_return)]
                 if false {
-                    let __resilience_fake_return: #ty = loop {};
-                    return __resilience_fake_return;
+                    return #private::must_return_result::<#ty>();
                 }
             }
         }
         syn::ReturnType::Default => quote!(),
-    };
-
-    // The declared return type is a `Result` whose error type the runtime's own errors convert
-    // into: checked first, at that type, so that the first error a `Result<T, reqwest::Error>`
-    // meets says so in words, where the type is written.
-    let result_check = match &sig.output {
-        syn::ReturnType::Type(_, ty) if !contains_impl(ty) => {
-            let span = ty.span();
-            // The whole call at the type, the runtime's path included: a type that is no
-            // `Result` at all (an alias of `u32`) is told there too, not at the attribute.
-            let private = respan(p.clone(), span);
-            quote_spanned!(span=> #private::must_return_result::<#ty>();)
-        }
-        _ => quote!(),
     };
 
     // Without retries or asks the loop never goes round again: no back edge, so the body may
@@ -361,7 +350,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             if !__resilience_session.admitted() #now {
                 if let ::core::result::Result::Err(__resilience_refusal) = __resilience_session.admit().await {
                     #on_start_error
-                    return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
+                    return ::core::result::Result::Err(#p::HoldsRuntimeErrors::from_runtime(__resilience_refusal));
                 }
             }
         }
@@ -374,7 +363,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         quote! {
             if let ::core::option::Option::Some(__resilience_refusal) = #p::Session::refused_compiled(&__RESILIENCE_STATE) {
                 #on_start_error
-                return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
+                return ::core::result::Result::Err(#p::HoldsRuntimeErrors::from_runtime(__resilience_refusal));
             }
         }
     } else {
@@ -402,13 +391,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             struct __ResilienceHere;
             static __RESILIENCE_STATE: #p::PolicyState =
                 #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
-            #result_check
             #refused
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
             if let ::core::option::Option::Some(__resilience_refusal) = __resilience_session.take_refusal() {
                 #on_start_error
-                return ::core::result::Result::Err(::core::convert::From::from(__resilience_refusal));
+                return ::core::result::Result::Err(#p::HoldsRuntimeErrors::from_runtime(__resilience_refusal));
             }
             #admit
             #[allow(clippy::let_and_return)]

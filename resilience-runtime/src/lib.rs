@@ -129,16 +129,27 @@ pub mod __private {
     /// `From` bound at the attribute.
     #[diagnostic::on_unimplemented(
         message = "#[resilient] returns the runtime's own failures in the function's error type, and `{Self}` cannot hold them: it needs `From<resilience_runtime::Error>`",
-        label = "the function's error type: `{Self}` has no `From<resilience_runtime::Error>`",
+        label = "`{Self}` has no `From<resilience_runtime::Error>`",
         note = "an attempt timeout, the deadline, an open breaker or a full bulkhead ends the call with the function's own error type: return `resilience_runtime::Error` (a `reqwest::Error` converts into it with `?`), `Box<dyn std::error::Error + Send + Sync>`, `anyhow::Error` or `std::io::Error`, or implement `From<resilience_runtime::Error>` for your own type"
     )]
-    pub trait HoldsRuntimeErrors {}
-    impl<E: From<crate::Error>> HoldsRuntimeErrors for E {}
+    pub trait HoldsRuntimeErrors {
+        /// The runtime's error as this type.
+        fn from_runtime(e: crate::Error) -> Self;
+    }
+    impl<E: From<crate::Error>> HoldsRuntimeErrors for E {
+        #[inline]
+        fn from_runtime(e: crate::Error) -> E {
+            E::from(e)
+        }
+    }
 
-    pub fn must_return_result<R: IsResult>()
+    /// The body's typed return edge (`if false { return must_return_result::<R>(); }`):
+    /// never called.
+    pub fn must_return_result<R: IsResult>() -> R
     where
         R::Error: HoldsRuntimeErrors,
     {
+        unreachable!("the typed return edge of a #[resilient] body is never taken")
     }
     pub use ::core;
     pub use ::std::time::Duration;
