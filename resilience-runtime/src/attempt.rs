@@ -29,7 +29,7 @@ use crate::telemetry;
 pin_project_lite::pin_project! {
     /// What an attempt holds that does not depend on its body: compiled once, not once per
     /// annotated function.
-    struct Core<'s> {
+    pub(crate) struct Core<'s> {
         session: &'s mut Session,
         // The backoff after the previous attempt: the attempt starts once it has passed.
         backoff_until: Option<Instant>,
@@ -69,7 +69,7 @@ enum Step {
 }
 
 impl<'s> Core<'s> {
-    fn new(session: &'s mut Session) -> Core<'s> {
+    pub(crate) fn new(session: &'s mut Session) -> Core<'s> {
         let until = session.deadline;
         let backoff_until = session.retry_at.take();
         Core {
@@ -214,38 +214,37 @@ pin_project_lite::pin_project! {
     #[must_use = "an attempt does nothing unless awaited"]
     pub struct Attempt<'s, 'b, F: Future> {
         #[pin]
-        core: Core<'s>,
-        body: Pin<&'b mut Option<F>>,
+        pub(crate) core: Core<'s>,
+        pub(crate) body: Pin<&'b mut Option<F>>,
     }
 
     impl<'s, 'b, F: Future> PinnedDrop for Attempt<'s, 'b, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            // An attempt that ended (or never started) has nothing left to drop in place.
-            if this.core.started && !this.core.ended {
-                drop_unfinished(this.core, this.body.as_mut());
-            }
+            drop_unfinished(this.core, this.body.as_mut());
         }
+    }
+}
+
+/// An attempt that ended (or never started) has nothing left to drop in place; one cut short
+/// drops its body in its context ([`drop_in_context`]). Generic over the body's output only,
+/// the check included: the attempt's drop, compiled per function, only calls this (inlined
+/// in an optimized build, where the check costs no call).
+#[inline]
+fn drop_unfinished<O>(core: Pin<&mut Core<'_>>, body: Pin<&mut dyn Body<O>>) {
+    if core.started && !core.ended {
+        drop_in_context(core, body);
     }
 }
 
 /// A body dropped mid-way (its caller gave up) may still look at its attempt, and log in its
 /// span, while it unwinds its own state: dropped in its attempt's context.
 #[inline(never)]
-fn drop_unfinished<O>(core: Pin<&mut Core<'_>>, mut body: Pin<&mut dyn Body<O>>) {
+fn drop_in_context<O>(core: Pin<&mut Core<'_>>, mut body: Pin<&mut dyn Body<O>>) {
     let _entered = core.span.as_ref().map(tracing::Span::enter);
     in_attempt(&core.session.ctx, &mut || {
         body.as_mut().poll_body(None);
     });
-}
-
-impl<'s, 'b, F: Future> Attempt<'s, 'b, F> {
-    pub(crate) fn new(session: &'s mut Session, body: Pin<&'b mut Option<F>>) -> Self {
-        Attempt {
-            core: Core::new(session),
-            body,
-        }
-    }
 }
 
 impl<T, E, F> Future for Attempt<'_, '_, F>

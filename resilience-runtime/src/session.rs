@@ -794,7 +794,11 @@ impl Session {
         F: Future<Output = Result<T, E>> + 'b,
         E: From<Error>,
     {
-        crate::attempt::Attempt::new(self, body)
+        // Built here, not by a constructor of its own: one generic function fewer per body.
+        crate::attempt::Attempt {
+            core: crate::attempt::Core::new(self),
+            body,
+        }
     }
 
     /// Runs one attempt like [`attempt`](Self::attempt), with hedges when the policy has
