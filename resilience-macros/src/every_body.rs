@@ -45,8 +45,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_body_of_the_workspace_expands_without_panic_into_parseable_rust() {
+/// Every `.rs` file of the workspace's tests, examples, benchmarks and sources.
+fn workspace_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
     for dir in [
@@ -63,6 +63,52 @@ fn every_body_of_the_workspace_expands_without_panic_into_parseable_rust() {
         rust_files(&root.join(dir), &mut files);
     }
     files.sort();
+    files
+}
+
+/// The stamping rewrite changes a body only where it says it did (a send routed, a helper
+/// wrapped): a body that sends nothing it rewrites is left exactly as written, token for
+/// token, with or without client names to watch helpers through.
+#[test]
+fn the_rewrite_changes_a_body_only_where_it_counts_a_change() {
+    let private = quote::quote!(::resilience_runtime::__private);
+    let clients = ["c", "self", "client", "http"].map(String::from);
+    let (mut bodies_seen, mut changed, mut failures) = (0usize, 0usize, Vec::new());
+    for file in workspace_files() {
+        let mut found = Vec::new();
+        bodies(&file, &mut found);
+        for body in found {
+            for names in [None, Some(&clients[..])] {
+                let before = quote::quote!(#body).to_string();
+                let mut after = body.clone();
+                let counted = crate::stamp::rewrite(&mut after, &private, names);
+                let after = quote::quote!(#after).to_string();
+                bodies_seen += 1;
+                let counted = counted.rewritten + counted.helpers > 0;
+                changed += usize::from(counted);
+                if (before != after) != counted {
+                    failures.push(format!(
+                        "{} (client names: {}): changed {}, counted {counted}:\n{before}\n=>\n{after}",
+                        file.display(),
+                        names.is_some(),
+                        before != after
+                    ));
+                }
+            }
+        }
+    }
+    // Both kinds are there: bodies that send (the tests' annotated functions) and bodies that
+    // do not.
+    assert!(
+        changed > 200 && bodies_seen - changed > 2_000,
+        "{changed} of {bodies_seen}"
+    );
+    assert!(failures.is_empty(), "{}", failures[0]);
+}
+
+#[test]
+fn every_body_of_the_workspace_expands_without_panic_into_parseable_rust() {
+    let files = workspace_files();
     // Free function and method, GET and keyed POST, retried and not, hedged.
     let shapes = [
         (
@@ -111,8 +157,7 @@ fn every_body_of_the_workspace_expands_without_panic_into_parseable_rust() {
     }
     assert!(
         expansions > 2_000,
-        "only {expansions} bodies found under {}",
-        root.display()
+        "only {expansions} bodies found in the workspace"
     );
     assert!(
         failures.is_empty(),
