@@ -32,11 +32,14 @@ struct Node {
     port: u16,
 }
 
-/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
+/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too, and below the
+/// kernel's ephemeral range (32768 and up) like the port itself: no socket of a test beside
+/// this one is given either while a node is down to be restarted.
 fn free_port() -> u16 {
     loop {
         let port = resilience_fault_server::free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        if port + 10000 < 32768 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
             return port;
         }
     }
