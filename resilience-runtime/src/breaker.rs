@@ -182,7 +182,24 @@ impl BreakerPermit<'_> {
         self.probe
     }
 
+    #[inline]
     fn report(mut self, outcome: Outcome) {
+        // The common case, inline: a success into a closed count window that is full and
+        // holds no failure, with no slow-call threshold, changes nothing (`report_at`).
+        if outcome == Outcome::Success && self.started.is_none() && !self.probe {
+            let b = self.breaker;
+            if b.long.is_none() {
+                let w = b.word.load(Ordering::Acquire);
+                if state_bits(w) == CLOSED
+                    && generation(w) == self.generation
+                    && ring(w) == 0
+                    && seen(w) == u64::from(b.spec.window)
+                {
+                    self.reported = true;
+                    return;
+                }
+            }
+        }
         self.settle(outcome);
     }
 
@@ -500,7 +517,15 @@ impl Breaker {
 
     /// [`try_acquire`](Self::try_acquire) for an attempt starting at `now` (saves a clock read
     /// when the caller has one: the slow-call threshold counts from it).
+    #[inline]
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
+        // Closed and not held either way: the permit, inline.
+        if self.force.load(Ordering::Relaxed) == FORCE_NONE {
+            let w = self.word.load(Ordering::Acquire);
+            if state_bits(w) == CLOSED {
+                return Ok(self.permit(generation(w), false, Some(now)));
+            }
+        }
         self.acquire(Some(now))
     }
 
@@ -592,6 +617,7 @@ impl Breaker {
         drop(permit);
     }
 
+    #[inline]
     fn permit(&self, generation: u64, probe: bool, now: Option<Instant>) -> BreakerPermit<'_> {
         BreakerPermit {
             breaker: self,

@@ -425,7 +425,23 @@ impl Budget {
     }
 
     /// The current epoch, after every bucket that fell out of the window has been recycled.
+    ///
+    /// Within the second the last sweep was made for (every call of a busy second but its
+    /// first), that second is the epoch: one comparison of instants instead of the clock
+    /// arithmetic. A caller whose `now` was read just before another moved the sweep on gets
+    /// the later second, as a deposit made a moment later would.
+    #[inline]
     fn tick_at(&self, now: Instant) -> u64 {
+        let swept = self.swept.load(Ordering::Acquire);
+        if now < self.origin + Duration::from_secs((swept + 1) * BUCKET_SECS) {
+            return swept;
+        }
+        self.tick_slow(now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn tick_slow(&self, now: Instant) -> u64 {
         let epoch = self.epoch_at(now);
         self.sweep(epoch);
         epoch
@@ -471,7 +487,30 @@ impl Budget {
     }
 
     /// [`record`](Self::record), saying in which epoch's bucket.
-    fn record_at(&self, mut epoch: u64, units: i32) -> Option<u64> {
+    #[inline]
+    fn record_at(&self, epoch: u64, units: i32) -> Option<u64> {
+        // The bucket already holds this epoch (every record of a second but its first): one
+        // compare-and-swap, inline.
+        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        let cur = bucket.load(Ordering::Acquire);
+        if u64::from(epoch_of(cur)) == epoch
+            && let Some(net) = net_of(cur).checked_add(units)
+            && bucket
+                .compare_exchange_weak(
+                    cur,
+                    pack(epoch as u32, net),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(epoch);
+        }
+        self.record_slow(epoch, units)
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, mut epoch: u64, units: i32) -> Option<u64> {
         loop {
             let bucket = &self.buckets[epoch as usize % BUCKETS];
             let cur = bucket.load(Ordering::Acquire);
