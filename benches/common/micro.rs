@@ -341,6 +341,15 @@ macro_rules! contenders {
                 $body()
             }
 
+            /// A breaker over the last 100 calls: a window longer than the breaker's word.
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                breaker = { failure_rate = 0.5, min_calls = 20, window = 100, open_for = "30s", half_open_calls = 3 },
+            )]
+            pub async fn resilient_long_breaker() -> Result<u64, BenchError> {
+                $body()
+            }
+
             /// An adaptive concurrency limit that never refuses (in place of the bulkhead).
             #[resilient(
                 method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
@@ -453,6 +462,11 @@ macro_rules! for_each_contender {
             no_fault_only
         );
         $m!(
+            "resilient_long_breaker",
+            resilient_long_breaker,
+            no_fault_only
+        );
+        $m!(
             "resilient_concurrency",
             resilient_concurrency,
             no_fault_only
@@ -483,6 +497,7 @@ pub fn label(name: &str) -> &'static str {
         "resilient_hedge" => "`#[resilient]` timeout + hedge (never fires)",
         "resilient_fallback" => "`#[resilient]` timeout + fallback (never needed)",
         "resilient_time_breaker" => "`#[resilient]` timeout + time-window, slow-call breaker",
+        "resilient_long_breaker" => "`#[resilient]` timeout + breaker over the last 100 calls",
         "resilient_concurrency" => "`#[resilient]` timeout + adaptive concurrency limit",
         "backon" => "backon 1.6 retry",
         "backon_timeout" => "backon retry + `timeout` per attempt",

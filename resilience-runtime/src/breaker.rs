@@ -172,8 +172,9 @@ pub struct BreakerPermit<'a> {
     generation: u64,
     probe: bool,
     reported: bool,
-    /// When the attempt started, when slowness is watched.
-    started: Option<Instant>,
+    /// When the attempt becomes a slow call, when slowness is watched (its start plus
+    /// `slow_call_duration`; `None` too when that is past what an `Instant` can hold).
+    slow_at: Option<Instant>,
 }
 
 impl BreakerPermit<'_> {
@@ -186,7 +187,7 @@ impl BreakerPermit<'_> {
     fn report(mut self, outcome: Outcome) {
         // The common case, inline: a success into a closed count window that is full and
         // holds no failure, with no slow-call threshold, changes nothing (`report_at`).
-        if outcome == Outcome::Success && self.started.is_none() && !self.probe {
+        if outcome == Outcome::Success && self.slow_at.is_none() && !self.probe {
             let b = self.breaker;
             if b.long.is_none() {
                 let w = b.word.load(Ordering::Acquire);
@@ -209,14 +210,9 @@ impl BreakerPermit<'_> {
         self.reported = true;
         // One clock read for the slow-call check and the time window, none for a count
         // window without a slow-call threshold.
-        let end = (self.started.is_some() || self.breaker.long.is_some()).then(Instant::now);
+        let end = (self.slow_at.is_some() || self.breaker.long.is_some()).then(Instant::now);
         let slow = outcome == Outcome::Success
-            && match (self.started, end) {
-                (Some(t), Some(end)) => {
-                    end.saturating_duration_since(t) >= self.breaker.spec.slow_call_duration
-                }
-                _ => false,
-            };
+            && matches!((self.slow_at, end), (Some(at), Some(end)) if end >= at);
         // A slow probe says the downstream is not well yet.
         let outcome = if slow && self.probe {
             Outcome::Failure
@@ -237,9 +233,7 @@ impl Drop for BreakerPermit<'_> {
         // outcome, but an attempt already past `slow_call_duration` is a slow call however it
         // ends (a slow probe, a failed one). Callers whose own timeout is shorter than the
         // policy's would otherwise hide a hung dependency from a breaker watching slowness.
-        let slow = self.started.is_some_and(|t| {
-            Instant::now().saturating_duration_since(t) >= self.breaker.spec.slow_call_duration
-        });
+        let slow = self.slow_at.is_some_and(|at| Instant::now() >= at);
         if slow {
             self.settle(Outcome::Success);
         } else {
@@ -624,8 +618,12 @@ impl Breaker {
             generation,
             probe,
             reported: false,
-            started: (!self.spec.slow_call_duration.is_zero())
-                .then(|| now.unwrap_or_else(Instant::now)),
+            slow_at: if self.spec.slow_call_duration.is_zero() {
+                None
+            } else {
+                now.unwrap_or_else(Instant::now)
+                    .checked_add(self.spec.slow_call_duration)
+            },
         }
     }
 
@@ -722,7 +720,7 @@ impl Breaker {
         if long.generation != permit_generation {
             long.reset(permit_generation);
         }
-        let t = long.push(self.ms_floor_at(end), fail, slow);
+        let t = long.push(|| self.ms_floor_at(end), fail, slow);
         let slow_trips = !self.spec.slow_call_duration.is_zero()
             && t.seen >= self.spec.min_calls
             && f64::from(t.slow) / f64::from(t.seen) >= self.spec.slow_call_rate;

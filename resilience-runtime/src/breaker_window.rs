@@ -13,11 +13,15 @@ pub(crate) struct Window {
 
 #[derive(Debug)]
 enum Kind {
-    /// The last `window` calls, one slot each: bit 0 failure, bit 1 slow.
+    /// The last `window` calls, one slot each: bit 0 failure, bit 1 slow; with the failures
+    /// and slow calls among them kept as they change, so that a report costs the same
+    /// whatever the window's length.
     Count {
         window: u32,
         head: u32,
         seen: u32,
+        failures: u32,
+        slow: u32,
         slots: Box<[u8]>,
     },
     /// Ten buckets of `bucket_ms` each: (bucket number, calls, failures, slow).
@@ -45,6 +49,8 @@ impl Window {
                 window,
                 head: 0,
                 seen: 0,
+                failures: 0,
+                slow: 0,
                 slots: vec![0; window as usize].into_boxed_slice(),
             }
         } else {
@@ -63,30 +69,52 @@ impl Window {
         self.generation = generation;
         match &mut self.kind {
             Kind::Count {
-                head, seen, slots, ..
+                head,
+                seen,
+                failures,
+                slow,
+                slots,
+                ..
             } => {
                 *head = 0;
                 *seen = 0;
+                *failures = 0;
+                *slow = 0;
                 slots.fill(0);
             }
             Kind::Time { buckets, .. } => **buckets = [(u64::MAX, 0, 0, 0); BUCKETS],
         }
     }
 
-    /// Records one outcome at `now_ms` and returns the totals of the window.
-    pub(crate) fn push(&mut self, now_ms: u64, fail: bool, slow: bool) -> Totals {
+    /// Records one outcome at `now_ms` (asked only of a time window) and returns the totals
+    /// of the window.
+    pub(crate) fn push(&mut self, now_ms: impl FnOnce() -> u64, fail: bool, slow: bool) -> Totals {
         match &mut self.kind {
             Kind::Count {
                 window,
                 head,
                 seen,
+                failures,
+                slow: slows,
                 slots,
             } => {
-                slots[*head as usize] = u8::from(fail) | (u8::from(slow) << 1);
+                // The slot written over leaves the window (an empty one holds 0).
+                let slot = &mut slots[*head as usize];
+                *failures -= u32::from(*slot & 1);
+                *slows -= u32::from(*slot >> 1);
+                *slot = u8::from(fail) | (u8::from(slow) << 1);
+                *failures += u32::from(fail);
+                *slows += u32::from(slow);
                 *head = (*head + 1) % *window;
                 *seen = (*seen + 1).min(*window);
+                Totals {
+                    seen: *seen,
+                    failures: *failures,
+                    slow: *slows,
+                }
             }
             Kind::Time { bucket_ms, buckets } => {
+                let now_ms = now_ms();
                 let n = now_ms / *bucket_ms;
                 let b = &mut buckets[(n % BUCKETS as u64) as usize];
                 if b.0 != n {
@@ -95,21 +123,24 @@ impl Window {
                 b.1 += 1;
                 b.2 += u32::from(fail);
                 b.3 += u32::from(slow);
+                self.totals(now_ms)
             }
         }
-        self.totals(now_ms)
     }
 
     /// Calls, failures and slow calls in the window at `now_ms`.
     pub(crate) fn totals(&self, now_ms: u64) -> Totals {
         let mut t = Totals::default();
         match &self.kind {
-            Kind::Count { seen, slots, .. } => {
+            Kind::Count {
+                seen,
+                failures,
+                slow,
+                ..
+            } => {
                 t.seen = *seen;
-                for s in slots.iter() {
-                    t.failures += u32::from(s & 1);
-                    t.slow += u32::from(s >> 1);
-                }
+                t.failures = *failures;
+                t.slow = *slow;
             }
             Kind::Time { bucket_ms, buckets } => {
                 let n = now_ms / *bucket_ms;
@@ -134,27 +165,54 @@ mod tests {
     #[test]
     fn a_count_window_slides() {
         let mut w = Window::new(3, 0);
-        w.push(0, true, false);
-        w.push(0, false, true);
-        let t = w.push(0, false, false);
+        w.push(|| 0, true, false);
+        w.push(|| 0, false, true);
+        let t = w.push(|| 0, false, false);
         assert_eq!((t.seen, t.failures, t.slow), (3, 1, 1));
-        let t = w.push(0, false, false);
+        let t = w.push(|| 0, false, false);
         assert_eq!((t.seen, t.failures, t.slow), (3, 0, 1));
+    }
+
+    /// The totals a count window keeps as it goes are those of its last `window` outcomes,
+    /// counted afresh, for any length, across a reset.
+    #[test]
+    fn a_count_window_keeps_the_totals_of_its_last_calls() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for len in [1, 2, 3, 10, 64, 100] {
+            let mut w = Window::new(len, 0);
+            let mut last: Vec<(bool, bool)> = Vec::new();
+            for step in 0..1000 {
+                if step == 500 {
+                    w.reset(1);
+                    last.clear();
+                }
+                let (fail, slow) = (rng.u8(..4) == 0, rng.u8(..3) == 0);
+                last.push((fail, slow));
+                let kept = &last[last.len().saturating_sub(len as usize)..];
+                let want = Totals {
+                    seen: kept.len() as u32,
+                    failures: kept.iter().filter(|o| o.0).count() as u32,
+                    slow: kept.iter().filter(|o| o.1).count() as u32,
+                };
+                assert_eq!(w.push(|| 0, fail, slow), want, "window {len}, step {step}");
+                assert_eq!(w.totals(0), want, "window {len}, step {step}");
+            }
+        }
     }
 
     #[test]
     fn a_time_window_forgets_what_is_older() {
         // 10 s in ten buckets of 1 s.
         let mut w = Window::new(20, 10_000);
-        w.push(0, true, false);
-        w.push(500, true, true);
-        let t = w.push(9_999, false, false);
+        w.push(|| 0, true, false);
+        w.push(|| 500, true, true);
+        let t = w.push(|| 9_999, false, false);
         assert_eq!((t.seen, t.failures, t.slow), (3, 2, 1));
         // At 10 s the first bucket leaves the window.
-        let t = w.push(10_000, false, false);
+        let t = w.push(|| 10_000, false, false);
         assert_eq!((t.seen, t.failures, t.slow), (2, 0, 0));
         w.reset(1);
-        let t = w.push(10_000, false, false);
+        let t = w.push(|| 10_000, false, false);
         assert_eq!(t.seen, 1);
     }
 }
