@@ -8,6 +8,8 @@ use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, ErrorKind, resilient};
 use tokio::time::Instant;
 
+mod support;
+
 /// Nothing but the attribute: `timeout = "10s"`, `deadline = "30s"`, `max_attempts = 3`,
 /// `retry_on = [connect, reset, timeout, 408, 429, 502, 503, 504]`, a budget of its own.
 #[resilient]
@@ -113,4 +115,17 @@ async fn a_rate_limit_given_only_its_rate() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(limited(&c, &url).await.unwrap(), 200);
     assert_eq!(server.count(), 6);
+}
+
+/// README, "Limits": editing `resilience.toml` rebuilds the crates that use it. The file beside
+/// `Cargo.toml`, and the manifest (whose `[package.metadata.resilience] config` may name
+/// another), are among the files the compiler says this crate was built from.
+#[test]
+fn editing_the_policy_file_rebuilds_the_crate() {
+    for file in ["resilience.toml", "Cargo.toml"] {
+        assert!(
+            support::built_from(file),
+            "{file} is not among the files this crate was built from: editing it would not rebuild it"
+        );
+    }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use resilience_fault_server::{Action, Blackhole, FaultServer, Script};
 use resilience_runtime::{Error, ErrorKind, RequestBuilderExt as _, client, resilient};
 
+mod support;
+
 /// Only [defaults]: 2 attempts.
 #[resilient(config = "tests/policies/precedence.toml")]
 async fn defaults_only(c: &reqwest::Client, url: &str) -> Result<String, Error> {
@@ -217,4 +219,19 @@ async fn a_key_parameter_named_in_the_file() {
         seen.iter()
             .all(|s| s.idempotency_key() == Some("rf_2026_0042"))
     );
+}
+
+/// A file named by `config = "…"` is tracked as the default one is: editing it rebuilds the
+/// crate (README, "Limits").
+#[test]
+fn editing_a_named_policy_file_rebuilds_the_crate() {
+    for file in [
+        "tests/policies/precedence.toml",
+        "tests/policies/odd_names.toml",
+    ] {
+        assert!(
+            support::built_from(file),
+            "{file} is not among the files this crate was built from: editing it would not rebuild it"
+        );
+    }
 }

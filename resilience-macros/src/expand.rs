@@ -371,23 +371,20 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     };
 
     // The compiler tracks what `include_str!` reads: an edit of the policy file, or of the
-    // `[package.metadata.resilience] config` that chooses it, rebuilds the function.
-    let track = plan
-        .config_path
-        .iter()
-        .chain(&plan.manifest_path)
-        .map(|path| {
-            quote!(
-                const _: &str = ::core::include_str!(#path);
-            )
-        });
+    // `[package.metadata.resilience] config` that chooses it, rebuilds the function. Read
+    // into an inert attribute's value: cheaper to check than a `const` item per function, and
+    // not a `doc`, whose text rustdoc would read as Markdown (an indented block in the file, a
+    // doctest of every function).
+    let tracked: Vec<_> = plan.config_path.iter().chain(&plan.manifest_path).collect();
+    let track = (!tracked.is_empty())
+        .then(|| quote!(#[must_use = ::core::concat!(#(::core::include_str!(#tracked)),*)]));
 
     quote! {
         #(#attrs)*
         #vis #out_sig {
             #(#inner_attrs)*
-            #(#track)*
             // Its type name is the function's path, impl type included (`function_path`).
+            #track
             struct __ResilienceHere;
             static __RESILIENCE_STATE: #p::PolicyState =
                 #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
