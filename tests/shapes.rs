@@ -561,6 +561,49 @@ async fn an_invalid_key_is_refused_before_anything_is_sent() {
     assert_eq!(seen[0].header("idempotency-key"), Some("order-7"));
 }
 
+#[resilient(
+    timeout = "1s",
+    backoff(initial = "1ms", max = "1ms"),
+    idempotency_key = key,
+    bulkhead = { name = "shapes_charge_slot", max_concurrent = 1 }
+)]
+async fn charge_in_bulkhead(c: &reqwest::Client, url: &str, key: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call refused for its key is over before it is admitted: it takes no bulkhead slot.
+#[tokio::test]
+async fn a_call_refused_for_its_key_takes_no_bulkhead_slot() {
+    let server = FaultServer::start(vec![Action::ok()]).await;
+    let c = client();
+    let err = charge_in_bulkhead(&c, &server.url("/charge"), "")
+        .await
+        .unwrap_err();
+    assert_eq!((err.kind(), err.attempts()), (ErrorKind::Call, 0), "{err}");
+    let slots = || resilience_runtime::metrics::bulkhead("shapes_charge_slot").expect("used");
+    assert_eq!(
+        (slots().admitted, slots().in_flight),
+        (0, 0),
+        "{:?}",
+        slots()
+    );
+    assert!(server.requests().is_empty(), "nothing reached the server");
+    charge_in_bulkhead(&c, &server.url("/charge"), "order-8")
+        .await
+        .unwrap();
+    assert_eq!(
+        (slots().admitted, slots().in_flight),
+        (1, 0),
+        "{:?}",
+        slots()
+    );
+}
+
 /// A store that is not reached through reqwest: the first query of each call is cut off.
 #[derive(Debug)]
 enum StoreError {

@@ -389,12 +389,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             static __RESILIENCE_STATE: #p::PolicyState =
                 #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
             #refused
+            // A call refused at its start (an invalid key) is refused by its first attempt,
+            // through the loop's own return: no return path of its own to compile.
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
-            if let ::core::option::Option::Some(__resilience_refusal) = __resilience_session.take_refusal() {
-                #on_start_error
-                return ::core::result::Result::Err(#p::HoldsRuntimeErrors::from_runtime(__resilience_refusal));
-            }
             #admit
             #[allow(clippy::let_and_return)]
             let #result_mut __resilience_result = loop {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::__private::HoldsRuntimeErrors;
 use crate::context::{in_attempt, poll_in_attempt};
 use crate::error::Error;
 use crate::session::Session;
@@ -250,7 +251,7 @@ fn drop_in_context<O>(core: Pin<&mut Core<'_>>, mut body: Pin<&mut dyn Body<O>>)
 impl<T, E, F> Future for Attempt<'_, '_, F>
 where
     F: Future<Output = Result<T, E>>,
-    E: From<Error>,
+    E: HoldsRuntimeErrors,
 {
     type Output = Result<T, E>;
 
@@ -262,7 +263,7 @@ where
 }
 
 /// One poll of an attempt whose body returns `Result<T, E>`.
-fn poll_attempt<T, E: From<Error>>(
+fn poll_attempt<T, E: HoldsRuntimeErrors>(
     core: Pin<&mut Core<'_>>,
     mut body: Pin<&mut dyn Body<Result<T, E>>>,
     cx: &mut Context<'_>,
@@ -279,7 +280,7 @@ fn poll_attempt<T, E: From<Error>>(
     });
     match step {
         Step::Done => out.map_or(Poll::Pending, Poll::Ready),
-        Step::Failed(e) => Poll::Ready(Err(E::from(e))),
+        Step::Failed(e) => Poll::Ready(Err(E::from_runtime(e))),
         Step::Pending => Poll::Pending,
     }
 }

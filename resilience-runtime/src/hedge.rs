@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument as _;
 
+use crate::__private::HoldsRuntimeErrors;
 use crate::context::{AttemptCtx, Scoped};
 use crate::counters::PolicyMetrics;
-use crate::error::Error;
 use crate::registry::Resolved;
 use crate::session::Session;
 use crate::telemetry::{self, AttemptScope};
@@ -166,7 +166,7 @@ pub(crate) async fn run<T, E, M, F>(s: &mut Session, mut make: M) -> Result<T, E
 where
     M: FnMut() -> F,
     F: Future<Output = Result<T, E>>,
-    E: From<Error>,
+    E: HoldsRuntimeErrors,
 {
     let Some(hedge) = s.policy.hedge else {
         return s.attempt(std::pin::pin!(Some(make()))).await;
@@ -177,7 +177,7 @@ where
     }
     let ctx = match s.begin_attempt() {
         Ok((until, limit)) => (until, limit, s.attempt_ctx(until)),
-        Err(e) => return Err(E::from(e)),
+        Err(e) => return Err(E::from_runtime(e)),
     };
     let span = s.span.clone();
     // Each attempt keeps its own span; the one whose outcome the call acts on goes back to
@@ -310,7 +310,7 @@ where
                                 s.last.runtime = None;
                                 r
                             }
-                            Outcome::TimedOut(limit) => Err(E::from(s.timed_out(limit))),
+                            Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
                         };
                         (r, scope, class)
                     }

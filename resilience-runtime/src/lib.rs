@@ -125,9 +125,9 @@ pub mod __private {
 
     /// An error type the runtime's own errors (an attempt timeout, the deadline, an open
     /// breaker) convert into. The bound of the body's typed return edge, at the declared
-    /// return type, and of the wrapper's conversions of a refusal, so that a `Result<T,
-    /// reqwest::Error>` is told so in these words there and at the attribute, not as a bare
-    /// unsatisfied `From` bound.
+    /// return type, and of the attempt, the failure's decision and the wrapper's conversions
+    /// of a refusal, so that a `Result<T, reqwest::Error>` is told so in these words there and
+    /// at the attribute, not as a bare unsatisfied `From` bound.
     #[diagnostic::on_unimplemented(
         message = "#[resilient] returns the runtime's own failures in the function's error type, and `{Self}` cannot hold them: it needs `From<resilience_runtime::Error>`",
         label = "`{Self}` has no `From<resilience_runtime::Error>`",

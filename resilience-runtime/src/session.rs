@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::__private::HoldsRuntimeErrors;
 use crate::backoff::BackoffState;
 use crate::breaker::BreakerPermit;
 use crate::bulkhead::BulkheadPermit;
@@ -625,7 +626,9 @@ impl Session {
     }
 
     /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
-    /// idempotency key, or a rate limit that refuses without a wait. Taken once.
+    /// idempotency key, or a rate limit that refuses without a wait. Taken once; not taken,
+    /// the call's first attempt returns it (and [`admitted`](Self::admitted) says there is
+    /// nothing to wait for).
     #[inline]
     pub fn take_refusal(&mut self) -> Option<Error> {
         self.refusal.take()
@@ -635,7 +638,8 @@ impl Session {
     /// slot and its rate-limit permit, or its policy has neither.
     #[inline]
     pub fn admitted(&self) -> bool {
-        self.admitted
+        // Refused at its start: nothing to wait for; its first attempt returns the refusal.
+        self.admitted || self.refusal.is_some()
     }
 
     /// Takes the bulkhead or concurrency-limit slot if one is free now, without a future:
@@ -792,7 +796,7 @@ impl Session {
     ) -> crate::attempt::Attempt<'_, 'b, F>
     where
         F: Future<Output = Result<T, E>> + 'b,
-        E: From<Error>,
+        E: HoldsRuntimeErrors,
     {
         // Built here, not by a constructor of its own: one generic function fewer per body.
         crate::attempt::Attempt {
@@ -807,7 +811,7 @@ impl Session {
     where
         M: FnMut() -> F,
         F: Future<Output = Result<T, E>>,
-        E: From<Error>,
+        E: HoldsRuntimeErrors,
     {
         crate::hedge::run(self, make).await
     }
@@ -817,6 +821,12 @@ impl Session {
     /// new attempt's, in place.
     #[inline]
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
+        // Refused at its start (an invalid key) and not asked with `take_refusal`: the first
+        // attempt returns the refusal, counted then; the call has ended.
+        if let Some(e) = self.refusal.take() {
+            self.replaced = Some(e.kind());
+            return Err(e);
+        }
         self.last = Last::default();
         // The first attempt starts when the call does: no second clock read.
         let first = self.attempts == 0 && self.waited.is_zero();
@@ -1294,17 +1304,22 @@ impl Session {
     /// body is to run again; a runtime error that replaces the attempt's own (the budget ran
     /// out) is converted and put in `result`. Generic over the output only: one copy for all
     /// the functions that return the same `Result`, and no conversion or `match` in each.
-    pub fn failed<T, E: From<Error>>(
+    pub fn failed<T, E: HoldsRuntimeErrors>(
         &mut self,
         reported: Option<Class>,
         result: &mut Result<T, E>,
     ) -> bool {
+        // The call ended before this failure was decided on: refused at its start, its
+        // refusal returned by its first attempt (counted when it was refused).
+        if self.ended {
+            return false;
+        }
         match self.after_failure(reported) {
             Next::Retry => true,
             Next::Return => false,
             Next::Replace(error) => {
                 self.replaced = Some(error.kind());
-                *result = Err(E::from(error));
+                *result = Err(E::from_runtime(error));
                 false
             }
         }
