@@ -260,3 +260,56 @@ async fn a_cfg_parameter_compiles_and_retries() {
     );
     assert_eq!(server.count(), 2);
 }
+
+/// A retried function whose bulkhead is full.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms"),
+    bulkhead(max_concurrent = 1, max_wait = "0ms")
+)]
+async fn crowded(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call its full bulkhead refuses ends there, counted once: no attempt runs, nothing is
+/// retried, and the function's counters have it as refused by its bulkhead, not also as a
+/// failed call.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_by_its_bulkhead_runs_no_attempt_and_is_counted_once() {
+    let c = reqwest::Client::new();
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let healthy = FaultServer::start(Script::always(Action::ok())).await;
+    let holder = {
+        let (c, url) = (c.clone(), stalled.url("/"));
+        tokio::spawn(async move { crowded(&c, &url).await })
+    };
+    assert!(
+        stalled.wait_for(1).await >= 1,
+        "the holder's request was sent"
+    );
+    let e = crowded(&c, &healthy.url("/")).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (ErrorKind::BulkheadFull, 0),
+        "{e}"
+    );
+    assert_eq!(healthy.count(), 0, "the refused call sent nothing");
+    let m = metrics::policy("isolation::crowded").expect("used");
+    assert_eq!(
+        (
+            m.rejected_bulkhead,
+            m.failed_without_retry,
+            m.failed_with_retry,
+            m.retries
+        ),
+        (1, 0, 0, 0),
+        "{m:?}"
+    );
+    holder.abort();
+}

@@ -346,12 +346,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         // A slot free now is taken without the admission's future.
         let now = (plan.shared.bulkhead.is_some() || plan.shared.concurrency.is_some())
             .then(|| quote!(&&!__resilience_session.admit_now()));
+        // Refused (a full bulkhead, the rate limit, no time left), the call's first attempt
+        // returns the refusal, through the loop's own return.
         quote! {
             if !__resilience_session.admitted() #now {
-                if let ::core::result::Result::Err(__resilience_refusal) = __resilience_session.admit().await {
-                    #on_start_error
-                    return ::core::result::Result::Err(#p::HoldsRuntimeErrors::from_runtime(__resilience_refusal));
-                }
+                __resilience_session.admit_or_refuse().await;
             }
         }
     } else {

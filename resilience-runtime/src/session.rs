@@ -682,6 +682,14 @@ impl Session {
         admitted
     }
 
+    /// [`admit`](Self::admit), keeping a refusal for the call's first attempt to return (as
+    /// one found at its start): the expansion's admission, with no return path of its own.
+    pub async fn admit_or_refuse(&mut self) {
+        if let Err(e) = self.admit().await {
+            self.refusal = Some(e);
+        }
+    }
+
     async fn take_slots(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
