@@ -388,8 +388,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             static __RESILIENCE_STATE: #p::PolicyState =
                 #p::PolicyState::compiled(#function, #packed, ::core::any::type_name::<__ResilienceHere>);
             #refused
-            // A call refused at its start (an invalid key) is refused by its first attempt,
-            // through the loop's own return: no return path of its own to compile.
+            // A call refused at its start (an invalid key) or by its admission is refused by
+            // its first attempt, through the loop's own return: no return path of its own.
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
             #admit

@@ -829,8 +829,9 @@ impl Session {
     /// new attempt's, in place.
     #[inline]
     pub(crate) fn begin_attempt(&mut self) -> Result<(Instant, Duration), Error> {
-        // Refused at its start (an invalid key) and not asked with `take_refusal`: the first
-        // attempt returns the refusal, counted then; the call has ended.
+        // Refused at its start or by its admission (an invalid key, a full bulkhead, the rate
+        // limit), the refusal not taken with `take_refusal`: the first attempt returns it,
+        // counted when it was refused; the call has ended.
         if let Some(e) = self.refusal.take() {
             self.replaced = Some(e.kind());
             return Err(e);
@@ -1317,8 +1318,8 @@ impl Session {
         reported: Option<Class>,
         result: &mut Result<T, E>,
     ) -> bool {
-        // The call ended before this failure was decided on: refused at its start, its
-        // refusal returned by its first attempt (counted when it was refused).
+        // The call ended before this failure was decided on: refused at its start or by its
+        // admission, the refusal returned by its first attempt (counted when refused).
         if self.ended {
             return false;
         }
