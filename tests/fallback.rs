@@ -409,3 +409,90 @@ async fn a_concurrency_limits_refusal_calls_the_bulkhead_full_fallback() {
     assert_eq!(second.unwrap(), 202, "the fallback's answer");
     assert_eq!(server.count(), 1);
 }
+
+async fn charge_declined(_c: &reqwest::Client, _url: &str, key: &str) -> Result<String, Error> {
+    Ok(format!("declined {key:?}"))
+}
+
+#[resilient(
+    timeout = "1s",
+    idempotency_key = key,
+    fallback = charge_declined,
+    fallback_on = [call]
+)]
+async fn charge(c: &reqwest::Client, url: &str, key: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    idempotency_key = key,
+    fallback = charge_declined,
+    fallback_on = [timeout]
+)]
+async fn charge_timeout_only(c: &reqwest::Client, url: &str, key: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A call refused for its key (before anything is sent) is a failure of kind `call`: the
+/// fallback listed for it runs, with the same arguments; one listed for other kinds does not.
+#[tokio::test]
+async fn a_call_refused_for_its_key_takes_the_fallback_listed_for_its_kind() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/charge");
+    assert_eq!(charge(&c, &url, "").await.unwrap(), "declined \"\"");
+    let e = charge_timeout_only(&c, &url, "").await.unwrap_err();
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::Call, 0), "{e}");
+    assert_eq!(server.count(), 0, "nothing was sent");
+}
+
+/// An error type of the service's own that keeps nothing of the runtime's error.
+#[derive(Debug)]
+enum QuoteError {
+    Unavailable,
+}
+
+impl From<Error> for QuoteError {
+    fn from(_: Error) -> Self {
+        QuoteError::Unavailable
+    }
+}
+
+impl From<reqwest::Error> for QuoteError {
+    fn from(_: reqwest::Error) -> Self {
+        QuoteError::Unavailable
+    }
+}
+
+async fn last_quote(_c: &reqwest::Client, _url: &str) -> Result<u16, QuoteError> {
+    Ok(299)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit = { rate = 1, per = "1m", burst = 1 },
+    fallback = last_quote,
+    fallback_on = [rate_limited]
+)]
+async fn quote(c: &reqwest::Client, url: &str) -> Result<u16, QuoteError> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A refusal reaches `fallback_on` by its kind also when the function's error type keeps
+/// nothing of it: the rate limit's refusal takes the fallback listed for `rate_limited`.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_takes_its_fallback_whatever_the_error_type_keeps() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/quote");
+    assert_eq!(quote(&c, &url).await.unwrap(), 200);
+    assert_eq!(
+        quote(&c, &url).await.unwrap(),
+        299,
+        "refused: the fallback's"
+    );
+    assert_eq!(server.count(), 1);
+}
