@@ -125,6 +125,19 @@ pub(crate) enum Token {
     Unprocessed(u64),
 }
 
+/// Adds `units` to the net of a bucket word that still holds `cur`: false when another caller
+/// changed it first, `None` when the net would overflow.
+#[inline]
+fn add_to(bucket: &AtomicU64, cur: u64, units: i32) -> Option<bool> {
+    let net = net_of(cur).checked_add(units)?;
+    let next = pack(epoch_of(cur), net);
+    Some(
+        bucket
+            .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok(),
+    )
+}
+
 /// Takes one off the count of a packed (epoch, count) word, if it still holds `epoch` and
 /// counted one.
 fn take_one_off(word: &AtomicU64, epoch: u64) -> bool {
@@ -493,17 +506,7 @@ impl Budget {
         // compare-and-swap, inline.
         let bucket = &self.buckets[epoch as usize % BUCKETS];
         let cur = bucket.load(Ordering::Acquire);
-        if u64::from(epoch_of(cur)) == epoch
-            && let Some(net) = net_of(cur).checked_add(units)
-            && bucket
-                .compare_exchange_weak(
-                    cur,
-                    pack(epoch as u32, net),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        {
+        if u64::from(epoch_of(cur)) == epoch && add_to(bucket, cur, units) == Some(true) {
             return Some(epoch);
         }
         self.record_slow(epoch, units)
@@ -516,16 +519,7 @@ impl Budget {
             let cur = bucket.load(Ordering::Acquire);
             let held = u64::from(epoch_of(cur));
             if held == epoch {
-                let net = net_of(cur).checked_add(units)?;
-                if bucket
-                    .compare_exchange_weak(
-                        cur,
-                        pack(epoch as u32, net),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
+                if add_to(bucket, cur, units)? {
                     return Some(epoch);
                 }
             } else if held > epoch {
