@@ -637,3 +637,31 @@ async fn an_inline_hedge_table_keeps_the_files_max() {
     assert_eq!(seen.len(), 3, "the first and two hedges");
     assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(50));
 }
+
+#[resilient(
+    timeout = "1s",
+    idempotency_key = key,
+    hedge(delay = "100ms")
+)]
+async fn hedged_keyed_charge(c: &reqwest::Client, url: &str, key: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A hedged call refused for its key is refused by its first attempt as an unhedged one is:
+/// nothing sent, no attempt counted, no hedge, no retry; a good key goes through.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_call_refused_for_its_key_sends_nothing() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let e = hedged_keyed_charge(&c, &server.url("/charge"), "")
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::Call, 0), "{e}");
+    assert_eq!(server.count(), 0, "nothing was sent");
+    let m = metrics::policy("hedging::hedged_keyed_charge").expect("used");
+    assert_eq!((m.failed_without_retry, m.retries), (1, 0), "{m:?}");
+    hedged_keyed_charge(&c, &server.url("/charge"), "order-9")
+        .await
+        .unwrap();
+    assert_eq!(server.count(), 1);
+}
