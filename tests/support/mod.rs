@@ -70,16 +70,21 @@ pub async fn redis_url() -> Option<String> {
     }
 }
 
-/// Whether the compiler lists `file` (relative to the package root) among the files this test
-/// binary was built from, in the dep-info it writes beside the binary: Cargo rebuilds the
-/// binary when one of them changes.
-pub fn built_from(file: &str) -> bool {
+/// Asserts that the compiler lists each of `files` (relative to the package root) among the
+/// files this test binary was built from, in the dep-info it writes beside the binary: Cargo
+/// rebuilds the binary when one of them changes.
+pub fn assert_built_from(files: &[&str]) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let dep_info = exe.with_extension("d");
     let text = std::fs::read_to_string(&dep_info)
         .unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    // One `path:` line per file read; a space in a path is written `\ `.
-    let entry = format!("\n{}:", path.display().to_string().replace(' ', "\\ "));
-    text.contains(&entry)
+    for file in files {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        // One `path:` line per file read; a space in a path is written `\ `.
+        let entry = format!("\n{}:", path.display().to_string().replace(' ', "\\ "));
+        assert!(
+            text.contains(&entry),
+            "{file} is not among the files this crate was built from: editing it would not rebuild it"
+        );
+    }
 }
