@@ -24,9 +24,15 @@ enum Kind {
         slow: u32,
         slots: Box<[u8]>,
     },
-    /// Ten buckets of `bucket_ms` each: (bucket number, calls, failures, slow).
+    /// Ten buckets of `bucket_ms` each: (bucket number, calls, failures, slow), the one of
+    /// bucket `n` in slot `n % BUCKETS`; with the totals of the window that ends with the
+    /// latest bucket written kept as buckets are written and leave it, so that a report adds
+    /// to one bucket instead of summing ten.
     Time {
         bucket_ms: u64,
+        /// The latest bucket written (`u64::MAX`: none since the last reset).
+        latest: u64,
+        totals: Totals,
         buckets: Box<[(u64, u32, u32, u32); BUCKETS]>,
     },
 }
@@ -56,6 +62,8 @@ impl Window {
         } else {
             Kind::Time {
                 bucket_ms: window_for_ms.div_ceil(BUCKETS as u64).max(1),
+                latest: u64::MAX,
+                totals: Totals::default(),
                 buckets: Box::new([(u64::MAX, 0, 0, 0); BUCKETS]),
             }
         };
@@ -82,7 +90,16 @@ impl Window {
                 *slow = 0;
                 slots.fill(0);
             }
-            Kind::Time { buckets, .. } => **buckets = [(u64::MAX, 0, 0, 0); BUCKETS],
+            Kind::Time {
+                latest,
+                totals,
+                buckets,
+                ..
+            } => {
+                *latest = u64::MAX;
+                *totals = Totals::default();
+                **buckets = [(u64::MAX, 0, 0, 0); BUCKETS];
+            }
         }
     }
 
@@ -113,17 +130,42 @@ impl Window {
                     slow: *slows,
                 }
             }
-            Kind::Time { bucket_ms, buckets } => {
-                let now_ms = now_ms();
-                let n = now_ms / *bucket_ms;
-                let b = &mut buckets[(n % BUCKETS as u64) as usize];
-                if b.0 != n {
-                    *b = (n, 0, 0, 0);
+            Kind::Time {
+                bucket_ms,
+                latest,
+                totals,
+                buckets,
+            } => {
+                let n = now_ms() / *bucket_ms;
+                if *latest == u64::MAX || n > *latest {
+                    // The window moves on to bucket `n`: the buckets that leave it are those
+                    // in the slots of the buckets after the latest one up to `n` (all ten
+                    // when it moved a whole window or more).
+                    let from = if *latest == u64::MAX || n - *latest >= BUCKETS as u64 {
+                        (n + 1).saturating_sub(BUCKETS as u64)
+                    } else {
+                        *latest + 1
+                    };
+                    // (A slot never written since the reset holds zeros.)
+                    for k in from..=n {
+                        let b = &mut buckets[(k % BUCKETS as u64) as usize];
+                        totals.seen -= b.1;
+                        totals.failures -= b.2;
+                        totals.slow -= b.3;
+                        *b = (k, 0, 0, 0);
+                    }
+                    *latest = n;
                 }
+                // An outcome whose end was read before that of one recorded first (both waited
+                // for the lock) goes in the latest bucket, a bucket or so after its own.
+                let b = &mut buckets[(*latest % BUCKETS as u64) as usize];
                 b.1 += 1;
                 b.2 += u32::from(fail);
                 b.3 += u32::from(slow);
-                self.totals(now_ms)
+                totals.seen += 1;
+                totals.failures += u32::from(fail);
+                totals.slow += u32::from(slow);
+                *totals
             }
         }
     }
@@ -142,7 +184,9 @@ impl Window {
                 t.failures = *failures;
                 t.slow = *slow;
             }
-            Kind::Time { bucket_ms, buckets } => {
+            Kind::Time {
+                bucket_ms, buckets, ..
+            } => {
                 let n = now_ms / *bucket_ms;
                 // Buckets older than the window (or never used) count for nothing.
                 for (at, calls, fails, slows) in buckets.iter() {
@@ -196,6 +240,55 @@ mod tests {
                 };
                 assert_eq!(w.push(|| 0, fail, slow), want, "window {len}, step {step}");
                 assert_eq!(w.totals(0), want, "window {len}, step {step}");
+            }
+        }
+    }
+
+    /// The totals a time window keeps as it goes are those of the outcomes in its last ten
+    /// buckets, counted afresh: with gaps of every length between reports, reports read late
+    /// (recorded in the latest bucket), and a reset.
+    #[test]
+    fn a_time_window_keeps_the_totals_of_its_last_buckets() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for bucket_ms in [1, 7, 100] {
+            let mut w = Window::new(20, bucket_ms * BUCKETS as u64);
+            // (bucket recorded in, fail, slow)
+            let mut all: Vec<(u64, bool, bool)> = Vec::new();
+            let (mut now, mut latest) = (rng.u64(..5_000), 0);
+            for step in 0..3000 {
+                if step == 1500 {
+                    w.reset(1);
+                    all.clear();
+                    latest = 0;
+                }
+                now += match rng.u8(..10) {
+                    0..=5 => 0,
+                    6 | 7 => rng.u64(..bucket_ms * 3),
+                    8 => rng.u64(..bucket_ms * 12),
+                    _ => rng.u64(..bucket_ms * 40),
+                };
+                // Now and then an end read a little before the last one recorded.
+                let at = if rng.u8(..8) == 0 {
+                    now.saturating_sub(rng.u64(..bucket_ms * 2))
+                } else {
+                    now
+                };
+                let (fail, slow) = (rng.u8(..4) == 0, rng.u8(..3) == 0);
+                latest = latest.max(at / bucket_ms);
+                all.push((latest, fail, slow));
+                let kept = all.iter().filter(|o| o.0 + BUCKETS as u64 > latest);
+                let want = Totals {
+                    seen: kept.clone().count() as u32,
+                    failures: kept.clone().filter(|o| o.1).count() as u32,
+                    slow: kept.filter(|o| o.2).count() as u32,
+                };
+                let got = w.push(|| at, fail, slow);
+                assert_eq!(got, want, "bucket {bucket_ms} ms, step {step}");
+                assert_eq!(
+                    w.totals(latest * bucket_ms),
+                    want,
+                    "bucket {bucket_ms} ms, step {step}"
+                );
             }
         }
     }
