@@ -8,7 +8,7 @@
 //! no slot within `max_wait` fails fast with [`BulkheadFull`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -75,15 +75,41 @@ pub struct BulkheadSnapshot {
 #[derive(Debug)]
 pub struct Bulkhead {
     spec: BulkheadSpec,
-    sem: Semaphore,
+    slots: Slots,
     admitted: AtomicU64,
     rejected: AtomicU64,
+}
+
+/// How a bulkhead counts its slots.
+#[derive(Debug)]
+enum Slots {
+    /// `max_wait` zero (the default): no call ever waits, so the calls in flight are one
+    /// counter, and a slot given back is one atomic subtraction (a semaphore takes its
+    /// waiters' lock on every release).
+    Counted(AtomicU32),
+    /// Calls wait their turn for a slot: a fair semaphore.
+    Queued(Semaphore),
 }
 
 /// A slot, held for the whole call and given back on drop.
 #[derive(Debug)]
 pub struct BulkheadPermit<'a> {
-    _permit: SemaphorePermit<'a>,
+    _slot: Slot<'a>,
+}
+
+#[derive(Debug)]
+enum Slot<'a> {
+    Counted(&'a AtomicU32),
+    Queued(#[allow(dead_code, reason = "held for its drop")] SemaphorePermit<'a>),
+}
+
+impl Drop for Slot<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Slot::Counted(in_flight) = self {
+            in_flight.fetch_sub(1, Ordering::Release);
+        }
+    }
 }
 
 impl Bulkhead {
@@ -105,7 +131,11 @@ impl Bulkhead {
         spec.validate()?;
         Ok(Bulkhead {
             spec,
-            sem: Semaphore::new(spec.max_concurrent as usize),
+            slots: if spec.max_wait.is_zero() {
+                Slots::Counted(AtomicU32::new(0))
+            } else {
+                Slots::Queued(Semaphore::new(spec.max_concurrent as usize))
+            },
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         })
@@ -129,12 +159,32 @@ impl Bulkhead {
     /// them.
     #[inline]
     pub(crate) fn try_acquire_now(&self) -> Option<BulkheadPermit<'_>> {
-        Some(self.granted(self.sem.try_acquire().ok()?))
+        let slot = match &self.slots {
+            Slots::Counted(in_flight) => {
+                let mut n = in_flight.load(Ordering::Relaxed);
+                loop {
+                    if n >= self.spec.max_concurrent {
+                        return None;
+                    }
+                    match in_flight.compare_exchange_weak(
+                        n,
+                        n + 1,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break Slot::Counted(in_flight),
+                        Err(now) => n = now,
+                    }
+                }
+            }
+            Slots::Queued(sem) => Slot::Queued(sem.try_acquire().ok()?),
+        };
+        Some(self.granted(slot))
     }
 
-    fn granted<'a>(&'a self, permit: SemaphorePermit<'a>) -> BulkheadPermit<'a> {
+    fn granted<'a>(&'a self, slot: Slot<'a>) -> BulkheadPermit<'a> {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        BulkheadPermit { _permit: permit }
+        BulkheadPermit { _slot: slot }
     }
 
     /// Takes a slot like [`acquire`](Self::acquire), but waits no later than `deadline`: the
@@ -146,16 +196,22 @@ impl Bulkhead {
         if let Some(p) = self.try_acquire_now() {
             return Ok(p);
         }
-        let permit = wait_for_slot(
-            &self.sem,
-            self.spec.max_wait,
-            deadline,
-            tokio::time::Instant::now,
-            (Refused::Full, Refused::Deadline),
-        )
-        .await;
+        let permit = match &self.slots {
+            // No wait: refused at once.
+            Slots::Counted(_) => Err(Refused::Full),
+            Slots::Queued(sem) => {
+                wait_for_slot(
+                    sem,
+                    self.spec.max_wait,
+                    deadline,
+                    tokio::time::Instant::now,
+                    (Refused::Full, Refused::Deadline),
+                )
+                .await
+            }
+        };
         match permit {
-            Ok(p) => Ok(self.granted(p)),
+            Ok(p) => Ok(self.granted(Slot::Queued(p))),
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(why)
@@ -165,7 +221,10 @@ impl Bulkhead {
 
     /// Calls holding a slot now.
     pub fn in_flight(&self) -> u32 {
-        self.spec.max_concurrent - self.sem.available_permits() as u32
+        match &self.slots {
+            Slots::Counted(in_flight) => in_flight.load(Ordering::Relaxed),
+            Slots::Queued(sem) => self.spec.max_concurrent - sem.available_permits() as u32,
+        }
     }
 
     /// Its occupancy and counters now.
@@ -233,6 +292,55 @@ mod tests {
         let _p3 = b.acquire().await.unwrap();
         let s = b.snapshot();
         assert_eq!((s.in_flight, s.admitted, s.rejected), (2, 3, 1));
+    }
+
+    /// A bulkhead that never waits counts its slots without a semaphore: from four threads
+    /// at once, never more than its slots are held, each slot given back is free again, and
+    /// the counters add up.
+    #[test]
+    fn slots_counted_without_a_wait_hold_under_contention() {
+        let b = bulkhead(3, 0);
+        let held = AtomicU32::new(0);
+        let most = AtomicU32::new(0);
+        let (granted, refused) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        match b.try_acquire_now() {
+                            Some(p) => {
+                                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                                most.fetch_max(now, Ordering::SeqCst);
+                                std::hint::spin_loop();
+                                held.fetch_sub(1, Ordering::SeqCst);
+                                drop(p);
+                                granted.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= 3,
+            "{most:?} slots held at once"
+        );
+        assert_eq!(b.in_flight(), 0);
+        let s = b.snapshot();
+        assert_eq!(s.admitted, granted.load(Ordering::Relaxed));
+        assert_eq!(
+            granted.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed),
+            80_000
+        );
+        let all: Vec<_> = (0..3)
+            .map(|_| b.try_acquire_now().expect("a free slot"))
+            .collect();
+        assert!(b.try_acquire_now().is_none());
+        drop(all);
+        assert_eq!(b.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
