@@ -143,9 +143,13 @@ pub struct ConcurrencyLimit {
     spec: ConcurrencySpec,
     /// The limit, an `f64`'s bits.
     limit: AtomicU64,
+    /// Calls holding a slot. With no wait (`max_wait` zero, the default), the slots
+    /// themselves: a slot is taken by raising it below the limit's whole part, given back by
+    /// lowering it (no semaphore, whose every release takes its waiters' lock).
     in_flight: AtomicU32,
-    /// Permits free plus held, less `debt`, is the limit's whole part.
-    sem: Semaphore,
+    /// With a wait, the slots, for calls to wait their turn: permits free plus held, less
+    /// `debt`, is the limit's whole part.
+    sem: Option<Semaphore>,
     /// Permits to take away as they are given back (the limit went down while they were held).
     debt: AtomicU32,
     epoch: Instant,
@@ -163,6 +167,9 @@ pub struct ConcurrencyLimit {
 #[derive(Debug)]
 pub struct ConcurrencyPermit {
     limit: &'static ConcurrencyLimit,
+    /// The slot is held (given back on drop).
+    held: bool,
+    /// The semaphore's permit, when the limit has one.
     permit: Option<SemaphorePermit<'static>>,
     /// When the attempt in progress started.
     attempt_started: Instant,
@@ -197,7 +204,7 @@ impl ConcurrencyLimit {
             spec,
             limit: AtomicU64::new(f64::from(spec.initial).to_bits()),
             in_flight: AtomicU32::new(0),
-            sem: Semaphore::new(spec.initial as usize),
+            sem: (!spec.max_wait.is_zero()).then(|| Semaphore::new(spec.initial as usize)),
             debt: AtomicU32::new(0),
             epoch: Instant::now(),
             last_decrease: AtomicU64::new(0),
@@ -268,21 +275,46 @@ impl ConcurrencyLimit {
     /// while calls wait goes to the first of them, so this never overtakes them.
     #[inline]
     pub(crate) fn try_acquire_now(&'static self, now: Instant) -> Option<ConcurrencyPermit> {
-        let p = self.sem.try_acquire().ok()?;
-        Some(self.granted(p, now))
+        let (p, n) = match &self.sem {
+            None => {
+                let allowed = self.allowed(self.limit());
+                let mut n = self.in_flight.load(Ordering::Relaxed);
+                loop {
+                    if n >= allowed {
+                        return None;
+                    }
+                    match self.in_flight.compare_exchange_weak(
+                        n,
+                        n + 1,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break (None, n + 1),
+                        Err(now) => n = now,
+                    }
+                }
+            }
+            Some(sem) => {
+                let p = sem.try_acquire().ok()?;
+                (Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1)
+            }
+        };
+        Some(self.granted(p, n, now))
     }
 
+    /// `n`: the calls in flight with this one.
     fn granted(
         &'static self,
-        p: tokio::sync::SemaphorePermit<'static>,
+        p: Option<SemaphorePermit<'static>>,
+        n: u32,
         now: Instant,
     ) -> ConcurrencyPermit {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.admitted.fetch_add(1, Ordering::Relaxed);
         self.gauge();
         ConcurrencyPermit {
             limit: self,
-            permit: Some(p),
+            held: true,
+            permit: p,
             attempt_started: now,
             running: false,
             in_flight_at_start: n,
@@ -294,10 +326,14 @@ impl ConcurrencyLimit {
         deadline: Instant,
         now: Instant,
     ) -> Result<ConcurrencyPermit, Refused> {
-        let permit = match self.sem.try_acquire() {
-            Ok(p) => Ok((p, now)),
-            Err(_) => crate::bulkhead::wait_for_slot(
-                &self.sem,
+        if let Some(p) = self.try_acquire_now(now) {
+            return Ok(p);
+        }
+        let permit = match &self.sem {
+            // No wait: refused at once.
+            None => Err(Refused::Full),
+            Some(sem) => crate::bulkhead::wait_for_slot(
+                sem,
                 self.spec.max_wait,
                 deadline,
                 || now,
@@ -307,7 +343,10 @@ impl ConcurrencyLimit {
             .map(|p| (p, Instant::now())),
         };
         match permit {
-            Ok((p, now)) => Ok(self.granted(p, now)),
+            Ok((p, now)) => {
+                let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(self.granted(Some(p), n, now))
+            }
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(why)
@@ -335,9 +374,10 @@ impl ConcurrencyLimit {
         }
     }
 
-    fn release(&self, permit: SemaphorePermit<'static>) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    fn release(&self, permit: Option<SemaphorePermit<'static>>) {
+        self.in_flight.fetch_sub(1, Ordering::Release);
         self.gauge();
+        let Some(permit) = permit else { return };
         if self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
@@ -364,6 +404,8 @@ impl ConcurrencyLimit {
         if new != old {
             self.gauge();
         }
+        // Without a semaphore, the slots follow the limit as it is read.
+        let Some(sem) = &self.sem else { return };
         let (from, to) = (self.allowed(old), self.allowed(new));
         if to > from {
             for _ in from..to {
@@ -373,12 +415,12 @@ impl ConcurrencyLimit {
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
                     .is_err()
                 {
-                    self.sem.add_permits(1);
+                    sem.add_permits(1);
                 }
             }
         } else if to < from {
             let k = (from - to) as usize;
-            let taken = self.sem.forget_permits(k);
+            let taken = sem.forget_permits(k);
             if taken < k {
                 self.debt.fetch_add((k - taken) as u32, Ordering::AcqRel);
             }
@@ -483,8 +525,8 @@ impl Drop for ConcurrencyPermit {
         if self.running && self.slow() {
             self.on_sample(Sample::Overload);
         }
-        if let Some(p) = self.permit.take() {
-            self.limit.release(p);
+        if std::mem::take(&mut self.held) {
+            self.limit.release(self.permit.take());
         }
     }
 }
@@ -611,9 +653,12 @@ mod tests {
         assert_eq!(c.limit(), 2.5);
     }
 
+    /// With a wait (a semaphore): the permits a lower limit takes away are taken as they are
+    /// given back.
     #[tokio::test(start_paused = true)]
     async fn a_lower_limit_takes_back_the_slots_as_they_are_given_back() {
-        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 0)));
+        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 1)));
+        let sem = c.sem.as_ref().expect("a limit with a wait has a semaphore");
         let far = Instant::now() + Duration::from_secs(10);
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -624,7 +669,7 @@ mod tests {
         assert_eq!(c.debt.load(Ordering::Relaxed), 2);
         // Two slots given back pay the debt; only the third frees one.
         held.truncate(2);
-        assert_eq!(c.sem.available_permits(), 0);
+        assert_eq!(sem.available_permits(), 0);
         assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
         held.truncate(1);
         let again = c.acquire_by(far).await.unwrap();
@@ -638,7 +683,70 @@ mod tests {
             p.on_success();
         }
         assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
-        assert_eq!(c.sem.available_permits(), 1);
+        assert_eq!(sem.available_permits(), 1);
+    }
+
+    /// Without a wait (slots counted, no semaphore): the same steps, the same slots.
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_limit_without_a_wait_lets_in_only_what_it_allows() {
+        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 0)));
+        assert!(c.sem.is_none());
+        let far = Instant::now() + Duration::from_secs(10);
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(c.acquire_by(far).await.unwrap());
+        }
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        held[0].on_failure(Class::Reset);
+        assert_eq!(c.limit(), 2.0);
+        held.truncate(2);
+        assert_eq!(c.in_flight(), 2);
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        held.truncate(1);
+        let again = c.acquire_by(far).await.unwrap();
+        assert_eq!(c.in_flight(), 2);
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        drop(again);
+        let mut p = c.acquire_by(far).await.unwrap();
+        p.attempt_started(Instant::now());
+        for _ in 0..3 {
+            p.on_success();
+        }
+        assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
+        let q = c.acquire_by(far).await.unwrap();
+        assert_eq!(c.in_flight(), 3);
+        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+        drop((held, p, q));
+        assert_eq!(c.in_flight(), 0);
+        let s = c.snapshot();
+        assert_eq!((s.admitted, s.rejected), (7, 4));
+    }
+
+    /// Slots counted without a semaphore, taken and given back from four threads: never
+    /// more than the limit at once, and all free again at the end.
+    #[test]
+    fn counted_slots_hold_under_contention() {
+        let c = leak(ConcurrencyLimit::new("t", spec(3, 1, 8, 0)));
+        let now = Instant::now();
+        let held = AtomicU32::new(0);
+        let most = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Some(p) = c.try_acquire_now(now) {
+                            let n = held.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(n, Ordering::SeqCst);
+                            held.fetch_sub(1, Ordering::SeqCst);
+                            drop(p);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::SeqCst) <= 3, "{most:?} held at once");
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.limit(), 3.0);
     }
 
     #[tokio::test(start_paused = true)]
