@@ -170,6 +170,14 @@ impl Window {
         }
     }
 
+    /// Whether a success recorded now, with these totals, would change nothing: a count window
+    /// full of calls that neither failed nor were slow (every slot alike). Never a time window,
+    /// whose buckets move with the clock.
+    pub(crate) fn full_and_clean(&self, t: Totals) -> bool {
+        matches!(self.kind, Kind::Count { window, .. }
+            if t.seen == window && t.failures == 0 && t.slow == 0)
+    }
+
     /// Calls, failures and slow calls in the window at `now_ms`.
     pub(crate) fn totals(&self, now_ms: u64) -> Totals {
         let mut t = Totals::default();
