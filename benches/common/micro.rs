@@ -350,6 +350,16 @@ macro_rules! contenders {
                 $body()
             }
 
+            /// A breaker over the last 100 calls that also watches slow calls (a clock read
+            /// at each attempt's end).
+            #[resilient(
+                method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
+                breaker = { failure_rate = 0.5, min_calls = 20, window = 100, open_for = "30s", half_open_calls = 3, slow_call_duration = "5s", slow_call_rate = 0.9 },
+            )]
+            pub async fn resilient_slow_breaker() -> Result<u64, BenchError> {
+                $body()
+            }
+
             /// An adaptive concurrency limit that never refuses (in place of the bulkhead).
             #[resilient(
                 method = GET, timeout = "10s", deadline = "30s", max_attempts = 1, budget = false,
@@ -467,6 +477,11 @@ macro_rules! for_each_contender {
             no_fault_only
         );
         $m!(
+            "resilient_slow_breaker",
+            resilient_slow_breaker,
+            no_fault_only
+        );
+        $m!(
             "resilient_concurrency",
             resilient_concurrency,
             no_fault_only
@@ -498,6 +513,9 @@ pub fn label(name: &str) -> &'static str {
         "resilient_fallback" => "`#[resilient]` timeout + fallback (never needed)",
         "resilient_time_breaker" => "`#[resilient]` timeout + time-window, slow-call breaker",
         "resilient_long_breaker" => "`#[resilient]` timeout + breaker over the last 100 calls",
+        "resilient_slow_breaker" => {
+            "`#[resilient]` timeout + slow-call breaker over the last 100 calls"
+        }
         "resilient_concurrency" => "`#[resilient]` timeout + adaptive concurrency limit",
         "backon" => "backon 1.6 retry",
         "backon_timeout" => "backon retry + `timeout` per attempt",

@@ -223,8 +223,13 @@ impl BreakerPermit<'_> {
         } else {
             outcome
         };
-        self.breaker
-            .report_at(self.generation, self.probe, outcome, slow, end);
+        // A success that was not slow, into a long count window full of such: nothing
+        // changes (see `report`), no lock.
+        let b = self.breaker;
+        if outcome == Outcome::Success && !slow && !self.probe && b.clean(self.generation) {
+            return;
+        }
+        b.report_at(self.generation, self.probe, outcome, slow, end);
     }
 }
 
@@ -750,6 +755,16 @@ impl Breaker {
         }
     }
 
+    /// Whether generation `g` is closed now with a long count window full of calls that
+    /// neither failed nor were slow: a success that was not slow changes nothing in it.
+    #[inline]
+    fn clean(&self, g: u64) -> bool {
+        let w = self.word.load(Ordering::Acquire);
+        state_bits(w) == CLOSED
+            && generation(w) == g
+            && self.long_clean.load(Ordering::Acquire) == g
+    }
+
     fn trips(&self, seen: u32, failures: u32) -> bool {
         seen >= self.spec.min_calls
             && f64::from(failures) / f64::from(seen) >= self.spec.failure_rate
@@ -1144,6 +1159,42 @@ mod tests {
         assert_eq!(window(&b), (0, 0), "a new window after closing");
         fail(&b);
         assert_eq!(window(&b), (1, 1));
+    }
+
+    /// A count window watching slow calls, full of fast successes (reported without the lock):
+    /// a slow call into it counts, and leaves it only after `window` more calls.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_into_a_window_full_of_fast_ones_stays_its_length() {
+        let b = Breaker::new(
+            "t",
+            BreakerSpec {
+                failure_rate: 1.0,
+                min_calls: 10,
+                window: 10,
+                slow_call_duration: Duration::from_millis(100),
+                slow_call_rate: 0.3,
+                ..SPEC
+            },
+        );
+        let slow = async |b: &Breaker| {
+            let p = b.try_acquire().expect("closed");
+            advance(Duration::from_millis(150)).await;
+            b.on_success(p);
+        };
+        for _ in 0..20 {
+            ok(&b);
+        }
+        slow(&b).await;
+        for _ in 0..9 {
+            ok(&b);
+        }
+        slow(&b).await;
+        slow(&b).await;
+        // The last ten: seven fast, two slow (the first slow one has just left).
+        assert_eq!(b.state(), BreakerState::Closed);
+        slow(&b).await;
+        // Three slow of ten.
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     /// What the breaker should do, written the obvious way, for one caller at a time.
