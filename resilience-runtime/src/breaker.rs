@@ -223,13 +223,8 @@ impl BreakerPermit<'_> {
         } else {
             outcome
         };
-        // A success that was not slow, into a long count window full of such: nothing
-        // changes (see `report`), no lock.
-        let b = self.breaker;
-        if outcome == Outcome::Success && !slow && !self.probe && b.clean(self.generation) {
-            return;
-        }
-        b.report_at(self.generation, self.probe, outcome, slow, end);
+        self.breaker
+            .report_at(self.generation, self.probe, outcome, slow, end);
     }
 }
 
@@ -722,6 +717,11 @@ impl Breaker {
 
     /// Records an outcome in a window too long for the word.
     fn record_long(&self, permit_generation: u64, fail: bool, slow: bool, end: Option<Instant>) {
+        // A success that was not slow, into a count window full of such (the breaker closed in
+        // this generation: `report_at`): nothing changes (see `report`), no lock.
+        if !fail && !slow && self.long_clean.load(Ordering::Acquire) == permit_generation {
+            return;
+        }
         let Some(long) = &self.long else { return };
         let mut long = lock(long);
         // Under this lock the word cannot leave the closed state: only this function moves a
@@ -753,16 +753,6 @@ impl Breaker {
                 self.transitioned(BreakerState::Closed, BreakerState::Open);
             }
         }
-    }
-
-    /// Whether generation `g` is closed now with a long count window full of calls that
-    /// neither failed nor were slow: a success that was not slow changes nothing in it.
-    #[inline]
-    fn clean(&self, g: u64) -> bool {
-        let w = self.word.load(Ordering::Acquire);
-        state_bits(w) == CLOSED
-            && generation(w) == g
-            && self.long_clean.load(Ordering::Acquire) == g
     }
 
     fn trips(&self, seen: u32, failures: u32) -> bool {
