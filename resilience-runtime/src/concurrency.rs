@@ -14,9 +14,11 @@
 //! up to `max_wait` within its deadline, in the order the calls asked (a call that just ended
 //! and asks again does not overtake those waiting), else fails fast with
 //! [`ErrorKind::BulkheadFull`](crate::ErrorKind::BulkheadFull): to the caller this is a bulkhead
-//! whose size moves. The slots are a semaphore's permits: a higher limit adds permits, a lower
-//! one takes free permits away and keeps the rest as a debt paid by the next slots given back.
-//! The hot path is a few atomics: no lock, no allocation.
+//! whose size moves. Without a wait (`max_wait` zero, the default) the slots are the count of
+//! calls in flight, taken below the limit's whole part as it is read. With a wait they are a
+//! semaphore's permits: a higher limit adds permits, a lower one takes free permits away and
+//! keeps the rest as a debt paid by the next slots given back. The hot path is a few atomics
+//! (and, with a wait, the semaphore's lock when a slot is given back): no allocation.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
