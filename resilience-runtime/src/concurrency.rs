@@ -655,73 +655,59 @@ mod tests {
         assert_eq!(c.limit(), 2.5);
     }
 
-    /// With a wait (a semaphore): the permits a lower limit takes away are taken as they are
-    /// given back.
+    /// A lower limit lets in only what it allows: with a wait (a semaphore, whose permits the
+    /// limit takes back as they are given back, as a debt) and without (the slots counted).
     #[tokio::test(start_paused = true)]
-    async fn a_lower_limit_takes_back_the_slots_as_they_are_given_back() {
-        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 1)));
-        let sem = c.sem.as_ref().expect("a limit with a wait has a semaphore");
-        let far = Instant::now() + Duration::from_secs(10);
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            held.push(c.acquire_by(far).await.unwrap());
+    async fn a_lower_limit_lets_in_only_what_it_allows() {
+        for max_wait_ms in [1, 0] {
+            let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, max_wait_ms)));
+            let sem = c.sem.as_ref();
+            assert_eq!(sem.is_some(), max_wait_ms > 0);
+            let far = Instant::now() + Duration::from_secs(10);
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                held.push(c.acquire_by(far).await.unwrap());
+            }
+            assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+            held[0].on_failure(Class::Reset);
+            assert_eq!(c.limit(), 2.0);
+            if sem.is_some() {
+                assert_eq!(c.debt.load(Ordering::Relaxed), 2);
+            }
+            // Two slots given back (paying the debt); only the third frees one.
+            held.truncate(2);
+            assert_eq!(c.in_flight(), 2);
+            if let Some(sem) = sem {
+                assert_eq!(sem.available_permits(), 0);
+            }
+            assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+            held.truncate(1);
+            let again = c.acquire_by(far).await.unwrap();
+            assert_eq!(c.in_flight(), 2);
+            assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+            drop(again);
+            let mut p = c.acquire_by(far).await.unwrap();
+            p.attempt_started(Instant::now());
+            for _ in 0..3 {
+                p.on_success();
+            }
+            assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
+            // Growing pays no debt now: a permit is added.
+            if let Some(sem) = sem {
+                assert_eq!(sem.available_permits(), 1);
+            }
+            let q = c.acquire_by(far).await.unwrap();
+            assert_eq!(c.in_flight(), 3);
+            assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
+            drop((held, p, q));
+            assert_eq!(c.in_flight(), 0);
+            let s = c.snapshot();
+            assert_eq!(
+                (s.admitted, s.rejected),
+                (7, 4),
+                "max_wait {max_wait_ms} ms"
+            );
         }
-        held[0].on_failure(Class::Reset);
-        assert_eq!(c.limit(), 2.0);
-        assert_eq!(c.debt.load(Ordering::Relaxed), 2);
-        // Two slots given back pay the debt; only the third frees one.
-        held.truncate(2);
-        assert_eq!(sem.available_permits(), 0);
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        held.truncate(1);
-        let again = c.acquire_by(far).await.unwrap();
-        assert_eq!(c.in_flight(), 2);
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        // Growing pays no debt now: a permit is added.
-        drop(again);
-        let mut p = c.acquire_by(far).await.unwrap();
-        p.attempt_started(Instant::now());
-        for _ in 0..3 {
-            p.on_success();
-        }
-        assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
-        assert_eq!(sem.available_permits(), 1);
-    }
-
-    /// Without a wait (slots counted, no semaphore): the same steps, the same slots.
-    #[tokio::test(start_paused = true)]
-    async fn a_lower_limit_without_a_wait_lets_in_only_what_it_allows() {
-        let c = leak(ConcurrencyLimit::new("t", spec(4, 1, 8, 0)));
-        assert!(c.sem.is_none());
-        let far = Instant::now() + Duration::from_secs(10);
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            held.push(c.acquire_by(far).await.unwrap());
-        }
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        held[0].on_failure(Class::Reset);
-        assert_eq!(c.limit(), 2.0);
-        held.truncate(2);
-        assert_eq!(c.in_flight(), 2);
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        held.truncate(1);
-        let again = c.acquire_by(far).await.unwrap();
-        assert_eq!(c.in_flight(), 2);
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        drop(again);
-        let mut p = c.acquire_by(far).await.unwrap();
-        p.attempt_started(Instant::now());
-        for _ in 0..3 {
-            p.on_success();
-        }
-        assert!((c.limit() - 3.24).abs() < 0.01, "{}", c.limit());
-        let q = c.acquire_by(far).await.unwrap();
-        assert_eq!(c.in_flight(), 3);
-        assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-        drop((held, p, q));
-        assert_eq!(c.in_flight(), 0);
-        let s = c.snapshot();
-        assert_eq!((s.admitted, s.rejected), (7, 4));
     }
 
     /// Slots counted without a semaphore, taken and given back from four threads: never
