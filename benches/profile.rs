@@ -1,5 +1,6 @@
 //! One contender in a loop, for a profiler: `PROFILE_CASE=<contender> PROFILE_CALLS=<n>`
-//! (`PROFILE_CASE=flaky_<contender>`: its calls fail once first).
+//! (`PROFILE_CASE=flaky_<contender>`: its calls fail once first; `PROFILE_THREADS=<n>`: on n
+//! threads at once, each calling the same functions).
 //!
 //! ```sh
 //! cargo bench -p resilience-benches --bench profile --no-run
@@ -28,6 +29,17 @@ async fn resilient_open() -> Result<u64, BenchError> {
 }
 
 fn main() {
+    // `PROFILE_THREADS=n`: the case runs on n threads at once, each with a runtime of its own,
+    // all calling the same functions (so sharing their breakers, budgets and counters).
+    let threads = common::env_usize("PROFILE_THREADS", 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(run_case);
+        }
+    });
+}
+
+fn run_case() {
     let case = std::env::var("PROFILE_CASE").unwrap_or_else(|_| "resilient_breaker".to_owned());
     let calls = common::env_usize("PROFILE_CALLS", 100_000);
     let rt = common::runtime();

@@ -184,7 +184,8 @@ pub struct Budget {
     /// The allowance for never-processed retries: the window (high 32 bits) and the retries it
     /// granted in it (low 32 bits).
     unprocessed: AtomicU64,
-    deposits: AtomicU64,
+    /// First attempts, on every thread: striped.
+    deposits: crate::counters::Striped,
     withdrawals: AtomicU64,
     refused: AtomicU64,
 }
@@ -226,7 +227,7 @@ impl Budget {
             floor: AtomicU64::new(pack(0, 0)),
             swept: AtomicU64::new(0),
             unprocessed: AtomicU64::new(pack(0, 0)),
-            deposits: AtomicU64::new(0),
+            deposits: Default::default(),
             withdrawals: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -243,9 +244,10 @@ impl Budget {
     }
 
     /// Records one first attempt made at `now` (saves a clock read when the caller has one).
+    #[inline]
     pub fn deposit_at(&self, now: Instant) {
         let epoch = self.tick_at(now);
-        self.deposits.fetch_add(1, Ordering::Relaxed);
+        self.deposits.incr();
         if self.deposit == 0 {
             return;
         }
@@ -425,7 +427,7 @@ impl Budget {
     pub fn snapshot(&self) -> BudgetSnapshot {
         BudgetSnapshot {
             available: self.available(),
-            deposits: self.deposits.load(Ordering::Relaxed),
+            deposits: self.deposits.get(),
             withdrawals: self.withdrawals.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
         }

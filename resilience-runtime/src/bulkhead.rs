@@ -76,7 +76,8 @@ pub struct BulkheadSnapshot {
 pub struct Bulkhead {
     spec: BulkheadSpec,
     slots: Slots,
-    admitted: AtomicU64,
+    /// Slots granted, on every thread: striped.
+    admitted: crate::counters::Striped,
     rejected: AtomicU64,
 }
 
@@ -136,7 +137,7 @@ impl Bulkhead {
             } else {
                 Slots::Queued(Semaphore::new(spec.max_concurrent as usize))
             },
-            admitted: AtomicU64::new(0),
+            admitted: Default::default(),
             rejected: AtomicU64::new(0),
         })
     }
@@ -182,8 +183,9 @@ impl Bulkhead {
         Some(self.granted(slot))
     }
 
+    #[inline]
     fn granted<'a>(&'a self, slot: Slot<'a>) -> BulkheadPermit<'a> {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admitted.incr();
         BulkheadPermit { _slot: slot }
     }
 
@@ -232,7 +234,7 @@ impl Bulkhead {
         BulkheadSnapshot {
             max_concurrent: self.spec.max_concurrent,
             in_flight: self.in_flight(),
-            admitted: self.admitted.load(Ordering::Relaxed),
+            admitted: self.admitted.get(),
             rejected: self.rejected.load(Ordering::Relaxed),
         }
     }

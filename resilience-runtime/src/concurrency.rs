@@ -157,7 +157,8 @@ pub struct ConcurrencyLimit {
     epoch: Instant,
     /// When the limit was last lowered, in nanoseconds since `epoch` (0: never).
     last_decrease: AtomicU64,
-    admitted: AtomicU64,
+    /// Slots granted, on every thread: striped.
+    admitted: crate::counters::Striped,
     rejected: AtomicU64,
     decreases: AtomicU64,
     /// The gauges' keys, built once (recording then allocates nothing).
@@ -210,7 +211,7 @@ impl ConcurrencyLimit {
             debt: AtomicU32::new(0),
             epoch: Instant::now(),
             last_decrease: AtomicU64::new(0),
-            admitted: AtomicU64::new(0),
+            admitted: Default::default(),
             rejected: AtomicU64::new(0),
             decreases: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
@@ -256,7 +257,7 @@ impl ConcurrencyLimit {
         ConcurrencySnapshot {
             limit: self.limit(),
             in_flight: self.in_flight(),
-            admitted: self.admitted.load(Ordering::Relaxed),
+            admitted: self.admitted.get(),
             rejected: self.rejected.load(Ordering::Relaxed),
             decreases: self.decreases.load(Ordering::Relaxed),
         }
@@ -311,7 +312,7 @@ impl ConcurrencyLimit {
         n: u32,
         now: Instant,
     ) -> ConcurrencyPermit {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admitted.incr();
         self.gauge();
         ConcurrencyPermit {
             limit: self,

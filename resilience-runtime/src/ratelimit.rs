@@ -102,7 +102,8 @@ pub struct RateLimiter {
     epoch: Instant,
     /// The theoretical arrival time of the next call, in nanoseconds since `epoch`.
     tat: AtomicU64,
-    admitted: AtomicU64,
+    /// Calls let through, on every thread: striped.
+    admitted: crate::counters::Striped,
     waited: AtomicU64,
     rejected: AtomicU64,
     fallbacks: AtomicU64,
@@ -155,7 +156,7 @@ impl RateLimiter {
             spec,
             epoch: Instant::now(),
             tat: AtomicU64::new(0),
-            admitted: AtomicU64::new(0),
+            admitted: Default::default(),
             waited: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
@@ -180,7 +181,7 @@ impl RateLimiter {
     /// Its counters now.
     pub fn snapshot(&self) -> RateLimitSnapshot {
         RateLimitSnapshot {
-            admitted: self.admitted.load(Ordering::Relaxed),
+            admitted: self.admitted.get(),
             waited: self.waited.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             local_fallbacks: self.fallbacks.load(Ordering::Relaxed),
@@ -220,7 +221,7 @@ impl RateLimiter {
             }
         };
         if wait.is_zero() {
-            self.admitted.fetch_add(1, Ordering::Relaxed);
+            self.admitted.incr();
         } else {
             self.waited.fetch_add(1, Ordering::Relaxed);
             let give_back = local.then(|| GiveBack(self));
@@ -571,7 +572,7 @@ pub(crate) fn admit_now(
     // Asked for no wait, a refusal reserves nothing: the full path can still wait for one.
     match r.reserve_local(now, Duration::ZERO) {
         Ok(_) => {
-            r.admitted.fetch_add(1, Ordering::Relaxed);
+            r.admitted.incr();
             Some(Ok(()))
         }
         Err(why) if r.spec.max_wait.is_zero() => {

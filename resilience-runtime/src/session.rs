@@ -1081,11 +1081,11 @@ impl Session {
             self.started,
         );
         let m = self.shared.metrics;
-        PolicyMetrics::incr(if self.retried == 0 {
-            &m.successful_without_retry
+        if self.retried == 0 {
+            m.successful_without_retry.incr();
         } else {
-            &m.successful_with_retry
-        });
+            PolicyMetrics::incr(&m.successful_with_retry);
+        }
         {
             let _e = self.span.enter();
             tracing::debug!(
