@@ -32,6 +32,10 @@ fn main() {
     // `PROFILE_THREADS=n`: the case runs on n threads at once, each with a runtime of its own,
     // all calling the same functions (so sharing their breakers, budgets and counters).
     let threads = common::env_usize("PROFILE_THREADS", 1);
+    if threads <= 1 {
+        // On the main thread, as the instruction counts of BENCHMARKS.md were taken.
+        return run_case();
+    }
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(run_case);

@@ -41,6 +41,16 @@
 //! or the window's allowance, unless that second, bucket or window has passed (its passing
 //! already gave it back).
 //!
+//! # Deposits batched per thread
+//!
+//! The budgets the runtime keeps for annotated functions take their first attempts in batches
+//! per thread: up to eight made in the same second, recorded in that second's bucket
+//! together, so that calls on many threads do not all write the same two words. A thread holds back at most seven first attempts of a budget (0.7 of a retry at the
+//! default 10%) until it calls again, withdraws from it or reads it; a batch recorded late
+//! counts from the second it was made, or not at all once that second has left the window. So
+//! the bounds above hold as written, and the budget is at most that much stricter for a while.
+//! [`Budget::deposit`], for a budget used by hand, records each at once.
+//!
 //! # How it stays exact without a lock
 //!
 //! The window is [`Budget::BUCKETS`] buckets of one second. `balance` holds what deposits can
@@ -53,6 +63,7 @@
 //! it. Every race left resolves on the safe side: a deposit may count a moment late, a
 //! withdrawal a moment long, never the other way round.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -125,6 +136,32 @@ pub(crate) enum Token {
     Unprocessed(u64),
 }
 
+/// A thread's first attempts for one budget, made in `epoch` and not yet recorded
+/// ([`Budget::deposit_batched`]).
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    budget: &'static Budget,
+    epoch: u64,
+    count: u32,
+}
+
+/// First attempts a thread batches, per budget, before it records them: 7 held back at most,
+/// less than one retry at the default 10%.
+const BATCH: u32 = 8;
+
+/// Slots of a thread's batches: a budget takes the one its address maps to.
+const BATCH_SLOTS: usize = 4;
+
+thread_local! {
+    static BATCHES: [Cell<Option<Batch>>; BATCH_SLOTS] =
+        const { [const { Cell::new(None) }; BATCH_SLOTS] };
+}
+
+fn batch_slot(b: &Budget) -> usize {
+    // A budget is aligned to 128 bytes (its striped count): the bits above those.
+    (std::ptr::from_ref(b) as usize >> 7) % BATCH_SLOTS
+}
+
 /// Adds `units` to the net of a bucket word that still holds `cur`: false when another caller
 /// changed it first, `None` when the net would overflow.
 #[inline]
@@ -174,6 +211,10 @@ pub struct Budget {
     origin: Instant,
     /// Units one first attempt deposits.
     deposit: i32,
+    /// The first attempts a thread batches before recording them
+    /// ([`deposit_batched`](Self::deposit_batched)): [`BATCH`], or 1 (none) when they deposit
+    /// nothing.
+    batch: u32,
     /// Units deposits can still pay for: the net of the live buckets.
     balance: AtomicI64,
     buckets: [AtomicU64; BUCKETS],
@@ -222,6 +263,7 @@ impl Budget {
             spec,
             origin: Instant::now(),
             deposit: (spec.ratio * UNIT as f64).round() as i32,
+            batch: if spec.ratio > 0.0 { BATCH } else { 1 },
             balance: AtomicI64::new(0),
             buckets: Default::default(),
             floor: AtomicU64::new(pack(0, 0)),
@@ -259,6 +301,82 @@ impl Budget {
         }
     }
 
+    /// Records one first attempt made at `now`, for a budget the runtime shares between calls
+    /// on many threads: the thread keeps a batch of them ([`BATCH`]), made in the same second,
+    /// and records it in that second's bucket at once, when it is full (one write to the
+    /// shared words for the batch, not two for each first attempt, whose cache lines would
+    /// otherwise move from core to core on every call). A batch of an earlier
+    /// second is recorded in that second's bucket when the thread next deposits in another
+    /// second, or withdraws from or reads this budget, or when a batch of another budget takes
+    /// its place; one whose second has left the window by then is dropped. So a deposit never
+    /// counts longer than one recorded at once, and a thread holds back at most `BATCH - 1`
+    /// first attempts of each budget until it calls again (a thread that never does, until it
+    /// ends: its batch is lost, on the side of fewer retries). The count of first attempts
+    /// stays exact.
+    #[inline]
+    pub(crate) fn deposit_batched(&'static self, now: Instant) {
+        if self.batch <= 1 {
+            self.deposit_at(now);
+            return;
+        }
+        let epoch = self.tick_at(now);
+        self.deposits.incr();
+        BATCHES.with(|b| {
+            let slot = &b[batch_slot(self)];
+            match slot.get() {
+                Some(mut p) if std::ptr::eq(p.budget, self) && p.epoch == epoch => {
+                    p.count += 1;
+                    if p.count < self.batch {
+                        slot.set(Some(p));
+                    } else {
+                        slot.set(None);
+                        self.add_deposits(epoch, p.count);
+                    }
+                }
+                earlier => {
+                    slot.set(Some(Batch {
+                        budget: self,
+                        epoch,
+                        count: 1,
+                    }));
+                    if let Some(p) = earlier {
+                        p.budget.add_deposits(p.epoch, p.count);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records `count` first attempts made in `epoch`, in that epoch's bucket and the balance:
+    /// none if that epoch has left the window.
+    fn add_deposits(&self, epoch: u64, count: u32) {
+        let Ok(count) = i32::try_from(count) else {
+            return;
+        };
+        let units = self.deposit.saturating_mul(count);
+        // Bucket first, balance second, as `deposit_at`.
+        if self.record_exact(epoch, units) {
+            self.balance.fetch_add(i64::from(units), Ordering::AcqRel);
+        }
+    }
+
+    /// This thread's batch of first attempts for this budget, recorded now: a withdrawal or
+    /// a reading on the thread that made them sees them all.
+    fn flush_mine(&self) {
+        if self.batch <= 1 {
+            return;
+        }
+        BATCHES.with(|b| {
+            let slot = &b[batch_slot(self)];
+            if let Some(p) = slot.get()
+                && std::ptr::eq(p.budget, self)
+            {
+                slot.set(None);
+                self.add_deposits(p.epoch, p.count);
+            }
+        });
+    }
+
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
         self.withdraw_at(Instant::now())
@@ -273,6 +391,7 @@ impl Budget {
     /// never used can be [given back](Self::give_back).
     fn take_at(&self, now: Instant) -> Option<Token> {
         let epoch = self.tick_at(now);
+        self.flush_mine();
         if let Some(second) = self.take_floor(epoch) {
             self.withdrawals.fetch_add(1, Ordering::Relaxed);
             return Some(Token::Floor(second));
@@ -384,6 +503,7 @@ impl Budget {
     /// Whole retries that could be withdrawn now.
     pub fn available(&self) -> u64 {
         let epoch = self.tick_at(Instant::now());
+        self.flush_mine();
         let floor = self.floor.load(Ordering::Acquire);
         let used = if u64::from(epoch_of(floor)) < epoch {
             0
@@ -495,6 +615,28 @@ impl Budget {
         }
     }
 
+    /// Adds `units` to the bucket of `epoch` itself (recycled first if it still holds an older
+    /// one); false if that epoch has left the window (its bucket holds a later one) or the
+    /// bucket would overflow: a batch recorded late counts from when it was made, never longer.
+    fn record_exact(&self, epoch: u64, units: i32) -> bool {
+        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        loop {
+            let cur = bucket.load(Ordering::Acquire);
+            let held = u64::from(epoch_of(cur));
+            if held == epoch {
+                match add_to(bucket, cur, units) {
+                    Some(true) => return true,
+                    Some(false) => {}
+                    None => return false,
+                }
+            } else if held > epoch {
+                return false;
+            } else {
+                self.recycle(epoch);
+            }
+        }
+    }
+
     /// Adds `units` to the bucket of `epoch` (or of a later epoch if the clock moved on);
     /// false if the bucket would overflow.
     fn record(&self, epoch: u64, units: i32) -> bool {
@@ -544,6 +686,77 @@ mod tests {
         ratio: 0.1,
         min_per_sec: 0,
     };
+
+    fn leaked(spec: BudgetSpec) -> &'static Budget {
+        Box::leak(Box::new(Budget::new(spec)))
+    }
+
+    /// A thread's batched first attempts are all seen by a withdrawal or a reading on that
+    /// thread, and count as if recorded at once.
+    #[tokio::test(start_paused = true)]
+    async fn batched_deposits_are_seen_by_their_own_thread() {
+        let b = leaked(NO_FLOOR);
+        assert_eq!(b.batch, 8);
+        for _ in 0..25 {
+            b.deposit_batched(Instant::now());
+        }
+        // 25 first attempts at 10%: two retries, the one held back included.
+        assert_eq!(b.available(), 2);
+        assert_eq!(b.snapshot().deposits, 25);
+        for _ in 0..5 {
+            b.deposit_batched(Instant::now());
+        }
+        assert_eq!(drain(b), 3, "30 first attempts at 10%");
+    }
+
+    /// Other threads' batches are held back, less than one retry each, never more.
+    #[test]
+    fn other_threads_hold_back_less_than_a_retry_each() {
+        let b = leaked(NO_FLOOR);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..15 {
+                        b.deposit_batched(Instant::now());
+                    }
+                });
+            }
+        });
+        // 30 first attempts, 3 retries' worth: each thread recorded 8 of its 15 (or all, had
+        // the second changed under it), and holds the rest.
+        let a = b.available();
+        assert!((1..=3).contains(&a), "{a} retries available");
+        assert_eq!(b.snapshot().deposits, 30);
+    }
+
+    /// A batch recorded late counts in the second it was made: it leaves the window with that
+    /// second, and one recorded after that second left is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_batch_counts_from_its_own_second() {
+        let b = leaked(NO_FLOOR);
+        for _ in 0..7 {
+            b.deposit_batched(Instant::now());
+        }
+        advance(Duration::from_secs(5)).await;
+        // The first batch is recorded (in second 0) as the next begins.
+        for _ in 0..9 {
+            b.deposit_batched(Instant::now());
+        }
+        assert_eq!(b.available(), 1, "16 first attempts at 10%");
+        advance(Duration::from_millis(5_200)).await;
+        // Second 0 has left the window: 9 first attempts' worth left.
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.balance.load(Ordering::Acquire), 900);
+        // A batch whose second left the window before it was recorded counts for nothing.
+        let late = leaked(NO_FLOOR);
+        for _ in 0..7 {
+            late.deposit_batched(Instant::now());
+        }
+        advance(Duration::from_secs(11)).await;
+        assert_eq!(late.available(), 0);
+        assert_eq!(late.balance.load(Ordering::Acquire), 0);
+        assert_eq!(late.snapshot().deposits, 7);
+    }
 
     fn drain(b: &Budget) -> u32 {
         let mut n = 0;

@@ -118,7 +118,7 @@ fn open(
 ) -> tracing::Span {
     telemetry::bulkhead_moved(shared); // telemetry (issue 12)
     if let Some(b) = shared.budget {
-        b.deposit_at(started);
+        b.deposit_batched(started);
     }
     let span = tracing::info_span!(
         "resilient",
