@@ -267,9 +267,30 @@ impl RateLimiter {
         )
     }
 
-    /// GCRA on the local atomic: the wait before a permit (zero: now), or refused when it
-    /// would exceed `allowed`.
+    /// GCRA on the local atomic: the wait before a permit from `now` (zero: now), or refused
+    /// when it would exceed `allowed`.
+    ///
+    /// `now` is the caller's reading of the clock, which may be older than a reading another
+    /// thread has since moved the limit on with (this one was descheduled in between: a
+    /// millisecond or more on a busy machine). Against a limit whose burst is shorter than
+    /// that age, the call would be refused for its reading's age alone, at any rate: refused,
+    /// it asks again with the clock read now.
     fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        let refused = match self.reserve_local_at(now, allowed) {
+            Ok(wait) => return Ok(wait),
+            Err(why) => why,
+        };
+        let later = Instant::now();
+        let spent = later.saturating_duration_since(now);
+        if spent.is_zero() {
+            return Err(refused);
+        }
+        // A wait counted from `now`, as the caller sleeps until `now + wait`; none is none.
+        self.reserve_local_at(later, allowed.saturating_sub(spent))
+            .map(|wait| if wait.is_zero() { wait } else { wait + spent })
+    }
+
+    fn reserve_local_at(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
         let (t, tolerance) = self.interval_and_tolerance();
         let now_n = self.nanos_since_epoch(now);
         let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -625,6 +646,30 @@ mod tests {
                 store: RateLimitStore::Local,
             },
         )
+    }
+
+    /// A call whose clock reading is older than another's that already took a permit (its
+    /// thread descheduled in between, longer than the burst) is not refused for that age: the
+    /// limit, far from its rate, asks again with the clock read now.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_clock_reading_is_not_refused_for_its_age() {
+        // One a millisecond, ten at once: the burst spans 10 ms.
+        let l = limiter(1000, 10, 0);
+        let stale = Instant::now();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(
+            l.reserve_local(Instant::now(), Duration::ZERO),
+            Ok(Duration::ZERO)
+        );
+        assert_eq!(l.reserve_local(stale, Duration::ZERO), Ok(Duration::ZERO));
+        // At the rate, a refusal is still one.
+        for _ in 0..8 {
+            assert!(l.reserve_local(stale, Duration::ZERO).is_ok());
+        }
+        assert_eq!(
+            l.reserve_local(stale, Duration::ZERO),
+            Err(Refused::Limited)
+        );
     }
 
     /// The same through Redis, which once said only "no": a call with less time left than
