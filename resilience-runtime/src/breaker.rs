@@ -735,11 +735,16 @@ impl Breaker {
             long.reset(permit_generation);
         }
         let t = long.push(|| self.ms_floor_at(end), fail, slow);
-        let clean = long.full_and_clean(t);
-        self.long_clean.store(
-            if clean { permit_generation } else { u64::MAX },
-            Ordering::Release,
-        );
+        // Written only when it changes: a write on every outcome moved its cache line, which
+        // may be the one of the word every permit reads, from core to core.
+        let clean = if long.full_and_clean(t) {
+            permit_generation
+        } else {
+            u64::MAX
+        };
+        if self.long_clean.load(Ordering::Relaxed) != clean {
+            self.long_clean.store(clean, Ordering::Release);
+        }
         let slow_trips = !self.spec.slow_call_duration.is_zero()
             && t.seen >= self.spec.min_calls
             && f64::from(t.slow) / f64::from(t.seen) >= self.spec.slow_call_rate;
