@@ -275,11 +275,24 @@ impl RateLimiter {
     /// millisecond or more on a busy machine). Against a limit whose burst is shorter than
     /// that age, the call would be refused for its reading's age alone, at any rate: refused,
     /// it asks again with the clock read now.
+    #[inline]
     fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
-        let refused = match self.reserve_local_at(now, allowed) {
-            Ok(wait) => return Ok(wait),
-            Err(why) => why,
-        };
+        match self.reserve_local_at(now, allowed) {
+            Ok(wait) => Ok(wait),
+            Err(why) => self.reserve_local_again(now, allowed, why),
+        }
+    }
+
+    /// [`reserve_local`](Self::reserve_local) refused at `now`: asked again with the clock
+    /// read now.
+    #[cold]
+    #[inline(never)]
+    fn reserve_local_again(
+        &self,
+        now: Instant,
+        allowed: Duration,
+        refused: Refused,
+    ) -> Result<Duration, Refused> {
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
         if spent.is_zero() {
@@ -290,6 +303,7 @@ impl RateLimiter {
             .map(|wait| if wait.is_zero() { wait } else { wait + spent })
     }
 
+    #[inline]
     fn reserve_local_at(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
         let (t, tolerance) = self.interval_and_tolerance();
         let now_n = self.nanos_since_epoch(now);
