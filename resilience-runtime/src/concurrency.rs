@@ -306,6 +306,7 @@ impl ConcurrencyLimit {
     }
 
     /// `n`: the calls in flight with this one.
+    #[inline]
     fn granted(
         &'static self,
         p: Option<SemaphorePermit<'static>>,
