@@ -734,23 +734,28 @@ mod tests {
     /// attempts), and recorded when it ends.
     #[test]
     fn a_thread_holds_back_its_batch_until_it_ends() {
+        use std::sync::{Arc, Barrier};
         let b = leaked(NO_FLOOR);
         let now = Instant::now();
-        let (deposited, read) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        let (deposited, read) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        // Not a scoped thread: a scope ends when its threads' closures have returned, which
+        // may be before their thread-locals are dropped; `join` waits for the thread's end.
+        let thread = std::thread::spawn({
+            let (deposited, read) = (deposited.clone(), read.clone());
+            move || {
                 for _ in 0..15 {
                     b.deposit_batched(now);
                 }
                 deposited.wait();
                 read.wait();
-            });
-            deposited.wait();
-            // 15 first attempts at 10%: 8 recorded (0.8 of a retry), 7 held by the thread.
-            assert_eq!(b.available(), 0);
-            assert_eq!(b.balance.load(Ordering::Acquire), 800);
-            read.wait();
+            }
         });
+        deposited.wait();
+        // 15 first attempts at 10%: 8 recorded (0.8 of a retry), 7 held by the thread.
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.balance.load(Ordering::Acquire), 800);
+        read.wait();
+        thread.join().expect("the depositing thread");
         // The thread has ended: all 15 recorded.
         assert_eq!(b.balance.load(Ordering::Acquire), 1500);
         assert_eq!(b.available(), 1);
