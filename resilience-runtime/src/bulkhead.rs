@@ -162,21 +162,8 @@ impl Bulkhead {
     pub(crate) fn try_acquire_now(&self) -> Option<BulkheadPermit<'_>> {
         let slot = match &self.slots {
             Slots::Counted(in_flight) => {
-                let mut n = in_flight.load(Ordering::Relaxed);
-                loop {
-                    if n >= self.spec.max_concurrent {
-                        return None;
-                    }
-                    match in_flight.compare_exchange_weak(
-                        n,
-                        n + 1,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break Slot::Counted(in_flight),
-                        Err(now) => n = now,
-                    }
-                }
+                take_below(in_flight, self.spec.max_concurrent)?;
+                Slot::Counted(in_flight)
             }
             Slots::Queued(sem) => Slot::Queued(sem.try_acquire().ok()?),
         };
@@ -236,6 +223,22 @@ impl Bulkhead {
             in_flight: self.in_flight(),
             admitted: self.admitted.get(),
             rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Takes one of `bound` slots counted in `in_flight`: the count with it, or `None` when all
+/// are taken. The bulkhead and the adaptive concurrency limit without a wait count theirs so.
+#[inline]
+pub(crate) fn take_below(in_flight: &AtomicU32, bound: u32) -> Option<u32> {
+    let mut n = in_flight.load(Ordering::Relaxed);
+    loop {
+        if n >= bound {
+            return None;
+        }
+        match in_flight.compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return Some(n + 1),
+            Err(now) => n = now,
         }
     }
 }

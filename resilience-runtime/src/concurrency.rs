@@ -279,24 +279,10 @@ impl ConcurrencyLimit {
     #[inline]
     pub(crate) fn try_acquire_now(&'static self, now: Instant) -> Option<ConcurrencyPermit> {
         let (p, n) = match &self.sem {
-            None => {
-                let allowed = self.allowed(self.limit());
-                let mut n = self.in_flight.load(Ordering::Relaxed);
-                loop {
-                    if n >= allowed {
-                        return None;
-                    }
-                    match self.in_flight.compare_exchange_weak(
-                        n,
-                        n + 1,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break (None, n + 1),
-                        Err(now) => n = now,
-                    }
-                }
-            }
+            None => (
+                None,
+                crate::bulkhead::take_below(&self.in_flight, self.allowed(self.limit()))?,
+            ),
             Some(sem) => {
                 let p = sem.try_acquire().ok()?;
                 (Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1)
