@@ -279,10 +279,10 @@ impl ConcurrencyLimit {
     #[inline]
     pub(crate) fn try_acquire_now(&'static self, now: Instant) -> Option<ConcurrencyPermit> {
         let (p, n) = match &self.sem {
-            None => (
-                None,
-                crate::bulkhead::take_below(&self.in_flight, self.allowed(self.limit()))?,
-            ),
+            None => {
+                let allowed = self.allowed(self.limit());
+                (None, crate::bulkhead::take_below(&self.in_flight, allowed)?)
+            }
             Some(sem) => {
                 let p = sem.try_acquire().ok()?;
                 (Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1)
