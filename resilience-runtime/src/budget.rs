@@ -167,14 +167,6 @@ impl Drop for Batches {
     }
 }
 
-impl std::ops::Index<usize> for Batches {
-    type Output = Cell<Option<Batch>>;
-
-    fn index(&self, i: usize) -> &Self::Output {
-        &self.0[i]
-    }
-}
-
 thread_local! {
     static BATCHES: Batches = const { Batches([const { Cell::new(None) }; BATCH_SLOTS]) };
 }
@@ -233,10 +225,6 @@ pub struct Budget {
     origin: Instant,
     /// Units one first attempt deposits.
     deposit: i32,
-    /// The first attempts a thread batches before recording them
-    /// ([`deposit_batched`](Self::deposit_batched)): [`BATCH`], or 1 (none) when they deposit
-    /// nothing.
-    batch: u32,
     /// Units deposits can still pay for: the net of the live buckets.
     balance: AtomicI64,
     buckets: [AtomicU64; BUCKETS],
@@ -285,7 +273,6 @@ impl Budget {
             spec,
             origin: Instant::now(),
             deposit: (spec.ratio * UNIT as f64).round() as i32,
-            batch: if spec.ratio > 0.0 { BATCH } else { 1 },
             balance: AtomicI64::new(0),
             buckets: Default::default(),
             floor: AtomicU64::new(pack(0, 0)),
@@ -336,18 +323,19 @@ impl Budget {
     /// then). The count of first attempts stays exact.
     #[inline]
     pub(crate) fn deposit_batched(&'static self, now: Instant) {
-        if self.batch <= 1 {
+        // Nothing to deposit (a ratio of zero): counted only.
+        if self.deposit == 0 {
             self.deposit_at(now);
             return;
         }
         let epoch = self.tick_at(now);
         self.deposits.incr();
         BATCHES.with(|b| {
-            let slot = &b[batch_slot(self)];
+            let slot = &b.0[batch_slot(self)];
             match slot.get() {
                 Some(mut p) if std::ptr::eq(p.budget, self) && p.epoch == epoch => {
                     p.count += 1;
-                    if p.count < self.batch {
+                    if p.count < BATCH {
                         slot.set(Some(p));
                     } else {
                         slot.set(None);
@@ -384,11 +372,11 @@ impl Budget {
     /// This thread's batch of first attempts for this budget, recorded now: a withdrawal or
     /// a reading on the thread that made them sees them all.
     fn flush_mine(&self) {
-        if self.batch <= 1 {
+        if self.deposit == 0 {
             return;
         }
         BATCHES.with(|b| {
-            let slot = &b[batch_slot(self)];
+            let slot = &b.0[batch_slot(self)];
             if let Some(p) = slot.get()
                 && std::ptr::eq(p.budget, self)
             {
@@ -717,7 +705,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batched_deposits_are_seen_by_their_own_thread() {
         let b = leaked(NO_FLOOR);
-        assert_eq!(b.batch, 8);
+        assert_eq!(BATCH, 8, "the arithmetic below");
         for _ in 0..25 {
             b.deposit_batched(Instant::now());
         }
