@@ -144,7 +144,9 @@ impl<'s> Core<'s> {
                 // A failure once the attempt's time is up (a nested call that ran out of this
                 // attempt's time ends in the same instant as this attempt's timer) is this
                 // attempt's timeout.
-                if Instant::now() >= *this.until {
+                let now = Instant::now();
+                this.session.last.failed_at = Some(now);
+                if now >= *this.until {
                     return Step::Failed(this.session.timed_out(*this.limit));
                 }
                 return Step::Done;

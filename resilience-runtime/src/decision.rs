@@ -120,6 +120,7 @@ pub fn in_progress(f: &Facts<'_>) -> bool {
 }
 
 /// The retry decision table of the design, as a function.
+#[inline]
 pub fn decide(f: &Facts<'_>) -> Decision {
     use Decision::GiveUp as G;
     let in_progress = in_progress(f);

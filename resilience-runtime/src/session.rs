@@ -239,6 +239,9 @@ pub(crate) struct Last {
     /// A hedged round ended on this attempt after another of its attempts was answered "still
     /// in progress": that answer's `Retry-After`.
     pub(crate) round_in_progress: Option<Duration>,
+    /// When the body returned its error, as the attempt read the clock to tell a timeout
+    /// (the decision after it reads that, not the clock again).
+    pub(crate) failed_at: Option<Instant>,
 }
 
 impl Last {
@@ -1228,7 +1231,7 @@ impl Session {
         } else {
             backoff
         };
-        let now = Instant::now();
+        let now = self.last.failed_at.unwrap_or_else(Instant::now);
         let facts = Facts {
             method,
             keyed,
