@@ -302,8 +302,6 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     });
     let mask = s.fallback_on.value.0;
-    // The fallback's check probes the error in place.
-    let result_mut = fallback_call.as_ref().map(|_| quote!(mut));
     let on_start_error = match &fallback_call {
         Some(call) => quote! {
             if #p::fallback_applies(#mask, __resilience_refusal.kind()) {
@@ -378,6 +376,32 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let track = (!tracked.is_empty())
         .then(|| quote!(#[must_use = ::core::concat!(#(::core::include_str!(#tracked)),*)]));
 
+    let retry_loop = quote! {
+        loop {
+            #attempt
+            .await;
+            if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
+                let __resilience_class = {
+                    #[allow(unused_imports)]
+                    use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
+                    (&&&&&#p::Probe::new(__resilience_error, &__resilience_session)).__resilience_class()
+                };
+                #after
+            }
+            break __resilience_result;
+        }
+    };
+    // Without a fallback the loop is the function's value: its `break` writes the result
+    // where the function returns it, one move of it fewer than through a variable.
+    let tail = match &fallback_call {
+        Some(_) => quote! {
+            let mut __resilience_result = #retry_loop;
+            #finish
+            __resilience_result
+        },
+        None => retry_loop,
+    };
+
     quote! {
         #(#attrs)*
         #vis #out_sig {
@@ -393,22 +417,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             let mut __resilience_session =
                 #p::Session::begin_compiled(&__RESILIENCE_STATE, #key_arg);
             #admit
-            #[allow(clippy::let_and_return)]
-            let #result_mut __resilience_result = loop {
-                #attempt
-                .await;
-                if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_result {
-                    let __resilience_class = {
-                        #[allow(unused_imports)]
-                        use #p::{ViaBoxed as _, ViaClassify as _, ViaNothing as _, ViaOwn as _, ViaStdError as _};
-                        (&&&&&#p::Probe::new(__resilience_error, &__resilience_session)).__resilience_class()
-                    };
-                    #after
-                }
-                break __resilience_result;
-            };
-            #finish
-            __resilience_result
+            #tail
         }
     }
 }
