@@ -128,7 +128,12 @@ impl<'s> Core<'s> {
                 }
             }
             let session = &**this.session;
-            *this.span = telemetry::body_span(session.attempt_scope.as_ref(), &session.span);
+            // Written only when there is one (the span is `None` until then): copying a `None`
+            // out of the call's result stalled on the store of its tag alone.
+            if let Some(span) = telemetry::body_span(session.attempt_scope.as_ref(), &session.span)
+            {
+                *this.span = Some(span);
+            }
         }
         let _entered = this.span.as_ref().map(tracing::Span::enter);
         match poll_in_attempt(&this.session.ctx, body, cx) {

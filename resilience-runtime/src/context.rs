@@ -339,23 +339,48 @@ fn inbound_handed_down() -> Inbound {
 
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.
 #[derive(Debug)]
+// Laid out in this order (widest first, the key on a 16-byte boundary): built in place in
+// every call's session, a key copied across a field's padding stalled on its own stores.
+#[repr(C)]
 pub(crate) struct AttemptCtx {
-    pub attempt: u32,
-    // The call's request and trace ids and the attempt's span id: 0 until first asked for
-    // (see `request_id()`), so a call that never sends, logs or nests draws none of them.
+    // The call's request and trace ids and the attempt's span id (below): 0 until first asked
+    // for (see `request_id()`), so a call that never sends, logs or nests draws none of them.
     request_id: Cell<u128>,
-    /// The caller's request id, when it is not in the form the library draws: sent instead.
-    pub request_id_text: Option<Arc<HeaderValue>>,
     trace_id: Cell<u128>,
-    span_id: Cell<u64>,
-    pub trace_flags: u8,
     pub key: Option<Key>,
-    /// When this attempt ends: its timeout or the call's deadline, whichever comes first.
-    pub until: Instant,
-    /// 0 for a call made outside any other; 1 for a call made inside an attempt of another, …
-    pub depth: u8,
     /// The breaker and bulkhead this call, or one it is nested in, holds a permit of.
     pub held: Held,
+    /// When this attempt ends: its timeout or the call's deadline, whichever comes first.
+    pub until: Instant,
+    pub retry_after: Cell<Option<Duration>>,
+    /// The caller's request id, when it is not in the form the library draws: sent instead.
+    pub request_id_text: Option<Arc<HeaderValue>>,
+    span_id: Cell<u64>,
+    /// The tokens of the nested calls that failed in this attempt after they could retry on
+    /// their own (the last four; 0: none): an error the body returns that carries one of them
+    /// is that call's failure, whatever the body did after it.
+    pub gave_up: Cell<[u16; 4]>,
+    pub attempt: u32,
+    pub status: Cell<Option<u16>>,
+    /// How the last request the runtime saw failed before any response (a reset, a refused
+    /// connect, reqwest's own timeout); `None` once a response arrives. What the retry
+    /// decision takes when the body's error says nothing it can read (a type it cannot look
+    /// into, an error that dropped its source).
+    pub failure: Cell<Option<crate::classify::Class>>,
+    /// Requests the body made (stamped) in this attempt that were not sent from it (yet): a
+    /// `tokio::spawn`ed `.send()`, one stored and never awaited. Their outcome never comes
+    /// back here, so they count as having reached the server, the least safe method first.
+    pub unpolled: Cell<u32>,
+    /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
+    /// call begun): a helper the body awaited that moved it not at all sent nothing the
+    /// runtime saw, or what it sent went unseen.
+    pub seen: Cell<u32>,
+    /// Watched helpers started and not ended: what they send is not known yet (a hedge must
+    /// not start beside one, and an attempt ended while one runs counts it as unseen).
+    pub helpers_running: Cell<u32>,
+    pub trace_flags: u8,
+    /// 0 for a call made outside any other; 1 for a call made inside an attempt of another, …
+    pub depth: u8,
     /// At least one request of this attempt was stamped (or a nested call sent one).
     pub stamped: Cell<bool>,
     /// Every stamped request carried the key.
@@ -367,37 +392,18 @@ pub(crate) struct AttemptCtx {
     /// failure proves only that its own request was never sent; these go out again with the
     /// body.
     pub reached: Cell<Option<Method>>,
-    pub status: Cell<Option<u16>>,
-    /// How the last request the runtime saw failed before any response (a reset, a refused
-    /// connect, reqwest's own timeout); `None` once a response arrives. What the retry
-    /// decision takes when the body's error says nothing it can read (a type it cannot look
-    /// into, an error that dropped its source).
-    pub failure: Cell<Option<crate::classify::Class>>,
     /// A request of this attempt followed a redirect ([`crate::redirect_policy`]): a server
     /// answered it, so a connect failure after that (the redirect's target refused) does not
     /// prove the request was never sent.
     pub redirected: Cell<bool>,
-    pub retry_after: Cell<Option<Duration>>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
-    /// Requests the body made (stamped) in this attempt that were not sent from it (yet): a
-    /// `tokio::spawn`ed `.send()`, one stored and never awaited. Their outcome never comes
-    /// back here, so they count as having reached the server, the least safe method first.
-    pub unpolled: Cell<u32>,
     pub unpolled_method: Cell<Option<Method>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
     /// and the body has not gone on since (no request of its own, no other nested call): a
     /// failure of the attempt now is taken for that call's, which the outer call does not
     /// retry again.
     pub nested_gave_up: Cell<bool>,
-    /// The tokens of the nested calls that failed in this attempt after they could retry on
-    /// their own (the last four; 0: none): an error the body returns that carries one of them
-    /// is that call's failure, whatever the body did after it.
-    pub gave_up: Cell<[u16; 4]>,
-    /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
-    /// call begun): a helper the body awaited that moved it not at all sent nothing the
-    /// runtime saw, or what it sent went unseen.
-    pub seen: Cell<u32>,
     /// A helper the body awaited, handed the client, ran without the runtime seeing a send
     /// (see [`crate::__private::helper`]): it may have sent any method, without the key.
     pub unseen_helper: Cell<bool>,
@@ -406,9 +412,6 @@ pub(crate) struct AttemptCtx {
     /// tokens no longer prove that the policy's method went out only where seen
     /// ([`Policy::sends_seen`](crate::policy::Policy)).
     pub unproven: Cell<bool>,
-    /// Watched helpers started and not ended: what they send is not known yet (a hedge must
-    /// not start beside one, and an attempt ended while one runs counts it as unseen).
-    pub helpers_running: Cell<u32>,
     /// The attempt's span has its request's method, server and URL: those of the first
     /// request the attempt sent (an OpenTelemetry span keeps every value recorded, so they are
     /// recorded once).

@@ -458,11 +458,15 @@ impl Session {
     pub fn begin_compiled(state: &'static PolicyState, key: KeyArg) -> Session {
         let shared = state.resolve_compiled();
         let policy = crate::overrides::current(shared.compiled, &state.current);
-        let (key, mut refusal) = match key {
-            KeyArg::None => (None, None),
-            KeyArg::Auto => (Some(Key::Auto(uuid::Uuid::new_v4())), None),
-            KeyArg::Given(Ok(h)) => (Some(Key::Given(h)), None),
-            KeyArg::Given(Err(e)) => (None, Some(e)),
+        let mut refusal = None;
+        let key = match key {
+            KeyArg::None => None,
+            KeyArg::Auto => Some(Key::Auto(uuid::Uuid::new_v4())),
+            KeyArg::Given(Ok(h)) => Some(Key::Given(h)),
+            KeyArg::Given(Err(e)) => {
+                refusal = Some(e);
+                None
+            }
         };
         if let Some(e) = shared.broken {
             refusal = Some(Error::call(e.clone()));
