@@ -532,6 +532,25 @@ impl Breaker {
         self.acquire(Some(now))
     }
 
+    /// [`try_acquire_at`](Self::try_acquire_at), the permit written into `slot` (a call's
+    /// own) rather than returned: built where it is kept, not built aside and copied there.
+    #[inline]
+    pub(crate) fn try_acquire_into<'a>(
+        &'a self,
+        now: Instant,
+        slot: &mut Option<BreakerPermit<'a>>,
+    ) -> Result<(), BreakerOpen> {
+        if self.force.load(Ordering::Relaxed) == FORCE_NONE {
+            let w = self.word.load(Ordering::Acquire);
+            if state_bits(w) == CLOSED {
+                *slot = Some(self.permit(generation(w), false, Some(now)));
+                return Ok(());
+            }
+        }
+        *slot = Some(self.acquire(Some(now))?);
+        Ok(())
+    }
+
     fn acquire(&self, now: Option<Instant>) -> Result<BreakerPermit<'_>, BreakerOpen> {
         match self.force.load(Ordering::Relaxed) {
             FORCE_NONE => {}

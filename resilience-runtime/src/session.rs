@@ -854,12 +854,9 @@ impl Session {
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
         if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
-            match b.try_acquire_at(now) {
-                Ok(p) => self.breaker_permit = Some(p),
-                Err(_) => {
-                    self.give_back_retry();
-                    return Err(self.rejected_by_breaker(b.name()));
-                }
+            if b.try_acquire_into(now, &mut self.breaker_permit).is_err() {
+                self.give_back_retry();
+                return Err(self.rejected_by_breaker(b.name()));
             }
         }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
