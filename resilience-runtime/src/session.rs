@@ -853,11 +853,11 @@ impl Session {
             self.give_back_retry();
             return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
         }
-        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
-            if b.try_acquire_into(now, &mut self.breaker_permit).is_err() {
-                self.give_back_retry();
-                return Err(self.rejected_by_breaker(b.name()));
-            }
+        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held)
+            && b.try_acquire_into(now, &mut self.breaker_permit).is_err()
+        {
+            self.give_back_retry();
+            return Err(self.rejected_by_breaker(b.name()));
         }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
         // one the breaker or the deadline refused.
