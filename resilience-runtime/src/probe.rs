@@ -101,7 +101,7 @@ impl<'a, E> Probe<'a, E> {
 }
 
 /// The session's token, drawn the first time its error path needs one. Never 0. Sixteen bits
-/// keep the error six words; two calls of one attempt share a token only if 65,535 others drew
+/// keep the error four words; two calls of one attempt share a token only if 65,535 others drew
 /// one between them, and then the error of the one is taken for the other's: not retried
 /// (the safe side).
 fn token(s: &Session) -> u16 {
