@@ -522,14 +522,10 @@ impl Breaker {
     /// when the caller has one: the slow-call threshold counts from it).
     #[inline]
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
-        // Closed and not held either way: the permit, inline.
-        if self.force.load(Ordering::Relaxed) == FORCE_NONE {
-            let w = self.word.load(Ordering::Acquire);
-            if state_bits(w) == CLOSED {
-                return Ok(self.permit(generation(w), false, Some(now)));
-            }
+        match self.closed_generation() {
+            Some(g) => Ok(self.permit(g, false, Some(now))),
+            None => self.acquire(Some(now)),
         }
-        self.acquire(Some(now))
     }
 
     /// [`try_acquire_at`](Self::try_acquire_at), the permit written into `slot` (a call's
@@ -540,15 +536,23 @@ impl Breaker {
         now: Instant,
         slot: &mut Option<BreakerPermit<'a>>,
     ) -> Result<(), BreakerOpen> {
-        if self.force.load(Ordering::Relaxed) == FORCE_NONE {
-            let w = self.word.load(Ordering::Acquire);
-            if state_bits(w) == CLOSED {
-                *slot = Some(self.permit(generation(w), false, Some(now)));
-                return Ok(());
-            }
+        if let Some(g) = self.closed_generation() {
+            *slot = Some(self.permit(g, false, Some(now)));
+            return Ok(());
         }
         *slot = Some(self.acquire(Some(now))?);
         Ok(())
+    }
+
+    /// The generation of a breaker closed and not held either way: a permit is granted
+    /// inline, without [`acquire`](Self::acquire)'s loop.
+    #[inline]
+    fn closed_generation(&self) -> Option<u64> {
+        if self.force.load(Ordering::Relaxed) != FORCE_NONE {
+            return None;
+        }
+        let w = self.word.load(Ordering::Acquire);
+        (state_bits(w) == CLOSED).then(|| generation(w))
     }
 
     fn acquire(&self, now: Option<Instant>) -> Result<BreakerPermit<'_>, BreakerOpen> {

@@ -205,15 +205,13 @@ impl Error {
         if self.idempotency_key().is_none()
             && let Some(key) = key
         {
-            match &mut self.detail {
-                Some(d) => d.key = Some(key.to_string()),
-                None => {
-                    self.detail = Some(Box::new(Detail {
-                        key: Some(key.to_string()),
-                        source: None,
-                    }))
-                }
-            }
+            let detail = self.detail.get_or_insert_with(|| {
+                Box::new(Detail {
+                    key: None,
+                    source: None,
+                })
+            });
+            detail.key = Some(key.to_string());
         }
     }
 
