@@ -75,3 +75,41 @@ fn no_allocation_per_call_on_the_happy_path() {
         }
     });
 }
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 1,
+    breaker = { failure_rate = 0.5, min_calls = 5, window = 5, open_for = "1h", half_open_calls = 1 },
+)]
+async fn failing() -> Result<u64, Error> {
+    Err(Error::status(reqwest::StatusCode::SERVICE_UNAVAILABLE))
+}
+
+/// A call its open breaker refuses touches no heap either: its error holds its kind and class
+/// inline, and nothing else (no attempt ran, nothing was sent).
+#[test]
+fn no_allocation_for_a_call_an_open_breaker_refuses() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Five failures open the breaker.
+        for _ in 0..5 {
+            assert_eq!(
+                failing().await.unwrap_err().kind(),
+                resilience_runtime::ErrorKind::Call
+            );
+        }
+        let (before, _) = snapshot();
+        for _ in 0..1000 {
+            let e = failing().await.unwrap_err();
+            assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen);
+            assert_eq!(e.attempts(), 0);
+            assert!(e.is_rejected());
+        }
+        let per_call = (snapshot().0 - before) as f64 / 1000.0;
+        assert_eq!(per_call, 0.0, "{per_call} allocations per refused call");
+    });
+}

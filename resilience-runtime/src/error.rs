@@ -52,25 +52,39 @@ impl ErrorKind {
 /// [`Error::attempts`] how many attempts ran.
 pub struct Error {
     kind: ErrorKind,
-    attempts: u32,
+    class: Option<Class>,
     /// The call that last returned this error, when one did (0: none): see
     /// [`Error::set_origin`].
     origin: u16,
-    class: Option<Class>,
-    status: Option<u16>,
-    /// Nanoseconds, `u64::MAX` when not measured: a plain word.
-    elapsed_ns: u64,
-    /// The cause and the key, when there is either, behind one pointer: every `Result` that
-    /// holds an error (on the happy path too, in every layer that moves it) is four words,
-    /// copied in two aligned pieces, not six.
+    /// Everything else (the attempts, the status, the time, the cause and the key), when there
+    /// is any, behind one pointer: every `Result` that holds an error (on the happy path too,
+    /// in every layer that moves it) is two words, returned in two registers, not copied
+    /// through memory. An error the runtime returns after attempts ran has one allocation
+    /// more; a refusal before any attempt (an open breaker) has none.
     detail: Option<Box<Detail>>,
 }
 
 /// What an error holds off the happy path's `Result`s.
 struct Detail {
+    attempts: u32,
+    status: Option<u16>,
+    /// Nanoseconds, `u64::MAX` when not measured: a plain word.
+    elapsed_ns: u64,
     /// The call's `Idempotency-Key`, set on the error path only.
     key: Option<String>,
     source: Option<BoxError>,
+}
+
+impl Default for Detail {
+    fn default() -> Detail {
+        Detail {
+            attempts: 0,
+            status: None,
+            elapsed_ns: u64::MAX,
+            key: None,
+            source: None,
+        }
+    }
 }
 
 impl Error {
@@ -78,11 +92,8 @@ impl Error {
     pub fn new(kind: ErrorKind) -> Error {
         Error {
             kind,
-            attempts: 0,
-            origin: 0,
             class: None,
-            status: None,
-            elapsed_ns: u64::MAX,
+            origin: 0,
             detail: None,
         }
     }
@@ -95,10 +106,10 @@ impl Error {
             .and_then(|e| e.status())
             .map(|s| s.as_u16());
         Error {
-            status,
             detail: Some(Box::new(Detail {
-                key: None,
+                status,
                 source: Some(source),
+                ..Detail::default()
             })),
             ..Error::new(ErrorKind::Call)
         }
@@ -107,8 +118,11 @@ impl Error {
     /// The function's own failure on an HTTP status (for a response the body chose not to accept).
     pub fn status(status: reqwest::StatusCode) -> Error {
         Error {
-            status: Some(status.as_u16()),
             class: Some(Class::Status(status.as_u16())),
+            detail: Some(Box::new(Detail {
+                status: Some(status.as_u16()),
+                ..Detail::default()
+            })),
             ..Error::new(ErrorKind::Call)
         }
     }
@@ -120,7 +134,7 @@ impl Error {
 
     /// How many attempts ran before this error was returned (0: none was allowed to start).
     pub fn attempts(&self) -> u32 {
-        self.attempts
+        self.detail.as_ref().map_or(0, |d| d.attempts)
     }
 
     /// The failure class of the last attempt, when one ran.
@@ -130,12 +144,13 @@ impl Error {
 
     /// The HTTP status of the last response, when there was one.
     pub fn http_status(&self) -> Option<u16> {
-        self.status
+        self.detail.as_ref()?.status
     }
 
     /// Time from the start of the call to this error, when the runtime measured it.
     pub fn elapsed(&self) -> Option<Duration> {
-        (self.elapsed_ns != u64::MAX).then(|| Duration::from_nanos(self.elapsed_ns))
+        let ns = self.detail.as_ref()?.elapsed_ns;
+        (ns != u64::MAX).then(|| Duration::from_nanos(ns))
     }
 
     /// The `Idempotency-Key` the call sent on every attempt, when it was keyed (`auto` or a
@@ -159,7 +174,7 @@ impl Error {
     /// `CircuitOpen` after attempts that ran, which may have been carried out: not rejected,
     /// and its class (and the key's note in the message) is the last attempt's.
     pub fn is_rejected(&self) -> bool {
-        self.attempts == 0
+        self.attempts() == 0
             && matches!(
                 self.kind,
                 ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::RateLimited
@@ -174,29 +189,44 @@ impl Error {
     /// The status of the answer the function refused (see `Probe::note`), unless the error
     /// already has one.
     pub(crate) fn set_answered(&mut self, status: Option<u16>) {
-        self.status = self.status.or(status);
+        if let Some(s) = status
+            && self.http_status().is_none()
+        {
+            self.detail_mut().status = Some(s);
+        }
+    }
+
+    /// What the error holds besides its kind, class and origin, made when first written.
+    fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
-        self.attempts = attempts;
+        if attempts != self.attempts() {
+            self.detail_mut().attempts = attempts;
+        }
         self
     }
 
     pub(crate) fn with_class(mut self, class: Option<Class>, status: Option<u16>) -> Error {
         self.class = class.or(self.class);
-        self.status = status.or(self.status);
+        if let Some(s) = status {
+            self.detail_mut().status = Some(s);
+        }
         self
     }
 
     pub(crate) fn with_elapsed(mut self, elapsed: Duration) -> Error {
-        self.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.detail_mut().elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX - 1);
         self
     }
 
     /// Records the attempts of the call this error leaves. An error that comes out of a nested
     /// call keeps the larger count: its own attempts are the requests that ran.
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        self.attempts = self.attempts.max(attempts);
+        if attempts > self.attempts() {
+            self.detail_mut().attempts = attempts;
+        }
     }
 
     /// Records the call's key, unless the error already holds one: an error out of a nested
@@ -205,13 +235,7 @@ impl Error {
         if self.idempotency_key().is_none()
             && let Some(key) = key
         {
-            let detail = self.detail.get_or_insert_with(|| {
-                Box::new(Detail {
-                    key: None,
-                    source: None,
-                })
-            });
-            detail.key = Some(key.to_string());
+            self.detail_mut().key = Some(key.to_string());
         }
     }
 
@@ -241,11 +265,11 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind)
-            .field("attempts", &self.attempts);
+            .field("attempts", &self.attempts());
         if let Some(c) = self.class {
             d.field("class", &c);
         }
-        if let Some(s) = self.status {
+        if let Some(s) = self.http_status() {
             d.field("status", &s);
         }
         if let Some(k) = self.idempotency_key() {
@@ -261,12 +285,12 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind.describe())?;
-        match self.attempts {
+        match self.attempts() {
             0 => {}
             1 => f.write_str(" after 1 attempt")?,
             n => write!(f, " after {n} attempts")?,
         }
-        if let Some(s) = self.status {
+        if let Some(s) = self.http_status() {
             write!(f, " (last status {s})")?;
         } else if let Some(c) = self.class.filter(|_| self.kind != ErrorKind::Call) {
             write!(f, " (last failure: {c})")?;
@@ -295,8 +319,8 @@ impl Error {
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,
             Some(Class::Status(s)) => s == 409 || s >= 500,
-            Some(Class::Permanent) => self.status.is_some_and(|s| s < 400),
-            _ => self.is_timeout() && self.attempts > 0,
+            Some(Class::Permanent) => self.http_status().is_some_and(|s| s < 400),
+            _ => self.is_timeout() && self.attempts() > 0,
         }
     }
 }
@@ -353,10 +377,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_error_stays_four_words() {
-        // Every `Result<T, Error>` of every call carries this much on the happy path too.
+    fn an_error_stays_two_words() {
+        // Every `Result<T, Error>` of every call carries this much on the happy path too; at
+        // two words, with `T` a word, it is returned in registers.
         assert!(
-            std::mem::size_of::<Error>() <= 32,
+            std::mem::size_of::<Error>() <= 16,
             "{}",
             std::mem::size_of::<Error>()
         );
