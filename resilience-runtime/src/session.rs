@@ -1072,11 +1072,7 @@ impl Session {
         if let Some(c) = &mut self.concurrency {
             c.on_success();
         }
-        if let Some(p) = self.breaker_permit.take()
-            && let Some(b) = self.shared.breaker
-        {
-            b.on_success(p);
-        }
+        crate::breaker::BreakerPermit::succeed_in(&mut self.breaker_permit);
         telemetry::call_succeeded(
             self.attempt_scope.take(),
             self.shared,
