@@ -101,9 +101,9 @@ impl<'a, E> Probe<'a, E> {
 }
 
 /// The session's token, drawn the first time its error path needs one. Never 0. Sixteen bits
-/// keep the error four words; two calls of one attempt share a token only if 65,535 others drew
-/// one between them, and then the error of the one is taken for the other's: not retried
-/// (the safe side).
+/// fit inline in the error (two words); two calls of one attempt share a token only if 65,535
+/// others drew one between them, and then the error of the one is taken for the other's: not
+/// retried (the safe side).
 fn token(s: &Session) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if s.token.get() == 0 {
