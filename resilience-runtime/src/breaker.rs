@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::breaker_window::Window;
+use crate::breaker_window::{Fast, Window};
 use crate::invalid::InvalidPolicy;
 
 /// Settings of a circuit breaker (`[breakers.NAME]`).
@@ -379,6 +379,9 @@ pub struct Breaker {
     /// failure nor a slow call in it (`u64::MAX`: none): a success reported into it changes
     /// nothing (every slot holds the same), so it takes no lock. Set under the lock.
     long_clean: AtomicU64,
+    /// A time window's successes counted without the lock while it holds neither a failure
+    /// nor a slow call (`None`: not a time window).
+    fast: Option<Fast>,
     word: AtomicU64,
     opened: AtomicU64,
     half_opened: AtomicU64,
@@ -421,6 +424,8 @@ impl Breaker {
                 || !spec.slow_call_duration.is_zero())
             .then(|| Mutex::new(Window::new(spec.window, spec.window_for.as_millis() as u64))),
             long_clean: AtomicU64::new(u64::MAX),
+            fast: (!spec.window_for.is_zero())
+                .then(|| Fast::new(spec.window_for.as_millis() as u64)),
             word: AtomicU64::new(closed(0, 0, 0)),
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
@@ -454,7 +459,7 @@ impl Breaker {
             (CLOSED, Some(long)) => {
                 let long = lock(long);
                 if long.generation == generation(w) {
-                    let t = long.totals(self.now_ms_floor());
+                    let t = long.totals(self.now_ms_floor(), self.fast.as_ref());
                     (t.seen, t.failures)
                 } else {
                     (0, 0)
@@ -768,6 +773,18 @@ impl Breaker {
         if !fail && !slow && self.long_clean.load(Ordering::Acquire) == permit_generation {
             return;
         }
+        // A success that was not slow, into a time window that holds neither a failure nor a
+        // slow call: it can trip nothing, so it is only counted, without the lock. (One
+        // reported by a permit of a generation that just ended, racing the reset of the
+        // next, may be counted in that one: a success more in a window of many.)
+        if !fail
+            && !slow
+            && let Some(f) = &self.fast
+            && f.clean.load(Ordering::Acquire) == permit_generation
+        {
+            f.add(self.ms_floor_at(end));
+            return;
+        }
         let Some(long) = &self.long else { return };
         let mut long = lock(long);
         // Under this lock the word cannot leave the closed state: only this function moves a
@@ -778,9 +795,19 @@ impl Breaker {
             return;
         }
         if long.generation != permit_generation {
-            long.reset(permit_generation);
+            long.reset(permit_generation, self.fast.as_ref());
         }
-        let t = long.push(|| self.ms_floor_at(end), fail, slow);
+        let t = long.push(|| self.ms_floor_at(end), fail, slow, self.fast.as_ref());
+        if let Some(f) = &self.fast {
+            let clean = if t.failures == 0 && t.slow == 0 {
+                permit_generation
+            } else {
+                u64::MAX
+            };
+            if f.clean.load(Ordering::Relaxed) != clean {
+                f.clean.store(clean, Ordering::Release);
+            }
+        }
         // Written only when it changes: a write on every outcome moved its cache line, which
         // may be the one of the word every permit reads, from core to core.
         let clean = if long.full_and_clean(t) {
@@ -891,6 +918,75 @@ mod tests {
     fn window(b: &Breaker) -> (u32, u32) {
         let s = b.snapshot();
         (s.window_calls, s.window_failures)
+    }
+
+    const TIME_SPEC: BreakerSpec = BreakerSpec {
+        failure_rate: 0.5,
+        min_calls: 10,
+        window: 10,
+        window_for: Duration::from_secs(10),
+        ..SPEC
+    };
+
+    /// In a time window that holds no failure, successes are counted without the lock, and
+    /// count as much as the locked ones: in the window's totals, in the failure rate's
+    /// denominator, and out of the window when their bucket leaves it.
+    #[tokio::test(start_paused = true)]
+    async fn a_time_window_counts_the_successes_it_takes_no_lock_for() {
+        let b = Breaker::new("t", TIME_SPEC);
+        for _ in 0..10 {
+            ok(&b);
+        }
+        // The first under the lock (the window found clean), the other nine without it.
+        assert_eq!(
+            b.fast.as_ref().unwrap().clean.load(Ordering::Relaxed),
+            generation(b.word.load(Ordering::Relaxed))
+        );
+        assert_eq!(window(&b), (10, 0));
+        // 9 failures in 19 calls: below 0.5; only if the nine successes counted.
+        for _ in 0..9 {
+            fail(&b);
+        }
+        assert_eq!(window(&b), (19, 9));
+        assert_eq!(b.state(), BreakerState::Closed, "9 of 19 < 0.5");
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open, "10 of 20");
+
+        // The successes leave the window with their bucket.
+        let b = Breaker::new("t", TIME_SPEC);
+        for _ in 0..10 {
+            ok(&b);
+        }
+        advance(Duration::from_secs(10)).await;
+        for _ in 0..5 {
+            fail(&b);
+        }
+        // Only the five failures are in the window now: 5 calls, below min_calls.
+        assert_eq!(window(&b), (5, 5));
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Clean again once the failures have left: successes go without the lock again.
+        advance(Duration::from_secs(10)).await;
+        ok(&b);
+        ok(&b);
+        assert_eq!(window(&b), (2, 0));
+    }
+
+    /// Successes from several threads at once, into a clean time window: every one counted.
+    #[test]
+    fn a_time_windows_lock_free_successes_are_exact_across_threads() {
+        let b = Breaker::new("t", TIME_SPEC);
+        ok(&b);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        ok(&b);
+                    }
+                });
+            }
+        });
+        // All within one window of 10 s (unless this machine stalled for seconds).
+        assert_eq!(window(&b), (40_001, 0));
     }
 
     #[tokio::test(start_paused = true)]

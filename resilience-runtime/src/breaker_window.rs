@@ -1,7 +1,10 @@
 //! The windows a breaker keeps behind a short lock: a count window longer than the breaker's
 //! word, a time-based window (the calls of the last `window_for`, in ten buckets), and either
 //! one when slow calls are watched (`slow_call_duration`). The breaker's state still changes
-//! only by compare-and-swap on its word; the lock is taken only to record an outcome.
+//! only by compare-and-swap on its word; the lock is taken only to record an outcome, and, in
+//! a time window that holds neither a failure nor a slow call, not for a success ([`Fast`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Outcomes of one closed generation of a breaker.
 #[derive(Debug)]
@@ -43,6 +46,82 @@ enum Kind {
 
 const BUCKETS: usize = 10;
 
+/// A time window's successes counted without its lock: while the window holds neither a
+/// failure nor a slow call, a success can trip nothing (no failure rate, no slow-call rate
+/// above zero), so it is only counted, here, per bucket, by compare-and-swap. Calls on many
+/// threads then share no lock: on two threads one lock per outcome was about four times the
+/// call's cost on one. The window's totals are its locked buckets' plus these.
+#[derive(Debug)]
+pub(crate) struct Fast {
+    bucket_ms: u64,
+    /// The closed generation whose window holds neither a failure nor a slow call
+    /// (`u64::MAX`: none): its successes are counted here. Set under the window's lock.
+    pub(crate) clean: AtomicU64,
+    /// Per slot (bucket `n` in slot `n % BUCKETS`): the bucket number's low 32 bits in the
+    /// high half, its successes in the low half. A slot with no success counts nothing,
+    /// whatever its bucket, so all zeros is empty.
+    slots: [AtomicU64; BUCKETS],
+}
+
+impl Fast {
+    /// For a time window of `window_for_ms` (not zero).
+    pub(crate) fn new(window_for_ms: u64) -> Fast {
+        Fast {
+            bucket_ms: bucket_ms(window_for_ms),
+            clean: AtomicU64::new(u64::MAX),
+            slots: Default::default(),
+        }
+    }
+
+    /// Counts a success that ended `now_ms` after the breaker's origin.
+    pub(crate) fn add(&self, now_ms: u64) {
+        let n = now_ms / self.bucket_ms;
+        let tag = n as u32; // the low 32 bits: compared by wrapping difference
+        let slot = &self.slots[(n % BUCKETS as u64) as usize];
+        let mut v = slot.load(Ordering::Relaxed);
+        loop {
+            let held = (v >> 32) as u32;
+            // The slot's bucket is older than this one: it leaves the window, this one starts
+            // with this success. The same bucket, or a newer one (this success's end was read
+            // before that of one counted first): one more there.
+            let next = if (tag.wrapping_sub(held) as i32) > 0 {
+                (u64::from(tag) << 32) | 1
+            } else {
+                v + u64::from((v as u32) < u32::MAX)
+            };
+            match slot.compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// The successes counted here in the ten buckets that end with bucket `latest` (and in
+    /// any newer one).
+    fn sum(&self, latest: u64) -> u32 {
+        let latest = latest as u32;
+        self.slots
+            .iter()
+            .map(|slot| {
+                let v = slot.load(Ordering::Relaxed);
+                let age = latest.wrapping_sub((v >> 32) as u32) as i32;
+                if age < BUCKETS as i32 { v as u32 } else { 0 }
+            })
+            .fold(0u32, u32::saturating_add)
+    }
+
+    fn clear(&self) {
+        for slot in &self.slots {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A time window's bucket: a tenth of it, at least a millisecond.
+fn bucket_ms(window_for_ms: u64) -> u64 {
+    window_for_ms.div_ceil(BUCKETS as u64).max(1)
+}
+
 /// Calls, failures and slow calls in the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Totals {
@@ -65,7 +144,7 @@ impl Window {
             }
         } else {
             Kind::Time {
-                bucket_ms: window_for_ms.div_ceil(BUCKETS as u64).max(1),
+                bucket_ms: bucket_ms(window_for_ms),
                 latest: u64::MAX,
                 totals: Totals::default(),
                 buckets: [(u64::MAX, 0, 0, 0); BUCKETS],
@@ -77,8 +156,13 @@ impl Window {
         }
     }
 
-    pub(crate) fn reset(&mut self, generation: u64) {
+    /// Starts afresh for `generation`, the successes counted without the lock (`fast`)
+    /// included.
+    pub(crate) fn reset(&mut self, generation: u64, fast: Option<&Fast>) {
         self.generation = generation;
+        if let Some(f) = fast {
+            f.clear();
+        }
         match &mut self.kind {
             Kind::Count {
                 head,
@@ -108,8 +192,14 @@ impl Window {
     }
 
     /// Records one outcome at `now_ms` (asked only of a time window) and returns the totals
-    /// of the window.
-    pub(crate) fn push(&mut self, now_ms: impl FnOnce() -> u64, fail: bool, slow: bool) -> Totals {
+    /// of the window, with the successes `fast` counted (a time window's).
+    pub(crate) fn push(
+        &mut self,
+        now_ms: impl FnOnce() -> u64,
+        fail: bool,
+        slow: bool,
+        fast: Option<&Fast>,
+    ) -> Totals {
         match &mut self.kind {
             Kind::Count {
                 window,
@@ -169,7 +259,11 @@ impl Window {
                 totals.seen += 1;
                 totals.failures += u32::from(fail);
                 totals.slow += u32::from(slow);
-                *totals
+                let mut t = *totals;
+                if let Some(f) = fast {
+                    t.seen = t.seen.saturating_add(f.sum(*latest));
+                }
+                t
             }
         }
     }
@@ -182,8 +276,9 @@ impl Window {
             if t.seen == window && t.failures == 0 && t.slow == 0)
     }
 
-    /// Calls, failures and slow calls in the window at `now_ms`.
-    pub(crate) fn totals(&self, now_ms: u64) -> Totals {
+    /// Calls, failures and slow calls in the window at `now_ms`, with the successes `fast`
+    /// counted (a time window's).
+    pub(crate) fn totals(&self, now_ms: u64, fast: Option<&Fast>) -> Totals {
         let mut t = Totals::default();
         match &self.kind {
             Kind::Count {
@@ -208,6 +303,9 @@ impl Window {
                         t.slow += slows;
                     }
                 }
+                if let Some(f) = fast {
+                    t.seen = t.seen.saturating_add(f.sum(n));
+                }
             }
         }
         t
@@ -221,11 +319,11 @@ mod tests {
     #[test]
     fn a_count_window_slides() {
         let mut w = Window::new(3, 0);
-        w.push(|| 0, true, false);
-        w.push(|| 0, false, true);
-        let t = w.push(|| 0, false, false);
+        w.push(|| 0, true, false, None);
+        w.push(|| 0, false, true, None);
+        let t = w.push(|| 0, false, false, None);
         assert_eq!((t.seen, t.failures, t.slow), (3, 1, 1));
-        let t = w.push(|| 0, false, false);
+        let t = w.push(|| 0, false, false, None);
         assert_eq!((t.seen, t.failures, t.slow), (3, 0, 1));
     }
 
@@ -239,7 +337,7 @@ mod tests {
             let mut last: Vec<(bool, bool)> = Vec::new();
             for step in 0..1000 {
                 if step == 500 {
-                    w.reset(1);
+                    w.reset(1, None);
                     last.clear();
                 }
                 let (fail, slow) = (rng.u8(..4) == 0, rng.u8(..3) == 0);
@@ -250,8 +348,12 @@ mod tests {
                     failures: kept.iter().filter(|o| o.0).count() as u32,
                     slow: kept.iter().filter(|o| o.1).count() as u32,
                 };
-                assert_eq!(w.push(|| 0, fail, slow), want, "window {len}, step {step}");
-                assert_eq!(w.totals(0), want, "window {len}, step {step}");
+                assert_eq!(
+                    w.push(|| 0, fail, slow, None),
+                    want,
+                    "window {len}, step {step}"
+                );
+                assert_eq!(w.totals(0, None), want, "window {len}, step {step}");
             }
         }
     }
@@ -269,7 +371,7 @@ mod tests {
             let (mut now, mut latest) = (rng.u64(..5_000), 0);
             for step in 0..3000 {
                 if step == 1500 {
-                    w.reset(1);
+                    w.reset(1, None);
                     all.clear();
                     latest = 0;
                 }
@@ -294,10 +396,83 @@ mod tests {
                     failures: kept.clone().filter(|o| o.1).count() as u32,
                     slow: kept.filter(|o| o.2).count() as u32,
                 };
-                let got = w.push(|| at, fail, slow);
+                let got = w.push(|| at, fail, slow, None);
                 assert_eq!(got, want, "bucket {bucket_ms} ms, step {step}");
                 assert_eq!(
-                    w.totals(latest * bucket_ms),
+                    w.totals(latest * bucket_ms, None),
+                    want,
+                    "bucket {bucket_ms} ms, step {step}"
+                );
+            }
+        }
+    }
+
+    /// With successes counted without the lock ([`Fast`]) beside the locked outcomes: the
+    /// totals are the locked buckets' plus the successes of the fast slots in the ten buckets
+    /// ending with the latest locked one (or newer), a slot's count left behind when a later
+    /// bucket takes its slot; across a reset, which clears both.
+    #[test]
+    fn a_time_window_counts_its_fast_successes() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        for bucket_ms in [1, 7, 100] {
+            let window_for = bucket_ms * BUCKETS as u64;
+            let mut w = Window::new(20, window_for);
+            let fast = Fast::new(window_for);
+            // (bucket, fail, slow) recorded under the lock; (bucket, still in its slot) fast.
+            let mut locked: Vec<(u64, bool, bool)> = Vec::new();
+            let mut fasts: Vec<(u64, bool)> = Vec::new();
+            let (mut now, mut latest) = (rng.u64(..5_000), None::<u64>);
+            for step in 0..3000 {
+                if step == 1500 {
+                    w.reset(1, Some(&fast));
+                    locked.clear();
+                    fasts.clear();
+                    latest = None;
+                }
+                now += match rng.u8(..10) {
+                    0..=5 => 0,
+                    6 | 7 => rng.u64(..bucket_ms * 3),
+                    8 => rng.u64(..bucket_ms * 12),
+                    _ => rng.u64(..bucket_ms * 40),
+                };
+                let pushed = if rng.bool() {
+                    let b = now / bucket_ms;
+                    for f in fasts.iter_mut() {
+                        if f.0 % BUCKETS as u64 == b % BUCKETS as u64 && f.0 < b {
+                            f.1 = false;
+                        }
+                    }
+                    fasts.push((b, true));
+                    fast.add(now);
+                    None
+                } else {
+                    let at = if rng.u8(..8) == 0 {
+                        now.saturating_sub(rng.u64(..bucket_ms * 2))
+                    } else {
+                        now
+                    };
+                    let (fail, slow) = (rng.u8(..4) == 0, rng.u8(..3) == 0);
+                    let l = latest.map_or(at / bucket_ms, |l| l.max(at / bucket_ms));
+                    latest = Some(l);
+                    locked.push((l, fail, slow));
+                    Some(w.push(|| at, fail, slow, Some(&fast)))
+                };
+                let Some(l) = latest else { continue };
+                let kept = locked.iter().filter(|o| o.0 + BUCKETS as u64 > l);
+                let want = Totals {
+                    seen: (kept.clone().count()
+                        + fasts
+                            .iter()
+                            .filter(|f| f.1 && f.0 + BUCKETS as u64 > l)
+                            .count()) as u32,
+                    failures: kept.clone().filter(|o| o.1).count() as u32,
+                    slow: kept.filter(|o| o.2).count() as u32,
+                };
+                if let Some(got) = pushed {
+                    assert_eq!(got, want, "bucket {bucket_ms} ms, step {step}");
+                }
+                assert_eq!(
+                    w.totals(l * bucket_ms, Some(&fast)),
                     want,
                     "bucket {bucket_ms} ms, step {step}"
                 );
@@ -309,15 +484,15 @@ mod tests {
     fn a_time_window_forgets_what_is_older() {
         // 10 s in ten buckets of 1 s.
         let mut w = Window::new(20, 10_000);
-        w.push(|| 0, true, false);
-        w.push(|| 500, true, true);
-        let t = w.push(|| 9_999, false, false);
+        w.push(|| 0, true, false, None);
+        w.push(|| 500, true, true, None);
+        let t = w.push(|| 9_999, false, false, None);
         assert_eq!((t.seen, t.failures, t.slow), (3, 2, 1));
         // At 10 s the first bucket leaves the window.
-        let t = w.push(|| 10_000, false, false);
+        let t = w.push(|| 10_000, false, false, None);
         assert_eq!((t.seen, t.failures, t.slow), (2, 0, 0));
-        w.reset(1);
-        let t = w.push(|| 10_000, false, false);
+        w.reset(1, None);
+        let t = w.push(|| 10_000, false, false, None);
         assert_eq!(t.seen, 1);
     }
 }
