@@ -843,7 +843,11 @@ impl Session {
             self.replaced = Some(e.kind());
             return Err(e);
         }
-        self.last = Last::default();
+        // What the previous attempt left; the first finds it as the session was built (nothing
+        // writes it before an attempt begins), not written a second time.
+        if self.attempts > 0 {
+            self.last = Last::default();
+        }
         // The first attempt starts when the call does: no second clock read.
         let first = self.attempts == 0 && self.waited.is_zero();
         let now = if first { self.started } else { Instant::now() };
