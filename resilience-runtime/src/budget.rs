@@ -225,9 +225,8 @@ pub struct Budget {
     origin: Instant,
     /// Units one first attempt deposits.
     deposit: i32,
-    /// Units deposits can still pay for: the net of the live buckets.
-    balance: AtomicI64,
-    buckets: [AtomicU64; BUCKETS],
+    /// The balance and the buckets, on cache lines of their own (see [`Hot`]).
+    hot: Hot,
     /// The floor: the epoch (high 32 bits) and the retries it granted in it (low 32 bits).
     floor: AtomicU64,
     /// Every bucket older than the window as of this epoch has been recycled.
@@ -239,6 +238,17 @@ pub struct Budget {
     deposits: crate::counters::Striped,
     withdrawals: AtomicU64,
     refused: AtomicU64,
+}
+
+/// What the recording of first attempts writes (a thread's batch, about once every eight
+/// calls), apart from what every call reads (`swept`, `origin`, `deposit`): one thread's
+/// recording then does not take from the other threads the line they read on every call.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Hot {
+    /// Units deposits can still pay for: the net of the live buckets.
+    balance: AtomicI64,
+    buckets: [AtomicU64; BUCKETS],
 }
 
 impl Budget {
@@ -273,8 +283,10 @@ impl Budget {
             spec,
             origin: Instant::now(),
             deposit: (spec.ratio * UNIT as f64).round() as i32,
-            balance: AtomicI64::new(0),
-            buckets: Default::default(),
+            hot: Hot {
+                balance: AtomicI64::new(0),
+                buckets: Default::default(),
+            },
             floor: AtomicU64::new(pack(0, 0)),
             swept: AtomicU64::new(0),
             unprocessed: AtomicU64::new(pack(0, 0)),
@@ -305,7 +317,8 @@ impl Budget {
         // Bucket first, balance second: if the bucket expires in between, the balance is
         // briefly low, never high. A full bucket (2 million retries' worth) drops the deposit.
         if self.record(epoch, self.deposit) {
-            self.balance
+            self.hot
+                .balance
                 .fetch_add(i64::from(self.deposit), Ordering::AcqRel);
         }
     }
@@ -365,7 +378,9 @@ impl Budget {
         let units = self.deposit.saturating_mul(count);
         // Bucket first, balance second, as `deposit_at`.
         if self.record_exact(epoch, units) {
-            self.balance.fetch_add(i64::from(units), Ordering::AcqRel);
+            self.hot
+                .balance
+                .fetch_add(i64::from(units), Ordering::AcqRel);
         }
     }
 
@@ -406,6 +421,7 @@ impl Budget {
             return Some(Token::Floor(second));
         }
         let taken = self
+            .hot
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b >= UNIT).then_some(b - UNIT)
@@ -418,7 +434,7 @@ impl Budget {
             return Some(Token::Balance(at));
         }
         if taken {
-            self.balance.fetch_add(UNIT, Ordering::AcqRel);
+            self.hot.balance.fetch_add(UNIT, Ordering::AcqRel);
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
         None
@@ -480,7 +496,7 @@ impl Budget {
             Token::Balance(epoch) => {
                 // Bucket first, balance second, as a deposit: the balance is briefly low, never
                 // high; a bucket recycled in between takes out a net already given back.
-                let bucket = &self.buckets[epoch as usize % BUCKETS];
+                let bucket = &self.hot.buckets[epoch as usize % BUCKETS];
                 let mut cur = bucket.load(Ordering::Acquire);
                 loop {
                     if u64::from(epoch_of(cur)) != epoch {
@@ -496,7 +512,7 @@ impl Budget {
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
-                            self.balance.fetch_add(UNIT, Ordering::AcqRel);
+                            self.hot.balance.fetch_add(UNIT, Ordering::AcqRel);
                             break true;
                         }
                         Err(now) => cur = now,
@@ -520,7 +536,7 @@ impl Budget {
             floor as u32
         };
         let floor_left = self.spec.min_per_sec.saturating_sub(used);
-        (self.balance.load(Ordering::Acquire) / UNIT).max(0) as u64 + u64::from(floor_left)
+        (self.hot.balance.load(Ordering::Acquire) / UNIT).max(0) as u64 + u64::from(floor_left)
     }
 
     /// Grants one retry from this second's floor, if any is left: the second it is counted
@@ -605,7 +621,7 @@ impl Budget {
 
     /// Makes the bucket of `epoch` hold `epoch`, taking its old net out of the balance (once).
     fn recycle(&self, epoch: u64) {
-        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        let bucket = &self.hot.buckets[epoch as usize % BUCKETS];
         let mut cur = bucket.load(Ordering::Acquire);
         while u64::from(epoch_of(cur)) < epoch {
             match bucket.compare_exchange_weak(
@@ -615,7 +631,8 @@ impl Budget {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.balance
+                    self.hot
+                        .balance
                         .fetch_sub(i64::from(net_of(cur)), Ordering::AcqRel);
                     return;
                 }
@@ -628,7 +645,7 @@ impl Budget {
     /// one); false if that epoch has left the window (its bucket holds a later one) or the
     /// bucket would overflow: a batch recorded late counts from when it was made, never longer.
     fn record_exact(&self, epoch: u64, units: i32) -> bool {
-        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        let bucket = &self.hot.buckets[epoch as usize % BUCKETS];
         loop {
             let cur = bucket.load(Ordering::Acquire);
             let held = u64::from(epoch_of(cur));
@@ -657,7 +674,7 @@ impl Budget {
     fn record_at(&self, epoch: u64, units: i32) -> Option<u64> {
         // The bucket already holds this epoch (every record of a second but its first): one
         // compare-and-swap, inline.
-        let bucket = &self.buckets[epoch as usize % BUCKETS];
+        let bucket = &self.hot.buckets[epoch as usize % BUCKETS];
         let cur = bucket.load(Ordering::Acquire);
         if u64::from(epoch_of(cur)) == epoch && add_to(bucket, cur, units) == Some(true) {
             return Some(epoch);
@@ -668,7 +685,7 @@ impl Budget {
     #[inline(never)]
     fn record_slow(&self, mut epoch: u64, units: i32) -> Option<u64> {
         loop {
-            let bucket = &self.buckets[epoch as usize % BUCKETS];
+            let bucket = &self.hot.buckets[epoch as usize % BUCKETS];
             let cur = bucket.load(Ordering::Acquire);
             let held = u64::from(epoch_of(cur));
             if held == epoch {
@@ -741,11 +758,11 @@ mod tests {
         deposited.wait();
         // 15 first attempts at 10%: 8 recorded (0.8 of a retry), 7 held by the thread.
         assert_eq!(b.available(), 0);
-        assert_eq!(b.balance.load(Ordering::Acquire), 800);
+        assert_eq!(b.hot.balance.load(Ordering::Acquire), 800);
         read.wait();
         thread.join().expect("the depositing thread");
         // The thread has ended: all 15 recorded.
-        assert_eq!(b.balance.load(Ordering::Acquire), 1500);
+        assert_eq!(b.hot.balance.load(Ordering::Acquire), 1500);
         assert_eq!(b.available(), 1);
         assert_eq!(b.snapshot().deposits, 15);
     }
@@ -767,7 +784,7 @@ mod tests {
         advance(Duration::from_millis(5_200)).await;
         // Second 0 has left the window: 9 first attempts' worth left.
         assert_eq!(b.available(), 0);
-        assert_eq!(b.balance.load(Ordering::Acquire), 900);
+        assert_eq!(b.hot.balance.load(Ordering::Acquire), 900);
         // A batch whose second left the window before it was recorded counts for nothing.
         let late = leaked(NO_FLOOR);
         for _ in 0..7 {
@@ -775,7 +792,7 @@ mod tests {
         }
         advance(Duration::from_secs(11)).await;
         assert_eq!(late.available(), 0);
-        assert_eq!(late.balance.load(Ordering::Acquire), 0);
+        assert_eq!(late.hot.balance.load(Ordering::Acquire), 0);
         assert_eq!(late.snapshot().deposits, 7);
     }
 
