@@ -999,3 +999,31 @@ async fn a_call_refused_for_an_invalid_key_is_counted_without_a_duration() {
     );
     assert_eq!(ok.count(), 1);
 }
+
+#[resilient(method = GET, timeout = "2s", budget = { name = "m_gauge", ratio = 1.0, min_per_sec = 0 })]
+async fn deposits_one_retry() -> Result<u64, Error> {
+    Ok(1)
+}
+
+/// The budget's gauge, set at each call's end: each first attempt deposits a whole retry here
+/// (`ratio = 1.0`); the gauge holds every one of them but the few this thread still batches
+/// (seven at most), and all of them once the batch is recorded.
+#[tokio::test]
+async fn the_budget_gauge_follows_first_attempts_within_a_batch() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    for n in 1..=20u32 {
+        assert_eq!(deposits_one_retry().await.unwrap(), 1);
+        let shown = sample(
+            &handle,
+            "resilience_budget_available",
+            &[r#"budget="m_gauge""#],
+        )
+        .expect("the gauge is set at the call's end");
+        assert!(
+            f64::from(n.saturating_sub(7)) <= shown && shown <= f64::from(n),
+            "after {n} first attempts the gauge shows {shown}"
+        );
+    }
+}

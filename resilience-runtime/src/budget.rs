@@ -529,6 +529,20 @@ impl Budget {
     pub fn available(&self) -> u64 {
         let epoch = self.tick_at(Instant::now());
         self.flush_mine();
+        self.available_in(epoch)
+    }
+
+    /// What [`available`](Self::available) says at `now`, without recording this thread's
+    /// batch of first attempts first: for the gauge set at the end of every call, from the
+    /// clock reading that timed it. Recording the batch there would undo the batching (two
+    /// writes to lines every thread shares, on every call); what it holds back is less than
+    /// one retry at the default ratio, and is recorded within eight calls.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn available_for_gauge(&self, now: Instant) -> u64 {
+        self.available_in(self.tick_at(now))
+    }
+
+    fn available_in(&self, epoch: u64) -> u64 {
         let floor = self.floor.load(Ordering::Acquire);
         let used = if u64::from(epoch_of(floor)) < epoch {
             0

@@ -121,7 +121,7 @@ pub(crate) fn on_call_end(
     inst: &Instruments,
     outcome: Outcome,
     took: Option<Duration>,
-    budget: Option<&Budget>,
+    budget: Option<(&Budget, tokio::time::Instant)>,
     breaker: Option<&Breaker>,
 ) {
     let i = outcome as usize;
@@ -131,8 +131,9 @@ pub(crate) fn on_call_end(
             r.register_histogram(&inst.call_duration[i], &METADATA)
                 .record(took.as_secs_f64());
         }
-        if let (Some(k), Some(b)) = (&inst.budget, budget) {
-            r.register_gauge(k, &METADATA).set(b.available() as f64);
+        if let (Some(k), Some((b, now))) = (&inst.budget, budget) {
+            r.register_gauge(k, &METADATA)
+                .set(b.available_for_gauge(now) as f64);
         }
         if let (Some(k), Some(b)) = (&inst.breaker, breaker) {
             r.register_gauge(k, &METADATA)

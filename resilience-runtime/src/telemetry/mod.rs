@@ -518,16 +518,20 @@ pub(crate) fn on_call_end(
     now: Option<Instant>,
 ) {
     #[cfg(feature = "metrics")]
-    metrics::on_call_end(
-        shared.telemetry,
-        outcome,
-        started.map(|s| {
-            now.unwrap_or_else(Instant::now)
-                .saturating_duration_since(s)
-        }),
-        shared.budget,
-        shared.breaker,
-    );
+    {
+        // One clock reading (or the caller's) for the call's duration and the budget's gauge.
+        let end = (started.is_some() || shared.budget.is_some())
+            .then(|| now.unwrap_or_else(Instant::now));
+        metrics::on_call_end(
+            shared.telemetry,
+            outcome,
+            started
+                .zip(end)
+                .map(|(s, e)| e.saturating_duration_since(s)),
+            shared.budget.zip(end),
+            shared.breaker,
+        );
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = (shared, outcome, started, now);
 }
