@@ -48,8 +48,9 @@ const BUCKETS: usize = 10;
 
 /// A time window's successes counted without its lock: while the window holds neither a
 /// failure nor a slow call, a success can trip nothing (no failure rate, no slow-call rate
-/// above zero), so it is only counted, here, per bucket, by compare-and-swap. Calls on many
-/// threads then share no lock: on two threads one lock per outcome was about four times the
+/// above zero), so it is only counted, here, per bucket, by compare-and-swap, in the stripe of
+/// the thread that adds (its striped counters' stripe): calls on many threads then share no
+/// lock and, mostly, no word. On two threads one lock per outcome was about four times the
 /// call's cost on one. The window's totals are its locked buckets' plus these.
 #[derive(Debug)]
 pub(crate) struct Fast {
@@ -57,11 +58,19 @@ pub(crate) struct Fast {
     /// The closed generation whose window holds neither a failure nor a slow call
     /// (`u64::MAX`: none): its successes are counted here. Set under the window's lock.
     pub(crate) clean: AtomicU64,
-    /// Per slot (bucket `n` in slot `n % BUCKETS`): the bucket number's low 32 bits in the
-    /// high half, its successes in the low half. A slot with no success counts nothing,
-    /// whatever its bucket, so all zeros is empty.
-    slots: [AtomicU64; BUCKETS],
+    /// The stripes added to since the last clear, one bit each: those a sum reads.
+    used: AtomicU64,
+    stripes: Box<[FastStripe; STRIPES]>,
 }
+
+const STRIPES: usize = crate::counters::STRIPES;
+
+/// One thread's (or a few threads') counts, on cache lines of its own. Per slot (bucket `n` in
+/// slot `n % BUCKETS`): the bucket number's low 32 bits in the high half, its successes in the
+/// low half. A slot with no success counts nothing, whatever its bucket, so all zeros is empty.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct FastStripe([AtomicU64; BUCKETS]);
 
 impl Fast {
     /// For a time window of `window_for_ms` (not zero).
@@ -69,15 +78,21 @@ impl Fast {
         Fast {
             bucket_ms: bucket_ms(window_for_ms),
             clean: AtomicU64::new(u64::MAX),
-            slots: Default::default(),
+            used: AtomicU64::new(0),
+            stripes: Box::default(),
         }
     }
 
     /// Counts a success that ended `now_ms` after the breaker's origin.
     pub(crate) fn add(&self, now_ms: u64) {
+        let i = crate::counters::stripe();
+        let bit = 1u64 << i;
+        if self.used.load(Ordering::Relaxed) & bit == 0 {
+            self.used.fetch_or(bit, Ordering::Relaxed);
+        }
         let n = now_ms / self.bucket_ms;
         let tag = n as u32; // the low 32 bits: compared by wrapping difference
-        let slot = &self.slots[(n % BUCKETS as u64) as usize];
+        let slot = &self.stripes[i].0[(n % BUCKETS as u64) as usize];
         let mut v = slot.load(Ordering::Relaxed);
         loop {
             let held = (v >> 32) as u32;
@@ -100,8 +115,12 @@ impl Fast {
     /// any newer one).
     fn sum(&self, latest: u64) -> u32 {
         let latest = latest as u32;
-        self.slots
+        let used = self.used.load(Ordering::Relaxed);
+        self.stripes
             .iter()
+            .enumerate()
+            .filter(|(i, _)| used & (1 << i) != 0)
+            .flat_map(|(_, stripe)| stripe.0.iter())
             .map(|slot| {
                 let v = slot.load(Ordering::Relaxed);
                 let age = latest.wrapping_sub((v >> 32) as u32) as i32;
@@ -111,8 +130,16 @@ impl Fast {
     }
 
     fn clear(&self) {
-        for slot in &self.slots {
-            slot.store(0, Ordering::Relaxed);
+        let used = self.used.swap(0, Ordering::Relaxed);
+        for (_, stripe) in self
+            .stripes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| used & (1 << i) != 0)
+        {
+            for slot in &stripe.0 {
+                slot.store(0, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 const OWNED: usize = 8;
 /// Stripes the threads beyond those share, in turn: atomic adds.
 const SHARED: usize = 8;
-const STRIPES: usize = OWNED + SHARED;
+pub(crate) const STRIPES: usize = OWNED + SHARED;
 
 /// A counter that calls on many threads add to at once (a function's successes, a budget's
 /// first attempts, a bulkhead's slots granted): one cache line per stripe, each thread adding
@@ -47,8 +47,9 @@ thread_local! {
     static SLOT: Slot = const { Slot(Cell::new(usize::MAX)) };
 }
 
+/// This thread's stripe, `0..STRIPES` (below `OWNED`: one it holds alone).
 #[inline]
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     SLOT.try_with(|s| {
         let i = s.0.get();
         if i < STRIPES {
