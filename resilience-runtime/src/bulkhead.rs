@@ -160,14 +160,30 @@ impl Bulkhead {
     /// them.
     #[inline]
     pub(crate) fn try_acquire_now(&self) -> Option<BulkheadPermit<'_>> {
-        let slot = match &self.slots {
+        Some(self.granted(self.take_now()?))
+    }
+
+    /// A slot free now.
+    #[inline]
+    fn take_now(&self) -> Option<Slot<'_>> {
+        match &self.slots {
             Slots::Counted(in_flight) => {
                 take_below(in_flight, self.spec.max_concurrent)?;
-                Slot::Counted(in_flight)
+                Some(Slot::Counted(in_flight))
             }
-            Slots::Queued(sem) => Slot::Queued(sem.try_acquire().ok()?),
+            Slots::Queued(sem) => Some(Slot::Queued(sem.try_acquire().ok()?)),
+        }
+    }
+
+    /// [`try_acquire_now`](Self::try_acquire_now), the permit written into `slot` (empty),
+    /// where the session keeps it: a permit returned, then moved into the session, was copied
+    /// in pieces just written, and the copy waited for them.
+    pub(crate) fn try_acquire_into<'a>(&'a self, slot: &mut Option<BulkheadPermit<'a>>) -> bool {
+        let Some(s) = self.take_now() else {
+            return false;
         };
-        Some(self.granted(slot))
+        *slot = Some(self.granted(s));
+        true
     }
 
     #[inline]

@@ -278,17 +278,39 @@ impl ConcurrencyLimit {
     /// while calls wait goes to the first of them, so this never overtakes them.
     #[inline]
     pub(crate) fn try_acquire_now(&'static self, now: Instant) -> Option<ConcurrencyPermit> {
-        let (p, n) = match &self.sem {
+        let (p, n) = self.take_now()?;
+        Some(self.granted(p, n, now))
+    }
+
+    /// [`try_acquire_now`](Self::try_acquire_now), the permit written into `slot` (empty),
+    /// where the session keeps it: a permit returned, then moved into the session, was copied
+    /// in pieces just written, and the copy waited for them.
+    pub(crate) fn try_acquire_into(
+        &'static self,
+        now: Instant,
+        slot: &mut Option<ConcurrencyPermit>,
+    ) -> bool {
+        let Some((p, n)) = self.take_now() else {
+            return false;
+        };
+        *slot = Some(self.granted(p, n, now));
+        true
+    }
+
+    /// A slot free now: the semaphore's permit (when calls may wait) and the calls in flight
+    /// with this one.
+    #[inline]
+    fn take_now(&'static self) -> Option<(Option<SemaphorePermit<'static>>, u32)> {
+        match &self.sem {
             None => {
                 let allowed = self.allowed(self.limit());
-                (None, crate::bulkhead::take_below(&self.in_flight, allowed)?)
+                Some((None, crate::bulkhead::take_below(&self.in_flight, allowed)?))
             }
             Some(sem) => {
                 let p = sem.try_acquire().ok()?;
-                (Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1)
+                Some((Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1))
             }
-        };
-        Some(self.granted(p, n, now))
+        }
     }
 
     /// `n`: the calls in flight with this one.

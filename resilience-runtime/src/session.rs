@@ -655,17 +655,15 @@ impl Session {
     #[inline]
     pub fn admit_now(&mut self) -> bool {
         let shared = self.shared;
-        if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held) {
-            match b.try_acquire_now() {
-                Some(p) => self._bulkhead = Some(p),
-                None => return false,
-            }
+        if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held)
+            && !b.try_acquire_into(&mut self._bulkhead)
+        {
+            return false;
         }
-        if let Some(c) = shared.concurrency.filter(|_| !self.concurrency_held) {
-            match c.try_acquire_now(self.started) {
-                Some(p) => self.concurrency = Some(p),
-                None => return false,
-            }
+        if let Some(c) = shared.concurrency.filter(|_| !self.concurrency_held)
+            && !c.try_acquire_into(self.started, &mut self.concurrency)
+        {
+            return false;
         }
         if shared.rate_limit.is_some() {
             return false;
