@@ -99,6 +99,10 @@ pub struct RateLimitSnapshot {
 pub struct RateLimiter {
     name: &'static str,
     spec: RateLimitSpec,
+    /// The time between two calls at the sustained rate, and how far ahead of it the burst
+    /// lets callers run, in nanoseconds: computed once (a 128-bit division on every call was
+    /// about 4 ns of it).
+    interval_and_tolerance: (u64, u64),
     epoch: Instant,
     /// The theoretical arrival time of the next call, in nanoseconds since `epoch`.
     tat: AtomicU64,
@@ -125,7 +129,7 @@ struct GiveBack<'a>(&'a RateLimiter);
 
 impl Drop for GiveBack<'_> {
     fn drop(&mut self) {
-        let t = self.0.spec.interval_nanos();
+        let (t, _) = self.0.interval_and_tolerance();
         let _ = self
             .0
             .tat
@@ -151,9 +155,15 @@ impl RateLimiter {
     /// A limit with a full burst available, or why `spec` is invalid.
     pub fn try_new(name: &'static str, spec: RateLimitSpec) -> Result<RateLimiter, InvalidPolicy> {
         spec.validate()?;
+        let t = spec.interval_nanos();
         Ok(RateLimiter {
             name,
             spec,
+            interval_and_tolerance: (
+                t,
+                t.saturating_mul(u64::from(spec.burst))
+                    .min(MAX_TOLERANCE_NANOS),
+            ),
             epoch: Instant::now(),
             tat: AtomicU64::new(0),
             admitted: Default::default(),
@@ -246,12 +256,9 @@ impl RateLimiter {
     /// nanoseconds. At most about 146 years ahead (2^62 ns), so that the theoretical arrival
     /// time, at most `now + tolerance + t`, never saturates: a saturated one would make every
     /// wait zero and the limit stop limiting (`rate = 1, per = "24h", burst = 300000`).
+    #[inline]
     fn interval_and_tolerance(&self) -> (u64, u64) {
-        let t = self.spec.interval_nanos();
-        let tolerance = t
-            .saturating_mul(u64::from(self.spec.burst))
-            .min(MAX_TOLERANCE_NANOS);
-        (t, tolerance)
+        self.interval_and_tolerance
     }
 
     /// The wait a permit of the local limit would take at `now` (none reserved).
