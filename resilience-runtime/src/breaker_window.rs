@@ -115,12 +115,8 @@ impl Fast {
     /// any newer one).
     fn sum(&self, latest: u64) -> u32 {
         let latest = latest as u32;
-        let used = self.used.load(Ordering::Relaxed);
-        self.stripes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| used & (1 << i) != 0)
-            .flat_map(|(_, stripe)| stripe.0.iter())
+        self.stripes_in(self.used.load(Ordering::Relaxed))
+            .flat_map(|stripe| stripe.0.iter())
             .map(|slot| {
                 let v = slot.load(Ordering::Relaxed);
                 let age = latest.wrapping_sub((v >> 32) as u32) as i32;
@@ -130,17 +126,20 @@ impl Fast {
     }
 
     fn clear(&self) {
-        let used = self.used.swap(0, Ordering::Relaxed);
-        for (_, stripe) in self
-            .stripes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| used & (1 << i) != 0)
-        {
+        for stripe in self.stripes_in(self.used.swap(0, Ordering::Relaxed)) {
             for slot in &stripe.0 {
                 slot.store(0, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The stripes whose bit is set in `used`.
+    fn stripes_in(&self, used: u64) -> impl Iterator<Item = &FastStripe> {
+        self.stripes
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| used & (1 << i) != 0)
+            .map(|(_, stripe)| stripe)
     }
 }
 
