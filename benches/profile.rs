@@ -29,6 +29,16 @@ async fn resilient_open() -> Result<u64, BenchError> {
 }
 
 fn main() {
+    // `PROFILE_RECORDER=1` (built with `--features recorder`): a Prometheus recorder installed,
+    // as a service that exports its metrics has one.
+    #[cfg(feature = "recorder")]
+    if std::env::var_os("PROFILE_RECORDER").is_some() {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("a recorder");
+        // As a service does after installing its recorder (the runtime finds it there).
+        resilience_runtime::telemetry::describe_metrics();
+    }
     // `PROFILE_THREADS=n`: the case runs on n threads at once, each with a runtime of its own,
     // all calling the same functions (so sharing their breakers, budgets and counters).
     let threads = common::env_usize("PROFILE_THREADS", 1);

@@ -4,6 +4,9 @@
 //! `.ci/test` runs it twice: with every feature on (`opentelemetry`, `metrics`) and nothing
 //! installed (no subscriber, no recorder), and with the features off.
 
+#[cfg(feature = "metrics")]
+mod support;
+
 use resilience_fault_server::counting::{Counting, snapshot};
 use resilience_runtime::{Error, resilient};
 
@@ -112,4 +115,67 @@ fn no_allocation_for_a_call_an_open_breaker_refuses() {
         let per_call = (snapshot().0 - before) as f64 / 1000.0;
         assert_eq!(per_call, 0.0, "{per_call} allocations per refused call");
     });
+}
+
+/// The environment variable that makes [`global_recorder_child`] run.
+#[cfg(feature = "metrics")]
+const GLOBAL_CHILD: &str = "RESILIENCE_ALLOCATIONS_GLOBAL_CHILD";
+
+/// With a Prometheus recorder installed as the process's global one, a call asks it for no
+/// handle once its thread keeps them: what is left is the recorder's own (its histograms
+/// take a block of 64 values at a time: two histograms, one value each per call). Asking the
+/// recorder for every handle on every call made six allocations a call. In a child process:
+/// a recorder can be made global once, and the tests above measure the runtime without one.
+#[cfg(feature = "metrics")]
+#[test]
+fn with_a_global_recorder_a_call_allocates_only_the_recorders_own_storage() {
+    support::run_in_child("global_recorder_child", GLOBAL_CHILD);
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+#[ignore = "the child process of with_a_global_recorder_a_call_allocates_only_the_recorders_own_storage"]
+fn global_recorder_child() {
+    if std::env::var_os(GLOBAL_CHILD).is_none() {
+        return;
+    }
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    resilience_runtime::telemetry::describe_metrics();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The first calls register the metrics and keep their handles.
+        assert_eq!(defaults(1).await.unwrap(), 2);
+        assert_eq!(everything(1).await.unwrap(), 2);
+        for (name, f) in [
+            ("defaults", 0),
+            ("budget + breaker + bulkhead + rate limit", 1),
+        ] {
+            let (before, _) = snapshot();
+            for i in 0..1000u64 {
+                let r = match f {
+                    0 => defaults(i).await,
+                    _ => everything(i).await,
+                };
+                assert_eq!(r.unwrap(), i + 1);
+            }
+            let per_call = (snapshot().0 - before) as f64 / 1000.0;
+            assert!(
+                per_call <= 0.05,
+                "{name}: {per_call} allocations per call with a global recorder"
+            );
+        }
+    });
+    let text = prometheus.render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("resilience_client_calls")
+                && l.contains(r#"function="allocations::everything""#)
+                && l.ends_with(" 1001")),
+        "every call counted: {text}"
+    );
 }

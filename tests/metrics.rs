@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+mod support;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, RequestBuilderExt as _, resilient, telemetry};
@@ -1026,4 +1028,96 @@ async fn the_budget_gauge_follows_first_attempts_within_a_batch() {
             "after {n} first attempts the gauge shows {shown}"
         );
     }
+}
+
+/// The environment variable that makes [`global_recorder_child`] run: the child process of
+/// [`a_global_recorder_is_recorded_to_through_kept_handles`].
+const GLOBAL_CHILD: &str = "RESILIENCE_METRICS_GLOBAL_CHILD";
+
+#[resilient(method = GET, timeout = "1s")]
+async fn kept(n: u64) -> Result<u64, Error> {
+    Ok(n + 1)
+}
+
+/// The process's global recorder, which the runtime records to through handles it keeps per
+/// thread (asking the recorder for them once, not on every call), in a child process of this
+/// test binary: a recorder can be made global once, and every other test here records to a
+/// local one.
+#[test]
+fn a_global_recorder_is_recorded_to_through_kept_handles() {
+    support::run_in_child("global_recorder_child", GLOBAL_CHILD);
+}
+
+#[test]
+#[ignore = "the child process of a_global_recorder_is_recorded_to_through_kept_handles"]
+fn global_recorder_child() {
+    if std::env::var_os(GLOBAL_CHILD).is_none() {
+        return;
+    }
+    // A metric the exporter sees unchanged for a second is dropped at its next rendering, and
+    // comes back only when registered again: a kept handle idle that long is asked for again.
+    // (The exporter's clock is the process's own: this test waits in real time.)
+    let handle = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .idle_timeout(
+            metrics_util::MetricKindMask::ALL,
+            Some(Duration::from_secs(1)),
+        )
+        .install_recorder()
+        .unwrap();
+    telemetry::describe_metrics();
+    let calls = |h: &PrometheusHandle| {
+        sample(
+            h,
+            "resilience_client_calls_total",
+            &[function_of("kept"), r#"outcome="successful_without_retry""#],
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 0..50 {
+            assert_eq!(kept(i).await.unwrap(), i + 1);
+        }
+    });
+    assert_eq!(calls(&handle), Some(50.0));
+
+    // Idle past the exporter's timeout: dropped at this rendering, then counted again.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(calls(&handle), None, "dropped as idle");
+    rt.block_on(kept(1)).unwrap();
+    assert_eq!(
+        calls(&handle),
+        Some(1.0),
+        "a call after the metric was dropped registers it again"
+    );
+
+    // A local recorder set on this thread gets its calls; the global one none of them.
+    let local = recorder();
+    let local_handle = local.handle();
+    {
+        let _guard = metrics::set_default_local_recorder(&local);
+        for i in 0..3 {
+            rt.block_on(kept(i)).unwrap();
+        }
+    }
+    assert_eq!(calls(&local_handle), Some(3.0));
+    assert_eq!(calls(&handle), Some(1.0));
+
+    // Another thread keeps handles of its own, to the same metrics.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for i in 0..5 {
+            rt.block_on(kept(i)).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    rt.block_on(kept(1)).unwrap();
+    assert_eq!(calls(&handle), Some(7.0));
 }

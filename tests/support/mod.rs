@@ -88,3 +88,21 @@ pub fn assert_built_from(files: &[&str]) {
         );
     }
 }
+
+/// Runs the ignored test `test` of this test binary in a child process, with `env` set (the
+/// child test returns at once without it), and asserts that it ran and passed: for what can be
+/// done once per process, such as installing a global recorder.
+pub fn run_in_child(test: &str, env: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", test, "--nocapture"])
+        .env(env, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran no test: {text}");
+}

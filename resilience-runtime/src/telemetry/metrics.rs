@@ -1,9 +1,21 @@
 //! The `metrics` facade: keys built once per annotated function (their labels leaked, like the
-//! rest of the shared state), so that recording allocates nothing, with or without a recorder.
+//! rest of the shared state), so that recording allocates nothing without a recorder.
+//!
+//! With the process's global recorder, the handles each key was registered as are kept per
+//! thread and used again (`with!`): a recorder's look-up of a key (a Prometheus recorder's:
+//! the key's labels compared, a copy of it made, six allocations a call) is paid once, not on
+//! every call. A handle unused on its thread for [`REFRESH`] is asked for again before it is
+//! used: a recorder may drop a metric idle for its idle timeout (Prometheus's
+//! `idle_timeout`), and only a new registration brings it back, which a kept handle would
+//! never make. A local recorder (`metrics::with_local_recorder`) is asked every time, as
+//! before: it lives for a scope, and another may take its place at the same address.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant as StdInstant};
 
-use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 
 use super::{AttemptEnd, CLASSES, Outcome, names};
 use crate::breaker::{Breaker, BreakerState};
@@ -17,6 +29,8 @@ static METADATA: Metadata<'static> =
 /// The keys of one annotated function.
 #[derive(Debug)]
 pub(crate) struct Instruments {
+    /// The function's place in each thread's cache of handles.
+    id: usize,
     calls: [Key; Outcome::ALL.len()],
     call_duration: [Key; Outcome::ALL.len()],
     attempts: [Key; CLASSES.len()],
@@ -71,7 +85,9 @@ pub(crate) fn instruments(
     // registry keeps it and a breaker's transitions name it.
     let own = |n: &'static str| if n.is_empty() { function } else { n };
     let budget_name = policy.budget.map(|(n, _)| own(n));
+    static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
     Box::leak(Box::new(Instruments {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         calls: by_outcome(names::CALLS),
         call_duration: by_outcome(names::CALL_DURATION),
         attempts: by_class(names::ATTEMPTS, false),
@@ -90,30 +106,271 @@ pub(crate) fn instruments(
     }))
 }
 
-fn with<T>(f: impl FnOnce(&dyn Recorder) -> T) -> T {
-    metrics::with_recorder(f)
+/// A handle kept for use again is asked for again once it has not been used on its thread
+/// for this long: below any idle timeout a recorder would sensibly be given (Prometheus
+/// scrapes every few seconds at most), so that a metric the recorder dropped as idle is
+/// registered again before its next update, which a dropped handle would lose.
+pub(crate) const REFRESH: Duration = Duration::from_millis(100);
+
+const OUTCOMES: usize = Outcome::ALL.len();
+const NCLASSES: usize = CLASSES.len();
+
+/// Where each key's handle is kept: counters, then histograms, then gauges.
+mod slot {
+    use super::{NCLASSES, OUTCOMES};
+    pub(super) const CALLS: usize = 0;
+    pub(super) const ATTEMPTS: usize = CALLS + OUTCOMES;
+    pub(super) const RETRIES: usize = ATTEMPTS + NCLASSES;
+    pub(super) const HEDGES: usize = RETRIES + NCLASSES;
+    pub(super) const COUNTERS: usize = HEDGES + 2;
+    pub(super) const CALL_DURATION: usize = 0;
+    pub(super) const ATTEMPT_DURATION: usize = CALL_DURATION + OUTCOMES;
+    pub(super) const HISTOGRAMS: usize = ATTEMPT_DURATION + NCLASSES;
+    pub(super) const BUDGET: usize = 0;
+    pub(super) const BREAKER: usize = 1;
+    pub(super) const BULKHEAD: usize = 2;
+    pub(super) const GAUGES: usize = 3;
 }
 
-pub(crate) fn on_attempt_end(inst: &Instruments, end: &AttemptEnd, took: Duration) {
-    let class = super::class_index(end.class);
-    with(|r| {
-        r.register_counter(&inst.attempts[class], &METADATA)
+/// A handle, and when it was last used on this thread.
+struct Slot<H> {
+    handle: Option<H>,
+    used: Option<StdInstant>,
+}
+
+impl<H> Default for Slot<H> {
+    fn default() -> Self {
+        Slot {
+            handle: None,
+            used: None,
+        }
+    }
+}
+
+impl<H> Slot<H> {
+    fn get(&mut self, now: StdInstant, register: impl FnOnce() -> H) -> &H {
+        let fresh = self
+            .used
+            .is_some_and(|u| now.saturating_duration_since(u) < REFRESH);
+        self.used = Some(now);
+        if !fresh {
+            self.handle = None;
+        }
+        self.handle.get_or_insert_with(register)
+    }
+}
+
+/// One function's handles on one thread.
+struct Handles {
+    counters: [Slot<Counter>; slot::COUNTERS],
+    histograms: [Slot<Histogram>; slot::HISTOGRAMS],
+    gauges: [Slot<Gauge>; slot::GAUGES],
+}
+
+thread_local! {
+    /// Each function's handles on this thread, by [`Instruments::id`], for the global recorder.
+    static HANDLES: RefCell<Vec<Option<Box<Handles>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Recording through the recorder's look-up of each key (a local recorder, or none).
+struct Direct<'a>(&'a dyn Recorder);
+
+impl Direct<'_> {
+    #[inline(always)]
+    fn increment(&mut self, _slot: usize, key: &Key) {
+        self.0.register_counter(key, &METADATA).increment(1);
+    }
+
+    #[inline(always)]
+    fn record(&mut self, _slot: usize, key: &Key, value: f64) {
+        self.0.register_histogram(key, &METADATA).record(value);
+    }
+
+    #[inline(always)]
+    fn gauge(&mut self, _slot: usize, key: &Key, f: impl FnOnce(&Gauge)) {
+        f(&self.0.register_gauge(key, &METADATA));
+    }
+}
+
+/// Recording through the handles this thread keeps for the global recorder; `now` says which
+/// have been idle long enough to be asked for again.
+struct Kept<'a> {
+    recorder: &'a dyn Recorder,
+    handles: &'a mut Handles,
+    now: StdInstant,
+}
+
+impl Kept<'_> {
+    #[inline(always)]
+    fn increment(&mut self, slot: usize, key: &Key) {
+        let r = self.recorder;
+        self.handles.counters[slot]
+            .get(self.now, || r.register_counter(key, &METADATA))
             .increment(1);
-        r.register_histogram(&inst.attempt_duration[class], &METADATA)
-            .record(took.as_secs_f64());
+    }
+
+    #[inline(always)]
+    fn record(&mut self, slot: usize, key: &Key, value: f64) {
+        let r = self.recorder;
+        self.handles.histograms[slot]
+            .get(self.now, || r.register_histogram(key, &METADATA))
+            .record(value);
+    }
+
+    #[inline(always)]
+    fn gauge(&mut self, slot: usize, key: &Key, f: impl FnOnce(&Gauge)) {
+        let r = self.recorder;
+        f(self.handles.gauges[slot].get(self.now, || r.register_gauge(key, &METADATA)));
+    }
+}
+
+/// The global recorder's address and size, once a thread of our own has seen it (the only
+/// recorder a new thread sees: no local one is set there). `metrics::set_global_recorder`
+/// leaks it: no other recorder with state can ever be at that address.
+static GLOBAL: OnceLock<(usize, usize)> = OnceLock::new();
+
+fn identity(recorder: &dyn Recorder) -> (usize, usize) {
+    (
+        std::ptr::from_ref(recorder).cast::<()>() as usize,
+        std::mem::size_of_val(recorder),
+    )
+}
+
+/// Whether `recorder` is the global one. The first time a recorder with state is seen, and at
+/// most once a second after while the global one is not known, a thread is started to look
+/// (the facade does not say which recorder it lent): the calls until it has looked ask the
+/// recorder for every handle, as a local recorder's do.
+#[inline]
+fn is_global(recorder: &dyn Recorder) -> bool {
+    if let Some(g) = GLOBAL.get() {
+        return *g == identity(recorder);
+    }
+    // No recorder (the facade's no-op one), or one without state: nothing to keep.
+    if std::mem::size_of_val(recorder) == 0 {
+        return false;
+    }
+    look_for_global(false);
+    false
+}
+
+/// Starts a thread that records the global recorder in [`GLOBAL`] (and waits for it when
+/// `wait`), unless one was started less than a second ago.
+#[cold]
+pub(crate) fn look_for_global(wait: bool) {
+    static LOOKED: Mutex<Option<StdInstant>> = Mutex::new(None);
+    if GLOBAL.get().is_some() {
+        return;
+    }
+    {
+        let Ok(mut looked) = LOOKED.try_lock() else {
+            return;
+        };
+        let now = StdInstant::now();
+        if !wait
+            && looked.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        *looked = Some(now);
+    }
+    let look = || {
+        metrics::with_recorder(|r| {
+            if std::mem::size_of_val(r) > 0 {
+                let _ = GLOBAL.set(identity(r));
+            }
+        })
+    };
+    // A thread could not be started (a limit on threads): nothing is kept, nothing is lost.
+    if let Ok(t) = std::thread::Builder::new()
+        .name("resilience-metrics".into())
+        .spawn(look)
+        && wait
+    {
+        let _ = t.join();
+    }
+}
+
+/// Runs `$body` with `$r` recording to the current recorder: through `$inst`'s handles kept on
+/// this thread when it is the global one, else through its look-ups. `$now`: the caller's
+/// clock reading, if it took one (the process's clock, but for a test's paused clock: a handle
+/// then counts as idle by that clock). The body is written once and compiled for each.
+macro_rules! with {
+    ($inst:expr, $now:expr, |$r:ident| $body:expr) => {
+        metrics::with_recorder(|recorder| {
+            if is_global(recorder) {
+                with_kept($inst, $now, recorder, |$r: &mut Kept<'_>| $body)
+            } else {
+                let $r = &mut Direct(recorder);
+                $body
+            }
+        })
+    };
+}
+
+/// Runs `f` with `inst`'s handles on this thread (made the first time).
+#[inline(never)]
+fn with_kept(
+    inst: &Instruments,
+    now: Option<tokio::time::Instant>,
+    recorder: &dyn Recorder,
+    f: impl FnOnce(&mut Kept<'_>),
+) {
+    // Taken out of the thread's cache while in use: a recorder that records through this
+    // function again (it should not) finds no handles, and asks for them.
+    let kept = HANDLES
+        .try_with(|c| {
+            c.try_borrow_mut()
+                .ok()
+                .and_then(|mut v| v.get_mut(inst.id).and_then(Option::take))
+        })
+        .ok()
+        .flatten();
+    let mut handles = kept.unwrap_or_else(|| {
+        Box::new(Handles {
+            counters: std::array::from_fn(|_| Slot::default()),
+            histograms: std::array::from_fn(|_| Slot::default()),
+            gauges: std::array::from_fn(|_| Slot::default()),
+        })
+    });
+    f(&mut Kept {
+        recorder,
+        handles: &mut handles,
+        now: now.map_or_else(StdInstant::now, tokio::time::Instant::into_std),
+    });
+    let _ = HANDLES.try_with(|c| {
+        if let Ok(mut v) = c.try_borrow_mut() {
+            if v.len() <= inst.id {
+                v.resize_with(inst.id + 1, || None);
+            }
+            v[inst.id] = Some(handles);
+        }
+    });
+}
+
+pub(crate) fn on_attempt_end(
+    inst: &Instruments,
+    end: &AttemptEnd,
+    took: Duration,
+    now: tokio::time::Instant,
+) {
+    let class = super::class_index(end.class);
+    with!(inst, Some(now), |r| {
+        r.increment(slot::ATTEMPTS + class, &inst.attempts[class]);
+        r.record(
+            slot::ATTEMPT_DURATION + class,
+            &inst.attempt_duration[class],
+            took.as_secs_f64(),
+        );
         if end.decision == "retry" {
-            r.register_counter(&inst.retries[class], &METADATA)
-                .increment(1);
+            r.increment(slot::RETRIES + class, &inst.retries[class]);
         }
     });
 }
 
 pub(crate) fn hedge_ended(inst: &Instruments, won: bool) {
     if let Some(keys) = &inst.hedges {
-        with(|r| {
-            r.register_counter(&keys[usize::from(won)], &METADATA)
-                .increment(1)
-        });
+        let i = usize::from(won);
+        with!(inst, None, |r| r.increment(slot::HEDGES + i, &keys[i]));
     }
 }
 
@@ -121,23 +378,27 @@ pub(crate) fn on_call_end(
     inst: &Instruments,
     outcome: Outcome,
     took: Option<Duration>,
-    budget: Option<(&Budget, tokio::time::Instant)>,
+    end: Option<tokio::time::Instant>,
+    budget: Option<&Budget>,
     breaker: Option<&Breaker>,
 ) {
     let i = outcome as usize;
-    with(|r| {
-        r.register_counter(&inst.calls[i], &METADATA).increment(1);
+    with!(inst, end, |r| {
+        r.increment(slot::CALLS + i, &inst.calls[i]);
         if let Some(took) = took {
-            r.register_histogram(&inst.call_duration[i], &METADATA)
-                .record(took.as_secs_f64());
+            r.record(
+                slot::CALL_DURATION + i,
+                &inst.call_duration[i],
+                took.as_secs_f64(),
+            );
         }
-        if let (Some(k), Some((b, now))) = (&inst.budget, budget) {
-            r.register_gauge(k, &METADATA)
-                .set(b.available_for_gauge(now) as f64);
+        if let (Some(k), Some(b), Some(now)) = (&inst.budget, budget, end) {
+            r.gauge(slot::BUDGET, k, |g| {
+                g.set(b.available_for_gauge(now) as f64)
+            });
         }
         if let (Some(k), Some(b)) = (&inst.breaker, breaker) {
-            r.register_gauge(k, &METADATA)
-                .set(breaker_state_value(b.state()));
+            r.gauge(slot::BREAKER, k, |g| g.set(breaker_state_value(b.state())));
         }
     });
 }
@@ -146,7 +407,11 @@ pub(crate) fn on_call_end(
 /// slot is taken or given back.
 pub(crate) fn bulkhead_gauge(inst: &Instruments, bulkhead: &Bulkhead) {
     if let Some(k) = &inst.bulkhead {
-        with(|r| set_settled(&r.register_gauge(k, &METADATA), || bulkhead.in_flight()));
+        with!(inst, None, |r| {
+            r.gauge(slot::BULKHEAD, k, |g| {
+                set_settled(g, || bulkhead.in_flight())
+            })
+        });
     }
 }
 
@@ -183,7 +448,11 @@ pub(crate) fn breaker_transition(name: &'static str, from: BreakerState, to: Bre
 }
 
 /// Describes every metric (unit and help text) to the installed recorder.
+///
+/// Called after the recorder is installed, it also finds it, so that the first calls keep
+/// their handles from the start (they otherwise do from within a few calls).
 pub fn describe_metrics() {
+    look_for_global(true);
     use metrics::Unit;
     for (name, kind, unit, help) in super::METRICS {
         let unit = match unit {

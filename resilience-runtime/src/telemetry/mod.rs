@@ -408,7 +408,7 @@ impl AttemptScope {
 /// The attempt ended: records it on its span and in the metrics, then closes the span.
 ///
 /// `now` is the end instant, when the caller has read the clock already.
-#[inline]
+#[inline(always)]
 pub(crate) fn on_attempt_end(
     scope: Option<AttemptScope>,
     shared: &Resolved,
@@ -420,12 +420,15 @@ pub(crate) fn on_attempt_end(
     };
     span::on_end(&scope.span, &end);
     #[cfg(feature = "metrics")]
-    metrics::on_attempt_end(
-        shared.telemetry,
-        &end,
-        now.unwrap_or_else(Instant::now)
-            .saturating_duration_since(scope.started),
-    );
+    {
+        let now = now.unwrap_or_else(Instant::now);
+        metrics::on_attempt_end(
+            shared.telemetry,
+            &end,
+            now.saturating_duration_since(scope.started),
+            now,
+        );
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = (shared, now);
 }
@@ -528,7 +531,8 @@ pub(crate) fn on_call_end(
             started
                 .zip(end)
                 .map(|(s, e)| e.saturating_duration_since(s)),
-            shared.budget.zip(end),
+            end,
+            shared.budget,
             shared.breaker,
         );
     }
