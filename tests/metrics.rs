@@ -1121,3 +1121,31 @@ fn global_recorder_child() {
     rt.block_on(kept(1)).unwrap();
     assert_eq!(calls(&handle), Some(7.0));
 }
+
+/// Two local recorders one after the other on the same thread (the second may well sit where
+/// the first did): each gets the calls made while it is set, none of the other's.
+#[test]
+fn local_recorders_one_after_another_each_get_their_own_calls() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let calls = |h: &PrometheusHandle| {
+        sample(
+            h,
+            "resilience_client_calls_total",
+            &[function_of("kept"), r#"outcome="successful_without_retry""#],
+        )
+    };
+    for n in [2, 5] {
+        let local = recorder();
+        let handle = local.handle();
+        {
+            let _guard = metrics::set_default_local_recorder(&local);
+            for i in 0..n {
+                rt.block_on(kept(i)).unwrap();
+            }
+        }
+        assert_eq!(calls(&handle), Some(n as f64));
+    }
+}
