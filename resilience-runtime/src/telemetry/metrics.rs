@@ -110,7 +110,7 @@ pub(crate) fn instruments(
 /// for this long: below any idle timeout a recorder would sensibly be given (Prometheus
 /// scrapes every few seconds at most), so that a metric the recorder dropped as idle is
 /// registered again before its next update, which a dropped handle would lose.
-pub(crate) const REFRESH: Duration = Duration::from_millis(100);
+const REFRESH: Duration = Duration::from_millis(100);
 
 const OUTCOMES: usize = Outcome::ALL.len();
 const NCLASSES: usize = CLASSES.len();
@@ -262,9 +262,20 @@ pub(crate) fn look_for_global(wait: bool) {
         return;
     }
     {
-        let Ok(mut looked) = LOOKED.try_lock() else {
-            return;
+        // A call does not wait for another thread's look; `describe_metrics()` does.
+        let mut looked = if wait {
+            LOOKED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        } else {
+            match LOOKED.try_lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            }
         };
+        if GLOBAL.get().is_some() {
+            return;
+        }
         let now = StdInstant::now();
         if !wait
             && looked.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
