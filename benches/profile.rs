@@ -39,6 +39,15 @@ fn main() {
         // As a service does after installing its recorder (the runtime finds it there).
         resilience_runtime::telemetry::describe_metrics();
     }
+    // `PROFILE_SUBSCRIBER=1` (built with `--features subscriber`): a `tracing` subscriber at
+    // INFO, as a service that logs has one, writing to a sink.
+    #[cfg(feature = "subscriber")]
+    if std::env::var_os("PROFILE_SUBSCRIBER").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_writer(std::io::sink)
+            .init();
+    }
     // `PROFILE_THREADS=n`: the case runs on n threads at once, each with a runtime of its own,
     // all calling the same functions (so sharing their breakers, budgets and counters).
     let threads = common::env_usize("PROFILE_THREADS", 1);
