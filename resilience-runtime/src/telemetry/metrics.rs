@@ -254,10 +254,15 @@ fn is_global(recorder: &dyn Recorder) -> bool {
 }
 
 /// Starts a thread that records the global recorder in [`GLOBAL`] (and waits for it when
-/// `wait`), unless one was started less than a second ago.
+/// `wait`), unless the last look was too recent: a second after the first, then twice as long
+/// after each look that found none, up to a minute (a service that records to local recorders
+/// only, with no global one, starts a thread a minute, not one a second).
 #[cold]
 pub(crate) fn look_for_global(wait: bool) {
-    static LOOKED: Mutex<Option<StdInstant>> = Mutex::new(None);
+    /// When the last look started, and how long to wait after it for the next.
+    static LOOKED: Mutex<Option<(StdInstant, Duration)>> = Mutex::new(None);
+    const FIRST_GAP: Duration = Duration::from_secs(1);
+    const MAX_GAP: Duration = Duration::from_secs(64);
     if GLOBAL.get().is_some() {
         return;
     }
@@ -277,13 +282,15 @@ pub(crate) fn look_for_global(wait: bool) {
             return;
         }
         let now = StdInstant::now();
-        if !wait
-            && looked.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
-        {
-            return;
-        }
-        *looked = Some(now);
+        let gap = match *looked {
+            Some((t, gap)) if !wait && now.saturating_duration_since(t) < gap => return,
+            Some((_, gap)) => (gap * 2).min(MAX_GAP),
+            None => FIRST_GAP,
+        };
+        *looked = Some((now, gap));
     }
+    #[cfg(test)]
+    tests::LOOKS.fetch_add(1, Ordering::Relaxed);
     let look = || {
         metrics::with_recorder(|r| {
             if std::mem::size_of_val(r) > 0 {
@@ -489,9 +496,31 @@ pub fn describe_metrics() {
 mod tests {
     use std::cell::Cell;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    use super::set_settled;
+    use super::{look_for_global, set_settled};
+
+    /// Looks for the global recorder started, in this test binary.
+    pub(super) static LOOKS: AtomicU32 = AtomicU32::new(0);
+
+    /// Calls that see a recorder with state and do not know the global one (a local recorder,
+    /// here none at all) start a look at most once in the gap since the last one, not each;
+    /// `describe_metrics()`'s look does not wait for the gap.
+    #[test]
+    fn the_global_recorder_is_looked_for_once_in_a_while_not_on_every_call() {
+        look_for_global(true);
+        let after_first = LOOKS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            look_for_global(false);
+        }
+        assert_eq!(
+            LOOKS.load(Ordering::Relaxed),
+            after_first,
+            "a look on every call"
+        );
+        look_for_global(true);
+        assert_eq!(LOOKS.load(Ordering::Relaxed), after_first + 1);
+    }
 
     /// Another call gave its slot back between the read and the set (2 read, 1 by the time it
     /// was set): the gauge ends at 1, not at the count read first.
