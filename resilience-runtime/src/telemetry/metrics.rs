@@ -236,10 +236,10 @@ fn identity(recorder: &dyn Recorder) -> (usize, usize) {
     )
 }
 
-/// Whether `recorder` is the global one. The first time a recorder with state is seen, and at
-/// most once a second after while the global one is not known, a thread is started to look
-/// (the facade does not say which recorder it lent): the calls until it has looked ask the
-/// recorder for every handle, as a local recorder's do.
+/// Whether `recorder` is the global one. The first time a recorder with state is seen, and now
+/// and then after while the global one is not known ([`look_for_global`]), a thread is started
+/// to look (the facade does not say which recorder it lent): the calls until it has looked ask
+/// the recorder for every handle, as a local recorder's do.
 #[inline]
 fn is_global(recorder: &dyn Recorder) -> bool {
     if let Some(g) = GLOBAL.get() {
