@@ -721,12 +721,17 @@ async fn a_call_unwound_by_a_panic_is_counted_failed_not_cancelled() {
 /// key is handled, its repeat replayed, one without a key (where one is required) refused.
 #[tokio::test(start_paused = true)]
 async fn the_idempotency_layer_counts_its_answers_by_route_and_outcome() {
-    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
-
     let recorder = recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
     telemetry::describe_metrics();
+    idempotent_requests_counted(&handle).await;
+}
+
+/// Serves a router with the idempotency layer, sends a keyed request twice and one without
+/// its key, and reads the three answers' counts back from `handle`.
+async fn idempotent_requests_counted(handle: &PrometheusHandle) {
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
 
     async fn charge() -> (axum::http::StatusCode, &'static str) {
         (axum::http::StatusCode::CREATED, "charged")
@@ -756,7 +761,7 @@ async fn the_idempotency_layer_counts_its_answers_by_route_and_outcome() {
     let route = r#"http_route="/tenants/{tenant}/charges""#;
     let requests = |outcome: &str| {
         sample(
-            &handle,
+            handle,
             "resilience_idempotency_requests_total",
             &[route, &format!(r#"outcome="{outcome}""#)],
         )
@@ -1074,7 +1079,7 @@ fn global_recorder_child() {
         )
     };
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
@@ -1120,6 +1125,9 @@ fn global_recorder_child() {
     .unwrap();
     rt.block_on(kept(1)).unwrap();
     assert_eq!(calls(&handle), Some(7.0));
+
+    // The server half's counts go through handles kept the same way.
+    rt.block_on(idempotent_requests_counted(&handle));
 }
 
 /// Two local recorders one after the other on the same thread (the second may well sit where

@@ -130,31 +130,49 @@ pub(crate) fn pending(change: i64) {
 
 #[cfg(feature = "metrics")]
 mod recorded {
+    use std::cell::RefCell;
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
 
-    use metrics::{Key, Label, Level, Metadata};
+    use metrics::{Key, Label};
 
     use super::Served;
     use crate::telemetry::names;
-
-    static METADATA: Metadata<'static> =
-        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
     static PENDING_KEY: Key = Key::from_static_name(names::IDEMPOTENCY_PENDING);
 
     type Keys = [Key; Served::ALL.len()];
 
+    thread_local! {
+        /// The keys of the routes this thread has answered: the process's table behind a
+        /// lock, looked up once per route and thread, not on every request.
+        static SEEN: RefCell<HashMap<&'static str, &'static Keys>> = RefCell::new(HashMap::new());
+    }
+
     /// One key per route and outcome, made at the route's first answer and kept: routes are
     /// a router's templates, a bounded set.
     fn keys(route: &str) -> &'static Keys {
+        if let Ok(Some(keys)) = SEEN.try_with(|s| s.try_borrow().ok()?.get(route).copied()) {
+            return keys;
+        }
+        let (route, keys) = shared_keys(route);
+        let _ = SEEN.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                s.insert(route, keys);
+            }
+        });
+        keys
+    }
+
+    /// The process's keys of `route` (made the first time), with the route as leaked for them.
+    fn shared_keys(route: &str) -> (&'static str, &'static Keys) {
         static KEYS: OnceLock<Mutex<HashMap<&'static str, &'static Keys>>> = OnceLock::new();
         let mut by_route = KEYS
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(keys) = by_route.get(route) {
-            return keys;
+        if let Some((route, keys)) = by_route.get_key_value(route) {
+            return (route, keys);
         }
         let route: &'static str = Box::leak(route.into());
         let keys: &'static Keys = Box::leak(Box::new(Served::ALL.map(|s| {
@@ -165,15 +183,14 @@ mod recorded {
             Key::from_static_labels(names::IDEMPOTENCY_REQUESTS, labels)
         })));
         by_route.insert(route, keys);
-        keys
+        (route, keys)
     }
 
     pub(super) fn count(served: Served, route: &str) {
-        let key = &keys(route)[served as usize];
-        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+        crate::telemetry::increment_static(&keys(route)[served as usize]);
     }
 
     pub(super) fn pending(n: i64) {
-        metrics::with_recorder(|r| r.register_gauge(&PENDING_KEY, &METADATA).set(n as f64));
+        crate::telemetry::set_static(&PENDING_KEY, n as f64);
     }
 }

@@ -11,6 +11,7 @@
 //! before: it lives for a scope, and another may take its place at the same address.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
@@ -363,6 +364,69 @@ fn with_kept(
             v[inst.id] = Some(handles);
         }
     });
+}
+
+thread_local! {
+    /// Handles of keys made once and leaked (the server half's), by the key's address, for
+    /// the global recorder.
+    static STATIC_COUNTERS: RefCell<HashMap<usize, Slot<Counter>>> = RefCell::new(HashMap::new());
+    static STATIC_GAUGES: RefCell<HashMap<usize, Slot<Gauge>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with the handle of the leaked `key` in `kept`, when the current recorder is the
+/// global one (the handle kept on this thread as the functions' are), else with `register`'s
+/// handle from the recorder's look-up.
+fn with_static<H>(
+    kept: &'static std::thread::LocalKey<RefCell<HashMap<usize, Slot<H>>>>,
+    key: &'static Key,
+    register: impl Fn(&dyn Recorder, &Key) -> H,
+    f: impl FnOnce(&H),
+) {
+    metrics::with_recorder(|recorder| {
+        if is_global(recorder) {
+            let now = StdInstant::now();
+            let at = std::ptr::from_ref(key) as usize;
+            let mut f = Some(f);
+            let _ = kept.try_with(|c| {
+                if let Ok(mut m) = c.try_borrow_mut() {
+                    let h = m
+                        .entry(at)
+                        .or_default()
+                        .get(now, || register(recorder, key));
+                    if let Some(f) = f.take() {
+                        f(h);
+                    }
+                }
+            });
+            // The thread's table in use (a recorder recording through it) or gone (the
+            // thread ending): through the look-up.
+            if let Some(f) = f {
+                f(&register(recorder, key));
+            }
+        } else {
+            f(&register(recorder, key));
+        }
+    });
+}
+
+/// Adds one to the counter of `key`, a key made once and leaked.
+pub(crate) fn increment_static(key: &'static Key) {
+    with_static(
+        &STATIC_COUNTERS,
+        key,
+        |r, k| r.register_counter(k, &METADATA),
+        |c| c.increment(1),
+    );
+}
+
+/// Sets the gauge of `key`, a key made once and leaked.
+pub(crate) fn set_static(key: &'static Key, value: f64) {
+    with_static(
+        &STATIC_GAUGES,
+        key,
+        |r, k| r.register_gauge(k, &METADATA),
+        |g| g.set(value),
+    );
 }
 
 pub(crate) fn on_attempt_end(

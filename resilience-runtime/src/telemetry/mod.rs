@@ -101,7 +101,9 @@ use crate::registry::Resolved;
 #[cfg(feature = "metrics")]
 pub use metrics::describe_metrics;
 #[cfg(feature = "metrics")]
-pub(crate) use metrics::{Instruments, breaker_transition, instruments};
+pub(crate) use metrics::{
+    Instruments, breaker_transition, increment_static, instruments, set_static,
+};
 
 /// Without the `metrics` feature: nothing to keep.
 #[cfg(not(feature = "metrics"))]
