@@ -11,6 +11,7 @@
 //! before: it lives for a scope, and another may take its place at the same address.
 
 use std::cell::RefCell;
+#[cfg(feature = "server")]
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -366,6 +367,7 @@ fn with_kept(
     });
 }
 
+#[cfg(feature = "server")]
 thread_local! {
     /// Handles of keys made once and leaked (the server half's), by the key's address, for
     /// the global recorder.
@@ -373,6 +375,7 @@ thread_local! {
     static STATIC_GAUGES: RefCell<HashMap<usize, Slot<Gauge>>> = RefCell::new(HashMap::new());
 }
 
+#[cfg(feature = "server")]
 /// Runs `f` with the handle of the leaked `key` in `kept`, when the current recorder is the
 /// global one (the handle kept on this thread as the functions' are), else with `register`'s
 /// handle from the recorder's look-up.
@@ -409,6 +412,7 @@ fn with_static<H>(
     });
 }
 
+#[cfg(feature = "server")]
 /// Adds one to the counter of `key`, a key made once and leaked.
 pub(crate) fn increment_static(key: &'static Key) {
     with_static(
@@ -419,6 +423,7 @@ pub(crate) fn increment_static(key: &'static Key) {
     );
 }
 
+#[cfg(feature = "server")]
 /// Sets the gauge of `key`, a key made once and leaked.
 pub(crate) fn set_static(key: &'static Key, value: f64) {
     with_static(

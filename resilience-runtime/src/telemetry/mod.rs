@@ -101,9 +101,9 @@ use crate::registry::Resolved;
 #[cfg(feature = "metrics")]
 pub use metrics::describe_metrics;
 #[cfg(feature = "metrics")]
-pub(crate) use metrics::{
-    Instruments, breaker_transition, increment_static, instruments, set_static,
-};
+pub(crate) use metrics::{Instruments, breaker_transition, instruments};
+#[cfg(all(feature = "metrics", feature = "server"))]
+pub(crate) use metrics::{increment_static, set_static};
 
 /// Without the `metrics` feature: nothing to keep.
 #[cfg(not(feature = "metrics"))]
