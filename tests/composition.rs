@@ -2005,6 +2005,59 @@ async fn a_helper_the_runtime_sees_keeps_the_retry() {
     assert_eq!((stock.count(), price.count()), (2, 2));
 }
 
+/// In a keyed function a helper is not watched (the key says the call may run again): its POST
+/// written with `.resilient()` carries the call's key, the same on every attempt, so the
+/// server can keep it to one.
+async fn place_order(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    use resilience_runtime::RequestBuilderExt as _;
+    c.post(url).body("order").resilient().send().await
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn keyed_order_then_receipt(
+    c: &reqwest::Client,
+    orders: &str,
+    receipt: &str,
+) -> Result<String, Error> {
+    place_order(c, orders).await?.error_for_status()?;
+    Ok(c.get(receipt)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_functions_helper_post_carries_the_calls_key() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let receipt = FaultServer::start(vec![Action::status(503), Action::ok().body("r")]).await;
+    let got = keyed_order_then_receipt(&client(), &orders.url("/o"), &receipt.url("/r")).await;
+    assert_eq!(got.unwrap(), "r");
+    let keys: Vec<_> = orders
+        .requests()
+        .iter()
+        .map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 2, "the order sent on each of the two attempts");
+    assert!(
+        keys[0].is_some(),
+        "the helper's POST carries the key: {keys:?}"
+    );
+    assert_eq!(keys[0], keys[1], "the same key on both attempts");
+    // The body's own GET carries it too.
+    assert_eq!(
+        receipt.requests()[0].header("idempotency-key"),
+        keys[0].as_deref()
+    );
+}
+
 /// A method of the service's own that sends nothing the runtime sees (here, a token from a
 /// cache): the method inferred, it is taken for an unseen send; declared, the declaration
 /// says what the body sends, helpers included, and the retry stays.
