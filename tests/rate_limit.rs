@@ -439,3 +439,81 @@ async fn a_call_refused_a_permit_gives_its_slot_back_before_its_fallback() {
     assert_eq!(slot_then_permit(&c, &url).await.unwrap(), 1000);
     assert_eq!(server.count(), 1);
 }
+
+/// Two permits an hour; three attempts with no wait between them.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "0ms", max = "0ms", jitter = none),
+    budget = false,
+    rate_limit(rate = 2, per = "1h", burst = 2)
+)]
+async fn retried_under_a_limit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// "A call takes one permit, before its first attempt: its retries take none": a call retried
+/// twice spends one of the hour's two permits, so the next call still gets the other.
+#[tokio::test(start_paused = true)]
+async fn a_calls_retries_take_no_permit() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(vec![
+        Action::status(503),
+        Action::status(503),
+        Action::ok(),
+        Action::ok(),
+    ])
+    .await;
+    let url = server.url("/");
+    assert_eq!(retried_under_a_limit(&c, &url).await.unwrap(), 200);
+    assert_eq!(server.count(), 3, "three attempts, one permit");
+    assert_eq!(retried_under_a_limit(&c, &url).await.unwrap(), 200);
+    let e = retried_under_a_limit(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(server.count(), 4);
+    let s = metrics::rate_limit("rate_limit::retried_under_a_limit").unwrap();
+    assert_eq!((s.admitted, s.rejected), (2, 1));
+}
+
+/// Two permits an hour; a hedge after 100 ms.
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    rate_limit(rate = 2, per = "1h", burst = 2)
+)]
+async fn hedged_under_a_limit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Nor does a hedge: the stalled request overtaken by its hedge is one call, one permit.
+#[tokio::test(start_paused = true)]
+async fn a_calls_hedge_takes_no_permit() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::ok(),
+        Action::ok(),
+    ]))
+    .await;
+    let url = server.url("/");
+    assert_eq!(hedged_under_a_limit(&c, &url).await.unwrap(), 200);
+    assert_eq!(server.count(), 2, "the attempt and its hedge");
+    assert_eq!(hedged_under_a_limit(&c, &url).await.unwrap(), 200);
+    let e = hedged_under_a_limit(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(server.count(), 3);
+}

@@ -205,3 +205,58 @@ async fn with_a_long_backoff(http: &reqwest::Client, url: &str) -> Result<String
         .text()
         .await?)
 }
+
+/// A budget of its own (one retry a second), a backoff that fits well inside the deadline.
+#[resilient(
+    timeout = "500ms",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "300ms", max = "300ms", jitter = none),
+    budget = { name = "deadline_first", ratio = 0.0, min_per_sec = 1 },
+)]
+async fn woken_past_its_deadline(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The third way a retry is never made: the deadline came first (here the clock jumps past it
+/// during the backoff, as a blocked runtime thread would wake the call late). Its token goes
+/// back to the budget, and the call ends with its one attempt counted.
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_deadline_overtook_gives_its_budget_back() {
+    let http = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let call = tokio::spawn({
+        let (http, url) = (http.clone(), down.url("/late"));
+        async move { woken_past_its_deadline(&http, &url).await }
+    });
+    // Busy, so the paused clock does not move on its own, until the retry is taken.
+    let budget = || resilience_runtime::metrics::budget("deadline_first").unwrap();
+    let mut taken = false;
+    for _ in 0..100_000 {
+        if resilience_runtime::metrics::budget("deadline_first").is_some_and(|b| b.withdrawals == 1)
+        {
+            taken = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(taken, "the retry was decided: {:?}", budget());
+    assert_eq!(budget().available, 0, "{:?}", budget());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.kind(),
+        resilience_runtime::ErrorKind::DeadlineExceeded,
+        "{e}"
+    );
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(down.count(), 1, "the retry was never sent");
+    let b = budget();
+    assert_eq!((b.withdrawals, b.available), (0, 1), "{b:?}");
+}
