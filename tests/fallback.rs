@@ -496,3 +496,58 @@ async fn a_refusal_takes_its_fallback_whatever_the_error_type_keeps() {
     );
     assert_eq!(server.count(), 1);
 }
+
+/// A fallback that is itself a resilient call, to a backup taking 800 ms to answer.
+#[resilient(timeout = "1s", deadline = "2s", max_attempts = 1, budget = false)]
+async fn from_backup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let backup = url.replace("/primary", "/backup");
+    Ok(c.get(backup)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "300ms",
+    deadline = "500ms",
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = from_backup,
+    fallback_on = [deadline]
+)]
+async fn primary_then_backup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// "A `fallback` runs after, on its own time (it is called when the deadline ran out too); its
+/// own `#[resilient]` calls have deadlines of their own": the primary spent its whole 500 ms,
+/// and the fallback's call still gets its 2 s, not the nothing the primary had left.
+#[tokio::test(start_paused = true)]
+async fn a_fallback_that_calls_out_has_a_deadline_of_its_own() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/backup" {
+            Action::status(203).after(Duration::from_millis(800))
+        } else {
+            Action::stall()
+        }
+    }))
+    .await;
+    let t = Instant::now();
+    assert_eq!(
+        primary_then_backup(&c, &server.url("/primary"))
+            .await
+            .unwrap(),
+        203
+    );
+    assert_eq!(t.elapsed(), Duration::from_millis(1300));
+    assert_eq!(server.count_path("/primary"), 2);
+    assert_eq!(server.count_path("/backup"), 1);
+}
