@@ -366,6 +366,29 @@ async fn connect_timeout_is_retried_for_every_method_the_runtime_sees() {
     }
 }
 
+/// The known limit, shown: a client without a connect timeout (`reqwest::Client::new()`). A
+/// connect that stalls ends as the attempt's timeout, which cannot tell "never sent" from
+/// "sent": the methods that may not go out twice are not retried after it, and each attempt
+/// waits its whole timeout (against the 100 ms connect failure above, retried for all).
+#[tokio::test(start_paused = true)]
+async fn a_stalled_connect_without_a_connect_timeout_ends_as_the_attempts_timeout() {
+    let hole = Blackhole::new();
+    let c = reqwest::Client::new();
+    for col in columns() {
+        let t = tokio::time::Instant::now();
+        let e = (col.call)(&c, &hole.url("/op")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{}: {e}", col.name);
+        let attempts = if col.resends { 3 } else { 1 };
+        assert_eq!(e.attempts(), attempts, "{}: {e}", col.name);
+        assert!(
+            t.elapsed() >= Duration::from_secs(u64::from(attempts)),
+            "{}: each attempt waited its whole 1 s timeout ({:?})",
+            col.name,
+            t.elapsed()
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn reset_after_the_request_was_read() {
     against_server(Action::reset, |col| {
