@@ -230,3 +230,64 @@ fn editing_a_named_policy_file_rebuilds_the_crate() {
         "tests/policies/odd_names.toml",
     ]);
 }
+
+/// [policies.paced]'s backoff with only its delay changed inline: still constant, unjittered.
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "paced",
+    backoff(initial = "100ms")
+)]
+async fn paced(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// "A `backoff` table merges key by key over a wider layer's": the inline delay, and the
+/// file's constant kind and no jitter, so the attempts are exactly 100 ms apart.
+#[tokio::test(start_paused = true)]
+async fn an_inline_backoff_table_keeps_what_it_leaves_out() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = paced(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+    let seen = server.requests();
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(100));
+    assert_eq!(seen[2].at - seen[1].at, Duration::from_millis(100));
+}
+
+/// [policies.queued]'s bulkhead waits 5 s for a slot; inline, a table of its own.
+#[resilient(config = "tests/policies/precedence.toml", policy = "queued")]
+async fn queued_as_filed(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "queued",
+    bulkhead(max_concurrent = 1)
+)]
+async fn queued_inline(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// "A `bulkhead` … table replaces the one below it whole": the inline table leaves out
+/// `max_wait`, which is then the built-in `0ms` (refused at once), not the file's 5 s.
+#[tokio::test(start_paused = true)]
+async fn an_inline_bulkhead_table_replaces_the_files_whole() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(500)),
+    ))
+    .await;
+    let url = slow.url("/");
+    // As filed: the second call waits for the first's slot, and both answer.
+    let (a, b) = tokio::join!(queued_as_filed(&c, &url), queued_as_filed(&c, &url));
+    assert_eq!((a.unwrap(), b.unwrap()), ("ok".to_owned(), "ok".to_owned()));
+    // Inline: the second is refused at once.
+    let (a, b) = tokio::join!(queued_inline(&c, &url), async {
+        slow.wait_for(3).await;
+        queued_inline(&c, &url).await
+    });
+    assert_eq!(a.unwrap(), "ok");
+    let e = b.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
+}
