@@ -535,3 +535,135 @@ async fn retry_after_beyond_the_cap_ends_the_call_at_once() {
         started.elapsed()
     );
 }
+
+// --- The same promises in the shapes services write -----------------------------------------
+//
+// A client struct's methods (`&self`, `&mut self`), errors of the service's own (anyhow, an enum
+// that hides the cause behind `map_err`), a generic function: the runtime reads what was sent,
+// not what the error type can tell, so a POST that went out without the key is sent once, and
+// a keyed one is resent with its key.
+
+/// The service's own error, which drops reqwest's cause (what a gateway client often does).
+#[derive(Debug)]
+enum PayError {
+    Upstream,
+    Runtime(Error),
+}
+
+impl From<Error> for PayError {
+    fn from(e: Error) -> Self {
+        PayError::Runtime(e)
+    }
+}
+
+impl std::fmt::Display for PayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayError::Upstream => f.write_str("upstream failed"),
+            PayError::Runtime(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for PayError {}
+
+struct Gateway {
+    http: reqwest::Client,
+    charges: u32,
+}
+
+impl Gateway {
+    #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, retry_on = [connect])]
+    async fn charge_anyhow(&self, url: &str) -> anyhow::Result<u16> {
+        let resp = self.http.post(url).body("amount=100").send().await?;
+        Ok(resp.error_for_status()?.status().as_u16())
+    }
+
+    /// The method chosen at run time, GET declared, every failure class retried: only what
+    /// went out (a POST, unkeyed) stops the retry.
+    #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, method = GET)]
+    async fn charge_opaque(&mut self, url: &str) -> Result<u16, PayError> {
+        self.charges += 1;
+        let resp = self
+            .http
+            .request(chosen_method(url), url)
+            .body("amount=100")
+            .send()
+            .await
+            .map_err(|_| PayError::Upstream)?;
+        if !resp.status().is_success() {
+            return Err(PayError::Upstream);
+        }
+        Ok(resp.status().as_u16())
+    }
+
+    #[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+    async fn charge_keyed(&self, url: &str) -> Result<u16, PayError> {
+        let resp = self
+            .http
+            .post(url)
+            .body("amount=100")
+            .send()
+            .await
+            .map_err(|_| PayError::Upstream)?;
+        if !resp.status().is_success() {
+            return Err(PayError::Upstream);
+        }
+        Ok(resp.status().as_u16())
+    }
+}
+
+/// A generic function, the error boxed.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, method = GET)]
+async fn charge_generic<U: reqwest::IntoUrl + Clone + AsRef<str>>(
+    c: &reqwest::Client,
+    url: U,
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let method = chosen_method(url.as_ref());
+    let resp = c.request(method, url).body("amount=100").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_is_sent_once_and_a_keyed_one_resent_in_every_shape() {
+    let faults: [(&str, fn() -> Action); 4] = [
+        ("reset", Action::reset),
+        ("close", Action::close),
+        ("stall", Action::stall),
+        ("503", || Action::status(503)),
+    ];
+    let mut gw = Gateway {
+        http: client(),
+        charges: 0,
+    };
+    for (fault, action) in faults {
+        let server =
+            FaultServer::start(resilience_fault_server::Script::dynamic(move |_| action())).await;
+        let url = server.url("/charges");
+        assert!(gw.charge_anyhow(&url).await.is_err(), "{fault}");
+        assert_eq!(server.count(), 1, "&self, anyhow, {fault}: sent once");
+        server.clear();
+        assert!(gw.charge_opaque(&url).await.is_err(), "{fault}");
+        assert_eq!(
+            server.count(),
+            1,
+            "&mut self, opaque error, {fault}: sent once"
+        );
+        server.clear();
+        assert!(
+            charge_generic(&gw.http, url.as_str()).await.is_err(),
+            "{fault}"
+        );
+        assert_eq!(
+            server.count(),
+            1,
+            "generic, boxed error, {fault}: sent once"
+        );
+        server.clear();
+        assert!(gw.charge_keyed(&url).await.is_err(), "{fault}");
+        let seen = server.requests();
+        assert_eq!(seen.len(), 3, "keyed, {fault}: every attempt sent");
+        assert_one_call("keyed, opaque error, &self", &seen, true);
+    }
+    assert_eq!(gw.charges, 4, "one attempt of charge_opaque per fault");
+}
