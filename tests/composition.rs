@@ -2058,6 +2058,97 @@ async fn a_keyed_functions_helper_post_carries_the_calls_key() {
     );
 }
 
+/// A service whose orders go through a method of its own and through a client it holds in a
+/// field, each sending its POST without `.resilient()` (unseen, unkeyed); the annotated method
+/// then reads the stock with a GET of its own.
+struct Shop {
+    http: reqwest::Client,
+    payments: PaymentsClient,
+}
+
+struct PaymentsClient {
+    http: reqwest::Client,
+}
+
+impl PaymentsClient {
+    async fn charge(&self, url: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.post(url).body("9.99").send().await
+    }
+}
+
+impl Shop {
+    async fn place(&self, url: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.post(url).body("order").send().await
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn place_then_stock(&self, orders: &str, stock: &str) -> Result<String, Error> {
+        self.place(orders).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn charge_then_stock(&self, charges: &str, stock: &str) -> Result<String, Error> {
+        self.payments.charge(charges).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+/// The README's `self.place(order).await` and `self.payments.charge(o).await`: helpers of
+/// `self` and of its fields are watched; seen sending nothing, their attempt counts as having
+/// sent an unkeyed POST, so the GET's 503 after them runs nothing again.
+#[tokio::test(start_paused = true)]
+async fn helpers_of_self_and_of_its_fields_are_watched() {
+    let shop = Shop {
+        http: client(),
+        payments: PaymentsClient { http: client() },
+    };
+    let posts = FaultServer::start(Script::always(Action::ok())).await;
+    let stock = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = shop
+        .place_then_stock(&posts.url("/orders"), &stock.url("/s"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.attempts(), posts.count(), stock.count()),
+        (1, 1, 1),
+        "{e}"
+    );
+    let e = shop
+        .charge_then_stock(&posts.url("/charges"), &stock.url("/s"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.attempts(), posts.count(), stock.count()),
+        (1, 2, 2),
+        "{e}"
+    );
+}
+
 /// A method of the service's own that sends nothing the runtime sees (here, a token from a
 /// cache): the method inferred, it is taken for an unseen send; declared, the declaration
 /// says what the body sends, helpers included, and the retry stays.
