@@ -384,6 +384,101 @@ async fn a_failed_keyed_call_names_its_key() {
     }
 }
 
+/// The other ways a keyed call ends after its request may have been carried out: a lost
+/// connection, a 5xx, a 409 "still in progress" until the deadline. Each message names the key.
+#[tokio::test(start_paused = true)]
+async fn every_failure_that_may_have_been_carried_out_names_the_key() {
+    let cases: [(&str, Action); 3] = [
+        ("reset", Action::reset()),
+        ("503", Action::status(503)),
+        ("409 in progress", Action::status(409).retry_after(1)),
+    ];
+    for (case, action) in cases {
+        let server = FaultServer::start(Script::always(action)).await;
+        let e = pay(&reqwest::Client::new(), &server.url("/charges"))
+            .await
+            .unwrap_err();
+        let sent = server.requests()[0]
+            .header("idempotency-key")
+            .unwrap()
+            .to_owned();
+        assert_eq!(e.idempotency_key(), Some(sent.as_str()), "{case}: {e}");
+        assert!(
+            e.to_string().contains(&format!(
+                "Idempotency-Key {sent}: the request may have been carried out"
+            )),
+            "{case}: {e}"
+        );
+    }
+}
+
+#[resilient(timeout = "100ms", deadline = "1s", max_attempts = 2, backoff(initial = "1ms", max = "5ms"), budget = false, idempotency_key = auto)]
+async fn pay_anyhow(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    http.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+#[resilient(timeout = "100ms", deadline = "1s", max_attempts = 2, backoff(initial = "1ms", max = "5ms"), budget = false, idempotency_key = auto)]
+async fn pay_boxed(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    http.post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+#[resilient(timeout = "100ms", deadline = "1s", max_attempts = 2, backoff(initial = "1ms", max = "5ms"), budget = false, idempotency_key = auto)]
+async fn pay_io(http: &reqwest::Client, url: &str) -> std::io::Result<()> {
+    http.post(url)
+        .body("39000")
+        .send()
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// "Both travel in the runtime's `Error`, returned as it is, boxed, in `anyhow` or an
+/// `io::Error`": an attempt timeout (the runtime's own failure) found in each with its
+/// attempts and its key.
+#[tokio::test(start_paused = true)]
+async fn the_attempts_and_the_key_travel_boxed_in_anyhow_and_in_io_errors() {
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let url = stalled.url("/charges");
+    let c = reqwest::Client::new();
+    let keys = |from: usize| -> Vec<String> {
+        stalled.requests()[from..]
+            .iter()
+            .map(|r| r.header("idempotency-key").unwrap().to_owned())
+            .collect()
+    };
+    let check = |what: &str, e: Option<&Error>, sent: &[String]| {
+        let e = e.unwrap_or_else(|| panic!("{what}: no resilience_runtime::Error inside"));
+        assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{what}: {e}");
+        assert_eq!(e.attempts(), 2, "{what}: {e}");
+        assert_eq!(sent.len(), 2, "{what}");
+        assert_eq!(e.idempotency_key(), Some(sent[0].as_str()), "{what}: {e}");
+        assert_eq!(sent[0], sent[1], "{what}: one key");
+    };
+    let e = pay_anyhow(&c, &url).await.unwrap_err();
+    check("anyhow", e.downcast_ref::<Error>(), &keys(0));
+    let e = pay_boxed(&c, &url).await.unwrap_err();
+    check("boxed", e.downcast_ref::<Error>(), &keys(2));
+    let e = pay_io(&c, &url).await.unwrap_err();
+    check(
+        "io::Error",
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()),
+        &keys(4),
+    );
+}
+
 #[resilient(
     timeout = "100ms",
     deadline = "1s",
