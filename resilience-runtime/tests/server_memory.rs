@@ -1377,3 +1377,176 @@ async fn a_write_back_whose_reads_go_unanswered_asks_again_before_counting() {
     assert!(store.calls(Op::Get) > 3);
     assert_eq!(slow.runs(), 1);
 }
+
+/// A service of the service's own, no router: answers 201 with a body and a trailer, and
+/// counts its runs.
+#[derive(Clone, Default)]
+struct Plain {
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One data frame, then one trailer.
+struct WithTrailer {
+    data: Option<bytes::Bytes>,
+    trailer: Option<axum::http::HeaderMap>,
+}
+
+impl http_body::Body for WithTrailer {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(http_body::Frame::data(d)),
+            None => self.trailer.take().map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
+impl tower_service::Service<axum::http::Request<axum::body::Body>> for Plain {
+    type Response = axum::http::Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: axum::http::Request<axum::body::Body>) -> Self::Future {
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut trailer = axum::http::HeaderMap::new();
+        trailer.insert("x-checksum", axum::http::HeaderValue::from_static("abc"));
+        let body = WithTrailer {
+            data: Some(bytes::Bytes::from(format!("charge {n}"))),
+            trailer: Some(trailer),
+        };
+        std::future::ready(Ok(axum::http::Response::builder()
+            .status(201)
+            .body(axum::body::Body::new(body))
+            .unwrap()))
+    }
+}
+
+/// What `axum::serve` needs of a service: its answers' bodies as axum's.
+#[derive(Clone)]
+struct Served<S>(S);
+
+impl<S, B> tower_service::Service<axum::http::Request<axum::body::Body>> for Served<S>
+where
+    S: tower_service::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<B>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = axum::http::Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<axum::body::Body>) -> Self::Future {
+        let answer = self.0.call(req);
+        Box::pin(async move { Ok(answer.await?.map(axum::body::Body::new)) })
+    }
+}
+
+/// "`IdempotencyLayer` does that for any tower service": a plain service, no router, served
+/// through a real socket: the handler runs once, the repeat is its replay; and the layer's
+/// count of it has an empty `http_route` (there is no router's template).
+#[tokio::test]
+async fn a_plain_tower_service_is_covered_as_a_router_is() {
+    use tower_layer::Layer as _;
+    #[cfg(feature = "metrics")]
+    let recorder = recorder();
+    #[cfg(feature = "metrics")]
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let plain = Plain::default();
+    let service = IdempotencyLayer::new(store()).layer(plain.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::http::Request<axum::body::Body>>::into_make_service(Served(
+                service,
+            )),
+        )
+        .await
+    });
+    let key = fresh_key();
+    let first = post(&url, Some(&key), "9.99").await;
+    assert_eq!(
+        (first.status, first.replayed(), first.body.as_str()),
+        (201, false, "charge 1")
+    );
+    let again = post(&url, Some(&key), "9.99").await;
+    assert_eq!(
+        (again.status, again.replayed(), again.body.as_str()),
+        (201, true, "charge 1")
+    );
+    assert_eq!(plain.runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    #[cfg(feature = "metrics")]
+    {
+        let handle = recorder.handle();
+        assert_eq!(answered_on(&handle, "handled", &[r#"http_route="""#]), 1.0);
+        assert_eq!(answered_on(&handle, "replayed", &[r#"http_route="""#]), 1.0);
+    }
+}
+
+/// "HTTP trailers are dropped from every answer the layer keeps, and from its replays": the
+/// same service called through the layer, its answers' frames read to their end.
+#[tokio::test]
+async fn trailers_are_dropped_from_a_kept_answer_and_its_replay() {
+    use http_body_util::BodyExt as _;
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+    let plain = Plain::default();
+    let mut service = IdempotencyLayer::new(store()).layer(plain.clone());
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/charges")
+            .header("idempotency-key", key.as_str())
+            .body(axum::body::Body::from("9.99"))
+            .unwrap()
+    };
+    // The service alone sends its trailer.
+    let alone = plain.clone().call(request()).await.unwrap();
+    let collected = alone.into_body().collect().await.unwrap();
+    assert!(
+        collected.trailers().is_some(),
+        "the control: a trailer is sent"
+    );
+    for (which, replayed) in [("kept", false), ("replay", true)] {
+        let res = service.call(request()).await.unwrap();
+        assert_eq!(
+            res.headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true"),
+            replayed,
+            "{which}"
+        );
+        let collected = res.into_body().collect().await.unwrap();
+        assert!(
+            collected.trailers().is_none(),
+            "{which}: {:?}",
+            collected.trailers()
+        );
+        assert_eq!(collected.to_bytes(), "charge 2", "{which}");
+    }
+}
