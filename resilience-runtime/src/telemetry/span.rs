@@ -263,5 +263,33 @@ mod tests {
             )),
             "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED&X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED"
         );
+        // Every name the README lists, in any case, `-` for `_`; names that only contain one
+        // are kept.
+        for name in [
+            "key",
+            "api_key",
+            "apikey",
+            "access_token",
+            "token",
+            "auth",
+            "password",
+            "secret",
+            "client_secret",
+            "TOKEN",
+            "Auth",
+            "Client-Secret",
+            "PassWord",
+            "API-KEY",
+        ] {
+            assert_eq!(
+                redacted(&u(&format!("https://h/p?{name}=v&n=1"))),
+                format!("https://h/p?{name}=REDACTED&n=1"),
+                "{name}"
+            );
+        }
+        for kept in ["tokens", "author", "keyword", "secretary", "monkey"] {
+            let url = format!("https://h/p?{kept}=v");
+            assert_eq!(redacted(&u(&url)), url, "{kept}");
+        }
     }
 }
