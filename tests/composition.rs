@@ -1377,6 +1377,103 @@ async fn a_nested_failure_returned_later_in_a_services_own_error_is_not_retried_
     assert_eq!(users.count(), 1, "{e}");
 }
 
+/// The same shapes in a service's client: the nested call a method of `self`, its failure
+/// returned later, boxed or in `anyhow` (both carry the runtime's `Error` with its mark).
+struct Pages {
+    http: reqwest::Client,
+}
+
+impl Pages {
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn recs(&self, url: &str) -> Result<String, Error> {
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(
+        timeout = "5s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn page_anyhow(&self, recs: &str, user: &str) -> anyhow::Result<String> {
+        let recs = self.recs(recs).await;
+        let user = self
+            .http
+            .get(user)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(format!("{user}{}", recs?))
+    }
+
+    #[resilient(
+        timeout = "5s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn page_boxed(
+        &self,
+        recs: &str,
+        user: &str,
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        let recs = self.recs(recs).await;
+        let user = self
+            .http
+            .get(user)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(format!("{user}{}", recs?))
+    }
+}
+
+/// "3 requests against a dead dependency, not 9", through `self.recs(..).await`, the failure
+/// returned after the body's own request, in `anyhow` and boxed.
+#[tokio::test(start_paused = true)]
+async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_and_boxed() {
+    let pages = Pages { http: client() };
+    let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let e = pages
+        .page_anyhow(&recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "anyhow: 3 attempts inside, none around: {e}"
+    );
+    assert_eq!(users.count(), 1, "{e}");
+    recs.clear();
+    let e = pages
+        .page_boxed(&recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "boxed: 3 attempts inside, none around: {e}"
+    );
+    assert_eq!(users.count(), 2, "{e}");
+}
+
 // --- Helpers handed the client --------------------------------------------------------------
 
 /// A helper of the service's own: its POST goes out unseen (not rewritten, no key).
