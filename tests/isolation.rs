@@ -313,3 +313,44 @@ async fn a_call_refused_by_its_bulkhead_runs_no_attempt_and_is_counted_once() {
     );
     holder.abort();
 }
+
+/// One slot of an adaptive concurrency limit that stays at one, waited for up to 500 ms.
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(initial = 1, min = 1, max = 1, latency = "500ms", max_wait = "500ms")
+)]
+async fn one_limited_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The wait for a concurrency-limit slot counts against the deadline, as a bulkhead's does:
+/// 200 ms waited, the attempt gets the 800 ms left, and the call ends 1 s after it began.
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_concurrency_limit_slot_counts_against_the_deadline() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(200)),
+    ))
+    .await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let holder = {
+        let (c, url) = (c.clone(), slow.url("/"));
+        tokio::spawn(async move { one_limited_slot(&c, &url).await })
+    };
+    assert!(slow.wait_for(1).await >= 1, "the holder's request arrived");
+    let started = Instant::now();
+    let e = one_limited_slot(&c, &stalled.url("/")).await.unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(started.elapsed(), Duration::from_secs(1), "{e}");
+    assert_eq!(stalled.count(), 1);
+    assert_eq!(holder.await.unwrap().unwrap(), 200);
+}
