@@ -333,3 +333,45 @@ async fn a_call_handed_less_than_its_timeout_measures_the_tenth_against_what_it_
     assert_eq!(got.unwrap(), "fine");
     assert_eq!(server.count(), 2);
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    breaker = { name = "cut_by_outer_attempts", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1h", half_open_calls = 1 },
+)]
+async fn guarded_inner(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// An outer call whose attempts last 50 ms, a twentieth of the inner call's timeout.
+#[resilient(timeout = "50ms", deadline = "10s", max_attempts = 1, budget = false)]
+async fn hurried_outer(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    guarded_inner(c, url).await
+}
+
+/// The same rule for "an outer attempt ending": a nested call whose attempt an outer call's
+/// 50 ms attempt cut short (under a tenth of its own 1 s timeout) says nothing of the
+/// dependency, and its breaker stays closed; the same dependency hanging through the inner
+/// call's own timeout opens it (the control).
+#[tokio::test(start_paused = true)]
+async fn a_nested_attempt_cut_short_by_its_outer_attempt_does_not_open_its_breaker() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    for _ in 0..4 {
+        let e = hurried_outer(&c, &server.url("/")).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+    }
+    assert_eq!(server.count(), 4, "every inner attempt was sent");
+    let state = || {
+        resilience_runtime::metrics::breaker("cut_by_outer_attempts")
+            .expect("used")
+            .state
+    };
+    assert_eq!(state(), resilience_runtime::breaker::BreakerState::Closed);
+    for _ in 0..2 {
+        let e = guarded_inner(&c, &server.url("/")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    }
+    assert_eq!(state(), resilience_runtime::breaker::BreakerState::Open);
+}
