@@ -1253,6 +1253,13 @@ fn take(e: &mut syn::Expr) -> syn::Expr {
 /// `match`, not a block with a `let`: the temporaries of `expr` (`&n.to_string()` in a query
 /// builder's chain) then live to the end of the user's statement, as they did unwritten.
 fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str) -> syn::Expr {
+    // A parenthesized receiver (`(&outbox).send()`, the way to send through a borrow) goes in
+    // without its parentheses, which an argument does not need: kept, `unused_parens` would
+    // warn at the user's code, an error under `#![deny(warnings)]`.
+    let mut expr = expr;
+    while let syn::Expr::Paren(inner) = expr {
+        expr = *inner.expr;
+    }
     let method = syn::Ident::new(method, span);
     let mut held: syn::ExprMatch = syn::parse_quote_spanned! {span=>
         match #p::Stampable::new(()) {
