@@ -624,9 +624,12 @@ async fn charge_generic<U: reqwest::IntoUrl + Clone + AsRef<str>>(
     Ok(resp.error_for_status()?.status().as_u16())
 }
 
+/// A fault, named, and how the server answers every request with it.
+type Fault = (&'static str, fn() -> Action);
+
 #[tokio::test(start_paused = true)]
 async fn an_unkeyed_post_is_sent_once_and_a_keyed_one_resent_in_every_shape() {
-    let faults: [(&str, fn() -> Action); 4] = [
+    let faults: [Fault; 4] = [
         ("reset", Action::reset),
         ("close", Action::close),
         ("stall", Action::stall),
