@@ -97,3 +97,20 @@ async fn without_reqwests_retry_the_policy_does_not_resend_it() {
     assert_eq!(server.streams.load(Ordering::SeqCst), 1);
     assert_eq!(server.processed.load(Ordering::SeqCst), 0);
 }
+
+/// "At most two, inside the attempt": a server refusing every stream gets the request three
+/// times from reqwest (the first and its two retries), all inside the one attempt; the
+/// refusal then reaches the policy as a reset, after which an unkeyed POST is not sent again.
+#[tokio::test]
+async fn reqwests_own_retries_stop_at_two_inside_one_attempt() {
+    let server = refusing(usize::MAX).await;
+    let c = ClientSettings::DEFAULT
+        .builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let e = create_order(&c, &server.url).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 3, "{e}");
+    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+}
