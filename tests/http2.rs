@@ -114,3 +114,110 @@ async fn reqwests_own_retries_stop_at_two_inside_one_attempt() {
     assert_eq!(server.streams.load(Ordering::SeqCst), 3, "{e}");
     assert_eq!(server.processed.load(Ordering::SeqCst), 0);
 }
+
+/// An h2c server whose first connection, once the client's HEADERS arrive, says a graceful
+/// `GOAWAY` (`NO_ERROR`) with last stream id 0: "I processed none of your streams, go
+/// elsewhere" (a server draining for a deploy). Written as raw frames, since a server built
+/// on `h2` has accepted the stream by then. Every later connection is served by `h2`,
+/// answering 201 and counting the bodies it processed.
+async fn draining_first() -> Refusing {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    let streams = Arc::new(AtomicUsize::new(0));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (s, p) = (streams.clone(), processed.clone());
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        // The client's preface, then its frames until a HEADERS (type 1).
+        let mut preface = [0u8; 24];
+        if socket.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        // The server's preface: an empty SETTINGS.
+        let _ = socket.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+        loop {
+            let mut head = [0u8; 9];
+            if socket.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if socket.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if head[3] == 1 {
+                s.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+        // GOAWAY: last stream id 0, NO_ERROR.
+        let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let _ = socket.write_all(&goaway).await;
+        let _ = socket.flush().await;
+        // Read what else comes until the client closes.
+        let mut rest = [0u8; 1024];
+        while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+        drop(socket);
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, p) = (s.clone(), p.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    let mut body = request.into_body();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk.unwrap();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    p.fetch_add(1, Ordering::SeqCst);
+                    let response = hyper::Response::builder().status(201).body(()).unwrap();
+                    let _ = respond.send_response(response, true);
+                }
+            });
+        }
+    });
+    Refusing {
+        url,
+        streams,
+        processed,
+    }
+}
+
+/// "… a graceful `GOAWAY`": the stream the draining server never processed is sent again by
+/// a client of the settings, on a new connection, inside the one attempt; processed once.
+#[tokio::test]
+async fn a_stream_a_draining_server_never_processed_is_sent_again_on_a_new_connection() {
+    let server = draining_first().await;
+    let c = ClientSettings::DEFAULT
+        .builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    assert_eq!(create_order(&c, &server.url).await.unwrap(), 201);
+    assert_eq!(server.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
+}
+
+/// The control: with reqwest's retries off, the graceful `GOAWAY` reaches the policy, which
+/// cannot tell it from a reset after the POST was processed, and sends it no more.
+#[tokio::test]
+async fn without_reqwests_retry_the_draining_servers_refusal_ends_the_call() {
+    let server = draining_first().await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let e = create_order(&c, &server.url).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 1);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+}
