@@ -384,6 +384,71 @@ async fn a_failed_keyed_call_names_its_key() {
     }
 }
 
+/// A service's request builder that writes a key of its own, drawn afresh each time it runs.
+fn charge_request(http: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let key = format!("drawn-{}", DRAWN.fetch_add(1, Ordering::SeqCst));
+    http.post(url).header("Idempotency-Key", key).body("39000")
+}
+
+/// The same builder handed the key to write.
+fn charge_request_keyed(http: &reqwest::Client, url: &str, key: &str) -> reqwest::RequestBuilder {
+    http.post(url).header("Idempotency-Key", key).body("39000")
+}
+
+#[resilient(timeout = "1s", deadline = "5s", max_attempts = 3, backoff(initial = "1ms", max = "5ms"), budget = false, idempotency_key = auto, method = POST)]
+async fn pay_through_a_builder(http: &reqwest::Client, url: &str) -> Result<(), Error> {
+    charge_request(http, url).send().await?.error_for_status()?;
+    Ok(())
+}
+
+#[resilient(timeout = "1s", deadline = "5s", max_attempts = 3, backoff(initial = "1ms", max = "5ms"), budget = false, idempotency_key = key, method = POST)]
+async fn pay_through_a_keyed_builder(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> Result<(), Error> {
+    charge_request_keyed(http, url, key)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// A keyed call whose request arrives with a key of its own keeps that header (it is the
+/// service's), but that key is the call's only when it is the same value: one drawn afresh on
+/// each run of the body would make every retry a new charge, so the request counts as unkeyed
+/// and is sent once. The same builder writing the call's own key is retried with it.
+#[tokio::test(start_paused = true)]
+async fn a_request_with_a_key_of_its_own_is_retried_only_when_it_is_the_calls() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = pay_through_a_builder(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "not sent again under another key: {e}");
+    assert_eq!(
+        server.requests()[0].header("idempotency-key"),
+        Some("drawn-0"),
+        "the service's own header kept"
+    );
+    // Nor does the error send the caller looking for an outcome under the call's key, which
+    // no server saw.
+    assert_eq!(e.idempotency_key(), None, "{e}");
+    assert!(!e.to_string().contains("Idempotency-Key"), "{e}");
+    server.clear();
+    let e =
+        pay_through_a_keyed_builder(&reqwest::Client::new(), &server.url("/charges"), "order-7")
+            .await
+            .unwrap_err();
+    let keys: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys, vec![Some("order-7".to_owned()); 3], "{e}");
+    assert_eq!(e.idempotency_key(), Some("order-7"), "{e}");
+}
+
 /// The other ways a keyed call ends after its request may have been carried out: a lost
 /// connection, a 5xx, a 409 "still in progress" until the deadline. Each message names the key.
 #[tokio::test(start_paused = true)]

@@ -416,6 +416,12 @@ pub(crate) struct AttemptCtx {
     /// request the attempt sent (an OpenTelemetry span keeps every value recorded, so they are
     /// recorded once).
     pub described: Cell<bool>,
+    /// A request of this call carried the call's key (stamped with it, or bringing a header of
+    /// the same value). Kept across attempts.
+    pub key_sent: Cell<bool>,
+    /// A request of this call brought an `Idempotency-Key` of another value (kept as it came).
+    /// Kept across attempts.
+    pub foreign_key: Cell<bool>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -536,7 +542,18 @@ impl AttemptCtx {
             unproven: Cell::new(false),
             helpers_running: Cell::new(0),
             described: Cell::new(false),
+            key_sent: Cell::new(false),
+            foreign_key: Cell::new(false),
         }
+    }
+
+    /// The key an error of this call names: the call's, unless no request of the call carried
+    /// it and one brought a key of its own (then the call's key reached no server, and naming
+    /// it would send the caller looking for an outcome under a key the server never saw).
+    pub(crate) fn named_key(&self) -> Option<&Key> {
+        self.key
+            .as_ref()
+            .filter(|_| self.key_sent.get() || !self.foreign_key.get())
     }
 
     /// The call's request id, the same on every attempt: the caller's (inbound or enclosing

@@ -203,6 +203,25 @@ pub fn stamp_request(req: &mut reqwest::Request) {
     let _ = with_attempt(|ctx| stamp(ctx, req));
 }
 
+/// Whether a request's own `Idempotency-Key` value is the call's key, as the stamping would
+/// have written it (an automatic key bare or quoted, whichever `KeyFormat` is in use now).
+#[cold]
+fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
+    match key {
+        crate::context::Key::Given(h) => h == value,
+        crate::context::Key::Auto(u) => {
+            let mut b = uuid::Uuid::encode_buffer();
+            let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
+            let v = value.as_bytes();
+            v == uuid
+                || (v.len() == uuid.len() + 2
+                    && v[0] == b'"'
+                    && v[v.len() - 1] == b'"'
+                    && &v[1..v.len() - 1] == uuid)
+        }
+    }
+}
+
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
@@ -217,8 +236,26 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // each header value is a slice of that one allocation.
     let mut buf = Stamp::default();
     let key = match &ctx.key {
-        Some(_) if headers.contains_key(&IDEMPOTENCY_KEY) => None,
+        // A request that brings a key of its own (a helper's builder, headers copied from the
+        // request being served) keeps it; it carries the call's key only when it is the same
+        // value. Another value (one a helper draws afresh each time the body runs) is no key
+        // the attempts share: the request counts as unkeyed, so it is not sent again after it
+        // may have reached the server.
+        Some(k) if headers.contains_key(&IDEMPOTENCY_KEY) => {
+            if headers
+                .get_all(&IDEMPOTENCY_KEY)
+                .iter()
+                .all(|v| is_the_calls_key(k, v))
+            {
+                ctx.key_sent.set(true);
+            } else {
+                ctx.all_keyed.set(false);
+                ctx.foreign_key.set(true);
+            }
+            None
+        }
         Some(Key::Auto(u)) => {
+            ctx.key_sent.set(true);
             let mut b = uuid::Uuid::encode_buffer();
             let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
             // Bare, or the IETF draft's quoted Structured Field string (`KeyFormat`).
@@ -227,7 +264,10 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
             buf.push(uuid);
             Some(Err(start..buf.push(d).end))
         }
-        Some(Key::Given(h)) => Some(Ok(h.clone())),
+        Some(Key::Given(h)) => {
+            ctx.key_sent.set(true);
+            Some(Ok(h.clone()))
+        }
         None => {
             if !headers.contains_key(&IDEMPOTENCY_KEY) {
                 ctx.all_keyed.set(false);

@@ -40,7 +40,7 @@ impl<'a, E> Probe<'a, E> {
         Probe(
             Cell::new(Some(err)),
             session.attempts(),
-            session.ctx.key.as_ref(),
+            session.ctx.named_key(),
             session.last.status,
             Some(session),
         )

@@ -795,7 +795,7 @@ impl Session {
             .with_attempts(self.attempts)
             .with_class(Some(class), self.last.status)
             .with_elapsed(self.started.elapsed());
-        err.set_key(self.ctx.key.as_ref());
+        err.set_key(self.ctx.named_key());
         err
     }
 
@@ -1262,7 +1262,7 @@ impl Session {
                         PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                         self.give_up(class, GiveUp::BudgetExhausted);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
-                        err.set_key(self.ctx.key.as_ref());
+                        err.set_key(self.ctx.named_key());
                         let err = err
                             .with_class(Some(class), self.last.status)
                             .with_elapsed(self.started.elapsed());
@@ -1363,7 +1363,7 @@ impl Session {
                 status = self.last.status,
                 decision = "give up",
                 reason = why.as_str(),
-                idempotency_key = self.ctx.key.as_ref().map(tracing::field::display),
+                idempotency_key = self.ctx.named_key().map(tracing::field::display),
                 "attempt failed; giving up"
             );
         }
