@@ -105,6 +105,37 @@ async fn one_span_per_call_and_one_event_per_attempt() {
     );
 }
 
+/// At info, the level a service's log usually keeps, a call retried and then answered shows
+/// its end too ("attempt succeeded", attempt 2), while a call answered at once leaves nothing.
+#[tokio::test(start_paused = true)]
+async fn a_success_after_a_retry_is_logged_at_info() {
+    let (buf, _guard) = support::capture(tracing::Level::INFO, false);
+    let server = FaultServer::start(vec![Action::status(503), Action::ok(), Action::ok()]).await;
+    let c = reqwest::Client::new();
+    assert_eq!(traced(&c, &server.url("/")).await.unwrap(), "ok");
+    let out = buf.text();
+    let events: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("resilience_runtime"))
+        .collect();
+    assert_eq!(events.len(), 2, "the retry and the success:\n{out}");
+    assert!(events[0].contains("decision=\"retry\""), "{}", events[0]);
+    assert!(
+        events[1].contains("INFO")
+            && events[1].contains("attempt succeeded")
+            && events[1].contains("attempt=2"),
+        "{}",
+        events[1]
+    );
+    buf.0.lock().unwrap().clear();
+    assert_eq!(traced(&c, &server.url("/")).await.unwrap(), "ok");
+    assert!(
+        !buf.text().contains("attempt succeeded"),
+        "a first attempt's success stays at debug:\n{}",
+        buf.text()
+    );
+}
+
 /// A keyed charge whose error type keeps only reqwest's error (`#[from] reqwest::Error`): the
 /// error it returns cannot say how many attempts ran or with which key, so the event of the
 /// call's end does.

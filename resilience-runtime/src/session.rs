@@ -1090,11 +1090,21 @@ impl Session {
         }
         {
             let _e = self.span.enter();
-            tracing::debug!(
-                attempt = self.attempts,
-                status = self.last.status,
-                "attempt succeeded"
-            );
+            if self.retried == 0 {
+                tracing::debug!(
+                    attempt = self.attempts,
+                    status = self.last.status,
+                    "attempt succeeded"
+                );
+            } else {
+                // After a retry, at info: a log kept at info shows each failed attempt
+                // ("retrying") and then how the call ended, not only the failures.
+                tracing::info!(
+                    attempt = self.attempts,
+                    status = self.last.status,
+                    "attempt succeeded"
+                );
+            }
         }
         self.finish(true, false);
     }
