@@ -670,3 +670,64 @@ async fn an_unkeyed_post_is_sent_once_and_a_keyed_one_resent_in_every_shape() {
     }
     assert_eq!(gw.charges, 4, "one attempt of charge_opaque per fault");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn get_text(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, idempotency_key = auto)]
+async fn post_keyed_text(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The method chosen at run time (a POST), GET declared, every class retried: only what went
+/// out stops the retry.
+#[resilient(timeout = "1s", deadline = "20s", backoff(initial = "10ms", max = "50ms"), budget = false, method = GET)]
+async fn runtime_post_text(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.request(chosen_method(url), url)
+        .body("amount=100")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// An answer whose body the connection cuts short (`Content-Length: 100`, two bytes, then the
+/// server closes): the request was answered and the answer lost, a reset. A GET is sent again,
+/// a keyed POST with its key; an unkeyed POST is not (it was carried out).
+#[tokio::test(start_paused = true)]
+async fn an_answer_cut_short_mid_body_is_a_reset() {
+    let cut = || {
+        Action::ok()
+            .header("content-length", "100")
+            .header("connection", "close")
+    };
+    let c = client();
+    let server = FaultServer::start(resilience_fault_server::Script::dynamic(move |_| cut())).await;
+    let url = server.url("/op");
+    let e = get_text(&c, &url).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
+    assert_eq!((e.attempts(), server.count()), (3, 3), "GET: {e}");
+    server.clear();
+    let e = post_keyed_text(&c, &url).await.unwrap_err();
+    assert_eq!(e.attempts(), 3, "keyed POST: {e}");
+    assert_one_call("keyed POST, cut short", &server.requests(), true);
+    server.clear();
+    let e = runtime_post_text(&c, &url).await.unwrap_err();
+    assert_eq!((e.attempts(), server.count()), (1, 1), "unkeyed POST: {e}");
+    // A body that arrived whole but does not decode stays the function's own failure, not
+    // retried (`exactly_once.rs`, `a_keyed_call_whose_answer_did_not_decode_names_its_key`).
+}

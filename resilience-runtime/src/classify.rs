@@ -74,6 +74,16 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             if h.is_parse() || h.is_parse_status() {
                 return Some(Class::Reset);
             }
+            // An answer whose body the connection cut short (fewer bytes than its
+            // `Content-Length`, or chunks not all there, before the peer closed): hyper's own
+            // end of file under its body error. The request was answered and the answer lost:
+            // a reset, not the function's failure to decode a body that arrived whole.
+            if h.source()
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof)
+            {
+                return Some(Class::Reset);
+            }
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
             // `io::Error::source` skips the error it wraps: look at that one first. Its kind
             // says a network failure only when the operating system gave it: an `io::Error`
