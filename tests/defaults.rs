@@ -124,3 +124,59 @@ async fn a_rate_limit_given_only_its_rate() {
 fn editing_the_policy_file_rebuilds_the_crate() {
     support::assert_built_from(&["resilience.toml", "Cargo.toml"]);
 }
+
+/// The defaults but the budget (off, so that calls of other tests of this binary, running at
+/// once, cannot spend this function's retries).
+#[resilient(budget = false)]
+async fn unbudgeted(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The default backoff, exponential from 100 ms doubling with full jitter: the wait before the
+/// second attempt is at most 100 ms, before the third at most 200 ms, and the waits differ
+/// from call to call (jitter: callers that failed together do not come back together).
+#[tokio::test(start_paused = true)]
+async fn the_default_backoff_is_exponential_with_full_jitter() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let mut firsts = Vec::new();
+    for _ in 0..8 {
+        server.clear();
+        let e = unbudgeted(&c, &server.url("/")).await.unwrap_err();
+        assert_eq!(e.attempts(), 3, "{e}");
+        let at: Vec<Instant> = server.requests().iter().map(|r| r.at).collect();
+        let (first, second) = (at[1] - at[0], at[2] - at[1]);
+        assert!(first <= Duration::from_millis(100), "{first:?}");
+        assert!(second <= Duration::from_millis(200), "{second:?}");
+        firsts.push(first);
+    }
+    firsts.sort();
+    firsts.dedup();
+    assert!(firsts.len() > 1, "the same wait every time: {firsts:?}");
+}
+
+/// The default client settings' connect timeout, 3 s, below the default attempt timeout
+/// (10 s): a connect that stalls ends at 3 s as a connect failure (never sent), which every
+/// method may retry, instead of using the attempt's whole 10 s.
+#[tokio::test(start_paused = true)]
+async fn the_settings_connect_timeout_ends_a_stalled_connect_at_3s() {
+    use resilience_runtime::ClientSettings;
+    assert!(ClientSettings::DEFAULT.connect_timeout < Duration::from_secs(10));
+    let hole = resilience_fault_server::Blackhole::new();
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let started = Instant::now();
+    let e = unbudgeted(&c, &hole.url("/")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+    assert_eq!(e.attempts(), 3, "{e}");
+    // Three connects of 3 s and two waits of at most 100 and 200 ms.
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_millis(9_300),
+        "{took:?}"
+    );
+}
