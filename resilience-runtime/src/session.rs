@@ -966,6 +966,13 @@ impl Session {
 
     /// Keeps what a hedge's (or a hedged first attempt's) requests recorded.
     pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
+        // Which key the call's requests carried, for the key its error names (`named_key`).
+        if ctx.key_sent.get() {
+            self.ctx.key_sent.set(true);
+        }
+        if ctx.foreign_key.get() {
+            self.ctx.foreign_key.set(true);
+        }
         record(
             &mut self.last,
             &mut self.sent,
