@@ -2102,9 +2102,9 @@ async fn a_helper_the_runtime_sees_keeps_the_retry() {
     assert_eq!((stock.count(), price.count()), (2, 2));
 }
 
-/// In a keyed function a helper is not watched (the key says the call may run again): its POST
-/// written with `.resilient()` carries the call's key, the same on every attempt, so the
-/// server can keep it to one.
+/// A keyed function's helper whose POST is written with `.resilient()`: seen, and carrying the
+/// call's key, the same on every attempt, so the server can keep it to one, and the retry
+/// stays.
 async fn place_order(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
     use resilience_runtime::RequestBuilderExt as _;
     c.post(url).body("order").resilient().send().await
@@ -2279,10 +2279,28 @@ impl PricedApi {
             .await?)
     }
 
-    /// Keyed: the call as a whole may run again, its helper is not watched; a 409 "still in
-    /// progress" is asked again until the replay.
-    #[resilient(timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+    /// Keyed, its method declared (the helper fetches a token, nothing unsafe): a 409 "still
+    /// in progress" is asked again until the replay.
+    #[resilient(timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto, method = POST)]
     async fn charge(&self, url: &str) -> Result<String, Error> {
+        let t = self.token().await;
+        Ok(self
+            .http
+            .post(url)
+            .bearer_auth(t)
+            .body("9")
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    /// Keyed, the method inferred: the helper is watched as in an unkeyed function, since the
+    /// key goes only on the requests the runtime stamps. Seen sending nothing, it may have sent
+    /// a POST without the key: no ask for the replay runs the body again.
+    #[resilient(timeout = "2s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+    async fn charge_inferred(&self, url: &str) -> Result<String, Error> {
         let t = self.token().await;
         Ok(self
             .http
@@ -2323,14 +2341,62 @@ async fn a_helper_seen_sending_nothing_counts_as_unseen_unless_the_method_is_dec
     price.clear();
     assert_eq!(api.price_declared(&price.url("/p")).await.unwrap(), "9");
     assert_eq!(price.count(), 2);
-    // Keyed, the same helper does not end the wait for the replay.
+    // Keyed, the same helper ends the wait for the replay (it may have sent a POST without
+    // the key), and the error names the key to look the outcome up with; declared, it does not.
     let charges = FaultServer::start(vec![
         Action::status(409).retry_after(1),
         Action::ok().body("charged"),
     ])
     .await;
+    let e = api.charge_inferred(&charges.url("/c")).await.unwrap_err();
+    assert_eq!((e.attempts(), charges.count()), (1, 1), "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+    charges.clear();
     assert_eq!(api.charge(&charges.url("/c")).await.unwrap(), "charged");
     assert_eq!(charges.count(), 2);
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn keyed_order_then_pay(
+    c: &reqwest::Client,
+    orders: &str,
+    pay: &str,
+) -> Result<String, Error> {
+    create_order(c, orders).await?.error_for_status()?;
+    Ok(c.post(pay)
+        .body("9.99")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A keyed function whose helper sends its POST without `.resilient()` (unseen, without the
+/// key) before the body's own keyed POST: the key does not cover the helper's order, so the
+/// 503 of the payment does not run the body again (which would place the order twice).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_functions_unseen_helper_post_is_not_resent() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = keyed_order_then_pay(&client(), &orders.url("/orders"), &pay.url("/pay"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.attempts(), orders.count(), pay.count()),
+        (1, 1, 1),
+        "{e}"
+    );
+    assert!(
+        e.idempotency_key().is_some(),
+        "the payment went with the key: {e}"
+    );
 }
 
 /// A service's own client whose builder has a `.send()` of its own (the inner reqwest send is

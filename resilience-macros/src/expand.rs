@@ -52,12 +52,14 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let mut block = (*f.block).clone();
     // Where the method is inferred from the body's own requests, a helper it awaits, handed
     // the client, may send another (a POST beside the body's GET) unseen: such helpers are
-    // wrapped, and one seen sending nothing makes its attempt count as the least safe. A
-    // declared `method` is the least safe the body sends, helpers included; a key or
-    // `idempotent` says the call as a whole may run again (a keyed call keeps asking for its
-    // replay: a helper fetching a token must not end that).
+    // wrapped, and one seen sending nothing makes its attempt count as the least safe,
+    // unkeyed. So in a keyed function too: the key is on the requests the runtime stamps, not
+    // on a helper's POST sent without `.resilient()`, which each retry (or ask for the
+    // replay) would send again. A declared `method` is the least safe the body sends, helpers
+    // included (a keyed charge whose helper fetches a token declares it to keep its retries
+    // and its asks); `idempotent` says the call as a whole may run again.
     let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
-    let watch = s.method.is_none() && !keyed && !s.idempotent.value;
+    let watch = s.method.is_none() && !s.idempotent.value;
     let clients = watch.then(|| client_names(sig));
     let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read, a helper whose
