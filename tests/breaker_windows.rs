@@ -337,3 +337,52 @@ async fn slow_throttling_answers_are_slow_calls() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(slow.count(), 4);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "permanent_failures",
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1h",
+        half_open_calls = 1
+    )
+)]
+async fn decoded(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json::<u32>()
+        .await?)
+}
+
+/// Only transient failures count against the breaker: a dependency that answers 404, or a
+/// body the function cannot decode, is up (the caller's request or its own code is at fault),
+/// and refusing every caller for `open_for` would help no one. The control: 503s open it.
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_do_not_open_the_breaker() {
+    let c = reqwest::Client::new();
+    let missing = FaultServer::start(Script::always(Action::status(404))).await;
+    let garbled = FaultServer::start(Script::always(Action::ok().body("not a number"))).await;
+    for _ in 0..8 {
+        let e = decoded(&c, &missing.url("/")).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+        let e = decoded(&c, &garbled.url("/")).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    assert_eq!((missing.count(), garbled.count()), (8, 8));
+    assert_eq!(
+        metrics::breaker("permanent_failures").unwrap().state,
+        BreakerState::Closed
+    );
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..4 {
+        decoded(&c, &failing.url("/")).await.unwrap_err();
+    }
+    let e = decoded(&c, &failing.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+}
