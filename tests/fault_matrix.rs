@@ -731,3 +731,25 @@ async fn an_answer_cut_short_mid_body_is_a_reset() {
     // A body that arrived whole but does not decode stays the function's own failure, not
     // retried (`exactly_once.rs`, `a_keyed_call_whose_answer_did_not_decode_names_its_key`).
 }
+
+/// An answer whose status line is not HTTP (a broken proxy, a crashed server's garbage): the
+/// request reached something that answered, and the answer is lost: a reset. A GET is sent
+/// again, a keyed POST with its key; an unkeyed POST is not.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_answer_is_a_reset() {
+    let garbage = || Action::raw("HTTP/1.1 abc\r\n\r\n");
+    let c = client();
+    let server =
+        FaultServer::start(resilience_fault_server::Script::dynamic(move |_| garbage())).await;
+    let url = server.url("/op");
+    let e = get_text(&c, &url).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
+    assert_eq!((e.attempts(), server.count()), (3, 3), "GET: {e}");
+    server.clear();
+    let e = post_keyed_text(&c, &url).await.unwrap_err();
+    assert_eq!(e.attempts(), 3, "keyed POST: {e}");
+    assert_one_call("keyed POST, malformed answer", &server.requests(), true);
+    server.clear();
+    let e = runtime_post_text(&c, &url).await.unwrap_err();
+    assert_eq!((e.attempts(), server.count()), (1, 1), "unkeyed POST: {e}");
+}

@@ -45,6 +45,9 @@ pub enum Action {
     Reset,
     /// Close the connection (FIN) without answering.
     Close,
+    /// Write these bytes as the answer, as they are (a malformed status line, a head cut
+    /// short), then close: what a broken proxy or a crashed server leaves on the wire.
+    Raw(Vec<u8>),
     /// Wait this long (`tokio::time::sleep`), then carry out the inner action.
     Delay(Duration, Box<Action>),
     /// Apply the request's effect, then carry out the inner action.
@@ -126,6 +129,12 @@ impl Action {
     /// Read the request, then reset the connection (see [`Action::Reset`]).
     pub fn reset() -> Action {
         Action::Reset
+    }
+
+    /// Read the request, then write `bytes` as the answer, unframed, and close (see
+    /// [`Action::Raw`]).
+    pub fn raw(bytes: impl Into<Vec<u8>>) -> Action {
+        Action::Raw(bytes.into())
     }
 
     /// Read the request, then close the connection without answering (see [`Action::Close`]).

@@ -441,6 +441,10 @@ async fn perform(
                 return false;
             }
             Action::Close => return false,
+            Action::Raw(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                return false;
+            }
         };
     }
 }
