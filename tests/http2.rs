@@ -17,39 +17,49 @@ struct Refusing {
     processed: Arc<AtomicUsize>,
 }
 
+/// Serves h2c on every connection `listener` accepts: counts each stream in `streams`, refuses
+/// the streams while that count is below `refuse` (`REFUSED_STREAM`), reads the others' bodies,
+/// counts them in `processed` and answers 201.
+async fn serve_h2(
+    listener: tokio::net::TcpListener,
+    streams: Arc<AtomicUsize>,
+    processed: Arc<AtomicUsize>,
+    refuse: usize,
+) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let (s, p) = (streams.clone(), processed.clone());
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(socket).await else {
+                return;
+            };
+            while let Some(Ok((request, mut respond))) = conn.accept().await {
+                if s.fetch_add(1, Ordering::SeqCst) < refuse {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                let mut body = request.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                p.fetch_add(1, Ordering::SeqCst);
+                let response = hyper::Response::builder().status(201).body(()).unwrap();
+                let _ = respond.send_response(response, true);
+            }
+        });
+    }
+}
+
 async fn refusing(refuse: usize) -> Refusing {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/orders", listener.local_addr().unwrap());
     let streams = Arc::new(AtomicUsize::new(0));
     let processed = Arc::new(AtomicUsize::new(0));
     let (s, p) = (streams.clone(), processed.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let (s, p) = (s.clone(), p.clone());
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    if s.fetch_add(1, Ordering::SeqCst) < refuse {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                        continue;
-                    }
-                    let mut body = request.into_body();
-                    while let Some(chunk) = body.data().await {
-                        let chunk = chunk.unwrap();
-                        let _ = body.flow_control().release_capacity(chunk.len());
-                    }
-                    p.fetch_add(1, Ordering::SeqCst);
-                    let response = hyper::Response::builder().status(201).body(()).unwrap();
-                    let _ = respond.send_response(response, true);
-                }
-            });
-        }
-    });
+    tokio::spawn(serve_h2(listener, s, p, refuse));
     Refusing {
         url,
         streams,
@@ -161,28 +171,7 @@ async fn draining_first() -> Refusing {
         let mut rest = [0u8; 1024];
         while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
         drop(socket);
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let (s, p) = (s.clone(), p.clone());
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    let mut body = request.into_body();
-                    while let Some(chunk) = body.data().await {
-                        let chunk = chunk.unwrap();
-                        let _ = body.flow_control().release_capacity(chunk.len());
-                    }
-                    p.fetch_add(1, Ordering::SeqCst);
-                    let response = hyper::Response::builder().status(201).body(()).unwrap();
-                    let _ = respond.send_response(response, true);
-                }
-            });
-        }
+        serve_h2(listener, s, p, 0).await;
     });
     Refusing {
         url,
