@@ -65,6 +65,50 @@ async fn keys_are_bare_by_default_and_quoted_when_set_and_the_layer_takes_both()
         2,
         "one run per call"
     );
+
+    // The format is the call's from its start: set between two attempts of one call, it
+    // changes the next call, not the key this one already sent (a gateway comparing keys as
+    // strings would take `uuid` and `"uuid"` for two charges).
+    let flaky = FaultServer::start(vec![Action::status(503)]).await;
+    order_switching_format(&http, &flaky.url("/orders"))
+        .await
+        .unwrap();
+    assert_eq!(
+        KeyFormat::current(),
+        KeyFormat::Quoted,
+        "set by the second run"
+    );
+    KeyFormat::Bare.set();
+    let keys: Vec<String> = flaky
+        .requests()
+        .iter()
+        .map(|s| s.idempotency_key().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "one key, byte for byte");
+    assert_eq!(
+        keys[0].len(),
+        36,
+        "bare, as when the call began: {}",
+        keys[0]
+    );
+}
+
+/// Sets the process's key format to quoted when its body runs the second time.
+#[resilient(timeout = "2s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn order_switching_format(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    if RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+        KeyFormat::Quoted.set();
+    }
+    Ok(http
+        .post(url)
+        .body("1 pear")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 /// The order the caller built, whose own id is the key.

@@ -122,7 +122,10 @@ impl<F: std::future::Future> std::future::Future for Scoped<F> {
 /// The idempotency key of one logical call.
 #[derive(Debug, Clone)]
 pub(crate) enum Key {
-    Auto(uuid::Uuid),
+    /// Drawn for the call, written in the format in use when the call began: the same bytes
+    /// on every attempt, whatever `KeyFormat::set` does meanwhile (a server comparing keys as
+    /// strings would take `uuid` and `"uuid"` for two).
+    Auto(uuid::Uuid, crate::client::KeyFormat),
     Given(HeaderValue),
 }
 
@@ -130,7 +133,7 @@ pub(crate) enum Key {
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Key::Auto(u) => u.hyphenated().fmt(f),
+            Key::Auto(u, _) => u.hyphenated().fmt(f),
             Key::Given(h) => f.write_str(&String::from_utf8_lossy(h.as_bytes())),
         }
     }
@@ -139,10 +142,10 @@ impl std::fmt::Display for Key {
 impl Key {
     pub(crate) fn header(&self) -> HeaderValue {
         match self {
-            Key::Auto(u) => {
+            Key::Auto(u, format) => {
                 let mut buf = uuid::Uuid::encode_buffer();
                 let s = u.hyphenated().encode_lower(&mut buf);
-                crate::client::KeyFormat::current().header(s)
+                format.header(s)
             }
             Key::Given(h) => h.clone(),
         }

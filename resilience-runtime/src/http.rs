@@ -209,7 +209,7 @@ pub fn stamp_request(req: &mut reqwest::Request) {
 fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
     match key {
         crate::context::Key::Given(h) => h == value,
-        crate::context::Key::Auto(u) => {
+        crate::context::Key::Auto(u, _) => {
             let mut b = uuid::Uuid::encode_buffer();
             let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
             let v = value.as_bytes();
@@ -254,12 +254,13 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
             }
             None
         }
-        Some(Key::Auto(u)) => {
+        Some(Key::Auto(u, format)) => {
             ctx.key_sent.set(true);
             let mut b = uuid::Uuid::encode_buffer();
             let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
-            // Bare, or the IETF draft's quoted Structured Field string (`KeyFormat`).
-            let d = crate::client::KeyFormat::current().delimiter().as_bytes();
+            // Bare, or the IETF draft's quoted Structured Field string (`KeyFormat`), as it
+            // was when the call began.
+            let d = format.delimiter().as_bytes();
             let start = buf.push(d).start;
             buf.push(uuid);
             Some(Err(start..buf.push(d).end))

@@ -461,7 +461,10 @@ impl Session {
         let mut refusal = None;
         let key = match key {
             KeyArg::None => None,
-            KeyArg::Auto => Some(Key::Auto(uuid::Uuid::new_v4())),
+            KeyArg::Auto => Some(Key::Auto(
+                uuid::Uuid::new_v4(),
+                crate::client::KeyFormat::current(),
+            )),
             KeyArg::Given(Ok(h)) => Some(Key::Given(h)),
             KeyArg::Given(Err(e)) => {
                 refusal = Some(e);
