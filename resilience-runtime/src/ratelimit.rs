@@ -333,9 +333,9 @@ impl RateLimiter {
     }
 
     /// The Redis store decides; while it is known down, or when it fails to answer, the local
-    /// limit does, at once. A wait for Redis counts: it is bounded by the time `left` before
-    /// the call's deadline (a Redis slower than that refuses the call for its deadline, and is
-    /// not taken as down for it), and the local decision is taken at the time it is, within
+    /// limit does, at once. A wait for Redis counts: it is bounded by half the time `left`
+    /// before the call's deadline (a Redis slower than that leaves the decision to the local
+    /// limit in the other half), and the local decision is taken at the time it is, within
     /// what is left of `allowed`, its wait returned from `now`. With the wait, whether the
     /// local limit decided.
     #[cfg(feature = "redis")]
