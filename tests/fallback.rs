@@ -551,3 +551,41 @@ async fn a_fallback_that_calls_out_has_a_deadline_of_its_own() {
     assert_eq!(server.count_path("/primary"), 2);
     assert_eq!(server.count_path("/backup"), 1);
 }
+
+/// The fallback of `stock_level_limited`: what its concurrency limit holds while it runs.
+async fn limited_in_flight(_c: &reqwest::Client, _url: &str) -> Result<u32, Error> {
+    Ok(
+        resilience_runtime::metrics::concurrency_limit("fallback_concurrency")
+            .expect("used")
+            .in_flight,
+    )
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit = { name = "fallback_concurrency", latency = "500ms", initial = 1, min = 1, max = 1 },
+    fallback = limited_in_flight
+)]
+async fn stock_level_limited(c: &reqwest::Client, url: &str) -> Result<u32, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?
+        .len() as u32)
+}
+
+/// The same for an adaptive concurrency limit's slot: given back before the fallback runs,
+/// so a fallback calling a backup through the same limit is not refused for it.
+#[tokio::test(start_paused = true)]
+async fn the_fallback_runs_after_the_call_gave_its_concurrency_slot_back() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let held = stock_level_limited(&reqwest::Client::new(), &server.url("/stock"))
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "concurrency slots held while the fallback ran");
+    assert_eq!(server.count(), 1);
+}
