@@ -128,6 +128,31 @@ mod tests {
         assert_eq!(ms, [100, 150, 225]);
     }
 
+    /// Decorrelated jitter: each delay is within `[initial, 3 × previous]` (the first's
+    /// "previous" is `initial`; capped at `max`, never below `initial`), so it grows at most
+    /// threefold from one failure to the next, and reaches the cap.
+    #[test]
+    fn decorrelated_jitter_stays_within_three_times_the_previous_delay() {
+        let bo = b(BackoffKind::Exponential, Jitter::Decorrelated);
+        for seed in 1..=20 {
+            let mut s = BackoffState::with_seed(bo, seed);
+            let mut prev = bo.initial;
+            let mut reached_max = false;
+            for a in 1..=60u32 {
+                let d = s.next_delay(a);
+                let hi = (prev * 3).min(bo.max).max(bo.initial);
+                assert!(
+                    d >= bo.initial && d <= hi,
+                    "seed {seed}, failure {a}: {d:?} outside [{:?}, {hi:?}] after {prev:?}",
+                    bo.initial
+                );
+                reached_max |= d > bo.max / 2;
+                prev = d;
+            }
+            assert!(reached_max, "seed {seed}: never near the cap");
+        }
+    }
+
     #[test]
     fn jitter_stays_in_bounds_and_is_seedable() {
         for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
