@@ -386,3 +386,50 @@ async fn permanent_failures_do_not_open_the_breaker() {
     let e = decoded(&c, &failing.url("/")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "slow_rate_default",
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1m",
+        half_open_calls = 1,
+        slow_call_duration = "200ms"
+    )
+)]
+async fn slow_by_default(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `slow_call_rate` left out is 1.0: three slow calls of the last four keep the breaker
+/// closed; four of four open it.
+#[tokio::test(start_paused = true)]
+async fn the_slow_call_rate_defaults_to_every_call() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let fast = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(slow_by_default(&c, &fast.url("/")).await.unwrap(), 200);
+    for _ in 0..3 {
+        assert_eq!(slow_by_default(&c, &slow.url("/")).await.unwrap(), 200);
+    }
+    assert_eq!(
+        metrics::breaker("slow_rate_default").unwrap().state,
+        BreakerState::Closed,
+        "three slow of four"
+    );
+    assert_eq!(slow_by_default(&c, &slow.url("/")).await.unwrap(), 200);
+    let e = slow_by_default(&c, &slow.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "four slow of four: {e}");
+}
