@@ -943,3 +943,44 @@ async fn a_body_built_again_on_each_attempt_is_the_same_request_to_the_layer() {
         assert_eq!(runs.load(Ordering::SeqCst), 1, "upload {with_upload}");
     }
 }
+
+#[resilient(timeout = "2s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn order_with_a_nonce(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    // Drawn in the body, so different on every attempt: what the reference says not to do.
+    static NONCE: AtomicU64 = AtomicU64::new(0);
+    let nonce = NONCE.fetch_add(1, Ordering::SeqCst);
+    Ok(http
+        .post(url)
+        .body(format!("1 pear, nonce {nonce}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A keyed request must be the same on every attempt: a retry whose body differs is answered
+/// 422 by a server that replays by key (the key reused for another request), and the call
+/// ends with that 422, naming the key, though the first attempt was carried out (the handler
+/// ran once).
+#[tokio::test]
+async fn a_keyed_retry_whose_body_differs_ends_with_the_servers_422() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let up = order_service(Some(Arc::new(MemoryStore::default())), runs.clone()).await;
+    // The first attempt reaches the handler, its answer lost; the retry reaches the layer.
+    let proxy = FaultServer::start(Script::dynamic(move |seen| {
+        if seen.index == 0 {
+            Action::forward_then(up, Action::reset())
+        } else {
+            Action::forward(up)
+        }
+    }))
+    .await;
+    let e = order_with_a_nonce(&reqwest::Client::new(), &proxy.url("/orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(422), "{e}");
+    assert_eq!((e.attempts(), proxy.count()), (2, 2), "{e}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the order was placed once");
+    assert!(e.idempotency_key().is_some(), "{e}");
+}
