@@ -665,3 +665,31 @@ async fn a_hedged_call_refused_for_its_key_sends_nothing() {
         .unwrap();
     assert_eq!(server.count(), 1);
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms", max = 2),
+    breaker = { name = "hedges_one_permit", failure_rate = 0.5, min_calls = 4, window = 4, open_for = "1h", half_open_calls = 1 }
+)]
+async fn hedged_under_a_breaker(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// "Hedges share the first attempt's breaker permit": a round of an attempt and its two hedges,
+/// all timing out, is one call and one failure in the breaker's window, not three (three would
+/// open a breaker of `min_calls = 4` after two such calls instead of four).
+#[tokio::test(start_paused = true)]
+async fn a_hedged_round_is_one_outcome_for_the_breaker() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = hedged_under_a_breaker(&c, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(server.count(), 3, "the attempt and two hedges");
+    let b = metrics::breaker("hedges_one_permit").unwrap();
+    assert_eq!((b.window_calls, b.window_failures), (1, 1), "{b:?}");
+}
