@@ -693,3 +693,41 @@ async fn a_hedged_round_is_one_outcome_for_the_breaker() {
     let b = metrics::breaker("hedges_one_permit").unwrap();
     assert_eq!((b.window_calls, b.window_failures), (1, 1), "{b:?}");
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedge_probe", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 }
+)]
+async fn hedged_probe(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// No hedge starts while the breaker is half-open and counting its probes: the probe is the
+/// one request the breaker lets through, even when it is slower than the hedge's delay.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_goes_beside_a_half_open_breakers_probe() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(vec![
+        Action::status(503),
+        Action::status(503),
+        Action::ok().after(Duration::from_millis(300)),
+    ])
+    .await;
+    for _ in 0..2 {
+        hedged_probe(&c, &server.url("/")).await.unwrap_err();
+    }
+    let e = hedged_probe(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "opened: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hedged_probe(&c, &server.url("/")).await.unwrap(), 200);
+    assert_eq!(server.count(), 3, "the probe alone, no hedge beside it");
+}
