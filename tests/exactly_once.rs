@@ -388,7 +388,7 @@ async fn a_failed_keyed_call_names_its_key() {
 fn charge_request(http: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
     static DRAWN: AtomicU64 = AtomicU64::new(0);
     let key = format!("drawn-{}", DRAWN.fetch_add(1, Ordering::SeqCst));
-    http.post(url).header("Idempotency-Key", key).body("39000")
+    charge_request_keyed(http, url, &key)
 }
 
 /// The same builder handed the key to write.
