@@ -1157,3 +1157,60 @@ fn local_recorders_one_after_another_each_get_their_own_calls() {
         assert_eq!(calls(&handle), Some(n as f64));
     }
 }
+
+#[resilient(
+    method = GET,
+    timeout = "2s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "100ms", max = "100ms", jitter = none),
+    breaker = { name = "m_unmade_retry", failure_rate = 0.5, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+    budget = false,
+)]
+async fn retry_refused(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// A retry is counted when it is made, not when it is decided on: a call whose first failure
+/// opened its breaker decides to retry, then the breaker refuses the retry. One request went
+/// out, no failure was retried: `resilience_client_retries_total` has no sample, the call is
+/// `rejected_breaker`, and the pull API counts it failed without retry, with no retry.
+#[tokio::test(start_paused = true)]
+async fn a_retry_its_breaker_refused_is_not_counted_as_made() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = retry_refused(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(down.count(), 1, "the retry was never sent");
+    let text = handle.render();
+    let retries: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("resilience_client_retries_total{")
+                && l.contains(function_of("retry_refused"))
+        })
+        .collect();
+    assert!(retries.is_empty(), "no retry was made: {retries:?}");
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[
+                function_of("retry_refused"),
+                r#"outcome="rejected_breaker""#
+            ]
+        ),
+        Some(1.0)
+    );
+    let m = resilience_runtime::metrics::policy("metrics::retry_refused").unwrap();
+    assert_eq!(m.retries, 0, "{m:?}");
+    assert_eq!(
+        (m.failed_without_retry, m.failed_with_retry),
+        (1, 0),
+        "{m:?}"
+    );
+    assert_eq!(m.rejected_breaker, 1, "{m:?}");
+}

@@ -168,6 +168,14 @@ async fn a_retry_never_made_gives_its_budget_back() {
     let snapshot = resilience_runtime::metrics::budget("give_back").unwrap();
     assert_eq!(snapshot.withdrawals, 0, "{snapshot:?}");
     assert_eq!(snapshot.available, 1, "{snapshot:?}");
+    // No failure was retried: A's retry was refused, B's never granted.
+    let m = resilience_runtime::metrics::policy("stale_pool_budget::behind_a_breaker").unwrap();
+    assert_eq!(m.retries, 0, "{m:?}");
+    assert_eq!(
+        (m.failed_without_retry, m.failed_with_retry),
+        (2, 0),
+        "{m:?}"
+    );
     // Still the same second: C retries on the retry A gave back.
     assert_eq!(beside_it(&http, &once.url("/c")).await.unwrap(), "ok");
     assert_eq!(once.count(), 2);
@@ -187,6 +195,8 @@ async fn a_retry_never_made_gives_its_budget_back() {
         1,
         "D's retry is back"
     );
+    let m = resilience_runtime::metrics::policy("stale_pool_budget::with_a_long_backoff").unwrap();
+    assert_eq!((m.retries, m.cancelled), (0, 1), "{m:?}");
 }
 
 /// The same budget, no breaker, a long backoff.
@@ -259,4 +269,12 @@ async fn a_retry_the_deadline_overtook_gives_its_budget_back() {
     assert_eq!(down.count(), 1, "the retry was never sent");
     let b = budget();
     assert_eq!((b.withdrawals, b.available), (0, 1), "{b:?}");
+    let m =
+        resilience_runtime::metrics::policy("stale_pool_budget::woken_past_its_deadline").unwrap();
+    assert_eq!(m.retries, 0, "{m:?}");
+    assert_eq!(
+        (m.failed_without_retry, m.failed_with_retry),
+        (1, 0),
+        "{m:?}"
+    );
 }

@@ -358,6 +358,10 @@ pub struct Session {
     /// The retry budget's token for the retry decided on, until that retry begins: given back
     /// when it never does (refused by the breaker, out of time, its caller gone).
     retry_token: Option<crate::budget::Token>,
+    /// The class of the failure whose retry was decided on, until that retry begins: only
+    /// then is it counted as retried (a retry the breaker, the deadline or the caller's drop
+    /// stopped was never made, and the call did not retry).
+    retry_pending: Option<Class>,
     /// The least safe method sent over all attempts, and whether every request carried the key.
     sent: Option<Method>,
     sent_unkeyed: bool,
@@ -613,6 +617,7 @@ impl Session {
             retried: 0,
             retry_at: None,
             retry_token: None,
+            retry_pending: None,
             sent: None,
             sent_unkeyed: false,
             backoff: None,
@@ -887,10 +892,21 @@ impl Session {
         c.until = until;
         if self.attempts > 1 {
             c.reset();
-            // The retry is made: its token spent.
+            // The retry is made: its token spent, and now counted.
             self.retry_token = None;
+            if let Some(class) = self.retry_pending.take() {
+                self.retry_made(class);
+            }
         }
         Ok((until, limit))
+    }
+
+    /// The retry decided on after a failure of `class` begins: the call has retried.
+    #[inline(never)]
+    fn retry_made(&mut self, class: Class) {
+        self.retried += 1;
+        PolicyMetrics::incr(&self.shared.metrics.retries);
+        telemetry::retry_made(self.shared, class);
     }
 
     /// The retry decided on will not be made: its budget token goes back.
@@ -1292,8 +1308,8 @@ impl Session {
                 if ask {
                     self.asks += 1;
                 } else {
-                    self.retried += 1;
-                    PolicyMetrics::incr(&self.shared.metrics.retries);
+                    // Counted when it begins (`begin_attempt`): it may never be made.
+                    self.retry_pending = Some(class);
                 }
                 {
                     let _e = self.span.enter();

@@ -448,10 +448,14 @@ pub(crate) fn on_attempt_end(
             &inst.attempt_duration[class],
             took.as_secs_f64(),
         );
-        if end.decision == "retry" {
-            r.increment(slot::RETRIES + class, &inst.retries[class]);
-        }
     });
+}
+
+/// A retry of a failure of `class` began.
+pub(crate) fn retry_made(inst: &Instruments, class: crate::class::Class) {
+    let class = super::class_index(Some(class));
+    with!(inst, None, |r| r
+        .increment(slot::RETRIES + class, &inst.retries[class]));
 }
 
 pub(crate) fn hedge_ended(inst: &Instruments, won: bool) {

@@ -633,6 +633,16 @@ pub(crate) fn call_succeeded(
     on_call_end(shared, Outcome::succeeded(retried), Some(started), now);
 }
 
+/// The retry of a failure of `class` began (counted then, not when it was decided on: the
+/// breaker, the deadline or the caller may stop it before).
+#[inline]
+pub(crate) fn retry_made(shared: &Resolved, class: Class) {
+    #[cfg(feature = "metrics")]
+    metrics::retry_made(shared.telemetry, class);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (shared, class);
+}
+
 /// The attempt failed with `class`; the call retries after `delay`, or (`ask`) asks again
 /// for the replay of its keyed request still in progress, which is not a retry.
 #[inline]
