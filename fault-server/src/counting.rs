@@ -7,6 +7,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Install with `#[global_allocator] static A: Counting = Counting;`, then read
 /// [`snapshot`] on the thread that runs the code under test.
@@ -18,7 +19,11 @@ thread_local! {
     static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
+/// The bytes allocated and not yet freed, by every thread of the process.
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
 fn note(size: usize) {
+    LIVE.fetch_add(size as i64, Ordering::Relaxed);
     // `try_with`: an allocation during thread teardown is simply not counted.
     let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
     let _ = BYTES.try_with(|c| c.set(c.get() + size as u64));
@@ -42,10 +47,19 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
         // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        let moved = unsafe { System.realloc(ptr, layout, new_size) };
+        // Failed, the old block is still there; else it is gone.
+        let freed = if moved.is_null() {
+            new_size
+        } else {
+            layout.size()
+        };
+        LIVE.fetch_sub(freed as i64, Ordering::Relaxed);
+        moved
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -54,4 +68,10 @@ unsafe impl GlobalAlloc for Counting {
 /// (allocations, bytes) asked for by this thread so far; a `realloc` counts as one allocation.
 pub fn snapshot() -> (u64, u64) {
     (ALLOCS.with(Cell::get), BYTES.with(Cell::get))
+}
+
+/// The bytes allocated and not yet freed, by every thread of the process (an allocation freed
+/// on another thread than its own is counted off where it is freed).
+pub fn live_bytes() -> i64 {
+    LIVE.load(Ordering::Relaxed)
 }

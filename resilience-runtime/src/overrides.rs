@@ -167,6 +167,71 @@ struct Known {
     policy: &'static str,
     compiled: &'static Policy,
     current: &'static ArcSwapOption<&'static Policy>,
+    /// Every overridden policy of this function made so far. A call in flight holds its
+    /// policy as `&'static`, so none is ever freed; an override equal to one of these takes
+    /// it again, so that a file applied over and over (a reload on a timer, on every SIGHUP)
+    /// keeps as many as it has distinct settings, not one more per reload.
+    made: Vec<&'static Policy>,
+}
+
+impl Known {
+    /// `p`, kept for the life of the process: the one made before if it is the same.
+    fn keep(&mut self, p: Policy) -> &'static Policy {
+        if let Some(same) = self.made.iter().find(|m| same_policy(m, &p)) {
+            return same;
+        }
+        let p: &'static Policy = Box::leak(Box::new(p));
+        self.made.push(p);
+        p
+    }
+}
+
+/// Whether two policies of the same function are the same in every setting (their `locate`
+/// is the function's own in both).
+fn same_policy(a: &Policy, b: &Policy) -> bool {
+    let Policy {
+        function,
+        name,
+        method,
+        timeout,
+        deadline,
+        max_attempts,
+        backoff,
+        retry_on,
+        idempotency_key,
+        idempotent,
+        max_retry_after,
+        budget,
+        breaker,
+        bulkhead,
+        hedge,
+        rate_limit,
+        concurrency,
+        unseen,
+        sends_seen,
+        connect_timeout,
+        locate: _,
+    } = a;
+    *function == b.function
+        && *name == b.name
+        && *method == b.method
+        && *timeout == b.timeout
+        && *deadline == b.deadline
+        && *max_attempts == b.max_attempts
+        && *backoff == b.backoff
+        && *retry_on == b.retry_on
+        && *idempotency_key == b.idempotency_key
+        && *idempotent == b.idempotent
+        && *max_retry_after == b.max_retry_after
+        && *budget == b.budget
+        && *breaker == b.breaker
+        && *bulkhead == b.bulkhead
+        && *hedge == b.hedge
+        && *rate_limit == b.rate_limit
+        && *concurrency == b.concurrency
+        && *unseen == b.unseen
+        && *sends_seen == b.sends_seen
+        && *connect_timeout == b.connect_timeout
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -208,11 +273,12 @@ pub(crate) fn register(
             tracing::error!(error = %e, "{ENV}: overrides not applied");
         }
     });
-    let known = Known {
+    let mut known = Known {
         function,
         policy,
         compiled,
         current,
+        made: Vec::new(),
     };
     // Under the list's lock, which a reload holds from its plan until its file is in place:
     // a reload racing this first call either sees this function or is the file read here
@@ -222,9 +288,8 @@ pub(crate) fn register(
     if let Some(doc) = doc {
         match plan(&doc, &known) {
             Ok(Some((p, changes))) => {
-                known
-                    .current
-                    .store(Some(Arc::new(&*Box::leak(Box::new(p)))));
+                let p = known.keep(p);
+                known.current.store(Some(Arc::new(p)));
                 log(&changes);
             }
             Ok(None) => {}
@@ -282,10 +347,10 @@ pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> 
 /// Applies overrides given as TOML text; `name` stands for the file in messages.
 pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     let doc = Arc::new(parse(text, name).map_err(|problems| OverrideError { problems })?);
-    let known = lock(&KNOWN);
+    let mut known = lock(&KNOWN);
     let planned = plan_all(&doc, known.iter())?;
     let mut all = Vec::new();
-    for (k, p) in known.iter().zip(planned) {
+    for (k, p) in known.iter_mut().zip(planned) {
         match p {
             // What changes is told against the policy in force, an earlier file's override
             // included (a setting that file changed and this one leaves out goes back), not
@@ -293,8 +358,8 @@ pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
             Some((policy, _)) => {
                 let before: &Policy = k.current.load().as_ref().map_or(k.compiled, |p| **p);
                 all.append(&mut diff(k.function, before, &policy));
-                k.current
-                    .store(Some(Arc::new(&*Box::leak(Box::new(policy)))));
+                let policy = k.keep(policy);
+                k.current.store(Some(Arc::new(policy)));
             }
             None => {
                 let had = k.current.swap(None);
@@ -330,6 +395,7 @@ pub fn check(
             policy,
             compiled,
             current: &UNUSED,
+            made: Vec::new(),
         })
         .collect();
     Ok(plan_all(&doc, known.iter())?
@@ -785,10 +851,23 @@ impl Parser<'_> {
                 _ => self.problem(item.span().start, "`retry_on` lists classes and statuses"),
             }
         }
-        // Kept for the life of the process, like the compiled lists (one per applied file).
-        r.statuses = Box::leak(statuses.into_boxed_slice());
+        // Kept for the life of the process, like the compiled lists: one per distinct list.
+        r.statuses = keep_statuses(statuses);
         Some(self.at(v, r))
     }
+}
+
+/// `statuses` as a list kept for the life of the process (a policy in force may point at it):
+/// the same list made before, if any, so that parsing a file again keeps nothing more.
+fn keep_statuses(statuses: Vec<u16>) -> &'static [u16] {
+    static KEPT: Mutex<Vec<&'static [u16]>> = Mutex::new(Vec::new());
+    let mut kept = lock(&KEPT);
+    if let Some(same) = kept.iter().find(|k| ***k == *statuses) {
+        return same;
+    }
+    let list: &'static [u16] = Box::leak(statuses.into_boxed_slice());
+    kept.push(list);
+    list
 }
 
 fn parse(text: &str, name: &str) -> Result<Doc, Vec<String>> {
