@@ -570,3 +570,69 @@ async fn a_breaker_opened_by_path_stops_every_function_of_the_path() {
     assert_eq!(healthy.count(), 2, "nothing sent while open");
     breakers::reset("runbook::Gateway::charge").unwrap();
 }
+
+/// Run as a child process with `RESILIENCE_OVERRIDES` set: the service applies a file of its
+/// own before its first call (2.5 s against the environment's 1.5 s), or in a second run
+/// clears every override (the compiled 1 s against the environment's 3 s); what it did by
+/// hand is in force at the first call, not the environment's file read then.
+#[tokio::test(start_paused = true)]
+#[ignore = "run by a_file_applied_before_the_first_call_is_not_replaced_by_the_environments"]
+async fn child_applying_by_hand_before_the_first_call() {
+    let c = reqwest::Client::new();
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    match std::env::var("RUNBOOK_BY_HAND").as_deref() {
+        // The hand file's own 2.5 s: the answer at 2 s comes in time.
+        Ok("apply") => {
+            overrides::apply_str(
+                "[functions.\"runbook::lookup\"]\ntimeout = \"2500ms\"\ndeadline = \"20s\"\n",
+                "by-hand.toml",
+            )
+            .unwrap();
+            let started = tokio::time::Instant::now();
+            assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
+            assert!(started.elapsed() < Duration::from_secs(3));
+            let changes = overrides::reload().unwrap();
+            assert!(
+                changes
+                    .iter()
+                    .any(|c| c.setting == "timeout" && c.new == "1500ms"),
+                "reload reads the environment's file again: {changes:?}"
+            );
+        }
+        // Cleared by hand: the compiled 1 s, whatever the environment says.
+        _ => {
+            assert!(!overrides::clear().is_empty() || !overrides::active());
+            let e = lookup(&c, &server.url("/")).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_file_applied_before_the_first_call_is_not_replaced_by_the_environments() {
+    for (how, timeout) in [("apply", "1500ms"), ("clear", "3s")] {
+        let (dir, file) = override_file(
+            &format!("by-hand-{how}"),
+            &format!(
+                "[functions.\"runbook::lookup\"]\ntimeout = \"{timeout}\"\ndeadline = \"30s\"\n"
+            ),
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "child_applying_by_hand_before_the_first_call",
+            ])
+            .env(overrides::ENV, &file)
+            .env("RUNBOOK_BY_HAND", how)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{how}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

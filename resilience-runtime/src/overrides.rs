@@ -3,7 +3,8 @@
 //!
 //! Point the environment variable [`ENV`] (`RESILIENCE_OVERRIDES`) at a TOML file with the
 //! schema of `resilience.toml`. It is read when the first `#[resilient]` function is first
-//! called, and again whenever the process calls [`reload`] (from an admin endpoint, say) or,
+//! called (or before, when the process applies a file by hand or calls [`clear`] first: what
+//! it applies then replaces the environment's file, not the other way round), and again whenever the process calls [`reload`] (from an admin endpoint, say) or,
 //! after [`reload_on_sighup`], receives SIGHUP. [`apply_file`] and [`apply_str`] apply a file given by hand.
 //!
 //! ```toml
@@ -266,13 +267,7 @@ pub(crate) fn register(
     compiled: &'static Policy,
     current: &'static ArcSwapOption<&'static Policy>,
 ) {
-    FROM_ENV.call_once(|| {
-        if std::env::var_os(ENV).is_some()
-            && let Err(e) = reload()
-        {
-            tracing::error!(error = %e, "{ENV}: overrides not applied");
-        }
-    });
+    read_env_once();
     let mut known = Known {
         function,
         policy,
@@ -303,12 +298,32 @@ pub(crate) fn register(
     all.push(known);
 }
 
+/// Reads the environment's file, once: at the first call of an annotated function, or
+/// before the first file applied by hand (or [`clear`]), whichever comes first, so that what
+/// the service applies by hand before its first call replaces that file and is not replaced by
+/// it.
+fn read_env_once() {
+    FROM_ENV.call_once(|| {
+        if std::env::var_os(ENV).is_some()
+            && let Err(e) = reload_now()
+        {
+            tracing::error!(error = %e, "{ENV}: overrides not applied");
+        }
+    });
+}
+
 /// Reads the file [`ENV`] names and applies it; with the variable unset, removes every
 /// override.
 pub fn reload() -> Result<Vec<Change>, OverrideError> {
+    // Read now: not again at the first call.
+    FROM_ENV.call_once(|| {});
+    reload_now()
+}
+
+fn reload_now() -> Result<Vec<Change>, OverrideError> {
     match std::env::var_os(ENV) {
-        Some(path) => apply_file(path),
-        None => Ok(clear()),
+        Some(path) => apply_file_now(path.as_ref()),
+        None => Ok(clear_now()),
     }
 }
 
@@ -336,16 +351,25 @@ pub fn reload_on_sighup() -> std::io::Result<tokio::task::JoinHandle<()>> {
 
 /// Reads an override file and applies it, or refuses it whole.
 pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> {
-    let path = path.as_ref();
+    read_env_once();
+    apply_file_now(path.as_ref())
+}
+
+fn apply_file_now(path: &Path) -> Result<Vec<Change>, OverrideError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| OverrideError {
         problems: vec![format!("{name}: cannot read: {e}")],
     })?;
-    apply_str(&text, &name)
+    apply_str_now(&text, &name)
 }
 
 /// Applies overrides given as TOML text; `name` stands for the file in messages.
 pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
+    read_env_once();
+    apply_str_now(text, name)
+}
+
+fn apply_str_now(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     let doc = Arc::new(parse(text, name).map_err(|problems| OverrideError { problems })?);
     let mut known = lock(&KNOWN);
     let planned = plan_all(&doc, known.iter())?;
@@ -436,6 +460,11 @@ pub fn active() -> bool {
 
 /// Removes every override: each function runs under its compiled policy again.
 pub fn clear() -> Vec<Change> {
+    read_env_once();
+    clear_now()
+}
+
+fn clear_now() -> Vec<Change> {
     let known = lock(&KNOWN);
     let mut all = Vec::new();
     for k in known.iter() {
