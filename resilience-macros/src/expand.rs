@@ -113,6 +113,64 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
     let mut clones = Vec::new();
+    // An attempt's body (not hedged) reads the arguments from an `async` block beside them:
+    // one it only reads, it would capture by shared reference, and its future would be `Send`
+    // only if the argument were `Sync` (a `&mut self` whose type holds a `Box<dyn Trait +
+    // Send>`, a by-value `Cell`), where the function's own future needs `Send` only. A
+    // mutable borrow of each at the block's head makes the block hold it by unique reference,
+    // `Send` when the argument is: by-value arguments (their clones, or a rebinding) and
+    // `&mut` ones (a reborrow). It also reads them, so a by-value key parameter the body does
+    // not use warns of nothing.
+    let mut touch = Vec::new();
+    let mut rebind = Vec::new();
+    let cloned = runs_again || hedged || s.fallback.is_some();
+    for input in &sig.inputs {
+        match input {
+            syn::FnArg::Receiver(r) => {
+                let unique = match &r.kind {
+                    syn::ReceiverKind::Reference(_, _, m) => m.is_some(),
+                    syn::ReceiverKind::Typed(_, ty) => matches!(
+                        resilience_policy::validate::peel(ty),
+                        syn::Type::Reference(t) if t.mutability.is_some()
+                    ),
+                    _ => false,
+                };
+                if unique {
+                    touch.push(quote!(let _ = &mut *self;));
+                }
+            }
+            syn::FnArg::Typed(pt) => {
+                let syn::Pat::Ident(pi) = &*pt.pat else {
+                    continue;
+                };
+                if pi.by_ref.is_some() {
+                    continue;
+                }
+                let id = &pi.ident;
+                let cfgs: Vec<_> = pt
+                    .attrs
+                    .iter()
+                    .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
+                    .collect();
+                match resilience_policy::validate::peel(&pt.ty) {
+                    syn::Type::Reference(r) if r.mutability.is_some() => {
+                        touch.push(quote!(#(#cfgs)* let _ = &mut *#id;));
+                    }
+                    syn::Type::Reference(_) => {}
+                    _ => {
+                        touch.push(quote!(#(#cfgs)* let _ = &mut #id;));
+                        if !cloned && pi.mutability.is_none() {
+                            rebind.push(quote!(
+                                #(#cfgs)*
+                                #[allow(unused_mut)]
+                                let mut #id = #id;
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     // The signature as written, but for `mut` on by-value parameters that are cloned: each
     // attempt changes its own clone, so the parameter itself is never changed, and would
     // warn `unused_mut` (an error under `#![deny(warnings)]`).
@@ -146,8 +204,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
                     clones.push(quote_spanned! {span=>
                         #(#cfgs)*
-                        #[allow(clippy::redundant_clone)]
-                        let #mutability #id = ::core::clone::Clone::clone(&#id);
+                        #[allow(clippy::redundant_clone, unused_mut)]
+                        let mut #id = ::core::clone::Clone::clone(&#id);
                     });
                 }
             }
@@ -205,8 +263,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     } else {
         quote! {
             #(#clones)*
+            #(#rebind)*
             let mut __resilience_result = __resilience_session
                 .attempt(::core::pin::pin!(::core::option::Option::Some(async {
+                    #(#touch)*
                     #prelude
                     #fake_return
                     #(#stmts)*
