@@ -60,3 +60,74 @@ async fn two_types_of_one_name_sharing_a_path_are_warned_about() {
         "{out}"
     );
 }
+
+/// A call whose breaker opens after two failures of two, declared in `first`.
+async fn first(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker = { failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", half_open_calls = 1 },
+    )]
+    async fn call(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+    call(c, url).await
+}
+
+/// Another function of the same name and policy, declared in `second` (a test's own helper,
+/// as two `#[tokio::test]`s each declare theirs).
+async fn second(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    #[resilient(
+        timeout = "1s",
+        max_attempts = 1,
+        budget = false,
+        breaker = { failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", half_open_calls = 1 },
+    )]
+    async fn call(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+    call(c, url).await
+}
+
+/// Functions declared in the bodies of two functions are named after them
+/// (`path_collision::first::call`, as `resilience list` names them): two paths, two breakers.
+/// The first one's open breaker does not refuse the second's calls.
+#[tokio::test(start_paused = true)]
+async fn functions_of_one_name_declared_in_two_functions_have_two_paths() {
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    for _ in 0..2 {
+        first(&c, &down.url("/")).await.unwrap_err();
+    }
+    let refused = first(&c, &up.url("/")).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        resilience_runtime::ErrorKind::CircuitOpen,
+        "{refused}"
+    );
+    assert_eq!(second(&c, &up.url("/")).await.unwrap(), 200);
+    assert_eq!(up.count(), 1, "the second's call went out");
+    let paths: Vec<&str> = resilience_runtime::metrics::all()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        paths.contains(&"path_collision::first::call")
+            && paths.contains(&"path_collision::second::call"),
+        "{paths:?}"
+    );
+    let b = resilience_runtime::breakers::state("path_collision::second::call").unwrap();
+    assert_eq!(b.state, resilience_runtime::breakers::BreakerState::Closed);
+}

@@ -468,6 +468,9 @@ impl<'a> Visit<'a> for Finder {
                 let path = self.path_of(&f.sig.ident.to_string());
                 self.found.push((path, func, args));
             }
+            if let syn::ImplItem::Fn(f) = item {
+                self.visit_body(&f.sig.ident, &f.block);
+            }
         }
         self.self_ty = saved;
     }
@@ -503,6 +506,17 @@ impl<'a> Visit<'a> for Finder {
             self.found
                 .push((self.path_of(&f.sig.ident.to_string()), func, args));
         }
+        self.visit_body(&f.sig.ident, &f.block);
+    }
+}
+
+impl Finder {
+    /// The functions declared in the body of the function `name` (a `#[tokio::test]`'s
+    /// helper): the runtime names them after it, `module::name::inner`, as it would a type.
+    fn visit_body(&mut self, name: &syn::Ident, block: &syn::Block) {
+        let saved = self.self_ty.replace((name.to_string(), None));
+        syn::visit::visit_block(self, block);
+        self.self_ty = saved;
     }
 }
 

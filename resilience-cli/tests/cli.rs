@@ -630,6 +630,26 @@ mod names {
             Ok(5)
         }
     }
+
+    /// Functions declared in function bodies (a test's own helper): named after the function
+    /// around them, so that two of one name in two functions have two paths.
+    pub async fn outer() -> Result<usize, Error> {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn inner() -> Result<usize, Error> {
+            Ok(6)
+        }
+        inner().await
+    }
+
+    impl model::Store {
+        pub async fn around(&self) -> Result<usize, Error> {
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            async fn inner() -> Result<usize, Error> {
+                Ok(7)
+            }
+            inner().await
+        }
+    }
 }
 
 #[test]
@@ -658,6 +678,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::Api::get",
             "cli::names::Greet::greet",
             "cli::names::Store::put",
+            "cli::names::around::inner",
+            "cli::names::outer::inner",
         ]
     );
 
@@ -672,6 +694,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::Svc(0u8).greet().await.unwrap(), 2);
         assert_eq!(names::model::Store.put().await.unwrap(), 4);
         assert_eq!(names::model::Store.load().await.unwrap(), 5);
+        assert_eq!(names::outer().await.unwrap(), 6);
+        assert_eq!(names::model::Store.around().await.unwrap(), 7);
     });
     let file: String = listed
         .iter()

@@ -8,6 +8,7 @@
 //! | `fn charge` in `shop::pg` | `shop::pg::charge` |
 //! | `impl<'a> Client<'a> { fn charge }` in `shop::pg` | `shop::pg::Client::charge` |
 //! | `impl Api for super::Svc { fn get }` in `shop::svc` | `shop::svc::<Svc as Api>::get` |
+//! | `fn call` in the body of `async fn first` in `shop::tests` | `shop::tests::first::call` |
 
 use std::borrow::Cow;
 
@@ -34,12 +35,18 @@ pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a,
     if located == module_and_name {
         return located.into();
     }
-    let Some(owner) = located
+    let Some(mut owner) = located
         .strip_suffix(name)
         .and_then(|s| s.strip_suffix("::"))
     else {
         return located.into();
     };
+    // A function declared in an `async` body (an `async fn`'s, a `#[tokio::test]`'s): the
+    // function around it, not the body's closure, is its owner, so that two such functions
+    // of one name in two tests have two paths.
+    while let Some(rest) = owner.strip_suffix("::{{closure}}") {
+        owner = rest;
+    }
     if owner == module {
         return module_and_name.into();
     }
@@ -197,6 +204,17 @@ mod tests {
             ),
             // A function inside a function: the outer one's name where a type would be.
             ("shop::inner", "shop::outer::inner", "shop::outer::inner"),
+            // … in an `async` body (an `async fn`'s, a `#[tokio::test]`'s).
+            (
+                "shop::inner",
+                "shop::outer::{{closure}}::inner",
+                "shop::outer::inner",
+            ),
+            (
+                "shop::inner",
+                "shop::outer::{{closure}}::{{closure}}::inner",
+                "shop::outer::inner",
+            ),
         ];
         for (module_and_name, located, want) in cases {
             assert_eq!(from_type_name(module_and_name, located), want, "{located}");
