@@ -863,7 +863,10 @@ async fn a_return_type_with_impl_trait() {
     assert_eq!(server.requests().len(), 3);
 }
 
-/// `#[tracing::instrument]` stacked on `#[resilient]`, outside it and inside it.
+/// `#[tracing::instrument]` stacked on `#[resilient]`, outside it and inside it. Written above,
+/// it expands first and wraps each attempt (the macro warns, `deprecated`, at it: allowed here,
+/// where the attempts are what is checked).
+#[allow(deprecated)]
 #[tracing::instrument(skip(http))]
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
 async fn instrumented_outside(http: &reqwest::Client, url: &str) -> Result<String, Error> {

@@ -47,6 +47,20 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         .partition(|a| matches!(a.style, syn::AttrStyle::Inner(_)));
     let vis = &f.vis;
     let sig = &f.sig;
+    // `#[tracing::instrument]` written above this attribute expanded first: the body is its
+    // span around the original one, so each attempt would open that span and fire its `err`
+    // and `ret` events. Said, as a warning (the `deprecated` lint, the one a macro can raise
+    // on stable) at that attribute.
+    let instrument_above = instrumented_by(&f.block).map(|span| {
+        quote_spanned! {span=>
+            #[deprecated(
+                note = "#[tracing::instrument] written above #[resilient] wraps each attempt, not the call: its span opens, and its `err` and `ret` events fire, once per attempt. Write it below #[resilient] for one span per call"
+            )]
+            #[allow(non_upper_case_globals)]
+            const instrument_above_resilient: () = ();
+            let () = instrument_above_resilient;
+        }
+    });
     let ident = &sig.ident;
     // Every request the body sends goes through the attempt's stamping, by type.
     let mut block = (*f.block).clone();
@@ -468,6 +482,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         #(#attrs)*
         #vis #out_sig {
             #(#inner_attrs)*
+            #instrument_above
             // Its type name is the function's path, impl type included (`function_path`).
             #track
             struct __ResilienceHere;
@@ -513,6 +528,18 @@ fn names_a_client(ts: TokenStream) -> bool {
         }
         proc_macro2::TokenTree::Group(g) => names_a_client(g.stream()),
         _ => false,
+    })
+}
+
+/// The span of the `#[tracing::instrument]` that already wrapped `block` (its first statement
+/// binds `__tracing_attr_span`), if one did.
+fn instrumented_by(block: &syn::Block) -> Option<Span> {
+    block.stmts.iter().find_map(|st| match st {
+        syn::Stmt::Local(l) => match &l.pat {
+            syn::Pat::Ident(pi) if pi.ident == "__tracing_attr_span" => Some(pi.ident.span()),
+            _ => None,
+        },
+        _ => None,
     })
 }
 
