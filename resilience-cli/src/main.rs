@@ -197,6 +197,7 @@ impl Crate {
         }
         files.sort();
         let mut krate = Crate::default();
+        let mut parsed = Vec::new();
         for file in files {
             let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
             let module = match bins.iter().find(|(p, _)| *p == rel) {
@@ -223,10 +224,24 @@ impl Crate {
                     continue;
                 }
             };
+            parsed.push((file, module, display, ast));
+        }
+        // The names each module gives types and traits (aliases, renaming imports), from every
+        // file first: an impl of an alias is named after the type it stands for.
+        let mut names = Names::default();
+        for (_, module, _, ast) in &parsed {
+            let mut c = NameCollector {
+                module: vec![module.clone()],
+                names: &mut names,
+            };
+            c.visit_file(ast);
+        }
+        for (file, module, display, ast) in parsed {
             let mut v = Finder {
                 module: vec![module],
                 self_ty: None,
                 found: Vec::new(),
+                names: &names,
             };
             v.visit_file(&ast);
             for (path, func, args) in v.found {
@@ -409,11 +424,142 @@ fn module_of(rel: &Path, krate: &str) -> String {
 }
 
 /// Finds every `#[resilient(…)]` function, with the path the runtime gives it.
-struct Finder {
+struct Finder<'n> {
     module: Vec<String>,
-    /// In an impl block: its type and trait, as written.
+    /// In an impl block: its type and trait, as written (or as the alias written stands for).
     self_ty: Option<(String, Option<String>)>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
+    names: &'n Names,
+}
+
+/// The names modules give types and traits besides their own, by module path: aliases
+/// (`type PgClient = Client<Pg>;`, `use api::Api as Gateway;`: the name, what it stands for,
+/// and the module to look that up in) and plain imports (`use crate::db::PgClient;`: the
+/// module it comes from). The runtime names a method after the type the compiler sees, an
+/// alias resolved; so does `list`, as far as the crate's own source says.
+#[derive(Default)]
+struct Names {
+    aliases: BTreeMap<String, BTreeMap<String, (String, String)>>,
+    imports: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Names {
+    /// What `name`, as seen in `module`, stands for: the last segment of the type or trait at
+    /// the end of its aliases and imports, or `name` itself.
+    fn resolve(&self, module: &str, name: &str) -> String {
+        let (mut m, mut n) = (module.to_owned(), name.to_owned());
+        // Bounded: a cycle of imports stops here.
+        for _ in 0..8 {
+            if let Some((to, at)) = self.aliases.get(&m).and_then(|a| a.get(&n)) {
+                (m, n) = (at.clone(), to.clone());
+            } else if let Some(from) = self.imports.get(&m).and_then(|i| i.get(&n)) {
+                m = from.clone();
+            } else {
+                break;
+            }
+        }
+        n
+    }
+}
+
+struct NameCollector<'n> {
+    module: Vec<String>,
+    names: &'n mut Names,
+}
+
+impl NameCollector<'_> {
+    /// The module a `use` prefix (`crate::db`, `super::api`, `self::x`, `db`) names, seen from
+    /// the current one.
+    fn module_of(&self, prefix: &[String]) -> String {
+        let mut m = self.module.clone();
+        let mut rest = prefix;
+        match prefix.first().map(String::as_str) {
+            Some("crate") => {
+                m.truncate(1);
+                rest = &prefix[1..];
+            }
+            Some("self") => rest = &prefix[1..],
+            _ => {}
+        }
+        while let Some(("super", tail)) = rest.split_first().map(|(h, t)| (h.as_str(), t)) {
+            if m.len() > 1 {
+                m.pop();
+            }
+            rest = tail;
+        }
+        m.extend(rest.iter().cloned());
+        m.join("::")
+    }
+
+    fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
+        let here = self.module.join("::");
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(&p.tree, prefix);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => {
+                let from = self.module_of(prefix);
+                self.names
+                    .imports
+                    .entry(here)
+                    .or_default()
+                    .insert(n.ident.to_string(), from);
+            }
+            syn::UseTree::Rename(r) if r.rename != "_" => {
+                let from = self.module_of(prefix);
+                self.names
+                    .aliases
+                    .entry(here)
+                    .or_default()
+                    .insert(r.rename.to_string(), (r.ident.to_string(), from));
+            }
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.use_tree(t, prefix);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<'a> Visit<'a> for NameCollector<'_> {
+    fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+        self.module.push(m.ident.to_string());
+        syn::visit::visit_item_mod(self, m);
+        self.module.pop();
+    }
+
+    fn visit_item_type(&mut self, t: &'a syn::ItemType) {
+        if let Some(to) = last_segment(&t.ty) {
+            let here = self.module.join("::");
+            self.names
+                .aliases
+                .entry(here.clone())
+                .or_default()
+                .insert(t.ident.to_string(), (to, here));
+        }
+    }
+
+    fn visit_item_use(&mut self, u: &'a syn::ItemUse) {
+        self.use_tree(&u.tree, &mut Vec::new());
+    }
+
+    // Items in function bodies are not the module's.
+    fn visit_block(&mut self, _: &'a syn::Block) {}
+}
+
+/// The last segment of a type's path (`Client` of `&'a db::Client<Pg>`), if it is a path.
+fn last_segment(ty: &syn::Type) -> Option<String> {
+    match ty {
+        syn::Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+        syn::Type::Reference(r) => last_segment(&r.elem),
+        syn::Type::Paren(p) => last_segment(&p.elem),
+        syn::Type::Group(g) => last_segment(&g.elem),
+        _ => None,
+    }
 }
 
 fn resilient_args(attrs: &[syn::Attribute]) -> Option<proc_macro2::TokenStream> {
@@ -429,7 +575,18 @@ fn resilient_args(attrs: &[syn::Attribute]) -> Option<proc_macro2::TokenStream> 
     })
 }
 
-impl Finder {
+impl Finder<'_> {
+    /// `ty` as written, or the name of what it stands for when it is an alias.
+    fn resolved(&self, written: String, last: Option<String>) -> String {
+        match last {
+            Some(last) => {
+                let to = self.names.resolve(&self.module.join("::"), &last);
+                if to == last { written } else { to }
+            }
+            None => written,
+        }
+    }
+
     fn path_of(&self, name: &str) -> String {
         let m = self.module.join("::");
         match &self.self_ty {
@@ -440,7 +597,7 @@ impl Finder {
     }
 }
 
-impl<'a> Visit<'a> for Finder {
+impl<'a> Visit<'a> for Finder<'_> {
     fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
         self.module.push(m.ident.to_string());
         syn::visit::visit_item_mod(self, m);
@@ -448,11 +605,16 @@ impl<'a> Visit<'a> for Finder {
     }
 
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
-        let ty = i.self_ty.to_token_stream().to_string();
-        let tr = i
-            .trait_
-            .as_ref()
-            .map(|(t, _)| t.to_token_stream().to_string());
+        let ty = self.resolved(
+            i.self_ty.to_token_stream().to_string(),
+            last_segment(&i.self_ty),
+        );
+        let tr = i.trait_.as_ref().map(|(t, _)| {
+            self.resolved(
+                t.to_token_stream().to_string(),
+                t.segments.last().map(|s| s.ident.to_string()),
+            )
+        });
         let saved = self.self_ty.replace((ty, tr));
         for item in &i.items {
             if let syn::ImplItem::Fn(f) = item
@@ -510,7 +672,7 @@ impl<'a> Visit<'a> for Finder {
     }
 }
 
-impl Finder {
+impl Finder<'_> {
     /// The functions declared in the body of the function `name` (a `#[tokio::test]`'s
     /// helper): the runtime names them after it, `module::name::inner`, as it would a type.
     fn visit_body(&mut self, name: &syn::Ident, block: &syn::Block) {

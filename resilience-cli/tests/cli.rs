@@ -615,6 +615,11 @@ mod names {
         pub trait Load {
             async fn load(&self) -> Result<usize, resilience_runtime::Error>;
         }
+
+        #[allow(async_fn_in_trait)]
+        pub trait Ping {
+            async fn ping(&self) -> Result<usize, resilience_runtime::Error>;
+        }
     }
 
     impl model::Store {
@@ -628,6 +633,26 @@ mod names {
         #[resilient(method = GET, timeout = "1s", budget = false)]
         async fn load(&self) -> Result<usize, Error> {
             Ok(5)
+        }
+    }
+
+    /// An impl of an alias, and of a trait imported under another name: named after the type
+    /// and the trait they stand for, as the compiler names them.
+    pub type Aliased = Svc<u16>;
+
+    impl Aliased {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn via_alias(&self) -> Result<usize, Error> {
+            Ok(8)
+        }
+    }
+
+    use model::Ping as Reach;
+
+    impl Reach for Svc<u32> {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn ping(&self) -> Result<usize, Error> {
+            Ok(9)
         }
     }
 
@@ -654,7 +679,7 @@ mod names {
 
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
-    use names::model::Load as _;
+    use names::model::{Load as _, Ping as _};
     use names::{Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -675,9 +700,11 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         [
             "cli::names::<Store as Load>::load",
             "cli::names::<Svc as Fetch>::fetch",
+            "cli::names::<Svc as Ping>::ping",
             "cli::names::Api::get",
             "cli::names::Greet::greet",
             "cli::names::Store::put",
+            "cli::names::Svc::via_alias",
             "cli::names::around::inner",
             "cli::names::outer::inner",
         ]
@@ -695,6 +722,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::model::Store.put().await.unwrap(), 4);
         assert_eq!(names::model::Store.load().await.unwrap(), 5);
         assert_eq!(names::outer().await.unwrap(), 6);
+        assert_eq!(names::Svc(0u16).via_alias().await.unwrap(), 8);
+        assert_eq!(names::Svc(0u32).ping().await.unwrap(), 9);
         assert_eq!(names::model::Store.around().await.unwrap(), 7);
     });
     let file: String = listed
