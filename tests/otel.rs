@@ -476,6 +476,52 @@ async fn a_hedged_attempt_that_failed_while_another_ran_is_traced_as_an_error() 
     );
 }
 
+#[resilient(
+    method = GET,
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn hedged_count(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    let text = c.get(url).send().await?.error_for_status()?.text().await?;
+    text.trim().parse().map_err(Error::call)
+}
+
+/// The first attempt is answered 200 with a body its own code cannot read (its error, not a
+/// transport failure or a status) while its hedge still runs: its span says it failed, as a
+/// permanent failure, and as an error, as any failed attempt's does.
+#[tokio::test]
+async fn a_hedged_attempt_whose_body_failed_while_another_ran_is_traced_as_an_error() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::sequence([
+        Action::status(200)
+            .body("not a number")
+            .after(std::time::Duration::from_millis(150)),
+        Action::status(200)
+            .body("7")
+            .after(std::time::Duration::from_millis(300)),
+    ]))
+    .await;
+    let c = reqwest::Client::new();
+    assert_eq!(hedged_count(&c, server.url("/count")).await.unwrap(), 7);
+    let spans = finished(&exporter, 3).await;
+    let mut attempts: Vec<_> = spans.iter().filter(|s| s.name == "GET").collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2);
+    let first = attempts[0];
+    assert_eq!(attr(first, "resilience.decision"), Some(&s("failed")));
+    assert_eq!(attr(first, "resilience.class"), Some(&s("permanent")));
+    assert!(attr(first, "error.type").is_some(), "{first:?}");
+    assert!(
+        matches!(first.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        first.status
+    );
+}
+
 #[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
 async fn purge(c: &reqwest::Client, url: String) -> Result<u16, Error> {
     let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();

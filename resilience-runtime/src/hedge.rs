@@ -285,17 +285,25 @@ where
                             0 => first.as_mut(),
                             i => hedges[i - 1].as_mut(),
                         };
-                        // How this attempt failed, for its span when another still runs.
+                        // How this attempt failed, for its span when another still runs: a
+                        // failure of its request, else its status, else its body's own error
+                        // (a permanent failure, as after any attempt whose error says nothing
+                        // the runtime can read).
                         let class = match &o {
                             Outcome::TimedOut(_) => Some(crate::classify::Class::Timeout),
                             Outcome::Done(_) => {
                                 let ctx = ended.as_mut().ctx();
-                                ctx.failure.get().or_else(|| {
-                                    ctx.status
+                                Some(
+                                    ctx.failure
                                         .get()
-                                        .filter(|s| *s >= 400)
-                                        .map(crate::classify::Class::Status)
-                                })
+                                        .or_else(|| {
+                                            ctx.status
+                                                .get()
+                                                .filter(|s| *s >= 400)
+                                                .map(crate::classify::Class::Status)
+                                        })
+                                        .unwrap_or(crate::classify::Class::Permanent),
+                                )
                             }
                         };
                         // Read from this attempt's own requests, before the round's are joined.
