@@ -52,17 +52,40 @@ struct Inner {
     bytes: usize,
 }
 
-/// What a record costs in [`MemoryStore::max_bytes`] terms.
-fn size(record: &Record) -> usize {
+/// What a record under `key` costs in [`MemoryStore::max_bytes`] terms: a kept response's
+/// body, headers and key (a route's path may be long); a claim nothing (claims are bounded by
+/// the capacity).
+fn size(key: &str, record: &Record) -> usize {
     match record {
         Record::InFlight(_) => 0,
         Record::Completed(r) => {
-            r.body.len()
+            key.len()
+                + r.body.len()
                 + r.headers
                     .iter()
                     .map(|(n, v)| n.as_str().len() + v.len())
                     .sum::<usize>()
         }
+    }
+}
+
+/// `response` in buffers of its own. A handler's body and header values may be slices of a
+/// larger buffer (a downstream answer read by hyper, whose read buffer each slice keeps
+/// alive): kept as they are, the bytes held would be far more than the bytes counted.
+fn owned(response: &StoredResponse) -> StoredResponse {
+    let mut headers = http::HeaderMap::with_capacity(response.headers.len());
+    for (name, value) in &response.headers {
+        let mut copy =
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+    }
+    StoredResponse {
+        token: response.token,
+        fingerprint: response.fingerprint,
+        status: response.status,
+        headers,
+        body: bytes::Bytes::copy_from_slice(&response.body),
     }
 }
 
@@ -152,8 +175,8 @@ impl MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let record = Record::Completed(response.clone());
-        let bytes = size(&record);
+        let record = Record::Completed(owned(response));
+        let bytes = size(key, &record);
         if bytes > self.max_bytes {
             return Err(StoreError::too_large(format!(
                 "response of {bytes} bytes is over the memory store's bound of {} bytes",
@@ -210,7 +233,7 @@ impl Inner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_expiry.insert((expires_at, seq), key.clone());
-        self.bytes += size(&record);
+        self.bytes += size(&key, &record);
         if matches!(record, Record::Completed(_)) {
             self.completed.insert(seq, key.clone());
         }
@@ -219,18 +242,19 @@ impl Inner {
             expires_at,
             seq,
         };
-        if let Some(old) = self.entries.insert(key, entry) {
+        if let Some((old_key, old)) = self.entries.remove_entry(&key) {
             self.by_expiry.remove(&(old.expires_at, old.seq));
             self.completed.remove(&old.seq);
-            self.bytes -= size(&old.record);
+            self.bytes -= size(&old_key, &old.record);
         }
+        self.entries.insert(key, entry);
     }
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
         self.by_expiry.remove(&(entry.expires_at, entry.seq));
         self.completed.remove(&entry.seq);
-        self.bytes -= size(&entry.record);
+        self.bytes -= size(key, &entry.record);
         Some(entry)
     }
 
