@@ -278,6 +278,40 @@ async fn a_store_that_hangs_is_answered_within_the_store_timeout_then_at_once() 
     assert_eq!(count(&app.runs.orders), 0);
 }
 
+/// A store taken as down for longer than a second says so in its 503's `Retry-After`: the
+/// time left of it, in whole seconds rounded up, so that a client that obeys the header does
+/// not spend its attempts on 503s the layer gives without asking the store.
+#[tokio::test]
+async fn the_503_of_a_store_taken_as_down_says_how_long_is_left() {
+    let hanging = Arc::new(hanging_store());
+    let store: Store = hanging.clone();
+    let layer = IdempotencyLayer::new(store.clone())
+        .store_timeout(Duration::from_millis(100))
+        .store_down_for(Duration::from_secs(3));
+    let app = serve(&store, layer).await;
+    let first = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
+    assert_eq!(first.status, 503, "{first:?}");
+    assert_eq!(first.header("retry-after"), Some("3"), "{first:?}");
+    let second = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
+    assert_eq!(second.status, 503, "{second:?}");
+    let left: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((2..=3).contains(&left), "{second:?}");
+    assert_eq!(
+        hanging.calls(Op::Claim),
+        1,
+        "not asked while known to be down"
+    );
+    // A store that refuses at once is not taken as down: ask again at once.
+    let down: Store = Arc::new(down_store());
+    let app = serve(
+        &down,
+        IdempotencyLayer::new(down.clone()).store_down_for(Duration::from_secs(3)),
+    )
+    .await;
+    let refused = post(&app.url("/orders"), Some(&fresh_key()), "x").await;
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+}
+
 /// The same with the layer's defaults: a store call is given 250 ms, and a store that did not
 /// answer is not asked again for 1 s.
 #[tokio::test]

@@ -156,8 +156,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    fn is_down(&self, now: Instant) -> bool {
-        lock(&self.down_until).is_some_and(|until| until > now)
+    /// How long the store is still taken as down, if it is.
+    fn down_for(&self, now: Instant) -> Option<Duration> {
+        lock(&self.down_until)
+            .filter(|until| *until > now)
+            .map(|until| until - now)
     }
 
     fn mark_down(&self, for_: Duration) {
@@ -332,7 +335,7 @@ impl IdempotencyLayer {
     }
 
     /// After a claim that got no answer within the [store timeout](Self::store_timeout), how
-    /// long the store is taken as down: keyed requests get 503 at once, without a store call. Default: 1 s (the `Retry-After` of that 503). Zero asks the
+    /// long the store is taken as down: keyed requests get 503 at once, without a store call. Default: 1 s (that 503's `Retry-After` says how much of it is left, in whole seconds). Zero asks the
     /// store every time.
     pub fn store_down_for(mut self, for_: Duration) -> Self {
         self.config_mut().store_down_for = for_.min(super::FOREVER);
@@ -703,9 +706,9 @@ where
         }
         Local::Unknown => {}
     }
-    if config.state.is_down(Instant::now()) {
+    if let Some(left) = config.state.down_for(Instant::now()) {
         tally.count(Served::StoreUnavailable);
-        return Ok(unavailable(&config));
+        return Ok(unavailable(&config, left));
     }
 
     let claim = InFlight {
@@ -740,9 +743,13 @@ where
             return Ok(replay(stored));
         }
         failed => {
+            // Asked again after the store is no longer taken as down: at once, after a
+            // failure that marked nothing.
+            let mut again = Duration::ZERO;
             let error = match failed {
                 Ok(Err(e)) => e,
                 _ => {
+                    again = config.store_down_for;
                     // A store that fails fast (full, refusing) is answered fast anyway; one
                     // that does not answer in time is taken as down for a while.
                     config.state.mark_down(config.store_down_for);
@@ -759,7 +766,7 @@ where
                 rt.spawn(withdraw(Claimed::of(&config, store_key, claim)));
             }
             tally.count(Served::StoreUnavailable);
-            return Ok(unavailable(&config));
+            return Ok(unavailable(&config, again));
         }
     }
 
@@ -1068,12 +1075,20 @@ fn in_progress<B>(config: &Config) -> Response<ResponseBody<B>> {
     )
 }
 
-fn unavailable<B>(config: &Config) -> Response<ResponseBody<B>> {
-    ask_again_later(
+/// The store cannot be reached, and is taken as down for `left` more: `Retry-After` says when
+/// a retry can find it again (whole seconds, rounded up; at least 1).
+fn unavailable<B>(config: &Config, left: Duration) -> Response<ResponseBody<B>> {
+    let mut res = ask_again_later(
         config,
         STORE_UNAVAILABLE,
         "The request was not processed; retry later with the same key.",
-    )
+    );
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    if secs > 1 {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
 }
 
 /// A problem the client may ask again about with the same key, after `Retry-After: 1`.
