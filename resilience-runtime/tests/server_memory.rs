@@ -1584,3 +1584,66 @@ async fn trailers_are_dropped_from_a_kept_answer_and_its_replay() {
         assert_eq!(collected.to_bytes(), "charge 2", "{which}");
     }
 }
+
+/// One chunk, then an error (a cursor lost mid-stream).
+struct CutAfterOne(bool);
+
+impl http_body::Body for CutAfterOne {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let sent = std::mem::replace(&mut self.0, true);
+        std::task::Poll::Ready(Some(if sent {
+            Err(std::io::Error::other("cursor lost"))
+        } else {
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"receipt: ",
+            )))
+        }))
+    }
+}
+
+/// "The body reaches the first caller as it is, cut short": a body that fails after its first
+/// chunk, under a kept status, gives the caller that chunk, then the error, as it would
+/// without the layer (read here frame by frame, from the service: over a socket, whether the
+/// chunk is written before the connection is torn down is the server's own matter). The retry
+/// gets the stored "processed once".
+#[tokio::test]
+async fn a_body_failing_after_a_kept_status_gives_its_caller_what_it_read() {
+    use http_body_util::BodyExt as _;
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+    async fn receipt() -> (axum::http::StatusCode, axum::body::Body) {
+        (
+            axum::http::StatusCode::CREATED,
+            axum::body::Body::new(CutAfterOne(false)),
+        )
+    }
+    let router = axum::Router::new().route("/receipts", axum::routing::post(receipt));
+    let mut service = IdempotencyLayer::new(store()).layer(router);
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/receipts")
+            .header("idempotency-key", key.as_str())
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = service.call(request()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let mut body = first.into_body();
+    let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(chunk, "receipt: ");
+    let cut = body.frame().await.unwrap();
+    assert!(cut.is_err(), "then the cut");
+    let again = service.call(request()).await.unwrap();
+    assert_eq!(again.status(), 500);
+    let text = again.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("processed once"),
+        "{text:?}"
+    );
+}

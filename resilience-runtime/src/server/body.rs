@@ -28,9 +28,9 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
-        // The handler's body failed while the layer was reading it: yield the error, so the
-        // connection fails as it would have without the layer.
-        Failed { error: Option<BoxError> },
+        // The handler's body failed while the layer was reading it: yield what was read, then
+        // the error, so the caller gets what it would have without the layer, cut short.
+        Failed { prefix: Option<Bytes>, error: Option<BoxError> },
         // Larger than the layer keeps: what it read, then the rest of the handler's body.
         Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
@@ -60,9 +60,12 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn failed(error: BoxError) -> Self {
+    pub(crate) fn failed(prefix: Bytes, error: BoxError) -> Self {
         ResponseBody {
-            kind: Kind::Failed { error: Some(error) },
+            kind: Kind::Failed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                error: Some(error),
+            },
         }
     }
 }
@@ -82,7 +85,10 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Failed { error } => Poll::Ready(error.take().map(Err)),
+            KindProj::Failed { prefix, error } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Ready(error.take().map(Err)),
+            },
             KindProj::Prefixed { prefix, body } => match prefix.take() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => body.as_mut().poll_frame(cx).map_err(Into::into),
@@ -94,7 +100,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
-            Kind::Failed { error } => error.is_none(),
+            Kind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
             Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
@@ -128,7 +134,11 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .debug_tuple("ResponseBody::Full")
                 .field(&data.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Kind::Failed { error } => f.debug_tuple("ResponseBody::Failed").field(error).finish(),
+            Kind::Failed { prefix, error } => f
+                .debug_tuple("ResponseBody::Failed")
+                .field(&prefix.as_ref().map_or(0, Bytes::len))
+                .field(error)
+                .finish(),
             Kind::Prefixed { prefix, .. } => f
                 .debug_tuple("ResponseBody::Prefixed")
                 .field(&prefix.as_ref().map_or(0, Bytes::len))

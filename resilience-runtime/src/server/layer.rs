@@ -911,18 +911,22 @@ where
     // must not run the handler again.
     let (parts, body) = res.into_parts();
     let max = config.max_stored_body;
+    // What was read stays here whatever ends the reading (an error, a panic, the limit): the
+    // first caller gets it, cut short, as it would without the layer.
+    let mut read = ReadSoFar::default();
     let collected = tokio::time::timeout_at(
         limit_at,
         CatchUnwind {
-            inner: read_up_to(Box::pin(body), max),
+            inner: read_up_to(Box::pin(body), max, &mut read),
         },
     )
     .await;
     let failed: BoxError = match collected {
-        Ok(Ok(Ok(Read::Whole(body)))) => {
-            return Ok(kept(&config, guard, &tally, claim, parts, body).await);
+        Ok(Ok(Ok(None))) => {
+            return Ok(kept(&config, guard, &tally, claim, parts, read.take()).await);
         }
-        Ok(Ok(Ok(Read::Over(prefix, rest)))) => {
+        Ok(Ok(Ok(Some(rest)))) => {
+            let prefix = read.take();
             // Larger than the layer keeps: a problem stored in its place, and the caller gets
             // what was read, then the rest as the handler streams it (a long export is not
             // held whole in memory).
@@ -964,45 +968,67 @@ where
     guard
         .complete_counted(&config, stored, &tally, Served::ResponseFailed)
         .await;
-    Ok(Response::from_parts(parts, ResponseBody::failed(failed)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::failed(read.take(), failed),
+    ))
 }
 
-/// A response body read by the layer: whole, or, past the bound it keeps, what was read and
-/// the rest unread.
-enum Read<B> {
-    Whole(Bytes),
-    Over(Bytes, Pin<Box<B>>),
+/// What the layer has read of a response body.
+#[derive(Default)]
+struct ReadSoFar {
+    /// The first chunk, while it is the only one (the usual whole body), kept without a copy.
+    first: Option<Bytes>,
+    /// Every chunk, once there were two.
+    joined: bytes::BytesMut,
 }
 
-/// Reads `body` to its end, or until it holds more than `max` bytes. Trailers are not kept.
-/// The body's error is converted at once: its own type need not be `Send`.
-async fn read_up_to<B>(mut body: Pin<Box<B>>, max: usize) -> Result<Read<B>, BoxError>
+impl ReadSoFar {
+    fn push(&mut self, data: Bytes) {
+        match self.first.take() {
+            None if self.joined.is_empty() => self.first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    self.joined.extend_from_slice(&held);
+                }
+                self.joined.extend_from_slice(&data);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn take(&mut self) -> Bytes {
+        self.first
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.joined).freeze())
+    }
+}
+
+/// Reads `body` into `read` to its end (`None`), or until that holds more than `max` bytes
+/// (the rest unread). Trailers are not kept. The body's error is converted at once: its own
+/// type need not be `Send`.
+async fn read_up_to<B>(
+    mut body: Pin<Box<B>>,
+    max: usize,
+    read: &mut ReadSoFar,
+) -> Result<Option<Pin<Box<B>>>, BoxError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut read = bytes::BytesMut::new();
-    let mut first: Option<Bytes> = None;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(Into::into)?.into_data() else {
             continue;
         };
-        // One chunk (the usual whole body) is kept as it is, without a copy.
-        match first.take() {
-            None if read.is_empty() => first = Some(data),
-            held => {
-                if let Some(held) = held {
-                    read.extend_from_slice(&held);
-                }
-                read.extend_from_slice(&data);
-            }
-        }
-        let len = first.as_ref().map_or(read.len(), Bytes::len);
-        if len > max {
-            return Ok(Read::Over(first.unwrap_or_else(|| read.freeze()), body));
+        read.push(data);
+        if read.len() > max {
+            return Ok(Some(body));
         }
     }
-    Ok(Read::Whole(first.unwrap_or_else(|| read.freeze())))
+    Ok(None)
 }
 
 /// A kept status whose body was read to its end, within the bound the layer keeps: stored and
