@@ -672,7 +672,14 @@ impl Settings {
                 let hint = did_you_mean(other, &known)
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
-                err(diags, v, fallback, format!("unknown key `{other}`{hint}"));
+                let msg = format!("unknown key `{other}`{hint}");
+                if v.origin.is_inline() {
+                    // About the whole `key = value`: at the entry (its key, on stable Rust),
+                    // not at the value.
+                    diags.push(fallback, msg);
+                } else {
+                    err(diags, v, fallback, msg);
+                }
             }
         }
     }
