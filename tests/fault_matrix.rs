@@ -520,6 +520,35 @@ async fn retry_after_as_a_fraction_or_a_merged_list_is_waited() {
     }
 }
 
+/// The same fields unmerged, as they arrive when no proxy joined them: their longest too. And
+/// a longest beyond the cap ends the call at once, as a single such field does.
+#[tokio::test(start_paused = true)]
+async fn repeated_retry_after_fields_are_read_as_their_longest() {
+    let c = client();
+    let server = FaultServer::start(vec![
+        Action::status(503).retry_after(1).retry_after(5),
+        Action::ok(),
+    ])
+    .await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&c, &server.url("/op")).await.unwrap(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let capped = FaultServer::start(vec![
+        Action::status(503).retry_after(5).retry_after(120),
+        Action::ok(),
+    ])
+    .await;
+    let started = tokio::time::Instant::now();
+    let e = get(&c, &capped.url("/op")).await.unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(capped.count(), 1);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_cap_ends_the_call_at_once() {
     let c = client();

@@ -397,10 +397,23 @@ struct ResponseFacts {
 /// A response's status, `Retry-After` and replay mark.
 fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
     let headers = resp.headers();
-    let retry_after = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::retry_after::parse(v, SystemTime::now()));
+    // Repeated fields, unmerged, read as their merged list is: the longest wait.
+    let mut fields = headers.get_all(RETRY_AFTER).iter();
+    let retry_after = match (fields.next(), fields.next()) {
+        (None, _) => None,
+        (Some(one), None) => one
+            .to_str()
+            .ok()
+            .and_then(|v| crate::retry_after::parse(v, SystemTime::now())),
+        (Some(_), Some(_)) => {
+            let now = SystemTime::now();
+            headers
+                .get_all(RETRY_AFTER)
+                .iter()
+                .filter_map(|v| crate::retry_after::parse(v.to_str().ok()?, now))
+                .max()
+        }
+    };
     let replayed = headers
         .get(IDEMPOTENT_REPLAYED)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
