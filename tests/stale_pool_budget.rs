@@ -266,6 +266,13 @@ async fn a_retry_the_deadline_overtook_gives_its_budget_back() {
         "{e}"
     );
     assert_eq!(e.attempts(), 1, "{e}");
+    // What the one attempt got, as its error says.
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(
+        e.class(),
+        Some(resilience_runtime::Class::Status(503)),
+        "{e}"
+    );
     assert_eq!(down.count(), 1, "the retry was never sent");
     let b = budget();
     assert_eq!((b.withdrawals, b.available), (0, 1), "{b:?}");

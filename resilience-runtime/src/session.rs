@@ -861,7 +861,7 @@ impl Session {
         // nothing is sent, so neither the breaker nor the concurrency limit hears of it.
         if now >= self.deadline {
             self.give_back_retry();
-            return Err(self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout));
+            return Err(self.out_of_time());
         }
         if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held)
             && b.try_acquire_into(now, &mut self.breaker_permit).is_err()
@@ -915,6 +915,19 @@ impl Session {
         if let (Some(t), Some(b)) = (self.retry_token.take(), self.shared.budget) {
             b.give_back(t);
         }
+    }
+
+    /// No time left for the next attempt, out of line. After attempts that ran, the error's
+    /// class and status are the last of them (a 503 the backoff after it outlasted), as for a
+    /// refusal by the breaker.
+    #[inline(never)]
+    fn out_of_time(&mut self) -> Error {
+        let mut e = self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout);
+        if let Some((class, status)) = self.ran_last.filter(|_| self.attempts > 0) {
+            e.set_class(Some(class));
+            e.set_answered(status);
+        }
+        e
     }
 
     /// An attempt refused by the open breaker, out of line. After attempts that ran, the
