@@ -74,6 +74,9 @@ impl BackoffState {
             Jitter::None => ceiling,
             Jitter::Full => self.uniform(Duration::ZERO, ceiling),
             Jitter::Equal => self.uniform(ceiling / 2, ceiling),
+            // A curve of its own, between `initial` and three times the previous delay; under
+            // `kind = constant` held to its ceiling, `initial`, as every constant delay is.
+            Jitter::Decorrelated if b.kind == BackoffKind::Constant => ceiling,
             Jitter::Decorrelated => {
                 let hi = self.prev.saturating_mul(3).min(b.max).max(b.initial);
                 self.uniform(b.initial, hi)
@@ -103,6 +106,30 @@ mod tests {
             max: Duration::from_secs(2),
             multiplier_milli: 2000,
             jitter,
+        }
+    }
+
+    /// `kind = constant` waits its `initial` at most, whatever the jitter; `decorrelated`,
+    /// which would grow towards `max`, waits `initial` itself.
+    #[test]
+    fn constant_never_waits_more_than_initial() {
+        for jitter in [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+        ] {
+            let mut s = BackoffState::new(b(BackoffKind::Constant, jitter));
+            for attempt in 1..=50 {
+                let d = s.next_delay(attempt);
+                assert!(
+                    d <= Duration::from_millis(100),
+                    "{jitter:?} {attempt}: {d:?}"
+                );
+                if matches!(jitter, Jitter::None | Jitter::Decorrelated) {
+                    assert_eq!(d, Duration::from_millis(100), "{jitter:?}");
+                }
+            }
         }
     }
 
