@@ -236,6 +236,35 @@ async fn a_failure_the_inner_policy_does_not_retry_is_retried_by_the_outer_one()
     assert_eq!(server.count(), 3, "{e}");
 }
 
+/// The inner call gives up on the first 503 (`max_attempts = 1`): its `Retry-After` is the
+/// outer call's to wait out when it retries, or to end at once on when it is beyond its cap.
+#[tokio::test(start_paused = true)]
+async fn the_outer_call_waits_out_the_retry_after_its_inner_call_got() {
+    let server = FaultServer::start(vec![Action::status(503).retry_after(2), Action::ok()]).await;
+    let started = Instant::now();
+    assert_eq!(
+        outer_retries(&client(), &server.url("/busy"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(server.count(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "retried after {:?}, not the 2 s asked",
+        started.elapsed()
+    );
+    // Beyond the outer call's cap (`max_retry_after`, 30 s by default): one request, at once.
+    let busy = FaultServer::start(Script::always(Action::status(503).retry_after(120))).await;
+    let started = Instant::now();
+    let e = outer_retries(&client(), &busy.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.count(), 1, "{e}");
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{e}");
+}
+
 #[resilient(
     timeout = "10s",
     deadline = "30s",
@@ -254,6 +283,30 @@ async fn inner_patient(c: &reqwest::Client, url: &str) -> Result<String, Error> 
 )]
 async fn outer_in_a_hurry(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     inner_patient(c, url).await
+}
+
+#[resilient(
+    timeout = "500ms",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    method = GET
+)]
+async fn outer_attempts_short(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_patient(c, url).await
+}
+
+/// The inner call (3 attempts of its own) gets a 503 asking for a second, which does not fit
+/// the 500 ms left of the outer attempt: it retried nothing, so the outer call, whose
+/// deadline is 10 s, retries it (after the second asked), rather than giving up as if the
+/// inner one had retried it already.
+#[tokio::test(start_paused = true)]
+async fn a_failure_the_inner_call_had_no_time_to_retry_is_the_outer_calls_to_retry() {
+    let server = FaultServer::start(vec![Action::status(503).retry_after(1), Action::ok()]).await;
+    let got = outer_attempts_short(&client(), &server.url("/busy")).await;
+    assert_eq!(got.unwrap(), "ok");
+    assert_eq!(server.count(), 2);
 }
 
 #[tokio::test(start_paused = true)]

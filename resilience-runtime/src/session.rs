@@ -1072,7 +1072,7 @@ impl Session {
     fn finish(&mut self, succeeded: bool, gave_up_retryable: bool) {
         self.ended = true;
         if self.nested {
-            self.tell_outer(gave_up_retryable);
+            self.tell_outer(!succeeded, gave_up_retryable);
         }
         crate::report::record(|| self.report(succeeded));
     }
@@ -1080,11 +1080,18 @@ impl Session {
     /// What [`finish`](Self::finish) tells the enclosing call's attempt, out of line: the
     /// outermost call's end does not carry its frame.
     #[inline(never)]
-    fn tell_outer(&self, gave_up_retryable: bool) {
+    fn tell_outer(&self, failed: bool, gave_up_retryable: bool) {
         let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
         let _ = with_attempt(|outer| {
             if let Some(m) = sent {
                 note_sent(outer, m, unkeyed);
+            }
+            // The server's `Retry-After` on the failure this call ends with: the enclosing
+            // call, if it retries that failure, waits it out (and ends at once when it is
+            // beyond its cap or its deadline), as for a response of its own.
+            if failed && let Some(asked) = self.last.retry_after {
+                let longest = outer.retry_after.get().map_or(asked, |a| a.max(asked));
+                outer.retry_after.set(Some(longest));
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
@@ -1417,12 +1424,12 @@ impl Session {
             );
         }
         // A transient failure this call could have retried under its own policy: the
-        // enclosing call must not retry it again. Not a first attempt that the time ran out
-        // on (nested, the enclosing attempt's time), nor a failure its policy does not retry
-        // (a 503 outside its `retry_on`): nothing retried it, the enclosing call's policy
-        // decides.
-        let cut_short =
-            self.attempts == 1 && self.last.runtime == Some(ErrorKind::DeadlineExceeded);
+        // enclosing call must not retry it again. Not one the time ran out on before any
+        // retry (nested, the enclosing attempt's time: its first attempt cut short, a backoff
+        // or `Retry-After` that did not fit, no time even to start), nor a failure its policy
+        // does not retry (a 503 outside its `retry_on`): nothing retried it, the enclosing
+        // call's policy decides.
+        let cut_short = self.retried == 0 && why == GiveUp::DeadlineTooClose;
         let retryable = class.is_transient()
             && self.policy.max_attempts > 1
             && !cut_short
