@@ -186,6 +186,33 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Located> {
         } else if input.peek(Token![.]) && !input.peek(Token![..]) {
             input.parse::<Token![.]>()?;
             text.push('.');
+            // A tuple field (`order.ids.0`), or several (`pair.0.1` arrives as one float).
+            if input.peek(syn::LitInt) || input.peek(syn::LitFloat) {
+                let lit: syn::Lit = input.parse()?;
+                let digits = match &lit {
+                    syn::Lit::Int(i) if i.suffix().is_empty() => i.base10_digits().to_owned(),
+                    syn::Lit::Float(f) if f.suffix().is_empty() => f.base10_digits().to_owned(),
+                    _ => String::new(),
+                };
+                let valid = !digits.is_empty()
+                    && digits
+                        .split('.')
+                        .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+                if !valid {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "expected a field: a name, or a tuple field's index like `.0`",
+                    ));
+                }
+                last = lit.span();
+                text.push_str(&digits);
+                if input.peek(Token![.]) && !input.peek(Token![..]) {
+                    input.parse::<Token![.]>()?;
+                    text.push('.');
+                    continue;
+                }
+                break;
+            }
         } else {
             break;
         }
@@ -213,6 +240,12 @@ mod tests {
             retry_on = [connect, 503], backoff(kind = constant, initial = "10ms"),
             budget = { ratio = 0.2 }, crate = ::my::reexport, idempotency_key = order.id
         });
+        // Tuple fields in a key's path.
+        assert_eq!(
+            parse(quote!(idempotency_key = order.ids.0))[0].1,
+            "order.ids.0"
+        );
+        assert_eq!(parse(quote!(idempotency_key = pair.0.1))[0].1, "pair.0.1");
         let want = [
             ("timeout", "\"2s\""),
             ("deadline", "5s"),

@@ -37,10 +37,32 @@ async fn refund(c: &reqwest::Client, key: String) -> Result<(), Error> {
     Ok(())
 }
 
+// A tuple field, or a field of one, is a field path too.
+struct Transfer {
+    ids: (String, (u64, String)),
+}
+
+#[resilient(idempotency_key = transfer.ids.0)]
+async fn transfer(c: &reqwest::Client, transfer: &Transfer) -> Result<(), Error> {
+    c.post("http://127.0.0.1:1/transfers").send().await?;
+    Ok(())
+}
+
+#[resilient(idempotency_key = transfer.ids.1.1)]
+async fn transfer_again(c: &reqwest::Client, transfer: &Transfer) -> Result<(), Error> {
+    c.post("http://127.0.0.1:1/transfers").send().await?;
+    Ok(())
+}
+
 fn main() {
     let _ = charge;
     let _ = place;
     let _ = refund;
+    let _ = transfer;
+    let _ = transfer_again;
+    let _ = Transfer {
+        ids: (String::new(), (0, String::new())),
+    };
     let _ = Order {
         id: String::new(),
         total: 0,
