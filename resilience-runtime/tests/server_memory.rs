@@ -1647,3 +1647,41 @@ async fn a_body_failing_after_a_kept_status_gives_its_caller_what_it_read() {
         "{text:?}"
     );
 }
+
+/// A store that refuses every claim at once (its connection refused): each refused request's
+/// claim is taken back in case its command ran, but not without bound: at most 64 such
+/// withdrawals run at once in a layer, each trying every few seconds for half a minute, so
+/// 300 refused requests do not send the down store ten thousand releases.
+#[tokio::test(start_paused = true)]
+async fn the_releases_sent_to_a_store_that_refuses_everything_are_bounded() {
+    use tower_service::Service as _;
+    let down = Arc::new(down_store());
+    let store: Store = down.clone();
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(|| async { "done" }))
+        .layer(IdempotencyLayer::new(store));
+    for _ in 0..300 {
+        let refused = app
+            .clone()
+            .call(keyed_post("/orders", &fresh_key()))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503);
+    }
+    assert_eq!(down.calls(Op::Claim), 300);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let releases = down.calls(Op::Release);
+    // 64 at a time, about 17 each over their half minute (every second at most for the first
+    // two, while a late claim may land, then every 4 s): 300 × 35 before.
+    assert!(releases <= 64 * 18, "{releases} releases");
+    assert!(releases >= 64, "each withdrawal ran: {releases}");
+    // And once they ended, a later refusal is taken back again.
+    let refused = app
+        .clone()
+        .call(keyed_post("/orders", &fresh_key()))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(down.calls(Op::Release) > releases, "withdrawn again");
+}

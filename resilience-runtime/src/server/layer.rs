@@ -138,6 +138,8 @@ struct State {
     /// out while the store was unreachable, evicted, a failover) never lets a repeat through
     /// this instance run the handler a second time.
     running: Mutex<HashMap<Arc<str>, Fingerprint>>,
+    /// The withdrawals of claims this layer runs now (at most [`MAX_WITHDRAWING`]).
+    withdrawing: std::sync::atomic::AtomicUsize,
 }
 
 /// What [`State::local`] found.
@@ -763,7 +765,7 @@ where
             // The claim command may still run when the store wakes up: take it back, so that
             // the retry this 503 invites is not met by a claim nobody holds.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(withdraw(Claimed::of(&config, store_key, claim)));
+                spawn_withdraw(&rt, Claimed::of(&config, store_key, claim));
             }
             tally.count(Served::StoreUnavailable);
             return Ok(unavailable(&config, again));
@@ -1307,14 +1309,7 @@ impl ClaimGuard {
         lock(&config.state.running).insert(key.clone(), claim.fingerprint);
         let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let done = Arc::new(AtomicBool::new(false));
-            let task = rt.spawn(renew(
-                config.store.clone(),
-                key.clone(),
-                claim,
-                config.lease,
-                config.store_timeout,
-                done.clone(),
-            ));
+            let task = rt.spawn(renew(Claimed::of(config, key.clone(), claim), done.clone()));
             Renewal {
                 task: task.abort_handle(),
                 done,
@@ -1585,6 +1580,7 @@ struct Claimed {
     claim: InFlight,
     lease: Duration,
     store_timeout: Duration,
+    state: Arc<State>,
 }
 
 impl Claimed {
@@ -1595,6 +1591,7 @@ impl Claimed {
             claim,
             lease: config.lease,
             store_timeout: config.store_timeout,
+            state: config.state.clone(),
         }
     }
 }
@@ -1611,9 +1608,35 @@ impl Drop for Unanswered {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             tracing::debug!(key = %claimed.key, "dropped while claiming a key: claim withdrawn");
-            rt.spawn(withdraw(claimed));
+            spawn_withdraw(&rt, claimed);
         }
     }
+}
+
+/// The most withdrawals a layer runs at once: a store that refuses every claim (down, its
+/// connection refused) would otherwise be sent the releases of every keyed request refused
+/// for it, each tried again for half a minute. Past the bound a claim is left to its lease
+/// (10 s by default), which takes it back as surely, later.
+const MAX_WITHDRAWING: usize = 64;
+
+fn spawn_withdraw(rt: &tokio::runtime::Handle, claimed: Claimed) {
+    use std::sync::atomic::Ordering;
+    let state = claimed.state.clone();
+    if state.withdrawing.fetch_add(1, Ordering::AcqRel) >= MAX_WITHDRAWING {
+        state.withdrawing.fetch_sub(1, Ordering::AcqRel);
+        tracing::debug!(key = %claimed.key, "{MAX_WITHDRAWING} claims being taken back already: this one is left to its lease");
+        return;
+    }
+    struct Running(Arc<State>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.withdrawing.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    rt.spawn(async move {
+        let _running = Running(state);
+        withdraw(claimed).await;
+    });
 }
 
 /// Takes back a claim whose command failed or timed out: it may still run once the store
@@ -1639,7 +1662,10 @@ async fn withdraw(c: Claimed) {
             _ => {}
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        // Every second while a late claim may still land; then, a store still refusing, less
+        // often.
+        let most = if now < settled { 1 } else { 4 };
+        delay = (delay * 2).min(Duration::from_secs(most));
     }
 }
 
@@ -1647,14 +1673,15 @@ async fn withdraw(c: Claimed) {
 /// client sends a command again for up to a second after a failover; twice that, for margin.
 const RESEND_HORIZON: Duration = Duration::from_secs(2);
 
-async fn renew(
-    store: Arc<dyn IdempotencyStore>,
-    key: Arc<str>,
-    claim: InFlight,
-    lease: Duration,
-    store_timeout: Duration,
-    done: Arc<AtomicBool>,
-) {
+async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
+    let Claimed {
+        store,
+        key,
+        claim,
+        lease,
+        store_timeout,
+        state,
+    } = claimed;
     let every = (lease / 3).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval_at(super::after(Instant::now(), every), every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1678,6 +1705,7 @@ async fn renew(
                     claim,
                     lease,
                     store_timeout,
+                    state: state.clone(),
                 }));
                 let again =
                     tokio::time::timeout(store_timeout, store.claim(&key, &claim, lease)).await;
