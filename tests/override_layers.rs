@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+mod support;
+
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, ErrorKind, overrides, resilient};
 use tokio::time::Instant;
@@ -32,8 +34,21 @@ async fn each_section_and_setting_changes_the_calls() {
     let unavailable = || Action::status(503);
     assert_eq!(attempts(unavailable()).await.0, 4, "compiled: 4 attempts");
 
-    // The policy's section applies to its functions.
+    // The policy's section applies to its functions; the change is logged, at warn level,
+    // with the function, the setting, and the values before and after.
+    let (logs, guard) = support::capture(tracing::Level::WARN, false);
     apply("[policies.search]\nmax_attempts = 2\n");
+    drop(guard);
+    let logged = logs.text();
+    assert!(
+        logged.contains("WARN")
+            && logged.contains("run-time override applied")
+            && logged.contains("function=\"override_layers::search\"")
+            && logged.contains("setting=\"max_attempts\"")
+            && logged.contains("old=4")
+            && logged.contains("new=2"),
+        "{logged}"
+    );
     assert_eq!(attempts(unavailable()).await.0, 2, "[policies.search]");
 
     // The function's own section wins over its policy's.

@@ -1090,8 +1090,13 @@ pub async fn a_keyed_put_or_delete_is_replayed_by_key(store: Store) {
     assert_eq!(count(&app.runs.orders), 2);
     for _ in 0..2 {
         send(client().put(app.url("/orders")).body("x")).await;
+        send(client().delete(app.url("/orders")).body("x")).await;
     }
-    assert_eq!(count(&app.runs.orders), 4, "an unkeyed PUT runs every time");
+    assert_eq!(
+        count(&app.runs.orders),
+        6,
+        "an unkeyed PUT or DELETE runs every time"
+    );
 }
 
 /// An optional layer around the router and one requiring a key on a route: the inner one
