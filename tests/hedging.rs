@@ -518,6 +518,58 @@ async fn a_hedge_told_still_in_progress_asks_for_the_replay_after_the_round() {
     assert!(report.expect("measured").attempts >= 3);
 }
 
+/// A gateway behind the idempotency layer whose handler takes 300 ms and answers `status` to
+/// its first charge (its own failure: the layer keeps no 5xx, and gives the key back), 201
+/// after: its URL, and the charges it ran.
+async fn failing_gateway(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::State;
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+
+    let charges = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/charges",
+            axum::routing::post(move |State(charges): State<Arc<AtomicUsize>>| async move {
+                let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let code = if n == 1 { status } else { 201 };
+                (
+                    axum::http::StatusCode::from_u16(code).unwrap(),
+                    format!("charge {n}"),
+                )
+            }),
+        )
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, charges)
+}
+
+/// The hedge is answered 409 "still in progress" while the first request's handler runs; then
+/// the handler answers its own 500 (or 503, 429): the server answered, the request is no
+/// longer in progress, and the call (one attempt, 500 outside `retry_on`) ends with that
+/// answer. Asking for "the replay" would run the handler again, since the layer keeps no 5xx.
+#[tokio::test(start_paused = true)]
+async fn a_handlers_own_failure_after_a_409_is_not_asked_for_again() {
+    for status in [500, 503, 429] {
+        let (url, charges) = failing_gateway(status).await;
+        let e = hedged_charge(&reqwest::Client::new(), &url)
+            .await
+            .unwrap_err();
+        assert_eq!(e.http_status(), Some(status), "{e}");
+        assert_eq!(
+            charges.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{status}: the handler ran once: {e}"
+        );
+    }
+}
+
 #[resilient(
     timeout = "1s",
     deadline = "1s",

@@ -1212,13 +1212,19 @@ impl Session {
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
             return self.give_up(class, GiveUp::DeadlineTooClose);
         }
-        // A hedged round whose last attempt failed in a way that may pass (a timeout, a lost
-        // connection, a proxy's 504: counted as such above, for the breaker and the
-        // concurrency limit) after another was answered "still in progress": the request is
-        // being processed, and the next attempt asks for its replay. Not after an answer the
-        // server replayed from its store: that one is final.
+        // A hedged round whose last attempt failed without an answer from the handler (a
+        // timeout, a lost connection, a refused one, a proxy's 502 or 504: counted as such
+        // above, for the breaker and the concurrency limit) after another was answered "still
+        // in progress": the request is being processed, and the next attempt asks for its
+        // replay. Not after the handler's own answer (a 500, 503, 429, 408: it is no longer in
+        // progress, and a server that keeps no failure would run it again), nor after an
+        // answer the server replayed from its store: those are final.
+        let unanswered = matches!(
+            class,
+            Class::Timeout | Class::Reset | Class::Connect | Class::Status(502 | 504)
+        );
         let class = match self.last.round_in_progress.take() {
-            Some(retry_after) if class.is_transient() && !self.last.replayed => {
+            Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Some(409);
                 self.last.retry_after = Some(retry_after);
                 self.last.replayed = false;
