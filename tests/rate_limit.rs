@@ -151,6 +151,41 @@ async fn the_wait_for_a_permit_counts_against_the_deadline() {
     assert_eq!(seen[2].at - seen[0].at, Duration::from_millis(200));
 }
 
+/// One permit an hour.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(rate = 1, per = "1h", burst = 1)
+)]
+async fn hourly(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call handed no time (a caller's `X-Timeout-Ms: 0`) ends `DeadlineExceeded` without taking
+/// the hour's one permit: nothing could have been sent with it. The next call, with time, gets it.
+#[tokio::test(start_paused = true)]
+async fn a_call_with_no_time_left_takes_no_permit() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    for _ in 0..3 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::ZERO),
+            hourly(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    }
+    assert_eq!(server.count(), 0);
+    assert_eq!(hourly(&c, &server.url("/")).await.unwrap(), 200);
+    assert_eq!(
+        hourly(&c, &server.url("/")).await.unwrap_err().kind(),
+        ErrorKind::RateLimited
+    );
+}
+
 // The shared limit: 40 calls per second, a burst of 4, shared through Redis by every process.
 #[resilient(
     timeout = "1s",

@@ -213,7 +213,14 @@ impl RateLimiter {
     pub async fn acquire_by(&self, deadline: Instant) -> Result<(), Refused> {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
-        let allowed = self.spec.max_wait.min(left);
+        // No time left (a caller's `X-Timeout-Ms: 0`, an outer attempt that has run out):
+        // nothing could be sent with a permit, so none is taken.
+        if left.is_zero() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Deadline);
+        }
+        // A wait must end before the deadline, with time left to send something.
+        let allowed = self.spec.max_wait.min(left - Duration::from_nanos(1));
         // Whether the permit is the local limit's (a shared limit's while Redis is down or
         // slow too): one reserved there is given back by a caller that stops waiting for it.
         let reserved = match self.spec.store {

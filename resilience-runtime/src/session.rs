@@ -567,6 +567,8 @@ impl Session {
             && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
+                // No time left: the admission's full path refuses it, taking no permit.
+                Some(_) if deadline <= started => false,
                 // A local limit with a permit free now: no wait, no future.
                 Some(r) => match crate::ratelimit::admit_now(r, shared, started, started) {
                     Some(Ok(())) => true,
