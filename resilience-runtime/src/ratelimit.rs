@@ -550,6 +550,17 @@ return wait",
         Slow(Duration),
     }
 
+    /// The interval between permits in Redis's microseconds, rounded up (at least 1): a limit
+    /// shared through Redis never lets more through than its rate, where rounding down would
+    /// (600,000 a second would let a million through).
+    pub(super) fn interval_micros(spec: &RateLimitSpec) -> u64 {
+        let rate = u128::from(spec.rate.max(1));
+        spec.per
+            .as_micros()
+            .div_ceil(rate)
+            .clamp(1, u128::from(u64::MAX)) as u64
+    }
+
     /// One decision of Redis, waited for at most `left` (the time before the call's deadline)
     /// and [`STORE_TIMEOUT`].
     pub(super) async fn reserve(
@@ -562,7 +573,7 @@ return wait",
             return Answer::NoConnection;
         };
         let mut conn = conn.clone();
-        let interval = (spec.per.as_micros() / u128::from(spec.rate.max(1))).max(1) as u64;
+        let interval = interval_micros(spec);
         let tolerance = interval.saturating_mul(u64::from(spec.burst));
         let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
         let mut inv = RESERVE.prepare_invoke();
@@ -674,6 +685,35 @@ mod tests {
                 store: RateLimitStore::Local,
             },
         )
+    }
+
+    /// Shared through Redis, the interval is counted in whole microseconds, rounded up: never
+    /// more permits than the rate (600,000 a second once got a 1 µs interval, a million).
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_shared_limits_interval_is_rounded_up_to_a_microsecond() {
+        let spec = |rate, per| RateLimitSpec {
+            rate,
+            per,
+            burst: 1,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Redis,
+        };
+        let us = |rate, per| shared::interval_micros(&spec(rate, per));
+        assert_eq!(us(600_000, Duration::from_secs(1)), 2);
+        assert_eq!(us(150_000, Duration::from_secs(1)), 7);
+        assert_eq!(us(1_000_000, Duration::from_secs(1)), 1);
+        assert_eq!(us(1_000_000, Duration::from_millis(1)), 1);
+        assert_eq!(us(40, Duration::from_secs(1)), 25_000);
+        assert_eq!(us(1, Duration::from_secs(86_400)), 86_400_000_000);
+        // Never more than the rate: the interval times the rate covers the period.
+        for (rate, per_ms) in [(600_000, 1_000), (7, 1), (3, 10), (999_999, 86_400_000)] {
+            let per = Duration::from_millis(per_ms);
+            assert!(
+                u128::from(us(rate, per)) * u128::from(rate) >= per.as_micros(),
+                "{rate} per {per:?}"
+            );
+        }
     }
 
     /// A call whose clock reading is older than another's that already took a permit (its
