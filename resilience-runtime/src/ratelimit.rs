@@ -353,20 +353,35 @@ impl RateLimiter {
         left: Duration,
     ) -> Result<(Duration, bool), Refused> {
         let down_until = self.down_until.load(Ordering::Relaxed);
-        if down_until == 0 || self.nanos_since_epoch(now) >= down_until {
+        // Redis is asked while it is up; once the time it was taken as down for is over, by one
+        // call, which takes the next `STORE_TIMEOUT` for its question, while the others go on
+        // deciding locally at once (else each call of that moment would wait for a Redis
+        // still frozen, every second).
+        let ask = down_until == 0
+            || (self.nanos_since_epoch(now) >= down_until
+                && self
+                    .down_until
+                    .compare_exchange(
+                        down_until,
+                        self.nanos_since_epoch(now + shared::STORE_TIMEOUT).max(1),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok());
+        if ask {
             match shared::reserve(self.name, &self.spec, allowed, left).await {
                 shared::Answer::Wait(wait) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
-                    if down_until != 0 && self.down_until.swap(0, Ordering::Relaxed) != 0 {
-                        tracing::info!(
-                            rate_limit = self.name,
-                            "rate limit shared through Redis: Redis answers again"
-                        );
+                    if down_until != 0 {
+                        self.store_answers();
                     }
                     return Ok((wait, false));
                 }
                 shared::Answer::Refused(needed) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
+                    if down_until != 0 {
+                        self.store_answers();
+                    }
                     return Err(self.why_refused(needed, left));
                 }
                 shared::Answer::Failed => self.store_failed(),
@@ -416,6 +431,18 @@ impl RateLimiter {
         if total >= shared::STORE_TIMEOUT.as_nanos() as u64 {
             self.slow_waited.store(0, Ordering::Relaxed);
             self.store_failed();
+        }
+    }
+
+    /// Redis answered (a permit or a refusal) after it was taken as down: it is up again,
+    /// said once.
+    #[cfg(feature = "redis")]
+    fn store_answers(&self) {
+        if self.down_until.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!(
+                rate_limit = self.name,
+                "rate limit shared through Redis: Redis answers again"
+            );
         }
     }
 

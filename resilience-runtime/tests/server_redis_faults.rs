@@ -488,7 +488,7 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
         .await
         .expect("connect");
     assert!(ratelimit::use_redis(conn));
-    let limiter = RateLimiter::new(
+    let limiter = std::sync::Arc::new(RateLimiter::new(
         "faults_limit",
         RateLimitSpec {
             rate: 1000,
@@ -497,7 +497,7 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             max_wait: Duration::ZERO,
             store: RateLimitStore::Redis,
         },
-    );
+    ));
     let far = || Instant::now() + Duration::from_secs(10);
     assert_eq!(limiter.acquire_by(far()).await, Ok(()));
     assert_eq!(limiter.snapshot().local_fallbacks, 0, "Redis decided");
@@ -572,6 +572,29 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             "{fault}: Redis asked once, then taken as down: {after:?}"
         );
         if fault == "freeze" {
+            // Past the second again, twenty calls at once: one asks the frozen Redis (and waits
+            // its 250 ms), the others decide locally at once, instead of each waiting.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..20 {
+                let limiter = limiter.clone();
+                calls.spawn(async move {
+                    let t = Instant::now();
+                    let got = limiter
+                        .acquire_by(Instant::now() + Duration::from_secs(10))
+                        .await;
+                    (got, t.elapsed())
+                });
+            }
+            let mut waited = 0;
+            while let Some(done) = calls.join_next().await {
+                let (got, took) = done.unwrap();
+                assert_eq!(got, Ok(()));
+                if took >= Duration::from_millis(200) {
+                    waited += 1;
+                }
+            }
+            assert_eq!(waited, 1, "one call asked the frozen Redis");
             // An annotated call whose limit waits for the frozen Redis: the wait is not its
             // attempt's time (the attempt's 100 ms start once it is admitted; counted from
             // before the wait, it had timed out at its first poll).
