@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use resilience_fault_server::{Action, Blackhole, FaultServer, Seen, refused_addr};
+use resilience_fault_server::{Action, Blackhole, FaultServer, Script, Seen, refused_addr};
 use resilience_runtime::{ClientSettings, Error, ErrorKind, RequestBuilderExt as _, resilient};
 
 type Call = for<'a> fn(
@@ -295,8 +295,7 @@ async fn against_server(
 ) {
     let c = client();
     for col in columns() {
-        let server =
-            FaultServer::start(resilience_fault_server::Script::dynamic(move |_| action())).await;
+        let server = FaultServer::start(Script::dynamic(move |_| action())).await;
         let out = (col.call)(&c, &server.url("/op")).await;
         let seen = server.requests();
         let (want_seen, want_out) = expect(&col);
@@ -669,8 +668,7 @@ async fn an_unkeyed_post_is_sent_once_and_a_keyed_one_resent_in_every_shape() {
         charges: 0,
     };
     for (fault, action) in faults {
-        let server =
-            FaultServer::start(resilience_fault_server::Script::dynamic(move |_| action())).await;
+        let server = FaultServer::start(Script::dynamic(move |_| action())).await;
         let url = server.url("/charges");
         assert!(gw.charge_anyhow(&url).await.is_err(), "{fault}");
         assert_eq!(server.count(), 1, "&self, anyhow, {fault}: sent once");
@@ -745,7 +743,7 @@ async fn an_answer_cut_short_mid_body_is_a_reset() {
             .header("connection", "close")
     };
     let c = client();
-    let server = FaultServer::start(resilience_fault_server::Script::dynamic(move |_| cut())).await;
+    let server = FaultServer::start(Script::dynamic(move |_| cut())).await;
     let url = server.url("/op");
     let e = get_text(&c, &url).await.unwrap_err();
     assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
@@ -768,8 +766,7 @@ async fn an_answer_cut_short_mid_body_is_a_reset() {
 async fn a_malformed_answer_is_a_reset() {
     let garbage = || Action::raw("HTTP/1.1 abc\r\n\r\n");
     let c = client();
-    let server =
-        FaultServer::start(resilience_fault_server::Script::dynamic(move |_| garbage())).await;
+    let server = FaultServer::start(Script::dynamic(move |_| garbage())).await;
     let url = server.url("/op");
     let e = get_text(&c, &url).await.unwrap_err();
     assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
@@ -781,4 +778,120 @@ async fn a_malformed_answer_is_a_reset() {
     server.clear();
     let e = runtime_post_text(&c, &url).await.unwrap_err();
     assert_eq!((e.attempts(), server.count()), (1, 1), "unkeyed POST: {e}");
+}
+
+// --- Requests a helper sends by hand ----------------------------------------------------------
+//
+// `stamp_request` on a request sent with `Client::execute` in a helper, and `.resilient()` on
+// a builder handed to another task: the runtime stamps both, and counts what it cannot see the
+// outcome of as possibly sent.
+
+/// A helper that sends the POST by hand: built, stamped, executed.
+async fn post_by_hand(c: &reqwest::Client, url: &str) -> Result<u16, reqwest::Error> {
+    let mut req = c.post(url).body("amount=100").build()?;
+    resilience_runtime::stamp_request(&mut req);
+    Ok(c.execute(req).await?.error_for_status()?.status().as_u16())
+}
+
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    deadline = "20s",
+    retry_on = [connect],
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn order_then_read(c: &reqwest::Client, post_url: &str, get_url: &str) -> Result<u16, Error> {
+    post_by_hand(c, post_url).await?;
+    Ok(c.get(get_url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    deadline = "20s",
+    retry_on = [connect],
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn order_by_hand(c: &reqwest::Client, post_url: &str) -> Result<u16, Error> {
+    Ok(post_by_hand(c, post_url).await?)
+}
+
+/// "A connect failure proves only that its own request was never sent": the helper's POST,
+/// stamped by hand, was answered; the body's GET is then refused. Running the body again would
+/// send the POST again, unkeyed: it is not. Nor after the POST's redirect to a refusing host.
+#[tokio::test(start_paused = true)]
+async fn a_post_stamped_by_hand_counts_as_sent() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/x", refused_addr());
+    let e = order_then_read(&c, &server.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "the unkeyed POST went out again: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+
+    let redirecting = FaultServer::start(Script::always(
+        Action::status(303).header("location", format!("http://{}/orders/1", refused_addr())),
+    ))
+    .await;
+    let e = order_by_hand(&c, &redirecting.url("/orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        redirecting.count(),
+        1,
+        "the unkeyed POST went out again: {e}"
+    );
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    idempotency_key = auto,
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false
+)]
+async fn pay_and_audit(c: &reqwest::Client, audit: &str, pay: &str) -> Result<u16, Error> {
+    // Handed to tasks: a helper's `.resilient()` POST, and a one-off `reqwest::get`.
+    let posted = tokio::spawn(c.post(audit).body("a").resilient().send());
+    let got = tokio::spawn(reqwest::get(format!("{audit}/get")));
+    let _ = (posted.await, got.await);
+    Ok(c.post(pay)
+        .body("p")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A `.resilient()` send (or a `reqwest::get`) handed to another task is stamped where it is
+/// made, as a `.send()` is: it carries the call's key, and, since its outcome never reaches
+/// the attempt, counts as possibly sent: the call's 503 is not retried by running the body
+/// again (which would send the audit POST again). Stamped only when first polled, in the task,
+/// it went without the key and uncounted, and was sent again on each retry.
+#[tokio::test]
+async fn a_resilient_send_handed_to_a_task_is_stamped_where_it_is_made() {
+    let c = reqwest::Client::new();
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let got = pay_and_audit(&c, &audit.url("/audit"), &pay.url("/pay")).await;
+    let seen = audit.requests();
+    let posts: Vec<_> = seen.iter().filter(|r| r.method == "POST").collect();
+    assert!(!posts.is_empty());
+    for r in &seen {
+        assert!(
+            r.idempotency_key().is_some(),
+            "{} {} unkeyed",
+            r.method,
+            r.path
+        );
+    }
+    // Keyed everywhere, the POST may be sent again with the same key: the call retries.
+    assert_eq!(got.unwrap(), 200);
+    let keys: std::collections::BTreeSet<_> =
+        seen.iter().filter_map(|r| r.idempotency_key()).collect();
+    assert_eq!(keys.len(), 1, "one key for the call: {keys:?}");
 }

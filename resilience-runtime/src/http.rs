@@ -57,12 +57,15 @@ pub struct ResilientRequest {
 }
 
 impl ResilientRequest {
-    /// Sends the request, like `reqwest::RequestBuilder::send`.
-    pub async fn send(self) -> Result<reqwest::Response, reqwest::Error> {
-        let (client, req) = self.inner.build_split();
-        let mut req = req?;
-        stamp_request(&mut req);
-        execute_recorded(&client, req).await
+    /// Sends the request, like `reqwest::RequestBuilder::send`. Stamped here, when the send is
+    /// made, not when its future is first polled: handed to another task
+    /// (`tokio::spawn(c.post(u).resilient().send())`), it still carries the call's key, and
+    /// the attempt counts it as possibly sent (its outcome never comes back).
+    pub fn send(
+        self,
+    ) -> Sending<impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + use<>>
+    {
+        Prepared::new(self.inner).send()
     }
 
     /// The underlying builder, unstamped.
@@ -73,16 +76,17 @@ impl ResilientRequest {
 
 /// What `reqwest::get(url)` in an annotated body becomes: the same one-off GET (a client built
 /// for it, as `reqwest::get` builds one), sent stamped and recorded like a `.send()`.
+/// Stamped when called, as `.send()` is: handed to another task, it goes with the call's
+/// identities.
 #[doc(hidden)]
-pub async fn reqwest_get<U: reqwest::IntoUrl>(url: U) -> Result<reqwest::Response, reqwest::Error> {
-    let client = reqwest::Client::builder()
+pub fn reqwest_get<U: reqwest::IntoUrl>(
+    url: U,
+) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send {
+    let prepared = reqwest::Client::builder()
         .redirect(crate::redirect_policy())
-        .build()?;
-    ResilientRequest {
-        inner: client.get(url),
-    }
-    .send()
-    .await
+        .build()
+        .map(|client| Prepared::new(client.get(url)));
+    async move { prepared?.send().await }
 }
 
 /// The error of a send the runtime stamps and records: reqwest's own, or (feature
@@ -199,8 +203,15 @@ pub fn declare_sent(method: crate::policy::Method) {
 /// Stamps a built request with the current attempt's identities (a no-op outside a
 /// `#[resilient]` function). For a request sent by hand with `Client::execute` outside the
 /// annotated body; inside it, `execute` is stamped for you.
+///
+/// The runtime does not see such a request's outcome: the attempt counts it as possibly sent
+/// (a connect failure of a later request then proves nothing of it), so that an unsafe one is
+/// not sent again unkeyed after it may have arrived.
 pub fn stamp_request(req: &mut reqwest::Request) {
-    let _ = with_attempt(|ctx| stamp(ctx, req));
+    let _ = with_attempt(|ctx| {
+        stamp(ctx, req);
+        ctx.note_reached(crate::policy::method_of(req.method()));
+    });
 }
 
 /// Whether a request's own `Idempotency-Key` value is the call's key, as the stamping would
@@ -594,19 +605,6 @@ where
         }
         Poll::Ready(res)
     }
-}
-
-/// Sends a stamped request, its outcome recorded for the current attempt (given up on, if the
-/// future is dropped before it).
-async fn execute_recorded(
-    client: &reqwest::Client,
-    req: reqwest::Request,
-) -> Result<reqwest::Response, reqwest::Error> {
-    let in_flight = InFlight(Some(crate::policy::method_of(req.method())));
-    let _ = with_attempt(AttemptCtx::request_started);
-    let res = client.execute(req).await;
-    in_flight.settle(&res);
-    res
 }
 
 /// A request a `reqwest-middleware` builder made in the annotated body, stamped where it was
