@@ -353,6 +353,44 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
     }
 }
 
+/// The same with the library's own spans filtered out (`resilience_runtime=warn`, a service
+/// that keeps its traces to its own spans): the handler's span, a root of its own trace, is
+/// then the current span when the request is stamped; the call still joins the caller's
+/// trace, with the caller's sampled flag, not the handler's new one.
+#[tokio::test]
+async fn with_the_librarys_spans_filtered_out_a_call_still_joins_the_callers_trace() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(InMemorySpanExporter::default())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(
+            "info,resilience_runtime=warn",
+        ))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("otel-test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (b_state, b) = serve_b().await;
+    for flags in ["01", "00"] {
+        b_state.traceparents.lock().unwrap().clear();
+        let inbound = resilience_runtime::Inbound::NONE
+            .traceparent(&format!("00-{TRACE}-00f067aa0ba902b7-{flags}"));
+        let span = tracing::info_span!("a.handle", otel.kind = "server");
+        let got = resilience_runtime::with_inbound(
+            inbound,
+            async { call_b(&reqwest::Client::new(), &format!("http://{b}/b")).await }
+                .instrument(span),
+        )
+        .await;
+        assert_eq!(got.unwrap(), "ok");
+        let received = b_state.traceparents.lock().unwrap().clone();
+        assert!(!received.is_empty());
+        for tp in &received {
+            assert!(tp.starts_with(&format!("00-{TRACE}-")), "{tp}");
+            assert!(tp.ends_with(&format!("-{flags}")), "{tp}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_request_that_carries_a_traceparent_keeps_it() {
     let (_exporter, _guard) = tracing_with(Sampler::AlwaysOn);

@@ -303,6 +303,18 @@ pub(crate) fn inbound_in_use() {
 
 /// The inbound context of the current task, if any was set.
 #[inline]
+/// The trace id handed down (a caller's `traceparent` read by `ContextLayer`, or
+/// `with_inbound`), if any.
+pub(crate) fn inbound_trace_id() -> Option<u128> {
+    if !INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    INBOUND
+        .try_with(|i| i.trace.map(|(t, _, _)| t))
+        .ok()
+        .flatten()
+}
+
 /// The `tracestate` handed down with the trace `trace_id`, if any: what a call of that trace
 /// sends on with its own `traceparent`.
 pub(crate) fn inbound_tracestate(trace_id: u128) -> Option<Arc<HeaderValue>> {

@@ -568,8 +568,15 @@ pub(crate) fn inject_trace_context(
     if headers.contains_key(&crate::http::TRACEPARENT) {
         return;
     }
+    // An OpenTelemetry context in another trace than the caller's, handed down (the library's
+    // own spans filtered out, the current span is the handler's, a root of its own trace when
+    // no extractor gave it the caller's): the call's own `traceparent`, in the caller's trace.
     #[cfg(feature = "opentelemetry")]
-    if otel::inject(headers, &Span::current()) {
+    if otel::inject(
+        headers,
+        &Span::current(),
+        crate::context::inbound_trace_id(),
+    ) {
         return;
     }
     if let Some(v) = fallback() {
@@ -593,7 +600,7 @@ pub(crate) fn traceparent(
     fallback_flags: u8,
 ) -> String {
     #[cfg(feature = "opentelemetry")]
-    if let Some(tp) = otel::traceparent(&Span::current()) {
+    if let Some(tp) = otel::traceparent(&Span::current(), crate::context::inbound_trace_id()) {
         return tp;
     }
     crate::context::Traceparent::new(fallback_trace_id, fallback_span_id, fallback_flags)

@@ -10,14 +10,20 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The OpenTelemetry context this attempt propagates, if there is one with a valid span.
-fn context_of(span: &Span) -> Option<Context> {
+fn context_of(span: &Span, joins: Option<u128>) -> Option<Context> {
+    // In the trace handed down, if one was: a context of another trace is not the call's.
+    let usable = |cx: &Context| {
+        let sc = cx.span().span_context().clone();
+        sc.is_valid()
+            && joins.is_none_or(|t| sc.trace_id() == opentelemetry::trace::TraceId::from(t))
+    };
     if !span.is_disabled() {
         let cx = span.context();
-        if cx.span().span_context().is_valid() {
+        if usable(&cx) {
             return Some(cx);
         }
     }
-    Context::map_current(|cx| cx.span().span_context().is_valid().then(|| cx.clone()))
+    Context::map_current(|cx| usable(cx).then(|| cx.clone()))
 }
 
 /// A call's span opened in a server whose `ContextLayer` read the caller's trace
@@ -64,8 +70,8 @@ pub(crate) fn rename(span: &Span, name: &'static str) {
 }
 
 /// Writes the OpenTelemetry trace context into `headers`; `false` when there is none.
-pub(crate) fn inject(headers: &mut HeaderMap, span: &Span) -> bool {
-    let Some(cx) = context_of(span) else {
+pub(crate) fn inject(headers: &mut HeaderMap, span: &Span, joins: Option<u128>) -> bool {
+    let Some(cx) = context_of(span, joins) else {
         return false;
     };
     let mut injector = Headers(headers);
@@ -84,8 +90,8 @@ pub(crate) fn inject(headers: &mut HeaderMap, span: &Span) -> bool {
 }
 
 /// The `traceparent` [`inject`] would write (W3C format), if there is an OpenTelemetry context.
-pub(crate) fn traceparent(span: &Span) -> Option<String> {
-    context_of(span).map(|cx| traceparent_of(&cx))
+pub(crate) fn traceparent(span: &Span, joins: Option<u128>) -> Option<String> {
+    context_of(span, joins).map(|cx| traceparent_of(&cx))
 }
 
 fn traceparent_of(cx: &Context) -> String {
