@@ -360,3 +360,31 @@ async fn the_callers_tracestate_reaches_c_with_its_trace() {
         assert_eq!(r.header("tracestate"), None);
     }
 }
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn made_then_sent_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // Made now, sent 3 s later (a request queued behind others, a `buffered(n)` of many).
+    let later = c.get(url).send();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(later.await?.status().as_u16())
+}
+
+/// "Each attempt sends its time left as `X-Timeout-Ms`": the time left as the request goes out,
+/// not as it was made: a request made at the attempt's start and sent 3 s into its 5 s tells
+/// the server about 2 s, not 5.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_late_tells_the_time_left_when_it_goes() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        made_then_sent_later(&reqwest::Client::new(), &server.url("/late"))
+            .await
+            .unwrap(),
+        200
+    );
+    let left: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1_900..=2_000).contains(&left), "told {left} ms");
+}

@@ -534,10 +534,15 @@ impl Prepared {
         self,
     ) -> Sending<impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + use<>>
     {
+        let client = self.client;
         let (method, fut, error) = match self.req {
             Ok(req) => (
                 Some(crate::policy::method_of(req.method())),
-                Some(self.client.execute(req)),
+                Some(Deferred {
+                    start: Some((req, self.made_in_attempt)),
+                    make: Some(move |req| client.execute(req)),
+                    fut: None,
+                }),
                 None,
             ),
             Err(e) => (None, None, Some(e)),
@@ -552,6 +557,66 @@ impl Prepared {
             in_flight: None,
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's sending, begun at its first poll rather than when it was made: the time
+    /// left it tells the server (`X-Timeout-Ms`) is then the attempt's as the request goes out,
+    /// not as it was built (a request made, then sent seconds later by a `buffered(n)` or after
+    /// an `await`). `Unpin` when the client's future is, as reqwest's is.
+    struct Deferred<M, F> {
+        // The request, and whether it was made in an attempt (whose time left it then tells).
+        start: Option<(reqwest::Request, bool)>,
+        make: Option<M>,
+        #[pin]
+        fut: Option<F>,
+    }
+}
+
+impl<M, F> Future for Deferred<M, F>
+where
+    M: FnOnce(reqwest::Request) -> F,
+    F: Future,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        if let (Some((mut req, made_in_attempt)), Some(make)) =
+            (this.start.take(), this.make.take())
+        {
+            if made_in_attempt {
+                tell_time_left_now(&mut req);
+            }
+            this.fut.set(Some(make(req)));
+        }
+        match this.fut.as_pin_mut() {
+            Some(fut) => fut.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, in the attempt it was
+/// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
+/// sent); a request sent at once keeps its value, with no allocation.
+fn tell_time_left_now(req: &mut reqwest::Request) {
+    let _ = with_attempt(|ctx| {
+        let Some(told) = req
+            .headers()
+            .get(&X_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let left = ctx.until.saturating_duration_since(Instant::now());
+        let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        if told >= ms.saturating_add(10) {
+            req.headers_mut()
+                .insert(X_TIMEOUT_MS, HeaderValue::from(ms));
+        }
+    });
 }
 
 pin_project_lite::pin_project! {
@@ -649,9 +714,15 @@ impl PreparedWithMiddleware {
             made_in_attempt,
         } = self;
         let (method, fut, error) = match req {
-            Ok(req) => (
+            Ok(mut req) => (
                 Some(crate::policy::method_of(req.method())),
-                Some(async move { client.execute_with_extensions(req, &mut extensions).await }),
+                Some(async move {
+                    // The time left as it goes out (see `Deferred`).
+                    if made_in_attempt {
+                        tell_time_left_now(&mut req);
+                    }
+                    client.execute_with_extensions(req, &mut extensions).await
+                }),
                 None,
             ),
             Err(e) => (None, None, Some(e.into())),
