@@ -305,6 +305,7 @@ pub(crate) fn inbound_in_use() {
 #[inline]
 /// The trace id handed down (a caller's `traceparent` read by `ContextLayer`, or
 /// `with_inbound`), if any.
+#[cfg(feature = "opentelemetry")]
 pub(crate) fn inbound_trace_id() -> Option<u128> {
     if !INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
