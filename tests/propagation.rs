@@ -161,6 +161,37 @@ async fn bad_headers_are_ignored_or_clamped() {
     assert!(b_calls.lock().unwrap().iter().all(|(k, _)| k.is_none()));
 }
 
+/// "`grpc-timeout` is read too; with both, the shorter counts": B's call to C is told the
+/// shorter of its caller's two headers, whichever it is, and a `grpc-timeout` alone.
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_is_read_and_the_shorter_header_counts() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let (b, _) = start_b(c_server.url("/c")).await;
+    let http = reqwest::Client::new();
+    let cases: [(&[(&str, &str)], u64); 3] = [
+        (&[("x-timeout-ms", "5000"), ("grpc-timeout", "300m")], 300),
+        (&[("x-timeout-ms", "400"), ("grpc-timeout", "2S")], 400),
+        (&[("grpc-timeout", "700000u")], 700),
+    ];
+    for (headers, want) in cases {
+        c_server.clear();
+        let mut req = http.get(&b);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200, "{headers:?}");
+        let told: u64 = c_server.requests()[0]
+            .header("x-timeout-ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            told <= want && told + 20 >= want,
+            "{headers:?}: C was told {told} ms"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_trace_travels_through_b() {
     let c_server = FaultServer::start(Script::always(Action::ok())).await;
