@@ -354,3 +354,71 @@ async fn the_wait_for_a_concurrency_limit_slot_counts_against_the_deadline() {
     assert_eq!(stalled.count(), 1);
     assert_eq!(holder.await.unwrap().unwrap(), 200);
 }
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "given_back", max_concurrent = 1, max_wait = "0ms" },
+)]
+async fn one_slot(c: &reqwest::Client, url: &str, panic: bool) -> Result<u16, Error> {
+    let status = c.get(url).send().await?.status().as_u16();
+    if panic {
+        panic!("the body panicked after its request");
+    }
+    Ok(status)
+}
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit = { name = "given_back", latency = "1s", initial = 1, min = 1, max = 1 },
+)]
+async fn one_limited(c: &reqwest::Client, url: &str, panic: bool) -> Result<u16, Error> {
+    let status = c.get(url).send().await?.status().as_u16();
+    if panic {
+        panic!("the body panicked after its request");
+    }
+    Ok(status)
+}
+
+/// A bulkhead's or a concurrency limit's only slot is given back when its call's caller stops
+/// waiting (a timeout of its own) and when the body panics: the next call gets it, and the
+/// gauges read none in flight.
+#[tokio::test(start_paused = true)]
+async fn a_slot_is_given_back_when_the_caller_gives_up_or_the_body_panics() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    let fast = FaultServer::start(Script::always(Action::ok())).await;
+    // Given up on by its caller while it holds the slot.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        one_slot(&c, &slow.url("/"), false),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(one_slot(&c, &fast.url("/"), false).await.unwrap(), 200);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        one_limited(&c, &slow.url("/"), false),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(one_limited(&c, &fast.url("/"), false).await.unwrap(), 200);
+    // Unwound by a panic while it holds the slot.
+    let (c2, url) = (c.clone(), fast.url("/"));
+    let panicked = tokio::spawn(async move { one_slot(&c2, &url, true).await }).await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert_eq!(one_slot(&c, &fast.url("/"), false).await.unwrap(), 200);
+    let (c2, url) = (c.clone(), fast.url("/"));
+    let panicked = tokio::spawn(async move { one_limited(&c2, &url, true).await }).await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert_eq!(one_limited(&c, &fast.url("/"), false).await.unwrap(), 200);
+    let bulkhead = resilience_runtime::metrics::bulkhead("given_back").unwrap();
+    assert_eq!(bulkhead.in_flight, 0, "{bulkhead:?}");
+    let limit = resilience_runtime::metrics::concurrency_limit("given_back").unwrap();
+    assert_eq!(limit.in_flight, 0, "{limit:?}");
+}
