@@ -783,3 +783,37 @@ async fn no_hedge_goes_beside_a_half_open_breakers_probe() {
     assert_eq!(hedged_probe(&c, &server.url("/")).await.unwrap(), 200);
     assert_eq!(server.count(), 3, "the probe alone, no hedge beside it");
 }
+
+#[resilient(
+    method = GET,
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "80ms"),
+    concurrency_limit = { name = "hedged_adaptive", latency = "100ms", initial = 4, min = 1, max = 8 },
+)]
+async fn hedged_adaptive(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A hedge that answers 30 ms after it started (110 ms into the round, the first attempt
+/// stalled) is a fast answer for an adaptive limit whose `latency` is 100 ms: the sample is
+/// the answering attempt's, not the round's, and the limit is not lowered.
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_limit_judges_a_hedge_by_its_own_latency() {
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::ok().after(Duration::from_millis(30)),
+    ]))
+    .await;
+    assert_eq!(
+        hedged_adaptive(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+    let limit = resilience_runtime::metrics::concurrency_limit("hedged_adaptive").unwrap();
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+}

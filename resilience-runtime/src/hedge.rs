@@ -139,6 +139,11 @@ impl<F: Future> Running<F> {
         self.project().scope.take()
     }
 
+    /// When the attempt started (`until - limit`: no clock read).
+    fn started(&self) -> Instant {
+        self.until - self.limit
+    }
+
     /// Still running: neither answered, nor timed out, nor stopped.
     fn in_flight(&self) -> bool {
         !self.done
@@ -275,6 +280,13 @@ where
                         };
                         hedge_ended(s, i, winner.as_mut(), true);
                         s.record_attempt(winner.as_mut().ctx());
+                        // An adaptive limit judges the answer's latency from the start of the
+                        // attempt that gave it, not from the round's.
+                        if i != 0
+                            && let Some(c) = &mut s.concurrency
+                        {
+                            c.attempt_started(winner.started());
+                        }
                         s.attempt_scope = winner.take_scope();
                         hedges.clear();
                         s.succeeded();

@@ -373,7 +373,7 @@ pub struct Session {
     pub(crate) attempt_scope: Option<AttemptScope>,
     _bulkhead: Option<BulkheadPermit<'static>>,
     /// The adaptive concurrency limit's slot: told each attempt's outcome.
-    concurrency: Option<crate::concurrency::ConcurrencyPermit>,
+    pub(crate) concurrency: Option<crate::concurrency::ConcurrencyPermit>,
     /// Why the call cannot start, found by `begin` (see [`Session::take_refusal`]).
     refusal: Option<Error>,
     /// The runtime's error that [`failed`](Self::failed) put in place of the attempt's own.
