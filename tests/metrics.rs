@@ -1214,3 +1214,45 @@ async fn a_retry_its_breaker_refused_is_not_counted_as_made() {
     );
     assert_eq!(m.rejected_breaker, 1, "{m:?}");
 }
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "m_waiting", max_concurrent = 4 },
+    rate_limit = { rate = 1, per = "1s", burst = 1, max_wait = "2s" },
+)]
+async fn slot_then_permit(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// A call that holds its bulkhead slot while it waits for a rate-limit permit is in flight for
+/// the bulkhead's gauge during the wait, as the bulkhead itself counts it.
+#[tokio::test(start_paused = true)]
+async fn a_slot_held_while_waiting_for_a_permit_is_in_the_gauge() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    slot_then_permit(&c, &url).await.unwrap();
+    let (second, during) = tokio::join!(slot_then_permit(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (
+            sample(
+                &handle,
+                "resilience_bulkhead_in_flight",
+                &[r#"bulkhead="m_waiting""#],
+            ),
+            resilience_runtime::metrics::bulkhead("m_waiting")
+                .unwrap()
+                .in_flight,
+        )
+    });
+    second.unwrap();
+    assert_eq!(during.1, 1, "the bulkhead holds the waiting call's slot");
+    assert_eq!(during.0, Some(1.0), "and its gauge says so");
+}

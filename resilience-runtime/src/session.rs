@@ -739,8 +739,11 @@ impl Session {
             self.concurrency = Some(crate::concurrency::admit(c, shared, deadline, started).await?);
         }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
-        // within the deadline.
+        // within the deadline. The slot is held while it waits: the gauge says so now.
         if let Some(r) = shared.rate_limit {
+            if self._bulkhead.is_some() {
+                telemetry::bulkhead_moved(shared);
+            }
             crate::ratelimit::admit(r, shared, deadline, started).await?;
         }
         if (self._bulkhead.is_some()
