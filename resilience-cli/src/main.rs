@@ -30,6 +30,17 @@ use syn::visit::Visit;
 
 const USAGE: &str = "usage: resilience check [DIR] [--tests] [--overrides FILE]\n       resilience list [DIR] [--tests] [--json]";
 
+/// `println!` that ends the process quietly when its reader has gone (`resilience list | head`),
+/// as a command killed by SIGPIPE would (exit 141), instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($t)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first().cloned() else {
@@ -40,7 +51,7 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "check" | "list" => {}
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            outln!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         _ => {
@@ -63,7 +74,7 @@ fn main() -> ExitCode {
                 }
             },
             "-h" | "--help" => {
-                println!("{USAGE}");
+                outln!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             other if other.starts_with('-') => {
@@ -965,7 +976,7 @@ fn list(krate: &Crate, json: bool) {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::Value::Array(items)).unwrap_or_default()
         );
@@ -1021,13 +1032,13 @@ fn list(krate: &Crate, json: bool) {
             .zip(&width)
             .map(|(c, w)| format!("{c:w$}"))
             .collect();
-        println!("{}", c.join("  ").trim_end());
+        outln!("{}", c.join("  ").trim_end());
     };
     line(head.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r);
     }
-    println!("\nwhere each setting came from (built-in defaults not shown):");
+    outln!("\nwhere each setting came from (built-in defaults not shown):");
     for f in all {
         let s = &f.analysis.settings;
         let mut from: Vec<String> = Vec::new();
@@ -1048,7 +1059,7 @@ fn list(krate: &Crate, json: bool) {
         note("bulkhead", &s.bulkhead.origin);
         note("concurrency_limit", &s.concurrency_limit.origin);
         if !from.is_empty() {
-            println!("  {} ({}:{}): {}", f.path, f.file, f.line, from.join("; "));
+            outln!("  {} ({}:{}): {}", f.path, f.file, f.line, from.join("; "));
         }
     }
 }
@@ -1165,7 +1176,7 @@ fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
                 ) {
                     Ok(changes) => {
                         for c in changes {
-                            println!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
+                            outln!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
                         }
                         for w in unmatched_sections(&text, path, &functions) {
                             eprintln!("warning: {w}");
@@ -1184,7 +1195,7 @@ fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
     for p in &problems {
         eprintln!("{p}");
     }
-    println!(
+    outln!(
         "{} annotated function{} in {} file{}: {}",
         krate.found_in.len(),
         if krate.found_in.len() == 1 { "" } else { "s" },

@@ -834,3 +834,31 @@ fn the_policy_file_named_in_package_metadata_is_read() {
     let from = f["timeout"]["from"].as_str().unwrap_or_default();
     assert!(from.contains("outbound.toml"), "{f}");
 }
+
+/// `resilience list | head`: a reader that goes away early ends the command quietly (as a
+/// command killed by SIGPIPE, exit 141), not with a panic about the broken pipe.
+#[test]
+fn a_reader_that_goes_away_early_is_no_panic() {
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resilience"))
+        .args(["list", workspace().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then hang up.
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    drop(out);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(status.code(), Some(101), "{err}");
+}
