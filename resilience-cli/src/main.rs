@@ -130,10 +130,21 @@ struct Crate {
     found_in: Vec<String>,
     /// Every problem, as `file:line:col: message`.
     problems: Vec<String>,
+    /// The policy files its packages read (each package's, and any a function names with
+    /// `config = "…"`), by canonical path, with the name they are shown by: checked once, in
+    /// the end, against the policies every package uses (a workspace's members share files).
+    files: Vec<(PathBuf, String)>,
 }
 
 impl Crate {
+    /// The crate (or workspace) at `dir`, its policy files checked against every function.
     fn read(dir: &Path, tests: bool) -> Result<Crate, String> {
+        let mut krate = Crate::gather(dir, tests)?;
+        krate.check_files();
+        Ok(krate)
+    }
+
+    fn gather(dir: &Path, tests: bool) -> Result<Crate, String> {
         let manifest = dir.join("Cargo.toml");
         let text = std::fs::read_to_string(&manifest)
             .map_err(|e| format!("{}: {e}", manifest.display()))?;
@@ -153,6 +164,7 @@ impl Crate {
                 all.functions.extend(members.functions);
                 all.found_in.extend(members.found_in);
                 all.problems.extend(members.problems);
+                all.add_files(members.files);
                 Ok(all)
             }
         }
@@ -283,14 +295,13 @@ impl Crate {
             }
         }
         let _ = roots;
-        krate.check_files(dir);
+        krate.collect_files(dir);
         Ok(krate)
     }
 
-    /// The crate's policy file (and any other its functions name with `config = "…"`), every
-    /// section of it, used or not ([`check_file`]): what is wrong there and was not already
-    /// reported for a function using it.
-    fn check_files(&mut self, dir: &Path) {
+    /// The package's policy file and any other its functions name with `config = "…"`, to be
+    /// checked in the end ([`check_files`](Self::check_files)).
+    fn collect_files(&mut self, dir: &Path) {
         let mut files: Vec<(PathBuf, String)> = Vec::new();
         match resilience_policy::config::locate(None, Some(dir), None) {
             Ok(Some(found)) => files.push(found),
@@ -306,6 +317,25 @@ impl Crate {
                 }
             }
         }
+        self.add_files(files);
+    }
+
+    /// Adds policy files, each once (by canonical path: members of a workspace may name the
+    /// same file, each by a path of its own).
+    fn add_files(&mut self, files: Vec<(PathBuf, String)>) {
+        for (path, shown) in files {
+            let canonical = path.canonicalize().unwrap_or(path);
+            if !self.files.iter().any(|(q, _)| *q == canonical) {
+                self.files.push((canonical, shown));
+            }
+        }
+    }
+
+    /// Every policy file read, every section of it, used or not ([`check_file`]), against the
+    /// policies every function of the crate (or workspace) uses: what is wrong there and was
+    /// not already reported for a function using it.
+    fn check_files(&mut self) {
+        let files = std::mem::take(&mut self.files);
         let used: Vec<&str> = self
             .functions
             .iter()
@@ -371,7 +401,7 @@ impl Crate {
             }
             let prefix = member.strip_prefix(dir).unwrap_or(&member).to_path_buf();
             let named = |f: &str| prefix.join(f).display().to_string();
-            match Crate::read(&member, tests) {
+            match Crate::gather(&member, tests) {
                 Ok(c) => {
                     all.functions.extend(c.functions.into_iter().map(|mut f| {
                         f.file = named(&f.file);
@@ -379,6 +409,21 @@ impl Crate {
                     }));
                     all.found_in.extend(c.found_in.iter().map(|f| named(f)));
                     all.problems.extend(c.problems.iter().map(|p| named(p)));
+                    // A file shown from the root: its canonical path below the root's, else
+                    // as the member named it.
+                    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+                    all.add_files(
+                        c.files
+                            .into_iter()
+                            .map(|(path, shown)| {
+                                let shown = match path.strip_prefix(&root) {
+                                    Ok(rel) => rel.display().to_string(),
+                                    Err(_) => named(&shown),
+                                };
+                                (path, shown)
+                            })
+                            .collect(),
+                    );
                 }
                 Err(e) => all.problems.push(e),
             }

@@ -862,3 +862,62 @@ fn a_reader_that_goes_away_early_is_no_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(status.code(), Some(101), "{err}");
 }
+
+/// A workspace whose members share one policy file: a policy one member uses with a deadline of
+/// its own (`slow`, 40 s under a 2 min deadline) is not judged alone because another member
+/// does not use it; a problem in the shared file is reported once, named from the root.
+#[test]
+fn a_policy_file_shared_by_a_workspaces_members_is_checked_once_against_them_all() {
+    let member = |name: &str, policy: &str, extra: &str| {
+        (
+            format!("crates/{name}/src/lib.rs"),
+            format!(
+                "#[resilience_runtime::resilient(policy = \"{policy}\"{extra})]\npub async fn get(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {{\n    c.get(\"http://x/\").send().await?;\n    Ok(())\n}}\n"
+            ),
+        )
+    };
+    let manifest = |name: &str| {
+        (
+            format!("crates/{name}/Cargo.toml"),
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[package.metadata.resilience]\nconfig = \"../../resilience.toml\"\n"
+            ),
+        )
+    };
+    let (a_src, b_src) = (
+        member("a", "slow", ", deadline = \"2m\""),
+        member("b", "fast", ""),
+    );
+    let (a_toml, b_toml) = (manifest("a"), manifest("b"));
+    let write = |policies: &str| {
+        let dir = crate_with(
+            "shared-file",
+            &[
+                (a_src.0.as_str(), a_src.1.as_str()),
+                (b_src.0.as_str(), b_src.1.as_str()),
+                (a_toml.0.as_str(), a_toml.1.as_str()),
+                (b_toml.0.as_str(), b_toml.1.as_str()),
+                ("resilience.toml", policies),
+            ],
+        );
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"crates/*\"]\n",
+        )
+        .unwrap();
+        dir
+    };
+    let dir = write("[policies.slow]\ntimeout = \"40s\"\n\n[policies.fast]\ntimeout = \"1s\"\n");
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A problem of the shared file's own: once, named from the root.
+    let dir = write(
+        "[policies.slow]\ntimeout = \"40s\"\n\n[policies.fast]\ntimeout = \"1s\"\n\n[policies.unused]\nmax_attempts = 0\n",
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let printed = text(&out);
+    assert_eq!(printed.matches("max_attempts = 0").count(), 1, "{printed}");
+    assert!(printed.contains("resilience.toml:"), "{printed}");
+    assert!(!printed.contains("../"), "{printed}");
+}
