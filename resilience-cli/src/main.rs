@@ -881,7 +881,25 @@ fn worst_case(f: &Function) -> Duration {
 /// calls: an inner call that retries is not retried around (one layer retries), unless the
 /// body handles its failure and goes on (then a later failure of the body runs it again); an
 /// inner call without retries is retried by the outer one.
-fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
+fn amplification(f: &Function, all: &[Function]) -> u32 {
+    let mut memo = BTreeMap::new();
+    amplification_of(f, all, &mut memo, &mut Vec::new())
+}
+
+/// [`amplification`], each function's figure worked out once (`memo`, by path): callees are
+/// matched by name, and layered clients whose methods of one name call each other
+/// (`self.next().fetch(k)`) would otherwise be walked once per path through them, in
+/// exponential time. A function already on the way (`visiting`: a call cycle) counts its own
+/// attempts only.
+fn amplification_of<'a>(
+    f: &'a Function,
+    all: &'a [Function],
+    memo: &mut BTreeMap<&'a str, u32>,
+    visiting: &mut Vec<&'a str>,
+) -> u32 {
+    if let Some(&known) = memo.get(f.path.as_str()) {
+        return known;
+    }
     // Against a dependency that hangs, every attempt sends its hedges too.
     let hedges = f
         .analysis
@@ -898,14 +916,15 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         .value
         .saturating_mul(hedged);
     let mut worst = own;
-    if depth > 16 {
+    if visiting.contains(&f.path.as_str()) {
         return worst;
     }
+    visiting.push(f.path.as_str());
     for callee in all
         .iter()
         .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
     {
-        let inner = amplification(callee, all, depth + 1);
+        let inner = amplification_of(callee, all, memo, visiting);
         // One layer retries; but each hedge runs the body, and the callee, again.
         let through = if retries(callee) && !f.handled.contains(&callee.name) {
             inner.saturating_mul(hedged)
@@ -914,6 +933,8 @@ fn amplification(f: &Function, all: &[Function], depth: usize) -> u32 {
         };
         worst = worst.max(through);
     }
+    visiting.pop();
+    memo.insert(f.path.as_str(), worst);
     worst
 }
 
@@ -1017,7 +1038,7 @@ fn list(krate: &Crate, json: bool) {
                         "from": origin(&s.concurrency_limit.origin),
                     })),
                     "worst_case_ms": worst_case(f).as_millis() as u64,
-                    "requests_per_call_worst_case": amplification(f, all, 0),
+                    "requests_per_call_worst_case": amplification(f, all),
                 })
             })
             .collect();
@@ -1058,7 +1079,7 @@ fn list(krate: &Crate, json: bool) {
                 ),
                 in_flight(f),
                 fmt_duration(worst_case(f)),
-                amplification(f, all, 0).to_string(),
+                amplification(f, all).to_string(),
             ]
         })
         .collect();

@@ -921,3 +921,37 @@ fn a_policy_file_shared_by_a_workspaces_members_is_checked_once_against_them_all
     assert!(printed.contains("resilience.toml:"), "{printed}");
     assert!(!printed.contains("../"), "{printed}");
 }
+
+/// Layered clients whose methods of one name call each other (`self.next().fetch(k)`), eight
+/// of them: each function's figure is worked out once, so `list` answers at once (it once
+/// walked every path through them, and took minutes from five on).
+#[test]
+fn layered_methods_of_one_name_are_listed_at_once() {
+    let layer = |i: usize| {
+        format!(
+            "pub mod m{i} {{ use super::*; pub struct Client;\nimpl Client {{\n    #[resilient(timeout = \"1s\", method = GET, max_attempts = 2)]\n    pub async fn fetch(&self, k: &str) -> Result<String, Error> {{ self.next().fetch(k).await }}\n}} }}\n"
+        )
+    };
+    let src: String = std::iter::once("use resilience_runtime::{resilient, Error};\n".to_owned())
+        .chain((0..8).map(layer))
+        .collect();
+    let dir = crate_with("layered", &[("src/lib.rs", &src)]);
+    // Bounded: a command still walking after 20 s is killed, and the test fails.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resilience"))
+        .args(["list", dir.to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("still listing after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 8);
+}
