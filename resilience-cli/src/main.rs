@@ -925,6 +925,16 @@ fn amplification_of<'a>(
         .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
     {
         let inner = amplification_of(callee, all, memo, visiting);
+        // Called at two sites whose failure does not end the body (`join!(status(),
+        // status())`, `status().await.unwrap_or_default()` twice), twice the requests; at
+        // sites that each end it (`item(a).await?` then `item(b).await?`), the first failure
+        // stops the rest.
+        let sites = if f.handled.contains(&callee.name) {
+            f.calls.iter().filter(|c| **c == callee.name).count()
+        } else {
+            1
+        };
+        let inner = inner.saturating_mul(u32::try_from(sites).unwrap_or(u32::MAX));
         // One layer retries; but each hedge runs the body, and the callee, again.
         let through = if retries(callee) && !f.handled.contains(&callee.name) {
             inner.saturating_mul(hedged)

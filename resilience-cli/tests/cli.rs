@@ -519,11 +519,19 @@ pub mod orders {
         pub async fn status(&self) -> Result<String, Error> {
             Ok(self.http.get("http://orders/status").send().await?.text().await?)
         }
-        /// Futures handed to `join!`, awaited there: `status` retries inside the one attempt.
+        /// Futures handed to `join!`, awaited there: `status` retries inside the one attempt,
+        /// twice over (two calls of it: 3 requests each).
         #[resilient(timeout = "3s", method = GET, max_attempts = 1)]
         pub async fn both(&self) -> Result<String, Error> {
             let (a, b) = tokio::join!(self.status(), self.status());
             Ok(a? + &b?)
+        }
+        /// Two calls whose failure the body handles and goes on: both run.
+        #[resilient(timeout = "3s", method = GET, max_attempts = 1)]
+        pub async fn twice(&self) -> Result<String, Error> {
+            let a = self.status().await.unwrap_or_default();
+            let b = self.status().await.unwrap_or_default();
+            Ok(a + &b)
         }
     }
 }
@@ -534,7 +542,8 @@ pub mod orders {
     assert_eq!(worst("same_names::users::Client::get"), 3);
     assert_eq!(worst("same_names::orders::Client::get"), 1);
     assert_eq!(worst("same_names::orders::Client::page"), 3);
-    assert_eq!(worst("same_names::orders::Client::both"), 3);
+    assert_eq!(worst("same_names::orders::Client::both"), 6);
+    assert_eq!(worst("same_names::orders::Client::twice"), 6);
 }
 
 /// A steep backoff the rule book accepts: the worst case is computed without overflow (the
