@@ -862,13 +862,48 @@ fn worst_case(f: &Function) -> Duration {
     let s = &f.analysis.settings;
     let n = s.max_attempts.value;
     let b = &s.backoff;
-    let mut total = s.timeout.value.saturating_mul(n);
-    let mut delay = b.initial.value;
+    let timeout = s.timeout.value;
+    // A hedged round: its last hedge starts `max` delays in and has a whole `timeout` of its
+    // own (a hedge starts only while an attempt runs: not when `delay` reaches the timeout).
+    let round = match &s.hedge.value {
+        Some(h) if h.delay.value < timeout => {
+            timeout.saturating_add(h.delay.value.saturating_mul(h.max.value))
+        }
+        _ => timeout,
+    };
+    // The waits for a bulkhead or concurrency-limit slot, then a rate-limit permit, count
+    // against the deadline too.
+    let shared = &f.analysis.shared;
+    let waits = [
+        shared.bulkhead.as_ref().map(|(_, b)| b.max_wait),
+        shared.concurrency.as_ref().map(|(_, c)| c.max_wait),
+        shared.rate_limit.as_ref().map(|(_, r)| r.max_wait),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(Duration::ZERO, Duration::saturating_add);
+    let mut total = round.saturating_mul(n).saturating_add(waits);
+    let decorrelated = b.jitter.value == resilience_policy::model::Jitter::Decorrelated
+        && b.kind.value != BackoffKind::Constant;
+    let mut delay = if decorrelated {
+        b.initial.value.saturating_mul(3)
+    } else {
+        b.initial.value
+    };
     for _ in 1..n {
         total = total.saturating_add(delay.min(b.max.value));
         // Once the delay reaches `max` it stays there (and growing it further could overflow).
-        if b.kind.value == BackoffKind::Exponential && delay < b.max.value {
-            let grown = delay.as_secs_f64() * f64::from(b.multiplier_milli.value) / 1000.0;
+        // Decorrelated jitter draws up to three times the previous delay, whatever the
+        // multiplier.
+        if delay < b.max.value {
+            let factor = if decorrelated {
+                3.0
+            } else if b.kind.value == BackoffKind::Exponential {
+                f64::from(b.multiplier_milli.value) / 1000.0
+            } else {
+                1.0
+            };
+            let grown = delay.as_secs_f64() * factor;
             delay = Duration::try_from_secs_f64(grown)
                 .unwrap_or(b.max.value)
                 .min(b.max.value);

@@ -964,3 +964,55 @@ fn layered_methods_of_one_name_are_listed_at_once() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 8);
 }
+
+/// The worst-case time `list` prints is at least what the runtime can take: a hedged round
+/// lasts until its last hedge's own timeout, decorrelated jitter draws up to three times the
+/// previous delay, and a bulkhead's wait counts against the deadline too.
+#[test]
+fn the_worst_case_time_counts_hedges_decorrelated_jitter_and_waits() {
+    let dir = crate_with(
+        "worst_time",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 3,
+            hedge(delay = "500ms", max = 2),
+            backoff(initial = "10ms", max = "10ms", jitter = none))]
+pub async fn hedged(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 4,
+            backoff(initial = "100ms", max = "2s", jitter = decorrelated))]
+pub async fn decorrelated(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 1,
+            bulkhead(max_concurrent = 2, max_wait = "5s"))]
+pub async fn waits(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+"#,
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ms = |f: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == format!("worst_time::{f}"))
+            .unwrap_or_else(|| panic!("{f} listed"))["worst_case_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    // 3 rounds of 1 s + 2 × 500 ms, and two 10 ms backoffs.
+    assert_eq!(ms("hedged"), 6_020);
+    // 4 × 1 s, and backoffs of up to 300 ms, 900 ms, then 2 s (the max).
+    assert_eq!(ms("decorrelated"), 7_200);
+    // 5 s for a slot, then the attempt.
+    assert_eq!(ms("waits"), 6_000);
+}
