@@ -853,6 +853,32 @@ fn handled_in(ts: proc_macro2::TokenStream) -> Vec<String> {
 
 // --- What the policy means ---------------------------------------------------------------------
 
+/// The attempts of one call against a dependency that hangs: each times out, and is retried
+/// only where the policy retries a timeout and may resend what it sent (a safe method, a
+/// keyed call, an `idempotent` PUT or DELETE); a POST with `retry_on = [connect]` sends once.
+fn hanging_attempts(f: &Function) -> u32 {
+    let s = &f.analysis.settings;
+    let timeouts = s
+        .retry_on
+        .value
+        .iter()
+        .any(|r| r.value == resilience_policy::model::RetryItem::Timeout);
+    let resendable = match &f.analysis.method {
+        Some(m) => {
+            let m = m.value;
+            m.is_safe()
+                || !matches!(s.idempotency_key.value, KeyModel::None)
+                || (s.idempotent.value && m.is_idempotent_by_spec())
+        }
+        None => true,
+    };
+    if timeouts && resendable {
+        s.max_attempts.value
+    } else {
+        1
+    }
+}
+
 fn retries(f: &Function) -> bool {
     f.analysis.settings.max_attempts.value > 1
 }
@@ -944,12 +970,7 @@ fn amplification_of<'a>(
         .as_ref()
         .map_or(0, |h| h.max.value);
     let hedged = 1 + hedges;
-    let own = f
-        .analysis
-        .settings
-        .max_attempts
-        .value
-        .saturating_mul(hedged);
+    let own = hanging_attempts(f).saturating_mul(hedged);
     let mut worst = own;
     if visiting.contains(&f.path.as_str()) {
         return worst;

@@ -1016,3 +1016,36 @@ pub async fn waits(c: &reqwest::Client) -> Result<u16, Error> {
     // 5 s for a slot, then the attempt.
     assert_eq!(ms("waits"), 6_000);
 }
+
+/// Against a dependency that hangs every attempt times out: a POST whose policy retries only
+/// connect failures sends once, a GET or a keyed POST as many times as its attempts.
+#[test]
+fn requests_per_call_to_a_hanging_dependency_follow_the_retry_decision() {
+    let dir = crate_with(
+        "hanging",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(timeout = "1s", max_attempts = 3, retry_on = [connect])]
+pub async fn charge(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.post("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, idempotency_key = auto)]
+pub async fn charge_keyed(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.post("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3)]
+pub async fn read(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+"#,
+        )],
+    );
+    let worst = worst_cases(&dir);
+    assert_eq!(worst("hanging::charge"), 1);
+    assert_eq!(worst("hanging::charge_keyed"), 3);
+    assert_eq!(worst("hanging::read"), 3);
+}
