@@ -209,24 +209,63 @@ impl Crate {
             }
         }
         bins.push((PathBuf::from("src/main.rs"), package_name));
-        let mut files = Vec::new();
-        collect(&dir.join("src"), &mut files);
-        let mut roots = vec![("src", name.clone())];
-        collect(&dir.join("examples"), &mut files);
-        roots.push(("examples", String::new()));
-        if tests {
-            collect(&dir.join("tests"), &mut files);
-            roots.push(("tests", String::new()));
+        // The crate roots, each with its crate name: the library (`[lib] path`, else
+        // `src/lib.rs`), the binaries, examples and (`--tests`) integration tests; the files
+        // each reaches through its `mod` declarations are its modules, as the compiler reads
+        // them (a file no root declares is not compiled, and not listed).
+        let mut roots: Vec<(PathBuf, String)> = Vec::new();
+        let lib_path = table
+            .get("lib")
+            .and_then(|l| l.get("path")?.as_str())
+            .map_or_else(|| PathBuf::from("src/lib.rs"), PathBuf::from);
+        roots.push((lib_path, name.clone()));
+        // A declared binary at `src/main.rs` is that file's one crate (the package's own
+        // binary is not added beside it).
+        for (path, bin) in &bins {
+            if !roots.iter().any(|(r, _)| r == path) {
+                roots.push((path.clone(), bin.clone()));
+            }
         }
-        files.sort();
+        let mut dirs = vec!["src/bin", "examples"];
+        if tests {
+            dirs.push("tests");
+        }
+        for sub in dirs {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            found.sort();
+            for p in found {
+                let (file, stem) = if p.is_dir() {
+                    (p.join("main.rs"), p.file_name())
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    (p.clone(), p.file_stem())
+                } else {
+                    continue;
+                };
+                if let Some(stem) = stem.map(|s| krate_name(&s.to_string_lossy())) {
+                    let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
+                    if !roots.iter().any(|(r, _)| *r == rel) {
+                        roots.push((rel, stem));
+                    }
+                }
+            }
+        }
+        let mut files: Vec<(PathBuf, String)> = Vec::new();
+        for (rel, krate) in &roots {
+            let root = dir.join(rel);
+            if root.is_file() {
+                let mod_dir = root.parent().map(Path::to_path_buf).unwrap_or_default();
+                modules_of(&root, &mod_dir, krate, &mut files, 0);
+            }
+        }
         let mut krate = Crate::default();
         let mut parsed = Vec::new();
-        for file in files {
+        for (file, module) in files {
             let rel = file.strip_prefix(dir).unwrap_or(&file).to_path_buf();
-            let module = match bins.iter().find(|(p, _)| *p == rel) {
-                Some((_, bin)) => bin.clone(),
-                None => module_of(&rel, &name),
-            };
             let display = rel.display().to_string();
             let src = match std::fs::read_to_string(&file) {
                 Ok(s) => s,
@@ -294,7 +333,6 @@ impl Crate {
                 }
             }
         }
-        let _ = roots;
         krate.collect_files(dir);
         Ok(krate)
     }
@@ -432,50 +470,79 @@ impl Crate {
     }
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// `file` as the module `module`, and every file its `mod name;` declarations reach (in it or
+/// in its inline modules), as the compiler finds them: `name.rs` or `name/mod.rs` in
+/// `mod_dir` (the directory of a crate root or a `mod.rs`, else the directory named after
+/// the file), or a `#[path]` beside the file. Each (file, module) once; at most 32 deep.
+fn modules_of(
+    file: &Path,
+    mod_dir: &Path,
+    module: &str,
+    out: &mut Vec<(PathBuf, String)>,
+    depth: usize,
+) {
+    if depth > 32 || out.iter().any(|(f, m)| f == file && m == module) {
+        return;
+    }
+    out.push((file.to_path_buf(), module.to_owned()));
+    let Ok(src) = std::fs::read_to_string(file) else {
         return;
     };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
+    let Ok(ast) = syn::parse_file(&src) else {
+        return;
+    };
+    let beside = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    declared(&ast.items, &beside, mod_dir, module, out, depth);
 }
 
-/// The module path of a source file: `src/lib.rs` is the crate, `src/a/b.rs` and
-/// `src/a/b/mod.rs` are `crate::a::b`, `src/bin/x.rs` is the binary `x`, `examples/tour.rs`
-/// is the example `tour`.
-fn module_of(rel: &Path, krate: &str) -> String {
-    let parts: Vec<String> = rel
-        .with_extension("")
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    match parts.first().map(String::as_str) {
-        // A binary of its own: `src/bin/x.rs`, `src/bin/x/main.rs` and its modules.
-        Some("src") if parts.len() > 2 && parts[1] == "bin" => {
-            let mut m = vec![parts[2].replace('-', "_")];
-            for p in &parts[3..] {
-                if !matches!(p.as_str(), "main" | "mod") {
-                    m.push(p.clone());
+/// The `mod name;` of `items` (and of their inline modules), followed ([`modules_of`]).
+fn declared(
+    items: &[syn::Item],
+    beside: &Path,
+    mod_dir: &Path,
+    module: &str,
+    out: &mut Vec<(PathBuf, String)>,
+    depth: usize,
+) {
+    for item in items {
+        let syn::Item::Mod(m) = item else { continue };
+        let name = m.ident.to_string();
+        let child = format!("{module}::{name}");
+        let path_attr = m.attrs.iter().find_map(|a| {
+            if !a.path().is_ident("path") {
+                return None;
+            }
+            match &a.meta {
+                syn::Meta::NameValue(nv) => match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) => Some(s.value()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        });
+        match (&m.content, path_attr) {
+            // Inline: its own `mod` declarations are files under `mod_dir/name`.
+            (Some((_, inner)), _) => {
+                declared(inner, beside, &mod_dir.join(&name), &child, out, depth + 1);
+            }
+            (None, Some(p)) => {
+                let f = beside.join(p);
+                let d = f.parent().map(Path::to_path_buf).unwrap_or_default();
+                modules_of(&f, &d, &child, out, depth + 1);
+            }
+            (None, None) => {
+                let flat = mod_dir.join(format!("{name}.rs"));
+                let nested = mod_dir.join(&name).join("mod.rs");
+                if flat.is_file() {
+                    modules_of(&flat, &mod_dir.join(&name), &child, out, depth + 1);
+                } else if nested.is_file() {
+                    modules_of(&nested, &mod_dir.join(&name), &child, out, depth + 1);
                 }
             }
-            m.join("::")
         }
-        Some("src") => {
-            let mut m = vec![krate.to_owned()];
-            for p in &parts[1..] {
-                if !matches!(p.as_str(), "lib" | "main" | "mod") {
-                    m.push(p.clone());
-                }
-            }
-            m.join("::")
-        }
-        _ => parts.get(1).cloned().unwrap_or_default(),
     }
 }
 

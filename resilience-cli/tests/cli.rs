@@ -1049,3 +1049,64 @@ pub async fn read(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("hanging::charge_keyed"), 3);
     assert_eq!(worst("hanging::read"), 3);
 }
+
+/// Modules are found as the compiler finds them, from each crate root through its `mod`
+/// declarations: a module `src/main.rs` declares belongs to the binary (the package's name),
+/// not the library; a library at `[lib] path` is its crate's root; an example's and a test's
+/// modules are theirs; a file no root declares is not compiled, and not listed.
+#[test]
+fn modules_are_found_through_the_mod_declarations_of_each_crate_root() {
+    let f = |name: &str| {
+        format!(
+            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
+        )
+    };
+    let dir = crate_with(
+        "my-pkg",
+        &[
+            ("src/core.rs", &format!("pub mod store;\n{}", f("root_fn"))),
+            ("src/store.rs", &f("put")),
+            ("src/main.rs", &format!("mod cli;\n{}", f("main_fn"))),
+            ("src/cli.rs", &f("parse")),
+            ("src/orphan.rs", &f("never_compiled")),
+            (
+                "examples/demo/main.rs",
+                &format!("mod client;\n{}", f("demo_main")),
+            ),
+            ("examples/demo/client.rs", &f("call")),
+            ("tests/it.rs", &format!("mod common;\n{}", f("it_fn"))),
+            ("tests/common/mod.rs", &f("helper")),
+            (
+                "src/nested.rs",
+                "// declared nowhere either\npub fn plain() {}\n",
+            ),
+        ],
+    );
+    let manifest = dir.join("Cargo.toml");
+    let mut toml = std::fs::read_to_string(&manifest).unwrap();
+    toml.push_str("\n[lib]\nname = \"mylib\"\npath = \"src/core.rs\"\n");
+    std::fs::write(&manifest, toml).unwrap();
+    let out = run(&["list", dir.to_str().unwrap(), "--tests", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            "demo::client::call",
+            "demo::demo_main",
+            "it::common::helper",
+            "it::it_fn",
+            "my_pkg::cli::parse",
+            "my_pkg::main_fn",
+            "mylib::root_fn",
+            "mylib::store::put",
+        ]
+    );
+}
