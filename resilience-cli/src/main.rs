@@ -413,23 +413,52 @@ impl Crate {
                     dir.join("Cargo.toml").display()
                 )
             })?;
+        let exclude: Vec<PathBuf> = table
+            .get("workspace")
+            .and_then(|w| w.get("exclude")?.as_array())
+            .map(|e| {
+                e.iter()
+                    .filter_map(|v| v.as_str())
+                    .map(|p| dir.join(p.trim_start_matches("./")))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut dirs = Vec::new();
         for m in members {
-            match m.strip_suffix("/*") {
-                Some(parent) => {
-                    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(parent))
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.join("Cargo.toml").is_file())
-                        .collect();
-                    found.sort();
-                    dirs.extend(found);
+            let m = m.trim_start_matches("./");
+            if m.contains(['*', '?']) {
+                // A glob, as Cargo reads one: each segment matched against the directories
+                // there, a member being one with a `Cargo.toml`.
+                let mut found = vec![dir.to_path_buf()];
+                for segment in m.split('/').filter(|s| !s.is_empty()) {
+                    let mut next = Vec::new();
+                    for base in &found {
+                        if !segment.contains(['*', '?']) {
+                            next.push(base.join(segment));
+                            continue;
+                        }
+                        let mut entries: Vec<PathBuf> = std::fs::read_dir(base)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.is_dir())
+                            .filter(|p| {
+                                p.file_name()
+                                    .is_some_and(|n| glob_matches(segment, &n.to_string_lossy()))
+                            })
+                            .collect();
+                        entries.sort();
+                        next.extend(entries);
+                    }
+                    found = next;
                 }
-                None => dirs.push(dir.join(m)),
+                dirs.extend(found.into_iter().filter(|p| p.join("Cargo.toml").is_file()));
+            } else {
+                dirs.push(dir.join(m));
             }
         }
+        dirs.retain(|d| !exclude.iter().any(|e| e == d));
         let mut all = Crate::default();
         // The root itself, listed as a member (`"."`), is read as the package it is.
         let root = dir.canonicalize().ok();
@@ -474,6 +503,20 @@ impl Crate {
 /// in its inline modules), as the compiler finds them: `name.rs` or `name/mod.rs` in
 /// `mod_dir` (the directory of a crate root or a `mod.rs`, else the directory named after
 /// the file), or a `#[path]` beside the file. Each (file, module) once; at most 32 deep.
+/// Whether `name` matches the glob `pattern` (`*` any run of characters, `?` one).
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('?', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    go(&p, &n)
+}
+
 fn modules_of(
     file: &Path,
     mod_dir: &Path,

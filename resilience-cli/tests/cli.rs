@@ -1110,3 +1110,56 @@ fn modules_are_found_through_the_mod_declarations_of_each_crate_root() {
         ]
     );
 }
+
+/// A workspace's `members` globs as Cargo reads them (`crates/*-svc`, a `*` inside a segment)
+/// and its `exclude`: an excluded member's unsafe POST is not the workspace's.
+#[test]
+fn workspace_member_globs_and_exclude_are_read_as_cargo_reads_them() {
+    let f = |name: &str| {
+        format!(
+            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
+        )
+    };
+    let manifest = |name: &str| {
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n")
+    };
+    let unsafe_post = "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn charge(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {\n    Ok(c.post(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}\n";
+    let (a, b, old, other) = (
+        manifest("orders-svc"),
+        manifest("users-svc"),
+        manifest("old"),
+        manifest("tooling"),
+    );
+    let (fa, fb, fo) = (f("orders"), f("users"), f("tool"));
+    let dir = crate_with(
+        "globs",
+        &[
+            ("crates/orders-svc/Cargo.toml", a.as_str()),
+            ("crates/orders-svc/src/lib.rs", fa.as_str()),
+            ("crates/users-svc/Cargo.toml", b.as_str()),
+            ("crates/users-svc/src/lib.rs", fb.as_str()),
+            ("crates/tooling/Cargo.toml", other.as_str()),
+            ("crates/tooling/src/lib.rs", fo.as_str()),
+            ("libs/old/Cargo.toml", old.as_str()),
+            ("libs/old/src/lib.rs", unsafe_post),
+        ],
+    );
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"crates/*-svc\", \"libs/*\"]\nexclude = [\"libs/old\"]\n",
+    )
+    .unwrap();
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ["orders_svc::orders", "users_svc::users"]);
+    let check = run(&["check", dir.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+}
