@@ -141,7 +141,83 @@ impl Crate {
     fn read(dir: &Path, tests: bool) -> Result<Crate, String> {
         let mut krate = Crate::gather(dir, tests)?;
         krate.check_files();
+        krate.check_shared();
         Ok(krate)
+    }
+
+    /// Shared state defined twice with different settings (a breaker `pg` inline in one
+    /// function and in `[breakers.pg]` for another): at run time the first function called
+    /// makes it, with its settings, and the other's are ignored (with a warning). A problem:
+    /// define it once, in `resilience.toml`.
+    fn check_shared(&mut self) {
+        let mut seen: BTreeMap<(&str, &'static str, String), (String, &Function)> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for f in &self.functions {
+            // An integration test or an example is a program of its own: its state is never
+            // another's. Libraries and binaries may be linked into one.
+            let own_program = Path::new(&f.file)
+                .components()
+                .any(|c| matches!(c.as_os_str().to_str(), Some("tests" | "examples")));
+            let program = if own_program {
+                f.path.split("::").next().unwrap_or_default()
+            } else {
+                ""
+            };
+            let s = &f.analysis.shared;
+            let states: [(&'static str, Option<(&String, String)>); 5] = [
+                (
+                    "budget",
+                    s.budget.as_ref().map(|(n, m)| (n, format!("{m:?}"))),
+                ),
+                (
+                    "breaker",
+                    s.breaker
+                        .as_ref()
+                        .map(|(n, m)| (n, format!("{:?}", m.spec))),
+                ),
+                (
+                    "bulkhead",
+                    s.bulkhead.as_ref().map(|(n, m)| (n, format!("{m:?}"))),
+                ),
+                (
+                    "rate limit",
+                    s.rate_limit.as_ref().map(|(n, m)| (n, format!("{m:?}"))),
+                ),
+                (
+                    "concurrency limit",
+                    s.concurrency.as_ref().map(|(n, m)| (n, format!("{m:?}"))),
+                ),
+            ];
+            for (kind, state) in states {
+                // An unnamed state is the function's own.
+                let Some((name, settings)) = state.filter(|(n, _)| !n.is_empty()) else {
+                    continue;
+                };
+                match seen.get(&(program, kind, name.clone())) {
+                    Some((first, g)) if *first != settings => problems.push(format!(
+                        "{}:{}: {}: the {kind} `{name}` has other settings here than in {} ({}:{}): at run time the first function called makes it and the other's settings are ignored; define it once, in resilience.toml ([{}.{name}]), and name it from both",
+                        f.file,
+                        f.line,
+                        f.path,
+                        g.path,
+                        g.file,
+                        g.line,
+                        match kind {
+                            "budget" => "budgets",
+                            "breaker" => "breakers",
+                            "bulkhead" => "bulkheads",
+                            "rate limit" => "rate_limits",
+                            _ => "concurrency_limits",
+                        }
+                    )),
+                    Some(_) => {}
+                    None => {
+                        seen.insert((program, kind, name.clone()), (settings, f));
+                    }
+                }
+            }
+        }
+        self.problems.extend(problems);
     }
 
     fn gather(dir: &Path, tests: bool) -> Result<Crate, String> {

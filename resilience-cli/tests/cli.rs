@@ -1163,3 +1163,51 @@ fn workspace_member_globs_and_exclude_are_read_as_cargo_reads_them() {
     let check = run(&["check", dir.to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
 }
+
+/// One shared state name with two settings (a breaker `pg` in `[breakers.pg]` for one function,
+/// inline with other settings in another): the runtime keeps the first function's, so `check`
+/// says so, naming both places; the same name with the same settings is one state, as meant.
+#[test]
+fn a_shared_state_defined_twice_differently_is_a_problem() {
+    let dir = crate_with(
+        "twice",
+        &[
+            (
+                "resilience.toml",
+                "[breakers.pg]\nfailure_rate = 0.5\nmin_calls = 10\nwindow = 20\n",
+            ),
+            (
+                "src/lib.rs",
+                r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(method = GET, timeout = "1s", breaker = "pg")]
+pub async fn a(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", breaker = "pg")]
+pub async fn b(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", breaker = { name = "pg", failure_rate = 0.9, min_calls = 2, window = 4 })]
+pub async fn c(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+"#,
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert_eq!(
+        printed.matches("has other settings").count(),
+        1,
+        "{printed}"
+    );
+    assert!(
+        printed.contains("twice::c") && printed.contains("twice::a"),
+        "{printed}"
+    );
+}
