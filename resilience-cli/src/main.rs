@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let mut dir = PathBuf::from(".");
+    let mut dir = None;
     let (mut json, mut tests, mut overrides) = (false, false, None);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -81,9 +81,23 @@ fn main() -> ExitCode {
                 eprintln!("unknown option {other}\n{USAGE}");
                 return ExitCode::from(2);
             }
-            other => dir = PathBuf::from(other),
+            other if dir.is_none() => dir = Some(PathBuf::from(other)),
+            other => {
+                eprintln!("one DIR only: {other} follows another\n{USAGE}");
+                return ExitCode::from(2);
+            }
         }
     }
+    // What one command takes, not the other.
+    if (cmd == "check" && json) || (cmd == "list" && overrides.is_some()) {
+        eprintln!(
+            "{} takes no {}\n{USAGE}",
+            cmd,
+            if json { "--json" } else { "--overrides" }
+        );
+        return ExitCode::from(2);
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let krate = match Crate::read(&dir, tests) {
         Ok(c) => c,
         Err(e) => {
@@ -380,8 +394,15 @@ impl Crate {
                 self_ty: None,
                 found: Vec::new(),
                 names: &names,
+                refused: Vec::new(),
             };
             v.visit_file(&ast);
+            for (line, col, msg) in v.refused {
+                krate.found_in.push(display.clone());
+                krate
+                    .problems
+                    .push(format!("{display}:{line}:{col}: {msg}"));
+            }
             for (path, func, args) in v.found {
                 krate.found_in.push(display.clone());
                 let at = func.sig.ident.span().start();
@@ -672,6 +693,8 @@ struct Finder<'n> {
     self_ty: Option<(String, Option<String>)>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
     names: &'n Names,
+    /// Attributes placed where the compiler refuses them: line, column and message.
+    refused: Vec<(usize, usize, String)>,
 }
 
 /// The names modules give types and traits besides their own, by module path: aliases
@@ -883,6 +906,22 @@ impl<'a> Visit<'a> for Finder<'_> {
         // A default method, named as the runtime names it: `module::Trait::name`.
         let saved = self.self_ty.replace((t.ident.to_string(), None));
         for item in &t.items {
+            // On a method without a body the attribute has nothing to wrap: the compiler
+            // refuses it, and so does the check.
+            if let syn::TraitItem::Fn(f) = item
+                && f.default.is_none()
+                && resilient_args(&f.attrs).is_some()
+            {
+                let at = f.sig.ident.span().start();
+                self.refused.push((
+                    at.line,
+                    at.column + 1,
+                    format!(
+                        "{}: #[resilient] goes on a method with a body: a trait's default method, or each impl's",
+                        self.path_of(&f.sig.ident.to_string())
+                    ),
+                ));
+            }
             if let syn::TraitItem::Fn(f) = item
                 && let Some(block) = &f.default
                 && let Some(args) = resilient_args(&f.attrs)

@@ -1211,3 +1211,41 @@ pub async fn c(c: &reqwest::Client) -> Result<u16, Error> {
         "{printed}"
     );
 }
+
+/// What the compiler refuses, the check refuses too: `#[resilient]` on a trait method without
+/// a body. And the command line takes one DIR, and each command only its own options.
+#[test]
+fn an_attribute_on_a_bodiless_trait_method_and_stray_arguments_are_refused() {
+    let dir = crate_with(
+        "bodiless",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[allow(async_fn_in_trait)]
+pub trait Api {
+    #[resilient(method = GET, timeout = "1s")]
+    async fn get(&self) -> Result<u16, Error>;
+}
+"#,
+        )],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains(
+            "src/lib.rs:6:14: bodiless::Api::get: #[resilient] goes on a method with a body"
+        ),
+        "{printed}"
+    );
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["list", d, d],
+        vec!["check", d, "--json"],
+        vec!["list", d, "--overrides", "x.toml"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+}
