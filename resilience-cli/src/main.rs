@@ -1186,13 +1186,17 @@ fn amplification_of<'a>(
     if let Some(&known) = memo.get(f.path.as_str()) {
         return known;
     }
-    // Against a dependency that hangs, every attempt sends its hedges too.
+    // Against a dependency that hangs, every attempt sends its hedges too, one a `delay`
+    // while one of the round still runs: none when `delay` reaches the timeout (the attempt
+    // ends first).
+    let timeout = f.analysis.settings.timeout.value;
     let hedges = f
         .analysis
         .settings
         .hedge
         .value
         .as_ref()
+        .filter(|h| h.delay.value < timeout)
         .map_or(0, |h| h.max.value);
     let hedged = 1 + hedges;
     let own = hanging_attempts(f).saturating_mul(hedged);

@@ -1249,3 +1249,30 @@ pub trait Api {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
 }
+
+/// A hedge whose delay reaches the attempt's timeout never starts (the attempt ends first):
+/// no hedge in the requests per call; one that starts sooner counts.
+#[test]
+fn a_hedge_that_cannot_start_before_the_timeout_adds_no_request() {
+    let dir = crate_with(
+        "late_hedge",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 3, hedge(delay = "2s", max = 3))]
+pub async fn late(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 3, hedge(delay = "200ms", max = 3))]
+pub async fn early(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+"#,
+        )],
+    );
+    let worst = worst_cases(&dir);
+    assert_eq!(worst("late_hedge::late"), 3);
+    assert_eq!(worst("late_hedge::early"), 12);
+}
