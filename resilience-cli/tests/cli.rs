@@ -26,6 +26,13 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The source of an annotated function `name` that sends a GET.
+fn annotated_get(name: &str) -> String {
+    format!(
+        "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
+    )
+}
+
 /// A throwaway crate with these files.
 fn crate_with(name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("resilience-cli-{name}-{}", std::process::id()));
@@ -753,11 +760,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
 /// workspace root).
 #[test]
 fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
-    let f = |name: &str| {
-        format!(
-            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
-        )
-    };
+    let f = annotated_get;
     let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n\n[[bin]]\nname = \"cron\"\npath = \"./src/main.rs\"\n";
     let dir = crate_with(
         "shopws",
@@ -1056,11 +1059,7 @@ pub async fn read(c: &reqwest::Client) -> Result<u16, Error> {
 /// modules are theirs; a file no root declares is not compiled, and not listed.
 #[test]
 fn modules_are_found_through_the_mod_declarations_of_each_crate_root() {
-    let f = |name: &str| {
-        format!(
-            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
-        )
-    };
+    let f = annotated_get;
     let dir = crate_with(
         "my-pkg",
         &[
@@ -1115,11 +1114,7 @@ fn modules_are_found_through_the_mod_declarations_of_each_crate_root() {
 /// and its `exclude`: an excluded member's unsafe POST is not the workspace's.
 #[test]
 fn workspace_member_globs_and_exclude_are_read_as_cargo_reads_them() {
-    let f = |name: &str| {
-        format!(
-            "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<u16, resilience_runtime::Error> {{\n    Ok(c.get(\"http://127.0.0.1:1/\").send().await?.status().as_u16())\n}}\n"
-        )
-    };
+    let f = annotated_get;
     let manifest = |name: &str| {
         format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n")
     };
