@@ -64,6 +64,15 @@ fn list_shows_the_examples_effective_policies() {
             .unwrap_or_else(|| panic!("{f} listed"))
             .clone()
     };
+    // Hedging, fallback, the backoff's curve and jitter, `max_retry_after`: listed too.
+    let hedged = find("tour::quote_hedged");
+    assert_eq!(hedged["hedge"]["delay"], "50ms");
+    assert_eq!(hedged["hedge"]["max"], 1);
+    assert_eq!(hedged["backoff"]["jitter"]["value"], "full");
+    assert_eq!(hedged["max_retry_after"]["value"], "30s");
+    let partner = find("tour::partner");
+    assert_eq!(partner["fallback"]["function"], "partner_cached");
+    assert_eq!(partner["fallback"]["on"][0], "rate_limited");
     let bundle = find("tour::Catalog::bundle");
     assert_eq!(bundle["method"]["value"], "GET");
     assert_eq!(bundle["method"]["from"], "inline in the attribute");
