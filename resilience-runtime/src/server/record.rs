@@ -239,6 +239,18 @@ fn boundary(content_type: &str) -> Option<String> {
     })
 }
 
+/// A body read as its bytes. Hashed as they are (the fingerprint of most bodies is what it
+/// always was), but for a body whose first byte is one of the tags the structured readings
+/// begin with (2 JSON, 3 form, 4 multipart) or the tag of this rule (5): tagged 5, so that no
+/// raw body's bytes can be crafted to equal a JSON, form or multipart body's reading (a
+/// replay instead of the 422 a key reused with another payload gets).
+fn hash_raw(hash: &mut Sha256, body: &[u8]) {
+    if matches!(body.first(), Some(2..=5)) {
+        hash.update([5]);
+    }
+    hash.update(body);
+}
+
 /// `body` cut at every occurrence of `sep`.
 fn split_on<'a>(body: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut rest = Some(body);
@@ -301,7 +313,7 @@ impl Fingerprint {
                     hash.update([2]);
                     v.hash(&mut hash);
                 }
-                None => hash.update(body),
+                None => hash_raw(&mut hash, body),
             },
             "application/x-www-form-urlencoded" => {
                 hash.update([3]);
@@ -327,9 +339,9 @@ impl Fingerprint {
                         hash.update(part);
                     }
                 }
-                _ => hash.update(body),
+                _ => hash_raw(&mut hash, body),
             },
-            _ => hash.update(body),
+            _ => hash_raw(&mut hash, body),
         }
         Fingerprint(hash.finalize().into())
     }
@@ -539,6 +551,27 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw body crafted to be a JSON body's reading (its tag, then the value's own
+    /// hashing) is not that body: the key reused with it gets 422, not the JSON body's replay.
+    #[test]
+    fn a_raw_body_cannot_pass_for_a_json_ones_reading() {
+        let json = Fingerprint::of_request(None, Some("application/json"), b"1");
+        let crafted = Fingerprint::of_request(
+            None,
+            Some("application/octet-stream"),
+            b"\x02#\0\0\0\0\0\0\0\x011",
+        );
+        assert_ne!(json, crafted);
+        // Other raw bodies keep the fingerprint they always had.
+        let mut plain = Sha256::new();
+        plain.update([0]);
+        plain.update(b"amount=100");
+        assert_eq!(
+            Fingerprint::of_request(None, Some("text/plain"), b"amount=100"),
+            Fingerprint(plain.finalize().into())
+        );
+    }
 
     fn completed() -> Record {
         let mut headers = HeaderMap::new();
