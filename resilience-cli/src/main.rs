@@ -441,7 +441,12 @@ impl Crate {
         match resilience_policy::config::locate(None, Some(dir), None) {
             Ok(Some(found)) => files.push(found),
             Ok(None) => {}
-            Err(e) => self.problems.push(format!("Cargo.toml: {e}")),
+            // Once: a function reading the same manifest told it already.
+            Err(e) => {
+                if !self.problems.iter().any(|p| p.contains(&e)) {
+                    self.problems.push(e);
+                }
+            }
         }
         for f in &self.functions {
             if let Some(p) = &f.analysis.config_path {

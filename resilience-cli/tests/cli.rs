@@ -1280,3 +1280,23 @@ pub async fn early(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("late_hedge::late"), 3);
     assert_eq!(worst("late_hedge::early"), 12);
 }
+
+/// A typo in `[package.metadata.resilience]` is told once, at the function that reads it, not
+/// a second time for the crate with a doubled `Cargo.toml:`.
+#[test]
+fn a_metadata_typo_is_told_once() {
+    let dir = crate_with("typo", &[("src/lib.rs", &annotated_get("get"))]);
+    let manifest = dir.join("Cargo.toml");
+    let mut toml = std::fs::read_to_string(&manifest).unwrap();
+    toml.push_str("\n[package.metadata.resilience]\nconifg = \"x.toml\"\n");
+    std::fs::write(&manifest, toml).unwrap();
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let printed = text(&out);
+    assert_eq!(
+        printed.matches("unknown key `conifg`").count(),
+        1,
+        "{printed}"
+    );
+    assert!(!printed.contains("Cargo.toml: Cargo.toml:"), "{printed}");
+}
