@@ -126,6 +126,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 
     // Fresh clones of by-value arguments for each attempt (none when there is no retry), and
     // for each hedge.
+    let cloned = runs_again || hedged || s.fallback.is_some();
     let mut clones = Vec::new();
     // An attempt's body (not hedged) reads the arguments from an `async` block beside them:
     // one it only reads, it would capture by shared reference, and its future would be `Send`
@@ -137,8 +138,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // not use warns of nothing.
     let mut touch = Vec::new();
     let mut rebind = Vec::new();
-    let cloned = runs_again || hedged || s.fallback.is_some();
-    for input in &sig.inputs {
+    // The signature as written, but for `mut` on by-value parameters that are cloned: each
+    // attempt changes its own clone, so the parameter itself is never changed, and would
+    // warn `unused_mut` (an error under `#![deny(warnings)]`).
+    let mut out_sig = sig.clone();
+    for (input, out) in sig.inputs.iter().zip(out_sig.inputs.iter_mut()) {
         match input {
             syn::FnArg::Receiver(r) => {
                 let unique = match &r.kind {
@@ -161,6 +165,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     continue;
                 }
                 let id = &pi.ident;
+                // A parameter under `#[cfg(…)]` exists only where its cfg holds: so do its
+                // clone, its rebinding and its borrow.
                 let cfgs: Vec<_> = pt
                     .attrs
                     .iter()
@@ -173,7 +179,19 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     syn::Type::Reference(_) => {}
                     _ => {
                         touch.push(quote!(#(#cfgs)* let _ = &mut #id;));
-                        if !cloned && pi.mutability.is_none() {
+                        if cloned {
+                            if pi.mutability.is_some()
+                                && let syn::FnArg::Typed(out) = out
+                            {
+                                out.attrs.push(syn::parse_quote!(#[allow(unused_mut)]));
+                            }
+                            let span = pt.span();
+                            clones.push(quote_spanned! {span=>
+                                #(#cfgs)*
+                                #[allow(clippy::redundant_clone, unused_mut)]
+                                let mut #id = ::core::clone::Clone::clone(&#id);
+                            });
+                        } else if pi.mutability.is_none() {
                             rebind.push(quote!(
                                 #(#cfgs)*
                                 #[allow(unused_mut)]
@@ -181,46 +199,6 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                             ));
                         }
                     }
-                }
-            }
-        }
-    }
-    // The signature as written, but for `mut` on by-value parameters that are cloned: each
-    // attempt changes its own clone, so the parameter itself is never changed, and would
-    // warn `unused_mut` (an error under `#![deny(warnings)]`).
-    let mut out_sig = sig.clone();
-    if runs_again || hedged || s.fallback.is_some() {
-        for (input, out) in sig.inputs.iter().zip(out_sig.inputs.iter_mut()) {
-            if let syn::FnArg::Typed(pt) = input {
-                if matches!(
-                    resilience_policy::validate::peel(&pt.ty),
-                    syn::Type::Reference(_)
-                ) {
-                    continue;
-                }
-                if let syn::Pat::Ident(pi) = &*pt.pat {
-                    if pi.by_ref.is_some() {
-                        continue;
-                    }
-                    let id = &pi.ident;
-                    let mutability = &pi.mutability;
-                    if mutability.is_some()
-                        && let syn::FnArg::Typed(out) = out
-                    {
-                        out.attrs.push(syn::parse_quote!(#[allow(unused_mut)]));
-                    }
-                    let span = pt.span();
-                    // A parameter under `#[cfg(…)]` exists only where its cfg holds: so does
-                    // its clone.
-                    let cfgs = pt
-                        .attrs
-                        .iter()
-                        .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
-                    clones.push(quote_spanned! {span=>
-                        #(#cfgs)*
-                        #[allow(clippy::redundant_clone, unused_mut)]
-                        let mut #id = ::core::clone::Clone::clone(&#id);
-                    });
                 }
             }
         }
