@@ -301,9 +301,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
         buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
     });
-    let left = ctx.until.saturating_duration_since(Instant::now());
-    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-    let timeout = buf.push_u64(ms);
+    let timeout = buf.push_u64(time_left_ms(ctx));
     let shared = buf.freeze();
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(shared.slice(r)).ok();
     match key {
@@ -539,8 +537,7 @@ impl Prepared {
             Ok(req) => (
                 Some(crate::policy::method_of(req.method())),
                 Some(Deferred {
-                    start: Some((req, self.made_in_attempt)),
-                    make: Some(move |req| client.execute(req)),
+                    start: Some((req, self.made_in_attempt, move |req| client.execute(req))),
                     fut: None,
                 }),
                 None,
@@ -565,9 +562,9 @@ pin_project_lite::pin_project! {
     /// not as it was built (a request made, then sent seconds later by a `buffered(n)` or after
     /// an `await`). `Unpin` when the client's future is, as reqwest's is.
     struct Deferred<M, F> {
-        // The request, and whether it was made in an attempt (whose time left it then tells).
-        start: Option<(reqwest::Request, bool)>,
-        make: Option<M>,
+        // The request, whether it was made in an attempt (whose time left it then tells), and
+        // what sends it.
+        start: Option<(reqwest::Request, bool, M)>,
         #[pin]
         fut: Option<F>,
     }
@@ -582,9 +579,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        if let (Some((mut req, made_in_attempt)), Some(make)) =
-            (this.start.take(), this.make.take())
-        {
+        if let Some((mut req, made_in_attempt, make)) = this.start.take() {
             if made_in_attempt {
                 tell_time_left_now(&mut req);
             }
@@ -600,6 +595,12 @@ where
 /// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, in the attempt it was
 /// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
 /// sent); a request sent at once keeps its value, with no allocation.
+/// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says.
+fn time_left_ms(ctx: &AttemptCtx) -> u64 {
+    let left = ctx.until.saturating_duration_since(Instant::now());
+    u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 fn tell_time_left_now(req: &mut reqwest::Request) {
     let _ = with_attempt(|ctx| {
         let Some(told) = req
@@ -610,8 +611,7 @@ fn tell_time_left_now(req: &mut reqwest::Request) {
         else {
             return;
         };
-        let left = ctx.until.saturating_duration_since(Instant::now());
-        let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = time_left_ms(ctx);
         if told >= ms.saturating_add(10) {
             req.headers_mut()
                 .insert(X_TIMEOUT_MS, HeaderValue::from(ms));
