@@ -1279,6 +1279,61 @@ fn state(r: &StateRef, shared: Option<&str>) -> String {
     }
 }
 
+/// The settings of a function's policy that `list`'s table has no column for: the backoff,
+/// `max_retry_after`, `idempotent`, the budget, the rate limit, the hedge, the fallback and the
+/// client, as they are in effect.
+fn rest_of_policy(f: &Function) -> String {
+    let s = &f.analysis.settings;
+    let sh = &f.analysis.shared;
+    let b = &s.backoff;
+    let mut parts = vec![
+        format!(
+            "backoff {} {}..{} ×{} {} jitter",
+            format!("{:?}", b.kind.value).to_lowercase(),
+            fmt_duration(b.initial.value),
+            fmt_duration(b.max.value),
+            f64::from(b.multiplier_milli.value) / 1000.0,
+            match format!("{:?}", b.jitter.value).to_lowercase() {
+                j if j == "none" => "no".to_owned(),
+                j => j,
+            },
+        ),
+        format!("max_retry_after {}", fmt_duration(s.max_retry_after.value)),
+        format!(
+            "budget {}",
+            state(&s.budget.value, sh.budget.as_ref().map(|b| b.0.as_str()))
+        ),
+        format!(
+            "rate_limit {}",
+            state(
+                &s.rate_limit.value,
+                sh.rate_limit.as_ref().map(|b| b.0.as_str())
+            )
+        ),
+    ];
+    if s.idempotent.value {
+        parts.push("idempotent".into());
+    }
+    if let Some(h) = &s.hedge.value {
+        parts.push(format!(
+            "hedge after {}, at most {}",
+            fmt_duration(h.delay.value),
+            h.max.value
+        ));
+    }
+    if let Some(fb) = &s.fallback {
+        parts.push(format!(
+            "fallback {} on [{}]",
+            fb.value,
+            s.fallback_on.value.1.join(", ")
+        ));
+    }
+    if let Some(c) = &s.client {
+        parts.push(format!("client {}", c.value));
+    }
+    parts.join("; ")
+}
+
 /// What bounds the calls in flight: a fixed bulkhead, an adaptive limit (its range, where it
 /// starts, the latency that counts as overload), or nothing.
 fn in_flight(f: &Function) -> String {
@@ -1420,6 +1475,11 @@ fn list(krate: &Crate, json: bool) {
     for r in rows {
         line(r);
     }
+    // The rest of each function's effective policy, which the table has no column for.
+    outln!("\nthe rest of each policy:");
+    for f in all {
+        outln!("  {}: {}", f.path, rest_of_policy(f));
+    }
     outln!("\nwhere each setting came from (built-in defaults not shown):");
     for f in all {
         let s = &f.analysis.settings;
@@ -1437,9 +1497,25 @@ fn list(krate: &Crate, json: bool) {
         note("max_attempts", &s.max_attempts.origin);
         note("retry_on", &s.retry_on.origin);
         note("idempotency_key", &s.idempotency_key.origin);
+        note("backoff.kind", &s.backoff.kind.origin);
+        note("backoff.initial", &s.backoff.initial.origin);
+        note("backoff.max", &s.backoff.max.origin);
+        note("backoff.multiplier", &s.backoff.multiplier_milli.origin);
+        note("backoff.jitter", &s.backoff.jitter.origin);
+        note("max_retry_after", &s.max_retry_after.origin);
+        note("idempotent", &s.idempotent.origin);
+        note("budget", &s.budget.origin);
         note("breaker", &s.breaker.origin);
         note("bulkhead", &s.bulkhead.origin);
+        note("rate_limit", &s.rate_limit.origin);
         note("concurrency_limit", &s.concurrency_limit.origin);
+        note("hedge", &s.hedge.origin);
+        if let Some(fb) = &s.fallback {
+            note("fallback", &fb.origin);
+        }
+        if let Some(c) = &s.client {
+            note("client", &c.origin);
+        }
         if !from.is_empty() {
             outln!("  {} ({}:{}): {}", f.path, f.file, f.line, from.join("; "));
         }

@@ -113,6 +113,23 @@ fn list_shows_the_examples_effective_policies() {
     assert!(t.contains("tour::Catalog::quick_bundle"), "{t}");
     assert!(t.contains("aimd 2..=64 from 16, slow at 100ms"), "{t}");
     assert!(t.contains("where each setting came from"), "{t}");
+    // What the table has no column for is listed below it, function by function.
+    let rest = |f: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("  {f}: backoff ")))
+            .unwrap_or_else(|| panic!("{f}'s rest of policy listed: {t}"))
+            .to_owned()
+    };
+    let hedged = rest("tour::quote_hedged");
+    assert!(hedged.contains("hedge after 50ms, at most 1"), "{hedged}");
+    assert!(hedged.contains("full jitter"), "{hedged}");
+    assert!(hedged.contains("max_retry_after 30s"), "{hedged}");
+    let partner = rest("tour::partner");
+    assert!(
+        partner.contains("fallback partner_cached on [rate_limited"),
+        "{partner}"
+    );
+    assert!(!rest("tour::pay_keyed").contains("hedge"), "{t}");
 }
 
 #[test]
