@@ -40,6 +40,7 @@ fn fail_soft(item: TokenStream, e: syn::Error) -> TokenStream {
 fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
     let source_dir = proc_macro_source_dir();
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let written = args.clone();
     let a = resilience_policy::analysis::analyze(
         args,
         func,
@@ -61,8 +62,49 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
         krate: a.krate,
         config_path: a.config_path,
         manifest_path: a.manifest_path,
+        key_tokens: match &a.settings.idempotency_key.value {
+            resilience_policy::model::KeyModel::Param(path)
+                if a.settings.idempotency_key.origin.is_inline() =>
+            {
+                key_as_written(written, path)
+            }
+            _ => None,
+        },
     };
     Ok(expand(&plan))
+}
+
+/// The tokens of an inline `idempotency_key = order.id`, as written: each keeps its own span,
+/// so the compiler's error about a field that does not exist (`order.idd`) points at the
+/// field, not at the path's first word. `None` when they do not spell `path`.
+fn key_as_written(args: TokenStream, path: &str) -> Option<TokenStream> {
+    use proc_macro2::TokenTree;
+    use syn::ext::IdentExt as _;
+    let mut tokens = args.into_iter();
+    while let Some(tt) = tokens.next() {
+        let TokenTree::Ident(id) = &tt else { continue };
+        if id != "idempotency_key" {
+            continue;
+        }
+        match tokens.next() {
+            Some(TokenTree::Punct(p)) if p.as_char() == '=' => {}
+            _ => return None,
+        }
+        let value: TokenStream = tokens
+            .by_ref()
+            .take_while(|t| !matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+            .collect();
+        let spelled: String = value
+            .clone()
+            .into_iter()
+            .map(|t| match t {
+                TokenTree::Ident(i) => i.unraw().to_string(),
+                t => t.to_string(),
+            })
+            .collect();
+        return (spelled == path).then_some(value);
+    }
+    None
 }
 
 pub(crate) fn proc_macro_source_dir() -> Option<std::path::PathBuf> {

@@ -25,6 +25,8 @@ pub(crate) struct Plan<'a> {
     pub manifest_path: Option<String>,
     /// The policy's values, packed (`Analysis::packed`).
     pub packed: String,
+    /// An inline `idempotency_key` path's tokens as written (`entry::key_as_written`).
+    pub key_tokens: Option<TokenStream>,
 }
 
 /// `d` as a `::core::time::Duration` constant expression.
@@ -113,8 +115,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         KeyModel::Auto => quote!(#p::KeyArg::Auto),
         KeyModel::Param(path) => {
             let span = s.idempotency_key.origin.span_or(Span::call_site());
-            let expr: TokenStream = path.parse().unwrap_or_default();
-            let expr = respan(expr, span);
+            let expr = match &plan.key_tokens {
+                Some(written) => written.clone(),
+                None => respan(path.parse().unwrap_or_default(), span),
+            };
             quote_spanned!(span=> #p::key_from(&#expr))
         }
     };
