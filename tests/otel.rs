@@ -741,3 +741,55 @@ async fn a_cancelled_attempt_keeps_the_status_it_received() {
         .collect();
     assert_eq!(statuses, [Value::I64(203)], "{:?}", attempt.attributes);
 }
+
+/// Through the SDK's W3C propagator (which writes `tracestate` even when the trace has none):
+/// a `tracestate` the request carries by hand goes out as it was, and a request without one
+/// sends none, not an empty field.
+#[tokio::test]
+async fn a_tracestate_set_by_hand_is_kept_and_none_goes_out_empty() {
+    let (_exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let b = serve(
+        axum::Router::new()
+            .route(
+                "/",
+                get(
+                    |State(seen): State<Arc<Mutex<Vec<Option<String>>>>>, h: HeaderMap| async move {
+                        let state = h.get("tracestate").map(|v| v.to_str().unwrap().to_owned());
+                        seen.lock().unwrap().push(state);
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(seen.clone()),
+    )
+    .await;
+
+    #[resilient(timeout = "2s", max_attempts = 1)]
+    async fn with_state(
+        c: &reqwest::Client,
+        url: &str,
+        state: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut req = c.get(url);
+        if let Some(s) = state {
+            req = req.header("tracestate", s);
+        }
+        Ok(req.send().await?.text().await?)
+    }
+    let c = reqwest::Client::new();
+    let url = format!("http://{b}/");
+    let span = tracing::info_span!("caller");
+    async {
+        with_state(&c, &url, Some("congo=t61rcWkgMzE"))
+            .await
+            .unwrap();
+        with_state(&c, &url, None).await.unwrap();
+    }
+    .instrument(span)
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some("congo=t61rcWkgMzE".to_owned()), None]
+    );
+}

@@ -419,3 +419,36 @@ async fn a_request_sent_late_tells_the_time_left_when_it_goes() {
         .unwrap();
     assert!((1_900..=2_000).contains(&left), "told {left} ms");
 }
+
+#[resilient(timeout = "10s", max_attempts = 1, budget = false)]
+async fn forwards_by_hand(c: &reqwest::Client, url: &str, told: &str) -> Result<u16, Error> {
+    // A service forwarding its caller's time by hand, without `ContextLayer`.
+    Ok(c.get(url)
+        .header("x-timeout-ms", told)
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// An `X-Timeout-Ms` the request carries by hand is sent when it is the shorter: the server
+/// is never told it has longer than either the caller or the attempt allows.
+#[tokio::test(start_paused = true)]
+async fn a_shorter_timeout_set_by_hand_is_kept() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/hand");
+    for told in ["50", "999999", "soon"] {
+        assert_eq!(forwards_by_hand(&c, &url, told).await.unwrap(), 200);
+    }
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.header("x-timeout-ms").unwrap().to_owned())
+        .collect();
+    assert_eq!(sent[0], "50", "the shorter, set by hand");
+    for s in &sent[1..] {
+        let ms: u64 = s.parse().unwrap_or_else(|_| panic!("sent {s:?}"));
+        assert!((9_900..=10_000).contains(&ms), "the attempt's time: {ms}");
+    }
+}

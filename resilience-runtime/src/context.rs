@@ -798,7 +798,7 @@ impl Traceparent {
     }
 }
 
-/// Parses a W3C `traceparent`: (trace id, parent id, flags). Version 00 exactly as the spec
+/// Parses a W3C `traceparent`: (trace id, parent id, flags, the sampled bit only). Version 00 exactly as the spec
 /// writes it; a higher version (not `ff`) by its first four fields, as the spec asks of a
 /// parser that knows only 00, with anything after them behind a `-`. `None` for anything else,
 /// including the all-zero ids the spec calls invalid.
@@ -826,7 +826,8 @@ pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
     }
     let trace = u128::from_str_radix(t, 16).ok()?;
     let span = u64::from_str_radix(s, 16).ok()?;
-    let flags = u8::from_str_radix(f, 16).ok()?;
+    // Only the sampled bit is defined: the others are sent on as zero, as the spec asks.
+    let flags = u8::from_str_radix(f, 16).ok()? & 0x01;
     (trace != 0 && span != 0).then_some((trace, span, flags))
 }
 
@@ -903,6 +904,11 @@ mod tests {
             "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next",
         ] {
             assert_eq!(parse_traceparent(good), want, "{good:?}");
+        }
+        // Flags the spec does not define are not passed on: only the sampled bit.
+        for (flags, kept) in [("ff", 1), ("fe", 0), ("03", 1), ("02", 0)] {
+            let tp = format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}");
+            assert_eq!(parse_traceparent(&tp).map(|t| t.2), Some(kept), "{tp}");
         }
     }
 

@@ -301,7 +301,8 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
         buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
     });
-    let timeout = buf.push_u64(time_left_ms(ctx));
+    let ms = time_left_ms(ctx);
+    let timeout = buf.push_u64(ms);
     let shared = buf.freeze();
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(shared.slice(r)).ok();
     match key {
@@ -321,7 +322,15 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     // telemetry (issue 12): traceparent/tracestate, from OpenTelemetry when there is a context.
     crate::telemetry::inject_trace_context(headers, ctx.trace_id(), || traceparent.and_then(value));
     headers.insert(X_ATTEMPT, attempt_value(ctx.attempt));
-    if let Some(v) = value(timeout) {
+    // A shorter time set by hand (a caller's, forwarded) stays: the server is told the least
+    // of what its caller and the attempt allow.
+    let by_hand = headers
+        .get(&X_TIMEOUT_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if by_hand.is_none_or(|h| h > ms)
+        && let Some(v) = value(timeout)
+    {
         headers.insert(X_TIMEOUT_MS, v);
     }
 }

@@ -26,11 +26,17 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 /// - `X-Timeout-Ms: 1500` (what `#[resilient]` sends on every attempt: the attempt's time left,
 ///   in whole milliseconds), else `grpc-timeout: 1500m` (gRPC's form: up to 8 digits and a unit,
 ///   `H M S m u n`). The calls made while handling the request get a deadline no later than
-///   arrival + that time. A value over [`max`](ContextLayer::max) is clamped to it; a
+///   the time this layer sees the request + that time: make it the outermost layer, so that
+///   a wait in a layer outside it counts. Repeated (fields, or a list), the shortest counts.
+///   A value over [`max`](ContextLayer::max) is clamped to it; a
 ///   malformed or negative one is ignored. Both are logged at debug level, never an error to
 ///   the client and never a panic.
 /// - `traceparent` (W3C; a version after 00 read by its first four fields): the calls join
-///   that trace and keep its sampled flag.
+///   that trace and keep its sampled flag (the other flags are not sent on). Two of them join
+///   no trace.
+///
+/// The headers are trusted: a caller's short time cuts the calls' attempts, and their
+/// timeouts count for the breaker. Let a public edge strip them.
 /// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
 ///   UUID, a gateway's `req-…`): the calls send it on as it came.
 ///
@@ -48,7 +54,8 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 ///     .layer(ContextLayer::new().max(Duration::from_secs(60)));
 /// ```
 ///
-/// The context is task-local: a handler that spawns a task hands it on with
+/// The context is task-local, around the handler's future: a handler that spawns a task, or
+/// returns a body streamed after it, hands it on with
 /// [`with_inbound`](crate::with_inbound)`(`[`current_inbound()`](crate::current_inbound)`, task)`.
 #[derive(Debug, Clone, Copy)]
 pub struct ContextLayer {
@@ -133,19 +140,22 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
     let mut inbound = Inbound::NONE;
     // Each header that parses counts, the shorter first: a malformed `X-Timeout-Ms` does not
     // hide a valid `grpc-timeout`.
+    // A header repeated, as fields or folded into one by a proxy (`100, 5000`), counts each
+    // value: the shortest.
     let mut left = None;
     for (name, parse) in [
         (&X_TIMEOUT_MS, parse_ms as fn(&[u8]) -> _),
         (&GRPC_TIMEOUT, parse_grpc),
     ] {
-        let Some(v) = headers.get(name) else {
-            continue;
-        };
-        match parse(v.as_bytes()) {
-            Ok(Some(d)) => left = Some(left.map_or(d, |l: Duration| l.min(d))),
-            Ok(None) => {}
-            Err(why) => {
-                tracing::debug!(header = name.as_str(), value = ?v, why, "inbound timeout ignored");
+        for v in headers.get_all(name) {
+            for one in v.as_bytes().split(|b| *b == b',') {
+                match parse(one) {
+                    Ok(Some(d)) => left = Some(left.map_or(d, |l: Duration| l.min(d))),
+                    Ok(None) => {}
+                    Err(why) => {
+                        tracing::debug!(header = name.as_str(), value = ?v, why, "inbound timeout ignored");
+                    }
+                }
             }
         }
     }
@@ -162,7 +172,18 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
         };
         inbound = inbound.deadline(super::after(now, d));
     }
-    if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
+    // One `traceparent` only: with two (fields, or folded into one) the request belongs to no
+    // one trace, and its calls start their own, as W3C Trace Context's test suite expects.
+    let mut parents = headers.get_all(&TRACEPARENT).iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(one), None) => one.to_str().ok().filter(|v| !v.contains(',')),
+        (Some(_), Some(_)) => {
+            tracing::debug!("more than one traceparent: a new trace");
+            None
+        }
+        _ => None,
+    };
+    if let Some(tp) = parent {
         inbound = inbound.traceparent(tp);
         // Its `tracestate`, one header or several (combined as one list, as the spec says).
         if inbound.trace.is_some() {
@@ -300,6 +321,34 @@ mod tests {
             at(&[("x-timeout-ms", b"abc"), ("grpc-timeout", b"2S")]),
             Some(now + Duration::from_secs(2))
         );
+        // Repeated, as fields or folded by a proxy: the shortest value counts.
+        let ms = |n| Some(now + Duration::from_millis(n));
+        assert_eq!(
+            at(&[("x-timeout-ms", b"5000"), ("x-timeout-ms", b"100")]),
+            ms(100)
+        );
+        assert_eq!(at(&[("x-timeout-ms", b"100, 5000")]), ms(100));
+        assert_eq!(at(&[("x-timeout-ms", b"5000,100")]), ms(100));
+        assert_eq!(at(&[("x-timeout-ms", b"abc, 300")]), ms(300));
+        assert_eq!(
+            at(&[("grpc-timeout", b"5S"), ("grpc-timeout", b"250m")]),
+            ms(250)
+        );
+    }
+
+    /// Two `traceparent` fields (or two folded into one): no trace is joined.
+    #[test]
+    fn a_repeated_traceparent_joins_no_trace() {
+        const TP: &[u8] = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const OTHER: &[u8] = b"00-11111111111111111111111111111111-2222222222222222-01";
+        let trace = |pairs: &[(&'static str, &'static [u8])]| {
+            inbound_of(&headers(pairs), Duration::from_secs(1), Instant::now()).trace
+        };
+        assert!(trace(&[("traceparent", TP)]).is_some());
+        assert_eq!(trace(&[("traceparent", TP), ("traceparent", OTHER)]), None);
+        assert_eq!(trace(&[("traceparent", TP), ("traceparent", TP)]), None);
+        let folded = [TP, b", ", OTHER].concat().leak();
+        assert_eq!(trace(&[("traceparent", folded)]), None);
     }
 
     /// The README's default: a caller may hand down at most 5 minutes; a layer told "no

@@ -114,14 +114,22 @@ fn w3c(cx: &Context, injector: &mut Headers<'_>) {
     }
 }
 
+/// The request's headers, for a propagator that writes only what the request does not carry
+/// already: a `tracestate` (or `baggage`) set by hand goes out as it was, as a `traceparent`
+/// set by hand does. An empty value is not written (the SDK's W3C propagator writes an empty
+/// `tracestate` for a trace without one, which the spec asks senders to avoid).
 struct Headers<'a>(&'a mut HeaderMap);
 
 impl Injector for Headers<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(key.as_bytes()),
             HeaderValue::try_from(value),
-        ) {
+        ) && !self.0.contains_key(&name)
+        {
             self.0.insert(name, value);
         }
     }
