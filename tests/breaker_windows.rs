@@ -433,3 +433,65 @@ async fn the_slow_call_rate_defaults_to_every_call() {
     let e = slow_by_default(&c, &slow.url("/")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "four slow of four: {e}");
 }
+
+#[resilient(
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(rate = 3, per = "1h"),
+    breaker(
+        failure_rate = 1.0,
+        min_calls = 1,
+        window = 1,
+        open_for = "1s",
+        half_open_calls = 1
+    )
+)]
+async fn rate_limited_probe(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// While its one probe runs, a half-open breaker refuses the other calls before they start,
+/// as an open one does: they send nothing, and spend no rate-limit permit (nor a bulkhead
+/// slot, nor a deposit in the retry budget). Three permits an hour: the failure that opened
+/// the breaker, the probe, and the call after it closed.
+#[tokio::test(start_paused = true)]
+async fn calls_refused_while_half_open_spend_no_permit() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(503),
+            Action::ok().after(Duration::from_millis(500)),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    assert_eq!(
+        rate_limited_probe(&c, &url).await.unwrap_err().kind(),
+        ErrorKind::Call
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probe = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { rate_limited_probe(&c, &url).await }
+    });
+    server.wait_for(2).await;
+    for _ in 0..5 {
+        let e = rate_limited_probe(&c, &url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+        assert_eq!(e.attempts(), 0);
+    }
+    assert_eq!(probe.await.unwrap().unwrap(), 200);
+    assert_eq!(
+        rate_limited_probe(&c, &url).await.unwrap(),
+        200,
+        "the third permit is left"
+    );
+    assert_eq!(server.count(), 3);
+}

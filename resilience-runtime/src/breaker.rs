@@ -1,4 +1,4 @@
-//! Circuit breaker: a count-based sliding window over the last calls, lock-free.
+//! Circuit breaker: a count-based sliding window over the last attempts' outcomes, lock-free.
 //!
 //! - **Closed**: calls go through; each reported outcome enters a window of the last `window`
 //!   outcomes. Once at least `min_calls` were seen and `failures / seen >= failure_rate`, the
@@ -10,7 +10,7 @@
 //!   again for `open_for`. A probe reported as ignored (or dropped unreported before
 //!   `slow_call_duration`) frees its slot for another probe.
 //!
-//! With `window_for`, the window holds the calls of the last `window_for` instead of the last
+//! With `window_for`, the window holds the attempts of the last `window_for` instead of the last
 //! `window` calls; with `slow_call_duration`, a success at least that slow counts as slow and
 //! the breaker also opens at `slow_call_rate` slow calls (see `breaker_window.rs`).
 //!
@@ -54,17 +54,19 @@ use crate::invalid::InvalidPolicy;
 pub struct BreakerSpec {
     /// Open when at least this share of the window failed, in `(0, 1]`.
     pub failure_rate: f64,
-    /// ... once at least this many calls were seen, `1..=window`.
+    /// ... once at least this many outcomes were seen, `1..=window`: attempts, a retry's as
+    /// one of its own.
     pub min_calls: u32,
-    /// How many of the last calls the window holds, `1..=`[`BreakerSpec::MAX_WINDOW`].
+    /// How many of the last attempts' outcomes the window holds,
+    /// `1..=`[`BreakerSpec::MAX_WINDOW`].
     pub window: u32,
     /// How long an open breaker fails fast; more than zero, counted in whole milliseconds
     /// (rounded up).
     pub open_for: Duration,
     /// Probes a half-open breaker lets through, `1..=`[`BreakerSpec::MAX_HALF_OPEN_CALLS`].
     pub half_open_calls: u32,
-    /// A time-based window: the calls of the last `window_for` (1s..=1h) instead of the last
-    /// `window` calls; zero: count-based.
+    /// A time-based window: the attempts of the last `window_for` (1s..=1h) instead of the
+    /// last `window`; zero: count-based.
     pub window_for: Duration,
     /// A success at least this slow counts as slow (shorter than the attempt timeout); zero:
     /// slowness is not watched.
@@ -276,11 +278,12 @@ impl Drop for BreakerPermit<'_> {
 pub struct BreakerSnapshot {
     /// The state now.
     pub state: BreakerState,
-    /// Transitions to open (from closed or half-open).
+    /// Transitions to open: from closed or half-open, or by hand ([`Breaker::force_open`]).
     pub opened: u64,
     /// Transitions from open to half-open.
     pub half_opened: u64,
-    /// Transitions from half-open to closed.
+    /// Transitions to closed: from half-open, or by hand from open or half-open
+    /// ([`Breaker::reset`], [`Breaker::force_closed`]).
     pub closed: u64,
     /// Calls refused because the breaker was open or its probe slots were taken.
     pub rejected: u64,
@@ -497,8 +500,11 @@ impl Breaker {
 
     /// Ends any forcing and starts afresh: closed, with an empty window.
     pub fn reset(&self) {
-        self.force.store(FORCE_NONE, Ordering::Release);
+        // Closed first, then no longer held: a call that sees the hold gone sees the breaker
+        // closed, not an open state older than `open_for` it would move to half-open (a
+        // transition that never happened, and a probe whose outcome is lost).
         self.set_word(|w| closed(next_generation(w), 0, 0));
+        self.force.store(FORCE_NONE, Ordering::Release);
         tracing::warn!(breaker = self.name, "circuit breaker reset by hand");
     }
 
@@ -584,7 +590,8 @@ impl Breaker {
     }
 
     fn acquire(&self, now: Option<Instant>) -> Result<BreakerPermit<'_>, BreakerOpen> {
-        match self.force.load(Ordering::Relaxed) {
+        // Acquire: the word `reset` wrote before it ended the hold is seen with the hold gone.
+        match self.force.load(Ordering::Acquire) {
             FORCE_NONE => {}
             FORCE_OPEN => return self.reject(),
             // Held closed: a permit whose report changes nothing (see `report`).
@@ -623,9 +630,11 @@ impl Breaker {
     }
 
     /// Whether a call is refused now without looking further: the breaker is open (or held
-    /// open) and not yet due for a probe. Counted as a rejection when it is. A breaker that is
-    /// closed, half-open or due for a probe says `false`: [`try_acquire`](Self::try_acquire)
-    /// decides.
+    /// open) and not yet due for a probe, or half-open with every probe taken. Counted as a
+    /// rejection when it is. A breaker that is closed, half-open with a probe free or due for a
+    /// probe says `false`: [`try_acquire`](Self::try_acquire) decides. Refused here, before
+    /// its admission, a call takes no bulkhead slot or rate-limit permit and deposits nothing
+    /// in the retry budget: it sends nothing.
     #[inline]
     pub(crate) fn refuses_now(&self) -> bool {
         match self.force.load(Ordering::Relaxed) {
@@ -634,10 +643,12 @@ impl Breaker {
             _ => return false,
         }
         let w = self.word.load(Ordering::Acquire);
-        if state_bits(w) != OPEN || !self.still_open(ring(w), None) {
-            return false;
-        }
-        self.reject::<()>().is_err()
+        let refused = match state_bits(w) {
+            CLOSED => false,
+            OPEN => self.still_open(ring(w), None),
+            _ => admitted(w) >= u64::from(self.spec.half_open_calls),
+        };
+        refused && self.reject::<()>().is_err()
     }
 
     /// The attempt succeeded.
