@@ -1140,6 +1140,37 @@ async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_a_later_nested_ca
     assert_eq!(users.count(), 2);
 }
 
+/// A nested call's failure swallowed, then slow work of the body's own (a database read, a
+/// cache) that outlasts the attempt: the attempt's timeout is a later failure, retried.
+#[resilient(
+    timeout = "500ms",
+    deadline = "20s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    method = GET
+)]
+async fn page_then_slow_work(c: &reqwest::Client, recs: &str) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(recs)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_the_attempts_timeout() {
+    let recs = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = page_then_slow_work(&client(), &recs.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(e.attempts(), 2, "the timeout is retried: {e}");
+    assert_eq!(
+        recs.count(),
+        3 * 2,
+        "the inner call's 3 attempts per outer attempt"
+    );
+}
+
 #[resilient(
     timeout = "1s",
     max_attempts = 3,

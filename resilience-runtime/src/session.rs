@@ -159,6 +159,15 @@ fn refused_at_start(shared: &'static Resolved, e: &Error) {
     report_unstarted(shared);
 }
 
+/// Whether an enclosing call's attempt holds `breaker`'s permit (its probe, when half-open):
+/// a call nested in it runs under that permit, not refused for want of one. Out of line: asked
+/// only of a breaker that refuses.
+#[cold]
+#[inline(never)]
+fn held_by_enclosing_call(breaker: &'static crate::breaker::Breaker) -> bool {
+    with_attempt(|o| o.held.holds(std::ptr::from_ref(breaker) as usize)).unwrap_or(false)
+}
+
 /// The bookkeeping of a call refused by its open breaker before it started, out of line.
 #[inline(never)]
 fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
@@ -429,9 +438,10 @@ impl Session {
     pub fn refused_compiled(state: &'static PolicyState) -> Option<Error> {
         let shared = state.resolve_compiled();
         let breaker = shared.breaker?;
-        if !breaker.refuses_now() {
+        if !breaker.refuses_now() || held_by_enclosing_call(breaker) {
             return None;
         }
+        breaker.count_rejected();
         refused_by_breaker(shared, breaker.name());
         Some(
             Error::new(ErrorKind::CircuitOpen)
@@ -1248,9 +1258,12 @@ impl Session {
         };
         // One layer retries: a failure a nested call already retried as far as its own policy
         // allowed is not retried again around it: the attempt ended at that failure, or the
-        // body returned that call's error later (after requests of its own).
+        // body returned that call's error later (after requests of its own). Not when the
+        // attempt's own timeout ended it: the body was still running, past the nested call's
+        // failure (handled, `unwrap_or_default`), so the timeout is a failure of its own.
         let returned_inside = self.returned_inside.take();
-        if (self.last.nested_gave_up || returned_inside) && class.is_transient() {
+        let own_timeout = self.last.runtime == Some(ErrorKind::AttemptTimeout);
+        if ((self.last.nested_gave_up && !own_timeout) || returned_inside) && class.is_transient() {
             return self.give_up(class, GiveUp::RetriedInside);
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
