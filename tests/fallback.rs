@@ -589,3 +589,51 @@ async fn the_fallback_runs_after_the_call_gave_its_concurrency_slot_back() {
     assert_eq!(held, 0, "concurrency slots held while the fallback ran");
     assert_eq!(server.count(), 1);
 }
+
+/// A backup that is itself `#[resilient]`.
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn backup_price(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    let backup = url.replace("/primary", "/backup");
+    Ok(c.get(backup)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = backup_price
+)]
+async fn primary_price(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// `measure` reports the call measured, not its fallback's own `#[resilient]` call, which
+/// ends after it: the primary's two failed attempts, though the fallback answered.
+#[tokio::test(start_paused = true)]
+async fn measure_reports_the_call_not_its_fallback() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path.starts_with("/primary") {
+            Action::status(503)
+        } else {
+            Action::ok().body("backup")
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let (out, report) =
+        resilience_runtime::measure(primary_price(&c, server.url("/primary"))).await;
+    assert_eq!(out.unwrap(), "backup");
+    let report = report.expect("reported");
+    assert!(report.function.ends_with("::primary_price"), "{report:?}");
+    assert_eq!(report.attempts, 2, "{report:?}");
+    assert!(
+        !report.succeeded,
+        "the call failed; its fallback answered: {report:?}"
+    );
+}

@@ -43,7 +43,9 @@ pub struct CallReport {
 /// ```
 ///
 /// `None` when no annotated call finished inside `fut`. When it makes several in a row, the
-/// last one to finish is reported (a nested call finishes before the one it is nested in).
+/// last one to finish is reported (a nested call finishes before the one it is nested in). A
+/// call answered by its `fallback` is reported as it ended (failed, its attempts), not as the
+/// fallback's own `#[resilient]` calls did.
 pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
     MEASURED.store(true, Ordering::Relaxed);
     REPORT
@@ -56,6 +58,28 @@ pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
 
 /// Whether [`measure`] was ever called: until it is, a call does not look for its scope.
 static MEASURED: AtomicBool = AtomicBool::new(false);
+
+/// The report of the call whose fallback is about to run, if [`measure`] is watching: the
+/// fallback's own `#[resilient]` calls end after it and would take its place, so the generated
+/// code puts it back with [`restore`] once the fallback has answered.
+#[doc(hidden)]
+#[inline]
+pub fn kept() -> Option<CallReport> {
+    if MEASURED.load(Ordering::Relaxed) {
+        REPORT.try_with(Cell::get).ok().flatten()
+    } else {
+        None
+    }
+}
+
+/// Puts back what [`kept`] took (nothing when it took nothing).
+#[doc(hidden)]
+#[inline]
+pub fn restore(kept: Option<CallReport>) {
+    if let Some(r) = kept {
+        let _ = REPORT.try_with(|c| c.set(Some(r)));
+    }
+}
 
 #[inline]
 pub(crate) fn record(report: impl FnOnce() -> CallReport) {
