@@ -1054,7 +1054,10 @@ async fn tour_redis() -> Option<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url.as_str()).ok()?;
     tokio::time::timeout(
         Duration::from_secs(1),
-        redis::aio::ConnectionManager::new(client),
+        redis::aio::ConnectionManager::new_with_config(
+            client,
+            resilience_runtime::server::RedisStore::connection_config(),
+        ),
     )
     .await
     .ok()?

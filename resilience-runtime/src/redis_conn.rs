@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
@@ -17,6 +17,22 @@ pub(crate) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a command sent through a connection made by [`cluster`] may take in all, its
 /// redirections and retries included: a command the caller gave up on is not sent again later.
 pub(crate) const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a connection to a single Redis reconnects and times its commands, for the idempotency
+/// store and the shared rate limits: tries to reconnect 10 ms apart at first, at most 100 ms
+/// apart (the client's default waits up to 3.2 s, and every command waits on the reconnection
+/// in progress: a Redis back after an outage was used seconds late, and another instance
+/// could claim a key whose claim it had lost meanwhile); no response timeout of the client's
+/// own (its default, 500 ms, cut any longer `store_timeout` short, as an error rather than a
+/// timeout): the caller bounds each call; 1 s to connect.
+pub(crate) fn single_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100))
+        .set_number_of_retries(6)
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+}
 
 /// A single server (reconnecting by itself) or a cluster (following its slots by itself).
 #[derive(Clone)]

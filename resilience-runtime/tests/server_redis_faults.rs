@@ -632,3 +632,95 @@ async fn with_limit() -> Result<u32, resilience_runtime::Error> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(7)
 }
+
+/// A Redis restarted without its data while a handler runs: the handler's next renewal finds
+/// its claim gone and claims the key again; one that fails (the first command after the
+/// restart, on a connection that has not noticed it yet) is tried again 100 ms later, not a
+/// third of the lease later. A repeat through another instance after that gets 409, and the
+/// handler runs once.
+#[tokio::test]
+async fn after_a_restart_the_claim_is_made_again_within_a_renewal_and_a_retry() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let store = connect(&redis).await;
+    let app = serve(&store, IdempotencyLayer::new(store.clone()).lease(lease)).await;
+    let key = fresh_key();
+    let first = tokio::spawn({
+        let (u, k) = (app.url("/gated"), key.clone());
+        async move { post(&u, Some(&k), "x").await }
+    });
+    server_support::wait_until(|| count(&app.runs.gated) == 1).await;
+    let claimed = Instant::now();
+    // Just after the first renewal (a third of the lease after the claim).
+    tokio::time::sleep_until(claimed + Duration::from_millis(1150)).await;
+    redis.restart().await;
+    let other_store = connect(&redis).await;
+    let other = serve(
+        &other_store,
+        IdempotencyLayer::new(other_store.clone()).lease(lease),
+    )
+    .await;
+    // The second renewal (at 2 s) fails on the old connection; its retry at 2.1 s claims the
+    // key again. Asked at 2.6 s: the key is taken (it was free until 3 s before).
+    tokio::time::sleep_until(claimed + Duration::from_millis(2600)).await;
+    let elsewhere = tokio::spawn({
+        let (u, k) = (other.url("/gated"), key.clone());
+        async move { post(&u, Some(&k), "x").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ran_elsewhere = count(&other.runs.gated);
+    other.gate.add_permits(1);
+    app.gate.add_permits(1);
+    let elsewhere = elsewhere.await.unwrap();
+    assert_eq!(ran_elsewhere, 0, "the handler ran a second time");
+    assert_eq!(elsewhere.status, 409, "{}", elsewhere.body);
+    assert_eq!(first.await.unwrap().status, 201);
+}
+
+/// A Redis killed while a handler runs, its answer kept in memory, then back without its data
+/// after three seconds: the answer is written back within a few tenths of a second (the
+/// write-back's retries and the connection's at most 100 ms apart; they waited up to 1 s and
+/// 3.2 s), and a repeat through another instance then gets it replayed, the handler run once.
+#[tokio::test]
+async fn a_kept_answer_is_written_back_soon_after_the_store_is_back() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let store = connect(&redis).await;
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let key = fresh_key();
+    let first = tokio::spawn({
+        let (u, k) = (app.url("/gated"), key.clone());
+        async move { post(&u, Some(&k), "x").await }
+    });
+    server_support::wait_until(|| count(&app.runs.gated) == 1).await;
+    redis.kill();
+    app.gate.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(redis.spawn());
+    redis.wait_ready().await;
+    let back = Instant::now();
+    let other_store = connect(&redis).await;
+    let other = serve(&other_store, IdempotencyLayer::new(other_store.clone())).await;
+    tokio::time::sleep_until(back + Duration::from_millis(600)).await;
+    let elsewhere = tokio::spawn({
+        let (u, k) = (other.url("/gated"), key.clone());
+        async move { post(&u, Some(&k), "x").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ran_elsewhere = count(&other.runs.gated);
+    other.gate.add_permits(1);
+    let elsewhere = elsewhere.await.unwrap();
+    assert_eq!(ran_elsewhere, 0, "the handler ran a second time");
+    assert!(
+        elsewhere.replayed(),
+        "{} {}",
+        elsewhere.status,
+        elsewhere.body
+    );
+    assert_eq!(elsewhere.body, first.body);
+}

@@ -1500,7 +1500,7 @@ async fn write_back(
     let mut delay = Duration::from_millis(20);
     let counted = loop {
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        delay = (delay * 2).min(RENEW_RETRY);
         let done = tokio::time::timeout(
             config.store_timeout,
             config.store.complete(&key, &claim, &stored, config.ttl),
@@ -1683,12 +1683,19 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
         state,
     } = claimed;
     let every = (lease / 3).max(Duration::from_millis(1));
-    let mut tick = tokio::time::interval_at(super::after(Instant::now(), every), every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A renewal (or a claim made again) that failed is tried again soon, not a third of the
+    // lease later: the claim may have run out, or the store come back without it (a Redis
+    // restarted without persistence), and until this instance claims the key again another
+    // may run the handler.
+    let soon = RENEW_RETRY.min(every);
+    let mut next = super::after(Instant::now(), every);
+    let mut lost_told = false;
     loop {
-        tick.tick().await;
-        match tokio::time::timeout(store_timeout, store.renew(&key, &claim, lease)).await {
-            Ok(Ok(true)) => {}
+        tokio::time::sleep_until(next).await;
+        let failed = match tokio::time::timeout(store_timeout, store.renew(&key, &claim, lease))
+            .await
+        {
+            Ok(Ok(true)) => false,
             Ok(Ok(false)) => {
                 if done.load(Ordering::Relaxed) {
                     return;
@@ -1717,25 +1724,46 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
                 match again {
                     Ok(Ok(Claim::Acquired)) => {
                         tracing::warn!(key = %key, "idempotency claim had run out while the handler runs; claimed again");
+                        false
                     }
-                    Ok(Ok(Claim::Existing(Record::InFlight(c)))) if c.token == claim.token => {}
+                    Ok(Ok(Claim::Existing(Record::InFlight(c)))) if c.token == claim.token => false,
+                    // Another request's record: told once, and asked again at the usual pace
+                    // (a claim a Cluster client resent after a failover is taken back within
+                    // seconds, and the key is then this handler's to claim again).
                     Ok(Ok(_)) => {
-                        tracing::warn!(key = %key, "idempotency claim lost while the handler runs; a repeat may have run it again");
-                        return;
+                        if !lost_told {
+                            lost_told = true;
+                            tracing::warn!(key = %key, "idempotency claim lost while the handler runs; a repeat may have run it again");
+                        }
+                        false
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
+                        true
                     }
                     Err(_) => {
                         tracing::warn!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
+                        true
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "idempotency claim not renewed"),
-            Err(_) => tracing::warn!(key = %key, "idempotency claim not renewed: store timeout"),
-        }
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key, error = %e, "idempotency claim not renewed");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(key = %key, "idempotency claim not renewed: store timeout");
+                true
+            }
+        };
+        next = super::after(Instant::now(), if failed { soon } else { every });
     }
 }
+
+/// How soon a renewal that failed is tried again, and the longest a kept response waits
+/// between two tries at writing it back: the window another instance has, once the store is
+/// back, to run a handler whose claim the store lost.
+pub(crate) const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

@@ -92,16 +92,30 @@ impl RedisStore {
     /// The default prefix of every Redis key the store writes.
     pub const DEFAULT_PREFIX: &'static str = "idempotency:";
 
-    /// Connects to the Redis at `url` (`redis://host:port/db`).
+    /// Connects to the Redis at `url` (`redis://host:port/db`), with
+    /// [`connection_config`](Self::connection_config).
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = Client::open(url).map_err(StoreError::new)?;
-        let conn = ConnectionManager::new(client)
+        let conn = ConnectionManager::new_with_config(client, Self::connection_config())
             .await
             .map_err(StoreError::new)?;
         Ok(RedisStore::new(conn))
     }
 
-    /// A store over an existing connection.
+    /// The settings [`connect`](Self::connect) gives its connection, for one built by hand
+    /// (for [`new`](Self::new), or the shared rate limits'
+    /// [`use_redis`](crate::ratelimit::use_redis)): it reconnects at most 100 ms apart, so a
+    /// Redis back after an outage is used at once (the client's default waits up to 3.2 s
+    /// between tries, and every command waits on the try in progress: meanwhile another
+    /// instance may claim a key whose claim the store lost), and has no response timeout of
+    /// its own (the layer's [`store_timeout`](super::IdempotencyLayer::store_timeout) bounds
+    /// each call; the client's default, 500 ms, would cut a longer one short).
+    pub fn connection_config() -> redis::aio::ConnectionManagerConfig {
+        redis_conn::single_config()
+    }
+
+    /// A store over an existing connection (best built with
+    /// [`connection_config`](Self::connection_config)).
     pub fn new(conn: ConnectionManager) -> RedisStore {
         RedisStore::over(RedisConn::Single(conn))
     }
