@@ -910,10 +910,11 @@ async fn half_opening(c: &reqwest::Client, url: &str) -> Result<String, Error> {
 }
 
 /// A call its open breaker refuses before it starts takes no clock read: it has no duration.
-/// One refused by a half-open breaker whose probe is taken is refused once admitted: it has
-/// one, under `rejected_breaker`.
+/// Nor does one refused by a half-open breaker whose probe is taken: it is refused before it
+/// starts too (it was admitted first, taking a bulkhead slot, a rate-limit permit and a
+/// deposit in the budget for a call that sent nothing). Both count under `rejected_breaker`.
 #[tokio::test(start_paused = true)]
-async fn a_half_open_breakers_refusal_has_a_duration_an_open_ones_has_none() {
+async fn a_breakers_refusal_before_the_call_starts_has_no_duration_open_or_half_open() {
     let recorder = recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
@@ -945,11 +946,7 @@ async fn a_half_open_breakers_refusal_has_a_duration_an_open_ones_has_none() {
     let refused = half_opening(&c, &down.url("/")).await.unwrap_err();
     assert_eq!(refused.kind(), resilience_runtime::ErrorKind::CircuitOpen);
     assert_eq!(refused.attempts(), 0, "{refused}");
-    assert_eq!(
-        durations(),
-        Some(1.0),
-        "refused once admitted: one duration"
-    );
+    assert_eq!(durations(), None, "refused before it started: no duration");
     assert_eq!(
         sample(
             &handle,
