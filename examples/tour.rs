@@ -438,6 +438,12 @@ async fn scenario_payment(http: &reqwest::Client) {
     let took = start.elapsed();
     tokio::time::sleep(Duration::from_millis(120)).await;
     let charged = charges.load(Ordering::SeqCst);
+    // What the last row's story says, checked: one charge, the order placed.
+    assert_eq!(
+        charged, 1,
+        "the keyed payment charged {charged} times: {r:?}"
+    );
+    assert!(r.is_ok(), "the keyed payment failed: {r:?}");
     t.row(vec![
         "50 ms, keyed, 4 attempts".into(),
         outcome(&r),
@@ -455,6 +461,28 @@ async fn scenario_payment(http: &reqwest::Client) {
 // ---------------------------------------------------------------------------------------------
 // 5 and 6. The incidents: a slow dependency exhausting the thread pool; a retry storm.
 
+/// Runs an experiment on a runtime of its own, a single thread with a paused clock (as the
+/// tests run it): hundreds of requests in waves a few milliseconds apart, timed by a clock
+/// that stands still while they are in flight and moves only when every task waits, so the
+/// figures are the model's, not what a busy machine's scheduler made of 10 ms.
+async fn on_a_paused_clock<F, Fut>(experiment: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+            .block_on(experiment())
+    })
+    .await
+    .expect("the experiment ran to its end")
+}
+
 async fn scenario_thread_pool() {
     use resilience::incidents::{Guard, UNIT, thread_pool};
     heading(
@@ -464,7 +492,8 @@ async fn scenario_thread_pool() {
             "Service A has 200 request threads; its /checkout calls service B, which now answers in\n\
              60 units (1 unit = {} ms here, 1 s in the source document). Users come in waves of 100\n\
              every 10 units and give up after 30; from the third wave on, half of them only open\n\
-             /home, which never touches B. Without a policy every thread ends up waiting on B.",
+             /home, which never touches B. Without a policy every thread ends up waiting on B.\n\
+             (Real sockets, timed on a paused clock: the same figures on every run.)",
             UNIT.as_millis()
         ),
     );
@@ -481,7 +510,11 @@ async fn scenario_thread_pool() {
         ("timeout 5u", Guard::TimeoutOnly),
         ("timeout 5u, breaker, bulkhead 50", Guard::Policy),
     ] {
-        let r = thread_pool(guard, 8).await;
+        let r = on_a_paused_clock(move || thread_pool(guard, 8)).await;
+        // What the story says of the timeout, checked: every thread free before the next wave.
+        if guard != Guard::None {
+            assert_eq!(r.busy_at_next_wave, 0, "{label}: {r:?}");
+        }
         t.row(vec![
             label.into(),
             format!(
@@ -512,14 +545,14 @@ async fn scenario_retry_storm() {
         "A retry storm against a dead dependency",
         "Every answer is 503, under a steady 200 calls per second. Three naive attempts triple the\n\
          load on a service that is already failing; the retry budget (retries may add 10% to first\n\
-         attempts, plus 10 per second) keeps it near its normal load.",
+         attempts, plus 10 per second) keeps it near its normal load. (Timed on a paused clock.)",
     );
     let mut t = Table::new(&["retries", "calls", "requests sent", "requests per call"]);
     for (label, budget) in [
         ("3 attempts, no budget", false),
         ("3 attempts, retry budget", true),
     ] {
-        let r = retry_storm(budget, 300, 200).await;
+        let r = on_a_paused_clock(move || retry_storm(budget, 300, 200)).await;
         t.row(vec![
             label.into(),
             r.calls.to_string(),
@@ -869,7 +902,8 @@ async fn scenario_rate_limit(http: &reqwest::Client) {
         "The partner allows 20 requests a second and answers 429 beyond. 30 calls arrive at once:\n\
          a burst of 5 goes, 4 more wait their turn (50 ms apart, at most 200 ms, within the\n\
          deadline), the rest are refused at once without sending and answered from a cache by the\n\
-         fallback. With store = \"redis\" the same limit holds across every instance.",
+         fallback. With store = \"redis\" the same limit holds across every instance. The limit\n\
+         counts calls (a call's retries take no permit): a call that retries adds requests.",
     );
     let server = FaultServer::start(Script::always(Action::ok().body("fresh"))).await;
     let url = server.url("/rates");
@@ -1091,7 +1125,8 @@ async fn scenario_shared_limit() {
         "One limit for every instance",
         "Two instances of this tour call the partner for a second, each as fast as the limit\n\
          lets it. Local limits would let 2 × 20 through; with store = \"redis\" they share one\n\
-         20 a second (an atomic script on Redis's clock) and the partner sees what it allows.",
+         20 a second (an atomic script on Redis's clock) and the partner sees what it allows\n\
+         (a call takes one permit, its retries none: these calls do not retry).",
     );
     let Some(mut redis) = tour_redis().await else {
         println!(
@@ -1125,14 +1160,28 @@ async fn scenario_shared_limit() {
         "the limit allows",
         "time",
     ]);
+    let (one_ok, two_ok) = (
+        one.as_ref().is_ok_and(|o| o.status.success()),
+        two.as_ref().is_ok_and(|o| o.status.success()),
+    );
+    let elapsed = start.elapsed();
+    let saw = server.count();
     t.row(vec![
         answered(one),
         answered(two),
-        server.count().to_string(),
+        saw.to_string(),
         "20/s + a burst of 2".into(),
-        ms(start.elapsed()),
+        ms(elapsed),
     ]);
     t.print();
+    // What the story says, checked: both instances ran, and together they stayed within one
+    // limit (20 a second over the time they ran, and the burst).
+    assert!(one_ok && two_ok, "an instance failed");
+    let allowed = 20 * elapsed.as_secs_f64().ceil() as usize + 2;
+    assert!(
+        saw <= allowed,
+        "the partner saw {saw}, the shared limit allows {allowed}"
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
