@@ -24,13 +24,15 @@
 //! and the deposits allow: 24 stale sockets at once against a floor of 10 per second. So these
 //! retries, when the budget proper refuses them, draw on a separate allowance of
 //! [`Budget::UNPROCESSED_BURST`] per window ([`Budget::withdraw_retry_at`]). The storm stays
-//! bounded: over any window,
+//! bounded: over each of the budget's fixed 10-second windows (counted from its creation; the
+//! floor counts whole seconds),
 //!
 //! ```text
 //! retries ≤ ratio × first attempts + min_per_sec × W + UNPROCESSED_BURST
 //! ```
 //!
-//! and a retry storm against a dead downstream that answers (503, timeouts) never touches the
+//! (a span of W seconds that straddles two windows, or W + 1 whole seconds, can hold up to two
+//! allowances and one more second's floor), and a retry storm against a dead downstream that answers (503, timeouts) never touches the
 //! allowance at all.
 //!
 //! # A retry never made
