@@ -399,3 +399,41 @@ async fn a_half_open_breakers_refusal_opens_no_span_and_is_logged() {
     assert_eq!(down.count(), 2, "nothing sent");
     probe.abort();
 }
+
+async fn from_cache(_c: &reqwest::Client, _url: &str) -> Result<u16, Error> {
+    Ok(299)
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, fallback = from_cache)]
+async fn with_a_fallback(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call answered by its fallback says so in an event naming the function and its policy
+/// (the call's span has ended when the fallback runs, so the event must carry them).
+#[tokio::test(start_paused = true)]
+async fn a_fallback_called_is_logged_with_its_function() {
+    let (buf, _guard) = support::capture(tracing::Level::INFO, false);
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    assert_eq!(
+        with_a_fallback(&reqwest::Client::new(), &down.url("/"))
+            .await
+            .unwrap(),
+        299
+    );
+    let text = buf.text();
+    let called = text
+        .lines()
+        .find(|l| l.contains("calling its fallback"))
+        .unwrap_or_else(|| panic!("logged:\n{text}"));
+    assert!(
+        called.contains(r#"function="tracing::with_a_fallback""#),
+        "{called}"
+    );
+    assert!(called.contains("kind=Call"), "{called}");
+}

@@ -6,9 +6,27 @@
 use resilience_spec::fallback_on as on;
 
 use crate::error::ErrorKind;
+use crate::registry::PolicyState;
 
-/// Whether a failure of `kind` calls the fallback, under the `fallback_on` mask.
-pub fn applies(mask: u16, kind: ErrorKind) -> bool {
+/// Whether a failure of `kind` of the function of `state` calls its fallback, under the
+/// `fallback_on` mask. When it does, an info event says so, naming the function and policy
+/// (the call's span has ended: the fallback runs after it).
+pub fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool {
+    let called = applies_to(mask, kind);
+    if called {
+        let shared = state.resolve_compiled();
+        tracing::info!(
+            function = shared.function,
+            policy = shared.policy,
+            kind = ?kind,
+            "call failed: calling its fallback"
+        );
+    }
+    called
+}
+
+/// The mask's answer alone.
+fn applies_to(mask: u16, kind: ErrorKind) -> bool {
     let bit = match kind {
         ErrorKind::Call => on::CALL,
         ErrorKind::AttemptTimeout => on::TIMEOUT,
@@ -18,11 +36,7 @@ pub fn applies(mask: u16, kind: ErrorKind) -> bool {
         ErrorKind::BulkheadFull => on::BULKHEAD_FULL,
         ErrorKind::RateLimited => on::RATE_LIMITED,
     };
-    let called = mask & bit != 0;
-    if called {
-        tracing::info!(kind = ?kind, "call failed: calling its fallback");
-    }
-    called
+    mask & bit != 0
 }
 
 #[cfg(test)]
@@ -31,12 +45,12 @@ mod tests {
 
     #[test]
     fn kinds_by_mask() {
-        assert!(applies(on::ANY, ErrorKind::Call));
-        assert!(applies(
+        assert!(applies_to(on::ANY, ErrorKind::Call));
+        assert!(applies_to(
             on::CIRCUIT_OPEN | on::DEADLINE,
             ErrorKind::DeadlineExceeded
         ));
-        assert!(!applies(on::CIRCUIT_OPEN, ErrorKind::Call));
-        assert!(!applies(on::CALL, ErrorKind::RateLimited));
+        assert!(!applies_to(on::CIRCUIT_OPEN, ErrorKind::Call));
+        assert!(!applies_to(on::CALL, ErrorKind::RateLimited));
     }
 }
