@@ -498,7 +498,7 @@ async fn retry_after_as_http_date() {
 
 /// Forms outside the grammar, read on the safe side: a fraction waits the second above it, a
 /// list a proxy merged from repeated fields its longest (not the backoff alone, which with
-/// full jitter may be next to nothing).
+/// jitter may be as little as half its step).
 #[tokio::test(start_paused = true)]
 async fn retry_after_as_a_fraction_or_a_merged_list_is_waited() {
     let c = client();

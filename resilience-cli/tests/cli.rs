@@ -68,7 +68,7 @@ fn list_shows_the_examples_effective_policies() {
     let hedged = find("tour::quote_hedged");
     assert_eq!(hedged["hedge"]["delay"], "50ms");
     assert_eq!(hedged["hedge"]["max"], 1);
-    assert_eq!(hedged["backoff"]["jitter"]["value"], "full");
+    assert_eq!(hedged["backoff"]["jitter"]["value"], "equal");
     assert_eq!(hedged["max_retry_after"]["value"], "30s");
     let partner = find("tour::partner");
     assert_eq!(partner["fallback"]["function"], "partner_cached");
@@ -122,7 +122,7 @@ fn list_shows_the_examples_effective_policies() {
     };
     let hedged = rest("tour::quote_hedged");
     assert!(hedged.contains("hedge after 50ms, at most 1"), "{hedged}");
-    assert!(hedged.contains("full jitter"), "{hedged}");
+    assert!(hedged.contains("equal jitter"), "{hedged}");
     assert!(hedged.contains("max_retry_after 30s"), "{hedged}");
     let partner = rest("tour::partner");
     assert!(

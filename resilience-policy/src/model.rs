@@ -225,7 +225,7 @@ impl Default for Settings {
                 initial: Set::builtin(defaults::BACKOFF_INITIAL),
                 max: Set::builtin(defaults::BACKOFF_MAX),
                 multiplier_milli: Set::builtin(defaults::BACKOFF_MULTIPLIER_MILLI),
-                jitter: Set::builtin(Jitter::Full),
+                jitter: Set::builtin(Jitter::Equal),
             },
             retry_on: Set::builtin(
                 [RetryItem::Connect, RetryItem::Reset, RetryItem::Timeout]

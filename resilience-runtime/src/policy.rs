@@ -67,13 +67,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Exponential 100 ms → 2 s, ×2, full jitter.
+    /// Exponential 100 ms → 2 s, ×2, equal jitter: each wait between half its step and the
+    /// step (50–100 ms, then 100–200 ms, …), so a retry never follows its failure at once.
     pub const DEFAULT: Backoff = Backoff {
         kind: BackoffKind::Exponential,
         initial: defaults::BACKOFF_INITIAL,
         max: defaults::BACKOFF_MAX,
         multiplier_milli: defaults::BACKOFF_MULTIPLIER_MILLI,
-        jitter: Jitter::Full,
+        jitter: Jitter::Equal,
     };
 }
 
