@@ -787,7 +787,7 @@ async fn scenario_nested(http: &reqwest::Client) {
         == 1;
     if let Some(rep) = report {
         println!(
-            "   measure(bundle(1, 2)): {}; {} attempt(s) of bundle, {} waiting; {} requests, {}",
+            "   measure(bundle(1, 2)): {}; {} attempt(s) of bundle itself, {} in its own backoff\n   (item() retried its 503 inside it: measure reports the outermost call); {} requests, {}",
             outcome(&r),
             rep.attempts,
             ms(rep.waited),

@@ -272,6 +272,18 @@ impl Drop for BreakerPermit<'_> {
     }
 }
 
+/// Whether a call is refused before it starts ([`Breaker::refuses_now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It goes ahead.
+    No,
+    /// Refused: open, or held open.
+    Refused,
+    /// Half-open with every probe running: refused, unless an enclosing call holds the
+    /// probe (a call nested in it runs under its permit).
+    UnlessHeld,
+}
+
 /// A copy of a breaker's state and counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -637,22 +649,24 @@ impl Breaker {
     /// no bulkhead slot or rate-limit permit and deposits nothing in the retry budget: it
     /// sends nothing.
     #[inline]
-    pub(crate) fn refuses_now(&self) -> bool {
+    pub(crate) fn refuses_now(&self) -> Refusal {
         match self.force.load(Ordering::Relaxed) {
             FORCE_NONE => {}
-            FORCE_OPEN => return true,
-            _ => return false,
+            FORCE_OPEN => return Refusal::Refused,
+            _ => return Refusal::No,
         }
         let w = self.word.load(Ordering::Acquire);
         match state_bits(w) {
-            CLOSED => false,
-            OPEN => self.still_open(ring(w), None),
-            _ => admitted(w) >= u64::from(self.spec.half_open_calls),
+            CLOSED => Refusal::No,
+            OPEN if self.still_open(ring(w), None) => Refusal::Refused,
+            OPEN => Refusal::No,
+            _ if admitted(w) >= u64::from(self.spec.half_open_calls) => Refusal::UnlessHeld,
+            _ => Refusal::No,
         }
     }
 
     /// A call refused as [`refuses_now`](Self::refuses_now) said: counted.
-    #[cold]
+    #[inline]
     pub(crate) fn count_rejected(&self) {
         let _ = self.reject::<()>();
     }
@@ -1105,11 +1119,16 @@ mod tests {
         advance(SPEC.open_for - Duration::from_millis(1)).await;
         assert!(b.try_acquire().is_err(), "1 ms early");
         // The check at a call's start (before any session) agrees, to the millisecond.
-        assert!(b.refuses_now(), "1 ms early, at the call's start");
+        assert_eq!(
+            b.refuses_now(),
+            Refusal::Refused,
+            "1 ms early, at the call's start"
+        );
         assert_eq!(b.state(), BreakerState::Open);
         advance(Duration::from_millis(1)).await;
-        assert!(
-            !b.refuses_now(),
+        assert_eq!(
+            b.refuses_now(),
+            Refusal::No,
             "the open time is over: the call may start"
         );
         let p = b.try_acquire().expect("first probe");

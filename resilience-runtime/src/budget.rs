@@ -347,28 +347,42 @@ impl Budget {
         self.deposits.incr();
         BATCHES.with(|b| {
             let slot = &b.0[batch_slot(self)];
-            match slot.get() {
-                Some(mut p) if std::ptr::eq(p.budget, self) && p.epoch == epoch => {
-                    p.count += 1;
-                    if p.count < BATCH {
-                        slot.set(Some(p));
-                    } else {
-                        slot.set(None);
-                        self.add_deposits(epoch, p.count);
-                    }
-                }
-                earlier => {
-                    slot.set(Some(Batch {
-                        budget: self,
-                        epoch,
-                        count: 1,
-                    }));
-                    if let Some(p) = earlier {
-                        p.budget.add_deposits(p.epoch, p.count);
-                    }
+            // The common case, small enough to be inlined with the thread-local's access: one
+            // more in this budget's batch of this second.
+            if let Some(mut p) = slot.get()
+                && std::ptr::eq(p.budget, self)
+                && p.epoch == epoch
+                && p.count + 1 < BATCH
+            {
+                p.count += 1;
+                slot.set(Some(p));
+                return;
+            }
+            self.batch_turned(slot, epoch);
+        });
+    }
+
+    /// [`deposit_batched`](Self::deposit_batched) when the slot's batch is full, of another
+    /// second or of another budget: recorded, and a new batch started (or, full, none).
+    #[cold]
+    #[inline(never)]
+    fn batch_turned(&'static self, slot: &Cell<Option<Batch>>, epoch: u64) {
+        match slot.get() {
+            Some(p) if std::ptr::eq(p.budget, self) && p.epoch == epoch => {
+                slot.set(None);
+                self.add_deposits(epoch, p.count + 1);
+            }
+            earlier => {
+                slot.set(Some(Batch {
+                    budget: self,
+                    epoch,
+                    count: 1,
+                }));
+                if let Some(p) = earlier {
+                    p.budget.add_deposits(p.epoch, p.count);
                 }
             }
-        });
+        }
     }
 
     /// Records `count` first attempts made in `epoch`, in that epoch's bucket and the balance:

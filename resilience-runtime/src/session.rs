@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::__private::HoldsRuntimeErrors;
 use crate::backoff::BackoffState;
-use crate::breaker::BreakerPermit;
+use crate::breaker::{BreakerPermit, Refusal};
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
 use crate::context::{AttemptCtx, Key, Outer, with_attempt};
@@ -159,18 +159,20 @@ fn refused_at_start(shared: &'static Resolved, e: &Error) {
     report_unstarted(shared);
 }
 
-/// Whether an enclosing call's attempt holds `breaker`'s permit (its probe, when half-open):
-/// a call nested in it runs under that permit, not refused for want of one. Out of line: asked
-/// only of a breaker that refuses.
+/// A call its breaker refuses before it starts (`refusal` is not `No`): counted and logged,
+/// and its error; `None` when an enclosing call holds the half-open breaker's probe. Out of
+/// line: the call that goes ahead carries none of it.
 #[cold]
 #[inline(never)]
-fn held_by_enclosing_call(breaker: &'static crate::breaker::Breaker) -> bool {
-    with_attempt(|o| o.held.holds(std::ptr::from_ref(breaker) as usize)).unwrap_or(false)
-}
-
-/// The bookkeeping of a call refused by its open breaker before it started, out of line.
-#[inline(never)]
-fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
+fn refused_by_breaker_at_start(
+    shared: &'static Resolved,
+    breaker: &'static crate::breaker::Breaker,
+    refusal: Refusal,
+) -> Option<Error> {
+    if refusal == Refusal::UnlessHeld && held_by_enclosing_call(breaker) {
+        return None;
+    }
+    breaker.count_rejected();
     let m = shared.metrics;
     // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
     PolicyMetrics::incr(&m.refused_by_breaker);
@@ -179,10 +181,24 @@ fn refused_by_breaker(shared: &'static Resolved, breaker: &'static str) {
         function = shared.function,
         policy = shared.policy,
         attempt = 1,
-        breaker,
+        breaker = breaker.name(),
         "circuit open: call rejected"
     );
     report_unstarted(shared);
+    Some(
+        Error::new(ErrorKind::CircuitOpen)
+            .with_attempts(0)
+            .with_class(Some(Class::Rejected), None),
+    )
+}
+
+/// Whether an enclosing call's attempt holds `breaker`'s permit (its probe, when half-open):
+/// a call nested in it runs under that permit, not refused for want of one. Out of line: asked
+/// only of a breaker that refuses.
+#[cold]
+#[inline(never)]
+fn held_by_enclosing_call(breaker: &'static crate::breaker::Breaker) -> bool {
+    with_attempt(|o| o.held.holds(std::ptr::from_ref(breaker) as usize)).unwrap_or(false)
 }
 
 /// The report of a call refused before it started: no attempt ran (as `Error::attempts`
@@ -438,16 +454,10 @@ impl Session {
     pub fn refused_compiled(state: &'static PolicyState) -> Option<Error> {
         let shared = state.resolve_compiled();
         let breaker = shared.breaker?;
-        if !breaker.refuses_now() || held_by_enclosing_call(breaker) {
-            return None;
+        match breaker.refuses_now() {
+            Refusal::No => None,
+            refusal => refused_by_breaker_at_start(shared, breaker, refusal),
         }
-        breaker.count_rejected();
-        refused_by_breaker(shared, breaker.name());
-        Some(
-            Error::new(ErrorKind::CircuitOpen)
-                .with_attempts(0)
-                .with_class(Some(Class::Rejected), None),
-        )
     }
 
     /// Starts a call without waiting: fixes its deadline and identities. A policy without a
