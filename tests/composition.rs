@@ -2580,3 +2580,48 @@ async fn a_send_of_another_type_beside_a_seen_keyed_post_leaves_its_retries() {
     assert!(seen[0].idempotency_key().is_some());
     assert_eq!(seen[0].idempotency_key(), seen[1].idempotency_key());
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 1,
+        window = 1,
+        open_for = "1h",
+        half_open_calls = 1
+    )
+)]
+async fn cache_lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// An optional lookup through an annotated call the body hands the client to, then the body's
+/// own GET.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_with_a_cache(c: &reqwest::Client, cache: &str, main: &str) -> Result<String, Error> {
+    let cached = cache_lookup(c, cache).await.unwrap_or_default();
+    let body = c.get(main).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{body}{cached}"))
+}
+
+/// A nested call its open breaker refuses before it starts was still seen by the attempt: it
+/// sent nothing behind the runtime's back, so the body's own GET, answered 503, is retried
+/// (taken for an unseen request of the least safe method, it was not).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_refused_by_its_open_breaker_is_seen_by_the_attempt() {
+    let cache = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = client();
+    assert!(cache_lookup(&c, &cache.url("/")).await.is_err());
+    let main = FaultServer::start(vec![Action::status(503), Action::ok().body("page")]).await;
+    let r = page_with_a_cache(&c, &cache.url("/"), &main.url("/")).await;
+    assert_eq!(r.unwrap(), "page");
+    assert_eq!(main.count(), 2, "the 503 retried");
+    assert_eq!(cache.count(), 1, "the open breaker sent nothing more");
+}

@@ -172,6 +172,9 @@ fn refused_by_breaker_at_start(
     if refusal == Refusal::UnlessHeld && held_by_enclosing_call(breaker) {
         return None;
     }
+    // Inside an attempt (a helper the body handed the client to), the call was seen: it sent
+    // nothing behind the runtime's back.
+    let _ = with_attempt(|o| o.saw());
     breaker.count_rejected();
     let m = shared.metrics;
     // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
@@ -441,8 +444,9 @@ impl Session {
         Ok(session)
     }
 
-    /// The error of a call its open breaker refuses before it starts (no ids, no span, no
-    /// deadline: nothing is sent), or `None` when the call goes ahead. Counted as the refusal
+    /// The error of a call its breaker refuses before it starts (open, or half-open with every
+    /// probe running and none held by an enclosing call: no ids, no span, no deadline, nothing
+    /// is sent), or `None` when the call goes ahead. Counted as the refusal
     /// of a first attempt would be (one call refused by the breaker); no attempt ran.
     pub fn refused(policy: &'static Policy, state: &'static PolicyState) -> Option<Error> {
         state.resolve(policy);
