@@ -324,10 +324,11 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     headers.insert(X_ATTEMPT, attempt_value(ctx.attempt));
     // A shorter time set by hand (a caller's, forwarded) stays: the server is told the least
     // of what its caller and the attempt allow.
-    let by_hand = headers
-        .get(&X_TIMEOUT_MS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let by_hand = if headers.contains_key(&X_TIMEOUT_MS) {
+        shortest_timeout_ms(headers)
+    } else {
+        None
+    };
     if by_hand.is_none_or(|h| h > ms)
         && let Some(v) = value(timeout)
     {
@@ -605,6 +606,34 @@ where
 /// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
 /// sent); a request sent at once keeps its value, with no allocation.
 /// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says.
+/// One `X-Timeout-Ms` value (an element of the header's list): whole milliseconds, digits
+/// only, spaces around allowed; an overflow is just a very large number. Read alike by the
+/// server (`ContextLayer`) and by the stamping of a value set by hand.
+pub(crate) fn parse_timeout_ms(v: &[u8]) -> Result<u64, &'static str> {
+    let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.starts_with('-') {
+        return Err("negative");
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a whole number of milliseconds");
+    }
+    Ok(s.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+/// The shortest `X-Timeout-Ms` a request carries, each field and each element of a list
+/// counted, as the server reads it; `None` when none is valid.
+fn shortest_timeout_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get_all(&X_TIMEOUT_MS)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|one| parse_timeout_ms(one).ok())
+        .min()
+}
+
 fn time_left_ms(ctx: &AttemptCtx) -> u64 {
     let left = ctx.until.saturating_duration_since(Instant::now());
     u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -612,12 +641,7 @@ fn time_left_ms(ctx: &AttemptCtx) -> u64 {
 
 fn tell_time_left_now(req: &mut reqwest::Request) {
     let _ = with_attempt(|ctx| {
-        let Some(told) = req
-            .headers()
-            .get(&X_TIMEOUT_MS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
+        let Some(told) = shortest_timeout_ms(req.headers()) else {
             return;
         };
         let ms = time_left_ms(ctx);

@@ -24,21 +24,22 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 ///
 /// Reads, per request:
 /// - `X-Timeout-Ms: 1500` (what `#[resilient]` sends on every attempt: the attempt's time left,
-///   in whole milliseconds), else `grpc-timeout: 1500m` (gRPC's form: up to 8 digits and a unit,
-///   `H M S m u n`). The calls made while handling the request get a deadline no later than
+///   in whole milliseconds), or `grpc-timeout: 1500m` (gRPC's form: up to 8 digits and a unit,
+///   `H M S m u n`); with both, the shorter. The calls made while handling the request get a deadline no later than
 ///   the time this layer sees the request + that time: make it the outermost layer, so that
-///   a wait in a layer outside it counts. Repeated (fields, or a list), the shortest counts.
+///   a wait in a layer outside it counts. Repeated (fields, or a list as a proxy combines
+///   them: `100, 5000`), the shortest element counts.
 ///   A value over [`max`](ContextLayer::max) is clamped to it; a
-///   malformed or negative one is ignored. Both are logged at debug level, never an error to
+///   malformed or negative element is ignored. Both are logged at debug level, never an error to
 ///   the client and never a panic.
 /// - `traceparent` (W3C; a version after 00 read by its first four fields): the calls join
 ///   that trace and keep its sampled flag (the other flags are not sent on). Two of them join
 ///   no trace.
+/// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
+///   UUID, a gateway's `req-…`): the calls send it on as it came.
 ///
 /// The headers are trusted: a caller's short time cuts the calls' attempts, and their
 /// timeouts count for the breaker. Let a public edge strip them.
-/// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
-///   UUID, a gateway's `req-…`): the calls send it on as it came.
 ///
 /// Behind an [`IdempotencyLayer`](super::IdempotencyLayer), on either side of it, the handler
 /// of a keyed request it claimed runs on past its caller's attempt so that the retry gets its
@@ -217,20 +218,7 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
 }
 
 fn parse_ms(v: &[u8]) -> Result<Option<Duration>, &'static str> {
-    let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
-    if s.is_empty() {
-        return Err("empty");
-    }
-    if s.starts_with('-') {
-        return Err("negative");
-    }
-    if !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("not a whole number of milliseconds");
-    }
-    // Digits only: an overflow is just a very large number, clamped by the caller.
-    Ok(Some(Duration::from_millis(
-        s.parse::<u64>().unwrap_or(u64::MAX),
-    )))
+    crate::http::parse_timeout_ms(v).map(|ms| Some(Duration::from_millis(ms)))
 }
 
 fn parse_grpc(v: &[u8]) -> Result<Option<Duration>, &'static str> {
