@@ -19,16 +19,17 @@ pub(crate) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a connection to a single Redis reconnects and times its commands, for the idempotency
-/// store and the shared rate limits: tries to reconnect 10 ms apart at first, at most 100 ms
-/// apart (the client's default waits up to 3.2 s, and every command waits on the reconnection
-/// in progress: a Redis back after an outage was used seconds late, and another instance
-/// could claim a key whose claim it had lost meanwhile); no response timeout of the client's
-/// own (its default, 500 ms, cut any longer `store_timeout` short, as an error rather than a
+/// store and the shared rate limits: tries to reconnect 10 to 20 ms apart at first, at most
+/// 100 ms apart (a delay of at most 50 ms, which the client's jitter can double; its default
+/// waits up to 3.2 s, doubled likewise, and every command waits on the reconnection in
+/// progress: a Redis back after an outage was used seconds late, and another instance could
+/// claim a key whose claim it had lost meanwhile); no response timeout of the client's own
+/// (its default, 500 ms, cut any longer `store_timeout` short, as an error rather than a
 /// timeout): the caller bounds each call; 1 s to connect.
 pub(crate) fn single_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_millis(50))
         .set_number_of_retries(6)
         .set_response_timeout(None)
         .set_connection_timeout(Some(Duration::from_secs(1)))

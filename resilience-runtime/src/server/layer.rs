@@ -1498,9 +1498,15 @@ async fn write_back(
     let _forget = Forget(config.state.clone(), key.clone());
     let give_up = super::after(Instant::now(), config.ttl);
     let mut delay = Duration::from_millis(20);
+    let since = Instant::now();
     let counted = loop {
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RENEW_RETRY);
+        let cap = if since.elapsed() < WRITE_BACK_QUICK_FOR {
+            RENEW_RETRY
+        } else {
+            RENEW_RETRY_MAX
+        };
+        delay = (delay * 2).min(cap);
         let done = tokio::time::timeout(
             config.store_timeout,
             config.store.complete(&key, &claim, &stored, config.ttl),
@@ -1687,9 +1693,13 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
     // lease later: the claim may have run out, or the store come back without it (a Redis
     // restarted without persistence), and until this instance claims the key again another
     // may run the handler.
-    let soon = RENEW_RETRY.min(every);
+    // While the store keeps failing, less and less often (a long outage is not asked ten times
+    // a second per running handler): 100 ms, doubled up to a second, never more than `every`;
+    // a streak of failures is logged at warn once, then at debug, and its end at info.
+    let mut retry = RENEW_RETRY.min(every);
     let mut next = super::after(Instant::now(), every);
     let mut lost_told = false;
+    let mut failing = false;
     loop {
         tokio::time::sleep_until(next).await;
         let failed = match tokio::time::timeout(store_timeout, store.renew(&key, &claim, lease))
@@ -1738,32 +1748,67 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
                         false
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
+                        if failing {
+                            tracing::debug!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
+                        } else {
+                            tracing::warn!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
+                        }
                         true
                     }
                     Err(_) => {
-                        tracing::warn!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
+                        if failing {
+                            tracing::debug!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
+                        } else {
+                            tracing::warn!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
+                        }
                         true
                     }
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(key = %key, error = %e, "idempotency claim not renewed");
+                if failing {
+                    tracing::debug!(key = %key, error = %e, "idempotency claim not renewed");
+                } else {
+                    tracing::warn!(key = %key, error = %e, "idempotency claim not renewed");
+                }
                 true
             }
             Err(_) => {
-                tracing::warn!(key = %key, "idempotency claim not renewed: store timeout");
+                if failing {
+                    tracing::debug!(key = %key, "idempotency claim not renewed: store timeout");
+                } else {
+                    tracing::warn!(key = %key, "idempotency claim not renewed: store timeout");
+                }
                 true
             }
         };
-        next = super::after(Instant::now(), if failed { soon } else { every });
+        let wait = if failed {
+            let now = retry;
+            retry = (retry * 2).min(RENEW_RETRY_MAX).min(every);
+            failing = true;
+            now
+        } else {
+            if failing {
+                tracing::info!(key = %key, "idempotency claim renewed again");
+            }
+            retry = RENEW_RETRY.min(every);
+            failing = false;
+            every
+        };
+        next = super::after(Instant::now(), wait);
     }
 }
 
 /// How soon a renewal that failed is tried again, and the longest a kept response waits
-/// between two tries at writing it back: the window another instance has, once the store is
-/// back, to run a handler whose claim the store lost.
+/// between two tries at writing it back in an outage's first seconds: the window another
+/// instance has, once the store is back, to run a handler whose claim the store lost.
 pub(crate) const RENEW_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two tries (a renewal, a write-back) in a long outage.
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// How long into an outage the write-back keeps trying every 100 ms before it slows down.
+const WRITE_BACK_QUICK_FOR: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

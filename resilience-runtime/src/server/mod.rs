@@ -149,15 +149,15 @@
 //!   memory of the instance that ran it; until it is written, a repeat sent to another instance
 //!   gets 503 (store down) or, if the store came back *without its data* (a Redis restarted
 //!   without persistence) before the write-back, may claim the key and run again. The window is
-//!   the write-back's retry interval (at most 100 ms) and a store call. If the instance also
-//!   dies in that time,
+//!   the write-back's retry interval (at most 100 ms in an outage's first 5 s, then 1 s) and a
+//!   store call. If the instance also dies in that time,
 //!   the response is lost and the lease rule above applies.
 //! - **A claim lost to time**: if renewals fail for longer than the lease (the store
 //!   unreachable, a failover, a thread the handler blocks), the claim expires under a running
 //!   handler. Its instance still answers repeats 409 from memory while the handler runs, and
 //!   claims the key again at the first renewal the store answers; a repeat sent to another
-//!   instance in between (a renewal that failed is tried again 100 ms later: about a tenth
-//!   of a second after the store is back) may run the
+//!   instance in between (a renewal that failed is tried again 100 ms later, then less
+//!   often, at most a second apart: that long after the store is back at most) may run the
 //!   handler again (logged as "claim lost while the handler runs", counted `claim_lost`). Keep
 //!   the lease well above the store's worst stall, and never block the handler's thread.
 //! - **One instance cut off from a store the others reach** (its own connection, a network

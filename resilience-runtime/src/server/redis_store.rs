@@ -105,7 +105,7 @@ impl RedisStore {
     /// The settings [`connect`](Self::connect) gives its connection, for one built by hand
     /// (for [`new`](Self::new), or the shared rate limits'
     /// [`use_redis`](crate::ratelimit::use_redis)): it reconnects at most 100 ms apart, so a
-    /// Redis back after an outage is used at once (the client's default waits up to 3.2 s
+    /// Redis back after an outage is used at once (the client's default waits up to 6.4 s
     /// between tries, and every command waits on the try in progress: meanwhile another
     /// instance may claim a key whose claim the store lost), and has no response timeout of
     /// its own (the layer's [`store_timeout`](super::IdempotencyLayer::store_timeout) bounds
