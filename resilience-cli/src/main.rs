@@ -1286,18 +1286,26 @@ fn rest_of_policy(f: &Function) -> String {
     let s = &f.analysis.settings;
     let sh = &f.analysis.shared;
     let b = &s.backoff;
-    let mut parts = vec![
+    let jitter = match format!("{:?}", b.jitter.value).to_lowercase() {
+        j if j == "none" => "no".to_owned(),
+        j => j,
+    };
+    let backoff = if b.kind.value == BackoffKind::Constant {
+        // A constant backoff has no `max` or `multiplier`: its step is `initial`.
         format!(
-            "backoff {} {}..{} ×{} {} jitter",
-            format!("{:?}", b.kind.value).to_lowercase(),
+            "backoff constant {} {jitter} jitter",
+            fmt_duration(b.initial.value)
+        )
+    } else {
+        format!(
+            "backoff exponential {}..{} ×{} {jitter} jitter",
             fmt_duration(b.initial.value),
             fmt_duration(b.max.value),
             f64::from(b.multiplier_milli.value) / 1000.0,
-            match format!("{:?}", b.jitter.value).to_lowercase() {
-                j if j == "none" => "no".to_owned(),
-                j => j,
-            },
-        ),
+        )
+    };
+    let mut parts = vec![
+        backoff,
         format!("max_retry_after {}", fmt_duration(s.max_retry_after.value)),
         format!(
             "budget {}",

@@ -1317,3 +1317,28 @@ fn a_metadata_typo_is_told_once() {
     );
     assert!(!printed.contains("Cargo.toml: Cargo.toml:"), "{printed}");
 }
+
+/// `list` shows a constant backoff as its one step, without the `max` and `multiplier` it
+/// ignores.
+#[test]
+fn list_shows_a_constant_backoff_as_its_step() {
+    let dir = crate_with(
+        "constant_backoff",
+        &[(
+            "src/lib.rs",
+            "use resilience_runtime::{resilient, Error};\n\n#[resilient(timeout = \"2s\", backoff(kind = constant, initial = \"30ms\"))]\npub async fn stock(c: &reqwest::Client) -> Result<u16, Error> {\n    Ok(c.get(\"http://inventory/stock\").send().await?.status().as_u16())\n}\n",
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("  constant_backoff::stock: backoff "))
+        .unwrap_or_else(|| panic!("listed: {t}"));
+    assert!(
+        line.contains("backoff constant 30ms equal jitter;"),
+        "{line}"
+    );
+    assert!(!line.contains('×'), "{line}");
+}

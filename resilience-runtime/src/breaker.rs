@@ -11,7 +11,7 @@
 //!   `slow_call_duration`) frees its slot for another probe.
 //!
 //! With `window_for`, the window holds the attempts of the last `window_for` instead of the last
-//! `window` calls; with `slow_call_duration`, a success at least that slow counts as slow and
+//! `window`; with `slow_call_duration`, a success at least that slow counts as slow and
 //! the breaker also opens at `slow_call_rate` slow calls (see `breaker_window.rs`).
 //!
 //! Only failures that say the downstream is unhealthy are reported as failures; the session
@@ -23,7 +23,7 @@
 //! never locks:
 //!
 //! ```text
-//! 63..62 state | 61..54 generation | closed:    53..48 calls seen, 47..0 outcomes (1 = failure)
+//! 63..62 state | 61..54 generation | closed:    53..48 outcomes seen, 47..0 outcomes (1 = failure)
 //!                                  | open:      47..0 opened at (ms since the breaker was made)
 //!                                  | half-open: 31..16 probes succeeded, 15..0 probes admitted
 //! ```
@@ -33,7 +33,7 @@
 //! changes nothing. (It wraps after 256 transitions: a permit would have to stay out across
 //! 128 open and half-open cycles to be taken for a current one.)
 //!
-//! A window of up to [`BreakerSpec::MAX_ATOMIC_WINDOW`] calls lives in the word itself as a
+//! A window of up to [`BreakerSpec::MAX_ATOMIC_WINDOW`] outcomes lives in the word itself as a
 //! shift register: the newest outcome enters at bit 0 and the oldest falls off at bit `window`,
 //! so the failures in the window are a popcount. A longer window keeps its outcomes in a ring
 //! behind a mutex, taken only to record an outcome (never across an await); the state still
@@ -76,7 +76,7 @@ pub struct BreakerSpec {
 }
 
 impl BreakerSpec {
-    /// The built-in defaults: 50% of 20 calls, at least 10, open 30 s, 3 probes.
+    /// The built-in defaults: 50% of the last 20 attempts, at least 10 seen, open 30 s, 3 probes.
     pub const DEFAULT: BreakerSpec = BreakerSpec {
         failure_rate: resilience_spec::defaults::BREAKER_FAILURE_RATE,
         min_calls: resilience_spec::defaults::BREAKER_MIN_CALLS,
@@ -650,7 +650,9 @@ impl Breaker {
     /// sends nothing.
     #[inline]
     pub(crate) fn refuses_now(&self) -> Refusal {
-        match self.force.load(Ordering::Relaxed) {
+        // Acquire, as in `acquire`: the word `reset` wrote before it ended the hold is seen
+        // with the hold gone.
+        match self.force.load(Ordering::Acquire) {
             FORCE_NONE => {}
             FORCE_OPEN => return Refusal::Refused,
             _ => return Refusal::No,

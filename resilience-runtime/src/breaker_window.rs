@@ -1,5 +1,5 @@
 //! The windows a breaker keeps behind a short lock: a count window longer than the breaker's
-//! word, a time-based window (the calls of the last `window_for`, in ten buckets), and either
+//! word, a time-based window (the attempts of the last `window_for`, in ten buckets), and either
 //! one when slow calls are watched (`slow_call_duration`). The breaker's state still changes
 //! only by compare-and-swap on its word; the lock is taken only to record an outcome, and, in
 //! a time window that holds neither a failure nor a slow call, not for a success ([`Fast`]).
@@ -20,7 +20,7 @@ pub(crate) struct Window {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
-    /// The last `window` calls, one slot each: bit 0 failure, bit 1 slow; with the failures
+    /// The last `window` attempts' outcomes, one slot each: bit 0 failure, bit 1 slow; with the failures
     /// and slow calls among them kept as they change, so that a report costs the same
     /// whatever the window's length.
     Count {

@@ -211,13 +211,13 @@ pub mod defaults {
     pub const BUDGET_MIN_PER_SEC: u32 = 10;
     /// Breaker: failure share that opens it.
     pub const BREAKER_FAILURE_RATE: f64 = 0.5;
-    /// Breaker: calls seen before it may open.
+    /// Breaker: outcomes (attempts) seen before it may open.
     pub const BREAKER_MIN_CALLS: u32 = 10;
-    /// Breaker: calls in its window.
+    /// Breaker: outcomes (attempts) in its window.
     pub const BREAKER_WINDOW: u32 = 20;
     /// Breaker: how long it stays open.
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
-    /// Breaker: a time-based window's length (zero: the window counts calls).
+    /// Breaker: a time-based window's length (zero: the window counts attempts).
     pub const BREAKER_WINDOW_FOR: Duration = Duration::ZERO;
     /// Breaker: a success at least this slow counts as slow (zero: slowness not watched).
     pub const BREAKER_SLOW_CALL_DURATION: Duration = Duration::ZERO;
