@@ -495,3 +495,45 @@ async fn calls_refused_while_half_open_spend_no_permit() {
     );
     assert_eq!(server.count(), 3);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = { name = "bw_refused_budget", ratio = 0.5, min_per_sec = 0 },
+    bulkhead = { name = "bw_refused_slots", max_concurrent = 5, max_wait = "1s" },
+    breaker = { name = "bw_refused", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 }
+)]
+async fn refused_before_admission(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call its open breaker refuses is refused before the bulkhead and the budget: it takes no
+/// slot and deposits no first attempt (a deposit would let the next storm retry more).
+#[tokio::test(start_paused = true)]
+async fn a_call_the_breaker_refuses_takes_no_slot_and_deposits_nothing() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    assert_eq!(
+        refused_before_admission(&c, &url).await.unwrap_err().kind(),
+        ErrorKind::Call
+    );
+    let slots = metrics::bulkhead("bw_refused_slots").unwrap();
+    let budget = metrics::budget("bw_refused_budget").unwrap();
+    for _ in 0..5 {
+        let e = refused_before_admission(&c, &url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+        assert_eq!(e.attempts(), 0);
+    }
+    let after = metrics::bulkhead("bw_refused_slots").unwrap();
+    assert_eq!(after.admitted, slots.admitted, "no slot taken");
+    assert_eq!(after.in_flight, 0);
+    let after_budget = metrics::budget("bw_refused_budget").unwrap();
+    assert_eq!(after_budget.deposits, budget.deposits, "nothing deposited");
+    assert_eq!(server.count(), 1);
+}

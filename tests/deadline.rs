@@ -375,3 +375,48 @@ async fn a_nested_attempt_cut_short_by_its_outer_attempt_does_not_open_its_break
     }
     assert_eq!(state(), resilience_runtime::breaker::BreakerState::Open);
 }
+
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    deadline = "1030ms",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms", jitter = none),
+    budget = false,
+    idempotency_key = auto
+)]
+async fn keyed_near_its_deadline(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("order")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// "No retry begins with less than a tenth of its `timeout` left … asking again for a keyed
+/// replay is exempt": answered "still in progress" (409) at 870 ms of a 1,030 ms deadline, the
+/// ask waits its floor of 100 ms and would begin with 60 ms left (under a tenth of the 1 s
+/// timeout); it is still made, and gets the replay.
+#[tokio::test(start_paused = true)]
+async fn asking_again_for_a_keyed_replay_is_exempt_from_the_tenth_left_rule() {
+    let server = FaultServer::start(vec![
+        Action::status(409)
+            .header("Retry-After", "0")
+            .after(Duration::from_millis(870)),
+        Action::ok().body("placed"),
+    ])
+    .await;
+    let started = Instant::now();
+    let r = keyed_near_its_deadline(&reqwest::Client::new(), &server.url("/orders")).await;
+    assert_eq!(r.unwrap(), "placed");
+    assert_eq!(server.count(), 2);
+    assert!(started.elapsed() < Duration::from_millis(1030));
+    let keys: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().map(str::to_owned))
+        .collect();
+    assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
+}

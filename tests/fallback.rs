@@ -637,3 +637,90 @@ async fn measure_reports_the_call_not_its_fallback() {
         "the call failed; its fallback answered: {report:?}"
     );
 }
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn backup_within(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let backup = url.replace("/primary", "/backup");
+    Ok(c.get(backup)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 1,
+    budget = false,
+    fallback = backup_within,
+    fallback_on = [deadline]
+)]
+async fn primary_within(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// Calls `primary_within` in an attempt of 300 ms.
+#[resilient(method = GET, timeout = "300ms", max_attempts = 1, budget = false)]
+async fn outer_of_a_fallback(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    primary_within(c, url).await
+}
+
+/// A fallback's own calls have deadlines of their own, within what bounds the failed call from
+/// outside: when an enclosing attempt's end cut the call, its fallback has no time left there,
+/// and its call ends `DeadlineExceeded` with nothing sent.
+#[tokio::test(start_paused = true)]
+async fn a_fallback_for_a_deadline_an_enclosing_attempt_cut_sends_nothing() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path.starts_with("/primary") {
+            Action::stall()
+        } else {
+            Action::ok().body("backup")
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let e = outer_of_a_fallback(&c, &server.url("/primary"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::DeadlineExceeded | ErrorKind::AttemptTimeout
+        ),
+        "{e}"
+    );
+    assert_eq!(server.count_path("/backup"), 0, "{e}");
+    // Called on its own, the same call's fallback has its own time, and answers.
+    let alone = primary_within(&c, &server.url("/primary")).await;
+    assert_eq!(alone.unwrap(), "backup");
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms", jitter = none),
+    budget = { ratio = 0.0, min_per_sec = 0 },
+    fallback = stale,
+    fallback_on = [budget_exhausted]
+)]
+async fn no_retries_to_spend(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `fallback_on = [budget_exhausted]`: a retry the budget refuses calls the fallback.
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_budget_refuses_calls_a_budget_exhausted_fallback() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let r = no_retries_to_spend(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap();
+    assert_eq!(r, 299, "the fallback's answer");
+    assert_eq!(server.count(), 1, "the retry was refused, not made");
+}

@@ -895,3 +895,50 @@ async fn a_resilient_send_handed_to_a_task_is_stamped_where_it_is_made() {
         seen.iter().filter_map(|r| r.idempotency_key()).collect();
     assert_eq!(keys.len(), 1, "one key for the call: {keys:?}");
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "10s",
+    backoff(initial = "1ms", max = "1ms", jitter = none),
+    budget = false
+)]
+async fn read_timed(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(method = POST, timeout = "2s", retry_on = [connect], budget = false)]
+async fn read_timed_post(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("charge")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A client's own read timeout (reqwest's `read_timeout`, shorter than the policy's) is the
+/// class `timeout`, as the attempt's own is: a GET retries it; an unkeyed POST, which may have
+/// been carried out, is not resent.
+#[tokio::test(start_paused = true)]
+async fn reqwests_own_read_timeout_is_a_timeout() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::builder()
+        .read_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let e = read_timed(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Timeout), "{e}");
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert_eq!(server.count(), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "each attempt ended at the read timeout: {:?}",
+        started.elapsed()
+    );
+    server.clear();
+    let e = read_timed_post(&c, &server.url("/")).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Timeout), "{e}");
+    assert_eq!(server.count(), 1, "not resent: {e}");
+}

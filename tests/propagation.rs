@@ -457,3 +457,43 @@ async fn a_shorter_timeout_set_by_hand_is_kept() {
         assert!((9_900..=10_000).contains(&ms), "the attempt's time: {ms}");
     }
 }
+
+/// "Its calls plan within the layer's limit on the handler": with `handler_limit(2s)`, shorter
+/// than B's own 10 s timeout, C is told at most 2 s, on either side of the `ContextLayer`.
+#[tokio::test(start_paused = true)]
+async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
+    for context_inside in [false, true] {
+        let c_server = FaultServer::start(Script::always(Action::ok())).await;
+        let idempotency =
+            IdempotencyLayer::new(MemoryStore::default()).handler_limit(Duration::from_secs(2));
+        let context = ContextLayer::new().max(Duration::from_secs(60));
+        let app = Router::new()
+            .route("/b", axum::routing::post(b_handler))
+            .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()));
+        let app = if context_inside {
+            app.layer(context).layer(idempotency)
+        } else {
+            app.layer(idempotency).layer(context)
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-8")
+            .header("x-timeout-ms", "30000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "context inside: {context_inside}");
+        let left: u64 = c_server.requests()[0]
+            .header("x-timeout-ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            left > 1900 && left <= 2000,
+            "context inside: {context_inside}: C was told {left} ms"
+        );
+    }
+}
