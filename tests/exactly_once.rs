@@ -984,3 +984,57 @@ async fn a_keyed_retry_whose_body_differs_ends_with_the_servers_422() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the order was placed once");
     assert!(e.idempotency_key().is_some(), "{e}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, idempotency_key = auto)]
+async fn two_charges_in_one_call(
+    http: &reqwest::Client,
+    url: &str,
+    second: &'static str,
+) -> Result<(u16, u16), Error> {
+    let first = http.post(url).body("100").send().await?.status().as_u16();
+    let again = http.post(url).body(second).send().await?.status().as_u16();
+    Ok((first, again))
+}
+
+/// The README's limit, as it says: two POSTs to the same path in one keyed call carry one key,
+/// and a server that scopes the key by method and path takes the second for a repeat of the
+/// first: its answer replayed when the body is the same (the handler does not run twice),
+/// 422 when it differs.
+#[tokio::test(start_paused = true)]
+async fn two_posts_to_one_path_in_a_keyed_call_share_its_key() {
+    use axum::extract::State;
+    use resilience_runtime::server::IdempotencyLayer;
+
+    let charges = Arc::new(AtomicUsize::new(0));
+    async fn gateway(State(charges): State<Arc<AtomicUsize>>) -> axum::http::StatusCode {
+        charges.fetch_add(1, Ordering::SeqCst);
+        axum::http::StatusCode::CREATED
+    }
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(gateway))
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+
+    assert_eq!(
+        two_charges_in_one_call(&http, &url, "100").await.unwrap(),
+        (201, 201)
+    );
+    assert_eq!(
+        charges.load(Ordering::SeqCst),
+        1,
+        "the second was the first's replay"
+    );
+    assert_eq!(
+        two_charges_in_one_call(&http, &url, "250").await.unwrap(),
+        (201, 422)
+    );
+    assert_eq!(
+        charges.load(Ordering::SeqCst),
+        2,
+        "one more call, one more charge"
+    );
+}

@@ -291,3 +291,38 @@ async fn an_inline_bulkhead_table_replaces_the_files_whole() {
     let e = b.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
 }
+
+#[resilient(
+    config = "tests/policies/precedence.toml",
+    policy = "guarded",
+    breaker(
+        failure_rate = 1.0,
+        min_calls = 1,
+        window = 1,
+        open_for = "1h",
+        half_open_calls = 1
+    )
+)]
+async fn guarded_inline(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// "A `breaker` … table replaces the one below it whole": the inline breaker names no state,
+/// so it is the function's own, not the file's `pf_guarded` with the inline settings merged in
+/// (which would share one breaker with every function of the policy).
+#[tokio::test(start_paused = true)]
+async fn an_inline_breaker_table_replaces_the_files_whole() {
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    assert!(guarded_inline(&c, &down.url("/")).await.is_err());
+    let own = resilience_runtime::breakers::state("policy_file::guarded_inline").unwrap();
+    assert_eq!(
+        own.state,
+        resilience_runtime::breakers::BreakerState::Open,
+        "its own settings: one failure in a window of one opens it"
+    );
+    assert!(
+        resilience_runtime::breakers::state("pf_guarded").is_err(),
+        "the file's named breaker is not this function's"
+    );
+}

@@ -105,3 +105,31 @@ async fn a_restarted_instance_still_replays() {
         "the handler did not run after the restart"
     );
 }
+
+/// "One Redis, several services: a prefix each": two services with the same route take the
+/// same key, in one Redis, under different prefixes; each runs its own handler, neither
+/// replays the other's answer.
+#[tokio::test]
+async fn services_with_a_prefix_each_do_not_share_keys() {
+    let Some(url) = redis_url().await else { return };
+    let (a, b) = (
+        instance(&url, &prefix("service_a")).await,
+        instance(&url, &prefix("service_b")).await,
+    );
+    let key = fresh_key();
+    let from_a = post(&a.url("/orders"), Some(&key), "x").await;
+    let from_b = post(&b.url("/orders"), Some(&key), "x").await;
+    assert_eq!((from_a.status, from_a.replayed()), (201, false));
+    assert_eq!(
+        (from_b.status, from_b.replayed()),
+        (201, false),
+        "{}",
+        from_b.body
+    );
+    assert_eq!(count(&a.runs.orders), 1);
+    assert_eq!(count(&b.runs.orders), 1);
+    // And each replays its own.
+    let again = post(&b.url("/orders"), Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (201, true));
+    assert_eq!(again.body, from_b.body);
+}
