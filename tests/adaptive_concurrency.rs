@@ -336,3 +336,50 @@ async fn slow_4xx_answers_lower_the_limit() {
     let limit = metrics::concurrency_limit("slow-lookups").expect("used");
     assert!(limit.decreases >= 1, "{limit:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(initial = 8, min = 1, max = 64, latency = "100ms")
+)]
+async fn behind_callers_deadlines(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A timeout cut to less than a tenth of `timeout` by the caller's time says nothing of the
+/// dependency: it leaves the limit where it was; one cut to a tenth or more counts as
+/// overload, as the breaker counts it.
+#[tokio::test(start_paused = true)]
+async fn a_caller_cut_timeout_lowers_the_limit_only_from_a_tenth_of_the_timeout() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let url = stalled.url("/");
+    let name = "adaptive_concurrency::behind_callers_deadlines";
+    let call = |left: u64| {
+        let (c, url) = (c.clone(), url.clone());
+        with_inbound(
+            Inbound::NONE.time_left(Duration::from_millis(left)),
+            async move { behind_callers_deadlines(&c, &url).await },
+        )
+    };
+    for _ in 0..5 {
+        call(50).await.unwrap_err();
+    }
+    let s = metrics::concurrency_limit(name).unwrap();
+    assert_eq!(
+        (s.limit, s.decreases),
+        (8.0, 0),
+        "cut to 50 ms of 1 s: {s:?}"
+    );
+    call(500).await.unwrap_err();
+    let s = metrics::concurrency_limit(name).unwrap();
+    assert_eq!(s.decreases, 1, "cut to 500 ms of 1 s: {s:?}");
+    assert!(s.limit < 8.0, "{s:?}");
+}

@@ -1342,3 +1342,24 @@ fn list_shows_a_constant_backoff_as_its_step() {
     );
     assert!(!line.contains('×'), "{line}");
 }
+
+/// `check` reads the integration tests' sources only with `--tests`: an unsafe POST written in
+/// `tests/` passes without it, and fails with it.
+#[test]
+fn check_reads_the_tests_only_with_tests() {
+    let post = "use resilience_runtime::{resilient, Error};\n\n#[resilient(timeout = \"2s\")]\npub async fn charge(c: &reqwest::Client) -> Result<(), Error> {\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}\n";
+    let dir = crate_with(
+        "unsafe_in_tests",
+        &[
+            ("src/lib.rs", "pub fn nothing() {}\n"),
+            ("tests/charge.rs", post),
+        ],
+    );
+    let plain = run(&["check", dir.to_str().unwrap()]);
+    assert!(plain.status.success(), "{}", text(&plain));
+    let with_tests = run(&["check", dir.to_str().unwrap(), "--tests"]);
+    assert_eq!(with_tests.status.code(), Some(1), "{}", text(&with_tests));
+    let t = text(&with_tests);
+    assert!(t.contains("tests/charge.rs:5:"), "{t}");
+    assert!(t.contains("this POST could be retried"), "{t}");
+}
