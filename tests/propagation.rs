@@ -497,3 +497,112 @@ async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
         );
     }
 }
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn executed_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // Built and handed to `execute` now, awaited 3 s later.
+    let later = c.execute(c.get(url).build()?);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(later.await?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn redirected_late(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// What the README says of the two cases the time left is not refreshed in: a request handed
+/// to `client.execute` tells the time left as it was handed over (5 s here, though it goes
+/// out 3 s later), and a redirect's next hop carries its first request's value (reqwest
+/// copies the headers).
+#[tokio::test(start_paused = true)]
+async fn execute_and_a_redirects_next_hop_tell_the_time_left_as_first_stamped() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(executed_later(&c, &server.url("/x")).await.unwrap(), 200);
+    let told: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4_900..=5_000).contains(&told), "told {told} ms");
+
+    let target = FaultServer::start(Script::always(Action::ok())).await;
+    let redirect = FaultServer::start(Script::always(
+        Action::status(302)
+            .header("Location", target.url("/next"))
+            .after(Duration::from_secs(3)),
+    ))
+    .await;
+    assert_eq!(
+        redirected_late(&c, &redirect.url("/first")).await.unwrap(),
+        200
+    );
+    let next: u64 = target.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (4_900..=5_000).contains(&next),
+        "the next hop told {next} ms"
+    );
+}
+
+/// B answers with a body streamed after its handler's future ended: outside `ContextLayer`'s
+/// scope, the call made while streaming gets the caller's context only when handed it with
+/// `with_inbound(current_inbound(), …)`, as the README says.
+async fn b_streaming(
+    State((c, url, _calls)): State<(reqwest::Client, String, Calls)>,
+    headers: axum::http::HeaderMap,
+) -> axum::body::Body {
+    use resilience_runtime::{current_inbound, with_inbound};
+    let handed = headers.contains_key("x-hand-on");
+    let inbound = current_inbound();
+    let stream = futures::stream::once(async move {
+        let out = if handed {
+            with_inbound(inbound, b_calls_c(&c, &url)).await
+        } else {
+            b_calls_c(&c, &url).await
+        };
+        Ok::<_, std::convert::Infallible>(out.unwrap_or_default())
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_gets_the_context_when_handed_it() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let app = Router::new()
+        .route("/b", get(b_streaming))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+        .layer(ContextLayer::new().max(Duration::from_secs(60)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    for hand_on in [true, false] {
+        let mut req = http
+            .get(format!("http://{addr}/b"))
+            .header("x-timeout-ms", "2000");
+        if hand_on {
+            req = req.header("x-hand-on", "1");
+        }
+        assert_eq!(req.send().await.unwrap().text().await.unwrap(), "ok");
+    }
+    let told: Vec<u64> = c_server
+        .requests()
+        .iter()
+        .map(|r| r.header("x-timeout-ms").unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        told[0] <= 2000,
+        "handed on: the caller's 2 s, told {}",
+        told[0]
+    );
+    assert!(
+        told[1] > 9000,
+        "not handed on: B's own 10 s, told {}",
+        told[1]
+    );
+}
