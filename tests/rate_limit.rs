@@ -410,7 +410,7 @@ async fn patient_shared(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 /// limit's `max_wait`) give it back: 40 such callers do not make the next call wait 4 s for
 /// permits nothing used.
 macro_rules! gives_permits_back {
-    ($f:ident) => {{
+    ($f:ident, $name:expr) => {{
         let server = FaultServer::start(Script::always(Action::ok())).await;
         let c = reqwest::Client::new();
         let url = server.url("/");
@@ -428,18 +428,23 @@ macro_rules! gives_permits_back {
             t.elapsed()
         );
         assert_eq!(server.count(), 2);
+        // The permits counted as given are those given: the first call's at once, and the
+        // waits that ended as their callers gave up (the same instant), but none of those
+        // given back.
+        let s = metrics::rate_limit($name).unwrap();
+        assert!(s.admitted + s.waited < 40, "{s:?}");
     }};
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_while_it_waits_gives_its_permit_back() {
-    gives_permits_back!(patient);
+    gives_permits_back!(patient, "rate_limit::patient");
 }
 
 /// So does one that waits for a permit of a shared limit's local stand-in.
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_a_local_permit_of_a_shared_limit_gives_it_back() {
-    gives_permits_back!(patient_shared);
+    gives_permits_back!(patient_shared, "rate_limit_test_patient_shared");
 }
 
 /// What the fallback sees: the slots of `rate_limit::slot_then_permit`'s bulkhead in use.

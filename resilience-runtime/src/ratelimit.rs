@@ -56,9 +56,10 @@ impl RateLimitSpec {
         rules::rate_limit_per(self.per).map_err(bad)
     }
 
-    /// Time between two calls at the sustained rate, in nanoseconds (at least 1).
+    /// Time between two calls at the sustained rate, in nanoseconds (at least 1), rounded up:
+    /// never more than the rate (rounded down, 700,000 per millisecond let a million through).
     fn interval_nanos(&self) -> u64 {
-        (self.per.as_nanos() / u128::from(self.rate.max(1))).max(1) as u64
+        (self.per.as_nanos().div_ceil(u128::from(self.rate.max(1)))).max(1) as u64
     }
 }
 
@@ -123,19 +124,26 @@ pub struct RateLimiter {
 }
 
 /// A local permit reserved by a call still waiting for it: given back if the call is dropped
-/// before its time (the theoretical arrival time moves back one interval, so the next call
-/// may take it).
-struct GiveBack<'a>(&'a RateLimiter);
+/// before its time and its reservation is still the last one (the theoretical arrival time,
+/// still the one it set, moves back one interval, so the next call may take its slot). One
+/// reserved after it keeps its own slot, and the dropped one's is lost: giving it back then
+/// would hand the next call the same slot as that later one, two calls at once under a limit
+/// that spaces them.
+struct GiveBack<'a> {
+    limiter: &'a RateLimiter,
+    /// The theoretical arrival time this call's reservation set.
+    reserved: u64,
+}
 
 impl Drop for GiveBack<'_> {
     fn drop(&mut self) {
-        let (t, _) = self.0.interval_and_tolerance();
-        let _ = self
-            .0
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
-                Some(tat.saturating_sub(t))
-            });
+        let (t, _) = self.limiter.interval_and_tolerance();
+        let _ = self.limiter.tat.compare_exchange(
+            self.reserved,
+            self.reserved.saturating_sub(t),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -225,8 +233,8 @@ impl RateLimiter {
         // slow too): one reserved there is given back by a caller that stops waiting for it.
         let reserved = match self.spec.store {
             RateLimitStore::Local => self
-                .reserve_local(now, allowed)
-                .map(|w| (w, true))
+                .reserve_local_reserving(now, allowed)
+                .map(|(w, tat)| (w, Some(tat)))
                 .map_err(|_| self.why_refused(self.local_wait(now), left)),
             RateLimitStore::Redis => self.reserve_shared(now, allowed, left).await,
         };
@@ -240,10 +248,14 @@ impl RateLimiter {
         if wait.is_zero() {
             self.admitted.incr();
         } else {
-            self.waited.fetch_add(1, Ordering::Relaxed);
-            let give_back = local.then(|| GiveBack(self));
+            let give_back = local.map(|reserved| GiveBack {
+                limiter: self,
+                reserved,
+            });
             tokio::time::sleep_until(now + wait).await;
             std::mem::forget(give_back);
+            // Counted once given: a call dropped while it waited gave its permit back.
+            self.waited.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -291,8 +303,20 @@ impl RateLimiter {
     /// it asks again with the clock read now.
     #[inline]
     fn reserve_local(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+        self.reserve_local_reserving(now, allowed)
+            .map(|(wait, _)| wait)
+    }
+
+    /// [`reserve_local`](Self::reserve_local), with the theoretical arrival time the
+    /// reservation set (for a [`GiveBack`]).
+    #[inline]
+    fn reserve_local_reserving(
+        &self,
+        now: Instant,
+        allowed: Duration,
+    ) -> Result<(Duration, u64), Refused> {
         match self.reserve_local_at(now, allowed) {
-            Ok(wait) => Ok(wait),
+            Ok(reserved) => Ok(reserved),
             Err(why) => self.reserve_local_again(now, allowed, why),
         }
     }
@@ -306,7 +330,7 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         refused: Refused,
-    ) -> Result<Duration, Refused> {
+    ) -> Result<(Duration, u64), Refused> {
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
         if spent.is_zero() {
@@ -314,11 +338,15 @@ impl RateLimiter {
         }
         // A wait counted from `now`, as the caller sleeps until `now + wait`; none is none.
         self.reserve_local_at(later, allowed.saturating_sub(spent))
-            .map(|wait| if wait.is_zero() { wait } else { wait + spent })
+            .map(|(wait, tat)| (if wait.is_zero() { wait } else { wait + spent }, tat))
     }
 
     #[inline]
-    fn reserve_local_at(&self, now: Instant, allowed: Duration) -> Result<Duration, Refused> {
+    fn reserve_local_at(
+        &self,
+        now: Instant,
+        allowed: Duration,
+    ) -> Result<(Duration, u64), Refused> {
         let (t, tolerance) = self.interval_and_tolerance();
         let now_n = self.nanos_since_epoch(now);
         let allowed_n = allowed.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -333,7 +361,7 @@ impl RateLimiter {
                 .tat
                 .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return Ok(Duration::from_nanos(wait)),
+                Ok(_) => return Ok((Duration::from_nanos(wait), new_tat)),
                 Err(seen) => tat = seen,
             }
         }
@@ -351,7 +379,7 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         left: Duration,
-    ) -> Result<(Duration, bool), Refused> {
+    ) -> Result<(Duration, Option<u64>), Refused> {
         let down_until = self.down_until.load(Ordering::Relaxed);
         // Redis is asked while it is up; once the time it was taken as down for is over, by one
         // call, which takes the next `STORE_TIMEOUT` for its question, while the others go on
@@ -375,7 +403,8 @@ impl RateLimiter {
                     if down_until != 0 {
                         self.store_answers();
                     }
-                    return Ok((wait, false));
+                    self.granted_elsewhere(now);
+                    return Ok((wait, None));
                 }
                 shared::Answer::Refused(needed) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
@@ -392,10 +421,27 @@ impl RateLimiter {
         self.local_decision();
         let later = Instant::now();
         let spent = later.saturating_duration_since(now);
-        let wait = self
-            .reserve_local(later, allowed.saturating_sub(spent))
+        let (wait, tat) = self
+            .reserve_local_reserving(later, allowed.saturating_sub(spent))
             .map_err(|_| self.why_refused(spent + self.local_wait(later), left))?;
-        Ok((spent + wait, true))
+        // A wait counted from `now`, as the caller sleeps until `now + wait`; none is none (a
+        // permit free locally is given at once, not after a timer).
+        let wait = if wait.is_zero() { wait } else { spent + wait };
+        Ok((wait, Some(tat)))
+    }
+
+    /// A permit Redis gave this instance, spent on the local limit too (without its check):
+    /// when Redis is down or slow and this instance decides locally, it does so knowing what
+    /// it already took, and never runs a fresh burst on top of the shared limit's.
+    #[cfg(feature = "redis")]
+    fn granted_elsewhere(&self, now: Instant) {
+        let (t, _) = self.interval_and_tolerance();
+        let now_n = self.nanos_since_epoch(now);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                Some(tat.max(now_n).saturating_add(t))
+            });
     }
 
     #[cfg(not(feature = "redis"))]
@@ -404,11 +450,11 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         left: Duration,
-    ) -> Result<(Duration, bool), Refused> {
+    ) -> Result<(Duration, Option<u64>), Refused> {
         self.no_connection();
         self.local_decision();
-        self.reserve_local(now, allowed)
-            .map(|w| (w, true))
+        self.reserve_local_reserving(now, allowed)
+            .map(|(w, tat)| (w, Some(tat)))
             .map_err(|_| self.why_refused(self.local_wait(now), left))
     }
 
@@ -823,6 +869,115 @@ mod tests {
         assert_eq!(quick.acquire_by(short).await, Err(Refused::Deadline));
         assert_eq!(slow.snapshot().local_fallbacks, 0, "Redis decided");
         assert_eq!(quick.snapshot().local_fallbacks, 0, "Redis decided");
+
+        // The permits Redis gave are spent on the local limit too: Redis taken as down right
+        // after a burst, the instance decides locally without a fresh burst on top ("nor
+        // lets one instance exceed the whole limit").
+        let burst = RateLimiter::new(
+            Box::leak(format!("unit-burst-{run}").into_boxed_str()),
+            RateLimitSpec {
+                rate: 5,
+                per: Duration::from_secs(1),
+                burst: 5,
+                max_wait: Duration::ZERO,
+                store: RateLimitStore::Redis,
+            },
+        );
+        let later = || Instant::now() + Duration::from_secs(10);
+        for _ in 0..5 {
+            assert_eq!(burst.acquire_by(later()).await, Ok(()));
+        }
+        assert_eq!(burst.snapshot().local_fallbacks, 0, "Redis decided");
+        burst.store_failed();
+        let mut local = 0;
+        for _ in 0..5 {
+            if burst.acquire_by(later()).await.is_ok() {
+                local += 1;
+            }
+        }
+        assert_eq!(burst.snapshot().local_fallbacks, 5, "decided locally");
+        assert!(local <= 1, "{local} more on top of the 5 Redis gave");
+    }
+
+    /// A shared limit deciding locally (Redis down) gives a permit free there at once: not
+    /// counted as a wait, and not after a timer (the time spent asking counted as one).
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_shared_limits_local_permit_free_now_is_given_at_once() {
+        let l = RateLimiter::new(
+            "unit-local-at-once",
+            RateLimitSpec {
+                rate: 10,
+                per: Duration::from_secs(1),
+                burst: 5,
+                max_wait: Duration::from_secs(1),
+                store: RateLimitStore::Redis,
+            },
+        );
+        l.store_failed();
+        for _ in 0..3 {
+            assert_eq!(
+                l.acquire_by(Instant::now() + Duration::from_secs(5)).await,
+                Ok(())
+            );
+        }
+        let s = l.snapshot();
+        assert_eq!(
+            (s.admitted, s.waited, s.local_fallbacks),
+            (3, 0, 3),
+            "{s:?}"
+        );
+    }
+
+    /// The interval between permits is rounded up: never more than the rate.
+    #[test]
+    fn the_interval_is_rounded_up() {
+        let spec = |rate, per| RateLimitSpec {
+            rate,
+            per,
+            burst: 1,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Local,
+        };
+        assert_eq!(spec(700_000, Duration::from_millis(1)).interval_nanos(), 2);
+        assert_eq!(
+            spec(3, Duration::from_secs(1)).interval_nanos(),
+            333_333_334
+        );
+        assert_eq!(
+            spec(10, Duration::from_secs(1)).interval_nanos(),
+            100_000_000
+        );
+    }
+
+    /// A caller that gives up its reservation gives it back only when it is still the last:
+    /// else the next call would get the same slot as the one reserved after it, two calls at
+    /// once under a limit of one every 100 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_given_back_never_doubles_a_later_ones_slot() {
+        let l: &'static RateLimiter = Box::leak(Box::new(limiter(10, 1, 5000)));
+        let start = Instant::now();
+        assert_eq!(l.try_acquire(), Ok(()));
+        let deadline = start + Duration::from_secs(10);
+        let a = tokio::spawn(async move { l.acquire_by(deadline).await });
+        let b = tokio::spawn(async move {
+            l.acquire_by(deadline).await.unwrap();
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.abort();
+        let _ = a.await;
+        let c = l.acquire_by(deadline).await;
+        assert_eq!(c, Ok(()));
+        let c_at = Instant::now();
+        let b_at = b.await.unwrap();
+        assert_eq!(b_at - start, Duration::from_millis(200));
+        assert!(
+            c_at > b_at,
+            "C at {:?}, B at {:?}",
+            c_at - start,
+            b_at - start
+        );
     }
 
     /// A call with less time left than `max_wait` whose permit would take longer than
