@@ -817,3 +817,101 @@ async fn an_adaptive_limit_judges_a_hedge_by_its_own_latency() {
     let limit = resilience_runtime::metrics::concurrency_limit("hedged_adaptive").unwrap();
     assert_eq!(limit.decreases, 0, "{limit:?}");
 }
+
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "100ms", max = 2)
+)]
+async fn keyed_hedged_twice(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("charge")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Once an attempt of the round has an answer (the handler's own 500, which a server that
+/// keeps no failure releases), no further hedge starts: a second hedge one `delay` later sent
+/// the charge to the handler again under the same key, and the call answered 200.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_starts_after_an_attempt_of_the_round_was_answered() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(150)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let r = keyed_hedged_twice(&reqwest::Client::new(), &server.url("/charges")).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(server.count(), 2, "the first attempt and one hedge: {r:?}");
+}
+
+#[resilient(
+    method = POST,
+    timeout = "3s",
+    deadline = "10s",
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "200ms")
+)]
+async fn charge_unchecked(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // The status as a number, unchecked: a 409 is an `Ok` to this body.
+    Ok(c.post(url).body("39000").send().await?.status().as_u16())
+}
+
+/// A hedge answered 409 "still in progress" (its sibling's request is the one being carried
+/// out) does not win the round, even as an `Ok` of a body that does not check the status: the
+/// attempt doing the work is not dropped, and its answer is the call's.
+#[tokio::test(start_paused = true)]
+async fn a_hedges_in_progress_answer_does_not_win_the_round() {
+    let (url, charges) = slow_gateway().await;
+    let r = charge_unchecked(&reqwest::Client::new(), &url).await;
+    assert_eq!(r.unwrap(), 201);
+    assert_eq!(charges.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1040ms",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "950ms"),
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 2,
+        window = 2,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn hedged_near_the_deadline(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// No hedge starts with less than a tenth of the attempt's time left, as no retry does: it
+/// could only time out, and, the last of the round to end, its cut-short timeout hid the first
+/// attempt's full one from the breaker (a hung dependency never opened it).
+#[tokio::test(start_paused = true)]
+async fn no_hedge_starts_with_less_than_a_tenth_left_and_the_breaker_sees_the_timeout() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let e = hedged_near_the_deadline(&c, &server.url("/"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.attempts(), 1, "no hedge: {e}");
+    }
+    assert_eq!(server.count(), 2);
+    let e = hedged_near_the_deadline(&c, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+}

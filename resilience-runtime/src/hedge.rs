@@ -255,6 +255,30 @@ where
             }
             if let Some((i, o)) = ready {
                 in_flight -= 1;
+                // An `Ok` of a body that does not check the status, while another attempt of
+                // the round runs on: if it is the server's "still in progress" (409) for the
+                // call's key, that other attempt's request is the one being carried out, and
+                // its answer is the call's. This one is set aside, not the winner.
+                if in_flight > 0 && matches!(o, Outcome::Done(Ok(_))) {
+                    let mut ended = match i {
+                        0 => first.as_mut(),
+                        i => hedges[i - 1].as_mut(),
+                    };
+                    if let Some(after) = s.in_progress_of(ended.as_mut().ctx()) {
+                        drop(o);
+                        in_progress.get_or_insert(after);
+                        s.record_in_round(ended.as_mut().ctx(), &mut round);
+                        let scope = ended.as_mut().take_scope();
+                        hedge_ended(s, i, ended, false);
+                        telemetry::attempt_failed_in_round(
+                            scope,
+                            Some(crate::classify::Class::Status(409)),
+                            Some(409),
+                        );
+                        hedging = false;
+                        continue;
+                    }
+                }
                 let r = match o {
                     Outcome::Done(Ok(v)) => {
                         // The others lose: what they sent is recorded, then they are dropped;
@@ -338,6 +362,12 @@ where
                 let (r, scope, class) = r;
                 if in_flight > 0 {
                     telemetry::attempt_failed_in_round(scope, class, s.last.status);
+                    // An answer came (a failure): no more hedges. The round waits for the
+                    // attempts still running, then the retry decision acts on it (`retry_on`,
+                    // the key, `Retry-After`): a hedge started now would resend what the
+                    // handler already answered (a 500 a server that keeps no failure released
+                    // runs the handler again).
+                    hedging = false;
                     continue;
                 }
                 // The last one left: the call acts on it (the retry loop decides, as after any
@@ -402,7 +432,9 @@ where
 fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
     let now = Instant::now();
     let left = s.deadline.saturating_duration_since(now);
-    if left.is_zero() {
+    // As for a retry: not with less than a tenth of the attempt's time left (it could only
+    // time out, a request sent in vain, and cut that short it says nothing to the breaker).
+    if left.is_zero() || left < s.policy.timeout.min(s.left_at_start) / 10 {
         return None;
     }
     if let Some(b) = s.shared.breaker

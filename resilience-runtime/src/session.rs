@@ -359,7 +359,7 @@ pub struct Session {
     started: Instant,
     pub(crate) deadline: Instant,
     /// The time from `started` to `deadline`.
-    left_at_start: Duration,
+    pub(crate) left_at_start: Duration,
     pub(crate) attempts: u32,
     /// The current attempt's context, kept in place: the call's identities (request id,
     /// trace, key, depth) and what the attempt's requests recorded. Hedges get their own.
