@@ -361,13 +361,26 @@ where
                 };
                 let (r, scope, class) = r;
                 if in_flight > 0 {
+                    // An answer came (a failure with the handler's status, or the body's own
+                    // error on what it read): no more hedges. The round waits for the attempts
+                    // still running, then the retry decision acts on it (`retry_on`, the key,
+                    // `Retry-After`): a hedge started now would resend what the handler already
+                    // answered (a 500 a server that keeps no failure released runs the handler
+                    // again). A failure without the handler's answer (a timeout, a lost or
+                    // refused connection, a proxy's 502 or 504) leaves the hedging as it was.
+                    let unanswered = matches!(
+                        class,
+                        Some(
+                            crate::classify::Class::Timeout
+                                | crate::classify::Class::Reset
+                                | crate::classify::Class::Connect
+                                | crate::classify::Class::Status(502 | 504)
+                        )
+                    );
+                    if !unanswered {
+                        hedging = false;
+                    }
                     telemetry::attempt_failed_in_round(scope, class, s.last.status);
-                    // An answer came (a failure): no more hedges. The round waits for the
-                    // attempts still running, then the retry decision acts on it (`retry_on`,
-                    // the key, `Retry-After`): a hedge started now would resend what the
-                    // handler already answered (a 500 a server that keeps no failure released
-                    // runs the handler again).
-                    hedging = false;
                     continue;
                 }
                 // The last one left: the call acts on it (the retry loop decides, as after any
