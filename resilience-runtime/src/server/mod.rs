@@ -26,15 +26,21 @@
 //! The path is the one the client sent, also when the layer sits in an axum router nested under
 //! a prefix (`Router::nest("/tenants/{tenant}", …)` strips the prefix from the URI the layer
 //! sees; the layer reads axum's `OriginalUri`). A framework that strips a prefix without
-//! keeping the original needs a [`scope`](IdempotencyLayer::scope) naming what was stripped;
-//! its *fingerprint* is the SHA-256 of its query string and body.
+//! keeping the original needs a [`scope`](IdempotencyLayer::scope) naming what was stripped, and
+//! so does a service whose tenants differ by `Host` alone (the host is not in the record key).
+//! The path is taken as sent, not normalised: `/orders/%31` and `/orders/1`, or `/charges/` and
+//! `/charges` under a path-normalising layer, are two records (a retry spelled otherwise by a
+//! proxy runs the handler again). Its *fingerprint* is a SHA-256 of its query string and body
+//! read as the README's table says (pairs of different names in any order, JSON members in
+//! any order, a multipart boundary of its own); the media type only chooses the reading.
 //!
 //! | request | answer | handler runs |
 //! |---|---|---|
 //! | no key, key optional | the handler's | yes, unprotected |
 //! | no key, [`require_key(true)`](IdempotencyLayer::require_key) | 400 `key-missing` | no |
 //! | key empty, over 255 bytes, sent twice, malformed quoted string, or bare but not visible ASCII | 400 `key-invalid` | no |
-//! | body over [`max_body`](IdempotencyLayer::max_body) | 413 | no |
+//! | keyed, body over [`max_body`](IdempotencyLayer::max_body) | 413 (the key stays free) | no |
+//! | keyed, body unreadable (the connection failed while it was read) | 400 `body-unreadable` | no |
 //! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429) | yes, to its end |
 //! | repeat, same fingerprint, first completed | stored status, headers and body, plus `Idempotent-Replayed: true` | no |
 //! | repeat, other fingerprint | 422 `key-reused` | no |
@@ -114,7 +120,8 @@
 //!   repeat learns that the operation ran once and is not run again. [`MemoryStore`] also
 //!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first;
 //!   a repeat of an evicted key runs the handler again, as after the TTL.
-//!   Request bodies of covered requests are buffered (2 MiB limit by default) to be fingerprinted.
+//!   Request bodies of keyed requests are buffered (2 MiB limit by default) to be fingerprinted;
+//!   an unkeyed one streams through.
 //! - **Responses are kept for the TTL** (24 h by default): status, headers (minus connection
 //!   headers and `Content-Length`) and the whole body.
 //! - **Fail closed, and fast.** If the store cannot be reached, covered requests with a key get

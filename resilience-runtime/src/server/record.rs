@@ -9,20 +9,45 @@ use sha2::{Digest, Sha256};
 /// `a=1&b=2` and `b=2&a=1` alike: the pairs sorted by name, each length-prefixed. Pairs of one
 /// name keep their order (`tag=a&tag=b` is another request than `tag=b&tag=a`): a map cannot
 /// hold one name twice, so only a list wrote them, and a list keeps its order on every attempt.
+/// One name is one name as a parser reads it: `a`, `a=` and `%61=` are all `a` (a reader
+/// keeping the last of them sees `?a=1&%61=2` and `?%61=2&a=1` differently).
 fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
     let mut all: Vec<&[u8]> = pairs
         .split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
         .collect();
-    // By the name and its `=`: for pairs of different names, the order of the whole pairs.
-    let name =
-        |p: &&[u8]| -> usize { p.iter().position(|b| *b == b'=').map_or(p.len(), |i| i + 1) };
-    all.sort_by(|a, b| a[..name(a)].cmp(&b[..name(b)]));
+    // By the name as read, and its `=` (a pair without one has it too): for pairs of
+    // different names, the order of the whole pairs. A stable sort: one name keeps its order.
+    all.sort_by_cached_key(|p| pair_name(p));
     hash.update((all.len() as u64).to_be_bytes());
     for p in all {
         hash.update((p.len() as u64).to_be_bytes());
         hash.update(p);
     }
+}
+
+/// The name of a query or form pair as a parser reads it (`+` a space, `%XX` its byte), with
+/// an `=` after it, for sorting.
+fn pair_name(pair: &[u8]) -> Vec<u8> {
+    let raw = pair.split(|b| *b == b'=').next().unwrap_or_default();
+    let mut name = Vec::with_capacity(raw.len() + 1);
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b {
+            b'+' => name.push(b' '),
+            b'%' if i + 2 < raw.len() && hex(raw[i + 1]).is_some() && hex(raw[i + 2]).is_some() => {
+                let (hi, lo) = (hex(raw[i + 1]).unwrap_or(0), hex(raw[i + 2]).unwrap_or(0));
+                name.push((hi * 16 + lo) as u8);
+                i += 2;
+            }
+            b => name.push(b),
+        }
+        i += 1;
+    }
+    name.push(b'=');
+    name
 }
 
 /// A JSON document read for its fingerprint: numbers keep the text they were written in (an
@@ -759,6 +784,21 @@ mod tests {
         assert_eq!(
             of(Some("a=1&tag=x&tag=y&b"), None, b""),
             of(Some("tag=x&b&a=1&tag=y"), None, b"")
+        );
+        // One name as a parser reads it, however written: its pairs keep their order.
+        assert_ne!(
+            of(Some("a=1&%61=2"), None, b""),
+            of(Some("%61=2&a=1"), None, b"")
+        );
+        assert_ne!(of(Some("a&a=1"), None, b""), of(Some("a=1&a"), None, b""));
+        assert_ne!(
+            of(Some("x+y=1&x%20y=2"), None, b""),
+            of(Some("x%20y=2&x+y=1"), None, b"")
+        );
+        // Names that differ still sort, escapes or not.
+        assert_eq!(
+            of(Some("%62=2&a=1"), None, b""),
+            of(Some("a=1&%62=2"), None, b"")
         );
         let form = Some("application/x-www-form-urlencoded");
         assert_eq!(of(None, form, b"x=1&y=2"), of(None, form, b"y=2&x=1"));
