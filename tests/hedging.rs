@@ -915,3 +915,46 @@ async fn no_hedge_starts_with_less_than_a_tenth_left_and_the_breaker_sees_the_ti
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    hedge(delay = "100ms")
+)]
+async fn hedged_told_to_wait(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A `Retry-After` one attempt of the round was given holds for the retry after the round,
+/// even when the last attempt to end got a status of its own without one.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_given_to_any_attempt_of_the_round_is_waited() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(503)
+                .header("Retry-After", "2")
+                .after(Duration::from_millis(150)),
+            Action::status(503).after(Duration::from_millis(150)),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let started = Instant::now();
+    let r = hedged_told_to_wait(&reqwest::Client::new(), &server.url("/")).await;
+    assert_eq!(r.unwrap(), 200);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    let retried_at = seen[2].at - started;
+    assert!(
+        retried_at >= Duration::from_millis(2100),
+        "retried {retried_at:?} after the start, before the 2 s asked"
+    );
+}

@@ -289,11 +289,10 @@ impl Last {
         }
         self.unseen_helper |= other.unseen_helper;
         self.unproven |= other.unproven;
-        // This attempt got no answer (timed out, lost its connection): a `Retry-After` the
-        // server gave another attempt of the round still says when to come back.
-        if self.status.is_none() {
-            self.retry_after = self.retry_after.max(other.retry_after);
-        }
+        // A `Retry-After` the server gave any attempt of the round still says when to come
+        // back, whatever the last one got (no answer, or a status of its own without one):
+        // the longest, carried through the round however many attempts it had.
+        self.retry_after = self.retry_after.max(other.retry_after);
     }
 }
 
