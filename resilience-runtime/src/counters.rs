@@ -142,7 +142,8 @@ pub struct PolicySnapshot {
     pub retries: u64,
     /// Attempts refused by an open circuit breaker.
     pub rejected_breaker: u64,
-    /// Retries refused by the retry budget.
+    /// Retries and hedges refused by the retry budget (a call whose hedge was refused and that
+    /// then succeeded is counted here and as a success).
     pub rejected_budget: u64,
     /// Calls refused by a full bulkhead.
     pub rejected_bulkhead: u64,
