@@ -958,3 +958,52 @@ async fn a_retry_after_given_to_any_attempt_of_the_round_is_waited() {
         "retried {retried_at:?} after the start, before the 2 s asked"
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "600ms")
+)]
+async fn hedged_slow(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// An attempt that times out while a hedge of its round runs on is dropped at its timeout, its
+/// connection closed then (as an attempt that is not hedged is), not held until the round ends.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timed_out_mid_round_lets_its_connection_go() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let closed: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let started = Instant::now();
+    tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    closed.lock().unwrap().push(started.elapsed());
+                });
+            }
+        }
+    });
+    let e = hedged_slow(&reqwest::Client::new(), &url)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 2, "{e}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let closed = closed.lock().unwrap().clone();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(
+        closed[0] < Duration::from_millis(1100),
+        "the first attempt's connection closed at {:?}",
+        closed[0]
+    );
+}

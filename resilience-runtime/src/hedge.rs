@@ -124,6 +124,9 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         }
         if me.timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
             *me.done = true;
+            // Dropped now, as an attempt that is not hedged is at its timeout: its request
+            // and connection go, not held until the round ends.
+            me.body.stop();
             return Poll::Ready(Outcome::TimedOut(*me.limit));
         }
         Poll::Pending
