@@ -942,3 +942,24 @@ async fn reqwests_own_read_timeout_is_a_timeout() {
     assert_eq!(e.class(), Some(resilience_runtime::Class::Timeout), "{e}");
     assert_eq!(server.count(), 1, "not resent: {e}");
 }
+
+/// The decision table's "transient status" row through a real server, for its other
+/// statuses: 408 and 504 are retried where the column resends, as 503 is.
+#[tokio::test(start_paused = true)]
+async fn status_408_and_504_as_503() {
+    let expect = |col: &Column| {
+        if col.resends {
+            (3, Err(ErrorKind::Call))
+        } else {
+            (1, Err(ErrorKind::Call))
+        }
+    };
+    against_server(|| Action::status(408), expect).await;
+    against_server(|| Action::status(504), expect).await;
+}
+
+/// A 500 is not in the default `retry_on`: never retried, whatever the column.
+#[tokio::test(start_paused = true)]
+async fn status_500_is_not_retried_by_default() {
+    against_server(|| Action::status(500), |_| (1, Err(ErrorKind::Call))).await;
+}
