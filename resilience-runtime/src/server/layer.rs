@@ -1748,37 +1748,36 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
                         false
                     }
                     Ok(Err(e)) => {
-                        if failing {
-                            tracing::debug!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
-                        } else {
-                            tracing::warn!(key = %key, error = %e, "idempotency claim ran out and could not be claimed again yet");
-                        }
+                        renewal_failed(
+                            failing,
+                            &key,
+                            Some(&e),
+                            "idempotency claim ran out and could not be claimed again yet",
+                        );
                         true
                     }
                     Err(_) => {
-                        if failing {
-                            tracing::debug!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
-                        } else {
-                            tracing::warn!(key = %key, "idempotency claim ran out and could not be claimed again yet: store timeout");
-                        }
+                        renewal_failed(
+                            failing,
+                            &key,
+                            None,
+                            "idempotency claim ran out and could not be claimed again yet: store timeout",
+                        );
                         true
                     }
                 }
             }
             Ok(Err(e)) => {
-                if failing {
-                    tracing::debug!(key = %key, error = %e, "idempotency claim not renewed");
-                } else {
-                    tracing::warn!(key = %key, error = %e, "idempotency claim not renewed");
-                }
+                renewal_failed(failing, &key, Some(&e), "idempotency claim not renewed");
                 true
             }
             Err(_) => {
-                if failing {
-                    tracing::debug!(key = %key, "idempotency claim not renewed: store timeout");
-                } else {
-                    tracing::warn!(key = %key, "idempotency claim not renewed: store timeout");
-                }
+                renewal_failed(
+                    failing,
+                    &key,
+                    None,
+                    "idempotency claim not renewed: store timeout",
+                );
                 true
             }
         };
@@ -1796,6 +1795,22 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
             every
         };
         next = super::after(Instant::now(), wait);
+    }
+}
+
+/// A renewal that failed, told at warn for the first of a streak of failures, at debug for
+/// the others (a long outage is not a warning ten times a second per running handler).
+fn renewal_failed(
+    failing: bool,
+    key: &str,
+    error: Option<&dyn std::fmt::Display>,
+    what: &'static str,
+) {
+    let error = error.map(tracing::field::display);
+    if failing {
+        tracing::debug!(key, error, "{what}");
+    } else {
+        tracing::warn!(key, error, "{what}");
     }
 }
 
