@@ -1685,3 +1685,69 @@ async fn the_releases_sent_to_a_store_that_refuses_everything_are_bounded() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(down.calls(Op::Release) > releases, "withdrawn again");
 }
+
+/// Renewals failing through a long outage (10 s, the lease 3 s) are tried again 100 ms after
+/// the first failure, then less often, doubled up to a second: not ten times a second per
+/// running handler. The first failure of the streak is told at warn, the others at debug, and
+/// the renewal that works again says so at info.
+#[tokio::test(start_paused = true)]
+async fn renewals_failing_through_a_long_outage_back_off_and_warn_once() {
+    use std::sync::atomic::Ordering;
+    use tower_service::Service as _;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let slow = Slow::new(Duration::from_secs(30));
+    let switch = Arc::new(Faulty::default());
+    let store: Store = switch.clone();
+    let app = slow.instance(IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(3)));
+    let key = fresh_key();
+    let first = tokio::spawn(app.clone().call(Slow::request(&key)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = switch.calls(Op::Renew);
+    switch.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = switch.calls(Op::Renew) - before;
+    switch.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.abort();
+    // 100, 200, 400, 800 ms, then every second: about 14, where a try every 100 ms made 100.
+    assert!(
+        (8..=20).contains(&during),
+        "{during} renewals in a 10 s outage"
+    );
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines = |level: &str, what: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    };
+    assert_eq!(lines("WARN", "idempotency claim not renewed"), 1, "{text}");
+    assert!(
+        lines("DEBUG", "idempotency claim not renewed") >= 5,
+        "{text}"
+    );
+    assert_eq!(
+        lines("INFO", "idempotency claim renewed again"),
+        1,
+        "{text}"
+    );
+}
