@@ -22,8 +22,12 @@ thread_local! {
 /// The bytes allocated and not yet freed, by every thread of the process.
 static LIVE: AtomicI64 = AtomicI64::new(0);
 
+/// The most `LIVE` reached since the start or the last [`reset_peak`].
+static PEAK: AtomicI64 = AtomicI64::new(0);
+
 fn note(size: usize) {
-    LIVE.fetch_add(size as i64, Ordering::Relaxed);
+    let live = LIVE.fetch_add(size as i64, Ordering::Relaxed) + size as i64;
+    PEAK.fetch_max(live, Ordering::Relaxed);
     // `try_with`: an allocation during thread teardown is simply not counted.
     let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
     let _ = BYTES.try_with(|c| c.set(c.get() + size as u64));
@@ -74,4 +78,15 @@ pub fn snapshot() -> (u64, u64) {
 /// on another thread than its own is counted off where it is freed).
 pub fn live_bytes() -> i64 {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// The most bytes allocated and not yet freed at once since the last [`reset_peak`] (or the
+/// start), by every thread of the process.
+pub fn peak_bytes() -> i64 {
+    PEAK.load(Ordering::Relaxed)
+}
+
+/// Starts [`peak_bytes`] again from what is live now.
+pub fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }

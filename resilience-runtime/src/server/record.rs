@@ -18,7 +18,8 @@ fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
         .collect();
     // By the name as read, and its `=` (a pair without one has it too): for pairs of
     // different names, the order of the whole pairs. A stable sort: one name keeps its order.
-    all.sort_by_cached_key(|p| pair_name(p));
+    // Compared as read, byte by byte: nothing allocated per pair.
+    all.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
     hash.update((all.len() as u64).to_be_bytes());
     for p in all {
         hash.update((p.len() as u64).to_be_bytes());
@@ -27,27 +28,28 @@ fn hash_pairs(hash: &mut Sha256, pairs: &[u8]) {
 }
 
 /// The name of a query or form pair as a parser reads it (`+` a space, `%XX` its byte), with
-/// an `=` after it, for sorting.
-fn pair_name(pair: &[u8]) -> Vec<u8> {
+/// an `=` after it, for sorting: its bytes, decoded as they are read.
+fn pair_name(pair: &[u8]) -> impl Iterator<Item = u8> + '_ {
     let raw = pair.split(|b| *b == b'=').next().unwrap_or_default();
-    let mut name = Vec::with_capacity(raw.len() + 1);
+    let hex = |c: u8| (c as char).to_digit(16);
     let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b {
-            b'+' => name.push(b' '),
-            b'%' if i + 2 < raw.len() && hex(raw[i + 1]).is_some() && hex(raw[i + 2]).is_some() => {
-                let (hi, lo) = (hex(raw[i + 1]).unwrap_or(0), hex(raw[i + 2]).unwrap_or(0));
-                name.push((hi * 16 + lo) as u8);
-                i += 2;
-            }
-            b => name.push(b),
-        }
+    std::iter::from_fn(move || {
+        let b = *raw.get(i)?;
         i += 1;
-    }
-    name.push(b'=');
-    name
+        Some(match b {
+            b'+' => b' ',
+            b'%' if let (Some(hi), Some(lo)) = (
+                raw.get(i).copied().and_then(hex),
+                raw.get(i + 1).copied().and_then(hex),
+            ) =>
+            {
+                i += 2;
+                (hi * 16 + lo) as u8
+            }
+            b => b,
+        })
+    })
+    .chain(std::iter::once(b'='))
 }
 
 /// A JSON document read for its fingerprint: numbers keep the text they were written in (an
