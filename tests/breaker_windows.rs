@@ -537,3 +537,51 @@ async fn a_call_the_breaker_refuses_takes_no_slot_and_deposits_nothing() {
     assert_eq!(after_budget.deposits, budget.deposits, "nothing deposited");
     assert_eq!(server.count(), 1);
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 4,
+        window = 4,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn rated_mixed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A 429 is neither a failure nor a success: two failures, then two 429s, leave two outcomes
+/// in a window that needs four (counted as successes they would make four, half of them
+/// failures, and open it); two more failures then do open it.
+#[tokio::test(start_paused = true)]
+async fn a_429_counts_neither_way_in_the_window() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::status(503),
+        Action::status(503),
+        Action::status(429).retry_after(1),
+        Action::status(429).retry_after(1),
+        Action::status(503),
+        Action::status(503),
+    ]))
+    .await;
+    let url = server.url("/");
+    for _ in 0..5 {
+        let e = rated_mixed(&c, &url).await.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    }
+    assert_eq!(server.count(), 5, "the breaker stayed closed");
+    assert!(rated_mixed(&c, &url).await.is_err());
+    let e = rated_mixed(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(server.count(), 6);
+}
