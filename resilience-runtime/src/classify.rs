@@ -134,14 +134,16 @@ pub(crate) fn runtime_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a
     None
 }
 
+/// The class of an operating system's error met with no connect error above it (a connect
+/// error of reqwest's or hyper-util's is classified before its cause is reached): a refused
+/// connection or an address that cannot be bound never sent anything; an unreachable host or
+/// network, or a socket no longer connected, is what an established connection meets too,
+/// mid-exchange (an ICMP unreachable during a retransmission): it may have been sent.
 fn classify_io(kind: io::ErrorKind) -> Option<Class> {
     use io::ErrorKind as K;
     match kind {
-        K::ConnectionRefused
-        | K::AddrNotAvailable
-        | K::HostUnreachable
-        | K::NetworkUnreachable
-        | K::NotConnected => Some(Class::Connect),
+        K::ConnectionRefused | K::AddrNotAvailable => Some(Class::Connect),
+        K::HostUnreachable | K::NetworkUnreachable | K::NotConnected => Some(Class::Reset),
         K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
             Some(Class::Reset)
         }
@@ -170,4 +172,23 @@ pub trait Classify {
     /// is a `std::error::Error`: a wrapped `reqwest::Error` or runtime `Error` is classified as
     /// it would be alone) and then to the response the attempt recorded.
     fn class(&self) -> Option<Class>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operating system's error with no connect error above it: refused is never sent;
+    /// unreachable or not connected may be met mid-exchange, so it may have been sent.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_os_error_alone_is_connect_only_when_nothing_can_have_been_sent() {
+        let class = |code| classify_error(&io::Error::from_raw_os_error(code));
+        assert_eq!(class(111), Some(Class::Connect), "ECONNREFUSED");
+        assert_eq!(class(99), Some(Class::Connect), "EADDRNOTAVAIL");
+        assert_eq!(class(113), Some(Class::Reset), "EHOSTUNREACH");
+        assert_eq!(class(101), Some(Class::Reset), "ENETUNREACH");
+        assert_eq!(class(107), Some(Class::Reset), "ENOTCONN");
+        assert_eq!(class(104), Some(Class::Reset), "ECONNRESET");
+    }
 }
