@@ -23,6 +23,17 @@ pub enum Class {
 }
 
 impl Class {
+    /// A failure without the handler's answer: a timeout, a lost or refused connection, a
+    /// proxy's 502 or 504. Not the handler's own status, nor the body's own error on what it
+    /// read: after those, a keyed request is no longer "in progress", and another attempt of a
+    /// hedged round would send the handler what it already answered.
+    pub(crate) fn unanswered(self) -> bool {
+        matches!(
+            self,
+            Class::Timeout | Class::Reset | Class::Connect | Class::Status(502 | 504)
+        )
+    }
+
     /// The request may have reached the server (resending is not safe without idempotency).
     pub fn is_ambiguous(self) -> bool {
         !matches!(self, Class::Connect | Class::Permanent | Class::Rejected)

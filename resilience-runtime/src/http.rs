@@ -602,10 +602,6 @@ where
     }
 }
 
-/// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, in the attempt it was
-/// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
-/// sent); a request sent at once keeps its value, with no allocation.
-/// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says.
 /// One `X-Timeout-Ms` value (an element of the header's list): whole milliseconds, digits
 /// only, spaces around allowed; an overflow is just a very large number. Read alike by the
 /// server (`ContextLayer`) and by the stamping of a value set by hand.
@@ -634,11 +630,16 @@ fn shortest_timeout_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .min()
 }
 
+/// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says.
 fn time_left_ms(ctx: &AttemptCtx) -> u64 {
     let left = ctx.until.saturating_duration_since(Instant::now());
     u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, in the attempt it was
+/// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
+/// sent; a shorter value set by hand is kept as it is); a request sent at once keeps its
+/// value, with no allocation.
 fn tell_time_left_now(req: &mut reqwest::Request) {
     let _ = with_attempt(|ctx| {
         let Some(told) = shortest_timeout_ms(req.headers()) else {
