@@ -435,13 +435,8 @@ impl RateLimiter {
     /// it already took, and never runs a fresh burst on top of the shared limit's.
     #[cfg(feature = "redis")]
     fn granted_elsewhere(&self, now: Instant) {
-        let (t, _) = self.interval_and_tolerance();
-        let now_n = self.nanos_since_epoch(now);
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
-                Some(tat.max(now_n).saturating_add(t))
-            });
+        // The local reservation with no bound on its wait: never refused.
+        let _ = self.reserve_local_at(now, Duration::MAX);
     }
 
     #[cfg(not(feature = "redis"))]
