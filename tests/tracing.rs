@@ -437,3 +437,107 @@ async fn a_fallback_called_is_logged_with_its_function() {
     );
     assert!(called.contains("kind=Call"), "{called}");
 }
+
+#[resilient(
+    timeout = "30s",
+    deadline = "60s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "tracing_race_slots", max_concurrent = 1, max_wait = "50s" },
+    breaker = { name = "tracing_race", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 }
+)]
+async fn raced_for_the_probe(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "30s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "tracing_race_slots", max_concurrent = 1, max_wait = "50s" }
+)]
+async fn holding_the_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "30s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_race", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 }
+)]
+async fn taking_the_probe(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The one refusal after admission: a call that found the half-open breaker's probe free,
+/// waited for a bulkhead slot, and lost the probe to another call meanwhile is refused at its
+/// first attempt: it has a `resilient` span and no attempt, sends nothing, and fails
+/// `CircuitOpen` with no attempt.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_lost_the_probe_while_admitted_is_refused_with_a_span_and_no_attempt() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, true);
+
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    for _ in 0..2 {
+        raced_for_the_probe(&c, &down.url("/")).await.unwrap_err();
+    }
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), stalled.url("/held"));
+        async move { holding_the_slot(&c, &url).await }
+    });
+    assert_eq!(
+        stalled.wait_for(1).await,
+        1,
+        "the slot's holder is in flight"
+    );
+    let waiting = tokio::spawn({
+        let (c, url) = (c.clone(), down.url("/raced"));
+        async move { raced_for_the_probe(&c, &url).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "waits for the slot");
+    let before = buf.text().len();
+    let prober = tokio::spawn({
+        let (c, url) = (c.clone(), stalled.url("/probe"));
+        async move { taking_the_probe(&c, &url).await }
+    });
+    assert_eq!(stalled.wait_for(2).await, 2, "the probe is in flight");
+    holder.abort();
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        resilience_runtime::ErrorKind::CircuitOpen,
+        "{refused}"
+    );
+    assert_eq!(refused.attempts(), 0, "{refused}");
+    assert_eq!(down.count_path("/raced"), 0, "nothing sent");
+
+    let text = buf.text();
+    let out = &text[before..];
+    let spans: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with(": new") && l.contains("raced_for_the_probe"))
+        .collect();
+    assert_eq!(
+        spans.iter().filter(|l| !l.contains("attempt{")).count(),
+        1,
+        "one call span:\n{out}"
+    );
+    assert!(
+        spans.iter().all(|l| !l.contains("attempt{")),
+        "no attempt span:\n{out}"
+    );
+    prober.abort();
+}
