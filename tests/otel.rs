@@ -618,6 +618,38 @@ async fn the_attempt_span_names_the_method_sent() {
     );
 }
 
+#[resilient(timeout = "2s", max_attempts = 1, budget = false)]
+async fn found(c: &reqwest::Client, url: String) -> Result<bool, Error> {
+    // A 404 the body takes for an answer ("not there"): the call succeeds.
+    Ok(c.get(&url).send().await?.status() != reqwest::StatusCode::NOT_FOUND)
+}
+
+/// A client span answered 4xx is an error per the conventions, even when the body took the
+/// answer for a success: `error.type` is the status and the span's status is `Error`.
+#[tokio::test]
+async fn an_attempt_answered_4xx_is_an_error_span_even_when_the_body_succeeds() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::always(Action::status(404))).await;
+    assert!(
+        !found(&reqwest::Client::new(), server.url("/x"))
+            .await
+            .unwrap()
+    );
+    let spans = finished(&exporter, 2).await;
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "GET")
+        .expect("attempt span");
+    assert_eq!(attr(attempt, "error.type"), Some(&s("404")));
+    assert_eq!(attr(attempt, "resilience.decision"), Some(&s("success")));
+    assert!(
+        matches!(attempt.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        attempt.status
+    );
+}
+
 /// A handler behind `IdempotencyLayer` runs in a task of its own (detached from the
 /// connection); its spans and its calls' spans stay in the request's trace, under the server
 /// span a middleware outside the layer opened (what `TraceLayer` does).

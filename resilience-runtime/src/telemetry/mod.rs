@@ -21,7 +21,7 @@
 //! | `server.address`, `server.port`, `url.full` | from the URL sent (credentials and signatures redacted) |
 //! | `http.response.status_code` | the status received |
 //! | `error.type` | the status code when 400 or more, else the failure class (`timeout`, `reset`, `connect`, …) |
-//! | `otel.status_code` | `error` when the attempt failed |
+//! | `otel.status_code` | `error` when the attempt failed or was answered 400 or more (a client span's error per the conventions, even when the body took the answer for a success) |
 //! | `http.request.resend_count` | from the second attempt on: the attempt number − 1 |
 //! | `resilience.attempt` | 1 for the first |
 //! | `resilience.class`, `resilience.decision`, `resilience.reason`, `resilience.delay_ms` | how it ended: the failure class, `success` / `retry` / `ask` (again, for the replay of a keyed request still in progress: not a retry) / `give up`, or for a hedged attempt the call did not act on, `cancelled` (another answered first, or the caller stopped waiting) / `failed` (it failed while another of its round still ran: its class and `error.type` are recorded), why it gave up, the delay before the retry or the ask |

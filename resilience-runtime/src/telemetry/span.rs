@@ -216,8 +216,10 @@ fn record_end(span: &Span, end: &super::AttemptEnd) {
             (c, _) => span.record("error.type", c.as_str()),
         };
     } else if let Some(s) = end.status.filter(|s| *s >= 400) {
-        // A body that succeeded despite an error status: the conventions still call it one.
+        // A body that succeeded despite an error status: the conventions still call it one,
+        // and a client span answered 4xx or 5xx an error.
         span.record("error.type", display(s));
+        span.record("otel.status_code", "error");
     }
 }
 
