@@ -2625,3 +2625,132 @@ async fn a_nested_call_refused_by_its_open_breaker_is_seen_by_the_attempt() {
     assert_eq!(main.count(), 2, "the 503 retried");
     assert_eq!(cache.count(), 1, "the open breaker sent nothing more");
 }
+
+/// A payment service's client: its charge is a `#[resilient]` method of its own.
+struct Payments {
+    c: reqwest::Client,
+}
+
+impl Payments {
+    #[resilient(timeout = "5s", deadline = "10s", max_attempts = 1, budget = false, idempotency_key = auto)]
+    async fn charge(&self, url: &str) -> Result<u16, Error> {
+        let resp = self
+            .c
+            .post(format!("{url}/charge"))
+            .body("amount=1")
+            .send()
+            .await?;
+        Ok(resp.error_for_status()?.status().as_u16())
+    }
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn charge_then_receipt(c: &reqwest::Client, pay: &Payments, url: &str) -> Result<u16, Error> {
+    pay.charge(url).await?;
+    Ok(c.get(format!("{url}/receipt"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn order_page(c: &reqwest::Client, pay: &Payments, url: &str) -> Result<u16, Error> {
+    // The body gives up on the middle call itself: it is dropped with its receipt in flight.
+    let _ =
+        tokio::time::timeout(Duration::from_millis(100), charge_then_receipt(c, pay, url)).await;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// Two levels down: `order_page` → `charge_then_receipt` → `Payments::charge` (a POST under
+/// an automatic key). The charge is answered, the receipt stalls, and the page's body gives up
+/// on the middle call, cancelling it, then fails on a 503 of its own: what the middle call sent
+/// (the POST, under a key a rerun would draw afresh) still reaches the page, which does not
+/// run its body again.
+#[tokio::test(start_paused = true)]
+async fn a_post_two_levels_down_is_not_rerun_when_the_middle_call_is_cancelled() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/receipt" => Action::stall(),
+        "/status" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let pay = Payments { c: client() };
+    let e = order_page(&client(), &pay, &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "the charge went out once");
+    assert_eq!(e.attempts(), 1, "{e}");
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn quote_then_charge(c: &reqwest::Client, pay: &Payments, url: &str) -> Result<u16, Error> {
+    let _ = c.get(format!("{url}/quote")).send().await?;
+    pay.charge(url).await
+}
+
+#[resilient(timeout = "2s", deadline = "10s", method = GET, hedge(delay = "200ms"), backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn hedged_order_page(c: &reqwest::Client, pay: &Payments, url: &str) -> Result<u16, Error> {
+    quote_then_charge(c, pay, url).await
+}
+
+/// A hedge beside an attempt whose nested call's own nested call is a POST in flight: the
+/// hedge would send it again under a new key. None starts; and when the attempt times out,
+/// the charge it cancelled is not sent again by a retry either.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_or_retry_beside_a_post_two_levels_down() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/charge" => Action::stall(),
+        _ => Action::ok(),
+    }))
+    .await;
+    let pay = Payments { c: client() };
+    let e = hedged_order_page(&client(), &pay, &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "the charge went out once");
+}
+
+/// A helper of the service's own, not annotated: its POST goes out without `.resilient()`,
+/// unseen by the runtime.
+async fn post_order_by_hand(c: &reqwest::Client, url: &str) -> Result<(), reqwest::Error> {
+    c.post(format!("{url}/orders")).body("qty=1").send().await?;
+    Ok(())
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn order_with_helper(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    post_order_by_hand(c, url).await?;
+    Ok(c.get(format!("{url}/receipt"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn order_then_status(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    order_with_helper(c, url).await?;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A nested call whose helper sent a request the runtime did not see (its POST, beside the
+/// nested call's own GET) tells the enclosing call so: the enclosing call, failing later on a
+/// 503 of its own, does not run its body again and resend the helper's POST.
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_unseen_helper_post_is_not_rerun_by_the_enclosing_call() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/status" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let e = order_then_status(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/orders"), 1, "the order went out once");
+}

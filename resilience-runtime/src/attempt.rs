@@ -158,7 +158,11 @@ impl<'s> Core<'s> {
             }
             // An empty slot: nothing to poll.
             Polled::Gone => return Step::Pending,
-            Polled::Pending => {}
+            Polled::Pending => {
+                if this.session.nested {
+                    this.session.pass_up(&this.session.ctx);
+                }
+            }
         }
         if this.timer.is_none() {
             this.timer.set(Some(tokio::time::sleep_until(*this.until)));

@@ -222,6 +222,9 @@ where
                     ready = Some((i, o));
                     break;
                 }
+                if s.nested {
+                    s.pass_up(a.as_mut().ctx());
+                }
                 // Seen to send it: an attempt not yet seen sending anything (a hedge that has
                 // not reached its request) is not taken for one.
                 if in_flight > 1 && a.in_flight() && {

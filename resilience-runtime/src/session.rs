@@ -298,13 +298,7 @@ impl Last {
 
 /// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
 /// the least safe method sent so far, and whether one that needs the key went without it.
-fn record(
-    last: &mut Last,
-    sent: &mut Option<Method>,
-    sent_unkeyed: &mut bool,
-    key: &Option<Key>,
-    ctx: &AttemptCtx,
-) {
+fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.status = ctx.status.get();
     last.failure = ctx.failure.get();
     last.retry_after = ctx.retry_after.get();
@@ -325,25 +319,45 @@ fn record(
     // A helper still running when the attempt ended (timed out under it) may send anything.
     last.unseen_helper = ctx.unseen_helper.get() || ctx.helpers_running.get() > 0;
     last.unproven = ctx.unproven.get();
-    if let Some(m) = last.method {
-        add_sent(sent, sent_unkeyed, key, m, last.all_keyed);
-    }
 }
 
-/// Adds `m`, sent by an attempt, to the least safe method the call sent, and notes one that
-/// needs the key and went without the call's given key.
-#[inline]
-fn add_sent(
+/// What an attempt of a nested call may have sent, as the enclosing attempt must count it: the
+/// least safe method its requests were seen to send, and the one a helper may have sent
+/// unseen beside them (as the call's own retry decision counts it, `after_failure`); and
+/// whether one that needs the key went without this call's given key (running the enclosing
+/// body again starts this call afresh, with a new automatic key). `None`: nothing.
+fn reportable(policy: &Policy, key: &Option<Key>, ctx: &AttemptCtx) -> Option<(Method, bool)> {
+    let seen = ctx.sent_method.get();
+    let unseen = if ctx.unseen_helper.get() || ctx.helpers_running.get() > 0 {
+        Some(policy.method.least_safe(policy.unseen))
+    } else {
+        ((!policy.sends_seen || ctx.unproven.get())
+            && seen.is_some_and(|m| m.least_safe(policy.method) != m))
+        .then_some(policy.method)
+    };
+    let keyed_same = matches!(key, Some(Key::Given(_))) && ctx.all_keyed.get();
+    let unkeyed =
+        seen.is_some_and(|m| !m.is_safe() && !keyed_same) || unseen.is_some_and(|m| !m.is_safe());
+    let method = match (seen, unseen) {
+        (Some(a), Some(b)) => a.least_safe(b),
+        (a, b) => a.or(b)?,
+    };
+    Some((method, unkeyed))
+}
+
+/// Adds what an attempt of a nested call may have sent ([`reportable`]) to what the call
+/// reports to the enclosing attempt when it ends.
+#[inline(never)]
+fn keep_sent(
     sent: &mut Option<Method>,
     sent_unkeyed: &mut bool,
+    policy: &Policy,
     key: &Option<Key>,
-    m: Method,
-    all_keyed: bool,
+    ctx: &AttemptCtx,
 ) {
-    *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
-    let keyed_same = matches!(key, Some(Key::Given(_))) && all_keyed;
-    if !m.is_safe() && !keyed_same {
-        *sent_unkeyed = true;
+    if let Some((m, unkeyed)) = reportable(policy, key, ctx) {
+        *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
+        *sent_unkeyed |= unkeyed;
     }
 }
 
@@ -1033,13 +1047,16 @@ impl Session {
         if ctx.foreign_key.get() {
             self.ctx.foreign_key.set(true);
         }
-        record(
-            &mut self.last,
-            &mut self.sent,
-            &mut self.sent_unkeyed,
-            &self.ctx.key,
-            ctx,
-        );
+        record(&mut self.last, ctx);
+        if self.nested {
+            keep_sent(
+                &mut self.sent,
+                &mut self.sent_unkeyed,
+                self.policy,
+                &self.ctx.key,
+                ctx,
+            );
+        }
     }
 
     /// Keeps what an attempt of a hedged round that ended without the call's answer recorded,
@@ -1066,13 +1083,16 @@ impl Session {
 
     /// Keeps what the attempt's requests recorded in the session's own context.
     pub(crate) fn record_own(&mut self) {
-        record(
-            &mut self.last,
-            &mut self.sent,
-            &mut self.sent_unkeyed,
-            &self.ctx.key,
-            &self.ctx,
-        );
+        record(&mut self.last, &self.ctx);
+        if self.nested {
+            keep_sent(
+                &mut self.sent,
+                &mut self.sent_unkeyed,
+                self.policy,
+                &self.ctx.key,
+                &self.ctx,
+            );
+        }
     }
 
     /// What a successful attempt's requests recorded, of what the call's end reads: its last
@@ -1084,13 +1104,30 @@ impl Session {
         self.last.status = ctx.status.get();
         if let Some(m) = ctx.sent_method.get() {
             self.last.method = Some(m);
-            add_sent(
+        }
+        if self.nested {
+            keep_sent(
                 &mut self.sent,
                 &mut self.sent_unkeyed,
+                self.policy,
                 &ctx.key,
-                m,
-                ctx.all_keyed.get(),
+                ctx,
             );
+        }
+    }
+
+    /// Tells the enclosing attempt, while this nested call's attempt (`ctx`) is still running,
+    /// what it may have sent so far (its own nested calls' requests included): the enclosing
+    /// call must neither hedge beside it nor run its body again after it, should it give up
+    /// on this call (its own timeout firing first, a body's `timeout` around this call, a
+    /// hedge that won) before this call ends and reports. Called after each poll of a nested
+    /// call's attempt that left it pending: what it learnt there, from its own nested calls,
+    /// goes up one level, and on up at their callers' polls.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn pass_up(&self, ctx: &AttemptCtx) {
+        if let Some((m, unkeyed)) = reportable(self.policy, &self.ctx.key, ctx) {
+            let _ = with_attempt(|outer| note_sent(outer, m, unkeyed));
         }
     }
 
