@@ -83,6 +83,13 @@ async fn each_section_and_setting_changes_the_calls() {
         "backoff overridden: {took:?}"
     );
 
+    // Integers in the other bases TOML writes: `0b10` is two attempts (not ten), `0x1F7` is
+    // status 503.
+    apply("[functions.\"override_layers::search\"]\nmax_attempts = 0b10\n");
+    assert_eq!(attempts(unavailable()).await.0, 2, "max_attempts = 0b10");
+    apply("[functions.\"override_layers::search\"]\nmax_attempts = 0o3\nretry_on = [0x1F7]\n");
+    assert_eq!(attempts(unavailable()).await.0, 3, "retry_on = [0x1F7]");
+
     // Emptied: the compiled policy again.
     apply("");
     let (n, out, took) = attempts(unavailable()).await;

@@ -761,9 +761,9 @@ impl Parser<'_> {
 
     fn whole(&mut self, key: &str, v: &DeValue<'_>) -> Option<u64> {
         match v.get_ref() {
-            toml::de::DeValue::Integer(i) => match i.as_str().replace('_', "").parse::<u64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
+            toml::de::DeValue::Integer(i) => match toml_uint(i) {
+                Some(n) => Some(n),
+                None => {
                     self.problem(
                         v.span().start,
                         format!("`{key}` takes a non-negative whole number"),
@@ -820,7 +820,7 @@ impl Parser<'_> {
                 "max" => p.max = self.duration(k, v),
                 "multiplier" => {
                     let x = match v.get_ref() {
-                        toml::de::DeValue::Integer(i) => i.as_str().parse::<f64>().ok(),
+                        toml::de::DeValue::Integer(i) => toml_uint(i).map(|n| n as f64),
                         toml::de::DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
                         _ => None,
                     };
@@ -873,9 +873,9 @@ impl Parser<'_> {
                         ),
                     ),
                 },
-                toml::de::DeValue::Integer(i) => match i.as_str().parse::<u16>() {
-                    Ok(code) => statuses.push(code),
-                    Err(_) => self.problem(item.span().start, "not an HTTP status"),
+                toml::de::DeValue::Integer(i) => match toml_uint(i).map(u16::try_from) {
+                    Some(Ok(code)) => statuses.push(code),
+                    _ => self.problem(item.span().start, "not an HTTP status"),
                 },
                 _ => self.problem(item.span().start, "`retry_on` lists classes and statuses"),
             }
@@ -884,6 +884,14 @@ impl Parser<'_> {
         r.statuses = keep_statuses(statuses);
         Some(self.at(v, r))
     }
+}
+
+/// A TOML integer as written, in its base (`0x1F7`, `0o17`, `0b10`: the parser hands over the
+/// digits and the base apart), with `_` separators and a leading `+`; `None` if negative or
+/// too large.
+fn toml_uint(i: &toml::de::DeInteger<'_>) -> Option<u64> {
+    let digits = i.as_str().replace('_', "");
+    u64::from_str_radix(digits.trim_start_matches('+'), i.radix()).ok()
 }
 
 /// `statuses` as a list kept for the life of the process (a policy in force may point at it):
