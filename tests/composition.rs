@@ -2754,3 +2754,60 @@ async fn a_nested_calls_unseen_helper_post_is_not_rerun_by_the_enclosing_call() 
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(server.count_path("/orders"), 1, "the order went out once");
 }
+
+#[resilient(
+    idempotent,
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn lookup_or_create(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // `idempotent` on a function whose requests seen are GETs: its helper's POST is watched
+    // all the same (the flag speaks of a PUT or DELETE the server applies at most once).
+    post_order_by_hand(c, url).await?;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_on_a_get_does_not_stop_watching_a_helpers_post() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/status" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let e = lookup_or_create(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/orders"), 1, "the order went out once");
+}
+
+/// `[defaults] method = "GET"` in the policy file: every function's method, yet no
+/// declaration of what its helpers send.
+#[resilient(
+    config = "tests/policies/defaults_method.toml",
+    timeout = "5s",
+    deadline = "20s",
+    budget = false
+)]
+async fn order_under_file_method(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    post_order_by_hand(c, url).await?;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_method_in_the_files_defaults_does_not_stop_watching_a_helpers_post() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/status" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let e = order_under_file_method(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/orders"), 1, "the order went out once");
+}

@@ -53,9 +53,11 @@ fn build(args: TokenStream, func: &syn::ItemFn) -> syn::Result<TokenStream> {
     packed.sends_seen = a.settings.method.is_none()
         && !packed.method.is_safe()
         && crate::stamp::sends_all_seen(&func.block, &crate::expand::client_names(&func.sig));
+    let safe_method = packed.method.is_safe();
     let packed = packed.pack();
     let plan = Plan {
         packed,
+        safe_method,
         func,
         settings: &a.settings,
         shared: &a.shared,

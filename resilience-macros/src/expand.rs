@@ -25,6 +25,8 @@ pub(crate) struct Plan<'a> {
     pub manifest_path: Option<String>,
     /// The policy's values, packed (`Analysis::packed`).
     pub packed: String,
+    /// The method, declared or inferred, is safe (GET, HEAD, OPTIONS).
+    pub safe_method: bool,
     /// An inline `idempotency_key` path's tokens as written (`entry::key_as_written`).
     pub key_tokens: Option<TokenStream>,
 }
@@ -73,9 +75,16 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // on a helper's POST sent without `.resilient()`, which each retry (or ask for the
     // replay) would send again. A declared `method` is the least safe the body sends, helpers
     // included (a keyed charge whose helper fetches a token declares it to keep its retries
-    // and its asks); `idempotent` says the call as a whole may run again.
+    // and its asks); `idempotent` on a PUT or DELETE says the call as a whole may run again.
+    // Neither a method from the file's `[defaults]` (every function's, no author's word on
+    // this one's helpers) nor `idempotent` on a function whose method is safe (it says
+    // nothing of a helper's POST beside a GET) stops the watch.
     let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
-    let watch = s.method.is_none() && !s.idempotent.value;
+    let declared = s.method.as_ref().is_some_and(|m| {
+        !matches!(&m.origin, resilience_policy::value::Origin::File { table, .. } if table == "defaults")
+    });
+    let idempotent = s.idempotent.value && !plan.safe_method;
+    let watch = !declared && !idempotent;
     let clients = watch.then(|| client_names(sig));
     let found = crate::stamp::rewrite(&mut block, &p, clients.as_deref());
     // A request sent where the rewrite cannot reach (a macro it cannot read, a helper whose
@@ -86,7 +95,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         // A function declared `idempotent` (a PUT or DELETE the server applies at most once)
         // says so of what it sends: its attempts may run again after a reset or a connect
         // failure, as its seen requests may.
-        let method = if s.idempotent.value {
+        let method = if idempotent {
             quote!(Put)
         } else {
             quote!(Other)
