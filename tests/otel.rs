@@ -825,3 +825,59 @@ async fn a_tracestate_set_by_hand_is_kept_and_none_goes_out_empty() {
         vec![Some("congo=t61rcWkgMzE".to_owned()), None]
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    idempotency_key = auto,
+    hedge(delay = "200ms"),
+    backoff(initial = "100ms", max = "100ms", jitter = none),
+    budget = false
+)]
+async fn hedged_charge(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A keyed hedged round whose hedge is answered 409 "still in progress" and whose first
+/// attempt then times out: the call asks for the replay, and the attempt that timed out is
+/// traced as a timeout (its class, no status), not as the 409 its sibling got.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_timed_out_beside_a_409_is_traced_as_the_timeout() {
+    use resilience_runtime::server::{IdempotencyLayer, MemoryStore};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let charges = Arc::new(AtomicU32::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/charges",
+            axum::routing::post(|State(charges): State<Arc<AtomicU32>>| async move {
+                let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                (StatusCode::CREATED, format!("charge {n}"))
+            }),
+        )
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let addr = serve(app).await;
+    let got = hedged_charge(&reqwest::Client::new(), format!("http://{addr}/charges")).await;
+    assert_eq!(got.expect("the replay"), "charge 1");
+    assert_eq!(charges.load(Ordering::SeqCst), 1);
+    let spans = exporter.get_finished_spans().unwrap();
+    let attempts: Vec<&SpanData> = spans.iter().filter(|s| s.name == "POST").collect();
+    let asked = attempts
+        .iter()
+        .find(|sp| attr(sp, "resilience.decision") == Some(&s("ask")))
+        .unwrap_or_else(|| panic!("an attempt asked for the replay: {attempts:#?}"));
+    assert_eq!(
+        attr(asked, "resilience.class"),
+        Some(&s("timeout")),
+        "{asked:#?}"
+    );
+    assert_eq!(attr(asked, "error.type"), Some(&s("timeout")), "{asked:#?}");
+    assert_eq!(attr(asked, "http.response.status_code"), None, "{asked:#?}");
+}

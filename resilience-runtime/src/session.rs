@@ -1275,7 +1275,7 @@ impl Session {
         }
         // The deadline itself ran out: nothing more can be tried.
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
-            return self.give_up(class, GiveUp::DeadlineTooClose);
+            return self.give_up(class, GiveUp::DeadlineTooClose, (class, self.last.status));
         }
         // A hedged round whose last attempt failed without an answer from the handler (a
         // timeout, a lost connection, a refused one, a proxy's 502 or 504: counted as such
@@ -1285,6 +1285,9 @@ impl Session {
         // progress, and a server that keeps no failure would run it again), nor after an
         // answer the server replayed from its store: those are final.
         let unanswered = class.unanswered();
+        // How the attempt itself ended, for its span, its metric and its event: not the 409
+        // of its sibling that the decision below acts on.
+        let traced = (class, self.last.status);
         let class = match self.last.round_in_progress.take() {
             Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Some(409);
@@ -1311,7 +1314,7 @@ impl Session {
         let returned_inside = self.returned_inside.take();
         let own_timeout = self.last.runtime == Some(ErrorKind::AttemptTimeout);
         if ((self.last.nested_gave_up && !own_timeout) || returned_inside) && class.is_transient() {
-            return self.give_up(class, GiveUp::RetriedInside);
+            return self.give_up(class, GiveUp::RetriedInside, traced);
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
@@ -1376,7 +1379,7 @@ impl Session {
             replayed: self.last.replayed,
         };
         match decide(&facts) {
-            Decision::GiveUp(why) => self.give_up(class, why),
+            Decision::GiveUp(why) => self.give_up(class, why, traced),
             Decision::RetryAfter(delay) => {
                 // Asking for a replay runs nothing again: not paid from the budget.
                 let ask = crate::decision::in_progress(&facts);
@@ -1387,7 +1390,7 @@ impl Session {
                     self.retry_token = budget.take_retry_at(class, now);
                     if self.retry_token.is_none() {
                         PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
-                        self.give_up(class, GiveUp::BudgetExhausted);
+                        self.give_up(class, GiveUp::BudgetExhausted, traced);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
                         err.set_key(self.ctx.named_key());
                         let err = err
@@ -1407,7 +1410,8 @@ impl Session {
                     if ask {
                         tracing::info!(
                             attempt,
-                            status = self.last.status,
+                            class = traced.0.as_str(),
+                            status = traced.1,
                             delay_ms = delay.as_millis() as u64,
                             decision = "ask",
                             "still in progress; asking again for the replay"
@@ -1427,8 +1431,8 @@ impl Session {
                     self.attempt_scope.take(),
                     ask,
                     self.shared,
-                    class,
-                    self.last.status,
+                    traced.0,
+                    traced.1,
                     delay,
                 );
                 self.waited += delay;
@@ -1463,13 +1467,13 @@ impl Session {
         }
     }
 
-    fn give_up(&mut self, class: Class, why: GiveUp) -> Next {
+    fn give_up(&mut self, class: Class, why: GiveUp, traced: (Class, Option<u16>)) -> Next {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
             self.shared,
             self.retried > 0,
-            class,
-            self.last.status,
+            traced.0,
+            traced.1,
             why,
             self.last.runtime == Some(ErrorKind::CircuitOpen),
             self.started,
@@ -1486,8 +1490,8 @@ impl Session {
             // `reqwest::Error` returned inside a type of the user's own carries neither).
             tracing::warn!(
                 attempt = self.attempts,
-                class = class.as_str(),
-                status = self.last.status,
+                class = traced.0.as_str(),
+                status = traced.1,
                 decision = "give up",
                 reason = why.as_str(),
                 idempotency_key = self.ctx.named_key().map(tracing::field::display),
