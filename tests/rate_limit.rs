@@ -179,6 +179,12 @@ async fn a_call_with_no_time_left_takes_no_permit() {
         assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
     }
     assert_eq!(server.count(), 0);
+    // Counted as the same call under a policy without a rate limit (failed, out of time), not
+    // as the limit's refusals: it had its permit free (an operator would raise the limit).
+    let m = metrics::policy("rate_limit::hourly").unwrap();
+    assert_eq!((m.rejected_rate_limit, m.failed_without_retry), (0, 3));
+    let s = metrics::rate_limit("rate_limit::hourly").unwrap();
+    assert_eq!((s.admitted, s.rejected), (0, 0));
     assert_eq!(hourly(&c, &server.url("/")).await.unwrap(), 200);
     assert_eq!(
         hourly(&c, &server.url("/")).await.unwrap_err().kind(),
