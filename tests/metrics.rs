@@ -715,6 +715,15 @@ async fn a_call_unwound_by_a_panic_is_counted_failed_not_cancelled() {
     assert_eq!(outcome("failed_without_retry"), Some(1.0));
     let pulled = resilience_runtime::metrics::policy("metrics::panics_midway").unwrap();
     assert_eq!((pulled.cancelled, pulled.failed_without_retry), (0, 1));
+    // Its attempt failed with the body's own failure: counted so, beside the call.
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_attempts_total",
+            &[function_of("panics_midway"), r#"class="permanent""#]
+        ),
+        Some(1.0)
+    );
 }
 
 /// The server half's counter by route and outcome, through a router: the first request with a

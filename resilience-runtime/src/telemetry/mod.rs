@@ -731,7 +731,16 @@ pub(crate) fn call_panicked(
     status: Option<u16>,
     started: Instant,
 ) {
-    end_unacted(scope, "give up", "a panic unwound the call", None, status);
+    // The body's own failure, as an error it returned would be: an error span, counted in
+    // the attempts by that class.
+    let end = AttemptEnd {
+        class: Some(Class::Permanent),
+        status,
+        decision: "give up",
+        reason: Some("a panic unwound the call"),
+        delay: None,
+    };
+    on_attempt_end(scope, shared, end, None);
     let outcome = if retried {
         Outcome::FailedWithRetry
     } else {
