@@ -822,6 +822,50 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
     }
 }
 
+/// A store bound so small that even the "processed once, not kept" answer is over it: a bare
+/// 500 (no body, no headers) goes in its place, so a repeat is answered, not met with 409 for
+/// the whole TTL while the response waits in memory for a store that will never take it.
+#[tokio::test]
+async fn a_store_too_small_for_the_not_kept_answer_gets_a_bare_one() {
+    use resilience_runtime::server::record_key;
+    use tower_service::Service as _;
+
+    async fn export() -> (axum::http::StatusCode, String) {
+        (axum::http::StatusCode::CREATED, "x".repeat(10_000))
+    }
+    let store = Arc::new(MemoryStore::with_limits(100, 200));
+    let app = axum::Router::new()
+        .route("/exports", axum::routing::post(export))
+        .layer(IdempotencyLayer::new(store.clone()));
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/exports")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = app.clone().call(request()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let stored = store
+        .get(&record_key(
+            &axum::http::Method::POST,
+            "/exports",
+            &key,
+            None,
+        ))
+        .await
+        .unwrap();
+    match stored {
+        Some(Record::Completed(r)) => {
+            assert_eq!(r.status, 500, "{r:?}");
+            assert!(r.body.is_empty(), "{r:?}");
+        }
+        other => panic!("not completed: {other:?}"),
+    }
+    let again = app.clone().call(request()).await.unwrap();
+    assert_eq!(again.status(), 500);
+}
+
 /// A slow handler (`POST /slow`: counts its run, works for `work`, answers 201 "run N"), for
 /// the tests that put two instances of one service over one store, calling them as tower
 /// services on a paused clock.

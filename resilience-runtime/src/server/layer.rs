@@ -1391,6 +1391,32 @@ impl ClaimGuard {
                     .complete(&self.key, &self.claim, &stored, config.ttl),
             )
             .await;
+            // A store bound below even that answer: a bare 500 (no headers, no body), the
+            // least a repeat can be answered with; kept waiting, the problem would never be
+            // written either (its claim renewed, repeats met with 409, for the whole TTL).
+            if let Ok(Err(e)) = &done
+                && e.is_too_large()
+            {
+                stored.headers = HeaderMap::new();
+                stored.body = Bytes::new();
+                done = tokio::time::timeout(
+                    self.store_timeout,
+                    self.store
+                        .complete(&self.key, &self.claim, &stored, config.ttl),
+                )
+                .await;
+            }
+            // Not even that: nothing can be kept. The claim is left to lapse at its lease
+            // (repeats meet 409 until then, then run the handler again): said at error level.
+            if let Ok(Err(e)) = &done
+                && e.is_too_large()
+            {
+                tracing::error!(key = %self.key, error = %e, "the store keeps no response at all, not even an empty one: a repeat after the claim's lease runs the handler again");
+                tally.count(outcome);
+                self.stop_renewal();
+                self.armed = false;
+                return;
+            }
         }
         match done {
             Ok(Ok(true)) => tally.count(outcome),
