@@ -1763,6 +1763,11 @@ async fn renew(claimed: Claimed, done: Arc<AtomicBool>) {
                         false
                     }
                     Ok(Ok(Claim::Existing(Record::InFlight(c)))) if c.token == claim.token => false,
+                    // This claim's own answer, written while the renewal was on its way (the
+                    // store had not yet said so to the completion): the handler is done.
+                    Ok(Ok(Claim::Existing(Record::Completed(r)))) if r.token == claim.token => {
+                        return;
+                    }
                     // Another request's record: told once, and asked again at the usual pace
                     // (a claim a Cluster client resent after a failover is taken back within
                     // seconds, and the key is then this handler's to claim again).
