@@ -1127,9 +1127,11 @@ fn ask_again_later<B>(config: &Config, kind: Problem, detail: &str) -> Response<
     res
 }
 
-/// The headers worth replaying: not those of one connection, nor the length (recomputed).
+/// The headers worth replaying: not those of one connection (the hop-by-hop ones, and any the
+/// response's `Connection` names), nor the length (recomputed), nor the `Date` of that answer
+/// (the server dates each answer it sends).
 fn storable(headers: &HeaderMap) -> HeaderMap {
-    const SKIP: [&str; 9] = [
+    const SKIP: [&str; 10] = [
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -1139,10 +1141,19 @@ fn storable(headers: &HeaderMap) -> HeaderMap {
         "upgrade",
         "content-length",
         "idempotent-replayed",
+        "date",
     ];
+    let named = |name: &HeaderName| {
+        headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+        })
+    };
     let mut out = HeaderMap::with_capacity(headers.keys_len());
     for (name, value) in headers {
-        if !SKIP.contains(&name.as_str()) {
+        if !SKIP.contains(&name.as_str()) && !named(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -2019,6 +2030,26 @@ mod tests {
         let kept = storable(&h);
         assert_eq!(kept.len(), 2);
         assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
+    }
+
+    /// A header the response's `Connection` names is of that connection only (RFC 9110
+    /// 7.6.1), and its `Date` was the time of that answer: neither is replayed (the server
+    /// dates each answer it sends itself).
+    #[test]
+    fn headers_named_by_connection_and_the_date_are_not_stored() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("X-Hop, keep-alive"));
+        h.append("connection", HeaderValue::from_static("x-other"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.insert(
+            "date",
+            HeaderValue::from_static("Sun, 06 Dec 2026 10:00:00 GMT"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        let kept = storable(&h);
+        let names: Vec<&str> = kept.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     fn config(layer: &IdempotencyLayer) -> &Config {
