@@ -397,7 +397,20 @@ impl RateLimiter {
                     )
                     .is_ok());
         if ask {
-            match shared::reserve(self.name, &self.spec, allowed, left).await {
+            // A call dropped while Redis is still to answer: its script may have gone out and
+            // spent a permit there, so it is spent on the local limit too (as one Redis gave).
+            struct Unanswered<'a>(Option<(&'a RateLimiter, Instant)>);
+            impl Drop for Unanswered<'_> {
+                fn drop(&mut self) {
+                    if let Some((limiter, now)) = self.0.take() {
+                        limiter.granted_elsewhere(now);
+                    }
+                }
+            }
+            let mut unanswered = Unanswered(Some((self, now)));
+            let answer = shared::reserve(self.name, &self.spec, allowed, left).await;
+            unanswered.0 = None;
+            match answer {
                 shared::Answer::Wait(wait) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
                     if down_until != 0 {
@@ -892,6 +905,43 @@ mod tests {
         }
         assert_eq!(burst.snapshot().local_fallbacks, 5, "decided locally");
         assert!(local <= 1, "{local} more on top of the 5 Redis gave");
+
+        // So are the permits of calls dropped while Redis was still to answer them: Redis
+        // spends them all the same (the script went out), and the instance, deciding locally
+        // later, must not give them again.
+        let cancelled = RateLimiter::new(
+            Box::leak(format!("unit-cancelled-{run}").into_boxed_str()),
+            RateLimitSpec {
+                rate: 2,
+                per: Duration::from_secs(3600),
+                burst: 2,
+                max_wait: Duration::ZERO,
+                store: RateLimitStore::Redis,
+            },
+        );
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(300)
+            .arg("ALL")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let given_up =
+                tokio::time::timeout(Duration::from_millis(50), cancelled.acquire_by(later()))
+                    .await;
+            assert!(given_up.is_err(), "still waiting for the paused Redis");
+        }
+        // The pause over, Redis has run both scripts.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cancelled.store_failed();
+        assert_eq!(
+            cancelled.acquire_by(later()).await,
+            Err(Refused::Limited),
+            "the two permits Redis spent for the dropped calls are spent locally too"
+        );
     }
 
     /// A shared limit deciding locally (Redis down) gives a permit free there at once: not
