@@ -356,10 +356,12 @@ impl IdempotencyLayer {
 
     /// The methods the layer covers; other methods pass through untouched. Default: POST, PATCH.
     ///
-    /// A PUT or DELETE that carries a key is covered whatever this says: a keyed client (a
-    /// `#[resilient]` function with `idempotency_key`) resends or hedges it on the strength of
-    /// its key, so the handler must not run twice for it. Without a key it passes through,
-    /// neither required nor counted as unprotected.
+    /// A request of any method but the safe ones (GET, HEAD, OPTIONS, TRACE) that carries a
+    /// key is covered whatever this says (a PUT or DELETE, or a POST where the list leaves POST
+    /// out): a keyed client (a `#[resilient]` function with `idempotency_key`) resends or
+    /// hedges it on the strength of its key, so the handler must not run twice for it.
+    /// Without a key, a method not listed passes through, neither required nor counted as
+    /// unprotected.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config_mut().methods = methods.into_iter().collect();
         self
@@ -491,8 +493,7 @@ where
         let config = self.config.clone();
 
         let covered = config.methods.contains(req.method())
-            || (matches!(*req.method(), Method::PUT | Method::DELETE)
-                && req.headers().contains_key(&config.header));
+            || (!req.method().is_safe() && req.headers().contains_key(&config.header));
         // A layer outside this one claimed the request already (two layers stacked on one
         // route): it replays and stores; this one would find that claim and answer 409 forever.
         if !covered
