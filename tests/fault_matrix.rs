@@ -120,7 +120,13 @@ async fn runtime_post_declared_get(c: &reqwest::Client, url: &str) -> Result<u16
     Ok(resp.error_for_status()?.status().as_u16())
 }
 
-/// The same, with GET inferred from an unrelated `.get(` on a header map.
+/// A request made outside the body, its method chosen there: the body does not show it.
+fn charge_request(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    c.request(chosen_method(url), url)
+}
+
+/// The same, with GET inferred from an unrelated `.get(` on a header map (the request made by
+/// a function outside the body, where the method does not show).
 #[resilient(
     timeout = "1s",
     deadline = "20s",
@@ -131,11 +137,7 @@ async fn runtime_post_inferred_get(c: &reqwest::Client, url: &str) -> Result<u16
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("x-op", reqwest::header::HeaderValue::from_static("charge"));
     let _op = headers.get("x-op");
-    let resp = c
-        .request(chosen_method(url), url)
-        .headers(headers)
-        .send()
-        .await?;
+    let resp = charge_request(c, url).headers(headers).send().await?;
     Ok(resp.error_for_status()?.status().as_u16())
 }
 

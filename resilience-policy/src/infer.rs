@@ -14,9 +14,58 @@ pub struct Inferred {
 }
 
 pub fn infer_method(body: TokenStream) -> Option<Inferred> {
+    // A request whose method is a value (`c.request(m, url)`, `Request::new(method, url)`):
+    // it may be any method, whatever else the body shows (a `.get(` of a header map's).
+    if chosen_at_run_time(body.clone()) {
+        return None;
+    }
     let mut best: Option<Inferred> = None;
     scan(body, &mut best);
     best
+}
+
+/// Whether `ts` makes a request whose method is not written as `Method::NAME`: a
+/// `.request(…, url)` or `Request::new(…, url)` whose first argument is anything else (a
+/// parameter, `Method::from_bytes(…)`, a function's answer), macros included.
+fn chosen_at_run_time(ts: TokenStream) -> bool {
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    tokens.iter().enumerate().any(|(i, tt)| match tt {
+        TokenTree::Group(g) => chosen_at_run_time(g.stream()),
+        TokenTree::Ident(id) => {
+            let after_dot =
+                i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+            let request = (id == "request" && after_dot)
+                || (id == "new" && in_path_after(tokens.as_slice(), i, "Request"));
+            request
+                && matches!(tokens.get(i + 1), Some(TokenTree::Group(g))
+                    if g.delimiter() == Delimiter::Parenthesis
+                        && several_arguments(g.stream())
+                        && !first_argument_names_a_method(g.stream()))
+        }
+        _ => false,
+    })
+}
+
+/// Whether a call's first argument is a method written out: `Method::POST`,
+/// `reqwest::Method::POST`, `http::Method::POST`.
+fn first_argument_names_a_method(args: TokenStream) -> bool {
+    let first: Vec<TokenTree> = args
+        .into_iter()
+        .take_while(|t| !matches!(t, TokenTree::Punct(p) if p.as_char() == ','))
+        .collect();
+    let n = first.len();
+    n >= 4
+        && matches!(&first[n - 1], TokenTree::Ident(m)
+            if Method::parse(&m.to_string()).is_some()
+                && m.to_string().chars().all(|c| c.is_ascii_uppercase()))
+        && matches!(&first[n - 2], TokenTree::Punct(p) if p.as_char() == ':')
+        && matches!(&first[n - 3], TokenTree::Punct(p) if p.as_char() == ':')
+        && matches!(&first[n - 4], TokenTree::Ident(id) if id == "Method")
+        && first[..n - 4].iter().all(|t| match t {
+            TokenTree::Ident(_) => true,
+            TokenTree::Punct(p) => p.as_char() == ':',
+            _ => false,
+        })
 }
 
 fn consider(best: &mut Option<Inferred>, found: Inferred) {
@@ -48,9 +97,10 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
     // `.post(`
     let after_dot = i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
     let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-    // reqwest's builders take one argument, the URL: a `.put(key, value)` is a cache's.
-    let one_arg =
-        matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if !several_arguments(g.stream()));
+    // reqwest's builders take one argument, the URL: a `.put(key, value)` is a cache's, a
+    // `.get()` a cell's.
+    let one_arg = matches!(tokens.get(i + 1), Some(TokenTree::Group(g))
+        if !g.stream().is_empty() && !several_arguments(g.stream()));
     if after_dot && call && one_arg {
         let m = match name.as_str() {
             "get" => Some(Method::Get),
@@ -344,5 +394,60 @@ mod tests {
             None
         );
         assert_eq!(m(quote!({ Method::from_bytes(b) })), None);
+    }
+
+    /// A method chosen at run time may be any: what else the body shows (a header map's
+    /// `.get(`, even a `.post(`) does not tell it.
+    #[test]
+    fn a_method_given_as_a_value_is_not_inferred() {
+        assert_eq!(
+            m(quote!({
+                let _op = headers.get("x-op");
+                c.request(m, url).send().await
+            })),
+            None
+        );
+        assert_eq!(
+            m(quote!({
+                c.request(Method::from_bytes(b"PURGE").unwrap(), url).send()
+            })),
+            None
+        );
+        assert_eq!(
+            m(quote!({ c.execute(reqwest::Request::new(method, url)) })),
+            None
+        );
+        assert_eq!(
+            m(quote!({
+                c.post(u);
+                c.request(chosen(u), u).send()
+            })),
+            None
+        );
+        // Written out, it is read.
+        assert_eq!(
+            m(quote!({ c.request(reqwest::Method::PATCH, url).send() })),
+            Some(Method::Patch)
+        );
+        assert_eq!(
+            m(quote!({ c.execute(Request::new(Method::PUT, url)) })),
+            Some(Method::Put)
+        );
+        // Nor is a `.get()` of none (a `OnceLock`'s).
+        assert_eq!(
+            m(quote!({
+                TOKEN.get();
+                send(c).await
+            })),
+            None
+        );
+        // A `.request(` of one argument is not reqwest's.
+        assert_eq!(
+            m(quote!({
+                pool.request(id);
+                c.get(u).send()
+            })),
+            Some(Method::Get)
+        );
     }
 }
