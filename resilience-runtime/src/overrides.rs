@@ -1,8 +1,9 @@
 //! Checked run-time overrides: an operator changes timeouts, deadlines, retries and backoff
 //! without a rebuild, and the compiled safety rules still hold.
 //!
-//! Point the environment variable [`ENV`] (`RESILIENCE_OVERRIDES`) at a TOML file with the
-//! schema of `resilience.toml`. It is read when the first `#[resilient]` function is first
+//! Point the environment variable [`ENV`] (`RESILIENCE_OVERRIDES`) at a TOML file laid out as
+//! `resilience.toml` is (`[defaults]`, `[policies.NAME]`), plus `[functions."PATH"]`
+//! sections, holding only the settings that can change at run time. It is read when the first `#[resilient]` function is first
 //! called (or before, when the process applies a file by hand or calls [`clear`] first: what
 //! it applies then replaces the environment's file, not the other way round), and again whenever the process calls [`reload`] (from an admin endpoint, say) or,
 //! after [`reload_on_sighup`], receives SIGHUP. [`apply_file`] and [`apply_str`] apply a file given by hand.
