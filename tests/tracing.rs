@@ -541,3 +541,44 @@ async fn a_call_that_lost_the_probe_while_admitted_is_refused_with_a_span_and_no
     );
     prober.abort();
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    breaker = { name = "tracing_refused_retry", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1m", half_open_calls = 1 }
+)]
+async fn refused_retry(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A retry its breaker refuses (opened by the attempts before it): the call's last event names
+/// the last attempt that ran, its class and its status, not a "rejected" attempt without one.
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_breaker_refused_ends_on_the_attempt_that_ran() {
+    let (buf, _guard) = support::capture(tracing::Level::INFO, false);
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = refused_retry(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen, "{e}");
+    assert_eq!((e.attempts(), e.http_status()), (2, Some(503)), "{e}");
+    assert_eq!(server.count(), 2);
+    let text = buf.text();
+    let last = text
+        .lines()
+        .rfind(|l| l.contains("giving up"))
+        .unwrap_or_else(|| panic!("a last event:\n{text}"));
+    assert!(
+        last.contains("attempt=2")
+            && last.contains("status=503")
+            && last.contains(r#"class="status""#),
+        "{last}"
+    );
+}

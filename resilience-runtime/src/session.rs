@@ -1277,9 +1277,16 @@ impl Session {
                 b.on_ignored(p);
             }
         }
+        // How the last attempt that ran ended, for its span, its metric and the call's last
+        // event: this one's, or, for a retry refused before it began (its breaker opened, no
+        // time left), the one before it.
+        let ran = match self.ran_last {
+            Some(ran) if !self.last.began && self.attempts > 0 => ran,
+            _ => (class, self.last.status),
+        };
         // The deadline itself ran out: nothing more can be tried.
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
-            return self.give_up(class, GiveUp::DeadlineTooClose, (class, self.last.status));
+            return self.give_up(class, GiveUp::DeadlineTooClose, ran);
         }
         // A hedged round whose last attempt failed without an answer from the handler (a
         // timeout, a lost connection, a refused one, a proxy's 502 or 504: counted as such
@@ -1289,9 +1296,8 @@ impl Session {
         // progress, and a server that keeps no failure would run it again), nor after an
         // answer the server replayed from its store: those are final.
         let unanswered = class.unanswered();
-        // How the attempt itself ended, for its span, its metric and its event: not the 409
-        // of its sibling that the decision below acts on.
-        let traced = (class, self.last.status);
+        // Not the 409 of its sibling that the decision below acts on.
+        let traced = ran;
         let class = match self.last.round_in_progress.take() {
             Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Some(409);
