@@ -638,6 +638,52 @@ async fn measure_reports_the_call_not_its_fallback() {
     );
 }
 
+/// A backup whose own `#[resilient]` call answers, then waits for ever.
+async fn backup_then_stall(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    let price = backup_price(c, url).await?;
+    std::future::pending::<()>().await;
+    Ok(price)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = backup_then_stall
+)]
+async fn primary_then_stalled_backup(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The same when the caller gives up while the fallback runs (after the fallback's own call
+/// ended): still the call measured.
+#[tokio::test(start_paused = true)]
+async fn measure_reports_the_call_when_its_fallback_is_given_up_on() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path.starts_with("/primary") {
+            Action::status(503)
+        } else {
+            Action::ok().body("backup")
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let (out, report) = resilience_runtime::measure(tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        primary_then_stalled_backup(&c, server.url("/primary")),
+    ))
+    .await;
+    assert!(out.is_err(), "given up on");
+    assert_eq!(server.count(), 3, "two attempts, then the backup's call");
+    let report = report.expect("reported");
+    assert!(
+        report.function.ends_with("::primary_then_stalled_backup"),
+        "{report:?}"
+    );
+    assert_eq!(report.attempts, 2, "{report:?}");
+}
+
 #[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
 async fn backup_within(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     let backup = url.replace("/primary", "/backup");

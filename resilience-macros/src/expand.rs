@@ -361,12 +361,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 let __resilience_fallback: #ret = #path(#(#passed),*).await;
             }
         });
-        // The failed call's report (for `measure`) outlives the fallback's own calls.
+        // The failed call's report (for `measure`) outlives the fallback's own calls: put
+        // back when the guard drops, after the fallback's answer, or as it is given up on.
         quote_spanned! {span=>
             {
                 let __resilience_report = #p::report_kept();
                 #(#calls)*
-                #p::report_restore(__resilience_report);
                 __resilience_fallback
             }
         }

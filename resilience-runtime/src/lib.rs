@@ -108,7 +108,7 @@ pub mod __private {
     pub use crate::probe::{Probe, ViaBoxed, ViaClassify, ViaNothing, ViaOwn, ViaStdError};
     pub use crate::ratelimit::{RateLimitSpec, RateLimitStore};
     pub use crate::registry::{PolicyState, function_path};
-    pub use crate::report::{kept as report_kept, restore as report_restore};
+    pub use crate::report::kept as report_kept;
     pub use crate::session::{KeyArg, Next, Session, key_from};
 
     /// What the function returns: a `Result`, under whatever name.

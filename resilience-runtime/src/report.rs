@@ -61,23 +61,29 @@ static MEASURED: AtomicBool = AtomicBool::new(false);
 
 /// The report of the call whose fallback is about to run, if [`measure`] is watching: the
 /// fallback's own `#[resilient]` calls end after it and would take its place, so the generated
-/// code puts it back with [`restore`] once the fallback has answered.
+/// code holds it in a [`Kept`] while the fallback runs, which puts it back when dropped: once
+/// the fallback has answered, or when its caller gives up on it mid-way.
 #[doc(hidden)]
 #[inline]
-pub fn kept() -> Option<CallReport> {
-    if MEASURED.load(Ordering::Relaxed) {
+pub fn kept() -> Kept {
+    Kept(if MEASURED.load(Ordering::Relaxed) {
         REPORT.try_with(Cell::get).ok().flatten()
     } else {
         None
-    }
+    })
 }
 
-/// Puts back what [`kept`] took (nothing when it took nothing).
+/// A failed call's report, put back in [`measure`]'s place when dropped (see [`kept`]).
 #[doc(hidden)]
-#[inline]
-pub fn restore(kept: Option<CallReport>) {
-    if let Some(r) = kept {
-        let _ = REPORT.try_with(|c| c.set(Some(r)));
+#[derive(Debug)]
+pub struct Kept(Option<CallReport>);
+
+impl Drop for Kept {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            let _ = REPORT.try_with(|c| c.set(Some(r)));
+        }
     }
 }
 
