@@ -2811,3 +2811,103 @@ async fn a_method_in_the_files_defaults_does_not_stop_watching_a_helpers_post() 
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(server.count_path("/orders"), 1, "the order went out once");
 }
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn user_name(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(format!("{url}/user")).send().await?.text().await?)
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn profile(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    // An awaited call handed the client: watched as a helper while it runs (it is itself
+    // `#[resilient]`, and sends a GET the runtime sees).
+    let name = user_name(c, url).await?;
+    c.get(format!("{url}/avatar")).send().await?;
+    Ok(name)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn profile_page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    profile(c, url).await?;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A nested call whose helper was running when it was polled, and then turned out to send a
+/// GET the runtime saw: the enclosing call retries its own 503 (what a nested call might
+/// still send while a helper runs is not taken for what it sent).
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_running_helper_that_sent_a_get_leaves_the_retry() {
+    let status = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = status.clone();
+    let server = FaultServer::start(Script::dynamic(move |s| match s.path.as_str() {
+        "/status" if seen.fetch_add(1, Ordering::SeqCst) == 0 => Action::status(503),
+        "/user" => Action::ok().after(Duration::from_millis(50)),
+        _ => Action::ok(),
+    }))
+    .await;
+    let got = profile_page(&client(), &format!("http://{}", server.addr())).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(server.count_path("/status"), 2, "the 503 retried");
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, hedge(delay = "200ms"), budget = false)]
+async fn hedged_profile(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    profile(c, url).await
+}
+
+/// The same beside a hedge: a nested call's helper running (a GET) does not stop the hedge.
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_running_helper_does_not_stop_the_hedge() {
+    let first = std::sync::Arc::new(AtomicU32::new(0));
+    let n = first.clone();
+    let server = FaultServer::start(Script::dynamic(move |s| match s.path.as_str() {
+        "/user" if n.fetch_add(1, Ordering::SeqCst) == 0 => {
+            Action::ok().after(Duration::from_secs(1))
+        }
+        _ => Action::ok(),
+    }))
+    .await;
+    hedged_profile(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap();
+    assert_eq!(server.count_path("/user"), 2, "hedged");
+}
+
+/// A helper of the service's own: its POST goes out unseen, then it waits for a receipt.
+async fn post_then_wait(c: &reqwest::Client, url: &str) -> Result<(), reqwest::Error> {
+    c.post(format!("{url}/orders")).body("qty=1").send().await?;
+    c.get(format!("{url}/receipt")).send().await?;
+    Ok(())
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn order_via_slow_helper(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    post_then_wait(c, url).await?;
+    Ok(c.get(format!("{url}/done")).send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "20s", method = GET, backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn impatient_order_page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let _ = tokio::time::timeout(Duration::from_millis(100), order_via_slow_helper(c, url)).await;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A nested call given up on while its helper runs (the helper's POST sent unseen, its receipt
+/// awaited): what the helper may have sent reaches the enclosing attempt when the nested call
+/// is dropped, and the enclosing call does not run its body again after its own 503.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_given_up_on_while_its_helper_runs_is_not_rerun() {
+    let server = FaultServer::start(Script::dynamic(|s| match s.path.as_str() {
+        "/receipt" => Action::stall(),
+        "/status" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let e = impatient_order_page(&client(), &format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(server.count_path("/orders"), 1, "the order went out once");
+}

@@ -55,13 +55,26 @@ pin_project_lite::pin_project! {
         hedge_of: Option<&'static Resolved>,
         // The attempt's span (and start, for its metrics); its body is polled in it.
         scope: Option<AttemptScope>,
+        // The call's policy: what the attempt may have sent, told to an enclosing attempt
+        // when it is dropped in flight.
+        policy: &'static crate::policy::Policy,
     }
 
     impl<F: Future> PinnedDrop for Running<F> {
         fn drop(this: Pin<&mut Self>) {
             // Still in flight when the call is dropped (its caller stopped waiting): every
             // attempt that ended otherwise gave its span and its count away already.
-            let me = this.project();
+            let mut me = this.project();
+            // Given up on in flight inside another call's attempt (the current one, if any):
+            // its body dropped first (its own nested calls tell this context as they go), all
+            // it may have sent goes to that attempt.
+            if !*me.done {
+                me.body.as_mut().stop();
+                let ctx = me.body.as_mut().ctx();
+                crate::session::tell_enclosing(crate::session::reportable(
+                    me.policy, &ctx.key, ctx, false,
+                ));
+            }
             if let Some(scope) = me.scope.take() {
                 telemetry::attempt_cancelled(scope, me.body.ctx().status.get());
             }
@@ -82,6 +95,7 @@ enum Outcome<T, E> {
 
 impl<F: Future> Running<F> {
     fn new(
+        s: &Session,
         ctx: (Instant, Duration, AttemptCtx),
         scope: Option<AttemptScope>,
         hedge_of: Option<&'static Resolved>,
@@ -97,6 +111,7 @@ impl<F: Future> Running<F> {
             counted: false,
             hedge_of,
             scope,
+            policy: s.policy,
         }
     }
 }
@@ -193,7 +208,7 @@ where
     let scope = s.attempt_scope.take();
     // `until - limit`: when the first attempt started (no clock read for the hedge timer).
     let first_hedge_at = ctx.0 - ctx.1 + hedge.delay;
-    let mut first = pin!(Running::new(ctx, scope, None, make()));
+    let mut first = pin!(Running::new(s, ctx, scope, None, make()));
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
     // The hedge timer, made when the first attempt is first pending.
     let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
@@ -417,7 +432,13 @@ where
                 Some(ctx) => {
                     // `until - limit`: the instant the hedge starts.
                     let scope = AttemptScope::start(&s.span, s.policy, s.attempts, ctx.0 - ctx.1);
-                    hedges.push(Box::pin(Running::new(ctx, scope, Some(s.shared), make())));
+                    hedges.push(Box::pin(Running::new(
+                        s,
+                        ctx,
+                        scope,
+                        Some(s.shared),
+                        make(),
+                    )));
                     in_flight += 1;
                     hedging = hedges.len() < hedge.max as usize;
                     if let Some(t) = timer.as_mut().as_pin_mut() {

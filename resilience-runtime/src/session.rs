@@ -326,12 +326,24 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
 /// unseen beside them (as the call's own retry decision counts it, `after_failure`); and
 /// whether one that needs the key went without this call's given key (running the enclosing
 /// body again starts this call afresh, with a new automatic key). `None`: nothing.
-fn reportable(policy: &Policy, key: &Option<Key>, ctx: &AttemptCtx) -> Option<(Method, bool)> {
+///
+/// `settled`: only what is known while the attempt still runs (its requests seen, a helper
+/// that ended seen sending nothing), not what it might still send (a helper running, the
+/// policy's method not yet seen): said then, it could not be taken back when the attempt
+/// ends having sent only what was seen, and the enclosing call would refuse a retry or a
+/// hedge for nothing. The rest is told when the attempt ends, or when it is given up on.
+pub(crate) fn reportable(
+    policy: &Policy,
+    key: &Option<Key>,
+    ctx: &AttemptCtx,
+    settled: bool,
+) -> Option<(Method, bool)> {
     let seen = ctx.sent_method.get();
-    let unseen = if ctx.unseen_helper.get() || ctx.helpers_running.get() > 0 {
+    let unseen = if ctx.unseen_helper.get() || (!settled && ctx.helpers_running.get() > 0) {
         Some(policy.method.least_safe(policy.unseen))
     } else {
-        ((!policy.sends_seen || ctx.unproven.get())
+        (!settled
+            && (!policy.sends_seen || ctx.unproven.get())
             && seen.is_some_and(|m| m.least_safe(policy.method) != m))
         .then_some(policy.method)
     };
@@ -355,9 +367,16 @@ fn keep_sent(
     key: &Option<Key>,
     ctx: &AttemptCtx,
 ) {
-    if let Some((m, unkeyed)) = reportable(policy, key, ctx) {
+    if let Some((m, unkeyed)) = reportable(policy, key, ctx, false) {
         *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
         *sent_unkeyed |= unkeyed;
+    }
+}
+
+/// Tells the enclosing attempt (if any: the current one) that a nested call sent `method`.
+pub(crate) fn tell_enclosing(report: Option<(Method, bool)>) {
+    if let Some((m, unkeyed)) = report {
+        let _ = with_attempt(|outer| note_sent(outer, m, unkeyed));
     }
 }
 
@@ -1130,9 +1149,7 @@ impl Session {
     #[cold]
     #[inline(never)]
     pub(crate) fn pass_up(&self, ctx: &AttemptCtx) {
-        if let Some((m, unkeyed)) = reportable(self.policy, &self.ctx.key, ctx) {
-            let _ = with_attempt(|outer| note_sent(outer, m, unkeyed));
-        }
+        tell_enclosing(reportable(self.policy, &self.ctx.key, ctx, true));
     }
 
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
@@ -1584,6 +1601,19 @@ impl Session {
     #[inline(never)]
     fn cancelled(&mut self) {
         self.ended = true;
+        // Given up on inside another call's attempt: all this call may have sent, the attempt
+        // cut short included (its body is dropped by now, in its context), goes to that
+        // attempt, as its end would have told it.
+        if self.nested {
+            keep_sent(
+                &mut self.sent,
+                &mut self.sent_unkeyed,
+                self.policy,
+                &self.ctx.key,
+                &self.ctx,
+            );
+            tell_enclosing(self.sent.map(|m| (m, self.sent_unkeyed)));
+        }
         self.give_back_retry();
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
         telemetry::call_cancelled(
