@@ -356,12 +356,13 @@ impl IdempotencyLayer {
 
     /// The methods the layer covers; other methods pass through untouched. Default: POST, PATCH.
     ///
-    /// A request of any method but the safe ones (GET, HEAD, OPTIONS, TRACE) that carries a
-    /// key is covered whatever this says (a PUT or DELETE, or a POST where the list leaves POST
-    /// out): a keyed client (a `#[resilient]` function with `idempotency_key`) resends or
-    /// hedges it on the strength of its key, so the handler must not run twice for it.
-    /// Without a key, a method not listed passes through, neither required nor counted as
-    /// unprotected.
+    /// A PUT or DELETE that carries a key is covered whatever this says: a keyed client (a
+    /// `#[resilient]` function with `idempotency_key`) resends or hedges it on the strength of
+    /// its key, so the handler must not run twice for it. Without a key it passes through,
+    /// neither required nor counted as unprotected. A keyed POST or PATCH of a method left out
+    /// passes through too, to a layer stacked inside this one on its route (with a store or
+    /// a `scope` of its own), or to its handler unprotected: list every method a keyed client
+    /// sends to the routes this layer alone guards.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config_mut().methods = methods.into_iter().collect();
         self
@@ -493,7 +494,8 @@ where
         let config = self.config.clone();
 
         let covered = config.methods.contains(req.method())
-            || (!req.method().is_safe() && req.headers().contains_key(&config.header));
+            || (matches!(*req.method(), Method::PUT | Method::DELETE)
+                && req.headers().contains_key(&config.header));
         // A layer outside this one claimed the request already (two layers stacked on one
         // route): it replays and stores; this one would find that claim and answer 409 forever.
         if !covered
