@@ -40,10 +40,17 @@ fn chosen_at_run_time(ts: TokenStream) -> bool {
                 && matches!(tokens.get(i + 1), Some(TokenTree::Group(g))
                     if g.delimiter() == Delimiter::Parenthesis
                         && several_arguments(g.stream())
-                        && !first_argument_names_a_method(g.stream()))
+                        && !first_argument_names_a_method(g.stream())
+                        && !first_argument_is_a_literal(g.stream()))
         }
         _ => false,
     })
+}
+
+/// Whether a call's first argument is a literal: `rpc.request("eth_call", params)` names no
+/// HTTP method (reqwest's takes a `Method`, which no literal is).
+fn first_argument_is_a_literal(args: TokenStream) -> bool {
+    matches!(args.into_iter().next(), Some(TokenTree::Literal(_)))
 }
 
 /// Whether a call's first argument is a method written out: `Method::POST`,
@@ -440,6 +447,14 @@ mod tests {
                 send(c).await
             })),
             None
+        );
+        // Nor a `.request(` whose first argument is a literal (a JSON-RPC client's).
+        assert_eq!(
+            m(quote!({
+                rpc.request("eth_call", params);
+                c.get(u).send()
+            })),
+            Some(Method::Get)
         );
         // A `.request(` of one argument is not reqwest's.
         assert_eq!(
