@@ -761,6 +761,30 @@ async fn an_answer_cut_short_mid_body_is_a_reset() {
     // retried (`exactly_once.rs`, `a_keyed_call_whose_answer_did_not_decode_names_its_key`).
 }
 
+/// The same cut short 200 carrying `Retry-After: 120` (a "poll again later" of its own, not a
+/// throttle): the reset is retried on its backoff, neither held for two minutes nor, the
+/// value beyond `max_retry_after`, given up on at once. `Retry-After` is read on an error
+/// status only.
+#[tokio::test(start_paused = true)]
+async fn a_success_cut_short_is_retried_whatever_its_retry_after() {
+    let server = FaultServer::start(Script::dynamic(|_| {
+        Action::ok()
+            .header("content-length", "100")
+            .header("connection", "close")
+            .retry_after(120)
+    }))
+    .await;
+    let started = tokio::time::Instant::now();
+    let e = get_text(&client(), &server.url("/op")).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
+    assert_eq!((e.attempts(), server.count()), (3, 3), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// An answer whose status line is not HTTP (a broken proxy, a crashed server's garbage): the
 /// request reached something that answered, and the answer is lost: a reset. A GET is sent
 /// again, a keyed POST with its key; an unkeyed POST is not.

@@ -416,9 +416,29 @@ struct ResponseFacts {
 /// A response's status, `Retry-After` and replay mark.
 fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
     let headers = resp.headers();
-    // Repeated fields, unmerged, read as their merged list is: the longest wait.
+    let status = resp.status().as_u16();
+    // Read on an error status only: a success's (a 202's "poll again later") asks for no
+    // wait before a retry of a failure that follows it (its body cut short).
+    let retry_after = if status < 400 {
+        None
+    } else {
+        retry_after_of(headers)
+    };
+    let replayed = headers
+        .get(IDEMPOTENT_REPLAYED)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    ResponseFacts {
+        status,
+        retry_after,
+        replayed,
+    }
+}
+
+/// The `Retry-After` of an error answer. Repeated fields, unmerged, read as their merged list
+/// is: the longest wait.
+fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
     let mut fields = headers.get_all(RETRY_AFTER).iter();
-    let retry_after = match (fields.next(), fields.next()) {
+    match (fields.next(), fields.next()) {
         (None, _) => None,
         (Some(one), None) => one
             .to_str()
@@ -432,14 +452,6 @@ fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
                 .filter_map(|v| crate::retry_after::parse(v.to_str().ok()?, now))
                 .max()
         }
-    };
-    let replayed = headers
-        .get(IDEMPOTENT_REPLAYED)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    ResponseFacts {
-        status: resp.status().as_u16(),
-        retry_after,
-        replayed,
     }
 }
 
