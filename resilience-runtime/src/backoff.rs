@@ -90,7 +90,8 @@ impl BackoffState {
         if hi <= lo {
             return lo;
         }
-        let (lo_n, hi_n) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let (lo_n, hi_n) = (nanos(lo), nanos(hi));
         Duration::from_nanos(self.rng.u64(lo_n..=hi_n))
     }
 }

@@ -379,6 +379,22 @@ impl Policy {
         if let Some(c) = self.connect_timeout {
             rules::connect_within_timeout(c, self.timeout).map_err(bad)?;
         }
+        // What a policy file or the attribute can say (a duration is at most u64::MAX
+        // nanoseconds, about 584 years): beyond it, a deadline added to the clock, or a
+        // backoff's jitter in nanoseconds, would not fit.
+        for (name, d) in [
+            ("timeout", self.timeout),
+            ("deadline", self.deadline),
+            ("max_retry_after", self.max_retry_after),
+            ("backoff initial", self.backoff.initial),
+            ("backoff max", self.backoff.max),
+        ] {
+            if d > Duration::from_nanos(u64::MAX) {
+                return Err(InvalidPolicy(format!(
+                    "{name} ({d:?}) is longer than a policy can say (about 584 years)"
+                )));
+            }
+        }
         rules::backoff_order(self.backoff.initial, self.backoff.max).map_err(bad)?;
         rules::backoff_multiplier(f64::from(self.backoff.multiplier_milli) / 1000.0)
             .map_err(bad)?;
@@ -509,5 +525,11 @@ mod tests {
             ..Policy::DEFAULT
         };
         assert!(ten.validate().is_err());
+        // A deadline the clock cannot add (it panicked at the first call).
+        let endless = Policy {
+            deadline: Duration::MAX,
+            ..Policy::DEFAULT
+        };
+        assert!(endless.validate().unwrap_err().0.contains("deadline"));
     }
 }
