@@ -1103,10 +1103,24 @@ fn hanging_attempts(f: &Function) -> u32 {
         None => true,
     };
     if timeouts && resendable {
-        s.max_attempts.value
+        s.max_attempts
+            .value
+            .min(attempts_within_deadline(s.timeout.value, s.deadline.value))
     } else {
         1
     }
+}
+
+/// How many attempts that each time out fit in the deadline, with no backoff between them
+/// (the most: a backoff only leaves fewer), where no retry begins with less than a tenth of
+/// `timeout` left: attempt `k` begins `(k - 1) × timeout` in.
+fn attempts_within_deadline(timeout: Duration, deadline: Duration) -> u32 {
+    let per = timeout.as_nanos();
+    if per == 0 {
+        return 1;
+    }
+    let room = deadline.saturating_sub(timeout / 10).as_nanos();
+    u32::try_from(room / per).map_or(u32::MAX, |n| n.saturating_add(1))
 }
 
 fn retries(f: &Function) -> bool {
@@ -1177,6 +1191,21 @@ fn amplification(f: &Function, all: &[Function]) -> u32 {
     amplification_of(f, all, &mut memo, &mut Vec::new())
 }
 
+/// The requests of one of `f`'s attempts against a dependency that hangs: it sends its hedges
+/// too, one a `delay` while one of the round still runs; none when `delay` reaches the timeout
+/// (the attempt ends first).
+fn hedged_of(f: &Function) -> u32 {
+    let timeout = f.analysis.settings.timeout.value;
+    1 + f
+        .analysis
+        .settings
+        .hedge
+        .value
+        .as_ref()
+        .filter(|h| h.delay.value < timeout)
+        .map_or(0, |h| h.max.value)
+}
+
 /// [`amplification`], each function's figure worked out once (`memo`, by path): callees are
 /// matched by name, and layered clients whose methods of one name call each other
 /// (`self.next().fetch(k)`) would otherwise be walked once per path through them, in
@@ -1191,19 +1220,7 @@ fn amplification_of<'a>(
     if let Some(&known) = memo.get(f.path.as_str()) {
         return known;
     }
-    // Against a dependency that hangs, every attempt sends its hedges too, one a `delay`
-    // while one of the round still runs: none when `delay` reaches the timeout (the attempt
-    // ends first).
-    let timeout = f.analysis.settings.timeout.value;
-    let hedges = f
-        .analysis
-        .settings
-        .hedge
-        .value
-        .as_ref()
-        .filter(|h| h.delay.value < timeout)
-        .map_or(0, |h| h.max.value);
-    let hedged = 1 + hedges;
+    let hedged = hedged_of(f);
     let own = hanging_attempts(f).saturating_mul(hedged);
     let mut worst = own;
     if visiting.contains(&f.path.as_str()) {
@@ -1225,9 +1242,17 @@ fn amplification_of<'a>(
             1
         };
         let inner = inner.saturating_mul(u32::try_from(sites).unwrap_or(u32::MAX));
-        // One layer retries; but each hedge runs the body, and the callee, again.
-        let through = if retries(callee) && !f.handled.contains(&callee.name) {
+        // One layer retries; but each hedge runs the body, and the callee, again. Not when
+        // the callee's retries may outlast this function's attempt: its timeout then ends
+        // the attempt, the callee with it, and is this function's own to retry.
+        // Then each of this function's attempts sends what of the callee's fits in it.
+        let timeout = f.analysis.settings.timeout.value;
+        let cut = worst_case(callee) >= timeout;
+        let through = if retries(callee) && !f.handled.contains(&callee.name) && !cut {
             inner.saturating_mul(hedged)
+        } else if cut && !f.handled.contains(&callee.name) {
+            let fits = attempts_within_deadline(callee.analysis.settings.timeout.value, timeout);
+            own.saturating_mul(inner.min(fits.saturating_mul(hedged_of(callee))))
         } else {
             own.saturating_mul(inner)
         };

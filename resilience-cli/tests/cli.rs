@@ -465,15 +465,16 @@ pub async fn recs(c: &reqwest::Client) -> Result<String, Error> {
     Ok(c.get("http://recs/").send().await?.text().await?)
 }
 
-/// The failure ends the body at once: one layer of retries.
-#[resilient(timeout = "2s", method = GET)]
+/// The failure ends the body at once: one layer of retries (`recs`'s retries fit in this
+/// attempt's time).
+#[resilient(timeout = "5s", deadline = "20s", method = GET)]
 pub async fn propagated(c: &reqwest::Client) -> Result<String, Error> {
     let r = recs(c).await?;
     Ok(r)
 }
 
 /// The error converted on its way out ends the body at once too.
-#[resilient(timeout = "2s", method = GET)]
+#[resilient(timeout = "5s", deadline = "20s", method = GET)]
 pub async fn converted(c: &reqwest::Client) -> Result<String, Error> {
     let r = recs(c).await.map_err(|e| e)?;
     Ok(r)
@@ -527,7 +528,7 @@ pub mod users {
     use super::*;
     pub struct Client { pub http: reqwest::Client, pub cache: HashMap<String, String> }
     impl Client {
-        #[resilient(timeout = "1s")]
+        #[resilient(timeout = "500ms")]
         pub async fn get(&self, k: &str) -> Result<String, Error> {
             let hit = self.cache.get(k).cloned().unwrap_or_default();
             Ok(self.http.get("http://users/").send().await?.text().await? + &hit)
@@ -1070,6 +1071,25 @@ pub async fn charge_keyed(c: &reqwest::Client) -> Result<u16, Error> {
 pub async fn read(c: &reqwest::Client) -> Result<u16, Error> {
     Ok(c.get("http://x/").send().await?.status().as_u16())
 }
+
+/// Its first attempt takes the whole deadline: no retry begins.
+#[resilient(timeout = "5s", deadline = "5s", max_attempts = 3)]
+pub async fn read_within(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+/// Two attempts fit in the deadline, with a tenth of the timeout left for the second.
+#[resilient(timeout = "2s", deadline = "4s", max_attempts = 3)]
+pub async fn read_twice(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+/// Around `read`, whose three attempts (and their backoffs) outlast this attempt's 3 s: this
+/// attempt times out while `read` still runs, and is retried, `read` with it.
+#[resilient(timeout = "3s", deadline = "20s", method = GET)]
+pub async fn page(c: &reqwest::Client) -> Result<u16, Error> {
+    read(c).await
+}
 "#,
         )],
     );
@@ -1077,6 +1097,9 @@ pub async fn read(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("hanging::charge"), 1);
     assert_eq!(worst("hanging::charge_keyed"), 3);
     assert_eq!(worst("hanging::read"), 3);
+    assert_eq!(worst("hanging::read_within"), 1);
+    assert_eq!(worst("hanging::read_twice"), 2);
+    assert_eq!(worst("hanging::page"), 9);
 }
 
 /// Modules are found as the compiler finds them, from each crate root through its `mod`
