@@ -476,12 +476,20 @@ impl Crate {
     /// not already reported for a function using it.
     fn check_files(&mut self) {
         let files = std::mem::take(&mut self.files);
-        let used: Vec<&str> = self
-            .functions
-            .iter()
-            .filter_map(|f| f.analysis.policy_name.as_deref())
-            .collect();
         for (path, shown) in files {
+            // The policies its own functions use: a `[policies.payments]` of this file is
+            // not checked through a function reading `payments` from another file.
+            let used: Vec<&str> = self
+                .functions
+                .iter()
+                .filter(|f| {
+                    f.analysis.config_path.as_deref().is_some_and(|c| {
+                        let c = PathBuf::from(c);
+                        c.canonicalize().unwrap_or(c) == path
+                    })
+                })
+                .filter_map(|f| f.analysis.policy_name.as_deref())
+                .collect();
             match resilience_policy::config::load(&path, &shown) {
                 Ok(config) => {
                     for m in check_file(&config, &used) {

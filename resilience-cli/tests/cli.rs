@@ -279,6 +279,27 @@ fn check_reads_every_section_of_the_policy_file_used_or_not() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// A policy of one name in two files: used from one (`config = "…"`), it is unused in the
+/// other, and checked there alone (an unsafe one fails the check).
+#[test]
+fn a_policy_used_from_one_file_is_checked_alone_in_another() {
+    let lib = "#[resilience_runtime::resilient(config = \"other.toml\", policy = \"payments\")]\npub async fn get(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.get(\"http://x/\").send().await?;\n    Ok(())\n}\n";
+    let dir = crate_with(
+        "two_files",
+        &[
+            ("src/lib.rs", lib),
+            ("other.toml", "[policies.payments]\ntimeout = \"1s\"\n"),
+            (
+                "resilience.toml",
+                "[policies.payments]\ntimeout = \"10s\"\ndeadline = \"5s\"\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("resilience.toml"), "{}", text(&out));
+}
+
 #[test]
 fn check_an_override_file_against_the_crate() {
     let dir = std::env::temp_dir().join(format!("resilience-cli-ov-{}", std::process::id()));
