@@ -645,10 +645,12 @@ fn modules_of(
         return;
     };
     let beside = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    declared(&ast.items, &beside, mod_dir, module, out, depth);
+    declared(&ast.items, &beside, mod_dir, module, out, depth, false);
 }
 
 /// The `mod name;` of `items` (and of their inline modules), followed ([`modules_of`]).
+/// `inline`: `items` are an inline module's, where a `#[path]` is relative to `mod_dir` (the
+/// file's module directory with the inline modules' names), not to the file's directory.
 fn declared(
     items: &[syn::Item],
     beside: &Path,
@@ -656,6 +658,7 @@ fn declared(
     module: &str,
     out: &mut Vec<(PathBuf, String)>,
     depth: usize,
+    inline: bool,
 ) {
     for item in items {
         let syn::Item::Mod(m) = item else { continue };
@@ -679,10 +682,22 @@ fn declared(
         match (&m.content, path_attr) {
             // Inline: its own `mod` declarations are files under `mod_dir/name`.
             (Some((_, inner)), _) => {
-                declared(inner, beside, &mod_dir.join(&name), &child, out, depth + 1);
+                declared(
+                    inner,
+                    beside,
+                    &mod_dir.join(&name),
+                    &child,
+                    out,
+                    depth + 1,
+                    true,
+                );
             }
             (None, Some(p)) => {
-                let f = beside.join(p);
+                let f = if inline {
+                    mod_dir.join(p)
+                } else {
+                    beside.join(p)
+                };
                 let d = f.parent().map(Path::to_path_buf).unwrap_or_default();
                 modules_of(&f, &d, &child, out, depth + 1);
             }

@@ -279,6 +279,32 @@ fn check_reads_every_section_of_the_policy_file_used_or_not() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// A `#[path]` inside an inline module is relative to that module's directory, as the
+/// compiler reads it: the unsafe POST in `src/outer/x.rs` is found, and refused.
+#[test]
+fn a_path_inside_an_inline_module_is_followed_as_the_compiler_does() {
+    let dir = crate_with(
+        "inline_path",
+        &[
+            (
+                "src/lib.rs",
+                "pub mod outer {\n    #[path = \"x.rs\"]\n    pub mod y;\n}\n",
+            ),
+            (
+                "src/outer/x.rs",
+                "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn charge(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.post(\"http://x/\").send().await?;\n    Ok(())\n}\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("inline_path::outer::y::charge"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A policy of one name in two files: used from one (`config = "…"`), it is unused in the
 /// other, and checked there alone (an unsafe one fails the check).
 #[test]
