@@ -491,11 +491,16 @@ impl Held {
         state != 0 && self.0.contains(&state)
     }
 
-    /// The states of a call nested in none (its own, 0 for none).
+    /// The states of a call nested in none (its own, 0 for none), in front: the places past
+    /// them are the ones nested calls' states push out last.
     #[inline]
     pub(crate) fn outermost(own: [usize; 3]) -> Held {
         let mut held = Held::default();
-        held.0[..3].copy_from_slice(&own);
+        let mut at = 0;
+        for s in own {
+            held.0[at] = s;
+            at += usize::from(s != 0);
+        }
         held
     }
 
@@ -855,6 +860,19 @@ mod tests {
         assert_eq!(e.0, [50, 41, 40, 30, 20, 10]);
         assert!(!e.holds(11) && e.holds(10) && !e.holds(0));
         assert_eq!(e_held, [false; 3]);
+    }
+
+    /// A call holding only some of its three states (a concurrency limit, no breaker or
+    /// bulkhead) keeps them in front: four states of nested calls later, its limit is still
+    /// held (it sat behind two empty places, and was forgotten).
+    #[test]
+    fn an_outermost_calls_states_are_kept_in_front() {
+        let a = Held::outermost([0, 0, 7]);
+        assert_eq!(a.0, [7, 0, 0, 0, 0, 0]);
+        let (b, _) = a.nested([20, 21, 0]);
+        let (c, _) = b.nested([30, 31, 0]);
+        assert!(c.holds(7), "{c:?}");
+        assert_eq!(c.nested([0, 0, 7]).1, [false, false, true]);
     }
 
     #[test]
