@@ -75,3 +75,42 @@ async fn a_redirect_to_a_live_target_is_followed() {
     assert_eq!(create_order(&c, &server.url("/orders")).await.unwrap(), 200);
     assert_eq!((server.count(), target.count()), (1, 1));
 }
+
+/// A `307` back to itself (a loop): reqwest's own policy counts hops only, and sent the POST
+/// eleven times within one attempt. The runtime's stops at the first URL seen again: sent once.
+#[tokio::test(start_paused = true)]
+async fn a_post_redirected_in_a_loop_is_sent_once() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    for status in [307, 308] {
+        let server = FaultServer::start(Script::always(
+            Action::status(status).header("location", "/orders"),
+        ))
+        .await;
+        let e = create_order(&c, &server.url("/orders")).await.unwrap_err();
+        assert_eq!(e.attempts(), 1, "{status}: {e}");
+        assert_eq!(server.count(), 1, "{status}: the POST went round the loop");
+    }
+}
+
+/// A redirect to another host carries no `Referer` (the URL it came from, its query's token
+/// with it).
+#[tokio::test(start_paused = true)]
+async fn a_redirect_sends_no_referer() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let target = FaultServer::start(Script::always(Action::ok())).await;
+    let server = FaultServer::start(Script::always(
+        Action::status(303).header("location", target.url("/receipt")),
+    ))
+    .await;
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn fetch(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+    assert_eq!(
+        fetch(&c, &server.url("/order?token=s3cret")).await.unwrap(),
+        200
+    );
+    let seen = target.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("referer"), None, "{:?}", seen[0]);
+}

@@ -70,6 +70,9 @@ impl ClientSettings {
             .tcp_keepalive(self.tcp_keepalive)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .redirect(redirect_policy())
+            // The URL a redirect came from (its query's token, say) is not the next host's
+            // to know.
+            .referer(false)
     }
 
     /// The client, ready to use.
@@ -84,7 +87,8 @@ impl Default for ClientSettings {
     }
 }
 
-/// Redirects followed as reqwest follows them by default (up to 10), each told to the attempt
+/// Redirects followed as reqwest follows them by default (up to 10; a loop back to a URL
+/// already visited is an error at once, not ten more sends of the request), each told to the attempt
 /// in progress: a request that was redirected reached a server, so a connect failure that
 /// follows (the `Location` refuses, does not resolve) is not proof that it was never sent,
 /// and an unkeyed POST is not sent again for it.
@@ -103,6 +107,12 @@ impl Default for ClientSettings {
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
+        // A loop (a `Location` already visited): reqwest's own policy counts hops only, and
+        // a 307 or 308 back to itself resends the POST ten times within one send.
+        if attempt.previous().contains(attempt.url()) {
+            let looped = attempt.url().clone();
+            return attempt.error(format!("redirect loop back to {looped}"));
+        }
         reqwest::redirect::Policy::default().redirect(attempt)
     })
 }
