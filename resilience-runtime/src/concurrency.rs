@@ -402,14 +402,15 @@ impl ConcurrencyLimit {
     }
 
     /// Moves the limit by `sample` and the semaphore's permits with its whole part.
-    fn adapt(&self, sample: Sample) {
+    /// Moves the limit as `sample` says; whether it moved.
+    fn adapt(&self, sample: Sample) -> bool {
         let Ok(bits) = self
             .limit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 Some(aimd_next(f64::from_bits(bits), sample, &self.spec).to_bits())
             })
         else {
-            return;
+            return false;
         };
         let old = f64::from_bits(bits);
         let new = aimd_next(old, sample, &self.spec);
@@ -417,7 +418,9 @@ impl ConcurrencyLimit {
             self.gauge();
         }
         // Without a semaphore, the slots follow the limit as it is read.
-        let Some(sem) = &self.sem else { return };
+        let Some(sem) = &self.sem else {
+            return new != old;
+        };
         let (from, to) = (self.allowed(old), self.allowed(new));
         if to > from {
             for _ in from..to {
@@ -437,6 +440,7 @@ impl ConcurrencyLimit {
                 self.debt.fetch_add((k - taken) as u32, Ordering::AcqRel);
             }
         }
+        new != old
     }
 
     /// Applies what an attempt that started at `started`, with `in_flight_at_start` calls in
@@ -470,8 +474,9 @@ impl ConcurrencyLimit {
                 {
                     return; // Another attempt lowered it just now.
                 }
-                self.adapt(sample);
-                self.decreases.fetch_add(1, Ordering::Relaxed);
+                if self.adapt(sample) {
+                    self.decreases.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -507,7 +512,15 @@ impl ConcurrencyPermit {
     /// The attempt in progress failed with `class`.
     pub(crate) fn on_failure(&mut self, class: Class) {
         self.running = false;
-        let sample = if class.is_transient() {
+        let sample = if class == Class::Timeout {
+            // Cut shorter than the latency threshold (a caller's short deadline): it says
+            // only that the caller's time was short. A full one is slower than the threshold.
+            if self.slow() {
+                Sample::Overload
+            } else {
+                Sample::Ignored
+            }
+        } else if class.is_transient() {
             Sample::Overload
         } else if matches!(class, Class::Permanent | Class::Status(_)) {
             // The dependency answered (a 404, a body the function refused): its latency
@@ -631,6 +644,35 @@ mod tests {
         let _p3 = c.acquire_by(far).await.unwrap();
         let s = c.snapshot();
         assert_eq!((s.in_flight, s.admitted, s.rejected), (2, 3, 1));
+    }
+
+    /// A timeout shorter than the latency threshold (an attempt a caller's short deadline
+    /// cut) says nothing of the dependency's latency: ignored. A full one is slow.
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_shorter_than_the_latency_threshold_is_no_overload() {
+        let c = leak(ConcurrencyLimit::new("t", spec(8, 1, 8, 0)));
+        let far = Instant::now() + Duration::from_secs(10);
+        let mut p = c.acquire_by(far).await.unwrap();
+        advance(Duration::from_millis(40)).await;
+        p.on_failure(Class::Timeout);
+        assert_eq!((c.limit(), c.snapshot().decreases), (8.0, 0));
+        drop(p);
+        let mut p = c.acquire_by(far).await.unwrap();
+        advance(Duration::from_millis(150)).await;
+        p.on_failure(Class::Timeout);
+        assert_eq!((c.limit(), c.snapshot().decreases), (4.0, 1));
+    }
+
+    /// At its floor, an overload lowers nothing: not counted as a decrease.
+    #[tokio::test(start_paused = true)]
+    async fn an_overload_at_the_floor_is_no_decrease() {
+        let c = leak(ConcurrencyLimit::new("t", spec(2, 2, 4, 0)));
+        let mut p = c
+            .acquire_by(Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        p.on_failure(Class::Reset);
+        assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 0));
     }
 
     #[tokio::test(start_paused = true)]
