@@ -491,24 +491,25 @@ impl Held {
         state != 0 && self.0.contains(&state)
     }
 
-    /// The states of a call nested in none (its own, 0 for none), in front: the places past
-    /// them are the ones nested calls' states push out last.
+    /// The states of a call nested in none (its own, 0 for none).
     #[inline]
     pub(crate) fn outermost(own: [usize; 3]) -> Held {
         let mut held = Held::default();
-        let mut at = 0;
-        for s in own {
-            held.0[at] = s;
-            at += usize::from(s != 0);
-        }
+        held.0[..3].copy_from_slice(&own);
         held
     }
 
     /// The states of a call nested in these (its own, 0 for none), and which of its own are
-    /// held already.
+    /// held already. The states held are first put in front (an outermost call's empty places
+    /// removed), so that the ones pushed out past [`Held::MAX`] are states, not empty places.
     pub(crate) fn nested(self, own: [usize; 3]) -> (Held, [bool; 3]) {
         let already = own.map(|s| self.holds(s));
-        let mut held = self;
+        let mut held = Held::default();
+        let mut at = 0;
+        for s in self.0 {
+            held.0[at] = s;
+            at += usize::from(s != 0);
+        }
         for (s, already) in own.into_iter().zip(already) {
             if s != 0 && !already {
                 held.0.copy_within(0..Held::MAX - 1, 1);
@@ -863,13 +864,13 @@ mod tests {
     }
 
     /// A call holding only some of its three states (a concurrency limit, no breaker or
-    /// bulkhead) keeps them in front: four states of nested calls later, its limit is still
-    /// held (it sat behind two empty places, and was forgotten).
+    /// bulkhead): four states of nested calls later, its limit is still held (it sat behind
+    /// two empty places, and was forgotten).
     #[test]
     fn an_outermost_calls_states_are_kept_in_front() {
         let a = Held::outermost([0, 0, 7]);
-        assert_eq!(a.0, [7, 0, 0, 0, 0, 0]);
         let (b, _) = a.nested([20, 21, 0]);
+        assert_eq!(b.0, [21, 20, 7, 0, 0, 0]);
         let (c, _) = b.nested([30, 31, 0]);
         assert!(c.holds(7), "{c:?}");
         assert_eq!(c.nested([0, 0, 7]).1, [false, false, true]);
