@@ -110,7 +110,34 @@ async fn a_redirect_sends_no_referer() {
         fetch(&c, &server.url("/order?token=s3cret")).await.unwrap(),
         200
     );
+    // Nor `reqwest::get(url)` in an annotated body (the one-off client it becomes).
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn fetch_once(url: &str) -> Result<u16, Error> {
+        Ok(reqwest::get(url).await?.status().as_u16())
+    }
+    assert_eq!(
+        fetch_once(&server.url("/order?token=s3cret"))
+            .await
+            .unwrap(),
+        200
+    );
     let seen = target.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].header("referer"), None, "{:?}", seen[0]);
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.header("referer"), None, "{s:?}");
+    }
+}
+
+/// A POST answered `303 See Other` back to its own URL (the order read there with a GET) is no
+/// loop: followed, and answered.
+#[tokio::test(start_paused = true)]
+async fn a_post_answered_303_to_its_own_url_is_followed() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let server = FaultServer::start(Script::dynamic(|s| match s.method.as_str() {
+        "POST" => Action::status(303).header("location", "/orders"),
+        _ => Action::ok(),
+    }))
+    .await;
+    assert_eq!(create_order(&c, &server.url("/orders")).await.unwrap(), 200);
+    assert_eq!(server.count(), 2);
 }

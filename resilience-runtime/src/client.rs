@@ -107,9 +107,13 @@ impl Default for ClientSettings {
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
-        // A loop (a `Location` already visited): reqwest's own policy counts hops only, and
-        // a 307 or 308 back to itself resends the POST ten times within one send.
-        if attempt.previous().contains(attempt.url()) {
+        // A loop (a `Location` already visited, the request resent as it was, by a 307 or
+        // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
+        // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer
+        // read with a GET), nor a 301 or 302, which turn a POST into a GET too.
+        if matches!(attempt.status().as_u16(), 307 | 308)
+            && attempt.previous().contains(attempt.url())
+        {
             let looped = attempt.url().clone();
             return attempt.error(format!("redirect loop back to {looped}"));
         }

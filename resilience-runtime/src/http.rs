@@ -84,6 +84,7 @@ pub fn reqwest_get<U: reqwest::IntoUrl>(
 ) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send {
     let prepared = reqwest::Client::builder()
         .redirect(crate::redirect_policy())
+        .referer(false)
         .build()
         .map(|client| Prepared::new(client.get(url)));
     async move { prepared?.send().await }
