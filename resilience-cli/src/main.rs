@@ -1205,7 +1205,7 @@ fn worst_case(f: &Function) -> Duration {
     total.min(s.deadline.value)
 }
 
-/// Requests one call sends to a dependency that fails every time, through nested annotated
+/// Requests one call sends to a dependency that hangs, through nested annotated
 /// calls: an inner call that retries is not retried around (one layer retries), unless the
 /// body handles its failure and goes on (then a later failure of the body runs it again); an
 /// inner call without retries is retried by the outer one.
@@ -1274,8 +1274,12 @@ fn amplification_of<'a>(
         let through = if retries(callee) && !f.handled.contains(&callee.name) && !cut {
             inner.saturating_mul(hedged)
         } else if cut && !f.handled.contains(&callee.name) {
+            // Of the callee's attempts, those that fit in this one's time, each with what one
+            // of the callee's attempts sends (its hedges, its own nested calls).
+            let attempts = hanging_attempts(callee).max(1);
+            let per_attempt = inner.div_ceil(attempts);
             let fits = attempts_within_deadline(callee.analysis.settings.timeout.value, timeout);
-            own.saturating_mul(inner.min(fits.saturating_mul(hedged_of(callee))))
+            own.saturating_mul(attempts.min(fits).saturating_mul(per_attempt))
         } else {
             own.saturating_mul(inner)
         };

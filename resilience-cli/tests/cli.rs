@@ -1137,6 +1137,24 @@ pub async fn read_twice(c: &reqwest::Client) -> Result<u16, Error> {
 pub async fn page(c: &reqwest::Client) -> Result<u16, Error> {
     read(c).await
 }
+
+#[resilient(timeout = "500ms", max_attempts = 3)]
+pub async fn leaf(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+/// One attempt of 2 s around `leaf`'s three.
+#[resilient(timeout = "2s", method = GET, max_attempts = 1)]
+pub async fn middle(c: &reqwest::Client) -> Result<u16, Error> {
+    leaf(c).await
+}
+
+/// Around `middle`, whose 2 s outlast this attempt's 1 s: each of its 3 attempts sends what
+/// `leaf` sends in `middle`'s one attempt (cut to 1 s: two of `leaf`'s, counted as three).
+#[resilient(timeout = "1s", deadline = "30s", method = GET)]
+pub async fn top(c: &reqwest::Client) -> Result<u16, Error> {
+    middle(c).await
+}
 "#,
         )],
     );
@@ -1147,6 +1165,8 @@ pub async fn page(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("hanging::read_within"), 1);
     assert_eq!(worst("hanging::read_twice"), 2);
     assert_eq!(worst("hanging::page"), 9);
+    assert_eq!(worst("hanging::middle"), 3);
+    assert_eq!(worst("hanging::top"), 9);
 }
 
 /// Modules are found as the compiler finds them, from each crate root through its `mod`
