@@ -100,7 +100,12 @@ impl Error {
 
     /// The function's own failure, wrapping its cause.
     pub fn call(source: impl Into<BoxError>) -> Error {
-        let source = source.into();
+        let mut source = source.into();
+        // reqwest's error shows its URL ("for url (…)"): shown as a span's is, no
+        // credentials, no signatures or tokens of its query.
+        if let Some(e) = source.downcast_mut::<reqwest::Error>() {
+            redact_url(e);
+        }
         let status = source
             .downcast_ref::<reqwest::Error>()
             .and_then(|e| e.status())
@@ -316,6 +321,10 @@ impl Error {
     /// refused the answer (a body that did not decode). Not a 408 or 429: the server refused
     /// the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
+        // No attempt ran (refused, no time left): nothing was sent.
+        if self.attempts() == 0 {
+            return false;
+        }
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,
             Some(Class::Status(s)) => s == 409 || s >= 500,
@@ -328,6 +337,17 @@ impl Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.source_box().map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+/// `e`'s URL as [`crate::telemetry`] shows it on a span.
+#[cold]
+fn redact_url(e: &mut reqwest::Error) {
+    if let Some(url) = e.url_mut()
+        && let std::borrow::Cow::Owned(shown) = crate::telemetry::span::redacted(url)
+        && let Ok(shown) = reqwest::Url::parse(&shown)
+    {
+        *url = shown;
     }
 }
 

@@ -87,8 +87,12 @@ impl<'a, E> Probe<'a, E> {
         }
         // A response the function refused (a body that did not decode, its own check): the
         // request was answered, so carried out; the error says with which status.
-        if taken == Some(Class::Permanent) {
-            own.set_answered(self.3.filter(|s| *s < 400));
+        match taken {
+            Some(Class::Permanent) => own.set_answered(self.3.filter(|s| *s < 400)),
+            // An error status the retry decision took from the recorded response (the body
+            // failed on its answer without checking it): the error says it.
+            Some(Class::Status(s)) => own.set_answered(Some(s)),
+            _ => {}
         }
         if let Some(s) = self.4 {
             self.came_back(own.origin());

@@ -78,7 +78,7 @@
 //! The Prometheus exporter's recommended naming turns the dots into underscores and adds the
 //! unit and `_total`: `resilience_client_calls_total`, `http_client_request_duration_seconds`.
 
-mod span;
+pub(crate) mod span;
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;

@@ -1,0 +1,97 @@
+//! What a failed call's error says: what happened, how many attempts ran, the key where the
+//! request may have been carried out, and no secret of the URL.
+
+use std::time::Duration;
+
+use resilience_fault_server::{Action, FaultServer, Script};
+use resilience_runtime::{Error, ErrorKind, Inbound, resilient, with_inbound};
+
+#[resilient(timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn pay(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed call handed no time sends nothing: its error does not say the request may have
+/// been carried out.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_that_sent_nothing_does_not_say_it_may_have_been_carried_out() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let e = with_inbound(
+        Inbound::NONE.time_left(Duration::ZERO),
+        pay(&reqwest::Client::new(), &server.url("/charges")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(server.count(), 0);
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (ErrorKind::DeadlineExceeded, 0),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)]
+struct Stock {
+    count: u32,
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn stock(c: &reqwest::Client, url: &str) -> Result<Stock, Error> {
+    Ok(c.get(url).send().await?.json::<Stock>().await?)
+}
+
+/// A body that decodes a 503's HTML without checking the status: the call retried it as a
+/// 503, and its error says so (the status, not only "error decoding response body").
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_error_answer_names_its_status() {
+    let server = FaultServer::start(Script::always(
+        Action::status(503).body("<html>down</html>"),
+    ))
+    .await;
+    let e = stock(&reqwest::Client::new(), &server.url("/stock"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3);
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The URL in the error (reqwest's "for url (…)") is redacted as the span's is: no token of
+/// its query, no password.
+#[tokio::test(start_paused = true)]
+async fn the_errors_url_keeps_no_secret() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let url = server
+        .url("/items?api_key=s3cret&page=2")
+        .replace("http://", "http://user:pa55@");
+    let e = lookup(&reqwest::Client::new(), &url).await.unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("pa55"),
+        "{shown}"
+    );
+    assert!(shown.contains("page=2"), "{shown}");
+}
