@@ -95,3 +95,46 @@ async fn the_errors_url_keeps_no_secret() {
     );
     assert!(shown.contains("page=2"), "{shown}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order_ref)]
+async fn place(c: &reqwest::Client, url: &str, order_ref: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("qty=1").send().await?.status().as_u16())
+}
+
+/// A key that is no header value is refused before anything is sent, and the error says why.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_key_says_what_is_wrong_with_it() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let e = place(
+        &reqwest::Client::new(),
+        &server.url("/orders"),
+        "commande\n1",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.attempts(), server.count()), (0, 0), "{e}");
+    assert!(e.to_string().contains("idempotency key"), "{e}");
+}
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn order_then_track(c: &reqwest::Client, orders: &str, track: &str) -> Result<u16, Error> {
+    c.post(orders)
+        .body("qty=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(c.get(track).send().await?.status().as_u16())
+}
+
+/// A keyed POST answered, then a GET that cannot connect: the call ends on the connect
+/// failure, and its error names the key, since the POST was carried out.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_carried_out_before_the_last_failure_is_named() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/track", resilience_fault_server::refused_addr());
+    let e = order_then_track(&reqwest::Client::new(), &orders.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(orders.count(), 2, "{e}");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -72,6 +72,10 @@ struct Detail {
     elapsed_ns: u64,
     /// The call's `Idempotency-Key`, set on the error path only.
     key: Option<String>,
+    /// The last attempt sent a request that needs the key and reached a server (answered,
+    /// or failed after it may have arrived): where the failure sent nothing itself (a
+    /// connect failure), it was another request's.
+    reached: bool,
     source: Option<BoxError>,
 }
 
@@ -82,6 +86,7 @@ impl Default for Detail {
             status: None,
             elapsed_ns: u64::MAX,
             key: None,
+            reached: false,
             source: None,
         }
     }
@@ -193,6 +198,11 @@ impl Error {
 
     /// The status of the answer the function refused (see `Probe::note`), unless the error
     /// already has one.
+    /// The last attempt's request that needs the key reached a server (see [`Detail`]).
+    pub(crate) fn set_reached(&mut self) {
+        self.detail_mut().reached = true;
+    }
+
     pub(crate) fn set_answered(&mut self, status: Option<u16>) {
         if let Some(s) = status
             && self.http_status().is_none()
@@ -324,6 +334,13 @@ impl Error {
         // No attempt ran (refused, no time left): nothing was sent.
         if self.attempts() == 0 {
             return false;
+        }
+        // A failure that sent nothing itself (a connect failure, a nested call refused) after
+        // a POST of the attempt reached a server: that POST may have been carried out.
+        if matches!(self.class, Some(Class::Connect | Class::Rejected))
+            && self.detail.as_ref().is_some_and(|d| d.reached)
+        {
+            return true;
         }
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,

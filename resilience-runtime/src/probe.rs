@@ -95,6 +95,9 @@ impl<'a, E> Probe<'a, E> {
             _ => {}
         }
         if let Some(s) = self.4 {
+            if s.last.reached.is_some_and(|m| m.needs_key()) {
+                own.set_reached();
+            }
             self.came_back(own.origin());
             // Only a nested call's errors reach a call that reads their token.
             if s.nested {

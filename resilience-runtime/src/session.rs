@@ -57,22 +57,31 @@ pub enum KeyArg {
 pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
     let s = value.to_string();
     if s.is_empty() || s.len() > 255 {
-        return KeyArg::Given(Err(Error::call(InvalidKey(s.len()))));
+        return KeyArg::Given(Err(Error::call(InvalidKey::Length(s.len()))));
     }
-    KeyArg::Given(reqwest::header::HeaderValue::from_str(&s).map_err(Error::call))
+    KeyArg::Given(
+        reqwest::header::HeaderValue::from_str(&s)
+            .map_err(|_| Error::call(InvalidKey::NotAHeaderValue)),
+    )
 }
 
 /// An idempotency key that is empty, longer than 255 bytes, or not a valid header value.
 #[derive(Debug)]
-struct InvalidKey(usize);
+enum InvalidKey {
+    Length(usize),
+    NotAHeaderValue,
+}
 
 impl std::fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "idempotency key of {} bytes: it must be 1 to 255 bytes",
-            self.0
-        )
+        match self {
+            InvalidKey::Length(n) => {
+                write!(f, "idempotency key of {n} bytes: it must be 1 to 255 bytes")
+            }
+            InvalidKey::NotAHeaderValue => f.write_str(
+                "idempotency key is not a header value: visible ASCII and spaces only (no control character, nothing beyond ASCII)",
+            ),
+        }
     }
 }
 
@@ -248,7 +257,7 @@ pub(crate) struct Last {
     all_keyed: bool,
     method: Option<Method>,
     /// The least safe method among the requests that reached the server, or may have.
-    reached: Option<Method>,
+    pub(crate) reached: Option<Method>,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
     /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
