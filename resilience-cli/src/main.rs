@@ -1276,8 +1276,17 @@ fn amplification_of<'a>(
         } else if cut && !f.handled.contains(&callee.name) {
             // Of the callee's attempts, those that fit in this one's time, each with what one
             // of the callee's attempts sends (its hedges, its own nested calls).
+            // (Its own nested calls may retry inside one of its attempts: what the most
+            // demanding of them sends, each hedge of the callee sending it again.)
             let attempts = hanging_attempts(callee).max(1);
-            let per_attempt = inner.div_ceil(attempts);
+            let mut nested = 1u32;
+            for g in all
+                .iter()
+                .filter(|g| callee.calls.contains(&g.name) && g.path != callee.path)
+            {
+                nested = nested.max(amplification_of(g, all, memo, visiting));
+            }
+            let per_attempt = nested.saturating_mul(hedged_of(callee));
             let fits = attempts_within_deadline(callee.analysis.settings.timeout.value, timeout);
             own.saturating_mul(attempts.min(fits).saturating_mul(per_attempt))
         } else {

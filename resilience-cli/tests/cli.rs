@@ -1149,6 +1149,16 @@ pub async fn middle(c: &reqwest::Client) -> Result<u16, Error> {
     leaf(c).await
 }
 
+#[resilient(timeout = "10s", deadline = "30s", method = GET)]
+pub async fn mid3(c: &reqwest::Client) -> Result<u16, Error> {
+    leaf(c).await
+}
+
+#[resilient(timeout = "2s", deadline = "30s", method = GET)]
+pub async fn top3(c: &reqwest::Client) -> Result<u16, Error> {
+    mid3(c).await
+}
+
 /// Around `middle`, whose 2 s outlast this attempt's 1 s: each of its 3 attempts sends what
 /// `leaf` sends in `middle`'s one attempt (cut to 1 s: two of `leaf`'s, counted as three).
 #[resilient(timeout = "1s", deadline = "30s", method = GET)]
@@ -1167,6 +1177,9 @@ pub async fn top(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("hanging::page"), 9);
     assert_eq!(worst("hanging::middle"), 3);
     assert_eq!(worst("hanging::top"), 9);
+    // All of `leaf`'s retries inside one of `mid3`'s attempts, cut by `top3`'s 2 s: each of
+    // `top3`'s 3 attempts sends 2 of them (6), listed as 9.
+    assert!(worst("hanging::top3").as_u64().unwrap() >= 6);
 }
 
 /// Modules are found as the compiler finds them, from each crate root through its `mod`
