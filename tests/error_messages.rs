@@ -138,3 +138,40 @@ async fn a_keyed_post_carried_out_before_the_last_failure_is_named() {
     assert_eq!(orders.count(), 2, "{e}");
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn inner_charge(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", method = POST, retry_on = [connect], max_attempts = 1, budget = false)]
+async fn outer_checkout(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    inner_charge(c, url).await
+}
+
+/// A nested keyed POST that never connected: nothing reached a server, and the error (the
+/// nested call's, with its key) does not say it may have been carried out.
+#[tokio::test(start_paused = true)]
+async fn a_nested_post_that_never_connected_is_not_said_carried_out() {
+    let refused = format!("http://{}/charges", resilience_fault_server::refused_addr());
+    let e = outer_checkout(&reqwest::Client::new(), &refused)
+        .await
+        .unwrap_err();
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}
+
+/// A redirect loop's error does not show the URL's token either.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_loops_error_keeps_no_secret() {
+    let server = FaultServer::start(Script::always(
+        Action::status(307).header("location", "/orders?token=s3cret"),
+    ))
+    .await;
+    let c = resilience_runtime::ClientSettings::DEFAULT.build().unwrap();
+    let e = pay(&c, &server.url("/orders?token=s3cret"))
+        .await
+        .unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}

@@ -87,7 +87,7 @@ impl Default for ClientSettings {
     }
 }
 
-/// Redirects followed as reqwest follows them by default (up to 10; a loop back to a URL
+/// Redirects followed as reqwest follows them by default (up to 10; a 307 or 308 back to a URL
 /// already visited is an error at once, not ten more sends of the request), each told to the attempt
 /// in progress: a request that was redirected reached a server, so a connect failure that
 /// follows (the `Location` refuses, does not resolve) is not proof that it was never sent,
@@ -114,8 +114,8 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         if matches!(attempt.status().as_u16(), 307 | 308)
             && attempt.previous().contains(attempt.url())
         {
-            let looped = attempt.url().clone();
-            return attempt.error(format!("redirect loop back to {looped}"));
+            // The URL is reqwest's error's to show (redacted with it), not this message's.
+            return attempt.error("redirect loop: a 307 or 308 back to a URL already visited");
         }
         reqwest::redirect::Policy::default().redirect(attempt)
     })

@@ -402,7 +402,7 @@ impl ConcurrencyLimit {
     }
 
     /// Moves the limit by `sample` and the semaphore's permits with its whole part.
-    /// Moves the limit as `sample` says; whether it moved.
+    /// Whether it moved.
     fn adapt(&self, sample: Sample) -> bool {
         let Ok(bits) = self
             .limit

@@ -196,13 +196,13 @@ impl Error {
         self.source_box().and_then(|s| s.downcast_ref::<T>())
     }
 
-    /// The status of the answer the function refused (see `Probe::note`), unless the error
-    /// already has one.
     /// The last attempt's request that needs the key reached a server (see [`Detail`]).
     pub(crate) fn set_reached(&mut self) {
         self.detail_mut().reached = true;
     }
 
+    /// The status of the answer the function refused (see `Probe::note`), unless the error
+    /// already has one.
     pub(crate) fn set_answered(&mut self, status: Option<u16>) {
         if let Some(s) = status
             && self.http_status().is_none()
@@ -335,12 +335,11 @@ impl Error {
         if self.attempts() == 0 {
             return false;
         }
-        // A failure that sent nothing itself (a connect failure, a nested call refused) after
-        // a POST of the attempt reached a server: that POST may have been carried out.
-        if matches!(self.class, Some(Class::Connect | Class::Rejected))
-            && self.detail.as_ref().is_some_and(|d| d.reached)
-        {
-            return true;
+        // A failure that sent nothing itself (a connect failure, a nested call refused): only
+        // a POST of the attempt that reached a server before it, under this key, may have
+        // been carried out.
+        if matches!(self.class, Some(Class::Connect | Class::Rejected)) {
+            return self.detail.as_ref().is_some_and(|d| d.reached);
         }
         match self.class {
             Some(Class::Timeout | Class::Reset) => true,

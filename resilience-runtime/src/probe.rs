@@ -75,6 +75,9 @@ impl<'a, E> Probe<'a, E> {
     /// permanent, as for a body that did not decode), when an attempt ran.
     fn note(&self, own: &mut Error, class: Option<Class>) {
         own.set_attempts(self.1);
+        // A nested call's error keeps its own key: what reached a server under this call's
+        // key says nothing of it.
+        let own_key = own.idempotency_key().is_none();
         own.set_key(self.2);
         let taken = class
             .or(self.4.and_then(|s| s.last.failure))
@@ -95,7 +98,7 @@ impl<'a, E> Probe<'a, E> {
             _ => {}
         }
         if let Some(s) = self.4 {
-            if s.last.reached.is_some_and(|m| m.needs_key()) {
+            if own_key && s.last.all_keyed && s.last.reached.is_some_and(|m| m.needs_key()) {
                 own.set_reached();
             }
             self.came_back(own.origin());

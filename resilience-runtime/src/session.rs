@@ -78,9 +78,9 @@ impl std::fmt::Display for InvalidKey {
             InvalidKey::Length(n) => {
                 write!(f, "idempotency key of {n} bytes: it must be 1 to 255 bytes")
             }
-            InvalidKey::NotAHeaderValue => f.write_str(
-                "idempotency key is not a header value: visible ASCII and spaces only (no control character, nothing beyond ASCII)",
-            ),
+            InvalidKey::NotAHeaderValue => {
+                f.write_str("idempotency key is not a header value: it holds a control character")
+            }
         }
     }
 }
@@ -254,7 +254,7 @@ pub(crate) struct Last {
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
-    all_keyed: bool,
+    pub(crate) all_keyed: bool,
     method: Option<Method>,
     /// The least safe method among the requests that reached the server, or may have.
     pub(crate) reached: Option<Method>,
