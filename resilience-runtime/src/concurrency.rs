@@ -509,12 +509,13 @@ impl ConcurrencyPermit {
         });
     }
 
-    /// The attempt in progress failed with `class`.
-    pub(crate) fn on_failure(&mut self, class: Class) {
+    /// The attempt in progress failed with `class`; `cut`: its time was cut short by the
+    /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout.
+    pub(crate) fn on_failure(&mut self, class: Class, cut: bool) {
         self.running = false;
-        let sample = if class == Class::Timeout {
+        let sample = if class == Class::Timeout && cut {
             // Cut shorter than the latency threshold (a caller's short deadline): it says
-            // only that the caller's time was short. A full one is slower than the threshold.
+            // only that the caller's time was short. A longer one is slower than the threshold.
             if self.slow() {
                 Sample::Overload
             } else {
@@ -654,13 +655,20 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(10);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout);
+        p.on_failure(Class::Timeout, true);
         assert_eq!((c.limit(), c.snapshot().decreases), (8.0, 0));
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout);
+        p.on_failure(Class::Timeout, true);
         assert_eq!((c.limit(), c.snapshot().decreases), (4.0, 1));
+        // A timeout of the body's own, or of a nested call's, however short, is the
+        // dependency's: an overload.
+        drop(p);
+        let mut p = c.acquire_by(far).await.unwrap();
+        advance(Duration::from_millis(40)).await;
+        p.on_failure(Class::Timeout, false);
+        assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 2));
     }
 
     /// At its floor, an overload lowers nothing: not counted as a decrease.
@@ -671,7 +679,7 @@ mod tests {
             .acquire_by(Instant::now() + Duration::from_secs(10))
             .await
             .unwrap();
-        p.on_failure(Class::Reset);
+        p.on_failure(Class::Reset, false);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 0));
     }
 
@@ -694,16 +702,16 @@ mod tests {
         // An attempt started after that decrease lowers it again.
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout);
+        p.on_failure(Class::Timeout, false);
         assert_eq!(c.limit(), 2.0);
         // A permanent failure answered fast counts as fast; a refusal says nothing.
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         let _q = c.acquire_by(far).await.unwrap();
         p.attempt_started(Instant::now());
-        p.on_failure(Class::Rejected);
+        p.on_failure(Class::Rejected, false);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent);
+        p.on_failure(Class::Permanent, false);
         assert_eq!(c.limit(), 2.5);
     }
 
@@ -721,7 +729,7 @@ mod tests {
                 held.push(c.acquire_by(far).await.unwrap());
             }
             assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-            held[0].on_failure(Class::Reset);
+            held[0].on_failure(Class::Reset, false);
             assert_eq!(c.limit(), 2.0);
             if sem.is_some() {
                 assert_eq!(c.debt.load(Ordering::Relaxed), 2);

@@ -1291,7 +1291,10 @@ impl Session {
         let cut_short = self.last.cut_short;
         if let Some(c) = &mut self.concurrency {
             if self.last.began && !cut_short {
-                c.on_failure(class);
+                c.on_failure(
+                    class,
+                    self.last.runtime == Some(ErrorKind::DeadlineExceeded),
+                );
             } else {
                 c.attempt_ended();
             }
