@@ -141,3 +141,20 @@ async fn a_post_answered_303_to_its_own_url_is_followed() {
     assert_eq!(create_order(&c, &server.url("/orders")).await.unwrap(), 200);
     assert_eq!(server.count(), 2);
 }
+
+/// A GET redirected in a loop (302 back to itself) is stopped on its second visit, not sent
+/// eleven times.
+#[tokio::test(start_paused = true)]
+async fn a_get_redirected_in_a_loop_is_stopped() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let server = FaultServer::start(Script::always(
+        Action::status(302).header("location", "/page"),
+    ))
+    .await;
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+    page(&c, &server.url("/page")).await.unwrap_err();
+    assert_eq!(server.count(), 2);
+}

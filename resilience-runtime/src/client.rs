@@ -88,7 +88,8 @@ impl Default for ClientSettings {
 }
 
 /// Redirects followed as reqwest follows them by default (up to 10; a 307 or 308 back to a URL
-/// already visited is an error at once, not ten more sends of the request), each told to the attempt
+/// already visited is an error at once, not ten more sends of the request, and another
+/// redirect at a URL's second visit), each told to the attempt
 /// in progress: a request that was redirected reached a server, so a connect failure that
 /// follows (the `Location` refuses, does not resolve) is not proof that it was never sent,
 /// and an unkeyed POST is not sent again for it.
@@ -111,11 +112,17 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
         // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer
         // read with a GET), nor a 301 or 302, which turn a POST into a GET too.
-        if matches!(attempt.status().as_u16(), 307 | 308)
-            && attempt.previous().contains(attempt.url())
-        {
+        // A 301, 302 or 303 back to a URL visited twice already (a GET going round: once
+        // back is the 303 of a POST to its own URL, read there with a GET).
+        let visits = attempt
+            .previous()
+            .iter()
+            .filter(|u| *u == attempt.url())
+            .count();
+        let resent = matches!(attempt.status().as_u16(), 307 | 308);
+        if (resent && visits > 0) || visits > 1 {
             // The URL is reqwest's error's to show (redacted with it), not this message's.
-            return attempt.error("redirect loop: a 307 or 308 back to a URL already visited");
+            return attempt.error("redirect loop back to a URL already visited");
         }
         reqwest::redirect::Policy::default().redirect(attempt)
     })
