@@ -782,19 +782,17 @@ async fn a_claim_found_by_a_retried_command_is_the_requests_own() {
     assert_eq!(count(&app.runs.orders), 1);
 }
 
-/// A response under the layer's `max_stored_body` but over the memory store's whole bound:
-/// the store will never take it, so a "processed once, not kept" answer is stored in its
-/// place at once (it was kept waiting in memory for the whole TTL, its claim renewed, another
-/// instance meeting 409 all that time).
-#[tokio::test]
-async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
+/// A 10,000-byte export answered 201 through a layer over a memory store bound to `max_bytes`:
+/// what the store holds for its key once the first request is answered, and the status of a
+/// repeat.
+async fn an_export_over_a_store_of(max_bytes: usize) -> (Option<Record>, u16) {
     use resilience_runtime::server::record_key;
     use tower_service::Service as _;
 
     async fn export() -> (axum::http::StatusCode, String) {
         (axum::http::StatusCode::CREATED, "x".repeat(10_000))
     }
-    let store = Arc::new(MemoryStore::with_limits(100, 4096));
+    let store = Arc::new(MemoryStore::with_limits(100, max_bytes));
     let app = axum::Router::new()
         .route("/exports", axum::routing::post(export))
         .layer(IdempotencyLayer::new(store.clone()));
@@ -816,8 +814,21 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
         ))
         .await
         .unwrap();
-    match stored {
-        Some(Record::Completed(r)) => assert_eq!(r.status, 500, "{r:?}"),
+    let again = app.clone().call(request()).await.unwrap();
+    (stored, again.status().as_u16())
+}
+
+/// A response under the layer's `max_stored_body` but over the memory store's whole bound:
+/// the store will never take it, so a "processed once, not kept" answer is stored in its
+/// place at once (it was kept waiting in memory for the whole TTL, its claim renewed, another
+/// instance meeting 409 all that time).
+#[tokio::test]
+async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
+    match an_export_over_a_store_of(4096).await {
+        (Some(Record::Completed(r)), 500) => {
+            assert_eq!(r.status, 500, "{r:?}");
+            assert!(!r.body.is_empty(), "the problem's text: {r:?}");
+        }
         other => panic!("not completed: {other:?}"),
     }
 }
@@ -827,43 +838,13 @@ async fn a_response_larger_than_the_store_holds_is_replaced_at_once() {
 /// the whole TTL while the response waits in memory for a store that will never take it.
 #[tokio::test]
 async fn a_store_too_small_for_the_not_kept_answer_gets_a_bare_one() {
-    use resilience_runtime::server::record_key;
-    use tower_service::Service as _;
-
-    async fn export() -> (axum::http::StatusCode, String) {
-        (axum::http::StatusCode::CREATED, "x".repeat(10_000))
-    }
-    let store = Arc::new(MemoryStore::with_limits(100, 200));
-    let app = axum::Router::new()
-        .route("/exports", axum::routing::post(export))
-        .layer(IdempotencyLayer::new(store.clone()));
-    let key = fresh_key();
-    let request = || {
-        axum::http::Request::post("/exports")
-            .header("idempotency-key", &key)
-            .body(axum::body::Body::from("x"))
-            .unwrap()
-    };
-    let first = app.clone().call(request()).await.unwrap();
-    assert_eq!(first.status(), 201);
-    let stored = store
-        .get(&record_key(
-            &axum::http::Method::POST,
-            "/exports",
-            &key,
-            None,
-        ))
-        .await
-        .unwrap();
-    match stored {
-        Some(Record::Completed(r)) => {
+    match an_export_over_a_store_of(200).await {
+        (Some(Record::Completed(r)), 500) => {
             assert_eq!(r.status, 500, "{r:?}");
             assert!(r.body.is_empty(), "{r:?}");
         }
         other => panic!("not completed: {other:?}"),
     }
-    let again = app.clone().call(request()).await.unwrap();
-    assert_eq!(again.status(), 500);
 }
 
 /// A slow handler (`POST /slow`: counts its run, works for `work`, answers 201 "run N"), for
