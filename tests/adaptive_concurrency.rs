@@ -383,3 +383,70 @@ async fn a_caller_cut_timeout_lowers_the_limit_only_from_a_tenth_of_the_timeout(
     assert_eq!(s.decreases, 1, "cut to 500 ms of 1 s: {s:?}");
     assert!(s.limit < 8.0, "{s:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(initial = 8, min = 1, max = 64, latency = "500ms")
+)]
+async fn behind_short_deadlines(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(
+        name = "own_short_timeouts",
+        initial = 8,
+        min = 1,
+        max = 64,
+        latency = "500ms"
+    )
+)]
+async fn with_its_own_short_timeout(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // A nested call's 200 ms, shorter than the threshold: the dependency's timeout all the same.
+    quick_lookup(c, url).await
+}
+
+#[resilient(timeout = "200ms", max_attempts = 1, budget = false)]
+async fn quick_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A caller's deadline that cuts the attempt to 200 ms, past a tenth of `timeout` but short of
+/// the 500 ms threshold, says nothing of the dependency's latency: the limit stays. Cut to
+/// 600 ms, past the threshold, it counts; so does a nested call's own 200 ms timeout.
+#[tokio::test(start_paused = true)]
+async fn a_cut_timeout_short_of_the_latency_threshold_leaves_the_limit() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let url = stalled.url("/");
+    let name = "adaptive_concurrency::behind_short_deadlines";
+    let call = |left: u64| {
+        let (c, url) = (c.clone(), url.clone());
+        with_inbound(
+            Inbound::NONE.time_left(Duration::from_millis(left)),
+            async move { behind_short_deadlines(&c, &url).await },
+        )
+    };
+    for _ in 0..3 {
+        call(200).await.unwrap_err();
+    }
+    let s = metrics::concurrency_limit(name).unwrap();
+    assert_eq!((s.limit, s.decreases), (8.0, 0), "cut to 200 ms: {s:?}");
+    call(600).await.unwrap_err();
+    let s = metrics::concurrency_limit(name).unwrap();
+    assert_eq!(s.decreases, 1, "cut to 600 ms: {s:?}");
+    with_its_own_short_timeout(&c, &url).await.unwrap_err();
+    let own = metrics::concurrency_limit("own_short_timeouts").unwrap();
+    assert_eq!(own.decreases, 1, "a nested call's own 200 ms: {own:?}");
+}

@@ -582,3 +582,35 @@ async fn a_retry_the_breaker_refused_ends_on_the_attempt_that_ran() {
         "{last}"
     );
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn inner_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "2s", method = GET, max_attempts = 1, budget = false)]
+async fn outer_page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    inner_lookup(c, url).await
+}
+
+/// The call span's `depth`: 0 for an outermost call, 1 for one nested in it.
+#[tokio::test(start_paused = true)]
+async fn the_call_span_says_its_depth() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, true);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        outer_page(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    let text = buf.text();
+    let span_of = |f: &str| {
+        text.lines()
+            .find(|l| l.ends_with(": new") && l.contains(&format!("function=\"tracing::{f}\"")))
+            .unwrap_or_else(|| panic!("{f}'s span:\n{text}"))
+            .to_owned()
+    };
+    assert!(span_of("outer_page").contains("depth=0"), "{text}");
+    assert!(span_of("inner_lookup").contains("depth=1"), "{text}");
+}
