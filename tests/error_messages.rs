@@ -175,3 +175,30 @@ async fn a_redirect_loops_error_keeps_no_secret() {
     let shown = format!("{e} {e:?}");
     assert!(!shown.contains("s3cret"), "{shown}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn pay_boxed(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// As the README says: a `reqwest::Error` the body returns boxed carries neither the attempts
+/// nor the key (no runtime `Error` is in the box); the retries happened all the same.
+#[tokio::test(start_paused = true)]
+async fn a_boxed_reqwest_error_carries_no_runtime_facts() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = pay_boxed(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 2);
+    assert!(e.downcast_ref::<Error>().is_none(), "{e:?}");
+    assert!(e.downcast_ref::<reqwest::Error>().is_some(), "{e:?}");
+}

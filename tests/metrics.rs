@@ -1262,3 +1262,50 @@ async fn a_slot_held_while_waiting_for_a_permit_is_in_the_gauge() {
     assert_eq!(during.1, 1, "the bulkhead holds the waiting call's slot");
     assert_eq!(during.0, Some(1.0), "and its gauge says so");
 }
+
+async fn cached_price(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".to_owned())
+}
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, fallback = cached_price)]
+async fn price_or_cached(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A call its fallback answered is counted by how the call itself ended (failed, after a
+/// retry), in the facade and the pull API alike: the fallback's answer is no success of the
+/// dependency's.
+#[tokio::test]
+async fn a_call_its_fallback_answered_is_counted_failed() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    assert_eq!(
+        price_or_cached(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap(),
+        "cached"
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[
+                function_of("price_or_cached"),
+                r#"outcome="failed_with_retry""#
+            ]
+        ),
+        Some(1.0)
+    );
+    let pulled = resilience_runtime::metrics::policy("metrics::price_or_cached").unwrap();
+    assert_eq!(
+        (
+            pulled.failed_with_retry,
+            pulled.successful_without_retry,
+            pulled.successful_with_retry
+        ),
+        (1, 0, 0)
+    );
+}
