@@ -85,14 +85,13 @@ async fn lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 async fn the_errors_url_keeps_no_secret() {
     let server = FaultServer::start(Script::always(Action::status(503))).await;
     let url = server
-        .url("/items?api_key=s3cret&page=2")
+        .url("/items?api_key=s3cret&page=2&X-Amz-Signature=5ig&sig=5ig2")
         .replace("http://", "http://user:pa55@");
     let e = lookup(&reqwest::Client::new(), &url).await.unwrap_err();
     let shown = format!("{e} {e:?}");
-    assert!(
-        !shown.contains("s3cret") && !shown.contains("pa55"),
-        "{shown}"
-    );
+    for secret in ["s3cret", "pa55", "5ig"] {
+        assert!(!shown.contains(secret), "{secret}: {shown}");
+    }
     assert!(shown.contains("page=2"), "{shown}");
 }
 

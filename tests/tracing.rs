@@ -614,3 +614,47 @@ async fn the_call_span_says_its_depth() {
     assert!(span_of("outer_page").contains("depth=0"), "{text}");
     assert!(span_of("inner_lookup").contains("depth=1"), "{text}");
 }
+
+#[resilient(
+    timeout = "2s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "tracing_events", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1m", half_open_calls = 1 }
+)]
+async fn hedged_and_guarded(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The events beside each attempt's, at the levels the README gives: a hedge started (info),
+/// a breaker that opens (warn).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_and_a_breaker_opening_are_told_at_their_levels() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let server = FaultServer::start(Script::always(
+        Action::status(503).after(std::time::Duration::from_millis(300)),
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        hedged_and_guarded(&c, &server.url("/")).await.unwrap_err();
+    }
+    let text = buf.text();
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what}:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("no answer yet: hedging").contains(" INFO "), "{text}");
+    let opened = line("circuit breaker state changed");
+    assert!(
+        opened.contains(" WARN ") && opened.contains(r#"to="open""#),
+        "{opened}"
+    );
+}
