@@ -881,3 +881,47 @@ async fn an_attempt_that_timed_out_beside_a_409_is_traced_as_the_timeout() {
     assert_eq!(attr(asked, "error.type"), Some(&s("timeout")), "{asked:#?}");
     assert_eq!(attr(asked, "http.response.status_code"), None, "{asked:#?}");
 }
+
+#[resilient(method = GET, timeout = "2s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn two_requests(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    c.get(format!("{url}/a")).send().await?;
+    Ok(c.get(format!("{url}/b"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `http.request.resend_count` is the attempt's number − 1, however many requests it sends:
+/// one value on the second attempt's span, though it sent two.
+#[tokio::test]
+async fn resend_count_is_the_attempts_whatever_its_requests() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let b = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = b.clone();
+    let server = FaultServer::start(Script::dynamic(move |s| match s.path.as_str() {
+        "/b" if seen.fetch_add(1, Ordering::SeqCst) == 0 => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    assert_eq!(
+        two_requests(&reqwest::Client::new(), format!("http://{}", server.addr()))
+            .await
+            .unwrap(),
+        200
+    );
+    let spans = finished(&exporter, 3).await;
+    let second = spans
+        .iter()
+        .find(|sp| attr(sp, "resilience.attempt") == Some(&Value::I64(2)))
+        .expect("the second attempt's span");
+    let counts: Vec<_> = second
+        .attributes
+        .iter()
+        .filter(|kv| kv.key.as_str() == "http.request.resend_count")
+        .map(|kv| kv.value.clone())
+        .collect();
+    assert_eq!(counts, [Value::I64(1)], "{:?}", second.attributes);
+}
