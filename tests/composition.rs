@@ -2911,3 +2911,34 @@ async fn a_nested_call_given_up_on_while_its_helper_runs_is_not_rerun() {
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(server.count_path("/orders"), 1, "the order went out once");
 }
+
+/// A helper that sends nothing (a token from a cache).
+async fn cached_token(_c: &reqwest::Client) -> Result<String, Error> {
+    Ok("t".to_owned())
+}
+
+#[resilient(config = "tests/policies/named_method.toml", policy = "reads")]
+async fn status_with_token(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let _token = cached_token(c).await?;
+    let resp = c.get(format!("{url}/status")).send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A method declared in the named policy the function chooses is a declaration, as an inline
+/// one is: a helper seen sending nothing does not cost the retry.
+#[tokio::test(start_paused = true)]
+async fn a_method_in_the_named_policy_keeps_the_retry_beside_a_quiet_helper() {
+    let first = std::sync::Arc::new(AtomicU32::new(0));
+    let n = first.clone();
+    let server = FaultServer::start(Script::dynamic(move |_| {
+        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let got = status_with_token(&client(), &format!("http://{}", server.addr())).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(server.count(), 2);
+}
