@@ -658,3 +658,34 @@ async fn a_hedge_and_a_breaker_opening_are_told_at_their_levels() {
         "{opened}"
     );
 }
+
+#[resilient(
+    timeout = "2s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn hedged_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// An attempt a hedge overtook leaves no attempt event (it is on its span only): one event,
+/// the hedge's success.
+#[tokio::test(start_paused = true)]
+async fn an_overtaken_attempt_leaves_no_event() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    assert_eq!(
+        hedged_lookup(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+    let text = buf.text();
+    let events = text
+        .lines()
+        .filter(|l| l.contains("attempt succeeded") || l.contains("attempt failed"))
+        .count();
+    assert_eq!(events, 1, "{text}");
+}
