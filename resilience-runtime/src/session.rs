@@ -366,22 +366,6 @@ pub(crate) fn reportable(
     Some((method, unkeyed))
 }
 
-/// Adds what an attempt of a nested call may have sent ([`reportable`]) to what the call
-/// reports to the enclosing attempt when it ends.
-#[inline(never)]
-fn keep_sent(
-    sent: &mut Option<Method>,
-    sent_unkeyed: &mut bool,
-    policy: &Policy,
-    key: &Option<Key>,
-    ctx: &AttemptCtx,
-) {
-    if let Some((m, unkeyed)) = reportable(policy, key, ctx, false) {
-        *sent = Some(sent.map_or(m, |s| s.least_safe(m)));
-        *sent_unkeyed |= unkeyed;
-    }
-}
-
 /// Tells the enclosing attempt (if any: the current one) that a nested call sent `method`.
 pub(crate) fn tell_enclosing(report: Option<(Method, bool)>) {
     if let Some((m, unkeyed)) = report {
@@ -1081,13 +1065,7 @@ impl Session {
         }
         record(&mut self.last, ctx);
         if self.nested {
-            keep_sent(
-                &mut self.sent,
-                &mut self.sent_unkeyed,
-                self.policy,
-                &self.ctx.key,
-                ctx,
-            );
+            self.keep_sent(Some(ctx));
         }
     }
 
@@ -1117,13 +1095,7 @@ impl Session {
     pub(crate) fn record_own(&mut self) {
         record(&mut self.last, &self.ctx);
         if self.nested {
-            keep_sent(
-                &mut self.sent,
-                &mut self.sent_unkeyed,
-                self.policy,
-                &self.ctx.key,
-                &self.ctx,
-            );
+            self.keep_sent(None);
         }
     }
 
@@ -1138,13 +1110,19 @@ impl Session {
             self.last.method = Some(m);
         }
         if self.nested {
-            keep_sent(
-                &mut self.sent,
-                &mut self.sent_unkeyed,
-                self.policy,
-                &ctx.key,
-                ctx,
-            );
+            self.keep_sent(None);
+        }
+    }
+
+    /// Adds what an attempt of this nested call may have sent ([`reportable`]: `other`, a
+    /// hedge's context, else the session's own) to what the call reports to the enclosing
+    /// attempt when it ends.
+    #[inline(never)]
+    fn keep_sent(&mut self, other: Option<&AttemptCtx>) {
+        let ctx = other.unwrap_or(&self.ctx);
+        if let Some((m, unkeyed)) = reportable(self.policy, &self.ctx.key, ctx, false) {
+            self.sent = Some(self.sent.map_or(m, |s| s.least_safe(m)));
+            self.sent_unkeyed |= unkeyed;
         }
     }
 
@@ -1617,13 +1595,7 @@ impl Session {
         // cut short included (its body is dropped by now, in its context), goes to that
         // attempt, as its end would have told it.
         if self.nested {
-            keep_sent(
-                &mut self.sent,
-                &mut self.sent_unkeyed,
-                self.policy,
-                &self.ctx.key,
-                &self.ctx,
-            );
+            self.keep_sent(None);
             tell_enclosing(self.sent.map(|m| (m, self.sent_unkeyed)));
         }
         self.give_back_retry();

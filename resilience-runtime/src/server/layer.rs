@@ -1381,12 +1381,7 @@ impl ClaimGuard {
         outcome: Served,
     ) {
         let mut stored = stored;
-        let mut done = tokio::time::timeout(
-            self.store_timeout,
-            self.store
-                .complete(&self.key, &self.claim, &stored, config.ttl),
-        )
-        .await;
+        let mut done = self.complete_once(config, &stored).await;
         // Larger than the store ever holds: kept waiting for it, it would never be written
         // (and the claim renewed for the whole TTL). A small answer goes in its place.
         if let Ok(Err(e)) = &done
@@ -1399,12 +1394,7 @@ impl ClaimGuard {
                 RESPONSE_NOT_KEPT,
                 "The request was processed once; its response was larger than the store keeps for replay. Do not resend it: look the result up instead.",
             );
-            done = tokio::time::timeout(
-                self.store_timeout,
-                self.store
-                    .complete(&self.key, &self.claim, &stored, config.ttl),
-            )
-            .await;
+            done = self.complete_once(config, &stored).await;
             // A store bound below even that answer: a bare 500 (no headers, no body), the
             // least a repeat can be answered with; kept waiting, the problem would never be
             // written either (its claim renewed, repeats met with 409, for the whole TTL).
@@ -1413,12 +1403,7 @@ impl ClaimGuard {
             {
                 stored.headers = HeaderMap::new();
                 stored.body = Bytes::new();
-                done = tokio::time::timeout(
-                    self.store_timeout,
-                    self.store
-                        .complete(&self.key, &self.claim, &stored, config.ttl),
-                )
-                .await;
+                done = self.complete_once(config, &stored).await;
             }
             // Not even that: nothing can be kept. The claim is left to lapse at its lease
             // (repeats meet 409 until then, then run the handler again): said at error level.
@@ -1475,6 +1460,20 @@ impl ClaimGuard {
         }
         self.stop_renewal();
         self.armed = false;
+    }
+
+    /// One write of `stored` as the claim's answer, within the store's time.
+    async fn complete_once(
+        &self,
+        config: &Config,
+        stored: &StoredResponse,
+    ) -> Result<Result<bool, StoreError>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(
+            self.store_timeout,
+            self.store
+                .complete(&self.key, &self.claim, stored, config.ttl),
+        )
+        .await
     }
 
     /// Gives the key back, so that a repeat runs the handler again.
