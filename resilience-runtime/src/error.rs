@@ -108,12 +108,12 @@ impl Error {
         let mut source = source.into();
         // reqwest's error shows its URL ("for url (…)"): shown as a span's is, no
         // credentials, no signatures or tokens of its query.
-        if let Some(e) = source.downcast_mut::<reqwest::Error>() {
-            redact_url(e);
-        }
         let status = source
-            .downcast_ref::<reqwest::Error>()
-            .and_then(|e| e.status())
+            .downcast_mut::<reqwest::Error>()
+            .and_then(|e| {
+                redact_url(e);
+                e.status()
+            })
             .map(|s| s.as_u16());
         Error {
             detail: Some(Box::new(Detail {
@@ -335,17 +335,17 @@ impl Error {
         if self.attempts() == 0 {
             return false;
         }
-        // A failure that sent nothing itself (a connect failure, a nested call refused): only
-        // a POST of the attempt that reached a server before it, under this key, may have
-        // been carried out.
-        if matches!(self.class, Some(Class::Connect | Class::Rejected)) {
-            return self.detail.as_ref().is_some_and(|d| d.reached);
-        }
         match self.class {
+            // A failure that sent nothing itself (a connect failure, a nested call refused):
+            // only a POST of the attempt that reached a server before it, under this key, may
+            // have been carried out.
+            Some(Class::Connect | Class::Rejected) => {
+                self.detail.as_ref().is_some_and(|d| d.reached)
+            }
             Some(Class::Timeout | Class::Reset) => true,
             Some(Class::Status(s)) => s == 409 || s >= 500,
             Some(Class::Permanent) => self.http_status().is_some_and(|s| s < 400),
-            _ => self.is_timeout() && self.attempts() > 0,
+            _ => self.is_timeout(),
         }
     }
 }

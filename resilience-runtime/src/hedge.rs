@@ -71,9 +71,7 @@ pin_project_lite::pin_project! {
             if !*me.done {
                 me.body.as_mut().stop();
                 let ctx = me.body.as_mut().ctx();
-                crate::session::tell_enclosing(crate::session::reportable(
-                    me.policy, &ctx.key, ctx, false,
-                ));
+                crate::session::tell_enclosing(me.policy, ctx, false);
             }
             if let Some(scope) = me.scope.take() {
                 telemetry::attempt_cancelled(scope, me.body.ctx().status.get());

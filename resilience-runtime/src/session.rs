@@ -341,20 +341,24 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
 /// policy's method not yet seen): said then, it could not be taken back when the attempt
 /// ends having sent only what was seen, and the enclosing call would refuse a retry or a
 /// hedge for nothing. The rest is told when the attempt ends, or when it is given up on.
-pub(crate) fn reportable(
+fn reportable(
     policy: &Policy,
     key: &Option<Key>,
     ctx: &AttemptCtx,
     settled: bool,
 ) -> Option<(Method, bool)> {
     let seen = ctx.sent_method.get();
-    let unseen = if ctx.unseen_helper.get() || (!settled && ctx.helpers_running.get() > 0) {
-        Some(policy.method.least_safe(policy.unseen))
+    let unseen = if settled {
+        ctx.unseen_helper
+            .get()
+            .then(|| policy.method.least_safe(policy.unseen))
     } else {
-        (!settled
-            && (!policy.sends_seen || ctx.unproven.get())
-            && seen.is_some_and(|m| m.least_safe(policy.method) != m))
-        .then_some(policy.method)
+        unseen_beside(
+            policy,
+            seen,
+            ctx.unseen_helper.get() || ctx.helpers_running.get() > 0,
+            ctx.unproven.get(),
+        )
     };
     let keyed_same = matches!(key, Some(Key::Given(_))) && ctx.all_keyed.get();
     let unkeyed =
@@ -366,9 +370,29 @@ pub(crate) fn reportable(
     Some((method, unkeyed))
 }
 
-/// Tells the enclosing attempt (if any: the current one) that a nested call sent `method`.
-pub(crate) fn tell_enclosing(report: Option<(Method, bool)>) {
-    if let Some((m, unkeyed)) = report {
+/// The method an attempt that sent `seen` (the least safe of its requests the runtime saw)
+/// may have sent unseen beside it: with a helper that may have sent unseen (`helper`), the
+/// least safe; else the policy's method where not every request of it is one the runtime
+/// sees (or a request went out unproven) and `seen` is safer; else none.
+#[inline]
+fn unseen_beside(
+    policy: &Policy,
+    seen: Option<Method>,
+    helper: bool,
+    unproven: bool,
+) -> Option<Method> {
+    if helper {
+        Some(policy.method.least_safe(policy.unseen))
+    } else {
+        ((!policy.sends_seen || unproven) && seen.is_some_and(|m| m.least_safe(policy.method) != m))
+            .then_some(policy.method)
+    }
+}
+
+/// Tells the enclosing attempt (if any: the current one) what an attempt (`ctx`) of a nested
+/// call under `policy` may have sent ([`reportable`]).
+pub(crate) fn tell_enclosing(policy: &Policy, ctx: &AttemptCtx, settled: bool) {
+    if let Some((m, unkeyed)) = reportable(policy, &ctx.key, ctx, settled) {
         let _ = with_attempt(|outer| note_sent(outer, m, unkeyed));
     }
 }
@@ -1136,7 +1160,7 @@ impl Session {
     #[cold]
     #[inline(never)]
     pub(crate) fn pass_up(&self, ctx: &AttemptCtx) {
-        tell_enclosing(reportable(self.policy, &self.ctx.key, ctx, true));
+        tell_enclosing(self.policy, ctx, true);
     }
 
     /// Tells the enclosing call's attempt (if any) what this call sent, so that it does not
@@ -1285,8 +1309,9 @@ impl Session {
             }
         }
         // How the last attempt that ran ended, for its span, its metric and the call's last
-        // event: this one's, or, for a retry refused before it began (its breaker opened, no
-        // time left), the one before it.
+        // event: this one's (not the 409 of a sibling that the decision below may act on),
+        // or, for a retry refused before it began (its breaker opened, no time left), the one
+        // before it.
         let ran = match self.ran_last {
             Some(ran) if !self.last.began && self.attempts > 0 => ran,
             _ => (class, self.last.status),
@@ -1303,8 +1328,6 @@ impl Session {
         // progress, and a server that keeps no failure would run it again), nor after an
         // answer the server replayed from its store: those are final.
         let unanswered = class.unanswered();
-        // Not the 409 of its sibling that the decision below acts on.
-        let traced = ran;
         let class = match self.last.round_in_progress.take() {
             Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Some(409);
@@ -1331,7 +1354,7 @@ impl Session {
         let returned_inside = self.returned_inside.take();
         let own_timeout = self.last.runtime == Some(ErrorKind::AttemptTimeout);
         if ((self.last.nested_gave_up && !own_timeout) || returned_inside) && class.is_transient() {
-            return self.give_up(class, GiveUp::RetriedInside, traced);
+            return self.give_up(class, GiveUp::RetriedInside, ran);
         }
         // A keyed call whose attempt did not stamp its request went out without the key.
         let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
@@ -1345,13 +1368,13 @@ impl Session {
         // sending nothing (its POST went unseen beside the body's own GET, say).
         // Unless every such request of the body is one the runtime sees (`sends_seen`): then
         // one it did not see was not sent (the body failed before its POST).
-        let unseen = if self.last.stamped && !self.last.unseen_helper {
-            ((!policy.sends_seen || self.last.unproven)
-                && self
-                    .last
-                    .method
-                    .is_some_and(|seen| seen.least_safe(policy.method) != seen))
-            .then_some(policy.method)
+        let unseen = if self.last.stamped {
+            unseen_beside(
+                policy,
+                self.last.method,
+                self.last.unseen_helper,
+                self.last.unproven,
+            )
         } else {
             Some(policy.method.least_safe(policy.unseen))
         };
@@ -1396,7 +1419,7 @@ impl Session {
             replayed: self.last.replayed,
         };
         match decide(&facts) {
-            Decision::GiveUp(why) => self.give_up(class, why, traced),
+            Decision::GiveUp(why) => self.give_up(class, why, ran),
             Decision::RetryAfter(delay) => {
                 // Asking for a replay runs nothing again: not paid from the budget.
                 let ask = crate::decision::in_progress(&facts);
@@ -1407,7 +1430,7 @@ impl Session {
                     self.retry_token = budget.take_retry_at(class, now);
                     if self.retry_token.is_none() {
                         PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
-                        self.give_up(class, GiveUp::BudgetExhausted, traced);
+                        self.give_up(class, GiveUp::BudgetExhausted, ran);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
                         err.set_key(self.ctx.named_key());
                         let err = err
@@ -1427,8 +1450,8 @@ impl Session {
                     if ask {
                         tracing::info!(
                             attempt,
-                            class = traced.0.as_str(),
-                            status = traced.1,
+                            class = ran.0.as_str(),
+                            status = ran.1,
                             delay_ms = delay.as_millis() as u64,
                             decision = "ask",
                             "still in progress; asking again for the replay"
@@ -1448,8 +1471,8 @@ impl Session {
                     self.attempt_scope.take(),
                     ask,
                     self.shared,
-                    traced.0,
-                    traced.1,
+                    ran.0,
+                    ran.1,
                     delay,
                 );
                 self.waited += delay;
@@ -1484,13 +1507,13 @@ impl Session {
         }
     }
 
-    fn give_up(&mut self, class: Class, why: GiveUp, traced: (Class, Option<u16>)) -> Next {
+    fn give_up(&mut self, class: Class, why: GiveUp, ran: (Class, Option<u16>)) -> Next {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
             self.shared,
             self.retried > 0,
-            traced.0,
-            traced.1,
+            ran.0,
+            ran.1,
             why,
             self.last.runtime == Some(ErrorKind::CircuitOpen),
             self.started,
@@ -1507,8 +1530,8 @@ impl Session {
             // `reqwest::Error` returned inside a type of the user's own carries neither).
             tracing::warn!(
                 attempt = self.attempts,
-                class = traced.0.as_str(),
-                status = traced.1,
+                class = ran.0.as_str(),
+                status = ran.1,
                 decision = "give up",
                 reason = why.as_str(),
                 idempotency_key = self.ctx.named_key().map(tracing::field::display),
@@ -1596,7 +1619,7 @@ impl Session {
         // attempt, as its end would have told it.
         if self.nested {
             self.keep_sent(None);
-            tell_enclosing(self.sent.map(|m| (m, self.sent_unkeyed)));
+            self.tell_outer(false, false);
         }
         self.give_back_retry();
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
