@@ -1229,6 +1229,12 @@ fn hedged_of(f: &Function) -> u32 {
         .map_or(0, |h| h.max.value)
 }
 
+/// The annotated functions `f` calls, matched by name (`f` itself left out).
+fn callees<'a>(f: &'a Function, all: &'a [Function]) -> impl Iterator<Item = &'a Function> {
+    all.iter()
+        .filter(move |g| f.calls.contains(&g.name) && g.path != f.path)
+}
+
 /// [`amplification`], each function's figure worked out once (`memo`, by path): callees are
 /// matched by name, and layered clients whose methods of one name call each other
 /// (`self.next().fetch(k)`) would otherwise be walked once per path through them, in
@@ -1250,16 +1256,14 @@ fn amplification_of<'a>(
         return worst;
     }
     visiting.push(f.path.as_str());
-    for callee in all
-        .iter()
-        .filter(|g| f.calls.contains(&g.name) && g.path != f.path)
-    {
+    for callee in callees(f, all) {
         let inner = amplification_of(callee, all, memo, visiting);
+        let handled = f.handled.contains(&callee.name);
         // Called at two sites whose failure does not end the body (`join!(status(),
         // status())`, `status().await.unwrap_or_default()` twice), twice the requests; at
         // sites that each end it (`item(a).await?` then `item(b).await?`), the first failure
         // stops the rest.
-        let sites = if f.handled.contains(&callee.name) {
+        let sites = if handled {
             f.calls.iter().filter(|c| **c == callee.name).count()
         } else {
             1
@@ -1271,19 +1275,16 @@ fn amplification_of<'a>(
         // Then each of this function's attempts sends what of the callee's fits in it.
         let timeout = f.analysis.settings.timeout.value;
         let cut = worst_case(callee) >= timeout;
-        let through = if retries(callee) && !f.handled.contains(&callee.name) && !cut {
+        let through = if retries(callee) && !handled && !cut {
             inner.saturating_mul(hedged)
-        } else if cut && !f.handled.contains(&callee.name) {
+        } else if cut && !handled {
             // Of the callee's attempts, those that fit in this one's time, each with what one
             // of the callee's attempts sends (its hedges, its own nested calls).
             // (Its own nested calls may retry inside one of its attempts: what the most
             // demanding of them sends, each hedge of the callee sending it again.)
             let attempts = hanging_attempts(callee).max(1);
             let mut nested = 1u32;
-            for g in all
-                .iter()
-                .filter(|g| callee.calls.contains(&g.name) && g.path != callee.path)
-            {
+            for g in callees(callee, all) {
                 nested = nested.max(amplification_of(g, all, memo, visiting));
             }
             let per_attempt = nested.saturating_mul(hedged_of(callee));

@@ -143,20 +143,17 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
         let start = v.span().start;
         let value = match v.get_ref() {
             D::String(s) => Value::Str(s.to_string()),
-            D::Integer(i) => {
-                let digits = i.as_str().replace('_', "");
-                match u64::from_str_radix(digits.trim_start_matches('+'), i.radix()) {
-                    Ok(n) => Value::Int(n),
-                    Err(_) => {
-                        err(
-                            errors,
-                            start,
-                            format!("{} is not a non-negative whole number", i.as_str()),
-                        );
-                        return None;
-                    }
+            D::Integer(i) => match resilience_spec::toml_uint(i.as_str(), i.radix()) {
+                Some(n) => Value::Int(n),
+                None => {
+                    err(
+                        errors,
+                        start,
+                        format!("{} is not a non-negative whole number", i.as_str()),
+                    );
+                    return None;
                 }
-            }
+            },
             D::Float(f) => match f.as_str().replace('_', "").parse::<f64>() {
                 Ok(x) if x.is_finite() && x >= 0.0 => Value::Float(x),
                 _ => {

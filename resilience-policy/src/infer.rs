@@ -62,12 +62,7 @@ fn first_argument_names_a_method(args: TokenStream) -> bool {
         .collect();
     let n = first.len();
     n >= 4
-        && matches!(&first[n - 1], TokenTree::Ident(m)
-            if Method::parse(&m.to_string()).is_some()
-                && m.to_string().chars().all(|c| c.is_ascii_uppercase()))
-        && matches!(&first[n - 2], TokenTree::Punct(p) if p.as_char() == ':')
-        && matches!(&first[n - 3], TokenTree::Punct(p) if p.as_char() == ':')
-        && matches!(&first[n - 4], TokenTree::Ident(id) if id == "Method")
+        && method_path_at(&first, n - 4).is_some()
         && first[..n - 4].iter().all(|t| match t {
             TokenTree::Ident(_) => true,
             TokenTree::Punct(p) => p.as_char() == ':',
@@ -141,13 +136,7 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
         );
     }
     // `Method::POST`
-    if name == "Method"
-        && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
-        && matches!(tokens.get(i + 2), Some(TokenTree::Punct(p)) if p.as_char() == ':')
-        && let Some(TokenTree::Ident(m)) = tokens.get(i + 3)
-        && let Some(method) = Method::parse(&m.to_string())
-            .filter(|_| m.to_string().chars().all(|c| c.is_ascii_uppercase()))
-    {
+    if let Some((method, m)) = method_path_at(tokens, i) {
         consider(
             best,
             Inferred {
@@ -156,6 +145,22 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
                 span: m.span(),
             },
         );
+    }
+}
+
+/// The method of `Method::NAME` when `tokens[i]` is its `Method` (the name in capitals, as
+/// the constants are written), with the name's token.
+fn method_path_at(tokens: &[TokenTree], i: usize) -> Option<(Method, &proc_macro2::Ident)> {
+    let punct = |k: usize| matches!(tokens.get(k), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+    if matches!(&tokens[i], TokenTree::Ident(id) if id == "Method")
+        && punct(i + 1)
+        && punct(i + 2)
+        && let Some(TokenTree::Ident(m)) = tokens.get(i + 3)
+        && m.to_string().chars().all(|c| c.is_ascii_uppercase())
+    {
+        Some((Method::parse(&m.to_string())?, m))
+    } else {
+        None
     }
 }
 

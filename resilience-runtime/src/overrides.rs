@@ -887,12 +887,9 @@ impl Parser<'_> {
     }
 }
 
-/// A TOML integer as written, in its base (`0x1F7`, `0o17`, `0b10`: the parser hands over the
-/// digits and the base apart), with `_` separators and a leading `+`; `None` if negative or
-/// too large.
+/// A TOML integer as written, in its base, as the policy file's reader takes it.
 fn toml_uint(i: &toml::de::DeInteger<'_>) -> Option<u64> {
-    let digits = i.as_str().replace('_', "");
-    u64::from_str_radix(digits.trim_start_matches('+'), i.radix()).ok()
+    resilience_spec::toml_uint(i.as_str(), i.radix())
 }
 
 /// `statuses` as a list kept for the life of the process (a policy in force may point at it):

@@ -177,6 +177,15 @@ pub mod fallback_on {
     }
 }
 
+/// A non-negative TOML integer as its parser hands it over: the digits as written (`_`
+/// separators, a leading `+`) and the base apart (`0x1F7`, `0o17`, `0b10`). `None` if negative
+/// or beyond `u64`. One reading for the policy file at compile time and the override file at
+/// run time.
+pub fn toml_uint(digits: &str, radix: u32) -> Option<u64> {
+    let digits = digits.replace('_', "");
+    u64::from_str_radix(digits.trim_start_matches('+'), radix).ok()
+}
+
 /// Is this an HTTP status that may be retried at all (408, 429, 5xx)?
 pub const fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
