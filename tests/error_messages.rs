@@ -201,3 +201,76 @@ async fn a_boxed_reqwest_error_carries_no_runtime_facts() {
     assert!(e.downcast_ref::<Error>().is_none(), "{e:?}");
     assert!(e.downcast_ref::<reqwest::Error>().is_some(), "{e:?}");
 }
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto,
+    breaker = { name = "em_order_then_track", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 })]
+async fn order_then_track_behind_a_breaker(
+    c: &reqwest::Client,
+    orders: &str,
+    track: &str,
+) -> Result<u16, Error> {
+    c.post(orders)
+        .body("qty=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(c.get(track).send().await?.status().as_u16())
+}
+
+/// The same, the retry refused by the breaker the connect failure opened: the refusal names
+/// the key and says the request may have been carried out, as the attempt's own error does.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_refusal_after_a_keyed_post_was_carried_out_says_so() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/track", resilience_fault_server::refused_addr());
+    let e = order_then_track_behind_a_breaker(
+        &reqwest::Client::new(),
+        &orders.url("/orders"),
+        &refused,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.kind(), orders.count()),
+        (ErrorKind::CircuitOpen, 1),
+        "{e}"
+    );
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), idempotency_key = auto,
+    budget = { name = "em_order_then_track", ratio = 0.0, min_per_sec = 0 })]
+async fn order_then_track_on_a_budget(
+    c: &reqwest::Client,
+    orders: &str,
+    track: &str,
+) -> Result<u16, Error> {
+    c.post(orders)
+        .body("qty=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(c.get(track).send().await?.status().as_u16())
+}
+
+/// And a retry the exhausted budget refused (once the allowance for connect failures beside
+/// it is spent): the same note.
+#[tokio::test(start_paused = true)]
+async fn a_budget_refusal_after_a_keyed_post_was_carried_out_says_so() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/track", resilience_fault_server::refused_addr());
+    let c = reqwest::Client::new();
+    let mut refusal = None;
+    for _ in 0..40 {
+        let e = order_then_track_on_a_budget(&c, &orders.url("/orders"), &refused)
+            .await
+            .unwrap_err();
+        if e.kind() == ErrorKind::BudgetExhausted {
+            refusal = Some(e);
+            break;
+        }
+    }
+    let e = refusal.expect("the allowance ran out within 40 calls");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -465,8 +465,9 @@ pub struct Session {
     /// dropped before it ended was cancelled by its caller (see `Drop`).
     ended: bool,
     /// The class and status of the last attempt that ran and failed, for an error that ends
-    /// the call before the next one runs (a breaker that opened between them).
-    ran_last: Option<(Class, Option<u16>)>,
+    /// the call before the next one runs (a breaker that opened between them), and whether
+    /// its request that needs the call's key reached a server (see [`Session::name_key`]).
+    ran_last: Option<(Class, Option<u16>, bool)>,
     /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
     /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
@@ -885,8 +886,19 @@ impl Session {
             .with_attempts(self.attempts)
             .with_class(Some(class), self.last.status)
             .with_elapsed(self.started.elapsed());
-        err.set_key(self.ctx.named_key());
+        self.name_key(&mut err);
         err
+    }
+
+    /// The call's key on a refusal made after attempts ran (an open breaker, no time, an
+    /// exhausted budget), and whether the last attempt's request that needs it reached a
+    /// server: a connect failure after a keyed POST was answered may have been carried out,
+    /// as the error made from the attempt's own says (`Probe::note`).
+    fn name_key(&self, err: &mut Error) {
+        err.set_key(self.ctx.named_key());
+        if self.attempts > 0 && self.ran_last.is_some_and(|r| r.2) {
+            err.set_reached();
+        }
     }
 
     /// Runs one attempt of the body (in its slot, `pin!(Some(body))`) under the breaker and the
@@ -1005,7 +1017,7 @@ impl Session {
     #[inline(never)]
     fn out_of_time(&mut self) -> Error {
         let mut e = self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout);
-        if let Some((class, status)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
         }
@@ -1026,7 +1038,7 @@ impl Session {
             )
         });
         let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
-        if let Some((class, status)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
         }
@@ -1288,7 +1300,9 @@ impl Session {
         // it proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
-            self.ran_last = Some((class, self.last.status));
+            let keyed_reached =
+                self.last.all_keyed && self.last.reached.is_some_and(|m| m.needs_key());
+            self.ran_last = Some((class, self.last.status, keyed_reached));
         }
         let cut_short = self.last.cut_short;
         if let Some(c) = &mut self.concurrency {
@@ -1313,7 +1327,7 @@ impl Session {
         // or, for a retry refused before it began (its breaker opened, no time left), the one
         // before it.
         let ran = match self.ran_last {
-            Some(ran) if !self.last.began && self.attempts > 0 => ran,
+            Some((class, status, _)) if !self.last.began && self.attempts > 0 => (class, status),
             _ => (class, self.last.status),
         };
         // The deadline itself ran out: nothing more can be tried.
@@ -1432,7 +1446,7 @@ impl Session {
                         PolicyMetrics::incr(&self.shared.metrics.rejected_budget);
                         self.give_up(class, GiveUp::BudgetExhausted, ran);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
-                        err.set_key(self.ctx.named_key());
+                        self.name_key(&mut err);
                         let err = err
                             .with_class(Some(class), self.last.status)
                             .with_elapsed(self.started.elapsed());
