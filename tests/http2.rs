@@ -210,3 +210,52 @@ async fn without_reqwests_retry_the_draining_servers_refusal_ends_the_call() {
     assert_eq!(server.streams.load(Ordering::SeqCst), 1);
     assert_eq!(server.processed.load(Ordering::SeqCst), 0);
 }
+
+/// "At most two per hop": an h2c server that answers `/orders` with a 307 to `/next` and
+/// refuses every stream for `/next`. The redirect's target is a hop of its own: reqwest sends
+/// it three times (the first and its two retries), never more, and the POST to `/orders` once;
+/// all inside the one attempt, after which an unkeyed POST is not sent again.
+#[tokio::test]
+async fn reqwests_own_retries_stop_at_two_per_redirect_hop() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    let first = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let (f, n) = (first.clone(), next.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (f, n) = (f.clone(), n.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    if request.uri().path() == "/next" {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let response = hyper::Response::builder()
+                        .status(307)
+                        .header("location", "/next")
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(response, true);
+                }
+            });
+        }
+    });
+    let c = ClientSettings::DEFAULT
+        .builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let e = create_order(&c, &url).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(first.load(Ordering::SeqCst), 1, "{e}");
+    assert_eq!(next.load(Ordering::SeqCst), 3, "{e}");
+}

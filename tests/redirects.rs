@@ -158,3 +158,31 @@ async fn a_get_redirected_in_a_loop_is_stopped() {
     page(&c, &server.url("/page")).await.unwrap_err();
     assert_eq!(server.count(), 2);
 }
+
+/// A chain of redirects, each to a URL not visited yet (no loop): followed up to 10 hops, the
+/// eleventh refused as an error (11 requests, one attempt), not followed on.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_chain_is_followed_up_to_ten_hops() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+    async fn page(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+    let chain = |hops: u32| {
+        Script::dynamic(move |seen| {
+            let n: u32 = seen.path.trim_start_matches("/hop/").parse().unwrap_or(0);
+            if n < hops {
+                Action::status(302).header("location", format!("/hop/{}", n + 1))
+            } else {
+                Action::ok()
+            }
+        })
+    };
+    let ten = FaultServer::start(chain(10)).await;
+    assert_eq!(page(&c, &ten.url("/hop/0")).await.unwrap(), 200);
+    assert_eq!(ten.count(), 11, "ten hops followed");
+    let eleven = FaultServer::start(chain(11)).await;
+    let e = page(&c, &eleven.url("/hop/0")).await.unwrap_err();
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::Call, 1), "{e}");
+    assert_eq!(eleven.count(), 11, "the eleventh hop is not followed: {e}");
+}

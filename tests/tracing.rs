@@ -689,3 +689,70 @@ async fn an_overtaken_attempt_leaves_no_event() {
         .count();
     assert_eq!(events, 1, "{text}");
 }
+
+#[resilient(timeout = "2s", max_attempts = 1, budget = false)]
+async fn panicking(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let status = c.get(url).send().await?.status().as_u16();
+    if status == 200 {
+        panic!("a bug in the body");
+    }
+    Ok(status)
+}
+
+/// A panic that unwound a call is told at error level, naming its function.
+#[tokio::test(start_paused = true)]
+async fn a_panic_that_unwound_a_call_is_told_at_error() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    let joined = tokio::spawn(async move { panicking(&reqwest::Client::new(), &url).await }).await;
+    assert!(joined.unwrap_err().is_panic());
+    let text = buf.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("a panic unwound it"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(" ERROR ") && line.contains("panicking"),
+        "{line}"
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_by_hand", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1m", half_open_calls = 1 }
+)]
+async fn guarded(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A breaker forced open or closed, or reset, by hand is told at warn, naming it.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_forced_or_reset_by_hand_is_told_at_warn() {
+    use resilience_runtime::breakers;
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    guarded(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap();
+    breakers::force_open("tracing_by_hand").unwrap();
+    breakers::force_closed("tracing_by_hand").unwrap();
+    breakers::reset("tracing_by_hand").unwrap();
+    let text = buf.text();
+    for what in [
+        "forced open by hand",
+        "forced closed by hand",
+        "reset by hand",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what}:\n{text}"));
+        assert!(
+            line.contains(" WARN ") && line.contains("tracing_by_hand"),
+            "{line}"
+        );
+    }
+}

@@ -1466,3 +1466,43 @@ fn check_reads_the_tests_only_with_tests() {
     assert!(t.contains("tests/charge.rs:5:"), "{t}");
     assert!(t.contains("this POST could be retried"), "{t}");
 }
+
+/// What `check` does not read, as the README lists it: a file no root declares, a function a
+/// `macro_rules!` makes, a `[[bench]]` target; and a `#[cfg]` is not weighed (a function the
+/// compiler leaves out is checked all the same).
+#[test]
+fn what_check_does_not_read() {
+    let unsafe_post = |name: &str| {
+        format!(
+            "#[resilience_runtime::resilient(timeout = \"2s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {{\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}}\n"
+        )
+    };
+    let by_macro = format!(
+        "macro_rules! make {{\n    () => {{\n{}    }};\n}}\nmake!();\n",
+        unsafe_post("made")
+    );
+    let unread = crate_with(
+        "unread",
+        &[
+            ("src/lib.rs", &format!("{}{by_macro}", annotated_get("get"))),
+            ("src/orphan.rs", &unsafe_post("orphan")),
+            ("benches/load.rs", &unsafe_post("bench")),
+        ],
+    );
+    let out = run(&["check", unread.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 annotated function"), "{t}");
+
+    let cfg = crate_with(
+        "cfg_not_weighed",
+        &[(
+            "src/lib.rs",
+            &format!("#[cfg(any())]\n{}", unsafe_post("never_built")),
+        )],
+    );
+    let out = run(&["check", cfg.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("cfg_not_weighed::never_built"), "{t}");
+}
