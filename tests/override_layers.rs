@@ -89,6 +89,17 @@ async fn each_section_and_setting_changes_the_calls() {
     assert_eq!(attempts(unavailable()).await.0, 2, "max_attempts = 0b10");
     apply("[functions.\"override_layers::search\"]\nmax_attempts = 0o3\nretry_on = [0x1F7]\n");
     assert_eq!(attempts(unavailable()).await.0, 3, "retry_on = [0x1F7]");
+    // A number past `u32` is refused as written, not cut down to 4294967295.
+    let e = overrides::apply_str(
+        "[functions.\"override_layers::search\"]\nmax_attempts = 5000000000\n",
+        "incident.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("max_attempts = 5000000000 is outside 1..=10"),
+        "{e}"
+    );
 
     // Emptied: the compiled policy again.
     apply("");

@@ -16,6 +16,13 @@ pub(crate) fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
                     "#[resilient] needs the function's body, and a trait's declaration has none\n\
                      help: put #[resilient] on the method in each `impl` block instead",
                 ),
+                // A function the parser could not read (a syntax error in its body while it
+                // is being written): the parser's own message, where it stopped, not a claim
+                // that this is no function.
+                _ if syn::parse2::<syn::Item>(item.clone()).is_err() => syn::Error::new(
+                    e.span(),
+                    format!("#[resilient] could not read this function: {e}"),
+                ),
                 _ => syn::Error::new(
                     e.span(),
                     "#[resilient] goes on an async fn returning a Result",
@@ -24,6 +31,21 @@ pub(crate) fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
             return fail_soft(item, e);
         }
     };
+    // Written twice (once as `resilient`, once by its path, say): the second would expand on
+    // the first's output, one retry loop inside the other under one function name.
+    if let Some(again) = func.attrs.iter().find(|a| {
+        a.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "resilient")
+    }) {
+        let e = syn::Error::new_spanned(
+            again,
+            "#[resilient] is given twice on this function: each would retry around the other\n\
+             help: put every key in one attribute",
+        );
+        return fail_soft(item, e);
+    }
     match build(args, &func) {
         Ok(ts) => ts,
         Err(e) => fail_soft(item, e),

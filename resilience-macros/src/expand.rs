@@ -188,6 +188,13 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 match resilience_policy::validate::peel(&pt.ty) {
                     syn::Type::Reference(r) if r.mutability.is_some() => {
                         touch.push(quote!(#(#cfgs)* let _ = &mut *#id;));
+                        // A body that moves the reference (`execute(conn)`, a generic
+                        // `W: Write` handed `buf`) moves it out of the parameter: each attempt
+                        // moves a reborrow of its own instead, as an unannotated body moves
+                        // the parameter once.
+                        if runs_again || s.fallback.is_some() {
+                            rebind.push(quote!(#(#cfgs)* let #id = &mut *#id;));
+                        }
                     }
                     syn::Type::Reference(_) => {}
                     _ => {

@@ -434,9 +434,12 @@ impl Settings {
             }
             "max_attempts" => {
                 if let Some(n) = integer(diags, v, fallback, key) {
-                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    // Checked as written: 5000000000 is said as such, not as `u32::MAX`.
                     match rules::max_attempts(n) {
-                        Ok(()) => self.max_attempts = Set { value: n, origin },
+                        Ok(()) => {
+                            let value = u32::try_from(n).unwrap_or(u32::MAX);
+                            self.max_attempts = Set { value, origin };
+                        }
                         Err(b) => err(diags, v, fallback, b),
                     }
                 }

@@ -789,9 +789,17 @@ impl Parser<'_> {
                 "deadline" => p.deadline = self.duration(k, v),
                 "max_retry_after" => p.max_retry_after = self.duration(k, v),
                 "max_attempts" => {
-                    p.max_attempts = self
-                        .whole(k, v)
-                        .map(|n| self.at(v, u32::try_from(n).unwrap_or(u32::MAX)));
+                    p.max_attempts = match self.whole(k, v).map(|n| (n, u32::try_from(n))) {
+                        Some((_, Ok(n))) => Some(self.at(v, n)),
+                        // No `u32`: refused as written, not cut down to `u32::MAX`.
+                        Some((n, Err(_))) => {
+                            if let Err(b) = rules::max_attempts(n) {
+                                self.problem(v.span().start, b);
+                            }
+                            None
+                        }
+                        None => None,
+                    };
                 }
                 "retry_on" => p.retry_on = self.retry_on(v),
                 "backoff" => match v.get_ref() {

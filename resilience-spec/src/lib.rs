@@ -426,11 +426,13 @@ pub mod rules {
     }
 
     /// `max_attempts` in 1..=10.
-    pub fn max_attempts(n: u32) -> Result<(), Broken> {
+    /// Taken as written (`5000000000` is no `u32`, and is said as written, not cut down).
+    pub fn max_attempts(n: impl Into<u64>) -> Result<(), Broken> {
+        let (lo, hi) = bounds::MAX_ATTEMPTS.into_inner();
         within(
             "max_attempts",
-            n,
-            &bounds::MAX_ATTEMPTS,
+            n.into(),
+            &(u64::from(lo)..=u64::from(hi)),
             " (1 means no retry)",
         )
     }
