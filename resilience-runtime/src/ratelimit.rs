@@ -417,6 +417,17 @@ impl RateLimiter {
                         self.store_answers();
                     }
                     self.granted_elsewhere(now);
+                    // Redis counted the wait from when its script ran, some time after `now`
+                    // (a slow or frozen Redis, up to `STORE_TIMEOUT`): counted from its answer,
+                    // never earlier than Redis spaced it (two permits it gave 100 ms apart,
+                    // both answered 150 ms late, went out together).
+                    if wait.is_zero() {
+                        return Ok((wait, None));
+                    }
+                    let wait = Instant::now().saturating_duration_since(now) + wait;
+                    if wait >= left {
+                        return Err(Refused::Deadline);
+                    }
                     return Ok((wait, None));
                 }
                 shared::Answer::Refused(needed) => {

@@ -618,6 +618,48 @@ async fn a_shared_rate_limit_stops_waiting_for_a_redis_known_down() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // Two permits Redis spaces 100 ms apart (10 a second, a burst of 1), both answered 150 ms
+    // late (Redis frozen for that long): the second is not used before its time, though the
+    // wait Redis gave it has passed by the time its answer comes.
+    let spaced = std::sync::Arc::new(RateLimiter::new(
+        "faults_spaced",
+        RateLimitSpec {
+            rate: 10,
+            per: Duration::from_secs(1),
+            burst: 1,
+            max_wait: Duration::from_secs(1),
+            store: RateLimitStore::Redis,
+        },
+    ));
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let spaced = spaced.clone();
+        calls.spawn(async move {
+            let got = spaced
+                .acquire_by(Instant::now() + Duration::from_secs(10))
+                .await;
+            (got, Instant::now())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.signal("-CONT");
+    let mut given = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        let (got, at) = done.unwrap();
+        assert_eq!(got, Ok(()));
+        given.push(at);
+    }
+    given.sort();
+    assert_eq!(spaced.snapshot().local_fallbacks, 0, "Redis decided both");
+    let gap = given[1] - given[0];
+    assert!(
+        gap >= Duration::from_millis(95),
+        "permits {gap:?} apart, {:?} after the start",
+        given[0] - started
+    );
 }
 
 #[resilience_runtime::resilient(
