@@ -559,15 +559,14 @@ pub use shared::{use_redis, use_redis_cluster};
 
 #[cfg(feature = "redis")]
 mod shared {
-    use std::sync::{LazyLock, OnceLock};
+    use std::sync::OnceLock;
     use std::time::Duration;
 
-    use redis::Script;
     use redis::aio::ConnectionManager;
     use redis::cluster_async::ClusterConnection;
 
     use super::RateLimitSpec;
-    use crate::redis_conn::RedisConn;
+    use crate::redis_conn::{KeyScript, RedisConn};
 
     /// How long a decision may wait for Redis before the local limit decides instead.
     pub(super) const STORE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -578,9 +577,8 @@ mod shared {
     /// (interval × burst) and the longest wait allowed, all in microseconds. Returns the wait
     /// in microseconds, or `-1 - wait` when refused (nothing is reserved then): the wait the
     /// permit would have taken, which tells a refusal for the deadline from one by the limit.
-    static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-        Script::new(
-            r"local t = redis.call('TIME')
+    static RESERVE: KeyScript = KeyScript::new(
+        r"local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -593,8 +591,7 @@ if wait < 0 then wait = 0 end
 if wait > allowed then return -1 - wait end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return wait",
-        )
-    });
+    );
 
     /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
     /// The first connection given stays (this one or [`use_redis_cluster`]'s); later calls
@@ -668,9 +665,14 @@ return wait",
         let interval = interval_micros(spec);
         let tolerance = interval.saturating_mul(u64::from(spec.burst));
         let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
-        let mut inv = RESERVE.prepare_invoke();
-        inv.key(key(name)).arg(interval).arg(tolerance).arg(allowed);
-        let call = async move { inv.invoke_async::<i64>(&mut conn).await };
+        let key = key(name);
+        let call = async move {
+            RESERVE
+                .run::<i64>(&mut conn, &key, |c| {
+                    c.arg(interval).arg(tolerance).arg(allowed);
+                })
+                .await
+        };
         // Half the time left at most, so that a call short of time still decides locally with
         // the other half when Redis does not answer.
         let wait = STORE_TIMEOUT.min(left / 2);

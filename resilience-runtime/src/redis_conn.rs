@@ -4,12 +4,61 @@
 //! Every script either of them runs touches one key (`KEYS[1]`), so in a cluster each call goes
 //! to the master of that key's slot and no call can span slots.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
+};
+
+/// A Lua script of one key (`KEYS[1]`), run by its hash (`EVALSHA`), and by its source
+/// (`EVAL`) on a node that does not know it (restarted, or its scripts flushed).
+///
+/// Not `redis::Script`'s own invocation, which answers `NOSCRIPT` with `SCRIPT LOAD`: a cluster
+/// client sends that to every node, replicas included, and it fails unless all of them answer,
+/// so one node down or frozen stopped the keys of a healthy master that had restarted. `EVAL`
+/// goes where its key does (and caches the script there, as `SCRIPT LOAD` would).
+pub(crate) struct KeyScript {
+    source: &'static str,
+    hash: OnceLock<String>,
+}
+
+impl KeyScript {
+    pub(crate) const fn new(source: &'static str) -> KeyScript {
+        KeyScript {
+            source,
+            hash: OnceLock::new(),
+        }
+    }
+
+    /// Runs the script on `key` with the arguments `args` writes (`ARGV`).
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+        key: &str,
+        args: impl Fn(&mut Cmd),
+    ) -> RedisResult<T> {
+        let call = |how: &str, script: &str| {
+            let mut cmd = redis::cmd(how);
+            cmd.arg(script).arg(1).arg(key);
+            args(&mut cmd);
+            cmd
+        };
+        let hash = self
+            .hash
+            .get_or_init(|| redis::Script::new(self.source).get_hash().to_owned());
+        match call("EVALSHA", hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                call("EVAL", self.source).query_async(conn).await
+            }
+            answer => answer,
+        }
+    }
+}
 
 /// How long [`cluster`] waits for a node to accept a connection.
 pub(crate) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

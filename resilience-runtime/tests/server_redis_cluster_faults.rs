@@ -403,3 +403,49 @@ async fn a_shared_limit_falls_back_to_the_local_limit_while_its_master_is_frozen
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A master that lost its scripts (restarted, or `SCRIPT FLUSH`) while another node is frozen:
+/// its keys are still served. The script goes by its source to the key's master alone (loading
+/// it on every node first needed all of them to answer, so the frozen one stopped the healthy
+/// master's keys: 503, and the store taken as down).
+#[tokio::test]
+async fn a_master_that_lost_its_scripts_serves_its_keys_while_another_is_frozen() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let store: Store = Arc::new(
+        RedisStore::connect_cluster(cluster.urls())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
+    let app = serve(&store, layer).await;
+    let url = app.url("/orders");
+    let keys = keys_per_node(&cluster, 2).await;
+    let stored = post(&url, Some(&keys[0][0]), "x").await;
+    assert_eq!(stored.status, 201, "{stored:?}");
+
+    assert_eq!(
+        query(cluster.nodes[0].port, &["SCRIPT", "FLUSH"])
+            .await
+            .as_deref(),
+        Some("OK")
+    );
+    cluster.signal(1, "-STOP");
+    let started = Instant::now();
+    let served = post(&url, Some(&keys[0][1]), "x").await;
+    assert_eq!(served.status, 201, "{served:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let replay = post(&url, Some(&keys[0][0]), "x").await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (201, true),
+        "{replay:?}"
+    );
+    cluster.signal(1, "-CONT");
+}

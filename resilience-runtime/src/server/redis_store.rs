@@ -2,16 +2,15 @@
 //! single atomic script on that one key.
 
 use std::fmt;
-use std::sync::LazyLock;
 use std::time::Duration;
 
+use redis::Client;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Script};
 
 use super::record::{InFlight, Record, StoredResponse};
 use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
-use crate::redis_conn::{self, RedisConn};
+use crate::redis_conn::{self, KeyScript, RedisConn};
 
 /// A Redis-backed [`IdempotencyStore`], shared by every instance of a service.
 ///
@@ -47,46 +46,38 @@ pub struct RedisStore {
 }
 
 /// Returns the stored value if there is one; otherwise stores ARGV[1] with expiry ARGV[2] ms.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local v = redis.call('GET', KEYS[1])
+static CLAIM: KeyScript = KeyScript::new(
+    r"local v = redis.call('GET', KEYS[1])
 if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false",
-    )
-});
+);
 
 /// If the key holds the claim ARGV[1], sets its expiry to ARGV[2] ms.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+static RENEW: KeyScript = KeyScript::new(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0",
-    )
-});
+);
 
 /// If the key holds the claim ARGV[1] or nothing, stores ARGV[2] with expiry ARGV[3] ms.
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local v = redis.call('GET', KEYS[1])
+static COMPLETE: KeyScript = KeyScript::new(
+    r"local v = redis.call('GET', KEYS[1])
 if v == false or v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return 0",
-    )
-});
+);
 
 /// If the key holds the claim ARGV[1], deletes it.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+static RELEASE: KeyScript = KeyScript::new(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0",
-    )
-});
+);
 
 impl RedisStore {
     /// The default prefix of every Redis key the store writes.
@@ -189,10 +180,9 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move {
             let existing: Option<Vec<u8>> = CLAIM
-                .key(self.redis_key(key))
-                .arg(Record::InFlight(*claim).encode())
-                .arg(millis(lease))
-                .invoke_async(&mut self.conn.clone())
+                .run(&mut self.conn.clone(), &self.redis_key(key), |c| {
+                    c.arg(Record::InFlight(*claim).encode()).arg(millis(lease));
+                })
                 .await
                 .map_err(StoreError::new)?;
             match existing {
@@ -210,10 +200,9 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             RENEW
-                .key(self.redis_key(key))
-                .arg(Record::InFlight(*claim).encode())
-                .arg(millis(lease))
-                .invoke_async::<i64>(&mut self.conn.clone())
+                .run::<i64>(&mut self.conn.clone(), &self.redis_key(key), |c| {
+                    c.arg(Record::InFlight(*claim).encode()).arg(millis(lease));
+                })
                 .await
                 .map(|n| n == 1)
                 .map_err(StoreError::new)
@@ -228,12 +217,13 @@ impl IdempotencyStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
+            let record = Record::Completed(response.clone()).encode();
             COMPLETE
-                .key(self.redis_key(key))
-                .arg(Record::InFlight(*claim).encode())
-                .arg(Record::Completed(response.clone()).encode())
-                .arg(millis(ttl))
-                .invoke_async::<i64>(&mut self.conn.clone())
+                .run::<i64>(&mut self.conn.clone(), &self.redis_key(key), |c| {
+                    c.arg(Record::InFlight(*claim).encode())
+                        .arg(&record)
+                        .arg(millis(ttl));
+                })
                 .await
                 .map(|n| n == 1)
                 .map_err(StoreError::new)
@@ -247,9 +237,9 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             RELEASE
-                .key(self.redis_key(key))
-                .arg(Record::InFlight(*claim).encode())
-                .invoke_async::<i64>(&mut self.conn.clone())
+                .run::<i64>(&mut self.conn.clone(), &self.redis_key(key), |c| {
+                    c.arg(Record::InFlight(*claim).encode());
+                })
                 .await
                 .map(|n| n == 1)
                 .map_err(StoreError::new)
