@@ -84,10 +84,12 @@ pub(crate) fn single_config() -> ConnectionManagerConfig {
         .set_connection_timeout(Some(Duration::from_secs(1)))
 }
 
-/// A single server (reconnecting by itself) or a cluster (following its slots by itself).
+/// A single server (reconnecting by itself), one the runtime connected to (replaced when it
+/// stops answering), or a cluster (following its slots by itself).
 #[derive(Clone)]
 pub(crate) enum RedisConn {
     Single(ConnectionManager),
+    Watched(Watched),
     Cluster(ClusterConnection),
 }
 
@@ -95,6 +97,15 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Watched(w) => {
+                let w = w.clone();
+                Box::pin(async move {
+                    let mut c = w.issue();
+                    let answer = c.req_packed_command(cmd).await;
+                    w.answered();
+                    answer
+                })
+            }
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -107,6 +118,15 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Watched(w) => {
+                let w = w.clone();
+                Box::pin(async move {
+                    let mut c = w.issue();
+                    let answer = c.req_packed_commands(cmd, offset, count).await;
+                    w.answered();
+                    answer
+                })
+            }
             RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
@@ -114,8 +134,100 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
+            RedisConn::Watched(w) => w.0.conn.load().get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// How long a connection may leave every command unanswered before a new one is made beside
+/// it (see [`Watched`]).
+pub(crate) const UNANSWERED_FOR: Duration = Duration::from_secs(2);
+
+/// A connection to a single Redis that is replaced when it has answered nothing for
+/// [`UNANSWERED_FOR`] while commands were sent.
+///
+/// The client reconnects only after an error, and a Redis whose host vanished without a reset
+/// (powered off, a network partition, a replacement at the same address) gives none: each
+/// command waits on a socket nobody answers until the kernel gives up on it, some fifteen
+/// minutes, every keyed POST answered 503 meanwhile. Here a new connection is made once
+/// commands have gone unanswered that long, and used once it is up: the old one's commands
+/// end as their callers give up on them. A Redis that is only frozen (its kernel still
+/// answers) gets a try every [`UNANSWERED_FOR`] too, each bounded by the connection timeout,
+/// and the connection that answers first after it thaws is kept.
+#[derive(Clone)]
+pub(crate) struct Watched(std::sync::Arc<WatchedState>);
+
+struct WatchedState {
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    client: redis::Client,
+    epoch: std::time::Instant,
+    /// When the first command sent since the last answer was sent (nanoseconds since
+    /// `epoch`, plus one; 0: none waiting).
+    unanswered_since: std::sync::atomic::AtomicU64,
+    replacing: std::sync::atomic::AtomicBool,
+}
+
+impl Watched {
+    /// Connects to the Redis `client` names, with [`single_config`].
+    pub(crate) async fn connect(client: redis::Client) -> RedisResult<Watched> {
+        let conn = ConnectionManager::new_with_config(client.clone(), single_config()).await?;
+        Ok(Watched(std::sync::Arc::new(WatchedState {
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            client,
+            epoch: std::time::Instant::now(),
+            unanswered_since: std::sync::atomic::AtomicU64::new(0),
+            replacing: std::sync::atomic::AtomicBool::new(false),
+        })))
+    }
+
+    fn now(&self) -> u64 {
+        (self.0.epoch.elapsed().as_nanos() as u64).saturating_add(1)
+    }
+
+    /// The connection for a command about to be sent; a new one started when commands have
+    /// gone unanswered for [`UNANSWERED_FOR`].
+    fn issue(&self) -> ConnectionManager {
+        use std::sync::atomic::Ordering;
+        let now = self.now();
+        let since = match self.0.unanswered_since.compare_exchange(
+            0,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => now,
+            Err(since) => since,
+        };
+        if now.saturating_sub(since) >= UNANSWERED_FOR.as_nanos() as u64
+            && !self.0.replacing.swap(true, Ordering::AcqRel)
+        {
+            // Counted again from now: the next try, if this one fails, is as far away.
+            self.0.unanswered_since.store(now, Ordering::Release);
+            let state = self.0.clone();
+            tokio::spawn(async move {
+                let made = tokio::time::timeout(
+                    UNANSWERED_FOR,
+                    ConnectionManager::new_with_config(state.client.clone(), single_config()),
+                )
+                .await;
+                if let Ok(Ok(conn)) = made {
+                    state.conn.store(std::sync::Arc::new(conn));
+                    tracing::warn!(
+                        "Redis left every command unanswered for {UNANSWERED_FOR:?}: a new connection replaces the old one"
+                    );
+                }
+                state.replacing.store(false, Ordering::Release);
+            });
+        }
+        ConnectionManager::clone(&self.0.conn.load())
+    }
+
+    /// A command was answered (a reply or an error): the connection is alive.
+    fn answered(&self) {
+        self.0
+            .unanswered_since
+            .store(0, std::sync::atomic::Ordering::Release);
     }
 }
 

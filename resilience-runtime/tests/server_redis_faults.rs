@@ -766,3 +766,110 @@ async fn a_kept_answer_is_written_back_soon_after_the_store_is_back() {
     );
     assert_eq!(elsewhere.body, first.body);
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `to`: after [`BlackHole::cut`], the connections it had
+/// carry nothing more either way and are never closed (a host gone without a reset, as a
+/// partition or a power cut leaves them), while new ones are carried as before.
+struct BlackHole {
+    port: u16,
+    cut_at: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BlackHole {
+    async fn start(to: u16) -> BlackHole {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Connections numbered from 1; those numbered up to `cut_at` carry nothing.
+        let cut_at = Arc::new(AtomicUsize::new(0));
+        let cut = cut_at.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((client, _)) = listener.accept().await {
+                n += 1;
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(sr) as _, Box::new(cw) as _),
+                ] {
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 16 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buf).await else {
+                                return;
+                            };
+                            if read == 0 {
+                                return;
+                            }
+                            if n <= cut.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHole { port, cut_at }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every connection made so far carries nothing from now on.
+    fn cut(&self, made: usize) {
+        self.cut_at.store(made, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The Redis host vanishes without a reset (its connections carry nothing, and nothing closes
+/// them), and a Redis answers at the same address: within a few seconds keyed requests are
+/// served again on a new connection, not answered 503 until the kernel gives up on the socket.
+#[tokio::test]
+async fn a_redis_gone_without_a_reset_is_reconnected() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let proxy = BlackHole::start(redis.port).await;
+    let store: Store = Arc::new(
+        RedisStore::connect(&proxy.url())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
+    let app = serve(&store, layer).await;
+    let url = app.url("/orders");
+    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
+    // The store's one connection so far; new ones are carried.
+    proxy.cut(1);
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = post(&url, Some(&fresh_key()), "x").await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        refused += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "still 503 after {:?} ({refused} refused)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the cut connection was used first");
+}

@@ -85,12 +85,19 @@ impl RedisStore {
 
     /// Connects to the Redis at `url` (`redis://host:port/db`), with
     /// [`connection_config`](Self::connection_config).
+    ///
+    /// A connection that leaves every command unanswered for 2 s (a Redis whose host vanished
+    /// without a reset: powered off, cut off by a partition, replaced at the same address) is
+    /// replaced by a new one, where the client alone would wait for the kernel to give up on
+    /// the socket, some fifteen minutes of 503s. A connection given to [`new`](Self::new) is
+    /// not: give its `redis::Client` TCP keepalive and a `TCP_USER_TIMEOUT`
+    /// (`redis::io::tcp::TcpSettings`) for the same.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = Client::open(url).map_err(StoreError::new)?;
-        let conn = ConnectionManager::new_with_config(client, Self::connection_config())
+        let conn = redis_conn::Watched::connect(client)
             .await
             .map_err(StoreError::new)?;
-        Ok(RedisStore::new(conn))
+        Ok(RedisStore::over(RedisConn::Watched(conn)))
     }
 
     /// The settings [`connect`](Self::connect) gives its connection, for one built by hand
@@ -261,7 +268,7 @@ impl IdempotencyStore for RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let to = match self.conn {
-            RedisConn::Single(_) => "server",
+            RedisConn::Single(_) | RedisConn::Watched(_) => "server",
             RedisConn::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
