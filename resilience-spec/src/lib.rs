@@ -520,9 +520,9 @@ pub mod rules {
     pub fn idempotent_method(method: Method, idempotent: bool) -> Result<(), Broken> {
         if idempotent && method.needs_key() {
             Err(Broken::new(format!(
-                "`idempotent` does not make a {method} safe to resend: a network failure cannot tell \"not received\" from \"done, answer lost\""
+                "`idempotent` is for PUT and DELETE: a {method} is resent only under an idempotency key, the same on every attempt, so that the server can tell a resend from a new request"
             ))
-            .help("use `idempotency_key = auto` and have the server replay by key"))
+            .help(format!("use `idempotency_key = auto`: a server that replays by key answers a resend with its first answer, and a {method} the server applies at most once by itself (a \"like\" already given answers 200) may ignore the header")))
         } else {
             Ok(())
         }
