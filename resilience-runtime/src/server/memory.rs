@@ -18,7 +18,10 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 /// Claims of running handlers are never evicted (that would let a duplicate run); if every
 /// entry is a live claim, the new claim fails and the layer answers 503. A repeat of an
 /// evicted response's key runs the handler again, as after its TTL: size the bounds for the
-/// retries you expect (minutes), not for the TTL. A single response larger than `max_bytes`
+/// retries you expect (minutes), not for the TTL, or set
+/// [`min_retention`](Self::min_retention): a new key is then refused (503, nothing run) rather
+/// than a response that young evicted. Evictions are counted ([`evicted`](Self::evicted)) and
+/// logged at warn, at most once a minute. A single response larger than `max_bytes`
 /// is refused with a [`StoreError`]; the layer's own
 /// [`max_stored_body`](super::IdempotencyLayer::max_stored_body) (1 MiB by default, below the
 /// 64 MiB default here) keeps that from happening.
@@ -31,6 +34,7 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 pub struct MemoryStore {
     capacity: usize,
     max_bytes: usize,
+    min_retention: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -38,6 +42,8 @@ struct Entry {
     record: Record,
     expires_at: Instant,
     seq: u64,
+    /// When it was written.
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -50,6 +56,9 @@ struct Inner {
     next_seq: u64,
     /// The bytes of every completed entry held.
     bytes: usize,
+    /// Responses evicted before their TTL, and when that was last logged.
+    evicted: u64,
+    told_at: Option<Instant>,
 }
 
 /// What a record under `key` costs in [`MemoryStore::max_bytes`] terms: a kept response's
@@ -107,8 +116,25 @@ impl MemoryStore {
         MemoryStore {
             capacity: capacity.max(1),
             max_bytes,
+            min_retention: Duration::ZERO,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Keeps every response at least this long (within its TTL): when the store is full and
+    /// its oldest response is younger, a new key is refused (the layer answers 503 with
+    /// `Retry-After`, nothing run) instead of that response being evicted, after which a retry
+    /// of its key would run the handler again. Zero (the default) evicts the oldest response
+    /// whatever its age.
+    pub fn min_retention(mut self, keep: Duration) -> MemoryStore {
+        self.min_retention = keep;
+        self
+    }
+
+    /// How many responses were evicted before their TTL to make room, since the store was
+    /// made: each a key whose retry runs the handler again.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
     }
 
     /// The bytes of response bodies and headers held now.
@@ -142,7 +168,7 @@ impl MemoryStore {
         if let Some(entry) = inner.entries.get(key) {
             return Ok(Claim::Existing(entry.record.clone()));
         }
-        inner.make_room(self.capacity, self.max_bytes, 0)?;
+        inner.make_room(self, now, 0)?;
         inner.insert(
             key.into(),
             Record::InFlight(*claim),
@@ -185,12 +211,21 @@ impl MemoryStore {
         }
         let mut inner = self.lock();
         inner.purge(now);
-        if inner.holds(key, claim) {
-            inner.remove(key);
+        let held = if inner.holds(key, claim) {
+            inner.remove(key)
         } else if inner.entries.contains_key(key) {
             return Ok(false);
+        } else {
+            None
+        };
+        if let Err(e) = inner.make_room(self, now, bytes) {
+            // No room: the claim stays as it was (its lease running), not dropped with the
+            // response, which would free the key for another run.
+            if let Some(claim) = held {
+                inner.insert(key.into(), claim.record, claim.expires_at);
+            }
+            return Err(e);
         }
-        inner.make_room(self.capacity, self.max_bytes, bytes)?;
         inner.insert(key.into(), record, super::after(now, ttl));
         Ok(true)
     }
@@ -241,6 +276,7 @@ impl Inner {
             record,
             expires_at,
             seq,
+            at: Instant::now(),
         };
         if let Some((old_key, old)) = self.entries.remove_entry(&key) {
             self.by_expiry.remove(&(old.expires_at, old.seq));
@@ -270,20 +306,45 @@ impl Inner {
     }
 
     /// Makes space for one more entry of `bytes`, evicting the oldest completed responses if
-    /// needed.
+    /// needed (none younger than the store's `min_retention`).
     fn make_room(
         &mut self,
-        capacity: usize,
-        max_bytes: usize,
+        store: &MemoryStore,
+        now: Instant,
         bytes: usize,
     ) -> Result<(), StoreError> {
-        while self.entries.len() >= capacity || self.bytes + bytes > max_bytes {
-            let Some((_, key)) = self.completed.pop_first() else {
+        let capacity = store.capacity;
+        while self.entries.len() >= capacity || self.bytes + bytes > store.max_bytes {
+            let Some((_, key)) = self.completed.first_key_value() else {
                 return Err(StoreError::new(format!(
                     "memory store full: all {capacity} entries are claims of running requests"
                 )));
             };
+            let key = key.clone();
+            if let Some(entry) = self.entries.get(&key)
+                && now.saturating_duration_since(entry.at) < store.min_retention
+            {
+                return Err(StoreError::new(format!(
+                    "memory store full: its oldest response is {:?} old, under min_retention ({:?})",
+                    now.saturating_duration_since(entry.at),
+                    store.min_retention
+                )));
+            }
             self.remove(&key);
+            // Expired entries were purged first: this one had time left.
+            self.evicted += 1;
+            if self
+                .told_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
+                self.told_at = Some(now);
+                tracing::warn!(
+                    capacity,
+                    max_bytes = store.max_bytes,
+                    evicted = self.evicted,
+                    "idempotency memory store full: evicting responses before their TTL (a retry of their key runs the handler again); raise its bounds, set min_retention, or use RedisStore"
+                );
+            }
         }
         Ok(())
     }
@@ -498,11 +559,49 @@ mod tests {
         );
         acquire(&store, "e", &claim(5)).await;
         assert_eq!(store.get("b").await.unwrap(), None);
+        assert_eq!(store.evicted(), 2);
         assert!(
             store.claim("f", &claim(6), LEASE).await.is_err(),
             "claims of running requests are never evicted"
         );
         assert_eq!(store.len(), 3);
+    }
+
+    /// With `min_retention`, a full store refuses a new key rather than evict a response that
+    /// young; once it is older, it is evicted as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_keeps_a_response_younger_than_min_retention() {
+        let store = MemoryStore::new(2).min_retention(Duration::from_secs(30));
+        complete(&store, "a", &claim(1)).await;
+        complete(&store, "b", &claim(2)).await;
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let refused = store.claim("c", &claim(3), LEASE).await;
+        assert!(refused.is_err(), "a 29 s old response is kept");
+        assert!(store.get("a").await.unwrap().is_some());
+        assert_eq!(store.evicted(), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        acquire(&store, "c", &claim(3)).await;
+        assert_eq!(store.get("a").await.unwrap(), None, "30 s old: evicted");
+        assert!(store.get("b").await.unwrap().is_some());
+        assert_eq!(store.evicted(), 1);
+    }
+
+    /// A response with no room left (every other entry a response under `min_retention`):
+    /// refused, and the claim stays, so the key is not free for another run.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_with_no_room_leaves_its_claim() {
+        let one = MemoryStore::default();
+        complete(&one, "b", &claim(2)).await;
+        let store =
+            MemoryStore::with_limits(3, one.bytes() + 1).min_retention(Duration::from_secs(30));
+        complete(&store, "b", &claim(2)).await;
+        let a = claim(1);
+        acquire(&store, "a", &a).await;
+        assert!(store.complete("a", &a, &response(&a), TTL).await.is_err());
+        assert!(matches!(
+            store.get("a").await.unwrap(),
+            Some(Record::InFlight(c)) if c == a
+        ));
     }
 
     #[tokio::test]
