@@ -287,6 +287,16 @@ async fn a_throttling_dependency_does_not_open_the_breaker() {
         assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     }
     assert_eq!(throttling.count(), 8, "every call reached the dependency");
+    // Nor do answers the same request gets again whatever the dependency's health (a method it
+    // does not implement, a captive portal): 501, 505, 511.
+    for status in [501, 505, 511] {
+        let refusing = FaultServer::start(Script::always(Action::status(status))).await;
+        for _ in 0..4 {
+            let e = rated(&c, &refusing.url("/")).await.unwrap_err();
+            assert_ne!(e.kind(), ErrorKind::CircuitOpen, "{status}: {e}");
+        }
+        assert_eq!(refusing.count(), 4, "{status}");
+    }
     let failing = FaultServer::start(Script::always(Action::status(503))).await;
     for _ in 0..4 {
         let e = rated(&c, &failing.url("/")).await.unwrap_err();

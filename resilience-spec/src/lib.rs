@@ -186,9 +186,13 @@ pub fn toml_uint(digits: &str, radix: u32) -> Option<u64> {
     u64::from_str_radix(digits.trim_start_matches('+'), radix).ok()
 }
 
-/// Is this an HTTP status that may be retried at all (408, 429, 5xx)?
+/// Is this an HTTP status that may be retried at all (408, 429, 5xx)? Not the 5xx that say
+/// the request itself cannot be served, and would be answered the same again: 501 Not
+/// Implemented, 505 HTTP Version Not Supported, 506 Variant Also Negotiates, 508 Loop
+/// Detected, 510 Not Extended, 511 Network Authentication Required (a captive portal). They
+/// are no sign of an unhealthy dependency either: a circuit breaker does not count them.
 pub const fn is_transient_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
+    matches!(status, 408 | 429 | 500..=599) && !matches!(status, 501 | 505 | 506 | 508 | 510 | 511)
 }
 
 pub mod packed;
@@ -512,7 +516,7 @@ pub mod rules {
             Err(Broken::new(format!(
                 "status {code} is permanent: sending the same request again gets the same answer"
             ))
-            .help("retry_on takes connect, reset, timeout, 408, 429 and 5xx statuses"))
+            .help("retry_on takes connect, reset, timeout, 408, 429 and 5xx statuses but 501, 505, 506, 508, 510 and 511"))
         }
     }
 

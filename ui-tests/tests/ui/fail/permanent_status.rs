@@ -11,4 +11,15 @@ async fn fetch(c: &reqwest::Client) -> Result<String, Error> {
         .await?)
 }
 
+// A 5xx that says the request itself cannot be served: the same answer again.
+#[resilient(retry_on = [503, 501])]
+async fn unimplemented(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/")
+        .resilient()
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 fn main() {}
