@@ -572,6 +572,13 @@ async fn retry_after_beyond_the_cap_ends_the_call_at_once() {
         "slept in vain: {:?}",
         started.elapsed()
     );
+    // The error says when the dependency takes the request again, for the caller to pass on.
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(120)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("(last status 503, Retry-After 120s)"),
+        "{e}"
+    );
 }
 
 // --- The same promises in the shapes services write -----------------------------------------

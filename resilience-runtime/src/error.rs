@@ -76,6 +76,8 @@ struct Detail {
     /// or failed after it may have arrived): where the failure sent nothing itself (a
     /// connect failure), it was another request's.
     reached: bool,
+    /// The wait the last answer's `Retry-After` asked for.
+    retry_after: Option<Duration>,
     source: Option<BoxError>,
 }
 
@@ -87,6 +89,7 @@ impl Default for Detail {
             elapsed_ns: u64::MAX,
             key: None,
             reached: false,
+            retry_after: None,
             source: None,
         }
     }
@@ -161,6 +164,20 @@ impl Error {
     pub fn elapsed(&self) -> Option<Duration> {
         let ns = self.detail.as_ref()?.elapsed_ns;
         (ns != u64::MAX).then(|| Duration::from_nanos(ns))
+    }
+
+    /// The wait the last attempt's answer asked for in its `Retry-After` (a 429 or 503 "come
+    /// back in 120 s"), when it had one: a call that gave up because the wait was longer than
+    /// its `max_retry_after` or its time left tells its caller when the dependency will take
+    /// the request again (to pass on in its own answer's `Retry-After`, say).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.detail.as_ref()?.retry_after
+    }
+
+    pub(crate) fn set_retry_after(&mut self, wait: Option<Duration>) {
+        if wait.is_some() {
+            self.detail_mut().retry_after = wait;
+        }
     }
 
     /// The `Idempotency-Key` the call sent on every attempt, when it was keyed (`auto` or a
@@ -306,7 +323,14 @@ impl fmt::Display for Error {
             n => write!(f, " after {n} attempts")?,
         }
         if let Some(s) = self.http_status() {
-            write!(f, " (last status {s})")?;
+            match self.retry_after() {
+                Some(wait) => write!(
+                    f,
+                    " (last status {s}, Retry-After {}s)",
+                    wait.as_secs_f64().ceil()
+                )?,
+                None => write!(f, " (last status {s})")?,
+            }
         } else if let Some(c) = self.class.filter(|_| self.kind != ErrorKind::Call) {
             write!(f, " (last failure: {c})")?;
         }

@@ -101,6 +101,9 @@ impl<'a, E> Probe<'a, E> {
             if own_key && s.last.all_keyed && s.last.reached.is_some_and(|m| m.needs_key()) {
                 own.set_reached();
             }
+            if own_key {
+                own.set_retry_after(s.last.retry_after);
+            }
             self.came_back(own.origin());
             // Only a nested call's errors reach a call that reads their token.
             if s.nested {

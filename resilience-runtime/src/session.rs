@@ -250,7 +250,7 @@ pub(crate) struct Last {
     pub(crate) status: Option<u16>,
     /// How the last request failed before a response, if it did (see [`AttemptCtx::failure`]).
     pub(crate) failure: Option<Class>,
-    retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
@@ -1447,6 +1447,7 @@ impl Session {
                         self.give_up(class, GiveUp::BudgetExhausted, ran);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
                         self.name_key(&mut err);
+                        err.set_retry_after(self.last.retry_after);
                         let err = err
                             .with_class(Some(class), self.last.status)
                             .with_elapsed(self.started.elapsed());
