@@ -221,8 +221,13 @@ async fn bad_files_are_refused_with_their_place() {
         ),
         // Absurd values together: refused, and the refusal's own arithmetic does not overflow.
         (
+            "[functions.\"runbook::lookup\"]\ntimeout = \"2000000h\"\nmax_attempts = 4000000000\n",
+            "incident.toml:3:16: runbook::lookup (GET): max_attempts = 4000000000 is outside 1..=10",
+        ),
+        // Past `u32`: refused as written, not cut down to 4294967295.
+        (
             "[functions.\"runbook::lookup\"]\ntimeout = \"2000000h\"\nmax_attempts = 99999999999\n",
-            "incident.toml:3:16: runbook::lookup (GET): max_attempts = 4294967295 is outside 1..=10",
+            "incident.toml:3:16: max_attempts = 99999999999 is outside 1..=10",
         ),
     ];
     for (file, want) in cases {
