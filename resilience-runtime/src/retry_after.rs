@@ -6,25 +6,17 @@ use std::time::{Duration, SystemTime};
 ///
 /// Two forms outside the grammar that servers and proxies send are read on the safe side: a
 /// fraction of a second (`1.5`) waits the whole second above it, and a list a proxy made of
-/// repeated fields (`5, 5`, `2, 10`) waits its longest. Anything else (`-5`, `soon`) is
-/// ignored: the backoff alone decides.
+/// repeated fields (`5, 5`, `2, 10`, `5, soon`) waits its longest, as the fields unmerged
+/// do. Anything else (`-5`, `soon`) is ignored: the backoff alone decides.
 pub fn parse(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Some(d) = seconds(v) {
         return Some(d);
     }
     if v.contains(',') {
-        let mut longest = None;
-        for part in v.split(',') {
-            match seconds(part.trim()) {
-                Some(d) => longest = longest.max(Some(d)),
-                // A date has commas of its own ("Sun, 06 Nov 1994 …").
-                None => {
-                    longest = None;
-                    break;
-                }
-            }
-        }
+        // The parts that read as seconds (a date's own comma, "Sun, 06 Nov 1994 …", leaves
+        // none: read as a date below).
+        let longest = v.split(',').filter_map(|part| seconds(part.trim())).max();
         if longest.is_some() {
             return longest;
         }
@@ -96,7 +88,8 @@ mod tests {
         assert_eq!(parse("soon", now), None);
         assert_eq!(parse("1.", now), None);
         assert_eq!(parse(".5", now), None);
-        assert_eq!(parse("5, soon", now), None);
+        // As the two fields unmerged are read: the one that parses.
+        assert_eq!(parse("5, soon", now), Some(Duration::from_secs(5)));
         assert_eq!(parse(",", now), None);
     }
 }
