@@ -459,10 +459,11 @@ async fn a_shorter_timeout_set_by_hand_is_kept() {
 }
 
 /// "Its calls plan within the layer's limit on the handler": with `handler_limit(2s)`, shorter
-/// than B's own 10 s timeout, C is told at most 2 s, on either side of the `ContextLayer`.
+/// than B's own 10 s timeout, C is told at most 2 s, on either side of the `ContextLayer`, or
+/// without one.
 #[tokio::test(start_paused = true)]
 async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
-    for context_inside in [false, true] {
+    for (context_inside, no_context) in [(false, false), (true, false), (false, true)] {
         let c_server = FaultServer::start(Script::always(Action::ok())).await;
         let idempotency =
             IdempotencyLayer::new(MemoryStore::default()).handler_limit(Duration::from_secs(2));
@@ -470,7 +471,9 @@ async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
         let app = Router::new()
             .route("/b", axum::routing::post(b_handler))
             .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()));
-        let app = if context_inside {
+        let app = if no_context {
+            app.layer(idempotency)
+        } else if context_inside {
             app.layer(context).layer(idempotency)
         } else {
             app.layer(idempotency).layer(context)
@@ -493,7 +496,83 @@ async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
             .unwrap();
         assert!(
             left > 1900 && left <= 2000,
-            "context inside: {context_inside}: C was told {left} ms"
+            "context inside: {context_inside}, none: {no_context}: C was told {left} ms"
+        );
+    }
+}
+
+#[resilient(timeout = "100ms", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn b_charges_c(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_charging(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    // Two charges of one function (each timing out: both are made).
+    let first = b_charges_c(&c, &url).await;
+    let second = b_charges_c(&c, &url).await;
+    match (first, second) {
+        (Ok(_), Ok(_)) => (StatusCode::OK, "charged".into()),
+        (Err(e), _) | (_, Err(e)) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+/// A keyed request to B whose handler charges C (`idempotency_key = auto`): C is slower than
+/// B's call, so B answers 504, which its `IdempotencyLayer` does not keep, and A's retry runs
+/// the handler again. Its charges go out under the keys they had the first time (derived from
+/// the request's key, the function and the call's order in the handler), so C applies each
+/// once; another request's key gives other keys.
+#[tokio::test(start_paused = true)]
+async fn a_handler_run_again_sends_its_keyed_calls_under_the_same_keys() {
+    for context in [false, true] {
+        let c_server = FaultServer::start(Script::always(
+            Action::ok().after(Duration::from_millis(300)),
+        ))
+        .await;
+        let app = Router::new()
+            .route("/b", axum::routing::post(b_charging))
+            .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+            .layer(IdempotencyLayer::new(MemoryStore::default()));
+        let app = if context {
+            app.layer(ContextLayer::new())
+        } else {
+            app
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let a = reqwest::Client::new();
+        let send = |key: &'static str| {
+            a.post(format!("http://{addr}/b"))
+                .header("idempotency-key", key)
+                .send()
+        };
+        let keys_seen = |from: usize| -> Vec<String> {
+            c_server.requests()[from..]
+                .iter()
+                .map(|r| r.idempotency_key().expect("keyed").to_owned())
+                .collect()
+        };
+        assert_eq!(send("order-9").await.unwrap().status(), 504);
+        let first = keys_seen(0);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_ne!(first[0], first[1], "two charges, two keys");
+        assert_eq!(send("order-9").await.unwrap().status(), 504);
+        let again = keys_seen(2);
+        assert_eq!(again, first, "context layer: {context}");
+        // Another request: other keys.
+        assert_eq!(send("order-10").await.unwrap().status(), 504);
+        let other = keys_seen(4);
+        assert!(
+            other.iter().all(|k| !first.contains(k)),
+            "context layer: {context}: {other:?} {first:?}"
         );
     }
 }

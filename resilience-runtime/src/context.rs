@@ -166,6 +166,58 @@ pub struct Inbound {
     pub(crate) request_id_text: Option<Arc<HeaderValue>>,
     /// The caller's W3C `tracestate`, sent on with the calls' `traceparent` in its trace.
     pub(crate) tracestate: Option<Arc<HeaderValue>>,
+    /// The key of the request an `IdempotencyLayer` claimed and runs the handler of: the
+    /// handler's `idempotency_key = auto` calls derive theirs from it.
+    pub(crate) parent_key: Option<Arc<ParentKey>>,
+}
+
+/// The key of a request an `IdempotencyLayer` runs the handler of (its record key: scope,
+/// method, path and key), from which that handler's `idempotency_key = auto` calls derive
+/// theirs: the `n`th call of a function under it gets the same key every time the handler
+/// runs for it (again after a 5xx the layer released, or on another instance after one was
+/// killed mid-handler), so the service called applies it once.
+#[derive(Debug)]
+pub(crate) struct ParentKey {
+    record: Arc<str>,
+    /// How many keys each function drew under it so far.
+    drawn: std::sync::Mutex<Vec<(&'static str, u32)>>,
+}
+
+/// The namespace of derived keys (UUID version 5).
+const DERIVED_KEYS: uuid::Uuid = uuid::Uuid::from_u128(0x5f0c_2d9e_8b4a_4c61_9a3e_7d21_b6f4_0e83);
+
+impl ParentKey {
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn new(record: Arc<str>) -> Arc<ParentKey> {
+        Arc::new(ParentKey {
+            record,
+            drawn: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The key of the next call of `function` under this request.
+    pub(crate) fn derive(&self, function: &'static str) -> uuid::Uuid {
+        let n = {
+            let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
+            match drawn.iter_mut().find(|(f, _)| *f == function) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    drawn.push((function, 0));
+                    0
+                }
+            }
+        };
+        let mut name = Vec::with_capacity(self.record.len() + function.len() + 6);
+        name.extend_from_slice(self.record.as_bytes());
+        name.push(0);
+        name.extend_from_slice(function.as_bytes());
+        name.push(0);
+        name.extend_from_slice(&n.to_le_bytes());
+        uuid::Uuid::new_v5(&DERIVED_KEYS, &name)
+    }
 }
 
 impl Inbound {
@@ -176,6 +228,7 @@ impl Inbound {
         request_id: None,
         request_id_text: None,
         tracestate: None,
+        parent_key: None,
     };
 
     /// The calls made under this context finish by `deadline`.
@@ -340,6 +393,15 @@ pub(crate) fn inbound_in_use_yet() -> bool {
 /// The context handed down, if any. Inlined where nothing was ever handed down (the constant
 /// folds away); read out of line otherwise.
 #[inline]
+/// The handler's request key, when an `IdempotencyLayer` runs the current task's handler.
+pub(crate) fn parent_key() -> Option<Arc<ParentKey>> {
+    if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
+        INBOUND.try_with(|i| i.parent_key.clone()).ok().flatten()
+    } else {
+        None
+    }
+}
+
 pub(crate) fn inbound() -> Inbound {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
         inbound_handed_down()

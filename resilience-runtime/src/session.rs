@@ -540,7 +540,12 @@ impl Session {
         let key = match key {
             KeyArg::None => None,
             KeyArg::Auto => Some(Key::Auto(
-                uuid::Uuid::new_v4(),
+                match crate::context::parent_key() {
+                    // Under a handler an `IdempotencyLayer` runs: the same key each time it
+                    // runs for its request.
+                    Some(parent) => parent.derive(shared.function),
+                    None => uuid::Uuid::new_v4(),
+                },
                 crate::client::KeyFormat::current(),
             )),
             KeyArg::Given(Ok(h)) => Some(Key::Given(h)),

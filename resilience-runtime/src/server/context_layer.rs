@@ -123,6 +123,7 @@ where
         // attempt's, and the handler runs on for the retry, up to the layer's limit.
         if let Some(claimed) = req.extensions().get::<Claimed>() {
             inbound.deadline = claimed.until;
+            inbound.parent_key = claimed.parent.clone();
         }
         crate::context::inbound_in_use();
         INBOUND.scope(inbound, self.inner.call(req))
@@ -131,9 +132,12 @@ where
 
 /// Set by `IdempotencyLayer` on a request whose key it claimed: its handler runs on past the
 /// caller's attempt, until the layer's limit on it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Claimed {
     pub(crate) until: Option<Instant>,
+    /// The request's key, which the handler's `idempotency_key = auto` calls derive theirs
+    /// from.
+    pub(crate) parent: Option<std::sync::Arc<crate::context::ParentKey>>,
 }
 
 /// The context a request's headers hand down, as of `now`.

@@ -778,20 +778,22 @@ where
     // The handler runs on past its caller's attempt, up to the layer's limit: the calls it
     // makes plan within that limit (here, and in a `ContextLayer` inside this layer).
     let until = Some(super::after(Instant::now(), config.handler_limit));
+    let parent = crate::context::ParentKey::new(store_key.clone());
     let mut parts = parts;
-    parts
-        .extensions
-        .insert(super::context_layer::Claimed { until });
+    parts.extensions.insert(super::context_layer::Claimed {
+        until,
+        parent: Some(parent.clone()),
+    });
     let req = Request::from_parts(parts, ReqBody::from(body));
     let job = handle(config.clone(), inner, req, store_key, claim, tally.clone());
     let rt = match tokio::runtime::Handle::try_current() {
         Ok(rt) if config.detached => rt,
         // Outside a tokio runtime there is nothing to detach onto: run it here.
-        _ => return job.await,
+        _ => return carry_context(job, until, parent).await,
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    match rt.spawn(carry_context(job, until)).await {
+    match rt.spawn(carry_context(job, until, parent)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
         Err(e) => {
@@ -815,28 +817,24 @@ where
 /// Not the caller's deadline: it is the time its attempt still waits, and a claimed handler
 /// runs on past it so that the retry gets its answer (a gateway slower than the shop's
 /// attempt timeout must still finish the charge). The handler's calls plan within the layer's
-/// own limit on the handler instead.
+/// own limit on the handler instead, with or without a `ContextLayer`; and the request's key,
+/// `parent`, is the one their `idempotency_key = auto` keys derive from.
 fn carry_context<F: Future + Send>(
     job: F,
     until: Option<Instant>,
+    parent: Arc<crate::context::ParentKey>,
 ) -> impl Future<Output = F::Output> + Send {
     use tracing::Instrument as _;
-    let inbound = crate::context::INBOUND
+    let mut inbound = crate::context::INBOUND
         .try_with(crate::Inbound::clone)
-        .ok()
-        .map(|mut i| {
-            i.deadline = until;
-            i
-        });
+        .unwrap_or_default();
+    inbound.deadline = until;
+    inbound.parent_key = Some(parent);
+    crate::context::inbound_in_use();
     let job = job.instrument(tracing::Span::current());
     #[cfg(feature = "opentelemetry")]
     let job = opentelemetry::context::FutureExt::with_current_context(job);
-    async move {
-        match inbound {
-            Some(inbound) => crate::context::INBOUND.scope(inbound, job).await,
-            None => job.await,
-        }
-    }
+    crate::context::INBOUND.scope(inbound, job)
 }
 
 /// Runs the claimed request's handler to its end (or to the hard limit), then stores or
