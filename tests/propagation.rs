@@ -685,3 +685,40 @@ async fn a_streamed_body_gets_the_context_when_handed_it() {
         told[1]
     );
 }
+
+/// Two `ContextLayer`s, one on the app and one on a nested router, with a middleware between
+/// them that takes 1 s: the inner one keeps the outer one's deadline (counted from when the
+/// request arrived), not 1.5 s from its own later start.
+#[tokio::test(start_paused = true)]
+async fn a_second_context_layer_keeps_the_first_ones_deadline() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let inner = Router::new()
+        .route("/b", get(b_handler))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+        .layer(ContextLayer::new());
+    let app = Router::new()
+        .nest("/api", inner)
+        .layer(axum::middleware::from_fn(
+            |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                next.run(req).await
+            },
+        ))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/api/b"))
+        .header("x-timeout-ms", "1500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let told: u64 = c_server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(told <= 500, "C was told {told} ms");
+}

@@ -124,6 +124,11 @@ where
         if let Some(claimed) = req.extensions().get::<Claimed>() {
             inbound.deadline = claimed.until;
             inbound.parent_key = claimed.parent.clone();
+        } else if let Ok(Some(outer)) = INBOUND.try_with(|i| i.deadline) {
+            // Inside another `ContextLayer` (one on the app, one on a nested router): its
+            // deadline, counted from when the request reached it, not from here, later (the
+            // time the middleware between them took is the caller's too).
+            inbound.deadline = Some(inbound.deadline.map_or(outer, |d| d.min(outer)));
         }
         crate::context::inbound_in_use();
         INBOUND.scope(inbound, self.inner.call(req))
