@@ -215,13 +215,15 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
             }
         }
     }
-    // `X-Request-Id`, or the unprefixed `Request-Id` some gateways send.
-    if let Some(id) = headers
-        .get(&X_REQUEST_ID)
-        .or_else(|| headers.get(REQUEST_ID))
-        .and_then(|v| v.to_str().ok())
-    {
-        inbound = inbound.request_id(id);
+    // `X-Request-Id`, or the unprefixed `Request-Id` some gateways send: the first that is
+    // a request id (an `X-Request-Id` too long or not ASCII does not hide a good one).
+    for value in [headers.get(&X_REQUEST_ID), headers.get(REQUEST_ID)] {
+        if let Some(id) = value.and_then(|v| v.to_str().ok()) {
+            inbound = inbound.request_id(id);
+        }
+        if inbound.request_id.is_some() || inbound.request_id_text.is_some() {
+            break;
+        }
     }
     inbound
 }
@@ -422,5 +424,12 @@ mod tests {
         assert_eq!(id(&[("x-request-id", b"a b")]), (None, None));
         assert_eq!(id(&[("x-request-id", &[b'a'; 129])]), (None, None));
         assert!(id(&[("x-request-id", &[b'a'; 128])]).1.is_some());
+        // One that is none does not hide a `Request-Id` that is.
+        assert_eq!(
+            id(&[("x-request-id", b"a b"), ("request-id", b"req-44")])
+                .1
+                .unwrap(),
+            "req-44"
+        );
     }
 }
