@@ -193,7 +193,20 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         // moves a reborrow of its own instead, as an unannotated body moves
                         // the parameter once.
                         if runs_again || s.fallback.is_some() {
-                            rebind.push(quote!(#(#cfgs)* let #id = &mut *#id;));
+                            // `mut out: &mut [u8]` (a `Write` on the slice, `out = &mut
+                            // out[n..]`) stays a mutable binding; the parameter itself is then
+                            // never changed.
+                            let mutability = pi.mutability;
+                            if mutability.is_some()
+                                && let syn::FnArg::Typed(out) = out
+                            {
+                                out.attrs.push(syn::parse_quote!(#[allow(unused_mut)]));
+                            }
+                            rebind.push(quote!(
+                                #(#cfgs)*
+                                #[allow(unused_mut)]
+                                let #mutability #id = &mut *#id;
+                            ));
                         }
                     }
                     syn::Type::Reference(_) => {}

@@ -7,8 +7,13 @@ struct Conn;
 
 struct Query;
 
+/// What a database crate's `execute` takes: a connection, or a transaction, by a trait.
+trait Executor {}
+
+impl Executor for &mut Conn {}
+
 impl Query {
-    async fn execute(self, _: &mut Conn) -> Result<u64, Error> {
+    async fn execute<E: Executor>(self, _: E) -> Result<u64, Error> {
         Ok(1)
     }
 }
@@ -45,7 +50,24 @@ impl Recorder {
     }
 }
 
+// A `mut` parameter that is a `&mut`: written through (`Write` for `&mut [u8]`) and moved on
+// (`out = &mut out[n..]`), retried, with a fallback too.
+#[resilient(timeout = "1s", fallback = fill_nothing)]
+async fn fill(c: &reqwest::Client, mut out: &mut [u8]) -> Result<u16, Error> {
+    use std::io::Write as _;
+    let status = c.get("http://127.0.0.1:1/").send().await?.status().as_u16();
+    let _ = out.write_all(b"ok");
+    out = &mut out[..0];
+    let _ = out;
+    Ok(status)
+}
+
+async fn fill_nothing(_: &reqwest::Client, _: &mut [u8]) -> Result<u16, Error> {
+    Ok(0)
+}
+
 fn main() {
     let _ = record;
+    let _ = fill;
     let _ = Recorder::record;
 }
