@@ -144,15 +144,20 @@ impl ConnectionLike for RedisConn {
 /// it (see [`Watched`]).
 pub(crate) const UNANSWERED_FOR: Duration = Duration::from_secs(2);
 
+/// How long the connection has to answer a PING before it is replaced.
+const PING_WITHIN: Duration = Duration::from_secs(1);
+
 /// A connection to a single Redis that is replaced when it has answered nothing for
 /// [`UNANSWERED_FOR`] while commands were sent.
 ///
 /// The client reconnects only after an error, and a Redis whose host vanished without a reset
 /// (powered off, a network partition, a replacement at the same address) gives none: each
 /// command waits on a socket nobody answers until the kernel gives up on it, some fifteen
-/// minutes, every keyed POST answered 503 meanwhile. Here a new connection is made once
-/// commands have gone unanswered that long, and used once it is up: the old one's commands
-/// end as their callers give up on them. A Redis that is only frozen (its kernel still
+/// minutes, every keyed POST answered 503 meanwhile. Here, once commands have gone unanswered
+/// that long, the connection is asked a PING: answered within [`PING_WITHIN`], it is kept (its
+/// commands had only been given up on: a store timeout, a caller gone); else a new connection
+/// is made, and used once it is up: the old one's commands end as their callers give up on
+/// them. A Redis that is only frozen (its kernel still
 /// answers) gets a try every [`UNANSWERED_FOR`] too, each bounded by the connection timeout,
 /// and the connection that answers first after it thaws is kept.
 #[derive(Clone)]
@@ -206,15 +211,27 @@ impl Watched {
             self.0.unanswered_since.store(now, Ordering::Release);
             let state = self.0.clone();
             tokio::spawn(async move {
-                let made = tokio::time::timeout(
+                // Commands given up on (a store timeout, a caller gone) leave the mark behind
+                // on a connection that answers: it is asked first, and kept if it answers.
+                let mut current = ConnectionManager::clone(&state.conn.load());
+                let ping = redis::cmd("PING");
+                let alive = tokio::time::timeout(
+                    PING_WITHIN,
+                    ping.query_async::<redis::Value>(&mut current),
+                )
+                .await
+                .is_ok_and(|answer| answer.is_ok());
+                if alive {
+                    state.unanswered_since.store(0, Ordering::Release);
+                } else if let Ok(Ok(conn)) = tokio::time::timeout(
                     UNANSWERED_FOR,
                     ConnectionManager::new_with_config(state.client.clone(), single_config()),
                 )
-                .await;
-                if let Ok(Ok(conn)) = made {
+                .await
+                {
                     state.conn.store(std::sync::Arc::new(conn));
                     tracing::warn!(
-                        "Redis left every command unanswered for {UNANSWERED_FOR:?}: a new connection replaces the old one"
+                        "Redis left every command unanswered for {UNANSWERED_FOR:?}, and a PING for {PING_WITHIN:?}: a new connection replaces the old one"
                     );
                 }
                 state.replacing.store(false, Ordering::Release);

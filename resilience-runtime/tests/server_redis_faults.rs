@@ -773,6 +773,8 @@ async fn a_kept_answer_is_written_back_soon_after_the_store_is_back() {
 struct BlackHole {
     port: u16,
     cut_at: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many connections it accepted.
+    made: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl BlackHole {
@@ -784,10 +786,13 @@ impl BlackHole {
         // Connections numbered from 1; those numbered up to `cut_at` carry nothing.
         let cut_at = Arc::new(AtomicUsize::new(0));
         let cut = cut_at.clone();
+        let made = Arc::new(AtomicUsize::new(0));
+        let count = made.clone();
         tokio::spawn(async move {
             let mut n = 0;
             while let Ok((client, _)) = listener.accept().await {
                 n += 1;
+                count.store(n, Ordering::SeqCst);
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
                     continue;
                 };
@@ -821,7 +826,7 @@ impl BlackHole {
                 }
             }
         });
-        BlackHole { port, cut_at }
+        BlackHole { port, cut_at, made }
     }
 
     fn url(&self) -> String {
@@ -872,4 +877,37 @@ async fn a_redis_gone_without_a_reset_is_reconnected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(refused > 0, "the cut connection was used first");
+}
+
+/// The control: a Redis that only paused (a read its caller gave up on, then nothing for
+/// longer than the 2 s the watch waits) keeps its connection: asked a PING before it is
+/// replaced, it answers.
+#[tokio::test]
+async fn a_redis_that_paused_keeps_its_connection() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let proxy = BlackHole::start(redis.port).await;
+    let store: Store = Arc::new(
+        RedisStore::connect(&proxy.url())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
+    let app = serve(&store, layer).await;
+    let url = app.url("/orders");
+    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
+    redis.signal("-STOP");
+    let given_up = tokio::time::timeout(Duration::from_millis(100), store.get("faults:k")).await;
+    assert!(given_up.is_err(), "Redis is frozen");
+    redis.signal("-CONT");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        proxy.made.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the connection was replaced"
+    );
 }
