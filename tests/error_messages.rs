@@ -274,3 +274,34 @@ async fn a_budget_refusal_after_a_keyed_post_was_carried_out_says_so() {
     assert_eq!(e.attempts(), 1, "{e}");
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn inner_quote(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
+async fn outer_quote(c: &reqwest::Client, quote: &str, rates: &str) -> Result<u16, Error> {
+    let quoted = inner_quote(c, quote).await;
+    // A lookup of its own, answered 429 with a short Retry-After, not checked.
+    let _ = c.get(rates).send().await?;
+    quoted
+}
+
+/// A nested call's error keeps the `Retry-After` its own answer gave (120 s), not the one a
+/// later request of the enclosing body got (1 s).
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_error_keeps_its_own_retry_after() {
+    let quote = FaultServer::start(Script::always(Action::status(503).retry_after(120))).await;
+    let rates = FaultServer::start(Script::always(Action::status(429).retry_after(1))).await;
+    let e = outer_quote(&reqwest::Client::new(), &quote.url("/q"), &rates.url("/r"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(120)), "{e}");
+}

@@ -101,7 +101,8 @@ impl<'a, E> Probe<'a, E> {
             if own_key && s.last.all_keyed && s.last.reached.is_some_and(|m| m.needs_key()) {
                 own.set_reached();
             }
-            if own_key {
+            // A nested call's error keeps the `Retry-After` its own answer gave.
+            if own.retry_after().is_none() {
                 own.set_retry_after(s.last.retry_after);
             }
             self.came_back(own.origin());

@@ -420,14 +420,16 @@ impl RateLimiter {
                     // Redis counted the wait from when its script ran, some time after `now`
                     // (a slow or frozen Redis, up to `STORE_TIMEOUT`): counted from its answer,
                     // never earlier than Redis spaced it (two permits it gave 100 ms apart,
-                    // both answered 150 ms late, went out together).
-                    if wait.is_zero() {
-                        return Ok((wait, None));
-                    }
-                    let wait = Instant::now().saturating_duration_since(now) + wait;
-                    if wait >= left {
-                        return Err(Refused::Deadline);
-                    }
+                    // both answered 150 ms late, went out together). Unless that passes the
+                    // deadline (the answer's way back counted too): then from `now`, which
+                    // Redis's own bound on the wait keeps within it; a permit Redis gave is
+                    // never refused.
+                    let spent = Instant::now().saturating_duration_since(now);
+                    let wait = if wait.is_zero() || spent + wait >= left {
+                        wait
+                    } else {
+                        spent + wait
+                    };
                     return Ok((wait, None));
                 }
                 shared::Answer::Refused(needed) => {
