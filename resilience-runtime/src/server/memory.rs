@@ -314,22 +314,39 @@ impl Inner {
         bytes: usize,
     ) -> Result<(), StoreError> {
         let capacity = store.capacity;
-        while self.entries.len() >= capacity || self.bytes + bytes > store.max_bytes {
-            let Some((_, key)) = self.completed.first_key_value() else {
-                return Err(StoreError::new(format!(
-                    "memory store full: all {capacity} entries are claims of running requests"
-                )));
+        let full =
+            |entries: usize, held: usize| entries >= capacity || held + bytes > store.max_bytes;
+        // How many of the oldest responses must go, counted before any goes: a refusal
+        // evicts nothing (responses evicted for a write refused anyway would be lost for
+        // nothing).
+        let (mut entries, mut held, mut evict) = (self.entries.len(), self.bytes, 0);
+        for key in self.completed.values() {
+            if !full(entries, held) {
+                break;
+            }
+            let Some(entry) = self.entries.get(key) else {
+                continue;
             };
-            let key = key.clone();
-            if let Some(entry) = self.entries.get(&key)
-                && now.saturating_duration_since(entry.at) < store.min_retention
-            {
+            let age = now.saturating_duration_since(entry.at);
+            if age < store.min_retention {
                 return Err(StoreError::new(format!(
-                    "memory store full: its oldest response is {:?} old, under min_retention ({:?})",
-                    now.saturating_duration_since(entry.at),
+                    "memory store full: its oldest response is {age:?} old, under min_retention ({:?})",
                     store.min_retention
                 )));
             }
+            entries -= 1;
+            held -= size(key, &entry.record);
+            evict += 1;
+        }
+        if full(entries, held) {
+            return Err(StoreError::new(format!(
+                "memory store full: all {capacity} entries are claims of running requests"
+            )));
+        }
+        for _ in 0..evict {
+            let Some((_, key)) = self.completed.pop_first() else {
+                break;
+            };
             self.remove(&key);
             // Expired entries were purged first: this one had time left.
             self.evicted += 1;
@@ -584,6 +601,27 @@ mod tests {
         assert_eq!(store.get("a").await.unwrap(), None, "30 s old: evicted");
         assert!(store.get("b").await.unwrap().is_some());
         assert_eq!(store.evicted(), 1);
+    }
+
+    /// A write that would need a young response evicted too is refused before any goes: the
+    /// older one, evictable alone, stays.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_evicts_nothing() {
+        let one = MemoryStore::default();
+        complete(&one, "a", &claim(1)).await;
+        let store =
+            MemoryStore::with_limits(10, 2 * one.bytes()).min_retention(Duration::from_secs(30));
+        complete(&store, "a", &claim(1)).await;
+        tokio::time::advance(Duration::from_secs(40)).await;
+        complete(&store, "b", &claim(2)).await;
+        // "c" larger than either: both would have to go, and "b" is 0 s old.
+        let c = claim(3);
+        acquire(&store, "c", &c).await;
+        let mut big = response(&c);
+        big.body = bytes::Bytes::from(vec![b'x'; one.bytes() + 1]);
+        assert!(store.complete("c", &c, &big, TTL).await.is_err());
+        assert!(store.get("a").await.unwrap().is_some(), "nothing evicted");
+        assert_eq!(store.evicted(), 0);
     }
 
     /// A response with no room left (every other entry a response under `min_retention`):
