@@ -5,7 +5,8 @@
 //! `latency` raises the limit by `1 / limit` (about one more slot per limit's worth of fast
 //! answers), as long as the limit is in use (at least half of it taken when the call started:
 //! a quiet client does not grow a limit it never tests). An attempt that timed out, failed
-//! transiently (connect, reset, 408, 429, 5xx) or answered slower than `latency` multiplies the
+//! transiently (connect, reset, 408, 429, a 5xx but 501, 505, 506, 508, 510 and 511) or
+//! answered slower than `latency` multiplies the
 //! limit by `backoff`, no lower than `min`, at most once per round trip: a decrease is applied
 //! only by an attempt that started after the previous decrease, so the calls that were already
 //! in flight when the dependency slowed down do not lower it again each.

@@ -93,7 +93,8 @@ pub struct RetryOn {
     pub reset: bool,
     /// No answer in time.
     pub timeout: bool,
-    /// Transient statuses that may be retried (408, 429, 5xx).
+    /// Transient statuses that may be retried (408, 429, 5xx: see
+    /// [`is_transient_status`](crate::is_transient_status)).
     pub statuses: &'static [u16],
 }
 

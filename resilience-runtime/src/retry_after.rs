@@ -14,9 +14,23 @@ pub fn parse(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(d);
     }
     if v.contains(',') {
-        // The parts that read as seconds (a date's own comma, "Sun, 06 Nov 1994 …", leaves
-        // none: read as a date below).
-        let longest = v.split(',').filter_map(|part| seconds(part.trim())).max();
+        // Each part that reads as seconds, and each date ("Sun, 06 Nov 1994 …": a day's
+        // name, the comma of its own, the rest), as the fields unmerged are read.
+        let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+        let mut longest = None;
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i];
+            if let Some(d) = seconds(part) {
+                longest = longest.max(Some(d));
+            } else if let Some(rest) = parts.get(i + 1)
+                && let Ok(at) = httpdate::parse_http_date(&format!("{part}, {rest}"))
+            {
+                longest = longest.max(Some(at.duration_since(now).unwrap_or(Duration::ZERO)));
+                i += 1;
+            }
+            i += 1;
+        }
         if longest.is_some() {
             return longest;
         }
@@ -90,6 +104,16 @@ mod tests {
         assert_eq!(parse(".5", now), None);
         // As the two fields unmerged are read: the one that parses.
         assert_eq!(parse("5, soon", now), Some(Duration::from_secs(5)));
+        // Seconds and a date merged: the longer.
+        let then = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            parse("5, Sun, 06 Nov 1994 08:50:37 GMT", then),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse("Sun, 06 Nov 1994 08:49:39 GMT, 5", then),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(parse(",", now), None);
     }
 }
