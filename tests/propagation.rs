@@ -524,11 +524,35 @@ async fn b_charging(
     }
 }
 
+/// B, whose handler charges C twice; its `IdempotencyLayer` derives call keys as `service`
+/// (or not, `None`), with a `ContextLayer` outside it or none.
+async fn start_charging_b(c_url: String, service: Option<&str>, context: bool) -> String {
+    let layer = IdempotencyLayer::new(MemoryStore::default());
+    let layer = match service {
+        Some(s) => layer.derive_call_keys(s),
+        None => layer,
+    };
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_charging))
+        .with_state((reqwest::Client::new(), c_url, Calls::default()))
+        .layer(layer);
+    let app = if context {
+        app.layer(ContextLayer::new())
+    } else {
+        app
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/b")
+}
+
 /// A keyed request to B whose handler charges C (`idempotency_key = auto`): C is slower than
 /// B's call, so B answers 504, which its `IdempotencyLayer` does not keep, and A's retry runs
-/// the handler again. Its charges go out under the keys they had the first time (derived from
-/// the request's key, the function and the call's order in the handler), so C applies each
-/// once; another request's key gives other keys.
+/// the handler again. With `derive_call_keys`, its charges go out under the keys they had the
+/// first time (derived from the service, the request's key and body, the function and the
+/// call's order in the handler), so C applies each once; another request's key, another
+/// body, another service give other keys; without it, every run draws fresh ones.
 #[tokio::test(start_paused = true)]
 async fn a_handler_run_again_sends_its_keyed_calls_under_the_same_keys() {
     for context in [false, true] {
@@ -536,24 +560,9 @@ async fn a_handler_run_again_sends_its_keyed_calls_under_the_same_keys() {
             Action::ok().after(Duration::from_millis(300)),
         ))
         .await;
-        let app = Router::new()
-            .route("/b", axum::routing::post(b_charging))
-            .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
-            .layer(IdempotencyLayer::new(MemoryStore::default()));
-        let app = if context {
-            app.layer(ContextLayer::new())
-        } else {
-            app
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let b = start_charging_b(c_server.url("/c"), Some("shop"), context).await;
         let a = reqwest::Client::new();
-        let send = |key: &'static str| {
-            a.post(format!("http://{addr}/b"))
-                .header("idempotency-key", key)
-                .send()
-        };
+        let send = |key: &'static str| a.post(&b).header("idempotency-key", key).send();
         let keys_seen = |from: usize| -> Vec<String> {
             c_server.requests()[from..]
                 .iter()
@@ -574,7 +583,55 @@ async fn a_handler_run_again_sends_its_keyed_calls_under_the_same_keys() {
             other.iter().all(|k| !first.contains(k)),
             "context layer: {context}: {other:?} {first:?}"
         );
+        // The first key again with another body (a new request, once the key was given
+        // back): other keys.
+        let resp = a
+            .post(&b)
+            .header("idempotency-key", "order-9")
+            .body("qty=2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+        let rebodied = keys_seen(6);
+        assert!(rebodied.iter().all(|k| !first.contains(k)), "{rebodied:?}");
+        // Another service (its own name), sent the same request: other keys.
+        let other_b = start_charging_b(c_server.url("/c"), Some("billing"), context).await;
+        let resp = a
+            .post(&other_b)
+            .header("idempotency-key", "order-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+        let elsewhere = keys_seen(8);
+        assert!(
+            elsewhere.iter().all(|k| !first.contains(k)),
+            "{elsewhere:?}"
+        );
     }
+    // Off by default: each run draws fresh keys.
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let b = start_charging_b(c_server.url("/c"), None, false).await;
+    let a = reqwest::Client::new();
+    for _ in 0..2 {
+        let resp = a
+            .post(&b)
+            .header("idempotency-key", "order-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+    }
+    let keys: std::collections::HashSet<String> = c_server
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 4, "fresh keys each run");
 }
 
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]

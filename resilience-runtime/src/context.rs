@@ -171,16 +171,25 @@ pub struct Inbound {
     pub(crate) parent_key: Option<Arc<ParentKey>>,
 }
 
-/// The key of a request an `IdempotencyLayer` runs the handler of (its record key: scope,
-/// method, path and key), from which that handler's `idempotency_key = auto` calls derive
-/// theirs: the `n`th call of a function under it gets the same key every time the handler
-/// runs for it (again after a 5xx the layer released, or on another instance after one was
+/// What the handler of a request an `IdempotencyLayer` runs derives its `idempotency_key =
+/// auto` keys from, with
+/// [`derive_call_keys`](crate::server::IdempotencyLayer::derive_call_keys): the service's name,
+/// the request's record key (scope, method, path and key) and its body's fingerprint. The
+/// `n`th call of a function under it gets the same key every time the handler runs for the
+/// same request (again after a 5xx the layer released, or on another instance after one was
 /// killed mid-handler), so the service called applies it once.
-#[derive(Debug)]
 pub(crate) struct ParentKey {
-    record: Arc<str>,
+    /// Service, record key and fingerprint, each ended by a NUL.
+    seed: Vec<u8>,
     /// How many keys each function drew under it so far.
     drawn: std::sync::Mutex<Vec<(&'static str, u32)>>,
+}
+
+impl std::fmt::Debug for ParentKey {
+    // The record key holds the client's key and the scope (a tenant): not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParentKey { .. }")
+    }
 }
 
 /// The namespace of derived keys (UUID version 5).
@@ -188,9 +197,14 @@ const DERIVED_KEYS: uuid::Uuid = uuid::Uuid::from_u128(0x5f0c_2d9e_8b4a_4c61_9a3
 
 impl ParentKey {
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    pub(crate) fn new(record: Arc<str>) -> Arc<ParentKey> {
+    pub(crate) fn new(service: &str, record: &str, fingerprint: &[u8]) -> Arc<ParentKey> {
+        let mut seed = Vec::with_capacity(service.len() + record.len() + fingerprint.len() + 3);
+        for part in [service.as_bytes(), record.as_bytes(), fingerprint] {
+            seed.extend_from_slice(part);
+            seed.push(0);
+        }
         Arc::new(ParentKey {
-            record,
+            seed,
             drawn: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -210,9 +224,8 @@ impl ParentKey {
                 }
             }
         };
-        let mut name = Vec::with_capacity(self.record.len() + function.len() + 6);
-        name.extend_from_slice(self.record.as_bytes());
-        name.push(0);
+        let mut name = Vec::with_capacity(self.seed.len() + function.len() + 5);
+        name.extend_from_slice(&self.seed);
         name.extend_from_slice(function.as_bytes());
         name.push(0);
         name.extend_from_slice(&n.to_le_bytes());
@@ -341,7 +354,11 @@ pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
 pub fn current_inbound() -> Inbound {
-    inbound()
+    // Not the handler's derived keys: a task handed the context runs beside the handler, and
+    // the order of its calls among the handler's is not the same from one run to the next.
+    let mut inbound = inbound();
+    inbound.parent_key = None;
+    inbound
 }
 
 /// Whether any inbound context was ever set in this process: until one is, a call does not
@@ -390,10 +407,9 @@ pub(crate) fn inbound_in_use_yet() -> bool {
     INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The context handed down, if any. Inlined where nothing was ever handed down (the constant
-/// folds away); read out of line otherwise.
-#[inline]
-/// The handler's request key, when an `IdempotencyLayer` runs the current task's handler.
+/// What the handler's `idempotency_key = auto` calls derive their keys from, when an
+/// `IdempotencyLayer` with [`derive_call_keys`](crate::server::IdempotencyLayer::derive_call_keys)
+/// runs the current task's handler.
 pub(crate) fn parent_key() -> Option<Arc<ParentKey>> {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
         INBOUND.try_with(|i| i.parent_key.clone()).ok().flatten()
@@ -402,6 +418,9 @@ pub(crate) fn parent_key() -> Option<Arc<ParentKey>> {
     }
 }
 
+/// The context handed down, if any. Inlined where nothing was ever handed down (the constant
+/// folds away); read out of line otherwise.
+#[inline]
 pub(crate) fn inbound() -> Inbound {
     if INBOUND_USED.load(std::sync::atomic::Ordering::Relaxed) {
         inbound_handed_down()

@@ -101,8 +101,9 @@ impl<'a, E> Probe<'a, E> {
             if own_key && s.last.all_keyed && s.last.reached.is_some_and(|m| m.needs_key()) {
                 own.set_reached();
             }
-            // A nested call's error keeps the `Retry-After` its own answer gave.
-            if own.retry_after().is_none() {
+            // A nested call's error (it carries that call's token) keeps the `Retry-After` its
+            // own answer gave, or none.
+            if own.origin() == 0 {
                 own.set_retry_after(s.last.retry_after);
             }
             self.came_back(own.origin());

@@ -215,12 +215,17 @@ impl Watched {
                 // on a connection that answers: it is asked first, and kept if it answers.
                 let mut current = ConnectionManager::clone(&state.conn.load());
                 let ping = redis::cmd("PING");
+                // Any answer, an error reply too (`-LOADING`, `-BUSY`), is Redis answering;
+                // not a failure of the connection itself.
                 let alive = tokio::time::timeout(
                     PING_WITHIN,
                     ping.query_async::<redis::Value>(&mut current),
                 )
                 .await
-                .is_ok_and(|answer| answer.is_ok());
+                .is_ok_and(|answer| match answer {
+                    Ok(_) => true,
+                    Err(e) => !e.is_io_error() && !e.is_connection_dropped(),
+                });
                 if alive {
                     state.unanswered_since.store(0, Ordering::Release);
                 } else if let Ok(Ok(conn)) = tokio::time::timeout(

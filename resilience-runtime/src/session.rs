@@ -510,7 +510,16 @@ impl Session {
         let breaker = shared.breaker?;
         match breaker.refuses_now() {
             Refusal::No => None,
-            refusal => refused_by_breaker_at_start(shared, breaker, refusal),
+            refusal => {
+                // A derived key's place in the handler's order is taken all the same: the
+                // calls after it keep their keys whether or not this one ran.
+                if shared.compiled.idempotency_key == KeySource::Auto
+                    && let Some(parent) = crate::context::parent_key()
+                {
+                    let _ = parent.derive(shared.function);
+                }
+                refused_by_breaker_at_start(shared, breaker, refusal)
+            }
         }
     }
 

@@ -105,6 +105,8 @@ struct Config {
     store_down_for: Duration,
     problem_docs: Option<Arc<str>>,
     detached: bool,
+    /// The service's name its handlers' derived call keys are made in (`derive_call_keys`).
+    derive_keys: Option<Arc<str>>,
     state: Arc<State>,
 }
 
@@ -123,6 +125,7 @@ impl fmt::Debug for Config {
             .field("store_down_for", &self.store_down_for)
             .field("problem_docs", &self.problem_docs)
             .field("scoped", &self.scope.is_some())
+            .field("derive_call_keys", &self.derive_keys)
             .finish_non_exhaustive()
     }
 }
@@ -271,6 +274,7 @@ impl IdempotencyLayer {
                 store_down_for: Self::DEFAULT_STORE_DOWN_FOR,
                 problem_docs: None,
                 detached: true,
+                derive_keys: None,
                 state: Arc::default(),
             }),
         }
@@ -299,6 +303,28 @@ impl IdempotencyLayer {
             "idempotency lease under 1ms"
         );
         self.config_mut().lease = lease.min(super::FOREVER);
+        self
+    }
+
+    /// Gives the handler's `#[resilient]` calls with `idempotency_key = auto` keys derived from
+    /// the request instead of fresh ones: from `service` (this service's own name, the same on
+    /// every instance and version), the request's record key (scope, method, path, key) and
+    /// its body's fingerprint, the function's path and the call's order among that function's
+    /// calls in the handler. A handler run again for the same request (its 5xx or 504 not
+    /// kept and the key given back; an instance killed mid-handler, its lease run out) then
+    /// sends its keyed calls under the keys it sent them with the first time, and a service
+    /// called that replays by key applies each once.
+    ///
+    /// Only for a handler whose keyed calls follow from the request alone: the same calls, in
+    /// the same order, with the same bodies, each run (no fresh id, timestamp or rate in a
+    /// body: a service that fingerprints bodies answers the second run 422, and one that does
+    /// not replays the first run's answer to it). Calls in a task the handler hands its
+    /// context to (`with_inbound(current_inbound(), …)`) or spawns draw fresh keys. A function
+    /// moved or renamed, or a
+    /// compiler whose `type_name` writes its path otherwise, derives other keys: change them
+    /// between deploys, not within one a retry may straddle. Off by default.
+    pub fn derive_call_keys(mut self, service: impl Into<String>) -> Self {
+        self.config_mut().derive_keys = Some(Arc::from(service.into()));
         self
     }
 
@@ -778,11 +804,13 @@ where
     // The handler runs on past its caller's attempt, up to the layer's limit: the calls it
     // makes plan within that limit (here, and in a `ContextLayer` inside this layer).
     let until = Some(super::after(Instant::now(), config.handler_limit));
-    let parent = crate::context::ParentKey::new(store_key.clone());
+    let parent = config.derive_keys.as_deref().map(|service| {
+        crate::context::ParentKey::new(service, &store_key, claim.fingerprint.as_bytes())
+    });
     let mut parts = parts;
     parts.extensions.insert(super::context_layer::Claimed {
         until,
-        parent: Some(parent.clone()),
+        parent: parent.clone(),
     });
     let req = Request::from_parts(parts, ReqBody::from(body));
     let job = handle(config.clone(), inner, req, store_key, claim, tally.clone());
@@ -817,19 +845,19 @@ where
 /// Not the caller's deadline: it is the time its attempt still waits, and a claimed handler
 /// runs on past it so that the retry gets its answer (a gateway slower than the shop's
 /// attempt timeout must still finish the charge). The handler's calls plan within the layer's
-/// own limit on the handler instead, with or without a `ContextLayer`; and the request's key,
-/// `parent`, is the one their `idempotency_key = auto` keys derive from.
+/// own limit on the handler instead, with or without a `ContextLayer`; and `parent`, with
+/// `derive_call_keys`, is what their `idempotency_key = auto` keys derive from.
 fn carry_context<F: Future + Send>(
     job: F,
     until: Option<Instant>,
-    parent: Arc<crate::context::ParentKey>,
+    parent: Option<Arc<crate::context::ParentKey>>,
 ) -> impl Future<Output = F::Output> + Send {
     use tracing::Instrument as _;
     let mut inbound = crate::context::INBOUND
         .try_with(crate::Inbound::clone)
         .unwrap_or_default();
     inbound.deadline = until;
-    inbound.parent_key = Some(parent);
+    inbound.parent_key = parent;
     crate::context::inbound_in_use();
     let job = job.instrument(tracing::Span::current());
     #[cfg(feature = "opentelemetry")]

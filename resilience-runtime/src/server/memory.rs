@@ -330,7 +330,7 @@ impl Inner {
             let age = now.saturating_duration_since(entry.at);
             if age < store.min_retention {
                 return Err(StoreError::new(format!(
-                    "memory store full: its oldest response is {age:?} old, under min_retention ({:?})",
+                    "memory store full: a response it would have to evict is {age:?} old, under min_retention ({:?})",
                     store.min_retention
                 )));
             }
