@@ -779,3 +779,50 @@ async fn a_second_context_layer_keeps_the_first_ones_deadline() {
         .unwrap();
     assert!(told <= 500, "C was told {told} ms");
 }
+
+async fn b_charging_in_a_task(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    let task = tokio::spawn(resilience_runtime::with_inbound(
+        resilience_runtime::current_inbound(),
+        async move { b_charges_c(&c, &url).await },
+    ));
+    match task.await.unwrap() {
+        Ok(_) => (StatusCode::OK, "charged".into()),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+/// A call in a task the handler hands its context to draws a fresh key each run, even with
+/// `derive_call_keys`: its place among the handler's calls is not the same from run to run.
+#[tokio::test(start_paused = true)]
+async fn a_task_handed_the_context_draws_fresh_keys() {
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_charging_in_a_task))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let a = reqwest::Client::new();
+    for _ in 0..2 {
+        let resp = a
+            .post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-11")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+    }
+    let keys: Vec<String> = c_server
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+}
