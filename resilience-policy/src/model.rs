@@ -36,6 +36,37 @@ pub const POLICY_KEYS: &[&str] = &[
 /// Keys only the attribute takes.
 pub const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
 
+/// What a key of another retry library's (or a guess at one) is called here.
+fn synonym(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "retries" | "max_retries" | "retry" | "retry_count" | "retry_times" | "attempts" => {
+            "use `max_attempts`, which counts the first attempt too: `max_retries = 2` is `max_attempts = 3`"
+        }
+        "timeout_ms" | "read_timeout" | "request_timeout" | "attempt_timeout" => {
+            "use `timeout`, the limit of each attempt, with a unit: `timeout = \"500ms\"`"
+        }
+        "total_timeout" | "overall_timeout" | "max_elapsed" | "max_duration" => {
+            "use `deadline`, the limit of the whole call: `deadline = \"10s\"`"
+        }
+        "circuit_breaker" | "circuit" => "use `breaker`",
+        "concurrency" | "max_concurrency" | "max_in_flight" => {
+            "use `bulkhead = { max_concurrent = … }`, or `concurrency_limit` for an adaptive one"
+        }
+        "hedging" | "hedged" => "use `hedge`",
+        "fallback_fn" | "on_failure" => "use `fallback`",
+        "idempotency" => {
+            "use `idempotency_key = auto` (a key on every attempt) or `idempotent` (a PUT or DELETE the server applies once)"
+        }
+        "retry_on_status" | "retryable_statuses" | "retry_statuses" | "retry_if" => {
+            "use `retry_on = [connect, reset, timeout, 503]`"
+        }
+        "jitter" | "backoff_ms" | "delay" | "initial_delay" => {
+            "the waits between attempts go in `backoff(initial = \"100ms\", max = \"2s\", jitter = \"equal\")`"
+        }
+        _ => return None,
+    })
+}
+
 pub const BACKOFF_KEYS: &[&str] = &["kind", "initial", "max", "multiplier", "jitter"];
 pub const BUDGET_KEYS: &[&str] = &["ratio", "min_per_sec"];
 pub const BREAKER_KEYS: &[&str] = &[
@@ -672,9 +703,11 @@ impl Settings {
                 if v.origin.is_inline() {
                     known.extend_from_slice(INLINE_ONLY_KEYS);
                 }
-                let hint = did_you_mean(other, &known)
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = match (synonym(other), did_you_mean(other, &known)) {
+                    (Some(s), _) => format!("; {s}"),
+                    (None, Some(s)) => format!("; did you mean `{s}`?"),
+                    (None, None) => format!(" (known: {})", known.join(", ")),
+                };
                 let msg = format!("unknown key `{other}`{hint}");
                 if v.origin.is_inline() {
                     // About the whole `key = value`: at the entry (its key, on stable Rust),
