@@ -826,3 +826,52 @@ async fn a_task_handed_the_context_draws_fresh_keys() {
     assert_eq!(keys.len(), 2);
     assert_ne!(keys[0], keys[1]);
 }
+
+/// B answers at once and audits after its answer, in a task handed its trace and request id
+/// but not the caller's deadline (`without_deadline`): the audit runs past the caller's 200 ms
+/// within its own policy's time, and keeps the caller's request id.
+async fn b_auditing_later(
+    State((c, url, calls)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    use resilience_runtime::{current_inbound, with_inbound};
+    tokio::spawn(with_inbound(
+        current_inbound().without_deadline(),
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let out = b_calls_c(&c, &url).await;
+            calls
+                .lock()
+                .unwrap()
+                .push((out.as_ref().err().map(Error::kind), Duration::ZERO));
+        },
+    ));
+    StatusCode::ACCEPTED
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_handed_the_context_without_its_deadline_runs_past_it() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/b", get(b_auditing_later))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), calls.clone()))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = format!("http://{}/b", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let resp = reqwest::Client::new()
+        .get(&b)
+        .header("x-timeout-ms", "200")
+        .header("x-request-id", "req-77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.lock().unwrap().clone()[0].0, None, "the audit ran");
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-request-id"), Some("req-77"));
+    let told: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
+    assert!(told > 200, "C was told {told} ms: its own policy's time");
+}

@@ -250,6 +250,16 @@ impl Inbound {
         self
     }
 
+    /// The same context without its deadline: for work that outlives the request (an audit
+    /// sent after the response, in a task handed the trace and request id with
+    /// `with_inbound(current_inbound().without_deadline(), …)`), whose calls would otherwise
+    /// fail `DeadlineExceeded` once the caller's time is up. Its calls plan within their own
+    /// policy's deadline.
+    pub fn without_deadline(mut self) -> Inbound {
+        self.deadline = None;
+        self
+    }
+
     /// The calls made under this context finish within `left` from now (no deadline when
     /// `left` is beyond what the clock can count, e.g. `Duration::MAX`).
     pub fn time_left(self, left: Duration) -> Inbound {
