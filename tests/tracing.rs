@@ -756,3 +756,33 @@ async fn a_breaker_forced_or_reset_by_hand_is_told_at_warn() {
         );
     }
 }
+
+/// A malformed `X-Timeout-Ms` of many comma-separated elements is told once, with a count and
+/// the value's first 64 bytes, not once per element with the whole field each time.
+#[tokio::test(start_paused = true)]
+async fn a_bad_timeout_field_is_told_once() {
+    use resilience_runtime::server::ContextLayer;
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let bad = vec!["soon"; 200].join(",");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .header("x-timeout-ms", &bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = buf.text();
+    let told: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("inbound timeout ignored"))
+        .collect();
+    assert_eq!(told.len(), 1, "{text}");
+    assert!(told[0].contains("ignored=200"), "{}", told[0]);
+    assert!(told[0].len() < 400, "{}", told[0]);
+}

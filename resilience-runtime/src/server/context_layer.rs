@@ -158,14 +158,31 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
         (&GRPC_TIMEOUT, parse_grpc),
     ] {
         for v in headers.get_all(name) {
+            // Told once per field, with the first reason and a count: a field of many bad
+            // elements (a comma list a client made up) is not one event, of the whole field,
+            // per element.
+            let (mut ignored, mut first_why) = (0usize, "");
             for one in v.as_bytes().split(|b| *b == b',') {
                 match parse(one) {
                     Ok(Some(d)) => left = Some(left.map_or(d, |l: Duration| l.min(d))),
                     Ok(None) => {}
                     Err(why) => {
-                        tracing::debug!(header = name.as_str(), value = ?v, why, "inbound timeout ignored");
+                        if ignored == 0 {
+                            first_why = why;
+                        }
+                        ignored += 1;
                     }
                 }
+            }
+            if ignored > 0 {
+                let shown = &v.as_bytes()[..v.len().min(64)];
+                tracing::debug!(
+                    header = name.as_str(),
+                    value = %String::from_utf8_lossy(shown),
+                    why = first_why,
+                    ignored,
+                    "inbound timeout ignored"
+                );
             }
         }
     }
