@@ -875,3 +875,38 @@ async fn a_task_handed_the_context_without_its_deadline_runs_past_it() {
     let told: u64 = seen[0].header("x-timeout-ms").unwrap().parse().unwrap();
     assert!(told > 200, "C was told {told} ms: its own policy's time");
 }
+
+async fn b_calls_c_twice(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = b_calls_c(&c, &url).await;
+    let _ = b_calls_c(&c, &url).await;
+    StatusCode::OK
+}
+
+/// A request that came without a request id gets one from the `ContextLayer`: the handler's
+/// two calls to C carry the same `X-Request-Id`, and another request's calls another.
+#[tokio::test(start_paused = true)]
+async fn a_request_without_an_id_gets_one_for_all_its_calls() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let app = Router::new()
+        .route("/b", get(b_calls_c_twice))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = format!("http://{}/b", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let a = reqwest::Client::new();
+    for _ in 0..2 {
+        assert_eq!(a.get(&b).send().await.unwrap().status(), 200);
+    }
+    let ids: Vec<String> = c_server
+        .requests()
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], ids[1], "one request, one id");
+    assert_eq!(ids[2], ids[3]);
+    assert_ne!(ids[0], ids[2], "another request, another id");
+}

@@ -119,6 +119,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut inbound = inbound_of(req.headers(), self.max, Instant::now());
+        // A request that came without a request id gets one, the same for every call its
+        // handler makes (each drew its own: sibling calls of one request could not be told
+        // together in the next services' logs).
+        if inbound.request_id.is_none() && inbound.request_id_text.is_none() {
+            inbound.request_id = Some(fastrand::u128(..).max(1));
+        }
         // Inside an `IdempotencyLayer` that claimed the request: the caller's time is its
         // attempt's, and the handler runs on for the retry, up to the layer's limit.
         if let Some(claimed) = req.extensions().get::<Claimed>() {
