@@ -121,7 +121,8 @@ async fn the_callers_request_id_reaches_c_as_it_came() {
             assert_eq!(r.header("x-request-id"), Some(id), "{header}");
         }
     }
-    // Without one, B's call draws its own: 32 hex digits, the same on both attempts.
+    // Without one, B's `ContextLayer` gives the request one: 32 hex digits, the same on both
+    // attempts.
     c_server.clear(); // the script from its start: a 503, then 200
     http.get(&b).send().await.unwrap();
     let seen = c_server.requests();
@@ -909,4 +910,44 @@ async fn a_request_without_an_id_gets_one_for_all_its_calls() {
     assert_eq!(ids[0], ids[1], "one request, one id");
     assert_eq!(ids[2], ids[3]);
     assert_ne!(ids[0], ids[2], "another request, another id");
+}
+
+/// Two `ContextLayer`s, one on the app and one on a nested router, and a request without a
+/// request id: a call made by a middleware between them and the handler's call carry the one
+/// id the outer layer gave the request.
+#[tokio::test(start_paused = true)]
+async fn nested_context_layers_give_a_request_one_id() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let c_url = c_server.url("/c");
+    let inner = Router::new()
+        .route("/b", get(b_handler))
+        .with_state((reqwest::Client::new(), c_url.clone(), Calls::default()))
+        .layer(ContextLayer::new());
+    let app = Router::new()
+        .nest("/api", inner)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let c_url = c_url.clone();
+                async move {
+                    let _ = b_calls_c(&reqwest::Client::new(), &c_url).await;
+                    next.run(req).await
+                }
+            },
+        ))
+        .layer(ContextLayer::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/api/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        seen[1].header("x-request-id")
+    );
 }

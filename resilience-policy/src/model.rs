@@ -36,8 +36,9 @@ pub const POLICY_KEYS: &[&str] = &[
 /// Keys only the attribute takes.
 pub const INLINE_ONLY_KEYS: &[&str] = &["policy", "crate", "config"];
 
-/// What a key of another retry library's (or a guess at one) is called here.
-fn synonym(key: &str) -> Option<&'static str> {
+/// What a key of another retry library's (or a guess at one) is called here, written as the
+/// attribute (`inline`) or the policy file takes it.
+fn synonym(key: &str, inline: bool) -> Option<&'static str> {
     Some(match key {
         "retries" | "max_retries" | "retry" | "retry_count" | "retry_times" | "attempts" => {
             "use `max_attempts`, which counts the first attempt too: `max_retries = 2` is `max_attempts = 3`"
@@ -54,14 +55,29 @@ fn synonym(key: &str) -> Option<&'static str> {
         }
         "hedging" | "hedged" => "use `hedge`",
         "fallback_fn" | "on_failure" => "use `fallback`",
-        "idempotency" => {
+        "idempotency" if inline => {
             "use `idempotency_key = auto` (a key on every attempt) or `idempotent` (a PUT or DELETE the server applies once)"
         }
-        "retry_on_status" | "retryable_statuses" | "retry_statuses" | "retry_if" => {
+        "idempotency" => {
+            "use `idempotency_key = \"auto\"` (a key on every attempt) or `idempotent = true` (a PUT or DELETE the server applies once)"
+        }
+        "retry_on_status" | "retryable_statuses" | "retry_statuses" | "retry_if" if inline => {
             "use `retry_on = [connect, reset, timeout, 503]`"
         }
+        "retry_on_status" | "retryable_statuses" | "retry_statuses" | "retry_if" => {
+            "use `retry_on = [\"connect\", \"reset\", \"timeout\", 503]`"
+        }
+        "jitter" | "backoff_ms" | "delay" | "initial_delay" if inline => {
+            "the waits between attempts go in `backoff(initial = \"100ms\", max = \"2s\", jitter = equal)`"
+        }
         "jitter" | "backoff_ms" | "delay" | "initial_delay" => {
-            "the waits between attempts go in `backoff(initial = \"100ms\", max = \"2s\", jitter = \"equal\")`"
+            "the waits between attempts go in `backoff = { initial = \"100ms\", max = \"2s\", jitter = \"equal\" }`"
+        }
+        "connect_timeout" | "pool_idle_timeout" | "tcp_keepalive" | "pool_max_idle_per_host" => {
+            "a client's setting: in a `[clients.NAME]` section, named by the policy's `client`"
+        }
+        "max_concurrent" | "max_wait" => {
+            "a bulkhead's (or a rate limit's `max_wait`): `bulkhead = { max_concurrent = 10, max_wait = \"0ms\" }`"
         }
         _ => return None,
     })
@@ -703,7 +719,10 @@ impl Settings {
                 if v.origin.is_inline() {
                     known.extend_from_slice(INLINE_ONLY_KEYS);
                 }
-                let hint = match (synonym(other), did_you_mean(other, &known)) {
+                let hint = match (
+                    synonym(other, v.origin.is_inline()),
+                    did_you_mean(other, &known),
+                ) {
                     (Some(s), _) => format!("; {s}"),
                     (None, Some(s)) => format!("; did you mean `{s}`?"),
                     (None, None) => format!(" (known: {})", known.join(", ")),

@@ -299,7 +299,7 @@ impl Inbound {
 
     /// The calls made under this context send this `X-Request-Id`, as it is: any form (a
     /// UUID, `req-42`, the library's 32 hex digits) of 1 to 128 visible ASCII characters
-    /// (ignored otherwise, and the calls draw their own).
+    /// (ignored otherwise, and the calls draw their own, or a `ContextLayer`'s).
     pub fn request_id(mut self, value: &str) -> Inbound {
         let value = value.trim();
         if value.is_empty()

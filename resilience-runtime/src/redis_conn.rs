@@ -215,8 +215,8 @@ impl Watched {
                 // on a connection that answers: it is asked first, and kept if it answers.
                 let mut current = ConnectionManager::clone(&state.conn.load());
                 let ping = redis::cmd("PING");
-                // Any answer, an error reply too (`-LOADING`, `-BUSY`), is Redis answering;
-                // not a failure of the connection itself.
+                // Any answer, an error reply of Redis's too (`-LOADING`, `-BUSY`), is Redis
+                // answering; not a failure of the connection (a reply that did not parse).
                 let alive = tokio::time::timeout(
                     PING_WITHIN,
                     ping.query_async::<redis::Value>(&mut current),
@@ -224,7 +224,7 @@ impl Watched {
                 .await
                 .is_ok_and(|answer| match answer {
                     Ok(_) => true,
-                    Err(e) => !e.is_io_error() && !e.is_connection_dropped(),
+                    Err(e) => matches!(e.kind(), ErrorKind::Server(_)),
                 });
                 if alive {
                     state.unanswered_since.store(0, Ordering::Release);

@@ -511,6 +511,9 @@ impl Session {
         match breaker.refuses_now() {
             Refusal::No => None,
             refusal => {
+                // Not refused after all (an enclosing call holds the half-open probe): the
+                // call draws its key when it begins.
+                let refused = refused_by_breaker_at_start(shared, breaker, refusal)?;
                 // A derived key's place in the handler's order is taken all the same: the
                 // calls after it keep their keys whether or not this one ran.
                 if shared.compiled.idempotency_key == KeySource::Auto
@@ -518,7 +521,7 @@ impl Session {
                 {
                     let _ = parent.derive(shared.function);
                 }
-                refused_by_breaker_at_start(shared, breaker, refusal)
+                Some(refused)
             }
         }
     }

@@ -36,7 +36,8 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 ///   that trace and keep its sampled flag (the other flags are not sent on). Two of them join
 ///   no trace.
 /// - `X-Request-Id` (or `Request-Id`), in any form of 1 to 128 visible ASCII characters (a
-///   UUID, a gateway's `req-…`): the calls send it on as it came.
+///   UUID, a gateway's `req-…`): the calls send it on as it came. A request without one gets
+///   one (an outer `ContextLayer`'s, or a new one), the same on every call its handler makes.
 ///
 /// The headers are trusted: a caller's short time cuts the calls' attempts, and their
 /// timeouts count for the breaker. Let a public edge strip them.
@@ -121,9 +122,13 @@ where
         let mut inbound = inbound_of(req.headers(), self.max, Instant::now());
         // A request that came without a request id gets one, the same for every call its
         // handler makes (each drew its own: sibling calls of one request could not be told
-        // together in the next services' logs).
+        // together in the next services' logs): an outer `ContextLayer`'s, or a new one.
         if inbound.request_id.is_none() && inbound.request_id_text.is_none() {
-            inbound.request_id = Some(fastrand::u128(..).max(1));
+            match INBOUND.try_with(|i| (i.request_id, i.request_id_text.clone())) {
+                Ok((Some(id), _)) => inbound.request_id = Some(id),
+                Ok((None, Some(text))) => inbound.request_id_text = Some(text),
+                _ => inbound.request_id = Some(fastrand::u128(..).max(1)),
+            }
         }
         // Inside an `IdempotencyLayer` that claimed the request: the caller's time is its
         // attempt's, and the handler runs on for the retry, up to the layer's limit.
@@ -184,7 +189,7 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
                 let shown = &v.as_bytes()[..v.len().min(64)];
                 tracing::debug!(
                     header = name.as_str(),
-                    value = %String::from_utf8_lossy(shown),
+                    value = ?String::from_utf8_lossy(shown),
                     why = first_why,
                     ignored,
                     "inbound timeout ignored"
