@@ -44,6 +44,14 @@ async fn b_handler(
     }
 }
 
+/// Serves `app` on a free loopback port, in a task of the test's runtime: its address.
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// Starts B, forwarding to `c_url`, and returns its URL and what its calls saw.
 async fn start_b(c_url: String) -> (String, Calls) {
     let calls = Calls::default();
@@ -51,9 +59,7 @@ async fn start_b(c_url: String) -> (String, Calls) {
         .route("/b", get(b_handler))
         .with_state((reqwest::Client::new(), c_url, calls.clone()))
         .layer(ContextLayer::new().max(Duration::from_secs(60)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     (format!("http://{addr}/b"), calls)
 }
 
@@ -238,9 +244,7 @@ async fn start_b_keyed_in(c_url: String, context_inside: bool) -> (String, Calls
     } else {
         app.layer(idempotency).layer(context)
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     (format!("http://{addr}/b"), calls)
 }
 
@@ -332,9 +336,7 @@ async fn a_handler_hands_its_context_to_the_task_it_spawns() {
         .route("/b", get(b_spawning_handler))
         .with_state((reqwest::Client::new(), c_server.url("/c"), calls.clone()))
         .layer(ContextLayer::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = format!("http://{}/b", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let b = format!("http://{}/b", serve(app).await);
 
     let resp = reqwest::Client::new()
         .get(&b)
@@ -479,9 +481,7 @@ async fn a_claimed_handlers_calls_plan_within_the_layers_limit() {
         } else {
             app.layer(idempotency).layer(context)
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve(app).await;
         let resp = reqwest::Client::new()
             .post(format!("http://{addr}/b"))
             .header("idempotency-key", "order-8")
@@ -542,9 +542,7 @@ async fn start_charging_b(c_url: String, service: Option<&str>, context: bool) -
     } else {
         app
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     format!("http://{addr}/b")
 }
 
@@ -714,9 +712,7 @@ async fn a_streamed_body_gets_the_context_when_handed_it() {
         .route("/b", get(b_streaming))
         .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
         .layer(ContextLayer::new().max(Duration::from_secs(60)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let http = reqwest::Client::new();
     for hand_on in [true, false] {
         let mut req = http
@@ -763,9 +759,7 @@ async fn a_second_context_layer_keeps_the_first_ones_deadline() {
             },
         ))
         .layer(ContextLayer::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let resp = reqwest::Client::new()
         .get(format!("http://{addr}/api/b"))
         .header("x-timeout-ms", "1500")
@@ -806,9 +800,7 @@ async fn a_task_handed_the_context_draws_fresh_keys() {
         .route("/b", axum::routing::post(b_charging_in_a_task))
         .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
         .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let a = reqwest::Client::new();
     for _ in 0..2 {
         let resp = a
@@ -857,9 +849,7 @@ async fn a_task_handed_the_context_without_its_deadline_runs_past_it() {
         .route("/b", get(b_auditing_later))
         .with_state((reqwest::Client::new(), c_server.url("/c"), calls.clone()))
         .layer(ContextLayer::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = format!("http://{}/b", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let b = format!("http://{}/b", serve(app).await);
     let resp = reqwest::Client::new()
         .get(&b)
         .header("x-timeout-ms", "200")
@@ -894,9 +884,7 @@ async fn a_request_without_an_id_gets_one_for_all_its_calls() {
         .route("/b", get(b_calls_c_twice))
         .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
         .layer(ContextLayer::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = format!("http://{}/b", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let b = format!("http://{}/b", serve(app).await);
     let a = reqwest::Client::new();
     for _ in 0..2 {
         assert_eq!(a.get(&b).send().await.unwrap().status(), 200);
@@ -935,9 +923,7 @@ async fn nested_context_layers_give_a_request_one_id() {
             },
         ))
         .layer(ContextLayer::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let resp = reqwest::Client::new()
         .get(format!("http://{addr}/api/b"))
         .send()

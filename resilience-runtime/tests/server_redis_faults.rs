@@ -839,6 +839,26 @@ impl BlackHole {
     }
 }
 
+/// A store connected through `proxy`, the layer asking it on every request, and the app: one
+/// keyed request stored through it first.
+async fn through(proxy: &BlackHole) -> (Store, server_support::App) {
+    let store: Store = Arc::new(
+        RedisStore::connect(&proxy.url())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
+    let app = serve(&store, layer).await;
+    assert_eq!(
+        post(&app.url("/orders"), Some(&fresh_key()), "x")
+            .await
+            .status,
+        201
+    );
+    (store, app)
+}
+
 /// The Redis host vanishes without a reset (its connections carry nothing, and nothing closes
 /// them), and a Redis answers at the same address: within a few seconds keyed requests are
 /// served again on a new connection, not answered 503 until the kernel gives up on the socket.
@@ -848,16 +868,8 @@ async fn a_redis_gone_without_a_reset_is_reconnected() {
         return;
     };
     let proxy = BlackHole::start(redis.port).await;
-    let store: Store = Arc::new(
-        RedisStore::connect(&proxy.url())
-            .await
-            .expect("connect")
-            .prefix(PREFIX),
-    );
-    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
-    let app = serve(&store, layer).await;
+    let (_store, app) = through(&proxy).await;
     let url = app.url("/orders");
-    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
     // The store's one connection so far; new ones are carried.
     proxy.cut(1);
     let started = Instant::now();
@@ -888,16 +900,8 @@ async fn a_redis_that_paused_keeps_its_connection() {
         return;
     };
     let proxy = BlackHole::start(redis.port).await;
-    let store: Store = Arc::new(
-        RedisStore::connect(&proxy.url())
-            .await
-            .expect("connect")
-            .prefix(PREFIX),
-    );
-    let layer = IdempotencyLayer::new(store.clone()).store_down_for(Duration::ZERO);
-    let app = serve(&store, layer).await;
+    let (store, app) = through(&proxy).await;
     let url = app.url("/orders");
-    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
     redis.signal("-STOP");
     let given_up = tokio::time::timeout(Duration::from_millis(100), store.get("faults:k")).await;
     assert!(given_up.is_err(), "Redis is frozen");
