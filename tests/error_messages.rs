@@ -306,30 +306,13 @@ async fn a_nested_calls_error_keeps_its_own_retry_after() {
     assert_eq!(e.retry_after(), Some(Duration::from_secs(120)), "{e}");
 }
 
-#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
-async fn inner_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
-    Ok(c.get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .status()
-        .as_u16())
-}
-
-#[resilient(timeout = "5s", max_attempts = 1, budget = false)]
-async fn outer_lookup(c: &reqwest::Client, lookup: &str, rates: &str) -> Result<u16, Error> {
-    let found = inner_lookup(c, lookup).await;
-    let _ = c.get(rates).send().await?;
-    found
-}
-
 /// A nested call whose answer gave no `Retry-After` returns an error without one, whatever a
 /// later request of the enclosing body was told.
 #[tokio::test(start_paused = true)]
 async fn a_nested_calls_error_takes_no_retry_after_of_another_request() {
     let lookup = FaultServer::start(Script::always(Action::status(503))).await;
     let rates = FaultServer::start(Script::always(Action::status(429).retry_after(1))).await;
-    let e = outer_lookup(&reqwest::Client::new(), &lookup.url("/l"), &rates.url("/r"))
+    let e = outer_quote(&reqwest::Client::new(), &lookup.url("/l"), &rates.url("/r"))
         .await
         .unwrap_err();
     assert_eq!(e.http_status(), Some(503), "{e}");
