@@ -867,12 +867,13 @@ async fn a_task_handed_the_context_without_its_deadline_runs_past_it() {
     assert!(told > 200, "C was told {told} ms: its own policy's time");
 }
 
-async fn b_calls_c_twice(
-    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
-) -> StatusCode {
+async fn b_calls_c_twice(State((c, url, _)): State<(reqwest::Client, String, Calls)>) -> String {
     let _ = b_calls_c(&c, &url).await;
     let _ = b_calls_c(&c, &url).await;
-    StatusCode::OK
+    // What the handler would write in its own log lines.
+    resilience_runtime::current_inbound()
+        .get_request_id()
+        .unwrap_or_default()
 }
 
 /// A request that came without a request id gets one from the `ContextLayer`: the handler's
@@ -886,8 +887,11 @@ async fn a_request_without_an_id_gets_one_for_all_its_calls() {
         .layer(ContextLayer::new());
     let b = format!("http://{}/b", serve(app).await);
     let a = reqwest::Client::new();
+    let mut told = Vec::new();
     for _ in 0..2 {
-        assert_eq!(a.get(&b).send().await.unwrap().status(), 200);
+        let resp = a.get(&b).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        told.push(resp.text().await.unwrap());
     }
     let ids: Vec<String> = c_server
         .requests()
@@ -898,6 +902,11 @@ async fn a_request_without_an_id_gets_one_for_all_its_calls() {
     assert_eq!(ids[0], ids[1], "one request, one id");
     assert_eq!(ids[2], ids[3]);
     assert_ne!(ids[0], ids[2], "another request, another id");
+    // The handler reads the id its calls send (`get_request_id`), for its own log lines.
+    assert_eq!(
+        (told[0].as_str(), told[1].as_str()),
+        (ids[0].as_str(), ids[2].as_str())
+    );
 }
 
 /// Two `ContextLayer`s, one on the app and one on a nested router, and a request without a

@@ -333,6 +333,18 @@ impl Inbound {
     pub fn get_deadline(&self) -> Option<Instant> {
         self.deadline
     }
+
+    /// The request id the calls made under this context send (`X-Request-Id`), if any: the
+    /// caller's, as it came, or the one a `ContextLayer` gave a request that came without one
+    /// (32 lower-case hex digits). For a handler's own log lines, to match the next
+    /// services' (`current_inbound().get_request_id()`).
+    pub fn get_request_id(&self) -> Option<String> {
+        match (&self.request_id_text, self.request_id) {
+            (Some(text), _) => text.to_str().ok().map(str::to_owned),
+            (None, Some(id)) => Some(hex32(id).as_str().to_owned()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The longest `tracestate` handed down that calls send on (W3C: at least 512 must pass).
