@@ -157,9 +157,9 @@ const PING_WITHIN: Duration = Duration::from_secs(1);
 /// that long, the connection is asked a PING: answered within [`PING_WITHIN`], it is kept (its
 /// commands had only been given up on: a store timeout, a caller gone); else a new connection
 /// is made, and used once it is up: the old one's commands end as their callers give up on
-/// them. A Redis that is only frozen (its kernel still
-/// answers) gets a try every [`UNANSWERED_FOR`] too, each bounded by the connection timeout,
-/// and the connection that answers first after it thaws is kept.
+/// them. A Redis that is only frozen (its kernel still answers) gets a try every
+/// [`UNANSWERED_FOR`] too, each bounded by the connection timeout, and the connection that
+/// answers first after it thaws is kept.
 #[derive(Clone)]
 pub(crate) struct Watched(std::sync::Arc<WatchedState>);
 

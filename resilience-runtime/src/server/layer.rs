@@ -320,9 +320,9 @@ impl IdempotencyLayer {
     /// body: a service that fingerprints bodies answers the second run 422, and one that does
     /// not replays the first run's answer to it). Calls in a task the handler hands its
     /// context to (`with_inbound(current_inbound(), …)`) or spawns draw fresh keys. A function
-    /// moved or renamed, or a
-    /// compiler whose `type_name` writes its path otherwise, derives other keys: change them
-    /// between deploys, not within one a retry may straddle. Off by default.
+    /// moved or renamed, or a compiler whose `type_name` writes its path otherwise, derives
+    /// other keys: change them between deploys, not within one a retry may straddle. Off by
+    /// default.
     pub fn derive_call_keys(mut self, service: impl Into<String>) -> Self {
         self.config_mut().derive_keys = Some(Arc::from(service.into()));
         self
