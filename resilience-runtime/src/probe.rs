@@ -98,7 +98,7 @@ impl<'a, E> Probe<'a, E> {
             _ => {}
         }
         if let Some(s) = self.4 {
-            if own_key && s.last.all_keyed && s.last.reached.is_some_and(|m| m.needs_key()) {
+            if own_key && s.last.keyed_request_reached() {
                 own.set_reached();
             }
             // A nested call's error (it carries that call's token) keeps the `Retry-After` its

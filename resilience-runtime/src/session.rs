@@ -282,6 +282,12 @@ pub(crate) struct Last {
 }
 
 impl Last {
+    /// A request of the attempt that needs the call's key reached a server, or may have, and
+    /// every such request carried the key: the request may have been carried out under it.
+    pub(crate) fn keyed_request_reached(&self) -> bool {
+        self.all_keyed && self.reached.is_some_and(|m| m.needs_key())
+    }
+
     /// What this attempt sent, joined to what `other` (another attempt of the same hedged
     /// round) sent: seen only if both were, keyed only if both were, the least safe methods.
     fn join(&mut self, other: &Last) {
@@ -1317,9 +1323,7 @@ impl Session {
         // it proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
-            let keyed_reached =
-                self.last.all_keyed && self.last.reached.is_some_and(|m| m.needs_key());
-            self.ran_last = Some((class, self.last.status, keyed_reached));
+            self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
         }
         let cut_short = self.last.cut_short;
         if let Some(c) = &mut self.concurrency {
