@@ -277,6 +277,39 @@ fn check_reads_every_section_of_the_policy_file_used_or_not() {
     );
     let out = run(&["check", clean.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+
+    // Nor a used policy whose client, breaker and waits fit only the attempt timeout and the
+    // deadline its function sets inline (the built-in 10s timeout and 30s deadline are
+    // shorter than the client's connect, the breaker's slow call and the waits).
+    let lib_inline = lib.replace(
+        "policy = \"reads\"",
+        "policy = \"reports\", timeout = \"30s\", deadline = \"90s\"",
+    );
+    let file = "[policies.reports]\nclient = \"wh\"\nbreaker = \"wh\"\nrate_limit = \"wh\"\n\n[clients.wh]\nconnect_timeout = \"12s\"\n\n[breakers.wh]\nslow_call_duration = \"20s\"\n\n[rate_limits.wh]\nrate = 5\nmax_wait = \"45s\"\n";
+    let inline = crate_with(
+        "used_inline_shared",
+        &[("src/lib.rs", &lib_inline), ("resilience.toml", file)],
+    );
+    let out = run(&["check", inline.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The same policy used without them is refused, at the function, for each rule.
+    let bare = crate_with(
+        "used_bare_shared",
+        &[
+            ("src/lib.rs", &lib.replace("\"reads\"", "\"reports\"")),
+            ("resilience.toml", file),
+        ],
+    );
+    let out = run(&["check", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    for expected in [
+        "connect_timeout (12s)",
+        "slow_call_duration (20s)",
+        "max_wait",
+    ] {
+        assert!(t.contains(expected), "{expected}: {t}");
+    }
 }
 
 /// A `#[path]` inside an inline module is relative to that module's directory, as the

@@ -1,13 +1,12 @@
 //! `client!("NAME")`: the settings of `[clients.NAME]`, checked at compile time, as a value that
 //! builds a correctly configured `reqwest::Client` in one line.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{ToTokens as _, quote};
 use syn::parse::Parser as _;
 
 use resilience_policy::config;
 use resilience_policy::diag::Diags;
-use resilience_policy::model::Settings;
 use resilience_policy::validate::read_client;
 use resilience_policy::value::did_you_mean;
 
@@ -104,30 +103,10 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
             .unwrap_or_else(|| syn::Error::new(span, unknown)));
     };
     let (m, _) = read_client(&mut diags, &table.entries, span);
-    // Every policy of the file that uses this client must give attempts more time than a connect.
-    for (pname, p) in &cfg.policies {
-        let mut s = Settings::default();
-        let mut scratch = Diags::default();
-        if let Some(d) = &cfg.defaults {
-            for (k, v) in &d.entries {
-                s.apply(&mut scratch, k, v, Span::call_site());
-            }
-        }
-        for (k, v) in &p.entries {
-            s.apply(&mut scratch, k, v, Span::call_site());
-        }
-        if s.client.as_ref().is_some_and(|c| c.value == wanted)
-            && m.connect_timeout >= s.timeout.value
-        {
-            diags.push(
-                span,
-                format!(
-                    "connect_timeout of [clients.{wanted}] ({:?}) is not shorter than the timeout of [policies.{pname}] ({:?}, {})",
-                    m.connect_timeout, s.timeout.value, s.timeout.origin
-                ),
-            );
-        }
-    }
+    // That its connect timeout is shorter than the attempt timeout is checked where the
+    // attempt timeout is known: at each `#[resilient]` naming the client (its inline
+    // settings included), and by `resilience check` for a policy no function uses. A
+    // policy's own timeout here would refuse a client whose functions set theirs inline.
     if let Some(e) = diags.into_error() {
         return Err(e);
     }

@@ -217,8 +217,10 @@ pub fn check_file(config: &Config, used: &[&str]) -> Vec<String> {
             let method = s.method.clone().unwrap_or(get);
             check_policy(diags, s, Some(&method), fb);
             crate::validate::check_hedge(diags, s, Some(&method), fb);
+            resolve_shared(diags, s, Some(config), fb);
+        } else {
+            crate::validate::read_shared_sections(diags, s, Some(config), fb);
         }
-        resolve_shared(diags, s, Some(config), fb);
     };
     let mut diags = Diags::default();
     let mut base = Settings::default();

@@ -510,12 +510,32 @@ fn section_table<'c>(
     found
 }
 
-/// Resolves the budget/breaker/bulkhead/client references of the settings.
+/// Resolves the budget/breaker/bulkhead/client references of the settings, and checks the
+/// rules between those sections and the settings (a breaker's slow call within the timeout, a
+/// client's connect timeout shorter than it, a wait within the deadline).
 pub fn resolve_shared(
     diags: &mut Diags,
     s: &Settings,
     config: Option<&Config>,
     fb: Span,
+) -> Shared {
+    resolve_shared_with(diags, s, config, fb, true)
+}
+
+/// Reads the sections the settings name, without the rules between them and the settings:
+/// for a policy only part of what its functions run (`[defaults]`, a policy a function uses
+/// and completes inline), where those rules are the compiler's to check, function by
+/// function, with what each adds.
+pub fn read_shared_sections(diags: &mut Diags, s: &Settings, config: Option<&Config>, fb: Span) {
+    resolve_shared_with(diags, s, config, fb, false);
+}
+
+fn resolve_shared_with(
+    diags: &mut Diags,
+    s: &Settings,
+    config: Option<&Config>,
+    fb: Span,
+    cross: bool,
 ) -> Shared {
     let mut shared = Shared::default();
     // Inline tables define state private to the function unless they give `name`: the empty
@@ -568,6 +588,7 @@ pub fn resolve_shared(
         }
     }
     if let Some((name, b)) = &shared.breaker
+        && cross
         && let Err(broken) =
             rules::slow_call_within_timeout(b.spec.slow_call_duration, s.timeout.value)
     {
@@ -619,11 +640,13 @@ pub fn resolve_shared(
         let wait_origin = wait_at
             .as_ref()
             .map_or_else(|| "built-in default".to_owned(), |w| w.origin.to_string());
-        if let Err(broken) = rules::rate_limit_wait_within_deadline(
-            m.max_wait,
-            s.deadline.value,
-            Some((&wait_origin, &s.deadline.origin.to_string())),
-        ) {
+        if cross
+            && let Err(broken) = rules::rate_limit_wait_within_deadline(
+                m.max_wait,
+                s.deadline.value,
+                Some((&wait_origin, &s.deadline.origin.to_string())),
+            )
+        {
             let at = wait_at.unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: s.rate_limit.origin.clone(),
@@ -662,7 +685,7 @@ pub fn resolve_shared(
             origin: s.concurrency_limit.origin.clone(),
         };
         let span = s.concurrency_limit.origin.span_or(fb);
-        if shared.bulkhead.is_some() {
+        if cross && shared.bulkhead.is_some() {
             let mut b = rules::concurrency_not_with_bulkhead();
             b.what = format!(
                 "{} (bulkhead from {}, concurrency_limit from {})",
@@ -671,6 +694,7 @@ pub fn resolve_shared(
             err(diags, &here, span, b);
         }
         if let Some(l) = &found.latency
+            && cross
             && let Err(broken) = rules::concurrency_latency_within_timeout(
                 m.latency,
                 s.timeout.value,
@@ -683,11 +707,13 @@ pub fn resolve_shared(
             .max_wait
             .as_ref()
             .map_or_else(|| "built-in default".to_owned(), |w| w.origin.to_string());
-        if let Err(broken) = rules::concurrency_wait_within_deadline(
-            m.max_wait,
-            s.deadline.value,
-            Some((&wait_origin, &s.deadline.origin.to_string())),
-        ) {
+        if cross
+            && let Err(broken) = rules::concurrency_wait_within_deadline(
+                m.max_wait,
+                s.deadline.value,
+                Some((&wait_origin, &s.deadline.origin.to_string())),
+            )
+        {
             err(
                 diags,
                 found.max_wait.as_ref().unwrap_or(&here),
@@ -702,7 +728,7 @@ pub fn resolve_shared(
     {
         let (m, connect_at) = read_client(diags, &t.entries, fb);
         shared.connect_timeout = Some(m.connect_timeout);
-        if m.connect_timeout >= s.timeout.value {
+        if cross && m.connect_timeout >= s.timeout.value {
             let at = connect_at.unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: c.origin.clone(),
