@@ -316,6 +316,31 @@ impl Crate {
                 roots.push((path.clone(), bin.clone()));
             }
         }
+        // Examples and tests declared with a path of their own (`[[test]] name = "it"`,
+        // `path = "tests/x.rs"`): the crate is named after `name`, not the file.
+        let mut kinds = vec!["example"];
+        if tests {
+            kinds.push("test");
+        }
+        for kind in kinds {
+            for t in table
+                .get(kind)
+                .and_then(|b| b.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(n), Some(p)) = (
+                    t.get("name").and_then(|n| n.as_str()),
+                    t.get("path").and_then(|p| p.as_str()),
+                ) {
+                    let p = Path::new(p);
+                    let p = p.strip_prefix("./").unwrap_or(p).to_path_buf();
+                    if !roots.iter().any(|(r, _)| *r == p) {
+                        roots.push((p, krate_name(n)));
+                    }
+                }
+            }
+        }
         let mut dirs = vec!["src/bin", "examples"];
         if tests {
             dirs.push("tests");
@@ -734,6 +759,8 @@ struct Finder<'n> {
 struct Names {
     aliases: BTreeMap<String, BTreeMap<String, (String, String)>>,
     imports: BTreeMap<String, BTreeMap<String, String>>,
+    /// Glob imports (`use super::*;`): the modules each module takes every name of.
+    globs: BTreeMap<String, Vec<String>>,
 }
 
 impl Names {
@@ -747,6 +774,14 @@ impl Names {
                 (m, n) = (at.clone(), to.clone());
             } else if let Some(from) = self.imports.get(&m).and_then(|i| i.get(&n)) {
                 m = from.clone();
+            } else if let Some(g) = self.globs.get(&m).and_then(|g| {
+                // A name the module has from a glob (`mod pg { use super::*; impl PgClient }`).
+                g.iter().find(|g| {
+                    self.aliases.get(*g).is_some_and(|a| a.contains_key(&n))
+                        || self.imports.get(*g).is_some_and(|i| i.contains_key(&n))
+                })
+            }) {
+                m = g.clone();
             } else {
                 break;
             }
@@ -761,27 +796,8 @@ struct NameCollector<'n> {
 }
 
 impl NameCollector<'_> {
-    /// The module a `use` prefix (`crate::db`, `super::api`, `self::x`, `db`) names, seen from
-    /// the current one.
     fn module_of(&self, prefix: &[String]) -> String {
-        let mut m = self.module.clone();
-        let mut rest = prefix;
-        match prefix.first().map(String::as_str) {
-            Some("crate") => {
-                m.truncate(1);
-                rest = &prefix[1..];
-            }
-            Some("self") => rest = &prefix[1..],
-            _ => {}
-        }
-        while let Some(("super", tail)) = rest.split_first().map(|(h, t)| (h.as_str(), t)) {
-            if m.len() > 1 {
-                m.pop();
-            }
-            rest = tail;
-        }
-        m.extend(rest.iter().cloned());
-        m.join("::")
+        module_of(&self.module, prefix)
     }
 
     fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
@@ -812,6 +828,10 @@ impl NameCollector<'_> {
                 for t in &g.items {
                     self.use_tree(t, prefix);
                 }
+            }
+            syn::UseTree::Glob(_) => {
+                let from = self.module_of(prefix);
+                self.names.globs.entry(here).or_default().push(from);
             }
             _ => {}
         }
@@ -844,6 +864,46 @@ impl<'a> Visit<'a> for NameCollector<'_> {
     fn visit_block(&mut self, _: &'a syn::Block) {}
 }
 
+/// The module a path prefix (`crate::db`, `super::api`, `self::x`, `db`) names, seen from
+/// `module` (the crate's name first).
+fn module_of(module: &[String], prefix: &[String]) -> String {
+    let mut m = module.to_vec();
+    let mut rest = prefix;
+    match prefix.first().map(String::as_str) {
+        Some("crate") => {
+            m.truncate(1);
+            rest = &prefix[1..];
+        }
+        Some("self") => rest = &prefix[1..],
+        _ => {}
+    }
+    while let Some(("super", tail)) = rest.split_first().map(|(h, t)| (h.as_str(), t)) {
+        if m.len() > 1 {
+            m.pop();
+        }
+        rest = tail;
+    }
+    m.extend(rest.iter().cloned());
+    m.join("::")
+}
+
+/// The path of a type that is a path (through references and parentheses), not a qualified
+/// one (`<T as Tr>::X`).
+fn bare_path(ty: &syn::Type) -> Option<&syn::Path> {
+    match ty {
+        syn::Type::Path(p) if p.qself.is_none() => Some(&p.path),
+        syn::Type::Reference(r) => bare_path(&r.elem),
+        syn::Type::Paren(p) => bare_path(&p.elem),
+        syn::Type::Group(g) => bare_path(&g.elem),
+        _ => None,
+    }
+}
+
+/// Whether the type is a single name (`C`, `&C`), as a type parameter is written.
+fn is_bare_name(ty: &syn::Type) -> bool {
+    bare_path(ty).is_some_and(|p| p.leading_colon.is_none() && p.segments.len() == 1)
+}
+
 /// The last segment of a type's path (`Client` of `&'a db::Client<Pg>`), if it is a path.
 fn last_segment(ty: &syn::Type) -> Option<String> {
     match ty {
@@ -870,23 +930,51 @@ fn resilient_args(attrs: &[syn::Attribute]) -> Option<proc_macro2::TokenStream> 
 
 impl Finder<'_> {
     /// `ty` as written, or the name of what it stands for when it is an alias.
-    fn resolved(&self, written: String, last: Option<String>) -> String {
-        match last {
-            Some(last) => {
-                let to = self.names.resolve(&self.module.join("::"), &last);
-                if to == last { written } else { to }
+    fn resolved(&self, ty: &syn::Type) -> String {
+        match bare_path(ty) {
+            Some(p) => {
+                let to = self.resolved_path(p);
+                if p.segments.last().is_some_and(|l| l.ident == to) {
+                    ty.to_token_stream().to_string()
+                } else {
+                    to
+                }
             }
-            None => written,
+            None => ty.to_token_stream().to_string(),
         }
+    }
+
+    /// `p` as written, or the name of what it stands for when it is an alias, looked up in
+    /// the module its prefix names (`crate::types::PgClient`), else in the current one.
+    fn resolved_path(&self, p: &syn::Path) -> String {
+        let written = p.to_token_stream().to_string();
+        let Some(last) = p.segments.last().map(|s| s.ident.to_string()) else {
+            return written;
+        };
+        if p.leading_colon.is_some() {
+            return written;
+        }
+        let prefix: Vec<String> = p
+            .segments
+            .iter()
+            .take(p.segments.len() - 1)
+            .map(|s| s.ident.to_string())
+            .collect();
+        let module = module_of(&self.module, &prefix);
+        let to = self.names.resolve(&module, &last);
+        if to == last { written } else { to }
     }
 
     fn path_of(&self, name: &str) -> String {
         let m = self.module.join("::");
-        match &self.self_ty {
+        let path = match &self.self_ty {
             Some((ty, tr)) => resilience_spec::paths::method_path(&m, ty, tr.as_deref(), name),
             None if m.is_empty() => name.to_owned(),
             None => format!("{m}::{name}"),
-        }
+        };
+        // Raw identifiers (`mod r#async`, `fn r#type`) as the compiler's type names write
+        // them, and the runtime with them: without `r#` (`#` is in no other path).
+        path.replace("r#", "")
     }
 }
 
@@ -898,16 +986,17 @@ impl<'a> Visit<'a> for Finder<'_> {
     }
 
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
-        let ty = self.resolved(
-            i.self_ty.to_token_stream().to_string(),
-            last_segment(&i.self_ty),
-        );
-        let tr = i.trait_.as_ref().map(|(t, _)| {
-            self.resolved(
-                t.to_token_stream().to_string(),
-                t.segments.last().map(|s| s.ident.to_string()),
-            )
-        });
+        // An impl for one of its own type parameters (`impl<C: Http> Api for C`, a blanket
+        // impl): the compiler's type name writes the parameter `_`, and so does the path.
+        let ty = if last_segment(&i.self_ty)
+            .is_some_and(|l| i.generics.type_params().any(|p| p.ident == l))
+            && is_bare_name(&i.self_ty)
+        {
+            "_".to_owned()
+        } else {
+            self.resolved(&i.self_ty)
+        };
+        let tr = i.trait_.as_ref().map(|(t, _)| self.resolved_path(t));
         let saved = self.self_ty.replace((ty, tr));
         for item in &i.items {
             if let syn::ImplItem::Fn(f) = item

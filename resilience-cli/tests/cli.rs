@@ -743,6 +743,65 @@ mod names {
         pub trait Ping {
             async fn ping(&self) -> Result<usize, resilience_runtime::Error>;
         }
+
+        pub type Depot = Store;
+    }
+
+    /// An impl of an alias written with its module (`model::Depot`): named after the type
+    /// the alias in that module stands for.
+    impl model::Depot {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn via_module(&self) -> Result<usize, Error> {
+            Ok(10)
+        }
+
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn r#match(&self) -> Result<usize, Error> {
+            Ok(14)
+        }
+    }
+
+    /// A blanket impl (for every type of a bound): the compiler's type name writes the type
+    /// parameter `_`.
+    pub trait Http {}
+
+    impl Http for model::Store {}
+
+    #[allow(async_fn_in_trait)]
+    pub trait Charge {
+        async fn charge(&self) -> Result<usize, Error>;
+    }
+
+    impl<C: Http> Charge for C {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn charge(&self) -> Result<usize, Error> {
+            Ok(11)
+        }
+    }
+
+    /// Raw identifiers (a module and a function named after keywords), as the compiler's type
+    /// names write them: without `r#`.
+    pub mod r#async {
+        use resilience_runtime::{Error, resilient};
+
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        pub async fn r#type() -> Result<usize, Error> {
+            Ok(12)
+        }
+    }
+
+    /// An alias of the parent module, reached through a glob import.
+    pub type Wide = Svc<i64>;
+
+    pub mod glob {
+        use super::*;
+
+        impl Wide {
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            pub async fn via_glob(&self) -> Result<usize, Error> {
+                Ok(13)
+            }
+        }
     }
 
     impl model::Store {
@@ -803,7 +862,7 @@ mod names {
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
     use names::model::{Load as _, Ping as _};
-    use names::{Fetch as _, Greet as _};
+    use names::{Charge as _, Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = run(&["list", cli.to_str().unwrap(), "--tests", "--json"]);
@@ -824,11 +883,16 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::<Store as Load>::load",
             "cli::names::<Svc as Fetch>::fetch",
             "cli::names::<Svc as Ping>::ping",
+            "cli::names::<_ as Charge>::charge",
             "cli::names::Api::get",
             "cli::names::Greet::greet",
+            "cli::names::Store::match",
             "cli::names::Store::put",
+            "cli::names::Store::via_module",
             "cli::names::Svc::via_alias",
             "cli::names::around::inner",
+            "cli::names::async::type",
+            "cli::names::glob::Svc::via_glob",
             "cli::names::outer::inner",
         ]
     );
@@ -848,6 +912,11 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::Svc(0u16).via_alias().await.unwrap(), 8);
         assert_eq!(names::Svc(0u32).ping().await.unwrap(), 9);
         assert_eq!(names::model::Store.around().await.unwrap(), 7);
+        assert_eq!(names::model::Store.via_module().await.unwrap(), 10);
+        assert_eq!(names::model::Store.r#match().await.unwrap(), 14);
+        assert_eq!(names::model::Store.charge().await.unwrap(), 11);
+        assert_eq!(names::r#async::r#type().await.unwrap(), 12);
+        assert_eq!(names::Svc(0i64).via_glob().await.unwrap(), 13);
     });
     let file: String = listed
         .iter()
@@ -868,7 +937,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
 #[test]
 fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
     let f = annotated_get;
-    let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n\n[[bin]]\nname = \"cron\"\npath = \"./src/main.rs\"\n";
+    let manifest = "[package]\nname = \"shop-client\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"shop\"\n\n[[bin]]\nname = \"api-server\"\npath = \"src/serve.rs\"\n\n[[bin]]\nname = \"cron\"\npath = \"./src/main.rs\"\n\n[[example]]\nname = \"demo-run\"\npath = \"examples/x.rs\"\n\n[[test]]\nname = \"it\"\npath = \"tests/x.rs\"\n";
     let dir = crate_with(
         "shopws",
         &[
@@ -890,6 +959,8 @@ fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
                 &format!("mod batch;\n{}", f("sweep")),
             ),
             ("crates/shop/src/bin/sweeper/batch.rs", &f("one")),
+            ("crates/shop/examples/x.rs", &f("show")),
+            ("crates/shop/tests/x.rs", &f("suite")),
             (
                 "tools/Cargo.toml",
                 "[package]\nname = \"tools\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
@@ -912,6 +983,7 @@ fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
         [
             "api_server::serve",
             "cron::main_job",
+            "demo_run::show",
             "shop::charge",
             "shop::pg::refund",
             "sweeper::batch::one",
@@ -920,6 +992,18 @@ fn list_names_libraries_binaries_and_workspace_members_as_the_compiler_does() {
             "worker_job::run",
         ]
     );
+    // A `[[test]]` (and `[[example]]`) with a path of its own is named after its `name`.
+    let out = run(&["list", dir.to_str().unwrap(), "--tests", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tests: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .filter(|f| f.ends_with("::suite"))
+        .collect();
+    assert_eq!(tests, ["it::suite"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

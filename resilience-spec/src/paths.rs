@@ -29,6 +29,12 @@ pub fn method_path(module: &str, self_ty: &str, trait_: Option<&str>, name: &str
 /// The function's path from `module_and_name` (`module_path!()` and its name) and `located`,
 /// the path the compiler's type name gives (`m::Repo<_>::get`, `<m::Svc as m::Api>::get`).
 pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a, str> {
+    // Raw identifiers (`mod r#async`, `fn r#match`): `module_path!()` and `stringify!` keep
+    // the `r#`, the compiler's type names do not, nor does the path (`#` is in no other path).
+    if module_and_name.contains("r#") {
+        let plain = module_and_name.replace("r#", "");
+        return Cow::Owned(from_type_name(&plain, located).into_owned());
+    }
     let Some((module, name)) = module_and_name.rsplit_once("::") else {
         return located.into();
     };
@@ -214,6 +220,23 @@ mod tests {
                 "shop::inner",
                 "shop::outer::{{closure}}::{{closure}}::inner",
                 "shop::outer::inner",
+            ),
+            // Raw identifiers: `module_path!()` and `stringify!` keep `r#`, type names do not.
+            (
+                "shop::r#async::r#match",
+                "shop::async::<impl shop::Client>::match",
+                "shop::async::Client::match",
+            ),
+            (
+                "shop::r#async::r#type",
+                "shop::async::type",
+                "shop::async::type",
+            ),
+            // A blanket impl: the type parameter is `_`.
+            (
+                "shop::charge",
+                "<_ as shop::Api>::charge",
+                "shop::<_ as Api>::charge",
             ),
         ];
         for (module_and_name, located, want) in cases {
