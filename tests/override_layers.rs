@@ -83,6 +83,27 @@ async fn each_section_and_setting_changes_the_calls() {
         "backoff overridden: {took:?}"
     );
 
+    // The shorthand resilience.toml takes, `backoff = "constant"`, is its kind here too
+    // (a line copied from the policy file once had the whole file refused).
+    let changes = overrides::apply_str(
+        "[functions.\"override_layers::search\"]\nbackoff = \"constant\"\n",
+        "incident.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kind: Vec<_> = changes
+        .iter()
+        .filter(|c| c.function == "override_layers::search" && c.setting == "backoff.kind")
+        .map(|c| (c.old.as_str(), c.new.as_str()))
+        .collect();
+    assert_eq!(kind, [("exponential", "constant")], "{changes:?}");
+    // A constant wait longer than the (unused) max of 2 s: 3 s every time.
+    apply(
+        "[functions.\"override_layers::search\"]\nmax_attempts = 2\ndeadline = \"30s\"\nbackoff = { kind = \"constant\", initial = \"3s\", jitter = \"none\" }\n",
+    );
+    let (n, _, took) = attempts(unavailable()).await;
+    assert_eq!(n, 2);
+    assert!(took >= Duration::from_secs(3), "constant 3s: {took:?}");
+
     // Integers in the other bases TOML writes: `0b10` is two attempts (not ten), `0x1F7` is
     // status 503.
     apply("[functions.\"override_layers::search\"]\nmax_attempts = 0b10\n");

@@ -11,8 +11,8 @@ use crate::config::Config;
 use crate::diag::Diags;
 use crate::infer::Inferred;
 use crate::model::{
-    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, CLIENT_KEYS, CONCURRENCY_KEYS, KeyModel, Method,
-    RATE_LIMIT_KEYS, RetryItem, Set, Settings, StateRef, check_table_keys, duration, err,
+    BREAKER_KEYS, BUDGET_KEYS, BULKHEAD_KEYS, BackoffKind, CLIENT_KEYS, CONCURRENCY_KEYS, KeyModel,
+    Method, RATE_LIMIT_KEYS, RetryItem, Set, Settings, StateRef, check_table_keys, duration, err,
     file_prefix, integer, number,
 };
 use crate::value::{Located, Origin, did_you_mean};
@@ -826,7 +826,8 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
         );
     }
     let b = &s.backoff;
-    if b.initial.value > b.max.value {
+    // A constant backoff waits `initial` every time: its `max` is never used.
+    if b.initial.value > b.max.value && b.kind.value != BackoffKind::Constant {
         let origin = if b.initial.origin.is_inline() {
             &b.initial.origin
         } else {

@@ -578,10 +578,13 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     if let Some(c) = p.connect_timeout {
         check(rules::connect_within_timeout(c, p.timeout), &["timeout"]);
     }
-    check(
-        rules::backoff_order(p.backoff.initial, p.backoff.max),
-        &["backoff.initial", "backoff.max"],
-    );
+    // A constant backoff waits `initial` every time: its `max` is never used.
+    if p.backoff.kind != BackoffKind::Constant {
+        check(
+            rules::backoff_order(p.backoff.initial, p.backoff.max),
+            &["backoff.initial", "backoff.max"],
+        );
+    }
     check(
         rules::backoff_multiplier(f64::from(p.backoff.multiplier_milli) / 1000.0),
         &["backoff.multiplier"],
@@ -804,7 +807,14 @@ impl Parser<'_> {
                 "retry_on" => p.retry_on = self.retry_on(v),
                 "backoff" => match v.get_ref() {
                     toml::de::DeValue::Table(b) => self.backoff(b, &mut p),
-                    _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }"),
+                    // The shorthand resilience.toml takes: `backoff = "constant"` is its kind.
+                    toml::de::DeValue::String(s) if &**s == "constant" => {
+                        p.kind = Some(self.at(v, BackoffKind::Constant));
+                    }
+                    toml::de::DeValue::String(s) if &**s == "exponential" => {
+                        p.kind = Some(self.at(v, BackoffKind::Exponential));
+                    }
+                    _ => self.problem(v.span().start, "`backoff` takes a table: { initial = \"100ms\", max = \"2s\" }, or \"constant\" or \"exponential\""),
                 },
                 "method" | "idempotency_key" | "idempotent" | "budget" | "breaker" | "bulkhead"
                 | "rate_limit" | "concurrency_limit" | "hedge" | "fallback" | "fallback_on" | "client"

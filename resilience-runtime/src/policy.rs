@@ -396,7 +396,10 @@ impl Policy {
                 )));
             }
         }
-        rules::backoff_order(self.backoff.initial, self.backoff.max).map_err(bad)?;
+        // A constant backoff waits `initial` every time: its `max` is never used.
+        if self.backoff.kind != BackoffKind::Constant {
+            rules::backoff_order(self.backoff.initial, self.backoff.max).map_err(bad)?;
+        }
         rules::backoff_multiplier(f64::from(self.backoff.multiplier_milli) / 1000.0)
             .map_err(bad)?;
         for s in self.retry_on.statuses {

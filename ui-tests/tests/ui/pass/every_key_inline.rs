@@ -39,9 +39,23 @@ impl Inventory {
             .text()
             .await?)
     }
+
+    // A constant wait longer than the default max (2s), which a constant backoff never uses.
+    #[resilient(budget = false, deadline = "60s", backoff(kind = constant, initial = "5s"))]
+    async fn restock(&self) -> Result<u16, Error> {
+        Ok(self
+            .http
+            .get("http://127.0.0.1:1/restock")
+            .resilient()
+            .send()
+            .await?
+            .status()
+            .as_u16())
+    }
 }
 
 fn main() {
+    let _ = Inventory::restock;
     let _ = stock;
     let _ = Inventory::count;
 }
