@@ -61,6 +61,16 @@ async fn each_section_and_setting_changes_the_calls() {
         "[functions] over [policies]"
     );
 
+    // `[defaults]` applies to every function, under `[policies.NAME]`.
+    apply("[defaults]\nmax_attempts = 2\n");
+    assert_eq!(attempts(unavailable()).await.0, 2, "[defaults]");
+    apply("[defaults]\nmax_attempts = 2\n[policies.search]\nmax_attempts = 3\n");
+    assert_eq!(
+        attempts(unavailable()).await.0,
+        3,
+        "[policies] over [defaults]"
+    );
+
     // max_retry_after: a 503 asking for 5 s ends the call at once under a 1 s bound.
     apply("[functions.\"override_layers::search\"]\nmax_retry_after = \"1s\"\n");
     let (n, out, took) = attempts(Action::status(503).retry_after(5)).await;
