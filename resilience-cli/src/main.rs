@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cmd.as_str() {
+    let code = match cmd.as_str() {
         "check" => check(&krate, overrides.as_deref()),
         "list" => {
             list(&krate, json);
@@ -119,6 +119,11 @@ fn main() -> ExitCode {
             }
         }
         _ => unreachable!("the command was checked above"),
+    };
+    if krate.unreadable {
+        ExitCode::from(2)
+    } else {
+        code
     }
 }
 
@@ -148,6 +153,9 @@ struct Crate {
     /// `config = "…"`), by canonical path, with the name they are shown by: checked once, in
     /// the end, against the policies every package uses (a workspace's members share files).
     files: Vec<(PathBuf, String)>,
+    /// A workspace member whose manifest could not be read: the others are still checked,
+    /// and the command exits 2, as for a crate it cannot read.
+    unreadable: bool,
 }
 
 impl Crate {
@@ -254,6 +262,7 @@ impl Crate {
                 all.functions.extend(members.functions);
                 all.found_in.extend(members.found_in);
                 all.problems.extend(members.problems);
+                all.unreadable |= members.unreadable;
                 all.add_files(members.files);
                 Ok(all)
             }
@@ -627,7 +636,10 @@ impl Crate {
                             .collect(),
                     );
                 }
-                Err(e) => all.problems.push(e),
+                Err(e) => {
+                    all.problems.push(e);
+                    all.unreadable = true;
+                }
             }
         }
         Ok(all)

@@ -503,6 +503,37 @@ fn bad_usage_is_exit_code_2() {
     );
 }
 
+/// A workspace member whose manifest cannot be read is a crate the command cannot read:
+/// exit 2, the others still checked and listed.
+#[test]
+fn a_member_it_cannot_read_is_exit_code_2() {
+    let dir = crate_with(
+        "unreadable_member",
+        &[
+            (
+                "Cargo.toml",
+                "[workspace]\nmembers = [\"good\", \"broken\"]\n",
+            ),
+            (
+                "good/Cargo.toml",
+                "[package]\nname = \"good\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+            ),
+            ("good/src/lib.rs", &annotated_get("ping")),
+            ("broken/Cargo.toml", "[package\nname = \"broken\"\n"),
+        ],
+    );
+    for cmd in ["check", "list"] {
+        let out = run(&[cmd, dir.to_str().unwrap()]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {t}");
+        assert!(t.contains("broken/Cargo.toml"), "{cmd}: {t}");
+        if cmd == "list" {
+            assert!(t.contains("good::ping"), "{t}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn help_is_the_usage_and_success() {
     for flag in ["--help", "-h", "help"] {
