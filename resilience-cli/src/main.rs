@@ -1011,6 +1011,9 @@ impl<'a> Visit<'a> for Finder<'_> {
         let tr = i.trait_.as_ref().map(|(t, _)| self.resolved_path(t));
         let saved = self.self_ty.replace((ty, tr));
         for item in &i.items {
+            if let syn::ImplItem::Fn(f) = item {
+                self.once(&f.attrs, &f.sig.ident);
+            }
             if let syn::ImplItem::Fn(f) = item
                 && let Some(args) = resilient_args(&f.attrs)
             {
@@ -1067,11 +1070,18 @@ impl<'a> Visit<'a> for Finder<'_> {
                 let path = self.path_of(&f.sig.ident.to_string());
                 self.found.push((path, func, args));
             }
+            if let syn::TraitItem::Fn(f) = item
+                && let Some(block) = &f.default
+            {
+                self.once(&f.attrs, &f.sig.ident);
+                self.visit_body(&f.sig.ident, block);
+            }
         }
         self.self_ty = saved;
     }
 
     fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
+        self.once(&f.attrs, &f.sig.ident);
         if let Some(args) = resilient_args(&f.attrs) {
             let mut func = f.clone();
             func.attrs.clear();
@@ -1083,6 +1093,27 @@ impl<'a> Visit<'a> for Finder<'_> {
 }
 
 impl Finder<'_> {
+    /// `#[resilient]` given twice on one function is refused by the compiler: so here.
+    fn once(&mut self, attrs: &[syn::Attribute], name: &syn::Ident) {
+        let mut given = attrs.iter().filter(|a| {
+            a.path()
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "resilient")
+        });
+        if let (Some(_), Some(again)) = (given.next(), given.next()) {
+            let at = again.pound_token.span.start();
+            self.refused.push((
+                at.line,
+                at.column + 1,
+                format!(
+                    "{}: #[resilient] is given twice on this function: each would retry around the other",
+                    self.path_of(&name.to_string())
+                ),
+            ));
+        }
+    }
+
     /// The functions declared in the body of the function `name` (a `#[tokio::test]`'s
     /// helper): the runtime names them after it, `module::name::inner`, as it would a type.
     fn visit_body(&mut self, name: &syn::Ident, block: &syn::Block) {

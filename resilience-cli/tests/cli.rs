@@ -503,6 +503,25 @@ fn bad_usage_is_exit_code_2() {
     );
 }
 
+/// `#[resilient]` given twice is refused by the compiler (each would retry around the
+/// other): by the check too, at the second.
+#[test]
+fn check_refuses_the_attribute_given_twice() {
+    let lib = annotated_get("ping").replace(
+        "pub async fn",
+        "#[resilience_runtime::resilient(max_attempts = 2)]\npub async fn",
+    );
+    let dir = crate_with("twice", &[("src/lib.rs", &lib)]);
+    let out = run(&["check", dir.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("src/lib.rs:2:1: twice::ping: #[resilient] is given twice"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A workspace member whose manifest cannot be read is a crate the command cannot read:
 /// exit 2, the others still checked and listed.
 #[test]
@@ -821,6 +840,20 @@ mod names {
         }
     }
 
+    /// A function declared in a trait's default method: named after the method.
+    #[allow(async_fn_in_trait)]
+    pub trait Audit {
+        async fn audit(&self) -> Result<usize, Error> {
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            async fn written() -> Result<usize, Error> {
+                Ok(15)
+            }
+            written().await
+        }
+    }
+
+    impl Audit for model::Store {}
+
     /// An alias of the parent module, reached through a glob import.
     pub type Wide = Svc<i64>;
 
@@ -893,7 +926,7 @@ mod names {
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
     use names::model::{Load as _, Ping as _};
-    use names::{Charge as _, Fetch as _, Greet as _};
+    use names::{Audit as _, Charge as _, Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = run(&["list", cli.to_str().unwrap(), "--tests", "--json"]);
@@ -923,6 +956,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::Svc::via_alias",
             "cli::names::around::inner",
             "cli::names::async::type",
+            "cli::names::audit::written",
             "cli::names::glob::Svc::via_glob",
             "cli::names::outer::inner",
         ]
@@ -948,6 +982,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::model::Store.charge().await.unwrap(), 11);
         assert_eq!(names::r#async::r#type().await.unwrap(), 12);
         assert_eq!(names::Svc(0i64).via_glob().await.unwrap(), 13);
+        assert_eq!(names::model::Store.audit().await.unwrap(), 15);
     });
     let file: String = listed
         .iter()
