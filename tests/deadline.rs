@@ -106,6 +106,23 @@ async fn a_body_that_uses_up_the_task_budget_still_times_out() {
     assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
 }
 
+/// The same body under a hedge: the round's timers are polled outside the budget too.
+#[resilient(method = GET, timeout = "50ms", deadline = "10s", max_attempts = 1, budget = false, hedge(delay = "10ms"))]
+async fn spends_its_budget_hedged() -> Result<u64, Error> {
+    loop {
+        tokio::task::coop::consume_budget().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hedged_body_that_uses_up_the_task_budget_still_times_out() {
+    let r = tokio::time::timeout(Duration::from_secs(10), spends_its_budget_hedged())
+        .await
+        .expect("the attempt's 50 ms limit should have ended the call");
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+}
+
 // The backoff is waited out by the next attempt itself, before its body is first polled: the
 // body of a retry starts once the delay has passed, and not at all when the caller gave up
 // during the delay.

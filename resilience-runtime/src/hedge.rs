@@ -135,7 +135,13 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         if me.timer.as_mut().as_pin_mut().is_none() {
             me.timer.set(Some(tokio::time::sleep_until(*me.until)));
         }
-        if me.timer.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready()) {
+        // Outside the task's cooperative budget, as `tokio::time::timeout` polls its timer: a
+        // body that spends the budget on every poll would otherwise never see it fire.
+        if me.timer.as_pin_mut().is_some_and(|t| {
+            pin!(tokio::task::coop::unconstrained(t))
+                .poll(cx)
+                .is_ready()
+        }) {
             *me.done = true;
             // Dropped now, as an attempt that is not hedged is at its timeout: its request
             // and connection go, not held until the round ends.
@@ -406,11 +412,11 @@ where
             if timer.as_mut().as_pin_mut().is_none() {
                 timer.set(Some(tokio::time::sleep_until(first_hedge_at)));
             }
-            if timer
-                .as_mut()
-                .as_pin_mut()
-                .is_some_and(|t| t.poll(cx).is_pending())
-            {
+            if timer.as_mut().as_pin_mut().is_some_and(|t| {
+                pin!(tokio::task::coop::unconstrained(t))
+                    .poll(cx)
+                    .is_pending()
+            }) {
                 return Poll::Pending;
             }
             // What the attempts in flight sent, or may be sending unseen, must be harmless to
