@@ -59,6 +59,42 @@ async fn a_stalled_request_is_overtaken_by_its_hedge() {
     assert!(m.successful_without_retry >= 1, "{m:?}");
 }
 
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms")
+)]
+async fn lookup_after_a_wait(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    // Something the runtime does not see, awaited before the request (a lock, a cache).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// No hedge while the attempt has sent nothing the runtime saw; one once its request is seen
+/// (it was off for the whole round: the stalled request ran to its 2 s timeout).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_waits_for_the_request_to_be_seen_then_starts() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([Action::stall(), Action::ok()])).await;
+    let t = Instant::now();
+    assert_eq!(
+        lookup_after_a_wait(&c, server.url("/item")).await.unwrap(),
+        200
+    );
+    // The first request went at 150 ms, seen: the hedge started then (past its 100 ms delay),
+    // waited its own 150 ms and was answered at once.
+    assert_eq!(t.elapsed(), Duration::from_millis(300));
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(150));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_before_the_delay_sends_no_hedge() {
     let c = reqwest::Client::new();

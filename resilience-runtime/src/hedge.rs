@@ -425,11 +425,20 @@ where
             let harmless = s.may_duplicate(first.as_mut().ctx())
                 && hedges.iter_mut().all(|h| s.may_duplicate(h.as_mut().ctx()));
             if !harmless {
-                tracing::debug!(
-                    attempt = s.attempts,
-                    "no hedge: the attempt in flight sent what may not be sent twice"
-                );
-                hedging = false;
+                // An attempt that has sent nothing the runtime saw yet is judged again at the
+                // round's next poll, which follows its own (its request is stamped while it is
+                // polled): no hedge while it sends unseen, one once its request is seen to be
+                // harmless.
+                let maybe = |ctx: &AttemptCtx| s.may_duplicate(ctx) || s.may_duplicate_later(ctx);
+                let later = maybe(first.as_mut().ctx())
+                    && hedges.iter_mut().all(|h| maybe(h.as_mut().ctx()));
+                if !later {
+                    tracing::debug!(
+                        attempt = s.attempts,
+                        "no hedge: the attempt in flight sent what may not be sent twice"
+                    );
+                    hedging = false;
+                }
                 return Poll::Pending;
             }
             match begin_hedge(s) {

@@ -1113,6 +1113,14 @@ impl Session {
                 || crate::decision::may_resend(policy.method, false, policy.idempotent))
     }
 
+    /// Whether an attempt [`may_duplicate`](Self::may_duplicate) refused may yet be found
+    /// harmless: it has sent nothing the runtime saw so far (a lock or a cache awaited before
+    /// its request), or a helper it awaits is still running. Not once a helper ended having
+    /// sent nothing seen, or a request it sent may not go out twice.
+    pub(crate) fn may_duplicate_later(&self, ctx: &AttemptCtx) -> bool {
+        !ctx.unseen_helper.get() && (!ctx.stamped.get() || ctx.helpers_running.get() > 0)
+    }
+
     /// Keeps what a hedge's (or a hedged first attempt's) requests recorded.
     pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
         // Which key the call's requests carried, for the key its error names (`named_key`).
