@@ -95,6 +95,38 @@ async fn a_hedge_waits_for_the_request_to_be_seen_then_starts() {
     assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(150));
 }
 
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    hedge(delay = "100ms"),
+    bulkhead(max_concurrent = 1)
+)]
+async fn lookup_in_one_slot(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call holds one bulkhead slot for its round: its hedge runs in it (two requests in flight
+/// under a bulkhead of one), and another call finds no slot (README, `bulkhead`).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_runs_in_its_calls_bulkhead_slot() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::ok().after(Duration::from_millis(200)),
+        Action::ok(),
+    ]))
+    .await;
+    let (first, second) = tokio::join!(lookup_in_one_slot(&c, server.url("/a")), async {
+        // While the first call's hedge is in flight.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        lookup_in_one_slot(&c, server.url("/b")).await
+    });
+    assert_eq!(first.unwrap(), 200);
+    assert_eq!(second.unwrap_err().kind(), ErrorKind::BulkheadFull);
+    assert_eq!(server.count(), 2, "the stalled request and its hedge");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_before_the_delay_sends_no_hedge() {
     let c = reqwest::Client::new();

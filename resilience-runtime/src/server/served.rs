@@ -122,8 +122,20 @@ static PENDING: AtomicI64 = AtomicI64::new(0);
 /// One response more (`1`) or fewer (`-1`) kept in memory until the store takes it.
 pub(crate) fn pending(change: i64) {
     let now = PENDING.fetch_add(change, Ordering::Relaxed) + change;
+    // Set, then read again and set again while it changed: two changes at once on two
+    // threads could otherwise leave the older count last (as `set_settled` does).
     #[cfg(feature = "metrics")]
-    recorded::pending(now);
+    {
+        let mut now = now;
+        for _ in 0..8 {
+            recorded::pending(now);
+            let again = PENDING.load(Ordering::Relaxed);
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = now;
 }

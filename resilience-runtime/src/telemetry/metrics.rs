@@ -489,7 +489,11 @@ pub(crate) fn on_call_end(
             });
         }
         if let (Some(k), Some(b)) = (&inst.breaker, breaker) {
-            r.gauge(slot::BREAKER, k, |g| g.set(breaker_state_value(b.state())));
+            // Settled, as a transition on another thread sets it too: a state read before
+            // that transition must not be the last one set.
+            r.gauge(slot::BREAKER, k, |g| {
+                set_settled(g, || breaker_state_value(b.state()) as u32)
+            });
         }
     });
 }

@@ -182,7 +182,7 @@ pub const METRICS: [(&str, &str, &str, &str); 15] = [
         names::ATTEMPTS,
         "counter",
         "{attempt}",
-        "Attempts made, by how they ended (ok or the failure class)",
+        "Attempts the call acted on (a hedged round once), by how they ended (ok or the failure class)",
     ),
     (
         names::ATTEMPT_DURATION,
