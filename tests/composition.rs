@@ -2942,3 +2942,93 @@ async fn a_method_in_the_named_policy_keeps_the_retry_beside_a_quiet_helper() {
     assert_eq!(got.unwrap(), 200);
     assert_eq!(server.count(), 2);
 }
+
+// --- An SDK holding a client built by `ClientSettings` ----------------------------------------
+
+/// A payment SDK as a service writes one: a type of its own (not a `…Client`), holding the
+/// client it was given, sending its POST with plain `.send()`.
+struct PaymentsSdk {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl PaymentsSdk {
+    async fn charge(&self, cents: u64) -> Result<u16, reqwest::Error> {
+        Ok(self
+            .http
+            .post(&self.url)
+            .body(cents.to_string())
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = ["connect", "reset", "timeout", 503], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn sdk_checkout(c: &reqwest::Client, pay: &PaymentsSdk, base: String) -> Result<u16, Error> {
+    c.get(format!("{base}/token"))
+        .send()
+        .await?
+        .error_for_status()?;
+    pay.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The SDK's POST is not the body's: the macro cannot see it, and the method it infers is the
+/// body's own GETs. A client built by `ClientSettings` tells the attempt of every request it
+/// completes: the unkeyed POST counts, and the 503 after it is not retried (the charge was
+/// sent twice, once per attempt).
+#[tokio::test(start_paused = true)]
+async fn an_sdks_post_through_a_client_of_the_settings_is_not_sent_again() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let pay = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/charge"),
+    };
+    let e = sdk_checkout(&client(), &pay, base).await.unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "charged once");
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn keyed_charge(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("1250")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The body's own keyed POST, through the same client: stamped, so its completion is not
+/// taken for an unkeyed request, and the 503 is retried with the key.
+#[tokio::test(start_paused = true)]
+async fn a_stamped_keyed_post_through_a_client_of_the_settings_is_still_retried() {
+    let server = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    assert_eq!(
+        keyed_charge(&client(), &server.url("/charge"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].header("idempotency-key"),
+        seen[1].header("idempotency-key")
+    );
+}

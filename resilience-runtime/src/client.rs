@@ -56,13 +56,18 @@ impl ClientSettings {
     /// redirect's target that cannot be reached is not taken for a request never sent). Add
     /// TLS, proxies or default headers to it as usual.
     ///
-    /// reqwest's own retry policy stays its default, which sends a request again only where an
-    /// HTTP/2 server said it never processed it (`REFUSED_STREAM`, a graceful `GOAWAY`), at
-    /// most twice, inside the attempt and its timeout: the server does nothing twice, so the
-    /// attempts of the policy do not multiply, and an unkeyed POST refused that way by a server
-    /// draining for a deploy still goes through (the policy alone could not resend it: it
-    /// cannot tell that reset from one after the POST was processed). Over HTTP/1.1 it never
-    /// retries.
+    /// reqwest's own retries are those of its default policy, which sends a request again
+    /// only where an HTTP/2 server said it never processed it (`REFUSED_STREAM`, a graceful
+    /// `GOAWAY`), at most twice, inside the attempt and its timeout: the server does nothing
+    /// twice, so the attempts of the policy do not multiply, and an unkeyed POST refused that
+    /// way by a server draining for a deploy still goes through (the policy alone could not
+    /// resend it: it cannot tell that reset from one after the POST was processed). Over
+    /// HTTP/1.1 it never retries.
+    ///
+    /// The client also tells the attempt in progress of every request it completes (answered,
+    /// or failed), in the task that sent it: one the runtime did not stamp (an SDK's type
+    /// holding this client sends its POST with a plain `.send()`) counts as a request of its
+    /// method the attempt sent, without the key, so that an unkeyed POST is not sent again.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -70,6 +75,17 @@ impl ClientSettings {
             .tcp_keepalive(self.tcp_keepalive)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .redirect(redirect_policy())
+            .retry(
+                reqwest::retry::for_host(AnyHost)
+                    .no_budget()
+                    .classify_fn(|req_rep| {
+                        if completed(req_rep.method(), req_rep.error()) {
+                            req_rep.retryable()
+                        } else {
+                            req_rep.success()
+                        }
+                    }),
+            )
             // The URL a redirect came from (its query's token, say) is not the next host's
             // to know.
             .referer(false)
@@ -79,6 +95,51 @@ impl ClientSettings {
     pub fn build(&self) -> Result<reqwest::Client, crate::Error> {
         Ok(self.builder().build()?)
     }
+}
+
+/// The scope of the client's retry policy: every request, as reqwest's default policy's.
+struct AnyHost;
+
+impl PartialEq<&str> for AnyHost {
+    fn eq(&self, _: &&str) -> bool {
+        true
+    }
+}
+
+/// reqwest's classifier of a completed request (its method, and its error if it failed): tells the attempt in progress (a request it
+/// did not stamp counts as sent unseen, [`AttemptCtx::completed`]), and sends again, as the
+/// default policy does, only what an HTTP/2 server refused before processing it. Such a
+/// refusal is not told: the server did nothing with it.
+///
+/// [`AttemptCtx::completed`]: crate::context::AttemptCtx
+/// Whether to send it again.
+fn completed(method: &http::Method, error: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    if error.is_some_and(protocol_nack) {
+        return true;
+    }
+    let connect_failure = error
+        .and_then(|e| e.downcast_ref::<reqwest::Error>())
+        .is_some_and(reqwest::Error::is_connect);
+    let method = crate::policy::method_of(method);
+    let _ = crate::context::with_attempt(|ctx| ctx.completed(method, !connect_failure));
+    false
+}
+
+/// An HTTP/2 server's word that it never processed the request: `REFUSED_STREAM`, or a
+/// graceful `GOAWAY` (`NO_ERROR`), as reqwest's default retry policy reads them.
+fn protocol_nack(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(err);
+    // Bounded: a chain of sources ends, and no error reqwest gives is this deep.
+    for _ in 0..8 {
+        let Some(cur) = e else { return false };
+        if let Some(h2) = cur.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        e = cur.source();
+    }
+    false
 }
 
 impl Default for ClientSettings {
@@ -107,7 +168,10 @@ impl Default for ClientSettings {
 /// ```
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
+        let _ = crate::context::with_attempt(|ctx| {
+            ctx.redirected.set(true);
+            ctx.tally_hop();
+        });
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
         // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer

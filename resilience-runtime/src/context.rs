@@ -479,6 +479,11 @@ pub(crate) struct AttemptCtx {
     /// their own (the last four; 0: none): an error the body returns that carries one of them
     /// is that call's failure, whatever the body did after it.
     pub gave_up: Cell<[u16; 4]>,
+    /// Requests of this attempt by kind of method (safe, PUT/DELETE, other; [`method_kind`]):
+    /// `[0..3]` stamped (or matched), `[3..6]` completed through a client built by
+    /// [`ClientSettings`](crate::ClientSettings), `[6]` redirect hops followed. A completion
+    /// past the stamped ones of its kind was sent unstamped ([`AttemptCtx::completed`]).
+    pub tally: Cell<[u16; 8]>,
     pub attempt: u32,
     pub status: Cell<Option<u16>>,
     /// How the last request the runtime saw failed before any response (a reset, a refused
@@ -662,6 +667,7 @@ impl AttemptCtx {
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
+            tally: Cell::new([0; 8]),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             unproven: Cell::new(false),
@@ -731,11 +737,65 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
+        *self.tally.get_mut() = [0; 8];
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
+    }
+
+    /// A request of `m` was stamped in this attempt: a completion of its kind that a client
+    /// of [`ClientSettings`](crate::ClientSettings) reports is this one, not one unseen.
+    #[inline]
+    pub(crate) fn tally_stamped(&self, m: Method) {
+        let mut t = self.tally.get();
+        let k = method_kind(m);
+        t[k] = t[k].saturating_add(1);
+        self.tally.set(t);
+    }
+
+    /// A redirect was followed: the next hop's completion is the same request's.
+    pub(crate) fn tally_hop(&self) {
+        let mut t = self.tally.get();
+        t[6] = t[6].saturating_add(1);
+        self.tally.set(t);
+    }
+
+    /// A request of `m` completed (answered, or failed; `reached`: not by a connect failure)
+    /// through a client built by [`ClientSettings`](crate::ClientSettings), as reqwest's
+    /// classifier tells it in the task that sent it. Past the stamped requests of its kind
+    /// (and the redirect hops followed), it is a request the body's code sent where the
+    /// runtime does not stamp (an SDK's type holding the client, a helper not watched): it
+    /// counts as a request of `m` the runtime saw, without the key, as one told by
+    /// [`declare_sent`](crate::declare_sent).
+    #[cold]
+    pub(crate) fn completed(&self, m: Method, reached: bool) {
+        let mut t = self.tally.get();
+        let k = method_kind(m);
+        t[3 + k] = t[3 + k].saturating_add(1);
+        if t[3 + k] <= t[k] {
+            self.tally.set(t);
+            return;
+        }
+        // Matched from now on, whichever way it is counted.
+        t[k] = t[k].saturating_add(1);
+        if t[6] > 0 {
+            t[6] -= 1;
+            self.tally.set(t);
+            return;
+        }
+        self.tally.set(t);
+        self.note_method(m);
+        self.stamped.set(true);
+        self.saw();
+        self.went_on();
+        if !m.is_safe() {
+            self.all_keyed.set(false);
+        }
+        if reached || self.redirected.get() {
+            self.note_reached(m);
+        }
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.
@@ -938,6 +998,17 @@ pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
     // Only the sampled bit is defined: the others are sent on as zero, as the spec asks.
     let flags = u8::from_str_radix(f, 16).ok()? & 0x01;
     (trace != 0 && span != 0).then_some((trace, span, flags))
+}
+
+/// The kind of a method, for matching completed requests to stamped ones: safe (GET, HEAD,
+/// OPTIONS, TRACE), PUT or DELETE, any other.
+#[inline]
+pub(crate) fn method_kind(m: Method) -> usize {
+    match m {
+        Method::Get | Method::Head | Method::Options | Method::Trace => 0,
+        Method::Put | Method::Delete => 1,
+        _ => 2,
+    }
 }
 
 #[cfg(test)]

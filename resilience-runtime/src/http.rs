@@ -235,7 +235,9 @@ fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
 }
 
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
-    ctx.note_method(crate::policy::method_of(req.method()));
+    let method = crate::policy::method_of(req.method());
+    ctx.note_method(method);
+    ctx.tally_stamped(method);
     ctx.stamped.set(true);
     ctx.saw();
     ctx.went_on();
