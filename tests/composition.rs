@@ -3032,3 +3032,60 @@ async fn a_stamped_keyed_post_through_a_client_of_the_settings_is_still_retried(
         seen[1].header("idempotency-key")
     );
 }
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = ["connect", "reset", "timeout", 503], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn redirected_then_checkout(pay: &PaymentsSdk, base: String) -> Result<u16, Error> {
+    // A one-off GET whose redirect is followed by a client that reports no completion.
+    reqwest::get(format!("{base}/old"))
+        .await?
+        .error_for_status()?;
+    pay.charge(1250).await?;
+    Ok(reqwest::get(format!("{base}/receipt"))
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A redirect followed by another client (`reqwest::get`'s) leaves nothing that the SDK's
+/// POST, reported by the client of the settings, could be taken for: it is still seen, and
+/// the 503 after it is not retried.
+#[tokio::test(start_paused = true)]
+async fn an_sdks_post_after_a_redirect_elsewhere_is_still_seen() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/old" => Action::status(301).header("location", "/new"),
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let pay = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/charge"),
+    };
+    let e = redirected_then_checkout(&pay, base).await.unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "charged once");
+}
+
+/// A keyed POST the server sends on with a 307 (the same POST, with its key, to another URL)
+/// is the stamped request at its new URL too: its 503 there is retried with the key.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_sent_on_by_a_307_is_still_retried_with_its_key() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/charge" => Action::status(307).header("location", "/v2/charge"),
+        _ if seen.index == 1 => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let url = format!("http://{}/charge", server.addr());
+    assert_eq!(keyed_charge(&client(), &url).await.unwrap(), 200);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 4, "two attempts, each redirected once");
+    let keys: Vec<_> = seen.iter().map(|s| s.idempotency_key()).collect();
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "{keys:?}"
+    );
+}

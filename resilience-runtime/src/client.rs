@@ -68,6 +68,8 @@ impl ClientSettings {
     /// or failed), in the task that sent it: one the runtime did not stamp (an SDK's type
     /// holding this client sends its POST with a plain `.send()`) counts as a request of its
     /// method the attempt sent, without the key, so that an unkeyed POST is not sent again.
+    /// Keep the builder's redirect and retry policies: another `.redirect(…)` or `.retry(…)`
+    /// on it turns that off.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -79,7 +81,7 @@ impl ClientSettings {
                 reqwest::retry::for_host(AnyHost)
                     .no_budget()
                     .classify_fn(|req_rep| {
-                        if completed(req_rep.method(), req_rep.error()) {
+                        if completed(req_rep.method(), req_rep.uri(), req_rep.error()) {
                             req_rep.retryable()
                         } else {
                             req_rep.success()
@@ -106,22 +108,33 @@ impl PartialEq<&str> for AnyHost {
     }
 }
 
-/// reqwest's classifier of a completed request (its method, and its error if it failed): tells the attempt in progress (a request it
+/// reqwest's classifier of a completed request (its method, URI, and error if it failed): tells the attempt in progress (a request it
 /// did not stamp counts as sent unseen, [`AttemptCtx::completed`]), and sends again, as the
 /// default policy does, only what an HTTP/2 server refused before processing it. Such a
 /// refusal is not told: the server did nothing with it.
 ///
 /// [`AttemptCtx::completed`]: crate::context::AttemptCtx
 /// Whether to send it again.
-fn completed(method: &http::Method, error: Option<&(dyn std::error::Error + 'static)>) -> bool {
+fn completed(
+    method: &http::Method,
+    uri: &http::Uri,
+    error: Option<&(dyn std::error::Error + 'static)>,
+) -> bool {
     if error.is_some_and(protocol_nack) {
         return true;
     }
     let connect_failure = error
         .and_then(|e| e.downcast_ref::<reqwest::Error>())
         .is_some_and(reqwest::Error::is_connect);
-    let method = crate::policy::method_of(method);
-    let _ = crate::context::with_attempt(|ctx| ctx.completed(method, !connect_failure));
+    let _ = crate::context::with_attempt(|ctx| {
+        let m = crate::policy::method_of(method);
+        let url = if m.is_safe() {
+            0
+        } else {
+            crate::context::hash_of_uri(uri)
+        };
+        ctx.completed(m, url, !connect_failure);
+    });
     false
 }
 
@@ -170,7 +183,9 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let _ = crate::context::with_attempt(|ctx| {
             ctx.redirected.set(true);
-            ctx.tally_hop();
+            // The request goes on there (a 307 or 308 as it was): its completion at that URL,
+            // which a client of `ClientSettings` reports, is the same request's.
+            ctx.note_url(crate::context::hash_of_url(attempt.url()));
         });
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the

@@ -479,11 +479,14 @@ pub(crate) struct AttemptCtx {
     /// their own (the last four; 0: none): an error the body returns that carries one of them
     /// is that call's failure, whatever the body did after it.
     pub gave_up: Cell<[u16; 4]>,
-    /// Requests of this attempt by kind of method (safe, PUT/DELETE, other; [`method_kind`]):
-    /// `[0..3]` stamped (or matched), `[3..6]` completed through a client built by
-    /// [`ClientSettings`](crate::ClientSettings), `[6]` redirect hops followed. A completion
-    /// past the stamped ones of its kind was sent unstamped ([`AttemptCtx::completed`]).
-    pub tally: Cell<[u16; 8]>,
+    /// The URLs (hashed, [`url_hash`]; 0: none) of this attempt's last stamped requests of an
+    /// unsafe method, and of the redirects followed: a completion of an unsafe request that a
+    /// client of [`ClientSettings`](crate::ClientSettings) reports at none of them was sent
+    /// unstamped ([`AttemptCtx::completed`]).
+    pub unsafe_urls: Cell<[u32; 4]>,
+    /// Safe requests of this attempt: `[0]` stamped (or matched), `[1]` completed through a
+    /// client of [`ClientSettings`](crate::ClientSettings).
+    pub safe_tally: Cell<[u16; 2]>,
     pub attempt: u32,
     pub status: Cell<Option<u16>>,
     /// How the last request the runtime saw failed before any response (a reset, a refused
@@ -667,7 +670,8 @@ impl AttemptCtx {
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
-            tally: Cell::new([0; 8]),
+            unsafe_urls: Cell::new([0; 4]),
+            safe_tally: Cell::new([0; 2]),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             unproven: Cell::new(false),
@@ -737,7 +741,8 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
-        *self.tally.get_mut() = [0; 8];
+        *self.unsafe_urls.get_mut() = [0; 4];
+        *self.safe_tally.get_mut() = [0; 2];
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
@@ -745,54 +750,62 @@ impl AttemptCtx {
         *self.described.get_mut() = false;
     }
 
-    /// A request of `m` was stamped in this attempt: a completion of its kind that a client
-    /// of [`ClientSettings`](crate::ClientSettings) reports is this one, not one unseen.
+    /// A request of `m` to `url` was stamped in this attempt: its completion, which a client
+    /// of [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
     #[inline]
-    pub(crate) fn tally_stamped(&self, m: Method) {
-        let mut t = self.tally.get();
-        let k = method_kind(m);
-        t[k] = t[k].saturating_add(1);
-        self.tally.set(t);
+    pub(crate) fn tally_stamped(&self, m: Method, url: &reqwest::Url) {
+        if m.is_safe() {
+            let mut t = self.safe_tally.get();
+            t[0] = t[0].saturating_add(1);
+            self.safe_tally.set(t);
+        } else {
+            self.note_url(hash_of_url(url));
+        }
     }
 
-    /// A redirect was followed: the next hop's completion is the same request's.
-    pub(crate) fn tally_hop(&self) {
-        let mut t = self.tally.get();
-        t[6] = t[6].saturating_add(1);
-        self.tally.set(t);
+    /// A request's URL (hashed) the attempt knows it sent: stamped, or the target of a
+    /// redirect followed (the request, sent on).
+    pub(crate) fn note_url(&self, hash: u32) {
+        let mut u = self.unsafe_urls.get();
+        if u.contains(&hash) {
+            return;
+        }
+        u.rotate_right(1);
+        u[0] = hash;
+        self.unsafe_urls.set(u);
     }
 
-    /// A request of `m` completed (answered, or failed; `reached`: not by a connect failure)
-    /// through a client built by [`ClientSettings`](crate::ClientSettings), as reqwest's
-    /// classifier tells it in the task that sent it. Past the stamped requests of its kind
-    /// (and the redirect hops followed), it is a request the body's code sent where the
-    /// runtime does not stamp (an SDK's type holding the client, a helper not watched): it
-    /// counts as a request of `m` the runtime saw, without the key, as one told by
-    /// [`declare_sent`](crate::declare_sent).
+    /// A request of `m` to the URL of hash `url` completed (answered, or failed; `reached`: not
+    /// by a connect failure) through a client built by [`ClientSettings`](crate::ClientSettings),
+    /// as reqwest's classifier tells it in the task that sent it. One the runtime did not
+    /// stamp (an unsafe one at no URL the attempt stamped or was redirected to; a safe one past
+    /// the safe ones stamped) was sent by the body's code where the runtime does not stamp (an
+    /// SDK's type holding the client, a helper not watched): it counts as a request of `m` the
+    /// runtime saw, without the key, as one told by [`declare_sent`](crate::declare_sent).
     #[cold]
-    pub(crate) fn completed(&self, m: Method, reached: bool) {
-        let mut t = self.tally.get();
-        let k = method_kind(m);
-        t[3 + k] = t[3 + k].saturating_add(1);
-        if t[3 + k] <= t[k] {
-            self.tally.set(t);
-            return;
+    pub(crate) fn completed(&self, m: Method, url: u32, reached: bool) {
+        if m.is_safe() {
+            let mut t = self.safe_tally.get();
+            t[1] = t[1].saturating_add(1);
+            if t[1] <= t[0] {
+                self.safe_tally.set(t);
+                return;
+            }
+            t[0] = t[0].saturating_add(1);
+            self.safe_tally.set(t);
+        } else {
+            // Matched by URL, and kept: a request sent again to it (a retry middleware's, an
+            // HTTP/2 stream refused and resent) is the same stamped request.
+            if self.unsafe_urls.get().contains(&url) {
+                return;
+            }
+            self.note_url(url);
+            self.all_keyed.set(false);
         }
-        // Matched from now on, whichever way it is counted.
-        t[k] = t[k].saturating_add(1);
-        if t[6] > 0 {
-            t[6] -= 1;
-            self.tally.set(t);
-            return;
-        }
-        self.tally.set(t);
         self.note_method(m);
         self.stamped.set(true);
         self.saw();
         self.went_on();
-        if !m.is_safe() {
-            self.all_keyed.set(false);
-        }
         if reached || self.redirected.get() {
             self.note_reached(m);
         }
@@ -1000,20 +1013,72 @@ pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
     (trace != 0 && span != 0).then_some((trace, span, flags))
 }
 
-/// The kind of a method, for matching completed requests to stamped ones: safe (GET, HEAD,
-/// OPTIONS, TRACE), PUT or DELETE, any other.
-#[inline]
-pub(crate) fn method_kind(m: Method) -> usize {
-    match m {
-        Method::Get | Method::Head | Method::Options | Method::Trace => 0,
-        Method::Put | Method::Delete => 1,
-        _ => 2,
+/// [`url_hash`] of the URL a request was stamped with (or redirected to).
+pub(crate) fn hash_of_url(url: &reqwest::Url) -> u32 {
+    url_hash(
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0),
+        url.path(),
+        url.query(),
+    )
+}
+
+/// [`url_hash`] of the URI a request went out with.
+pub(crate) fn hash_of_uri(uri: &http::Uri) -> u32 {
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    url_hash(uri.host().unwrap_or(""), port, uri.path(), uri.query())
+}
+
+/// A request URL's hash (FNV-1a of host, port, path and query), the same for the `Url` a
+/// request was stamped with and the `Uri` it went out with. Never 0 (the empty place).
+fn url_hash(host: &str, port: u16, path: &str, query: Option<&str>) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    eat(host.as_bytes());
+    eat(&port.to_le_bytes());
+    eat(path.as_bytes());
+    if let Some(q) = query {
+        eat(b"?");
+        eat(q.as_bytes());
     }
+    h.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash of a URL as stamped (`Url`) and as reqwest sends it (`Uri`, from the URL's
+    /// text, fragment dropped) is one: a default port written or not, IPv6, a query, a path
+    /// with escapes.
+    #[test]
+    fn a_url_hashes_alike_stamped_and_sent() {
+        for u in [
+            "http://127.0.0.1:8080/charge",
+            "https://pay.example/v1/charges?expand=all",
+            "http://[::1]:9000/a%20b",
+            "https://pay.example:443/",
+            "http://pay.example/x#part",
+        ] {
+            let url = reqwest::Url::parse(u).unwrap();
+            let mut sent = url.clone();
+            sent.set_fragment(None);
+            let uri: http::Uri = sent.as_str().parse().unwrap();
+            assert_eq!(hash_of_url(&url), hash_of_uri(&uri), "{u}");
+        }
+        assert_ne!(
+            url_hash("a", 80, "/charge", None),
+            url_hash("a", 80, "/refund", None)
+        );
+    }
 
     /// A chain of calls with states of their own: each finds the states its callers hold,
     /// however many are between them, the innermost first, the outermost forgotten past
