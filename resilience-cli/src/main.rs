@@ -773,6 +773,8 @@ struct Names {
     imports: BTreeMap<String, BTreeMap<String, String>>,
     /// Glob imports (`use super::*;`): the modules each module takes every name of.
     globs: BTreeMap<String, Vec<String>>,
+    /// The types and traits each module defines: they shadow a glob's names.
+    defined: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Names {
@@ -786,13 +788,18 @@ impl Names {
                 (m, n) = (at.clone(), to.clone());
             } else if let Some(from) = self.imports.get(&m).and_then(|i| i.get(&n)) {
                 m = from.clone();
-            } else if let Some(g) = self.globs.get(&m).and_then(|g| {
-                // A name the module has from a glob (`mod pg { use super::*; impl PgClient }`).
-                g.iter().find(|g| {
-                    self.aliases.get(*g).is_some_and(|a| a.contains_key(&n))
-                        || self.imports.get(*g).is_some_and(|i| i.contains_key(&n))
+            } else if let Some(g) = self
+                .globs
+                .get(&m)
+                .filter(|_| !self.defined.get(&m).is_some_and(|d| d.contains(&n)))
+                .and_then(|g| {
+                    // A name the module has from a glob (`mod pg { use super::*; impl PgClient }`).
+                    g.iter().find(|g| {
+                        self.aliases.get(*g).is_some_and(|a| a.contains_key(&n))
+                            || self.imports.get(*g).is_some_and(|i| i.contains_key(&n))
+                    })
                 })
-            }) {
+            {
                 m = g.clone();
             } else {
                 break;
@@ -810,6 +817,16 @@ struct NameCollector<'n> {
 impl NameCollector<'_> {
     fn module_of(&self, prefix: &[String]) -> String {
         module_of(&self.module, prefix)
+    }
+
+    /// A type or trait the current module defines.
+    fn define(&mut self, ident: &syn::Ident) {
+        let here = self.module.join("::");
+        self.names
+            .defined
+            .entry(here)
+            .or_default()
+            .insert(ident.to_string());
     }
 
     fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
@@ -868,6 +885,22 @@ impl<'a> Visit<'a> for NameCollector<'_> {
         }
     }
 
+    fn visit_item_struct(&mut self, i: &'a syn::ItemStruct) {
+        self.define(&i.ident);
+    }
+
+    fn visit_item_enum(&mut self, i: &'a syn::ItemEnum) {
+        self.define(&i.ident);
+    }
+
+    fn visit_item_union(&mut self, i: &'a syn::ItemUnion) {
+        self.define(&i.ident);
+    }
+
+    fn visit_item_trait(&mut self, i: &'a syn::ItemTrait) {
+        self.define(&i.ident);
+    }
+
     fn visit_item_use(&mut self, u: &'a syn::ItemUse) {
         self.use_tree(&u.tree, &mut Vec::new());
     }
@@ -909,6 +942,28 @@ fn bare_path(ty: &syn::Type) -> Option<&syn::Path> {
         syn::Type::Group(g) => bare_path(&g.elem),
         _ => None,
     }
+}
+
+/// `ts` with each of the impl's type parameters written `_`, as the compiler's type names
+/// write them.
+fn params_as_underscores(
+    ts: proc_macro2::TokenStream,
+    params: &[String],
+) -> proc_macro2::TokenStream {
+    use proc_macro2::{Group, Ident, TokenTree};
+    ts.into_iter()
+        .map(|tt| match tt {
+            TokenTree::Ident(id) if params.iter().any(|p| id == p) => {
+                TokenTree::Ident(Ident::new("_", id.span()))
+            }
+            TokenTree::Group(g) => {
+                let mut n = Group::new(g.delimiter(), params_as_underscores(g.stream(), params));
+                n.set_span(g.span());
+                TokenTree::Group(n)
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// Whether the type is a single name (`C`, `&C`), as a type parameter is written.
@@ -972,7 +1027,24 @@ impl Finder<'_> {
             .take(p.segments.len() - 1)
             .map(|s| s.ident.to_string())
             .collect();
-        let module = module_of(&self.module, &prefix);
+        // A prefix starting at a module imported here (`use crate::types;` then
+        // `impl types::PgClient`) starts there.
+        let here = self.module.join("::");
+        let imported = prefix
+            .first()
+            .filter(|f| !matches!(f.as_str(), "crate" | "self" | "super"))
+            .and_then(|f| self.names.imports.get(&here)?.get(f));
+        let module = match imported {
+            Some(from) => {
+                let mut m = from.clone();
+                for seg in &prefix {
+                    m.push_str("::");
+                    m.push_str(seg);
+                }
+                m
+            }
+            None => module_of(&self.module, &prefix),
+        };
         let to = self.names.resolve(&module, &last);
         if to == last { written } else { to }
     }
@@ -1000,13 +1072,25 @@ impl<'a> Visit<'a> for Finder<'_> {
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
         // An impl for one of its own type parameters (`impl<C: Http> Api for C`, a blanket
         // impl): the compiler's type name writes the parameter `_`, and so does the path.
-        let ty = if last_segment(&i.self_ty)
-            .is_some_and(|l| i.generics.type_params().any(|p| p.ident == l))
+        // So is a parameter inside the type where the path shows it (`[T]`, `&[T]`: `[_]`).
+        let params: Vec<String> = i
+            .generics
+            .type_params()
+            .map(|p| p.ident.to_string())
+            .collect();
+        let ty = if last_segment(&i.self_ty).is_some_and(|l| params.contains(&l))
             && is_bare_name(&i.self_ty)
         {
             "_".to_owned()
-        } else {
+        } else if params.is_empty() {
             self.resolved(&i.self_ty)
+        } else {
+            let resolved = self.resolved(&i.self_ty);
+            if resolved == i.self_ty.to_token_stream().to_string() {
+                params_as_underscores(i.self_ty.to_token_stream(), &params).to_string()
+            } else {
+                resolved
+            }
         };
         let tr = i.trait_.as_ref().map(|(t, _)| self.resolved_path(t));
         let saved = self.self_ty.replace((ty, tr));

@@ -854,6 +854,50 @@ mod names {
 
     impl Audit for model::Store {}
 
+    /// A trait implemented for slices of any type: the compiler writes `[_]`.
+    #[allow(async_fn_in_trait)]
+    pub trait Count {
+        async fn count(&self) -> Result<usize, Error>;
+    }
+
+    impl<T: Sync> Count for [T] {
+        #[resilient(method = GET, timeout = "1s", budget = false)]
+        async fn count(&self) -> Result<usize, Error> {
+            Ok(self.len())
+        }
+    }
+
+    /// A type defined in a module shadows the name a glob brings (the parent's `Wide`).
+    pub mod shadow {
+        use super::*;
+
+        pub struct Wide;
+
+        impl Wide {
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            pub async fn shadowed(&self) -> Result<usize, Error> {
+                Ok(17)
+            }
+        }
+    }
+
+    /// An alias reached through a module imported by name (`use super::aliases;`).
+    pub mod aliases {
+        pub type Depot2 = super::model::Store;
+    }
+
+    pub mod user {
+        use super::aliases;
+        use resilience_runtime::{Error, resilient};
+
+        impl aliases::Depot2 {
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            pub async fn via_imported_module(&self) -> Result<usize, Error> {
+                Ok(18)
+            }
+        }
+    }
+
     /// An alias of the parent module, reached through a glob import.
     pub type Wide = Svc<i64>;
 
@@ -926,7 +970,7 @@ mod names {
 #[test]
 fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_impls() {
     use names::model::{Load as _, Ping as _};
-    use names::{Audit as _, Charge as _, Fetch as _, Greet as _};
+    use names::{Audit as _, Charge as _, Count as _, Fetch as _, Greet as _};
 
     let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = run(&["list", cli.to_str().unwrap(), "--tests", "--json"]);
@@ -947,6 +991,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::<Store as Load>::load",
             "cli::names::<Svc as Fetch>::fetch",
             "cli::names::<Svc as Ping>::ping",
+            "cli::names::<[_] as Count>::count",
             "cli::names::<_ as Charge>::charge",
             "cli::names::Api::get",
             "cli::names::Greet::greet",
@@ -959,6 +1004,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::audit::written",
             "cli::names::glob::Svc::via_glob",
             "cli::names::outer::inner",
+            "cli::names::shadow::Wide::shadowed",
+            "cli::names::user::Store::via_imported_module",
         ]
     );
 
@@ -983,6 +1030,9 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::r#async::r#type().await.unwrap(), 12);
         assert_eq!(names::Svc(0i64).via_glob().await.unwrap(), 13);
         assert_eq!(names::model::Store.audit().await.unwrap(), 15);
+        assert_eq!([1u8, 2][..].count().await.unwrap(), 2);
+        assert_eq!(names::shadow::Wide.shadowed().await.unwrap(), 17);
+        assert_eq!(names::model::Store.via_imported_module().await.unwrap(), 18);
     });
     let file: String = listed
         .iter()
