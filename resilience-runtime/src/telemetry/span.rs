@@ -114,41 +114,43 @@ fn server_address(url: &reqwest::Url) -> Option<&str> {
     )
 }
 
-/// Query parameters whose values are redacted: the four the conventions name, and the
-/// signature, credential and session token of an S3 presigned URL (signature version 4).
-const SENSITIVE_QUERY: [&str; 7] = [
-    "AWSAccessKeyId",
-    "Signature",
-    "sig",
-    "X-Goog-Signature",
-    "X-Amz-Signature",
-    "X-Amz-Credential",
-    "X-Amz-Security-Token",
-];
+/// Query parameters whose values are redacted, by name lower-cased without `_` and `-`
+/// (`accessToken`, `access-token` and `ACCESS_TOKEN` alike): the four the conventions name
+/// (`AWSAccessKeyId`, `Signature`, `sig`, `X-Goog-Signature`, the last two by their ending
+/// below) and the usual names of a key or a password in a URL.
+const SENSITIVE_QUERY: [&str; 6] = ["awsaccesskeyid", "sig", "key", "auth", "pwd", "passwd"];
 
-/// Query parameters that carry a credential by their usual names, compared without case and
-/// with `-` taken for `_`: an API key or token in the URL is no less a credential than a
-/// password in it.
-const CREDENTIAL_QUERY: [&str; 9] = [
-    "api_key",
-    "apikey",
-    "key",
-    "access_token",
+/// Endings of a normalised name that make it a credential's: `token` (`access_token`,
+/// `sessionToken`, `X-Amz-Security-Token`), `secret` (`client_secret`), `password`,
+/// `signature` (`X-Amz-Signature`), `apikey` (`api_key`, `x-api-key`), `credential`
+/// (`X-Amz-Credential`, `X-Goog-Credential`).
+const SENSITIVE_ENDING: [&str; 6] = [
     "token",
-    "auth",
-    "password",
     "secret",
-    "client_secret",
+    "password",
+    "signature",
+    "apikey",
+    "credential",
 ];
 
 fn sensitive(name: &str) -> bool {
-    SENSITIVE_QUERY.contains(&name)
-        || CREDENTIAL_QUERY.iter().any(|c| {
-            c.len() == name.len()
-                && c.bytes()
-                    .zip(name.bytes())
-                    .all(|(c, n)| c == n.to_ascii_lowercase() || (c == b'_' && n == b'-'))
-        })
+    // Normalised into a buffer of the name's last 64 bytes kept (no allocation on a request's
+    // way out): the exact names are shorter, and an ending is the end.
+    let mut buf = [0u8; 64];
+    let mut len = 0usize;
+    let mut long = false;
+    for b in name.bytes().filter(|b| *b != b'_' && *b != b'-') {
+        if len == buf.len() {
+            buf.copy_within(1.., 0);
+            len -= 1;
+            long = true;
+        }
+        buf[len] = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let n = &buf[..len];
+    (!long && SENSITIVE_QUERY.iter().any(|s| s.as_bytes() == n))
+        || SENSITIVE_ENDING.iter().any(|e| n.ends_with(e.as_bytes()))
 }
 
 /// `url` as `url.full` may show it: no credentials, no signatures.
@@ -289,7 +291,38 @@ mod tests {
                 "{name}"
             );
         }
-        for kept in ["tokens", "author", "keyword", "secretary", "monkey"] {
+        // Names of credentials written other ways: camel case, another prefix, an ending.
+        for name in [
+            "accessToken",
+            "clientSecret",
+            "refresh_token",
+            "id_token",
+            "sessionToken",
+            "signature",
+            "x-amz-security-token",
+            "X-Amz-Security-Token",
+            "x-api-key",
+            "userPassword",
+            "AWSAccessKeyId",
+            "X-Goog-Credential",
+        ] {
+            assert_eq!(
+                redacted(&u(&format!("https://h/p?{name}=v&n=1"))),
+                format!("https://h/p?{name}=REDACTED&n=1"),
+                "{name}"
+            );
+        }
+        let long = format!("https://h/p?{}_token=v", "x".repeat(80));
+        assert!(redacted(&u(&long)).ends_with("_token=REDACTED"), "{long}");
+        for kept in [
+            "tokens",
+            "author",
+            "keyword",
+            "secretary",
+            "monkey",
+            "page",
+            "tokenizer",
+        ] {
             let url = format!("https://h/p?{kept}=v");
             assert_eq!(redacted(&u(&url)), url, "{kept}");
         }
