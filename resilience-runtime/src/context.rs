@@ -894,7 +894,9 @@ pub struct AttemptInfo {
     pub request_id: String,
     /// The `Idempotency-Key` of the call, the same on every attempt.
     pub idempotency_key: Option<String>,
-    /// The W3C `traceparent` this attempt sends.
+    /// The W3C `traceparent` this attempt sends (with the `opentelemetry` feature and an
+    /// OpenTelemetry context current, the one the global propagator writes: none, for a
+    /// propagator that writes none).
     pub traceparent: String,
     /// Time left before this attempt ends (its timeout or the call's deadline).
     pub time_left: Duration,
