@@ -344,6 +344,45 @@ async fn a_body_its_caller_gives_up_on_is_dropped_inside_its_attempt() {
 }
 
 #[resilient(
+    timeout = "300ms",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn hedged_given_up_on(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let _guard = LogsOnDrop;
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The same under a hedge: each attempt of the round is dropped at its timeout, or with the
+/// call, inside its own span.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_attempts_body_is_dropped_inside_its_attempt() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, false);
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    // The first attempt times out at 300 ms; the caller gives up on the hedge at 350 ms.
+    let given_up = tokio::time::timeout(
+        std::time::Duration::from_millis(350),
+        hedged_given_up_on(&c, &server.url("/")),
+    )
+    .await;
+    assert!(given_up.is_err(), "{given_up:?}");
+    let out = buf.text();
+    let dropped: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("the body's state dropped"))
+        .collect();
+    assert_eq!(dropped.len(), 2, "both attempts' state dropped:\n{out}");
+    for line in dropped {
+        assert!(
+            line.contains("resilient{") && line.contains("attempt{"),
+            "inside the call's and the attempt's spans: {line}"
+        );
+    }
+}
+
+#[resilient(
     timeout = "5s",
     max_attempts = 1,
     budget = false,

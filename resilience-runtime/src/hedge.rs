@@ -69,6 +69,9 @@ pin_project_lite::pin_project! {
             // its body dropped first (its own nested calls tell this context as they go), all
             // it may have sent goes to that attempt.
             if !*me.done {
+                // In its span, as an attempt that is not hedged is dropped (`attempt.rs`):
+                // what the body logs while it unwinds is the attempt's.
+                let _entered = me.scope.as_ref().and_then(AttemptScope::enter);
                 me.body.as_mut().stop();
                 let ctx = me.body.as_mut().ctx();
                 crate::session::tell_enclosing(me.policy, ctx, false);
@@ -145,6 +148,7 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
             *me.done = true;
             // Dropped now, as an attempt that is not hedged is at its timeout: its request
             // and connection go, not held until the round ends.
+            let _entered = me.scope.as_ref().and_then(AttemptScope::enter);
             me.body.stop();
             return Poll::Ready(Outcome::TimedOut(*me.limit));
         }
@@ -175,6 +179,7 @@ impl<F: Future> Running<F> {
     fn stop(self: Pin<&mut Self>) {
         let me = self.project();
         *me.done = true;
+        let _entered = me.scope.as_ref().and_then(AttemptScope::enter);
         me.body.stop();
     }
 }
