@@ -3089,3 +3089,118 @@ async fn a_keyed_post_sent_on_by_a_307_is_still_retried_with_its_key() {
         "{keys:?}"
     );
 }
+
+/// A helper handed the settings' client that reads a price through it, then charges through a
+/// client of its own built by hand (as an SDK that builds its own does): the reported GET does
+/// not make the helper one that was seen sending, so the charge it may have sent unseen keeps
+/// the 503 after it from running the body again.
+async fn price_then_charge_elsewhere(c: &reqwest::Client, base: &str) -> Result<(), Error> {
+    c.get(format!("{base}/price")).send().await?;
+    reqwest::Client::new()
+        .post(format!("{base}/charge"))
+        .body("1250")
+        .send()
+        .await?;
+    Ok(())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = ["connect", "reset", "timeout", 503], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn checkout_with_a_helper(c: &reqwest::Client, base: String) -> Result<u16, Error> {
+    price_then_charge_elsewhere(c, &base).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helpers_get_reported_by_the_settings_client_does_not_make_its_other_sends_seen() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let e = checkout_with_a_helper(&client(), format!("http://{}", server.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "charged once");
+}
+
+/// One endpoint for everything (GraphQL): the body's own keyed POST and the SDK's unkeyed
+/// mutation go to the same URL. The stamped POST's completion is taken for it, once; the
+/// mutation's is not, so it counts as an unkeyed POST and the 503 after it is not retried.
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn graphql_checkout(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    c.post(format!("{base}/graphql"))
+        .body("query { cart }")
+        .send()
+        .await?
+        .error_for_status()?;
+    sdk.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_sdks_post_to_the_same_endpoint_as_a_stamped_one_is_still_seen() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/graphql"),
+    };
+    let e = graphql_checkout(&client(), &sdk, base).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.count_path("/graphql"),
+        2,
+        "the query and the mutation, once each"
+    );
+}
+
+/// Six keyed POSTs in flight at once, to six URLs: each completion is taken for its own
+/// stamped request (the first version kept four URLs, and took the others' for unkeyed
+/// POSTs), so the 503 of one is retried with the key.
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn six_items(c: &reqwest::Client, base: String) -> Result<u16, Error> {
+    let post = |i: u32| c.post(format!("{base}/items/{i}")).body("1").send();
+    let (a, b, d, e, f, g) = tokio::join!(post(1), post(2), post(3), post(4), post(5), post(6));
+    for r in [a, b, d, e, f, g] {
+        r?.error_for_status()?;
+    }
+    Ok(200)
+}
+
+#[tokio::test(start_paused = true)]
+async fn six_keyed_posts_in_flight_are_each_their_own() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/items/6" && seen.index < 6 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    assert_eq!(
+        six_items(&client(), format!("http://{}", server.addr()))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 12, "two attempts of six");
+}

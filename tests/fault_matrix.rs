@@ -100,7 +100,8 @@ fn by_hand() -> reqwest::Client {
 }
 
 /// The same helpers sending through the client they are handed: one of `ClientSettings`
-/// tells the attempt of every request it completes, stamped or not.
+/// tells the attempt of every request it completes, stamped or not (which makes a helper's
+/// request seen no more than before: see the columns).
 async fn send_post_through(c: &reqwest::Client, url: &str) -> Result<reqwest::Response, Error> {
     Ok(c.post(url).body("amount=100").send().await?)
 }
@@ -194,8 +195,6 @@ struct Column {
     /// Does the runtime see the column's request? One it does not see may follow another
     /// unseen one (a helper's POST): not even a connect failure is retried then.
     seen: bool,
-    /// Seen only through a client of `ClientSettings` (a helper's plain `.send()`).
-    settings: bool,
 }
 
 fn columns() -> Vec<Column> {
@@ -206,7 +205,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: true,
             seen: true,
-            settings: false,
         },
         Column {
             name: "PUT idempotent",
@@ -214,7 +212,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: true,
             seen: true,
-            settings: false,
         },
         Column {
             name: "PUT undeclared",
@@ -222,7 +219,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: true,
-            settings: false,
         },
         Column {
             name: "POST keyed",
@@ -230,7 +226,6 @@ fn columns() -> Vec<Column> {
             keyed: true,
             resends: true,
             seen: true,
-            settings: false,
         },
         Column {
             name: "POST keyed, .resilient()",
@@ -238,7 +233,6 @@ fn columns() -> Vec<Column> {
             keyed: true,
             resends: true,
             seen: true,
-            settings: false,
         },
         Column {
             name: "POST unkeyed",
@@ -246,7 +240,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: true,
-            settings: false,
         },
         Column {
             name: "POST keyed, sent unstamped by a helper through a client built by hand",
@@ -254,7 +247,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: false,
-            settings: false,
         },
         Column {
             name: "POST chosen at run time, GET declared",
@@ -262,7 +254,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: true,
-            settings: false,
         },
         Column {
             name: "POST chosen at run time, GET inferred",
@@ -270,7 +261,6 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: true,
-            settings: false,
         },
         Column {
             name: "GET sent unstamped by a helper through a client built by hand",
@@ -278,23 +268,23 @@ fn columns() -> Vec<Column> {
             keyed: false,
             resends: false,
             seen: false,
-            settings: false,
         },
+        // The same helpers through the settings' client, which reports their completions:
+        // that makes nothing of them seen (the helper sent nothing the runtime stamped), so
+        // they are judged as the ones above.
         Column {
             name: "POST keyed, sent unstamped by a helper through the settings' client",
             call: |c, u| Box::pin(post_keyed_sent_through(c, u)),
             keyed: false,
             resends: false,
-            seen: true,
-            settings: true,
+            seen: false,
         },
         Column {
             name: "GET sent unstamped by a helper through the settings' client",
             call: |c, u| Box::pin(get_sent_through(c, u)),
             keyed: false,
-            resends: true,
-            seen: true,
-            settings: true,
+            resends: false,
+            seen: false,
         },
     ]
 }
@@ -436,9 +426,9 @@ async fn connect_timeout_is_retried_for_every_method_the_runtime_sees() {
 async fn a_stalled_connect_without_a_connect_timeout_ends_as_the_attempts_timeout() {
     let hole = Blackhole::new();
     let c = reqwest::Client::new();
-    // Not the columns seen only through a client of the settings (this one is built by hand),
-    // nor those whose helper sends through a client of its own (with a connect timeout).
-    for col in columns().into_iter().filter(|c| c.seen && !c.settings) {
+    // Not the columns whose helper sends unseen (through a client of its own, with a connect
+    // timeout): the runtime never sees their connect.
+    for col in columns().into_iter().filter(|c| c.seen) {
         let t = tokio::time::Instant::now();
         let e = (col.call)(&c, &hole.url("/op")).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{}: {e}", col.name);
@@ -480,9 +470,7 @@ async fn close_before_answering() {
 #[tokio::test(start_paused = true)]
 async fn stall_ends_in_attempt_timeouts() {
     against_server(Action::stall, |col| {
-        // A request seen only when the client of the settings completes it is still in flight
-        // when the attempt times out: unseen, so not sent again (README, Known limits).
-        if col.resends && !col.settings {
+        if col.resends {
             (3, Err(ErrorKind::AttemptTimeout))
         } else {
             (1, Err(ErrorKind::AttemptTimeout))

@@ -68,8 +68,9 @@ impl ClientSettings {
     /// or failed), in the task that sent it: one the runtime did not stamp (an SDK's type
     /// holding this client sends its POST with a plain `.send()`) counts as a request of its
     /// method the attempt sent, without the key, so that an unkeyed POST is not sent again.
-    /// Keep the builder's redirect and retry policies: another `.redirect(…)` or `.retry(…)`
-    /// on it turns that off.
+    /// Keep the builder's redirect and retry policies: another `.retry(…)` on it turns that
+    /// off, and with another `.redirect(…)` a POST sent on by a 307 or 308 counts as one
+    /// without the key.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -183,9 +184,11 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let _ = crate::context::with_attempt(|ctx| {
             ctx.redirected.set(true);
-            // The request goes on there (a 307 or 308 as it was): its completion at that URL,
-            // which a client of `ClientSettings` reports, is the same request's.
-            ctx.note_url(crate::context::hash_of_url(attempt.url()));
+            // A 307 or 308 sends the request on as it was: its completion at that URL, which
+            // a client of `ClientSettings` reports, is the same stamped request's.
+            if matches!(attempt.status().as_u16(), 307 | 308) {
+                ctx.expect_at(crate::context::hash_of_url(attempt.url()));
+            }
         });
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the

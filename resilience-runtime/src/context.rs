@@ -479,14 +479,14 @@ pub(crate) struct AttemptCtx {
     /// their own (the last four; 0: none): an error the body returns that carries one of them
     /// is that call's failure, whatever the body did after it.
     pub gave_up: Cell<[u16; 4]>,
-    /// The URLs (hashed, [`url_hash`]; 0: none) of this attempt's last stamped requests of an
-    /// unsafe method, and of the redirects followed: a completion of an unsafe request that a
-    /// client of [`ClientSettings`](crate::ClientSettings) reports at none of them was sent
-    /// unstamped ([`AttemptCtx::completed`]).
-    pub unsafe_urls: Cell<[u32; 4]>,
-    /// Safe requests of this attempt: `[0]` stamped (or matched), `[1]` completed through a
-    /// client of [`ClientSettings`](crate::ClientSettings).
-    pub safe_tally: Cell<[u16; 2]>,
+    /// The URLs (hashed, [`url_hash`]; 0: none) of this attempt's stamped requests of an
+    /// unsafe method not completed yet, the newest first, each with how many of them
+    /// (`unsafe_left`); a 307 or 308 followed adds its target. A completion of an unsafe
+    /// request that a client of [`ClientSettings`](crate::ClientSettings) reports takes one of
+    /// its URL's; at a URL with none left, the request was sent unstamped
+    /// ([`AttemptCtx::completed`]).
+    pub unsafe_urls: Cell<[u32; 8]>,
+    pub unsafe_left: Cell<[u8; 8]>,
     pub attempt: u32,
     pub status: Cell<Option<u16>>,
     /// How the last request the runtime saw failed before any response (a reset, a refused
@@ -670,8 +670,8 @@ impl AttemptCtx {
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
-            unsafe_urls: Cell::new([0; 4]),
-            safe_tally: Cell::new([0; 2]),
+            unsafe_urls: Cell::new([0; 8]),
+            unsafe_left: Cell::new([0; 8]),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             unproven: Cell::new(false),
@@ -741,8 +741,8 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
-        *self.unsafe_urls.get_mut() = [0; 4];
-        *self.safe_tally.get_mut() = [0; 2];
+        *self.unsafe_urls.get_mut() = [0; 8];
+        *self.unsafe_left.get_mut() = [0; 8];
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
@@ -754,59 +754,57 @@ impl AttemptCtx {
     /// of [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
     #[inline]
     pub(crate) fn tally_stamped(&self, m: Method, url: &reqwest::Url) {
-        if m.is_safe() {
-            let mut t = self.safe_tally.get();
-            t[0] = t[0].saturating_add(1);
-            self.safe_tally.set(t);
-        } else {
-            self.note_url(hash_of_url(url));
+        if !m.is_safe() {
+            self.expect_at(hash_of_url(url));
         }
     }
 
-    /// A request's URL (hashed) the attempt knows it sent: stamped, or the target of a
-    /// redirect followed (the request, sent on).
-    pub(crate) fn note_url(&self, hash: u32) {
-        let mut u = self.unsafe_urls.get();
-        if u.contains(&hash) {
-            return;
+    /// One more stamped unsafe request to the URL of hash `url` (stamped, or sent on there
+    /// by a 307 or 308). Past eight URLs with requests outstanding, the oldest is forgotten:
+    /// its completion then counts as unstamped (a retry lost, never a request resent).
+    pub(crate) fn expect_at(&self, url: u32) {
+        let mut urls = self.unsafe_urls.get();
+        let mut left = self.unsafe_left.get();
+        match urls.iter().position(|u| *u == url) {
+            Some(i) => left[i] = left[i].saturating_add(1),
+            None => {
+                urls.rotate_right(1);
+                left.rotate_right(1);
+                urls[0] = url;
+                left[0] = 1;
+            }
         }
-        u.rotate_right(1);
-        u[0] = hash;
-        self.unsafe_urls.set(u);
+        self.unsafe_urls.set(urls);
+        self.unsafe_left.set(left);
     }
 
     /// A request of `m` to the URL of hash `url` completed (answered, or failed; `reached`: not
     /// by a connect failure) through a client built by [`ClientSettings`](crate::ClientSettings),
-    /// as reqwest's classifier tells it in the task that sent it. One the runtime did not
-    /// stamp (an unsafe one at no URL the attempt stamped or was redirected to; a safe one past
-    /// the safe ones stamped) was sent by the body's code where the runtime does not stamp (an
-    /// SDK's type holding the client, a helper not watched): it counts as a request of `m` the
-    /// runtime saw, without the key, as one told by [`declare_sent`](crate::declare_sent).
+    /// as reqwest's classifier tells it in the task that sent it. An unsafe one the runtime
+    /// did not stamp (none of its URL's outstanding) was sent by the body's code where the
+    /// runtime does not stamp (an SDK's type holding the client): the attempt counts its
+    /// method among those it sent, without the key where it may have reached the server, so
+    /// that an unkeyed POST is not sent again. Only that: it does not make the attempt one that
+    /// was seen sending (a watched helper that sent nothing else seen, or an attempt with no
+    /// stamped request, stays judged as unseen), and a safe one changes nothing.
     #[cold]
     pub(crate) fn completed(&self, m: Method, url: u32, reached: bool) {
         if m.is_safe() {
-            let mut t = self.safe_tally.get();
-            t[1] = t[1].saturating_add(1);
-            if t[1] <= t[0] {
-                self.safe_tally.set(t);
-                return;
-            }
-            t[0] = t[0].saturating_add(1);
-            self.safe_tally.set(t);
-        } else {
-            // Matched by URL, and kept: a request sent again to it (a retry middleware's, an
-            // HTTP/2 stream refused and resent) is the same stamped request.
-            if self.unsafe_urls.get().contains(&url) {
-                return;
-            }
-            self.note_url(url);
-            self.all_keyed.set(false);
+            return;
+        }
+        let urls = self.unsafe_urls.get();
+        let mut left = self.unsafe_left.get();
+        if let Some(i) = urls.iter().position(|u| *u == url)
+            && left[i] > 0
+        {
+            left[i] -= 1;
+            self.unsafe_left.set(left);
+            return;
         }
         self.note_method(m);
-        self.stamped.set(true);
-        self.saw();
         self.went_on();
         if reached || self.redirected.get() {
+            self.all_keyed.set(false);
             self.note_reached(m);
         }
     }
