@@ -3204,3 +3204,91 @@ async fn six_keyed_posts_in_flight_are_each_their_own() {
     );
     assert_eq!(server.count(), 12, "two attempts of six");
 }
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = ["connect", "reset", "timeout", 503], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn normalised_then_checkout(
+    c: &reqwest::Client,
+    pay: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    // A GET the server sends on with a 308 (a trailing slash normalised) to the URL the SDK
+    // then POSTs to.
+    c.get(format!("{base}/orders/"))
+        .send()
+        .await?
+        .error_for_status()?;
+    pay.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A 307 or 308 sends an unsafe stamped request on as the same request; a GET's does not
+/// leave an expected POST at its target for the SDK's POST there to be taken for.
+#[tokio::test(start_paused = true)]
+async fn a_gets_308_leaves_nothing_an_sdks_post_could_be_taken_for() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/orders/" => Action::status(308).header("location", "/orders"),
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let pay = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/orders"),
+    };
+    let e = normalised_then_checkout(&client(), &pay, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let posts = server
+        .requests()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "charged once");
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, retry_on = ["connect"], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn charge_then_notify(
+    c: &reqwest::Client,
+    pay: &PaymentsSdk,
+    notify: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    c.get(format!("{base}/token"))
+        .send()
+        .await?
+        .error_for_status()?;
+    // Sent through the SDK's own client, built by hand: unseen.
+    pay.charge(1250).await?;
+    // Through the settings' client, to a host that refuses: never sent.
+    notify.charge(0).await?;
+    Ok(200)
+}
+
+/// A POST the settings' client reports as never connected is not taken for the function's
+/// POST having been seen: the charge the other SDK sent unseen keeps the connect failure from
+/// running the body again (`method = POST` declared for it).
+#[tokio::test(start_paused = true)]
+async fn an_unstamped_post_that_never_connected_hides_no_unseen_charge() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let base = format!("http://{}", server.addr());
+    let pay = PaymentsSdk {
+        http: reqwest::Client::new(),
+        url: format!("{base}/charge"),
+    };
+    let notify = PaymentsSdk {
+        http: client(),
+        url: format!("http://{}/notify", resilience_fault_server::refused_addr()),
+    };
+    let e = charge_then_notify(&client(), &pay, &notify, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count_path("/charge"), 1, "charged once");
+}

@@ -70,7 +70,7 @@ impl ClientSettings {
     /// method the attempt sent, without the key, so that an unkeyed POST is not sent again.
     /// Keep the builder's redirect and retry policies: another `.retry(…)` on it turns that
     /// off, and with another `.redirect(…)` a POST sent on by a 307 or 308 counts as one
-    /// without the key.
+    /// without the key. A request that could not connect counts as never sent.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -82,7 +82,12 @@ impl ClientSettings {
                 reqwest::retry::for_host(AnyHost)
                     .no_budget()
                     .classify_fn(|req_rep| {
-                        if completed(req_rep.method(), req_rep.uri(), req_rep.error()) {
+                        if completed(
+                            req_rep.method(),
+                            req_rep.uri(),
+                            req_rep.status(),
+                            req_rep.error(),
+                        ) {
                             req_rep.retryable()
                         } else {
                             req_rep.success()
@@ -109,7 +114,7 @@ impl PartialEq<&str> for AnyHost {
     }
 }
 
-/// reqwest's classifier of a completed request (its method, URI, and error if it failed): tells the attempt in progress (a request it
+/// reqwest's classifier of a completed request (its method, URI, status or error): tells the attempt in progress (a request it
 /// did not stamp counts as sent unseen, [`AttemptCtx::completed`]), and sends again, as the
 /// default policy does, only what an HTTP/2 server refused before processing it. Such a
 /// refusal is not told: the server did nothing with it.
@@ -119,8 +124,10 @@ impl PartialEq<&str> for AnyHost {
 fn completed(
     method: &http::Method,
     uri: &http::Uri,
+    status: Option<http::StatusCode>,
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
+    let sent_on = status.is_some_and(|s| s.as_u16() == 307 || s.as_u16() == 308);
     if error.is_some_and(protocol_nack) {
         return true;
     }
@@ -134,7 +141,7 @@ fn completed(
         } else {
             crate::context::hash_of_uri(uri)
         };
-        ctx.completed(m, url, !connect_failure);
+        ctx.completed(m, url, !connect_failure, sent_on);
     });
     false
 }
@@ -182,14 +189,7 @@ impl Default for ClientSettings {
 /// ```
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let _ = crate::context::with_attempt(|ctx| {
-            ctx.redirected.set(true);
-            // A 307 or 308 sends the request on as it was: its completion at that URL, which
-            // a client of `ClientSettings` reports, is the same stamped request's.
-            if matches!(attempt.status().as_u16(), 307 | 308) {
-                ctx.expect_at(crate::context::hash_of_url(attempt.url()));
-            }
-        });
+        let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
         // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer
@@ -205,6 +205,16 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         if (resent && visits > 0) || visits > 1 {
             // The URL is reqwest's error's to show (redacted with it), not this message's.
             return attempt.error("redirect loop back to a URL already visited");
+        }
+        // Followed (reqwest's default stops past 10 hops): a stamped unsafe request a 307 or
+        // 308 sends on as it was completes at the target as the same request, which a client
+        // of `ClientSettings` reports (its classifier ran on this hop just before).
+        if matches!(attempt.status().as_u16(), 307 | 308) && attempt.previous().len() < 10 {
+            let _ = crate::context::with_attempt(|ctx| {
+                if ctx.unsafe_hop.replace(false) {
+                    ctx.expect_at(crate::context::hash_of_url(attempt.url()));
+                }
+            });
         }
         reqwest::redirect::Policy::default().redirect(attempt)
     })

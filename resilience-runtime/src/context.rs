@@ -487,6 +487,9 @@ pub(crate) struct AttemptCtx {
     /// ([`AttemptCtx::completed`]).
     pub unsafe_urls: Cell<[u32; 8]>,
     pub unsafe_left: Cell<[u8; 8]>,
+    /// The last completion reported was a stamped unsafe request's 307 or 308: the redirect
+    /// that follows sends that request on (reqwest's redirect policy does not say the method).
+    pub unsafe_hop: Cell<bool>,
     pub attempt: u32,
     pub status: Cell<Option<u16>>,
     /// How the last request the runtime saw failed before any response (a reset, a refused
@@ -672,6 +675,7 @@ impl AttemptCtx {
             gave_up: Cell::new([0; 4]),
             unsafe_urls: Cell::new([0; 8]),
             unsafe_left: Cell::new([0; 8]),
+            unsafe_hop: Cell::new(false),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             unproven: Cell::new(false),
@@ -743,6 +747,7 @@ impl AttemptCtx {
         *self.gave_up.get_mut() = [0; 4];
         *self.unsafe_urls.get_mut() = [0; 8];
         *self.unsafe_left.get_mut() = [0; 8];
+        *self.unsafe_hop.get_mut() = false;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
@@ -760,8 +765,9 @@ impl AttemptCtx {
     }
 
     /// One more stamped unsafe request to the URL of hash `url` (stamped, or sent on there
-    /// by a 307 or 308). Past eight URLs with requests outstanding, the oldest is forgotten:
-    /// its completion then counts as unstamped (a retry lost, never a request resent).
+    /// by a 307 or 308). The last eight URLs are kept (their requests completed or not): one
+    /// pushed out that still has a request outstanding has that completion counted as
+    /// unstamped (a retry lost, never a request resent).
     pub(crate) fn expect_at(&self, url: u32) {
         let mut urls = self.unsafe_urls.get();
         let mut left = self.unsafe_left.get();
@@ -778,17 +784,17 @@ impl AttemptCtx {
         self.unsafe_left.set(left);
     }
 
-    /// A request of `m` to the URL of hash `url` completed (answered, or failed; `reached`: not
-    /// by a connect failure) through a client built by [`ClientSettings`](crate::ClientSettings),
-    /// as reqwest's classifier tells it in the task that sent it. An unsafe one the runtime
-    /// did not stamp (none of its URL's outstanding) was sent by the body's code where the
-    /// runtime does not stamp (an SDK's type holding the client): the attempt counts its
-    /// method among those it sent, without the key where it may have reached the server, so
-    /// that an unkeyed POST is not sent again. Only that: it does not make the attempt one that
-    /// was seen sending (a watched helper that sent nothing else seen, or an attempt with no
-    /// stamped request, stays judged as unseen), and a safe one changes nothing.
+    /// A request of `m` to the URL of hash `url` completed (answered, `sent_on` if by a 307 or
+    /// 308; or failed, `reached` if not by a connect failure) through a client built by
+    /// [`ClientSettings`](crate::ClientSettings), as reqwest's classifier tells it in the task
+    /// that sent it. An unsafe one the runtime did not stamp (none of its URL's outstanding)
+    /// was sent by the body's code where the runtime does not stamp (an SDK's type holding the
+    /// client): where it may have reached the server, the attempt counts its method among
+    /// those it sent, without the key, so that an unkeyed POST is not sent again. Only that:
+    /// one that could not connect changes nothing (it was never sent), none makes the attempt
+    /// (or a watched helper) one seen sending, and a safe one changes nothing.
     #[cold]
-    pub(crate) fn completed(&self, m: Method, url: u32, reached: bool) {
+    pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
         if m.is_safe() {
             return;
         }
@@ -799,11 +805,12 @@ impl AttemptCtx {
         {
             left[i] -= 1;
             self.unsafe_left.set(left);
+            self.unsafe_hop.set(sent_on);
             return;
         }
-        self.note_method(m);
-        self.went_on();
         if reached || self.redirected.get() {
+            self.note_method(m);
+            self.went_on();
             self.all_keyed.set(false);
             self.note_reached(m);
         }
