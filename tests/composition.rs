@@ -3292,3 +3292,71 @@ async fn an_unstamped_post_that_never_connected_hides_no_unseen_charge() {
     assert_eq!(e.attempts(), 1, "{e}");
     assert_eq!(server.count_path("/charge"), 1, "charged once");
 }
+
+/// An SDK that looks a customer up, then creates one.
+struct CustomersSdk {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl CustomersSdk {
+    async fn create(&self) -> Result<(), reqwest::Error> {
+        let base = &self.base;
+        self.http.get(format!("{base}/v1/customers")).send().await?;
+        self.http
+            .post(format!("{base}/v1/customers/"))
+            .body("name=kim")
+            .send()
+            .await?;
+        Ok(())
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn charge_then_create_customer(
+    c: &reqwest::Client,
+    sdk: &CustomersSdk,
+    base: String,
+) -> Result<u16, Error> {
+    // Answered 307 without a `Location`: not followed, the body goes on.
+    c.post(format!("{base}/v1/charges"))
+        .body("1250")
+        .send()
+        .await?;
+    sdk.create().await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A stamped POST's 307 whose redirect is never followed leaves nothing for a later redirect
+/// (the SDK's GET sent on by a 308) to take for a stamped POST at its target: the SDK's POST
+/// there is still seen, and the 503 after it is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_307_not_followed_leaves_nothing_for_a_later_redirect() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/v1/charges" => Action::status(307),
+        "/v1/customers" => Action::status(308).header("location", "/v1/customers/"),
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = CustomersSdk {
+        http: client(),
+        base: base.clone(),
+    };
+    let e = charge_then_create_customer(&client(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let created = server
+        .requests()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path == "/v1/customers/")
+        .count();
+    assert_eq!(created, 1, "the customer created once");
+}

@@ -189,7 +189,14 @@ impl Default for ClientSettings {
 /// ```
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let _ = crate::context::with_attempt(|ctx| ctx.redirected.set(true));
+        // Whether the hop just reported (by a client of `ClientSettings`, whose classifier ran
+        // on it in this same poll) was a stamped unsafe request's 307 or 308: taken here, on
+        // every path, so that it never outlives this redirect.
+        let unsafe_hop = crate::context::with_attempt(|ctx| {
+            ctx.redirected.set(true);
+            ctx.unsafe_hop.replace(false)
+        })
+        .unwrap_or(false);
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
         // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer
@@ -206,14 +213,12 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
             // The URL is reqwest's error's to show (redacted with it), not this message's.
             return attempt.error("redirect loop back to a URL already visited");
         }
-        // Followed (reqwest's default stops past 10 hops): a stamped unsafe request a 307 or
-        // 308 sends on as it was completes at the target as the same request, which a client
-        // of `ClientSettings` reports (its classifier ran on this hop just before).
-        if matches!(attempt.status().as_u16(), 307 | 308) && attempt.previous().len() < 10 {
+        // Followed (reqwest's default follows while at most 10 URLs came before): a stamped
+        // unsafe request a 307 or 308 sends on as it was completes at the target as the same
+        // request, which a client of `ClientSettings` reports.
+        if unsafe_hop && resent && attempt.previous().len() <= 10 {
             let _ = crate::context::with_attempt(|ctx| {
-                if ctx.unsafe_hop.replace(false) {
-                    ctx.expect_at(crate::context::hash_of_url(attempt.url()));
-                }
+                ctx.expect_at(crate::context::hash_of_url(attempt.url()));
             });
         }
         reqwest::redirect::Policy::default().redirect(attempt)

@@ -795,6 +795,9 @@ impl AttemptCtx {
     /// (or a watched helper) one seen sending, and a safe one changes nothing.
     #[cold]
     pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
+        // Set below only by a stamped unsafe request's 307 or 308: any other completion (its
+        // redirect not followed, a 307 without `Location`) leaves none for a later redirect.
+        self.unsafe_hop.set(false);
         if m.is_safe() {
             return;
         }
