@@ -3360,3 +3360,53 @@ async fn a_307_not_followed_leaves_nothing_for_a_later_redirect() {
         .count();
     assert_eq!(created, 1, "the customer created once");
 }
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn upload_then_register(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    // A multipart upload: reqwest cannot copy its body, so the settings' client never reports
+    // its completion.
+    let form = reqwest::multipart::Form::new().text("name", "receipt.pdf");
+    c.post(format!("{base}/v1/files"))
+        .multipart(form)
+        .send()
+        .await?
+        .error_for_status()?;
+    // The SDK's own POST to the same URL, unstamped.
+    sdk.charge(1).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A stamped request whose completion is never reported (a multipart body) leaves nothing an
+/// SDK's POST to the same URL could be taken for: that POST is seen, and the 503 after it is
+/// not retried.
+#[tokio::test(start_paused = true)]
+async fn a_multipart_upload_leaves_nothing_an_sdks_post_could_be_taken_for() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/v1/files"),
+    };
+    let e = upload_then_register(&client(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.count_path("/v1/files"),
+        2,
+        "the upload and the SDK's POST, once each"
+    );
+}

@@ -755,12 +755,15 @@ impl AttemptCtx {
         *self.described.get_mut() = false;
     }
 
-    /// A request of `m` to `url` was stamped in this attempt: its completion, which a client
-    /// of [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
+    /// A request `req` of `m` was stamped in this attempt: its completion, which a client of
+    /// [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
     #[inline]
-    pub(crate) fn tally_stamped(&self, m: Method, url: &reqwest::Url) {
-        if !m.is_safe() {
-            self.expect_at(hash_of_url(url));
+    pub(crate) fn tally_stamped(&self, m: Method, req: &reqwest::Request) {
+        // Not one whose body cannot be copied (a stream, `multipart`): reqwest reports only
+        // what it could send again, so its completion never comes, and the expectation left
+        // would take another request's for it.
+        if !m.is_safe() && req.body().is_none_or(|b| b.as_bytes().is_some()) {
+            self.expect_at(hash_of_url(req.url()));
         }
     }
 

@@ -237,7 +237,7 @@ fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let method = crate::policy::method_of(req.method());
     ctx.note_method(method);
-    ctx.tally_stamped(method, req.url());
+    ctx.tally_stamped(method, req);
     ctx.stamped.set(true);
     ctx.saw();
     ctx.went_on();
