@@ -3410,3 +3410,63 @@ async fn a_multipart_upload_leaves_nothing_an_sdks_post_could_be_taken_for() {
         "the upload and the SDK's POST, once each"
     );
 }
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn query_by_hand_then_mutate(
+    plain: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    // Stamped, through a client built by hand, which reports no completion.
+    plain
+        .post(format!("{base}/graphql"))
+        .body("query { cart }")
+        .send()
+        .await?
+        .error_for_status()?;
+    // Gave up on at once: dropped in flight.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(1),
+        plain
+            .post(format!("{base}/graphql"))
+            .body("query { slow }")
+            .send(),
+    )
+    .await;
+    sdk.charge(1250).await?;
+    Ok(plain
+        .get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Stamped requests whose completion no client reports (sent through a client built by hand,
+/// or dropped in flight) are expected no longer once they end: the SDK's unstamped POST to the
+/// same endpoint, through the settings' client, is seen, and the 503 after it is not retried.
+#[tokio::test(start_paused = true)]
+async fn stamped_requests_no_client_reported_leave_nothing_behind() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/receipt" => Action::status(503),
+        "/graphql" if seen.body == b"query { slow }" => Action::stall(),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/graphql"),
+    };
+    let e = query_by_hand_then_mutate(&reqwest::Client::new(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let mutations = server
+        .requests()
+        .iter()
+        .filter(|s| s.path == "/graphql" && s.body == b"1250")
+        .count();
+    assert_eq!(mutations, 1, "the SDK's mutation sent once");
+}

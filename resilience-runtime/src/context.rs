@@ -490,6 +490,9 @@ pub(crate) struct AttemptCtx {
     /// The last completion reported was a stamped unsafe request's 307 or 308: the redirect
     /// that follows sends that request on (reqwest's redirect policy does not say the method).
     pub unsafe_hop: Cell<bool>,
+    /// How many reported completions were matched to stamped requests: a stamped request
+    /// whose own poll saw none ended without its completion reported.
+    pub matched: Cell<u32>,
     pub attempt: u32,
     pub status: Cell<Option<u16>>,
     /// How the last request the runtime saw failed before any response (a reset, a refused
@@ -676,6 +679,7 @@ impl AttemptCtx {
             unsafe_urls: Cell::new([0; 8]),
             unsafe_left: Cell::new([0; 8]),
             unsafe_hop: Cell::new(false),
+            matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
             unproven: Cell::new(false),
@@ -748,6 +752,7 @@ impl AttemptCtx {
         *self.unsafe_urls.get_mut() = [0; 8];
         *self.unsafe_left.get_mut() = [0; 8];
         *self.unsafe_hop.get_mut() = false;
+        *self.matched.get_mut() = 0;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
@@ -759,11 +764,21 @@ impl AttemptCtx {
     /// [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
     #[inline]
     pub(crate) fn tally_stamped(&self, m: Method, req: &reqwest::Request) {
-        // Not one whose body cannot be copied (a stream, `multipart`): reqwest reports only
-        // what it could send again, so its completion never comes, and the expectation left
-        // would take another request's for it.
-        if !m.is_safe() && req.body().is_none_or(|b| b.as_bytes().is_some()) {
-            self.expect_at(hash_of_url(req.url()));
+        let url = expected_url(m, req);
+        if url != 0 {
+            self.expect_at(url);
+        }
+    }
+
+    /// A stamped request expected at the URL of hash `url` ended without its completion
+    /// reported (sent through a client that reports none, or dropped before its outcome):
+    /// it is no longer expected, so no other request's completion is taken for it.
+    pub(crate) fn unexpect(&self, url: u32) {
+        let urls = self.unsafe_urls.get();
+        let mut left = self.unsafe_left.get();
+        if let Some(i) = urls.iter().position(|u| *u == url) {
+            left[i] = left[i].saturating_sub(1);
+            self.unsafe_left.set(left);
         }
     }
 
@@ -812,6 +827,7 @@ impl AttemptCtx {
             left[i] -= 1;
             self.unsafe_left.set(left);
             self.unsafe_hop.set(sent_on);
+            self.matched.set(self.matched.get().wrapping_add(1));
             return;
         }
         if reached || self.redirected.get() {
@@ -1024,6 +1040,18 @@ pub(crate) fn parse_traceparent(v: &str) -> Option<(u128, u64, u8)> {
     // Only the sampled bit is defined: the others are sent on as zero, as the spec asks.
     let flags = u8::from_str_radix(f, 16).ok()? & 0x01;
     (trace != 0 && span != 0).then_some((trace, span, flags))
+}
+
+/// The URL (hashed; 0: none) at which a stamped request of `m` is expected to complete: an
+/// unsafe one whose body reqwest can copy (it reports only what it could send again: a stream
+/// or `multipart` body's completion never comes, and an expectation left would take another
+/// request's for it).
+pub(crate) fn expected_url(m: Method, req: &reqwest::Request) -> u32 {
+    if m.is_safe() || req.body().is_some_and(|b| b.as_bytes().is_none()) {
+        0
+    } else {
+        hash_of_url(req.url())
+    }
 }
 
 /// [`url_hash`] of the URL a request was stamped with (or redirected to).

@@ -155,12 +155,34 @@ fn record_outcome<E: SentError>(
 /// it may have reached the server: the attempt records it as such, so that running the body
 /// again does not resend an unsafe request. Its method: the request's, when known; else the
 /// least safe the attempt has sent.
-struct InFlight(Option<crate::policy::Method>);
+/// Also the URL (hashed; 0: none) at which the attempt expects its completion
+/// ([`crate::context::expected_url`]), and the attempt's count of matched completions when it
+/// was last polled: a request that ends, or is dropped, without one reported in its own poll
+/// is expected no longer.
+struct InFlight(Option<crate::policy::Method>, u32, u32);
 
 impl InFlight {
+    /// Before the request's poll: the attempt's count of matched completions.
+    fn before_poll(&mut self) {
+        if self.1 != 0
+            && let Some(n) = with_attempt(|ctx| ctx.matched.get())
+        {
+            self.2 = n;
+        }
+    }
+
     /// The outcome arrived: recorded as it is, not as a request given up on.
     fn settle<E: SentError>(self, res: &Result<reqwest::Response, E>) {
         record_outcome(res, self.0);
+        if self.1 != 0 {
+            // Its completion reported in this poll (by a client of `ClientSettings`) took its
+            // expectation; else it came through a client that reports none.
+            let _ = with_attempt(|ctx| {
+                if ctx.matched.get() == self.2 {
+                    ctx.unexpect(self.1);
+                }
+            });
+        }
         std::mem::forget(self);
     }
 }
@@ -168,6 +190,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         given_up(self.0);
+        if self.1 != 0 {
+            let _ = with_attempt(|ctx| ctx.unexpect(self.1));
+        }
     }
 }
 
@@ -558,9 +583,16 @@ impl Prepared {
     ) -> Sending<impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + use<>>
     {
         let client = self.client;
+        let mut url = 0;
         let (method, fut, error) = match self.req {
             Ok(req) => (
-                Some(crate::policy::method_of(req.method())),
+                Some({
+                    let m = crate::policy::method_of(req.method());
+                    if self.made_in_attempt {
+                        url = crate::context::expected_url(m, &req);
+                    }
+                    m
+                }),
                 Some(Deferred {
                     start: Some((req, self.made_in_attempt, move |req| client.execute(req))),
                     fut: None,
@@ -573,6 +605,7 @@ impl Prepared {
             fut,
             error,
             method,
+            url,
             // A request that could not be built was never made in the attempt.
             made_in_attempt: self.made_in_attempt,
             first: true,
@@ -679,6 +712,8 @@ pin_project_lite::pin_project! {
         fut: Option<F>,
         error: Option<E>,
         method: Option<crate::policy::Method>,
+        // Where the attempt expects its completion (see `InFlight`).
+        url: u32,
         made_in_attempt: bool,
         first: bool,
         // Given up on (dropped before its outcome): recorded as possibly sent.
@@ -705,7 +740,10 @@ where
             && *this.made_in_attempt
             && with_attempt(AttemptCtx::polled).is_some()
         {
-            *this.in_flight = Some(InFlight(*this.method));
+            *this.in_flight = Some(InFlight(*this.method, *this.url, 0));
+        }
+        if let Some(f) = this.in_flight.as_mut() {
+            f.before_poll();
         }
         let Some(fut) = this.fut.as_pin_mut() else {
             return Poll::Ready(Err(this
@@ -762,9 +800,16 @@ impl PreparedWithMiddleware {
             mut extensions,
             made_in_attempt,
         } = self;
+        let mut url = 0;
         let (method, fut, error) = match req {
             Ok(mut req) => (
-                Some(crate::policy::method_of(req.method())),
+                Some({
+                    let m = crate::policy::method_of(req.method());
+                    if made_in_attempt {
+                        url = crate::context::expected_url(m, &req);
+                    }
+                    m
+                }),
                 Some(async move {
                     // The time left as it goes out (see `Deferred`).
                     if made_in_attempt {
@@ -780,6 +825,7 @@ impl PreparedWithMiddleware {
             fut,
             error,
             method,
+            url,
             made_in_attempt,
             first: true,
             in_flight: None,
