@@ -3470,3 +3470,109 @@ async fn stamped_requests_no_client_reported_leave_nothing_behind() {
         .count();
     assert_eq!(mutations, 1, "the SDK's mutation sent once");
 }
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn moved_then_sdk(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    // Sent on by a 308 to a URL that stalls; given up on there.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        c.post(format!("{base}/v1/charges")).body("1").send(),
+    )
+    .await;
+    // Built, never polled.
+    let unsent = c.post(format!("{base}/v1/refunds")).body("1").send();
+    drop(unsent);
+    sdk.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A stamped request sent on by a 308 and dropped at its target takes back the target's
+/// expectation (not its first URL's, already taken by its 308), and one built and never polled
+/// expects nothing: the SDK's unstamped POST to either URL is seen, and the 503 is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_redirected_or_unsent_stamped_post_leaves_nothing_behind() {
+    for target in ["/v2/charges", "/v1/refunds"] {
+        let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+            "/v1/charges" => Action::status(308).header("location", "/v2/charges"),
+            "/v2/charges" if seen.body == b"1" => Action::stall(),
+            "/receipt" => Action::status(503),
+            _ => Action::ok(),
+        }))
+        .await;
+        let base = format!("http://{}", server.addr());
+        let sdk = PaymentsSdk {
+            http: client(),
+            url: format!("{base}{target}"),
+        };
+        let e = moved_then_sdk(&client(), &sdk, base).await.unwrap_err();
+        assert_eq!(e.attempts(), 1, "{target}: {e}");
+        let sdk_posts = server
+            .requests()
+            .iter()
+            .filter(|s| s.path == target && s.body == b"1250")
+            .count();
+        assert_eq!(sdk_posts, 1, "{target}: the SDK's POST sent once");
+    }
+}
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn overlapping(
+    plain: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    let query = plain
+        .post(format!("{base}/graphql"))
+        .body("query { slow }")
+        .send();
+    let (q, m) = tokio::join!(query, sdk.charge(1250));
+    q?;
+    m?;
+    Ok(plain
+        .get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A stamped POST through a client built by hand still in flight when the SDK's unstamped POST
+/// to the same endpoint completes through the settings' client: the SDK's completion is taken
+/// for the stamped one's then, and when the stamped one ends with nothing to take back, it
+/// counts as the unkeyed request it was; the 503 is not retried.
+#[tokio::test(start_paused = true)]
+async fn an_sdks_post_overlapping_a_stamped_one_is_counted_when_that_one_ends() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/graphql" if seen.body == b"query { slow }" => {
+            Action::ok().after(Duration::from_millis(100))
+        }
+        "/receipt" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/graphql"),
+    };
+    let e = overlapping(&reqwest::Client::new(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let mutations = server
+        .requests()
+        .iter()
+        .filter(|s| s.body == b"1250")
+        .count();
+    assert_eq!(mutations, 1, "the SDK's mutation sent once");
+}

@@ -194,9 +194,16 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // every path, so that it never outlives this redirect.
         let unsafe_hop = crate::context::with_attempt(|ctx| {
             ctx.redirected.set(true);
-            ctx.unsafe_hop.replace(false)
+            ctx.unsafe_hop.replace(0)
         })
-        .unwrap_or(false);
+        .unwrap_or(0);
+        // ... and this redirect is from that hop's URL (not one of a client that reports
+        // nothing, after a 307 whose redirect was never followed).
+        let unsafe_hop = unsafe_hop != 0
+            && attempt
+                .previous()
+                .last()
+                .is_some_and(|from| crate::context::hash_of_url(from) == unsafe_hop);
         // A loop (a `Location` already visited, the request resent as it was, by a 307 or
         // 308): reqwest's own policy counts hops only, and a 307 back to itself resends the
         // POST ten times within one send. Not a 303 to the URL posted to (the POST's answer
@@ -218,7 +225,9 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // request, which a client of `ClientSettings` reports.
         if unsafe_hop && resent && attempt.previous().len() <= 10 {
             let _ = crate::context::with_attempt(|ctx| {
-                ctx.expect_at(crate::context::hash_of_url(attempt.url()));
+                let to = crate::context::hash_of_url(attempt.url());
+                ctx.expect_at(to);
+                ctx.redirect_target.set(to);
             });
         }
         reqwest::redirect::Policy::default().redirect(attempt)

@@ -487,9 +487,13 @@ pub(crate) struct AttemptCtx {
     /// ([`AttemptCtx::completed`]).
     pub unsafe_urls: Cell<[u32; 8]>,
     pub unsafe_left: Cell<[u8; 8]>,
-    /// The last completion reported was a stamped unsafe request's 307 or 308: the redirect
-    /// that follows sends that request on (reqwest's redirect policy does not say the method).
-    pub unsafe_hop: Cell<bool>,
+    /// The URL (hashed; 0: none) of the last completion reported if it was a stamped unsafe
+    /// request's 307 or 308: the redirect that follows from that URL sends that request on
+    /// (reqwest's redirect policy does not say the method).
+    pub unsafe_hop: Cell<u32>,
+    /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
+    /// request at (see `InFlight` in `http.rs`).
+    pub redirect_target: Cell<u32>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
     pub matched: Cell<u32>,
@@ -678,7 +682,8 @@ impl AttemptCtx {
             gave_up: Cell::new([0; 4]),
             unsafe_urls: Cell::new([0; 8]),
             unsafe_left: Cell::new([0; 8]),
-            unsafe_hop: Cell::new(false),
+            unsafe_hop: Cell::new(0),
+            redirect_target: Cell::new(0),
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
@@ -751,7 +756,8 @@ impl AttemptCtx {
         *self.gave_up.get_mut() = [0; 4];
         *self.unsafe_urls.get_mut() = [0; 8];
         *self.unsafe_left.get_mut() = [0; 8];
-        *self.unsafe_hop.get_mut() = false;
+        *self.unsafe_hop.get_mut() = 0;
+        *self.redirect_target.get_mut() = 0;
         *self.matched.get_mut() = 0;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
@@ -760,25 +766,22 @@ impl AttemptCtx {
         *self.described.get_mut() = false;
     }
 
-    /// A request `req` of `m` was stamped in this attempt: its completion, which a client of
-    /// [`ClientSettings`](crate::ClientSettings) reports, is this one, not one unseen.
-    #[inline]
-    pub(crate) fn tally_stamped(&self, m: Method, req: &reqwest::Request) {
-        let url = expected_url(m, req);
-        if url != 0 {
-            self.expect_at(url);
-        }
-    }
-
     /// A stamped request expected at the URL of hash `url` ended without its completion
     /// reported (sent through a client that reports none, or dropped before its outcome):
     /// it is no longer expected, so no other request's completion is taken for it.
-    pub(crate) fn unexpect(&self, url: u32) {
+    /// Whether one was outstanding (not: another request's completion was taken for it).
+    pub(crate) fn unexpect(&self, url: u32) -> bool {
         let urls = self.unsafe_urls.get();
         let mut left = self.unsafe_left.get();
-        if let Some(i) = urls.iter().position(|u| *u == url) {
-            left[i] = left[i].saturating_sub(1);
-            self.unsafe_left.set(left);
+        match urls.iter().position(|u| *u == url) {
+            Some(i) if left[i] > 0 => {
+                left[i] -= 1;
+                self.unsafe_left.set(left);
+                true
+            }
+            // Pushed out of the eight kept: nothing to take back, nothing known taken.
+            None => true,
+            Some(_) => false,
         }
     }
 
@@ -815,7 +818,7 @@ impl AttemptCtx {
     pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
         // Set below only by a stamped unsafe request's 307 or 308: any other completion (its
         // redirect not followed, a 307 without `Location`) leaves none for a later redirect.
-        self.unsafe_hop.set(false);
+        self.unsafe_hop.set(0);
         if m.is_safe() {
             return;
         }
@@ -826,16 +829,22 @@ impl AttemptCtx {
         {
             left[i] -= 1;
             self.unsafe_left.set(left);
-            self.unsafe_hop.set(sent_on);
+            self.unsafe_hop.set(if sent_on { url } else { 0 });
             self.matched.set(self.matched.get().wrapping_add(1));
             return;
         }
         if reached || self.redirected.get() {
-            self.note_method(m);
-            self.went_on();
-            self.all_keyed.set(false);
-            self.note_reached(m);
+            self.completed_unmatched(m);
         }
+    }
+
+    /// An unsafe request of `m` the runtime did not stamp may have reached the server: its
+    /// method counts among those the attempt sent, without the key.
+    pub(crate) fn completed_unmatched(&self, m: Method) {
+        self.note_method(m);
+        self.went_on();
+        self.all_keyed.set(false);
+        self.note_reached(m);
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.

@@ -155,44 +155,74 @@ fn record_outcome<E: SentError>(
 /// it may have reached the server: the attempt records it as such, so that running the body
 /// again does not resend an unsafe request. Its method: the request's, when known; else the
 /// least safe the attempt has sent.
-/// Also the URL (hashed; 0: none) at which the attempt expects its completion
-/// ([`crate::context::expected_url`]), and the attempt's count of matched completions when it
-/// was last polled: a request that ends, or is dropped, without one reported in its own poll
-/// is expected no longer.
+/// Also the URL (hashed; 0: none) at which the attempt expects its completion now
+/// ([`crate::context::expected_url`]; after a 307 or 308, the target's), and the attempt's
+/// count of matched completions before its current poll: a request that ends, or is dropped,
+/// with an expectation of its own still outstanding takes it back.
 struct InFlight(Option<crate::policy::Method>, u32, u32);
 
 impl InFlight {
-    /// Before the request's poll: the attempt's count of matched completions.
+    /// Sent from the attempt (its first poll there): its completion is expected at `url`.
+    fn start(method: Option<crate::policy::Method>, url: u32) -> InFlight {
+        if url != 0 {
+            let _ = with_attempt(|ctx| ctx.expect_at(url));
+        }
+        InFlight(method, url, 0)
+    }
+
+    /// Before the request's poll: the attempt's count of matched completions, and no
+    /// redirect target noted yet.
     fn before_poll(&mut self) {
         if self.1 != 0
-            && let Some(n) = with_attempt(|ctx| ctx.matched.get())
+            && let Some(n) = with_attempt(|ctx| {
+                ctx.redirect_target.set(0);
+                ctx.matched.get()
+            })
         {
             self.2 = n;
         }
     }
 
+    /// After the request's poll: a completion of it reported in the poll took its expectation;
+    /// what it expects now is the target of the 307 or 308 followed, if any.
+    fn after_poll(&mut self) {
+        if self.1 != 0
+            && let Some(Some(now)) =
+                with_attempt(|ctx| (ctx.matched.get() != self.2).then(|| ctx.redirect_target.get()))
+        {
+            self.1 = now;
+        }
+    }
+
     /// The outcome arrived: recorded as it is, not as a request given up on.
-    fn settle<E: SentError>(self, res: &Result<reqwest::Response, E>) {
+    fn settle<E: SentError>(mut self, res: &Result<reqwest::Response, E>) {
         record_outcome(res, self.0);
+        self.after_poll();
+        self.take_back();
+        std::mem::forget(self);
+    }
+
+    /// Its expectation, if still outstanding (its completion was reported by no client, or it
+    /// was dropped before its outcome), is taken back. Found already taken, another request's
+    /// completion was taken for it (an SDK's unstamped request to the same URL, completed
+    /// while this one was in flight): that one counts as unkeyed.
+    fn take_back(&self) {
         if self.1 != 0 {
-            // Its completion reported in this poll (by a client of `ClientSettings`) took its
-            // expectation; else it came through a client that reports none.
             let _ = with_attempt(|ctx| {
-                if ctx.matched.get() == self.2 {
-                    ctx.unexpect(self.1);
+                if !ctx.unexpect(self.1)
+                    && let Some(m) = self.0
+                {
+                    ctx.completed_unmatched(m);
                 }
             });
         }
-        std::mem::forget(self);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         given_up(self.0);
-        if self.1 != 0 {
-            let _ = with_attempt(|ctx| ctx.unexpect(self.1));
-        }
+        self.take_back();
     }
 }
 
@@ -236,6 +266,11 @@ pub fn declare_sent(method: crate::policy::Method) {
 pub fn stamp_request(req: &mut reqwest::Request) {
     let _ = with_attempt(|ctx| {
         stamp(ctx, req);
+        // Its completion, if a client of `ClientSettings` sends it, is this request's.
+        let url = crate::context::expected_url(crate::policy::method_of(req.method()), req);
+        if url != 0 {
+            ctx.expect_at(url);
+        }
         ctx.note_reached(crate::policy::method_of(req.method()));
     });
 }
@@ -262,7 +297,6 @@ fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let method = crate::policy::method_of(req.method());
     ctx.note_method(method);
-    ctx.tally_stamped(method, req);
     ctx.stamped.set(true);
     ctx.saw();
     ctx.went_on();
@@ -740,7 +774,7 @@ where
             && *this.made_in_attempt
             && with_attempt(AttemptCtx::polled).is_some()
         {
-            *this.in_flight = Some(InFlight(*this.method, *this.url, 0));
+            *this.in_flight = Some(InFlight::start(*this.method, *this.url));
         }
         if let Some(f) = this.in_flight.as_mut() {
             f.before_poll();
@@ -751,7 +785,15 @@ where
                 .take()
                 .expect("a failed request's future polled after it ended")));
         };
-        let res = std::task::ready!(fut.poll(cx));
+        let res = match fut.poll(cx) {
+            Poll::Ready(res) => res,
+            Poll::Pending => {
+                if let Some(f) = this.in_flight.as_mut() {
+                    f.after_poll();
+                }
+                return Poll::Pending;
+            }
+        };
         if let Some(in_flight) = this.in_flight.take() {
             in_flight.settle(&res);
         }
