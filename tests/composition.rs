@@ -3576,3 +3576,49 @@ async fn an_sdks_post_overlapping_a_stamped_one_is_counted_when_that_one_ends() 
         .count();
     assert_eq!(mutations, 1, "the SDK's mutation sent once");
 }
+
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 3, method = PUT, idempotent, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn put_beside_an_sdk(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    let put = c.put(format!("{base}/v1/carts/7")).body("items").send();
+    let (p, m) = tokio::join!(put, sdk.charge(1250));
+    p?.error_for_status()?;
+    m?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An SDK's POST to the URL of a stamped PUT in flight is not taken for the PUT (completions
+/// are expected by URL and method): it counts as an unkeyed POST, and the 503 after it is not
+/// retried, though the function's PUT is `idempotent`.
+#[tokio::test(start_paused = true)]
+async fn an_sdks_post_is_not_taken_for_a_stamped_put_at_its_url() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        match (seen.method.as_str(), seen.path.as_str()) {
+            ("PUT", _) => Action::ok().after(Duration::from_millis(100)),
+            (_, "/receipt") => Action::status(503),
+            _ => Action::ok(),
+        }
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    let sdk = PaymentsSdk {
+        http: client(),
+        url: format!("{base}/v1/carts/7"),
+    };
+    let e = put_beside_an_sdk(&client(), &sdk, base).await.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let posts = server
+        .requests()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "the SDK's POST sent once");
+}

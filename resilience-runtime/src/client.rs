@@ -192,11 +192,11 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // Whether the hop just reported (by a client of `ClientSettings`, whose classifier ran
         // on it in this same poll) was a stamped unsafe request's 307 or 308: taken here, on
         // every path, so that it never outlives this redirect.
-        let unsafe_hop = crate::context::with_attempt(|ctx| {
+        let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
             ctx.redirected.set(true);
-            ctx.unsafe_hop.replace(0)
+            (ctx.unsafe_hop.replace(0), ctx.hop_method.get())
         })
-        .unwrap_or(0);
+        .unwrap_or((0, crate::policy::Method::Post));
         // ... and this redirect is from that hop's URL (not one of a client that reports
         // nothing, after a 307 whose redirect was never followed).
         let unsafe_hop = unsafe_hop != 0
@@ -225,7 +225,10 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // request, which a client of `ClientSettings` reports.
         if unsafe_hop && resent && attempt.previous().len() <= 10 {
             let _ = crate::context::with_attempt(|ctx| {
-                let to = crate::context::hash_of_url(attempt.url());
+                let to = crate::context::with_method(
+                    crate::context::hash_of_url(attempt.url()),
+                    hop_method,
+                );
                 ctx.expect_at(to);
                 ctx.redirect_target.set(to);
             });

@@ -494,6 +494,8 @@ pub(crate) struct AttemptCtx {
     /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
     /// request at (see `InFlight` in `http.rs`).
     pub redirect_target: Cell<u32>,
+    /// The method of the request `unsafe_hop` names.
+    pub hop_method: Cell<Method>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
     pub matched: Cell<u32>,
@@ -684,6 +686,7 @@ impl AttemptCtx {
             unsafe_left: Cell::new([0; 8]),
             unsafe_hop: Cell::new(0),
             redirect_target: Cell::new(0),
+            hop_method: Cell::new(Method::Post),
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
@@ -794,12 +797,20 @@ impl AttemptCtx {
         let mut left = self.unsafe_left.get();
         match urls.iter().position(|u| *u == url) {
             Some(i) => left[i] = left[i].saturating_add(1),
-            None => {
-                urls.rotate_right(1);
-                left.rotate_right(1);
-                urls[0] = url;
-                left[0] = 1;
-            }
+            // A place with nothing outstanding first (the last one, the oldest, of those);
+            // only when all eight are in use is the oldest pushed out.
+            None => match left.iter().rposition(|l| *l == 0) {
+                Some(i) => {
+                    urls[i] = url;
+                    left[i] = 1;
+                }
+                None => {
+                    urls.rotate_right(1);
+                    left.rotate_right(1);
+                    urls[0] = url;
+                    left[0] = 1;
+                }
+            },
         }
         self.unsafe_urls.set(urls);
         self.unsafe_left.set(left);
@@ -822,6 +833,9 @@ impl AttemptCtx {
         if m.is_safe() {
             return;
         }
+        let hop = url;
+        // Expected by URL and method: an SDK's POST is not taken for a stamped PUT there.
+        let url = with_method(url, m);
         let urls = self.unsafe_urls.get();
         let mut left = self.unsafe_left.get();
         if let Some(i) = urls.iter().position(|u| *u == url)
@@ -829,7 +843,8 @@ impl AttemptCtx {
         {
             left[i] -= 1;
             self.unsafe_left.set(left);
-            self.unsafe_hop.set(if sent_on { url } else { 0 });
+            self.unsafe_hop.set(if sent_on { hop } else { 0 });
+            self.hop_method.set(m);
             self.matched.set(self.matched.get().wrapping_add(1));
             return;
         }
@@ -1059,8 +1074,24 @@ pub(crate) fn expected_url(m: Method, req: &reqwest::Request) -> u32 {
     if m.is_safe() || req.body().is_some_and(|b| b.as_bytes().is_none()) {
         0
     } else {
-        hash_of_url(req.url())
+        with_method(hash_of_url(req.url()), m)
     }
+}
+
+/// A URL's hash mixed with a method's: what a completion is expected by. Never 0.
+pub(crate) fn with_method(url: u32, m: Method) -> u32 {
+    let code: u32 = match m {
+        Method::Get => 1,
+        Method::Head => 2,
+        Method::Options => 3,
+        Method::Trace => 4,
+        Method::Put => 5,
+        Method::Delete => 6,
+        Method::Post => 7,
+        Method::Patch => 8,
+        _ => 9,
+    };
+    (url ^ code.wrapping_mul(0x9E37_79B9)).max(1)
 }
 
 /// [`url_hash`] of the URL a request was stamped with (or redirected to).
