@@ -289,24 +289,7 @@ impl Crate {
             .map_or_else(|| package_name.clone(), krate_name);
         // Declared binaries first (one may be `src/main.rs` under another name), then the
         // package's own `src/main.rs`.
-        let mut bins: Vec<(PathBuf, String)> = Vec::new();
-        for b in table
-            .get("bin")
-            .and_then(|b| b.as_array())
-            .into_iter()
-            .flatten()
-        {
-            if let (Some(n), Some(p)) = (
-                b.get("name").and_then(|n| n.as_str()),
-                b.get("path").and_then(|p| p.as_str()),
-            ) {
-                let p = Path::new(p);
-                bins.push((
-                    p.strip_prefix("./").unwrap_or(p).to_path_buf(),
-                    krate_name(n),
-                ));
-            }
-        }
+        let mut bins = declared_targets(table, "bin");
         bins.push((PathBuf::from("src/main.rs"), package_name));
         // The crate roots, each with its crate name: the library (`[lib] path`, else
         // `src/lib.rs`), the binaries, examples and (`--tests`) integration tests; the files
@@ -332,21 +315,9 @@ impl Crate {
             kinds.push("test");
         }
         for kind in kinds {
-            for t in table
-                .get(kind)
-                .and_then(|b| b.as_array())
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(n), Some(p)) = (
-                    t.get("name").and_then(|n| n.as_str()),
-                    t.get("path").and_then(|p| p.as_str()),
-                ) {
-                    let p = Path::new(p);
-                    let p = p.strip_prefix("./").unwrap_or(p).to_path_buf();
-                    if !roots.iter().any(|(r, _)| *r == p) {
-                        roots.push((p, krate_name(n)));
-                    }
+            for (p, n) in declared_targets(table, kind) {
+                if !roots.iter().any(|(r, _)| *r == p) {
+                    roots.push((p, n));
                 }
             }
         }
@@ -644,6 +615,25 @@ impl Crate {
         }
         Ok(all)
     }
+}
+
+/// The targets of a kind (`bin`, `example`, `test`) the manifest declares with a name and a
+/// path: each path (without a leading `./`) with its crate name.
+fn declared_targets(table: &toml::Table, kind: &str) -> Vec<(PathBuf, String)> {
+    table
+        .get(kind)
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let n = t.get("name")?.as_str()?;
+            let p = Path::new(t.get("path")?.as_str()?);
+            Some((
+                p.strip_prefix("./").unwrap_or(p).to_path_buf(),
+                n.replace('-', "_"),
+            ))
+        })
+        .collect()
 }
 
 /// `file` as the module `module`, and every file its `mod name;` declarations reach (in it or
