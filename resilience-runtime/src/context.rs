@@ -757,11 +757,10 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
-        *self.unsafe_urls.get_mut() = [0; 8];
+        // The URLs stay: one with nothing outstanding expects nothing (`matched` is read as a
+        // difference, `redirect_target` is cleared before each poll that reads it).
         *self.unsafe_left.get_mut() = [0; 8];
         *self.unsafe_hop.get_mut() = 0;
-        *self.redirect_target.get_mut() = 0;
-        *self.matched.get_mut() = 0;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = false;
