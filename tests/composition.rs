@@ -2952,6 +2952,14 @@ struct PaymentsSdk {
     url: String,
 }
 
+/// The SDK sending through a client of the settings to `path` of the server at `base`.
+fn sdk_at(base: &str, path: &str) -> PaymentsSdk {
+    PaymentsSdk {
+        http: client(),
+        url: format!("{base}{path}"),
+    }
+}
+
 impl PaymentsSdk {
     async fn charge(&self, cents: u64) -> Result<u16, reqwest::Error> {
         Ok(self
@@ -2993,10 +3001,7 @@ async fn an_sdks_post_through_a_client_of_the_settings_is_not_sent_again() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let pay = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/charge"),
-    };
+    let pay = sdk_at(&base, "/charge");
     let e = sdk_checkout(&client(), &pay, base).await.unwrap_err();
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(e.attempts(), 1, "{e}");
@@ -3059,10 +3064,7 @@ async fn an_sdks_post_after_a_redirect_elsewhere_is_still_seen() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let pay = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/charge"),
-    };
+    let pay = sdk_at(&base, "/charge");
     let e = redirected_then_checkout(&pay, base).await.unwrap_err();
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(e.attempts(), 1, "{e}");
@@ -3160,10 +3162,7 @@ async fn an_sdks_post_to_the_same_endpoint_as_a_stamped_one_is_still_seen() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let sdk = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/graphql"),
-    };
+    let sdk = sdk_at(&base, "/graphql");
     let e = graphql_checkout(&client(), &sdk, base).await.unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
     assert_eq!(
@@ -3237,10 +3236,7 @@ async fn a_gets_308_leaves_nothing_an_sdks_post_could_be_taken_for() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let pay = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/orders"),
-    };
+    let pay = sdk_at(&base, "/orders");
     let e = normalised_then_checkout(&client(), &pay, base)
         .await
         .unwrap_err();
@@ -3282,10 +3278,10 @@ async fn an_unstamped_post_that_never_connected_hides_no_unseen_charge() {
         http: reqwest::Client::new(),
         url: format!("{base}/charge"),
     };
-    let notify = PaymentsSdk {
-        http: client(),
-        url: format!("http://{}/notify", resilience_fault_server::refused_addr()),
-    };
+    let notify = sdk_at(
+        &format!("http://{}", resilience_fault_server::refused_addr()),
+        "/notify",
+    );
     let e = charge_then_notify(&client(), &pay, &notify, base)
         .await
         .unwrap_err();
@@ -3396,10 +3392,7 @@ async fn a_multipart_upload_leaves_nothing_an_sdks_post_could_be_taken_for() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let sdk = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/v1/files"),
-    };
+    let sdk = sdk_at(&base, "/v1/files");
     let e = upload_then_register(&client(), &sdk, base)
         .await
         .unwrap_err();
@@ -3455,10 +3448,7 @@ async fn stamped_requests_no_client_reported_leave_nothing_behind() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let sdk = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/graphql"),
-    };
+    let sdk = sdk_at(&base, "/graphql");
     let e = query_by_hand_then_mutate(&reqwest::Client::new(), &sdk, base)
         .await
         .unwrap_err();
@@ -3509,10 +3499,7 @@ async fn a_redirected_or_unsent_stamped_post_leaves_nothing_behind() {
         }))
         .await;
         let base = format!("http://{}", server.addr());
-        let sdk = PaymentsSdk {
-            http: client(),
-            url: format!("{base}{target}"),
-        };
+        let sdk = sdk_at(&base, target);
         let e = moved_then_sdk(&client(), &sdk, base).await.unwrap_err();
         assert_eq!(e.attempts(), 1, "{target}: {e}");
         let sdk_posts = server
@@ -3561,10 +3548,7 @@ async fn an_sdks_post_overlapping_a_stamped_one_is_counted_when_that_one_ends() 
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let sdk = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/graphql"),
-    };
+    let sdk = sdk_at(&base, "/graphql");
     let e = overlapping(&reqwest::Client::new(), &sdk, base)
         .await
         .unwrap_err();
@@ -3609,10 +3593,7 @@ async fn an_sdks_post_is_not_taken_for_a_stamped_put_at_its_url() {
     }))
     .await;
     let base = format!("http://{}", server.addr());
-    let sdk = PaymentsSdk {
-        http: client(),
-        url: format!("{base}/v1/carts/7"),
-    };
+    let sdk = sdk_at(&base, "/v1/carts/7");
     let e = put_beside_an_sdk(&client(), &sdk, base).await.unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
     let posts = server
