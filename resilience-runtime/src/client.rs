@@ -114,13 +114,13 @@ impl PartialEq<&str> for AnyHost {
     }
 }
 
-/// reqwest's classifier of a completed request (its method, URI, status or error): tells the attempt in progress (a request it
-/// did not stamp counts as sent unseen, [`AttemptCtx::completed`]), and sends again, as the
-/// default policy does, only what an HTTP/2 server refused before processing it. Such a
-/// refusal is not told: the server did nothing with it.
+/// reqwest's classifier of a completed request (its method, URI, status or error): tells the
+/// attempt in progress ([`AttemptCtx::completed`]: an unsafe request it did not stamp counts
+/// as sent without the key), and returns whether to send it again, as the default policy
+/// does only for what an HTTP/2 server refused before processing it. Such a refusal is not
+/// told: the server did nothing with it.
 ///
 /// [`AttemptCtx::completed`]: crate::context::AttemptCtx
-/// Whether to send it again.
 fn completed(
     method: &http::Method,
     uri: &http::Uri,

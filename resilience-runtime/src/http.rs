@@ -226,6 +226,20 @@ impl Drop for InFlight {
     }
 }
 
+/// A request's method, and (made in an attempt) the URL at which its completion is expected
+/// once it is sent from there, into `url`.
+fn method_and_url(
+    req: &reqwest::Request,
+    made_in_attempt: bool,
+    url: &mut u32,
+) -> crate::policy::Method {
+    let m = crate::policy::method_of(req.method());
+    if made_in_attempt {
+        *url = crate::context::expected_url(m, req);
+    }
+    m
+}
+
 /// A request whose outcome the body did not wait for: it may have reached the server.
 #[cold]
 fn given_up(method: Option<crate::policy::Method>) {
@@ -295,8 +309,7 @@ fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
 }
 
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
-    let method = crate::policy::method_of(req.method());
-    ctx.note_method(method);
+    ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
     ctx.saw();
     ctx.went_on();
@@ -620,13 +633,7 @@ impl Prepared {
         let mut url = 0;
         let (method, fut, error) = match self.req {
             Ok(req) => (
-                Some({
-                    let m = crate::policy::method_of(req.method());
-                    if self.made_in_attempt {
-                        url = crate::context::expected_url(m, &req);
-                    }
-                    m
-                }),
+                Some(method_and_url(&req, self.made_in_attempt, &mut url)),
                 Some(Deferred {
                     start: Some((req, self.made_in_attempt, move |req| client.execute(req))),
                     fut: None,
@@ -845,13 +852,7 @@ impl PreparedWithMiddleware {
         let mut url = 0;
         let (method, fut, error) = match req {
             Ok(mut req) => (
-                Some({
-                    let m = crate::policy::method_of(req.method());
-                    if made_in_attempt {
-                        url = crate::context::expected_url(m, &req);
-                    }
-                    m
-                }),
+                Some(method_and_url(&req, made_in_attempt, &mut url)),
                 Some(async move {
                     // The time left as it goes out (see `Deferred`).
                     if made_in_attempt {
