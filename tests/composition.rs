@@ -2952,6 +2952,22 @@ struct PaymentsSdk {
     url: String,
 }
 
+/// A server answering `/receipt` 503 (the failure after the charge), what `route` gives for a
+/// request where it gives one, and 200 otherwise; with its base URL.
+async fn failing_receipt(
+    route: impl Fn(&Seen) -> Option<Action> + Send + Sync + 'static,
+) -> (FaultServer, String) {
+    let server = FaultServer::start(Script::dynamic(move |seen| {
+        if seen.path == "/receipt" {
+            return Action::status(503);
+        }
+        route(seen).unwrap_or_else(Action::ok)
+    }))
+    .await;
+    let base = format!("http://{}", server.addr());
+    (server, base)
+}
+
 /// The SDK sending through a client of the settings to `path` of the server at `base`.
 fn sdk_at(base: &str, path: &str) -> PaymentsSdk {
     PaymentsSdk {
@@ -2995,12 +3011,7 @@ async fn sdk_checkout(c: &reqwest::Client, pay: &PaymentsSdk, base: String) -> R
 /// sent twice, once per attempt).
 #[tokio::test(start_paused = true)]
 async fn an_sdks_post_through_a_client_of_the_settings_is_not_sent_again() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
-    .await;
-    let base = format!("http://{}", server.addr());
+    let (server, base) = failing_receipt(|_| None).await;
     let pay = sdk_at(&base, "/charge");
     let e = sdk_checkout(&client(), &pay, base).await.unwrap_err();
     assert_eq!(e.http_status(), Some(503), "{e}");
@@ -3057,13 +3068,11 @@ async fn redirected_then_checkout(pay: &PaymentsSdk, base: String) -> Result<u16
 /// the 503 after it is not retried.
 #[tokio::test(start_paused = true)]
 async fn an_sdks_post_after_a_redirect_elsewhere_is_still_seen() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/old" => Action::status(301).header("location", "/new"),
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
+    let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
+        "/old" => Some(Action::status(301).header("location", "/new")),
+        _ => None,
+    })
     .await;
-    let base = format!("http://{}", server.addr());
     let pay = sdk_at(&base, "/charge");
     let e = redirected_then_checkout(&pay, base).await.unwrap_err();
     assert_eq!(e.http_status(), Some(503), "{e}");
@@ -3119,14 +3128,8 @@ async fn checkout_with_a_helper(c: &reqwest::Client, base: String) -> Result<u16
 
 #[tokio::test(start_paused = true)]
 async fn a_helpers_get_reported_by_the_settings_client_does_not_make_its_other_sends_seen() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
-    .await;
-    let e = checkout_with_a_helper(&client(), format!("http://{}", server.addr()))
-        .await
-        .unwrap_err();
+    let (server, base) = failing_receipt(|_| None).await;
+    let e = checkout_with_a_helper(&client(), base).await.unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
     assert_eq!(server.count_path("/charge"), 1, "charged once");
 }
@@ -3156,12 +3159,7 @@ async fn graphql_checkout(
 
 #[tokio::test(start_paused = true)]
 async fn an_sdks_post_to_the_same_endpoint_as_a_stamped_one_is_still_seen() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
-    .await;
-    let base = format!("http://{}", server.addr());
+    let (server, base) = failing_receipt(|_| None).await;
     let sdk = sdk_at(&base, "/graphql");
     let e = graphql_checkout(&client(), &sdk, base).await.unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
@@ -3229,13 +3227,11 @@ async fn normalised_then_checkout(
 /// leave an expected POST at its target for the SDK's POST there to be taken for.
 #[tokio::test(start_paused = true)]
 async fn a_gets_308_leaves_nothing_an_sdks_post_could_be_taken_for() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/orders/" => Action::status(308).header("location", "/orders"),
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
+    let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
+        "/orders/" => Some(Action::status(308).header("location", "/orders")),
+        _ => None,
+    })
     .await;
-    let base = format!("http://{}", server.addr());
     let pay = sdk_at(&base, "/orders");
     let e = normalised_then_checkout(&client(), &pay, base)
         .await
@@ -3333,14 +3329,12 @@ async fn charge_then_create_customer(
 /// there is still seen, and the 503 after it is not retried.
 #[tokio::test(start_paused = true)]
 async fn a_307_not_followed_leaves_nothing_for_a_later_redirect() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/v1/charges" => Action::status(307),
-        "/v1/customers" => Action::status(308).header("location", "/v1/customers/"),
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
+    let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
+        "/v1/charges" => Some(Action::status(307)),
+        "/v1/customers" => Some(Action::status(308).header("location", "/v1/customers/")),
+        _ => None,
+    })
     .await;
-    let base = format!("http://{}", server.addr());
     let sdk = CustomersSdk {
         http: client(),
         base: base.clone(),
@@ -3386,12 +3380,7 @@ async fn upload_then_register(
 /// not retried.
 #[tokio::test(start_paused = true)]
 async fn a_multipart_upload_leaves_nothing_an_sdks_post_could_be_taken_for() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
-    .await;
-    let base = format!("http://{}", server.addr());
+    let (server, base) = failing_receipt(|_| None).await;
     let sdk = sdk_at(&base, "/v1/files");
     let e = upload_then_register(&client(), &sdk, base)
         .await
@@ -3441,13 +3430,11 @@ async fn query_by_hand_then_mutate(
 /// same endpoint, through the settings' client, is seen, and the 503 after it is not retried.
 #[tokio::test(start_paused = true)]
 async fn stamped_requests_no_client_reported_leave_nothing_behind() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-        "/receipt" => Action::status(503),
-        "/graphql" if seen.body == b"query { slow }" => Action::stall(),
-        _ => Action::ok(),
-    }))
+    let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
+        "/graphql" if seen.body == b"query { slow }" => Some(Action::stall()),
+        _ => None,
+    })
     .await;
-    let base = format!("http://{}", server.addr());
     let sdk = sdk_at(&base, "/graphql");
     let e = query_by_hand_then_mutate(&reqwest::Client::new(), &sdk, base)
         .await
@@ -3491,14 +3478,12 @@ async fn moved_then_sdk(
 #[tokio::test(start_paused = true)]
 async fn a_redirected_or_unsent_stamped_post_leaves_nothing_behind() {
     for target in ["/v2/charges", "/v1/refunds"] {
-        let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
-            "/v1/charges" => Action::status(308).header("location", "/v2/charges"),
-            "/v2/charges" if seen.body == b"1" => Action::stall(),
-            "/receipt" => Action::status(503),
-            _ => Action::ok(),
-        }))
+        let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
+            "/v1/charges" => Some(Action::status(308).header("location", "/v2/charges")),
+            "/v2/charges" if seen.body == b"1" => Some(Action::stall()),
+            _ => None,
+        })
         .await;
-        let base = format!("http://{}", server.addr());
         let sdk = sdk_at(&base, target);
         let e = moved_then_sdk(&client(), &sdk, base).await.unwrap_err();
         assert_eq!(e.attempts(), 1, "{target}: {e}");
@@ -3539,15 +3524,13 @@ async fn overlapping(
 /// counts as the unkeyed request it was; the 503 is not retried.
 #[tokio::test(start_paused = true)]
 async fn an_sdks_post_overlapping_a_stamped_one_is_counted_when_that_one_ends() {
-    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+    let (server, base) = failing_receipt(|seen| match seen.path.as_str() {
         "/graphql" if seen.body == b"query { slow }" => {
-            Action::ok().after(Duration::from_millis(100))
+            Some(Action::ok().after(Duration::from_millis(100)))
         }
-        "/receipt" => Action::status(503),
-        _ => Action::ok(),
-    }))
+        _ => None,
+    })
     .await;
-    let base = format!("http://{}", server.addr());
     let sdk = sdk_at(&base, "/graphql");
     let e = overlapping(&reqwest::Client::new(), &sdk, base)
         .await
