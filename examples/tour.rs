@@ -1136,6 +1136,7 @@ async fn scenario_shared_limit() {
     };
     let _: Result<i64, _> = redis::cmd("DEL")
         .arg("resilience:rate:{tour_partner}")
+        .arg("resilience:rate:{tour_partner}:at")
         .query_async(&mut redis)
         .await;
     let server = FaultServer::start(Script::always(Action::ok())).await;

@@ -357,6 +357,94 @@ async fn two_processes_share_one_limit(env: (&str, &str)) {
     assert!(n > 1.5 * 40.0 * span, "two local limits: {n} in {span:.3}s");
 }
 
+// Ten a second, a burst of two, shared through Redis: the limit whose Redis clock goes back.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(
+        name = "rate_limit_test_clock",
+        rate = 10,
+        burst = 2,
+        max_wait = "50ms",
+        store = "redis"
+    )
+)]
+async fn clock_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// Set for the child that finds the limit's state written on a Redis clock an hour ahead.
+const CHILD_CLOCK: &str = "RESILIENCE_RATE_LIMIT_CHILD_CLOCK";
+
+/// The limit's state as a Redis whose clock was an hour ahead left it (a permit given a second
+/// before the clock went back, as after a failover to a replica an hour behind): the next call
+/// is given its permit at once, the state read as if that permit had just been given, and the
+/// one after it is refused (the limit holds: a burst of two, one of them taken).
+/// A child process: `use_redis` is process-wide, and this binary's other tests need none.
+#[tokio::test]
+#[ignore = "run by a_redis_clock_that_goes_back_does_not_refuse_every_call as a child process"]
+async fn child_finds_the_state_of_a_clock_an_hour_ahead() {
+    let Ok(redis_url) = std::env::var(CHILD_CLOCK) else {
+        return;
+    };
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let now = secs * 1_000_000 + micros;
+    let hour = 3_600_000_000;
+    let at = now + hour - 1_000_000;
+    let tat = at + 100_000;
+    for (key, value) in [
+        ("resilience:rate:{rate_limit_test_clock}", tat),
+        ("resilience:rate:{rate_limit_test_clock}:at", at),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(2 * hour / 1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert!(resilience_runtime::ratelimit::use_redis(conn));
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    let first = clock_limited(&c, &url).await;
+    assert_eq!(first.map_err(|e| e.to_string()), Ok(200));
+    let second = clock_limited(&c, &url).await.unwrap_err();
+    assert_eq!(second.kind(), ErrorKind::RateLimited, "{second}");
+    assert_eq!(server.requests().len(), 1);
+    let s = metrics::rate_limit("rate_limit_test_clock").unwrap();
+    assert_eq!(s.local_fallbacks, 0, "every decision was Redis's");
+}
+
+#[tokio::test]
+async fn a_redis_clock_that_goes_back_does_not_refuse_every_call() {
+    let Some(redis_url) = support::redis_url().await else {
+        return;
+    };
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_finds_the_state_of_a_clock_an_hour_ahead",
+            "--nocapture",
+        ])
+        .env(CHILD_CLOCK, &redis_url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The cluster's node URLs, comma-separated, if it answers PING.
 async fn cluster_urls() -> Option<String> {
     let urls =

@@ -575,10 +575,19 @@ mod shared {
 
     static CONN: OnceLock<RedisConn> = OnceLock::new();
 
-    /// GCRA in one atomic step, on Redis's clock (microseconds). ARGV: interval, tolerance
-    /// (interval × burst) and the longest wait allowed, all in microseconds. Returns the wait
-    /// in microseconds, or `-1 - wait` when refused (nothing is reserved then): the wait the
-    /// permit would have taken, which tells a refusal for the deadline from one by the limit.
+    /// GCRA in one atomic step, on Redis's clock (microseconds). KEYS: the TAT, and Redis's
+    /// time when it last gave a permit. ARGV: interval, tolerance (interval × burst) and the
+    /// longest wait allowed, all in microseconds. Returns the wait in microseconds, or
+    /// `-1 - wait` when refused (nothing is reserved then): the wait the permit would have
+    /// taken, which tells a refusal for the deadline from one by the limit.
+    ///
+    /// A clock that went back since the last permit (a failover to a replica whose clock is
+    /// behind, a step of the server's clock) moves the TAT back with it, as if that permit had
+    /// been given just now (the least the clock can have gone back: never more permits than
+    /// the limit allows): without that, a TAT written an hour ahead of the new clock refused
+    /// every call for that hour. A clock that jumps forward gives one burst early, as GCRA
+    /// does after any quiet spell. A TAT written without the time beside it (by a version
+    /// before it) is read as it is.
     static RESERVE: KeyScript = KeyScript::new(
         r"local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -586,12 +595,16 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local allowed = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local at = tonumber(redis.call('GET', KEYS[2]) or now)
+if at > now then tat = tat - (at - now) end
 if tat < now then tat = now end
 local new_tat = tat + interval
 local wait = new_tat - now - tolerance
 if wait < 0 then wait = 0 end
 if wait > allowed then return -1 - wait end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local px = math.ceil((new_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], new_tat, 'PX', px)
+redis.call('SET', KEYS[2], now, 'PX', px)
 return wait",
     );
 
@@ -620,10 +633,13 @@ return wait",
         CONN.set(RedisConn::Cluster(conn)).is_ok()
     }
 
-    /// The Redis key of a limit. The script touches this one key, so a cluster sends it to the
-    /// master of the key's slot; the braces make the slot the name's alone (`{name}`).
-    fn key(name: &str) -> String {
-        format!("resilience:rate:{{{name}}}")
+    /// The Redis keys of a limit: its TAT, and the time of its last permit. The braces put
+    /// both in one slot, the name's (`{name}`), so a cluster sends the script to that slot's
+    /// master.
+    fn keys(name: &str) -> (String, String) {
+        let tat = format!("resilience:rate:{{{name}}}");
+        let at = format!("{tat}:at");
+        (tat, at)
     }
 
     /// What Redis decided.
@@ -667,10 +683,10 @@ return wait",
         let interval = interval_micros(spec);
         let tolerance = interval.saturating_mul(u64::from(spec.burst));
         let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
-        let key = key(name);
+        let (tat, at) = keys(name);
         let call = async move {
             RESERVE
-                .run::<i64>(&mut conn, &key, |c| {
+                .run_on::<i64>(&mut conn, &[&tat, &at], |c| {
                     c.arg(interval).arg(tolerance).arg(allowed);
                 })
                 .await

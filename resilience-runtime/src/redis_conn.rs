@@ -42,9 +42,20 @@ impl KeyScript {
         key: &str,
         args: impl Fn(&mut Cmd),
     ) -> RedisResult<T> {
+        self.run_on(conn, &[key], args).await
+    }
+
+    /// Runs the script on `keys` (`KEYS`; in a cluster, all in the first one's slot) with the
+    /// arguments `args` writes (`ARGV`).
+    pub(crate) async fn run_on<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+        keys: &[&str],
+        args: impl Fn(&mut Cmd),
+    ) -> RedisResult<T> {
         let call = |how: &str, script: &str| {
             let mut cmd = redis::cmd(how);
-            cmd.arg(script).arg(1).arg(key);
+            cmd.arg(script).arg(keys.len()).arg(keys);
             args(&mut cmd);
             cmd
         };
