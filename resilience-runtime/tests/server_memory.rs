@@ -61,6 +61,8 @@ enum Act {
     LandAfter(Duration),
     /// Answered this without asking the store. Renewals only.
     Say(bool),
+    /// Panics when polled, not carried out (a bug in the store).
+    Panic,
 }
 
 /// A memory store whose calls go through `rule` (given the call and how many of its kind came
@@ -134,6 +136,7 @@ impl Faulty {
                 let _lost = go().await;
                 go().await
             }),
+            Act::Panic => Box::pin(async { panic!("the store's own bug") }),
             Act::LandAfter(_) | Act::Say(_) => panic!("{act:?}: not for this call"),
         }
     }
@@ -646,6 +649,9 @@ enum ClaimingHow {
     /// Completions are sent twice, the first reply lost: the second finds the key completed.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     CompleteResent,
+    /// The first completion panics (a store of the application's own with a bug); later ones
+    /// are the memory store's.
+    CompletePanics,
 }
 
 /// A memory store whose claim command misbehaves as `how` says; the rest is the memory store's.
@@ -660,6 +666,7 @@ fn claiming(how: ClaimingHow) -> Faulty {
         (ClaimingHow::RunsOutReclaimsLate, Op::Renew) => Act::Say(false),
         (ClaimingHow::NoRenewal, Op::Renew) => Act::Say(true),
         (ClaimingHow::CompleteResent, Op::Complete) => Act::Resent,
+        (ClaimingHow::CompletePanics, Op::Complete) if n == 0 => Act::Panic,
         _ => Act::Pass,
     })
 }
@@ -1812,4 +1819,202 @@ async fn renewals_failing_through_a_long_outage_back_off_and_warn_once() {
         1,
         "{text}"
     );
+}
+
+/// An export whose body does the work (each chunk marks what it sent, as a bulk export or
+/// import does), 32 chunks of 64 KiB, a millisecond apart: larger than the layer keeps.
+struct Marking {
+    marked: Arc<std::sync::atomic::AtomicUsize>,
+    sent: usize,
+    tick: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Marking {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.sent == 32 {
+            return std::task::Poll::Ready(None);
+        }
+        let tick = self
+            .tick
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        std::task::ready!(tick.as_mut().poll(cx));
+        self.tick = None;
+        self.sent += 1;
+        self.marked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from(
+            vec![b'r'; 64 * 1024],
+        )))))
+    }
+}
+
+/// A keyed export larger than the layer keeps, whose caller reads its first chunk and goes:
+/// the handler's body is read on to its end (it was stored as processed once, and a repeat
+/// is told not to resend), not dropped with the connection; `drained` waits for it.
+#[tokio::test(start_paused = true)]
+async fn a_response_past_the_kept_bound_is_read_to_its_end_when_its_caller_goes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let marked = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store()).max_stored_body(64 * 1024);
+    let export = {
+        let marked = marked.clone();
+        move || {
+            let body = Marking {
+                marked: marked.clone(),
+                sent: 0,
+                tick: None,
+            };
+            async move { (axum::http::StatusCode::CREATED, axum::body::Body::new(body)) }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/exports", axum::routing::post(export))
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/exports", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = fresh_key();
+    let mut resp = reqwest::Client::new()
+        .post(&url)
+        .header("idempotency-key", &key)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    let at_drop = marked.load(Ordering::SeqCst);
+    assert!(at_drop < 32, "the caller went before the body's end");
+    tokio::time::timeout(Duration::from_secs(10), layer.drained())
+        .await
+        .expect("drained within the handler's limit");
+    assert_eq!(marked.load(Ordering::SeqCst), 32, "{at_drop} at the drop");
+    let again = post(&url, Some(&key), "x").await;
+    assert_eq!((again.status, again.replayed()), (500, true), "{again:?}");
+    assert!(again.body.contains("processed once"), "{}", again.body);
+}
+
+/// A server shut down gracefully right after a caller gave up on a slow keyed handler: the
+/// shutdown waits for connections, and that caller's is closed, so the handler still runs;
+/// `drained` waits for it, so the process does not cut it mid-effect (its claim would then
+/// run out and a retry run the handler again).
+#[tokio::test(start_paused = true)]
+async fn drained_waits_for_a_handler_whose_caller_gave_up() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let finished = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store());
+    let charge = {
+        let finished = finished.clone();
+        move || {
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                (axum::http::StatusCode::CREATED, "charged")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(charge))
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    let gave_up = reqwest::Client::new()
+        .post(&url)
+        .header("idempotency-key", fresh_key())
+        .body("x")
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(gave_up.is_timeout(), "{gave_up}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .expect("the server stops at once: no connection is left")
+        .unwrap();
+    assert_eq!(finished.load(Ordering::SeqCst), 0, "the handler still runs");
+    tokio::time::timeout(Duration::from_secs(10), layer.drained())
+        .await
+        .expect("drained once the handler ends");
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+}
+
+/// A store of the application's own that panics as it stores the handler's answer: a store
+/// that failed (the answer kept and written back, the repeat replayed), not a handler task
+/// that died, whose claim was then given back and the repeat run the handler again.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_panics_storing_the_answer_does_not_run_the_handler_again() {
+    use std::sync::atomic::Ordering;
+    use tower_service::Service as _;
+
+    let (app, runs) = orders_over(ClaimingHow::CompletePanics);
+    let key = fresh_key();
+    let first = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(first.status(), 201, "{:?}", first.headers());
+    let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(again.status(), 201, "{:?}", again.headers());
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// What a handler cut at the layer's limit holds panics as it is dropped (a guard asserting
+/// it was disarmed): still the handler cut at the limit, kept as such, never run again.
+#[tokio::test(start_paused = true)]
+async fn a_handler_whose_drop_panics_at_the_limit_is_not_run_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    struct Armed;
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            panic!("dropped while armed");
+        }
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let charge = {
+        let runs = runs.clone();
+        move || {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _armed = Armed;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                std::mem::forget(_armed);
+                axum::http::StatusCode::CREATED
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(charge))
+        .layer(IdempotencyLayer::new(store()).handler_limit(Duration::from_millis(100)));
+    let key = fresh_key();
+    let first = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(first.status(), 500);
+    let body = axum::body::to_bytes(first.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("did not finish within"),
+        "{body:?}"
+    );
+    let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

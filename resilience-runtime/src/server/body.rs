@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc::Receiver;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -33,6 +34,13 @@ pin_project! {
         Failed { prefix: Option<Bytes>, error: Option<BoxError> },
         // Larger than the layer keeps: what it read, then the rest of the handler's body.
         Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
+        // The same, the rest read by a task of the layer's, which reads on to the body's end
+        // when this is dropped (the caller gone). `rest` is what is left of the body's hint.
+        Pumped {
+            prefix: Option<Bytes>,
+            rx: Receiver<Result<Frame<Bytes>, BoxError>>,
+            rest: SizeHint,
+        },
     }
 }
 
@@ -56,6 +64,20 @@ impl<B> ResponseBody<B> {
             kind: Kind::Prefixed {
                 prefix: (!prefix.is_empty()).then_some(prefix),
                 body,
+            },
+        }
+    }
+
+    pub(crate) fn pumped(
+        prefix: Bytes,
+        rx: Receiver<Result<Frame<Bytes>, BoxError>>,
+        rest: SizeHint,
+    ) -> Self {
+        ResponseBody {
+            kind: Kind::Pumped {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rx,
+                rest,
             },
         }
     }
@@ -93,6 +115,24 @@ where
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => body.as_mut().poll_frame(cx).map_err(Into::into),
             },
+            KindProj::Pumped { prefix, rx, rest } => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => {
+                    let next = std::task::ready!(rx.poll_recv(cx));
+                    if let Some(Ok(d)) = next.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
+                        && let Some(d) = d
+                    {
+                        let len = d.len() as u64;
+                        let mut left = SizeHint::new();
+                        left.set_lower(rest.lower().saturating_sub(len));
+                        if let Some(upper) = rest.upper() {
+                            left.set_upper(upper.saturating_sub(len));
+                        }
+                        *rest = left;
+                    }
+                    Poll::Ready(next)
+                }
+            },
         }
     }
 
@@ -102,6 +142,7 @@ where
             Kind::Full { data } => data.is_none(),
             Kind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
             Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
+            Kind::Pumped { .. } => false,
         }
     }
 
@@ -112,6 +153,15 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Failed { .. } => SizeHint::default(),
+            Kind::Pumped { prefix, rest, .. } => {
+                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
             Kind::Prefixed { prefix, body } => {
                 let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
                 let rest = body.size_hint();
@@ -141,6 +191,10 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .finish(),
             Kind::Prefixed { prefix, .. } => f
                 .debug_tuple("ResponseBody::Prefixed")
+                .field(&prefix.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Pumped { prefix, .. } => f
+                .debug_tuple("ResponseBody::Pumped")
                 .field(&prefix.as_ref().map_or(0, Bytes::len))
                 .finish(),
         }

@@ -143,6 +143,30 @@ struct State {
     running: Mutex<HashMap<Arc<str>, Fingerprint>>,
     /// The withdrawals of claims this layer runs now (at most [`MAX_WITHDRAWING`]).
     withdrawing: std::sync::atomic::AtomicUsize,
+    /// What the layer still does for requests whose callers may be gone (see [`Busy`]).
+    busy: std::sync::atomic::AtomicUsize,
+    /// Told when `busy` falls to zero.
+    idle: tokio::sync::Notify,
+}
+
+/// One piece of work the layer does for a request whose caller may be gone, counted while it
+/// lives: a handler in its task of its own, a response body streamed on past the kept bound,
+/// an answer waiting for the store. [`IdempotencyLayer::drained`] waits for none to be left.
+struct Busy(Arc<State>);
+
+impl Busy {
+    fn new(state: &Arc<State>) -> Busy {
+        state.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// What [`State::local`] found.
@@ -259,7 +283,7 @@ impl IdempotencyLayer {
     pub fn new(store: impl IdempotencyStore + 'static) -> IdempotencyLayer {
         IdempotencyLayer {
             config: Arc::new(Config {
-                store: Arc::new(store),
+                store: Arc::new(Unwinding(store)),
                 header: crate::http::IDEMPOTENCY_KEY,
                 ttl: Self::DEFAULT_TTL,
                 lease: Self::DEFAULT_LEASE,
@@ -277,6 +301,39 @@ impl IdempotencyLayer {
                 derive_keys: None,
                 state: Arc::default(),
             }),
+        }
+    }
+
+    /// Waits until the layer has nothing left to do for requests already taken: no handler
+    /// running in its task (a handler runs on after its caller is gone), no response body
+    /// streamed on past [`max_stored_body`](Self::max_stored_body), no answer waiting for the
+    /// store to take it. A server's graceful shutdown waits for its connections, not for these
+    /// (a caller that gave up has closed its connection): await this after it, before the
+    /// process exits, so that a retry of a request whose caller gave up finds its answer
+    /// instead of running the handler again once the claim's lease runs out. An answer waits
+    /// as long as the store is down: bound the wait.
+    ///
+    /// ```no_run
+    /// # async fn f(listener: tokio::net::TcpListener, app: axum::Router,
+    /// #     layer: resilience_runtime::server::IdempotencyLayer,
+    /// #     signal: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// use std::time::Duration;
+    /// axum::serve(listener, app).with_graceful_shutdown(signal).await.unwrap();
+    /// let _ = tokio::time::timeout(Duration::from_secs(30), layer.drained()).await;
+    /// # }
+    /// ```
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.config.state.clone();
+        async move {
+            loop {
+                let idle = state.idle.notified();
+                let mut idle = std::pin::pin!(idle);
+                idle.as_mut().enable();
+                if state.busy.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
         }
     }
 
@@ -821,6 +878,12 @@ where
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
+    let busy = Busy::new(&config.state);
+    let job = async move {
+        let answer = job.await;
+        drop(busy);
+        answer
+    };
     match rt.spawn(carry_context(job, until, parent)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
@@ -877,7 +940,7 @@ async fn handle<S, ReqBody, ResBody>(
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let guard = ClaimGuard::new(&config, key, claim);
@@ -887,7 +950,19 @@ where
     // A panic in `call` itself (a synchronous layer inside this one, `MapRequestLayer`'s
     // closure) is the handler's, as one while its future is polled.
     let answered = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
-        Ok(called) => tokio::time::timeout_at(limit_at, CatchUnwind { inner: called }).await,
+        Ok(called) => {
+            let mut timed = std::pin::pin!(Some(tokio::time::timeout_at(
+                limit_at,
+                CatchUnwind { inner: called }
+            )));
+            let answered = timed.as_mut().as_pin_mut().expect("just set").await;
+            // Dropped here, where a panic of what the handler held (cut at the limit) is
+            // caught too: the handler is still the one cut at the limit, kept as such.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| timed.set(None))) {
+                tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked as it was cancelled");
+            }
+            answered
+        }
         Err(panic) => Ok(Err(panic)),
     };
     let res = match answered {
@@ -970,13 +1045,32 @@ where
                     "The request was processed once; its response was larger than the {max} bytes the server keeps for replay. Do not resend it: look the result up instead."
                 ),
             );
+            let key = guard.key.clone();
             guard
                 .complete_counted(&config, problem, &tally, Served::ResponseNotKept)
                 .await;
-            return Ok(Response::from_parts(
-                parts,
-                ResponseBody::prefixed(prefix, rest),
-            ));
+            let body = match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    // The rest is read by a task of its own, which reads on to its end when the
+                    // caller is gone (its connection dropped, or this task's answer dropped
+                    // before it came): the handler's work may be in its body (an export that
+                    // marks what it sent), and it was stored as processed once.
+                    let (tx, rx) = tokio::sync::mpsc::channel(PUMPED_FRAMES);
+                    let hint = rest.size_hint();
+                    let busy = Busy::new(&config.state);
+                    let (until, parent) = crate::context::INBOUND
+                        .try_with(|i| (i.deadline, i.parent_key.clone()))
+                        .unwrap_or_default();
+                    rt.spawn(carry_context(
+                        pump(rest, tx, limit_at, key, config.handler_limit, busy),
+                        until,
+                        parent,
+                    ));
+                    ResponseBody::pumped(prefix, rx, hint)
+                }
+                Err(_) => ResponseBody::prefixed(prefix, rest),
+            };
+            return Ok(Response::from_parts(parts, body));
         }
         Ok(Ok(Err(e))) => e,
         Ok(Err(panic)) => format!("the response body panicked: {}", panic_message(&*panic)).into(),
@@ -1062,6 +1156,60 @@ where
     Ok(None)
 }
 
+/// The frames a pumped body reads ahead of its caller.
+const PUMPED_FRAMES: usize = 4;
+
+/// Reads the rest of a response body too large to keep, handing its frames to the caller while
+/// it reads them (`tx`), and on to its end without them once it is gone (bounded by the
+/// layer's limit on the handler, `until`). An error or a panic of the body ends it, passed on.
+async fn pump<B>(
+    mut body: Pin<Box<B>>,
+    tx: tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>,
+    until: Instant,
+    key: Arc<str>,
+    limit: Duration,
+    busy: Busy,
+) where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut tx = Some(tx);
+    loop {
+        // The body's error made a `BoxError` as it comes: the task holds no `B::Error`.
+        let frame = async { Some(body.frame().await?.map_err(Into::into)) };
+        let next = match &tx {
+            // Read at the caller's pace, however long it takes.
+            Some(_) => CatchUnwind { inner: frame }.await,
+            None => match tokio::time::timeout_at(until, CatchUnwind { inner: frame }).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::error!(key = %key, limit = ?limit, "idempotent response body cut at the layer's limit, its caller gone");
+                    break;
+                }
+            },
+        };
+        let frame = match next {
+            Ok(Some(Ok(frame))) => Ok(frame),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => break,
+            Err(panic) => {
+                Err(format!("the response body panicked: {}", panic_message(&*panic)).into())
+            }
+        };
+        let failed = frame.is_err();
+        if let Some(to) = &tx
+            && to.send(frame).await.is_err()
+        {
+            // The caller is gone: the body is read on, to its end.
+            tx = None;
+        }
+        if failed {
+            break;
+        }
+    }
+    drop(busy);
+}
+
 /// A kept status whose body was read to its end, within the bound the layer keeps: stored and
 /// answered.
 async fn kept<ResBody>(
@@ -1091,6 +1239,72 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(not a string)")
+}
+
+/// The store the layer is given, its panics turned into errors: a store of the application's
+/// own that panics (an `unwrap` on what it read) is a store that failed, not a handler task
+/// that died, whose claim would then be given back after the handler ran (and the retry run
+/// it again). A completion that panicked is kept and written back, as one that failed.
+struct Unwinding<S>(S);
+
+impl<S> Unwinding<S> {
+    fn guard<'a, T: Send + 'a>(
+        call: impl FnOnce() -> BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        let panicked = |panic: Box<dyn Any + Send>| {
+            StoreError::new(format!("the store panicked: {}", panic_message(&*panic)))
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+            Ok(future) => Box::pin(async move {
+                CatchUnwind { inner: future }
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(panic)))
+            }),
+            Err(panic) => Box::pin(std::future::ready(Err(panicked(panic)))),
+        }
+    }
+}
+
+impl<S: IdempotencyStore> IdempotencyStore for Unwinding<S> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Self::guard(|| self.0.claim(key, claim, lease))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Self::guard(|| self.0.renew(key, claim, lease))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Self::guard(|| self.0.complete(key, claim, response, ttl))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        claim: &'a InFlight,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Self::guard(|| self.0.release(key, claim))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Self::guard(|| self.0.get(key))
+    }
 }
 
 pin_project! {
@@ -1477,7 +1691,11 @@ impl ClaimGuard {
                 );
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
-                        rt.spawn(write);
+                        let busy = Busy::new(&config.state);
+                        rt.spawn(async move {
+                            write.await;
+                            drop(busy);
+                        });
                     }
                     // Nothing to write it back with: counted now.
                     Err(_) => tally.count(outcome),

@@ -41,13 +41,13 @@
 //! | key empty, over 255 bytes, sent twice, malformed quoted string, or bare but not visible ASCII | 400 `key-invalid` | no |
 //! | keyed, body over [`max_body`](IdempotencyLayer::max_body) | 413 (the key stays free) | no |
 //! | keyed, body unreadable (the connection failed while it was read) | 400 `body-unreadable` | no |
-//! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429) | yes, to its end |
+//! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429; never a 409 with `Retry-After`, a "try later" passed on from further down) | yes, to its end |
 //! | repeat, same fingerprint, first completed | stored status, headers and body, plus `Idempotent-Replayed: true` | no |
 //! | repeat, other fingerprint | 422 `key-reused` | no |
 //! | repeat, same fingerprint, first still running | 409 `in-progress` with `Retry-After: 1` | no |
-//! | the store fails or does not answer within [`store_timeout`](IdempotencyLayer::store_timeout) | 503 `store-unavailable` with `Retry-After: 1` | no |
+//! | the store fails, panics or does not answer within [`store_timeout`](IdempotencyLayer::store_timeout) | 503 `store-unavailable` with `Retry-After` the seconds left of [`store_down_for`](IdempotencyLayer::store_down_for), at least 1 | no |
 //! | the handler panics | 500 `handler-failed` | it did, once |
-//! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out`, stored whatever [`replayable`](IdempotencyLayer::replayable) says: a repeat gets it | cancelled at the limit, never run again |
+//! | the handler outlives [`handler_limit`](IdempotencyLayer::handler_limit) | 500 `handler-timed-out`, stored whatever [`replayable`](IdempotencyLayer::replayable) says: a repeat gets it (also when what it held panics as it is dropped) | cancelled at the limit, never run again |
 //! | the handler answers a kept status, then its response body fails | the first caller: that status and a body cut short; a repeat: 500 `response-failed` | it did, once |
 //!
 //! # The key: the IETF draft and payment APIs
@@ -83,6 +83,8 @@
 //!   trace, and the trace and request id of a [`ContextLayer`] outside this layer. Not the
 //!   caller's deadline: that is the time its attempt waits, and the handler runs on for the
 //!   retry; its `#[resilient]` calls plan within the handler limit instead. What this costs is measured in `BENCHMARKS.md` (one task spawn per keyed request).
+//!   The process must not exit under it: a graceful shutdown waits for connections, not for
+//!   handlers whose caller is gone, so await [`IdempotencyLayer::drained`] after it.
 //! - **A hard limit per layer** ([`handler_limit`](IdempotencyLayer::handler_limit), 60 s by
 //!   default) bounds a handler that never ends: at the limit its future is dropped, which
 //!   cancels it at its current `.await`, and the layer answers 500 `handler-timed-out` in its
@@ -116,14 +118,15 @@
 //! - **Stored bytes are bounded.** A response body over
 //!   [`max_stored_body`](IdempotencyLayer::max_stored_body) (1 MiB by default) reaches the
 //!   first caller in full (what the layer read up to the bound, then the rest as the handler
-//!   streams it: never held whole in memory), and a 500 `response-not-kept` problem is stored in its place: a
+//!   streams it: never held whole in memory; read on to its end, within the handler's limit,
+//!   when that caller goes), and a 500 `response-not-kept` problem is stored in its place: a
 //!   repeat learns that the operation ran once and is not run again. [`MemoryStore`] also
 //!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first;
 //!   a repeat of an evicted key runs the handler again, as after the TTL.
 //!   Request bodies of keyed requests are buffered (2 MiB limit by default) to be fingerprinted;
 //!   an unkeyed one streams through.
 //! - **Responses are kept for the TTL** (24 h by default): status, headers (minus connection
-//!   headers and `Content-Length`) and the whole body.
+//!   headers, `Content-Length` and `Date`) and the whole body.
 //! - **Fail closed, and fast.** If the store cannot be reached, covered requests with a key get
 //!   503 and the handler never runs without a claim. Every store call is bounded: by
 //!   [`store_timeout`](IdempotencyLayer::store_timeout) (250 ms by default), and the taking
