@@ -5,7 +5,7 @@
 # runtime's default features only, as `cargo install --path resilience-cli` builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for f in "" anyhow server redis metrics opentelemetry reqwest-middleware; do
+for f in "" anyhow eyre server redis metrics opentelemetry reqwest-middleware; do
   echo ".ci/features.sh: resilience-runtime, features: ${f:-none}" >&2
   cargo clippy --quiet -p resilience-runtime --no-default-features ${f:+--features "$f"} -- -D warnings
 done

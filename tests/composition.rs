@@ -1526,12 +1526,31 @@ impl Pages {
             .await?;
         Ok(format!("{user}{}", recs?))
     }
+
+    #[resilient(
+        timeout = "5s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn page_eyre(&self, recs: &str, user: &str) -> eyre::Result<String> {
+        let recs = self.recs(recs).await;
+        let user = self
+            .http
+            .get(user)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(format!("{user}{}", recs?))
+    }
 }
 
 /// "3 requests against a dead dependency, not 9", through `self.recs(..).await`, the failure
-/// returned after the body's own request, in `anyhow` and boxed.
+/// returned after the body's own request, in `anyhow`, `eyre` and boxed.
 #[tokio::test(start_paused = true)]
-async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_and_boxed() {
+async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_eyre_and_boxed() {
     let pages = Pages { http: client() };
     let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
     let recs = FaultServer::start(Script::always(Action::reset())).await;
@@ -1556,6 +1575,15 @@ async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_and_boxed() {
         "boxed: 3 attempts inside, none around: {e}"
     );
     assert_eq!(users.count(), 2, "{e}");
+    recs.clear();
+    let e = pages
+        .page_eyre(&recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(recs.count(), 3, "eyre: 3 attempts inside, none around: {e}");
+    assert_eq!(users.count(), 3, "{e}");
+    let own = e.downcast_ref::<Error>().expect("the runtime's error");
+    assert_eq!(own.attempts(), 3, "{own}");
 }
 
 // --- Helpers handed the client --------------------------------------------------------------

@@ -203,6 +203,66 @@ async fn methods_on_self() {
     assert_eq!(server.count(), 3);
 }
 
+/// Two pages into `out`: what a failed attempt pushed stays for the next.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn two_pages(http: &reqwest::Client, base: &str, out: &mut Vec<String>) -> Result<(), Error> {
+    for page in ["/1", "/2"] {
+        let text = http
+            .get(format!("{base}{page}"))
+            .send()
+            .await?
+            .error_for_status()?;
+        out.push(text.text().await?);
+    }
+    Ok(())
+}
+
+/// The same, its state rebuilt at the body's head, as the README advises.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn two_pages_afresh(
+    http: &reqwest::Client,
+    base: &str,
+    out: &mut Vec<String>,
+) -> Result<(), Error> {
+    out.clear();
+    for page in ["/1", "/2"] {
+        let text = http
+            .get(format!("{base}{page}"))
+            .send()
+            .await?
+            .error_for_status()?;
+        out.push(text.text().await?);
+    }
+    Ok(())
+}
+
+/// A `&mut` argument is not put back between attempts: the first page, pushed by the attempt
+/// whose second page failed, is there twice, unless the body starts afresh.
+#[tokio::test(start_paused = true)]
+async fn a_mut_argument_keeps_what_a_failed_attempt_did() {
+    let pages = || {
+        resilience_fault_server::Script::dynamic(|seen| {
+            if seen.path.ends_with("/2") && seen.index == 1 {
+                Action::status(503)
+            } else {
+                Action::ok().body(seen.path.trim_start_matches('/'))
+            }
+        })
+    };
+    let server = FaultServer::start(pages()).await;
+    let mut out = Vec::new();
+    two_pages(&client(), &server.url(""), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, ["1", "1", "2"]);
+    let server = FaultServer::start(pages()).await;
+    let mut out = Vec::new();
+    two_pages_afresh(&client(), &server.url(""), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, ["1", "2"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn generic_functions() {
     let server = FaultServer::start(vec![Action::status(503), Action::ok().body("42")]).await;

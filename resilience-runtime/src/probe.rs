@@ -4,7 +4,7 @@
 //! resolution picks the most specific impl that applies to the concrete error type:
 //! the runtime's own `Error`, then an explicit [`Classify`](crate::Classify) (falling back to
 //! the source chain when the type is a `std::error::Error`), then any
-//! `std::error::Error`, then boxed and `anyhow` errors, then nothing (the recorded response
+//! `std::error::Error`, then boxed, `anyhow` and `eyre` errors, then nothing (the recorded response
 //! decides). Each impl also writes the attempt count and the call's key into the error when it
 //! can hold them.
 
@@ -280,6 +280,24 @@ impl ViaBoxed for &&Probe<'_, anyhow::Error> {
     }
 }
 
+#[cfg(feature = "eyre")]
+impl ViaBoxed for &&Probe<'_, eyre::Report> {
+    fn __resilience_class(self) -> Option<Class> {
+        let e = self.0.take()?;
+        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+        let class = classify_error(dynerr);
+        if let Some(own) = e.downcast_mut::<Error>() {
+            self.note(own, class);
+        }
+        class
+    }
+    fn __resilience_kind(self) -> Option<ErrorKind> {
+        let e = self.0.take()?;
+        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+        runtime_kind(dynerr)
+    }
+}
+
 pub trait ViaNothing {
     fn __resilience_class(self) -> Option<Class>;
     /// The kind of the runtime `Error` the error is or wraps (for `fallback_on`).
@@ -366,6 +384,19 @@ mod tests {
         assert_eq!(a.downcast_ref::<Error>().unwrap().attempts(), 4);
         let mut a = anyhow::anyhow!("refused").context("talking to the gateway");
         assert_eq!((&&&&&Probe::after(&mut a, 1)).__resilience_class(), None);
+    }
+
+    #[cfg(feature = "eyre")]
+    #[test]
+    fn eyre_reports_are_classified_and_stamped() {
+        let mut r = eyre::Report::from(Error::new(ErrorKind::AttemptTimeout));
+        assert_eq!(
+            (&&&&&Probe::after(&mut r, 4)).__resilience_class(),
+            Some(Class::Timeout)
+        );
+        assert_eq!(r.downcast_ref::<Error>().unwrap().attempts(), 4);
+        let mut r = eyre::eyre!("refused").wrap_err("talking to the gateway");
+        assert_eq!((&&&&&Probe::after(&mut r, 1)).__resilience_class(), None);
     }
 
     /// A user's error that wraps the runtime's (`#[error("…")] Resilience(#[from] Error)`).
