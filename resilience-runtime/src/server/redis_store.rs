@@ -28,7 +28,8 @@ use crate::redis_conn::{self, KeyScript, RedisConn};
 /// [`RedisStore::connect_cluster`] takes the URLs of one or more nodes of a cluster. Every
 /// script touches one key only, so each call goes to the master of that key's slot and the
 /// records of different keys spread over the masters; no hash tag is needed, and none is added
-/// (a `prefix` with braces, `{orders}:`, would put every record in one slot).
+/// (a `prefix` with braces, `{orders}:`, would put every record in one slot; a client's key
+/// with braces, `{acct42}-0001`, puts every key of that account in one).
 ///
 /// A master that is gone (its connection refused) fails its keys' calls at once: they get 503,
 /// the other masters' keys are served. A master that does not answer (frozen, overloaded) times
