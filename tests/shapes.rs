@@ -3,6 +3,8 @@
 //! each attempt, and `Error`, `Box<dyn Error>`, `anyhow::Error`, a user's own error type (with
 //! `Classify`, and a `thiserror` enum whose `#[error(transparent)]` hides the reqwest error).
 
+mod support;
+
 use std::time::Duration;
 
 use resilience_fault_server::{Action, FaultServer};
@@ -1562,4 +1564,41 @@ async fn sends_written_as_paths_carry_the_key_and_are_retried() {
     let server = flaky().await;
     assert_eq!(rates_by_path(&server.url("/rates")).await.unwrap(), "ok");
     retried_and_stamped(&server);
+}
+
+/// A service still on the reqwest before the runtime's: its builder is another crate's type, so
+/// nothing stamps its request (no key, no ids) and the attempt, seen sending nothing, is not
+/// retried. Not silently: the first such request is a `warn`, naming the type.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn on_an_older_reqwest(http: &reqwest012::Client, url: &str) -> anyhow::Result<u16> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reqwest_of_another_version_is_said_once() {
+    let (logs, _guard) = support::capture(tracing::Level::WARN, false);
+    let server = FaultServer::start(vec![Action::status(503), Action::status(503)]).await;
+    let http = reqwest012::Client::new();
+    let e = on_an_older_reqwest(&http, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "not retried: {e}");
+    assert_eq!(server.requests()[0].header("x-request-id"), None);
+    let _ = on_an_older_reqwest(&http, &server.url("/")).await;
+    let said = logs.text();
+    assert_eq!(
+        said.matches("a reqwest type of another version").count(),
+        1,
+        "{said}"
+    );
+    assert!(
+        said.contains("reqwest::async_impl::request::RequestBuilder"),
+        "{said}"
+    );
 }

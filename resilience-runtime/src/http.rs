@@ -968,6 +968,26 @@ pub mod dispatch {
         }
     }
 
+    /// Whether `name` (a type's) is reqwest's request builder, client or request: one that
+    /// comes here is another version's than the runtime's (its own are stamped by type), whose
+    /// requests go out unstamped, without the call's key, and leave the attempt unretried.
+    /// Said once, at `warn`: nothing else would tell.
+    pub(crate) fn foreign_reqwest(name: &str) -> bool {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let foreign = name.starts_with("reqwest::")
+            && ["::RequestBuilder", "::Client", "::Request"]
+                .iter()
+                .any(|t| name.ends_with(t));
+        if foreign && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                r#type = name,
+                runtime_reqwest = "0.13",
+                "a reqwest type of another version than the runtime's: its requests go out without the call's key, trace or deadline headers, unseen, and a call that sent only those is not retried; depend on the runtime's reqwest version"
+            );
+        }
+        foreign
+    }
+
     /// Anything else: as it was. A `.send()` or `.execute(…)` on another type (a wrapper
     /// client's builder, `reqwest-middleware`'s without its feature, a database query) may
     /// send a request the runtime does not see: what the body shows of its methods
@@ -981,10 +1001,12 @@ pub mod dispatch {
     impl<T> PassThrough<T> for &Stampable<T> {
         fn __resilience_stamp(self) -> T {
             let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
+            foreign_reqwest(std::any::type_name::<T>());
             self.take()
         }
         fn __resilience_stamp_arg(self) -> T {
             let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
+            foreign_reqwest(std::any::type_name::<T>());
             self.take()
         }
         fn __resilience_observe(self) -> T {
