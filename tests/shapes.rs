@@ -1602,3 +1602,44 @@ async fn a_reqwest_of_another_version_is_said_once() {
         "{said}"
     );
 }
+
+/// `RequestBuilder::send` handed on as a function value: not a call the rewrite sees.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn sends_as_a_value(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let sent = futures::future::join_all([http.get(url)].map(reqwest::RequestBuilder::send)).await;
+    let mut last = 0;
+    for r in sent {
+        last = r?.error_for_status()?.status().as_u16();
+    }
+    Ok(last)
+}
+
+/// The same written as a closure: stamped, seen, retried.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn sends_in_a_closure(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let sent = futures::future::join_all([http.get(url)].map(|rb| rb.send())).await;
+    let mut last = 0;
+    for r in sent {
+        last = r?.error_for_status()?.status().as_u16();
+    }
+    Ok(last)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_handed_on_as_a_value_is_unseen_and_a_closure_is_not() {
+    let server = FaultServer::start(vec![Action::status(503)]).await;
+    let e = sends_as_a_value(&client(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "not retried: {e}");
+    assert_eq!(server.requests()[0].header("x-request-id"), None);
+    let server = FaultServer::start(vec![Action::status(503)]).await;
+    assert_eq!(
+        sends_in_a_closure(&client(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+    assert!(server.requests()[0].header("x-request-id").is_some());
+}
