@@ -357,14 +357,14 @@ async fn two_processes_share_one_limit(env: (&str, &str)) {
     assert!(n > 1.5 * 40.0 * span, "two local limits: {n} in {span:.3}s");
 }
 
-// Ten a second, a burst of two, shared through Redis: the limit whose Redis clock goes back.
+// One a second, a burst of two, shared through Redis: the limit whose Redis clock goes back.
 #[resilient(
     timeout = "1s",
     max_attempts = 1,
     budget = false,
     rate_limit(
         name = "rate_limit_test_clock",
-        rate = 10,
+        rate = 1,
         burst = 2,
         max_wait = "50ms",
         store = "redis"
@@ -394,7 +394,8 @@ async fn child_finds_the_state_of_a_clock_an_hour_ahead() {
     let now = secs * 1_000_000 + micros;
     let hour = 3_600_000_000;
     let at = now + hour - 1_000_000;
-    let tat = at + 100_000;
+    // A permit given at `at`, the limit idle before it: the TAT one interval on.
+    let tat = at + 1_000_000;
     for (key, value) in [
         ("resilience:rate:{rate_limit_test_clock}", tat),
         ("resilience:rate:{rate_limit_test_clock}:at", at),

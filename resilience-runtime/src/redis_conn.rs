@@ -1,8 +1,9 @@
 //! One Redis connection, to a single server or to a Redis Cluster: what the idempotency store
 //! and the shared rate limits talk through.
 //!
-//! Every script either of them runs touches one key (`KEYS[1]`), so in a cluster each call goes
-//! to the master of that key's slot and no call can span slots.
+//! Every script either of them runs touches one slot (one key, or a rate limit's two keys with
+//! one hash tag), so in a cluster each call goes to the master of that slot and no call can
+//! span slots.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use redis::{
     ServerErrorKind, Value,
 };
 
-/// A Lua script of one key (`KEYS[1]`), run by its hash (`EVALSHA`), and by its source
+/// A Lua script of keys in one slot (`KEYS`), run by its hash (`EVALSHA`), and by its source
 /// (`EVAL`) on a node that does not know it (restarted, or its scripts flushed).
 ///
 /// Not `redis::Script`'s own invocation, which answers `NOSCRIPT` with `SCRIPT LOAD`: a cluster

@@ -1964,6 +1964,7 @@ async fn a_store_that_panics_storing_the_answer_does_not_run_the_handler_again()
     use std::sync::atomic::Ordering;
     use tower_service::Service as _;
 
+    let _serial = PENDING.lock().await;
     let (app, runs) = orders_over(ClaimingHow::CompletePanics);
     let key = fresh_key();
     let first = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
@@ -2016,5 +2017,114 @@ async fn a_handler_whose_drop_panics_at_the_limit_is_not_run_again() {
     );
     let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A body past the kept bound that then waits for something that never comes (a long poll, a
+/// stream of events): once its caller goes, it is read for at most the handler's limit, and
+/// `drained` does not wait on it for ever.
+#[tokio::test(start_paused = true)]
+async fn a_body_past_the_kept_bound_that_waits_is_let_go_after_its_caller() {
+    let waits = || async {
+        let body = TwoFrames {
+            first: Some(bytes::Bytes::from(vec![b'w'; 64 * 1024 + 1])),
+            rest: Box::pin(std::future::pending()),
+        };
+        (axum::http::StatusCode::CREATED, axum::body::Body::new(body))
+    };
+    let layer = IdempotencyLayer::new(store())
+        .max_stored_body(64 * 1024)
+        .handler_limit(Duration::from_secs(1));
+    let app = axum::Router::new()
+        .route("/events", axum::routing::post(waits))
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut resp = reqwest::Client::new()
+        .post(&url)
+        .header("idempotency-key", fresh_key())
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    tokio::time::timeout(Duration::from_secs(5), layer.drained())
+        .await
+        .expect("let go within the handler's limit after the caller went");
+}
+
+/// A body of one frame, then one that comes when `rest` is ready (or never).
+struct TwoFrames {
+    first: Option<bytes::Bytes>,
+    rest: std::pin::Pin<Box<dyn std::future::Future<Output = bytes::Bytes> + Send>>,
+}
+
+impl http_body::Body for TwoFrames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        self.rest
+            .as_mut()
+            .poll(cx)
+            .map(|d| Some(Ok(http_body::Frame::data(d))))
+    }
+}
+
+/// What a kept answer's body held panics as it is dropped at the layer's limit: the handler
+/// answered, so the repeat gets the stored "processed once" problem, never a second run.
+#[tokio::test(start_paused = true)]
+async fn a_body_whose_drop_panics_at_the_limit_is_not_run_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    struct Armed;
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            panic!("dropped while armed");
+        }
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let charge = {
+        let runs = runs.clone();
+        move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let armed = Armed;
+            let body = TwoFrames {
+                first: Some(bytes::Bytes::from_static(b"{")),
+                rest: Box::pin(async move {
+                    let _armed = armed;
+                    std::future::pending::<()>().await;
+                    bytes::Bytes::from_static(b"never")
+                }),
+            };
+            async move { (axum::http::StatusCode::CREATED, axum::body::Body::new(body)) }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(charge))
+        .layer(IdempotencyLayer::new(store()).handler_limit(Duration::from_millis(100)));
+    let key = fresh_key();
+    let first = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
+    assert_eq!(again.status(), 500);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let body = axum::body::to_bytes(again.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("processed once"),
+        "{body:?}"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

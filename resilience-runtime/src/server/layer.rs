@@ -1020,13 +1020,21 @@ where
     // What was read stays here whatever ends the reading (an error, a panic, the limit): the
     // first caller gets it, cut short, as it would without the layer.
     let mut read = ReadSoFar::default();
-    let collected = tokio::time::timeout_at(
-        limit_at,
-        CatchUnwind {
-            inner: read_up_to(Box::pin(body), max, &mut read),
-        },
-    )
-    .await;
+    let collected = {
+        let mut reading = std::pin::pin!(Some(tokio::time::timeout_at(
+            limit_at,
+            CatchUnwind {
+                inner: read_up_to(Box::pin(body), max, &mut read),
+            },
+        )));
+        let collected = reading.as_mut().as_pin_mut().expect("just set").await;
+        // Dropped where a panic of the body's drop (cut at the limit) is caught: the handler
+        // answered, and a repeat must not run it again.
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| reading.set(None))) {
+            tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent response body panicked as it was dropped");
+        }
+        collected
+    };
     let failed: BoxError = match collected {
         Ok(Ok(Ok(None))) => {
             return Ok(kept(&config, guard, &tally, claim, parts, read.take()).await);
@@ -1062,7 +1070,7 @@ where
                         .try_with(|i| (i.deadline, i.parent_key.clone()))
                         .unwrap_or_default();
                     rt.spawn(carry_context(
-                        pump(rest, tx, limit_at, key, config.handler_limit, busy),
+                        pump(rest, tx, key, config.handler_limit, busy),
                         until,
                         parent,
                     ));
@@ -1160,12 +1168,12 @@ where
 const PUMPED_FRAMES: usize = 4;
 
 /// Reads the rest of a response body too large to keep, handing its frames to the caller while
-/// it reads them (`tx`), and on to its end without them once it is gone (bounded by the
-/// layer's limit on the handler, `until`). An error or a panic of the body ends it, passed on.
+/// it reads them (`tx`), and on to its end without them once it is gone, for up to `limit`
+/// (the layer's limit on a handler) from then. An error or a panic of the body ends it,
+/// passed on.
 async fn pump<B>(
     mut body: Pin<Box<B>>,
     tx: tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>,
-    until: Instant,
     key: Arc<str>,
     limit: Duration,
     busy: Busy,
@@ -1174,19 +1182,33 @@ async fn pump<B>(
     B::Error: Into<BoxError>,
 {
     let mut tx = Some(tx);
+    // When the caller went, and so when the reading stops at the latest.
+    let mut until = None;
     loop {
         // The body's error made a `BoxError` as it comes: the task holds no `B::Error`.
-        let frame = async { Some(body.frame().await?.map_err(Into::into)) };
-        let next = match &tx {
-            // Read at the caller's pace, however long it takes.
-            Some(_) => CatchUnwind { inner: frame }.await,
-            None => match tokio::time::timeout_at(until, CatchUnwind { inner: frame }).await {
-                Ok(next) => next,
+        let frame = CatchUnwind {
+            inner: async { Some(body.frame().await?.map_err(Into::into)) },
+        };
+        let next = match (&tx, until) {
+            // Read at the caller's pace, however long it takes, until it goes (a body that
+            // waits is not waited on to find that out).
+            (Some(to), _) => tokio::select! {
+                next = frame => Some(next),
+                () = to.closed() => None,
+            },
+            (None, Some(until)) => match tokio::time::timeout_at(until, frame).await {
+                Ok(next) => Some(next),
                 Err(_) => {
-                    tracing::error!(key = %key, limit = ?limit, "idempotent response body cut at the layer's limit, its caller gone");
+                    tracing::error!(key = %key, limit = ?limit, "idempotent response body cut at the layer's limit after its caller went");
                     break;
                 }
             },
+            (None, None) => unreachable!("the limit is set as the caller goes"),
+        };
+        let Some(next) = next else {
+            tx = None;
+            until = Some(super::after(Instant::now(), limit));
+            continue;
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => Ok(frame),
@@ -1202,6 +1224,7 @@ async fn pump<B>(
         {
             // The caller is gone: the body is read on, to its end.
             tx = None;
+            until = Some(super::after(Instant::now(), limit));
         }
         if failed {
             break;

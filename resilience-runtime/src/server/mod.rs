@@ -118,8 +118,8 @@
 //! - **Stored bytes are bounded.** A response body over
 //!   [`max_stored_body`](IdempotencyLayer::max_stored_body) (1 MiB by default) reaches the
 //!   first caller in full (what the layer read up to the bound, then the rest as the handler
-//!   streams it: never held whole in memory; read on to its end, within the handler's limit,
-//!   when that caller goes), and a 500 `response-not-kept` problem is stored in its place: a
+//!   streams it: never held whole in memory; read on to its end, for up to the handler's
+//!   limit more, when that caller goes), and a 500 `response-not-kept` problem is stored in its place: a
 //!   repeat learns that the operation ran once and is not run again. [`MemoryStore`] also
 //!   bounds its total bytes (64 MiB by default), evicting the oldest completed responses first;
 //!   a repeat of an evicted key runs the handler again, as after the TTL.
