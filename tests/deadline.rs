@@ -263,6 +263,87 @@ async fn a_call_with_a_millisecond_left_is_no_failure_of_the_dependency() {
 }
 
 #[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    breaker = { name = "told_out_of_time", failure_rate = 0.5, min_calls = 1, window = 4, open_for = "1h", half_open_calls = 1 },
+    concurrency_limit = { name = "told_out_of_time", latency = "500ms", initial = 8, min = 1 },
+)]
+async fn guarded_downstream(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    breaker = { name = "overloaded_in_a_hurry", failure_rate = 0.5, min_calls = 1, window = 4, open_for = "1h", half_open_calls = 1 },
+)]
+async fn guarded_overloaded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A dependency that honours the deadline it is handed (a service of this library behind
+/// `ContextLayer`) answers a call cut to 50 ms of its 1 s timeout with a prompt 504 ("I ran out
+/// of the time you gave me"): as the timeout it would otherwise have been, it says nothing of
+/// the dependency, and a caller's short `X-Timeout-Ms` does not open the breaker or lower the
+/// limit. A 503 in the same hurry is the dependency's own answer, and counts.
+#[tokio::test(start_paused = true)]
+async fn a_prompt_504_to_a_call_cut_short_is_no_failure_of_the_dependency() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let honours = |busy: u16| {
+        Script::dynamic(move |seen| {
+            let left: u64 = seen
+                .header("x-timeout-ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+            if left < 100 {
+                Action::status(busy)
+            } else {
+                Action::ok().body("fine")
+            }
+        })
+    };
+    let server = FaultServer::start(honours(504)).await;
+    let c = reqwest::Client::new();
+    for _ in 0..5 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::from_millis(50)),
+            guarded_downstream(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.http_status(), Some(504), "{e}");
+    }
+    let breaker = resilience_runtime::metrics::breaker("told_out_of_time").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Closed,
+        "{breaker:?}"
+    );
+    let limit = resilience_runtime::metrics::concurrency_limit("told_out_of_time").expect("used");
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+    assert_eq!(
+        guarded_downstream(&c, &server.url("/")).await.unwrap(),
+        "fine"
+    );
+
+    let server = FaultServer::start(honours(503)).await;
+    let _ = with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(50)),
+        guarded_overloaded(&c, &server.url("/")),
+    )
+    .await
+    .unwrap_err();
+    let breaker = resilience_runtime::metrics::breaker("overloaded_in_a_hurry").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Open,
+        "{breaker:?}"
+    );
+}
+
+#[resilient(
     timeout = "10s",
     deadline = "30s",
     max_attempts = 1,

@@ -270,8 +270,8 @@ pub(crate) struct Last {
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
-    /// The attempt timed out with less than a tenth of the policy's `timeout`: the deadline
-    /// (its own, a caller's `X-Timeout-Ms`, an outer call's attempt) had cut its limit short.
+    /// The attempt's limit was less than a tenth of the policy's `timeout`: the deadline (its
+    /// own, a caller's `X-Timeout-Ms`, an outer call's attempt) had cut it short.
     cut_short: bool,
     /// A hedged round ended on this attempt after another of its attempts was answered "still
     /// in progress": that answer's `Retry-After`.
@@ -1000,8 +1000,7 @@ impl Session {
         let timeout = self.policy.timeout;
         let (until, limit) = match now.checked_add(timeout) {
             Some(end) if end <= self.deadline => (end, timeout),
-            _ if first => (self.deadline, self.left_at_start),
-            _ => (self.deadline, self.deadline.saturating_duration_since(now)),
+            _ => self.cut_to_deadline(first, now),
         };
         let c = &mut self.ctx;
         c.attempt = self.attempts;
@@ -1016,6 +1015,19 @@ impl Session {
             }
         }
         Ok((until, limit))
+    }
+
+    /// The attempt's limit when the deadline comes before its own timeout, out of line: the
+    /// time left, and whether it is under a tenth of `timeout` (see [`Last::cut_short`]).
+    #[inline(never)]
+    fn cut_to_deadline(&mut self, first: bool, now: Instant) -> (Instant, Duration) {
+        let limit = if first {
+            self.left_at_start
+        } else {
+            self.deadline.saturating_duration_since(now)
+        };
+        self.last.cut_short = limit < self.policy.timeout / 10;
+        (self.deadline, limit)
     }
 
     /// The retry decided on after a failure of `class` begins: the call has retried.
@@ -1333,7 +1345,13 @@ impl Session {
         if self.last.began {
             self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
         }
-        let cut_short = self.last.cut_short;
+        // Cut short, a timeout, or a dependency's prompt answer that it ran out of the time it
+        // was handed (a 504 or 408 from a service honouring `X-Timeout-Ms`), says only that.
+        let cut_short = self.last.cut_short
+            && matches!(
+                class,
+                Class::Timeout | Class::Status(408) | Class::Status(504)
+            );
         if let Some(c) = &mut self.concurrency {
             if self.last.began && !cut_short {
                 c.on_failure(
