@@ -280,20 +280,25 @@ impl Inbound {
 
     /// The calls made under this context send this W3C `tracestate` on with the `traceparent`
     /// they write in the trace of [`traceparent`](Self::traceparent) (vendors' entries reach
-    /// the next service as the spec asks). Ignored when it is empty, longer than 512
-    /// characters or not visible ASCII, spaces and tabs.
+    /// the next service as the spec asks). Read as W3C Trace Context says: a list of at most
+    /// 32 `key=value` members, keys unique and of the spec's form, empty members dropped;
+    /// ignored whole when it is not one. Over 512 characters it is cut as the spec asks:
+    /// members over 128 characters first, then from the end.
     pub fn tracestate(mut self, value: &str) -> Inbound {
-        let value = value.trim();
-        if value.is_empty()
-            || value.len() > MAX_TRACESTATE_LEN
-            || !value
-                .bytes()
-                .all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
-        {
-            tracing::debug!(value, "inbound tracestate ignored");
-            return self;
+        match valid_tracestate(value) {
+            Some(list) => self.tracestate = HeaderValue::from_str(&list).ok().map(Arc::new),
+            None => {
+                let mut end = value.len().min(64);
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let shown = &value[..end];
+                tracing::debug!(
+                    value = shown,
+                    "inbound tracestate ignored: not a W3C tracestate"
+                );
+            }
         }
-        self.tracestate = HeaderValue::from_str(value).ok().map(Arc::new);
         self
     }
 
@@ -349,6 +354,68 @@ impl Inbound {
 
 /// The longest `tracestate` handed down that calls send on (W3C: at least 512 must pass).
 const MAX_TRACESTATE_LEN: usize = 512;
+
+/// A W3C `tracestate` list (Trace Context, level 1), its members trimmed and joined by `,`,
+/// empty ones dropped, cut to [`MAX_TRACESTATE_LEN`] as the spec asks; `None` when it is not
+/// one (a member of the wrong form, a key twice, more than 32 members) or has no member.
+fn valid_tracestate(value: &str) -> Option<String> {
+    fn key_char(b: u8) -> bool {
+        matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+    }
+    fn valid_key(key: &str) -> bool {
+        let k = key.as_bytes();
+        match key.split_once('@') {
+            // tenant-id "@" system-id
+            Some((tenant, system)) => {
+                let (t, sy) = (tenant.as_bytes(), system.as_bytes());
+                (1..=241).contains(&t.len())
+                    && t[0].is_ascii_lowercase() | t[0].is_ascii_digit()
+                    && t.iter().all(|&b| key_char(b))
+                    && (1..=14).contains(&sy.len())
+                    && sy[0].is_ascii_lowercase()
+                    && sy.iter().all(|&b| key_char(b))
+            }
+            None => {
+                (1..=256).contains(&k.len())
+                    && k[0].is_ascii_lowercase()
+                    && k.iter().all(|&b| key_char(b))
+            }
+        }
+    }
+    fn valid_value(value: &str) -> bool {
+        let v = value.as_bytes();
+        (1..=256).contains(&v.len())
+            && v.iter()
+                .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+            && v[v.len() - 1] != b' '
+    }
+    let mut members: Vec<&str> = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, val) = member.split_once('=')?;
+        if !valid_key(key) || !valid_value(val) || members.len() == 32 {
+            return None;
+        }
+        if members
+            .iter()
+            .any(|m| m.split_once('=').is_some_and(|(k, _)| k == key))
+        {
+            return None;
+        }
+        members.push(member);
+    }
+    let len = |m: &[&str]| m.iter().map(|s| s.len()).sum::<usize>() + m.len().saturating_sub(1);
+    while len(&members) > MAX_TRACESTATE_LEN {
+        match members.iter().position(|m| m.len() > 128) {
+            Some(i) => members.remove(i),
+            None => members.pop()?,
+        };
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
 
 /// The longest request id handed down that calls send on.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -1134,6 +1201,60 @@ fn url_hash(host: &str, port: u16, path: &str, query: Option<&str>) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// W3C Trace Context's `tracestate` rules, as its test suite checks them.
+    #[test]
+    fn tracestate_is_read_as_the_w3c_list_it_is() {
+        use super::valid_tracestate as v;
+        assert_eq!(v("congo=t61rcWkgMzE").as_deref(), Some("congo=t61rcWkgMzE"));
+        assert_eq!(
+            v(" congo=t61 , ,rojo=00f0,\tfw529a3039@dt=x ").as_deref(),
+            Some("congo=t61,rojo=00f0,fw529a3039@dt=x")
+        );
+        // Keys: lower case, the spec's characters, unique; values without `,` or `=`.
+        for bad in [
+            "foo=1,foo=2",
+            "FOO=1",
+            "foo@=1",
+            "@foo=1",
+            "1foo=1",
+            "foo.bar=1",
+            "foo=",
+            "foo=a=b",
+            "garbage",
+            "foo=1,garbage",
+            "foo=\u{7f}",
+        ] {
+            assert_eq!(v(bad), None, "{bad}");
+        }
+        assert_eq!(v("foo=1 2").as_deref(), Some("foo=1 2"));
+        assert_eq!(v(""), None);
+        assert_eq!(v(" , "), None);
+        // 32 members at most.
+        let members: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(
+            v(&members[..32].join(",")).map(|l| l.matches('=').count()),
+            Some(32)
+        );
+        assert_eq!(v(&members.join(",")), None);
+        // Over 512: members over 128 characters go first, then from the end.
+        let long = format!("big={}", "x".repeat(200));
+        let small: Vec<String> = (0..20)
+            .map(|i| format!("k{i}={}", "y".repeat(14)))
+            .collect();
+        let list = format!("{},{long},{}", small[..10].join(","), small[10..].join(","));
+        let cut = v(&list).unwrap();
+        assert!(!cut.contains("big="), "{cut}");
+        assert_eq!(cut, small.join(","));
+        let many: Vec<String> = (0..30)
+            .map(|i| format!("k{i:02}={}", "z".repeat(20)))
+            .collect();
+        let cut = v(&many.join(",")).unwrap();
+        assert!(
+            cut.len() <= 512 && cut.starts_with("k00=") && !cut.contains("k29="),
+            "{cut}"
+        );
+    }
+
     use super::*;
 
     /// The hash of a URL as stamped (`Url`) and as reqwest sends it (`Uri`, from the URL's
