@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::server::{ContextLayer, IdempotencyLayer, MemoryStore};
-use resilience_runtime::{Error, ErrorKind, resilient};
+use resilience_runtime::{Error, ErrorKind, Inbound, resilient, with_inbound};
 use tokio::time::Instant;
 
 /// What B saw of its own calls to C: the error kind (if any) and how long each took.
@@ -436,6 +436,41 @@ async fn a_request_sent_late_tells_the_time_left_when_it_goes() {
         .parse()
         .unwrap();
     assert!((1_900..=2_000).contains(&left), "told {left} ms");
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn quick_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn page_with_a_hurried_part(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // The lookup is worth 50 ms of the page's second, no more.
+    with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(50)),
+        quick_lookup(c, url),
+    )
+    .await
+}
+
+/// `with_inbound` inside a body binds the call it wraps, nested in the attempt: the nearer of
+/// the two deadlines (it was ignored for the attempt's, and the server told 1 s).
+#[tokio::test(start_paused = true)]
+async fn with_inbound_inside_a_body_binds_the_call_it_wraps() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        page_with_a_hurried_part(&c, &server.url("/lookup"))
+            .await
+            .unwrap(),
+        200
+    );
+    let left: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left <= 50, "told {left} ms");
 }
 
 #[resilient(timeout = "10s", max_attempts = 1, budget = false)]

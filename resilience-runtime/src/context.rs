@@ -422,7 +422,9 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Runs `fut` with `inbound` as the context of every `#[resilient]` call made inside it: the
 /// calls plan within its deadline and join its trace. What [`ContextLayer`] does per request,
-/// for code that is not a tower service.
+/// for code that is not a tower service. Inside another call's attempt (in a `#[resilient]`
+/// body), a call is nested in that attempt: it plans within the nearer of the two deadlines
+/// and stays in the attempt's trace.
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
 pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F::Output {
@@ -516,6 +518,12 @@ pub(crate) fn inbound() -> Inbound {
     } else {
         Inbound::NONE
     }
+}
+
+/// The deadline of the context handed down, if any (read out of line: see [`inbound`]).
+#[inline(never)]
+pub(crate) fn inbound_deadline() -> Option<Instant> {
+    INBOUND.try_with(|i| i.deadline).ok().flatten()
 }
 
 #[inline(never)]

@@ -623,6 +623,16 @@ impl Session {
                     deadline = o.until;
                     left = deadline.saturating_duration_since(started);
                 }
+                // A context handed in within the attempt (`with_inbound(Inbound::NONE
+                // .time_left(d), call)` in the body) binds the call too, the nearer deadline of
+                // the two; not its ids: the call is in the attempt's trace.
+                if crate::context::inbound_in_use_yet()
+                    && let Some(d) = crate::context::inbound_deadline()
+                    && d < deadline
+                {
+                    deadline = d;
+                    left = deadline.saturating_duration_since(started);
+                }
                 (
                     o.trace_id,
                     o.trace_flags,
