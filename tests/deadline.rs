@@ -283,6 +283,45 @@ async fn guarded_overloaded(c: &reqwest::Client, url: &str) -> Result<String, Er
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)
 }
 
+#[resilient(
+    timeout = "10s",
+    deadline = "30s",
+    max_attempts = 1,
+    breaker = { name = "own_timeout_in_a_hurry", failure_rate = 0.5, min_calls = 1, window = 4, open_for = "1h", half_open_calls = 1 },
+)]
+async fn guarded_by_its_own_timeout(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// An attempt cut to 800 ms of its 10 s by a caller, whose body's own request timeout (300 ms)
+/// fires against a hung dependency: the dependency hung for the whole of the time the body
+/// gave it, and the breaker counts it (only the runtime's timeout of a cut attempt says nothing).
+#[tokio::test(start_paused = true)]
+async fn a_bodys_own_timeout_in_a_cut_attempt_counts_for_the_breaker() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    let e = with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(800)),
+        guarded_by_its_own_timeout(&c, &server.url("/")),
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    let breaker = resilience_runtime::metrics::breaker("own_timeout_in_a_hurry").expect("used");
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breaker::BreakerState::Open,
+        "{breaker:?}"
+    );
+}
+
 /// A dependency that honours the deadline it is handed (a service of this library behind
 /// `ContextLayer`) answers a call cut to 50 ms of its 1 s timeout with a prompt 504 ("I ran out
 /// of the time you gave me"): as the timeout it would otherwise have been, it says nothing of

@@ -792,10 +792,10 @@ const FUTURE_ADAPTERS: [&str; 11] = [
 ];
 
 /// Whether `mac` is one of the standard library's, `tokio`'s, `futures`', `tracing`'s,
-/// `serde_json`'s or `anyhow`'s, which format, check, build or poll their arguments and send
+/// `serde_json`'s, `anyhow`'s or `eyre`'s, which format, check, build or poll their arguments and send
 /// nothing of their own.
 fn known_macro(mac: &syn::Macro) -> bool {
-    const KNOWN: [&str; 45] = [
+    const KNOWN: [&str; 47] = [
         "format",
         "format_args",
         "print",
@@ -839,6 +839,8 @@ fn known_macro(mac: &syn::Macro) -> bool {
         "error_span",
         "json",
         "anyhow",
+        "eyre",
+        "format_err",
         "bail",
         "ensure",
     ];

@@ -974,11 +974,16 @@ pub mod dispatch {
     /// Said once, at `warn`: nothing else would tell.
     pub(crate) fn foreign_reqwest(name: &str) -> bool {
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        // Not the runtime's own version's blocking client (a `spawn_blocking` in a body).
         let foreign = name.starts_with("reqwest::")
+            && !name.starts_with("reqwest::blocking::")
             && ["::RequestBuilder", "::Client", "::Request"]
                 .iter()
                 .any(|t| name.ends_with(t));
-        if foreign && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if foreign
+            && !SAID.load(std::sync::atomic::Ordering::Relaxed)
+            && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 r#type = name,
                 runtime_reqwest = "0.13",

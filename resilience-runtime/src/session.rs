@@ -1357,11 +1357,14 @@ impl Session {
         }
         // Cut short, a timeout, or a dependency's prompt answer that it ran out of the time it
         // was handed (a 504 or 408 from a service honouring `X-Timeout-Ms`), says only that.
+        // Not a timeout of the body's own (a client's `.timeout(…)` shorter than the cut limit
+        // still saw the dependency hang for its whole length).
         let cut_short = self.last.cut_short
-            && matches!(
-                class,
-                Class::Timeout | Class::Status(408) | Class::Status(504)
-            );
+            && match class {
+                Class::Timeout => self.last.runtime.is_some(),
+                Class::Status(s) => s == 408 || s == 504,
+                _ => false,
+            };
         if let Some(c) = &mut self.concurrency {
             if self.last.began && !cut_short {
                 c.on_failure(
