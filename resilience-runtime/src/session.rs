@@ -1029,6 +1029,7 @@ impl Session {
 
     /// The attempt's limit when the deadline comes before its own timeout, out of line: the
     /// time left, and whether it is under a tenth of `timeout` (see [`Last::cut_short`]).
+    #[cold]
     #[inline(never)]
     fn cut_to_deadline(&mut self, first: bool, now: Instant) -> (Instant, Duration) {
         let limit = if first {
