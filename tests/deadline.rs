@@ -182,6 +182,60 @@ async fn guarded(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(max_concurrent = 1)
+)]
+async fn one_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit = { name = "no_time_for_a_slot", latency = "500ms", initial = 1, min = 1, max = 1 },
+)]
+async fn one_adaptive_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call handed no time at all while the bulkhead (or adaptive limit) is full ends
+/// `DeadlineExceeded`, as it would with a slot free, not `BulkheadFull`: counted as the limit's
+/// refusal, it would have an operator raise a limit the call could not have used.
+#[tokio::test(start_paused = true)]
+async fn a_call_with_no_time_left_is_no_refusal_of_a_full_bulkhead() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(500)),
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    let no_time = || Inbound::NONE.time_left(Duration::ZERO);
+    let (held, refused) = tokio::join!(one_slot(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        with_inbound(no_time(), one_slot(&c, &url)).await
+    });
+    assert_eq!(held.unwrap(), 200);
+    let e = refused.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    let m = resilience_runtime::metrics::policy("deadline::one_slot").unwrap();
+    assert_eq!((m.rejected_bulkhead, m.failed_without_retry), (0, 1));
+
+    let (held, refused) = tokio::join!(one_adaptive_slot(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        with_inbound(no_time(), one_adaptive_slot(&c, &url)).await
+    });
+    assert_eq!(held.unwrap(), 200);
+    let e = refused.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+}
+
 /// A call handed no time at all (a caller's `X-Timeout-Ms: 0`, or a request that waited in the
 /// server's queue until its time was gone) sends nothing: it ends `DeadlineExceeded` with no
 /// attempt, and neither the breaker nor the concurrency limit hears of it. Counted as the

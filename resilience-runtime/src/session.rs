@@ -815,6 +815,13 @@ impl Session {
     async fn take_slots(&mut self) -> Result<(), Error> {
         let shared = self.shared;
         let (started, deadline) = (self.started, self.deadline);
+        // No time left at all (a caller's `X-Timeout-Ms: 0`, an outer attempt run out): no
+        // slot, no permit, and no refusal by a full bulkhead or limit either (which would have
+        // an operator raise a limit the call could not have used): its first attempt ends it
+        // out of time, as the same call with a slot free would end.
+        if deadline <= started {
+            return Ok(());
+        }
         // Not when the call's start took a slot free then (its rate limit then waits).
         if let Some(b) = shared
             .bulkhead
