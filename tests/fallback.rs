@@ -434,6 +434,48 @@ async fn charge_timeout_only(c: &reqwest::Client, url: &str, key: &str) -> Resul
     Ok(c.post(url).send().await?.error_for_status()?.text().await?)
 }
 
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    idempotency_key = auto,
+    fallback = pay_later,
+)]
+async fn pay(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+async fn pay_later(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("queued for later".into())
+}
+
+/// A keyed charge that failed after it may have been carried out (its connection lost after
+/// the gateway processed it, then a 503 to the retry under the same key) does not take its
+/// fallback: "queued for later" would have the caller charge again. The call's error comes
+/// back, naming the key. One refused before it was carried out (a 429, then a 400) does.
+#[tokio::test(start_paused = true)]
+async fn no_fallback_answers_for_a_charge_that_may_have_been_carried_out() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::reset().after_processing(),
+        Action::status(503),
+    ]))
+    .await;
+    let e = pay(&c, &server.url("/charges")).await.unwrap_err();
+    assert_eq!(server.effects(), 1);
+    assert_eq!(e.attempts(), 2, "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+
+    let server =
+        FaultServer::start(Script::sequence([Action::status(429), Action::status(400)])).await;
+    assert_eq!(
+        pay(&c, &server.url("/charges")).await.unwrap(),
+        "queued for later"
+    );
+    assert_eq!(server.count(), 2);
+}
+
 /// A call refused for its key (before anything is sent) is a failure of kind `call`: the
 /// fallback listed for it runs, with the same arguments; one listed for other kinds does not.
 #[tokio::test]

@@ -413,7 +413,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                 ::core::result::Result::Ok(_) => ::core::option::Option::None,
             };
             if let ::core::option::Option::Some(__resilience_kind) = __resilience_kind {
-                if #p::fallback_applies(#mask, __resilience_session.final_kind(__resilience_kind), &__RESILIENCE_STATE) {
+                if #p::fallback_applies_after(&__resilience_session, #mask, __resilience_session.final_kind(__resilience_kind), &__RESILIENCE_STATE) {
                     ::core::mem::drop(__resilience_result);
                     // The call is over: its bulkhead or concurrency slot is free for others
                     // (the fallback's own calls among them) while the fallback runs.

@@ -25,6 +25,33 @@ pub fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool 
     called
 }
 
+/// [`applies`], for a call that ran (`session`): not when one of its attempts may have carried
+/// out a request that needs a key ([`Session::fallback_allowed`]): the call's error comes
+/// back instead, and a warning says why.
+///
+/// [`Session::fallback_allowed`]: crate::session::Session::fallback_allowed
+pub fn applies_after(
+    session: &crate::session::Session,
+    mask: u16,
+    kind: ErrorKind,
+    state: &'static PolicyState,
+) -> bool {
+    if !applies_to(mask, kind) {
+        return false;
+    }
+    if !session.fallback_allowed() {
+        let shared = state.resolve_compiled();
+        tracing::warn!(
+            function = shared.function,
+            policy = shared.policy,
+            kind = ?kind,
+            "call failed after its request may have been carried out: not calling its fallback, whose answer would hide that"
+        );
+        return false;
+    }
+    applies(mask, kind, state)
+}
+
 /// The mask's answer alone.
 fn applies_to(mask: u16, kind: ErrorKind) -> bool {
     let bit = match kind {

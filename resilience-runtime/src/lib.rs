@@ -98,6 +98,7 @@ pub mod __private {
     pub use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
     pub use crate::error::ErrorKind;
     pub use crate::fallback::applies as fallback_applies;
+    pub use crate::fallback::applies_after as fallback_applies_after;
     pub use crate::hedge::Hedge;
     pub use crate::helper::helper;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};

@@ -474,6 +474,10 @@ pub struct Session {
     /// the call before the next one runs (a breaker that opened between them), and whether
     /// its request that needs the call's key reached a server (see [`Session::name_key`]).
     ran_last: Option<(Class, Option<u16>, bool)>,
+    /// An attempt that failed may have carried out a request that needs a key (a POST that
+    /// timed out, lost its connection, was answered 5xx or 409, or whose 2xx the function
+    /// refused): no fallback answers in the call's place (see [`Session::fallback_allowed`]).
+    carried_out: bool,
     /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
     /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
@@ -743,6 +747,7 @@ impl Session {
             token: Cell::new(0),
             returned_inside: Cell::new(false),
             ran_last: None,
+            carried_out: false,
             breaker_held,
             bulkhead_held,
             concurrency_held,
@@ -908,6 +913,31 @@ impl Session {
             .or(self.last.runtime)
             .or(found)
             .unwrap_or(ErrorKind::Call)
+    }
+
+    /// Whether the call's fallback may answer in its place: not after an attempt that may have
+    /// carried out a request that needs a key (a charge that timed out, lost its connection,
+    /// was answered 5xx or 409 "still in progress", or answered 2xx and refused by the
+    /// function). Its answer would hide that: a caller told "declined" or "queued" sends the
+    /// charge again. The call's error says what happened, and names its key.
+    pub fn fallback_allowed(&self) -> bool {
+        !self.carried_out
+    }
+
+    /// A failed attempt of `class` sent a request that needs a key and that reached a server
+    /// (or may have): whether it may have been carried out, out of line.
+    #[cold]
+    #[inline(never)]
+    fn note_carried_out(&mut self, class: Class) {
+        self.carried_out |= match class {
+            Class::Timeout | Class::Reset | Class::Connect | Class::Rejected => true,
+            Class::Status(s) => s == 409 || !(400..500).contains(&s),
+            // The function's own error: after the answer it got, if any.
+            Class::Permanent => self
+                .last
+                .status
+                .is_none_or(|s| s == 409 || !(400..500).contains(&s)),
+        };
     }
 
     /// How many attempts have started.
@@ -1362,6 +1392,9 @@ impl Session {
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
             self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
+            if self.last.reached.is_some_and(|m| m.needs_key()) {
+                self.note_carried_out(class);
+            }
         }
         // Cut short, a timeout, or a dependency's prompt answer that it ran out of the time it
         // was handed (a 504 or 408 from a service honouring `X-Timeout-Ms`), says only that.
