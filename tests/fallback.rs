@@ -476,6 +476,51 @@ async fn no_fallback_answers_for_a_charge_that_may_have_been_carried_out() {
     assert_eq!(server.count(), 2);
 }
 
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, fallback = list_price_cached)]
+async fn list_price(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+async fn list_price_cached(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".into())
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn stock_count(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn product_page(c: &reqwest::Client, prices: &str, stocks: &str) -> Result<String, Error> {
+    let p = list_price(c, prices).await?;
+    let s = stock_count(c, stocks).await?;
+    Ok(format!("{p}{s}"))
+}
+
+/// A nested call its fallback answered (the prices service said 503, come back in 120 s) leaves
+/// no `Retry-After` behind: the page's later failure (the stock service's lost connection) is
+/// retried as a reset is, not ended at once as one asking to wait past `max_retry_after`.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_its_fallback_answered_leaves_no_retry_after_behind() {
+    let c = reqwest::Client::new();
+    let prices = FaultServer::start(Script::always(Action::status(503).retry_after(120))).await;
+    let stocks =
+        FaultServer::start(Script::sequence([Action::reset()]).then(Action::ok().body("5"))).await;
+    assert_eq!(
+        product_page(&c, &prices.url("/"), &stocks.url("/"))
+            .await
+            .unwrap(),
+        "cached5"
+    );
+    assert_eq!(stocks.count(), 2);
+}
+
 /// A call refused for its key (before anything is sent) is a failure of kind `call`: the
 /// fallback listed for it runs, with the same arguments; one listed for other kinds does not.
 #[tokio::test]

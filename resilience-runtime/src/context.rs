@@ -948,9 +948,13 @@ impl AttemptCtx {
     /// another nested call. After a nested call that gave up, that means the body handled the
     /// failure (`unwrap_or_default`, a match): the attempt's failure from now on may be a
     /// later one, which no layer retried yet.
+    ///
+    /// The `Retry-After` a nested call that gave up passed up goes too: it was that failure's
+    /// (its fallback may have answered it), not a later one's.
     #[inline]
     pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
+        self.retry_after.set(None);
     }
 
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
