@@ -22,8 +22,10 @@ pin_project_lite::pin_project! {
     pub struct Helper<F> {
         #[pin]
         fut: F,
-        // The attempt's count of seen sends when the helper first ran (None: not yet).
-        start: Option<u32>,
+        // The sends the runtime saw during the helper's own polls (None: not polled yet in
+        // an attempt). Its own: a `join!` branch beside it that sends while it runs is not
+        // the helper's, and must not make its unseen POST look seen.
+        seen: Option<u32>,
         done: bool,
     }
 
@@ -31,7 +33,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.done {
-                settle(*this.start);
+                settle(*this.seen);
             }
         }
     }
@@ -42,7 +44,7 @@ pin_project_lite::pin_project! {
 pub fn helper<F: IntoFuture>(fut: F) -> Helper<F::IntoFuture> {
     Helper {
         fut: fut.into_future(),
-        start: None,
+        seen: None,
         done: false,
     }
 }
@@ -58,13 +60,13 @@ impl<F: Unpin> Helper<F> {
     }
 }
 
-/// The helper ran from `start` until now: nothing seen since, an unseen send.
-fn settle(start: Option<u32>) {
-    if let Some(start) = start {
+/// The helper ran, and the runtime saw `seen` sends during its polls: none, an unseen send.
+fn settle(seen: Option<u32>) {
+    if let Some(seen) = seen {
         let _ = with_attempt(|ctx| {
             ctx.helpers_running
                 .set(ctx.helpers_running.get().saturating_sub(1));
-            if ctx.seen.get() == start {
+            if seen == 0 {
                 ctx.unseen_helper.set(true);
             }
         });
@@ -76,16 +78,26 @@ impl<F: Future> Future for Helper<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        if this.start.is_none() {
-            *this.start = with_attempt(|ctx| {
+        let first = this.seen.is_none();
+        let before = with_attempt(|ctx| {
+            if first {
                 ctx.helpers_running.set(ctx.helpers_running.get() + 1);
-                ctx.seen.get()
-            });
+            }
+            ctx.seen.get()
+        });
+        if first && before.is_some() {
+            *this.seen = Some(0);
         }
         let out = this.fut.poll(cx);
+        // What was seen during this poll is the helper's own.
+        if let (Some(before), Some(seen)) = (before, this.seen.as_mut())
+            && let Some(after) = with_attempt(|ctx| ctx.seen.get())
+        {
+            *seen = seen.saturating_add(after.wrapping_sub(before));
+        }
         if out.is_ready() {
             *this.done = true;
-            settle(*this.start);
+            settle(*this.seen);
         }
         out
     }
