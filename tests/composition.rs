@@ -1586,6 +1586,111 @@ async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_eyre_and_boxe
     assert_eq!(own.attempts(), 3, "{own}");
 }
 
+/// A payment with its own reference, the key of the charge.
+struct Payment {
+    reference: String,
+    cents: u32,
+}
+
+#[resilient(idempotency_key = p.reference, max_attempts = 1, timeout = "1s")]
+async fn pay_by_reference(c: &reqwest::Client, url: &str, p: &Payment) -> Result<(), Error> {
+    c.post(url)
+        .body(p.cents.to_string())
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn checkout_with_a_fresh_reference(
+    c: &reqwest::Client,
+    pay: &str,
+    ship: &str,
+) -> Result<(), Error> {
+    // The reference drawn in the body: a new one each time the body runs.
+    static DRAWN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = Payment {
+        reference: format!("ref-{n}"),
+        cents: 1250,
+    };
+    pay_by_reference(c, pay, &p).await?;
+    c.post(ship).body("ship").send().await?.error_for_status()?;
+    Ok(())
+}
+
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn checkout_with_its_reference(
+    c: &reqwest::Client,
+    pay: &str,
+    ship: &str,
+    p: &Payment,
+) -> Result<(), Error> {
+    pay_by_reference(c, pay, p).await?;
+    c.post(ship).body("ship").send().await?.error_for_status()?;
+    Ok(())
+}
+
+/// A nested charge keyed by a reference the enclosing body draws afresh: the enclosing call's
+/// retry (its shipping POST answered 503) would send the charge again under a new key, a
+/// second charge to the gateway. It is not sent: the call ends with an error that says why.
+/// A reference made outside the body (a parameter) is the same at every attempt: charged
+/// once, replayed under its key, and shipped.
+#[tokio::test(start_paused = true)]
+async fn a_nested_charge_is_not_sent_again_under_a_key_the_body_drew_afresh() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/ship" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let e = checkout_with_a_fresh_reference(&c, &server.url("/pay"), &server.url("/ship"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count_path("/pay"), 1, "{e}");
+    assert!(e.to_string().contains("new idempotency key"), "{e}");
+
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/ship" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let p = Payment {
+        reference: "order-42".into(),
+        cents: 1250,
+    };
+    checkout_with_its_reference(&c, &server.url("/pay"), &server.url("/ship"), &p)
+        .await
+        .unwrap();
+    let pays: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/pay")
+        .map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(pays, [Some("order-42".into()), Some("order-42".into())]);
+    assert_eq!(server.count_path("/ship"), 2);
+}
+
 // --- Helpers handed the client --------------------------------------------------------------
 
 /// A helper of the service's own: its POST goes out unseen (not rewritten, no key).
