@@ -520,34 +520,6 @@ fn inbound_handed_down() -> Inbound {
     INBOUND.try_with(Inbound::clone).unwrap_or_default()
 }
 
-/// The keys the body gave its nested calls (`idempotency_key = order.reference` on the nested
-/// function), kept across the enclosing call's attempts: a nested call's request carried out
-/// under one key, then given another by the next attempt (a key the body draws afresh),
-/// would be a second request to the server.
-#[derive(Debug, Default)]
-pub(crate) struct GivenKeys {
-    /// The attempt `counts` are of.
-    attempt: u32,
-    /// Per nested function, how many of its keyed calls began in that attempt.
-    counts: Vec<(usize, u32)>,
-    /// Per nested function and place, the key (hashed) under which a request may have been
-    /// carried out.
-    carried: Vec<(usize, u32, u64)>,
-}
-
-/// Where an attempt context keeps its [`GivenKeys`] (taken out and put back: never borrowed).
-#[derive(Default)]
-pub(crate) struct GivenCell(Cell<Option<Box<GivenKeys>>>);
-
-impl std::fmt::Debug for GivenCell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GivenCell(..)")
-    }
-}
-
-/// The most places [`GivenKeys`] remembers per call.
-const MAX_GIVEN_KEYS: usize = 64;
-
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.
 #[derive(Debug)]
 // Laid out in this order (widest first, the key on a 16-byte boundary): built in place in
@@ -566,9 +538,6 @@ pub(crate) struct AttemptCtx {
     pub retry_after: Cell<Option<Duration>>,
     /// The caller's request id, when it is not in the form the library draws: sent instead.
     pub request_id_text: Option<Arc<HeaderValue>>,
-    /// The keys nested calls were given by the body (see [`GivenKeys`]): kept across the
-    /// call's attempts; allocated at the first nested call with a given key.
-    given: GivenCell,
     span_id: Cell<u64>,
     /// The tokens of the nested calls that failed in this attempt after they could retry on
     /// their own (the last four; 0: none): an error the body returns that carries one of them
@@ -757,7 +726,6 @@ impl AttemptCtx {
             attempt: 0,
             request_id: Cell::new(request_id),
             request_id_text,
-            given: GivenCell(Cell::new(None)),
             trace_id: Cell::new(trace_id),
             span_id: Cell::new(0),
             trace_flags,
@@ -839,51 +807,6 @@ impl AttemptCtx {
     }
 
     /// Nothing recorded yet: for the next attempt in the same context.
-    /// A nested call of the function `f` (its state's address), given the key hashed `key`
-    /// by the body, begins in this attempt: its place among that function's keyed calls in
-    /// the attempt, or `None` when the call at that place in an earlier attempt may have
-    /// carried out its request under another key (the body made the key afresh: sent now, the
-    /// server would take it for a new request).
-    pub(crate) fn given_key_begins(&self, f: usize, key: u64) -> Option<u32> {
-        let mut g = self.given.0.take().unwrap_or_default();
-        if g.attempt != self.attempt {
-            g.attempt = self.attempt;
-            g.counts.clear();
-        }
-        let place = match g.counts.iter_mut().find(|(p, _)| *p == f) {
-            Some((_, n)) => {
-                *n += 1;
-                *n - 1
-            }
-            None => {
-                g.counts.push((f, 1));
-                0
-            }
-        };
-        let changed = g
-            .carried
-            .iter()
-            .any(|&(p, at, k)| p == f && at == place && k != key);
-        self.given.0.set(Some(g));
-        (!changed).then_some(place)
-    }
-
-    /// The nested call of `f` at `place` may have carried out its request under the key
-    /// hashed `key` (it succeeded, or failed after it may have reached the server).
-    pub(crate) fn given_key_carried(&self, f: usize, place: u32, key: u64) {
-        let mut g = self.given.0.take().unwrap_or_default();
-        match g
-            .carried
-            .iter()
-            .position(|&(p, at, _)| p == f && at == place)
-        {
-            Some(i) => g.carried[i].2 = key,
-            None if g.carried.len() < MAX_GIVEN_KEYS => g.carried.push((f, place, key)),
-            None => {}
-        }
-        self.given.0.set(Some(g));
-    }
-
     pub(crate) fn reset(&mut self) {
         *self.stamped.get_mut() = false;
         *self.all_keyed.get_mut() = true;

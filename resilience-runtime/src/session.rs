@@ -90,31 +90,6 @@ impl std::error::Error for InvalidKey {}
 /// Records in an enclosing attempt that a nested call sent (or may send) `method`. Running the
 /// outer body again starts the nested call afresh, with a new automatic key: to the server that
 /// is a different request, so a method that needs a key counts as unkeyed there.
-/// A nested call given its key by the body (`idempotency_key = p.reference`) begins: its place
-/// among its function's keyed calls in the enclosing attempt and its key's hash, `None` when
-/// not nested, or the error it ends with at once when the call at that place in an earlier
-/// attempt of the enclosing call may have carried out its request under another key (the body
-/// made the key afresh: the server would take the request for a new one).
-#[cold]
-#[inline(never)]
-fn given_key_begins(
-    shared: &'static Resolved,
-    key: &reqwest::header::HeaderValue,
-) -> Result<Option<(u32, u64)>, Error> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    key.as_bytes().hash(&mut h);
-    let hash = h.finish();
-    let f = std::ptr::from_ref(shared) as usize;
-    match with_attempt(|o| o.given_key_begins(f, hash)) {
-        None => Ok(None),
-        Some(Some(place)) => Ok(Some((place, hash))),
-        Some(None) => Err(Error::call(
-            "not sent: the enclosing call's retry gave this call a new idempotency key, and its request under the key it had before may have been carried out; make the key once, outside the enclosing call's body (or derive it from that call's key), so that every attempt sends the same one",
-        )),
-    }
-}
-
 fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     outer.note_method(method);
     // Whether the nested call's request gets through is not known here: as if it did.
@@ -503,9 +478,6 @@ pub struct Session {
     /// timed out, lost its connection, was answered 5xx or 409, or whose 2xx the function
     /// refused): no fallback answers in the call's place (see [`Session::fallback_allowed`]).
     carried_out: bool,
-    /// A nested call given its key by the body: its place among its function's keyed calls in
-    /// the enclosing attempt, and its key's hash (see [`given_key_begins`]).
-    given: Option<(u32, u64)>,
     /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
     /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
@@ -606,18 +578,6 @@ impl Session {
         };
         if let Some(e) = shared.broken {
             refusal = Some(Error::call(e.clone()));
-        }
-        // A key the body gave a nested call that needs one: the same as the earlier attempts'
-        // of the enclosing call, where those may have been carried out.
-        let mut given = None;
-        if refusal.is_none()
-            && policy.method.needs_key()
-            && let Some(Key::Given(h)) = &key
-        {
-            match given_key_begins(shared, h) {
-                Ok(place) => given = place,
-                Err(e) => refusal = Some(e),
-            }
         }
         if let Some(e) = &refusal {
             refused_at_start(shared, e);
@@ -788,7 +748,6 @@ impl Session {
             returned_inside: Cell::new(false),
             ran_last: None,
             carried_out: false,
-            given,
             breaker_held,
             bulkhead_held,
             concurrency_held,
@@ -1326,13 +1285,6 @@ impl Session {
         let _ = with_attempt(|outer| {
             if let Some(m) = sent {
                 note_sent(outer, m, unkeyed);
-            }
-            // Its request may have been carried out under the key the body gave it: a later
-            // attempt of the enclosing call must give it the same.
-            if let Some((place, key)) = self.given
-                && (!failed || self.carried_out)
-            {
-                outer.given_key_carried(std::ptr::from_ref(self.shared) as usize, place, key);
             }
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
