@@ -226,6 +226,13 @@ async fn a_call_with_no_time_left_is_no_refusal_of_a_full_bulkhead() {
     assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
     let m = resilience_runtime::metrics::policy("deadline::one_slot").unwrap();
     assert_eq!((m.rejected_bulkhead, m.failed_without_retry), (0, 1));
+    // With the slot free, none is taken for it either.
+    let e = with_inbound(no_time(), one_slot(&c, &url))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    let slots = resilience_runtime::metrics::bulkhead("deadline::one_slot").unwrap();
+    assert_eq!(slots.admitted, 1, "{slots:?}");
 
     let (held, refused) = tokio::join!(one_adaptive_slot(&c, &url), async {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -777,6 +777,11 @@ impl Session {
     #[inline]
     pub fn admit_now(&mut self) -> bool {
         let shared = self.shared;
+        // No time left: admitted with nothing taken (see `take_slots`).
+        if self.deadline <= self.started {
+            self.opened();
+            return true;
+        }
         if let Some(b) = shared.bulkhead.filter(|_| !self.bulkhead_held)
             && !b.try_acquire_into(&mut self._bulkhead)
         {
@@ -825,6 +830,7 @@ impl Session {
         // an operator raise a limit the call could not have used): its first attempt ends it
         // out of time, as the same call with a slot free would end.
         if deadline <= started {
+            self.opened();
             return Ok(());
         }
         // Not when the call's start took a slot free then (its rate limit then waits).
