@@ -521,6 +521,54 @@ async fn a_nested_call_its_fallback_answered_leaves_no_retry_after_behind() {
     assert_eq!(stocks.count(), 2);
 }
 
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    fallback = charge_then_receipt_later,
+)]
+async fn charge_then_receipt(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    c.post(format!("{url}/charges"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(c.get(format!("{url}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+async fn charge_then_receipt_later(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("declined".into())
+}
+
+/// The charge went through (201), then the receipt's GET was answered 404: the call failed on
+/// the GET, but its fallback's "declined" would hide a charge that was made. The error comes
+/// back. A charge refused (402), then nothing else: the fallback answers.
+#[tokio::test(start_paused = true)]
+async fn no_fallback_answers_after_a_charge_that_went_through_before_a_later_failure() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path.ends_with("/charges") {
+            Action::status(201)
+        } else {
+            Action::status(404)
+        }
+    }))
+    .await;
+    let e = charge_then_receipt(&c, &server.url("")).await.unwrap_err();
+    assert_eq!(e.http_status(), Some(404), "{e}");
+
+    let server = FaultServer::start(Script::always(Action::status(402))).await;
+    assert_eq!(
+        charge_then_receipt(&c, &server.url("")).await.unwrap(),
+        "declined"
+    );
+}
+
 /// A call refused for its key (before anything is sent) is a failure of kind `call`: the
 /// fallback listed for it runs, with the same arguments; one listed for other kinds does not.
 #[tokio::test]

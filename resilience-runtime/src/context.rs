@@ -625,6 +625,10 @@ pub(crate) struct AttemptCtx {
     /// A request of this call brought an `Idempotency-Key` of another value (kept as it came).
     /// Kept across attempts.
     pub foreign_key: Cell<bool>,
+    /// A request of this attempt that needs a key may have been carried out: answered 2xx,
+    /// 3xx, 5xx or 409, lost without an answer after it may have reached the server, or given
+    /// up on in flight (a call's fallback is not called after it: `Session::fallback_allowed`).
+    pub unsafe_carried: Cell<bool>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -759,6 +763,7 @@ impl AttemptCtx {
             described: Cell::new(false),
             key_sent: Cell::new(false),
             foreign_key: Cell::new(false),
+            unsafe_carried: Cell::new(false),
         }
     }
 
@@ -830,6 +835,7 @@ impl AttemptCtx {
         *self.unproven.get_mut() = false;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
+        *self.unsafe_carried.get_mut() = false;
     }
 
     /// A stamped request expected at the URL of hash `url` ended without its completion

@@ -146,6 +146,19 @@ fn record_outcome<E: SentError>(
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
+            // Carried out, or may have been: not refused with a 4xx (a 409 "still in
+            // progress" is being carried out).
+            if m.needs_key()
+                && match res {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        s == 409 || !(400..500).contains(&s)
+                    }
+                    Err(_) => true,
+                }
+            {
+                ctx.unsafe_carried.set(true);
+            }
         }
     });
 }
@@ -246,6 +259,9 @@ fn given_up(method: Option<crate::policy::Method>) {
     let _ = with_attempt(|ctx| {
         if let Some(m) = method.or(ctx.sent_method.get()) {
             ctx.note_reached(m);
+            if m.needs_key() {
+                ctx.unsafe_carried.set(true);
+            }
         }
     });
 }
@@ -267,6 +283,9 @@ pub fn declare_sent(method: crate::policy::Method) {
         if !method.is_safe() {
             ctx.all_keyed.set(false);
         }
+        if method.needs_key() {
+            ctx.unsafe_carried.set(true);
+        }
     });
 }
 
@@ -285,7 +304,11 @@ pub fn stamp_request(req: &mut reqwest::Request) {
         if url != 0 {
             ctx.expect_at(url);
         }
-        ctx.note_reached(crate::policy::method_of(req.method()));
+        let m = crate::policy::method_of(req.method());
+        ctx.note_reached(m);
+        if m.needs_key() {
+            ctx.unsafe_carried.set(true);
+        }
     });
 }
 

@@ -258,6 +258,8 @@ pub(crate) struct Last {
     method: Option<Method>,
     /// The least safe method among the requests that reached the server, or may have.
     pub(crate) reached: Option<Method>,
+    /// A request that needs a key may have been carried out (see `AttemptCtx::unsafe_carried`).
+    unsafe_carried: bool,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
     /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
@@ -322,6 +324,7 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
     last.reached = ctx.reached.get();
+    last.unsafe_carried = ctx.unsafe_carried.get();
     // Requests made in the attempt but sent from elsewhere (a spawned task): their outcome
     // never came back, so they may have reached the server.
     if ctx.unpolled.get() > 0
@@ -930,22 +933,6 @@ impl Session {
         !self.carried_out
     }
 
-    /// A failed attempt of `class` sent a request that needs a key and that reached a server
-    /// (or may have): whether it may have been carried out, out of line.
-    #[cold]
-    #[inline(never)]
-    fn note_carried_out(&mut self, class: Class) {
-        self.carried_out |= match class {
-            Class::Timeout | Class::Reset | Class::Connect | Class::Rejected => true,
-            Class::Status(s) => s == 409 || !(400..500).contains(&s),
-            // The function's own error: after the answer it got, if any.
-            Class::Permanent => self
-                .last
-                .status
-                .is_none_or(|s| s == 409 || !(400..500).contains(&s)),
-        };
-    }
-
     /// How many attempts have started.
     pub fn attempts(&self) -> u32 {
         self.attempts
@@ -1292,6 +1279,10 @@ impl Session {
             if let Some(m) = sent {
                 note_sent(outer, m, unkeyed);
             }
+            // A request of its own that needs a key was carried out, or may have been.
+            if self.carried_out || (!failed && self.ctx.unsafe_carried.get()) {
+                outer.unsafe_carried.set(true);
+            }
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
             // beyond its cap or its deadline), as for a response of its own.
@@ -1398,8 +1389,10 @@ impl Session {
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
             self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
-            if self.last.reached.is_some_and(|m| m.needs_key()) {
-                self.note_carried_out(class);
+            // A request of its own that needs a key may have been carried out, or a nested
+            // call's (told when it ended), or a helper's sent unseen.
+            if self.last.unsafe_carried || self.last.unseen_helper {
+                self.carried_out = true;
             }
         }
         // Cut short, a timeout, or a dependency's prompt answer that it ran out of the time it
