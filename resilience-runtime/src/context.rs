@@ -629,6 +629,8 @@ pub(crate) struct AttemptCtx {
     /// 3xx, 5xx or 409, lost without an answer after it may have reached the server, or given
     /// up on in flight (a call's fallback is not called after it: `Session::fallback_allowed`).
     pub unsafe_carried: Cell<bool>,
+    /// `retry_after` is what a nested call that gave up passed up (see [`AttemptCtx::went_on`]).
+    pub retry_after_nested: Cell<bool>,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -764,6 +766,7 @@ impl AttemptCtx {
             key_sent: Cell::new(false),
             foreign_key: Cell::new(false),
             unsafe_carried: Cell::new(false),
+            retry_after_nested: Cell::new(false),
         }
     }
 
@@ -836,6 +839,7 @@ impl AttemptCtx {
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
         *self.unsafe_carried.get_mut() = false;
+        *self.retry_after_nested.get_mut() = false;
     }
 
     /// A stamped request expected at the URL of hash `url` ended without its completion
@@ -956,11 +960,14 @@ impl AttemptCtx {
     /// later one, which no layer retried yet.
     ///
     /// The `Retry-After` a nested call that gave up passed up goes too: it was that failure's
-    /// (its fallback may have answered it), not a later one's.
+    /// (its fallback may have answered it), not a later one's; one of the body's own requests
+    /// stays until its next request.
     #[inline]
     pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
-        self.retry_after.set(None);
+        if self.retry_after_nested.replace(false) {
+            self.retry_after.set(None);
+        }
     }
 
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
@@ -986,6 +993,7 @@ impl AttemptCtx {
         self.status.set(None);
         self.failure.set(None);
         self.retry_after.set(None);
+        self.retry_after_nested.set(false);
         self.replayed.set(false);
     }
 

@@ -557,6 +557,7 @@ fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
     ctx.status.set(Some(facts.status));
     ctx.failure.set(None);
     ctx.retry_after.set(facts.retry_after);
+    ctx.retry_after_nested.set(false);
     ctx.replayed.set(facts.replayed);
 }
 

@@ -1289,6 +1289,7 @@ impl Session {
             if failed && let Some(asked) = self.last.retry_after {
                 let longest = outer.retry_after.get().map_or(asked, |a| a.max(asked));
                 outer.retry_after.set(Some(longest));
+                outer.retry_after_nested.set(true);
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
