@@ -587,15 +587,54 @@ async fn report_then_audit(c: &reqwest::Client, report: &str, log: &str) -> Resu
     Ok(r.error_for_status()?.text().await?)
 }
 
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn strict_audit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn report_then_two_audits(
+    c: &reqwest::Client,
+    report: &str,
+    busy: &str,
+    log: &str,
+) -> Result<String, Error> {
+    let r = c.get(report).send().await?;
+    // An audit that fails (503, come back in 5 s), its failure handled.
+    let _ = strict_audit(c, busy).await.map(|s| s == 200);
+    audit(c, log).await?;
+    Ok(r.error_for_status()?.text().await?)
+}
+
 /// The body's own 503 asked to come back in 120 s; a nested call that began after it (an
 /// audit) does not take that away: the call ends at once on a `Retry-After` past its
-/// `max_retry_after`, as without the audit, instead of retrying in 10 ms.
+/// `max_retry_after`, as without the audit, instead of retrying in 10 ms. Nor when a nested
+/// call that failed with a `Retry-After` of its own (5 s) came between.
 #[tokio::test(start_paused = true)]
 async fn a_nested_call_leaves_the_bodys_own_retry_after_in_place() {
     let c = reqwest::Client::new();
     let report = FaultServer::start(Script::always(Action::status(503).retry_after(120))).await;
     let log = FaultServer::start(Script::always(Action::ok())).await;
     let e = report_then_audit(&c, &report.url("/"), &log.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(report.count(), 1, "{e}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(120)), "{e}");
+
+    report.clear();
+    let busy = FaultServer::start(Script::always(Action::status(503).retry_after(5))).await;
+    let e = report_then_two_audits(&c, &report.url("/"), &busy.url("/"), &log.url("/"))
         .await
         .unwrap_err();
     assert_eq!(report.count(), 1, "{e}");

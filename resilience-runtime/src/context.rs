@@ -933,6 +933,9 @@ impl AttemptCtx {
         self.went_on();
         self.all_keyed.set(false);
         self.note_reached(m);
+        if m.needs_key() {
+            self.unsafe_carried.set(true);
+        }
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.

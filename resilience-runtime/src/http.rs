@@ -148,14 +148,16 @@ fn record_outcome<E: SentError>(
             ctx.note_reached(m);
             // Carried out, or may have been: not refused with a 4xx (a 409 "still in
             // progress" is being carried out).
+            // A redirect followed: the status is the last hop's, the request's own was 3xx.
             if m.needs_key()
-                && match res {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        s == 409 || !(400..500).contains(&s)
-                    }
-                    Err(_) => true,
-                }
+                && (ctx.redirected.get()
+                    || match res {
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            s == 409 || !(400..500).contains(&s)
+                        }
+                        Err(_) => true,
+                    })
             {
                 ctx.unsafe_carried.set(true);
             }

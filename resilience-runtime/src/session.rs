@@ -92,8 +92,12 @@ impl std::error::Error for InvalidKey {}
 /// is a different request, so a method that needs a key counts as unkeyed there.
 fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     outer.note_method(method);
-    // Whether the nested call's request gets through is not known here: as if it did.
+    // Whether the nested call's request gets through is not known here: as if it did, and
+    // as if it was carried out (no fallback of the enclosing call answers after it).
     outer.note_reached(method);
+    if method.needs_key() {
+        outer.unsafe_carried.set(true);
+    }
     outer.stamped.set(true);
     if !method.is_safe() && fresh_key {
         outer.all_keyed.set(false);
@@ -299,6 +303,7 @@ impl Last {
         };
         self.stamped &= other.stamped;
         self.all_keyed &= other.all_keyed;
+        self.unsafe_carried |= other.unsafe_carried;
         self.method = least(self.method, other.method);
         self.reached = least(self.reached, other.reached);
         if self.gave_up == [0; 4] {
@@ -1280,16 +1285,21 @@ impl Session {
                 note_sent(outer, m, unkeyed);
             }
             // A request of its own that needs a key was carried out, or may have been.
-            if self.carried_out || (!failed && self.ctx.unsafe_carried.get()) {
+            if self.carried_out {
                 outer.unsafe_carried.set(true);
             }
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
             // beyond its cap or its deadline), as for a response of its own.
             if failed && let Some(asked) = self.last.retry_after {
+                // Marked as a nested call's only when no answer of the body's own is in it.
+                let own = outer
+                    .retry_after
+                    .get()
+                    .filter(|_| !outer.retry_after_nested.get());
                 let longest = outer.retry_after.get().map_or(asked, |a| a.max(asked));
                 outer.retry_after.set(Some(longest));
-                outer.retry_after_nested.set(true);
+                outer.retry_after_nested.set(own.is_none());
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
