@@ -262,41 +262,30 @@ impl ViaOwn for &&&&&Probe<'_, reqwest_middleware::Error> {
     }
 }
 
-#[cfg(feature = "anyhow")]
-impl ViaBoxed for &&Probe<'_, anyhow::Error> {
-    fn __resilience_class(self) -> Option<Class> {
-        let e = self.0.take()?;
-        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-        let class = classify_error(dynerr);
-        if let Some(own) = e.downcast_mut::<Error>() {
-            self.note(own, class);
+/// Error reports that hold any error and say what they hold (`anyhow::Error`, `eyre::Report`):
+/// read through the error they hold, the runtime's own found by downcasting.
+macro_rules! report {
+    ($($feature:literal => $t:ty),*) => {$(
+        #[cfg(feature = $feature)]
+        impl ViaBoxed for &&Probe<'_, $t> {
+            fn __resilience_class(self) -> Option<Class> {
+                let e = self.0.take()?;
+                let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+                let class = classify_error(dynerr);
+                if let Some(own) = e.downcast_mut::<Error>() {
+                    self.note(own, class);
+                }
+                class
+            }
+            fn __resilience_kind(self) -> Option<ErrorKind> {
+                let e = self.0.take()?;
+                let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+                runtime_kind(dynerr)
+            }
         }
-        class
-    }
-    fn __resilience_kind(self) -> Option<ErrorKind> {
-        let e = self.0.take()?;
-        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-        runtime_kind(dynerr)
-    }
+    )*};
 }
-
-#[cfg(feature = "eyre")]
-impl ViaBoxed for &&Probe<'_, eyre::Report> {
-    fn __resilience_class(self) -> Option<Class> {
-        let e = self.0.take()?;
-        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-        let class = classify_error(dynerr);
-        if let Some(own) = e.downcast_mut::<Error>() {
-            self.note(own, class);
-        }
-        class
-    }
-    fn __resilience_kind(self) -> Option<ErrorKind> {
-        let e = self.0.take()?;
-        let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-        runtime_kind(dynerr)
-    }
-}
+report!("anyhow" => anyhow::Error, "eyre" => eyre::Report);
 
 pub trait ViaNothing {
     fn __resilience_class(self) -> Option<Class>;
