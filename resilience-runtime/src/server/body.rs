@@ -153,27 +153,21 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Failed { .. } => SizeHint::default(),
-            Kind::Pumped { prefix, rest, .. } => {
-                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + read);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + read);
-                }
-                hint
-            }
-            Kind::Prefixed { prefix, body } => {
-                let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                let rest = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + read);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + read);
-                }
-                hint
-            }
+            Kind::Pumped { prefix, rest, .. } => with_prefix(prefix, rest),
+            Kind::Prefixed { prefix, body } => with_prefix(prefix, &body.size_hint()),
         }
     }
+}
+
+/// The hint of `rest`, what was read before it (`prefix`) added.
+fn with_prefix(prefix: &Option<Bytes>, rest: &SizeHint) -> SizeHint {
+    let read = prefix.as_ref().map_or(0, |d| d.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + read);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + read);
+    }
+    hint
 }
 
 impl<B> fmt::Debug for ResponseBody<B> {

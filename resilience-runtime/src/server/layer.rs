@@ -169,6 +169,16 @@ impl Drop for Busy {
     }
 }
 
+/// `work`, counted as [`Busy`] from now until it ends or is dropped.
+fn counted<F: Future>(state: &Arc<State>, work: F) -> impl Future<Output = F::Output> + use<F> {
+    let busy = Busy::new(state);
+    async move {
+        let out = work.await;
+        drop(busy);
+        out
+    }
+}
+
 /// What [`State::local`] found.
 enum Local {
     /// An answer this instance keeps because the store could not take it yet.
@@ -878,12 +888,7 @@ where
     };
     // Detached: dropping this future (the client went away, a proxy gave up) leaves the
     // handler running to its end, and its response is stored for the retry.
-    let busy = Busy::new(&config.state);
-    let job = async move {
-        let answer = job.await;
-        drop(busy);
-        answer
-    };
+    let job = counted(&config.state, job);
     match rt.spawn(carry_context(job, until, parent)).await {
         Ok(res) => res,
         // Only when the runtime shuts down under it.
@@ -950,19 +955,9 @@ where
     // A panic in `call` itself (a synchronous layer inside this one, `MapRequestLayer`'s
     // closure) is the handler's, as one while its future is polled.
     let answered = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
-        Ok(called) => {
-            let mut timed = std::pin::pin!(Some(tokio::time::timeout_at(
-                limit_at,
-                CatchUnwind { inner: called }
-            )));
-            let answered = timed.as_mut().as_pin_mut().expect("just set").await;
-            // Dropped here, where a panic of what the handler held (cut at the limit) is
-            // caught too: the handler is still the one cut at the limit, kept as such.
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| timed.set(None))) {
-                tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked as it was cancelled");
-            }
-            answered
-        }
+        // A panic of what the handler held as it is dropped (cut at the limit): the handler
+        // is still the one cut at the limit, kept as such.
+        Ok(called) => until_caught(limit_at, called, &guard.key, "idempotent handler").await,
         Err(panic) => Ok(Err(panic)),
     };
     let res = match answered {
@@ -1020,21 +1015,10 @@ where
     // What was read stays here whatever ends the reading (an error, a panic, the limit): the
     // first caller gets it, cut short, as it would without the layer.
     let mut read = ReadSoFar::default();
-    let collected = {
-        let mut reading = std::pin::pin!(Some(tokio::time::timeout_at(
-            limit_at,
-            CatchUnwind {
-                inner: read_up_to(Box::pin(body), max, &mut read),
-            },
-        )));
-        let collected = reading.as_mut().as_pin_mut().expect("just set").await;
-        // Dropped where a panic of the body's drop (cut at the limit) is caught: the handler
-        // answered, and a repeat must not run it again.
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| reading.set(None))) {
-            tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent response body panicked as it was dropped");
-        }
-        collected
-    };
+    // A panic of the body's drop (cut at the limit) caught too: the handler answered, and a
+    // repeat must not run it again.
+    let reading = read_up_to(Box::pin(body), max, &mut read);
+    let collected = until_caught(limit_at, reading, &guard.key, "idempotent response body").await;
     let failed: BoxError = match collected {
         Ok(Ok(Ok(None))) => {
             return Ok(kept(&config, guard, &tally, claim, parts, read.take()).await);
@@ -1065,15 +1049,11 @@ where
                     // marks what it sent), and it was stored as processed once.
                     let (tx, rx) = tokio::sync::mpsc::channel(PUMPED_FRAMES);
                     let hint = rest.size_hint();
-                    let busy = Busy::new(&config.state);
                     let (until, parent) = crate::context::INBOUND
                         .try_with(|i| (i.deadline, i.parent_key.clone()))
                         .unwrap_or_default();
-                    rt.spawn(carry_context(
-                        pump(rest, tx, key, config.handler_limit, busy),
-                        until,
-                        parent,
-                    ));
+                    let pumped = pump(rest, tx, key, config.handler_limit);
+                    rt.spawn(carry_context(counted(&config.state, pumped), until, parent));
                     ResponseBody::pumped(prefix, rx, hint)
                 }
                 Err(_) => ResponseBody::prefixed(prefix, rest),
@@ -1164,6 +1144,30 @@ where
     Ok(None)
 }
 
+/// `fut` until `at`, a panic while it is polled its output's `Err`, and dropped where a panic
+/// of its drop (what it held, cut at `at`) is caught and logged, as `what`'s of `key`, instead
+/// of killing the task that still has to store or release the claim.
+async fn until_caught<F: Future>(
+    at: Instant,
+    fut: F,
+    key: &str,
+    what: &str,
+) -> Result<Result<F::Output, Box<dyn Any + Send>>, tokio::time::error::Elapsed> {
+    let mut timed = std::pin::pin!(Some(tokio::time::timeout_at(
+        at,
+        CatchUnwind { inner: fut }
+    )));
+    let out = timed.as_mut().as_pin_mut().expect("just set").await;
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| timed.set(None))) {
+        tracing::error!(
+            key,
+            panic = panic_message(&*panic),
+            "{what} panicked as it was dropped"
+        );
+    }
+    out
+}
+
 /// The frames a pumped body reads ahead of its caller.
 const PUMPED_FRAMES: usize = 4;
 
@@ -1176,7 +1180,6 @@ async fn pump<B>(
     tx: tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>,
     key: Arc<str>,
     limit: Duration,
-    busy: Busy,
 ) where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -1230,7 +1233,6 @@ async fn pump<B>(
             break;
         }
     }
-    drop(busy);
 }
 
 /// A kept status whose body was read to its end, within the bound the layer keeps: stored and
@@ -1714,11 +1716,7 @@ impl ClaimGuard {
                 );
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
-                        let busy = Busy::new(&config.state);
-                        rt.spawn(async move {
-                            write.await;
-                            drop(busy);
-                        });
+                        rt.spawn(counted(&config.state, write));
                     }
                     // Nothing to write it back with: counted now.
                     Err(_) => tally.count(outcome),
