@@ -932,10 +932,7 @@ impl AttemptCtx {
         self.note_method(m);
         self.went_on();
         self.all_keyed.set(false);
-        self.note_reached(m);
-        if m.needs_key() {
-            self.unsafe_carried.set(true);
-        }
+        self.note_carried(m);
     }
 
     /// The runtime saw a send (or a nested call) in this attempt.
@@ -998,6 +995,15 @@ impl AttemptCtx {
         self.retry_after.set(None);
         self.retry_after_nested.set(false);
         self.replayed.set(false);
+    }
+
+    /// A request of `m` reached the server, or may have, and may have been carried out there
+    /// (see [`AttemptCtx::unsafe_carried`]).
+    pub(crate) fn note_carried(&self, m: Method) {
+        self.note_reached(m);
+        if m.needs_key() {
+            self.unsafe_carried.set(true);
+        }
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

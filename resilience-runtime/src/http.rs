@@ -145,21 +145,15 @@ fn record_outcome<E: SentError>(
             }
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
-            ctx.note_reached(m);
-            // Carried out, or may have been: not refused with a 4xx (a 409 "still in
-            // progress" is being carried out).
-            // A redirect followed: the status is the last hop's, the request's own was 3xx.
-            if m.needs_key()
-                && (ctx.redirected.get()
-                    || match res {
-                        Ok(r) => {
-                            let s = r.status().as_u16();
-                            s == 409 || !(400..500).contains(&s)
-                        }
-                        Err(_) => true,
-                    })
-            {
-                ctx.unsafe_carried.set(true);
+            // Carried out, or may have been, unless refused with a 4xx (a 409 "still in
+            // progress" is being carried out); after a redirect followed, the status is the
+            // last hop's, and the request's own was a 3xx.
+            let refused = !ctx.redirected.get()
+                && matches!(res, Ok(r) if r.status().is_client_error() && r.status() != 409);
+            if refused {
+                ctx.note_reached(m);
+            } else {
+                ctx.note_carried(m);
             }
         }
     });
@@ -260,10 +254,7 @@ fn method_and_url(
 fn given_up(method: Option<crate::policy::Method>) {
     let _ = with_attempt(|ctx| {
         if let Some(m) = method.or(ctx.sent_method.get()) {
-            ctx.note_reached(m);
-            if m.needs_key() {
-                ctx.unsafe_carried.set(true);
-            }
+            ctx.note_carried(m);
         }
     });
 }
@@ -278,15 +269,12 @@ fn given_up(method: Option<crate::policy::Method>) {
 pub fn declare_sent(method: crate::policy::Method) {
     let _ = with_attempt(|ctx| {
         ctx.note_method(method);
-        ctx.note_reached(method);
+        ctx.note_carried(method);
         ctx.stamped.set(true);
         ctx.saw();
         ctx.went_on();
         if !method.is_safe() {
             ctx.all_keyed.set(false);
-        }
-        if method.needs_key() {
-            ctx.unsafe_carried.set(true);
         }
     });
 }
@@ -306,11 +294,7 @@ pub fn stamp_request(req: &mut reqwest::Request) {
         if url != 0 {
             ctx.expect_at(url);
         }
-        let m = crate::policy::method_of(req.method());
-        ctx.note_reached(m);
-        if m.needs_key() {
-            ctx.unsafe_carried.set(true);
-        }
+        ctx.note_carried(crate::policy::method_of(req.method()));
     });
 }
 
@@ -994,11 +978,11 @@ pub mod dispatch {
         }
     }
 
-    /// Whether `name` (a type's) is reqwest's request builder, client or request: one that
-    /// comes here is another version's than the runtime's (its own are stamped by type), whose
+    /// Says, once, when `name` (a type's) is reqwest's request builder, client or request: one
+    /// that comes here is another version's than the runtime's (its own are stamped by type), whose
     /// requests go out unstamped, without the call's key, and leave the attempt unretried.
     /// Said once, at `warn`: nothing else would tell.
-    pub(crate) fn foreign_reqwest(name: &str) -> bool {
+    pub(crate) fn foreign_reqwest(name: &str) {
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         // Not the runtime's own version's blocking client (a `spawn_blocking` in a body).
         let foreign = name.starts_with("reqwest::")
@@ -1016,7 +1000,6 @@ pub mod dispatch {
                 "a reqwest type of another version than the runtime's: its requests go out without the call's key, trace or deadline headers, unseen, and a call that sent only those is not retried; depend on the runtime's reqwest version"
             );
         }
-        foreign
     }
 
     /// Anything else: as it was. A `.send()` or `.execute(…)` on another type (a wrapper

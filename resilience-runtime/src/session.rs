@@ -94,10 +94,7 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     outer.note_method(method);
     // Whether the nested call's request gets through is not known here: as if it did, and
     // as if it was carried out (no fallback of the enclosing call answers after it).
-    outer.note_reached(method);
-    if method.needs_key() {
-        outer.unsafe_carried.set(true);
-    }
+    outer.note_carried(method);
     outer.stamped.set(true);
     if !method.is_safe() && fresh_key {
         outer.all_keyed.set(false);
@@ -482,9 +479,9 @@ pub struct Session {
     /// the call before the next one runs (a breaker that opened between them), and whether
     /// its request that needs the call's key reached a server (see [`Session::name_key`]).
     ran_last: Option<(Class, Option<u16>, bool)>,
-    /// An attempt that failed may have carried out a request that needs a key (a POST that
-    /// timed out, lost its connection, was answered 5xx or 409, or whose 2xx the function
-    /// refused): no fallback answers in the call's place (see [`Session::fallback_allowed`]).
+    /// An attempt that failed may have carried out a request that needs a key (its own, a
+    /// nested call's or a helper's unseen: see `AttemptCtx::unsafe_carried`): no fallback
+    /// answers in the call's place (see [`Session::fallback_allowed`]).
     carried_out: bool,
     /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
     /// this call runs under it (see [`Held`](crate::context::Held)).
@@ -930,10 +927,10 @@ impl Session {
     }
 
     /// Whether the call's fallback may answer in its place: not after an attempt that may have
-    /// carried out a request that needs a key (a charge that timed out, lost its connection,
-    /// was answered 5xx or 409 "still in progress", or answered 2xx and refused by the
-    /// function). Its answer would hide that: a caller told "declined" or "queued" sends the
-    /// charge again. The call's error says what happened, and names its key.
+    /// carried out a request that needs a key (a charge answered 2xx, 3xx, 5xx or 409 "still
+    /// in progress", or that timed out or lost its connection, whatever failed after it). Its
+    /// answer would hide that: a caller told "declined" or "queued" sends the charge again.
+    /// The call's error says what happened, and names its key.
     pub fn fallback_allowed(&self) -> bool {
         !self.carried_out
     }
@@ -1072,8 +1069,14 @@ impl Session {
         } else {
             self.deadline.saturating_duration_since(now)
         };
-        self.last.cut_short = limit < self.policy.timeout / 10;
+        self.last.cut_short = self.cut_short(limit);
         (self.deadline, limit)
+    }
+
+    /// Whether an attempt given `limit` was cut under a tenth of its `timeout`: too short to
+    /// say anything of the dependency (see [`Last::cut_short`]).
+    fn cut_short(&self, limit: Duration) -> bool {
+        limit < self.policy.timeout / 10
     }
 
     /// The retry decided on after a failure of `class` begins: the call has retried.
@@ -1293,13 +1296,13 @@ impl Session {
             // beyond its cap or its deadline), as for a response of its own.
             if failed && let Some(asked) = self.last.retry_after {
                 // Marked as a nested call's only when no answer of the body's own is in it.
-                let own = outer
+                let before = outer.retry_after.get();
+                outer
                     .retry_after
-                    .get()
-                    .filter(|_| !outer.retry_after_nested.get());
-                let longest = outer.retry_after.get().map_or(asked, |a| a.max(asked));
-                outer.retry_after.set(Some(longest));
-                outer.retry_after_nested.set(own.is_none());
+                    .set(Some(before.map_or(asked, |a| a.max(asked))));
+                outer
+                    .retry_after_nested
+                    .set(before.is_none() || outer.retry_after_nested.get());
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
@@ -1369,7 +1372,7 @@ impl Session {
         // Cut to less than a tenth of its timeout (a caller's `X-Timeout-Ms: 1`): too short to
         // say anything of the dependency. A limit cut to 3 s of 10 still does: a hung
         // dependency behind callers who pass their deadline on opens the breaker.
-        self.last.cut_short = limit < self.policy.timeout / 10;
+        self.last.cut_short = self.cut_short(limit);
         let kind = if limit < self.policy.timeout || Instant::now() >= self.deadline {
             ErrorKind::DeadlineExceeded
         } else {
