@@ -1975,6 +1975,16 @@ async fn a_store_that_panics_storing_the_answer_does_not_run_the_handler_again()
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// Held by a handler cut at the layer's limit: panics as it is dropped (a guard asserting it
+/// was disarmed).
+struct Armed;
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        panic!("dropped while armed");
+    }
+}
+
 /// What a handler cut at the layer's limit holds panics as it is dropped (a guard asserting
 /// it was disarmed): still the handler cut at the limit, kept as such, never run again.
 #[tokio::test(start_paused = true)]
@@ -1982,12 +1992,6 @@ async fn a_handler_whose_drop_panics_at_the_limit_is_not_run_again() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_service::Service as _;
 
-    struct Armed;
-    impl Drop for Armed {
-        fn drop(&mut self) {
-            panic!("dropped while armed");
-        }
-    }
     let runs = Arc::new(AtomicUsize::new(0));
     let charge = {
         let runs = runs.clone();
@@ -2087,12 +2091,6 @@ async fn a_body_whose_drop_panics_at_the_limit_is_not_run_again() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_service::Service as _;
 
-    struct Armed;
-    impl Drop for Armed {
-        fn drop(&mut self) {
-            panic!("dropped while armed");
-        }
-    }
     let runs = Arc::new(AtomicUsize::new(0));
     let charge = {
         let runs = runs.clone();
