@@ -271,6 +271,36 @@ async fn child_calls_as_fast_as_the_limit_allows() {
     }
     let s = metrics::rate_limit("rate_limit_test_shared").unwrap();
     assert_eq!(s.local_fallbacks, 0, "every decision was Redis's");
+    if std::env::var_os(CHILD_CLUSTER).is_some() {
+        limits_of_any_name_are_decided_by_the_cluster().await;
+    }
+}
+
+/// A limit's two keys share a slot whatever its name: an empty name, or one that starts with
+/// `}`, once made no hash tag, its keys landed in two slots, and the cluster refused every
+/// decision (CROSSSLOT), each then local.
+async fn limits_of_any_name_are_decided_by_the_cluster() {
+    use resilience_runtime::ratelimit::{RateLimitSpec, RateLimitStore, RateLimiter};
+    for name in ["", "}", "}odd", "{}", "a}b{"] {
+        let limiter = RateLimiter::new(
+            name,
+            RateLimitSpec {
+                rate: 1000,
+                per: Duration::from_secs(1),
+                burst: 10,
+                max_wait: Duration::ZERO,
+                store: RateLimitStore::Redis,
+            },
+        );
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(limiter.acquire_by(far).await, Ok(()), "{name:?}");
+        let s = limiter.snapshot();
+        assert_eq!(
+            (s.local_fallbacks, s.store_unanswered),
+            (0, 0),
+            "the limit {name:?} was decided locally"
+        );
+    }
 }
 
 #[tokio::test]

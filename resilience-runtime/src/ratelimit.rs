@@ -635,9 +635,16 @@ return wait",
 
     /// The Redis keys of a limit: its TAT, and the time of its last permit. The braces put
     /// both in one slot, the name's (`{name}`), so a cluster sends the script to that slot's
-    /// master.
+    /// master. A name that is empty or starts with `}` makes no hash tag there (Redis hashes
+    /// the whole key when nothing stands between the braces, and the two keys would land in
+    /// two slots: CROSSSLOT, every decision local): such a name follows a tag of its own,
+    /// under a prefix no other name's keys have.
     fn keys(name: &str) -> (String, String) {
-        let tat = format!("resilience:rate:{{{name}}}");
+        let tat = if name.is_empty() || name.starts_with('}') {
+            format!("resilience:rate!{{r}}{name}")
+        } else {
+            format!("resilience:rate:{{{name}}}")
+        };
         let at = format!("{tat}:at");
         (tat, at)
     }
