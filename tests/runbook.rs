@@ -222,12 +222,39 @@ async fn bad_files_are_refused_with_their_place() {
         // Absurd values together: refused, and the refusal's own arithmetic does not overflow.
         (
             "[functions.\"runbook::lookup\"]\ntimeout = \"2000000h\"\nmax_attempts = 4000000000\n",
-            "incident.toml:3:16: runbook::lookup (GET): max_attempts = 4000000000 is outside 1..=10",
+            "incident.toml:3:16: max_attempts = 4000000000 is outside 1..=10",
         ),
         // Past `u32`: refused as written, not cut down to 4294967295.
         (
             "[functions.\"runbook::lookup\"]\ntimeout = \"2000000h\"\nmax_attempts = 99999999999\n",
             "incident.toml:3:16: max_attempts = 99999999999 is outside 1..=10",
+        ),
+        // What no function may take, for a function not called yet (so not known): refused
+        // as the file is read, not accepted to be refused function by function later.
+        (
+            "[functions.\"runbook::not_called_yet\"]\nmax_attempts = 0\n",
+            "incident.toml:2:16: max_attempts = 0 is outside 1..=10",
+        ),
+        (
+            "[functions.\"runbook::not_called_yet\"]\ntimeout = \"0s\"\n",
+            "incident.toml:2:11: timeout",
+        ),
+        (
+            "[defaults]\ndeadline = \"0ms\"\n",
+            "incident.toml:2:12: deadline",
+        ),
+        (
+            "[functions.\"runbook::not_called_yet\"]\nretry_on = [\"connect\", 404]\n",
+            "incident.toml:2:24: status 404 is permanent",
+        ),
+        // Checked as written, not once rounded to thousandths (1.000).
+        (
+            "[functions.\"runbook::not_called_yet\"]\nbackoff = { multiplier = 0.9996 }\n",
+            "incident.toml:2:26: backoff multiplier 0.9996 is outside 1..=100",
+        ),
+        (
+            "[functions.\"runbook::not_called_yet\"]\nbackoff = { multiplier = -3.0 }\n",
+            "backoff multiplier -3 is outside 1..=100",
         ),
     ];
     for (file, want) in cases {

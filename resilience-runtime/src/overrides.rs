@@ -788,19 +788,33 @@ impl Parser<'_> {
             let k: &str = key.get_ref();
             let start = key.span().start;
             match k {
-                "timeout" => p.timeout = self.duration(k, v),
-                "deadline" => p.deadline = self.duration(k, v),
+                // What no function may take is refused as the file is read, whether or not a
+                // function it applies to has been called yet (the rules against each
+                // function's compiled facts follow, in `plan`).
+                "timeout" | "deadline" => {
+                    let d = self.duration(k, v);
+                    if let Some(d) = &d
+                        && let Err(b) = rules::timeout_nonzero(k, d.value)
+                    {
+                        self.problem(v.span().start, b);
+                    }
+                    if k == "timeout" {
+                        p.timeout = d;
+                    } else {
+                        p.deadline = d;
+                    }
+                }
                 "max_retry_after" => p.max_retry_after = self.duration(k, v),
                 "max_attempts" => {
-                    p.max_attempts = match self.whole(k, v).map(|n| (n, u32::try_from(n))) {
-                        Some((_, Ok(n))) => Some(self.at(v, n)),
-                        // No `u32`: refused as written, not cut down to `u32::MAX`.
-                        Some((n, Err(_))) => {
-                            if let Err(b) = rules::max_attempts(n) {
+                    // Refused as written (not cut down to `u32::MAX`).
+                    p.max_attempts = match self.whole(k, v) {
+                        Some(n) => match rules::max_attempts(n) {
+                            Ok(()) => u32::try_from(n).ok().map(|n| self.at(v, n)),
+                            Err(b) => {
                                 self.problem(v.span().start, b);
+                                None
                             }
-                            None
-                        }
+                        },
                         None => None,
                     };
                 }
@@ -843,8 +857,10 @@ impl Parser<'_> {
                         toml::de::DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
                         _ => None,
                     };
-                    match x.filter(|x| x.is_finite()) {
-                        Some(x) => p.multiplier_milli = Some(self.at(v, (x * 1000.0).round() as u32)),
+                    // Checked as written, before it is rounded to thousandths.
+                    match x.filter(|x| x.is_finite()).map(|x| (x, rules::backoff_multiplier(x))) {
+                        Some((x, Ok(()))) => p.multiplier_milli = Some(self.at(v, (x * 1000.0).round() as u32)),
+                        Some((_, Err(b))) => self.problem(v.span().start, b),
                         None => self.problem(v.span().start, "`multiplier` takes a number, such as 2"),
                     }
                 }
@@ -893,7 +909,10 @@ impl Parser<'_> {
                     ),
                 },
                 toml::de::DeValue::Integer(i) => match toml_uint(i).map(u16::try_from) {
-                    Some(Ok(code)) => statuses.push(code),
+                    Some(Ok(code)) => match rules::retryable_status(code) {
+                        Ok(()) => statuses.push(code),
+                        Err(b) => self.problem(item.span().start, b),
+                    },
                     _ => self.problem(item.span().start, "not an HTTP status"),
                 },
                 _ => self.problem(item.span().start, "`retry_on` lists classes and statuses"),
