@@ -35,6 +35,9 @@ impl BulkheadSpec {
     }
 }
 
+/// How far `acquire` waits when `max_wait` is past the clock's end.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Returned when no slot was free in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkheadFull;
@@ -150,7 +153,12 @@ impl Bulkhead {
     /// Takes a slot: at once if one is free, else after waiting up to `max_wait` behind the
     /// calls that asked first.
     pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
-        let far = tokio::time::Instant::now() + self.spec.max_wait + Duration::from_secs(1);
+        // Past `max_wait` (a `max_wait` beyond the clock, `Duration::MAX` for "as long as it
+        // takes": a year, as far as the timer goes).
+        let now = tokio::time::Instant::now();
+        let far = now
+            .checked_add(self.spec.max_wait.saturating_add(Duration::from_secs(1)))
+            .unwrap_or_else(|| now + FAR);
         self.acquire_by(far).await.map_err(|_| BulkheadFull)
     }
 
@@ -274,11 +282,10 @@ pub(crate) async fn wait_for_slot<R>(
     if max_wait.is_zero() {
         return Err(why.0);
     }
-    let by_wait = now() + max_wait;
-    let (until, why) = if deadline < by_wait {
-        (deadline, why.1)
-    } else {
-        (by_wait, why.0)
+    // A `max_wait` past the clock's end (`Duration::MAX`) waits for the deadline.
+    let (until, why) = match now().checked_add(max_wait) {
+        Some(by_wait) if by_wait <= deadline => (by_wait, why.0),
+        _ => (deadline, why.1),
     };
     match tokio::time::timeout_at(until, sem.acquire()).await {
         Ok(Ok(p)) => Ok(p),
@@ -297,6 +304,28 @@ mod tests {
             max_concurrent,
             max_wait: Duration::from_millis(max_wait_ms),
         })
+    }
+
+    /// `max_wait = Duration::MAX` ("as long as it takes"): no overflow of the clock (it once
+    /// panicked adding it to `Instant::now()`, even with a slot free); a call waits for its
+    /// deadline, and `acquire` for the slot.
+    #[tokio::test(start_paused = true)]
+    async fn a_max_wait_past_the_clocks_end_waits_for_the_deadline() {
+        let b = Bulkhead::new(BulkheadSpec {
+            max_concurrent: 1,
+            max_wait: Duration::MAX,
+        });
+        let held = b.acquire().await.unwrap();
+        let t = Instant::now();
+        let refused = b.acquire_by(t + Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(refused, Refused::Deadline);
+        assert_eq!(t.elapsed(), Duration::from_secs(1));
+        let (got, ()) = tokio::join!(b.acquire(), async {
+            advance(Duration::from_secs(60)).await;
+            drop(held);
+        });
+        assert!(got.is_ok());
+        assert_eq!(t.elapsed(), Duration::from_secs(61));
     }
 
     #[tokio::test(start_paused = true)]
