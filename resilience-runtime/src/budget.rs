@@ -77,7 +77,8 @@ use crate::invalid::InvalidPolicy;
 /// Settings of a retry budget (`[budgets.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSpec {
-    /// Retries may add at most this share of first attempts (0.1 = 10%), 0 to 1.
+    /// Retries may add at most this share of first attempts (0.1 = 10%), 0 to 1, counted in
+    /// thousandths rounded down.
     pub ratio: f64,
     /// Retries always allowed in each second, whatever the deposits, so a quiet client can
     /// still retry. At most [`BudgetSpec::MAX_MIN_PER_SEC`].
@@ -284,7 +285,10 @@ impl Budget {
         Ok(Budget {
             spec,
             origin: Instant::now(),
-            deposit: (spec.ratio * UNIT as f64).round() as i32,
+            // In thousandths, rounded down (a ratio never buys more retries than it says:
+            // 0.0007 rounded to nearest would allow 0.001); the tolerance keeps 0.29, which
+            // is 289.99… thousandths in binary, at 290.
+            deposit: (spec.ratio * UNIT as f64 + 1e-6).floor() as i32,
             hot: Hot {
                 balance: AtomicI64::new(0),
                 buckets: Default::default(),
@@ -749,6 +753,28 @@ mod tests {
 
     /// A thread's batched first attempts are all seen by a withdrawal or a reading on that
     /// thread, and count as if recorded at once.
+    /// The ratio counts in thousandths, rounded down: 1000 first attempts at 0.0007 buy no
+    /// retry (0.7 of one; rounded to nearest they bought one), at 0.001 one, and 0.29 buys
+    /// 290 per 1000 (not 289, though 0.29 × 1000 is 289.99… in binary).
+    #[tokio::test(start_paused = true)]
+    async fn the_ratio_never_buys_more_retries_than_it_says() {
+        for (ratio, bought) in [(0.0007, 0), (0.001, 1), (0.29, 290), (1.0, 1000)] {
+            let b = Budget::new(BudgetSpec {
+                ratio,
+                min_per_sec: 0,
+            });
+            let now = Instant::now();
+            for _ in 0..1000 {
+                b.deposit_at(now);
+            }
+            let mut retries = 0;
+            while retries <= 1000 && b.withdraw_at(now) {
+                retries += 1;
+            }
+            assert_eq!(retries, bought, "ratio {ratio}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn batched_deposits_are_seen_by_their_own_thread() {
         let b = leaked(NO_FLOOR);
