@@ -480,6 +480,26 @@ async fn with_inbound_inside_a_body_binds_the_call_it_wraps() {
         .parse()
         .unwrap();
     assert!(left <= 50, "told {left} ms");
+
+    // Under a caller's trace: the part stays in it, and takes its `tracestate` on (the
+    // part's `Inbound::NONE` once dropped it: the request carried the trace, not its state).
+    let caller = Inbound::NONE
+        .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .tracestate("congo=t61rcWkgMzE");
+    assert_eq!(
+        with_inbound(caller, page_with_a_hurried_part(&c, &server.url("/lookup")))
+            .await
+            .unwrap(),
+        200
+    );
+    let r = &server.requests()[1];
+    assert!(
+        r.header("traceparent")
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{r:?}"
+    );
+    assert_eq!(r.header("tracestate"), Some("congo=t61rcWkgMzE"), "{r:?}");
 }
 
 #[resilient(timeout = "10s", max_attempts = 1, budget = false)]
@@ -690,6 +710,60 @@ async fn a_handler_run_again_sends_its_keyed_calls_under_the_same_keys() {
         .map(|r| r.idempotency_key().unwrap().to_owned())
         .collect();
     assert_eq!(keys.len(), 4, "fresh keys each run");
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn checkout_in_a_hurry(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // The charge is worth 200 ms of the checkout's second.
+    with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(200)),
+        b_charges_c(c, url),
+    )
+    .await
+}
+
+async fn b_checking_out(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    match checkout_in_a_hurry(&c, &url).await {
+        Ok(_) => (StatusCode::OK, "charged".into()),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+/// A part of a handler's call given its own time (`with_inbound(Inbound::NONE.time_left(d),
+/// charge)` in the body, as the README shows) is still under the handler's request: run
+/// again, the handler sends the charge under the key derived the first time (the part's
+/// `Inbound::NONE` once dropped the parent, and each run drew a fresh key: two charges).
+#[tokio::test(start_paused = true)]
+async fn a_part_given_its_own_time_keeps_the_handlers_derived_key() {
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_checking_out))
+        .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let a = reqwest::Client::new();
+    for _ in 0..2 {
+        let resp = a
+            .post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-11")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+    }
+    let keys: Vec<String> = c_server
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the same charge, the same key");
 }
 
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]

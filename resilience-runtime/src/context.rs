@@ -412,13 +412,42 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// calls plan within its deadline and join its trace. What [`ContextLayer`] does per request,
 /// for code that is not a tower service. Inside another call's attempt (in a `#[resilient]`
 /// body), a call is nested in that attempt: it plans within the nearer of the two deadlines
-/// and stays in the attempt's trace. A deadline set with [`Inbound::time_left`] is a moment:
+/// and stays in the attempt's trace (with the `tracestate` handed down with it) and under the
+/// handler's request (a key derived for it stays derived): what `inbound` does not say there
+/// is the context's it runs in. A deadline set with [`Inbound::time_left`] is a moment:
 /// an `Inbound` made once and used by each attempt gives later attempts what is left of it.
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
-pub async fn with_inbound<F: std::future::Future>(inbound: Inbound, fut: F) -> F::Output {
+pub async fn with_inbound<F: std::future::Future>(mut inbound: Inbound, fut: F) -> F::Output {
     inbound_in_use();
+    // Polled inside an attempt (not a spawned task's, whose first poll is elsewhere): the
+    // calls it wraps are nested there. `Inbound::NONE.time_left(d)` gives them a part worth
+    // `d`, not another trace, nor fresh keys where the handler's derive theirs.
+    if with_attempt(|_| ()).is_some() {
+        inbound.inherit(self::inbound());
+    }
     INBOUND.scope(inbound, fut).await
+}
+
+impl Inbound {
+    /// Takes from `around` what this context does not say: its trace (and `tracestate`, with
+    /// the trace it came with), request id and derived keys' parent. Not its deadline: the
+    /// attempt's binds anyway.
+    fn inherit(&mut self, around: Inbound) {
+        if self.trace.is_none() {
+            self.trace = around.trace;
+            if self.tracestate.is_none() {
+                self.tracestate = around.tracestate;
+            }
+        }
+        if self.request_id.is_none() && self.request_id_text.is_none() {
+            self.request_id = around.request_id;
+            self.request_id_text = around.request_id_text;
+        }
+        if self.parent_key.is_none() {
+            self.parent_key = around.parent_key;
+        }
+    }
 }
 
 /// The context the current task runs under ([`ContextLayer`] or [`with_inbound`] set it), or
