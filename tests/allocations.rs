@@ -41,13 +41,25 @@ async fn adaptive(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
+/// A limit shared through Redis with no Redis given: each decision local (and, with the
+/// `metrics` feature, counted as such).
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    rate_limit = { rate = 1000000, burst = 1000000, store = "redis" },
+)]
+async fn shared_without_redis(n: u64) -> Result<u64, Error> {
+    Ok(n + 1)
+}
+
 #[resilient(method = GET, timeout = "1s", hedge(delay = "50ms"))]
 async fn hedged(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
 /// The heap allocations of this thread per call, over 1,000 calls of the function numbered `f`
-/// (0 `defaults`, 1 `everything`, 2 `adaptive`, else `hedged`), each checked to succeed.
+/// (0 `defaults`, 1 `everything`, 2 `adaptive`, 3 `shared_without_redis`, else `hedged`), each
+/// checked to succeed.
 async fn allocations_per_call(f: u8) -> f64 {
     let (before, _) = snapshot();
     for i in 0..1000u64 {
@@ -55,6 +67,7 @@ async fn allocations_per_call(f: u8) -> f64 {
             0 => defaults(i).await,
             1 => everything(i).await,
             2 => adaptive(i).await,
+            3 => shared_without_redis(i).await,
             _ => hedged(i).await,
         };
         assert_eq!(r.unwrap(), i + 1);
@@ -74,10 +87,14 @@ fn no_allocation_per_call_on_the_happy_path() {
         assert_eq!(defaults(1).await.unwrap(), 2);
         assert_eq!(everything(1).await.unwrap(), 2);
         assert_eq!(adaptive(1).await.unwrap(), 2);
+        assert_eq!(shared_without_redis(1).await.unwrap(), 2);
         for (name, f) in [
             ("defaults", 0),
             ("budget + breaker + bulkhead + rate limit", 1),
             ("budget + breaker + adaptive concurrency limit", 2),
+            // Its local decisions told the recorder with a key built per call (a label's
+            // `Vec`), even with none installed.
+            ("a limit shared through Redis, decided locally", 3),
         ] {
             let per_call = allocations_per_call(f).await;
             assert_eq!(per_call, 0.0, "{name}: {per_call} allocations per call");

@@ -121,6 +121,10 @@ pub struct RateLimiter {
     /// How long (nanoseconds) the calls Redis left short of time without an answer waited for
     /// it, added up since it last answered one.
     slow_waited: AtomicU64,
+    /// The key of its local decisions' counter, built once (counting then allocates nothing,
+    /// with a recorder or without).
+    #[cfg(feature = "metrics")]
+    local_key: metrics::Key,
 }
 
 /// A local permit reserved by a call still waiting for it: given back if the call is dropped
@@ -183,6 +187,11 @@ impl RateLimiter {
             down_until: AtomicU64::new(0),
             #[cfg(feature = "redis")]
             slow_waited: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            local_key: metrics::Key::from_parts(
+                crate::telemetry::names::RATE_LIMIT_LOCAL_DECISIONS,
+                vec![metrics::Label::new("rate_limit", name)],
+            ),
         })
     }
 
@@ -534,11 +543,11 @@ impl RateLimiter {
     fn local_decision(&self) {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!(
-            crate::telemetry::names::RATE_LIMIT_LOCAL_DECISIONS,
-            "rate_limit" => self.name
-        )
-        .increment(1);
+        {
+            static META: metrics::Metadata<'static> =
+                metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+            metrics::with_recorder(|r| r.register_counter(&self.local_key, &META).increment(1));
+        }
     }
 
     /// No Redis was given (`use_redis`): logged once per limit.
