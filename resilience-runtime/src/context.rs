@@ -1064,9 +1064,11 @@ pub struct AttemptInfo {
     pub request_id: String,
     /// The `Idempotency-Key` of the call, the same on every attempt.
     pub idempotency_key: Option<String>,
-    /// The W3C `traceparent` this attempt sends (with the `opentelemetry` feature and an
-    /// OpenTelemetry context current, the one the global propagator writes: none, for a
-    /// propagator that writes none).
+    /// The attempt's trace context as a W3C `traceparent`: what its requests send (with the
+    /// `opentelemetry` feature and an OpenTelemetry context current, the same context; the
+    /// global propagator decides what goes on the wire, and one that writes another format,
+    /// B3, sends it in that format and no `traceparent`). A `traceparent` set by hand on a
+    /// request is not reflected here.
     pub traceparent: String,
     /// Time left before this attempt ends (its timeout or the call's deadline).
     pub time_left: Duration,
