@@ -675,6 +675,69 @@ async fn a_call_nested_below_another_state_runs_under_its_outer_callers_permits(
     assert_eq!(state("composition_pg"), BreakerState::Closed);
 }
 
+#[resilient(timeout = "10s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_late", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 })]
+async fn late_lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A long job under the same breaker, whose lookup comes once it is told to go.
+#[resilient(timeout = "30s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_late", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 })]
+async fn long_job(
+    c: &reqwest::Client,
+    url: &str,
+    go: &tokio::sync::Notify,
+) -> Result<String, Error> {
+    go.notified().await;
+    late_lookup(c, url).await
+}
+
+/// A call nested in one admitted while the breaker was closed, made once the breaker has
+/// opened and is half-open with its one probe running, is refused as any call is: it once
+/// ran under the caller's stale permit, a second request to a dependency under trial,
+/// counted nowhere.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_does_not_pass_a_half_open_breaker_its_caller_entered_closed() {
+    use resilience_runtime::breaker::BreakerState;
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let stalled =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(5)))).await;
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    let c = client();
+    let go = tokio::sync::Notify::new();
+    let state = || {
+        resilience_runtime::breakers::state("composition_late")
+            .unwrap()
+            .state
+    };
+    let (up_url, stalled_url) = (up.url("/"), stalled.url("/"));
+    let (job, probe) = tokio::join!(long_job(&c, &up_url, &go), async {
+        // The job has begun, the breaker closed; other calls open it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..2 {
+            late_lookup(&c, &down.url("/")).await.unwrap_err();
+        }
+        assert_eq!(state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Half-open: its one probe in flight, then the job's lookup.
+        let probe = late_lookup(&c, &stalled_url);
+        tokio::pin!(probe);
+        tokio::select! {
+            r = &mut probe => panic!("the probe ended early: {r:?}"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        assert_eq!(stalled.count(), 1, "the probe is in flight");
+        go.notify_one();
+        probe.await
+    });
+    let e = job.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(up.count(), 0, "nothing sent past the probe");
+    assert_eq!(probe.unwrap(), "ok");
+    assert_eq!(state(), BreakerState::Closed);
+}
+
 #[resilient(timeout = "1s", max_attempts = 1, method = GET, budget = false,
     concurrency_limit(name = "composition_one_at_a_time", initial = 1, min = 1, max = 1, latency = "500ms"))]
 async fn lookup_limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {

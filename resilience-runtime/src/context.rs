@@ -700,7 +700,9 @@ pub(crate) struct Outer {
 /// operation would leave a half-open breaker waiting for a probe its own nested call holds;
 /// nested calls would wait for slots their callers hold), however many calls with states of
 /// their own are between them. The last [`Held::MAX`] kept: a deeper chain of distinct states
-/// forgets its outermost ones.
+/// forgets its outermost ones. A breaker's address with its lowest bit set (addresses of
+/// breakers are aligned) is held by an attempt that is one of its half-open probes: a nested
+/// call runs under a breaker that is no longer closed only then (see [`Held::holds_probe`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Held(pub [usize; Held::MAX]);
 
@@ -710,7 +712,21 @@ impl Held {
     /// Whether `state` (an address, 0: none) is held.
     #[inline]
     pub(crate) fn holds(&self, state: usize) -> bool {
-        state != 0 && self.0.contains(&state)
+        state != 0 && self.0.iter().any(|s| s & !1 == state)
+    }
+
+    /// Whether the breaker at `state` is held by an attempt that is its half-open probe.
+    #[inline]
+    pub(crate) fn holds_probe(&self, state: usize) -> bool {
+        state != 0 && self.0.contains(&(state | 1))
+    }
+
+    /// Marks the breaker at `state` as held by a half-open probe, or not.
+    #[cold]
+    pub(crate) fn mark_probe(&mut self, state: usize, probe: bool) {
+        if let Some(s) = self.0.iter_mut().find(|s| **s != 0 && **s & !1 == state) {
+            *s = state | usize::from(probe);
+        }
     }
 
     /// The states of a call nested in none (its own, 0 for none).
@@ -1344,20 +1360,21 @@ mod tests {
     /// `Held::MAX`.
     #[test]
     fn held_states_follow_the_chain_of_calls() {
-        // A holds breaker 10 and bulkhead 11; B breaker 20; C breaker 10 again.
-        let a = Held([10, 11, 0, 0, 0, 0]);
-        let (b, b_held) = a.nested([20, 0, 0]);
+        // A holds breaker 80 and bulkhead 88; B breaker 160; C breaker 80 again (addresses of
+        // states: aligned).
+        let a = Held([80, 88, 0, 0, 0, 0]);
+        let (b, b_held) = a.nested([160, 0, 0]);
         assert_eq!(b_held, [false; 3]);
-        assert_eq!(b.0, [20, 10, 11, 0, 0, 0]);
-        let (c, c_held) = b.nested([10, 11, 30]);
+        assert_eq!(b.0, [160, 80, 88, 0, 0, 0]);
+        let (c, c_held) = b.nested([80, 88, 240]);
         assert_eq!(c_held, [true, true, false]);
-        assert_eq!(c.0, [30, 20, 10, 11, 0, 0]);
-        // Three more levels of new states: the outermost (10, 11) forgotten first.
-        let (d, _) = c.nested([40, 41, 0]);
-        assert_eq!(d.0, [41, 40, 30, 20, 10, 11]);
-        let (e, e_held) = d.nested([50, 0, 0]);
-        assert_eq!(e.0, [50, 41, 40, 30, 20, 10]);
-        assert!(!e.holds(11) && e.holds(10) && !e.holds(0));
+        assert_eq!(c.0, [240, 160, 80, 88, 0, 0]);
+        // Three more levels of new states: the outermost (80, 88) forgotten first.
+        let (d, _) = c.nested([320, 328, 0]);
+        assert_eq!(d.0, [328, 320, 240, 160, 80, 88]);
+        let (e, e_held) = d.nested([400, 0, 0]);
+        assert_eq!(e.0, [400, 328, 320, 240, 160, 80]);
+        assert!(!e.holds(88) && e.holds(80) && !e.holds(0));
         assert_eq!(e_held, [false; 3]);
     }
 
@@ -1366,12 +1383,31 @@ mod tests {
     /// two empty places, and was forgotten).
     #[test]
     fn an_outermost_calls_states_are_kept_in_front() {
-        let a = Held::outermost([0, 0, 7]);
-        let (b, _) = a.nested([20, 21, 0]);
-        assert_eq!(b.0, [21, 20, 7, 0, 0, 0]);
-        let (c, _) = b.nested([30, 31, 0]);
-        assert!(c.holds(7), "{c:?}");
-        assert_eq!(c.nested([0, 0, 7]).1, [false, false, true]);
+        let a = Held::outermost([0, 0, 56]);
+        let (b, _) = a.nested([160, 168, 0]);
+        assert_eq!(b.0, [168, 160, 56, 0, 0, 0]);
+        let (c, _) = b.nested([240, 248, 0]);
+        assert!(c.holds(56), "{c:?}");
+        assert_eq!(c.nested([0, 0, 56]).1, [false, false, true]);
+    }
+
+    /// A breaker held by a half-open probe is marked (its address's lowest bit): nested calls
+    /// see it held and held by a probe, through the states of calls between; unmarked, held
+    /// only.
+    #[test]
+    fn a_probe_is_marked_on_its_breaker() {
+        let mut a = Held::outermost([80, 88, 0]);
+        a.mark_probe(80, true);
+        assert!(a.holds(80) && a.holds_probe(80) && !a.holds_probe(88));
+        let (b, b_held) = a.nested([160, 0, 0]);
+        assert_eq!(b_held, [false; 3]);
+        assert!(b.holds(80) && b.holds_probe(80) && !b.holds_probe(160));
+        assert_eq!(b.nested([80, 0, 0]).1, [true, false, false]);
+        a.mark_probe(80, false);
+        assert!(a.holds(80) && !a.holds_probe(80));
+        // Not held: nothing marked.
+        a.mark_probe(240, true);
+        assert!(!a.holds(240) && !a.holds_probe(240));
     }
 
     #[test]

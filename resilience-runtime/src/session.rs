@@ -36,7 +36,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::{BreakerPermit, Refusal};
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{AttemptCtx, Key, Outer, with_attempt};
+use crate::context::{AttemptCtx, Held, Key, Outer, with_attempt};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -205,13 +205,25 @@ fn refused_by_breaker_at_start(
     )
 }
 
-/// Whether an enclosing call's attempt holds `breaker`'s permit (its probe, when half-open):
-/// a call nested in it runs under that permit, not refused for want of one. Out of line: asked
-/// only of a breaker that refuses.
+/// Whether an enclosing call's attempt holds `breaker`'s half-open probe: a call nested in it
+/// runs under that permit, not refused for want of one (an enclosing attempt admitted while
+/// the breaker was closed holds no probe: its nested call takes one, or is refused, as any
+/// call). Out of line: asked only of a breaker that refuses.
 #[cold]
 #[inline(never)]
 fn held_by_enclosing_call(breaker: &'static crate::breaker::Breaker) -> bool {
-    with_attempt(|o| o.held.holds(std::ptr::from_ref(breaker) as usize)).unwrap_or(false)
+    with_attempt(|o| o.held.holds_probe(std::ptr::from_ref(breaker) as usize)).unwrap_or(false)
+}
+
+/// Whether a nested call runs under its enclosing call's permit of `breaker`, which holds it:
+/// while the breaker is closed, or when that permit is its half-open probe. Otherwise (the
+/// enclosing attempt was admitted while closed, and the breaker has opened since and is
+/// half-open) the nested call takes a probe of its own or is refused: its requests would
+/// reach a dependency under trial uncounted, past `half_open_calls`.
+#[cold]
+#[inline(never)]
+fn runs_under_enclosing_permit(breaker: &crate::breaker::Breaker, held: &Held) -> bool {
+    breaker.is_closed() || held.holds_probe(std::ptr::from_ref(breaker) as usize)
 }
 
 /// The report of a call refused before it started: no attempt ran (as `Error::attempts`
@@ -623,8 +635,14 @@ impl Session {
                 .map_or(0, |c| std::ptr::from_ref(c) as usize),
         ];
         let (held, [breaker_held, bulkhead_held, concurrency_held]) = match &outer {
-            None => (crate::context::Held::outermost(own), [false; 3]),
-            Some(o) => o.held.nested(own),
+            None => (Held::outermost(own), [false; 3]),
+            Some(o) => {
+                let (held, [mut b, bh, c]) = o.held.nested(own);
+                if b && let Some(breaker) = shared.breaker {
+                    b = runs_under_enclosing_permit(breaker, &o.held);
+                }
+                (held, [b, bh, c])
+            }
         };
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
@@ -1022,11 +1040,22 @@ impl Session {
             self.give_back_retry();
             return Err(self.out_of_time());
         }
-        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held)
-            && b.try_acquire_into(now, &mut self.breaker_permit).is_err()
-        {
-            self.give_back_retry();
-            return Err(self.rejected_by_breaker(b.name()));
+        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
+            if b.try_acquire_into(now, &mut self.breaker_permit).is_err() {
+                self.give_back_retry();
+                return Err(self.rejected_by_breaker(b.name()));
+            }
+            // A half-open probe: calls nested in this attempt under the same breaker run
+            // under it (see `runs_under_enclosing_permit`).
+            if self
+                .breaker_permit
+                .as_ref()
+                .is_some_and(crate::breaker::BreakerPermit::is_probe)
+            {
+                self.ctx
+                    .held
+                    .mark_probe(std::ptr::from_ref(b) as usize, true);
+            }
         }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
         // one the breaker or the deadline refused.
@@ -1430,6 +1459,12 @@ impl Session {
             }
         }
         if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
+            // The next attempt marks its own permit, if a probe.
+            if p.is_probe() {
+                self.ctx
+                    .held
+                    .mark_probe(std::ptr::from_ref(b) as usize, false);
+            }
             if class.trips_breaker() && !cut_short {
                 b.on_failure(p);
             } else {
