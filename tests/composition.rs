@@ -1524,6 +1524,50 @@ async fn a_nested_failure_returned_later_in_a_services_own_error_is_not_retried_
     assert_eq!(users.count(), 1, "{e}");
 }
 
+/// The same with the runtime's error in an `#[error(transparent)]` variant, as the README
+/// recommends for a service's own error type: its `source()` skips the runtime's error (to
+/// that error's cause), which the enclosing call once never found, retrying the nested
+/// call's failure again around it (9 requests to the dead dependency, not 3).
+#[derive(Debug, thiserror::Error)]
+enum PageErrorTransparent {
+    #[error(transparent)]
+    Upstream(#[from] Error),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_needing_recs_transparent(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> Result<String, PageErrorTransparent> {
+    let recs = recommendations(c, recs).await;
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{}", recs?))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_returned_later_through_a_transparent_variant_is_not_retried_again() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
+    let e = page_needing_recs_transparent(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PageErrorTransparent::Upstream(_)), "{e:?}");
+    assert_eq!(
+        recs.count(),
+        3,
+        "3 attempts inside, none again around them: {e}"
+    );
+    assert_eq!(users.count(), 1, "{e}");
+}
+
 /// The same shapes in a service's client: the nested call a method of `self`, its failure
 /// returned later, boxed or in `anyhow` (both carry the runtime's `Error` with its mark).
 struct Pages {

@@ -79,6 +79,8 @@ struct Detail {
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    /// `source` marked as a nested call's (see [`carried`]): unmarked when dropped.
+    mark: carried::Mark,
 }
 
 impl Default for Detail {
@@ -91,6 +93,7 @@ impl Default for Detail {
             reached: false,
             retry_after: None,
             source: None,
+            mark: carried::Mark::NONE,
         }
     }
 }
@@ -276,6 +279,13 @@ impl Error {
     /// retried as far as its policy allowed.
     pub(crate) fn set_origin(&mut self, token: u16) {
         self.origin = token;
+        // Its cause marked too: an enclosing call whose error holds this one's cause but not
+        // this one (a `#[error(transparent)]` variant) still finds it came back.
+        if let Some(d) = self.detail.as_deref_mut()
+            && let Some(source) = d.source.as_deref()
+        {
+            d.mark.set(source, token);
+        }
     }
 
     pub(crate) fn origin(&self) -> u16 {
@@ -377,6 +387,97 @@ impl Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.source_box().map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+/// The causes of errors that nested calls returned, by address, with the returning call's
+/// token. A service's error type that holds the runtime's [`Error`] in an
+/// `#[error(transparent)]` variant forwards `source()` to that error's own cause, skipping the
+/// error: an enclosing call reading it finds the cause, and through it that a nested call
+/// already retried it as far as its policy allowed (not to be retried again around it). An
+/// error without a cause (a refusal, a timeout) leaves nothing to find: its kind is hidden
+/// from `fallback_on` there. Marked when the error leaves a nested call, unmarked when it is
+/// dropped; a cause of no size (all at one address) is not marked. At most [`carried::MAX`]
+/// at once: past them the oldest is forgotten (its error is then read as it was before).
+pub(crate) mod carried {
+    use std::error::Error as StdError;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub(crate) const MAX: usize = 64;
+
+    static MARKS: Mutex<Vec<(usize, u16)>> = Mutex::new(Vec::new());
+    /// How many are marked: none, no lock taken to look.
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+    fn marks() -> std::sync::MutexGuard<'static, Vec<(usize, u16)>> {
+        MARKS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn address(e: &(dyn StdError + 'static)) -> usize {
+        std::ptr::from_ref(e).cast::<()>() as usize
+    }
+
+    /// A cause's mark, held by the error that holds the cause.
+    #[derive(Debug, Default)]
+    pub(crate) struct Mark(usize);
+
+    impl Mark {
+        pub(crate) const NONE: Mark = Mark(0);
+
+        #[cold]
+        pub(crate) fn set(&mut self, cause: &(dyn StdError + Send + Sync + 'static), token: u16) {
+            if std::mem::size_of_val(cause) == 0 {
+                return;
+            }
+            let at = address(cause);
+            let mut marks = marks();
+            if let Some(m) = marks.iter_mut().find(|m| m.0 == at) {
+                *m = (at, token);
+            } else {
+                if marks.len() == MAX {
+                    marks.remove(0);
+                }
+                marks.push((at, token));
+            }
+            COUNT.store(marks.len(), Ordering::Relaxed);
+            self.0 = at;
+        }
+    }
+
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            if self.0 != 0 {
+                let mut marks = marks();
+                marks.retain(|m| m.0 != self.0);
+                COUNT.store(marks.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The token of the nested call's error whose cause is in `err`'s source chain (`err`
+    /// included), if one is marked.
+    pub(crate) fn find(err: &(dyn StdError + 'static)) -> Option<u16> {
+        if COUNT.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        find_in(err)
+    }
+
+    #[cold]
+    fn find_in(err: &(dyn StdError + 'static)) -> Option<u16> {
+        let marks = marks();
+        let mut cur = Some(err);
+        // Bounded: a chain that loops on itself is not walked for ever.
+        for _ in 0..64 {
+            let e = cur?;
+            let at = address(e);
+            if let Some(m) = marks.iter().find(|m| m.0 == at) {
+                return Some(m.1);
+            }
+            cur = e.source();
+        }
+        None
     }
 }
 
