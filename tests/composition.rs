@@ -1720,20 +1720,29 @@ async fn order_then_stock(c: &reqwest::Client, orders: &str, stock: &str) -> Res
 /// Calls `$f(client, orders, stock)` against an orders server that answers and a stock server
 /// that answers 503: the call fails, and the order was placed once. Its error and the stock
 /// server, for more checks.
+/// Through a plain `reqwest::Client` first (it reports nothing to the attempt: the rewrite's
+/// own rules alone keep the POST from going again), then the settings' client (which reports
+/// each request it completes); the second's error and stock server returned.
 macro_rules! placed_once {
     ($f:ident) => {{
-        let orders = FaultServer::start(Script::always(Action::ok())).await;
-        let stock = FaultServer::start(Script::always(Action::status(503))).await;
-        let e = $f(&client(), &orders.url("/orders"), &stock.url("/stock"))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            orders.count(),
-            1,
-            "{}: the order placed once: {e}",
-            stringify!($f)
-        );
-        (e, stock)
+        let mut placed = None;
+        for (plain, c) in [(true, reqwest::Client::new()), (false, client())] {
+            let orders = FaultServer::start(Script::always(Action::ok())).await;
+            let stock = FaultServer::start(Script::always(Action::status(503))).await;
+            let e = $f(&c, &orders.url("/orders"), &stock.url("/stock"))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                orders.count(),
+                1,
+                "{} (plain client: {plain}): the order placed once: {e}",
+                stringify!($f)
+            );
+            if !plain {
+                placed = Some((e, stock));
+            }
+        }
+        placed.unwrap()
     }};
 }
 
@@ -2028,6 +2037,175 @@ async fn order_by_macro_then_stock(
 #[tokio::test(start_paused = true)]
 async fn a_post_sent_by_a_macro_of_ones_own_is_not_resent() {
     placed_once!(order_by_macro_then_stock);
+}
+
+/// The same macro handed a client held in a struct (`self.http`), and a macro whose input is
+/// no list of expressions (`place_to!(c => url)`): their POSTs once went out unseen (a macro
+/// mentioning `self` was taken to send nothing, and one not read as a list was searched for a
+/// written `.send(` only), and the GET's 503 was retried, placing the order three times.
+macro_rules! place_to {
+    ($c:expr => $url:expr) => {
+        $c.post($url).body("order").send()
+    };
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_by_arrow_macro_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    place_to!(c => orders).await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+struct Storefront {
+    http: reqwest::Client,
+}
+
+impl Storefront {
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn order_then_stock(&self, orders: &str, stock: &str) -> Result<String, Error> {
+        place!(self.http, orders).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+async fn shop_order_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    Storefront { http: c.clone() }
+        .order_then_stock(orders, stock)
+        .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_sent_by_a_macro_handed_a_field_or_read_whole_is_not_resent() {
+    placed_once!(order_by_arrow_macro_then_stock);
+    placed_once!(shop_order_then_stock);
+}
+
+/// A helper under an adapter the rewrite does not list (an extension trait of the service's
+/// own, `futures`' `.then`), and one reached through a value a call made (`OrderApi::new(c)
+/// .place(url)`): each watched whole where it is awaited. They once went neither watched nor
+/// counted unseen, and the GET's 503 ran the body again: the order placed three times.
+trait Within: std::future::Future + Sized {
+    fn within(self, d: Duration) -> tokio::time::Timeout<Self> {
+        tokio::time::timeout(d, self)
+    }
+}
+
+impl<F: std::future::Future> Within for F {}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_within_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let _ = create_order(c, orders)
+        .within(Duration::from_millis(500))
+        .await;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_then_chained_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    create_order(c, orders)
+        .then(|r| async move { r })
+        .await?
+        .error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+struct OrderApi<'a> {
+    http: &'a reqwest::Client,
+}
+
+impl<'a> OrderApi<'a> {
+    fn new(http: &'a reqwest::Client) -> OrderApi<'a> {
+        OrderApi { http }
+    }
+
+    async fn place(&self, url: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.post(url).body("order").send().await
+    }
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_through_an_api_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    OrderApi::new(c).place(orders).await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_under_an_unlisted_adapter_or_reached_through_a_value_is_watched() {
+    placed_once!(order_within_then_stock);
+    placed_once!(order_then_chained_then_stock);
+    placed_once!(order_through_an_api_then_stock);
 }
 
 /// The helper's futures made in a closure and collected for a `join_all`, beside the body's

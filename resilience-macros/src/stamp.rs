@@ -55,6 +55,11 @@ pub(crate) fn rewrite(
         p: private,
         found: Found::default(),
         clients,
+        self_clients: if clients.is_some_and(|c| c.iter().any(|c| c == "self")) {
+            self_client_fields(block.to_token_stream())
+        } else {
+            Vec::new()
+        },
     };
     if let Some(clients) = clients {
         let mut u = Unwatched {
@@ -396,9 +401,23 @@ struct Rewriter<'a> {
     p: &'a TokenStream,
     found: Found,
     clients: Option<&'a [String]>,
+    /// The fields of `self` the body builds requests on (see [`self_client_fields`]).
+    self_clients: Vec<String>,
 }
 
 impl Rewriter<'_> {
+    /// Whether `mac`, a macro of the user's own (not one of [`known_macro`]'s), is handed one
+    /// of the body's clients: a client parameter, or `self`'s client (see
+    /// [`hands_self_a_client`]). What it expands to may send unseen.
+    fn hands_a_client_to(&self, mac: &syn::Macro) -> bool {
+        self.clients.is_some_and(|clients| {
+            !known_macro(mac)
+                && (mentions_any(mac.tokens.clone(), &without_self(clients))
+                    || (clients.iter().any(|c| c == "self")
+                        && hands_self_a_client(mac.tokens.clone(), &self.self_clients)))
+        })
+    }
+
     /// [`hands_a_client`] with the body's client names; `false` when no helper is watched.
     fn hands_a_client(&self, e: &syn::Expr) -> bool {
         self.clients
@@ -408,8 +427,10 @@ impl Rewriter<'_> {
 
 /// An awaited call that is handed one of `clients`: a function given one (`create_order(c, o)`,
 /// `recs(&self.http, id)`), a method of `self` or of a field of it (`self.place(o)`,
-/// `self.payments.charge(o)`), or a method of a client parameter (an extension trait). Not a
-/// `.send()` or `.execute(…)`, which the rewrite sees.
+/// `self.payments.charge(o)`), a method of a client parameter (an extension trait), or any
+/// method called on such a call's value (`create_order(c, o).timeout(d)`, tokio-util's;
+/// `.then(…)`; `Api::new(c).fetch(id)`): watched whole where no adapter lets the rewrite
+/// reach the helper inside. Not a `.send()` or `.execute(…)`, which the rewrite sees.
 fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
     let mentions = |e: &syn::Expr| mentions_any(e.to_token_stream(), clients);
     match e {
@@ -422,8 +443,11 @@ fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
                 return false;
             }
             // A future adapted on its way to the `.await` (`create_order(c, o)
-            // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside.
-            if FUTURE_ADAPTERS.contains(&name.as_str()) && hands_a_client(&m.receiver, clients) {
+            // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside. Any
+            // other method of a helper's value (`.timeout(d)`, `Api::new(c).fetch(id)`): the
+            // whole (`watch_base` wraps it whole). Once only unlisted adapters were followed
+            // through neither, and the helper's POST went unwatched and unseen.
+            if hands_a_client(&m.receiver, clients) {
                 return true;
             }
             rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
@@ -920,6 +944,68 @@ fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
     }
 }
 
+/// The fields of `self` that `ts` (a body) builds requests on: `F` in `self.F.post(…)` (any
+/// method of a request's), `self.F.request(…)`, `self.F.execute(…)`.
+fn self_client_fields(ts: TokenStream) -> Vec<String> {
+    fn scan(ts: TokenStream, out: &mut Vec<String>) {
+        let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
+        for (i, tt) in tts.iter().enumerate() {
+            if let proc_macro2::TokenTree::Group(g) = tt {
+                scan(g.stream(), out);
+                continue;
+            }
+            if let [
+                proc_macro2::TokenTree::Ident(me),
+                proc_macro2::TokenTree::Punct(d1),
+                proc_macro2::TokenTree::Ident(field),
+                proc_macro2::TokenTree::Punct(d2),
+                proc_macro2::TokenTree::Ident(m),
+                ..,
+            ] = &tts[i..]
+                && me == "self"
+                && d1.as_char() == '.'
+                && d2.as_char() == '.'
+                && [
+                    "get", "post", "put", "patch", "delete", "head", "request", "execute",
+                ]
+                .iter()
+                .any(|b| m == b)
+            {
+                let f = field.to_string();
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    scan(ts, &mut out);
+    out
+}
+
+/// Whether a macro's input `ts` hands it `self`'s client: `self.F` with `F` one of `fields`
+/// (the body builds requests on it) or named for one (`http`, `client` in its name), or `self`
+/// itself. Not another field (`label!(self.id)`: formatting a value sends nothing).
+fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
+    let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
+    tts.iter().enumerate().any(|(i, tt)| match tt {
+        proc_macro2::TokenTree::Group(g) => hands_self_a_client(g.stream(), fields),
+        proc_macro2::TokenTree::Ident(me) if me == "self" => match &tts[i + 1..] {
+            [
+                proc_macro2::TokenTree::Punct(dot),
+                proc_macro2::TokenTree::Ident(field),
+                ..,
+            ] if dot.as_char() == '.' => {
+                let f = field.to_string();
+                let lower = f.to_lowercase();
+                fields.contains(&f) || lower.contains("http") || lower.contains("client")
+            }
+            _ => true,
+        },
+        _ => false,
+    })
+}
+
 /// Whether `ts` holds one of `names` as an identifier, at any depth.
 fn mentions_any(ts: TokenStream, names: &[String]) -> bool {
     ts.into_iter().any(|tt| match tt {
@@ -1038,14 +1124,11 @@ impl VisitMut for Rewriter<'_> {
                 out.extend(args.to_token_stream());
                 mac.tokens = out;
             }
-            // A macro of the user's own handed the client (`place!(c, order)`): what its
-            // expansion sends goes unseen, and its method cannot be inferred from the body.
-            // Handed a client parameter, not `self`: a macro mentioning `self` (an error's
-            // text, a metric's labels) is as likely to send nothing.
-            if let Some(clients) = self.clients
-                && !known_macro(mac)
-                && mentions_any(mac.tokens.clone(), &without_self(clients))
-            {
+            // A macro of the user's own handed the client (`place!(c, order)`,
+            // `place!(self.http, order)`): what its expansion sends goes unseen, and its
+            // method cannot be inferred from the body. `self` counts too: the macros that
+            // mention it to send nothing (an error's text, a log's fields) are the known ones.
+            if self.hands_a_client_to(mac) {
                 self.found.unreadable_sends = true;
             }
             return;
@@ -1073,7 +1156,8 @@ impl VisitMut for Rewriter<'_> {
             }
             return;
         }
-        if sends_in(&mac.tokens) {
+        // Any other input (`place!(c => order)`, `place!{ client: c, … }`): read as a whole.
+        if sends_in(&mac.tokens) || self.hands_a_client_to(mac) {
             self.found.unreadable_sends = true;
         }
     }
