@@ -447,6 +447,36 @@ async fn a_request_sent_late_tells_the_time_left_when_it_goes() {
     assert!((1_900..=2_000).contains(&left), "told {left} ms");
 }
 
+#[resilient(timeout = "10s", max_attempts = 1, budget = false)]
+async fn lookup_with_its_own_timeout(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// A request with its own timeout shorter than the attempt's tells the server that: its
+/// caller stops waiting at 300 ms (it was told 10 s, and a server planning within them
+/// worked on for a caller long gone).
+#[tokio::test(start_paused = true)]
+async fn a_requests_own_shorter_timeout_is_the_time_it_tells() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        lookup_with_its_own_timeout(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+    let left: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(left, 300, "told {left} ms");
+}
+
 #[resilient(timeout = "1s", max_attempts = 1, budget = false)]
 async fn quick_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())

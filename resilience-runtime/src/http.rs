@@ -326,6 +326,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     if !ctx.described.replace(true) {
         crate::telemetry::on_request(req);
     }
+    let own_timeout = req.timeout().copied();
     let headers = req.headers_mut();
     // Every generated value is written into one stack buffer, copied to the heap once, and
     // each header value is a slice of that one allocation.
@@ -385,7 +386,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
         buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
     });
-    let ms = time_left_ms(ctx);
+    let ms = time_left_ms(ctx, own_timeout.as_ref());
     let timeout = buf.push_u64(ms);
     let shared = buf.freeze();
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(shared.slice(r)).ok();
@@ -729,9 +730,14 @@ fn shortest_timeout_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .min()
 }
 
-/// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says.
-fn time_left_ms(ctx: &AttemptCtx) -> u64 {
-    let left = ctx.until.saturating_duration_since(Instant::now());
+/// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says. Or
+/// the request's own timeout (`.timeout(d)` on its builder), when shorter: its caller stops
+/// waiting then. A timeout on the reqwest client's builder cannot be read, and is not told.
+fn time_left_ms(ctx: &AttemptCtx, own: Option<&Duration>) -> u64 {
+    let mut left = ctx.until.saturating_duration_since(Instant::now());
+    if let Some(own) = own {
+        left = left.min(*own);
+    }
     u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -744,7 +750,7 @@ fn tell_time_left_now(req: &mut reqwest::Request) {
         let Some(told) = shortest_timeout_ms(req.headers()) else {
             return;
         };
-        let ms = time_left_ms(ctx);
+        let ms = time_left_ms(ctx, req.timeout());
         if told >= ms.saturating_add(10) {
             req.headers_mut()
                 .insert(X_TIMEOUT_MS, HeaderValue::from(ms));
