@@ -59,17 +59,44 @@ pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
     if s.is_empty() || s.len() > 255 {
         return KeyArg::Given(Err(Error::call(InvalidKey::Length(s.len()))));
     }
+    if !key_in_form(s.as_bytes()) {
+        return KeyArg::Given(Err(Error::call(InvalidKey::NotInForm)));
+    }
     KeyArg::Given(
-        reqwest::header::HeaderValue::from_str(&s)
-            .map_err(|_| Error::call(InvalidKey::NotAHeaderValue)),
+        reqwest::header::HeaderValue::from_str(&s).map_err(|_| Error::call(InvalidKey::NotInForm)),
     )
 }
 
-/// An idempotency key that is empty, longer than 255 bytes, or not a valid header value.
+/// Whether a key is written as servers read it (this crate's `IdempotencyLayer` among them):
+/// visible ASCII, or a quoted Structured Field string (the IETF draft's form), not empty. A key
+/// with a space or a byte past ASCII was sent, and answered 400: refused before anything is
+/// sent instead.
+fn key_in_form(b: &[u8]) -> bool {
+    match b {
+        [b'"', inner @ .., b'"'] if !inner.is_empty() => {
+            let mut escaped = false;
+            inner.iter().all(|&c| {
+                if escaped {
+                    escaped = false;
+                    c == b'"' || c == b'\\'
+                } else if c == b'\\' {
+                    escaped = true;
+                    true
+                } else {
+                    (0x20..=0x7e).contains(&c) && c != b'"'
+                }
+            }) && !escaped
+        }
+        [b'"', ..] => false,
+        _ => b.iter().all(|c| (0x21..=0x7e).contains(c)),
+    }
+}
+
+/// An idempotency key that is empty, longer than 255 bytes, or not in the form servers read.
 #[derive(Debug)]
 enum InvalidKey {
     Length(usize),
-    NotAHeaderValue,
+    NotInForm,
 }
 
 impl std::fmt::Display for InvalidKey {
@@ -78,9 +105,9 @@ impl std::fmt::Display for InvalidKey {
             InvalidKey::Length(n) => {
                 write!(f, "idempotency key of {n} bytes: it must be 1 to 255 bytes")
             }
-            InvalidKey::NotAHeaderValue => {
-                f.write_str("idempotency key is not a header value: it holds a control character")
-            }
+            InvalidKey::NotInForm => f.write_str(
+                "idempotency key may hold only visible ASCII characters (no spaces, control characters or bytes past ASCII), unless it is a quoted Structured Field string (\"order 7\")",
+            ),
         }
     }
 }
