@@ -141,6 +141,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // for each hedge.
     let cloned = runs_again || hedged || s.fallback.is_some();
     let mut clones = Vec::new();
+    // A hedged attempt's closure owns a clone of each by-value argument, made for the attempt,
+    // from which each of its futures clones its own: holding the argument by shared reference
+    // across the round, the closure (and the call's future) would be `Send` only if the
+    // argument were `Sync`.
+    let mut owned = Vec::new();
     // An attempt's body (not hedged) reads the arguments from an `async` block beside them:
     // one it only reads, it would capture by shared reference, and its future would be `Send`
     // only if the argument were `Sync` (a `&mut self` whose type holds a `Box<dyn Trait +
@@ -224,6 +229,11 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                                 #[allow(clippy::redundant_clone, unused_mut)]
                                 let mut #id = ::core::clone::Clone::clone(&#id);
                             });
+                            owned.push(quote_spanned! {span=>
+                                #(#cfgs)*
+                                #[allow(clippy::redundant_clone)]
+                                let #id = ::core::clone::Clone::clone(&#id);
+                            });
                         } else if pi.mutability.is_none() {
                             rebind.push(quote!(
                                 #(#cfgs)*
@@ -275,8 +285,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // clones) for each attempt and hedge.
     let attempt = if hedged {
         quote! {
-            let mut __resilience_result = __resilience_session
-                .attempt_hedged(|| {
+            let mut __resilience_result = {
+                #(#owned)*
+                __resilience_session.attempt_hedged(move || {
                     #(#clones)*
                     async move {
                         #prelude
@@ -284,6 +295,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                         #(#stmts)*
                     }
                 })
+            }
         }
     } else {
         quote! {

@@ -54,6 +54,27 @@ pub async fn tagged<T: Clone + Send + std::fmt::Display>(
         .as_u16())
 }
 
+/// A value that is `Send` and `Clone`, not `Sync`.
+#[derive(Clone)]
+pub struct Tag(Cell<u8>);
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.get())
+    }
+}
+
+/// Hedged: each attempt's closure owns its clone of the argument (it once held it by shared
+/// reference across the round, and the future was `Send` only for a `Sync` argument).
+#[resilient(timeout = "1s", hedge(delay = "50ms"))]
+pub async fn tagged_hedged(c: &reqwest::Client, tag: Tag) -> Result<u16, Error> {
+    Ok(c.get(format!("http://127.0.0.1:1/{tag}"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
 /// The key, a by-value parameter the body does not read: no `unused_variables` on its clone.
 #[resilient(idempotency_key = key, timeout = "1s")]
 pub async fn refund(c: &reqwest::Client, key: String, #[allow(unused_variables)] trace: String) -> Result<u16, Error> {
@@ -68,6 +89,10 @@ pub fn spawn_them(mut api: Api, c: reqwest::Client) {
     tokio::spawn(async move {
         let _ = api.me().await;
         let _ = api.once(Cell::new(1)).await;
+    });
+    let c3 = c.clone();
+    tokio::spawn(async move {
+        let _ = assert_send(tagged_hedged(&c3, Tag(Cell::new(3)))).await;
     });
     let c2 = c.clone();
     tokio::spawn(async move {
