@@ -689,13 +689,14 @@ fn declared(
 ) {
     for item in items {
         let syn::Item::Mod(m) = item else { continue };
-        let name = m.ident.to_string();
+        // `mod r#gen;` is in `gen.rs`: files are named without `r#`.
+        let name = syn::ext::IdentExt::unraw(&m.ident).to_string();
         let child = format!("{module}::{name}");
-        let path_attr = m.attrs.iter().find_map(|a| {
-            if !a.path().is_ident("path") {
+        let path_of = |meta: &syn::Meta| {
+            if !meta.path().is_ident("path") {
                 return None;
             }
-            match &a.meta {
+            match meta {
                 syn::Meta::NameValue(nv) => match &nv.value {
                     syn::Expr::Lit(syn::ExprLit {
                         lit: syn::Lit::Str(s),
@@ -705,7 +706,23 @@ fn declared(
                 },
                 _ => None,
             }
-        });
+        };
+        // A `#[path]`, or one a `#[cfg_attr(…)]` applies: the first whose file is there (its
+        // predicate not weighed).
+        let paths: Vec<String> = m
+            .attrs
+            .iter()
+            .flat_map(|a| {
+                let applied: Vec<String> = cfg_attr_metas(a).iter().filter_map(path_of).collect();
+                path_of(&a.meta).into_iter().chain(applied)
+            })
+            .collect();
+        let base = if inline { mod_dir } else { beside };
+        let path_attr = paths
+            .iter()
+            .find(|p| base.join(p).is_file())
+            .or(paths.first())
+            .cloned();
         match (&m.content, path_attr) {
             // Inline: its own `mod` declarations are files under `mod_dir/name`.
             (Some((_, inner)), _) => {
@@ -972,17 +989,22 @@ fn last_segment(ty: &syn::Type) -> Option<String> {
     }
 }
 
+/// The arguments of a function's `#[resilient(…)]`, also when a `#[cfg_attr(…)]` applies it
+/// (its predicate not weighed: checked as if it held).
 fn resilient_args(attrs: &[syn::Attribute]) -> Option<proc_macro2::TokenStream> {
-    attrs.iter().find_map(|a| {
-        let last = a.path().segments.last()?;
+    let args = |meta: &syn::Meta| {
+        let last = meta.path().segments.last()?;
         if last.ident != "resilient" {
             return None;
         }
-        Some(match &a.meta {
+        Some(match meta {
             syn::Meta::List(l) => l.tokens.clone(),
             _ => proc_macro2::TokenStream::new(),
         })
-    })
+    };
+    attrs
+        .iter()
+        .find_map(|a| args(&a.meta).or_else(|| cfg_attr_metas(a).iter().find_map(args)))
 }
 
 impl Finder<'_> {
@@ -1084,11 +1106,17 @@ impl<'a> Visit<'a> for Finder<'_> {
         };
         let tr = i.trait_.as_ref().map(|(t, _)| self.resolved_path(t));
         let saved = self.self_ty.replace((ty, tr));
+        let async_trait = rewritten_by_async_trait(&i.attrs);
         for item in &i.items {
             if let syn::ImplItem::Fn(f) = item {
                 self.once(&f.attrs, &f.sig.ident);
             }
             if let syn::ImplItem::Fn(f) = item
+                && async_trait
+                && resilient_args(&f.attrs).is_some()
+            {
+                self.after_async_trait(&f.sig);
+            } else if let syn::ImplItem::Fn(f) = item
                 && let Some(args) = resilient_args(&f.attrs)
             {
                 let func = syn::ItemFn {
@@ -1129,6 +1157,12 @@ impl<'a> Visit<'a> for Finder<'_> {
                 ));
             }
             if let syn::TraitItem::Fn(f) = item
+                && f.default.is_some()
+                && rewritten_by_async_trait(&t.attrs)
+                && resilient_args(&f.attrs).is_some()
+            {
+                self.after_async_trait(&f.sig);
+            } else if let syn::TraitItem::Fn(f) = item
                 && let Some(block) = &f.default
                 && let Some(args) = resilient_args(&f.attrs)
             {
@@ -1166,7 +1200,51 @@ impl<'a> Visit<'a> for Finder<'_> {
     }
 }
 
+/// Whether an impl's or a trait's attributes hold `#[async_trait]` (`async_trait::async_trait`,
+/// under `cfg_attr` too): it turns each method into a plain fn returning a boxed future before
+/// `#[resilient]` sees it, which the compiler then refuses.
+fn rewritten_by_async_trait(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "async_trait")
+            || cfg_attr_metas(a).iter().any(|m| {
+                m.path()
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.ident == "async_trait")
+            })
+    })
+}
+
+/// The attributes a `#[cfg_attr(predicate, attr, …)]` applies (its predicate not weighed, as
+/// a `#[cfg]` is not); none for another attribute.
+fn cfg_attr_metas(a: &syn::Attribute) -> Vec<syn::Meta> {
+    if !a.path().is_ident("cfg_attr") {
+        return Vec::new();
+    }
+    a.parse_args_with(syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+        .map(|metas| metas.into_iter().skip(1).collect())
+        .unwrap_or_default()
+}
+
 impl Finder<'_> {
+    /// A `#[resilient]` method of an impl or trait under `#[async_trait]`: the compiler refuses
+    /// it with these words, and so does the check.
+    fn after_async_trait(&mut self, sig: &syn::Signature) {
+        let at = sig.fn_token.span.start();
+        self.refused.push((
+            at.line,
+            at.column + 1,
+            format!(
+                "{}: #[resilient] sees this method after #[async_trait] turned it into a plain fn returning a boxed future\n\
+                 help: drop #[async_trait] (traits take `async fn` natively since Rust 1.75), or put #[resilient] on an inherent `async fn` and call it from the trait method",
+                self.path_of(&sig.ident.to_string())
+            ),
+        ));
+    }
+
     /// `#[resilient]` given twice on one function is refused by the compiler: so here.
     fn once(&mut self, attrs: &[syn::Attribute], name: &syn::Ident) {
         let mut given = attrs.iter().filter(|a| {

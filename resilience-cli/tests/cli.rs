@@ -1739,3 +1739,62 @@ fn what_check_does_not_read() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("cfg_not_weighed::never_built"), "{t}");
 }
+
+/// What the build refuses, the check refuses too, in the shapes it once passed: a method under
+/// `#[async_trait]` (the attribute sees a plain fn), an unsafe POST in `mod r#gen;` (its file
+/// is `gen.rs`, not `r#gen.rs`, and went unread), an attribute a `#[cfg_attr]` applies (unseen),
+/// a module whose `#[path]` a `#[cfg_attr]` gives (unread), and a fallback of a function
+/// returning `impl Trait` (refused only as the code was generated).
+#[test]
+fn check_refuses_what_the_build_refuses_in_the_shapes_it_once_passed() {
+    let post = |name: &str| {
+        format!(
+            "#[resilient(timeout = \"2s\")]\npub async fn {name}(c: &reqwest::Client) -> Result<(), Error> {{\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}}\n"
+        )
+    };
+    let lib = "use resilience_runtime::{resilient, Error};\n\
+         pub mod r#gen;\n\
+         #[cfg_attr(unix, path = \"sys_unix.rs\")]\n\
+         pub mod sys;\n\
+         pub struct Svc;\n\
+         #[async_trait::async_trait]\n\
+         pub trait Api { async fn get(&self, c: &reqwest::Client) -> Result<u16, Error>; }\n\
+         #[async_trait::async_trait]\n\
+         impl Api for Svc {\n\
+         #[resilient(timeout = \"1s\")]\n\
+         async fn get(&self, c: &reqwest::Client) -> Result<u16, Error> { Ok(c.get(\"http://a/\").send().await?.status().as_u16()) }\n\
+         }\n\
+         #[cfg_attr(feature = \"resilience\", resilient(timeout = \"2s\"))]\n\
+         pub async fn gated(c: &reqwest::Client) -> Result<(), Error> {\n    c.post(\"http://pg/charges\").send().await?;\n    Ok(())\n}\n\
+         #[resilient(method = GET, fallback = cached)]\n\
+         pub async fn fresh(c: &reqwest::Client) -> Result<impl Iterator<Item = u8>, Error> { Ok(c.get(\"http://a/\").send().await?.bytes().await?.to_vec().into_iter()) }\n";
+    let generated = format!(
+        "use resilience_runtime::{{resilient, Error}};\n{}",
+        post("charge")
+    );
+    let sys = format!(
+        "use resilience_runtime::{{resilient, Error}};\n{}",
+        post("refund")
+    );
+    let dir = crate_with(
+        "shapes",
+        &[
+            ("src/lib.rs", lib),
+            ("src/gen.rs", &generated),
+            ("src/sys_unix.rs", &sys),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for want in [
+        "shapes::<Svc as Api>::get: #[resilient] sees this method after #[async_trait]",
+        "src/gen.rs:4:7: shapes::gen::charge: this POST could be retried",
+        "src/sys_unix.rs:4:7: shapes::sys::refund: this POST could be retried",
+        "shapes::gated: this POST could be retried",
+        "`fallback` needs a return type the fallback can return too",
+    ] {
+        assert!(t.contains(want), "{want}:\n{t}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

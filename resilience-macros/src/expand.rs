@@ -13,7 +13,7 @@ use resilience_policy::model::{KeyModel, Settings};
 use resilience_policy::validate::Shared;
 
 /// A `fallback` call is written once per combination of the parameters under `#[cfg]`.
-const MAX_GATED_FALLBACK_ARGS: usize = 4;
+use resilience_policy::validate::MAX_GATED_FALLBACK_ARGS;
 
 pub(crate) struct Plan<'a> {
     pub func: &'a syn::ItemFn,
@@ -314,15 +314,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // The fallback: the same arguments, typed with the function's own return type, so the
     // compiler checks the signature and points at `fallback = …`.
     let fallback_call = s.fallback.as_ref().map(|name| {
+        // An `impl Trait` return type, or more than `MAX_GATED_FALLBACK_ARGS` parameters
+        // under `#[cfg]`, was refused by the analysis (`check_fallback`), as `resilience
+        // check` refuses them.
         let span = name.origin.span_or(Span::call_site());
-        if let syn::ReturnType::Type(_, ty) = &sig.output
-            && contains_impl(ty)
-        {
-            // Two functions returning `impl Trait` return two different types.
-            return quote_spanned! {ty.span()=>
-                ::core::compile_error!("`fallback` needs a return type the fallback can return too; an `impl Trait` in it is a type of this function's own: name the type, or box it (`Box<dyn Trait>`)")
-            };
-        }
         let path: TokenStream = respan(name.value.parse().unwrap_or_default(), span);
         // Each argument, with the `cfg` predicates of its parameter (none for most).
         let args: Vec<(TokenStream, Vec<TokenStream>)> = sig
@@ -359,14 +354,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         // An argument list cannot hold `#[cfg]`: one call per combination of the gated
         // parameters, each under the cfg that says which of them exist (one call, ungated,
         // when none is).
-        let gated: Vec<usize> = (0..args.len())
-            .filter(|&i| !args[i].1.is_empty())
-            .collect();
-        if gated.len() > MAX_GATED_FALLBACK_ARGS {
-            return quote_spanned! {span=>
-                ::core::compile_error!("`fallback` with more than 4 parameters under `#[cfg]`: the call is written once for each combination of them; gather the gated ones in one struct")
-            };
-        }
+        let gated: Vec<usize> = (0..args.len()).filter(|&i| !args[i].1.is_empty()).collect();
+        debug_assert!(gated.len() <= MAX_GATED_FALLBACK_ARGS);
         let calls = (0..1usize << gated.len()).map(|combo| {
             let present = |i: usize| {
                 gated

@@ -979,7 +979,49 @@ pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span
                     format!("{}{b}", file_prefix(&name.origin)),
                 );
             }
+            // Two functions returning `impl Trait` return two different types.
+            if let syn::ReturnType::Type(_, ty) = &f.sig.output
+                && ty
+                    .to_token_stream()
+                    .into_iter()
+                    .any(|tt| token_has_impl(&tt))
+            {
+                diags.push(
+                    ty.span(),
+                    "`fallback` needs a return type the fallback can return too; an `impl Trait` in it is a type of this function's own: name the type, or box it (`Box<dyn Trait>`)",
+                );
+            }
+            // An argument list cannot hold `#[cfg]`: the call is written once for each
+            // combination of the gated parameters.
+            let gated = f
+                .sig
+                .inputs
+                .iter()
+                .filter(|input| {
+                    matches!(input, syn::FnArg::Typed(pt) if pt.attrs.iter().any(|a| a.path().is_ident("cfg")))
+                })
+                .count();
+            if gated > MAX_GATED_FALLBACK_ARGS {
+                diags.push(
+                    name.origin.span_or(fb),
+                    format!(
+                        "`fallback` with more than {MAX_GATED_FALLBACK_ARGS} parameters under `#[cfg]`: the call is written once for each combination of them; gather the gated ones in one struct"
+                    ),
+                );
+            }
         }
+    }
+}
+
+/// The most parameters under `#[cfg]` a function with a fallback may have: its call to the
+/// fallback is written once for each combination of them (2⁴ calls).
+pub const MAX_GATED_FALLBACK_ARGS: usize = 4;
+
+fn token_has_impl(tt: &proc_macro2::TokenTree) -> bool {
+    match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => g.stream().into_iter().any(|t| token_has_impl(&t)),
+        _ => false,
     }
 }
 
