@@ -52,14 +52,24 @@ async fn shared_without_redis(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
+/// A fallback, never called on the happy path: it costs the call nothing.
+#[resilient(method = GET, timeout = "1s", fallback = cached)]
+async fn with_fallback(n: u64) -> Result<u64, Error> {
+    Ok(n + 1)
+}
+
+async fn cached(_n: u64) -> Result<u64, Error> {
+    Ok(0)
+}
+
 #[resilient(method = GET, timeout = "1s", hedge(delay = "50ms"))]
 async fn hedged(n: u64) -> Result<u64, Error> {
     Ok(n + 1)
 }
 
 /// The heap allocations of this thread per call, over 1,000 calls of the function numbered `f`
-/// (0 `defaults`, 1 `everything`, 2 `adaptive`, 3 `shared_without_redis`, else `hedged`), each
-/// checked to succeed.
+/// (0 `defaults`, 1 `everything`, 2 `adaptive`, 3 `shared_without_redis`, 4 `with_fallback`,
+/// else `hedged`), each checked to succeed.
 async fn allocations_per_call(f: u8) -> f64 {
     let (before, _) = snapshot();
     for i in 0..1000u64 {
@@ -68,6 +78,7 @@ async fn allocations_per_call(f: u8) -> f64 {
             1 => everything(i).await,
             2 => adaptive(i).await,
             3 => shared_without_redis(i).await,
+            4 => with_fallback(i).await,
             _ => hedged(i).await,
         };
         assert_eq!(r.unwrap(), i + 1);
@@ -88,6 +99,7 @@ fn no_allocation_per_call_on_the_happy_path() {
         assert_eq!(everything(1).await.unwrap(), 2);
         assert_eq!(adaptive(1).await.unwrap(), 2);
         assert_eq!(shared_without_redis(1).await.unwrap(), 2);
+        assert_eq!(with_fallback(1).await.unwrap(), 2);
         for (name, f) in [
             ("defaults", 0),
             ("budget + breaker + bulkhead + rate limit", 1),
@@ -95,6 +107,7 @@ fn no_allocation_per_call_on_the_happy_path() {
             // Its local decisions told the recorder with a key built per call (a label's
             // `Vec`), even with none installed.
             ("a limit shared through Redis, decided locally", 3),
+            ("a fallback, not called", 4),
         ] {
             let per_call = allocations_per_call(f).await;
             assert_eq!(per_call, 0.0, "{name}: {per_call} allocations per call");
