@@ -298,6 +298,80 @@ async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
     resilience_runtime::breakers::reset("tracing_refusing").unwrap();
 }
 
+#[resilient(
+    timeout = "10s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "tracing_one_slot", max_concurrent = 1 }
+)]
+async fn one_at_a_time(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit = { name = "tracing_one_an_hour", rate = 1, per = "1h", burst = 1 }
+)]
+async fn once_an_hour(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", idempotency_key = key, max_attempts = 1, budget = false)]
+async fn keyed_by(c: &reqwest::Client, url: &str, key: &str) -> Result<u16, Error> {
+    Ok(c.post(url).send().await?.status().as_u16())
+}
+
+/// So do calls refused by a full bulkhead, by the rate limit, and for an invalid key: a warn
+/// event each, no span opened.
+#[tokio::test(start_paused = true)]
+async fn calls_refused_by_a_bulkhead_a_rate_limit_or_their_key_open_no_span() {
+    let (buf, _guard) = support::capture(tracing::Level::DEBUG, true);
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let (stalled_url, url) = (stalled.url("/"), server.url("/"));
+    assert_eq!(once_an_hour(&c, &url).await.unwrap(), 200);
+    let holder = one_at_a_time(&c, &stalled_url);
+    tokio::pin!(holder);
+    tokio::select! {
+        r = &mut holder => panic!("the slot's holder ended: {r:?}"),
+        () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+    }
+    let refusals = [
+        ("bulkhead", one_at_a_time(&c, &url).await.unwrap_err()),
+        ("rate limit", once_an_hour(&c, &url).await.unwrap_err()),
+        (
+            "invalid key",
+            keyed_by(&c, &url, "order 7").await.unwrap_err(),
+        ),
+    ];
+    let text = buf.text();
+    for (what, e) in &refusals {
+        assert_eq!(e.attempts(), 0, "{what}: {e}");
+    }
+    // What the refusals logged (the holder's call logs nothing at warn).
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("tracing::one_at_a_time")
+                || l.contains("tracing::once_an_hour")
+                || l.contains("tracing::keyed_by")
+        })
+        .filter(|l| l.contains("WARN"))
+        .collect();
+    assert!(refused.len() >= 3, "a warn event each:\n{text}");
+    for line in &refused {
+        assert!(!line.contains("resilient{"), "no span: {line}");
+    }
+    assert_eq!(
+        server.count(),
+        1,
+        "only the first of the hour's calls went out"
+    );
+}
+
 /// State of a body that logs when it is dropped: a connection's guard, a lease, a span of its
 /// own.
 struct LogsOnDrop;
