@@ -738,6 +738,57 @@ async fn a_nested_call_does_not_pass_a_half_open_breaker_its_caller_entered_clos
     assert_eq!(state(), BreakerState::Closed);
 }
 
+#[resilient(timeout = "10s", max_attempts = 3, method = GET, budget = false,
+    backoff(kind = constant, initial = "1500ms", jitter = none),
+    breaker = { name = "composition_late_retry", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 })]
+async fn retrying_lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "10s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_late_retry", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 })]
+async fn one_shot_lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "30s", max_attempts = 1, method = GET, budget = false,
+    breaker = { name = "composition_late_retry", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 })]
+async fn long_job_retrying(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    retrying_lookup(c, url).await
+}
+
+/// The same when the nested call began while the breaker was closed and retries after it has
+/// opened and gone half-open: its retry is refused as any call is (it was decided once, as the
+/// nested call began, and its retry went to the dependency under trial).
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_retry_does_not_pass_a_half_open_breaker_either() {
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let stalled =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(5)))).await;
+    let flaky = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = client();
+    let (flaky_url, stalled_url) = (flaky.url("/"), stalled.url("/"));
+    let (job, probe) = tokio::join!(long_job_retrying(&c, &flaky_url), async {
+        // The nested call's first attempt has failed; it waits 1.5 s to retry. Other calls
+        // open the breaker, and at 1.1 s its probe goes out and stalls.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(flaky.count(), 1);
+        for _ in 0..2 {
+            one_shot_lookup(&c, &down.url("/")).await.unwrap_err();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        one_shot_lookup(&c, &stalled_url).await
+    });
+    let e = job.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(
+        flaky.count(),
+        1,
+        "the retry was not sent past the probe: {e}"
+    );
+    assert_eq!(probe.unwrap(), "ok");
+}
+
 #[resilient(timeout = "1s", max_attempts = 1, method = GET, budget = false,
     concurrency_limit(name = "composition_one_at_a_time", initial = 1, min = 1, max = 1, latency = "500ms"))]
 async fn lookup_limited(c: &reqwest::Client, url: &str) -> Result<String, Error> {

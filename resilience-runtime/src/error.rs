@@ -78,9 +78,10 @@ struct Detail {
     reached: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
-    /// `source` marked as a nested call's (see [`carried`]): unmarked when dropped.
+    /// `source` marked as a nested call's (see [`carried`]): unmarked when dropped, before
+    /// `source` is (fields drop in order).
     mark: carried::Mark,
+    source: Option<BoxError>,
 }
 
 impl Default for Detail {
@@ -397,28 +398,32 @@ impl StdError for Error {
 /// already retried it as far as its policy allowed (not to be retried again around it). An
 /// error without a cause (a refusal, a timeout) leaves nothing to find: its kind is hidden
 /// from `fallback_on` there. Marked when the error leaves a nested call, unmarked when it is
-/// dropped; a cause of no size (all at one address) is not marked. At most [`carried::MAX`]
-/// at once: past them the oldest is forgotten (its error is then read as it was before).
+/// dropped; a cause of no size (all at one address) is not marked.
 pub(crate) mod carried {
+    use std::collections::HashMap;
     use std::error::Error as StdError;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{LazyLock, Mutex, MutexGuard};
 
-    pub(crate) const MAX: usize = 64;
-
-    static MARKS: Mutex<Vec<(usize, u16)>> = Mutex::new(Vec::new());
+    /// The marks, by address, in shards (a failing dependency marks an error on every nested
+    /// call that gives up, from every thread at once).
+    static MARKS: LazyLock<[Mutex<HashMap<usize, u16>>; 16]> =
+        LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashMap::new())));
     /// How many are marked: none, no lock taken to look.
     static COUNT: AtomicUsize = AtomicUsize::new(0);
 
-    fn marks() -> std::sync::MutexGuard<'static, Vec<(usize, u16)>> {
-        MARKS.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(at: usize) -> MutexGuard<'static, HashMap<usize, u16>> {
+        MARKS[(at >> 4) % 16]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn address(e: &(dyn StdError + 'static)) -> usize {
         std::ptr::from_ref(e).cast::<()>() as usize
     }
 
-    /// A cause's mark, held by the error that holds the cause.
+    /// A cause's mark, held by the error that holds the cause, before the cause (so that it is
+    /// dropped first: the cause's memory is not freed, and taken by another, while marked).
     #[derive(Debug, Default)]
     pub(crate) struct Mark(usize);
 
@@ -431,26 +436,27 @@ pub(crate) mod carried {
                 return;
             }
             let at = address(cause);
-            let mut marks = marks();
-            if let Some(m) = marks.iter_mut().find(|m| m.0 == at) {
-                *m = (at, token);
-            } else {
-                if marks.len() == MAX {
-                    marks.remove(0);
-                }
-                marks.push((at, token));
+            if self.0 != 0 && self.0 != at {
+                self.unmark();
             }
-            COUNT.store(marks.len(), Ordering::Relaxed);
+            if shard(at).insert(at, token).is_none() {
+                COUNT.fetch_add(1, Ordering::Relaxed);
+            }
             self.0 = at;
+        }
+
+        fn unmark(&mut self) {
+            if shard(self.0).remove(&self.0).is_some() {
+                COUNT.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.0 = 0;
         }
     }
 
     impl Drop for Mark {
         fn drop(&mut self) {
             if self.0 != 0 {
-                let mut marks = marks();
-                marks.retain(|m| m.0 != self.0);
-                COUNT.store(marks.len(), Ordering::Relaxed);
+                self.unmark();
             }
         }
     }
@@ -466,18 +472,19 @@ pub(crate) mod carried {
 
     #[cold]
     fn find_in(err: &(dyn StdError + 'static)) -> Option<u16> {
-        let marks = marks();
+        // The chain's addresses first, no lock held while its `source()`s run (bounded: a
+        // chain that loops on itself is not walked for ever).
+        let mut chain = [0usize; 64];
         let mut cur = Some(err);
-        // Bounded: a chain that loops on itself is not walked for ever.
-        for _ in 0..64 {
-            let e = cur?;
-            let at = address(e);
-            if let Some(m) = marks.iter().find(|m| m.0 == at) {
-                return Some(m.1);
-            }
+        let mut n = 0;
+        while let Some(e) = cur
+            && n < chain.len()
+        {
+            chain[n] = address(e);
+            n += 1;
             cur = e.source();
         }
-        None
+        chain[..n].iter().find_map(|at| shard(*at).get(at).copied())
     }
 }
 

@@ -663,13 +663,8 @@ impl Session {
         ];
         let (held, [breaker_held, bulkhead_held, concurrency_held]) = match &outer {
             None => (Held::outermost(own), [false; 3]),
-            Some(o) => {
-                let (held, [mut b, bh, c]) = o.held.nested(own);
-                if b && let Some(breaker) = shared.breaker {
-                    b = runs_under_enclosing_permit(breaker, &o.held);
-                }
-                (held, [b, bh, c])
-            }
+            // A held breaker is asked again at each attempt (`begin_attempt`).
+            Some(o) => o.held.nested(own),
         };
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
@@ -1067,7 +1062,14 @@ impl Session {
             self.give_back_retry();
             return Err(self.out_of_time());
         }
-        if let Some(b) = self.shared.breaker.filter(|_| !self.breaker_held) {
+        // Held by the enclosing call (see `runs_under_enclosing_permit`), asked again at each
+        // attempt: a nested call that began while the breaker was closed and retries after it
+        // has opened and gone half-open takes a probe of its own, or is refused.
+        if let Some(b) = self
+            .shared
+            .breaker
+            .filter(|b| !self.breaker_held || !runs_under_enclosing_permit(b, &self.ctx.held))
+        {
             if b.try_acquire_into(now, &mut self.breaker_permit).is_err() {
                 self.give_back_retry();
                 return Err(self.rejected_by_breaker(b.name()));
