@@ -2252,11 +2252,37 @@ async fn order_through_an_api_then_stock(
         .await?)
 }
 
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_within_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    tokio::spawn(
+        create_order_owned(c.clone(), orders.to_owned()).within(Duration::from_millis(500)),
+    );
+    // The order's task has run by the time the GET is answered.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_helper_under_an_unlisted_adapter_or_reached_through_a_value_is_watched() {
     placed_once!(order_within_then_stock);
     placed_once!(order_then_chained_then_stock);
     placed_once!(order_through_an_api_then_stock);
+    // Spawned under the adapter: counted unseen.
+    placed_once!(order_spawned_within_then_stock);
 }
 
 /// The helper's futures made in a closure and collected for a `join_all`, beside the body's

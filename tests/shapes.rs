@@ -1412,6 +1412,53 @@ async fn a_macro_handed_self_does_not_stop_retries() {
     assert_eq!(server.count(), 2);
 }
 
+/// A macro of the service's own that counts a value.
+macro_rules! tally {
+    ($v:expr) => {
+        let _ = $v;
+    };
+}
+
+struct Tenants {
+    http: reqwest::Client,
+    client_id: String,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Tenants {
+    /// A macro handed a field named like a client but holding an id (`self.client_id`), and a
+    /// permit taken through a value reached from `self` (`Arc::clone(&self.permits)
+    /// .acquire_owned()`): neither is a helper that may send, and the GET is retried as any.
+    #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn tenant(&self, url: &str) -> Result<String, Error> {
+        tally!(self.client_id.clone());
+        let _permit = std::sync::Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("open");
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_field_named_like_a_client_or_a_permit_from_self_does_not_stop_retries() {
+    let server = FaultServer::start(vec![Action::status(503), Action::ok().body("t")]).await;
+    let tenants = Tenants {
+        http: reqwest::Client::new(),
+        client_id: "acme".into(),
+        permits: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+    };
+    assert_eq!(tenants.tenant(&server.url("/")).await.unwrap(), "t");
+    assert_eq!(server.count(), 2);
+}
+
 /// A cache beside the client, with the two-argument `put` and `delete` such stores have.
 #[derive(Default)]
 struct Cache(std::sync::Mutex<std::collections::HashMap<String, String>>);

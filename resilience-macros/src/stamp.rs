@@ -198,9 +198,16 @@ fn callee(call: &syn::ExprCall) -> Option<String> {
 /// Whether `e` is a helper's future handed one of `names`: a call of a function, under future
 /// adapters, parentheses or `Box::pin`, one of whose arguments mentions one of them.
 fn helper_future(e: &syn::Expr, names: &[String]) -> bool {
+    helper_future_under(e, names, false)
+}
+
+/// [`helper_future`], through any method when `any_method` (a future handed to what runs it:
+/// `tokio::spawn(create_order(c, o).timeout(d))`), not only [`FUTURE_ADAPTERS`] (a value pushed
+/// into a `Vec` may be a URL computed from a client's base, `base(c).join(p)`).
+fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> bool {
     match e {
         syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") => {
-            call.args.len() == 1 && helper_future(&call.args[0], names)
+            call.args.len() == 1 && helper_future_under(&call.args[0], names, any_method)
         }
         syn::Expr::Call(call) => {
             callee(call).is_some()
@@ -210,10 +217,13 @@ fn helper_future(e: &syn::Expr, names: &[String]) -> bool {
                     .any(|a| mentions_any(a.to_token_stream(), names))
                 && !hands_a_send(e)
         }
-        syn::Expr::MethodCall(m) if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) => {
-            helper_future(&m.receiver, names)
+        syn::Expr::MethodCall(m)
+            if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str())
+                || (any_method && !hands_a_send(e)) =>
+        {
+            helper_future_under(&m.receiver, names, any_method)
         }
-        syn::Expr::Paren(p) => helper_future(&p.expr, names),
+        syn::Expr::Paren(p) => helper_future_under(&p.expr, names, any_method),
         _ => false,
     }
 }
@@ -270,7 +280,7 @@ impl Unwatched<'_> {
             } else {
                 &self.named
             };
-            if helper_future(a, names) {
+            if helper_future_under(a, names, futures_only) {
                 self.found = true;
             }
         }
@@ -443,11 +453,17 @@ fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
                 return false;
             }
             // A future adapted on its way to the `.await` (`create_order(c, o)
-            // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside. Any
-            // other method of a helper's value (`.timeout(d)`, `Api::new(c).fetch(id)`): the
-            // whole (`watch_base` wraps it whole). Once only unlisted adapters were followed
-            // through neither, and the helper's POST went unwatched and unseen.
-            if hands_a_client(&m.receiver, clients) {
+            // .instrument(span)`, `.boxed()`, `.map_err(E::from)`): the helper inside.
+            if FUTURE_ADAPTERS.contains(&name.as_str()) && hands_a_client(&m.receiver, clients) {
+                return true;
+            }
+            // Any other method of the value of a call handed a client parameter (`create_order
+            // (c, o).timeout(d)`, `.then(…)`, `Api::new(c).fetch(id)`): the whole, which
+            // `watch_base` wraps whole (they once went unwatched and unseen). Not through a
+            // value reached from `self` alone (`Arc::clone(&self.sem).acquire_owned()`,
+            // `self.limiter.clone().until_ready()`): as likely no request at all, and a helper
+            // seen sending nothing stops the function's retries.
+            if hands_a_client(&m.receiver, &without_self(clients)) {
                 return true;
             }
             rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
@@ -816,10 +832,11 @@ const FUTURE_ADAPTERS: [&str; 11] = [
 ];
 
 /// Whether `mac` is one of the standard library's, `tokio`'s, `futures`', `tracing`'s,
-/// `serde_json`'s, `anyhow`'s or `eyre`'s, which format, check, build or poll their arguments and send
+/// `serde_json`'s, `anyhow`'s, `eyre`'s, `metrics`' or `sqlx`'s, which format, check, build, count or
+/// poll their arguments, or query a database, and send
 /// nothing of their own.
 fn known_macro(mac: &syn::Macro) -> bool {
-    const KNOWN: [&str; 47] = [
+    const KNOWN: [&str; 56] = [
         "format",
         "format_args",
         "print",
@@ -867,6 +884,16 @@ fn known_macro(mac: &syn::Macro) -> bool {
         "format_err",
         "bail",
         "ensure",
+        // `metrics`' recording macros, and sqlx's queries (a database, not HTTP).
+        "counter",
+        "gauge",
+        "histogram",
+        "describe_counter",
+        "describe_gauge",
+        "describe_histogram",
+        "query",
+        "query_as",
+        "query_scalar",
     ];
     mac.path
         .segments
@@ -984,8 +1011,9 @@ fn self_client_fields(ts: TokenStream) -> Vec<String> {
 }
 
 /// Whether a macro's input `ts` hands it `self`'s client: `self.F` with `F` one of `fields`
-/// (the body builds requests on it) or named for one (`http`, `client` in its name), or `self`
-/// itself. Not another field (`label!(self.id)`: formatting a value sends nothing).
+/// (the body builds requests on it) or named for one (`http`, `client`, `…_client`,
+/// `…_http`). Not another field (`label!(self.id)`, `self.client_id`: a value formatted or
+/// counted sends nothing), nor `self` itself (`my_span!(self)`).
 fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
     let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
     tts.iter().enumerate().any(|(i, tt)| match tt {
@@ -998,9 +1026,12 @@ fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
             ] if dot.as_char() == '.' => {
                 let f = field.to_string();
                 let lower = f.to_lowercase();
-                fields.contains(&f) || lower.contains("http") || lower.contains("client")
+                fields.contains(&f)
+                    || ["http", "client", "http_client"].contains(&lower.as_str())
+                    || lower.ends_with("_client")
+                    || lower.ends_with("_http")
             }
-            _ => true,
+            _ => false,
         },
         _ => false,
     })
