@@ -753,12 +753,20 @@ mod tests {
 
     /// A thread's batched first attempts are all seen by a withdrawal or a reading on that
     /// thread, and count as if recorded at once.
-    /// The ratio counts in thousandths, rounded down: 1000 first attempts at 0.0007 buy no
-    /// retry (0.7 of one; rounded to nearest they bought one), at 0.001 one, and 0.29 buys
-    /// 290 per 1000 (not 289, though 0.29 × 1000 is 289.99… in binary).
+    /// The ratio counts in thousandths, rounded down: 1000 first attempts at 0.0017 buy one
+    /// retry (1.7 of them; rounded to nearest they bought two), at 0.001 one, and 0.29 buys
+    /// 290 per 1000 (not 289, though 0.29 × 1000 is 289.99… in binary). A ratio under 0.001,
+    /// which would count as none, is refused.
     #[tokio::test(start_paused = true)]
     async fn the_ratio_never_buys_more_retries_than_it_says() {
-        for (ratio, bought) in [(0.0007, 0), (0.001, 1), (0.29, 290), (1.0, 1000)] {
+        assert!(
+            Budget::try_new(BudgetSpec {
+                ratio: 0.0007,
+                min_per_sec: 0
+            })
+            .is_err()
+        );
+        for (ratio, bought) in [(0.0017, 1), (0.001, 1), (0.29, 290), (1.0, 1000)] {
             let b = Budget::new(BudgetSpec {
                 ratio,
                 min_per_sec: 0,

@@ -576,14 +576,22 @@ pub mod rules {
         .help(help))
     }
 
-    /// Budget ratio in 0..=1.
+    /// Budget ratio in 0..=1, counted in thousandths: 0, or at least 0.001 (a smaller one would
+    /// count as 0, no retry bought, not what it says).
     pub fn budget_ratio(x: f64) -> Result<(), Broken> {
         within(
             "budget ratio",
             x,
             &bounds::BUDGET_RATIO,
             " (0.1 lets retries add 10%)",
-        )
+        )?;
+        if x > 0.0 && x < 0.001 {
+            return Err(Broken::new(format!(
+                "budget ratio {x} is under 0.001: the budget counts in thousandths of a retry per first attempt, and this would count as 0"
+            ))
+            .help("write 0 for no retries beyond `min_per_sec`, or 0.001 or more"));
+        }
+        Ok(())
     }
 
     /// Budget floor not above a million per second.
