@@ -3601,6 +3601,106 @@ async fn an_sdks_post_to_the_same_endpoint_as_a_stamped_one_is_still_seen() {
     );
 }
 
+/// The same with the query built and stamped by hand in a helper (as the README advises for a
+/// request a helper builds), then sent with `execute` in the body: it was stamped twice, its
+/// URL expected twice, and the one left over was taken for the SDK's mutation, whose 503
+/// after it was retried: the charge sent three times.
+fn stamped_query(c: &reqwest::Client, url: &str) -> reqwest::Request {
+    let mut r = c.post(url).body("query { cart }").build().unwrap();
+    resilience_runtime::stamp_request(&mut r);
+    r
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn graphql_checkout_stamped_by_hand(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    c.execute(stamped_query(c, &format!("{base}/graphql")))
+        .await?
+        .error_for_status()?;
+    sdk.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_stamped_by_hand_then_executed_is_expected_once() {
+    let (server, base) = failing_receipt(|_| None).await;
+    let sdk = sdk_at(&base, "/graphql");
+    let e = graphql_checkout_stamped_by_hand(&client(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.count_path("/graphql"),
+        2,
+        "the query and the mutation, once each"
+    );
+}
+
+/// An unkeyed POST sent with `execute` in the body, whose connection is refused: it never
+/// went out, and is retried as a `.send()` is (it was counted as sent from its stamping on).
+#[resilient(timeout = "1s", deadline = "20s", retry_on = [connect], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn post_by_execute(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let req = c.post(url).body("amount=100").build()?;
+    Ok(c.execute(req).await?.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_post_sent_with_execute_is_retried() {
+    let url = format!("http://{}/op", resilience_fault_server::refused_addr());
+    for c in [reqwest::Client::new(), client()] {
+        let e = post_by_execute(&c, &url).await.unwrap_err();
+        assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+        assert_eq!(e.attempts(), 3, "{e}");
+    }
+}
+
+/// A wrapper of the service's own whose `execute` takes reqwest's builder, beside an audit
+/// POST spawned from the body: the wrapper's future, polled, once took back the spawned
+/// POST's count as possibly sent (a count it never made), and the refused lookup ran the body
+/// again, auditing twice. It also warned of "another reqwest version".
+struct AuditedApi;
+
+impl AuditedApi {
+    async fn execute(&self, rb: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        rb.send().await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = [connect], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn audited_lookup(
+    c: &reqwest::Client,
+    api: &AuditedApi,
+    audit: String,
+    dead: String,
+) -> Result<u16, Error> {
+    tokio::spawn(c.post(audit).body("a").send());
+    Ok(api.execute(c.get(dead)).await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrappers_execute_does_not_take_back_a_spawned_posts_count() {
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let dead = format!("http://{}/lookup", resilience_fault_server::refused_addr());
+    let e = audited_lookup(
+        &reqwest::Client::new(),
+        &AuditedApi,
+        audit.url("/audit"),
+        dead,
+    )
+    .await
+    .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((e.attempts(), audit.count()), (1, 1), "{e}");
+}
+
 /// Six keyed POSTs in flight at once, to six URLs: each completion is taken for its own
 /// stamped request (the first version kept four URLs, and took the others' for unkeyed
 /// POSTs), so the 503 of one is retried with the key.

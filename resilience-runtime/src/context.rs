@@ -1018,7 +1018,19 @@ impl AttemptCtx {
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
     /// it is sent from it.
     pub(crate) fn made(&self, m: Method) {
-        self.unpolled.set(self.unpolled.get() + 1);
+        self.made_counted(m, 1);
+    }
+
+    /// A request of `m` was stamped for `execute` in this attempt (counted apart, in the high
+    /// half of `unpolled`); [`AttemptCtx::polled_execute`] when the `execute` future is sent
+    /// from it. Only such a future takes such a count back: the future of another `execute`
+    /// (a wrapper's, handed a builder) takes none, not a spawned `.send()`'s.
+    pub(crate) fn made_for_execute(&self, m: Method) {
+        self.made_counted(m, EXECUTE_MADE);
+    }
+
+    fn made_counted(&self, m: Method, n: u32) {
+        self.unpolled.set(self.unpolled.get().saturating_add(n));
         let worst = self
             .unpolled_method
             .get()
@@ -1028,7 +1040,20 @@ impl AttemptCtx {
 
     /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
     pub(crate) fn polled(&self) {
-        self.unpolled.set(self.unpolled.get().saturating_sub(1));
+        let u = self.unpolled.get();
+        if u & (EXECUTE_MADE - 1) > 0 {
+            self.unpolled.set(u - 1);
+        }
+        self.request_started();
+    }
+
+    /// An `execute` future is sent from here: one [`made_for_execute`]
+    /// (AttemptCtx::made_for_execute) count taken back, if any.
+    pub(crate) fn polled_execute(&self) {
+        let u = self.unpolled.get();
+        if u >= EXECUTE_MADE {
+            self.unpolled.set(u - EXECUTE_MADE);
+        }
         self.request_started();
     }
 
@@ -1069,6 +1094,10 @@ impl AttemptCtx {
         }
     }
 }
+
+/// The unit of `AttemptCtx::unpolled` that counts requests stamped for `execute`: the low half
+/// counts `.send()`s.
+const EXECUTE_MADE: u32 = 1 << 16;
 
 /// What the current attempt looks like from inside a `#[resilient]` function.
 #[derive(Debug, Clone, PartialEq, Eq)]

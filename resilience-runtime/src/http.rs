@@ -298,6 +298,18 @@ pub fn stamp_request(req: &mut reqwest::Request) {
     });
 }
 
+/// Whether `req` was stamped in the attempt `ctx` already (by hand, `stamp_request`): it
+/// carries the attempt's number and the call's request id as the stamping wrote them.
+fn stamped_in(ctx: &AttemptCtx, req: &reqwest::Request) -> bool {
+    let h = req.headers();
+    h.get(X_ATTEMPT) == Some(&attempt_value(ctx.attempt))
+        && h.get(X_REQUEST_ID)
+            .is_some_and(|v| match ctx.request_id_shown() {
+                crate::context::RequestId::Text(t) => v == t,
+                crate::context::RequestId::Drawn(n) => v.as_bytes() == hex32(n).as_str().as_bytes(),
+            })
+}
+
 /// Whether a request's own `Idempotency-Key` value is the call's key, as the stamping would
 /// have written it (an automatic key bare or quoted, whichever `KeyFormat` is in use now).
 #[cold]
@@ -583,7 +595,7 @@ where
         let this = self.project();
         if !*this.polled {
             *this.polled = true;
-            let _ = with_attempt(AttemptCtx::polled);
+            let _ = with_attempt(AttemptCtx::polled_execute);
         }
         let out = this.inner.poll(cx);
         if let Poll::Ready(res) = &out {
@@ -951,18 +963,43 @@ pub mod dispatch {
 
     /// `.execute(request)`: stamp a `reqwest::Request` argument.
     pub trait StampArg {
-        fn __resilience_stamp_arg(self) -> reqwest::Request;
+        type Arg;
+        fn __resilience_stamp_arg(self) -> Self::Arg;
     }
     impl StampArg for &&Stampable<reqwest::Request> {
+        type Arg = reqwest::Request;
         fn __resilience_stamp_arg(self) -> reqwest::Request {
             let mut req = self.take();
-            super::stamp_request(&mut req);
-            // Counted as possibly sent until the `execute` future is polled in the attempt
-            // (one whose outcome never comes back, a wrapper client's or a spawned one's,
-            // stays counted).
-            let method = crate::policy::method_of(req.method());
-            let _ = super::with_attempt(|ctx| ctx.made(method));
+            let _ = super::with_attempt(|ctx| {
+                let method = crate::policy::method_of(req.method());
+                // Stamped by hand in this attempt already (`stamp_request` in the helper that
+                // built it): its expectation and its count as possibly sent are there. Stamped
+                // again, it was expected twice, and the one left over was taken for another
+                // request's completion (an SDK's unkeyed POST to the same URL, sent again).
+                if !super::stamped_in(ctx, &req) {
+                    super::stamp(ctx, &mut req);
+                    let url = crate::context::expected_url(method, &req);
+                    if url != 0 {
+                        ctx.expect_at(url);
+                    }
+                }
+                // Counted as possibly sent until the `execute` future is polled in the
+                // attempt, which records its outcome then (a connect failure sent nothing:
+                // it was once counted as sent from its stamping on, and not retried); one
+                // whose outcome never comes back (spawned, never polled) stays counted.
+                ctx.made_for_execute(method);
+            });
             req
+        }
+    }
+
+    /// `.execute(builder)` of a wrapper of the service's own taking reqwest's builder: what it
+    /// sends is not stamped here (unproven), as another type's; not another reqwest version's.
+    impl StampArg for &&Stampable<reqwest::RequestBuilder> {
+        type Arg = reqwest::RequestBuilder;
+        fn __resilience_stamp_arg(self) -> reqwest::RequestBuilder {
+            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
+            self.take()
         }
     }
 
