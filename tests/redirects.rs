@@ -92,6 +92,86 @@ async fn a_post_redirected_in_a_loop_is_sent_once() {
     }
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false,
+    retry_on = [connect]
+)]
+async fn update_cart(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c.patch(url).body("qty=2").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A 301 or 302 sends a PATCH (a PUT, a DELETE) on as it was, its method and body kept (only
+/// a POST becomes a GET): back to its own URL (after an update, the page of the thing
+/// updated), it is a loop, stopped before the PATCH goes out again; it was once followed, and
+/// the unkeyed PATCH applied twice within one send.
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_patch_answered_302_to_its_own_url_is_sent_once() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    for status in [301, 302] {
+        let server = FaultServer::start(Script::always(
+            Action::status(status).header("location", "/carts/7"),
+        ))
+        .await;
+        let e = update_cart(&c, &server.url("/carts/7")).await.unwrap_err();
+        assert_eq!(e.attempts(), 1, "{status}: {e}");
+        let patches = server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count();
+        assert_eq!(patches, 1, "{status}: the PATCH went out again");
+    }
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms", jitter = none),
+    budget = false,
+    method = PATCH,
+    idempotency_key = auto
+)]
+async fn update_cart_keyed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let resp = c.patch(url).body("qty=2").send().await?;
+    Ok(resp.error_for_status()?.status().as_u16())
+}
+
+/// A keyed PATCH sent on by a 301 (a trailing slash added) to a target that answers 503: the
+/// same request at the target, with its key; its completion there is the stamped request's,
+/// and the 503 is retried under the key (it was taken for an unkeyed PATCH, and not retried).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_patch_sent_on_by_a_301_keeps_its_key_and_is_retried() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/carts/7" {
+            Action::status(301).header("location", "/carts/7/")
+        } else if seen.index < 2 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    assert_eq!(
+        update_cart_keyed(&c, &server.url("/carts/7"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    let keys: Vec<_> = seen.iter().map(|r| r.idempotency_key()).collect();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "{keys:?}"
+    );
+    assert!(seen.iter().all(|r| r.method == "PATCH"), "{seen:?}");
+}
+
 /// A redirect to another host carries no `Referer` (the URL it came from, its query's token
 /// with it).
 #[tokio::test(start_paused = true)]

@@ -127,7 +127,7 @@ fn completed(
     status: Option<http::StatusCode>,
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
-    let sent_on = status.is_some_and(|s| s.as_u16() == 307 || s.as_u16() == 308);
+    let sent_on = status.is_some_and(|s| resent_by(method, s.as_u16()));
     if error.is_some_and(protocol_nack) {
         return true;
     }
@@ -144,6 +144,17 @@ fn completed(
         ctx.completed(m, url, !connect_failure, sent_on);
     });
     false
+}
+
+/// Whether a redirect of `status` sends a request of `method` on as it was (its method, body and
+/// headers), as reqwest follows redirects: a 307 or 308 any request; a 301 or 302 any but a
+/// POST, which it turns into a GET (a PUT, PATCH or DELETE keeps its method and body).
+fn resent_by(method: &http::Method, status: u16) -> bool {
+    match status {
+        307 | 308 => true,
+        301 | 302 => method != http::Method::POST,
+        _ => false,
+    }
 }
 
 /// An HTTP/2 server's word that it never processed the request: `REFUSED_STREAM`, or a
@@ -194,7 +205,10 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // every path, so that it never outlives this redirect.
         let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
             ctx.redirected.set(true);
-            (ctx.unsafe_hop.replace(0), ctx.hop_method.get())
+            (
+                ctx.unsafe_hop.replace(0),
+                ctx.hop_method.replace(crate::policy::Method::Post),
+            )
         })
         .unwrap_or((0, crate::policy::Method::Post));
         // ... and this redirect is from that hop's URL (not one of a client that reports
@@ -215,7 +229,20 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
             .iter()
             .filter(|u| *u == attempt.url())
             .count();
-        let resent = matches!(attempt.status().as_u16(), 307 | 308);
+        // Resent as it was: a 307 or 308; a 301 or 302 of an unsafe request but a POST (its
+        // method reported by a client of `ClientSettings` in this same poll; one that reports
+        // nothing reads as a POST's): an unkeyed PATCH answered 302 back to its own URL was
+        // once applied twice within one send.
+        let resent = match attempt.status().as_u16() {
+            307 | 308 => true,
+            301 | 302 => !matches!(
+                hop_method,
+                crate::policy::Method::Post
+                    | crate::policy::Method::Get
+                    | crate::policy::Method::Head
+            ),
+            _ => false,
+        };
         if (resent && visits > 0) || visits > 1 {
             // The URL is reqwest's error's to show (redacted with it), not this message's.
             return attempt.error("redirect loop back to a URL already visited");

@@ -587,7 +587,8 @@ pub(crate) struct AttemptCtx {
     /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
     /// request at (see `InFlight` in `http.rs`).
     pub redirect_target: Cell<u32>,
-    /// The method of the request `unsafe_hop` names.
+    /// The method of the request last reported completed (`unsafe_hop`'s, when it names one),
+    /// for the redirect policy that follows; a POST's when none was.
     pub hop_method: Cell<Method>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
@@ -945,9 +946,11 @@ impl AttemptCtx {
     /// (or a watched helper) one seen sending, and a safe one changes nothing.
     #[cold]
     pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
-        // Set below only by a stamped unsafe request's 307 or 308: any other completion (its
-        // redirect not followed, a 307 without `Location`) leaves none for a later redirect.
+        // Set below only by a stamped unsafe request's redirect that sends it on as it was:
+        // any other completion (its redirect not followed, a 307 without `Location`) leaves
+        // none for a later redirect. Its method, for the redirect policy that follows.
         self.unsafe_hop.set(0);
+        self.hop_method.set(m);
         if m.is_safe() {
             return;
         }
@@ -962,7 +965,6 @@ impl AttemptCtx {
             left[i] -= 1;
             self.unsafe_left.set(left);
             self.unsafe_hop.set(if sent_on { hop } else { 0 });
-            self.hop_method.set(m);
             self.matched.set(self.matched.get().wrapping_add(1));
             return;
         }
