@@ -2276,6 +2276,112 @@ async fn order_spawned_within_then_stock(
         .await?)
 }
 
+/// Helpers reached through `self`, under an unlisted adapter or through a value a method of
+/// `self` or a call handed `self`'s client made: watched whole too.
+struct Counter {
+    http: reqwest::Client,
+}
+
+impl Counter {
+    async fn place(&self, url: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.post(url).body("order").send().await
+    }
+
+    fn orders(&self) -> OrderApi<'_> {
+        OrderApi::new(&self.http)
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn place_within_then_stock(&self, orders: &str, stock: &str) -> Result<String, Error> {
+        let _ = self.place(orders).within(Duration::from_millis(500)).await;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn place_through_orders_then_stock(
+        &self,
+        orders: &str,
+        stock: &str,
+    ) -> Result<String, Error> {
+        self.orders().place(orders).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    #[resilient(
+        timeout = "2s",
+        deadline = "20s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn place_through_an_api_then_stock(
+        &self,
+        orders: &str,
+        stock: &str,
+    ) -> Result<String, Error> {
+        OrderApi::new(&self.http)
+            .place(orders)
+            .await?
+            .error_for_status()?;
+        Ok(self
+            .http
+            .get(stock)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+async fn counter_within(c: &reqwest::Client, orders: &str, stock: &str) -> Result<String, Error> {
+    Counter { http: c.clone() }
+        .place_within_then_stock(orders, stock)
+        .await
+}
+
+async fn counter_orders(c: &reqwest::Client, orders: &str, stock: &str) -> Result<String, Error> {
+    Counter { http: c.clone() }
+        .place_through_orders_then_stock(orders, stock)
+        .await
+}
+
+async fn counter_api(c: &reqwest::Client, orders: &str, stock: &str) -> Result<String, Error> {
+    Counter { http: c.clone() }
+        .place_through_an_api_then_stock(orders, stock)
+        .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_reached_through_self_under_an_adapter_or_a_value_is_watched() {
+    placed_once!(counter_within);
+    placed_once!(counter_orders);
+    placed_once!(counter_api);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_helper_under_an_unlisted_adapter_or_reached_through_a_value_is_watched() {
     placed_once!(order_within_then_stock);
@@ -3629,6 +3735,36 @@ async fn graphql_checkout_stamped_by_hand(
         .as_u16())
 }
 
+/// The same with a request id of the service's own on the request (the stamping keeps it).
+fn stamped_query_with_an_id(c: &reqwest::Client, url: &str) -> reqwest::Request {
+    let mut r = c
+        .post(url)
+        .header("x-request-id", "req-42")
+        .body("query { cart }")
+        .build()
+        .unwrap();
+    resilience_runtime::stamp_request(&mut r);
+    r
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn graphql_checkout_stamped_with_an_id(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+) -> Result<u16, Error> {
+    c.execute(stamped_query_with_an_id(c, &format!("{base}/graphql")))
+        .await?
+        .error_for_status()?;
+    sdk.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_stamped_by_hand_then_executed_is_expected_once() {
     let (server, base) = failing_receipt(|_| None).await;
@@ -3641,6 +3777,17 @@ async fn a_request_stamped_by_hand_then_executed_is_expected_once() {
         server.count_path("/graphql"),
         2,
         "the query and the mutation, once each"
+    );
+    let (server, base) = failing_receipt(|_| None).await;
+    let sdk = sdk_at(&base, "/graphql");
+    let e = graphql_checkout_stamped_with_an_id(&client(), &sdk, base)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.count_path("/graphql"),
+        2,
+        "with a request id of its own"
     );
 }
 
@@ -3685,11 +3832,37 @@ async fn audited_lookup(
     Ok(api.execute(c.get(dead)).await?.status().as_u16())
 }
 
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = [connect], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn audited_lookup_by_execute(
+    c: &reqwest::Client,
+    api: &AuditedApi,
+    audit: String,
+    dead: String,
+) -> Result<u16, Error> {
+    let post = c.post(audit).body("a").build()?;
+    tokio::spawn(c.execute(post));
+    Ok(api.execute(c.get(dead)).await?.status().as_u16())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wrappers_execute_does_not_take_back_a_spawned_posts_count() {
     let audit = FaultServer::start(Script::always(Action::ok())).await;
     let dead = format!("http://{}/lookup", resilience_fault_server::refused_addr());
     let e = audited_lookup(
+        &reqwest::Client::new(),
+        &AuditedApi,
+        audit.url("/audit"),
+        dead,
+    )
+    .await
+    .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((e.attempts(), audit.count()), (1, 1), "{e}");
+    // The audit sent with `execute` in a spawned task: its count is its own future's to take
+    // back, not the wrapper's.
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let dead = format!("http://{}/lookup", resilience_fault_server::refused_addr());
+    let e = audited_lookup_by_execute(
         &reqwest::Client::new(),
         &AuditedApi,
         audit.url("/audit"),

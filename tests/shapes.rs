@@ -1426,12 +1426,14 @@ struct Tenants {
 }
 
 impl Tenants {
-    /// A macro handed a field named like a client but holding an id (`self.client_id`), and a
+    /// A macro handed a field named like a client but holding an id (`self.client_id`), a
     /// permit taken through a value reached from `self` (`Arc::clone(&self.permits)
-    /// .acquire_owned()`): neither is a helper that may send, and the GET is retried as any.
+    /// .acquire_owned()`), and a task spawned on one (`Arc::clone(&self.permits).close()`
+    /// style): none is a helper that may send, and the GET is retried as any.
     #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
     async fn tenant(&self, url: &str) -> Result<String, Error> {
         tally!(self.client_id.clone());
+        tokio::spawn(std::sync::Arc::clone(&self.permits).acquire_owned());
         let _permit = std::sync::Arc::clone(&self.permits)
             .acquire_owned()
             .await

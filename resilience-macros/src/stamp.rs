@@ -217,11 +217,15 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
                     .any(|a| mentions_any(a.to_token_stream(), names))
                 && !hands_a_send(e)
         }
-        syn::Expr::MethodCall(m)
-            if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str())
-                || (any_method && !hands_a_send(e)) =>
-        {
+        syn::Expr::MethodCall(m) if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) => {
             helper_future_under(&m.receiver, names, any_method)
+        }
+        // Any other method, as `hands_a_client` follows one: through a value a call handed a
+        // client parameter made, or a helper reached through `self`; not a value from `self`
+        // alone (`Arc::clone(&self.stats).flush()`).
+        syn::Expr::MethodCall(m) if any_method && !hands_a_send(e) => {
+            helper_future_under(&m.receiver, &without_self(names), any_method)
+                || (names.iter().any(|n| n == "self") && self_helper_value(&m.receiver))
         }
         syn::Expr::Paren(p) => helper_future_under(&p.expr, names, any_method),
         _ => false,
@@ -463,7 +467,9 @@ fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
             // value reached from `self` alone (`Arc::clone(&self.sem).acquire_owned()`,
             // `self.limiter.clone().until_ready()`): as likely no request at all, and a helper
             // seen sending nothing stops the function's retries.
-            if hands_a_client(&m.receiver, &without_self(clients)) {
+            if hands_a_client(&m.receiver, &without_self(clients))
+                || (clients.iter().any(|c| c == "self") && self_helper_value(&m.receiver))
+            {
                 return true;
             }
             rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
@@ -836,7 +842,7 @@ const FUTURE_ADAPTERS: [&str; 11] = [
 /// poll their arguments, or query a database, and send
 /// nothing of their own.
 fn known_macro(mac: &syn::Macro) -> bool {
-    const KNOWN: [&str; 56] = [
+    const KNOWN: [&str; 53] = [
         "format",
         "format_args",
         "print",
@@ -884,21 +890,25 @@ fn known_macro(mac: &syn::Macro) -> bool {
         "format_err",
         "bail",
         "ensure",
-        // `metrics`' recording macros, and sqlx's queries (a database, not HTTP).
+        // `metrics`' recording macros.
         "counter",
         "gauge",
         "histogram",
         "describe_counter",
         "describe_gauge",
         "describe_histogram",
-        "query",
-        "query_as",
-        "query_scalar",
     ];
-    mac.path
-        .segments
-        .last()
-        .is_some_and(|s| KNOWN.contains(&s.ident.to_string().as_str()))
+    // sqlx's queries (a database, not HTTP), written with their crate: a `query!` of one's own
+    // may send a GraphQL POST.
+    const SQLX: [&str; 3] = ["query", "query_as", "query_scalar"];
+    let segments = &mac.path.segments;
+    segments.last().is_some_and(|s| {
+        let name = s.ident.to_string();
+        KNOWN.contains(&name.as_str())
+            || (SQLX.contains(&name.as_str())
+                && segments.len() > 1
+                && segments.first().is_some_and(|f| f.ident == "sqlx"))
+    })
 }
 
 /// Macros that poll the futures they are handed (`tokio::join!(create_order(c, o), …)`): a
@@ -967,6 +977,25 @@ fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
         syn::Expr::Field(f) => rooted_in(&f.base, clients),
         syn::Expr::Reference(r) => rooted_in(&r.expr, clients),
         syn::Expr::Paren(p) => rooted_in(&p.expr, clients),
+        _ => false,
+    }
+}
+
+/// A value a helper reached through `self` makes: a method of `self` itself (`self.place(o)`,
+/// `self.orders()`, and what is called on them), or a call handed a field of `self` named for
+/// a client (`OrdersApi::new(&self.http)`). Not a value from another field
+/// (`self.limiter.clone()`, `Arc::clone(&self.permits)`): as likely no request at all.
+fn self_helper_value(e: &syn::Expr) -> bool {
+    match e {
+        syn::Expr::MethodCall(m) => {
+            matches!(&*m.receiver, syn::Expr::Path(p) if p.path.is_ident("self"))
+                || self_helper_value(&m.receiver)
+        }
+        syn::Expr::Call(call) => call
+            .args
+            .iter()
+            .any(|a| hands_self_a_client(a.to_token_stream(), &[])),
+        syn::Expr::Paren(p) => self_helper_value(&p.expr),
         _ => false,
     }
 }

@@ -77,8 +77,8 @@ use crate::invalid::InvalidPolicy;
 /// Settings of a retry budget (`[budgets.NAME]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSpec {
-    /// Retries may add at most this share of first attempts (0.1 = 10%), 0 to 1, counted in
-    /// thousandths rounded down.
+    /// Retries may add at most this share of first attempts (0.1 = 10%): 0, or 0.001 to 1,
+    /// counted in thousandths rounded down.
     pub ratio: f64,
     /// Retries always allowed in each second, whatever the deposits, so a quiet client can
     /// still retry. At most [`BudgetSpec::MAX_MIN_PER_SEC`].

@@ -235,12 +235,7 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // once applied twice within one send.
         let resent = match attempt.status().as_u16() {
             307 | 308 => true,
-            301 | 302 => !matches!(
-                hop_method,
-                crate::policy::Method::Post
-                    | crate::policy::Method::Get
-                    | crate::policy::Method::Head
-            ),
+            301 | 302 => !hop_method.is_safe() && hop_method != crate::policy::Method::Post,
             _ => false,
         };
         if (resent && visits > 0) || visits > 1 {

@@ -587,8 +587,9 @@ pub(crate) struct AttemptCtx {
     /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
     /// request at (see `InFlight` in `http.rs`).
     pub redirect_target: Cell<u32>,
-    /// The method of the request last reported completed (`unsafe_hop`'s, when it names one),
-    /// for the redirect policy that follows; a POST's when none was.
+    /// The method of the request last reported completed with a redirect that sends it on as
+    /// it was (`unsafe_hop`'s, when it names one), for the redirect policy that follows; a
+    /// POST's otherwise.
     pub hop_method: Cell<Method>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
@@ -603,7 +604,12 @@ pub(crate) struct AttemptCtx {
     /// Requests the body made (stamped) in this attempt that were not sent from it (yet): a
     /// `tokio::spawn`ed `.send()`, one stored and never awaited. Their outcome never comes
     /// back here, so they count as having reached the server, the least safe method first.
-    pub unpolled: Cell<u32>,
+    /// Two counts apart (see [`UNPOLLED_SENDS`]): the `.send()`s, and the requests stamped
+    /// for `execute`; and a mark for the `execute` future about to be made.
+    pub unpolled: Cell<u64>,
+    /// The URL (hashed with the method, as expected) of the last request stamped by hand
+    /// (`stamp_request`) in this attempt: `execute` in the body does not stamp it again.
+    pub hand_stamped: Cell<u32>,
     /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
     /// call begun): a helper the body awaited that moved it not at all sent nothing the
     /// runtime saw, or what it sent went unseen.
@@ -795,6 +801,7 @@ impl AttemptCtx {
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
+            hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
@@ -948,9 +955,11 @@ impl AttemptCtx {
     pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
         // Set below only by a stamped unsafe request's redirect that sends it on as it was:
         // any other completion (its redirect not followed, a 307 without `Location`) leaves
-        // none for a later redirect. Its method, for the redirect policy that follows.
+        // none for a later redirect. Its method when its redirect sends it on as it was, for
+        // the redirect policy that follows (and only then: a PUT answered 204 leaves nothing
+        // for a later GET's 302 through a client that reports nothing).
         self.unsafe_hop.set(0);
-        self.hop_method.set(m);
+        self.hop_method.set(if sent_on { m } else { Method::Post });
         if m.is_safe() {
             return;
         }
@@ -1020,19 +1029,30 @@ impl AttemptCtx {
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
     /// it is sent from it.
     pub(crate) fn made(&self, m: Method) {
-        self.made_counted(m, 1);
+        let u = self.unpolled.get();
+        if u & UNPOLLED_SENDS < UNPOLLED_SENDS {
+            self.unpolled.set(u + 1);
+        }
+        self.made_method(m);
     }
 
-    /// A request of `m` was stamped for `execute` in this attempt (counted apart, in the high
-    /// half of `unpolled`); [`AttemptCtx::polled_execute`] when the `execute` future is sent
-    /// from it. Only such a future takes such a count back: the future of another `execute`
-    /// (a wrapper's, handed a builder) takes none, not a spawned `.send()`'s.
+    /// A request of `m` was stamped for `execute` in this attempt: counted apart from the
+    /// `.send()`s, and marked for the `execute` future made next, which
+    /// [`AttemptCtx::take_execute_mark`]s it and alone takes the count back
+    /// ([`AttemptCtx::polled_execute`]): the future of a wrapper's `execute` handed a builder
+    /// takes none, neither a spawned `.send()`'s nor a spawned `execute`'s.
     pub(crate) fn made_for_execute(&self, m: Method) {
-        self.made_counted(m, EXECUTE_MADE);
+        let u = self.unpolled.get();
+        let u = if u & UNPOLLED_EXECUTES < UNPOLLED_EXECUTES {
+            u + UNPOLLED_EXECUTE
+        } else {
+            u
+        };
+        self.unpolled.set(u | EXECUTE_MARK);
+        self.made_method(m);
     }
 
-    fn made_counted(&self, m: Method, n: u32) {
-        self.unpolled.set(self.unpolled.get().saturating_add(n));
+    fn made_method(&self, m: Method) {
         let worst = self
             .unpolled_method
             .get()
@@ -1040,21 +1060,34 @@ impl AttemptCtx {
         self.unpolled_method.set(Some(worst));
     }
 
+    /// Whether the `execute` future just made is the one of a request stamped for it (see
+    /// [`AttemptCtx::made_for_execute`]); the mark taken.
+    pub(crate) fn take_execute_mark(&self) -> bool {
+        let u = self.unpolled.get();
+        self.unpolled.set(u & !EXECUTE_MARK);
+        u & EXECUTE_MARK != 0
+    }
+
+    /// Whether requests made here were not sent from here (see [`AttemptCtx::unpolled`]).
+    pub(crate) fn unpolled_outstanding(&self) -> bool {
+        self.unpolled.get() & !EXECUTE_MARK != 0
+    }
+
     /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
     pub(crate) fn polled(&self) {
         let u = self.unpolled.get();
-        if u & (EXECUTE_MADE - 1) > 0 {
+        if u & UNPOLLED_SENDS > 0 {
             self.unpolled.set(u - 1);
         }
         self.request_started();
     }
 
-    /// An `execute` future is sent from here: one [`made_for_execute`]
-    /// (AttemptCtx::made_for_execute) count taken back, if any.
-    pub(crate) fn polled_execute(&self) {
+    /// An `execute` future is sent from here: if it is a request's stamped for it (`counted`),
+    /// that request's count taken back.
+    pub(crate) fn polled_execute(&self, counted: bool) {
         let u = self.unpolled.get();
-        if u >= EXECUTE_MADE {
-            self.unpolled.set(u - EXECUTE_MADE);
+        if counted && u & UNPOLLED_EXECUTES > 0 {
+            self.unpolled.set(u - UNPOLLED_EXECUTE);
         }
         self.request_started();
     }
@@ -1097,9 +1130,13 @@ impl AttemptCtx {
     }
 }
 
-/// The unit of `AttemptCtx::unpolled` that counts requests stamped for `execute`: the low half
-/// counts `.send()`s.
-const EXECUTE_MADE: u32 = 1 << 16;
+/// `AttemptCtx::unpolled`'s count of `.send()`s (its low 32 bits, saturating there).
+const UNPOLLED_SENDS: u64 = u32::MAX as u64;
+/// One request stamped for `execute`, counted in bits 32 to 62 (saturating there).
+const UNPOLLED_EXECUTE: u64 = 1 << 32;
+const UNPOLLED_EXECUTES: u64 = 0x7fff_ffff << 32;
+/// The mark of a request stamped for `execute`, for the future made next (bit 63).
+const EXECUTE_MARK: u64 = 1 << 63;
 
 /// What the current attempt looks like from inside a `#[resilient]` function.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -293,21 +293,24 @@ pub fn stamp_request(req: &mut reqwest::Request) {
         let url = crate::context::expected_url(crate::policy::method_of(req.method()), req);
         if url != 0 {
             ctx.expect_at(url);
+            ctx.hand_stamped.set(url);
         }
         ctx.note_carried(crate::policy::method_of(req.method()));
     });
 }
 
-/// Whether `req` was stamped in the attempt `ctx` already (by hand, `stamp_request`): it
-/// carries the attempt's number and the call's request id as the stamping wrote them.
-fn stamped_in(ctx: &AttemptCtx, req: &reqwest::Request) -> bool {
-    let h = req.headers();
-    h.get(X_ATTEMPT) == Some(&attempt_value(ctx.attempt))
-        && h.get(X_REQUEST_ID)
-            .is_some_and(|v| match ctx.request_id_shown() {
-                crate::context::RequestId::Text(t) => v == t,
-                crate::context::RequestId::Drawn(n) => v.as_bytes() == hex32(n).as_str().as_bytes(),
-            })
+/// Whether `req`, whose completion is expected at `url`, is the request last stamped by hand
+/// (`stamp_request`) in the attempt `ctx`: that one's URL, and this attempt's number as its
+/// stamping wrote it (a request made afresh carries none; one stamped in another attempt,
+/// another). The record taken.
+fn stamped_by_hand_in(ctx: &AttemptCtx, req: &reqwest::Request, url: u32) -> bool {
+    let here = url != 0
+        && ctx.hand_stamped.get() == url
+        && req.headers().get(X_ATTEMPT) == Some(&attempt_value(ctx.attempt));
+    if here {
+        ctx.hand_stamped.set(0);
+    }
+    here
 }
 
 /// Whether a request's own `Idempotency-Key` value is the call's key, as the stamping would
@@ -570,8 +573,11 @@ pin_project_lite::pin_project! {
         // The response (or the error) arrived and was recorded.
         settled: bool,
         // Polled once: the attempt it runs in takes its outcome over from the count of
-        // requests made and not sent from it (`AttemptCtx::made`).
+        // requests made and not sent from it (`AttemptCtx::made_for_execute`).
         polled: bool,
+        // The future of a request stamped for it (not a wrapper's `execute` handed something
+        // else): its count is the one its first poll takes back.
+        counted: bool,
     }
 
     impl<F> PinnedDrop for Observed<F> {
@@ -595,7 +601,8 @@ where
         let this = self.project();
         if !*this.polled {
             *this.polled = true;
-            let _ = with_attempt(AttemptCtx::polled_execute);
+            let counted = *this.counted;
+            let _ = with_attempt(|ctx| ctx.polled_execute(counted));
         }
         let out = this.inner.poll(cx);
         if let Poll::Ready(res) = &out {
@@ -976,9 +983,9 @@ pub mod dispatch {
                 // built it): its expectation and its count as possibly sent are there. Stamped
                 // again, it was expected twice, and the one left over was taken for another
                 // request's completion (an SDK's unkeyed POST to the same URL, sent again).
-                if !super::stamped_in(ctx, &req) {
+                let url = crate::context::expected_url(method, &req);
+                if !super::stamped_by_hand_in(ctx, &req, url) {
                     super::stamp(ctx, &mut req);
-                    let url = crate::context::expected_url(method, &req);
                     if url != 0 {
                         ctx.expect_at(url);
                     }
@@ -1013,10 +1020,14 @@ pub mod dispatch {
         E: super::SentError,
     {
         fn __resilience_observe(self) -> Observed<F> {
+            // Made right after its argument was stamped, if it was a request's.
+            let counted =
+                super::with_attempt(super::AttemptCtx::take_execute_mark).unwrap_or(false);
             Observed {
                 inner: self.take(),
                 settled: false,
                 polled: false,
+                counted,
             }
         }
     }

@@ -368,10 +368,14 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.unsafe_carried = ctx.unsafe_carried.get();
     // Requests made in the attempt but sent from elsewhere (a spawned task): their outcome
     // never came back, so they may have reached the server.
-    if ctx.unpolled.get() > 0
+    if ctx.unpolled_outstanding()
         && let Some(m) = ctx.unpolled_method.get()
     {
         last.reached = Some(last.reached.map_or(m, |r| r.least_safe(m)));
+        // And it may have been carried out: no fallback answers for it.
+        if m.needs_key() {
+            last.unsafe_carried = true;
+        }
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
     last.gave_up = ctx.gave_up.get();
