@@ -576,18 +576,21 @@ impl Breaker {
 
     /// [`try_acquire_at`](Self::try_acquire_at), the permit written into `slot` (a call's
     /// own) rather than returned: built where it is kept, not built aside and copied there.
+    /// Whether it is a half-open probe (never on the closed breaker's inline path).
     #[inline]
     pub(crate) fn try_acquire_into<'a>(
         &'a self,
         now: Instant,
         slot: &mut Option<BreakerPermit<'a>>,
-    ) -> Result<(), BreakerOpen> {
+    ) -> Result<bool, BreakerOpen> {
         if let Some(g) = self.closed_generation() {
             *slot = Some(self.permit(g, false, Some(now)));
-            return Ok(());
+            return Ok(false);
         }
-        *slot = Some(self.acquire(Some(now))?);
-        Ok(())
+        let permit = self.acquire(Some(now))?;
+        let probe = permit.probe;
+        *slot = Some(permit);
+        Ok(probe)
     }
 
     /// The generation of a breaker closed and not held either way: a permit is granted

@@ -606,7 +606,7 @@ pub(crate) struct AttemptCtx {
     /// back here, so they count as having reached the server, the least safe method first.
     /// Two counts apart (see [`UNPOLLED_SENDS`]): the `.send()`s, and the requests stamped
     /// for `execute`; and a mark for the `execute` future about to be made.
-    pub unpolled: Cell<u64>,
+    pub unpolled: Cell<u32>,
     /// The URL (hashed with the method, as expected) of the last request stamped by hand
     /// (`stamp_request`) in this attempt: `execute` in the body does not stamp it again.
     pub hand_stamped: Cell<u32>,
@@ -1130,13 +1130,13 @@ impl AttemptCtx {
     }
 }
 
-/// `AttemptCtx::unpolled`'s count of `.send()`s (its low 32 bits, saturating there).
-const UNPOLLED_SENDS: u64 = u32::MAX as u64;
-/// One request stamped for `execute`, counted in bits 32 to 62 (saturating there).
-const UNPOLLED_EXECUTE: u64 = 1 << 32;
-const UNPOLLED_EXECUTES: u64 = 0x7fff_ffff << 32;
-/// The mark of a request stamped for `execute`, for the future made next (bit 63).
-const EXECUTE_MARK: u64 = 1 << 63;
+/// `AttemptCtx::unpolled`'s count of `.send()`s (its low 16 bits, saturating there).
+const UNPOLLED_SENDS: u32 = 0xffff;
+/// One request stamped for `execute`, counted in bits 16 to 30 (saturating there).
+const UNPOLLED_EXECUTE: u32 = 1 << 16;
+const UNPOLLED_EXECUTES: u32 = 0x7fff << 16;
+/// The mark of a request stamped for `execute`, for the future made next (bit 31).
+const EXECUTE_MARK: u32 = 1 << 31;
 
 /// What the current attempt looks like from inside a `#[resilient]` function.
 #[derive(Debug, Clone, PartialEq, Eq)]

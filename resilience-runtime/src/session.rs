@@ -1074,20 +1074,18 @@ impl Session {
             .breaker
             .filter(|b| !self.breaker_held || !runs_under_enclosing_permit(b, &self.ctx.held))
         {
-            if b.try_acquire_into(now, &mut self.breaker_permit).is_err() {
-                self.give_back_retry();
-                return Err(self.rejected_by_breaker(b.name()));
-            }
-            // A half-open probe: calls nested in this attempt under the same breaker run
-            // under it (see `runs_under_enclosing_permit`).
-            if self
-                .breaker_permit
-                .as_ref()
-                .is_some_and(crate::breaker::BreakerPermit::is_probe)
-            {
-                self.ctx
+            match b.try_acquire_into(now, &mut self.breaker_permit) {
+                Ok(false) => {}
+                // A half-open probe: calls nested in this attempt under the same breaker run
+                // under it (see `runs_under_enclosing_permit`).
+                Ok(true) => self
+                    .ctx
                     .held
-                    .mark_probe(std::ptr::from_ref(b) as usize, true);
+                    .mark_probe(std::ptr::from_ref(b) as usize, true),
+                Err(_) => {
+                    self.give_back_retry();
+                    return Err(self.rejected_by_breaker(b.name()));
+                }
             }
         }
         // Counted once it runs: `Error::attempts` is the number of attempts that ran, not
