@@ -607,9 +607,6 @@ pub(crate) struct AttemptCtx {
     /// Two counts apart (see [`UNPOLLED_SENDS`]): the `.send()`s, and the requests stamped
     /// for `execute`; and a mark for the `execute` future about to be made.
     pub unpolled: Cell<u32>,
-    /// The URL (hashed with the method, as expected) of the last request stamped by hand
-    /// (`stamp_request`) in this attempt: `execute` in the body does not stamp it again.
-    pub hand_stamped: Cell<u32>,
     /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
     /// call begun): a helper the body awaited that moved it not at all sent nothing the
     /// runtime saw, or what it sent went unseen.
@@ -747,6 +744,8 @@ impl Held {
     /// The states of a call nested in these (its own, 0 for none), and which of its own are
     /// held already. The states held are first put in front (an outermost call's empty places
     /// removed), so that the ones pushed out past [`Held::MAX`] are states, not empty places.
+    /// Out of line: a call nested in none (the common case) carries none of it.
+    #[inline(never)]
     pub(crate) fn nested(self, own: [usize; 3]) -> (Held, [bool; 3]) {
         let already = own.map(|s| self.holds(s));
         let mut held = Held::default();
@@ -801,7 +800,6 @@ impl AttemptCtx {
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
-            hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),

@@ -293,22 +293,30 @@ pub fn stamp_request(req: &mut reqwest::Request) {
         let url = crate::context::expected_url(crate::policy::method_of(req.method()), req);
         if url != 0 {
             ctx.expect_at(url);
-            ctx.hand_stamped.set(url);
+            HAND_STAMPED.set((std::ptr::from_ref(ctx) as usize, ctx.attempt, url));
         }
         ctx.note_carried(crate::policy::method_of(req.method()));
     });
 }
 
+thread_local! {
+    /// The last request stamped by hand (`stamp_request`) on this thread: its attempt (the
+    /// context's address and number) and its URL (hashed with the method, as expected). Not a
+    /// field of the attempt's context, which every call builds: only `execute` reads it.
+    static HAND_STAMPED: std::cell::Cell<(usize, u32, u32)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
 /// Whether `req`, whose completion is expected at `url`, is the request last stamped by hand
-/// (`stamp_request`) in the attempt `ctx`: that one's URL, and this attempt's number as its
-/// stamping wrote it (a request made afresh carries none; one stamped in another attempt,
-/// another). The record taken.
+/// (`stamp_request`) in the attempt `ctx`: that one's URL, in this attempt, and carrying this
+/// attempt's number as its stamping wrote it (a request made afresh carries none). The record
+/// taken. (Stamped by hand in an async helper whose task moved to another thread before the
+/// body's `execute`, it is stamped again: expected twice, as it once always was.)
 fn stamped_by_hand_in(ctx: &AttemptCtx, req: &reqwest::Request, url: u32) -> bool {
     let here = url != 0
-        && ctx.hand_stamped.get() == url
+        && HAND_STAMPED.get() == (std::ptr::from_ref(ctx) as usize, ctx.attempt, url)
         && req.headers().get(X_ATTEMPT) == Some(&attempt_value(ctx.attempt));
     if here {
-        ctx.hand_stamped.set(0);
+        HAND_STAMPED.set((0, 0, 0));
     }
     here
 }
