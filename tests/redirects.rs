@@ -172,6 +172,41 @@ async fn a_keyed_patch_sent_on_by_a_301_keeps_its_key_and_is_retried() {
     assert!(seen.iter().all(|r| r.method == "PATCH"), "{seen:?}");
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    retry_on = [connect]
+)]
+async fn read_then_order(c: &reqwest::Client, config: &str, orders: &str) -> Result<u16, Error> {
+    c.get(config).send().await?.error_for_status()?;
+    Ok(c.post(orders).body("qty=1").send().await?.status().as_u16())
+}
+
+/// A GET that followed a redirect, then a POST whose connection is refused: the POST was never
+/// sent, and is retried (a redirect anywhere in the attempt once made every later connect
+/// failure in it count as reached). A redirect followed while the POST is in flight still
+/// counts for it (`an_unkeyed_post_redirected_to_a_refusing_host_is_sent_once`).
+#[tokio::test(start_paused = true)]
+async fn a_redirect_of_an_earlier_request_does_not_make_a_refused_post_reached() {
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let target = FaultServer::start(Script::always(Action::ok())).await;
+    let config = FaultServer::start(Script::always(
+        Action::status(301).header("location", target.url("/config")),
+    ))
+    .await;
+    let e = read_then_order(
+        &c,
+        &config.url("/config"),
+        &format!("http://{}/orders", refused_addr()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert_eq!(config.count(), 3, "the GET read again with each attempt");
+}
+
 /// A redirect to another host carries no `Referer` (the URL it came from, its query's token
 /// with it).
 #[tokio::test(start_paused = true)]

@@ -204,7 +204,7 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // on it in this same poll) was a stamped unsafe request's 307 or 308: taken here, on
         // every path, so that it never outlives this redirect.
         let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
-            ctx.redirected.set(true);
+            ctx.redirects.set(ctx.redirects.get().wrapping_add(1));
             (
                 ctx.unsafe_hop.replace(0),
                 ctx.hop_method.replace(crate::policy::Method::Post),

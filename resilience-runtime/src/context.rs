@@ -628,10 +628,12 @@ pub(crate) struct AttemptCtx {
     /// failure proves only that its own request was never sent; these go out again with the
     /// body.
     pub reached: Cell<Option<Method>>,
-    /// A request of this attempt followed a redirect ([`crate::redirect_policy`]): a server
-    /// answered it, so a connect failure after that (the redirect's target refused) does not
-    /// prove the request was never sent.
-    pub redirected: Cell<bool>,
+    /// How many redirects requests of this attempt followed ([`crate::redirect_policy`]): a
+    /// server answered each, so a connect failure after one (the redirect's target refused)
+    /// does not prove its request was never sent. A stamped request reads whether the count
+    /// moved while it was in flight (another request's redirect during it counts too: the safe
+    /// side); one the runtime did not stamp, whether any was followed in the attempt.
+    pub redirects: Cell<u32>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
     pub unpolled_method: Cell<Option<Method>>,
@@ -796,7 +798,7 @@ impl AttemptCtx {
             reached: Cell::new(None),
             status: Cell::new(None),
             failure: Cell::new(None),
-            redirected: Cell::new(false),
+            redirects: Cell::new(0),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
@@ -873,7 +875,7 @@ impl AttemptCtx {
         *self.reached.get_mut() = None;
         *self.status.get_mut() = None;
         *self.failure.get_mut() = None;
-        *self.redirected.get_mut() = false;
+        *self.redirects.get_mut() = 0;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
         *self.unpolled.get_mut() = 0;
@@ -975,7 +977,7 @@ impl AttemptCtx {
             self.matched.set(self.matched.get().wrapping_add(1));
             return;
         }
-        if reached || self.redirected.get() {
+        if reached || self.redirects.get() != 0 {
             self.completed_unmatched(m);
         }
     }

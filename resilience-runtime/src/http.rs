@@ -128,11 +128,15 @@ impl SentError for reqwest_middleware::Error {
 fn record_outcome<E: SentError>(
     res: &Result<reqwest::Response, E>,
     method: Option<crate::policy::Method>,
+    redirects_at_start: u32,
 ) {
     let connect_failure =
         matches!(res, Err(e) if e.reqwest().is_some_and(reqwest::Error::is_connect));
     let _ = with_attempt(|ctx| {
-        let reached = !connect_failure || ctx.redirected.get();
+        // A redirect followed while it was in flight (not one an earlier request of the
+        // attempt followed: a GET's 302, then a POST whose connection is refused, never sent).
+        let redirected = ctx.redirects.get() != redirects_at_start;
+        let reached = !connect_failure || redirected;
         match res {
             Ok(r) => record_response(ctx, response_facts(r)),
             Err(e) => {
@@ -148,7 +152,7 @@ fn record_outcome<E: SentError>(
             // Carried out, or may have been, unless refused with a 4xx (a 409 "still in
             // progress" is being carried out); after a redirect followed, the status is the
             // last hop's, and the request's own was a 3xx.
-            let refused = !ctx.redirected.get()
+            let refused = !redirected
                 && matches!(res, Ok(r) if r.status().is_client_error() && r.status() != 409);
             if refused {
                 ctx.note_reached(m);
@@ -168,15 +172,19 @@ fn record_outcome<E: SentError>(
 /// ([`crate::context::expected_url`]; after a 307 or 308, the target's), and the attempt's
 /// count of matched completions before its current poll: a request that ends, or is dropped,
 /// with an expectation of its own still outstanding takes it back.
-struct InFlight(Option<crate::policy::Method>, u32, u32);
+struct InFlight(Option<crate::policy::Method>, u32, u32, u32);
 
 impl InFlight {
     /// Sent from the attempt (its first poll there): its completion is expected at `url`.
     fn start(method: Option<crate::policy::Method>, url: u32) -> InFlight {
-        if url != 0 {
-            let _ = with_attempt(|ctx| ctx.expect_at(url));
-        }
-        InFlight(method, url, 0)
+        let redirects = with_attempt(|ctx| {
+            if url != 0 {
+                ctx.expect_at(url);
+            }
+            ctx.redirects.get()
+        })
+        .unwrap_or(0);
+        InFlight(method, url, 0, redirects)
     }
 
     /// Before the request's poll: the attempt's count of matched completions, and no
@@ -205,7 +213,7 @@ impl InFlight {
 
     /// The outcome arrived: recorded as it is, not as a request given up on.
     fn settle<E: SentError>(mut self, res: &Result<reqwest::Response, E>) {
-        record_outcome(res, self.0);
+        record_outcome(res, self.0, self.3);
         self.after_poll();
         self.take_back();
         std::mem::forget(self);
@@ -586,6 +594,8 @@ pin_project_lite::pin_project! {
         // The future of a request stamped for it (not a wrapper's `execute` handed something
         // else): its count is the one its first poll takes back.
         counted: bool,
+        // The attempt's count of redirects followed at its first poll.
+        redirects_at_start: u32,
     }
 
     impl<F> PinnedDrop for Observed<F> {
@@ -610,13 +620,18 @@ where
         if !*this.polled {
             *this.polled = true;
             let counted = *this.counted;
-            let _ = with_attempt(|ctx| ctx.polled_execute(counted));
+            if let Some(n) = with_attempt(|ctx| {
+                ctx.polled_execute(counted);
+                ctx.redirects.get()
+            }) {
+                *this.redirects_at_start = n;
+            }
         }
         let out = this.inner.poll(cx);
         if let Poll::Ready(res) = &out {
             *this.settled = true;
             // The request's own method is not known here: the least safe the attempt sent.
-            record_outcome(res, None);
+            record_outcome(res, None, *this.redirects_at_start);
         }
         out
     }
@@ -1036,6 +1051,7 @@ pub mod dispatch {
                 settled: false,
                 polled: false,
                 counted,
+                redirects_at_start: 0,
             }
         }
     }
