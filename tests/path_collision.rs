@@ -131,3 +131,75 @@ async fn functions_of_one_name_declared_in_two_functions_have_two_paths() {
     let b = resilience_runtime::breakers::state("path_collision::second::call").unwrap();
     assert_eq!(b.state, resilience_runtime::breakers::BreakerState::Closed);
 }
+
+/// Two types in one module, each with an `async` method `get` declaring its own `call`: named
+/// after the method's own path (`path_collision::Ledger::get::call`), two paths, two breakers
+/// (both were `path_collision::get::call`, one breaker, one override for both).
+struct Ledger;
+struct Catalog;
+
+impl Ledger {
+    async fn get(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        #[resilient(
+            timeout = "1s",
+            max_attempts = 1,
+            budget = false,
+            breaker = { failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", half_open_calls = 1 },
+        )]
+        async fn call(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+            Ok(c.get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .status()
+                .as_u16())
+        }
+        call(c, url).await
+    }
+}
+
+impl Catalog {
+    async fn get(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        #[resilient(
+            timeout = "1s",
+            max_attempts = 1,
+            budget = false,
+            breaker = { failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", half_open_calls = 1 },
+        )]
+        async fn call(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+            Ok(c.get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .status()
+                .as_u16())
+        }
+        call(c, url).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn functions_of_one_name_declared_in_two_types_methods_of_one_name_have_two_paths() {
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let up = FaultServer::start(Script::always(Action::ok())).await;
+    for _ in 0..2 {
+        Ledger.get(&c, &down.url("/")).await.unwrap_err();
+    }
+    let refused = Ledger.get(&c, &up.url("/")).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        resilience_runtime::ErrorKind::CircuitOpen,
+        "{refused}"
+    );
+    assert_eq!(Catalog.get(&c, &up.url("/")).await.unwrap(), 200);
+    let paths: Vec<&str> = resilience_runtime::metrics::all()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        paths.contains(&"path_collision::Ledger::get::call")
+            && paths.contains(&"path_collision::Catalog::get::call"),
+        "{paths:?}"
+    );
+}

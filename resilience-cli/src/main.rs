@@ -397,6 +397,7 @@ impl Crate {
             let mut v = Finder {
                 module: vec![module],
                 self_ty: None,
+                owner: None,
                 found: Vec::new(),
                 names: &names,
                 refused: Vec::new(),
@@ -763,6 +764,10 @@ struct Finder<'n> {
     module: Vec<String>,
     /// In an impl block: its type and trait, as written (or as the alias written stands for).
     self_ty: Option<(String, Option<String>)>,
+    /// In an `async` function's body: that function's own path, which the functions declared
+    /// there are named under (`m::Client::get::call`), as the runtime names them from the
+    /// body's closure in their type names.
+    owner: Option<String>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
     names: &'n Names,
     /// Attributes placed where the compiler refuses them: line, column and message.
@@ -1063,6 +1068,9 @@ impl Finder<'_> {
 
     fn path_of(&self, name: &str) -> String {
         let m = self.module.join("::");
+        if let Some(owner) = &self.owner {
+            return format!("{owner}::{name}").replace("r#", "");
+        }
         let path = match &self.self_ty {
             Some((ty, tr)) => resilience_spec::paths::method_path(&m, ty, tr.as_deref(), name),
             None if m.is_empty() => name.to_owned(),
@@ -1076,9 +1084,13 @@ impl Finder<'_> {
 
 impl<'a> Visit<'a> for Finder<'_> {
     fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+        // Its own module path, neither the function's nor the impl's it is written in.
+        let (saved_ty, saved_owner) = (self.self_ty.take(), self.owner.take());
         self.module.push(m.ident.to_string());
         syn::visit::visit_item_mod(self, m);
         self.module.pop();
+        self.self_ty = saved_ty;
+        self.owner = saved_owner;
     }
 
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {
@@ -1106,6 +1118,8 @@ impl<'a> Visit<'a> for Finder<'_> {
         };
         let tr = i.trait_.as_ref().map(|(t, _)| self.resolved_path(t));
         let saved = self.self_ty.replace((ty, tr));
+        // Methods are named after their type, even in a function's body.
+        let saved_owner = self.owner.take();
         let async_trait = rewritten_by_async_trait(&i.attrs);
         for item in &i.items {
             if let syn::ImplItem::Fn(f) = item {
@@ -1130,15 +1144,17 @@ impl<'a> Visit<'a> for Finder<'_> {
                 self.found.push((path, func, args));
             }
             if let syn::ImplItem::Fn(f) = item {
-                self.visit_body(&f.sig.ident, &f.block);
+                self.visit_body(&f.sig, &f.block);
             }
         }
         self.self_ty = saved;
+        self.owner = saved_owner;
     }
 
     fn visit_item_trait(&mut self, t: &'a syn::ItemTrait) {
         // A default method, named as the runtime names it: `module::Trait::name`.
         let saved = self.self_ty.replace((t.ident.to_string(), None));
+        let saved_owner = self.owner.take();
         for item in &t.items {
             // On a method without a body the attribute has nothing to wrap: the compiler
             // refuses it, and so does the check.
@@ -1182,10 +1198,11 @@ impl<'a> Visit<'a> for Finder<'_> {
                 && let Some(block) = &f.default
             {
                 self.once(&f.attrs, &f.sig.ident);
-                self.visit_body(&f.sig.ident, block);
+                self.visit_body(&f.sig, block);
             }
         }
         self.self_ty = saved;
+        self.owner = saved_owner;
     }
 
     fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
@@ -1196,7 +1213,7 @@ impl<'a> Visit<'a> for Finder<'_> {
             self.found
                 .push((self.path_of(&f.sig.ident.to_string()), func, args));
         }
-        self.visit_body(&f.sig.ident, &f.block);
+        self.visit_body(&f.sig, &f.block);
     }
 }
 
@@ -1266,12 +1283,21 @@ impl Finder<'_> {
         }
     }
 
-    /// The functions declared in the body of the function `name` (a `#[tokio::test]`'s
-    /// helper): the runtime names them after it, `module::name::inner`, as it would a type.
-    fn visit_body(&mut self, name: &syn::Ident, block: &syn::Block) {
-        let saved = self.self_ty.replace((name.to_string(), None));
+    /// The functions declared in the body of the function `sig` names (a `#[tokio::test]`'s
+    /// helper): the runtime names them after it, `module::name::inner`, as it would a type;
+    /// in an `async` function's body, after that function's own path
+    /// (`module::Client::get::inner`), as the body's closure in their type names tells it.
+    fn visit_body(&mut self, sig: &syn::Signature, block: &syn::Block) {
+        let name = sig.ident.to_string();
+        let (saved_ty, saved_owner) = if sig.asyncness.is_some() {
+            let own = self.path_of(&name);
+            (self.self_ty.take(), self.owner.replace(own))
+        } else {
+            (self.self_ty.replace((name, None)), self.owner.take())
+        };
         syn::visit::visit_block(self, block);
-        self.self_ty = saved;
+        self.self_ty = saved_ty;
+        self.owner = saved_owner;
     }
 }
 

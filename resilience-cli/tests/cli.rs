@@ -994,14 +994,14 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::<[_] as Count>::count",
             "cli::names::<_ as Charge>::charge",
             "cli::names::Api::get",
+            "cli::names::Audit::audit::written",
             "cli::names::Greet::greet",
+            "cli::names::Store::around::inner",
             "cli::names::Store::match",
             "cli::names::Store::put",
             "cli::names::Store::via_module",
             "cli::names::Svc::via_alias",
-            "cli::names::around::inner",
             "cli::names::async::type",
-            "cli::names::audit::written",
             "cli::names::glob::Svc::via_glob",
             "cli::names::outer::inner",
             "cli::names::shadow::Wide::shadowed",
@@ -1796,5 +1796,45 @@ fn check_refuses_what_the_build_refuses_in_the_shapes_it_once_passed() {
     ] {
         assert!(t.contains(want), "{want}:\n{t}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Functions declared in `async` methods' bodies are listed under the method's own path, as
+/// the runtime names them (`paths::Ledger::get::call`): two types' `get` methods in one module
+/// each with a `call` are two functions, not one; in `async` functions nested in others, under
+/// the whole chain; in a sync function's body, under its name alone, as before.
+#[test]
+fn functions_declared_in_async_bodies_are_listed_under_their_owners_paths() {
+    let call = "#[resilient(method = GET, timeout = \"1s\")] async fn call(c: &reqwest::Client) -> Result<u16, Error> { Ok(c.get(\"http://a/\").send().await?.status().as_u16()) }";
+    let lib = format!(
+        "use resilience_runtime::{{resilient, Error}};\n\
+         pub struct Ledger;\npub struct Catalog;\n\
+         impl Ledger {{ pub async fn get(&self) {{ {call} }} }}\n\
+         impl Catalog {{ pub async fn get(&self) {{ {call} }} }}\n\
+         pub async fn outer() {{ async fn middle() {{ {call} }} }}\n\
+         pub fn sync_outer() {{ fn middle() {{ {call} }} }}\n"
+    );
+    let dir = crate_with("paths", &[("src/lib.rs", &lib)]);
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["function"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            "paths::Catalog::get::call",
+            "paths::Ledger::get::call",
+            "paths::middle::call",
+            "paths::outer::middle::call",
+        ],
+        "{}",
+        text(&out)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

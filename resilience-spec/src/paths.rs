@@ -9,6 +9,7 @@
 //! | `impl<'a> Client<'a> { fn charge }` in `shop::pg` | `shop::pg::Client::charge` |
 //! | `impl Api for super::Svc { fn get }` in `shop::svc` | `shop::svc::<Svc as Api>::get` |
 //! | `fn call` in the body of `async fn first` in `shop::tests` | `shop::tests::first::call` |
+//! | `fn call` in the body of `impl Ledger { async fn get }` in `shop` | `shop::Ledger::get::call` |
 
 use std::borrow::Cow;
 
@@ -50,8 +51,21 @@ pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a,
     // A function declared in an `async` body (an `async fn`'s, a `#[tokio::test]`'s): the
     // function around it, not the body's closure, is its owner, so that two such functions
     // of one name in two tests have two paths.
+    let mut in_async_body = false;
     while let Some(rest) = owner.strip_suffix("::{{closure}}") {
         owner = rest;
+        in_async_body = true;
+    }
+    // ... an `async` method's (the body's closure says the owner is a function, not a type):
+    // named after that method's own path (`m::Client::get::call`, `m::<Svc as Api>::get::call`),
+    // so that two such helpers of one name in two impls of one module have two paths.
+    if in_async_body
+        && let Some((of, owner_name)) = owner.rsplit_once("::")
+        && of != module
+        && !owner_name.is_empty()
+    {
+        let method = format!("{module}::{owner_name}");
+        return format!("{}::{name}", from_type_name(&method, owner)).into();
     }
     if owner == module {
         return module_and_name.into();
@@ -220,6 +234,22 @@ mod tests {
                 "shop::inner",
                 "shop::outer::{{closure}}::{{closure}}::inner",
                 "shop::outer::inner",
+            ),
+            // ... in an `async` method's body: the method's own path first.
+            (
+                "shop::call",
+                "shop::Client::get::{{closure}}::call",
+                "shop::Client::get::call",
+            ),
+            (
+                "shop::call",
+                "<shop::model::Svc as shop::api::Api>::get::{{closure}}::call",
+                "shop::<Svc as Api>::get::call",
+            ),
+            (
+                "shop::svc::call",
+                "shop::svc::<impl shop::model::Client>::get::{{closure}}::call",
+                "shop::svc::Client::get::call",
             ),
             // Raw identifiers: `module_path!()` and `stringify!` keep `r#`, type names do not.
             (
