@@ -1493,8 +1493,15 @@ fn worst_case(f: &Function) -> Duration {
     } else {
         b.initial.value
     };
+    // A constant backoff waits `initial` every time: its `max` is never used (the runtime's
+    // `BackoffState`), however it compares.
+    let cap = if b.kind.value == BackoffKind::Constant {
+        Duration::MAX
+    } else {
+        b.max.value
+    };
     for _ in 1..n {
-        total = total.saturating_add(delay.min(b.max.value));
+        total = total.saturating_add(delay.min(cap));
         // Once the delay reaches `max` it stays there (and growing it further could overflow).
         // Decorrelated jitter draws up to three times the previous delay, whatever the
         // multiplier.

@@ -740,6 +740,54 @@ pub async fn steep(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(v[0]["worst_case_ms"], 120_000, "{v}");
 }
 
+/// A constant backoff waits `initial` every time, longer than the default `max` or not: three
+/// attempts of 1 s and two waits of 5 s are 13 s (it was listed as 7 s, each wait cut to the
+/// 2 s `max` it never uses), and a breaker's `window` beside a `window_for` (ignored) is
+/// refused, as the build refuses it.
+#[test]
+fn a_constant_backoff_longer_than_max_is_listed_whole() {
+    let dir = crate_with(
+        "patient_backoff",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", backoff(kind = constant, initial = "5s"))]
+pub async fn patient(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://x/").send().await?.text().await?)
+}
+"#,
+        )],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["worst_case_ms"], 13_000, "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    let dir = crate_with(
+        "both_windows",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+#[resilient(method = GET, timeout = "1s", breaker(window = 5, window_for = "60s"))]
+pub async fn guarded(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://x/").send().await?.text().await?)
+}
+"#,
+        )],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("not both: this `window` would be ignored"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Methods whose impl has a lifetime, a generic type, a trait, and a trait's default method:
 /// the names `list` gives them must be the names the runtime knows them by, or an override
 /// written from the list applies to nothing.

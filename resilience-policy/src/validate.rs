@@ -177,7 +177,16 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         }
     }
     if !m.spec.window_for.is_zero() {
-        // A time-based window holds however many calls the time brings.
+        // A time-based window holds however many calls the time brings: a `window` written
+        // beside it would be silently ignored.
+        if let Some(at) = &window_at {
+            err(
+                diags,
+                at,
+                fb,
+                "a breaker takes `window` (calls) or `window_for` (a time), not both: this `window` would be ignored",
+            );
+        }
     } else if let Err(broken) = rules::breaker_min_calls(m.spec.min_calls, m.spec.window) {
         // At `min_calls` when written, else at the `window` written below its default.
         let at = min_calls_at.clone().or(window_at).unwrap_or_else(|| {

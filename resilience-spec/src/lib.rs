@@ -399,7 +399,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         // frac has 1..=9 digits: frac / 10^len of a unit, in nanoseconds, rounded down.
         let digits: u64 = frac.parse().unwrap_or(0);
         let scale = 10u64.pow(frac.len() as u32);
-        Some((u128::from(digits) * u128::from(nanos_per) / u128::from(scale)) as u64)
+        let nanos = u128::from(digits) * u128::from(nanos_per);
+        // A part of a nanosecond is no time the clock can wait: `0.5ns` once read as 0 (a
+        // `max_wait` of nothing), `1.5ns` as 1ns.
+        if nanos % u128::from(scale) != 0 {
+            return Err(format!(
+                "`{text}` is not a whole number of nanoseconds: the clock counts no finer"
+            ));
+        }
+        Some((nanos / u128::from(scale)) as u64)
     };
     whole
         .zip(part)
@@ -1044,6 +1052,18 @@ pub mod cases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part of a nanosecond is refused, not rounded away (`0.5ns` read as no time at all);
+    /// a fraction that is a whole number of nanoseconds is read.
+    #[test]
+    fn a_duration_finer_than_a_nanosecond_is_refused() {
+        for bad in ["0.5ns", "1.5ns", "0.0000000001s", "0.1us5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("1.5us"), Ok(Duration::from_nanos(1500)));
+        assert_eq!(parse_duration("0.000000001s"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse_duration("2.25s"), Ok(Duration::from_millis(2250)));
+    }
 
     #[test]
     fn the_rules_agree_with_their_cases() {

@@ -240,9 +240,12 @@ impl<'a> Reader<'a> {
         let Ok(len) = rest[..colon].parse::<usize>() else {
             return self.fail("a string's length");
         };
-        match rest.get(colon + 1..colon + 1 + len) {
+        let Some(end) = (colon + 1).checked_add(len) else {
+            return self.fail("a string of the length given");
+        };
+        match rest.get(colon + 1..end) {
             Some(s) => {
-                self.at += colon + 1 + len;
+                self.at += end;
                 Ok(s)
             }
             None => self.fail("a string of the length given"),
@@ -609,6 +612,13 @@ mod tests {
                 }
             }
         }
+        // A length past `usize`'s end once overflowed (a panic in a debug build).
+        let colon = text.find(':').expect("a string in the text");
+        let digits = text[..colon]
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        let huge = format!("{}18446744073709551615{}", &text[..digits], &text[colon..]);
+        assert!(Packed::unpack(&huge).is_err());
         let err = Packed::unpack("rp0,").unwrap_err();
         assert_eq!(err.expected, "the version tag");
         assert!(err.to_string().contains("same release"), "{err}");
