@@ -255,6 +255,21 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
                 );
                 continue;
             };
+            // `breaker = "off"` (or `"none"`) turns the breaker off, whatever the file names:
+            // a shared state so named could never be used.
+            if !matches!(name.as_str(), "policies" | "clients")
+                && matches!(sub_name.as_str(), "off" | "none")
+            {
+                convert_err(
+                    &mut cfg.errors,
+                    sub.span().start,
+                    format!(
+                        "[{label}] can never be used: `{} = \"{sub_name}\"` turns it off; give it another name",
+                        name.trim_end_matches('s')
+                    ),
+                );
+                continue;
+            }
             let entries = entries_of(t, &label, &mut cfg.errors);
             let table = Table {
                 entries,
@@ -483,6 +498,28 @@ mod tests {
         ));
         assert_eq!(pay.entries[1].1.render(), "[\"connect\", 503]");
         assert!(c.breakers.contains_key("pg"));
+    }
+
+    /// A shared state named `off` or `none` could never be used (`breaker = "off"` turns the
+    /// breaker off): refused with its place, not kept and checked for nothing.
+    #[test]
+    fn a_state_named_off_or_none_is_refused() {
+        let c = p("[breakers.off]\nwindow = 20\n\n[budgets.none]\nratio = 0.1\n");
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+        assert!(
+            c.errors[0].starts_with("resilience.toml:1:11:")
+                && c.errors[0].contains("[breakers.off] can never be used: `breaker = \"off\"`"),
+            "{}",
+            c.errors[0]
+        );
+        assert!(
+            c.errors[1].contains("`budget = \"none\"` turns it off"),
+            "{}",
+            c.errors[1]
+        );
+        assert!(c.breakers.is_empty() && c.budgets.is_empty());
+        // A policy or a client may be called so.
+        assert!(p("[policies.none]\nmax_attempts = 1\n").errors.is_empty());
     }
 
     #[test]
