@@ -398,6 +398,7 @@ impl Crate {
                 module: vec![module],
                 self_ty: None,
                 owner: None,
+                enclosing: None,
                 found: Vec::new(),
                 names: &names,
                 refused: Vec::new(),
@@ -764,10 +765,14 @@ struct Finder<'n> {
     module: Vec<String>,
     /// In an impl block: its type and trait, as written (or as the alias written stands for).
     self_ty: Option<(String, Option<String>)>,
-    /// In an `async` function's body: that function's own path, which the functions declared
-    /// there are named under (`m::Client::get::call`), as the runtime names them from the
-    /// body's closure in their type names.
+    /// In an `async` function's body (or a closure or `async` block in any function's): that
+    /// function's own path, which the functions declared there are named under
+    /// (`m::Client::get::call`), as the runtime names them from the closure in their type
+    /// names.
     owner: Option<String>,
+    /// In a function's body: its own path, the `owner` of what its closures and `async`
+    /// blocks declare.
+    enclosing: Option<String>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
     names: &'n Names,
     /// Attributes placed where the compiler refuses them: line, column and message.
@@ -1205,6 +1210,14 @@ impl<'a> Visit<'a> for Finder<'_> {
         self.owner = saved_owner;
     }
 
+    fn visit_expr_closure(&mut self, c: &'a syn::ExprClosure) {
+        self.in_closure(|v| syn::visit::visit_expr_closure(v, c));
+    }
+
+    fn visit_expr_async(&mut self, a: &'a syn::ExprAsync) {
+        self.in_closure(|v| syn::visit::visit_expr_async(v, a));
+    }
+
     fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
         self.once(&f.attrs, &f.sig.ident);
         if let Some(args) = resilient_args(&f.attrs) {
@@ -1289,8 +1302,9 @@ impl Finder<'_> {
     /// (`module::Client::get::inner`), as the body's closure in their type names tells it.
     fn visit_body(&mut self, sig: &syn::Signature, block: &syn::Block) {
         let name = sig.ident.to_string();
+        let own = self.path_of(&name);
+        let saved_enclosing = self.enclosing.replace(own.clone());
         let (saved_ty, saved_owner) = if sig.asyncness.is_some() {
-            let own = self.path_of(&name);
             (self.self_ty.take(), self.owner.replace(own))
         } else {
             (self.self_ty.replace((name, None)), self.owner.take())
@@ -1298,6 +1312,21 @@ impl Finder<'_> {
         syn::visit::visit_block(self, block);
         self.self_ty = saved_ty;
         self.owner = saved_owner;
+        self.enclosing = saved_enclosing;
+    }
+
+    /// A closure or an `async` block: what it declares is named under the function it is in
+    /// (the compiler's type names show the closure, as an `async fn`'s body's).
+    fn in_closure(&mut self, visit: impl FnOnce(&mut Self)) {
+        if self.owner.is_none()
+            && let Some(e) = self.enclosing.clone()
+        {
+            let saved = (self.self_ty.take(), self.owner.replace(e));
+            visit(self);
+            (self.self_ty, self.owner) = saved;
+        } else {
+            visit(self);
+        }
     }
 }
 

@@ -965,6 +965,19 @@ mod names {
         pub async fn put(&self) -> Result<usize, Error> {
             Ok(4)
         }
+
+        /// A sync method whose `async` block declares the function: the closure in its type
+        /// name shows it, and it is named after the method's whole path.
+        #[allow(clippy::manual_async_fn)] // a sync method on purpose
+        pub fn later(&self) -> impl std::future::Future<Output = Result<usize, Error>> {
+            async move {
+                #[resilient(method = GET, timeout = "1s", budget = false)]
+                async fn in_block() -> Result<usize, Error> {
+                    Ok(19)
+                }
+                in_block().await
+            }
+        }
     }
 
     impl model::Load for model::Store {
@@ -1045,6 +1058,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::Audit::audit::written",
             "cli::names::Greet::greet",
             "cli::names::Store::around::inner",
+            "cli::names::Store::later::in_block",
             "cli::names::Store::match",
             "cli::names::Store::put",
             "cli::names::Store::via_module",
@@ -1081,6 +1095,7 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!([1u8, 2][..].count().await.unwrap(), 2);
         assert_eq!(names::shadow::Wide.shadowed().await.unwrap(), 17);
         assert_eq!(names::model::Store.via_imported_module().await.unwrap(), 18);
+        assert_eq!(names::model::Store.later().await.unwrap(), 19);
     });
     let file: String = listed
         .iter()

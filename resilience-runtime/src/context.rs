@@ -1076,7 +1076,9 @@ impl AttemptCtx {
     /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
     pub(crate) fn polled(&self) {
         let u = self.unpolled.get();
-        if u & UNPOLLED_SENDS > 0 {
+        // Saturated, it stays so: more were made than it counts, and some may be sent
+        // elsewhere.
+        if u & UNPOLLED_SENDS > 0 && u & UNPOLLED_SENDS != UNPOLLED_SENDS {
             self.unpolled.set(u - 1);
         }
         self.request_started();
@@ -1086,7 +1088,7 @@ impl AttemptCtx {
     /// that request's count taken back.
     pub(crate) fn polled_execute(&self, counted: bool) {
         let u = self.unpolled.get();
-        if counted && u & UNPOLLED_EXECUTES > 0 {
+        if counted && u & UNPOLLED_EXECUTES > 0 && u & UNPOLLED_EXECUTES != UNPOLLED_EXECUTES {
             self.unpolled.set(u - UNPOLLED_EXECUTE);
         }
         self.request_started();
@@ -1457,6 +1459,33 @@ mod tests {
         let (c, _) = b.nested([240, 248, 0]);
         assert!(c.holds(56), "{c:?}");
         assert_eq!(c.nested([0, 0, 56]).1, [false, false, true]);
+    }
+
+    /// More requests made than the count holds: saturated, it stays so as they are polled
+    /// (once it counted back down to nothing, and a spawned POST among them was forgotten);
+    /// below that, each poll takes one back.
+    #[test]
+    fn a_saturated_count_of_unpolled_requests_stays_outstanding() {
+        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default());
+        ctx.made(Method::Get);
+        ctx.polled();
+        assert!(!ctx.unpolled_outstanding());
+        for _ in 0..=UNPOLLED_SENDS {
+            ctx.made(Method::Post);
+        }
+        for _ in 0..=UNPOLLED_SENDS {
+            ctx.polled();
+        }
+        assert!(ctx.unpolled_outstanding());
+        // Executes apart: a spawned execute's count is its own future's to take back.
+        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default());
+        ctx.made_for_execute(Method::Post);
+        assert!(ctx.take_execute_mark());
+        ctx.polled();
+        ctx.polled_execute(false);
+        assert!(ctx.unpolled_outstanding(), "taken back by neither");
+        ctx.polled_execute(true);
+        assert!(!ctx.unpolled_outstanding());
     }
 
     /// A breaker held by a half-open probe is marked (its address's lowest bit): nested calls
