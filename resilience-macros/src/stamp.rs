@@ -224,8 +224,9 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
         // client parameter made, or a helper reached through `self`; not a value from `self`
         // alone (`Arc::clone(&self.stats).flush()`).
         syn::Expr::MethodCall(m) if any_method && !hands_a_send(e) => {
-            helper_future_under(&m.receiver, &without_self(names), any_method)
-                || (names.iter().any(|n| n == "self") && self_helper_value(&m.receiver))
+            through_a_helpers_value(&m.receiver, names, |r, n| {
+                helper_future_under(r, n, any_method)
+            })
         }
         syn::Expr::Paren(p) => helper_future_under(&p.expr, names, any_method),
         _ => false,
@@ -467,9 +468,7 @@ fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
             // value reached from `self` alone (`Arc::clone(&self.sem).acquire_owned()`,
             // `self.limiter.clone().until_ready()`): as likely no request at all, and a helper
             // seen sending nothing stops the function's retries.
-            if hands_a_client(&m.receiver, &without_self(clients))
-                || (clients.iter().any(|c| c == "self") && self_helper_value(&m.receiver))
-            {
+            if through_a_helpers_value(&m.receiver, clients, hands_a_client) {
                 return true;
             }
             rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
@@ -979,6 +978,19 @@ fn rooted_in(e: &syn::Expr, clients: &[String]) -> bool {
         syn::Expr::Paren(p) => rooted_in(&p.expr, clients),
         _ => false,
     }
+}
+
+/// Whether `receiver`, which an unlisted method is called on, is a helper's value: one a call
+/// handed a client parameter made (`follow`, the rule of the caller, with `names` less `self`),
+/// or one a helper reached through `self` made ([`self_helper_value`]). The one rule of
+/// [`hands_a_client`] and [`helper_future_under`].
+fn through_a_helpers_value(
+    receiver: &syn::Expr,
+    names: &[String],
+    follow: impl Fn(&syn::Expr, &[String]) -> bool,
+) -> bool {
+    follow(receiver, &without_self(names))
+        || (names.iter().any(|n| n == "self") && self_helper_value(receiver))
 }
 
 /// A value a helper reached through `self` makes: a method of `self` itself (`self.place(o)`,

@@ -127,7 +127,7 @@ fn completed(
     status: Option<http::StatusCode>,
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
-    let sent_on = status.is_some_and(|s| resent_by(method, s.as_u16()));
+    let sent_on = status.is_some_and(|s| resent_by(s.as_u16(), method == http::Method::POST));
     if error.is_some_and(protocol_nack) {
         return true;
     }
@@ -146,13 +146,13 @@ fn completed(
     false
 }
 
-/// Whether a redirect of `status` sends a request of `method` on as it was (its method, body and
-/// headers), as reqwest follows redirects: a 307 or 308 any request; a 301 or 302 any but a
-/// POST, which it turns into a GET (a PUT, PATCH or DELETE keeps its method and body).
-fn resent_by(method: &http::Method, status: u16) -> bool {
+/// Whether a redirect of `status` sends a request on as it was (its method, body and headers),
+/// as reqwest follows redirects: a 307 or 308 any request; a 301 or 302 any but a POST, which
+/// it turns into a GET (`post`; a PUT, PATCH or DELETE keeps its method and body).
+fn resent_by(status: u16, post: bool) -> bool {
     match status {
         307 | 308 => true,
-        301 | 302 => method != http::Method::POST,
+        301 | 302 => !post,
         _ => false,
     }
 }
@@ -233,11 +233,11 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // method reported by a client of `ClientSettings` in this same poll; one that reports
         // nothing reads as a POST's): an unkeyed PATCH answered 302 back to its own URL was
         // once applied twice within one send.
-        let resent = match attempt.status().as_u16() {
-            307 | 308 => true,
-            301 | 302 => !hop_method.is_safe() && hop_method != crate::policy::Method::Post,
-            _ => false,
-        };
+        // (A safe request's 301 or 302 going round is the GET rule's below.)
+        let resent = resent_by(
+            attempt.status().as_u16(),
+            hop_method == crate::policy::Method::Post || hop_method.is_safe(),
+        );
         if (resent && visits > 0) || visits > 1 {
             // The URL is reqwest's error's to show (redacted with it), not this message's.
             return attempt.error("redirect loop back to a URL already visited");

@@ -1029,10 +1029,7 @@ impl AttemptCtx {
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
     /// it is sent from it.
     pub(crate) fn made(&self, m: Method) {
-        let u = self.unpolled.get();
-        if u & UNPOLLED_SENDS < UNPOLLED_SENDS {
-            self.unpolled.set(u + 1);
-        }
+        self.count_unpolled(1, UNPOLLED_SENDS);
         self.made_method(m);
     }
 
@@ -1042,14 +1039,26 @@ impl AttemptCtx {
     /// ([`AttemptCtx::polled_execute`]): the future of a wrapper's `execute` handed a builder
     /// takes none, neither a spawned `.send()`'s nor a spawned `execute`'s.
     pub(crate) fn made_for_execute(&self, m: Method) {
-        let u = self.unpolled.get();
-        let u = if u & UNPOLLED_EXECUTES < UNPOLLED_EXECUTES {
-            u + UNPOLLED_EXECUTE
-        } else {
-            u
-        };
-        self.unpolled.set(u | EXECUTE_MARK);
+        self.count_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
+        self.unpolled.set(self.unpolled.get() | EXECUTE_MARK);
         self.made_method(m);
+    }
+
+    /// One more in `field` of `unpolled` (`unit` its one): saturating there.
+    fn count_unpolled(&self, unit: u32, field: u32) {
+        let u = self.unpolled.get();
+        if u & field != field {
+            self.unpolled.set(u + unit);
+        }
+    }
+
+    /// One less in `field` of `unpolled`: not below none, and not once saturated (more were
+    /// made than it counts, and some may be sent elsewhere).
+    fn uncount_unpolled(&self, unit: u32, field: u32) {
+        let u = self.unpolled.get();
+        if u & field != 0 && u & field != field {
+            self.unpolled.set(u - unit);
+        }
     }
 
     fn made_method(&self, m: Method) {
@@ -1075,21 +1084,15 @@ impl AttemptCtx {
 
     /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
     pub(crate) fn polled(&self) {
-        let u = self.unpolled.get();
-        // Saturated, it stays so: more were made than it counts, and some may be sent
-        // elsewhere.
-        if u & UNPOLLED_SENDS > 0 && u & UNPOLLED_SENDS != UNPOLLED_SENDS {
-            self.unpolled.set(u - 1);
-        }
+        self.uncount_unpolled(1, UNPOLLED_SENDS);
         self.request_started();
     }
 
     /// An `execute` future is sent from here: if it is a request's stamped for it (`counted`),
     /// that request's count taken back.
     pub(crate) fn polled_execute(&self, counted: bool) {
-        let u = self.unpolled.get();
-        if counted && u & UNPOLLED_EXECUTES > 0 && u & UNPOLLED_EXECUTES != UNPOLLED_EXECUTES {
-            self.unpolled.set(u - UNPOLLED_EXECUTE);
+        if counted {
+            self.uncount_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
         }
         self.request_started();
     }

@@ -561,15 +561,12 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
             ));
         }
     };
-    check(rules::max_attempts(p.max_attempts), &["max_attempts"]);
+    // What no function may take (`max_attempts` out of range, a zero `timeout` or
+    // `deadline`, a multiplier out of range, a permanent status in `retry_on`) was refused as
+    // the file was read (`Parser::patch`); the compiled values passed the same rules.
     check(
         rules::attempts_within_build(k.compiled.max_attempts, p.max_attempts),
         &["max_attempts"],
-    );
-    check(rules::timeout_nonzero("timeout", p.timeout), &["timeout"]);
-    check(
-        rules::timeout_nonzero("deadline", p.deadline),
-        &["deadline"],
     );
     check(
         rules::timeout_within_deadline(p.timeout, p.deadline, p.max_attempts),
@@ -584,13 +581,6 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
             rules::backoff_order(p.backoff.initial, p.backoff.max),
             &["backoff.initial", "backoff.max"],
         );
-    }
-    check(
-        rules::backoff_multiplier(f64::from(p.backoff.multiplier_milli) / 1000.0),
-        &["backoff.multiplier"],
-    );
-    for s in p.retry_on.statuses {
-        check(rules::retryable_status(*s), &["retry_on"]);
     }
     // Generated code packs a method neither declared nor inferred as `OTHER`.
     check(
