@@ -148,7 +148,17 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Located> {
                 Value::FloatSuffixed(format!("{}{}", f.base10_digits(), f.suffix())),
                 span,
             ),
-            syn::Lit::Float(f) => located(Value::Float(f.base10_parse()?), span),
+            // Too large is said where the key is known (`number`); too small is said here.
+            syn::Lit::Float(f) => match resilience_spec::policy_float(f.base10_digits()) {
+                Ok(x) => located(Value::Float(x), span),
+                Err(_) if f.base10_parse::<f64>()?.is_infinite() => {
+                    located(Value::Float(f64::INFINITY), span)
+                }
+                Err(why) => Err(syn::Error::new(
+                    span,
+                    format!("{} {why}", f.base10_digits()),
+                )),
+            },
             syn::Lit::Bool(b) => located(Value::Bool(b.value), span),
             other => Err(syn::Error::new(
                 other.span(),
@@ -273,6 +283,19 @@ mod tests {
             let e = parse_args(ts).unwrap_err();
             assert_eq!(e.to_string(), "negative values are not allowed here");
         }
+    }
+
+    /// `ratio = 1e-400` is no 0 written otherwise: refused at its literal, not read as "no
+    /// retries bought"; `0e-400` is a zero.
+    #[test]
+    fn a_number_too_small_to_tell_from_zero_is_refused() {
+        let e = parse_args(quote!(budget(ratio = 1e-400))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "1e-400 is too small to tell from 0: write 0, or a larger number"
+        );
+        assert!(parse_args(quote!(budget(ratio = 0e-400))).is_ok());
+        assert!(parse_args(quote!(budget(ratio = 1e-3))).is_ok());
     }
 
     #[test]

@@ -93,14 +93,6 @@ pub fn load(path: &Path, display: &str) -> Result<Rc<Config>, String> {
     Ok(config)
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(offset, |n| offset - n - 1) + 1;
-    (line, col)
-}
-
 /// Parses a policy file. Never fails: problems land in `errors`.
 pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
     let mut cfg = Config {
@@ -111,7 +103,9 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
     let root = match toml::de::DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
-            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let (line, col) = e
+                .span()
+                .map_or((1, 1), |s| resilience_spec::line_col(text, s.start));
             let msg = e.message().trim().to_owned();
             cfg.errors
                 .push(format!("{display}:{line}:{col}: TOML syntax error: {msg}"));
@@ -120,7 +114,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
         }
     };
     let origin_at = |offset: usize, table: &str| {
-        let (line, col) = line_col(text, offset);
+        let (line, col) = resilience_spec::line_col(text, offset);
         Origin::File {
             file: display.to_owned(),
             line,
@@ -129,7 +123,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
         }
     };
     let convert_err = |errors: &mut Vec<String>, offset: usize, msg: String| {
-        let (line, col) = line_col(text, offset);
+        let (line, col) = resilience_spec::line_col(text, offset);
         errors.push(format!("{display}:{line}:{col}: {msg}"));
     };
     fn convert(
@@ -154,14 +148,10 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
                     return None;
                 }
             },
-            D::Float(f) => match f.as_str().replace('_', "").parse::<f64>() {
-                Ok(x) if x.is_finite() && x >= 0.0 => Value::Float(x),
-                _ => {
-                    err(
-                        errors,
-                        start,
-                        format!("{} is not a non-negative number", f.as_str()),
-                    );
+            D::Float(f) => match resilience_spec::policy_float(f.as_str()) {
+                Ok(x) => Value::Float(x),
+                Err(why) => {
+                    err(errors, start, format!("{} {why}", f.as_str()));
                     return None;
                 }
             },
@@ -498,6 +488,41 @@ mod tests {
         ));
         assert_eq!(pay.entries[1].1.render(), "[\"connect\", 503]");
         assert!(c.breakers.contains_key("pg"));
+    }
+
+    /// A number too small for `f64` is refused where it is written, not read as 0 (a budget
+    /// whose ratio read 0 bought no retries).
+    #[test]
+    fn a_number_too_small_to_tell_from_zero_is_refused() {
+        let c = p("[budgets.pay]\nratio = 1e-400\n");
+        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+        assert!(
+            c.errors[0].starts_with("resilience.toml:2:9:")
+                && c.errors[0]
+                    .ends_with("1e-400 is too small to tell from 0: write 0, or a larger number"),
+            "{}",
+            c.errors[0]
+        );
+        assert!(p("[budgets.pay]\nratio = 0.0\n").errors.is_empty());
+    }
+
+    /// A place in a message is where an editor shows it: a byte order mark and an accented
+    /// name before the value shift nothing.
+    #[test]
+    fn a_place_is_where_an_editor_shows_it() {
+        let c = p("\u{feff}[budgets]\n\"été\" = { ratio = 1e-400 }\n");
+        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+        assert!(
+            c.errors[0].starts_with("resilience.toml:2:19:"),
+            "{}",
+            c.errors[0]
+        );
+        let c = p("\u{feff}max_attempts = [\n");
+        assert!(
+            c.errors[0].starts_with("resilience.toml:1:"),
+            "{}",
+            c.errors[0]
+        );
     }
 
     /// A shared state named `off` or `none` could never be used (`breaker = "off"` turns the

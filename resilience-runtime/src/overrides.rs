@@ -717,10 +717,7 @@ struct Parser<'t> {
 
 impl Parser<'_> {
     fn pos(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, str::len) + 1;
-        (line, col)
+        resilience_spec::line_col(self.text, offset)
     }
 
     fn problem(&mut self, offset: usize, msg: impl fmt::Display) {

@@ -186,6 +186,48 @@ pub fn toml_uint(digits: &str, radix: u32) -> Option<u64> {
     u64::from_str_radix(digits.trim_start_matches('+'), radix).ok()
 }
 
+/// The line and column (from 1) of a byte offset in a policy file's text, as an editor shows
+/// them: columns count characters, not bytes, a leading byte order mark is not one, and an
+/// offset past the end or inside a character is taken at the character's start.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let last = before.rsplit('\n').next().unwrap_or("");
+    let last = if line == 1 {
+        last.strip_prefix('\u{feff}').unwrap_or(last)
+    } else {
+        last
+    };
+    (line, last.chars().count() + 1)
+}
+
+/// A number written in a policy (`0.25`, `1e-3`, with `_` separators), parsed as `f64`, or
+/// what is wrong with it, to follow the text as written: no number, a negative one, one too
+/// large to be finite, or one too small to tell from 0 (`1e-400` is not 0, which would read as
+/// "no retries bought"; a value under `f64`'s smallest normal number means nothing a policy
+/// could count).
+pub fn policy_float(text: &str) -> Result<f64, &'static str> {
+    let text = text.replace('_', "");
+    let x = text.parse::<f64>().map_err(|_| "is not a number")?;
+    if x.is_nan() || x < 0.0 {
+        return Err("is not a non-negative number");
+    }
+    if x.is_infinite() {
+        return Err("is too large to be a number");
+    }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let written_zero = !mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    if written_zero || x >= f64::MIN_POSITIVE {
+        Ok(x)
+    } else {
+        Err("is too small to tell from 0: write 0, or a larger number")
+    }
+}
+
 /// Is this an HTTP status that may be retried at all (408, 429, 5xx)? Not the 5xx that say
 /// the request itself cannot be served, and would be answered the same again: 501 Not
 /// Implemented, 505 HTTP Version Not Supported, 506 Variant Also Negotiates, 508 Loop
@@ -1063,6 +1105,43 @@ mod tests {
         assert_eq!(parse_duration("1.5us"), Ok(Duration::from_nanos(1500)));
         assert_eq!(parse_duration("0.000000001s"), Ok(Duration::from_nanos(1)));
         assert_eq!(parse_duration("2.25s"), Ok(Duration::from_millis(2250)));
+    }
+
+    /// Columns count characters as an editor does; a byte order mark is none of them.
+    #[test]
+    fn a_place_is_counted_in_characters() {
+        let text = "\u{feff}a = 1\n\"été\" = { ratio = 1e-400 }\n";
+        assert_eq!(line_col(text, text.find("a =").unwrap()), (1, 1));
+        assert_eq!(line_col(text, text.find("1e-400").unwrap()), (2, 19));
+        // Inside `é`, or past the end: no panic.
+        let inside = text.find('é').unwrap() + 1;
+        assert_eq!(line_col(text, inside), (2, 2));
+        assert_eq!(line_col(text, usize::MAX), (3, 1));
+    }
+
+    /// A number too small for `f64` is refused, not read as 0 (a budget ratio `1e-400` meant
+    /// "no retries bought"); a zero written as one is 0.
+    #[test]
+    fn a_number_too_small_to_be_one_is_refused() {
+        for bad in [
+            "1e-400",
+            "0.000_1e-320",
+            "5E-324",
+            "inf",
+            "nan",
+            "-0.5",
+            "1e400",
+        ] {
+            assert!(policy_float(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            policy_float("1e-400"),
+            Err("is too small to tell from 0: write 0, or a larger number")
+        );
+        assert_eq!(policy_float("0.0"), Ok(0.0));
+        assert_eq!(policy_float("0e-400"), Ok(0.0));
+        assert_eq!(policy_float("1_000.5"), Ok(1000.5));
+        assert_eq!(policy_float("1e-3"), Ok(0.001));
     }
 
     #[test]
