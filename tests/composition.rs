@@ -3066,6 +3066,52 @@ async fn a_post_sent_through_another_builder_is_not_sent_again() {
     assert_eq!(e.attempts(), 1, "{e}");
 }
 
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn pay_then_ledger(
+    c: &reqwest::Client,
+    ledger: &Orders,
+    pay: &str,
+    entry: &str,
+) -> Result<(), Error> {
+    c.post(pay)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?;
+    ledger.post(entry).send().await?.error_for_status()?;
+    Ok(())
+}
+
+/// A keyed function whose POST went with the key, beside another builder's POST (an SDK's own
+/// client, not the settings'): that one went unseen and without the key. The key covers the
+/// payment, not the ledger entry: its 503 does not run the body again (a second entry).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_functions_post_through_another_builder_is_not_sent_again() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/ledger" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let ledger = Orders {
+        http: reqwest::Client::new(),
+    };
+    let e = pay_then_ledger(&client(), &ledger, &shop.url("/pay"), &shop.url("/ledger"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (
+            shop.count_path("/pay"),
+            shop.count_path("/ledger"),
+            e.attempts()
+        ),
+        (1, 1, 1),
+        "{e}"
+    );
+}
+
 /// A token service's own client, its builder with a `.send()` of its own (a GET).
 struct Tokens {
     http: reqwest::Client,

@@ -1149,9 +1149,18 @@ impl VisitMut for Rewriter<'_> {
             if name == "send" && m.args.is_empty() {
                 let span = m.receiver.span();
                 let recv = take(&mut m.receiver);
+                // A receiver showing a safe method only (`tokens.get(u)`): sent through another
+                // type than reqwest's, it is no request a key was due on.
+                let shows_safe = resilience_policy::infer::infer_method(recv.to_token_stream())
+                    .is_some_and(|i| i.method.is_safe());
+                let stamp = if shows_safe {
+                    "__resilience_stamp_safe"
+                } else {
+                    "__resilience_stamp"
+                };
                 // A block, so that the holder is dropped before the `.await` that follows and
                 // the body's future stays `Send`.
-                *m.receiver = held(p, span, recv, "__resilience_stamp");
+                *m.receiver = held(p, span, recv, stamp);
                 self.found.rewritten += 1;
             } else if name == "execute" && m.args.len() == 1 {
                 let span = m.args[0].span();
@@ -1474,9 +1483,21 @@ mod tests {
         let (s, n) = rw(quote!({ c.get(u).send().await?.error_for_status()? }));
         assert_eq!(n, 1);
         assert!(
-            s.contains("matchP::Stampable::new(c.get(u)){__resilience_sent=>(&&__resilience_sent).__resilience_stamp(),}.send().await"),
+            s.contains("matchP::Stampable::new(c.get(u)){__resilience_sent=>(&&__resilience_sent).__resilience_stamp_safe(),}.send().await"),
             "{s}"
         );
+        // A receiver showing no safe method: what another type's send of it sent may need
+        // the key.
+        for ts in [
+            quote!({ c.post(u).send().await? }),
+            quote!({ rb.send().await? }),
+            quote!({ sdk.put_object().send().await? }),
+            quote!({ c.get(u).header("x", c.post(v)).send().await? }),
+        ] {
+            let (s, n) = rw(ts);
+            assert_eq!(n, 1, "{s}");
+            assert!(s.contains(".__resilience_stamp(),"), "{s}");
+        }
         let (s, n) = rw(quote!({ c.execute(req).await }));
         assert_eq!(n, 1);
         assert!(s.contains("__resilience_stamp_arg()"), "{s}");

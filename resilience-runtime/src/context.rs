@@ -648,8 +648,11 @@ pub(crate) struct AttemptCtx {
     /// A `.send()` or `.execute(…)` of another type than reqwest's ran in this attempt (a
     /// service client's own builder): what it sent, if anything, went unseen, so the body's
     /// tokens no longer prove that the policy's method went out only where seen
-    /// ([`Policy::sends_seen`](crate::policy::Policy)).
-    pub unproven: Cell<bool>,
+    /// ([`Policy::sends_seen`](crate::policy::Policy)). [`UNPROVEN`], and
+    /// [`UNPROVEN_UNSAFE`] where the send's receiver did not show a safe method
+    /// (`tokens.get(u).send()` does; `ledger.post(u).send()`, `sdk.put_object().send()` and
+    /// `rb.send()` do not): in a keyed call, that one went without the key.
+    pub unproven: Cell<u8>,
     /// The attempt's span has its request's method, server and URL: those of the first
     /// request the attempt sent (an OpenTelemetry span keeps every value recorded, so they are
     /// recorded once).
@@ -688,6 +691,11 @@ fn drawn<T: Copy + PartialEq + Default>(cell: &Cell<T>, draw: impl FnOnce() -> T
 pub(crate) fn draw_id(cell: &Cell<u128>) -> u128 {
     drawn(cell, || fastrand::u128(..).max(1))
 }
+
+/// [`AttemptCtx::unproven`]: a send of another type ran.
+pub(crate) const UNPROVEN: u8 = 1;
+/// [`AttemptCtx::unproven`]: ... one whose receiver showed no safe method.
+pub(crate) const UNPROVEN_UNSAFE: u8 = 2;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Outer {
@@ -813,7 +821,7 @@ impl AttemptCtx {
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
-            unproven: Cell::new(false),
+            unproven: Cell::new(0),
             helpers_running: Cell::new(0),
             described: Cell::new(false),
             key_sent: Cell::new(false),
@@ -888,7 +896,7 @@ impl AttemptCtx {
         *self.unsafe_hop.get_mut() = 0;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
-        *self.unproven.get_mut() = false;
+        *self.unproven.get_mut() = 0;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
         *self.unsafe_carried.get_mut() = false;

@@ -966,9 +966,15 @@ pub mod dispatch {
 
     /// `.send()` on a `reqwest::RequestBuilder` (or, feature `reqwest-middleware`, a
     /// `reqwest_middleware::RequestBuilder`): send it stamped.
-    pub trait SendRequest {
+    pub trait SendRequest: Sized {
         type Prepared;
         fn __resilience_stamp(self) -> Self::Prepared;
+        /// The same, for a `.send()` whose receiver shows a safe method only (what it tells
+        /// counts for a send of another type, [`PassThrough`]).
+        #[inline(always)]
+        fn __resilience_stamp_safe(self) -> Self::Prepared {
+            self.__resilience_stamp()
+        }
     }
     impl SendRequest for &&Stampable<reqwest::RequestBuilder> {
         type Prepared = Prepared;
@@ -1029,7 +1035,10 @@ pub mod dispatch {
     impl StampArg for &&Stampable<reqwest::RequestBuilder> {
         type Arg = reqwest::RequestBuilder;
         fn __resilience_stamp_arg(self) -> reqwest::RequestBuilder {
-            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
+            let _ = super::with_attempt(|ctx| {
+                ctx.unproven
+                    .set(crate::context::UNPROVEN | crate::context::UNPROVEN_UNSAFE)
+            });
             self.take()
         }
     }
@@ -1055,6 +1064,16 @@ pub mod dispatch {
                 redirects_at_start: 0,
             }
         }
+    }
+
+    /// A send of another type (`T`) ran: marks the attempt ([`AttemptCtx::unproven`]) and says
+    /// when `T` is another reqwest version's.
+    fn unproven<T>(unsafe_: u8) {
+        let _ = super::with_attempt(|ctx| {
+            ctx.unproven
+                .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_)
+        });
+        foreign_reqwest(std::any::type_name::<T>());
     }
 
     /// Says, once, when `name` (a type's) is reqwest's request builder, client or request: one
@@ -1088,18 +1107,22 @@ pub mod dispatch {
     /// (`AttemptCtx::unproven`; nothing else changes).
     pub trait PassThrough<T> {
         fn __resilience_stamp(self) -> T;
+        fn __resilience_stamp_safe(self) -> T;
         fn __resilience_stamp_arg(self) -> T;
         fn __resilience_observe(self) -> T;
     }
     impl<T> PassThrough<T> for &Stampable<T> {
         fn __resilience_stamp(self) -> T {
-            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
-            foreign_reqwest(std::any::type_name::<T>());
+            unproven::<T>(crate::context::UNPROVEN_UNSAFE);
+            self.take()
+        }
+        /// A `.send()` whose receiver shows a safe method only (`tokens.get(u).send()`).
+        fn __resilience_stamp_safe(self) -> T {
+            unproven::<T>(0);
             self.take()
         }
         fn __resilience_stamp_arg(self) -> T {
-            let _ = super::with_attempt(|ctx| ctx.unproven.set(true));
-            foreign_reqwest(std::any::type_name::<T>());
+            unproven::<T>(crate::context::UNPROVEN_UNSAFE);
             self.take()
         }
         fn __resilience_observe(self) -> T {

@@ -308,7 +308,7 @@ pub(crate) struct Last {
     /// [`AttemptCtx::unseen_helper`]).
     unseen_helper: bool,
     /// A send of another type ran (see [`AttemptCtx::unproven`]).
-    unproven: bool,
+    unproven: u8,
     /// The attempt began (counted, the breaker's permit taken); not when it was refused
     /// before it could (an open breaker, no time left).
     pub(crate) began: bool,
@@ -412,6 +412,7 @@ fn reportable(
             seen,
             ctx.unseen_helper.get() || ctx.helpers_running.get() > 0,
             ctx.unproven.get(),
+            key.is_some(),
         )
     };
     let keyed_same = matches!(key, Some(Key::Given(_))) && ctx.all_keyed.get();
@@ -427,19 +428,25 @@ fn reportable(
 /// The method an attempt that sent `seen` (the least safe of its requests the runtime saw)
 /// may have sent unseen beside it: with a helper that may have sent unseen (`helper`), the
 /// least safe; else the policy's method where not every request of it is one the runtime
-/// sees (or a request went out unproven) and `seen` is safer; else none.
+/// sees (or a request went out unproven) and `seen` is safer; else none. In a keyed call
+/// (`keyed`), a request sent unproven whose receiver showed no safe method (an SDK's
+/// `ledger.post(u).send()`) went without the key: the seen requests, keyed, do not cover it
+/// even where they are as unsafe.
 #[inline]
 fn unseen_beside(
     policy: &Policy,
     seen: Option<Method>,
     helper: bool,
-    unproven: bool,
+    unproven: u8,
+    keyed: bool,
 ) -> Option<Method> {
     if helper {
         Some(policy.method.least_safe(policy.unseen))
     } else {
-        ((!policy.sends_seen || unproven) && seen.is_some_and(|m| m.least_safe(policy.method) != m))
-            .then_some(policy.method)
+        (keyed && unproven & crate::context::UNPROVEN_UNSAFE != 0 && !policy.method.is_safe()
+            || (!policy.sends_seen || unproven != 0)
+                && seen.is_some_and(|m| m.least_safe(policy.method) != m))
+        .then_some(policy.method)
     }
 }
 
@@ -1227,11 +1234,15 @@ impl Session {
         let seen = ctx.sent_method.get();
         let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
         let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
-        let unseen_policy_method = (!policy.sends_seen || ctx.unproven.get())
-            && seen.is_some_and(|m| m.least_safe(policy.method) != m);
+        let unseen = unseen_beside(
+            policy,
+            seen,
+            false,
+            ctx.unproven.get(),
+            self.ctx.key.is_some(),
+        );
         crate::decision::may_resend(method, keyed, policy.idempotent)
-            && (!unseen_policy_method
-                || crate::decision::may_resend(policy.method, false, policy.idempotent))
+            && unseen.is_none_or(|m| crate::decision::may_resend(m, false, policy.idempotent))
     }
 
     /// Whether an attempt [`may_duplicate`](Self::may_duplicate) refused may yet be found
@@ -1568,6 +1579,7 @@ impl Session {
                 self.last.method,
                 self.last.unseen_helper,
                 self.last.unproven,
+                self.ctx.key.is_some(),
             )
         } else {
             Some(policy.method.least_safe(policy.unseen))
