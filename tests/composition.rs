@@ -4336,3 +4336,110 @@ async fn an_sdks_post_is_not_taken_for_a_stamped_put_at_its_url() {
         .count();
     assert_eq!(posts, 1, "the SDK's POST sent once");
 }
+
+// --- A nested call refused before it starts sends nothing -----------------------------------
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1h", burst = 1))]
+async fn notify_rate_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_limited_notify(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = notify_rate_limited(c, &format!("{base}notify")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A nested keyed POST its rate limit refuses at once sent nothing: the enclosing GET's 503
+/// is retried as if the nested call had not been made (it was taken for a POST that may have
+/// been carried out, and the page was not retried).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_its_rate_limit_refused_leaves_the_retry() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    // Spends the one permit of the hour.
+    assert_eq!(
+        notify_rate_limited(&c, &server.url("notify"))
+            .await
+            .unwrap(),
+        200
+    );
+    let got = page_after_limited_notify(&c, &server.url("")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (1, 2)
+    );
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "5s", deadline = "5s", max_attempts = 1, budget = false, bulkhead(max_concurrent = 1, max_wait = "50ms"))]
+async fn notify_one_at_a_time(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_full_notify(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = notify_one_at_a_time(c, &format!("{base}notify")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same for a nested call that waited for a bulkhead slot and was refused it: it sent
+/// nothing, and the page's 503 is retried.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_refused_a_slot_after_its_wait_leaves_the_retry() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/notify" {
+            Action::stall()
+        } else if seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    // Holds the one slot: its POST stalls.
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), server.url("notify"));
+        async move { notify_one_at_a_time(&c, &url).await }
+    });
+    while server.count_path("/notify") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let got = page_after_full_notify(&c, &server.url("")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (1, 2)
+    );
+    holder.abort();
+}

@@ -651,11 +651,6 @@ impl Session {
             if refusal.is_some() {
                 return None;
             }
-            // Before this call sends anything, tell the enclosing attempt what it may send:
-            // if that attempt ends while this call is still running (its timeout cancels
-            // this call), it must not run its body again and resend this call's request
-            // under a new automatic key.
-            note_sent(o, policy.method, !matches!(key, Some(Key::Given(_))));
             o.went_on();
             Some(o.outer())
         })
@@ -746,6 +741,15 @@ impl Session {
                     None => false,
                 },
             };
+        // Admitted, before this call sends anything, tell the enclosing attempt what it may
+        // send: if that attempt ends while this call is still running (its timeout cancels
+        // this call), it must not run its body again and resend this call's request under a
+        // new automatic key. Not before: a call refused its slot or permit sent nothing
+        // (`opened` tells it for a call admitted after a wait).
+        if admitted && nested {
+            let fresh_key = !matches!(key, Some(Key::Given(_)));
+            let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key));
+        }
         // The span first (an enabled one draws the request id), then the context, built in
         // place in the session.
         let request_id = Cell::new(request_id);
@@ -950,9 +954,15 @@ impl Session {
         Ok(())
     }
 
-    /// The call is admitted: counted, deposited in the budget, given its span.
+    /// The call is admitted: counted, deposited in the budget, given its span; a nested
+    /// call tells the enclosing attempt what it may send (as `begin_compiled` does for one
+    /// admitted at once).
     fn opened(&mut self) {
         self.admitted = true;
+        if self.nested {
+            let fresh_key = !matches!(self.ctx.key, Some(Key::Given(_)));
+            let _ = with_attempt(|o| note_sent(o, self.policy.method, fresh_key));
+        }
         let ctx = &self.ctx;
         self.span = open(
             self.shared,
