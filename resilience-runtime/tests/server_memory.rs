@@ -655,6 +655,29 @@ enum ClaimingHow {
 }
 
 /// A memory store whose claim command misbehaves as `how` says; the rest is the memory store's.
+/// `min_retention` holds against the byte bound as against the key count: a store whose
+/// responses (all too young to evict) leave no room for one more of the size last written
+/// refuses a new key with 503 before its handler runs. Admitted, the handler ran and its
+/// response, refused by the store, was kept by the layer and written back every second, past
+/// the store's bound, one more per request.
+#[tokio::test]
+async fn a_store_full_of_young_responses_refuses_new_keys_before_running_them() {
+    let memory =
+        Arc::new(MemoryStore::with_limits(100, 64 * 1024).min_retention(Duration::from_secs(600)));
+    let store: Store = memory.clone();
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let body = "x".repeat(20 * 1024);
+    for _ in 0..3 {
+        let r = post(&app.url("/orders"), Some(&fresh_key()), &body).await;
+        assert_eq!(r.status, 201);
+    }
+    let refused = post(&app.url("/orders"), Some(&fresh_key()), &body).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(count(&app.runs.orders), 3, "the fourth was not run");
+    assert!(memory.bytes() <= 64 * 1024, "{} bytes", memory.bytes());
+    assert_eq!(memory.evicted(), 0);
+}
+
 fn claiming(how: ClaimingHow) -> Faulty {
     Faulty::new(move |op, n| match (how, op) {
         (ClaimingHow::SlowToAnswer, Op::Claim) => Act::AnswerAfter(Duration::from_millis(200)),

@@ -59,6 +59,9 @@ struct Inner {
     /// Responses evicted before their TTL, and when that was last logged.
     evicted: u64,
     told_at: Option<Instant>,
+    /// The bytes of the last response written or refused: what a running request's is
+    /// expected to need (see `claim_now`).
+    expect: usize,
 }
 
 /// What a record under `key` costs in [`MemoryStore::max_bytes`] terms: a kept response's
@@ -124,7 +127,9 @@ impl MemoryStore {
     /// Keeps every response at least this long (within its TTL): when the store is full and
     /// its oldest response is younger, a new key is refused (the layer answers 503 with
     /// `Retry-After`, nothing run) instead of that response being evicted, after which a retry
-    /// of its key would run the handler again. Zero (the default) evicts the oldest response
+    /// of its key would run the handler again. Full: at the key count, or at the byte bound
+    /// once the responses held leave no room for one more of the size last written for each
+    /// request running and the new one. Zero (the default) evicts the oldest response
     /// whatever its age.
     pub fn min_retention(mut self, keep: Duration) -> MemoryStore {
         self.min_retention = keep;
@@ -169,6 +174,15 @@ impl MemoryStore {
             return Ok(Claim::Existing(entry.record.clone()));
         }
         inner.make_room(self, now, 0)?;
+        // Under `min_retention`, a new key is refused while the responses of the requests
+        // running and of this one (each taken to be as large as the last) would find no room
+        // without evicting a response too young: admitted, each would be refused its write
+        // and kept by the layer until there is room, outside the store's bounds.
+        if !self.min_retention.is_zero() {
+            let running = inner.entries.len() - inner.completed.len();
+            let needed = inner.expect.saturating_mul(running + 1);
+            inner.room_for(self, now, needed)?;
+        }
         inner.insert(
             key.into(),
             Record::InFlight(*claim),
@@ -211,6 +225,7 @@ impl MemoryStore {
         }
         let mut inner = self.lock();
         inner.purge(now);
+        inner.expect = bytes;
         let held = if inner.holds(key, claim) {
             inner.remove(key)
         } else if inner.entries.contains_key(key) {
@@ -313,12 +328,43 @@ impl Inner {
         now: Instant,
         bytes: usize,
     ) -> Result<(), StoreError> {
+        let evict = self.room_for(store, now, bytes)?;
+        let capacity = store.capacity;
+        for _ in 0..evict {
+            let Some((_, key)) = self.completed.pop_first() else {
+                break;
+            };
+            self.remove(&key);
+            // Expired entries were purged first: this one had time left.
+            self.evicted += 1;
+            if self
+                .told_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
+                self.told_at = Some(now);
+                tracing::warn!(
+                    capacity,
+                    max_bytes = store.max_bytes,
+                    evicted = self.evicted,
+                    "idempotency memory store full: evicting responses before their TTL (a retry of their key runs the handler again); raise its bounds, set min_retention, or use RedisStore"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the oldest responses must be evicted to make space for one more entry of
+    /// `bytes`, counted before any goes: a refusal evicts nothing (responses evicted for a
+    /// write refused anyway would be lost for nothing).
+    fn room_for(
+        &self,
+        store: &MemoryStore,
+        now: Instant,
+        bytes: usize,
+    ) -> Result<usize, StoreError> {
         let capacity = store.capacity;
         let full =
             |entries: usize, held: usize| entries >= capacity || held + bytes > store.max_bytes;
-        // How many of the oldest responses must go, counted before any goes: a refusal
-        // evicts nothing (responses evicted for a write refused anyway would be lost for
-        // nothing).
         let (mut entries, mut held, mut evict) = (self.entries.len(), self.bytes, 0);
         for key in self.completed.values() {
             if !full(entries, held) {
@@ -343,27 +389,7 @@ impl Inner {
                 "memory store full: all {capacity} entries are claims of running requests"
             )));
         }
-        for _ in 0..evict {
-            let Some((_, key)) = self.completed.pop_first() else {
-                break;
-            };
-            self.remove(&key);
-            // Expired entries were purged first: this one had time left.
-            self.evicted += 1;
-            if self
-                .told_at
-                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
-            {
-                self.told_at = Some(now);
-                tracing::warn!(
-                    capacity,
-                    max_bytes = store.max_bytes,
-                    evicted = self.evicted,
-                    "idempotency memory store full: evicting responses before their TTL (a retry of their key runs the handler again); raise its bounds, set min_retention, or use RedisStore"
-                );
-            }
-        }
-        Ok(())
+        Ok(evict)
     }
 }
 
@@ -632,14 +658,39 @@ mod tests {
         complete(&one, "b", &claim(2)).await;
         let store =
             MemoryStore::with_limits(3, one.bytes() + 1).min_retention(Duration::from_secs(30));
-        complete(&store, "b", &claim(2)).await;
+        // Claimed while the store was empty; "b" fills it meanwhile.
         let a = claim(1);
         acquire(&store, "a", &a).await;
+        complete(&store, "b", &claim(2)).await;
         assert!(store.complete("a", &a, &response(&a), TTL).await.is_err());
         assert!(matches!(
             store.get("a").await.unwrap(),
             Some(Record::InFlight(c)) if c == a
         ));
+    }
+
+    /// Under `min_retention`, the byte bound refuses new keys as the key count does: once the
+    /// responses held (all too young to evict) leave no room for one more of the size last
+    /// written, for each request running and the new one, a new key is refused, before its
+    /// handler runs (admitted, its response would be refused and kept by the layer, unbounded).
+    #[tokio::test(start_paused = true)]
+    async fn a_store_full_of_young_bytes_refuses_a_new_key() {
+        let one = MemoryStore::default();
+        complete(&one, "a", &claim(1)).await;
+        let store =
+            MemoryStore::with_limits(100, 2 * one.bytes()).min_retention(Duration::from_secs(60));
+        complete(&store, "a", &claim(1)).await;
+        // Room for one more: "b" is admitted; "c", beside "b" running, is not.
+        acquire(&store, "b", &claim(2)).await;
+        assert!(store.claim("c", &claim(3), LEASE).await.is_err());
+        let b = claim(2);
+        assert!(store.complete("b", &b, &response(&b), TTL).await.unwrap());
+        assert!(store.claim("c", &claim(3), LEASE).await.is_err(), "full");
+        assert_eq!(store.len(), 2);
+        // Old enough to evict: admitted again.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        acquire(&store, "c", &claim(3)).await;
+        assert_eq!(store.evicted(), 0, "nothing evicted for a claim");
     }
 
     #[tokio::test]
