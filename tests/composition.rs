@@ -4443,3 +4443,146 @@ async fn a_nested_call_refused_a_slot_after_its_wait_leaves_the_retry() {
     );
     holder.abort();
 }
+
+// --- A client under another name; a helper in a task of its own ----------------------------
+
+/// A reservation service's helper, on whatever client it is handed (here a plain one, which
+/// reports nothing to the runtime).
+async fn reserve(c: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    c.post(url).body("sku=42").send().await
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn price_reserving_in_a_task(
+    c: &reqwest::Client,
+    reservations: &str,
+    prices: &str,
+) -> Result<u16, Error> {
+    let (c2, url) = (c.clone(), reservations.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = reserve(&c2, &url).await {
+            tracing::warn!(%e, "reservation failed");
+        }
+    });
+    Ok(c.get(prices)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A helper's POST awaited in a task the body spawned runs outside the attempt, unseen (the
+/// watch of a helper there sees nothing): the price's 503 does not run the body again, which
+/// would reserve twice.
+#[tokio::test(start_paused = true)]
+async fn a_helper_awaited_in_a_spawned_task_is_not_run_again() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/prices" && seen.index <= 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let plain = reqwest::Client::new();
+    let e = price_reserving_in_a_task(&plain, &shop.url("/reservations"), &shop.url("/prices"))
+        .await
+        .unwrap_err();
+    // Let the spawned reservation land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (1, 1),
+        "{e}"
+    );
+}
+
+struct Store {
+    http: reqwest::Client,
+}
+
+impl Store {
+    async fn reserve(&self, url: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.post(url).body("sku=42").send().await
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn reserve_then_price_as_this(&self, r: &str, p: &str) -> Result<u16, Error> {
+        let this = self;
+        this.reserve(r).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn reserve_then_price_with_its_client(&self, r: &str, p: &str) -> Result<u16, Error> {
+        let http = &self.http;
+        reserve(http, r).await?.error_for_status()?;
+        Ok(self
+            .http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+/// `self` and its client under another name (`let this = self;`, `let http = &self.http;`):
+/// the helper handed them is watched as it is handed `self`; seen sending nothing, its
+/// attempt counts as having sent an unkeyed POST, and the price's 503 reserves nothing twice.
+#[tokio::test(start_paused = true)]
+async fn a_helper_handed_the_client_under_another_name_is_watched() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/prices" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let store = Store {
+        http: reqwest::Client::new(),
+    };
+    let e = store
+        .reserve_then_price_as_this(&shop.url("/reservations"), &shop.url("/prices"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (1, 1),
+        "{e}"
+    );
+    let e = store
+        .reserve_then_price_with_its_client(&shop.url("/reservations"), &shop.url("/prices"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (2, 1),
+        "{e}"
+    );
+}

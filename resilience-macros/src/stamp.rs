@@ -51,6 +51,8 @@ pub(crate) fn rewrite(
     private: &TokenStream,
     clients: Option<&[String]>,
 ) -> Found {
+    let aliased = clients.map(|c| with_aliases(block, c));
+    let clients = aliased.as_deref();
     let mut v = Rewriter {
         p: private,
         found: Found::default(),
@@ -233,6 +235,64 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
     }
 }
 
+/// Whether an `async` block or a closure among a spawner's `args` (`tokio::spawn(async move
+/// { … })`, `set.spawn(…)`, `spawn_blocking(move || …)`) sends what the runtime cannot see: it
+/// runs in a task of its own, outside the attempt, where the rewrite's watch of a helper sees
+/// nothing and a request goes unstamped. It awaits a helper handed one of `clients`
+/// (`reserve(&c, &sku).await`), or sends a request whose receiver shows no safe method only
+/// (`c.post(audit).send()`; not `c.get(u).send()`).
+fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[String]) -> bool {
+    struct Find<'c> {
+        clients: &'c [String],
+        found: bool,
+    }
+    impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
+        fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
+            if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) {
+                self.found = true;
+            }
+            syn::visit::visit_expr_await(self, aw);
+        }
+        fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+            if stamped_call(m) {
+                let shown = if m.method == "send" {
+                    &*m.receiver
+                } else {
+                    &m.args[0]
+                };
+                if !resilience_policy::infer::infer_method(shown.to_token_stream())
+                    .is_some_and(|i| i.method.is_safe())
+                {
+                    self.found = true;
+                }
+            }
+            syn::visit::visit_expr_method_call(self, m);
+        }
+        fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+            match MacroInput::read(mac) {
+                Some(MacroInput::List(args)) => args.iter().for_each(|a| self.visit_expr(a)),
+                Some(MacroInput::Arms(arms)) => arms.exprs().for_each(|(e, _)| self.visit_expr(e)),
+                None => {}
+            }
+        }
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let mut f = Find {
+        clients,
+        found: false,
+    };
+    for a in args {
+        let mut a = a;
+        while let syn::Expr::Paren(p) = a {
+            a = &p.expr;
+        }
+        if matches!(a, syn::Expr::Async(_) | syn::Expr::Closure(_)) {
+            syn::visit::Visit::visit_expr(&mut f, a);
+        }
+    }
+    f.found
+}
+
 /// Whether `e` can only be a future: pinned or boxed on its way (`Box::pin(…)`, `.boxed()`,
 /// `.fuse()`, `.instrument(…)`).
 fn marked_future(e: &syn::Expr) -> bool {
@@ -389,6 +449,9 @@ impl Unwatched<'_> {
                 if COLLECTING_METHODS.contains(&name.as_str()) {
                     self.collected(&m.args, name.starts_with("spawn"));
                 }
+                if name.starts_with("spawn") && spawned_unseen(&m.args, self.clients) {
+                    self.found = true;
+                }
                 self.visit_used(&m.receiver);
                 for a in &m.args {
                     self.visit_expr(a);
@@ -400,6 +463,11 @@ impl Unwatched<'_> {
                 {
                     let futures_only = !["from_iter", "iter"].contains(&name.as_str());
                     self.collected(&call.args, futures_only);
+                }
+                if callee(call).is_some_and(|n| n.starts_with("spawn"))
+                    && spawned_unseen(&call.args, self.clients)
+                {
+                    self.found = true;
                 }
                 syn::visit::visit_expr_call(self, call);
             }
@@ -964,6 +1032,139 @@ fn hands_a_send(e: &syn::Expr) -> bool {
     let mut f = Find(false);
     syn::visit::Visit::visit_expr(&mut f, e);
     f.0
+}
+
+/// `clients` and the names the body binds to one of them under another name: a client
+/// parameter's (`let c2 = c.clone();`, `let (c2, s) = (c.clone(), sku);`, `Arc::clone(&c)`),
+/// `self` itself (`let this = &mut *self;`), or a field of `self` holding a client (`let http
+/// = &self.http;`, `let Self { http, .. } = self;`, `if let Some(h) = &self.http_client`;
+/// see [`hands_self_a_client`]). A helper handed one is handed the client.
+fn with_aliases(block: &syn::Block, clients: &[String]) -> Vec<String> {
+    /// Whether `e` is one of `names`, or `self`'s client field, through references,
+    /// dereferences, parentheses and clones.
+    fn client_value(e: &syn::Expr, names: &[String], fields: &[String]) -> bool {
+        match e {
+            syn::Expr::Path(p) => p
+                .path
+                .get_ident()
+                .is_some_and(|i| names.iter().any(|n| i == n)),
+            syn::Expr::Field(f) => {
+                matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self"))
+                    && names.iter().any(|n| n == "self")
+                    && hands_self_a_client(e.to_token_stream(), fields)
+            }
+            syn::Expr::Reference(r) => client_value(&r.expr, names, fields),
+            syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => {
+                client_value(&u.expr, names, fields)
+            }
+            syn::Expr::Paren(p) => client_value(&p.expr, names, fields),
+            syn::Expr::MethodCall(m)
+                if m.args.is_empty()
+                    && ["clone", "to_owned", "as_ref", "borrow"]
+                        .iter()
+                        .any(|n| m.method == n) =>
+            {
+                client_value(&m.receiver, names, fields)
+            }
+            syn::Expr::Call(call)
+                if call.args.len() == 1 && callee(call).as_deref() == Some("clone") =>
+            {
+                client_value(&call.args[0], names, fields)
+            }
+            _ => false,
+        }
+    }
+    /// The names `pat` binds to what `init` holds, where that is a client.
+    fn bind(
+        pat: &syn::Pat,
+        init: &syn::Expr,
+        names: &[String],
+        fields: &[String],
+        out: &mut Vec<String>,
+    ) {
+        let mut init = init;
+        while let syn::Expr::Paren(p) = init {
+            init = &p.expr;
+        }
+        match pat {
+            syn::Pat::Ident(pi) if pi.subpat.is_none() && client_value(init, names, fields) => {
+                out.push(pi.ident.to_string());
+            }
+            syn::Pat::Type(t) => bind(&t.pat, init, names, fields, out),
+            syn::Pat::Tuple(t) => {
+                if let syn::Expr::Tuple(e) = init
+                    && e.elems.len() == t.elems.len()
+                {
+                    for (p, e) in t.elems.iter().zip(&e.elems) {
+                        bind(p, e, names, fields, out);
+                    }
+                }
+            }
+            // `if let Some(h) = &self.http_client`, `Ok(c)`.
+            syn::Pat::TupleStruct(ts) if ts.elems.len() == 1 => {
+                if client_value(init, names, fields)
+                    && let Some(syn::Pat::Ident(pi)) = ts.elems.first()
+                {
+                    out.push(pi.ident.to_string());
+                }
+            }
+            // `let Self { http, .. } = self;`: the fields named for a client.
+            syn::Pat::Struct(st) if client_value(init, names, fields) => {
+                for f in &st.fields {
+                    if let syn::Member::Named(field) = &f.member
+                        && let syn::Pat::Ident(pi) = &*f.pat
+                        && hands_self_a_client(quote!(self.#field), fields)
+                    {
+                        out.push(pi.ident.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    struct Lets<'n> {
+        names: &'n [String],
+        fields: &'n [String],
+        out: Vec<String>,
+    }
+    impl<'ast> syn::visit::Visit<'ast> for Lets<'_> {
+        fn visit_local(&mut self, l: &'ast syn::Local) {
+            if let Some(init) = &l.init {
+                bind(&l.pat, &init.expr, self.names, self.fields, &mut self.out);
+            }
+            syn::visit::visit_local(self, l);
+        }
+        fn visit_expr_let(&mut self, l: &'ast syn::ExprLet) {
+            bind(&l.pat, &l.expr, self.names, self.fields, &mut self.out);
+            syn::visit::visit_expr_let(self, l);
+        }
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let fields = if clients.iter().any(|c| c == "self") {
+        self_client_fields(block.to_token_stream())
+    } else {
+        Vec::new()
+    };
+    let mut names = clients.to_vec();
+    // An alias of an alias: again while the last pass found a new one (bounded by the
+    // bindings).
+    loop {
+        let mut lets = Lets {
+            names: &names,
+            fields: &fields,
+            out: Vec::new(),
+        };
+        syn::visit::Visit::visit_block(&mut lets, block);
+        let before = names.len();
+        for n in lets.out {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        if names.len() == before {
+            return names;
+        }
+    }
 }
 
 /// `self`, a client parameter, or a field path from one (`self.payments`), no call between.
@@ -1539,6 +1740,50 @@ mod tests {
         assert_eq!(watched(quote!({ tokio::time::sleep(d).await })), 0);
         assert_eq!(watched(quote!({ resp.json().await })), 0);
         assert_eq!(watched(quote!({ other.place(o).await })), 0);
+        // Handed the client under another name.
+        for ts in [
+            quote!({
+                let (c2, s) = (c.clone(), sku.to_owned());
+                reserve(&c2, &s).await
+            }),
+            quote!({
+                let c2 = Arc::clone(&c);
+                let c3 = c2.clone();
+                reserve(c3, s).await
+            }),
+            quote!({
+                let this = &mut *self;
+                this.place(o).await
+            }),
+            quote!({
+                let http = &self.http;
+                create_order(http, &o).await
+            }),
+            quote!({
+                let Self { http, .. } = self;
+                create_order(http, &o).await
+            }),
+            quote!({
+                if let Some(h) = &self.orders_client {
+                    create_order(h, &o).await
+                }
+            }),
+        ] {
+            assert_eq!(watched(ts.clone()), 1, "{ts}");
+        }
+        // Not a client under another name: a value from another field, a response.
+        for ts in [
+            quote!({
+                let rates = &self.rates;
+                price(rates, o).await
+            }),
+            quote!({
+                let r = c.get(u).send().await?;
+                read(r).await
+            }),
+        ] {
+            assert_eq!(watched(ts.clone()), 0, "{ts}");
+        }
         // Raced in `select!`, watched under its adapters.
         let mut b: syn::Block = syn::parse2(quote!({
             futures::select! {
@@ -1789,6 +2034,25 @@ mod tests {
             }),
             quote!({
                 let v = vec![async { set.push(create_order(c, o)) }];
+            }),
+            // Awaited, or sent unsafe, in a task of its own: outside the attempt.
+            quote!({
+                let c = c.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = reserve(&c, &s).await {
+                        tracing::warn!(%e);
+                    }
+                });
+            }),
+            quote!({
+                set.spawn(async move { self.audit(o).await });
+            }),
+            quote!({
+                let c2 = c.clone();
+                tokio::spawn(async move { c2.post(audit).send().await });
+            }),
+            quote!({
+                tokio::task::spawn_blocking(move || rt.block_on(async { c.post(u).send().await }));
             }),
         ] {
             assert!(unwatched(ts.clone()), "{ts}");
