@@ -1075,3 +1075,47 @@ async fn an_attempt_timed_out_mid_round_lets_its_connection_go() {
         closed[0]
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedging_slow_calls", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", slow_call_duration = "120ms", slow_call_rate = 0.5 }
+)]
+async fn hedged_under_a_slow_call_breaker(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A hedged round's answer is as slow as the attempt that gave it: a hedge answered in 30 ms,
+/// 130 ms after the stalled first request went, is no slow call for a breaker watching
+/// 120 ms (it was timed from the round's start, and hedging that hid a slow tail opened the
+/// breaker on every caller).
+#[tokio::test(start_paused = true)]
+async fn a_breaker_judges_a_hedged_answer_by_its_own_latency() {
+    use resilience_runtime::breaker::BreakerState;
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::sequence([
+        Action::stall(),
+        Action::ok().after(Duration::from_millis(30)),
+        Action::stall(),
+        Action::ok().after(Duration::from_millis(30)),
+    ]))
+    .await;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let url = server.url("/item");
+        assert_eq!(
+            hedged_under_a_slow_call_breaker(&c, &url).await.unwrap(),
+            200
+        );
+        assert_eq!(t.elapsed(), Duration::from_millis(130));
+    }
+    let b = resilience_runtime::breakers::state("hedging_slow_calls").unwrap();
+    assert_eq!(b.state, BreakerState::Closed, "{b:?}");
+}

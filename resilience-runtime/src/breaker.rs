@@ -185,6 +185,14 @@ impl BreakerPermit<'_> {
         self.probe
     }
 
+    /// Times slowness from `start`: the attempt whose answer the call took began then (a
+    /// hedge, after the round's first attempt took the permit).
+    pub(crate) fn started_at(&mut self, start: Instant) {
+        if self.slow_at.is_some() {
+            self.slow_at = start.checked_add(self.breaker.spec.slow_call_duration);
+        }
+    }
+
     #[inline]
     fn report(self, outcome: Outcome) {
         if outcome == Outcome::Success && self.success_changes_nothing() {

@@ -334,12 +334,14 @@ where
                         };
                         hedge_ended(s, i, winner.as_mut(), true);
                         s.record_attempt(winner.as_mut().ctx());
-                        // An adaptive limit judges the answer's latency from the start of the
-                        // attempt that gave it, not from the round's.
-                        if i != 0
-                            && let Some(c) = &mut s.concurrency
-                        {
-                            c.attempt_started(winner.started());
+                        // An adaptive limit and a breaker watching slowness judge the
+                        // answer's latency from the start of the attempt that gave it, not
+                        // from the round's.
+                        if i != 0 {
+                            if let Some(c) = &mut s.concurrency {
+                                c.attempt_started(winner.started());
+                            }
+                            s.answer_started(winner.started());
                         }
                         s.attempt_scope = winner.take_scope();
                         hedges.clear();

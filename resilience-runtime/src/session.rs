@@ -1263,6 +1263,14 @@ impl Session {
         !ctx.unseen_helper.get() && (!ctx.stamped.get() || ctx.helpers_running.get() > 0)
     }
 
+    /// The answer the call takes came from an attempt that began at `start` (a hedge): its
+    /// breaker permit times slowness from then.
+    pub(crate) fn answer_started(&mut self, start: Instant) {
+        if let Some(p) = &mut self.breaker_permit {
+            p.started_at(start);
+        }
+    }
+
     /// Keeps what a hedge's (or a hedged first attempt's) requests recorded.
     pub(crate) fn record_attempt(&mut self, ctx: &AttemptCtx) {
         // Which key the call's requests carried, for the key its error names (`named_key`).
