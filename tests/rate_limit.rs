@@ -682,3 +682,35 @@ async fn a_calls_hedge_takes_no_permit() {
     assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
     assert_eq!(server.count(), 3);
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "990ms")
+)]
+async fn one_a_second_waiting(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A wait for a permit that would leave the first attempt less than a tenth of its timeout is
+/// refused at once: the request would be sent only to time out (`X-Timeout-Ms: 15`), and a
+/// keyed POST's outcome then left unknown. Nothing is sent, no permit spent.
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_would_leave_no_time_to_send_is_refused_at_once() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        one_a_second_waiting(&c, &server.url("/")).await.unwrap(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let t = Instant::now();
+    let e = one_a_second_waiting(&c, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.attempts(), server.count()), (0, 1), "{e}");
+    assert_eq!(t.elapsed(), Duration::ZERO, "refused at once: {e}");
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+}

@@ -893,6 +893,11 @@ impl Session {
             self.opened();
             return Ok(());
         }
+        // A wait ends with time left to send the first attempt: a tenth of its `timeout` (of
+        // the time the call was handed, when that is less), as a retry needs to begin. A slot
+        // or permit that comes later is refused now, and nothing is sent that could only
+        // time out, leaving a keyed POST's outcome unknown.
+        let deadline = deadline - self.policy.timeout.min(self.left_at_start) / 10;
         // Not when the call's start took a slot free then (its rate limit then waits).
         if let Some(b) = shared
             .bulkhead
