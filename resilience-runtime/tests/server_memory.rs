@@ -678,6 +678,45 @@ async fn a_store_full_of_young_responses_refuses_new_keys_before_running_them() 
     assert_eq!(memory.evicted(), 0);
 }
 
+/// A first write that timed out, then refused as larger than the store holds once the store
+/// answers (a store of one's own whose bound is checked where the data lands): the write-back
+/// stores the "processed once, not kept" answer in its place, as a first write refused so
+/// does, instead of sending the whole response every second for the TTL with its claim
+/// renewed (repeats through another instance meeting 409 for a day).
+#[tokio::test(start_paused = true)]
+async fn a_response_the_store_refuses_as_too_large_on_its_write_back_is_replaced() {
+    use tower_service::Service as _;
+    let memory = Arc::new(MemoryStore::with_limits(100, 2048));
+    let store = Faulty::over(memory.clone(), |op, n| match (op, n) {
+        (Op::Complete, 0) => Act::Hang,
+        _ => Act::Pass,
+    });
+    async fn export() -> (axum::http::StatusCode, String) {
+        (axum::http::StatusCode::CREATED, "x".repeat(4096))
+    }
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(export))
+        .layer(IdempotencyLayer::new(Arc::new(store)));
+    let key = fresh_key();
+    let request = || {
+        axum::http::Request::post("/orders")
+            .header("idempotency-key", &key)
+            .body(axum::body::Body::from("x"))
+            .unwrap()
+    };
+    let first = app.clone().call(request()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored_key =
+        resilience_runtime::server::record_key(&axum::http::Method::POST, "/orders", &key, None);
+    let Some(Record::Completed(kept)) = memory.get(&stored_key).await.unwrap() else {
+        panic!("not written back within 2 s");
+    };
+    assert_eq!(kept.status, 500, "{kept:?}");
+    let repeat = app.clone().call(request()).await.unwrap();
+    assert_eq!(repeat.status(), 500);
+}
+
 fn claiming(how: ClaimingHow) -> Faulty {
     Faulty::new(move |op, n| match (how, op) {
         (ClaimingHow::SlowToAnswer, Op::Claim) => Act::AnswerAfter(Duration::from_millis(200)),

@@ -136,11 +136,12 @@ impl fmt::Debug for Config {
 struct State {
     down_until: Mutex<Option<Instant>>,
     pending: Mutex<HashMap<Arc<str>, StoredResponse>>,
-    /// The keys (and fingerprints) whose handlers this layer runs now: a repeat is answered
+    /// The keys (and claims) whose handlers this layer runs now: a repeat is answered
     /// 409 from here whatever the store says, so that a claim the store lost (its lease ran
     /// out while the store was unreachable, evicted, a failover) never lets a repeat through
-    /// this instance run the handler a second time.
-    running: Mutex<HashMap<Arc<str>, Fingerprint>>,
+    /// this instance run the handler a second time. Removed by the claim that put it, not by
+    /// another request's of the same key ending late.
+    running: Mutex<HashMap<Arc<str>, InFlight>>,
     /// The withdrawals of claims this layer runs now (at most [`MAX_WITHDRAWING`]).
     withdrawing: std::sync::atomic::AtomicUsize,
     /// What the layer still does for requests whose callers may be gone (see [`Busy`]).
@@ -217,7 +218,7 @@ impl State {
     }
 
     fn running(&self, key: &str) -> Option<Fingerprint> {
-        lock(&self.running).get(key).copied()
+        lock(&self.running).get(key).map(|c| c.fingerprint)
     }
 
     /// What this instance knows of `key` without asking the store: an answer it keeps for the
@@ -1533,6 +1534,33 @@ fn problem<B>(config: &Config, p: Problem, detail: &str) -> Response<ResponseBod
 /// A problem the layer answers in the handler's place (panic, limit, response too large).
 struct Stored;
 
+/// What goes in the place of `stored`, a response the store refused as larger than it ever
+/// holds: a problem saying it was processed once and not kept; in the place of a problem, the
+/// same bare (no headers, no body: the least a repeat can be answered with, for a store bound
+/// below even the problem); `None` for a bare answer (the store keeps nothing at all).
+fn stand_in(config: &Config, claim: InFlight, stored: &StoredResponse) -> Option<StoredResponse> {
+    if stored.headers.is_empty() && stored.body.is_empty() {
+        return None;
+    }
+    let problem = Stored::problem(
+        config,
+        claim,
+        RESPONSE_NOT_KEPT,
+        "The request was processed once; its response was larger than the store keeps for replay. Do not resend it: look the result up instead.",
+    );
+    if stored.status == problem.status
+        && stored.headers.get(http::header::CONTENT_TYPE)
+            == problem.headers.get(http::header::CONTENT_TYPE)
+    {
+        let mut bare = problem;
+        bare.headers = HeaderMap::new();
+        bare.body = Bytes::new();
+        Some(bare)
+    } else {
+        Some(problem)
+    }
+}
+
 impl Stored {
     fn problem(config: &Config, claim: InFlight, p: Problem, detail: &str) -> StoredResponse {
         let (headers, body) = problem_parts(config, p, detail);
@@ -1585,7 +1613,7 @@ impl Renewal {
 
 impl ClaimGuard {
     fn new(config: &Config, key: Arc<str>, claim: InFlight) -> ClaimGuard {
-        lock(&config.state.running).insert(key.clone(), claim.fingerprint);
+        lock(&config.state.running).insert(key.clone(), claim);
         let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let done = Arc::new(AtomicBool::new(false));
             let task = rt.spawn(renew(Claimed::of(config, key.clone(), claim), done.clone()));
@@ -1648,38 +1676,26 @@ impl ClaimGuard {
         let mut stored = stored;
         let mut done = self.complete_once(config, &stored).await;
         // Larger than the store ever holds: kept waiting for it, it would never be written
-        // (and the claim renewed for the whole TTL). A small answer goes in its place.
-        if let Ok(Err(e)) = &done
+        // (and the claim renewed for the whole TTL). A smaller answer goes in its place.
+        while let Ok(Err(e)) = &done
             && e.is_too_large()
         {
-            tracing::warn!(key = %self.key, error = %e, "idempotent response too large for the store; storing a problem in its place");
-            stored = Stored::problem(
-                config,
-                self.claim,
-                RESPONSE_NOT_KEPT,
-                "The request was processed once; its response was larger than the store keeps for replay. Do not resend it: look the result up instead.",
-            );
-            done = self.complete_once(config, &stored).await;
-            // A store bound below even that answer: a bare 500 (no headers, no body), the
-            // least a repeat can be answered with; kept waiting, the problem would never be
-            // written either (its claim renewed, repeats met with 409, for the whole TTL).
-            if let Ok(Err(e)) = &done
-                && e.is_too_large()
-            {
-                stored.headers = HeaderMap::new();
-                stored.body = Bytes::new();
-                done = self.complete_once(config, &stored).await;
-            }
-            // Not even that: nothing can be kept. The claim is left to lapse at its lease
-            // (repeats meet 409 until then, then run the handler again): said at error level.
-            if let Ok(Err(e)) = &done
-                && e.is_too_large()
-            {
-                tracing::error!(key = %self.key, error = %e, "the store keeps no response at all, not even an empty one: a repeat after the claim's lease runs the handler again");
-                tally.count(outcome);
-                self.stop_renewal();
-                self.armed = false;
-                return;
+            match stand_in(config, self.claim, &stored) {
+                Some(smaller) => {
+                    tracing::warn!(key = %self.key, error = %e, "idempotent response too large for the store; storing a smaller answer in its place");
+                    stored = smaller;
+                    done = self.complete_once(config, &stored).await;
+                }
+                // Not even a bare one: nothing can be kept. The claim is left to lapse at its
+                // lease (repeats meet 409 until then, then run the handler again): said at
+                // error level.
+                None => {
+                    tracing::error!(key = %self.key, error = %e, "the store keeps no response at all, not even an empty one: a repeat after the claim's lease runs the handler again");
+                    tally.count(outcome);
+                    self.stop_renewal();
+                    self.armed = false;
+                    return;
+                }
             }
         }
         match done {
@@ -1759,8 +1775,16 @@ impl ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         self.stop_renewal();
-        // The handler is over (answered, stored or kept, released, or dropped).
-        lock(&self.state.running).remove(&self.key);
+        // The handler is over (answered, stored or kept, released, or dropped). Its own entry
+        // only: a request of the same key may have claimed it since (this one's released).
+        let mut running = lock(&self.state.running);
+        if running
+            .get(&self.key)
+            .is_some_and(|c| c.token == self.claim.token)
+        {
+            running.remove(&self.key);
+        }
+        drop(running);
         if !self.armed {
             return;
         }
@@ -1793,7 +1817,7 @@ async fn write_back(
     config: Arc<Config>,
     key: Arc<str>,
     claim: InFlight,
-    stored: StoredResponse,
+    mut stored: StoredResponse,
     renewal: Option<Renewal>,
     (tally, outcome): (Tally, Served),
 ) {
@@ -1838,6 +1862,21 @@ async fn write_back(
                 );
                 break Served::ClaimLost;
             }
+            // Larger than the store ever holds (a store of one's own, refusing it now that it
+            // answers): written in a smaller answer's place, as a first write refused so is,
+            // not asked again for the whole TTL with its claim renewed.
+            Ok(Err(e)) if e.is_too_large() => match stand_in(&config, claim, &stored) {
+                Some(smaller) => {
+                    tracing::warn!(key = %key, error = %e, "idempotent response too large for the store; storing a smaller answer in its place");
+                    stored = smaller;
+                    config.state.keep(key.clone(), stored.clone());
+                    delay = Duration::from_millis(20);
+                }
+                None => {
+                    tracing::error!(key = %key, error = %e, "the store keeps no response at all, not even an empty one: a repeat after the claim's lease runs the handler again");
+                    break outcome;
+                }
+            },
             _ if Instant::now() >= give_up => {
                 tracing::warn!(key = %key, "idempotent response never stored: the store stayed down for the whole TTL");
                 break outcome;
@@ -2164,6 +2203,41 @@ mod tests {
         }
     }
 
+    /// A request's handler that ends after another request of its key claimed it (this one
+    /// answered a 5xx and released; a repeat claimed meanwhile) leaves the other's entry among
+    /// the running: a repeat through this instance is still answered "in progress" from here
+    /// should the store lose that claim.
+    #[test]
+    fn a_handler_ending_late_leaves_the_next_claims_entry() {
+        let layer = IdempotencyLayer::new(Arc::new(super::super::MemoryStore::default()));
+        let config = layer.config.clone();
+        let key: Arc<str> = "POST /charges k".into();
+        let fingerprint = Fingerprint::of_request(None, None, b"{}");
+        let mut first = ClaimGuard::new(
+            &config,
+            key.clone(),
+            InFlight {
+                token: 1,
+                fingerprint,
+            },
+        );
+        first.armed = false;
+        let second = ClaimGuard::new(
+            &config,
+            key.clone(),
+            InFlight {
+                token: 2,
+                fingerprint,
+            },
+        );
+        drop(first);
+        assert!(matches!(config.state.local(&key), Local::Running(f) if f == fingerprint));
+        let mut second = second;
+        second.armed = false;
+        drop(second);
+        assert!(matches!(config.state.local(&key), Local::Unknown));
+    }
+
     /// A repeat that looks for a kept answer just before the handler of its key ends (keeping
     /// its answer, the store being down, then no longer running) is replayed that answer:
     /// not answered "in progress", nor sent on to the store.
@@ -2172,7 +2246,13 @@ mod tests {
         let fingerprint = Fingerprint::of_request(None, None, b"{}");
         let state = State::default();
         let key: Arc<str> = "POST /charges k".into();
-        lock(&state.running).insert(key.clone(), fingerprint);
+        lock(&state.running).insert(
+            key.clone(),
+            InFlight {
+                token: 1,
+                fingerprint,
+            },
+        );
         assert!(matches!(state.local(&key), Local::Running(f) if f == fingerprint));
         // The handler ends between the repeat's two looks.
         BETWEEN.with(|b| {
