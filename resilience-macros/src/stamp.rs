@@ -46,12 +46,52 @@ impl Found {
     }
 }
 
+thread_local! {
+    /// The names the body being rewritten binds to `self` itself (`let this = &mut *self;`,
+    /// the README's way to retry a `&mut self` method that moves `self`): `self` under another
+    /// name, to every rule that treats `self` apart (see [`is_self`]).
+    static SELF_NAMES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `name` is `self`, or a name the body binds to `self` itself ([`SELF_NAMES`]).
+fn is_self(name: &str) -> bool {
+    name == "self" || SELF_NAMES.with(|n| n.borrow().iter().any(|s| s == name))
+}
+
+/// Whether `e` is the path `self`, or one of its names ([`is_self`]).
+fn is_self_path(e: &syn::Expr) -> bool {
+    matches!(e, syn::Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some_and(|i| is_self(&i.to_string())))
+}
+
+/// Sets [`SELF_NAMES`] for the rewrite of one body; cleared when dropped.
+struct SelfNames;
+
+impl SelfNames {
+    fn set(names: Vec<String>) -> SelfNames {
+        SELF_NAMES.with(|n| *n.borrow_mut() = names);
+        SelfNames
+    }
+}
+
+impl Drop for SelfNames {
+    fn drop(&mut self) {
+        SELF_NAMES.with(|n| n.borrow_mut().clear());
+    }
+}
+
 pub(crate) fn rewrite(
     block: &mut syn::Block,
     private: &TokenStream,
     clients: Option<&[String]>,
 ) -> Found {
-    let aliased = clients.map(|c| with_aliases(block, c));
+    let (aliased, self_names) = match clients {
+        Some(c) => {
+            let (aliased, self_names) = with_aliases(block, c);
+            (Some(aliased), self_names)
+        }
+        None => (None, Vec::new()),
+    };
+    let _self_names = SelfNames::set(self_names);
     let clients = aliased.as_deref();
     let mut v = Rewriter {
         p: private,
@@ -236,19 +276,48 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
 }
 
 /// Whether an `async` block or a closure among a spawner's `args` (`tokio::spawn(async move
-/// { … })`, `set.spawn(…)`, `spawn_blocking(move || …)`) sends what the runtime cannot see: it
-/// runs in a task of its own, outside the attempt, where the rewrite's watch of a helper sees
-/// nothing and a request goes unstamped. It awaits a helper handed one of `clients`
-/// (`reserve(&c, &sku).await`), or sends a request whose receiver shows no safe method only
-/// (`c.post(audit).send()`; not `c.get(u).send()`).
+/// { … })`, under `.instrument(span)` or `Box::pin` too, `set.spawn(…)`, `spawn_blocking(move
+/// || …)`) sends what the runtime cannot see: it runs in a task of its own, outside the
+/// attempt, where the rewrite's watch of a helper sees nothing and a request goes unstamped.
+/// It awaits a helper handed a client parameter (`reserve(&c2, &sku).await`, under any name
+/// the body gave it), a method of `self` (`this.place(o).await`) or a helper handed `self`'s
+/// client (`place(&self.http, o)`); or sends a request showing a method less safe than GET
+/// (`c.post(audit).send()`; not `c.get(u).send()`, nor a query's `.execute(&pool)`, which
+/// show none).
 fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[String]) -> bool {
-    struct Find<'c> {
-        clients: &'c [String],
+    struct Find {
+        named: Vec<String>,
         found: bool,
     }
-    impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
+    impl<'ast> syn::visit::Visit<'ast> for Find {
         fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
-            if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) {
+            let helper = |e: &syn::Expr| match e {
+                syn::Expr::Call(call) => {
+                    call.args
+                        .iter()
+                        .any(|a| mentions_any(a.to_token_stream(), &self.named))
+                        || call
+                            .args
+                            .iter()
+                            .any(|a| hands_self_a_client(a.to_token_stream(), &[]))
+                }
+                syn::Expr::MethodCall(m) => {
+                    !stamped_call(m)
+                        && (hands_a_client(e, &self.named)
+                            || self_helper_value(e)
+                            || m.args
+                                .iter()
+                                .any(|a| hands_self_a_client(a.to_token_stream(), &[])))
+                }
+                _ => false,
+            };
+            let mut base = &*aw.base;
+            while let syn::Expr::MethodCall(m) = base
+                && FUTURE_ADAPTERS.contains(&m.method.to_string().as_str())
+            {
+                base = &m.receiver;
+            }
+            if !hands_a_send(base) && helper(base) {
                 self.found = true;
             }
             syn::visit::visit_expr_await(self, aw);
@@ -260,9 +329,7 @@ fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[Strin
                 } else {
                     &m.args[0]
                 };
-                if !resilience_policy::infer::infer_method(shown.to_token_stream())
-                    .is_some_and(|i| i.method.is_safe())
-                {
+                if resilience_policy::infer::unsafe_evidence(shown.to_token_stream()) > 0 {
                     self.found = true;
                 }
             }
@@ -277,20 +344,86 @@ fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[Strin
         }
         fn visit_item(&mut self, _: &'ast syn::Item) {}
     }
+    /// The block or closure under adapters (`.instrument(span)`, `.boxed()`), `Box::pin` and
+    /// parentheses.
+    fn task(mut e: &syn::Expr) -> Option<&syn::Expr> {
+        loop {
+            match e {
+                syn::Expr::Paren(p) => e = &p.expr,
+                syn::Expr::MethodCall(m)
+                    if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
+                {
+                    e = &m.receiver;
+                }
+                syn::Expr::Call(call)
+                    if callee(call).as_deref() == Some("pin") && call.args.len() == 1 =>
+                {
+                    e = &call.args[0];
+                }
+                syn::Expr::Async(_) | syn::Expr::Closure(_) => return Some(e),
+                _ => return None,
+            }
+        }
+    }
     let mut f = Find {
-        clients,
+        named: without_self(clients),
         found: false,
     };
     for a in args {
-        let mut a = a;
-        while let syn::Expr::Paren(p) = a {
-            a = &p.expr;
-        }
-        if matches!(a, syn::Expr::Async(_) | syn::Expr::Closure(_)) {
-            syn::visit::Visit::visit_expr(&mut f, a);
+        if let Some(t) = task(a) {
+            syn::visit::Visit::visit_expr(&mut f, t);
         }
     }
     f.found
+}
+
+/// Whether the builder chain `recv` (a `.send()`'s receiver) starts with a read: its first
+/// method, the one called on the client (`tokens.get(u)…`, `c.request(Method::GET, u)…`; an
+/// SDK's `s3.get_object()…`, `list_users()`, `describe_table()`, `head_object()`,
+/// `batch_get_item()`, `query()`, `scan()`, `search…`, `find…`, `fetch…`, `read…`). What
+/// the later methods are handed (`.queue_url(cfg.get(k))`) says nothing. A chain that starts
+/// otherwise (`ledger.post(u)`, `send_message()`), or a builder held in a variable (`rb`), is
+/// not known to be one.
+fn starts_as_a_read(recv: &syn::Expr) -> bool {
+    let mut e = recv;
+    let mut first = None;
+    loop {
+        match e {
+            syn::Expr::MethodCall(m) => {
+                first = Some(m);
+                e = &m.receiver;
+            }
+            syn::Expr::Paren(p) => e = &p.expr,
+            syn::Expr::Reference(r) => e = &r.expr,
+            syn::Expr::Try(t) => e = &t.expr,
+            syn::Expr::Await(a) => e = &a.base,
+            _ => break,
+        }
+    }
+    let Some(m) = first else {
+        return false;
+    };
+    let name = m.method.to_string();
+    if name == "request" {
+        return m.args.first().is_some_and(|a| {
+            resilience_policy::infer::infer_method(a.to_token_stream())
+                .is_some_and(|i| i.method.is_safe())
+        });
+    }
+    matches!(name.as_str(), "get" | "head" | "options" | "query" | "scan")
+        || [
+            "get_",
+            "list",
+            "describe",
+            "head_",
+            "batch_get",
+            "search",
+            "find",
+            "fetch",
+            "read",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Whether `e` can only be a future: pinned or boxed on its way (`Box::pin(…)`, `.boxed()`,
@@ -982,9 +1115,9 @@ fn known_macro(mac: &syn::Macro) -> bool {
 /// helper among them is watched as an awaited one is.
 const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 
-/// The client parameters among `clients`, `self` left out.
+/// The client parameters among `clients`, `self` (and its other names) left out.
 fn without_self(clients: &[String]) -> Vec<String> {
-    clients.iter().filter(|c| *c != "self").cloned().collect()
+    clients.iter().filter(|c| !is_self(c)).cloned().collect()
 }
 
 /// A call the rewrite stamps: `.send()`, or `.execute(…)` with one argument.
@@ -1035,107 +1168,129 @@ fn hands_a_send(e: &syn::Expr) -> bool {
 }
 
 /// `clients` and the names the body binds to one of them under another name: a client
-/// parameter's (`let c2 = c.clone();`, `let (c2, s) = (c.clone(), sku);`, `Arc::clone(&c)`),
-/// `self` itself (`let this = &mut *self;`), or a field of `self` holding a client (`let http
-/// = &self.http;`, `let Self { http, .. } = self;`, `if let Some(h) = &self.http_client`;
-/// see [`hands_self_a_client`]). A helper handed one is handed the client.
-fn with_aliases(block: &syn::Block, clients: &[String]) -> Vec<String> {
-    /// Whether `e` is one of `names`, or `self`'s client field, through references,
-    /// dereferences, parentheses and clones.
-    fn client_value(e: &syn::Expr, names: &[String], fields: &[String]) -> bool {
+/// parameter's (`let c2 = c.clone();`, `let (c2, s) = (c.clone(), sku);`, `Arc::clone(&c)`,
+/// `Arc::new(c.clone())`), or a field of `self` holding a client (`let http = &self.http;`,
+/// `let Self { http, .. } = self;`, `if let Some(h) = &self.http_client`; see
+/// [`hands_self_a_client`]): a helper handed one is handed the client. And, apart, the names
+/// bound to `self` itself (`let this = &mut *self;`), which every rule then reads as `self`
+/// ([`is_self`]).
+fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<String>) {
+    /// What `e` is, through references, dereferences, parentheses, clones and `Arc::new`:
+    /// `Some(true)` `self` itself (or one of `selves`), `Some(false)` a client (one of
+    /// `names`, or a field of `self` holding one), `None` neither.
+    fn value(
+        e: &syn::Expr,
+        names: &[String],
+        selves: &[String],
+        fields: &[String],
+    ) -> Option<bool> {
+        let is_self = |e: &syn::Expr| matches!(e, syn::Expr::Path(p) if p.path.get_ident().is_some_and(|i| i == "self" || selves.iter().any(|s| i == s)));
         match e {
+            _ if is_self(e) && names.iter().any(|n| n == "self") => Some(true),
             syn::Expr::Path(p) => p
                 .path
                 .get_ident()
-                .is_some_and(|i| names.iter().any(|n| i == n)),
-            syn::Expr::Field(f) => {
-                matches!(&*f.base, syn::Expr::Path(p) if p.path.is_ident("self"))
-                    && names.iter().any(|n| n == "self")
-                    && hands_self_a_client(e.to_token_stream(), fields)
+                .is_some_and(|i| names.iter().any(|n| i == n))
+                .then_some(false),
+            syn::Expr::Field(f) if is_self(&f.base) && names.iter().any(|n| n == "self") => {
+                let syn::Member::Named(field) = &f.member else {
+                    return None;
+                };
+                hands_self_a_client(quote!(self.#field), fields).then_some(false)
             }
-            syn::Expr::Reference(r) => client_value(&r.expr, names, fields),
+            syn::Expr::Reference(r) => value(&r.expr, names, selves, fields),
             syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => {
-                client_value(&u.expr, names, fields)
+                value(&u.expr, names, selves, fields)
             }
-            syn::Expr::Paren(p) => client_value(&p.expr, names, fields),
+            syn::Expr::Paren(p) => value(&p.expr, names, selves, fields),
             syn::Expr::MethodCall(m)
                 if m.args.is_empty()
-                    && ["clone", "to_owned", "as_ref", "borrow"]
+                    && ["clone", "to_owned", "as_ref", "as_mut", "borrow"]
                         .iter()
                         .any(|n| m.method == n) =>
             {
-                client_value(&m.receiver, names, fields)
+                value(&m.receiver, names, selves, fields)
             }
+            // `Arc::clone(&c)`, `Clone::clone(&c)`, `Arc::new(c.clone())`.
             syn::Expr::Call(call)
-                if call.args.len() == 1 && callee(call).as_deref() == Some("clone") =>
+                if call.args.len() == 1
+                    && matches!(callee(call).as_deref(), Some("clone" | "new")) =>
             {
-                client_value(&call.args[0], names, fields)
-            }
-            _ => false,
-        }
-    }
-    /// The names `pat` binds to what `init` holds, where that is a client.
-    fn bind(
-        pat: &syn::Pat,
-        init: &syn::Expr,
-        names: &[String],
-        fields: &[String],
-        out: &mut Vec<String>,
-    ) {
-        let mut init = init;
-        while let syn::Expr::Paren(p) = init {
-            init = &p.expr;
-        }
-        match pat {
-            syn::Pat::Ident(pi) if pi.subpat.is_none() && client_value(init, names, fields) => {
-                out.push(pi.ident.to_string());
-            }
-            syn::Pat::Type(t) => bind(&t.pat, init, names, fields, out),
-            syn::Pat::Tuple(t) => {
-                if let syn::Expr::Tuple(e) = init
-                    && e.elems.len() == t.elems.len()
+                if callee(call).as_deref() == Some("new")
+                    && !matches!(&*call.func, syn::Expr::Path(p)
+                        if p.path.segments.len() == 2
+                            && ["Arc", "Rc", "Box"].iter().any(|t| p.path.segments[0].ident == t))
                 {
-                    for (p, e) in t.elems.iter().zip(&e.elems) {
-                        bind(p, e, names, fields, out);
-                    }
+                    return None;
                 }
+                value(&call.args[0], names, selves, fields)
             }
-            // `if let Some(h) = &self.http_client`, `Ok(c)`.
-            syn::Pat::TupleStruct(ts) if ts.elems.len() == 1 => {
-                if client_value(init, names, fields)
-                    && let Some(syn::Pat::Ident(pi)) = ts.elems.first()
-                {
-                    out.push(pi.ident.to_string());
-                }
-            }
-            // `let Self { http, .. } = self;`: the fields named for a client.
-            syn::Pat::Struct(st) if client_value(init, names, fields) => {
-                for f in &st.fields {
-                    if let syn::Member::Named(field) = &f.member
-                        && let syn::Pat::Ident(pi) = &*f.pat
-                        && hands_self_a_client(quote!(self.#field), fields)
-                    {
-                        out.push(pi.ident.to_string());
-                    }
-                }
-            }
-            _ => {}
+            _ => None,
         }
     }
     struct Lets<'n> {
         names: &'n [String],
+        selves: &'n [String],
         fields: &'n [String],
-        out: Vec<String>,
+        /// (name, is `self`).
+        out: Vec<(String, bool)>,
+    }
+    impl Lets<'_> {
+        /// The names `pat` binds to what `init` holds, where that is a client or `self`.
+        fn bind(&mut self, pat: &syn::Pat, init: &syn::Expr) {
+            let mut init = init;
+            while let syn::Expr::Paren(p) = init {
+                init = &p.expr;
+            }
+            let found = || value(init, self.names, self.selves, self.fields);
+            match pat {
+                syn::Pat::Ident(pi) if pi.subpat.is_none() => {
+                    if let Some(is_self) = found() {
+                        self.out.push((pi.ident.to_string(), is_self));
+                    }
+                }
+                syn::Pat::Type(t) => self.bind(&t.pat, init),
+                syn::Pat::Tuple(t) => {
+                    if let syn::Expr::Tuple(e) = init
+                        && e.elems.len() == t.elems.len()
+                    {
+                        for (p, e) in t.elems.iter().zip(&e.elems) {
+                            self.bind(p, e);
+                        }
+                    }
+                }
+                // `if let Some(h) = &self.http_client`, `Ok(c)`: what it holds.
+                syn::Pat::TupleStruct(ts) if ts.elems.len() == 1 => {
+                    if found() == Some(false)
+                        && let Some(syn::Pat::Ident(pi)) = ts.elems.first()
+                    {
+                        self.out.push((pi.ident.to_string(), false));
+                    }
+                }
+                // `let Self { http, .. } = self;`: the fields holding a client.
+                syn::Pat::Struct(st) if found() == Some(true) => {
+                    for f in &st.fields {
+                        if let syn::Member::Named(field) = &f.member
+                            && let syn::Pat::Ident(pi) = &*f.pat
+                            && hands_self_a_client(quote!(self.#field), self.fields)
+                        {
+                            self.out.push((pi.ident.to_string(), false));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     impl<'ast> syn::visit::Visit<'ast> for Lets<'_> {
         fn visit_local(&mut self, l: &'ast syn::Local) {
             if let Some(init) = &l.init {
-                bind(&l.pat, &init.expr, self.names, self.fields, &mut self.out);
+                self.bind(&l.pat, &init.expr);
             }
             syn::visit::visit_local(self, l);
         }
         fn visit_expr_let(&mut self, l: &'ast syn::ExprLet) {
-            bind(&l.pat, &l.expr, self.names, self.fields, &mut self.out);
+            self.bind(&l.pat, &l.expr);
             syn::visit::visit_expr_let(self, l);
         }
         fn visit_item(&mut self, _: &'ast syn::Item) {}
@@ -1145,24 +1300,28 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> Vec<String> {
     } else {
         Vec::new()
     };
-    let mut names = clients.to_vec();
+    let (mut names, mut selves) = (clients.to_vec(), Vec::new());
     // An alias of an alias: again while the last pass found a new one (bounded by the
     // bindings).
     loop {
         let mut lets = Lets {
             names: &names,
+            selves: &selves,
             fields: &fields,
             out: Vec::new(),
         };
         syn::visit::Visit::visit_block(&mut lets, block);
         let before = names.len();
-        for n in lets.out {
+        for (n, is_self) in lets.out {
             if !names.contains(&n) {
+                if is_self {
+                    selves.push(n.clone());
+                }
                 names.push(n);
             }
         }
         if names.len() == before {
-            return names;
+            return (names, selves);
         }
     }
 }
@@ -1191,7 +1350,7 @@ fn through_a_helpers_value(
     follow: impl Fn(&syn::Expr, &[String]) -> bool,
 ) -> bool {
     follow(receiver, &without_self(names))
-        || (names.iter().any(|n| n == "self") && self_helper_value(receiver))
+        || (names.iter().any(|n| is_self(n)) && self_helper_value(receiver))
 }
 
 /// A value a helper reached through `self` makes: a method of `self` itself (`self.place(o)`,
@@ -1200,10 +1359,7 @@ fn through_a_helpers_value(
 /// (`self.limiter.clone()`, `Arc::clone(&self.permits)`): as likely no request at all.
 fn self_helper_value(e: &syn::Expr) -> bool {
     match e {
-        syn::Expr::MethodCall(m) => {
-            matches!(&*m.receiver, syn::Expr::Path(p) if p.path.is_ident("self"))
-                || self_helper_value(&m.receiver)
-        }
+        syn::Expr::MethodCall(m) => is_self_path(&m.receiver) || self_helper_value(&m.receiver),
         syn::Expr::Call(call) => call
             .args
             .iter()
@@ -1231,7 +1387,7 @@ fn self_client_fields(ts: TokenStream) -> Vec<String> {
                 proc_macro2::TokenTree::Ident(m),
                 ..,
             ] = &tts[i..]
-                && me == "self"
+                && is_self(&me.to_string())
                 && d1.as_char() == '.'
                 && d2.as_char() == '.'
                 && [
@@ -1260,7 +1416,7 @@ fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
     let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
     tts.iter().enumerate().any(|(i, tt)| match tt {
         proc_macro2::TokenTree::Group(g) => hands_self_a_client(g.stream(), fields),
-        proc_macro2::TokenTree::Ident(me) if me == "self" => match &tts[i + 1..] {
+        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => match &tts[i + 1..] {
             [
                 proc_macro2::TokenTree::Punct(dot),
                 proc_macro2::TokenTree::Ident(field),
@@ -1350,11 +1506,9 @@ impl VisitMut for Rewriter<'_> {
             if name == "send" && m.args.is_empty() {
                 let span = m.receiver.span();
                 let recv = take(&mut m.receiver);
-                // A receiver showing a safe method only (`tokens.get(u)`): sent through another
-                // type than reqwest's, it is no request a key was due on.
-                let shows_safe = resilience_policy::infer::infer_method(recv.to_token_stream())
-                    .is_some_and(|i| i.method.is_safe());
-                let stamp = if shows_safe {
+                // A receiver that starts as a read (`tokens.get(u)`, an SDK's `get_object()`):
+                // sent through another type than reqwest's, it is no request a key was due on.
+                let stamp = if starts_as_a_read(&recv) {
                     "__resilience_stamp_safe"
                 } else {
                     "__resilience_stamp"
@@ -1693,11 +1847,29 @@ mod tests {
             quote!({ c.post(u).send().await? }),
             quote!({ rb.send().await? }),
             quote!({ sdk.put_object().send().await? }),
-            quote!({ c.get(u).header("x", c.post(v)).send().await? }),
+            quote!({
+                sqs.send_message()
+                    .queue_url(cfg.queues.get("orders"))
+                    .send()
+                    .await?
+            }),
+            quote!({ c.request(Method::POST, u).send().await? }),
         ] {
             let (s, n) = rw(ts);
             assert_eq!(n, 1, "{s}");
             assert!(s.contains(".__resilience_stamp(),"), "{s}");
+        }
+        // A chain that starts with a read, an SDK's too.
+        for ts in [
+            quote!({ c.get(u).header("x", c.post(v)).send().await? }),
+            quote!({ s3.get_object().bucket(b).key(k).send().await? }),
+            quote!({ secrets.get_secret_value().secret_id(id).send().await? }),
+            quote!({ dynamo.query().table_name(t).send().await? }),
+            quote!({ c.request(Method::HEAD, u).send().await? }),
+        ] {
+            let (s, n) = rw(ts);
+            assert_eq!(n, 1, "{s}");
+            assert!(s.contains(".__resilience_stamp_safe(),"), "{s}");
         }
         let (s, n) = rw(quote!({ c.execute(req).await }));
         assert_eq!(n, 1);
@@ -2054,6 +2226,14 @@ mod tests {
             quote!({
                 tokio::task::spawn_blocking(move || rt.block_on(async { c.post(u).send().await }));
             }),
+            quote!({
+                let c2 = c.clone();
+                tokio::spawn(async move { reserve(&c2, &s).await }.instrument(span));
+            }),
+            quote!({
+                let this = &mut *self;
+                tokio::spawn(Box::pin(async move { this.place(o).await }));
+            }),
         ] {
             assert!(unwatched(ts.clone()), "{ts}");
         }
@@ -2124,6 +2304,23 @@ mod tests {
             quote!({
                 let c2 = c.clone();
                 tokio::spawn(async move { c2.get(u).send().await });
+            }),
+            // A task that sends nothing the body shows: a query, a field's job.
+            quote!({
+                tokio::spawn(async move { sqlx::query(q).execute(&pool).await });
+            }),
+            quote!({
+                let this = self.clone();
+                tokio::spawn(async move { this.cache.invalidate(&k).await });
+            }),
+            // `self` under another name keeps the rules of `self`.
+            quote!({
+                let this = &mut *self;
+                let ps = os.iter().map(|o| price(&this.rates, o));
+            }),
+            quote!({
+                let this = &mut *self;
+                let p = Arc::clone(&this.permits).acquire_owned().await;
             }),
             // A kept join the rewrite watches as a whole.
             quote!({
