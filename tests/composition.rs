@@ -3112,6 +3112,78 @@ async fn a_keyed_functions_post_through_another_builder_is_not_sent_again() {
     );
 }
 
+/// A secrets SDK's own builder: its chain starts with a read (`get_secret_value()`).
+struct Secrets {
+    http: reqwest::Client,
+    url: String,
+}
+
+struct SecretRequest(reqwest::RequestBuilder);
+
+impl Secrets {
+    fn get_secret_value(&self) -> SecretRequest {
+        SecretRequest(self.http.get(&self.url))
+    }
+}
+
+impl SecretRequest {
+    fn secret_id(self, id: &str) -> SecretRequest {
+        SecretRequest(self.0.header("x-secret-id", id))
+    }
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        self.0.send().await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn pay_with_a_secret(
+    secrets: &Secrets,
+    c: &reqwest::Client,
+    pay: &str,
+) -> Result<u16, Error> {
+    let secret = secrets
+        .get_secret_value()
+        .secret_id("pg")
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(c.post(pay)
+        .header("x-secret", secret)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An SDK's read beside the keyed POST (its chain starts `get_secret_value()`, not `.get(`)
+/// takes nothing from it: the payment's 503 is retried with its key.
+#[tokio::test(start_paused = true)]
+async fn an_sdks_read_beside_a_keyed_post_leaves_its_retries() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/pay" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let secrets = Secrets {
+        http: reqwest::Client::new(),
+        url: shop.url("/secret"),
+    };
+    let got = pay_with_a_secret(&secrets, &client(), &shop.url("/pay")).await;
+    assert_eq!(got.unwrap(), 200);
+    let pays: Vec<_> = shop
+        .requests()
+        .into_iter()
+        .filter(|s| s.path == "/pay")
+        .collect();
+    assert_eq!(pays.len(), 2);
+    assert_eq!(pays[0].idempotency_key(), pays[1].idempotency_key());
+}
+
 /// A token service's own client, its builder with a `.send()` of its own (a GET).
 struct Tokens {
     http: reqwest::Client,
@@ -4585,4 +4657,116 @@ async fn a_helper_handed_the_client_under_another_name_is_watched() {
         (2, 1),
         "{e}"
     );
+}
+
+/// A notifier on a client of its own (not handed one: the enclosing body sees a call, no
+/// helper of its client).
+#[resilient(method = POST, idempotency_key = auto, timeout = "5s", deadline = "5s", max_attempts = 1, budget = false, bulkhead(max_concurrent = 1, max_wait = "1s"))]
+async fn notify_waiting_for_a_slot(url: &str) -> Result<u16, Error> {
+    static NOTIFIER: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(client);
+    Ok(NOTIFIER.post(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn page_hedged_around_a_notify(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let notify = format!("{base}notify");
+    let (page, notified) = tokio::join!(
+        c.get(format!("{base}page")).send(),
+        notify_waiting_for_a_slot(&notify)
+    );
+    notified?;
+    Ok(page?.error_for_status()?.status().as_u16())
+}
+
+/// A nested POST waiting for its slot may still send: no hedge of the enclosing GET starts
+/// beside it (the hedge's own run of the body would post again, under a new key, once both
+/// got a slot), and once it is admitted and sends, none does.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_starts_beside_a_nested_call_waiting_for_its_slot() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/slow" {
+            Action::ok().after(Duration::from_millis(150))
+        } else if seen.path == "/page" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    let holder = tokio::spawn({
+        let url = server.url("slow");
+        async move { notify_waiting_for_a_slot(&url).await }
+    });
+    while server.count_path("/slow") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let got = page_hedged_around_a_notify(&c, &server.url("")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (1, 1),
+        "no hedge"
+    );
+    holder.await.unwrap().unwrap();
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_giving_up_on_a_notify(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let notify = format!("{base}notify");
+    // Not worth waiting for: given up on after 50 ms, while it still waits for its slot.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        notify_waiting_for_a_slot(&notify),
+    )
+    .await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A nested call dropped while it waited for its slot sent nothing: the enclosing GET's 503
+/// is retried.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_dropped_while_it_waited_leaves_the_retry() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/slow" {
+            Action::stall()
+        } else if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    let holder = tokio::spawn({
+        let url = server.url("slow");
+        async move { notify_waiting_for_a_slot(&url).await }
+    });
+    while server.count_path("/slow") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let got = page_after_giving_up_on_a_notify(&c, &server.url("")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (0, 2)
+    );
+    holder.abort();
 }

@@ -128,6 +128,24 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
+/// A nested call admitted tells the enclosing attempt what it may send (see `note_sent`).
+#[inline(never)]
+fn tell_admitted(policy: &Policy, key: &Option<Key>) {
+    let fresh_key = !matches!(key, Some(Key::Given(_)));
+    let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key));
+}
+
+/// A nested call begins (`true`) or ends (`false`) its wait for a slot or a permit: counted
+/// among the enclosing attempt's helpers running meanwhile.
+#[inline(never)]
+fn tell_waiting(begins: bool) {
+    let _ = with_attempt(|o| {
+        let n = o.helpers_running.get();
+        o.helpers_running
+            .set(if begins { n + 1 } else { n.saturating_sub(1) });
+    });
+}
+
 /// The error of a call refused a slot (a bulkhead's or a concurrency limit's): the limit was
 /// reached (`full`), or the deadline came first. Counted as a bulkhead rejection.
 pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> Error {
@@ -746,9 +764,15 @@ impl Session {
         // this call), it must not run its body again and resend this call's request under a
         // new automatic key. Not before: a call refused its slot or permit sent nothing
         // (`opened` tells it for a call admitted after a wait).
-        if admitted && nested {
-            let fresh_key = !matches!(key, Some(Key::Given(_)));
-            let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key));
+        // One that waits for its slot or permit may still send: the enclosing attempt counts
+        // it as a helper running (no hedge beside it, no retry of an attempt ended under it)
+        // until it is admitted, refused or dropped.
+        if nested {
+            if admitted {
+                tell_admitted(policy, &key);
+            } else if refusal.is_none() {
+                tell_waiting(true);
+            }
         }
         // The span first (an enabled one draws the request id), then the context, built in
         // place in the session.
@@ -870,6 +894,9 @@ impl Session {
             self.ended = true;
             self.release_slot();
             self.concurrency = None;
+            if self.nested {
+                tell_waiting(false);
+            }
         }
         admitted
     }
@@ -965,8 +992,8 @@ impl Session {
     fn opened(&mut self) {
         self.admitted = true;
         if self.nested {
-            let fresh_key = !matches!(self.ctx.key, Some(Key::Given(_)));
-            let _ = with_attempt(|o| note_sent(o, self.policy.method, fresh_key));
+            tell_admitted(self.policy, &self.ctx.key);
+            tell_waiting(false);
         }
         let ctx = &self.ctx;
         self.span = open(
@@ -1817,6 +1844,9 @@ impl Session {
     #[inline(never)]
     fn panicked(&mut self) {
         self.ended = true;
+        if self.nested && !self.admitted {
+            tell_waiting(false);
+        }
         self.give_back_retry();
         let m = self.shared.metrics;
         let retried = self.retried > 0;
@@ -1844,6 +1874,10 @@ impl Session {
     #[inline(never)]
     fn cancelled(&mut self) {
         self.ended = true;
+        // Dropped while it waited for its slot or permit: it sent nothing.
+        if self.nested && !self.admitted {
+            tell_waiting(false);
+        }
         // Given up on inside another call's attempt: all this call may have sent, the attempt
         // cut short included (its body is dropped by now, in its context), goes to that
         // attempt, as its end would have told it.
