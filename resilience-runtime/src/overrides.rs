@@ -841,7 +841,7 @@ impl Parser<'_> {
                 "multiplier" => {
                     let x = match v.get_ref() {
                         toml::de::DeValue::Integer(i) => toml_uint(i).map(|n| n as f64),
-                        toml::de::DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
                         _ => None,
                     };
                     // Checked as written, before it is rounded to thousandths.

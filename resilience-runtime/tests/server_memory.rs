@@ -654,7 +654,6 @@ enum ClaimingHow {
     CompletePanics,
 }
 
-/// A memory store whose claim command misbehaves as `how` says; the rest is the memory store's.
 /// `min_retention` holds against the byte bound as against the key count: a store whose
 /// responses (all too young to evict) leave no room for one more of the size last written
 /// refuses a new key with 503 before its handler runs. Admitted, the handler ran and its
@@ -717,6 +716,7 @@ async fn a_response_the_store_refuses_as_too_large_on_its_write_back_is_replaced
     assert_eq!(repeat.status(), 500);
 }
 
+/// A memory store whose claim command misbehaves as `how` says; the rest is the memory store's.
 fn claiming(how: ClaimingHow) -> Faulty {
     Faulty::new(move |op, n| match (how, op) {
         (ClaimingHow::SlowToAnswer, Op::Claim) => Act::AnswerAfter(Duration::from_millis(200)),

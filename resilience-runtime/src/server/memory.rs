@@ -173,16 +173,17 @@ impl MemoryStore {
         if let Some(entry) = inner.entries.get(key) {
             return Ok(Claim::Existing(entry.record.clone()));
         }
-        inner.make_room(self, now, 0)?;
         // Under `min_retention`, a new key is refused while the responses of the requests
         // running and of this one (each taken to be as large as the last) would find no room
         // without evicting a response too young: admitted, each would be refused its write
-        // and kept by the layer until there is room, outside the store's bounds.
+        // and kept by the layer until there is room, outside the store's bounds. Asked
+        // first: a refusal evicts nothing.
         if !self.min_retention.is_zero() {
-            let running = inner.entries.len() - inner.completed.len();
+            let running = inner.entries.len().saturating_sub(inner.completed.len());
             let needed = inner.expect.saturating_mul(running + 1);
             inner.room_for(self, now, needed)?;
         }
+        inner.make_room(self, now, 0)?;
         inner.insert(
             key.into(),
             Record::InFlight(*claim),
@@ -384,9 +385,15 @@ impl Inner {
             held -= size(key, &entry.record);
             evict += 1;
         }
-        if full(entries, held) {
+        if entries >= capacity {
             return Err(StoreError::new(format!(
                 "memory store full: all {capacity} entries are claims of running requests"
+            )));
+        }
+        if full(entries, held) {
+            return Err(StoreError::new(format!(
+                "memory store full: {bytes} bytes more would not fit in its bound of {} with every response evicted",
+                store.max_bytes
             )));
         }
         Ok(evict)
