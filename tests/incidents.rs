@@ -1,6 +1,6 @@
 //! The source documents' two incidents, end to end on 127.0.0.1, with the figures the tour shows;
-//! every peer a task of the test's current-thread runtime, on a paused clock (the tour runs the
-//! same code in real time).
+//! every peer a task of the test's current-thread runtime, on a paused clock (as the tour runs
+//! the same code).
 
 use resilience::incidents::{Guard, retry_storm, retry_storm_on_a_slow_dependency, thread_pool};
 
