@@ -22,7 +22,7 @@ use axum::extract::State;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resilience_fault_server::{Action, FaultServer, Script};
-use resilience_runtime::{Error, RequestBuilderExt as _, resilient, telemetry};
+use resilience_runtime::{ClientSettings, Error, resilient, telemetry};
 
 #[resilient(
     timeout = "300ms",
@@ -33,7 +33,6 @@ use resilience_runtime::{Error, RequestBuilderExt as _, resilient, telemetry};
 )]
 async fn stock(c: &reqwest::Client, base: &str) -> Result<String, Error> {
     Ok(c.get(format!("{base}/stock"))
-        .resilient()
         .send()
         .await?
         .error_for_status()?
@@ -84,7 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let downstream = FaultServer::start(flaky()).await;
     let app = App {
-        client: reqwest::Client::new(),
+        // The client the README advises: pooled connections checked for staleness, a connect
+        // timeout, and what it completes reported to the attempt that sent it.
+        client: ClientSettings::DEFAULT.build()?,
         downstream: downstream.url(""),
         metrics: handle,
     };
