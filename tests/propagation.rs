@@ -796,6 +796,71 @@ async fn a_part_given_its_own_time_keeps_the_handlers_derived_key() {
     assert_eq!(keys[0], keys[1], "the same charge, the same key");
 }
 
+async fn b_charging_in_a_part(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    // The handler gives its charge 200 ms of its own, in place (awaited, not spawned).
+    let part = Inbound::NONE.time_left(Duration::from_millis(200));
+    match with_inbound(part, b_charges_c(&c, &url)).await {
+        Ok(_) => (StatusCode::OK, "charged".into()),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+async fn b_charging_in_the_current_context(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> (StatusCode, String) {
+    let part = resilience_runtime::current_inbound().time_left(Duration::from_millis(200));
+    match with_inbound(part, b_charges_c(&c, &url)).await {
+        Ok(_) => (StatusCode::OK, "charged".into()),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+    }
+}
+
+/// The same part given its time by the handler itself, awaited where it is (not in a spawned
+/// task): still under the handler's request, its charge keeps the derived key when the
+/// handler runs again (`with_inbound` dropped the parent outside an attempt: two charges).
+#[tokio::test(start_paused = true)]
+async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
+    for in_the_current_context in [false, true] {
+        let c_server = FaultServer::start(Script::always(
+            Action::ok().after(Duration::from_millis(300)),
+        ))
+        .await;
+        let app = Router::new();
+        let app = if in_the_current_context {
+            app.route("/b", axum::routing::post(b_charging_in_the_current_context))
+        } else {
+            app.route("/b", axum::routing::post(b_charging_in_a_part))
+        };
+        let app = app
+            .with_state((reqwest::Client::new(), c_server.url("/c"), Calls::default()))
+            .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+            .layer(ContextLayer::new());
+        let addr = serve(app).await;
+        let a = reqwest::Client::new();
+        for _ in 0..2 {
+            let resp = a
+                .post(format!("http://{addr}/b"))
+                .header("idempotency-key", "order-12")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 504);
+        }
+        let keys: Vec<String> = c_server
+            .requests()
+            .iter()
+            .map(|r| r.idempotency_key().expect("keyed").to_owned())
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(
+            keys[0], keys[1],
+            "the same charge, the same key (current context: {in_the_current_context})"
+        );
+    }
+}
+
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
 async fn executed_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     // Built and handed to `execute` now, awaited 3 s later.

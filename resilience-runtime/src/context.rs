@@ -414,16 +414,21 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// body), a call is nested in that attempt: it plans within the nearer of the two deadlines
 /// and stays in the attempt's trace (with the `tracestate` handed down with it) and under the
 /// handler's request (a key derived for it stays derived): what `inbound` does not say there
-/// is the context's it runs in. A deadline set with [`Inbound::time_left`] is a moment:
+/// is the context's it runs in. So it is awaited in a handler's own task, under the context
+/// a [`ContextLayer`] (or an `IdempotencyLayer`) set: what `inbound` does not say is the
+/// handler's, its derived keys' parent included. Not in a task spawned with it, whose calls
+/// run beside the handler's. A deadline set with [`Inbound::time_left`] is a moment:
 /// an `Inbound` made once and used by each attempt gives later attempts what is left of it.
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
 pub async fn with_inbound<F: std::future::Future>(mut inbound: Inbound, fut: F) -> F::Output {
     inbound_in_use();
-    // Polled inside an attempt (not a spawned task's, whose first poll is elsewhere): the
-    // calls it wraps are nested there. `Inbound::NONE.time_left(d)` gives them a part worth
-    // `d`, not another trace, nor fresh keys where the handler's derive theirs.
-    if with_attempt(|_| ()).is_some() {
+    // Polled inside an attempt, or in the handler's own task under its context (not in a
+    // spawned task, whose first poll is elsewhere, outside both): the calls it wraps are
+    // part of that. `Inbound::NONE.time_left(d)` (or `current_inbound().time_left(d)`) gives
+    // them a part worth `d`, not another trace, nor fresh keys where the handler's derive
+    // theirs.
+    if with_attempt(|_| ()).is_some() || INBOUND.try_with(|_| ()).is_ok() {
         inbound.inherit(self::inbound());
     }
     INBOUND.scope(inbound, fut).await
