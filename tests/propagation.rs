@@ -861,6 +861,76 @@ async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
     }
 }
 
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_limited_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited(c, &format!("{base}c")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging(State((c, base, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    let _ = page_after_a_limited_charge(&c, &base).await;
+    // Never kept: a repeat runs the handler again.
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A nested keyed call its rate limit refused sent nothing, and takes no place in the order
+/// the handler's keys are derived in: the charge its enclosing call's retry sends has the key
+/// the same charge has in a run where it was admitted at once (it took the next place, a key
+/// no other run would send it under: charged twice).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_refused_its_permit_takes_no_derived_key() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit (request 0, its own key).
+    let _ = charge_limited(&c, &format!("{base}c")).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-13")
+            .send()
+    };
+    // Run 1: the charge refused (request 1 is the page, 503), retried a second later.
+    assert_eq!(send().await.unwrap().status(), 504);
+    // Run 2, once the permit is back: the charge admitted at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
 async fn executed_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     // Built and handed to `execute` now, awaited 3 s later.
