@@ -318,3 +318,52 @@ async fn a_nested_calls_error_takes_no_retry_after_of_another_request() {
     assert_eq!(e.http_status(), Some(503), "{e}");
     assert_eq!(e.retry_after(), None, "{e}");
 }
+
+#[resilient(timeout = "100ms", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false, idempotency_key = auto)]
+async fn pay_quickly(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed call whose first attempt timed out (the charge may have gone through) and whose
+/// later attempts were refused before anything was done (429) says the request may have been
+/// carried out, naming its key: the last attempt's failure alone said it was not, and a
+/// caller telling the customer "payment failed" on that would repeat the incident.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_says_an_earlier_attempt_may_have_been_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index == 0 {
+            Action::stall()
+        } else {
+            Action::status(429)
+        }
+    }))
+    .await;
+    let e = pay_quickly(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (server.count(), e.attempts(), e.http_status()),
+        (3, 3, Some(429)),
+        "{e}"
+    );
+    let key = e.idempotency_key().expect("keyed").to_owned();
+    assert!(
+        e.to_string().contains(&format!(
+            "[Idempotency-Key {key}: the request may have been carried out"
+        )),
+        "{e}"
+    );
+    // The control: refused every time, never carried out.
+    let server = FaultServer::start(Script::always(Action::status(429))).await;
+    let e = pay_quickly(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -76,6 +76,9 @@ struct Detail {
     /// or failed after it may have arrived): where the failure sent nothing itself (a
     /// connect failure), it was another request's.
     reached: bool,
+    /// An attempt before the last may have been carried out under the key (it timed out,
+    /// lost its connection, was answered): whatever the last one's failure says.
+    carried: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
     /// `source` marked as a nested call's (see [`carried`]): unmarked when dropped, before
@@ -92,6 +95,7 @@ impl Default for Detail {
             elapsed_ns: u64::MAX,
             key: None,
             reached: false,
+            carried: false,
             retry_after: None,
             source: None,
             mark: carried::Mark::NONE,
@@ -220,6 +224,11 @@ impl Error {
     /// The last attempt's request that needs the key reached a server (see [`Detail`]).
     pub(crate) fn set_reached(&mut self) {
         self.detail_mut().reached = true;
+    }
+
+    /// An attempt of the call may have been carried out under its key (see [`Detail`]).
+    pub(crate) fn set_carried(&mut self) {
+        self.detail_mut().carried = true;
     }
 
     /// The status of the answer the function refused (see `Probe::note`), unless the error
@@ -361,14 +370,17 @@ impl fmt::Display for Error {
 }
 
 impl Error {
-    /// Whether the last attempt may have been carried out: it timed out, lost its connection,
-    /// or was answered 5xx or 409 (still in progress), or answered 2xx or 3xx and the function
-    /// refused the answer (a body that did not decode). Not a 408 or 429: the server refused
-    /// the request before acting on it.
+    /// Whether an attempt may have been carried out: an earlier one (see [`Detail`]), or the
+    /// last: it timed out, lost its connection, or was answered 5xx or 409 (still in
+    /// progress), or answered 2xx or 3xx and the function refused the answer (a body that
+    /// did not decode). Not a 408 or 429: the server refused the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
         // No attempt ran (refused, no time left): nothing was sent.
         if self.attempts() == 0 {
             return false;
+        }
+        if self.detail.as_ref().is_some_and(|d| d.carried) {
+            return true;
         }
         match self.class {
             // A failure that sent nothing itself (a connect failure, a nested call refused):

@@ -107,6 +107,9 @@ impl<'a, E> Probe<'a, E> {
             if own_key && s.last.keyed_request_reached() {
                 own.set_reached();
             }
+            if own_key && s.any_carried_out() {
+                own.set_carried();
+            }
             // A nested call's error (it carries that call's token) keeps the `Retry-After` its
             // own answer gave, or none.
             if own.origin() == 0 {

@@ -1083,6 +1083,15 @@ impl Session {
         if self.attempts > 0 && self.ran_last.is_some_and(|r| r.2) {
             err.set_reached();
         }
+        if self.attempts > 0 && self.carried_out {
+            err.set_carried();
+        }
+    }
+
+    /// Whether an attempt that ended may have carried out a request that needs a key (see
+    /// `carried_out`): what the call's error then says with its key.
+    pub(crate) fn any_carried_out(&self) -> bool {
+        self.carried_out
     }
 
     /// Runs one attempt of the body (in its slot, `pin!(Some(body))`) under the breaker and the
