@@ -239,15 +239,6 @@ pub(crate) struct Resolved {
     pub telemetry: &'static crate::telemetry::Instruments,
 }
 
-impl Resolved {
-    /// Whether a call may wait for (or be refused) a slot or a permit before it starts: it
-    /// has a bulkhead, a concurrency limit or a rate limit.
-    #[inline]
-    pub(crate) fn may_wait(&self) -> bool {
-        self.bulkhead.is_some() || self.concurrency.is_some() || self.rate_limit.is_some()
-    }
-}
-
 impl PolicyState {
     #[allow(clippy::new_without_default)]
     /// Nothing resolved yet.

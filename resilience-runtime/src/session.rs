@@ -128,19 +128,6 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
-/// A derived key left to draw at admission (nil): drawn when `admitted`; the call's key is
-/// none when `refused` (it sends nothing).
-#[cold]
-#[inline(never)]
-fn derive_admitted(key: &mut Option<Key>, shared: &Resolved, admitted: bool, refused: bool) {
-    if refused {
-        *key = None;
-    } else if admitted && let Some(Key::Auto(k, _)) = key {
-        *k = crate::context::parent_key()
-            .map_or_else(uuid::Uuid::new_v4, |parent| parent.derive(shared.function));
-    }
-}
-
 /// A nested call admitted tells the enclosing attempt what it may send (see `note_sent`).
 #[inline(never)]
 fn tell_admitted(policy: &Policy, key: &Option<Key>) {
@@ -650,10 +637,7 @@ impl Session {
             KeyArg::Auto => Some(Key::Auto(
                 match crate::context::parent_key() {
                     // Under a handler an `IdempotencyLayer` runs: the same key each time it
-                    // runs for its request. Drawn once the call is admitted, when it may
-                    // wait for a slot or a permit (nil until then): a call refused sends
-                    // nothing, and takes no place in the order the keys are derived in.
-                    Some(_) if shared.may_wait() => uuid::Uuid::nil(),
+                    // runs for its request.
                     Some(parent) => parent.derive(shared.function),
                     None => uuid::Uuid::new_v4(),
                 },
@@ -790,10 +774,6 @@ impl Session {
                 tell_waiting(true);
             }
         }
-        let mut key = key;
-        if matches!(&key, Some(Key::Auto(k, _)) if k.is_nil()) {
-            derive_admitted(&mut key, shared, admitted, refusal.is_some());
-        }
         // The span first (an enabled one draws the request id), then the context, built in
         // place in the session.
         let request_id = Cell::new(request_id);
@@ -917,9 +897,6 @@ impl Session {
             if self.nested {
                 tell_waiting(false);
             }
-            if matches!(&self.ctx.key, Some(Key::Auto(k, _)) if k.is_nil()) {
-                self.ctx.key = None;
-            }
         }
         admitted
     }
@@ -1014,9 +991,6 @@ impl Session {
     /// admitted at once).
     fn opened(&mut self) {
         self.admitted = true;
-        if matches!(&self.ctx.key, Some(Key::Auto(k, _)) if k.is_nil()) {
-            derive_admitted(&mut self.ctx.key, self.shared, true, false);
-        }
         if self.nested {
             tell_admitted(self.policy, &self.ctx.key);
             tell_waiting(false);
