@@ -367,3 +367,43 @@ async fn a_keyed_call_says_an_earlier_attempt_may_have_been_carried_out() {
     assert_eq!(e.attempts(), 3, "{e}");
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
 }
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = reference)]
+async fn reserve_under_its_own_key(
+    c: &reqwest::Client,
+    url: &str,
+    reference: &str,
+) -> Result<u16, Error> {
+    Ok(c.post(url).body("sku=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false, idempotency_key = auto)]
+async fn reserve_then_pay(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    reserve_under_its_own_key(c, &format!("{base}reserve"), "order-7").await?;
+    Ok(c.post(format!("{base}pay"))
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// What a nested call carried out under a key of its own is not said of the call's key: the
+/// payment, refused (429) at every attempt, was never carried out under it.
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_request_under_its_own_key_is_not_said_of_the_calls_key() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/pay" {
+            Action::status(429)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let e = reserve_then_pay(&reqwest::Client::new(), &server.url(""))
+        .await
+        .unwrap_err();
+    assert_eq!((e.attempts(), server.count_path("/pay")), (3, 3), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -128,6 +128,18 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
+/// Whether an attempt whose request under the call's key reached a server, and that failed
+/// as `class` (with `status`), may have carried it out: it timed out or lost its connection,
+/// was answered 5xx or 409 (still in progress), or 2xx or 3xx (refused by the function); a
+/// connect failure after it (another request's) leaves it so. Not a 4xx, 408 or 429.
+fn carried_by(class: Class, status: Option<u16>) -> bool {
+    match class {
+        Class::Timeout | Class::Reset | Class::Connect | Class::Rejected => true,
+        Class::Status(s) => s == 409 || s >= 500,
+        Class::Permanent => status.is_some_and(|s| s < 400),
+    }
+}
+
 /// A nested call admitted tells the enclosing attempt what it may send (see `note_sent`).
 #[inline(never)]
 fn tell_admitted(policy: &Policy, key: &Option<Key>) {
@@ -551,6 +563,10 @@ pub struct Session {
     /// nested call's or a helper's unseen: see `AttemptCtx::unsafe_carried`): no fallback
     /// answers in the call's place (see [`Session::fallback_allowed`]).
     carried_out: bool,
+    /// An attempt that failed may have carried out a request of its own under the call's key
+    /// (timed out, lost its connection, answered 2xx, 3xx, 5xx or 409): the call's error says
+    /// so with the key, whatever the last attempt's failure.
+    key_carried: bool,
     /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
     /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
@@ -832,6 +848,7 @@ impl Session {
             returned_inside: Cell::new(false),
             ran_last: None,
             carried_out: false,
+            key_carried: false,
             breaker_held,
             bulkhead_held,
             concurrency_held,
@@ -1057,15 +1074,15 @@ impl Session {
         if self.attempts > 0 && self.ran_last.is_some_and(|r| r.2) {
             err.set_reached();
         }
-        if self.attempts > 0 && self.carried_out {
+        if self.attempts > 0 && self.key_carried {
             err.set_carried();
         }
     }
 
-    /// Whether an attempt that ended may have carried out a request that needs a key (see
-    /// `carried_out`): what the call's error then says with its key.
+    /// Whether an attempt that ended may have carried out a request of its own under the
+    /// call's key (see `key_carried`): what the call's error then says with the key.
     pub(crate) fn any_carried_out(&self) -> bool {
-        self.carried_out
+        self.key_carried
     }
 
     /// Runs one attempt of the body (in its slot, `pin!(Some(body))`) under the breaker and the
@@ -1537,6 +1554,9 @@ impl Session {
             // call's (told when it ended), or a helper's sent unseen.
             if self.last.unsafe_carried || self.last.unseen_helper {
                 self.carried_out = true;
+            }
+            if self.last.keyed_request_reached() && carried_by(class, self.last.status) {
+                self.key_carried = true;
             }
         }
         // Cut short, a timeout, or a dependency's prompt answer that it ran out of the time it
