@@ -284,7 +284,9 @@ async fn scenario_retry_after(http: &reqwest::Client) {
             );
         } else {
             claim(
-                server.count() == 1 && r.is_err() && waited < Duration::from_secs(1),
+                // At once: not the 120 s asked, nor the 10 s deadline (bounds loose enough
+                // for a busy machine).
+                server.count() == 1 && r.is_err() && waited < Duration::from_secs(5),
                 format!(
                     "{label}: ended at once: {} sent, {}, {}",
                     server.count(),
@@ -353,7 +355,9 @@ async fn scenario_deadline(http: &reqwest::Client) {
     let start = Instant::now();
     let r = inventory(http, &server.url("/stock")).await;
     claim(
-        r.is_err() && start.elapsed() < Duration::from_millis(1500),
+        // Its 1 s deadline, not three 300 ms attempts after a stall of their own each: a
+        // bound loose enough for a busy machine.
+        r.is_err() && start.elapsed() < Duration::from_secs(3),
         format!(
             "the call ends at its 1 s deadline: {} after {}",
             outcome(&r),
@@ -841,7 +845,8 @@ async fn scenario_nested(http: &reqwest::Client) {
     let start = Instant::now();
     let r = catalog.quick_bundle(1, 2).await;
     claim(
-        r.is_err() && start.elapsed() < Duration::from_millis(800),
+        // Not item()'s own 5 s deadline (a bound loose enough for a busy machine).
+        r.is_err() && start.elapsed() < Duration::from_secs(3),
         format!(
             "the outer 300 ms binds the inner call: {} after {}",
             outcome(&r),

@@ -415,9 +415,12 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// and stays in the attempt's trace (with the `tracestate` handed down with it) and under the
 /// handler's request (a key derived for it stays derived): what `inbound` does not say there
 /// is the context's it runs in. So it is awaited in a handler's own task, under the context
-/// a [`ContextLayer`] (or an `IdempotencyLayer`) set: what `inbound` does not say is the
-/// handler's, its derived keys' parent included. Not in a task spawned with it, whose calls
-/// run beside the handler's. A deadline set with [`Inbound::time_left`] is a moment:
+/// a [`ContextLayer`] (or an `IdempotencyLayer`) set: the trace, request id and derived keys'
+/// parent `inbound` does not say are the handler's (even from [`current_inbound`], which
+/// leaves the parent out for a task spawned with it). Not the deadline: `inbound`'s is the
+/// calls' (none, for [`Inbound::without_deadline`]), so a part given
+/// [`Inbound::time_left`] longer than the caller's time left outlasts it. Not in a task
+/// spawned with it, whose calls run beside the handler's. A deadline set with [`Inbound::time_left`] is a moment:
 /// an `Inbound` made once and used by each attempt gives later attempts what is left of it.
 ///
 /// [`ContextLayer`]: crate::server::ContextLayer
