@@ -96,33 +96,67 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
         return;
     };
     let name = id.to_string();
-    // `.post(`
+    // `.post(`, `.post::<&str>(`
     let after_dot = i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
-    let call = matches!(tokens.get(i + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+    let args = call_args(tokens, i);
     // reqwest's builders take one argument, the URL: a `.put(key, value)` is a cache's, a
     // `.get()` a cell's.
-    let one_arg = matches!(tokens.get(i + 1), Some(TokenTree::Group(g))
-        if !g.stream().is_empty() && !several_arguments(g.stream()));
-    if after_dot && call && one_arg {
-        let m = match name.as_str() {
-            "get" => Some(Method::Get),
-            "head" => Some(Method::Head),
-            "post" => Some(Method::Post),
-            "put" => Some(Method::Put),
-            "patch" => Some(Method::Patch),
-            "delete" => Some(Method::Delete),
-            _ => None,
-        };
-        if let Some(method) = m {
-            consider(
-                best,
-                Inferred {
-                    method,
-                    from: format!(".{name}("),
-                    span: id.span(),
-                },
-            );
-        }
+    let one_arg = args.is_some_and(|g| !g.stream().is_empty() && !several_arguments(g.stream()));
+    let builder = |name: &str| match name {
+        "get" => Some(Method::Get),
+        "head" => Some(Method::Head),
+        "post" => Some(Method::Post),
+        "put" => Some(Method::Put),
+        "patch" => Some(Method::Patch),
+        "delete" => Some(Method::Delete),
+        _ => None,
+    };
+    if after_dot
+        && one_arg
+        && let Some(method) = builder(&name)
+    {
+        consider(
+            best,
+            Inferred {
+                method,
+                from: format!(".{name}("),
+                span: id.span(),
+            },
+        );
+    }
+    // `Client::post(&c, url)`: the builder called as a path, the client its first argument.
+    if in_path_after(tokens, i, "Client")
+        && args.is_some_and(|g| several_arguments(g.stream()))
+        && let Some(method) = builder(&name)
+    {
+        consider(
+            best,
+            Inferred {
+                method,
+                from: format!("Client::{name}("),
+                span: id.span(),
+            },
+        );
+    }
+    // `.request("POST".parse()?, url)`: a method written as a string.
+    if after_dot
+        && name == "request"
+        && let Some(g) = args
+        && let Some(TokenTree::Literal(lit)) = g.stream().into_iter().next()
+        && let Some(method) = lit
+            .to_string()
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .and_then(|l| Method::parse(&l.to_ascii_uppercase()))
+    {
+        consider(
+            best,
+            Inferred {
+                method,
+                from: format!(".request({lit}"),
+                span: lit.span(),
+            },
+        );
     }
     // `reqwest::get(url)`: reqwest's own one-off GET.
     if is_reqwest_get(tokens, i) {
@@ -209,6 +243,39 @@ pub fn unsafe_evidence(ts: TokenStream) -> usize {
         }
     }
     n
+}
+
+/// The parenthesized arguments of a call of the identifier `tokens[i]`: `(` next, or after a
+/// turbofish (`post::<&str>(…)`).
+fn call_args(tokens: &[TokenTree], i: usize) -> Option<&proc_macro2::Group> {
+    fn paren(t: Option<&TokenTree>) -> Option<&proc_macro2::Group> {
+        match t {
+            Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis => Some(g),
+            _ => None,
+        }
+    }
+    if let Some(g) = paren(tokens.get(i + 1)) {
+        return Some(g);
+    }
+    let punct =
+        |k: usize, c: char| matches!(tokens.get(k), Some(TokenTree::Punct(p)) if p.as_char() == c);
+    if !(punct(i + 1, ':') && punct(i + 2, ':') && punct(i + 3, '<')) {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (k, t) in tokens.iter().enumerate().skip(i + 3) {
+        match t {
+            TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
+            TokenTree::Punct(p) if p.as_char() == '>' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return paren(tokens.get(k + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `tokens[i]` is the `get` of `reqwest::get(` (or `reqwest::get::<&str>(`).
@@ -305,6 +372,49 @@ mod tests {
                 let m = Method::GET;
             })),
             3
+        );
+    }
+
+    /// A POST written with a turbofish, as a path call on the client, or with its method as
+    /// a string, beside a header map's `.get(`: the POST, not a GET (once the GET, and the
+    /// default retries compiled).
+    #[test]
+    fn finds_a_post_however_it_is_written() {
+        for ts in [
+            quote!({
+                let t = h.get("x");
+                c.post::<&str>(u).send().await
+            }),
+            quote!({
+                let t = h.get("x");
+                reqwest::Client::post(&c, u).send().await
+            }),
+            quote!({
+                let t = h.get("x");
+                Client::post(c, u).send().await
+            }),
+            quote!({
+                let t = h.get("x");
+                c.request("POST".parse().unwrap(), u).send().await
+            }),
+            quote!({
+                let t = h.get("x");
+                c.request("post".parse()?, u).send().await
+            }),
+        ] {
+            assert_eq!(m(ts.clone()), Some(Method::Post), "{ts}");
+        }
+        // A JSON-RPC client's `request("eth_call", …)` names no HTTP method.
+        assert_eq!(
+            m(quote!({
+                let t = h.get("x");
+                rpc.request("eth_call", p).await
+            })),
+            Some(Method::Get)
+        );
+        assert_eq!(
+            m(quote!({ c.get::<&str>(u).send().await })),
+            Some(Method::Get)
         );
     }
 
