@@ -16,6 +16,7 @@ use crate::validate::{
     Shared, check_body_sets_no_key, check_declared_method, check_function, check_keyed_body_sends,
     check_policy, effective_method, resolve_shared,
 };
+use crate::value::Origin;
 use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
 
 /// The effective policy of one function, with where each setting came from.
@@ -150,6 +151,23 @@ pub fn analyze(
     }
 
     let inferred = infer_method(func.block.to_token_stream());
+    // A body that chooses its method at run time (`c.request(m, url)`) is not declared by a
+    // file-wide `[defaults] method`: that one is about the crate's functions at large, and
+    // this one may send any method.
+    if inferred.is_none()
+        && let Some(m) = &settings.method
+        && matches!(&m.origin, Origin::File { table, .. } if table == "defaults")
+        && crate::infer::chosen_at_run_time(func.block.to_token_stream())
+    {
+        diags.push(
+            fallback,
+            format!(
+                "{}method = {} comes from [defaults], but this function chooses its method at run time (`.request(m, url)`, `Request::new(m, url)`): declare the least safe method it may send, inline or in its [policies.NAME]",
+                crate::model::file_prefix(&m.origin),
+                m.value.as_str()
+            ),
+        );
+    }
     let method = effective_method(&settings, inferred.as_ref());
     check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
     check_function(&mut diags, func, &settings);

@@ -27,7 +27,7 @@ pub fn infer_method(body: TokenStream) -> Option<Inferred> {
 /// Whether `ts` makes a request whose method is not written as `Method::NAME`: a
 /// `.request(…, url)` or `Request::new(…, url)` whose first argument is anything else (a
 /// parameter, `Method::from_bytes(…)`, a function's answer), macros included.
-fn chosen_at_run_time(ts: TokenStream) -> bool {
+pub fn chosen_at_run_time(ts: TokenStream) -> bool {
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
     tokens.iter().enumerate().any(|(i, tt)| match tt {
         TokenTree::Group(g) => chosen_at_run_time(g.stream()),

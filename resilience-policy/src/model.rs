@@ -491,6 +491,16 @@ impl Settings {
                     }
                 }
             }
+            // A claim about one endpoint's server, not a crate's: every PUT and DELETE written
+            // later would be retried and hedged on it.
+            "idempotent" if matches!(&origin, Origin::File { table, .. } if table == "defaults") => {
+                err(
+                    diags,
+                    v,
+                    fallback,
+                    "`idempotent` in [defaults] would say every function's PUT or DELETE is applied at most once, functions written later included: say it of one function, inline or in its [policies.NAME]",
+                );
+            }
             "idempotent" => {
                 if let Some(b) = boolean(diags, v, fallback, key) {
                     self.idempotent = Set { value: b, origin };
