@@ -111,7 +111,7 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
         },
         slow_at: None,
     };
-    let (mut min_calls_at, mut window_at) = (None, None);
+    let (mut min_calls_at, mut window_at, mut rate_at) = (None, None, None);
     for (k, v) in t {
         match k.as_str() {
             "failure_rate" => {
@@ -141,7 +141,10 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             },
             "slow_call_rate" => {
                 match number(diags, v, fb, k).map(|x| (x, rules::breaker_slow_call_rate(x))) {
-                    Some((x, Ok(()))) => m.spec.slow_call_rate = x,
+                    Some((x, Ok(()))) => {
+                        m.spec.slow_call_rate = x;
+                        rate_at = Some(v.clone());
+                    }
                     Some((_, Err(b))) => err(diags, v, fb, b),
                     None => {}
                 }
@@ -175,6 +178,17 @@ pub fn read_breaker(diags: &mut Diags, t: &[(String, Located)], fb: Span) -> Bre
             }
             _ => {}
         }
+    }
+    // Slowness is watched only with a duration to call slow: a rate alone would be ignored.
+    if let Some(at) = &rate_at
+        && m.slow_at.is_none()
+    {
+        err(
+            diags,
+            at,
+            fb,
+            "slow_call_rate is set, but no slow_call_duration says what a slow call is: the rate would be ignored\nhelp: add slow_call_duration (shorter than the timeout), or remove slow_call_rate",
+        );
     }
     if !m.spec.window_for.is_zero() {
         // A time-based window holds however many calls the time brings: a `window` written
@@ -933,6 +947,21 @@ pub fn check_hedge(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>
                 diags.push(at, what);
             }
         }
+    }
+    if let Err(broken) = rules::hedge_within_timeout(h.delay.value, s.timeout.value) {
+        let mut what = format!(
+            "{}{}\n  - delay = {} ({})\n  - timeout = {} ({})",
+            file_prefix(&h.delay.origin),
+            broken.what,
+            fmt_d(h.delay.value),
+            h.delay.origin,
+            fmt_d(s.timeout.value),
+            s.timeout.origin
+        );
+        if let Some(help) = broken.help {
+            what.push_str(&format!("\nhelp: {help}"));
+        }
+        diags.push(h.delay.origin.span_or(at), what);
     }
     if let Err(broken) = rules::hedge_within_deadline(h.delay.value, h.max.value, s.deadline.value)
     {

@@ -609,6 +609,10 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     }
     if let Some(h) = &p.hedge {
         check(
+            rules::hedge_within_timeout(h.delay, p.timeout),
+            &["timeout"],
+        );
+        check(
             rules::hedge_within_deadline(h.delay, h.max, p.deadline),
             &["deadline"],
         );

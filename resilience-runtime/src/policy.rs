@@ -428,6 +428,7 @@ impl Policy {
         if let Some(h) = &self.hedge {
             rules::hedge_max(u64::from(h.max)).map_err(bad)?;
             rules::hedge_safe(self.method, keyed, self.idempotent).map_err(bad)?;
+            rules::hedge_within_timeout(h.delay, self.timeout).map_err(bad)?;
             rules::hedge_within_deadline(h.delay, h.max, self.deadline).map_err(bad)?;
         }
         if let Some((_, c)) = &self.concurrency {

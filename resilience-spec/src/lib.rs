@@ -966,6 +966,21 @@ pub mod rules {
         .help("shorten the delay, hedge fewer times, or lengthen the deadline"))
     }
 
+    /// A hedge delay shorter than the attempt timeout: a hedge starts beside an attempt still
+    /// without an answer after `delay`, and one that ends at its timeout first is never
+    /// hedged.
+    pub fn hedge_within_timeout(delay: Duration, timeout: Duration) -> Result<(), Broken> {
+        if delay < timeout {
+            return Ok(());
+        }
+        Err(Broken::new(format!(
+            "hedge delay ({}) is not shorter than the attempt timeout ({}): the attempt ends before its hedge could start",
+            fmt_duration(delay),
+            fmt_duration(timeout)
+        ))
+        .help("hedge after the latency most calls stay under, well inside the timeout"))
+    }
+
     /// A `fallback_on` name is one of [`fallback_on::KINDS`].
     pub fn fallback_kind(name: &str) -> Result<u16, Broken> {
         fallback_on::parse(name).ok_or_else(|| {
