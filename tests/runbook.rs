@@ -184,6 +184,27 @@ async fn an_override_keeps_the_timeout_above_the_clients_connect_timeout() {
     );
 }
 
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false, hedge(delay = "300ms"))]
+async fn hedged_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// An override that takes the timeout below the hedge's delay (the attempt would end before
+/// its hedge could start) is refused, as the build refuses it.
+#[tokio::test(start_paused = true)]
+async fn an_override_keeps_the_timeout_above_the_hedges_delay() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(hedged_lookup(&c, &server.url("/")).await.unwrap(), 200);
+    let file = "[functions.\"runbook::hedged_lookup\"]\ntimeout = \"200ms\"\n";
+    let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("incident.toml:2:11: runbook::hedged_lookup (GET): hedge delay (300ms) is not shorter than the attempt timeout (200ms)"),
+        "{msg}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_files_are_refused_with_their_place() {
     let c = reqwest::Client::new();
