@@ -344,9 +344,17 @@ mod boundaries {
         for (ms, ok) in cases::HEDGE_DELAY_MS {
             let d = format!("{ms}ms");
             assert_eq!(
-                accepted(quote!(hedge(delay = #d, max = 2))),
+                accepted(quote!(timeout = "30s", hedge(delay = #d, max = 2))),
                 *ok,
                 "hedge delay = {d}"
+            );
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_UNDER_TIMEOUT_MS {
+            let d = format!("{ms}ms");
+            assert_eq!(
+                accepted(quote!(hedge(delay = #d))),
+                *ok,
+                "hedge delay = {d} under the default timeout"
             );
         }
         for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {

@@ -115,6 +115,7 @@ fn the_runtime_agrees_with_the_rule_book() {
     }
     for (ms, ok) in cases::HEDGE_DELAY_MS {
         let p = Policy {
+            timeout: Policy::DEFAULT.deadline,
             hedge: Some(resilience_runtime::hedge::Hedge {
                 delay: Duration::from_millis(*ms),
                 max: 2,
@@ -122,6 +123,20 @@ fn the_runtime_agrees_with_the_rule_book() {
             ..Policy::DEFAULT
         };
         assert_eq!(p.validate().is_ok(), *ok, "hedge delay = {ms}ms");
+    }
+    for (ms, ok) in cases::HEDGE_DELAY_UNDER_TIMEOUT_MS {
+        let p = Policy {
+            hedge: Some(resilience_runtime::hedge::Hedge {
+                delay: Duration::from_millis(*ms),
+                max: 1,
+            }),
+            ..Policy::DEFAULT
+        };
+        assert_eq!(
+            p.validate().is_ok(),
+            *ok,
+            "hedge delay = {ms}ms under the timeout"
+        );
     }
     for (ms, ok) in cases::RATE_LIMIT_MAX_WAIT_MS {
         let p = Policy {

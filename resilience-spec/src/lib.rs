@@ -1062,9 +1062,13 @@ pub mod cases {
         &[(0, true), (29_999, true), (30_000, false), (60_000, false)];
     /// `(hedge max, accepted)`.
     pub const HEDGE_MAX: &[(u64, bool)] = &[(0, false), (1, true), (3, true), (4, false)];
-    /// `(hedge delay in ms with max = 2, accepted)` under the default 30 s deadline.
+    /// `(hedge delay in ms with max = 2, accepted)` under the default 30 s deadline and a
+    /// timeout as long (the deadline's rule).
     pub const HEDGE_DELAY_MS: &[(u64, bool)] =
         &[(0, false), (1, true), (14_999, true), (15_000, false)];
+    /// `(hedge delay in ms, accepted)` under the default 10 s timeout (the timeout's rule).
+    pub const HEDGE_DELAY_UNDER_TIMEOUT_MS: &[(u64, bool)] =
+        &[(1, true), (9_999, true), (10_000, false), (20_000, false)];
     /// `(breaker window_for in ms, accepted)`.
     pub const BREAKER_WINDOW_FOR_MS: &[(u64, bool)] = &[
         (999, false),
@@ -1200,6 +1204,14 @@ mod tests {
             let d = Duration::from_millis(*ms);
             assert_eq!(
                 rules::hedge_within_deadline(d, 2, defaults::DEADLINE).is_ok(),
+                *ok,
+                "{ms}"
+            );
+        }
+        for (ms, ok) in cases::HEDGE_DELAY_UNDER_TIMEOUT_MS {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(
+                rules::hedge_within_timeout(d, defaults::TIMEOUT).is_ok(),
                 *ok,
                 "{ms}"
             );
