@@ -861,6 +861,213 @@ async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
     }
 }
 
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_limited_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited(c, &format!("{base}c")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging(State((c, base, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    let _ = page_after_a_limited_charge(&c, &base).await;
+    // Never kept: a repeat runs the handler again.
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A nested keyed call its rate limit refused sent nothing; made again by its enclosing call's
+/// retry, it draws the place it drew in the failed attempt (given back with that attempt):
+/// the charge goes out under the key the same charge has in a run where it was admitted at
+/// once (it took the next place, a key no other run would send it under: charged twice).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_made_again_by_its_enclosing_calls_retry_keeps_its_derived_key() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit (request 0, its own key).
+    let _ = charge_limited(&c, &format!("{base}c")).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-13")
+            .send()
+    };
+    // Run 1: the charge refused (request 1 is the page, 503), retried a second later.
+    assert_eq!(send().await.unwrap().status(), 504);
+    // Run 2, once the permit is back: the charge admitted at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
+/// [`charge_limited`] with a limit of its own (a test beside it spends that one's permits).
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited_deeper(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "500ms", max_attempts = 1, budget = false)]
+async fn charge_through_a_helper_call(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited_deeper(c, &format!("{base}c")).await;
+    Ok(200)
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_deeper_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    charge_through_a_helper_call(c, base).await?;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging_deeper(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = page_after_a_deeper_charge(&c, &base).await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same two levels down: the charge's place, drawn in the helper call's attempt, is the
+/// enclosing call's once that call ended, and given back with the attempt it retries.
+#[tokio::test(start_paused = true)]
+async fn a_charge_two_calls_down_keeps_its_derived_key_across_a_retry() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging_deeper))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit.
+    let _ = charge_limited_deeper(&c, &format!("{base}c")).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-15")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(name = "propagation_items", rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_item(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+async fn b_charging_two_items(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let url = format!("{base}c");
+    let _ = charge_item(&c, &url, "item=a").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = charge_item(&c, &url, "item=b").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A handler charging two items in turn, the first refused by its rate limit in one run only:
+/// each item goes out under the same key in both runs (a refused call keeps its place in the
+/// handler's order: the second item does not take the first's).
+#[tokio::test(start_paused = true)]
+async fn a_refused_call_keeps_its_place_for_the_calls_after_it() {
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_charging_two_items))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit: item a is refused in the first run.
+    let _ = charge_item(&c, &format!("{base}c"), "item=spent").await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-14")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for r in c_server.requests().iter().skip(1) {
+        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default()
+            .insert(r.idempotency_key().expect("keyed").to_owned());
+    }
+    assert_eq!(keys.get("item=b").map(|k| k.len()), Some(1), "{keys:?}");
+    assert!(
+        keys.get("item=a")
+            .is_some_and(|a| a.is_disjoint(&keys["item=b"])),
+        "{keys:?}"
+    );
+}
+
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
 async fn executed_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     // Built and handed to `execute` now, awaited 3 s later.
