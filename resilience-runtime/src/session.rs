@@ -618,7 +618,7 @@ impl Session {
                 if shared.compiled.idempotency_key == KeySource::Auto
                     && let Some(parent) = crate::context::parent_key()
                 {
-                    let _ = parent.derive(shared.function, crate::context::drawer());
+                    let _ = parent.derive(shared.function);
                 }
                 Some(refused)
             }
@@ -654,7 +654,7 @@ impl Session {
                 match crate::context::parent_key() {
                     // Under a handler an `IdempotencyLayer` runs: the same key each time it
                     // runs for its request.
-                    Some(parent) => parent.derive(shared.function, crate::context::drawer()),
+                    Some(parent) => parent.derive(shared.function),
                     None => uuid::Uuid::new_v4(),
                 },
                 crate::client::KeyFormat::current(),
@@ -1425,32 +1425,10 @@ impl Session {
         crate::report::record(|| self.report(succeeded));
     }
 
-    /// Under a handler deriving call keys, the places this attempt's nested calls drew are
-    /// given back for its retry ([`ParentKey::give_back`](crate::context::ParentKey)).
-    #[cold]
-    #[inline(never)]
-    fn give_back_places(&self) {
-        if let Some(parent) = crate::context::parent_key() {
-            parent.give_back(std::ptr::from_ref(&self.ctx) as usize);
-        }
-    }
-
-    /// A nested call ends: the places its attempts' nested calls drew are its enclosing
-    /// attempt's (given back with that attempt's, if it is retried).
-    fn hand_up_places(&self) {
-        if let Some(parent) = crate::context::parent_key() {
-            parent.hand_up(
-                std::ptr::from_ref(&self.ctx) as usize,
-                crate::context::drawer(),
-            );
-        }
-    }
-
     /// What [`finish`](Self::finish) tells the enclosing call's attempt, out of line: the
     /// outermost call's end does not carry its frame.
     #[inline(never)]
     fn tell_outer(&self, failed: bool, gave_up_retryable: bool) {
-        self.hand_up_places();
         let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
         let _ = with_attempt(|outer| {
             if let Some(m) = sent {
@@ -1728,9 +1706,6 @@ impl Session {
         match decide(&facts) {
             Decision::GiveUp(why) => self.give_up(class, why, ran),
             Decision::RetryAfter(delay) => {
-                // The body runs again: its nested calls draw the derived keys' places they
-                // drew in this attempt, not the next ones.
-                self.give_back_places();
                 // Asking for a replay runs nothing again: not paid from the budget.
                 let ask = crate::decision::in_progress(&facts);
                 if let Some(budget) = self.shared.budget
