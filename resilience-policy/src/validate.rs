@@ -1279,7 +1279,8 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             diags.push(
                 s.idempotency_key.origin.span_or(f.sig.ident.span()),
                 format!(
-                    "idempotency_key names `{root}`, which is not a parameter of `{}`{hint}\nhelp: use `auto` for a fresh key per call, or the name of a parameter holding the key",
+                    "{}idempotency_key names `{root}`, which is not a parameter of `{}`{hint}\nhelp: use `auto` for a fresh key per call, or the name of a parameter holding the key",
+                    file_prefix(&s.idempotency_key.origin),
                     f.sig.ident
                 ),
             );

@@ -19,4 +19,12 @@ async fn refund(c: &reqwest::Client) -> Result<(), Error> {
     Ok(())
 }
 
+// From the file: the message says where in it.
+#[resilient(config = "../policies.toml", policy = "keyed_by_order_id")]
+async fn capture(c: &reqwest::Client, order: &str) -> Result<(), Error> {
+    let _ = order;
+    c.post("http://127.0.0.1:1/captures").send().await?;
+    Ok(())
+}
+
 fn main() {}
