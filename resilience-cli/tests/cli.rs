@@ -304,7 +304,7 @@ fn check_reads_every_section_of_the_policy_file_used_or_not() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     for expected in [
-        "connect_timeout (12s)",
+        "resilience.toml:7:19: connect_timeout (12s, resilience.toml:7:19 in [clients.wh])",
         "slow_call_duration (20s)",
         "max_wait",
     ] {

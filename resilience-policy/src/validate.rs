@@ -615,10 +615,13 @@ fn resolve_shared_with(
         && let Err(broken) =
             rules::slow_call_within_timeout(b.spec.slow_call_duration, s.timeout.value)
     {
-        let at = b.slow_at.clone().unwrap_or(Located {
-            value: crate::value::Value::Bool(true),
-            origin: s.breaker.origin.clone(),
-        });
+        let at = blame(
+            b.slow_at.clone().unwrap_or(Located {
+                value: crate::value::Value::Bool(true),
+                origin: s.breaker.origin.clone(),
+            }),
+            &s.timeout.origin,
+        );
         let mut what = format!(
             "{} (breaker {}: slow_call_duration from {}, timeout from {})",
             broken.what,
@@ -674,6 +677,7 @@ fn resolve_shared_with(
                 value: crate::value::Value::Bool(true),
                 origin: s.rate_limit.origin.clone(),
             });
+            let at = blame(at, &s.deadline.origin);
             err(diags, &at, s.rate_limit.origin.span_or(fb), broken);
         }
         shared.rate_limit = Some((n, m));
@@ -724,7 +728,7 @@ fn resolve_shared_with(
                 Some((&l.origin.to_string(), &s.timeout.origin.to_string())),
             )
         {
-            err(diags, l, span, broken);
+            err(diags, &blame(l.clone(), &s.timeout.origin), span, broken);
         }
         let wait_origin = found
             .max_wait
@@ -739,7 +743,10 @@ fn resolve_shared_with(
         {
             err(
                 diags,
-                found.max_wait.as_ref().unwrap_or(&here),
+                &blame(
+                    found.max_wait.clone().unwrap_or_else(|| here.clone()),
+                    &s.deadline.origin,
+                ),
                 span,
                 broken,
             );
@@ -752,17 +759,19 @@ fn resolve_shared_with(
         let (m, connect_at) = read_client(diags, &t.entries, fb);
         shared.connect_timeout = Some(m.connect_timeout);
         if cross && m.connect_timeout >= s.timeout.value {
-            let at = connect_at.unwrap_or(Located {
+            let connect = connect_at.unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: c.origin.clone(),
             });
+            let connect_origin = connect.origin.to_string();
+            let at = blame(connect, &s.timeout.origin);
             // A file value has no tokens: point at the `client = "…"` that brings it in.
             err(
                 diags,
                 &at,
                 c.origin.span_or(fb),
                 format!(
-                    "connect_timeout ({}) of client `{}` is not shorter than the attempt timeout ({}, {}): a connect \
+                    "connect_timeout ({}, {connect_origin}) of client `{}` is not shorter than the attempt timeout ({}, {}): a connect \
                          timeout would then look like a read timeout, and a request that was never sent could not be retried safely",
                     fmt_d(m.connect_timeout),
                     c.value,
@@ -773,6 +782,20 @@ fn resolve_shared_with(
         }
     }
     shared
+}
+
+/// Where a rule between two settings is told: at `here` (the setting it is read at), unless
+/// that comes from a file and the other (`other`) is written inline: the user's own token is
+/// what they can change at once (`deadline = "150ms"` against a file's `max_wait`).
+fn blame(here: Located, other: &Origin) -> Located {
+    if !here.origin.is_inline() && other.is_inline() {
+        Located {
+            value: crate::value::Value::Bool(true),
+            origin: other.clone(),
+        }
+    } else {
+        here
+    }
 }
 
 /// The method the policy is about, explicit or inferred.
