@@ -109,6 +109,7 @@ pub(crate) fn rewrite(
             named: without_self(clients),
             closures: 0,
             found: false,
+            kept_tasks: kept_tasks(block),
         };
         syn::visit::Visit::visit_block(&mut u, block);
         v.found.unwatched_helpers = u.found;
@@ -199,6 +200,9 @@ struct Unwatched<'a> {
     named: Vec<String>,
     closures: usize,
     found: bool,
+    /// The `async` blocks and closures the body binds to a name (`let task = async move {
+    /// … };`), read where that name is handed to a spawner.
+    kept_tasks: Vec<(String, syn::Expr)>,
 }
 
 /// Methods that keep or run a future they are handed (a `Vec`'s, a `FuturesUnordered`'s, a
@@ -284,7 +288,11 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
 /// client (`place(&self.http, o)`); or sends a request showing a method less safe than GET
 /// (`c.post(audit).send()`; not `c.get(u).send()`, nor a query's `.execute(&pool)`, which
 /// show none).
-fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[String]) -> bool {
+fn spawned_unseen(
+    args: &Punctuated<syn::Expr, syn::Token![,]>,
+    clients: &[String],
+    kept: &[(String, syn::Expr)],
+) -> bool {
     struct Find {
         named: Vec<String>,
         found: bool,
@@ -370,6 +378,15 @@ fn spawned_unseen(args: &Punctuated<syn::Expr, syn::Token![,]>, clients: &[Strin
         found: false,
     };
     for a in args {
+        // A task bound to a name first (`let t = async move { … }; tokio::spawn(t)`).
+        let a = match a {
+            syn::Expr::Path(p) => p
+                .path
+                .get_ident()
+                .and_then(|i| kept.iter().rev().find(|(n, _)| i == n))
+                .map_or(a, |(_, e)| e),
+            a => a,
+        };
         if let Some(t) = task(a) {
             syn::visit::Visit::visit_expr(&mut f, t);
         }
@@ -424,6 +441,27 @@ fn starts_as_a_read(recv: &syn::Expr) -> bool {
         ]
         .iter()
         .any(|p| name.starts_with(p))
+}
+
+/// The `async` blocks and closures `block` binds to a name, anywhere in it but nested items
+/// (see [`Unwatched::kept_tasks`]).
+fn kept_tasks(block: &syn::Block) -> Vec<(String, syn::Expr)> {
+    struct Lets(Vec<(String, syn::Expr)>);
+    impl<'ast> syn::visit::Visit<'ast> for Lets {
+        fn visit_local(&mut self, l: &'ast syn::Local) {
+            if let syn::Pat::Ident(pi) = &l.pat
+                && let Some(init) = &l.init
+                && matches!(&*init.expr, syn::Expr::Async(_) | syn::Expr::Closure(_))
+            {
+                self.0.push((pi.ident.to_string(), (*init.expr).clone()));
+            }
+            syn::visit::visit_local(self, l);
+        }
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let mut lets = Lets(Vec::new());
+    syn::visit::Visit::visit_block(&mut lets, block);
+    lets.0
 }
 
 /// Whether `e` can only be a future: pinned or boxed on its way (`Box::pin(…)`, `.boxed()`,
@@ -582,7 +620,9 @@ impl Unwatched<'_> {
                 if COLLECTING_METHODS.contains(&name.as_str()) {
                     self.collected(&m.args, name.starts_with("spawn"));
                 }
-                if name.starts_with("spawn") && spawned_unseen(&m.args, self.clients) {
+                if name.starts_with("spawn")
+                    && spawned_unseen(&m.args, self.clients, &self.kept_tasks)
+                {
                     self.found = true;
                 }
                 self.visit_used(&m.receiver);
@@ -598,7 +638,7 @@ impl Unwatched<'_> {
                     self.collected(&call.args, futures_only);
                 }
                 if callee(call).is_some_and(|n| n.starts_with("spawn"))
-                    && spawned_unseen(&call.args, self.clients)
+                    && spawned_unseen(&call.args, self.clients, &self.kept_tasks)
                 {
                     self.found = true;
                 }
@@ -2233,6 +2273,11 @@ mod tests {
             quote!({
                 let this = &mut *self;
                 tokio::spawn(Box::pin(async move { this.place(o).await }));
+            }),
+            quote!({
+                let c2 = c.clone();
+                let task = async move { reserve(&c2, &s).await };
+                tokio::spawn(task);
             }),
         ] {
             assert!(unwatched(ts.clone()), "{ts}");
