@@ -618,3 +618,41 @@ async fn asking_again_for_a_keyed_replay_is_exempt_from_the_tenth_left_rule() {
         .collect();
     assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
 }
+
+#[resilient(method = GET, timeout = "1s", deadline = "1s", max_attempts = 1, budget = false, bulkhead(max_concurrent = 1, max_wait = "1s"))]
+async fn one_slot_waiting(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A wait for a bulkhead slot ends with a tenth of the timeout left for the first attempt: a
+/// slot freed at 950 ms of a 1 s deadline comes too late, and the call ends `DeadlineExceeded`
+/// at 900 ms with nothing sent (it once sent a request with 50 ms to live).
+#[tokio::test(start_paused = true)]
+async fn a_slot_that_would_leave_no_time_to_send_is_not_waited_for() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(950)),
+    ))
+    .await;
+    let fast = FaultServer::start(Script::always(Action::ok())).await;
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), slow.url("/"));
+        async move { one_slot_waiting(&c, &url).await }
+    });
+    while slow.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t = Instant::now();
+    let e = one_slot_waiting(&c, &fast.url("/")).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts(), fast.count()),
+        (ErrorKind::DeadlineExceeded, 0, 0),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() <= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(holder.await.unwrap().unwrap(), 200);
+}

@@ -352,6 +352,12 @@ async fn a_keyed_call_says_an_earlier_attempt_may_have_been_carried_out() {
         (3, 3, Some(429)),
         "{e}"
     );
+    // Its class is the last attempt's.
+    assert_eq!(
+        e.class(),
+        Some(resilience_runtime::Class::Status(429)),
+        "{e}"
+    );
     let key = e.idempotency_key().expect("keyed").to_owned();
     assert!(
         e.to_string().contains(&format!(

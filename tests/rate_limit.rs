@@ -713,4 +713,13 @@ async fn a_wait_that_would_leave_no_time_to_send_is_refused_at_once() {
     assert_eq!((e.attempts(), server.count()), (0, 1), "{e}");
     assert_eq!(t.elapsed(), Duration::ZERO, "refused at once: {e}");
     assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    // No permit spent: the next one is there when the first call's second is up (a permit
+    // spent by the refusal would have the next call wait until the second after).
+    tokio::time::sleep(Duration::from_millis(985)).await;
+    let t = Instant::now();
+    assert_eq!(
+        one_a_second_waiting(&c, &server.url("/")).await.unwrap(),
+        200
+    );
+    assert_eq!(t.elapsed(), Duration::ZERO);
 }
