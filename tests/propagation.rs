@@ -924,6 +924,79 @@ async fn a_refused_call_keeps_its_place_for_the_calls_after_it() {
     );
 }
 
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, breaker(name = "propagation_item_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"))]
+async fn charge_item_behind_a_breaker(
+    c: &reqwest::Client,
+    url: &str,
+    item: &str,
+) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+async fn b_charging_two_items_behind_a_breaker(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let url = format!("{base}c");
+    let _ = charge_item_behind_a_breaker(&c, &url, "item=a").await;
+    // Closed again between the two (an operator's `reset`, say).
+    resilience_runtime::breakers::reset("propagation_item_breaker").unwrap();
+    let _ = charge_item_behind_a_breaker(&c, &url, "item=b").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same for a call its open breaker refused: it keeps its place, and the call after it
+/// goes out under the same key in a run where nothing was refused.
+#[tokio::test(start_paused = true)]
+async fn a_call_its_breaker_refused_keeps_its_place_for_the_calls_after_it() {
+    let c_server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(300)),
+    ))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route(
+            "/b",
+            axum::routing::post(b_charging_two_items_behind_a_breaker),
+        )
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    // Known once used; then held open for the first run's first charge.
+    let c = reqwest::Client::new();
+    let _ = charge_item_behind_a_breaker(&c, &format!("{base}c"), "item=first").await;
+    resilience_runtime::breakers::force_open("propagation_item_breaker").unwrap();
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-16")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    assert_eq!(send().await.unwrap().status(), 504);
+    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for r in c_server.requests().iter().skip(1) {
+        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default()
+            .insert(r.idempotency_key().expect("keyed").to_owned());
+    }
+    assert_eq!(
+        (
+            keys.get("item=a").map(|k| k.len()),
+            keys.get("item=b").map(|k| k.len())
+        ),
+        (Some(1), Some(1)),
+        "{keys:?}"
+    );
+    assert!(keys["item=a"].is_disjoint(&keys["item=b"]), "{keys:?}");
+}
+
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
 async fn executed_later(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     // Built and handed to `execute` now, awaited 3 s later.
