@@ -977,3 +977,57 @@ async fn a_retry_the_budget_refuses_calls_a_budget_exhausted_fallback() {
     assert_eq!(r, 299, "the fallback's answer");
     assert_eq!(server.count(), 1, "the retry was refused, not made");
 }
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1h", burst = 1))]
+async fn notify_once_an_hour(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).send().await?.status().as_u16())
+}
+
+async fn page_from_the_cache(_c: &reqwest::Client, _base: String) -> Result<String, Error> {
+    Ok("cached page".into())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms"),
+    fallback = page_from_the_cache
+)]
+async fn page_after_a_refused_notify(c: &reqwest::Client, base: String) -> Result<String, Error> {
+    let _ = notify_once_an_hour(c, &format!("{base}notify")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A nested keyed POST its rate limit refused sent nothing: the enclosing GET's final failure
+/// is answered by its fallback (it was refused as if the POST may have been carried out).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_its_limit_refused_leaves_the_fallback() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    // Spends the hour's permit.
+    assert_eq!(
+        notify_once_an_hour(&c, &server.url("notify"))
+            .await
+            .unwrap(),
+        200
+    );
+    let got = page_after_a_refused_notify(&c, server.url("")).await;
+    assert_eq!(got.unwrap(), "cached page");
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (1, 2)
+    );
+}
