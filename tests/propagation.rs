@@ -861,6 +861,150 @@ async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
     }
 }
 
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_limited_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited(c, &format!("{base}c")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging(State((c, base, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    let _ = page_after_a_limited_charge(&c, &base).await;
+    // Never kept: a repeat runs the handler again.
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A nested keyed call its rate limit refused sent nothing; made again by its enclosing call's
+/// retry, it draws the place it drew in the failed attempt (given back with that attempt):
+/// the charge goes out under the key the same charge has in a run where it was admitted at
+/// once (it took the next place, a key no other run would send it under: charged twice).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_made_again_by_its_enclosing_calls_retry_keeps_its_derived_key() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit (request 0, its own key).
+    let _ = charge_limited(&c, &format!("{base}c")).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-13")
+            .send()
+    };
+    // Run 1: the charge refused (request 1 is the page, 503), retried a second later.
+    assert_eq!(send().await.unwrap().status(), 504);
+    // Run 2, once the permit is back: the charge admitted at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
+/// [`charge_limited`] with a limit of its own (a test beside it spends that one's permits).
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited_deeper(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "500ms", max_attempts = 1, budget = false)]
+async fn charge_through_a_helper_call(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited_deeper(c, &format!("{base}c")).await;
+    Ok(200)
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_deeper_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    charge_through_a_helper_call(c, base).await?;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging_deeper(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = page_after_a_deeper_charge(&c, &base).await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same two levels down: the charge's place, drawn in the helper call's attempt, is the
+/// enclosing call's once that call ended, and given back with the attempt it retries.
+#[tokio::test(start_paused = true)]
+async fn a_charge_two_calls_down_keeps_its_derived_key_across_a_retry() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging_deeper))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit.
+    let _ = charge_limited_deeper(&c, &format!("{base}c")).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-15")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
 #[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(name = "propagation_items", rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
 async fn charge_item(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
     Ok(c.post(url)
@@ -995,6 +1139,184 @@ async fn a_call_its_breaker_refused_keeps_its_place_for_the_calls_after_it() {
         "{keys:?}"
     );
     assert!(keys["item=a"].is_disjoint(&keys["item=b"]), "{keys:?}");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false)]
+async fn charge_an_item(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn price_then_charge(c: &reqwest::Client, base: &str, item: &str) -> Result<u16, Error> {
+    c.get(format!("{base}price"))
+        .send()
+        .await?
+        .error_for_status()?;
+    charge_an_item(c, &format!("{base}c"), item).await
+}
+
+async fn b_checking_out_items(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    for item in ["item=a", "item=b"] {
+        let _ = price_then_charge(&c, &base, item).await;
+    }
+    StatusCode::OK
+}
+
+/// A loop of checkouts: the second's price fails once and its call retries. Its charge takes
+/// the next place, not the first item's (the places the first checkout's charge drew were
+/// handed to the handler when that call ended, not left tagged with a context the second
+/// checkout, made in the same place, reuses: its retry gave back the first item's place, and
+/// its charge went out under the first item's key, answered the first item's charge).
+#[tokio::test(start_paused = true)]
+async fn a_retry_gives_back_no_place_of_a_call_before_it() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/price" && seen.index == 2 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_checking_out_items))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/b"))
+        .header("idempotency-key", "order-17")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let charges: Vec<(String, String)> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .map(|r| {
+            (
+                String::from_utf8_lossy(&r.body).into_owned(),
+                r.idempotency_key().expect("keyed").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_ne!(
+        charges[0].1, charges[1].1,
+        "two items, two keys: {charges:?}"
+    );
+    assert_eq!(c_server.count_path("/price"), 3, "the second price retried");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, breaker(name = "propagation_fee_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"))]
+async fn charge_behind_its_breaker(
+    c: &reqwest::Client,
+    url: &str,
+    item: &str,
+) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// A retry its budget refuses never begins: nothing is given back.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget(ratio = 0, min_per_sec = 0),
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_an_item(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_behind_its_breaker(c, &format!("{base}c"), "item=a").await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging_then_charging_a_fee(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = page_after_an_item(&c, &base).await;
+    // Closed again before the fee (an operator's `reset`, say).
+    resilience_runtime::breakers::reset("propagation_fee_breaker").unwrap();
+    let _ = charge_behind_its_breaker(&c, &format!("{base}c"), "item=fee").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The enclosing call's retry is decided but refused by its budget: it never begins, and the
+/// place its refused charge drew (its breaker open) is not given back (given back at the
+/// decision, it was taken by the handler's next charge of the same function, the fee, whose
+/// key the item then had in a run without the refusal: the item answered the fee's charge).
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_never_begins_gives_no_place_back() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let app = Router::new()
+        .route("/b", axum::routing::post(b_paging_then_charging_a_fee))
+        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    let addr = serve(app).await;
+    // Known once used; held open for the first run's item.
+    let c = reqwest::Client::new();
+    let _ = charge_behind_its_breaker(&c, &format!("{base}c"), "item=first").await;
+    resilience_runtime::breakers::force_open("propagation_fee_breaker").unwrap();
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-18")
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for r in c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+    {
+        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default()
+            .insert(r.idempotency_key().expect("keyed").to_owned());
+    }
+    assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
+    assert!(
+        keys.get("item=a")
+            .is_some_and(|a| a.is_disjoint(&keys["item=fee"])),
+        "{keys:?}"
+    );
 }
 
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
