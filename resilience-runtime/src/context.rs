@@ -181,11 +181,8 @@ pub struct Inbound {
 pub(crate) struct ParentKey {
     /// Service, record key and fingerprint, each ended by a NUL.
     seed: Vec<u8>,
-    /// The keys each function drew under it so far, in order: each place's drawer, the
-    /// attempt the drawing call was nested in (its context's address; 0: none, the handler's
-    /// own call). A place an attempt drew is given back when that attempt is retried and no
-    /// later place of the function was drawn since ([`ParentKey::give_back`]).
-    drawn: std::sync::Mutex<Vec<(&'static str, Vec<usize>)>>,
+    /// How many keys each function drew under it so far.
+    drawn: std::sync::Mutex<Vec<(&'static str, u32)>>,
 }
 
 impl std::fmt::Debug for ParentKey {
@@ -212,20 +209,20 @@ impl ParentKey {
         })
     }
 
-    /// The key of the next call of `function` under this request, drawn by a call nested in
-    /// the attempt `drawer` (its context's address; 0: none).
-    pub(crate) fn derive(&self, function: &'static str, drawer: usize) -> uuid::Uuid {
+    /// The key of the next call of `function` under this request.
+    pub(crate) fn derive(&self, function: &'static str) -> uuid::Uuid {
         let n = {
             let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
-            let places = match drawn.iter_mut().position(|(f, _)| *f == function) {
-                Some(i) => &mut drawn[i].1,
-                None => {
-                    drawn.push((function, Vec::new()));
-                    &mut drawn.last_mut().expect("pushed").1
+            match drawn.iter_mut().find(|(f, _)| *f == function) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
                 }
-            };
-            places.push(drawer);
-            u32::try_from(places.len() - 1).unwrap_or(u32::MAX)
+                None => {
+                    drawn.push((function, 0));
+                    0
+                }
+            }
         };
         let mut name = Vec::with_capacity(self.seed.len() + function.len() + 5);
         name.extend_from_slice(&self.seed);
@@ -233,56 +230,6 @@ impl ParentKey {
         name.push(0);
         name.extend_from_slice(&n.to_le_bytes());
         uuid::Uuid::new_v5(&DERIVED_KEYS, &name)
-    }
-}
-
-impl ParentKey {
-    /// The attempt `drawer` is retried: the places calls nested in it drew, last for their
-    /// function, are drawn again by the retry's calls (a call refused its slot, permit or
-    /// breaker, or whose failure its enclosing call retries, sent nothing under its key, or
-    /// sent a request the retry sends again under the same key). Not a place another call
-    /// drew after it (a call beside the attempt, in the handler's `join!`): that one keeps
-    /// its order, and the retry's call draws a place after it.
-    pub(crate) fn give_back(&self, drawer: usize) {
-        let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, places) in drawn.iter_mut() {
-            while places.last() == Some(&drawer) {
-                places.pop();
-            }
-        }
-    }
-
-    /// A call nested in the attempt `from` ended: the places calls nested in it drew are the
-    /// enclosing attempt's `to` (retried, that attempt gives them back too).
-    pub(crate) fn hand_up(&self, from: usize, to: usize) {
-        let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, places) in drawn.iter_mut() {
-            for p in places.iter_mut().filter(|p| **p == from) {
-                *p = to;
-            }
-        }
-    }
-}
-
-/// The address of the attempt the current code is polled in (0: none): what a derived key's
-/// place is drawn by, or handed up to. That attempt is marked as owning places.
-pub(crate) fn drawer() -> usize {
-    with_attempt(|o| {
-        o.drew_places.set(true);
-        std::ptr::from_ref(o) as usize
-    })
-    .unwrap_or(0)
-}
-
-/// An attempt context `ctx` that owned places of derived keys goes (its call ends, a hedge is
-/// dropped): its places are the attempt it runs in's now, or the handler's (never given back),
-/// so that no place stays tagged with an address another context may take.
-pub(crate) fn hand_up_places(ctx: &AttemptCtx) {
-    if ctx.drew_places.get()
-        && let Some(parent) = parent_key()
-    {
-        parent.hand_up(std::ptr::from_ref(ctx) as usize, drawer());
-        ctx.drew_places.set(false);
     }
 }
 
@@ -675,10 +622,6 @@ pub(crate) struct AttemptCtx {
     /// Watched helpers started and not ended: what they send is not known yet (a hedge must
     /// not start beside one, and an attempt ended while one runs counts it as unseen).
     pub helpers_running: Cell<u32>,
-    /// A call nested in this attempt (in any of its call's attempts: not reset) drew a place
-    /// of a derived key, tagged with this context's address: handed up when the call ends,
-    /// given back when it retries (see `ParentKey`).
-    pub drew_places: Cell<bool>,
     pub trace_flags: u8,
     /// 0 for a call made outside any other; 1 for a call made inside an attempt of another, …
     pub depth: u8,
@@ -888,7 +831,6 @@ impl AttemptCtx {
             unseen_helper: Cell::new(false),
             unproven: Cell::new(0),
             helpers_running: Cell::new(0),
-            drew_places: Cell::new(false),
             described: Cell::new(false),
             key_sent: Cell::new(false),
             foreign_key: Cell::new(false),

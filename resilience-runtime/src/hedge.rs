@@ -77,7 +77,7 @@ pin_project_lite::pin_project! {
                 crate::session::tell_enclosing(me.policy, ctx, false);
             }
             if let Some(scope) = me.scope.take() {
-                telemetry::attempt_cancelled(scope, me.body.as_mut().ctx().status.get());
+                telemetry::attempt_cancelled(scope, me.body.ctx().status.get());
             }
             if let Some(shared) = *me.hedge_of
                 && !*me.counted
@@ -85,9 +85,6 @@ pin_project_lite::pin_project! {
                 *me.counted = true;
                 telemetry::hedge_ended(shared, false);
             }
-            // Places of derived keys its nested calls drew: no longer tagged with a context
-            // that goes now (see `ParentKey`).
-            crate::context::hand_up_places(me.body.ctx());
         }
     }
 }

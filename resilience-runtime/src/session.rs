@@ -618,7 +618,7 @@ impl Session {
                 if shared.compiled.idempotency_key == KeySource::Auto
                     && let Some(parent) = crate::context::parent_key()
                 {
-                    let _ = parent.derive(shared.function, crate::context::drawer());
+                    let _ = parent.derive(shared.function);
                 }
                 Some(refused)
             }
@@ -654,7 +654,7 @@ impl Session {
                 match crate::context::parent_key() {
                     // Under a handler an `IdempotencyLayer` runs: the same key each time it
                     // runs for its request.
-                    Some(parent) => parent.derive(shared.function, crate::context::drawer()),
+                    Some(parent) => parent.derive(shared.function),
                     None => uuid::Uuid::new_v4(),
                 },
                 crate::client::KeyFormat::current(),
@@ -1167,11 +1167,6 @@ impl Session {
         // one the breaker or the deadline refused.
         self.attempts += 1;
         self.last.began = true;
-        // A retry (or an ask for a replay) that begins: its calls draw again the places of
-        // derived keys the attempts before it drew (see `give_back_places`).
-        if self.attempts > 1 && self.ctx.drew_places.get() {
-            self.give_back_places();
-        }
         if let Some(c) = &mut self.concurrency {
             c.attempt_started(now);
         }
@@ -1428,18 +1423,6 @@ impl Session {
             self.tell_outer(!succeeded, gave_up_retryable);
         }
         crate::report::record(|| self.report(succeeded));
-    }
-
-    /// Under a handler deriving call keys, the places this call's failed attempt's nested
-    /// calls drew are given back as its retry begins (not when the retry is decided: one that
-    /// never begins, refused by the budget, the breaker or the deadline, gives nothing back),
-    /// to be drawn again by the retry's calls ([`ParentKey::give_back`](crate::context::ParentKey)).
-    #[cold]
-    #[inline(never)]
-    fn give_back_places(&self) {
-        if let Some(parent) = crate::context::parent_key() {
-            parent.give_back(std::ptr::from_ref(&self.ctx) as usize);
-        }
     }
 
     /// What [`finish`](Self::finish) tells the enclosing call's attempt, out of line: the
@@ -1872,11 +1855,6 @@ impl Drop for Session {
             }
         }
         self.release_slot();
-        // Places of derived keys its attempts' nested calls drew: the attempt it is nested in
-        // owns them now (given back if that one retries), or the handler (none).
-        if self.ctx.drew_places.get() {
-            crate::context::hand_up_places(&self.ctx);
-        }
     }
 }
 
