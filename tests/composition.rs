@@ -4770,3 +4770,57 @@ async fn a_nested_call_dropped_while_it_waited_leaves_the_retry() {
     );
     holder.abort();
 }
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "5s", deadline = "5s", max_attempts = 1, budget = false, concurrency_limit(initial = 1, min = 1, max = 1, latency = "1s", max_wait = "0ms"))]
+async fn notify_under_a_concurrency_limit(url: &str) -> Result<u16, Error> {
+    static NOTIFIER: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(client);
+    Ok(NOTIFIER.post(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_a_limited_notify_call(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = notify_under_a_concurrency_limit(&format!("{base}notify")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same for a nested call its concurrency limit refused (its one slot held): it sent
+/// nothing, and the page's 503 is retried.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_its_concurrency_limit_refused_leaves_the_retry() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/notify" {
+            Action::stall()
+        } else if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    let holder = tokio::spawn({
+        let url = server.url("notify");
+        async move { notify_under_a_concurrency_limit(&url).await }
+    });
+    while server.count_path("/notify") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let got = page_after_a_limited_notify_call(&c, &server.url("")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(
+        (server.count_path("/notify"), server.count_path("/page")),
+        (1, 2)
+    );
+    holder.abort();
+}
