@@ -34,6 +34,21 @@ impl Class {
         )
     }
 
+    /// Whether an attempt that failed so (its last answer's `status`, if any) may have carried
+    /// out a request under the call's key: it timed out or lost its connection, was answered
+    /// 5xx or 409 (still in progress), or 2xx or 3xx (refused by the function). A failure that
+    /// sent nothing itself (a connect failure, a nested call refused) only where such a request
+    /// of the attempt reached a server before it (`reached`). Not a 4xx, 408 or 429: the
+    /// server refused the request before acting on it.
+    pub(crate) fn may_have_carried_out(self, status: Option<u16>, reached: bool) -> bool {
+        match self {
+            Class::Connect | Class::Rejected => reached,
+            Class::Timeout | Class::Reset => true,
+            Class::Status(s) => s == 409 || s >= 500,
+            Class::Permanent => status.is_some_and(|s| s < 400),
+        }
+    }
+
     /// The request may have reached the server (resending is not safe without idempotency).
     pub fn is_ambiguous(self) -> bool {
         !matches!(self, Class::Connect | Class::Permanent | Class::Rejected)

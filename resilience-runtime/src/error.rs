@@ -383,16 +383,11 @@ impl Error {
             return true;
         }
         match self.class {
-            // A failure that sent nothing itself (a connect failure, a nested call refused):
-            // only a POST of the attempt that reached a server before it, under this key, may
-            // have been carried out.
-            Some(Class::Connect | Class::Rejected) => {
-                self.detail.as_ref().is_some_and(|d| d.reached)
-            }
-            Some(Class::Timeout | Class::Reset) => true,
-            Some(Class::Status(s)) => s == 409 || s >= 500,
-            Some(Class::Permanent) => self.http_status().is_some_and(|s| s < 400),
-            _ => self.is_timeout(),
+            Some(class) => class.may_have_carried_out(
+                self.http_status(),
+                self.detail.as_ref().is_some_and(|d| d.reached),
+            ),
+            None => self.is_timeout(),
         }
     }
 }

@@ -128,18 +128,6 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
     }
 }
 
-/// Whether an attempt whose request under the call's key reached a server, and that failed
-/// as `class` (with `status`), may have carried it out: it timed out or lost its connection,
-/// was answered 5xx or 409 (still in progress), or 2xx or 3xx (refused by the function); a
-/// connect failure after it (another request's) leaves it so. Not a 4xx, 408 or 429.
-fn carried_by(class: Class, status: Option<u16>) -> bool {
-    match class {
-        Class::Timeout | Class::Reset | Class::Connect | Class::Rejected => true,
-        Class::Status(s) => s == 409 || s >= 500,
-        Class::Permanent => status.is_some_and(|s| s < 400),
-    }
-}
-
 /// A nested call admitted tells the enclosing attempt what it may send (see `note_sent`).
 #[inline(never)]
 fn tell_admitted(policy: &Policy, key: &Option<Key>) {
@@ -1555,7 +1543,11 @@ impl Session {
             if self.last.unsafe_carried || self.last.unseen_helper {
                 self.carried_out = true;
             }
-            if self.last.keyed_request_reached() && carried_by(class, self.last.status) {
+            // Its request under the call's key reached a server (so a connect failure after
+            // it, another request's, leaves it carried out too).
+            if self.last.keyed_request_reached()
+                && class.may_have_carried_out(self.last.status, true)
+            {
                 self.key_carried = true;
             }
         }
