@@ -303,29 +303,7 @@ fn in_path_after(tokens: &[TokenTree], i: usize, segment: &str) -> bool {
 
 /// Whether the identifier `tokens[i]` is called: `(` next, or a turbofish `::<…>` then `(`.
 fn called(tokens: &[TokenTree], i: usize) -> bool {
-    let paren = |t: Option<&TokenTree>| matches!(t, Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-    if paren(tokens.get(i + 1)) {
-        return true;
-    }
-    let punct =
-        |k: usize, c: char| matches!(tokens.get(k), Some(TokenTree::Punct(p)) if p.as_char() == c);
-    if !(punct(i + 1, ':') && punct(i + 2, ':') && punct(i + 3, '<')) {
-        return false;
-    }
-    let mut depth = 0usize;
-    for (k, t) in tokens.iter().enumerate().skip(i + 3) {
-        match t {
-            TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
-            TokenTree::Punct(p) if p.as_char() == '>' => {
-                depth -= 1;
-                if depth == 0 {
-                    return paren(tokens.get(k + 1));
-                }
-            }
-            _ => {}
-        }
-    }
-    false
+    call_args(tokens, i).is_some()
 }
 
 /// Whether the body's tokens show any request being sent, macros included: `.send(`,
