@@ -1496,12 +1496,10 @@ fn worst_case(f: &Function) -> Duration {
     let b = &s.backoff;
     let timeout = s.timeout.value;
     // A hedged round: its last hedge starts `max` delays in and has a whole `timeout` of its
-    // own (a hedge starts only while an attempt runs: not when `delay` reaches the timeout).
+    // own (its `delay` is shorter than the timeout: a longer one is refused).
     let round = match &s.hedge.value {
-        Some(h) if h.delay.value < timeout => {
-            timeout.saturating_add(h.delay.value.saturating_mul(h.max.value))
-        }
-        _ => timeout,
+        Some(h) => timeout.saturating_add(h.delay.value.saturating_mul(h.max.value)),
+        None => timeout,
     };
     // The waits for a bulkhead or concurrency-limit slot, then a rate-limit permit, count
     // against the deadline too.
@@ -1561,17 +1559,15 @@ fn amplification(f: &Function, all: &[Function]) -> u32 {
 }
 
 /// The requests of one of `f`'s attempts against a dependency that hangs: it sends its hedges
-/// too, one a `delay` while one of the round still runs; none when `delay` reaches the timeout
-/// (the attempt ends first).
+/// too, one a `delay` while one of the round still runs (its `delay` is shorter than the
+/// timeout: a longer one is refused).
 fn hedged_of(f: &Function) -> u32 {
-    let timeout = f.analysis.settings.timeout.value;
     1 + f
         .analysis
         .settings
         .hedge
         .value
         .as_ref()
-        .filter(|h| h.delay.value < timeout)
         .map_or(0, |h| h.max.value)
 }
 
