@@ -861,6 +861,48 @@ async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
     }
 }
 
+/// A handler at `/b` under an `IdempotencyLayer` that derives its calls' keys, served.
+async fn serve_deriving(
+    handler: axum::routing::MethodRouter<(reqwest::Client, String, Calls)>,
+    base: &str,
+) -> std::net::SocketAddr {
+    let app = Router::new()
+        .route("/b", handler)
+        .with_state((reqwest::Client::new(), base.to_owned(), Calls::default()))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
+        .layer(ContextLayer::new());
+    serve(app).await
+}
+
+/// Sends the handler at `addr` the same keyed request twice, `between` apart: each run ends in
+/// a 504, never kept, so the second runs the handler again.
+async fn run_twice(addr: std::net::SocketAddr, key: &str, between: Duration) {
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", key)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(between).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+}
+
+/// The keys the charges at `/c` went out under, by body; the first charge (made before the
+/// handler ran, to spend a permit or make a breaker known) left out.
+fn keys_by_body(
+    server: &FaultServer,
+) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for r in server.requests().iter().filter(|r| r.path == "/c").skip(1) {
+        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default()
+            .insert(r.idempotency_key().expect("keyed").to_owned());
+    }
+    keys
+}
+
 #[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(name = "propagation_items", rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
 async fn charge_item(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
     Ok(c.post(url)
@@ -891,31 +933,12 @@ async fn a_refused_call_keeps_its_place_for_the_calls_after_it() {
     ))
     .await;
     let base = c_server.url("");
-    let app = Router::new()
-        .route("/b", axum::routing::post(b_charging_two_items))
-        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
-        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
-        .layer(ContextLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_deriving(axum::routing::post(b_charging_two_items), &base).await;
     let c = reqwest::Client::new();
     // Spends the second's permit: item a is refused in the first run.
     let _ = charge_item(&c, &format!("{base}c"), "item=spent").await;
-    let a = reqwest::Client::new();
-    let send = || {
-        a.post(format!("http://{addr}/b"))
-            .header("idempotency-key", "order-14")
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 504);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(send().await.unwrap().status(), 504);
-    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
-        std::collections::HashMap::new();
-    for r in c_server.requests().iter().skip(1) {
-        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
-            .or_default()
-            .insert(r.idempotency_key().expect("keyed").to_owned());
-    }
+    run_twice(addr, "order-14", Duration::from_secs(2)).await;
+    let keys = keys_by_body(&c_server);
     assert_eq!(keys.get("item=b").map(|k| k.len()), Some(1), "{keys:?}");
     assert!(
         keys.get("item=a")
@@ -958,34 +981,17 @@ async fn a_call_its_breaker_refused_keeps_its_place_for_the_calls_after_it() {
     ))
     .await;
     let base = c_server.url("");
-    let app = Router::new()
-        .route(
-            "/b",
-            axum::routing::post(b_charging_two_items_behind_a_breaker),
-        )
-        .with_state((reqwest::Client::new(), base.clone(), Calls::default()))
-        .layer(IdempotencyLayer::new(MemoryStore::default()).derive_call_keys("shop"))
-        .layer(ContextLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_deriving(
+        axum::routing::post(b_charging_two_items_behind_a_breaker),
+        &base,
+    )
+    .await;
     // Known once used; then held open for the first run's first charge.
     let c = reqwest::Client::new();
     let _ = charge_item_behind_a_breaker(&c, &format!("{base}c"), "item=first").await;
     resilience_runtime::breakers::force_open("propagation_item_breaker").unwrap();
-    let a = reqwest::Client::new();
-    let send = || {
-        a.post(format!("http://{addr}/b"))
-            .header("idempotency-key", "order-16")
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 504);
-    assert_eq!(send().await.unwrap().status(), 504);
-    let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
-        std::collections::HashMap::new();
-    for r in c_server.requests().iter().skip(1) {
-        keys.entry(String::from_utf8_lossy(&r.body).into_owned())
-            .or_default()
-            .insert(r.idempotency_key().expect("keyed").to_owned());
-    }
+    run_twice(addr, "order-16", Duration::from_secs(0)).await;
+    let keys = keys_by_body(&c_server);
     assert_eq!(
         (
             keys.get("item=a").map(|k| k.len()),
@@ -995,6 +1001,414 @@ async fn a_call_its_breaker_refused_keeps_its_place_for_the_calls_after_it() {
         "{keys:?}"
     );
     assert!(keys["item=a"].is_disjoint(&keys["item=b"]), "{keys:?}");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_limited_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited(c, &format!("{base}c")).await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging(State((c, base, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    let _ = page_after_a_limited_charge(&c, &base).await;
+    // Never kept: a repeat runs the handler again.
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A nested keyed call its rate limit refused sent nothing; made again by its enclosing call's
+/// retry, it is the same call in the same place (the retry counts its calls afresh):
+/// the charge goes out under the key the same charge has in a run where it was admitted at
+/// once (it took the next place, a key no other run would send it under: charged twice).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_made_again_by_its_enclosing_calls_retry_keeps_its_derived_key() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_paging), &base).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit (request 0, its own key).
+    let _ = charge_limited(&c, &format!("{base}c")).await;
+    // Run 1: the charge refused (request 1 is the page, 503), retried a second later.
+    // Run 2, once the permit is back: the charge admitted at once.
+    run_twice(addr, "order-13", Duration::from_secs(2)).await;
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
+/// [`charge_limited`] with a limit of its own (a test beside it spends that one's permits).
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "1s", burst = 1, max_wait = "0ms"))]
+async fn charge_limited_deeper(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "500ms", max_attempts = 1, budget = false)]
+async fn charge_through_a_helper_call(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_limited_deeper(c, &format!("{base}c")).await;
+    Ok(200)
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 2, budget = false, backoff(initial = "1s", max = "1s", jitter = none))]
+async fn page_after_a_deeper_charge(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    charge_through_a_helper_call(c, base).await?;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging_deeper(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = page_after_a_deeper_charge(&c, &base).await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same two levels down: the charge's place is counted in the helper call's attempt, under
+/// the helper call's place, counted in the retried attempt afresh.
+#[tokio::test(start_paused = true)]
+async fn a_charge_two_calls_down_keeps_its_derived_key_across_a_retry() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_paging_deeper), &base).await;
+    let c = reqwest::Client::new();
+    // Spends the second's permit.
+    let _ = charge_limited_deeper(&c, &format!("{base}c")).await;
+    run_twice(addr, "order-15", Duration::from_secs(2)).await;
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false)]
+async fn charge_an_item(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn price_then_charge(c: &reqwest::Client, base: &str, item: &str) -> Result<u16, Error> {
+    c.get(format!("{base}price"))
+        .send()
+        .await?
+        .error_for_status()?;
+    charge_an_item(c, &format!("{base}c"), item).await
+}
+
+async fn b_checking_out_items(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    for item in ["item=a", "item=b"] {
+        let _ = price_then_charge(&c, &base, item).await;
+    }
+    StatusCode::OK
+}
+
+/// A loop of checkouts: the second's price fails once and its call retries. Its charge takes
+/// a place of its own, not the first item's (each checkout has its place: a version that
+/// tagged places with the address of the context the second checkout, made in the same place,
+/// reused gave its retry the first item's place, and its charge went out under the first
+/// item's key, answered the first item's charge).
+#[tokio::test(start_paused = true)]
+async fn a_retry_gives_back_no_place_of_a_call_before_it() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/price" && seen.index == 2 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_checking_out_items), &base).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/b"))
+        .header("idempotency-key", "order-17")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let charges: Vec<(String, String)> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .map(|r| {
+            (
+                String::from_utf8_lossy(&r.body).into_owned(),
+                r.idempotency_key().expect("keyed").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_ne!(
+        charges[0].1, charges[1].1,
+        "two items, two keys: {charges:?}"
+    );
+    assert_eq!(c_server.count_path("/price"), 3, "the second price retried");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, breaker(name = "propagation_fee_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"))]
+async fn charge_behind_its_breaker(
+    c: &reqwest::Client,
+    url: &str,
+    item: &str,
+) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// A retry its budget refuses never begins.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget(ratio = 0, min_per_sec = 0),
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn page_after_an_item(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_behind_its_breaker(c, &format!("{base}c"), "item=a").await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_paging_then_charging_a_fee(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = page_after_an_item(&c, &base).await;
+    // Closed again before the fee (an operator's `reset`, say).
+    resilience_runtime::breakers::reset("propagation_fee_breaker").unwrap();
+    let _ = charge_behind_its_breaker(&c, &format!("{base}c"), "item=fee").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The enclosing call's retry is decided but refused by its budget: it never begins, and the
+/// place its refused charge took (its breaker open) is not the handler's next charge's, the fee
+/// (a version that freed it at the decision gave it to the fee, whose key the item then had in
+/// a run without the refusal: the item answered the fee's charge).
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_never_begins_gives_no_place_back() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_paging_then_charging_a_fee), &base).await;
+    // Known once used; held open for the first run's item.
+    let c = reqwest::Client::new();
+    let _ = charge_behind_its_breaker(&c, &format!("{base}c"), "item=first").await;
+    resilience_runtime::breakers::force_open("propagation_fee_breaker").unwrap();
+    run_twice(addr, "order-18", Duration::from_secs(2)).await;
+    let keys = keys_by_body(&c_server);
+    assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
+    assert!(
+        keys.get("item=a")
+            .is_some_and(|a| a.is_disjoint(&keys["item=fee"])),
+        "{keys:?}"
+    );
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, breaker(name = "propagation_skipped_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"))]
+async fn charge_skipped_on_retry(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// Prices first, charges, then reads the page: the retry's price fails, so the retry ends
+/// before the charge it made in the failed attempt.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 2,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms")
+)]
+async fn price_charge_then_page(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    c.get(format!("{base}price"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let _ = charge_skipped_on_retry(c, &format!("{base}c"), "item=a").await;
+    Ok(c.get(format!("{base}page"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_checking_out_then_charging_a_fee(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = price_charge_then_page(&c, &base).await;
+    resilience_runtime::breakers::reset("propagation_skipped_breaker").unwrap();
+    let _ = charge_skipped_on_retry(&c, &format!("{base}c"), "item=fee").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The enclosing call's retry begins and ends before the charge its failed attempt made (its
+/// price fails): the handler's next charge of the same function, the fee, does not take that
+/// charge's place (a version that freed it as the retry began gave it to the fee: the key the
+/// item had in a run without the refusal, the item's charge answered for the fee).
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_ends_before_its_nested_call_gives_no_place_back() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        // The first item (0); run 1: price (1), page 503 (2), price 503 (3), fee (4).
+        if (seen.path == "/page" && seen.index == 2) || (seen.path == "/price" && seen.index == 3) {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(
+        axum::routing::post(b_checking_out_then_charging_a_fee),
+        &base,
+    )
+    .await;
+    // Known once used; held open for the first run's item.
+    let c = reqwest::Client::new();
+    let _ = charge_skipped_on_retry(&c, &format!("{base}c"), "item=first").await;
+    resilience_runtime::breakers::force_open("propagation_skipped_breaker").unwrap();
+    run_twice(addr, "order-19", Duration::from_secs(2)).await;
+    let keys = keys_by_body(&c_server);
+    assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
+    assert!(
+        keys.get("item=a")
+            .is_some_and(|a| a.is_disjoint(&keys["item=fee"])),
+        "{keys:?}"
+    );
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "100ms", max_attempts = 1, budget = false, rate_limit(rate = 1, per = "100ms", burst = 1, max_wait = "0ms"))]
+async fn charge_beside_a_hedge(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("amount=1").send().await?.status().as_u16())
+}
+
+/// Charges, then reads a slow quote: hedged while the quote is slow (its charge sent nothing).
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false, hedge(delay = "150ms"))]
+async fn charge_then_quote(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_beside_a_hedge(c, &format!("{base}c")).await;
+    Ok(c.get(format!("{base}quote"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_quoting(State((c, base, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    let _ = charge_then_quote(&c, &base).await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// A nested keyed call its rate limit refused, made again by the hedge of its enclosing call
+/// (which sent nothing else the hedge could repeat), is the same call in the same place: the
+/// hedge sends it under the key the first attempt sends it under in a run where it was admitted
+/// at once (it took the next place: a key no other run sends it under, a second charge).
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_made_again_by_a_hedge_keeps_its_derived_key() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/quote" && seen.index == 1 {
+            Action::ok().after(Duration::from_millis(400))
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_quoting), &base).await;
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", "order-20")
+            .send()
+    };
+    // Spends the permit (request 0): run 1's first attempt is refused its charge, and its
+    // quote (request 1) is slow; the hedge, 150 ms in, finds the permit back.
+    let c = reqwest::Client::new();
+    let _ = charge_beside_a_hedge(&c, &format!("{base}c")).await;
+    assert_eq!(send().await.unwrap().status(), 504);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Run 2: the charge admitted at once, the quote fast: no hedge.
+    assert_eq!(send().await.unwrap().status(), 504);
+    let charges: Vec<String> = c_server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+    assert_eq!(c_server.count_path("/quote"), 3, "run 1 hedged its quote");
 }
 
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]

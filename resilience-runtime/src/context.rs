@@ -174,15 +174,25 @@ pub struct Inbound {
 /// What the handler of a request an `IdempotencyLayer` runs derives its `idempotency_key =
 /// auto` keys from, with
 /// [`derive_call_keys`](crate::server::IdempotencyLayer::derive_call_keys): the service's name,
-/// the request's record key (scope, method, path and key) and its body's fingerprint. The
-/// `n`th call of a function under it gets the same key every time the handler runs for the
-/// same request (again after a 5xx the layer released, or on another instance after one was
-/// killed mid-handler), so the service called applies it once.
+/// the request's record key (scope, method, path and key) and its body's fingerprint. A call
+/// gets the same key every time the handler runs for the same request (again after a 5xx the
+/// layer released, or on another instance after one was killed mid-handler), so the service
+/// called applies it once.
+///
+/// A call's key is its place: the `n`th call of its function made by the handler itself, or
+/// the `n`th made in one attempt of another call, under that call's place, up to the handler.
+/// Every call running under the handler has a place (keyed or not: the calls nested in it
+/// derive theirs from it), and takes it when it begins, refused or not, so that the calls
+/// after it keep theirs whatever was refused. An attempt counts its calls from the first: a
+/// call made again by its enclosing call's retry or hedge (refused in the failed attempt, or
+/// sending nothing that stops the retry) is the same call in the same place, with the same key
+/// in every run, however many attempts each run made; and two calls in one attempt, or in
+/// two places, never share one.
 pub(crate) struct ParentKey {
     /// Service, record key and fingerprint, each ended by a NUL.
     seed: Vec<u8>,
-    /// How many keys each function drew under it so far.
-    drawn: std::sync::Mutex<Vec<(&'static str, u32)>>,
+    /// The places taken so far.
+    places: std::sync::Mutex<Places>,
 }
 
 impl std::fmt::Debug for ParentKey {
@@ -192,8 +202,50 @@ impl std::fmt::Debug for ParentKey {
     }
 }
 
-/// The namespace of derived keys (UUID version 5).
-const DERIVED_KEYS: uuid::Uuid = uuid::Uuid::from_u128(0x5f0c_2d9e_8b4a_4c61_9a3e_7d21_b6f4_0e83);
+/// A function, and the place of its last call counted (from 0) where it is kept.
+type Count = (&'static str, u32);
+
+/// The places taken under a handler: of its own calls, and in each attempt of the calls
+/// running under it.
+#[derive(Default)]
+struct Places {
+    /// The handler's own calls (made outside any attempt).
+    handler: Vec<Count>,
+    /// The calls running under the handler, by registration ([`AttemptCtx::call`]).
+    calls: std::collections::HashMap<u64, CallPlaces>,
+}
+
+/// What one call running under a handler knows of its place and the calls nested in it.
+struct CallPlaces {
+    /// Its place: what the places of the calls nested in it derive from.
+    place: uuid::Uuid,
+    /// The calls made in each of its attempts and hedges (by the attempt's number).
+    attempts: Vec<(u32, Vec<Count>)>,
+}
+
+/// The last registration handed out ([`ParentKey::enter`]): unique in the process (it does
+/// not wrap), so a call never takes another's registration for its enclosing call's.
+static REGISTRATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The namespace of derived keys (UUID version 5). A new one whenever the places change what
+/// they count: a handler run again across an upgrade then sends its calls under fresh keys,
+/// never under a key the earlier version gave another call (the places before nested calls
+/// counted their own, counted with the handler's: `…0e83`).
+const DERIVED_KEYS: uuid::Uuid = uuid::Uuid::from_u128(0x8d41_7c3a_2f96_4e0b_b5d8_61a7_c93e_2f14);
+
+/// The next place of `function` among `counts`.
+fn count(counts: &mut Vec<Count>, function: &'static str) -> u32 {
+    match counts.iter_mut().find(|(f, _)| *f == function) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            counts.push((function, 0));
+            0
+        }
+    }
+}
 
 impl ParentKey {
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
@@ -205,31 +257,72 @@ impl ParentKey {
         }
         Arc::new(ParentKey {
             seed,
-            drawn: std::sync::Mutex::new(Vec::new()),
+            places: std::sync::Mutex::new(Places::default()),
         })
     }
 
-    /// The key of the next call of `function` under this request.
-    pub(crate) fn derive(&self, function: &'static str) -> uuid::Uuid {
-        let n = {
-            let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
-            match drawn.iter_mut().find(|(f, _)| *f == function) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
+    /// A call of `function` begins, in attempt `enclosing.1` of the call registered as
+    /// `enclosing.0` (none: the handler's own): its place, the key it sends under when its
+    /// key is `auto`; and, when `register`, its registration (never 0; 0 otherwise), which
+    /// [`leave`](Self::leave) ends.
+    pub(crate) fn enter(
+        &self,
+        function: &'static str,
+        enclosing: Option<(u64, u32)>,
+        register: bool,
+    ) -> (u64, uuid::Uuid) {
+        let mut guard = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        let places = &mut *guard;
+        let around = enclosing.and_then(|(id, attempt)| {
+            let call = places.calls.get_mut(&id)?;
+            let at = match call.attempts.iter().position(|(a, _)| *a == attempt) {
+                Some(at) => at,
                 None => {
-                    drawn.push((function, 0));
-                    0
+                    call.attempts.push((attempt, Vec::new()));
+                    call.attempts.len() - 1
                 }
+            };
+            Some((call.place, count(&mut call.attempts[at].1, function)))
+        });
+        let place = match around {
+            Some((outer, n)) => {
+                let mut name = Vec::with_capacity(function.len() + 5);
+                name.extend_from_slice(function.as_bytes());
+                name.push(0);
+                name.extend_from_slice(&n.to_le_bytes());
+                uuid::Uuid::new_v5(&outer, &name)
+            }
+            // The handler's own call (or one whose enclosing call is not registered here).
+            None => {
+                let n = count(&mut places.handler, function);
+                let mut name = Vec::with_capacity(self.seed.len() + function.len() + 5);
+                name.extend_from_slice(&self.seed);
+                name.extend_from_slice(function.as_bytes());
+                name.push(0);
+                name.extend_from_slice(&n.to_le_bytes());
+                uuid::Uuid::new_v5(&DERIVED_KEYS, &name)
             }
         };
-        let mut name = Vec::with_capacity(self.seed.len() + function.len() + 5);
-        name.extend_from_slice(&self.seed);
-        name.extend_from_slice(function.as_bytes());
-        name.push(0);
-        name.extend_from_slice(&n.to_le_bytes());
-        uuid::Uuid::new_v5(&DERIVED_KEYS, &name)
+        let id = if register {
+            let id = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            places.calls.insert(
+                id,
+                CallPlaces {
+                    place,
+                    attempts: Vec::new(),
+                },
+            );
+            id
+        } else {
+            0
+        };
+        (id, place)
+    }
+
+    /// The call registered as `id` ended.
+    pub(crate) fn leave(&self, id: u64) {
+        let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        places.calls.remove(&id);
     }
 }
 
@@ -535,6 +628,31 @@ pub(crate) fn parent_key() -> Option<Arc<ParentKey>> {
     }
 }
 
+/// A call of `function` begins where a handler's keys are derived (`derive_call_keys`): its
+/// registration with the handler's [`ParentKey`] and its place there (the key it sends under
+/// when its key is `auto`); none elsewhere. See [`ParentKey::enter`].
+#[inline(never)]
+pub(crate) fn enter_call(function: &'static str, register: bool) -> (u64, Option<uuid::Uuid>) {
+    match parent_key() {
+        Some(p) => {
+            let enclosing = with_attempt(|o| (o.call, o.attempt)).filter(|(c, _)| *c != 0);
+            let (id, place) = p.enter(function, enclosing, register);
+            (id, Some(place))
+        }
+        None => (0, None),
+    }
+}
+
+/// The call registered as `id` ended (see [`ParentKey::leave`]). Where the handler's context
+/// is no longer reachable (the call's future was moved to a task of its own), its record
+/// stays until the handler's [`ParentKey`] is dropped.
+#[inline(never)]
+pub(crate) fn call_left(id: u64) {
+    if let Some(p) = parent_key() {
+        p.leave(id);
+    }
+}
+
 /// The context handed down, if any. Inlined where nothing was ever handed down (the constant
 /// folds away); read out of line otherwise.
 #[inline]
@@ -570,6 +688,9 @@ pub(crate) struct AttemptCtx {
     pub key: Option<Key>,
     /// The breaker and bulkhead this call, or one it is nested in, holds a permit of.
     pub held: Held,
+    /// The call's registration with the handler whose keys it and the calls nested in it
+    /// derive theirs under ([`ParentKey::enter`]); 0: none.
+    pub call: u64,
     /// When this attempt ends: its timeout or the call's deadline, whichever comes first.
     pub until: Instant,
     pub retry_after: Cell<Option<Duration>>,
@@ -796,9 +917,11 @@ impl AttemptCtx {
         until: Instant,
         depth: u8,
         held: Held,
+        call: u64,
     ) -> AttemptCtx {
         AttemptCtx {
             attempt: 0,
+            call,
             request_id: Cell::new(request_id),
             request_id_text,
             trace_id: Cell::new(trace_id),
@@ -1485,7 +1608,7 @@ mod tests {
     /// below that, each poll takes one back.
     #[test]
     fn a_saturated_count_of_unpolled_requests_stays_outstanding() {
-        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default());
+        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default(), 0);
         ctx.made(Method::Get);
         ctx.polled();
         assert!(!ctx.unpolled_outstanding());
@@ -1497,7 +1620,7 @@ mod tests {
         }
         assert!(ctx.unpolled_outstanding());
         // Executes apart: a spawned execute's count is its own future's to take back.
-        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default());
+        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default(), 0);
         ctx.made_for_execute(Method::Post);
         assert!(ctx.take_execute_mark());
         ctx.polled();

@@ -601,12 +601,10 @@ impl Session {
                 // Not refused after all (an enclosing call holds the half-open probe): the
                 // call draws its key when it begins.
                 let refused = refused_by_breaker_at_start(shared, breaker, refusal)?;
-                // A derived key's place in the handler's order is taken all the same: the
+                // Its place under a handler whose keys are derived is taken all the same: the
                 // calls after it keep their keys whether or not this one ran.
-                if shared.compiled.idempotency_key == KeySource::Auto
-                    && let Some(parent) = crate::context::parent_key()
-                {
-                    let _ = parent.derive(shared.function);
+                if crate::context::inbound_in_use_yet() {
+                    let _ = crate::context::enter_call(shared.function, false);
                 }
                 Some(refused)
             }
@@ -636,15 +634,19 @@ impl Session {
         let shared = state.resolve_compiled();
         let policy = crate::overrides::current(shared.compiled, &state.current);
         let mut refusal = None;
+        // Under a handler whose keys are derived (`derive_call_keys`), the call takes its
+        // place there (refused or not: the calls after it keep theirs), and is registered
+        // (`call`): the calls nested in it take theirs under it.
+        let (call, place) = if crate::context::inbound_in_use_yet() {
+            crate::context::enter_call(shared.function, true)
+        } else {
+            (0, None)
+        };
         let key = match key {
             KeyArg::None => None,
             KeyArg::Auto => Some(Key::Auto(
-                match crate::context::parent_key() {
-                    // Under a handler an `IdempotencyLayer` runs: the same key each time it
-                    // runs for its request.
-                    Some(parent) => parent.derive(shared.function),
-                    None => uuid::Uuid::new_v4(),
-                },
+                // Under such a handler, the same key each time it runs for its request.
+                place.unwrap_or_else(uuid::Uuid::new_v4),
                 crate::client::KeyFormat::current(),
             )),
             KeyArg::Given(Ok(h)) => Some(Key::Given(h)),
@@ -809,6 +811,7 @@ impl Session {
                 deadline,
                 depth,
                 held,
+                call,
             ),
             nested,
             admitted,
@@ -1266,6 +1269,7 @@ impl Session {
             until,
             c.depth,
             c.held,
+            c.call,
         );
         ctx.attempt = self.attempts;
         ctx
@@ -1276,7 +1280,8 @@ impl Session {
     /// unseen, must be harmless to send twice. The same facts as after a failed attempt whose
     /// requests may all have reached the server: the least safe method seen (or, when nothing
     /// was seen, the policy's `unseen` one), whether every request carried the call's key (a
-    /// nested call's POST under a key of its own did not: running it again draws a new one),
+    /// nested call's POST under an automatic key of its own did not: running it again draws a
+    /// new one; under `derive_call_keys` the same one, which is not relied on either),
     /// and the policy's method when the seen requests were all safer (it may go out unseen).
     pub(crate) fn may_duplicate(&self, ctx: &AttemptCtx) -> bool {
         let policy = self.policy;
@@ -1847,6 +1852,9 @@ impl Drop for Session {
             }
         }
         self.release_slot();
+        if self.ctx.call != 0 {
+            crate::context::call_left(self.ctx.call);
+        }
     }
 }
 
