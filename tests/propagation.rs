@@ -888,14 +888,20 @@ async fn run_twice(addr: std::net::SocketAddr, key: &str, between: Duration) {
     assert_eq!(send().await.unwrap().status(), 504);
 }
 
-/// The keys the charges at `/c` went out under, by body; the first charge (made before the
-/// handler ran, to spend a permit or make a breaker known) left out.
+/// The keys the charges at `/c` went out under, by body; the first `skip` charges (made
+/// before the handler ran, to spend a permit or make a breaker known) left out.
 fn keys_by_body(
     server: &FaultServer,
+    skip: usize,
 ) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
     let mut keys: std::collections::HashMap<String, std::collections::HashSet<String>> =
         std::collections::HashMap::new();
-    for r in server.requests().iter().filter(|r| r.path == "/c").skip(1) {
+    for r in server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(skip)
+    {
         keys.entry(String::from_utf8_lossy(&r.body).into_owned())
             .or_default()
             .insert(r.idempotency_key().expect("keyed").to_owned());
@@ -938,7 +944,7 @@ async fn a_refused_call_keeps_its_place_for_the_calls_after_it() {
     // Spends the second's permit: item a is refused in the first run.
     let _ = charge_item(&c, &format!("{base}c"), "item=spent").await;
     run_twice(addr, "order-14", Duration::from_secs(2)).await;
-    let keys = keys_by_body(&c_server);
+    let keys = keys_by_body(&c_server, 1);
     assert_eq!(keys.get("item=b").map(|k| k.len()), Some(1), "{keys:?}");
     assert!(
         keys.get("item=a")
@@ -991,7 +997,7 @@ async fn a_call_its_breaker_refused_keeps_its_place_for_the_calls_after_it() {
     let _ = charge_item_behind_a_breaker(&c, &format!("{base}c"), "item=first").await;
     resilience_runtime::breakers::force_open("propagation_item_breaker").unwrap();
     run_twice(addr, "order-16", Duration::from_secs(0)).await;
-    let keys = keys_by_body(&c_server);
+    let keys = keys_by_body(&c_server, 1);
     assert_eq!(
         (
             keys.get("item=a").map(|k| k.len()),
@@ -1261,7 +1267,7 @@ async fn a_retry_that_never_begins_gives_no_place_back() {
     let _ = charge_behind_its_breaker(&c, &format!("{base}c"), "item=first").await;
     resilience_runtime::breakers::force_open("propagation_fee_breaker").unwrap();
     run_twice(addr, "order-18", Duration::from_secs(2)).await;
-    let keys = keys_by_body(&c_server);
+    let keys = keys_by_body(&c_server, 1);
     assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
     assert!(
         keys.get("item=a")
@@ -1338,7 +1344,7 @@ async fn a_retry_that_ends_before_its_nested_call_gives_no_place_back() {
     let _ = charge_skipped_on_retry(&c, &format!("{base}c"), "item=first").await;
     resilience_runtime::breakers::force_open("propagation_skipped_breaker").unwrap();
     run_twice(addr, "order-19", Duration::from_secs(2)).await;
-    let keys = keys_by_body(&c_server);
+    let keys = keys_by_body(&c_server, 1);
     assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
     assert!(
         keys.get("item=a")
@@ -1409,6 +1415,169 @@ async fn a_nested_call_made_again_by_a_hedge_keeps_its_derived_key() {
     assert_eq!(charges.len(), 2, "{charges:?}");
     assert_eq!(charges[0], charges[1], "the same charge, the same key");
     assert_eq!(c_server.count_path("/quote"), 3, "run 1 hedged its quote");
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false)]
+async fn post_charge(c: &reqwest::Client, url: &str, item: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body(item.to_owned())
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// The fallback of the primary charges: the backup provider, charged with [`post_charge`].
+async fn via_backup(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    post_charge(c, &format!("{base}c"), "item=backup").await
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false, breaker(name = "propagation_primary_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"), fallback = via_backup, fallback_on = [circuit_open])]
+async fn charge_primary(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{base}primary"))
+        .body("item=primary")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn b_charging_with_a_backup(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = charge_primary(&c, &base).await;
+    let _ = post_charge(&c, &format!("{base}c"), "item=fee").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// Sends the handler at `addr` the same keyed request twice: first with `breaker` open (as
+/// the caller left it), then closed again.
+async fn run_refused_then_admitted(addr: std::net::SocketAddr, key: &str, breaker: &str) {
+    let a = reqwest::Client::new();
+    let send = || {
+        a.post(format!("http://{addr}/b"))
+            .header("idempotency-key", key)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 504);
+    resilience_runtime::breakers::reset(breaker).unwrap();
+    assert_eq!(send().await.unwrap().status(), 504);
+}
+
+/// The fee went out under one key in both runs, and the backup charge under none of it.
+fn assert_backup_apart_from_the_fee(server: &FaultServer) {
+    let keys = keys_by_body(server, 0);
+    assert_eq!(keys.get("item=fee").map(|k| k.len()), Some(1), "{keys:?}");
+    assert!(
+        keys.get("item=backup")
+            .is_some_and(|b| b.is_disjoint(&keys["item=fee"])),
+        "{keys:?}"
+    );
+}
+
+/// A call its breaker refused falls back to a function that charges with the same function
+/// the handler then charges its fee with: the fallback's charge takes a place under the
+/// refused call's, not the fee's (it took the fee's place: the fee went out under a key no
+/// run without the fallback sends it under, charged twice, and the backup charge under the
+/// fee's key of the other run, answered the fee's charge).
+#[tokio::test(start_paused = true)]
+async fn a_fallbacks_calls_take_no_place_of_the_calls_after_it() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_charging_with_a_backup), &base).await;
+    // Known once used (the primary's path: no charge); held open for the first run.
+    let c = reqwest::Client::new();
+    let _ = charge_primary(&c, &base).await;
+    resilience_runtime::breakers::force_open("propagation_primary_breaker").unwrap();
+    run_refused_then_admitted(addr, "order-21", "propagation_primary_breaker").await;
+    assert_backup_apart_from_the_fee(&c_server);
+    assert_eq!(c_server.count_path("/primary"), 2, "run 2 sent the primary");
+}
+
+/// A quote from the primary provider; the backup charges instead when it fails (a keyed POST
+/// answered 5xx may have been carried out: no fallback after it).
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false, fallback = via_backup_after_a_failure, fallback_on = [call])]
+async fn charge_primary_or_fail(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    Ok(c.get(format!("{base}primary"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn via_backup_after_a_failure(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    post_charge(c, &format!("{base}c"), "item=backup").await
+}
+
+async fn b_charging_with_a_backup_after_a_failure(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = charge_primary_or_fail(&c, &base).await;
+    let _ = post_charge(&c, &format!("{base}c"), "item=fee").await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same for a fallback after the call failed (its primary answered 503 in one run only).
+#[tokio::test(start_paused = true)]
+async fn a_fallbacks_calls_after_a_failure_take_no_place_of_the_calls_after_it() {
+    let c_server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/primary" && seen.index == 0 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = c_server.url("");
+    let addr = serve_deriving(
+        axum::routing::post(b_charging_with_a_backup_after_a_failure),
+        &base,
+    )
+    .await;
+    run_twice(addr, "order-22", Duration::from_secs(1)).await;
+    assert_backup_apart_from_the_fee(&c_server);
+}
+
+#[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false, breaker(name = "propagation_nested_primary_breaker", failure_rate = 0.5, min_calls = 10, window = 10, open_for = "1m"), fallback = via_backup, fallback_on = [circuit_open])]
+async fn charge_primary_nested(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{base}primary"))
+        .body("item=primary")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Checks out: the primary charge (its fallback, the backup, when its breaker is open), then
+/// the fee, in one attempt.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn check_out_with_a_backup(c: &reqwest::Client, base: &str) -> Result<u16, Error> {
+    let _ = charge_primary_nested(c, base).await;
+    post_charge(c, &format!("{base}c"), "item=fee").await
+}
+
+async fn b_checking_out_with_a_backup(
+    State((c, base, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    let _ = check_out_with_a_backup(&c, &base).await;
+    StatusCode::GATEWAY_TIMEOUT
+}
+
+/// The same inside another call's attempt: the fallback's charge takes its place under the
+/// refused call's, not the fee's, which the attempt makes after it.
+#[tokio::test(start_paused = true)]
+async fn a_fallbacks_calls_in_an_attempt_take_no_place_of_the_calls_after_it() {
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let base = c_server.url("");
+    let addr = serve_deriving(axum::routing::post(b_checking_out_with_a_backup), &base).await;
+    let c = reqwest::Client::new();
+    let _ = charge_primary_nested(&c, &base).await;
+    resilience_runtime::breakers::force_open("propagation_nested_primary_breaker").unwrap();
+    run_refused_then_admitted(addr, "order-23", "propagation_nested_primary_breaker").await;
+    assert_backup_apart_from_the_fee(&c_server);
 }
 
 #[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]

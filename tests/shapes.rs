@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use resilience_fault_server::{Action, FaultServer};
+use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Class, Classify, Error, ErrorKind, RequestBuilderExt as _, resilient};
 
 fn client() -> reqwest::Client {
@@ -1168,6 +1168,40 @@ async fn a_function_written_by_a_macro_rules_macro_is_retried() {
     let server = flaky().await;
     assert_eq!(by_macro(&client(), &server.url("/m")).await.unwrap(), "ok");
     retried_and_stamped(&server);
+}
+
+/// The same macro naming each function's fallback: the name arrives as an `$fb:ident` of the
+/// macro's caller.
+macro_rules! client_fn_with_fallback {
+    ($name:ident, $fb:ident) => {
+        #[resilient(method = GET, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, fallback = $fb)]
+        async fn $name(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+            Ok(c.get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?)
+        }
+    };
+}
+
+async fn cached_text(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".to_owned())
+}
+
+client_fn_with_fallback!(by_macro_with_fallback, cached_text);
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_named_by_a_macro_rules_macro_is_called() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    assert_eq!(
+        by_macro_with_fallback(&client(), &server.url("/m"))
+            .await
+            .unwrap(),
+        "cached"
+    );
+    assert_eq!(server.count_path("/m"), 2);
 }
 
 /// A function generic over its error type: the runtime cannot look into `E`.

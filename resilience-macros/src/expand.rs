@@ -313,6 +313,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 
     // The fallback: the same arguments, typed with the function's own return type, so the
     // compiler checks the signature and points at `fallback = …`.
+    // The fallback's scope, made where the call ends (`FallbackScope`), read where the fallback
+    // is called: one identifier, of one hygiene, at both (the fallback's name may come from a
+    // `macro_rules!` caller, whose tokens cannot see a local of the expansion's own).
+    let scope = syn::Ident::new("__resilience_scope", Span::call_site());
     let fallback_call = s.fallback.as_ref().map(|name| {
         // An `impl Trait` return type, or more than `MAX_GATED_FALLBACK_ARGS` parameters
         // under `#[cfg]`, was refused by the analysis (`check_fallback`), as `resilience
@@ -379,7 +383,9 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             };
             quote_spanned! {span=>
                 #cfg
-                let __resilience_fallback: #ret = #path(#(#passed),*).await;
+                // Begun with a token of the name's span: a mismatched return type points at
+                // `fallback = name`, not at the attribute.
+                let __resilience_fallback: #ret = <#p::FallbackScope>::run(#scope, #path(#(#passed),*)).await;
             }
         });
         // The failed call's report (for `measure`) outlives the fallback's own calls: put
@@ -396,6 +402,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let on_start_error = match &fallback_call {
         Some(call) => quote! {
             if #p::fallback_applies(#mask, __resilience_refusal.kind(), &__RESILIENCE_STATE) {
+                // Its calls take their places under the refused call's (`derive_call_keys`).
+                let #scope = #p::FallbackScope::refused();
                 return #call;
             }
         },
@@ -416,6 +424,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             if let ::core::option::Option::Some(__resilience_kind) = __resilience_kind {
                 if #p::fallback_applies_after(&__resilience_session, #mask, __resilience_session.final_kind(__resilience_kind), &__RESILIENCE_STATE) {
                     ::core::mem::drop(__resilience_result);
+                    // Its calls take their places under the failed call's (`derive_call_keys`).
+                    let #scope = #p::FallbackScope::after(&__resilience_session);
                     // The call is over: its bulkhead or concurrency slot is free for others
                     // (the fallback's own calls among them) while the fallback runs.
                     ::core::mem::drop(__resilience_session);

@@ -26,6 +26,20 @@ scoped_tls::scoped_thread_local! {
     static CURRENT: AttemptCtx
 }
 
+scoped_tls::scoped_thread_local! {
+    /// The fallback this thread is polling, if any, under a handler whose keys are derived: its
+    /// registration ([`ParentKey::enter`]), and the attempt current where it is polled (its
+    /// address; 0: none), set by [`InFallback`] around each poll.
+    static FALLBACK: (u64, usize)
+}
+
+thread_local! {
+    /// The place of the call this thread's last refusal by an open breaker at a call's start
+    /// refused ([`refused_place`]; `None` outside a handler whose keys are derived): what its
+    /// fallback, called next without an `await` between, takes its own place under.
+    static REFUSED_PLACE: Cell<Option<uuid::Uuid>> = const { Cell::new(None) };
+}
+
 /// Runs `f` with the attempt whose body is being polled on this thread, if any.
 ///
 /// What a task-local gives, for the price of one thread-local pointer (a task-local moves
@@ -317,6 +331,28 @@ impl ParentKey {
             0
         };
         (id, place)
+    }
+
+    /// The place of the call registered as `id`, while it runs.
+    fn place_of(&self, id: u64) -> Option<uuid::Uuid> {
+        let places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        places.calls.get(&id).map(|c| c.place)
+    }
+
+    /// A fallback of the call at `place` begins: registered (its registration returned) at a
+    /// place under that call's, where the calls it makes take theirs, never among the calls
+    /// made after the failed one.
+    fn enter_fallback(&self, place: uuid::Uuid) -> u64 {
+        let id = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
+        places.calls.insert(
+            id,
+            CallPlaces {
+                place: uuid::Uuid::new_v5(&place, b"fallback"),
+                attempts: Vec::new(),
+            },
+        );
+        id
     }
 
     /// The call registered as `id` ended.
@@ -635,11 +671,115 @@ pub(crate) fn parent_key() -> Option<Arc<ParentKey>> {
 pub(crate) fn enter_call(function: &'static str, register: bool) -> (u64, Option<uuid::Uuid>) {
     match parent_key() {
         Some(p) => {
-            let enclosing = with_attempt(|o| (o.call, o.attempt)).filter(|(c, _)| *c != 0);
+            let current = with_attempt(|o| (o.call, o.attempt, std::ptr::from_ref(o) as usize));
+            // Made by a fallback polled in this attempt (or outside any): under the fallback's
+            // place. Inside an attempt of a call the fallback made, that attempt's.
+            let at = current.map_or(0, |(_, _, at)| at);
+            let fallback = FALLBACK
+                .is_set()
+                .then(|| FALLBACK.with(|&(id, outer)| (outer == at).then_some(id)))
+                .flatten();
+            let enclosing = match fallback {
+                Some(id) => Some((id, 0)),
+                None => current.map(|(c, a, _)| (c, a)).filter(|(c, _)| *c != 0),
+            };
             let (id, place) = p.enter(function, enclosing, register);
             (id, Some(place))
         }
         None => (0, None),
+    }
+}
+
+/// A call of `function` refused at its start by its open breaker takes its place (see
+/// [`enter_call`]), kept for its fallback ([`FallbackScope::refused`]). Once an inbound
+/// context was set in the process (before, there is no place to take, and none was kept).
+#[inline(never)]
+pub(crate) fn refused_place(function: &'static str) {
+    REFUSED_PLACE.set(enter_call(function, false).1);
+}
+
+/// Where a fallback's calls take their places under a handler whose keys are derived: under
+/// the failed call's own place, so that whether it ran moves no key of the calls made after
+/// the failed one (the fallback's charge took the next place of its function, the handler's
+/// later charge of it the one after: a key no run without the fallback sends it under). Ends
+/// (its registration given up) when dropped.
+#[derive(Debug)]
+pub struct FallbackScope(u64);
+
+impl FallbackScope {
+    /// For the fallback of the call the last refusal by an open breaker on this thread refused
+    /// at its start ([`Session::refused_compiled`](crate::session::Session::refused_compiled)).
+    pub fn refused() -> FallbackScope {
+        match (REFUSED_PLACE.take(), parent_key()) {
+            (Some(place), Some(p)) => FallbackScope(p.enter_fallback(place)),
+            _ => FallbackScope(0),
+        }
+    }
+
+    /// For the fallback of the call of `session`, which failed (before the session is
+    /// dropped).
+    pub fn after(session: &crate::session::Session) -> FallbackScope {
+        let call = session.registration();
+        if call == 0 {
+            return FallbackScope(0);
+        }
+        FallbackScope::after_call(call)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn after_call(call: u64) -> FallbackScope {
+        match parent_key() {
+            Some(p) => match p.place_of(call) {
+                Some(place) => FallbackScope(p.enter_fallback(place)),
+                None => FallbackScope(0),
+            },
+            None => FallbackScope(0),
+        }
+    }
+
+    /// Runs the fallback `f` in this scope.
+    pub fn run<F: std::future::IntoFuture>(self, f: F) -> InFallback<F::IntoFuture> {
+        InFallback {
+            scope: self,
+            fallback: f.into_future(),
+        }
+    }
+}
+
+impl Drop for FallbackScope {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            call_left(self.0);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A fallback polled in its [`FallbackScope`].
+    #[derive(Debug)]
+    pub struct InFallback<F> {
+        scope: FallbackScope,
+        #[pin]
+        fallback: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InFallback<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let id = this.scope.0;
+        if id == 0 {
+            return this.fallback.poll(cx);
+        }
+        let at = with_attempt(|o| std::ptr::from_ref(o) as usize).unwrap_or(0);
+        let mut fallback = this.fallback;
+        FALLBACK.set(&(id, at), || fallback.as_mut().poll(cx))
     }
 }
 

@@ -96,6 +96,7 @@ pub mod __private {
     pub use crate::budget::BudgetSpec;
     pub use crate::bulkhead::BulkheadSpec;
     pub use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
+    pub use crate::context::{FallbackScope, InFallback};
     pub use crate::error::ErrorKind;
     pub use crate::fallback::applies as fallback_applies;
     pub use crate::fallback::applies_after as fallback_applies_after;

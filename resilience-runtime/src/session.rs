@@ -603,8 +603,9 @@ impl Session {
                 let refused = refused_by_breaker_at_start(shared, breaker, refusal)?;
                 // Its place under a handler whose keys are derived is taken all the same: the
                 // calls after it keep their keys whether or not this one ran.
+                // Kept for its fallback, whose calls take theirs under it.
                 if crate::context::inbound_in_use_yet() {
-                    let _ = crate::context::enter_call(shared.function, false);
+                    crate::context::refused_place(shared.function);
                 }
                 Some(refused)
             }
@@ -844,6 +845,11 @@ impl Session {
             bulkhead_held,
             concurrency_held,
         }
+    }
+
+    /// The call's registration with the handler whose keys are derived (0: none).
+    pub(crate) fn registration(&self) -> u64 {
+        self.ctx.call
     }
 
     /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
