@@ -377,8 +377,11 @@ impl IdempotencyLayer {
     /// Gives the handler's `#[resilient]` calls with `idempotency_key = auto` keys derived from
     /// the request instead of fresh ones: from `service` (this service's own name, the same on
     /// every instance and version), the request's record key (scope, method, path, key) and
-    /// its body's fingerprint, the function's path and the call's order among that function's
-    /// calls in the handler. A handler run again for the same request (its 5xx or 504 not
+    /// its body's fingerprint, the function's path and the call's place: its order among that
+    /// function's calls in the handler, or in the attempt of the `#[resilient]` call it is made
+    /// in, under that call's place (a call made again by that call's retry or hedge is the
+    /// same call, with the same key; a fallback's calls take theirs under the failed call's).
+    /// A handler run again for the same request (its 5xx or 504 not
     /// kept and the key given back; an instance killed mid-handler, its lease run out) then
     /// sends its keyed calls under the keys it sent them with the first time, and a service
     /// called that replays by key applies each once.
