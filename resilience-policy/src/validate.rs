@@ -914,7 +914,13 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
             if let Err(broken) =
                 rules::method_known(false, s.max_attempts.value, !ambiguous.is_empty())
             {
-                diags.push(fb, broken.to_string());
+                // At the retry written in the attribute, which makes it a question; at the
+                // function when the retry comes from the defaults or a file.
+                let at = [&s.max_attempts.origin, &s.retry_on.origin]
+                    .into_iter()
+                    .find(|o| o.is_inline())
+                    .map_or(fb, |o| o.span_or(fb));
+                diags.push(at, broken.to_string());
             }
         }
         Some(m) => {

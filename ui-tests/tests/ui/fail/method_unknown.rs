@@ -11,4 +11,16 @@ async fn charge(c: &reqwest::Client) -> Result<(), Error> {
     send(c).await
 }
 
+// The retry written in the attribute: the error points at it.
+#[resilient(timeout = "2s", max_attempts = 3)]
+async fn charge_thrice(c: &reqwest::Client) -> Result<(), Error> {
+    send(c).await
+}
+
+// So does a `retry_on` written there, with the defaults' retries.
+#[resilient(timeout = "2s", retry_on = [timeout, 503])]
+async fn charge_on_timeouts(c: &reqwest::Client) -> Result<(), Error> {
+    send(c).await
+}
+
 fn main() {}
