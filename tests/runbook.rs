@@ -288,6 +288,77 @@ async fn bad_files_are_refused_with_their_place() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 3, budget = false)]
+async fn lookup_retrying(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false, hedge(delay = "300ms", max = 2))]
+async fn lookup_hedged(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false, rate_limit(rate = 100, max_wait = "5s"))]
+async fn lookup_limited(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 1, budget = false, concurrency_limit(name = "runbook-adaptive", latency = "100ms", max_wait = "5s"))]
+async fn lookup_adaptive(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The rules between a setting an override changes and one compiled in (a backoff and the
+/// retries, a hedge, a rate or concurrency limit's wait, each against a deadline written in
+/// the file): the file is refused with the setting's place, as `resilience check
+/// --overrides` refuses it.
+#[tokio::test(start_paused = true)]
+async fn an_override_breaking_a_rule_against_compiled_settings_is_refused() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    // Known to the overrides once called.
+    lookup_retrying(&c, &url).await.unwrap();
+    lookup_hedged(&c, &url).await.unwrap();
+    lookup_limited(&c, &url).await.unwrap();
+    lookup_adaptive(&c, &url).await.unwrap();
+    let cases = [
+        (
+            "[functions.\"runbook::lookup_retrying\"]\ndeadline = \"1s\"\nbackoff = { kind = \"constant\", initial = \"1s\", jitter = \"none\" }\n",
+            "incident.toml:3:42: runbook::lookup_retrying (GET): the backoff waits at least 1s before a retry, not less than the deadline (1s)",
+        ),
+        (
+            "[functions.\"runbook::lookup_retrying\"]\nbackoff = { initial = \"3s\", max = \"1s\" }\n",
+            "incident.toml:2:23: runbook::lookup_retrying (GET): backoff initial (3s) is longer than its max (1s)",
+        ),
+        (
+            "[functions.\"runbook::lookup_hedged\"]\ndeadline = \"500ms\"\ntimeout = \"500ms\"\n",
+            "incident.toml:2:12: runbook::lookup_hedged (GET): hedge",
+        ),
+        (
+            "[functions.\"runbook::lookup_limited\"]\ndeadline = \"5s\"\n",
+            "incident.toml:2:12: runbook::lookup_limited (GET): rate_limit max_wait (5s) is not shorter than the deadline (5s)",
+        ),
+        (
+            "[functions.\"runbook::lookup_adaptive\"]\ndeadline = \"4s\"\n",
+            "incident.toml:2:12: runbook::lookup_adaptive (GET): concurrency_limit max_wait (5s) is not shorter than the deadline (4s)",
+        ),
+    ];
+    for (file, want) in cases {
+        let e = overrides::apply_str(file, "incident.toml").unwrap_err();
+        assert!(e.to_string().contains(want), "{file:?}:\n{e}");
+    }
+    // Nothing of them applied: three attempts of a failing lookup, within the compiled policy.
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = lookup_retrying(&c, &failing.url("/")).await.unwrap_err();
+    assert_eq!(e.attempts(), 3, "{e}");
+}
+
 #[resilient(
     timeout = "1s",
     deadline = "20s",

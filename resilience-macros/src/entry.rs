@@ -365,5 +365,14 @@ mod boundaries {
                 "max_wait = {w}"
             );
         }
+        for (ms, jitter, ok) in cases::CONSTANT_BACKOFF_MS {
+            let d = format!("{ms}ms");
+            let j = format!("{jitter:?}").to_lowercase();
+            assert_eq!(
+                accepted(quote!(backoff(kind = "constant", initial = #d, jitter = #j))),
+                *ok,
+                "constant backoff initial = {d}, jitter = {j}"
+            );
+        }
     }
 }

@@ -11,13 +11,13 @@ use crate::attr::{Entry, parse_args};
 use crate::config::{self, Config};
 use crate::diag::Diags;
 use crate::infer::infer_method;
-use crate::model::{BackoffKind, Jitter, KeyModel, Method, Set, Settings};
+use crate::model::{BackoffKind, KeyModel, Method, Set, Settings};
 use crate::validate::{
     Shared, check_body_sets_no_key, check_declared_method, check_function, check_keyed_body_sends,
     check_policy, effective_method, resolve_shared,
 };
 use crate::value::Origin;
-use resilience_spec::packed::{Packed, PackedJitter, PackedKey};
+use resilience_spec::packed::{Packed, PackedKey};
 
 /// The effective policy of one function, with where each setting came from.
 #[derive(Debug)]
@@ -315,12 +315,7 @@ impl Analysis {
             backoff_initial: b.initial.value,
             backoff_max: b.max.value,
             backoff_multiplier_milli: b.multiplier_milli.value,
-            jitter: match b.jitter.value {
-                Jitter::Full => PackedJitter::Full,
-                Jitter::Equal => PackedJitter::Equal,
-                Jitter::Decorrelated => PackedJitter::Decorrelated,
-                Jitter::None => PackedJitter::None,
-            },
+            jitter: b.jitter.value.packed(),
             retry_connect: retry.connect,
             retry_reset: retry.reset,
             retry_timeout: retry.timeout,

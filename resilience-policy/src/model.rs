@@ -141,6 +141,19 @@ pub enum Jitter {
     None,
 }
 
+impl Jitter {
+    /// As packed for the runtime (and as the rules read it).
+    pub fn packed(self) -> resilience_spec::packed::PackedJitter {
+        use resilience_spec::packed::PackedJitter;
+        match self {
+            Jitter::Full => PackedJitter::Full,
+            Jitter::Equal => PackedJitter::Equal,
+            Jitter::Decorrelated => PackedJitter::Decorrelated,
+            Jitter::None => PackedJitter::None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BackoffModel {
     pub kind: Set<BackoffKind>,

@@ -891,6 +891,36 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
             ),
         );
     }
+    // A backoff no retry can begin within the deadline after: the retries written are never
+    // made. At the backoff written in the attribute, else the deadline or the retries there;
+    // at the backoff's place in the file otherwise.
+    let first_wait = rules::shortest_first_backoff(
+        b.kind.value == BackoffKind::Constant,
+        b.initial.value,
+        b.max.value,
+        b.jitter.value.packed(),
+    );
+    if let Err(broken) = rules::backoff_within_deadline(
+        first_wait,
+        s.max_attempts.value,
+        s.deadline.value,
+        Some((
+            &b.initial.origin.to_string(),
+            &s.deadline.origin.to_string(),
+        )),
+    ) {
+        let origin = [
+            &b.initial.origin,
+            &b.jitter.origin,
+            &b.kind.origin,
+            &s.deadline.origin,
+            &s.max_attempts.origin,
+        ]
+        .into_iter()
+        .find(|o| o.is_inline())
+        .unwrap_or(&b.initial.origin);
+        diags.push(here(origin), format!("{}{broken}", file_prefix(origin)));
+    }
     for item in &s.retry_on.value {
         if let RetryItem::Status(code) = item.value
             && let Err(broken) = rules::retryable_status(code)

@@ -582,6 +582,21 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
             &["backoff.initial", "backoff.max"],
         );
     }
+    check(
+        rules::backoff_within_deadline(
+            p.backoff.shortest_first(),
+            p.max_attempts,
+            p.deadline,
+            None,
+        ),
+        &[
+            "backoff.initial",
+            "backoff.jitter",
+            "backoff.kind",
+            "deadline",
+            "max_attempts",
+        ],
+    );
     // Generated code packs a method neither declared nor inferred as `OTHER`.
     check(
         rules::method_known(

@@ -51,6 +51,25 @@ pub enum Jitter {
     None,
 }
 
+impl Backoff {
+    /// The shortest wait before the first retry this backoff can draw
+    /// ([`rules::shortest_first_backoff`](resilience_spec::rules::shortest_first_backoff)).
+    pub(crate) fn shortest_first(&self) -> Duration {
+        use resilience_spec::packed::PackedJitter;
+        resilience_spec::rules::shortest_first_backoff(
+            self.kind == BackoffKind::Constant,
+            self.initial,
+            self.max,
+            match self.jitter {
+                Jitter::Full => PackedJitter::Full,
+                Jitter::Equal => PackedJitter::Equal,
+                Jitter::Decorrelated => PackedJitter::Decorrelated,
+                Jitter::None => PackedJitter::None,
+            },
+        )
+    }
+}
+
 /// The delay schedule between attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -402,6 +421,13 @@ impl Policy {
         }
         rules::backoff_multiplier(f64::from(self.backoff.multiplier_milli) / 1000.0)
             .map_err(bad)?;
+        rules::backoff_within_deadline(
+            self.backoff.shortest_first(),
+            self.max_attempts,
+            self.deadline,
+            None,
+        )
+        .map_err(bad)?;
         for s in self.retry_on.statuses {
             rules::retryable_status(*s).map_err(bad)?;
         }

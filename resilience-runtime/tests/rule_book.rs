@@ -8,8 +8,9 @@ use resilience_runtime::budget::BudgetSpec;
 use resilience_runtime::bulkhead::BulkheadSpec;
 use resilience_runtime::concurrency::{ConcurrencyKind, ConcurrencySpec};
 use resilience_runtime::ratelimit::{RateLimitSpec, RateLimitStore};
-use resilience_runtime::{Backoff, Policy};
+use resilience_runtime::{Backoff, BackoffKind, Jitter, Policy};
 use resilience_spec::cases;
+use resilience_spec::packed::PackedJitter;
 
 #[test]
 fn the_runtime_agrees_with_the_rule_book() {
@@ -73,6 +74,27 @@ fn the_runtime_agrees_with_the_rule_book() {
             ..Policy::DEFAULT
         };
         assert_eq!(p.validate().is_ok(), *ok, "multiplier = {x}");
+    }
+    for (ms, jitter, ok) in cases::CONSTANT_BACKOFF_MS {
+        let p = Policy {
+            backoff: Backoff {
+                kind: BackoffKind::Constant,
+                initial: Duration::from_millis(*ms),
+                jitter: match jitter {
+                    PackedJitter::Full => Jitter::Full,
+                    PackedJitter::Equal => Jitter::Equal,
+                    PackedJitter::Decorrelated => Jitter::Decorrelated,
+                    PackedJitter::None => Jitter::None,
+                },
+                ..Backoff::DEFAULT
+            },
+            ..Policy::DEFAULT
+        };
+        assert_eq!(
+            p.validate().is_ok(),
+            *ok,
+            "constant backoff initial = {ms}ms, jitter {jitter:?}"
+        );
     }
     let rate = RateLimitSpec {
         rate: 10,

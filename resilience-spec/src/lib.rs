@@ -782,6 +782,52 @@ pub mod rules {
         }
     }
 
+    /// The shortest wait a backoff can draw before the first retry: its first step
+    /// (`initial`; capped at `max` unless `constant`), less what its `jitter` may take off.
+    pub fn shortest_first_backoff(
+        constant: bool,
+        initial: Duration,
+        max: Duration,
+        jitter: crate::packed::PackedJitter,
+    ) -> Duration {
+        use crate::packed::PackedJitter;
+        let first = if constant { initial } else { initial.min(max) };
+        match jitter {
+            PackedJitter::Full => Duration::ZERO,
+            PackedJitter::Equal => first / 2,
+            PackedJitter::Decorrelated | PackedJitter::None => first,
+        }
+    }
+
+    /// With retries (`max_attempts` above 1), a backoff whose shortest wait before the first
+    /// retry (`first_wait`, [`shortest_first_backoff`]) is shorter than the deadline: else no
+    /// retry could ever begin (the wait counts against the deadline, after a first attempt
+    /// that took some of it), and the retries written are never made. `origins` says where
+    /// the backoff and the deadline came from, for the message.
+    pub fn backoff_within_deadline(
+        first_wait: Duration,
+        max_attempts: u32,
+        deadline: Duration,
+        origins: Option<(&str, &str)>,
+    ) -> Result<(), Broken> {
+        if max_attempts <= 1 || first_wait < deadline {
+            return Ok(());
+        }
+        let (b, d) = match origins {
+            Some((b, d)) => (format!(" ({b})"), format!(", {d}")),
+            None => (String::new(), String::new()),
+        };
+        Err(Broken::new(format!(
+            "the backoff{b} waits at least {} before a retry, not less than the deadline ({}{d}): no retry can begin before the deadline, so max_attempts = {max_attempts} is never used",
+            fmt_duration(first_wait),
+            fmt_duration(deadline)
+        ))
+        .help(format!(
+            "a backoff well within the deadline, e.g. backoff initial = \"{}\", or max_attempts = 1 for no retry",
+            fmt_duration(Duration::from_millis((deadline.as_millis() / 10) as u64))
+        )))
+    }
+
     /// A rate-limit wait shorter than the deadline, which it counts against: a call that may
     /// wait the whole deadline for a permit could be left no time to send. `origins` says
     /// where each value came from, for the message.
@@ -1105,6 +1151,19 @@ pub mod cases {
     /// `(concurrency_limit max_wait in ms, accepted)` under the default 30 s deadline.
     pub const CONCURRENCY_MAX_WAIT_MS: &[(u64, bool)] =
         &[(0, true), (29_999, true), (30_000, false)];
+    /// `(constant backoff initial in ms, jitter, accepted)` under the default 30 s deadline
+    /// and 3 attempts.
+    pub const CONSTANT_BACKOFF_MS: &[(u64, crate::packed::PackedJitter, bool)] = {
+        use crate::packed::PackedJitter::{Decorrelated, Equal, Full, None};
+        &[
+            (29_999, None, true),
+            (30_000, None, false),
+            (30_000, Decorrelated, false),
+            (59_999, Equal, true),
+            (60_000, Equal, false),
+            (3_600_000, Full, true),
+        ]
+    };
     /// `(backoff multiplier, accepted)`.
     pub const BACKOFF_MULTIPLIER: &[(f64, bool)] =
         &[(0.5, false), (1.0, true), (100.0, true), (100.5, false)];
@@ -1255,6 +1314,24 @@ mod tests {
                 "{ms}"
             );
         }
+        for (ms, jitter, ok) in cases::CONSTANT_BACKOFF_MS {
+            let d = Duration::from_millis(*ms);
+            let first = rules::shortest_first_backoff(true, d, defaults::BACKOFF_MAX, *jitter);
+            assert_eq!(
+                rules::backoff_within_deadline(
+                    first,
+                    defaults::MAX_ATTEMPTS,
+                    defaults::DEADLINE,
+                    None
+                )
+                .is_ok(),
+                *ok,
+                "{ms} {jitter:?}"
+            );
+        }
+        assert!(
+            rules::backoff_within_deadline(defaults::DEADLINE, 1, defaults::DEADLINE, None).is_ok()
+        );
     }
 
     #[test]
