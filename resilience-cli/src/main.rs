@@ -1773,6 +1773,7 @@ fn list(krate: &Crate, json: bool) {
             .map(|f| {
                 let s = &f.analysis.settings;
                 let (m, m_from) = method(f);
+                let sh = &f.analysis.shared;
                 let set = |v: String, o: &Origin| serde_json::json!({ "value": v, "from": origin(o) });
                 serde_json::json!({
                     "function": f.path,
@@ -1805,10 +1806,41 @@ fn list(krate: &Crate, json: bool) {
                         "from": origin(&fb.origin),
                     })),
                     "client": s.client.as_ref().map(|c| set(c.value.clone(), &c.origin)),
-                    "budget": state(&s.budget.value, f.analysis.shared.budget.as_ref().map(|b| b.0.as_str())),
-                    "breaker": state(&s.breaker.value, f.analysis.shared.breaker.as_ref().map(|b| b.0.as_str())),
-                    "bulkhead": state(&s.bulkhead.value, f.analysis.shared.bulkhead.as_ref().map(|b| b.0.as_str())),
-                    "rate_limit": state(&s.rate_limit.value, f.analysis.shared.rate_limit.as_ref().map(|b| b.0.as_str())),
+                    // Each as the table shows it, with its settings and where it came from; `null`
+                    // when the function has none.
+                    "budget": sh.budget.as_ref().map(|(n, b)| serde_json::json!({
+                        "name": state(&s.budget.value, Some(n.as_str())),
+                        "ratio": b.ratio,
+                        "min_per_sec": b.min_per_sec,
+                        "from": origin(&s.budget.origin),
+                    })),
+                    "breaker": sh.breaker.as_ref().map(|(n, b)| serde_json::json!({
+                        "name": state(&s.breaker.value, Some(n.as_str())),
+                        "failure_rate": b.spec.failure_rate,
+                        "min_calls": b.spec.min_calls,
+                        "window": (b.spec.window_for.is_zero()).then_some(b.spec.window),
+                        "window_for": (!b.spec.window_for.is_zero()).then(|| fmt_duration(b.spec.window_for)),
+                        "open_for": fmt_duration(b.spec.open_for),
+                        "half_open_calls": b.spec.half_open_calls,
+                        "slow_call_duration": (!b.spec.slow_call_duration.is_zero()).then(|| fmt_duration(b.spec.slow_call_duration)),
+                        "slow_call_rate": (!b.spec.slow_call_duration.is_zero()).then_some(b.spec.slow_call_rate),
+                        "from": origin(&s.breaker.origin),
+                    })),
+                    "bulkhead": sh.bulkhead.as_ref().map(|(n, b)| serde_json::json!({
+                        "name": state(&s.bulkhead.value, Some(n.as_str())),
+                        "max_concurrent": b.max_concurrent,
+                        "max_wait": fmt_duration(b.max_wait),
+                        "from": origin(&s.bulkhead.origin),
+                    })),
+                    "rate_limit": sh.rate_limit.as_ref().map(|(n, r)| serde_json::json!({
+                        "name": state(&s.rate_limit.value, Some(n.as_str())),
+                        "rate": r.rate,
+                        "per": fmt_duration(r.per),
+                        "burst": r.burst,
+                        "max_wait": fmt_duration(r.max_wait),
+                        "store": format!("{:?}", r.store).to_lowercase(),
+                        "from": origin(&s.rate_limit.origin),
+                    })),
                     "concurrency_limit": f.analysis.shared.concurrency.as_ref().map(|(n, c)| serde_json::json!({
                         "name": state(&s.concurrency_limit.value, Some(n.as_str())),
                         "kind": "aimd",

@@ -106,6 +106,25 @@ fn list_shows_the_examples_effective_policies() {
         find("tour::stock_plain")["concurrency_limit"],
         serde_json::Value::Null
     );
+    // The breaker, bulkhead, budget and rate limit with their settings and where they came
+    // from, as the table shows them, not their names alone.
+    let stock = find("metrics_service::stock");
+    assert_eq!(stock["bulkhead"]["name"], "inventory");
+    assert_eq!(stock["bulkhead"]["max_concurrent"], 16);
+    assert_eq!(stock["bulkhead"]["from"], "inline in the attribute");
+    assert_eq!(stock["breaker"]["window"], 20);
+    assert_eq!(stock["breaker"]["open_for"], "5s");
+    assert_eq!(stock["breaker"]["window_for"], serde_json::Value::Null);
+    let partner = find("tour::partner_shared")["rate_limit"].clone();
+    assert_eq!(
+        (&partner["rate"], &partner["per"], &partner["burst"]),
+        (&20.into(), &"1s".into(), &2.into())
+    );
+    assert_eq!(partner["store"], "redis");
+    assert_eq!(partner["from"], "inline in the attribute");
+    let budget = find("tour::pay_keyed")["budget"].clone();
+    assert_eq!(budget["name"], "own", "{budget}");
+    assert!(budget["ratio"].is_number(), "{budget}");
 
     let table = run(&["list", workspace().to_str().unwrap()]);
     assert!(table.status.success());
