@@ -284,6 +284,10 @@ mod tests {
             "Client-Secret",
             "PassWord",
             "API-KEY",
+            "pwd",
+            "passwd",
+            "PWD",
+            "sig",
         ] {
             assert_eq!(
                 redacted(&u(&format!("https://h/p?{name}=v&n=1"))),
