@@ -215,6 +215,11 @@ async fn bad_files_are_refused_with_their_place() {
             "[functions.\"runbook::lookup\"]\ntimeout = \"30s\"\n",
             "incident.toml:2:11: runbook::lookup (GET): timeout (30s) is longer than the deadline (20s)",
         ),
+        // `lookup` was built with one attempt: more for every function is refused whole.
+        (
+            "[defaults]\nmax_attempts = 3\n",
+            "incident.toml:2:16: runbook::lookup (GET): max_attempts = 3, but this function was built with max_attempts = 1",
+        ),
         (
             "[functions.\"runbook::lookup\"]\nmethod = \"GET\"\n",
             "incident.toml:2:1: `method` cannot change at run time",
