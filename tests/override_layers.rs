@@ -138,4 +138,29 @@ async fn each_section_and_setting_changes_the_calls() {
     assert_eq!(n, 4);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Call);
     assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // A call holds the policy it started with to its end: one begun before a file that cuts
+    // its attempts to one still makes its four, and one begun after makes one.
+    let server = FaultServer::start(Script::always(unavailable())).await;
+    let url = server.url("/q");
+    let client = reqwest::Client::new();
+    let before = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { search(&client, &url).await }
+    });
+    // Its first attempt answered, it waits out its backoff when the file arrives.
+    for _ in 0..1000 {
+        if server.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(server.count(), 1, "the first attempt answered");
+    apply("[functions.\"override_layers::search\"]\nmax_attempts = 1\n");
+    let after = search(&client, &url).await.unwrap_err();
+    assert_eq!(after.attempts(), 1, "{after}");
+    let before = before.await.unwrap().unwrap_err();
+    assert_eq!(before.attempts(), 4, "{before}");
+    assert_eq!(server.count(), 5);
+    apply("");
 }
