@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+mod support;
+
 use resilience_fault_server::{Action, FaultServer, Script};
 use resilience_runtime::{Error, ErrorKind, breakers, overrides, resilient};
 use tokio::time::Instant;
@@ -612,9 +614,19 @@ async fn child_with_a_file_unsafe_for_a_function_not_called_yet() {
     );
     server.clear();
     // First called now: the file would resend its unkeyed POST after a 503, so it keeps its
-    // compiled policy (retried only on a connect failure).
+    // compiled policy (retried only on a connect failure), and an error says so.
+    let (logs, guard) = support::capture(tracing::Level::ERROR, false);
     refund(&c, &server.url("/")).await.unwrap_err();
+    drop(guard);
     assert_eq!(server.count(), 1, "the unkeyed POST went out once");
+    let logged = logs.text();
+    assert!(
+        logged.contains("ERROR")
+            && logged.contains("run-time overrides refused for this function")
+            && logged.contains("function=\"runbook::refund\"")
+            && logged.contains("POST"),
+        "{logged}"
+    );
     server.clear();
     // Now that both are known, the same file is refused whole, and each keeps what it had.
     let e = overrides::reload().unwrap_err();
