@@ -778,6 +778,31 @@ async fn idempotent_requests_counted(handle: &PrometheusHandle) {
     assert_eq!(requests("handled"), Some(1.0), "{}", handle.render());
     assert_eq!(requests("replayed"), Some(1.0));
     assert_eq!(requests("key_missing"), Some(1.0));
+
+    // A keyed request whose body ends before its declared length (the client went away
+    // mid-upload): the body cannot be read to fingerprint it.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut raw = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    raw.write_all(
+        b"POST /tenants/acme/charges HTTP/1.1\r\nhost: x\r\nidempotency-key: k-2\r\ncontent-length: 100\r\n\r\n39000",
+    )
+    .await
+    .unwrap();
+    raw.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await;
+    let mut counted = None;
+    for _ in 0..100 {
+        counted = requests("body_unreadable");
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted, Some(1.0), "{}", handle.render());
+    assert_eq!(requests("handled"), Some(1.0), "the handler did not run");
 }
 
 /// A store that refuses to take responses while told to (a Redis that went away mid-request).
