@@ -25,6 +25,24 @@ async fn attempts(action: Action) -> (u32, Result<String, Error>, Duration) {
     (server.count() as u32, out, started.elapsed())
 }
 
+/// Two impls of one type at different generic arguments: their methods share one path,
+/// `override_layers::Gateway::fetch`.
+struct Gateway<T>(std::marker::PhantomData<T>);
+
+impl Gateway<u8> {
+    #[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn fetch(&self, c: &reqwest::Client, url: &str) -> Result<String, Error> {
+        Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+    }
+}
+
+impl Gateway<u16> {
+    #[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+    async fn fetch(&self, c: &reqwest::Client, url: &str) -> Result<String, Error> {
+        Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+    }
+}
+
 fn apply(text: &str) {
     overrides::apply_str(text, "incident.toml").unwrap_or_else(|e| panic!("{e}"));
 }
@@ -138,6 +156,19 @@ async fn each_section_and_setting_changes_the_calls() {
     assert_eq!(n, 4);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Call);
     assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Two impls sharing a path: an override by that path applies to both.
+    let server = FaultServer::start(Script::always(unavailable())).await;
+    let url = server.url("/g");
+    let client = reqwest::Client::new();
+    let bytes = Gateway::<u8>(std::marker::PhantomData);
+    let words = Gateway::<u16>(std::marker::PhantomData);
+    assert_eq!(bytes.fetch(&client, &url).await.unwrap_err().attempts(), 3);
+    assert_eq!(words.fetch(&client, &url).await.unwrap_err().attempts(), 3);
+    apply("[functions.\"override_layers::Gateway::fetch\"]\nmax_attempts = 1\n");
+    assert_eq!(bytes.fetch(&client, &url).await.unwrap_err().attempts(), 1);
+    assert_eq!(words.fetch(&client, &url).await.unwrap_err().attempts(), 1);
+    apply("");
 
     // A call holds the policy it started with to its end: one begun before a file that cuts
     // its attempts to one still makes its four, and one begun after makes one.
