@@ -893,7 +893,7 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
     }
     // A backoff no retry can begin within the deadline after: the retries written are never
     // made. At the backoff written in the attribute, else the deadline or the retries there;
-    // at the backoff's place in the file otherwise.
+    // else at the first of them a file set (its place named in the message).
     let first_wait = rules::shortest_first_backoff(
         b.kind.value == BackoffKind::Constant,
         b.initial.value,
@@ -909,16 +909,22 @@ pub fn check_policy(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>
             &s.deadline.origin.to_string(),
         )),
     ) {
-        let origin = [
+        let origins = [
             &b.initial.origin,
             &b.jitter.origin,
             &b.kind.origin,
             &s.deadline.origin,
             &s.max_attempts.origin,
-        ]
-        .into_iter()
-        .find(|o| o.is_inline())
-        .unwrap_or(&b.initial.origin);
+        ];
+        let origin = origins
+            .into_iter()
+            .find(|o| o.is_inline())
+            .or_else(|| {
+                origins
+                    .into_iter()
+                    .find(|o| matches!(o, Origin::File { .. }))
+            })
+            .unwrap_or(&b.initial.origin);
         diags.push(here(origin), format!("{}{broken}", file_prefix(origin)));
     }
     for item in &s.retry_on.value {

@@ -20,8 +20,14 @@ async fn drawn(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
 }
 
 // Accepted: no retry asked for.
-#[resilient(method = GET, timeout = "500ms", deadline = "1s", max_attempts = 1, backoff(kind = constant, initial = "1s"))]
+#[resilient(method = GET, timeout = "500ms", deadline = "1s", max_attempts = 1, backoff(kind = constant, initial = "1s", jitter = none))]
 async fn once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+// Nothing written in the attribute: the error names the file's deadline.
+#[resilient(config = "../short_deadline.toml", method = GET)]
+async fn from_the_file(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())
 }
 
