@@ -728,6 +728,47 @@ async fn asking_for_a_replay_keeps_the_backoff() {
 
 #[resilient(
     timeout = "1s",
+    deadline = "30s",
+    max_attempts = 3,
+    backoff(initial = "100ms", max = "2s", jitter = none),
+    idempotency_key = auto
+)]
+async fn capture_at_length(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A server that is not this crate's layer answering every request 409 with `Retry-After: 0`
+/// (a conflict it calls "try later") is asked again at a backoff that grows with each ask, up
+/// to the backoff's `max`, not at its first step until the deadline (about 300 requests in the
+/// 30 s deadline, outside `max_attempts` and the budget).
+#[tokio::test(start_paused = true)]
+async fn asking_for_a_replay_backs_off_with_each_ask() {
+    let busy = FaultServer::start(
+        Script::sequence((0..400).map(|_| Action::status(409).header("retry-after", "0")))
+            .then(Action::stall()),
+    )
+    .await;
+    let e = capture_at_length(&reqwest::Client::new(), &busy.url("/captures"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    // 100, 200, 400, 800 ms, 1.6 s, then every 2 s: about 19 in 30 s.
+    assert!(
+        (15..=22).contains(&busy.count()),
+        "{} requests in 30 s",
+        busy.count()
+    );
+}
+
+#[resilient(
+    timeout = "1s",
     deadline = "10s",
     max_attempts = 3,
     backoff(initial = "10ms", max = "10ms", jitter = none),

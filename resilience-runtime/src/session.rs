@@ -1672,12 +1672,19 @@ impl Session {
         let counted = attempt - self.asks - self.hedges;
         // Past `max_attempts`, only asking again for a keyed request's replay (409 "still in
         // progress") goes on: it keeps its backoff too, whatever `Retry-After` says (a
-        // `Retry-After: 0` would otherwise ask back to back until the deadline).
+        // `Retry-After: 0` would otherwise ask back to back until the deadline), one step
+        // further at each ask, up to its `max` (a server that answers every request so, not
+        // this crate's layer, would otherwise be asked at the first step until the deadline).
         let asking = self.ctx.key.is_some() && class == Class::Status(409);
         let backoff = if counted < policy.max_attempts || asking {
+            let step = if asking {
+                counted.saturating_add(self.asks)
+            } else {
+                counted
+            };
             self.backoff
                 .get_or_insert_with(|| BackoffState::new(policy.backoff))
-                .next_delay(counted)
+                .next_delay(step)
         } else {
             Duration::ZERO
         };
