@@ -971,13 +971,34 @@ async fn tracing_instrument_on_either_side() {
     let c = reqwest::Client::new();
     for inside in [false, true] {
         let server = flaky().await;
+        let (logs, guard) = support::capture(tracing::Level::INFO, true);
         let got = if inside {
             instrumented_inside(&c, &server.url("/")).await
         } else {
             instrumented_outside(&c, &server.url("/")).await
         };
+        drop(guard);
         assert_eq!(got.unwrap(), "ok", "instrument inside: {inside}");
         retried_and_stamped(&server);
+        // Below `#[resilient]`, one span around the call; above it, one per attempt.
+        let name = if inside {
+            "instrumented_inside{"
+        } else {
+            "instrumented_outside{"
+        };
+        let opened = logs
+            .text()
+            .lines()
+            // The span's own opening: its target is this crate.
+            .filter(|l| l.ends_with(": shapes: new") && l.contains(name))
+            .count();
+        let attempts = server.requests().len();
+        assert_eq!(
+            opened,
+            if inside { 1 } else { attempts },
+            "instrument inside: {inside}:\n{}",
+            logs.text()
+        );
     }
 }
 
