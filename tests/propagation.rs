@@ -861,6 +861,34 @@ async fn a_part_the_handler_gives_its_own_time_keeps_the_derived_key() {
     }
 }
 
+/// The fault server of the retried enclosing calls: request 1, the first page, answers 503;
+/// each charge takes 300 ms.
+fn page_fails_once() -> Script {
+    Script::dynamic(|seen| {
+        if seen.path == "/page" && seen.index == 1 {
+            Action::status(503)
+        } else if seen.path == "/c" {
+            Action::ok().after(Duration::from_millis(300))
+        } else {
+            Action::ok()
+        }
+    })
+}
+
+/// The charges at `/c` after the first (made before the handler ran): two, one per run, under
+/// one key.
+fn assert_one_charge_two_runs_one_key(server: &FaultServer) {
+    let charges: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/c")
+        .skip(1)
+        .map(|r| r.idempotency_key().expect("keyed").to_owned())
+        .collect();
+    assert_eq!(charges.len(), 2, "{charges:?}");
+    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+}
+
 /// A handler at `/b` under an `IdempotencyLayer` that derives its calls' keys, served.
 async fn serve_deriving(
     handler: axum::routing::MethodRouter<(reqwest::Client, String, Calls)>,
@@ -1037,16 +1065,7 @@ async fn b_paging(State((c, base, _)): State<(reqwest::Client, String, Calls)>) 
 /// once (it took the next place, a key no other run would send it under: charged twice).
 #[tokio::test(start_paused = true)]
 async fn a_nested_call_made_again_by_its_enclosing_calls_retry_keeps_its_derived_key() {
-    let c_server = FaultServer::start(Script::dynamic(|seen| {
-        if seen.path == "/page" && seen.index == 1 {
-            Action::status(503)
-        } else if seen.path == "/c" {
-            Action::ok().after(Duration::from_millis(300))
-        } else {
-            Action::ok()
-        }
-    }))
-    .await;
+    let c_server = FaultServer::start(page_fails_once()).await;
     let base = c_server.url("");
     let addr = serve_deriving(axum::routing::post(b_paging), &base).await;
     let c = reqwest::Client::new();
@@ -1055,15 +1074,7 @@ async fn a_nested_call_made_again_by_its_enclosing_calls_retry_keeps_its_derived
     // Run 1: the charge refused (request 1 is the page, 503), retried a second later.
     // Run 2, once the permit is back: the charge admitted at once.
     run_twice(addr, "order-13", Duration::from_secs(2)).await;
-    let charges: Vec<String> = c_server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/c")
-        .skip(1)
-        .map(|r| r.idempotency_key().expect("keyed").to_owned())
-        .collect();
-    assert_eq!(charges.len(), 2, "{charges:?}");
-    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+    assert_one_charge_two_runs_one_key(&c_server);
 }
 
 /// [`charge_limited`] with a limit of its own (a test beside it spends that one's permits).
@@ -1100,31 +1111,14 @@ async fn b_paging_deeper(
 /// the helper call's place, counted in the retried attempt afresh.
 #[tokio::test(start_paused = true)]
 async fn a_charge_two_calls_down_keeps_its_derived_key_across_a_retry() {
-    let c_server = FaultServer::start(Script::dynamic(|seen| {
-        if seen.path == "/page" && seen.index == 1 {
-            Action::status(503)
-        } else if seen.path == "/c" {
-            Action::ok().after(Duration::from_millis(300))
-        } else {
-            Action::ok()
-        }
-    }))
-    .await;
+    let c_server = FaultServer::start(page_fails_once()).await;
     let base = c_server.url("");
     let addr = serve_deriving(axum::routing::post(b_paging_deeper), &base).await;
     let c = reqwest::Client::new();
     // Spends the second's permit.
     let _ = charge_limited_deeper(&c, &format!("{base}c")).await;
     run_twice(addr, "order-15", Duration::from_secs(2)).await;
-    let charges: Vec<String> = c_server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/c")
-        .skip(1)
-        .map(|r| r.idempotency_key().expect("keyed").to_owned())
-        .collect();
-    assert_eq!(charges.len(), 2, "{charges:?}");
-    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+    assert_one_charge_two_runs_one_key(&c_server);
 }
 
 #[resilient(method = POST, idempotency_key = auto, timeout = "1s", max_attempts = 1, budget = false)]
@@ -1405,15 +1399,7 @@ async fn a_nested_call_made_again_by_a_hedge_keeps_its_derived_key() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Run 2: the charge admitted at once, the quote fast: no hedge.
     assert_eq!(send().await.unwrap().status(), 504);
-    let charges: Vec<String> = c_server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/c")
-        .skip(1)
-        .map(|r| r.idempotency_key().expect("keyed").to_owned())
-        .collect();
-    assert_eq!(charges.len(), 2, "{charges:?}");
-    assert_eq!(charges[0], charges[1], "the same charge, the same key");
+    assert_one_charge_two_runs_one_key(&c_server);
     assert_eq!(c_server.count_path("/quote"), 3, "run 1 hedged its quote");
 }
 
