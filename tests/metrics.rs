@@ -567,6 +567,55 @@ async fn calls_their_caller_gives_up_on_are_counted_cancelled() {
     );
 }
 
+/// Two impls of one type at different generic arguments: their methods share one path,
+/// `metrics::Gateway::fetch`, and so their metrics.
+struct Gateway<T>(std::marker::PhantomData<T>);
+
+impl Gateway<u8> {
+    #[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+    async fn fetch(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+impl Gateway<u16> {
+    #[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+    async fn fetch(&self, c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+        Ok(c.get(url).send().await?.status().as_u16())
+    }
+}
+
+/// The README's "their metrics add up": one call of each impl counts two calls of the path.
+#[tokio::test]
+async fn two_impls_sharing_a_path_add_up() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    Gateway::<u8>(std::marker::PhantomData)
+        .fetch(&c, &server.url("/"))
+        .await
+        .unwrap();
+    Gateway::<u16>(std::marker::PhantomData)
+        .fetch(&c, &server.url("/"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[
+                function_of("Gateway::fetch"),
+                r#"outcome="successful_without_retry""#
+            ]
+        ),
+        Some(2.0),
+        "{}",
+        handle.render()
+    );
+}
+
 fn function_of(f: &str) -> &'static str {
     Box::leak(format!(r#"function="metrics::{f}""#).into_boxed_str())
 }
