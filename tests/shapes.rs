@@ -942,7 +942,7 @@ async fn a_return_type_with_impl_trait() {
 /// it expands first and wraps each attempt (the macro warns, `deprecated`, at it: allowed here,
 /// where the attempts are what is checked).
 #[allow(deprecated)]
-#[tracing::instrument(skip(http))]
+#[tracing::instrument(skip(http), err)]
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
 async fn instrumented_outside(http: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(http
@@ -955,7 +955,7 @@ async fn instrumented_outside(http: &reqwest::Client, url: &str) -> Result<Strin
 }
 
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
-#[tracing::instrument(skip(http))]
+#[tracing::instrument(skip(http), err)]
 async fn instrumented_inside(http: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(http
         .get(url)
@@ -996,6 +996,18 @@ async fn tracing_instrument_on_either_side() {
         assert_eq!(
             opened,
             if inside { 1 } else { attempts },
+            "instrument inside: {inside}:\n{}",
+            logs.text()
+        );
+        // Its `err` event: for each failed attempt above, for a failed call (none here) below.
+        let errors = logs
+            .text()
+            .lines()
+            .filter(|l| l.contains(" ERROR ") && l.contains(name))
+            .count();
+        assert_eq!(
+            errors,
+            if inside { 0 } else { attempts - 1 },
             "instrument inside: {inside}:\n{}",
             logs.text()
         );
