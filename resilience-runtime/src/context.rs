@@ -229,6 +229,21 @@ struct Places {
     calls: std::collections::HashMap<u64, CallPlaces>,
 }
 
+impl Places {
+    /// A call (or a fallback) at `place` is registered: its registration, never 0.
+    fn register(&mut self, place: uuid::Uuid) -> u64 {
+        let id = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.calls.insert(
+            id,
+            CallPlaces {
+                place,
+                attempts: Vec::new(),
+            },
+        );
+        id
+    }
+}
+
 /// What one call running under a handler knows of its place and the calls nested in it.
 struct CallPlaces {
     /// Its place: what the places of the calls nested in it derive from.
@@ -298,38 +313,25 @@ impl ParentKey {
             };
             Some((call.place, count(&mut call.attempts[at].1, function)))
         });
+        // The `n`th call of `function` after `prefix`, in `namespace`.
+        let named = |namespace: &uuid::Uuid, prefix: &[u8], n: u32| {
+            let mut name = Vec::with_capacity(prefix.len() + function.len() + 5);
+            name.extend_from_slice(prefix);
+            name.extend_from_slice(function.as_bytes());
+            name.push(0);
+            name.extend_from_slice(&n.to_le_bytes());
+            uuid::Uuid::new_v5(namespace, &name)
+        };
         let place = match around {
-            Some((outer, n)) => {
-                let mut name = Vec::with_capacity(function.len() + 5);
-                name.extend_from_slice(function.as_bytes());
-                name.push(0);
-                name.extend_from_slice(&n.to_le_bytes());
-                uuid::Uuid::new_v5(&outer, &name)
-            }
+            Some((outer, n)) => named(&outer, &[], n),
             // The handler's own call (or one whose enclosing call is not registered here).
-            None => {
-                let n = count(&mut places.handler, function);
-                let mut name = Vec::with_capacity(self.seed.len() + function.len() + 5);
-                name.extend_from_slice(&self.seed);
-                name.extend_from_slice(function.as_bytes());
-                name.push(0);
-                name.extend_from_slice(&n.to_le_bytes());
-                uuid::Uuid::new_v5(&DERIVED_KEYS, &name)
-            }
+            None => named(
+                &DERIVED_KEYS,
+                &self.seed,
+                count(&mut places.handler, function),
+            ),
         };
-        let id = if register {
-            let id = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            places.calls.insert(
-                id,
-                CallPlaces {
-                    place,
-                    attempts: Vec::new(),
-                },
-            );
-            id
-        } else {
-            0
-        };
+        let id = if register { places.register(place) } else { 0 };
         (id, place)
     }
 
@@ -343,16 +345,8 @@ impl ParentKey {
     /// place under that call's, where the calls it makes take theirs, never among the calls
     /// made after the failed one.
     fn enter_fallback(&self, place: uuid::Uuid) -> u64 {
-        let id = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let mut places = self.places.lock().unwrap_or_else(|e| e.into_inner());
-        places.calls.insert(
-            id,
-            CallPlaces {
-                place: uuid::Uuid::new_v5(&place, b"fallback"),
-                attempts: Vec::new(),
-            },
-        );
-        id
+        places.register(uuid::Uuid::new_v5(&place, b"fallback"))
     }
 
     /// The call registered as `id` ended.
@@ -719,7 +713,7 @@ impl FallbackScope {
     /// For the fallback of the call of `session`, which failed (before the session is
     /// dropped).
     pub fn after(session: &crate::session::Session) -> FallbackScope {
-        let call = session.registration();
+        let call = session.ctx.call;
         if call == 0 {
             return FallbackScope(0);
         }

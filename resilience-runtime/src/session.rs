@@ -847,11 +847,6 @@ impl Session {
         }
     }
 
-    /// The call's registration with the handler whose keys are derived (0: none).
-    pub(crate) fn registration(&self) -> u64 {
-        self.ctx.call
-    }
-
     /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
     /// idempotency key, or a rate limit that refuses without a wait. Taken once; not taken,
     /// the call's first attempt returns it (and [`admitted`](Self::admitted) says there is
