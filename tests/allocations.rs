@@ -207,3 +207,52 @@ fn global_recorder_child() {
         "every call counted: {text}"
     );
 }
+
+/// Stamps `req` (cleared of the last stamping's headers, keeping the map's room) in this
+/// call's attempt; the heap allocations the stamping made.
+#[resilient(method = GET, timeout = "1s", max_attempts = 1)]
+async fn stamped(req: &mut reqwest::Request) -> Result<u64, Error> {
+    req.headers_mut().clear();
+    let (before, _) = snapshot();
+    resilience_runtime::stamp_request(req);
+    let allocations = snapshot().0 - before;
+    assert!(req.headers().contains_key("traceparent"), "not stamped");
+    Ok(allocations as u64)
+}
+
+/// The same for a keyed POST: its key is one more generated value, in the same allocation.
+#[resilient(method = POST, timeout = "1s", idempotency_key = "auto", max_attempts = 1)]
+async fn stamped_with_a_key(req: &mut reqwest::Request) -> Result<u64, Error> {
+    req.headers_mut().clear();
+    let (before, _) = snapshot();
+    resilience_runtime::stamp_request(req);
+    let allocations = snapshot().0 - before;
+    assert!(req.headers().contains_key("idempotency-key"), "no key");
+    Ok(allocations as u64)
+}
+
+/// Stamping a request writes every generated value (request id, `traceparent`, the time left,
+/// an automatic key) into one buffer on the stack and makes each header value a slice of one
+/// copy of it: two heap allocations (the copy, and its shared handle when it is first
+/// sliced), however many values, as the README's Cost section says.
+#[test]
+fn stamping_a_request_costs_two_allocations() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url: reqwest::Url = "http://127.0.0.1:9/charge".parse().unwrap();
+        let mut get = reqwest::Request::new(reqwest::Method::GET, url.clone());
+        let mut post = reqwest::Request::new(reqwest::Method::POST, url);
+        // The first stamping of each grows its header map.
+        stamped(&mut get).await.unwrap();
+        stamped_with_a_key(&mut post).await.unwrap();
+        for _ in 0..100 {
+            let n = stamped(&mut get).await.unwrap();
+            assert!(n <= 2, "{n} allocations to stamp a GET");
+            let n = stamped_with_a_key(&mut post).await.unwrap();
+            assert!(n <= 2, "{n} allocations to stamp a keyed POST");
+        }
+    });
+}
