@@ -1383,3 +1383,48 @@ async fn a_call_its_fallback_answered_is_counted_failed() {
         (1, 0, 0)
     );
 }
+
+#[resilient(method = GET, timeout = "25s", deadline = "60s", max_attempts = 1)]
+async fn slow_gateway(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// The README's longer buckets for a gateway slower than 10 s: with them an attempt of 20 s
+/// lands in the bucket that holds it (both durations), where the advised ones end at 10 s and
+/// put it in `+Inf` only.
+#[tokio::test(start_paused = true)]
+async fn the_readmes_longer_buckets_hold_an_attempt_past_ten_seconds() {
+    use metrics_exporter_prometheus::Matcher;
+    let longer = [
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0,
+        30.0, 60.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets_for_metric(Matcher::Suffix("duration".into()), &longer)
+        .unwrap()
+        .build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(20)))).await;
+    let c = reqwest::Client::new();
+    slow_gateway(&c, &server.url("/pay")).await.unwrap();
+    let f = function_of("slow_gateway");
+    for name in [
+        "http_client_request_duration_seconds_bucket",
+        "resilience_client_call_duration_seconds_bucket",
+    ] {
+        assert_eq!(
+            sample(&handle, name, &[f, r#"le="10""#]),
+            Some(0.0),
+            "{name}"
+        );
+        assert_eq!(
+            sample(&handle, name, &[f, r#"le="30""#]),
+            Some(1.0),
+            "{name}"
+        );
+    }
+}

@@ -144,6 +144,27 @@ mod metrics_setup {
     }
 }
 
+/// The longer buckets for durations past 10 s: compiled here (it installs the global
+/// recorder); `tests/metrics.rs` runs the same builder with a local one.
+#[cfg(feature = "metrics")]
+// As the README writes it, not as rustfmt would.
+#[rustfmt::skip]
+mod longer_buckets {
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+    fn setup() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+        // README: longer buckets
+        use metrics_exporter_prometheus::Matcher;
+        let longer = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
+        let prometheus = PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .set_buckets_for_metric(Matcher::Suffix("duration".into()), &longer)?      // both durations' names
+            .install_recorder()?;
+        // README end
+        Ok(prometheus)
+    }
+}
+
 /// The README's fenced blocks of one language: their text, without the fences.
 fn blocks(readme: &str, lang: &str) -> Vec<String> {
     let open = format!("```{lang}\n");
@@ -200,7 +221,8 @@ fn every_rust_example_of_the_readme_is_compiled_here() {
             "idempotency layer",
             "redis cluster",
             "opentelemetry",
-            "metrics"
+            "metrics",
+            "longer buckets",
         ],
         "the regions of this file"
     );
