@@ -914,6 +914,32 @@ async fn a_request_in_a_select_is_stamped_and_retried() {
     retried_and_stamped(&server);
 }
 
+/// The same with a block for the request's handler and no comma after it, as `rustfmt` leaves
+/// it, before an arm whose pattern is `()` (what a lint asks for in place of `_`): the block
+/// ends the handler, as tokio reads it.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn raced_with_a_block(
+    http: &reqwest::Client,
+    url: &str,
+    stop: &tokio::sync::Notify,
+) -> Result<String, Error> {
+    tokio::select! {
+        res = http.get(url).send() => {
+            Ok(res?.error_for_status()?.text().await?)
+        }
+        () = stop.notified() => Ok("stopped".to_owned()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_a_select_with_a_block_handler_is_stamped_and_retried() {
+    let server = flaky().await;
+    let stop = tokio::sync::Notify::new();
+    let got = raced_with_a_block(&reqwest::Client::new(), &server.url("/"), &stop).await;
+    assert_eq!(got.unwrap(), "ok");
+    retried_and_stamped(&server);
+}
+
 /// A return type with `impl Trait` in it.
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
 async fn bytes_of(http: &reqwest::Client, url: &str) -> Result<impl Iterator<Item = u8>, Error> {

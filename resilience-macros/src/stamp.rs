@@ -1729,7 +1729,18 @@ impl SelectArms {
             }
             let arrow: syn::Token![=>] = input.parse()?;
             parts.push(SelectPart::Tokens(arrow.to_token_stream()));
-            let handler: syn::Expr = input.parse()?;
+            // A handler that begins with a block is that block, as tokio's own rules read it:
+            // read as an expression, `{ … } () = stop.notified() => …` would be a call of the
+            // block assigned to, and the whole `select!` left unread.
+            let handler: syn::Expr = if input.peek(syn::token::Brace) {
+                syn::Expr::Block(syn::ExprBlock {
+                    attrs: Vec::new(),
+                    label: None,
+                    block: input.parse()?,
+                })
+            } else {
+                input.parse()?
+            };
             let block = matches!(handler, syn::Expr::Block(_));
             parts.push(SelectPart::Expr(Box::new(handler), false));
             if input.peek(syn::Token![,]) {
@@ -2107,6 +2118,18 @@ mod tests {
             tokio::select! { r = a.send() => }
         }));
         assert_eq!(n, 0);
+        // A block handler with no comma after it, followed by an arm whose pattern begins with
+        // `(`, `[` or `&`: the block ends the handler.
+        let (s, n) = rw(quote!({
+            tokio::select! {
+                r = c.get(u).send() => { r? }
+                () = stop.notified() => {}
+                (a, b) = c.get(v).send().zip(x) => a,
+                [x] = c.get(w).send() => { x }
+                &y = c.get(z).send() => y,
+            }
+        }));
+        assert_eq!(n, 4, "{s}");
     }
 
     /// Which bodies send their unsafe requests only where the runtime sees them.
