@@ -476,6 +476,67 @@ async fn no_fallback_answers_for_a_charge_that_may_have_been_carried_out() {
     assert_eq!(server.count(), 2);
 }
 
+/// A helper's charge, sent without `.resilient()`: the runtime does not see it.
+async fn post_charge(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// Its method declared (as the compiler asks of a body whose helper sends), so the helper is
+/// not watched.
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, fallback = pay_later)]
+async fn pay_through_a_helper(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    post_charge(c, url).await
+}
+
+/// The same, keyed: the helper's POST goes without the key.
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    idempotency_key = auto,
+    budget = false,
+    backoff(initial = "10ms", max = "10ms"),
+    fallback = pay_later
+)]
+async fn pay_keyed_through_a_helper(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    post_charge(c, url).await
+}
+
+/// The same, after a token the runtime sees: the helper's POST goes unseen beside it.
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, fallback = pay_later)]
+async fn pay_after_a_token(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let _token = c.get(format!("{url}/token")).send().await?.text().await?;
+    post_charge(c, url).await
+}
+
+/// A charge a helper sent unseen, that failed after the gateway may have carried it out (a
+/// 503 from it, a connection lost after it processed the charge): no fallback answers for
+/// it, whether the function's method is declared (its helpers then not watched) or not, and
+/// whether or not a request the runtime saw went beside it. The retry decision already took
+/// such an attempt to have sent the least safe method; the fallback now does too.
+#[tokio::test(start_paused = true)]
+async fn no_fallback_answers_for_a_charge_a_helper_sent_unseen() {
+    let c = reqwest::Client::new();
+    for action in [Action::status(503), Action::reset().after_processing()] {
+        let server = FaultServer::start(Script::dynamic(move |seen| {
+            if seen.path.ends_with("/token") {
+                Action::ok()
+            } else {
+                action.clone()
+            }
+        }))
+        .await;
+        let url = server.url("/charges");
+        let r = pay_through_a_helper(&c, &url).await;
+        assert!(r.is_err(), "{r:?}");
+        let r = pay_keyed_through_a_helper(&c, &url).await;
+        assert!(r.is_err(), "{r:?}");
+        let r = pay_after_a_token(&c, &url).await;
+        assert!(r.is_err(), "{r:?}");
+        // One charge each: none sent again.
+        assert_eq!(server.count_path("/charges"), 3);
+    }
+}
+
 #[resilient(timeout = "1s", max_attempts = 1, budget = false, fallback = list_price_cached)]
 async fn list_price(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)

@@ -1628,18 +1628,6 @@ impl Session {
             None if !self.last.stamped => policy.method.least_safe(policy.unseen),
             None => policy.method,
         };
-        // One layer retries: a failure a nested call already retried as far as its own policy
-        // allowed is not retried again around it: the attempt ended at that failure, or the
-        // body returned that call's error later (after requests of its own). Not when the
-        // attempt's own timeout ended it: the body was still running, past the nested call's
-        // failure (handled, `unwrap_or_default`), so the timeout is a failure of its own.
-        let returned_inside = self.returned_inside.take();
-        let own_timeout = self.last.runtime == Some(ErrorKind::AttemptTimeout);
-        if ((self.last.nested_gave_up && !own_timeout) || returned_inside) && class.is_transient() {
-            return self.give_up(class, GiveUp::RetriedInside, ran);
-        }
-        // A keyed call whose attempt did not stamp its request went out without the key.
-        let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
         // The policy's method (declared, or inferred from the body), when it is less safe than
         // every request the attempt was seen to send: it may have gone out unseen (a helper's
         // request, without `.resilient()`, so without the key). When the attempt was seen
@@ -1661,6 +1649,32 @@ impl Session {
         } else {
             Some(policy.method.least_safe(policy.unseen))
         };
+        // Such a request that needs a key (a helper's POST, sent without `.resilient()`; its
+        // helper not watched where the method is declared) may have been carried out as well:
+        // no fallback answers in the call's place, as no retry sends it again. An attempt seen
+        // sending nothing may have sent the policy's method so, unless every request of it is
+        // one the runtime sees (`sends_seen`: the body failed before it). Not for a function
+        // declared `idempotent`, which says so of everything it sends.
+        let unseen_carried = if self.last.stamped {
+            unseen.is_some_and(Method::needs_key)
+        } else {
+            !policy.sends_seen && policy.method.needs_key()
+        };
+        if self.last.began && !policy.idempotent && unseen_carried {
+            self.carried_out = true;
+        }
+        // One layer retries: a failure a nested call already retried as far as its own policy
+        // allowed is not retried again around it: the attempt ended at that failure, or the
+        // body returned that call's error later (after requests of its own). Not when the
+        // attempt's own timeout ended it: the body was still running, past the nested call's
+        // failure (handled, `unwrap_or_default`), so the timeout is a failure of its own.
+        let returned_inside = self.returned_inside.take();
+        let own_timeout = self.last.runtime == Some(ErrorKind::AttemptTimeout);
+        if ((self.last.nested_gave_up && !own_timeout) || returned_inside) && class.is_transient() {
+            return self.give_up(class, GiveUp::RetriedInside, ran);
+        }
+        // A keyed call whose attempt did not stamp its request went out without the key.
+        let keyed = self.ctx.key.is_some() && self.last.stamped && self.last.all_keyed;
         // The attempts that count against `max_attempts`: not those that only asked again
         // for the replay of a request still in progress, nor the hedges.
         let attempt = self.attempts;
