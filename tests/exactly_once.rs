@@ -846,6 +846,86 @@ async fn asks_for_the_replay_are_not_paid_from_the_budget() {
     assert_eq!(failing.count(), 1);
 }
 
+#[resilient(
+    timeout = "100ms",
+    deadline = "10s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = { name = "slow_gateway_spent", ratio = 0.0, min_per_sec = 0 },
+    idempotency_key = auto
+)]
+async fn charge_on_a_spent_budget(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "100ms",
+    deadline = "10s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    breaker = { name = "slow_gateway_breaker", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "30s", half_open_calls = 1 },
+    idempotency_key = auto
+)]
+async fn charge_behind_a_breaker(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The slow gateway again, with the retry that would find the charge in progress refused: by
+/// a spent budget, or by the breaker the first attempt's timeout opened. Only the asks after a
+/// 409 go around those; the retry after a timeout is a retry like any other. The call fails,
+/// and says so: one attempt, the key named as possibly carried out, the handle to ask for the
+/// answer with once the budget or the breaker allows (README, "When a retry happens").
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_whose_retry_is_refused_names_the_key_the_charge_went_under() {
+    use axum::extract::State;
+    use resilience_runtime::server::IdempotencyLayer;
+
+    let charges = Arc::new(AtomicUsize::new(0));
+    async fn gateway(State(charges): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
+        let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        (axum::http::StatusCode::CREATED, format!("charge {n}"))
+    }
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(gateway))
+        .with_state(charges.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+
+    let spent = charge_on_a_spent_budget(&http, &url).await.unwrap_err();
+    let open = charge_behind_a_breaker(&http, &url).await.unwrap_err();
+    for (e, kind) in [
+        (&spent, ErrorKind::BudgetExhausted),
+        (&open, ErrorKind::CircuitOpen),
+    ] {
+        assert_eq!(e.kind(), kind, "{e}");
+        assert_eq!(e.attempts(), 1, "{e}");
+        let key = e.idempotency_key().expect("the key named");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    // Both charges go through, once each, after their calls failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(charges.load(Ordering::SeqCst), 2);
+}
+
 /// One attempt, keyed: its own failures are not retried, but a 409 "still in progress" (the
 /// caller of a job queue calling again while the first call's handler runs) is asked again
 /// for the replay, as with any `max_attempts`.

@@ -2018,6 +2018,77 @@ async fn drained_waits_for_a_handler_whose_caller_gave_up() {
     assert_eq!(finished.load(Ordering::SeqCst), 1);
 }
 
+/// What `drained` keeps is in the store: the process started again over the store it had (one
+/// that outlives the process) replays the answer to the retry of the caller that gave up; over
+/// a store of its own (a `MemoryStore`, gone with the process) it runs the handler again, as
+/// the README's "A kept answer the store loses is a handler run again" says.
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_only_a_store_that_outlived_the_process_replays() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let serve = |store: Store| {
+        let runs = runs.clone();
+        async move {
+            let layer = IdempotencyLayer::new(store);
+            let charge = move || {
+                let runs = runs.clone();
+                async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    (axum::http::StatusCode::CREATED, format!("charge {n}"))
+                }
+            };
+            let app = axum::Router::new()
+                .route("/charges", axum::routing::post(charge))
+                .layer(layer.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/charges", listener.local_addr().unwrap());
+            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+            (url, layer, server)
+        }
+    };
+    let post = |url: String, key: String, timeout: Duration| async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("idempotency-key", key)
+            .body("x")
+            .timeout(timeout)
+            .send()
+            .await
+    };
+    let kept = store();
+    let key = fresh_key();
+    let (url, layer, server) = serve(kept.clone()).await;
+    let gave_up = post(url, key.clone(), Duration::from_millis(100)).await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    tokio::time::timeout(Duration::from_secs(10), layer.drained())
+        .await
+        .expect("drained once the handler ends");
+    server.abort();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    let (url, _, _) = serve(kept).await;
+    let replay = post(url, key.clone(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.text().await.unwrap(), "charge 1");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "replayed from the store it had"
+    );
+
+    let (url, _, _) = serve(store()).await;
+    let again = post(url, key, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.text().await.unwrap(), "charge 2");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "a store that lost the answer runs it again"
+    );
+}
+
 /// A store of the application's own that panics as it stores the handler's answer: a store
 /// that failed (the answer kept and written back, the repeat replayed), not a handler task
 /// that died, whose claim was then given back and the repeat run the handler again.
