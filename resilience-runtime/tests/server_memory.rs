@@ -368,7 +368,8 @@ async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when
     let _serial = PENDING.lock().await;
     let switch = Arc::new(Faulty::default());
     let store: Store = switch.clone();
-    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let layer = IdempotencyLayer::new(store.clone());
+    let app = serve(&store, layer.clone()).await;
     let key = fresh_key();
     let url = app.url("/gated");
     let first = tokio::spawn({
@@ -388,11 +389,19 @@ async fn a_store_lost_while_the_handler_runs_keeps_the_result_and_writes_it_when
         (201, true, "gated 1")
     );
     assert_eq!(post(&url, Some(&key), "y").await.status, 422);
+    // A drain waits for the answer the store has not taken yet (a deploy would lose it).
+    let drained = tokio::spawn(layer.drained());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!drained.is_finished(), "drained with an answer not written");
 
     // Back: the result is written, and the store itself replays it.
     switch
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("drained once the answer is written")
+        .unwrap();
     let store_key =
         resilience_runtime::server::record_key(&reqwest::Method::POST, "/gated", &key, None);
     for _ in 0..200 {
@@ -2105,6 +2114,45 @@ async fn a_store_that_panics_storing_the_answer_does_not_run_the_handler_again()
     let again = app.clone().call(keyed_post("/orders", &key)).await.unwrap();
     assert_eq!(again.status(), 201, "{:?}", again.headers());
     assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A store of the application's own that panics as it claims a key: a store that failed (503,
+/// nothing run, the key left free), not a process that died; the repeat, once the store
+/// behaves, runs the handler once, and the next is its replay.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_panics_claiming_counts_as_failed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service as _;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    async fn orders(
+        axum::extract::State(runs): axum::extract::State<Arc<AtomicUsize>>,
+    ) -> (axum::http::StatusCode, String) {
+        let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+        (axum::http::StatusCode::CREATED, format!("order {n}"))
+    }
+    let store = Faulty::new(|op, n| {
+        if op == Op::Claim && n == 0 {
+            Act::Panic
+        } else {
+            Act::Pass
+        }
+    });
+    let mut app = axum::Router::new()
+        .route("/orders", axum::routing::post(orders))
+        .with_state(runs.clone())
+        .layer(IdempotencyLayer::new(Arc::new(store)));
+    let key = fresh_key();
+    let mut statuses = Vec::new();
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let r = app.call(keyed_post("/orders", &key)).await.unwrap();
+        statuses.push(r.status().as_u16());
+        replayed.push(r.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(statuses, [503, 201, 201]);
+    assert_eq!(replayed, [false, false, true]);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 

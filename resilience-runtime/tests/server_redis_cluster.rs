@@ -172,6 +172,36 @@ async fn the_records_of_many_keys_spread_over_every_master() {
     );
 }
 
+/// Keys a client writes with braces are a Redis hash tag: the records of `{acct42}-0001`,
+/// `{acct42}-0002`, … share one slot, so one master holds them all (the README's Redis Cluster
+/// section), where as many keys without it spread (above).
+#[tokio::test]
+async fn keys_with_one_hash_tag_share_a_master() {
+    let Some(urls) = cluster_urls().await else {
+        return;
+    };
+    let masters = masters(&urls).await;
+    assert!(masters.len() >= 2, "{masters:?}; start .ci/cluster.sh");
+    let prefix = prefix("tagged");
+    let app = instance(&urls, &prefix).await;
+    let account = format!("acct{}", fresh_key().replace('-', ""));
+    const KEYS: usize = 30;
+    for i in 0..KEYS {
+        let key = format!("{{{account}}}-{i:04}");
+        let ran = post(&app.url("/orders"), Some(&key), "x").await;
+        assert_eq!((ran.status, ran.replayed()), (201, false), "{key}: {ran:?}");
+        let replay = post(&app.url("/orders"), Some(&key), "x").await;
+        assert_eq!((replay.status, replay.replayed()), (201, true), "{key}");
+    }
+    let mut held = Vec::new();
+    for m in &masters {
+        held.push(keys_on(m, &prefix).await);
+    }
+    held.sort();
+    assert_eq!(held.last(), Some(&KEYS), "all on one master: {held:?}");
+    assert_eq!(held.iter().sum::<usize>(), KEYS, "{held:?}");
+}
+
 #[tokio::test]
 async fn instances_sharing_the_cluster_run_each_key_once() {
     let Some(urls) = cluster_urls().await else {
