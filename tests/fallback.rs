@@ -537,6 +537,65 @@ async fn no_fallback_answers_for_a_charge_a_helper_sent_unseen() {
     }
 }
 
+/// A charge, keyed, with a short deadline (a 409 "still in progress" is asked again until it).
+#[resilient(
+    timeout = "1s",
+    deadline = "3s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    fallback = pay_later
+)]
+async fn pay_once(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// An order page (a GET) whose body makes a keyed charge, a call of its own.
+#[resilient(method = GET, timeout = "5s", max_attempts = 1, budget = false, fallback = pay_later)]
+async fn checkout(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    pay_once(c, url).await
+}
+
+/// The README's list of what keeps the fallback from answering, each a way a charge may have
+/// been carried out: a POST that timed out, answered 409, redirected (303) to a page that then
+/// failed, or made by a nested call that failed after it. Each failure comes back as the
+/// call's error, the charge made once.
+#[tokio::test(start_paused = true)]
+async fn no_fallback_after_a_timeout_a_409_a_followed_redirect_or_a_nested_charge() {
+    let c = reqwest::Client::new();
+    let cases = [
+        ("timed out", Action::stall()),
+        ("409", Action::status(409)),
+        ("409 in progress", Action::status(409).retry_after(1)),
+        (
+            "redirected",
+            Action::status(303).header("location", "/receipt"),
+        ),
+    ];
+    for (case, action) in cases {
+        let server = FaultServer::start(Script::dynamic(move |seen| {
+            if seen.path == "/receipt" {
+                Action::status(503)
+            } else {
+                action.clone()
+            }
+        }))
+        .await;
+        let url = server.url("/charges");
+        let r = pay_once(&c, &url).await;
+        assert!(r.is_err(), "{case}: {r:?}");
+        assert!(r.unwrap_err().idempotency_key().is_some(), "{case}");
+        let charges = server.count_path("/charges");
+        let r = checkout(&c, &url).await;
+        assert!(r.is_err(), "{case}, nested: {r:?}");
+        assert_eq!(
+            server.count_path("/charges"),
+            2 * charges,
+            "{case}: each call's charges once"
+        );
+    }
+}
+
 #[resilient(timeout = "1s", max_attempts = 1, budget = false, fallback = list_price_cached)]
 async fn list_price(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)

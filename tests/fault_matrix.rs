@@ -582,6 +582,30 @@ async fn retry_after_as_a_fraction_or_a_merged_list_is_waited() {
     }
 }
 
+/// Any other value is ignored: a word, a negative number, a date past, a date malformed, an
+/// empty field. The retry comes after the backoff alone (at most its 50 ms `max` here), and
+/// the call succeeds.
+#[tokio::test(start_paused = true)]
+async fn retry_after_values_outside_the_grammar_are_ignored() {
+    let c = client();
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    for value in ["soon", "-5", past, "Sun, 99 Foo 2026 99:99:99 GMT", ""] {
+        let server = FaultServer::start(vec![
+            Action::status(503).header("Retry-After", value),
+            Action::ok(),
+        ])
+        .await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(get(&c, &server.url("/op")).await.unwrap(), 200, "{value:?}");
+        assert!(
+            started.elapsed() <= Duration::from_millis(50),
+            "{value:?}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.count(), 2, "{value:?}");
+    }
+}
+
 /// The same fields unmerged, as they arrive when no proxy joined them: their longest too. And
 /// a longest beyond the cap ends the call at once, as a single such field does.
 #[tokio::test(start_paused = true)]

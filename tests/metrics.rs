@@ -1428,3 +1428,54 @@ async fn the_readmes_longer_buckets_hold_an_attempt_past_ten_seconds() {
         );
     }
 }
+
+/// Returns a 503's status as a number: an `Ok`.
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    budget = false,
+    breaker = { name = "m_ok_after_503", failure_rate = 0.5, min_calls = 2, window = 4, open_for = "60s", half_open_calls = 1 },
+)]
+async fn status_as_a_number(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A body that returns `Ok` after a 503 succeeded, for the retry, the breaker and the metrics
+/// alike (README, "When a retry happens"): one request each, the breaker's window all
+/// successes, and the calls counted as successful without a retry.
+#[tokio::test]
+async fn an_ok_after_a_503_is_a_success_for_the_breaker_and_the_metrics() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = reqwest::Client::new();
+    for _ in 0..4 {
+        assert_eq!(status_as_a_number(&c, &server.url("/")).await.unwrap(), 503);
+    }
+    assert_eq!(server.count(), 4, "none retried");
+    let breaker = resilience_runtime::breakers::state("m_ok_after_503").unwrap();
+    assert_eq!(
+        breaker.state,
+        resilience_runtime::breakers::BreakerState::Closed
+    );
+    assert_eq!((breaker.window_calls, breaker.window_failures), (4, 0));
+    let f = function_of("status_as_a_number");
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[f, r#"outcome="successful_without_retry""#]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_attempts_total",
+            &[f, r#"class="ok""#]
+        ),
+        Some(4.0)
+    );
+}

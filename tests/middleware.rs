@@ -183,3 +183,49 @@ async fn the_runtimes_error_travels_as_a_middleware_error() {
     assert_eq!(own.attempts(), 3, "{own}");
     assert_eq!(server.count(), 3);
 }
+
+/// A middleware that waits before it passes the request on (a client-side rate limiter, say).
+struct Waits(Duration);
+
+#[async_trait::async_trait]
+impl Middleware for Waits {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        tokio::time::sleep(self.0).await;
+        next.run(req, extensions).await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 1)]
+async fn stock_behind_a_wait(
+    c: &ClientWithMiddleware,
+    url: &str,
+) -> Result<String, reqwest_middleware::Error> {
+    let resp = c.get(url).send().await?;
+    Ok(resp.error_for_status()?.text().await?)
+}
+
+/// `X-Timeout-Ms` is the time left as the request enters the middleware stack: behind a
+/// middleware that waits 300 ms, the server is told the whole second the attempt had then,
+/// though 700 ms are left when the request arrives (the README says so).
+#[tokio::test(start_paused = true)]
+async fn the_time_left_is_told_as_the_request_enters_the_middleware_stack() {
+    let server = FaultServer::start(Script::always(Action::ok().body("12"))).await;
+    let plain = reqwest::Client::new();
+    let c = ClientBuilder::new(plain)
+        .with(Waits(Duration::from_millis(300)))
+        .build();
+    assert_eq!(
+        stock_behind_a_wait(&c, &server.url("/stock"))
+            .await
+            .unwrap(),
+        "12"
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-timeout-ms"), Some("1000"));
+}
