@@ -892,6 +892,25 @@ async fn reqwests_own_get_is_a_get_stamped_and_retried() {
     retried_and_stamped(&server);
 }
 
+/// Raw identifiers for the builder and its send: the same methods, stamped and retried.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn raw_names(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(http
+        .r#get(url)
+        .r#send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_written_as_a_raw_identifier_is_stamped_and_retried() {
+    let server = flaky().await;
+    assert_eq!(raw_names(&client(), &server.url("/")).await.unwrap(), "ok");
+    retried_and_stamped(&server);
+}
+
 /// A request raced against a shutdown signal in `tokio::select!`.
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
 async fn raced(

@@ -84,6 +84,8 @@ pub(crate) fn rewrite(
     private: &TokenStream,
     clients: Option<&[String]>,
 ) -> Found {
+    // `rb.r#send()` is `rb.send()`: read it so, or it would go out unstamped and unseen.
+    syn::visit_mut::VisitMut::visit_block_mut(&mut Unraw, block);
     let (aliased, self_names) = match clients {
         Some(c) => {
             let (aliased, self_names) = with_aliases(block, c);
@@ -1777,6 +1779,22 @@ impl SelectArms {
                 SelectPart::Expr(e, _) => e.to_token_stream(),
             })
             .collect()
+    }
+}
+
+/// Writes a method call's raw name (`r#send`) as the plain one where that is no keyword: the
+/// same method, as the rewrite matches names.
+struct Unraw;
+
+impl syn::visit_mut::VisitMut for Unraw {
+    fn visit_expr_method_call_mut(&mut self, m: &mut syn::ExprMethodCall) {
+        let name = m.method.to_string();
+        if let Some(plain) = name.strip_prefix("r#")
+            && let Ok(ident) = syn::parse_str::<syn::Ident>(plain)
+        {
+            m.method = syn::Ident::new(&ident.to_string(), m.method.span());
+        }
+        syn::visit_mut::visit_expr_method_call_mut(self, m);
     }
 }
 

@@ -169,7 +169,10 @@ pub fn analyze(
         );
     }
     let method = effective_method(&settings, inferred.as_ref());
-    check_declared_method(&mut diags, &settings, inferred.as_ref(), fallback);
+    // Against what the body shows even where it also chooses a method at run time (a `.post(`
+    // beside a `.request(m, url)` under `method = GET`).
+    let visible = crate::infer::visible_method(func.block.to_token_stream());
+    check_declared_method(&mut diags, &settings, visible.as_ref(), fallback);
     check_function(&mut diags, func, &settings);
     check_policy(&mut diags, &settings, method.as_ref(), fallback);
     crate::validate::check_hedge(&mut diags, &settings, method.as_ref(), fallback);

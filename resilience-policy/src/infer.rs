@@ -19,6 +19,12 @@ pub fn infer_method(body: TokenStream) -> Option<Inferred> {
     if chosen_at_run_time(body.clone()) {
         return None;
     }
+    visible_method(body)
+}
+
+/// The least safe method the body's tokens show, whether or not it also chooses one at run
+/// time: what a declared method may not be safer than.
+pub fn visible_method(body: TokenStream) -> Option<Inferred> {
     let mut best: Option<Inferred> = None;
     scan(body, &mut best);
     best
@@ -34,6 +40,7 @@ pub fn chosen_at_run_time(ts: TokenStream) -> bool {
         TokenTree::Ident(id) => {
             let after_dot =
                 i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
+            let id = syn::ext::IdentExt::unraw(id);
             let request = (id == "request" && after_dot)
                 || (id == "new" && in_path_after(tokens.as_slice(), i, "Request"));
             request
@@ -95,7 +102,8 @@ fn scan_one(tokens: &[TokenTree], i: usize, best: &mut Option<Inferred>) {
     let TokenTree::Ident(id) = &tokens[i] else {
         return;
     };
-    let name = id.to_string();
+    // `c.r#post(u)` is `.post(`.
+    let name = syn::ext::IdentExt::unraw(id).to_string();
     // `.post(`, `.post::<&str>(`
     let after_dot = i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '.');
     let args = call_args(tokens, i);
