@@ -1557,18 +1557,28 @@ pub fn check_body_sets_no_key(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) 
     );
 }
 
-/// Where `ts` writes the `Idempotency-Key` header: the string (any case) or a constant named
-/// `IDEMPOTENCY_KEY` as the first argument of `.header(…)`, `.insert(…)` or `.append(…)` (not
-/// a read of the header, `headers().get("Idempotency-Key")`).
+/// Where `ts` writes the `Idempotency-Key` header: the string (any case, also a byte string),
+/// a constant named `IDEMPOTENCY_KEY`, or a name made of the string
+/// (`HeaderName::from_static("idempotency-key")`) as the first argument of `.header(…)`,
+/// `.insert(…)` or `.append(…)` (not a read of the header, `headers().get("Idempotency-Key")`).
 fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
     use proc_macro2::TokenTree;
+    fn literal_names_key(l: &proc_macro2::Literal) -> bool {
+        let text = l.to_string();
+        let text = text.strip_prefix('b').unwrap_or(&text);
+        text.trim_matches('"').eq_ignore_ascii_case("idempotency-key")
+    }
     let names_key = |t: &TokenTree| match t {
         TokenTree::Ident(c) => (c == "IDEMPOTENCY_KEY").then(|| c.span()),
-        TokenTree::Literal(l) => l
-            .to_string()
-            .trim_matches('"')
-            .eq_ignore_ascii_case("idempotency-key")
-            .then(|| l.span()),
+        TokenTree::Literal(l) => literal_names_key(l).then(|| l.span()),
+        // `HeaderName::from_static("idempotency-key")`, `from_bytes(b"…")`: its one argument.
+        TokenTree::Group(g) => {
+            let inner: Vec<TokenTree> = g.stream().into_iter().collect();
+            match inner.as_slice() {
+                [TokenTree::Literal(l)] if literal_names_key(l) => Some(l.span()),
+                _ => None,
+            }
+        }
         _ => None,
     };
     let tokens: Vec<TokenTree> = ts.into_iter().collect();
