@@ -46,10 +46,29 @@ pub(crate) fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
         );
         return fail_soft(item, e);
     }
+    // Written twice, the macro imported under another name too (`use … resilient as retry;`):
+    // the attribute above expanded first, and its output is this body.
+    if holds_an_expansion(quote::ToTokens::to_token_stream(&func.block)) {
+        let e = syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[resilient] is given twice on this function (once under another name): each would retry around the other\n\
+             help: put every key in one attribute",
+        );
+        return fail_soft(item, e);
+    }
     match build(args, &func) {
         Ok(ts) => ts,
         Err(e) => fail_soft(item, e),
     }
+}
+
+/// Whether `ts` holds what an expansion of this attribute writes (its state's name).
+fn holds_an_expansion(ts: proc_macro2::TokenStream) -> bool {
+    ts.into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => i == "__RESILIENCE_STATE",
+        proc_macro2::TokenTree::Group(g) => holds_an_expansion(g.stream()),
+        _ => false,
+    })
 }
 
 fn fail_soft(item: TokenStream, e: syn::Error) -> TokenStream {
