@@ -322,7 +322,18 @@ pub fn locate(
                 return Ok(None);
             };
             let p = dir.join(FILE_NAME);
-            Ok(p.is_file().then(|| (p, FILE_NAME.to_owned())))
+            if p.is_file() {
+                return Ok(Some((p, FILE_NAME.to_owned())));
+            }
+            // Something is there that is not a file it can read (a directory, a link to nothing):
+            // said, not taken for no file (its `[defaults]` dropped without a word).
+            match std::fs::symlink_metadata(&p) {
+                Ok(_) => Err(format!(
+                    "cannot read {}: it is not a file (a directory, or a link to nothing)",
+                    p.display()
+                )),
+                Err(_) => Ok(None),
+            }
         }
     }
 }
@@ -447,6 +458,26 @@ mod tests {
     /// A file found beside the source file, whose directory the compiler gives relative to its
     /// working directory: the path handed to `include_str!` is absolute (a relative one is
     /// read from the source file's own directory, where it names another place).
+    /// A `resilience.toml` that is a directory, or a link to nothing, is an error, not taken
+    /// for no file (its `[defaults]` dropped without a word).
+    #[test]
+    fn a_policy_file_that_is_no_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("no-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(FILE_NAME)).unwrap();
+        let e = locate(None, Some(&dir), None).unwrap_err();
+        assert!(e.contains("not a file"), "{e}");
+        std::fs::remove_dir(dir.join(FILE_NAME)).unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.join("gone.toml"), dir.join(FILE_NAME)).unwrap();
+            let e = locate(None, Some(&dir), None).unwrap_err();
+            assert!(e.contains("not a file"), "{e}");
+            std::fs::remove_file(dir.join(FILE_NAME)).unwrap();
+        }
+        assert_eq!(locate(None, Some(&dir), None), Ok(None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_file_beside_the_source_is_found_by_an_absolute_path() {
         let dir = PathBuf::from(format!("locate-test-{}/src/api", std::process::id()));
