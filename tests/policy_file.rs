@@ -326,3 +326,51 @@ async fn an_inline_breaker_table_replaces_the_files_whole() {
         "the file's named breaker is not this function's"
     );
 }
+
+/// A key named by a parameter whose name is a keyword (`r#type`): inline as `r#type`, from the
+/// file as `type`. Both compile, and both send the parameter's value as the key on every
+/// attempt.
+#[resilient(
+    idempotency_key = r#type,
+    timeout = "1s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "2ms"),
+    budget = false
+)]
+async fn keyed_by_type_inline(
+    c: &reqwest::Client,
+    url: &str,
+    r#type: String,
+) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(config = "tests/policies/odd_names.toml", policy = "keyed_by_type")]
+async fn keyed_by_type_in_the_file(
+    c: &reqwest::Client,
+    url: &str,
+    r#type: String,
+) -> Result<String, Error> {
+    Ok(c.post(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_named_by_a_raw_parameter_is_its_value() {
+    let c = reqwest::Client::new();
+    for inline in [true, false] {
+        let server = FaultServer::start(Script::sequence([Action::status(503)])).await;
+        let key = format!("order-7-{inline}");
+        let got = if inline {
+            keyed_by_type_inline(&c, &server.url("/"), key.clone()).await
+        } else {
+            keyed_by_type_in_the_file(&c, &server.url("/"), key.clone()).await
+        };
+        assert_eq!(got.unwrap(), "ok");
+        let keys: Vec<_> = server
+            .requests()
+            .iter()
+            .map(|r| r.idempotency_key().map(str::to_owned))
+            .collect();
+        assert_eq!(keys, [Some(key.clone()), Some(key)]);
+    }
+}

@@ -126,7 +126,22 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             let span = s.idempotency_key.origin.span_or(Span::call_site());
             let expr = match &plan.key_tokens {
                 Some(written) => written.clone(),
-                None => respan(path.parse().unwrap_or_default(), span),
+                // A path from the file: each segment a keyword is written raw (`r#type`).
+                None => {
+                    let raw: Vec<String> = path
+                        .split('.')
+                        .map(|seg| match syn::parse_str::<syn::Ident>(seg) {
+                            Err(_)
+                                if !["self", "Self", "crate", "super", "_"].contains(&seg)
+                                    && seg.starts_with(|c: char| c.is_alphabetic() || c == '_') =>
+                            {
+                                format!("r#{seg}")
+                            }
+                            _ => seg.to_owned(),
+                        })
+                        .collect();
+                    respan(raw.join(".").parse().unwrap_or_default(), span)
+                }
             };
             quote_spanned!(span=> #p::key_from(&#expr))
         }

@@ -200,13 +200,15 @@ pub struct HedgeModel {
 /// A parameter, or a field of one, as `idempotency_key` names it in the file: `order_id`,
 /// `order.id`, `self.order_id`, `pair.0`.
 fn is_param_path(s: &str) -> bool {
+    // A name, raw or not: a parameter `r#type` may be named `type` or `r#type`.
+    let name = |p: &str| {
+        syn::parse_str::<syn::Ident>(p).is_ok()
+            || syn::parse_str::<syn::Ident>(&format!("r#{p}")).is_ok()
+    };
     let mut parts = s.split('.');
     let root = parts.next().unwrap_or_default();
-    (root == "self" || syn::parse_str::<syn::Ident>(root).is_ok())
-        && parts.all(|p| {
-            syn::parse_str::<syn::Ident>(p).is_ok()
-                || (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
+    (root == "self" || name(root))
+        && parts.all(|p| name(p) || (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// A shared-state reference: off, the default, a named section, or an inline table.

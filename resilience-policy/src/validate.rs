@@ -1325,13 +1325,15 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     }
     if let KeyModel::Param(path) = &s.idempotency_key.value {
         let root = path.split('.').next().unwrap_or_default();
+        let root = root.strip_prefix("r#").unwrap_or(root);
         let params: Vec<String> = f
             .sig
             .inputs
             .iter()
             .filter_map(|i| match i {
+                // `r#type` is named `type` (the key's path is read so too).
                 syn::FnArg::Typed(pt) => match &*pt.pat {
-                    syn::Pat::Ident(pi) => Some(pi.ident.to_string()),
+                    syn::Pat::Ident(pi) => Some(syn::ext::IdentExt::unraw(&pi.ident).to_string()),
                     _ => None,
                 },
                 syn::FnArg::Receiver(_) => Some("self".to_owned()),
@@ -1566,7 +1568,8 @@ fn key_header_in(ts: proc_macro2::TokenStream) -> Option<proc_macro2::Span> {
     fn literal_names_key(l: &proc_macro2::Literal) -> bool {
         let text = l.to_string();
         let text = text.strip_prefix('b').unwrap_or(&text);
-        text.trim_matches('"').eq_ignore_ascii_case("idempotency-key")
+        text.trim_matches('"')
+            .eq_ignore_ascii_case("idempotency-key")
     }
     let names_key = |t: &TokenTree| match t {
         TokenTree::Ident(c) => (c == "IDEMPOTENCY_KEY").then(|| c.span()),
