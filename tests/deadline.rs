@@ -656,3 +656,47 @@ async fn a_slot_that_would_leave_no_time_to_send_is_not_waited_for() {
     );
     assert_eq!(holder.await.unwrap().unwrap(), 200);
 }
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    deadline = "1s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead(name = "late_grant", max_concurrent = 1, max_wait = "1s"),
+    rate_limit(name = "late_grant", rate = 1, per = "1h", max_wait = "0ms")
+)]
+async fn late_grant(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The same wait, its slot handed over after the wait's end but before the waiting call ran
+/// again (a busy executor): refused all the same, `DeadlineExceeded` with nothing sent, the
+/// slot given back and the rate limit not passed by (it once admitted the call, past its
+/// rate limit, to send with 50 ms to live).
+#[tokio::test(start_paused = true)]
+async fn a_slot_handed_over_after_the_wait_ended_is_not_taken() {
+    use std::future::Future as _;
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let url = server.url("/");
+    // Takes the slot and the hour's one permit, and holds the slot while its request stalls.
+    let mut holder = Box::pin(late_grant(&c, &url));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while server.count() == 0 {
+        assert!(holder.as_mut().poll(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t = Instant::now();
+    let mut late = Box::pin(late_grant(&c, &url));
+    assert!(late.as_mut().poll(&mut cx).is_pending(), "queued for the slot");
+    tokio::time::sleep_until(t + Duration::from_millis(950)).await;
+    // The slot goes to the queued call, whose wait ended at 900 ms.
+    drop(holder);
+    let e = late.await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts(), server.count()),
+        (ErrorKind::DeadlineExceeded, 0, 1),
+        "{e}"
+    );
+}

@@ -288,7 +288,11 @@ pub(crate) async fn wait_for_slot<R>(
         _ => (deadline, why.1),
     };
     match tokio::time::timeout_at(until, sem.acquire()).await {
-        Ok(Ok(p)) => Ok(p),
+        // A slot handed over once the wait had ended (its timer fired, the task not polled
+        // yet: the timeout polls the acquire first) is one the call may no longer take: past
+        // its deadline's bound, a request sent now could only time out. Given back to the
+        // next waiter.
+        Ok(Ok(p)) if tokio::time::Instant::now() < until => Ok(p),
         // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
         _ => Err(why),
     }
@@ -400,6 +404,23 @@ mod tests {
         let t = Instant::now();
         assert!(b.acquire().await.is_err());
         assert_eq!(t.elapsed(), Duration::from_millis(100));
+    }
+
+    /// A slot handed to a waiter whose wait had ended before it was polled again (a busy
+    /// executor) is given back, not taken past the wait's bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_handed_over_after_the_wait_ended_is_given_back() {
+        use std::future::Future as _;
+        let b = bulkhead(1, 100);
+        let p = b.acquire().await.unwrap();
+        let mut waiter = Box::pin(b.acquire());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiter.as_mut().poll(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Handed to the waiter still queued, which has not run since its wait ended.
+        drop(p);
+        assert!(waiter.await.is_err());
+        assert!(b.try_acquire_now().is_some(), "the slot was given back");
     }
 
     #[tokio::test(start_paused = true)]
