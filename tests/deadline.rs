@@ -689,7 +689,10 @@ async fn a_slot_handed_over_after_the_wait_ended_is_not_taken() {
     }
     let t = Instant::now();
     let mut late = Box::pin(late_grant(&c, &url));
-    assert!(late.as_mut().poll(&mut cx).is_pending(), "queued for the slot");
+    assert!(
+        late.as_mut().poll(&mut cx).is_pending(),
+        "queued for the slot"
+    );
     tokio::time::sleep_until(t + Duration::from_millis(950)).await;
     // The slot goes to the queued call, whose wait ended at 900 ms.
     drop(holder);

@@ -1119,3 +1119,51 @@ async fn a_breaker_judges_a_hedged_answer_by_its_own_latency() {
     let b = resilience_runtime::breakers::state("hedging_slow_calls").unwrap();
     assert_eq!(b.state, BreakerState::Closed, "{b:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedging_slow_refusals", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", slow_call_duration = "150ms", slow_call_rate = 0.5 }
+)]
+async fn hedged_refusal_under_a_slow_call_breaker(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same for a round that ends on its hedge's failure: the first request lost at 120 ms
+/// (no answer: the hedge runs on), the hedge answered 404 in 80 ms, 180 ms after the round
+/// began. The 404 is judged by its own 80 ms, no slow call for a breaker watching 150 ms, as a
+/// hedge's success is (timed from the round's start, two such calls opened the breaker).
+#[tokio::test(start_paused = true)]
+async fn a_breaker_judges_a_hedges_failure_by_its_own_latency() {
+    use resilience_runtime::breaker::BreakerState;
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index % 2 == 0 {
+            Action::reset().after(Duration::from_millis(120))
+        } else {
+            Action::status(404).after(Duration::from_millis(80))
+        }
+    }))
+    .await;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let e = hedged_refusal_under_a_slow_call_breaker(&c, &server.url("/item"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.http_status(), Some(404), "{e}");
+        assert_eq!(t.elapsed(), Duration::from_millis(180));
+    }
+    assert_eq!(server.count(), 4);
+    let b = resilience_runtime::breakers::state("hedging_slow_refusals").unwrap();
+    assert_eq!(b.state, BreakerState::Closed, "{b:?}");
+}

@@ -380,6 +380,7 @@ where
                         }
                         s.record_in_round(ended.as_mut().ctx(), &mut round);
                         let scope = ended.as_mut().take_scope();
+                        let ended_started = ended.started();
                         hedge_ended(s, i, ended, false);
                         let r = match o {
                             Outcome::Done(r) => {
@@ -388,10 +389,10 @@ where
                             }
                             Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
                         };
-                        (r, scope, class)
+                        (r, scope, class, (i != 0).then_some(ended_started))
                     }
                 };
-                let (r, scope, class) = r;
+                let (r, scope, class, hedge_started) = r;
                 if in_flight > 0 {
                     // An answer came (a failure with the handler's status, or the body's own
                     // error on what it read): no more hedges. The round waits for the attempts
@@ -411,6 +412,14 @@ where
                 // handler ran on), the decision asks for the replay (`Session::after_failure`).
                 s.attempt_scope = scope;
                 s.last.round_in_progress = in_progress.filter(|_| r.is_err());
+                // Ended by a hedge: its latency is judged from its own start, as a hedge's
+                // success is (a 404 it got in 80 ms is no slow call for its round's 180).
+                if let Some(started) = hedge_started {
+                    if let Some(c) = &mut s.concurrency {
+                        c.attempt_started(started);
+                    }
+                    s.answer_started(started);
+                }
                 return Poll::Ready(r);
             }
             if !hedging {
