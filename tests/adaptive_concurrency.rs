@@ -302,6 +302,51 @@ async fn an_override_is_checked_against_the_latency_threshold() {
     deadline = "5s",
     max_attempts = 1,
     budget = false,
+    concurrency_limit(name = "throttled", initial = 8, min = 1, max = 8, latency = "200ms")
+)]
+async fn throttled(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Fast transient answers lower the limit too (the README's list): a 429 (the dependency
+/// asking this client to slow down), a 503, a reset, each answered at once; a fast 404 does
+/// not, nor a fast 501 (the same answer to the same request).
+#[tokio::test(start_paused = true)]
+async fn fast_transient_failures_lower_the_limit_and_fast_refusals_do_not() {
+    let decreases = || {
+        metrics::concurrency_limit("throttled")
+            .map(|l| l.decreases)
+            .unwrap_or(0)
+    };
+    let c = reqwest::Client::new();
+    for (action, lowers) in [
+        (Action::status(404), false),
+        (Action::status(501), false),
+        (Action::status(429), true),
+        (Action::status(503), true),
+        (Action::reset(), true),
+    ] {
+        let server =
+            FaultServer::start(resilience_fault_server::Script::always(action.clone())).await;
+        let before = decreases();
+        // Apart by more than a round trip: each failure can lower the limit once.
+        throttled(&c, &server.url("/items/9")).await.unwrap_err();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        throttled(&c, &server.url("/items/9")).await.unwrap_err();
+        assert_eq!(decreases() > before, lowers, "{action:?}");
+    }
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
     concurrency_limit(
         name = "slow-lookups",
         initial = 8,

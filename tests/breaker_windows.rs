@@ -595,3 +595,51 @@ async fn a_429_counts_neither_way_in_the_window() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(server.count(), 6);
 }
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "bw_dropped_probe", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "10s", half_open_calls = 1 },
+)]
+async fn probed_then_dropped(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A half-open breaker's probe whose caller stops waiting for it (its own timeout, a client
+/// that disconnected) gives its place back: the next call is the probe, and closes the
+/// breaker, instead of every call being refused while a probe nobody runs holds the place.
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_by_its_caller_frees_its_place() {
+    let c = reqwest::Client::new();
+    let failing = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..2 {
+        probed_then_dropped(&c, &failing.url("/"))
+            .await
+            .unwrap_err();
+    }
+    let state = || {
+        resilience_runtime::breakers::state("bw_dropped_probe")
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        probed_then_dropped(&c, &stalled.url("/")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the probe was still running");
+    assert_eq!(stalled.count(), 1, "the probe went out");
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(probed_then_dropped(&c, &ok.url("/")).await.unwrap(), 200);
+    assert_eq!(state(), BreakerState::Closed);
+}

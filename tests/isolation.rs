@@ -422,3 +422,60 @@ async fn a_slot_is_given_back_when_the_caller_gives_up_or_the_body_panics() {
     let limit = resilience_runtime::metrics::concurrency_limit("given_back").unwrap();
     assert_eq!(limit.in_flight, 0, "{limit:?}");
 }
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    bulkhead = { name = "waited_for", max_concurrent = 1, max_wait = "3s" },
+)]
+async fn one_slot_waited_for(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit = { name = "waited_for", latency = "1s", initial = 1, min = 1, max = 1, max_wait = "3s" },
+)]
+async fn one_limited_waited_for(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// The same with a wait for the slot (`max_wait`, a queue): a call given up on while it waits
+/// for the slot leaves the queue, and one given up on while it holds the slot gives it back;
+/// the next call gets it at once, and the gauges read none in flight.
+#[tokio::test(start_paused = true)]
+async fn a_waited_for_slot_is_given_back_by_callers_that_give_up() {
+    let c = reqwest::Client::new();
+    let slow = FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
+    let fast = FaultServer::start(Script::always(Action::ok())).await;
+    for limited in [false, true] {
+        let call = |url: String| {
+            let c = c.clone();
+            async move {
+                if limited {
+                    one_limited_waited_for(&c, &url).await
+                } else {
+                    one_slot_waited_for(&c, &url).await
+                }
+            }
+        };
+        // One holds the slot, one waits for it; both callers give up at 100 ms.
+        let holder = tokio::time::timeout(Duration::from_millis(100), call(slow.url("/")));
+        let waiter = tokio::time::timeout(Duration::from_millis(100), call(fast.url("/")));
+        let (held, waited) = tokio::join!(holder, waiter);
+        assert!(held.is_err() && waited.is_err(), "{limited}");
+        let t = Instant::now();
+        assert_eq!(call(fast.url("/")).await.unwrap(), 200, "{limited}");
+        assert_eq!(t.elapsed(), Duration::ZERO, "{limited}: no wait");
+    }
+    assert_eq!(fast.count(), 2, "the waiters sent nothing");
+    let bulkhead = resilience_runtime::metrics::bulkhead("waited_for").unwrap();
+    assert_eq!(bulkhead.in_flight, 0, "{bulkhead:?}");
+    let limit = resilience_runtime::metrics::concurrency_limit("waited_for").unwrap();
+    assert_eq!(limit.in_flight, 0, "{limit:?}");
+}
