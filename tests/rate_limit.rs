@@ -476,6 +476,95 @@ async fn a_redis_clock_that_goes_back_does_not_refuse_every_call() {
     );
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit(
+        name = "rate_limit_test_given_back",
+        rate = 1,
+        per = "2s",
+        burst = 1,
+        max_wait = "5s",
+        store = "redis"
+    )
+)]
+async fn patient_through_redis(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// Set for the child that gives permits Redis reserved back.
+const CHILD_GIVEN_BACK: &str = "RESILIENCE_RATE_LIMIT_CHILD_GIVEN_BACK";
+
+/// A permit Redis reserved is given back there by a caller that stops waiting for it (and
+/// no later call reserved one meanwhile): twenty callers giving up after 20 ms each leave the
+/// next call its wait for the one permit in two seconds (1.5 s), where their permits, kept,
+/// would have pushed it 40 s back (refused, past `max_wait`). On the real clock: Redis's.
+/// A child process: `use_redis` is process-wide, and this binary's other tests need none.
+#[tokio::test]
+#[ignore = "run by a_permit_redis_reserved_is_given_back_by_a_caller_that_gives_up as a child process"]
+async fn child_gives_permits_redis_reserved_back() {
+    let Ok(redis_url) = std::env::var(CHILD_GIVEN_BACK) else {
+        return;
+    };
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg("resilience:rate:{rate_limit_test_given_back}")
+        .arg("resilience:rate:{rate_limit_test_given_back}:at")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(resilience_runtime::ratelimit::use_redis(conn));
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    assert_eq!(patient_through_redis(&c, &url).await.unwrap(), 200);
+    for _ in 0..20 {
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), patient_through_redis(&c, &url)).await;
+        assert!(gave_up.is_err(), "waited 20 ms for its permit");
+        // Its permit goes back from a task of its own: before the next call reserves.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t = Instant::now();
+    let next = patient_through_redis(&c, &url).await;
+    assert_eq!(next.map_err(|e| e.to_string()), Ok(200));
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(server.count(), 2);
+    let s = metrics::rate_limit("rate_limit_test_given_back").unwrap();
+    assert_eq!(s.local_fallbacks, 0, "every decision was Redis's");
+}
+
+#[tokio::test]
+async fn a_permit_redis_reserved_is_given_back_by_a_caller_that_gives_up() {
+    let Some(redis_url) = support::redis_url().await else {
+        return;
+    };
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_gives_permits_redis_reserved_back",
+            "--nocapture",
+        ])
+        .env(CHILD_GIVEN_BACK, &redis_url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The cluster's node URLs, comma-separated, if it answers PING.
 async fn cluster_urls() -> Option<String> {
     let urls =

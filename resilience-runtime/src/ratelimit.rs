@@ -133,10 +133,17 @@ pub struct RateLimiter {
 /// reserved after it keeps its own slot, and the dropped one's is lost: giving it back then
 /// would hand the next call the same slot as that later one, two calls at once under a limit
 /// that spaces them.
+///
+/// A permit Redis reserved is given back there the same way (its TAT, if still the one this
+/// call's reservation set, moved back one interval, in one script), sent from a task of its
+/// own as the call is dropped, with the local permit that mirrored it.
 struct GiveBack<'a> {
     limiter: &'a RateLimiter,
     /// The theoretical arrival time this call's reservation set.
     reserved: u64,
+    /// The TAT Redis set for this call's permit (its microseconds), when Redis gave it.
+    #[cfg(feature = "redis")]
+    shared: Option<u64>,
 }
 
 impl Drop for GiveBack<'_> {
@@ -148,6 +155,28 @@ impl Drop for GiveBack<'_> {
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
+        #[cfg(feature = "redis")]
+        if let Some(tat) = self.shared {
+            shared::give_back(self.limiter.name, &self.limiter.spec, tat);
+        }
+    }
+}
+
+/// What a call reserved: the local limit's TAT, and Redis's when Redis gave the permit.
+#[derive(Clone, Copy)]
+struct Reserved {
+    local: u64,
+    #[cfg(feature = "redis")]
+    shared: Option<u64>,
+}
+
+impl Reserved {
+    fn local(local: u64) -> Reserved {
+        Reserved {
+            local,
+            #[cfg(feature = "redis")]
+            shared: None,
+        }
     }
 }
 
@@ -224,9 +253,9 @@ impl RateLimiter {
 
     /// Takes a permit, waiting for it up to `max_wait` and no later than `deadline`. A wait
     /// longer than either is refused at once. The permit is reserved before the wait; a call
-    /// dropped while it waits gives a local limit's permit back (a caller's timeout shorter
-    /// than `max_wait` would otherwise spend permits nothing used, and make later calls wait
-    /// for them), not a permit Redis gave.
+    /// dropped while it waits gives it back (a caller's timeout shorter than `max_wait` would
+    /// otherwise spend permits nothing used, and make later calls wait for them): locally, and
+    /// in Redis when Redis gave it.
     pub async fn acquire_by(&self, deadline: Instant) -> Result<(), Refused> {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
@@ -238,12 +267,12 @@ impl RateLimiter {
         }
         // A wait must end before the deadline, with time left to send something.
         let allowed = self.spec.max_wait.min(left - Duration::from_nanos(1));
-        // Whether the permit is the local limit's (a shared limit's while Redis is down or
-        // slow too): one reserved there is given back by a caller that stops waiting for it.
+        // What was reserved, locally and in Redis: given back by a caller that stops waiting
+        // for its permit.
         let reserved = match self.spec.store {
             RateLimitStore::Local => self
                 .reserve_local_reserving(now, allowed)
-                .map(|(w, tat)| (w, Some(tat)))
+                .map(|(w, tat)| (w, Some(Reserved::local(tat))))
                 .map_err(|_| self.why_refused(self.local_wait(now), left)),
             RateLimitStore::Redis => self.reserve_shared(now, allowed, left).await,
         };
@@ -259,7 +288,9 @@ impl RateLimiter {
         } else {
             let give_back = local.map(|reserved| GiveBack {
                 limiter: self,
-                reserved,
+                reserved: reserved.local,
+                #[cfg(feature = "redis")]
+                shared: reserved.shared,
             });
             tokio::time::sleep_until(now + wait).await;
             std::mem::forget(give_back);
@@ -388,7 +419,7 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         left: Duration,
-    ) -> Result<(Duration, Option<u64>), Refused> {
+    ) -> Result<(Duration, Option<Reserved>), Refused> {
         let down_until = self.down_until.load(Ordering::Relaxed);
         // Redis is asked while it is up; once the time it was taken as down for is over, by one
         // call, which takes the next `STORE_TIMEOUT` for its question, while the others go on
@@ -420,12 +451,12 @@ impl RateLimiter {
             let answer = shared::reserve(self.name, &self.spec, allowed, left).await;
             unanswered.0 = None;
             match answer {
-                shared::Answer::Wait(wait) => {
+                shared::Answer::Wait(wait, shared_tat) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
                     if down_until != 0 {
                         self.store_answers();
                     }
-                    self.granted_elsewhere(now);
+                    let local = self.granted_elsewhere(now);
                     // Redis counted the wait from when its script ran, some time after `now`
                     // (a slow or frozen Redis, up to `STORE_TIMEOUT`): counted from its answer,
                     // never earlier than Redis spaced it (two permits it gave 100 ms apart,
@@ -439,7 +470,13 @@ impl RateLimiter {
                     } else {
                         spent + wait
                     };
-                    return Ok((wait, None));
+                    return Ok((
+                        wait,
+                        Some(Reserved {
+                            local,
+                            shared: Some(shared_tat),
+                        }),
+                    ));
                 }
                 shared::Answer::Refused(needed) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
@@ -462,16 +499,17 @@ impl RateLimiter {
         // A wait counted from `now`, as the caller sleeps until `now + wait`; none is none (a
         // permit free locally is given at once, not after a timer).
         let wait = if wait.is_zero() { wait } else { spent + wait };
-        Ok((wait, Some(tat)))
+        Ok((wait, Some(Reserved::local(tat))))
     }
 
     /// A permit Redis gave this instance, spent on the local limit too (without its check):
     /// when Redis is down or slow and this instance decides locally, it does so knowing what
     /// it already took, and never runs a fresh burst on top of the shared limit's.
     #[cfg(feature = "redis")]
-    fn granted_elsewhere(&self, now: Instant) {
+    fn granted_elsewhere(&self, now: Instant) -> u64 {
         // The local reservation with no bound on its wait: never refused.
-        let _ = self.reserve_local_at(now, Duration::MAX);
+        self.reserve_local_at(now, Duration::MAX)
+            .map_or(0, |(_, tat)| tat)
     }
 
     #[cfg(not(feature = "redis"))]
@@ -480,11 +518,11 @@ impl RateLimiter {
         now: Instant,
         allowed: Duration,
         left: Duration,
-    ) -> Result<(Duration, Option<u64>), Refused> {
+    ) -> Result<(Duration, Option<Reserved>), Refused> {
         self.no_connection();
         self.local_decision();
         self.reserve_local_reserving(now, allowed)
-            .map(|(w, tat)| (w, Some(tat)))
+            .map(|(w, tat)| (w, Some(Reserved::local(tat))))
             .map_err(|_| self.why_refused(self.local_wait(now), left))
     }
 
@@ -586,9 +624,10 @@ mod shared {
 
     /// GCRA in one atomic step, on Redis's clock (microseconds). KEYS: the TAT, and Redis's
     /// time when it last gave a permit. ARGV: interval, tolerance (interval × burst) and the
-    /// longest wait allowed, all in microseconds. Returns the wait in microseconds, or
-    /// `-1 - wait` when refused (nothing is reserved then): the wait the permit would have
-    /// taken, which tells a refusal for the deadline from one by the limit.
+    /// longest wait allowed, all in microseconds. Returns the wait in microseconds and the TAT
+    /// it set (for a give-back), or `-1 - wait` and 0 when refused (nothing is reserved then):
+    /// the wait the permit would have taken, which tells a refusal for the deadline from one
+    /// by the limit.
     ///
     /// A clock that went back since the last permit (a failover to a replica whose clock is
     /// behind, a step of the server's clock) moves the TAT back with it, as if that permit had
@@ -610,12 +649,53 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local wait = new_tat - now - tolerance
 if wait < 0 then wait = 0 end
-if wait > allowed then return -1 - wait end
+if wait > allowed then return {-1 - wait, 0} end
 local px = math.ceil((new_tat - now) / 1000) + 1
 redis.call('SET', KEYS[1], new_tat, 'PX', px)
 redis.call('SET', KEYS[2], now, 'PX', px)
-return wait",
+return {wait, new_tat}",
     );
+
+    /// A permit given back by a call that stopped waiting for it: the TAT moves back one
+    /// interval if it is still the one that call's reservation set (one reserved after it
+    /// keeps its slot, and the given-back one is lost, as locally). KEYS: the TAT. ARGV: the
+    /// TAT the reservation set, the interval (microseconds). Returns 1 if given back.
+    static GIVE_BACK: KeyScript = KeyScript::new(
+        r"local tat = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tat ~= tonumber(ARGV[1]) then return 0 end
+local px = redis.call('PTTL', KEYS[1])
+if px <= 0 then return 0 end
+redis.call('SET', KEYS[1], tat - tonumber(ARGV[2]), 'PX', px)
+return 1",
+    );
+
+    /// Sends [`GIVE_BACK`] for a permit Redis reserved at `tat`, from a task of its own (the
+    /// call giving it back is being dropped), bounded by [`STORE_TIMEOUT`]. Nothing without a
+    /// runtime to run it on, or without Redis.
+    pub(super) fn give_back(name: &str, spec: &RateLimitSpec, tat: u64) {
+        let (Some(conn), Ok(rt)) = (CONN.get(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let mut conn = conn.clone();
+        let interval = interval_micros(spec);
+        let (key, _) = keys(name);
+        let name = name.to_owned();
+        rt.spawn(async move {
+            let keys = [key.as_str()];
+            let call = GIVE_BACK.run_on::<i64>(&mut conn, &keys, |c| {
+                c.arg(tat).arg(interval);
+            });
+            match tokio::time::timeout(STORE_TIMEOUT, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(rate_limit = name, error = %e, "rate limit: giving a permit back to Redis failed");
+                }
+                Err(_) => {
+                    tracing::debug!(rate_limit = name, "rate limit: Redis did not answer a permit given back");
+                }
+            }
+        });
+    }
 
     /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
     /// The first connection given stays (this one or [`use_redis_cluster`]'s); later calls
@@ -660,8 +740,8 @@ return wait",
 
     /// What Redis decided.
     pub(super) enum Answer {
-        /// A permit, after this wait.
-        Wait(Duration),
+        /// A permit, after this wait; the TAT Redis set for it.
+        Wait(Duration, u64),
         /// No permit within the wait allowed: one would have come after this wait.
         Refused(Duration),
         /// An error, or no answer within [`STORE_TIMEOUT`].
@@ -702,7 +782,7 @@ return wait",
         let (tat, at) = keys(name);
         let call = async move {
             RESERVE
-                .run_on::<i64>(&mut conn, &[&tat, &at], |c| {
+                .run_on::<(i64, i64)>(&mut conn, &[&tat, &at], |c| {
                     c.arg(interval).arg(tolerance).arg(allowed);
                 })
                 .await
@@ -711,8 +791,10 @@ return wait",
         // the other half when Redis does not answer.
         let wait = STORE_TIMEOUT.min(left / 2);
         match tokio::time::timeout(wait, call).await {
-            Ok(Ok(w)) if w >= 0 => Answer::Wait(Duration::from_micros(w as u64)),
-            Ok(Ok(w)) => Answer::Refused(Duration::from_micros((-1 - w) as u64)),
+            Ok(Ok((w, tat))) if w >= 0 => {
+                Answer::Wait(Duration::from_micros(w as u64), tat.max(0) as u64)
+            }
+            Ok(Ok((w, _))) => Answer::Refused(Duration::from_micros((-1 - w) as u64)),
             Ok(Err(e)) => {
                 tracing::debug!(rate_limit = name, error = %e, "rate limit: Redis failed");
                 Answer::Failed
