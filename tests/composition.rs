@@ -3112,6 +3112,78 @@ async fn a_keyed_functions_post_through_another_builder_is_not_sent_again() {
     );
 }
 
+/// A mail SDK's own client: `send_email()` builds a request its own `.send()` posts.
+struct Mail {
+    http: reqwest::Client,
+    url: String,
+}
+
+struct EmailRequest(reqwest::RequestBuilder);
+
+impl Mail {
+    fn send_email(&self) -> EmailRequest {
+        EmailRequest(self.http.post(&self.url).body("to=a@b"))
+    }
+}
+
+impl EmailRequest {
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        self.0.send().await
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn notify_shipped(c: &reqwest::Client, mail: &Mail, order: &str) -> Result<u16, Error> {
+    c.get(order).send().await?.error_for_status()?;
+    Ok(mail.send_email().send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, retry_on = [connect])]
+async fn order_then_hook(
+    orders: &Orders,
+    c: &reqwest::Client,
+    order: &str,
+    hook: &str,
+) -> Result<u16, Error> {
+    orders.post(order).send().await?.error_for_status()?;
+    Ok(c.post(hook).body("x").send().await?.status().as_u16())
+}
+
+/// A send of another type whose receiver shows no safe method (an SDK's `send_email()`, a
+/// service client's `orders.post(u)`) may have sent anything, without the key, whatever the
+/// function's method: a GET function whose mail SDK timed out does not send the mail again
+/// with its retry, and a POST function whose own POST could not connect after such an order
+/// does not place the order again (it once did both: the unseen send was taken for no less
+/// safe than the function's method, or the request seen beside it).
+#[tokio::test(start_paused = true)]
+async fn a_send_of_another_type_is_never_sent_again_whatever_the_functions_method() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/mail" {
+            Action::stall()
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: shop.url("/mail"),
+    };
+    let e = notify_shipped(&client(), &mail, &shop.url("/orders/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count_path("/mail"), 1, "mailed once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+
+    let orders = Orders { http: client() };
+    let refused = format!("http://{}/hook", resilience_fault_server::refused_addr());
+    let e = order_then_hook(&orders, &client(), &shop.url("/orders"), &refused)
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count_path("/orders"), 1, "ordered once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}
+
 /// A secrets SDK's own builder: its chain starts with a read (`get_secret_value()`).
 struct Secrets {
     http: reqwest::Client,

@@ -430,7 +430,6 @@ fn reportable(
             seen,
             ctx.unseen_helper.get() || ctx.helpers_running.get() > 0,
             ctx.unproven.get(),
-            key.is_some(),
         )
     };
     let keyed_same = matches!(key, Some(Key::Given(_))) && ctx.all_keyed.get();
@@ -445,25 +444,31 @@ fn reportable(
 
 /// The method an attempt that sent `seen` (the least safe of its requests the runtime saw)
 /// may have sent unseen beside it: with a helper that may have sent unseen (`helper`), the
-/// least safe; else the policy's method where not every request of it is one the runtime
-/// sees (or a request went out unproven) and `seen` is safer; else none. In a keyed call
-/// (`keyed`), a request sent unproven whose receiver showed no safe method (an SDK's
-/// `ledger.post(u).send()`) went without the key: the seen requests, keyed, do not cover it
-/// even where they are as unsafe.
+/// least safe; so too after a send of another type whose receiver showed no safe method (an
+/// SDK's `ses.send_email()…send()`, a service client's `orders.post(u).send()`): it may have
+/// sent anything, and without the call's key, whatever the function's method and the
+/// requests seen beside it (as unsafe as they are, or safer); an `idempotent` function says
+/// of such a send that it may go again (its method). Else the policy's method where not
+/// every request of it is one the runtime sees (or a request went out unproven) and `seen`
+/// is safer; else none.
 #[inline]
 fn unseen_beside(
     policy: &Policy,
     seen: Option<Method>,
     helper: bool,
     unproven: u8,
-    keyed: bool,
 ) -> Option<Method> {
     if helper {
         Some(policy.method.least_safe(policy.unseen))
+    } else if unproven & crate::context::UNPROVEN_UNSAFE != 0 {
+        Some(if policy.idempotent {
+            policy.method
+        } else {
+            policy.method.least_safe(policy.unseen)
+        })
     } else {
-        (keyed && unproven & crate::context::UNPROVEN_UNSAFE != 0 && !policy.method.is_safe()
-            || (!policy.sends_seen || unproven != 0)
-                && seen.is_some_and(|m| m.least_safe(policy.method) != m))
+        ((!policy.sends_seen || unproven != 0)
+            && seen.is_some_and(|m| m.least_safe(policy.method) != m))
         .then_some(policy.method)
     }
 }
@@ -1296,13 +1301,7 @@ impl Session {
         let seen = ctx.sent_method.get();
         let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
         let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
-        let unseen = unseen_beside(
-            policy,
-            seen,
-            false,
-            ctx.unproven.get(),
-            self.ctx.key.is_some(),
-        );
+        let unseen = unseen_beside(policy, seen, false, ctx.unproven.get());
         crate::decision::may_resend(method, keyed, policy.idempotent)
             && unseen.is_none_or(|m| crate::decision::may_resend(m, false, policy.idempotent))
     }
@@ -1644,7 +1643,6 @@ impl Session {
                 self.last.method,
                 self.last.unseen_helper,
                 self.last.unproven,
-                self.ctx.key.is_some(),
             )
         } else {
             Some(policy.method.least_safe(policy.unseen))
