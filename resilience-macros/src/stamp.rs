@@ -1561,6 +1561,19 @@ impl VisitMut for Rewriter<'_> {
                 self.found.rewritten += 1;
             } else if name == "execute" && m.args.len() == 1 {
                 let span = m.args[0].span();
+                // A conversion whose target only `execute`'s parameter names
+                // (`req.try_into()?`, `req.into()`): routed by its type, the argument has
+                // none to be inferred, and the compiler's error would name this crate's own
+                // types. Said here, with the way out.
+                if converted_without_a_type(&m.args[0]) {
+                    m.args[0] = syn::parse_quote_spanned! {span=>
+                        ::core::compile_error!(
+                            "#[resilient] routes `execute`'s argument by its type, which this conversion leaves to be inferred from `execute`\nhelp: convert it first, with its type written: `let req: reqwest::Request = req.try_into()?;`, then `.execute(req)`"
+                        )
+                    };
+                    self.found.rewritten += 1;
+                    return;
+                }
                 let arg = take(&mut m.args[0]);
                 m.args[0] = held(p, span, arg, "__resilience_stamp_arg");
                 let span = m.method.span();
@@ -1843,6 +1856,19 @@ fn take(e: &mut syn::Expr) -> syn::Expr {
 /// and parsed again (a body's chains would otherwise be re-parsed once per `.send()`). A
 /// `match`, not a block with a `let`: the temporaries of `expr` (`&n.to_string()` in a query
 /// builder's chain) then live to the end of the user's statement, as they did unwritten.
+/// Whether `arg` is a conversion whose target type is left to be inferred from where it is
+/// handed: `x.try_into()`, `x.into()`, with or without `?`.
+fn converted_without_a_type(arg: &syn::Expr) -> bool {
+    let mut e = arg;
+    while let syn::Expr::Try(t) = e {
+        e = &t.expr;
+    }
+    matches!(e, syn::Expr::MethodCall(m)
+        if m.args.is_empty()
+            && m.turbofish.is_none()
+            && (m.method == "try_into" || m.method == "into"))
+}
+
 fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str) -> syn::Expr {
     // A parenthesized receiver (`(&outbox).send()`, the way to send through a borrow) goes in
     // without its parentheses, which an argument does not need: kept, `unused_parens` would
