@@ -309,7 +309,7 @@ async fn scenario_retry_after(http: &reqwest::Client) {
 // ---------------------------------------------------------------------------------------------
 // 3. A deadline against a stalled server.
 
-#[resilient(timeout = "300ms", deadline = "1s", backoff(initial = "50ms", max = "50ms", jitter = none))]
+#[resilient(timeout = "300ms", deadline = "1s", max_attempts = 5, backoff(initial = "50ms", max = "50ms", jitter = none))]
 async fn inventory(http: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(http
         .get(url)
@@ -355,9 +355,9 @@ async fn scenario_deadline(http: &reqwest::Client) {
     let start = Instant::now();
     let r = inventory(http, &server.url("/stock")).await;
     claim(
-        // Its 1 s deadline, not three 300 ms attempts after a stall of their own each: a
-        // bound loose enough for a busy machine.
-        r.is_err() && start.elapsed() < Duration::from_secs(3),
+        // Its 1 s deadline, not five 300 ms attempts (1.7 s), which the attempts alone allow:
+        // at most three begin within it. A bound loose enough for a busy machine.
+        r.is_err() && server.count() <= 3 && start.elapsed() < Duration::from_secs(3),
         format!(
             "the call ends at its 1 s deadline: {} after {}",
             outcome(&r),
@@ -493,9 +493,9 @@ async fn scenario_payment(http: &reqwest::Client) {
     let charged = charges.load(Ordering::SeqCst);
     // What the last row's story says, checked: one charge, however the attempts went.
     claim(
-        charged == 1,
+        charged == 1 && matches!(&r, Ok(v) if v.starts_with("order #1")),
         format!(
-            "the keyed payment charges once: {charged} times, {}",
+            "the keyed payment charges once and places the order: {charged} times, {}",
             outcome(&r)
         ),
     );
@@ -745,7 +745,7 @@ async fn scenario_orders(http: &reqwest::Client) {
             if orders == 20 {
                 "exactly once".into()
             } else {
-                format!("{} duplicates", orders - 20)
+                format!("{:+} against 20", orders as i64 - 20)
             },
         ]);
     }
@@ -858,9 +858,18 @@ async fn scenario_nested(http: &reqwest::Client) {
     };
     let start = Instant::now();
     let r = catalog.quick_bundle(1, 2).await;
+    // The item requests were told the outer call's time, not item()'s own 500 ms.
+    let told: Vec<u64> = server
+        .requests()
+        .iter()
+        .filter_map(|s| s.header("x-timeout-ms")?.parse().ok())
+        .collect();
     claim(
-        // Not item()'s own 5 s deadline (a bound loose enough for a busy machine).
-        r.is_err() && start.elapsed() < Duration::from_secs(3),
+        // Not item()'s own three attempts of 500 ms (a bound loose enough for a busy machine).
+        r.is_err()
+            && !told.is_empty()
+            && told.iter().all(|&ms| ms <= 300)
+            && start.elapsed() < Duration::from_secs(3),
         format!(
             "the outer 300 ms binds the inner call: {} after {}",
             outcome(&r),
@@ -1036,7 +1045,9 @@ async fn scenario_rate_limit(http: &reqwest::Client) {
         .filter(|r| matches!(r, Ok(v) if v == "cached"))
         .count();
     claim(
-        fresh + cached == 30 && server.count() == fresh,
+        // The burst of five at once, the rest within 200 ms or from the cache: decided as each
+        // call asks, whatever the machine's speed.
+        fresh + cached == 30 && server.count() == fresh && fresh >= 5 && cached > 0,
         format!(
             "30 calls answered, fresh ones sent: {fresh} fresh, {cached} cached, {} sent",
             server.count()
