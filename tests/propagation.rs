@@ -1879,3 +1879,60 @@ async fn nested_context_layers_give_a_request_one_id() {
         seen[1].header("x-request-id")
     );
 }
+
+#[resilient(
+    timeout = "30s",
+    deadline = "40s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto
+)]
+async fn charge_the_gateway(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A shop's handler: charges, and answers 502 when the charge fails.
+async fn shop_charges(State((c, url, _)): State<(reqwest::Client, String, Calls)>) -> StatusCode {
+    match charge_the_gateway(&c, &url).await {
+        Ok(_) => StatusCode::CREATED,
+        Err(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// "Cut mid-effect (a gateway slow to answer a charge it made), it must not run again for
+/// the key": the handler's charge plans within the layer's 2 s limit, so it is the charge that
+/// the limit cuts, and the handler answers 502 at once, a moment before the layer would cut
+/// it. That 502 is kept as the limit's own cut is: the retry with the key gets it again, and
+/// the gateway is not charged twice (the 502 was released, and the retry charged again under
+/// a fresh key).
+#[tokio::test(start_paused = true)]
+async fn a_handler_whose_call_the_layers_limit_cut_is_not_run_again() {
+    let gateway = FaultServer::start(Script::always(Action::stall())).await;
+    let app = Router::new()
+        .route("/orders", axum::routing::post(shop_charges))
+        .with_state((
+            reqwest::Client::new(),
+            gateway.url("/charges"),
+            Calls::default(),
+        ))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).handler_limit(Duration::from_secs(2)));
+    let addr = serve(app).await;
+    let order = || {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/orders"))
+            .header("idempotency-key", "order-9")
+            .send()
+    };
+    let first = order().await.unwrap();
+    assert_eq!(first.status(), 502);
+    let again = order().await.unwrap();
+    assert_eq!(again.status(), 502);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(gateway.count(), 1, "charged once");
+}

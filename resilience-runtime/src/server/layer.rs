@@ -1006,7 +1006,17 @@ where
     // an idempotency layer further down, passed on by a handler that forwards the key): kept,
     // every repeat would get it for the TTL and the operation would never run.
     let try_later = res.status() == StatusCode::CONFLICT && res.headers().contains_key(RETRY_AFTER);
-    if !keep(res.status()) || try_later {
+    // Answered once the time its calls were given had run out (the layer's limit, which they
+    // plan within: see `run`): a call of it may have been cut mid-effect by that deadline (a
+    // gateway slow to answer a charge it made), and the handler's answer to that failure (a
+    // 502, a 504) comes just before the limit would cut it. Kept as the limit's own cut is,
+    // whatever the layer keeps: a repeat must not run the handler again.
+    let cut_at_limit = crate::context::INBOUND
+        .try_with(|i| i.deadline)
+        .ok()
+        .flatten()
+        .is_some_and(|d| Instant::now() >= d);
+    if (!keep(res.status()) && !cut_at_limit) || try_later {
         tally.count(Served::Released);
         guard.release().await;
         return Ok(res.map(ResponseBody::inner));
