@@ -4935,3 +4935,89 @@ async fn a_nested_keyed_call_that_sent_nothing_still_counts_as_sent() {
     assert_eq!((e.attempts(), server.count_path("/user")), (1, 1), "{e}");
     assert_eq!(server.count_path("/token"), 0);
 }
+
+async fn mail_later(_c: &reqwest::Client, _mail: &Mail, _order: &str) -> Result<u16, Error> {
+    Ok(0)
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 1, budget = false, fallback = mail_later)]
+async fn notify_or_later(c: &reqwest::Client, mail: &Mail, order: &str) -> Result<u16, Error> {
+    let sent = mail.send_email().send().await?.status().as_u16();
+    c.get(order).send().await?.error_for_status()?;
+    Ok(sent)
+}
+
+async fn order_later(_orders: &Orders, _c: &reqwest::Client, _order: &str) -> Result<u16, Error> {
+    Ok(0)
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 1, budget = false, fallback = order_later)]
+async fn order_or_later(orders: &Orders, c: &reqwest::Client, order: &str) -> Result<u16, Error> {
+    let placed = orders
+        .post(order)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16();
+    let _ = c;
+    Ok(placed)
+}
+
+/// Another type's unsafe send may have been carried out, and no fallback answers for it: a
+/// mail SDK's send that timed out before anything the runtime saw (the attempt stamped
+/// nothing), and a service client's order answered 503 (every `.send()` of the body a chain
+/// written in it, which once counted as seen).
+#[tokio::test(start_paused = true)]
+async fn no_fallback_after_another_types_unsafe_send() {
+    let shop = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/mail" => Action::stall(),
+        "/orders" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: shop.url("/mail"),
+    };
+    let r = notify_or_later(&client(), &mail, &shop.url("/orders/7")).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(shop.count_path("/mail"), 1);
+    let orders = Orders { http: client() };
+    let r = order_or_later(&orders, &client(), &shop.url("/orders")).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(shop.count_path("/orders"), 1);
+}
+
+/// `idempotent` on a GET says nothing of another type's unsafe send beside it.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    idempotent
+)]
+async fn idempotent_notify(c: &reqwest::Client, mail: &Mail, order: &str) -> Result<u16, Error> {
+    c.get(order).send().await?.error_for_status()?;
+    Ok(mail.send_email().send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_on_a_get_does_not_resend_another_types_unsafe_send() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/mail" {
+            Action::stall()
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: shop.url("/mail"),
+    };
+    let e = idempotent_notify(&client(), &mail, &shop.url("/orders/7"))
+        .await
+        .unwrap_err();
+    assert_eq!((shop.count_path("/mail"), e.attempts()), (1, 1), "{e}");
+}

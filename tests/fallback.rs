@@ -1151,3 +1151,64 @@ async fn a_nested_call_its_limit_refused_leaves_the_fallback() {
         (1, 2)
     );
 }
+
+/// The helper's charge, the call handed less time than its `timeout` (a caller's
+/// `X-Timeout-Ms`, an enclosing attempt's end): its attempt ends `DeadlineExceeded`, the call
+/// at once. No fallback answers for the charge either (the deadline's end once decided the
+/// call before the unseen charge was counted).
+#[tokio::test(start_paused = true)]
+async fn no_fallback_for_a_helpers_unseen_charge_cut_by_the_deadline() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let url = server.url("/charges");
+    let r = with_inbound(
+        Inbound::NONE.time_left(Duration::from_millis(800)),
+        pay_through_a_helper(&c, &url),
+    )
+    .await;
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
+    assert_eq!(server.count_path("/charges"), 1);
+}
+
+/// A POST built into a variable before the token GET that fails: the runtime cannot tell it
+/// was not sent (it would be seen only when it goes out), so no fallback answers in its place
+/// (the README's fallback row).
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, fallback = pay_later)]
+async fn pay_built_first(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let charge = c.post(url).body("39000");
+    let token = c
+        .get(format!("{url}/token"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(charge
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_fallback_after_a_failure_before_a_post_built_into_a_variable() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path.ends_with("/token") {
+            Action::status(404)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let r = pay_built_first(&reqwest::Client::new(), &server.url("/charges")).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        server.count_path("/charges"),
+        0,
+        "the charge was never sent"
+    );
+}

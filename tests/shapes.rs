@@ -892,9 +892,20 @@ async fn reqwests_own_get_is_a_get_stamped_and_retried() {
     retried_and_stamped(&server);
 }
 
-/// Raw identifiers for the builder and its send: the same methods, stamped and retried.
+/// A method whose name is reserved in the 2024 edition, so written raw (as `rand`'s `gen`).
+struct Dice;
+
+impl Dice {
+    fn r#gen(&self) -> u32 {
+        4
+    }
+}
+
+/// Raw identifiers for the builder and its send: the same methods, stamped and retried; a
+/// raw name of another method stays raw (`r#gen`, reserved).
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
 async fn raw_names(http: &reqwest::Client, url: &str) -> Result<String, Error> {
+    assert_eq!(Dice.r#gen(), 4);
     Ok(http
         .r#get(url)
         .r#send()

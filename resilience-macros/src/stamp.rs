@@ -1795,17 +1795,16 @@ impl SelectArms {
     }
 }
 
-/// Writes a method call's raw name (`r#send`) as the plain one where that is no keyword: the
-/// same method, as the rewrite matches names.
+/// Writes the raw names of the calls the rewrite routes (`rb.r#send()`, `c.r#execute(req)`)
+/// as the plain ones: the same methods. No other name is touched (`rng.r#gen()` stays raw:
+/// `gen` is reserved in the 2024 edition).
 struct Unraw;
 
 impl syn::visit_mut::VisitMut for Unraw {
     fn visit_expr_method_call_mut(&mut self, m: &mut syn::ExprMethodCall) {
         let name = m.method.to_string();
-        if let Some(plain) = name.strip_prefix("r#")
-            && let Ok(ident) = syn::parse_str::<syn::Ident>(plain)
-        {
-            m.method = syn::Ident::new(&ident.to_string(), m.method.span());
+        if let Some(plain @ ("send" | "execute")) = name.strip_prefix("r#") {
+            m.method = syn::Ident::new(plain, m.method.span());
         }
         syn::visit_mut::visit_expr_method_call_mut(self, m);
     }

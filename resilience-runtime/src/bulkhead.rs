@@ -288,11 +288,12 @@ pub(crate) async fn wait_for_slot<R>(
         _ => (deadline, why.1),
     };
     match tokio::time::timeout_at(until, sem.acquire()).await {
-        // A slot handed over once the wait had ended (its timer fired, the task not polled
-        // yet: the timeout polls the acquire first) is one the call may no longer take: past
-        // its deadline's bound, a request sent now could only time out. Given back to the
-        // next waiter.
-        Ok(Ok(p)) if tokio::time::Instant::now() < until => Ok(p),
+        // A slot handed over once the wait had ended at the deadline's bound (its timer
+        // fired, the task not polled yet: the timeout polls the acquire first) is one the
+        // call may no longer take: a request sent now could only time out. Given back to the
+        // next waiter. (Past `max_wait` alone, with time left, it is taken: handed over in
+        // time, only polled late.)
+        Ok(Ok(p)) if tokio::time::Instant::now() < deadline => Ok(p),
         // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
         _ => Err(why),
     }
@@ -406,21 +407,31 @@ mod tests {
         assert_eq!(t.elapsed(), Duration::from_millis(100));
     }
 
-    /// A slot handed to a waiter whose wait had ended before it was polled again (a busy
-    /// executor) is given back, not taken past the wait's bound.
+    /// A slot handed to a waiter whose wait had ended at its deadline before it was polled
+    /// again (a busy executor) is given back, not taken past the deadline's bound; one past
+    /// `max_wait` alone, with time left, is taken.
     #[tokio::test(start_paused = true)]
     async fn a_slot_handed_over_after_the_wait_ended_is_given_back() {
         use std::future::Future as _;
-        let b = bulkhead(1, 100);
-        let p = b.acquire().await.unwrap();
-        let mut waiter = Box::pin(b.acquire());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(waiter.as_mut().poll(&mut cx).is_pending());
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        // Handed to the waiter still queued, which has not run since its wait ended.
-        drop(p);
-        assert!(waiter.await.is_err());
-        assert!(b.try_acquire_now().is_some(), "the slot was given back");
+        for (max_wait, deadline, taken) in [(1000, 100, false), (100, 1000, true)] {
+            let b = bulkhead(1, max_wait);
+            let p = b.acquire().await.unwrap();
+            let until = Instant::now() + Duration::from_millis(deadline);
+            let mut waiter = Box::pin(b.acquire_by(until));
+            assert!(waiter.as_mut().poll(&mut cx).is_pending());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Handed to the waiter still queued, which has not run since its wait ended.
+            drop(p);
+            let got = waiter.await;
+            assert_eq!(
+                got.is_ok(),
+                taken,
+                "max_wait {max_wait}, deadline {deadline}"
+            );
+            // Taken, it is held; refused, it was given back.
+            assert_eq!(b.try_acquire_now().is_some(), !taken, "max_wait {max_wait}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -421,9 +421,15 @@ fn reportable(
 ) -> Option<(Method, bool)> {
     let seen = ctx.sent_method.get();
     let unseen = if settled {
-        ctx.unseen_helper
-            .get()
-            .then(|| policy.method.least_safe(policy.unseen))
+        // What it has sent already: a helper seen sending nothing, and another type's unsafe
+        // send that ran (an SDK's `send_email()`): no hedge or retry around it sends it again.
+        if ctx.unseen_helper.get() {
+            Some(policy.method.least_safe(policy.unseen))
+        } else if ctx.unproven.get() & crate::context::UNPROVEN_UNSAFE != 0 {
+            Some(unproven_unsafe(policy))
+        } else {
+            None
+        }
     } else {
         unseen_beside(
             policy,
@@ -440,6 +446,17 @@ fn reportable(
         (a, b) => a.or(b)?,
     };
     Some((method, unkeyed))
+}
+
+/// What another type's send whose receiver showed no safe method may have sent: anything,
+/// unkeyed (the least safe), unless the function is an `idempotent` PUT or DELETE, which says
+/// so of all it sends (`idempotent` on a safe method says nothing of such a send).
+fn unproven_unsafe(policy: &Policy) -> Method {
+    if policy.idempotent && !policy.method.is_safe() {
+        policy.method
+    } else {
+        policy.method.least_safe(policy.unseen)
+    }
 }
 
 /// The method an attempt that sent `seen` (the least safe of its requests the runtime saw)
@@ -461,11 +478,7 @@ fn unseen_beside(
     if helper {
         Some(policy.method.least_safe(policy.unseen))
     } else if unproven & crate::context::UNPROVEN_UNSAFE != 0 {
-        Some(if policy.idempotent {
-            policy.method
-        } else {
-            policy.method.least_safe(policy.unseen)
-        })
+        Some(unproven_unsafe(policy))
     } else {
         ((!policy.sends_seen || unproven != 0)
             && seen.is_some_and(|m| m.least_safe(policy.method) != m))
@@ -1536,6 +1549,47 @@ impl Session {
                 .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
                 .unwrap_or(Class::Permanent),
         };
+        // The policy's method (declared, or inferred from the body), when it is less safe than
+        // every request the attempt was seen to send: it may have gone out unseen (a helper's
+        // request, without `.resilient()`, so without the key). When the attempt was seen
+        // sending nothing, whatever it sent went unseen: the least safe method. A connect
+        // failure then proves only that the failing request was never sent, not that an
+        // earlier one (a helper's POST) was not: the body does not run again.
+        // So does an attempt in which a helper the body awaited, handed the client, was seen
+        // sending nothing (its POST went unseen beside the body's own GET, say).
+        // Unless every such request of the body is one the runtime sees (`sends_seen`): then
+        // one it did not see was not sent (the body failed before its POST).
+        let policy = self.policy;
+        let unseen = if self.last.stamped {
+            unseen_beside(
+                policy,
+                self.last.method,
+                self.last.unseen_helper,
+                self.last.unproven,
+            )
+        } else {
+            Some(policy.method.least_safe(policy.unseen))
+        };
+        // Such a request that needs a key (a helper's POST, sent without `.resilient()`; its
+        // helper not watched where the method is declared) may have been carried out as well:
+        // no fallback answers in the call's place, as no retry sends it again. An attempt seen
+        // sending nothing may have sent the policy's method so, unless every request of it is
+        // one the runtime sees (`sends_seen`: the body failed before it). Not for a function
+        // declared `idempotent`, which says so of everything it sends.
+        // So does another type's send whose receiver showed no safe method (an SDK's
+        // `send_email()`), whatever the attempt was seen sending. Before any early end of the
+        // call below (the deadline run out): its fallback is decided on this too.
+        let unseen_carried = if self.last.stamped {
+            unseen.is_some_and(Method::needs_key)
+        } else {
+            !policy.sends_seen && policy.method.needs_key()
+                || self.last.unproven & crate::context::UNPROVEN_UNSAFE != 0
+        };
+        // (An `idempotent` PUT or DELETE says so of all it sends.)
+        let said_idempotent = policy.idempotent && !policy.method.is_safe();
+        if self.last.began && !said_idempotent && unseen_carried {
+            self.carried_out = true;
+        }
         // An attempt that never began (refused by the breaker, or no time left) says nothing
         // of the dependency's latency; nor does one that timed out with less than a tenth of
         // its `timeout` (a caller's nearly spent `X-Timeout-Ms: 1`, an outer attempt ending):
@@ -1618,7 +1672,6 @@ impl Session {
             }
             _ => class,
         };
-        let policy = self.policy;
         // What the attempt sent, as far as the runtime saw; an attempt whose requests it did
         // not see at all counts as the policy's `unseen` method (generated code: the least
         // safe), so a POST sent behind the runtime's back is never resent unkeyed.
@@ -1627,40 +1680,6 @@ impl Session {
             None if !self.last.stamped => policy.method.least_safe(policy.unseen),
             None => policy.method,
         };
-        // The policy's method (declared, or inferred from the body), when it is less safe than
-        // every request the attempt was seen to send: it may have gone out unseen (a helper's
-        // request, without `.resilient()`, so without the key). When the attempt was seen
-        // sending nothing, whatever it sent went unseen: the least safe method. A connect
-        // failure then proves only that the failing request was never sent, not that an
-        // earlier one (a helper's POST) was not: the body does not run again.
-        // So does an attempt in which a helper the body awaited, handed the client, was seen
-        // sending nothing (its POST went unseen beside the body's own GET, say).
-        // Unless every such request of the body is one the runtime sees (`sends_seen`): then
-        // one it did not see was not sent (the body failed before its POST).
-        let unseen = if self.last.stamped {
-            unseen_beside(
-                policy,
-                self.last.method,
-                self.last.unseen_helper,
-                self.last.unproven,
-            )
-        } else {
-            Some(policy.method.least_safe(policy.unseen))
-        };
-        // Such a request that needs a key (a helper's POST, sent without `.resilient()`; its
-        // helper not watched where the method is declared) may have been carried out as well:
-        // no fallback answers in the call's place, as no retry sends it again. An attempt seen
-        // sending nothing may have sent the policy's method so, unless every request of it is
-        // one the runtime sees (`sends_seen`: the body failed before it). Not for a function
-        // declared `idempotent`, which says so of everything it sends.
-        let unseen_carried = if self.last.stamped {
-            unseen.is_some_and(Method::needs_key)
-        } else {
-            !policy.sends_seen && policy.method.needs_key()
-        };
-        if self.last.began && !policy.idempotent && unseen_carried {
-            self.carried_out = true;
-        }
         // One layer retries: a failure a nested call already retried as far as its own policy
         // allowed is not retried again around it: the attempt ended at that failure, or the
         // body returned that call's error later (after requests of its own). Not when the
