@@ -33,6 +33,7 @@ publish = false
 resilience-runtime = { path = "$root/resilience-runtime", default-features = false }
 reqwest = { version = "0.13", default-features = false }
 tokio = { version = "1", features = ["full"] }
+http = "1"
 
 [workspace]
 TOML
