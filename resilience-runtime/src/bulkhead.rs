@@ -291,8 +291,8 @@ pub(crate) async fn wait_for_slot<R>(
         // A slot handed over once the wait had ended at the deadline's bound (its timer
         // fired, the task not polled yet: the timeout polls the acquire first) is one the
         // call may no longer take: a request sent now could only time out. Given back to the
-        // next waiter. (Past `max_wait` alone, with time left, it is taken: handed over in
-        // time, only polled late.)
+        // next waiter. (Past `max_wait` alone, with time left before the deadline, it is
+        // taken: `max_wait` is then overrun by as late as the waiter was polled.)
         Ok(Ok(p)) if tokio::time::Instant::now() < deadline => Ok(p),
         // Timed out; `Err(AcquireError)` is impossible as the semaphore is never closed.
         _ => Err(why),

@@ -406,7 +406,11 @@ impl IdempotencyLayer {
     /// it; this limit does. At the limit the layer drops the handler's future (cancelling it at
     /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored whatever
     /// [`replayable`](Self::replayable) says: the handler was cut mid-effect, and a retry with
-    /// the key gets the 500, never a second run. Default: 60 s.
+    /// the key gets the 500, never a second run. The handler's `#[resilient]` calls plan
+    /// within this limit, so one still waiting at it (its own timeout and deadline longer) is
+    /// cut a moment before the handler would be: the handler's answer to that (a 502), given
+    /// once the limit's time has run out, is stored the same way, whatever `replayable` says
+    /// (but a 409 with `Retry-After`). Default: 60 s.
     ///
     /// # Panics
     /// If `limit` is under a millisecond.
@@ -487,7 +491,8 @@ impl IdempotencyLayer {
     }
 
     /// Which statuses are stored and replayed. Default: [`default_replayable`] (all but 5xx,
-    /// 408, 429); [`replay_every_status`] keeps everything. Read the danger written on
+    /// 408, 429); [`replay_every_status`] keeps everything. An answer given once the
+    /// [`handler_limit`](Self::handler_limit)'s time has run out is stored whatever this says. Read the danger written on
     /// [`default_replayable`] before choosing.
     pub fn replayable(mut self, keep: fn(StatusCode) -> bool) -> Self {
         self.config_mut().replayable = keep;

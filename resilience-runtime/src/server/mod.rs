@@ -41,7 +41,7 @@
 //! | key empty, over 255 bytes, sent twice, malformed quoted string, or bare but not visible ASCII | 400 `key-invalid` | no |
 //! | keyed, body over [`max_body`](IdempotencyLayer::max_body) | 413 (the key stays free) | no |
 //! | keyed, body unreadable (the connection failed while it was read) | 400 `body-unreadable` | no |
-//! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429; never a 409 with `Retry-After`, a "try later" passed on from further down) | yes, to its end |
+//! | first with this key | the handler's; stored according to [`replayable`](IdempotencyLayer::replayable) (by default not 5xx, 408, 429; never a 409 with `Retry-After`, a "try later" passed on from further down), or whatever its status once the [`handler_limit`](IdempotencyLayer::handler_limit)'s time has run out (a call of it cut there) | yes, to its end |
 //! | repeat, same fingerprint, first completed | stored status, headers and body, plus `Idempotent-Replayed: true` | no |
 //! | repeat, other fingerprint | 422 `key-reused` | no |
 //! | repeat, same fingerprint, first still running | 409 `in-progress` with `Retry-After: 1` | no |
