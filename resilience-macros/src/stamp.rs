@@ -1747,7 +1747,14 @@ impl SelectArms {
             // A handler that begins with a block is that block, as tokio's own rules read it:
             // read as an expression, `{ … } () = stop.notified() => …` would be a call of the
             // block assigned to, and the whole `select!` left unread.
-            let handler: syn::Expr = if input.peek(syn::token::Brace) {
+            // Unless the block goes on as an expression (`=> { fut }.await,`, `=> { r }?,`,
+            // which `futures::select!` reads as one).
+            let fork = input.fork();
+            let block_alone = fork.peek(syn::token::Brace)
+                && fork.parse::<syn::Block>().is_ok()
+                && !fork.peek(syn::Token![.])
+                && !fork.peek(syn::Token![?]);
+            let handler: syn::Expr = if block_alone {
                 syn::Expr::Block(syn::ExprBlock {
                     attrs: Vec::new(),
                     label: None,
@@ -2173,6 +2180,14 @@ mod tests {
             }
         }));
         assert_eq!(n, 4, "{s}");
+        // A block that goes on as an expression, as `futures::select!` reads it.
+        let (s, n) = rw(quote!({
+            futures::select! {
+                r = c.get(u).send().fuse() => { r }?,
+                s = c.get(v).send().fuse() => { other(s) }.await,
+            }
+        }));
+        assert_eq!(n, 2, "{s}");
     }
 
     /// Which bodies send their unsafe requests only where the runtime sees them.
