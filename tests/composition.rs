@@ -5021,3 +5021,70 @@ async fn idempotent_on_a_get_does_not_resend_another_types_unsafe_send() {
         .unwrap_err();
     assert_eq!((shop.count_path("/mail"), e.attempts()), (1, 1), "{e}");
 }
+
+/// The query stamped by hand in a helper that then waits (a token, a signature) before the
+/// body executes it: meanwhile another call on this thread stamps and executes a request of
+/// its own by hand.
+async fn stamped_query_then_waits(
+    c: &reqwest::Client,
+    url: &str,
+    go: &tokio::sync::Notify,
+) -> reqwest::Request {
+    let q = stamped_query(c, url);
+    go.notified().await;
+    q
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, method = POST, idempotency_key = auto, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn graphql_checkout_stamped_before_a_wait(
+    c: &reqwest::Client,
+    sdk: &PaymentsSdk,
+    base: String,
+    go: &tokio::sync::Notify,
+) -> Result<u16, Error> {
+    let q = stamped_query_then_waits(c, &format!("{base}/graphql"), go).await;
+    c.execute(q).await?.error_for_status()?;
+    sdk.charge(1250).await?;
+    Ok(c.get(format!("{base}/receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, method = POST, budget = false)]
+async fn another_stamped_by_hand(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let mut r = c.post(url).body("other").build()?;
+    resilience_runtime::stamp_request(&mut r);
+    Ok(c.execute(r).await?.status().as_u16())
+}
+
+/// The hand-stamped record is the attempt's, not the thread's: another call stamping and
+/// executing by hand on the same thread while the helper waits left the query unrecognised,
+/// stamped and expected twice, and the leftover expectation was taken for the SDK's unkeyed
+/// charge, sent again with the retry after the receipt's 503.
+#[tokio::test(start_paused = true)]
+async fn a_request_stamped_by_hand_before_a_wait_is_expected_once() {
+    let (server, base) = failing_receipt(|_| None).await;
+    let sdk = sdk_at(&base, "/graphql");
+    let go = tokio::sync::Notify::new();
+    let c = client();
+    let checkout = graphql_checkout_stamped_before_a_wait(&c, &sdk, base.clone(), &go);
+    let other = async {
+        // Runs while the helper waits, on the same thread.
+        tokio::task::yield_now().await;
+        another_stamped_by_hand(&c, &format!("{base}/other"))
+            .await
+            .unwrap();
+        go.notify_one();
+    };
+    let (e, ()) = tokio::join!(checkout, other);
+    let e = e.unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.count_path("/graphql"),
+        2,
+        "the query and the mutation, once each"
+    );
+}

@@ -870,6 +870,11 @@ pub(crate) struct AttemptCtx {
     /// Two counts apart (see [`UNPOLLED_SENDS`]): the `.send()`s, and the requests stamped
     /// for `execute`; and a mark for the `execute` future about to be made.
     pub unpolled: Cell<u32>,
+    /// The URL (hashed with the method, as expected) of the last request stamped by hand
+    /// (`stamp_request`) in this attempt: `execute` in the body does not stamp it again. In
+    /// the attempt's context, not the thread's: a helper that stamps, then awaits, may resume
+    /// on another thread, or another task may stamp on this one meanwhile.
+    pub hand_stamped: Cell<u32>,
     /// How many sends the runtime saw in this attempt so far (stamped, declared, or a nested
     /// call begun): a helper the body awaited that moved it not at all sent nothing the
     /// runtime saw, or what it sent went unseen.
@@ -1075,6 +1080,7 @@ impl AttemptCtx {
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
             unpolled: Cell::new(0),
+            hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
@@ -1152,6 +1158,7 @@ impl AttemptCtx {
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
         *self.unpolled.get_mut() = 0;
+        *self.hand_stamped.get_mut() = 0;
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];

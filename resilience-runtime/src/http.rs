@@ -301,31 +301,23 @@ pub fn stamp_request(req: &mut reqwest::Request) {
         let url = crate::context::expected_url(crate::policy::method_of(req.method()), req);
         if url != 0 {
             ctx.expect_at(url);
-            HAND_STAMPED.set((ctx.span_id(), url));
+            ctx.hand_stamped.set(url);
         }
         ctx.note_carried(crate::policy::method_of(req.method()));
     });
 }
 
-thread_local! {
-    /// The last request stamped by hand (`stamp_request`) on this thread: its attempt's span id
-    /// (drawn at random for each attempt: a later call's attempt, at the same address with the
-    /// same number, never has it) and its URL (hashed with the method, as expected). Not a
-    /// field of the attempt's context, which every call builds: only `execute` reads it.
-    static HAND_STAMPED: std::cell::Cell<(u64, u32)> = const { std::cell::Cell::new((0, 0)) };
-}
-
 /// Whether `req`, whose completion is expected at `url`, is the request last stamped by hand
 /// (`stamp_request`) in the attempt `ctx`: that one's URL, in this attempt, and carrying this
 /// attempt's number as its stamping wrote it (a request made afresh carries none). The record
-/// taken. (Stamped by hand in an async helper whose task moved to another thread before the
-/// body's `execute`, it is stamped again: expected twice, as it once always was.)
+/// taken. (Only the last request stamped by hand is recorded: one stamped before it, then
+/// executed, is stamped again and expected twice.)
 fn stamped_by_hand_in(ctx: &AttemptCtx, req: &reqwest::Request, url: u32) -> bool {
     let here = url != 0
-        && HAND_STAMPED.get() == (ctx.span_id(), url)
+        && ctx.hand_stamped.get() == url
         && req.headers().get(X_ATTEMPT) == Some(&attempt_value(ctx.attempt));
     if here {
-        HAND_STAMPED.set((0, 0));
+        ctx.hand_stamped.set(0);
     }
     here
 }
