@@ -413,3 +413,41 @@ async fn a_nested_calls_request_under_its_own_key_is_not_said_of_the_calls_key()
     assert_eq!((e.attempts(), server.count_path("/pay")), (3, 3), "{e}");
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
 }
+
+#[resilient(timeout = "200ms", deadline = "5s", max_attempts = 1, budget = false, idempotency_key = auto, hedge(delay = "100ms"))]
+async fn pay_hedged(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same within one hedged round: the first request times out (the charge may have gone
+/// through) while its hedge runs on, and the hedge is then answered 429. The round is decided
+/// on the 429, but the error still says the request may have been carried out, naming the key
+/// (it once said nothing: only the round's last attempt counted).
+#[tokio::test(start_paused = true)]
+async fn a_hedged_round_says_a_timed_out_attempt_may_have_been_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index == 0 {
+            Action::stall()
+        } else {
+            Action::status(429).after(Duration::from_millis(150))
+        }
+    }))
+    .await;
+    let e = pay_hedged(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (2, 2), "{e}");
+    let key = e.idempotency_key().expect("keyed").to_owned();
+    assert!(
+        e.to_string().contains(&format!(
+            "[Idempotency-Key {key}: the request may have been carried out"
+        )),
+        "{e}"
+    );
+}

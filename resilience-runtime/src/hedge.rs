@@ -270,7 +270,12 @@ where
                     }
                     b.as_mut().stop();
                     in_flight -= 1;
-                    s.record_in_round(b.as_mut().ctx(), &mut round);
+                    // Stopped in flight: its request, if it went, may have been carried out.
+                    s.record_in_round(
+                        b.as_mut().ctx(),
+                        &mut round,
+                        Some(crate::classify::Class::Timeout),
+                    );
                     let status = b.as_mut().ctx().status.get();
                     let scope = b.as_mut().take_scope();
                     telemetry::attempt_stopped(scope, status);
@@ -297,7 +302,11 @@ where
                     if let Some(after) = s.in_progress_of(ended.as_mut().ctx()) {
                         drop(o);
                         in_progress.get_or_insert(after);
-                        s.record_in_round(ended.as_mut().ctx(), &mut round);
+                        s.record_in_round(
+                            ended.as_mut().ctx(),
+                            &mut round,
+                            Some(crate::classify::Class::Status(409)),
+                        );
                         let scope = ended.as_mut().take_scope();
                         hedge_ended(s, i, ended, false);
                         telemetry::attempt_failed_in_round(
@@ -378,7 +387,7 @@ where
                         if in_progress.is_none() {
                             in_progress = s.in_progress_of(ended.as_mut().ctx());
                         }
-                        s.record_in_round(ended.as_mut().ctx(), &mut round);
+                        s.record_in_round(ended.as_mut().ctx(), &mut round, class);
                         let scope = ended.as_mut().take_scope();
                         let ended_started = ended.started();
                         hedge_ended(s, i, ended, false);

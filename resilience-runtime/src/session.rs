@@ -1354,8 +1354,21 @@ impl Session {
     /// joined to what the round's attempts that ended before it sent (`round`): the retry
     /// decision after the round weighs every request of it, not only the last attempt's (a
     /// hedge that sent a helper's POST unseen, then the first attempt's 503).
-    pub(crate) fn record_in_round(&mut self, ctx: &AttemptCtx, round: &mut Option<Last>) {
+    pub(crate) fn record_in_round(
+        &mut self,
+        ctx: &AttemptCtx,
+        round: &mut Option<Last>,
+        class: Option<Class>,
+    ) {
         self.record_attempt(ctx);
+        // This attempt's own keyed request may have been carried out (it timed out, lost its
+        // connection): the call's error says so with the key, whatever the round's last
+        // attempt then gets (a hedge answered 429).
+        if class.is_some_and(|c| c.may_have_carried_out(self.last.status, true))
+            && self.last.keyed_request_reached()
+        {
+            self.key_carried = true;
+        }
         if let Some(before) = round {
             self.last.join(before);
         }
