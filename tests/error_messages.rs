@@ -451,3 +451,119 @@ async fn a_hedged_round_says_a_timed_out_attempt_may_have_been_carried_out() {
         "{e}"
     );
 }
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn send_receipt(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("r")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = POST, timeout = "5s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn charge_then_receipt(
+    c: &reqwest::Client,
+    charge: &str,
+    receipt: &str,
+) -> Result<u16, Error> {
+    let s = c
+        .post(charge)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16();
+    send_receipt(c, receipt).await?;
+    Ok(s)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn rates(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = POST, timeout = "5s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn quote_then_pay(c: &reqwest::Client, rates_url: &str, pay: &str) -> Result<u16, Error> {
+    rates(c, rates_url).await?;
+    Ok(c.post(pay).body("a=1").send().await?.status().as_u16())
+}
+
+/// The README's "An error holds one key", pinned: a nested keyed call's error names that
+/// call's key, not the enclosing call's whose charge went through; an unkeyed nested call's
+/// failure before the enclosing call's own request is named with the enclosing call's key as
+/// possibly carried out.
+#[tokio::test(start_paused = true)]
+async fn an_error_holds_one_key() {
+    let charges = FaultServer::start(Script::always(Action::ok())).await;
+    let receipts = FaultServer::start(Script::always(Action::status(422))).await;
+    let e = charge_then_receipt(
+        &reqwest::Client::new(),
+        &charges.url("/charges"),
+        &receipts.url("/receipts"),
+    )
+    .await
+    .unwrap_err();
+    let charge_key = charges.requests()[0].idempotency_key().unwrap().to_owned();
+    let receipt_key = receipts.requests()[0].idempotency_key().unwrap().to_owned();
+    assert_eq!(e.idempotency_key(), Some(receipt_key.as_str()), "{e}");
+    assert_ne!(charge_key, receipt_key);
+
+    let rates_server = FaultServer::start(Script::always(Action::status(503))).await;
+    let pay = FaultServer::start(Script::always(Action::ok())).await;
+    let e = quote_then_pay(
+        &reqwest::Client::new(),
+        &rates_server.url("/rates"),
+        &pay.url("/pay"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(pay.count(), 0);
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    breaker = { name = "em_opens_on_503", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn opens_its_breaker(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The README's limit, pinned: a retry its breaker refused (it opened on the 503) ends
+/// `CircuitOpen` with the 503's status but without its `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn a_breakers_refusal_after_a_retry_after_does_not_carry_it() {
+    let server = FaultServer::start(Script::always(Action::status(503).retry_after(1))).await;
+    let e = opens_its_breaker(&reqwest::Client::new(), &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.http_status(), e.retry_after()),
+        (ErrorKind::CircuitOpen, Some(503), None),
+        "{e}"
+    );
+    assert_eq!(server.count(), 1);
+}
