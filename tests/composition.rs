@@ -3132,6 +3132,23 @@ impl EmailRequest {
     }
 }
 
+/// A shop whose mail endpoint never answers, and the mail SDK pointed at it.
+async fn shop_with_a_stalled_mail() -> (FaultServer, Mail) {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/mail" {
+            Action::stall()
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: shop.url("/mail"),
+    };
+    (shop, mail)
+}
+
 #[resilient(
     timeout = "1s",
     deadline = "10s",
@@ -3162,18 +3179,7 @@ async fn order_then_hook(
 /// safe than the function's method, or the request seen beside it).
 #[tokio::test(start_paused = true)]
 async fn a_send_of_another_type_is_never_sent_again_whatever_the_functions_method() {
-    let shop = FaultServer::start(Script::dynamic(|seen| {
-        if seen.path == "/mail" {
-            Action::stall()
-        } else {
-            Action::ok()
-        }
-    }))
-    .await;
-    let mail = Mail {
-        http: reqwest::Client::new(),
-        url: shop.url("/mail"),
-    };
+    let (shop, mail) = shop_with_a_stalled_mail().await;
     let e = notify_shipped(&client(), &mail, &shop.url("/orders/7"))
         .await
         .unwrap_err();
@@ -5004,18 +5010,7 @@ async fn idempotent_notify(c: &reqwest::Client, mail: &Mail, order: &str) -> Res
 
 #[tokio::test(start_paused = true)]
 async fn idempotent_on_a_get_does_not_resend_another_types_unsafe_send() {
-    let shop = FaultServer::start(Script::dynamic(|seen| {
-        if seen.path == "/mail" {
-            Action::stall()
-        } else {
-            Action::ok()
-        }
-    }))
-    .await;
-    let mail = Mail {
-        http: reqwest::Client::new(),
-        url: shop.url("/mail"),
-    };
+    let (shop, mail) = shop_with_a_stalled_mail().await;
     let e = idempotent_notify(&client(), &mail, &shop.url("/orders/7"))
         .await
         .unwrap_err();

@@ -298,12 +298,9 @@ async fn charge(http: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
-/// The incident of the source documents, with the contract kept: the gateway needs 2.5 s, the
-/// shop's attempts 100 ms and two of them. The first attempt gives up while the card is being
-/// charged; the second meets 409 (still running); the client keeps asking, within its deadline
-/// and without counting those answers as attempts, until the replay of the one charge.
-#[tokio::test(start_paused = true)]
-async fn a_keyed_call_waits_for_a_slow_handler_past_its_attempts() {
+/// A payment gateway behind the idempotency layer that takes 2.5 s to charge (a task on the
+/// test's runtime): its `/charges` URL, and how many charges it made.
+async fn slow_gateway() -> (String, Arc<AtomicUsize>) {
     use axum::extract::State;
     use resilience_runtime::server::IdempotencyLayer;
 
@@ -320,6 +317,16 @@ async fn a_keyed_call_waits_for_a_slow_handler_past_its_attempts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/charges", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, charges)
+}
+
+/// The incident of the source documents, with the contract kept: the gateway needs 2.5 s, the
+/// shop's attempts 100 ms and two of them. The first attempt gives up while the card is being
+/// charged; the second meets 409 (still running); the client keeps asking, within its deadline
+/// and without counting those answers as attempts, until the replay of the one charge.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_call_waits_for_a_slow_handler_past_its_attempts() {
+    let (url, charges) = slow_gateway().await;
 
     let started = tokio::time::Instant::now();
     let (got, report) = resilience_runtime::measure(charge(&reqwest::Client::new(), &url)).await;
@@ -892,22 +899,7 @@ async fn charge_behind_a_breaker(http: &reqwest::Client, url: &str) -> Result<St
 /// answer with once the budget or the breaker allows (README, "When a retry happens").
 #[tokio::test(start_paused = true)]
 async fn a_keyed_call_whose_retry_is_refused_names_the_key_the_charge_went_under() {
-    use axum::extract::State;
-    use resilience_runtime::server::IdempotencyLayer;
-
-    let charges = Arc::new(AtomicUsize::new(0));
-    async fn gateway(State(charges): State<Arc<AtomicUsize>>) -> (axum::http::StatusCode, String) {
-        let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        (axum::http::StatusCode::CREATED, format!("charge {n}"))
-    }
-    let app = axum::Router::new()
-        .route("/charges", axum::routing::post(gateway))
-        .with_state(charges.clone())
-        .layer(IdempotencyLayer::new(MemoryStore::default()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/charges", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, charges) = slow_gateway().await;
     let http = reqwest::Client::new();
 
     let spent = charge_on_a_spent_budget(&http, &url).await.unwrap_err();

@@ -457,23 +457,12 @@ async fn a_redis_clock_that_goes_back_does_not_refuse_every_call() {
     let Some(redis_url) = support::redis_url().await else {
         return;
     };
-    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_finds_the_state_of_a_clock_an_hour_ahead",
-            "--nocapture",
-        ])
-        .env(CHILD_CLOCK, &redis_url)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_child(
+        "child_finds_the_state_of_a_clock_an_hour_ahead",
+        CHILD_CLOCK,
+        &redis_url,
+    )
+    .await;
 }
 
 #[resilient(
@@ -546,14 +535,20 @@ async fn a_permit_redis_reserved_is_given_back_by_a_caller_that_gives_up() {
     let Some(redis_url) = support::redis_url().await else {
         return;
     };
+    run_child(
+        "child_gives_permits_redis_reserved_back",
+        CHILD_GIVEN_BACK,
+        &redis_url,
+    )
+    .await;
+}
+
+/// Runs the ignored test `child` of this binary in a process of its own (`use_redis` is
+/// process-wide), with `env` set to the Redis URL, and asserts it passed.
+async fn run_child(child: &str, env: &str, redis_url: &str) {
     let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_gives_permits_redis_reserved_back",
-            "--nocapture",
-        ])
-        .env(CHILD_GIVEN_BACK, &redis_url)
+        .args(["--ignored", "--exact", child, "--nocapture"])
+        .env(env, redis_url)
         .output()
         .await
         .unwrap();
