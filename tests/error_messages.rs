@@ -567,3 +567,36 @@ async fn a_breakers_refusal_after_a_retry_after_does_not_carry_it() {
     );
     assert_eq!(server.count(), 1);
 }
+
+#[resilient(timeout = "200ms", deadline = "5s", max_attempts = 1, budget = false, idempotency_key = auto, hedge(delay = "100ms"))]
+async fn pay_hedged_then_wait(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let status = c.post(url).body("amount=1").send().await?.status();
+    if status == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        // Something else of the body's that hangs after the refusal.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    if status.is_client_error() || status.is_server_error() {
+        return Err(Error::status(status));
+    }
+    Ok(status.as_u16())
+}
+
+/// The control of the hedged round above: the first request refused with a 422 (answered,
+/// not carried out) and its attempt then timing out on something else, the hedge answered 429:
+/// nothing under the key was carried out, and the error does not say it may have been.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_round_whose_requests_were_refused_says_nothing_was_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index == 0 {
+            Action::status(422)
+        } else {
+            Action::status(429).after(Duration::from_millis(150))
+        }
+    }))
+    .await;
+    let e = pay_hedged_then_wait(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (2, 2), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}

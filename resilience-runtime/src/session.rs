@@ -1364,8 +1364,11 @@ impl Session {
         // This attempt's own keyed request may have been carried out (it timed out, lost its
         // connection): the call's error says so with the key, whatever the round's last
         // attempt then gets (a hedge answered 429).
+        // Not one refused with a 4xx (it was answered, and not carried out) before its attempt
+        // ended otherwise.
         if class.is_some_and(|c| c.may_have_carried_out(self.last.status, true))
             && self.last.keyed_request_reached()
+            && self.last.unsafe_carried
         {
             self.key_carried = true;
         }
