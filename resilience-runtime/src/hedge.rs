@@ -347,9 +347,6 @@ where
                         // answer's latency from the start of the attempt that gave it, not
                         // from the round's.
                         if i != 0 {
-                            if let Some(c) = &mut s.concurrency {
-                                c.attempt_started(winner.started());
-                            }
                             s.answer_started(winner.started());
                         }
                         s.attempt_scope = winner.take_scope();
@@ -424,9 +421,6 @@ where
                 // Ended by a hedge: its latency is judged from its own start, as a hedge's
                 // success is (a 404 it got in 80 ms is no slow call for its round's 180).
                 if let Some(started) = hedge_started {
-                    if let Some(c) = &mut s.concurrency {
-                        c.attempt_started(started);
-                    }
                     s.answer_started(started);
                 }
                 return Poll::Ready(r);

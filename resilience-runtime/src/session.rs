@@ -448,11 +448,17 @@ fn reportable(
     Some((method, unkeyed))
 }
 
+/// Whether the function is an `idempotent` PUT or DELETE, which says of all it sends that it
+/// may go again (`idempotent` on a safe method says nothing of what goes beside it).
+fn says_all_may_go_again(policy: &Policy) -> bool {
+    policy.idempotent && !policy.method.is_safe()
+}
+
 /// What another type's send whose receiver showed no safe method may have sent: anything,
-/// unkeyed (the least safe), unless the function is an `idempotent` PUT or DELETE, which says
-/// so of all it sends (`idempotent` on a safe method says nothing of such a send).
+/// unkeyed (the least safe), unless the function [says all it sends may go
+/// again](says_all_may_go_again).
 fn unproven_unsafe(policy: &Policy) -> Method {
-    if policy.idempotent && !policy.method.is_safe() {
+    if says_all_may_go_again(policy) {
         policy.method
     } else {
         policy.method.least_safe(policy.unseen)
@@ -1328,8 +1334,11 @@ impl Session {
     }
 
     /// The answer the call takes came from an attempt that began at `start` (a hedge): its
-    /// breaker permit times slowness from then.
+    /// breaker permit times slowness from then, and its adaptive limit the latency.
     pub(crate) fn answer_started(&mut self, start: Instant) {
+        if let Some(c) = &mut self.concurrency {
+            c.attempt_started(start);
+        }
         if let Some(p) = &mut self.breaker_permit {
             p.started_at(start);
         }
@@ -1362,10 +1371,9 @@ impl Session {
     ) {
         self.record_attempt(ctx);
         // This attempt's own keyed request may have been carried out (it timed out, lost its
-        // connection): the call's error says so with the key, whatever the round's last
-        // attempt then gets (a hedge answered 429).
-        // Not one refused with a 4xx (it was answered, and not carried out) before its attempt
-        // ended otherwise.
+        // connection; not one refused with a 4xx before the attempt ended otherwise): the
+        // call's error says so with the key, whatever the round's last attempt then gets (a
+        // hedge answered 429).
         if class.is_some_and(|c| c.may_have_carried_out(self.last.status, true))
             && self.last.keyed_request_reached()
             && self.last.unsafe_carried
@@ -1601,9 +1609,7 @@ impl Session {
             !policy.sends_seen && policy.method.needs_key()
                 || self.last.unproven & crate::context::UNPROVEN_UNSAFE != 0
         };
-        // (An `idempotent` PUT or DELETE says so of all it sends.)
-        let said_idempotent = policy.idempotent && !policy.method.is_safe();
-        if self.last.began && !said_idempotent && unseen_carried {
+        if self.last.began && !says_all_may_go_again(policy) && unseen_carried {
             self.carried_out = true;
         }
         // An attempt that never began (refused by the breaker, or no time left) says nothing

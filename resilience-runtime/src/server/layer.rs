@@ -492,8 +492,8 @@ impl IdempotencyLayer {
 
     /// Which statuses are stored and replayed. Default: [`default_replayable`] (all but 5xx,
     /// 408, 429); [`replay_every_status`] keeps everything. An answer given once the
-    /// [`handler_limit`](Self::handler_limit)'s time has run out is stored whatever this says. Read the danger written on
-    /// [`default_replayable`] before choosing.
+    /// [`handler_limit`](Self::handler_limit)'s time has run out is stored whatever this
+    /// says. Read the danger written on [`default_replayable`] before choosing.
     pub fn replayable(mut self, keep: fn(StatusCode) -> bool) -> Self {
         self.config_mut().replayable = keep;
         self
