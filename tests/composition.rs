@@ -4742,6 +4742,240 @@ async fn a_helper_handed_the_client_under_another_name_is_watched() {
     );
 }
 
+/// A service whose client sits one level down (`self.inner.http`, shared behind an `Arc`).
+struct Warehouse {
+    inner: std::sync::Arc<WarehouseInner>,
+}
+
+struct WarehouseInner {
+    http: reqwest::Client,
+}
+
+/// A macro of the service's own that places an order with the client it is handed.
+macro_rules! place_with {
+    ($http:expr, $url:expr) => {
+        $http.post($url).body("sku=42").send().await?
+    };
+}
+
+impl Warehouse {
+    fn client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn reserve_then_price_through_inner(&self, r: &str, p: &str) -> Result<u16, Error> {
+        let http = &self.inner.http;
+        reserve(http, r).await?.error_for_status()?;
+        Ok(http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn reserve_then_price_through_a_getter(&self, r: &str, p: &str) -> Result<u16, Error> {
+        let http = self.client();
+        reserve(http, r).await?.error_for_status()?;
+        Ok(http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn reserve_in_a_macro_through_inner(&self, r: &str, p: &str) -> Result<u16, Error> {
+        place_with!(self.inner.http, r).error_for_status()?;
+        Ok(self
+            .inner
+            .http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+/// The client one level down (`let http = &self.inner.http;`, `self.client()`,
+/// `place_with!(self.inner.http, …)`) is the client as much as `self.http` is: the helper or the
+/// macro handed it is watched, and the price's 503 reserves nothing twice.
+#[tokio::test(start_paused = true)]
+async fn a_client_one_field_down_is_watched() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/prices" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let store = Warehouse {
+        inner: std::sync::Arc::new(WarehouseInner {
+            http: reqwest::Client::new(),
+        }),
+    };
+    let (r, p) = (shop.url("/reservations"), shop.url("/prices"));
+    let e = store
+        .reserve_then_price_through_inner(&r, &p)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (1, 1),
+        "{e}"
+    );
+    let e = store
+        .reserve_then_price_through_a_getter(&r, &p)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (2, 1),
+        "{e}"
+    );
+    let e = store
+        .reserve_in_a_macro_through_inner(&r, &p)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (3, 1),
+        "{e}"
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn reserve_then_price_generic<C: AsRef<reqwest::Client>>(
+    c: &C,
+    r: &str,
+    p: &str,
+) -> Result<u16, Error> {
+    reserve(c.as_ref(), r).await?.error_for_status()?;
+    Ok(c.as_ref()
+        .get(p)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn reserve_then_price_where<C>(c: C, r: &str, p: &str) -> Result<u16, Error>
+where
+    C: std::ops::Deref<Target = reqwest::Client> + Clone,
+{
+    reserve(&c, r).await?.error_for_status()?;
+    Ok(c.get(p).send().await?.error_for_status()?.status().as_u16())
+}
+
+/// A client parameter of a generic type whose bound names the client (`C: AsRef<Client>`,
+/// or in a `where` clause) is watched as `impl AsRef<Client>` is.
+#[tokio::test(start_paused = true)]
+async fn a_client_of_a_generic_type_is_watched() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/prices" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let (r, p) = (shop.url("/reservations"), shop.url("/prices"));
+    let c = std::sync::Arc::new(reqwest::Client::new());
+    let e = reserve_then_price_generic(&c, &r, &p).await.unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (1, 1),
+        "{e}"
+    );
+    let e = reserve_then_price_where(c.clone(), &r, &p)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (2, 1),
+        "{e}"
+    );
+}
+
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_executed_as_a_path(c: &reqwest::Client, u: &str) -> Result<u16, Error> {
+    let req = c.post(u).body("sku=42").build()?;
+    Ok(reqwest::Client::execute(c, req)
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `Client::execute(&c, req)`, the method written as a path, is stamped as `c.execute(req)`
+/// is: every attempt carries the key.
+#[tokio::test(start_paused = true)]
+async fn an_execute_written_as_a_path_is_stamped() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index == 0 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let plain = reqwest::Client::new();
+    assert_eq!(
+        order_executed_as_a_path(&plain, &shop.url("/orders"))
+            .await
+            .unwrap(),
+        200
+    );
+    let keys: Vec<_> = shop
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
+}
+
 /// A notifier on a client of its own (not handed one: the enclosing body sees a call, no
 /// helper of its client).
 #[resilient(method = POST, idempotency_key = auto, timeout = "5s", deadline = "5s", max_attempts = 1, budget = false, bulkhead(max_concurrent = 1, max_wait = "1s"))]

@@ -1234,6 +1234,45 @@ async fn a_request_in_an_unreadable_macro_is_not_resent() {
     assert_eq!(e.attempts(), 1, "{e}");
 }
 
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_in_a_local_macro_then_order(
+    c: &reqwest::Client,
+    audit: &str,
+    orders: &str,
+) -> Result<u16, Error> {
+    macro_rules! audit {
+        () => {
+            c.post(audit).body("audit").send().await?
+        };
+    }
+    audit!();
+    Ok(c.post(orders)
+        .body("o")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A `macro_rules!` the body defines sends where the body invokes it (`audit!()`, its input
+/// empty): its POST goes out unseen and unkeyed, and the order's 503 is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_request_in_a_macro_the_body_defines_is_not_resent() {
+    let audit = FaultServer::start(resilience_fault_server::Script::always(Action::ok())).await;
+    let orders =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(503))).await;
+    let e = audit_in_a_local_macro_then_order(
+        &reqwest::Client::new(),
+        &audit.url("/audit"),
+        &orders.url("/o"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(audit.count(), 1, "the unkeyed POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}
+
 /// A service's own macro writing its client functions: the return and parameter types arrive
 /// as `$t:ty` fragments (an invisible group around each type).
 macro_rules! client_fn {

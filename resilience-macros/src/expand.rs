@@ -543,13 +543,34 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 /// type is a `…Client` (`&reqwest::Client`, `Arc<Client>`, `ClientWithMiddleware`, a
 /// service's `PaymentsClient`; not a `ClientId`).
 pub(crate) fn client_names(sig: &syn::Signature) -> Vec<String> {
+    // The type parameters bound to a client (`C: AsRef<Client>`, or in the `where` clause:
+    // `C: Deref<Target = Client>`): a parameter of such a type is one as `impl AsRef<Client>`
+    // is.
+    let mut generic: Vec<String> = sig
+        .generics
+        .type_params()
+        .filter(|t| names_a_client(t.bounds.to_token_stream()))
+        .map(|t| t.ident.to_string())
+        .collect();
+    if let Some(w) = &sig.generics.where_clause {
+        for p in &w.predicates {
+            if let syn::WherePredicate::Type(t) = p
+                && let syn::Type::Path(ty) = &t.bounded_ty
+                && let Some(ident) = ty.path.get_ident()
+                && names_a_client(t.bounds.to_token_stream())
+            {
+                generic.push(ident.to_string());
+            }
+        }
+    }
     let mut out = Vec::new();
     for input in &sig.inputs {
         match input {
             syn::FnArg::Receiver(_) => out.push("self".to_owned()),
             syn::FnArg::Typed(pt) => {
                 if let syn::Pat::Ident(pi) = &*pt.pat
-                    && names_a_client(pt.ty.to_token_stream())
+                    && (names_a_client(pt.ty.to_token_stream())
+                        || mentions_a_type(pt.ty.to_token_stream(), &generic))
                 {
                     out.push(pi.ident.to_string());
                 }
@@ -557,6 +578,16 @@ pub(crate) fn client_names(sig: &syn::Signature) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether the type `ts` names one of `params` (`&C`, `Arc<C>`).
+fn mentions_a_type(ts: TokenStream, params: &[String]) -> bool {
+    !params.is_empty()
+        && ts.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => params.iter().any(|p| i == p),
+            proc_macro2::TokenTree::Group(g) => mentions_a_type(g.stream(), params),
+            _ => false,
+        })
 }
 
 fn names_a_client(ts: TokenStream) -> bool {

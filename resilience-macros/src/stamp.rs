@@ -1234,11 +1234,29 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<Str
                 .get_ident()
                 .is_some_and(|i| names.iter().any(|n| i == n))
                 .then_some(false),
-            syn::Expr::Field(f) if is_self(&f.base) && names.iter().any(|n| n == "self") => {
-                let syn::Member::Named(field) = &f.member else {
-                    return None;
-                };
-                hands_self_a_client(quote!(self.#field), fields).then_some(false)
+            // `self.http`, and one field down or more (`self.inner.http`).
+            syn::Expr::Field(_) if names.iter().any(|n| n == "self") => {
+                let mut chain = Vec::new();
+                let mut at = e;
+                while let syn::Expr::Field(f) = at {
+                    let syn::Member::Named(field) = &f.member else {
+                        return None;
+                    };
+                    chain.push(field);
+                    at = &f.base;
+                }
+                chain.reverse();
+                (is_self(at) && hands_self_a_client(quote!(self #(. #chain)*), fields))
+                    .then_some(false)
+            }
+            // A getter of `self` named for a client (`self.client()`, `self.http()`).
+            syn::Expr::MethodCall(m)
+                if m.args.is_empty()
+                    && is_self(&m.receiver)
+                    && names.iter().any(|n| n == "self")
+                    && named_for_a_client(&m.method.to_string()) =>
+            {
+                Some(false)
             }
             syn::Expr::Reference(r) => value(&r.expr, names, selves, fields),
             syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => {
@@ -1412,7 +1430,8 @@ fn self_helper_value(e: &syn::Expr) -> bool {
 }
 
 /// The fields of `self` that `ts` (a body) builds requests on: `F` in `self.F.post(…)` (any
-/// method of a request's), `self.F.request(…)`, `self.F.execute(…)`.
+/// method of a request's), `self.F.request(…)`, `self.F.execute(…)`, also one field down or
+/// more (`self.inner.F.post(…)`).
 fn self_client_fields(ts: TokenStream) -> Vec<String> {
     fn scan(ts: TokenStream, out: &mut Vec<String>) {
         let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
@@ -1421,33 +1440,54 @@ fn self_client_fields(ts: TokenStream) -> Vec<String> {
                 scan(g.stream(), out);
                 continue;
             }
-            if let [
-                proc_macro2::TokenTree::Ident(me),
-                proc_macro2::TokenTree::Punct(d1),
-                proc_macro2::TokenTree::Ident(field),
-                proc_macro2::TokenTree::Punct(d2),
-                proc_macro2::TokenTree::Ident(m),
-                ..,
-            ] = &tts[i..]
-                && is_self(&me.to_string())
-                && d1.as_char() == '.'
-                && d2.as_char() == '.'
+            let proc_macro2::TokenTree::Ident(me) = tt else {
+                continue;
+            };
+            if !is_self(&me.to_string()) {
+                continue;
+            }
+            let chain = field_chain(&tts[i + 1..]);
+            if let [.., field, m] = &chain[..]
                 && [
                     "get", "post", "put", "patch", "delete", "head", "request", "execute",
                 ]
-                .iter()
-                .any(|b| m == b)
+                .contains(&m.as_str())
+                && !out.contains(field)
             {
-                let f = field.to_string();
-                if !out.contains(&f) {
-                    out.push(f);
-                }
+                out.push(field.clone());
             }
         }
     }
     let mut out = Vec::new();
     scan(ts, &mut out);
     out
+}
+
+/// The names after `self` in `.a.b.c` (`tts` starts after `self`), up to the first that is
+/// not followed by another `.name` (a method's name is the last).
+fn field_chain(tts: &[proc_macro2::TokenTree]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = tts;
+    while let [
+        proc_macro2::TokenTree::Punct(dot),
+        proc_macro2::TokenTree::Ident(name),
+        tail @ ..,
+    ] = rest
+        && dot.as_char() == '.'
+    {
+        out.push(name.to_string());
+        rest = tail;
+    }
+    out
+}
+
+/// A field (or getter) named for a client: `http`, `client`, `http_client`, `…_client`,
+/// `…_http`.
+fn named_for_a_client(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    ["http", "client", "http_client"].contains(&lower.as_str())
+        || lower.ends_with("_client")
+        || lower.ends_with("_http")
 }
 
 /// Whether a macro's input `ts` hands it `self`'s client: `self.F` with `F` one of `fields`
@@ -1458,21 +1498,10 @@ fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
     let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
     tts.iter().enumerate().any(|(i, tt)| match tt {
         proc_macro2::TokenTree::Group(g) => hands_self_a_client(g.stream(), fields),
-        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => match &tts[i + 1..] {
-            [
-                proc_macro2::TokenTree::Punct(dot),
-                proc_macro2::TokenTree::Ident(field),
-                ..,
-            ] if dot.as_char() == '.' => {
-                let f = field.to_string();
-                let lower = f.to_lowercase();
-                fields.contains(&f)
-                    || ["http", "client", "http_client"].contains(&lower.as_str())
-                    || lower.ends_with("_client")
-                    || lower.ends_with("_http")
-            }
-            _ => false,
-        },
+        // One field down or more too (`self.inner.http`).
+        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => field_chain(&tts[i + 1..])
+            .iter()
+            .any(|f| fields.contains(f) || named_for_a_client(f)),
         _ => false,
     })
 }
@@ -1539,6 +1568,27 @@ impl VisitMut for Rewriter<'_> {
             // In place of the placeholder: the printer puts parentheses where needed only.
             *send.receiver = take(&mut call.args[0]);
             *e = syn::Expr::MethodCall(send);
+        }
+        // `Client::execute(&c, req)` (reqwest's, or reqwest-middleware's): the method call
+        // `(&c).execute(req)` it is, stamped as one.
+        if let syn::Expr::Call(call) = e
+            && call.args.len() == 2
+            && let syn::Expr::Path(func) = &*call.func
+            && func.qself.is_none()
+            && let [.., ty, method] = func.path.segments.iter().collect::<Vec<_>>()[..]
+            && (ty.ident == "Client" || ty.ident == "ClientWithMiddleware")
+            && method.ident == "execute"
+            && method.arguments.is_none()
+        {
+            let span = func.span();
+            let mut execute: syn::ExprMethodCall =
+                syn::parse_quote_spanned!(span=> __resilience_client.execute(__resilience_request));
+            let mut args = std::mem::take(&mut call.args).into_iter();
+            if let (Some(client), Some(request)) = (args.next(), args.next()) {
+                *execute.receiver = client;
+                execute.args[0] = request;
+                *e = syn::Expr::MethodCall(execute);
+            }
         }
         if let syn::Expr::MethodCall(m) = e {
             let name = m.method.to_string();
@@ -1660,8 +1710,17 @@ impl VisitMut for Rewriter<'_> {
         }
     }
 
-    // Items nested in the body may run outside the attempt: leave them as written.
-    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+    // Items nested in the body may run outside the attempt: leave them as written. A
+    // `macro_rules!` the body defines, though, expands where the body invokes it (`audit!()`,
+    // its input naming nothing): a request its rules send goes out unseen, as one inside a
+    // macro the rewrite cannot read does.
+    fn visit_item_mut(&mut self, item: &mut syn::Item) {
+        if let syn::Item::Macro(m) = item
+            && sends_in(&m.mac.tokens)
+        {
+            self.found.unreadable_sends = true;
+        }
+    }
 }
 
 /// A macro's input as the rewrite reads it (`visit_macro_mut`): a comma-separated list of

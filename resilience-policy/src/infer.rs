@@ -301,6 +301,14 @@ fn is_path_send(tokens: &[TokenTree], i: usize) -> bool {
         && in_path_after(tokens, i, "RequestBuilder")
 }
 
+/// Whether `tokens[i]` is the `execute` of `Client::execute(` (`reqwest::Client::execute(&c,
+/// req)`, an execute written as a path).
+fn is_path_execute(tokens: &[TokenTree], i: usize) -> bool {
+    matches!(&tokens[i], TokenTree::Ident(id) if id == "execute")
+        && called(tokens, i)
+        && (in_path_after(tokens, i, "Client") || in_path_after(tokens, i, "ClientWithMiddleware"))
+}
+
 /// Whether `tokens[i - 3..i]` is `segment ::`.
 fn in_path_after(tokens: &[TokenTree], i: usize, segment: &str) -> bool {
     i >= 3
@@ -327,6 +335,7 @@ pub fn shows_a_request(ts: TokenStream) -> bool {
             (after_dot && call && matches!(id.to_string().as_str(), "send" | "execute" | "resilient"))
                 || is_reqwest_get(&tokens, i)
                 || is_path_send(&tokens, i)
+                || is_path_execute(&tokens, i)
         }
         _ => false,
     })
