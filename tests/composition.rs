@@ -1619,6 +1619,164 @@ async fn a_nested_failure_returned_later_through_a_transparent_variant_is_not_re
     assert_eq!(users.count(), 1, "{e}");
 }
 
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    max_attempts = 1,
+    breaker(
+        failure_rate = 0.5,
+        min_calls = 1,
+        window = 1,
+        open_for = "1m",
+        half_open_calls = 1
+    )
+)]
+async fn notify_merchant(c: &reqwest::Client, url: &str) -> Result<(), Error> {
+    c.post(url).body("paid").send().await?.error_for_status()?;
+    Ok(())
+}
+
+/// A service's own error type as users write it, the runtime's error in a transparent variant.
+#[derive(Debug, thiserror::Error)]
+enum CheckoutError {
+    #[error(transparent)]
+    Resilience(#[from] Error),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3)]
+async fn checkout_then_notify(
+    c: &reqwest::Client,
+    charges: &str,
+    notify: &str,
+) -> Result<u16, CheckoutError> {
+    let status = c
+        .post(charges)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status();
+    notify_merchant(c, notify).await?;
+    Ok(status.as_u16())
+}
+
+/// The same, the type holding the runtime's error without being an error type at all.
+#[derive(Debug)]
+enum PlainCheckoutError {
+    #[allow(dead_code)]
+    Resilience(Error),
+    #[allow(dead_code)]
+    Http(reqwest::Error),
+}
+
+impl From<Error> for PlainCheckoutError {
+    fn from(e: Error) -> Self {
+        PlainCheckoutError::Resilience(e)
+    }
+}
+
+impl From<reqwest::Error> for PlainCheckoutError {
+    fn from(e: reqwest::Error) -> Self {
+        PlainCheckoutError::Http(e)
+    }
+}
+
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3)]
+async fn checkout_then_notify_plain(
+    c: &reqwest::Client,
+    charges: &str,
+    notify: &str,
+) -> Result<u16, PlainCheckoutError> {
+    let status = c
+        .post(charges)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status();
+    notify_merchant(c, notify).await?;
+    Ok(status.as_u16())
+}
+
+/// A nested call refused by its open breaker after the enclosing call's keyed POST was
+/// charged, returned inside the service's own error type: the error the caller gets says one
+/// attempt ran, names the charge's key and that it may have been carried out, and is not
+/// "rejected". It once said 0 attempts, no key, `is_rejected()` ("nothing was sent"): a
+/// caller trusting it would charge again under a new key.
+#[tokio::test(start_paused = true)]
+async fn a_nested_refusal_inside_a_services_own_error_names_the_charge() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/notify" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let c = client();
+    // The merchant's endpoint fails once: the nested call's breaker opens.
+    let first = checkout_then_notify(&c, &shop.url("/charges"), &shop.url("/notify"))
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count_path("/charges"), 1, "{first}");
+    // The nested call's own failure, inside the same type: the charge's key named too.
+    let CheckoutError::Resilience(inner) = &first else {
+        panic!("the nested call's failure, inside: {first:?}");
+    };
+    assert_eq!(
+        inner.idempotency_key(),
+        shop.requests()[0].idempotency_key(),
+        "{inner}"
+    );
+    assert!(inner.idempotency_key().is_some(), "{inner}");
+    let e = checkout_then_notify(&c, &shop.url("/charges"), &shop.url("/notify"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/charges"), shop.count_path("/notify")),
+        (2, 1),
+        "{e}"
+    );
+    let CheckoutError::Resilience(inner) = &e else {
+        panic!("the refusal, inside: {e:?}");
+    };
+    assert_eq!(inner.kind(), ErrorKind::CircuitOpen, "{inner}");
+    let charged = shop.requests()[2]
+        .idempotency_key()
+        .expect("the charge was keyed")
+        .to_owned();
+    assert_eq!(inner.attempts(), 1, "{inner}");
+    assert!(!inner.is_rejected(), "something was sent: {inner}");
+    assert_eq!(inner.idempotency_key(), Some(charged.as_str()), "{inner}");
+    assert!(
+        inner.to_string().contains(&charged)
+            && inner.to_string().contains("may have been carried out"),
+        "{inner}"
+    );
+
+    let e = checkout_then_notify_plain(&c, &shop.url("/charges"), &shop.url("/notify"))
+        .await
+        .unwrap_err();
+    let PlainCheckoutError::Resilience(inner) = &e else {
+        panic!("the refusal, inside: {e:?}");
+    };
+    let charged = shop.requests()[3]
+        .idempotency_key()
+        .expect("the charge was keyed")
+        .to_owned();
+    assert_eq!(
+        (
+            inner.attempts(),
+            inner.is_rejected(),
+            inner.idempotency_key()
+        ),
+        (1, false, Some(charged.as_str())),
+        "{inner}"
+    );
+}
+
 /// The same shapes in a service's client: the nested call a method of `self`, its failure
 /// returned later, boxed or in `anyhow` (both carry the runtime's `Error` with its mark).
 struct Pages {

@@ -835,6 +835,11 @@ pub(crate) struct AttemptCtx {
     /// their own (the last four; 0: none): an error the body returns that carries one of them
     /// is that call's failure, whatever the body did after it.
     pub gave_up: Cell<[u16; 4]>,
+    /// The errors that left nested calls into this attempt (their records' ids, the last
+    /// four; 0: none): a failure of the attempt with an error of a type the runtime cannot
+    /// write into writes this call's attempts and key into those records
+    /// ([`crate::error::enclosing`]).
+    pub returned: Cell<[u32; 4]>,
     /// The URLs (hashed, [`url_hash`]; 0: none) of this attempt's stamped requests of an
     /// unsafe method not completed yet, the newest first, each with how many of them
     /// (`unsafe_left`); a 307 or 308 followed adds its target. A completion of an unsafe
@@ -1084,6 +1089,7 @@ impl AttemptCtx {
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
             gave_up: Cell::new([0; 4]),
+            returned: Cell::new([0; 4]),
             unsafe_urls: Cell::new([0; 8]),
             unsafe_left: Cell::new([0; 8]),
             unsafe_hop: Cell::new(0),
@@ -1162,6 +1168,7 @@ impl AttemptCtx {
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
+        *self.returned.get_mut() = [0; 4];
         // The URLs stay: one with nothing outstanding expects nothing (`matched` is read as a
         // difference, `redirect_target` is cleared before each poll that reads it).
         *self.unsafe_left.get_mut() = [0; 8];
@@ -1283,6 +1290,17 @@ impl AttemptCtx {
         t.rotate_right(1);
         t[0] = token;
         self.gave_up.set(t);
+    }
+
+    /// An error left a nested call into this attempt, its record `id` (see
+    /// [`crate::error::enclosing`]).
+    pub(crate) fn note_returned(&self, id: u32) {
+        let mut r = self.returned.get();
+        if !r.contains(&id) {
+            r.rotate_right(1);
+            r[0] = id;
+            self.returned.set(r);
+        }
     }
 
     pub(crate) fn note_method(&self, m: Method) {

@@ -81,6 +81,9 @@ struct Detail {
     carried: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
+    /// What the calls this error came back through wrote of themselves where they could not
+    /// reach the error (see [`enclosing`]): made when the error leaves a nested call.
+    around: Option<std::sync::Arc<enclosing::Around>>,
     /// `source` marked as a nested call's (see [`carried`]): unmarked when dropped, before
     /// `source` is (fields drop in order).
     mark: carried::Mark,
@@ -97,6 +100,7 @@ impl Default for Detail {
             reached: false,
             carried: false,
             retry_after: None,
+            around: None,
             source: None,
             mark: carried::Mark::NONE,
         }
@@ -154,8 +158,35 @@ impl Error {
     }
 
     /// How many attempts ran before this error was returned (0: none was allowed to start).
+    /// An error that came back through a call around the one that made it (a nested call's,
+    /// returned by the enclosing function) says the larger count: the enclosing call's
+    /// attempts ran too.
     pub fn attempts(&self) -> u32 {
-        self.detail.as_ref().map_or(0, |d| d.attempts)
+        self.detail.as_ref().map_or(0, |d| {
+            d.around
+                .as_ref()
+                .map_or(d.attempts, |a| d.attempts.max(a.attempts()))
+        })
+    }
+
+    /// What the calls around the one that made this error wrote of themselves, where it
+    /// applies: to an error with no key of its own (see [`enclosing`]).
+    fn around_keyed(&self) -> Option<&enclosing::Around> {
+        let d = self.detail.as_ref()?;
+        d.key.is_none().then_some(())?;
+        d.around.as_deref()
+    }
+
+    /// The error leaves a nested call for the attempt around it: the enclosing call can write
+    /// its attempts and key into it even where its function's own error type holds it out of
+    /// reach (see [`enclosing`]). Nothing outside an attempt.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn leaving(&mut self) {
+        let _ = crate::context::with_attempt(|outer| {
+            let d = self.detail_mut();
+            outer.note_returned(enclosing::register(&mut d.around));
+        });
     }
 
     /// The failure class of the last attempt, when one ran.
@@ -193,7 +224,10 @@ impl Error {
     /// the caller to look the outcome up with, or to ask again with (a server that replays by
     /// key answers a request with this key with that outcome).
     pub fn idempotency_key(&self) -> Option<&str> {
-        self.detail.as_ref()?.key.as_deref()
+        let d = self.detail.as_ref()?;
+        d.key
+            .as_deref()
+            .or_else(|| d.around.as_ref()?.key.get().map(String::as_str))
     }
 
     /// An attempt timeout or the deadline.
@@ -379,15 +413,19 @@ impl Error {
         if self.attempts() == 0 {
             return false;
         }
-        if self.detail.as_ref().is_some_and(|d| d.carried) {
+        // The call this error came back through, for its own key (see [`enclosing`]): what it
+        // knew of its attempts.
+        let around = self.around_keyed();
+        if self.detail.as_ref().is_some_and(|d| d.carried) || around.is_some_and(|a| a.carried()) {
             return true;
         }
+        let around_reached = around.is_some_and(|a| a.reached());
         match self.class {
             Some(class) => class.may_have_carried_out(
                 self.http_status(),
-                self.detail.as_ref().is_some_and(|d| d.reached),
+                self.detail.as_ref().is_some_and(|d| d.reached) || around_reached,
             ),
-            None => self.is_timeout(),
+            None => self.is_timeout() || around_reached,
         }
     }
 }
@@ -492,6 +530,112 @@ pub(crate) mod carried {
             cur = e.source();
         }
         chain[..n].iter().find_map(|at| shard(*at).get(at).copied())
+    }
+}
+
+/// What the calls a nested call's error comes back through know of themselves, written where
+/// the error cannot be reached. A function whose error type is its own (a `thiserror` enum
+/// holding the runtime's [`Error`] in a variant) returns a nested call's error inside it: the
+/// enclosing call cannot write its attempts and key into that error as it does into its own
+/// (an open breaker refusing the nested call after the enclosing call's keyed POST was charged
+/// would say "nothing was sent", no key). So an error leaving a nested call holds a shared
+/// record, registered by an id in the enclosing attempt ([`Error::leaving`]); the enclosing
+/// call writes into the record when its attempt fails with an error of a type it cannot note,
+/// and passes the id on to the attempt it is nested in. Off the happy path: made only as an
+/// error leaves a nested call.
+pub(crate) mod enclosing {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+
+    /// The record, shared by the error and the registry (weakly: dropped with the error).
+    #[derive(Debug)]
+    pub(crate) struct Around {
+        id: u32,
+        attempts: AtomicU32,
+        /// The key of the innermost call around the error that was keyed: the one the
+        /// flags below speak of.
+        pub(crate) key: OnceLock<String>,
+        reached: AtomicBool,
+        carried: AtomicBool,
+    }
+
+    impl Around {
+        pub(crate) fn attempts(&self) -> u32 {
+            self.attempts.load(Ordering::Relaxed)
+        }
+        pub(crate) fn reached(&self) -> bool {
+            self.reached.load(Ordering::Relaxed)
+        }
+        pub(crate) fn carried(&self) -> bool {
+            self.carried.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for Around {
+        fn drop(&mut self) {
+            shard(self.id).remove(&self.id);
+        }
+    }
+
+    /// The records by id, in shards (a failing dependency fails nested calls on every thread
+    /// at once).
+    type Shard = Mutex<HashMap<u32, Weak<Around>>>;
+    static SHARDS: LazyLock<[Shard; 16]> =
+        LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashMap::new())));
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    fn shard(id: u32) -> MutexGuard<'static, HashMap<u32, Weak<Around>>> {
+        SHARDS[(id % 16) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record's id, made and registered the first time (never 0).
+    pub(crate) fn register(around: &mut Option<Arc<Around>>) -> u32 {
+        if let Some(a) = around {
+            return a.id;
+        }
+        let id = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let a = Arc::new(Around {
+            id,
+            attempts: AtomicU32::new(0),
+            key: OnceLock::new(),
+            reached: AtomicBool::new(false),
+            carried: AtomicBool::new(false),
+        });
+        shard(id).insert(id, Arc::downgrade(&a));
+        *around = Some(a);
+        id
+    }
+
+    /// What the call around the error knows: its attempts (the larger count kept), its key
+    /// (the first written kept: the innermost keyed call's), and, for that key, whether its
+    /// last attempt's keyed request reached a server and whether an earlier one may have been
+    /// carried out. False when the error is gone.
+    pub(crate) fn write(
+        id: u32,
+        attempts: u32,
+        key: Option<&crate::context::Key>,
+        reached: bool,
+        carried: bool,
+    ) -> bool {
+        let Some(a) = shard(id).get(&id).and_then(Weak::upgrade) else {
+            return false;
+        };
+        a.attempts.fetch_max(attempts, Ordering::Relaxed);
+        if let Some(key) = key {
+            let key = key.to_string();
+            if a.key.get_or_init(|| key.clone()) == &key {
+                if reached {
+                    a.reached.store(true, Ordering::Relaxed);
+                }
+                if carried {
+                    a.carried.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        true
     }
 }
 

@@ -119,7 +119,35 @@ impl<'a, E> Probe<'a, E> {
             // Only a nested call's errors reach a call that reads their token.
             if s.nested {
                 own.set_origin(token(s));
+                own.leaving();
             }
+        }
+    }
+
+    /// The error is of a type the runtime cannot write into (the function's own, or one a box
+    /// or report holds): what the call knows goes into the records of the errors nested calls
+    /// returned into this attempt (see [`crate::error::enclosing`]), one of which it may
+    /// hold, and on up to the attempt this call is nested in.
+    #[inline]
+    fn note_inside(&self) {
+        if let Some(s) = self.4
+            && s.ctx.returned.get() != [0; 4]
+        {
+            note_returned_errors(s, self.1, self.2);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn note_returned_errors(s: &Session, attempts: u32, key: Option<&Key>) {
+    let (reached, carried) = (s.last.keyed_request_reached(), s.any_carried_out());
+    for id in s.ctx.returned.get() {
+        if id != 0
+            && crate::error::enclosing::write(id, attempts, key, reached, carried)
+            && s.nested
+        {
+            let _ = crate::context::with_attempt(|outer| outer.note_returned(id));
         }
     }
 }
@@ -162,6 +190,7 @@ impl<E: Classify + StdError + 'static> ViaOwn for &&&&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         self.came_back_in(e);
+        self.note_inside();
         e.class().or_else(|| classify_error(e))
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -176,7 +205,9 @@ pub trait ViaClassify {
 }
 impl<E: Classify> ViaClassify for &&&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
-        self.0.take()?.class()
+        let class = self.0.take()?.class();
+        self.note_inside();
+        class
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
         None
@@ -192,6 +223,7 @@ impl<E: StdError + 'static> ViaStdError for &&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         self.came_back_in(e);
+        self.note_inside();
         classify_error(e)
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -210,8 +242,9 @@ macro_rules! boxed {
             fn __resilience_class(self) -> Option<Class> {
                 let e = self.0.take()?;
                 let class = classify_error(&**e);
-                if let Some(own) = e.downcast_mut::<Error>() {
-                    self.note(own, class);
+                match e.downcast_mut::<Error>() {
+                    Some(own) => self.note(own, class),
+                    None => self.note_inside(),
                 }
                 class
             }
@@ -232,8 +265,9 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         let class = classify_error(&*e);
-        if let Some(own) = e.get_mut().and_then(|i| i.downcast_mut::<Error>()) {
-            self.note(own, class);
+        match e.get_mut().and_then(|i| i.downcast_mut::<Error>()) {
+            Some(own) => self.note(own, class),
+            None => self.note_inside(),
         }
         class
     }
@@ -253,8 +287,9 @@ impl ViaOwn for &&&&&Probe<'_, reqwest_middleware::Error> {
                 let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
                 let class = classify_error(dynerr);
                 self.came_back_in(dynerr);
-                if let Some(own) = e.downcast_mut::<Error>() {
-                    self.note(own, class);
+                match e.downcast_mut::<Error>() {
+                    Some(own) => self.note(own, class),
+                    None => self.note_inside(),
                 }
                 class
             }
@@ -281,8 +316,9 @@ macro_rules! report {
                 let e = self.0.take()?;
                 let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
                 let class = classify_error(dynerr);
-                if let Some(own) = e.downcast_mut::<Error>() {
-                    self.note(own, class);
+                match e.downcast_mut::<Error>() {
+                    Some(own) => self.note(own, class),
+                    None => self.note_inside(),
                 }
                 class
             }
@@ -303,6 +339,7 @@ pub trait ViaNothing {
 }
 impl<E> ViaNothing for &Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
+        self.note_inside();
         None
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {

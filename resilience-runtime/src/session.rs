@@ -227,9 +227,6 @@ fn refused_by_breaker_at_start(
     if refusal == Refusal::UnlessHeld && held_by_enclosing_call(breaker) {
         return None;
     }
-    // Inside an attempt (a helper the body handed the client to), the call was seen: it sent
-    // nothing behind the runtime's back.
-    let _ = with_attempt(|o| o.saw());
     breaker.count_rejected();
     let m = shared.metrics;
     // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
@@ -243,11 +240,16 @@ fn refused_by_breaker_at_start(
         "circuit open: call rejected"
     );
     report_unstarted(shared);
-    Some(
-        Error::new(ErrorKind::CircuitOpen)
-            .with_attempts(0)
-            .with_class(Some(Class::Rejected), None),
-    )
+    let mut refused = Error::new(ErrorKind::CircuitOpen)
+        .with_attempts(0)
+        .with_class(Some(Class::Rejected), None);
+    // Inside an attempt (a helper the body handed the client to), the call was seen: it sent
+    // nothing behind the runtime's back. And its refusal goes back into that attempt, which
+    // writes what it sent into the error where it cannot reach it (`error::enclosing`).
+    if with_attempt(AttemptCtx::saw).is_some() {
+        refused.leaving();
+    }
+    Some(refused)
 }
 
 /// Whether an enclosing call's attempt holds `breaker`'s half-open probe: a call nested in it
@@ -1078,6 +1080,9 @@ impl Session {
             .with_class(Some(class), self.last.status)
             .with_elapsed(self.started.elapsed());
         self.name_key(&mut err);
+        if self.nested {
+            err.leaving();
+        }
         err
     }
 
@@ -1139,8 +1144,11 @@ impl Session {
         // Refused at its start or by its admission (an invalid key, a full bulkhead, the rate
         // limit), the refusal not taken with `take_refusal`: the first attempt returns it,
         // counted when it was refused; the call has ended.
-        if let Some(e) = self.refusal.take() {
+        if let Some(mut e) = self.refusal.take() {
             self.replaced = Some(e.kind());
+            if self.nested {
+                e.leaving();
+            }
             return Err(e);
         }
         // What the previous attempt left; the first finds it as the session was built (nothing
@@ -1843,7 +1851,10 @@ impl Session {
         match self.after_failure(reported) {
             Next::Retry => true,
             Next::Return => false,
-            Next::Replace(error) => {
+            Next::Replace(mut error) => {
+                if self.nested {
+                    error.leaving();
+                }
                 self.replaced = Some(error.kind());
                 *result = Err(E::from_runtime(error));
                 false
