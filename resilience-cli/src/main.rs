@@ -399,6 +399,7 @@ impl Crate {
                 self_ty: None,
                 owner: None,
                 enclosing: None,
+                shown_module: None,
                 found: Vec::new(),
                 names: &names,
                 refused: Vec::new(),
@@ -773,6 +774,10 @@ struct Finder<'n> {
     /// In a function's body: its own path, the `owner` of what its closures and `async`
     /// blocks declare.
     enclosing: Option<String>,
+    /// In a module declared in a function's body (`fn outer() { mod m { … } }`): its path as
+    /// the compiler's type names give it, the function's kept (`shop::outer::m`), which the
+    /// runtime names its functions under.
+    shown_module: Option<String>,
     found: Vec<(String, syn::ItemFn, proc_macro2::TokenStream)>,
     names: &'n Names,
     /// Attributes placed where the compiler refuses them: line, column and message.
@@ -1076,10 +1081,11 @@ impl Finder<'_> {
         if let Some(owner) = &self.owner {
             return format!("{owner}::{name}").replace("r#", "");
         }
-        let path = match &self.self_ty {
-            Some((ty, tr)) => resilience_spec::paths::method_path(&m, ty, tr.as_deref(), name),
-            None if m.is_empty() => name.to_owned(),
-            None => format!("{m}::{name}"),
+        let path = match (&self.self_ty, &self.shown_module) {
+            (Some((ty, tr)), _) => resilience_spec::paths::method_path(&m, ty, tr.as_deref(), name),
+            (None, Some(shown)) => format!("{shown}::{name}"),
+            (None, None) if m.is_empty() => name.to_owned(),
+            (None, None) => format!("{m}::{name}"),
         };
         // Raw identifiers (`mod r#async`, `fn r#type`) as the compiler's type names write
         // them, and the runtime with them: without `r#` (`#` is in no other path).
@@ -1089,13 +1095,22 @@ impl Finder<'_> {
 
 impl<'a> Visit<'a> for Finder<'_> {
     fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
-        // Its own module path, neither the function's nor the impl's it is written in.
+        // Its own module path, neither the function's nor the impl's it is written in; in a
+        // function's body, shown under that function's path (see `shown_module`).
         let (saved_ty, saved_owner) = (self.self_ty.take(), self.owner.take());
+        let saved_enclosing = self.enclosing.take();
+        let shown = saved_enclosing
+            .as_ref()
+            .or(self.shown_module.as_ref())
+            .map(|around| format!("{around}::{}", m.ident));
+        let saved_shown = std::mem::replace(&mut self.shown_module, shown);
         self.module.push(m.ident.to_string());
         syn::visit::visit_item_mod(self, m);
         self.module.pop();
         self.self_ty = saved_ty;
         self.owner = saved_owner;
+        self.enclosing = saved_enclosing;
+        self.shown_module = saved_shown;
     }
 
     fn visit_item_impl(&mut self, i: &'a syn::ItemImpl) {

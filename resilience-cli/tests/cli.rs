@@ -1036,6 +1036,30 @@ mod names {
         inner().await
     }
 
+    /// Modules declared in function bodies: `module_path!()` leaves the function out, the
+    /// path keeps it, so that two modules of one name in two functions have two paths.
+    pub fn in_module_in_fn() -> impl std::future::Future<Output = Result<usize, Error>> {
+        mod helpers {
+            use resilience_runtime::{Error, resilient};
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            pub async fn get() -> Result<usize, Error> {
+                Ok(20)
+            }
+        }
+        helpers::get()
+    }
+
+    pub async fn in_module_in_async_fn() -> Result<usize, Error> {
+        mod helpers {
+            use resilience_runtime::{Error, resilient};
+            #[resilient(method = GET, timeout = "1s", budget = false)]
+            pub async fn get() -> Result<usize, Error> {
+                Ok(21)
+            }
+        }
+        helpers::get().await
+    }
+
     impl model::Store {
         pub async fn around(&self) -> Result<usize, Error> {
             #[resilient(method = GET, timeout = "1s", budget = false)]
@@ -1084,6 +1108,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
             "cli::names::Svc::via_alias",
             "cli::names::async::type",
             "cli::names::glob::Svc::via_glob",
+            "cli::names::in_module_in_async_fn::helpers::get",
+            "cli::names::in_module_in_fn::helpers::get",
             "cli::names::outer::inner",
             "cli::names::shadow::Wide::shadowed",
             "cli::names::user::Store::via_imported_module",
@@ -1115,6 +1141,8 @@ fn an_override_written_from_the_list_applies_to_methods_of_generic_and_trait_imp
         assert_eq!(names::shadow::Wide.shadowed().await.unwrap(), 17);
         assert_eq!(names::model::Store.via_imported_module().await.unwrap(), 18);
         assert_eq!(names::model::Store.later().await.unwrap(), 19);
+        assert_eq!(names::in_module_in_fn().await.unwrap(), 20);
+        assert_eq!(names::in_module_in_async_fn().await.unwrap(), 21);
     });
     let file: String = listed
         .iter()

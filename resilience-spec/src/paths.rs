@@ -10,6 +10,7 @@
 //! | `impl Api for super::Svc { fn get }` in `shop::svc` | `shop::svc::<Svc as Api>::get` |
 //! | `fn call` in the body of `async fn first` in `shop::tests` | `shop::tests::first::call` |
 //! | `fn call` in the body of `impl Ledger { async fn get }` in `shop` | `shop::Ledger::get::call` |
+//! | `fn get` in `mod m` in the body of `fn outer` in `shop` | `shop::outer::m::get` |
 
 use std::borrow::Cow;
 
@@ -69,6 +70,15 @@ pub fn from_type_name<'a>(module_and_name: &'a str, located: &'a str) -> Cow<'a,
     }
     if owner == module {
         return module_and_name.into();
+    }
+    // A module declared in a function's body (`fn outer() { mod m { fn get } }`):
+    // `module_path!()` leaves the function out (`shop::m`), the type name does not
+    // (`shop::outer::m`, `shop::outer::{{closure}}::m` in an `async` body). The function's
+    // name is kept, so that two such modules of one name in two functions have two paths.
+    if let Some((_, last)) = module.rsplit_once("::")
+        && owner.ends_with(&format!("::{last}"))
+    {
+        return format!("{}::{name}", owner.replace("::{{closure}}", "")).into();
     }
     // An impl written in another module than its type (and trait): the compiler names it
     // `module::<impl m::Client>` or `module::<impl m::Api for m::Svc>`.
@@ -224,6 +234,13 @@ mod tests {
             ),
             // A function inside a function: the outer one's name where a type would be.
             ("shop::inner", "shop::outer::inner", "shop::outer::inner"),
+            // A module inside a function: the function's name kept.
+            ("shop::m::get", "shop::outer::m::get", "shop::outer::m::get"),
+            (
+                "shop::m::get",
+                "shop::outer::{{closure}}::m::get",
+                "shop::outer::m::get",
+            ),
             // … in an `async` body (an `async fn`'s, a `#[tokio::test]`'s).
             (
                 "shop::inner",
