@@ -156,8 +156,27 @@ async fn each_section_and_setting_changes_the_calls() {
         "{e}"
     );
 
+    // A section that names no function called so far (a misspelled path) or no policy
+    // applies to nothing, silently: `unmatched()` lists it for an operator to see.
+    apply(
+        "[functions.\"override_layers::serach\"]\nmax_attempts = 1\n[functions.\"override_layers::search\"]\nmax_attempts = 2\n[policies.nosuch]\ntimeout = \"1s\"\n",
+    );
+    assert_eq!(
+        overrides::unmatched(),
+        ["functions.\"override_layers::serach\"", "policies.nosuch"]
+    );
+    assert_eq!(attempts(unavailable()).await.0, 2, "the one spelled right");
+    // `reload()` with `RESILIENCE_OVERRIDES` unset removes every override, those applied by
+    // hand too.
+    if std::env::var_os(overrides::ENV).is_none() {
+        let changes = overrides::reload().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!overrides::active(), "{changes:?}");
+        assert_eq!(attempts(unavailable()).await.0, 4, "the compiled policy");
+    }
+
     // Emptied: the compiled policy again.
     apply("");
+    assert!(overrides::unmatched().is_empty());
     let (n, out, took) = attempts(unavailable()).await;
     assert_eq!(n, 4);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Call);
@@ -201,4 +220,22 @@ async fn each_section_and_setting_changes_the_calls() {
     assert_eq!(before.attempts(), 3, "{before}");
     assert_eq!(server.count(), 4);
     apply("");
+
+    // A constant backoff may start above its `max` (never used); a file that makes it
+    // exponential breaks the order, and the refusal points at the kind it set (it once said
+    // `incident.toml:1:1`).
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    steady(&client, &server.url("/s")).await.unwrap();
+    let e = overrides::apply_str(
+        "# incident 42\n[functions.\"override_layers::steady\"]\nbackoff = \"exponential\"\n",
+        "incident.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("incident.toml:3:"), "{e}");
+}
+
+#[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 2, backoff(kind = constant, initial = "3s", max = "1s", jitter = none), budget = false)]
+async fn steady(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
 }

@@ -299,6 +299,10 @@ pub fn locate(
     match wanted {
         Some(rel) => {
             let mut tried = Vec::new();
+            // The crate's `[package.metadata.resilience] config` is relative to its
+            // `Cargo.toml` alone, as `resilience check` reads it: one file for every function,
+            // wherever its source is.
+            let source_dir = source_dir.filter(|_| explicit.is_some());
             for base in [manifest_dir.as_deref(), source_dir].into_iter().flatten() {
                 let p = base.join(&rel);
                 if p.is_file() {
@@ -448,6 +452,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(display, "policy/p.toml");
+        // The table's file is relative to Cargo.toml alone, as `resilience check` reads it:
+        // not found beside a source file.
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"x\"\n\n[package.metadata.resilience]\nconfig = \"only-in-src.toml\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/only-in-src.toml"), "").unwrap();
+        let e = locate(None, Some(&dir), Some(&dir.join("src"))).unwrap_err();
+        assert!(e.contains("only-in-src.toml` not found"), "{e}");
         // No table: the file beside Cargo.toml.
         std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
         let (_, display) = locate(None, Some(&dir), None).unwrap().unwrap();

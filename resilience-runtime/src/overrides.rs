@@ -397,10 +397,45 @@ fn apply_str_now(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     // A file that overrides nothing leaves no override in place (every function's was just
     // taken away): the hot path goes back to its one relaxed load.
     let active = !doc.is_empty();
+    let naming_nothing = unmatched_in(&doc, &known);
+    if !naming_nothing.is_empty() {
+        tracing::info!(
+            file = %doc.name,
+            sections = ?naming_nothing,
+            "override sections that name no function called so far: they apply to a function of that path (or policy) when it is first called, and to nothing if misspelled"
+        );
+    }
     *lock(&DOC) = active.then_some(doc);
     ACTIVE.store(active, Ordering::Release);
     log(&all);
     Ok(all)
+}
+
+/// The sections of the override file in force that name no function (`[functions."…"]`) or
+/// policy (`[policies.…]`) called so far, as written in the file: a misspelled path or name
+/// applies to nothing, silently. The runtime learns of a function at its first call, so a
+/// section for one not called yet is listed until it is; `resilience check --overrides`
+/// checks a file against every function of the crate. For an operator's endpoint, after
+/// [`apply_file`] or [`reload`].
+pub fn unmatched() -> Vec<String> {
+    read_env_once();
+    let known = lock(&KNOWN);
+    let doc = lock(&DOC).clone();
+    doc.map_or_else(Vec::new, |doc| unmatched_in(&doc, &known))
+}
+
+fn unmatched_in(doc: &Doc, known: &[Known]) -> Vec<String> {
+    let functions = doc
+        .functions
+        .keys()
+        .filter(|f| !known.iter().any(|k| k.function == f.as_str()))
+        .map(|f| format!("functions.\"{f}\""));
+    let policies = doc
+        .policies
+        .keys()
+        .filter(|p| !known.iter().any(|k| k.policy == p.as_str()))
+        .map(|p| format!("policies.{p}"));
+    functions.chain(policies).collect()
 }
 
 /// Checks overrides given as TOML text against functions described by hand (path, policy
@@ -548,9 +583,12 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     let mut problems = Vec::new();
     let mut check = |r: Result<(), Broken>, blame: &[&'static str]| {
         if let Err(b) = r {
+            // The settings blamed, else the first of this function's the file gives (a rule
+            // broken by the compiled facts and a setting not listed): never `1:1` for nothing.
             let (line, col) = blame
                 .iter()
                 .find_map(|s| at.get(s).copied())
+                .or_else(|| at.values().min().copied())
                 .unwrap_or((1, 1));
             problems.push(format!(
                 "{}:{line}:{col}: {} ({}): {}",
@@ -579,7 +617,9 @@ fn plan(doc: &Doc, k: &Known) -> Result<Option<(Policy, Vec<Change>)>, Vec<Strin
     if p.backoff.kind != BackoffKind::Constant {
         check(
             rules::backoff_order(p.backoff.initial, p.backoff.max),
-            &["backoff.initial", "backoff.max"],
+            // A kind the file made exponential over a compiled constant's `initial` above
+            // its `max`: the kind is what broke it.
+            &["backoff.initial", "backoff.max", "backoff.kind"],
         );
     }
     check(
