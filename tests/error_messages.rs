@@ -581,6 +581,41 @@ async fn pay_hedged_then_wait(c: &reqwest::Client, url: &str) -> Result<u16, Err
     Ok(status.as_u16())
 }
 
+#[resilient(timeout = "200ms", deadline = "5s", max_attempts = 2, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false, idempotency_key = auto)]
+async fn pay_then_wait(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let status = c.post(url).body("amount=1").send().await?.status();
+    if status == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        // Something else of the body's that hangs after the refusal.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    if status.is_client_error() || status.is_server_error() {
+        return Err(Error::status(status));
+    }
+    Ok(status.as_u16())
+}
+
+/// The same without a hedge: each attempt's keyed POST refused with a 422 (answered, not
+/// carried out), the attempt then timing out on something else. Nothing under the key was
+/// carried out, by the last attempt or the one before, and the error does not say it may have
+/// been (a timeout once said so whatever its attempt's keyed request got); a POST that timed
+/// out in flight still does.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timing_out_after_its_keyed_post_was_refused_says_nothing_was_carried_out() {
+    let server = FaultServer::start(Script::always(Action::status(422))).await;
+    let e = pay_then_wait(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (2, 2), "{e}");
+    assert_eq!(e.kind(), ErrorKind::AttemptTimeout, "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let e = pay_then_wait(&reqwest::Client::new(), &stalled.url("/charges"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}
+
 /// The control of the hedged round above: the first request refused with a 422 (answered,
 /// not carried out) and its attempt then timing out on something else, the hedge answered 429:
 /// nothing under the key was carried out, and the error does not say it may have been.

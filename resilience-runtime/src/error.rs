@@ -79,6 +79,9 @@ struct Detail {
     /// An attempt before the last may have been carried out under the key (it timed out,
     /// lost its connection, was answered): whatever the last one's failure says.
     carried: bool,
+    /// The last attempt timed out after every request of it that needs the key was answered
+    /// with a refusal (a 4xx), or before it sent one: its timeout says nothing was carried out.
+    settled: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
     /// What the calls this error came back through wrote of themselves where they could not
@@ -99,6 +102,7 @@ impl Default for Detail {
             key: None,
             reached: false,
             carried: false,
+            settled: false,
             retry_after: None,
             around: None,
             source: None,
@@ -194,7 +198,9 @@ impl Error {
         self.class
     }
 
-    /// The HTTP status of the last response, when there was one.
+    /// The HTTP status of the last response the last attempt that ran got, when there was
+    /// one: an error status, or a 2xx or 3xx the function could not read or refused. None when
+    /// that attempt's last request got no answer (it timed out, lost its connection).
     pub fn http_status(&self) -> Option<u16> {
         self.detail.as_ref()?.status
     }
@@ -263,6 +269,11 @@ impl Error {
     /// An attempt of the call may have been carried out under its key (see [`Detail`]).
     pub(crate) fn set_carried(&mut self) {
         self.detail_mut().carried = true;
+    }
+
+    /// The last attempt's timeout carried out nothing under the key (see [`Detail`]).
+    pub(crate) fn set_settled(&mut self) {
+        self.detail_mut().settled = true;
     }
 
     /// The status of the answer the function refused (see `Probe::note`), unless the error
@@ -418,6 +429,11 @@ impl Error {
         let around = self.around_keyed();
         if self.detail.as_ref().is_some_and(|d| d.carried) || around.is_some_and(|a| a.carried()) {
             return true;
+        }
+        // A timeout after the attempt's keyed requests were refused: nothing of the last
+        // attempt's was carried out.
+        if self.detail.as_ref().is_some_and(|d| d.settled) {
+            return false;
         }
         let around_reached = around.is_some_and(|a| a.reached());
         match self.class {

@@ -1563,7 +1563,14 @@ impl Session {
         } else {
             ErrorKind::AttemptTimeout
         };
-        self.runtime_error(kind, Class::Timeout)
+        let mut e = self.runtime_error(kind, Class::Timeout);
+        // Keyed, and nothing of the attempt's that needs the key may have been carried out
+        // (its keyed requests refused with a 4xx before it hung on other work, or none sent
+        // yet; nothing in flight, no helper sending unseen): the timeout does not make it so.
+        if self.ctx.key.is_some() && !self.last.unsafe_carried && !self.last.unseen_helper {
+            e.set_settled();
+        }
+        e
     }
 
     /// Decides what follows a failed attempt, given the class the error itself reported
@@ -1634,7 +1641,10 @@ impl Session {
             }
             // Its request under the call's key reached a server (so a connect failure after
             // it, another request's, leaves it carried out too).
+            // Not when every request of it that needs a key was refused (a 4xx, then a
+            // timeout on other work): answered, and not carried out.
             if self.last.keyed_request_reached()
+                && self.last.unsafe_carried
                 && class.may_have_carried_out(self.last.status, true)
             {
                 self.key_carried = true;
