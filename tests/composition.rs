@@ -1662,6 +1662,60 @@ async fn checkout_then_notify(
     Ok(status.as_u16())
 }
 
+/// The same with a hedge (each attempt in a context of its own), never started here.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    max_attempts = 3,
+    hedge(delay = "500ms")
+)]
+async fn checkout_hedged_then_notify(
+    c: &reqwest::Client,
+    charges: &str,
+    notify: &str,
+) -> Result<u16, CheckoutError> {
+    let status = c
+        .post(charges)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status();
+    notify_merchant(c, notify).await?;
+    Ok(status.as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 4,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn stock_on_hand(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The same, the refusal beside a nested call that retried three times before it failed (its
+/// errors' records, gone, make way for the refusal's).
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3)]
+async fn checkout_then_notify_and_stock(
+    c: &reqwest::Client,
+    charges: &str,
+    notify: &str,
+    stock: &str,
+) -> Result<u16, CheckoutError> {
+    let status = c
+        .post(charges)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status();
+    let (notified, _stock) = tokio::join!(notify_merchant(c, notify), stock_on_hand(c, stock));
+    notified?;
+    Ok(status.as_u16())
+}
+
 /// The same, the type holding the runtime's error without being an error type at all.
 #[derive(Debug)]
 enum PlainCheckoutError {
@@ -1708,7 +1762,7 @@ async fn checkout_then_notify_plain(
 #[tokio::test(start_paused = true)]
 async fn a_nested_refusal_inside_a_services_own_error_names_the_charge() {
     let shop = FaultServer::start(Script::dynamic(|seen| {
-        if seen.path == "/notify" {
+        if seen.path == "/notify" || seen.path == "/stock" {
             Action::status(503)
         } else {
             Action::ok()
@@ -1756,13 +1810,55 @@ async fn a_nested_refusal_inside_a_services_own_error_names_the_charge() {
         "{inner}"
     );
 
+    let e = checkout_hedged_then_notify(&c, &shop.url("/charges"), &shop.url("/notify"))
+        .await
+        .unwrap_err();
+    let CheckoutError::Resilience(inner) = &e else {
+        panic!("the refusal, inside: {e:?}");
+    };
+    let charged = shop.requests()[3]
+        .idempotency_key()
+        .expect("the charge was keyed")
+        .to_owned();
+    assert_eq!(
+        (
+            inner.attempts(),
+            inner.is_rejected(),
+            inner.idempotency_key()
+        ),
+        (1, false, Some(charged.as_str())),
+        "hedged: {inner}"
+    );
+
+    let e = checkout_then_notify_and_stock(
+        &c,
+        &shop.url("/charges"),
+        &shop.url("/notify"),
+        &shop.url("/stock"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(shop.count_path("/stock"), 4, "{e}");
+    let CheckoutError::Resilience(inner) = &e else {
+        panic!("the refusal, inside: {e:?}");
+    };
+    assert_eq!(
+        (
+            inner.attempts(),
+            inner.is_rejected(),
+            inner.idempotency_key()
+        ),
+        (1, false, shop.requests()[4].idempotency_key()),
+        "beside a retried call: {inner}"
+    );
+
     let e = checkout_then_notify_plain(&c, &shop.url("/charges"), &shop.url("/notify"))
         .await
         .unwrap_err();
     let PlainCheckoutError::Resilience(inner) = &e else {
         panic!("the refusal, inside: {e:?}");
     };
-    let charged = shop.requests()[3]
+    let charged = shop.requests()[9]
         .idempotency_key()
         .expect("the charge was keyed")
         .to_owned();

@@ -504,8 +504,8 @@ async fn quote_then_pay(c: &reqwest::Client, rates_url: &str, pay: &str) -> Resu
 
 /// The README's "An error holds one key", pinned: a nested keyed call's error names that
 /// call's key, not the enclosing call's whose charge went through; an unkeyed nested call's
-/// failure before the enclosing call's own request is named with the enclosing call's key as
-/// possibly carried out.
+/// failure before the enclosing call's own request is named with the enclosing call's key,
+/// not as possibly carried out (nothing under it was sent; its 503 was the nested GET's).
 #[tokio::test(start_paused = true)]
 async fn an_error_holds_one_key() {
     let charges = FaultServer::start(Script::always(Action::ok())).await;
@@ -532,7 +532,9 @@ async fn an_error_holds_one_key() {
     .await
     .unwrap_err();
     assert_eq!(pay.count(), 0);
-    assert!(e.to_string().contains("may have been carried out"), "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    assert_eq!(e.attempts(), 2, "the nested call's two: {e}");
 }
 
 #[resilient(

@@ -1295,12 +1295,21 @@ impl AttemptCtx {
     /// An error left a nested call into this attempt, its record `id` (see
     /// [`crate::error::enclosing`]).
     pub(crate) fn note_returned(&self, id: u32) {
-        let mut r = self.returned.get();
-        if !r.contains(&id) {
-            r.rotate_right(1);
-            r[0] = id;
-            self.returned.set(r);
+        let r = self.returned.get();
+        if r.contains(&id) {
+            return;
         }
+        // The newest first; the records of errors already gone (those of a nested call's
+        // attempts it retried) make way before any other.
+        let mut kept = [0; 4];
+        kept[0] = id;
+        let live = r
+            .into_iter()
+            .filter(|&x| x != 0 && crate::error::enclosing::alive(x));
+        for (slot, x) in kept[1..].iter_mut().zip(live) {
+            *slot = x;
+        }
+        self.returned.set(kept);
     }
 
     pub(crate) fn note_method(&self, m: Method) {

@@ -181,6 +181,12 @@ impl Error {
         d.around.as_deref()
     }
 
+    /// The id of the record the calls around the one that made this error write into, once
+    /// it left a nested call (see [`enclosing`]).
+    pub(crate) fn record(&self) -> Option<u32> {
+        Some(self.detail.as_ref()?.around.as_ref()?.id())
+    }
+
     /// The error leaves a nested call for the attempt around it: the enclosing call can write
     /// its attempts and key into it even where its function's own error type holds it out of
     /// reach (see [`enclosing`]). Nothing outside an attempt.
@@ -435,13 +441,19 @@ impl Error {
         if self.detail.as_ref().is_some_and(|d| d.settled) {
             return false;
         }
-        let around_reached = around.is_some_and(|a| a.reached());
+        // The key is the call's around it (a nested call's unkeyed error): this error's own
+        // failure says nothing of that call's request, only what the call knew does.
+        if let Some(a) = around
+            && a.key.get().is_some()
+        {
+            return a.reached();
+        }
         match self.class {
             Some(class) => class.may_have_carried_out(
                 self.http_status(),
-                self.detail.as_ref().is_some_and(|d| d.reached) || around_reached,
+                self.detail.as_ref().is_some_and(|d| d.reached),
             ),
-            None => self.is_timeout() || around_reached,
+            None => self.is_timeout(),
         }
     }
 }
@@ -577,6 +589,9 @@ pub(crate) mod enclosing {
     }
 
     impl Around {
+        pub(crate) fn id(&self) -> u32 {
+            self.id
+        }
         pub(crate) fn attempts(&self) -> u32 {
             self.attempts.load(Ordering::Relaxed)
         }
@@ -590,8 +605,18 @@ pub(crate) mod enclosing {
 
     impl Drop for Around {
         fn drop(&mut self) {
-            shard(self.id).remove(&self.id);
+            // Its own entry only: after the ids wrapped, a newer record may hold this id.
+            let me: *const Around = self;
+            let mut shard = shard(self.id);
+            if shard.get(&self.id).is_some_and(|w| w.as_ptr() == me) {
+                shard.remove(&self.id);
+            }
         }
+    }
+
+    /// Whether the record `id` names is still held by an error.
+    pub(crate) fn alive(id: u32) -> bool {
+        shard(id).get(&id).is_some_and(|w| w.strong_count() > 0)
     }
 
     /// The records by id, in shards (a failing dependency fails nested calls on every thread

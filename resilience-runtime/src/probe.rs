@@ -81,10 +81,20 @@ impl<'a, E> Probe<'a, E> {
     /// permanent, as for a body that did not decode), when an attempt ran.
     fn note(&self, own: &mut Error, class: Option<Class>) {
         own.set_attempts(self.1);
+        // A nested call's error (it left that call, which wrote its token and made its
+        // record): what this call's keyed requests did goes into its record, with the key,
+        // and its message decides by that alone (its own failure, a nested GET's 503, says
+        // nothing of this call's POST).
+        let record = own.record().filter(|_| {
+            self.4
+                .is_some_and(|s| own.origin() != 0 && own.origin() != s.token.get())
+        });
         // A nested call's error keeps its own key: what reached a server under this call's
         // key says nothing of it.
         let own_key = own.idempotency_key().is_none();
-        own.set_key(self.2);
+        if record.is_none() {
+            own.set_key(self.2);
+        }
         let taken = class
             .or(self.4.and_then(|s| s.last.failure))
             .or_else(|| self.3.filter(|s| *s >= 400).map(Class::Status))
@@ -104,11 +114,21 @@ impl<'a, E> Probe<'a, E> {
             _ => {}
         }
         if let Some(s) = self.4 {
-            if own_key && s.last.keyed_request_reached() {
-                own.set_reached();
-            }
-            if own_key && s.any_carried_out() {
-                own.set_carried();
+            if let Some(id) = record {
+                crate::error::enclosing::write(
+                    id,
+                    self.1,
+                    self.2,
+                    s.last.keyed_request_reached(),
+                    s.any_carried_out(),
+                );
+            } else {
+                if own_key && s.last.keyed_request_reached() {
+                    own.set_reached();
+                }
+                if own_key && s.any_carried_out() {
+                    own.set_carried();
+                }
             }
             // A nested call's error (it carries that call's token) keeps the `Retry-After` its
             // own answer gave, or none.
@@ -131,7 +151,7 @@ impl<'a, E> Probe<'a, E> {
     #[inline]
     fn note_inside(&self) {
         if let Some(s) = self.4
-            && s.ctx.returned.get() != [0; 4]
+            && s.last.returned != [0; 4]
         {
             note_returned_errors(s, self.1, self.2);
         }
@@ -142,7 +162,7 @@ impl<'a, E> Probe<'a, E> {
 #[inline(never)]
 fn note_returned_errors(s: &Session, attempts: u32, key: Option<&Key>) {
     let (reached, carried) = (s.last.keyed_request_reached(), s.any_carried_out());
-    for id in s.ctx.returned.get() {
+    for id in s.last.returned {
         if id != 0
             && crate::error::enclosing::write(id, attempts, key, reached, carried)
             && s.nested

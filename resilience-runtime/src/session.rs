@@ -324,6 +324,9 @@ pub(crate) struct Last {
     nested_gave_up: bool,
     /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
     pub(crate) gave_up: [u16; 4],
+    /// The records of the errors nested calls returned into it (see
+    /// [`AttemptCtx::returned`]).
+    pub(crate) returned: [u32; 4],
     /// A helper handed the client sent nothing the runtime saw (see
     /// [`AttemptCtx::unseen_helper`]).
     unseen_helper: bool,
@@ -365,6 +368,9 @@ impl Last {
         if self.gave_up == [0; 4] {
             self.gave_up = other.gave_up;
         }
+        if self.returned == [0; 4] {
+            self.returned = other.returned;
+        }
         self.unseen_helper |= other.unseen_helper;
         self.unproven |= other.unproven;
         // A `Retry-After` the server gave any attempt of the round still says when to come
@@ -399,6 +405,7 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
     last.gave_up = ctx.gave_up.get();
+    last.returned = ctx.returned.get();
     // A helper still running when the attempt ended (timed out under it) may send anything.
     last.unseen_helper = ctx.unseen_helper.get() || ctx.helpers_running.get() > 0;
     last.unproven = ctx.unproven.get();
