@@ -5121,6 +5121,102 @@ async fn a_client_one_field_down_is_watched() {
     );
 }
 
+/// A poller whose settings sit under a field named for a client: a value read from them is no
+/// client.
+struct Poller {
+    http: reqwest::Client,
+    client: PollSettings,
+}
+
+struct PollSettings {
+    poll_interval: Duration,
+}
+
+impl Poller {
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn status_after_a_pause(&self, u: &str) -> Result<u16, Error> {
+        let pause = self.client.poll_interval;
+        tokio::time::sleep(pause).await;
+        Ok(self
+            .http
+            .get(u)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+}
+
+/// A value read from under a field named for a client (`self.client.poll_interval`) is not
+/// taken for the client: the pause awaited with it is no helper, and the GET's 503 is retried.
+#[tokio::test(start_paused = true)]
+async fn a_value_under_a_field_named_for_a_client_is_no_client() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let poller = Poller {
+        http: reqwest::Client::new(),
+        client: PollSettings {
+            poll_interval: Duration::from_millis(5),
+        },
+    };
+    let e = poller
+        .status_after_a_pause(&server.url("/status"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (3, 3), "{e}");
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn reserve_in_a_local_macro_then_price(
+    c: &reqwest::Client,
+    r: &str,
+    p: &str,
+) -> Result<u16, Error> {
+    macro_rules! reserve_it {
+        () => {
+            reserve(c, r).await?.error_for_status()?
+        };
+    }
+    reserve_it!();
+    Ok(c.get(p).send().await?.error_for_status()?.status().as_u16())
+}
+
+/// A `macro_rules!` the body defines whose rules await a helper handed the client: what the
+/// helper sends goes unseen, and the price's 503 reserves nothing twice.
+#[tokio::test(start_paused = true)]
+async fn a_helper_awaited_in_a_macro_the_body_defines_is_not_resent() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/prices" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let e = reserve_in_a_local_macro_then_price(
+        &reqwest::Client::new(),
+        &shop.url("/reservations"),
+        &shop.url("/prices"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (1, 1),
+        "{e}"
+    );
+}
+
 #[resilient(
     timeout = "1s",
     deadline = "10s",

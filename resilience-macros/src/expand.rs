@@ -569,8 +569,7 @@ pub(crate) fn client_names(sig: &syn::Signature) -> Vec<String> {
             syn::FnArg::Receiver(_) => out.push("self".to_owned()),
             syn::FnArg::Typed(pt) => {
                 if let syn::Pat::Ident(pi) = &*pt.pat
-                    && (names_a_client(pt.ty.to_token_stream())
-                        || mentions_a_type(pt.ty.to_token_stream(), &generic))
+                    && (names_a_client(pt.ty.to_token_stream()) || is_one_of(&pt.ty, &generic))
                 {
                     out.push(pi.ident.to_string());
                 }
@@ -580,14 +579,27 @@ pub(crate) fn client_names(sig: &syn::Signature) -> Vec<String> {
     out
 }
 
-/// Whether the type `ts` names one of `params` (`&C`, `Arc<C>`).
-fn mentions_a_type(ts: TokenStream, params: &[String]) -> bool {
-    !params.is_empty()
-        && ts.into_iter().any(|tt| match tt {
-            proc_macro2::TokenTree::Ident(i) => params.iter().any(|p| i == p),
-            proc_macro2::TokenTree::Group(g) => mentions_a_type(g.stream(), params),
-            _ => false,
-        })
+/// Whether `ty` is one of the type parameters `params`, through references and shared
+/// pointers (`C`, `&C`, `&mut C`, `Arc<C>`); not a type that only mentions it
+/// (`PhantomData<C>`, `&[C::Id]`).
+fn is_one_of(ty: &syn::Type, params: &[String]) -> bool {
+    match ty {
+        syn::Type::Reference(r) => is_one_of(&r.elem, params),
+        syn::Type::Paren(p) => is_one_of(&p.elem, params),
+        syn::Type::Path(p) if p.qself.is_none() => {
+            if let Some(i) = p.path.get_ident() {
+                return params.iter().any(|c| i == c);
+            }
+            let Some(last) = p.path.segments.last() else {
+                return false;
+            };
+            ["Arc", "Rc", "Box"].iter().any(|w| last.ident == w)
+                && matches!(&last.arguments, syn::PathArguments::AngleBracketed(a)
+                    if a.args.len() == 1
+                        && matches!(&a.args[0], syn::GenericArgument::Type(t) if is_one_of(t, params)))
+        }
+        _ => false,
+    }
 }
 
 fn names_a_client(ts: TokenStream) -> bool {

@@ -1245,8 +1245,10 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<Str
                     chain.push(field);
                     at = &f.base;
                 }
-                chain.reverse();
-                (is_self(at) && hands_self_a_client(quote!(self #(. #chain)*), fields))
+                // What is bound is the last field (`self.inner.http`), not another under a
+                // client-named one (`self.client.poll_interval`).
+                let last = chain.first().map(ToString::to_string);
+                (is_self(at) && last.is_some_and(|f| fields.contains(&f) || named_for_a_client(&f)))
                     .then_some(false)
             }
             // A getter of `self` named for a client (`self.client()`, `self.http()`).
@@ -1464,7 +1466,7 @@ fn self_client_fields(ts: TokenStream) -> Vec<String> {
 }
 
 /// The names after `self` in `.a.b.c` (`tts` starts after `self`), up to the first that is
-/// not followed by another `.name` (a method's name is the last).
+/// not followed by another `.name`: a method's name is the last (followed by its arguments).
 fn field_chain(tts: &[proc_macro2::TokenTree]) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = tts;
@@ -1479,6 +1481,26 @@ fn field_chain(tts: &[proc_macro2::TokenTree]) -> Vec<String> {
         rest = tail;
     }
     out
+}
+
+/// [`field_chain`] without the method called at its end, if one is (`self.registry.for_client(id)`
+/// is the field `registry`): the fields alone.
+fn fields_only(tts: &[proc_macro2::TokenTree]) -> Vec<String> {
+    let mut chain = field_chain(tts);
+    // Each name takes two tokens; what follows the last is a method's arguments, or a
+    // turbofish.
+    let after = tts.get(chain.len() * 2);
+    let called = match after {
+        Some(proc_macro2::TokenTree::Group(g)) => {
+            g.delimiter() == proc_macro2::Delimiter::Parenthesis
+        }
+        Some(proc_macro2::TokenTree::Punct(p)) => p.as_char() == ':',
+        _ => false,
+    };
+    if called {
+        chain.pop();
+    }
+    chain
 }
 
 /// A field (or getter) named for a client: `http`, `client`, `http_client`, `…_client`,
@@ -1498,8 +1520,9 @@ fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
     let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
     tts.iter().enumerate().any(|(i, tt)| match tt {
         proc_macro2::TokenTree::Group(g) => hands_self_a_client(g.stream(), fields),
-        // One field down or more too (`self.inner.http`).
-        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => field_chain(&tts[i + 1..])
+        // One field down or more too (`self.inner.http`); not a method's name
+        // (`self.registry.for_client(id)`).
+        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => fields_only(&tts[i + 1..])
             .iter()
             .any(|f| fields.contains(f) || named_for_a_client(f)),
         _ => false,
@@ -1569,8 +1592,9 @@ impl VisitMut for Rewriter<'_> {
             *send.receiver = take(&mut call.args[0]);
             *e = syn::Expr::MethodCall(send);
         }
-        // `Client::execute(&c, req)` (reqwest's, or reqwest-middleware's): the method call
-        // `(&c).execute(req)` it is, stamped as one.
+        // `Client::execute(&c, req)` (reqwest's, or reqwest-middleware's): kept as written (the
+        // path chooses the method), its request stamped and its outcome observed as
+        // `c.execute(req)`'s are, routed by type (another type's `execute` passes through).
         if let syn::Expr::Call(call) = e
             && call.args.len() == 2
             && let syn::Expr::Path(func) = &*call.func
@@ -1580,15 +1604,23 @@ impl VisitMut for Rewriter<'_> {
             && method.ident == "execute"
             && method.arguments.is_none()
         {
-            let span = func.span();
-            let mut execute: syn::ExprMethodCall =
-                syn::parse_quote_spanned!(span=> __resilience_client.execute(__resilience_request));
-            let mut args = std::mem::take(&mut call.args).into_iter();
-            if let (Some(client), Some(request)) = (args.next(), args.next()) {
-                *execute.receiver = client;
-                execute.args[0] = request;
-                *e = syn::Expr::MethodCall(execute);
+            let span = call.args[1].span();
+            if converted_without_a_type(&call.args[1]) {
+                call.args[1] = syn::parse_quote_spanned! {span=>
+                    ::core::compile_error!(
+                        "#[resilient] routes `execute`'s argument by its type, which this conversion leaves to be inferred from `execute`\nhelp: convert it first, with its type written: `let req: reqwest::Request = req.try_into()?;`, then `Client::execute(&c, req)`"
+                    )
+                };
+                self.found.rewritten += 1;
+                return;
             }
+            let arg = take(&mut call.args[1]);
+            call.args[1] = held(p, span, arg, "__resilience_stamp_arg");
+            let span = func.span();
+            let whole = take(e);
+            *e = held(p, span, whole, "__resilience_observe");
+            self.found.rewritten += 1;
+            return;
         }
         if let syn::Expr::MethodCall(m) = e {
             let name = m.method.to_string();
@@ -1716,7 +1748,8 @@ impl VisitMut for Rewriter<'_> {
     // macro the rewrite cannot read does.
     fn visit_item_mut(&mut self, item: &mut syn::Item) {
         if let syn::Item::Macro(m) = item
-            && sends_in(&m.mac.tokens)
+            && (resilience_policy::infer::shows_a_request(m.mac.tokens.clone())
+                || self.hands_a_client_to(&m.mac))
         {
             self.found.unreadable_sends = true;
         }

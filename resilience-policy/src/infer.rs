@@ -305,8 +305,12 @@ fn is_path_send(tokens: &[TokenTree], i: usize) -> bool {
 /// req)`, an execute written as a path).
 fn is_path_execute(tokens: &[TokenTree], i: usize) -> bool {
     matches!(&tokens[i], TokenTree::Ident(id) if id == "execute")
-        && called(tokens, i)
         && (in_path_after(tokens, i, "Client") || in_path_after(tokens, i, "ClientWithMiddleware"))
+        // Two arguments, the client and the request (not a database client's
+        // `Client::execute(&c, query, params)`).
+        && matches!(tokens.get(i + 1), Some(TokenTree::Group(g))
+            if g.delimiter() == Delimiter::Parenthesis
+                && g.stream().into_iter().filter(|t| matches!(t, TokenTree::Punct(p) if p.as_char() == ',')).count() == 1)
 }
 
 /// Whether `tokens[i - 3..i]` is `segment ::`.
@@ -348,6 +352,16 @@ mod tests {
 
     fn m(ts: TokenStream) -> Option<Method> {
         infer_method(ts).map(|i| i.method)
+    }
+
+    #[test]
+    fn an_execute_written_as_a_path_shows_a_request() {
+        assert!(shows_a_request(quote!({
+            reqwest::Client::execute(&c, req).await
+        })));
+        assert!(!shows_a_request(quote!({
+            tokio_postgres::Client::execute(&c, "UPDATE t SET a = $1", &[&a]).await
+        })));
     }
 
     #[test]
