@@ -501,7 +501,11 @@ impl IdempotencyLayer {
 
     /// Scopes keys, e.g. per tenant or per authenticated user, so that one client can never
     /// receive a response stored for another by sending the same key. The function sees the
-    /// request head (headers, extensions set by earlier layers) and returns the scope.
+    /// request head (headers, extensions set by earlier layers) and returns the scope. A keyed
+    /// request it returns `None` for is refused, 400 (`scope-missing`), the handler not run:
+    /// not put in a namespace every such request would share (auth applied inside this layer,
+    /// as axum's `route_layer` does, finds no principal yet; an anonymous route). Return a
+    /// constant for callers meant to share one.
     pub fn scope(
         mut self,
         scope: impl Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
@@ -742,6 +746,18 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
+    // Keys scoped by caller: a request the scope finds no caller in (no principal where auth
+    // runs inside this layer, an anonymous route) is refused, not put in one namespace shared
+    // by every such request, where a guessed key would replay another's answer.
+    let scope = config.scope.as_ref().and_then(|f| f(&parts));
+    if config.scope.is_some() && scope.is_none() {
+        tally.count(Served::ScopeMissing);
+        return Ok(problem(
+            &config,
+            SCOPE_MISSING,
+            "This service scopes idempotency keys by caller, and this request names none (is authentication applied before the idempotency layer?). It was not run.",
+        ));
+    }
     let too_large = || {
         tally.count(Served::BodyTooLarge);
         problem(
@@ -779,7 +795,6 @@ where
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let fingerprint = Fingerprint::of_request(parts.uri.query(), content_type, &body);
-    let scope = config.scope.as_ref().and_then(|f| f(&parts));
     let path = full_path(&parts.uri, &parts.extensions);
     let store_key: Arc<str> = record_key(&parts.method, path, &key, scope.as_deref()).into();
     let reused = || {
@@ -1464,6 +1479,11 @@ const KEY_INVALID: Problem = Problem {
     status: StatusCode::BAD_REQUEST,
     slug: "key-invalid",
     title: "Idempotency-Key is malformed",
+};
+const SCOPE_MISSING: Problem = Problem {
+    status: StatusCode::BAD_REQUEST,
+    slug: "scope-missing",
+    title: "Idempotency-Key cannot be scoped to a caller",
 };
 const BODY_TOO_LARGE: Problem = Problem {
     status: StatusCode::PAYLOAD_TOO_LARGE,

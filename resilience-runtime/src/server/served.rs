@@ -14,6 +14,8 @@ pub(crate) enum Served {
     KeyMissing,
     /// 400: a malformed key.
     KeyInvalid,
+    /// 400: keys are scoped by caller, and the request named none.
+    ScopeMissing,
     /// 413: a body over the layer's limit.
     BodyTooLarge,
     /// 400: a body that could not be read to its end.
@@ -48,10 +50,11 @@ pub(crate) enum Served {
 impl Served {
     /// Every outcome, in the order of the enum.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Served; 16] = [
+    pub(crate) const ALL: [Served; 17] = [
         Served::Unprotected,
         Served::KeyMissing,
         Served::KeyInvalid,
+        Served::ScopeMissing,
         Served::BodyTooLarge,
         Served::BodyUnreadable,
         Served::StoreUnavailable,
@@ -74,6 +77,7 @@ impl Served {
             Served::Unprotected => "unprotected",
             Served::KeyMissing => "key_missing",
             Served::KeyInvalid => "key_invalid",
+            Served::ScopeMissing => "scope_missing",
             Served::BodyTooLarge => "body_too_large",
             Served::BodyUnreadable => "body_unreadable",
             Served::StoreUnavailable => "store_unavailable",

@@ -1034,6 +1034,25 @@ pub async fn scoped_keys_never_cross_scopes(store: Store) {
         ("order 1: x", true)
     );
     assert_eq!(count(&app.runs.orders), 2);
+    // A keyed request the scope finds no caller in (auth inside the layer, an anonymous
+    // route) is refused, not put in one namespace every such request shares: two callers
+    // without a tenant, one key, were once answered each other's orders.
+    for _ in 0..2 {
+        let anonymous = send(
+            client()
+                .post(app.url("/orders"))
+                .header("idempotency-key", &key)
+                .body("x"),
+        )
+        .await;
+        assert_eq!(anonymous.status, 400, "{}", anonymous.body);
+        assert!(
+            anonymous.body.contains("scopes idempotency keys by caller"),
+            "{}",
+            anonymous.body
+        );
+    }
+    assert_eq!(count(&app.runs.orders), 2);
 }
 
 pub async fn only_the_configured_methods_are_covered(store: Store) {
