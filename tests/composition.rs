@@ -4996,6 +4996,45 @@ async fn a_helper_handed_the_client_under_another_name_is_watched() {
     );
 }
 
+#[resilient(timeout = "1s", max_attempts = 1)]
+async fn session_token(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+#[resilient(timeout = "5s", max_attempts = 1)]
+async fn profile_with_token(c: &reqwest::Client, auth: &str, url: &str) -> Result<String, Error> {
+    let token = session_token(c, auth).await?;
+    Ok(c.get(url).bearer_auth(token).send().await?.text().await?)
+}
+
+/// `measure` around a call its caller stops waiting for reports that call, failed with the
+/// attempt it began, not the nested call that finished inside it before (it once reported the
+/// token's success as if it were the profile's).
+#[tokio::test(start_paused = true)]
+async fn measure_reports_a_cancelled_call_not_the_one_nested_in_it() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/token" {
+            Action::ok().body("t")
+        } else {
+            Action::ok().after(Duration::from_secs(3))
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let (gave_up, report) = measure(tokio::time::timeout(
+        Duration::from_millis(500),
+        profile_with_token(&c, &server.url("/token"), &server.url("/me")),
+    ))
+    .await;
+    assert!(gave_up.is_err());
+    let report = report.expect("reported");
+    assert_eq!(
+        (report.function, report.succeeded, report.attempts),
+        ("composition::profile_with_token", false, 1),
+        "{report:?}"
+    );
+}
+
 /// A service whose client sits one level down (`self.inner.http`, shared behind an `Arc`).
 struct Warehouse {
     inner: std::sync::Arc<WarehouseInner>,

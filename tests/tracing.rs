@@ -103,6 +103,43 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         line.contains("resilient{") && line.contains("attempt=1"),
         "{line}"
     );
+
+    // One its caller gives up on while it waits for a bulkhead slot says so in its span too
+    // (it once logged outside any: no span is opened before the slot).
+    buf.0.lock().unwrap().clear();
+    let holder = tokio::spawn({
+        let (client, url) = (client.clone(), slow.url("/held"));
+        async move { queued(&client, &url).await }
+    });
+    for _ in 0..100 {
+        if slow.count_path("/held") > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        queued(&client, &slow.url("/waiting")),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    holder.abort();
+    let out = buf.text();
+    let line = out
+        .lines()
+        .find(|l| l.contains("call cancelled: its caller stopped waiting") && l.contains("queued"))
+        .unwrap_or_else(|| panic!("no cancellation event in the call's span:\n{out}"));
+    assert!(line.contains("resilient{"), "{line}");
+    assert_eq!(slow.count_path("/waiting"), 0, "it never had its slot");
+}
+
+#[resilient(
+    timeout = "10s",
+    max_attempts = 1,
+    bulkhead(max_concurrent = 1, max_wait = "5s")
+)]
+async fn queued(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
 }
 
 /// At info, the level a service's log usually keeps, a call retried and then answered shows

@@ -43,7 +43,9 @@ pub struct CallReport {
 /// ```
 ///
 /// `None` when no annotated call finished inside `fut`. When it makes several in a row, the
-/// last one to finish is reported (a nested call finishes before the one it is nested in). A
+/// last one to finish is reported (a nested call finishes before the one it is nested in); a
+/// call its caller stopped waiting for (a `timeout` inside `fut`) ends there, reported failed
+/// with the attempts it began. A
 /// call answered by its `fallback` is reported as it ended (failed, its attempts), not as the
 /// fallback's own `#[resilient]` calls did.
 pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {

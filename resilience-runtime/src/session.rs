@@ -2004,6 +2004,9 @@ impl Session {
             self.tell_outer(false, false);
         }
         self.give_back_retry();
+        // Ended too, for `measure`: failed, with the attempts it began (not the report of a
+        // call nested in it that finished before it was dropped).
+        crate::report::record(|| self.report(false));
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
         telemetry::call_cancelled(
             self.attempt_scope.take(),
@@ -2011,6 +2014,19 @@ impl Session {
             self.ctx.status.get(),
             self.started,
         );
+        // Dropped while it waited for its slot or permit: its span, opened only once admitted,
+        // is opened for the event, so that it is told in the call's span as every other is.
+        if !self.admitted && self.span.is_none() {
+            let ctx = &self.ctx;
+            self.span = open(
+                self.shared,
+                self.policy,
+                self.started,
+                ctx.request_id_cell(),
+                ctx.request_id_text.as_deref(),
+                ctx.depth,
+            );
+        }
         let _e = self.span.enter();
         tracing::info!(
             function = self.shared.function,
