@@ -174,6 +174,22 @@ async fn each_section_and_setting_changes_the_calls() {
         assert_eq!(attempts(unavailable()).await.0, 4, "the compiled policy");
     }
 
+    // Two functions of one name in two modules: an override by one's path leaves the other
+    // alone; one around a nested call leaves the nested call's policy alone.
+    let server = FaultServer::start(Script::always(unavailable())).await;
+    let (url, client) = (server.url("/r"), reqwest::Client::new());
+    apply("[functions.\"override_layers::eu::lookup\"]\nmax_attempts = 1\n");
+    assert_eq!(eu::lookup(&client, &url).await.unwrap_err().attempts(), 1);
+    assert_eq!(us::lookup(&client, &url).await.unwrap_err().attempts(), 3);
+    apply("[functions.\"override_layers::us::around\"]\nmax_attempts = 1\n");
+    let before = server.count();
+    let e = us::around(&client, &url).await.unwrap_err();
+    assert_eq!(
+        (e.attempts(), server.count() - before),
+        (3, 3),
+        "the nested lookup's own three, once: {e}"
+    );
+
     // Emptied: the compiled policy again.
     apply("");
     assert!(overrides::unmatched().is_empty());
@@ -233,6 +249,29 @@ async fn each_section_and_setting_changes_the_calls() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("incident.toml:3:"), "{e}");
+}
+
+mod eu {
+    use resilience_runtime::{Error, resilient};
+
+    #[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+    pub async fn lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+        Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+    }
+}
+
+mod us {
+    use resilience_runtime::{Error, resilient};
+
+    #[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+    pub async fn lookup(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+        Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+    }
+
+    #[resilient(method = GET, timeout = "5s", max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+    pub async fn around(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+        lookup(c, url).await
+    }
 }
 
 #[resilient(method = GET, timeout = "1s", deadline = "20s", max_attempts = 2, backoff(kind = constant, initial = "3s", max = "1s", jitter = none), budget = false)]
