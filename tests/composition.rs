@@ -5098,6 +5098,25 @@ impl Warehouse {
         backoff(initial = "10ms", max = "10ms"),
         budget = false
     )]
+    async fn reserve_in_a_macro_through_a_getter(&self, r: &str, p: &str) -> Result<u16, Error> {
+        place_with!(self.client(), r).error_for_status()?;
+        Ok(self
+            .inner
+            .http
+            .get(p)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
     async fn reserve_in_a_macro_through_inner(&self, r: &str, p: &str) -> Result<u16, Error> {
         place_with!(self.inner.http, r).error_for_status()?;
         Ok(self
@@ -5158,6 +5177,22 @@ async fn a_client_one_field_down_is_watched() {
         (3, 1),
         "{e}"
     );
+    let e = store
+        .reserve_in_a_macro_through_a_getter(&r, &p)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/reservations"), e.attempts()),
+        (4, 1),
+        "{e}"
+    );
+}
+
+/// A macro of the service's own that pauses for what it is handed.
+macro_rules! pause {
+    ($d:expr) => {
+        tokio::time::sleep($d).await
+    };
 }
 
 /// A poller whose settings sit under a field named for a client: a value read from them is no
@@ -5172,6 +5207,24 @@ struct PollSettings {
 }
 
 impl Poller {
+    #[resilient(
+        timeout = "1s",
+        deadline = "10s",
+        backoff(initial = "10ms", max = "10ms"),
+        budget = false
+    )]
+    async fn status_after_a_paused_macro(&self, u: &str) -> Result<u16, Error> {
+        pause!(self.client.poll_interval);
+        Ok(self
+            .http
+            .get(u)
+            .send()
+            .await?
+            .error_for_status()?
+            .status()
+            .as_u16())
+    }
+
     #[resilient(
         timeout = "1s",
         deadline = "10s",
@@ -5208,6 +5261,11 @@ async fn a_value_under_a_field_named_for_a_client_is_no_client() {
         .await
         .unwrap_err();
     assert_eq!((server.count(), e.attempts()), (3, 3), "{e}");
+    let e = poller
+        .status_after_a_paused_macro(&server.url("/status"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (6, 3), "in a macro: {e}");
 }
 
 #[resilient(

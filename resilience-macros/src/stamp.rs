@@ -1520,11 +1520,20 @@ fn hands_self_a_client(ts: TokenStream, fields: &[String]) -> bool {
     let tts: Vec<proc_macro2::TokenTree> = ts.into_iter().collect();
     tts.iter().enumerate().any(|(i, tt)| match tt {
         proc_macro2::TokenTree::Group(g) => hands_self_a_client(g.stream(), fields),
-        // One field down or more too (`self.inner.http`); not a method's name
-        // (`self.registry.for_client(id)`).
-        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => fields_only(&tts[i + 1..])
-            .iter()
-            .any(|f| fields.contains(f) || named_for_a_client(f)),
+        // One field down or more too (`self.inner.http`): the last field, not one a value is
+        // read from (`self.client.poll_interval`) nor a method's name
+        // (`self.registry.for_client(id)`); or a getter named for a client (`self.client()`).
+        proc_macro2::TokenTree::Ident(me) if is_self(&me.to_string()) => {
+            let rest = &tts[i + 1..];
+            let chain = field_chain(rest);
+            let getter = chain.last().is_some_and(|m| named_for_a_client(m))
+                && matches!(rest.get(chain.len() * 2), Some(proc_macro2::TokenTree::Group(g))
+                    if g.delimiter() == proc_macro2::Delimiter::Parenthesis && g.stream().is_empty());
+            getter
+                || fields_only(rest)
+                    .last()
+                    .is_some_and(|f| fields.contains(f) || named_for_a_client(f))
+        }
         _ => false,
     })
 }
