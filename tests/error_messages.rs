@@ -503,7 +503,7 @@ async fn quote_then_pay(c: &reqwest::Client, rates_url: &str, pay: &str) -> Resu
 }
 
 /// The README's "An error holds one key", pinned: a nested keyed call's error names that
-/// call's key, not the enclosing call's whose charge went through; an unkeyed nested call's
+/// call's key, and the enclosing call's, whose charge went through, apart; an unkeyed nested call's
 /// failure before the enclosing call's own request is named with the enclosing call's key,
 /// not as possibly carried out (nothing under it was sent; its 503 was the nested GET's).
 #[tokio::test(start_paused = true)]
@@ -521,6 +521,17 @@ async fn an_error_holds_one_key() {
     let receipt_key = receipts.requests()[0].idempotency_key().unwrap().to_owned();
     assert_eq!(e.idempotency_key(), Some(receipt_key.as_str()), "{e}");
     assert_ne!(charge_key, receipt_key);
+    // The charge's key is not lost: the call around the receipt's names it.
+    assert_eq!(
+        e.enclosing_idempotency_key(),
+        Some(charge_key.as_str()),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains(&format!("enclosing call's Idempotency-Key {charge_key}")),
+        "{e}"
+    );
 
     let rates_server = FaultServer::start(Script::always(Action::status(503))).await;
     let pay = FaultServer::start(Script::always(Action::ok())).await;

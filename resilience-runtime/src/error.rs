@@ -242,6 +242,17 @@ impl Error {
             .or_else(|| d.around.as_ref()?.key.get().map(String::as_str))
     }
 
+    /// The key of the call this error came back through, where the error holds a key of its
+    /// own: a nested keyed call's error (`send_receipt(…).await?` after the call's own keyed
+    /// charge) names the receipt's key in [`idempotency_key`](Self::idempotency_key), and the
+    /// charge's here. The message names it too when the charge may have been carried out.
+    pub fn enclosing_idempotency_key(&self) -> Option<&str> {
+        let d = self.detail.as_ref()?;
+        let own = d.key.as_deref()?;
+        let theirs = d.around.as_ref()?.key.get()?;
+        (theirs != own).then_some(theirs.as_str())
+    }
+
     /// An attempt timeout or the deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -411,6 +422,18 @@ impl fmt::Display for Error {
             write!(
                 f,
                 " [Idempotency-Key {key}: the request may have been carried out; a request with this key gets its outcome]"
+            )?;
+        }
+        if let Some(key) = self.enclosing_idempotency_key()
+            && self
+                .detail
+                .as_ref()
+                .and_then(|d| d.around.as_deref())
+                .is_some_and(|a| a.reached() || a.carried())
+        {
+            write!(
+                f,
+                " [the enclosing call's Idempotency-Key {key}: its request may have been carried out]"
             )?;
         }
         if let Some(src) = self.source_box() {

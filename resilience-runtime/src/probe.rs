@@ -119,7 +119,7 @@ impl<'a, E> Probe<'a, E> {
                     id,
                     self.1,
                     self.2,
-                    s.last.keyed_request_reached(),
+                    s.last.own_carried(),
                     s.any_carried_out(),
                 );
             } else {
@@ -161,7 +161,7 @@ impl<'a, E> Probe<'a, E> {
 #[cold]
 #[inline(never)]
 fn note_returned_errors(s: &Session, attempts: u32, key: Option<&Key>) {
-    let (reached, carried) = (s.last.keyed_request_reached(), s.any_carried_out());
+    let (reached, carried) = (s.last.own_carried(), s.any_carried_out());
     for id in s.last.returned {
         if id != 0
             && crate::error::enclosing::write(id, attempts, key, reached, carried)

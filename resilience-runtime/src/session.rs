@@ -353,6 +353,14 @@ impl Last {
         self.all_keyed && self.reached.is_some_and(|m| m.needs_key())
     }
 
+    /// A request of the attempt that needs a key may have been carried out (see
+    /// [`AttemptCtx::unsafe_carried`]): in a keyed call, what the error of a nested call it
+    /// returns says of the call's key (a nested call's own carried out counts too: the safe
+    /// side).
+    pub(crate) fn own_carried(&self) -> bool {
+        self.unsafe_carried
+    }
+
     /// What this attempt sent, joined to what `other` (another attempt of the same hedged
     /// round) sent: seen only if both were, keyed only if both were, the least safe methods.
     fn join(&mut self, other: &Last) {
