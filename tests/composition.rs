@@ -5035,6 +5035,31 @@ async fn measure_reports_a_cancelled_call_not_the_one_nested_in_it() {
     );
 }
 
+/// `measure` around a `select!` reports the branch that won, not the one dropped after it.
+#[tokio::test(start_paused = true)]
+async fn measure_reports_the_branch_of_a_select_that_won() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/token" {
+            Action::ok().body("t")
+        } else {
+            Action::ok().after(Duration::from_secs(3))
+        }
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let (fast, slow) = (server.url("/token"), server.url("/slow"));
+    let (won, report) = measure(async {
+        tokio::select! {
+            t = session_token(&c, &fast) => t,
+            p = session_token(&c, &slow) => p,
+        }
+    })
+    .await;
+    assert_eq!(won.unwrap(), "t");
+    let report = report.expect("reported");
+    assert!(report.succeeded, "{report:?}");
+}
+
 /// A service whose client sits one level down (`self.inner.http`, shared behind an `Arc`).
 struct Warehouse {
     inner: std::sync::Arc<WarehouseInner>,

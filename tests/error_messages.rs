@@ -502,6 +502,71 @@ async fn quote_then_pay(c: &reqwest::Client, rates_url: &str, pay: &str) -> Resu
     Ok(c.post(pay).body("a=1").send().await?.status().as_u16())
 }
 
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false)]
+async fn hold_stock(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("sku=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = { name = "em_spent_on_rates", ratio = 0.0, min_per_sec = 0 }
+)]
+async fn rates_on_a_spent_budget(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = POST, timeout = "5s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn hold_then_pay(
+    c: &reqwest::Client,
+    stock: &str,
+    rates: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    if !stock.is_empty() {
+        hold_stock(c, stock).await?;
+    }
+    if !rates.is_empty() {
+        rates_on_a_spent_budget(c, rates).await?;
+    }
+    Ok(c.post(pay).body("a=1").send().await?.status().as_u16())
+}
+
+/// A nested call's failure before the call's own keyed charge, named with the charge's key:
+/// not as possibly carried out, whether that call sent a POST of its own (answered 503: it
+/// once counted as the charge's) or ended on a spent retry budget (an error the nested call
+/// made after its last attempt, which the enclosing call once read as its own).
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_before_the_charge_says_the_charge_was_not_carried_out() {
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let pay = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    let e = hold_then_pay(&c, &down.url("/stock"), "", &pay.url("/pay"))
+        .await
+        .unwrap_err();
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    let e = hold_then_pay(&c, "", &down.url("/rates"), &pay.url("/pay"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BudgetExhausted, "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    assert_eq!(pay.count(), 0);
+}
+
 /// The README's "An error holds one key", pinned: a nested keyed call's error names that
 /// call's key, and the enclosing call's, whose charge went through, apart; an unkeyed nested call's
 /// failure before the enclosing call's own request is named with the enclosing call's key,

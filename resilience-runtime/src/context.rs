@@ -17,7 +17,8 @@ tokio::task_local! {
     /// [`with_inbound`]) around the handling of one inbound request.
     pub(crate) static INBOUND: Inbound;
     /// Set by [`measure`](crate::measure): where the outermost call reports what it cost.
-    pub(crate) static REPORT: Cell<Option<crate::report::CallReport>>;
+    /// With the reporting call's depth (0: outside any other call).
+    pub(crate) static REPORT: Cell<Option<(crate::report::CallReport, u8)>>;
 }
 
 scoped_tls::scoped_thread_local! {
@@ -809,6 +810,11 @@ fn inbound_handed_down() -> Inbound {
     INBOUND.try_with(Inbound::clone).unwrap_or_default()
 }
 
+/// [`AttemptCtx::unsafe_carried`]: a request that needs a key may have been carried out.
+pub(crate) const CARRIED: u8 = 1;
+/// [`AttemptCtx::unsafe_carried`]: one of those was the call's own.
+pub(crate) const CARRIED_OWN: u8 = 2;
+
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.
 #[derive(Debug)]
 // Laid out in this order (widest first, the key on a 16-byte boundary): built in place in
@@ -939,7 +945,10 @@ pub(crate) struct AttemptCtx {
     /// A request of this attempt that needs a key may have been carried out: answered 2xx,
     /// 3xx, 5xx or 409, lost without an answer after it may have reached the server, or given
     /// up on in flight (a call's fallback is not called after it: `Session::fallback_allowed`).
-    pub unsafe_carried: Cell<bool>,
+    /// [`CARRIED`], and [`CARRIED_OWN`] where one of those the runtime stamped for this call
+    /// (under its key, in a keyed call): not a nested call's, nor one sent unseen. What the
+    /// call's own key may have had carried out. One byte of two marks, as `unproven` is.
+    pub unsafe_carried: Cell<u8>,
     /// `retry_after` is what a nested call that gave up passed up (see [`AttemptCtx::went_on`]).
     pub retry_after_nested: Cell<bool>,
 }
@@ -1103,7 +1112,7 @@ impl AttemptCtx {
             described: Cell::new(false),
             key_sent: Cell::new(false),
             foreign_key: Cell::new(false),
-            unsafe_carried: Cell::new(false),
+            unsafe_carried: Cell::new(0),
             retry_after_nested: Cell::new(false),
         }
     }
@@ -1178,7 +1187,7 @@ impl AttemptCtx {
         *self.unproven.get_mut() = 0;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
-        *self.unsafe_carried.get_mut() = false;
+        *self.unsafe_carried.get_mut() = 0;
         *self.retry_after_nested.get_mut() = false;
     }
 
@@ -1419,8 +1428,17 @@ impl AttemptCtx {
     pub(crate) fn note_carried(&self, m: Method) {
         self.note_reached(m);
         if m.needs_key() {
-            self.unsafe_carried.set(true);
+            self.unsafe_carried.set(self.unsafe_carried.get() | CARRIED);
         }
+    }
+
+    /// [`note_carried`](Self::note_carried) for a request the runtime stamped for this call
+    /// (see [`AttemptCtx::own_carried`]).
+    pub(crate) fn note_own_carried(&self, m: Method) {
+        if m.needs_key() {
+            self.unsafe_carried.set(CARRIED | CARRIED_OWN);
+        }
+        self.note_carried(m);
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

@@ -157,7 +157,7 @@ fn record_outcome<E: SentError>(
             if refused {
                 ctx.note_reached(m);
             } else {
-                ctx.note_carried(m);
+                ctx.note_own_carried(m);
             }
         }
     });
@@ -262,7 +262,7 @@ fn method_and_url(
 fn given_up(method: Option<crate::policy::Method>) {
     let _ = with_attempt(|ctx| {
         if let Some(m) = method.or(ctx.sent_method.get()) {
-            ctx.note_carried(m);
+            ctx.note_own_carried(m);
         }
     });
 }
@@ -303,7 +303,7 @@ pub fn stamp_request(req: &mut reqwest::Request) {
             ctx.expect_at(url);
             ctx.hand_stamped.set(url);
         }
-        ctx.note_carried(crate::policy::method_of(req.method()));
+        ctx.note_own_carried(crate::policy::method_of(req.method()));
     });
 }
 

@@ -176,7 +176,7 @@ fn note_returned_errors(s: &Session, attempts: u32, key: Option<&Key>) {
 /// fit inline in the error (two words); two calls of one attempt share a token only if 65,535
 /// others drew one between them, and then the error of the one is taken for the other's: not
 /// retried (the safe side).
-fn token(s: &Session) -> u16 {
+pub(crate) fn token(s: &Session) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if s.token.get() == 0 {
         let t = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);

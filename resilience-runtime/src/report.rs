@@ -53,7 +53,7 @@ pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
     REPORT
         .scope(Cell::new(None), async move {
             let out = fut.await;
-            (out, REPORT.with(Cell::get))
+            (out, REPORT.with(Cell::get).map(|(r, _)| r))
         })
         .await
 }
@@ -78,7 +78,7 @@ pub fn kept() -> Kept {
 /// A failed call's report, put back in [`measure`]'s place when dropped (see [`kept`]).
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Kept(Option<CallReport>);
+pub struct Kept(Option<(CallReport, u8)>);
 
 impl Drop for Kept {
     #[inline]
@@ -89,9 +89,24 @@ impl Drop for Kept {
     }
 }
 
+/// A call ended, at `depth` (0: outside any other call): its report takes the place.
 #[inline]
-pub(crate) fn record(report: impl FnOnce() -> CallReport) {
+pub(crate) fn record(report: impl FnOnce() -> (CallReport, u8)) {
     if MEASURED.load(Ordering::Relaxed) {
         let _ = REPORT.try_with(|r| r.set(Some(report())));
+    }
+}
+
+/// A call its caller stopped waiting for, at `depth`: its report takes the place of one of a
+/// call nested in it (deeper), not of a call beside it that ended first (the branch of a
+/// `select!` that won, a `try_join!`'s first failure).
+pub(crate) fn record_cancelled(report: impl FnOnce() -> (CallReport, u8)) {
+    if MEASURED.load(Ordering::Relaxed) {
+        let _ = REPORT.try_with(|r| {
+            let (new, depth) = report();
+            if r.get().is_none_or(|(_, d)| d > depth) {
+                r.set(Some((new, depth)));
+            }
+        });
     }
 }

@@ -175,6 +175,19 @@ fn open(
     if let Some(b) = shared.budget {
         b.deposit_batched(started);
     }
+    call_span(shared, policy, request_id, request_id_text, depth)
+}
+
+/// The call's span (joined to the inbound trace at the top), without what opening the call
+/// counts: for [`open`], and for a call given up on before it opened.
+#[inline(always)]
+fn call_span(
+    shared: &'static Resolved,
+    policy: &'static Policy,
+    request_id: &Cell<u128>,
+    request_id_text: Option<&reqwest::header::HeaderValue>,
+    depth: u8,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "resilient",
         function = shared.function,
@@ -282,13 +295,20 @@ fn report_unstarted(shared: &'static Resolved) {
 /// A call refused before any attempt, after `waited` (for a bulkhead slot, a rate-limit
 /// permit), for [`measure`](crate::measure): it is the one that finished last.
 pub(crate) fn report_refused(function: &'static str, waited: Duration) {
-    crate::report::record(|| CallReport {
+    crate::report::record(|| refused_report(function, waited));
+}
+
+#[cold]
+#[inline(never)]
+fn refused_report(function: &'static str, waited: Duration) -> (CallReport, u8) {
+    let report = CallReport {
         function,
         attempts: 0,
         waited,
         elapsed: waited,
         succeeded: false,
-    });
+    };
+    (report, with_attempt(|o| o.depth + 1).unwrap_or(0))
 }
 
 /// What the generated loop does after a failed attempt.
@@ -320,6 +340,8 @@ pub(crate) struct Last {
     pub(crate) reached: Option<Method>,
     /// A request that needs a key may have been carried out (see `AttemptCtx::unsafe_carried`).
     unsafe_carried: bool,
+    /// Of those, one of this call's own (see `AttemptCtx::own_carried`).
+    own_carried: bool,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
     /// The tokens of those calls (see [`AttemptCtx::gave_up`]).
@@ -353,12 +375,11 @@ impl Last {
         self.all_keyed && self.reached.is_some_and(|m| m.needs_key())
     }
 
-    /// A request of the attempt that needs a key may have been carried out (see
-    /// [`AttemptCtx::unsafe_carried`]): in a keyed call, what the error of a nested call it
-    /// returns says of the call's key (a nested call's own carried out counts too: the safe
-    /// side).
+    /// A request of the attempt's own that needs a key may have been carried out (see
+    /// [`AttemptCtx::own_carried`]): in a keyed call, what the error of a nested call it
+    /// returns says of the call's key (not what the nested calls carried out).
     pub(crate) fn own_carried(&self) -> bool {
-        self.unsafe_carried
+        self.own_carried
     }
 
     /// What this attempt sent, joined to what `other` (another attempt of the same hedged
@@ -371,6 +392,7 @@ impl Last {
         self.stamped &= other.stamped;
         self.all_keyed &= other.all_keyed;
         self.unsafe_carried |= other.unsafe_carried;
+        self.own_carried |= other.own_carried;
         self.method = least(self.method, other.method);
         self.reached = least(self.reached, other.reached);
         if self.gave_up == [0; 4] {
@@ -399,16 +421,19 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
     last.reached = ctx.reached.get();
-    last.unsafe_carried = ctx.unsafe_carried.get();
+    let carried = ctx.unsafe_carried.get();
+    last.unsafe_carried = carried & crate::context::CARRIED != 0;
+    last.own_carried = carried & crate::context::CARRIED_OWN != 0;
     // Requests made in the attempt but sent from elsewhere (a spawned task): their outcome
     // never came back, so they may have reached the server.
     if ctx.unpolled_outstanding()
         && let Some(m) = ctx.unpolled_method.get()
     {
         last.reached = Some(last.reached.map_or(m, |r| r.least_safe(m)));
-        // And it may have been carried out: no fallback answers for it.
+        // And it may have been carried out: no fallback answers for it. It was stamped here.
         if m.needs_key() {
             last.unsafe_carried = true;
+            last.own_carried = true;
         }
     }
     last.nested_gave_up = ctx.nested_gave_up.get();
@@ -1403,7 +1428,7 @@ impl Session {
         // hedge answered 429).
         if class.is_some_and(|c| c.may_have_carried_out(self.last.status, true))
             && self.last.keyed_request_reached()
-            && self.last.unsafe_carried
+            && self.last.own_carried
         {
             self.key_carried = true;
         }
@@ -1479,7 +1504,7 @@ impl Session {
         if self.nested {
             self.tell_outer(!succeeded, gave_up_retryable);
         }
-        crate::report::record(|| self.report(succeeded));
+        crate::report::record(|| (self.report(succeeded), self.ctx.depth));
     }
 
     /// What [`finish`](Self::finish) tells the enclosing call's attempt, out of line: the
@@ -1493,7 +1518,9 @@ impl Session {
             }
             // A request of its own that needs a key was carried out, or may have been.
             if self.carried_out {
-                outer.unsafe_carried.set(true);
+                outer
+                    .unsafe_carried
+                    .set(outer.unsafe_carried.get() | crate::context::CARRIED);
             }
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
@@ -1586,7 +1613,7 @@ impl Session {
         // Keyed, and nothing of the attempt's that needs the key may have been carried out
         // (its keyed requests refused with a 4xx before it hung on other work, or none sent
         // yet; nothing in flight, no helper sending unseen): the timeout does not make it so.
-        if self.ctx.key.is_some() && !self.last.unsafe_carried && !self.last.unseen_helper {
+        if self.ctx.key.is_some() && !self.last.own_carried && !self.last.unseen_helper {
             e.set_settled();
         }
         e
@@ -1668,7 +1695,7 @@ impl Session {
             // Not when every request of it that needs a key was refused (a 4xx, then a
             // timeout on other work): answered, and not carried out.
             if self.last.keyed_request_reached()
-                && self.last.unsafe_carried
+                && self.last.own_carried
                 && class.may_have_carried_out(self.last.status, true)
             {
                 self.key_carried = true;
@@ -1886,7 +1913,10 @@ impl Session {
             Next::Retry => true,
             Next::Return => false,
             Next::Replace(mut error) => {
+                // Out of a nested call: its token (the enclosing call reads the error as that
+                // call's, and writes its own key into its record, not onto it).
                 if self.nested {
+                    error.set_origin(crate::probe::token(self));
                     error.leaving();
                 }
                 self.replaced = Some(error.kind());
@@ -2023,7 +2053,7 @@ impl Session {
         self.give_back_retry();
         // Ended too, for `measure`: failed, with the attempts it began (not the report of a
         // call nested in it that finished before it was dropped).
-        crate::report::record(|| self.report(false));
+        crate::report::record_cancelled(|| (self.report(false), self.ctx.depth));
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
         telemetry::call_cancelled(
             self.attempt_scope.take(),
@@ -2033,12 +2063,12 @@ impl Session {
         );
         // Dropped while it waited for its slot or permit: its span, opened only once admitted,
         // is opened for the event, so that it is told in the call's span as every other is.
+        // Only the span: the call was not opened (no budget deposit, no bulkhead change).
         if !self.admitted && self.span.is_none() {
             let ctx = &self.ctx;
-            self.span = open(
+            self.span = call_span(
                 self.shared,
                 self.policy,
-                self.started,
                 ctx.request_id_cell(),
                 ctx.request_id_text.as_deref(),
                 ctx.depth,
