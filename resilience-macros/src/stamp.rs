@@ -1613,22 +1613,12 @@ impl VisitMut for Rewriter<'_> {
             && method.ident == "execute"
             && method.arguments.is_none()
         {
-            let span = call.args[1].span();
-            if converted_without_a_type(&call.args[1]) {
-                call.args[1] = syn::parse_quote_spanned! {span=>
-                    ::core::compile_error!(
-                        "#[resilient] routes `execute`'s argument by its type, which this conversion leaves to be inferred from `execute`\nhelp: convert it first, with its type written: `let req: reqwest::Request = req.try_into()?;`, then `Client::execute(&c, req)`"
-                    )
-                };
-                self.found.rewritten += 1;
-                return;
-            }
-            let arg = take(&mut call.args[1]);
-            call.args[1] = held(p, span, arg, "__resilience_stamp_arg");
             let span = func.span();
-            let whole = take(e);
-            *e = held(p, span, whole, "__resilience_observe");
             self.found.rewritten += 1;
+            if stamped_argument(p, &mut call.args[1], "Client::execute(&c, req)") {
+                let whole = take(e);
+                *e = held(p, span, whole, "__resilience_observe");
+            }
             return;
         }
         if let syn::Expr::MethodCall(m) = e {
@@ -1651,26 +1641,12 @@ impl VisitMut for Rewriter<'_> {
                 *m.receiver = held(p, span, recv, stamp);
                 self.found.rewritten += 1;
             } else if name == "execute" && m.args.len() == 1 {
-                let span = m.args[0].span();
-                // A conversion whose target only `execute`'s parameter names
-                // (`req.try_into()?`, `req.into()`): routed by its type, the argument has
-                // none to be inferred, and the compiler's error would name this crate's own
-                // types. Said here, with the way out.
-                if converted_without_a_type(&m.args[0]) {
-                    m.args[0] = syn::parse_quote_spanned! {span=>
-                        ::core::compile_error!(
-                            "#[resilient] routes `execute`'s argument by its type, which this conversion leaves to be inferred from `execute`\nhelp: convert it first, with its type written: `let req: reqwest::Request = req.try_into()?;`, then `.execute(req)`"
-                        )
-                    };
-                    self.found.rewritten += 1;
-                    return;
-                }
-                let arg = take(&mut m.args[0]);
-                m.args[0] = held(p, span, arg, "__resilience_stamp_arg");
                 let span = m.method.span();
-                let call = take(e);
-                *e = held(p, span, call, "__resilience_observe");
                 self.found.rewritten += 1;
+                if stamped_argument(p, &mut m.args[0], ".execute(req)") {
+                    let call = take(e);
+                    *e = held(p, span, call, "__resilience_observe");
+                }
             }
         }
     }
@@ -1951,6 +1927,25 @@ fn sends_in(tokens: &TokenStream) -> bool {
         proc_macro2::TokenTree::Group(g) => sends_in(&g.stream()),
         _ => false,
     })
+}
+
+/// `execute`'s request argument, stamped where it is made (routed by its type: another type's
+/// argument passes through); `false`, and a compile error in its place, for a conversion whose
+/// target only `execute`'s parameter names (`req.try_into()?`, `req.into()`): routed by its
+/// type, the argument has none to be inferred, and the compiler's error would name this
+/// crate's own types. Said here, with the way out (`then` the call as the user writes it).
+fn stamped_argument(p: &TokenStream, arg: &mut syn::Expr, then: &str) -> bool {
+    let span = arg.span();
+    if converted_without_a_type(arg) {
+        let message = format!(
+            "#[resilient] routes `execute`'s argument by its type, which this conversion leaves to be inferred from `execute`\nhelp: convert it first, with its type written: `let req: reqwest::Request = req.try_into()?;`, then `{then}`"
+        );
+        *arg = syn::parse_quote_spanned!(span=> ::core::compile_error!(#message));
+        return false;
+    }
+    let held_arg = take(arg);
+    *arg = held(p, span, held_arg, "__resilience_stamp_arg");
+    true
 }
 
 /// Moves an expression out, leaving an empty placeholder that is overwritten at once.
