@@ -612,9 +612,7 @@ pub struct Session {
     /// The class and status of the last attempt that ran and failed, for an error that ends
     /// the call before the next one runs (a breaker that opened between them), and whether
     /// its request that needs the call's key reached a server (see [`Session::name_key`]).
-    /// And the wait its answer's `Retry-After` asked for, for an error made before the next
-    /// attempt runs (the breaker that 503 opened: the caller still learns when to come back).
-    ran_last: Option<(Class, Option<u16>, bool, Option<Duration>)>,
+    ran_last: Option<(Class, Option<u16>, bool)>,
     /// An attempt that failed may have carried out a request that needs a key (its own, a
     /// nested call's or a helper's unseen: see `AttemptCtx::unsafe_carried`): no fallback
     /// answers in the call's place (see [`Session::fallback_allowed`]).
@@ -1302,10 +1300,9 @@ impl Session {
     #[inline(never)]
     fn out_of_time(&mut self) -> Error {
         let mut e = self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout);
-        if let Some((class, status, _, asked)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
-            e.set_retry_after(asked);
         }
         e
     }
@@ -1324,10 +1321,9 @@ impl Session {
             )
         });
         let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
-        if let Some((class, status, _, asked)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
-            e.set_retry_after(asked);
         }
         e
     }
@@ -1679,12 +1675,7 @@ impl Session {
         // it proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
-            self.ran_last = Some((
-                class,
-                self.last.status,
-                self.last.keyed_request_reached(),
-                self.last.retry_after,
-            ));
+            self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
             // A request of its own that needs a key may have been carried out, or a nested
             // call's (told when it ended), or a helper's sent unseen.
             if self.last.unsafe_carried || self.last.unseen_helper {
@@ -1739,7 +1730,7 @@ impl Session {
         // or, for a retry refused before it began (its breaker opened, no time left), the one
         // before it.
         let ran = match self.ran_last {
-            Some((class, status, _, _)) if !self.last.began && self.attempts > 0 => (class, status),
+            Some((class, status, _)) if !self.last.began && self.attempts > 0 => (class, status),
             _ => (class, self.last.status),
         };
         // The deadline itself ran out: nothing more can be tried.
