@@ -694,6 +694,39 @@ async fn an_attempt_timing_out_after_its_keyed_post_was_refused_says_nothing_was
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
 
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn pay_then_track(c: &reqwest::Client, pay: &str, track: &str) -> Result<u16, Error> {
+    let status = c.post(pay).body("amount=1").send().await?.status();
+    // The refusal handled, the body goes on to something of its own that fails.
+    c.get(track).send().await?.error_for_status()?;
+    Ok(status.as_u16())
+}
+
+/// An attempt whose keyed POST was refused with a 4xx, then failed on a GET's 503: nothing
+/// under the key was carried out, and the error does not say it may have been (the 503's class
+/// once decided the key's note).
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_the_keyed_post_was_refused_says_nothing_was_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/charges" {
+            Action::status(422)
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let e = pay_then_track(
+        &reqwest::Client::new(),
+        &server.url("/charges"),
+        &server.url("/track"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}
+
 /// The control of the hedged round above: the first request refused with a 422 (answered,
 /// not carried out) and its attempt then timing out on something else, the hedge answered 429:
 /// nothing under the key was carried out, and the error does not say it may have been.

@@ -461,7 +461,11 @@ impl Error {
         }
         // A timeout after the attempt's keyed requests were refused: nothing of the last
         // attempt's was carried out.
-        if self.detail.as_ref().is_some_and(|d| d.settled) {
+        if self
+            .detail
+            .as_ref()
+            .is_some_and(|d| d.settled && d.key.is_some())
+        {
             return false;
         }
         // The key is the call's around it (a nested call's unkeyed error): this error's own

@@ -123,6 +123,11 @@ impl<'a, E> Probe<'a, E> {
                     s.any_carried_out(),
                 );
             } else {
+                // The error's key is this call's: a failure after its keyed requests were
+                // refused (a 422, then a GET's 503) carried nothing out under it.
+                if own_key && self.2.is_some() && s.last_settled() {
+                    own.set_settled();
+                }
                 if own_key && s.last.keyed_request_reached() {
                     own.set_reached();
                 }

@@ -1138,6 +1138,17 @@ impl Session {
         if self.attempts > 0 && self.key_carried {
             err.set_carried();
         }
+        if self.last.began && self.last_settled() {
+            err.set_settled();
+        }
+    }
+
+    /// Keyed, and nothing of the attempt's own that needs the key may have been carried out
+    /// (its keyed requests refused with a 4xx, or none sent; nothing in flight, no helper
+    /// sending unseen): whatever the attempt then failed on (a timeout on other work, a GET's
+    /// 503) does not make it so.
+    pub(crate) fn last_settled(&self) -> bool {
+        self.ctx.key.is_some() && !self.last.own_carried && !self.last.unseen_helper
     }
 
     /// Whether an attempt that ended may have carried out a request of its own under the
@@ -1605,14 +1616,9 @@ impl Session {
         } else {
             ErrorKind::AttemptTimeout
         };
-        let mut e = self.runtime_error(kind, Class::Timeout);
-        // Keyed, and nothing of the attempt's that needs the key may have been carried out
-        // (its keyed requests refused with a 4xx before it hung on other work, or none sent
-        // yet; nothing in flight, no helper sending unseen): the timeout does not make it so.
-        if self.ctx.key.is_some() && !self.last.own_carried && !self.last.unseen_helper {
-            e.set_settled();
-        }
-        e
+        // Keyed, and nothing of the attempt's own under the key in flight or answered: the
+        // timeout says nothing was carried out (`name_key`).
+        self.runtime_error(kind, Class::Timeout)
     }
 
     /// Decides what follows a failed attempt, given the class the error itself reported
