@@ -727,6 +727,55 @@ async fn a_failure_after_the_keyed_post_was_refused_says_nothing_was_carried_out
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
 }
 
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order_id)]
+async fn charge_order(c: &reqwest::Client, url: &str, order_id: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = POST, timeout = "5s", max_attempts = 1, budget = false, idempotency_key = order_id)]
+async fn place_order(
+    c: &reqwest::Client,
+    charges: &str,
+    track: &str,
+    order_id: &str,
+) -> Result<u16, Error> {
+    let charged = charge_order(c, charges, order_id).await?;
+    c.get(track).send().await?.error_for_status()?;
+    Ok(charged)
+}
+
+/// A nested call given the call's own key (`place_order(order_id)` calling `charge_order`
+/// keyed by `order_id` too) charges under that key: a failure of the call after it (a GET's
+/// 503) says the key's request may have been carried out (it once said nothing: the nested
+/// call's charge was not counted as the call's own).
+#[tokio::test(start_paused = true)]
+async fn a_charge_by_a_nested_call_under_the_same_key_is_the_calls_own() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/charges" {
+            Action::status(201)
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let e = place_order(
+        &reqwest::Client::new(),
+        &server.url("/charges"),
+        &server.url("/track"),
+        "order-42",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.idempotency_key(), Some("order-42"), "{e}");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}
+
 /// The control of the hedged round above: the first request refused with a 422 (answered,
 /// not carried out) and its attempt then timing out on something else, the hedge answered 429:
 /// nothing under the key was carried out, and the error does not say it may have been.

@@ -1433,7 +1433,7 @@ impl AttemptCtx {
     }
 
     /// [`note_carried`](Self::note_carried) for a request the runtime stamped for this call
-    /// (see [`AttemptCtx::own_carried`]).
+    /// (see [`AttemptCtx::unsafe_carried`]).
     pub(crate) fn note_own_carried(&self, m: Method) {
         if m.needs_key() {
             self.unsafe_carried.set(CARRIED | CARRIED_OWN);

@@ -79,8 +79,9 @@ struct Detail {
     /// An attempt before the last may have been carried out under the key (it timed out,
     /// lost its connection, was answered): whatever the last one's failure says.
     carried: bool,
-    /// The last attempt timed out after every request of it that needs the key was answered
-    /// with a refusal (a 4xx), or before it sent one: its timeout says nothing was carried out.
+    /// Every request of the last attempt that needs the key was answered with a refusal (a
+    /// 4xx), or none was sent: whatever the attempt then failed on (a timeout on other work, a
+    /// GET's 503), nothing was carried out under the key.
     settled: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
@@ -288,9 +289,17 @@ impl Error {
         self.detail_mut().carried = true;
     }
 
-    /// The last attempt's timeout carried out nothing under the key (see [`Detail`]).
-    pub(crate) fn set_settled(&mut self) {
-        self.detail_mut().settled = true;
+    /// Whether the last attempt carried out nothing under the key (see [`Detail`]), as the
+    /// call that returns this error last found it.
+    pub(crate) fn set_settled(&mut self, settled: bool) {
+        if settled || self.detail.is_some() {
+            self.detail_mut().settled = settled;
+        }
+    }
+
+    /// The key this error holds of its own (not one a call around it wrote in its record).
+    pub(crate) fn held_key(&self) -> Option<&str> {
+        self.detail.as_ref()?.key.as_deref()
     }
 
     /// The status of the answer the function refused (see `Probe::note`), unless the error

@@ -90,8 +90,11 @@ impl<'a, E> Probe<'a, E> {
                 .is_some_and(|s| own.origin() != 0 && own.origin() != s.token.get())
         });
         // A nested call's error keeps its own key: what reached a server under this call's
-        // key says nothing of it.
-        let own_key = own.idempotency_key().is_none();
+        // key says nothing of it. An error holding this call's key (its own, made in an
+        // earlier attempt and returned again; a nested call given this key) is this call's.
+        let own_key = own
+            .held_key()
+            .is_none_or(|k| self.2.is_some_and(|c| c.to_string() == k));
         if record.is_none() {
             own.set_key(self.2);
         }
@@ -125,8 +128,8 @@ impl<'a, E> Probe<'a, E> {
             } else {
                 // The error's key is this call's: a failure after its keyed requests were
                 // refused (a 422, then a GET's 503) carried nothing out under it.
-                if own_key && self.2.is_some() && s.last_settled() {
-                    own.set_settled();
+                if own_key && self.2.is_some() {
+                    own.set_settled(s.last_settled());
                 }
                 if own_key && s.last.keyed_request_reached() {
                     own.set_reached();

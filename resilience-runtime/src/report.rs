@@ -45,7 +45,9 @@ pub struct CallReport {
 /// `None` when no annotated call finished inside `fut`. When it makes several in a row, the
 /// last one to finish is reported (a nested call finishes before the one it is nested in); a
 /// call its caller stopped waiting for (a `timeout` inside `fut`) ends there, reported failed
-/// with the attempts it began. A
+/// with the attempts it began, in place of a call nested in it, not of one at its own depth
+/// that finished first (a `select!`'s winner, a `try_join!`'s first failure, a call made
+/// before it in the same `fut`: that one is reported). A
 /// call answered by its `fallback` is reported as it ended (failed, its attempts), not as the
 /// fallback's own `#[resilient]` calls did.
 pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<CallReport>) {
@@ -98,8 +100,9 @@ pub(crate) fn record(report: impl FnOnce() -> (CallReport, u8)) {
 }
 
 /// A call its caller stopped waiting for, at `depth`: its report takes the place of one of a
-/// call nested in it (deeper), not of a call beside it that ended first (the branch of a
-/// `select!` that won, a `try_join!`'s first failure).
+/// call nested in it (deeper), not of a call at its depth that ended first (the branch of a
+/// `select!` that won, a `try_join!`'s first failure; also one made before it, one after
+/// another, which a count of every call's start would tell apart at a cost to every call).
 pub(crate) fn record_cancelled(report: impl FnOnce() -> (CallReport, u8)) {
     if MEASURED.load(Ordering::Relaxed) {
         let _ = REPORT.try_with(|r| {

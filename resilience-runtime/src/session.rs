@@ -117,11 +117,19 @@ impl std::error::Error for InvalidKey {}
 /// Records in an enclosing attempt that a nested call sent (or may send) `method`. Running the
 /// outer body again starts the nested call afresh, with a new automatic key: to the server that
 /// is a different request, so a method that needs a key counts as unkeyed there.
-fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
+///
+/// `key` is the nested call's: one the enclosing call's own key is given to (`place(order_id)`
+/// keyed by `order_id` calling `charge` keyed by it too) sends under that key, so what it
+/// carries out is the enclosing call's own.
+fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool, key: &Option<Key>) {
     outer.note_method(method);
     // Whether the nested call's request gets through is not known here: as if it did, and
     // as if it was carried out (no fallback of the enclosing call answers after it).
-    outer.note_carried(method);
+    if under_the_same_key(outer, key) {
+        outer.note_own_carried(method);
+    } else {
+        outer.note_carried(method);
+    }
     outer.stamped.set(true);
     if !method.is_safe() && fresh_key {
         outer.all_keyed.set(false);
@@ -132,7 +140,19 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool) {
 #[inline(never)]
 fn tell_admitted(policy: &Policy, key: &Option<Key>) {
     let fresh_key = !matches!(key, Some(Key::Given(_)));
-    let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key));
+    let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key, key));
+}
+
+/// Whether a nested call's `key` is the enclosing attempt's own (a key given to it, the same
+/// value: an automatic key of its own never is).
+fn under_the_same_key(outer: &AttemptCtx, key: &Option<Key>) -> bool {
+    match (&outer.key, key) {
+        (Some(Key::Given(a)), Some(Key::Given(b))) => a == b,
+        (Some(a @ Key::Auto(..)), Some(Key::Given(b))) => {
+            b.to_str().is_ok_and(|b| b == a.to_string())
+        }
+        _ => false,
+    }
 }
 
 /// A nested call begins (`true`) or ends (`false`) its wait for a slot or a permit: counted
@@ -340,7 +360,7 @@ pub(crate) struct Last {
     pub(crate) reached: Option<Method>,
     /// A request that needs a key may have been carried out (see `AttemptCtx::unsafe_carried`).
     unsafe_carried: bool,
-    /// Of those, one of this call's own (see `AttemptCtx::own_carried`).
+    /// Of those, one of this call's own (see `AttemptCtx::unsafe_carried`, its own bit).
     own_carried: bool,
     /// A nested call in this attempt failed after it could retry on its own.
     nested_gave_up: bool,
@@ -376,7 +396,7 @@ impl Last {
     }
 
     /// A request of the attempt's own that needs a key may have been carried out (see
-    /// [`AttemptCtx::own_carried`]): in a keyed call, what the error of a nested call it
+    /// [`AttemptCtx::unsafe_carried`]): in a keyed call, what the error of a nested call it
     /// returns says of the call's key (not what the nested calls carried out).
     pub(crate) fn own_carried(&self) -> bool {
         self.own_carried
@@ -538,7 +558,7 @@ fn unseen_beside(
 /// call under `policy` may have sent ([`reportable`]).
 pub(crate) fn tell_enclosing(policy: &Policy, ctx: &AttemptCtx, settled: bool) {
     if let Some((m, unkeyed)) = reportable(policy, &ctx.key, ctx, settled) {
-        let _ = with_attempt(|outer| note_sent(outer, m, unkeyed));
+        let _ = with_attempt(|outer| note_sent(outer, m, unkeyed, &ctx.key));
     }
 }
 
@@ -1139,7 +1159,7 @@ impl Session {
             err.set_carried();
         }
         if self.last.began && self.last_settled() {
-            err.set_settled();
+            err.set_settled(true);
         }
     }
 
@@ -1521,13 +1541,19 @@ impl Session {
         let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
         let _ = with_attempt(|outer| {
             if let Some(m) = sent {
-                note_sent(outer, m, unkeyed);
+                note_sent(outer, m, unkeyed, &self.ctx.key);
             }
-            // A request of its own that needs a key was carried out, or may have been.
+            // A request of its own that needs a key was carried out, or may have been (under
+            // the enclosing call's own key, when it was given that key).
             if self.carried_out {
+                let own = if under_the_same_key(outer, &self.ctx.key) {
+                    crate::context::CARRIED_OWN
+                } else {
+                    0
+                };
                 outer
                     .unsafe_carried
-                    .set(outer.unsafe_carried.get() | crate::context::CARRIED);
+                    .set(outer.unsafe_carried.get() | crate::context::CARRIED | own);
             }
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
