@@ -229,3 +229,73 @@ async fn the_time_left_is_told_as_the_request_enters_the_middleware_stack() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-timeout-ms"), Some("1000"));
 }
+
+/// A middleware of the service's own that sends a request again once when it is answered 503
+/// (as a retry middleware does), the clone carrying the call's key.
+struct ResendOn503;
+
+#[async_trait::async_trait]
+impl Middleware for ResendOn503 {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let again = req.try_clone();
+        let first = next.clone().run(req, extensions).await?;
+        match again {
+            Some(again) if first.status() == 503 => next.run(again, extensions).await,
+            _ => Ok(first),
+        }
+    }
+}
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn charge_then_track(
+    c: &ClientWithMiddleware,
+    charges: &str,
+    track: &str,
+) -> anyhow::Result<u16> {
+    let status = c.post(charges).body("amount=1").send().await?.status();
+    // Its failures as the runtime's error, which the call writes its key and attempts into.
+    c.get(track)
+        .send()
+        .await
+        .map_err(resilience_runtime::Error::call)?
+        .error_for_status()
+        .map_err(resilience_runtime::Error::call)?;
+    Ok(status.as_u16())
+}
+
+/// A keyed POST the middleware sent twice (503, then a 422 the body sees): the first may have
+/// been carried out under the key, and the attempt's later failure (a GET's 503) says so (it
+/// once said nothing: the resend's completion was not counted as the call's own request).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_a_middleware_sent_again_may_have_been_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/charges" && seen.index == 0 {
+            Action::status(503)
+        } else if seen.path == "/charges" {
+            Action::status(422)
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let plain = ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .unwrap();
+    let c = ClientBuilder::new(plain).with(ResendOn503).build();
+    let e = charge_then_track(&c, &server.url("/charges"), &server.url("/track"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count_path("/charges"), 2, "{e}");
+    let e = e
+        .downcast_ref::<resilience_runtime::Error>()
+        .expect("the runtime's error");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}

@@ -1274,6 +1274,13 @@ impl AttemptCtx {
             return;
         }
         if reached || self.redirects.get() != 0 {
+            // At a URL the attempt stamped a request of this method for, its expectation used:
+            // that request sent again under the hood (a middleware's own retry), under the
+            // call's key. What it carried out is the call's own.
+            if urls.contains(&url) {
+                self.unsafe_carried
+                    .set(self.unsafe_carried.get() | CARRIED_OWN);
+            }
             self.completed_unmatched(m);
         }
     }
