@@ -776,6 +776,37 @@ async fn a_charge_by_a_nested_call_under_the_same_key_is_the_calls_own() {
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
 
+#[resilient(method = PUT, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn put_then_track(c: &reqwest::Client, doc: &str, track: &str) -> Result<u16, Error> {
+    let status = c.put(doc).body("v=2").send().await?.status();
+    c.get(track).send().await?.error_for_status()?;
+    Ok(status.as_u16())
+}
+
+/// A keyed PUT answered 200, then a GET's 503: the PUT under the key was carried out, and the
+/// error says it may have been (a PUT needs no key, and was once not counted as the call's own
+/// request under it).
+#[tokio::test(start_paused = true)]
+async fn a_keyed_put_carried_out_is_the_calls_own() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/docs/1" {
+            Action::ok()
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let e = put_then_track(
+        &reqwest::Client::new(),
+        &server.url("/docs/1"),
+        &server.url("/track"),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+}
+
 /// The control of the hedged round above: the first request refused with a 422 (answered,
 /// not carried out) and its attempt then timing out on something else, the hedge answered 429:
 /// nothing under the key was carried out, and the error does not say it may have been.

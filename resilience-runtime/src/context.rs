@@ -155,6 +155,18 @@ impl std::fmt::Display for Key {
 }
 
 impl Key {
+    /// Whether the key, as [`Display`](std::fmt::Display) writes it, is `text`: without
+    /// allocating.
+    pub(crate) fn is_text(&self, text: &[u8]) -> bool {
+        match self {
+            Key::Auto(u, _) => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                u.hyphenated().encode_lower(&mut buf).as_bytes() == text
+            }
+            Key::Given(h) => h.as_bytes() == text,
+        }
+    }
+
     pub(crate) fn header(&self) -> HeaderValue {
         match self {
             Key::Auto(u, format) => {
@@ -1441,11 +1453,15 @@ impl AttemptCtx {
 
     /// [`note_carried`](Self::note_carried) for a request the runtime stamped for this call
     /// (see [`AttemptCtx::unsafe_carried`]).
+    ///
+    /// Its own bit for any method that is not safe: a keyed PUT or DELETE carried out is one
+    /// under the call's key too, though only a POST or PATCH needs one.
     pub(crate) fn note_own_carried(&self, m: Method) {
-        if m.needs_key() {
-            self.unsafe_carried.set(CARRIED | CARRIED_OWN);
-        }
-        self.note_carried(m);
+        self.note_reached(m);
+        let own = if m.is_safe() { 0 } else { CARRIED_OWN };
+        let any = if m.needs_key() { CARRIED } else { 0 };
+        self.unsafe_carried
+            .set(self.unsafe_carried.get() | own | any);
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

@@ -94,7 +94,7 @@ impl<'a, E> Probe<'a, E> {
         // earlier attempt and returned again; a nested call given this key) is this call's.
         let own_key = own
             .held_key()
-            .is_none_or(|k| self.2.is_some_and(|c| c.to_string() == k));
+            .is_none_or(|k| self.2.is_some_and(|c| c.is_text(k.as_bytes())));
         if record.is_none() {
             own.set_key(self.2);
         }

@@ -147,10 +147,7 @@ fn tell_admitted(policy: &Policy, key: &Option<Key>) {
 /// value: an automatic key of its own never is).
 fn under_the_same_key(outer: &AttemptCtx, key: &Option<Key>) -> bool {
     match (&outer.key, key) {
-        (Some(Key::Given(a)), Some(Key::Given(b))) => a == b,
-        (Some(a @ Key::Auto(..)), Some(Key::Given(b))) => {
-            b.to_str().is_ok_and(|b| b == a.to_string())
-        }
+        (Some(a), Some(Key::Given(b))) => a.is_text(b.as_bytes()),
         _ => false,
     }
 }
@@ -450,9 +447,12 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
         && let Some(m) = ctx.unpolled_method.get()
     {
         last.reached = Some(last.reached.map_or(m, |r| r.least_safe(m)));
-        // And it may have been carried out: no fallback answers for it. It was stamped here.
+        // And it may have been carried out: no fallback answers for it. It was stamped here
+        // (under the call's key, in a keyed call).
         if m.needs_key() {
             last.unsafe_carried = true;
+        }
+        if !m.is_safe() {
             last.own_carried = true;
         }
     }
