@@ -152,6 +152,15 @@ impl<'a, E> Probe<'a, E> {
         }
     }
 
+    /// [`note`](Self::note) where the runtime's own error is reached (`own`), else
+    /// [`note_inside`](Self::note_inside).
+    fn note_or_inside(&self, own: Option<&mut Error>, class: Option<Class>) {
+        match own {
+            Some(own) => self.note(own, class),
+            None => self.note_inside(),
+        }
+    }
+
     /// The error is of a type the runtime cannot write into (the function's own, or one a box
     /// or report holds): what the call knows goes into the records of the errors nested calls
     /// returned into this attempt (see [`crate::error::enclosing`]), one of which it may
@@ -270,10 +279,7 @@ macro_rules! boxed {
             fn __resilience_class(self) -> Option<Class> {
                 let e = self.0.take()?;
                 let class = classify_error(&**e);
-                match e.downcast_mut::<Error>() {
-                    Some(own) => self.note(own, class),
-                    None => self.note_inside(),
-                }
+                self.note_or_inside(e.downcast_mut::<Error>(), class);
                 class
             }
             fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -293,10 +299,7 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         let class = classify_error(&*e);
-        match e.get_mut().and_then(|i| i.downcast_mut::<Error>()) {
-            Some(own) => self.note(own, class),
-            None => self.note_inside(),
-        }
+        self.note_or_inside(e.get_mut().and_then(|i| i.downcast_mut::<Error>()), class);
         class
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -315,10 +318,7 @@ impl ViaOwn for &&&&&Probe<'_, reqwest_middleware::Error> {
                 let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
                 let class = classify_error(dynerr);
                 self.came_back_in(dynerr);
-                match e.downcast_mut::<Error>() {
-                    Some(own) => self.note(own, class),
-                    None => self.note_inside(),
-                }
+                self.note_or_inside(e.downcast_mut::<Error>(), class);
                 class
             }
         }
@@ -344,10 +344,7 @@ macro_rules! report {
                 let e = self.0.take()?;
                 let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
                 let class = classify_error(dynerr);
-                match e.downcast_mut::<Error>() {
-                    Some(own) => self.note(own, class),
-                    None => self.note_inside(),
-                }
+                self.note_or_inside(e.downcast_mut::<Error>(), class);
                 class
             }
             fn __resilience_kind(self) -> Option<ErrorKind> {

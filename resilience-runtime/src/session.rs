@@ -399,6 +399,15 @@ impl Last {
         self.own_carried
     }
 
+    /// The attempt, failed so (`class`), may have carried out its own request under the call's
+    /// key: it reached a server, and was not refused (a 4xx) before the attempt failed
+    /// otherwise (a timeout on other work).
+    fn key_may_be_carried(&self, class: Class) -> bool {
+        self.keyed_request_reached()
+            && self.own_carried
+            && class.may_have_carried_out(self.status, true)
+    }
+
     /// What this attempt sent, joined to what `other` (another attempt of the same hedged
     /// round) sent: seen only if both were, keyed only if both were, the least safe methods.
     fn join(&mut self, other: &Last) {
@@ -1453,10 +1462,7 @@ impl Session {
         // connection; not one refused with a 4xx before the attempt ended otherwise): the
         // call's error says so with the key, whatever the round's last attempt then gets (a
         // hedge answered 429).
-        if class.is_some_and(|c| c.may_have_carried_out(self.last.status, true))
-            && self.last.keyed_request_reached()
-            && self.last.own_carried
-        {
+        if class.is_some_and(|c| self.last.key_may_be_carried(c)) {
             self.key_carried = true;
         }
         if let Some(before) = round {
@@ -1717,10 +1723,7 @@ impl Session {
             // it, another request's, leaves it carried out too).
             // Not when every request of it that needs a key was refused (a 4xx, then a
             // timeout on other work): answered, and not carried out.
-            if self.last.keyed_request_reached()
-                && self.last.own_carried
-                && class.may_have_carried_out(self.last.status, true)
-            {
+            if self.last.key_may_be_carried(class) {
                 self.key_carried = true;
             }
         }
