@@ -807,6 +807,54 @@ async fn a_keyed_put_carried_out_is_the_calls_own() {
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
 
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    idempotency_key = auto,
+    breaker = { name = "em_refused_then_tracked", failure_rate = 0.5, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn pay_then_track_behind_a_breaker(
+    c: &reqwest::Client,
+    pay: &str,
+    track: &str,
+) -> Result<u16, Error> {
+    let status = c.post(pay).body("amount=1").send().await?.status();
+    c.get(track).send().await?.error_for_status()?;
+    Ok(status.as_u16())
+}
+
+/// The same when the GET's 503 opened the breaker and the breaker refused the retry: the
+/// error made then, from the attempt before it, says nothing was carried out either (it once
+/// did, the refusal reading only that attempt's class).
+#[tokio::test(start_paused = true)]
+async fn a_breakers_refusal_after_a_refused_keyed_post_says_nothing_was_carried_out() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/charges" {
+            Action::status(422)
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let e = pay_then_track_behind_a_breaker(
+        &reqwest::Client::new(),
+        &server.url("/charges"),
+        &server.url("/track"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts(), e.http_status()),
+        (ErrorKind::CircuitOpen, 1, Some(503)),
+        "{e}"
+    );
+    assert!(e.idempotency_key().is_some(), "{e}");
+    assert!(!e.to_string().contains("may have been carried out"), "{e}");
+}
+
 /// The control of the hedged round above: the first request refused with a 422 (answered,
 /// not carried out) and its attempt then timing out on something else, the hedge answered 429:
 /// nothing under the key was carried out, and the error does not say it may have been.

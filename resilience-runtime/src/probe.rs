@@ -128,7 +128,9 @@ impl<'a, E> Probe<'a, E> {
             } else {
                 // The error's key is this call's: a failure after its keyed requests were
                 // refused (a 422, then a GET's 503) carried nothing out under it.
-                if own_key && self.2.is_some() {
+                // Of an attempt that ran: a refusal before the next began (the breaker, the
+                // deadline) was written from the one before it (`Session::name_key`).
+                if own_key && self.2.is_some() && s.last.began {
                     own.set_settled(s.last_settled());
                 }
                 if own_key && s.last.keyed_request_reached() {

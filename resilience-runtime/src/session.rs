@@ -640,8 +640,9 @@ pub struct Session {
     ended: bool,
     /// The class and status of the last attempt that ran and failed, for an error that ends
     /// the call before the next one runs (a breaker that opened between them), and whether
-    /// its request that needs the call's key reached a server (see [`Session::name_key`]).
-    ran_last: Option<(Class, Option<u16>, bool)>,
+    /// its request that needs the call's key reached a server (see [`Session::name_key`]),
+    /// and whether nothing of it under the key was carried out (see `Session::last_settled`).
+    ran_last: Option<(Class, Option<u16>, bool, bool)>,
     /// An attempt that failed may have carried out a request that needs a key (its own, a
     /// nested call's or a helper's unseen: see `AttemptCtx::unsafe_carried`): no fallback
     /// answers in the call's place (see [`Session::fallback_allowed`]).
@@ -1167,7 +1168,14 @@ impl Session {
         if self.attempts > 0 && self.key_carried {
             err.set_carried();
         }
-        if self.last.began && self.last_settled() {
+        // The attempt that just ran, or, for a retry refused before it began (the breaker,
+        // the deadline), the one before it.
+        let settled = if self.last.began {
+            self.last_settled()
+        } else {
+            self.attempts > 0 && self.ran_last.is_some_and(|r| r.3)
+        };
+        if settled {
             err.set_settled(true);
         }
     }
@@ -1340,7 +1348,7 @@ impl Session {
     #[inline(never)]
     fn out_of_time(&mut self) -> Error {
         let mut e = self.runtime_error(ErrorKind::DeadlineExceeded, Class::Timeout);
-        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, ..)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
         }
@@ -1361,7 +1369,7 @@ impl Session {
             )
         });
         let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
-        if let Some((class, status, _)) = self.ran_last.filter(|_| self.attempts > 0) {
+        if let Some((class, status, ..)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
             e.set_answered(status);
         }
@@ -1713,7 +1721,12 @@ impl Session {
         // it proves only that the dependency did not answer in the time it was given, and a
         // caller's header must not open a healthy dependency's breaker or lower its limit.
         if self.last.began {
-            self.ran_last = Some((class, self.last.status, self.last.keyed_request_reached()));
+            self.ran_last = Some((
+                class,
+                self.last.status,
+                self.last.keyed_request_reached(),
+                self.last_settled(),
+            ));
             // A request of its own that needs a key may have been carried out, or a nested
             // call's (told when it ended), or a helper's sent unseen.
             if self.last.unsafe_carried || self.last.unseen_helper {
@@ -1765,7 +1778,7 @@ impl Session {
         // or, for a retry refused before it began (its breaker opened, no time left), the one
         // before it.
         let ran = match self.ran_last {
-            Some((class, status, _)) if !self.last.began && self.attempts > 0 => (class, status),
+            Some((class, status, ..)) if !self.last.began && self.attempts > 0 => (class, status),
             _ => (class, self.last.status),
         };
         // The deadline itself ran out: nothing more can be tried.
