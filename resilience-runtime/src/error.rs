@@ -438,7 +438,7 @@ impl fmt::Display for Error {
                 .detail
                 .as_ref()
                 .and_then(|d| d.around.as_deref())
-                .is_some_and(|a| a.reached() || a.carried())
+                .is_some_and(|a| a.carried_last() || a.carried())
         {
             write!(
                 f,
@@ -482,7 +482,7 @@ impl Error {
         if let Some(a) = around
             && a.key.get().is_some()
         {
-            return a.reached();
+            return a.carried_last();
         }
         match self.class {
             Some(class) => class.may_have_carried_out(
@@ -620,7 +620,10 @@ pub(crate) mod enclosing {
         /// The key of the innermost call around the error that was keyed: the one the
         /// flags below speak of.
         pub(crate) key: OnceLock<String>,
-        reached: AtomicBool,
+        /// That call's own request under the key, in the attempt the error came back into,
+        /// may have been carried out.
+        carried_last: AtomicBool,
+        /// One of that call's earlier attempts may have been carried out under the key.
         carried: AtomicBool,
     }
 
@@ -631,8 +634,8 @@ pub(crate) mod enclosing {
         pub(crate) fn attempts(&self) -> u32 {
             self.attempts.load(Ordering::Relaxed)
         }
-        pub(crate) fn reached(&self) -> bool {
-            self.reached.load(Ordering::Relaxed)
+        pub(crate) fn carried_last(&self) -> bool {
+            self.carried_last.load(Ordering::Relaxed)
         }
         pub(crate) fn carried(&self) -> bool {
             self.carried.load(Ordering::Relaxed)
@@ -678,7 +681,7 @@ pub(crate) mod enclosing {
             id,
             attempts: AtomicU32::new(0),
             key: OnceLock::new(),
-            reached: AtomicBool::new(false),
+            carried_last: AtomicBool::new(false),
             carried: AtomicBool::new(false),
         });
         shard(id).insert(id, Arc::downgrade(&a));
@@ -688,28 +691,27 @@ pub(crate) mod enclosing {
 
     /// What the call around the error knows: its attempts (the larger count kept), its key
     /// (the first written kept: the innermost keyed call's), and, for that key, whether its
-    /// last attempt's keyed request reached a server and whether an earlier one may have been
-    /// carried out. False when the error is gone.
+    /// own request in this attempt (`carried_last`) or an earlier attempt (`carried`) may have
+    /// been carried out. False when the error is gone.
     pub(crate) fn write(
         id: u32,
         attempts: u32,
         key: Option<&crate::context::Key>,
-        reached: bool,
+        carried_last: bool,
         carried: bool,
     ) -> bool {
         let Some(a) = shard(id).get(&id).and_then(Weak::upgrade) else {
             return false;
         };
         a.attempts.fetch_max(attempts, Ordering::Relaxed);
-        if let Some(key) = key {
-            let key = key.to_string();
-            if a.key.get_or_init(|| key.clone()) == &key {
-                if reached {
-                    a.reached.store(true, Ordering::Relaxed);
-                }
-                if carried {
-                    a.carried.store(true, Ordering::Relaxed);
-                }
+        if let Some(key) = key
+            && key.is_text(a.key.get_or_init(|| key.to_string()).as_bytes())
+        {
+            if carried_last {
+                a.carried_last.store(true, Ordering::Relaxed);
+            }
+            if carried {
+                a.carried.store(true, Ordering::Relaxed);
             }
         }
         true

@@ -118,13 +118,7 @@ impl<'a, E> Probe<'a, E> {
         }
         if let Some(s) = self.4 {
             if let Some(id) = record {
-                crate::error::enclosing::write(
-                    id,
-                    self.1,
-                    self.2,
-                    s.last.own_carried(),
-                    s.any_carried_out(),
-                );
+                write_record(s, id, self.1, self.2);
             } else {
                 // The error's key is this call's: a failure after its keyed requests were
                 // refused (a 422, then a GET's 503) carried nothing out under it.
@@ -180,15 +174,17 @@ impl<'a, E> Probe<'a, E> {
 #[cold]
 #[inline(never)]
 fn note_returned_errors(s: &Session, attempts: u32, key: Option<&Key>) {
-    let (reached, carried) = (s.last.own_carried(), s.any_carried_out());
     for id in s.last.returned {
-        if id != 0
-            && crate::error::enclosing::write(id, attempts, key, reached, carried)
-            && s.nested
-        {
+        if id != 0 && write_record(s, id, attempts, key) && s.nested {
             let _ = crate::context::with_attempt(|outer| outer.note_returned(id));
         }
     }
+}
+
+/// What the call of session `s` knows, written into the record `id` of an error that left a
+/// call nested in it ([`crate::error::enclosing::write`]); false when that error is gone.
+fn write_record(s: &Session, id: u32, attempts: u32, key: Option<&Key>) -> bool {
+    crate::error::enclosing::write(id, attempts, key, s.last.own_carried(), s.any_carried_out())
 }
 
 /// The session's token, drawn the first time its error path needs one. Never 0. Sixteen bits

@@ -118,14 +118,14 @@ impl std::error::Error for InvalidKey {}
 /// outer body again starts the nested call afresh, with a new automatic key: to the server that
 /// is a different request, so a method that needs a key counts as unkeyed there.
 ///
-/// `key` is the nested call's: one the enclosing call's own key is given to (`place(order_id)`
-/// keyed by `order_id` calling `charge` keyed by it too) sends under that key, so what it
-/// carries out is the enclosing call's own.
-fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool, key: &Option<Key>) {
+/// `same_key`: the nested call was given the enclosing call's own key (`place(order_id)` keyed
+/// by `order_id` calling `charge` keyed by it too, [`under_the_same_key`]): what it carries
+/// out is the enclosing call's own.
+fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool, same_key: bool) {
     outer.note_method(method);
     // Whether the nested call's request gets through is not known here: as if it did, and
     // as if it was carried out (no fallback of the enclosing call answers after it).
-    if under_the_same_key(outer, key) {
+    if same_key {
         outer.note_own_carried(method);
     } else {
         outer.note_carried(method);
@@ -140,7 +140,9 @@ fn note_sent(outer: &AttemptCtx, method: Method, fresh_key: bool, key: &Option<K
 #[inline(never)]
 fn tell_admitted(policy: &Policy, key: &Option<Key>) {
     let fresh_key = !matches!(key, Some(Key::Given(_)));
-    let _ = with_attempt(|o| note_sent(o, policy.method, fresh_key, key));
+    let _ = with_attempt(|o| {
+        note_sent(o, policy.method, fresh_key, under_the_same_key(o, key));
+    });
 }
 
 /// Whether a nested call's `key` is the enclosing attempt's own (a key given to it, the same
@@ -567,7 +569,9 @@ fn unseen_beside(
 /// call under `policy` may have sent ([`reportable`]).
 pub(crate) fn tell_enclosing(policy: &Policy, ctx: &AttemptCtx, settled: bool) {
     if let Some((m, unkeyed)) = reportable(policy, &ctx.key, ctx, settled) {
-        let _ = with_attempt(|outer| note_sent(outer, m, unkeyed, &ctx.key));
+        let _ = with_attempt(|outer| {
+            note_sent(outer, m, unkeyed, under_the_same_key(outer, &ctx.key));
+        });
     }
 }
 
@@ -1554,13 +1558,14 @@ impl Session {
     fn tell_outer(&self, failed: bool, gave_up_retryable: bool) {
         let (sent, unkeyed) = (self.sent, self.sent_unkeyed);
         let _ = with_attempt(|outer| {
+            let same_key = under_the_same_key(outer, &self.ctx.key);
             if let Some(m) = sent {
-                note_sent(outer, m, unkeyed, &self.ctx.key);
+                note_sent(outer, m, unkeyed, same_key);
             }
             // A request of its own that needs a key was carried out, or may have been (under
             // the enclosing call's own key, when it was given that key).
             if self.carried_out {
-                let own = if under_the_same_key(outer, &self.ctx.key) {
+                let own = if same_key {
                     crate::context::CARRIED_OWN
                 } else {
                     0
