@@ -8,7 +8,9 @@ use resilience_spec::is_transient_status;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Class {
-    /// Never sent: connection refused, connect timeout, DNS, TLS handshake. Always safe to resend.
+    /// Never sent: connection refused, connect timeout, a DNS lookup that failed for now, TLS
+    /// handshake. Always safe to resend. (A name the resolver says does not exist is
+    /// [`Permanent`](Class::Permanent): nothing was sent, and the next lookup answers the same.)
     Connect,
     /// Sent, then the connection was lost (reset, closed before the answer). Ambiguous.
     Reset,

@@ -39,7 +39,7 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             }
         } else if let Some(r) = e.downcast_ref::<reqwest::Error>() {
             if r.is_connect() {
-                return Some(Class::Connect);
+                return Some(connect_class(r));
             }
             if let Some(s) = r.status() {
                 return Some(Class::Status(s.as_u16()));
@@ -62,7 +62,7 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             // What reqwest wraps; met first when the error above skips the reqwest error
             // (`#[error(transparent)]` forwards `source()` to that error's own cause).
             if l.is_connect() {
-                return Some(Class::Connect);
+                return Some(connect_class(l));
             }
         } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
@@ -106,6 +106,51 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
         cur = e.source();
     }
     sent_unknown.then_some(Class::Reset)
+}
+
+/// The class of a connect failure: nothing was sent, so `Connect` (retried whatever the
+/// method), unless what it wraps says the next try meets the same answer: the system's
+/// resolver found no such name (`EAI_NONAME`: a misspelt or removed host; `EAI_NODATA`: the
+/// name has no address), which is `Permanent`. A lookup that failed for now (`EAI_AGAIN`: no
+/// answer from the DNS server), or a resolver's error this does not know, stays `Connect`.
+fn connect_class(err: &(dyn StdError + 'static)) -> Class {
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && name_not_found(io)
+        {
+            return Class::Permanent;
+        }
+        cur = e.source();
+    }
+    Class::Connect
+}
+
+/// Whether a lookup's error says the name does not exist or has no address, as the standard
+/// library reports the system resolver's answer: `gai_strerror`'s text after its own prefix
+/// (the C locale's, which a Rust program keeps unless it sets another; glibc, musl, the BSDs
+/// and macOS word it differently), or the Windows socket error.
+fn name_not_found(io: &io::Error) -> bool {
+    #[cfg(windows)]
+    if matches!(io.raw_os_error(), Some(11001 | 11004)) {
+        // WSAHOST_NOT_FOUND, WSANO_DATA
+        return true;
+    }
+    if io.raw_os_error().is_some() {
+        return false;
+    }
+    let text = io.to_string();
+    let Some(detail) = text.strip_prefix("failed to lookup address information: ") else {
+        return false;
+    };
+    matches!(
+        detail,
+        "Name or service not known"
+            | "No address associated with hostname"
+            | "Name does not resolve"
+            | "nodename nor servname provided, or not known"
+            | "hostname nor servname provided, or not known"
+    )
 }
 
 /// The kind of the first runtime [`Error`] in an error's `source()` chain (looking inside
@@ -190,5 +235,29 @@ mod tests {
         assert_eq!(class(101), Some(Class::Reset), "ENETUNREACH");
         assert_eq!(class(107), Some(Class::Reset), "ENOTCONN");
         assert_eq!(class(104), Some(Class::Reset), "ECONNRESET");
+    }
+
+    /// The resolver's answers as the standard library words them: a name that does not exist
+    /// (glibc, musl, macOS, FreeBSD) or has no address, against one that failed for now, a
+    /// failure of the resolver itself, or an operating system's error.
+    #[test]
+    fn a_lookup_is_permanent_only_when_the_name_does_not_exist() {
+        let lookup = |detail: &str| {
+            name_not_found(&io::Error::other(format!(
+                "failed to lookup address information: {detail}"
+            )))
+        };
+        assert!(lookup("Name or service not known"));
+        assert!(lookup("No address associated with hostname"));
+        assert!(lookup("Name does not resolve"));
+        assert!(lookup("nodename nor servname provided, or not known"));
+        assert!(lookup("hostname nor servname provided, or not known"));
+        assert!(!lookup("Temporary failure in name resolution"));
+        assert!(!lookup("Try again"));
+        assert!(!lookup("Non-recoverable failure in name resolution"));
+        assert!(!name_not_found(&io::Error::other(
+            "Name or service not known"
+        )));
+        assert!(!name_not_found(&io::Error::from_raw_os_error(111)));
     }
 }
