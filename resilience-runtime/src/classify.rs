@@ -109,21 +109,72 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
 }
 
 /// The class of a connect failure: nothing was sent, so `Connect` (retried whatever the
-/// method), unless what it wraps says the next try meets the same answer: the system's
-/// resolver found no such name (`EAI_NONAME`: a misspelt or removed host; `EAI_NODATA`: the
-/// name has no address), which is `Permanent`. A lookup that failed for now (`EAI_AGAIN`: no
-/// answer from the DNS server), or a resolver's error this does not know, stays `Connect`.
+/// method), unless what it wraps says the next try meets the same answer, which is
+/// `Permanent`: the system's resolver found no such name (`EAI_NONAME`: a misspelt or removed
+/// host; `EAI_NODATA`: the name has no address), or the TLS handshake failed on what the two
+/// ends are ([`handshake_refused`]). A lookup that failed for now (`EAI_AGAIN`: no answer from
+/// the DNS server), a resolver's error this does not know, a handshake the connection's loss
+/// or a timeout cut short, stays `Connect`.
 fn connect_class(err: &(dyn StdError + 'static)) -> Class {
     let mut cur = err.source();
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && name_not_found(io)
-        {
-            return Class::Permanent;
+        // An `io::Error` around another (reqwest's connector wraps the TLS stack's in one of
+        // kind `Other`): each is looked at, since `io::Error::source` skips the one it wraps.
+        let mut io = e.downcast_ref::<io::Error>();
+        while let Some(i) = io {
+            if name_not_found(i) || handshake_refused(i) {
+                return Class::Permanent;
+            }
+            io = i
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<io::Error>());
         }
         cur = e.source();
     }
     Class::Connect
+}
+
+/// Whether a TLS handshake's error (rustls's, as reqwest's rustls connector hands it on: an
+/// `io::Error` of kind `InvalidData` around it) says it fails the same way every time: the
+/// server's certificate is not trusted or not valid for the name (expired, another host's, an
+/// unknown issuer), the port does not speak TLS (its answer is no TLS record), or the server
+/// refused the client's hello for what the client is (no protocol version or cipher in
+/// common, no certificate of the client's, a name it does not serve). An alert that says
+/// nothing of the configuration (`internal_error`), or an error of another TLS stack, is not
+/// recognized: retried as a connect failure.
+fn handshake_refused(io: &io::Error) -> bool {
+    if io.kind() != io::ErrorKind::InvalidData || io.raw_os_error().is_some() {
+        return false;
+    }
+    let Some(inner) = io.get_ref() else {
+        return false;
+    };
+    let text = inner.to_string();
+    if text.starts_with("invalid peer certificate")
+        || text.starts_with("received corrupt message")
+        || text.starts_with("peer is incompatible")
+    {
+        return true;
+    }
+    text.strip_prefix("received fatal alert: ")
+        .is_some_and(|alert| {
+            matches!(
+                alert,
+                "ProtocolVersion"
+                    | "HandshakeFailure"
+                    | "InsufficientSecurity"
+                    | "BadCertificate"
+                    | "UnsupportedCertificate"
+                    | "CertificateRevoked"
+                    | "CertificateExpired"
+                    | "CertificateUnknown"
+                    | "CertificateRequired"
+                    | "UnknownCA"
+                    | "AccessDenied"
+                    | "UnrecognisedName"
+                    | "NoApplicationProtocol"
+            )
+        })
 }
 
 /// Whether a lookup's error says the name does not exist or has no address, as the standard
