@@ -1936,3 +1936,91 @@ async fn a_handler_whose_call_the_layers_limit_cut_is_not_run_again() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(gateway.count(), 1, "charged once");
 }
+
+/// A shop's handler as often written: the charge's failure is a bug to it.
+async fn shop_charges_or_panics(
+    State((c, url, _)): State<(reqwest::Client, String, Calls)>,
+) -> StatusCode {
+    charge_the_gateway(&c, &url)
+        .await
+        .expect("the gateway charges");
+    StatusCode::CREATED
+}
+
+/// The same cut, the handler panicking on it (`.expect(..)` on the charge): the panic comes a
+/// moment before the layer's limit, and the layer's 500 is kept as the handler's 502 is (a
+/// panic in a handler is otherwise given back, and the retry ran the charge again).
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_panics_on_a_call_the_layers_limit_cut_is_not_run_again() {
+    let gateway = FaultServer::start(Script::always(Action::stall())).await;
+    let app = Router::new()
+        .route("/orders", axum::routing::post(shop_charges_or_panics))
+        .with_state((
+            reqwest::Client::new(),
+            gateway.url("/charges"),
+            Calls::default(),
+        ))
+        .layer(IdempotencyLayer::new(MemoryStore::default()).handler_limit(Duration::from_secs(2)));
+    let addr = serve(app).await;
+    let order = || {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/orders"))
+            .header("idempotency-key", "order-10")
+            .send()
+    };
+    let first = order().await.unwrap();
+    assert_eq!(first.status(), 500);
+    let again = order().await.unwrap();
+    assert_eq!(again.status(), 500);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(gateway.count(), 1, "charged once");
+}
+
+/// The same cut in a tower service of its own (not an axum router) that returns the charge's
+/// failure as its error: the first caller's connection ends with it, and the key is kept, the
+/// retry answered 500 from the store without the charge.
+#[tokio::test(start_paused = true)]
+async fn a_service_that_fails_on_a_call_the_layers_limit_cut_is_not_run_again() {
+    use tower::{Layer, ServiceExt};
+    let gateway = FaultServer::start(Script::always(Action::stall())).await;
+    let (c, url) = (reqwest::Client::new(), gateway.url("/charges"));
+    let svc = tower::service_fn(move |_req: axum::http::Request<axum::body::Body>| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            charge_the_gateway(&c, &url).await?;
+            Ok::<_, Error>(axum::http::Response::new(axum::body::Body::from("charged")))
+        }
+    });
+    let svc = IdempotencyLayer::new(MemoryStore::default())
+        .handler_limit(Duration::from_secs(2))
+        .layer(svc);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let svc = svc
+                .clone()
+                .map_request(|r: axum::http::Request<hyper::body::Incoming>| {
+                    r.map(axum::body::Body::new)
+                });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(svc),
+            ));
+        }
+    });
+    let order = || {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/orders"))
+            .header("idempotency-key", "order-11")
+            .send()
+    };
+    assert!(
+        order().await.is_err(),
+        "the service's error ends the connection"
+    );
+    let again = order().await.unwrap();
+    assert_eq!(again.status(), 500);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(gateway.count(), 1, "charged once");
+}

@@ -957,6 +957,18 @@ fn carry_context<F: Future + Send>(
     crate::context::INBOUND.scope(inbound, job)
 }
 
+/// Whether the time the handler's calls were given (the layer's limit, which they plan
+/// within: see `run`) has run out: a call of it may have been cut mid-effect by that deadline,
+/// and whatever the handler makes of that failure (an answer, a panic, an error) must not run
+/// it again for the key. False outside a claimed handler's task.
+fn cut_at_limit() -> bool {
+    crate::context::INBOUND
+        .try_with(|i| i.deadline)
+        .ok()
+        .flatten()
+        .is_some_and(|d| Instant::now() >= d)
+}
+
 /// Runs the claimed request's handler to its end (or to the hard limit), then stores or
 /// releases. Runs in a task of its own, so no connection can cancel it.
 async fn handle<S, ReqBody, ResBody>(
@@ -987,19 +999,41 @@ where
     let res = match answered {
         Ok(Ok(Ok(res))) => res,
         Ok(Ok(Err(e))) => {
+            // Failed once the time its calls were given had run out: kept as a handler's
+            // answer then is (below); the first caller gets the service's error.
+            if cut_at_limit() {
+                tracing::error!(key = %guard.key, "idempotent handler failed after the layer's limit cut its calls");
+                let res = Stored::problem(
+                    &config,
+                    claim,
+                    HANDLER_FAILED,
+                    "The handler failed after the server's limit cut what it was doing; what it had done by then is unknown. Do not resend it: look the result up instead.",
+                );
+                let _ = guard
+                    .finish_with::<ResBody>(&config, res, &tally, Served::HandlerFailed, true)
+                    .await;
+                return Err(e);
+            }
             tally.count(Served::Released);
             guard.release().await;
             return Err(e);
         }
         Ok(Err(panic)) => {
             tracing::error!(key = %guard.key, panic = panic_message(&*panic), "idempotent handler panicked");
+            let cut = cut_at_limit();
             let res = Stored::problem(
                 &config,
                 claim,
                 HANDLER_FAILED,
-                "The handler failed while processing this request.",
+                if cut {
+                    "The handler failed after the server's limit cut what it was doing; what it had done by then is unknown. Do not resend it: look the result up instead."
+                } else {
+                    "The handler failed while processing this request."
+                },
             );
-            let keep = (config.replayable)(res.status);
+            // A panic on a call the limit cut (`charge(..).await.expect(..)`): as the
+            // handler's answer to that failure is, kept whatever the layer keeps.
+            let keep = cut || (config.replayable)(res.status);
             return Ok(guard
                 .finish_with(&config, res, &tally, Served::HandlerFailed, keep)
                 .await);
@@ -1031,12 +1065,7 @@ where
     // gateway slow to answer a charge it made), and the handler's answer to that failure (a
     // 502, a 504) comes just before the limit would cut it. Kept as the limit's own cut is,
     // whatever the layer keeps: a repeat must not run the handler again.
-    let cut_at_limit = crate::context::INBOUND
-        .try_with(|i| i.deadline)
-        .ok()
-        .flatten()
-        .is_some_and(|d| Instant::now() >= d);
-    if (!keep(res.status()) && !cut_at_limit) || try_later {
+    if (!keep(res.status()) && !cut_at_limit()) || try_later {
         tally.count(Served::Released);
         guard.release().await;
         return Ok(res.map(ResponseBody::inner));
