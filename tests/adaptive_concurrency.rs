@@ -495,3 +495,41 @@ async fn a_cut_timeout_short_of_the_latency_threshold_leaves_the_limit() {
     let own = metrics::concurrency_limit("own_short_timeouts").unwrap();
     assert_eq!(own.decreases, 1, "a nested call's own 200 ms: {own:?}");
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "unreached", initial = 2, min = 1, max = 64, latency = "200ms")
+)]
+async fn unreached(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A host the system's resolver says does not exist (a label longer than DNS allows, refused
+/// without a query): every call fails at once, permanent, and reaches nothing, so the limit
+/// does not grow on it as on fast answers (it rose towards its `max` while the dependency was
+/// gone, for all of them to arrive at once when it came back). A fast 404, answered, does.
+#[tokio::test(start_paused = true)]
+async fn failures_that_reach_nothing_do_not_raise_the_limit() {
+    let limit = || metrics::concurrency_limit("unreached").map_or(2.0, |l| l.limit);
+    let c = reqwest::Client::new();
+    let gone = format!("http://{}.example/items/9", "x".repeat(64));
+    for _ in 0..8 {
+        let e = unreached(&c, &gone).await.unwrap_err();
+        assert_eq!(e.attempts(), 1, "{e}");
+    }
+    assert_eq!(limit(), 2.0);
+    let server =
+        FaultServer::start(resilience_fault_server::Script::always(Action::status(404))).await;
+    for _ in 0..4 {
+        unreached(&c, &server.url("/items/9")).await.unwrap_err();
+    }
+    assert!(limit() > 2.0, "{}", limit());
+}

@@ -511,8 +511,9 @@ impl ConcurrencyPermit {
     }
 
     /// The attempt in progress failed with `class`; `cut`: its time was cut short by the
-    /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout.
-    pub(crate) fn on_failure(&mut self, class: Class, cut: bool) {
+    /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout;
+    /// `answered`: its last request got a response.
+    pub(crate) fn on_failure(&mut self, class: Class, cut: bool, answered: bool) {
         self.running = false;
         let sample = if class == Class::Timeout && cut {
             // Cut shorter than the latency threshold (a caller's short deadline): it says
@@ -524,9 +525,11 @@ impl ConcurrencyPermit {
             }
         } else if class.is_transient() {
             Sample::Overload
-        } else if matches!(class, Class::Permanent | Class::Status(_)) {
+        } else if matches!(class, Class::Status(_)) || (class == Class::Permanent && answered) {
             // The dependency answered (a 404, a body the function refused): its latency
-            // still says how loaded it is.
+            // still says how loaded it is. A permanent failure with no answer (a name that
+            // does not exist, a certificate refused, the body's own error before any request)
+            // says nothing of it: the dependency was not reached.
             if self.slow() {
                 Sample::Overload
             } else {
@@ -656,19 +659,19 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(10);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, true);
+        p.on_failure(Class::Timeout, true, false);
         assert_eq!((c.limit(), c.snapshot().decreases), (8.0, 0));
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, true);
+        p.on_failure(Class::Timeout, true, false);
         assert_eq!((c.limit(), c.snapshot().decreases), (4.0, 1));
         // A timeout of the body's own, or of a nested call's, however short, is the
         // dependency's: an overload.
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, false);
+        p.on_failure(Class::Timeout, false, false);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 2));
     }
 
@@ -680,7 +683,7 @@ mod tests {
             .acquire_by(Instant::now() + Duration::from_secs(10))
             .await
             .unwrap();
-        p.on_failure(Class::Reset, false);
+        p.on_failure(Class::Reset, false, false);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 0));
     }
 
@@ -703,16 +706,19 @@ mod tests {
         // An attempt started after that decrease lowers it again.
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, false);
+        p.on_failure(Class::Timeout, false, false);
         assert_eq!(c.limit(), 2.0);
-        // A permanent failure answered fast counts as fast; a refusal says nothing.
+        // A permanent failure answered fast counts as fast; a refusal says nothing, nor does
+        // a permanent failure without an answer (nothing reached the dependency).
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         let _q = c.acquire_by(far).await.unwrap();
         p.attempt_started(Instant::now());
-        p.on_failure(Class::Rejected, false);
+        p.on_failure(Class::Rejected, false, false);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent, false);
+        p.on_failure(Class::Permanent, false, false);
+        assert_eq!(c.limit(), 2.0);
+        p.on_failure(Class::Permanent, false, true);
         assert_eq!(c.limit(), 2.5);
     }
 
@@ -730,7 +736,7 @@ mod tests {
                 held.push(c.acquire_by(far).await.unwrap());
             }
             assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-            held[0].on_failure(Class::Reset, false);
+            held[0].on_failure(Class::Reset, false, false);
             assert_eq!(c.limit(), 2.0);
             if sem.is_some() {
                 assert_eq!(c.debt.load(Ordering::Relaxed), 2);

@@ -1760,6 +1760,7 @@ impl Session {
                 c.on_failure(
                     class,
                     self.last.runtime == Some(ErrorKind::DeadlineExceeded),
+                    self.last.status.is_some(),
                 );
             } else {
                 c.attempt_ended();
