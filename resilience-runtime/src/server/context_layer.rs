@@ -154,6 +154,9 @@ pub(crate) struct Claimed {
     /// The request's key, which the handler's `idempotency_key = auto` calls derive theirs
     /// from.
     pub(crate) parent: Option<std::sync::Arc<crate::context::ParentKey>>,
+    /// The caller the claiming layer's `scope` found (`None`: it has none, or it found none):
+    /// a layer stacked inside with a scope of its own checks it names the same caller.
+    pub(crate) scope: Option<std::sync::Arc<str>>,
 }
 
 /// The context a request's headers hand down, as of `now`.

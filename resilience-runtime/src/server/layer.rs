@@ -602,15 +602,40 @@ where
         let covered = config.methods.contains(req.method())
             || (matches!(*req.method(), Method::PUT | Method::DELETE)
                 && req.headers().contains_key(&config.header));
+        if !covered {
+            return passthrough(inner.call(req));
+        }
         // A layer outside this one claimed the request already (two layers stacked on one
         // route): it replays and stores; this one would find that claim and answer 409 forever.
-        if !covered
-            || req
-                .extensions()
-                .get::<super::context_layer::Claimed>()
-                .is_some()
-        {
-            return passthrough(inner.call(req));
+        // Its record is the one repeats are answered from, before they reach this layer: with
+        // a scope here that names another caller than the outer layer's (the outer one has
+        // none), one caller could be replayed another's answer. Refused, as a misconfiguration,
+        // not passed.
+        if let Some(outer) = req.extensions().get::<super::context_layer::Claimed>() {
+            let Some(scope_of) = config.scope.as_ref() else {
+                return passthrough(inner.call(req));
+            };
+            let outer = outer.scope.clone();
+            let (parts, body) = req.into_parts();
+            let here = scope_of(&parts);
+            if here.is_some() && here.as_deref() == outer.as_deref() {
+                return passthrough(inner.call(Request::from_parts(parts, body)));
+            }
+            let tally = Tally::of(&parts.extensions);
+            if here.is_none() {
+                tally.count(Served::ScopeMissing);
+                return answer(problem(&config, SCOPE_MISSING, SCOPE_MISSING_DETAIL));
+            }
+            tracing::error!(
+                path = full_path(&parts.uri, &parts.extensions),
+                "an IdempotencyLayer with a scope is inside one that claimed the request without that scope: repeats are answered from the outer layer's record, which does not tell these callers apart; give the outer layer the same scope"
+            );
+            tally.count(Served::ScopeConflict);
+            return answer(problem(
+                &config,
+                SCOPE_CONFLICT,
+                "This route's idempotency layer scopes keys by caller, and the layer around it, which stores and replays this request, does not scope them the same way: one caller could be answered another's response. It was not run.",
+            ));
         }
         let tally = Tally::of(req.extensions());
         let key = match key_of(req.headers(), &config.header) {
@@ -752,11 +777,7 @@ where
     let scope = config.scope.as_ref().and_then(|f| f(&parts));
     if config.scope.is_some() && scope.is_none() {
         tally.count(Served::ScopeMissing);
-        return Ok(problem(
-            &config,
-            SCOPE_MISSING,
-            "This service scopes idempotency keys by caller, and this request names none (is authentication applied before the idempotency layer?). It was not run.",
-        ));
+        return Ok(problem(&config, SCOPE_MISSING, SCOPE_MISSING_DETAIL));
     }
     let too_large = || {
         tally.count(Served::BodyTooLarge);
@@ -902,6 +923,7 @@ where
     parts.extensions.insert(super::context_layer::Claimed {
         until,
         parent: parent.clone(),
+        scope: scope.map(Into::into),
     });
     let req = Request::from_parts(parts, ReqBody::from(body));
     let job = handle(config.clone(), inner, req, store_key, claim, tally.clone());
@@ -1513,6 +1535,12 @@ const SCOPE_MISSING: Problem = Problem {
     status: StatusCode::BAD_REQUEST,
     slug: "scope-missing",
     title: "Idempotency-Key cannot be scoped to a caller",
+};
+const SCOPE_MISSING_DETAIL: &str = "This service scopes idempotency keys by caller, and this request names none (is authentication applied before the idempotency layer?). It was not run.";
+const SCOPE_CONFLICT: Problem = Problem {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "scope-conflict",
+    title: "Idempotency-Key scopes of stacked layers differ",
 };
 const BODY_TOO_LARGE: Problem = Problem {
     status: StatusCode::PAYLOAD_TOO_LARGE,

@@ -16,6 +16,8 @@ pub(crate) enum Served {
     KeyInvalid,
     /// 400: keys are scoped by caller, and the request named none.
     ScopeMissing,
+    /// 500: a layer with a scope inside one that claimed the request under another (or none).
+    ScopeConflict,
     /// 413: a body over the layer's limit.
     BodyTooLarge,
     /// 400: a body that could not be read to its end.
@@ -50,11 +52,12 @@ pub(crate) enum Served {
 impl Served {
     /// Every outcome, in the order of the enum.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Served; 17] = [
+    pub(crate) const ALL: [Served; 18] = [
         Served::Unprotected,
         Served::KeyMissing,
         Served::KeyInvalid,
         Served::ScopeMissing,
+        Served::ScopeConflict,
         Served::BodyTooLarge,
         Served::BodyUnreadable,
         Served::StoreUnavailable,
@@ -78,6 +81,7 @@ impl Served {
             Served::KeyMissing => "key_missing",
             Served::KeyInvalid => "key_invalid",
             Served::ScopeMissing => "scope_missing",
+            Served::ScopeConflict => "scope_conflict",
             Served::BodyTooLarge => "body_too_large",
             Served::BodyUnreadable => "body_unreadable",
             Served::StoreUnavailable => "store_unavailable",

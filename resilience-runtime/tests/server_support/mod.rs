@@ -37,6 +37,7 @@ macro_rules! every_rule {
             only_the_configured_methods_are_covered,
             a_keyed_put_or_delete_is_replayed_by_key,
             two_layers_stacked_on_a_route_run_the_handler_once,
+            a_scoped_layer_inside_an_unscoped_one_refuses_rather_than_mix_callers,
             a_nested_routers_requests_are_told_apart_by_their_full_path,
             a_body_failing_after_a_kept_status_is_never_rerun,
             a_body_panicking_or_stuck_after_a_kept_status_is_never_rerun,
@@ -325,6 +326,12 @@ pub async fn serve(store: &Store, layer: IdempotencyLayer) -> App {
             "/stacked",
             routing::post(orders)
                 .route_layer(IdempotencyLayer::new(store.clone()).require_key(true)),
+        )
+        // A layer with a scope of its own, stacked inside the router's on this route.
+        .route(
+            "/stacked_scoped",
+            routing::post(orders)
+                .route_layer(IdempotencyLayer::new(store.clone()).scope(tenant_of)),
         )
         .route("/other", routing::post(orders))
         .route("/slow", routing::post(slow))
@@ -1006,14 +1013,16 @@ pub async fn the_store_holds_the_response(store: Store) {
     assert!(stored.headers.get("content-length").is_none());
 }
 
+/// The caller a request names in `X-Tenant`, the tests' `scope`.
+fn tenant_of(p: &axum::http::request::Parts) -> Option<String> {
+    p.headers
+        .get("x-tenant")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 pub async fn scoped_keys_never_cross_scopes(store: Store) {
-    let tenant = |p: &axum::http::request::Parts| {
-        p.headers
-            .get("x-tenant")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let app = serve(&store, layer(&store).scope(tenant)).await;
+    let app = serve(&store, layer(&store).scope(tenant_of)).await;
     let key = fresh_key();
     let as_tenant = |t: &'static str| {
         client()
@@ -1116,6 +1125,64 @@ pub async fn a_keyed_put_or_delete_is_replayed_by_key(store: Store) {
         6,
         "an unkeyed PUT or DELETE runs every time"
     );
+}
+
+/// An unscoped layer around the router and one scoped by tenant on a route: repeats are
+/// answered from the outer layer's record, before the inner one sees them, so a second tenant
+/// sending the first one's key was replayed the first one's answer. The inner layer refuses
+/// (500, `scope-conflict`), running nothing; under an outer layer scoped the same way it
+/// passes, and the tenants are told apart.
+pub async fn a_scoped_layer_inside_an_unscoped_one_refuses_rather_than_mix_callers(store: Store) {
+    for outer_scoped in [false, true] {
+        let outer = if outer_scoped {
+            layer(&store).scope(tenant_of)
+        } else {
+            layer(&store)
+        };
+        let app = serve(&store, outer).await;
+        let key = fresh_key();
+        let as_tenant = |t: &'static str| {
+            client()
+                .post(app.url("/stacked_scoped"))
+                .header("idempotency-key", &key)
+                .header("x-tenant", t)
+                .body("x")
+        };
+        let a = send(as_tenant("a")).await;
+        let b = send(as_tenant("b")).await;
+        if outer_scoped {
+            assert_eq!((a.status, a.body.as_str()), (201, "order 1: x"));
+            assert_eq!(
+                (b.status, b.body.as_str(), b.replayed()),
+                (201, "order 2: x", false)
+            );
+            let again = send(as_tenant("a")).await;
+            assert_eq!(
+                (again.body.as_str(), again.replayed()),
+                ("order 1: x", true)
+            );
+            assert_eq!(count(&app.runs.orders), 2);
+        } else {
+            for r in [&a, &b] {
+                assert_eq!(r.status, 500, "{}", r.body);
+                assert!(
+                    r.body.contains("does not scope them the same way"),
+                    "{}",
+                    r.body
+                );
+            }
+            assert_eq!(count(&app.runs.orders), 0);
+        }
+        // A request naming no tenant: refused as the scoped layer alone refuses it.
+        let anonymous = send(
+            client()
+                .post(app.url("/stacked_scoped"))
+                .header("idempotency-key", fresh_key())
+                .body("x"),
+        )
+        .await;
+        assert_eq!(anonymous.status, 400, "{}", anonymous.body);
+    }
 }
 
 /// An optional layer around the router and one requiring a key on a route: the inner one
