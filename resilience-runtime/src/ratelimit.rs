@@ -245,7 +245,10 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a permit now, or refuses, never waiting.
+    /// Takes a permit now, or refuses, never waiting: from this instance's own limit alone,
+    /// never asking the store (a `store = "redis"` limit's share across instances is
+    /// [`acquire_by`](Self::acquire_by)'s, which the generated code uses: it waits for Redis's
+    /// answer).
     pub fn try_acquire(&self) -> Result<(), Refused> {
         self.reserve_local(Instant::now(), Duration::ZERO)
             .map(|_| ())
