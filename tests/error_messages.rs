@@ -138,6 +138,22 @@ async fn a_keyed_post_carried_out_before_the_last_failure_is_named() {
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
 
+/// The same, the GET's host one the resolver says does not exist (a label longer than DNS
+/// allows: refused without a query): a permanent failure, not retried, which sent nothing
+/// itself; the POST before it was carried out, and the error says so with its key.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_carried_out_before_a_host_that_does_not_exist_is_named() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let gone = format!("http://{}.example/track", "x".repeat(64));
+    let e = order_then_track(&reqwest::Client::new(), &orders.url("/orders"), &gone)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Permanent), "{e}");
+    assert_eq!((e.attempts(), orders.count()), (1, 1), "{e}");
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+}
+
 #[resilient(timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
 async fn inner_charge(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.post(url).body("amount=1").send().await?.status().as_u16())

@@ -25,21 +25,25 @@ pub enum Class {
 }
 
 impl Class {
-    /// A failure without the handler's answer: a timeout, a lost or refused connection, a
-    /// proxy's 502 or 504. Not the handler's own status, nor the body's own error on what it
-    /// read: after those, a keyed request is no longer "in progress", and another attempt of a
-    /// hedged round would send the handler what it already answered.
-    pub(crate) fn unanswered(self) -> bool {
-        matches!(
-            self,
-            Class::Timeout | Class::Reset | Class::Connect | Class::Status(502 | 504)
-        )
+    /// A failure without the handler's answer (`status`: the last answer the attempt got, if
+    /// any): a timeout, a lost or refused connection, a proxy's 502 or 504, a permanent failure
+    /// with no answer (a name that does not exist, a certificate refused). Not the handler's
+    /// own status, nor the body's own error on what it read: after those, a keyed request is
+    /// no longer "in progress", and another attempt of a hedged round would send the handler
+    /// what it already answered.
+    pub(crate) fn unanswered(self, status: Option<u16>) -> bool {
+        match self {
+            Class::Timeout | Class::Reset | Class::Connect | Class::Status(502 | 504) => true,
+            Class::Permanent => status.is_none(),
+            _ => false,
+        }
     }
 
     /// Whether an attempt that failed so (its last answer's `status`, if any) may have carried
     /// out a request under the call's key: it timed out or lost its connection, was answered
     /// 5xx or 409 (still in progress), or 2xx or 3xx (refused by the function). A failure that
-    /// sent nothing itself (a connect failure, a nested call refused) only where such a request
+    /// sent nothing itself (a connect failure, a nested call refused, a permanent failure with
+    /// no answer: a name that does not exist, a certificate refused) only where such a request
     /// of the attempt reached a server before it (`reached`). Not a 4xx, 408 or 429: the
     /// server refused the request before acting on it.
     pub(crate) fn may_have_carried_out(self, status: Option<u16>, reached: bool) -> bool {
@@ -47,7 +51,7 @@ impl Class {
             Class::Connect | Class::Rejected => reached,
             Class::Timeout | Class::Reset => true,
             Class::Status(s) => s == 409 || s >= 500,
-            Class::Permanent => status.is_some_and(|s| s < 400),
+            Class::Permanent => status.map_or(reached, |s| s < 400),
         }
     }
 
@@ -91,5 +95,25 @@ impl fmt::Display for Class {
             Class::Status(s) => write!(f, "status {s}"),
             c => f.write_str(c.as_str()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A permanent failure with no answer (a name that does not exist, a certificate refused)
+    /// sent nothing itself: unanswered, as a connect failure is, and carried out only where a
+    /// request of the attempt reached a server before it; with an answer, as before.
+    #[test]
+    fn a_permanent_failure_without_an_answer_is_read_as_a_connect_failure() {
+        assert!(Class::Permanent.unanswered(None));
+        assert!(!Class::Permanent.unanswered(Some(200)));
+        assert!(!Class::Status(503).unanswered(Some(503)));
+        assert!(Class::Connect.unanswered(None));
+        assert!(Class::Permanent.may_have_carried_out(None, true));
+        assert!(!Class::Permanent.may_have_carried_out(None, false));
+        assert!(Class::Permanent.may_have_carried_out(Some(200), false));
+        assert!(!Class::Permanent.may_have_carried_out(Some(404), true));
     }
 }

@@ -1798,7 +1798,7 @@ impl Session {
         // replay. Not after the handler's own answer (a 500, 503, 429, 408: it is no longer in
         // progress, and a server that keeps no failure would run it again), nor after an
         // answer the server replayed from its store: those are final.
-        let unanswered = class.unanswered();
+        let unanswered = class.unanswered(self.last.status);
         let class = match self.last.round_in_progress.take() {
             Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Some(409);

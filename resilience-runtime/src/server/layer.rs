@@ -621,11 +621,9 @@ where
             if here.is_some() && here.as_deref() == outer.as_deref() {
                 return passthrough(inner.call(Request::from_parts(parts, body)));
             }
+            // A request this layer finds no caller in is refused as a conflict too, not with
+            // its own 400: the outer layer would keep a 4xx for the key.
             let tally = Tally::of(&parts.extensions);
-            if here.is_none() {
-                tally.count(Served::ScopeMissing);
-                return answer(problem(&config, SCOPE_MISSING, SCOPE_MISSING_DETAIL));
-            }
             tracing::error!(
                 path = full_path(&parts.uri, &parts.extensions),
                 "an IdempotencyLayer with a scope is inside one that claimed the request without that scope: repeats are answered from the outer layer's record, which does not tell these callers apart; give the outer layer the same scope"
