@@ -1297,6 +1297,65 @@ async fn a_retry_its_breaker_refused_is_not_counted_as_made() {
 
 #[resilient(
     method = GET,
+    timeout = "2s",
+    max_attempts = 3,
+    backoff(kind = constant, initial = "100ms", max = "100ms", jitter = none),
+    breaker = { name = "m_retried_then_refused", failure_rate = 1.0, min_calls = 2, window = 2, open_for = "1h", half_open_calls = 1 },
+    budget = false,
+)]
+async fn retried_then_refused(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// A call that retried, then had its next retry refused by the breaker its failures opened:
+/// `rejected_breaker` in the metric (the README's rule), where the pull API counts it under
+/// both, failed with retry and refused by the breaker; one retry made.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_retried_then_was_refused_by_its_breaker_is_rejected_breaker() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = retried_then_refused(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen, "{e}");
+    assert_eq!((e.attempts(), down.count()), (2, 2), "{e}");
+    let f = function_of("retried_then_refused");
+    assert_eq!(
+        sample(
+            &handle,
+            "resilience_client_calls_total",
+            &[f, r#"outcome="rejected_breaker""#]
+        ),
+        Some(1.0)
+    );
+    for other in ["failed_with_retry", "failed_without_retry"] {
+        let label = format!(r#"outcome="{other}""#);
+        assert_eq!(
+            sample(&handle, "resilience_client_calls_total", &[f, &label]),
+            None,
+            "{other}"
+        );
+    }
+    assert_eq!(
+        sample(&handle, "resilience_client_retries_total", &[f]),
+        Some(1.0)
+    );
+    let m = resilience_runtime::metrics::policy("metrics::retried_then_refused").unwrap();
+    assert_eq!(m.retries, 1, "{m:?}");
+    assert_eq!(
+        (
+            m.failed_without_retry,
+            m.failed_with_retry,
+            m.rejected_breaker
+        ),
+        (0, 1, 1),
+        "{m:?}"
+    );
+}
+
+#[resilient(
+    method = GET,
     timeout = "1s",
     deadline = "5s",
     max_attempts = 1,

@@ -64,7 +64,9 @@
 //! - the idempotency layer's `outcome`: `handled` (the handler ran, its answer kept),
 //!   `replayed`, `released` (the handler ran, its status is not kept or the service failed:
 //!   the key was given back), `in_progress` (409), `key_reused` (422), `key_missing`,
-//!   `key_invalid` (400), `body_too_large` (413), `body_unreadable` (400),
+//!   `key_invalid` (400), `scope_missing` (400: keys are scoped by caller, and the request
+//!   named none), `scope_conflict` (500: a layer with a scope inside one that claimed the
+//!   request without it), `body_too_large` (413), `body_unreadable` (400),
 //!   `store_unavailable` (503), `handler_failed` (a panic), `handler_timed_out`,
 //!   `response_not_kept` (too large to keep), `response_failed` (its body failed after a kept
 //!   status), `claim_lost` (the handler answered after its claim ran out and another request
