@@ -650,6 +650,66 @@ async fn an_attempt_answered_4xx_is_an_error_span_even_when_the_body_succeeds() 
     );
 }
 
+#[resilient(
+    timeout = "2s",
+    max_attempts = 3,
+    backoff(initial = "100ms", max = "100ms", jitter = none),
+    breaker = { name = "otel_refused_retry", failure_rate = 1.0, min_calls = 2, window = 2, open_for = "1h" },
+    budget = false
+)]
+async fn guarded_fetch(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(&url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The call's own span says how the call ended (`resilience.outcome`, the metrics' outcome),
+/// and is an error span when the call failed: also when its last retry was refused by the
+/// breaker its failures opened, which ends no attempt span (the last one says `retry`).
+#[tokio::test]
+async fn the_call_span_says_how_the_call_ended() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let c = reqwest::Client::new();
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    guarded_fetch(&c, ok.url("/x")).await.unwrap();
+    let call = |spans: &[SpanData]| {
+        spans
+            .iter()
+            .find(|s| s.name == "resilient")
+            .cloned()
+            .expect("the call span")
+    };
+    let first = call(&finished(&exporter, 2).await);
+    assert_eq!(
+        attr(&first, "resilience.outcome"),
+        Some(&s("successful_without_retry"))
+    );
+    assert!(
+        !matches!(first.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        first.status
+    );
+    exporter.reset();
+
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = guarded_fetch(&c, down.url("/x")).await.unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::CircuitOpen, "{e}");
+    let spans = finished(&exporter, 3).await;
+    let failed = call(&spans);
+    assert_eq!(
+        attr(&failed, "resilience.outcome"),
+        Some(&s("rejected_breaker"))
+    );
+    assert!(
+        matches!(failed.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        failed.status
+    );
+    let mut attempts: Vec<_> = spans.iter().filter(|s| s.name == "GET").collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attr(attempts[1], "resilience.decision"), Some(&s("retry")));
+}
+
 /// A handler behind `IdempotencyLayer` runs in a task of its own (detached from the
 /// connection); its spans and its calls' spans stay in the request's trace, under the server
 /// span a middleware outside the layer opened (what `TraceLayer` does).

@@ -218,6 +218,8 @@ fn call_span(
             None => crate::context::RequestId::Drawn(crate::context::draw_id(request_id)),
         }),
         depth = depth,
+        resilience.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     #[cfg(feature = "opentelemetry")]
     if depth == 0 && !span.is_disabled() {
@@ -1617,6 +1619,7 @@ impl Session {
         crate::breaker::BreakerPermit::succeed_in(&mut self.breaker_permit);
         telemetry::call_succeeded(
             self.attempt_scope.take(),
+            &self.span,
             self.shared,
             self.retried > 0,
             self.last.status,
@@ -1974,6 +1977,7 @@ impl Session {
     fn give_up(&mut self, class: Class, why: GiveUp, ran: (Class, Option<u16>)) -> Next {
         telemetry::call_gave_up(
             self.attempt_scope.take(),
+            &self.span,
             self.shared,
             self.retried > 0,
             ran.0,
@@ -2067,6 +2071,7 @@ impl Session {
         });
         telemetry::call_panicked(
             self.attempt_scope.take(),
+            &self.span,
             self.shared,
             retried,
             self.ctx.status.get(),
@@ -2102,6 +2107,7 @@ impl Session {
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
         telemetry::call_cancelled(
             self.attempt_scope.take(),
+            &self.span,
             self.shared,
             self.ctx.status.get(),
             self.started,

@@ -12,6 +12,12 @@
 //!   the call's own trace id, as before. A request that already carries one keeps it.
 //! - `metrics`: counters, histograms and gauges through the `metrics` facade ([`METRICS`]).
 //!
+//! # The call span
+//!
+//! `resilient`: `function`, `policy`, `method`, `request_id`, `depth`; at the call's end
+//! `resilience.outcome` (the metrics' outcome, below) and `otel.status_code = "error"` when the
+//! call failed or was refused (not when its caller stopped waiting).
+//!
 //! # The attempt span
 //!
 //! | field | value |
@@ -319,7 +325,6 @@ impl Outcome {
         Outcome::Cancelled,
     ];
 
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Outcome::SuccessfulWithoutRetry => "successful_without_retry",
@@ -332,6 +337,14 @@ impl Outcome {
             Outcome::RejectedRateLimit => "rejected_rate_limit",
             Outcome::Cancelled => "cancelled",
         }
+    }
+
+    /// A call that failed or was refused (not one its caller stopped waiting for).
+    const fn failed(self) -> bool {
+        !matches!(
+            self,
+            Outcome::SuccessfulWithoutRetry | Outcome::SuccessfulWithRetry | Outcome::Cancelled
+        )
     }
 
     /// A call that succeeded; `retried`: after retrying a failure (not after a hedge or an ask
@@ -624,6 +637,7 @@ pub(crate) fn body_span(scope: Option<&AttemptScope>, call: &Span) -> Option<Spa
 #[inline]
 pub(crate) fn call_succeeded(
     scope: Option<AttemptScope>,
+    call: &Span,
     shared: &Resolved,
     retried: bool,
     status: Option<u16>,
@@ -639,7 +653,27 @@ pub(crate) fn call_succeeded(
     // One clock read for the attempt's end and the call's (none without `metrics`).
     let now = end_instant();
     on_attempt_end(scope, shared, end, now);
-    on_call_end(shared, Outcome::succeeded(retried), Some(started), now);
+    let outcome = Outcome::succeeded(retried);
+    call_span_ended(call, outcome);
+    on_call_end(shared, outcome, Some(started), now);
+}
+
+/// The call's span gets how the call ended: `resilience.outcome`, the metrics' outcome, and
+/// `otel.status_code = "error"` when it failed or was refused (a trace shows the call's own
+/// span as failed, and why: a retry refused by the breaker ends no attempt span).
+#[inline]
+fn call_span_ended(call: &Span, outcome: Outcome) {
+    if !call.is_disabled() {
+        record_call_end(call, outcome);
+    }
+}
+
+#[inline(never)]
+fn record_call_end(call: &Span, outcome: Outcome) {
+    call.record("resilience.outcome", outcome.as_str());
+    if outcome.failed() {
+        call.record("otel.status_code", "error");
+    }
 }
 
 /// The retry of a failure of `class` began (counted then, not when it was decided on: the
@@ -679,6 +713,7 @@ pub(crate) fn attempt_retried(
 #[inline]
 pub(crate) fn call_gave_up(
     scope: Option<AttemptScope>,
+    call: &Span,
     shared: &Resolved,
     retried: bool,
     class: Class,
@@ -696,12 +731,9 @@ pub(crate) fn call_gave_up(
     };
     let now = end_instant();
     on_attempt_end(scope, shared, end, now);
-    on_call_end(
-        shared,
-        Outcome::gave_up(retried, why, circuit_open),
-        Some(started),
-        now,
-    );
+    let outcome = Outcome::gave_up(retried, why, circuit_open);
+    call_span_ended(call, outcome);
+    on_call_end(shared, outcome, Some(started), now);
 }
 
 /// The call's caller stopped waiting for it (see `Session`'s `Drop`): the attempt in progress,
@@ -710,6 +742,7 @@ pub(crate) fn call_gave_up(
 /// overtaken by another.
 pub(crate) fn call_cancelled(
     scope: Option<AttemptScope>,
+    call: &Span,
     shared: &Resolved,
     status: Option<u16>,
     started: Instant,
@@ -721,6 +754,7 @@ pub(crate) fn call_cancelled(
         None,
         status,
     );
+    call_span_ended(call, Outcome::Cancelled);
     on_call_end(shared, Outcome::Cancelled, Some(started), None);
 }
 
@@ -728,6 +762,7 @@ pub(crate) fn call_cancelled(
 #[cold]
 pub(crate) fn call_panicked(
     scope: Option<AttemptScope>,
+    call: &Span,
     shared: &Resolved,
     retried: bool,
     status: Option<u16>,
@@ -748,6 +783,7 @@ pub(crate) fn call_panicked(
     } else {
         Outcome::FailedWithoutRetry
     };
+    call_span_ended(call, outcome);
     on_call_end(shared, outcome, Some(started), None);
 }
 
