@@ -299,3 +299,65 @@ async fn a_keyed_post_a_middleware_sent_again_may_have_been_carried_out() {
         .expect("the runtime's error");
     assert!(e.to_string().contains("may have been carried out"), "{e}");
 }
+
+/// A middleware of the service's own that reports each request it passed on to an audit
+/// service, after the answer, with its own plain client, and fails the request when the audit
+/// cannot be reached (`?` on reqwest's error: `reqwest_middleware::Error::Reqwest`).
+struct Audit(String);
+
+#[async_trait::async_trait]
+impl Middleware for Audit {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let res = next.run(req, extensions).await?;
+        reqwest::Client::new()
+            .post(&self.0)
+            .body("sent")
+            .send()
+            .await?;
+        Ok(res)
+    }
+}
+
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, retry_on = [connect])]
+async fn place_by_request(
+    c: &ClientWithMiddleware,
+    url: &str,
+) -> Result<u16, reqwest_middleware::Error> {
+    let req = c.post(url).body("order").build()?;
+    Ok(c.execute(req).await?.error_for_status()?.status().as_u16())
+}
+
+/// An unkeyed POST the server carried out, then the middleware's own audit call could not
+/// connect: the connect failure the send returns is the audit's, not the POST's. The POST is
+/// not sent again (it was, under `retry_on = [connect]`, read as never sent), over a client
+/// that reports its completions (`ClientSettings`) and over a plain one alike.
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_of_a_middlewares_own_call_is_not_taken_for_the_posts() {
+    let audit = format!("http://{}/audit", refused_addr());
+    let observed = ClientSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..ClientSettings::DEFAULT
+    }
+    .build()
+    .unwrap();
+    for inner in [observed, reqwest::Client::new()] {
+        let c = ClientBuilder::new(inner).with(Audit(audit.clone())).build();
+        let server = FaultServer::start(Script::always(Action::ok())).await;
+        let e = place(&c, &server.url("/orders")).await.unwrap_err();
+        assert!(
+            matches!(&e, reqwest_middleware::Error::Reqwest(r) if r.is_connect()),
+            "{e}"
+        );
+        assert_eq!(server.count(), 1, "the POST went out again");
+        // The same through `execute(request)`.
+        place_by_request(&c, &server.url("/orders"))
+            .await
+            .unwrap_err();
+        assert_eq!(server.count(), 2, "the POST went out again");
+    }
+}

@@ -141,7 +141,10 @@ fn completed(
         } else {
             crate::context::hash_of_uri(uri)
         };
-        ctx.completed(m, url, !connect_failure, sent_on);
+        // Refused before the server acted on it: a 4xx, but a 409 (still in progress).
+        let refused =
+            status.is_some_and(|s| s.is_client_error() && s != http::StatusCode::CONFLICT);
+        ctx.completed(m, url, !connect_failure, refused, sent_on);
     });
     false
 }

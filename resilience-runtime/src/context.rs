@@ -1260,7 +1260,14 @@ impl AttemptCtx {
     /// one that could not connect changes nothing (it was never sent), none makes the attempt
     /// (or a watched helper) one seen sending, and a safe one changes nothing.
     #[cold]
-    pub(crate) fn completed(&self, m: Method, url: u32, reached: bool, sent_on: bool) {
+    pub(crate) fn completed(
+        &self,
+        m: Method,
+        url: u32,
+        reached: bool,
+        refused: bool,
+        sent_on: bool,
+    ) {
         // Set below only by a stamped unsafe request's redirect that sends it on as it was:
         // any other completion (its redirect not followed, a 307 without `Location`) leaves
         // none for a later redirect. Its method when its redirect sends it on as it was, for
@@ -1283,6 +1290,16 @@ impl AttemptCtx {
             self.unsafe_left.set(left);
             self.unsafe_hop.set(if sent_on { hop } else { 0 });
             self.matched.set(self.matched.get().wrapping_add(1));
+            // It reached the server (carried out, unless refused with a 4xx): known now, not
+            // only from the outcome the send returns, which a middleware may make another
+            // request's (its own resend that could not connect, an audit call after it).
+            if reached {
+                if refused {
+                    self.note_reached(m);
+                } else {
+                    self.note_own_carried(m);
+                }
+            }
             return;
         }
         if reached || self.redirects.get() != 0 {

@@ -94,6 +94,9 @@ pub fn reqwest_get<U: reqwest::IntoUrl>(
 /// `reqwest-middleware`) a `ClientWithMiddleware`'s, which holds reqwest's or a middleware's.
 #[doc(hidden)]
 pub trait SentError: std::error::Error + Sized + 'static {
+    /// Sent through a middleware stack, which may have sent the request before the error it
+    /// returns (its own resend), or returned another request's (its own call after it).
+    const THROUGH_MIDDLEWARE: bool = false;
     /// The reqwest error inside, if the request itself failed.
     fn reqwest(&self) -> Option<&reqwest::Error>;
     /// Its class for the retry decision, read from its source chain.
@@ -110,6 +113,7 @@ impl SentError for reqwest::Error {
 
 #[cfg(feature = "reqwest-middleware")]
 impl SentError for reqwest_middleware::Error {
+    const THROUGH_MIDDLEWARE: bool = true;
     fn reqwest(&self) -> Option<&reqwest::Error> {
         match self {
             reqwest_middleware::Error::Reqwest(e) => Some(e),
@@ -123,15 +127,18 @@ impl SentError for reqwest_middleware::Error {
 /// reached the server, or may have: anything but a connect failure (refused, or timed out
 /// before the connection was made), which proves it was never sent, unless a request of the
 /// attempt followed a redirect (the failure may be the redirect target's, after a server
-/// answered the request). `method`: the request's, when known; else the least safe the
-/// attempt has sent.
+/// answered the request), or the request went through a middleware stack and its client
+/// reported none of its completions (`unobserved`: a middleware may have sent it before the
+/// connect failure it returns, or returned another request's). `method`: the request's, when
+/// known; else the least safe the attempt has sent.
 fn record_outcome<E: SentError>(
     res: &Result<reqwest::Response, E>,
     method: Option<crate::policy::Method>,
     redirects_at_start: u32,
+    unobserved: bool,
 ) {
-    let connect_failure =
-        matches!(res, Err(e) if e.reqwest().is_some_and(reqwest::Error::is_connect));
+    let connect_failure = !(E::THROUGH_MIDDLEWARE && unobserved)
+        && matches!(res, Err(e) if e.reqwest().is_some_and(reqwest::Error::is_connect));
     let _ = with_attempt(|ctx| {
         // A redirect followed while it was in flight (not one an earlier request of the
         // attempt followed: a GET's 302, then a POST whose connection is refused, never sent).
@@ -213,7 +220,11 @@ impl InFlight {
 
     /// The outcome arrived: recorded as it is, not as a request given up on.
     fn settle<E: SentError>(mut self, res: &Result<reqwest::Response, E>) {
-        record_outcome(res, self.0, self.3);
+        // Its completion reported by the client (its expectation taken, in this poll or an
+        // earlier one): a client from `ClientSettings` reports each, a plain one none.
+        let unobserved =
+            self.1 != 0 && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true);
+        record_outcome(res, self.0, self.3, unobserved);
         self.after_poll();
         self.take_back();
         std::mem::forget(self);
@@ -624,7 +635,9 @@ where
         if let Poll::Ready(res) = &out {
             *this.settled = true;
             // The request's own method is not known here: the least safe the attempt sent.
-            record_outcome(res, None, *this.redirects_at_start);
+            // Nor is whether the client reported its completion (through a middleware stack,
+            // a connect failure does not prove it was never sent).
+            record_outcome(res, None, *this.redirects_at_start, true);
         }
         out
     }
