@@ -388,14 +388,14 @@ impl Crate {
         let mut names = Names::default();
         for (_, module, _, ast) in &parsed {
             let mut c = NameCollector {
-                module: vec![module.clone()],
+                module: segments(module),
                 names: &mut names,
             };
             c.visit_file(ast);
         }
         for (file, module, display, ast) in parsed {
             let mut v = Finder {
-                module: vec![module],
+                module: segments(&module),
                 self_ty: None,
                 owner: None,
                 enclosing: None,
@@ -727,17 +727,11 @@ fn declared(
             .or(paths.first())
             .cloned();
         match (&m.content, path_attr) {
-            // Inline: its own `mod` declarations are files under `mod_dir/name`.
-            (Some((_, inner)), _) => {
-                declared(
-                    inner,
-                    beside,
-                    &mod_dir.join(&name),
-                    &child,
-                    out,
-                    depth + 1,
-                    true,
-                );
+            // Inline: its own `mod` declarations are files under `mod_dir/name`, or under the
+            // directory its `#[path]` names (`#[path = "dir"] mod m { mod x; }`: `dir/x.rs`).
+            (Some((_, inner)), p) => {
+                let dir = p.map_or_else(|| mod_dir.join(&name), |p| mod_dir.join(p));
+                declared(inner, beside, &dir, &child, out, depth + 1, true);
             }
             (None, Some(p)) => {
                 let f = if inline {
@@ -929,6 +923,12 @@ impl<'a> Visit<'a> for NameCollector<'_> {
 
     // Items in function bodies are not the module's.
     fn visit_block(&mut self, _: &'a syn::Block) {}
+}
+
+/// A module's path in segments (`shop::pg` is `shop`, `pg`): `crate` keeps the first, and
+/// `super` drops the last, also at a file's top level.
+fn segments(module: &str) -> Vec<String> {
+    module.split("::").map(str::to_owned).collect()
 }
 
 /// The module a path prefix (`crate::db`, `super::api`, `self::x`, `db`) names, seen from

@@ -357,6 +357,96 @@ fn a_path_inside_an_inline_module_is_followed_as_the_compiler_does() {
     );
 }
 
+/// An impl of an alias declared in another file, reached by `use crate::…`, by `super::`,
+/// and by a glob import: named after the type the alias stands for, as the runtime names it
+/// (`shop::pg::Client::charge`); `list` once named it after the alias, and an override written
+/// from the list applied to nothing.
+#[test]
+fn an_impl_of_an_alias_of_another_file_is_named_after_its_type() {
+    let method = |name: &str| {
+        format!(
+            "    #[resilience_runtime::resilient(method = GET, timeout = \"1s\")]\n    pub async fn {name}(&self) -> Result<u16, resilience_runtime::Error> {{ Ok(1) }}\n"
+        )
+    };
+    let dir = crate_with(
+        "alias_files",
+        &[
+            (
+                "src/lib.rs",
+                "pub mod types;\npub mod pg;\npub mod glob;\npub mod nested;\n",
+            ),
+            (
+                "src/types.rs",
+                "pub struct Client<T>(pub T);\npub struct Pg;\npub type PgClient = Client<Pg>;\n",
+            ),
+            (
+                "src/pg.rs",
+                &format!(
+                    "use crate::types::PgClient;\nimpl PgClient {{\n{}}}\n",
+                    method("charge")
+                ),
+            ),
+            (
+                "src/glob.rs",
+                &format!(
+                    "use super::types::*;\nimpl PgClient {{\n{}}}\n",
+                    method("refund")
+                ),
+            ),
+            (
+                "src/nested.rs",
+                &format!("impl super::types::PgClient {{\n{}}}\n", method("status")),
+            ),
+        ],
+    );
+    let out = run(&["list", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["function"].as_str())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "alias_files::glob::Client::refund",
+            "alias_files::nested::Client::status",
+            "alias_files::pg::Client::charge",
+        ]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A `#[path]` on an inline module sets the directory of the files its own modules are in,
+/// as the compiler reads them: `#[path = "dir"] mod m { mod x; }` is `src/dir/x.rs`.
+#[test]
+fn a_path_on_an_inline_module_is_where_its_modules_files_are() {
+    let dir = crate_with(
+        "inline_dir",
+        &[
+            (
+                "src/lib.rs",
+                "#[path = \"elsewhere\"]\npub mod m {\n    pub mod x;\n}\n",
+            ),
+            (
+                "src/elsewhere/x.rs",
+                "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn charge(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.post(\"http://x/\").send().await?;\n    Ok(())\n}\n",
+            ),
+        ],
+    );
+    let out = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("inline_dir::m::x::charge"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A policy of one name in two files: used from one (`config = "…"`), it is unused in the
 /// other, and checked there alone (an unsafe one fails the check).
 #[test]
