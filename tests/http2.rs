@@ -92,27 +92,31 @@ async fn a_refused_stream_is_sent_again_by_a_client_of_the_settings() {
     assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
 }
 
-/// The control: with reqwest's retries switched off, the refusal reaches the policy as a
-/// reset, which an unkeyed POST is not resent after (it cannot tell it was never processed).
+/// With reqwest's retries switched off, the refusal reaches the policy: the server's word
+/// that it never processed the stream, a request never sent, which the policy sends again
+/// (an unkeyed POST too, under `retry_on = [connect]`); processed once. It was once read as a
+/// reset, and the POST failed.
 #[tokio::test]
-async fn without_reqwests_retry_the_policy_does_not_resend_it() {
+async fn without_reqwests_retry_the_policy_resends_a_refused_stream() {
     let server = refusing(1).await;
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .retry(reqwest::retry::never())
         .build()
         .unwrap();
-    let e = create_order(&c, &server.url).await.unwrap_err();
-    assert_eq!(e.attempts(), 1, "{e}");
-    assert_eq!(server.streams.load(Ordering::SeqCst), 1);
-    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+    let (res, report) = resilience_runtime::measure(create_order(&c, &server.url)).await;
+    assert_eq!(res.unwrap(), 201);
+    assert_eq!(report.expect("a report").attempts, 2);
+    assert_eq!(server.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
 }
 
 /// "At most two, inside the attempt": a server refusing every stream gets the request three
-/// times from reqwest (the first and its two retries), all inside the one attempt; the
-/// refusal then reaches the policy as a reset, after which an unkeyed POST is not sent again.
+/// times from reqwest (the first and its two retries), all inside one attempt; the refusal
+/// then reaches the policy as a request never sent, retried as a connect failure is, each
+/// attempt's stream refused three times; none ever processed.
 #[tokio::test]
-async fn reqwests_own_retries_stop_at_two_inside_one_attempt() {
+async fn reqwests_own_retries_stop_at_two_inside_each_attempt() {
     let server = refusing(usize::MAX).await;
     let c = ClientSettings::DEFAULT
         .builder()
@@ -120,8 +124,9 @@ async fn reqwests_own_retries_stop_at_two_inside_one_attempt() {
         .build()
         .unwrap();
     let e = create_order(&c, &server.url).await.unwrap_err();
-    assert_eq!(e.attempts(), 1, "{e}");
-    assert_eq!(server.streams.load(Ordering::SeqCst), 3, "{e}");
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 9, "{e}");
     assert_eq!(server.processed.load(Ordering::SeqCst), 0);
 }
 
@@ -195,20 +200,20 @@ async fn a_stream_a_draining_server_never_processed_is_sent_again_on_a_new_conne
     assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
 }
 
-/// The control: with reqwest's retries off, the graceful `GOAWAY` reaches the policy, which
-/// cannot tell it from a reset after the POST was processed, and sends it no more.
+/// With reqwest's retries off, the graceful `GOAWAY` reaches the policy: the stream was past
+/// the last one the server processed, never processed, and the policy sends the POST again on
+/// a new connection; processed once (it once ended the call, read as a reset).
 #[tokio::test]
-async fn without_reqwests_retry_the_draining_servers_refusal_ends_the_call() {
+async fn without_reqwests_retry_the_draining_servers_refusal_is_retried_by_the_policy() {
     let server = draining_first().await;
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .retry(reqwest::retry::never())
         .build()
         .unwrap();
-    let e = create_order(&c, &server.url).await.unwrap_err();
-    assert_eq!(e.attempts(), 1, "{e}");
-    assert_eq!(server.streams.load(Ordering::SeqCst), 1);
-    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+    assert_eq!(create_order(&c, &server.url).await.unwrap(), 201);
+    assert_eq!(server.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
 }
 
 /// "At most two per hop": an h2c server that answers `/orders` with a 307 to `/next` and

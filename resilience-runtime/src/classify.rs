@@ -41,6 +41,11 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             if r.is_connect() {
                 return Some(connect_class(r));
             }
+            // The HTTP/2 server's word that it never processed the request (a client with
+            // reqwest's retries off, or past their two): as a request never sent.
+            if protocol_nack(r) {
+                return Some(Class::Connect);
+            }
             if let Some(s) = r.status() {
                 return Some(Class::Status(s.as_u16()));
             }
@@ -106,6 +111,24 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
         cur = e.source();
     }
     sent_unknown.then_some(Class::Reset)
+}
+
+/// An HTTP/2 server's word that it never processed the request: `REFUSED_STREAM`, or a
+/// graceful `GOAWAY` (`NO_ERROR`: h2 gives it only to the streams past the server's last
+/// processed one), as reqwest's default retry policy reads them (RFC 9113, section 8.7).
+pub(crate) fn protocol_nack(err: &(dyn StdError + 'static)) -> bool {
+    let mut e = Some(err);
+    // Bounded: a chain of sources ends, and no error reqwest gives is this deep.
+    for _ in 0..8 {
+        let Some(cur) = e else { return false };
+        if let Some(h2) = cur.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        e = cur.source();
+    }
+    false
 }
 
 /// The class of a connect failure: nothing was sent, so `Connect` (retried whatever the

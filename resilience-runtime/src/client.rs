@@ -60,8 +60,8 @@ impl ClientSettings {
     /// only where an HTTP/2 server said it never processed it (`REFUSED_STREAM`, a graceful
     /// `GOAWAY`), at most twice, inside the attempt and its timeout: the server does nothing
     /// twice, so the attempts of the policy do not multiply, and an unkeyed POST refused that
-    /// way by a server draining for a deploy still goes through (the policy alone could not
-    /// resend it: it cannot tell that reset from one after the POST was processed). Over
+    /// way by a server draining for a deploy goes through inside the attempt. A refusal past
+    /// those two reaches the policy as a request never sent (a connect failure). Over
     /// HTTP/1.1 it never retries.
     ///
     /// The client also tells the attempt in progress of every request it completes (answered,
@@ -128,7 +128,7 @@ fn completed(
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
     let sent_on = status.is_some_and(|s| resent_by(s.as_u16(), method == http::Method::POST));
-    if error.is_some_and(protocol_nack) {
+    if error.is_some_and(crate::classify::protocol_nack) {
         return true;
     }
     let connect_failure = error
@@ -158,23 +158,6 @@ fn resent_by(status: u16, post: bool) -> bool {
         301 | 302 => !post,
         _ => false,
     }
-}
-
-/// An HTTP/2 server's word that it never processed the request: `REFUSED_STREAM`, or a
-/// graceful `GOAWAY` (`NO_ERROR`), as reqwest's default retry policy reads them.
-fn protocol_nack(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut e = Some(err);
-    // Bounded: a chain of sources ends, and no error reqwest gives is this deep.
-    for _ in 0..8 {
-        let Some(cur) = e else { return false };
-        if let Some(h2) = cur.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        e = cur.source();
-    }
-    false
 }
 
 impl Default for ClientSettings {

@@ -137,8 +137,12 @@ fn record_outcome<E: SentError>(
     redirects_at_start: u32,
     unobserved: bool,
 ) {
+    // Or an HTTP/2 server's word that it never processed it (`REFUSED_STREAM`, a graceful
+    // `GOAWAY`), reaching the attempt past reqwest's own retries of it.
     let connect_failure = !(E::THROUGH_MIDDLEWARE && unobserved)
-        && matches!(res, Err(e) if e.reqwest().is_some_and(reqwest::Error::is_connect));
+        && matches!(res, Err(e) if e.reqwest().is_some_and(|r| {
+            r.is_connect() || crate::classify::protocol_nack(r)
+        }));
     let _ = with_attempt(|ctx| {
         // A redirect followed while it was in flight (not one an earlier request of the
         // attempt followed: a GET's 302, then a POST whose connection is refused, never sent).
