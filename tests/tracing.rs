@@ -103,6 +103,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         line.contains("resilient{") && line.contains("attempt=1"),
         "{line}"
     );
+    assert!(line.contains("resilience.outcome=\"cancelled\""), "{line}");
 
     // One its caller gives up on while it waits for a bulkhead slot says so in its span too
     // (it once logged outside any: no span is opened before the slot).
@@ -130,6 +131,7 @@ async fn one_span_per_call_and_one_event_per_attempt() {
         .find(|l| l.contains("call cancelled: its caller stopped waiting") && l.contains("queued"))
         .unwrap_or_else(|| panic!("no cancellation event in the call's span:\n{out}"));
     assert!(line.contains("resilient{"), "{line}");
+    assert!(line.contains("resilience.outcome=\"cancelled\""), "{line}");
     assert_eq!(slow.count_path("/waiting"), 0, "it never had its slot");
 }
 

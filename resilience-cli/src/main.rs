@@ -728,9 +728,11 @@ fn declared(
             .cloned();
         match (&m.content, path_attr) {
             // Inline: its own `mod` declarations are files under `mod_dir/name`, or under the
-            // directory its `#[path]` names (`#[path = "dir"] mod m { mod x; }`: `dir/x.rs`).
+            // directory its `#[path]` names (`#[path = "dir"] mod m { mod x; }`: `dir/x.rs`,
+            // beside the file it is written in, as a file's `#[path]` is, or in the directory
+            // of the inline module around it).
             (Some((_, inner)), p) => {
-                let dir = p.map_or_else(|| mod_dir.join(&name), |p| mod_dir.join(p));
+                let dir = p.map_or_else(|| mod_dir.join(&name), |p| base.join(p));
                 declared(inner, beside, &dir, &child, out, depth + 1, true);
             }
             (None, Some(p)) => {

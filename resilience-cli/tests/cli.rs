@@ -421,7 +421,8 @@ fn an_impl_of_an_alias_of_another_file_is_named_after_its_type() {
 }
 
 /// A `#[path]` on an inline module sets the directory of the files its own modules are in,
-/// as the compiler reads them: `#[path = "dir"] mod m { mod x; }` is `src/dir/x.rs`.
+/// as the compiler reads them: `#[path = "dir"] mod m { mod x; }` is `dir/x.rs` beside the file
+/// it is written in, `lib.rs` or a module's own file (`src/shop.rs`: `src/dir/x.rs`).
 #[test]
 fn a_path_on_an_inline_module_is_where_its_modules_files_are() {
     let dir = crate_with(
@@ -429,7 +430,15 @@ fn a_path_on_an_inline_module_is_where_its_modules_files_are() {
         &[
             (
                 "src/lib.rs",
-                "#[path = \"elsewhere\"]\npub mod m {\n    pub mod x;\n}\n",
+                "#[path = \"elsewhere\"]\npub mod m {\n    pub mod x;\n}\npub mod shop;\n",
+            ),
+            (
+                "src/shop.rs",
+                "#[path = \"impls\"]\npub mod imp {\n    pub mod pg;\n}\n",
+            ),
+            (
+                "src/impls/pg.rs",
+                "#[resilience_runtime::resilient(timeout = \"1s\")]\npub async fn refund(c: &reqwest::Client) -> Result<(), resilience_runtime::Error> {\n    c.post(\"http://x/\").send().await?;\n    Ok(())\n}\n",
             ),
             (
                 "src/elsewhere/x.rs",
@@ -441,6 +450,11 @@ fn a_path_on_an_inline_module_is_where_its_modules_files_are() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("inline_dir::m::x::charge"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("inline_dir::shop::imp::pg::refund"),
         "{}",
         text(&out)
     );

@@ -182,8 +182,10 @@ fn record_outcome<E: SentError>(
 /// Also the URL (hashed; 0: none) at which the attempt expects its completion now
 /// ([`crate::context::expected_url`]; after a 307 or 308, the target's), and the attempt's
 /// count of matched completions before its current poll: a request that ends, or is dropped,
-/// with an expectation of its own still outstanding takes it back.
-struct InFlight(Option<crate::policy::Method>, u32, u32, u32);
+/// with an expectation of its own still outstanding takes it back. Then the attempt's count of
+/// redirects at its start, and whether its completion was expected at all (a body reqwest can
+/// copy: one it cannot, a stream or a multipart form, is expected nowhere).
+struct InFlight(Option<crate::policy::Method>, u32, u32, u32, bool);
 
 impl InFlight {
     /// Sent from the attempt (its first poll there): its completion is expected at `url`.
@@ -195,7 +197,7 @@ impl InFlight {
             ctx.redirects.get()
         })
         .unwrap_or(0);
-        InFlight(method, url, 0, redirects)
+        InFlight(method, url, 0, redirects, url != 0)
     }
 
     /// Before the request's poll: the attempt's count of matched completions, and no
@@ -225,9 +227,10 @@ impl InFlight {
     /// The outcome arrived: recorded as it is, not as a request given up on.
     fn settle<E: SentError>(mut self, res: &Result<reqwest::Response, E>) {
         // Its completion reported by the client (its expectation taken, in this poll or an
-        // earlier one): a client from `ClientSettings` reports each, a plain one none.
-        let unobserved =
-            self.1 != 0 && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true);
+        // earlier one): a client from `ClientSettings` reports each, a plain one none. One
+        // expected nowhere (a body reqwest cannot copy) is not known to have been.
+        let unobserved = !self.4
+            || (self.1 != 0 && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true));
         record_outcome(res, self.0, self.3, unobserved);
         self.after_poll();
         self.take_back();

@@ -2105,16 +2105,10 @@ impl Session {
         // call nested in it that finished before it was dropped).
         crate::report::record_cancelled(|| (self.report(false), self.ctx.depth));
         PolicyMetrics::incr(&self.shared.metrics.cancelled);
-        telemetry::call_cancelled(
-            self.attempt_scope.take(),
-            &self.span,
-            self.shared,
-            self.ctx.status.get(),
-            self.started,
-        );
         // Dropped while it waited for its slot or permit: its span, opened only once admitted,
-        // is opened for the event, so that it is told in the call's span as every other is.
-        // Only the span: the call was not opened (no budget deposit, no bulkhead change).
+        // is opened for the event, so that it is told in the call's span as every other is
+        // (its outcome recorded on it too). Only the span: the call was not opened (no budget
+        // deposit, no bulkhead change).
         if !self.admitted && self.span.is_none() {
             let ctx = &self.ctx;
             self.span = call_span(
@@ -2125,6 +2119,13 @@ impl Session {
                 ctx.depth,
             );
         }
+        telemetry::call_cancelled(
+            self.attempt_scope.take(),
+            &self.span,
+            self.shared,
+            self.ctx.status.get(),
+            self.started,
+        );
         let _e = self.span.enter();
         tracing::info!(
             function = self.shared.function,
