@@ -411,6 +411,77 @@ async fn reserve_then_pay(c: &reqwest::Client, base: &str) -> Result<u16, Error>
         .as_u16())
 }
 
+#[resilient(timeout = "1s", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn checkout_unkeyed(c: &reqwest::Client, base: &str, reference: &str) -> Result<u16, Error> {
+    reserve_under_its_own_key(c, &format!("{base}reserve"), reference).await?;
+    Ok(c.get(format!("{base}receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false, idempotency_key = reference)]
+async fn checkout_keyed(c: &reqwest::Client, base: &str, reference: &str) -> Result<u16, Error> {
+    reserve_under_its_own_key(c, &format!("{base}reserve"), reference).await?;
+    Ok(c.get(format!("{base}receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A nested POST under a key the body gives it (a parameter), then a GET answered 503: an
+/// enclosing call without a key of its own does not run its body again (the nested POST went
+/// out under a key that call cannot vouch for); given the same reference as its own key, it
+/// retries around the nested POST as around a keyed request, the POST resent under its key.
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_call_around_a_nested_keyed_post_is_not_retried_until_keyed_itself() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/receipt" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = server.url("/");
+    let e = checkout_unkeyed(&reqwest::Client::new(), &base, "order-8")
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(server.count_path("/reserve"), 1);
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/receipt" && seen.index == 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = server.url("/");
+    assert_eq!(
+        checkout_keyed(&reqwest::Client::new(), &base, "order-9")
+            .await
+            .unwrap(),
+        200
+    );
+    let reserves: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/reserve")
+        .collect();
+    assert_eq!(reserves.len(), 2);
+    assert!(
+        reserves
+            .iter()
+            .all(|r| r.idempotency_key() == Some("order-9")),
+        "the nested POST resent under its key"
+    );
+}
+
 /// What a nested call carried out under a key of its own is not said of the call's key: the
 /// payment, refused (429) at every attempt, was never carried out under it.
 #[tokio::test(start_paused = true)]

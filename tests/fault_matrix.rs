@@ -842,6 +842,8 @@ async fn an_answer_cut_short_mid_body_is_a_reset() {
     let e = get_text(&c, &url).await.unwrap_err();
     assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
     assert_eq!((e.attempts(), server.count()), (3, 3), "GET: {e}");
+    // No answer to tell: the status line came, the answer did not (the README's rule).
+    assert_eq!(e.http_status(), None, "{e}");
     server.clear();
     let e = post_keyed_text(&c, &url).await.unwrap_err();
     assert_eq!(e.attempts(), 3, "keyed POST: {e}");
@@ -889,6 +891,8 @@ async fn a_malformed_answer_is_a_reset() {
     let e = get_text(&c, &url).await.unwrap_err();
     assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
     assert_eq!((e.attempts(), server.count()), (3, 3), "GET: {e}");
+    // No answer to tell: the status line came, the answer did not (the README's rule).
+    assert_eq!(e.http_status(), None, "{e}");
     server.clear();
     let e = post_keyed_text(&c, &url).await.unwrap_err();
     assert_eq!(e.attempts(), 3, "keyed POST: {e}");
