@@ -4329,6 +4329,78 @@ async fn a_wrappers_execute_does_not_take_back_a_spawned_posts_count() {
     assert_eq!((e.attempts(), audit.count()), (1, 1), "{e}");
 }
 
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn lookup_through_the_wrapper(
+    c: &reqwest::Client,
+    api: &AuditedApi,
+    base: String,
+) -> Result<u16, Error> {
+    c.get(format!("{base}/user"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(api
+        .execute(c.get(format!("{base}/orders")))
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 3, retry_on = [connect], backoff(initial = "10ms", max = "10ms", jitter = none), budget = false)]
+async fn post_through_the_wrapper(
+    c: &reqwest::Client,
+    api: &AuditedApi,
+    audit: String,
+    dead: String,
+) -> Result<u16, Error> {
+    api.execute(c.post(audit).body("a"))
+        .await?
+        .error_for_status()?;
+    Ok(c.get(dead)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A wrapper's `execute` handed a read (`api.execute(c.get(u))`): it sends a GET the runtime
+/// does not stamp, which may go again, and the call keeps its retries (its 503 is retried: it
+/// once counted as the least safe send, and the GET function lost its retries and fallback).
+/// Handed a POST, it still counts as one: the call is not run again after it, not even for a
+/// connect failure after it.
+#[tokio::test(start_paused = true)]
+async fn a_wrappers_execute_of_a_read_leaves_the_retries() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/orders" && seen.index <= 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let base = server.url("").trim_end_matches('/').to_owned();
+    assert_eq!(
+        lookup_through_the_wrapper(&reqwest::Client::new(), &AuditedApi, base.clone())
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count_path("/orders"), 2);
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let dead = format!("http://{}/orders", resilience_fault_server::refused_addr());
+    let e = post_through_the_wrapper(
+        &reqwest::Client::new(),
+        &AuditedApi,
+        audit.url("/audit"),
+        dead,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.attempts(), audit.count()), (1, 1), "{e}");
+}
+
 /// Six keyed POSTs in flight at once, to six URLs: each completion is taken for its own
 /// stamped request (the first version kept four URLs, and took the others' for unkeyed
 /// POSTs), so the 503 of one is retried with the key.

@@ -372,3 +372,46 @@ async fn a_connect_failure_of_a_middlewares_own_call_is_not_taken_for_the_posts(
         assert_eq!(server.count(), 3, "the upload went out again");
     }
 }
+
+/// A helper outside the annotated body that sends through the middleware client, as the
+/// README says to write one: builds its `Request`, stamps it, then `execute`s it.
+async fn charge_helper(
+    c: &ClientWithMiddleware,
+    url: &str,
+) -> reqwest_middleware::Result<reqwest::Response> {
+    let mut req = c.post(url).body("amount=1").build()?;
+    resilience_runtime::stamp_request(&mut req);
+    c.execute(req).await
+}
+
+#[resilient(method = POST, timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn charge_through_helper(
+    c: &ClientWithMiddleware,
+    url: &str,
+) -> Result<u16, reqwest_middleware::Error> {
+    Ok(charge_helper(c, url)
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The helper's request carries the call's key on every attempt: reset once, it is sent
+/// again under the same key (the server's replay makes it one charge).
+#[tokio::test(start_paused = true)]
+async fn a_helpers_stamped_request_through_middleware_carries_the_key_on_every_attempt() {
+    let server = FaultServer::start(Script::sequence([Action::reset(), Action::ok()])).await;
+    assert_eq!(
+        charge_through_helper(&client(), &server.url("/charges"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    let key = seen[0]
+        .idempotency_key()
+        .expect("the key on the first attempt");
+    assert_eq!(seen[1].idempotency_key(), Some(key));
+    assert_eq!(seen[1].header("x-tenant"), None);
+}

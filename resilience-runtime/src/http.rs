@@ -1044,14 +1044,27 @@ pub mod dispatch {
 
     /// `.execute(builder)` of a wrapper of the service's own taking reqwest's builder: what it
     /// sends is not stamped here (unproven), as another type's; not another reqwest version's.
+    /// A read (`limiter.execute(c.get(u))`: its method safe, as a copy of the builder shows)
+    /// is unproven as another type's read is, and leaves the retries; any other, or one that
+    /// cannot be copied (a streamed body), counts as the least safe send.
     impl StampArg for &&Stampable<reqwest::RequestBuilder> {
         type Arg = reqwest::RequestBuilder;
         fn __resilience_stamp_arg(self) -> reqwest::RequestBuilder {
+            let builder = self.take();
+            let read = builder
+                .try_clone()
+                .and_then(|b| b.build().ok())
+                .is_some_and(|r| r.method().is_safe());
+            let unsafe_ = if read {
+                0
+            } else {
+                crate::context::UNPROVEN_UNSAFE
+            };
             let _ = super::with_attempt(|ctx| {
                 ctx.unproven
-                    .set(crate::context::UNPROVEN | crate::context::UNPROVEN_UNSAFE)
+                    .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_)
             });
-            self.take()
+            builder
         }
     }
 
