@@ -5861,3 +5861,97 @@ async fn a_request_stamped_by_hand_before_a_wait_is_expected_once() {
         "the query and the mutation, once each"
     );
 }
+
+async fn saved_later(_c: &reqwest::Client, _mail: &Mail, _doc: &str) -> Result<u16, Error> {
+    Ok(0)
+}
+
+/// An `idempotent` PUT says all it sends may go again, another type's sends included: after
+/// the mail SDK's send and its own PUT's 503 it is retried, and with one attempt its fallback
+/// answers (the README's exemption). Without `idempotent` (below) neither.
+#[resilient(method = PUT, idempotent, timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn save_and_mail(c: &reqwest::Client, mail: &Mail, doc: &str) -> Result<u16, Error> {
+    mail.send_email().send().await?;
+    Ok(c.put(doc)
+        .body("v2")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = PUT, idempotent, timeout = "1s", deadline = "10s", max_attempts = 1, budget = false, fallback = saved_later)]
+async fn save_and_mail_or_later(c: &reqwest::Client, mail: &Mail, doc: &str) -> Result<u16, Error> {
+    mail.send_email().send().await?;
+    Ok(c.put(doc)
+        .body("v2")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = PUT, timeout = "1s", deadline = "10s", max_attempts = 1, budget = false, fallback = saved_later)]
+async fn save_and_mail_not_idempotent(
+    c: &reqwest::Client,
+    mail: &Mail,
+    doc: &str,
+) -> Result<u16, Error> {
+    mail.send_email().send().await?;
+    Ok(c.put(doc)
+        .body("v2")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idempotent_put_keeps_its_retries_and_fallback_beside_another_types_send() {
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/docs/1" && seen.index <= 1 {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: shop.url("/mail"),
+    };
+    assert_eq!(
+        save_and_mail(&client(), &mail, &shop.url("/docs/1"))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(shop.count_path("/docs/1"), 2);
+    let down = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/docs/1" {
+            Action::status(503)
+        } else {
+            Action::ok()
+        }
+    }))
+    .await;
+    let mail = Mail {
+        http: reqwest::Client::new(),
+        url: down.url("/mail"),
+    };
+    assert_eq!(
+        save_and_mail_or_later(&client(), &mail, &down.url("/docs/1"))
+            .await
+            .unwrap(),
+        0,
+        "the fallback answered"
+    );
+    let r = save_and_mail_not_idempotent(&client(), &mail, &down.url("/docs/1")).await;
+    assert!(
+        r.is_err(),
+        "no fallback after the mail, unless idempotent: {r:?}"
+    );
+}

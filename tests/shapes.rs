@@ -1867,3 +1867,133 @@ async fn a_send_handed_on_as_a_value_is_unseen_and_a_closure_is_not() {
     assert_eq!(server.count(), 2);
     assert!(server.requests()[0].header("x-request-id").is_some());
 }
+
+std::thread_local! {
+    static CHARGES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A keyed function whose body charges through a gRPC stub the runtime cannot see (declared a
+/// POST, as the README asks), then posts its own request with the key: the declared POST
+/// went out without the key, so the call is not run again on the 503 after it (the stub's
+/// charge would be made twice), and its error names the key.
+#[resilient(method = POST, timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn charge_then_record(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    CHARGES.with(|c| c.set(c.get() + 1));
+    resilience_runtime::declare_sent(resilience_runtime::Method::Post);
+    Ok(http
+        .post(url)
+        .body("entry")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_declared_post_in_a_keyed_function_is_never_resent() {
+    CHARGES.with(|c| c.set(0));
+    let server = FaultServer::start(Script::sequence([Action::status(503), Action::ok()])).await;
+    let e = charge_then_record(&reqwest::Client::new(), &server.url("/ledger"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(CHARGES.with(|c| c.get()), 1, "the stub charged again");
+    assert!(e.idempotency_key().is_some(), "{e}");
+}
+
+/// A PUT the body shows (not declared, so not `idempotent`), keyed: retried as a keyed POST
+/// is (the decision table's row), after a reset and a 503, under one key.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]
+async fn replace_profile(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(http
+        .put(url)
+        .body("name=Kim")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_inferred_put_is_retried_as_a_keyed_post_under_one_key() {
+    let server = FaultServer::start(Script::sequence([
+        Action::reset(),
+        Action::status(503),
+        Action::ok(),
+    ]))
+    .await;
+    assert_eq!(
+        replace_profile(&reqwest::Client::new(), &server.url("/profile"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    let key = seen[0].idempotency_key().expect("keyed");
+    assert!(seen.iter().all(|r| r.idempotency_key() == Some(key)));
+}
+
+/// A keyed POST retried on `connect` only: a 409 "still in progress" is still asked about
+/// until the replay (asking runs nothing again, whatever `retry_on` lists).
+#[resilient(timeout = "2s", deadline = "30s", retry_on = [connect], backoff(initial = "10ms", max = "10ms"), budget = false, idempotency_key = auto)]
+async fn pay_connect_only(http: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(http
+        .post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_retried_on_connect_only_still_asks_for_its_replay() {
+    let server = FaultServer::start(Script::sequence([
+        Action::status(409).retry_after(1),
+        Action::status(409).retry_after(1),
+        Action::ok(),
+    ]))
+    .await;
+    assert_eq!(
+        pay_connect_only(&reqwest::Client::new(), &server.url("/pay"))
+            .await
+            .unwrap(),
+        200
+    );
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    let key = seen[0].idempotency_key().expect("keyed");
+    assert!(seen.iter().all(|r| r.idempotency_key() == Some(key)));
+}
+
+/// A GET function that writes an audit row through a database query's `.execute(&pool)`
+/// (another type's execute), then reads: its 503 is retried (such an execute keeps the rule
+/// before it only: it is no unseen unsafe send).
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audited_read(c: &reqwest::Client, url: &str, pool: &u32) -> Result<u16, Error> {
+    Query("insert into audit values ('read')")
+        .execute(pool)
+        .await?;
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_execute_beside_a_read_leaves_its_retries() {
+    let server = FaultServer::start(vec![Action::status(503)]).await;
+    assert_eq!(
+        audited_read(&reqwest::Client::new(), &server.url("/stock"), &1)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.count(), 2);
+}
