@@ -1212,3 +1212,72 @@ async fn no_fallback_after_a_failure_before_a_post_built_into_a_variable() {
         "the charge was never sent"
     );
 }
+
+async fn queue_payment(_c: &reqwest::Client, _base: &str, _order: &str) -> Result<u16, Error> {
+    Ok(0)
+}
+
+/// A charge keyed by the order, whose fallback queues the payment for later.
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = order,
+    fallback = queue_payment
+)]
+async fn charge_order(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{base}charges"))
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An order keyed by its id too: charges, then reads the receipt.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    idempotency_key = order
+)]
+async fn place_order(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    charge_order(c, base, order).await?;
+    Ok(c.get(format!("{base}receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The charge is made (201) and the receipt answers 503: the order's retry runs the charge
+/// again under the same key, and a proxy refuses it (429). Its fallback ("paid later") must not
+/// answer: the charge under that key was carried out in the first attempt, and the caller
+/// would queue a second payment. It once did, and the order succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_nested_keyed_calls_fallback_does_not_answer_after_an_earlier_run_charged() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        match (seen.path.as_str(), seen.index) {
+            ("/charges", 0) => Action::status(201),
+            ("/charges", _) => Action::status(429),
+            ("/receipt", 1) => Action::status(503),
+            _ => Action::ok(),
+        }
+    }))
+    .await;
+    let r = place_order(&reqwest::Client::new(), &server.url("/"), "order-12").await;
+    assert!(r.is_err(), "the fallback answered for a charge made: {r:?}");
+    assert_eq!(server.count_path("/charges"), 2);
+    // Alone, the same refusal is answered by the fallback: nothing was carried out.
+    let alone = FaultServer::start(Script::always(Action::status(429))).await;
+    assert_eq!(
+        charge_order(&reqwest::Client::new(), &alone.url("/"), "order-13")
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -826,6 +826,10 @@ fn inbound_handed_down() -> Inbound {
 pub(crate) const CARRIED: u8 = 1;
 /// [`AttemptCtx::unsafe_carried`]: one of those was the call's own.
 pub(crate) const CARRIED_OWN: u8 = 2;
+/// [`AttemptCtx::unsafe_carried`], kept across the call's attempts: an earlier attempt may have
+/// carried out a request that needs a key (a nested call's, under a key the body gave it,
+/// which the next attempt gives it again: that nested call's fallback must not answer for it).
+pub(crate) const CARRIED_BEFORE: u8 = 4;
 
 /// Per-attempt context: identities to stamp, and what the attempt's requests recorded.
 #[derive(Debug)]
@@ -1000,6 +1004,9 @@ pub(crate) struct Outer {
     pub request_id_text: Option<Arc<HeaderValue>>,
     pub depth: u8,
     pub held: Held,
+    /// An earlier attempt of the enclosing call may have carried out a request that needs a
+    /// key ([`CARRIED_BEFORE`]).
+    pub carried_before: bool,
 }
 
 /// The breakers, bulkheads and adaptive concurrency limits (by address; 0: none) whose probe
@@ -1199,7 +1206,8 @@ impl AttemptCtx {
         *self.unproven.get_mut() = 0;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
-        *self.unsafe_carried.get_mut() = 0;
+        let carried = *self.unsafe_carried.get_mut();
+        *self.unsafe_carried.get_mut() = if carried != 0 { CARRIED_BEFORE } else { 0 };
         *self.retry_after_nested.get_mut() = false;
     }
 
@@ -1496,6 +1504,7 @@ impl AttemptCtx {
             request_id_text: self.request_id_text.clone(),
             depth: self.depth,
             held: self.held,
+            carried_before: self.unsafe_carried.get() & CARRIED_BEFORE != 0,
         }
     }
 }

@@ -783,6 +783,11 @@ impl Session {
         })
         .flatten();
         let nested = outer.is_some();
+        // Run again by the enclosing call's retry under a key its body gives it, the same as
+        // before: an earlier run may have carried out its request under that key, and its
+        // fallback must not answer as if nothing had been (the caller would act on it).
+        let carried_before =
+            matches!(key, Some(Key::Given(_))) && outer.as_ref().is_some_and(|o| o.carried_before);
         // The enclosing calls' breakers, bulkheads and concurrency limits: this call runs
         // under their permits where its own are among them.
         let own = [
@@ -941,7 +946,7 @@ impl Session {
             token: Cell::new(0),
             returned_inside: Cell::new(false),
             ran_last: None,
-            carried_out: false,
+            carried_out: carried_before,
             key_carried: false,
             breaker_held,
             bulkhead_held,
@@ -1399,6 +1404,11 @@ impl Session {
             c.call,
         );
         ctx.attempt = self.attempts;
+        // An earlier round may have carried out a request that needs a key: the nested
+        // calls of this one, given their keys again, are told so (see `CARRIED_BEFORE`).
+        if self.carried_out {
+            *ctx.unsafe_carried.get_mut() = crate::context::CARRIED_BEFORE;
+        }
         ctx
     }
 
