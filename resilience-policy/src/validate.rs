@@ -1255,8 +1255,21 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     // progress (409), even with `max_attempts = 1`.
     let retried = s.max_attempts.value > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
     let hedged = s.hedge.value.is_some();
+    // Not retried, but with a fallback: it is called with `self` and the arguments again after
+    // the body, which may have moved `self` or still borrow it through what it returned.
+    let fallback_only = !retried && s.fallback.is_some();
     for input in &f.sig.inputs {
         match input {
+            syn::FnArg::Receiver(r)
+                if fallback_only
+                    && (matches!(r.kind, syn::ReceiverKind::Value)
+                        || matches!(&r.kind, syn::ReceiverKind::Typed(_, ty) if !matches!(peel(ty), syn::Type::Reference(_)))) =>
+            {
+                diags.push(
+                    r.self_token.span,
+                    "a method with a fallback cannot take `self` by value: the fallback is called with it after the body, which may have moved it\nhelp: take `&self`, or drop `fallback`",
+                )
+            }
             syn::FnArg::Receiver(r) if retried && matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
                 r.self_token.span,
                 "a retried or keyed method cannot take `self` by value: each attempt (a retry, or an ask for the replay of a keyed request still in progress) needs it again\nhelp: take `&self`, or set max_attempts = 1 without an idempotency key",
@@ -1320,8 +1333,8 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             }
         }
     }
-    if retried {
-        check_mut_borrow_returned(diags, f);
+    if retried || fallback_only {
+        check_mut_borrow_returned(diags, f, retried);
     }
     if let KeyModel::Param(path) = &s.idempotency_key.value {
         let root = path.split('.').next().unwrap_or_default();
@@ -1359,7 +1372,7 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
 /// `&str`): each attempt reborrows it, and the compiler (without Polonius) cannot see that a
 /// failed attempt's borrow ends before the next one starts, so the expansion would fail with
 /// an error about closures or coroutines. Said here instead, at the parameter.
-fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn) {
+fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn, retried: bool) {
     let syn::ReturnType::Type(_, out) = &f.sig.output else {
         return;
     };
@@ -1416,13 +1429,18 @@ fn check_mut_borrow_returned(diags: &mut Diags, f: &syn::ItemFn) {
             .is_some_and(|lt| lt.ident != "_" && named.contains(&lt.ident.to_string()))
             || (elided && elided_here);
         if borrowed {
-            diags.push(
-                span,
+            let message = if retried {
                 format!(
                     "a retried or keyed function cannot return a borrow of {what}: each attempt borrows it again, and the compiler cannot see that a failed attempt's borrow ended before the next one\n\
                      help: return an owned value (`String`, `.to_owned()`), take it by `&` and keep mutable state behind a lock, or set max_attempts = 1 without an idempotency key"
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "a function with a fallback cannot return a borrow of {what}: the fallback is called with it again after the body, and the compiler cannot see that the body's failed borrow ended\n\
+                     help: return an owned value (`String`, `.to_owned()`), take it by `&` and keep mutable state behind a lock, or drop `fallback`"
+                )
+            };
+            diags.push(span, message);
         }
     }
 }
