@@ -703,3 +703,37 @@ async fn a_slot_handed_over_after_the_wait_ended_is_not_taken() {
         "{e}"
     );
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = { name = "out_of_time_budget", ratio = 0.5, min_per_sec = 0 },
+)]
+async fn budgeted(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A call handed no time at all earns no retry for the others on its budget: it sends
+/// nothing (a flood of `X-Timeout-Ms: 0` requests once paid into a budget that calls to a dead
+/// dependency then spent). One sent as usual does.
+#[tokio::test(start_paused = true)]
+async fn a_call_with_no_time_left_pays_nothing_into_the_budget() {
+    use resilience_runtime::{Inbound, with_inbound};
+    let server = FaultServer::start(Script::always(Action::ok().body("fine"))).await;
+    let c = reqwest::Client::new();
+    for _ in 0..5 {
+        let e = with_inbound(
+            Inbound::NONE.time_left(Duration::ZERO),
+            budgeted(&c, &server.url("/")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.attempts(), 0, "{e}");
+    }
+    let deposits =
+        || resilience_runtime::metrics::budget("out_of_time_budget").map_or(0, |b| b.deposits);
+    assert_eq!(deposits(), 0);
+    assert_eq!(budgeted(&c, &server.url("/")).await.unwrap(), "fine");
+    assert_eq!(deposits(), 1);
+}

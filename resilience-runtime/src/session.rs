@@ -181,17 +181,21 @@ pub(crate) fn slot_refused(shared: &Resolved, full: bool, started: Instant) -> E
         .with_elapsed(started.elapsed())
 }
 
-/// A call is admitted: counted, deposited in the budget; its span.
+/// A call is admitted: counted, deposited in the budget (unless it was handed no time at all,
+/// `deadline <= started`: it sends nothing, and earns no retry for others); its span.
 fn open(
     shared: &'static Resolved,
     policy: &'static Policy,
     started: Instant,
+    deadline: Instant,
     request_id: &Cell<u128>,
     request_id_text: Option<&reqwest::header::HeaderValue>,
     depth: u8,
 ) -> tracing::Span {
     telemetry::bulkhead_moved(shared); // telemetry (issue 12)
-    if let Some(b) = shared.budget {
+    if let Some(b) = shared.budget
+        && deadline > started
+    {
         b.deposit_batched(started);
     }
     call_span(shared, policy, request_id, request_id_text, depth)
@@ -896,6 +900,7 @@ impl Session {
                 shared,
                 policy,
                 started,
+                deadline,
                 &request_id,
                 request_id_text.as_deref(),
                 depth,
@@ -1116,6 +1121,7 @@ impl Session {
             self.shared,
             self.policy,
             self.started,
+            self.deadline,
             ctx.request_id_cell(),
             ctx.request_id_text.as_deref(),
             ctx.depth,
