@@ -1281,3 +1281,97 @@ async fn a_nested_keyed_calls_fallback_does_not_answer_after_an_earlier_run_char
         0
     );
 }
+
+/// The order one level further out: the charge's fallback is kept from answering there too.
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order)]
+async fn checkout_order(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    c.get(format!("{base}cart"))
+        .send()
+        .await?
+        .error_for_status()?;
+    charge_order(c, base, order).await
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    idempotency_key = order
+)]
+async fn place_order_deeper(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    checkout_order(c, base, order).await?;
+    Ok(c.get(format!("{base}receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_levels_down_the_fallback_does_not_answer_after_an_earlier_run_charged() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        match (seen.path.as_str(), seen.index) {
+            ("/charges", 1) => Action::status(201),
+            ("/charges", _) => Action::status(429),
+            ("/receipt", 2) => Action::status(503),
+            _ => Action::ok(),
+        }
+    }))
+    .await;
+    let r = place_order_deeper(&reqwest::Client::new(), &server.url("/"), "order-14").await;
+    assert!(r.is_err(), "the fallback answered for a charge made: {r:?}");
+    assert_eq!(server.count_path("/charges"), 2);
+}
+
+async fn profile_from_cache(_c: &reqwest::Client, _base: &str, _id: &str) -> Result<u16, Error> {
+    Ok(0)
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = id, fallback = profile_from_cache)]
+async fn lookup_profile(c: &reqwest::Client, base: &str, id: &str) -> Result<u16, Error> {
+    Ok(c.get(format!("{base}profile"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    idempotency_key = id
+)]
+async fn update_profile(c: &reqwest::Client, base: &str, id: &str) -> Result<u16, Error> {
+    c.put(format!("{base}settings"))
+        .body("lang=ko")
+        .send()
+        .await?
+        .error_for_status()?;
+    lookup_profile(c, base, id).await
+}
+
+/// A keyed PUT answered 503 and retried (a PUT needs no key: nothing that needs one was carried
+/// out), then a nested lookup given the key fails: its fallback still answers.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_puts_failure_leaves_a_nested_calls_fallback() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        match (seen.path.as_str(), seen.index) {
+            ("/settings", 0) => Action::status(503),
+            ("/profile", _) => Action::status(503),
+            _ => Action::ok(),
+        }
+    }))
+    .await;
+    assert_eq!(
+        update_profile(&reqwest::Client::new(), &server.url("/"), "user-3")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(server.count_path("/settings"), 2);
+}

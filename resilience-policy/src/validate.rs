@@ -1255,21 +1255,11 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     // progress (409), even with `max_attempts = 1`.
     let retried = s.max_attempts.value > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
     let hedged = s.hedge.value.is_some();
-    // Not retried, but with a fallback: it is called with `self` and the arguments again after
-    // the body, which may have moved `self` or still borrow it through what it returned.
+    // Not retried, but with a fallback: it is called with the arguments again after the body,
+    // which still borrows what it returned a borrow of.
     let fallback_only = !retried && s.fallback.is_some();
     for input in &f.sig.inputs {
         match input {
-            syn::FnArg::Receiver(r)
-                if fallback_only
-                    && (matches!(r.kind, syn::ReceiverKind::Value)
-                        || matches!(&r.kind, syn::ReceiverKind::Typed(_, ty) if !matches!(peel(ty), syn::Type::Reference(_)))) =>
-            {
-                diags.push(
-                    r.self_token.span,
-                    "a method with a fallback cannot take `self` by value: the fallback is called with it after the body, which may have moved it\nhelp: take `&self`, or drop `fallback`",
-                )
-            }
             syn::FnArg::Receiver(r) if retried && matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
                 r.self_token.span,
                 "a retried or keyed method cannot take `self` by value: each attempt (a retry, or an ask for the replay of a keyed request still in progress) needs it again\nhelp: take `&self`, or set max_attempts = 1 without an idempotency key",

@@ -1090,6 +1090,7 @@ impl AttemptCtx {
         depth: u8,
         held: Held,
         call: u64,
+        carried: u8,
     ) -> AttemptCtx {
         AttemptCtx {
             attempt: 0,
@@ -1131,7 +1132,7 @@ impl AttemptCtx {
             described: Cell::new(false),
             key_sent: Cell::new(false),
             foreign_key: Cell::new(false),
-            unsafe_carried: Cell::new(0),
+            unsafe_carried: Cell::new(carried),
             retry_after_nested: Cell::new(false),
         }
     }
@@ -1206,8 +1207,14 @@ impl AttemptCtx {
         *self.unproven.get_mut() = 0;
         *self.helpers_running.get_mut() = 0;
         *self.described.get_mut() = false;
+        // Kept as `CARRIED_BEFORE` when this attempt (or one before it) may have carried out a
+        // request that needs a key: not for a keyed PUT's own bit alone (none needs a key).
         let carried = *self.unsafe_carried.get_mut();
-        *self.unsafe_carried.get_mut() = if carried != 0 { CARRIED_BEFORE } else { 0 };
+        *self.unsafe_carried.get_mut() = if carried & (CARRIED | CARRIED_BEFORE) != 0 {
+            CARRIED_BEFORE
+        } else {
+            0
+        };
         *self.retry_after_nested.get_mut() = false;
     }
 
@@ -1843,7 +1850,18 @@ mod tests {
     /// below that, each poll takes one back.
     #[test]
     fn a_saturated_count_of_unpolled_requests_stays_outstanding() {
-        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default(), 0);
+        let ctx = AttemptCtx::new(
+            1,
+            None,
+            1,
+            1,
+            None,
+            Instant::now(),
+            0,
+            Held::default(),
+            0,
+            0,
+        );
         ctx.made(Method::Get);
         ctx.polled();
         assert!(!ctx.unpolled_outstanding());
@@ -1855,7 +1873,18 @@ mod tests {
         }
         assert!(ctx.unpolled_outstanding());
         // Executes apart: a spawned execute's count is its own future's to take back.
-        let ctx = AttemptCtx::new(1, None, 1, 1, None, Instant::now(), 0, Held::default(), 0);
+        let ctx = AttemptCtx::new(
+            1,
+            None,
+            1,
+            1,
+            None,
+            Instant::now(),
+            0,
+            Held::default(),
+            0,
+            0,
+        );
         ctx.made_for_execute(Method::Post);
         assert!(ctx.take_execute_mark());
         ctx.polled();

@@ -925,6 +925,12 @@ impl Session {
                 depth,
                 held,
                 call,
+                // Its own nested calls given a key are told too (see `carried_before`).
+                if carried_before {
+                    crate::context::CARRIED_BEFORE
+                } else {
+                    0
+                },
             ),
             nested,
             admitted,
@@ -1398,6 +1404,15 @@ impl Session {
     /// nothing recorded.
     pub(crate) fn attempt_ctx(&self, until: Instant) -> AttemptCtx {
         let c = &self.ctx;
+        // An earlier round may have carried out a request that needs a key (or the call was
+        // told so as it began): the nested calls of this one, given their keys again, are told
+        // so (see `CARRIED_BEFORE`).
+        let carried =
+            if self.carried_out || c.unsafe_carried.get() & crate::context::CARRIED_BEFORE != 0 {
+                crate::context::CARRIED_BEFORE
+            } else {
+                0
+            };
         let mut ctx = AttemptCtx::new(
             c.request_id(),
             c.request_id_text.clone(),
@@ -1408,13 +1423,9 @@ impl Session {
             c.depth,
             c.held,
             c.call,
+            carried,
         );
         ctx.attempt = self.attempts;
-        // An earlier round may have carried out a request that needs a key: the nested
-        // calls of this one, given their keys again, are told so (see `CARRIED_BEFORE`).
-        if self.carried_out {
-            *ctx.unsafe_carried.get_mut() = crate::context::CARRIED_BEFORE;
-        }
         ctx
     }
 
