@@ -791,7 +791,7 @@ impl Session {
         // before: an earlier run may have carried out its request under that key, and its
         // fallback must not answer as if nothing had been (the caller would act on it).
         let carried_before =
-            matches!(key, Some(Key::Given(_))) && outer.as_ref().is_some_and(|o| o.carried_before);
+            outer.as_ref().is_some_and(|o| o.carried_before) && matches!(key, Some(Key::Given(_)));
         // The enclosing calls' breakers, bulkheads and concurrency limits: this call runs
         // under their permits where its own are among them.
         let own = [
@@ -926,11 +926,7 @@ impl Session {
                 held,
                 call,
                 // Its own nested calls given a key are told too (see `carried_before`).
-                if carried_before {
-                    crate::context::CARRIED_BEFORE
-                } else {
-                    0
-                },
+                u8::from(carried_before) * crate::context::CARRIED_BEFORE,
             ),
             nested,
             admitted,
