@@ -5955,3 +5955,38 @@ async fn an_idempotent_put_keeps_its_retries_and_fallback_beside_another_types_s
         "no fallback after the mail, unless idempotent: {r:?}"
     );
 }
+
+#[resilient(timeout = "2s", deadline = "10s", method = GET, hedge(delay = "100ms"), backoff(initial = "10ms", max = "10ms"), budget = false)]
+async fn hedged_notify(c: &reqwest::Client, mail: &Mail, order: &str) -> Result<u16, Error> {
+    c.get(order).send().await?.error_for_status()?;
+    Ok(mail.send_email().send().await?.status().as_u16())
+}
+
+/// No hedge starts beside another type's unsafe send in flight (the README's rule): the mail
+/// SDK's send stalls past the hedge's delay, and the body is not run again beside it (the
+/// mail would go out twice).
+#[tokio::test(start_paused = true)]
+async fn no_hedge_beside_another_types_unsafe_send() {
+    let (shop, mail) = shop_with_a_stalled_mail().await;
+    let r = tokio::time::timeout(
+        Duration::from_millis(500),
+        hedged_notify(&client(), &mail, &shop.url("/orders/7")),
+    )
+    .await;
+    assert!(r.is_err(), "the mail stalls: {r:?}");
+    assert_eq!(shop.count_path("/mail"), 1, "the mail went out again");
+    assert_eq!(
+        shop.count_path("/orders/7"),
+        1,
+        "a hedge ran the body again"
+    );
+    // The control: its own GET stalling, the same function hedges it.
+    let (slow, mail) = shop_with_a_stalled_mail().await;
+    let r = tokio::time::timeout(
+        Duration::from_millis(500),
+        hedged_notify(&client(), &mail, &slow.url("/mail")),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(slow.count_path("/mail"), 2, "the stalled GET was hedged");
+}

@@ -264,3 +264,37 @@ async fn reqwests_own_retries_stop_at_two_per_redirect_hop() {
     assert_eq!(first.load(Ordering::SeqCst), 1, "{e}");
     assert_eq!(next.load(Ordering::SeqCst), 3, "{e}");
 }
+
+#[resilient(timeout = "2s", deadline = "5s", retry_on = [connect], budget = false)]
+async fn create_order_through_middleware(
+    c: &reqwest_middleware::ClientWithMiddleware,
+    url: &str,
+) -> Result<u16, reqwest_middleware::Error> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Through a middleware stack the refusal is not taken for a request never sent (the README's
+/// rule: it may be a middleware's own resend's): the unkeyed POST is not sent again, the safe
+/// side of a retry lost.
+#[tokio::test]
+async fn through_middleware_a_refused_stream_is_not_retried() {
+    let server = refusing(1).await;
+    let inner = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let c = reqwest_middleware::ClientBuilder::new(inner).build();
+    let (res, report) =
+        resilience_runtime::measure(create_order_through_middleware(&c, &server.url)).await;
+    assert!(res.is_err(), "{res:?}");
+    assert_eq!(report.expect("a report").attempts, 1);
+    assert_eq!(server.streams.load(Ordering::SeqCst), 1);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 0);
+}
