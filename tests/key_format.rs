@@ -92,6 +92,51 @@ async fn keys_are_bare_by_default_and_quoted_when_set_and_the_layer_takes_both()
         "bare, as when the call began: {}",
         keys[0]
     );
+
+    // Quoted, a nested call handed the call's own key as the attempt shows it (`"uuid"`)
+    // charges under the call's key: the call's failure after it says the key's request may
+    // have been carried out (it once did not: the quoted form was taken for another key).
+    KeyFormat::Quoted.set();
+    let shop = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/charges" {
+            Action::status(201)
+        } else {
+            Action::status(503)
+        }
+    }))
+    .await;
+    let e = place_under_own_key(&http, &shop.url("/charges"), &shop.url("/track"))
+        .await
+        .unwrap_err();
+    KeyFormat::Bare.set();
+    assert!(e.to_string().contains("may have been carried out"), "{e}");
+    assert_eq!(shop.count_path("/charges"), 1);
+}
+
+#[resilient(method = POST, timeout = "1s", max_attempts = 1, budget = false, idempotency_key = key)]
+async fn charge_under(http: &reqwest::Client, url: &str, key: &str) -> Result<u16, Error> {
+    Ok(http
+        .post(url)
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(method = POST, timeout = "5s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn place_under_own_key(
+    http: &reqwest::Client,
+    charges: &str,
+    track: &str,
+) -> Result<u16, Error> {
+    let key = resilience_runtime::current_attempt()
+        .and_then(|a| a.idempotency_key)
+        .expect("a keyed attempt");
+    let charged = charge_under(http, charges, &key).await?;
+    http.get(track).send().await?.error_for_status()?;
+    Ok(charged)
 }
 
 /// Sets the process's key format to quoted when its body runs the second time.

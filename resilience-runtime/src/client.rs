@@ -265,7 +265,8 @@ pub enum KeyFormat {
 static KEY_FORMAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl KeyFormat {
-    /// Sets the format of every generated key in this process, from the next attempt on.
+    /// Sets the format of every generated key in this process, from the next call on (a call
+    /// in progress keeps the format it began with, so its attempts send one key).
     pub fn set(self) {
         KEY_FORMAT.store(
             self == KeyFormat::Quoted,

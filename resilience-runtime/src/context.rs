@@ -144,6 +144,15 @@ pub(crate) enum Key {
     Given(HeaderValue),
 }
 
+/// A key's text without the quotes of a Structured Field string (`"order-7"`), when it is one
+/// with no escape in it; as it is otherwise.
+pub(crate) fn unquoted(text: &[u8]) -> &[u8] {
+    match text {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') && !inner.contains(&b'"') => inner,
+        _ => text,
+    }
+}
+
 /// The key as sent, without the quotes of `KeyFormat::Quoted`.
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,14 +165,17 @@ impl std::fmt::Display for Key {
 
 impl Key {
     /// Whether the key, as [`Display`](std::fmt::Display) writes it, is `text`: without
-    /// allocating.
+    /// allocating. Either written bare or as a Structured Field string (`"order-7"`, the form
+    /// `KeyFormat::Quoted` sends and `current_attempt()` shows): one key, as the server layer
+    /// takes them.
     pub(crate) fn is_text(&self, text: &[u8]) -> bool {
+        let text = unquoted(text);
         match self {
             Key::Auto(u, _) => {
                 let mut buf = uuid::Uuid::encode_buffer();
                 u.hyphenated().encode_lower(&mut buf).as_bytes() == text
             }
-            Key::Given(h) => h.as_bytes() == text,
+            Key::Given(h) => unquoted(h.as_bytes()) == text,
         }
     }
 

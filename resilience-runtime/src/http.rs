@@ -345,7 +345,9 @@ fn stamped_by_hand_in(ctx: &AttemptCtx, req: &reqwest::Request, url: u32) -> boo
 #[cold]
 fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
     match key {
-        crate::context::Key::Given(h) => h == value,
+        crate::context::Key::Given(h) => {
+            crate::context::unquoted(h.as_bytes()) == crate::context::unquoted(value.as_bytes())
+        }
         crate::context::Key::Auto(u, _) => {
             let mut b = uuid::Uuid::encode_buffer();
             let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
