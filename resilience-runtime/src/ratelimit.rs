@@ -607,7 +607,7 @@ impl RateLimiter {
 const STORE_DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[cfg(feature = "redis")]
-pub use shared::{use_redis, use_redis_cluster};
+pub use shared::{connect_redis, use_redis, use_redis_cluster};
 
 #[cfg(feature = "redis")]
 mod shared {
@@ -701,10 +701,26 @@ return 1",
     }
 
     /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
-    /// The first connection given stays (this one or [`use_redis_cluster`]'s); later calls
-    /// return `false`.
+    /// The first connection given stays (this one, [`connect_redis`]'s or
+    /// [`use_redis_cluster`]'s); later calls return `false`. The connection is used as it is:
+    /// its response timeout (the client's default, 500 ms) is what makes it reconnect after a
+    /// Redis host vanished without a reset; one without a response timeout waits until the
+    /// kernel gives up on the socket. [`connect_redis`] makes a connection that is watched.
     pub fn use_redis(conn: ConnectionManager) -> bool {
         CONN.set(RedisConn::Single(conn)).is_ok()
+    }
+
+    /// Connects to the Redis at `url` (`redis://host:port/db`) and shares every rate limit
+    /// declared `store = "redis"` through it, process-wide, as [`use_redis`] does; the
+    /// connection watched as `RedisStore::connect`'s is: one that leaves every command
+    /// unanswered for 2 s (a Redis host that vanished without a reset: powered off, cut off
+    /// by a partition) is replaced by a new one, where the client alone would wait for the
+    /// kernel to give up on the socket, some fifteen minutes of each instance deciding alone.
+    /// `Ok(false)`: a connection was given already, and stays.
+    pub async fn connect_redis(url: &str) -> redis::RedisResult<bool> {
+        let client = redis::Client::open(url)?;
+        let conn = crate::redis_conn::Watched::connect(client).await?;
+        Ok(CONN.set(RedisConn::Watched(conn)).is_ok())
     }
 
     /// Shares every rate limit declared `store = "redis"` through this Redis Cluster,
