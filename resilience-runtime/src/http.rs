@@ -340,27 +340,6 @@ fn stamped_by_hand_in(ctx: &AttemptCtx, req: &reqwest::Request, url: u32) -> boo
     here
 }
 
-/// Whether a request's own `Idempotency-Key` value is the call's key, as the stamping would
-/// have written it (an automatic key bare or quoted, whichever `KeyFormat` is in use now).
-#[cold]
-fn is_the_calls_key(key: &crate::context::Key, value: &HeaderValue) -> bool {
-    match key {
-        crate::context::Key::Given(h) => {
-            crate::context::unquoted(h.as_bytes()) == crate::context::unquoted(value.as_bytes())
-        }
-        crate::context::Key::Auto(u, _) => {
-            let mut b = uuid::Uuid::encode_buffer();
-            let uuid = u.hyphenated().encode_lower(&mut b).as_bytes();
-            let v = value.as_bytes();
-            v == uuid
-                || (v.len() == uuid.len() + 2
-                    && v[0] == b'"'
-                    && v[v.len() - 1] == b'"'
-                    && &v[1..v.len() - 1] == uuid)
-        }
-    }
-}
-
 fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     ctx.note_method(crate::policy::method_of(req.method()));
     ctx.stamped.set(true);
@@ -378,14 +357,14 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let key = match &ctx.key {
         // A request that brings a key of its own (a helper's builder, headers copied from the
         // request being served) keeps it; it carries the call's key only when it is the same
-        // value. Another value (one a helper draws afresh each time the body runs) is no key
+        // value, bare or quoted (`Key::is_text`). Another value (one a helper draws afresh each time the body runs) is no key
         // the attempts share: the request counts as unkeyed, so it is not sent again after it
         // may have reached the server.
         Some(k) if headers.contains_key(&IDEMPOTENCY_KEY) => {
             if headers
                 .get_all(&IDEMPOTENCY_KEY)
                 .iter()
-                .all(|v| is_the_calls_key(k, v))
+                .all(|v| k.is_text(v.as_bytes()))
             {
                 ctx.key_sent.set(true);
             } else {
