@@ -1255,9 +1255,6 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
     // progress (409), even with `max_attempts = 1`.
     let retried = s.max_attempts.value > 1 || !matches!(s.idempotency_key.value, KeyModel::None);
     let hedged = s.hedge.value.is_some();
-    // Not retried, but with a fallback: it is called with the arguments again after the body,
-    // which still borrows what it returned a borrow of.
-    let fallback_only = !retried && s.fallback.is_some();
     for input in &f.sig.inputs {
         match input {
             syn::FnArg::Receiver(r) if retried && matches!(r.kind, syn::ReceiverKind::Value) => diags.push(
@@ -1323,7 +1320,9 @@ pub fn check_function(diags: &mut Diags, f: &syn::ItemFn, s: &Settings) {
             }
         }
     }
-    if retried || fallback_only {
+    // With a fallback, retried or not: it is called with the arguments again after the body,
+    // which still borrows what it returned a borrow of.
+    if retried || s.fallback.is_some() {
         check_mut_borrow_returned(diags, f, retried);
     }
     if let KeyModel::Param(path) = &s.idempotency_key.value {

@@ -229,8 +229,10 @@ impl InFlight {
         // Its completion reported by the client (its expectation taken, in this poll or an
         // earlier one): a client from `ClientSettings` reports each, a plain one none. One
         // expected nowhere (a body reqwest cannot copy) is not known to have been.
-        let unobserved = !self.4
-            || (self.1 != 0 && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true));
+        let unobserved = E::THROUGH_MIDDLEWARE
+            && (!self.4
+                || (self.1 != 0
+                    && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true)));
         record_outcome(res, self.0, self.3, unobserved);
         self.after_poll();
         self.take_back();
@@ -1041,10 +1043,7 @@ pub mod dispatch {
             } else {
                 crate::context::UNPROVEN_UNSAFE
             };
-            let _ = super::with_attempt(|ctx| {
-                ctx.unproven
-                    .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_)
-            });
+            mark_unproven(unsafe_);
             builder
         }
     }
@@ -1075,11 +1074,16 @@ pub mod dispatch {
     /// A send of another type (`T`) ran: marks the attempt ([`AttemptCtx::unproven`]) and says
     /// when `T` is another reqwest version's.
     fn unproven<T>(unsafe_: u8) {
+        mark_unproven(unsafe_);
+        foreign_reqwest(std::any::type_name::<T>());
+    }
+
+    /// Marks the attempt ([`AttemptCtx::unproven`]): something it sent went unstamped.
+    fn mark_unproven(unsafe_: u8) {
         let _ = super::with_attempt(|ctx| {
             ctx.unproven
                 .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_)
         });
-        foreign_reqwest(std::any::type_name::<T>());
     }
 
     /// Says, once, when `name` (a type's) is reqwest's request builder, client or request: one

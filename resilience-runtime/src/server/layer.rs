@@ -1023,12 +1023,7 @@ where
             // answer then is (below); the first caller gets the service's error.
             if cut_at_limit() {
                 tracing::error!(key = %guard.key, "idempotent handler failed after the layer's limit cut its calls");
-                let res = Stored::problem(
-                    &config,
-                    claim,
-                    HANDLER_FAILED,
-                    "The handler failed after the server's limit cut what it was doing; what it had done by then is unknown. Do not resend it: look the result up instead.",
-                );
+                let res = Stored::problem(&config, claim, HANDLER_FAILED, CUT_DETAIL);
                 let _ = guard
                     .finish_with::<ResBody>(&config, res, &tally, Served::HandlerFailed, true)
                     .await;
@@ -1046,7 +1041,7 @@ where
                 claim,
                 HANDLER_FAILED,
                 if cut {
-                    "The handler failed after the server's limit cut what it was doing; what it had done by then is unknown. Do not resend it: look the result up instead."
+                    CUT_DETAIL
                 } else {
                     "The handler failed while processing this request."
                 },
@@ -1534,6 +1529,7 @@ const SCOPE_MISSING: Problem = Problem {
     slug: "scope-missing",
     title: "Idempotency-Key cannot be scoped to a caller",
 };
+const CUT_DETAIL: &str = "The handler failed after the server's limit cut what it was doing; what it had done by then is unknown. Do not resend it: look the result up instead.";
 const SCOPE_MISSING_DETAIL: &str = "This service scopes idempotency keys by caller, and this request names none (is authentication applied before the idempotency layer?). It was not run.";
 const SCOPE_CONFLICT: Problem = Problem {
     status: StatusCode::INTERNAL_SERVER_ERROR,
