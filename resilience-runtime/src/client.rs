@@ -141,9 +141,7 @@ fn completed(
         } else {
             crate::context::hash_of_uri(uri)
         };
-        // Refused before the server acted on it: a 4xx, but a 409 (still in progress).
-        let refused =
-            status.is_some_and(|s| s.is_client_error() && s != http::StatusCode::CONFLICT);
+        let refused = status.is_some_and(crate::context::refused_before_acting);
         ctx.completed(m, url, !connect_failure, refused, sent_on);
     });
     false

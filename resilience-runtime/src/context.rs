@@ -144,6 +144,12 @@ pub(crate) enum Key {
     Given(HeaderValue),
 }
 
+/// A status by which the server refused a request before acting on it: a 4xx, but a 409
+/// (still in progress: being carried out).
+pub(crate) fn refused_before_acting(status: http::StatusCode) -> bool {
+    status.is_client_error() && status != http::StatusCode::CONFLICT
+}
+
 /// A key's text without the quotes of a Structured Field string (`"order-7"`), when it is one
 /// with no escape in it; as it is otherwise.
 pub(crate) fn unquoted(text: &[u8]) -> &[u8] {
@@ -1321,11 +1327,7 @@ impl AttemptCtx {
             // only from the outcome the send returns, which a middleware may make another
             // request's (its own resend that could not connect, an audit call after it).
             if reached {
-                if refused {
-                    self.note_reached(m);
-                } else {
-                    self.note_own_carried(m);
-                }
+                self.note_answered(m, refused);
             }
             return;
         }
@@ -1506,6 +1508,16 @@ impl AttemptCtx {
         let any = if m.needs_key() { CARRIED } else { 0 };
         self.unsafe_carried
             .set(self.unsafe_carried.get() | own | any);
+    }
+
+    /// A request of `m` the runtime stamped reached the server: carried out, or may have been,
+    /// unless `refused` ([`refused_before_acting`]).
+    pub(crate) fn note_answered(&self, m: Method, refused: bool) {
+        if refused {
+            self.note_reached(m);
+        } else {
+            self.note_own_carried(m);
+        }
     }
 
     /// A request of `m` reached the server, or may have (see [`AttemptCtx::reached`]).

@@ -164,12 +164,8 @@ fn record_outcome<E: SentError>(
             // progress" is being carried out); after a redirect followed, the status is the
             // last hop's, and the request's own was a 3xx.
             let refused = !redirected
-                && matches!(res, Ok(r) if r.status().is_client_error() && r.status() != 409);
-            if refused {
-                ctx.note_reached(m);
-            } else {
-                ctx.note_own_carried(m);
-            }
+                && matches!(res, Ok(r) if crate::context::refused_before_acting(r.status()));
+            ctx.note_answered(m, refused);
         }
     });
 }
