@@ -630,8 +630,20 @@ async fn an_invalid_key_is_refused_before_anything_is_sent() {
     for good in ["order-7", "\"order 7\"", "\"say \\\"hi\\\"\""] {
         assert_eq!(charge(&c, &server.url("/charge"), good).await.unwrap(), 200);
     }
+    // 255 characters is the limit as the server counts them: a quoted string's inside, its
+    // quotes and escapes not counted (it was refused with its quotes counted).
+    let quoted_long = format!("\"{}\"", "k".repeat(255));
+    let escaped_long = format!("\"{}\\\"\"", "k".repeat(254));
+    for good in [&quoted_long, &escaped_long] {
+        assert_eq!(charge(&c, &server.url("/charge"), good).await.unwrap(), 200);
+    }
+    let quoted_too_long = format!("\"{}\"", "k".repeat(256));
+    let err = charge(&c, &server.url("/charge"), &quoted_too_long)
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), 0, "{err}");
     let seen = server.requests();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 5);
     assert_eq!(seen[0].header("idempotency-key"), Some("order-7"));
     assert_eq!(seen[1].header("idempotency-key"), Some("\"order 7\""));
 }

@@ -56,11 +56,17 @@ pub enum KeyArg {
 /// Builds a key from a parameter's value.
 pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
     let s = value.to_string();
-    if s.is_empty() || s.len() > 255 {
-        return KeyArg::Given(Err(Error::call(InvalidKey::Length(s.len()))));
+    if s.is_empty() {
+        return KeyArg::Given(Err(Error::call(InvalidKey::Length(0))));
     }
     if !key_in_form(s.as_bytes()) {
         return KeyArg::Given(Err(Error::call(InvalidKey::NotInForm)));
+    }
+    // Counted as servers read it (this crate's layer among them): a quoted string's
+    // characters, without its quotes and escapes.
+    let len = key_len(s.as_bytes());
+    if len > 255 {
+        return KeyArg::Given(Err(Error::call(InvalidKey::Length(len))));
     }
     KeyArg::Given(
         reqwest::header::HeaderValue::from_str(&s).map_err(|_| Error::call(InvalidKey::NotInForm)),
@@ -92,6 +98,25 @@ fn key_in_form(b: &[u8]) -> bool {
     }
 }
 
+/// The length of a key in the form servers read ([`key_in_form`]), as they read it: a quoted
+/// Structured Field string's characters, each escape one; a bare key's bytes.
+fn key_len(b: &[u8]) -> usize {
+    match b {
+        [b'"', inner @ .., b'"'] => {
+            let mut escaped = false;
+            inner
+                .iter()
+                .filter(|&&c| {
+                    let starts_escape = !escaped && c == b'\\';
+                    escaped = starts_escape;
+                    !starts_escape
+                })
+                .count()
+        }
+        _ => b.len(),
+    }
+}
+
 /// An idempotency key that is empty, longer than 255 bytes, or not in the form servers read.
 #[derive(Debug)]
 enum InvalidKey {
@@ -103,7 +128,7 @@ impl std::fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InvalidKey::Length(n) => {
-                write!(f, "idempotency key of {n} bytes: it must be 1 to 255 bytes")
+                write!(f, "idempotency key of {n} bytes (characters, quoted): it must be 1 to 255")
             }
             InvalidKey::NotInForm => f.write_str(
                 "idempotency key may hold only visible ASCII characters (no spaces, control characters or bytes past ASCII), unless it is a quoted Structured Field string (\"order 7\")",
