@@ -59,12 +59,11 @@ pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
     if s.is_empty() {
         return KeyArg::Given(Err(Error::call(InvalidKey::Length(0))));
     }
-    if !key_in_form(s.as_bytes()) {
+    // Its length counted as servers read it (this crate's layer among them): a quoted
+    // string's characters, without its quotes and escapes.
+    let Some(len) = key_in_form(s.as_bytes()) else {
         return KeyArg::Given(Err(Error::call(InvalidKey::NotInForm)));
-    }
-    // Counted as servers read it (this crate's layer among them): a quoted string's
-    // characters, without its quotes and escapes.
-    let len = key_len(s.as_bytes());
+    };
     if len > 255 {
         return KeyArg::Given(Err(Error::call(InvalidKey::Length(len))));
     }
@@ -76,44 +75,34 @@ pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
 /// Whether a key is written as servers read it (this crate's `IdempotencyLayer` among them):
 /// visible ASCII, or a quoted Structured Field string (the IETF draft's form), not empty. A key
 /// with a space or a byte past ASCII was sent, and answered 400: refused before anything is
-/// sent instead.
-fn key_in_form(b: &[u8]) -> bool {
+/// sent instead. Its length as they read it when it is: a quoted string's characters (an
+/// escape one), a bare key's bytes.
+fn key_in_form(b: &[u8]) -> Option<usize> {
     match b {
         [b'"', inner @ .., b'"'] if !inner.is_empty() => {
-            let mut escaped = false;
-            inner.iter().all(|&c| {
+            let (mut escaped, mut len) = (false, 0);
+            for &c in inner {
                 if escaped {
                     escaped = false;
-                    c == b'"' || c == b'\\'
+                    if c != b'"' && c != b'\\' {
+                        return None;
+                    }
+                    len += 1;
                 } else if c == b'\\' {
                     escaped = true;
-                    true
+                } else if (0x20..=0x7e).contains(&c) && c != b'"' {
+                    len += 1;
                 } else {
-                    (0x20..=0x7e).contains(&c) && c != b'"'
+                    return None;
                 }
-            }) && !escaped
+            }
+            (!escaped).then_some(len)
         }
-        [b'"', ..] => false,
-        _ => b.iter().all(|c| (0x21..=0x7e).contains(c)),
-    }
-}
-
-/// The length of a key in the form servers read ([`key_in_form`]), as they read it: a quoted
-/// Structured Field string's characters, each escape one; a bare key's bytes.
-fn key_len(b: &[u8]) -> usize {
-    match b {
-        [b'"', inner @ .., b'"'] => {
-            let mut escaped = false;
-            inner
-                .iter()
-                .filter(|&&c| {
-                    let starts_escape = !escaped && c == b'\\';
-                    escaped = starts_escape;
-                    !starts_escape
-                })
-                .count()
-        }
-        _ => b.len(),
+        [b'"', ..] => None,
+        _ => b
+            .iter()
+            .all(|c| (0x21..=0x7e).contains(c))
+            .then_some(b.len()),
     }
 }
 
