@@ -853,6 +853,25 @@ async fn asks_for_the_replay_are_not_paid_from_the_budget() {
     assert_eq!(failing.count(), 1);
 }
 
+/// A 409 whose `Retry-After` cannot be read (a word, a date with the wrong weekday) is still
+/// the server's "this key is still being processed": the call asks again for the replay
+/// instead of ending on the 409 with the first request's outcome unknown.
+#[tokio::test(start_paused = true)]
+async fn a_409_with_an_unreadable_retry_after_is_asked_again() {
+    for unreadable in ["soon", "Sat, 09 Dec 2026 10:00:00 GMT"] {
+        let server = FaultServer::start(Script::sequence([
+            Action::status(409).header("Retry-After", unreadable),
+            Action::ok().body("settled"),
+        ]))
+        .await;
+        let got = settle(&reqwest::Client::new(), &server.url("/settlements")).await;
+        assert_eq!(got.expect(unreadable), "settled", "{unreadable}");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2, "{unreadable}");
+        assert_eq!(requests[0].idempotency_key(), requests[1].idempotency_key());
+    }
+}
+
 #[resilient(
     timeout = "100ms",
     deadline = "10s",

@@ -528,7 +528,13 @@ fn response_facts(resp: &reqwest::Response) -> ResponseFacts {
     let retry_after = if status < 400 {
         None
     } else {
-        retry_after_of(headers)
+        retry_after_of(headers).or_else(|| {
+            // A 409 with a `Retry-After` that cannot be read (`soon`, a date with the wrong
+            // weekday) is still the server's "this key is still being processed" (the server
+            // half tells it by the field's presence): asked again after the backoff alone,
+            // where ending the call would leave the first request's outcome unasked for.
+            (status == 409 && headers.contains_key(RETRY_AFTER)).then_some(Duration::ZERO)
+        })
     };
     let replayed = headers
         .get(IDEMPOTENT_REPLAYED)
