@@ -80,6 +80,16 @@ mod tests {
             parse("Sun, 06 Nov 1994 08:49:00 GMT", now),
             Some(Duration::ZERO)
         );
+        // The obsolete forms a recipient must accept (RFC 9110, 5.6.7): RFC 850's, whose
+        // comma is the day's own, and asctime's.
+        assert_eq!(
+            parse("Sunday, 06-Nov-94 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse("Sun Nov  6 08:50:07 1994", now),
+            Some(Duration::from_secs(30))
+        );
     }
 
     /// Outside the grammar, read on the safe side: a fraction rounded up, a merged list's
