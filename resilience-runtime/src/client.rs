@@ -187,11 +187,23 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // Whether the hop just reported (by a client of `ClientSettings`, whose classifier ran
         // on it in this same poll) was a stamped unsafe request's 307 or 308: taken here, on
         // every path, so that it never outlives this redirect.
+        // The hop's method as that client reported it; or else as the stamped request being
+        // polled tells it (a client built by hand reports nothing).
         let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
             ctx.redirects.set(ctx.redirects.get().wrapping_add(1));
+            let reported = ctx.hop_method.replace(crate::policy::Method::Post);
+            let polling = ctx.polling.get();
+            // A 303 sends it on as a GET (reqwest keeps a HEAD a HEAD: safe either way).
+            if attempt.status() == reqwest::StatusCode::SEE_OTHER {
+                ctx.polling.set(crate::policy::Method::Get);
+            }
             (
                 ctx.unsafe_hop.replace(0),
-                ctx.hop_method.replace(crate::policy::Method::Post),
+                if reported == crate::policy::Method::Post {
+                    polling
+                } else {
+                    reported
+                },
             )
         })
         .unwrap_or((0, crate::policy::Method::Post));

@@ -899,6 +899,11 @@ pub(crate) struct AttemptCtx {
     /// it was (`unsafe_hop`'s, when it names one), for the redirect policy that follows; a
     /// POST's otherwise.
     pub hop_method: Cell<Method>,
+    /// The method of the stamped unsafe request being polled now, as its redirects so far
+    /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
+    /// where no client reported the hop's method (a client built by hand given
+    /// `redirect_policy()`), so that a PATCH's 302 back to its own URL is a loop there too.
+    pub polling: Cell<Method>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
     pub matched: Cell<u32>,
@@ -1142,6 +1147,7 @@ impl AttemptCtx {
             unsafe_hop: Cell::new(0),
             redirect_target: Cell::new(0),
             hop_method: Cell::new(Method::Post),
+            polling: Cell::new(Method::Post),
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),

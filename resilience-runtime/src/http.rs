@@ -181,11 +181,22 @@ fn record_outcome<E: SentError>(
 /// with an expectation of its own still outstanding takes it back. Then the attempt's count of
 /// redirects at its start, and whether its completion was expected at all (a body reqwest can
 /// copy: one it cannot, a stream or a multipart form, is expected nowhere).
-struct InFlight(Option<crate::policy::Method>, u32, u32, u32, bool);
+struct InFlight(
+    Option<crate::policy::Method>,
+    u32,
+    u32,
+    u32,
+    bool,
+    // The method its next redirect would send it on with, for the redirect policy (see
+    // `AttemptCtx::polling`): a PUT, PATCH or DELETE's own until a 303 makes it a GET; a
+    // POST's (none to tell) otherwise.
+    crate::policy::Method,
+);
 
 impl InFlight {
     /// Sent from the attempt (its first poll there): its completion is expected at `url`.
     fn start(method: Option<crate::policy::Method>, url: u32) -> InFlight {
+        use crate::policy::Method;
         let redirects = with_attempt(|ctx| {
             if url != 0 {
                 ctx.expect_at(url);
@@ -193,15 +204,21 @@ impl InFlight {
             ctx.redirects.get()
         })
         .unwrap_or(0);
-        InFlight(method, url, 0, redirects, url != 0)
+        // `url` is 0 for a safe method (and a body reqwest cannot send again on a redirect).
+        let hop = match method {
+            Some(m) if url != 0 => m,
+            _ => Method::Post,
+        };
+        InFlight(method, url, 0, redirects, url != 0, hop)
     }
 
-    /// Before the request's poll: the attempt's count of matched completions, and no
-    /// redirect target noted yet.
+    /// Before the request's poll: the attempt's count of matched completions, no redirect
+    /// target noted yet, and its method for a redirect the poll follows.
     fn before_poll(&mut self) {
         if self.1 != 0
             && let Some(n) = with_attempt(|ctx| {
                 ctx.redirect_target.set(0);
+                ctx.polling.set(self.5);
                 ctx.matched.get()
             })
         {
@@ -210,13 +227,22 @@ impl InFlight {
     }
 
     /// After the request's poll: a completion of it reported in the poll took its expectation;
-    /// what it expects now is the target of the 307 or 308 followed, if any.
+    /// what it expects now is the target of the 307 or 308 followed, if any. Its method as
+    /// the redirects followed in the poll left it, and none for another request's poll.
     fn after_poll(&mut self) {
         if self.1 != 0
-            && let Some(Some(now)) =
-                with_attempt(|ctx| (ctx.matched.get() != self.2).then(|| ctx.redirect_target.get()))
+            && let Some((matched, target, hop)) = with_attempt(|ctx| {
+                (
+                    ctx.matched.get(),
+                    ctx.redirect_target.get(),
+                    ctx.polling.replace(crate::policy::Method::Post),
+                )
+            })
         {
-            self.1 = now;
+            self.5 = hop;
+            if matched != self.2 {
+                self.1 = target;
+            }
         }
     }
 
