@@ -474,13 +474,39 @@ pub fn read_client(
                             connect_at = Some(v.clone());
                         }
                         "pool_idle_timeout" => m.pool_idle_timeout = d,
-                        _ => m.tcp_keepalive = d,
+                        _ => {
+                            // The system takes whole seconds (a fraction is dropped: `500ms`
+                            // would be 0) up to Linux's 32767; a value it refuses leaves the
+                            // socket on its 2-hour default, with a warning in a log at most.
+                            if !d.is_zero()
+                                && (d.subsec_nanos() != 0 || d > Duration::from_secs(32_767))
+                            {
+                                err(
+                                    diags,
+                                    v,
+                                    fb,
+                                    format!(
+                                        "tcp_keepalive is set in whole seconds, from 1s to 32767s: the system would refuse {} and keep its 2-hour default",
+                                        fmt_d(d)
+                                    ),
+                                );
+                            }
+                            m.tcp_keepalive = d;
+                        }
                     }
                 }
             }
             "pool_max_idle_per_host" => {
                 if let Some(n) = integer(diags, v, fb, k) {
-                    m.pool_max_idle_per_host = n.min(u64::from(u32::MAX)) as u32;
+                    match u32::try_from(n) {
+                        Ok(n) => m.pool_max_idle_per_host = n,
+                        Err(_) => err(
+                            diags,
+                            v,
+                            fb,
+                            format!("pool_max_idle_per_host must be at most {}", u32::MAX),
+                        ),
+                    }
                 }
             }
             _ => {}

@@ -19,7 +19,9 @@ pub struct ClientSettings {
     /// `Connection reset by peer`) of a stale pooled socket. Must stay below the lowest
     /// keep-alive of the servers called; see [`ClientSettings::DEFAULT`] for common ones.
     pub pool_idle_timeout: Duration,
-    /// TCP keep-alive probes on open connections.
+    /// TCP keep-alive probes on open connections: the idle time before the first. The system
+    /// takes whole seconds, 1 to 32767 on Linux (`[clients.NAME]` is refused otherwise); a
+    /// value it refuses leaves the socket on its 2-hour default.
     pub tcp_keepalive: Duration,
     /// Idle connections kept per host.
     pub pool_max_idle_per_host: usize,
