@@ -785,11 +785,15 @@ fn resolve_shared_with(
         let (m, connect_at) = read_client(diags, &t.entries, fb);
         shared.connect_timeout = Some(m.connect_timeout);
         if cross && m.connect_timeout >= s.timeout.value {
+            // Not set in the section: the default's, not the `client = "…"` line's.
+            let connect_origin = match &connect_at {
+                Some(at) => at.origin.to_string(),
+                None => format!("the default: [clients.{}] sets none", c.value),
+            };
             let connect = connect_at.unwrap_or(Located {
                 value: crate::value::Value::Bool(true),
                 origin: c.origin.clone(),
             });
-            let connect_origin = connect.origin.to_string();
             let at = blame(connect, &s.timeout.origin);
             // A file value has no tokens: point at the `client = "…"` that brings it in.
             err(
