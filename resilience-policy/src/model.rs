@@ -726,6 +726,8 @@ impl Settings {
                 }
             }
             "client" => match v.as_text() {
+                // `[defaults] client = "pg"` switched off for one function: none checked.
+                None if matches!(v.value, Value::Bool(false)) => self.client = None,
                 Some(name) => {
                     self.client = Some(Set {
                         value: name.to_owned(),
@@ -736,7 +738,7 @@ impl Settings {
                     diags,
                     v,
                     fallback,
-                    "`client` takes the name of a [clients.NAME] section",
+                    "`client` takes the name of a [clients.NAME] section, or false",
                 ),
             },
             other => {
