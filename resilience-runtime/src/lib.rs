@@ -78,13 +78,15 @@ pub use report::{CallReport, measure};
 #[doc = include_str!("docs/resilient.md")]
 pub use resilience_macros::resilient;
 
-/// The settings of a `[clients.NAME]` table of `resilience.toml`, checked at compile time, as a
-/// [`ClientSettings`]: `client!("pg").build()?` is a `reqwest::Client` with a connect timeout
-/// shorter than the attempt timeout, a pool idle timeout shorter than common server keep-alive
-/// timeouts, TCP keep-alive, and reqwest's own retries only for requests an HTTP/2 server
-/// refused before processing them (see [`ClientSettings::builder`]).
-/// `client!("pg", config = "../x.toml")`
-/// reads another file.
+/// The settings of a `[clients.NAME]` table of `resilience.toml`, read and checked at compile
+/// time (each value in its range), as a [`ClientSettings`]: `client!("pg").build()?` is a
+/// `reqwest::Client` with the section's connect timeout, pool idle timeout (1 s unless set:
+/// below common server keep-alive timeouts; a longer one set is taken as written) and TCP
+/// keep-alive, the runtime's redirect policy, and reqwest's own retries only for requests an
+/// HTTP/2 server refused before processing them (see [`ClientSettings::builder`]).
+/// `client!` sees no function: that the connect timeout is shorter than an attempt timeout is
+/// checked on each function naming the client (`#[resilient(client = "pg")]`, against the
+/// file that attribute reads). `client!("pg", config = "../x.toml")` reads another file.
 pub use resilience_macros::client;
 pub use retry_after::parse as parse_retry_after;
 
