@@ -11,17 +11,19 @@ use resilience_policy::validate::read_client;
 use resilience_policy::value::did_you_mean;
 
 pub(crate) fn client(input: TokenStream) -> TokenStream {
-    match build(input) {
+    // The runtime's path, as `crate = "…"` gives it, for the value of an error too.
+    let mut krate = quote!(::resilience_runtime);
+    match build(input, &mut krate) {
         Ok(ts) => ts,
         Err(e) => {
             let e = e.into_compile_error();
             // Fail soft: a value of the right type, so the rest of the crate type-checks.
-            quote!({ #e; ::resilience_runtime::ClientSettings::DEFAULT })
+            quote!({ #e; #krate::ClientSettings::DEFAULT })
         }
     }
 }
 
-fn build(input: TokenStream) -> syn::Result<TokenStream> {
+fn build(input: TokenStream, krate_out: &mut TokenStream) -> syn::Result<TokenStream> {
     let parser = |s: syn::parse::ParseStream<'_>| {
         let name: syn::LitStr = s.parse()?;
         let mut config: Option<syn::LitStr> = None;
@@ -34,9 +36,9 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
             let key: syn::Ident = syn::ext::IdentExt::parse_any(s)?;
             s.parse::<syn::Token![=]>()?;
             let v: syn::LitStr = s.parse()?;
-            match key.to_string().as_str() {
-                "config" => config = Some(v),
-                "crate" => krate = Some(v),
+            let slot = match key.to_string().as_str() {
+                "config" => &mut config,
+                "crate" => &mut krate,
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
@@ -45,7 +47,14 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
                         ),
                     ));
                 }
+            };
+            if slot.is_some() {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("`{key}` given twice: which one is meant?"),
+                ));
             }
+            *slot = Some(v);
         }
         Ok((name, config, krate))
     };
@@ -63,6 +72,7 @@ fn build(input: TokenStream) -> syn::Result<TokenStream> {
         },
         None => quote!(::resilience_runtime),
     };
+    krate_out.clone_from(&krate);
     let source_dir = crate::entry::proc_macro_source_dir();
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
     let located = config::locate(

@@ -9,3 +9,7 @@ fn main() {
 fn with_a_generic_crate_path() {
     let _generic = client!("pg", config = "../policies.toml", crate = "my::reexport<u8>");
 }
+
+fn with_a_key_given_twice() {
+    let _twice = client!("pg", config = "../policies.toml", config = "../bad_clients.toml");
+}
