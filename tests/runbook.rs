@@ -627,6 +627,15 @@ async fn child_with_a_file_unsafe_for_a_function_not_called_yet() {
             && logged.contains("POST"),
         "{logged}"
     );
+    // An operator's endpoint sees it: the file in force does not apply to refund, and why.
+    let refused = overrides::refused();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].function, "runbook::refund");
+    assert!(
+        refused[0].problems.iter().any(|p| p.contains("POST")),
+        "{refused:?}"
+    );
+    assert!(overrides::unmatched().is_empty());
     server.clear();
     // Now that both are known, the same file is refused whole, and each keeps what it had.
     let e = overrides::reload().unwrap_err();
@@ -639,6 +648,9 @@ async fn child_with_a_file_unsafe_for_a_function_not_called_yet() {
     server.clear();
     refund(&c, &server.url("/")).await.unwrap_err();
     assert_eq!(server.count(), 1, "refund keeps its compiled policy");
+    assert_eq!(overrides::refused().len(), 1, "the file is still in force");
+    overrides::clear();
+    assert!(overrides::refused().is_empty(), "no file in force");
 }
 
 /// The README's "In production" promise, as the runtime can keep it: a file is checked against

@@ -174,6 +174,9 @@ struct Known {
     /// it again, so that a file applied over and over (a reload on a timer, on every SIGHUP)
     /// keeps as many as it has distinct settings, not one more per reload.
     made: Vec<&'static Policy>,
+    /// The rules the file in force would break for this function, found at its first call
+    /// (it keeps its compiled policy): empty when the file applies to it, or none is in force.
+    refused: Vec<String>,
 }
 
 impl Known {
@@ -275,6 +278,7 @@ pub(crate) fn register(
         compiled,
         current,
         made: Vec::new(),
+        refused: Vec::new(),
     };
     // Under the list's lock, which a reload holds from its plan until its file is in place:
     // a reload racing this first call either sees this function or is the file read here
@@ -289,11 +293,14 @@ pub(crate) fn register(
                 log(&changes);
             }
             Ok(None) => {}
-            Err(problems) => tracing::error!(
-                function,
-                problems = %problems.join("; "),
-                "run-time overrides refused for this function: it keeps its compiled policy"
-            ),
+            Err(problems) => {
+                tracing::error!(
+                    function,
+                    problems = %problems.join("; "),
+                    "run-time overrides refused for this function: it keeps its compiled policy"
+                );
+                known.refused = problems;
+            }
         }
     }
     all.push(known);
@@ -357,6 +364,11 @@ pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> 
 }
 
 fn apply_file_now(path: &Path) -> Result<Vec<Change>, OverrideError> {
+    // One file read and applied at a time: two reloads racing a rewrite of the file (a
+    // SIGHUP, an operator's endpoint) apply what they read in the order they read it, so the
+    // later read (the newer contents) is the one left in force.
+    static READING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = lock(&READING);
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| OverrideError {
         problems: vec![format!("{name}: cannot read: {e}")],
@@ -376,6 +388,7 @@ fn apply_str_now(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
     let planned = plan_all(&doc, known.iter())?;
     let mut all = Vec::new();
     for (k, p) in known.iter_mut().zip(planned) {
+        k.refused.clear();
         match p {
             // What changes is told against the policy in force, an earlier file's override
             // included (a setting that file changed and this one leaves out goes back), not
@@ -424,6 +437,33 @@ pub fn unmatched() -> Vec<String> {
     doc.map_or_else(Vec::new, |doc| unmatched_in(&doc, &known))
 }
 
+/// The functions the override file in force does not apply to because it would break a rule
+/// for them, each with the rules (as `file:line:col: …`): found when a function is first
+/// called after the file was applied (checked then against it), it keeps its compiled policy
+/// until a file that suits it is applied (the same file is then refused whole). For an
+/// operator's endpoint, beside [`unmatched`].
+pub fn refused() -> Vec<Refused> {
+    read_env_once();
+    lock(&KNOWN)
+        .iter()
+        .filter(|k| !k.refused.is_empty())
+        .map(|k| Refused {
+            function: k.function,
+            problems: k.refused.clone(),
+        })
+        .collect()
+}
+
+/// A function the override file in force does not apply to (see [`refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refused {
+    /// The function's full path.
+    pub function: &'static str,
+    /// The rules the file would break for it, located in the file.
+    pub problems: Vec<String>,
+}
+
 fn unmatched_in(doc: &Doc, known: &[Known]) -> Vec<String> {
     let functions = doc
         .functions
@@ -456,6 +496,7 @@ pub fn check(
             compiled,
             current: &UNUSED,
             made: Vec::new(),
+            refused: Vec::new(),
         })
         .collect();
     Ok(plan_all(&doc, known.iter())?
@@ -501,9 +542,10 @@ pub fn clear() -> Vec<Change> {
 }
 
 fn clear_now() -> Vec<Change> {
-    let known = lock(&KNOWN);
+    let mut known = lock(&KNOWN);
     let mut all = Vec::new();
-    for k in known.iter() {
+    for k in known.iter_mut() {
+        k.refused.clear();
         if let Some(had) = k.current.swap(None) {
             all.append(&mut diff(k.function, &had, k.compiled));
         }
