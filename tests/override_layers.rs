@@ -155,6 +155,16 @@ async fn each_section_and_setting_changes_the_calls() {
         e.contains("max_attempts = 5000000000 is outside 1..=10"),
         "{e}"
     );
+    // A setting written above every section says where it goes (it once said to make it a
+    // section of its own, `[timeout]`, which is refused as unknown).
+    let e = overrides::apply_str("timeout = \"5s\"\n", "incident.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("incident.toml:1:1")
+            && e.contains("`timeout` outside a section: settings go under [defaults]"),
+        "{e}"
+    );
 
     // A section that names no function called so far (a misspelled path) or no policy
     // applies to nothing, silently: `unmatched()` lists it for an operator to see.

@@ -1051,7 +1051,16 @@ fn parse(text: &str, name: &str) -> Result<Doc, Vec<String>> {
     for (key, v) in root.get_ref() {
         let k: &str = key.get_ref();
         let toml::de::DeValue::Table(t) = v.get_ref() else {
-            ps.problem(key.span().start, format!("`{k}` must be a section: [{k}]"));
+            // A setting written at the top (`timeout = "5s"`) belongs in a section.
+            ps.problem(
+                key.span().start,
+                match k {
+                    "defaults" | "policies" | "functions" => format!("`{k}` must be a section: [{k}]"),
+                    _ => format!(
+                        "`{k}` outside a section: settings go under [defaults], [policies.NAME] or [functions.\"PATH\"]"
+                    ),
+                },
+            );
             continue;
         };
         match k {
