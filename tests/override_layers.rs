@@ -85,6 +85,19 @@ async fn each_section_and_setting_changes_the_calls() {
         "[functions] over [policies]"
     );
 
+    // The same read from a file, as an operator's endpoint applies it; a file that cannot be
+    // read is refused with its name, and what is in force stays.
+    let dir = std::env::temp_dir().join(format!("override_layers_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("incident.toml");
+    std::fs::write(&file, "[policies.search]\nmax_attempts = 2\n").unwrap();
+    overrides::apply_file(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(attempts(unavailable()).await.0, 2, "apply_file");
+    let e = overrides::apply_file(dir.join("missing.toml")).unwrap_err();
+    assert!(e.to_string().contains("missing.toml: cannot read"), "{e}");
+    assert_eq!(attempts(unavailable()).await.0, 2, "kept after a refusal");
+    std::fs::remove_dir_all(&dir).ok();
+
     // `[defaults]` applies to every function, under `[policies.NAME]`.
     apply("[defaults]\nmax_attempts = 2\n");
     assert_eq!(attempts(unavailable()).await.0, 2, "[defaults]");
