@@ -122,16 +122,23 @@ fn settings_and_own_clients() -> [(&'static str, reqwest::Client); 2] {
 /// updated), it is a loop, stopped before the PATCH goes out again; it was once followed, and
 /// the unkeyed PATCH applied twice within one send. The same through a client built by hand
 /// with the runtime's redirect policy, as the README says to, which reports no method: the
-/// stamped request being sent tells it.
+/// stamped request being sent tells it, sent with `.send()` or with `execute`.
 #[tokio::test(start_paused = true)]
 async fn an_unkeyed_patch_answered_302_to_its_own_url_is_sent_once() {
     for (which, c) in settings_and_own_clients() {
-        for status in [301, 302] {
+        for (status, executed) in [(301, false), (302, false), (302, true)] {
             let server = FaultServer::start(Script::always(
                 Action::status(status).header("location", "/carts/7"),
             ))
             .await;
-            let e = update_cart(&c, &server.url("/carts/7")).await.unwrap_err();
+            let url = server.url("/carts/7");
+            let e = if executed {
+                update_cart_by_execute(&c, &url).await
+            } else {
+                update_cart(&c, &url).await
+            }
+            .unwrap_err();
+            let which = format!("{which}, executed: {executed}");
             assert_eq!(e.attempts(), 1, "{which} {status}: {e}");
             let patches = server
                 .requests()
@@ -141,6 +148,69 @@ async fn an_unkeyed_patch_answered_302_to_its_own_url_is_sent_once() {
             assert_eq!(patches, 1, "{which} {status}: the PATCH went out again");
         }
     }
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false,
+    retry_on = [connect]
+)]
+async fn update_cart_by_execute(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let req = c.patch(url).body("qty=2").build()?;
+    Ok(c.execute(req).await?.error_for_status()?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    idempotency_key = auto,
+    retry_on = [503]
+)]
+async fn look_then_pay(c: &reqwest::Client, look: &str, pay: &str) -> Result<u16, Error> {
+    c.get(look).send().await?.error_for_status()?;
+    let req = c.post(pay).body("amount=1").build()?;
+    Ok(c.execute(req).await?.error_for_status()?.status().as_u16())
+}
+
+/// A GET's 303 earlier in the attempt tells nothing of a later request's redirects: a keyed
+/// POST sent with `execute` and sent on by a 307 is still the keyed POST at its target, and its
+/// 503 there is retried under the key (a 303 once left a GET's method for the attempt, and the
+/// POST's completion at the target was taken for an unkeyed one's: not retried).
+#[tokio::test(start_paused = true)]
+async fn a_gets_303_leaves_nothing_for_a_keyed_posts_307() {
+    let pays = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_pays = pays.clone();
+    let server = FaultServer::start(Script::dynamic(move |seen| match seen.path.as_str() {
+        "/look" => Action::status(303).header("location", "/look/done"),
+        "/pay" => Action::status(307).header("location", "/pay/there"),
+        "/pay/there" if seen_pays.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            Action::status(503)
+        }
+        _ => Action::ok(),
+    }))
+    .await;
+    let c = ClientSettings::DEFAULT.build().unwrap();
+    let (got, report) =
+        resilience_runtime::measure(look_then_pay(&c, &server.url("/look"), &server.url("/pay")))
+            .await;
+    assert_eq!(got.expect("retried under its key"), 200);
+    assert_eq!(report.expect("measured").attempts, 2);
+    assert_eq!(pays.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let keys: Vec<_> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.idempotency_key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "{keys:?}"
+    );
 }
 
 /// A PATCH answered 303 is read with a GET, and that GET's 302 back to the PATCH's URL is

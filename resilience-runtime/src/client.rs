@@ -130,6 +130,8 @@ fn completed(
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
     let sent_on = status.is_some_and(|s| resent_by(s.as_u16(), method == http::Method::POST));
+    // The statuses reqwest's redirect policy is asked about.
+    let redirected = status.is_some_and(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308));
     if error.is_some_and(crate::classify::protocol_nack) {
         return true;
     }
@@ -144,7 +146,7 @@ fn completed(
             crate::context::hash_of_uri(uri)
         };
         let refused = status.is_some_and(crate::context::refused_before_acting);
-        ctx.completed(m, url, !connect_failure, refused, sent_on);
+        ctx.completed(m, url, !connect_failure, refused, sent_on, redirected);
     });
     false
 }
@@ -192,21 +194,19 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         // The hop's method as that client reported it; or else as the stamped request being
         // polled tells it (a client built by hand reports nothing).
         let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
+            use crate::policy::Method;
             ctx.redirects.set(ctx.redirects.get().wrapping_add(1));
-            let reported = ctx.hop_method.replace(crate::policy::Method::Post);
+            let reported = ctx.hop_method.take();
             let polling = ctx.polling.get();
-            // A 303 sends it on as a GET (reqwest keeps a HEAD a HEAD: safe either way).
-            if attempt.status() == reqwest::StatusCode::SEE_OTHER {
-                ctx.polling.set(crate::policy::Method::Get);
+            // A 303 sends the request being polled on as a GET (reqwest keeps a HEAD a HEAD:
+            // safe either way); not another's 303 in its poll, where a client tells it.
+            if attempt.status() == reqwest::StatusCode::SEE_OTHER
+                && polling != Method::Post
+                && reported.is_none_or(|m| m == polling)
+            {
+                ctx.polling.set(Method::Get);
             }
-            (
-                ctx.unsafe_hop.replace(0),
-                if reported == crate::policy::Method::Post {
-                    polling
-                } else {
-                    reported
-                },
-            )
+            (ctx.unsafe_hop.replace(0), reported.unwrap_or(polling))
         })
         .unwrap_or((0, crate::policy::Method::Post));
         // ... and this redirect is from that hop's URL (not one of a client that reports
@@ -228,9 +228,9 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
             .filter(|u| *u == attempt.url())
             .count();
         // Resent as it was: a 307 or 308; a 301 or 302 of an unsafe request but a POST (its
-        // method reported by a client of `ClientSettings` in this same poll; one that reports
-        // nothing reads as a POST's): an unkeyed PATCH answered 302 back to its own URL was
-        // once applied twice within one send.
+        // method reported by a client of `ClientSettings` in this same poll, or told by the
+        // stamped request being polled; a POST's when neither tells it): an unkeyed PATCH
+        // answered 302 back to its own URL was once applied twice within one send.
         // (A safe request's 301 or 302 going round is the GET rule's below.)
         let resent = resent_by(
             attempt.status().as_u16(),

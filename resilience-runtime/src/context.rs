@@ -895,15 +895,18 @@ pub(crate) struct AttemptCtx {
     /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
     /// request at (see `InFlight` in `http.rs`).
     pub redirect_target: Cell<u32>,
-    /// The method of the request last reported completed with a redirect that sends it on as
-    /// it was (`unsafe_hop`'s, when it names one), for the redirect policy that follows; a
-    /// POST's otherwise.
-    pub hop_method: Cell<Method>,
+    /// The method of the request last reported completed with a redirect status (`unsafe_hop`'s,
+    /// when it names one), for the redirect policy that follows and takes it; none otherwise
+    /// (no client reported one: see `polling`).
+    pub hop_method: Cell<Option<Method>>,
     /// The method of the stamped unsafe request being polled now, as its redirects so far
     /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
     /// where no client reported the hop's method (a client built by hand given
     /// `redirect_policy()`), so that a PATCH's 302 back to its own URL is a loop there too.
+    /// Set and taken back around each poll of such a request (`InFlight`, `Observed`).
     pub polling: Cell<Method>,
+    /// The method of the request last stamped for `execute` (see `take_execute_mark`).
+    pub execute_method: Cell<Method>,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
     pub matched: Cell<u32>,
@@ -1146,8 +1149,9 @@ impl AttemptCtx {
             unsafe_left: Cell::new([0; 8]),
             unsafe_hop: Cell::new(0),
             redirect_target: Cell::new(0),
-            hop_method: Cell::new(Method::Post),
+            hop_method: Cell::new(None),
             polling: Cell::new(Method::Post),
+            execute_method: Cell::new(Method::Post),
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
@@ -1226,6 +1230,8 @@ impl AttemptCtx {
         // difference, `redirect_target` is cleared before each poll that reads it).
         *self.unsafe_left.get_mut() = [0; 8];
         *self.unsafe_hop.get_mut() = 0;
+        // Taken back after each poll; a poll that unwound (a panic) left it set.
+        *self.polling.get_mut() = Method::Post;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = 0;
@@ -1306,14 +1312,15 @@ impl AttemptCtx {
         reached: bool,
         refused: bool,
         sent_on: bool,
+        redirected: bool,
     ) {
         // Set below only by a stamped unsafe request's redirect that sends it on as it was:
         // any other completion (its redirect not followed, a 307 without `Location`) leaves
-        // none for a later redirect. Its method when its redirect sends it on as it was, for
-        // the redirect policy that follows (and only then: a PUT answered 204 leaves nothing
-        // for a later GET's 302 through a client that reports nothing).
+        // none for a later redirect. Its method when answered with a redirect, for the
+        // redirect policy that follows (and only then: a PUT answered 204 leaves nothing for a
+        // later GET's 302 through a client that reports nothing).
         self.unsafe_hop.set(0);
-        self.hop_method.set(if sent_on { m } else { Method::Post });
+        self.hop_method.set(redirected.then_some(m));
         if m.is_safe() {
             return;
         }
@@ -1428,6 +1435,7 @@ impl AttemptCtx {
     pub(crate) fn made_for_execute(&self, m: Method) {
         self.count_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
         self.unpolled.set(self.unpolled.get() | EXECUTE_MARK);
+        self.execute_method.set(m);
         self.made_method(m);
     }
 
@@ -1457,11 +1465,11 @@ impl AttemptCtx {
     }
 
     /// Whether the `execute` future just made is the one of a request stamped for it (see
-    /// [`AttemptCtx::made_for_execute`]); the mark taken.
-    pub(crate) fn take_execute_mark(&self) -> bool {
+    /// [`AttemptCtx::made_for_execute`]), and then that request's method; the mark taken.
+    pub(crate) fn take_execute_mark(&self) -> Option<Method> {
         let u = self.unpolled.get();
         self.unpolled.set(u & !EXECUTE_MARK);
-        u & EXECUTE_MARK != 0
+        (u & EXECUTE_MARK != 0).then(|| self.execute_method.get())
     }
 
     /// Whether requests made here were not sent from here (see [`AttemptCtx::unpolled`]).
@@ -1916,7 +1924,7 @@ mod tests {
             0,
         );
         ctx.made_for_execute(Method::Post);
-        assert!(ctx.take_execute_mark());
+        assert_eq!(ctx.take_execute_mark(), Some(Method::Post));
         ctx.polled();
         ctx.polled_execute(false);
         assert!(ctx.unpolled_outstanding(), "taken back by neither");

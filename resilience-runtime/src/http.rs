@@ -616,6 +616,9 @@ pin_project_lite::pin_project! {
         // The future of a request stamped for it (not a wrapper's `execute` handed something
         // else): its count is the one its first poll takes back.
         counted: bool,
+        // That request's method for the redirect policy, as `InFlight`'s: a PUT, PATCH or
+        // DELETE's until a 303 makes it a GET; a POST's (none to tell) otherwise.
+        hop: crate::policy::Method,
         // The attempt's count of redirects followed at its first poll.
         redirects_at_start: u32,
     }
@@ -649,7 +652,18 @@ where
                 *this.redirects_at_start = n;
             }
         }
+        // Its method told to a redirect the poll follows, and taken back after (see
+        // `AttemptCtx::polling`).
+        let hop = *this.hop != crate::policy::Method::Post;
+        if hop {
+            let _ = with_attempt(|ctx| ctx.polling.set(*this.hop));
+        }
         let out = this.inner.poll(cx);
+        if hop
+            && let Some(now) = with_attempt(|ctx| ctx.polling.replace(crate::policy::Method::Post))
+        {
+            *this.hop = now;
+        }
         if let Poll::Ready(res) = &out {
             *this.settled = true;
             // The request's own method is not known here: the least safe the attempt sent.
@@ -1087,13 +1101,16 @@ pub mod dispatch {
     {
         fn __resilience_observe(self) -> Observed<F> {
             // Made right after its argument was stamped, if it was a request's.
-            let counted =
-                super::with_attempt(super::AttemptCtx::take_execute_mark).unwrap_or(false);
+            let stamped = super::with_attempt(super::AttemptCtx::take_execute_mark).flatten();
             Observed {
                 inner: self.take(),
                 settled: false,
                 polled: false,
-                counted,
+                counted: stamped.is_some(),
+                hop: match stamped {
+                    Some(m) if !m.is_safe() => m,
+                    _ => crate::policy::Method::Post,
+                },
                 redirects_at_start: 0,
             }
         }
