@@ -478,15 +478,23 @@ pub fn read_client(
                             // The system takes whole seconds (a fraction is dropped: `500ms`
                             // would be 0) up to Linux's 32767; a value it refuses leaves the
                             // socket on its 2-hour default, with a warning in a log at most.
-                            if !d.is_zero()
-                                && (d.subsec_nanos() != 0 || d > Duration::from_secs(32_767))
+                            let why = if d.is_zero()
+                                || (d.subsec_nanos() == 0 && d <= Duration::from_secs(32_767))
                             {
+                                None
+                            } else if d < Duration::from_secs(1) || d > Duration::from_secs(32_767)
+                            {
+                                Some("the system would refuse it and keep its 2-hour default")
+                            } else {
+                                Some("the fraction of a second would be dropped")
+                            };
+                            if let Some(why) = why {
                                 err(
                                     diags,
                                     v,
                                     fb,
                                     format!(
-                                        "tcp_keepalive is set in whole seconds, from 1s to 32767s: the system would refuse {} and keep its 2-hour default",
+                                        "tcp_keepalive is set in whole seconds, from 1s to 32767s (Linux's limit): {}: {why}",
                                         fmt_d(d)
                                     ),
                                 );

@@ -7,4 +7,5 @@ fn main() {
     let _fraction = client!("keepalive_in_ms", config = "../bad_clients.toml");
     let _too_long = client!("keepalive_too_long", config = "../bad_clients.toml");
     let _pool = client!("pool_too_large", config = "../bad_clients.toml");
+    let _cut = client!("keepalive_fraction", config = "../bad_clients.toml");
 }
