@@ -23,6 +23,14 @@ pub(crate) fn client(input: TokenStream) -> TokenStream {
     }
 }
 
+/// The runtime's path a `crate = "…"` names, if it is one.
+fn crate_path(k: &syn::LitStr) -> Option<TokenStream> {
+    match syn::parse_str::<syn::Path>(&k.value()) {
+        Ok(p) if p.segments.iter().all(|s| s.arguments.is_none()) => Some(p.into_token_stream()),
+        _ => None,
+    }
+}
+
 fn build(input: TokenStream, krate_out: &mut TokenStream) -> syn::Result<TokenStream> {
     let parser = |s: syn::parse::ParseStream<'_>| {
         let name: syn::LitStr = s.parse()?;
@@ -54,6 +62,12 @@ fn build(input: TokenStream, krate_out: &mut TokenStream) -> syn::Result<TokenSt
                     format!("`{key}` given twice: which one is meant?"),
                 ));
             }
+            // Known as soon as read: the value after a later mistake names it too.
+            if key == "crate"
+                && let Some(p) = crate_path(&v)
+            {
+                *krate_out = p;
+            }
             *slot = Some(v);
         }
         Ok((name, config, krate))
@@ -61,18 +75,14 @@ fn build(input: TokenStream, krate_out: &mut TokenStream) -> syn::Result<TokenSt
     let (name, config_lit, krate) = parser.parse2(input)?;
     let span = name.span();
     let krate: TokenStream = match krate {
-        Some(k) => match syn::parse_str::<syn::Path>(&k.value()) {
-            Ok(p) if p.segments.iter().all(|s| s.arguments.is_none()) => p.into_token_stream(),
-            _ => {
-                return Err(syn::Error::new(
-                    k.span(),
-                    "`crate` takes a path: crate = \"::my_crate::resilience\"",
-                ));
-            }
-        },
+        Some(k) => crate_path(&k).ok_or_else(|| {
+            syn::Error::new(
+                k.span(),
+                "`crate` takes a path: crate = \"::my_crate::resilience\"",
+            )
+        })?,
         None => quote!(::resilience_runtime),
     };
-    krate_out.clone_from(&krate);
     let source_dir = crate::entry::proc_macro_source_dir();
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
     let located = config::locate(
