@@ -728,6 +728,7 @@ impl Settings {
             "client" => match v.as_text() {
                 // `[defaults] client = "pg"` switched off for one function: none checked.
                 None if matches!(v.value, Value::Bool(false)) => self.client = None,
+                Some("off" | "none") => self.client = None,
                 Some(name) => {
                     self.client = Some(Set {
                         value: name.to_owned(),

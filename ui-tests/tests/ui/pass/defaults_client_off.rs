@@ -12,6 +12,17 @@ async fn fetch(c: &reqwest::Client) -> Result<String, Error> {
         .await?)
 }
 
+// The word the other named parts take for "none".
+#[resilient(config = "../defaults_client.toml", timeout = "2s", client = "off")]
+async fn fetch_off(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/")
+        .resilient()
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 fn main() {
-    let _ = fetch;
+    let _ = (fetch, fetch_off);
 }
