@@ -84,8 +84,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let downstream = FaultServer::start(flaky()).await;
     let app = App {
         // The client the README advises: pooled connections checked for staleness, a connect
-        // timeout, and what it completes reported to the attempt that sent it.
-        client: ClientSettings::DEFAULT.build()?,
+        // timeout shorter than `stock`'s 300 ms attempt timeout (the default's 3 s is not),
+        // and what it completes reported to the attempt that sent it.
+        client: ClientSettings {
+            connect_timeout: Duration::from_millis(100),
+            ..ClientSettings::DEFAULT
+        }
+        .build()?,
         downstream: downstream.url(""),
         metrics: handle,
     };
