@@ -1829,7 +1829,7 @@ async fn a_reqwest_of_another_version_is_said_once() {
     let _ = on_an_older_reqwest(&http, &server.url("/")).await;
     let said = logs.text();
     assert_eq!(
-        said.matches("a reqwest type of another version").count(),
+        said.matches("another reqwest version's").count(),
         1,
         "{said}"
     );

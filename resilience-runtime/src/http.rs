@@ -1132,8 +1132,10 @@ pub mod dispatch {
     }
 
     /// Says, once, when `name` (a type's) is reqwest's request builder, client or request: one
-    /// that comes here is another version's than the runtime's (its own are stamped by type), whose
-    /// requests go out unstamped, without the call's key, and leave the attempt unretried.
+    /// that comes here is another version's than the runtime's, or the runtime's seen only
+    /// through a generic parameter (its own are stamped by type where the type is known),
+    /// whose requests go out unstamped, without the call's key, and leave the attempt
+    /// unretried.
     /// Said once, at `warn`: nothing else would tell.
     pub(crate) fn foreign_reqwest(name: &str) {
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -1150,7 +1152,7 @@ pub mod dispatch {
             tracing::warn!(
                 r#type = name,
                 runtime_reqwest = "0.13",
-                "a reqwest type of another version than the runtime's: its requests go out without the call's key, trace or deadline headers, unseen, and a call that sent only those is not retried; depend on the runtime's reqwest version"
+                "a reqwest type the annotated function could not see as the runtime's: another reqwest version's, or one it names only through a generic parameter or an associated type; its requests go out without the call's key, trace or deadline headers, unseen, and a call that sent only those is not retried; depend on the runtime's reqwest version, and name reqwest's types in the signature"
             );
         }
     }
