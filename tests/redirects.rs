@@ -213,6 +213,62 @@ async fn a_gets_303_leaves_nothing_for_a_keyed_posts_307() {
     );
 }
 
+#[resilient(
+    timeout = "1s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "50ms"),
+    budget = false,
+    retry_on = [connect]
+)]
+async fn notify_then_update(
+    sdk: &reqwest::Client,
+    own: &reqwest::Client,
+    notify: &str,
+    cart: &str,
+) -> Result<u16, Error> {
+    sdk.post(notify).body("event=1").send().await?;
+    Ok(own
+        .patch(cart)
+        .body("qty=2")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A redirect a client reported and did not follow (its policy follows none) leaves nothing
+/// for another request's: the PATCH's 302 back to its own URL, through a client that reports
+/// nothing, is still a loop (the POST's 303 once left a POST's method for it, and the PATCH
+/// was applied twice).
+#[tokio::test(start_paused = true)]
+async fn a_redirect_not_followed_leaves_nothing_for_the_next_request() {
+    let sdk = ClientSettings::DEFAULT
+        .builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (_, own) = settings_and_own_clients()
+        .into_iter()
+        .find(|(which, _)| *which == "own")
+        .unwrap();
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/notify" => Action::status(303).header("location", "/notified"),
+        _ => Action::status(302).header("location", "/carts/7"),
+    }))
+    .await;
+    let e = notify_then_update(&sdk, &own, &server.url("/notify"), &server.url("/carts/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 1, "the PATCH went out again");
+}
+
 /// A PATCH answered 303 is read with a GET, and that GET's 302 back to the PATCH's URL is
 /// no resend: followed, through the client built by hand too (the method it reads is the
 /// GET's after the 303).

@@ -130,8 +130,10 @@ fn completed(
     error: Option<&(dyn std::error::Error + 'static)>,
 ) -> bool {
     let sent_on = status.is_some_and(|s| resent_by(s.as_u16(), method == http::Method::POST));
-    // The statuses reqwest's redirect policy is asked about.
-    let redirected = status.is_some_and(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308));
+    // The statuses reqwest's redirect policy is asked about: from this URL.
+    let redirected = status
+        .is_some_and(|s| matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308))
+        .then(|| crate::context::hash_of_uri(uri));
     if error.is_some_and(crate::classify::protocol_nack) {
         return true;
     }
@@ -196,7 +198,13 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
         let (unsafe_hop, hop_method) = crate::context::with_attempt(|ctx| {
             use crate::policy::Method;
             ctx.redirects.set(ctx.redirects.get().wrapping_add(1));
-            let reported = ctx.hop_method.take();
+            // Reported of the hop this redirect is from, not left by another's.
+            let from = attempt.previous().last().map(crate::context::hash_of_url);
+            let reported = ctx
+                .hop_method
+                .take()
+                .filter(|(_, url)| from == Some(*url))
+                .map(|(m, _)| m);
             let polling = ctx.polling.get();
             // A 303 sends the request being polled on as a GET (reqwest keeps a HEAD a HEAD:
             // safe either way); not another's 303 in its poll, where a client tells it.

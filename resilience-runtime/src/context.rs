@@ -895,10 +895,12 @@ pub(crate) struct AttemptCtx {
     /// The target (hashed) of the 307 or 308 the redirect policy last expected a stamped
     /// request at (see `InFlight` in `http.rs`).
     pub redirect_target: Cell<u32>,
-    /// The method of the request last reported completed with a redirect status (`unsafe_hop`'s,
-    /// when it names one), for the redirect policy that follows and takes it; none otherwise
-    /// (no client reported one: see `polling`).
-    pub hop_method: Cell<Option<Method>>,
+    /// The method and URL (hashed) of the request last reported completed with a redirect
+    /// status (`unsafe_hop`'s, when it names one), for the redirect policy that follows and
+    /// takes it, from that URL only (a redirect the policy was never asked about, `Location`
+    /// missing or a client that follows none, leaves it for no other request); none when no
+    /// client reported one (see `polling`).
+    pub hop_method: Cell<Option<(Method, u32)>>,
     /// The method of the stamped unsafe request being polled now, as its redirects so far
     /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
     /// where no client reported the hop's method (a client built by hand given
@@ -1232,6 +1234,7 @@ impl AttemptCtx {
         *self.unsafe_hop.get_mut() = 0;
         // Taken back after each poll; a poll that unwound (a panic) left it set.
         *self.polling.get_mut() = Method::Post;
+        *self.hop_method.get_mut() = None;
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = 0;
@@ -1312,15 +1315,15 @@ impl AttemptCtx {
         reached: bool,
         refused: bool,
         sent_on: bool,
-        redirected: bool,
+        redirected: Option<u32>,
     ) {
         // Set below only by a stamped unsafe request's redirect that sends it on as it was:
         // any other completion (its redirect not followed, a 307 without `Location`) leaves
         // none for a later redirect. Its method when answered with a redirect, for the
         // redirect policy that follows (and only then: a PUT answered 204 leaves nothing for a
-        // later GET's 302 through a client that reports nothing).
+        // later GET's 302 through a client that reports nothing), with its URL (`redirected`).
         self.unsafe_hop.set(0);
-        self.hop_method.set(redirected.then_some(m));
+        self.hop_method.set(redirected.map(|from| (m, from)));
         if m.is_safe() {
             return;
         }
