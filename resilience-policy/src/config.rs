@@ -247,9 +247,7 @@ pub fn parse(text: &str, path: PathBuf, display: &str) -> Config {
             };
             // `breaker = "off"` (or `"none"`) turns the breaker off, whatever the file names:
             // a shared state so named could never be used.
-            if !matches!(name.as_str(), "policies" | "clients")
-                && matches!(sub_name.as_str(), "off" | "none")
-            {
+            if name != "policies" && matches!(sub_name.as_str(), "off" | "none") {
                 convert_err(
                     &mut cfg.errors,
                     sub.span().start,
@@ -589,8 +587,14 @@ mod tests {
             c.errors[1]
         );
         assert!(c.breakers.is_empty() && c.budgets.is_empty());
-        // A policy or a client may be called so.
+        // A policy may be called so; not a client (`client = "off"` turns the client off).
         assert!(p("[policies.none]\nmax_attempts = 1\n").errors.is_empty());
+        let c = p("[clients.off]\nconnect_timeout = \"1s\"\n");
+        assert!(
+            c.errors[0].contains("`client = \"off\"` turns it off"),
+            "{:?}",
+            c.errors
+        );
     }
 
     #[test]

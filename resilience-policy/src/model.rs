@@ -739,7 +739,7 @@ impl Settings {
                     diags,
                     v,
                     fallback,
-                    "`client` takes the name of a [clients.NAME] section, or false",
+                    "`client` takes the name of a [clients.NAME] section, or false (or \"off\")",
                 ),
             },
             other => {

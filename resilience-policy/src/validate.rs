@@ -482,7 +482,7 @@ pub fn read_client(
                                 || (d.subsec_nanos() == 0 && d <= Duration::from_secs(32_767))
                             {
                                 None
-                            } else if d < Duration::from_secs(1) || d > Duration::from_secs(32_767)
+                            } else if d < Duration::from_secs(1) || d >= Duration::from_secs(32_768)
                             {
                                 Some("the system would refuse it and keep its 2-hour default")
                             } else {
