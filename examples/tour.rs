@@ -463,9 +463,16 @@ async fn scenario_payment(http: &reqwest::Client) {
             pay_hasty(http, &gateway.url("/charges")).await
         };
         let took = start.elapsed();
-        // The gateway finishes its work whether or not the shop still listens.
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        let charged = gateway.effects();
+        // The gateway finishes its work whether or not the shop still listens: 100 ms after
+        // the request arrived, which a loaded machine may have delayed (waited for, up to 2 s).
+        let mut charged = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            charged = gateway.effects();
+            if charged > 0 {
+                break;
+            }
+        }
         // What the rows' story says, checked: the hasty shop reports a failure for a charge
         // the gateway made (it answers after 100 ms, whatever the machine's speed); the
         // patient one gets the answer.
@@ -1071,9 +1078,10 @@ async fn scenario_rate_limit(http: &reqwest::Client) {
     claim(
         // The burst of five at once, the rest within 200 ms or from the cache: decided as each
         // call asks, whatever the machine's speed.
-        // And the limit held: the burst and the few a 200 ms wait admits, not the 30 (15
-        // leaves room for a slow machine's refills while the calls start).
-        fresh + cached == 30 && server.count() == fresh && (5..=15).contains(&fresh) && cached > 0,
+        // And the limit held: the burst and the four a 200 ms wait admits (8 at the least,
+        // a permit at the edge of the wait), not the 30 (15 leaves room for a slow machine's
+        // refills while the calls start).
+        fresh + cached == 30 && server.count() == fresh && (8..=15).contains(&fresh) && cached > 0,
         format!(
             "30 calls answered, fresh ones sent: {fresh} fresh, {cached} cached, {} sent",
             server.count()
@@ -1196,10 +1204,11 @@ async fn scenario_adaptive(http: &reqwest::Client) {
         ]);
     }
     t.print();
-    // What the title says, checked: the limit held fewer at once than the 24 callers (its
-    // slow answers, slow by how many the server holds, lowered it).
+    // What the title says, checked: the limit held fewer at once than the 24 callers, and
+    // fewer than it started at (16): its slow answers, slow by how many the server holds,
+    // lowered it.
     claim(
-        means[1] < means[0] * 0.75,
+        means[1] < means[0] * 0.75 && means[1] < 12.0,
         format!(
             "the concurrency limit held fewer at once: {:.1} against {:.1} without it",
             means[1], means[0]
@@ -1376,13 +1385,21 @@ async fn scenario_shared_limit() {
     // second), not two limits' worth; unless Redis was slow enough that an instance decided
     // alone (by design: then it is said, not checked).
     let local = one_report.map_or(0, |r| r.1) + two_report.map_or(0, |r| r.1);
-    let allowed = 2 + (20.0 * elapsed.as_secs_f64()).ceil() as usize;
+    // Over the time the partner was called (not the instances' start-up): first to last.
+    let seen = server.requests();
+    let called_for = match (seen.first(), seen.last()) {
+        (Some(first), Some(last)) => last.at.duration_since(first.at),
+        _ => Duration::ZERO,
+    };
+    // (One more for the time a request takes from its permit to the partner, which may
+    // differ between the first and the last.)
+    let allowed = 3 + (20.0 * called_for.as_secs_f64()).ceil() as usize;
     if local == 0 {
         claim(
             saw <= allowed,
             format!(
                 "the partner saw {saw} requests, one limit allows {allowed} in {}",
-                ms(elapsed)
+                ms(called_for)
             ),
         );
     } else {
