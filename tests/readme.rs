@@ -95,8 +95,7 @@ mod redis_cluster {
         // README: redis cluster
         let nodes = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
         let store = RedisStore::connect_cluster(nodes).await?;      // or RedisStore::new_cluster(conn)
-        let client = redis::cluster::ClusterClient::new(nodes)?;
-        resilience_runtime::ratelimit::use_redis_cluster(client.get_async_connection().await?);
+        resilience_runtime::ratelimit::connect_redis_cluster(nodes).await?; // or use_redis_cluster(conn)
         // README end
         Ok(store)
     }

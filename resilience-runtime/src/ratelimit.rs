@@ -607,7 +607,7 @@ impl RateLimiter {
 const STORE_DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[cfg(feature = "redis")]
-pub use shared::{connect_redis, use_redis, use_redis_cluster};
+pub use shared::{connect_redis, connect_redis_cluster, use_redis, use_redis_cluster};
 
 #[cfg(feature = "redis")]
 mod shared {
@@ -723,12 +723,29 @@ return 1",
         Ok(CONN.set(RedisConn::Watched(conn)).is_ok())
     }
 
+    /// Connects to the Redis Cluster of these nodes (one or more URLs; the client learns the
+    /// others and the slots) and shares every rate limit declared `store = "redis"` through
+    /// it, process-wide, as [`use_redis_cluster`] does; the connection made as
+    /// `RedisStore::connect_cluster`'s is (a response timeout of 1 s, and sockets that find a
+    /// node whose host vanished without a reset in seconds, where a client's defaults wait
+    /// for the kernel to give up, some fifteen minutes). `Ok(false)`: a connection was given
+    /// already, and stays.
+    pub async fn connect_redis_cluster<I, S>(urls: I) -> redis::RedisResult<bool>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let conn = crate::redis_conn::cluster(urls).await?;
+        Ok(CONN.set(RedisConn::Cluster(conn)).is_ok())
+    }
+
     /// Shares every rate limit declared `store = "redis"` through this Redis Cluster,
     /// process-wide. Each limit is one key, on the master of its slot; a master that is down
     /// or slow (250 ms) leaves the limits whose keys it holds to each instance's local limit,
     /// as a single Redis that is down does: for a second after each failure, without asking
     /// it again meanwhile. The first connection given stays (this one or
-    /// [`use_redis`]'s); later calls return `false`.
+    /// [`use_redis`]'s); later calls return `false`. The connection is used as it is
+    /// ([`connect_redis_cluster`] makes one with timeouts and socket settings of its own).
     ///
     /// ```no_run
     /// # async fn f() -> redis::RedisResult<()> {

@@ -32,7 +32,9 @@ use crate::redis_conn::{self, KeyScript, RedisConn};
 /// with braces, `{acct42}-0001`, puts every key of that account in one).
 ///
 /// A master that is gone (its connection refused) fails its keys' calls at once: they get 503,
-/// the other masters' keys are served. A master that does not answer (frozen, overloaded) times
+/// the other masters' keys are served until the cluster marks the master failed
+/// (`cluster-node-timeout`); then, under `cluster-require-full-coverage yes` (Redis's
+/// default), every node refuses every key until a replica takes the master's slots. A master that does not answer (frozen, overloaded) times
 /// its calls out like a single frozen Redis, and after such a timeout the layer takes the whole
 /// store as down for [`store_down_for`] (1 s by default), the other masters' keys included;
 /// zero asks the store every time. Redis replicates asynchronously: a failover to a replica may
