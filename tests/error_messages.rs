@@ -112,7 +112,25 @@ async fn an_invalid_key_says_what_is_wrong_with_it() {
     .await
     .unwrap_err();
     assert_eq!((e.attempts(), server.count()), (0, 0), "{e}");
-    assert!(e.to_string().contains("idempotency key"), "{e}");
+    // The parameter it came from, and the value as the caller can search for it.
+    assert!(
+        e.to_string().contains(
+            "idempotency key from `order_ref` (\"commande\\n1\") may hold only visible ASCII"
+        ),
+        "{e}"
+    );
+    // A long one shows its start.
+    let long = "x".repeat(300);
+    let e = place(&reqwest::Client::new(), &server.url("/orders"), &long)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "`order_ref` (\"{}…\") of 300 bytes",
+            "x".repeat(40)
+        )),
+        "{e}"
+    );
 }
 
 #[resilient(method = POST, timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, idempotency_key = auto)]

@@ -143,7 +143,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     respan(raw.join(".").parse().unwrap_or_default(), span)
                 }
             };
-            quote_spanned!(span=> #p::key_from(&#expr))
+            quote_spanned!(span=> #p::key_from(&#expr, #path))
         }
     };
 

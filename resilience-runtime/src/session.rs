@@ -53,23 +53,26 @@ pub enum KeyArg {
     Given(Result<reqwest::header::HeaderValue, Error>),
 }
 
-/// Builds a key from a parameter's value.
-pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg {
+/// Builds a key from the value of `param` (as the attribute names it: `order_id`,
+/// `req.order_id`).
+pub fn key_from<T: std::fmt::Display + ?Sized>(value: &T, param: &'static str) -> KeyArg {
     let s = value.to_string();
+    let invalid = |why| KeyArg::Given(Err(Error::call(InvalidKey::new(param, &s, why))));
     if s.is_empty() {
-        return KeyArg::Given(Err(Error::call(InvalidKey::Length(0))));
+        return invalid(Why::Length(0));
     }
     // Its length counted as servers read it (this crate's layer among them): a quoted
     // string's characters, without its quotes and escapes.
     let Some(len) = key_in_form(s.as_bytes()) else {
-        return KeyArg::Given(Err(Error::call(InvalidKey::NotInForm)));
+        return invalid(Why::NotInForm);
     };
     if len > 255 {
-        return KeyArg::Given(Err(Error::call(InvalidKey::Length(len))));
+        return invalid(Why::Length(len));
     }
-    KeyArg::Given(
-        reqwest::header::HeaderValue::from_str(&s).map_err(|_| Error::call(InvalidKey::NotInForm)),
-    )
+    match reqwest::header::HeaderValue::from_str(&s) {
+        Ok(h) => KeyArg::Given(Ok(h)),
+        Err(_) => invalid(Why::NotInForm),
+    }
 }
 
 /// Whether a key is written as servers read it (this crate's `IdempotencyLayer` among them):
@@ -106,21 +109,49 @@ fn key_in_form(b: &[u8]) -> Option<usize> {
     }
 }
 
-/// An idempotency key that is empty, longer than 255 bytes, or not in the form servers read.
+/// An idempotency key that is empty, longer than 255 bytes, or not in the form servers read:
+/// the parameter it was taken from, and the start of its value (escaped, as `Debug` writes a
+/// string), so that the caller can find it.
 #[derive(Debug)]
-enum InvalidKey {
+struct InvalidKey {
+    param: &'static str,
+    value: String,
+    why: Why,
+}
+
+#[derive(Debug)]
+enum Why {
     Length(usize),
     NotInForm,
 }
 
+impl InvalidKey {
+    /// At most this many characters of the value are shown.
+    const SHOWN: usize = 40;
+
+    fn new(param: &'static str, value: &str, why: Why) -> InvalidKey {
+        let mut shown: String = value.chars().take(Self::SHOWN).collect();
+        if shown.len() < value.len() {
+            shown.push('…');
+        }
+        InvalidKey {
+            param,
+            value: format!("{shown:?}"),
+            why,
+        }
+    }
+}
+
 impl std::fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            InvalidKey::Length(n) => {
-                write!(f, "idempotency key of {n} bytes (characters, quoted): it must be 1 to 255")
+        let InvalidKey { param, value, .. } = self;
+        write!(f, "idempotency key from `{param}` ({value}) ")?;
+        match self.why {
+            Why::Length(n) => {
+                write!(f, "of {n} bytes (characters, quoted): it must be 1 to 255")
             }
-            InvalidKey::NotInForm => f.write_str(
-                "idempotency key may hold only visible ASCII characters (no spaces, control characters or bytes past ASCII), unless it is a quoted Structured Field string (\"order 7\")",
+            Why::NotInForm => f.write_str(
+                "may hold only visible ASCII characters (no spaces, control characters or bytes past ASCII), unless it is a quoted Structured Field string (\"order 7\")",
             ),
         }
     }
