@@ -848,11 +848,14 @@ impl Session {
                 .concurrency
                 .map_or(0, |c| std::ptr::from_ref(c) as usize),
         ];
-        let (held, [breaker_held, bulkhead_held, concurrency_held]) = match &outer {
-            None => (Held::outermost(own), [false; 3]),
-            // A held breaker is asked again at each attempt (`begin_attempt`).
-            Some(o) => o.held.nested(own),
-        };
+        // A held breaker is asked again at each attempt (`begin_attempt`). An outermost call's
+        // states are written where the session is built; a nested call's are put there after
+        // (a value chosen between the two was built on the stack and copied in 16-byte pieces
+        // from stores it could not be forwarded from: a stall on every call).
+        let nested_held = outer.as_ref().map(|o| o.held.nested(own));
+        let [breaker_held, bulkhead_held, concurrency_held] = nested_held
+            .as_ref()
+            .map_or([false; 3], |(_, already)| *already);
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
@@ -953,7 +956,7 @@ impl Session {
         } else {
             tracing::Span::none()
         };
-        Session {
+        let mut session = Session {
             policy,
             shared,
             started,
@@ -968,7 +971,7 @@ impl Session {
                 key,
                 deadline,
                 depth,
-                held,
+                Held::outermost(own),
                 call,
                 // Its own nested calls given a key are told too (see `carried_before`).
                 u8::from(carried_before) * crate::context::CARRIED_BEFORE,
@@ -1003,7 +1006,11 @@ impl Session {
             breaker_held,
             bulkhead_held,
             concurrency_held,
+        };
+        if let Some((held, _)) = nested_held {
+            session.ctx.held = held;
         }
+        session
     }
 
     /// Why the call cannot start, when [`begin`](Self::begin) found out at once: an invalid
