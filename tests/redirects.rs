@@ -267,6 +267,24 @@ async fn a_redirect_not_followed_leaves_nothing_for_the_next_request() {
         .filter(|r| r.method == "PATCH")
         .count();
     assert_eq!(patches, 1, "the PATCH went out again");
+
+    // The same from the URL the PATCH goes to: the POST's 302 there, not followed, leaves
+    // nothing for the PATCH's 302 from it.
+    let server = FaultServer::start(Script::always(
+        Action::status(302).header("location", "/carts/7"),
+    ))
+    .await;
+    let cart = server.url("/carts/7");
+    let e = notify_then_update(&sdk, &own, &cart, &cart)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    let patches = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 1, "the PATCH went out again, from the POST's URL");
 }
 
 /// A PATCH answered 303 is read with a GET, and that GET's 302 back to the PATCH's URL is

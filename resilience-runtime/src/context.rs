@@ -897,9 +897,10 @@ pub(crate) struct AttemptCtx {
     pub redirect_target: Cell<u32>,
     /// The method and URL (hashed) of the request last reported completed with a redirect
     /// status (`unsafe_hop`'s, when it names one), for the redirect policy that follows and
-    /// takes it, from that URL only (a redirect the policy was never asked about, `Location`
-    /// missing or a client that follows none, leaves it for no other request); none when no
-    /// client reported one (see `polling`).
+    /// takes it, from that URL only, and cleared as each poll of a stamped PUT, PATCH or
+    /// DELETE begins (a redirect the policy was never asked about, `Location` missing or a
+    /// client that follows none, leaves it for no other request); none when no client
+    /// reported one (see `polling`).
     pub hop_method: Cell<Option<(Method, u32)>>,
     /// The method of the stamped unsafe request being polled now, as its redirects so far
     /// left it (a POST's when none is, or it is a POST): what the redirect policy reads

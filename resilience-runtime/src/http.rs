@@ -219,6 +219,10 @@ impl InFlight {
             && let Some(n) = with_attempt(|ctx| {
                 ctx.redirect_target.set(0);
                 ctx.polling.set(self.5);
+                // A method a client reported for a redirect never asked about (no `Location`,
+                // a client that follows none) is not this request's: its own is reported in
+                // this poll, before the policy reads it.
+                ctx.hop_method.set(None);
                 ctx.matched.get()
             })
         {
@@ -656,7 +660,10 @@ where
         // `AttemptCtx::polling`).
         let hop = *this.hop != crate::policy::Method::Post;
         if hop {
-            let _ = with_attempt(|ctx| ctx.polling.set(*this.hop));
+            let _ = with_attempt(|ctx| {
+                ctx.polling.set(*this.hop);
+                ctx.hop_method.set(None);
+            });
         }
         let out = this.inner.poll(cx);
         if hop
