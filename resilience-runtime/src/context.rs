@@ -901,25 +901,17 @@ pub(crate) struct AttemptCtx {
     /// DELETE begins (a redirect the policy was never asked about, `Location` missing or a
     /// client that follows none, leaves it for no other request); none when no client
     /// reported one (see `polling`).
-    pub hop_method: Cell<Option<(Method, u32)>>,
-    /// The method of the stamped unsafe request being polled now, as its redirects so far
-    /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
-    /// where no client reported the hop's method (a client built by hand given
-    /// `redirect_policy()`), so that a PATCH's 302 back to its own URL is a loop there too.
-    /// Set and taken back around each poll of such a request (`InFlight`, `Observed`).
-    pub polling: Cell<Method>,
-    /// The method of the request last stamped for `execute` (see `take_execute_mark`).
-    pub execute_method: Cell<Method>,
+    pub hop_method: HopCell,
     /// How many reported completions were matched to stamped requests: a stamped request
     /// whose own poll saw none ended without its completion reported.
     pub matched: Cell<u32>,
     pub attempt: u32,
-    pub status: Cell<Option<u16>>,
+    pub status: StatusCell,
     /// How the last request the runtime saw failed before any response (a reset, a refused
     /// connect, reqwest's own timeout); `None` once a response arrives. What the retry
     /// decision takes when the body's error says nothing it can read (a type it cannot look
     /// into, an error that dropped its source).
-    pub failure: Cell<Option<crate::classify::Class>>,
+    pub failure: ClassCell,
     /// Requests the body made (stamped) in this attempt that were not sent from it (yet): a
     /// `tokio::spawn`ed `.send()`, one stored and never awaited. Their outcome never comes
     /// back here, so they count as having reached the server, the least safe method first.
@@ -996,6 +988,14 @@ pub(crate) struct AttemptCtx {
     pub unsafe_carried: Cell<u8>,
     /// `retry_after` is what a nested call that gave up passed up (see [`AttemptCtx::went_on`]).
     pub retry_after_nested: Cell<bool>,
+    /// The method of the stamped unsafe request being polled now, as its redirects so far
+    /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
+    /// where no client reported the hop's method (a client built by hand given
+    /// `redirect_policy()`), so that a PATCH's 302 back to its own URL is a loop there too.
+    /// Set and taken back around each poll of such a request (`InFlight`, `Observed`).
+    pub polling: MethodCell,
+    /// The method of the request last stamped for `execute` (see `take_execute_mark`).
+    pub execute_method: MethodCell,
 }
 
 /// The id in `cell`; while it is 0 (not drawn yet), one drawn by `draw` and kept. The draws
@@ -1049,6 +1049,174 @@ pub(crate) struct Outer {
 /// call runs under a breaker that is no longer closed only then (see [`Held::holds_probe`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Held(pub [usize; Held::MAX]);
+
+// The attempt context's small cells below are kept in bytes and words every byte of which is
+// written as it is built. An `Option<u16>`, `Option<Class>` or `Option<(Method, u32)>` that is
+// `None` leaves bytes undefined, as does the padding after a pair of method bytes: with
+// undefined bytes among the constants the context is built of, LLVM copied runs of its fields
+// in through a stack temporary, a 16-byte load that could not be forwarded from the stores
+// before it, on every call (BENCHMARKS.md, the thirty-second session).
+
+/// An `Option<Class>` in a word (0: none).
+pub(crate) struct ClassCell(Cell<u32>);
+
+impl ClassCell {
+    pub(crate) const fn none() -> ClassCell {
+        ClassCell(Cell::new(0))
+    }
+    const STATUS: u32 = 1 << 16;
+
+    pub(crate) fn get(&self) -> Option<crate::classify::Class> {
+        use crate::classify::Class;
+        Some(match self.0.get() {
+            0 => return None,
+            1 => Class::Connect,
+            2 => Class::Reset,
+            3 => Class::Timeout,
+            4 => Class::Permanent,
+            5 => Class::Rejected,
+            s => Class::Status(s as u16),
+        })
+    }
+
+    pub(crate) fn set(&self, class: Option<crate::classify::Class>) {
+        use crate::classify::Class;
+        self.0.set(match class {
+            None => 0,
+            Some(Class::Connect) => 1,
+            Some(Class::Reset) => 2,
+            Some(Class::Timeout) => 3,
+            Some(Class::Permanent) => 4,
+            Some(Class::Rejected) => 5,
+            Some(Class::Status(s)) => Self::STATUS | u32::from(s),
+        });
+    }
+
+    pub(crate) fn clear_mut(&mut self) {
+        *self.0.get_mut() = 0;
+    }
+}
+
+/// An `Option<u16>` (a status) in a word (0: none).
+pub(crate) struct StatusCell(Cell<u32>);
+
+impl StatusCell {
+    pub(crate) const fn none() -> StatusCell {
+        StatusCell(Cell::new(0))
+    }
+    const SOME: u32 = 1 << 16;
+
+    pub(crate) fn get(&self) -> Option<u16> {
+        let v = self.0.get();
+        (v & Self::SOME != 0).then_some(v as u16)
+    }
+
+    pub(crate) fn set(&self, status: Option<u16>) {
+        self.0.set(status.map_or(0, |s| Self::SOME | u32::from(s)));
+    }
+
+    pub(crate) fn clear_mut(&mut self) {
+        *self.0.get_mut() = 0;
+    }
+}
+
+/// A method in a byte without a niche (laid out with the context's other bytes).
+pub(crate) struct MethodCell(Cell<u8>);
+
+impl MethodCell {
+    pub(crate) const fn post() -> MethodCell {
+        MethodCell(Cell::new(method_code(Method::Post)))
+    }
+
+    pub(crate) fn get(&self) -> Method {
+        method_of_code(self.0.get())
+    }
+
+    pub(crate) fn set(&self, m: Method) {
+        self.0.set(method_code(m));
+    }
+
+    pub(crate) fn replace(&self, m: Method) -> Method {
+        method_of_code(self.0.replace(method_code(m)))
+    }
+
+    pub(crate) fn set_mut(&mut self, m: Method) {
+        *self.0.get_mut() = method_code(m);
+    }
+}
+
+/// An `Option<(Method, u32)>` (a method and a URL's hash) in a word (0: none).
+pub(crate) struct HopCell(Cell<u64>);
+
+impl HopCell {
+    pub(crate) const fn none() -> HopCell {
+        HopCell(Cell::new(0))
+    }
+    const SOME: u64 = 1 << 40;
+
+    pub(crate) fn set(&self, hop: Option<(Method, u32)>) {
+        self.0.set(hop.map_or(0, |(m, url)| {
+            Self::SOME | u64::from(method_code(m)) << 32 | u64::from(url)
+        }));
+    }
+
+    pub(crate) fn take(&self) -> Option<(Method, u32)> {
+        let v = self.0.replace(0);
+        (v & Self::SOME != 0).then(|| (method_of_code((v >> 32) as u8), v as u32))
+    }
+
+    pub(crate) fn clear_mut(&mut self) {
+        *self.0.get_mut() = 0;
+    }
+}
+
+const fn method_code(m: Method) -> u8 {
+    match m {
+        Method::Get => 0,
+        Method::Head => 1,
+        Method::Options => 2,
+        Method::Trace => 3,
+        Method::Put => 4,
+        Method::Delete => 5,
+        Method::Post => 6,
+        Method::Patch => 7,
+        _ => 8,
+    }
+}
+
+fn method_of_code(code: u8) -> Method {
+    match code {
+        0 => Method::Get,
+        1 => Method::Head,
+        2 => Method::Options,
+        3 => Method::Trace,
+        4 => Method::Put,
+        5 => Method::Delete,
+        6 => Method::Post,
+        7 => Method::Patch,
+        _ => Method::Other,
+    }
+}
+
+macro_rules! debug_as_get {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.get().fmt(f)
+            }
+        }
+    )*};
+}
+debug_as_get!(ClassCell, StatusCell, MethodCell);
+
+impl std::fmt::Debug for HopCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0.get();
+        (v & Self::SOME != 0)
+            .then(|| (method_of_code((v >> 32) as u8), v as u32))
+            .fmt(f)
+    }
+}
 
 impl Held {
     pub(crate) const MAX: usize = 6;
@@ -1137,8 +1305,8 @@ impl AttemptCtx {
             all_keyed: Cell::new(true),
             sent_method: Cell::new(None),
             reached: Cell::new(None),
-            status: Cell::new(None),
-            failure: Cell::new(None),
+            status: StatusCell::none(),
+            failure: ClassCell::none(),
             redirects: Cell::new(0),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
@@ -1152,9 +1320,9 @@ impl AttemptCtx {
             unsafe_left: Cell::new([0; 8]),
             unsafe_hop: Cell::new(0),
             redirect_target: Cell::new(0),
-            hop_method: Cell::new(None),
-            polling: Cell::new(Method::Post),
-            execute_method: Cell::new(Method::Post),
+            hop_method: HopCell::none(),
+            polling: MethodCell::post(),
+            execute_method: MethodCell::post(),
             matched: Cell::new(0),
             seen: Cell::new(0),
             unseen_helper: Cell::new(false),
@@ -1218,8 +1386,8 @@ impl AttemptCtx {
         *self.all_keyed.get_mut() = true;
         *self.sent_method.get_mut() = None;
         *self.reached.get_mut() = None;
-        *self.status.get_mut() = None;
-        *self.failure.get_mut() = None;
+        self.status.clear_mut();
+        self.failure.clear_mut();
         *self.redirects.get_mut() = 0;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
@@ -1234,8 +1402,8 @@ impl AttemptCtx {
         *self.unsafe_left.get_mut() = [0; 8];
         *self.unsafe_hop.get_mut() = 0;
         // Taken back after each poll; a poll that unwound (a panic) left it set.
-        *self.polling.get_mut() = Method::Post;
-        *self.hop_method.get_mut() = None;
+        self.polling.set_mut(Method::Post);
+        self.hop_method.clear_mut();
         *self.seen.get_mut() = 0;
         *self.unseen_helper.get_mut() = false;
         *self.unproven.get_mut() = 0;
@@ -1768,6 +1936,60 @@ fn url_hash(host: &str, port: u16, path: &str, query: Option<&str>) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// What each of the context's packed cells is given, it gives back.
+    #[test]
+    fn the_packed_cells_keep_what_they_are_given() {
+        use crate::classify::Class;
+        let class = super::ClassCell::none();
+        assert_eq!(class.get(), None);
+        let classes = [
+            Class::Connect,
+            Class::Reset,
+            Class::Timeout,
+            Class::Permanent,
+            Class::Rejected,
+        ];
+        for c in classes.into_iter().chain((0..=u16::MAX).map(Class::Status)) {
+            class.set(Some(c));
+            assert_eq!(class.get(), Some(c));
+        }
+        class.set(None);
+        assert_eq!(class.get(), None);
+        let status = super::StatusCell::none();
+        assert_eq!(status.get(), None);
+        for s in 0..=u16::MAX {
+            status.set(Some(s));
+            assert_eq!(status.get(), Some(s));
+        }
+        status.set(None);
+        assert_eq!(status.get(), None);
+        let methods = [
+            Method::Get,
+            Method::Head,
+            Method::Options,
+            Method::Trace,
+            Method::Put,
+            Method::Delete,
+            Method::Post,
+            Method::Patch,
+            Method::Other,
+        ];
+        let method = super::MethodCell::post();
+        assert_eq!(method.get(), Method::Post);
+        let hop = super::HopCell::none();
+        assert_eq!(hop.take(), None);
+        for m in methods {
+            let before = method.get();
+            assert_eq!(method.replace(m), before);
+            assert_eq!(method.get(), m);
+            for url in [0, 1, u32::MAX] {
+                hop.set(Some((m, url)));
+                assert_eq!(hop.take(), Some((m, url)));
+                assert_eq!(hop.take(), None, "taken");
+            }
+        }
+    }
+
     /// W3C Trace Context's `tracestate` rules, as its test suite checks them.
     #[test]
     fn tracestate_is_read_as_the_w3c_list_it_is() {
