@@ -1963,17 +1963,7 @@ mod tests {
         }
         status.set(None);
         assert_eq!(status.get(), None);
-        let methods = [
-            Method::Get,
-            Method::Head,
-            Method::Options,
-            Method::Trace,
-            Method::Put,
-            Method::Delete,
-            Method::Post,
-            Method::Patch,
-            Method::Other,
-        ];
+        let methods = Method::NAMED.iter().copied().chain([Method::Other]);
         let method = super::MethodCell::post();
         assert_eq!(method.get(), Method::Post);
         let hop = super::HopCell::none();
