@@ -621,8 +621,9 @@ pin_project_lite::pin_project! {
         // else): its count is the one its first poll takes back.
         counted: bool,
         // That request's method for the redirect policy, as `InFlight`'s: a PUT, PATCH or
-        // DELETE's until a 303 makes it a GET; a POST's (none to tell) otherwise.
-        hop: crate::policy::Method,
+        // DELETE's until a 303 makes it a GET, or a POST's (none to tell); none for a safe
+        // one or a future of a request not stamped for it.
+        hop: Option<crate::policy::Method>,
         // The attempt's count of redirects followed at its first poll.
         redirects_at_start: u32,
     }
@@ -658,18 +659,22 @@ where
         }
         // Its method told to a redirect the poll follows, and taken back after (see
         // `AttemptCtx::polling`).
-        let hop = *this.hop != crate::policy::Method::Post;
-        if hop {
+        // (A POST's is none to tell, but a method another request's client reported is
+        // cleared for it too, as `InFlight` clears it.)
+        let hop = this.hop.filter(|m| *m != crate::policy::Method::Post);
+        if this.hop.is_some() {
             let _ = with_attempt(|ctx| {
-                ctx.polling.set(*this.hop);
+                if let Some(m) = hop {
+                    ctx.polling.set(m);
+                }
                 ctx.hop_method.set(None);
             });
         }
         let out = this.inner.poll(cx);
-        if hop
+        if hop.is_some()
             && let Some(now) = with_attempt(|ctx| ctx.polling.replace(crate::policy::Method::Post))
         {
-            *this.hop = now;
+            *this.hop = Some(now);
         }
         if let Poll::Ready(res) = &out {
             *this.settled = true;
@@ -1114,10 +1119,7 @@ pub mod dispatch {
                 settled: false,
                 polled: false,
                 counted: stamped.is_some(),
-                hop: match stamped {
-                    Some(m) if !m.is_safe() => m,
-                    _ => crate::policy::Method::Post,
-                },
+                hop: stamped.filter(|m| !m.is_safe()),
                 redirects_at_start: 0,
             }
         }
