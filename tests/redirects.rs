@@ -117,6 +117,21 @@ fn settings_and_own_clients() -> [(&'static str, reqwest::Client); 2] {
     ]
 }
 
+/// A client of the runtime's settings that follows no redirect (an SDK's: it reports each
+/// completion, a 3xx among them), and one built by hand with the runtime's redirect policy.
+fn reporting_without_following_and_own() -> (reqwest::Client, reqwest::Client) {
+    let sdk = ClientSettings::DEFAULT
+        .builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (_, own) = settings_and_own_clients()
+        .into_iter()
+        .find(|(which, _)| *which == "own")
+        .unwrap();
+    (sdk, own)
+}
+
 /// A 301 or 302 sends a PATCH (a PUT, a DELETE) on as it was, its method and body kept (only
 /// a POST becomes a GET): back to its own URL (after an update, the page of the thing
 /// updated), it is a loop, stopped before the PATCH goes out again; it was once followed, and
@@ -243,15 +258,7 @@ async fn notify_then_update(
 /// was applied twice).
 #[tokio::test(start_paused = true)]
 async fn a_redirect_not_followed_leaves_nothing_for_the_next_request() {
-    let sdk = ClientSettings::DEFAULT
-        .builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let (_, own) = settings_and_own_clients()
-        .into_iter()
-        .find(|(which, _)| *which == "own")
-        .unwrap();
+    let (sdk, own) = reporting_without_following_and_own();
     let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
         "/notify" => Action::status(303).header("location", "/notified"),
         _ => Action::status(302).header("location", "/carts/7"),
@@ -314,15 +321,7 @@ async fn update_then_post(
 /// once refused as a loop, the PATCH's method read for it).
 #[tokio::test(start_paused = true)]
 async fn an_executed_post_is_not_taken_for_an_earlier_patch() {
-    let sdk = ClientSettings::DEFAULT
-        .builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let (_, own) = settings_and_own_clients()
-        .into_iter()
-        .find(|(which, _)| *which == "own")
-        .unwrap();
+    let (sdk, own) = reporting_without_following_and_own();
     let server = FaultServer::start(Script::dynamic(|seen| match seen.method.as_str() {
         "GET" => Action::ok(),
         _ => Action::status(302).header("location", "/carts/7"),
