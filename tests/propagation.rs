@@ -1880,6 +1880,46 @@ async fn nested_context_layers_give_a_request_one_id() {
     );
 }
 
+/// Two `ContextLayer`s with a layer between them that calls the service inside it as it is
+/// called (`map_future`, a hand-written tower layer's way), not from its future, in a tower
+/// stack of its own: the inner `ContextLayer` is called there, and still finds the outer one's
+/// id (it drew a second one, and the handler's call carried another id than the layer's own
+/// call after it).
+#[tokio::test]
+async fn a_layer_calling_inward_at_once_keeps_the_requests_one_id() {
+    use tower::{ServiceBuilder, ServiceExt as _};
+    let c_server = FaultServer::start(Script::always(Action::ok())).await;
+    let c_url = c_server.url("/c");
+    let (handler_url, layer_url) = (c_url.clone(), c_url.clone());
+    let service = ServiceBuilder::new()
+        .layer(ContextLayer::new())
+        .layer(tower::util::MapFutureLayer::new(move |fut| {
+            let c_url = layer_url.clone();
+            async move {
+                let out = fut.await;
+                let _ = b_calls_c(&reqwest::Client::new(), &c_url).await;
+                out
+            }
+        }))
+        .layer(ContextLayer::new())
+        .service_fn(move |_req: axum::http::Request<String>| {
+            let url = handler_url.clone();
+            async move {
+                let _ = b_calls_c(&reqwest::Client::new(), &url).await;
+                Ok::<_, std::convert::Infallible>(axum::http::Response::new(String::new()))
+            }
+        });
+    let req = axum::http::Request::get("/b").body(String::new()).unwrap();
+    service.oneshot(req).await.unwrap();
+    let seen = c_server.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].header("x-request-id").is_some());
+    assert_eq!(
+        seen[0].header("x-request-id"),
+        seen[1].header("x-request-id")
+    );
+}
+
 #[resilient(
     timeout = "30s",
     deadline = "40s",

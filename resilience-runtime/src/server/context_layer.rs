@@ -142,7 +142,11 @@ where
             inbound.deadline = Some(inbound.deadline.map_or(outer, |d| d.min(outer)));
         }
         crate::context::inbound_in_use();
-        INBOUND.scope(inbound, self.inner.call(req))
+        // The service inside is called in the context too, not only its future polled there:
+        // a layer that calls inward as it is called (`map_future`, a hand-written one), with
+        // another `ContextLayer` inside it, has that one find this one's id and deadline.
+        let fut = INBOUND.sync_scope(inbound.clone(), || self.inner.call(req));
+        INBOUND.scope(inbound, fut)
     }
 }
 
