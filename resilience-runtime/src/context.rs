@@ -1543,6 +1543,22 @@ impl AttemptCtx {
         self.note_carried(m);
     }
 
+    /// A poll of a stamped unsafe request of (what its redirects so far made) method `m`
+    /// begins: a redirect it follows reads `m` where no client reports the hop's method; a
+    /// method a client reported for a redirect never asked about (no `Location`, a client
+    /// that follows none) is not this request's, and is cleared (its own is reported in this
+    /// poll, before the policy reads it).
+    pub(crate) fn polling_begins(&self, m: Method) {
+        self.polling.set(m);
+        self.hop_method.set(None);
+    }
+
+    /// That poll ended: its method as the redirects followed in it left it (a 303 makes it a
+    /// GET's), and none for another request's poll.
+    pub(crate) fn polling_ends(&self) -> Method {
+        self.polling.replace(Method::Post)
+    }
+
     /// The runtime saw a send (or a nested call) in this attempt.
     #[inline]
     pub(crate) fn saw(&self) {

@@ -218,11 +218,7 @@ impl InFlight {
         if self.1 != 0
             && let Some(n) = with_attempt(|ctx| {
                 ctx.redirect_target.set(0);
-                ctx.polling.set(self.5);
-                // A method a client reported for a redirect never asked about (no `Location`,
-                // a client that follows none) is not this request's: its own is reported in
-                // this poll, before the policy reads it.
-                ctx.hop_method.set(None);
+                ctx.polling_begins(self.5);
                 ctx.matched.get()
             })
         {
@@ -239,7 +235,7 @@ impl InFlight {
                 (
                     ctx.matched.get(),
                     ctx.redirect_target.get(),
-                    ctx.polling.replace(crate::policy::Method::Post),
+                    ctx.polling_ends(),
                 )
             })
         {
@@ -657,22 +653,14 @@ where
                 *this.redirects_at_start = n;
             }
         }
-        // Its method told to a redirect the poll follows, and taken back after (see
-        // `AttemptCtx::polling`).
-        // (A POST's is none to tell, but a method another request's client reported is
-        // cleared for it too, as `InFlight` clears it.)
-        let hop = this.hop.filter(|m| *m != crate::policy::Method::Post);
-        if this.hop.is_some() {
-            let _ = with_attempt(|ctx| {
-                if let Some(m) = hop {
-                    ctx.polling.set(m);
-                }
-                ctx.hop_method.set(None);
-            });
+        // Its method told to a redirect the poll follows, and taken back after, as
+        // `InFlight` tells it (see `AttemptCtx::polling_begins`).
+        if let Some(m) = *this.hop {
+            let _ = with_attempt(|ctx| ctx.polling_begins(m));
         }
         let out = this.inner.poll(cx);
-        if hop.is_some()
-            && let Some(now) = with_attempt(|ctx| ctx.polling.replace(crate::policy::Method::Post))
+        if this.hop.is_some()
+            && let Some(now) = with_attempt(AttemptCtx::polling_ends)
         {
             *this.hop = Some(now);
         }
