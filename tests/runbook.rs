@@ -493,6 +493,41 @@ fn overrides_from_the_environment_apply_at_start_up() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Run as a child process with `RESILIENCE_OVERRIDES` naming a file with a syntax error: the
+/// first call reads it and refuses it (an error log), and an operator's endpoint can read why.
+#[tokio::test]
+#[ignore = "run by a_file_refused_at_start_up_can_be_read_back in a child process"]
+async fn child_with_a_broken_file_in_the_environment() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
+    let refusal = overrides::last_refusal().expect("the file refused at the first call");
+    assert!(
+        refusal.to_string().contains("overrides.toml:2"),
+        "the refusal names the file and line: {refusal}"
+    );
+    assert!(!overrides::active());
+    // A file applied since: nothing refused any more.
+    overrides::apply_str(
+        "[functions.\"runbook::lookup\"]\ntimeout = \"2s\"\n",
+        "fixed.toml",
+    )
+    .unwrap();
+    assert_eq!(overrides::last_refusal(), None);
+}
+
+#[test]
+fn a_file_refused_at_start_up_can_be_read_back() {
+    let (dir, file) = override_file("broken", "[functions.\"runbook::lookup\"]\ntimeout = \n");
+    let out = run_child("child_with_a_broken_file_in_the_environment", Some(&file));
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Run as a child process: applies nothing until its parent rewrites the file and sends SIGHUP.
 #[tokio::test]
 #[ignore = "run by sighup_reloads_the_overrides in a child process"]

@@ -243,6 +243,8 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
 static DOC: Mutex<Option<Arc<Doc>>> = Mutex::new(None);
 static FROM_ENV: std::sync::Once = std::sync::Once::new();
+/// The last file refused (see [`last_refusal`]); none once one is applied or cleared.
+static LAST_REFUSAL: Mutex<Option<OverrideError>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -363,6 +365,22 @@ pub fn apply_file(path: impl AsRef<Path>) -> Result<Vec<Change>, OverrideError> 
     apply_file_now(path.as_ref())
 }
 
+/// The last override file refused whole (a syntax error, an unreadable file, a rule it would
+/// break), whoever read it: the environment's at the first call (where only an error log
+/// said so), a `reload()` on SIGHUP, a file applied by hand; none once a file is applied or
+/// the overrides cleared since. For an operator's endpoint, beside [`unmatched`] and
+/// [`refused`]: a file refused leaves what was in force before it (nothing, at start-up).
+pub fn last_refusal() -> Option<OverrideError> {
+    read_env_once();
+    lock(&LAST_REFUSAL).clone()
+}
+
+/// Keeps `outcome`'s refusal for [`last_refusal`], or clears it when the file applied.
+fn noted<T>(outcome: Result<T, OverrideError>) -> Result<T, OverrideError> {
+    *lock(&LAST_REFUSAL) = outcome.as_ref().err().cloned();
+    outcome
+}
+
 fn apply_file_now(path: &Path) -> Result<Vec<Change>, OverrideError> {
     // One file read and applied at a time: two reloads racing a rewrite of the file (a
     // SIGHUP, an operator's endpoint) apply what they read in the order they read it, so the
@@ -370,9 +388,9 @@ fn apply_file_now(path: &Path) -> Result<Vec<Change>, OverrideError> {
     static READING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = lock(&READING);
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| OverrideError {
+    let text = noted(std::fs::read_to_string(path).map_err(|e| OverrideError {
         problems: vec![format!("{name}: cannot read: {e}")],
-    })?;
+    }))?;
     apply_str_now(&text, &name)
 }
 
@@ -383,9 +401,11 @@ pub fn apply_str(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
 }
 
 fn apply_str_now(text: &str, name: &str) -> Result<Vec<Change>, OverrideError> {
-    let doc = Arc::new(parse(text, name).map_err(|problems| OverrideError { problems })?);
+    let doc = Arc::new(noted(
+        parse(text, name).map_err(|problems| OverrideError { problems }),
+    )?);
     let mut known = lock(&KNOWN);
-    let planned = plan_all(&doc, known.iter())?;
+    let planned = noted(plan_all(&doc, known.iter()))?;
     let mut all = Vec::new();
     for (k, p) in known.iter_mut().zip(planned) {
         k.refused.clear();
@@ -542,6 +562,7 @@ pub fn clear() -> Vec<Change> {
 }
 
 fn clear_now() -> Vec<Change> {
+    *lock(&LAST_REFUSAL) = None;
     let mut known = lock(&KNOWN);
     let mut all = Vec::new();
     for k in known.iter_mut() {
