@@ -132,6 +132,15 @@ fn reporting_without_following_and_own() -> (reqwest::Client, reqwest::Client) {
     (sdk, own)
 }
 
+/// How many PATCHes reached `server`.
+fn patches_sent(server: &FaultServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count()
+}
+
 /// A 301 or 302 sends a PATCH (a PUT, a DELETE) on as it was, its method and body kept (only
 /// a POST becomes a GET): back to its own URL (after an update, the page of the thing
 /// updated), it is a loop, stopped before the PATCH goes out again; it was once followed, and
@@ -155,11 +164,7 @@ async fn an_unkeyed_patch_answered_302_to_its_own_url_is_sent_once() {
             .unwrap_err();
             let which = format!("{which}, executed: {executed}");
             assert_eq!(e.attempts(), 1, "{which} {status}: {e}");
-            let patches = server
-                .requests()
-                .iter()
-                .filter(|r| r.method == "PATCH")
-                .count();
+            let patches = patches_sent(&server);
             assert_eq!(patches, 1, "{which} {status}: the PATCH went out again");
         }
     }
@@ -268,11 +273,7 @@ async fn a_redirect_not_followed_leaves_nothing_for_the_next_request() {
         .await
         .unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
-    let patches = server
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .count();
+    let patches = patches_sent(&server);
     assert_eq!(patches, 1, "the PATCH went out again");
 
     // The same from the URL the PATCH goes to: the POST's 302 there, not followed, leaves
@@ -286,11 +287,7 @@ async fn a_redirect_not_followed_leaves_nothing_for_the_next_request() {
         .await
         .unwrap_err();
     assert_eq!(e.attempts(), 1, "{e}");
-    let patches = server
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .count();
+    let patches = patches_sent(&server);
     assert_eq!(patches, 1, "the PATCH went out again, from the POST's URL");
 }
 
