@@ -1903,17 +1903,8 @@ pub(crate) fn expected_url(m: Method, req: &reqwest::Request) -> u32 {
 
 /// A URL's hash mixed with a method's: what a completion is expected by. Never 0.
 pub(crate) fn with_method(url: u32, m: Method) -> u32 {
-    let code: u32 = match m {
-        Method::Get => 1,
-        Method::Head => 2,
-        Method::Options => 3,
-        Method::Trace => 4,
-        Method::Put => 5,
-        Method::Delete => 6,
-        Method::Post => 7,
-        Method::Patch => 8,
-        _ => 9,
-    };
+    // The method's byte (as `MethodCell` keeps it), from 1.
+    let code = u32::from(method_code(m)) + 1;
     (url ^ code.wrapping_mul(0x9E37_79B9)).max(1)
 }
 
