@@ -478,9 +478,8 @@ pub fn read_client(
                             // The system takes whole seconds (a fraction is dropped: `500ms`
                             // would be 0) up to Linux's 32767; a value it refuses leaves the
                             // socket on its 2-hour default, with a warning in a log at most.
-                            let why = if d.is_zero()
-                                || (d.subsec_nanos() == 0 && d <= Duration::from_secs(32_767))
-                            {
+                            // (Zero, refused above, is whole seconds.)
+                            let why = if d.subsec_nanos() == 0 && d <= Duration::from_secs(32_767) {
                                 None
                             } else if d < Duration::from_secs(1) || d >= Duration::from_secs(32_768)
                             {
