@@ -1103,26 +1103,57 @@ impl ClassCell {
     }
 }
 
-/// An `Option<u16>` (a status) in a word (0: none).
-pub(crate) struct StatusCell(Cell<u32>);
+/// An `Option<u16>` (a status) in a word (0: none): copied with one store and read back with
+/// one load. An `Option<u16>` is written as two halves (its tag, its value), and reading it
+/// back whole right after stalled on the two stores.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Status(u32);
+
+impl Status {
+    pub(crate) const NONE: Status = Status(0);
+    const SOME: u32 = 1 << 16;
+
+    pub(crate) const fn of(status: Option<u16>) -> Status {
+        match status {
+            Some(s) => Status(Self::SOME | s as u32),
+            None => Status::NONE,
+        }
+    }
+
+    pub(crate) fn get(self) -> Option<u16> {
+        (self.0 & Self::SOME != 0).then_some(self.0 as u16)
+    }
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// A [`Status`] in a cell.
+pub(crate) struct StatusCell(Cell<Status>);
 
 impl StatusCell {
     pub(crate) const fn none() -> StatusCell {
-        StatusCell(Cell::new(0))
+        StatusCell(Cell::new(Status::NONE))
     }
-    const SOME: u32 = 1 << 16;
 
     pub(crate) fn get(&self) -> Option<u16> {
-        let v = self.0.get();
-        (v & Self::SOME != 0).then_some(v as u16)
+        self.0.get().get()
+    }
+
+    /// The status as it is kept, to copy whole.
+    pub(crate) fn packed(&self) -> Status {
+        self.0.get()
     }
 
     pub(crate) fn set(&self, status: Option<u16>) {
-        self.0.set(status.map_or(0, |s| Self::SOME | u32::from(s)));
+        self.0.set(Status::of(status));
     }
 
     pub(crate) fn clear_mut(&mut self) {
-        *self.0.get_mut() = 0;
+        *self.0.get_mut() = Status::NONE;
     }
 }
 

@@ -407,10 +407,10 @@ where
                     // answered (a 500 a server that keeps no failure released runs the handler
                     // again). A failure without the handler's answer (a timeout, a lost or
                     // refused connection, a proxy's 502 or 504) leaves the hedging as it was.
-                    if !class.is_some_and(|c| c.unanswered(s.last.status)) {
+                    if !class.is_some_and(|c| c.unanswered(s.last.status.get())) {
                         hedging = false;
                     }
-                    telemetry::attempt_failed_in_round(scope, class, s.last.status);
+                    telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
                     continue;
                 }
                 // The last one left: the call acts on it (the retry loop decides, as after any

@@ -41,7 +41,7 @@ impl<'a, E> Probe<'a, E> {
             Cell::new(Some(err)),
             session.attempts(),
             session.ctx.named_key(),
-            session.last.status,
+            session.last.status.get(),
             Some(session),
         )
     }

@@ -36,7 +36,7 @@ use crate::backoff::BackoffState;
 use crate::breaker::{BreakerPermit, Refusal};
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
-use crate::context::{AttemptCtx, Held, Key, Outer, with_attempt};
+use crate::context::{AttemptCtx, Held, Key, Outer, Status, with_attempt};
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -397,7 +397,7 @@ pub enum Next {
 pub(crate) struct Last {
     /// Set when the runtime itself ended the attempt (timeout, deadline, breaker).
     pub(crate) runtime: Option<ErrorKind>,
-    pub(crate) status: Option<u16>,
+    pub(crate) status: Status,
     /// How the last request failed before a response, if it did (see [`AttemptCtx::failure`]).
     pub(crate) failure: Option<Class>,
     pub(crate) retry_after: Option<Duration>,
@@ -458,7 +458,7 @@ impl Last {
     fn key_may_be_carried(&self, class: Class) -> bool {
         self.keyed_request_reached()
             && self.own_carried
-            && class.may_have_carried_out(self.status, true)
+            && class.may_have_carried_out(self.status.get(), true)
     }
 
     /// What this attempt sent, joined to what `other` (another attempt of the same hedged
@@ -492,7 +492,7 @@ impl Last {
 /// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
 /// the least safe method sent so far, and whether one that needs the key went without it.
 fn record(last: &mut Last, ctx: &AttemptCtx) {
-    last.status = ctx.status.get();
+    last.status = ctx.status.packed();
     last.failure = ctx.failure.get();
     last.retry_after = ctx.retry_after.get();
     last.replayed = ctx.replayed.get();
@@ -1218,7 +1218,7 @@ impl Session {
         self.last.runtime = Some(kind);
         let mut err = Error::new(kind)
             .with_attempts(self.attempts)
-            .with_class(Some(class), self.last.status)
+            .with_class(Some(class), self.last.status.get())
             .with_elapsed(self.started.elapsed());
         self.name_key(&mut err);
         if self.nested {
@@ -1584,7 +1584,7 @@ impl Session {
     #[inline]
     pub(crate) fn record_own_success(&mut self) {
         let ctx = &self.ctx;
-        self.last.status = ctx.status.get();
+        self.last.status = ctx.status.packed();
         if let Some(m) = ctx.sent_method.get() {
             self.last.method = Some(m);
         }
@@ -1697,7 +1697,7 @@ impl Session {
             &self.span,
             self.shared,
             self.retried > 0,
-            self.last.status,
+            self.last.status.get(),
             self.started,
         );
         let m = self.shared.metrics;
@@ -1711,7 +1711,7 @@ impl Session {
             if self.retried == 0 {
                 tracing::debug!(
                     attempt = self.attempts,
-                    status = self.last.status,
+                    status = self.last.status.get(),
                     "attempt succeeded"
                 );
             } else {
@@ -1719,7 +1719,7 @@ impl Session {
                 // ("retrying") and then how the call ended, not only the failures.
                 tracing::info!(
                     attempt = self.attempts,
-                    status = self.last.status,
+                    status = self.last.status.get(),
                     "attempt succeeded"
                 );
             }
@@ -1756,7 +1756,13 @@ impl Session {
             // request, a failure before any response, or the status.
             None => reported
                 .or(self.last.failure)
-                .or_else(|| self.last.status.filter(|s| *s >= 400).map(Class::Status))
+                .or_else(|| {
+                    self.last
+                        .status
+                        .get()
+                        .filter(|s| *s >= 400)
+                        .map(Class::Status)
+                })
                 .unwrap_or(Class::Permanent),
         };
         // The policy's method (declared, or inferred from the body), when it is less safe than
@@ -1806,7 +1812,7 @@ impl Session {
         if self.last.began {
             self.ran_last = Some((
                 class,
-                self.last.status,
+                self.last.status.get(),
                 self.last.keyed_request_reached(),
                 self.last_settled(),
             ));
@@ -1838,7 +1844,7 @@ impl Session {
                 c.on_failure(
                     class,
                     self.last.runtime == Some(ErrorKind::DeadlineExceeded),
-                    self.last.status.is_some(),
+                    self.last.status.get().is_some(),
                 );
             } else {
                 c.attempt_ended();
@@ -1863,7 +1869,7 @@ impl Session {
         // before it.
         let ran = match self.ran_last {
             Some((class, status, ..)) if !self.last.began && self.attempts > 0 => (class, status),
-            _ => (class, self.last.status),
+            _ => (class, self.last.status.get()),
         };
         // The deadline itself ran out: nothing more can be tried.
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
@@ -1876,10 +1882,10 @@ impl Session {
         // replay. Not after the handler's own answer (a 500, 503, 429, 408: it is no longer in
         // progress, and a server that keeps no failure would run it again), nor after an
         // answer the server replayed from its store: those are final.
-        let unanswered = class.unanswered(self.last.status);
+        let unanswered = class.unanswered(self.last.status.get());
         let class = match self.last.round_in_progress.take() {
             Some(retry_after) if unanswered && !self.last.replayed => {
-                self.last.status = Some(409);
+                self.last.status = Status::of(Some(409));
                 self.last.retry_after = Some(retry_after);
                 self.last.replayed = false;
                 Class::Status(409)
@@ -1970,7 +1976,7 @@ impl Session {
                         self.name_key(&mut err);
                         err.set_retry_after(self.last.retry_after);
                         let err = err
-                            .with_class(Some(class), self.last.status)
+                            .with_class(Some(class), self.last.status.get())
                             .with_elapsed(self.started.elapsed());
                         return Next::Replace(err);
                     }
@@ -1996,7 +2002,7 @@ impl Session {
                         tracing::info!(
                             attempt,
                             class = class.as_str(),
-                            status = self.last.status,
+                            status = self.last.status.get(),
                             delay_ms = delay.as_millis() as u64,
                             decision = "retry",
                             "attempt failed; retrying"
