@@ -203,7 +203,7 @@ pub(crate) trait Body<O> {
     fn poll_body(
         self: Pin<&mut Self>,
         cx: Option<&mut Context<'_>>,
-        out: &mut Option<O>,
+        out: &mut Poll<O>,
     ) -> Option<Poll<()>>;
 }
 
@@ -211,7 +211,7 @@ impl<F: Future> Body<F::Output> for Option<F> {
     fn poll_body(
         mut self: Pin<&mut Self>,
         cx: Option<&mut Context<'_>>,
-        out: &mut Option<F::Output>,
+        out: &mut Poll<F::Output>,
     ) -> Option<Poll<()>> {
         match cx {
             Some(cx) => match self.as_pin_mut() {
@@ -220,7 +220,7 @@ impl<F: Future> Body<F::Output> for Option<F> {
                     Poll::Ready(r) => {
                         // `out` is empty (an attempt's body answers once): nothing to drop, and
                         // no drop compiled here, in every function's copy.
-                        std::mem::forget(out.replace(r));
+                        std::mem::forget(std::mem::replace(out, Poll::Ready(r)));
                         Some(Poll::Ready(()))
                     }
                 },
@@ -269,7 +269,7 @@ fn drop_unfinished<O>(core: Pin<&mut Core<'_>>, body: Pin<&mut dyn Body<O>>) {
 fn drop_in_context<O>(core: Pin<&mut Core<'_>>, mut body: Pin<&mut dyn Body<O>>) {
     let _entered = core.span.as_ref().map(tracing::Span::enter);
     in_attempt(&core.session.ctx, &mut || {
-        body.as_mut().poll_body(None, &mut None);
+        body.as_mut().poll_body(None, &mut Poll::Pending);
     });
 }
 
@@ -293,15 +293,17 @@ fn poll_attempt<T, E: HoldsRuntimeErrors>(
     mut body: Pin<&mut dyn Body<Result<T, E>>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, E>> {
-    let mut out = None;
+    // The answer is kept as the attempt returns it, and returned in one copy of the whole: a
+    // copy field by field (from an `Option`) stalled the caller's read of it.
+    let mut out = Poll::Pending;
     let step = core.step(cx, &mut |cx| match body.as_mut().poll_body(cx, &mut out) {
         None => Polled::Gone,
         Some(Poll::Pending) => Polled::Pending,
-        Some(Poll::Ready(())) if matches!(out, Some(Ok(_))) => Polled::Ok,
+        Some(Poll::Ready(())) if matches!(out, Poll::Ready(Ok(_))) => Polled::Ok,
         Some(Poll::Ready(())) => Polled::Err,
     });
     match step {
-        Step::Done => out.map_or(Poll::Pending, Poll::Ready),
+        Step::Done => out,
         Step::Failed(e) => Poll::Ready(Err(E::from_runtime(e))),
         Step::Pending => Poll::Pending,
     }
