@@ -250,6 +250,10 @@ async fn the_calls_end_says_its_attempts_and_key_whatever_its_error_type() {
         .unwrap_or_else(|| panic!("no event of the call's end:\n{out}"));
     assert!(line.contains("attempt=3"), "{line}");
     assert!(line.contains(&format!("idempotency_key={key}")), "{line}");
+    // At warn the call's span is left out: the event names the function and policy itself.
+    assert!(!line.contains("resilient{"), "{line}");
+    assert!(line.contains("function=\"tracing::charge\""), "{line}");
+    assert!(line.contains("policy=\"tracing::charge\""), "{line}");
 }
 
 #[resilient(
@@ -400,9 +404,25 @@ async fn calls_refused_by_a_bulkhead_a_rate_limit_or_their_key_open_no_span() {
         })
         .filter(|l| l.contains("WARN"))
         .collect();
-    assert!(refused.len() >= 3, "a warn event each:\n{text}");
+    assert_eq!(refused.len(), 3, "one warn event each:\n{text}");
     for line in &refused {
         assert!(!line.contains("resilient{"), "no span: {line}");
+    }
+    // Each names its function and policy, and the bulkhead or limit that refused it.
+    for (function, names) in [
+        ("one_at_a_time", "bulkhead=\"tracing_one_slot\""),
+        ("once_an_hour", "rate_limit=\"tracing_one_an_hour\""),
+        ("keyed_by", "order 7"),
+    ] {
+        let line = refused
+            .iter()
+            .find(|l| l.contains(&format!("function=\"tracing::{function}\"")))
+            .unwrap_or_else(|| panic!("no event naming {function}:\n{text}"));
+        assert!(
+            line.contains(&format!("policy=\"tracing::{function}\"")),
+            "{line}"
+        );
+        assert!(line.contains(names), "{line}");
     }
     assert_eq!(
         server.count(),
@@ -691,6 +711,20 @@ async fn a_call_that_lost_the_probe_while_admitted_is_refused_with_a_span_and_no
         spans.iter().all(|l| !l.contains("attempt{")),
         "no attempt span:\n{out}"
     );
+    // Its warn event names its function and policy itself (a log kept at warn leaves the
+    // call's span out) and the breaker.
+    let refusal = out
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("circuit open: call rejected"))
+        .unwrap_or_else(|| panic!("no warn event for the refusal:\n{out}"));
+    for field in [
+        "function=\"tracing::raced_for_the_probe\"",
+        "policy=\"tracing::raced_for_the_probe\"",
+        "breaker=\"tracing_race\"",
+    ] {
+        let (_, event) = refusal.split_once("circuit open: call rejected").unwrap();
+        assert!(event.contains(field), "{field}: {refusal}");
+    }
     prober.abort();
 }
 

@@ -1112,6 +1112,7 @@ impl Session {
                     tracing::warn!(
                         function = shared.function,
                         policy = shared.policy,
+                        bulkhead = self.policy.bulkhead.as_ref().map(|b| b.0),
                         "{}: call rejected",
                         if full {
                             "bulkhead full"
@@ -1433,7 +1434,10 @@ impl Session {
     fn rejected_by_breaker(&mut self, breaker: &'static str) -> Error {
         PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
         self.span.in_scope(|| {
+            // Its function and policy too: a log kept at warn leaves the call's span out.
             tracing::warn!(
+                function = self.shared.function,
+                policy = self.shared.policy,
                 attempt = self.attempts + 1,
                 breaker,
                 "circuit open: call rejected"
@@ -2077,7 +2081,10 @@ impl Session {
             let _e = self.span.enter();
             // The attempts and the key, whatever the error type carries of them (a
             // `reqwest::Error` returned inside a type of the user's own carries neither).
+            // Its function and policy too: a log kept at warn leaves the call's span out.
             tracing::warn!(
+                function = self.shared.function,
+                policy = self.shared.policy,
                 attempt = self.attempts,
                 class = ran.0.as_str(),
                 status = ran.1,
