@@ -1210,6 +1210,55 @@ fn global_recorder_child() {
     rt.block_on(idempotent_requests_counted(&handle));
 }
 
+const UNDESCRIBED_CHILD: &str = "RESILIENCE_METRICS_UNDESCRIBED_CHILD";
+
+/// A global Prometheus recorder installed without `describe_metrics()` (as the README's
+/// second recorder snippet is, copied alone): the runtime describes the metrics to it when
+/// it first finds it, so the durations are still exported as `…_seconds`, the names the
+/// dashboards query. In a child process (a recorder can be made global once).
+#[test]
+fn a_global_recorder_not_described_by_hand_still_gets_the_units() {
+    support::run_in_child("undescribed_recorder_child", UNDESCRIBED_CHILD);
+}
+
+#[test]
+#[ignore = "the child process of a_global_recorder_not_described_by_hand_still_gets_the_units"]
+fn undescribed_recorder_child() {
+    if std::env::var_os(UNDESCRIBED_CHILD).is_none() {
+        return;
+    }
+    let handle = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .install_recorder()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The runtime looks for the recorder on a thread of its own: bounded wait for it.
+    let mut text = String::new();
+    for i in 0..200 {
+        assert_eq!(rt.block_on(kept(i)).unwrap(), i + 1);
+        text = handle.render();
+        if text.contains("resilience_client_call_duration_seconds_sum{") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        text.contains("resilience_client_call_duration_seconds_sum{"),
+        "the call duration exported in seconds:\n{text}"
+    );
+    assert!(
+        !text.contains("resilience_client_call_duration_sum{"),
+        "and not without its unit:\n{text}"
+    );
+    assert!(
+        text.contains("# HELP resilience_client_calls_total"),
+        "help texts given:\n{text}"
+    );
+}
+
 /// Two local recorders one after the other on the same thread (the second may well sit where
 /// the first did): each gets the calls made while it is set, none of the other's.
 #[test]

@@ -294,11 +294,13 @@ pub(crate) fn look_for_global(wait: bool) {
     #[cfg(test)]
     tests::LOOKS.fetch_add(1, Ordering::Relaxed);
     let look = || {
-        metrics::with_recorder(|r| {
-            if std::mem::size_of_val(r) > 0 {
-                let _ = GLOBAL.set(identity(r));
-            }
-        })
+        let found = metrics::with_recorder(|r| {
+            std::mem::size_of_val(r) > 0 && GLOBAL.set(identity(r)).is_ok()
+        });
+        // Found now, by this look: described once, in case the service does not.
+        if found {
+            describe_all();
+        }
     };
     // A thread could not be started (a limit on threads): nothing is kept, nothing is lost.
     if let Ok(t) = std::thread::Builder::new()
@@ -545,9 +547,18 @@ pub(crate) fn breaker_transition(name: &'static str, from: BreakerState, to: Bre
 /// Describes every metric (unit and help text) to the installed recorder.
 ///
 /// Called after the recorder is installed, it also finds it, so that the first calls keep
-/// their handles from the start (they otherwise do from within a few calls).
+/// their handles from the start (they otherwise do from within a few calls). A global
+/// recorder is described once anyway when the runtime first finds it (the first call that
+/// records to it), so that an exporter naming by unit (Prometheus's `_seconds`) names the
+/// durations right without this call; a local recorder (`metrics::with_local_recorder`) is
+/// described only by this call, made where it is set.
 pub fn describe_metrics() {
     look_for_global(true);
+    describe_all();
+}
+
+/// Every metric's unit and help text, to the current recorder.
+fn describe_all() {
     use metrics::Unit;
     for (name, kind, unit, help) in super::METRICS {
         let unit = match unit {
