@@ -117,20 +117,36 @@ fn server_address(url: &reqwest::Url) -> Option<&str> {
 /// Query parameters whose values are redacted, by name lower-cased without `_` and `-`
 /// (`accessToken`, `access-token` and `ACCESS_TOKEN` alike): the four the conventions name
 /// (`AWSAccessKeyId`, `Signature`, `sig`, `X-Goog-Signature`, the last two by their ending
-/// below) and the usual names of a key or a password in a URL.
-const SENSITIVE_QUERY: [&str; 6] = ["awsaccesskeyid", "sig", "key", "auth", "pwd", "passwd"];
+/// below), the usual names of a key or a password in a URL, a session's id, an OAuth
+/// authorization `code`, and a `jwt`.
+const SENSITIVE_QUERY: [&str; 10] = [
+    "awsaccesskeyid",
+    "sig",
+    "key",
+    "auth",
+    "pwd",
+    "session",
+    "sessionid",
+    "sid",
+    "code",
+    "jwt",
+];
 
 /// Endings of a normalised name that make it a credential's: `token` (`access_token`,
 /// `sessionToken`, `X-Amz-Security-Token`), `secret` (`client_secret`), `password`,
-/// `signature` (`X-Amz-Signature`), `apikey` (`api_key`, `x-api-key`), `credential`
-/// (`X-Amz-Credential`, `X-Goog-Credential`).
-const SENSITIVE_ENDING: [&str; 6] = [
+/// `passwd`, `signature` (`X-Amz-Signature`), `apikey` (`api_key`, `x-api-key`),
+/// `credential` and `credentials` (`X-Amz-Credential`, `X-Goog-Credential`), `assertion`
+/// (an OAuth `client_assertion`).
+const SENSITIVE_ENDING: [&str; 9] = [
     "token",
     "secret",
     "password",
+    "passwd",
     "signature",
     "apikey",
     "credential",
+    "credentials",
+    "assertion",
 ];
 
 fn sensitive(name: &str) -> bool {
@@ -151,16 +167,32 @@ fn sensitive(name: &str) -> bool {
     let n = &buf[..len];
     (!long && SENSITIVE_QUERY.iter().any(|s| s.as_bytes() == n))
         || SENSITIVE_ENDING.iter().any(|e| n.ends_with(e.as_bytes()))
+        || ends_in_key_word(name)
+}
+
+/// A name whose last word is `key` (`secret_key`, `private-key`, `accessKey`,
+/// `AWSSecretAccessKey`), not one that only ends in the letters (`monkey`, `turkey`).
+fn ends_in_key_word(name: &str) -> bool {
+    let b = name.as_bytes();
+    let Some(before) = b.len().checked_sub(4).map(|i| b[i]) else {
+        return false;
+    };
+    let key = &b[b.len() - 3..];
+    key.eq_ignore_ascii_case(b"key")
+        && (before == b'_' || before == b'-' || (key[0] == b'K' && before.is_ascii_lowercase()))
 }
 
 /// `url` as `url.full` may show it: no credentials, no signatures.
 pub(crate) fn redacted(url: &reqwest::Url) -> std::borrow::Cow<'_, str> {
     let has_credentials = !url.username().is_empty() || url.password().is_some();
     let has_sensitive = url.query_pairs().any(|(k, _)| sensitive(&k));
-    if !has_credentials && !has_sensitive {
+    // A fragment is never sent (an OAuth implicit grant's token travels in one).
+    let has_fragment = url.fragment().is_some();
+    if !has_credentials && !has_sensitive && !has_fragment {
         return url.as_str().into();
     }
     let mut u = url.clone();
+    u.set_fragment(None);
     if has_credentials {
         let _ = u.set_username("REDACTED");
         if url.password().is_some() {
@@ -309,6 +341,20 @@ mod tests {
             "userPassword",
             "AWSAccessKeyId",
             "X-Goog-Credential",
+            "secret_key",
+            "access-key",
+            "private_key",
+            "clientKey",
+            "AWSSecretAccessKey",
+            "SECRET_KEY",
+            "session",
+            "SessionId",
+            "sid",
+            "code",
+            "jwt",
+            "client_assertion",
+            "db_passwd",
+            "credentials",
         ] {
             assert_eq!(
                 redacted(&u(&format!("https://h/p?{name}=v&n=1"))),
@@ -316,6 +362,11 @@ mod tests {
                 "{name}"
             );
         }
+        // A fragment is never sent, and may hold a token: left off.
+        assert_eq!(
+            redacted(&u("https://h/cb?state=1#access_token=t&x=1")),
+            "https://h/cb?state=1"
+        );
         let long = format!("https://h/p?{}_token=v", "x".repeat(80));
         assert!(redacted(&u(&long)).ends_with("_token=REDACTED"), "{long}");
         for kept in [
@@ -324,6 +375,10 @@ mod tests {
             "keyword",
             "secretary",
             "monkey",
+            "MONKEY",
+            "turkey",
+            "keys",
+            "zip_code",
             "page",
             "tokenizer",
         ] {
