@@ -163,7 +163,10 @@ async fn bad_headers_are_ignored_or_clamped() {
             // Ignored: B's own 10 s attempt timeout.
             assert!(left > 9_000 && left <= 10_000, "{bad:?}: {left}");
         }
-        assert_eq!(s.header("traceparent").unwrap().len(), 55, "a fresh trace");
+        let tp = s.header("traceparent").unwrap();
+        assert_eq!(tp.len(), 55, "a fresh trace");
+        // A trace the call starts is marked sampled (README, Observability).
+        assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
     }
     assert!(b_calls.lock().unwrap().iter().all(|(k, _)| k.is_none()));
 }
