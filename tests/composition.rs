@@ -1183,6 +1183,38 @@ async fn an_outer_attempt_timeout_around_a_nested_call_is_retried_and_told_apart
 }
 
 #[resilient(
+    timeout = "300ms",
+    deadline = "10s",
+    backoff(initial = "75ms", max = "150ms", jitter = none),
+    budget = false
+)]
+async fn recs_against_a_hang(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+/// The README's shape: an inner call that retries within each outer attempt's second.
+#[resilient(timeout = "1s", deadline = "10s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn page_of_recs(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    recs_against_a_hang(c, url).await
+}
+
+/// "One it retried, then had no time to retry again, is not": an inner call that retried
+/// twice, whose third attempt the outer attempt's time cut (both end at the same instant),
+/// gave up after retrying: the outer call does not run it all again. 3 requests, not 9.
+#[tokio::test(start_paused = true)]
+async fn a_nested_call_that_retried_then_ran_out_of_the_outer_attempts_time_is_not_retried() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let e = page_of_recs(&client(), &server.url("/")).await.unwrap_err();
+    assert_eq!(
+        server.count(),
+        3,
+        "the inner call's three requests only: {e}"
+    );
+    assert_eq!(e.attempts(), 3, "the inner call's attempts: {e}");
+    assert!(e.is_timeout(), "{e}");
+}
+
+#[resilient(
     timeout = "1s",
     deadline = "10s",
     backoff(initial = "10ms", max = "10ms"),

@@ -148,10 +148,13 @@ impl<'s> Core<'s> {
                 this.session.record_own();
                 // A failure once the attempt's time is up (a nested call that ran out of this
                 // attempt's time ends in the same instant as this attempt's timer) is this
-                // attempt's timeout.
+                // attempt's timeout; but not when a nested call that could retry on its own
+                // gave up just before, the body going on to nothing else (it retried, then had
+                // no time left to retry again): that is the nested call's failure, which this
+                // call does not run again around it (retries would multiply).
                 let now = Instant::now();
                 this.session.last.failed_at = Some(now);
-                if now >= *this.until {
+                if now >= *this.until && !this.session.ctx.nested_gave_up.get() {
                     return Step::Failed(this.session.timed_out(*this.limit));
                 }
                 return Step::Done;
