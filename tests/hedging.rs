@@ -924,6 +924,84 @@ async fn no_hedge_starts_after_an_attempt_of_the_round_was_answered() {
 
 #[resilient(
     method = POST,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "100ms")
+)]
+async fn keyed_hedged_retried(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.post(url)
+        .body("charge")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "100ms")
+)]
+async fn hedged_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The round's answer is the handler's, not a sibling's timeout after it: an attempt answered
+/// 500 (outside `retry_on`; a server that keeps no failure releases the key) while its hedge
+/// hangs until its timeout. The call ends on the 500, not retried: deciding on the hedge's
+/// timeout retried the charge, and the handler ran it again.
+#[tokio::test(start_paused = true)]
+async fn a_round_answered_by_the_handler_is_decided_on_that_answer_not_a_later_timeout() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(150)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = keyed_hedged_retried(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        server.count(),
+        2,
+        "the attempt and its hedge, no retry: {e}"
+    );
+    assert_eq!(e.http_status(), Some(500), "{e}");
+    assert!(!e.is_timeout(), "{e}");
+
+    // A GET answered 404 while its hedge hangs: a 404, never retried.
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(404).after(Duration::from_millis(150)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = hedged_lookup(&reqwest::Client::new(), &server.url("/items/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 2, "{e}");
+    assert_eq!(e.http_status(), Some(404), "{e}");
+}
+
+#[resilient(
+    method = POST,
     timeout = "3s",
     deadline = "10s",
     budget = false,

@@ -233,6 +233,11 @@ where
     // `Retry-After`, from the server half while another attempt's request runs): its
     // `Retry-After`, for the decision after the round if the last attempt timed out.
     let mut in_progress: Option<Duration> = None;
+    // The first failure of the round the handler answered (its status, or the body's own
+    // error on what it read) while another attempt still ran, with what its requests
+    // recorded: the round's outcome if the attempts after it end without an answer (a hedge
+    // that hangs to its timeout says nothing that overrides the handler's 500 or 404).
+    let mut answered: Option<(Result<T, E>, crate::session::Answered)> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -385,8 +390,9 @@ where
                             }
                         };
                         // Read from this attempt's own requests, before the round's are joined.
+                        let own_in_progress = s.in_progress_of(ended.as_mut().ctx());
                         if in_progress.is_none() {
-                            in_progress = s.in_progress_of(ended.as_mut().ctx());
+                            in_progress = own_in_progress;
                         }
                         s.record_in_round(ended.as_mut().ctx(), &mut round, class);
                         let scope = ended.as_mut().take_scope();
@@ -399,10 +405,17 @@ where
                             }
                             Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
                         };
-                        (r, scope, class, (i != 0).then_some(ended_started))
+                        (
+                            r,
+                            scope,
+                            class,
+                            (i != 0).then_some(ended_started),
+                            own_in_progress,
+                        )
                     }
                 };
-                let (r, scope, class, hedge_started) = r;
+                let (r, scope, class, hedge_started, own_in_progress) = r;
+                let handler_answered = !class.is_some_and(|c| c.unanswered(s.last.status.get()));
                 if in_flight > 0 {
                     // An answer came (a failure with the handler's status, or the body's own
                     // error on what it read): no more hedges. The round waits for the attempts
@@ -411,12 +424,27 @@ where
                     // answered (a 500 a server that keeps no failure released runs the handler
                     // again). A failure without the handler's answer (a timeout, a lost or
                     // refused connection, a proxy's 502 or 504) leaves the hedging as it was.
-                    if !class.is_some_and(|c| c.unanswered(s.last.status.get())) {
+                    if handler_answered {
                         hedging = false;
+                        // Kept as the round's outcome, unless a later attempt is answered too
+                        // (the last answer decides) or it was "still in progress" (the
+                        // attempt doing the work decides: asked again after it).
+                        if answered.is_none() && own_in_progress.is_none() {
+                            answered = Some((r, crate::session::Answered::of(&s.last)));
+                        }
                     }
                     telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
                     continue;
                 }
+                // The last attempt ended without the handler's answer, after another was
+                // answered: the round ends on that answer.
+                let r = match answered.take() {
+                    Some((earlier, what)) if !handler_answered && in_progress.is_none() => {
+                        what.restore(&mut s.last);
+                        earlier
+                    }
+                    _ => r,
+                };
                 // The last one left: the call acts on it (the retry loop decides, as after any
                 // attempt). If it timed out after another was told "still in progress" (the
                 // handler ran on), the decision asks for the replay (`Session::after_failure`).

@@ -489,6 +489,33 @@ impl Last {
     }
 }
 
+/// What an answered attempt of a hedged round recorded that the retry decision reads: put back
+/// in the session's `last` when the round ends on that answer after a later attempt without
+/// one (whose timeout cleared the status, and set the runtime's own error).
+pub(crate) struct Answered {
+    status: crate::context::Status,
+    failure: Option<Class>,
+    replayed: bool,
+}
+
+impl Answered {
+    pub(crate) fn of(last: &Last) -> Answered {
+        Answered {
+            status: last.status,
+            failure: last.failure,
+            replayed: last.replayed,
+        }
+    }
+
+    pub(crate) fn restore(self, last: &mut Last) {
+        last.status = self.status;
+        last.failure = self.failure;
+        last.replayed = self.replayed;
+        last.runtime = None;
+        last.cut_short = false;
+    }
+}
+
 /// What an attempt's requests recorded (status, Retry-After, stamping, method), kept in `last`;
 /// the least safe method sent so far, and whether one that needs the key went without it.
 fn record(last: &mut Last, ctx: &AttemptCtx) {
