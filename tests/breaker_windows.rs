@@ -597,6 +597,58 @@ async fn a_429_counts_neither_way_in_the_window() {
 }
 
 #[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker(
+        name = "bw_answered_probe",
+        failure_rate = 0.5,
+        min_calls = 2,
+        window = 2,
+        open_for = "10s",
+        half_open_calls = 2
+    )
+)]
+async fn looked_up(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A half-open breaker's probes answered 404 (an endpoint whose traffic is mostly lookups of
+/// what is not there) show the dependency up: the breaker closes. Counted neither way, it
+/// stayed half-open for good, refusing all but two calls at a time. A probe answered 429
+/// (slow down) is not taken for one that shows it up.
+#[tokio::test(start_paused = true)]
+async fn probes_the_dependency_answered_with_a_4xx_close_the_breaker() {
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..2 {
+        looked_up(&c, &down.url("/")).await.unwrap_err();
+    }
+    let state = || metrics::breaker("bw_answered_probe").unwrap().state;
+    assert_eq!(state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(11)).await;
+
+    let throttling = FaultServer::start(Script::always(Action::status(429))).await;
+    for _ in 0..3 {
+        let e = looked_up(&c, &throttling.url("/")).await.unwrap_err();
+        assert_eq!(e.http_status(), Some(429), "{e}");
+    }
+    assert_eq!(state(), BreakerState::HalfOpen, "429s close nothing");
+
+    let missing = FaultServer::start(Script::always(Action::status(404))).await;
+    for _ in 0..2 {
+        let e = looked_up(&c, &missing.url("/items/7")).await.unwrap_err();
+        assert_eq!(e.http_status(), Some(404), "{e}");
+    }
+    assert_eq!(state(), BreakerState::Closed, "two probes answered: closed");
+}
+
+#[resilient(
     method = GET,
     timeout = "1s",
     max_attempts = 1,

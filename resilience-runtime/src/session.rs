@@ -1890,6 +1890,13 @@ impl Session {
             }
             if class.trips_breaker() && !cut_short {
                 b.on_failure(p);
+            } else if !cut_short
+                && class != Class::Rejected
+                && self.last.status.get().is_some_and(|s| s != 429)
+            {
+                // The dependency answered (a 4xx, the function's own error on what it read):
+                // up, though this call failed; not a 429, which asks this client to slow down.
+                b.on_answered(p);
             } else {
                 b.on_ignored(p);
             }
