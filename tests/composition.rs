@@ -1317,6 +1317,41 @@ async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_the_attempts_time
     );
 }
 
+/// A nested call's failure swallowed, then a timeout of the body's own (a database read
+/// given the attempt's time left) that ends in the same instant as the attempt: the attempt's
+/// own timeout, retried; the nested call gave up long before, its failure handled.
+#[resilient(
+    timeout = "500ms",
+    deadline = "20s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false,
+    method = GET
+)]
+async fn page_then_a_timed_read(c: &reqwest::Client, recs: &str) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await.unwrap_or_default();
+    let left = resilience_runtime::current_attempt().unwrap().time_left;
+    // The read hangs: its own timeout, the attempt's time left, ends it.
+    match tokio::time::timeout(left, std::future::pending::<()>()).await {
+        Ok(()) => Ok(recs),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "db read").into()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_a_timeout_of_the_bodys_own() {
+    let recs = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = page_then_a_timed_read(&client(), &recs.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 2, "the timeout is retried: {e}");
+    assert_eq!(
+        recs.count(),
+        3 * 2,
+        "the inner call's 3 attempts per outer attempt"
+    );
+}
+
 #[resilient(
     timeout = "1s",
     max_attempts = 3,

@@ -149,12 +149,12 @@ impl<'s> Core<'s> {
                 // A failure once the attempt's time is up (a nested call that ran out of this
                 // attempt's time ends in the same instant as this attempt's timer) is this
                 // attempt's timeout; but not when a nested call that could retry on its own
-                // gave up just before, the body going on to nothing else (it retried, then had
-                // no time left to retry again): that is the nested call's failure, which this
-                // call does not run again around it (retries would multiply).
+                // gave up in that same instant (it retried, then this attempt's end cut its
+                // last attempt): that is the nested call's failure, which this call does not
+                // run again around it (retries would multiply).
                 let now = Instant::now();
                 this.session.last.failed_at = Some(now);
-                if now >= *this.until && !this.session.ctx.nested_gave_up.get() {
+                if now >= *this.until && !this.session.ctx.nested_gave_up_at_end.get() {
                     return Step::Failed(this.session.timed_out(*this.limit));
                 }
                 return Step::Done;

@@ -958,6 +958,11 @@ pub(crate) struct AttemptCtx {
     /// failure of the attempt now is taken for that call's, which the outer call does not
     /// retry again.
     pub nested_gave_up: Cell<bool>,
+    /// That nested call gave up once this attempt's time was up (its last attempt cut by this
+    /// attempt's end, both ending in the same instant): a failure of the attempt then is that
+    /// call's, not this attempt's timeout (see `attempt.rs`). Not one that gave up earlier,
+    /// whatever the body did after it: a timeout then is the attempt's own.
+    pub nested_gave_up_at_end: Cell<bool>,
     /// A helper the body awaited, handed the client, ran without the runtime seeing a send
     /// (see [`crate::__private::helper`]): it may have sent any method, without the key.
     pub unseen_helper: Cell<bool>,
@@ -1351,6 +1356,7 @@ impl AttemptCtx {
             hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
+            nested_gave_up_at_end: Cell::new(false),
             gave_up: Cell::new([0; 4]),
             returned: Cell::new([0; 4]),
             unsafe_urls: Cell::new([0; 8]),
@@ -1432,6 +1438,7 @@ impl AttemptCtx {
         *self.hand_stamped.get_mut() = 0;
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
+        *self.nested_gave_up_at_end.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
         *self.returned.get_mut() = [0; 4];
         // The URLs stay: one with nothing outstanding expects nothing (`matched` is read as a
@@ -1640,6 +1647,7 @@ impl AttemptCtx {
     #[inline]
     pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
+        self.nested_gave_up_at_end.set(false);
         if self.retry_after_nested.replace(false) {
             self.retry_after.set(None);
         }

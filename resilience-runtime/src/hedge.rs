@@ -130,10 +130,10 @@ impl<T, E, F: Future<Output = Result<T, E>>> Running<F> {
         if let Poll::Ready(r) = polled {
             *me.done = true;
             // A failure once the attempt's time is up is its timeout, unless a nested call
-            // that could retry gave up just before it (see `attempt.rs`).
+            // that could retry gave up in that same instant (see `attempt.rs`).
             if r.is_err()
                 && Instant::now() >= *me.until
-                && !me.body.as_mut().ctx().nested_gave_up.get()
+                && !me.body.as_mut().ctx().nested_gave_up_at_end.get()
             {
                 return Poll::Ready(Outcome::TimedOut(*me.limit));
             }

@@ -1697,6 +1697,9 @@ impl Session {
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
+                if Instant::now() >= outer.until {
+                    outer.nested_gave_up_at_end.set(true);
+                }
                 let token = self.token.get();
                 if token != 0 {
                     outer.note_gave_up(token);
