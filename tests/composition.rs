@@ -1273,6 +1273,62 @@ async fn page_through_a_helper(
     Ok(format!("{user}{recs}"))
 }
 
+/// A service's own client (its `.send()` is not reqwest's): a lookup through it.
+struct Users {
+    http: reqwest::Client,
+}
+
+struct UserRequest(reqwest::RequestBuilder);
+
+impl Users {
+    fn get(&self, url: &str) -> UserRequest {
+        UserRequest(self.http.get(url))
+    }
+}
+
+impl UserRequest {
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        self.0.send().await
+    }
+}
+
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_through_a_service_client(
+    c: &reqwest::Client,
+    users: &Users,
+    recs: &str,
+    user: &str,
+) -> Result<String, Error> {
+    let recs = recommendations(c, recs).await.unwrap_or_default();
+    let user = users
+        .get(user)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(format!("{user}{recs}"))
+}
+
+/// The body went on after the nested call's failure through a send of another type than
+/// reqwest's: a failure of that send is a later one, retried (it was taken for the nested
+/// call's, which the outer call does not retry again).
+#[tokio::test(start_paused = true)]
+async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_a_send_through_another_client() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(vec![Action::reset(), Action::ok().body("u")]).await;
+    let service = Users { http: client() };
+    let r =
+        page_through_a_service_client(&client(), &service, &recs.url("/"), &users.url("/")).await;
+    assert_eq!(r.unwrap(), "u", "the lookup, reset once, is retried");
+    assert_eq!(users.count(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_swallowed_nested_failure_does_not_stop_the_retry_of_a_later_nested_call() {
     let recs = FaultServer::start(Script::always(Action::reset())).await;

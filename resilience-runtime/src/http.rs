@@ -1120,11 +1120,14 @@ pub mod dispatch {
         foreign_reqwest(std::any::type_name::<T>());
     }
 
-    /// Marks the attempt ([`AttemptCtx::unproven`]): something it sent went unstamped.
+    /// Marks the attempt ([`AttemptCtx::unproven`]): something it sent went unstamped. The
+    /// body went on, too ([`AttemptCtx::went_on`]): a failure after a nested call that gave
+    /// up may be this send's, which no layer retried yet.
     fn mark_unproven(unsafe_: u8) {
         let _ = super::with_attempt(|ctx| {
             ctx.unproven
-                .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_)
+                .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_);
+            ctx.went_on();
         });
     }
 
