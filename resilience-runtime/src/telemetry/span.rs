@@ -135,18 +135,24 @@ const SENSITIVE_QUERY: [&str; 10] = [
 /// Endings of a normalised name that make it a credential's: `token` (`access_token`,
 /// `sessionToken`, `X-Amz-Security-Token`), `secret` (`client_secret`), `password`,
 /// `passwd`, `signature` (`X-Amz-Signature`), `apikey` (`api_key`, `x-api-key`),
-/// `credential` and `credentials` (`X-Amz-Credential`, `X-Goog-Credential`), `assertion`
-/// (an OAuth `client_assertion`).
-const SENSITIVE_ENDING: [&str; 9] = [
+/// `secretkey`, `privatekey` and `accesskey` written as one word, `credential` and
+/// `credentials` (`X-Amz-Credential`, `X-Goog-Credential`), `assertion` (an OAuth
+/// `client_assertion`), `sessionid` and `sessid` (`JSESSIONID`, `PHPSESSID`).
+const SENSITIVE_ENDING: [&str; 14] = [
     "token",
     "secret",
     "password",
     "passwd",
     "signature",
     "apikey",
+    "secretkey",
+    "privatekey",
+    "accesskey",
     "credential",
     "credentials",
     "assertion",
+    "sessionid",
+    "sessid",
 ];
 
 fn sensitive(name: &str) -> bool {
@@ -355,6 +361,11 @@ mod tests {
             "client_assertion",
             "db_passwd",
             "credentials",
+            "secretkey",
+            "PRIVATEKEY",
+            "accesskey",
+            "JSESSIONID",
+            "PHPSESSID",
         ] {
             assert_eq!(
                 redacted(&u(&format!("https://h/p?{name}=v&n=1"))),
