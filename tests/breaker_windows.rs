@@ -639,6 +639,12 @@ async fn probes_the_dependency_answered_with_a_4xx_close_the_breaker() {
         assert_eq!(e.http_status(), Some(429), "{e}");
     }
     assert_eq!(state(), BreakerState::HalfOpen, "429s close nothing");
+    // Nor does a 5xx no breaker counts (a 501: the same answer to the same request).
+    let unimplemented = FaultServer::start(Script::always(Action::status(501))).await;
+    for _ in 0..3 {
+        looked_up(&c, &unimplemented.url("/")).await.unwrap_err();
+    }
+    assert_eq!(state(), BreakerState::HalfOpen, "501s close nothing");
 
     let missing = FaultServer::start(Script::always(Action::status(404))).await;
     for _ in 0..2 {

@@ -237,7 +237,9 @@ where
     // error on what it read) while another attempt still ran, with what its requests
     // recorded: the round's outcome if the attempts after it end without an answer (a hedge
     // that hangs to its timeout says nothing that overrides the handler's 500 or 404).
-    let mut answered: Option<(Result<T, E>, crate::session::Answered)> = None;
+    // With when that attempt started, if a hedge (the round's start otherwise): its latency
+    // is judged from there.
+    let mut answered: Option<(Result<T, E>, crate::session::Answered, Option<Instant>)> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -430,7 +432,8 @@ where
                         // (the last answer decides) or it was "still in progress" (the
                         // attempt doing the work decides: asked again after it).
                         if answered.is_none() && own_in_progress.is_none() {
-                            answered = Some((r, crate::session::Answered::of(&s.last)));
+                            answered =
+                                Some((r, crate::session::Answered::of(&s.last), hedge_started));
                         }
                     }
                     telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
@@ -438,12 +441,14 @@ where
                 }
                 // The last attempt ended without the handler's answer, after another was
                 // answered: the round ends on that answer.
-                let r = match answered.take() {
-                    Some((earlier, what)) if !handler_answered && in_progress.is_none() => {
+                let (r, hedge_started) = match answered.take() {
+                    Some((earlier, what, started))
+                        if !handler_answered && in_progress.is_none() =>
+                    {
                         what.restore(&mut s.last);
-                        earlier
+                        (earlier, started)
                     }
-                    _ => r,
+                    _ => (r, hedge_started),
                 };
                 // The last one left: the call acts on it (the retry loop decides, as after any
                 // attempt). If it timed out after another was told "still in progress" (the

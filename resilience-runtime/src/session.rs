@@ -496,6 +496,7 @@ pub(crate) struct Answered {
     status: crate::context::Status,
     failure: Option<Class>,
     replayed: bool,
+    cut_short: bool,
 }
 
 impl Answered {
@@ -504,6 +505,7 @@ impl Answered {
             status: last.status,
             failure: last.failure,
             replayed: last.replayed,
+            cut_short: last.cut_short,
         }
     }
 
@@ -512,7 +514,7 @@ impl Answered {
         last.failure = self.failure;
         last.replayed = self.replayed;
         last.runtime = None;
-        last.cut_short = false;
+        last.cut_short = self.cut_short;
     }
 }
 
@@ -1139,7 +1141,12 @@ impl Session {
                     tracing::warn!(
                         function = shared.function,
                         policy = shared.policy,
-                        bulkhead = self.policy.bulkhead.as_ref().map(|b| b.0),
+                        // An inline bulkhead goes by its function's path, as in its metrics.
+                        bulkhead = self.policy.bulkhead.as_ref().map(|b| if b.0.is_empty() {
+                            shared.function
+                        } else {
+                            b.0
+                        }),
                         "{}: call rejected",
                         if full {
                             "bulkhead full"
@@ -1895,10 +1902,15 @@ impl Session {
                 b.on_failure(p);
             } else if !cut_short
                 && class != Class::Rejected
-                && self.last.status.get().is_some_and(|s| s != 429)
+                && self
+                    .last
+                    .status
+                    .get()
+                    .is_some_and(|s| s < 500 && s != 408 && s != 429)
             {
                 // The dependency answered (a 4xx, the function's own error on what it read):
-                // up, though this call failed; not a 429, which asks this client to slow down.
+                // up, though this call failed; not a 429, which asks this client to slow down,
+                // nor a 408 or a 5xx, even one a `Classify` of the user's took for permanent.
                 b.on_answered(p);
             } else {
                 b.on_ignored(p);
