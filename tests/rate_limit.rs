@@ -26,6 +26,44 @@ async fn refuse_at_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url).send().await?.status().as_u16())
 }
 
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    rate_limit = { name = "rl_shared_nested", rate = 1, per = "1h", burst = 1 }
+)]
+async fn nested_under_the_same_limit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A limit shared by name with a call nested in it (as `[defaults] rate_limit = "pg"` gives
+/// every function): one permit for the call, the nested call running under it.
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    method = GET,
+    rate_limit = { name = "rl_shared_nested", rate = 1, per = "1h", burst = 1 }
+)]
+async fn around_the_same_limit(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    nested_under_the_same_limit(c, url).await
+}
+
+/// A call nested in one that holds a permit of the same limit takes none of its own, as it
+/// takes no second slot of a shared bulkhead: with one permit an hour, the pair goes through
+/// once (the nested call was refused every time), and the next pair is refused at once.
+#[tokio::test(start_paused = true)]
+async fn a_call_nested_in_one_holding_the_same_rate_limit_takes_no_second_permit() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let url = server.url("/");
+    assert_eq!(around_the_same_limit(&c, &url).await.unwrap(), 200);
+    assert_eq!(server.count(), 1);
+    let e = around_the_same_limit(&c, &url).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert_eq!(server.count(), 1);
+}
+
 /// One slot, two permits an hour: what each call takes, in the README's layer order (the
 /// bulkhead outside the rate limit).
 #[resilient(

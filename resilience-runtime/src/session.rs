@@ -735,11 +735,13 @@ pub struct Session {
     /// (timed out, lost its connection, answered 2xx, 3xx, 5xx or 409): the call's error says
     /// so with the key, whatever the last attempt's failure.
     key_carried: bool,
-    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
-    /// this call runs under it (see [`Held`](crate::context::Held)).
+    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead or
+    /// concurrency limit, a permit of its rate limit): this call runs under it (see
+    /// [`Held`](crate::context::Held)).
     breaker_held: bool,
     bulkhead_held: bool,
     concurrency_held: bool,
+    rate_limit_held: bool,
 }
 
 impl Session {
@@ -876,15 +878,23 @@ impl Session {
             shared
                 .concurrency
                 .map_or(0, |c| std::ptr::from_ref(c) as usize),
+            shared
+                .rate_limit
+                .map_or(0, |r| std::ptr::from_ref(r) as usize),
         ];
         // A held breaker is asked again at each attempt (`begin_attempt`). An outermost call's
         // states are written where the session is built; a nested call's are put there after
         // (a value chosen between the two was built on the stack and copied in 16-byte pieces
         // from stores it could not be forwarded from: a stall on every call).
         let nested_held = outer.as_ref().map(|o| o.held.nested(own));
-        let [breaker_held, bulkhead_held, concurrency_held] = nested_held
+        let [
+            breaker_held,
+            bulkhead_held,
+            concurrency_held,
+            rate_limit_held,
+        ] = nested_held
             .as_ref()
-            .map_or([false; 3], |(_, already)| *already);
+            .map_or([false; 4], |(_, already)| *already);
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
@@ -942,6 +952,8 @@ impl Session {
             && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
+                // Nested in a call holding a permit of it: runs under that one.
+                Some(_) if rate_limit_held => true,
                 // No time left: the admission's full path refuses it, taking no permit.
                 Some(_) if deadline <= started => false,
                 // A local limit with a permit free now: no wait, no future.
@@ -1035,6 +1047,7 @@ impl Session {
             breaker_held,
             bulkhead_held,
             concurrency_held,
+            rate_limit_held,
         };
         if let Some((held, _)) = nested_held {
             session.ctx.held = held;
@@ -1080,7 +1093,7 @@ impl Session {
         {
             return false;
         }
-        if shared.rate_limit.is_some() {
+        if shared.rate_limit.is_some() && !self.rate_limit_held {
             return false;
         }
         self.opened();
@@ -1171,7 +1184,10 @@ impl Session {
         // run out) neither takes a permit nor is refused one: its first attempt ends it out of
         // time, counted as the same call without a rate limit is (not as the limit's refusal,
         // which would have an operator raise a limit that had permits free).
-        if let Some(r) = shared.rate_limit.filter(|_| deadline > Instant::now()) {
+        if let Some(r) = shared
+            .rate_limit
+            .filter(|_| !self.rate_limit_held && deadline > Instant::now())
+        {
             if self._bulkhead.is_some() {
                 telemetry::bulkhead_moved(shared);
             }
@@ -1182,7 +1198,7 @@ impl Session {
                 .bulkhead
                 .is_some_and(|b| !b.spec().max_wait.is_zero()))
             // A shared limit waits for Redis's answer, whatever its `max_wait`.
-            || shared.rate_limit.is_some_and(|r| {
+            || shared.rate_limit.filter(|_| !self.rate_limit_held).is_some_and(|r| {
                 !r.spec().max_wait.is_zero()
                     || r.spec().store == crate::ratelimit::RateLimitStore::Redis
             })
