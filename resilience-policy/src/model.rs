@@ -508,7 +508,11 @@ impl Settings {
             }
             // A claim about one endpoint's server, not a crate's: every PUT and DELETE written
             // later would be retried and hedged on it.
-            "idempotent" if matches!(&origin, Origin::File { table, .. } if table == "defaults") => {
+            // `false` says what every function already is: nothing claimed, accepted.
+            "idempotent"
+                if matches!(&origin, Origin::File { table, .. } if table == "defaults")
+                    && !matches!(v.value, Value::Bool(false)) =>
+            {
                 err(
                     diags,
                     v,
