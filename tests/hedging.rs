@@ -1000,6 +1000,28 @@ async fn a_round_answered_by_the_handler_is_decided_on_that_answer_not_a_later_t
     assert_eq!(e.http_status(), Some(404), "{e}");
 }
 
+/// A plain 409 (no `Retry-After`: the handler's own conflict, not "still in progress") ends a
+/// keyed round, whatever `Retry-After` a sibling's 503 carried: the round's longest
+/// `Retry-After` made it read as "still in progress", asked again until the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_plain_409_is_no_in_progress_answer_for_a_siblings_retry_after() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(503)
+                .retry_after(1)
+                .after(Duration::from_millis(150)),
+            Action::status(409).after(Duration::from_millis(200)),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = keyed_hedged_retried(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    assert_eq!(server.count(), 2, "the round only, not asked again: {e}");
+}
+
 #[resilient(
     method = POST,
     timeout = "3s",

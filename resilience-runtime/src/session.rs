@@ -401,6 +401,9 @@ pub(crate) struct Last {
     /// How the last request failed before a response, if it did (see [`AttemptCtx::failure`]).
     pub(crate) failure: Option<Class>,
     pub(crate) retry_after: Option<Duration>,
+    /// The last attempt's own last response carried a `Retry-After` (`retry_after` may be a
+    /// sibling's, joined over a hedged round): a 409 is "still in progress" only with its own.
+    retry_after_own: bool,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
@@ -497,6 +500,7 @@ pub(crate) struct Answered {
     failure: Option<Class>,
     replayed: bool,
     cut_short: bool,
+    retry_after_own: bool,
 }
 
 impl Answered {
@@ -506,6 +510,7 @@ impl Answered {
             failure: last.failure,
             replayed: last.replayed,
             cut_short: last.cut_short,
+            retry_after_own: last.retry_after_own,
         }
     }
 
@@ -515,6 +520,7 @@ impl Answered {
         last.replayed = self.replayed;
         last.runtime = None;
         last.cut_short = self.cut_short;
+        last.retry_after_own = self.retry_after_own;
     }
 }
 
@@ -524,6 +530,7 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.status = ctx.status.packed();
     last.failure = ctx.failure.get();
     last.retry_after = ctx.retry_after.get();
+    last.retry_after_own = last.retry_after.is_some();
     last.replayed = ctx.replayed.get();
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
@@ -1956,6 +1963,7 @@ impl Session {
             Some(retry_after) if unanswered && !self.last.replayed => {
                 self.last.status = Status::of(Some(409));
                 self.last.retry_after = Some(retry_after);
+                self.last.retry_after_own = true;
                 self.last.replayed = false;
                 Class::Status(409)
             }
@@ -2020,7 +2028,12 @@ impl Session {
             max_attempts: policy.max_attempts,
             retry_on: &policy.retry_on,
             backoff,
-            retry_after: self.last.retry_after,
+            // A 409's own `Retry-After` or none: a sibling's (a 503's, joined over a hedged
+            // round) does not make a plain conflict "still in progress", asked again.
+            retry_after: self
+                .last
+                .retry_after
+                .filter(|_| class != Class::Status(409) || self.last.retry_after_own),
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
             timeout: policy.timeout.min(self.left_at_start),
