@@ -2019,6 +2019,61 @@ async fn a_handler_that_panics_on_a_call_the_layers_limit_cut_is_not_run_again()
     assert_eq!(gateway.count(), 1, "charged once");
 }
 
+/// A tower service of its own that returns an error (no response) before any limit: the
+/// first caller's connection ends with it, the key is given back, and the retry runs the
+/// service again (README: "handler returns `Err`"); a response it then gives is kept.
+#[tokio::test(start_paused = true)]
+async fn a_service_that_returns_an_error_gives_the_key_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = tower::service_fn({
+        let runs = runs.clone();
+        move |_req: axum::http::Request<axum::body::Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run == 0 {
+                    return Err(std::io::Error::other("ledger unreachable"));
+                }
+                Ok(axum::http::Response::new(axum::body::Body::from("charged")))
+            }
+        }
+    });
+    let svc = IdempotencyLayer::new(MemoryStore::default()).layer(svc);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let svc = svc
+                .clone()
+                .map_request(|r: axum::http::Request<hyper::body::Incoming>| {
+                    r.map(axum::body::Body::new)
+                });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(svc),
+            ));
+        }
+    });
+    let order = || {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/orders"))
+            .header("idempotency-key", "order-12")
+            .send()
+    };
+    assert!(
+        order().await.is_err(),
+        "the service's error ends the connection"
+    );
+    let again = order().await.unwrap();
+    assert_eq!(again.status(), 200, "run again: the key was given back");
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    let replayed = order().await.unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
 /// The same cut in a tower service of its own (not an axum router) that returns the charge's
 /// failure as its error: the first caller's connection ends with it, and the key is kept, the
 /// retry answered 500 from the store without the charge.
