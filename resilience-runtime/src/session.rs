@@ -280,6 +280,24 @@ fn call_span(
     span
 }
 
+/// The addresses of a call's breaker, bulkhead, concurrency limit and rate limit (0: none),
+/// as [`Held`] keeps them.
+#[inline(always)]
+fn own_states(shared: &Resolved) -> [usize; 4] {
+    [
+        shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
+        shared
+            .bulkhead
+            .map_or(0, |b| std::ptr::from_ref(b) as usize),
+        shared
+            .concurrency
+            .map_or(0, |c| std::ptr::from_ref(c) as usize),
+        shared
+            .rate_limit
+            .map_or(0, |r| std::ptr::from_ref(r) as usize),
+    ]
+}
+
 /// The bookkeeping of a call refused before it started by what it was handed (an invalid
 /// idempotency key) or a policy that did not unpack: counted as failed without a retry, with
 /// no attempt, and logged, though no span opens for it.
@@ -875,25 +893,11 @@ impl Session {
         // fallback must not answer as if nothing had been (the caller would act on it).
         let carried_before =
             outer.as_ref().is_some_and(|o| o.carried_before) && matches!(key, Some(Key::Given(_)));
-        // The enclosing calls' breakers, bulkheads and concurrency limits: this call runs
-        // under their permits where its own are among them.
-        let own = [
-            shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
-            shared
-                .bulkhead
-                .map_or(0, |b| std::ptr::from_ref(b) as usize),
-            shared
-                .concurrency
-                .map_or(0, |c| std::ptr::from_ref(c) as usize),
-            shared
-                .rate_limit
-                .map_or(0, |r| std::ptr::from_ref(r) as usize),
-        ];
-        // A held breaker is asked again at each attempt (`begin_attempt`). An outermost call's
-        // states are written where the session is built; a nested call's are put there after
-        // (a value chosen between the two was built on the stack and copied in 16-byte pieces
-        // from stores it could not be forwarded from: a stall on every call).
-        let nested_held = outer.as_ref().map(|o| o.held.nested(own));
+        // The enclosing calls' breakers, bulkheads, concurrency limits and rate limits: this
+        // call runs under their permits where its own are among them (`own_states`, read
+        // again where each is needed: kept in registers across the function, the four
+        // addresses pushed other values to the stack).
+        let nested_held = outer.as_ref().map(|o| o.held.nested(own_states(shared)));
         let [
             breaker_held,
             bulkhead_held,
@@ -1019,7 +1023,7 @@ impl Session {
                 key,
                 deadline,
                 depth,
-                Held::outermost(own),
+                Held::outermost(own_states(shared)),
                 call,
                 // Its own nested calls given a key are told too (see `carried_before`).
                 u8::from(carried_before) * crate::context::CARRIED_BEFORE,
