@@ -976,7 +976,7 @@ pub mod rules {
             return Ok(());
         }
         let mut help = String::from(
-            "fix it with one of:\n  - `idempotency_key = auto` (the server half answers a concurrent duplicate with 409)\n  - `hedge = false`: no hedging",
+            "fix it with one of:\n  - `idempotency_key = auto` (the server half answers a concurrent duplicate with 409, through a store every instance shares)\n  - `hedge = false`: no hedging",
         );
         if !method.needs_key() {
             help.push_str(&format!(
