@@ -342,6 +342,56 @@ async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
 }
 
 #[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "tracing_flooded", failure_rate = 0.5, min_calls = 4, window = 4, open_for = "1h", half_open_calls = 1 }
+)]
+async fn refused_in_a_flood(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A breaker open under many calls logs one warn event a second for the function, not one a
+/// call (2,000 calls a second wrote 2,000 lines): the next event says how many it held back.
+/// The metrics count every refusal.
+#[tokio::test(start_paused = true)]
+async fn refusals_in_a_flood_log_one_warn_event_a_second() {
+    let (buf, _guard) = support::capture(tracing::Level::WARN, false);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(refused_in_a_flood(&c, &server.url("/")).await.unwrap(), 200);
+    resilience_runtime::breakers::force_open("tracing_flooded").unwrap();
+    let events = |buf: &support::Buf| {
+        buf.text()
+            .lines()
+            .filter(|l| {
+                l.contains("circuit open: call rejected")
+                    && l.contains("tracing::refused_in_a_flood")
+            })
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..5 {
+        assert!(refused_in_a_flood(&c, &server.url("/")).await.is_err());
+    }
+    let first = events(&buf);
+    assert_eq!(first.len(), 1, "one event for five refusals: {first:?}");
+    assert!(first[0].contains("suppressed=0"), "{}", first[0]);
+    tokio::time::advance(std::time::Duration::from_millis(1001)).await;
+    assert!(refused_in_a_flood(&c, &server.url("/")).await.is_err());
+    let after = events(&buf);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after[1].contains("suppressed=4"),
+        "the four held back: {}",
+        after[1]
+    );
+    let m = resilience_runtime::metrics::policy("tracing::refused_in_a_flood").unwrap();
+    assert_eq!(m.rejected_breaker, 6, "{m:?}");
+    resilience_runtime::breakers::reset("tracing_flooded").unwrap();
+}
+
+#[resilient(
     timeout = "10s",
     max_attempts = 1,
     budget = false,

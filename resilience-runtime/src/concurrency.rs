@@ -572,13 +572,19 @@ pub(crate) async fn admit(
         Ok(p) => return Ok(p),
         Err(why) => why,
     };
-    tracing::warn!(
-        function = shared.function,
-        policy = shared.policy,
-        concurrency_limit = c.name(),
-        limit = c.limit(),
-        "{why}: call rejected"
-    );
+    if let Some(suppressed) = shared
+        .metrics
+        .refusal_logged(crate::counters::Refusals::ConcurrencyLimit)
+    {
+        tracing::warn!(
+            function = shared.function,
+            policy = shared.policy,
+            concurrency_limit = c.name(),
+            limit = c.limit(),
+            suppressed,
+            "{why}: call rejected"
+        );
+    }
     Err(crate::session::slot_refused(
         shared,
         why == Refused::Full,

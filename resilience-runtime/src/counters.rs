@@ -124,6 +124,69 @@ pub struct PolicyMetrics {
     pub(crate) rejected_bulkhead: AtomicU64,
     pub(crate) rejected_rate_limit: AtomicU64,
     pub(crate) cancelled: AtomicU64,
+    /// The warn events of this function's refusals, by kind ([`Refusals`]): at most one a
+    /// second each.
+    pub(crate) refusal_logs: [LogThrottle; 4],
+}
+
+/// The kinds of refusal whose warn events are throttled apart ([`PolicyMetrics::refusal_logs`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusals {
+    Breaker = 0,
+    Bulkhead = 1,
+    RateLimit = 2,
+    ConcurrencyLimit = 3,
+}
+
+impl PolicyMetrics {
+    /// Whether a refusal of `kind` logs its warn event now, and how many refusals of that kind
+    /// went unlogged since the last one: at most one event a second per function and kind (a
+    /// breaker open under 2,000 calls a second wrote 2,000 warn lines a second). Asked only
+    /// when the event is enabled: without a subscriber no clock is read. The metrics count
+    /// every refusal.
+    #[inline]
+    pub(crate) fn refusal_logged(&self, kind: Refusals) -> Option<u64> {
+        if !tracing::enabled!(tracing::Level::WARN) {
+            return None;
+        }
+        self.refusal_logs[kind as usize].admit()
+    }
+}
+
+/// At most one event a second; the ones held back in between are counted.
+#[derive(Debug, Default)]
+pub(crate) struct LogThrottle {
+    /// When the next event may go out, in milliseconds after [`log_origin`] (0: at once).
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(n)`: log now, `n` held back since the last event.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn admit(&self) -> Option<u64> {
+        // The tokio clock: a test's paused clock moves it.
+        let now = tokio::time::Instant::now()
+            .saturating_duration_since(log_origin())
+            .as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+fn log_origin() -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(tokio::time::Instant::now)
 }
 
 /// A copy of a policy's counters at one moment.

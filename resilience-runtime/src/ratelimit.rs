@@ -905,12 +905,18 @@ fn refused(
         Refused::Limited => ErrorKind::RateLimited,
         Refused::Deadline => ErrorKind::DeadlineExceeded,
     };
-    tracing::warn!(
-        function = shared.function,
-        policy = shared.policy,
-        rate_limit = r.name(),
-        "{why}: call rejected"
-    );
+    if let Some(suppressed) = shared
+        .metrics
+        .refusal_logged(crate::counters::Refusals::RateLimit)
+    {
+        tracing::warn!(
+            function = shared.function,
+            policy = shared.policy,
+            rate_limit = r.name(),
+            suppressed,
+            "{why}: call rejected"
+        );
+    }
     Error::new(kind)
         .with_class(Some(crate::classify::Class::Rejected), None)
         .with_elapsed(started.elapsed())

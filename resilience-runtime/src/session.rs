@@ -37,6 +37,7 @@ use crate::breaker::{BreakerPermit, Refusal};
 use crate::bulkhead::BulkheadPermit;
 use crate::classify::Class;
 use crate::context::{AttemptCtx, Held, Key, Outer, Status, with_attempt};
+use crate::counters::Refusals;
 use crate::decision::{Decision, Facts, GiveUp, decide};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::PolicyMetrics;
@@ -333,13 +334,16 @@ fn refused_by_breaker_at_start(
     // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
     PolicyMetrics::incr(&m.refused_by_breaker);
     telemetry::call_rejected_by_breaker(shared); // telemetry (issue 12)
-    tracing::warn!(
-        function = shared.function,
-        policy = shared.policy,
-        attempt = 1,
-        breaker = breaker.name(),
-        "circuit open: call rejected"
-    );
+    if let Some(suppressed) = m.refusal_logged(Refusals::Breaker) {
+        tracing::warn!(
+            function = shared.function,
+            policy = shared.policy,
+            attempt = 1,
+            breaker = breaker.name(),
+            suppressed,
+            "circuit open: call rejected"
+        );
+    }
     report_unstarted(shared);
     let mut refused = Error::new(ErrorKind::CircuitOpen)
         .with_attempts(0)
@@ -1162,22 +1166,26 @@ impl Session {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
                     let full = why == crate::bulkhead::Refused::Full;
-                    tracing::warn!(
-                        function = shared.function,
-                        policy = shared.policy,
+                    if let Some(suppressed) = shared.metrics.refusal_logged(Refusals::Bulkhead) {
                         // An inline bulkhead goes by its function's path, as in its metrics.
-                        bulkhead = self.policy.bulkhead.as_ref().map(|b| if b.0.is_empty() {
-                            shared.function
-                        } else {
-                            b.0
-                        }),
-                        "{}: call rejected",
-                        if full {
-                            "bulkhead full"
-                        } else {
-                            "deadline reached waiting for a bulkhead slot"
-                        }
-                    );
+                        let name = self
+                            .policy
+                            .bulkhead
+                            .as_ref()
+                            .map(|b| if b.0.is_empty() { shared.function } else { b.0 });
+                        tracing::warn!(
+                            function = shared.function,
+                            policy = shared.policy,
+                            bulkhead = name,
+                            suppressed,
+                            "{}: call rejected",
+                            if full {
+                                "bulkhead full"
+                            } else {
+                                "deadline reached waiting for a bulkhead slot"
+                            }
+                        );
+                    }
                     return Err(slot_refused(shared, full, started));
                 }
             }
@@ -1494,16 +1502,19 @@ impl Session {
     #[inline(never)]
     fn rejected_by_breaker(&mut self, breaker: &'static str) -> Error {
         PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
-        self.span.in_scope(|| {
-            // Its function and policy too: a log kept at warn leaves the call's span out.
-            tracing::warn!(
-                function = self.shared.function,
-                policy = self.shared.policy,
-                attempt = self.attempts + 1,
-                breaker,
-                "circuit open: call rejected"
-            )
-        });
+        if let Some(suppressed) = self.shared.metrics.refusal_logged(Refusals::Breaker) {
+            self.span.in_scope(|| {
+                // Its function and policy too: a log kept at warn leaves the call's span out.
+                tracing::warn!(
+                    function = self.shared.function,
+                    policy = self.shared.policy,
+                    attempt = self.attempts + 1,
+                    breaker,
+                    suppressed,
+                    "circuit open: call rejected"
+                )
+            });
+        }
         let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
         if let Some((class, status, ..)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
