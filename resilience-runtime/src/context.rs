@@ -1283,12 +1283,11 @@ impl Held {
         }
     }
 
-    /// The states of a call nested in none (its own, 0 for none: its breaker, bulkhead,
-    /// concurrency limit and rate limit).
+    /// The states of a call nested in none (its own, 0 for none).
     #[inline]
-    pub(crate) fn outermost(own: [usize; 4]) -> Held {
+    pub(crate) fn outermost(own: [usize; 3]) -> Held {
         let mut held = Held::default();
-        held.0[..4].copy_from_slice(&own);
+        held.0[..3].copy_from_slice(&own);
         held
     }
 
@@ -1297,7 +1296,7 @@ impl Held {
     /// removed), so that the ones pushed out past [`Held::MAX`] are states, not empty places.
     /// Out of line: a call nested in none (the common case) carries none of it.
     #[inline(never)]
-    pub(crate) fn nested(self, own: [usize; 4]) -> (Held, [bool; 4]) {
+    pub(crate) fn nested(self, own: [usize; 3]) -> (Held, [bool; 3]) {
         let already = own.map(|s| self.holds(s));
         let mut held = Held::default();
         let mut at = 0;
@@ -2135,19 +2134,19 @@ mod tests {
         // A holds breaker 80 and bulkhead 88; B breaker 160; C breaker 80 again (addresses of
         // states: aligned).
         let a = Held([80, 88, 0, 0, 0, 0]);
-        let (b, b_held) = a.nested([160, 0, 0, 0]);
-        assert_eq!(b_held, [false; 4]);
+        let (b, b_held) = a.nested([160, 0, 0]);
+        assert_eq!(b_held, [false; 3]);
         assert_eq!(b.0, [160, 80, 88, 0, 0, 0]);
-        let (c, c_held) = b.nested([80, 88, 240, 0]);
-        assert_eq!(c_held, [true, true, false, false]);
+        let (c, c_held) = b.nested([80, 88, 240]);
+        assert_eq!(c_held, [true, true, false]);
         assert_eq!(c.0, [240, 160, 80, 88, 0, 0]);
         // Three more levels of new states: the outermost (80, 88) forgotten first.
-        let (d, _) = c.nested([320, 328, 0, 0]);
+        let (d, _) = c.nested([320, 328, 0]);
         assert_eq!(d.0, [328, 320, 240, 160, 80, 88]);
-        let (e, e_held) = d.nested([400, 0, 0, 0]);
+        let (e, e_held) = d.nested([400, 0, 0]);
         assert_eq!(e.0, [400, 328, 320, 240, 160, 80]);
         assert!(!e.holds(88) && e.holds(80) && !e.holds(0));
-        assert_eq!(e_held, [false; 4]);
+        assert_eq!(e_held, [false; 3]);
     }
 
     /// A call holding only some of its three states (a concurrency limit, no breaker or
@@ -2155,15 +2154,12 @@ mod tests {
     /// two empty places, and was forgotten).
     #[test]
     fn an_outermost_calls_states_are_kept_in_front() {
-        let a = Held::outermost([0, 0, 56, 0]);
-        let (b, _) = a.nested([160, 168, 0, 0]);
+        let a = Held::outermost([0, 0, 56]);
+        let (b, _) = a.nested([160, 168, 0]);
         assert_eq!(b.0, [168, 160, 56, 0, 0, 0]);
-        let (c, _) = b.nested([240, 248, 0, 0]);
+        let (c, _) = b.nested([240, 248, 0]);
         assert!(c.holds(56), "{c:?}");
-        assert_eq!(c.nested([0, 0, 56, 0]).1, [false, false, true, false]);
-        // A rate limit (the fourth state) is held the same way.
-        let (d, _) = Held::outermost([0, 0, 0, 64]).nested([160, 0, 0, 0]);
-        assert_eq!(d.nested([0, 0, 0, 64]).1, [false, false, false, true]);
+        assert_eq!(c.nested([0, 0, 56]).1, [false, false, true]);
     }
 
     /// More requests made than the count holds: saturated, it stays so as they are polled
@@ -2220,13 +2216,13 @@ mod tests {
     /// only.
     #[test]
     fn a_probe_is_marked_on_its_breaker() {
-        let mut a = Held::outermost([80, 88, 0, 0]);
+        let mut a = Held::outermost([80, 88, 0]);
         a.mark_probe(80, true);
         assert!(a.holds(80) && a.holds_probe(80) && !a.holds_probe(88));
-        let (b, b_held) = a.nested([160, 0, 0, 0]);
-        assert_eq!(b_held, [false; 4]);
+        let (b, b_held) = a.nested([160, 0, 0]);
+        assert_eq!(b_held, [false; 3]);
         assert!(b.holds(80) && b.holds_probe(80) && !b.holds_probe(160));
-        assert_eq!(b.nested([80, 0, 0, 0]).1, [true, false, false, false]);
+        assert_eq!(b.nested([80, 0, 0]).1, [true, false, false]);
         a.mark_probe(80, false);
         assert!(a.holds(80) && !a.holds_probe(80));
         // Not held: nothing marked.

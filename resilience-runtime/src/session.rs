@@ -281,10 +281,10 @@ fn call_span(
     span
 }
 
-/// The addresses of a call's breaker, bulkhead, concurrency limit and rate limit (0: none),
-/// as [`Held`] keeps them.
+/// The addresses of a call's breaker, bulkhead and concurrency limit (0: none), as [`Held`]
+/// keeps them.
 #[inline(always)]
-fn own_states(shared: &Resolved) -> [usize; 4] {
+fn own_states(shared: &Resolved) -> [usize; 3] {
     [
         shared.breaker.map_or(0, |b| std::ptr::from_ref(b) as usize),
         shared
@@ -293,9 +293,6 @@ fn own_states(shared: &Resolved) -> [usize; 4] {
         shared
             .concurrency
             .map_or(0, |c| std::ptr::from_ref(c) as usize),
-        shared
-            .rate_limit
-            .map_or(0, |r| std::ptr::from_ref(r) as usize),
     ]
 }
 
@@ -764,13 +761,11 @@ pub struct Session {
     /// (timed out, lost its connection, answered 2xx, 3xx, 5xx or 409): the call's error says
     /// so with the key, whatever the last attempt's failure.
     key_carried: bool,
-    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead or
-    /// concurrency limit, a permit of its rate limit): this call runs under it (see
-    /// [`Held`](crate::context::Held)).
+    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
+    /// this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
     bulkhead_held: bool,
     concurrency_held: bool,
-    rate_limit_held: bool,
 }
 
 impl Session {
@@ -897,19 +892,18 @@ impl Session {
         // fallback must not answer as if nothing had been (the caller would act on it).
         let carried_before =
             outer.as_ref().is_some_and(|o| o.carried_before) && matches!(key, Some(Key::Given(_)));
-        // The enclosing calls' breakers, bulkheads, concurrency limits and rate limits: this
-        // call runs under their permits where its own are among them (`own_states`, read
-        // again where each is needed: kept in registers across the function, the four
-        // addresses pushed other values to the stack).
+        // The enclosing calls' breakers, bulkheads and concurrency limits: this call runs
+        // under their permits where its own are among them (`own_states`, read again where
+        // each is needed: kept in registers across the function, the addresses pushed other
+        // values to the stack). A held breaker is asked again at each attempt
+        // (`begin_attempt`). An outermost call's states are written where the session is
+        // built; a nested call's are put there after (a value chosen between the two was built
+        // on the stack and copied in 16-byte pieces from stores it could not be forwarded
+        // from: a stall on every call).
         let nested_held = outer.as_ref().map(|o| o.held.nested(own_states(shared)));
-        let [
-            breaker_held,
-            bulkhead_held,
-            concurrency_held,
-            rate_limit_held,
-        ] = nested_held
+        let [breaker_held, bulkhead_held, concurrency_held] = nested_held
             .as_ref()
-            .map_or([false; 4], |(_, already)| *already);
+            .map_or([false; 3], |(_, already)| *already);
         let (trace_id, trace_flags, request_id, request_id_text, depth) = match outer {
             Some(o) => {
                 if o.until < deadline {
@@ -967,8 +961,6 @@ impl Session {
             && (shared.concurrency.is_none() || concurrency_held)
             && match shared.rate_limit {
                 None => true,
-                // Nested in a call holding a permit of it: runs under that one.
-                Some(_) if rate_limit_held => true,
                 // No time left: the admission's full path refuses it, taking no permit.
                 Some(_) if deadline <= started => false,
                 // A local limit with a permit free now: no wait, no future.
@@ -1062,7 +1054,6 @@ impl Session {
             breaker_held,
             bulkhead_held,
             concurrency_held,
-            rate_limit_held,
         };
         if let Some((held, _)) = nested_held {
             session.ctx.held = held;
@@ -1108,7 +1099,7 @@ impl Session {
         {
             return false;
         }
-        if shared.rate_limit.is_some() && !self.rate_limit_held {
+        if shared.rate_limit.is_some() {
             return false;
         }
         self.opened();
@@ -1203,10 +1194,7 @@ impl Session {
         // run out) neither takes a permit nor is refused one: its first attempt ends it out of
         // time, counted as the same call without a rate limit is (not as the limit's refusal,
         // which would have an operator raise a limit that had permits free).
-        if let Some(r) = shared
-            .rate_limit
-            .filter(|_| !self.rate_limit_held && deadline > Instant::now())
-        {
+        if let Some(r) = shared.rate_limit.filter(|_| deadline > Instant::now()) {
             if self._bulkhead.is_some() {
                 telemetry::bulkhead_moved(shared);
             }
@@ -1217,7 +1205,7 @@ impl Session {
                 .bulkhead
                 .is_some_and(|b| !b.spec().max_wait.is_zero()))
             // A shared limit waits for Redis's answer, whatever its `max_wait`.
-            || shared.rate_limit.filter(|_| !self.rate_limit_held).is_some_and(|r| {
+            || shared.rate_limit.is_some_and(|r| {
                 !r.spec().max_wait.is_zero()
                     || r.spec().store == crate::ratelimit::RateLimitStore::Redis
             })
