@@ -345,6 +345,53 @@ async fn a_call_refused_before_it_starts_leaves_a_warn_event_and_no_span() {
     timeout = "1s",
     max_attempts = 1,
     budget = false,
+    rate_limit = { name = "tracing_filtered_limit", rate = 1, per = "1h", burst = 1 }
+)]
+async fn limited_under_a_filter(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A filter that lets warn events through for the rate limit's module only (as
+/// `RUST_LOG=error,resilience_runtime::ratelimit=warn` does) still gets its refusals: the
+/// throttle asks whether the event is enabled where the event is, not elsewhere.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_reaches_a_filter_naming_its_module() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let buf = support::Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(
+            "error,resilience_runtime::ratelimit=warn",
+        ))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        limited_under_a_filter(&c, &server.url("/")).await.unwrap(),
+        200
+    );
+    let e = limited_under_a_filter(&c, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), resilience_runtime::ErrorKind::RateLimited, "{e}");
+    let text = buf.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("call rejected")
+                && l.contains("rate_limit=\"tracing_filtered_limit\"")),
+        "the refusal's event:\n{text}"
+    );
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
     breaker = { name = "tracing_flooded", failure_rate = 0.5, min_calls = 4, window = 4, open_for = "1h", half_open_calls = 1 }
 )]
 async fn refused_in_a_flood(c: &reqwest::Client, url: &str) -> Result<u16, Error> {

@@ -572,9 +572,10 @@ pub(crate) async fn admit(
         Ok(p) => return Ok(p),
         Err(why) => why,
     };
-    if let Some(suppressed) = shared
-        .metrics
-        .refusal_logged(crate::counters::Refusals::ConcurrencyLimit)
+    if crate::counters::warn_enabled!()
+        && let Some(suppressed) = shared
+            .metrics
+            .refusal_logged(crate::counters::Refusals::ConcurrencyLimit)
     {
         tracing::warn!(
             function = shared.function,

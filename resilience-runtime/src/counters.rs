@@ -142,16 +142,27 @@ impl PolicyMetrics {
     /// Whether a refusal of `kind` logs its warn event now, and how many refusals of that kind
     /// went unlogged since the last one: at most one event a second per function and kind (a
     /// breaker open under 2,000 calls a second wrote 2,000 warn lines a second). Asked only
-    /// when the event is enabled: without a subscriber no clock is read. The metrics count
-    /// every refusal.
+    /// where [`warn_enabled!`] says the event would go out: without a subscriber or logger no
+    /// clock is read. The metrics count every refusal.
     #[inline]
     pub(crate) fn refusal_logged(&self, kind: Refusals) -> Option<u64> {
-        if !tracing::enabled!(tracing::Level::WARN) {
-            return None;
-        }
         self.refusal_logs[kind as usize].admit()
     }
 }
+
+/// Whether a warn event written where this expands would go out: asked where the event is
+/// (its module is its target, which a filter may name), and through `log` when no `tracing`
+/// subscriber was ever set (`tracing`'s `log` feature sends events to a logger then).
+macro_rules! warn_enabled {
+    () => {
+        if tracing::dispatcher::has_been_set() {
+            tracing::enabled!(tracing::Level::WARN)
+        } else {
+            log::max_level() >= log::LevelFilter::Warn
+        }
+    };
+}
+pub(crate) use warn_enabled;
 
 /// At most one event a second; the ones held back in between are counted.
 #[derive(Debug, Default)]
@@ -171,7 +182,10 @@ impl LogThrottle {
             .saturating_duration_since(log_origin())
             .as_millis() as u64;
         let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
+        // A clock behind the one that set `next` by more than the gap (a test's paused clock,
+        // of another runtime than the first one logged on): not held back for good.
+        let behind = next > now.saturating_add(1000);
+        if (now >= next || behind)
             && self
                 .next_ms
                 .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)

@@ -905,9 +905,10 @@ fn refused(
         Refused::Limited => ErrorKind::RateLimited,
         Refused::Deadline => ErrorKind::DeadlineExceeded,
     };
-    if let Some(suppressed) = shared
-        .metrics
-        .refusal_logged(crate::counters::Refusals::RateLimit)
+    if crate::counters::warn_enabled!()
+        && let Some(suppressed) = shared
+            .metrics
+            .refusal_logged(crate::counters::Refusals::RateLimit)
     {
         tracing::warn!(
             function = shared.function,

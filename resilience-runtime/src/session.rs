@@ -331,7 +331,9 @@ fn refused_by_breaker_at_start(
     // One `rejected_breaker` and one `failed_without_retry` in the snapshot.
     PolicyMetrics::incr(&m.refused_by_breaker);
     telemetry::call_rejected_by_breaker(shared); // telemetry (issue 12)
-    if let Some(suppressed) = m.refusal_logged(Refusals::Breaker) {
+    if crate::counters::warn_enabled!()
+        && let Some(suppressed) = m.refusal_logged(Refusals::Breaker)
+    {
         tracing::warn!(
             function = shared.function,
             policy = shared.policy,
@@ -1157,7 +1159,9 @@ impl Session {
                 Ok(p) => self._bulkhead = Some(p),
                 Err(why) => {
                     let full = why == crate::bulkhead::Refused::Full;
-                    if let Some(suppressed) = shared.metrics.refusal_logged(Refusals::Bulkhead) {
+                    if crate::counters::warn_enabled!()
+                        && let Some(suppressed) = shared.metrics.refusal_logged(Refusals::Bulkhead)
+                    {
                         // An inline bulkhead goes by its function's path, as in its metrics.
                         let name = self
                             .policy
@@ -1490,8 +1494,10 @@ impl Session {
     #[inline(never)]
     fn rejected_by_breaker(&mut self, breaker: &'static str) -> Error {
         PolicyMetrics::incr(&self.shared.metrics.rejected_breaker);
-        if let Some(suppressed) = self.shared.metrics.refusal_logged(Refusals::Breaker) {
-            self.span.in_scope(|| {
+        self.span.in_scope(|| {
+            if crate::counters::warn_enabled!()
+                && let Some(suppressed) = self.shared.metrics.refusal_logged(Refusals::Breaker)
+            {
                 // Its function and policy too: a log kept at warn leaves the call's span out.
                 tracing::warn!(
                     function = self.shared.function,
@@ -1501,8 +1507,8 @@ impl Session {
                     suppressed,
                     "circuit open: call rejected"
                 )
-            });
-        }
+            }
+        });
         let mut e = self.runtime_error(ErrorKind::CircuitOpen, Class::Rejected);
         if let Some((class, status, ..)) = self.ran_last.filter(|_| self.attempts > 0) {
             e.set_class(Some(class));
