@@ -1273,6 +1273,48 @@ async fn page_through_a_helper(
     Ok(format!("{user}{recs}"))
 }
 
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn notify_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "30s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn charge_then_notify_once(
+    c: &reqwest::Client,
+    pay: &str,
+    notify: &str,
+) -> Result<u16, Error> {
+    let answer = c.post(pay).body("9.99").send().await?;
+    let _ = notify_once(c, notify).await;
+    Ok(answer.error_for_status()?.status().as_u16())
+}
+
+/// A keyed POST answered a plain 409 (the handler's conflict, no `Retry-After`), then a
+/// nested call that failed on a 503 with `Retry-After`, handled: the call ends on the 409.
+/// The nested call's `Retry-After` made it read as "still in progress", asked again with
+/// the key until the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_retry_after_does_not_make_a_plain_409_in_progress() {
+    let pay = FaultServer::start(Script::always(Action::status(409))).await;
+    let notify = FaultServer::start(Script::always(Action::status(503).retry_after(5))).await;
+    let e = charge_then_notify_once(&client(), &pay.url("/pay"), &notify.url("/notify"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    assert_eq!(pay.count(), 1, "not asked again: {e}");
+}
+
 /// A service's own client (its `.send()` is not reqwest's): a lookup through it.
 struct Users {
     http: reqwest::Client,

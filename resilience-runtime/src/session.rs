@@ -551,7 +551,8 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.status = ctx.status.packed();
     last.failure = ctx.failure.get();
     last.retry_after = ctx.retry_after.get();
-    last.retry_after_own = last.retry_after.is_some();
+    // A `Retry-After` a nested call passed up is that call's failure's, not this attempt's own.
+    last.retry_after_own = last.retry_after.is_some() && !ctx.retry_after_nested.get();
     last.replayed = ctx.replayed.get();
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
