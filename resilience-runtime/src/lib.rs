@@ -5,18 +5,21 @@
 //! retries only on transient failures and only when resending is safe, exponential backoff with
 //! jitter, `Retry-After`, retry budgets, circuit breakers, bulkheads, the idempotency key on
 //! every attempt, and a tracing span per call with an event per attempt and an OpenTelemetry
-//! HTTP client span per attempt. Cargo features `opentelemetry` (trace context from the
-//! OpenTelemetry context) and `metrics` (the `metrics` facade): see [`telemetry`];
-//! `reqwest-middleware`: a `ClientWithMiddleware`'s requests in the body stamped and recorded as
-//! reqwest's own are.
+//! HTTP client span per attempt. Cargo features: `anyhow` (default) and `eyre` (a function
+//! returning `anyhow::Error` or `eyre::Report` is classified and told its attempts and key);
+//! `opentelemetry` (trace context from the OpenTelemetry context) and `metrics` (the `metrics`
+//! facade): see [`telemetry`]; `reqwest-middleware`: a `ClientWithMiddleware`'s requests in the
+//! body stamped and recorded as reqwest's own are; `server`: the server half, a tower layer
+//! that replays responses per `Idempotency-Key` (the `server` module), in memory; `redis`: its
+//! Redis store, and rate limits shared through Redis.
 //!
 //! ```no_run
-//! use resilience_runtime::{resilient, Error, RequestBuilderExt as _};
+//! use resilience_runtime::{resilient, Error};
 //!
 //! #[resilient(timeout = "2s", deadline = "5s", max_attempts = 3)]
 //! async fn profile(http: &reqwest::Client, id: u64) -> Result<String, Error> {
+//!     // Every request sent in the body is stamped: no call to make.
 //!     Ok(http.get(format!("http://127.0.0.1:8080/users/{id}"))
-//!         .resilient()
 //!         .send().await?
 //!         .error_for_status()?
 //!         .text().await?)

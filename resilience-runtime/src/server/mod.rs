@@ -21,7 +21,9 @@
 //! # The rules
 //!
 //! A request is *covered* when its method is one of [`IdempotencyLayer::methods`] (POST and
-//! PATCH by default). Other requests pass through untouched. A covered request is identified by
+//! PATCH by default), or it is a PUT or DELETE that carries a key, whatever `methods` says (a
+//! keyed client resends and hedges those on the strength of the key). Other requests pass
+//! through untouched. A covered request is identified by
 //! (`Idempotency-Key`, method, path), optionally [scoped](IdempotencyLayer::scope) per tenant.
 //! The path is the one the client sent, also when the layer sits in an axum router nested under
 //! a prefix (`Router::nest("/tenants/{tenant}", …)` strips the prefix from the URI the layer

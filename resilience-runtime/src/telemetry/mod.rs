@@ -6,8 +6,9 @@
 //! - always: a span per attempt (`attempt`), a child of the call's span (`resilient`), with the
 //!   OpenTelemetry semantic conventions' HTTP client fields. Disabled, and free, when the
 //!   call's span is (no subscriber, or one that filters it out).
-//! - `opentelemetry`: `traceparent` and `tracestate` from the attempt span's OpenTelemetry
-//!   context (or the current one), through the global propagator (W3C Trace Context when
+//! - `opentelemetry`: `traceparent` and `tracestate` from the OpenTelemetry context of the span
+//!   current when the request is stamped (the attempt's, or a span the body entered inside it;
+//!   else the current context), through the global propagator (W3C Trace Context when
 //!   none is set). Without it, or outside any OpenTelemetry context: a W3C `traceparent` of
 //!   the call's own trace id, as before. A request that already carries one keeps it.
 //! - `metrics`: counters, histograms and gauges through the `metrics` facade ([`METRICS`]).
@@ -18,13 +19,21 @@
 //! `resilience.outcome` (the metrics' outcome, below) and `otel.status_code = "error"` when the
 //! call failed or was refused (not when its caller stopped waiting).
 //!
+//! # Warn events
+//!
+//! A call's warn events (the failure it gave up on, a refusal) name its `function` and `policy`
+//! themselves, for a log kept at warn that leaves the call's info span out. A refusal by a
+//! breaker, bulkhead, rate limit or concurrency limit logs at most one event a second per
+//! function and kind, its `suppressed` field saying how many were held back since the last;
+//! the metrics count every refusal.
+//!
 //! # The attempt span
 //!
 //! | field | value |
 //! |---|---|
 //! | `otel.name`, `http.request.method` | the method (`GET`) |
 //! | `otel.kind` | `client` |
-//! | `server.address`, `server.port`, `url.full` | from the URL sent (credentials and signatures redacted) |
+//! | `server.address`, `server.port`, `url.full` | from the URL sent (user and password, signatures, and the values of query parameters named as credentials, tokens, keys or session ids redacted; the fragment left off) |
 //! | `http.response.status_code` | the status received |
 //! | `error.type` | the status code when 400 or more, else the failure class (`timeout`, `reset`, `connect`, …) |
 //! | `otel.status_code` | `error` when the attempt failed or was answered 400 or more (a client span's error per the conventions, even when the body took the answer for a success) |
@@ -35,8 +44,9 @@
 //! # Metrics
 //!
 //! With the `metrics` feature, through whatever recorder the application installs (Prometheus,
-//! OpenTelemetry, StatsD, …). [`describe_metrics`] gives the recorder their units and help
-//! texts; [`HTTP_DURATION_BUCKETS`] are the bucket boundaries the semantic conventions advise
+//! OpenTelemetry, StatsD, …). A global recorder is given their units and help texts when the
+//! runtime first records to it; [`describe_metrics`] gives them at once (and to a local
+//! recorder where one is set); [`HTTP_DURATION_BUCKETS`] are the bucket boundaries the semantic conventions advise
 //! for the durations. Labels are of low cardinality only: the policy, the function, and a
 //! fixed set of outcomes, classes and states.
 //!
