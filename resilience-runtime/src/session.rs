@@ -259,6 +259,9 @@ fn call_span(
 ) -> tracing::Span {
     let span = tracing::info_span!(
         "resilient",
+        // Exported to OpenTelemetry under the function's path: a trace view lists the calls by
+        // what they call, not each as "resilient".
+        otel.name = shared.function,
         function = shared.function,
         policy = shared.policy,
         method = policy.method.as_str(),

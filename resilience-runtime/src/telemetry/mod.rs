@@ -15,7 +15,8 @@
 //!
 //! # The call span
 //!
-//! `resilient`: `function`, `policy`, `method`, `request_id`, `depth`; at the call's end
+//! `resilient` (its `otel.name` the function's path, the name OpenTelemetry exports it under):
+//! `function`, `policy`, `method`, `request_id`, `depth`; at the call's end
 //! `resilience.outcome` (the metrics' outcome, below) and `otel.status_code = "error"` when the
 //! call failed or was refused (not when its caller stopped waiting).
 //!
