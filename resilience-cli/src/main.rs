@@ -1502,8 +1502,51 @@ fn attempts_within_deadline(timeout: Duration, deadline: Duration) -> u32 {
     u32::try_from(room / per).map_or(u32::MAX, |n| n.saturating_add(1))
 }
 
-fn retries(f: &Function) -> bool {
-    f.analysis.settings.max_attempts.value > 1
+/// The attempts of one call against a dependency that fails at once (a reset, a 503): every
+/// attempt its policy allows, where it retries such a failure and may resend what it sent (a
+/// failure takes no time: the deadline leaves room for them all). A connect failure sends
+/// nothing: a policy retrying only that (and timeouts: [`hanging_attempts`]) sends once.
+fn fast_failing_attempts(f: &Function) -> u32 {
+    use resilience_policy::model::RetryItem;
+    let s = &f.analysis.settings;
+    let fast = s
+        .retry_on
+        .value
+        .iter()
+        .any(|r| !matches!(r.value, RetryItem::Connect | RetryItem::Timeout));
+    let resendable = match &f.analysis.method {
+        Some(m) => {
+            let m = m.value;
+            m.is_safe()
+                || !matches!(s.idempotency_key.value, KeyModel::None)
+                || (s.idempotent.value && m.is_idempotent_by_spec())
+        }
+        None => true,
+    };
+    if fast && resendable {
+        s.max_attempts.value
+    } else {
+        1
+    }
+}
+
+/// The attempts of one call against a dependency that fails, however it fails: the more of
+/// a dependency that hangs ([`hanging_attempts`]) and one that fails at once.
+fn failing_attempts(f: &Function) -> u32 {
+    hanging_attempts(f).max(fast_failing_attempts(f))
+}
+
+/// The asks for a replay one keyed call may add, when the server answers "still in progress"
+/// (409 with `Retry-After`) until its deadline: outside `max_attempts`, at most one each
+/// 100 ms (the runtime's floor between asks). Each is answered by the server's layer without
+/// running the handler, but reaches its front door and its limits. `None`: not keyed.
+fn asks(f: &Function) -> Option<u32> {
+    let s = &f.analysis.settings;
+    if matches!(s.idempotency_key.value, KeyModel::None) {
+        return None;
+    }
+    let n = s.deadline.value.as_millis() / 100;
+    Some(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Attempts × timeout plus every backoff at its largest, bounded by the deadline.
@@ -1609,7 +1652,7 @@ fn amplification_of<'a>(
         return known;
     }
     let hedged = hedged_of(f);
-    let own = hanging_attempts(f).saturating_mul(hedged);
+    let own = failing_attempts(f).saturating_mul(hedged);
     let mut worst = own;
     if visiting.contains(&f.path.as_str()) {
         return worst;
@@ -1634,21 +1677,32 @@ fn amplification_of<'a>(
         // Then each of this function's attempts sends what of the callee's fits in it.
         let timeout = f.analysis.settings.timeout.value;
         let cut = worst_case(callee) >= timeout;
-        let through = if retries(callee) && !handled && !cut {
+        let through = if callee.analysis.settings.max_attempts.value > 1 && !handled && !cut {
             inner.saturating_mul(hedged)
         } else if cut && !handled {
             // Of the callee's attempts, those that fit in this one's time, each with what one
             // of the callee's attempts sends (its hedges, its own nested calls).
             // (Its own nested calls may retry inside one of its attempts: what the most
             // demanding of them sends, each hedge of the callee sending it again.)
-            let attempts = hanging_attempts(callee).max(1);
+            let attempts = failing_attempts(callee).max(1);
             let mut nested = 1u32;
             for g in callees(callee, all) {
                 nested = nested.max(amplification_of(g, all, memo, visiting));
             }
             let per_attempt = nested.saturating_mul(hedged_of(callee));
-            let fits = attempts_within_deadline(callee.analysis.settings.timeout.value, timeout);
-            own.saturating_mul(attempts.min(fits).saturating_mul(per_attempt))
+            let fits = attempts.min(attempts_within_deadline(
+                callee.analysis.settings.timeout.value,
+                timeout,
+            ));
+            if fits > 1 {
+                // It retried inside this attempt, then this attempt's end cut it: its failure,
+                // not retried again around it (each hedge of this function runs it again).
+                fits.saturating_mul(per_attempt).saturating_mul(hedged)
+            } else {
+                // Its first attempt is all this attempt's time holds: cut before it could
+                // retry, the timeout is this function's own, retried with it.
+                own.saturating_mul(per_attempt)
+            }
         } else {
             own.saturating_mul(inner)
         };
@@ -1742,6 +1796,11 @@ fn rest_of_policy(f: &Function) -> String {
     ];
     if s.idempotent.value {
         parts.push("idempotent".into());
+    }
+    if let Some(n) = asks(f) {
+        parts.push(format!(
+            "asks for a replay still in progress: up to {n} more requests within the deadline"
+        ));
     }
     if let Some(h) = &s.hedge.value {
         parts.push(format!(
@@ -1871,6 +1930,7 @@ fn list(krate: &Crate, json: bool) {
                     })),
                     "worst_case_ms": worst_case(f).as_millis() as u64,
                     "requests_per_call_worst_case": amplification(f, all),
+                    "asks_per_call_worst_case": asks(f),
                 })
             })
             .collect();
