@@ -460,6 +460,64 @@ async fn hedges_are_counted_won_and_lost() {
     );
 }
 
+async fn cached_reply(_c: &reqwest::Client, _url: &str) -> Result<String, Error> {
+    Ok("cached".into())
+}
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false, fallback = cached_reply)]
+async fn answered_from_cache(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = auto, fallback = cached_reply)]
+async fn charged_or_cached(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url)
+        .body("9.99")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Calls answered by their fallback are counted (`called`), and so are those whose fallback
+/// was withheld because a keyed request may have been carried out (`withheld`): a fallback
+/// rate on a dashboard, where only the logs told it.
+#[tokio::test]
+async fn fallbacks_are_counted_called_and_withheld() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    for _ in 0..2 {
+        assert_eq!(
+            answered_from_cache(&c, &down.url("/")).await.unwrap(),
+            "cached"
+        );
+    }
+    // A keyed POST answered 503 may have been carried out: its error comes back.
+    assert!(charged_or_cached(&c, &down.url("/charges")).await.is_err());
+    let fallbacks = |f: &str, outcome: &str| {
+        sample(
+            &handle,
+            "resilience_client_fallbacks_total",
+            &[function_of(f), &format!(r#"outcome="{outcome}""#)],
+        )
+    };
+    assert_eq!(fallbacks("answered_from_cache", "called"), Some(2.0));
+    assert_eq!(fallbacks("charged_or_cached", "withheld"), Some(1.0));
+    assert_eq!(fallbacks("charged_or_cached", "called"), None);
+    assert!(
+        handle
+            .render()
+            .contains("# HELP resilience_client_fallbacks_total Calls that failed for good"),
+        "{}",
+        handle.render()
+    );
+}
+
 #[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, hedge(delay = "50ms", max = 2))]
 async fn hedged_after_a_failure(c: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(c.get(url).send().await?.error_for_status()?.text().await?)

@@ -15,6 +15,7 @@ pub fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool 
     let called = applies_to(mask, kind);
     if called {
         let shared = state.resolve_compiled();
+        crate::telemetry::fallback(shared, true);
         tracing::info!(
             function = shared.function,
             policy = shared.policy,
@@ -41,6 +42,7 @@ pub fn applies_after(
     }
     if !session.fallback_allowed() {
         let shared = state.resolve_compiled();
+        crate::telemetry::fallback(shared, false);
         tracing::warn!(
             function = shared.function,
             policy = shared.policy,

@@ -43,6 +43,8 @@ pub(crate) struct Instruments {
     bulkhead: Option<Key>,
     /// Hedges: [lost, won].
     hedges: Option<[Key; 2]>,
+    /// Fallbacks: [withheld, called].
+    fallbacks: [Key; 2],
 }
 
 fn leak(labels: Vec<Label>) -> &'static [Label] {
@@ -105,6 +107,8 @@ pub(crate) fn instruments(
         hedges: policy
             .hedge
             .map(|_| ["lost", "won"].map(|o| with(names::HEDGES, vec![Label::new("outcome", o)]))),
+        fallbacks: ["withheld", "called"]
+            .map(|o| with(names::FALLBACKS, vec![Label::new("outcome", o)])),
     }))
 }
 
@@ -124,7 +128,8 @@ mod slot {
     pub(super) const ATTEMPTS: usize = CALLS + OUTCOMES;
     pub(super) const RETRIES: usize = ATTEMPTS + NCLASSES;
     pub(super) const HEDGES: usize = RETRIES + NCLASSES;
-    pub(super) const COUNTERS: usize = HEDGES + 2;
+    pub(super) const FALLBACKS: usize = HEDGES + 2;
+    pub(super) const COUNTERS: usize = FALLBACKS + 2;
     pub(super) const CALL_DURATION: usize = 0;
     pub(super) const ATTEMPT_DURATION: usize = CALL_DURATION + OUTCOMES;
     pub(super) const HISTOGRAMS: usize = ATTEMPT_DURATION + NCLASSES;
@@ -458,6 +463,14 @@ pub(crate) fn retry_made(inst: &Instruments, class: crate::class::Class) {
     let class = super::class_index(Some(class));
     with!(inst, None, |r| r
         .increment(slot::RETRIES + class, &inst.retries[class]));
+}
+
+/// A call that failed for good met its fallback: `called`, or withheld (an attempt may have
+/// carried out a request that needs a key).
+pub(crate) fn fallback(inst: &Instruments, called: bool) {
+    let i = usize::from(called);
+    with!(inst, None, |r| r
+        .increment(slot::FALLBACKS + i, &inst.fallbacks[i]));
 }
 
 pub(crate) fn hedge_ended(inst: &Instruments, won: bool) {

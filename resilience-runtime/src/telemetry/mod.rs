@@ -67,6 +67,7 @@
 //! | `resilience.idempotency.requests` | counter | `{request}` | `outcome`, `http.route` | requests the idempotency layer (`server::IdempotencyLayer`) covered, by how it answered them (feature `server`) |
 //! | `resilience.idempotency.pending` | gauge | `{response}` | | responses that layer keeps in memory until its store takes them |
 //! | `resilience.client.hedges` | counter | `{hedge}` | `policy`, `function`, `outcome` | hedges started, by whether one answered first (`won`) or not (`lost`) |
+//! | `resilience.client.fallbacks` | counter | `{call}` | `policy`, `function`, `outcome` | calls that failed for good and met their fallback: `called`, or `withheld` (a request that needs a key may have been carried out: the error comes back) |
 //! | `resilience.rate_limit.local_decisions` | counter | `{decision}` | `rate_limit` | decisions a limit shared through Redis took locally: no Redis given, Redis failed, or known down (each instance then holds to the limit alone) |
 //!
 //! - `outcome`: `successful_without_retry`, `successful_with_retry`, `failed_without_retry`,
@@ -170,6 +171,10 @@ pub mod names {
     /// Hedges sent, by whether they answered first (`outcome="won"`) or not (`"lost"`)
     /// (counter).
     pub const HEDGES: &str = "resilience.client.hedges";
+    /// Calls that failed for good and met their fallback: called (`outcome="called"`), or
+    /// withheld because an attempt may have carried out a request that needs a key
+    /// (`"withheld"`) (counter).
+    pub const FALLBACKS: &str = "resilience.client.fallbacks";
     /// An adaptive concurrency limit's value (gauge).
     pub const CONCURRENCY_LIMIT: &str = "resilience.concurrency_limit.limit";
     /// Calls holding a slot of an adaptive concurrency limit (gauge).
@@ -184,7 +189,7 @@ pub mod names {
 }
 
 /// Every metric: name, kind, unit (UCUM, as the semantic conventions write it), help text.
-pub const METRICS: [(&str, &str, &str, &str); 15] = [
+pub const METRICS: [(&str, &str, &str, &str); 16] = [
     (
         names::CALLS,
         "counter",
@@ -244,6 +249,12 @@ pub const METRICS: [(&str, &str, &str, &str); 15] = [
         "counter",
         "{hedge}",
         "Hedges sent, by whether they answered first (won) or not (lost)",
+    ),
+    (
+        names::FALLBACKS,
+        "counter",
+        "{call}",
+        "Calls that failed for good and met their fallback: called, or withheld (a request that needs a key may have been carried out)",
     ),
     (
         names::CONCURRENCY_LIMIT,
@@ -525,6 +536,15 @@ fn end_unacted(
         };
         span::on_end(&scope.span, &end);
     }
+}
+
+/// A call that failed for good met its fallback: called it, or withheld it.
+#[cold]
+pub(crate) fn fallback(shared: &Resolved, called: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::fallback(shared.telemetry, called);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (shared, called);
 }
 
 /// A hedge ended: it answered first (`won`), or it did not.
