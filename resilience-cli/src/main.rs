@@ -1609,16 +1609,16 @@ fn worst_case(f: &Function) -> Duration {
     total.min(s.deadline.value)
 }
 
-/// Requests one call sends to a dependency that hangs, through nested annotated
-/// calls: an inner call that retries is not retried around (one layer retries), unless the
-/// body handles its failure and goes on (then a later failure of the body runs it again); an
-/// inner call without retries is retried by the outer one.
+/// Requests one call sends to a dependency that fails (it hangs, or fails at once), through
+/// nested annotated calls: an inner call that retries is not retried around (one layer
+/// retries), unless the body handles its failure and goes on (then a later failure of the
+/// body runs it again); an inner call without retries is retried by the outer one.
 fn amplification(f: &Function, all: &[Function]) -> u32 {
     let mut memo = BTreeMap::new();
     amplification_of(f, all, &mut memo, &mut Vec::new())
 }
 
-/// The requests of one of `f`'s attempts against a dependency that hangs: it sends its hedges
+/// The requests of one of `f`'s attempts against a dependency that fails: it sends its hedges
 /// too, one a `delay` while one of the round still runs (its `delay` is shorter than the
 /// timeout: a longer one is refused).
 fn hedged_of(f: &Function) -> u32 {
@@ -1694,15 +1694,16 @@ fn amplification_of<'a>(
                 callee.analysis.settings.timeout.value,
                 timeout,
             ));
-            if fits > 1 {
-                // It retried inside this attempt, then this attempt's end cut it: its failure,
-                // not retried again around it (each hedge of this function runs it again).
-                fits.saturating_mul(per_attempt).saturating_mul(hedged)
-            } else {
-                // Its first attempt is all this attempt's time holds: cut before it could
-                // retry, the timeout is this function's own, retried with it.
-                own.saturating_mul(per_attempt)
-            }
+            // The most of three ways it goes: it fails at once, all its attempts inside one of
+            // this function's (then not retried around it; each hedge of this function runs it
+            // again); it hangs, retries inside this attempt, and this attempt's end cuts it
+            // (its failure, not retried around it either); or it is cut before it could retry
+            // (its first attempt all the time left holds, or a backoff that did not fit), and
+            // this function's attempts each run it again.
+            inner
+                .saturating_mul(hedged)
+                .max(fits.saturating_mul(per_attempt).saturating_mul(hedged))
+                .max(own.saturating_mul(per_attempt))
         } else {
             own.saturating_mul(inner)
         };

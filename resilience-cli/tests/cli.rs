@@ -1617,6 +1617,27 @@ pub async fn top3(c: &reqwest::Client) -> Result<u16, Error> {
 pub async fn top(c: &reqwest::Client) -> Result<u16, Error> {
     middle(c).await
 }
+
+#[resilient(timeout = "2s", max_attempts = 3, retry_on = [503])]
+pub async fn lookup(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+/// One attempt, the callee's timeout.
+#[resilient(timeout = "2s", method = GET, max_attempts = 1)]
+pub async fn wrapper(c: &reqwest::Client) -> Result<u16, Error> {
+    lookup(c).await
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, budget = false, backoff(initial = "1s", jitter = none), hedge(delay = "300ms"))]
+pub async fn slow_to_retry(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "2s", deadline = "20s", max_attempts = 5, budget = false, method = GET)]
+pub async fn patient(c: &reqwest::Client) -> Result<u16, Error> {
+    slow_to_retry(c).await
+}
 "#,
         )],
     );
@@ -1633,8 +1654,16 @@ pub async fn top(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(worst("hanging::top"), 9);
     // All of `leaf`'s retries inside one of `mid3`'s attempts, cut by `top3`'s 2 s: `leaf`
     // retried, so `mid3` gives up on it, and `top3` on `mid3` (3 requests), listed as 9, an
-    // upper bound.
-    assert!(worst("hanging::top3").as_u64().unwrap() >= 3);
+    // upper bound (were `mid3` cut before `leaf` could retry, each of `top3`'s 3 attempts
+    // would run it again).
+    assert_eq!(worst("hanging::top3"), 9);
+    // A wrapper with one attempt and the same timeout as its callee: against a fast 503 the
+    // callee makes all 3 of its attempts inside the wrapper's one.
+    assert_eq!(worst("hanging::wrapper"), 3);
+    // A callee whose first backoff (1 s) does not fit the second left of the caller's 2 s
+    // attempt gives up without retrying: each of the caller's 5 attempts runs it again, with
+    // its hedge (10).
+    assert!(worst("hanging::patient").as_u64().unwrap() >= 10);
     // A keyed call may add asks for a replay still in progress: one each 100 ms until its
     // deadline (30 s, the default), outside its attempts; an unkeyed one none.
     let out = run(&["list", dir.to_str().unwrap(), "--json"]);

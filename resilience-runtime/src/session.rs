@@ -767,8 +767,8 @@ pub struct Session {
     /// (timed out, lost its connection, answered 2xx, 3xx, 5xx or 409): the call's error says
     /// so with the key, whatever the last attempt's failure.
     key_carried: bool,
-    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead):
-    /// this call runs under it (see [`Held`](crate::context::Held)).
+    /// An enclosing call holds a permit of this call's breaker (or a slot of its bulkhead or
+    /// concurrency limit): this call runs under it (see [`Held`](crate::context::Held)).
     breaker_held: bool,
     bulkhead_held: bool,
     concurrency_held: bool,
