@@ -150,16 +150,13 @@ impl PolicyMetrics {
     }
 }
 
-/// Whether a warn event written where this expands would go out: asked where the event is
-/// (its module is its target, which a filter may name), and through `log` when no `tracing`
-/// subscriber was ever set (`tracing`'s `log` feature sends events to a logger then).
+/// Whether a warn event written where this expands may go out: asked where the event is
+/// (its module is its target, which a filter may name), or a `log` logger takes warnings
+/// (`tracing`'s `log` feature sends events to one when no `tracing` subscriber is set; with
+/// one set, this only reads the clock in vain).
 macro_rules! warn_enabled {
     () => {
-        if tracing::dispatcher::has_been_set() {
-            tracing::enabled!(tracing::Level::WARN)
-        } else {
-            log::max_level() >= log::LevelFilter::Warn
-        }
+        tracing::enabled!(tracing::Level::WARN) || log::max_level() >= log::LevelFilter::Warn
     };
 }
 pub(crate) use warn_enabled;
