@@ -26,7 +26,11 @@ async fn httpbin() -> Option<process::Process> {
         if std::env::var_os("CI").is_some() {
             panic!("CI is set but httpbin is not installed; .ci/test installs it");
         }
-        eprintln!("skipping: httpbin not installed (pip install httpbin); .ci/test installs it");
+        // Straight to stderr: the test harness captures `eprintln!`, and a skip must be seen.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipping: httpbin not installed (pip install httpbin); .ci/test installs it\n",
+        );
         return None;
     }
     process::Process::start("python3", |_, port| {
