@@ -2019,28 +2019,23 @@ async fn a_handler_that_panics_on_a_call_the_layers_limit_cut_is_not_run_again()
     assert_eq!(gateway.count(), 1, "charged once");
 }
 
-/// A tower service of its own that returns an error (no response) before any limit: the
-/// first caller's connection ends with it, the key is given back, and the retry runs the
-/// service again (README: "handler returns `Err`"); a response it then gives is kept.
-#[tokio::test(start_paused = true)]
-async fn a_service_that_returns_an_error_gives_the_key_back() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::{Layer, ServiceExt};
-    let runs = Arc::new(AtomicUsize::new(0));
-    let svc = tower::service_fn({
-        let runs = runs.clone();
-        move |_req: axum::http::Request<axum::body::Body>| {
-            let run = runs.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if run == 0 {
-                    return Err(std::io::Error::other("ledger unreachable"));
-                }
-                Ok(axum::http::Response::new(axum::body::Body::from("charged")))
-            }
-        }
-    });
-    let svc = IdempotencyLayer::new(MemoryStore::default()).layer(svc);
+/// Serves a tower service of one's own (not an axum router) over HTTP/1 on a loopback port.
+async fn serve_tower<S, B, E>(svc: S) -> std::net::SocketAddr
+where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<B>,
+            Error = E,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    use tower::ServiceExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -2056,6 +2051,32 @@ async fn a_service_that_returns_an_error_gives_the_key_back() {
             ));
         }
     });
+    addr
+}
+
+/// A tower service of its own that returns an error (no response) before any limit: the
+/// first caller's connection ends with it, the key is given back, and the retry runs the
+/// service again (README: "handler returns `Err`"); a response it then gives is kept.
+#[tokio::test(start_paused = true)]
+async fn a_service_that_returns_an_error_gives_the_key_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Layer;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = tower::service_fn({
+        let runs = runs.clone();
+        move |_req: axum::http::Request<axum::body::Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run == 0 {
+                    return Err(std::io::Error::other("ledger unreachable"));
+                }
+                Ok(axum::http::Response::new(axum::body::Body::from("charged")))
+            }
+        }
+    });
+    let svc = IdempotencyLayer::new(MemoryStore::default()).layer(svc);
+    let addr = serve_tower(svc).await;
     let order = || {
         reqwest::Client::new()
             .post(format!("http://{addr}/orders"))
@@ -2079,7 +2100,7 @@ async fn a_service_that_returns_an_error_gives_the_key_back() {
 /// retry answered 500 from the store without the charge.
 #[tokio::test(start_paused = true)]
 async fn a_service_that_fails_on_a_call_the_layers_limit_cut_is_not_run_again() {
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
     let gateway = FaultServer::start(Script::always(Action::stall())).await;
     let (c, url) = (reqwest::Client::new(), gateway.url("/charges"));
     let svc = tower::service_fn(move |_req: axum::http::Request<axum::body::Body>| {
@@ -2092,21 +2113,7 @@ async fn a_service_that_fails_on_a_call_the_layers_limit_cut_is_not_run_again() 
     let svc = IdempotencyLayer::new(MemoryStore::default())
         .handler_limit(Duration::from_secs(2))
         .layer(svc);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let svc = svc
-                .clone()
-                .map_request(|r: axum::http::Request<hyper::body::Incoming>| {
-                    r.map(axum::body::Body::new)
-                });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
-                hyper_util::rt::TokioIo::new(tcp),
-                hyper_util::service::TowerToHyperService::new(svc),
-            ));
-        }
-    });
+    let addr = serve_tower(svc).await;
     let order = || {
         reqwest::Client::new()
             .post(format!("http://{addr}/orders"))
