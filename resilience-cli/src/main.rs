@@ -1462,34 +1462,6 @@ fn handled_in(ts: proc_macro2::TokenStream) -> Vec<String> {
 
 // --- What the policy means ---------------------------------------------------------------------
 
-/// The attempts of one call against a dependency that hangs: each times out, and is retried
-/// only where the policy retries a timeout and may resend what it sent (a safe method, a
-/// keyed call, an `idempotent` PUT or DELETE); a POST with `retry_on = [connect]` sends once.
-fn hanging_attempts(f: &Function) -> u32 {
-    let s = &f.analysis.settings;
-    let timeouts = s
-        .retry_on
-        .value
-        .iter()
-        .any(|r| r.value == resilience_policy::model::RetryItem::Timeout);
-    let resendable = match &f.analysis.method {
-        Some(m) => {
-            let m = m.value;
-            m.is_safe()
-                || !matches!(s.idempotency_key.value, KeyModel::None)
-                || (s.idempotent.value && m.is_idempotent_by_spec())
-        }
-        None => true,
-    };
-    if timeouts && resendable {
-        s.max_attempts
-            .value
-            .min(attempts_within_deadline(s.timeout.value, s.deadline.value))
-    } else {
-        1
-    }
-}
-
 /// How many attempts that each time out fit in the deadline, with no backoff between them
 /// (the most: a backoff only leaves fewer), where no retry begins with less than a tenth of
 /// `timeout` left: attempt `k` begins `(k - 1) × timeout` in.
@@ -1502,38 +1474,42 @@ fn attempts_within_deadline(timeout: Duration, deadline: Duration) -> u32 {
     u32::try_from(room / per).map_or(u32::MAX, |n| n.saturating_add(1))
 }
 
-/// The attempts of one call against a dependency that fails at once (a reset, a 503): every
-/// attempt its policy allows, where it retries such a failure and may resend what it sent (a
-/// failure takes no time: the deadline leaves room for them all). A connect failure sends
-/// nothing: a policy retrying only that (and timeouts: [`hanging_attempts`]) sends once.
-fn fast_failing_attempts(f: &Function) -> u32 {
+/// The attempts of one call against a dependency that fails, however it fails: where its
+/// policy may resend what it sent (a safe method, a keyed call, an `idempotent` PUT or DELETE:
+/// `may_resend`, the compile-time rule), every attempt against a dependency that fails at
+/// once (a reset, a 503), where it retries such a failure; as many as fit in the deadline
+/// against one that hangs, where it retries a timeout (each times out). A connect failure
+/// sends nothing: a POST with `retry_on = [connect]` sends once.
+fn failing_attempts(f: &Function) -> u32 {
     use resilience_policy::model::RetryItem;
     let s = &f.analysis.settings;
-    let fast = s
-        .retry_on
-        .value
-        .iter()
-        .any(|r| !matches!(r.value, RetryItem::Connect | RetryItem::Timeout));
-    let resendable = match &f.analysis.method {
-        Some(m) => {
-            let m = m.value;
-            m.is_safe()
-                || !matches!(s.idempotency_key.value, KeyModel::None)
-                || (s.idempotent.value && m.is_idempotent_by_spec())
-        }
-        None => true,
+    let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
+    let resendable = f
+        .analysis
+        .method
+        .as_ref()
+        .is_none_or(|m| resilience_spec::may_resend(m.value, keyed, s.idempotent.value));
+    let retries = |fast: bool| {
+        s.retry_on.value.iter().any(|r| {
+            let timeout = r.value == RetryItem::Timeout;
+            if fast {
+                !timeout && r.value != RetryItem::Connect
+            } else {
+                timeout
+            }
+        })
     };
-    if fast && resendable {
+    if !resendable {
+        1
+    } else if retries(true) {
         s.max_attempts.value
+    } else if retries(false) {
+        s.max_attempts
+            .value
+            .min(attempts_within_deadline(s.timeout.value, s.deadline.value))
     } else {
         1
     }
-}
-
-/// The attempts of one call against a dependency that fails, however it fails: the more of
-/// a dependency that hangs ([`hanging_attempts`]) and one that fails at once.
-fn failing_attempts(f: &Function) -> u32 {
-    hanging_attempts(f).max(fast_failing_attempts(f))
 }
 
 /// The asks for a replay one keyed call may add, when the server answers "still in progress"
