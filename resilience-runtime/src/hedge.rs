@@ -392,9 +392,8 @@ where
                             }
                         };
                         // Read from this attempt's own requests, before the round's are joined.
-                        let own_in_progress = s.in_progress_of(ended.as_mut().ctx());
                         if in_progress.is_none() {
-                            in_progress = own_in_progress;
+                            in_progress = s.in_progress_of(ended.as_mut().ctx());
                         }
                         s.record_in_round(ended.as_mut().ctx(), &mut round, class);
                         let scope = ended.as_mut().take_scope();
@@ -407,16 +406,10 @@ where
                             }
                             Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
                         };
-                        (
-                            r,
-                            scope,
-                            class,
-                            (i != 0).then_some(ended_started),
-                            own_in_progress,
-                        )
+                        (r, scope, class, (i != 0).then_some(ended_started))
                     }
                 };
-                let (r, scope, class, hedge_started, own_in_progress) = r;
+                let (r, scope, class, hedge_started) = r;
                 let handler_answered = !class.is_some_and(|c| c.unanswered(s.last.status.get()));
                 if in_flight > 0 {
                     // An answer came (a failure with the handler's status, or the body's own
@@ -428,13 +421,11 @@ where
                     // refused connection, a proxy's 502 or 504) leaves the hedging as it was.
                     if handler_answered {
                         hedging = false;
-                        // Kept as the round's outcome, unless a later attempt is answered too
-                        // (the last answer decides) or it was "still in progress" (the
-                        // attempt doing the work decides: asked again after it).
-                        if answered.is_none() && own_in_progress.is_none() {
-                            answered =
-                                Some((r, crate::session::Answered::of(&s.last), hedge_started));
-                        }
+                        // Kept as the round's outcome, in place of an earlier answer (the last
+                        // answer decides), unless a later attempt ends with one of its own;
+                        // not used when an attempt was told "still in progress" (the attempt
+                        // doing the work decides: asked again after it).
+                        answered = Some((r, crate::session::Answered::of(&s.last), hedge_started));
                     }
                     telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
                     continue;
