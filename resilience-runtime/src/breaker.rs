@@ -715,23 +715,6 @@ impl Breaker {
         drop(permit);
     }
 
-    /// A failure the dependency answered itself (a 404, the function's own error on a 200):
-    /// neither way while closed, as [`on_ignored`](Self::on_ignored); but a half-open probe so
-    /// answered shows the dependency up, and is a successful probe (a slow one fails): else a
-    /// half-open breaker whose traffic is mostly such answers would never close, letting
-    /// `half_open_calls` calls through at a time and refusing the rest for as long.
-    pub(crate) fn on_answered(&self, permit: BreakerPermit<'_>) {
-        debug_assert!(
-            std::ptr::eq(self, permit.breaker),
-            "permit of another breaker"
-        );
-        if permit.probe {
-            permit.report(Outcome::Success);
-        } else {
-            drop(permit);
-        }
-    }
-
     #[inline]
     fn permit(&self, generation: u64, probe: bool, now: Option<Instant>) -> BreakerPermit<'_> {
         BreakerPermit {

@@ -1936,18 +1936,18 @@ impl Session {
             }
             if class.trips_breaker() && !cut_short {
                 b.on_failure(p);
-            } else if !cut_short
+            } else if p.is_probe()
+                && !cut_short
                 && class != Class::Rejected
-                && self
-                    .last
-                    .status
-                    .get()
-                    .is_some_and(|s| s < 500 && s != 408 && s != 429)
+                && self.last.status.get().is_some_and(|s| {
+                    s < 500 && !crate::classify::is_transient_status(s)
+                })
             {
-                // The dependency answered (a 4xx, the function's own error on what it read):
-                // up, though this call failed; not a 429, which asks this client to slow down,
-                // nor a 408 or a 5xx, even one a `Classify` of the user's took for permanent.
-                b.on_answered(p);
+                // A half-open probe the dependency answered (a 4xx, the function's own error
+                // on what it read): up, though this call failed: a successful probe (else a
+                // breaker whose traffic is mostly 404s would never close). Not a 429 or a 408,
+                // nor a 5xx, even one a `Classify` of the user's took for permanent.
+                b.on_success(p);
             } else {
                 b.on_ignored(p);
             }
