@@ -117,16 +117,15 @@ fn server_address(url: &reqwest::Url) -> Option<&str> {
 /// Query parameters whose values are redacted, by name lower-cased without `_` and `-`
 /// (`accessToken`, `access-token` and `ACCESS_TOKEN` alike): the four the conventions name
 /// (`AWSAccessKeyId`, `Signature`, `sig`, `X-Goog-Signature`, the last two by their ending
-/// below), the usual names of a key or a password in a URL, a session's id, an OAuth
-/// authorization `code`, and a `jwt`.
-const SENSITIVE_QUERY: [&str; 10] = [
+/// below), the usual names of a key or a password in a URL, a session's id (`sessionid` by
+/// its ending, below), an OAuth authorization `code`, and a `jwt`.
+const SENSITIVE_QUERY: [&str; 9] = [
     "awsaccesskeyid",
     "sig",
     "key",
     "auth",
     "pwd",
     "session",
-    "sessionid",
     "sid",
     "code",
     "jwt",
