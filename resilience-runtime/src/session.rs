@@ -1939,9 +1939,11 @@ impl Session {
             } else if p.is_probe()
                 && !cut_short
                 && class != Class::Rejected
-                && self.last.status.get().is_some_and(|s| {
-                    s < 500 && !crate::classify::is_transient_status(s)
-                })
+                && self
+                    .last
+                    .status
+                    .get()
+                    .is_some_and(|s| s < 500 && !crate::classify::is_transient_status(s))
             {
                 // A half-open probe the dependency answered (a 4xx, the function's own error
                 // on what it read): up, though this call failed: a successful probe (else a
