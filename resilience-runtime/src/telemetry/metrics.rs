@@ -263,15 +263,16 @@ fn is_global(recorder: &dyn Recorder) -> bool {
 /// Starts a thread that records the global recorder in [`GLOBAL`] (and waits for it when
 /// `wait`), unless the last look was too recent: a second after the first, then twice as long
 /// after each look that found none, up to a minute (a service that records to local recorders
-/// only, with no global one, starts a thread a minute, not one a second).
+/// only, with no global one, starts a thread a minute, not one a second). True when it waited
+/// for a look that found the global recorder now (and described the metrics to it).
 #[cold]
-pub(crate) fn look_for_global(wait: bool) {
+pub(crate) fn look_for_global(wait: bool) -> bool {
     /// When the last look started, and how long to wait after it for the next.
     static LOOKED: Mutex<Option<(StdInstant, Duration)>> = Mutex::new(None);
     const FIRST_GAP: Duration = Duration::from_secs(1);
     const MAX_GAP: Duration = Duration::from_secs(64);
     if GLOBAL.get().is_some() {
-        return;
+        return false;
     }
     {
         // A call does not wait for another thread's look; `describe_metrics()` does.
@@ -282,15 +283,15 @@ pub(crate) fn look_for_global(wait: bool) {
         } else {
             match LOOKED.try_lock() {
                 Ok(g) => g,
-                Err(_) => return,
+                Err(_) => return false,
             }
         };
         if GLOBAL.get().is_some() {
-            return;
+            return false;
         }
         let now = StdInstant::now();
         let gap = match *looked {
-            Some((t, gap)) if !wait && now.saturating_duration_since(t) < gap => return,
+            Some((t, gap)) if !wait && now.saturating_duration_since(t) < gap => return false,
             Some((_, gap)) => (gap * 2).min(MAX_GAP),
             None => FIRST_GAP,
         };
@@ -306,14 +307,15 @@ pub(crate) fn look_for_global(wait: bool) {
         if found {
             describe_all();
         }
+        found
     };
     // A thread could not be started (a limit on threads): nothing is kept, nothing is lost.
-    if let Ok(t) = std::thread::Builder::new()
+    match std::thread::Builder::new()
         .name("resilience-metrics".into())
         .spawn(look)
-        && wait
     {
-        let _ = t.join();
+        Ok(t) if wait => t.join().unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -566,8 +568,12 @@ pub(crate) fn breaker_transition(name: &'static str, from: BreakerState, to: Bre
 /// durations right without this call; a local recorder (`metrics::with_local_recorder`) is
 /// described only by this call, made where it is set.
 pub fn describe_metrics() {
-    look_for_global(true);
-    describe_all();
+    let described = look_for_global(true);
+    // That look described the global recorder if it found it now: not again when it is also
+    // the current one (a local recorder set where this is called is described here).
+    if !(described && metrics::with_recorder(|r| GLOBAL.get() == Some(&identity(r)))) {
+        describe_all();
+    }
 }
 
 /// Every metric's unit and help text, to the current recorder.
