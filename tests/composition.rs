@@ -265,6 +265,73 @@ async fn the_outer_call_waits_out_the_retry_after_its_inner_call_got() {
     assert!(started.elapsed() < Duration::from_secs(1), "{e}");
 }
 
+/// An inner call that would retry (3 attempts), whose first failure asks for longer than its
+/// own cap (`max_retry_after = "1s"`), did not retry it: the outer call, whose cap is the
+/// default 30 s, waits it out and retries, as around an inner call of one attempt.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_retry_after = "1s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn inner_short_cap(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_around_short_cap(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_short_cap(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_inner_calls_cap_is_the_outer_calls_to_wait_out() {
+    let server = FaultServer::start(vec![Action::status(503).retry_after(2), Action::ok()]).await;
+    let started = Instant::now();
+    let got = outer_around_short_cap(&client(), &server.url("/busy")).await;
+    assert_eq!(got.as_deref().ok(), Some("ok"), "{got:?}");
+    assert_eq!(server.count(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "retried after {:?}, not the 2 s asked",
+        started.elapsed()
+    );
+    // Beyond both caps: one request, at once.
+    let busy = FaultServer::start(Script::always(Action::status(503).retry_after(120))).await;
+    let e = outer_around_short_cap(&client(), &busy.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!((busy.count(), e.http_status()), (1, Some(503)), "{e}");
+}
+
+/// An inner call whose budget allows no retry: its first 503 ends it `BudgetExhausted`, and
+/// the outer call, with no budget of its own, does not retry around it (the budget is there to
+/// stop retries of a failing dependency).
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = { name = "composition_spent_inside", ratio = 0.0, min_per_sec = 0 }
+)]
+async fn inner_spent_budget(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_around_spent_budget(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_spent_budget(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_calls_spent_budget_ends_the_outer_calls_retries_too() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = outer_around_spent_budget(&client(), &server.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "{e}");
+    assert_eq!(e.kind(), ErrorKind::BudgetExhausted, "{e}");
+}
+
 #[resilient(
     timeout = "10s",
     deadline = "30s",

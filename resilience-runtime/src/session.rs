@@ -2192,11 +2192,16 @@ impl Session {
         // retry (nested, the enclosing attempt's time: its first attempt cut short, a backoff
         // or `Retry-After` that did not fit, no time even to start), nor a failure its policy
         // does not retry (a 503 outside its `retry_on`): nothing retried it, the enclosing
-        // call's policy decides.
-        let cut_short = self.retried == 0 && why == GiveUp::DeadlineTooClose;
+        // call's policy decides. Nor one whose `Retry-After` was beyond this call's cap before
+        // any retry: it did not retry it, and the enclosing call waits it out under its own
+        // cap or ends at once, as after a nested call of one attempt. (A spent budget does
+        // stop the enclosing call's retry: the budget is there to stop retries of a failing
+        // dependency, and a retry around the call would go past it.)
+        let not_retried = self.retried == 0
+            && matches!(why, GiveUp::DeadlineTooClose | GiveUp::RetryAfterTooLong);
         let retryable = class.is_transient()
             && self.policy.max_attempts > 1
-            && !cut_short
+            && !not_retried
             && why != GiveUp::NotInRetryOn;
         self.finish(false, retryable);
         Next::Return
