@@ -24,5 +24,16 @@ for name in resilience_client_calls_total resilience_client_attempts_total \
     exit 1
   fi
 done
+# The example's downstream fails with a 503, a reset and a stall: each must reach the metrics
+# as a retry of its class, and the calls it hit as successful after a retry.
+for sample in 'resilience_client_retries_total{.*class="status"' \
+  'resilience_client_retries_total{.*class="reset"' \
+  'resilience_client_retries_total{.*class="timeout"' \
+  'resilience_client_calls_total{.*outcome="successful_with_retry"'; do
+  if ! grep -Eq "^$sample" "$out"; then
+    log "no sample matching $sample in the exposition ($out)"
+    exit 1
+  fi
+done
 promtool check metrics <"$out"
 log "$(grep -c '^[a-z]' "$out") samples in $out: promtool check metrics passed"

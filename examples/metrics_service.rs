@@ -47,10 +47,18 @@ struct App {
     metrics: PrometheusHandle,
 }
 
-async fn work(State(app): State<App>) -> String {
+/// The call's failure is this service's 502 (a gateway's failure, told as one), not a 200
+/// whose body says "failed": callers, their retries and status dashboards read the status.
+async fn work(State(app): State<App>) -> (axum::http::StatusCode, String) {
     match stock(&app.client, &app.downstream).await {
-        Ok(body) => body,
-        Err(e) => format!("failed: {e}"),
+        Ok(body) => (axum::http::StatusCode::OK, body),
+        Err(e) => {
+            tracing::warn!(error = %e, "stock failed");
+            (
+                axum::http::StatusCode::BAD_GATEWAY,
+                "the inventory service failed\n".to_owned(),
+            )
+        }
     }
 }
 
@@ -83,7 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let downstream = FaultServer::start(flaky()).await;
     let app = App {
-        // The client the README advises: pooled connections checked for staleness, a connect
+        // The client the README advises: idle pooled connections closed after a second (before
+        // a server's keep-alive drops them under a request), a connect
         // timeout shorter than `stock`'s 300 ms attempt timeout (the default's 3 s is not),
         // and what it completes reported to the attempt that sent it.
         client: ClientSettings {

@@ -163,7 +163,8 @@ async fn scenario_get(http: &reqwest::Client) {
         1,
         "A GET that meets a reset connection and a 503",
         "The server resets the first connection after reading the request (a pooled socket it had\n\
-         already dropped looks the same), answers the second with 503, the third with 200.",
+         already dropped looks the same), answers the second with 503, the third with 200. Then a\n\
+         user that does not exist: 404.",
     );
     let mut t = Table::new(&[
         "client",
@@ -220,7 +221,31 @@ async fn scenario_get(http: &reqwest::Client) {
         outcome(&r),
         ms(start.elapsed()),
     ]);
+    // Only transient failures are retried: a 404 is the answer, sent once.
+    let server = FaultServer::start(Script::always(Action::status(404))).await;
+    let start = Instant::now();
+    let r = profile(http, &server.url("/users/8")).await;
+    claim(
+        server.count() == 1
+            && r.as_ref()
+                .is_err_and(|e| e.attempts() == 1 && e.http_status() == Some(404)),
+        format!(
+            "#[resilient] GET of a missing user: 1 request, the 404 returned: {} sent, {}",
+            server.count(),
+            outcome(&r)
+        ),
+    );
+    t.row(vec![
+        "#[resilient] GET, user missing".into(),
+        server.count().to_string(),
+        saw(&server, &["404"]),
+        outcome(&r),
+        ms(start.elapsed()),
+    ]);
     t.print();
+    println!(
+        "   The reset and the 503 are transient: retried. The 404 is an answer: not retried.\n"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,8 +271,9 @@ async fn scenario_retry_after(http: &reqwest::Client) {
     heading(
         2,
         "A server that asks to wait: 429 with Retry-After",
-        "The wait is max(backoff, Retry-After). A Retry-After beyond max_retry_after (5 s here) or\n\
-         beyond the deadline ends the call at once instead of sleeping in vain.",
+        "The wait is max(backoff, Retry-After). A Retry-After beyond max_retry_after (5 s here)\n\
+         ends the call at once instead of sleeping in vain (so does one beyond the time left\n\
+         before the deadline), with the server's 429.",
     );
     let mut t = Table::new(&[
         "server answers",
@@ -286,7 +312,9 @@ async fn scenario_retry_after(http: &reqwest::Client) {
             claim(
                 // At once: not the 120 s asked, nor the 10 s deadline (bounds loose enough
                 // for a busy machine).
-                server.count() == 1 && r.is_err() && waited < Duration::from_secs(5),
+                server.count() == 1
+                    && r.as_ref().is_err_and(|e| e.http_status() == Some(429))
+                    && waited < Duration::from_secs(5),
                 format!(
                     "{label}: ended at once: {} sent, {}, {}",
                     server.count(),
@@ -354,14 +382,21 @@ async fn scenario_deadline(http: &reqwest::Client) {
     let server = FaultServer::start(Script::always(Action::stall())).await;
     let start = Instant::now();
     let r = inventory(http, &server.url("/stock")).await;
+    let took = start.elapsed();
     claim(
         // Its 1 s deadline, not five 300 ms attempts (1.7 s), which the attempts alone allow:
-        // at most three begin within it. A bound loose enough for a busy machine.
-        r.is_err() && server.count() <= 3 && start.elapsed() < Duration::from_secs(3),
+        // the timeouts retried, at most three begin within it, the last cut to the time left.
+        // An upper bound loose enough for a busy machine.
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::DeadlineExceeded)
+            && (2..=3).contains(&server.count())
+            && took >= Duration::from_millis(950)
+            && took < Duration::from_secs(3),
         format!(
-            "the call ends at its 1 s deadline: {} after {}",
+            "the call ends at its 1 s deadline, its timeouts retried: {} requests, {} after {}",
+            server.count(),
             outcome(&r),
-            ms(start.elapsed())
+            ms(took)
         ),
     );
     let labels = ["no answer", "no answer", "no answer", "no answer"];
@@ -390,6 +425,9 @@ async fn pay_hasty(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
         .await?)
 }
 
+/// The story's own remedy, a longer read timeout: right only while the gateway answers within
+/// it. Not the fix to copy for payments (`pay_keyed` below is): a slower answer repeats the
+/// incident.
 #[resilient(timeout = "300ms", max_attempts = 1)]
 async fn pay_patient(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(pg
@@ -504,22 +542,30 @@ async fn scenario_payment(http: &reqwest::Client) {
     )
     .await;
     let start = Instant::now();
-    let r = pay_keyed(http, &format!("http://{gateway}/orders")).await;
+    let (r, report) =
+        resilience_runtime::measure(pay_keyed(http, &format!("http://{gateway}/orders"))).await;
     let took = start.elapsed();
+    let attempts = report.map_or(0, |r| r.attempts);
     tokio::time::sleep(Duration::from_millis(120)).await;
     let charged = charges.load(Ordering::SeqCst);
     // What the last row's story says, checked: one charge, however the attempts went.
+    // The first attempt always times out (the handler takes 100 ms): at least two ran.
     claim(
-        charged == 1 && matches!(&r, Ok(v) if v.starts_with("order #1")),
+        charged == 1 && attempts >= 2 && matches!(&r, Ok(v) if v.starts_with("order #1")),
         format!(
-            "the keyed payment charges once and places the order: {charged} times, {}",
+            "the keyed payment, retried after its timeout, charges once and places the order: \
+             {attempts} attempts, charged {charged} times, {}",
             outcome(&r)
         ),
     );
     t.row(vec![
-        "50 ms, keyed, 4 attempts".into(),
+        format!("50 ms, keyed ({attempts} attempts of up to 4)"),
         outcome(&r),
-        format!("yes ({charged}x)"),
+        if charged > 0 {
+            format!("yes ({charged}x)")
+        } else {
+            "no".into()
+        },
         if r.is_ok() { "yes".into() } else { "no".into() },
         ms(took),
     ]);
@@ -577,6 +623,7 @@ async fn scenario_thread_pool() {
         "requests B got",
         "threads busy at next wave",
     ]);
+    let mut bare_b_requests = None;
     for (label, guard) in [
         ("plain reqwest", Guard::None),
         ("timeout 5u", Guard::TimeoutOnly),
@@ -586,17 +633,32 @@ async fn scenario_thread_pool() {
         // What the story says of each row, checked as `tests/incidents.rs` checks it (a
         // paused clock: the same figures on any machine).
         match guard {
-            Guard::None => claim(
-                r.busy_at_next_wave >= 100 && r.home_share() < 0.5,
-                format!("{label}: threads held, /home starved: {r:?}"),
-            ),
+            Guard::None => {
+                bare_b_requests = Some(r.b_requests);
+                claim(
+                    r.busy_at_next_wave >= 100 && r.home_share() < 0.5,
+                    format!("{label}: threads held, /home starved: {r:?}"),
+                )
+            }
             Guard::TimeoutOnly => claim(
-                r.busy_at_next_wave == 0 && r.home_share() >= 0.99,
-                format!("{label}: every thread free before the next wave: {r:?}"),
+                r.busy_at_next_wave == 0
+                    && r.home_share() >= 0.99
+                    && r.checkout_ok == 0
+                    && r.checkout_failed_fast == r.checkout_sent,
+                format!(
+                    "{label}: every checkout failed fast, every thread free before the next \
+                     wave: {r:?}"
+                ),
             ),
             Guard::Policy => claim(
-                r.home_share() >= 0.99,
-                format!("{label}: /home served: {r:?}"),
+                r.home_share() >= 0.99
+                    && r.checkout_failed_fast > 0
+                    && bare_b_requests.is_some_and(|bare| r.b_requests < bare),
+                format!(
+                    "{label}: /home served, checkouts refused before reaching B (B got {} \
+                     requests, {bare_b_requests:?} without a policy): {r:?}",
+                    r.b_requests
+                ),
             ),
         }
         t.row(vec![
@@ -614,10 +676,23 @@ async fn scenario_thread_pool() {
         ]);
     }
     t.print();
-    if let Some(b) = resilience_runtime::metrics::breaker("incident-b") {
+    // Read from the breaker and the bulkhead themselves, not told: each must have acted.
+    let breaker = resilience_runtime::metrics::breaker("incident-b");
+    let bulkhead = resilience_runtime::metrics::bulkhead("incident-b");
+    claim(
+        breaker
+            .as_ref()
+            .is_some_and(|b| b.opened > 0 && b.rejected > 0),
+        format!("the breaker in front of B opened and refused calls: {breaker:?}"),
+    );
+    claim(
+        bulkhead.is_some(),
+        "the bulkhead in front of B is registered".to_owned(),
+    );
+    if let (Some(b), Some(h)) = (breaker, bulkhead) {
         println!(
-            "   The breaker in front of B opened {} time(s), let probes through {} time(s), and refused {}\n   calls without sending them; the bulkhead and the timeout stopped the rest.\n",
-            b.opened, b.half_opened, b.rejected
+            "   The breaker in front of B opened {} time(s), let probes through {} time(s), and refused {}\n   calls without sending them; the bulkhead refused {} more (at most 50 at once); the timeout\n   ended the rest.\n",
+            b.opened, b.half_opened, b.rejected, h.rejected
         );
     }
 }
@@ -639,8 +714,9 @@ async fn scenario_retry_storm() {
         let r = on_a_paused_clock(move || retry_storm(budget, 300, 200)).await;
         let amplification = r.amplification();
         if budget {
+            // As `tests/incidents.rs` checks it: near 1.1 (its ratio), some retries let through.
             claim(
-                amplification < 1.5,
+                amplification > 1.0 && amplification <= 1.2,
                 format!("{label}: near 1 request per call, {amplification:.2}"),
             );
         } else {
@@ -1286,7 +1362,7 @@ async fn tour_instance(url: &str) {
         .await
         .expect("Redis, as for the tour that started this instance");
     resilience_runtime::ratelimit::use_redis(redis);
-    let http = reqwest::Client::new();
+    let http = ClientSettings::DEFAULT.build().expect("a reqwest client");
     let until = Instant::now() + SHARED_FOR;
     let worker = || async {
         let mut answered = 0u32;
@@ -1298,10 +1374,13 @@ async fn tour_instance(url: &str) {
         answered
     };
     let (a, b, c, d) = tokio::join!(worker(), worker(), worker(), worker());
-    // And how many of its decisions it took alone (Redis slower than 250 ms, or down).
-    let local =
-        resilience_runtime::metrics::rate_limit("tour_partner").map_or(0, |s| s.local_fallbacks);
-    println!("{} {local}", a + b + c + d);
+    // And how many of its decisions it took alone (Redis slower than 250 ms, failing, or
+    // down), of how many.
+    let (local, decisions) = resilience_runtime::metrics::rate_limit("tour_partner")
+        .map_or((0, 0), |s| {
+            (s.local_fallbacks, s.admitted + s.waited + s.rejected)
+        });
+    println!("{} {local} {decisions}", a + b + c + d);
 }
 
 async fn scenario_shared_limit() {
@@ -1338,11 +1417,15 @@ async fn scenario_shared_limit() {
     };
     let (one, two) = tokio::join!(spawn(), spawn());
     // Each instance prints what it was answered and how many decisions it took alone.
-    let report = |o: &std::io::Result<std::process::Output>| -> Option<(u64, u64)> {
+    let report = |o: &std::io::Result<std::process::Output>| -> Option<(u64, u64, u64)> {
         let o = o.as_ref().ok().filter(|o| o.status.success())?;
         let text = String::from_utf8_lossy(&o.stdout);
         let mut words = text.split_whitespace().map(str::parse::<u64>);
-        Some((words.next()?.ok()?, words.next()?.ok()?))
+        Some((
+            words.next()?.ok()?,
+            words.next()?.ok()?,
+            words.next()?.ok()?,
+        ))
     };
     let (one_report, two_report) = (report(&one), report(&two));
     let answered = |o: std::io::Result<std::process::Output>| -> String {
@@ -1383,8 +1466,17 @@ async fn scenario_shared_limit() {
     );
     // The partner saw what one limit allows over the time both ran (its burst, then 20 a
     // second), not two limits' worth; unless Redis was slow enough that an instance decided
-    // alone (by design: then it is said, not checked).
+    // alone (by design: then it is said, and the bound not checked). Most decisions must be
+    // Redis's even so: a script that failed at every call would leave them all local.
     let local = one_report.map_or(0, |r| r.1) + two_report.map_or(0, |r| r.1);
+    let decisions = one_report.map_or(0, |r| r.2) + two_report.map_or(0, |r| r.2);
+    claim(
+        decisions > 0 && local * 4 <= decisions && saw >= 2,
+        format!(
+            "Redis took most of the {decisions} decisions ({local} local), the partner was \
+             called ({saw} requests)"
+        ),
+    );
     // Over the time the partner was called (not the instances' start-up): first to last.
     let seen = server.requests();
     let called_for = match (seen.first(), seen.last()) {
@@ -1403,7 +1495,10 @@ async fn scenario_shared_limit() {
             ),
         );
     } else {
-        println!("   Redis was slow: {local} decisions were taken by an instance alone.\n");
+        println!(
+            "   Redis was slow or failing: {local} of {decisions} decisions were taken by an \
+             instance alone.\n"
+        );
     }
 }
 
@@ -1528,6 +1623,14 @@ async fn main() {
     if let Ok(url) = std::env::var(TOUR_INSTANCE) {
         return tour_instance(&url).await;
     }
+    // Each attempt's span and event, as a service's log shows them, when asked for:
+    // `RUST_LOG=resilience_runtime=info cargo run --example tour` (off by default, so the
+    // tables stay readable).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let started = std::time::Instant::now();
     println!("resilience: a tour, against a misbehaving server on 127.0.0.1\n");
     // A connect timeout shorter than every attempt timeout of the tour (50 ms the shortest),
@@ -1555,8 +1658,9 @@ async fn main() {
     println!("\nwhere to look next:");
     println!("  metrics:  cargo run --example metrics_service --features metrics");
     println!("            then curl http://127.0.0.1:PORT/metrics (the port it prints)");
-    println!("  traces:   a span per call, an HTTP client span per attempt; with the");
-    println!("            opentelemetry feature they join the caller's trace: README,");
+    println!("  traces:   a span per call, an HTTP client span per attempt, an event per");
+    println!("            retry and give-up: RUST_LOG=resilience_runtime=info before the command;");
+    println!("            with the opentelemetry feature they join the caller's trace: README,");
     println!("            Observability, and tests/otel.rs for a trace across two services");
     let not_held = NOT_HELD.lock().unwrap_or_else(|e| e.into_inner());
     if !not_held.is_empty() {
