@@ -702,10 +702,14 @@ return 1",
 
     /// Shares every rate limit declared `store = "redis"` through this Redis, process-wide.
     /// The first connection given stays (this one, [`connect_redis`]'s or
-    /// [`use_redis_cluster`]'s); later calls return `false`. The connection is used as it is:
-    /// its response timeout (the client's default, 500 ms) is what makes it reconnect after a
-    /// Redis host vanished without a reset; one without a response timeout waits until the
-    /// kernel gives up on the socket. [`connect_redis`] makes a connection that is watched.
+    /// [`use_redis_cluster`]'s); later calls return `false`. The connection is used as it is,
+    /// not watched: after a Redis host vanished without a reset it waits until the kernel
+    /// gives up on the socket (some fifteen minutes, each instance deciding alone meanwhile:
+    /// the limiter gives up on Redis after 250 ms, before a response timeout of the client's
+    /// could end a command, and the client reconnects on a dropped connection, not on a
+    /// timeout), and after a failover that left it on a Redis become a replica, every
+    /// decision is local for as long as the process lives. [`connect_redis`] makes a
+    /// connection that is watched for both.
     pub fn use_redis(conn: ConnectionManager) -> bool {
         CONN.set(RedisConn::Single(conn)).is_ok()
     }
@@ -715,7 +719,8 @@ return 1",
     /// connection watched as `RedisStore::connect`'s is: one that leaves every command
     /// unanswered for 2 s (a Redis host that vanished without a reset: powered off, cut off
     /// by a partition) is replaced by a new one, where the client alone would wait for the
-    /// kernel to give up on the socket, some fifteen minutes of each instance deciding alone.
+    /// kernel to give up on the socket, some fifteen minutes of each instance deciding alone;
+    /// and one answered `READONLY` (a failover moved the address to a new master) at once.
     /// `Ok(false)`: a connection was given already, and stays.
     pub async fn connect_redis(url: &str) -> redis::RedisResult<bool> {
         let client = redis::Client::open(url)?;

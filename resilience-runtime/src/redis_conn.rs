@@ -137,7 +137,7 @@ impl ConnectionLike for RedisConn {
                 Box::pin(async move {
                     let mut c = w.issue();
                     let answer = c.req_packed_command(cmd).await;
-                    w.answered();
+                    w.answered(answer.as_ref().map_or_else(read_only_error, read_only));
                     answer
                 })
             }
@@ -158,7 +158,11 @@ impl ConnectionLike for RedisConn {
                 Box::pin(async move {
                     let mut c = w.issue();
                     let answer = c.req_packed_commands(cmd, offset, count).await;
-                    w.answered();
+                    w.answered(
+                        answer
+                            .as_ref()
+                            .map_or_else(read_only_error, |v| v.iter().any(read_only)),
+                    );
                     answer
                 })
             }
@@ -195,8 +199,37 @@ const PING_WITHIN: Duration = Duration::from_secs(1);
 /// them. A Redis that is only frozen (its kernel still answers) gets a try every
 /// [`UNANSWERED_FOR`] too, each bounded by the connection timeout, and the connection that
 /// answers first after it thaws is kept.
+///
+/// A Redis that answers writes with `READONLY` has become a replica (a failover behind a
+/// Sentinel, a virtual address or a DNS name moved to the new master, `REPLICAOF` on the old
+/// one): it keeps its connections open and answers every script so, and the client does not
+/// reconnect on an answer. A new connection is made at once (at most once per
+/// [`READONLY_RETRY`]), which reaches whatever the address names now.
 #[derive(Clone)]
 pub(crate) struct Watched(std::sync::Arc<WatchedState>);
+
+/// How often a connection answered `READONLY` is replaced at most: the address may still name
+/// a replica (not yet moved, or named so by mistake).
+const READONLY_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether Redis refused a write because it is a replica: `READONLY` (Redis 7), or a script's
+/// error that says so (Redis 6 wraps it in `ERR Error running script …`). The client hands a
+/// server's error on as an answer (`Value::ServerError`), made an `Err` later.
+fn read_only(answer: &Value) -> bool {
+    match answer {
+        Value::ServerError(e) => {
+            e.kind() == Some(ServerErrorKind::ReadOnly)
+                || e.details().is_some_and(|d| d.contains("READONLY"))
+        }
+        _ => false,
+    }
+}
+
+/// [`read_only`], of an error the client made of an answer.
+fn read_only_error(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+        || matches!(e.kind(), ErrorKind::Server(_)) && e.to_string().contains("READONLY")
+}
 
 struct WatchedState {
     conn: arc_swap::ArcSwap<ConnectionManager>,
@@ -206,6 +239,9 @@ struct WatchedState {
     /// `epoch`, plus one; 0: none waiting).
     unanswered_since: std::sync::atomic::AtomicU64,
     replacing: std::sync::atomic::AtomicBool,
+    /// When a connection answered `READONLY` was last replaced (as `unanswered_since`; 0:
+    /// never).
+    read_only_at: std::sync::atomic::AtomicU64,
 }
 
 impl Watched {
@@ -218,6 +254,7 @@ impl Watched {
             epoch: std::time::Instant::now(),
             unanswered_since: std::sync::atomic::AtomicU64::new(0),
             replacing: std::sync::atomic::AtomicBool::new(false),
+            read_only_at: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 
@@ -280,11 +317,37 @@ impl Watched {
         ConnectionManager::clone(&self.0.conn.load())
     }
 
-    /// A command was answered (a reply or an error): the connection is alive.
-    fn answered(&self) {
-        self.0
-            .unanswered_since
-            .store(0, std::sync::atomic::Ordering::Release);
+    /// A command was answered (a reply or an error): the connection is alive. An answer that
+    /// Redis is a replica now replaces it (see [`Watched`]).
+    fn answered(&self, read_only: bool) {
+        use std::sync::atomic::Ordering;
+        self.0.unanswered_since.store(0, Ordering::Release);
+        if !read_only {
+            return;
+        }
+        let now = self.now();
+        let last = self.0.read_only_at.load(Ordering::Acquire);
+        if last != 0 && now.saturating_sub(last) < READONLY_RETRY.as_nanos() as u64
+            || self.0.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.0.read_only_at.store(now, Ordering::Release);
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(conn)) = tokio::time::timeout(
+                UNANSWERED_FOR,
+                ConnectionManager::new_with_config(state.client.clone(), single_config()),
+            )
+            .await
+            {
+                state.conn.store(std::sync::Arc::new(conn));
+                tracing::warn!(
+                    "Redis answered READONLY (a replica now, after a failover?): a new connection replaces the old one"
+                );
+            }
+            state.replacing.store(false, Ordering::Release);
+        });
     }
 }
 

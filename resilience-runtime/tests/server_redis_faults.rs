@@ -704,3 +704,63 @@ async fn a_redis_that_paused_keeps_its_connection() {
         "the connection was replaced"
     );
 }
+
+/// A failover: the address the store connected to moves to a new master, and the old one,
+/// demoted (`REPLICAOF`), keeps the store's connection open and answers every write
+/// `READONLY`. Within a few seconds keyed requests are served again, on a new connection to
+/// the new master, each run once; not answered 503 for as long as the process lives.
+#[tokio::test]
+async fn a_redis_demoted_to_a_replica_is_left_for_the_new_master() {
+    // The replication's copy of the data kept off the disk (no `dump.rdb` left behind).
+    let diskless = &[
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-load",
+        "swapdb",
+    ];
+    let Some(old) = Redis::start_with(diskless).await else {
+        return;
+    };
+    let Some(new) = Redis::start_with(diskless).await else {
+        return;
+    };
+    let proxy = BlackHole::start(old.port).await;
+    let store: Store = Arc::new(
+        RedisStore::connect(&proxy.url())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    // The layer as a service writes it: the store's defaults.
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let url = app.url("/orders");
+    assert_eq!(post(&url, Some(&fresh_key()), "x").await.status, 201);
+    // The failover: the old master follows the new one, and the address names the new one.
+    let demoted = old
+        .run(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(new.port))
+        .await;
+    assert!(demoted.is_ok(), "{demoted:?}");
+    proxy.point_at(new.port);
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = post(&url, Some(&fresh_key()), "x").await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        refused += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "still 503 after {:?} ({refused} refused)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the demoted server was asked first");
+    // Every request that got through ran its handler once; those refused ran nothing.
+    assert_eq!(count(&app.runs.orders), 2);
+    // And what it stored is on the new master.
+    let again = post(&url, Some(&fresh_key()), "x").await;
+    assert_eq!(again.status, 201, "{again:?}");
+}

@@ -92,9 +92,13 @@ impl RedisStore {
     /// A connection that leaves every command unanswered for 2 s (a Redis whose host vanished
     /// without a reset: powered off, cut off by a partition, replaced at the same address) is
     /// replaced by a new one, where the client alone would wait for the kernel to give up on
-    /// the socket, some fifteen minutes of 503s. A connection given to [`new`](Self::new) is
-    /// not: give its `redis::Client` TCP keepalive and a `TCP_USER_TIMEOUT`
-    /// (`redis::io::tcp::TcpSettings`) for the same.
+    /// the socket, some fifteen minutes of 503s. So is one answered `READONLY` (the Redis it
+    /// reached became a replica, in a failover that moved its address to the new master: it
+    /// keeps the connection open and refuses every write, and the client does not reconnect
+    /// on an answer), at once, at most once a second. A connection given to
+    /// [`new`](Self::new) is not watched: give its `redis::Client` TCP keepalive and a
+    /// `TCP_USER_TIMEOUT` (`redis::io::tcp::TcpSettings`) for the first; nothing replaces it
+    /// after a failover.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = Client::open(url).map_err(StoreError::new)?;
         let conn = redis_conn::Watched::connect(client)

@@ -153,6 +153,8 @@ impl Drop for Redis {
 /// partition or a power cut leaves them), while new ones are carried as before.
 pub struct BlackHole {
     pub port: u16,
+    /// Where new connections are carried to ([`BlackHole::point_at`]).
+    pub to: Arc<std::sync::atomic::AtomicU16>,
     pub cut_at: Arc<std::sync::atomic::AtomicUsize>,
     /// How many connections it accepted.
     pub made: Arc<std::sync::atomic::AtomicUsize>,
@@ -164,6 +166,8 @@ impl BlackHole {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(to));
+        let target_of_new = target.clone();
         // Connections numbered from 1; those numbered up to `cut_at` carry nothing.
         let cut_at = Arc::new(AtomicUsize::new(0));
         let cut = cut_at.clone();
@@ -174,6 +178,7 @@ impl BlackHole {
             while let Ok((client, _)) = listener.accept().await {
                 n += 1;
                 count.store(n, Ordering::SeqCst);
+                let to = target_of_new.load(Ordering::SeqCst);
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
                     continue;
                 };
@@ -207,7 +212,18 @@ impl BlackHole {
                 }
             }
         });
-        BlackHole { port, cut_at, made }
+        BlackHole {
+            port,
+            to: target,
+            cut_at,
+            made,
+        }
+    }
+
+    /// New connections go to `port` from now on (an address moved to a new master); those
+    /// made before stay where they were.
+    pub fn point_at(&self, port: u16) {
+        self.to.store(port, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
