@@ -300,13 +300,7 @@ impl Watched {
                 });
                 if alive {
                     state.unanswered_since.store(0, Ordering::Release);
-                } else if let Ok(Ok(conn)) = tokio::time::timeout(
-                    UNANSWERED_FOR,
-                    ConnectionManager::new_with_config(state.client.clone(), single_config()),
-                )
-                .await
-                {
-                    state.conn.store(std::sync::Arc::new(conn));
+                } else if state.replace().await {
                     tracing::warn!(
                         "Redis left every command unanswered for {UNANSWERED_FOR:?}, and a PING for {PING_WITHIN:?}: a new connection replaces the old one"
                     );
@@ -335,19 +329,32 @@ impl Watched {
         self.0.read_only_at.store(now, Ordering::Release);
         let state = self.0.clone();
         tokio::spawn(async move {
-            if let Ok(Ok(conn)) = tokio::time::timeout(
-                UNANSWERED_FOR,
-                ConnectionManager::new_with_config(state.client.clone(), single_config()),
-            )
-            .await
-            {
-                state.conn.store(std::sync::Arc::new(conn));
+            if state.replace().await {
                 tracing::warn!(
                     "Redis answered READONLY (a replica now, after a failover?): a new connection replaces the old one"
                 );
             }
             state.replacing.store(false, Ordering::Release);
         });
+    }
+}
+
+impl WatchedState {
+    /// Makes a new connection (within [`UNANSWERED_FOR`]) and uses it from now on: `true`
+    /// when it did.
+    async fn replace(&self) -> bool {
+        let made = tokio::time::timeout(
+            UNANSWERED_FOR,
+            ConnectionManager::new_with_config(self.client.clone(), single_config()),
+        )
+        .await;
+        match made {
+            Ok(Ok(conn)) => {
+                self.conn.store(std::sync::Arc::new(conn));
+                true
+            }
+            _ => false,
+        }
     }
 }
 

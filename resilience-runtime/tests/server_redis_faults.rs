@@ -648,6 +648,27 @@ async fn through(proxy: &BlackHole) -> (Store, server_support::App) {
     (store, app)
 }
 
+/// Keyed requests, 100 ms apart, until one is served (201): how many were refused (503) before,
+/// within 8 s.
+async fn refused_until_served(url: &str) -> usize {
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = post(url, Some(&fresh_key()), "x").await;
+        if r.status == 201 {
+            return refused;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        refused += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "still 503 after {:?} ({refused} refused)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The Redis host vanishes without a reset (its connections carry nothing, and nothing closes
 /// them), and a Redis answers at the same address: within a few seconds keyed requests are
 /// served again on a new connection, not answered 503 until the kernel gives up on the socket.
@@ -661,22 +682,7 @@ async fn a_redis_gone_without_a_reset_is_reconnected() {
     let url = app.url("/orders");
     // The store's one connection so far; new ones are carried.
     proxy.cut(1);
-    let started = Instant::now();
-    let mut refused = 0;
-    loop {
-        let r = post(&url, Some(&fresh_key()), "x").await;
-        if r.status == 201 {
-            break;
-        }
-        assert_eq!(r.status, 503, "{r:?}");
-        refused += 1;
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "still 503 after {:?} ({refused} refused)",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = refused_until_served(&url).await;
     assert!(refused > 0, "the cut connection was used first");
 }
 
@@ -741,22 +747,7 @@ async fn a_redis_demoted_to_a_replica_is_left_for_the_new_master() {
         .await;
     assert!(demoted.is_ok(), "{demoted:?}");
     proxy.point_at(new.port);
-    let started = Instant::now();
-    let mut refused = 0;
-    loop {
-        let r = post(&url, Some(&fresh_key()), "x").await;
-        if r.status == 201 {
-            break;
-        }
-        assert_eq!(r.status, 503, "{r:?}");
-        refused += 1;
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "still 503 after {:?} ({refused} refused)",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = refused_until_served(&url).await;
     assert!(refused > 0, "the demoted server was asked first");
     // Every request that got through ran its handler once; those refused ran nothing.
     assert_eq!(count(&app.runs.orders), 2);
