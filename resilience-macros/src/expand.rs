@@ -65,6 +65,17 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             let () = instrument_above_resilient;
         }
     });
+    // A rate limit shared through Redis, in a runtime built without Redis: a warning at the
+    // setting (see `__private::SHARED_RATE_LIMIT`).
+    let shared_rate_limit = plan
+        .shared
+        .rate_limit
+        .as_ref()
+        .filter(|(_, m)| m.store == resilience_policy::validate::RateStoreM::Redis)
+        .map(|_| {
+            let span = s.rate_limit.origin.span_or(Span::call_site());
+            quote_spanned! {span=> let () = #p::SHARED_RATE_LIMIT; }
+        });
     let ident = &sig.ident;
     // Every request the body sends goes through the attempt's stamping, by type.
     let mut block = (*f.block).clone();
@@ -523,6 +534,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         #vis #out_sig {
             #(#inner_attrs)*
             #instrument_above
+            #shared_rate_limit
             // Its type name is the function's path, impl type included (`function_path`).
             #track
             struct __ResilienceHere;

@@ -118,6 +118,17 @@ pub mod __private {
     pub use crate::report::kept as report_kept;
     pub use crate::session::{KeyArg, Next, Session, key_from};
 
+    /// Named by a function whose rate limit is `store = "redis"`: built without the runtime's
+    /// `redis` feature, such a limit is each instance's own, and the build says so (the
+    /// `deprecated` lint: the warning a macro can raise on stable) at the setting.
+    #[cfg_attr(
+        not(feature = "redis"),
+        deprecated(
+            note = "rate_limit store = \"redis\" needs resilience-runtime's `redis` feature: without it the limit is each instance's own, N instances letting N times the rate through. Turn the feature on (features = [\"redis\"]), or write store = \"local\""
+        )
+    )]
+    pub const SHARED_RATE_LIMIT: () = ();
+
     /// What the function returns: a `Result`, under whatever name.
     #[diagnostic::on_unimplemented(
         message = "#[resilient] needs a function returning `Result<T, E>`; `{Self}` is not a Result",
