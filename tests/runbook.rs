@@ -442,6 +442,12 @@ async fn a_breaker_opened_closed_and_reset_by_hand() {
 #[tokio::test(start_paused = true)]
 #[ignore = "run by overrides_from_the_environment_apply_at_start_up in a child process"]
 async fn child_with_overrides_from_the_environment() {
+    // Asked before the first call (an admin endpoint's health check), the environment's file
+    // is read and in force.
+    assert_eq!(
+        overrides::active(),
+        std::env::var_os(overrides::ENV).is_some()
+    );
     let c = reqwest::Client::new();
     let server =
         FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(2)))).await;
@@ -602,6 +608,118 @@ fn sighup_reloads_the_overrides() {
     let status = child.wait().unwrap();
     assert!(status.success(), "the child saw no reload");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Run as a child process, `RESILIENCE_OVERRIDES` unset: applies a file by hand (the lookup
+/// lengthened to 5 s), reloads on SIGHUP, and must keep it across the signal its parent sends
+/// (there is no file of the environment's to reload). Then reloads the file by hand on SIGHUP
+/// (`reload_file_on_sighup`): the parent rewrites it and signals again.
+#[cfg(unix)]
+#[tokio::test]
+#[ignore = "run by a_sighup_without_the_variable_keeps_the_overrides_applied_by_hand"]
+async fn child_keeping_its_overrides_on_sighup() {
+    let file = std::path::PathBuf::from(std::env::var("RUNBOOK_FILE").unwrap());
+    let signalled = std::path::PathBuf::from(std::env::var("RUNBOOK_SIGNALLED").unwrap());
+    let wait_for = |path: std::path::PathBuf| async move {
+        for _ in 0..500 {
+            if path.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} never came", path.display());
+    };
+    overrides::apply_file(&file).unwrap();
+    overrides::reload_on_sighup().unwrap();
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(1500)),
+    ))
+    .await;
+    assert!(lookup(&c, &server.url("/")).await.is_ok(), "5 s by hand");
+    println!("ready");
+    wait_for(signalled.clone()).await;
+    // The signal handled (a bounded wait), the override is still in force.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(overrides::active(), "the SIGHUP cleared the overrides");
+    assert!(
+        lookup(&c, &server.url("/")).await.is_ok(),
+        "back to 1 s after the SIGHUP"
+    );
+    // Now the service's own file, reloaded on SIGHUP: the parent shortens the lookup again.
+    overrides::reload_file_on_sighup(&file).unwrap();
+    println!("again");
+    wait_for(signalled.with_extension("again")).await;
+    for _ in 0..100 {
+        if lookup(&c, &server.url("/")).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the file reloaded on SIGHUP did not shorten the timeout");
+}
+
+/// Outside a tokio runtime (a synchronous `main` before the runtime is built): an error, not
+/// tokio's panic.
+#[cfg(unix)]
+#[test]
+fn reloading_on_sighup_outside_a_runtime_is_an_error() {
+    let e = overrides::reload_on_sighup().unwrap_err();
+    assert!(e.to_string().contains("tokio runtime"), "{e}");
+    assert!(overrides::reload_file_on_sighup("overrides.toml").is_err());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_sighup_without_the_variable_keeps_the_overrides_applied_by_hand() {
+    use std::io::BufRead as _;
+    let (dir, file) = override_file(
+        "sighup-by-hand",
+        "[functions.\"runbook::lookup\"]\ntimeout = \"5s\"\ndeadline = \"30s\"\n",
+    );
+    let signalled = dir.join("signalled");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_keeping_its_overrides_on_sighup",
+            "--nocapture",
+        ])
+        .env_remove(overrides::ENV)
+        .env("RUNBOOK_FILE", &file)
+        .env("RUNBOOK_SIGNALLED", &signalled)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    let mut wait_for = |what: &str| {
+        assert!(
+            lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.contains(what)),
+            "the child did not say {what}"
+        );
+    };
+    let hup = |pid: u32| {
+        let kill = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    };
+    wait_for("ready");
+    hup(child.id());
+    std::fs::write(&signalled, "").unwrap();
+    wait_for("again");
+    std::fs::write(&file, "[functions.\"runbook::lookup\"]\ntimeout = \"1s\"\n").unwrap();
+    hup(child.id());
+    std::fs::write(signalled.with_extension("again"), "").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(status.success(), "the child's checks failed: {rest:#?}");
 }
 
 #[resilient(

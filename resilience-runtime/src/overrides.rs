@@ -340,15 +340,55 @@ fn reload_now() -> Result<Vec<Change>, OverrideError> {
 /// Reloads the overrides (as [`reload`] does) every time the process receives SIGHUP, from a
 /// task on the current tokio runtime; each outcome is logged. Call it once at start-up.
 ///
+/// With [`ENV`] unset when the signal comes, there is no file to reload: the overrides in
+/// force (those applied by hand included) stay, and a warning says so; a SIGHUP sent for
+/// another reason (a log rotation's) does not take back an incident's settings. A service
+/// that applies its own file reloads it with [`reload_file_on_sighup`].
+///
 /// # Errors
 ///
-/// When the signal handler cannot be installed.
+/// When the signal handler cannot be installed, or it is called outside a tokio runtime (the
+/// runtime must have IO enabled, `enable_io` or `enable_all`: tokio panics otherwise).
 #[cfg(unix)]
 pub fn reload_on_sighup() -> std::io::Result<tokio::task::JoinHandle<()>> {
+    on_sighup(None)
+}
+
+/// Applies the file at `path` (as [`apply_file`] does) every time the process receives
+/// SIGHUP, for a service that applies its own override file rather than the one [`ENV`]
+/// names; as [`reload_on_sighup`] otherwise.
+///
+/// # Errors
+///
+/// As [`reload_on_sighup`].
+#[cfg(unix)]
+pub fn reload_file_on_sighup(
+    path: impl Into<std::path::PathBuf>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    on_sighup(Some(path.into()))
+}
+
+#[cfg(unix)]
+fn on_sighup(file: Option<std::path::PathBuf>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(std::io::Error::other(
+            "reloading the overrides on SIGHUP needs a tokio runtime (with IO enabled): call it inside one",
+        ));
+    }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match reload() {
+            let outcome = match &file {
+                Some(path) => apply_file(path),
+                None if std::env::var_os(ENV).is_none() => {
+                    tracing::warn!(
+                        "SIGHUP: {ENV} is not set, no file to reload: the overrides in force stay (a service applying its own file reloads it with reload_file_on_sighup)"
+                    );
+                    continue;
+                }
+                None => reload(),
+            };
+            match outcome {
                 Ok(changes) => tracing::info!(
                     changes = changes.len(),
                     "SIGHUP: run-time overrides reloaded"
@@ -551,7 +591,11 @@ fn plan_all<'a>(
 
 /// Whether an override file is in place (one that overrides something): while none is, a
 /// call pays one relaxed atomic load for the overrides, nothing more.
+///
+/// Reads the environment's file first if no call has yet (as [`unmatched`] and [`refused`]
+/// do): an admin endpoint asked before the first annotated call sees the file [`ENV`] names.
 pub fn active() -> bool {
+    read_env_once();
     ACTIVE.load(Ordering::Acquire)
 }
 
