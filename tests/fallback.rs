@@ -38,6 +38,54 @@ async fn a_final_failure_calls_the_fallback_with_the_same_arguments() {
     assert_eq!(price(&c, ok.url("/price")).await.unwrap(), "12");
 }
 
+/// `fallback_on` from `[defaults]`: applies to the function with a fallback (its own failure,
+/// a 503, is not among the kinds: returned as it is; the deadline is: answered by the
+/// fallback), and builds the one without.
+#[resilient(
+    config = "tests/policies/defaults_fallback_on.toml",
+    timeout = "500ms",
+    deadline = "500ms",
+    max_attempts = 1,
+    budget = false,
+    fallback = cached
+)]
+async fn price_by_house_rule(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    config = "tests/policies/defaults_fallback_on.toml",
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false
+)]
+async fn no_fallback_under_the_house_rule(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_on_in_defaults_applies_where_there_is_a_fallback() {
+    let c = reqwest::Client::new();
+    let busy = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = price_by_house_rule(&c, busy.url("/price"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "not a chosen kind: {e}");
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let url = stalled.url("/price");
+    assert_eq!(
+        price_by_house_rule(&c, url.clone()).await.unwrap(),
+        format!("cached {url}")
+    );
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        no_fallback_under_the_house_rule(&c, &ok.url("/"))
+            .await
+            .unwrap(),
+        200
+    );
+}
+
 async fn stale(_c: &reqwest::Client, _url: &str) -> Result<u16, Error> {
     Ok(299)
 }

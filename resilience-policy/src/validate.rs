@@ -1090,7 +1090,13 @@ pub fn check_hedge(diags: &mut Diags, s: &Settings, method: Option<&Set<Method>>
 pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span) {
     match &s.fallback {
         None => {
-            if !matches!(s.fallback_on.origin, Origin::Builtin) {
+            // A house rule in `[defaults]` (`fallback_on = ["circuit_open"]`) is for the
+            // functions that have a fallback: the others have nothing to call, and are fine.
+            let from_defaults = matches!(
+                &s.fallback_on.origin,
+                Origin::File { table, .. } if table == "defaults"
+            );
+            if !matches!(s.fallback_on.origin, Origin::Builtin) && !from_defaults {
                 diags.push(
                     s.fallback_on.origin.span_or(fb),
                     format!(
