@@ -130,12 +130,11 @@ impl Cluster {
             .collect()
     }
 
-    /// Which node (index) serves each Redis key, asked of the cluster itself.
-    async fn owners(&self, keys: &[String]) -> Vec<usize> {
+    /// Each node's slot ranges (by port), asked of the cluster itself.
+    async fn ranges(&self) -> BTreeMap<u16, Vec<(u16, u16)>> {
         let nodes = query(self.nodes[0].port, &["CLUSTER", "NODES"])
             .await
             .expect("CLUSTER NODES");
-        // port -> slot ranges
         let mut ranges: BTreeMap<u16, Vec<(u16, u16)>> = BTreeMap::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
@@ -152,6 +151,12 @@ impl Cluster {
                 }
             }
         }
+        ranges
+    }
+
+    /// Which node (index) serves each Redis key, and in which slot, asked of the cluster.
+    async fn owners_and_slots(&self, keys: &[String]) -> Vec<(usize, u16)> {
+        let ranges = self.ranges().await;
         let mut out = Vec::new();
         for key in keys {
             let slot: u16 = query(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
@@ -164,9 +169,18 @@ impl Cluster {
                 .find(|(_, r)| r.iter().any(|&(a, b)| a <= slot && slot <= b))
                 .map(|(p, _)| *p)
                 .expect("every slot served");
-            out.push(self.nodes.iter().position(|n| n.port == port).unwrap());
+            out.push((
+                self.nodes.iter().position(|n| n.port == port).unwrap(),
+                slot,
+            ));
         }
         out
+    }
+
+    /// Which node (index) serves each Redis key, asked of the cluster itself.
+    async fn owners(&self, keys: &[String]) -> Vec<usize> {
+        let owners = self.owners_and_slots(keys).await;
+        owners.into_iter().map(|(node, _)| node).collect()
     }
 
     fn signal(&self, node: usize, signal: &str) {
@@ -258,6 +272,75 @@ async fn keys_per_node(cluster: &Cluster, per: usize) -> Vec<Vec<String>> {
         }
     }
     out
+}
+
+/// With the layer's defaults (a store that did not answer a claim is taken as down for a
+/// second): a frozen master takes only its own keys down, answered 503 at once after the first
+/// timeout of their part, while the other masters' keys are served; before, every master's
+/// keys were refused for as long as one was frozen.
+#[tokio::test]
+async fn a_frozen_master_takes_only_its_own_keys_down() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let store: Store = Arc::new(
+        RedisStore::connect_cluster(cluster.urls())
+            .await
+            .expect("connect")
+            .prefix(PREFIX),
+    );
+    let app = serve(&store, IdempotencyLayer::new(store.clone())).await;
+    let url = app.url("/orders");
+    let frozen = 0;
+    // The store's parts (128 slots each) that hold any of the frozen master's slots: keys of
+    // the other masters are taken outside them (a part at the edge of two ranges goes down
+    // with either master).
+    let frozen_port = cluster.nodes[frozen].port;
+    let frozen_parts: std::collections::BTreeSet<u16> = cluster.ranges().await[&frozen_port]
+        .iter()
+        .flat_map(|&(a, b)| a / 128..=b / 128)
+        .collect();
+    let mut mine = Vec::new();
+    let mut others = Vec::new();
+    while mine.len() < 4 || others.len() < 6 {
+        let keys: Vec<String> = (0..16).map(|_| fresh_key()).collect();
+        let redis_keys: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{PREFIX}{}",
+                    record_key(&reqwest::Method::POST, "/orders", k, None)
+                )
+            })
+            .collect();
+        for (key, (node, slot)) in keys
+            .into_iter()
+            .zip(cluster.owners_and_slots(&redis_keys).await)
+        {
+            if node == frozen {
+                mine.push(key);
+            } else if !frozen_parts.contains(&(slot / 128)) {
+                others.push(key);
+            }
+        }
+    }
+    cluster.signal(frozen, "-STOP");
+    // The frozen master's keys: refused in time (the first of a part after the store timeout,
+    // the next at once).
+    for key in &mine[..4] {
+        let started = Instant::now();
+        let refused = post(&url, Some(key), "x").await;
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // The other masters' keys, within the second the frozen one's parts are taken as down:
+    // served.
+    for key in &others[..6] {
+        let served = post(&url, Some(key), "x").await;
+        assert_eq!(served.status, 201, "another master's key: {served:?}");
+    }
+    assert_eq!(count(&app.runs.orders), 6);
+    cluster.signal(frozen, "-CONT");
 }
 
 #[tokio::test]

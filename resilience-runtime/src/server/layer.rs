@@ -134,7 +134,9 @@ impl fmt::Debug for Config {
 /// responses it could not store yet, and the keys whose handlers run here now.
 #[derive(Default)]
 struct State {
-    down_until: Mutex<Option<Instant>>,
+    /// Until when each part of the store ([`IdempotencyStore::part`]) is taken as down
+    /// (grown to the highest part marked).
+    down_until: Mutex<Vec<Option<Instant>>>,
     pending: Mutex<HashMap<Arc<str>, StoredResponse>>,
     /// The keys (and claims) whose handlers this layer runs now: a repeat is answered
     /// 409 from here whatever the store says, so that a claim the store lost (its lease ran
@@ -196,15 +198,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// How long the store is still taken as down, if it is.
-    fn down_for(&self, now: Instant) -> Option<Duration> {
+    /// How long the store's part `part` is still taken as down, if it is.
+    fn down_for(&self, part: usize, now: Instant) -> Option<Duration> {
         lock(&self.down_until)
+            .get(part)
+            .copied()
+            .flatten()
             .filter(|until| *until > now)
             .map(|until| until - now)
     }
 
-    fn mark_down(&self, for_: Duration) {
-        *lock(&self.down_until) = Some(super::after(Instant::now(), for_));
+    fn mark_down(&self, part: usize, for_: Duration) {
+        let mut down = lock(&self.down_until);
+        let part = part.min(super::STORE_PARTS - 1);
+        if down.len() <= part {
+            down.resize(part + 1, None);
+        }
+        down[part] = Some(super::after(Instant::now(), for_));
     }
 
     fn pending(&self, key: &str) -> Option<StoredResponse> {
@@ -438,7 +448,9 @@ impl IdempotencyLayer {
     }
 
     /// After a claim that got no answer within the [store timeout](Self::store_timeout), how
-    /// long the store is taken as down: keyed requests get 503 at once, without a store call. Default: 1 s (that 503's `Retry-After` says how much of it is left, in whole seconds). Zero asks the
+    /// long the store is taken as down: keyed requests get 503 at once, without a store call
+    /// (in a store of parts that fail apart, a Redis Cluster, only the keys of the part that
+    /// did not answer: [`IdempotencyStore::part`]). Default: 1 s (that 503's `Retry-After` says how much of it is left, in whole seconds). Zero asks the
     /// store every time.
     pub fn store_down_for(mut self, for_: Duration) -> Self {
         self.config_mut().store_down_for = for_.min(super::FOREVER);
@@ -847,7 +859,8 @@ where
         }
         Local::Unknown => {}
     }
-    if let Some(left) = config.state.down_for(Instant::now()) {
+    let part = config.store.part(&store_key);
+    if let Some(left) = config.state.down_for(part, Instant::now()) {
         tally.count(Served::StoreUnavailable);
         return Ok(unavailable(&config, left));
     }
@@ -893,7 +906,7 @@ where
                     again = config.store_down_for;
                     // A store that fails fast (full, refusing) is answered fast anyway; one
                     // that does not answer in time is taken as down for a while.
-                    config.state.mark_down(config.store_down_for);
+                    config.state.mark_down(part, config.store_down_for);
                     StoreError::new(format!(
                         "no answer within the store timeout of {:?}",
                         config.store_timeout
@@ -1407,6 +1420,13 @@ impl<S: IdempotencyStore> IdempotencyStore for Unwinding<S> {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
         Self::guard(|| self.0.get(key))
+    }
+
+    /// A store's own `part` that panics, or names a part beyond the last, is one part: the
+    /// last.
+    fn part(&self, key: &str) -> usize {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.0.part(key)))
+            .map_or(super::STORE_PARTS - 1, |p| p.min(super::STORE_PARTS - 1))
     }
 }
 

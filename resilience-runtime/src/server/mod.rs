@@ -220,7 +220,7 @@ pub use memory::MemoryStore;
 pub use record::{DecodeError, Fingerprint, InFlight, Record, StoredResponse};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
-pub use store::{BoxFuture, Claim, IdempotencyStore, StoreError};
+pub use store::{BoxFuture, Claim, IdempotencyStore, STORE_PARTS, StoreError};
 
 /// The longest any of the layers' durations is taken to be: "forever" for every purpose (about
 /// 100 years), so that `Duration::MAX`, the natural way to say "keep forever", neither overflows

@@ -167,6 +167,23 @@ impl RedisStore {
         self
     }
 
+    /// The Redis Cluster slot of the Redis key `key` (its hash tag's, if it has one: the
+    /// text between the first `{` and the next `}`, when not empty), as Redis computes it.
+    fn slot(key: &[u8]) -> u16 {
+        let tagged = key
+            .iter()
+            .position(|&b| b == b'{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.iter()
+                    .position(|&b| b == b'}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key);
+        crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+    }
+
     fn redis_key(&self, key: &str) -> String {
         let mut out = String::with_capacity(self.prefix.len() + key.len());
         out.push_str(&self.prefix);
@@ -270,6 +287,19 @@ impl IdempotencyStore for RedisStore {
             bytes.as_deref().map(decode).transpose()
         })
     }
+
+    /// In a cluster, the key's slot, 128 slots to a part: a master that does not answer is
+    /// taken as down for its own keys (and those of a part it shares with the next master's
+    /// range), not for every master's.
+    fn part(&self, key: &str) -> usize {
+        match self.conn {
+            RedisConn::Cluster(_) => {
+                let slots_per_part = 16384 / super::STORE_PARTS;
+                usize::from(RedisStore::slot(self.redis_key(key).as_bytes())) / slots_per_part
+            }
+            _ => 0,
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -282,5 +312,26 @@ impl fmt::Debug for RedisStore {
             .field("to", &to)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisStore;
+
+    /// The slots Redis's own documentation and `CLUSTER KEYSLOT` give.
+    #[test]
+    fn slots_are_redis_clusters() {
+        assert_eq!(RedisStore::slot(b"foo"), 12182);
+        assert_eq!(RedisStore::slot(b"123456789"), 12739);
+        // A hash tag: only what is between the braces.
+        assert_eq!(
+            RedisStore::slot(b"{user1000}.following"),
+            RedisStore::slot(b"user1000")
+        );
+        // An empty tag is no tag: the whole key (`bar` alone is 5061); the tag ends at the
+        // first `}` after the first `{`.
+        assert_eq!(RedisStore::slot(b"foo{}{bar}"), 8363);
+        assert_eq!(RedisStore::slot(b"foo{{bar}}zap"), 4015);
     }
 }

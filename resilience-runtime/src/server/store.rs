@@ -69,7 +69,20 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// What is stored under `key`, if anything live.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+
+    /// Which part of the store holds `key`, below [`STORE_PARTS`], for a store whose parts
+    /// fail apart (a Redis Cluster's masters): a claim of that part left unanswered takes
+    /// only it as down for the layer's `store_down_for`, not the whole store. One part (0)
+    /// by default.
+    fn part(&self, key: &str) -> usize {
+        let _ = key;
+        0
+    }
 }
+
+/// How many parts [`IdempotencyStore::part`] may tell apart: a Redis Cluster's 16,384 slots,
+/// 128 to a part (a part at the edge of two masters' ranges holds keys of both).
+pub const STORE_PARTS: usize = 128;
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
     fn claim<'a>(
@@ -110,6 +123,10 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
         (**self).get(key)
+    }
+
+    fn part(&self, key: &str) -> usize {
+        (**self).part(key)
     }
 }
 
