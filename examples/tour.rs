@@ -387,9 +387,12 @@ async fn scenario_deadline(http: &reqwest::Client) {
         // Its 1 s deadline, not five 300 ms attempts (1.7 s), which the attempts alone allow:
         // the timeouts retried, at most three begin within it, the last cut to the time left.
         // An upper bound loose enough for a busy machine.
-        r.as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::DeadlineExceeded)
-            && (2..=3).contains(&server.count())
+        // (Three attempts end at the deadline; on a machine slow enough that the third would
+        // start with too little time, two, the second's timeout returned.)
+        r.as_ref().is_err_and(|e| {
+            e.kind() == ErrorKind::DeadlineExceeded
+                || e.kind() == ErrorKind::AttemptTimeout && server.count() == 2
+        }) && (2..=3).contains(&server.count())
             && took >= Duration::from_millis(950)
             && took < Duration::from_secs(3),
         format!(
@@ -686,8 +689,8 @@ async fn scenario_thread_pool() {
         format!("the breaker in front of B opened and refused calls: {breaker:?}"),
     );
     claim(
-        bulkhead.is_some(),
-        "the bulkhead in front of B is registered".to_owned(),
+        bulkhead.as_ref().is_some_and(|h| h.rejected > 0),
+        format!("the bulkhead in front of B refused calls: {bulkhead:?}"),
     );
     if let (Some(b), Some(h)) = (breaker, bulkhead) {
         println!(
@@ -1466,14 +1469,15 @@ async fn scenario_shared_limit() {
     );
     // The partner saw what one limit allows over the time both ran (its burst, then 20 a
     // second), not two limits' worth; unless Redis was slow enough that an instance decided
-    // alone (by design: then it is said, and the bound not checked). Most decisions must be
-    // Redis's even so: a script that failed at every call would leave them all local.
+    // alone (by design: then it is said, and the bound not checked). Some decisions must be
+    // Redis's even so: a script that failed at every call would leave them all local (one
+    // slow answer makes a second of them local, which a loaded machine may cause).
     let local = one_report.map_or(0, |r| r.1) + two_report.map_or(0, |r| r.1);
     let decisions = one_report.map_or(0, |r| r.2) + two_report.map_or(0, |r| r.2);
     claim(
-        decisions > 0 && local * 4 <= decisions && saw >= 2,
+        decisions > local && saw >= 2,
         format!(
-            "Redis took most of the {decisions} decisions ({local} local), the partner was \
+            "Redis took some of the {decisions} decisions ({local} local), the partner was \
              called ({saw} requests)"
         ),
     );

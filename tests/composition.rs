@@ -304,6 +304,40 @@ async fn a_retry_after_beyond_the_inner_calls_cap_is_the_outer_calls_to_wait_out
     assert_eq!((busy.count(), e.http_status()), (1, Some(503)), "{e}");
 }
 
+/// An inner call that hedged (two requests, both answered 503 asking for 2 s, beyond its
+/// 1 s cap) sent more than one request: the outer call does not run it again around it,
+/// hedges and all.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_retry_after = "1s",
+    hedge(delay = "50ms"),
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn inner_hedged_short_cap(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(timeout = "5s", deadline = "20s", backoff(initial = "10ms", max = "10ms"), budget = false, method = GET)]
+async fn outer_around_hedged(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    inner_hedged_short_cap(c, url).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_call_that_hedged_is_not_run_again_for_a_retry_after_beyond_its_cap() {
+    let server = FaultServer::start(Script::always(
+        Action::status(503)
+            .retry_after(2)
+            .after(Duration::from_millis(100)),
+    ))
+    .await;
+    let e = outer_around_hedged(&client(), &server.url("/busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 2, "the request and its hedge, once: {e}");
+}
+
 /// An inner call whose budget allows no retry: its first 503 ends it `BudgetExhausted`, and
 /// the outer call, with no budget of its own, does not retry around it (the budget is there to
 /// stop retries of a failing dependency).

@@ -631,6 +631,8 @@ async fn child_keeping_its_overrides_on_sighup() {
     };
     overrides::apply_file(&file).unwrap();
     overrides::reload_on_sighup().unwrap();
+    // A listener of the test's own: told of the same signal as the reload's task.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
     let c = reqwest::Client::new();
     let server = FaultServer::start(Script::always(
         Action::ok().after(Duration::from_millis(1500)),
@@ -639,8 +641,12 @@ async fn child_keeping_its_overrides_on_sighup() {
     assert!(lookup(&c, &server.url("/")).await.is_ok(), "5 s by hand");
     println!("ready");
     wait_for(signalled.clone()).await;
-    // The signal handled (a bounded wait), the override is still in force.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The signal delivered (to this listener, and so to the reload's task, which runs while
+    // this one sleeps on the test's one thread), the override is still in force.
+    tokio::time::timeout(Duration::from_secs(5), hup.recv())
+        .await
+        .expect("the SIGHUP came");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(overrides::active(), "the SIGHUP cleared the overrides");
     assert!(
         lookup(&c, &server.url("/")).await.is_ok(),

@@ -2197,7 +2197,9 @@ impl Session {
         // cap or ends at once, as after a nested call of one attempt. (A spent budget does
         // stop the enclosing call's retry: the budget is there to stop retries of a failing
         // dependency, and a retry around the call would go past it.)
+        // (A call that hedged sent more than one request: not run again around it either.)
         let not_retried = self.retried == 0
+            && self.hedges == 0
             && matches!(why, GiveUp::DeadlineTooClose | GiveUp::RetryAfterTooLong);
         let retryable = class.is_transient()
             && self.policy.max_attempts > 1

@@ -751,7 +751,19 @@ async fn a_redis_demoted_to_a_replica_is_left_for_the_new_master() {
     assert!(refused > 0, "the demoted server was asked first");
     // Every request that got through ran its handler once; those refused ran nothing.
     assert_eq!(count(&app.runs.orders), 2);
-    // And what it stored is on the new master.
-    let again = post(&url, Some(&fresh_key()), "x").await;
-    assert_eq!(again.status, 201, "{again:?}");
+    // What it stores now is on the new master, and replayed from there.
+    let key = fresh_key();
+    assert_eq!(post(&url, Some(&key), "x").await.status, 201);
+    let replay = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (201, true),
+        "{replay:?}"
+    );
+    let record = format!(
+        "{PREFIX}{}",
+        record_key(&reqwest::Method::POST, "/orders", &key, None)
+    );
+    assert!(new.get(&record).await.is_some(), "not on the new master");
+    assert_eq!(count(&app.runs.orders), 3);
 }
