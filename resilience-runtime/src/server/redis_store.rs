@@ -2,9 +2,13 @@
 //! single atomic script on that one key.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use redis::Client;
+use redis::Value;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
@@ -46,6 +50,63 @@ use crate::redis_conn::{self, KeyScript, RedisConn};
 pub struct RedisStore {
     conn: RedisConn,
     prefix: String,
+    /// In a cluster: each master's slot ranges, as `(first, last, master)`, learned from
+    /// `CLUSTER SLOTS` (see [`RedisStore::part`]); empty until learned.
+    masters: Option<Arc<Masters>>,
+}
+
+/// Each master's slot ranges, `(first, last, master)`, in slot order.
+type Masters = ArcSwap<Vec<(u16, u16, u16)>>;
+
+/// How often a cluster store asks which master serves which slots.
+const MASTERS_EVERY: Duration = Duration::from_secs(5);
+
+/// The masters' slot ranges of a `CLUSTER SLOTS` answer, as `(first, last, master)`, masters
+/// numbered by their node id (or address) in order; `None` for an answer of another form.
+fn masters_of(answer: &Value) -> Option<Vec<(u16, u16, u16)>> {
+    let Value::Array(ranges) = answer else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => u16::try_from(*i).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let (first, last) = (int(fields.first()?)?, int(fields.get(1)?)?);
+        let Value::Array(master) = fields.get(2)? else {
+            return None;
+        };
+        // Its id where the answer has one, else its address.
+        let name = match master.get(2).and_then(text) {
+            Some(id) => id,
+            None => format!("{}:{}", text(master.first()?)?, text(master.get(1)?)?),
+        };
+        found.push((first, last, name));
+    }
+    // In slot order, for the search of `part`.
+    found.sort_unstable_by_key(|&(first, ..)| first);
+    let mut names: Vec<&str> = found.iter().map(|(_, _, n)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    Some(
+        found
+            .iter()
+            .map(|(first, last, name)| {
+                let master = names.binary_search(&name.as_str()).unwrap_or(0);
+                (*first, *last, u16::try_from(master).unwrap_or(u16::MAX))
+            })
+            .collect(),
+    )
 }
 
 /// Returns the stored value if there is one; otherwise stores ARGV[1] with expiry ARGV[2] ms.
@@ -148,14 +209,53 @@ impl RedisStore {
     }
 
     /// A store over an existing Redis Cluster connection.
+    ///
+    /// Called in a tokio runtime, it asks the cluster which master serves which slots now and
+    /// every 5 s after (from a task that ends with the store), so that a master that leaves a
+    /// claim unanswered is taken as down for its own keys only ([`IdempotencyStore::part`]).
     pub fn new_cluster(conn: ClusterConnection) -> RedisStore {
-        RedisStore::over(RedisConn::Cluster(conn))
+        let mut store = RedisStore::over(RedisConn::Cluster(conn.clone()));
+        let masters = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(RedisStore::learn_masters(conn, Arc::downgrade(&masters)));
+        }
+        store.masters = Some(masters);
+        store
+    }
+
+    /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`], until the
+    /// store is dropped. An answer that does not come within a second (the node asked is
+    /// frozen) leaves what was learned before.
+    async fn learn_masters(
+        mut conn: ClusterConnection,
+        masters: std::sync::Weak<Masters>,
+    ) {
+        loop {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn),
+            )
+            .await;
+            let Some(into) = masters.upgrade() else {
+                return;
+            };
+            if let Ok(Ok(answer)) = answer
+                && let Some(found) = masters_of(&answer)
+            {
+                into.store(Arc::new(found));
+            }
+            drop(into);
+            tokio::time::sleep(MASTERS_EVERY).await;
+        }
     }
 
     fn over(conn: RedisConn) -> RedisStore {
         RedisStore {
             conn,
             prefix: RedisStore::DEFAULT_PREFIX.to_owned(),
+            masters: None,
         }
     }
 
@@ -288,17 +388,32 @@ impl IdempotencyStore for RedisStore {
         })
     }
 
-    /// In a cluster, the key's slot, 128 slots to a part: a master that does not answer is
-    /// taken as down for its own keys (and those of a part it shares with the next master's
-    /// range), not for every master's.
+    /// In a cluster, the master that serves the key's slot (the first 64 parts, by master):
+    /// a master that does not answer is taken as down for its own keys, not for every
+    /// master's. Until the masters are learned (or past 64 of them), the key's slot, 256 to a
+    /// part (the last 64 parts: a part at the edge of two masters' ranges goes down with
+    /// either).
     fn part(&self, key: &str) -> usize {
-        match self.conn {
-            RedisConn::Cluster(_) => {
-                let slots_per_part = 16384 / super::STORE_PARTS;
-                usize::from(RedisStore::slot(self.redis_key(key).as_bytes())) / slots_per_part
-            }
-            _ => 0,
-        }
+        let Some(masters) = &self.masters else {
+            return 0;
+        };
+        let slot = RedisStore::slot(self.redis_key(key).as_bytes());
+        let half = super::STORE_PARTS / 2;
+        let masters = masters.load();
+        let master = masters
+            .binary_search_by(|&(first, last, _)| {
+                if last < slot {
+                    std::cmp::Ordering::Less
+                } else if first > slot {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .ok()
+            .map(|i| usize::from(masters[i].2))
+            .filter(|&m| m < half);
+        master.unwrap_or_else(|| half + usize::from(slot) / (16384 / half))
     }
 }
 
@@ -317,7 +432,7 @@ impl fmt::Debug for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::RedisStore;
+    use super::{RedisStore, Value};
 
     /// The slots Redis's own documentation and `CLUSTER KEYSLOT` give.
     #[test]
@@ -333,5 +448,40 @@ mod tests {
         // first `}` after the first `{`.
         assert_eq!(RedisStore::slot(b"foo{}{bar}"), 8363);
         assert_eq!(RedisStore::slot(b"foo{{bar}}zap"), 4015);
+    }
+
+    /// `CLUSTER SLOTS` as Redis 7 answers it: ranges out of order, a master serving two, a
+    /// replica after each master, the node's metadata map last.
+    #[test]
+    fn masters_are_read_from_cluster_slots() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |port: i64, id: &str| {
+            Array(vec![
+                BulkString(b"127.0.0.1".to_vec()),
+                Int(port),
+                BulkString(id.as_bytes().to_vec()),
+                Array(vec![]),
+            ])
+        };
+        let range = |a: i64, b: i64, master: Value| {
+            Array(vec![Int(a), Int(b), master, node(9000 + a, "replica")])
+        };
+        let answer = Array(vec![
+            range(10923, 16383, node(7103, "c")),
+            range(0, 5460, node(7101, "a")),
+            range(5461, 10000, node(7102, "b")),
+            range(10001, 10922, node(7101, "a")),
+        ]);
+        assert_eq!(
+            super::masters_of(&answer),
+            Some(vec![
+                (0, 5460, 0),
+                (5461, 10000, 1),
+                (10001, 10922, 0),
+                (10923, 16383, 2)
+            ])
+        );
+        assert_eq!(super::masters_of(&Int(3)), None);
+        assert_eq!(super::masters_of(&Array(vec![Array(vec![Int(0)])])), None);
     }
 }

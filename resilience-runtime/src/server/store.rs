@@ -80,8 +80,9 @@ pub trait IdempotencyStore: Send + Sync {
     }
 }
 
-/// How many parts [`IdempotencyStore::part`] may tell apart: a Redis Cluster's 16,384 slots,
-/// 128 to a part (a part at the edge of two masters' ranges holds keys of both).
+/// How many parts [`IdempotencyStore::part`] may tell apart (a Redis Cluster store's: one for
+/// each of up to 64 masters, and 64 ranges of 256 slots for a key whose master it does not
+/// know).
 pub const STORE_PARTS: usize = 128;
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
