@@ -97,6 +97,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // An override file it cannot read is a command line it cannot take, as a crate it cannot
+    // read is: exit 2, not a problem of the policies (1).
+    if let Some(path) = &overrides
+        && let Err(e) = std::fs::metadata(path).and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a file"))
+            }
+        })
+    {
+        eprintln!("resilience: --overrides {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let krate = match Crate::read(&dir, tests) {
         Ok(c) => c,

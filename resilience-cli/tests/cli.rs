@@ -616,6 +616,19 @@ fn bad_usage_is_exit_code_2() {
     assert_eq!(run(&[]).status.code(), Some(2));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(run(&["list", "/nonexistent-dir"]).status.code(), Some(2));
+    // An override file it cannot read: the command line, not the policies (which are fine).
+    let missing = run(&[
+        "check",
+        workspace().to_str().unwrap(),
+        "--overrides",
+        "/nonexistent-dir/overrides.toml",
+    ]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("overrides.toml"),
+        "{}",
+        text(&missing)
+    );
     // A typo is reported as such, even where no crate is.
     let typo = run(&["lsit", "/nonexistent-dir"]);
     assert_eq!(typo.status.code(), Some(2));

@@ -226,10 +226,7 @@ impl RedisStore {
     /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`], until the
     /// store is dropped. An answer that does not come within a second (the node asked is
     /// frozen) leaves what was learned before.
-    async fn learn_masters(
-        mut conn: ClusterConnection,
-        masters: std::sync::Weak<Masters>,
-    ) {
+    async fn learn_masters(mut conn: ClusterConnection, masters: std::sync::Weak<Masters>) {
         loop {
             let answer = tokio::time::timeout(
                 Duration::from_secs(1),
