@@ -1119,7 +1119,10 @@ pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span
                     );
                 }
             }
-            if let Err(b) = rules::fallback_not_itself(&name.value, &f.sig.ident.to_string()) {
+            let method = f.sig.receiver().is_some();
+            if let Err(b) =
+                rules::fallback_not_itself(&name.value, &f.sig.ident.to_string(), method)
+            {
                 diags.push(
                     name.origin.span_or(fb),
                     format!("{}{b}", file_prefix(&name.origin)),

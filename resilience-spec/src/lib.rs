@@ -1038,13 +1038,24 @@ pub mod rules {
 
     /// A fallback is another function: calling the function itself on failure would start the
     /// failing call again, forever.
-    pub fn fallback_not_itself(fallback: &str, function: &str) -> Result<(), Broken> {
+    ///
+    /// A method (`method`: it takes `self`) is named by `Self::name` only: a bare `name` in
+    /// its fallback is a function of the module (called with the receiver first), another
+    /// function. A free or associated function is named by `name`, `self::name` or
+    /// `Self::name`. (A path through `crate::` or `super::` may name it too, or a function of
+    /// the same name in another module: not refused.)
+    pub fn fallback_not_itself(fallback: &str, function: &str, method: bool) -> Result<(), Broken> {
         let f = fallback.replace(' ', "");
-        let bare = f
-            .strip_prefix("Self::")
-            .or_else(|| f.strip_prefix("self::"))
-            .unwrap_or(&f);
-        if bare == function {
+        let bare = if method {
+            f.strip_prefix("Self::")
+        } else {
+            Some(
+                f.strip_prefix("Self::")
+                    .or_else(|| f.strip_prefix("self::"))
+                    .unwrap_or(&f),
+            )
+        };
+        if bare == Some(function) {
             Err(Broken::new(format!(
                 "fallback = {fallback} names this function itself: on failure it would call the failing call again"
             ))

@@ -23,6 +23,16 @@ async fn c(c: &reqwest::Client) -> Result<u16, Error> {
     Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
 }
 
+struct Api;
+
+impl Api {
+    // A method itself, as `Self::`.
+    #[resilient(fallback = Self::ping)]
+    async fn ping(&self, c: &reqwest::Client) -> Result<u16, Error> {
+        Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+    }
+}
+
 async fn five(
     _c: &reqwest::Client,
     #[cfg(any())] _a: u8,

@@ -33,8 +33,19 @@ impl Api {
     async fn offline(&self, _c: &reqwest::Client) -> Result<u16, Error> {
         Ok(503)
     }
+
+    // A method named as a function of the module: `health` there is another function (the
+    // method itself would be `Self::health`), called with the receiver first.
+    #[resilient(fallback = health)]
+    async fn health(&self, c: &reqwest::Client) -> Result<u16, Error> {
+        Ok(c.get("http://127.0.0.1:1/").send().await?.status().as_u16())
+    }
+}
+
+async fn health(_api: &Api, _c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(200)
 }
 
 fn main() {
-    let _ = (fresh, fresh_or_cached, from_file, Api::status);
+    let _ = (fresh, fresh_or_cached, from_file, Api::status, Api::health);
 }
