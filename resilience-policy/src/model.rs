@@ -617,6 +617,16 @@ impl Settings {
                         Value::Int(n) if (100..=599).contains(n) => {
                             Some(RetryItem::Status(*n as u16))
                         }
+                        // `5xx` written inline is a number with a suffix.
+                        Value::IntSuffixed(5, suffix) if suffix == "xx" => {
+                            err(
+                                diags,
+                                it,
+                                fallback,
+                                "list the 5xx statuses to retry one by one, like 502, 503, 504",
+                            );
+                            None
+                        }
                         _ => {
                             err(
                                 diags,

@@ -371,8 +371,12 @@ impl std::error::Error for Broken {}
 /// A duration as written in a policy: `250ms`, `1.5s`, `2m`.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+    if !d.subsec_nanos().is_multiple_of(1_000) {
+        format!("{}ns", d.as_nanos())
+    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}us", d.as_micros())
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
     } else if ms.is_multiple_of(1000) && ms > 0 {
@@ -419,7 +423,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000_000_000,
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
-        "" => return Err(format!("`{text}` has no unit: write \"{n}ms\" or \"{n}s\"")),
+        "" => {
+            let t = text.trim();
+            return Err(format!("`{text}` has no unit: write \"{t}ms\" or \"{t}s\""));
+        }
         // `1m30s`: one unit per duration.
         u if u.starts_with(|c: char| c.is_ascii_alphabetic())
             && u.contains(|c: char| c.is_ascii_digit()) =>
@@ -1183,6 +1190,30 @@ pub mod cases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Written back as it can be read again, to the nanosecond: a change below a microsecond
+    /// is not shown as no change.
+    #[test]
+    fn durations_are_written_exactly_in_their_largest_unit() {
+        for (d, text) in [
+            (Duration::from_nanos(1_500), "1500ns"),
+            (Duration::from_micros(2), "2us"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1_500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(5_400), "90m"),
+            (Duration::from_secs(3_600), "1h"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(fmt_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+        assert!(
+            parse_duration("1.5")
+                .unwrap_err()
+                .contains("write \"1.5ms\" or \"1.5s\"")
+        );
+    }
 
     /// A part of a nanosecond is refused, not rounded away (`0.5ns` read as no time at all);
     /// a fraction that is a whole number of nanoseconds is read.

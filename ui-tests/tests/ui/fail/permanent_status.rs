@@ -22,4 +22,10 @@ async fn unimplemented(c: &reqwest::Client) -> Result<String, Error> {
         .await?)
 }
 
+// A class of statuses, written inline: listed one by one instead (not every 5xx is transient).
+#[resilient(retry_on = [connect, 5xx])]
+async fn every_5xx(c: &reqwest::Client) -> Result<String, Error> {
+    Ok(c.get("http://127.0.0.1:1/").send().await?.text().await?)
+}
+
 fn main() {}
