@@ -1330,6 +1330,71 @@ async fn a_nested_keyed_calls_fallback_does_not_answer_after_an_earlier_run_char
     );
 }
 
+/// A charge keyed by the order behind a breaker that one failure opens, whose fallback queues
+/// the payment for later.
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = order,
+    breaker(failure_rate = 0.5, min_calls = 1, window = 1, open_for = "1m", half_open_calls = 1),
+    fallback = queue_payment
+)]
+async fn charge_guarded(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{base}charges"))
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    idempotency_key = order
+)]
+async fn place_guarded(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    charge_guarded(c, base, order).await?;
+    Ok(c.get(format!("{base}receipt"))
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The charge is answered 503 (it may have been carried out): its fallback is withheld, and
+/// the 503 opens its breaker. The order's retry runs the charge again under the same key, and
+/// the open breaker refuses it before it begins: its fallback must not answer there either
+/// (it did: the order then succeeded, a payment queued for an order that may be charged).
+#[tokio::test(start_paused = true)]
+async fn a_nested_keyed_calls_fallback_does_not_answer_its_breakers_refusal_after_a_charge() {
+    let server = FaultServer::start(Script::dynamic(|seen| match seen.path.as_str() {
+        "/charges" => Action::status(503),
+        _ => Action::ok(),
+    }))
+    .await;
+    let r = place_guarded(&reqwest::Client::new(), &server.url("/"), "order-21").await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::CircuitOpen),
+        "the fallback answered the refusal for a charge that may be made: {r:?}"
+    );
+    assert_eq!(server.count_path("/charges"), 1);
+    // Alone, the same refusal is answered by the fallback: nothing was carried out.
+    assert_eq!(
+        charge_guarded(&reqwest::Client::new(), &server.url("/"), "order-22")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 /// The order one level further out: the charge's fallback is kept from answering there too.
 #[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order)]
 async fn checkout_order(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {

@@ -425,9 +425,12 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
         }
     });
     let mask = s.fallback_on.value.0;
+    // A key the body of an enclosing call may give it (a parameter, a field): the same at
+    // each run of that call (see `fallback_applies_refused`).
+    let given_key = matches!(s.idempotency_key.value, KeyModel::Param(_));
     let on_start_error = match &fallback_call {
         Some(call) => quote! {
-            if #p::fallback_applies(#mask, __resilience_refusal.kind(), &__RESILIENCE_STATE) {
+            if #p::fallback_applies_refused(#mask, __resilience_refusal.kind(), &__RESILIENCE_STATE, #given_key) {
                 // Its calls take their places under the refused call's (`derive_call_keys`).
                 let #scope = #p::FallbackScope::refused();
                 return #call;

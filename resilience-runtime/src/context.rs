@@ -1773,6 +1773,12 @@ impl AttemptCtx {
         self.reached.set(Some(worst));
     }
 
+    /// Whether an earlier run of this attempt's call may have carried out a request under a
+    /// key ([`Outer::carried_before`]).
+    pub(crate) fn carried_before(&self) -> bool {
+        self.unsafe_carried.get() & CARRIED_BEFORE != 0
+    }
+
     pub(crate) fn outer(&self) -> Outer {
         Outer {
             until: self.until,

@@ -11,7 +11,7 @@ use crate::registry::PolicyState;
 /// Whether a failure of `kind` of the function of `state` calls its fallback, under the
 /// `fallback_on` mask. When it does, an info event says so, naming the function and policy
 /// (the call's span has ended: the fallback runs after it).
-pub fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool {
+pub(crate) fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool {
     let called = applies_to(mask, kind);
     if called {
         let shared = state.resolve_compiled();
@@ -24,6 +24,39 @@ pub fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -> bool 
         );
     }
     called
+}
+
+/// [`applies`], for a call its open breaker refused before it began: not when it is nested in
+/// an attempt of a call run again after an earlier run may have carried out a request under
+/// a key, and it is given its key by that call's body (`given_key`: the same key as in the
+/// earlier run, whose request under it may have been carried out: the fallback's answer would
+/// hide that), as for a call that ran ([`applies_after`]).
+pub fn applies_refused(
+    mask: u16,
+    kind: ErrorKind,
+    state: &'static PolicyState,
+    given_key: bool,
+) -> bool {
+    if !applies_to(mask, kind) {
+        return false;
+    }
+    if given_key && crate::context::with_attempt(|o| o.carried_before()).unwrap_or(false) {
+        withheld(state, kind);
+        return false;
+    }
+    applies(mask, kind, state)
+}
+
+/// The fallback is not called: counted and said.
+fn withheld(state: &'static PolicyState, kind: ErrorKind) {
+    let shared = state.resolve_compiled();
+    crate::telemetry::fallback(shared, false);
+    tracing::warn!(
+        function = shared.function,
+        policy = shared.policy,
+        kind = ?kind,
+        "call failed after its request may have been carried out: not calling its fallback, whose answer would hide that"
+    );
 }
 
 /// [`applies`], for a call that ran (`session`): not when one of its attempts may have carried
@@ -41,14 +74,7 @@ pub fn applies_after(
         return false;
     }
     if !session.fallback_allowed() {
-        let shared = state.resolve_compiled();
-        crate::telemetry::fallback(shared, false);
-        tracing::warn!(
-            function = shared.function,
-            policy = shared.policy,
-            kind = ?kind,
-            "call failed after its request may have been carried out: not calling its fallback, whose answer would hide that"
-        );
+        withheld(state, kind);
         return false;
     }
     applies(mask, kind, state)

@@ -103,8 +103,8 @@ pub mod __private {
     pub use crate::concurrency::{ConcurrencyKind, ConcurrencySpec};
     pub use crate::context::{FallbackScope, InFallback};
     pub use crate::error::ErrorKind;
-    pub use crate::fallback::applies as fallback_applies;
     pub use crate::fallback::applies_after as fallback_applies_after;
+    pub use crate::fallback::applies_refused as fallback_applies_refused;
     pub use crate::hedge::Hedge;
     pub use crate::helper::helper;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
