@@ -1395,6 +1395,58 @@ async fn a_nested_keyed_calls_fallback_does_not_answer_its_breakers_refusal_afte
     );
 }
 
+/// A charge keyed by the order in a bulkhead of one slot, whose fallback queues the payment.
+#[resilient(
+    method = POST,
+    timeout = "2s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = order,
+    bulkhead(max_concurrent = 1),
+    fallback = queue_payment
+)]
+async fn charge_in_slot(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{base}charges"))
+        .body("amount=1")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Keyed by the order, hedged: safe to run again beside the first attempt, whose charge is
+/// under the same key.
+#[resilient(
+    method = POST,
+    timeout = "5s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = order,
+    hedge(delay = "100ms")
+)]
+async fn place_hedged(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {
+    charge_in_slot(c, base, order).await
+}
+
+/// The first attempt's charge is in flight (the gateway answers in 500 ms) when the hedge
+/// starts; the hedge's charge is refused its slot (the first holds it). Its fallback must not
+/// answer for the round ("queued" while the charge goes through): it did, and won the round.
+#[tokio::test(start_paused = true)]
+async fn a_hedges_nested_fallback_does_not_answer_while_the_first_attempts_charge_runs() {
+    let server = FaultServer::start(Script::always(
+        Action::status(201).after(Duration::from_millis(500)),
+    ))
+    .await;
+    let r = place_hedged(&reqwest::Client::new(), &server.url("/"), "order-31").await;
+    assert_eq!(
+        r.as_ref().ok(),
+        Some(&201),
+        "the charge's own answer, not the fallback's: {r:?}"
+    );
+    assert_eq!(server.count_path("/charges"), 1);
+}
+
 /// The order one level further out: the charge's fallback is kept from answering there too.
 #[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order)]
 async fn checkout_order(c: &reqwest::Client, base: &str, order: &str) -> Result<u16, Error> {

@@ -1779,6 +1779,18 @@ impl AttemptCtx {
         self.unsafe_carried.get() & CARRIED_BEFORE != 0
     }
 
+    /// Whether this attempt, or an earlier run, may have carried out a request under a key.
+    pub(crate) fn carried_any(&self) -> bool {
+        self.unsafe_carried.get() & (CARRIED | CARRIED_BEFORE) != 0
+    }
+
+    /// Tells this attempt (a hedge) that another of its round may have carried out a request
+    /// under a key: its nested calls given their keys again are told so.
+    pub(crate) fn mark_carried_before(&self) {
+        self.unsafe_carried
+            .set(self.unsafe_carried.get() | CARRIED_BEFORE);
+    }
+
     pub(crate) fn outer(&self) -> Outer {
         Outer {
             until: self.until,

@@ -490,6 +490,15 @@ where
             }
             match begin_hedge(s) {
                 Some(ctx) => {
+                    // An attempt of the round in flight may have carried out a request under a
+                    // key (a nested call's POST, given the call's key): the hedge's nested
+                    // calls given that key are told so, as after an earlier round, and their
+                    // fallbacks do not answer in its place.
+                    if first.as_mut().ctx().carried_any()
+                        || hedges.iter_mut().any(|h| h.as_mut().ctx().carried_any())
+                    {
+                        ctx.2.mark_carried_before();
+                    }
                     // `until - limit`: the instant the hedge starts.
                     let scope = AttemptScope::start(&s.span, s.policy, s.attempts, ctx.0 - ctx.1);
                     hedges.push(Box::pin(Running::new(
