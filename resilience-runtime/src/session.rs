@@ -1198,11 +1198,11 @@ impl Session {
         }
         // The rate limit, after the bulkhead (a call refused a slot spends no permit) and
         // within the deadline. The slot is held while it waits: the gauge says so now.
-        // A call with no time left at all (a caller's `X-Timeout-Ms: 0`, an outer attempt
-        // run out) neither takes a permit nor is refused one: its first attempt ends it out of
-        // time, counted as the same call without a rate limit is (not as the limit's refusal,
-        // which would have an operator raise a limit that had permits free).
-        if let Some(r) = shared.rate_limit.filter(|_| deadline > Instant::now()) {
+        // (A call with no time left at all when it began took none above. One whose time to
+        // wait ran out since, its slot granted at the edge or its start and admission apart,
+        // is refused by the limit, no permit spent: not let through without one, to send with
+        // less than a tenth of its `timeout` left.)
+        if let Some(r) = shared.rate_limit {
             if self._bulkhead.is_some() {
                 telemetry::bulkhead_moved(shared);
             }
