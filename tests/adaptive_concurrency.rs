@@ -533,3 +533,28 @@ async fn failures_that_reach_nothing_do_not_raise_the_limit() {
     }
     assert!(limit() > 2.0, "{}", limit());
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "adaptive-panicking", initial = 8, latency = "100ms")
+)]
+async fn waits_then_panics(wait: Duration) -> Result<u16, Error> {
+    // Something of its own, slower than the latency threshold, then a bug: no request sent.
+    tokio::time::sleep(wait).await;
+    panic!("a bug in the body");
+}
+
+/// A body that waited on something of its own longer than the latency threshold, then
+/// panicked, reached no dependency: the limit is left as it was (the permit's drop took the
+/// attempt in flight for an overload and lowered it).
+#[tokio::test(start_paused = true)]
+async fn a_body_that_panics_after_a_slow_wait_of_its_own_leaves_the_limit() {
+    let panicked = tokio::spawn(waits_then_panics(Duration::from_millis(200))).await;
+    assert!(panicked.is_err_and(|e| e.is_panic()));
+    let limit = metrics::concurrency_limit("adaptive-panicking").unwrap();
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+    assert_eq!(limit.in_flight, 0, "{limit:?}");
+}

@@ -2249,6 +2249,15 @@ impl Session {
         if self.nested && !self.admitted {
             tell_waiting(false);
         }
+        // The body's own failure, for an adaptive limit: it says something of the dependency's
+        // latency only where a request of the attempt was answered; not the slowness of a body
+        // that waited on something else and then panicked (the permit's drop would take an
+        // attempt in flight for an overload).
+        if let Some(c) = &mut self.concurrency
+            && c.running()
+        {
+            c.on_failure(Class::Permanent, false, self.ctx.status.get().is_some());
+        }
         self.give_back_retry();
         let m = self.shared.metrics;
         let retried = self.retried > 0;
