@@ -63,6 +63,24 @@ async fn no_fallback_under_the_house_rule(c: &reqwest::Client, url: &str) -> Res
     Ok(c.get(url).send().await?.status().as_u16())
 }
 
+/// Under a policy of `fallback = false`, with a fallback of its own inline: `[defaults]`'s
+/// `fallback_on` still holds (a 503 is not among its kinds).
+#[resilient(
+    config = "tests/policies/defaults_fallback_on.toml",
+    policy = "no_fallback",
+    timeout = "500ms",
+    deadline = "500ms",
+    max_attempts = 1,
+    budget = false,
+    fallback = cached
+)]
+async fn price_under_a_policy_without_fallback(
+    c: &reqwest::Client,
+    url: String,
+) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
 #[tokio::test(start_paused = true)]
 async fn fallback_on_in_defaults_applies_where_there_is_a_fallback() {
     let c = reqwest::Client::new();
@@ -77,6 +95,10 @@ async fn fallback_on_in_defaults_applies_where_there_is_a_fallback() {
         price_by_house_rule(&c, url.clone()).await.unwrap(),
         format!("cached {url}")
     );
+    let e = price_under_a_policy_without_fallback(&c, busy.url("/price"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), Some(503), "the house rule kept: {e}");
     let ok = FaultServer::start(Script::always(Action::ok())).await;
     assert_eq!(
         no_fallback_under_the_house_rule(&c, &ok.url("/"))

@@ -659,9 +659,17 @@ impl Settings {
                     })
                 }
                 // No fallback here: nor the `fallback_on` a wider layer gave the one it named.
+                // Not `[defaults]`'s, a house rule for every fallback (a narrower layer's own
+                // fallback keeps to it).
                 Value::Bool(false) => {
                     self.fallback = None;
-                    self.fallback_on = Settings::default().fallback_on;
+                    let from_defaults = matches!(
+                        &self.fallback_on.origin,
+                        Origin::File { table, .. } if table == "defaults"
+                    );
+                    if !from_defaults {
+                        self.fallback_on = Settings::default().fallback_on;
+                    }
                 }
                 _ => err(
                     diags,
