@@ -26,7 +26,7 @@ pub(crate) fn applies(mask: u16, kind: ErrorKind, state: &'static PolicyState) -
     called
 }
 
-/// [`applies`], for a call its open breaker refused before it began: not when it is nested in
+/// `applies`, for a call its open breaker refused before it began: not when it is nested in
 /// an attempt of a call run again after an earlier run may have carried out a request under
 /// a key, and it is given its key by that call's body (`given_key`: the same key as in the
 /// earlier run, whose request under it may have been carried out: the fallback's answer would
@@ -59,7 +59,7 @@ fn withheld(state: &'static PolicyState, kind: ErrorKind) {
     );
 }
 
-/// [`applies`], for a call that ran (`session`): not when one of its attempts may have carried
+/// `applies`, for a call that ran (`session`): not when one of its attempts may have carried
 /// out a request that needs a key ([`Session::fallback_allowed`]): the call's error comes
 /// back instead, and a warning says why.
 ///
