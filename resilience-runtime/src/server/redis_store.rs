@@ -39,13 +39,15 @@ use crate::redis_conn::{self, KeyScript, RedisConn};
 /// the other masters' keys are served until the cluster marks the master failed
 /// (`cluster-node-timeout`); then, under `cluster-require-full-coverage yes` (Redis's
 /// default), every node refuses every key until a replica takes the master's slots. A master that does not answer (frozen, overloaded) times
-/// its calls out like a single frozen Redis, and after such a timeout the layer takes the whole
-/// store as down for [`store_down_for`] (1 s by default), the other masters' keys included;
-/// zero asks the store every time. Redis replicates asynchronously: a failover to a replica may
+/// its calls out like a single frozen Redis, and after such a timeout the layer takes that
+/// master as down for [`store_down_for`] (1 s by default): its keys get 503 at once, the other
+/// masters' are served (the store learns which master serves which slots, [`part`]); zero
+/// asks the store every time. Redis replicates asynchronously: a failover to a replica may
 /// lose the last records the old master took, which is the "store lost its data" edge of the
 /// [module documentation](super).
 ///
 /// [`store_down_for`]: super::IdempotencyLayer::store_down_for
+/// [`part`]: IdempotencyStore::part
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
@@ -55,15 +57,69 @@ pub struct RedisStore {
     masters: Option<Arc<Masters>>,
 }
 
-/// Each master's slot ranges, `(first, last, master)`, in slot order.
-type Masters = ArcSwap<Vec<(u16, u16, u16)>>;
+/// What a cluster store knows of its masters: each one's slot ranges, `(first, last, master)`,
+/// in slot order, and the task that learns them, ended when the last clone of the store goes.
+struct Masters {
+    ranges: ArcSwap<Vec<(u16, u16, u16)>>,
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        let task = self.task.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Numbers the masters of a `CLUSTER SLOTS` answer (`masters_of`'s), each keeping the number
+/// it had (`numbers`, by name): a master added, removed or failed over leaves the others'
+/// numbers, so a part the layer took as down stays the master that did not answer. A new one
+/// takes the lowest number no master known holds; past [`STORE_PARTS`]` / 2` of them, those
+/// no longer in the answer are forgotten first, and one left without a number is
+/// `u16::MAX` (its keys go by their slots).
+fn number_masters(
+    numbers: &mut std::collections::HashMap<String, u16>,
+    found: &[(u16, u16, String)],
+) -> Vec<(u16, u16, u16)> {
+    let most = (super::STORE_PARTS / 2) as u16;
+    let mut names: Vec<&str> = found.iter().map(|(_, _, n)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in &names {
+        if numbers.contains_key(*name) {
+            continue;
+        }
+        let free = |numbers: &std::collections::HashMap<String, u16>| {
+            (0..most).find(|n| !numbers.values().any(|v| v == n))
+        };
+        let n = free(numbers).or_else(|| {
+            numbers.retain(|known, _| names.contains(&known.as_str()));
+            free(numbers)
+        });
+        if let Some(n) = n {
+            numbers.insert((*name).to_owned(), n);
+        }
+    }
+    found
+        .iter()
+        .map(|(first, last, name)| {
+            (
+                *first,
+                *last,
+                numbers.get(name).copied().unwrap_or(u16::MAX),
+            )
+        })
+        .collect()
+}
 
 /// How often a cluster store asks which master serves which slots.
 const MASTERS_EVERY: Duration = Duration::from_secs(5);
 
-/// The masters' slot ranges of a `CLUSTER SLOTS` answer, as `(first, last, master)`, masters
-/// numbered by their node id (or address) in order; `None` for an answer of another form.
-fn masters_of(answer: &Value) -> Option<Vec<(u16, u16, u16)>> {
+/// The masters' slot ranges of a `CLUSTER SLOTS` answer, as `(first, last, master)` in slot
+/// order, each master named by its node id (or address); `None` for an answer of another form.
+fn masters_of(answer: &Value) -> Option<Vec<(u16, u16, String)>> {
     let Value::Array(ranges) = answer else {
         return None;
     };
@@ -95,18 +151,7 @@ fn masters_of(answer: &Value) -> Option<Vec<(u16, u16, u16)>> {
     }
     // In slot order, for the search of `part`.
     found.sort_unstable_by_key(|&(first, ..)| first);
-    let mut names: Vec<&str> = found.iter().map(|(_, _, n)| n.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    Some(
-        found
-            .iter()
-            .map(|(first, last, name)| {
-                let master = names.binary_search(&name.as_str()).unwrap_or(0);
-                (*first, *last, u16::try_from(master).unwrap_or(u16::MAX))
-            })
-            .collect(),
-    )
+    Some(found)
 }
 
 /// Returns the stored value if there is one; otherwise stores ARGV[1] with expiry ARGV[2] ms.
@@ -215,18 +260,24 @@ impl RedisStore {
     /// claim unanswered is taken as down for its own keys only ([`IdempotencyStore::part`]).
     pub fn new_cluster(conn: ClusterConnection) -> RedisStore {
         let mut store = RedisStore::over(RedisConn::Cluster(conn.clone()));
-        let masters = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let masters = Arc::new(Masters {
+            ranges: ArcSwap::from_pointee(Vec::new()),
+            task: std::sync::Mutex::new(None),
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(RedisStore::learn_masters(conn, Arc::downgrade(&masters)));
+            let task = tokio::spawn(RedisStore::learn_masters(conn, Arc::downgrade(&masters)));
+            *masters.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         }
         store.masters = Some(masters);
         store
     }
 
-    /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`], until the
-    /// store is dropped. An answer that does not come within a second (the node asked is
-    /// frozen) leaves what was learned before.
+    /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`] (each second
+    /// until it first answers), until the store is dropped. An answer that does not come
+    /// within a second (the node asked is frozen) leaves what was learned before.
     async fn learn_masters(mut conn: ClusterConnection, masters: std::sync::Weak<Masters>) {
+        let mut numbers = std::collections::HashMap::new();
+        let mut learned = false;
         loop {
             let answer = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -241,10 +292,17 @@ impl RedisStore {
             if let Ok(Ok(answer)) = answer
                 && let Some(found) = masters_of(&answer)
             {
-                into.store(Arc::new(found));
+                into.ranges
+                    .store(Arc::new(number_masters(&mut numbers, &found)));
+                learned = true;
             }
             drop(into);
-            tokio::time::sleep(MASTERS_EVERY).await;
+            tokio::time::sleep(if learned {
+                MASTERS_EVERY
+            } else {
+                Duration::from_secs(1)
+            })
+            .await;
         }
     }
 
@@ -396,7 +454,7 @@ impl IdempotencyStore for RedisStore {
         };
         let slot = RedisStore::slot(self.redis_key(key).as_bytes());
         let half = super::STORE_PARTS / 2;
-        let masters = masters.load();
+        let masters = masters.ranges.load();
         let master = masters
             .binary_search_by(|&(first, last, _)| {
                 if last < slot {
@@ -469,14 +527,45 @@ mod tests {
             range(5461, 10000, node(7102, "b")),
             range(10001, 10922, node(7101, "a")),
         ]);
+        let found = super::masters_of(&answer).expect("read");
+        let names: Vec<(u16, u16, &str)> =
+            found.iter().map(|(a, b, n)| (*a, *b, n.as_str())).collect();
         assert_eq!(
-            super::masters_of(&answer),
-            Some(vec![
+            names,
+            vec![
+                (0, 5460, "a"),
+                (5461, 10000, "b"),
+                (10001, 10922, "a"),
+                (10923, 16383, "c")
+            ]
+        );
+        let mut numbers = std::collections::HashMap::new();
+        assert_eq!(
+            super::number_masters(&mut numbers, &found),
+            vec![
                 (0, 5460, 0),
                 (5461, 10000, 1),
                 (10001, 10922, 0),
                 (10923, 16383, 2)
-            ])
+            ]
+        );
+        // `a` failed over to `0`, whose id sorts first: `b` and `c` keep their numbers, the
+        // new master takes one no master known holds (not `a`'s, which a part taken as down
+        // may still hold).
+        let after = vec![
+            (0, 5460, "0".to_owned()),
+            (5461, 10000, "b".to_owned()),
+            (10001, 10922, "0".to_owned()),
+            (10923, 16383, "c".to_owned()),
+        ];
+        assert_eq!(
+            super::number_masters(&mut numbers, &after),
+            vec![
+                (0, 5460, 3),
+                (5461, 10000, 1),
+                (10001, 10922, 3),
+                (10923, 16383, 2)
+            ]
         );
         assert_eq!(super::masters_of(&Int(3)), None);
         assert_eq!(super::masters_of(&Array(vec![Array(vec![Int(0)])])), None);
