@@ -97,20 +97,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // An override file it cannot read is a command line it cannot take, as a crate it cannot
-    // read is: exit 2, not a problem of the policies (1).
-    if let Some(path) = &overrides
-        && let Err(e) = std::fs::metadata(path).and_then(|m| {
-            if m.is_file() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("not a file"))
+    // An override file it cannot read (missing, not allowed, not UTF-8) is a command line it
+    // cannot take, as a crate it cannot read is: exit 2, not a problem of the policies (1).
+    // Read here once (a pipe, `<(…)`, too).
+    let overrides = match &overrides {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some((path.clone(), text)),
+            Err(e) => {
+                eprintln!("resilience: --overrides {}: {e}", path.display());
+                return ExitCode::from(2);
             }
-        })
-    {
-        eprintln!("resilience: --overrides {}: {e}", path.display());
-        return ExitCode::from(2);
-    }
+        },
+    };
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let krate = match Crate::read(&dir, tests) {
         Ok(c) => c,
@@ -120,7 +119,10 @@ fn main() -> ExitCode {
         }
     };
     let code = match cmd.as_str() {
-        "check" => check(&krate, overrides.as_deref()),
+        "check" => check(
+            &krate,
+            overrides.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+        ),
         "list" => {
             list(&krate, json);
             if krate.problems.is_empty() {
@@ -2115,46 +2117,37 @@ fn unmatched_sections(
     out
 }
 
-fn check(krate: &Crate, overrides: Option<&Path>) -> ExitCode {
+fn check(krate: &Crate, overrides: Option<(&Path, &str)>) -> ExitCode {
     let mut problems = krate.problems.clone();
-    if let Some(path) = overrides {
-        match std::fs::read_to_string(path) {
-            Err(e) => problems.push(format!("{}: {e}", path.display())),
-            Ok(text) => {
-                let functions: Vec<(&'static str, &'static str, &'static Policy)> = krate
-                    .functions
-                    .iter()
-                    .filter_map(|f| match compiled(f) {
-                        Ok(p) => {
-                            let policy: &'static str = if p.name.is_empty() {
-                                p.function
-                            } else {
-                                p.name
-                            };
-                            Some((p.function, policy, p))
-                        }
-                        Err(e) => {
-                            problems.push(format!("{}: {e}", f.path));
-                            None
-                        }
-                    })
-                    .collect();
-                match resilience_runtime::overrides::check(
-                    &text,
-                    &path.display().to_string(),
-                    &functions,
-                ) {
-                    Ok(changes) => {
-                        for c in changes {
-                            outln!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
-                        }
-                        for w in unmatched_sections(&text, path, &functions) {
-                            eprintln!("warning: {w}");
-                        }
-                    }
-                    Err(e) => problems.extend(e.problems),
+    if let Some((path, text)) = overrides {
+        let functions: Vec<(&'static str, &'static str, &'static Policy)> = krate
+            .functions
+            .iter()
+            .filter_map(|f| match compiled(f) {
+                Ok(p) => {
+                    let policy: &'static str = if p.name.is_empty() {
+                        p.function
+                    } else {
+                        p.name
+                    };
+                    Some((p.function, policy, p))
+                }
+                Err(e) => {
+                    problems.push(format!("{}: {e}", f.path));
+                    None
+                }
+            })
+            .collect();
+        match resilience_runtime::overrides::check(text, &path.display().to_string(), &functions) {
+            Ok(changes) => {
+                for c in changes {
+                    outln!("{}: {} {} -> {}", c.function, c.setting, c.old, c.new);
+                }
+                for w in unmatched_sections(text, path, &functions) {
+                    eprintln!("warning: {w}");
                 }
             }
+            Err(e) => problems.extend(e.problems),
         }
     }
     // Every annotated function found, those the rules refused included.

@@ -629,6 +629,19 @@ fn bad_usage_is_exit_code_2() {
         "{}",
         text(&missing)
     );
+    // One that is there but not text (a binary file): the same.
+    let dir = std::env::temp_dir().join(format!("resilience-cli-binary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("overrides.toml");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let unreadable = run(&[
+        "check",
+        workspace().to_str().unwrap(),
+        "--overrides",
+        binary.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(unreadable.status.code(), Some(2), "{}", text(&unreadable));
     // A typo is reported as such, even where no crate is.
     let typo = run(&["lsit", "/nonexistent-dir"]);
     assert_eq!(typo.status.code(), Some(2));
