@@ -1467,6 +1467,9 @@ async fn a_hedges_nested_fallback_does_not_answer_while_the_first_attempts_charg
         "the charge's own answer, not the fallback's: {r:?}"
     );
     assert_eq!(server.count_path("/charges"), 1);
+    // The hedge ran: its charge was refused the slot the first one held.
+    let slots = resilience_runtime::metrics::bulkhead("fallback::charge_in_slot").unwrap();
+    assert_eq!(slots.rejected, 1, "{slots:?}");
 }
 
 /// The order one level further out: the charge's fallback is kept from answering there too.

@@ -500,6 +500,11 @@ impl ConcurrencyPermit {
         self.attempt_started.elapsed() >= self.limit.spec.latency
     }
 
+    /// Whether an attempt under this permit is in flight (begun, no outcome yet).
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
     /// The attempt in progress succeeded now: fast or slow against the latency threshold.
     pub(crate) fn on_success(&mut self) {
         self.running = false;
@@ -513,11 +518,6 @@ impl ConcurrencyPermit {
     /// The attempt in progress failed with `class`; `cut`: its time was cut short by the
     /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout;
     /// `answered`: its last request got a response.
-    /// Whether an attempt under this permit is in flight (begun, no outcome yet).
-    pub(crate) fn running(&self) -> bool {
-        self.running
-    }
-
     pub(crate) fn on_failure(&mut self, class: Class, cut: bool, answered: bool) {
         self.running = false;
         let sample = if class == Class::Timeout && cut {

@@ -1202,6 +1202,8 @@ impl Session {
         // wait ran out since, its slot granted at the edge or its start and admission apart,
         // is refused by the limit, no permit spent: not let through without one, to send with
         // less than a tenth of its `timeout` left.)
+        // (Such a refusal counts as the limit's, as a bulkhead's wait that ended does, whether
+        // or not a permit was free: rare, and the call could not have sent in time.)
         if let Some(r) = shared.rate_limit {
             if self._bulkhead.is_some() {
                 telemetry::bulkhead_moved(shared);
@@ -2197,7 +2199,8 @@ impl Session {
         // cap or ends at once, as after a nested call of one attempt. (A spent budget does
         // stop the enclosing call's retry: the budget is there to stop retries of a failing
         // dependency, and a retry around the call would go past it.)
-        // (A call that hedged sent more than one request: not run again around it either.)
+        // (A call that hedged sent more than one request: not run again around it either,
+        // whether it then ran out of time or met a `Retry-After` beyond its cap.)
         let not_retried = self.retried == 0
             && self.hedges == 0
             && matches!(why, GiveUp::DeadlineTooClose | GiveUp::RetryAfterTooLong);
@@ -2249,14 +2252,17 @@ impl Session {
         if self.nested && !self.admitted {
             tell_waiting(false);
         }
-        // The body's own failure, for an adaptive limit: it says something of the dependency's
-        // latency only where a request of the attempt was answered; not the slowness of a body
-        // that waited on something else and then panicked (the permit's drop would take an
-        // attempt in flight for an overload).
+        // The body's own failure, for an adaptive limit, when its attempt sent nothing the
+        // runtime saw, or was answered: not the slowness of a body that waited on something
+        // else and then panicked (the permit's drop would take an attempt in flight for an
+        // overload). A request still unanswered (the caller's own panic unwinding the call)
+        // is left to the drop's rule: slow, it is an overload.
+        let answered = self.ctx.status.get().is_some();
         if let Some(c) = &mut self.concurrency
             && c.running()
+            && (answered || self.ctx.seen.get() == 0 && !self.ctx.stamped.get())
         {
-            c.on_failure(Class::Permanent, false, self.ctx.status.get().is_some());
+            c.on_failure(Class::Permanent, false, answered);
         }
         self.give_back_retry();
         let m = self.shared.metrics;

@@ -1048,9 +1048,12 @@ pub mod rules {
     ///
     /// A method (`method`: it takes `self`) is named by `Self::name` only: a bare `name` in
     /// its fallback is a function of the module (called with the receiver first), another
-    /// function. A free or associated function is named by `name`, `self::name` or
-    /// `Self::name`. (A path through `crate::` or `super::` may name it too, or a function of
-    /// the same name in another module: not refused.)
+    /// function. A function without a receiver may be a free one, named by `name` or
+    /// `self::name`, or an associated one, named by `Self::name`, which the macro cannot tell
+    /// apart: all three are refused (an associated function falling back on the module's
+    /// function of its name writes its path, `crate::…::name`). A path through `crate::` or
+    /// `super::` may name it too, or a function of the same name in another module: not
+    /// refused.
     pub fn fallback_not_itself(fallback: &str, function: &str, method: bool) -> Result<(), Broken> {
         let f = fallback.replace(' ', "");
         let bare = if method {
