@@ -1229,6 +1229,7 @@ async fn scenario_adaptive(http: &reqwest::Client) {
         "slowest answer, last second",
     ]);
     let mut means = [0.0f64; 2];
+    let mut slowests = [0u64; 2];
     for adaptive in [false, true] {
         // Each request is answered after a delay set by how many the server holds as it arrives.
         let due = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
@@ -1270,6 +1271,7 @@ async fn scenario_adaptive(http: &reqwest::Client) {
         let most = last.iter().map(|(_, h, _)| *h).max().unwrap_or(0);
         let slowest = last.iter().map(|(_, _, d)| *d).max().unwrap_or(0);
         means[usize::from(adaptive)] = mean;
+        slowests[usize::from(adaptive)] = slowest;
         t.row(vec![
             if adaptive {
                 "concurrency_limit (AIMD)"
@@ -1291,6 +1293,16 @@ async fn scenario_adaptive(http: &reqwest::Client) {
         format!(
             "the concurrency limit held fewer at once: {:.1} against {:.1} without it",
             means[1], means[0]
+        ),
+    );
+    // And so answered sooner (the server's delay follows what it holds), the limit lowered by
+    // its slow answers, as its own counters say.
+    let limit = resilience_runtime::metrics::concurrency_limit("tour::stock_adaptive");
+    claim(
+        slowests[1] < slowests[0] && limit.as_ref().is_some_and(|l| l.decreases > 0),
+        format!(
+            "the limited callers' slowest answer {} ms against {} ms, the limit lowered: {limit:?}",
+            slowests[1], slowests[0]
         ),
     );
 }
