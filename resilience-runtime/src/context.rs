@@ -426,8 +426,12 @@ impl Inbound {
     /// The calls made under this context join the trace of this W3C `traceparent` (ignored
     /// when it is not valid: version 00 as written, a later one by its first four fields).
     pub fn traceparent(mut self, value: &str) -> Inbound {
-        if let Some(t) = parse_traceparent(value) {
-            self.trace = Some(t);
+        match parse_traceparent(value) {
+            Some(t) => self.trace = Some(t),
+            None => tracing::debug!(
+                value = %value.escape_debug().to_string().chars().take(64).collect::<String>(),
+                "traceparent ignored: not W3C Trace Context's (a new trace)"
+            ),
         }
         self
     }

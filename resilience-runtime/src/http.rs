@@ -786,7 +786,12 @@ where
 /// only, spaces around allowed; an overflow is just a very large number. Read alike by the
 /// server (`ContextLayer`) and by the stamping of a value set by hand.
 pub(crate) fn parse_timeout_ms(v: &[u8]) -> Result<u64, &'static str> {
-    let s = std::str::from_utf8(v).map_err(|_| "not ASCII")?.trim();
+    if !v.is_ascii() {
+        return Err("not ASCII");
+    }
+    let s = std::str::from_utf8(v)
+        .map_err(|_| "not ASCII")?
+        .trim_ascii();
     if s.is_empty() {
         return Err("empty");
     }

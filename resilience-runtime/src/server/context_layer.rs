@@ -221,7 +221,13 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
     // one trace, and its calls start their own, as W3C Trace Context's test suite expects.
     let mut parents = headers.get_all(&TRACEPARENT).iter();
     let parent = match (parents.next(), parents.next()) {
-        (Some(one), None) => one.to_str().ok().filter(|v| !v.contains(',')),
+        (Some(one), None) => {
+            let one = one.to_str().ok().filter(|v| !v.contains(','));
+            if one.is_none() {
+                tracing::debug!("traceparent not of visible ASCII, or a list: a new trace");
+            }
+            one
+        }
         (Some(_), Some(_)) => {
             tracing::debug!("more than one traceparent: a new trace");
             None
@@ -232,10 +238,17 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
         inbound = inbound.traceparent(tp);
         // Its `tracestate`, one header or several (combined as one list, as the spec says).
         if inbound.trace.is_some() {
-            let mut states = headers
+            // A field that is not visible ASCII makes the list not of its form: dropped whole,
+            // not the list sent on without that field.
+            let fields: Option<Vec<&str>> = headers
                 .get_all(&crate::http::TRACESTATE)
                 .iter()
-                .filter_map(|v| v.to_str().ok());
+                .map(|v| v.to_str().ok())
+                .collect();
+            if fields.is_none() {
+                tracing::debug!("tracestate field not of visible ASCII: the tracestate dropped");
+            }
+            let mut states = fields.unwrap_or_default().into_iter();
             match (states.next(), states.next()) {
                 (Some(one), None) => inbound = inbound.tracestate(one),
                 (Some(first), Some(second)) => {
@@ -327,7 +340,15 @@ mod tests {
         );
         assert_eq!(at(&[("grpc-timeout", b"99999999H")]), Some(now + max));
         // Malformed or negative: ignored.
-        for bad in [&b"-5"[..], b"", b"1.5", b"12ms", b"\xff", b"1 2"] {
+        for bad in [
+            &b"-5"[..],
+            b"",
+            b"1.5",
+            b"12ms",
+            b"\xff",
+            b"1 2",
+            b"\xc2\xa0150\xc2\xa0",
+        ] {
             let h = {
                 let mut h = HeaderMap::new();
                 h.insert("x-timeout-ms", HeaderValue::from_bytes(bad).unwrap());
@@ -383,6 +404,32 @@ mod tests {
         assert_eq!(trace(&[("traceparent", TP), ("traceparent", TP)]), None);
         let folded = [TP, b", ", OTHER].concat().leak();
         assert_eq!(trace(&[("traceparent", folded)]), None);
+    }
+
+    /// A `tracestate` field not of visible ASCII makes the whole list not of its form:
+    /// dropped, not sent on without that field.
+    #[test]
+    fn a_tracestate_field_not_ascii_drops_the_whole_list() {
+        const TP: &[u8] = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let state = |pairs: &[(&'static str, &'static [u8])]| {
+            inbound_of(&headers(pairs), Duration::from_secs(1), Instant::now()).tracestate
+        };
+        assert!(
+            state(&[
+                ("traceparent", TP),
+                ("tracestate", b"congo=1"),
+                ("tracestate", b"rojo=2")
+            ])
+            .is_some()
+        );
+        assert_eq!(
+            state(&[
+                ("traceparent", TP),
+                ("tracestate", b"congo=1"),
+                ("tracestate", b"rojo=\xc3\xa9")
+            ]),
+            None
+        );
     }
 
     /// The README's default: a caller may hand down at most 5 minutes; a layer told "no
