@@ -330,7 +330,13 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
             .layer(resilience_runtime::server::ContextLayer::new()),
     )
     .await;
-    for flags in ["01", "00"] {
+    // The last: a vendor key of W3C's Level 2 form that the OpenTelemetry API's parser
+    // refuses (more than 13 characters after `@`): the list still goes on as it came.
+    for (flags, state) in [
+        ("01", "congo=t61rcWkgMzE"),
+        ("00", "congo=t61rcWkgMzE"),
+        ("01", "t@vvvvvvvvvvvvvvv=1,congo=t61rcWkgMzE"),
+    ] {
         b_state.traceparents.lock().unwrap().clear();
         b_state.tracestates.lock().unwrap().clear();
         b_state.hits.store(0, Ordering::SeqCst);
@@ -340,7 +346,7 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
                 "traceparent",
                 format!("00-{TRACE}-00f067aa0ba902b7-{flags}"),
             )
-            .header("tracestate", "congo=t61rcWkgMzE")
+            .header("tracestate", state)
             .send()
             .await
             .unwrap()
@@ -356,7 +362,7 @@ async fn a_call_behind_context_layer_joins_the_callers_trace_without_an_extracto
         }
         // The caller's tracestate goes on with the trace, sampled or not.
         let states = b_state.tracestates.lock().unwrap().clone();
-        assert_eq!(states, ["congo=t61rcWkgMzE"; 2], "flags {flags}");
+        assert_eq!(states, [state; 2], "flags {flags}");
     }
 }
 
