@@ -42,7 +42,22 @@ async fn keys_are_bare_by_default_and_quoted_when_set_and_the_layer_takes_both()
     let bare = order(&http, &proxy.url("/orders")).await.unwrap();
     KeyFormat::Quoted.set();
     let quoted = order(&http, &proxy.url("/orders")).await.unwrap();
+    // The key an error names is the one sent, quotes included: asking again with it sends
+    // the same bytes (a gateway comparing keys as strings sees one key).
+    let busy = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = order(&http, &busy.url("/orders")).await.unwrap_err();
+    assert_eq!(
+        e.idempotency_key(),
+        busy.requests()[0].idempotency_key(),
+        "{e}"
+    );
     KeyFormat::Bare.set();
+    let e = order(&http, &busy.url("/orders")).await.unwrap_err();
+    assert_eq!(
+        e.idempotency_key(),
+        busy.requests()[2].idempotency_key(),
+        "{e}"
+    );
 
     let keys: Vec<String> = proxy
         .requests()

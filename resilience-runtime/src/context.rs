@@ -159,11 +159,15 @@ pub(crate) fn unquoted(text: &[u8]) -> &[u8] {
     }
 }
 
-/// The key as sent, without the quotes of `KeyFormat::Quoted`.
+/// The key as sent (an automatic one in the call's `KeyFormat`, quoted under `Quoted`): what
+/// an error and a log name is what a request asking again must send, byte for byte.
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Key::Auto(u, _) => u.hyphenated().fmt(f),
+            Key::Auto(u, format) => {
+                let d = format.delimiter();
+                write!(f, "{d}{}{d}", u.hyphenated())
+            }
             Key::Given(h) => f.write_str(&String::from_utf8_lossy(h.as_bytes())),
         }
     }
