@@ -979,3 +979,27 @@ async fn a_hedged_round_whose_requests_were_refused_says_nothing_was_carried_out
     assert_eq!((server.count(), e.attempts()), (2, 2), "{e}");
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
 }
+
+/// A nested call whose request was never sent (a URL reqwest refuses to build), after the
+/// outer body's own GET was answered 200: its error says no status (the 200 is another
+/// request's), not "last status 200".
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn em_nested_never_sent(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://[not a url").send().await?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, method = GET)]
+async fn em_outer_after_a_200(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    c.get(url).send().await?.error_for_status()?;
+    em_nested_never_sent(c).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_unsent_failure_names_no_status_of_another_request() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let e = em_outer_after_a_200(&reqwest::Client::new(), &server.url("/token"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), None, "{e}");
+    assert!(!e.to_string().contains("last status"), "{e}");
+}

@@ -109,7 +109,11 @@ impl<'a, E> Probe<'a, E> {
         }
         // A response the function refused (a body that did not decode, its own check): the
         // request was answered, so carried out; the error says with which status.
+        // Not a nested call's error (it carries that call's token): the status this attempt
+        // recorded last is another request's (the body's own GET before the nested call),
+        // not the answer that call got or did not get.
         match taken {
+            _ if own.origin() != 0 => {}
             Some(Class::Permanent) => own.set_answered(self.3.filter(|s| *s < 400)),
             // An error status the retry decision took from the recorded response (the body
             // failed on its answer without checking it): the error says it.
