@@ -229,6 +229,8 @@ async fn the_wait_for_a_bulkhead_slot_counts_against_the_deadline() {
     assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
     assert!(took <= Duration::from_millis(200), "overshot: {took:?}");
     assert_eq!(e.attempts(), 0);
+    // Refused before any attempt ran: nothing was sent.
+    assert!(e.is_rejected(), "{e}");
     assert_eq!(healthy.count(), 0);
     holder.await.unwrap().unwrap_err();
 }

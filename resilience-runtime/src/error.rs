@@ -17,7 +17,9 @@ pub enum ErrorKind {
     Call,
     /// The last attempt ran out of its per-attempt `timeout`.
     AttemptTimeout,
-    /// The call's total `deadline` ran out during an attempt.
+    /// The call's total `deadline` ran out during an attempt, or before one could begin with
+    /// time to send: while it waited for a bulkhead or concurrency slot or a rate-limit permit
+    /// (class `Rejected`, 0 attempts: [`Error::is_rejected`]), or handed no time at all.
     DeadlineExceeded,
     /// The circuit breaker is open: the call failed fast without sending (or, when it opened
     /// between attempts, without sending again: [`Error::attempts`] says how many ran).
@@ -263,15 +265,18 @@ impl Error {
     }
 
     /// True when the call was refused before any attempt ran (breaker, bulkhead, rate
-    /// limit): nothing was sent. A breaker that opens between attempts ends the call
-    /// `CircuitOpen` after attempts that ran, which may have been carried out: not rejected,
-    /// and its class (and the key's note in the message) is the last attempt's.
+    /// limit, or the deadline reached while it waited for a bulkhead slot, a concurrency slot
+    /// or a permit: `DeadlineExceeded` of class `Rejected`): nothing was sent. A breaker that
+    /// opens between attempts ends the call `CircuitOpen` after attempts that ran, which may
+    /// have been carried out: not rejected, and its class (and the key's note in the message)
+    /// is the last attempt's.
     pub fn is_rejected(&self) -> bool {
         self.attempts() == 0
-            && matches!(
+            && (matches!(
                 self.kind,
                 ErrorKind::CircuitOpen | ErrorKind::BulkheadFull | ErrorKind::RateLimited
-            )
+            ) || self.kind == ErrorKind::DeadlineExceeded
+                && self.class() == Some(Class::Rejected))
     }
 
     /// The wrapped cause, as its concrete type.
