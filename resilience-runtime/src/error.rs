@@ -19,7 +19,8 @@ pub enum ErrorKind {
     AttemptTimeout,
     /// The call's total `deadline` ran out during an attempt, or before one could begin with
     /// time to send: while it waited for a bulkhead or concurrency slot or a rate-limit permit
-    /// (class `Rejected`, 0 attempts: [`Error::is_rejected`]), or handed no time at all.
+    /// (class `Rejected`, 0 attempts: [`Error::is_rejected`]), or handed no time at all (class
+    /// `Timeout`, 0 attempts: nothing sent, but not counted as a refusal, nor `is_rejected`).
     DeadlineExceeded,
     /// The circuit breaker is open: the call failed fast without sending (or, when it opened
     /// between attempts, without sending again: [`Error::attempts`] says how many ran).
@@ -253,7 +254,10 @@ impl Error {
         let d = self.detail.as_ref()?;
         let own = d.key.as_deref()?;
         let theirs = d.around.as_ref()?.key.get()?;
-        (theirs != own).then_some(theirs.as_str())
+        // One key, bare or quoted (`KeyFormat::Quoted`), as the server layer takes them.
+        let one =
+            crate::context::unquoted(theirs.as_bytes()) == crate::context::unquoted(own.as_bytes());
+        (!one).then_some(theirs.as_str())
     }
 
     /// An attempt timeout or the deadline.

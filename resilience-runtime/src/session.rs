@@ -2252,17 +2252,16 @@ impl Session {
         if self.nested && !self.admitted {
             tell_waiting(false);
         }
-        // The body's own failure, for an adaptive limit, when its attempt sent nothing the
-        // runtime saw, or was answered: not the slowness of a body that waited on something
-        // else and then panicked (the permit's drop would take an attempt in flight for an
-        // overload). A request still unanswered (the caller's own panic unwinding the call)
-        // is left to the drop's rule: slow, it is an overload.
-        let answered = self.ctx.status.get().is_some();
+        // The body's own failure, for an adaptive limit, as the same body returning an error
+        // at that moment would be: its latency counts where a request of the attempt was
+        // answered; not the slowness of a body that waited on something else and then
+        // panicked (the permit's drop would take the attempt in flight for an overload). (A
+        // caller's own panic unwinding the call while a slow request is out reads the same:
+        // rare, and erring toward leaving the limit.)
         if let Some(c) = &mut self.concurrency
             && c.running()
-            && (answered || self.ctx.seen.get() == 0 && !self.ctx.stamped.get())
         {
-            c.on_failure(Class::Permanent, false, answered);
+            c.on_failure(Class::Permanent, false, self.ctx.status.get().is_some());
         }
         self.give_back_retry();
         let m = self.shared.metrics;

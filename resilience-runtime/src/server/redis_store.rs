@@ -272,8 +272,8 @@ impl RedisStore {
         store
     }
 
-    /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`] (each second
-    /// until it first answers), until the store is dropped. An answer that does not come
+    /// Asks the cluster which master serves which slots, every [`MASTERS_EVERY`] (a second
+    /// after each unanswered ask until it first answers), until the store is dropped. An answer that does not come
     /// within a second (the node asked is frozen) leaves what was learned before.
     async fn learn_masters(mut conn: ClusterConnection, masters: std::sync::Weak<Masters>) {
         let mut numbers = std::collections::HashMap::new();

@@ -626,12 +626,15 @@ pub(crate) fn inject_trace_context(
         // The caller's `tracestate`, where the OpenTelemetry context wrote none in the
         // caller's trace: a list the OpenTelemetry API refused to read (its older key rules,
         // a vendor key of the Level 2 form) would go without, every vendor's entry lost.
-        if !headers.contains_key(&crate::http::TRACESTATE)
+        // Only such a list: an empty state the SDK chose (a sampler's) stays empty.
+        if crate::context::inbound_in_use_yet()
+            && !headers.contains_key(&crate::http::TRACESTATE)
             && let Some(written) = headers
                 .get(&crate::http::TRACEPARENT)
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::context::parse_traceparent)
             && let Some(state) = crate::context::inbound_tracestate(written.0)
+            && otel::refuses_tracestate(&state)
         {
             headers.insert(
                 crate::http::TRACESTATE,

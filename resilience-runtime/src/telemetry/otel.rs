@@ -64,6 +64,17 @@ pub(crate) fn join_inbound(
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
 }
 
+/// Whether the OpenTelemetry API refuses to read this `tracestate` (its key rules are W3C's
+/// earlier ones), so that a span's state made from it is empty.
+pub(crate) fn refuses_tracestate(state: &HeaderValue) -> bool {
+    use opentelemetry::trace::TraceState;
+    state
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .is_none()
+}
+
 /// Names the attempt's OpenTelemetry span after the method it sent.
 pub(crate) fn rename(span: &Span, name: &'static str) {
     span.context().span().update_name(name);
