@@ -91,9 +91,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     // this one's helpers) nor `idempotent` on a function whose method is safe (it says
     // nothing of a helper's POST beside a GET) stops the watch.
     let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
-    let declared = s.method.as_ref().is_some_and(|m| {
-        !matches!(&m.origin, resilience_policy::value::Origin::File { table, .. } if table == "defaults")
-    });
+    let declared = s
+        .method
+        .as_ref()
+        .is_some_and(|m| !m.origin.is_from_defaults());
     let idempotent = s.idempotent.value && !plan.safe_method;
     let watch = !declared && !idempotent;
     let clients = watch.then(|| client_names(sig));

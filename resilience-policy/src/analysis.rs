@@ -16,7 +16,6 @@ use crate::validate::{
     Shared, check_body_sets_no_key, check_declared_method, check_function, check_keyed_body_sends,
     check_policy, effective_method, resolve_shared,
 };
-use crate::value::Origin;
 use resilience_spec::packed::{Packed, PackedKey};
 
 /// The effective policy of one function, with where each setting came from.
@@ -156,7 +155,7 @@ pub fn analyze(
     // this one may send any method.
     if inferred.is_none()
         && let Some(m) = &settings.method
-        && matches!(&m.origin, Origin::File { table, .. } if table == "defaults")
+        && m.origin.is_from_defaults()
         && crate::infer::chosen_at_run_time(func.block.to_token_stream())
     {
         diags.push(

@@ -509,10 +509,7 @@ impl Settings {
             // A claim about one endpoint's server, not a crate's: every PUT and DELETE written
             // later would be retried and hedged on it.
             // `false` says what every function already is: nothing claimed, accepted.
-            "idempotent"
-                if matches!(&origin, Origin::File { table, .. } if table == "defaults")
-                    && !matches!(v.value, Value::Bool(false)) =>
-            {
+            "idempotent" if origin.is_from_defaults() && !matches!(v.value, Value::Bool(false)) => {
                 err(
                     diags,
                     v,
@@ -663,11 +660,7 @@ impl Settings {
                 // fallback keeps to it).
                 Value::Bool(false) => {
                     self.fallback = None;
-                    let from_defaults = matches!(
-                        &self.fallback_on.origin,
-                        Origin::File { table, .. } if table == "defaults"
-                    );
-                    if !from_defaults {
+                    if !self.fallback_on.origin.is_from_defaults() {
                         self.fallback_on = Settings::default().fallback_on;
                     }
                 }

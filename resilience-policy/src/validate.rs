@@ -1092,11 +1092,9 @@ pub fn check_fallback(diags: &mut Diags, f: &syn::ItemFn, s: &Settings, fb: Span
         None => {
             // A house rule in `[defaults]` (`fallback_on = ["circuit_open"]`) is for the
             // functions that have a fallback: the others have nothing to call, and are fine.
-            let from_defaults = matches!(
-                &s.fallback_on.origin,
-                Origin::File { table, .. } if table == "defaults"
-            );
-            if !matches!(s.fallback_on.origin, Origin::Builtin) && !from_defaults {
+            if !matches!(s.fallback_on.origin, Origin::Builtin)
+                && !s.fallback_on.origin.is_from_defaults()
+            {
                 diags.push(
                     s.fallback_on.origin.span_or(fb),
                     format!(

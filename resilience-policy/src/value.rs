@@ -34,6 +34,11 @@ impl Origin {
     pub fn is_inline(&self) -> bool {
         matches!(self, Origin::Inline(_))
     }
+
+    /// Set in the policy file's `[defaults]`.
+    pub fn is_from_defaults(&self) -> bool {
+        matches!(self, Origin::File { table, .. } if table == "defaults")
+    }
 }
 
 impl fmt::Display for Origin {
