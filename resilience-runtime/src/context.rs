@@ -1808,7 +1808,7 @@ impl AttemptCtx {
             request_id_text: self.request_id_text.clone(),
             depth: self.depth,
             held: self.held,
-            carried_before: self.unsafe_carried.get() & CARRIED_BEFORE != 0,
+            carried_before: self.carried_before(),
         }
     }
 }

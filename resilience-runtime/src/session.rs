@@ -1531,12 +1531,11 @@ impl Session {
         // An earlier round may have carried out a request that needs a key (or the call was
         // told so as it began): the nested calls of this one, given their keys again, are told
         // so (see `CARRIED_BEFORE`).
-        let carried =
-            if self.carried_out || c.unsafe_carried.get() & crate::context::CARRIED_BEFORE != 0 {
-                crate::context::CARRIED_BEFORE
-            } else {
-                0
-            };
+        let carried = if self.carried_out || c.carried_before() {
+            crate::context::CARRIED_BEFORE
+        } else {
+            0
+        };
         let mut ctx = AttemptCtx::new(
             c.request_id(),
             c.request_id_text.clone(),

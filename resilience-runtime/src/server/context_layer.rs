@@ -240,15 +240,15 @@ pub(crate) fn inbound_of(headers: &HeaderMap, max: Duration, now: Instant) -> In
         if inbound.trace.is_some() {
             // A field that is not visible ASCII makes the list not of its form: dropped whole,
             // not the list sent on without that field.
-            let fields: Option<Vec<&str>> = headers
-                .get_all(&crate::http::TRACESTATE)
-                .iter()
-                .map(|v| v.to_str().ok())
-                .collect();
-            if fields.is_none() {
+            let fields = headers.get_all(&crate::http::TRACESTATE);
+            let ascii = fields.iter().all(|v| v.to_str().is_ok());
+            if !ascii {
                 tracing::debug!("tracestate field not of visible ASCII: the tracestate dropped");
             }
-            let mut states = fields.unwrap_or_default().into_iter();
+            let mut states = fields
+                .iter()
+                .filter(|_| ascii)
+                .filter_map(|v| v.to_str().ok());
             match (states.next(), states.next()) {
                 (Some(one), None) => inbound = inbound.tracestate(one),
                 (Some(first), Some(second)) => {

@@ -618,30 +618,28 @@ pub(crate) fn inject_trace_context(
     // own spans filtered out, the current span is the handler's, a root of its own trace when
     // no extractor gave it the caller's): the call's own `traceparent`, in the caller's trace.
     #[cfg(feature = "opentelemetry")]
-    if otel::inject(
-        headers,
-        &Span::current(),
-        crate::context::inbound_trace_id(),
-    ) {
-        // The caller's `tracestate`, where the OpenTelemetry context wrote none in the
-        // caller's trace: a list the OpenTelemetry API refused to read (its older key rules,
-        // a vendor key of the Level 2 form) would go without, every vendor's entry lost.
-        // Only such a list: an empty state the SDK chose (a sampler's) stays empty.
-        if crate::context::inbound_in_use_yet()
-            && !headers.contains_key(&crate::http::TRACESTATE)
-            && let Some(written) = headers
-                .get(&crate::http::TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::context::parse_traceparent)
-            && let Some(state) = crate::context::inbound_tracestate(written.0)
-            && otel::refuses_tracestate(&state)
-        {
-            headers.insert(
-                crate::http::TRACESTATE,
-                reqwest::header::HeaderValue::clone(&state),
-            );
+    {
+        let joins = crate::context::inbound_trace_id();
+        if otel::inject(headers, &Span::current(), joins) {
+            // The caller's `tracestate`, where the OpenTelemetry context wrote a
+            // `traceparent` (in the caller's trace: the only context `inject` takes when one
+            // was handed down) and no `tracestate`: a list the OpenTelemetry API refused to
+            // read (its older key rules, a vendor key of the Level 2 form) would go without,
+            // every vendor's entry lost. Only such a list: an empty state the SDK chose (a
+            // sampler's) stays empty.
+            if let Some(trace) = joins
+                && headers.contains_key(&crate::http::TRACEPARENT)
+                && !headers.contains_key(&crate::http::TRACESTATE)
+                && let Some(state) = crate::context::inbound_tracestate(trace)
+                && otel::refuses_tracestate(&state)
+            {
+                headers.insert(
+                    crate::http::TRACESTATE,
+                    reqwest::header::HeaderValue::clone(&state),
+                );
+            }
+            return;
         }
-        return;
     }
     if let Some(v) = fallback() {
         headers.insert(crate::http::TRACEPARENT, v);

@@ -37,7 +37,7 @@ pub(crate) fn join_inbound(
     inbound: (u128, u64, u8),
     tracestate: Option<&HeaderValue>,
 ) {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
     let (trace, parent, flags) = inbound;
     if span.is_disabled() || trace == 0 || parent == 0 {
         return;
@@ -54,11 +54,8 @@ pub(crate) fn join_inbound(
         TraceFlags::new(flags),
         true,
         // Checked when it was handed down (`Inbound::tracestate`); one the OpenTelemetry API
-        // refuses goes without.
-        tracestate
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<TraceState>().ok())
-            .unwrap_or_default(),
+        // refuses goes without (`inject_trace_context` sends it on as it was read).
+        tracestate.and_then(otel_state).unwrap_or_default(),
     );
     // Not started yet (just made): a parent can still be set; an error otherwise is no harm.
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
@@ -67,12 +64,12 @@ pub(crate) fn join_inbound(
 /// Whether the OpenTelemetry API refuses to read this `tracestate` (its key rules are W3C's
 /// earlier ones), so that a span's state made from it is empty.
 pub(crate) fn refuses_tracestate(state: &HeaderValue) -> bool {
-    use opentelemetry::trace::TraceState;
-    state
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse::<TraceState>().ok())
-        .is_none()
+    otel_state(state).is_none()
+}
+
+/// A `tracestate` as the OpenTelemetry API reads it, if it does.
+fn otel_state(state: &HeaderValue) -> Option<opentelemetry::trace::TraceState> {
+    state.to_str().ok()?.parse().ok()
 }
 
 /// Names the attempt's OpenTelemetry span after the method it sent.
