@@ -1645,3 +1645,99 @@ async fn an_ok_after_a_503_is_a_success_for_the_breaker_and_the_metrics() {
         Some(4.0)
     );
 }
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false, hedge(delay = "100ms"))]
+async fn hedged_answered_then_hung(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A round that ends on an attempt's answer (a 404 at 150 ms) after its hedge hung to its
+/// timeout counts that answer's attempt, with its own duration: not the hung hedge's second
+/// under the answer's class (a p99 of 4xx attempts as long as the timeout).
+#[tokio::test(start_paused = true)]
+async fn a_round_ended_on_an_earlier_answer_counts_that_attempts_duration() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server = FaultServer::start(Script::sequence([
+        Action::status(404).after(Duration::from_millis(150)),
+        Action::stall(),
+    ]))
+    .await;
+    let e = hedged_answered_then_hung(&reqwest::Client::new(), &server.url("/items/7"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.http_status(), server.count()), (Some(404), 2), "{e}");
+    let f = function_of("hedged_answered_then_hung");
+    let status = |suffix: &str| {
+        sample(
+            &handle,
+            &format!("http_client_request_duration_seconds_{suffix}"),
+            &[f, r#"class="status""#],
+        )
+    };
+    assert_eq!(status("count"), Some(1.0), "{}", handle.render());
+    let sum = status("sum").unwrap();
+    assert!(
+        (0.14..0.2).contains(&sum),
+        "the 404's own 150 ms, not the hedge's timeout: {sum}"
+    );
+    let timeouts = sample(
+        &handle,
+        "http_client_request_duration_seconds_count",
+        &[f, r#"class="timeout""#],
+    );
+    assert_eq!(
+        timeouts, None,
+        "the hung hedge is not an attempt the call acted on"
+    );
+}
+
+#[resilient(method = GET, timeout = "250ms", deadline = "300ms", max_attempts = 1, bulkhead = { name = "m_queue", max_concurrent = 1, max_wait = "10s" }, budget = false)]
+async fn queued_past_deadline(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// Holds the slot of `queued_past_deadline`'s bulkhead for as long as its server takes.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, bulkhead = { name = "m_queue", max_concurrent = 1, max_wait = "10s" }, budget = false)]
+async fn queue_holder(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// A call whose deadline came while it waited for the bulkhead's slot is counted
+/// `rejected_bulkhead`, as the README's outcome list says, its error a `DeadlineExceeded`
+/// (not `BulkheadFull`: the wait was allowed, the caller's time ran out).
+#[tokio::test(start_paused = true)]
+async fn a_deadline_reached_in_the_bulkheads_queue_is_counted_rejected_bulkhead() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    telemetry::describe_metrics();
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(1)))).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    let (first, second) = tokio::join!(queue_holder(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        queued_past_deadline(&c, &url).await
+    });
+    assert_eq!(first.unwrap(), "ok");
+    let second = second.unwrap_err();
+    assert_eq!(
+        second.kind(),
+        resilience_runtime::ErrorKind::DeadlineExceeded,
+        "{second}"
+    );
+    assert!(second.is_rejected(), "{second}");
+    assert_eq!(server.count(), 1, "the queued call sent nothing");
+    let rejected = sample(
+        &handle,
+        "resilience_client_calls_total",
+        &[
+            function_of("queued_past_deadline"),
+            r#"outcome="rejected_bulkhead""#,
+        ],
+    );
+    assert_eq!(rejected, Some(1.0), "{}", handle.render());
+}

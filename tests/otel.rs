@@ -528,6 +528,74 @@ async fn a_hedged_attempt_that_failed_while_another_ran_is_traced_as_an_error() 
 }
 
 #[resilient(
+    timeout = "300ms",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn hedged_briefly(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The first attempt is answered 404 while its hedge hangs to its timeout: the call ends on
+/// the 404, and each span says what its own attempt got (the hedge's said 404, with the
+/// answer's class, and no span told of its timeout).
+#[tokio::test]
+async fn a_hedge_that_timed_out_after_its_siblings_answer_is_traced_with_its_own_timeout() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::sequence([
+        Action::status(404).after(Duration::from_millis(100)),
+        Action::stall(),
+    ]))
+    .await;
+    let c = reqwest::Client::new();
+    let e = hedged_briefly(&c, server.url("/item")).await.unwrap_err();
+    assert_eq!(e.http_status(), Some(404), "{e}");
+    let spans = finished(&exporter, 3).await;
+    let mut attempts: Vec<_> = spans.iter().filter(|s| s.name == "GET").collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2);
+    let (first, hedge) = (attempts[0], attempts[1]);
+    assert_eq!(
+        attr(first, "http.response.status_code"),
+        Some(&Value::I64(404))
+    );
+    assert_eq!(attr(hedge, "resilience.class"), Some(&s("timeout")));
+    assert_eq!(attr(hedge, "http.response.status_code"), None);
+    assert_eq!(attr(hedge, "resilience.decision"), Some(&s("failed")));
+}
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn outer_of_nested(c: &reqwest::Client, url: String) -> Result<u16, Error> {
+    hedged_briefly(c, url).await
+}
+
+/// `depth` reaches OpenTelemetry as a number, as the attempt spans' numbers do: a filter on
+/// `depth = 0` matches (a string "0" does not).
+#[tokio::test]
+async fn the_call_spans_depth_is_exported_as_a_number() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    let (exporter, _guard) = tracing_with(Sampler::AlwaysOn);
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(outer_of_nested(&c, server.url("/item")).await.unwrap(), 200);
+    let spans = finished(&exporter, 4).await;
+    let mut depths: Vec<_> = spans
+        .iter()
+        .filter(|s| is_call(s))
+        .map(|s| attr(s, "depth").cloned())
+        .collect();
+    depths.sort_by_key(|d| format!("{d:?}"));
+    assert_eq!(depths, [Some(Value::I64(0)), Some(Value::I64(1))]);
+}
+
+#[resilient(
     method = GET,
     timeout = "2s",
     deadline = "5s",

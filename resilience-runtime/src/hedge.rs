@@ -239,7 +239,13 @@ where
     // that hangs to its timeout says nothing that overrides the handler's 500 or 404).
     // With when that attempt started, if a hedge (the round's start otherwise): its latency
     // is judged from there.
-    let mut answered: Option<(Result<T, E>, crate::session::Answered, Option<Instant>)> = None;
+    #[allow(clippy::type_complexity)]
+    let mut answered: Option<(
+        Result<T, E>,
+        crate::session::Answered,
+        Option<Instant>,
+        Option<telemetry::AttemptScope>,
+    )> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
             // The first attempt that finishes, if any: (0 = the first attempt, i = hedge i).
@@ -424,22 +430,32 @@ where
                         // Kept as the round's outcome, in place of an earlier answer (the last
                         // answer decides), unless a later attempt ends with one of its own;
                         // not used when an attempt was told "still in progress" (the attempt
-                        // doing the work decides: asked again after it).
-                        answered = Some((r, crate::session::Answered::of(&s.last), hedge_started));
+                        // doing the work decides: asked again after it). Its span ends now;
+                        // its metrics wait for the round's end, with its own duration.
+                        let status = s.last.status.get();
+                        answered = Some((
+                            r,
+                            crate::session::Answered::of(&s.last),
+                            hedge_started,
+                            telemetry::answered_in_round(scope, class, status),
+                        ));
+                    } else {
+                        telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
                     }
-                    telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
                     continue;
                 }
                 // The last attempt ended without the handler's answer, after another was
-                // answered: the round ends on that answer.
-                let (r, hedge_started) = match answered.take() {
-                    Some((earlier, what, started))
+                // answered: the round ends on that answer, and so do its metrics (the answered
+                // attempt counted, with its own duration and class, not this one's timeout).
+                let (r, hedge_started, scope) = match answered.take() {
+                    Some((earlier, what, started, kept))
                         if !handler_answered && in_progress.is_none() =>
                     {
+                        telemetry::attempt_overruled(scope, class, s.last.status.get());
                         what.restore(&mut s.last);
-                        (earlier, started)
+                        (earlier, started, kept)
                     }
-                    _ => (r, hedge_started),
+                    _ => (r, hedge_started, scope),
                 };
                 // The last one left: the call acts on it (the retry loop decides, as after any
                 // attempt). If it timed out after another was told "still in progress" (the

@@ -270,7 +270,8 @@ fn call_span(
             Some(v) => crate::context::RequestId::Text(v),
             None => crate::context::RequestId::Drawn(crate::context::draw_id(request_id)),
         }),
-        depth = depth,
+        // A number to OpenTelemetry: a `u8` would be exported as a string (see `span.rs`).
+        depth = i64::from(depth),
         resilience.outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );

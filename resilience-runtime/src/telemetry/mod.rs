@@ -411,6 +411,10 @@ pub(crate) struct AttemptScope {
     span: Span,
     #[cfg(feature = "metrics")]
     started: Instant,
+    /// When the attempt ended, if before the call acted on it (an answer of a hedged round
+    /// that ends on it later: `answered_in_round`); else when the call acts on it.
+    #[cfg(feature = "metrics")]
+    ended: Option<Instant>,
 }
 
 impl AttemptScope {
@@ -440,6 +444,8 @@ impl AttemptScope {
             span: attempt_span(call, policy, attempt),
             #[cfg(feature = "metrics")]
             started,
+            #[cfg(feature = "metrics")]
+            ended: None,
         })
     }
 }
@@ -464,7 +470,10 @@ pub(crate) fn on_attempt_end(
         metrics::on_attempt_end(
             shared.telemetry,
             &end,
-            now.saturating_duration_since(scope.started),
+            scope
+                .ended
+                .unwrap_or(now)
+                .saturating_duration_since(scope.started),
             now,
         );
     }
@@ -494,6 +503,43 @@ pub(crate) fn attempt_failed_in_round(
     status: Option<u16>,
 ) {
     end_unacted(scope, "failed", "another attempt still runs", class, status);
+}
+
+/// A hedged attempt answered by the handler while another of its round still runs: its span
+/// ends now, as [`attempt_failed_in_round`]'s does; returned is what the metrics count of it,
+/// with its end, for the call to record should the round end on this answer (the attempts
+/// still running end without one of their own: [`attempt_overruled`]).
+pub(crate) fn answered_in_round(
+    scope: Option<AttemptScope>,
+    class: Option<Class>,
+    status: Option<u16>,
+) -> Option<AttemptScope> {
+    #[cfg(feature = "metrics")]
+    let kept = scope.as_ref().map(|scope| AttemptScope {
+        span: Span::none(),
+        started: scope.started,
+        ended: Some(Instant::now()),
+    });
+    #[cfg(not(feature = "metrics"))]
+    let kept = None;
+    attempt_failed_in_round(scope, class, status);
+    kept
+}
+
+/// The last attempt of a hedged round, ended without the handler's answer after another was
+/// answered: the call acts on that answer, not on this attempt's outcome.
+pub(crate) fn attempt_overruled(
+    scope: Option<AttemptScope>,
+    class: Option<Class>,
+    status: Option<u16>,
+) {
+    end_unacted(
+        scope,
+        "failed",
+        "the round ended on another attempt's answer",
+        class,
+        status,
+    );
 }
 
 /// A hedged attempt still in flight when its call was dropped (the caller stopped waiting).
