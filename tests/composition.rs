@@ -6256,3 +6256,67 @@ async fn no_hedge_beside_another_types_unsafe_send() {
     assert!(r.is_err(), "{r:?}");
     assert_eq!(slow.count_path("/mail"), 2, "the stalled GET was hedged");
 }
+
+/// An audit POST the body waits for a little, then leaves to finish in a task of its own (the
+/// `.send()` future polled in the attempt, then spawned), then a read that cannot connect.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_in_background_then_read(
+    c: &reqwest::Client,
+    audit: &str,
+    read: &str,
+) -> Result<u16, Error> {
+    let mut sending = c.post(audit).body("who=42").send();
+    if tokio::time::timeout(Duration::from_millis(10), &mut sending)
+        .await
+        .is_err()
+    {
+        tokio::spawn(sending);
+    }
+    Ok(c.get(read).send().await?.status().as_u16())
+}
+
+/// The same through `execute`.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_executed_in_background_then_read(
+    c: &reqwest::Client,
+    audit: &str,
+    read: &str,
+) -> Result<u16, Error> {
+    let req = c.post(audit).body("who=42").build()?;
+    let mut sending = c.execute(req);
+    if tokio::time::timeout(Duration::from_millis(10), &mut sending)
+        .await
+        .is_err()
+    {
+        tokio::spawn(sending);
+    }
+    Ok(c.get(read).send().await?.status().as_u16())
+}
+
+/// A request polled in the attempt, then handed to another task before its outcome, may
+/// reach the server after the attempt ends: the read's connect failure proves nothing of it,
+/// and the unkeyed POST is not sent again (it was, once per attempt: its outcome, settled in
+/// the other task, never came back to the attempt that made it).
+#[tokio::test(start_paused = true)]
+async fn a_send_polled_in_the_attempt_then_spawned_counts_as_possibly_sent() {
+    let audit = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(200)),
+    ))
+    .await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = audit_in_background_then_read(&client(), &audit.url("/audit"), &refused)
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+
+    audit.clear();
+    let e = audit_executed_in_background_then_read(&client(), &audit.url("/audit"), &refused)
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
+    assert_eq!(e.attempts(), 1, "{e}");
+}

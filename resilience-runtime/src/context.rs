@@ -1718,19 +1718,32 @@ impl AttemptCtx {
         self.unpolled.get() & !EXECUTE_MARK != 0
     }
 
-    /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded.
+    /// A request [`made`](AttemptCtx::made) here is sent from here: its outcome is recorded
+    /// when it ends here ([`AttemptCtx::ended_here`]), which takes its count back. Until then
+    /// it counts as possibly sent: its future may yet be handed to another task (polled once
+    /// under a `timeout`, then spawned), where its outcome never comes back here.
     pub(crate) fn polled(&self) {
-        self.uncount_unpolled(1, UNPOLLED_SENDS);
         self.request_started();
     }
 
-    /// An `execute` future is sent from here: if it is a request's stamped for it (`counted`),
-    /// that request's count taken back.
-    pub(crate) fn polled_execute(&self, counted: bool) {
+    /// A request [`polled`](AttemptCtx::polled) here ended here (its outcome recorded, or
+    /// its future dropped here): its count taken back.
+    pub(crate) fn ended_here(&self) {
+        self.uncount_unpolled(1, UNPOLLED_SENDS);
+    }
+
+    /// An `execute` future is sent from here: if it is a request's stamped for it, that
+    /// request's count is taken back when it ends here ([`AttemptCtx::execute_ended_here`]).
+    pub(crate) fn polled_execute(&self) {
+        self.request_started();
+    }
+
+    /// An `execute` future [`polled`](AttemptCtx::polled_execute) here ended here: if it is a
+    /// request's stamped for it (`counted`), that request's count taken back.
+    pub(crate) fn execute_ended_here(&self, counted: bool) {
         if counted {
             self.uncount_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
         }
-        self.request_started();
     }
 
     /// A request starts: what an earlier one recorded (a 429 the body handled, its
@@ -2207,12 +2220,14 @@ mod tests {
         );
         ctx.made(Method::Get);
         ctx.polled();
+        assert!(ctx.unpolled_outstanding(), "sent from here, not ended here");
+        ctx.ended_here();
         assert!(!ctx.unpolled_outstanding());
         for _ in 0..=UNPOLLED_SENDS {
             ctx.made(Method::Post);
         }
         for _ in 0..=UNPOLLED_SENDS {
-            ctx.polled();
+            ctx.ended_here();
         }
         assert!(ctx.unpolled_outstanding());
         // Executes apart: a spawned execute's count is its own future's to take back.
@@ -2230,10 +2245,10 @@ mod tests {
         );
         ctx.made_for_execute(Method::Post);
         assert_eq!(ctx.take_execute_mark(), Some(Method::Post));
-        ctx.polled();
-        ctx.polled_execute(false);
+        ctx.ended_here();
+        ctx.execute_ended_here(false);
         assert!(ctx.unpolled_outstanding(), "taken back by neither");
-        ctx.polled_execute(true);
+        ctx.execute_ended_here(true);
         assert!(!ctx.unpolled_outstanding());
     }
 

@@ -258,6 +258,7 @@ impl InFlight {
         record_outcome(res, self.0, self.3, unobserved);
         self.after_poll();
         self.take_back();
+        let _ = with_attempt(AttemptCtx::ended_here);
         std::mem::forget(self);
     }
 
@@ -282,6 +283,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         given_up(self.0);
         self.take_back();
+        // Dropped here (in the attempt that sent it), it counts as possibly sent through
+        // `given_up`; dropped or settled in another task, through the attempt's count of
+        // requests that did not end in it.
+        let _ = with_attempt(AttemptCtx::ended_here);
     }
 }
 
@@ -611,7 +616,8 @@ pin_project_lite::pin_project! {
         // The response (or the error) arrived and was recorded.
         settled: bool,
         // Polled once: the attempt it runs in takes its outcome over from the count of
-        // requests made and not sent from it (`AttemptCtx::made_for_execute`).
+        // requests made and not sent from it (`AttemptCtx::made_for_execute`) when it ends
+        // there (settled, or dropped).
         polled: bool,
         // The future of a request stamped for it (not a wrapper's `execute` handed something
         // else): its count is the one its first poll takes back.
@@ -627,8 +633,13 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Observed<F> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its outcome: the request may have reached the server.
-            if !*this.project().settled {
+            let this = this.project();
+            if !*this.settled {
                 given_up(None);
+                if *this.polled {
+                    let counted = *this.counted;
+                    let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
+                }
             }
         }
     }
@@ -645,9 +656,8 @@ where
         let this = self.project();
         if !*this.polled {
             *this.polled = true;
-            let counted = *this.counted;
             if let Some(n) = with_attempt(|ctx| {
-                ctx.polled_execute(counted);
+                ctx.polled_execute();
                 ctx.redirects.get()
             }) {
                 *this.redirects_at_start = n;
@@ -670,6 +680,8 @@ where
             // Nor is whether the client reported its completion (through a middleware stack,
             // a connect failure does not prove it was never sent).
             record_outcome(res, None, *this.redirects_at_start, true);
+            let counted = *this.counted;
+            let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
         }
         out
     }
