@@ -6320,3 +6320,76 @@ async fn a_send_polled_in_the_attempt_then_spawned_counts_as_possibly_sent() {
     assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
     assert_eq!(e.attempts(), 1, "{e}");
 }
+
+/// A keyed charge whose audit POST is built in the body and sent from a task it spawns (the
+/// client parameter cannot move into a `'static` task, the builder can): the task's `.send()`
+/// shows no method, and runs outside the attempt, unstamped and unseen.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "2s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn charge_with_spawned_audit(
+    c: &reqwest::Client,
+    audit: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    let rb = c.post(audit).body("charge=42");
+    tokio::spawn(async move {
+        let _ = rb.send().await;
+    });
+    Ok(c.post(pay)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same through `execute`, with a clone of the client moved into the task.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "2s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn charge_with_spawned_executed_audit(
+    c: &reqwest::Client,
+    audit: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    let (c2, req) = (c.clone(), c.post(audit).body("charge=42").build()?);
+    tokio::spawn(async move {
+        let _ = c2.execute(req).await;
+    });
+    Ok(c.post(pay)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A request a spawned task sends from a builder the body made may have gone out unkeyed: the
+/// charge's 503 is not retried (a retry spawned the audit POST again, without a key).
+#[tokio::test(start_paused = true)]
+async fn a_builder_moved_into_a_spawned_task_is_an_unseen_send() {
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let e = charge_with_spawned_audit(&client(), &audit.url("/audit"), &pay.url("/charges"))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+    assert_eq!(e.http_status(), Some(503), "{e}");
+
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let e =
+        charge_with_spawned_executed_audit(&client(), &audit.url("/audit"), &pay.url("/charges"))
+            .await
+            .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+}

@@ -288,8 +288,8 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
 /// It awaits a helper handed a client parameter (`reserve(&c2, &sku).await`, under any name
 /// the body gave it), a method of `self` (`this.place(o).await`) or a helper handed `self`'s
 /// client (`place(&self.http, o)`); or sends a request showing a method less safe than GET
-/// (`c.post(audit).send()`; not `c.get(u).send()`, nor a query's `.execute(&pool)`, which
-/// show none).
+/// (`c.post(audit).send()`; not `c.get(u).send()`, nor a query's `.execute(&pool)`), or
+/// none at all (`rb.send()`, a builder the body made and moved in; `c2.execute(req)`).
 fn spawned_unseen(
     args: &Punctuated<syn::Expr, syn::Token![,]>,
     clients: &[String],
@@ -334,12 +334,26 @@ fn spawned_unseen(
         }
         fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
             if stamped_call(m) {
-                let shown = if m.method == "send" {
-                    &*m.receiver
+                let (shown, shows_a_read) = if m.method == "send" {
+                    (&*m.receiver, starts_as_a_read(&m.receiver))
                 } else {
-                    &m.args[0]
+                    // A client's `execute(req)`, not a query's `.execute(&pool)`: a request
+                    // by value, handed to a client held in a name (`c2.execute(req)`), not a
+                    // value a chain made (`query(q).bind(x).execute(pool)`).
+                    let a = &m.args[0];
+                    let request = !matches!(a, syn::Expr::Reference(_))
+                        && matches!(
+                            peel_refs(&m.receiver),
+                            syn::Expr::Path(_) | syn::Expr::Field(_)
+                        );
+                    (a, !request || starts_as_a_read(a))
                 };
-                if resilience_policy::infer::unsafe_evidence(shown.to_token_stream()) > 0 {
+                // Showing a method less safe than GET (`c.post(audit).send()`), or none at
+                // all: a builder the body made and moved into the task (`let rb =
+                // c.post(audit); … rb.send()`), whose method the task's tokens do not show.
+                if !shows_a_read
+                    || resilience_policy::infer::unsafe_evidence(shown.to_token_stream()) > 0
+                {
                     self.found = true;
                 }
             }
@@ -1160,6 +1174,17 @@ const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 /// The client parameters among `clients`, `self` (and its other names) left out.
 fn without_self(clients: &[String]) -> Vec<String> {
     clients.iter().filter(|c| !is_self(c)).cloned().collect()
+}
+
+/// `e` without the references and parentheses around it (`&self.http`, `(&c)`).
+fn peel_refs(mut e: &syn::Expr) -> &syn::Expr {
+    loop {
+        match e {
+            syn::Expr::Reference(r) => e = &r.expr,
+            syn::Expr::Paren(p) => e = &p.expr,
+            _ => return e,
+        }
+    }
 }
 
 /// A call the rewrite stamps: `.send()`, or `.execute(…)` with one argument.
