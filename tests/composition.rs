@@ -2264,6 +2264,93 @@ async fn a_nested_method_of_self_is_retried_at_one_layer_in_anyhow_eyre_and_boxe
     assert_eq!(own.attempts(), 3, "{own}");
 }
 
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_wrapped_in_anyhow(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> anyhow::Result<String> {
+    let recs = recommendations(c, recs).await.map_err(PageError::Upstream);
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{}", recs?))
+}
+
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_wrapped_in_a_box(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let recs = recommendations(c, recs).await.map_err(PageError::Upstream);
+    let user = c.get(user).send().await?.error_for_status()?.text().await?;
+    Ok(format!("{user}{}", recs?))
+}
+
+#[resilient(
+    timeout = "5s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn page_wrapped_in_io(
+    c: &reqwest::Client,
+    recs: &str,
+    user: &str,
+) -> std::io::Result<String> {
+    let recs = recommendations(c, recs)
+        .await
+        .map_err(|e| std::io::Error::other(PageError::Upstream(e)));
+    let user = async { c.get(user).send().await?.error_for_status()?.text().await }
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(format!("{user}{}", recs?))
+}
+
+/// The nested call's error wrapped in the service's own type (`map_err(PageError::Upstream)`,
+/// the README's `#[from]` wrapper), then returned later in `anyhow` or a box: found in the
+/// report's chain, as it is when the service's type is returned itself. Only the report's
+/// outermost error was looked at: 9 requests to the dead dependency, not 3.
+#[tokio::test(start_paused = true)]
+async fn a_nested_failure_wrapped_then_boxed_or_in_anyhow_is_not_retried_again() {
+    let recs = FaultServer::start(Script::always(Action::reset())).await;
+    let users = FaultServer::start(Script::always(Action::ok().body("u"))).await;
+    let e = page_wrapped_in_anyhow(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "anyhow: 3 attempts inside, none around: {e}"
+    );
+    assert_eq!(users.count(), 1, "{e}");
+    recs.clear();
+    let e = page_wrapped_in_a_box(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        recs.count(),
+        3,
+        "boxed: 3 attempts inside, none around: {e}"
+    );
+    assert_eq!(users.count(), 2, "{e}");
+    recs.clear();
+    let e = page_wrapped_in_io(&client(), &recs.url("/"), &users.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(recs.count(), 3, "io: 3 attempts inside, none around: {e}");
+    assert_eq!(users.count(), 3, "{e}");
+}
+
 // --- Helpers handed the client --------------------------------------------------------------
 
 /// A helper of the service's own: its POST goes out unseen (not rewritten, no key).

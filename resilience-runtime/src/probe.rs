@@ -281,7 +281,13 @@ macro_rules! boxed {
             fn __resilience_class(self) -> Option<Class> {
                 let e = self.0.take()?;
                 let class = classify_error(&**e);
-                self.note_or_inside(e.downcast_mut::<Error>(), class);
+                if e.is::<Error>() {
+                    self.note_or_inside(e.downcast_mut::<Error>(), class);
+                } else {
+                    // A nested call's error deeper in (the service's own type around it).
+                    self.came_back_in(&**e);
+                    self.note_inside();
+                }
                 class
             }
             fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -301,7 +307,15 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
         let class = classify_error(&*e);
-        self.note_or_inside(e.get_mut().and_then(|i| i.downcast_mut::<Error>()), class);
+        match e.get_ref() {
+            Some(inner) if !inner.is::<Error>() => {
+                // A nested call's error deeper in (its `source()` skips the error it holds).
+                let inner: &(dyn StdError + 'static) = inner;
+                self.came_back_in(inner);
+                self.note_inside();
+            }
+            _ => self.note_or_inside(e.get_mut().and_then(|i| i.downcast_mut::<Error>()), class),
+        }
         class
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -346,7 +360,14 @@ macro_rules! report {
                 let e = self.0.take()?;
                 let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
                 let class = classify_error(dynerr);
-                self.note_or_inside(e.downcast_mut::<Error>(), class);
+                if e.is::<Error>() {
+                    self.note_or_inside(e.downcast_mut::<Error>(), class);
+                } else {
+                    // A nested call's error deeper in (the service's own type around it).
+                    let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
+                    self.came_back_in(dynerr);
+                    self.note_inside();
+                }
                 class
             }
             fn __resilience_kind(self) -> Option<ErrorKind> {
