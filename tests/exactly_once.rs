@@ -937,6 +937,52 @@ async fn a_keyed_call_whose_retry_is_refused_names_the_key_the_charge_went_under
     assert_eq!(charges.load(Ordering::SeqCst), 2);
 }
 
+#[resilient(
+    timeout = "100ms",
+    deadline = "10s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "5ms"),
+    budget = false,
+    breaker = { name = "asks_breaker", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "30s", half_open_calls = 1 },
+    idempotency_key = auto
+)]
+async fn charge_asking_behind_a_breaker(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<String, Error> {
+    Ok(http
+        .post(url)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A call asking for the replay of its charge in progress (409) is not refused by a breaker
+/// another call's timeout opened meanwhile: the ask sends nothing to run again, and the
+/// answer is the one charge's. Refused, the call failed `CircuitOpen` while its charge went
+/// through, and a caller trying again under a new key paid twice.
+#[tokio::test(start_paused = true)]
+async fn asks_for_the_replay_go_around_a_breaker_opened_meanwhile() {
+    let (url, charges) = slow_gateway().await;
+    let http = reqwest::Client::new();
+    let (asking, opening) = tokio::join!(charge_asking_behind_a_breaker(&http, &url), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        charge_asking_behind_a_breaker(&http, &url).await
+    });
+    let opening = opening.unwrap_err();
+    assert_eq!(
+        opening.kind(),
+        ErrorKind::CircuitOpen,
+        "its retry refused: {opening}"
+    );
+    assert_eq!(asking.expect("the replay of the first charge"), "charge 1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(charges.load(Ordering::SeqCst), 2, "one charge per call");
+}
+
 /// One attempt, keyed: its own failures are not retried, but a 409 "still in progress" (the
 /// caller of a job queue calling again while the first call's handler runs) is asked again
 /// for the replay, as with any `max_attempts`.

@@ -1409,6 +1409,12 @@ impl Session {
                     .ctx
                     .held
                     .mark_probe(std::ptr::from_ref(b) as usize, true),
+                // An ask for the replay of the call's request still in progress (a 409; every
+                // attempt after the first that is not a retry: `after_failure`) runs nothing
+                // again: not refused, whatever the breaker says meanwhile (another call's
+                // timeout opened it), and reported to it only under a permit. Refused, the
+                // call failed while its charge went through, and its answer was lost.
+                Err(_) if self.attempts > 0 && self.retry_pending.is_none() => {}
                 Err(_) => {
                     self.give_back_retry();
                     return Err(self.rejected_by_breaker(b.name()));
