@@ -13,7 +13,7 @@ use super::store::{BoxFuture, Claim, IdempotencyStore, StoreError};
 /// An in-memory [`IdempotencyStore`] for a single instance of a service.
 ///
 /// Bounded in keys and in bytes: when it holds `capacity` entries and a new key arrives, or
-/// when a new response would take the stored bytes (bodies and headers of completed
+/// when a new response would take the stored bytes (bodies, headers and keys of completed
 /// responses) past `max_bytes`, expired entries go first, then the oldest completed responses.
 /// Claims of running handlers are never evicted (that would let a duplicate run); if every
 /// entry is a live claim, the new claim fails and the layer answers 503. A repeat of an
@@ -114,7 +114,7 @@ impl MemoryStore {
     }
 
     /// A store holding at most `capacity` keys (raised to 1 if 0) and `max_bytes` of response
-    /// bodies and headers.
+    /// bodies, headers and keys.
     pub fn with_limits(capacity: usize, max_bytes: usize) -> MemoryStore {
         MemoryStore {
             capacity: capacity.max(1),
@@ -142,7 +142,7 @@ impl MemoryStore {
         self.lock().evicted
     }
 
-    /// The bytes of response bodies and headers held now.
+    /// The bytes of response bodies, headers and keys held now.
     pub fn bytes(&self) -> usize {
         let mut inner = self.lock();
         inner.purge(Instant::now());
