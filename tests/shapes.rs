@@ -1444,6 +1444,72 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_failure() {
     );
 }
 
+/// A lookup of its own, annotated, leaving retries to its caller.
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn lookup_once(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The quota check, then the lookup through a nested call.
+#[resilient(timeout = "2s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn with_quota_check_then_nested(
+    c: &reqwest::Client,
+    quota: &str,
+    url: &str,
+) -> Result<u16, Error> {
+    let limited = c.get(quota).send().await?.status().as_u16() == 429;
+    let status = lookup_once(c, url).await?;
+    Ok(if limited { status + 1000 } else { status })
+}
+
+/// The quota check, then work the runtime does not see, declared (a database read), that
+/// hangs past the attempt's timeout.
+#[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn with_quota_check_then_declared(
+    c: &reqwest::Client,
+    quota: &str,
+    hangs: &std::sync::atomic::AtomicU32,
+) -> Result<u16, Error> {
+    let limited = c.get(quota).send().await?.status().as_u16() == 429;
+    resilience_runtime::declare_sent(resilience_runtime::Method::Get);
+    if hangs.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+        std::future::pending::<()>().await;
+    }
+    Ok(if limited { 1200 } else { 200 })
+}
+
+/// Nor does it govern a nested call that follows it, nor a declared send: a request that
+/// follows a response the body handled has none of its own. The nested lookup's timeout (it
+/// leaves retries to its caller) is retried; so is the attempt that hung after its declared
+/// read. The 429's 60 s, past `max_retry_after`, ended both calls at once.
+#[tokio::test(start_paused = true)]
+async fn an_earlier_responses_retry_after_does_not_govern_a_later_nested_call_or_declared_send() {
+    let quota = FaultServer::start(resilience_fault_server::Script::always(
+        Action::status(429).retry_after(60),
+    ))
+    .await;
+    let server = FaultServer::start(vec![Action::stall(), Action::ok()]).await;
+    let got = with_quota_check_then_nested(
+        &reqwest::Client::new(),
+        &quota.url("/quota"),
+        &server.url("/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((got, server.count()), (1200, 2));
+
+    let hangs = std::sync::atomic::AtomicU32::new(1);
+    let got = with_quota_check_then_declared(&reqwest::Client::new(), &quota.url("/quota"), &hangs)
+        .await
+        .unwrap();
+    assert_eq!(got, 1200);
+}
+
 /// Nor of a later request that stalls until the attempt's timeout: the timeout is retried,
 /// and the error of a call that times out names no status (the 429 was not this request's).
 #[tokio::test(start_paused = true)]

@@ -1001,6 +1001,11 @@ pub(crate) struct AttemptCtx {
     pub unsafe_carried: Cell<u8>,
     /// `retry_after` is what a nested call that gave up passed up (see [`AttemptCtx::went_on`]).
     pub retry_after_nested: Cell<bool>,
+    /// `retry_after` is an earlier response's, which the body went on past (a nested call, a
+    /// declared send, another type's send after it: [`AttemptCtx::went_on_to_another`]): it
+    /// governs a failure that is that response's status (returned later), not one without a
+    /// response (a timeout, a reset) that came after it.
+    pub retry_after_handled: Cell<bool>,
     /// The method of the stamped unsafe request being polled now, as its redirects so far
     /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
     /// where no client reported the hop's method (a client built by hand given
@@ -1384,6 +1389,7 @@ impl AttemptCtx {
             foreign_key: Cell::new(false),
             unsafe_carried: Cell::new(carried),
             retry_after_nested: Cell::new(false),
+            retry_after_handled: Cell::new(false),
         }
     }
 
@@ -1470,6 +1476,7 @@ impl AttemptCtx {
             0
         };
         *self.retry_after_nested.get_mut() = false;
+        *self.retry_after_handled.get_mut() = false;
     }
 
     /// A stamped request expected at the URL of hash `url` ended without its completion
@@ -1661,6 +1668,19 @@ impl AttemptCtx {
         }
     }
 
+    /// The body went on ([`went_on`](Self::went_on)) with a send of a kind whose outcome
+    /// the attempt does not see as a response of its own (a nested call begun, a declared
+    /// send, another type's send): the `Retry-After` of an earlier response (a 429 the body
+    /// handled) does not govern a failure without a response after it (the nested call's
+    /// timeout), as for a request of the body's own ([`request_started`](Self::request_started));
+    /// it stays for that response's own status, should the body return it later.
+    pub(crate) fn went_on_to_another(&self) {
+        self.went_on();
+        if self.retry_after.get().is_some() {
+            self.retry_after_handled.set(true);
+        }
+    }
+
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
     /// it is sent from it.
     pub(crate) fn made(&self, m: Method) {
@@ -1753,6 +1773,7 @@ impl AttemptCtx {
         self.failure.set(None);
         self.retry_after.set(None);
         self.retry_after_nested.set(false);
+        self.retry_after_handled.set(false);
         self.replayed.set(false);
     }
 

@@ -327,7 +327,7 @@ pub fn declare_sent(method: crate::policy::Method) {
         ctx.note_carried(method);
         ctx.stamped.set(true);
         ctx.saw();
-        ctx.went_on();
+        ctx.went_on_to_another();
         if !method.is_safe() {
             ctx.all_keyed.set(false);
         }
@@ -603,6 +603,7 @@ fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
     ctx.failure.set(None);
     ctx.retry_after.set(facts.retry_after);
     ctx.retry_after_nested.set(false);
+    ctx.retry_after_handled.set(false);
     ctx.replayed.set(facts.replayed);
 }
 
@@ -1144,7 +1145,7 @@ pub mod dispatch {
         let _ = super::with_attempt(|ctx| {
             ctx.unproven
                 .set(ctx.unproven.get() | crate::context::UNPROVEN | unsafe_);
-            ctx.went_on();
+            ctx.went_on_to_another();
         });
     }
 

@@ -141,7 +141,7 @@ impl<'a, E> Probe<'a, E> {
             // A nested call's error (it carries that call's token) keeps the `Retry-After` its
             // own answer gave, or none.
             if own.origin() == 0 {
-                own.set_retry_after(s.last.retry_after);
+                own.set_retry_after(s.last.retry_after_for(taken));
             }
             self.came_back(own.origin());
             // Only a nested call's errors reach a call that reads their token.

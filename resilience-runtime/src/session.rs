@@ -429,6 +429,9 @@ pub(crate) struct Last {
     /// The last attempt's own last response carried a `Retry-After` (`retry_after` may be a
     /// sibling's, joined over a hedged round): a 409 is "still in progress" only with its own.
     retry_after_own: bool,
+    /// `retry_after` is an earlier response's the body went on past (see
+    /// [`AttemptCtx::retry_after_handled`]): not for a failure without a response.
+    retry_after_handled: bool,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
@@ -467,6 +470,14 @@ pub(crate) struct Last {
 }
 
 impl Last {
+    /// The `Retry-After` that governs a failure of `class`: not that of an earlier response
+    /// the body went on past ([`AttemptCtx::retry_after_handled`]) for a failure without a
+    /// response of its own (a timeout, a reset after it).
+    pub(crate) fn retry_after_for(&self, class: Option<Class>) -> Option<Duration> {
+        self.retry_after
+            .filter(|_| !self.retry_after_handled || matches!(class, Some(Class::Status(_))))
+    }
+
     /// A request of the attempt that needs the call's key reached a server, or may have, and
     /// every such request carried the key: the request may have been carried out under it.
     pub(crate) fn keyed_request_reached(&self) -> bool {
@@ -557,6 +568,7 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.retry_after = ctx.retry_after.get();
     // A `Retry-After` a nested call passed up is that call's failure's, not this attempt's own.
     last.retry_after_own = last.retry_after.is_some() && !ctx.retry_after_nested.get();
+    last.retry_after_handled = ctx.retry_after_handled.get();
     last.replayed = ctx.replayed.get();
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
@@ -889,7 +901,7 @@ impl Session {
             if refusal.is_some() {
                 return None;
             }
-            o.went_on();
+            o.went_on_to_another();
             Some(o.outer())
         })
         .flatten();
@@ -1736,7 +1748,7 @@ impl Session {
             // The server's `Retry-After` on the failure this call ends with: the enclosing
             // call, if it retries that failure, waits it out (and ends at once when it is
             // beyond its cap or its deadline), as for a response of its own.
-            if failed && let Some(asked) = self.last.retry_after {
+            if failed && let Some(asked) = self.last.retry_after_for(self.ran_last.map(|r| r.0)) {
                 // Marked as a nested call's only when no answer of the body's own is in it.
                 let before = outer.retry_after.get();
                 outer
@@ -1745,6 +1757,8 @@ impl Session {
                 outer
                     .retry_after_nested
                     .set(before.is_none() || outer.retry_after_nested.get());
+                // This failure's own: it governs the enclosing attempt's failure that is it.
+                outer.retry_after_handled.set(false);
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
@@ -2053,9 +2067,11 @@ impl Session {
             backoff,
             // A 409's own `Retry-After` or none: a sibling's (a 503's, joined over a hedged
             // round) does not make a plain conflict "still in progress", asked again.
+            // Nor an earlier response's the body went on past, for a failure without a
+            // response after it (a nested call's timeout after a 429 the body handled).
             retry_after: self
                 .last
-                .retry_after
+                .retry_after_for(Some(class))
                 .filter(|_| class != Class::Status(409) || self.last.retry_after_own),
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
@@ -2079,7 +2095,7 @@ impl Session {
                         self.give_up(class, GiveUp::BudgetExhausted, ran);
                         let mut err = Error::new(ErrorKind::BudgetExhausted).with_attempts(attempt);
                         self.name_key(&mut err);
-                        err.set_retry_after(self.last.retry_after);
+                        err.set_retry_after(self.last.retry_after_for(Some(class)));
                         let err = err
                             .with_class(Some(class), self.last.status.get())
                             .with_elapsed(self.started.elapsed());
