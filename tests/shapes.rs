@@ -1502,6 +1502,24 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_nested_call_or
     .await
     .unwrap();
     assert_eq!((got, server.count()), (1200, 2));
+    // Nor a nested call's 503, with no `Retry-After` of its own, or with a short one.
+    for first in [Action::status(503), Action::status(503).retry_after(1)] {
+        let server = FaultServer::start(vec![first, Action::ok()]).await;
+        let started = tokio::time::Instant::now();
+        let got = with_quota_check_then_nested(
+            &reqwest::Client::new(),
+            &quota.url("/quota"),
+            &server.url("/"),
+        )
+        .await
+        .unwrap();
+        assert_eq!((got, server.count()), (1200, 2));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     let hangs = std::sync::atomic::AtomicU32::new(1);
     let got = with_quota_check_then_declared(&reqwest::Client::new(), &quota.url("/quota"), &hangs)

@@ -1001,11 +1001,12 @@ pub(crate) struct AttemptCtx {
     pub unsafe_carried: Cell<u8>,
     /// `retry_after` is what a nested call that gave up passed up (see [`AttemptCtx::went_on`]).
     pub retry_after_nested: Cell<bool>,
-    /// `retry_after` is an earlier response's, which the body went on past (a nested call, a
-    /// declared send, another type's send after it: [`AttemptCtx::went_on_to_another`]): it
-    /// governs a failure that is that response's status (returned later), not one without a
-    /// response (a timeout, a reset) that came after it.
-    pub retry_after_handled: Cell<bool>,
+    /// The `Retry-After` of an earlier response of the body's own, which the body went on
+    /// past (a nested call, a declared send, another type's send after it:
+    /// [`AttemptCtx::went_on_to_another`]), moved out of `retry_after`: it governs only a
+    /// failure that is that response's own status (returned later), not a later failure (a
+    /// nested call's timeout or 503).
+    pub retry_after_handled: Cell<Option<Duration>>,
     /// The method of the stamped unsafe request being polled now, as its redirects so far
     /// left it (a POST's when none is, or it is a POST): what the redirect policy reads
     /// where no client reported the hop's method (a client built by hand given
@@ -1389,7 +1390,7 @@ impl AttemptCtx {
             foreign_key: Cell::new(false),
             unsafe_carried: Cell::new(carried),
             retry_after_nested: Cell::new(false),
-            retry_after_handled: Cell::new(false),
+            retry_after_handled: Cell::new(None),
         }
     }
 
@@ -1476,7 +1477,7 @@ impl AttemptCtx {
             0
         };
         *self.retry_after_nested.get_mut() = false;
-        *self.retry_after_handled.get_mut() = false;
+        *self.retry_after_handled.get_mut() = None;
     }
 
     /// A stamped request expected at the URL of hash `url` ended without its completion
@@ -1676,8 +1677,10 @@ impl AttemptCtx {
     /// it stays for that response's own status, should the body return it later.
     pub(crate) fn went_on_to_another(&self) {
         self.went_on();
-        if self.retry_after.get().is_some() {
-            self.retry_after_handled.set(true);
+        if let Some(handled) = self.retry_after.take() {
+            let before = self.retry_after_handled.get();
+            self.retry_after_handled
+                .set(Some(before.map_or(handled, |b| b.max(handled))));
         }
     }
 
@@ -1773,7 +1776,7 @@ impl AttemptCtx {
         self.failure.set(None);
         self.retry_after.set(None);
         self.retry_after_nested.set(false);
-        self.retry_after_handled.set(false);
+        self.retry_after_handled.set(None);
         self.replayed.set(false);
     }
 

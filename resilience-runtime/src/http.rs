@@ -603,7 +603,7 @@ fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
     ctx.failure.set(None);
     ctx.retry_after.set(facts.retry_after);
     ctx.retry_after_nested.set(false);
-    ctx.retry_after_handled.set(false);
+    ctx.retry_after_handled.set(None);
     ctx.replayed.set(facts.replayed);
 }
 

@@ -429,9 +429,9 @@ pub(crate) struct Last {
     /// The last attempt's own last response carried a `Retry-After` (`retry_after` may be a
     /// sibling's, joined over a hedged round): a 409 is "still in progress" only with its own.
     retry_after_own: bool,
-    /// `retry_after` is an earlier response's the body went on past (see
-    /// [`AttemptCtx::retry_after_handled`]): not for a failure without a response.
-    retry_after_handled: bool,
+    /// The `Retry-After` of an earlier response the body went on past (see
+    /// [`AttemptCtx::retry_after_handled`]): only for a failure that is that response's status.
+    retry_after_handled: Option<Duration>,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
@@ -470,12 +470,17 @@ pub(crate) struct Last {
 }
 
 impl Last {
-    /// The `Retry-After` that governs a failure of `class`: not that of an earlier response
-    /// the body went on past ([`AttemptCtx::retry_after_handled`]) for a failure without a
-    /// response of its own (a timeout, a reset after it).
+    /// The `Retry-After` that governs a failure of `class`: that of an earlier response the
+    /// body went on past ([`AttemptCtx::retry_after_handled`]) only for a failure that is that
+    /// response's own status (the status recorded last: a nested call's failure does not
+    /// write it), not for a later failure (a nested call's timeout, or its 503 without one).
     pub(crate) fn retry_after_for(&self, class: Option<Class>) -> Option<Duration> {
-        self.retry_after
-            .filter(|_| !self.retry_after_handled || matches!(class, Some(Class::Status(_))))
+        match (class, self.retry_after_handled) {
+            (Some(Class::Status(s)), Some(handled)) if self.status.get() == Some(s) => {
+                Some(self.retry_after.map_or(handled, |r| r.max(handled)))
+            }
+            _ => self.retry_after,
+        }
     }
 
     /// A request of the attempt that needs the call's key reached a server, or may have, and
@@ -525,6 +530,7 @@ impl Last {
         // back, whatever the last one got (no answer, or a status of its own without one):
         // the longest, carried through the round however many attempts it had.
         self.retry_after = self.retry_after.max(other.retry_after);
+        self.retry_after_handled = self.retry_after_handled.max(other.retry_after_handled);
     }
 }
 
@@ -1757,8 +1763,6 @@ impl Session {
                 outer
                     .retry_after_nested
                     .set(before.is_none() || outer.retry_after_nested.get());
-                // This failure's own: it governs the enclosing attempt's failure that is it.
-                outer.retry_after_handled.set(false);
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
