@@ -519,6 +519,101 @@ async fn a_nested_calls_request_under_its_own_key_is_not_said_of_the_calls_key()
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
 }
 
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "em_refuses_nested", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn guarded_lookup(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A quota check whose 429 the body handles, then a nested lookup behind its breaker.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false)]
+async fn quota_then_guarded_lookup(
+    c: &reqwest::Client,
+    quota: &str,
+    url: &str,
+) -> Result<u16, Error> {
+    let _limited = c.get(quota).send().await?.status().as_u16() == 429;
+    guarded_lookup(c, url).await
+}
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn nested_profile(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A token, then a nested call; the enclosing call's breaker opens on the nested call's 503.
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    breaker = { name = "em_token_then_nested", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn token_then_nested_profile(
+    c: &reqwest::Client,
+    token: &str,
+    profile: &str,
+) -> Result<String, Error> {
+    let _t = c
+        .get(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    nested_profile(c, profile).await
+}
+
+/// The retry its breaker refused (it opened on the nested call's 503) ends with the status
+/// that failed, not the 200 of the body's own token request before the nested call ("last
+/// status 200" for a failure, which a caller relaying the status passed on).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_after_a_nested_failure_names_that_failures_status() {
+    let token = FaultServer::start(Script::always(Action::ok())).await;
+    let profile = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = token_then_nested_profile(
+        &reqwest::Client::new(),
+        &token.url("/token"),
+        &profile.url("/p"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(e.http_status(), Some(503), "{e}");
+    assert!(!e.to_string().contains("last status 200"), "{e}");
+}
+
+/// A nested call its open breaker refused before it started carries no `Retry-After`: not the
+/// 60 s of the 429 the enclosing body handled before it (its caller would wait a minute for
+/// a breaker's refusal).
+#[tokio::test(start_paused = true)]
+async fn a_nested_breaker_refusal_carries_no_retry_after_of_the_enclosing_body() {
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = reqwest::Client::new();
+    guarded_lookup(&c, &down.url("/")).await.unwrap_err();
+    let quota = FaultServer::start(Script::always(Action::status(429).retry_after(60))).await;
+    let e = quota_then_guarded_lookup(&c, &quota.url("/quota"), &down.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (ErrorKind::CircuitOpen, None),
+        "{e}"
+    );
+    assert_eq!(down.count(), 1, "{e}");
+}
+
 #[resilient(timeout = "200ms", deadline = "5s", max_attempts = 1, budget = false, idempotency_key = auto, hedge(delay = "100ms"))]
 async fn pay_hedged(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.post(url)

@@ -473,9 +473,12 @@ impl Last {
     /// The `Retry-After` that governs a failure of `class`: that of an earlier response the
     /// body went on past ([`AttemptCtx::retry_after_handled`]) only for a failure that is that
     /// response's own status (the status recorded last: a nested call's failure does not
-    /// write it), not for a later failure (a nested call's timeout, or its 503 without one).
+    /// write it), not for a later failure (a nested call's timeout, or its 503 without one);
+    /// none for a refusal.
     pub(crate) fn retry_after_for(&self, class: Option<Class>) -> Option<Duration> {
         match (class, self.retry_after_handled) {
+            // A refusal (a breaker's, a nested call's) was answered by no server.
+            (Some(Class::Rejected), _) => None,
             (Some(Class::Status(s)), Some(handled)) if self.status.get() == Some(s) => {
                 Some(self.retry_after.map_or(handled, |r| r.max(handled)))
             }
@@ -1296,6 +1299,16 @@ impl Session {
         self.attempts
     }
 
+    /// The status an error made for a failure of `class` names: a status failure's own (a
+    /// nested call's 503, where the attempt's last response of its own was a 200 before
+    /// it), else the attempt's last response's.
+    fn status_of(&self, class: Class) -> Option<u16> {
+        match class {
+            Class::Status(s) => Some(s),
+            _ => self.last.status.get(),
+        }
+    }
+
     /// Time since the call started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -1915,7 +1928,7 @@ impl Session {
         if self.last.began {
             self.ran_last = Some((
                 class,
-                self.last.status.get(),
+                self.status_of(class),
                 self.last.keyed_request_reached(),
                 self.last_settled(),
             ));
@@ -2101,7 +2114,7 @@ impl Session {
                         self.name_key(&mut err);
                         err.set_retry_after(self.last.retry_after_for(Some(class)));
                         let err = err
-                            .with_class(Some(class), self.last.status.get())
+                            .with_class(Some(class), self.status_of(class))
                             .with_elapsed(self.started.elapsed());
                         return Next::Replace(err);
                     }
