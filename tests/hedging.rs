@@ -1267,3 +1267,64 @@ async fn a_breaker_judges_a_hedges_failure_by_its_own_latency() {
     let b = resilience_runtime::breakers::state("hedging_slow_refusals").unwrap();
     assert_eq!(b.state, BreakerState::Closed, "{b:?}");
 }
+
+/// The handler's own 500 first, then the hedge's 409 "still in progress" read after it (the
+/// hedge was answered while the handler ran, and is read once the 500 is in): the 409 is
+/// stale, the handler answered, and the call ends on the 500. Asking for the replay sent the
+/// charge a third time (the layer keeps no 5xx: the handler would run again).
+#[tokio::test(start_paused = true)]
+async fn a_409_read_after_the_handlers_own_answer_is_not_asked_for_again() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(300)),
+            Action::status(409)
+                .retry_after(1)
+                .after(Duration::from_millis(200)),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = hedged_charge(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.http_status()), (2, Some(500)), "{e}");
+
+    // Three attempts: the 409 first, then the handler's 500, then a hedge that hangs to its
+    // timeout: the round ends on the 500, not on an ask after the timeout.
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(250)),
+            Action::status(409)
+                .retry_after(1)
+                .after(Duration::from_millis(120)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = keyed_hedged_twice(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.http_status()), (3, Some(500)), "{e}");
+}
+
+/// The handler's 500 first, then a sibling's stale 409 while a third attempt still runs, then
+/// that attempt's timeout: the stale 409 does not take the 500's place as the round's answer.
+#[tokio::test(start_paused = true)]
+async fn a_stale_409_between_the_handlers_answer_and_a_timeout_does_not_become_the_answer() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(250)),
+            Action::status(409)
+                .retry_after(1)
+                .after(Duration::from_millis(200)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = keyed_hedged_twice(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.http_status()), (3, Some(500)), "{e}");
+}

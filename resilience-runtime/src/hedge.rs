@@ -233,6 +233,12 @@ where
     // `Retry-After`, from the server half while another attempt's request runs): its
     // `Retry-After`, for the decision after the round if the last attempt timed out.
     let mut in_progress: Option<Duration> = None;
+    // The handler itself answered an attempt of the round (its 500, its 404: not the server's
+    // "still in progress"): the request is no longer in progress, whatever an attempt read
+    // before that answer or reads after it (a 409 the server gave a sibling while the handler
+    // ran, read once the handler's answer is in). Asking for "the replay" then would run the
+    // handler again: a server that keeps no failure released the key.
+    let mut handler_answered_round = false;
     // The first failure of the round the handler answered (its status, or the body's own
     // error on what it read) while another attempt still ran, with what its requests
     // recorded: the round's outcome if the attempts after it end without an answer (a hedge
@@ -318,7 +324,9 @@ where
                     };
                     if let Some(after) = s.in_progress_of(ended.as_mut().ctx()) {
                         drop(o);
-                        in_progress.get_or_insert(after);
+                        if !handler_answered_round {
+                            in_progress.get_or_insert(after);
+                        }
                         s.record_in_round(
                             ended.as_mut().ctx(),
                             &mut round,
@@ -398,8 +406,9 @@ where
                             }
                         };
                         // Read from this attempt's own requests, before the round's are joined.
-                        if in_progress.is_none() {
-                            in_progress = s.in_progress_of(ended.as_mut().ctx());
+                        let own_in_progress = s.in_progress_of(ended.as_mut().ctx());
+                        if in_progress.is_none() && !handler_answered_round {
+                            in_progress = own_in_progress;
                         }
                         s.record_in_round(ended.as_mut().ctx(), &mut round, class);
                         let scope = ended.as_mut().take_scope();
@@ -412,11 +421,21 @@ where
                             }
                             Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
                         };
-                        (r, scope, class, (i != 0).then_some(ended_started))
+                        (
+                            r,
+                            scope,
+                            class,
+                            (i != 0).then_some(ended_started),
+                            own_in_progress.is_some(),
+                        )
                     }
                 };
-                let (r, scope, class, hedge_started) = r;
+                let (r, scope, class, hedge_started, own_in_progress) = r;
                 let handler_answered = !class.is_some_and(|c| c.unanswered(s.last.status.get()));
+                if handler_answered && !own_in_progress {
+                    handler_answered_round = true;
+                    in_progress = None;
+                }
                 if in_flight > 0 {
                     // An answer came (a failure with the handler's status, or the body's own
                     // error on what it read): no more hedges. The round waits for the attempts
@@ -425,7 +444,9 @@ where
                     // answered (a 500 a server that keeps no failure released runs the handler
                     // again). A failure without the handler's answer (a timeout, a lost or
                     // refused connection, a proxy's 502 or 504) leaves the hedging as it was.
-                    if handler_answered {
+                    // A stale "still in progress" (read after the handler's own answer) does
+                    // not take that answer's place.
+                    if handler_answered && !(own_in_progress && handler_answered_round) {
                         hedging = false;
                         // Kept as the round's outcome, in place of an earlier answer (the last
                         // answer decides), unless a later attempt ends with one of its own;
@@ -448,8 +469,9 @@ where
                 // answered: the round ends on that answer, and so do its metrics (the answered
                 // attempt counted, with its own duration and class, not this one's timeout).
                 let (r, hedge_started, scope) = match answered.take() {
+                    // Or with a stale "still in progress" after the handler's own answer.
                     Some((earlier, what, started, kept))
-                        if !handler_answered && in_progress.is_none() =>
+                        if (!handler_answered || own_in_progress) && in_progress.is_none() =>
                     {
                         telemetry::attempt_overruled(scope, class, s.last.status.get());
                         what.restore(&mut s.last);
