@@ -6480,3 +6480,46 @@ async fn a_builder_moved_into_a_spawned_task_is_an_unseen_send() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
 }
+
+/// A pool of the service's own whose `execute` runs a closure (not a client's).
+struct WorkPool;
+
+impl WorkPool {
+    fn execute<F: FnOnce()>(&self, f: F) {
+        f();
+    }
+}
+
+/// A GET whose body spawns harmless work: a GET builder it made (moved into the task), and a
+/// pool's `execute` of a closure. Neither is an unseen send that may need a key.
+#[resilient(timeout = "2s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn read_beside_background_work(
+    c: &reqwest::Client,
+    url: &str,
+    warm: &str,
+) -> Result<u16, Error> {
+    let rb = c.get(warm);
+    tokio::spawn(async move {
+        let _ = rb.send().await;
+    });
+    let pool = std::sync::Arc::new(WorkPool);
+    tokio::spawn(async move { pool.execute(move || {}) });
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The spawned-task rule does not take a GET builder bound in the body, nor a pool's
+/// `execute`, for an unseen send: the read's reset is retried.
+#[tokio::test(start_paused = true)]
+async fn a_spawned_get_builder_or_a_pools_execute_does_not_stop_the_retry() {
+    let warm = FaultServer::start(Script::always(Action::ok())).await;
+    let server = FaultServer::start(vec![Action::reset(), Action::ok()]).await;
+    let got = read_beside_background_work(&client(), &server.url("/"), &warm.url("/warm"))
+        .await
+        .unwrap();
+    assert_eq!((got, server.count()), (200, 2));
+}

@@ -295,11 +295,12 @@ fn spawned_unseen(
     clients: &[String],
     kept: &[(String, syn::Expr)],
 ) -> bool {
-    struct Find {
+    struct Find<'k> {
         named: Vec<String>,
+        kept: &'k [(String, syn::Expr)],
         found: bool,
     }
-    impl<'ast> syn::visit::Visit<'ast> for Find {
+    impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
         fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
             let helper = |e: &syn::Expr| match e {
                 syn::Expr::Call(call) => {
@@ -334,26 +335,41 @@ fn spawned_unseen(
         }
         fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
             if stamped_call(m) {
-                let (shown, shows_a_read) = if m.method == "send" {
-                    (&*m.receiver, starts_as_a_read(&m.receiver))
-                } else {
-                    // A client's `execute(req)`, not a query's `.execute(&pool)`: a request
-                    // by value, handed to a client held in a name (`c2.execute(req)`), not a
-                    // value a chain made (`query(q).bind(x).execute(pool)`).
-                    let a = &m.args[0];
-                    let request = !matches!(a, syn::Expr::Reference(_))
-                        && matches!(
-                            peel_refs(&m.receiver),
-                            syn::Expr::Path(_) | syn::Expr::Field(_)
-                        );
-                    (a, !request || starts_as_a_read(a))
+                // What the request is made of: the chain as written, or, where it starts from
+                // a name the body bound (`let rb = c.post(audit);`), that binding's value.
+                let bound = |e: &syn::Expr| -> Option<&syn::Expr> {
+                    let syn::Expr::Path(p) = chain_root(e) else {
+                        return None;
+                    };
+                    let i = p.path.get_ident()?;
+                    self.kept.iter().rev().find(|(n, _)| i == n).map(|(_, v)| v)
                 };
-                // Showing a method less safe than GET (`c.post(audit).send()`), or none at
-                // all: a builder the body made and moved into the task (`let rb =
-                // c.post(audit); … rb.send()`), whose method the task's tokens do not show.
-                if !shows_a_read
-                    || resilience_policy::infer::unsafe_evidence(shown.to_token_stream()) > 0
-                {
+                let unsafe_shown = |e: &syn::Expr| {
+                    resilience_policy::infer::unsafe_evidence(e.to_token_stream()) > 0
+                };
+                let flagged = if m.method == "send" {
+                    // Showing a method less safe than GET (`c.post(audit).send()`), or none
+                    // at all: a builder the body made and moved into the task (`let rb =
+                    // c.post(audit); … rb.send()`), or one a parameter holds.
+                    unsafe_shown(&m.receiver)
+                        || (!shows_a_read(&m.receiver)
+                            && bound(&m.receiver)
+                                .is_none_or(|v| unsafe_shown(v) || !shows_a_read(v)))
+                } else {
+                    // A client's `execute(req)`, not a query's or a pool's (`.execute(&pool)`,
+                    // `pool.execute("UPDATE …")`, `pool.execute(move || …)`): a request made
+                    // by `.build()` or `Request::new`, or held in a name and handed to a
+                    // client the body named (`c2.execute(req)`, `c2` a clone of `c`).
+                    let a = &m.args[0];
+                    let built = makes_a_request(a) || bound(a).is_some_and(makes_a_request);
+                    let to_a_client = matches!(a, syn::Expr::Path(_))
+                        && mentions_any(m.receiver.to_token_stream(), &self.named);
+                    (built || to_a_client)
+                        && (unsafe_shown(a)
+                            || (!shows_a_read(a)
+                                && bound(a).is_none_or(|v| unsafe_shown(v) || !shows_a_read(v))))
+                };
+                if flagged {
                     self.found = true;
                 }
             }
@@ -391,6 +407,7 @@ fn spawned_unseen(
     }
     let mut f = Find {
         named: without_self(clients),
+        kept,
         found: false,
     };
     for a in args {
@@ -418,24 +435,74 @@ fn spawned_unseen(
 /// otherwise (`ledger.post(u)`, `send_message()`), or a builder held in a variable (`rb`), is
 /// not known to be one.
 fn starts_as_a_read(recv: &syn::Expr) -> bool {
-    let mut e = recv;
-    let mut first = None;
+    chain_methods(recv).last().is_some_and(|m| is_a_read(m))
+}
+
+/// The methods of the chain `e`, outermost first (through `?`, `.await`, references and
+/// parentheses).
+fn chain_methods(mut e: &syn::Expr) -> Vec<&syn::ExprMethodCall> {
+    let mut methods = Vec::new();
     loop {
         match e {
             syn::Expr::MethodCall(m) => {
-                first = Some(m);
+                methods.push(m);
                 e = &m.receiver;
             }
             syn::Expr::Paren(p) => e = &p.expr,
             syn::Expr::Reference(r) => e = &r.expr,
             syn::Expr::Try(t) => e = &t.expr,
             syn::Expr::Await(a) => e = &a.base,
-            _ => break,
+            _ => return methods,
         }
     }
-    let Some(m) = first else {
-        return false;
-    };
+}
+
+/// The innermost receiver of the method chain `e` (`rb` in `rb.header(k, v).send()`).
+fn chain_root(mut e: &syn::Expr) -> &syn::Expr {
+    loop {
+        match e {
+            syn::Expr::MethodCall(m) => e = &m.receiver,
+            syn::Expr::Paren(p) => e = &p.expr,
+            syn::Expr::Reference(r) => e = &r.expr,
+            syn::Expr::Try(t) => e = &t.expr,
+            syn::Expr::Await(a) => e = &a.base,
+            _ => return e,
+        }
+    }
+}
+
+/// [`starts_as_a_read`] past the making of a client in the chain
+/// (`Client::builder().build()?.get(u)`, `c.clone().get(u)`).
+fn shows_a_read(e: &syn::Expr) -> bool {
+    const MAKING: &[&str] = &["builder", "build", "clone", "unwrap", "expect", "as_ref"];
+    chain_methods(e)
+        .into_iter()
+        .rev()
+        .find(|m| !MAKING.contains(&m.method.to_string().as_str()))
+        .is_some_and(is_a_read)
+}
+
+/// Whether `e` makes a request: a chain ending in `.build()` (`c.post(u).build()?`, unwrapped
+/// or not), or `Request::new(…)`.
+fn makes_a_request(e: &syn::Expr) -> bool {
+    match e {
+        syn::Expr::Try(t) => makes_a_request(&t.expr),
+        syn::Expr::Paren(p) => makes_a_request(&p.expr),
+        syn::Expr::MethodCall(m) if m.method == "build" => true,
+        syn::Expr::MethodCall(m) if m.method == "unwrap" || m.method == "expect" => {
+            makes_a_request(&m.receiver)
+        }
+        syn::Expr::Call(c) => {
+            callee(c).as_deref() == Some("new")
+                && matches!(&*c.func, syn::Expr::Path(p)
+                    if p.path.segments.iter().any(|s| s.ident == "Request"))
+        }
+        _ => false,
+    }
+}
+
+/// Whether the method called on the client, `m`, reads (see [`starts_as_a_read`]).
+fn is_a_read(m: &syn::ExprMethodCall) -> bool {
     let name = m.method.to_string();
     if name == "request" {
         return m.args.first().is_some_and(|a| {
@@ -459,21 +526,47 @@ fn starts_as_a_read(recv: &syn::Expr) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// The `async` blocks and closures `block` binds to a name, anywhere in it but nested items
-/// (see [`Unwatched::kept_tasks`]).
+/// The `async` blocks, closures and request builders `block` binds to a name, anywhere in it
+/// but nested items (see [`Unwatched::kept_tasks`]).
 fn kept_tasks(block: &syn::Block) -> Vec<(String, syn::Expr)> {
     struct Lets(Vec<(String, syn::Expr)>);
     impl<'ast> syn::visit::Visit<'ast> for Lets {
         fn visit_local(&mut self, l: &'ast syn::Local) {
-            if let syn::Pat::Ident(pi) = &l.pat
-                && let Some(init) = &l.init
-                && matches!(&*init.expr, syn::Expr::Async(_) | syn::Expr::Closure(_))
-            {
-                self.0.push((pi.ident.to_string(), (*init.expr).clone()));
+            if let Some(init) = &l.init {
+                self.bind(&l.pat, &init.expr);
             }
             syn::visit::visit_local(self, l);
         }
         fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    impl Lets {
+        /// `pat = value`, a name at a time (`let (c2, req) = (c.clone(), c.post(u).build()?);`).
+        fn bind(&mut self, pat: &syn::Pat, value: &syn::Expr) {
+            match (pat, value) {
+                (syn::Pat::Ident(pi), v) if kept_value(v) => {
+                    self.0.push((pi.ident.to_string(), v.clone()));
+                }
+                (syn::Pat::Type(t), v) => self.bind(&t.pat, v),
+                (syn::Pat::Tuple(p), syn::Expr::Tuple(t)) if p.elems.len() == t.elems.len() => {
+                    for (p, v) in p.elems.iter().zip(&t.elems) {
+                        self.bind(p, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    /// A task (an `async` block, a closure), or what a request is made of (a builder chain, a
+    /// built request: [`spawned_unseen`] reads the method it shows).
+    fn kept_value(v: &syn::Expr) -> bool {
+        matches!(
+            v,
+            syn::Expr::Async(_)
+                | syn::Expr::Closure(_)
+                | syn::Expr::MethodCall(_)
+                | syn::Expr::Try(_)
+                | syn::Expr::Call(_)
+        )
     }
     let mut lets = Lets(Vec::new());
     syn::visit::Visit::visit_block(&mut lets, block);
@@ -1174,17 +1267,6 @@ const JOINING_MACROS: [&str; 2] = ["join", "try_join"];
 /// The client parameters among `clients`, `self` (and its other names) left out.
 fn without_self(clients: &[String]) -> Vec<String> {
     clients.iter().filter(|c| !is_self(c)).cloned().collect()
-}
-
-/// `e` without the references and parentheses around it (`&self.http`, `(&c)`).
-fn peel_refs(mut e: &syn::Expr) -> &syn::Expr {
-    loop {
-        match e {
-            syn::Expr::Reference(r) => e = &r.expr,
-            syn::Expr::Paren(p) => e = &p.expr,
-            _ => return e,
-        }
-    }
 }
 
 /// A call the rewrite stamps: `.send()`, or `.execute(…)` with one argument.
