@@ -1328,3 +1328,24 @@ async fn a_stale_409_between_the_handlers_answer_and_a_timeout_does_not_become_t
         .unwrap_err();
     assert_eq!((server.count(), e.http_status()), (3, Some(500)), "{e}");
 }
+
+/// A round that asks for the replay of the charge still in progress (its first attempt timed
+/// out after the hedge was told 409) sends no hedge beside the ask: an ask runs nothing again,
+/// and a hedge beside it, drawn from the retry budget, only asked a second time.
+#[tokio::test(start_paused = true)]
+async fn no_hedge_is_sent_beside_an_ask_for_the_replay() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::stall(),
+            Action::status(409).retry_after(1),
+            Action::ok()
+                .body("charged")
+                .after(Duration::from_millis(300)),
+        ])
+        .then(Action::ok().body("hedged")),
+    )
+    .await;
+    let got = hedged_charge(&reqwest::Client::new(), &server.url("/charges")).await;
+    assert_eq!(got.unwrap(), "charged");
+    assert_eq!(server.count(), 3, "the attempt, its hedge, one ask");
+}

@@ -566,6 +566,8 @@ async fn a_hedge_that_timed_out_after_its_siblings_answer_is_traced_with_its_own
         attr(first, "http.response.status_code"),
         Some(&Value::I64(404))
     );
+    // The call's decision is on the span of the attempt it acted on.
+    assert_eq!(attr(first, "resilience.decision"), Some(&s("give up")));
     assert_eq!(attr(hedge, "resilience.class"), Some(&s("timeout")));
     assert_eq!(attr(hedge, "http.response.status_code"), None);
     assert_eq!(attr(hedge, "resilience.decision"), Some(&s("failed")));

@@ -238,7 +238,9 @@ impl Error {
     /// The `Idempotency-Key` the call sent on every attempt, when it was keyed (`auto` or a
     /// parameter): what a call that failed after a request may have been carried out leaves
     /// the caller to look the outcome up with, or to ask again with (a server that replays by
-    /// key answers a request with this key with that outcome).
+    /// key answers a request with this key with that outcome). A keyed call refused before
+    /// any attempt (its bulkhead, rate limit or deadline) names the key it would have sent:
+    /// no request carried it, and the message says nothing was carried out.
     pub fn idempotency_key(&self) -> Option<&str> {
         let d = self.detail.as_ref()?;
         d.key

@@ -211,6 +211,10 @@ where
     if let Some(at) = s.retry_at.take() {
         tokio::time::sleep_until(at).await;
     }
+    // An ask for the replay of the call's request still in progress (after a 409; every
+    // attempt after the first that is not a retry) runs nothing again: no hedge beside it,
+    // drawn from the retry budget, as no ask is.
+    let asking = s.asking_next();
     let ctx = match s.begin_attempt() {
         Ok((until, limit)) => (until, limit, s.attempt_ctx(until)),
         Err(e) => return Err(E::from_runtime(e)),
@@ -225,7 +229,7 @@ where
     let mut hedges: Vec<Pin<Box<Running<F>>>> = Vec::new();
     // The hedge timer, made when the first attempt is first pending.
     let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
-    let mut hedging = true;
+    let mut hedging = !asking;
     let mut in_flight = 1u32;
     // What the attempts of this round that ended without the call's answer sent, joined.
     let mut round = None;
@@ -250,7 +254,7 @@ where
         Result<T, E>,
         crate::session::Answered,
         Option<Instant>,
-        Option<telemetry::AttemptScope>,
+        telemetry::KeptAnswer,
     )> = None;
     let run = std::future::poll_fn(|cx| {
         loop {
@@ -458,7 +462,7 @@ where
                             r,
                             crate::session::Answered::of(&s.last),
                             hedge_started,
-                            telemetry::answered_in_round(scope, class, status),
+                            telemetry::KeptAnswer::new(scope, class, status),
                         ));
                     } else {
                         telemetry::attempt_failed_in_round(scope, class, s.last.status.get());
@@ -475,7 +479,7 @@ where
                     {
                         telemetry::attempt_overruled(scope, class, s.last.status.get());
                         what.restore(&mut s.last);
-                        (earlier, started, kept)
+                        (earlier, started, kept.acted_on())
                     }
                     _ => (r, hedge_started, scope),
                 };

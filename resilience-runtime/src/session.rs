@@ -1309,6 +1309,13 @@ impl Session {
         }
     }
 
+    /// Whether the attempt about to begin is an ask for the replay of the call's request still
+    /// in progress (a 409): every attempt after the first that is not a retry
+    /// (`after_failure`). Asked before `begin_attempt`, which takes the pending retry.
+    pub(crate) fn asking_next(&self) -> bool {
+        self.attempts > 0 && self.retry_pending.is_none()
+    }
+
     /// Time since the call started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -1445,7 +1452,7 @@ impl Session {
                 // again: not refused, whatever the breaker says meanwhile (another call's
                 // timeout opened it), and reported to it only under a permit. Refused, the
                 // call failed while its charge went through, and its answer was lost.
-                Err(_) if self.attempts > 0 && self.retry_pending.is_none() => {}
+                Err(_) if self.asking_next() => {}
                 Err(_) => {
                     self.give_back_retry();
                     return Err(self.rejected_by_breaker(b.name()));

@@ -505,25 +505,46 @@ pub(crate) fn attempt_failed_in_round(
     end_unacted(scope, "failed", "another attempt still runs", class, status);
 }
 
-/// A hedged attempt answered by the handler while another of its round still runs: its span
-/// ends now, as [`attempt_failed_in_round`]'s does; returned is what the metrics count of it,
-/// with its end, for the call to record should the round end on this answer (the attempts
-/// still running end without one of their own: [`attempt_overruled`]).
-pub(crate) fn answered_in_round(
+/// A hedged attempt answered by the handler while another of its round still runs, kept with
+/// how it failed: should the round end on this answer ([`KeptAnswer::acted_on`]), its span
+/// (still open) records the call's decision, and its metrics its own duration, to its end;
+/// else (a later answer took its place, the round was dropped) it ends as
+/// [`attempt_failed_in_round`] (the attempts still running end without an answer of their
+/// own after it: [`attempt_overruled`]).
+pub(crate) struct KeptAnswer {
     scope: Option<AttemptScope>,
     class: Option<Class>,
     status: Option<u16>,
-) -> Option<AttemptScope> {
-    #[cfg(feature = "metrics")]
-    let kept = scope.as_ref().map(|scope| AttemptScope {
-        span: Span::none(),
-        started: scope.started,
-        ended: Some(Instant::now()),
-    });
-    #[cfg(not(feature = "metrics"))]
-    let kept = None;
-    attempt_failed_in_round(scope, class, status);
-    kept
+}
+
+impl KeptAnswer {
+    pub(crate) fn new(
+        scope: Option<AttemptScope>,
+        class: Option<Class>,
+        status: Option<u16>,
+    ) -> KeptAnswer {
+        #[cfg(feature = "metrics")]
+        let scope = scope.map(|mut s| {
+            s.ended = Some(Instant::now());
+            s
+        });
+        KeptAnswer {
+            scope,
+            class,
+            status,
+        }
+    }
+
+    /// The round ends on this answer: its scope, for the call's decision.
+    pub(crate) fn acted_on(mut self) -> Option<AttemptScope> {
+        self.scope.take()
+    }
+}
+
+impl Drop for KeptAnswer {
+    fn drop(&mut self) {
+        attempt_failed_in_round(self.scope.take(), self.class, self.status);
+    }
 }
 
 /// The last attempt of a hedged round, ended without the handler's answer after another was
