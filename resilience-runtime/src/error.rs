@@ -746,9 +746,22 @@ impl From<reqwest::Error> for Error {
     }
 }
 
+/// An `io::Error` that carries the runtime's own (a nested `io::Result` function's refusal or
+/// timeout, `?`'d into a function returning [`Error`]) gives it back, its kind kept (a
+/// `fallback_on = [circuit_open]`, `is_rejected()`, `is_timeout()` read it); any other is the
+/// function's own error.
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
-        Error::call(e)
+        if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::call(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(own)) => *own,
+            // Not reached: the inner error was the runtime's.
+            Some(Err(other)) => Error::call(std::io::Error::new(kind, other)),
+            None => Error::call(std::io::Error::from(kind)),
+        }
     }
 }
 
@@ -794,6 +807,15 @@ mod tests {
             "{}",
             std::mem::size_of::<Error>()
         );
+    }
+
+    #[test]
+    fn the_runtimes_error_comes_back_out_of_an_io_error() {
+        let refused = Error::new(ErrorKind::CircuitOpen);
+        let back = Error::from(std::io::Error::from(refused));
+        assert_eq!(back.kind(), ErrorKind::CircuitOpen, "{back}");
+        let other = Error::from(std::io::Error::other("disk full"));
+        assert_eq!(other.kind(), ErrorKind::Call, "{other}");
     }
 
     #[test]
