@@ -6523,3 +6523,57 @@ async fn a_spawned_get_builder_or_a_pools_execute_does_not_stop_the_retry() {
         .unwrap();
     assert_eq!((got, server.count()), (200, 2));
 }
+
+/// A receipt keyed by the order's reference, which may not be a valid key.
+#[resilient(idempotency_key = reference, timeout = "1s", max_attempts = 1)]
+async fn send_receipt(c: &reqwest::Client, url: &str, reference: &str) -> Result<u16, Error> {
+    Ok(c.post(url).body("receipt").send().await?.status().as_u16())
+}
+
+#[resilient(idempotency_key = auto, timeout = "1s", max_attempts = 3)]
+async fn checkout_then_receipt(
+    c: &reqwest::Client,
+    charges: &str,
+    receipts: &str,
+    reference: &str,
+) -> Result<u16, CheckoutError> {
+    let status = c
+        .post(charges)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status();
+    send_receipt(c, receipts, reference).await?;
+    Ok(status.as_u16())
+}
+
+/// A nested call refused at its start for an invalid key, after the enclosing call's keyed
+/// POST was charged, inside the service's own error type: the error names the charge's key and
+/// the attempt that ran, as for a nested breaker's refusal (it said 0 attempts and no key).
+#[tokio::test(start_paused = true)]
+async fn a_nested_invalid_key_inside_a_services_own_error_names_the_charge() {
+    let shop = FaultServer::start(Script::always(Action::ok())).await;
+    let e = checkout_then_receipt(
+        &client(),
+        &shop.url("/charges"),
+        &shop.url("/receipts"),
+        "order\n7",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (shop.count_path("/charges"), shop.count_path("/receipts")),
+        (1, 0),
+        "{e:?}"
+    );
+    let CheckoutError::Resilience(inner) = &e else {
+        panic!("the refusal, inside: {e:?}");
+    };
+    let charged = shop.requests()[0]
+        .idempotency_key()
+        .expect("the charge was keyed")
+        .to_owned();
+    assert_eq!(inner.attempts(), 1, "{inner}");
+    assert_eq!(inner.idempotency_key(), Some(charged.as_str()), "{inner}");
+}

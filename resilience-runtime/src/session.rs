@@ -893,8 +893,12 @@ impl Session {
         if let Some(e) = shared.broken {
             refusal = Some(Error::call(e.clone()));
         }
-        if let Some(e) = &refusal {
+        if let Some(e) = &mut refusal {
             refused_at_start(shared, e);
+            // Inside an attempt, its refusal goes back into it (as a breaker's refusal at the
+            // start does): the enclosing call writes its attempts and key into the error
+            // where its function's own error type holds it out of reach.
+            e.leaving();
         }
         debug_assert!(
             key.is_some() || refusal.is_some() || policy.idempotency_key == KeySource::None
