@@ -682,6 +682,14 @@ async fn a_store_full_of_young_responses_refuses_new_keys_before_running_them() 
     let refused = post(&app.url("/orders"), Some(&fresh_key()), &body).await;
     assert_eq!(refused.status, 503);
     assert_eq!(count(&app.runs.orders), 3, "the fourth was not run");
+    // Asked to come back when the oldest response may go (about 600 s), not in a second: a
+    // client told 1 s would meet the same refusal every second for ten minutes.
+    let after: u64 = refused
+        .header("retry-after")
+        .expect("a Retry-After")
+        .parse()
+        .unwrap();
+    assert!((590..=600).contains(&after), "Retry-After: {after}");
     assert!(memory.bytes() <= 64 * 1024, "{} bytes", memory.bytes());
     assert_eq!(memory.evicted(), 0);
 }

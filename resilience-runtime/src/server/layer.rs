@@ -897,20 +897,23 @@ where
             return Ok(replay(stored));
         }
         failed => {
-            // Asked again after the store is no longer taken as down: at once, after a
-            // failure that marked nothing.
-            let mut again = Duration::ZERO;
-            let error = match failed {
-                Ok(Err(e)) => e,
+            // Asked again after the store is no longer taken as down, or when a store full
+            // for a while (its responses too young to evict) says it will have room: at once,
+            // after another failure that marked nothing.
+            let (error, again) = match failed {
+                Ok(Err(e)) => {
+                    let again = e.room_after().unwrap_or_default();
+                    (e, again)
+                }
                 _ => {
-                    again = config.store_down_for;
                     // A store that fails fast (full, refusing) is answered fast anyway; one
                     // that does not answer in time is taken as down for a while.
                     config.state.mark_down(part, config.store_down_for);
-                    StoreError::new(format!(
+                    let e = StoreError::new(format!(
                         "no answer within the store timeout of {:?}",
                         config.store_timeout
-                    ))
+                    ));
+                    (e, config.store_down_for)
                 }
             };
             tracing::warn!(key = %store_key, error = %error, "idempotency claim failed; refusing the request");

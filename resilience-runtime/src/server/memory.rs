@@ -379,7 +379,8 @@ impl Inner {
                 return Err(StoreError::new(format!(
                     "memory store full: a response it would have to evict is {age:?} old, under min_retention ({:?})",
                     store.min_retention
-                )));
+                ))
+                .room_in(store.min_retention - age));
             }
             entries -= 1;
             held -= size(key, &entry.record);

@@ -138,6 +138,7 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 pub struct StoreError {
     source: Box<dyn StdError + Send + Sync>,
     too_large: bool,
+    room_in: Option<std::time::Duration>,
 }
 
 impl StoreError {
@@ -146,7 +147,21 @@ impl StoreError {
         StoreError {
             source: source.into(),
             too_large: false,
+            room_in: None,
         }
+    }
+
+    /// The store refuses for want of room it will have after `wait` (a full store whose
+    /// oldest response may go then): the layer's 503 asks the client to come back then
+    /// (`Retry-After`), not in a second.
+    pub fn room_in(mut self, wait: std::time::Duration) -> StoreError {
+        self.room_in = Some(wait);
+        self
+    }
+
+    /// When the store expects room again, if it said ([`room_in`](Self::room_in)).
+    pub fn room_after(&self) -> Option<std::time::Duration> {
+        self.room_in
     }
 
     /// The response given to `complete` is larger than the store ever holds: asking again
@@ -155,6 +170,7 @@ impl StoreError {
         StoreError {
             source: source.into(),
             too_large: true,
+            room_in: None,
         }
     }
 
