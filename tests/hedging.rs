@@ -1349,3 +1349,40 @@ async fn no_hedge_is_sent_beside_an_ask_for_the_replay() {
     assert_eq!(got.unwrap(), "charged");
     assert_eq!(server.count(), 3, "the attempt, its hedge, one ask");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "200ms")
+)]
+async fn charge_failing_on_5xx_only(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let r = c.post(url).body("39000").send().await?;
+    if r.status().is_server_error() {
+        r.error_for_status_ref()?;
+    }
+    Ok(r.status().as_u16())
+}
+
+/// A body that fails on a 5xx only: the handler's 500 first, then the hedge's 409 "still in
+/// progress" as the round's last, an `Ok(409)` of the body's: stale, not the call's success
+/// (it ended the call as one while the charge had failed).
+#[tokio::test(start_paused = true)]
+async fn a_stale_409_read_last_is_not_the_calls_success() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(300)),
+            Action::status(409)
+                .retry_after(1)
+                .after(Duration::from_millis(200)),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = charge_failing_on_5xx_only(&reqwest::Client::new(), &server.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.http_status()), (2, Some(500)), "{e}");
+}

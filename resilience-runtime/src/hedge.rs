@@ -321,7 +321,10 @@ where
                 // the round runs on: if it is the server's "still in progress" (409) for the
                 // call's key, that other attempt's request is the one being carried out, and
                 // its answer is the call's. This one is set aside, not the winner.
-                if in_flight > 0 && matches!(o, Outcome::Done(Ok(_))) {
+                // Or, the last of the round, after the handler's own answer to another: a
+                // stale "still in progress", which does not end the round as its success.
+                let stale_last = in_flight == 0 && handler_answered_round && answered.is_some();
+                if (in_flight > 0 || stale_last) && matches!(o, Outcome::Done(Ok(_))) {
                     let mut ended = match i {
                         0 => first.as_mut(),
                         i => hedges[i - 1].as_mut(),
@@ -344,6 +347,17 @@ where
                             Some(409),
                         );
                         hedging = false;
+                        if let Some((earlier, what, started, kept)) =
+                            answered.take().filter(|_| stale_last)
+                        {
+                            what.restore(&mut s.last);
+                            s.attempt_scope = kept.acted_on();
+                            s.last.round_in_progress = None;
+                            if let Some(started) = started {
+                                s.answer_started(started);
+                            }
+                            return Poll::Ready(earlier);
+                        }
                         continue;
                     }
                 }
