@@ -983,6 +983,48 @@ async fn asks_for_the_replay_go_around_a_breaker_opened_meanwhile() {
     assert_eq!(charges.load(Ordering::SeqCst), 2, "one charge per call");
 }
 
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn stock_level(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A keyed charge that checks the stock (a nested call) before it reads the charge's answer.
+#[resilient(timeout = "1s", deadline = "10s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn charge_then_stock(
+    http: &reqwest::Client,
+    url: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let r = http.post(url).body("39000").send().await?;
+    let _level = stock_level(http, stock).await?;
+    Ok(r.error_for_status()?.text().await?)
+}
+
+/// A 409 "still in progress" the body reads after a nested call (the stock check between the
+/// charge and its answer) is still asked for again: the `Retry-After` of the body's own 409,
+/// kept apart once the body went on, is that 409's (the call ended on it as a plain 409).
+#[tokio::test(start_paused = true)]
+async fn a_409_in_progress_read_after_a_nested_call_is_asked_for_again() {
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.path == "/stock" {
+            Action::ok().body("12")
+        } else if seen.index == 0 {
+            Action::status(409).retry_after(1)
+        } else {
+            Action::ok().body("charged")
+        }
+    }))
+    .await;
+    let got = charge_then_stock(
+        &reqwest::Client::new(),
+        &server.url("/charges"),
+        &server.url("/stock"),
+    )
+    .await;
+    assert_eq!(got.expect("the replay"), "charged");
+    assert_eq!(server.count_path("/charges"), 2);
+}
+
 /// One attempt, keyed: its own failures are not retried, but a 409 "still in progress" (the
 /// caller of a job queue calling again while the first call's handler runs) is asked again
 /// for the replay, as with any `max_attempts`.

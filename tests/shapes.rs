@@ -1503,7 +1503,12 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_nested_call_or
     .unwrap();
     assert_eq!((got, server.count()), (1200, 2));
     // Nor a nested call's 503, with no `Retry-After` of its own, or with a short one.
-    for first in [Action::status(503), Action::status(503).retry_after(1)] {
+    for first in [
+        Action::status(503),
+        Action::status(503).retry_after(1),
+        // The same status as the handled response's, without a `Retry-After` of its own.
+        Action::status(429),
+    ] {
         let server = FaultServer::start(vec![first, Action::ok()]).await;
         let started = tokio::time::Instant::now();
         let got = with_quota_check_then_nested(

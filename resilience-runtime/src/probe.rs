@@ -57,9 +57,13 @@ impl<'a, E> Probe<'a, E> {
     fn came_back(&self, origin: u16) {
         if let Some(s) = self.4
             && origin != 0
-            && s.last.gave_up.contains(&origin)
+            && origin != s.token.get()
         {
-            s.returned_inside.set(true);
+            // A nested call's failure: not the body's own response returned later.
+            s.failure_nested.set(true);
+            if s.last.gave_up.contains(&origin) {
+                s.returned_inside.set(true);
+            }
         }
     }
 

@@ -432,6 +432,8 @@ pub(crate) struct Last {
     /// The `Retry-After` of an earlier response the body went on past (see
     /// [`AttemptCtx::retry_after_handled`]): only for a failure that is that response's status.
     retry_after_handled: Option<Duration>,
+    /// The attempt's failure is a nested call's (`Session::failure_nested`).
+    pub(crate) nested_failure: bool,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,
@@ -476,13 +478,25 @@ impl Last {
     /// write it), not for a later failure (a nested call's timeout, or its 503 without one);
     /// none for a refusal.
     pub(crate) fn retry_after_for(&self, class: Option<Class>) -> Option<Duration> {
-        match (class, self.retry_after_handled) {
+        match class {
             // A refusal (a breaker's, a nested call's) was answered by no server.
-            (Some(Class::Rejected), _) => None,
-            (Some(Class::Status(s)), Some(handled)) if self.status.get() == Some(s) => {
-                Some(self.retry_after.map_or(handled, |r| r.max(handled)))
+            Some(Class::Rejected) => None,
+            _ => match self.handled_for(class) {
+                Some(handled) => Some(self.retry_after.map_or(handled, |r| r.max(handled))),
+                None => self.retry_after,
+            },
+        }
+    }
+
+    /// The `Retry-After` of an earlier response the body went on past, when the failure of
+    /// `class` is that response's own status returned later (not a nested call's failure:
+    /// `nested_failure`, read by the probe).
+    fn handled_for(&self, class: Option<Class>) -> Option<Duration> {
+        match class {
+            Some(Class::Status(s)) if !self.nested_failure && self.status.get() == Some(s) => {
+                self.retry_after_handled
             }
-            _ => self.retry_after,
+            _ => None,
         }
     }
 
@@ -773,6 +787,10 @@ pub struct Session {
     /// The error of the attempt that just failed is one a nested call of that attempt already
     /// retried as far as its policy allowed (told by the error probe).
     pub(crate) returned_inside: Cell<bool>,
+    /// The attempt's error is (or holds) a nested call's (read by the probe): the
+    /// `Retry-After` of a response the body handled before it does not govern it, whatever
+    /// its status (`Last::retry_after_for`).
+    pub(crate) failure_nested: Cell<bool>,
     /// The call ended: it succeeded, gave up, or was refused (and counted as such). A session
     /// dropped before it ended was cancelled by its caller (see `Drop`).
     ended: bool,
@@ -1080,6 +1098,7 @@ impl Session {
             replaced: None,
             token: Cell::new(0),
             returned_inside: Cell::new(false),
+            failure_nested: Cell::new(false),
             ran_last: None,
             carried_out: carried_before,
             key_carried: false,
@@ -1689,8 +1708,9 @@ impl Session {
     /// requests were last answered.
     pub(crate) fn in_progress_of(&self, ctx: &AttemptCtx) -> Option<Duration> {
         let keyed = self.ctx.key.is_some() && ctx.stamped.get() && ctx.all_keyed.get();
+        // Its own `Retry-After`, or one the body went on past (a nested call after the 409).
         (keyed && !ctx.replayed.get() && ctx.status.get() == Some(409))
-            .then(|| ctx.retry_after.get())
+            .then(|| ctx.retry_after.get().or(ctx.retry_after_handled.get()))
             .flatten()
     }
 
@@ -1876,6 +1896,7 @@ impl Session {
     /// [`Next::Retry`] the next [`attempt`](Self::attempt) waits out the backoff before it
     /// starts, so the generated loop has one `await` per attempt.
     pub fn after_failure(&mut self, reported: Option<Class>) -> Next {
+        self.last.nested_failure = self.failure_nested.take();
         let class = match self.last.runtime {
             Some(ErrorKind::CircuitOpen) => Class::Rejected,
             Some(_) => Class::Timeout,
@@ -2010,7 +2031,7 @@ impl Session {
         // before it.
         let ran = match self.ran_last {
             Some((class, status, ..)) if !self.last.began && self.attempts > 0 => (class, status),
-            _ => (class, self.last.status.get()),
+            _ => (class, self.status_of(class)),
         };
         // The deadline itself ran out: nothing more can be tried.
         if self.last.runtime == Some(ErrorKind::DeadlineExceeded) {
@@ -2097,10 +2118,11 @@ impl Session {
             // round) does not make a plain conflict "still in progress", asked again.
             // Nor an earlier response's the body went on past, for a failure without a
             // response after it (a nested call's timeout after a 429 the body handled).
-            retry_after: self
-                .last
-                .retry_after_for(Some(class))
-                .filter(|_| class != Class::Status(409) || self.last.retry_after_own),
+            retry_after: self.last.retry_after_for(Some(class)).filter(|_| {
+                class != Class::Status(409)
+                    || self.last.retry_after_own
+                    || self.last.handled_for(Some(class)).is_some()
+            }),
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
             timeout: policy.timeout.min(self.left_at_start),
@@ -2151,7 +2173,7 @@ impl Session {
                         tracing::info!(
                             attempt,
                             class = class.as_str(),
-                            status = self.last.status.get(),
+                            status = self.status_of(class),
                             delay_ms = delay.as_millis() as u64,
                             decision = "retry",
                             "attempt failed; retrying"
