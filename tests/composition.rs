@@ -6577,3 +6577,76 @@ async fn a_nested_invalid_key_inside_a_services_own_error_names_the_charge() {
     assert_eq!(inner.attempts(), 1, "{inner}");
     assert_eq!(inner.idempotency_key(), Some(charged.as_str()), "{inner}");
 }
+
+/// A keyed charge whose audit POST runs in a task bound to a name, the name then bound again
+/// to the task's handle.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "2s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn charge_after_a_rebound_task(
+    c: &reqwest::Client,
+    audit: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    let (c2, audit) = (c.clone(), audit.to_owned());
+    let task = async move { c2.post(audit).body("who=42").send().await };
+    let task = tokio::spawn(task);
+    drop(task);
+    Ok(c.post(pay)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed charge whose audit POST builder is moved into a task, its name then bound again to
+/// the charge's own builder.
+#[resilient(
+    idempotency_key = auto,
+    timeout = "2s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn charge_after_a_rebound_builder(
+    c: &reqwest::Client,
+    audit: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    let rb = c.post(audit).body("who=42");
+    tokio::spawn(async move {
+        let _ = rb.send().await;
+    });
+    let rb = c.get(pay);
+    let _ = rb;
+    Ok(c.post(pay)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A name bound again after it named a spawned POST (to a task's handle, to another builder)
+/// does not hide that POST: the charge's 503 is not retried, and the audit went out once.
+#[tokio::test(start_paused = true)]
+async fn a_name_bound_again_does_not_hide_a_spawned_post() {
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let e = charge_after_a_rebound_task(&client(), &audit.url("/audit"), &pay.url("/charges"))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let e = charge_after_a_rebound_builder(&client(), &audit.url("/audit"), &pay.url("/charges"))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+}

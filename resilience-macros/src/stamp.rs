@@ -337,37 +337,45 @@ fn spawned_unseen(
             if stamped_call(m) {
                 // What the request is made of: the chain as written, or, where it starts from
                 // a name the body bound (`let rb = c.post(audit);`), that binding's value.
-                let bound = |e: &syn::Expr| -> Option<&syn::Expr> {
+                // Every value the body binds to that name (not only the last: a binding
+                // written after the spawn, `let rb = c.get(u);`, does not hide `c.post(a)`).
+                let bound = |e: &syn::Expr| -> Vec<&syn::Expr> {
                     let syn::Expr::Path(p) = chain_root(e) else {
-                        return None;
+                        return Vec::new();
                     };
-                    let i = p.path.get_ident()?;
-                    self.kept.iter().rev().find(|(n, _)| i == n).map(|(_, v)| v)
+                    let Some(i) = p.path.get_ident() else {
+                        return Vec::new();
+                    };
+                    self.kept
+                        .iter()
+                        .filter(|(n, v)| i == n && task(v).is_none())
+                        .map(|(_, v)| v)
+                        .collect()
                 };
                 let unsafe_shown = |e: &syn::Expr| {
                     resilience_policy::infer::unsafe_evidence(e.to_token_stream()) > 0
+                };
+                // No value bound (a parameter's builder), or any that does not read.
+                let any_unread = |vs: Vec<&syn::Expr>| {
+                    vs.is_empty() || vs.iter().any(|v| unsafe_shown(v) || !shows_a_read(v))
                 };
                 let flagged = if m.method == "send" {
                     // Showing a method less safe than GET (`c.post(audit).send()`), or none
                     // at all: a builder the body made and moved into the task (`let rb =
                     // c.post(audit); … rb.send()`), or one a parameter holds.
                     unsafe_shown(&m.receiver)
-                        || (!shows_a_read(&m.receiver)
-                            && bound(&m.receiver)
-                                .is_none_or(|v| unsafe_shown(v) || !shows_a_read(v)))
+                        || (!shows_a_read(&m.receiver) && any_unread(bound(&m.receiver)))
                 } else {
                     // A client's `execute(req)`, not a query's or a pool's (`.execute(&pool)`,
                     // `pool.execute("UPDATE …")`, `pool.execute(move || …)`): a request made
                     // by `.build()` or `Request::new`, or held in a name and handed to a
                     // client the body named (`c2.execute(req)`, `c2` a clone of `c`).
                     let a = &m.args[0];
-                    let built = makes_a_request(a) || bound(a).is_some_and(makes_a_request);
+                    let built = makes_a_request(a) || bound(a).into_iter().any(makes_a_request);
                     let to_a_client = matches!(a, syn::Expr::Path(_))
                         && mentions_any(m.receiver.to_token_stream(), &self.named);
                     (built || to_a_client)
-                        && (unsafe_shown(a)
-                            || (!shows_a_read(a)
-                                && bound(a).is_none_or(|v| unsafe_shown(v) || !shows_a_read(v))))
+                        && (unsafe_shown(a) || (!shows_a_read(a) && any_unread(bound(a))))
                 };
                 if flagged {
                     self.found = true;
@@ -416,7 +424,9 @@ fn spawned_unseen(
             syn::Expr::Path(p) => p
                 .path
                 .get_ident()
-                .and_then(|i| kept.iter().rev().find(|(n, _)| i == n))
+                // The last binding of that name to a task (`let task = tokio::spawn(task);`
+                // after it binds the handle, not a task).
+                .and_then(|i| kept.iter().rev().find(|(n, v)| i == n && task(v).is_some()))
                 .map_or(a, |(_, e)| e),
             a => a,
         };
