@@ -1386,3 +1386,45 @@ async fn a_stale_409_read_last_is_not_the_calls_success() {
         .unwrap_err();
     assert_eq!((server.count(), e.http_status()), (2, Some(500)), "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "100ms", max = 2)
+)]
+async fn charge_twice_hedged_failing_on_5xx_only(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<u16, Error> {
+    let r = c.post(url).body("39000").send().await?;
+    if r.status().is_server_error() {
+        r.error_for_status_ref()?;
+    }
+    Ok(r.status().as_u16())
+}
+
+/// The handler's 500, then a stale `Ok(409)` while a third attempt still runs, then that
+/// attempt's timeout: the round ends on the 500 (the stale 409 once threw the kept answer away,
+/// and the round ended on the timeout).
+#[tokio::test(start_paused = true)]
+async fn a_stale_ok_409_while_another_runs_keeps_the_handlers_answer() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(500).after(Duration::from_millis(300)),
+            Action::status(409)
+                .retry_after(1)
+                .after(Duration::from_millis(250)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e =
+        charge_twice_hedged_failing_on_5xx_only(&reqwest::Client::new(), &server.url("/charges"))
+            .await
+            .unwrap_err();
+    assert_eq!((server.count(), e.http_status()), (3, Some(500)), "{e}");
+}

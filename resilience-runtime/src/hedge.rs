@@ -341,14 +341,16 @@ where
                         );
                         let scope = ended.as_mut().take_scope();
                         hedge_ended(s, i, ended, false);
-                        telemetry::attempt_failed_in_round(
-                            scope,
-                            Some(crate::classify::Class::Status(409)),
-                            Some(409),
-                        );
+                        let stale = Some(crate::classify::Class::Status(409));
+                        if stale_last {
+                            telemetry::attempt_overruled(scope, stale, Some(409));
+                        } else {
+                            telemetry::attempt_failed_in_round(scope, stale, Some(409));
+                        }
                         hedging = false;
-                        if let Some((earlier, what, started, kept)) =
-                            answered.take().filter(|_| stale_last)
+                        // Taken only when the round ends on it (attempts still running may
+                        // end with an answer of their own, or on it later).
+                        if stale_last && let Some((earlier, what, started, kept)) = answered.take()
                         {
                             what.restore(&mut s.last);
                             s.attempt_scope = kept.acted_on();
