@@ -6498,7 +6498,10 @@ async fn read_beside_background_work(
     url: &str,
     warm: &str,
 ) -> Result<u16, Error> {
-    let rb = c.get(warm);
+    // The name held another value first, and the builder grows under it.
+    let rb = warm.to_uppercase().to_lowercase();
+    let rb = c.get(rb);
+    let rb = rb.header("x-warm", "1");
     tokio::spawn(async move {
         let _ = rb.send().await;
     });

@@ -337,6 +337,9 @@ fn spawned_unseen(
             if stamped_call(m) {
                 // What the request is made of: the chain as written, or, where it starts from
                 // a name the body bound (`let rb = c.post(audit);`), that binding's value.
+                let unsafe_shown = |e: &syn::Expr| {
+                    resilience_policy::infer::unsafe_evidence(e.to_token_stream()) > 0
+                };
                 // Every value the body binds to that name (not only the last: a binding
                 // written after the spawn, `let rb = c.get(u);`, does not hide `c.post(a)`).
                 let bound = |e: &syn::Expr| -> Vec<&syn::Expr> {
@@ -346,14 +349,20 @@ fn spawned_unseen(
                     let Some(i) = p.path.get_ident() else {
                         return Vec::new();
                     };
+                    // Builders and requests, as their method shows (not a value of another
+                    // kind the name held first, `let q = q.trim().to_owned();`), and not one
+                    // continuing the name's own earlier value (`let rb = rb.header(k, v);`:
+                    // that value is read).
                     self.kept
                         .iter()
-                        .filter(|(n, v)| i == n && task(v).is_none())
+                        .filter(|(n, v)| {
+                            i == n
+                                && task(v).is_none()
+                                && (unsafe_shown(v) || shows_a_read(v) || makes_a_request(v))
+                                && !matches!(chain_root(v), syn::Expr::Path(p) if p.path.is_ident(i))
+                        })
                         .map(|(_, v)| v)
                         .collect()
-                };
-                let unsafe_shown = |e: &syn::Expr| {
-                    resilience_policy::infer::unsafe_evidence(e.to_token_stream()) > 0
                 };
                 // No value bound (a parameter's builder), or any that does not read.
                 let any_unread = |vs: Vec<&syn::Expr>| {
