@@ -1467,6 +1467,27 @@ async fn with_quota_check_then_nested(
     Ok(if limited { status + 1000 } else { status })
 }
 
+/// A service's own error type, the runtime's error in a transparent variant.
+#[derive(Debug, thiserror::Error)]
+enum QuotaError {
+    #[error(transparent)]
+    Nested(#[from] Error),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// `with_quota_check_then_nested`, its error the service's own type.
+#[resilient(timeout = "2s", backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn with_quota_check_then_nested_in_own_error(
+    c: &reqwest::Client,
+    quota: &str,
+    url: &str,
+) -> Result<u16, QuotaError> {
+    let limited = c.get(quota).send().await?.status().as_u16() == 429;
+    let status = lookup_once(c, url).await?;
+    Ok(if limited { status + 1000 } else { status })
+}
+
 /// The quota check, then work the runtime does not see, declared (a database read), that
 /// hangs past the attempt's timeout.
 #[resilient(timeout = "1s", backoff(initial = "1ms", max = "1ms"), budget = false)]
@@ -1525,6 +1546,17 @@ async fn an_earlier_responses_retry_after_does_not_govern_a_later_nested_call_or
             started.elapsed()
         );
     }
+
+    // The nested call's 429, returned in a transparent variant of the service's own type.
+    let server = FaultServer::start(vec![Action::status(429), Action::ok()]).await;
+    let got = with_quota_check_then_nested_in_own_error(
+        &reqwest::Client::new(),
+        &quota.url("/quota"),
+        &server.url("/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((got, server.count()), (1200, 2));
 
     let hangs = std::sync::atomic::AtomicU32::new(1);
     let got = with_quota_check_then_declared(&reqwest::Client::new(), &quota.url("/quota"), &hangs)

@@ -71,7 +71,7 @@ impl<'a, E> Probe<'a, E> {
     fn came_back_in(&self, e: &(dyn StdError + 'static)) {
         if let Some(own) = crate::classify::runtime_error(e) {
             self.came_back(own.origin());
-        } else if self.4.is_some_and(|s| s.last.gave_up != [0; 4])
+        } else if self.4.is_some()
             && let Some(origin) = crate::error::carried::find(e)
         {
             // The runtime's error hidden (an `#[error(transparent)]` variant): its cause,

@@ -547,7 +547,7 @@ impl Last {
         // back, whatever the last one got (no answer, or a status of its own without one):
         // the longest, carried through the round however many attempts it had.
         self.retry_after = self.retry_after.max(other.retry_after);
-        self.retry_after_handled = self.retry_after_handled.max(other.retry_after_handled);
+        // Not a sibling's handled one: it governs only this attempt's own response returned.
     }
 }
 
@@ -1708,9 +1708,15 @@ impl Session {
     /// requests were last answered.
     pub(crate) fn in_progress_of(&self, ctx: &AttemptCtx) -> Option<Duration> {
         let keyed = self.ctx.key.is_some() && ctx.stamped.get() && ctx.all_keyed.get();
-        // Its own `Retry-After`, or one the body went on past (a nested call after the 409).
+        // Its own `Retry-After` (not one a nested call passed up after it), or one the body
+        // went on past (a nested call after the 409).
         (keyed && !ctx.replayed.get() && ctx.status.get() == Some(409))
-            .then(|| ctx.retry_after.get().or(ctx.retry_after_handled.get()))
+            .then(|| {
+                ctx.retry_after
+                    .get()
+                    .filter(|_| !ctx.retry_after_nested.get())
+                    .or(ctx.retry_after_handled.get())
+            })
             .flatten()
     }
 

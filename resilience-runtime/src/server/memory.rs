@@ -380,7 +380,11 @@ impl Inner {
                     "memory store full: a response it would have to evict is {age:?} old, under min_retention ({:?})",
                     store.min_retention
                 ))
-                .room_in(store.min_retention - age));
+                // When it may go: past `min_retention`, or at its expiry if sooner.
+                .room_in(
+                    (store.min_retention - age)
+                        .min(entry.expires_at.saturating_duration_since(now)),
+                ));
             }
             entries -= 1;
             held -= size(key, &entry.record);
