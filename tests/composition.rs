@@ -6458,27 +6458,40 @@ async fn charge_with_spawned_executed_audit(
         .as_u16())
 }
 
+/// Runs `charge` (handed a client, an audit URL and a payment URL) against an audit server and
+/// a payment server that answers 503, then 200; returns its error once its spawned tasks had
+/// time to send, with how many requests each server got.
+async fn charge_beside_an_audit<F, Fut>(charge: F) -> (Error, usize, usize)
+where
+    F: FnOnce(reqwest::Client, String, String) -> Fut,
+    Fut: std::future::Future<Output = Result<u16, Error>>,
+{
+    let audit = FaultServer::start(Script::always(Action::ok())).await;
+    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
+    let e = charge(client(), audit.url("/audit"), pay.url("/charges"))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (e, audit.count(), pay.count())
+}
+
 /// A request a spawned task sends from a builder the body made may have gone out unkeyed: the
 /// charge's 503 is not retried (a retry spawned the audit POST again, without a key).
 #[tokio::test(start_paused = true)]
 async fn a_builder_moved_into_a_spawned_task_is_an_unseen_send() {
-    let audit = FaultServer::start(Script::always(Action::ok())).await;
-    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
-    let e = charge_with_spawned_audit(&client(), &audit.url("/audit"), &pay.url("/charges"))
-        .await
-        .unwrap_err();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+    let (e, audits, charges) =
+        charge_beside_an_audit(
+            |c, a, p| async move { charge_with_spawned_audit(&c, &a, &p).await },
+        )
+        .await;
+    assert_eq!((audits, charges), (1, 1), "{e}");
     assert_eq!(e.http_status(), Some(503), "{e}");
 
-    let audit = FaultServer::start(Script::always(Action::ok())).await;
-    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
-    let e =
-        charge_with_spawned_executed_audit(&client(), &audit.url("/audit"), &pay.url("/charges"))
-            .await
-            .unwrap_err();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+    let (e, audits, charges) = charge_beside_an_audit(|c, a, p| async move {
+        charge_with_spawned_executed_audit(&c, &a, &p).await
+    })
+    .await;
+    assert_eq!((audits, charges), (1, 1), "{e}");
 }
 
 /// A pool of the service's own whose `execute` runs a closure (not a client's).
@@ -6637,19 +6650,16 @@ async fn charge_after_a_rebound_builder(
 /// does not hide that POST: the charge's 503 is not retried, and the audit went out once.
 #[tokio::test(start_paused = true)]
 async fn a_name_bound_again_does_not_hide_a_spawned_post() {
-    let audit = FaultServer::start(Script::always(Action::ok())).await;
-    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
-    let e = charge_after_a_rebound_task(&client(), &audit.url("/audit"), &pay.url("/charges"))
-        .await
-        .unwrap_err();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+    let (e, audits, charges) =
+        charge_beside_an_audit(
+            |c, a, p| async move { charge_after_a_rebound_task(&c, &a, &p).await },
+        )
+        .await;
+    assert_eq!((audits, charges), (1, 1), "{e}");
 
-    let audit = FaultServer::start(Script::always(Action::ok())).await;
-    let pay = FaultServer::start(vec![Action::status(503), Action::ok()]).await;
-    let e = charge_after_a_rebound_builder(&client(), &audit.url("/audit"), &pay.url("/charges"))
-        .await
-        .unwrap_err();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!((audit.count(), pay.count()), (1, 1), "{e}");
+    let (e, audits, charges) = charge_beside_an_audit(|c, a, p| async move {
+        charge_after_a_rebound_builder(&c, &a, &p).await
+    })
+    .await;
+    assert_eq!((audits, charges), (1, 1), "{e}");
 }
