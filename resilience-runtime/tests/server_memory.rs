@@ -690,6 +690,29 @@ async fn a_store_full_of_young_responses_refuses_new_keys_before_running_them() 
         .parse()
         .unwrap();
     assert!((590..=600).contains(&after), "Retry-After: {after}");
+
+    // Its responses kept for 60 s only (a TTL under `min_retention`): room comes back when the
+    // oldest expires, not after the 600 s the client would give up on at once.
+    let memory =
+        Arc::new(MemoryStore::with_limits(100, 64 * 1024).min_retention(Duration::from_secs(600)));
+    let store: Store = memory.clone();
+    let app = serve(
+        &store,
+        IdempotencyLayer::new(store.clone()).ttl(Duration::from_secs(60)),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = post(&app.url("/orders"), Some(&fresh_key()), &body).await;
+        assert_eq!(r.status, 201);
+    }
+    let refused = post(&app.url("/orders"), Some(&fresh_key()), &body).await;
+    assert_eq!(refused.status, 503);
+    let after: u64 = refused
+        .header("retry-after")
+        .expect("a Retry-After")
+        .parse()
+        .unwrap();
+    assert!((50..=60).contains(&after), "Retry-After: {after}");
     assert!(memory.bytes() <= 64 * 1024, "{} bytes", memory.bytes());
     assert_eq!(memory.evicted(), 0);
 }
