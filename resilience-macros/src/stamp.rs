@@ -202,9 +202,9 @@ struct Unwatched<'a> {
     named: Vec<String>,
     closures: usize,
     found: bool,
-    /// The `async` blocks and closures the body binds to a name (`let task = async move {
-    /// … };`), read where that name is handed to a spawner.
-    kept_tasks: Vec<(String, syn::Expr)>,
+    /// The `async` blocks, closures and request builders the body binds to a name (`let task
+    /// = async move { … };`), read where that name is handed to a spawner.
+    kept_tasks: Vec<Binding<'a>>,
 }
 
 /// Methods that keep or run a future they are handed (a `Vec`'s, a `FuturesUnordered`'s, a
@@ -293,11 +293,11 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
 fn spawned_unseen(
     args: &Punctuated<syn::Expr, syn::Token![,]>,
     clients: &[String],
-    kept: &[(String, syn::Expr)],
+    kept: &[Binding<'_>],
 ) -> bool {
     struct Find<'k> {
         named: Vec<String>,
-        kept: &'k [(String, syn::Expr)],
+        kept: &'k [Binding<'k>],
         found: bool,
     }
     impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
@@ -356,12 +356,12 @@ fn spawned_unseen(
                     self.kept
                         .iter()
                         .filter(|(n, v)| {
-                            i == n
+                            *n == i
                                 && task(v).is_none()
                                 && (unsafe_shown(v) || shows_a_read(v) || makes_a_request(v))
                                 && !matches!(chain_root(v), syn::Expr::Path(p) if p.path.is_ident(i))
                         })
-                        .map(|(_, v)| v)
+                        .map(|(_, v)| *v)
                         .collect()
                 };
                 // No value bound (a parameter's builder), or any that does not read.
@@ -380,11 +380,12 @@ fn spawned_unseen(
                     // by `.build()` or `Request::new`, or held in a name and handed to a
                     // client the body named (`c2.execute(req)`, `c2` a clone of `c`).
                     let a = &m.args[0];
-                    let built = makes_a_request(a) || bound(a).into_iter().any(makes_a_request);
+                    let values = bound(a);
+                    let built = makes_a_request(a) || values.iter().any(|v| makes_a_request(v));
                     let to_a_client = matches!(a, syn::Expr::Path(_))
                         && mentions_any(m.receiver.to_token_stream(), &self.named);
                     (built || to_a_client)
-                        && (unsafe_shown(a) || (!shows_a_read(a) && any_unread(bound(a))))
+                        && (unsafe_shown(a) || (!shows_a_read(a) && any_unread(values)))
                 };
                 if flagged {
                     self.found = true;
@@ -435,8 +436,12 @@ fn spawned_unseen(
                 .get_ident()
                 // The last binding of that name to a task (`let task = tokio::spawn(task);`
                 // after it binds the handle, not a task).
-                .and_then(|i| kept.iter().rev().find(|(n, v)| i == n && task(v).is_some()))
-                .map_or(a, |(_, e)| e),
+                .and_then(|i| {
+                    kept.iter()
+                        .rev()
+                        .find(|(n, v)| *n == i && task(v).is_some())
+                })
+                .map_or(a, |(_, e)| *e),
             a => a,
         };
         if let Some(t) = task(a) {
@@ -457,9 +462,9 @@ fn starts_as_a_read(recv: &syn::Expr) -> bool {
     chain_methods(recv).last().is_some_and(|m| is_a_read(m))
 }
 
-/// The methods of the chain `e`, outermost first (through `?`, `.await`, references and
-/// parentheses).
-fn chain_methods(mut e: &syn::Expr) -> Vec<&syn::ExprMethodCall> {
+/// The methods of the chain `e`, outermost first, and its innermost receiver (`rb` in
+/// `rb.header(k, v).send()`), through `?`, `.await`, references and parentheses.
+fn chain(mut e: &syn::Expr) -> (Vec<&syn::ExprMethodCall>, &syn::Expr) {
     let mut methods = Vec::new();
     loop {
         match e {
@@ -471,23 +476,19 @@ fn chain_methods(mut e: &syn::Expr) -> Vec<&syn::ExprMethodCall> {
             syn::Expr::Reference(r) => e = &r.expr,
             syn::Expr::Try(t) => e = &t.expr,
             syn::Expr::Await(a) => e = &a.base,
-            _ => return methods,
+            _ => return (methods, e),
         }
     }
 }
 
-/// The innermost receiver of the method chain `e` (`rb` in `rb.header(k, v).send()`).
-fn chain_root(mut e: &syn::Expr) -> &syn::Expr {
-    loop {
-        match e {
-            syn::Expr::MethodCall(m) => e = &m.receiver,
-            syn::Expr::Paren(p) => e = &p.expr,
-            syn::Expr::Reference(r) => e = &r.expr,
-            syn::Expr::Try(t) => e = &t.expr,
-            syn::Expr::Await(a) => e = &a.base,
-            _ => return e,
-        }
-    }
+/// The methods of the chain `e`, outermost first ([`chain`]).
+fn chain_methods(e: &syn::Expr) -> Vec<&syn::ExprMethodCall> {
+    chain(e).0
+}
+
+/// The innermost receiver of the method chain `e` ([`chain`]).
+fn chain_root(e: &syn::Expr) -> &syn::Expr {
+    chain(e).1
 }
 
 /// [`starts_as_a_read`] past the making of a client in the chain
@@ -545,26 +546,27 @@ fn is_a_read(m: &syn::ExprMethodCall) -> bool {
         .any(|p| name.starts_with(p))
 }
 
+/// A name the body binds, and the value it binds it to (see [`kept_tasks`]).
+type Binding<'a> = (&'a syn::Ident, &'a syn::Expr);
+
 /// The `async` blocks, closures and request builders `block` binds to a name, anywhere in it
 /// but nested items (see [`Unwatched::kept_tasks`]).
-fn kept_tasks(block: &syn::Block) -> Vec<(String, syn::Expr)> {
-    struct Lets(Vec<(String, syn::Expr)>);
-    impl<'ast> syn::visit::Visit<'ast> for Lets {
-        fn visit_local(&mut self, l: &'ast syn::Local) {
+fn kept_tasks(block: &syn::Block) -> Vec<Binding<'_>> {
+    struct Lets<'a>(Vec<Binding<'a>>);
+    impl<'a> syn::visit::Visit<'a> for Lets<'a> {
+        fn visit_local(&mut self, l: &'a syn::Local) {
             if let Some(init) = &l.init {
                 self.bind(&l.pat, &init.expr);
             }
             syn::visit::visit_local(self, l);
         }
-        fn visit_item(&mut self, _: &'ast syn::Item) {}
+        fn visit_item(&mut self, _: &'a syn::Item) {}
     }
-    impl Lets {
+    impl<'a> Lets<'a> {
         /// `pat = value`, a name at a time (`let (c2, req) = (c.clone(), c.post(u).build()?);`).
-        fn bind(&mut self, pat: &syn::Pat, value: &syn::Expr) {
+        fn bind(&mut self, pat: &'a syn::Pat, value: &'a syn::Expr) {
             match (pat, value) {
-                (syn::Pat::Ident(pi), v) if kept_value(v) => {
-                    self.0.push((pi.ident.to_string(), v.clone()));
-                }
+                (syn::Pat::Ident(pi), v) if kept_value(v) => self.0.push((&pi.ident, v)),
                 (syn::Pat::Type(t), v) => self.bind(&t.pat, v),
                 (syn::Pat::Tuple(p), syn::Expr::Tuple(t)) if p.elems.len() == t.elems.len() => {
                     for (p, v) in p.elems.iter().zip(&t.elems) {
