@@ -353,12 +353,7 @@ where
                         if stale_last && let Some((earlier, what, started, kept)) = answered.take()
                         {
                             what.restore(&mut s.last);
-                            s.attempt_scope = kept.acted_on();
-                            s.last.round_in_progress = None;
-                            if let Some(started) = started {
-                                s.answer_started(started);
-                            }
-                            return Poll::Ready(earlier);
+                            return round_ended(s, earlier, kept.acted_on(), started, None);
                         }
                         continue;
                     }
@@ -471,8 +466,8 @@ where
                         // Kept as the round's outcome, in place of an earlier answer (the last
                         // answer decides), unless a later attempt ends with one of its own;
                         // not used when an attempt was told "still in progress" (the attempt
-                        // doing the work decides: asked again after it). Its span ends now;
-                        // its metrics wait for the round's end, with its own duration.
+                        // doing the work decides: asked again after it). Its span stays open
+                        // for the call's decision, its metrics measured to its own end.
                         let status = s.last.status.get();
                         answered = Some((
                             r,
@@ -502,14 +497,7 @@ where
                 // The last one left: the call acts on it (the retry loop decides, as after any
                 // attempt). If it timed out after another was told "still in progress" (the
                 // handler ran on), the decision asks for the replay (`Session::after_failure`).
-                s.attempt_scope = scope;
-                s.last.round_in_progress = in_progress.filter(|_| r.is_err());
-                // Ended by a hedge: its latency is judged from its own start, as a hedge's
-                // success is (a 404 it got in 80 ms is no slow call for its round's 180).
-                if let Some(started) = hedge_started {
-                    s.answer_started(started);
-                }
-                return Poll::Ready(r);
+                return round_ended(s, r, scope, hedge_started, in_progress);
             }
             if !hedging {
                 return Poll::Pending;
@@ -582,6 +570,26 @@ where
     } else {
         run.instrument(span).await
     }
+}
+
+/// The round ends on `r`, the outcome of the attempt of `scope` (its span, for the call's
+/// decision), started at `started` if a hedge; `in_progress`: the `Retry-After` of a "still in
+/// progress" answer in the round, for the decision after a failure.
+fn round_ended<T, E>(
+    s: &mut Session,
+    r: Result<T, E>,
+    scope: Option<AttemptScope>,
+    started: Option<Instant>,
+    in_progress: Option<Duration>,
+) -> Poll<Result<T, E>> {
+    s.attempt_scope = scope;
+    s.last.round_in_progress = in_progress.filter(|_| r.is_err());
+    // Ended by a hedge: its latency is judged from its own start, as a hedge's success is (a
+    // 404 it got in 80 ms is no slow call for its round's 180).
+    if let Some(started) = started {
+        s.answer_started(started);
+    }
+    Poll::Ready(r)
 }
 
 /// A hedge's attempt context, or `None` when no hedge may start: the deadline is too close,

@@ -257,36 +257,35 @@ impl InFlight {
                     && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true)));
         record_outcome(res, self.0, self.3, unobserved);
         self.after_poll();
-        self.take_back();
-        let _ = with_attempt(AttemptCtx::ended_here);
+        self.ends_here();
         std::mem::forget(self);
     }
 
-    /// Its expectation, if still outstanding (its completion was reported by no client, or it
-    /// was dropped before its outcome), is taken back. Found already taken, another request's
-    /// completion was taken for it (an SDK's unstamped request to the same URL, completed
-    /// while this one was in flight): that one counts as unkeyed.
-    fn take_back(&self) {
-        if self.1 != 0 {
-            let _ = with_attempt(|ctx| {
-                if !ctx.unexpect(self.1)
-                    && let Some(m) = self.0
-                {
-                    ctx.completed_unmatched(m);
-                }
-            });
-        }
+    /// It ends (settled, or dropped) in the attempt polling it now, if any. Its expectation, if
+    /// still outstanding (its completion was reported by no client, or it was dropped before
+    /// its outcome), is taken back. Found already taken, another request's completion was
+    /// taken for it (an SDK's unstamped request to the same URL, completed while this one was
+    /// in flight): that one counts as unkeyed. And the attempt's count of requests that did
+    /// not end in it is taken back: one that ends in another task never comes back here, and
+    /// counts as possibly sent.
+    fn ends_here(&self) {
+        let _ = with_attempt(|ctx| {
+            if self.1 != 0
+                && !ctx.unexpect(self.1)
+                && let Some(m) = self.0
+            {
+                ctx.completed_unmatched(m);
+            }
+            ctx.ended_here();
+        });
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // Dropped before its outcome: possibly sent (`given_up`).
         given_up(self.0);
-        self.take_back();
-        // Dropped here (in the attempt that sent it), it counts as possibly sent through
-        // `given_up`; dropped or settled in another task, through the attempt's count of
-        // requests that did not end in it.
-        let _ = with_attempt(AttemptCtx::ended_here);
+        self.ends_here();
     }
 }
 

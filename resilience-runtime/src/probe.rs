@@ -80,6 +80,14 @@ impl<'a, E> Probe<'a, E> {
         }
     }
 
+    /// An error of a type the runtime cannot write into, read through its source chain for a
+    /// nested call's error ([`came_back_in`](Self::came_back_in)); what the call knows goes
+    /// where it can ([`note_inside`](Self::note_inside)).
+    fn note_within(&self, e: &(dyn StdError + 'static)) {
+        self.came_back_in(e);
+        self.note_inside();
+    }
+
     /// What the call knows and its own error can hold: the attempts that ran, the key, the
     /// class the retry decision takes (the one found; else the recorded error status; else
     /// permanent, as for a body that did not decode), when an attempt ran.
@@ -232,8 +240,7 @@ impl ViaOwn for &&&&&Probe<'_, Error> {
 impl<E: Classify + StdError + 'static> ViaOwn for &&&&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
-        self.came_back_in(e);
-        self.note_inside();
+        self.note_within(e);
         e.class().or_else(|| classify_error(e))
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -265,8 +272,7 @@ pub trait ViaStdError {
 impl<E: StdError + 'static> ViaStdError for &&&Probe<'_, E> {
     fn __resilience_class(self) -> Option<Class> {
         let e = self.0.take()?;
-        self.came_back_in(e);
-        self.note_inside();
+        self.note_within(e);
         classify_error(e)
     }
     fn __resilience_kind(self) -> Option<ErrorKind> {
@@ -289,8 +295,7 @@ macro_rules! boxed {
                     self.note_or_inside(e.downcast_mut::<Error>(), class);
                 } else {
                     // A nested call's error deeper in (the service's own type around it).
-                    self.came_back_in(&**e);
-                    self.note_inside();
+                    self.note_within(&**e);
                 }
                 class
             }
@@ -315,8 +320,7 @@ impl ViaOwn for &&&&&Probe<'_, std::io::Error> {
             Some(inner) if !inner.is::<Error>() => {
                 // A nested call's error deeper in (its `source()` skips the error it holds).
                 let inner: &(dyn StdError + 'static) = inner;
-                self.came_back_in(inner);
-                self.note_inside();
+                self.note_within(inner);
             }
             _ => self.note_or_inside(e.get_mut().and_then(|i| i.downcast_mut::<Error>()), class),
         }
@@ -368,9 +372,7 @@ macro_rules! report {
                     self.note_or_inside(e.downcast_mut::<Error>(), class);
                 } else {
                     // A nested call's error deeper in (the service's own type around it).
-                    let dynerr: &(dyn StdError + Send + Sync + 'static) = e.as_ref();
-                    self.came_back_in(dynerr);
-                    self.note_inside();
+                    self.note_within(dynerr);
                 }
                 class
             }

@@ -433,7 +433,7 @@ pub(crate) struct Last {
     /// [`AttemptCtx::retry_after_handled`]): only for a failure that is that response's status.
     retry_after_handled: Option<Duration>,
     /// The attempt's failure is a nested call's (`Session::failure_nested`).
-    pub(crate) nested_failure: bool,
+    nested_failure: bool,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
     stamped: bool,

@@ -412,7 +412,7 @@ pub(crate) struct AttemptScope {
     #[cfg(feature = "metrics")]
     started: Instant,
     /// When the attempt ended, if before the call acted on it (an answer of a hedged round
-    /// that ends on it later: `answered_in_round`); else when the call acts on it.
+    /// that ends on it later: [`KeptAnswer`]); else when the call acts on it.
     #[cfg(feature = "metrics")]
     ended: Option<Instant>,
 }
