@@ -594,6 +594,53 @@ async fn a_refusal_after_a_nested_failure_names_that_failures_status() {
     assert!(!e.to_string().contains("last status 200"), "{e}");
 }
 
+#[resilient(method = GET, timeout = "100ms", max_attempts = 1, budget = false)]
+async fn nested_slow_profile(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// A token, then a nested call that times out; the enclosing call's breaker opens on it.
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    breaker = { name = "em_token_then_slow_nested", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn token_then_slow_profile(
+    c: &reqwest::Client,
+    token: &str,
+    profile: &str,
+) -> Result<String, Error> {
+    let _t = c
+        .get(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    nested_slow_profile(c, profile).await
+}
+
+/// The retry its breaker refused after the nested call timed out names no status: the 200
+/// of the body's own token request is another request's, and the failure had no response.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_after_a_nested_timeout_names_no_status_of_another_request() {
+    let token = FaultServer::start(Script::always(Action::ok())).await;
+    let profile = FaultServer::start(Script::always(Action::stall())).await;
+    let e = token_then_slow_profile(
+        &reqwest::Client::new(),
+        &token.url("/token"),
+        &profile.url("/p"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(e.http_status(), None, "{e}");
+    assert!(!e.to_string().contains("last status"), "{e}");
+}
+
 /// A nested call its open breaker refused before it started carries no `Retry-After`: not the
 /// 60 s of the 429 the enclosing body handled before it (its caller would wait a minute for
 /// a breaker's refusal).

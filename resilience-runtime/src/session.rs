@@ -1324,10 +1324,12 @@ impl Session {
 
     /// The status an error made for a failure of `class` names: a status failure's own (a
     /// nested call's 503, where the attempt's last response of its own was a 200 before
-    /// it), else the attempt's last response's.
+    /// it), else the attempt's last response's: none for a nested call's failure without a
+    /// response (its timeout, a reset), which the body's own earlier 200 says nothing of.
     fn status_of(&self, class: Class) -> Option<u16> {
         match class {
             Class::Status(s) => Some(s),
+            _ if self.last.nested_failure => None,
             _ => self.last.status.get(),
         }
     }
