@@ -6663,3 +6663,123 @@ async fn a_name_bound_again_does_not_hide_a_spawned_post() {
     .await;
     assert_eq!((audits, charges), (1, 1), "{e}");
 }
+
+type Pending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<reqwest::Response, reqwest::Error>> + Send>,
+>;
+
+/// Leaves a future to finish in a task of its own, out of the annotated body's sight.
+fn in_background<F>(f: F)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    tokio::spawn(f);
+}
+
+/// An audit POST left to finish in the background, then the token request its caller made
+/// and handed over, then a read that cannot connect.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_then_callers_token_then_read(
+    c: &reqwest::Client,
+    audit: &str,
+    token: &std::sync::Mutex<Option<Pending>>,
+    read: &str,
+) -> Result<u16, Error> {
+    let mut sending = c.post(audit).body("who=42").send();
+    if tokio::time::timeout(Duration::from_millis(10), &mut sending)
+        .await
+        .is_err()
+    {
+        in_background(sending);
+    }
+    let pending = token.lock().unwrap().take();
+    if let Some(pending) = pending {
+        pending.await?;
+    }
+    Ok(c.get(read).send().await?.status().as_u16())
+}
+
+/// Makes the token request and hands it to the nested call, which waits for it.
+#[resilient(method = GET, max_attempts = 1, budget = false)]
+async fn token_handed_to_nested(
+    c: &reqwest::Client,
+    audit: &str,
+    token: &str,
+    read: &str,
+) -> Result<u16, Error> {
+    let pending: Pending = Box::pin(c.get(token).send());
+    let slot = std::sync::Mutex::new(Some(pending));
+    audit_then_callers_token_then_read(c, audit, &slot, read).await
+}
+
+/// The same through `execute`: the audit (left to another task at once) and the token
+/// request.
+#[resilient(retry_on = [connect], max_attempts = 3, backoff(initial = "1ms", max = "1ms"), budget = false)]
+async fn audit_executed_then_callers_token_then_read(
+    c: &reqwest::Client,
+    audit: &str,
+    token: &std::sync::Mutex<Option<Pending>>,
+    read: &str,
+) -> Result<u16, Error> {
+    let req = c.post(audit).body("who=42").build()?;
+    in_background(c.execute(req));
+    let pending = token.lock().unwrap().take();
+    if let Some(pending) = pending {
+        pending.await?;
+    }
+    Ok(c.get(read).send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, max_attempts = 1, budget = false)]
+async fn token_executed_and_handed_to_nested(
+    c: &reqwest::Client,
+    audit: &str,
+    token: &str,
+    read: &str,
+) -> Result<u16, Error> {
+    let req = c.get(token).build()?;
+    let pending: Pending = Box::pin(c.execute(req));
+    let slot = std::sync::Mutex::new(Some(pending));
+    audit_executed_then_callers_token_then_read(c, audit, &slot, read).await
+}
+
+/// A request made in the enclosing attempt and ending in the nested call's does not take
+/// back the nested attempt's count of its own requests not ended there: the nested call's
+/// audit POST, left to finish in another task, still counts as possibly sent, and the read's
+/// connect failure does not send it again (it went out with every retry).
+#[tokio::test(start_paused = true)]
+async fn a_request_ending_in_another_attempt_leaves_that_attempts_count_alone() {
+    let audit = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(200)),
+    ))
+    .await;
+    let token = FaultServer::start(Script::always(Action::ok())).await;
+    let refused = format!("http://{}/", resilience_fault_server::refused_addr());
+    let e = token_handed_to_nested(
+        &client(),
+        &audit.url("/audit"),
+        &token.url("/token"),
+        &refused,
+    )
+    .await
+    .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
+    assert_eq!(token.count(), 1, "{e}");
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+
+    audit.clear();
+    token.clear();
+    let e = token_executed_and_handed_to_nested(
+        &client(),
+        &audit.url("/audit"),
+        &token.url("/token"),
+        &refused,
+    )
+    .await
+    .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
+    assert_eq!(token.count(), 1, "{e}");
+}

@@ -1684,6 +1684,12 @@ impl AttemptCtx {
         }
     }
 
+    /// This attempt, as a request made in it remembers it ([`AttemptId`]).
+    #[inline]
+    pub(crate) fn id(&self) -> AttemptId {
+        AttemptId(std::ptr::from_ref(self) as usize, self.attempt)
+    }
+
     /// A request of `m` was made (and stamped) in this attempt; [`AttemptCtx::polled`] when
     /// it is sent from it.
     pub(crate) fn made(&self, m: Method) {
@@ -1762,7 +1768,7 @@ impl AttemptCtx {
     }
 
     /// An `execute` future [`polled`](AttemptCtx::polled_execute) here ended here: if it is a
-    /// request's stamped for it (`counted`), that request's count taken back.
+    /// request's stamped for it in this attempt (`counted`), that request's count taken back.
     pub(crate) fn execute_ended_here(&self, counted: bool) {
         if counted {
             self.uncount_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
@@ -1857,6 +1863,13 @@ const UNPOLLED_EXECUTE: u32 = 1 << 16;
 const UNPOLLED_EXECUTES: u32 = 0x7fff << 16;
 /// The mark of a request stamped for `execute`, for the future made next (bit 31).
 const EXECUTE_MARK: u32 = 1 << 31;
+
+/// The attempt a request was made in: its context's address (fixed while its body runs) and
+/// its number (a later attempt's context may take the same place). A request that ends in
+/// another attempt (a nested call's it was handed to) takes back only its own attempt's count
+/// of requests not ended there, never that other attempt's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptId(usize, u32);
 
 /// What the current attempt looks like from inside a `#[resilient]` function.
 #[derive(Debug, Clone, PartialEq, Eq)]

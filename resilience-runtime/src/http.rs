@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use crate::context::{AttemptCtx, Key, Traceparent, hex32, with_attempt};
+use crate::context::{AttemptCtx, AttemptId, Key, Traceparent, hex32, with_attempt};
 
 /// `Idempotency-Key`: the same value on every attempt of one logical call.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -191,11 +191,14 @@ struct InFlight(
     // `AttemptCtx::polling`): a PUT, PATCH or DELETE's own until a 303 makes it a GET; a
     // POST's (none to tell) otherwise.
     crate::policy::Method,
+    // The attempt it was made in, whose count of requests not ended there it alone takes
+    // back (see `InFlight::ends_here`).
+    AttemptId,
 );
 
 impl InFlight {
     /// Sent from the attempt (its first poll there): its completion is expected at `url`.
-    fn start(method: Option<crate::policy::Method>, url: u32) -> InFlight {
+    fn start(method: Option<crate::policy::Method>, url: u32, made_in: AttemptId) -> InFlight {
         use crate::policy::Method;
         let redirects = with_attempt(|ctx| {
             if url != 0 {
@@ -209,7 +212,7 @@ impl InFlight {
             Some(m) if url != 0 => m,
             _ => Method::Post,
         };
-        InFlight(method, url, 0, redirects, url != 0, hop)
+        InFlight(method, url, 0, redirects, url != 0, hop, made_in)
     }
 
     /// Before the request's poll: the attempt's count of matched completions, no redirect
@@ -265,9 +268,11 @@ impl InFlight {
     /// still outstanding (its completion was reported by no client, or it was dropped before
     /// its outcome), is taken back. Found already taken, another request's completion was
     /// taken for it (an SDK's unstamped request to the same URL, completed while this one was
-    /// in flight): that one counts as unkeyed. And the attempt's count of requests that did
-    /// not end in it is taken back: one that ends in another task never comes back here, and
-    /// counts as possibly sent.
+    /// in flight): that one counts as unkeyed. And, in the attempt that made it, that
+    /// attempt's count of requests that did not end in it is taken back: one that ends in
+    /// another task never comes back here, and counts as possibly sent; one that ends in
+    /// another attempt (a nested call's it was handed to) leaves that attempt's count alone
+    /// (its own requests handed to other tasks stay counted) and stays counted in its own.
     fn ends_here(&self) {
         let _ = with_attempt(|ctx| {
             if self.1 != 0
@@ -276,7 +281,9 @@ impl InFlight {
             {
                 ctx.completed_unmatched(m);
             }
-            ctx.ended_here();
+            if ctx.id() == self.6 {
+                ctx.ended_here();
+            }
         });
     }
 }
@@ -620,8 +627,9 @@ pin_project_lite::pin_project! {
         // there (settled, or dropped).
         polled: bool,
         // The future of a request stamped for it (not a wrapper's `execute` handed something
-        // else): its count is the one its first poll takes back.
-        counted: bool,
+        // else): the attempt whose count of such requests it takes back when it ends there
+        // (in another attempt, a nested call's it was handed to, it takes back none).
+        counted: Option<AttemptId>,
         // That request's method for the redirect policy, as `InFlight`'s: a PUT, PATCH or
         // DELETE's until a 303 makes it a GET, or a POST's (none to tell); none for a safe
         // one or a future of a request not stamped for it.
@@ -638,7 +646,7 @@ pin_project_lite::pin_project! {
                 given_up(None);
                 if *this.polled {
                     let counted = *this.counted;
-                    let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
+                    let _ = with_attempt(|ctx| ctx.execute_ended_here(counted == Some(ctx.id())));
                 }
             }
         }
@@ -681,7 +689,7 @@ where
             // a connect failure does not prove it was never sent).
             record_outcome(res, None, *this.redirects_at_start, true);
             let counted = *this.counted;
-            let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
+            let _ = with_attempt(|ctx| ctx.execute_ended_here(counted == Some(ctx.id())));
         }
         out
     }
@@ -697,32 +705,32 @@ where
 pub struct Prepared {
     client: reqwest::Client,
     req: Result<reqwest::Request, reqwest::Error>,
-    /// Made in an attempt, which counts it until it is polled there.
-    made_in_attempt: bool,
+    /// The attempt it was made in, which counts it until it ends there.
+    made_in: Option<AttemptId>,
 }
 
 /// Stamps a request the body built for the attempt it is made in, which counts it as possibly
-/// sent until it is polled there. Whether it was made in an attempt (not: outside one, or a
-/// request that could not be built).
-fn made(req: &mut Result<reqwest::Request, reqwest::Error>) -> bool {
+/// sent until it ends there. The attempt it was made in (none: outside one, or a request that
+/// could not be built).
+fn made(req: &mut Result<reqwest::Request, reqwest::Error>) -> Option<AttemptId> {
     match req {
         Ok(req) => with_attempt(|ctx| {
             stamp(ctx, req);
             ctx.made(crate::policy::method_of(req.method()));
-        })
-        .is_some(),
-        Err(_) => false,
+            ctx.id()
+        }),
+        Err(_) => None,
     }
 }
 
 impl Prepared {
     fn new(builder: reqwest::RequestBuilder) -> Prepared {
         let (client, mut req) = builder.build_split();
-        let made_in_attempt = made(&mut req);
+        let made_in = made(&mut req);
         Prepared {
             client,
             req,
-            made_in_attempt,
+            made_in,
         }
     }
 
@@ -736,9 +744,9 @@ impl Prepared {
         let mut url = 0;
         let (method, fut, error) = match self.req {
             Ok(req) => (
-                Some(method_and_url(&req, self.made_in_attempt, &mut url)),
+                Some(method_and_url(&req, self.made_in.is_some(), &mut url)),
                 Some(Deferred {
-                    start: Some((req, self.made_in_attempt, move |req| client.execute(req))),
+                    start: Some((req, self.made_in.is_some(), move |req| client.execute(req))),
                     fut: None,
                 }),
                 None,
@@ -751,7 +759,7 @@ impl Prepared {
             method,
             url,
             // A request that could not be built was never made in the attempt.
-            made_in_attempt: self.made_in_attempt,
+            made_in: self.made_in,
             first: true,
             in_flight: None,
         }
@@ -868,7 +876,8 @@ pin_project_lite::pin_project! {
         method: Option<crate::policy::Method>,
         // Where the attempt expects its completion (see `InFlight`).
         url: u32,
-        made_in_attempt: bool,
+        // The attempt it was made in (see `InFlight`).
+        made_in: Option<AttemptId>,
         first: bool,
         // Given up on (dropped before its outcome): recorded as possibly sent.
         in_flight: Option<InFlight>,
@@ -891,10 +900,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if std::mem::take(this.first)
-            && *this.made_in_attempt
+            && let Some(made_in) = *this.made_in
             && with_attempt(AttemptCtx::polled).is_some()
         {
-            *this.in_flight = Some(InFlight::start(*this.method, *this.url));
+            *this.in_flight = Some(InFlight::start(*this.method, *this.url, made_in));
         }
         if let Some(f) = this.in_flight.as_mut() {
             f.before_poll();
@@ -932,7 +941,7 @@ pub struct PreparedWithMiddleware {
     client: reqwest_middleware::ClientWithMiddleware,
     req: Result<reqwest::Request, reqwest::Error>,
     extensions: http::Extensions,
-    made_in_attempt: bool,
+    made_in: Option<AttemptId>,
 }
 
 #[cfg(feature = "reqwest-middleware")]
@@ -940,12 +949,12 @@ impl PreparedWithMiddleware {
     fn new(mut builder: reqwest_middleware::RequestBuilder) -> PreparedWithMiddleware {
         let extensions = std::mem::take(builder.extensions());
         let (client, mut req) = builder.build_split();
-        let made_in_attempt = made(&mut req);
+        let made_in = made(&mut req);
         PreparedWithMiddleware {
             client,
             req,
             extensions,
-            made_in_attempt,
+            made_in,
         }
     }
 
@@ -960,8 +969,9 @@ impl PreparedWithMiddleware {
             client,
             req,
             mut extensions,
-            made_in_attempt,
+            made_in,
         } = self;
+        let made_in_attempt = made_in.is_some();
         let mut url = 0;
         let (method, fut, error) = match req {
             Ok(mut req) => (
@@ -982,7 +992,7 @@ impl PreparedWithMiddleware {
             error,
             method,
             url,
-            made_in_attempt,
+            made_in,
             first: true,
             in_flight: None,
         }
@@ -1118,13 +1128,14 @@ pub mod dispatch {
     {
         fn __resilience_observe(self) -> Observed<F> {
             // Made right after its argument was stamped, if it was a request's.
-            let stamped = super::with_attempt(super::AttemptCtx::take_execute_mark).flatten();
+            let stamped =
+                super::with_attempt(|ctx| ctx.take_execute_mark().map(|m| (m, ctx.id()))).flatten();
             Observed {
                 inner: self.take(),
                 settled: false,
                 polled: false,
-                counted: stamped.is_some(),
-                hop: stamped.filter(|m| !m.is_safe()),
+                counted: stamped.map(|(_, at)| at),
+                hop: stamped.map(|(m, _)| m).filter(|m| !m.is_safe()),
                 redirects_at_start: 0,
             }
         }
