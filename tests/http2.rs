@@ -298,3 +298,113 @@ async fn through_middleware_a_refused_stream_is_not_retried() {
     assert_eq!(server.streams.load(Ordering::SeqCst), 1);
     assert_eq!(server.processed.load(Ordering::SeqCst), 0);
 }
+
+/// An h2c server that answers every stream 200 with a `Content-Length` of 1000, sends 10 bytes
+/// of it, then resets the stream with `reason`: an answer cut short after its headers.
+async fn cutting_answers_short(reason: h2::Reason) -> Refusing {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    let streams = Arc::new(AtomicUsize::new(0));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (s, p) = (streams.clone(), processed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, p) = (s.clone(), p.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                // Each stream answered in a task of its own: the connection, polled here,
+                // sends the headers and the first bytes while the task waits to reset.
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        while let Some(chunk) = body.data().await {
+                            let chunk = chunk.unwrap();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        p.fetch_add(1, Ordering::SeqCst);
+                        let response = hyper::Response::builder()
+                            .status(200)
+                            .header("content-length", "1000")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(response, false) else {
+                            return;
+                        };
+                        let _ =
+                            send.send_data(hyper::body::Bytes::from_static(b"0123456789"), false);
+                        // The headers and the first bytes reach the client before the reset.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        send.send_reset(reason);
+                    });
+                }
+            });
+        }
+    });
+    Refusing {
+        url,
+        streams,
+        processed,
+    }
+}
+
+fn h2c() -> reqwest::Client {
+    ClientSettings::DEFAULT
+        .builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn read_order(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+/// An unkeyed POST whose answer's body is read.
+#[resilient(timeout = "2s", deadline = "5s", retry_on = [connect], budget = false)]
+async fn create_order_read_back(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    Ok(c.post(url).body("amount=100").send().await?.text().await?)
+}
+
+/// An answer's body cut short by a stream reset over HTTP/2 is a reset, as over HTTP/1: a GET
+/// is sent again (3 of 3), and the class says so. It was once permanent (the stream's error,
+/// which has no `source()`, said nothing the classification read), not retried, and not
+/// counted by a breaker.
+#[tokio::test]
+async fn an_answer_cut_short_by_a_stream_reset_is_a_reset() {
+    let server = cutting_answers_short(h2::Reason::INTERNAL_ERROR).await;
+    let e = read_order(&h2c(), &server.url).await.unwrap_err();
+    assert_eq!(e.class(), Some(resilience_runtime::Class::Reset), "{e}");
+    assert_eq!(e.attempts(), 3, "{e}");
+    assert_eq!(server.streams.load(Ordering::SeqCst), 3, "{e}");
+}
+
+/// A `REFUSED_STREAM` after the answer's headers is no word that the request was never
+/// processed (it was answered): an unkeyed POST retried on `connect` only is not sent again.
+#[tokio::test]
+async fn a_stream_refused_after_its_answer_began_is_not_a_request_never_sent() {
+    let server = cutting_answers_short(h2::Reason::REFUSED_STREAM).await;
+    let e = create_order_read_back(&h2c(), &server.url)
+        .await
+        .unwrap_err();
+    assert_eq!(e.attempts(), 1, "{e}");
+    assert_eq!(
+        server.processed.load(Ordering::SeqCst),
+        1,
+        "processed once: {e}"
+    );
+    assert_ne!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
+}

@@ -42,8 +42,9 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 return Some(connect_class(r));
             }
             // The HTTP/2 server's word that it never processed the request (a client with
-            // reqwest's retries off, or past their two): as a request never sent.
-            if protocol_nack(r) {
+            // reqwest's retries off, or past their two): as a request never sent. Not once its
+            // answer began (an error reading the answer's body): it was processed.
+            if !(r.is_decode() || r.is_body()) && protocol_nack(r) {
                 return Some(Class::Connect);
             }
             if let Some(s) = r.status() {
@@ -89,6 +90,11 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             {
                 return Some(Class::Reset);
             }
+        } else if e.is::<h2::Error>() {
+            // An HTTP/2 stream reset, or its connection lost, past the refusals read above
+            // (`protocol_nack`): the request was sent, and its answer (an answer's body cut
+            // short after its headers) lost. h2's error has no `source()` to read further.
+            return Some(Class::Reset);
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
             // `io::Error::source` skips the error it wraps: look at that one first. Its kind
             // says a network failure only when the operating system gave it: an `io::Error`
