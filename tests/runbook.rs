@@ -455,6 +455,49 @@ async fn child_with_overrides_from_the_environment() {
     assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
 }
 
+/// Run as a child process with `RESILIENCE_OVERRIDES` set but empty (what a container
+/// template leaves for a variable it was given no value for): as unset, not a file named "".
+/// The first call finds nothing refused; a file applied by hand is removed by `reload()`.
+#[tokio::test(start_paused = true)]
+#[ignore = "run by an_empty_variable_is_no_file in a child process"]
+async fn child_with_an_empty_variable() {
+    assert_eq!(
+        std::env::var_os(overrides::ENV).as_deref(),
+        Some("".as_ref())
+    );
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(lookup(&c, &server.url("/")).await.unwrap(), 200);
+    assert!(!overrides::active());
+    assert!(
+        overrides::last_refusal().is_none(),
+        "{:?}",
+        overrides::last_refusal()
+    );
+    overrides::apply_str(
+        "[functions.\"runbook::lookup\"]\ntimeout = \"3s\"\n",
+        "by-hand.toml",
+    )
+    .unwrap();
+    assert!(overrides::active());
+    overrides::reload().expect("as unset: every override removed");
+    assert!(!overrides::active());
+}
+
+#[test]
+fn an_empty_variable_is_no_file() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_with_an_empty_variable"])
+        .env(overrides::ENV, "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// An override file with `text` in a directory of its own (`tag` and the process id).
 fn override_file(tag: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("resilience-{tag}-{}", std::process::id()));

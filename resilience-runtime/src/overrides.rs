@@ -314,7 +314,7 @@ pub(crate) fn register(
 /// it.
 fn read_env_once() {
     FROM_ENV.call_once(|| {
-        if std::env::var_os(ENV).is_some()
+        if env_file().is_some()
             && let Err(e) = reload_now()
         {
             tracing::error!(error = %e, "{ENV}: overrides not applied");
@@ -322,16 +322,22 @@ fn read_env_once() {
     });
 }
 
-/// Reads the file [`ENV`] names and applies it; with the variable unset, removes every
-/// override.
+/// Reads the file [`ENV`] names and applies it; with the variable unset (or empty), removes
+/// every override.
 pub fn reload() -> Result<Vec<Change>, OverrideError> {
     // Read now: not again at the first call.
     FROM_ENV.call_once(|| {});
     reload_now()
 }
 
+/// The file [`ENV`] names: none when it is unset, or set to nothing (a container template's
+/// variable given no value), which is not a file named "".
+fn env_file() -> Option<std::ffi::OsString> {
+    std::env::var_os(ENV).filter(|path| !path.is_empty())
+}
+
 fn reload_now() -> Result<Vec<Change>, OverrideError> {
-    match std::env::var_os(ENV) {
+    match env_file() {
         Some(path) => apply_file_now(path.as_ref()),
         None => Ok(clear_now()),
     }
@@ -380,7 +386,7 @@ fn on_sighup(file: Option<std::path::PathBuf>) -> std::io::Result<tokio::task::J
         while hup.recv().await.is_some() {
             let outcome = match &file {
                 Some(path) => apply_file(path),
-                None if std::env::var_os(ENV).is_none() => {
+                None if env_file().is_none() => {
                     tracing::warn!(
                         "SIGHUP: {ENV} is not set, no file to reload: the overrides in force stay (a service applying its own file reloads it with reload_file_on_sighup)"
                     );
