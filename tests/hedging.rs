@@ -1428,3 +1428,68 @@ async fn a_stale_ok_409_while_another_runs_keeps_the_handlers_answer() {
             .unwrap_err();
     assert_eq!((server.count(), e.http_status()), (3, Some(500)), "{e}");
 }
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn busy_quota(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed charge, then a nested quota check whose failure the body handles, then the
+/// charge's status checked.
+#[resilient(
+    method = POST,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    idempotency_key = auto,
+    hedge(delay = "300ms")
+)]
+async fn charge_then_quota(c: &reqwest::Client, charge: &str, quota: &str) -> Result<u16, Error> {
+    let r = c.post(charge).body("charge").send().await?;
+    let _busy = busy_quota(c, quota).await.is_err();
+    Ok(r.error_for_status()?.status().as_u16())
+}
+
+/// A plain 409 (no `Retry-After`: the handler's own conflict) read before a nested call whose
+/// 503 passed up a `Retry-After` is no "still in progress" in a hedged round: the nested
+/// call's `Retry-After` is its failure's, not the 409's. The first attempt ends on the 409
+/// while its hedge (started during the nested call) hangs to its timeout; the round ends on
+/// the 409, and the charge is not asked for again (it was: the hedge's timeout after a
+/// "still in progress" asks for the replay).
+#[tokio::test(start_paused = true)]
+async fn a_plain_409_is_no_in_progress_answer_for_a_nested_calls_retry_after() {
+    let charge = FaultServer::start(
+        Script::sequence([
+            Action::status(409).after(Duration::from_millis(50)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let quota = FaultServer::start(Script::always(
+        Action::status(503)
+            .retry_after(1)
+            .after(Duration::from_millis(400)),
+    ))
+    .await;
+    let e = charge_then_quota(
+        &reqwest::Client::new(),
+        &charge.url("/charges"),
+        &quota.url("/quota"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.http_status(), Some(409), "{e}");
+    assert_eq!(
+        charge.count(),
+        2,
+        "the charge and its hedge, not asked again: {e}"
+    );
+}
