@@ -1493,3 +1493,55 @@ async fn a_plain_409_is_no_in_progress_answer_for_a_nested_calls_retry_after() {
         "the charge and its hedge, not asked again: {e}"
     );
 }
+
+/// A lookup of the service's own store (a database call the runtime does not see): the first
+/// hangs, the others answer at once.
+async fn store_lookup(calls: &std::sync::atomic::AtomicU32) {
+    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "300ms")
+)]
+async fn quota_then_store(
+    c: &reqwest::Client,
+    quota: &str,
+    calls: &std::sync::atomic::AtomicU32,
+) -> Result<u16, Error> {
+    let r = c.get(quota).send().await?;
+    resilience_runtime::declare_sent(resilience_runtime::Method::Get);
+    store_lookup(calls).await;
+    Ok(r.error_for_status()?.status().as_u16())
+}
+
+/// A hedged round that ends on the hedge's 429 (no `Retry-After`), returned after a lookup
+/// in the service's store, once the first attempt (its quota answered 429 with `Retry-After:
+/// 60`, then its store lookup hung) timed out: the first attempt's 60 s was its own
+/// response's, not the hedge's 429's, and does not govern the retry (it ended the call at
+/// once, 60 s being past `max_retry_after`).
+#[tokio::test(start_paused = true)]
+async fn a_round_ending_on_a_hedges_answer_takes_no_handled_retry_after_of_its_sibling() {
+    let quota = FaultServer::start(
+        Script::sequence([Action::status(429).retry_after(60), Action::status(429)])
+            .then(Action::ok()),
+    )
+    .await;
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let started = Instant::now();
+    let r = quota_then_store(&reqwest::Client::new(), &quota.url("/quota"), &calls).await;
+    assert_eq!(r.unwrap(), 200);
+    assert_eq!(quota.count(), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -560,6 +560,10 @@ pub(crate) struct Answered {
     replayed: bool,
     cut_short: bool,
     retry_after_own: bool,
+    // The answered attempt's own handled `Retry-After` (see `Last::retry_after_handled`): the
+    // later attempt's, left in `last`, was that attempt's own earlier response's, and would
+    // govern the answer's status if it were the same.
+    retry_after_handled: Option<Duration>,
 }
 
 impl Answered {
@@ -570,6 +574,7 @@ impl Answered {
             replayed: last.replayed,
             cut_short: last.cut_short,
             retry_after_own: last.retry_after_own,
+            retry_after_handled: last.retry_after_handled,
         }
     }
 
@@ -580,6 +585,7 @@ impl Answered {
         last.runtime = None;
         last.cut_short = self.cut_short;
         last.retry_after_own = self.retry_after_own;
+        last.retry_after_handled = self.retry_after_handled;
     }
 }
 
