@@ -6783,3 +6783,95 @@ async fn a_request_ending_in_another_attempt_leaves_that_attempts_count_alone() 
     assert_eq!(audit.count(), 1, "the audit POST went out once: {e}");
     assert_eq!(token.count(), 1, "{e}");
 }
+
+/// The helper's future chosen by an `if` (boxed), then awaited.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_chosen_by_if_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let rush = orders.ends_with("/orders");
+    let order = if rush {
+        create_order(c, orders).boxed()
+    } else {
+        create_order(c, stock).boxed()
+    };
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Chosen by a `match` (one helper, two arguments: one future type), awaited where chosen.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_chosen_by_match_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    match orders.len() % 2 {
+        0 => create_order(c, orders),
+        _ => create_order(c, orders),
+    }
+    .await?
+    .error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Made in a block whose value is the helper's future, kept, then awaited.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_from_a_block_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let order = {
+        let url = orders.trim();
+        create_order(c, url)
+    };
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A helper's future chosen by an `if` or a `match`, or made in a block, is watched as one
+/// written alone: its unseen POST is not sent again by a retry of the GET's 503 (it was, once
+/// per attempt, with a plain client).
+#[tokio::test(start_paused = true)]
+async fn a_helper_chosen_by_if_or_match_is_watched() {
+    let (e, stock) = placed_once!(order_chosen_by_if_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_chosen_by_match_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_from_a_block_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}

@@ -277,7 +277,8 @@ fn helper_future_under(e: &syn::Expr, names: &[String], any_method: bool) -> boo
             })
         }
         syn::Expr::Paren(p) => helper_future_under(&p.expr, names, any_method),
-        _ => false,
+        // Chosen by an `if` or a `match`, or made in a block (see `hands_a_client`).
+        e => any_value(e, &mut |v| helper_future_under(v, names, any_method)),
     }
 }
 
@@ -845,6 +846,30 @@ fn hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
             rooted_in(&m.receiver, clients) || m.args.iter().any(mentions)
         }
         syn::Expr::Paren(p) => hands_a_client(&p.expr, clients),
+        // A helper's future chosen by an `if` or a `match`, or made in a block (`let order =
+        // if rush { create_order(c, o).boxed() } else { … };`): watched whole, as one written
+        // alone (it once went unwatched and unseen, its POST sent again with every retry).
+        e => any_value(e, &mut |v| hands_a_client(v, clients)),
+    }
+}
+
+/// Whether `f` holds for one of the expressions an `if`, a `match` or a block takes its value
+/// from: a branch's last expression, an arm's body, the block's last expression (none for a
+/// block ending in a statement); `false` for any other expression.
+fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
+    fn last(b: &syn::Block) -> Option<&syn::Expr> {
+        match b.stmts.last() {
+            Some(syn::Stmt::Expr(e, None)) => Some(e),
+            _ => None,
+        }
+    }
+    match e {
+        syn::Expr::If(i) => {
+            last(&i.then_branch).is_some_and(&mut *f)
+                || i.else_branch.as_ref().is_some_and(|(_, e)| f(e))
+        }
+        syn::Expr::Match(m) => m.arms.iter().any(|a| f(&a.body)),
+        syn::Expr::Block(b) => last(&b.block).is_some_and(f),
         _ => false,
     }
 }
