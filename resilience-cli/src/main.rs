@@ -1497,25 +1497,9 @@ fn attempts_within_deadline(timeout: Duration, deadline: Duration) -> u32 {
 /// against one that hangs, where it retries a timeout (each times out). A connect failure
 /// sends nothing: a POST with `retry_on = [connect]` sends once.
 fn failing_attempts(f: &Function) -> u32 {
-    use resilience_policy::model::RetryItem;
     let s = &f.analysis.settings;
-    let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
-    let resendable = f
-        .analysis
-        .method
-        .as_ref()
-        .is_none_or(|m| resilience_spec::may_resend(m.value, keyed, s.idempotent.value));
-    let retries = |fast: bool| {
-        s.retry_on.value.iter().any(|r| {
-            let timeout = r.value == RetryItem::Timeout;
-            if fast {
-                !timeout && r.value != RetryItem::Connect
-            } else {
-                timeout
-            }
-        })
-    };
-    if !resendable {
+    let retries = |fast: bool| retries_failure(f, fast);
+    if !resendable(f) {
         1
     } else if retries(true) {
         s.max_attempts.value
@@ -1526,6 +1510,41 @@ fn failing_attempts(f: &Function) -> u32 {
     } else {
         1
     }
+}
+
+/// Whether `f`'s policy may resend what it sent (a safe method, a keyed call, an `idempotent`
+/// PUT or DELETE: `may_resend`, the compile-time rule).
+fn resendable(f: &Function) -> bool {
+    let s = &f.analysis.settings;
+    let keyed = !matches!(s.idempotency_key.value, KeyModel::None);
+    f.analysis
+        .method
+        .as_ref()
+        .is_none_or(|m| resilience_spec::may_resend(m.value, keyed, s.idempotent.value))
+}
+
+/// Whether `f`'s `retry_on` retries a failure at once (`fast`: a reset, a 503; not a connect
+/// failure, which sent nothing) or a hang (a timeout).
+fn retries_failure(f: &Function, fast: bool) -> bool {
+    use resilience_policy::model::RetryItem;
+    f.analysis.settings.retry_on.value.iter().any(|r| {
+        let timeout = r.value == RetryItem::Timeout;
+        if fast {
+            !timeout && r.value != RetryItem::Connect
+        } else {
+            timeout
+        }
+    })
+}
+
+/// Whether `f` retries a dependency's failure however it fails (at once, or a hang), as far as
+/// its attempts go: a failure it does not retry (a timeout outside its `retry_on`) is its
+/// caller's to retry, each of the caller's attempts running it again.
+fn retries_every_failure(f: &Function) -> bool {
+    f.analysis.settings.max_attempts.value > 1
+        && resendable(f)
+        && retries_failure(f, true)
+        && retries_failure(f, false)
 }
 
 /// The asks for a replay one keyed call may add, when the server answers "still in progress"
@@ -1559,7 +1578,13 @@ fn worst_case(f: &Function) -> Duration {
     let waits = [
         shared.bulkhead.as_ref().map(|(_, b)| b.max_wait),
         shared.concurrency.as_ref().map(|(_, c)| c.max_wait),
-        shared.rate_limit.as_ref().map(|(_, r)| r.max_wait),
+        // A shared limit waits for Redis's answer first, whatever its `max_wait`.
+        shared.rate_limit.as_ref().map(|(_, r)| match r.store {
+            resilience_policy::validate::RateStoreM::Redis => r
+                .max_wait
+                .saturating_add(resilience_spec::packed::RATE_STORE_TIMEOUT),
+            resilience_policy::validate::RateStoreM::Local => r.max_wait,
+        }),
     ]
     .into_iter()
     .flatten()
@@ -1669,19 +1694,31 @@ fn amplification_of<'a>(
         // Then each of this function's attempts sends what of the callee's fits in it.
         let timeout = f.analysis.settings.timeout.value;
         let cut = worst_case(callee) >= timeout;
-        let through = if callee.analysis.settings.max_attempts.value > 1 && !handled && !cut {
-            inner.saturating_mul(hedged)
-        } else if cut && !handled {
-            // Of the callee's attempts, those that fit in this one's time, each with what one
-            // of the callee's attempts sends (its hedges, its own nested calls).
-            // (Its own nested calls may retry inside one of its attempts: what the most
-            // demanding of them sends, each hedge of the callee sending it again.)
-            let attempts = failing_attempts(callee).max(1);
+        // What one of the callee's attempts sends (its hedges, its own nested calls). (Its own
+        // nested calls may retry inside one of its attempts: what the most demanding of them
+        // sends, each hedge of the callee sending it again.)
+        let per_attempt = |memo: &mut BTreeMap<&'a str, u32>, visiting: &mut Vec<&'a str>| {
             let mut nested = 1u32;
             for g in callees(callee, all) {
                 nested = nested.max(amplification_of(g, all, memo, visiting));
             }
-            let per_attempt = nested.saturating_mul(hedged_of(callee));
+            nested.saturating_mul(hedged_of(callee))
+        };
+        let through = if callee.analysis.settings.max_attempts.value > 1 && !handled && !cut {
+            // Retried by the callee; a failure it does not retry (a hang outside its
+            // `retry_on`) is this function's to retry, each of its attempts running the
+            // callee's once.
+            let retried_inside = inner.saturating_mul(hedged);
+            if retries_every_failure(callee) {
+                retried_inside
+            } else {
+                retried_inside.max(own.saturating_mul(per_attempt(memo, visiting)))
+            }
+        } else if cut && !handled {
+            // Of the callee's attempts, those that fit in this one's time, each with what one
+            // of the callee's attempts sends.
+            let attempts = failing_attempts(callee).max(1);
+            let per_attempt = per_attempt(memo, visiting);
             let fits = attempts.min(attempts_within_deadline(
                 callee.analysis.settings.timeout.value,
                 timeout,

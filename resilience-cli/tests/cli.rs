@@ -790,6 +790,59 @@ pub async fn hedged_around(c: &reqwest::Client) -> Result<String, Error> {
     assert_eq!(worst("handled_nested::hedged_around"), 9);
 }
 
+/// A nested call that retries, but not every failure: a hang (outside its `retry_on`) ends
+/// it after one attempt, and its caller retries it, each attempt running it again.
+#[test]
+fn a_nested_failure_the_callee_does_not_retry_is_its_callers_to_retry() {
+    let dir = crate_with(
+        "unretried_nested",
+        &[(
+            "src/lib.rs",
+            r#"use resilience_runtime::{resilient, Error};
+
+/// Retries a refused connection only; each attempt hedged once.
+#[resilient(timeout = "1s", retry_on = [connect], hedge(delay = "200ms"))]
+pub async fn quote(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://quotes/").send().await?.status().as_u16())
+}
+
+/// Retries its timeouts: each of its 3 attempts runs `quote`'s hedged attempt again.
+#[resilient(timeout = "5s", deadline = "30s", method = GET)]
+pub async fn page(c: &reqwest::Client) -> Result<u16, Error> {
+    quote(c).await
+}
+
+/// Retries its 503s 5 times: a 503 `quote` does not retry is `deep`'s to retry.
+#[resilient(timeout = "1s", retry_on = [connect])]
+pub async fn price(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://prices/").send().await?.error_for_status()?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "60s", method = GET, max_attempts = 5, retry_on = [503])]
+pub async fn deep(c: &reqwest::Client) -> Result<u16, Error> {
+    price(c).await
+}
+
+/// A callee that retries every failure: one layer retries (its 3, not 5 × 3).
+#[resilient(timeout = "1s")]
+pub async fn stock(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://stock/").send().await?.error_for_status()?.status().as_u16())
+}
+
+#[resilient(timeout = "5s", deadline = "60s", method = GET, max_attempts = 5)]
+pub async fn shelf(c: &reqwest::Client) -> Result<u16, Error> {
+    stock(c).await
+}
+"#,
+        )],
+    );
+    let worst = worst_cases(&dir);
+    assert_eq!(worst("unretried_nested::quote"), 2);
+    assert_eq!(worst("unretried_nested::page"), 6);
+    assert_eq!(worst("unretried_nested::deep"), 5);
+    assert_eq!(worst("unretried_nested::shelf"), 5);
+}
+
 /// Two annotated methods named `get`, and bodies that call a request builder's `.get(url)` and
 /// a map's `.get(&k)`: those are not the annotated `get` (they are not awaited where they are
 /// written), so nothing multiplies; awaited method calls and futures handed to `join!` still
@@ -1517,7 +1570,8 @@ fn layered_methods_of_one_name_are_listed_at_once() {
 
 /// The worst-case time `list` prints is at least what the runtime can take: a hedged round
 /// lasts until its last hedge's own timeout, decorrelated jitter draws up to three times the
-/// previous delay, and a bulkhead's wait counts against the deadline too.
+/// previous delay, and a bulkhead's wait counts against the deadline too, as a shared rate
+/// limit's wait for Redis's answer does.
 #[test]
 fn the_worst_case_time_counts_hedges_decorrelated_jitter_and_waits() {
     let dir = crate_with(
@@ -1544,6 +1598,12 @@ pub async fn decorrelated(c: &reqwest::Client) -> Result<u16, Error> {
 pub async fn waits(c: &reqwest::Client) -> Result<u16, Error> {
     Ok(c.get("http://x/").send().await?.status().as_u16())
 }
+
+#[resilient(method = GET, timeout = "1s", deadline = "30s", max_attempts = 1,
+            rate_limit(rate = 10, max_wait = "2s", store = "redis"))]
+pub async fn shared_limit(c: &reqwest::Client) -> Result<u16, Error> {
+    Ok(c.get("http://x/").send().await?.status().as_u16())
+}
 "#,
         )],
     );
@@ -1565,6 +1625,8 @@ pub async fn waits(c: &reqwest::Client) -> Result<u16, Error> {
     assert_eq!(ms("decorrelated"), 7_200);
     // 5 s for a slot, then the attempt.
     assert_eq!(ms("waits"), 6_000);
+    // Up to 250 ms for Redis's answer, then the 2 s `max_wait` for a permit, then the attempt.
+    assert_eq!(ms("shared_limit"), 3_250);
 }
 
 /// Against a dependency that fails (it hangs: every attempt times out; or it answers a 503 at

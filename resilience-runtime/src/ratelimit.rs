@@ -621,7 +621,7 @@ mod shared {
     use crate::redis_conn::{KeyScript, RedisConn};
 
     /// How long a decision may wait for Redis before the local limit decides instead.
-    pub(super) const STORE_TIMEOUT: Duration = Duration::from_millis(250);
+    pub(super) const STORE_TIMEOUT: Duration = resilience_spec::packed::RATE_STORE_TIMEOUT;
 
     static CONN: OnceLock<RedisConn> = OnceLock::new();
 

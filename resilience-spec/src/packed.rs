@@ -44,6 +44,10 @@ pub struct PackedRateLimit {
     pub store: RateStore,
 }
 
+/// How long a shared rate limit's decision may wait for Redis before the local limit decides
+/// instead: on top of its `max_wait`, in a call's worst-case time.
+pub const RATE_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Where a rate limit's state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateStore {
