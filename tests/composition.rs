@@ -6875,3 +6875,117 @@ async fn a_helper_chosen_by_if_or_match_is_watched() {
     let (e, stock) = placed_once!(order_from_a_block_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
+
+/// The helper's future chosen by an `if` under `.fuse()`, pinned and raced in `futures::select!`:
+/// still a `FusedFuture` once watched (each branch's helper is wrapped under its own `.fuse()`).
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_chosen_fused_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let rush = orders.ends_with("/orders");
+    let order = if rush {
+        create_order(c, orders).fuse()
+    } else {
+        create_order(c, stock).fuse()
+    };
+    futures::pin_mut!(order);
+    let mut late = Box::pin(tokio::time::sleep(Duration::from_secs(5)).fuse());
+    let placed = futures::select! {
+        r = order => r,
+        _ = late => return Ok(String::new()),
+    };
+    placed?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The stock lookup, a call of its own (its GET seen, stamped).
+#[resilient(method = GET, timeout = "1s", max_attempts = 1, budget = false)]
+async fn stock_of(c: &reqwest::Client, url: &str) -> Result<reqwest::Response, Error> {
+    Ok(c.get(url).send().await?)
+}
+
+/// A block that hands an order to a task of its own, then makes the stock lookup's future:
+/// the task's POST is unseen, whatever the lookup (a nested call, its GET seen) sends.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_in_a_block_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    let lookup = {
+        tokio::spawn(create_order_owned(c.clone(), orders.to_owned()));
+        stock_of(c, stock)
+    };
+    let answer = lookup.await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    answer.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A task of its own that awaits the helper's future chosen by an `if`.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_chosen_in_a_task_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let (c2, o) = (c.clone(), orders.to_owned());
+    let rush = o.ends_with("/orders");
+    let task = tokio::spawn(async move {
+        (if rush {
+            create_order(&c2, &o).boxed()
+        } else {
+            create_order(&c2, "http://127.0.0.1:9/").boxed()
+        })
+        .await
+    });
+    task.await.expect("the task ran")?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Watching a helper chosen by an `if` keeps what its adapters promise (`FusedFuture`), and
+/// what a block holds besides the helper's future is still read: a task it spawns counts as
+/// an unseen send (the order was placed once per attempt).
+#[tokio::test(start_paused = true)]
+async fn a_helper_chosen_under_fuse_or_beside_a_spawn_is_watched() {
+    let (e, stock) = placed_once!(order_chosen_fused_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_spawned_in_a_block_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_chosen_in_a_task_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}

@@ -303,33 +303,37 @@ fn spawned_unseen(
     }
     impl<'ast> syn::visit::Visit<'ast> for Find<'_> {
         fn visit_expr_await(&mut self, aw: &'ast syn::ExprAwait) {
-            let helper = |e: &syn::Expr| match e {
-                syn::Expr::Call(call) => {
-                    call.args
-                        .iter()
-                        .any(|a| mentions_any(a.to_token_stream(), &self.named))
-                        || call
-                            .args
+            // A helper's future, also chosen by an `if` or a `match` (see `hands_a_client`).
+            fn helper(e: &syn::Expr, named: &[String]) -> bool {
+                match e {
+                    syn::Expr::Call(call) => {
+                        call.args
                             .iter()
-                            .any(|a| hands_self_a_client(a.to_token_stream(), &[]))
-                }
-                syn::Expr::MethodCall(m) => {
-                    !stamped_call(m)
-                        && (hands_a_client(e, &self.named)
-                            || self_helper_value(e)
-                            || m.args
+                            .any(|a| mentions_any(a.to_token_stream(), named))
+                            || call
+                                .args
                                 .iter()
-                                .any(|a| hands_self_a_client(a.to_token_stream(), &[])))
+                                .any(|a| hands_self_a_client(a.to_token_stream(), &[]))
+                    }
+                    syn::Expr::MethodCall(m) => {
+                        !stamped_call(m)
+                            && (hands_a_client(e, named)
+                                || self_helper_value(e)
+                                || m.args
+                                    .iter()
+                                    .any(|a| hands_self_a_client(a.to_token_stream(), &[])))
+                    }
+                    syn::Expr::Paren(p) => helper(&p.expr, named),
+                    e => any_value(e, &mut |v| helper(v, named)),
                 }
-                _ => false,
-            };
+            }
             let mut base = &*aw.base;
             while let syn::Expr::MethodCall(m) = base
                 && FUTURE_ADAPTERS.contains(&m.method.to_string().as_str())
             {
                 base = &m.receiver;
             }
-            if !hands_a_send(base) && helper(base) {
+            if !hands_a_send(base) && helper(base, &self.named) {
                 self.found = true;
             }
             syn::visit::visit_expr_await(self, aw);
@@ -673,6 +677,11 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
             if let syn::Stmt::Local(l) = stmt
                 && Kept::of(l, &b.stmts[i + 1..], self.clients) == Some(Kept::Watched)
             {
+                // Chosen by an `if` or a `match`, or made in a block: what else it holds
+                // (its condition, a block's statements) is the body's own.
+                if let Some(init) = &l.init {
+                    self.visit_around_values(&init.expr);
+                }
                 continue;
             }
             self.visit_stmt(stmt);
@@ -730,6 +739,46 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
 }
 
 impl Unwatched<'_> {
+    /// What a helper's future the rewrite watches holds besides it: for one chosen by an `if`
+    /// or a `match`, or made in a block, its condition, scrutinee, guards and the block's
+    /// other statements (`{ tokio::spawn(audit(c.clone(), o)); create_order(c, o) }`: they run
+    /// before the watched future is polled), and the values that are not a helper's; nothing
+    /// for a helper's call, watched whole.
+    fn visit_around_values(&mut self, e: &syn::Expr) {
+        use syn::visit::Visit as _;
+        let block = |this: &mut Self, b: &syn::Block| {
+            for (i, stmt) in b.stmts.iter().enumerate() {
+                match stmt {
+                    syn::Stmt::Expr(v, None) if i + 1 == b.stmts.len() => {
+                        this.visit_around_values(v)
+                    }
+                    stmt => this.visit_stmt(stmt),
+                }
+            }
+        };
+        match e {
+            syn::Expr::If(i) => {
+                self.visit_expr(&i.cond);
+                block(self, &i.then_branch);
+                if let Some((_, v)) = &i.else_branch {
+                    self.visit_around_values(v);
+                }
+            }
+            syn::Expr::Match(m) => {
+                self.visit_expr(&m.expr);
+                for a in &m.arms {
+                    // Its guard, in the pattern.
+                    self.visit_pat(&a.pat);
+                    self.visit_around_values(&a.body);
+                }
+            }
+            syn::Expr::Block(b) => block(self, &b.block),
+            syn::Expr::Paren(p) => self.visit_around_values(&p.expr),
+            e if hands_a_client(e, self.clients) => {}
+            e => self.visit_used(e),
+        }
+    }
+
     /// What `e` holds, and `e` itself where it hands futures on; `e` is not taken for a
     /// future made in a closure.
     fn visit_inside(&mut self, e: &syn::Expr) {
@@ -737,7 +786,10 @@ impl Unwatched<'_> {
         match e {
             // Watched as a whole by the rewrite, with whatever it polls inside.
             syn::Expr::Await(aw)
-                if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) => {}
+                if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) =>
+            {
+                self.visit_around_values(&aw.base);
+            }
             syn::Expr::Await(aw) => self.visit_used(&aw.base),
             syn::Expr::Closure(c) => {
                 self.closures += 1;
@@ -874,6 +926,38 @@ fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
     }
 }
 
+/// Calls `f` on each expression an `if`, a `match` or a block takes its value from (see
+/// [`any_value`]).
+fn each_value_mut(e: &mut syn::Expr, f: &mut dyn FnMut(&mut syn::Expr)) {
+    fn last(b: &mut syn::Block) -> Option<&mut syn::Expr> {
+        match b.stmts.last_mut() {
+            Some(syn::Stmt::Expr(e, None)) => Some(e),
+            _ => None,
+        }
+    }
+    match e {
+        syn::Expr::If(i) => {
+            if let Some(v) = last(&mut i.then_branch) {
+                f(v);
+            }
+            if let Some((_, v)) = &mut i.else_branch {
+                f(v);
+            }
+        }
+        syn::Expr::Match(m) => {
+            for a in &mut m.arms {
+                f(&mut a.body);
+            }
+        }
+        syn::Expr::Block(b) => {
+            if let Some(v) = last(&mut b.block) {
+                f(v);
+            }
+        }
+        _ => {}
+    }
+}
+
 impl Rewriter<'_> {
     /// Wraps the helper in `e` in `helper(…)` where its future is made, under the adapters
     /// written after it (`create_order(c, o).fuse()` becomes `helper(create_order(c, o))
@@ -888,6 +972,17 @@ impl Rewriter<'_> {
                 return self.watch_base(&mut m.receiver);
             }
             syn::Expr::Paren(p) => return self.watch_base(&mut p.expr),
+            // Chosen by an `if` or a `match`, or made in a block: each value that hands a
+            // client on is wrapped where it is made, under its own adapters (`if rush {
+            // helper(create_order(c, o)).fuse() } else { … }` stays `FusedFuture`).
+            syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => {
+                let clients = self.clients.unwrap_or(&[]);
+                return each_value_mut(e, &mut |v| {
+                    if hands_a_client(v, clients) {
+                        self.watch_base(v);
+                    }
+                });
+            }
             // `Box::pin(create_order(c, o))`: wrapped inside, so that what is kept is still a
             // pinned box (`.as_mut()` on it, `&mut` in `select!`).
             syn::Expr::Call(call)
