@@ -408,3 +408,43 @@ async fn a_stream_refused_after_its_answer_began_is_not_a_request_never_sent() {
     );
     assert_ne!(e.class(), Some(resilience_runtime::Class::Connect), "{e}");
 }
+
+/// The service's own error, transparent over reqwest's: its `source()` is reqwest's own cause,
+/// so the walk of the chain never meets the `reqwest::Error`.
+#[derive(Debug, thiserror::Error)]
+enum OrderError {
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Runtime(#[from] Error),
+}
+
+#[resilient(timeout = "2s", deadline = "5s", retry_on = [connect], budget = false)]
+async fn create_order_in_own_error(c: &reqwest::Client, url: &str) -> Result<u16, OrderError> {
+    Ok(c.post(url)
+        .body("amount=100")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A refused stream reaching the policy inside the service's own transparent error type is
+/// still a request never sent (the stream's error, met without the reqwest error above it,
+/// says so itself): the POST goes again, processed once.
+#[tokio::test]
+async fn a_refused_stream_in_a_transparent_error_is_still_never_sent() {
+    let server = refusing(1).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    assert_eq!(
+        create_order_in_own_error(&c, &server.url).await.unwrap(),
+        201
+    );
+    assert_eq!(server.streams.load(Ordering::SeqCst), 2);
+    assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
+}

@@ -812,12 +812,13 @@ pub async fn page(c: &reqwest::Client) -> Result<u16, Error> {
     quote(c).await
 }
 
-/// Retries its 503s 5 times: a 503 `quote` does not retry is `deep`'s to retry.
+/// Retries a refused connection only: its 503 is `deep`'s to retry.
 #[resilient(timeout = "1s", retry_on = [connect])]
 pub async fn price(c: &reqwest::Client) -> Result<u16, Error> {
     Ok(c.get("http://prices/").send().await?.error_for_status()?.status().as_u16())
 }
 
+/// Retries its 503s, 5 attempts: each runs `price` again.
 #[resilient(timeout = "5s", deadline = "60s", method = GET, max_attempts = 5, retry_on = [503])]
 pub async fn deep(c: &reqwest::Client) -> Result<u16, Error> {
     price(c).await

@@ -13,6 +13,8 @@ pub use resilience_spec::is_transient_status;
 /// anything about the network (the caller then uses the recorded response, or `Permanent`).
 pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
     let mut sent_unknown = false;
+    // An error reading an answer's body was met: the request was answered.
+    let mut answer_began = false;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ours) = e.downcast_ref::<Error>() {
@@ -44,7 +46,8 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             // The HTTP/2 server's word that it never processed the request (a client with
             // reqwest's retries off, or past their two): as a request never sent. Not once its
             // answer began (an error reading the answer's body): it was processed.
-            if !(r.is_decode() || r.is_body()) && protocol_nack(r) {
+            answer_began |= r.is_decode() || r.is_body();
+            if !answer_began && protocol_nack(r) {
                 return Some(Class::Connect);
             }
             if let Some(s) = r.status() {
@@ -90,10 +93,16 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
             {
                 return Some(Class::Reset);
             }
-        } else if e.is::<h2::Error>() {
-            // An HTTP/2 stream reset, or its connection lost, past the refusals read above
-            // (`protocol_nack`): the request was sent, and its answer (an answer's body cut
-            // short after its headers) lost. h2's error has no `source()` to read further.
+        } else if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // The server's word that it never processed the stream, met without the reqwest
+            // error above it (the service's own error type, `#[error(transparent)]` over
+            // reqwest's, forwards `source()` past it): never sent, unless an error reading the
+            // answer's body was met (it was answered). Any other stream reset, or its
+            // connection lost: the request was sent, and its answer (a body cut short after
+            // its headers) lost. h2's error has no `source()` to read further.
+            if !answer_began && h2_nack(h2) {
+                return Some(Class::Connect);
+            }
             return Some(Class::Reset);
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
             // `io::Error::source` skips the error it wraps: look at that one first. Its kind
@@ -128,13 +137,19 @@ pub(crate) fn protocol_nack(err: &(dyn StdError + 'static)) -> bool {
     for _ in 0..8 {
         let Some(cur) = e else { return false };
         if let Some(h2) = cur.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+            return h2_nack(h2);
         }
         e = cur.source();
     }
     false
+}
+
+/// An HTTP/2 error that is the server's word it never processed the stream (see
+/// [`protocol_nack`]).
+fn h2_nack(h2: &h2::Error) -> bool {
+    h2.is_remote()
+        && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+            || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// The class of a connect failure: nothing was sent, so `Connect` (retried whatever the
