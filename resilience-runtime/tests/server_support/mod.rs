@@ -41,6 +41,7 @@ macro_rules! every_rule {
             a_nested_routers_requests_are_told_apart_by_their_full_path,
             a_body_failing_after_a_kept_status_is_never_rerun,
             a_body_panicking_or_stuck_after_a_kept_status_is_never_rerun,
+            claims_are_fenced_by_their_token,
         );
     };
 }
@@ -1429,4 +1430,98 @@ pub async fn concurrent_requests_across_instances_run_once(apps: &[App; 2], keys
             "{replies:?}"
         );
     }
+}
+
+/// The store's own contract, below the layer: only the request whose claim holds a key can
+/// renew, complete or release it. A claim whose lease ran out while its handler ran (its
+/// renewals lost) and whose key another request then claimed can neither renew nor complete
+/// nor release it: the other request's claim, then its response, stay. A completion of a key
+/// left empty (the lease ran out, nobody claimed it since) is kept.
+pub async fn claims_are_fenced_by_their_token(store: Store) {
+    use axum::body::Bytes;
+    let key = format!("fence:{}", fresh_key());
+    let fingerprint = Fingerprint::of(None, b"amount=1");
+    let first = InFlight {
+        token: 1,
+        fingerprint,
+    };
+    let second = InFlight {
+        token: 2,
+        fingerprint,
+    };
+    let response = |claim: &InFlight, status: u16| resilience_runtime::server::StoredResponse {
+        token: claim.token,
+        fingerprint,
+        status: StatusCode::from_u16(status).unwrap(),
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"charged"),
+    };
+    let ttl = Duration::from_secs(60);
+    let lease = Duration::from_millis(200);
+    assert!(matches!(
+        store.claim(&key, &first, lease).await.unwrap(),
+        Claim::Acquired
+    ));
+    assert!(store.renew(&key, &first, lease).await.unwrap(), "its own");
+    // The first claim's lease runs out; another request claims the key.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get(&key).await.unwrap(), None, "the lease ran out");
+    assert!(matches!(
+        store
+            .claim(&key, &second, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    ));
+    // The first request, late: each of its writes is refused, and changes nothing.
+    assert!(!store.renew(&key, &first, lease).await.unwrap(), "renew");
+    assert!(
+        !store
+            .complete(&key, &first, &response(&first, 201), ttl)
+            .await
+            .unwrap(),
+        "complete"
+    );
+    assert!(!store.release(&key, &first).await.unwrap(), "release");
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        Some(Record::InFlight(second)),
+        "the second claim holds"
+    );
+    // The second request completes; the first still cannot overwrite or remove its answer.
+    assert!(
+        store
+            .complete(&key, &second, &response(&second, 201), ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete(&key, &first, &response(&first, 500), ttl)
+            .await
+            .unwrap()
+    );
+    assert!(!store.release(&key, &first).await.unwrap());
+    assert!(!store.release(&key, &second).await.unwrap(), "completed");
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        Some(Record::Completed(response(&second, 201)))
+    );
+    // A claim whose lease ran out with nobody claiming the key since completes it.
+    let key = format!("fence-empty:{}", fresh_key());
+    assert!(matches!(
+        store.claim(&key, &first, lease).await.unwrap(),
+        Claim::Acquired
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store
+            .complete(&key, &first, &response(&first, 201), ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        Some(Record::Completed(response(&first, 201)))
+    );
 }
