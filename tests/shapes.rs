@@ -2130,3 +2130,45 @@ async fn a_database_execute_beside_a_read_leaves_its_retries() {
     );
     assert_eq!(server.count(), 2);
 }
+
+/// A charge's builder, made by a helper: the body's tokens do not show its POST.
+fn charge_request(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    c.post(url).body("amount=100")
+}
+
+/// `.get(` on the caller's headers makes the inferred method a GET: the build does not see
+/// the POST, and the function keeps its retries.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn charge_built_by_a_helper(
+    c: &reqwest::Client,
+    headers: &std::collections::HashMap<String, String>,
+    url: &str,
+) -> Result<u16, Error> {
+    let _trace = headers.get("x-trace");
+    Ok(charge_request(c, url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// "At run time that POST, stamped in the body, is seen and never resent unkeyed": a 503 to
+/// the helper-built POST (with a plain client, and one of the settings) is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_post_the_tokens_do_not_show_is_seen_at_run_time_and_sent_once() {
+    for c in [reqwest::Client::new(), client()] {
+        let server = FaultServer::start(Script::always(Action::status(503))).await;
+        let e = charge_built_by_a_helper(&c, &Default::default(), &server.url("/charges"))
+            .await
+            .unwrap_err();
+        assert_eq!(server.count(), 1, "{e}");
+        assert_eq!(e.attempts(), 1, "{e}");
+        assert_eq!(e.http_status(), Some(503), "{e}");
+    }
+}
