@@ -2338,3 +2338,53 @@ async fn a_body_whose_drop_panics_at_the_limit_is_not_run_again() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A body limit of the service's own (tower-http's) outside the idempotency layer: a keyed
+/// chunked body past it (no `Content-Length` for it to refuse up front) is a 413, as the
+/// layer's own limit answers, not a 400 "could not be read"; the handler does not run, and
+/// the key stays free for the request made smaller.
+#[tokio::test]
+async fn a_body_limit_outside_the_layer_answers_413() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let store: Store = Arc::new(MemoryStore::default());
+    let app = axum::Router::new()
+        .route(
+            "/orders",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { (axum::http::StatusCode::CREATED, "placed") }
+            }),
+        )
+        .layer(IdempotencyLayer::new(store))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let chunked = |key: &str, chunks: &[&str]| {
+        let mut req = format!(
+            "POST /orders HTTP/1.1\r\nhost: {addr}\r\nidempotency-key: \"{key}\"\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        for chunk in chunks {
+            req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+        }
+        req.push_str("0\r\n\r\n");
+        async move {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            sock.write_all(req.as_bytes()).await.unwrap();
+            let mut reply = Vec::new();
+            sock.read_to_end(&mut reply).await.unwrap();
+            String::from_utf8_lossy(&reply).into_owned()
+        }
+    };
+    let key = fresh_key();
+    let reply = chunked(&key, &["x".repeat(10).as_str(), "x".repeat(10).as_str()]).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let reply = chunked(&key, &["x".repeat(10).as_str()]).await;
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -810,6 +810,16 @@ where
     let body = match Limited::new(body, config.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
+        // A limit of the service's own outside this layer (tower-http's `RequestBodyLimit`),
+        // its error inside the body's: too large all the same, by that limit.
+        Err(e) if over_a_limit(&*e) => {
+            tally.count(Served::BodyTooLarge);
+            return Ok(problem(
+                &config,
+                BODY_TOO_LARGE,
+                "The request body is larger than the service accepts.",
+            ));
+        }
         Err(e) => {
             tracing::debug!(error = %e, "could not read a keyed request body");
             tally.count(Served::BodyUnreadable);
@@ -1650,6 +1660,21 @@ struct Stored;
 /// holds: a problem saying it was processed once and not kept; in the place of a problem, the
 /// same bare (no headers, no body: the least a repeat can be answered with, for a store bound
 /// below even the problem); `None` for a bare answer (the store keeps nothing at all).
+/// Whether a body's error is, or is caused by, a body limit's (`http_body_util::Limited`'s,
+/// which tower-http's `RequestBodyLimit` uses).
+fn over_a_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    // Bounded: a chain of sources ends, and no body error is this deep.
+    for _ in 0..8 {
+        let Some(e) = cur else { return false };
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 fn stand_in(config: &Config, claim: InFlight, stored: &StoredResponse) -> Option<StoredResponse> {
     if stored.headers.is_empty() && stored.body.is_empty() {
         return None;
