@@ -450,6 +450,36 @@ async fn a_request_sent_late_tells_the_time_left_when_it_goes() {
     assert!((1_900..=2_000).contains(&left), "told {left} ms");
 }
 
+#[resilient(timeout = "5s", deadline = "20s", max_attempts = 1, budget = false)]
+async fn made_then_sent_from_a_task(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    // Made now, sent from a task of its own 3 s later.
+    let later = c.get(url).send();
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        later.await
+    });
+    Ok(task.await.expect("the task ran")?.status().as_u16())
+}
+
+/// The same sent from a task of its own, outside the attempt's polls: the time left as it
+/// goes (about 2 s), not the 5 s it was stamped with.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_late_from_a_task_tells_the_time_left_when_it_goes() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        made_then_sent_from_a_task(&reqwest::Client::new(), &server.url("/late"))
+            .await
+            .unwrap(),
+        200
+    );
+    let left: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1_900..=2_000).contains(&left), "told {left} ms");
+}
+
 #[resilient(timeout = "10s", max_attempts = 1, budget = false)]
 async fn lookup_with_its_own_timeout(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
     Ok(c.get(url)

@@ -444,7 +444,7 @@ fn stamp(ctx: &AttemptCtx, req: &mut reqwest::Request) {
     let traceparent = (!headers.contains_key(&TRACEPARENT)).then(|| {
         buf.push(Traceparent::new(ctx.trace_id(), ctx.span_id(), ctx.trace_flags).as_bytes())
     });
-    let ms = time_left_ms(ctx, own_timeout.as_ref());
+    let ms = time_left_ms(ctx.until, own_timeout.as_ref());
     let timeout = buf.push_u64(ms);
     let shared = buf.freeze();
     let value = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(shared.slice(r)).ok();
@@ -706,18 +706,29 @@ pub struct Prepared {
     client: reqwest::Client,
     req: Result<reqwest::Request, reqwest::Error>,
     /// The attempt it was made in, which counts it until it ends there.
-    made_in: Option<AttemptId>,
+    made_in: Option<Made>,
+}
+
+/// The attempt a request was made in, and when that attempt ends: the time left the request
+/// tells as it goes out, from wherever it is sent.
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    at: AttemptId,
+    until: Instant,
 }
 
 /// Stamps a request the body built for the attempt it is made in, which counts it as possibly
 /// sent until it ends there. The attempt it was made in (none: outside one, or a request that
 /// could not be built).
-fn made(req: &mut Result<reqwest::Request, reqwest::Error>) -> Option<AttemptId> {
+fn made(req: &mut Result<reqwest::Request, reqwest::Error>) -> Option<Made> {
     match req {
         Ok(req) => with_attempt(|ctx| {
             stamp(ctx, req);
             ctx.made(crate::policy::method_of(req.method()));
-            ctx.id()
+            Made {
+                at: ctx.id(),
+                until: ctx.until,
+            }
         }),
         Err(_) => None,
     }
@@ -746,7 +757,9 @@ impl Prepared {
             Ok(req) => (
                 Some(method_and_url(&req, self.made_in.is_some(), &mut url)),
                 Some(Deferred {
-                    start: Some((req, self.made_in.is_some(), move |req| client.execute(req))),
+                    start: Some((req, self.made_in.map(|m| m.until), move |req| {
+                        client.execute(req)
+                    })),
                     fut: None,
                 }),
                 None,
@@ -759,7 +772,7 @@ impl Prepared {
             method,
             url,
             // A request that could not be built was never made in the attempt.
-            made_in: self.made_in,
+            made_in: self.made_in.map(|m| m.at),
             first: true,
             in_flight: None,
         }
@@ -772,9 +785,10 @@ pin_project_lite::pin_project! {
     /// not as it was built (a request made, then sent seconds later by a `buffered(n)` or after
     /// an `await`). `Unpin` when the client's future is, as reqwest's is.
     struct Deferred<M, F> {
-        // The request, whether it was made in an attempt (whose time left it then tells), and
-        // what sends it.
-        start: Option<(reqwest::Request, bool, M)>,
+        // The request, when the attempt it was made in ends (the time left it tells as it
+        // goes out, from wherever it is sent; none: made outside an attempt), and what sends
+        // it.
+        start: Option<(reqwest::Request, Option<Instant>, M)>,
         #[pin]
         fut: Option<F>,
     }
@@ -789,9 +803,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        if let Some((mut req, made_in_attempt, make)) = this.start.take() {
-            if made_in_attempt {
-                tell_time_left_now(&mut req);
+        if let Some((mut req, until, make)) = this.start.take() {
+            if let Some(until) = until {
+                tell_time_left_now(&mut req, until);
             }
             this.fut.set(Some(make(req)));
         }
@@ -838,29 +852,28 @@ fn shortest_timeout_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// The attempt's time left, in whole milliseconds, at least 1: what `X-Timeout-Ms` says. Or
 /// the request's own timeout (`.timeout(d)` on its builder), when shorter: its caller stops
 /// waiting then. A timeout on the reqwest client's builder cannot be read, and is not told.
-fn time_left_ms(ctx: &AttemptCtx, own: Option<&Duration>) -> u64 {
-    let mut left = ctx.until.saturating_duration_since(Instant::now());
+fn time_left_ms(until: Instant, own: Option<&Duration>) -> u64 {
+    let mut left = until.saturating_duration_since(Instant::now());
     if let Some(own) = own {
         left = left.min(*own);
     }
     u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, in the attempt it was
-/// made in: rewritten when it says 10 ms or more than is left now (stamped long before it is
-/// sent; a shorter value set by hand is kept as it is); a request sent at once keeps its
-/// value, with no allocation.
-fn tell_time_left_now(req: &mut reqwest::Request) {
-    let _ = with_attempt(|ctx| {
-        let Some(told) = shortest_timeout_ms(req.headers()) else {
-            return;
-        };
-        let ms = time_left_ms(ctx, req.timeout());
-        if told >= ms.saturating_add(10) {
-            req.headers_mut()
-                .insert(X_TIMEOUT_MS, HeaderValue::from(ms));
-        }
-    });
+/// Brings a stamped request's `X-Timeout-Ms` up to date as it goes out, to what is left of the
+/// attempt it was made in (`until`), wherever it is sent from (the attempt's own polls, or a
+/// task it was handed to): rewritten when it says 10 ms or more than is left now (stamped
+/// long before it is sent; a shorter value set by hand is kept as it is); a request sent at
+/// once keeps its value, with no allocation.
+fn tell_time_left_now(req: &mut reqwest::Request, until: Instant) {
+    let Some(told) = shortest_timeout_ms(req.headers()) else {
+        return;
+    };
+    let ms = time_left_ms(until, req.timeout());
+    if told >= ms.saturating_add(10) {
+        req.headers_mut()
+            .insert(X_TIMEOUT_MS, HeaderValue::from(ms));
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -941,7 +954,7 @@ pub struct PreparedWithMiddleware {
     client: reqwest_middleware::ClientWithMiddleware,
     req: Result<reqwest::Request, reqwest::Error>,
     extensions: http::Extensions,
-    made_in: Option<AttemptId>,
+    made_in: Option<Made>,
 }
 
 #[cfg(feature = "reqwest-middleware")]
@@ -972,14 +985,15 @@ impl PreparedWithMiddleware {
             made_in,
         } = self;
         let made_in_attempt = made_in.is_some();
+        let until = made_in.map(|m| m.until);
         let mut url = 0;
         let (method, fut, error) = match req {
             Ok(mut req) => (
                 Some(method_and_url(&req, made_in_attempt, &mut url)),
                 Some(async move {
                     // The time left as it goes out (see `Deferred`).
-                    if made_in_attempt {
-                        tell_time_left_now(&mut req);
+                    if let Some(until) = until {
+                        tell_time_left_now(&mut req, until);
                     }
                     client.execute_with_extensions(req, &mut extensions).await
                 }),
@@ -992,7 +1006,7 @@ impl PreparedWithMiddleware {
             error,
             method,
             url,
-            made_in,
+            made_in: made_in.map(|m| m.at),
             first: true,
             in_flight: None,
         }
