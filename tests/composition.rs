@@ -6977,6 +6977,63 @@ async fn order_chosen_in_a_task_then_stock(
         .await?)
 }
 
+/// Chosen by a `match` between a cached answer and the helper's future, made one type with
+/// `left_future`/`right_future`: compiles as written, and counts as a helper that sent unseen.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_or_cached_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let cached: Option<reqwest::Response> = None;
+    let order = match cached {
+        Some(r) => futures::future::ready(Ok(r)).left_future(),
+        None => create_order(c, orders).right_future(),
+    };
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A block that hands an order to a task, then makes the lookup's future, boxed.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_spawned_in_a_boxed_block_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let lookup = {
+        tokio::spawn(create_order_owned(c.clone(), orders.to_owned()));
+        stock_of(c, stock)
+    }
+    .boxed();
+    let answer = lookup.await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    answer.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// Watching a helper chosen by an `if` keeps what its adapters promise (`FusedFuture`), and
 /// what a block holds besides the helper's future is still read: a task it spawns counts as
 /// an unseen send (the order was placed once per attempt).
@@ -6987,5 +7044,9 @@ async fn a_helper_chosen_under_fuse_or_beside_a_spawn_is_watched() {
     let (e, stock) = placed_once!(order_spawned_in_a_block_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
     let (e, stock) = placed_once!(order_chosen_in_a_task_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_or_cached_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+    let (e, stock) = placed_once!(order_spawned_in_a_boxed_block_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }

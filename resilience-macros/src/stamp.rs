@@ -671,21 +671,7 @@ impl<'ast> syn::visit::Visit<'ast> for Unwatched<'_> {
     }
 
     fn visit_block(&mut self, b: &'ast syn::Block) {
-        for (i, stmt) in b.stmts.iter().enumerate() {
-            // A kept helper the rewrite wraps where it is made (`let all = join_all(…);`
-            // then `all.await`) is watched with whatever it polls inside.
-            if let syn::Stmt::Local(l) = stmt
-                && Kept::of(l, &b.stmts[i + 1..], self.clients) == Some(Kept::Watched)
-            {
-                // Chosen by an `if` or a `match`, or made in a block: what else it holds
-                // (its condition, a block's statements) is the body's own.
-                if let Some(init) = &l.init {
-                    self.visit_around_values(&init.expr);
-                }
-                continue;
-            }
-            self.visit_stmt(stmt);
-        }
+        self.visit_stmts(&b.stmts, b.stmts.len());
     }
 
     fn visit_local(&mut self, l: &'ast syn::Local) {
@@ -746,16 +732,19 @@ impl Unwatched<'_> {
     /// for a helper's call, watched whole.
     fn visit_around_values(&mut self, e: &syn::Expr) {
         use syn::visit::Visit as _;
-        let block = |this: &mut Self, b: &syn::Block| {
-            for (i, stmt) in b.stmts.iter().enumerate() {
-                match stmt {
-                    syn::Stmt::Expr(v, None) if i + 1 == b.stmts.len() => {
-                        this.visit_around_values(v)
-                    }
-                    stmt => this.visit_stmt(stmt),
-                }
+        let block = |this: &mut Self, b: &syn::Block| match b.stmts.last() {
+            Some(syn::Stmt::Expr(v, None)) => {
+                this.visit_stmts(&b.stmts, b.stmts.len() - 1);
+                this.visit_around_values(v);
             }
+            _ => this.visit_stmts(&b.stmts, b.stmts.len()),
         };
+        // Under adapters (`{ …; create_order(c, o) }.boxed()`, `Box::pin(if …)`): the same.
+        if let Some(v) = chosen_value(e)
+            && !std::ptr::eq(v, e)
+        {
+            return self.visit_around_values(v);
+        }
         match e {
             syn::Expr::If(i) => {
                 self.visit_expr(&i.cond);
@@ -779,6 +768,28 @@ impl Unwatched<'_> {
         }
     }
 
+    /// The first `n` of `stmts`: a kept helper the rewrite wraps where it is made (`let all =
+    /// join_all(…);` then `all.await`, judged by all the statements after it) is watched with
+    /// whatever it polls inside; one chosen by an `if` or a `match`, or made in a block, has
+    /// what else it holds (its condition, the block's other statements) read as the body's own.
+    fn visit_stmts(&mut self, stmts: &[syn::Stmt], n: usize) {
+        use syn::visit::Visit as _;
+        for (i, stmt) in stmts[..n].iter().enumerate() {
+            if let syn::Stmt::Local(l) = stmt
+                && Kept::of(l, &stmts[i + 1..], self.clients) == Some(Kept::Watched)
+            {
+                if let Some(init) = &l.init {
+                    let value = pinned(&init.expr);
+                    if let Some(v) = chosen_value(value.as_ref().unwrap_or(&init.expr)) {
+                        self.visit_around_values(v);
+                    }
+                }
+                continue;
+            }
+            self.visit_stmt(stmt);
+        }
+    }
+
     /// What `e` holds, and `e` itself where it hands futures on; `e` is not taken for a
     /// future made in a closure.
     fn visit_inside(&mut self, e: &syn::Expr) {
@@ -788,7 +799,9 @@ impl Unwatched<'_> {
             syn::Expr::Await(aw)
                 if !hands_a_send(&aw.base) && hands_a_client(&aw.base, self.clients) =>
             {
-                self.visit_around_values(&aw.base);
+                if let Some(v) = chosen_value(&aw.base) {
+                    self.visit_around_values(v);
+                }
             }
             syn::Expr::Await(aw) => self.visit_used(&aw.base),
             syn::Expr::Closure(c) => {
@@ -926,6 +939,68 @@ fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
     }
 }
 
+/// Whether `f` holds for every expression an `if`, a `match` or a block takes its value from
+/// (see [`any_value`]), an arm that never ends (`return`, `panic!(…)`) left out; `false` for
+/// an `if` without `else`, a block ending in a statement, any other expression.
+fn all_values(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
+    fn last(b: &syn::Block) -> Option<&syn::Expr> {
+        match b.stmts.last() {
+            Some(syn::Stmt::Expr(e, None)) => Some(e),
+            _ => None,
+        }
+    }
+    fn diverges(e: &syn::Expr) -> bool {
+        match e {
+            syn::Expr::Return(_) | syn::Expr::Break(_) | syn::Expr::Continue(_) => true,
+            syn::Expr::Macro(m) => m.mac.path.segments.last().is_some_and(|s| {
+                ["panic", "unreachable", "todo", "unimplemented"]
+                    .contains(&s.ident.to_string().as_str())
+            }),
+            _ => false,
+        }
+    }
+    match e {
+        syn::Expr::If(i) => {
+            last(&i.then_branch).is_some_and(&mut *f)
+                && i.else_branch.as_ref().is_some_and(|(_, e)| f(e))
+        }
+        syn::Expr::Match(m) => m
+            .arms
+            .iter()
+            .filter(|a| !diverges(&a.body))
+            .all(|a| f(&a.body)),
+        syn::Expr::Block(b) => last(&b.block).is_some_and(f),
+        _ => false,
+    }
+}
+
+/// Whether every value `e` may take hands a client on (see [`hands_a_client`]), through
+/// `if`s, `match`es and blocks: each can be watched where it is made, under its own adapters,
+/// the branches keeping one type.
+fn every_value_hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
+    match e {
+        syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => {
+            all_values(e, &mut |v| every_value_hands_a_client(v, clients))
+        }
+        syn::Expr::Paren(p) => every_value_hands_a_client(&p.expr, clients),
+        e => hands_a_client(e, clients),
+    }
+}
+
+/// The `if`, `match` or block `e` is, or is under methods called on its value, parentheses or
+/// `Box::pin` (`{ …; create_order(c, o) }.boxed()`); none for any other expression.
+fn chosen_value(e: &syn::Expr) -> Option<&syn::Expr> {
+    match e {
+        syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => Some(e),
+        syn::Expr::Paren(p) => chosen_value(&p.expr),
+        syn::Expr::MethodCall(m) => chosen_value(&m.receiver),
+        syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") && call.args.len() == 1 => {
+            chosen_value(&call.args[0])
+        }
+        _ => None,
+    }
+}
+
 /// Calls `f` on each expression an `if`, a `match` or a block takes its value from (see
 /// [`any_value`]).
 fn each_value_mut(e: &mut syn::Expr, f: &mut dyn FnMut(&mut syn::Expr)) {
@@ -975,10 +1050,19 @@ impl Rewriter<'_> {
             // Chosen by an `if` or a `match`, or made in a block: each value that hands a
             // client on is wrapped where it is made, under its own adapters (`if rush {
             // helper(create_order(c, o)).fuse() } else { … }` stays `FusedFuture`).
-            syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => {
-                let clients = self.clients.unwrap_or(&[]);
+            // Each value wrapped alike, the branches keep one type. Where only some hand a
+            // client on (a cached value's `ready(…)` beside the helper), wrapped whole below.
+            syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_)
+                if every_value_hands_a_client(e, self.clients.unwrap_or(&[])) =>
+            {
                 return each_value_mut(e, &mut |v| {
-                    if hands_a_client(v, clients) {
+                    if !matches!(
+                        v,
+                        syn::Expr::Return(_)
+                            | syn::Expr::Break(_)
+                            | syn::Expr::Continue(_)
+                            | syn::Expr::Macro(_)
+                    ) {
                         self.watch_base(v);
                     }
                 });
@@ -1098,8 +1182,15 @@ impl Kept {
         let named = without_self(clients);
         let future = helper_future(value, &named)
             || ((pinned.is_some() || marked_future(value)) && helper_future(value, clients));
+        // Chosen by an `if` or a `match` among values of which only some hand a client on (a
+        // cached value's `ready(…).left_future()` beside the helper's): wrapping the helper's
+        // alone would give the branches two types, and the whole a type without what its
+        // adapters promised (`FusedFuture`): counted as unwatched instead.
+        let mixed = chosen_value(value).is_some_and(|v| !every_value_hands_a_client(v, clients));
         Some(
-            if future && (uses.handed_on > 0 || (typed && uses.polled > 0)) {
+            if (future && (uses.handed_on > 0 || (typed && uses.polled > 0)))
+                || (mixed && uses.polled > 0)
+            {
                 Kept::Unwatched
             } else if !typed && uses.polled > 0 && uses.other == 0 {
                 Kept::Watched
