@@ -448,3 +448,20 @@ async fn a_refused_stream_in_a_transparent_error_is_still_never_sent() {
     assert_eq!(server.streams.load(Ordering::SeqCst), 2);
     assert_eq!(server.processed.load(Ordering::SeqCst), 1, "processed once");
 }
+
+#[resilient(timeout = "2s", deadline = "5s", retry_on = [connect], budget = false, method = GET)]
+async fn read_order_in_own_error(c: &reqwest::Client, url: &str) -> Result<String, OrderError> {
+    Ok(c.get(url).send().await?.text().await?)
+}
+
+/// A `REFUSED_STREAM` after the answer's headers, read through the service's transparent
+/// error type (the walk meets hyper's body error, then h2's, never reqwest's): the answer
+/// began, so no request-never-sent; a read retried on `connect` only is not sent again.
+#[tokio::test]
+async fn a_stream_refused_after_its_answer_began_in_a_transparent_error_is_not_never_sent() {
+    let server = cutting_answers_short(h2::Reason::REFUSED_STREAM).await;
+    let e = read_order_in_own_error(&h2c(), &server.url)
+        .await
+        .unwrap_err();
+    assert_eq!(server.streams.load(Ordering::SeqCst), 1, "{e}");
+}

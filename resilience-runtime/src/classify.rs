@@ -15,6 +15,9 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
     let mut sent_unknown = false;
     // An error reading an answer's body was met: the request was answered.
     let mut answer_began = false;
+    // A reqwest error, or the client's own (hyper-util's: every error sending a request
+    // comes through it, none reading an answer's body), was met above.
+    let mut sending_known = false;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ours) = e.downcast_ref::<Error>() {
@@ -40,6 +43,7 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 }
             }
         } else if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+            sending_known = true;
             if r.is_connect() {
                 return Some(connect_class(r));
             }
@@ -68,12 +72,16 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Class> {
                 sent_unknown = false;
             }
         } else if let Some(l) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            sending_known = true;
             // What reqwest wraps; met first when the error above skips the reqwest error
             // (`#[error(transparent)]` forwards `source()` to that error's own cause).
             if l.is_connect() {
                 return Some(connect_class(l));
             }
         } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            // Met first, with neither reqwest's error nor the client's above it (the service's
+            // own transparent error type skips them): an error reading an answer's body.
+            answer_began |= !sending_known;
             if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
                 return Some(Class::Reset);
             }
