@@ -1565,3 +1565,60 @@ async fn a_keyed_puts_failure_leaves_a_nested_calls_fallback() {
     );
     assert_eq!(server.count_path("/settings"), 2);
 }
+
+/// An error type that keeps the runtime's error but is no `std::error::Error`.
+#[derive(Debug)]
+enum PageError {
+    Runtime(#[allow(dead_code)] Error),
+}
+
+impl From<Error> for PageError {
+    fn from(e: Error) -> Self {
+        PageError::Runtime(e)
+    }
+}
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "fallback_opaque_gateway", failure_rate = 1.0, min_calls = 1, window = 1, open_for = "1h", half_open_calls = 1 },
+)]
+async fn opaque_gateway(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+async fn stale_page(_c: &reqwest::Client, _url: &str) -> Result<u16, PageError> {
+    Ok(299)
+}
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, fallback = stale_page, fallback_on = [circuit_open])]
+async fn page_on_open(c: &reqwest::Client, url: &str) -> Result<u16, PageError> {
+    Ok(opaque_gateway(c, url).await?)
+}
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, fallback = stale_page, fallback_on = [call])]
+async fn page_on_call(c: &reqwest::Client, url: &str) -> Result<u16, PageError> {
+    Ok(opaque_gateway(c, url).await?)
+}
+
+/// Known limits: through an error type that is no `std::error::Error`, a nested call's open
+/// breaker is `call` to `fallback_on` (the runtime cannot read inside the type).
+#[tokio::test(start_paused = true)]
+async fn a_nested_refusal_in_an_opaque_error_type_is_call_to_fallback_on() {
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let c = reqwest::Client::new();
+    opaque_gateway(&c, &down.url("/")).await.unwrap_err();
+    assert!(matches!(
+        page_on_open(&c, &down.url("/")).await,
+        Err(PageError::Runtime(e)) if e.kind() == ErrorKind::CircuitOpen
+    ));
+    assert_eq!(page_on_call(&c, &down.url("/")).await.unwrap(), 299);
+    assert_eq!(down.count(), 1);
+}
