@@ -7050,3 +7050,100 @@ async fn a_helper_chosen_under_fuse_or_beside_a_spawn_is_watched() {
     let (e, stock) = placed_once!(order_spawned_in_a_boxed_block_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
+
+/// A token fetched by the helper's future, chosen by an `if let` whose other branch returns
+/// early; then the stock, the body's own GET.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn token_or_nothing_then_stock(
+    c: &reqwest::Client,
+    token: Option<&str>,
+    stock: &str,
+) -> Result<String, Error> {
+    let lookup = if let Some(url) = token {
+        stock_of(c, url)
+    } else {
+        return Ok(String::new());
+    };
+    lookup.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The token's future or a finished one (`Fuse::terminated()`), raced in `futures::select!`;
+/// then the stock.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn token_raced_then_stock(
+    c: &reqwest::Client,
+    token: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    let go = !token.is_empty();
+    let mut lookup = if go {
+        stock_of(c, token).boxed().fuse()
+    } else {
+        futures::future::Fuse::terminated()
+    };
+    let mut late = Box::pin(tokio::time::sleep(Duration::from_secs(5)).fuse());
+    futures::select! {
+        r = lookup => r?.error_for_status()?,
+        _ = late => return Ok(String::new()),
+    };
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A nested call's GET chosen by an `if` keeps the retries of the body's GET after it (the
+/// runtime sees what the nested call sends): a branch that returns early, or a finished
+/// future beside it (`Fuse::terminated()` in `futures::select!`, which compiles as written:
+/// the watched future is still a `FusedFuture`), does not make it an unwatched send of the
+/// least safe method.
+#[tokio::test(start_paused = true)]
+async fn a_helper_chosen_beside_a_return_or_a_finished_future_keeps_its_retries() {
+    for (c, attempts) in [(client(), 3u32), (reqwest::Client::new(), 3)] {
+        let token = FaultServer::start(Script::always(Action::ok())).await;
+        let stock = FaultServer::start(Script::always(Action::status(503))).await;
+        let e = token_or_nothing_then_stock(&c, Some(&token.url("/t")), &stock.url("/stock"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.attempts(), stock.count()),
+            (attempts, attempts as usize),
+            "{e}"
+        );
+        stock.clear();
+        let e = token_raced_then_stock(&c, &token.url("/t"), &stock.url("/stock"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.attempts(), stock.count()),
+            (attempts, attempts as usize),
+            "{e}"
+        );
+    }
+    let stock = FaultServer::start(Script::always(Action::ok())).await;
+    assert_eq!(
+        token_or_nothing_then_stock(&client(), None, &stock.url("/stock"))
+            .await
+            .unwrap(),
+        ""
+    );
+}

@@ -939,54 +939,6 @@ fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
     }
 }
 
-/// Whether `f` holds for every expression an `if`, a `match` or a block takes its value from
-/// (see [`any_value`]), an arm that never ends (`return`, `panic!(…)`) left out; `false` for
-/// an `if` without `else`, a block ending in a statement, any other expression.
-fn all_values(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
-    fn last(b: &syn::Block) -> Option<&syn::Expr> {
-        match b.stmts.last() {
-            Some(syn::Stmt::Expr(e, None)) => Some(e),
-            _ => None,
-        }
-    }
-    fn diverges(e: &syn::Expr) -> bool {
-        match e {
-            syn::Expr::Return(_) | syn::Expr::Break(_) | syn::Expr::Continue(_) => true,
-            syn::Expr::Macro(m) => m.mac.path.segments.last().is_some_and(|s| {
-                ["panic", "unreachable", "todo", "unimplemented"]
-                    .contains(&s.ident.to_string().as_str())
-            }),
-            _ => false,
-        }
-    }
-    match e {
-        syn::Expr::If(i) => {
-            last(&i.then_branch).is_some_and(&mut *f)
-                && i.else_branch.as_ref().is_some_and(|(_, e)| f(e))
-        }
-        syn::Expr::Match(m) => m
-            .arms
-            .iter()
-            .filter(|a| !diverges(&a.body))
-            .all(|a| f(&a.body)),
-        syn::Expr::Block(b) => last(&b.block).is_some_and(f),
-        _ => false,
-    }
-}
-
-/// Whether every value `e` may take hands a client on (see [`hands_a_client`]), through
-/// `if`s, `match`es and blocks: each can be watched where it is made, under its own adapters,
-/// the branches keeping one type.
-fn every_value_hands_a_client(e: &syn::Expr, clients: &[String]) -> bool {
-    match e {
-        syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => {
-            all_values(e, &mut |v| every_value_hands_a_client(v, clients))
-        }
-        syn::Expr::Paren(p) => every_value_hands_a_client(&p.expr, clients),
-        e => hands_a_client(e, clients),
-    }
-}
-
 /// The `if`, `match` or block `e` is, or is under methods called on its value, parentheses or
 /// `Box::pin` (`{ …; create_order(c, o) }.boxed()`); none for any other expression.
 fn chosen_value(e: &syn::Expr) -> Option<&syn::Expr> {
@@ -998,38 +950,6 @@ fn chosen_value(e: &syn::Expr) -> Option<&syn::Expr> {
             chosen_value(&call.args[0])
         }
         _ => None,
-    }
-}
-
-/// Calls `f` on each expression an `if`, a `match` or a block takes its value from (see
-/// [`any_value`]).
-fn each_value_mut(e: &mut syn::Expr, f: &mut dyn FnMut(&mut syn::Expr)) {
-    fn last(b: &mut syn::Block) -> Option<&mut syn::Expr> {
-        match b.stmts.last_mut() {
-            Some(syn::Stmt::Expr(e, None)) => Some(e),
-            _ => None,
-        }
-    }
-    match e {
-        syn::Expr::If(i) => {
-            if let Some(v) = last(&mut i.then_branch) {
-                f(v);
-            }
-            if let Some((_, v)) = &mut i.else_branch {
-                f(v);
-            }
-        }
-        syn::Expr::Match(m) => {
-            for a in &mut m.arms {
-                f(&mut a.body);
-            }
-        }
-        syn::Expr::Block(b) => {
-            if let Some(v) = last(&mut b.block) {
-                f(v);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -1050,23 +970,10 @@ impl Rewriter<'_> {
             // Chosen by an `if` or a `match`, or made in a block: each value that hands a
             // client on is wrapped where it is made, under its own adapters (`if rush {
             // helper(create_order(c, o)).fuse() } else { … }` stays `FusedFuture`).
-            // Each value wrapped alike, the branches keep one type. Where only some hand a
-            // client on (a cached value's `ready(…)` beside the helper), wrapped whole below.
-            syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_)
-                if every_value_hands_a_client(e, self.clients.unwrap_or(&[])) =>
-            {
-                return each_value_mut(e, &mut |v| {
-                    if !matches!(
-                        v,
-                        syn::Expr::Return(_)
-                            | syn::Expr::Break(_)
-                            | syn::Expr::Continue(_)
-                            | syn::Expr::Macro(_)
-                    ) {
-                        self.watch_base(v);
-                    }
-                });
-            }
+            // Chosen by an `if` or a `match`, or made in a block: wrapped whole, which keeps
+            // the branches' one type (a cached answer's `ready(…).left_future()` beside the
+            // helper's `.right_future()`) and what their adapters promise (`Helper` is a
+            // `FusedFuture` when what it wraps is).
             // `Box::pin(create_order(c, o))`: wrapped inside, so that what is kept is still a
             // pinned box (`.as_mut()` on it, `&mut` in `select!`).
             syn::Expr::Call(call)
@@ -1182,15 +1089,8 @@ impl Kept {
         let named = without_self(clients);
         let future = helper_future(value, &named)
             || ((pinned.is_some() || marked_future(value)) && helper_future(value, clients));
-        // Chosen by an `if` or a `match` among values of which only some hand a client on (a
-        // cached value's `ready(…).left_future()` beside the helper's): wrapping the helper's
-        // alone would give the branches two types, and the whole a type without what its
-        // adapters promised (`FusedFuture`): counted as unwatched instead.
-        let mixed = chosen_value(value).is_some_and(|v| !every_value_hands_a_client(v, clients));
         Some(
-            if (future && (uses.handed_on > 0 || (typed && uses.polled > 0)))
-                || (mixed && uses.polled > 0)
-            {
+            if future && (uses.handed_on > 0 || (typed && uses.polled > 0)) {
                 Kept::Unwatched
             } else if !typed && uses.polled > 0 && uses.other == 0 {
                 Kept::Watched
@@ -1900,7 +1800,9 @@ impl VisitMut for Rewriter<'_> {
             && self.hands_a_client(&aw.base)
         {
             let span = aw.base.span();
-            let base = take(&mut aw.base);
+            // Without its parentheses, which an argument does not need (`(if … { … }).await`:
+            // kept, `unused_parens` would warn at the user's code).
+            let base = unparenthesized(take(&mut aw.base));
             *aw.base = syn::parse_quote_spanned!(span=> #p::helper(#base));
             self.found.helpers += 1;
             return;
@@ -2314,10 +2216,7 @@ fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str)
     // A parenthesized receiver (`(&outbox).send()`, the way to send through a borrow) goes in
     // without its parentheses, which an argument does not need: kept, `unused_parens` would
     // warn at the user's code, an error under `#![deny(warnings)]`.
-    let mut expr = expr;
-    while let syn::Expr::Paren(inner) = expr {
-        expr = *inner.expr;
-    }
+    let expr = unparenthesized(expr);
     let method = syn::Ident::new(method, span);
     let mut held: syn::ExprMatch = syn::parse_quote_spanned! {span=>
         match #p::Stampable::new(()) {
@@ -2330,6 +2229,14 @@ fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str)
         *arg = expr;
     }
     syn::Expr::Match(held)
+}
+
+/// `e` without the parentheses around it.
+fn unparenthesized(mut e: syn::Expr) -> syn::Expr {
+    while let syn::Expr::Paren(inner) = e {
+        e = *inner.expr;
+    }
+    e
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.

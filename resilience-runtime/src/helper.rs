@@ -60,6 +60,16 @@ impl<F: Unpin> Helper<F> {
     }
 }
 
+/// A helper's future that tells when it has ended (`.fuse()`, `Fuse::terminated()`, as
+/// `futures::select!` needs of its arms) still does, watched (`helper(if go { f.fuse() } else
+/// { Fuse::terminated() })`).
+impl<F: futures_core::FusedFuture> futures_core::FusedFuture for Helper<F> {
+    #[inline]
+    fn is_terminated(&self) -> bool {
+        self.fut.is_terminated()
+    }
+}
+
 /// The helper ran, and the runtime saw `seen` sends during its polls: none, an unseen send.
 fn settle(seen: Option<u32>) {
     if let Some(seen) = seen {

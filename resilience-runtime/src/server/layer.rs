@@ -1656,10 +1656,6 @@ fn problem<B>(config: &Config, p: Problem, detail: &str) -> Response<ResponseBod
 /// A problem the layer answers in the handler's place (panic, limit, response too large).
 struct Stored;
 
-/// What goes in the place of `stored`, a response the store refused as larger than it ever
-/// holds: a problem saying it was processed once and not kept; in the place of a problem, the
-/// same bare (no headers, no body: the least a repeat can be answered with, for a store bound
-/// below even the problem); `None` for a bare answer (the store keeps nothing at all).
 /// Whether a body's error is, or is caused by, a body limit's (`http_body_util::Limited`'s,
 /// which tower-http's `RequestBodyLimit` uses).
 fn over_a_limit(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -1675,6 +1671,10 @@ fn over_a_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What goes in the place of `stored`, a response the store refused as larger than it ever
+/// holds: a problem saying it was processed once and not kept; in the place of a problem, the
+/// same bare (no headers, no body: the least a repeat can be answered with, for a store bound
+/// below even the problem); `None` for a bare answer (the store keeps nothing at all).
 fn stand_in(config: &Config, claim: InFlight, stored: &StoredResponse) -> Option<StoredResponse> {
     if stored.headers.is_empty() && stored.body.is_empty() {
         return None;
