@@ -100,6 +100,7 @@ fn no_allocation_per_call_on_the_happy_path() {
         assert_eq!(adaptive(1).await.unwrap(), 2);
         assert_eq!(shared_without_redis(1).await.unwrap(), 2);
         assert_eq!(with_fallback(1).await.unwrap(), 2);
+        assert_eq!(hedged(1).await.unwrap(), 2);
         for (name, f) in [
             ("defaults", 0),
             ("budget + breaker + bulkhead + rate limit", 1),
@@ -108,6 +109,7 @@ fn no_allocation_per_call_on_the_happy_path() {
             // `Vec`), even with none installed.
             ("a limit shared through Redis, decided locally", 3),
             ("a fallback, not called", 4),
+            ("a hedge, not started", 5),
         ] {
             let per_call = allocations_per_call(f).await;
             assert_eq!(per_call, 0.0, "{name}: {per_call} allocations per call");

@@ -25,6 +25,19 @@ async fn a_slow_dependency_takes_down_unrelated_endpoints_without_a_policy() {
         "{guarded:?} vs {bare:?}"
     );
     assert!(guarded.checkout_failed_fast > 0, "{guarded:?}");
+    // Read from the breaker and the bulkhead themselves, as the tour reads them: each acted.
+    let breaker = resilience_runtime::metrics::breaker("incident-b");
+    assert!(
+        breaker
+            .as_ref()
+            .is_some_and(|b| b.opened > 0 && b.rejected > 0),
+        "the breaker in front of B opened and refused calls: {breaker:?}"
+    );
+    let bulkhead = resilience_runtime::metrics::bulkhead("incident-b");
+    assert!(
+        bulkhead.as_ref().is_some_and(|h| h.rejected > 0),
+        "the bulkhead in front of B refused calls: {bulkhead:?}"
+    );
 }
 
 /// The source document's own fix: a timeout alone. Every checkout ends within 5 units, so 10
