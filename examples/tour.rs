@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use resilience_fault_server::{Action, FaultServer, Script};
-use resilience_runtime::{ClientSettings, Error, ErrorKind, RequestBuilderExt as _, resilient};
+use resilience_runtime::{Error, ErrorKind, RequestBuilderExt as _, resilient};
 use tokio::time::Instant;
 
 mod table {
@@ -389,11 +389,15 @@ async fn scenario_deadline(http: &reqwest::Client) {
         // An upper bound loose enough for a busy machine.
         // (Three attempts end at the deadline; on a machine slow enough that the third would
         // start with too little time, two, the second's timeout returned.)
+        // Ended at the deadline: not before it (950 ms, the clock's rounding allowed); or,
+        // the third attempt not begun, at the second's timeout, once less than the backoff
+        // and a tenth of the timeout was left (after 900 ms).
         r.as_ref().is_err_and(|e| {
-            e.kind() == ErrorKind::DeadlineExceeded
-                || e.kind() == ErrorKind::AttemptTimeout && server.count() == 2
+            (e.kind() == ErrorKind::DeadlineExceeded && took >= Duration::from_millis(950))
+                || (e.kind() == ErrorKind::AttemptTimeout
+                    && server.count() == 2
+                    && took >= Duration::from_millis(900))
         }) && (2..=3).contains(&server.count())
-            && took >= Duration::from_millis(950)
             && took < Duration::from_secs(3),
         format!(
             "the call ends at its 1 s deadline, its timeouts retried: {} requests, {} after {}",
@@ -431,7 +435,7 @@ async fn pay_hasty(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
 /// The story's own remedy, a longer read timeout: right only while the gateway answers within
 /// it. Not the fix to copy for payments (`pay_keyed` below is): a slower answer repeats the
 /// incident.
-#[resilient(timeout = "300ms", max_attempts = 1)]
+#[resilient(timeout = "600ms", max_attempts = 1)]
 async fn pay_patient(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(pg
         .post(url)
@@ -444,14 +448,9 @@ async fn pay_patient(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
 }
 
 /// The hasty shop, made safe: the same 50 ms attempt timeout, but keyed and retried, against
-/// a gateway behind the idempotency layer.
-#[resilient(
-    timeout = "50ms",
-    deadline = "3s",
-    max_attempts = 4,
-    backoff(initial = "5ms", max = "20ms"),
-    idempotency_key = auto
-)]
+/// a gateway behind the idempotency layer; its policy in `resilience.toml`, as a service keeps
+/// it (`[policies.tour_payment]`).
+#[resilient(policy = "tour_payment")]
 async fn pay_keyed(pg: &reqwest::Client, url: &str) -> Result<String, Error> {
     Ok(pg
         .post(url)
@@ -474,10 +473,10 @@ async fn scenario_payment(http: &reqwest::Client) {
         4,
         "The payment that times out while the card is charged",
         "A shop calls its payment gateway with a read timeout; the gateway needs the card\n\
-         network's approval, which arrives after 100 ms (10 s in the original story, scaled to\n\
+         network's approval, which arrives after 200 ms (10 s in the original story, scaled to\n\
          milliseconds). With a 50 ms timeout the shop gives up first: it tells the customer the\n\
          payment failed, while the card is charged anyway. A timeout well above the gateway's\n\
-         slowest normal answer (300 ms) avoids it; sensitive calls deserve a longer read timeout.\n\
+         slowest normal answer (600 ms) avoids it; sensitive calls deserve a longer read timeout.\n\
          The last row keeps the hasty 50 ms but sends an idempotency key on every attempt, to a\n\
          gateway behind the IdempotencyLayer: the first attempt times out and hangs up, the\n\
          gateway's handler runs on to its end anyway, the retry meets 409 (still running,\n\
@@ -490,11 +489,13 @@ async fn scenario_payment(http: &reqwest::Client) {
         "order placed",
         "time",
     ]);
-    for (label, patient) in [("50 ms", false), ("300 ms", true)] {
+    // Margins of 150 ms and 400 ms either side of the gateway's 200 ms: a busy machine's late
+    // poll does not turn one row into the other.
+    for (label, patient) in [("50 ms", false), ("600 ms", true)] {
         let gateway = FaultServer::start(Script::always(
             Action::ok()
                 .body("approved")
-                .after(Duration::from_millis(100)),
+                .after(Duration::from_millis(200)),
         ))
         .await;
         let start = Instant::now();
@@ -504,7 +505,7 @@ async fn scenario_payment(http: &reqwest::Client) {
             pay_hasty(http, &gateway.url("/charges")).await
         };
         let took = start.elapsed();
-        // The gateway finishes its work whether or not the shop still listens: 100 ms after
+        // The gateway finishes its work whether or not the shop still listens: 200 ms after
         // the request arrived, which a loaded machine may have delayed (waited for, up to 2 s).
         let mut charged = 0;
         for _ in 0..100 {
@@ -515,7 +516,7 @@ async fn scenario_payment(http: &reqwest::Client) {
             }
         }
         // What the rows' story says, checked: the hasty shop reports a failure for a charge
-        // the gateway made (it answers after 100 ms, whatever the machine's speed); the
+        // the gateway made (it answers after 200 ms, whatever the machine's speed); the
         // patient one gets the answer.
         claim(
             charged == 1 && r.is_ok() == patient,
@@ -541,7 +542,7 @@ async fn scenario_payment(http: &reqwest::Client) {
     let gateway = order_service_with(
         Some(Arc::new(MemoryStore::default())),
         charges.clone(),
-        Arc::new(AtomicU64::new(100)),
+        Arc::new(AtomicU64::new(200)),
     )
     .await;
     let start = Instant::now();
@@ -549,10 +550,10 @@ async fn scenario_payment(http: &reqwest::Client) {
         resilience_runtime::measure(pay_keyed(http, &format!("http://{gateway}/orders"))).await;
     let took = start.elapsed();
     let attempts = report.map_or(0, |r| r.attempts);
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(220)).await;
     let charged = charges.load(Ordering::SeqCst);
     // What the last row's story says, checked: one charge, however the attempts went.
-    // The first attempt always times out (the handler takes 100 ms): at least two ran.
+    // The first attempt always times out (the handler takes 200 ms): at least two ran.
     claim(
         charged == 1 && attempts >= 2 && matches!(&r, Ok(v) if v.starts_with("order #1")),
         format!(
@@ -1377,13 +1378,20 @@ async fn tour_instance(url: &str) {
         .await
         .expect("Redis, as for the tour that started this instance");
     resilience_runtime::ratelimit::use_redis(redis);
-    let http = ClientSettings::DEFAULT.build().expect("a reqwest client");
+    // The tour's own client: a connect timeout shorter than the 1 s attempt (see `main`).
+    let http = resilience_runtime::client!("tour")
+        .build()
+        .expect("a reqwest client");
     let until = Instant::now() + SHARED_FOR;
     let worker = || async {
         let mut answered = 0u32;
         while Instant::now() < until {
             if partner_shared(&http, url).await.is_ok() {
                 answered += 1;
+            } else {
+                // Refused: a moment before asking again, not thousands of Redis round trips
+                // a second from eight workers on a small machine.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         answered
@@ -1500,8 +1508,10 @@ async fn scenario_shared_limit() {
         _ => Duration::ZERO,
     };
     // (One more for the time a request takes from its permit to the partner, which may
-    // differ between the first and the last.)
-    let allowed = 3 + (20.0 * called_for.as_secs_f64()).ceil() as usize;
+    // differ between the first and the last; two more for a first request delayed past its
+    // permit, which shortens the window measured from it: well under the two limits' worth
+    // two instances deciding alone would let through.)
+    let allowed = 5 + (20.0 * called_for.as_secs_f64()).ceil() as usize;
     if local == 0 {
         claim(
             saw <= allowed,
@@ -1651,12 +1661,11 @@ async fn main() {
     println!("resilience: a tour, against a misbehaving server on 127.0.0.1\n");
     // A connect timeout shorter than every attempt timeout of the tour (50 ms the shortest),
     // as the README asks: a connect failure then tells itself apart (loopback connects at once).
-    let http = ClientSettings {
-        connect_timeout: Duration::from_millis(40),
-        ..ClientSettings::DEFAULT
-    }
-    .build()
-    .expect("a reqwest client");
+    // The client `[clients.tour]` of `resilience.toml` describes, which the keyed payment's
+    // policy names (checked at build time against its timeout).
+    let http = resilience_runtime::client!("tour")
+        .build()
+        .expect("a reqwest client");
     scenario_get(&http).await;
     scenario_retry_after(&http).await;
     scenario_deadline(&http).await;
