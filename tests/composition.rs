@@ -7147,3 +7147,35 @@ async fn a_helper_chosen_beside_a_return_or_a_finished_future_keeps_its_retries(
         ""
     );
 }
+
+/// A helper's future made in a block of one expression, kept under `.boxed()`: the watch
+/// leaves no braces around its argument (`unused_braces` at the user's code, an error under
+/// `deny(warnings)`, which this file's lints in CI are).
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_in_braces_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    use futures::FutureExt as _;
+    #[rustfmt::skip]
+    let order = { create_order(c, orders) }.boxed();
+    order.await?.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_made_in_braces_is_watched_without_them() {
+    let (e, stock) = placed_once!(order_in_braces_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}

@@ -967,12 +967,9 @@ impl Rewriter<'_> {
                 return self.watch_base(&mut m.receiver);
             }
             syn::Expr::Paren(p) => return self.watch_base(&mut p.expr),
-            // Chosen by an `if` or a `match`, or made in a block: each value that hands a
-            // client on is wrapped where it is made, under its own adapters (`if rush {
-            // helper(create_order(c, o)).fuse() } else { … }` stays `FusedFuture`).
-            // Chosen by an `if` or a `match`, or made in a block: wrapped whole, which keeps
-            // the branches' one type (a cached answer's `ready(…).left_future()` beside the
-            // helper's `.right_future()`) and what their adapters promise (`Helper` is a
+            // Chosen by an `if` or a `match`, or made in a block: wrapped whole, below, which
+            // keeps the branches' one type (a cached answer's `ready(…).left_future()` beside
+            // the helper's `.right_future()`) and what their adapters promise (`Helper` is a
             // `FusedFuture` when what it wraps is).
             // `Box::pin(create_order(c, o))`: wrapped inside, so that what is kept is still a
             // pinned box (`.as_mut()` on it, `&mut` in `select!`).
@@ -987,7 +984,7 @@ impl Rewriter<'_> {
         }
         let span = e.span();
         let p = self.p;
-        let base = take(e);
+        let base = unparenthesized(take(e));
         *e = syn::parse_quote_spanned!(span=> #p::helper(#base));
         self.found.helpers += 1;
     }
@@ -2231,12 +2228,22 @@ fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str)
     syn::Expr::Match(held)
 }
 
-/// `e` without the parentheses around it.
+/// `e` without the parentheses, or the braces of a block of one expression, around it: what
+/// an argument does not need (kept, `unused_parens` or `unused_braces` would warn at the user's
+/// code, an error under `#![deny(warnings)]`).
 fn unparenthesized(mut e: syn::Expr) -> syn::Expr {
-    while let syn::Expr::Paren(inner) = e {
-        e = *inner.expr;
+    loop {
+        e = match e {
+            syn::Expr::Paren(inner) => *inner.expr,
+            syn::Expr::Block(b) if b.attrs.is_empty() && b.label.is_none() => {
+                match &b.block.stmts[..] {
+                    [syn::Stmt::Expr(inner, None)] => inner.clone(),
+                    _ => return syn::Expr::Block(b),
+                }
+            }
+            e => return e,
+        };
     }
-    e
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.

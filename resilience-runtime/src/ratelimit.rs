@@ -451,7 +451,14 @@ impl RateLimiter {
                 }
             }
             let mut unanswered = Unanswered(Some((self, now)));
-            let answer = shared::reserve(self.name, &self.spec, allowed, left).await;
+            // How far this instance's own limit runs ahead of now: what it gave alone while
+            // Redis did not answer, which Redis spends too.
+            let ahead = Duration::from_nanos(
+                self.tat
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.nanos_since_epoch(now)),
+            );
+            let answer = shared::reserve(self.name, &self.spec, allowed, left, ahead).await;
             unanswered.0 = None;
             match answer {
                 shared::Answer::Wait(wait, shared_tat) => {
@@ -626,8 +633,11 @@ mod shared {
     static CONN: OnceLock<RedisConn> = OnceLock::new();
 
     /// GCRA in one atomic step, on Redis's clock (microseconds). KEYS: the TAT, and Redis's
-    /// time when it last gave a permit. ARGV: interval, tolerance (interval × burst) and the
-    /// longest wait allowed, all in microseconds. Returns the wait in microseconds and the TAT
+    /// time when it last gave a permit. ARGV: interval, tolerance (interval × burst), the
+    /// longest wait allowed, and how far the asking instance's own limit runs ahead of now,
+    /// all in microseconds: the TAT is at least that far ahead (the permits the instance gave
+    /// alone while Redis did not answer are spent in Redis too once it does; otherwise the
+    /// instance's own limit, which counts Redis's permits to it, is never ahead of Redis's). Returns the wait in microseconds and the TAT
     /// it set (for a give-back), or `-1 - wait` and 0 when refused (nothing is reserved then):
     /// the wait the permit would have taken, which tells a refusal for the deadline from one
     /// by the limit.
@@ -649,6 +659,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 local at = tonumber(redis.call('GET', KEYS[2]) or now)
 if at > now then tat = tat - (at - now) end
 if tat < now then tat = now end
+local ahead = tonumber(ARGV[4] or '0')
+if now + ahead > tat then tat = now + ahead end
 local new_tat = tat + interval
 local wait = new_tat - now - tolerance
 if wait < 0 then wait = 0 end
@@ -812,6 +824,7 @@ return 1",
         spec: &RateLimitSpec,
         allowed: Duration,
         left: Duration,
+        ahead: Duration,
     ) -> Answer {
         let Some(conn) = CONN.get() else {
             return Answer::NoConnection;
@@ -820,11 +833,12 @@ return 1",
         let interval = interval_micros(spec);
         let tolerance = interval.saturating_mul(u64::from(spec.burst));
         let allowed = allowed.as_micros().min(u128::from(i64::MAX as u64)) as u64;
+        let ahead = ahead.as_micros().min(u128::from(i64::MAX as u64)) as u64;
         let (tat, at) = keys(name);
         let call = async move {
             RESERVE
                 .run_on::<(i64, i64)>(&mut conn, &[&tat, &at], |c| {
-                    c.arg(interval).arg(tolerance).arg(allowed);
+                    c.arg(interval).arg(tolerance).arg(allowed).arg(ahead);
                 })
                 .await
         };
@@ -1124,6 +1138,48 @@ mod tests {
             cancelled.acquire_by(later()).await,
             Err(Refused::Limited),
             "the two permits Redis spent for the dropped calls are spent locally too"
+        );
+
+        // And the other way: the permits an instance gave locally while Redis was taken as
+        // down are spent in Redis once it answers again, so that the instance takes no fresh
+        // burst from Redis on top of them.
+        let back = RateLimiter::new(
+            Box::leak(format!("unit-back-{run}").into_boxed_str()),
+            RateLimitSpec {
+                rate: 1,
+                per: Duration::from_secs(10),
+                burst: 5,
+                max_wait: Duration::ZERO,
+                store: RateLimitStore::Redis,
+            },
+        );
+        back.store_failed();
+        let mut local = 0;
+        for _ in 0..5 {
+            if back.acquire_by(later()).await.is_ok() {
+                local += 1;
+            }
+        }
+        assert_eq!(
+            (local, back.snapshot().local_fallbacks),
+            (5, 5),
+            "its burst, locally"
+        );
+        tokio::time::sleep(STORE_DOWN_FOR + Duration::from_millis(100)).await;
+        let mut from_redis = 0;
+        for _ in 0..5 {
+            if back.acquire_by(later()).await.is_ok() {
+                from_redis += 1;
+            }
+        }
+        assert_eq!(
+            back.snapshot().local_fallbacks,
+            5,
+            "Redis decided, once back"
+        );
+        assert_eq!(
+            from_redis, 0,
+            "Redis gave {from_redis} more on top of the 5 the instance gave alone"
         );
     }
 
