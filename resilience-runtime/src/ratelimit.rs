@@ -121,6 +121,10 @@ pub struct RateLimiter {
     /// How long (nanoseconds) the calls Redis left short of time without an answer waited for
     /// it, added up since it last answered one.
     slow_waited: AtomicU64,
+    #[cfg(feature = "redis")]
+    /// The permits this instance gave alone (Redis down, slow or absent) since Redis last took
+    /// them in: while any, each ask tells Redis how far the local limit runs ahead of now.
+    alone: AtomicU64,
     /// The key of its local decisions' counter, built once (counting then allocates nothing,
     /// with a recorder or without).
     #[cfg(feature = "metrics")]
@@ -216,6 +220,8 @@ impl RateLimiter {
             down_until: AtomicU64::new(0),
             #[cfg(feature = "redis")]
             slow_waited: AtomicU64::new(0),
+            #[cfg(feature = "redis")]
+            alone: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             local_key: metrics::Key::from_parts(
                 crate::telemetry::names::RATE_LIMIT_LOCAL_DECISIONS,
@@ -451,15 +457,33 @@ impl RateLimiter {
                 }
             }
             let mut unanswered = Unanswered(Some((self, now)));
-            // How far this instance's own limit runs ahead of now: what it gave alone while
-            // Redis did not answer, which Redis spends too.
-            let ahead = Duration::from_nanos(
-                self.tat
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(self.nanos_since_epoch(now)),
-            );
+            // After permits given alone: how far this instance's own limit runs ahead of now
+            // (they, and Redis's own to it), which Redis spends too; none otherwise (a call
+            // dropped while Redis was to answer is spent locally, and may not be in Redis).
+            let alone = self.alone.load(Ordering::Relaxed);
+            let ahead = if alone == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(
+                    self.tat
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(self.nanos_since_epoch(now)),
+                )
+            };
             let answer = shared::reserve(self.name, &self.spec, allowed, left, ahead).await;
             unanswered.0 = None;
+            if alone != 0
+                && matches!(
+                    answer,
+                    shared::Answer::Wait(..) | shared::Answer::Refused(_)
+                )
+            {
+                // Taken in by Redis (a refusal stores it too), unless more were given alone
+                // meanwhile: those go with the next ask.
+                let _ = self
+                    .alone
+                    .compare_exchange(alone, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
             match answer {
                 shared::Answer::Wait(wait, shared_tat) => {
                     self.slow_waited.store(0, Ordering::Relaxed);
@@ -506,6 +530,7 @@ impl RateLimiter {
         let (wait, tat) = self
             .reserve_local_reserving(later, allowed.saturating_sub(spent))
             .map_err(|_| self.why_refused(spent + self.local_wait(later), left))?;
+        self.alone.fetch_add(1, Ordering::Relaxed);
         // A wait counted from `now`, as the caller sleeps until `now + wait`; none is none (a
         // permit free locally is given at once, not after a timer).
         let wait = if wait.is_zero() { wait } else { spent + wait };
@@ -634,10 +659,11 @@ mod shared {
 
     /// GCRA in one atomic step, on Redis's clock (microseconds). KEYS: the TAT, and Redis's
     /// time when it last gave a permit. ARGV: interval, tolerance (interval × burst), the
-    /// longest wait allowed, and how far the asking instance's own limit runs ahead of now,
-    /// all in microseconds: the TAT is at least that far ahead (the permits the instance gave
-    /// alone while Redis did not answer are spent in Redis too once it does; otherwise the
-    /// instance's own limit, which counts Redis's permits to it, is never ahead of Redis's). Returns the wait in microseconds and the TAT
+    /// longest wait allowed, and how far the asking instance's own limit runs ahead of now (0
+    /// unless it gave permits alone since Redis last took them in), all in microseconds: the
+    /// TAT is at least that far ahead, stored even when the call is refused (the permits the
+    /// instance gave alone while Redis did not answer are spent in Redis too once it does,
+    /// for every instance's next asks). Returns the wait in microseconds and the TAT
     /// it set (for a give-back), or `-1 - wait` and 0 when refused (nothing is reserved then):
     /// the wait the permit would have taken, which tells a refusal for the deadline from one
     /// by the limit.
@@ -660,11 +686,19 @@ local at = tonumber(redis.call('GET', KEYS[2]) or now)
 if at > now then tat = tat - (at - now) end
 if tat < now then tat = now end
 local ahead = tonumber(ARGV[4] or '0')
-if now + ahead > tat then tat = now + ahead end
+local pushed = now + ahead > tat
+if pushed then tat = now + ahead end
 local new_tat = tat + interval
 local wait = new_tat - now - tolerance
 if wait < 0 then wait = 0 end
-if wait > allowed then return {-1 - wait, 0} end
+if wait > allowed then
+  if pushed then
+    local px = math.ceil((tat - now) / 1000) + 1
+    redis.call('SET', KEYS[1], tat, 'PX', px)
+    redis.call('SET', KEYS[2], now, 'PX', px)
+  end
+  return {-1 - wait, 0}
+end
 local px = math.ceil((new_tat - now) / 1000) + 1
 redis.call('SET', KEYS[1], new_tat, 'PX', px)
 redis.call('SET', KEYS[2], now, 'PX', px)
@@ -1143,16 +1177,15 @@ mod tests {
         // And the other way: the permits an instance gave locally while Redis was taken as
         // down are spent in Redis once it answers again, so that the instance takes no fresh
         // burst from Redis on top of them.
-        let back = RateLimiter::new(
-            Box::leak(format!("unit-back-{run}").into_boxed_str()),
-            RateLimitSpec {
-                rate: 1,
-                per: Duration::from_secs(10),
-                burst: 5,
-                max_wait: Duration::ZERO,
-                store: RateLimitStore::Redis,
-            },
-        );
+        let back_spec = RateLimitSpec {
+            rate: 1,
+            per: Duration::from_secs(10),
+            burst: 5,
+            max_wait: Duration::ZERO,
+            store: RateLimitStore::Redis,
+        };
+        let back_name: &'static str = Box::leak(format!("unit-back-{run}").into_boxed_str());
+        let back = RateLimiter::new(back_name, back_spec);
         back.store_failed();
         let mut local = 0;
         for _ in 0..5 {
@@ -1181,6 +1214,19 @@ mod tests {
             from_redis, 0,
             "Redis gave {from_redis} more on top of the 5 the instance gave alone"
         );
+        // Spent in Redis for every instance: another one (a limiter of the same name, on
+        // the same Redis) gets no fresh burst either, though Redis refused every ask above
+        // (a refusal stores what the instance gave alone too).
+        let other = RateLimiter::new(back_name, back_spec);
+        assert_eq!(
+            other.acquire_by(later()).await,
+            Err(Refused::Limited),
+            "another instance took Redis's burst on top of the 5 given alone"
+        );
+        assert_eq!(other.snapshot().local_fallbacks, 0, "Redis decided");
+        // Taken in by Redis: the next asks tell it nothing more (a call dropped while Redis
+        // was to answer, spent locally, is not pushed into Redis).
+        assert_eq!(back.alone.load(Ordering::Relaxed), 0, "taken in by Redis");
     }
 
     /// A shared limit deciding locally (Redis down) gives a permit free there at once: not
