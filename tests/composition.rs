@@ -7179,3 +7179,43 @@ async fn a_helper_made_in_braces_is_watched_without_them() {
     let (e, stock) = placed_once!(order_in_braces_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
+
+/// The order's URL read under a lock, in braces so that the guard goes at the block's end
+/// (edition 2024), before the `.await`: the watch goes inside the braces, and the body's future
+/// stays `Send` (a guard held across the `.await` would not be).
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_from_locked_config_then_stock(
+    c: &reqwest::Client,
+    orders: &std::sync::Mutex<String>,
+    stock: &str,
+) -> Result<String, Error> {
+    #[rustfmt::skip]
+    let placed = { create_order_owned(c.clone(), orders.lock().unwrap().clone()) }.await?;
+    placed.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_in_braces_drops_the_blocks_temporaries_before_its_await() {
+    let orders = FaultServer::start(Script::always(Action::ok())).await;
+    let stock = FaultServer::start(Script::always(Action::status(503))).await;
+    let config = std::sync::Arc::new(std::sync::Mutex::new(orders.url("/orders")));
+    let (c, url) = (reqwest::Client::new(), stock.url("/stock"));
+    // Spawned: the call's future must be `Send`.
+    let e =
+        tokio::spawn(async move { order_from_locked_config_then_stock(&c, &config, &url).await })
+            .await
+            .unwrap()
+            .unwrap_err();
+    assert_eq!((orders.count(), e.attempts()), (1, 1), "{e}");
+}

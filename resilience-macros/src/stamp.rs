@@ -984,8 +984,10 @@ impl Rewriter<'_> {
         }
         let span = e.span();
         let p = self.p;
-        let base = unparenthesized(take(e));
-        *e = syn::parse_quote_spanned!(span=> #p::helper(#base));
+        inside_braces(e, |base| {
+            let base = unparenthesized(base);
+            syn::parse_quote_spanned!(span=> #p::helper(#base))
+        });
         self.found.helpers += 1;
     }
 
@@ -1799,8 +1801,10 @@ impl VisitMut for Rewriter<'_> {
             let span = aw.base.span();
             // Without its parentheses, which an argument does not need (`(if … { … }).await`:
             // kept, `unused_parens` would warn at the user's code).
-            let base = unparenthesized(take(&mut aw.base));
-            *aw.base = syn::parse_quote_spanned!(span=> #p::helper(#base));
+            inside_braces(&mut aw.base, |base| {
+                let base = unparenthesized(base);
+                syn::parse_quote_spanned!(span=> #p::helper(#base))
+            });
             self.found.helpers += 1;
             return;
         }
@@ -2213,7 +2217,13 @@ fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str)
     // A parenthesized receiver (`(&outbox).send()`, the way to send through a borrow) goes in
     // without its parentheses, which an argument does not need: kept, `unused_parens` would
     // warn at the user's code, an error under `#![deny(warnings)]`.
-    let expr = unparenthesized(expr);
+    let mut expr = unparenthesized(expr);
+    // A block of one expression (`{ c.post(u).json(&*state.read()?) }.send()`): stamped inside
+    // its braces, which stay (see `inside_braces`).
+    if one_expression(&expr) {
+        inside_braces(&mut expr, |inner| held(p, span, inner, method));
+        return expr;
+    }
     let method = syn::Ident::new(method, span);
     let mut held: syn::ExprMatch = syn::parse_quote_spanned! {span=>
         match #p::Stampable::new(()) {
@@ -2228,22 +2238,39 @@ fn held(p: &TokenStream, span: proc_macro2::Span, expr: syn::Expr, method: &str)
     syn::Expr::Match(held)
 }
 
-/// `e` without the parentheses, or the braces of a block of one expression, around it: what
-/// an argument does not need (kept, `unused_parens` or `unused_braces` would warn at the user's
-/// code, an error under `#![deny(warnings)]`).
+/// `e` without the parentheses around it, which an argument does not need (kept,
+/// `unused_parens` would warn at the user's code, an error under `#![deny(warnings)]`).
 fn unparenthesized(mut e: syn::Expr) -> syn::Expr {
-    loop {
-        e = match e {
-            syn::Expr::Paren(inner) => *inner.expr,
-            syn::Expr::Block(b) if b.attrs.is_empty() && b.label.is_none() => {
-                match &b.block.stmts[..] {
-                    [syn::Stmt::Expr(inner, None)] => inner.clone(),
-                    _ => return syn::Expr::Block(b),
-                }
-            }
-            e => return e,
-        };
+    while let syn::Expr::Paren(inner) = e {
+        e = *inner.expr;
     }
+    e
+}
+
+/// Replaces `e` with `f(e)`, inside the braces of a block of one expression (`{
+/// create_order(c, o) }`), and so on inward: the braces stay, so their temporaries are dropped
+/// at the block's end, as written (edition 2024: a lock's guard taken there is not held across
+/// the `.await` after it), and the wrap's argument has no braces for `unused_braces` to warn
+/// of.
+fn inside_braces(e: &mut syn::Expr, f: impl FnOnce(syn::Expr) -> syn::Expr) {
+    if one_expression(e) {
+        if let syn::Expr::Block(b) = e
+            && let Some(syn::Stmt::Expr(inner, None)) = b.block.stmts.first_mut()
+        {
+            inside_braces(inner, f);
+        }
+        return;
+    }
+    let value = take(e);
+    *e = f(value);
+}
+
+/// Whether `e` is a block of one expression, without attributes or a label.
+fn one_expression(e: &syn::Expr) -> bool {
+    matches!(e, syn::Expr::Block(b)
+        if b.attrs.is_empty()
+            && b.label.is_none()
+            && matches!(&b.block.stmts[..], [syn::Stmt::Expr(_, None)]))
 }
 
 /// The `use` that brings the dispatch traits into the body's scope.
