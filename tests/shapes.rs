@@ -2172,3 +2172,30 @@ async fn a_post_the_tokens_do_not_show_is_seen_at_run_time_and_sent_once() {
         assert_eq!(e.http_status(), Some(503), "{e}");
     }
 }
+
+/// A builder in braces, sent: stamped inside the braces (which stay), its GET seen and
+/// retried.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn braced_builder(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    #[rustfmt::skip]
+    let sent = { c.get(url) }.send().await?;
+    Ok(sent.error_for_status()?.status().as_u16())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_builder_in_braces_is_stamped_and_retried() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = braced_builder(&reqwest::Client::new(), &server.url("/b"))
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), e.attempts()), (3, 3), "{e}");
+    assert!(
+        server.requests()[0].header("x-request-id").is_some(),
+        "stamped"
+    );
+}
