@@ -2199,3 +2199,74 @@ async fn a_builder_in_braces_is_stamped_and_retried() {
         "stamped"
     );
 }
+
+/// A shared slice walked through a `mut` parameter (`ids = rest`): each attempt starts from
+/// the slice handed in, not from where the failed one left it.
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false
+)]
+async fn fetch_all(c: &reqwest::Client, base: &str, mut ids: &[u64]) -> Result<Vec<u16>, Error> {
+    let mut out = Vec::new();
+    while let [id, rest @ ..] = ids {
+        out.push(
+            c.get(format!("{base}/{id}"))
+                .send()
+                .await?
+                .error_for_status()?
+                .status()
+                .as_u16(),
+        );
+        ids = rest;
+    }
+    Ok(out)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mut_shared_parameter_starts_each_attempt_as_handed_in() {
+    // The third request fails once: the retry fetches all three again.
+    let server = FaultServer::start(
+        Script::sequence([Action::ok(), Action::ok(), Action::status(503)]).then(Action::ok()),
+    )
+    .await;
+    let got = fetch_all(&reqwest::Client::new(), &server.url("/items"), &[1, 2, 3])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        [200, 200, 200],
+        "every id fetched by the attempt that succeeded"
+    );
+    assert_eq!(server.count(), 6);
+}
+
+/// The wire's shape of a user, a type of the body's own named as the signature's: the
+/// signature's `Profile` is the module's.
+#[derive(Debug, PartialEq)]
+struct Profile {
+    name: String,
+}
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn profile(c: &reqwest::Client, url: &str) -> Result<Profile, Error> {
+    struct Profile {
+        body: String,
+    }
+    let wire = Profile {
+        body: c.get(url).send().await?.text().await?,
+    };
+    Ok(crate::Profile { name: wire.body })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_type_of_the_bodys_own_does_not_change_the_signatures() {
+    let server = FaultServer::start(Script::always(Action::ok().body("ada"))).await;
+    assert_eq!(
+        profile(&reqwest::Client::new(), &server.url("/p"))
+            .await
+            .unwrap(),
+        Profile { name: "ada".into() }
+    );
+}

@@ -241,7 +241,21 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                             ));
                         }
                     }
-                    syn::Type::Reference(_) => {}
+                    // `mut ids: &[u64]` (`ids = rest;` as the body walks it): a copy of the
+                    // reference for each attempt, so that a retry starts from what was handed
+                    // in, not from where the failed attempt left it.
+                    syn::Type::Reference(_) => {
+                        if (runs_again || s.fallback.is_some()) && pi.mutability.is_some() {
+                            if let syn::FnArg::Typed(out) = out {
+                                out.attrs.push(syn::parse_quote!(#[allow(unused_mut)]));
+                            }
+                            rebind.push(quote!(
+                                #(#cfgs)*
+                                #[allow(unused_mut)]
+                                let mut #id = #id;
+                            ));
+                        }
+                    }
                     _ => {
                         touch.push(quote!(#(#cfgs)* let _ = &mut #id;));
                         if cloned {
@@ -319,7 +333,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     async move {
                         #prelude
                         #fake_return
-                        #(#stmts)*
+                        // In a block of their own: an item or a `use` of the body (a `struct
+                        // User` of the wire's shape) does not change what the signature's
+                        // return type names, checked above.
+                        { #(#stmts)* }
                     }
                 })
             }
@@ -333,7 +350,7 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     #(#touch)*
                     #prelude
                     #fake_return
-                    #(#stmts)*
+                    { #(#stmts)* }
                 })))
         }
     };
