@@ -7174,8 +7174,33 @@ async fn order_in_braces_then_stock(
         .await?)
 }
 
+/// The same in parentheses, awaited where it is written.
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_in_parenthesized_braces_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    #[rustfmt::skip]
+    let placed = ({ create_order(c, orders) }).await?;
+    placed.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_helper_made_in_braces_is_watched_without_them() {
+    let (e, stock) = placed_once!(order_in_parenthesized_braces_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
     let (e, stock) = placed_once!(order_in_braces_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }

@@ -2253,6 +2253,13 @@ fn unparenthesized(mut e: syn::Expr) -> syn::Expr {
 /// the `.await` after it), and the wrap's argument has no braces for `unused_braces` to warn
 /// of.
 fn inside_braces(e: &mut syn::Expr, f: impl FnOnce(syn::Expr) -> syn::Expr) {
+    // `({ create_order(c, o) }).await`: through the parentheses too, which stay (the user's
+    // own, as the braces).
+    if let syn::Expr::Paren(p) = e
+        && one_expression(&p.expr)
+    {
+        return inside_braces(&mut p.expr, f);
+    }
     if one_expression(e) {
         if let syn::Expr::Block(b) = e
             && let Some(syn::Stmt::Expr(inner, None)) = b.block.stmts.first_mut()
