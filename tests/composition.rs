@@ -7244,3 +7244,46 @@ async fn a_helper_in_braces_drops_the_blocks_temporaries_before_its_await() {
             .unwrap_err();
     assert_eq!((orders.count(), e.attempts()), (1, 1), "{e}");
 }
+
+/// A helper that is an `unsafe fn` (its caller vouches for something), its future made in an
+/// `unsafe` block.
+///
+/// # Safety
+///
+/// None needed: it stands for a helper with a precondition of its own.
+unsafe fn place_unchecked<'a>(
+    c: &'a reqwest::Client,
+    url: &'a str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + 'a {
+    create_order(c, url)
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "20s",
+    backoff(initial = "10ms", max = "10ms"),
+    budget = false
+)]
+async fn order_unchecked_then_stock(
+    c: &reqwest::Client,
+    orders: &str,
+    stock: &str,
+) -> Result<String, Error> {
+    // SAFETY: `place_unchecked` has no precondition here.
+    let placed = unsafe { place_unchecked(c, orders) }.await?;
+    placed.error_for_status()?;
+    Ok(c.get(stock)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// An `unsafe fn` helper's future, made in an `unsafe` block, is watched as any helper's: its
+/// unseen POST is not sent again by a retry of the GET's 503 (it was, once per attempt).
+#[tokio::test(start_paused = true)]
+async fn a_helper_made_in_an_unsafe_block_is_watched() {
+    let (e, stock) = placed_once!(order_unchecked_then_stock);
+    assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
+}

@@ -762,6 +762,7 @@ impl Unwatched<'_> {
                 }
             }
             syn::Expr::Block(b) => block(self, &b.block),
+            syn::Expr::Unsafe(u) => block(self, &u.block),
             syn::Expr::Paren(p) => self.visit_around_values(&p.expr),
             e if hands_a_client(e, self.clients) => {}
             e => self.visit_used(e),
@@ -935,6 +936,8 @@ fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
         }
         syn::Expr::Match(m) => m.arms.iter().any(|a| f(&a.body)),
         syn::Expr::Block(b) => last(&b.block).is_some_and(f),
+        // An `unsafe fn` helper's future: `unsafe { place_unchecked(c, o) }.await`.
+        syn::Expr::Unsafe(u) => last(&u.block).is_some_and(f),
         _ => false,
     }
 }
@@ -943,7 +946,9 @@ fn any_value(e: &syn::Expr, f: &mut dyn FnMut(&syn::Expr) -> bool) -> bool {
 /// `Box::pin` (`{ …; create_order(c, o) }.boxed()`); none for any other expression.
 fn chosen_value(e: &syn::Expr) -> Option<&syn::Expr> {
     match e {
-        syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) => Some(e),
+        syn::Expr::If(_) | syn::Expr::Match(_) | syn::Expr::Block(_) | syn::Expr::Unsafe(_) => {
+            Some(e)
+        }
         syn::Expr::Paren(p) => chosen_value(&p.expr),
         syn::Expr::MethodCall(m) => chosen_value(&m.receiver),
         syn::Expr::Call(call) if callee(call).as_deref() == Some("pin") && call.args.len() == 1 => {
