@@ -1755,10 +1755,14 @@ impl AttemptCtx {
         self.request_started();
     }
 
-    /// A request [`polled`](AttemptCtx::polled) here ended here (its outcome recorded, or
-    /// its future dropped here): its count taken back.
-    pub(crate) fn ended_here(&self) {
-        self.uncount_unpolled(1, UNPOLLED_SENDS);
+    /// A request [`polled`](AttemptCtx::polled) here, made in the attempt `made_in`, ended
+    /// here (its outcome recorded, or its future dropped here): its count taken back if this
+    /// is the attempt that made it (one made elsewhere, a nested call's caller's, leaves this
+    /// attempt's count of its own requests alone, and stays counted in its own).
+    pub(crate) fn ended_here(&self, made_in: AttemptId) {
+        if made_in == self.id() {
+            self.uncount_unpolled(1, UNPOLLED_SENDS);
+        }
     }
 
     /// An `execute` future is sent from here: if it is a request's stamped for it, that
@@ -1768,9 +1772,10 @@ impl AttemptCtx {
     }
 
     /// An `execute` future [`polled`](AttemptCtx::polled_execute) here ended here: if it is a
-    /// request's stamped for it in this attempt (`counted`), that request's count taken back.
-    pub(crate) fn execute_ended_here(&self, counted: bool) {
-        if counted {
+    /// request's stamped for it in this attempt (`counted`: the attempt it was stamped in),
+    /// that request's count taken back.
+    pub(crate) fn execute_ended_here(&self, counted: Option<AttemptId>) {
+        if counted == Some(self.id()) {
             self.uncount_unpolled(UNPOLLED_EXECUTE, UNPOLLED_EXECUTES);
         }
     }
@@ -2258,13 +2263,13 @@ mod tests {
         ctx.made(Method::Get);
         ctx.polled();
         assert!(ctx.unpolled_outstanding(), "sent from here, not ended here");
-        ctx.ended_here();
+        ctx.ended_here(ctx.id());
         assert!(!ctx.unpolled_outstanding());
         for _ in 0..=UNPOLLED_SENDS {
             ctx.made(Method::Post);
         }
         for _ in 0..=UNPOLLED_SENDS {
-            ctx.ended_here();
+            ctx.ended_here(ctx.id());
         }
         assert!(ctx.unpolled_outstanding());
         // Executes apart: a spawned execute's count is its own future's to take back.
@@ -2282,10 +2287,10 @@ mod tests {
         );
         ctx.made_for_execute(Method::Post);
         assert_eq!(ctx.take_execute_mark(), Some(Method::Post));
-        ctx.ended_here();
-        ctx.execute_ended_here(false);
+        ctx.ended_here(ctx.id());
+        ctx.execute_ended_here(None);
         assert!(ctx.unpolled_outstanding(), "taken back by neither");
-        ctx.execute_ended_here(true);
+        ctx.execute_ended_here(Some(ctx.id()));
         assert!(!ctx.unpolled_outstanding());
     }
 

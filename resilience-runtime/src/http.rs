@@ -281,9 +281,7 @@ impl InFlight {
             {
                 ctx.completed_unmatched(m);
             }
-            if ctx.id() == self.6 {
-                ctx.ended_here();
-            }
+            ctx.ended_here(self.6);
         });
     }
 }
@@ -646,7 +644,7 @@ pin_project_lite::pin_project! {
                 given_up(None);
                 if *this.polled {
                     let counted = *this.counted;
-                    let _ = with_attempt(|ctx| ctx.execute_ended_here(counted == Some(ctx.id())));
+                    let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
                 }
             }
         }
@@ -689,7 +687,7 @@ where
             // a connect failure does not prove it was never sent).
             record_outcome(res, None, *this.redirects_at_start, true);
             let counted = *this.counted;
-            let _ = with_attempt(|ctx| ctx.execute_ended_here(counted == Some(ctx.id())));
+            let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
         }
         out
     }
