@@ -35,6 +35,74 @@ async fn a_keyed_call_that_sent_nothing_does_not_say_it_may_have_been_carried_ou
         "{e}"
     );
     assert!(!e.to_string().contains("may have been carried out"), "{e}");
+    // It says no attempt ran, and names no failure that never happened (it said "deadline
+    // exceeded (last failure: timeout)").
+    assert!(
+        e.to_string()
+            .starts_with("deadline exceeded before any attempt: nothing was sent"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("last failure"), "{e}");
+}
+
+#[resilient(timeout = "1s", max_attempts = 2, backoff(initial = "1ms", max = "1ms"), budget = false, breaker = { name = "em_refused_before_any_attempt", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1h" })]
+async fn refused_by_its_breaker(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 2,
+    backoff(initial = "1ms", max = "1ms"),
+    budget = false,
+    bulkhead(max_concurrent = 1, max_wait = "0ms")
+)]
+async fn refused_by_its_bulkhead(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// Calls refused before any attempt, by an open breaker or a full bulkhead: the message says
+/// no attempt ran and nothing was sent; it once said "circuit breaker open (last failure:
+/// rejected)", a failure that never happened, and no count.
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_before_any_attempt_says_nothing_was_sent() {
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    // A breaker exists once a call used it.
+    assert_eq!(
+        refused_by_its_breaker(&c, &ok.url("/a")).await.unwrap(),
+        200
+    );
+    resilience_runtime::breakers::force_open("em_refused_before_any_attempt").unwrap();
+    let e = refused_by_its_breaker(&c, &ok.url("/a")).await.unwrap_err();
+    assert_eq!(ok.count(), 1);
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::CircuitOpen, 0), "{e}");
+    assert!(e.is_rejected(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "circuit breaker open before any attempt: nothing was sent"
+    );
+
+    // One call holds the bulkhead's one slot (its request stalls); the next is refused.
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let url = server.url("/b");
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { refused_by_its_bulkhead(&c, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let e = refused_by_its_bulkhead(&c, &url).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (ErrorKind::BulkheadFull, 0),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "bulkhead full before any attempt: nothing was sent"
+    );
+    assert_eq!(server.count(), 1);
+    holder.abort();
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -240,7 +240,7 @@ impl Error {
     /// the caller to look the outcome up with, or to ask again with (a server that replays by
     /// key answers a request with this key with that outcome). A keyed call refused before
     /// any attempt (its bulkhead, rate limit or deadline) names the key it would have sent:
-    /// no request carried it, and the message says nothing was carried out.
+    /// no request carried it, and the message says nothing was sent.
     pub fn idempotency_key(&self) -> Option<&str> {
         let d = self.detail.as_ref()?;
         d.key
@@ -419,7 +419,11 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind.describe())?;
+        // The runtime's own refusal before any attempt (its breaker, bulkhead, rate limit, no
+        // time left): it says so, and names no failure that never happened.
+        let before_any = self.attempts() == 0 && self.kind != ErrorKind::Call;
         match self.attempts() {
+            0 if before_any => f.write_str(" before any attempt: nothing was sent")?,
             0 => {}
             1 => f.write_str(" after 1 attempt")?,
             n => write!(f, " after {n} attempts")?,
@@ -433,7 +437,10 @@ impl fmt::Display for Error {
                 )?,
                 None => write!(f, " (last status {s})")?,
             }
-        } else if let Some(c) = self.class.filter(|_| self.kind != ErrorKind::Call) {
+        } else if let Some(c) = self
+            .class
+            .filter(|_| self.kind != ErrorKind::Call && !before_any)
+        {
             write!(f, " (last failure: {c})")?;
         }
         if let Some(key) = self.idempotency_key()
