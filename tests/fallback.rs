@@ -1622,3 +1622,70 @@ async fn a_nested_refusal_in_an_opaque_error_type_is_call_to_fallback_on() {
     assert_eq!(page_on_call(&c, &down.url("/")).await.unwrap(), 299);
     assert_eq!(down.count(), 1);
 }
+
+/// A fallback that fails too: a cache with nothing in it, and one annotated itself whose
+/// breaker is open (refused before any attempt of its own).
+async fn cache_empty(_c: &reqwest::Client, _url: String) -> Result<String, Error> {
+    Err(Error::call(std::io::Error::other("cache empty")))
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = cache_empty
+)]
+async fn price_or_empty_cache(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    breaker = { name = "fallback_mirror_refused", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1h" }
+)]
+async fn mirror_price(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(format!("{url}/mirror"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 3,
+    budget = false,
+    backoff(kind = "constant", initial = "10ms", max = "10ms", jitter = "none"),
+    fallback = mirror_price
+)]
+async fn price_or_mirror(c: &reqwest::Client, url: String) -> Result<String, Error> {
+    Ok(c.get(url).send().await?.error_for_status()?.text().await?)
+}
+
+/// The fallback's own error comes back, and says the failed call's attempts ran: it once said
+/// 0 attempts, and a fallback refused by its open breaker `is_rejected()`, "nothing sent",
+/// after the call's three requests went out.
+#[tokio::test(start_paused = true)]
+async fn a_fallback_that_fails_too_returns_its_error_counting_the_calls_attempts() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = price_or_empty_cache(&c, server.url("/price"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3);
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::Call, 3), "{e}");
+    assert_eq!(e.to_string(), "call failed after 3 attempts: cache empty");
+
+    // The mirror's breaker exists once a call used it; then it is held open.
+    let ok = FaultServer::start(Script::always(Action::ok().body("12"))).await;
+    assert_eq!(mirror_price(&c, ok.url("")).await.unwrap(), "12");
+    resilience_runtime::breakers::force_open("fallback_mirror_refused").unwrap();
+    let e = price_or_mirror(&c, server.url("/price")).await.unwrap_err();
+    assert_eq!(server.count(), 6);
+    assert_eq!((e.kind(), e.attempts()), (ErrorKind::CircuitOpen, 3), "{e}");
+    assert!(!e.is_rejected(), "three requests went out: {e}");
+}

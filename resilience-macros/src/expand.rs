@@ -473,10 +473,18 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
                     ::core::mem::drop(__resilience_result);
                     // Its calls take their places under the failed call's (`derive_call_keys`).
                     let #scope = #p::FallbackScope::after(&__resilience_session);
+                    let __resilience_attempts_ran = __resilience_session.attempts();
                     // The call is over: its bulkhead or concurrency slot is free for others
                     // (the fallback's own calls among them) while the fallback runs.
                     ::core::mem::drop(__resilience_session);
-                    return #call;
+                    let mut __resilience_fell = #call;
+                    // Failed too: the runtime's error it returned counts the call's attempts.
+                    if let ::core::result::Result::Err(__resilience_error) = &mut __resilience_fell {
+                        #[allow(unused_imports)]
+                        use #p::{FellBoxed as _, FellOther as _, FellOwn as _};
+                        (&&&#p::FallbackFailed::new(__resilience_error, __resilience_attempts_ran)).__resilience_ran();
+                    }
+                    return __resilience_fell;
                 }
             }
         },

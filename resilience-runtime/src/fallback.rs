@@ -5,7 +5,7 @@
 
 use resilience_spec::fallback_on as on;
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind};
 use crate::registry::PolicyState;
 
 /// Whether a failure of `kind` of the function of `state` calls its fallback, under the
@@ -94,6 +94,88 @@ fn applies_to(mask: u16, kind: ErrorKind) -> bool {
     mask & bit != 0
 }
 
+/// The error a fallback returned (it failed too), in the function's error type: the failed
+/// call's attempts ran before it, and it says so where it is the runtime's own [`Error`]
+/// (bare, in an `io::Error`, boxed, or in an `anyhow::Error` or `eyre::Report`), through
+/// [`Error::attempts`]: a fallback's refusal (its own breaker open) would otherwise say no
+/// attempt ran, nothing sent, after the failed call's requests went out. An error of another
+/// type is returned as the fallback made it. Dispatched on the type as
+/// [`Probe`](crate::probe::Probe) is (`(&&&FallbackFailed::new(e, n)).__resilience_ran()`).
+pub struct FallbackFailed<'a, E>(std::cell::Cell<Option<&'a mut E>>, u32);
+
+impl<E> std::fmt::Debug for FallbackFailed<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FallbackFailed")
+    }
+}
+
+impl<'a, E> FallbackFailed<'a, E> {
+    /// The fallback's error `e`, after a call whose `attempts` ran.
+    pub fn new(e: &'a mut E, attempts: u32) -> Self {
+        FallbackFailed(std::cell::Cell::new(Some(e)), attempts)
+    }
+}
+
+fn ran(e: Option<&mut Error>, attempts: u32) {
+    if let Some(e) = e {
+        e.set_attempts(attempts);
+    }
+}
+
+/// The runtime's own error, bare or in an `io::Error`.
+pub trait FellOwn {
+    /// Writes the failed call's attempts into the fallback's error.
+    fn __resilience_ran(self);
+}
+impl FellOwn for &&&FallbackFailed<'_, Error> {
+    fn __resilience_ran(self) {
+        ran(self.0.take(), self.1);
+    }
+}
+impl FellOwn for &&&FallbackFailed<'_, std::io::Error> {
+    fn __resilience_ran(self) {
+        let e = self
+            .0
+            .take()
+            .and_then(|e| e.get_mut()?.downcast_mut::<Error>());
+        ran(e, self.1);
+    }
+}
+
+/// Boxed errors and error reports: the runtime's own found by downcasting.
+pub trait FellBoxed {
+    /// Writes the failed call's attempts into the fallback's error.
+    fn __resilience_ran(self);
+}
+macro_rules! fell_boxed {
+    ($($(#[$cfg:meta])* $t:ty),*) => {$(
+        $(#[$cfg])*
+        impl FellBoxed for &&FallbackFailed<'_, $t> {
+            fn __resilience_ran(self) {
+                ran(self.0.take().and_then(|e| e.downcast_mut::<Error>()), self.1);
+            }
+        }
+    )*};
+}
+fell_boxed!(
+    Box<dyn std::error::Error + Send + Sync>,
+    Box<dyn std::error::Error + Send>,
+    Box<dyn std::error::Error>,
+    #[cfg(feature = "anyhow")]
+    anyhow::Error,
+    #[cfg(feature = "eyre")]
+    eyre::Report
+);
+
+/// Any other type: returned as the fallback made it.
+pub trait FellOther {
+    /// Nothing to write into.
+    fn __resilience_ran(self);
+}
+impl<E> FellOther for &FallbackFailed<'_, E> {
+    fn __resilience_ran(self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +189,40 @@ mod tests {
         ));
         assert!(!applies_to(on::CIRCUIT_OPEN, ErrorKind::Call));
         assert!(!applies_to(on::CALL, ErrorKind::RateLimited));
+    }
+
+    /// The failed call's attempts reach the runtime's error however the fallback's error type
+    /// holds it; another type is left as it is.
+    #[test]
+    #[allow(clippy::needless_borrow)] // The generated code's dispatch, as it is written there.
+    fn a_fallbacks_error_counts_the_calls_attempts_where_it_is_the_runtimes() {
+        fn refused() -> Error {
+            Error::new(ErrorKind::CircuitOpen)
+        }
+        let mut bare = refused();
+        (&&&FallbackFailed::new(&mut bare, 3)).__resilience_ran();
+        assert_eq!(bare.attempts(), 3);
+        let mut io = std::io::Error::other(refused());
+        (&&&FallbackFailed::new(&mut io, 2)).__resilience_ran();
+        assert_eq!(
+            io.get_ref()
+                .unwrap()
+                .downcast_ref::<Error>()
+                .unwrap()
+                .attempts(),
+            2
+        );
+        let mut boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(refused());
+        (&&&FallbackFailed::new(&mut boxed, 4)).__resilience_ran();
+        assert_eq!(boxed.downcast_ref::<Error>().unwrap().attempts(), 4);
+        #[cfg(feature = "anyhow")]
+        {
+            let mut report = anyhow::Error::new(refused());
+            (&&&FallbackFailed::new(&mut report, 5)).__resilience_ran();
+            assert_eq!(report.downcast_ref::<Error>().unwrap().attempts(), 5);
+        }
+        let mut other = String::from("declined");
+        (&&&FallbackFailed::new(&mut other, 5)).__resilience_ran();
+        assert_eq!(other, "declined");
     }
 }

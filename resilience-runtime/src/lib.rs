@@ -105,6 +105,7 @@ pub mod __private {
     pub use crate::error::ErrorKind;
     pub use crate::fallback::applies_after as fallback_applies_after;
     pub use crate::fallback::applies_refused as fallback_applies_refused;
+    pub use crate::fallback::{FallbackFailed, FellBoxed, FellOther, FellOwn};
     pub use crate::hedge::Hedge;
     pub use crate::helper::helper;
     pub use crate::http::dispatch::{ObserveFuture, PassThrough, SendRequest, StampArg, Stampable};
