@@ -558,3 +558,111 @@ async fn a_body_that_panics_after_a_slow_wait_of_its_own_leaves_the_limit() {
     assert_eq!(limit.decreases, 0, "{limit:?}");
     assert_eq!(limit.in_flight, 0, "{limit:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "two_clocks", initial = 8, min = 1, max = 8, latency = "100ms")
+)]
+async fn under_two_clocks(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A limit outlives the runtime it was first used under: a test's paused clock run an hour
+/// ahead there, and the next test's runtime, whose paused clock starts behind it, still lowers
+/// it once per round trip. It lowered it once, then never again until its clock passed the
+/// other's (the decrease read by one clock, the attempts by another).
+#[test]
+fn a_limit_first_used_under_a_clock_run_ahead_still_lowers_under_another() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let decreases = || {
+        metrics::concurrency_limit("two_clocks")
+            .map(|l| l.decreases)
+            .unwrap_or(0)
+    };
+    runtime().block_on(async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let server = FaultServer::start(Script::always(Action::status(503))).await;
+        under_two_clocks(&reqwest::Client::new(), &server.url("/"))
+            .await
+            .unwrap_err();
+    });
+    assert_eq!(decreases(), 1);
+    runtime().block_on(async {
+        let server = FaultServer::start(Script::always(Action::status(503))).await;
+        let c = reqwest::Client::new();
+        for _ in 0..4 {
+            under_two_clocks(&c, &server.url("/")).await.unwrap_err();
+            // Apart by more than a round trip: each failure lowers the limit once.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    assert_eq!(decreases(), 5);
+}
+
+/// A service's error type whose `Classify` takes every failure for permanent (it never wants
+/// a retry).
+#[derive(Debug)]
+struct NeverRetry(u16);
+
+impl std::fmt::Display for NeverRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "answered {}", self.0)
+    }
+}
+
+impl std::error::Error for NeverRetry {}
+
+impl From<Error> for NeverRetry {
+    fn from(e: Error) -> Self {
+        NeverRetry(e.http_status().unwrap_or(0))
+    }
+}
+
+impl resilience_runtime::Classify for NeverRetry {
+    fn class(&self) -> Option<resilience_runtime::Class> {
+        Some(resilience_runtime::Class::Permanent)
+    }
+}
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(name = "never_retry", initial = 2, min = 1, max = 8, latency = "200ms")
+)]
+async fn never_retried(c: &reqwest::Client, url: &str) -> Result<u16, NeverRetry> {
+    let status = c.get(url).send().await.map_err(|_| NeverRetry(0))?.status();
+    if status.is_server_error() {
+        return Err(NeverRetry(status.as_u16()));
+    }
+    Ok(status.as_u16())
+}
+
+/// Fast 503s the function's own `Classify` takes for permanent are no sign of health: the
+/// limit does not grow on them (it grew at each, past its initial 2, as on fast successes).
+#[tokio::test(start_paused = true)]
+async fn fast_5xx_a_classify_calls_permanent_do_not_raise_the_limit() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let (c, url) = (reqwest::Client::new(), server.url("/"));
+    for _ in 0..4 {
+        // Two at once: the limit is in use (at least half of it), as growth asks.
+        let (a, b) = tokio::join!(never_retried(&c, &url), never_retried(&c, &url));
+        assert_eq!((a.unwrap_err().0, b.unwrap_err().0), (503, 503));
+    }
+    assert_eq!(server.count(), 8);
+    let limit = metrics::concurrency_limit("never_retry").unwrap();
+    assert!(limit.limit <= 2.0, "{limit:?}");
+}

@@ -22,7 +22,7 @@
 //! (and, with a wait, the semaphore's lock when a slot is given back): no allocation.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -156,8 +156,10 @@ pub struct ConcurrencyLimit {
     /// Permits to take away as they are given back (the limit went down while they were held).
     debt: AtomicU32,
     epoch: Instant,
-    /// When the limit was last lowered, in nanoseconds since `epoch` (0: never).
-    last_decrease: AtomicU64,
+    /// When the limit was last lowered, in nanoseconds from `epoch`, before it negative
+    /// (`NEVER`: never). Read by the clock of the runtime that lowered it: tokio's paused clocks
+    /// (tests) differ from one runtime to the next, and a limit outlives them.
+    last_decrease: AtomicI64,
     /// Slots granted, on every thread: striped.
     admitted: crate::counters::Striped,
     rejected: AtomicU64,
@@ -211,7 +213,7 @@ impl ConcurrencyLimit {
             sem: (!spec.max_wait.is_zero()).then(|| Semaphore::new(spec.initial as usize)),
             debt: AtomicU32::new(0),
             epoch: Instant::now(),
-            last_decrease: AtomicU64::new(0),
+            last_decrease: AtomicI64::new(NEVER),
             admitted: Default::default(),
             rejected: AtomicU64::new(0),
             decreases: AtomicU64::new(0),
@@ -444,6 +446,17 @@ impl ConcurrencyLimit {
         new != old
     }
 
+    /// `t` in nanoseconds from the limit's `epoch`, negative before it (a runtime's paused
+    /// clock behind the one it was made under), saturating.
+    fn offset(&self, t: Instant) -> i64 {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        if t >= self.epoch {
+            nanos(t - self.epoch)
+        } else {
+            -nanos(self.epoch - t)
+        }
+    }
+
     /// Applies what an attempt that started at `started`, with `in_flight_at_start` calls in
     /// flight, said about the dependency.
     pub fn record(&self, sample: Sample, started: Instant, in_flight_at_start: u32) {
@@ -459,15 +472,14 @@ impl ConcurrencyLimit {
             Sample::Overload => {
                 // Once per round trip: only an attempt that started after the last decrease
                 // saw the limit it left.
-                let since = started.saturating_duration_since(self.epoch).as_nanos() as u64;
+                let since = self.offset(started);
                 let last = self.last_decrease.load(Ordering::Relaxed);
-                if last != 0 && since < last {
+                let now = self.offset(Instant::now());
+                // A decrease later than now was read by another clock (another runtime's
+                // paused one, run ahead): it says nothing of this attempt's round trip.
+                if last != NEVER && since < last && last <= now {
                     return;
                 }
-                let now = (Instant::now()
-                    .saturating_duration_since(self.epoch)
-                    .as_nanos() as u64)
-                    .max(1);
                 if self
                     .last_decrease
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -517,8 +529,8 @@ impl ConcurrencyPermit {
 
     /// The attempt in progress failed with `class`; `cut`: its time was cut short by the
     /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout;
-    /// `answered`: its last request got a response.
-    pub(crate) fn on_failure(&mut self, class: Class, cut: bool, answered: bool) {
+    /// `answered`: the status of the response its last request got, if any.
+    pub(crate) fn on_failure(&mut self, class: Class, cut: bool, answered: Option<u16>) {
         self.running = false;
         let sample = if class == Class::Timeout && cut {
             // Cut shorter than the latency threshold (a caller's short deadline): it says
@@ -530,7 +542,20 @@ impl ConcurrencyPermit {
             }
         } else if class.is_transient() {
             Sample::Overload
-        } else if matches!(class, Class::Status(_)) || (class == Class::Permanent && answered) {
+        } else if class == Class::Permanent
+            && answered.is_some_and(resilience_spec::is_transient_status)
+        {
+            // A 5xx, a 429 or a 408 a `Classify` of the user's took for permanent: no sign of
+            // health, however fast (nor, as for its breaker, a failure): only a slow one says
+            // something (it grew the limit at every fast 503).
+            if self.slow() {
+                Sample::Overload
+            } else {
+                Sample::Ignored
+            }
+        } else if matches!(class, Class::Status(_))
+            || (class == Class::Permanent && answered.is_some())
+        {
             // The dependency answered (a 404, a body the function refused): its latency
             // still says how loaded it is. A permanent failure with no answer (a name that
             // does not exist, a certificate refused, the body's own error before any request)
@@ -565,6 +590,9 @@ impl Drop for ConcurrencyPermit {
         }
     }
 }
+
+/// `ConcurrencyLimit::last_decrease` of a limit never lowered.
+const NEVER: i64 = i64::MIN;
 
 /// Takes a slot for a call of `shared`'s function, or the error the call ends with.
 pub(crate) async fn admit(
@@ -671,19 +699,19 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(10);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, true, false);
+        p.on_failure(Class::Timeout, true, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (8.0, 0));
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, true, false);
+        p.on_failure(Class::Timeout, true, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (4.0, 1));
         // A timeout of the body's own, or of a nested call's, however short, is the
         // dependency's: an overload.
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, false, false);
+        p.on_failure(Class::Timeout, false, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 2));
     }
 
@@ -695,7 +723,7 @@ mod tests {
             .acquire_by(Instant::now() + Duration::from_secs(10))
             .await
             .unwrap();
-        p.on_failure(Class::Reset, false, false);
+        p.on_failure(Class::Reset, false, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 0));
     }
 
@@ -718,7 +746,7 @@ mod tests {
         // An attempt started after that decrease lowers it again.
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, false, false);
+        p.on_failure(Class::Timeout, false, None);
         assert_eq!(c.limit(), 2.0);
         // A permanent failure answered fast counts as fast; a refusal says nothing, nor does
         // a permanent failure without an answer (nothing reached the dependency).
@@ -726,11 +754,15 @@ mod tests {
         let mut p = c.acquire_by(far).await.unwrap();
         let _q = c.acquire_by(far).await.unwrap();
         p.attempt_started(Instant::now());
-        p.on_failure(Class::Rejected, false, false);
+        p.on_failure(Class::Rejected, false, None);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent, false, false);
+        p.on_failure(Class::Permanent, false, None);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent, false, true);
+        // Nor a 503 or a 429 a `Classify` of the user's took for permanent: no health.
+        p.on_failure(Class::Permanent, false, Some(503));
+        p.on_failure(Class::Permanent, false, Some(429));
+        assert_eq!(c.limit(), 2.0);
+        p.on_failure(Class::Permanent, false, Some(404));
         assert_eq!(c.limit(), 2.5);
     }
 
@@ -748,7 +780,7 @@ mod tests {
                 held.push(c.acquire_by(far).await.unwrap());
             }
             assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-            held[0].on_failure(Class::Reset, false, false);
+            held[0].on_failure(Class::Reset, false, None);
             assert_eq!(c.limit(), 2.0);
             if sem.is_some() {
                 assert_eq!(c.debt.load(Ordering::Relaxed), 2);

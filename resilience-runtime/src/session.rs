@@ -2006,7 +2006,7 @@ impl Session {
                 c.on_failure(
                     class,
                     self.last.runtime == Some(ErrorKind::DeadlineExceeded),
-                    self.last.status.get().is_some(),
+                    self.last.status.get(),
                 );
             } else {
                 c.attempt_ended();
@@ -2347,7 +2347,7 @@ impl Session {
         if let Some(c) = &mut self.concurrency
             && c.running()
         {
-            c.on_failure(Class::Permanent, false, self.ctx.status.get().is_some());
+            c.on_failure(Class::Permanent, false, self.ctx.status.get());
         }
         self.give_back_retry();
         let m = self.shared.metrics;
