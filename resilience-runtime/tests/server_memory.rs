@@ -2388,3 +2388,152 @@ async fn a_body_limit_outside_the_layer_answers_413() {
     assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A page of an export marked as sent, downstream: an annotated call made from the response
+/// body, as it is read.
+#[resilience_runtime::resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn mark_page_sent(c: &reqwest::Client, url: &str) -> Result<u16, resilience_runtime::Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An export of 6 pages of 32 bytes, each 300 ms after the last and marked sent downstream
+/// before it goes.
+struct MarkingPages {
+    left: usize,
+    client: reqwest::Client,
+    url: String,
+    marked: Arc<std::sync::atomic::AtomicUsize>,
+    next: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl http_body::Body for MarkingPages {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        if self.next.is_none() {
+            let (c, url, marked) = (self.client.clone(), self.url.clone(), self.marked.clone());
+            self.next = Some(Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if mark_page_sent(&c, &url).await.is_ok() {
+                    marked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+        std::task::ready!(self.next.as_mut().unwrap().as_mut().poll(cx));
+        self.next = None;
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from(
+            vec![b'p'; 32],
+        )))))
+    }
+}
+
+/// A keyed export larger than the layer keeps streams on past `handler_limit` while its
+/// caller reads, and the annotated calls its body makes go on with it: they are not given the
+/// handler's deadline, which passed. They were refused at admission once it had, nothing sent,
+/// and the export went out with half its pages unmarked.
+#[tokio::test(start_paused = true)]
+async fn a_streamed_exports_calls_are_not_held_to_the_handlers_limit() {
+    use resilience_fault_server::{Action, FaultServer, Script};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let downstream = FaultServer::start(Script::always(Action::ok())).await;
+    let marked = Arc::new(AtomicUsize::new(0));
+    let export = {
+        let (marked, url) = (marked.clone(), downstream.url("/sent"));
+        move || {
+            let body = MarkingPages {
+                left: 6,
+                client: reqwest::Client::new(),
+                url: url.clone(),
+                marked: marked.clone(),
+                next: None,
+            };
+            async move { (axum::http::StatusCode::OK, axum::body::Body::new(body)) }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/exports", axum::routing::post(export))
+        .layer(
+            IdempotencyLayer::new(store())
+                .max_stored_body(16)
+                .handler_limit(Duration::from_secs(1)),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/exports", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let body = reqwest::Client::new()
+        .post(&url)
+        .header("idempotency-key", fresh_key())
+        .body("x")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 6 * 32);
+    assert_eq!(
+        (marked.load(Ordering::SeqCst), downstream.count()),
+        (6, 6),
+        "every page marked sent"
+    );
+}
+
+/// A gateway's handler that passes on a service's answer with its headers: a 503 that service
+/// replayed (`Idempotent-Replayed: true`), then a 201 it replayed. This layer's first answer is
+/// its handler's, no replay for this key: the marker does not reach its caller, which took the
+/// released 503 for a final, stored one and did not retry it. The 201 is kept; its repeat is
+/// the replay.
+#[tokio::test]
+async fn a_replay_marker_passed_on_by_the_handler_does_not_reach_the_first_caller() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let forward = {
+        let runs = runs.clone();
+        move || {
+            let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let status = if first {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::CREATED
+                };
+                (
+                    status,
+                    [("idempotent-replayed", "true")],
+                    "as the service answered",
+                )
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(forward))
+        .layer(IdempotencyLayer::new(store()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/charges", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = fresh_key();
+    let first = post(&url, Some(&key), "x").await;
+    assert_eq!((first.status, first.replayed()), (503, false), "{first:?}");
+    let second = post(&url, Some(&key), "x").await;
+    assert_eq!(
+        (second.status, second.replayed()),
+        (201, false),
+        "{second:?}"
+    );
+    let third = post(&url, Some(&key), "x").await;
+    assert_eq!((third.status, third.replayed()), (201, true), "{third:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

@@ -411,7 +411,8 @@ impl IdempotencyLayer {
 
     /// The longest a claimed key's handler may run, reading of its response body included, up
     /// to what is kept of it (`max_stored_body`): the rest of a larger body streams on to the
-    /// client past this limit, and is not stored.
+    /// client past this limit, and is not stored (the `#[resilient]` calls it makes keep their
+    /// own deadlines, not this limit).
     /// The handler runs detached from the connection, so the client going away does not stop
     /// it; this limit does. At the limit the layer drops the handler's future (cancelling it at
     /// its current `.await`) and answers 500 `handler-timed-out` in its place, stored whatever
@@ -1042,7 +1043,7 @@ where
         Ok(called) => until_caught(limit_at, called, &guard.key, "idempotent handler").await,
         Err(panic) => Ok(Err(panic)),
     };
-    let res = match answered {
+    let mut res = match answered {
         Ok(Ok(Ok(res))) => res,
         Ok(Ok(Err(e))) => {
             // Failed once the time its calls were given had run out: kept as a handler's
@@ -1097,6 +1098,10 @@ where
                 .await);
         }
     };
+    // The handler's own answer, never a replay for this key: a marker it passed on from a
+    // service further down (a gateway copying that service's headers, a stored 503 replayed
+    // there) would have this caller take the answer for final and not retry it.
+    res.headers_mut().remove(IDEMPOTENT_REPLAYED);
     // A 409 with `Retry-After` says "in progress elsewhere, ask again later" (the answer of
     // an idempotency layer further down, passed on by a handler that forwards the key): kept,
     // every repeat would get it for the TTL and the operation would never run.
@@ -1153,11 +1158,16 @@ where
                     // marks what it sent), and it was stored as processed once.
                     let (tx, rx) = tokio::sync::mpsc::channel(PUMPED_FRAMES);
                     let hint = rest.size_hint();
-                    let (until, parent) = crate::context::INBOUND
-                        .try_with(|i| (i.deadline, i.parent_key.clone()))
-                        .unwrap_or_default();
+                    // The calls its body makes are not held to the handler's limit, which
+                    // this reading outlasts while the caller reads (they were refused once it
+                    // passed, nothing sent): they keep their own deadlines; their keys derive
+                    // as the handler's do.
+                    let parent = crate::context::INBOUND
+                        .try_with(|i| i.parent_key.clone())
+                        .ok()
+                        .flatten();
                     let pumped = pump(rest, tx, key, config.handler_limit);
-                    rt.spawn(carry_context(counted(&config.state, pumped), until, parent));
+                    rt.spawn(carry_context(counted(&config.state, pumped), None, parent));
                     ResponseBody::pumped(prefix, rx, hint)
                 }
                 Err(_) => ResponseBody::prefixed(prefix, rest),
