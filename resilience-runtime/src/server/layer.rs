@@ -1960,17 +1960,38 @@ impl Drop for ClaimGuard {
 /// memory. Counts the request's `outcome` once written, or `claim_lost` when the key was found
 /// taken by another request (its claim ran out while this instance could not reach the store,
 /// and a repeat through another instance ran the handler again).
-async fn write_back(
+fn write_back(
+    config: Arc<Config>,
+    key: Arc<str>,
+    claim: InFlight,
+    stored: StoredResponse,
+    renewal: Option<Renewal>,
+    (tally, outcome): (Tally, Served),
+) -> impl Future<Output = ()> + Send {
+    // Forgotten however this task ends: written, given up on, or dropped with its runtime,
+    // never polled included (spawned on a runtime shutting down, or with none to spawn on):
+    // the process-wide pending count must not keep it.
+    let forget = Forget(config.state.clone(), key.clone());
+    write_back_kept(
+        config,
+        key,
+        claim,
+        stored,
+        renewal,
+        (tally, outcome),
+        forget,
+    )
+}
+
+async fn write_back_kept(
     config: Arc<Config>,
     key: Arc<str>,
     claim: InFlight,
     mut stored: StoredResponse,
     renewal: Option<Renewal>,
     (tally, outcome): (Tally, Served),
+    _forget: Forget,
 ) {
-    // Forgotten however this task ends: written, given up on, or dropped with its runtime
-    // (the process-wide pending count must not keep it).
-    let _forget = Forget(config.state.clone(), key.clone());
     let give_up = super::after(Instant::now(), config.ttl);
     let mut delay = Duration::from_millis(20);
     let since = Instant::now();
@@ -2348,6 +2369,34 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"charged"),
         }
+    }
+
+    /// A response kept for a store that could not take it is forgotten with its write-back's
+    /// future, even one never polled (spawned on a runtime shutting down, or made with no
+    /// runtime to spawn it on): it stayed in memory, and in the pending gauge, for good.
+    #[test]
+    fn a_kept_response_is_forgotten_with_a_write_back_never_polled() {
+        let layer = IdempotencyLayer::new(Arc::new(super::super::MemoryStore::default()));
+        let config = layer.config.clone();
+        let key: Arc<str> = "POST /exports k".into();
+        let fingerprint = Fingerprint::of_request(None, None, b"{}");
+        let claim = InFlight {
+            token: 1,
+            fingerprint,
+        };
+        let stored = Stored::problem(&config, claim, HANDLER_FAILED, "kept");
+        config.state.keep(key.clone(), stored.clone());
+        assert!(matches!(config.state.local(&key), Local::Kept(_)));
+        let write = write_back(
+            config.clone(),
+            key.clone(),
+            claim,
+            stored,
+            None,
+            (Tally::default(), Served::Handled),
+        );
+        drop(write);
+        assert!(matches!(config.state.local(&key), Local::Unknown));
     }
 
     /// A request's handler that ends after another request of its key claimed it (this one
