@@ -310,7 +310,11 @@ impl ConcurrencyLimit {
                 Some((None, crate::bulkhead::take_below(&self.in_flight, allowed)?))
             }
             Some(sem) => {
-                let p = sem.try_acquire().ok()?;
+                let p = loop {
+                    if let Some(p) = self.unowed(sem.try_acquire().ok()?) {
+                        break p;
+                    }
+                };
                 Some((Some(p), self.in_flight.fetch_add(1, Ordering::Relaxed) + 1))
             }
         }
@@ -347,15 +351,24 @@ impl ConcurrencyLimit {
         let permit = match &self.sem {
             // No wait: refused at once.
             None => Err(Refused::Full),
-            Some(sem) => crate::bulkhead::wait_for_slot(
-                sem,
-                self.spec.max_wait,
-                deadline,
-                || now,
-                (Refused::Full, Refused::Deadline),
-            )
-            .await
-            .map(|p| (p, Instant::now())),
+            Some(sem) => loop {
+                match crate::bulkhead::wait_for_slot(
+                    sem,
+                    self.spec.max_wait,
+                    deadline,
+                    || now,
+                    (Refused::Full, Refused::Deadline),
+                )
+                .await
+                {
+                    Ok(p) => match self.unowed(p) {
+                        Some(p) => break Ok((p, Instant::now())),
+                        // Owed: the wait goes on (its `max_wait` from the call's start).
+                        None => continue,
+                    },
+                    Err(why) => break Err(why),
+                }
+            },
         };
         match permit {
             Ok((p, now)) => {
@@ -387,6 +400,23 @@ impl ConcurrencyLimit {
                 );
             });
         }
+    }
+
+    /// `p`, unless the limit owes it: a slot back in the queue without being released (a
+    /// waiter handed it, then dropped; tokio gives a cancelled wait's slot back) while a
+    /// lowered limit had permits still to take away. Then taken away, paying that debt.
+    #[inline]
+    fn unowed(&self, p: SemaphorePermit<'static>) -> Option<SemaphorePermit<'static>> {
+        if self.debt.load(Ordering::Acquire) != 0
+            && self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok()
+        {
+            p.forget();
+            return None;
+        }
+        Some(p)
     }
 
     fn release(&self, permit: Option<SemaphorePermit<'static>>) {
@@ -676,6 +706,45 @@ mod tests {
             fast += 1;
         }
         assert_eq!(fast, (6 * 6 - 2 * 2) / 2);
+    }
+
+    /// A slot that goes back to the queue without being released (a waiter handed it, then
+    /// dropped) while a lowered limit still has permits to take away pays that debt: it let
+    /// in a call more than the limit (2 in flight under a limit of 1).
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_back_in_the_queue_pays_a_lowered_limits_debt() {
+        let c = leak(ConcurrencyLimit::new("t", spec(2, 1, 4, 100)));
+        let far = Instant::now() + Duration::from_secs(10);
+        let mut a = c.acquire_by(far).await.unwrap();
+        let b = c.acquire_by(far).await.unwrap();
+        let mut waiting = Box::pin(c.acquire_by(far));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // `b`'s slot is handed to the waiter; the limit comes down with no slot free to take.
+        drop(b);
+        a.attempt_started(Instant::now());
+        a.on_failure(Class::Reset, false, None);
+        assert_eq!(c.limit(), 1.0);
+        assert_eq!(c.debt.load(Ordering::Relaxed), 1);
+        // The waiter goes: its slot back in the queue.
+        drop(waiting);
+        let late = c
+            .acquire_by(Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(
+            late.is_err(),
+            "{} in flight under a limit of 1",
+            c.in_flight()
+        );
+        assert_eq!(c.in_flight(), 1);
+        drop(a);
+        // The limit's one slot is free again.
+        let _one = c.acquire_by(far).await.unwrap();
+        assert!(
+            c.acquire_by(Instant::now() + Duration::from_millis(50))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]
