@@ -666,3 +666,112 @@ async fn fast_5xx_a_classify_calls_permanent_do_not_raise_the_limit() {
     let limit = metrics::concurrency_limit("never_retry").unwrap();
     assert!(limit.limit <= 2.0, "{limit:?}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "5s",
+    max_attempts = 3,
+    budget = false,
+    backoff(kind = "constant", initial = "200ms", max = "200ms", jitter = "none"),
+    concurrency_limit(
+        name = "held_across_retries",
+        initial = 1,
+        min = 1,
+        max = 1,
+        latency = "100ms"
+    )
+)]
+async fn retried_in_its_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A call holds its slot for its whole length, retries and backoff included: another call
+/// during the backoff is refused, nothing sent.
+#[tokio::test(start_paused = true)]
+async fn a_call_holds_its_slot_across_its_retries_and_backoff() {
+    let server = FaultServer::start(Script::sequence([
+        Action::status(503),
+        Action::status(503),
+        Action::ok(),
+    ]))
+    .await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    let (first, during) = tokio::join!(retried_in_its_slot(&c, &url), async {
+        // Inside the first backoff.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = retried_in_its_slot(&c, &url).await;
+        let limit = metrics::concurrency_limit("held_across_retries").unwrap();
+        (refused, limit.in_flight)
+    });
+    assert_eq!(first.unwrap(), 200);
+    let e = during.0.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (ErrorKind::BulkheadFull, 0),
+        "{e}"
+    );
+    assert_eq!(during.1, 1, "the retrying call's slot");
+    assert_eq!(server.count(), 3, "the refused call sent nothing");
+}
+
+#[resilient(
+    timeout = "1s",
+    deadline = "1500ms",
+    max_attempts = 1,
+    budget = false,
+    concurrency_limit(
+        name = "waited_past_deadline",
+        initial = 1,
+        min = 1,
+        max = 1,
+        latency = "500ms",
+        max_wait = "1s"
+    )
+)]
+async fn waits_for_a_slot(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+/// A call whose deadline comes while it waits for a concurrency limit's slot fails
+/// `DeadlineExceeded` with 0 attempts, nothing sent (its wait ends with a tenth of `timeout`,
+/// or of the time it was handed when less, left for a first attempt), and counts as the
+/// limit's refusal.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_comes_while_waiting_for_a_slot_sends_nothing() {
+    let server =
+        FaultServer::start(Script::always(Action::ok().after(Duration::from_secs(5)))).await;
+    let c = reqwest::Client::new();
+    let url = server.url("/");
+    let refused_before =
+        metrics::concurrency_limit("waited_past_deadline").map_or(0, |l| l.rejected);
+    let (held, waited) = tokio::join!(waits_for_a_slot(&c, &url), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 300 ms left, the holder's slot held for 900 ms more: the 1 s wait would pass the
+        // deadline's bound.
+        let with_a_caller = resilience_runtime::with_inbound(
+            resilience_runtime::Inbound::NONE.time_left(Duration::from_millis(300)),
+            waits_for_a_slot(&c, &url),
+        );
+        let started = tokio::time::Instant::now();
+        (with_a_caller.await, started.elapsed())
+    });
+    assert!(held.is_err(), "the holder timed out");
+    let (e, waited_for) = (waited.0.unwrap_err(), waited.1);
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (ErrorKind::DeadlineExceeded, 0),
+        "{e}"
+    );
+    // It waited until a tenth of the time it was handed (shorter than its timeout) was left,
+    // no longer.
+    assert_eq!(waited_for, Duration::from_millis(270));
+    assert_eq!(server.count(), 1, "only the holder's request went out");
+    let limit = metrics::concurrency_limit("waited_past_deadline").unwrap();
+    assert_eq!(limit.rejected, refused_before + 1);
+}

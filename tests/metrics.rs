@@ -1741,3 +1741,81 @@ async fn a_deadline_reached_in_the_bulkheads_queue_is_counted_rejected_bulkhead(
     );
     assert_eq!(rejected, Some(1.0), "{}", handle.render());
 }
+
+/// Its request stalls, or its body panics on an answer: a slot held when its call ends.
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, bulkhead = { name = "m_slot_gone", max_concurrent = 2 })]
+async fn slot_gone(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let body = get(c, url).await?;
+    if body == "ok" {
+        panic!("a bug in the body");
+    }
+    Ok(body)
+}
+
+#[resilient(method = GET, timeout = "2s", max_attempts = 1, budget = false, concurrency_limit = { name = "m_limit_gone", initial = 2, min = 1, max = 4, latency = "1s" })]
+async fn limit_slot_gone(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    let body = get(c, url).await?;
+    if body == "ok" {
+        panic!("a bug in the body");
+    }
+    Ok(body)
+}
+
+/// The in-flight gauges of a bulkhead and of a concurrency limit come back to 0 when a call
+/// holding a slot is dropped by its caller mid-request, and when its body panics.
+#[tokio::test(start_paused = true)]
+async fn in_flight_gauges_come_back_down_after_a_cancelled_or_panicking_call() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let ok = FaultServer::start(Script::always(Action::ok())).await;
+    let gauges = || {
+        (
+            sample(
+                &handle,
+                "resilience_bulkhead_in_flight",
+                &[r#"bulkhead="m_slot_gone""#],
+            ),
+            sample(
+                &handle,
+                "resilience_concurrency_limit_in_flight",
+                &[r#"concurrency_limit="m_limit_gone""#],
+            ),
+        )
+    };
+    // Dropped by the caller mid-request: in flight while it waits, none after.
+    let hung = stalled.url("/");
+    let (during, dropped) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            gauges()
+        },
+        tokio::time::timeout(Duration::from_millis(100), async {
+            tokio::join!(slot_gone(&c, &hung), limit_slot_gone(&c, &hung))
+        })
+    );
+    assert!(dropped.is_err());
+    assert_eq!(during, (Some(1.0), Some(1.0)));
+    assert_eq!(gauges(), (Some(0.0), Some(0.0)));
+    // Unwound by a panic of its body, on a task of its own.
+    let (url, c2) = (ok.url("/"), c.clone());
+    let a = tokio::spawn(async move { slot_gone(&c2, &url).await }).await;
+    let (url, c2) = (ok.url("/"), c.clone());
+    let b = tokio::spawn(async move { limit_slot_gone(&c2, &url).await }).await;
+    assert!(a.unwrap_err().is_panic() && b.unwrap_err().is_panic());
+    assert_eq!(gauges(), (Some(0.0), Some(0.0)));
+    assert_eq!(
+        resilience_runtime::metrics::bulkhead("m_slot_gone")
+            .unwrap()
+            .in_flight,
+        0
+    );
+    assert_eq!(
+        resilience_runtime::metrics::concurrency_limit("m_limit_gone")
+            .unwrap()
+            .in_flight,
+        0
+    );
+}
