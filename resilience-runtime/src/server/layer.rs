@@ -1043,7 +1043,7 @@ where
         Ok(called) => until_caught(limit_at, called, &guard.key, "idempotent handler").await,
         Err(panic) => Ok(Err(panic)),
     };
-    let mut res = match answered {
+    let res = match answered {
         Ok(Ok(Ok(res))) => res,
         Ok(Ok(Err(e))) => {
             // Failed once the time its calls were given had run out: kept as a handler's
@@ -1098,10 +1098,6 @@ where
                 .await);
         }
     };
-    // The handler's own answer, never a replay for this key: a marker it passed on from a
-    // service further down (a gateway copying that service's headers, a stored 503 replayed
-    // there) would have this caller take the answer for final and not retry it.
-    res.headers_mut().remove(IDEMPOTENT_REPLAYED);
     // A 409 with `Retry-After` says "in progress elsewhere, ask again later" (the answer of
     // an idempotency layer further down, passed on by a handler that forwards the key): kept,
     // every repeat would get it for the TTL and the operation would never run.
