@@ -1678,7 +1678,10 @@ async fn a_fallback_that_fails_too_returns_its_error_counting_the_calls_attempts
         .unwrap_err();
     assert_eq!(server.count(), 3);
     assert_eq!((e.kind(), e.attempts()), (ErrorKind::Call, 3), "{e}");
-    assert_eq!(e.to_string(), "call failed after 3 attempts: cache empty");
+    assert_eq!(
+        e.to_string(),
+        "3 attempts failed, then its fallback: call failed: cache empty"
+    );
 
     // The mirror's breaker exists once a call used it; then it is held open.
     let ok = FaultServer::start(Script::always(Action::ok().body("12"))).await;
@@ -1688,4 +1691,8 @@ async fn a_fallback_that_fails_too_returns_its_error_counting_the_calls_attempts
     assert_eq!(server.count(), 6);
     assert_eq!((e.kind(), e.attempts()), (ErrorKind::CircuitOpen, 3), "{e}");
     assert!(!e.is_rejected(), "three requests went out: {e}");
+    assert_eq!(
+        e.to_string(),
+        "3 attempts failed, then its fallback: circuit breaker open before any attempt"
+    );
 }

@@ -88,6 +88,9 @@ struct Detail {
     settled: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
+    /// The attempts of the call whose fallback returned this error (it failed too), counted
+    /// in `attempts` beside the fallback's own: 0 for any other error.
+    fallback_after: u32,
     /// What the calls this error came back through wrote of themselves where they could not
     /// reach the error (see [`enclosing`]): made when the error leaves a nested call.
     around: Option<std::sync::Arc<enclosing::Around>>,
@@ -108,6 +111,7 @@ impl Default for Detail {
             carried: false,
             settled: false,
             retry_after: None,
+            fallback_after: 0,
             around: None,
             source: None,
             mark: carried::Mark::NONE,
@@ -240,7 +244,7 @@ impl Error {
     /// the caller to look the outcome up with, or to ask again with (a server that replays by
     /// key answers a request with this key with that outcome). A keyed call refused before
     /// any attempt (its bulkhead, rate limit or deadline) names the key it would have sent:
-    /// no request carried it, and the message says nothing was sent.
+    /// no request carried it, and the message says no attempt ran.
     pub fn idempotency_key(&self) -> Option<&str> {
         let d = self.detail.as_ref()?;
         d.key
@@ -356,6 +360,27 @@ impl Error {
         }
     }
 
+    /// The error a fallback returned after its call failed with `attempts` (see
+    /// [`crate::fallback::FallbackFailed`]): those attempts ran too, counted in
+    /// [`attempts`](Self::attempts) beside the fallback's own, and the message says the call
+    /// failed first. What the fallback's error says of its own requests (none sent, none
+    /// carried out under its key) stays its own.
+    pub(crate) fn fallback_failed_after(&mut self, attempts: u32) {
+        if attempts == 0 {
+            return;
+        }
+        let d = self.detail_mut();
+        d.attempts = d.attempts.saturating_add(attempts);
+        d.fallback_after = d.fallback_after.saturating_add(attempts);
+    }
+
+    /// The attempts of the call that made this error (as [`attempts`](Self::attempts)), not
+    /// those of a call that failed before its fallback made it.
+    fn own_attempts(&self) -> u32 {
+        let before = self.detail.as_ref().map_or(0, |d| d.fallback_after);
+        self.attempts().saturating_sub(before)
+    }
+
     /// Records the call's key, unless the error already holds one: an error out of a nested
     /// call keeps that call's key, the one its request carried.
     pub(crate) fn set_key(&mut self, key: Option<&crate::context::Key>) {
@@ -418,12 +443,26 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A fallback's error: the call failed first, its attempts said.
+        match self.detail.as_ref().map_or(0, |d| d.fallback_after) {
+            0 => {}
+            1 => f.write_str("1 attempt failed, then its fallback: ")?,
+            n => write!(f, "{n} attempts failed, then its fallback: ")?,
+        }
         f.write_str(self.kind.describe())?;
-        // The runtime's own refusal before any attempt (its breaker, bulkhead, rate limit, no
-        // time left): it says so, and names no failure that never happened.
-        let before_any = self.attempts() == 0 && self.kind != ErrorKind::Call;
-        match self.attempts() {
-            0 if before_any => f.write_str(" before any attempt: nothing was sent")?,
+        // A refusal before any attempt (a breaker, a bulkhead, a rate limit, no time left):
+        // it says so, and names no failure that never happened.
+        let own = self.own_attempts();
+        let before_any = own == 0
+            && matches!(
+                self.kind,
+                ErrorKind::CircuitOpen
+                    | ErrorKind::BulkheadFull
+                    | ErrorKind::RateLimited
+                    | ErrorKind::DeadlineExceeded
+            );
+        match own {
+            0 if before_any => f.write_str(" before any attempt")?,
             0 => {}
             1 => f.write_str(" after 1 attempt")?,
             n => write!(f, " after {n} attempts")?,
@@ -476,8 +515,9 @@ impl Error {
     /// progress), or answered 2xx or 3xx and the function refused the answer (a body that
     /// did not decode). Not a 408 or 429: the server refused the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
-        // No attempt ran (refused, no time left): nothing was sent.
-        if self.attempts() == 0 {
+        // No attempt ran (refused, no time left): nothing was sent. (Those of a call that
+        // failed before its fallback made this error say nothing of this error's key.)
+        if self.own_attempts() == 0 {
             return false;
         }
         // The call this error came back through, for its own key (see [`enclosing`]): what it
@@ -823,6 +863,32 @@ mod tests {
         assert_eq!(back.kind(), ErrorKind::CircuitOpen, "{back}");
         let other = Error::from(std::io::Error::other("disk full"));
         assert_eq!(other.kind(), ErrorKind::Call, "{other}");
+    }
+
+    /// A keyed fallback handed no time (its deadline before any attempt of its own) after
+    /// its call failed three times: its error counts those attempts, and says the call failed
+    /// first, but not that a request under its own key may have been carried out (none was
+    /// sent); nor "before any attempt" of an attempt timeout, which a refusal never is.
+    #[test]
+    fn a_fallbacks_error_counts_the_calls_attempts_but_speaks_of_its_own_requests() {
+        let mut e = Error::new(ErrorKind::DeadlineExceeded);
+        e.set_class(Some(Class::Timeout));
+        e.detail_mut().key = Some("k2".into());
+        assert_eq!(e.to_string(), "deadline exceeded before any attempt");
+        e.fallback_failed_after(3);
+        assert_eq!(e.attempts(), 3);
+        assert!(!e.is_rejected());
+        assert_eq!(
+            e.to_string(),
+            "3 attempts failed, then its fallback: deadline exceeded before any attempt"
+        );
+        let mut e = Error::new(ErrorKind::AttemptTimeout);
+        assert_eq!(e.to_string(), "attempt timed out");
+        e.fallback_failed_after(1);
+        assert_eq!(
+            e.to_string(),
+            "1 attempt failed, then its fallback: attempt timed out"
+        );
     }
 
     #[test]

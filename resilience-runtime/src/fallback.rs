@@ -97,9 +97,9 @@ fn applies_to(mask: u16, kind: ErrorKind) -> bool {
 /// The error a fallback returned (it failed too), in the function's error type: the failed
 /// call's attempts ran before it, and it says so where it is the runtime's own [`Error`]
 /// (bare, in an `io::Error`, boxed, or in an `anyhow::Error` or `eyre::Report`), through
-/// [`Error::attempts`]: a fallback's refusal (its own breaker open) would otherwise say no
-/// attempt ran, nothing sent, after the failed call's requests went out. An error of another
-/// type is returned as the fallback made it. Dispatched on the type as
+/// [`Error::attempts`], its message saying the call failed first: a fallback's refusal (its
+/// own breaker open) would otherwise say no attempt ran after the failed call's requests went
+/// out. An error of another type is returned as the fallback made it. Dispatched on the type as
 /// [`Probe`](crate::probe::Probe) is (`(&&&FallbackFailed::new(e, n)).__resilience_ran()`).
 pub struct FallbackFailed<'a, E>(std::cell::Cell<Option<&'a mut E>>, u32);
 
@@ -118,7 +118,7 @@ impl<'a, E> FallbackFailed<'a, E> {
 
 fn ran(e: Option<&mut Error>, attempts: u32) {
     if let Some(e) = e {
-        e.set_attempts(attempts);
+        e.fallback_failed_after(attempts);
     }
 }
 
@@ -138,6 +138,19 @@ impl FellOwn for &&&FallbackFailed<'_, std::io::Error> {
             .0
             .take()
             .and_then(|e| e.get_mut()?.downcast_mut::<Error>());
+        ran(e, self.1);
+    }
+}
+
+/// `reqwest_middleware::Result<T>` functions: the runtime's own error travels as a
+/// middleware's.
+#[cfg(feature = "reqwest-middleware")]
+impl FellOwn for &&&FallbackFailed<'_, reqwest_middleware::Error> {
+    fn __resilience_ran(self) {
+        let e = match self.0.take() {
+            Some(reqwest_middleware::Error::Middleware(e)) => e.downcast_mut::<Error>(),
+            _ => None,
+        };
         ran(e, self.1);
     }
 }
