@@ -285,3 +285,59 @@ async fn a_retry_the_deadline_overtook_gives_its_budget_back() {
         "{m:?}"
     );
 }
+
+/// As `woken_past_its_deadline`, under a budget of its own.
+#[resilient(
+    timeout = "500ms",
+    deadline = "1s",
+    max_attempts = 2,
+    backoff(kind = constant, initial = "300ms", max = "300ms", jitter = none),
+    budget = { name = "woken_late", ratio = 0.0, min_per_sec = 1 },
+)]
+async fn woken_just_before_its_deadline(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<String, Error> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A retry woken late, with 20 ms left of its deadline (under a tenth of its 500 ms timeout):
+/// not sent, as the decision would not have begun it then (it could only time out); its token
+/// goes back. It went out with 20 ms to live.
+#[tokio::test(start_paused = true)]
+async fn a_retry_woken_with_under_a_tenth_of_its_timeout_left_is_not_sent() {
+    let http = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let started = tokio::time::Instant::now();
+    let call = tokio::spawn({
+        let (http, url) = (http.clone(), down.url("/late"));
+        async move { woken_just_before_its_deadline(&http, &url).await }
+    });
+    let budget = || resilience_runtime::metrics::budget("woken_late").unwrap();
+    let mut taken = false;
+    for _ in 0..100_000 {
+        if resilience_runtime::metrics::budget("woken_late").is_some_and(|b| b.withdrawals == 1) {
+            taken = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(taken, "the retry was decided: {:?}", budget());
+    // The backoff (300 ms) ends at 980 ms, not at 300 ms.
+    tokio::time::advance(Duration::from_millis(980) - started.elapsed()).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.attempts()),
+        (resilience_runtime::ErrorKind::DeadlineExceeded, 1),
+        "{e}"
+    );
+    assert_eq!(down.count(), 1, "the retry was not sent");
+    let b = budget();
+    assert_eq!((b.withdrawals, b.available), (0, 1), "{b:?}");
+}

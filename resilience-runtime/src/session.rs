@@ -1458,7 +1458,7 @@ impl Session {
         let now = if first { self.started } else { Instant::now() };
         // No time left (a caller's `X-Timeout-Ms: 0`, a backoff that woke at the deadline):
         // nothing is sent, so neither the breaker nor the concurrency limit hears of it.
-        if now >= self.deadline {
+        if now >= self.deadline || self.retry_pending.is_some() && self.woken_late(now) {
             self.give_back_retry();
             return Err(self.out_of_time());
         }
@@ -1519,6 +1519,16 @@ impl Session {
             }
         }
         Ok((until, limit))
+    }
+
+    /// Whether a retry woken at `now` (its backoff over, late: a busy runtime, a paused clock
+    /// moved on) has less than a tenth of its `timeout` (of the call's whole time, when that is
+    /// shorter) left: the decision would not have begun it then, and it could only time out.
+    #[cold]
+    #[inline(never)]
+    fn woken_late(&self, now: Instant) -> bool {
+        let rest = self.deadline.saturating_duration_since(now);
+        rest < self.policy.timeout.min(self.left_at_start) / 10
     }
 
     /// The attempt's limit when the deadline comes before its own timeout, out of line: the
