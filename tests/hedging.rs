@@ -717,7 +717,8 @@ async fn hedged_health(c: &reqwest::Client, url: &str) -> Result<(), Error> {
 }
 
 /// A hedge answered 503 with `Retry-After: 2`, then the first request timed out: the retry
-/// after the round waits the two seconds the server asked for, not the 10 ms backoff.
+/// after the round waits the two seconds the server asked for, not the 10 ms backoff, counted
+/// from that answer (not from the round's end at the first request's timeout).
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_given_to_a_hedge_holds_for_the_round() {
     let c = reqwest::Client::new();
@@ -730,8 +731,10 @@ async fn a_retry_after_given_to_a_hedge_holds_for_the_round() {
     hedged_health(&c, &server.url("/")).await.unwrap();
     let seen = server.requests();
     assert_eq!(seen.len(), 3);
-    // The first request timed out at 1 s; the retry went 2 s after that.
-    assert_eq!(seen[2].at - seen[0].at, Duration::from_secs(3));
+    // The hedge was answered at 100 ms, the first request timed out at 1 s; the retry went
+    // 2 s after the answer.
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_millis(100));
+    assert_eq!(seen[2].at - seen[0].at, Duration::from_millis(2100));
 }
 
 // The file's hedge is `{ delay = "100ms", max = 2 }`; inline, only the delay changes.
@@ -1543,5 +1546,47 @@ async fn a_round_ending_on_a_hedges_answer_takes_no_handled_retry_after_of_its_s
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[resilient(
+    timeout = "2s",
+    deadline = "5s",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn hedged_then_asked_to_wait(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A round answered 503 `Retry-After: 3` at 60 ms while its hedge hangs to its timeout at
+/// 2.05 s: the wait counts from the answer (the retry goes at about 3.06 s, within the 5 s
+/// deadline), not from the round's end. Counted from the end, 3 s no longer fitted in the 2.95 s
+/// left: the call gave up at once.
+#[tokio::test(start_paused = true)]
+async fn a_rounds_retry_after_counts_from_its_answer_not_the_rounds_end() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::unavailable(3).after(Duration::from_millis(60)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let got = hedged_then_asked_to_wait(&reqwest::Client::new(), &server.url("/items/7")).await;
+    assert_eq!(got.unwrap(), 200);
+    assert_eq!(server.count(), 3);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(3060) && took < Duration::from_millis(3200),
+        "{took:?}"
     );
 }

@@ -564,11 +564,17 @@ pub(crate) struct Answered {
     // later attempt's, left in `last`, was that attempt's own earlier response's, and would
     // govern the answer's status if it were the same.
     retry_after_handled: Option<Duration>,
+    /// When it was answered: the backoff and the answer's `Retry-After` count from then, not
+    /// from the end of the round, which waited for the attempts still running (a sibling's
+    /// timeout 2 s later: the call waited the `Retry-After` again after it, or gave up for a
+    /// deadline it would have met).
+    at: Instant,
 }
 
 impl Answered {
     pub(crate) fn of(last: &Last) -> Answered {
         Answered {
+            at: Instant::now(),
             status: last.status,
             failure: last.failure,
             replayed: last.replayed,
@@ -586,6 +592,7 @@ impl Answered {
         last.cut_short = self.cut_short;
         last.retry_after_own = self.retry_after_own;
         last.retry_after_handled = self.retry_after_handled;
+        last.failed_at = Some(self.at);
     }
 }
 
