@@ -1590,3 +1590,49 @@ async fn a_rounds_retry_after_counts_from_its_answer_not_the_rounds_end() {
         "{took:?}"
     );
 }
+
+#[resilient(timeout = "2s", deadline = "10s", max_attempts = 1, budget = false)]
+async fn inner_item(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(
+    method = GET,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 3,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "100ms", max = 2)
+)]
+async fn item_through_a_nested_call(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    inner_item(c, url).await
+}
+
+/// A round whose attempts' only request is a nested call's: the handler's 404 to the first
+/// (at 150 ms) is an answer, as a request of the body's own would be. No more hedges start,
+/// and the round is decided on it when the hedge hangs to its timeout: a 404, not retried. The
+/// nested call's response was never the attempt's own: the round took the attempt for
+/// unanswered, hedged again, decided on the hedge's timeout and retried the 404.
+#[tokio::test(start_paused = true)]
+async fn a_nested_calls_answer_ends_the_hedging_and_decides_the_round() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::status(404).after(Duration::from_millis(150)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = item_through_a_nested_call(&reqwest::Client::new(), &server.url("/items/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 2, "the attempt and one hedge: {e}");
+    assert_eq!(e.http_status(), Some(404), "{e}");
+    assert!(!e.is_timeout(), "{e}");
+}

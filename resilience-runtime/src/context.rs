@@ -966,6 +966,13 @@ pub(crate) struct AttemptCtx {
     /// failure of the attempt now is taken for that call's, which the outer call does not
     /// retry again.
     pub nested_gave_up: Cell<bool>,
+    /// How the last nested `#[resilient]` call of this attempt failed (its last attempt's
+    /// class, `Rejected` when none ran) and the status its handler answered, if any; cleared
+    /// as the body goes on. A nested call's responses are its own attempt's, never this one's:
+    /// a hedged round reads this to tell whether the handler answered an attempt whose only
+    /// request was a nested call's (a 404 there stops the hedging; a refusal does not).
+    pub nested_failure: ClassCell,
+    pub nested_status: StatusCell,
     /// That nested call gave up once this attempt's time was up (its last attempt cut by this
     /// attempt's end, both ending in the same instant): a failure of the attempt then is that
     /// call's, not this attempt's timeout (see `attempt.rs`). Not one that gave up earlier,
@@ -1370,6 +1377,8 @@ impl AttemptCtx {
             hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
             nested_gave_up: Cell::new(false),
+            nested_failure: ClassCell::none(),
+            nested_status: StatusCell::none(),
             nested_gave_up_at_end: Cell::new(false),
             gave_up: Cell::new([0; 4]),
             returned: Cell::new([0; 4]),
@@ -1453,6 +1462,8 @@ impl AttemptCtx {
         *self.hand_stamped.get_mut() = 0;
         *self.unpolled_method.get_mut() = None;
         *self.nested_gave_up.get_mut() = false;
+        self.nested_failure.clear_mut();
+        self.nested_status.clear_mut();
         *self.nested_gave_up_at_end.get_mut() = false;
         *self.gave_up.get_mut() = [0; 4];
         *self.returned.get_mut() = [0; 4];
@@ -1663,6 +1674,8 @@ impl AttemptCtx {
     #[inline]
     pub(crate) fn went_on(&self) {
         self.nested_gave_up.set(false);
+        self.nested_failure.set(None);
+        self.nested_status.set(None);
         self.nested_gave_up_at_end.set(false);
         if self.retry_after_nested.replace(false) {
             self.retry_after.set(None);

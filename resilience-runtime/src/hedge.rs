@@ -400,23 +400,26 @@ where
                             i => hedges[i - 1].as_mut(),
                         };
                         // How this attempt failed, for its span when another still runs: a
-                        // failure of its request, else its status, else its body's own error
-                        // (a permanent failure, as after any attempt whose error says nothing
-                        // the runtime can read).
-                        let class = match &o {
-                            Outcome::TimedOut(_) => Some(crate::classify::Class::Timeout),
+                        // failure of its request, else its status, else a nested call's failure
+                        // the body returned (its responses are that call's, not this attempt's),
+                        // else its body's own error (a permanent failure, as after any attempt
+                        // whose error says nothing the runtime can read).
+                        let (class, nested_status) = match &o {
+                            Outcome::TimedOut(_) => (Some(crate::classify::Class::Timeout), None),
                             Outcome::Done(_) => {
                                 let ctx = ended.as_mut().ctx();
-                                Some(
-                                    ctx.failure
+                                let own = ctx.failure.get().or_else(|| {
+                                    ctx.status
                                         .get()
-                                        .or_else(|| {
-                                            ctx.status
-                                                .get()
-                                                .filter(|s| *s >= 400)
-                                                .map(crate::classify::Class::Status)
-                                        })
-                                        .unwrap_or(crate::classify::Class::Permanent),
+                                        .filter(|s| *s >= 400)
+                                        .map(crate::classify::Class::Status)
+                                });
+                                let nested = ctx.nested_failure.get().filter(|_| own.is_none());
+                                (
+                                    Some(
+                                        own.or(nested).unwrap_or(crate::classify::Class::Permanent),
+                                    ),
+                                    nested.and(ctx.nested_status.get()),
                                 )
                             }
                         };
@@ -442,11 +445,13 @@ where
                             class,
                             (i != 0).then_some(ended_started),
                             own_in_progress.is_some(),
+                            nested_status,
                         )
                     }
                 };
-                let (r, scope, class, hedge_started, own_in_progress) = r;
-                let handler_answered = !class.is_some_and(|c| c.unanswered(s.last.status.get()));
+                let (r, scope, class, hedge_started, own_in_progress, nested_status) = r;
+                let handler_answered =
+                    !class.is_some_and(|c| c.unanswered(nested_status.or(s.last.status.get())));
                 if handler_answered && !own_in_progress {
                     handler_answered_round = true;
                     in_progress = None;

@@ -1839,6 +1839,13 @@ impl Session {
                     .retry_after_nested
                     .set(before.is_none() || outer.retry_after_nested.get());
             }
+            if failed {
+                let (class, status) = self
+                    .ran_last
+                    .map_or((Class::Rejected, None), |r| (r.0, r.1));
+                outer.nested_failure.set(Some(class));
+                outer.nested_status.set(status);
+            }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
                 if Instant::now() >= outer.until {
