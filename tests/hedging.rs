@@ -1636,3 +1636,42 @@ async fn a_nested_calls_answer_ends_the_hedging_and_decides_the_round() {
     assert_eq!(e.http_status(), Some(404), "{e}");
     assert!(!e.is_timeout(), "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedging_cut_short_sibling", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1m" }
+)]
+async fn hedged_inside_a_short_attempt(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url).send().await?.status().as_u16())
+}
+
+#[resilient(method = GET, timeout = "150ms", max_attempts = 1, budget = false)]
+async fn short_attempt_around(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    hedged_inside_a_short_attempt(c, url).await
+}
+
+/// A hedged call handed 150 ms by the attempt around it: its first attempt has 150 ms (over a
+/// tenth of its 1 s timeout: a timeout then says the dependency hangs), its hedge at 100 ms the
+/// 50 ms left (under that tenth). Both time out at the end; the hedge, the last to end, is
+/// cut short, but the round is not: the breaker counts it, and opens on a hung dependency. It
+/// took the round for cut short, and never opened.
+#[tokio::test(start_paused = true)]
+async fn a_cut_short_hedge_does_not_hide_the_first_attempts_timeout_from_the_breaker() {
+    let server = FaultServer::start(Script::always(Action::stall())).await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let e = short_attempt_around(&c, &server.url("/"))
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+    }
+    assert_eq!(server.count(), 4, "each round: the attempt and its hedge");
+    let e = hedged_inside_a_short_attempt(&c, &server.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+}

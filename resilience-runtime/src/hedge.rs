@@ -437,7 +437,17 @@ where
                                 s.last.runtime = None;
                                 r
                             }
-                            Outcome::TimedOut(limit) => Err(E::from_runtime(s.timed_out(limit))),
+                            Outcome::TimedOut(limit) => {
+                                // Cut short only if every attempt of the round that timed out
+                                // was (the first, begun with at least a tenth of `timeout`, is
+                                // not): a hedge begun with less (a call handed less than its
+                                // `timeout`), the last to end, hid the first attempt's full
+                                // timeout from the breaker.
+                                let before = s.last.cut_short;
+                                let e = s.timed_out(limit);
+                                s.last.cut_short &= before;
+                                Err(E::from_runtime(e))
+                            }
                         };
                         (
                             r,

@@ -462,7 +462,7 @@ pub(crate) struct Last {
     pub(crate) began: bool,
     /// The attempt's limit was less than a tenth of the policy's `timeout`: the deadline (its
     /// own, a caller's `X-Timeout-Ms`, an outer call's attempt) had cut it short.
-    cut_short: bool,
+    pub(crate) cut_short: bool,
     /// A hedged round ended on this attempt after another of its attempts was answered "still
     /// in progress": that answer's `Retry-After`.
     pub(crate) round_in_progress: Option<Duration>,
