@@ -7287,3 +7287,41 @@ async fn a_helper_made_in_an_unsafe_block_is_watched() {
     let (e, stock) = placed_once!(order_unchecked_then_stock);
     assert_eq!((e.attempts(), stock.count()), (1, 1), "{e}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false)]
+async fn switch_flag_on(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.put(url)
+        .body("on")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// `idempotent` on a GET (it says the function's own reads may go again, which they may
+/// anyway) around a nested unkeyed PUT that is not `idempotent`.
+#[resilient(
+    method = GET,
+    idempotent = true,
+    timeout = "1s",
+    max_attempts = 3,
+    backoff(initial = "1ms", max = "1ms", jitter = none),
+    budget = false
+)]
+async fn read_after_switching(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    switch_flag_on(c, url).await
+}
+
+/// `idempotent` speaks for what a PUT or DELETE sends, not for what goes beside a GET: the
+/// nested unkeyed PUT answered 503 (it may have been carried out) is not sent again by
+/// retries of the GET around it. It went out three times.
+#[tokio::test(start_paused = true)]
+async fn idempotent_on_a_get_does_not_resend_a_nested_unkeyed_put() {
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    let e = read_after_switching(&client(), &server.url("/flags/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1, "{e}");
+    assert_eq!(e.http_status(), Some(503), "{e}");
+}

@@ -1659,15 +1659,17 @@ impl Session {
             return crate::decision::may_resend(
                 policy.method.least_safe(policy.unseen),
                 false,
-                policy.idempotent,
+                says_all_may_go_again(policy),
             );
         }
         let seen = ctx.sent_method.get();
         let method = seen.map_or(policy.method, |m| policy.method.least_safe(m));
         let keyed = self.ctx.key.is_some() && ctx.all_keyed.get();
         let unseen = unseen_beside(policy, seen, false, ctx.unproven.get());
-        crate::decision::may_resend(method, keyed, policy.idempotent)
-            && unseen.is_none_or(|m| crate::decision::may_resend(m, false, policy.idempotent))
+        // `idempotent` speaks of what a PUT or DELETE sends, not of what goes beside a GET.
+        let idempotent = says_all_may_go_again(policy);
+        crate::decision::may_resend(method, keyed, idempotent)
+            && unseen.is_none_or(|m| crate::decision::may_resend(m, false, idempotent))
     }
 
     /// Whether an attempt [`may_duplicate`](Self::may_duplicate) refused may yet be found
@@ -2146,7 +2148,8 @@ impl Session {
         let facts = Facts {
             method,
             keyed,
-            idempotent: policy.idempotent,
+            // Of a PUT or DELETE only: on a GET it says nothing of a nested PUT's resending.
+            idempotent: says_all_may_go_again(policy),
             class,
             attempt: counted,
             max_attempts: policy.max_attempts,
