@@ -1675,3 +1675,56 @@ async fn a_cut_short_hedge_does_not_hide_the_first_attempts_timeout_from_the_bre
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
 }
+
+#[resilient(
+    timeout = "1s",
+    max_attempts = 1,
+    budget = false,
+    hedge(delay = "100ms"),
+    breaker = { name = "hedging_fast_answer_slow_sibling", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "60s", slow_call_duration = "150ms", slow_call_rate = 0.5 },
+    concurrency_limit = { name = "hedging_fast_answer_slow_sibling", initial = 4, min = 1, max = 8, latency = "150ms" }
+)]
+async fn answered_fast_beside_a_hang(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A round that ends on an earlier answer after a sibling hung: the first request hangs to its
+/// timeout (1 s), the hedge is answered 404 in 30 ms (at 130 ms). The 404 is judged by its own
+/// 30 ms, no slow call for a breaker watching 150 ms, nor a slow answer for the adaptive limit:
+/// judged at the round's end, two such calls opened the breaker and lowered the limit.
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_judged_by_its_own_latency_not_its_rounds_end() {
+    use resilience_runtime::breaker::BreakerState;
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::dynamic(|seen| {
+        if seen.index % 2 == 0 {
+            Action::stall()
+        } else {
+            Action::status(404).after(Duration::from_millis(30))
+        }
+    }))
+    .await;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let e = answered_fast_beside_a_hang(&c, &server.url("/item"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.http_status(), Some(404), "{e}");
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(1),
+            "the round waited for the hang"
+        );
+    }
+    assert_eq!(server.count(), 4);
+    let b = resilience_runtime::breakers::state("hedging_fast_answer_slow_sibling").unwrap();
+    assert_eq!(b.state, BreakerState::Closed, "{b:?}");
+    let limit =
+        resilience_runtime::metrics::concurrency_limit("hedging_fast_answer_slow_sibling").unwrap();
+    assert_eq!(limit.decreases, 0, "{limit:?}");
+}

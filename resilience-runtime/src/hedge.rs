@@ -352,6 +352,7 @@ where
                         // end with an answer of their own, or on it later).
                         if stale_last && let Some((earlier, what, started, kept)) = answered.take()
                         {
+                            let started = started.map(|t| what.judged_now(t));
                             what.restore(&mut s.last);
                             return round_ended(s, earlier, kept.acted_on(), started, None);
                         }
@@ -456,10 +457,12 @@ where
                             (i != 0).then_some(ended_started),
                             own_in_progress.is_some(),
                             nested_status,
+                            ended_started,
                         )
                     }
                 };
-                let (r, scope, class, hedge_started, own_in_progress, nested_status) = r;
+                let (r, scope, class, hedge_started, own_in_progress, nested_status, ended_started) =
+                    r;
                 let handler_answered =
                     !class.is_some_and(|c| c.unanswered(nested_status.or(s.last.status.get())));
                 if handler_answered && !own_in_progress {
@@ -484,10 +487,12 @@ where
                         // doing the work decides: asked again after it). Its span stays open
                         // for the call's decision, its metrics measured to its own end.
                         let status = s.last.status.get();
+                        // The attempt's own start, the first's too: should the round end on
+                        // this answer after the others, its latency is this attempt's.
                         answered = Some((
                             r,
                             crate::session::Answered::of(&s.last),
-                            hedge_started,
+                            Some(ended_started),
                             telemetry::KeptAnswer::new(scope, class, status),
                         ));
                     } else {
@@ -504,6 +509,7 @@ where
                         if (!handler_answered || own_in_progress) && in_progress.is_none() =>
                     {
                         telemetry::attempt_overruled(scope, class, s.last.status.get());
+                        let started = started.map(|t| what.judged_now(t));
                         what.restore(&mut s.last);
                         (earlier, started, kept.acted_on())
                     }
@@ -588,7 +594,8 @@ where
 }
 
 /// The round ends on `r`, the outcome of the attempt of `scope` (its span, for the call's
-/// decision), started at `started` if a hedge; `in_progress`: the `Retry-After` of a "still in
+/// decision), started at `started` if a hedge or an earlier answer (moved on by the time since
+/// that answer: its latency is judged now); `in_progress`: the `Retry-After` of a "still in
 /// progress" answer in the round, for the decision after a failure.
 fn round_ended<T, E>(
     s: &mut Session,

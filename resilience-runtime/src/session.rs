@@ -584,6 +584,14 @@ impl Answered {
         }
     }
 
+    /// The start that, judged now, gives this answer's attempt (begun at `started`) the
+    /// latency it was answered in: a breaker watching slowness and an adaptive limit judge
+    /// the answer, not the wait for the round's other attempts after it (a 404 in 130 ms is
+    /// no slow call because a sibling then hung to its timeout).
+    pub(crate) fn judged_now(&self, started: Instant) -> Instant {
+        started + self.at.elapsed()
+    }
+
     pub(crate) fn restore(self, last: &mut Last) {
         last.status = self.status;
         last.failure = self.failure;
