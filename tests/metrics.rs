@@ -1819,3 +1819,56 @@ async fn in_flight_gauges_come_back_down_after_a_cancelled_or_panicking_call() {
         0
     );
 }
+
+#[resilient(
+    method = GET,
+    timeout = "5s",
+    max_attempts = 1,
+    breaker = { name = "m_recovering", failure_rate = 0.5, min_calls = 2, window = 2, open_for = "1s", half_open_calls = 1 },
+    budget = false,
+)]
+async fn recovering(c: &reqwest::Client, url: &str) -> Result<String, Error> {
+    get(c, url).await
+}
+
+/// The breaker's gauge and transitions through a whole incident: open (2), still read open
+/// once `open_for` has passed until a call asks, half-open (1) while the probe runs, closed (0)
+/// after it succeeds; each transition counted once.
+#[tokio::test(start_paused = true)]
+async fn the_breaker_gauge_follows_an_incident_to_its_end() {
+    let recorder = recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let c = reqwest::Client::new();
+    let down = FaultServer::start(Script::always(Action::status(503))).await;
+    let slow_then_up = FaultServer::start(Script::always(
+        Action::ok().after(Duration::from_millis(100)),
+    ))
+    .await;
+    let b = r#"breaker="m_recovering""#;
+    let state = || sample(&handle, "resilience_breaker_state", &[b]);
+    let moved = |from: &str, to: &str| {
+        sample(
+            &handle,
+            "resilience_breaker_transitions_total",
+            &[b, &format!(r#"from="{from}""#), &format!(r#"to="{to}""#)],
+        )
+    };
+    recovering(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(state(), Some(0.0), "closed");
+    recovering(&c, &down.url("/")).await.unwrap_err();
+    assert_eq!(state(), Some(2.0), "open");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(state(), Some(2.0), "open until a call asks");
+    let up = slow_then_up.url("/");
+    let (probe, during) = tokio::join!(recovering(&c, &up), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state()
+    });
+    probe.unwrap();
+    assert_eq!(during, Some(1.0), "half-open while the probe runs");
+    assert_eq!(state(), Some(0.0), "closed after it");
+    assert_eq!(moved("closed", "open"), Some(1.0));
+    assert_eq!(moved("open", "half-open"), Some(1.0));
+    assert_eq!(moved("half-open", "closed"), Some(1.0));
+}
