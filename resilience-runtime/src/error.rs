@@ -88,9 +88,12 @@ struct Detail {
     settled: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
-    /// The attempts of the call whose fallback returned this error (it failed too), counted
-    /// in `attempts` beside the fallback's own: 0 for any other error.
+    /// The attempts of the call whose fallback returned this error (it failed too): 0 for any
+    /// other error. With the fallback's own then, `fallback_total`: what
+    /// [`Error::attempts`] says at least (`attempts` stays this error's own count, which calls
+    /// around it raise as for any error).
     fallback_after: u32,
+    fallback_total: u32,
     /// What the calls this error came back through wrote of themselves where they could not
     /// reach the error (see [`enclosing`]): made when the error leaves a nested call.
     around: Option<std::sync::Arc<enclosing::Around>>,
@@ -112,6 +115,7 @@ impl Default for Detail {
             settled: false,
             retry_after: None,
             fallback_after: 0,
+            fallback_total: 0,
             around: None,
             source: None,
             mark: carried::Mark::NONE,
@@ -174,6 +178,13 @@ impl Error {
     /// returned by the enclosing function) says the larger count: the enclosing call's
     /// attempts ran too.
     pub fn attempts(&self) -> u32 {
+        let fallen = self.detail.as_ref().map_or(0, |d| d.fallback_total);
+        self.own_attempts().max(fallen)
+    }
+
+    /// The attempts of the call that made this error, or of a call around it (the larger),
+    /// not those of a call that failed before its fallback made it.
+    fn own_attempts(&self) -> u32 {
         self.detail.as_ref().map_or(0, |d| {
             d.around
                 .as_ref()
@@ -355,7 +366,7 @@ impl Error {
     /// Records the attempts of the call this error leaves. An error that comes out of a nested
     /// call keeps the larger count: its own attempts are the requests that ran.
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        if attempts > self.attempts() {
+        if attempts > self.own_attempts() {
             self.detail_mut().attempts = attempts;
         }
     }
@@ -369,16 +380,10 @@ impl Error {
         if attempts == 0 {
             return;
         }
+        let own = self.own_attempts();
         let d = self.detail_mut();
-        d.attempts = d.attempts.saturating_add(attempts);
         d.fallback_after = d.fallback_after.saturating_add(attempts);
-    }
-
-    /// The attempts of the call that made this error (as [`attempts`](Self::attempts)), not
-    /// those of a call that failed before its fallback made it.
-    fn own_attempts(&self) -> u32 {
-        let before = self.detail.as_ref().map_or(0, |d| d.fallback_after);
-        self.attempts().saturating_sub(before)
+        d.fallback_total = d.fallback_total.max(own).saturating_add(attempts);
     }
 
     /// Records the call's key, unless the error already holds one: an error out of a nested
@@ -882,6 +887,16 @@ mod tests {
             e.to_string(),
             "3 attempts failed, then its fallback: deadline exceeded before any attempt"
         );
+        // Leaving through an enclosing call of 5 attempts (the larger count) or of 1 (the
+        // fallen call's 3 stay): the counts are not mixed.
+        let mut around = Error::new(ErrorKind::CircuitOpen);
+        around.fallback_failed_after(3);
+        around.set_attempts(5);
+        assert_eq!((around.attempts(), around.own_attempts()), (5, 5));
+        let mut around = Error::new(ErrorKind::CircuitOpen);
+        around.fallback_failed_after(3);
+        around.set_attempts(1);
+        assert_eq!((around.attempts(), around.own_attempts()), (3, 1));
         let mut e = Error::new(ErrorKind::AttemptTimeout);
         assert_eq!(e.to_string(), "attempt timed out");
         e.fallback_failed_after(1);
