@@ -1728,3 +1728,47 @@ async fn an_answer_is_judged_by_its_own_latency_not_its_rounds_end() {
         resilience_runtime::metrics::concurrency_limit("hedging_fast_answer_slow_sibling").unwrap();
     assert_eq!(limit.decreases, 0, "{limit:?}");
 }
+
+#[resilient(
+    timeout = "2s",
+    deadline = "2100ms",
+    max_attempts = 2,
+    backoff(initial = "10ms", max = "10ms", jitter = none),
+    budget = false,
+    hedge(delay = "50ms")
+)]
+async fn hedged_with_no_room_after(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    Ok(c.get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same round with 50 ms of the deadline left at its end (2.05 s of 2.1 s): the wait the
+/// answer asked for is over, but what is left is under a tenth of the timeout, so the call
+/// ends on the answer, a 503, with no retry decided. Deciding as of the answer's time, it
+/// decided a retry, took it from the budget, and ended `DeadlineExceeded` when it woke.
+#[tokio::test(start_paused = true)]
+async fn a_round_decided_on_an_earlier_answer_measures_the_time_left_now() {
+    let server = FaultServer::start(
+        Script::sequence([
+            Action::unavailable(1).after(Duration::from_millis(60)),
+            Action::stall(),
+        ])
+        .then(Action::ok()),
+    )
+    .await;
+    let e = hedged_with_no_room_after(&reqwest::Client::new(), &server.url("/items/7"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 2, "{e}");
+    assert_eq!(
+        (e.kind(), e.http_status()),
+        (ErrorKind::Call, Some(503)),
+        "{e}"
+    );
+    let m = metrics::policy("hedging::hedged_with_no_room_after").unwrap();
+    assert_eq!(m.retries, 0, "{m:?}");
+}

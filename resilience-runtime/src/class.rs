@@ -33,14 +33,10 @@ impl Class {
     /// what it already answered.
     pub(crate) fn unanswered(self, status: Option<u16>) -> bool {
         match self {
+            Class::Timeout | Class::Reset | Class::Connect | Class::Status(502 | 504) => true,
             // A refusal (a nested call's breaker, bulkhead or rate limit, no time left) sent
-            // nothing: no answer either.
-            Class::Timeout
-            | Class::Reset
-            | Class::Connect
-            | Class::Rejected
-            | Class::Status(502 | 504) => true,
-            Class::Permanent => status.is_none(),
+            // nothing: no answer, unless the attempt had one of its own before it.
+            Class::Permanent | Class::Rejected => status.is_none(),
             _ => false,
         }
     }
@@ -118,6 +114,7 @@ mod tests {
         assert!(!Class::Status(503).unanswered(Some(503)));
         assert!(Class::Connect.unanswered(None));
         assert!(Class::Rejected.unanswered(None));
+        assert!(!Class::Rejected.unanswered(Some(201)));
         assert!(Class::Permanent.may_have_carried_out(None, true));
         assert!(!Class::Permanent.may_have_carried_out(None, false));
         assert!(Class::Permanent.may_have_carried_out(Some(200), false));

@@ -243,12 +243,13 @@ where
     // ran, read once the handler's answer is in). Asking for "the replay" then would run the
     // handler again: a server that keeps no failure released the key.
     let mut handler_answered_round = false;
+    // An attempt of the round timed out with at least a tenth of `timeout` (not cut short).
+    let mut timed_out_whole = false;
     // The first failure of the round the handler answered (its status, or the body's own
     // error on what it read) while another attempt still ran, with what its requests
     // recorded: the round's outcome if the attempts after it end without an answer (a hedge
     // that hangs to its timeout says nothing that overrides the handler's 500 or 404).
-    // With when that attempt started, if a hedge (the round's start otherwise): its latency
-    // is judged from there.
+    // With when that attempt started: its latency is judged from there.
     #[allow(clippy::type_complexity)]
     let mut answered: Option<(
         Result<T, E>,
@@ -415,7 +416,13 @@ where
                                         .filter(|s| *s >= 400)
                                         .map(crate::classify::Class::Status)
                                 });
-                                let nested = ctx.nested_failure.get().filter(|_| own.is_none());
+                                // Only where the attempt had no answer of its own: a nested
+                                // failure after it (a 201, then a nested refusal) leaves that
+                                // answer the attempt's.
+                                let nested = ctx
+                                    .nested_failure
+                                    .get()
+                                    .filter(|_| own.is_none() && ctx.status.get().is_none());
                                 (
                                     Some(
                                         own.or(nested).unwrap_or(crate::classify::Class::Permanent),
@@ -440,13 +447,12 @@ where
                             }
                             Outcome::TimedOut(limit) => {
                                 // Cut short only if every attempt of the round that timed out
-                                // was (the first, begun with at least a tenth of `timeout`, is
-                                // not): a hedge begun with less (a call handed less than its
-                                // `timeout`), the last to end, hid the first attempt's full
-                                // timeout from the breaker.
-                                let before = s.last.cut_short;
+                                // was: a hedge begun with under a tenth of `timeout` (a call
+                                // handed less than its `timeout`), the last to end, hid the
+                                // first attempt's full timeout from the breaker.
                                 let e = s.timed_out(limit);
-                                s.last.cut_short &= before;
+                                timed_out_whole |= !s.last.cut_short;
+                                s.last.cut_short = !timed_out_whole;
                                 Err(E::from_runtime(e))
                             }
                         };

@@ -354,7 +354,12 @@ fn refused_by_breaker_at_start(
     // Inside an attempt (a helper the body handed the client to), the call was seen: it sent
     // nothing behind the runtime's back. And its refusal goes back into that attempt, which
     // writes what it sent into the error where it cannot reach it (`error::enclosing`).
-    if with_attempt(AttemptCtx::saw).is_some() {
+    if with_attempt(|o| {
+        o.saw();
+        o.nested_ended(Some((Class::Rejected, None)));
+    })
+    .is_some()
+    {
         refused.leaving();
     }
     Some(refused)
@@ -469,6 +474,10 @@ pub(crate) struct Last {
     /// When the body returned its error, as the attempt read the clock to tell a timeout
     /// (the decision after it reads that, not the clock again).
     pub(crate) failed_at: Option<Instant>,
+    /// A hedged round ended on an earlier attempt's answer, given then: the backoff and the
+    /// answer's `Retry-After` count from it (what has passed since is taken off them), not
+    /// from the round's end after a sibling ran on.
+    answered_at: Option<Instant>,
 }
 
 impl Last {
@@ -600,7 +609,7 @@ impl Answered {
         last.cut_short = self.cut_short;
         last.retry_after_own = self.retry_after_own;
         last.retry_after_handled = self.retry_after_handled;
-        last.failed_at = Some(self.at);
+        last.answered_at = Some(self.at);
     }
 }
 
@@ -1850,11 +1859,10 @@ impl Session {
                     .set(before.is_none() || outer.retry_after_nested.get());
             }
             if failed {
-                let (class, status) = self
-                    .ran_last
-                    .map_or((Class::Rejected, None), |r| (r.0, r.1));
-                outer.nested_failure.set(Some(class));
-                outer.nested_status.set(status);
+                outer.nested_ended(Some(
+                    self.ran_last
+                        .map_or((Class::Rejected, None), |r| (r.0, r.1)),
+                ));
             }
             if gave_up_retryable {
                 outer.nested_gave_up.set(true);
@@ -2145,6 +2153,13 @@ impl Session {
         } else {
             Duration::ZERO
         };
+        // A hedged round decided on an earlier answer: the waits count from that answer, what
+        // has passed since (a sibling that ran on) taken off them; the time left from now.
+        let since = self
+            .last
+            .answered_at
+            .map_or(Duration::ZERO, |at| at.elapsed());
+        let backoff = backoff.saturating_sub(since);
         // And never sooner than `ASK_FLOOR`, whatever the backoff (a zero backoff with a
         // `Retry-After: 0` would ask back to back).
         let backoff = if asking {
@@ -2167,11 +2182,22 @@ impl Session {
             // round) does not make a plain conflict "still in progress", asked again.
             // Nor an earlier response's the body went on past, for a failure without a
             // response after it (a nested call's timeout after a 429 the body handled).
-            retry_after: self.last.retry_after_for(Some(class)).filter(|_| {
-                class != Class::Status(409)
-                    || self.last.retry_after_own
-                    || self.last.handled_for(Some(class)).is_some()
-            }),
+            retry_after: self
+                .last
+                .retry_after_for(Some(class))
+                .filter(|_| {
+                    class != Class::Status(409)
+                        || self.last.retry_after_own
+                        || self.last.handled_for(Some(class)).is_some()
+                })
+                // Past `max_retry_after` as the server asked it, whatever has passed since.
+                .map(|ra| {
+                    if ra > policy.max_retry_after {
+                        ra
+                    } else {
+                        ra.saturating_sub(since)
+                    }
+                }),
             max_retry_after: policy.max_retry_after,
             time_left: self.deadline.saturating_duration_since(now),
             timeout: policy.timeout.min(self.left_at_start),
