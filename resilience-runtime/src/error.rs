@@ -88,12 +88,13 @@ struct Detail {
     settled: bool,
     /// The wait the last answer's `Retry-After` asked for.
     retry_after: Option<Duration>,
-    /// The attempts of the call whose fallback returned this error (it failed too): 0 for any
-    /// other error. With the fallback's own then, `fallback_total`: what
-    /// [`Error::attempts`] says at least (`attempts` stays this error's own count, which calls
-    /// around it raise as for any error).
+    /// The attempts of the call whose fallback returned this error (it failed too), beside
+    /// the fallback's own (`attempts`): 0 for any other error.
     fallback_after: u32,
-    fallback_total: u32,
+    /// The attempts of the calls this error came back through (a nested call's error returned
+    /// by the enclosing function), the largest: they ran too. `attempts` stays the count of
+    /// the call that made it, which alone says whether a request of its own went out.
+    enclosing: u32,
     /// What the calls this error came back through wrote of themselves where they could not
     /// reach the error (see [`enclosing`]): made when the error leaves a nested call.
     around: Option<std::sync::Arc<enclosing::Around>>,
@@ -115,7 +116,7 @@ impl Default for Detail {
             settled: false,
             retry_after: None,
             fallback_after: 0,
-            fallback_total: 0,
+            enclosing: 0,
             around: None,
             source: None,
             mark: carried::Mark::NONE,
@@ -178,18 +179,17 @@ impl Error {
     /// returned by the enclosing function) says the larger count: the enclosing call's
     /// attempts ran too.
     pub fn attempts(&self) -> u32 {
-        let fallen = self.detail.as_ref().map_or(0, |d| d.fallback_total);
-        self.own_attempts().max(fallen)
+        self.detail.as_ref().map_or(0, |d| {
+            let made = d.attempts.saturating_add(d.fallback_after).max(d.enclosing);
+            d.around.as_ref().map_or(made, |a| made.max(a.attempts()))
+        })
     }
 
-    /// The attempts of the call that made this error, or of a call around it (the larger),
-    /// not those of a call that failed before its fallback made it.
-    fn own_attempts(&self) -> u32 {
-        self.detail.as_ref().map_or(0, |d| {
-            d.around
-                .as_ref()
-                .map_or(d.attempts, |a| d.attempts.max(a.attempts()))
-        })
+    /// The attempts of the call that made this error alone (not of the calls around it, nor
+    /// of a call that failed before its fallback made it): whether a request of its own went
+    /// out.
+    fn made_attempts(&self) -> u32 {
+        self.detail.as_ref().map_or(0, |d| d.attempts)
     }
 
     /// What the calls around the one that made this error wrote of themselves, where it
@@ -363,11 +363,18 @@ impl Error {
         self
     }
 
-    /// Records the attempts of the call this error leaves. An error that comes out of a nested
-    /// call keeps the larger count: its own attempts are the requests that ran.
+    /// Records the attempts of the call that made this error (or returned it again).
     pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        if attempts > self.own_attempts() {
+        if attempts > self.made_attempts() {
             self.detail_mut().attempts = attempts;
+        }
+    }
+
+    /// Records the attempts of a call this error came back through (a nested call's error
+    /// returned by the enclosing function): [`attempts`](Self::attempts) says the larger count.
+    pub(crate) fn set_enclosing_attempts(&mut self, attempts: u32) {
+        if attempts > self.detail.as_ref().map_or(0, |d| d.enclosing) {
+            self.detail_mut().enclosing = attempts;
         }
     }
 
@@ -380,10 +387,8 @@ impl Error {
         if attempts == 0 {
             return;
         }
-        let own = self.own_attempts();
         let d = self.detail_mut();
         d.fallback_after = d.fallback_after.saturating_add(attempts);
-        d.fallback_total = d.fallback_total.max(own).saturating_add(attempts);
     }
 
     /// Records the call's key, unless the error already holds one: an error out of a nested
@@ -448,16 +453,22 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A fallback's error: the call failed first, its attempts said.
-        match self.detail.as_ref().map_or(0, |d| d.fallback_after) {
+        // A fallback's error: the call failed first, its attempts said; then the fallback's
+        // own.
+        let fallen = self.detail.as_ref().map_or(0, |d| d.fallback_after);
+        match fallen {
             0 => {}
             1 => f.write_str("1 attempt failed, then its fallback: ")?,
             n => write!(f, "{n} attempts failed, then its fallback: ")?,
         }
         f.write_str(self.kind.describe())?;
+        let own = if fallen == 0 {
+            self.attempts()
+        } else {
+            self.made_attempts()
+        };
         // A refusal before any attempt (a breaker, a bulkhead, a rate limit, no time left):
         // it says so, and names no failure that never happened.
-        let own = self.own_attempts();
         let before_any = own == 0
             && matches!(
                 self.kind,
@@ -520,9 +531,8 @@ impl Error {
     /// progress), or answered 2xx or 3xx and the function refused the answer (a body that
     /// did not decode). Not a 408 or 429: the server refused the request before acting on it.
     fn may_have_been_carried_out(&self) -> bool {
-        // No attempt ran (refused, no time left): nothing was sent. (Those of a call that
-        // failed before its fallback made this error say nothing of this error's key.)
-        if self.own_attempts() == 0 {
+        // No attempt ran anywhere (refused, no time left): nothing was sent.
+        if self.attempts() == 0 {
             return false;
         }
         // The call this error came back through, for its own key (see [`enclosing`]): what it
@@ -546,6 +556,11 @@ impl Error {
             && a.key.get().is_some()
         {
             return a.carried_last();
+        }
+        // The call that made this error ran no attempt (refused, no time left), whatever the
+        // calls around it ran: its own failure says nothing was carried out under its key.
+        if self.made_attempts() == 0 {
+            return false;
         }
         match self.class {
             Some(class) => class.may_have_carried_out(
@@ -891,12 +906,27 @@ mod tests {
         // fallen call's 3 stay): the counts are not mixed.
         let mut around = Error::new(ErrorKind::CircuitOpen);
         around.fallback_failed_after(3);
-        around.set_attempts(5);
-        assert_eq!((around.attempts(), around.own_attempts()), (5, 5));
+        around.set_enclosing_attempts(5);
+        assert_eq!((around.attempts(), around.made_attempts()), (5, 0));
+        assert_eq!(
+            around.to_string(),
+            "3 attempts failed, then its fallback: circuit breaker open before any attempt"
+        );
         let mut around = Error::new(ErrorKind::CircuitOpen);
         around.fallback_failed_after(3);
-        around.set_attempts(1);
-        assert_eq!((around.attempts(), around.own_attempts()), (3, 1));
+        around.set_enclosing_attempts(1);
+        assert_eq!((around.attempts(), around.made_attempts()), (3, 0));
+        // A keyed call handed no time, its error leaving through a call whose attempt ran:
+        // still nothing of its own carried out under its key.
+        let mut keyed = Error::new(ErrorKind::DeadlineExceeded);
+        keyed.set_class(Some(Class::Timeout));
+        keyed.detail_mut().key = Some("k3".into());
+        keyed.set_enclosing_attempts(2);
+        assert_eq!(keyed.attempts(), 2);
+        assert_eq!(
+            keyed.to_string(),
+            "deadline exceeded after 2 attempts (last failure: timeout)"
+        );
         let mut e = Error::new(ErrorKind::AttemptTimeout);
         assert_eq!(e.to_string(), "attempt timed out");
         e.fallback_failed_after(1);

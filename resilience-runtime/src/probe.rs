@@ -92,7 +92,16 @@ impl<'a, E> Probe<'a, E> {
     /// class the retry decision takes (the one found; else the recorded error status; else
     /// permanent, as for a body that did not decode), when an attempt ran.
     fn note(&self, own: &mut Error, class: Option<Class>) {
-        own.set_attempts(self.1);
+        // A nested call's error (it left that call, which wrote its token) keeps that call's
+        // count as its own; this call's attempts ran too, the larger count said.
+        let nested = self
+            .4
+            .is_some_and(|s| own.origin() != 0 && own.origin() != s.token.get());
+        if nested {
+            own.set_enclosing_attempts(self.1);
+        } else {
+            own.set_attempts(self.1);
+        }
         // A nested call's error (it left that call, which wrote its token and made its
         // record): what this call's keyed requests did goes into its record, with the key,
         // and its message decides by that alone (its own failure, a nested GET's 503, says
