@@ -187,6 +187,14 @@ impl BreakerPermit<'_> {
 
     /// Times slowness from `start`: the attempt whose answer the call took began then (a
     /// hedge, after the round's first attempt took the permit).
+    /// Its attempt was answered at `at`, judged now: slow or not by that answer's time, not
+    /// by now (a hedged round that waited for a sibling after it).
+    pub(crate) fn judged_at(&mut self, at: Instant) {
+        if let Some(slow_at) = self.slow_at {
+            self.slow_at = slow_at.checked_add(at.elapsed());
+        }
+    }
+
     pub(crate) fn started_at(&mut self, start: Instant) {
         if self.slow_at.is_some() {
             self.slow_at = start.checked_add(self.breaker.spec.slow_call_duration);

@@ -559,13 +559,25 @@ impl ConcurrencyPermit {
 
     /// The attempt in progress failed with `class`; `cut`: its time was cut short by the
     /// deadline (a caller's, an enclosing attempt's), when it is the runtime's timeout;
-    /// `answered`: the status of the response its last request got, if any.
-    pub(crate) fn on_failure(&mut self, class: Class, cut: bool, answered: Option<u16>) {
+    /// `answered`: the status of the response its last request got, if any; `ended`: when
+    /// it was answered, if before now (a hedged round that waited for a sibling after it):
+    /// its latency is judged to then.
+    pub(crate) fn on_failure(
+        &mut self,
+        class: Class,
+        cut: bool,
+        answered: Option<u16>,
+        ended: Option<Instant>,
+    ) {
+        let slow = ended.map_or_else(
+            || self.slow(),
+            |e| e.saturating_duration_since(self.attempt_started) >= self.limit.spec.latency,
+        );
         self.running = false;
         let sample = if class == Class::Timeout && cut {
             // Cut shorter than the latency threshold (a caller's short deadline): it says
             // only that the caller's time was short. A longer one is slower than the threshold.
-            if self.slow() {
+            if slow {
                 Sample::Overload
             } else {
                 Sample::Ignored
@@ -578,7 +590,7 @@ impl ConcurrencyPermit {
             // A 5xx, a 429 or a 408 a `Classify` of the user's took for permanent: no sign of
             // health, however fast (nor, as for its breaker, a failure): only a slow one says
             // something (it grew the limit at every fast 503).
-            if self.slow() {
+            if slow {
                 Sample::Overload
             } else {
                 Sample::Ignored
@@ -590,11 +602,7 @@ impl ConcurrencyPermit {
             // still says how loaded it is. A permanent failure with no answer (a name that
             // does not exist, a certificate refused, the body's own error before any request)
             // says nothing of it: the dependency was not reached.
-            if self.slow() {
-                Sample::Overload
-            } else {
-                Sample::Fast
-            }
+            if slow { Sample::Overload } else { Sample::Fast }
         } else {
             Sample::Ignored
         };
@@ -723,7 +731,7 @@ mod tests {
         // `b`'s slot is handed to the waiter; the limit comes down with no slot free to take.
         drop(b);
         a.attempt_started(Instant::now());
-        a.on_failure(Class::Reset, false, None);
+        a.on_failure(Class::Reset, false, None, None);
         assert_eq!(c.limit(), 1.0);
         assert_eq!(c.debt.load(Ordering::Relaxed), 1);
         // The waiter goes: its slot back in the queue.
@@ -768,19 +776,19 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(10);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, true, None);
+        p.on_failure(Class::Timeout, true, None, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (8.0, 0));
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, true, None);
+        p.on_failure(Class::Timeout, true, None, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (4.0, 1));
         // A timeout of the body's own, or of a nested call's, however short, is the
         // dependency's: an overload.
         drop(p);
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(40)).await;
-        p.on_failure(Class::Timeout, false, None);
+        p.on_failure(Class::Timeout, false, None, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 2));
     }
 
@@ -792,7 +800,7 @@ mod tests {
             .acquire_by(Instant::now() + Duration::from_secs(10))
             .await
             .unwrap();
-        p.on_failure(Class::Reset, false, None);
+        p.on_failure(Class::Reset, false, None, None);
         assert_eq!((c.limit(), c.snapshot().decreases), (2.0, 0));
     }
 
@@ -815,7 +823,7 @@ mod tests {
         // An attempt started after that decrease lowers it again.
         let mut p = c.acquire_by(far).await.unwrap();
         advance(Duration::from_millis(150)).await;
-        p.on_failure(Class::Timeout, false, None);
+        p.on_failure(Class::Timeout, false, None, None);
         assert_eq!(c.limit(), 2.0);
         // A permanent failure answered fast counts as fast; a refusal says nothing, nor does
         // a permanent failure without an answer (nothing reached the dependency).
@@ -823,15 +831,15 @@ mod tests {
         let mut p = c.acquire_by(far).await.unwrap();
         let _q = c.acquire_by(far).await.unwrap();
         p.attempt_started(Instant::now());
-        p.on_failure(Class::Rejected, false, None);
+        p.on_failure(Class::Rejected, false, None, None);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent, false, None);
+        p.on_failure(Class::Permanent, false, None, None);
         assert_eq!(c.limit(), 2.0);
         // Nor a 503 or a 429 a `Classify` of the user's took for permanent: no health.
-        p.on_failure(Class::Permanent, false, Some(503));
-        p.on_failure(Class::Permanent, false, Some(429));
+        p.on_failure(Class::Permanent, false, Some(503), None);
+        p.on_failure(Class::Permanent, false, Some(429), None);
         assert_eq!(c.limit(), 2.0);
-        p.on_failure(Class::Permanent, false, Some(404));
+        p.on_failure(Class::Permanent, false, Some(404), None);
         assert_eq!(c.limit(), 2.5);
     }
 
@@ -849,7 +857,7 @@ mod tests {
                 held.push(c.acquire_by(far).await.unwrap());
             }
             assert_eq!(c.acquire_by(far).await.unwrap_err(), Refused::Full);
-            held[0].on_failure(Class::Reset, false, None);
+            held[0].on_failure(Class::Reset, false, None, None);
             assert_eq!(c.limit(), 2.0);
             if sem.is_some() {
                 assert_eq!(c.debt.load(Ordering::Relaxed), 2);

@@ -743,8 +743,6 @@ impl FallbackScope {
     /// For the fallback of the call the last refusal by an open breaker on this thread refused
     /// at its start ([`Session::refused_compiled`](crate::session::Session::refused_compiled)).
     pub fn refused() -> FallbackScope {
-        // The fallback answers for the refused call: no failure of it in the attempt around.
-        let _ = with_attempt(|o| o.nested_ended(None));
         match (REFUSED_PLACE.take(), parent_key()) {
             (Some(place), Some(p)) => FallbackScope(p.enter_fallback(place)),
             _ => FallbackScope(0),
@@ -754,10 +752,6 @@ impl FallbackScope {
     /// For the fallback of the call of `session`, which failed (before the session is
     /// dropped).
     pub fn after(session: &crate::session::Session) -> FallbackScope {
-        // The fallback answers for the failed call: no failure of it in the attempt around.
-        if session.nested {
-            let _ = with_attempt(|o| o.nested_ended(None));
-        }
         let call = session.ctx.call;
         if call == 0 {
             return FallbackScope(0);
@@ -1636,8 +1630,8 @@ impl AttemptCtx {
         self.seen.set(self.seen.get().wrapping_add(1));
     }
 
-    /// A nested call of this attempt ended failing so (`None`: it did not, or its fallback
-    /// answered for it): see `nested_failure`.
+    /// A nested call of this attempt ended failing so (`None`: it did not): see
+    /// `nested_failure`.
     pub(crate) fn nested_ended(&self, failed: Option<(crate::classify::Class, Option<u16>)>) {
         self.nested_failure.set(failed.map(|f| f.0));
         self.nested_status.set(failed.and_then(|f| f.1));

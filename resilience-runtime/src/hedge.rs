@@ -353,7 +353,6 @@ where
                         // end with an answer of their own, or on it later).
                         if stale_last && let Some((earlier, what, started, kept)) = answered.take()
                         {
-                            let started = started.map(|t| what.judged_now(t));
                             what.restore(&mut s.last);
                             return round_ended(s, earlier, kept.acted_on(), started, None);
                         }
@@ -515,7 +514,6 @@ where
                         if (!handler_answered || own_in_progress) && in_progress.is_none() =>
                     {
                         telemetry::attempt_overruled(scope, class, s.last.status.get());
-                        let started = started.map(|t| what.judged_now(t));
                         what.restore(&mut s.last);
                         (earlier, started, kept.acted_on())
                     }
@@ -600,8 +598,8 @@ where
 }
 
 /// The round ends on `r`, the outcome of the attempt of `scope` (its span, for the call's
-/// decision), started at `started` if a hedge or an earlier answer (moved on by the time since
-/// that answer: its latency is judged now); `in_progress`: the `Retry-After` of a "still in
+/// decision), started at `started` if a hedge or an earlier answer (whose latency is judged to
+/// its answer: `Last::answered_at`); `in_progress`: the `Retry-After` of a "still in
 /// progress" answer in the round, for the decision after a failure.
 fn round_ended<T, E>(
     s: &mut Session,

@@ -476,8 +476,12 @@ pub(crate) struct Last {
     pub(crate) failed_at: Option<Instant>,
     /// A hedged round ended on an earlier attempt's answer, given then: the backoff and the
     /// answer's `Retry-After` count from it (what has passed since is taken off them), not
-    /// from the round's end after a sibling ran on.
-    answered_at: Option<Instant>,
+    /// from the round's end after a sibling ran on. A breaker watching slowness and an
+    /// adaptive limit judge the answer's latency to it (a 404 in 30 ms is no slow call because
+    /// a sibling then hung to its timeout).
+    pub(crate) answered_at: Option<Instant>,
+    /// The round's `Retry-After` as of that answer (see `Answered`).
+    answered_retry_after: Option<Duration>,
 }
 
 impl Last {
@@ -578,12 +582,16 @@ pub(crate) struct Answered {
     /// timeout 2 s later: the call waited the `Retry-After` again after it, or gave up for a
     /// deadline it would have met).
     at: Instant,
+    /// The round's `Retry-After` when it was answered: one the round got later (a sibling's
+    /// answer after it) counts from that later answer, not from this one.
+    retry_after_then: Option<Duration>,
 }
 
 impl Answered {
     pub(crate) fn of(last: &Last) -> Answered {
         Answered {
             at: Instant::now(),
+            retry_after_then: last.retry_after,
             status: last.status,
             failure: last.failure,
             replayed: last.replayed,
@@ -591,14 +599,6 @@ impl Answered {
             retry_after_own: last.retry_after_own,
             retry_after_handled: last.retry_after_handled,
         }
-    }
-
-    /// The start that, judged now, gives this answer's attempt (begun at `started`) the
-    /// latency it was answered in: a breaker watching slowness and an adaptive limit judge
-    /// the answer, not the wait for the round's other attempts after it (a 404 in 130 ms is
-    /// no slow call because a sibling then hung to its timeout).
-    pub(crate) fn judged_now(&self, started: Instant) -> Instant {
-        started + self.at.elapsed()
     }
 
     pub(crate) fn restore(self, last: &mut Last) {
@@ -610,6 +610,7 @@ impl Answered {
         last.retry_after_own = self.retry_after_own;
         last.retry_after_handled = self.retry_after_handled;
         last.answered_at = Some(self.at);
+        last.answered_retry_after = self.retry_after_then;
     }
 }
 
@@ -2049,12 +2050,17 @@ impl Session {
                     class,
                     self.last.runtime == Some(ErrorKind::DeadlineExceeded),
                     self.last.status.get(),
+                    self.last.answered_at,
                 );
             } else {
                 c.attempt_ended();
             }
         }
-        if let (Some(p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
+        if let (Some(mut p), Some(b)) = (self.breaker_permit.take(), self.shared.breaker) {
+            // A hedged round ended on an earlier answer: judged slow or not to that answer.
+            if let Some(at) = self.last.answered_at {
+                p.judged_at(at);
+            }
             // The next attempt marks its own permit, if a probe.
             if p.is_probe() {
                 self.ctx
@@ -2153,13 +2159,13 @@ impl Session {
         } else {
             Duration::ZERO
         };
-        // A hedged round decided on an earlier answer: the waits count from that answer, what
-        // has passed since (a sibling that ran on) taken off them; the time left from now.
+        // A hedged round decided on an earlier answer: the `Retry-After` that answer carried
+        // counts from it, what has passed since (a sibling that ran on) taken off; the time
+        // left is measured now, and the backoff (spreading the retries) from now.
         let since = self
             .last
             .answered_at
             .map_or(Duration::ZERO, |at| at.elapsed());
-        let backoff = backoff.saturating_sub(since);
         // And never sooner than `ASK_FLOOR`, whatever the backoff (a zero backoff with a
         // `Retry-After: 0` would ask back to back).
         let backoff = if asking {
@@ -2190,9 +2196,12 @@ impl Session {
                         || self.last.retry_after_own
                         || self.last.handled_for(Some(class)).is_some()
                 })
-                // Past `max_retry_after` as the server asked it, whatever has passed since.
+                // Past `max_retry_after` as the server asked it, whatever has passed since; one
+                // a later answer of the round gave counts from that answer: whole.
                 .map(|ra| {
-                    if ra > policy.max_retry_after {
+                    if ra > policy.max_retry_after
+                        || self.last.answered_retry_after.is_none_or(|then| ra > then)
+                    {
                         ra
                     } else {
                         ra.saturating_sub(since)
@@ -2408,7 +2417,7 @@ impl Session {
         if let Some(c) = &mut self.concurrency
             && c.running()
         {
-            c.on_failure(Class::Permanent, false, self.ctx.status.get());
+            c.on_failure(Class::Permanent, false, self.ctx.status.get(), None);
         }
         self.give_back_retry();
         let m = self.shared.metrics;
