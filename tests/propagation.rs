@@ -2159,3 +2159,33 @@ async fn a_service_that_fails_on_a_call_the_layers_limit_cut_is_not_run_again() 
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(gateway.count(), 1, "charged once");
 }
+
+#[resilient(method = POST, timeout = "10s", deadline = "20s", max_attempts = 1, budget = false, idempotency_key = auto)]
+async fn stamped_by_hand_then_executed(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let mut req = c.post(url).body("x").build()?;
+    resilience_runtime::stamp_request(&mut req);
+    // Built and stamped now, handed to `execute` 3 s later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(c.execute(req).await?.status().as_u16())
+}
+
+/// A request stamped by hand (`stamp_request`), handed to `execute` 3 s later, tells the time
+/// left as it is handed over (7 s of its 10 s), as any request handed to `execute` does: it
+/// told the 10 s left at its stamping.
+#[tokio::test(start_paused = true)]
+async fn a_request_stamped_by_hand_tells_the_time_left_as_it_is_handed_to_execute() {
+    let server = FaultServer::start(Script::always(Action::ok())).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        stamped_by_hand_then_executed(&c, &server.url("/x"))
+            .await
+            .unwrap(),
+        200
+    );
+    let told: u64 = server.requests()[0]
+        .header("x-timeout-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((6_900..=7_000).contains(&told), "told {told} ms");
+}

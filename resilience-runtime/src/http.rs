@@ -1090,7 +1090,11 @@ pub mod dispatch {
                 // again, it was expected twice, and the one left over was taken for another
                 // request's completion (an SDK's unkeyed POST to the same URL, sent again).
                 let url = crate::context::expected_url(method, &req);
-                if !super::stamped_by_hand_in(ctx, &req, url) {
+                if super::stamped_by_hand_in(ctx, &req, url) {
+                    // Handed over now: the time left as it is (stamped a while ago, it would
+                    // tell the time left then).
+                    super::tell_time_left_now(&mut req, ctx.until);
+                } else {
                     super::stamp(ctx, &mut req);
                     if url != 0 {
                         ctx.expect_at(url);
