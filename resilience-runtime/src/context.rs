@@ -431,7 +431,15 @@ impl Inbound {
     /// when it is not valid: version 00 as written, a later one by its first four fields).
     pub fn traceparent(mut self, value: &str) -> Inbound {
         match parse_traceparent(value) {
-            Some(t) => self.trace = Some(t),
+            Some(t) => {
+                // Another trace than the one this context was in: its `tracestate` was that
+                // trace's, not this one's (vendors' entries of the caller's trace would go out
+                // under a fresh, unrelated one). One set before any trace stays.
+                if self.trace.is_some_and(|old| old.0 != t.0) {
+                    self.tracestate = None;
+                }
+                self.trace = Some(t);
+            }
             None => tracing::debug!(
                 value = %value.escape_debug().to_string().chars().take(64).collect::<String>(),
                 "traceparent ignored: not W3C Trace Context's (a new trace)"
@@ -2142,6 +2150,24 @@ mod tests {
                 assert_eq!(hop.take(), None, "taken");
             }
         }
+    }
+
+    /// A context moved to another trace drops the `tracestate` of the one it was in; one
+    /// given before any trace (or for the same trace) stays.
+    #[test]
+    fn a_tracestate_stays_with_its_trace() {
+        const T1: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const T2: &str = "00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01";
+        let joined = Inbound::NONE
+            .traceparent(T1)
+            .tracestate("congo=t61rcWkgMzE");
+        assert!(joined.tracestate.is_some());
+        assert!(joined.clone().traceparent(T1).tracestate.is_some());
+        assert!(joined.traceparent(T2).tracestate.is_none());
+        let before = Inbound::NONE
+            .tracestate("congo=t61rcWkgMzE")
+            .traceparent(T2);
+        assert!(before.tracestate.is_some());
     }
 
     /// W3C Trace Context's `tracestate` rules, as its test suite checks them.
