@@ -1207,3 +1207,56 @@ async fn a_nested_calls_unsent_failure_names_no_status_of_another_request() {
     assert_eq!(e.http_status(), None, "{e}");
     assert!(!e.to_string().contains("last status"), "{e}");
 }
+
+#[resilient(timeout = "1s", max_attempts = 1, budget = false, idempotency_key = order, bulkhead(max_concurrent = 1, max_wait = "0ms"))]
+async fn mail_receipt_once(c: &reqwest::Client, url: &str, order: &str) -> Result<u16, Error> {
+    Ok(c.post(format!("{url}/receipts"))
+        .body(order.to_owned())
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "2s", max_attempts = 1, budget = false, idempotency_key = order)]
+async fn charge_then_mail_receipt(
+    c: &reqwest::Client,
+    url: &str,
+    order: &str,
+) -> Result<u16, Error> {
+    c.post(format!("{url}/charges"))
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?;
+    mail_receipt_once(c, url, order).await
+}
+
+/// A keyed charge answered 201, then a nested call under the same key refused before any
+/// attempt (its bulkhead full): the call's error is that refusal, and it names the key and
+/// says the request may have been carried out: the charge was. It said nothing of it (the
+/// refusal's own class, "rejected", read alone).
+#[tokio::test(start_paused = true)]
+async fn a_nested_refusal_under_the_same_key_after_a_charge_says_it_may_have_been_carried_out() {
+    let stalled = FaultServer::start(Script::always(Action::stall())).await;
+    let shop = FaultServer::start(Script::always(Action::status(201))).await;
+    let c = reqwest::Client::new();
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), stalled.url(""));
+        async move { mail_receipt_once(&c, &url, "order-41").await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let e = charge_then_mail_receipt(&c, &shop.url(""), "order-42")
+        .await
+        .unwrap_err();
+    assert_eq!(shop.count(), 1, "the charge only: {e}");
+    assert_eq!(e.kind(), ErrorKind::BulkheadFull, "{e}");
+    assert_eq!(e.idempotency_key(), Some("order-42"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("[Idempotency-Key order-42: the request may have been carried out"),
+        "{e}"
+    );
+    holder.abort();
+}

@@ -185,8 +185,6 @@ impl BreakerPermit<'_> {
         self.probe
     }
 
-    /// Times slowness from `start`: the attempt whose answer the call took began then (a
-    /// hedge, after the round's first attempt took the permit).
     /// Its attempt was answered at `at`, judged now: slow or not by that answer's time, not
     /// by now (a hedged round that waited for a sibling after it).
     pub(crate) fn judged_at(&mut self, at: Instant) {
@@ -195,6 +193,8 @@ impl BreakerPermit<'_> {
         }
     }
 
+    /// Times slowness from `start`: the attempt whose answer the call took began then (a
+    /// hedge, after the round's first attempt took the permit).
     pub(crate) fn started_at(&mut self, start: Instant) {
         if self.slow_at.is_some() {
             self.slow_at = start.checked_add(self.breaker.spec.slow_call_duration);

@@ -429,6 +429,8 @@ impl Inbound {
 
     /// The calls made under this context join the trace of this W3C `traceparent` (ignored
     /// when it is not valid: version 00 as written, a later one by its first four fields).
+    /// Another trace than the context's drops the `tracestate` it had (that trace's): give a
+    /// `tracestate` of the new trace after it.
     pub fn traceparent(mut self, value: &str) -> Inbound {
         match parse_traceparent(value) {
             Some(t) => {

@@ -277,6 +277,17 @@ impl Error {
         (!one).then_some(theirs.as_str())
     }
 
+    /// What the calls around the one that made this error wrote of themselves, where they
+    /// were keyed with this error's own key (bare or quoted).
+    fn same_key_around(&self) -> Option<&enclosing::Around> {
+        let d = self.detail.as_ref()?;
+        let own = d.key.as_deref()?;
+        let a = d.around.as_deref()?;
+        let theirs = a.key.get()?;
+        (crate::context::unquoted(theirs.as_bytes()) == crate::context::unquoted(own.as_bytes()))
+            .then_some(a)
+    }
+
     /// An attempt timeout or the deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -558,9 +569,13 @@ impl Error {
             return a.carried_last();
         }
         // The call that made this error ran no attempt (refused, no time left), whatever the
-        // calls around it ran: its own failure says nothing was carried out under its key.
+        // calls around it ran: its own failure says nothing was carried out under its key;
+        // a call around it under the same key (a nested call given its enclosing call's key)
+        // says what it knew of its own requests under it.
         if self.made_attempts() == 0 {
-            return false;
+            return self
+                .same_key_around()
+                .is_some_and(|a| a.carried() || a.carried_last());
         }
         match self.class {
             Some(class) => class.may_have_carried_out(
