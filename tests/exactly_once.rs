@@ -1258,3 +1258,69 @@ async fn two_posts_to_one_path_in_a_keyed_call_share_its_key() {
         "one more call, one more charge"
     );
 }
+
+#[resilient(
+    method = POST,
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false
+)]
+async fn reserve_then_pay(c: &reqwest::Client, inventory: &str, pay: &str) -> Result<u16, Error> {
+    c.get(inventory).send().await?.error_for_status()?;
+    Ok(c.post(pay)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed call's GET answered 409 with `Retry-After` (a lock service's "locked, try in 1 s")
+/// is a plain conflict: the call ends on it, one request, as its `max_attempts = 1` says. It
+/// was taken for "this key is still being processed" and asked again until the deadline (9
+/// GETs), past `max_attempts`, the budget and the breaker, none of which bound such asks.
+#[tokio::test(start_paused = true)]
+async fn a_409_to_a_keyed_calls_read_is_a_plain_conflict() {
+    let inventory = FaultServer::start(Script::always(Action::status(409).retry_after(1))).await;
+    let pay = FaultServer::start(Script::always(Action::ok())).await;
+    let e = reserve_then_pay(&reqwest::Client::new(), &inventory.url("/"), &pay.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!(inventory.count(), 1, "{e}");
+    assert_eq!(pay.count(), 0);
+    assert_eq!((e.http_status(), e.attempts()), (Some(409), 1), "{e}");
+}
+
+#[resilient(
+    method = POST,
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false
+)]
+async fn pay_then_reserve(c: &reqwest::Client, inventory: &str, pay: &str) -> Result<u16, Error> {
+    c.post(pay).body("39000").send().await?.error_for_status()?;
+    Ok(c.get(inventory)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same after the call's keyed POST went through: the GET's 409 is still a plain
+/// conflict, not the POST's "still in progress".
+#[tokio::test(start_paused = true)]
+async fn a_409_to_a_keyed_calls_read_after_its_post_is_a_plain_conflict() {
+    let inventory = FaultServer::start(Script::always(Action::status(409).retry_after(1))).await;
+    let pay = FaultServer::start(Script::always(Action::ok())).await;
+    let e = pay_then_reserve(&reqwest::Client::new(), &inventory.url("/"), &pay.url("/"))
+        .await
+        .unwrap_err();
+    assert_eq!((inventory.count(), pay.count()), (1, 1), "{e}");
+    assert_eq!((e.http_status(), e.attempts()), (Some(409), 1), "{e}");
+}

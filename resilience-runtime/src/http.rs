@@ -149,7 +149,17 @@ fn record_outcome<E: SentError>(
         let redirected = ctx.redirects.get() != redirects_at_start;
         let reached = !connect_failure || redirected;
         match res {
-            Ok(r) => record_response(ctx, response_facts(r)),
+            Ok(r) => {
+                let mut facts = response_facts(r);
+                // A read's 409 is a plain conflict (a lock service's "locked, try in 1 s"),
+                // never "this key is still being processed", which answers a request the key
+                // guards, an unsafe one: its `Retry-After` does not make it one (the call asked
+                // again until its deadline, past `max_attempts`, the budget and the breaker).
+                if facts.status == 409 && method.is_some_and(crate::policy::Method::is_safe) {
+                    facts.retry_after = None;
+                }
+                record_response(ctx, facts);
+            }
             Err(e) => {
                 // The last request has no response: an earlier one's status and `Retry-After`
                 // (a 429 the body handled before this request reset) say nothing of it.
