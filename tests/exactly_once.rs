@@ -1324,3 +1324,37 @@ async fn a_409_to_a_keyed_calls_read_after_its_post_is_a_plain_conflict() {
     assert_eq!((inventory.count(), pay.count()), (1, 1), "{e}");
     assert_eq!((e.http_status(), e.attempts()), (Some(409), 1), "{e}");
 }
+
+#[resilient(
+    method = POST,
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10m",
+    max_attempts = 3,
+    budget = false
+)]
+async fn charge_asked_to_wait_long(c: &reqwest::Client, pay: &str) -> Result<u16, Error> {
+    Ok(c.post(pay)
+        .body("39000")
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// A keyed charge answered "still in progress" with a `Retry-After` above `max_retry_after`
+/// (120 s of 30 s) ends at once, as any such answer does, within its 10-minute deadline: not
+/// asked again later, nor sooner than the server asked. Its error names the wait and the key.
+#[tokio::test(start_paused = true)]
+async fn an_in_progress_answer_asking_past_max_retry_after_ends_the_call() {
+    let pay = FaultServer::start(Script::always(Action::status(409).retry_after(120))).await;
+    let started = tokio::time::Instant::now();
+    let e = charge_asked_to_wait_long(&reqwest::Client::new(), &pay.url("/charges"))
+        .await
+        .unwrap_err();
+    assert_eq!(pay.count(), 1, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{e}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(120)), "{e}");
+    assert!(e.idempotency_key().is_some(), "{e}");
+}

@@ -2270,3 +2270,33 @@ async fn a_type_of_the_bodys_own_does_not_change_the_signatures() {
         Profile { name: "ada".into() }
     );
 }
+
+/// Declared a GET, it sends the method its caller chose: a PUT here, not declared `idempotent`.
+#[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+async fn fetch_with(c: &reqwest::Client, m: reqwest::Method, url: &str) -> Result<u16, Error> {
+    Ok(c.request(m, url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// An undeclared PUT the runtime saw go out is not resent after a failure that may have
+/// carried it out (a reset, a 503), whatever `retry_on` lists (the default lists both); a GET
+/// of the same function is retried.
+#[tokio::test(start_paused = true)]
+async fn a_put_sent_where_a_get_was_declared_is_not_resent() {
+    for action in [Action::reset(), Action::status(503)] {
+        let server = FaultServer::start(Script::always(action)).await;
+        let c = reqwest::Client::new();
+        let e = fetch_with(&c, reqwest::Method::PUT, &server.url("/flags/7"))
+            .await
+            .unwrap_err();
+        assert_eq!(server.count(), 1, "{e}");
+        let e = fetch_with(&c, reqwest::Method::GET, &server.url("/flags/7"))
+            .await
+            .unwrap_err();
+        assert_eq!(server.count(), 4, "the GET three times: {e}");
+    }
+}
