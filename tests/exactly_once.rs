@@ -1323,6 +1323,43 @@ async fn a_409_to_a_keyed_calls_read_after_its_post_is_a_plain_conflict() {
         .unwrap_err();
     assert_eq!((inventory.count(), pay.count()), (1, 1), "{e}");
     assert_eq!((e.http_status(), e.attempts()), (Some(409), 1), "{e}");
+    // The wait the lock service asked for stays the caller's to read.
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
+}
+
+#[resilient(
+    method = POST,
+    idempotency_key = auto,
+    timeout = "1s",
+    deadline = "10s",
+    max_attempts = 1,
+    budget = false
+)]
+async fn pay_then_reserve_by_execute(
+    c: &reqwest::Client,
+    inventory: &str,
+    pay: &str,
+) -> Result<u16, Error> {
+    c.post(pay).body("39000").send().await?.error_for_status()?;
+    let reserve = c.get(inventory).build()?;
+    Ok(c.execute(reserve)
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// The same read handed to `client.execute`.
+#[tokio::test(start_paused = true)]
+async fn a_409_to_a_keyed_calls_executed_read_is_a_plain_conflict() {
+    let inventory = FaultServer::start(Script::always(Action::status(409).retry_after(1))).await;
+    let pay = FaultServer::start(Script::always(Action::ok())).await;
+    let e =
+        pay_then_reserve_by_execute(&reqwest::Client::new(), &inventory.url("/"), &pay.url("/"))
+            .await
+            .unwrap_err();
+    assert_eq!((inventory.count(), pay.count()), (1, 1), "{e}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
 }
 
 #[resilient(

@@ -970,6 +970,9 @@ pub(crate) struct AttemptCtx {
     pub redirects: Cell<u32>,
     /// The last response was marked `Idempotent-Replayed: true`.
     pub replayed: Cell<bool>,
+    /// The last response was a 409 to a read (GET, HEAD, OPTIONS): a plain conflict, never a
+    /// keyed request's "still in progress", whatever its `Retry-After`.
+    pub conflict_on_read: Cell<bool>,
     pub unpolled_method: Cell<Option<Method>>,
     /// A nested `#[resilient]` call inside this attempt failed after it could retry itself,
     /// and the body has not gone on since (no request of its own, no other nested call): a
@@ -1383,6 +1386,7 @@ impl AttemptCtx {
             redirects: Cell::new(0),
             retry_after: Cell::new(None),
             replayed: Cell::new(false),
+            conflict_on_read: Cell::new(false),
             unpolled: Cell::new(0),
             hand_stamped: Cell::new(0),
             unpolled_method: Cell::new(None),
@@ -1468,6 +1472,7 @@ impl AttemptCtx {
         *self.redirects.get_mut() = 0;
         *self.retry_after.get_mut() = None;
         *self.replayed.get_mut() = false;
+        *self.conflict_on_read.get_mut() = false;
         *self.unpolled.get_mut() = 0;
         *self.hand_stamped.get_mut() = 0;
         *self.unpolled_method.get_mut() = None;

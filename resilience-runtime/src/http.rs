@@ -136,6 +136,7 @@ fn record_outcome<E: SentError>(
     method: Option<crate::policy::Method>,
     redirects_at_start: u32,
     unobserved: bool,
+    read: bool,
 ) {
     // Or an HTTP/2 server's word that it never processed it (`REFUSED_STREAM`, a graceful
     // `GOAWAY`), reaching the attempt past reqwest's own retries of it.
@@ -149,17 +150,7 @@ fn record_outcome<E: SentError>(
         let redirected = ctx.redirects.get() != redirects_at_start;
         let reached = !connect_failure || redirected;
         match res {
-            Ok(r) => {
-                let mut facts = response_facts(r);
-                // A read's 409 is a plain conflict (a lock service's "locked, try in 1 s"),
-                // never "this key is still being processed", which answers a request the key
-                // guards, an unsafe one: its `Retry-After` does not make it one (the call asked
-                // again until its deadline, past `max_attempts`, the budget and the breaker).
-                if facts.status == 409 && method.is_some_and(crate::policy::Method::is_safe) {
-                    facts.retry_after = None;
-                }
-                record_response(ctx, facts);
-            }
+            Ok(r) => record_response(ctx, response_facts(r), read),
             Err(e) => {
                 // The last request has no response: an earlier one's status and `Retry-After`
                 // (a 429 the body handled before this request reset) say nothing of it.
@@ -167,6 +158,7 @@ fn record_outcome<E: SentError>(
                 ctx.status.set(None);
                 ctx.retry_after.set(None);
                 ctx.replayed.set(false);
+                ctx.conflict_on_read.set(false);
             }
         }
         if reached && let Some(m) = method.or(ctx.sent_method.get()) {
@@ -268,7 +260,8 @@ impl InFlight {
             && (!self.4
                 || (self.1 != 0
                     && with_attempt(|ctx| ctx.matched.get() == self.2).unwrap_or(true)));
-        record_outcome(res, self.0, self.3, unobserved);
+        let read = self.0.is_some_and(crate::policy::Method::is_safe);
+        record_outcome(res, self.0, self.3, unobserved, read);
         self.after_poll();
         self.ends_here();
         std::mem::forget(self);
@@ -547,7 +540,8 @@ fn attempt_value(n: u32) -> HeaderValue {
 /// it when a response reached you another way. A no-op outside a `#[resilient]` function.
 pub fn observe(resp: &reqwest::Response) {
     let facts = response_facts(resp);
-    let _ = with_attempt(|ctx| record_response(ctx, facts));
+    // The request's method is not known here.
+    let _ = with_attempt(|ctx| record_response(ctx, facts, false));
 }
 
 /// `Idempotent-Replayed: true` marks a response replayed from the store: the handler did not run.
@@ -612,8 +606,14 @@ fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<std::time::Dur
     }
 }
 
-fn record_response(ctx: &AttemptCtx, facts: ResponseFacts) {
+/// `read`: the request was a read (GET, HEAD, OPTIONS).
+fn record_response(ctx: &AttemptCtx, facts: ResponseFacts, read: bool) {
     ctx.status.set(Some(facts.status));
+    // A read's 409 is a plain conflict (a lock service's "locked, try in 1 s"), never "this
+    // key is still being processed", which answers a request the key guards, an unsafe one,
+    // whatever `Retry-After` it carries (the call asked again until its deadline, past
+    // `max_attempts`, the budget and the breaker).
+    ctx.conflict_on_read.set(read && facts.status == 409);
     ctx.failure.set(None);
     ctx.retry_after.set(facts.retry_after);
     ctx.retry_after_nested.set(false);
@@ -644,6 +644,8 @@ pin_project_lite::pin_project! {
         hop: Option<crate::policy::Method>,
         // The attempt's count of redirects followed at its first poll.
         redirects_at_start: u32,
+        // A request stamped for it whose method is a read (see `record_response`).
+        read: bool,
     }
 
     impl<F> PinnedDrop for Observed<F> {
@@ -695,7 +697,7 @@ where
             // The request's own method is not known here: the least safe the attempt sent.
             // Nor is whether the client reported its completion (through a middleware stack,
             // a connect failure does not prove it was never sent).
-            record_outcome(res, None, *this.redirects_at_start, true);
+            record_outcome(res, None, *this.redirects_at_start, true, *this.read);
             let counted = *this.counted;
             let _ = with_attempt(|ctx| ctx.execute_ended_here(counted));
         }
@@ -1163,6 +1165,7 @@ pub mod dispatch {
                 counted: stamped.map(|(_, at)| at),
                 hop: stamped.map(|(m, _)| m).filter(|m| !m.is_safe()),
                 redirects_at_start: 0,
+                read: stamped.is_some_and(|(m, _)| m.is_safe()),
             }
         }
     }

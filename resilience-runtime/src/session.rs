@@ -441,6 +441,8 @@ pub(crate) struct Last {
     nested_failure: bool,
     /// The last response was a replay of a stored answer (`Idempotent-Replayed: true`).
     replayed: bool,
+    /// The last response was a 409 to a read (see `AttemptCtx::conflict_on_read`).
+    conflict_on_read: bool,
     stamped: bool,
     pub(crate) all_keyed: bool,
     method: Option<Method>,
@@ -624,6 +626,7 @@ fn record(last: &mut Last, ctx: &AttemptCtx) {
     last.retry_after_own = last.retry_after.is_some() && !ctx.retry_after_nested.get();
     last.retry_after_handled = ctx.retry_after_handled.get();
     last.replayed = ctx.replayed.get();
+    last.conflict_on_read = ctx.conflict_on_read.get();
     last.stamped = ctx.stamped.get();
     last.all_keyed = ctx.all_keyed.get();
     last.method = ctx.sent_method.get();
@@ -1755,14 +1758,17 @@ impl Session {
         let keyed = self.ctx.key.is_some() && ctx.stamped.get() && ctx.all_keyed.get();
         // Its own `Retry-After` (not one a nested call passed up after it), or one the body
         // went on past (a nested call after the 409).
-        (keyed && !ctx.replayed.get() && ctx.status.get() == Some(409))
-            .then(|| {
-                ctx.retry_after
-                    .get()
-                    .filter(|_| !ctx.retry_after_nested.get())
-                    .or(ctx.retry_after_handled.get())
-            })
-            .flatten()
+        (keyed
+            && !ctx.replayed.get()
+            && !ctx.conflict_on_read.get()
+            && ctx.status.get() == Some(409))
+        .then(|| {
+            ctx.retry_after
+                .get()
+                .filter(|_| !ctx.retry_after_nested.get())
+                .or(ctx.retry_after_handled.get())
+        })
+        .flatten()
     }
 
     /// Keeps what the attempt's requests recorded in the session's own context.
@@ -2193,8 +2199,10 @@ impl Session {
                 .retry_after_for(Some(class))
                 .filter(|_| {
                     class != Class::Status(409)
-                        || self.last.retry_after_own
-                        || self.last.handled_for(Some(class)).is_some()
+                        || (self.last.retry_after_own
+                            || self.last.handled_for(Some(class)).is_some())
+                            // A read's 409 is a plain conflict (`conflict_on_read`).
+                            && !self.last.conflict_on_read
                 })
                 // Past `max_retry_after` as the server asked it, whatever has passed since; one
                 // a later answer of the round gave counts from that answer: whole.
