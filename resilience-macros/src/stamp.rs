@@ -434,8 +434,21 @@ fn spawned_unseen(
         found: false,
     };
     for a in args {
-        // A task bound to a name first (`let t = async move { … }; tokio::spawn(t)`).
+        // A task bound to a name first (`let t = async move { … }; tokio::spawn(t)`), or made by
+        // a closure bound to one and called there (`tokio::spawn(fire(hook))`).
         let a = match a {
+            syn::Expr::Call(call) => match &*call.func {
+                syn::Expr::Path(p) => p
+                    .path
+                    .get_ident()
+                    .and_then(|i| {
+                        kept.iter().rev().find(|(n, v)| {
+                            *n == i && matches!(task(v), Some(syn::Expr::Closure(_)))
+                        })
+                    })
+                    .map_or(a, |(_, e)| *e),
+                _ => a,
+            },
             syn::Expr::Path(p) => p
                 .path
                 .get_ident()
@@ -1094,7 +1107,10 @@ impl Kept {
         let future = helper_future(value, &named)
             || ((pinned.is_some() || marked_future(value)) && helper_future(value, clients));
         Some(
-            if future && (uses.handed_on > 0 || (typed && uses.polled > 0)) {
+            // A helper's future used any way the rewrite does not follow (an adapter of its
+            // own, `order.timeout(d)`, `join3(order, …)`, a tuple or an `Option` around it):
+            // polled where the rewrite cannot watch it, what it sends may go unseen.
+            if future && (uses.handed_on > 0 || uses.other > 0 || (typed && uses.polled > 0)) {
                 Kept::Unwatched
             } else if !typed && uses.polled > 0 && uses.other == 0 {
                 Kept::Watched
@@ -1519,16 +1535,31 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<Str
             // `Arc::clone(&c)`, `Clone::clone(&c)`, `Arc::new(c.clone())`.
             syn::Expr::Call(call)
                 if call.args.len() == 1
-                    && matches!(callee(call).as_deref(), Some("clone" | "new")) =>
+                    && matches!(callee(call).as_deref(), Some("clone" | "new"))
+                    && (callee(call).as_deref() == Some("clone")
+                        || matches!(&*call.func, syn::Expr::Path(p)
+                            if p.path.segments.len() == 2
+                                && ["Arc", "Rc", "Box"]
+                                    .iter()
+                                    .any(|t| p.path.segments[0].ident == t))) =>
             {
-                if callee(call).as_deref() == Some("new")
-                    && !matches!(&*call.func, syn::Expr::Path(p)
-                        if p.path.segments.len() == 2
-                            && ["Arc", "Rc", "Box"].iter().any(|t| p.path.segments[0].ident == t))
-                {
-                    return None;
-                }
                 value(&call.args[0], names, selves, fields)
+            }
+            // A service's wrapper made of the client (`OrderApi::new(c)`,
+            // `Orders::with_client(c.clone(), base)`): a client of the body's too, its calls
+            // helpers handed the client (`api.place(o).await`), as `OrderApi::new(c).place(o)`.
+            syn::Expr::Call(call)
+                if matches!(&*call.func, syn::Expr::Path(p) if p.path.segments.len() >= 2)
+                    && matches!(
+                        callee(call).as_deref(),
+                        Some("new" | "from" | "with_client" | "with_http")
+                    )
+                    && call
+                        .args
+                        .iter()
+                        .any(|a| value(a, names, selves, fields).is_some()) =>
+            {
+                Some(false)
             }
             _ => None,
         }
