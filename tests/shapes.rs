@@ -2300,3 +2300,59 @@ async fn a_put_sent_where_a_get_was_declared_is_not_resent() {
         assert_eq!(server.count(), 4, "the GET three times: {e}");
     }
 }
+
+fn authed(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    c.get(url).bearer_auth("t")
+}
+
+#[resilient(method = GET, timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+async fn read_through_a_bound_builder(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let rb = authed(c, url);
+    Ok(rb.send().await?.error_for_status()?.status().as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+async fn read_through_a_bound_clone(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let c2 = std::sync::Arc::new(c.clone());
+    Ok(c2
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+#[resilient(timeout = "1s", max_attempts = 3, backoff(initial = "1ms", max = "1ms", jitter = none), budget = false)]
+async fn read_through_a_locked_client(c: &reqwest::Client, url: &str) -> Result<u16, Error> {
+    let shared = tokio::sync::Mutex::new(c.clone());
+    let http = shared.lock().await.clone();
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .status()
+        .as_u16())
+}
+
+/// Values a call handed the client made that are no helper's future keep the GET's retries:
+/// a builder a function made (sent in the body), the client in an `Arc`, the client behind a
+/// lock: each GET answered 503 goes three times.
+#[tokio::test(start_paused = true)]
+async fn values_made_of_the_client_keep_a_gets_retries() {
+    let c = reqwest::Client::new();
+    let server = FaultServer::start(Script::always(Action::status(503))).await;
+    read_through_a_bound_builder(&c, &server.url("/a"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 3);
+    read_through_a_bound_clone(&c, &server.url("/b"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 6);
+    read_through_a_locked_client(&c, &server.url("/c"))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 9);
+}

@@ -407,6 +407,25 @@ fn spawned_unseen(
         }
         fn visit_item(&mut self, _: &'ast syn::Item) {}
     }
+    /// `e` under adapters (`.instrument(span)`, `.boxed()`), `Box::pin` and parentheses.
+    fn unadapted(mut e: &syn::Expr) -> &syn::Expr {
+        loop {
+            match e {
+                syn::Expr::Paren(p) => e = &p.expr,
+                syn::Expr::MethodCall(m)
+                    if FUTURE_ADAPTERS.contains(&m.method.to_string().as_str()) =>
+                {
+                    e = &m.receiver;
+                }
+                syn::Expr::Call(call)
+                    if callee(call).as_deref() == Some("pin") && call.args.len() == 1 =>
+                {
+                    e = &call.args[0];
+                }
+                _ => return e,
+            }
+        }
+    }
     /// The block or closure under adapters (`.instrument(span)`, `.boxed()`), `Box::pin` and
     /// parentheses.
     fn task(mut e: &syn::Expr) -> Option<&syn::Expr> {
@@ -434,21 +453,22 @@ fn spawned_unseen(
         found: false,
     };
     for a in args {
-        // A task bound to a name first (`let t = async move { … }; tokio::spawn(t)`), or made by
-        // a closure bound to one and called there (`tokio::spawn(fire(hook))`).
+        // A task made by a closure bound to a name and called there (`tokio::spawn(fire(hook))`,
+        // under adapters too): any closure that name was bound to (a later binding may send
+        // nothing).
+        if let syn::Expr::Call(call) = unadapted(a)
+            && let syn::Expr::Path(p) = &*call.func
+            && let Some(i) = p.path.get_ident()
+        {
+            for (_, v) in kept.iter().filter(|(n, _)| *n == i) {
+                if let Some(t @ syn::Expr::Closure(_)) = task(v) {
+                    syn::visit::Visit::visit_expr(&mut f, t);
+                }
+            }
+            continue;
+        }
+        // A task bound to a name first (`let t = async move { … }; tokio::spawn(t)`).
         let a = match a {
-            syn::Expr::Call(call) => match &*call.func {
-                syn::Expr::Path(p) => p
-                    .path
-                    .get_ident()
-                    .and_then(|i| {
-                        kept.iter().rev().find(|(n, v)| {
-                            *n == i && matches!(task(v), Some(syn::Expr::Closure(_)))
-                        })
-                    })
-                    .map_or(a, |(_, e)| *e),
-                _ => a,
-            },
             syn::Expr::Path(p) => p
                 .path
                 .get_ident()
@@ -1083,11 +1103,17 @@ impl Kept {
             return None;
         }
         let name = &pat.ident;
+        // A client of the body's own making (`let c2 = Arc::clone(&c)`, `let api =
+        // OrderApi::new(c)`): its calls are helpers, watched where they are awaited.
+        if clients.iter().any(|c| pat.ident == c) {
+            return None;
+        }
         let mut uses = Uses {
             name,
             polled: 0,
             other: 0,
             handed_on: 0,
+            through: 0,
         };
         for s in rest {
             // Up to a `let` that binds the name again: what follows it is another binding.
@@ -1107,10 +1133,16 @@ impl Kept {
         let future = helper_future(value, &named)
             || ((pinned.is_some() || marked_future(value)) && helper_future(value, clients));
         Some(
-            // A helper's future used any way the rewrite does not follow (an adapter of its
-            // own, `order.timeout(d)`, `join3(order, …)`, a tuple or an `Option` around it):
-            // polled where the rewrite cannot watch it, what it sends may go unseen.
-            if future && (uses.handed_on > 0 || uses.other > 0 || (typed && uses.polled > 0)) {
+            // A helper's future awaited through what the rewrite does not follow (an adapter of
+            // the service's own, `order.within(d).await`; `join3(order, …).await`): polled
+            // where the rewrite cannot watch it, what it sends may go unseen.
+            // Not a value a type's constructor made of the client (`Mutex::new(c.clone())`,
+            // whose `.lock().await` sends nothing).
+            if future
+                && (uses.handed_on > 0
+                    || (uses.through > 0 && !constructed(value))
+                    || (typed && uses.polled > 0))
+            {
                 Kept::Unwatched
             } else if !typed && uses.polled > 0 && uses.other == 0 {
                 Kept::Watched
@@ -1157,6 +1189,10 @@ struct Uses<'n> {
     polled: usize,
     other: usize,
     handed_on: usize,
+    /// Awaited through what the rewrite does not follow: a method chain on the binding that
+    /// sends nothing itself (`order.within(d).await`, not `rb.send().await`), or a call handed
+    /// it (`join3(order, …).await`).
+    through: usize,
 }
 
 impl Uses<'_> {
@@ -1210,6 +1246,32 @@ impl Uses<'_> {
         found
     }
 
+    /// Whether the awaited `e` polls the binding through what the rewrite does not follow (see
+    /// `through`).
+    fn awaited_through(&self, e: &syn::Expr) -> bool {
+        match e {
+            syn::Expr::Paren(p) => self.awaited_through(&p.expr),
+            syn::Expr::MethodCall(_) => {
+                let mut at = e;
+                loop {
+                    match at {
+                        syn::Expr::MethodCall(m) => {
+                            let name = m.method.to_string();
+                            if name.starts_with("send") || name.starts_with("execute") {
+                                return false;
+                            }
+                            at = &m.receiver;
+                        }
+                        syn::Expr::Paren(p) => at = &p.expr,
+                        _ => return self.is_polled(at),
+                    }
+                }
+            }
+            syn::Expr::Call(call) => call.args.iter().any(|a| self.is_polled(a)),
+            _ => false,
+        }
+    }
+
     /// Counts `e`: polled where it is the binding, otherwise whatever it holds.
     fn polled_or_visit(&mut self, e: &syn::Expr) {
         if self.is_polled(e) {
@@ -1235,6 +1297,9 @@ impl<'ast> syn::visit::Visit<'ast> for Uses<'_> {
                 self.polled_or_visit(a);
             }
             return;
+        }
+        if !self.is_polled(&aw.base) && self.awaited_through(&aw.base) {
+            self.through += 1;
         }
         self.polled_or_visit(&aw.base);
     }
@@ -1475,6 +1540,36 @@ fn hands_a_send(e: &syn::Expr) -> bool {
 /// [`hands_self_a_client`]): a helper handed one is handed the client. And, apart, the names
 /// bound to `self` itself (`let this = &mut *self;`), which every rule then reads as `self`
 /// ([`is_self`]).
+/// Whether `e` is a type's constructor called (`Type::new(…)`, `Type::from(…)`,
+/// `Type::with_…(…)`, `Type::default()`): a value, not a helper's future.
+fn constructed(e: &syn::Expr) -> bool {
+    matches!(e, syn::Expr::Call(call)
+    if matches!(&*call.func, syn::Expr::Path(p) if p.path.segments.len() >= 2)
+        && callee(call).is_some_and(|c| {
+            matches!(c.as_str(), "new" | "from" | "default" | "builder")
+                || c.starts_with("with_")
+                || c.starts_with("from_")
+        }))
+}
+
+/// Types made of a client that are no service's wrapper of it: locks, cells, containers.
+const NOT_WRAPPERS: [&str; 14] = [
+    "Mutex",
+    "RwLock",
+    "RefCell",
+    "Cell",
+    "OnceCell",
+    "OnceLock",
+    "LazyLock",
+    "Vec",
+    "Option",
+    "HashMap",
+    "BTreeMap",
+    "Cow",
+    "Pin",
+    "ManuallyDrop",
+];
+
 fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<String>) {
     /// What `e` is, through references, dereferences, parentheses, clones and `Arc::new`:
     /// `Some(true)` `self` itself (or one of `selves`), `Some(false)` a client (one of
@@ -1548,8 +1643,14 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<Str
             // A service's wrapper made of the client (`OrderApi::new(c)`,
             // `Orders::with_client(c.clone(), base)`): a client of the body's too, its calls
             // helpers handed the client (`api.place(o).await`), as `OrderApi::new(c).place(o)`.
+            // Not a lock or a cell around it (`Mutex::new(c.clone())`: its `.lock()` sends
+            // nothing), nor `self` made another type (`OrderView::from(self)`).
             syn::Expr::Call(call)
-                if matches!(&*call.func, syn::Expr::Path(p) if p.path.segments.len() >= 2)
+                if matches!(&*call.func, syn::Expr::Path(p)
+                if p.path.segments.len() >= 2
+                    && !NOT_WRAPPERS.iter().any(|t| {
+                        p.path.segments[p.path.segments.len() - 2].ident == t
+                    }))
                     && matches!(
                         callee(call).as_deref(),
                         Some("new" | "from" | "with_client" | "with_http")
@@ -1557,7 +1658,7 @@ fn with_aliases(block: &syn::Block, clients: &[String]) -> (Vec<String>, Vec<Str
                     && call
                         .args
                         .iter()
-                        .any(|a| value(a, names, selves, fields).is_some()) =>
+                        .any(|a| value(a, names, selves, fields) == Some(false)) =>
             {
                 Some(false)
             }
