@@ -269,16 +269,14 @@ impl Error {
     /// charge's here. The message names it too when the charge may have been carried out.
     pub fn enclosing_idempotency_key(&self) -> Option<&str> {
         let d = self.detail.as_ref()?;
-        let own = d.key.as_deref()?;
+        d.key.as_deref()?;
         let theirs = d.around.as_ref()?.key.get()?;
-        // One key, bare or quoted (`KeyFormat::Quoted`), as the server layer takes them.
-        let one =
-            crate::context::unquoted(theirs.as_bytes()) == crate::context::unquoted(own.as_bytes());
-        (!one).then_some(theirs.as_str())
+        self.same_key_around().is_none().then_some(theirs.as_str())
     }
 
     /// What the calls around the one that made this error wrote of themselves, where they
-    /// were keyed with this error's own key (bare or quoted).
+    /// were keyed with this error's own key: one key, bare or quoted (`KeyFormat::Quoted`), as
+    /// the server layer takes them.
     fn same_key_around(&self) -> Option<&enclosing::Around> {
         let d = self.detail.as_ref()?;
         let own = d.key.as_deref()?;

@@ -626,7 +626,7 @@ fn begin_hedge(s: &mut Session) -> Option<(Instant, Duration, AttemptCtx)> {
     let left = s.deadline.saturating_duration_since(now);
     // As for a retry: not with less than a tenth of the attempt's time left (it could only
     // time out, a request sent in vain, and cut that short it says nothing to the breaker).
-    if left.is_zero() || left < s.policy.timeout.min(s.left_at_start) / 10 {
+    if left.is_zero() || s.too_little_left(left) {
         return None;
     }
     if let Some(b) = s.shared.breaker

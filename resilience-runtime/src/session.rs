@@ -1555,8 +1555,14 @@ impl Session {
     #[cold]
     #[inline(never)]
     fn woken_late(&self, now: Instant) -> bool {
-        let rest = self.deadline.saturating_duration_since(now);
-        rest < self.policy.timeout.min(self.left_at_start) / 10
+        self.too_little_left(self.deadline.saturating_duration_since(now))
+    }
+
+    /// Whether `left` before the deadline is under a tenth of the attempt's `timeout` (of the
+    /// call's whole time, when that is shorter): an attempt begun then could only time out,
+    /// and cut that short it says nothing to the breaker. No retry or hedge begins so.
+    pub(crate) fn too_little_left(&self, left: Duration) -> bool {
+        left < self.policy.timeout.min(self.left_at_start) / 10
     }
 
     /// The attempt's limit when the deadline comes before its own timeout, out of line: the
