@@ -402,9 +402,10 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// `p`, unless the limit owes it: a slot back in the queue without being released (a
-    /// waiter handed it, then dropped; tokio gives a cancelled wait's slot back) while a
-    /// lowered limit had permits still to take away. Then taken away, paying that debt.
+    /// `p`, unless the limit owes it (a lowered limit has permits still to take away): then
+    /// taken away, paying that debt. A permit given back pays it so, and so does one taken
+    /// from the queue that came back there without being given back (a waiter handed it,
+    /// then dropped; tokio gives a cancelled wait's slot back).
     #[inline]
     fn unowed(&self, p: SemaphorePermit<'static>) -> Option<SemaphorePermit<'static>> {
         if self.debt.load(Ordering::Acquire) != 0
@@ -422,14 +423,8 @@ impl ConcurrencyLimit {
     fn release(&self, permit: Option<SemaphorePermit<'static>>) {
         self.in_flight.fetch_sub(1, Ordering::Release);
         self.gauge();
-        let Some(permit) = permit else { return };
-        if self
-            .debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-            .is_ok()
-        {
-            permit.forget();
-        } else {
+        // A debt paid by the permit given back (taken away), else back to the queue.
+        if let Some(permit) = permit.and_then(|p| self.unowed(p)) {
             drop(permit);
         }
     }
@@ -539,7 +534,12 @@ impl ConcurrencyPermit {
 
     /// Whether the attempt in progress has taken the latency threshold or more.
     fn slow(&self) -> bool {
-        self.attempt_started.elapsed() >= self.limit.spec.latency
+        self.slow_to(Instant::now())
+    }
+
+    /// Whether the attempt, ended (answered) at `end`, took the latency threshold or longer.
+    fn slow_to(&self, end: Instant) -> bool {
+        end.saturating_duration_since(self.attempt_started) >= self.limit.spec.latency
     }
 
     /// Whether an attempt under this permit is in flight (begun, no outcome yet).
@@ -569,10 +569,7 @@ impl ConcurrencyPermit {
         answered: Option<u16>,
         ended: Option<Instant>,
     ) {
-        let slow = ended.map_or_else(
-            || self.slow(),
-            |e| e.saturating_duration_since(self.attempt_started) >= self.limit.spec.latency,
-        );
+        let slow = ended.map_or_else(|| self.slow(), |e| self.slow_to(e));
         self.running = false;
         let sample = if class == Class::Timeout && cut {
             // Cut shorter than the latency threshold (a caller's short deadline): it says
